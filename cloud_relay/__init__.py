@@ -1,0 +1,1 @@
+"""The IoT Onboard account service: accounts, registry, claims, households, audit."""

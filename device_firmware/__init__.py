@@ -1,0 +1,1 @@
+"""The IoT Onboard agent on the device: identity, provisioning, network, MQTT."""

@@ -1,0 +1,205 @@
+# shellcheck shell=bash
+# Shared by scripts/setup, scripts/test, scripts/lock and scripts/develop. Source it; do not run it.
+#
+# Two Home Assistant environments are kept:
+#   oldest  .venv (in the checkout)      Python 3.13 + the HA in hacs.json's minimum
+#   newest  $IOB_CACHE_DIR/forky-py314   Python 3.14 + the HA the newest phcc pins, inside a
+#           (a Debian forky root, used   Debian forky root when the host has no Python 3.14;
+#           through chroot)              the root is cached between runs and rebuilt if missing.
+# Each is pinned exactly by requirements/<env>.lock (regenerate with scripts/lock).
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IOB_CACHE_DIR="${IOB_CACHE_DIR:-/var/cache/iot-onboard}"
+FORKY_ROOT="$IOB_CACHE_DIR/forky-py314"
+FORKY_VENV=/opt/venv              # inside the root
+FORKY_REPO=/repo                  # where the checkout is bind-mounted inside the root
+DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
+
+# Debian packages the tests and the demo need on the host.
+HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2)
+# ... and inside the forky root (the newest-HA tests start the same services).
+FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
+  mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config)
+
+# The Python packages each environment installs; versions come from its lock file.
+OLDEST_PYTHON_VERSION=3.13
+NEWEST_PYTHON_VERSION=3.14
+PROJECT_EXTRAS="device,relay,test"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+is_debian() { [ -r /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; }
+
+# A stamp: the hash of everything an environment is built from, so set-up is idempotent.
+env_stamp() {
+  local env=$1
+  cat "$REPO_ROOT/requirements/$env.in" "$REPO_ROOT/requirements/$env.lock" \
+    "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1
+}
+
+# Newest phcc and its HA; "phcc_version" is read from requirements/<env>.in.
+phcc_version() {
+  sed -n 's/^pytest-homeassistant-custom-component==\(.*\)$/\1/p' "$REPO_ROOT/requirements/$1.in"
+}
+
+# ---------------------------------------------------------------- host packages
+
+missing_host_packages() {
+  local p
+  for p in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+  done
+}
+
+ensure_host_packages() {
+  local missing
+  mapfile -t missing < <(missing_host_packages)
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  if ! is_debian || ! is_root; then
+    cat >&2 <<EOF
+error: these Debian packages are missing and this script cannot install them here
+($(is_debian && echo "not root" || echo "not a Debian system")):
+    ${missing[*]}
+Install them (or your system's equivalents) yourself, then run scripts/setup again:
+    sudo apt-get update && sudo apt-get install -y ${missing[*]}
+EOF
+    exit 1
+  fi
+  log "Installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ---------------------------------------------------------------- pythons
+
+# A Python interpreter of the given minor version on this host, or nothing.
+find_python() {
+  local want=$1 cand prefix
+  # pyenv puts shims on PATH that exist but fail for versions not selected: run each candidate.
+  if command -v pyenv >/dev/null 2>&1; then
+    for prefix in $(pyenv versions --bare 2>/dev/null | grep -E "^${want//./\\.}\.[0-9]+$" | sort -V -r); do
+      cand="$(pyenv prefix "$prefix")/bin/python$want"
+      if "$cand" -c '' >/dev/null 2>&1; then echo "$cand"; return 0; fi
+    done
+  fi
+  for cand in "python$want" "/usr/bin/python$want" "/usr/local/bin/python$want"; do
+    if "$cand" -c '' >/dev/null 2>&1; then command -v "$cand"; return 0; fi
+  done
+  return 1
+}
+
+# pip with only the settings we choose: a machine-wide pip.conf (extra indexes, caps) must not
+# change what gets installed, or the lock would not mean the same thing everywhere.
+pip_clean() {
+  PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
+}
+
+# ---------------------------------------------------------------- oldest: .venv
+
+ensure_oldest_env() {
+  local venv="$REPO_ROOT/.venv" stamp py
+  stamp=$(env_stamp oldest)
+  if [ -f "$venv/.iob-stamp" ] && [ "$(cat "$venv/.iob-stamp")" = "$stamp" ]; then
+    return 0
+  fi
+  py=$(find_python "$OLDEST_PYTHON_VERSION") || die "no Python $OLDEST_PYTHON_VERSION found.
+Install one (for example: pyenv install 3.13.0) and run scripts/setup again."
+  log "Building .venv (Python $("$py" -c 'import platform; print(platform.python_version())'), $(grep -m1 '^homeassistant==' "$REPO_ROOT/requirements/oldest.lock"))"
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  pip_clean "$venv/bin/python" -m pip install -q --upgrade pip
+  pip_clean "$venv/bin/python" -m pip install -q -c "$REPO_ROOT/requirements/oldest.lock" \
+    -r "$REPO_ROOT/requirements/oldest.in" -e "$REPO_ROOT[$PROJECT_EXTRAS]"
+  echo "$stamp" >"$venv/.iob-stamp"
+}
+
+# ---------------------------------------------------------------- newest: forky root
+
+host_has_newest_python() { find_python "$NEWEST_PYTHON_VERSION" >/dev/null 2>&1; }
+
+# Run a command inside the forky root, with the checkout at /repo, a private mount namespace
+# (the bind mounts vanish with the process) and, with --isolated, a private network namespace
+# with only loopback.
+forky_run() {
+  local net=() isolated=""
+  if [ "${1:-}" = "--isolated" ]; then net=(--net); isolated=1; shift; fi
+  ISOLATED=$isolated unshare --mount --propagation private "${net[@]}" /bin/sh -c '
+    root=$1; repo=$2; shift 2
+    [ -z "$ISOLATED" ] || ip link set lo up
+    mount --bind "$repo" "$root/repo" && mount -t proc proc "$root/proc" || exit 1
+    exec chroot "$root" /usr/bin/env -i PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      HOME=/root LANG=C.UTF-8 CI="${CI:-}" TERM="${TERM:-dumb}" /bin/sh -c "cd /repo && exec \"\$@\"" sh "$@"
+  ' sh "$FORKY_ROOT" "$REPO_ROOT" "$@" </dev/null
+}
+
+debian_mirror() {
+  if [ -n "$DEBIAN_MIRROR" ]; then echo "$DEBIAN_MIRROR"; return; fi
+  local uri
+  uri=$(grep -hs -E '^(URIs:|deb) ' /etc/apt/sources.list /etc/apt/sources.list.d/* \
+    | grep -v security | grep -oE 'https?://[^ ]+' | head -1)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+build_forky_root() {
+  is_root || die "building the Python 3.14 root needs root (debootstrap, chroot).
+Either run scripts/setup as root, or install Python 3.14 on this machine and run it again."
+  command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install -y debootstrap"
+  local tmp="$FORKY_ROOT.partial" script=/usr/share/debootstrap/scripts/sid includes
+  [ -e /usr/share/debootstrap/scripts/forky ] && script=/usr/share/debootstrap/scripts/forky
+  includes=$(IFS=,; echo "${FORKY_PACKAGES[*]}")
+  rm -rf "$tmp"
+  mkdir -p "$IOB_CACHE_DIR"
+  log "Building a Debian forky root with Python $NEWEST_PYTHON_VERSION in $FORKY_ROOT (about a minute, once)"
+  debootstrap --variant=minbase --include="$includes" forky "$tmp" "$(debian_mirror)" "$script" \
+    >"$IOB_CACHE_DIR/debootstrap.log" 2>&1 \
+    || die "debootstrap failed; see $IOB_CACHE_DIR/debootstrap.log"
+  mkdir -p "$tmp/repo"
+  mv "$tmp" "$FORKY_ROOT"
+}
+
+# Packages added to FORKY_PACKAGES after the root was built are installed into it here.
+ensure_forky_packages() {
+  local missing
+  # shellcheck disable=SC2016
+  missing=$(forky_run /bin/sh -c 'for p in "$@"; do
+      dpkg-query -W -f="\${Status}" "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done' sh "${FORKY_PACKAGES[@]}" | tr '\n' ' ')
+  [ -z "${missing// /}" ] && return 0
+  log "Installing into the forky root: $missing"
+  # shellcheck disable=SC2086
+  forky_run /bin/sh -c "apt-get -o Acquire::Check-Valid-Until=false update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null" \
+    || die "could not install $missing into $FORKY_ROOT"
+}
+
+refresh_forky_network_files() {
+  cp /etc/resolv.conf /etc/hosts "$FORKY_ROOT/etc/"
+  cp /etc/ssl/certs/ca-certificates.crt "$FORKY_ROOT/etc/ssl/certs/ca-certificates.crt"
+}
+
+ensure_newest_env() {
+  local stamp
+  if host_has_newest_python; then
+    die "a host Python $NEWEST_PYTHON_VERSION is present, but this project only knows how to run
+the newest-HA tests in the forky root. Use IOB_FORCE_FORKY=1 (root) or extend scripts/lib.sh."
+  fi
+  [ -x "$FORKY_ROOT/usr/bin/python$NEWEST_PYTHON_VERSION" ] || build_forky_root
+  refresh_forky_network_files
+  ensure_forky_packages
+  stamp=$(env_stamp newest)
+  if [ -f "$FORKY_ROOT$FORKY_VENV/.iob-stamp" ] \
+    && [ "$(cat "$FORKY_ROOT$FORKY_VENV/.iob-stamp")" = "$stamp" ]; then
+    return 0
+  fi
+  log "Building the newest-HA venv in the forky root ($(grep -m1 '^homeassistant==' "$REPO_ROOT/requirements/newest.lock"))"
+  forky_run /bin/sh -c "
+    set -e
+    [ -x $FORKY_VENV/bin/python ] || python$NEWEST_PYTHON_VERSION -m venv $FORKY_VENV
+    $FORKY_VENV/bin/python -m pip install -q --upgrade pip
+    $FORKY_VENV/bin/python -m pip install -q -c requirements/newest.lock -r requirements/newest.in \
+      -e '.[$PROJECT_EXTRAS]'
+  "
+  echo "$stamp" >"$FORKY_ROOT$FORKY_VENV/.iob-stamp"
+}
