@@ -18,7 +18,8 @@ FORKY_REPO=/repo                  # where the checkout is bind-mounted inside th
 DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 
 # Debian packages the tests and the demo need on the host.
-HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2)
+HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
+  postgresql)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config)
