@@ -10,6 +10,9 @@
 
 set -euo pipefail
 
+# shellcheck disable=SC2034 # used by scripts/test and scripts/lint
+SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/lib.sh .ci/run)
+
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IOB_CACHE_DIR="${IOB_CACHE_DIR:-/var/cache/iot-onboard}"
 FORKY_ROOT="$IOB_CACHE_DIR/forky-py314"
@@ -19,7 +22,7 @@ DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 
 # Debian packages the tests and the demo need on the host.
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql)
+  postgresql shellcheck)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config)
@@ -113,7 +116,7 @@ Install one (for example: pyenv install 3.13.0) and run scripts/setup again."
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   pip_clean "$venv/bin/python" -m pip install -q --upgrade pip
   pip_clean "$venv/bin/python" -m pip install -q -c "$REPO_ROOT/requirements/oldest.lock" \
-    -r "$REPO_ROOT/requirements/oldest.in" -e "$REPO_ROOT[$PROJECT_EXTRAS]"
+    -r "$REPO_ROOT/requirements/oldest.in" -e "${REPO_ROOT}[$PROJECT_EXTRAS]"
   echo "$stamp" >"$venv/.iob-stamp"
 }
 
@@ -127,12 +130,13 @@ host_has_newest_python() { find_python "$NEWEST_PYTHON_VERSION" >/dev/null 2>&1;
 forky_run() {
   local net=() isolated=""
   if [ "${1:-}" = "--isolated" ]; then net=(--net); isolated=1; shift; fi
-  ISOLATED=$isolated unshare --mount --propagation private "${net[@]}" /bin/sh -c '
+  # shellcheck disable=SC2016 # the inner script expands its own positional parameters
+  ISOLATED=$isolated REPO_IN_ROOT=$FORKY_REPO unshare --mount --propagation private "${net[@]}" /bin/sh -c '
     root=$1; repo=$2; shift 2
     [ -z "$ISOLATED" ] || ip link set lo up
-    mount --bind "$repo" "$root/repo" && mount -t proc proc "$root/proc" || exit 1
+    mount --bind "$repo" "$root$REPO_IN_ROOT" && mount -t proc proc "$root/proc" || exit 1
     exec chroot "$root" /usr/bin/env -i PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      HOME=/root LANG=C.UTF-8 CI="${CI:-}" TERM="${TERM:-dumb}" /bin/sh -c "cd /repo && exec \"\$@\"" sh "$@"
+      HOME=/root LANG=C.UTF-8 CI="${CI:-}" TERM="${TERM:-dumb}" /bin/sh -c "cd $REPO_IN_ROOT && exec \"\$@\"" sh "$@"
   ' sh "$FORKY_ROOT" "$REPO_ROOT" "$@" </dev/null
 }
 
