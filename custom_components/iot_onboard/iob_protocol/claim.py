@@ -1,0 +1,287 @@
+"""Device-signed statements for the account service: claim confirmation and release notice.
+
+The device signs with its identity key, so the service can verify them against the registry's
+public key whether the device sends them itself or they travel through Home Assistant (an IoT
+VLAN without internet).  The signed time bounds replay to the claim's TTL; the nonce lets the
+service refuse a second use of the same statement.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final, Self
+
+from .canonical import (
+    JSON_INT_MAX,
+    JsonValue,
+    b64url_decode,
+    b64url_encode,
+    canonical_json,
+    parse_canonical_json,
+)
+from .errors import (
+    ClaimError,
+    ClaimExpiredError,
+    ClockSkewError,
+    EncodingError,
+    IdentityError,
+)
+from .identity import SIGNATURE_SIZE, DeviceIdentity, validate_device_id, verify_signature
+from .sources import RandomSource, WallClock, system_random, unix_time
+
+CLAIM_DOMAIN: Final = "iob/v1/claim-confirmation"
+RELEASE_DOMAIN: Final = "iob/v1/release"
+NONCE_SIZE: Final = 16
+#: Claim tokens live at most 10 minutes (DESIGN); a confirmation older than that is useless.
+MAX_AGE_SECONDS: Final = 600
+#: How far in the future a device clock may be before CLOCK_SKEW.
+MAX_SKEW_SECONDS: Final = 120
+_CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
+
+
+class ReleaseReason(StrEnum):
+    """Why the device let go of its owner."""
+
+    FACTORY_RESET = "factory_reset"
+
+
+def _check_time(timestamp: int, now: int, max_age: int, max_skew: int) -> None:
+    if timestamp > now + max_skew:
+        raise ClockSkewError(f"signed time is {timestamp - now} s in the future")
+    if timestamp < now - max_age:
+        raise ClaimExpiredError(f"signed time is {now - timestamp} s old (limit {max_age} s)")
+
+
+def _parse(data: bytes, expected: set[str]) -> dict[str, JsonValue]:
+    try:
+        document = parse_canonical_json(data)
+    except EncodingError as err:
+        raise ClaimError(str(err)) from err
+    if not isinstance(document, dict) or set(document) != expected:
+        raise ClaimError(f"expected exactly the fields {sorted(expected)}")
+    return document
+
+
+def _str(document: dict[str, JsonValue], name: str) -> str:
+    value = document[name]
+    if not isinstance(value, str):
+        raise ClaimError(f"{name} must be a string")
+    return value
+
+
+def _int(document: dict[str, JsonValue], name: str) -> int:
+    value = document[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ClaimError(f"{name} must be an integer")
+    return value
+
+
+def _bytes(document: dict[str, JsonValue], name: str) -> bytes:
+    try:
+        return b64url_decode(_str(document, name))
+    except EncodingError as err:
+        raise ClaimError(f"{name}: {err}") from err
+
+
+def _validate_common(device_id: str, nonce: bytes, timestamp: int, signature: bytes) -> None:
+    if not 0 <= timestamp <= JSON_INT_MAX:
+        raise ClaimError("timestamp out of range")
+    try:
+        validate_device_id(device_id)
+    except IdentityError as err:
+        raise ClaimError(str(err)) from err
+    if len(nonce) != NONCE_SIZE:
+        raise ClaimError(f"nonce must be {NONCE_SIZE} bytes")
+    if len(signature) != SIGNATURE_SIZE:
+        raise ClaimError(f"signature must be {SIGNATURE_SIZE} bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimConfirmation:
+    """The device's proof of possession for one claim token."""
+
+    device_id: str
+    claim_token: str = field(repr=False)
+    nonce: bytes
+    timestamp: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        """Validate shapes (not the signature: that needs the registry key)."""
+        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
+        if not _CLAIM_TOKEN_RE.fullmatch(self.claim_token):
+            raise ClaimError("claim token must be 22-512 base64url characters")
+
+    @staticmethod
+    def _signed(
+        device_id: str, claim_token: str, nonce: bytes, timestamp: int
+    ) -> dict[str, bytes | str | int]:
+        return {
+            "claim_token": claim_token,
+            "device_id": device_id,
+            "nonce": nonce,
+            "timestamp": timestamp,
+        }
+
+    @classmethod
+    def create(
+        cls,
+        identity: DeviceIdentity,
+        claim_token: str,
+        *,
+        clock: WallClock = unix_time,
+        random_bytes: RandomSource = system_random,
+    ) -> Self:
+        """Sign (device id, token, fresh nonce, now)."""
+        nonce = random_bytes(NONCE_SIZE)
+        timestamp = clock()
+        signature = identity.sign(
+            CLAIM_DOMAIN, cls._signed(identity.device_id, claim_token, nonce, timestamp)
+        )
+        return cls(
+            device_id=identity.device_id,
+            claim_token=claim_token,
+            nonce=nonce,
+            timestamp=timestamp,
+            signature=signature,
+        )
+
+    def verify(
+        self,
+        public_key: bytes,
+        *,
+        now: int,
+        max_age: int = MAX_AGE_SECONDS,
+        max_skew: int = MAX_SKEW_SECONDS,
+    ) -> None:
+        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``.
+
+        The caller still checks that the token is live, bound to this device, and unused.
+        """
+        verify_signature(
+            public_key,
+            CLAIM_DOMAIN,
+            self._signed(self.device_id, self.claim_token, self.nonce, self.timestamp),
+            self.signature,
+        )
+        _check_time(self.timestamp, now, max_age, max_skew)
+
+    def to_json(self) -> bytes:
+        """Canonical JSON, the body the device posts to the account service."""
+        return canonical_json(
+            {
+                "claim_token": self.claim_token,
+                "device_id": self.device_id,
+                "nonce": b64url_encode(self.nonce),
+                "signature": b64url_encode(self.signature),
+                "timestamp": self.timestamp,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        """Parse :meth:`to_json` output (the signature is checked by :meth:`verify`)."""
+        document = _parse(data, {"claim_token", "device_id", "nonce", "signature", "timestamp"})
+        return cls(
+            device_id=_str(document, "device_id"),
+            claim_token=_str(document, "claim_token"),
+            nonce=_bytes(document, "nonce"),
+            timestamp=_int(document, "timestamp"),
+            signature=_bytes(document, "signature"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseNotice:
+    """The device tells the service it has let go of its owner (factory reset)."""
+
+    device_id: str
+    reason: ReleaseReason
+    nonce: bytes
+    timestamp: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        """Validate shapes."""
+        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
+
+    @staticmethod
+    def _signed(
+        device_id: str, reason: ReleaseReason, nonce: bytes, timestamp: int
+    ) -> dict[str, bytes | str | int]:
+        return {
+            "device_id": device_id,
+            "nonce": nonce,
+            "reason": reason.value,
+            "timestamp": timestamp,
+        }
+
+    @classmethod
+    def create(
+        cls,
+        identity: DeviceIdentity,
+        reason: ReleaseReason = ReleaseReason.FACTORY_RESET,
+        *,
+        clock: WallClock = unix_time,
+        random_bytes: RandomSource = system_random,
+    ) -> Self:
+        """Sign (device id, reason, fresh nonce, now)."""
+        nonce = random_bytes(NONCE_SIZE)
+        timestamp = clock()
+        signature = identity.sign(
+            RELEASE_DOMAIN, cls._signed(identity.device_id, reason, nonce, timestamp)
+        )
+        return cls(
+            device_id=identity.device_id,
+            reason=reason,
+            nonce=nonce,
+            timestamp=timestamp,
+            signature=signature,
+        )
+
+    def verify(
+        self,
+        public_key: bytes,
+        *,
+        now: int,
+        max_age: int = MAX_AGE_SECONDS,
+        max_skew: int = MAX_SKEW_SECONDS,
+    ) -> None:
+        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``."""
+        verify_signature(
+            public_key,
+            RELEASE_DOMAIN,
+            self._signed(self.device_id, self.reason, self.nonce, self.timestamp),
+            self.signature,
+        )
+        _check_time(self.timestamp, now, max_age, max_skew)
+
+    def to_json(self) -> bytes:
+        """Canonical JSON."""
+        return canonical_json(
+            {
+                "device_id": self.device_id,
+                "nonce": b64url_encode(self.nonce),
+                "reason": self.reason.value,
+                "signature": b64url_encode(self.signature),
+                "timestamp": self.timestamp,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        """Parse :meth:`to_json` output."""
+        document = _parse(data, {"device_id", "nonce", "reason", "signature", "timestamp"})
+        try:
+            reason = ReleaseReason(_str(document, "reason"))
+        except ValueError as err:
+            raise ClaimError("unknown release reason") from err
+        return cls(
+            device_id=_str(document, "device_id"),
+            reason=reason,
+            nonce=_bytes(document, "nonce"),
+            timestamp=_int(document, "timestamp"),
+            signature=_bytes(document, "signature"),
+        )
