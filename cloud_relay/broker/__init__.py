@@ -1,0 +1,57 @@
+"""Broker adapters: the account service's per-device and per-household MQTT credentials.
+
+The Mosquitto adapter lives in :mod:`cloud_relay.broker.mosquitto`; ``docs/broker.md`` has the
+ACL layout, reconcile semantics and the boundary a clustered broker's adapter would implement.
+"""
+
+from .adapter import BrokerAdapter
+from .errors import (
+    AdapterClosedError,
+    BrokerAuthenticationError,
+    BrokerCommandError,
+    BrokerConflictError,
+    BrokerError,
+    BrokerPermissionError,
+    BrokerProtocolError,
+    BrokerTimeoutError,
+    BrokerUnavailableError,
+    InvalidCredentialError,
+    InvalidIdentifierError,
+)
+from .model import (
+    BrokerState,
+    DeviceCredential,
+    HubCredential,
+    HubState,
+    ReconcileReport,
+    device_username,
+    hub_username,
+    validate_device_id,
+    validate_household_id,
+    validate_topic_id,
+)
+
+__all__ = [
+    "AdapterClosedError",
+    "BrokerAdapter",
+    "BrokerAuthenticationError",
+    "BrokerCommandError",
+    "BrokerConflictError",
+    "BrokerError",
+    "BrokerPermissionError",
+    "BrokerProtocolError",
+    "BrokerState",
+    "BrokerTimeoutError",
+    "BrokerUnavailableError",
+    "DeviceCredential",
+    "HubCredential",
+    "HubState",
+    "InvalidCredentialError",
+    "InvalidIdentifierError",
+    "ReconcileReport",
+    "device_username",
+    "hub_username",
+    "validate_device_id",
+    "validate_household_id",
+    "validate_topic_id",
+]

@@ -1,0 +1,71 @@
+"""The boundary between the account service and a broker (Mosquitto today, EMQX for scale).
+
+Every method is idempotent, so a retried or replayed call converges on the same state, and
+``reconcile`` can repair anything a crash between database and broker left behind. The
+database is the source of truth; the broker is a projection of it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
+
+from .model import BrokerState, DeviceCredential, HubCredential, ReconcileReport
+
+
+class BrokerAdapter(abc.ABC):
+    """Credentials and ACLs on an MQTT broker.
+
+    Usable as ``async with adapter:`` (``connect()`` on enter, ``aclose()`` on exit).
+    """
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
+        """Connect eagerly, so a wrong address or credential shows at start-up.
+
+        Adapters also connect lazily on their first call; the default does nothing.
+        """
+
+    async def __aenter__(self) -> Self:
+        """Connect."""
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close."""
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def put_device(self, credential: DeviceCredential) -> None:
+        """Create or update a device client that may touch only ``iob/<device_id>/#``."""
+
+    @abc.abstractmethod
+    async def remove_device(self, device_id: str) -> None:
+        """Delete a device client at once, disconnecting a live session (release, reset)."""
+
+    @abc.abstractmethod
+    async def put_hub(self, credential: HubCredential, access: Mapping[str, bool]) -> None:
+        """Create or update a household hub and what it reaches.
+
+        ``access`` maps device id → control: every listed device's subtree may be subscribed;
+        ``iob/<device_id>/cmd/#`` may be published only where control is True (viewer shares
+        are subscribe-only). Devices not listed are no longer reachable.
+        """
+
+    @abc.abstractmethod
+    async def remove_hub(self, household_id: str) -> None:
+        """Delete a household hub client, disconnecting it."""
+
+    @abc.abstractmethod
+    async def reconcile(self, desired: BrokerState) -> ReconcileReport:
+        """Make the broker's IoT Onboard clients exactly ``desired``; leave others alone."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the adapter's connection."""

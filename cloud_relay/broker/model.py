@@ -1,0 +1,129 @@
+"""What the account service wants the broker to hold: per-device and per-household clients."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Final
+
+from .errors import InvalidIdentifierError
+
+#: Longest device or household id accepted (ids are topic levels, usernames and role names).
+MAX_ID_LENGTH: Final = 128
+HUB_USERNAME_PREFIX: Final = "hub-"
+_TOPIC_SPECIAL: Final = frozenset("+#/")
+
+
+def validate_topic_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it can be one MQTT topic level, a username and part of a role name.
+
+    ``+``, ``#`` and ``/`` would widen the ACLs built from the id to other devices' topics, and
+    control characters and whitespace have no place in a username; refusing them here means a
+    bad id never reaches the broker.
+
+    Raises:
+        InvalidIdentifierError: the id is not usable; the message says why.
+    """
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifierError(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidIdentifierError(f"{what} is longer than {MAX_ID_LENGTH} characters")
+    bad = sorted(
+        {
+            char
+            for char in value
+            if char in _TOPIC_SPECIAL
+            or char.isspace()
+            or unicodedata.category(char) in {"Cc", "Cs", "Cn"}
+        }
+    )
+    if bad:
+        raise InvalidIdentifierError(
+            f"{what} {value!r} contains {', '.join(repr(c) for c in bad)}: ids must not contain "
+            "MQTT wildcards (+ #), the topic separator (/), whitespace or control characters"
+        )
+    return value
+
+
+def validate_device_id(device_id: object) -> str:
+    """A topic id that cannot be mistaken for a hub's username."""
+    checked = validate_topic_id(device_id, "device id")
+    if checked.startswith(HUB_USERNAME_PREFIX):
+        raise InvalidIdentifierError(
+            f"device id {checked!r} starts with {HUB_USERNAME_PREFIX!r}, which is reserved for "
+            "household hub usernames"
+        )
+    return checked
+
+
+def validate_household_id(household_id: object) -> str:
+    """A topic id for a household (its hub's username is ``hub-<household_id>``)."""
+    return validate_topic_id(household_id, "household id")
+
+
+def device_username(device_id: str) -> str:
+    """The MQTT username of a device: its id (it appears in the broker's logs as such)."""
+    return device_id
+
+
+def hub_username(household_id: str) -> str:
+    """The MQTT username of a household's hub client (used by its Home Assistant)."""
+    return f"{HUB_USERNAME_PREFIX}{household_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCredential:
+    """A device's own MQTT client: it may touch only ``iob/<device_id>/#``."""
+
+    device_id: str
+    password: str = field(repr=False)
+
+    @property
+    def username(self) -> str:
+        """The MQTT username."""
+        return device_username(self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class HubCredential:
+    """A household's hub client, subscribing to the devices it owns or that are shared with it."""
+
+    household_id: str
+    password: str = field(repr=False)
+
+    @property
+    def username(self) -> str:
+        """The MQTT username."""
+        return hub_username(self.household_id)
+
+
+@dataclass(frozen=True, slots=True)
+class HubState:
+    """A hub client and what it may reach: device id → may it publish commands (control)."""
+
+    credential: HubCredential
+    access: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerState:
+    """The complete desired broker state, built from the database for ``broker reconcile``."""
+
+    devices: dict[str, DeviceCredential] = field(default_factory=dict)
+    hubs: dict[str, HubState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """What a reconcile changed on the broker (each a username)."""
+
+    created: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """Whether the broker differed from the database."""
+        return bool(self.created or self.updated or self.removed)

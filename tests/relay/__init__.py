@@ -1,0 +1,1 @@
+"""Tests of the account service (cloud_relay), on SQLite and on PostgreSQL."""

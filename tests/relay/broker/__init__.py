@@ -1,0 +1,1 @@
+"""Tests of the broker adapters, against a real Mosquitto."""
