@@ -1,0 +1,232 @@
+"""Command line: ``python -m cloud_relay serve | migrate | registry | admin | audit | broker``.
+
+Every command reads the same configuration as the server (``--config``, or the
+``IOB_RELAY_CONFIG`` environment variable, default ``relay.toml``) and runs the same service
+code. Exit status: 0 success, 1 failure (message on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from .broker.mosquitto import MosquittoDynsecAdapter
+from .config import RelayConfig, load_config, write_secret_key
+from .context import Context
+from .errors import RelayError
+from .registry import parse_records
+from .relay import Relay
+from .storage import open_storage
+
+CLI_ACTOR: Final = "cli"
+_SAMPLE_CONFIG: Final = """\
+# IoT Onboard account service (see docs/relay.md).
+database_url = "sqlite:///relay.db"
+secret_key_file = "secret.key"
+
+[http]
+host = "127.0.0.1"
+port = 8080
+
+[broker]
+# Where the relay administers Mosquitto's dynamic security (its admin client).
+host = "127.0.0.1"
+port = 1883
+username = "iob-admin"
+# password = "..."   # or IOB_RELAY_BROKER_PASSWORD
+# What devices and hubs are told.
+public_host = "mqtt.example.com"
+public_port = 8883
+public_tls = true
+"""
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cloud_relay", description=__doc__)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("IOB_RELAY_CONFIG", "relay.toml")),
+        help="TOML configuration (default: $IOB_RELAY_CONFIG or relay.toml)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP server")
+    commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser("init", help="write a sample config (if missing) and the secret key")
+
+    registry = commands.add_parser("registry", help="manufacturing registry").add_subparsers(
+        dest="action", required=True
+    )
+    registry_import = registry.add_parser("import", help="import factory-provision records")
+    registry_import.add_argument("file", type=Path, help="JSON lines, one record per line")
+    preassign = registry.add_parser("preassign", help="pre-assign a device (zero-touch)")
+    preassign.add_argument("device_id")
+    preassign.add_argument("household_id", nargs="?", help="omit with --clear")
+    preassign.add_argument("--order", help="order reference")
+    preassign.add_argument("--clear", action="store_true", help="remove the pre-assignment")
+
+    admin = commands.add_parser("admin", help="accounts and models").add_subparsers(
+        dest="action", required=True
+    )
+    create = admin.add_parser("create-account", help="create an account")
+    create.add_argument("email")
+    create.add_argument("--admin", action="store_true", help="make it a service administrator")
+    create.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    grant = admin.add_parser("grant-admin", help="make an account a service administrator")
+    grant.add_argument("email")
+    revoke = admin.add_parser("revoke-sessions", help="sign an account out everywhere")
+    revoke.add_argument("email")
+    model = admin.add_parser("set-model", help="create or replace a device model")
+    model.add_argument("model")
+    model.add_argument("--name", required=True)
+    model.add_argument("--manufacturer", default="")
+    model.add_argument("--metadata", default="{}", help="a JSON object")
+
+    audit = commands.add_parser("audit", help="audit log").add_subparsers(
+        dest="action", required=True
+    )
+    audit.add_parser("verify", help="check the hash chain; exit 1 if it is broken")
+    broker = commands.add_parser("broker", help="broker").add_subparsers(
+        dest="action", required=True
+    )
+    broker.add_parser("reconcile", help="make the broker match the database")
+    return parser
+
+
+async def _with_relay(config: RelayConfig, work: Callable[[Relay], Awaitable[int]]) -> int:
+    storage = await open_storage(config.database_url)
+    # Connects lazily: only commands that touch the broker reach it.
+    adapter = MosquittoDynsecAdapter(
+        config.broker.host, config.broker.port, config.broker.username, config.broker.password
+    )
+    try:
+        await storage.migrate()
+        return await work(Relay(Context(config=config, storage=storage, broker=adapter)))
+    finally:
+        await adapter.aclose()
+        await storage.close()
+
+
+async def _account_id(relay: Relay, email: str) -> str:
+    account = await relay.accounts.find(email)
+    if account is None:
+        raise RelayError(f"no account with e-mail {email}; create it with admin create-account")
+    return account.id
+
+
+async def _run(args: argparse.Namespace, config: RelayConfig) -> int:  # noqa: C901 - dispatcher
+    command, action = args.command, getattr(args, "action", None)
+
+    async def work(relay: Relay) -> int:  # noqa: C901, PLR0912 - one branch per command
+        if command == "migrate":
+            _out("database is at the latest schema version")
+        elif (command, action) == ("registry", "import"):
+            text = await asyncio.to_thread(args.file.read_text, encoding="utf-8")
+            report = await relay.registry.import_records(parse_records(text), CLI_ACTOR)
+            _out(f"imported {report.imported} device(s), {report.unchanged} unchanged")
+        elif (command, action) == ("registry", "preassign"):
+            if args.clear == (args.household_id is not None):
+                raise RelayError("give a household id, or --clear (not both)")
+            device = await relay.registry.preassign(
+                args.device_id, args.household_id, args.order, CLI_ACTOR
+            )
+            _out(json.dumps(device, indent=2))
+        elif (command, action) == ("admin", "create-account"):
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = await asyncio.to_thread(getpass.getpass, "Password: ")
+            account = await relay.accounts.create_account(
+                args.email, password, "", is_admin=args.admin
+            )
+            _out(f"created account {account.id} ({account.email})")
+        elif (command, action) == ("admin", "grant-admin"):
+            account_id = await _account_id(relay, args.email)
+            await relay.accounts.set_admin(account_id, is_admin=True, actor=CLI_ACTOR)
+            _out(f"{args.email} is now a service administrator")
+        elif (command, action) == ("admin", "revoke-sessions"):
+            count = await relay.accounts.revoke_all(await _account_id(relay, args.email), CLI_ACTOR)
+            _out(f"revoked {count} session(s)")
+        elif (command, action) == ("admin", "set-model"):
+            try:
+                metadata = json.loads(args.metadata)
+            except ValueError as err:
+                raise RelayError(f"--metadata is not JSON: {err}") from err
+            model = await relay.registry.put_model(
+                args.model,
+                name=args.name,
+                manufacturer=args.manufacturer,
+                metadata=metadata,
+                actor=CLI_ACTOR,
+            )
+            _out(json.dumps(model, indent=2, ensure_ascii=False))
+        elif (command, action) == ("audit", "verify"):
+            chain = await relay.verify_audit()
+            _out(f"audit log intact: {chain.count} event(s); head {chain.head_hash.hex()}")
+        elif (command, action) == ("broker", "reconcile"):
+            result = await relay.reconcile()
+            _out(
+                f"broker reconciled: {len(result.created)} created, {len(result.updated)} "
+                f"updated, {len(result.removed)} removed"
+            )
+        else:  # pragma: no cover - argparse rejects the rest
+            return 2
+        return 0
+
+    return await _with_relay(config, work)
+
+
+def _init(path: Path) -> int:
+    if not path.exists():
+        path.write_text(_SAMPLE_CONFIG, encoding="utf-8")
+        _out(f"wrote {path}; set the broker password, then run `serve`")
+    key_file = path.parent / "secret.key"
+    write_secret_key(key_file)
+    _out(f"secret key in {key_file} (mode 0600); keep it: it derives every MQTT password")
+    return 0
+
+
+def _serve(config: RelayConfig) -> int:
+    from aiohttp import web  # noqa: PLC0415 - only the server needs it
+
+    from .app import create_app  # noqa: PLC0415
+
+    web.run_app(create_app(config), host=config.http_host, port=config.http_port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "init":
+            return _init(args.config)
+        config = load_config(args.config)
+        if args.command == "serve":
+            return _serve(config)
+        return asyncio.run(_run(args, config))
+    except RelayError as err:
+        sys.stderr.write(f"error: {err.message}\n")
+        return 1
+    except OSError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Projecting the database onto the broker: credentials, hub access, compensation.
+
+The database is the source of truth. A mutation that changes what the broker must hold makes
+its broker calls through a :class:`BrokerPlan` while its transaction is still open (after its
+writes, before the audit append and the commit). If anything fails, the transaction rolls
+back and :meth:`BrokerPlan.compensate` re-projects every device and hub the plan touched from
+the (unchanged) database, so nothing of the failed operation remains on the broker either. A
+crash between broker call and commit is repaired by ``broker reconcile``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import Final
+
+from .broker import (
+    BrokerAdapter,
+    BrokerError,
+    BrokerState,
+    DeviceCredential,
+    HubCredential,
+    HubState,
+)
+from .config import RelayConfig
+from .errors import BrokerUnavailableError, RelayError
+from .storage import Connection, Storage
+from .tokens import mqtt_password
+
+_LOGGER: Final = logging.getLogger(__name__)
+#: A broker call that takes longer than this is treated as failed (and compensated).
+BROKER_TIMEOUT: Final = 10.0
+
+
+def device_credential(config: RelayConfig, device_id: str, version: int) -> DeviceCredential:
+    """A device's MQTT credential at ``version``."""
+    return DeviceCredential(
+        device_id, mqtt_password(config.secret_key, "device", device_id, version)
+    )
+
+
+def hub_credential(config: RelayConfig, household_id: str, version: int) -> HubCredential:
+    """A household hub's MQTT credential at ``version``."""
+    return HubCredential(
+        household_id, mqtt_password(config.secret_key, "hub", household_id, version)
+    )
+
+
+async def hub_access(conn: Connection, household_id: str) -> dict[str, bool]:
+    """Device id → control, for every device the household owns or has been shared."""
+    access = {
+        row["device_id"]: True
+        for row in await conn.fetch(
+            "SELECT device_id FROM devices WHERE household_id = $1", household_id
+        )
+    }
+    for row in await conn.fetch(
+        "SELECT device_id, control FROM shares WHERE household_id = $1", household_id
+    ):
+        access.setdefault(row["device_id"], bool(row["control"]))
+    return access
+
+
+async def desired_state(conn: Connection, config: RelayConfig) -> BrokerState:
+    """The whole broker state the database asks for (``broker reconcile``)."""
+    devices = {
+        row["device_id"]: device_credential(config, row["device_id"], row["credential_version"])
+        for row in await conn.fetch(
+            "SELECT device_id, credential_version FROM devices WHERE household_id IS NOT NULL"
+        )
+    }
+    hubs: dict[str, HubState] = {}
+    for row in await conn.fetch("SELECT household_id, credential_version FROM hubs"):
+        household_id = row["household_id"]
+        hubs[household_id] = HubState(
+            hub_credential(config, household_id, row["credential_version"]),
+            await hub_access(conn, household_id),
+        )
+    return BrokerState(devices=devices, hubs=hubs)
+
+
+async def broker_call(call: Awaitable[None], what: str) -> None:
+    """Run one adapter call with a deadline; broker failures become the service's own error.
+
+    Anything else (a bug) propagates as it is; callers compensate for every exception alike.
+    """
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT):
+            await call
+    except (BrokerError, TimeoutError) as err:
+        _LOGGER.warning("broker call %s failed: %s", what, err)
+        raise BrokerUnavailableError from err
+
+
+class BrokerPlan:
+    """Broker changes made inside one transaction, and how to undo them."""
+
+    def __init__(self, broker: BrokerAdapter, config: RelayConfig) -> None:
+        """Track calls made on ``broker``."""
+        self._broker = broker
+        self._config = config
+        self._devices: set[str] = set()
+        self._hubs: set[str] = set()
+
+    async def put_device(self, device_id: str, version: int) -> DeviceCredential:
+        """Create or update the device's client; return the credential."""
+        credential = device_credential(self._config, device_id, version)
+        self._devices.add(device_id)
+        await broker_call(self._broker.put_device(credential), f"put_device {device_id}")
+        return credential
+
+    async def remove_device(self, device_id: str) -> None:
+        """Delete the device's client and kick its session."""
+        self._devices.add(device_id)
+        await broker_call(self._broker.remove_device(device_id), f"remove_device {device_id}")
+
+    async def put_hub(self, conn: Connection, household_id: str, version: int) -> HubCredential:
+        """Create or update a hub with the access the transaction's view of the database gives."""
+        credential = hub_credential(self._config, household_id, version)
+        self._hubs.add(household_id)
+        access = await hub_access(conn, household_id)
+        await broker_call(self._broker.put_hub(credential, access), f"put_hub {household_id}")
+        return credential
+
+    async def sync_hubs(self, conn: Connection, household_ids: Iterable[str]) -> None:
+        """Re-project the hubs of ``household_ids`` (those that have one)."""
+        for household_id in sorted(set(household_ids)):
+            version = await conn.fetchval(
+                "SELECT credential_version FROM hubs WHERE household_id = $1", household_id
+            )
+            if version is not None:
+                await self.put_hub(conn, household_id, int(version))
+
+    async def compensate(self, storage: Storage) -> None:
+        """After a rollback: make every touched device and hub match the database again."""
+        if not (self._devices or self._hubs):
+            return
+        try:
+            async with storage.read() as conn:
+                for device_id in sorted(self._devices):
+                    row = await conn.fetchrow(
+                        "SELECT household_id, credential_version FROM devices WHERE device_id = $1",
+                        device_id,
+                    )
+                    if row is None or row["household_id"] is None:
+                        await broker_call(
+                            self._broker.remove_device(device_id), f"undo {device_id}"
+                        )
+                    else:
+                        credential = device_credential(
+                            self._config, device_id, row["credential_version"]
+                        )
+                        await broker_call(self._broker.put_device(credential), f"undo {device_id}")
+                for household_id in sorted(self._hubs):
+                    version = await conn.fetchval(
+                        "SELECT credential_version FROM hubs WHERE household_id = $1",
+                        household_id,
+                    )
+                    if version is None:
+                        await broker_call(
+                            self._broker.remove_hub(household_id), f"undo hub {household_id}"
+                        )
+                    else:
+                        hub = hub_credential(self._config, household_id, int(version))
+                        access = await hub_access(conn, household_id)
+                        await broker_call(
+                            self._broker.put_hub(hub, access), f"undo hub {household_id}"
+                        )
+        except RelayError as err:
+            _LOGGER.error(  # noqa: TRY400 - the cause was logged by broker_call
+                "could not undo broker changes (%s); run `python -m cloud_relay broker "
+                "reconcile` once the broker is back",
+                err,
+            )

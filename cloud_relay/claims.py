@@ -1,0 +1,370 @@
+"""Claims (DESIGN "Claim"): pre-validation, token, signed confirmation, zero-touch.
+
+A single-use token bound to device and household; the device's signed confirmation within the
+TTL; zero-touch ownership of devices pre-assigned to a household.
+
+Ownership is decided by one conditional update (``… WHERE household_id IS NULL``) that also
+locks the device row, so of any number of concurrent confirmations exactly one wins; the
+others see zero rows changed and are rejected. Every claim transaction locks the device row
+before touching claim rows, so concurrent claims of one device never deadlock.
+
+Strangers learn nothing: an unknown id, a device owned by another household, a device
+pre-assigned to another household and a spent token all give the same 409 ``claim_rejected``
+after the same queries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+from iob_protocol.canonical import JsonValue
+
+from . import audit
+from .accounts import Account
+from .broker import DeviceCredential
+from .broker_sync import BrokerPlan
+from .context import Context
+from .device_proofs import (
+    parse_claim_confirmation,
+    parse_zero_touch,
+    verify_statement,
+)
+from .errors import (
+    AlreadyOwnedError,
+    ClaimExpiredError,
+    ClaimNotFoundError,
+    ClaimRejectedError,
+)
+from .households import Households
+from .mutation import mutate
+from .ratelimit import hit_all
+from .storage import Connection
+from .tokens import new_id, new_token, token_hash
+
+_LOGGER: Final = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """A device now owned by a household, with its MQTT credential."""
+
+    device_id: str
+    household_id: str
+    credential: DeviceCredential
+
+    def to_json(self, ctx: Context) -> dict[str, Any]:
+        """The body devices and Home Assistant receive."""
+        broker = ctx.config.broker
+        return {
+            "status": "owned",
+            "device_id": self.device_id,
+            "household_id": self.household_id,
+            "mqtt": {
+                "host": broker.public_host,
+                "port": broker.public_port,
+                "tls": broker.public_tls,
+                "username": self.credential.username,
+                "password": self.credential.password,
+            },
+        }
+
+
+async def take_ownership(
+    conn: Connection,
+    plan: BrokerPlan,
+    ctx: Context,
+    *,
+    device_id: str,
+    household_id: str,
+    actor: str,
+    action: str,
+    details: dict[str, JsonValue],
+    claim_id: str = "",
+) -> Owned | None:
+    """Make ``household_id`` the owner if the device is free; None if someone was faster.
+
+    Every other pending claim of the device (``claim_id`` excepted) is closed as rejected.
+    """
+    now = ctx.now()
+    taken = await conn.execute(
+        "UPDATE devices SET household_id = $1, owned_since = $2, updated_at = $2 "
+        "WHERE device_id = $3 AND household_id IS NULL "
+        "AND (preassigned_household_id IS NULL OR preassigned_household_id = $1)",
+        household_id,
+        now,
+        device_id,
+    )
+    if taken != 1:
+        return None
+    await conn.execute(
+        "UPDATE claims SET status = 'rejected', completed_at = $1 "
+        "WHERE device_id = $2 AND status = 'pending' AND id <> $3",
+        now,
+        device_id,
+        claim_id,
+    )
+    version = await conn.fetchval(
+        "SELECT credential_version FROM devices WHERE device_id = $1", device_id
+    )
+    credential = await plan.put_device(device_id, int(version))
+    await plan.sync_hubs(conn, [household_id])
+    await audit.append(
+        conn,
+        at=now,
+        actor=actor,
+        action=action,
+        household_id=household_id,
+        device_id=device_id,
+        details=details,
+    )
+    return Owned(device_id, household_id, credential)
+
+
+class Claims:
+    """Create claims, report their status, accept the device's confirmation."""
+
+    def __init__(self, ctx: Context, households: Households) -> None:
+        """Use ``ctx``; role checks through ``households``."""
+        self._ctx = ctx
+        self._households = households
+
+    async def create(
+        self, account: Account, household_id: str, device_id: str, client: str
+    ) -> dict[str, Any]:
+        """Pre-validate and issue a single-use token bound to device and household."""
+        ctx = self._ctx
+        limiters = ctx.limiters
+        hit_all(
+            [
+                (limiters.claims_per_account, account.id),
+                (limiters.claims_per_address, client),
+                (limiters.claims_per_device, device_id),
+            ]
+        )
+        token, claim_id, now = new_token(), new_id(), ctx.now()
+        expires_at = now + ctx.config.claim_ttl
+        async with ctx.storage.transaction() as conn:
+            await self._households.require(conn, household_id, account, "admin")
+            device = await conn.fetchrow(
+                "SELECT household_id, preassigned_household_id FROM devices WHERE device_id = $1",
+                device_id,
+            )
+            if device is not None and device["household_id"] == household_id:
+                raise AlreadyOwnedError
+            if (
+                device is None
+                or device["household_id"] is not None
+                or device["preassigned_household_id"] not in {None, household_id}
+            ):
+                raise ClaimRejectedError
+            await conn.execute(
+                "INSERT INTO claims (id, device_id, household_id, account_id, token_hash, status, "
+                "created_at, expires_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+                claim_id,
+                device_id,
+                household_id,
+                account.id,
+                token_hash(token),
+                now,
+                expires_at,
+            )
+            await audit.append(
+                conn,
+                at=now,
+                actor=account.actor,
+                action="claim.created",
+                household_id=household_id,
+                device_id=device_id,
+                details={"claim_id": claim_id, "expires_at": expires_at},
+            )
+        return {
+            "claim_id": claim_id,
+            "device_id": device_id,
+            "household_id": household_id,
+            "token": token,
+            "expires_at": expires_at,
+        }
+
+    async def status(self, account: Account, claim_id: str) -> dict[str, Any]:
+        """pending, owned, expired or rejected (members of the claim's household only)."""
+        async with self._ctx.storage.read() as conn:
+            row = await conn.fetchrow("SELECT * FROM claims WHERE id = $1", claim_id)
+            if row is None:
+                raise ClaimNotFoundError
+            member = await conn.fetchrow(
+                "SELECT role FROM members WHERE household_id = $1 AND account_id = $2",
+                row["household_id"],
+                account.id,
+            )
+        if member is None:
+            raise ClaimNotFoundError
+        status = row["status"]
+        if status == "pending" and row["expires_at"] < self._ctx.now():
+            status = "expired"
+        return {
+            "claim_id": row["id"],
+            "status": status,
+            "device_id": row["device_id"],
+            "household_id": row["household_id"],
+            "expires_at": row["expires_at"],
+            "completed_at": row["completed_at"],
+        }
+
+    async def _registry_key(self, device_id: str) -> bytes | None:
+        async with self._ctx.storage.read() as conn:
+            key = await conn.fetchval(
+                "SELECT public_key FROM devices WHERE device_id = $1", device_id
+            )
+        return None if key is None else bytes(key)
+
+    async def confirm(self, raw: object, client: str) -> Owned:
+        """The device's signed confirmation: verify, then own in one transaction."""
+        ctx = self._ctx
+        confirmation = parse_claim_confirmation(raw)
+        limiters = ctx.limiters
+        hit_all(
+            [
+                (limiters.confirm_per_address, client),
+                (limiters.confirm_per_device, confirmation.device_id),
+            ]
+        )
+        verify_statement(
+            confirmation,
+            await self._registry_key(confirmation.device_id),
+            now=ctx.now(),
+            max_age=ctx.config.claim_ttl,
+            max_skew=ctx.config.max_clock_skew,
+        )
+        hashed = token_hash(confirmation.claim_token)
+
+        async def body(conn: Connection, plan: BrokerPlan) -> Owned:
+            now = ctx.now()
+            claim = await conn.fetchrow(
+                "SELECT id, device_id, household_id, account_id, status, expires_at FROM claims "
+                "WHERE token_hash = $1",
+                hashed,
+            )
+            if claim is None or claim["device_id"] != confirmation.device_id:
+                raise ClaimRejectedError
+            if claim["status"] == "expired" or (
+                claim["status"] == "pending" and claim["expires_at"] < now
+            ):
+                raise ClaimExpiredError
+            if claim["status"] != "pending":
+                raise ClaimRejectedError
+            owned = await take_ownership(
+                conn,
+                plan,
+                ctx,
+                device_id=claim["device_id"],
+                household_id=claim["household_id"],
+                actor=f"device:{claim['device_id']}",
+                action="device.claimed",
+                details={"claim_id": claim["id"], "account_id": claim["account_id"]},
+                claim_id=claim["id"],
+            )
+            closed = await conn.execute(
+                "UPDATE claims SET status = 'owned', completed_at = $1 "
+                "WHERE id = $2 AND status = 'pending'",
+                now,
+                claim["id"],
+            )
+            if owned is None or closed != 1:
+                raise ClaimRejectedError
+            return owned
+
+        try:
+            return await mutate(ctx, body)
+        except ClaimExpiredError:
+            async with ctx.storage.transaction() as conn:
+                await conn.execute(
+                    "UPDATE claims SET status = 'expired', completed_at = $1 "
+                    "WHERE token_hash = $2 AND status = 'pending'",
+                    ctx.now(),
+                    hashed,
+                )
+            raise
+
+    async def zero_touch(self, raw: object, client: str) -> Owned:
+        """A pre-assigned device, online by Ethernet, becomes its order's household's."""
+        ctx = self._ctx
+        confirmation = parse_zero_touch(raw)
+        limiters = ctx.limiters
+        hit_all(
+            [
+                (limiters.confirm_per_address, client),
+                (limiters.confirm_per_device, confirmation.device_id),
+            ]
+        )
+        verify_statement(
+            confirmation,
+            await self._registry_key(confirmation.device_id),
+            now=ctx.now(),
+            max_age=ctx.config.claim_ttl,
+            max_skew=ctx.config.max_clock_skew,
+        )
+
+        async def body(conn: Connection, plan: BrokerPlan) -> Owned:
+            now = ctx.now()
+            await use_nonce(
+                conn,
+                confirmation.device_id,
+                confirmation.nonce,
+                confirmation.timestamp + ctx.config.claim_ttl + ctx.config.max_clock_skew,
+            )
+            device = await conn.fetchrow(
+                "SELECT household_id, preassigned_household_id, credential_version "
+                "FROM devices WHERE device_id = $1",
+                confirmation.device_id,
+            )
+            if device is None or device["preassigned_household_id"] is None:
+                raise ClaimRejectedError
+            household_id = device["preassigned_household_id"]
+            if device["household_id"] == household_id:
+                # The device lost the first answer: a fresh signature gets the same credential.
+                credential = await plan.put_device(
+                    confirmation.device_id, int(device["credential_version"])
+                )
+                return Owned(confirmation.device_id, household_id, credential)
+            owned = await take_ownership(
+                conn,
+                plan,
+                ctx,
+                device_id=confirmation.device_id,
+                household_id=household_id,
+                actor=f"device:{confirmation.device_id}",
+                action="device.claimed",
+                details={"zero_touch": True},
+            )
+            if owned is None:
+                raise ClaimRejectedError
+            _LOGGER.info("zero-touch: %s owned at %s", confirmation.device_id, now)
+            return owned
+
+        return await mutate(ctx, body)
+
+    async def purge_expired(self) -> None:
+        """Mark lapsed claims expired and forget nonces past their window."""
+        now = self._ctx.now()
+        async with self._ctx.storage.transaction() as conn:
+            await conn.execute(
+                "UPDATE claims SET status = 'expired', completed_at = $1 "
+                "WHERE status = 'pending' AND expires_at < $1",
+                now,
+            )
+            await conn.execute("DELETE FROM device_nonces WHERE expires_at < $1", now)
+
+
+async def use_nonce(conn: Connection, device_id: str, nonce: bytes, expires_at: int) -> None:
+    """Record a device statement's nonce; a second use is a replay and is rejected."""
+    used = await conn.execute(
+        "INSERT INTO device_nonces (device_id, nonce, expires_at) VALUES ($1, $2, $3) "
+        "ON CONFLICT (device_id, nonce) DO NOTHING",
+        device_id,
+        nonce,
+        expires_at,
+    )
+    if used != 1:
+        raise ClaimRejectedError

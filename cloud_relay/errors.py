@@ -1,0 +1,341 @@
+"""Every error the account service raises.
+
+One base, :class:`RelayError`; each subclass carries the HTTP status and a stable snake_case
+``code`` that clients (Home Assistant, the device) switch on, so codes never change once
+released. The message is English and says what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from iob_protocol.diagnostics import DiagnosticCode
+
+
+class RelayError(Exception):
+    """Base of every error in the account service."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "The service failed unexpectedly; try again later."
+    #: What a device shows for this error, where one fits.
+    diagnostic: ClassVar[DiagnosticCode | None] = None
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        """Use ``message`` or the class's default; ``retry_after`` for 429 and 503."""
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+class InvalidRequestError(RelayError):
+    """The body or a parameter does not follow the API's schema."""
+
+    status = 400
+    code = "invalid_request"
+    default_message = "The request is malformed; check it against /openapi.json."
+
+
+class RequestTooLargeError(RelayError):
+    """The body is larger than the endpoint accepts."""
+
+    status = 413
+    code = "request_too_large"
+    default_message = "The request body is too large; send a smaller body."
+
+
+class NotFoundError(RelayError):
+    """No such route or resource."""
+
+    status = 404
+    code = "not_found"
+    default_message = "Nothing here; check the path against /openapi.json."
+
+
+class MethodNotAllowedError(RelayError):
+    """The route exists but not for this method."""
+
+    status = 405
+    code = "method_not_allowed"
+    default_message = "This method is not allowed here; see /openapi.json."
+
+
+class RateLimitedError(RelayError):
+    """Too many requests for one account, address or device."""
+
+    status = 429
+    code = "rate_limited"
+    default_message = "Too many attempts; wait before trying again (see Retry-After)."
+
+
+class ConflictError(RelayError):
+    """The request clashes with the current state."""
+
+    status = 409
+    code = "conflict"
+    default_message = "The request conflicts with the current state; reload and try again."
+
+
+# --- authentication -----------------------------------------------------------------------------
+
+
+class AuthenticationRequiredError(RelayError):
+    """No access token was given."""
+
+    status = 401
+    code = "authentication_required"
+    default_message = "Sign in and send the access token as 'Authorization: Bearer <token>'."
+
+
+class InvalidTokenError(RelayError):
+    """The access token is unknown, expired or revoked."""
+
+    status = 401
+    code = "invalid_token"
+    default_message = (
+        "The access token is expired or revoked; refresh it with /v1/auth/refresh or sign in."
+    )
+
+
+class InvalidCredentialsError(RelayError):
+    """Wrong e-mail or password (never says which)."""
+
+    status = 401
+    code = "invalid_credentials"
+    default_message = "The e-mail address or password is wrong; check both and try again."
+
+
+class RefreshTokenInvalidError(RelayError):
+    """The refresh token is unknown, expired or its session was revoked."""
+
+    status = 401
+    code = "refresh_token_invalid"
+    default_message = "The refresh token is no longer valid; sign in again."
+
+
+class RefreshTokenReusedError(RelayError):
+    """A rotated refresh token came back: the session may be stolen, so it is revoked."""
+
+    status = 401
+    code = "refresh_token_reused"
+    default_message = (
+        "This refresh token was already used, so the session was revoked to protect the "
+        "account; sign in again."
+    )
+
+
+class EmailTakenError(ConflictError):
+    """Sign-up with an e-mail address that has an account."""
+
+    code = "email_taken"
+    default_message = "An account with this e-mail address exists; sign in instead."
+
+
+class WeakPasswordError(InvalidRequestError):
+    """The password is too short or too simple."""
+
+    code = "weak_password"
+    default_message = "Choose a password of at least 10 characters that is not your e-mail."
+
+
+# --- authorisation ------------------------------------------------------------------------------
+
+
+class ForbiddenError(RelayError):
+    """The account's role in the household does not allow this."""
+
+    status = 403
+    code = "forbidden"
+    default_message = "Your role in this household does not allow this; ask its owner or an admin."
+
+
+class AdminRequiredError(ForbiddenError):
+    """Only service administrators may do this."""
+
+    code = "admin_required"
+    default_message = "Only administrators of this service may do this."
+
+
+class HouseholdNotFoundError(NotFoundError):
+    """No such household, or the account is not a member (never says which)."""
+
+    code = "household_not_found"
+    default_message = "No such household among yours; check the id or ask to be invited."
+
+
+class DeviceNotFoundError(NotFoundError):
+    """No such device in this household."""
+
+    code = "device_not_found"
+    default_message = "No such device in this household; check the device id."
+
+
+class MemberNotFoundError(NotFoundError):
+    """No such member in this household."""
+
+    code = "member_not_found"
+    default_message = "No such member in this household; list the members and try again."
+
+
+class InvitationInvalidError(NotFoundError):
+    """The invitation is unknown, used, revoked or expired."""
+
+    code = "invitation_invalid"
+    default_message = "This invitation is not valid any more; ask for a new one."
+
+
+class TransferNotFoundError(NotFoundError):
+    """No such pending transfer for this household."""
+
+    code = "transfer_not_found"
+    default_message = "No such pending transfer; ask the owner to offer the device again."
+
+
+class ShareNotFoundError(NotFoundError):
+    """The device is not shared with that household."""
+
+    code = "share_not_found"
+    default_message = "The device is not shared with this household; list its shares."
+
+
+class ClaimNotFoundError(NotFoundError):
+    """No such claim for this account."""
+
+    code = "claim_not_found"
+    default_message = "No such claim; start a new claim."
+
+
+class ModelNotFoundError(NotFoundError):
+    """No such device model in the registry."""
+
+    code = "model_not_found"
+    default_message = "No such device model; create it first or check the name."
+
+
+class RegistryDeviceNotFoundError(NotFoundError):
+    """No such device in the manufacturing registry (admin API only)."""
+
+    code = "registry_device_not_found"
+    default_message = "No such device in the registry; import its factory record first."
+
+
+# --- claims and devices -------------------------------------------------------------------------
+
+
+class ClaimRejectedError(RelayError):
+    """The device cannot be claimed by this request.
+
+    Deliberately the same for an unknown id, a device owned elsewhere and a used token, so a
+    stranger cannot enumerate which ids exist or who owns them.
+    """
+
+    status = 409
+    code = "claim_rejected"
+    default_message = (
+        "This device cannot be claimed: check the device id; if it belongs to another "
+        "household, ask its owner to release or transfer it."
+    )
+    diagnostic = DiagnosticCode.CLAIM_REJECTED
+
+
+class AlreadyOwnedError(ConflictError):
+    """The caller's own household already owns the device (safe to say: it is theirs)."""
+
+    code = "already_owned"
+    default_message = "Your household already owns this device; nothing to do."
+
+
+class ClaimExpiredError(RelayError):
+    """The claim's time ran out before the device confirmed it."""
+
+    status = 410
+    code = "claim_expired"
+    default_message = "The claim expired; start the setup again from Home Assistant."
+    diagnostic = DiagnosticCode.CLAIM_EXPIRED
+
+
+class ClockSkewError(RelayError):
+    """The device's signed time is too far from the service's clock."""
+
+    status = 400
+    code = "clock_skew"
+    default_message = (
+        "The device's clock is too far from the service's; let the device reach an NTP "
+        "server (UDP 123) and try again."
+    )
+    diagnostic = DiagnosticCode.CLOCK_SKEW
+
+
+class BadSignatureError(RelayError):
+    """The device's signature does not verify against the registry key."""
+
+    status = 400
+    code = "bad_signature"
+    default_message = (
+        "The device's signature does not verify; the device may not be genuine or its "
+        "identity was reset: contact support with the device id."
+    )
+
+
+class ReleaseStaleError(ConflictError):
+    """A device-signed release older than the current ownership (a replay or late delivery)."""
+
+    code = "release_stale"
+    default_message = (
+        "This release notice predates the device's current owner and was ignored; release "
+        "the device from its household instead."
+    )
+
+
+# --- infrastructure -----------------------------------------------------------------------------
+
+
+class BrokerUnavailableError(RelayError):
+    """The MQTT broker did not accept the change; nothing was stored."""
+
+    status = 503
+    code = "broker_unavailable"
+    default_message = (
+        "The MQTT broker is unreachable, so nothing was changed; try again in a minute."
+    )
+    diagnostic = DiagnosticCode.BROKER_AUTH_FAILED
+
+
+class StorageError(RelayError):
+    """The database failed (connection, constraint, migration)."""
+
+    status = 503
+    code = "storage_unavailable"
+    default_message = "The database is unavailable; try again in a minute."
+
+
+class StorageConflictError(StorageError):
+    """A unique or foreign-key constraint refused a write."""
+
+    status = 409
+    code = "conflict"
+    default_message = "The request conflicts with the current state; reload and try again."
+
+
+class ConfigError(RelayError):
+    """The configuration is missing or invalid (at start-up, never over HTTP)."""
+
+    code = "config_error"
+    default_message = "The configuration is invalid."
+
+
+class RegistryImportError(InvalidRequestError):
+    """A factory-provision record cannot be imported."""
+
+    code = "invalid_record"
+    default_message = "A factory record is malformed; see the line number and fix the file."
+
+
+class AuditChainError(RelayError):
+    """The audit log's hash chain is broken (an edit or deletion)."""
+
+    code = "audit_chain_broken"
+    default_message = "The audit log was edited or truncated; restore it from a backup."

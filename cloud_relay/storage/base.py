@@ -1,0 +1,105 @@
+"""The one storage interface, implemented by SQLite (embedded) and PostgreSQL (scale).
+
+Queries are written once, in the SQL both engines share, with ``$1``-style placeholders
+(SQLite receives them as ``?1``). Times are whole Unix seconds, flags are 0/1 integers and
+binary values are bytes, so rows look the same whichever engine produced them.
+
+A write goes through :meth:`Storage.transaction`: commit on success, roll back on any
+exception (including cancellation). Reads that need no consistency with a write use
+:meth:`Storage.read`.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final
+
+type Row = dict[str, Any]
+
+_PLACEHOLDER: Final = re.compile(r"\$(\d+)")
+
+
+def to_qmark(sql: str) -> str:
+    """``$1`` → ``?1`` for SQLite (numbered, so one argument may appear twice)."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+class Connection(abc.ABC):
+    """One connection, inside a transaction or a read."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; return the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Run a query; return every row."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        """Run a query; return its first row or None."""
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """Run a query; return the first column of its first row, or None."""
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else next(iter(row.values()))
+
+    @abc.abstractmethod
+    async def lock_audit_head(self) -> Row:
+        """Lock and return the audit chain's head row until the transaction ends."""
+
+
+class Storage(abc.ABC):
+    """A database behind the account service."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A read-write transaction; commits when the block ends without an exception."""
+
+    @abc.abstractmethod
+    def read(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for reads (SQLite: a reader that never waits for the writer)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection."""
+
+    @abc.abstractmethod
+    async def _applied_versions(self, conn: Connection) -> set[int]:
+        """Migration versions already applied (creating the bookkeeping table if needed)."""
+
+    @abc.abstractmethod
+    def _migration_transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A transaction that no other process migrates concurrently with."""
+
+    async def migrate(self) -> list[int]:
+        """Apply every pending migration, each in its own transaction; return their versions."""
+        from .schema import MIGRATIONS  # noqa: PLC0415 - schema imports this module
+
+        applied: list[int] = []
+        for migration in MIGRATIONS:
+            async with self._migration_transaction() as conn:
+                if migration.version in await self._applied_versions(conn):
+                    continue
+                for statement in migration.statements(self.dialect):
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+                applied.append(migration.version)
+        return applied
+
+    async def schema_version(self) -> int:
+        """The highest applied migration, 0 for an empty database."""
+        async with self._migration_transaction() as conn:
+            versions = await self._applied_versions(conn)
+        return max(versions, default=0)

@@ -1,0 +1,276 @@
+"""Test helpers: a validating API client, fake devices, a movable clock."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped] # the venv has no stubs for it
+from aiohttp.test_utils import TestClient
+from iob_protocol.canonical import b64url_encode
+from iob_protocol.claim import ClaimConfirmation, ReleaseNotice
+from iob_protocol.identity import DeviceIdentity
+from iob_protocol.payload import SetupCode, SetupVerifier
+
+from cloud_relay.api.common import RELAY
+from cloud_relay.api.openapi import document
+from cloud_relay.device_proofs import ZeroTouchConfirmation
+from cloud_relay.registry import FactoryRecord
+from cloud_relay.relay import Relay
+
+
+class FakeClock:
+    """Unix seconds that tests move by hand."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: int) -> None:
+        self.now += seconds
+
+
+@cache
+def _verifier() -> str:
+    # The relay only checks a verifier's format, so one (slow, scrypt) verifier serves all.
+    identity = DeviceIdentity.generate()
+    return SetupVerifier.create(SetupCode.generate(identity.device_id), log2_n=14).encode()
+
+
+@dataclass
+class FakeDevice:
+    """A device with a factory identity, as the registry knows it."""
+
+    identity: DeviceIdentity = field(default_factory=DeviceIdentity.generate)
+    model: str = "pi-sensor"
+
+    @property
+    def id(self) -> str:
+        return self.identity.device_id
+
+    def record(self) -> dict[str, str]:
+        """Its factory-provision record (JSON form)."""
+        return {
+            "device_id": self.id,
+            "model": self.model,
+            "public_key": b64url_encode(self.identity.public_key),
+            "setup_verifier": _verifier(),
+        }
+
+    def factory_record(self) -> FactoryRecord:
+        return FactoryRecord(self.id, self.model, self.identity.public_key, _verifier())
+
+    def confirm(self, token: str, now: int) -> dict[str, Any]:
+        """The signed claim confirmation, as the JSON object the device posts."""
+        confirmation = ClaimConfirmation.create(self.identity, token, clock=lambda: now)
+        return _object(confirmation.to_json())
+
+    def zero_touch(self, now: int) -> dict[str, Any]:
+        statement = ZeroTouchConfirmation.create(
+            self.identity, nonce=secrets.token_bytes(16), timestamp=now
+        )
+        return _object(statement.to_json())
+
+    def release(self, now: int) -> dict[str, Any]:
+        notice = ReleaseNotice.create(self.identity, clock=lambda: now)
+        return _object(notice.to_json())
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    assert isinstance(value, dict)
+    return value
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+    @property
+    def code(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return str(self.body["error"]["code"])
+        return None
+
+
+@dataclass
+class User:
+    email: str
+    password: str
+    account_id: str
+    token: str
+    refresh_token: str
+
+
+_PARAM_RE = re.compile(r"\{[^}]+\}")
+
+
+@cache
+def _operations() -> list[tuple[re.Pattern[str], str, dict[str, Any]]]:
+    doc = document()
+    return [
+        (re.compile("^" + _PARAM_RE.sub("[^/]+", path) + "$"), path, item)
+        for path, item in doc["paths"].items()
+    ]
+
+
+def response_schema(method: str, path: str, status: int) -> dict[str, Any] | None:
+    """The documented schema for a response; fails when the response is undocumented."""
+    candidates = [(template, item) for regex, template, item in _operations() if regex.match(path)]
+    # A literal segment beats a parameter (/v1/claims/confirm vs /v1/claims/{claim_id}).
+    candidates.sort(key=lambda candidate: candidate[0].count("{"))
+    for template, item in candidates:
+        operation = item.get(method.lower())
+        if operation is None:
+            continue
+        responses = operation["responses"]
+        response = responses.get(str(status)) or responses.get("default")
+        if response is None:
+            raise AssertionError(f"{method} {template} does not document status {status}")
+        if "$ref" in response:
+            response = document()["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+        content = response.get("content")
+        if content is None:
+            return None
+        schema: dict[str, Any] = content["application/json"]["schema"]
+        return schema
+    if status in {404, 405}:
+        return {"$ref": "#/components/schemas/Error"}
+    raise AssertionError(f"{method} {path} is not in the OpenAPI document")
+
+
+def validate_response(method: str, path: str, status: int, body: Any) -> None:
+    """Validate a real response against /openapi.json (jsonschema, draft 2020-12)."""
+    schema = response_schema(method, path, status)
+    if schema is None:
+        assert body is None, f"{method} {path} {status} documents no body but sent {body!r}"
+        return
+    root = {**schema, "components": document()["components"]}
+    jsonschema.Draft202012Validator(root).validate(body)
+
+
+class Api:
+    """A client for the relay under test; every response is checked against the document."""
+
+    def __init__(self, client: TestClient[Any, Any]) -> None:
+        self.client = client
+        self.validated = 0
+
+    @property
+    def relay(self) -> Relay:
+        app = self.client.app
+        assert app is not None
+        relay: Relay = app[RELAY]
+        return relay
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | str | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        expect: int | None = None,
+    ) -> Reply:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if json_body is not None:
+            data = json.dumps(json_body)
+            all_headers.setdefault("Content-Type", "application/json")
+        async with self.client.request(method, path, data=data, headers=all_headers) as response:
+            raw = await response.read()
+            body = json.loads(raw) if raw else None
+            if raw:
+                assert response.content_type == "application/json", response.content_type
+            reply = Reply(response.status, body, dict(response.headers))
+        validate_response(method, path.split("?", 1)[0], reply.status, body)
+        self.validated += 1
+        if expect is not None:
+            assert reply.status == expect, f"{method} {path}: {reply.status} {reply.body}"
+        return reply
+
+    async def sign_up(self, email: str | None = None, password: str | None = None) -> User:
+        email = email or f"user-{secrets.token_hex(4)}@example.com"
+        password = password or secrets.token_urlsafe(12)
+        reply = await self.request(
+            "POST",
+            "/v1/auth/sign-up",
+            json_body={"email": email, "password": password},
+            expect=201,
+        )
+        return User(
+            email,
+            password,
+            reply.body["account"]["account_id"],
+            reply.body["access_token"],
+            reply.body["refresh_token"],
+        )
+
+    async def household(self, user: User, name: str = "Home") -> str:
+        reply = await self.request(
+            "POST", "/v1/households", json_body={"name": name}, token=user.token, expect=201
+        )
+        return str(reply.body["household_id"])
+
+    async def join(self, owner: User, household_id: str, role: str) -> User:
+        """A new account that joins ``household_id`` with ``role`` through an invitation."""
+        member = await self.sign_up()
+        invitation = await self.request(
+            "POST",
+            f"/v1/households/{household_id}/invitations",
+            json_body={"role": role},
+            token=owner.token,
+            expect=201,
+        )
+        await self.request(
+            "POST",
+            "/v1/invitations/accept",
+            json_body={"token": invitation.body["token"]},
+            token=member.token,
+            expect=201,
+        )
+        return member
+
+    async def admin(self) -> User:
+        user = await self.sign_up()
+        await self.relay.accounts.set_admin(user.account_id, is_admin=True, actor="test")
+        return user
+
+    async def device(self, model: str = "pi-sensor") -> FakeDevice:
+        device = FakeDevice(model=model)
+        await self.relay.registry.import_records([device.factory_record()], "test")
+        return device
+
+    async def start_claim(self, user: User, household_id: str, device: FakeDevice) -> Reply:
+        return await self.request(
+            "POST",
+            f"/v1/households/{household_id}/claims",
+            json_body={"device_id": device.id},
+            token=user.token,
+        )
+
+    async def claim(self, user: User, household_id: str, device: FakeDevice) -> dict[str, Any]:
+        """Claim ``device`` for ``household_id`` end to end; return the owned body."""
+        started = await self.start_claim(user, household_id, device)
+        assert started.status == 201, started.body
+        reply = await self.request(
+            "POST",
+            "/v1/claims/confirm",
+            json_body={"confirmation": device.confirm(started.body["token"], self.now())},
+            expect=200,
+        )
+        return dict(reply.body)
+
+    def now(self) -> int:
+        return self.relay.ctx.now()
