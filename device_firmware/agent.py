@@ -1,0 +1,608 @@
+"""``run``: the agent's long-lived orchestration.
+
+One :class:`asyncio.TaskGroup` holds the device's loops - the state reconciler (LED, zeroconf,
+provisioning window, hotspot and captive page follow the persisted state), the MQTT supervisor
+(runs the MQTT runtime while the device is online), the zero-touch loop and the action queue
+(button presses and reset requests, which arrive as signals). ``stop()`` (SIGTERM/SIGINT in the
+CLI) ends them all; a running commit rolls back on the way out.
+
+This module is also the one place that knows the MQTT runtime's interface
+(``device_firmware.mqtt_runtime``): a factory builds a runtime from the saved credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+import aiohttp
+from aiohttp import web
+from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
+
+from .capabilities import default_capabilities
+from .config import DeviceConfig
+from .controller import DeviceController
+from .errors import DiagnosedError, RelayError, StateError
+from .factory import ProvisionedDevice, hotspot_passphrase, hotspot_ssid
+from .hardware import Hardware
+from .led import LedState, StatusLed
+from .mqtt_runtime import DeviceInfo, MqttRuntime, MqttSettings
+from .network.backend import NetworkBackend, NetworkError
+from .provisioning.advertise import Advertiser, resolve_addresses
+from .provisioning.captive import create_captive_app
+from .provisioning.server import create_app
+from .provisioning.session_host import SessionHost
+from .relay_client import RelayClient, build_ssl_context
+from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
+from .watchdog import WifiWatchdog
+from .zero_touch import sign_zero_touch
+
+_LOGGER = logging.getLogger(__name__)
+
+ZERO_TOUCH_FIRST_RETRY: Final = 30.0
+ZERO_TOUCH_MAX_RETRY: Final = 600.0
+#: After the runtime gave up (BROKER_AUTH_FAILED, TLS_FAILED), try again this much later.
+MQTT_RETRY_SECONDS: Final = 60.0
+
+
+class MqttRuntimeLike(Protocol):
+    """What the agent needs from :class:`~.mqtt_runtime.MqttRuntime` (tests substitute it)."""
+
+    async def run(self) -> None:
+        """Run until cancelled (connect with LWT, publish, handle commands, reconnect)."""
+
+    async def wait_connected(self) -> None:
+        """Return once connected and announced."""
+
+    async def clear_retained(self) -> None:
+        """Clear the device's retained messages (factory reset)."""
+
+
+type RuntimeFactory = Callable[[str, MqttCredentials], MqttRuntimeLike]
+
+
+def mqtt_settings(credentials: MqttCredentials) -> MqttSettings:
+    """The runtime's settings from what the commit saved.
+
+    The broker pin from ``set_claim`` (SHA-256 of the broker's SubjectPublicKeyInfo) is used
+    only with TLS: on a plain connection there is no key to pin.
+    """
+    return MqttSettings(
+        host=credentials.host,
+        port=credentials.port,
+        username=credentials.username,
+        password=credentials.password,
+        tls=credentials.tls,
+        ca_pin=credentials.ca_pin.hex() if credentials.ca_pin and credentials.tls else None,
+    )
+
+
+def default_runtime_factory(
+    *, simulated: bool, model: str | None = None, firmware: str | None = None
+) -> RuntimeFactory:
+    """Build the MQTT runtime with this device's capabilities (system sensors, demo or GPIO)."""
+    capabilities = default_capabilities(simulated=simulated)
+    info = DeviceInfo(model=model, sw_version=firmware)
+
+    def factory(device_id: str, credentials: MqttCredentials) -> MqttRuntimeLike:
+        return MqttRuntime(device_id, mqtt_settings(credentials), capabilities, device_info=info)
+
+    return factory
+
+
+def led_state(record: DeviceStateRecord) -> LedState:
+    """The LED module's state for the onboarding state (a diagnostic shows as an error)."""
+    if record.phase is Phase.COMMITTING:
+        return LedState.COMMITTING
+    if record.diagnostic is not None:
+        return LedState.ERROR
+    return LedState(record.phase.value)
+
+
+class Action(StrEnum):
+    """Requests that arrive from outside the event loop (signals, the button)."""
+
+    BUTTON = "button"
+    RESET = "reset"
+
+
+async def recover_boot(store: StateStore, backend: NetworkBackend) -> DeviceStateRecord:
+    """Finish what a power cut interrupted (see :mod:`device_firmware.state`)."""
+    record = await asyncio.to_thread(store.recover)
+    if record.phase is not Phase.COMMITTING:
+        return record
+    if record.claimed:
+        _LOGGER.warning("boot during a commit that the service had confirmed: online")
+        return await store.update(phase=Phase.ONLINE)
+    _LOGGER.warning("boot during an unconfirmed commit: rolled back (TIMEOUT)")
+    with contextlib.suppress(NetworkError):
+        await backend.rollback()
+    return await store.update(
+        phase=Phase.PROVISIONING, diagnostic=DiagnosticCode.TIMEOUT, diagnostic_at=unix_time()
+    )
+
+
+class Agent:
+    """The device agent: provisioning while unclaimed, MQTT while online."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        backend: NetworkBackend,
+        *,
+        runtime_factory: RuntimeFactory | None = None,
+        hardware: Hardware | None = None,
+        wall_clock: WallClock = unix_time,
+        clock: MonotonicClock = monotonic,
+        advertise: bool = True,
+        status_led: StatusLed | None = None,
+    ) -> None:
+        """``runtime_factory`` None: no MQTT (provisioning only, e.g. tests of the lifecycle)."""
+        self._config = config
+        self._backend = backend
+        self._runtime_factory = runtime_factory
+        self._hardware = hardware or Hardware()
+        self._wall_clock = wall_clock
+        self._clock = clock
+        self._advertise = advertise
+        self._status_led = status_led or StatusLed(None)
+        self._store = StateStore(config.state_file)
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._actions: asyncio.Queue[Action] = asyncio.Queue()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._version = 0
+        self._runtime: MqttRuntimeLike | None = None
+        self._lan_runner: web.AppRunner | None = None
+        self._captive_runner: web.AppRunner | None = None
+        self._advertiser: Advertiser | None = None
+        self._hotspot_on = False
+        self._device: ProvisionedDevice | None = None
+        self._controller: DeviceController | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self._host: SessionHost | None = None
+
+    # --- for the CLI and tests --------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        """The persisted state."""
+        return self._store
+
+    @property
+    def controller(self) -> DeviceController:
+        """The device controller (after :meth:`ready`)."""
+        if self._controller is None:
+            raise RuntimeError("agent not started")
+        return self._controller
+
+    @property
+    def session_host(self) -> SessionHost:
+        """The session host (after :meth:`ready`)."""
+        if self._host is None:
+            raise RuntimeError("agent not started")
+        return self._host
+
+    @property
+    def advertiser(self) -> Advertiser | None:
+        """The zeroconf advertiser, if advertising is enabled."""
+        return self._advertiser
+
+    def lan_ports(self) -> list[int]:
+        """Ports the LAN server listens on (useful with ``port = 0``)."""
+        return _bound_ports(self._lan_runner)
+
+    def captive_ports(self) -> list[int]:
+        """Ports the captive page listens on, while the hotspot is up."""
+        return _bound_ports(self._captive_runner)
+
+    async def ready(self) -> None:
+        """Wait until the servers listen."""
+        await self._ready.wait()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (signal handlers call this)."""
+        self._stop.set()
+
+    def request(self, action: Action) -> None:
+        """Queue a button press or a reset (signal handlers call this)."""
+        self._actions.put_nowait(action)
+
+    # --- state notifications ----------------------------------------------------------------
+
+    def _state_changed(self, _record: DeviceStateRecord) -> None:
+        self._version += 1
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def _changed(self, seen: int | None = None) -> int:
+        """Wait for a state change after version ``seen`` (now, if None); return the version.
+
+        Loops pass the version they acted on, so a change made while they were busy is never
+        missed.
+        """
+        if seen is None:
+            seen = self._version
+        while self._version == seen:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            await waiter
+        return self._version
+
+    # --- run --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`."""
+        config = self._config
+        self._device = device = await asyncio.to_thread(ProvisionedDevice.load, config)
+        record = await recover_boot(self._store, self._backend)
+        ssl_context = await asyncio.to_thread(build_ssl_context, config.relay_ca_file)
+        async with aiohttp.ClientSession() as http:
+
+            def relay_factory(url: str) -> RelayClient:
+                return RelayClient(
+                    url, session=http, timeout=config.relay_timeout, ssl_context=ssl_context
+                )
+
+            self._relay_factory = relay_factory
+            controller = DeviceController(
+                device=device,
+                store=self._store,
+                backend=self._backend,
+                relay_factory=relay_factory,
+                commit_timeout=config.commit_timeout,
+                hardware=self._hardware,
+                clear_retained=self._clear_retained,
+                wall_clock=self._wall_clock,
+            )
+            self._controller = controller
+            self._host = host = SessionHost(
+                device,
+                controller.dispatch,
+                clock=self._clock,
+                allow_insecure_http=config.allow_insecure_http,
+            )
+            if not record.claimed:
+                host.open_window("boot while unclaimed")
+            controller.add_reset_listener(lambda: host.open_window("factory reset"))
+            try:
+                await self._start_lan(host, controller)
+                if self._advertise:
+                    self._advertiser = Advertiser(
+                        device_id=device.info.device_id,
+                        model=device.info.model,
+                        firmware=device.info.firmware_version,
+                        port=self.lan_ports()[0],
+                        addresses=await asyncio.to_thread(resolve_addresses, config.advertise),
+                    )
+                controller.add_state_listener(self._state_changed)
+                await self._run_loops()
+            finally:
+                await controller.aclose()
+                await self._shutdown()
+
+    async def _run_loops(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._reconcile_loop(), name="iob-reconcile"),
+                group.create_task(self._action_loop(), name="iob-actions"),
+            ]
+            if self._runtime_factory is not None:
+                tasks.append(group.create_task(self._mqtt_loop(), name="iob-mqtt"))
+            if self._config.zero_touch_url is not None:
+                tasks.append(group.create_task(self._zero_touch_loop(), name="iob-zero-touch"))
+            if self._config.reonboard_after > 0:
+                watchdog = WifiWatchdog(
+                    self._backend, self._wifi_lost, after=self._config.reonboard_after
+                )
+                tasks.append(group.create_task(watchdog.run(), name="iob-watchdog"))
+            await self._reconcile()
+            self._ready.set()
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+
+    def _wifi_lost(self) -> None:
+        """The saved Wi-Fi has been down for a while: let the owner send new credentials."""
+        record = self._store.current
+        if record.claimed and record.wifi_ssid is not None:
+            self.session_host.open_window("saved Wi-Fi lost (re-onboarding)")
+
+    async def _shutdown(self) -> None:
+        await self._status_led.aclose()
+        if self._advertiser is not None:
+            await self._advertiser.aclose()
+        await self._stop_captive()
+        if self._lan_runner is not None:
+            await self._lan_runner.cleanup()
+            self._lan_runner = None
+        if self._host is not None:
+            self._host.close_window(end_session=True)
+        await self._backend.aclose()
+
+    async def _start_lan(self, host: SessionHost, controller: DeviceController) -> None:
+        runner = web.AppRunner(create_app(host, controller), access_log=None)
+        await runner.setup()
+        self._lan_runner = runner
+        port = self._config.port
+        for address in self._config.listen:
+            site = web.TCPSite(runner, address, port)
+            await site.start()
+            if port == 0:  # every address on the same ephemeral port
+                port = _bound_ports(runner)[0]
+        _LOGGER.info("LAN provisioning server on %s port %d", ", ".join(self._config.listen), port)
+
+    # --- reconciling the outside world with the state ---------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        seen = self._version
+        while True:
+            seen = await self._changed(seen)
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        async with self._reconcile_lock:
+            await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
+        record = self._store.current
+        host = self.session_host
+        await self._status_led.show(led_state(record))
+        if record.claimed:
+            host.close_window()
+        if self._advertiser is not None:
+            try:
+                if record.claimed:
+                    await self._advertiser.withdraw()
+                else:
+                    await self._advertiser.publish(record.phase.value)
+            except OSError as err:
+                _LOGGER.warning("zeroconf: %s", err)
+        if record.phase is Phase.COMMITTING:
+            return  # the commit owns the radio until it ends
+        want_hotspot = (
+            self._config.hotspot
+            and not record.claimed
+            and record.wifi_ssid is None
+            and host.window_open
+        )
+        if want_hotspot and not self._hotspot_on:
+            await self._start_hotspot()
+        elif not want_hotspot and self._hotspot_on:
+            await self._stop_hotspot()
+
+    async def _start_hotspot(self) -> None:
+        device = self._device
+        if device is None:
+            return
+        if await self._has_network():
+            return  # on a network already (Wi-Fi or Ethernet): HA finds the device there
+        try:
+            await self._backend.start_hotspot(
+                hotspot_ssid(device.info.device_id), hotspot_passphrase(device.setup_code)
+            )
+        except NetworkError as err:
+            _LOGGER.warning("cannot open the setup hotspot: %s", err)
+            return
+        self._hotspot_on = True
+        await self._start_captive()
+
+    async def _has_network(self) -> bool:
+        """Saved Wi-Fi connected, or any uplink (Ethernet) that reaches the internet."""
+        try:
+            if await self._backend.wifi_connected():
+                return True
+            await self._backend.check_internet()
+        except NetworkError:
+            return False
+        return True
+
+    async def _stop_hotspot(self) -> None:
+        self._hotspot_on = False
+        await self._stop_captive()
+        try:
+            await self._backend.stop_hotspot()
+        except NetworkError as err:
+            _LOGGER.warning("cannot close the setup hotspot: %s", err)
+
+    async def _start_captive(self) -> None:
+        if self._captive_runner is not None or self._host is None:
+            return
+        config = self._config
+        host = config.captive_host
+        port_text = "" if config.captive_port == 80 else f":{config.captive_port}"  # noqa: PLR2004
+        literal = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host  # noqa: PLR2004
+        app = create_captive_app(self._host, self.controller, origin=f"http://{literal}{port_text}")
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, config.captive_port).start()
+        except OSError as err:
+            _LOGGER.warning("captive page not started on %s: %s", host, err)
+            await runner.cleanup()
+            return
+        self._captive_runner = runner
+
+    async def _stop_captive(self) -> None:
+        if self._captive_runner is not None:
+            await self._captive_runner.cleanup()
+            self._captive_runner = None
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def _action_loop(self) -> None:
+        while True:
+            action = await self._actions.get()
+            if action is Action.RESET:
+                _LOGGER.warning("factory reset requested")
+                await self.controller.factory_reset()
+            elif self._store.current.claimed:
+                _LOGGER.info("button: the device is claimed; hold it to factory-reset")
+            else:
+                self.session_host.open_window("button")
+            await self._reconcile()
+
+    # --- MQTT -------------------------------------------------------------------------------
+
+    async def _mqtt_loop(self) -> None:
+        """Run the MQTT runtime while online; restart it when the credentials change."""
+        factory = self._runtime_factory
+        if factory is None:
+            return
+        while True:
+            seen = self._version
+            record = self._store.current
+            if record.phase is not Phase.ONLINE or record.mqtt is None or self._device is None:
+                await self._changed(seen)
+                continue
+            credentials = record.mqtt
+            self._runtime = runtime = factory(self._device.info.device_id, credentials)
+            task = asyncio.create_task(runtime.run(), name="iob-mqtt-runtime")
+            connected = asyncio.create_task(runtime.wait_connected(), name="iob-mqtt-connected")
+            watch: set[asyncio.Future[Any]] = {task, connected}
+            try:
+                while not task.done():
+                    changed = asyncio.create_task(self._changed(seen))
+                    await asyncio.wait({*watch, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    changed.cancel()
+                    seen = self._version
+                    if connected in watch and connected.done():
+                        watch.discard(connected)
+                        await self._clear_broker_diagnostic()
+                    now = self._store.current
+                    if now.phase is not Phase.ONLINE or now.mqtt != credentials:
+                        break
+            finally:
+                for pending in (task, connected):
+                    pending.cancel()
+                # wait, not await: a runtime that failed is handled below, not raised here.
+                await asyncio.wait({task, connected})
+                self._runtime = None
+            await self._runtime_ended(task)
+
+    async def _clear_broker_diagnostic(self) -> None:
+        record = self._store.current
+        if record.diagnostic in {DiagnosticCode.BROKER_AUTH_FAILED, DiagnosticCode.TLS_FAILED}:
+            await self._store.update(diagnostic=None, diagnostic_at=None)
+            self.controller.notify()
+
+    async def _runtime_ended(self, task: asyncio.Task[None]) -> None:
+        """A runtime that gave up (bad credentials, TLS) leaves its diagnostic, then retries."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if isinstance(error, DiagnosedError) and self._store.current.phase is Phase.ONLINE:
+            _LOGGER.error("MQTT: %s (%s)", error.code.message, error)
+            await self._store.update(diagnostic=error.code, diagnostic_at=self._wall_clock())
+            self.controller.notify()
+        else:
+            _LOGGER.error("MQTT runtime stopped", exc_info=error)
+        # The owner's fix (broker reconcile, a new pin) happens elsewhere: retry, slowly.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MQTT_RETRY_SECONDS):
+                await self._changed()
+
+    async def _clear_retained(self, record: DeviceStateRecord) -> None:
+        """Factory reset: clear retained messages with the running runtime, or a fresh one."""
+        runtime = self._runtime
+        if runtime is None:
+            if self._runtime_factory is None or record.mqtt is None or self._device is None:
+                return
+            runtime = self._runtime_factory(self._device.info.device_id, record.mqtt)
+        await runtime.clear_retained()
+
+    # --- zero-touch -------------------------------------------------------------------------
+
+    async def _zero_touch_loop(self) -> None:
+        url = self._config.zero_touch_url
+        device = self._device
+        if url is None or device is None:
+            return
+        delay = ZERO_TOUCH_FIRST_RETRY
+        while not self._store.current.claimed:
+            seen = self._version
+            if self._store.current.phase is not Phase.UNCLAIMED:
+                await self._changed(seen)  # someone is setting the device up by hand
+                continue
+            try:
+                await self._zero_touch_once(url, device)
+            except RelayError as err:
+                if err.code is DiagnosticCode.CLAIM_REJECTED:
+                    _LOGGER.info("zero-touch: not pre-assigned (%s); set it up by hand", err)
+                    await self._store.update(diagnostic=err.code, diagnostic_at=self._wall_clock())
+                    return
+                _LOGGER.info("zero-touch: %s; retrying in %.0f s", err, delay)
+            except (DiagnosedError, StateError) as err:
+                _LOGGER.info("zero-touch: %s; retrying in %.0f s", err, delay)
+            else:
+                return
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            delay = min(delay * 2, ZERO_TOUCH_MAX_RETRY)
+
+    async def _zero_touch_once(self, url: str, device: ProvisionedDevice) -> None:
+        from iob_protocol.claim import MAX_SKEW_SECONDS  # noqa: PLC0415
+
+        async with self._relay_factory(url) as relay:
+            health = await relay.health()
+            skew = self._wall_clock() - health.time
+            if abs(skew) > MAX_SKEW_SECONDS:
+                raise RelayError(DiagnosticCode.CLOCK_SKEW, f"device clock is {skew:+d} s off")
+            message = sign_zero_touch(device.identity, clock=self._wall_clock)
+            outcome = await relay.confirm_zero_touch(message, device.info.device_id)
+        if self._store.current.phase is not Phase.UNCLAIMED:
+            return
+        await self._store.update(
+            phase=Phase.ONLINE,
+            diagnostic=None,
+            diagnostic_at=None,
+            ownership=Ownership(
+                household_id=outcome.household_id, service_url=url, claimed_at=self._wall_clock()
+            ),
+            mqtt=MqttCredentials(
+                host=outcome.mqtt.host,
+                port=outcome.mqtt.port,
+                tls=outcome.mqtt.tls,
+                username=outcome.mqtt.username,
+                password=outcome.mqtt.password,
+            ),
+        )
+        _LOGGER.info("zero-touch: owned by household %s", outcome.household_id)
+        self.controller.notify()
+
+    _relay_factory: Callable[[str], RelayClient]
+
+
+def _bound_ports(runner: web.AppRunner | None) -> list[int]:
+    if runner is None:
+        return []
+    return sorted(
+        {
+            int(address[1])
+            for address in runner.addresses
+            if isinstance(address, tuple) and len(address) >= 2  # noqa: PLR2004 - (host, port)
+        }
+    )
+
+
+async def run_agent(agent: Agent, main: Coroutine[Any, Any, None] | None = None) -> None:
+    """Run ``agent``; if ``main`` is given, stop the agent when it returns (tests, demo)."""
+    task = asyncio.create_task(agent.run())
+    try:
+        if main is not None:
+            await agent.ready()
+            await main
+            agent.stop()
+        await task
+    finally:
+        if not task.done():
+            agent.stop()
+            await task

@@ -1,0 +1,275 @@
+"""The fail-safe commit (DESIGN: "no half-onboarded devices").
+
+``commit`` arms a timer (180 s by default). Under it the device joins the new Wi-Fi as a trial
+(the previous configuration is kept by the backend), checks that it can resolve the account
+service's host, reach it (``/v1/health``, which also proves TLS) and that its clock agrees with
+the service's; then it signs the claim confirmation. Only when the service has answered
+"owned" is the new network made permanent. Any failure, or the timer, rolls the network back
+and leaves the device in ``provisioning`` with the specific diagnostic code, readable through
+``status`` in the same session; nothing needs a reboot.
+
+Order of the checks, and why: DHCP happens inside ``connect``; then DNS of the service's host;
+then the service itself. Only if the service is unreachable is general internet access
+checked, to tell NO_INTERNET from RELAY_UNREACHABLE - a self-hosted service on the LAN (or an
+IoT VLAN with no route out) must not fail a check it does not need.
+
+Two ways for the confirmation to reach the service, chosen by Home Assistant per claim: the
+device posts it itself (``ClaimDelivery.DEVICE``), or it hands the signed confirmation back over
+the session and HA relays it and returns the service's answer (``ClaimDelivery.HUB``, for an
+IoT VLAN without internet). The service verifies the same signature either way.
+
+Crash safety: the ownership and MQTT credentials are saved (still ``committing``) before the
+network is made permanent, so a power cut after the service said "owned" boots online, and a
+power cut before it boots back in ``provisioning`` (the trial network is gone with the power).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final
+from urllib.parse import urlsplit
+
+from iob_protocol.claim import MAX_SKEW_SECONDS, ClaimConfirmation
+from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.identity import DeviceIdentity
+from iob_protocol.sources import WallClock, unix_time
+
+from .errors import CommitError, DiagnosedError, StateError
+from .network.backend import NetworkBackend, NetworkError, WifiCredentials
+from .relay_client import ClaimOutcome, RelayClient
+from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
+
+_LOGGER = logging.getLogger(__name__)
+#: Rolling back must itself be bounded: a hung backend cannot keep the device in limbo.
+ROLLBACK_TIMEOUT: Final = 30.0
+
+type RelayFactory = Callable[[str], RelayClient]
+
+
+class ClaimDelivery(StrEnum):
+    """Who posts the signed confirmation to the account service."""
+
+    DEVICE = "device"
+    HUB = "hub"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimPlan:
+    """What ``set_claim`` said."""
+
+    service_url: str
+    claim_token: str = field(repr=False)
+    broker_pin: bytes | None = None
+    broker_host: str | None = None
+    broker_port: int | None = None
+    delivery: ClaimDelivery = ClaimDelivery.DEVICE
+
+    @property
+    def service_host(self) -> str:
+        """The account service's host name (validated by the protocol's URL check)."""
+        return urlsplit(self.service_url).hostname or ""
+
+
+class HubExchange:
+    """Hand-off for ``ClaimDelivery.HUB``: the signed confirmation out, the service's answer in."""
+
+    def __init__(self, confirmation: ClaimConfirmation) -> None:
+        """Wait for Home Assistant to relay ``confirmation``."""
+        self.confirmation = confirmation
+        self._answer: asyncio.Future[ClaimOutcome] = asyncio.get_running_loop().create_future()
+
+    @property
+    def done(self) -> bool:
+        """Whether an answer (or a failure) has been delivered."""
+        return self._answer.done()
+
+    def deliver(self, outcome: ClaimOutcome) -> None:
+        """The service answered "owned" (HA passes its answer through)."""
+        if not self._answer.done():
+            self._answer.set_result(outcome)
+
+    def fail(self, code: DiagnosticCode, detail: str = "") -> None:
+        """The service refused, or HA could not reach it."""
+        if not self._answer.done():
+            self._answer.set_exception(CommitError(code, detail or "reported by Home Assistant"))
+
+    async def wait(self) -> ClaimOutcome:
+        """The answer, as soon as HA delivers it."""
+        return await self._answer
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class FailSafeCommit:
+    """Runs one commit from ``committing`` to ``online`` or back to ``provisioning``."""
+
+    def __init__(
+        self,
+        *,
+        identity: DeviceIdentity,
+        store: StateStore,
+        backend: NetworkBackend,
+        relay_factory: RelayFactory,
+        timeout: float,
+        wall_clock: WallClock = unix_time,
+        on_hub_exchange: Callable[[HubExchange | None], None] | None = None,
+    ) -> None:
+        """``on_hub_exchange`` publishes the pending hand-off to the session (HUB delivery)."""
+        self._identity = identity
+        self._store = store
+        self._backend = backend
+        self._relay_factory = relay_factory
+        self._timeout = timeout
+        self._wall_clock = wall_clock
+        self._on_hub_exchange = on_hub_exchange or (lambda _exchange: None)
+
+    async def run(self, wifi: WifiCredentials | None, plan: ClaimPlan) -> DeviceStateRecord:
+        """Commit; the returned record is ``online`` or ``provisioning`` with a diagnostic."""
+        await self._begin()
+        owned = False
+        try:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if wifi is not None:
+                        await self._backend.connect(wifi)
+                    outcome = await self._confirm(plan)
+            finally:
+                self._on_hub_exchange(None)
+            await self._store.update(
+                ownership=Ownership(
+                    household_id=outcome.household_id,
+                    service_url=plan.service_url,
+                    claimed_at=self._wall_clock(),
+                ),
+                mqtt=MqttCredentials(
+                    host=plan.broker_host or outcome.mqtt.host,
+                    port=plan.broker_port or outcome.mqtt.port,
+                    tls=outcome.mqtt.tls,
+                    username=outcome.mqtt.username,
+                    password=outcome.mqtt.password,
+                    ca_pin=plan.broker_pin,
+                ),
+            )
+            owned = True
+        except (NetworkError, DiagnosedError, TimeoutError) as err:
+            code = err.code if isinstance(err, (NetworkError, DiagnosedError)) else None
+            return await self._fail(code or DiagnosticCode.TIMEOUT, str(err) or "commit timer")
+        except asyncio.CancelledError:
+            # The agent is stopping mid-commit: leave the network as it was.
+            if not owned:
+                await self._fail(DiagnosticCode.TIMEOUT, "agent stopped during commit")
+            raise
+        except StateError as err:
+            return await self._fail(DiagnosticCode.TIMEOUT, f"cannot save the state: {err}")
+        return await self._finish(wifi)
+
+    async def _confirm(self, plan: ClaimPlan) -> ClaimOutcome:
+        host = plan.service_host
+        if plan.delivery is ClaimDelivery.HUB:
+            if plan.broker_host is not None and not _is_ip_literal(plan.broker_host):
+                await self._backend.check_dns(plan.broker_host)
+            exchange = HubExchange(
+                ClaimConfirmation.create(self._identity, plan.claim_token, clock=self._wall_clock)
+            )
+            self._on_hub_exchange(exchange)
+            return await exchange.wait()
+        if not _is_ip_literal(host):
+            await self._backend.check_dns(host)
+        async with self._relay_factory(plan.service_url) as relay:
+            try:
+                health = await relay.health()
+            except DiagnosedError as err:
+                if err.code is DiagnosticCode.RELAY_UNREACHABLE:
+                    # Unreachable: is it the service, or the whole uplink?
+                    await self._backend.check_internet()
+                raise
+            skew = self._wall_clock() - health.time
+            if abs(skew) > MAX_SKEW_SECONDS:
+                raise CommitError(
+                    DiagnosticCode.CLOCK_SKEW,
+                    f"device clock is {skew:+d} s off the service's (limit {MAX_SKEW_SECONDS} s)",
+                )
+            confirmation = ClaimConfirmation.create(
+                self._identity, plan.claim_token, clock=self._wall_clock
+            )
+            return await relay.confirm_claim(confirmation)
+
+    async def _finish(self, wifi: WifiCredentials | None) -> DeviceStateRecord:
+        """Owned: make the network permanent, then say online (even if that step fails)."""
+        try:
+            async with asyncio.timeout(ROLLBACK_TIMEOUT):
+                await self._backend.commit()
+        except (NetworkError, TimeoutError) as err:
+            # The ownership is real; the watchdog re-onboards if the network does not hold.
+            _LOGGER.warning("claimed, but making the network permanent failed: %s", err)
+        ssid = wifi.ssid if wifi is not None else self._store.current.wifi_ssid
+        record = await self._store.update(phase=Phase.ONLINE, wifi_ssid=ssid)
+        _LOGGER.info("commit succeeded: device is owned and online")
+        return record
+
+    async def run_network_only(self, wifi: WifiCredentials) -> DeviceStateRecord:
+        """Join a network without a claim, under the same timer and rollback.
+
+        For the phone's captive page (an unclaimed device gets onto the household's Wi-Fi, where
+        Home Assistant then finds and claims it) and for a claimed device changing its Wi-Fi.
+        Checks association and DHCP and, for a claimed device, that the broker's name resolves.
+        """
+        before = self._store.current
+        await self._begin()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._backend.connect(wifi)
+                if before.mqtt is not None and not _is_ip_literal(before.mqtt.host):
+                    await self._backend.check_dns(before.mqtt.host)
+        except (NetworkError, TimeoutError) as err:
+            code = err.code if isinstance(err, NetworkError) else DiagnosticCode.TIMEOUT
+            return await self._fail(code, str(err) or "commit timer")
+        except asyncio.CancelledError:
+            await self._fail(DiagnosticCode.TIMEOUT, "agent stopped during commit")
+            raise
+        try:
+            async with asyncio.timeout(ROLLBACK_TIMEOUT):
+                await self._backend.commit()
+        except (NetworkError, TimeoutError) as err:
+            return await self._fail(
+                err.code if isinstance(err, NetworkError) else DiagnosticCode.TIMEOUT, str(err)
+            )
+        phase = Phase.ONLINE if before.claimed else Phase.PROVISIONING
+        return await self._store.update(phase=phase, wifi_ssid=wifi.ssid)
+
+    async def _begin(self) -> None:
+        """Persist ``committing`` (the controller usually has, before answering ``commit``)."""
+        if self._store.current.phase is not Phase.COMMITTING:
+            await self._store.update(phase=Phase.COMMITTING, diagnostic=None, diagnostic_at=None)
+
+    async def abort(self, detail: str) -> DeviceStateRecord:
+        """End a commit that can no longer run (roll back, TIMEOUT; online if already owned)."""
+        return await self._fail(DiagnosticCode.TIMEOUT, detail)
+
+    async def _fail(self, code: DiagnosticCode, detail: str) -> DeviceStateRecord:
+        _LOGGER.warning("commit failed (%s): %s", code.value, detail)
+        try:
+            async with asyncio.timeout(ROLLBACK_TIMEOUT):
+                await asyncio.shield(self._backend.rollback())
+        except (NetworkError, TimeoutError) as err:
+            _LOGGER.error("rollback failed: %s", err)  # noqa: TRY400 - the cause is in err
+        now = self._wall_clock()
+
+        def failed(record: DeviceStateRecord) -> DeviceStateRecord:
+            # An owner on record (a claimed device's Wi-Fi change, or a cancel while the
+            # "owned" answer was being saved) keeps the device online.
+            phase = Phase.ONLINE if record.claimed else Phase.PROVISIONING
+            return replace(record, phase=phase, diagnostic=code, diagnostic_at=now)
+
+        return await self._store.apply(failed)

@@ -1,0 +1,369 @@
+"""What the device does for each session command, and the commit and reset it runs.
+
+Transports (the LAN server, the captive page, later BLE) call only this class, through
+:class:`~.provisioning.session_host.SessionHost` for session commands. It owns the pending
+Wi-Fi credentials and claim (kept in memory only: a passphrase is never written to disk before
+the network is committed, and then only by the network backend), the background commit task
+and the listeners that keep the LED, the zeroconf TXT record and the MQTT runtime in step with
+the persisted state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from iob_protocol.commands import (
+    MAX_SCAN_RESULTS,
+    AckResult,
+    CommandResult,
+    CommitRequest,
+    CommitResult,
+    FactoryResetRequest,
+    IdentifyRequest,
+    InfoRequest,
+    InfoResult,
+    Request,
+    ResultError,
+    ScanWifiRequest,
+    ScanWifiResult,
+    SetClaimRequest,
+    SetWifiRequest,
+    StatusRequest,
+    StatusResult,
+    WifiNetwork,
+    WifiSecurity,
+)
+from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.session import PROTOCOL_VERSION
+from iob_protocol.sources import WallClock, unix_time
+
+from .commit import ClaimDelivery, ClaimPlan, FailSafeCommit, HubExchange, RelayFactory
+from .errors import CommandRefusedError
+from .factory import ProvisionedDevice
+from .hardware import Hardware
+from .network.backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
+from .relay_client import ClaimOutcome
+from .reset import ClearRetained, ResetReport, factory_reset
+from .state import DeviceStateRecord, Phase, StateStore
+
+_LOGGER = logging.getLogger(__name__)
+_MIN_RSSI: Final = -127
+
+type StateListener = Callable[[DeviceStateRecord], None]
+type ResetListener = Callable[[], None]
+
+
+def rssi_from_strength(strength: int) -> int:
+    """NetworkManager's 0-100 % back to dBm (its own mapping: % = 2 * (dBm + 100))."""
+    return max(_MIN_RSSI, min(0, strength // 2 - 100))
+
+
+def wifi_network(access_point: AccessPoint) -> WifiNetwork:
+    """A scan result for the session."""
+    return WifiNetwork(
+        ssid=access_point.ssid,
+        rssi=rssi_from_strength(access_point.strength),
+        security=WifiSecurity.WPA_PERSONAL if access_point.secured else WifiSecurity.OPEN,
+    )
+
+
+class DeviceController:
+    """Commands, commit and reset for one device."""
+
+    def __init__(
+        self,
+        *,
+        device: ProvisionedDevice,
+        store: StateStore,
+        backend: NetworkBackend,
+        relay_factory: RelayFactory,
+        commit_timeout: float,
+        hardware: Hardware | None = None,
+        clear_retained: ClearRetained | None = None,
+        wall_clock: WallClock = unix_time,
+    ) -> None:
+        """Wire the device's parts together; nothing runs until a command arrives."""
+        self._device = device
+        self._store = store
+        self._backend = backend
+        self._relay_factory = relay_factory
+        self._commit_timeout = commit_timeout
+        self._hardware = hardware or Hardware()
+        self._clear_retained = clear_retained
+        self._wall_clock = wall_clock
+        self._pending_wifi: WifiCredentials | None = None
+        self._pending_claim: ClaimPlan | None = None
+        self._commit_task: asyncio.Task[DeviceStateRecord] | None = None
+        self._hub_exchange: HubExchange | None = None
+        self._state_listeners: list[StateListener] = []
+        self._reset_listeners: list[ResetListener] = []
+        self._committer = FailSafeCommit(
+            identity=device.identity,
+            store=store,
+            backend=backend,
+            relay_factory=relay_factory,
+            timeout=commit_timeout,
+            wall_clock=wall_clock,
+            on_hub_exchange=self._set_hub_exchange,
+        )
+
+    # --- observation ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> DeviceStateRecord:
+        """The persisted state."""
+        return self._store.current
+
+    @property
+    def hardware(self) -> Hardware:
+        """LED and button."""
+        return self._hardware
+
+    @property
+    def committing(self) -> bool:
+        """Whether a commit is running."""
+        return self._commit_task is not None and not self._commit_task.done()
+
+    @property
+    def hub_exchange(self) -> HubExchange | None:
+        """The confirmation waiting for Home Assistant to relay it (HUB delivery)."""
+        return self._hub_exchange
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call ``listener`` after every persisted change (and once now)."""
+        self._state_listeners.append(listener)
+        listener(self.state)
+
+    def add_reset_listener(self, listener: ResetListener) -> None:
+        """Call ``listener`` after a factory reset (the agent reopens the window)."""
+        self._reset_listeners.append(listener)
+
+    def notify(self) -> None:
+        """Tell listeners about the current state."""
+        record = self.state
+        self._hardware.show_state(record.phase, record.diagnostic)
+        for listener in self._state_listeners:
+            listener(record)
+
+    def _set_hub_exchange(self, exchange: HubExchange | None) -> None:
+        self._hub_exchange = exchange
+        self.notify()
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def dispatch(self, request: Request) -> CommandResult:  # noqa: PLR0911 - one per command
+        """Run one session command; refusals raise :class:`CommandRefusedError`."""
+        match request:
+            case InfoRequest():
+                return self.info()
+            case ScanWifiRequest():
+                return await self.scan()
+            case SetWifiRequest():
+                await self.set_wifi(
+                    WifiCredentials(
+                        ssid=request.ssid, passphrase=request.passphrase, hidden=request.hidden
+                    )
+                )
+                return AckResult()
+            case SetClaimRequest():
+                await self.set_claim(
+                    ClaimPlan(
+                        service_url=request.service_url,
+                        claim_token=request.claim_token,
+                        broker_pin=request.broker_pin,
+                        broker_host=request.broker_host,
+                        broker_port=request.broker_port,
+                    )
+                )
+                return AckResult()
+            case CommitRequest():
+                return await self.start_commit()
+            case StatusRequest():
+                return self.status()
+            case IdentifyRequest():
+                record = self.state
+                self._hardware.identify(record.phase, record.diagnostic)
+                return AckResult()
+            case FactoryResetRequest():
+                await self.factory_reset()
+                return AckResult()
+        raise CommandRefusedError(ResultError.UNSUPPORTED.value, "unknown command")
+
+    def info(self) -> InfoResult:
+        """Who the device is."""
+        info = self._device.info
+        return InfoResult(
+            device_id=info.device_id,
+            model=info.model,
+            firmware_version=info.firmware_version,
+            protocol_version=PROTOCOL_VERSION,
+            claimed=self.state.claimed,
+        )
+
+    async def scan(self) -> ScanWifiResult:
+        """Networks in range, strongest first (hidden ones cannot be listed)."""
+        try:
+            access_points = await self._backend.scan()
+        except NetworkError as err:
+            raise CommandRefusedError(ResultError.FAILED.value, f"scan failed: {err}") from err
+        networks = []
+        seen: set[bytes] = set()
+        for access_point in access_points:
+            if access_point.ssid in seen or not access_point.ssid:
+                continue
+            seen.add(access_point.ssid)
+            networks.append(wifi_network(access_point))
+            if len(networks) == MAX_SCAN_RESULTS:
+                break
+        return ScanWifiResult(networks=tuple(networks))
+
+    def status(self) -> StatusResult:
+        """State and the last diagnostic code."""
+        record = self.state
+        return StatusResult(state=record.phase.wire_state, diagnostic=record.diagnostic)
+
+    def _refuse_while_committing(self) -> None:
+        if self.committing:
+            raise CommandRefusedError(ResultError.BUSY.value, "a commit is running")
+
+    async def _enter_provisioning(self) -> None:
+        if self.state.phase is Phase.UNCLAIMED:
+            await self._store.update(phase=Phase.PROVISIONING)
+            self.notify()
+
+    async def set_wifi(self, credentials: WifiCredentials) -> None:
+        """Remember the network for the next commit (validated by the protocol decoder)."""
+        self._refuse_while_committing()
+        self._pending_wifi = credentials
+        await self._enter_provisioning()
+
+    async def set_claim(self, plan: ClaimPlan) -> None:
+        """Remember where and how to confirm the claim."""
+        self._refuse_while_committing()
+        if self.state.claimed:
+            raise CommandRefusedError(
+                ResultError.NOT_READY.value,
+                "the device already has an owner; a factory reset is needed before a new claim",
+            )
+        self._pending_claim = plan
+        await self._enter_provisioning()
+
+    def set_claim_delivery(self, delivery: ClaimDelivery) -> None:
+        """Choose who posts the confirmation (HUB: HA relays it; IoT VLAN without internet)."""
+        if self._pending_claim is None:
+            raise CommandRefusedError(ResultError.NOT_READY.value, "send set_claim first")
+        plan = self._pending_claim
+        self._pending_claim = ClaimPlan(
+            service_url=plan.service_url,
+            claim_token=plan.claim_token,
+            broker_pin=plan.broker_pin,
+            broker_host=plan.broker_host,
+            broker_port=plan.broker_port,
+            delivery=delivery,
+        )
+
+    async def start_commit(self) -> CommitResult:
+        """Arm the timer and start the fail-safe commit in the background."""
+        self._refuse_while_committing()
+        record = self.state
+        wifi, plan = self._pending_wifi, self._pending_claim
+        if plan is None and not (record.claimed and wifi is not None):
+            raise CommandRefusedError(
+                ResultError.NOT_READY.value,
+                "send set_claim (and set_wifi unless the device is already on the network) first",
+            )
+        if plan is not None and record.claimed:
+            raise CommandRefusedError(
+                ResultError.NOT_READY.value, "the device already has an owner"
+            )
+        self._pending_wifi = None
+        self._pending_claim = None
+        await self._begin_commit()
+        if plan is None and wifi is not None:
+            self._start(self._committer.run_network_only(wifi))
+        elif plan is not None:
+            self._start(self._committer.run(wifi, plan))
+        return CommitResult(timeout_seconds=int(self._commit_timeout))
+
+    async def _begin_commit(self) -> None:
+        """Persist ``committing`` before answering, so the next ``status`` already says so."""
+        await self._store.update(phase=Phase.COMMITTING, diagnostic=None, diagnostic_at=None)
+        self.notify()
+
+    async def start_network_commit(self, wifi: WifiCredentials) -> None:
+        """Join ``wifi`` without a claim (the captive page)."""
+        self._refuse_while_committing()
+        self._pending_wifi = None
+        await self._begin_commit()
+        self._start(self._committer.run_network_only(wifi))
+
+    def _start(self, work: Coroutine[Any, Any, DeviceStateRecord]) -> None:
+        async def runner() -> DeviceStateRecord:
+            try:
+                return await work
+            finally:
+                self.notify()
+
+        self._commit_task = asyncio.create_task(runner(), name="iob-commit")
+        self._commit_task.add_done_callback(_log_task_failure)
+
+    async def wait_for_commit(self) -> DeviceStateRecord:
+        """The outcome of the running (or last) commit."""
+        if self._commit_task is None:
+            return self.state
+        return await asyncio.shield(self._commit_task)
+
+    def deliver_hub_outcome(self, outcome: ClaimOutcome) -> None:
+        """HA relayed the confirmation and passes the service's "owned" answer back."""
+        if self._hub_exchange is None:
+            raise CommandRefusedError(ResultError.NOT_READY.value, "no confirmation is waiting")
+        self._hub_exchange.deliver(outcome)
+
+    def fail_hub_outcome(self, code: DiagnosticCode) -> None:
+        """HA relayed the confirmation and the service refused (or was unreachable)."""
+        if self._hub_exchange is None:
+            raise CommandRefusedError(ResultError.NOT_READY.value, "no confirmation is waiting")
+        self._hub_exchange.fail(code)
+
+    async def factory_reset(self) -> ResetReport:
+        """Cancel any commit, then wipe Wi-Fi, claim and MQTT credentials."""
+        await self.cancel_commit()
+        self._pending_wifi = None
+        self._pending_claim = None
+        report = await factory_reset(
+            identity=self._device.identity,
+            store=self._store,
+            backend=self._backend,
+            relay_factory=self._relay_factory,
+            clear_retained=self._clear_retained,
+            wall_clock=self._wall_clock,
+        )
+        self.notify()
+        for listener in self._reset_listeners:
+            listener()
+        return report
+
+    async def cancel_commit(self) -> None:
+        """Stop a running commit (it rolls back before it ends)."""
+        task = self._commit_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.state.phase is Phase.COMMITTING:
+            # Cancelled before its first step ran: the commit could not clean up itself.
+            await self._committer.abort("agent stopped during commit")
+            self.notify()
+
+    async def aclose(self) -> None:
+        """Stop background work; a running commit rolls back."""
+        await self.cancel_commit()
+
+
+def _log_task_failure(task: asyncio.Task[DeviceStateRecord]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("commit task failed", exc_info=task.exception())

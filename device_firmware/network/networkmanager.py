@@ -1,0 +1,757 @@
+"""NetworkManager over D-Bus: the network backend of a real Pi.
+
+The agent never edits files under ``/etc/NetworkManager``; it talks to the running daemon on the
+system bus (dbus-fast), so NetworkManager stays the single owner of the radio.
+
+Fail-safe join: :meth:`NetworkManagerBackend.connect` adds the new network as an *unsaved*
+(in-memory) profile with autoconnect off and activates it. The previous profile is never
+touched, so a power cut during the trial reboots into the old configuration. ``commit`` saves
+the trial profile to disk with autoconnect on and a higher priority and deletes the agent's
+earlier profile; ``rollback`` deletes the trial profile and reactivates the previous one.
+
+Profiles the agent creates carry ``user.data["org.iot-onboard.role"]`` (``trial``, ``saved`` or
+``hotspot``), so the agent can find its own profiles after a restart and never deletes a profile
+someone else made (for example the one Raspberry Pi Imager preconfigures).
+
+Secrets: the Wi-Fi passphrase goes to NetworkManager inside the settings dictionary and is never
+logged; error messages name the SSID (escaped) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, Final
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+from iob_protocol.commands import display_ssid
+from iob_protocol.diagnostics import DiagnosticCode
+
+from .backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
+
+_LOGGER = logging.getLogger(__name__)
+
+NM_BUS: Final = "org.freedesktop.NetworkManager"
+NM_PATH: Final = "/org/freedesktop/NetworkManager"
+SETTINGS_PATH: Final = "/org/freedesktop/NetworkManager/Settings"
+IFACE_NM: Final = "org.freedesktop.NetworkManager"
+IFACE_SETTINGS: Final = "org.freedesktop.NetworkManager.Settings"
+IFACE_CONNECTION: Final = "org.freedesktop.NetworkManager.Settings.Connection"
+IFACE_DEVICE: Final = "org.freedesktop.NetworkManager.Device"
+IFACE_WIRELESS: Final = "org.freedesktop.NetworkManager.Device.Wireless"
+IFACE_AP: Final = "org.freedesktop.NetworkManager.AccessPoint"
+IFACE_ACTIVE: Final = "org.freedesktop.NetworkManager.Connection.Active"
+IFACE_PROPERTIES: Final = "org.freedesktop.DBus.Properties"
+_DBUS_BUS: Final = "org.freedesktop.DBus"
+_DBUS_PATH: Final = "/org/freedesktop/DBus"
+
+#: The ``user.data`` key marking profiles this agent created.
+ROLE_KEY: Final = "org.iot-onboard.role"
+#: Priority of the committed profile: above NetworkManager's default 0, so the household
+#: network wins over a preconfigured one when both are in range.
+SAVED_PRIORITY: Final = 50
+#: NetworkManager failures that are not the user's doing (daemon missing, permission denied)
+#: have no diagnostic code of their own; "try again" is the honest next step.
+FAULT_CODE: Final = DiagnosticCode.TIMEOUT
+#: Fallback reachability probes when NetworkManager's connectivity check is off.
+DEFAULT_INTERNET_PROBES: Final[tuple[tuple[str, int], ...]] = (("1.1.1.1", 443), ("9.9.9.9", 443))
+
+_NO_PATH: Final = "/"
+_NM_DEVICE_TYPE_WIFI: Final = 2
+_AP_FLAGS_PRIVACY: Final = 0x1
+_AP_SEC_KEY_MGMT_PSK: Final = 0x100
+_AP_SEC_KEY_MGMT_SAE: Final = 0x400
+_PMF_DISABLE: Final = 1
+_MIN_HOTSPOT_PASSPHRASE: Final = 8
+_MAX_HOTSPOT_PASSPHRASE: Final = 63
+
+
+class NMDeviceState(IntEnum):
+    """NMDeviceState (only the values the agent looks at)."""
+
+    DISCONNECTED = 30
+    PREPARE = 40
+    CONFIG = 50
+    NEED_AUTH = 60
+    IP_CONFIG = 70
+    ACTIVATED = 100
+    DEACTIVATING = 110
+    FAILED = 120
+
+
+class NMStateReason(IntEnum):
+    """NMDeviceStateReason values that decide a diagnostic code."""
+
+    NONE = 0
+    UNKNOWN = 1
+    IP_CONFIG_UNAVAILABLE = 5
+    IP_CONFIG_EXPIRED = 6
+    NO_SECRETS = 7
+    SUPPLICANT_DISCONNECT = 8
+    SUPPLICANT_CONFIG_FAILED = 9
+    SUPPLICANT_FAILED = 10
+    SUPPLICANT_TIMEOUT = 11
+    DHCP_START_FAILED = 15
+    DHCP_ERROR = 16
+    DHCP_FAILED = 17
+    SSID_NOT_FOUND = 53
+
+
+class NMConnectivity(IntEnum):
+    """NMConnectivityState."""
+
+    UNKNOWN = 0
+    NONE = 1
+    PORTAL = 2
+    LIMITED = 3
+    FULL = 4
+
+
+class ProfileRole(StrEnum):
+    """Which agent-made profile a connection is (``user.data[ROLE_KEY]``)."""
+
+    TRIAL = "trial"
+    SAVED = "saved"
+    HOTSPOT = "hotspot"
+
+
+_AUTH_REASONS: Final = frozenset(
+    {
+        NMStateReason.NO_SECRETS,
+        NMStateReason.SUPPLICANT_DISCONNECT,
+        NMStateReason.SUPPLICANT_CONFIG_FAILED,
+        NMStateReason.SUPPLICANT_FAILED,
+        NMStateReason.SUPPLICANT_TIMEOUT,
+    }
+)
+_DHCP_REASONS: Final = frozenset(
+    {
+        NMStateReason.IP_CONFIG_UNAVAILABLE,
+        NMStateReason.IP_CONFIG_EXPIRED,
+        NMStateReason.DHCP_START_FAILED,
+        NMStateReason.DHCP_ERROR,
+        NMStateReason.DHCP_FAILED,
+    }
+)
+#: Text of NetworkManager's D-Bus errors when a non-hidden profile's SSID is not in range.
+_AP_MISSING_HINTS: Final = ("access point not found", "no network with ssid")
+
+
+def diagnostic_for_reason(reason: int) -> DiagnosticCode:
+    """Map the NMDeviceStateReason of a failed activation to what the user is shown.
+
+    Wrong passphrases surface as NO_SECRETS (no agent could supply a better one) or as one of
+    the supplicant reasons (802.1X/WPA handshake); reasons without a better match become
+    WIFI_AP_NOT_FOUND, whose next step (range, name, hidden flag) fits radio-level failures.
+    """
+    if reason in _AUTH_REASONS:
+        return DiagnosticCode.WIFI_AUTH_FAILED
+    if reason in _DHCP_REASONS:
+        return DiagnosticCode.DHCP_TIMEOUT
+    return DiagnosticCode.WIFI_AP_NOT_FOUND
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return NMStateReason(reason).name
+    except ValueError:
+        return f"reason {reason}"
+
+
+class NetworkManagerError(NetworkError):
+    """NetworkManager (or the bus) refused a call; ``dbus_error`` is the D-Bus error name."""
+
+    def __init__(self, code: DiagnosticCode, detail: str, *, dbus_error: str = "") -> None:
+        """Keep the D-Bus error name so callers can tell refusals apart."""
+        super().__init__(code, detail)
+        self.dbus_error = dbus_error
+
+
+@dataclass(slots=True)
+class _Trial:
+    """The network joined by ``connect`` and not yet committed."""
+
+    profile: str
+    previous: str | None
+    settings: dict[str, dict[str, Variant]] = field(repr=False)
+    active: str | None = None
+
+
+class NetworkManagerBackend(NetworkBackend):
+    """The NetworkBackend of a real device: NetworkManager on the system bus."""
+
+    def __init__(
+        self,
+        *,
+        interface: str | None = None,
+        bus_address: str | None = None,
+        saved_priority: int = SAVED_PRIORITY,
+        scan_timeout: float = 10.0,
+        activation_timeout: float = 90.0,
+        rollback_timeout: float = 30.0,
+        dns_timeout: float = 10.0,
+        internet_probes: Sequence[tuple[str, int]] = DEFAULT_INTERNET_PROBES,
+        probe_timeout: float = 5.0,
+    ) -> None:
+        """Configure; nothing is contacted until the first call.
+
+        Args:
+            interface: the Wi-Fi interface (``wlan0``); the first Wi-Fi device when None.
+            bus_address: a D-Bus address; the system bus (``DBUS_SYSTEM_BUS_ADDRESS`` or the
+                standard socket) when None.
+            saved_priority: ``autoconnect-priority`` of the committed profile.
+            scan_timeout: seconds ``scan`` waits for a fresh scan before listing what is known.
+            activation_timeout: seconds an activation may take before it counts as failed
+                (NetworkManager's own DHCP timeout is 45 s); callers may bound it tighter.
+            rollback_timeout: seconds ``rollback`` waits for the previous network to come back.
+            dns_timeout: seconds ``check_dns`` waits for the resolver.
+            internet_probes: TCP (host, port) pairs tried when NetworkManager cannot say
+                whether the internet is reachable; empty to rely on NetworkManager alone.
+            probe_timeout: seconds per probe.
+        """
+        self._interface = interface
+        self._bus_address = bus_address
+        self._saved_priority = saved_priority
+        self._scan_timeout = scan_timeout
+        self._activation_timeout = activation_timeout
+        self._rollback_timeout = rollback_timeout
+        self._dns_timeout = dns_timeout
+        self._internet_probes = tuple(internet_probes)
+        self._probe_timeout = probe_timeout
+        self._bus: MessageBus | None = None
+        self._bus_lock = asyncio.Lock()
+        self._device: str | None = None
+        self._trial: _Trial | None = None
+
+    # --- NetworkBackend -----------------------------------------------------------------------
+
+    async def scan(self) -> list[AccessPoint]:
+        """Ask for a fresh scan, wait for it (bounded), and list the strongest BSS per SSID.
+
+        Drivers refuse to scan while the radio hosts the SoftAP; the last known list is
+        returned then, so scan before ``start_hotspot`` to have a useful one.
+        """
+        device = await self._wifi_device()
+        await self._fresh_scan(device)
+        (paths,) = await self._call(device, IFACE_WIRELESS, "GetAllAccessPoints")
+        best: dict[bytes, AccessPoint] = {}
+        for path in paths:
+            try:
+                props = await self._get_all(path, IFACE_AP)
+            except NetworkManagerError:
+                continue  # the AP vanished between the listing and the read
+            point = _access_point(props)
+            if point is None:
+                continue
+            known = best.get(point.ssid)
+            if known is None or point.strength > known.strength:
+                best[point.ssid] = point
+        return sorted(best.values(), key=lambda ap: (-ap.strength, ap.ssid))
+
+    async def connect(self, credentials: WifiCredentials) -> None:
+        """Join as a trial on an unsaved profile; the previous profile stays as it was.
+
+        After a NetworkError the trial is still recorded: call :meth:`rollback`.
+        """
+        device = await self._wifi_device()
+        if self._trial is not None:
+            # A second attempt (new passphrase) replaces the trial but keeps what to return to.
+            previous = self._trial.previous
+            await self._delete_quietly(self._trial.profile)
+            self._trial = None
+        else:
+            previous = await self._active_profile(device)
+        key_mgmt = await self._key_management(device, credentials)
+        settings = _client_settings(credentials, key_mgmt)
+        shown = display_ssid(credentials.ssid)
+        (profile,) = await self._call(
+            SETTINGS_PATH, IFACE_SETTINGS, "AddConnectionUnsaved", "a{sa{sv}}", [settings]
+        )
+        trial = _Trial(profile=profile, previous=previous, settings=settings)
+        self._trial = trial
+        _LOGGER.info("Joining Wi-Fi %r as a trial (previous profile kept)", shown)
+        try:
+            trial.active = await self._activate(device, profile)
+        except NetworkError as err:
+            _LOGGER.warning("Joining Wi-Fi %r failed: %s", shown, err.detail)
+            if isinstance(err, NetworkManagerError) and any(
+                hint in err.detail.lower() for hint in _AP_MISSING_HINTS
+            ):
+                # Refused up front: a non-hidden profile whose SSID is not in the scan list.
+                raise NetworkError(DiagnosticCode.WIFI_AP_NOT_FOUND, err.detail) from err
+            raise
+        _LOGGER.info("Joined Wi-Fi %r (not committed yet)", shown)
+
+    async def check_dns(self, host: str) -> None:
+        """Resolve ``host`` with the system resolver (the trial network's DNS servers)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._dns_timeout):
+                infos = await loop.getaddrinfo(host, None)
+        except TimeoutError as err:
+            raise NetworkError(
+                DiagnosticCode.DNS_FAILED, f"resolving {host!r} took over {self._dns_timeout} s"
+            ) from err
+        except OSError as err:
+            raise NetworkError(DiagnosticCode.DNS_FAILED, f"resolving {host!r}: {err}") from err
+        if not infos:
+            raise NetworkError(DiagnosticCode.DNS_FAILED, f"no address for {host!r}")
+
+    async def check_internet(self) -> None:
+        """Trust NetworkManager's connectivity check when it says FULL; otherwise probe.
+
+        The check may be disabled (Debian ships no check URL), refused by polkit, or blocked by
+        a firewall that still lets the device out: then a TCP connection to one of the probes
+        decides.
+        """
+        state: NMConnectivity | None
+        try:
+            (raw,) = await self._call(NM_PATH, IFACE_NM, "CheckConnectivity")
+            state = NMConnectivity(raw)
+        except (NetworkManagerError, ValueError) as err:
+            _LOGGER.debug("NetworkManager connectivity check unavailable: %s", err)
+            state = None
+        if state is NMConnectivity.FULL:
+            return
+        for host, port in self._internet_probes:
+            if await self._probe(host, port):
+                return
+        what = "unknown" if state is None else state.name.lower()
+        raise NetworkError(
+            DiagnosticCode.NO_INTERNET,
+            f"NetworkManager connectivity {what}; no probe of {len(self._internet_probes)} "
+            "answered",
+        )
+
+    async def commit(self) -> None:
+        """Save the trial profile (autoconnect, priority) and delete the agent's older ones."""
+        trial = self._trial
+        if trial is None:
+            raise NetworkError(FAULT_CODE, "commit without a joined trial network")
+        settings = _with_connection(
+            trial.settings,
+            autoconnect=Variant("b", True),  # noqa: FBT003 - a D-Bus variant
+            **{"autoconnect-priority": Variant("i", self._saved_priority)},
+        )
+        settings["user"] = {"data": Variant("a{ss}", {ROLE_KEY: ProfileRole.SAVED.value})}
+        # Update replaces every setting (secrets included) and writes the profile to disk.
+        await self._call(trial.profile, IFACE_CONNECTION, "Update", "a{sa{sv}}", [settings])
+        self._trial = None
+        for path, role in await self._agent_profiles():
+            if path != trial.profile and role in {ProfileRole.SAVED, ProfileRole.TRIAL}:
+                await self._delete_quietly(path)
+        _LOGGER.info("Wi-Fi settings committed")
+
+    async def rollback(self) -> None:
+        """Delete the trial profile and bring the previous profile back up; idempotent."""
+        trial = self._trial
+        if trial is None:
+            return
+        self._trial = None
+        await self._delete_quietly(trial.profile)  # deleting an active profile deactivates it
+        if trial.previous is None:
+            _LOGGER.info("Trial network dropped; there was no previous connection")
+            return
+        device = await self._wifi_device()
+        try:
+            async with asyncio.timeout(self._rollback_timeout):
+                await self._activate(device, trial.previous)
+        except (NetworkError, TimeoutError) as err:
+            # NetworkManager keeps autoconnecting the saved profile; nothing more to do here.
+            _LOGGER.warning("Previous network did not come back at once: %s", err)
+        else:
+            _LOGGER.info("Rolled back to the previous network")
+
+    async def forget(self) -> None:
+        """Delete every client profile this agent saved or is trying (factory reset)."""
+        self._trial = None
+        for path, role in await self._agent_profiles():
+            if role in {ProfileRole.SAVED, ProfileRole.TRIAL}:
+                await self._delete_quietly(path)
+
+    async def wifi_connected(self) -> bool:
+        """Whether the Wi-Fi device is activated on a client network (not the SoftAP)."""
+        device = await self._wifi_device()
+        if await self._get(device, IFACE_DEVICE, "State") != NMDeviceState.ACTIVATED:
+            return False
+        profile = await self._active_profile(device)
+        if profile is None:
+            return False
+        return await self._profile_role(profile) is not ProfileRole.HOTSPOT
+
+    async def start_hotspot(self, ssid: str, passphrase: str | None) -> None:
+        """Open a 2.4 GHz access point with NetworkManager's shared IPv4 (DHCP on 10.42.0.1).
+
+        WPA2-only (RSN/CCMP) with ``passphrase``, open without. PMF is off: several phones and
+        the Pi's brcmfmac firmware fail to associate with it on in AP mode.
+        """
+        if passphrase is not None and not (
+            _MIN_HOTSPOT_PASSPHRASE <= len(passphrase) <= _MAX_HOTSPOT_PASSPHRASE
+        ):
+            raise ValueError("a hotspot passphrase must be 8-63 characters")
+        device = await self._wifi_device()
+        for path, role in await self._agent_profiles():
+            if role is ProfileRole.HOTSPOT:
+                await self._delete_quietly(path)
+        settings = _hotspot_settings(ssid.encode(), passphrase)
+        (profile,) = await self._call(
+            SETTINGS_PATH, IFACE_SETTINGS, "AddConnectionUnsaved", "a{sa{sv}}", [settings]
+        )
+        try:
+            await self._activate(device, profile)
+        except NetworkError:
+            await self._delete_quietly(profile)
+            raise
+        _LOGGER.info("Hotspot %r is up (%s)", ssid, "WPA2" if passphrase else "open")
+
+    async def stop_hotspot(self) -> None:
+        """Delete the hotspot profile; NetworkManager autoconnects the saved network again."""
+        for path, role in await self._agent_profiles():
+            if role is ProfileRole.HOTSPOT:
+                await self._delete_quietly(path)
+
+    async def aclose(self) -> None:
+        """Close the D-Bus connection."""
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.disconnect()
+
+    # --- NetworkManager steps -----------------------------------------------------------------
+
+    async def _wifi_device(self) -> str:
+        if self._device is not None:
+            try:
+                await self._get(self._device, IFACE_DEVICE, "DeviceType")
+            except NetworkManagerError:
+                self._device = None  # NetworkManager restarted and renumbered its devices
+            else:
+                return self._device
+        (devices,) = await self._call(NM_PATH, IFACE_NM, "GetDevices")
+        for path in devices:
+            if await self._get(path, IFACE_DEVICE, "DeviceType") != _NM_DEVICE_TYPE_WIFI:
+                continue
+            name = await self._get(path, IFACE_DEVICE, "Interface")
+            if self._interface is None or name == self._interface:
+                self._device = str(path)
+                return self._device
+        wanted = f"Wi-Fi interface {self._interface!r}" if self._interface else "a Wi-Fi device"
+        raise NetworkError(
+            FAULT_CODE, f"NetworkManager manages no {wanted} (is the radio blocked by rfkill?)"
+        )
+
+    async def _active_profile(self, device: str) -> str | None:
+        active = await self._get(device, IFACE_DEVICE, "ActiveConnection")
+        if not active or active == _NO_PATH:
+            return None
+        try:
+            profile = await self._get(active, IFACE_ACTIVE, "Connection")
+        except NetworkManagerError:
+            return None  # deactivated meanwhile
+        return None if not profile or profile == _NO_PATH else str(profile)
+
+    async def _key_management(self, device: str, credentials: WifiCredentials) -> str | None:
+        """WPA3-only networks need ``sae``; everything else with a passphrase ``wpa-psk``."""
+        if credentials.passphrase is None:
+            return None
+        (paths,) = await self._call(device, IFACE_WIRELESS, "GetAllAccessPoints")
+        for path in paths:
+            with contextlib.suppress(NetworkManagerError):
+                props = await self._get_all(path, IFACE_AP)
+                if bytes(props["Ssid"].value) != credentials.ssid:
+                    continue
+                rsn = int(props["RsnFlags"].value)
+                if rsn & _AP_SEC_KEY_MGMT_SAE and not rsn & _AP_SEC_KEY_MGMT_PSK:
+                    return "sae"
+        return "wpa-psk"
+
+    async def _fresh_scan(self, device: str) -> None:
+        """Request a scan and wait until ``LastScan`` moves (NetworkManager 1.12 and later)."""
+        try:
+            before = await self._get(device, IFACE_WIRELESS, "LastScan")
+        except NetworkManagerError:
+            before = None  # older NetworkManager: no way to know when the scan ends
+        async with self._signals(device, IFACE_PROPERTIES, "PropertiesChanged") as changes:
+            try:
+                await self._call(device, IFACE_WIRELESS, "RequestScan", "a{sv}", [{}])
+            except NetworkManagerError as err:
+                # "Scanning not allowed" (AP mode, scan in progress): list what is known.
+                _LOGGER.debug("Scan request refused: %s", err.detail)
+                return
+            if before is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._scan_timeout):
+                    while True:
+                        interface, changed, _ = await changes.get()
+                        if interface == IFACE_WIRELESS and "LastScan" in changed:
+                            return
+
+    async def _activate(self, device: str, profile: str) -> str:
+        """Activate ``profile`` on ``device`` and wait for ACTIVATED or a failure reason."""
+        last = NMDeviceState.DISCONNECTED
+        try:
+            async with (
+                asyncio.timeout(self._activation_timeout),
+                self._signals(device, IFACE_DEVICE, "StateChanged") as events,
+            ):
+                (active,) = await self._call(
+                    NM_PATH, IFACE_NM, "ActivateConnection", "ooo", [profile, device, _NO_PATH]
+                )
+                while True:
+                    new, _old, reason = await events.get()
+                    last = new
+                    if new == NMDeviceState.FAILED:
+                        if reason in {NMStateReason.NONE, NMStateReason.UNKNOWN}:
+                            # Some paths report the reason only in the StateReason property.
+                            _, reason = await self._get(device, IFACE_DEVICE, "StateReason")
+                        raise NetworkError(
+                            diagnostic_for_reason(reason),
+                            f"activation failed ({_reason_name(reason)})",
+                        )
+                    if new == NMDeviceState.ACTIVATED and (
+                        await self._get(device, IFACE_DEVICE, "ActiveConnection") == active
+                    ):
+                        return str(active)
+        except TimeoutError as err:
+            # Stuck waiting for an address is a DHCP problem; anything else has no better name.
+            code = (
+                DiagnosticCode.DHCP_TIMEOUT
+                if last == NMDeviceState.IP_CONFIG
+                else DiagnosticCode.TIMEOUT
+            )
+            raise NetworkError(
+                code, f"activation took over {self._activation_timeout} s (last state {last})"
+            ) from err
+
+    async def _agent_profiles(self) -> list[tuple[str, ProfileRole]]:
+        (paths,) = await self._call(SETTINGS_PATH, IFACE_SETTINGS, "ListConnections")
+        found: list[tuple[str, ProfileRole]] = []
+        for path in paths:
+            try:
+                role = await self._profile_role(path)
+            except NetworkManagerError:
+                continue  # deleted meanwhile
+            if role is not None:
+                found.append((str(path), role))
+        return found
+
+    async def _profile_role(self, profile: str) -> ProfileRole | None:
+        (settings,) = await self._call(profile, IFACE_CONNECTION, "GetSettings")
+        data = settings.get("user", {}).get("data")
+        if data is None:
+            return None
+        try:
+            return ProfileRole(data.value.get(ROLE_KEY))
+        except ValueError:
+            return None
+
+    async def _delete_quietly(self, profile: str) -> None:
+        """Delete a profile that may already be gone."""
+        try:
+            await self._call(profile, IFACE_CONNECTION, "Delete")
+        except NetworkManagerError as err:
+            _LOGGER.debug("Profile %s not deleted: %s", profile, err.detail)
+
+    async def _probe(self, host: str, port: int) -> bool:
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                _, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    # --- D-Bus plumbing -----------------------------------------------------------------------
+
+    async def _connected_bus(self) -> MessageBus:
+        async with self._bus_lock:
+            if self._bus is not None and self._bus.connected:
+                return self._bus
+            try:
+                if self._bus_address is None:
+                    bus = MessageBus(bus_type=BusType.SYSTEM)
+                else:
+                    bus = MessageBus(bus_address=self._bus_address)
+                self._bus = await bus.connect()
+            except (OSError, EOFError, DBusError) as err:
+                raise NetworkManagerError(
+                    FAULT_CODE, f"cannot connect to the system D-Bus: {err}"
+                ) from err
+            self._device = None
+            return self._bus
+
+    async def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        destination: str = NM_BUS,
+    ) -> list[Any]:
+        bus = await self._connected_bus()
+        message = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
+        try:
+            reply = await bus.call(message)
+        except (OSError, EOFError, DBusError) as err:
+            raise NetworkManagerError(FAULT_CODE, f"D-Bus call {member} failed: {err}") from err
+        if reply is None:
+            return []
+        if reply.message_type is MessageType.ERROR:
+            name = reply.error_name or "unknown"
+            text = reply.body[0] if reply.body else ""
+            hint = ""
+            if name.endswith(("PermissionDenied", "AccessDenied", "NotAuthorized")):
+                hint = " (run the agent as root or install the polkit rule from docs/device.md)"
+            elif name == "org.freedesktop.DBus.Error.ServiceUnknown":
+                hint = " (is NetworkManager running?)"
+            raise NetworkManagerError(
+                FAULT_CODE, f"{member}: {name}: {text}{hint}", dbus_error=name
+            )
+        return list(reply.body)
+
+    async def _get(self, path: str, interface: str, name: str) -> Any:
+        (value,) = await self._call(path, IFACE_PROPERTIES, "Get", "ss", [interface, name])
+        return value.value
+
+    async def _get_all(self, path: str, interface: str) -> dict[str, Variant]:
+        (values,) = await self._call(path, IFACE_PROPERTIES, "GetAll", "s", [interface])
+        return dict(values)
+
+    @contextlib.asynccontextmanager
+    async def _signals(
+        self, path: str, interface: str, member: str
+    ) -> AsyncIterator[asyncio.Queue[list[Any]]]:
+        """Queue the bodies of one signal of one object while the block runs.
+
+        The match is in place before the block starts, so a signal sent in reply to a call
+        made inside the block (before its return) is not lost.
+        """
+        bus = await self._connected_bus()
+        queue: asyncio.Queue[list[Any]] = asyncio.Queue()
+        rule = (
+            f"type='signal',sender='{NM_BUS}',path='{path}',"
+            f"interface='{interface}',member='{member}'"
+        )
+
+        def handler(message: Message) -> None:
+            if (
+                message.message_type is MessageType.SIGNAL
+                and message.path == path
+                and message.interface == interface
+                and message.member == member
+            ):
+                queue.put_nowait(list(message.body))
+
+        bus.add_message_handler(handler)
+        try:
+            await self._call(_DBUS_PATH, _DBUS_BUS, "AddMatch", "s", [rule], destination=_DBUS_BUS)
+            yield queue
+        finally:
+            bus.remove_message_handler(handler)
+            if bus.connected:
+                with contextlib.suppress(NetworkError):
+                    await self._call(
+                        _DBUS_PATH, _DBUS_BUS, "RemoveMatch", "s", [rule], destination=_DBUS_BUS
+                    )
+
+
+# --- settings dictionaries ------------------------------------------------------------------
+
+
+def _client_settings(
+    credentials: WifiCredentials, key_mgmt: str | None
+) -> dict[str, dict[str, Variant]]:
+    """An infrastructure-mode profile: autoconnect off until commit, DHCP on both stacks."""
+    settings: dict[str, dict[str, Variant]] = {
+        "connection": {
+            "id": Variant("s", f"IoT Onboard {display_ssid(credentials.ssid)}"),
+            "uuid": Variant("s", str(uuid.uuid4())),
+            "type": Variant("s", "802-11-wireless"),
+            "autoconnect": Variant("b", False),  # noqa: FBT003 - a D-Bus variant
+        },
+        "802-11-wireless": {
+            "ssid": Variant("ay", credentials.ssid),
+            "mode": Variant("s", "infrastructure"),
+            "hidden": Variant("b", credentials.hidden),
+        },
+        "ipv4": {"method": Variant("s", "auto")},
+        "ipv6": {"method": Variant("s", "auto")},
+        "user": {"data": Variant("a{ss}", {ROLE_KEY: ProfileRole.TRIAL.value})},
+    }
+    if credentials.passphrase is not None:
+        settings["802-11-wireless-security"] = {
+            "key-mgmt": Variant("s", key_mgmt or "wpa-psk"),
+            "psk": Variant("s", credentials.passphrase),
+        }
+    return settings
+
+
+def _hotspot_settings(ssid: bytes, passphrase: str | None) -> dict[str, dict[str, Variant]]:
+    settings: dict[str, dict[str, Variant]] = {
+        "connection": {
+            "id": Variant("s", "IoT Onboard hotspot"),
+            "uuid": Variant("s", str(uuid.uuid4())),
+            "type": Variant("s", "802-11-wireless"),
+            "autoconnect": Variant("b", False),  # noqa: FBT003 - a D-Bus variant
+        },
+        "802-11-wireless": {
+            "ssid": Variant("ay", ssid),
+            "mode": Variant("s", "ap"),
+            "band": Variant("s", "bg"),
+        },
+        "ipv4": {"method": Variant("s", "shared")},
+        "ipv6": {"method": Variant("s", "ignore")},
+        "user": {"data": Variant("a{ss}", {ROLE_KEY: ProfileRole.HOTSPOT.value})},
+    }
+    if passphrase is not None:
+        settings["802-11-wireless-security"] = {
+            "key-mgmt": Variant("s", "wpa-psk"),
+            "psk": Variant("s", passphrase),
+            "proto": Variant("as", ["rsn"]),
+            "pairwise": Variant("as", ["ccmp"]),
+            "group": Variant("as", ["ccmp"]),
+            "pmf": Variant("i", _PMF_DISABLE),
+        }
+    return settings
+
+
+def _with_connection(
+    settings: dict[str, dict[str, Variant]], **changes: Variant
+) -> dict[str, dict[str, Variant]]:
+    copied = {name: dict(values) for name, values in settings.items()}
+    copied["connection"].update(changes)
+    return copied
+
+
+def _access_point(props: dict[str, Variant]) -> AccessPoint | None:
+    ssid = bytes(props["Ssid"].value) if "Ssid" in props else b""
+    if not ssid:
+        return None  # a hidden network: nothing to show
+    flags = int(props["Flags"].value) if "Flags" in props else 0
+    wpa = int(props["WpaFlags"].value) if "WpaFlags" in props else 0
+    rsn = int(props["RsnFlags"].value) if "RsnFlags" in props else 0
+    frequency = int(props["Frequency"].value) if "Frequency" in props else None
+    return AccessPoint(
+        ssid=ssid,
+        strength=int(props["Strength"].value) if "Strength" in props else 0,
+        secured=bool(flags & _AP_FLAGS_PRIVACY or wpa or rsn),
+        frequency_mhz=frequency or None,
+    )

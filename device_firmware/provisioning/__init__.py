@@ -1,0 +1,1 @@
+"""Provisioning mode: session host, LAN server, zeroconf and the captive page."""

@@ -1,0 +1,105 @@
+"""The LAN provisioning server: the secure-session frames over HTTP.
+
+Endpoints (every body is exactly one protocol frame, ``application/octet-stream``):
+
+``POST /iob/v1/session``
+    CLIENT_HELLO → 200 with DEVICE_HELLO; CLIENT_FINISH → 204 with the ``X-IOB-Session``
+    header naming the established session. Refusals are ERROR frames: 403 window closed,
+    429 locked out or busy (``Retry-After``), 400 malformed, 401 failed handshake.
+``POST /iob/v1/frame``
+    An encrypted request (DATA frame) with the ``X-IOB-Session`` header → 200 with the
+    encrypted response. 409 ``no_session`` if the header names no current session (a stale
+    client, or the session ended), 401 if the frame fails (replay, tamper): the session ends.
+``GET /iob/v1/info``
+    Public facts (the same as the zeroconf TXT record) as JSON.
+
+Bodies above the protocol's largest frame are refused by aiohttp before they are read (413).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from iob_protocol.framing import MAX_FRAME_SIZE
+from iob_protocol.limiter import HANDSHAKE_SECONDS
+from iob_protocol.session import PROTOCOL_VERSION
+
+from device_firmware.controller import DeviceController
+
+from .session_host import Reply, ReplyKind, SessionHost
+
+SESSION_HEADER: Final = "X-IOB-Session"
+FRAME_CONTENT_TYPE: Final = "application/octet-stream"
+HOST_KEY: Final = web.AppKey("session_host", SessionHost)
+CONTROLLER_KEY: Final = web.AppKey("controller", DeviceController)
+
+_STATUS: Final = {
+    ReplyKind.OK: 200,
+    ReplyKind.FINISHED: 204,
+    ReplyKind.BAD_REQUEST: 400,
+    ReplyKind.AUTH_FAILED: 401,
+    ReplyKind.NO_SESSION: 409,
+}
+_REFUSED_STATUS: Final = {"window_closed": 403, "locked_out": 429, "busy": 429}
+
+
+def _response(reply: Reply) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if reply.session_tag is not None:
+        headers[SESSION_HEADER] = reply.session_tag
+    if reply.kind is ReplyKind.REFUSED:
+        status = _REFUSED_STATUS.get(reply.error or "", 403)
+        if reply.error == "busy":
+            headers["Retry-After"] = str(int(HANDSHAKE_SECONDS))
+    else:
+        status = _STATUS[reply.kind]
+    if status == 204:  # noqa: PLR2004
+        return web.Response(status=status, headers=headers)
+    return web.Response(
+        status=status, body=reply.frame, content_type=FRAME_CONTENT_TYPE, headers=headers
+    )
+
+
+async def _session(request: web.Request) -> web.Response:
+    data = await request.read()
+    return _response(await request.app[HOST_KEY].handshake(data))
+
+
+async def _frame(request: web.Request) -> web.Response:
+    data = await request.read()
+    tag = request.headers.get(SESSION_HEADER)
+    if tag is None:
+        return web.json_response(
+            {"error": "missing_session_header", "message": f"send the {SESSION_HEADER} header"},
+            status=400,
+        )
+    return _response(await request.app[HOST_KEY].exchange(data, tag))
+
+
+async def _info(request: web.Request) -> web.Response:
+    controller = request.app[CONTROLLER_KEY]
+    host = request.app[HOST_KEY]
+    info = controller.info()
+    return web.json_response(
+        {
+            "device_id": info.device_id,
+            "model": info.model,
+            "firmware_version": info.firmware_version,
+            "protocol_version": PROTOCOL_VERSION,
+            "state": controller.state.phase.value,
+            "window": host.limiter_state.value,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def create_app(host: SessionHost, controller: DeviceController) -> web.Application:
+    """The LAN provisioning application (the runner and its sockets belong to the agent)."""
+    app = web.Application(client_max_size=MAX_FRAME_SIZE)
+    app[HOST_KEY] = host
+    app[CONTROLLER_KEY] = controller
+    app.router.add_post("/iob/v1/session", _session)
+    app.router.add_post("/iob/v1/frame", _frame)
+    app.router.add_get("/iob/v1/info", _info)
+    return app

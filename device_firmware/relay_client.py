@@ -1,0 +1,254 @@
+"""The device's client of the account service (``cloud_relay``).
+
+Four calls: ``GET /v1/health`` (reachability, TLS and the service's clock), the signed claim
+confirmation, the zero-touch confirmation and the signed release. Every failure becomes a
+:class:`RelayError` with the diagnostic code the user sees: connection refused or unreachable
+is RELAY_UNREACHABLE, a certificate problem TLS_FAILED, the service's ``clock_skew`` answer
+CLOCK_SKEW, ``claim_rejected`` CLAIM_REJECTED, ``claim_expired`` CLAIM_EXPIRED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiohttp
+from iob_protocol.claim import ClaimConfirmation, ReleaseNotice
+from iob_protocol.diagnostics import DiagnosticCode
+
+from .errors import RelayError
+
+DEFAULT_TIMEOUT: Final = 15.0
+#: Largest answer the device reads from the service (the claim answer is a few hundred bytes).
+MAX_RESPONSE_SIZE: Final = 64 * 1024
+_HTTP_SERVER_ERROR: Final = 500
+
+#: The service's error codes and what the user is shown.
+_ERROR_CODES: Final[dict[str, DiagnosticCode]] = {
+    "claim_rejected": DiagnosticCode.CLAIM_REJECTED,
+    "claim_expired": DiagnosticCode.CLAIM_EXPIRED,
+    "clock_skew": DiagnosticCode.CLOCK_SKEW,
+    # The registry key does not match this device's key: for the user this is a refused claim.
+    "bad_signature": DiagnosticCode.CLAIM_REJECTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RelayHealth:
+    """The service is up; ``time`` is its Unix clock (the device's clock is checked against it)."""
+
+    status: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttGrant:
+    """Broker address and the per-device credentials the service created."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimOutcome:
+    """The service's "owned" answer."""
+
+    device_id: str
+    household_id: str
+    mqtt: MqttGrant
+
+    @classmethod
+    def from_json(cls, document: Any) -> Self:
+        """Parse ``{"status": "owned", "device_id", "household_id", "mqtt": {...}}``."""
+        if not isinstance(document, dict) or document.get("status") != "owned":
+            status = document.get("status") if isinstance(document, dict) else None
+            raise RelayError(DiagnosticCode.CLAIM_REJECTED, f"service answered {status!r}")
+        mqtt = document.get("mqtt")
+        if not isinstance(mqtt, dict) or not _valid_grant(document, mqtt):
+            raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, "unexpected claim answer")
+        return cls(
+            device_id=document["device_id"],
+            household_id=document["household_id"],
+            mqtt=MqttGrant(
+                host=mqtt["host"],
+                port=mqtt["port"],
+                tls=mqtt["tls"],
+                username=mqtt["username"],
+                password=mqtt["password"],
+            ),
+        )
+
+
+def _valid_grant(document: dict[str, Any], mqtt: dict[str, Any]) -> bool:
+    texts = (
+        document.get("device_id"),
+        document.get("household_id"),
+        mqtt.get("host"),
+        mqtt.get("username"),
+        mqtt.get("password"),
+    )
+    port, tls = mqtt.get("port"), mqtt.get("tls")
+    return (
+        all(isinstance(item, str) and item for item in texts)
+        and isinstance(port, int)
+        and not isinstance(port, bool)
+        and 1 <= port <= 65535  # noqa: PLR2004 - the TCP port range
+        and isinstance(tls, bool)
+    )
+
+
+def build_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Verifying TLS context: system CAs plus an optional private CA (blocking: use a thread)."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as err:
+            raise RelayError(DiagnosticCode.TLS_FAILED, f"cannot load CA file {ca_file}") from err
+    return context
+
+
+class RelayClient:
+    """Talks to one account service; owns its ``aiohttp`` session unless one is injected."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context`` replaces the default verification (a private CA); never disables it."""
+        self._base_url = base_url.rstrip("/")
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = timeout
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+
+    @property
+    def base_url(self) -> str:
+        """The service URL, without a trailing slash."""
+        return self._base_url
+
+    async def __aenter__(self) -> Self:
+        """Use as ``async with RelayClient(...) as relay``."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close the session if it is ours."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the owned session."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def health(self) -> RelayHealth:
+        """``GET /v1/health``: reachability, TLS and the service's clock."""
+        document = await self._request("GET", "/v1/health", None)
+        status, now = document.get("status"), document.get("time")
+        if status != "ok" or not isinstance(now, int) or isinstance(now, bool):
+            raise RelayError(
+                DiagnosticCode.RELAY_UNREACHABLE, f"unexpected health answer: {document!r:.200}"
+            )
+        return RelayHealth(status=status, time=now)
+
+    async def confirm_claim(self, confirmation: ClaimConfirmation) -> ClaimOutcome:
+        """Post the signed confirmation; the answer carries the MQTT credentials."""
+        body = {"confirmation": json.loads(confirmation.to_json())}
+        return self._outcome(
+            await self._request("POST", "/v1/claims/confirm", body), confirmation.device_id
+        )
+
+    async def confirm_zero_touch(self, message: dict[str, Any], device_id: str) -> ClaimOutcome:
+        """Post a device-signed zero-touch confirmation (pre-assigned devices, over Ethernet)."""
+        body = {"confirmation": message}
+        return self._outcome(await self._request("POST", "/v1/zero-touch/confirm", body), device_id)
+
+    async def release(self, notice: ReleaseNotice) -> None:
+        """Tell the service the device let go of its owner (factory reset)."""
+        document = await self._request(
+            "POST", "/v1/devices/release-by-device", {"release": json.loads(notice.to_json())}
+        )
+        if document.get("status") != "released":
+            raise RelayError(
+                DiagnosticCode.RELAY_UNREACHABLE, f"unexpected release answer: {document!r:.200}"
+            )
+
+    @staticmethod
+    def _outcome(document: dict[str, Any], device_id: str) -> ClaimOutcome:
+        outcome = ClaimOutcome.from_json(document)
+        if outcome.device_id != device_id:
+            raise RelayError(
+                DiagnosticCode.CLAIM_REJECTED, "the service answered for another device"
+            )
+        return outcome
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        url = self._base_url + path
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._client().request(
+                    method, url, json=body, ssl=self._ssl, allow_redirects=False
+                ) as response:
+                    raw = await response.content.read(MAX_RESPONSE_SIZE + 1)
+                    status = response.status
+        except TimeoutError as err:
+            raise RelayError(
+                DiagnosticCode.RELAY_UNREACHABLE, f"{url}: no answer in {self._timeout:g} s"
+            ) from err
+        except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch, ssl.SSLError) as err:
+            raise RelayError(DiagnosticCode.TLS_FAILED, f"{url}: {err}") from err
+        except aiohttp.ClientConnectorDNSError as err:
+            raise RelayError(DiagnosticCode.DNS_FAILED, f"{url}: {err}") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, f"{url}: {err}") from err
+        if len(raw) > MAX_RESPONSE_SIZE:
+            raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, f"{url}: answer too large")
+        try:
+            document = json.loads(raw) if raw else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RelayError(
+                DiagnosticCode.RELAY_UNREACHABLE, f"{url}: HTTP {status}, not JSON"
+            ) from err
+        if not isinstance(document, dict):
+            raise RelayError(
+                DiagnosticCode.RELAY_UNREACHABLE, f"{url}: HTTP {status}, not an object"
+            )
+        if status >= 400:  # noqa: PLR2004
+            raise _error_from(url, status, document)
+        return document
+
+
+def _error_from(url: str, status: int, document: dict[str, Any]) -> RelayError:
+    error = document.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    detail = f"{url}: HTTP {status} {code or ''} {message or ''}".strip()
+    relay_code = code if isinstance(code, str) else None
+    if relay_code in _ERROR_CODES:
+        return RelayError(_ERROR_CODES[relay_code], detail, relay_code=relay_code)
+    if status >= _HTTP_SERVER_ERROR or relay_code is None:
+        # A proxy's error page, a crashing service: from the device, the service is not there.
+        return RelayError(DiagnosticCode.RELAY_UNREACHABLE, detail, relay_code=relay_code)
+    return RelayError(DiagnosticCode.CLAIM_REJECTED, detail, relay_code=relay_code)

@@ -1,0 +1,452 @@
+"""The persisted onboarding state machine: a power cut at any instant leaves a valid state.
+
+Phases::
+
+    unclaimed ──set_wifi/set_claim──▶ provisioning ──commit──▶ committing ──owned──▶ online
+        ▲                                  ▲                       │
+        │                                  └── failure/timeout ────┘  (diagnostic kept)
+        └──────────────── factory reset / release (from any phase) ───────────────────┘
+
+A claimed device that changes its Wi-Fi goes ``online → committing → online`` (a failure keeps
+the old network and records the diagnostic while staying online); the phone's captive page
+joins a network without a claim (``provisioning → committing → provisioning``).
+
+A failed commit is the error state: ``provisioning`` with the last diagnostic code, which
+``status`` and ``diagnose`` report. ``committing`` found at boot means the power went during a
+commit: if the account service had already answered "owned" (the ownership is saved before the
+network is made permanent) the device is online; otherwise the trial network is gone with the
+power and the device is back in ``provisioning`` with ``TIMEOUT``.
+
+Every write is atomic: a temporary file in the same directory, written and fsynced, renamed
+over the old file, then the directory fsynced. A reader therefore sees the old or the new
+state, never a mixture; stale temporary files of killed writers are removed on open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final, Self
+
+from iob_protocol.canonical import b64url_decode, b64url_encode
+from iob_protocol.commands import DeviceState
+from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.errors import EncodingError
+
+from .errors import CorruptStateError, InvalidTransitionError, StateError
+
+STATE_FORMAT: Final = "iob-device-state-v1"
+STATE_FILE_MODE: Final = 0o600
+_MAX_STATE_SIZE: Final = 64 * 1024
+
+
+class Phase(StrEnum):
+    """Where the device is in onboarding."""
+
+    UNCLAIMED = "unclaimed"
+    PROVISIONING = "provisioning"
+    COMMITTING = "committing"
+    ONLINE = "online"
+
+    @property
+    def wire_state(self) -> DeviceState:
+        """The coarser state the session's ``status`` command reports."""
+        if self is Phase.COMMITTING:
+            return DeviceState.COMMITTING
+        if self is Phase.ONLINE:
+            return DeviceState.COMMITTED
+        return DeviceState.PROVISIONING
+
+
+#: Allowed changes; any phase may go back to unclaimed (factory reset, release).
+TRANSITIONS: Final[dict[Phase, frozenset[Phase]]] = {
+    Phase.UNCLAIMED: frozenset(
+        {Phase.UNCLAIMED, Phase.PROVISIONING, Phase.COMMITTING, Phase.ONLINE}
+    ),
+    Phase.PROVISIONING: frozenset({Phase.UNCLAIMED, Phase.PROVISIONING, Phase.COMMITTING}),
+    Phase.COMMITTING: frozenset(
+        {Phase.UNCLAIMED, Phase.PROVISIONING, Phase.COMMITTING, Phase.ONLINE}
+    ),
+    # online -> committing: a claimed device changing its Wi-Fi (re-onboarding).
+    Phase.ONLINE: frozenset({Phase.UNCLAIMED, Phase.COMMITTING, Phase.ONLINE}),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttCredentials:
+    """What the account service created on the broker for this device."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str
+    password: str = field(repr=False)
+    #: SHA-256 of the broker's certificate (``set_claim``'s broker pin), if HA sent one.
+    ca_pin: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the state file."""
+        return {
+            "ca_pin": None if self.ca_pin is None else b64url_encode(self.ca_pin),
+            "host": self.host,
+            "password": self.password,
+            "port": self.port,
+            "tls": self.tls,
+            "username": self.username,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """Inverse of :meth:`to_json`."""
+        document = _object(data, "mqtt", {"ca_pin", "host", "password", "port", "tls", "username"})
+        pin = document["ca_pin"]
+        return cls(
+            host=_text(document, "host"),
+            port=_integer(document, "port"),
+            tls=_boolean(document, "tls"),
+            username=_text(document, "username"),
+            password=_text(document, "password"),
+            ca_pin=None if pin is None else _binary(pin, "ca_pin"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ownership:
+    """Who owns the device, as the account service answered."""
+
+    household_id: str
+    service_url: str
+    claimed_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the state file."""
+        return {
+            "claimed_at": self.claimed_at,
+            "household_id": self.household_id,
+            "service_url": self.service_url,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """Inverse of :meth:`to_json`."""
+        document = _object(data, "ownership", {"claimed_at", "household_id", "service_url"})
+        return cls(
+            household_id=_text(document, "household_id"),
+            service_url=_text(document, "service_url"),
+            claimed_at=_integer(document, "claimed_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceStateRecord:
+    """Everything the agent must remember across a reboot."""
+
+    phase: Phase = Phase.UNCLAIMED
+    diagnostic: DiagnosticCode | None = None
+    #: Unix time of the last diagnostic.
+    diagnostic_at: int | None = None
+    ownership: Ownership | None = None
+    mqtt: MqttCredentials | None = None
+    #: The network this agent saved (shown by ``status``; forgotten by a factory reset).
+    wifi_ssid: bytes | None = None
+    #: Incremented by every write; tells which write a reader sees.
+    generation: int = 0
+
+    @property
+    def claimed(self) -> bool:
+        """Whether an owner is recorded (online, or owned mid-commit)."""
+        return self.ownership is not None
+
+    def to_json(self) -> bytes:
+        """The state file's bytes."""
+        document = {
+            "diagnostic": None if self.diagnostic is None else self.diagnostic.value,
+            "diagnostic_at": self.diagnostic_at,
+            "format": STATE_FORMAT,
+            "generation": self.generation,
+            "mqtt": None if self.mqtt is None else self.mqtt.to_json(),
+            "ownership": None if self.ownership is None else self.ownership.to_json(),
+            "phase": self.phase.value,
+            "wifi_ssid": None if self.wifi_ssid is None else b64url_encode(self.wifi_ssid),
+        }
+        return json.dumps(document, sort_keys=True, indent=1).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        """Parse and validate the state file, refusing anything a writer never produces."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise CorruptStateError(f"state file is not JSON: {err}") from err
+        document = _object(
+            raw,
+            "state",
+            {
+                "diagnostic",
+                "diagnostic_at",
+                "format",
+                "generation",
+                "mqtt",
+                "ownership",
+                "phase",
+                "wifi_ssid",
+            },
+        )
+        if document["format"] != STATE_FORMAT:
+            raise CorruptStateError(f"state file format is not {STATE_FORMAT}")
+        try:
+            phase = Phase(_text(document, "phase"))
+            diagnostic_text = document["diagnostic"]
+            diagnostic = (
+                None if diagnostic_text is None else DiagnosticCode(_text(document, "diagnostic"))
+            )
+        except ValueError as err:
+            raise CorruptStateError(f"state file: {err}") from err
+        diagnostic_at = document["diagnostic_at"]
+        ssid = document["wifi_ssid"]
+        record = cls(
+            phase=phase,
+            diagnostic=diagnostic,
+            diagnostic_at=None if diagnostic_at is None else _integer(document, "diagnostic_at"),
+            ownership=None
+            if document["ownership"] is None
+            else Ownership.from_json(document["ownership"]),
+            mqtt=None if document["mqtt"] is None else MqttCredentials.from_json(document["mqtt"]),
+            wifi_ssid=None if ssid is None else _binary(ssid, "wifi_ssid"),
+            generation=_integer(document, "generation"),
+        )
+        record.check()
+        return record
+
+    def check(self) -> None:
+        """Invariants every persisted record satisfies."""
+        if self.phase is Phase.ONLINE and (self.ownership is None or self.mqtt is None):
+            raise CorruptStateError("online without ownership and MQTT credentials")
+        if (self.ownership is None) != (self.mqtt is None):
+            raise CorruptStateError("ownership and MQTT credentials are saved together")
+        if self.phase in {Phase.UNCLAIMED, Phase.PROVISIONING} and self.ownership is not None:
+            raise CorruptStateError(f"{self.phase.value} with an owner")
+        if self.generation < 0:
+            raise CorruptStateError("negative generation")
+
+
+# --- strict JSON helpers ---------------------------------------------------------------------
+
+
+def _object(data: Any, where: str, expected: set[str]) -> dict[str, Any]:
+    if not isinstance(data, dict) or set(data) != expected:
+        raise CorruptStateError(f"{where}: expected exactly the fields {sorted(expected)}")
+    return data
+
+
+def _text(document: dict[str, Any], name: str) -> str:
+    value = document[name]
+    if not isinstance(value, str):
+        raise CorruptStateError(f"{name} must be a string")
+    return value
+
+
+def _integer(document: dict[str, Any], name: str) -> int:
+    value = document[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CorruptStateError(f"{name} must be an integer")
+    return value
+
+
+def _boolean(document: dict[str, Any], name: str) -> bool:
+    value = document[name]
+    if not isinstance(value, bool):
+        raise CorruptStateError(f"{name} must be true or false")
+    return value
+
+
+def _binary(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise CorruptStateError(f"{name} must be a string")
+    try:
+        return b64url_decode(value)
+    except EncodingError as err:
+        raise CorruptStateError(f"{name}: {err}") from err
+
+
+# --- atomic files ----------------------------------------------------------------------------
+
+_temporary_counter = 0
+_counter_lock = threading.Lock()
+
+
+def _temporary_name(path: Path) -> Path:
+    global _temporary_counter  # noqa: PLW0603 - a process-wide counter keeps names unique
+    with _counter_lock:
+        _temporary_counter += 1
+        number = _temporary_counter
+    return path.with_name(f".{path.name}.{os.getpid()}.{number}.tmp")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = STATE_FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
+
+    The temporary file is created with ``mode`` from its first byte (secrets are never briefly
+    world-readable), in the same directory (rename is atomic only within one file system).
+    """
+    temporary = _temporary_name(path)
+    try:
+        descriptor = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(descriptor, view)
+                view = view[written:]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        temporary.replace(path)
+        fsync_directory(path.parent)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise StateError(f"cannot write {path}: {err}") from err
+
+
+def remove_stale_temporaries(path: Path) -> int:
+    """Delete temporary files a killed writer left next to ``path``; return how many."""
+    removed = 0
+    try:
+        candidates = list(path.parent.glob(f".{path.name}.*.tmp"))
+    except OSError:
+        return 0
+    for candidate in candidates:
+        try:
+            candidate.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue
+    return removed
+
+
+def read_small_file(path: Path, limit: int = _MAX_STATE_SIZE) -> bytes | None:
+    """The file's bytes, ``None`` if it does not exist; refuses symlinks and huge files."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StateError(f"cannot open {path}: {err}") from err
+    try:
+        data = os.read(descriptor, limit + 1)
+    except OSError as err:
+        raise StateError(f"cannot read {path}: {err}") from err
+    finally:
+        os.close(descriptor)
+    if len(data) > limit:
+        raise CorruptStateError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class StateStore:
+    """The state file, with the transition rules enforced on every write.
+
+    Synchronous methods are for the CLI and tests; the agent uses :meth:`update`, which writes
+    in a worker thread (fsync blocks) and serialises writers.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Open the store; nothing is read until :meth:`load`."""
+        self._path = path
+        self._current: DeviceStateRecord | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The state file."""
+        return self._path
+
+    @property
+    def current(self) -> DeviceStateRecord:
+        """The state as last loaded or written."""
+        if self._current is None:
+            return self.load()
+        return self._current
+
+    def load(self) -> DeviceStateRecord:
+        """Read the state file (a missing file is a fresh, unclaimed device)."""
+        data = read_small_file(self._path)
+        record = DeviceStateRecord() if data is None else DeviceStateRecord.from_json(data)
+        self._current = record
+        return record
+
+    def recover(self) -> DeviceStateRecord:
+        """Load at boot, removing temporaries of a killed writer first."""
+        remove_stale_temporaries(self._path)
+        return self.load()
+
+    def write(self, record: DeviceStateRecord) -> DeviceStateRecord:
+        """Persist ``record`` (transition checked against the current state)."""
+        current = self.current
+        if record.phase not in TRANSITIONS[current.phase]:
+            raise InvalidTransitionError(
+                f"{current.phase.value} cannot become {record.phase.value}"
+            )
+        record = replace(record, generation=current.generation + 1)
+        record.check()
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._path, record.to_json())
+        self._current = record
+        return record
+
+    def change(self, **changes: Any) -> DeviceStateRecord:
+        """Persist the current record with ``changes`` applied."""
+        return self.write(replace(self.current, **changes))
+
+    async def update(self, **changes: Any) -> DeviceStateRecord:
+        """:meth:`change` off the event loop, one writer at a time."""
+        return await self._locked(lambda: self.change(**changes))
+
+    async def apply(
+        self, change: Callable[[DeviceStateRecord], DeviceStateRecord]
+    ) -> DeviceStateRecord:
+        """Persist ``change(current)``, computed under the writer lock (read-modify-write)."""
+        return await self._locked(lambda: self.write(change(self.current)))
+
+    async def replace_with(self, record: DeviceStateRecord) -> DeviceStateRecord:
+        """:meth:`write` off the event loop, one writer at a time."""
+        return await self._locked(lambda: self.write(record))
+
+    async def _locked(self, write: Callable[[], DeviceStateRecord]) -> DeviceStateRecord:
+        """Run ``write`` in a thread holding the lock until the thread is done.
+
+        A cancelled caller cannot stop a thread: if the lock were released at the cancel, the
+        next writer could read the state before the abandoned write lands and be overwritten
+        by it. So the write always completes (or fails) before the lock is released, and the
+        cancellation is delivered afterwards.
+        """
+        async with self._lock:
+            work = asyncio.ensure_future(asyncio.to_thread(write))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await work
+                raise

@@ -1,0 +1,68 @@
+"""Drive a commit over the session, as Home Assistant does, and wait for its outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+from iob_protocol.commands import (
+    CommitRequest,
+    CommitResult,
+    OkResponse,
+    SetClaimRequest,
+    SetWifiRequest,
+    StatusRequest,
+    StatusResult,
+)
+
+from .conftest import HOME_PASSPHRASE, HOME_SSID, RunningAgent
+from .lan_client import LanClient
+
+TOKEN = "tok_" + "A" * 40
+
+
+async def wait_status(client: LanClient, *, attempts: int = 1500) -> StatusResult:
+    """Poll ``status`` until the commit has ended (bounded, not timed)."""
+    for _ in range(attempts):
+        response = await client.call(StatusRequest(request_id=client.next_id()))
+        assert isinstance(response, OkResponse)
+        assert isinstance(response.result, StatusResult)
+        if response.result.state.value != "committing":
+            return response.result
+        await asyncio.sleep(0.01)
+    raise AssertionError("commit did not finish")
+
+
+async def commit(
+    running: RunningAgent,
+    service_url: str,
+    *,
+    ssid: bytes | None = HOME_SSID,
+    passphrase: str | None = HOME_PASSPHRASE,
+    hidden: bool = False,
+    token: str = TOKEN,
+    client: LanClient | None = None,
+    **claim: object,
+) -> tuple[LanClient, StatusResult]:
+    """set_wifi (unless ``ssid`` is None), set_claim, commit; return the final status."""
+    client = client or await running.connected_client()
+    if ssid is not None:
+        ack = await client.call(
+            SetWifiRequest(
+                request_id=client.next_id(), ssid=ssid, passphrase=passphrase, hidden=hidden
+            )
+        )
+        assert isinstance(ack, OkResponse), ack
+    ack = await client.call(
+        SetClaimRequest(
+            request_id=client.next_id(),
+            service_url=service_url,
+            claim_token=token,
+            allow_insecure_http=True,
+            **claim,  # type: ignore[arg-type]
+        )
+    )
+    assert isinstance(ack, OkResponse), ack
+    response = await client.call(CommitRequest(request_id=client.next_id()))
+    assert isinstance(response, OkResponse), response
+    assert isinstance(response.result, CommitResult)
+    return client, await wait_status(client)

@@ -1,0 +1,184 @@
+"""The command line: status, diagnose, reset (in place and through a running agent), run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from iob_protocol.diagnostics import DiagnosticCode
+
+from device_firmware.__main__ import main, running_agent_pid
+from device_firmware.state import (
+    DeviceStateRecord,
+    MqttCredentials,
+    Ownership,
+    Phase,
+    StateStore,
+)
+
+from .conftest import TEST_PASSWORD, Provisioned
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(args), out=out)
+    return code, out.getvalue()
+
+
+def owned_record() -> DeviceStateRecord:
+    return DeviceStateRecord(
+        phase=Phase.ONLINE,
+        ownership=Ownership(household_id="hh1", service_url="http://127.0.0.1:9", claimed_at=1),
+        mqtt=MqttCredentials(
+            host="127.0.0.1", port=9, tls=False, username="u", password=TEST_PASSWORD
+        ),
+        wifi_ssid=b"HomeNet",
+    )
+
+
+def test_factory_provision_status_and_diagnose(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    config = str(tmp_path / "none.toml")
+    (tmp_path / "none.toml").write_text("")
+    code, text = cli(
+        "--config",
+        config,
+        "--data-dir",
+        data,
+        "factory-provision",
+        "--model",
+        "pi-cli",
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert code == 0
+    assert "Manual code:" in text
+    code, _ = cli(
+        "--config",
+        config,
+        "--data-dir",
+        data,
+        "factory-provision",
+        "--model",
+        "pi-cli",
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert code == 1
+    code, text = cli("--config", config, "--data-dir", data, "status", "--json")
+    status = json.loads(text)
+    assert (code, status["phase"], status["model"], status["agent_pid"]) == (
+        0,
+        "unclaimed",
+        "pi-cli",
+        None,
+    )
+    code, text = cli("--config", config, "--data-dir", data, "diagnose")
+    assert "no failure is recorded" in text
+    store = StateStore(Path(data) / "state.json")
+    store.change(phase=Phase.PROVISIONING)
+    store.change(phase=Phase.COMMITTING)
+    store.change(phase=Phase.PROVISIONING, diagnostic=DiagnosticCode.DNS_FAILED, diagnostic_at=1)
+    code, text = cli("--config", config, "--data-dir", data, "diagnose")
+    assert code == 0
+    assert "DNS_FAILED" in text
+    assert DiagnosticCode.DNS_FAILED.message in text
+    assert DiagnosticCode.DNS_FAILED.next_step in text
+    assert "previous network was kept" in text
+    code, text = cli("--config", config, "--data-dir", data, "status")
+    assert "DNS_FAILED" in text
+    assert TEST_PASSWORD not in text
+
+
+def test_status_without_identity_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text("")
+    code, _ = cli("--config", str(tmp_path / "c.toml"), "--data-dir", str(tmp_path), "status")
+    assert code == 1
+
+
+def test_reset_in_place(provisioned: Provisioned) -> None:
+    """No agent running: the CLI resets itself (the service is unreachable: noted, not fatal)."""
+    config = provisioned.config
+    scenario = config.data_dir / "scenario.json"
+    scenario.write_text(json.dumps({"networks": [{"ssid": "HomeNet"}], "saved": "HomeNet"}))
+    store = StateStore(config.state_file)
+    store.write(owned_record())
+    (config.data_dir / "device.toml").write_text(
+        f'simulate_network = "{scenario}"\nrelay_timeout = 2.0\n'
+    )
+    code, text = cli(
+        "--config",
+        str(config.data_dir / "device.toml"),
+        "--data-dir",
+        str(config.data_dir),
+        "reset",
+        "--yes",
+    )
+    assert code == 0
+    assert "account service not told" in text
+    record = StateStore(config.state_file).load()
+    assert (record.phase, record.ownership, record.mqtt) == (Phase.UNCLAIMED, None, None)
+
+
+def test_run_then_reset_by_signal_then_sigterm(provisioned: Provisioned, tmp_path: Path) -> None:
+    """The real CLI process: starts, answers on loopback, resets on ``reset`` (SIGUSR2 from the
+    CLI), and stops cleanly on SIGTERM."""
+    config = provisioned.config
+    StateStore(config.state_file).write(owned_record())
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('wired = true\n[[networks]]\nssid = "HomeNet"\n')
+    settings = tmp_path / "device.toml"
+    settings.write_text(
+        'listen = ["127.0.0.1"]\nport = 0\nadvertise = []\nhotspot = false\nrelay_timeout = 2.0\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device_firmware",
+            "--config",
+            str(settings),
+            "--data-dir",
+            str(config.data_dir),
+            "run",
+            "--simulate-network",
+            str(scenario),
+            "--no-mqtt",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(200):
+            if running_agent_pid(config) == agent.pid:
+                break
+            time.sleep(0.05)
+        assert running_agent_pid(config) == agent.pid
+        code, text = cli(
+            "--config", str(settings), "--data-dir", str(config.data_dir), "reset", "--yes"
+        )
+        assert code == 0, text
+        assert "unclaimed" in text
+        record = StateStore(config.state_file).load()
+        assert record.phase is Phase.UNCLAIMED
+        assert record.mqtt is None
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        assert agent.stderr is not None
+        agent.stderr.close()
+    assert running_agent_pid(config) is None

@@ -1,0 +1,278 @@
+"""The fail-safe commit over the real session: success, every diagnostic path, rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from iob_protocol.claim import ClaimConfirmation
+from iob_protocol.diagnostics import DiagnosticCode
+
+from device_firmware.network.simulated import Scenario, SimulatedNetwork
+from device_firmware.state import Phase
+
+from .commit_helpers import TOKEN, commit
+from .conftest import (
+    HOME_PASSPHRASE,
+    HOME_SSID,
+    WRONG_PASSPHRASE,
+    AgentStarter,
+    FakeRelay,
+    _fake_relay_app,
+    home_scenario,
+    serve,
+)
+from .tls import make_pki
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_commit_success_makes_network_permanent(
+    start_agent: AgentStarter, fake_relay: FakeRelay
+) -> None:
+    async with start_agent() as running:
+        client, status = await commit(running, fake_relay.url)
+        assert status.state.value == "committed"
+        assert status.diagnostic is None
+        assert running.backend.saved_ssid == HOME_SSID
+        assert running.backend.trial_ssid is None
+        record = running.agent.store.current
+        assert record.phase is Phase.ONLINE
+        assert record.ownership is not None
+        assert record.ownership.household_id == "hh_test"
+        assert record.mqtt is not None
+        assert record.mqtt.username.startswith("dev-")
+        assert record.wifi_ssid == HOME_SSID
+        # The confirmation the device posted is signed by its identity key, for this token.
+        (posted,) = fake_relay.confirmations
+        confirmation = ClaimConfirmation.from_json(
+            json.dumps(posted, sort_keys=True, separators=(",", ":")).encode()
+        )
+        device = running.provisioned.device
+        confirmation.verify(device.identity.public_key, now=int(time.time()))
+        assert confirmation.claim_token == TOKEN
+        # The state file holds the MQTT password: owner-only.
+        assert running.provisioned.config.state_file.stat().st_mode & 0o777 == 0o600
+        # Claimed: the provisioning window is closed.
+        again = await running.client().handshake(running.provisioned.qr_client())
+        assert (again.status, again.error) == (403, "window_closed")
+        assert running.hardware.pattern.value == "solid"
+        del client
+
+
+@pytest.mark.parametrize(
+    ("scenario", "ssid", "passphrase", "hidden", "code"),
+    [
+        (home_scenario(), HOME_SSID, "wrong password", False, DiagnosticCode.WIFI_AUTH_FAILED),
+        (home_scenario(), HOME_SSID, None, False, DiagnosticCode.WIFI_AUTH_FAILED),
+        (home_scenario(), b"Cafe", "unneeded password", False, DiagnosticCode.WIFI_AUTH_FAILED),
+        (home_scenario(), b"Elsewhere", HOME_PASSPHRASE, False, DiagnosticCode.WIFI_AP_NOT_FOUND),
+        (home_scenario(), b"Attic", "hidden network pw", False, DiagnosticCode.WIFI_AP_NOT_FOUND),
+        (
+            Scenario(
+                networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, dhcp=False),)
+            ),
+            HOME_SSID,
+            HOME_PASSPHRASE,
+            False,
+            DiagnosticCode.DHCP_TIMEOUT,
+        ),
+    ],
+    ids=[
+        "wrong-passphrase",
+        "missing-passphrase",
+        "open-with-passphrase",
+        "not-in-range",
+        "hidden-without-flag",
+        "no-dhcp",
+    ],
+)
+async def test_wifi_failures_roll_back_with_their_code(  # noqa: PLR0917 - parametrised
+    start_agent: AgentStarter,
+    fake_relay: FakeRelay,
+    scenario: Scenario,
+    ssid: bytes,
+    passphrase: str | None,
+    hidden: bool,
+    code: DiagnosticCode,
+) -> None:
+    async with start_agent(scenario) as running:
+        _client, status = await commit(
+            running, fake_relay.url, ssid=ssid, passphrase=passphrase, hidden=hidden
+        )
+        assert (status.state.value, status.diagnostic) == ("provisioning", code)
+        assert running.backend.saved_ssid is None
+        assert running.backend.trial_ssid is None
+        assert running.backend.events[-1] == "rollback"
+        assert fake_relay.confirmations == []
+        assert running.agent.store.current.diagnostic is code
+        assert running.hardware.pattern.value == "triple_blink"
+
+
+async def test_hidden_network_with_flag_and_hex_psk(
+    start_agent: AgentStarter, fake_relay: FakeRelay
+) -> None:
+
+    psk = hashlib.pbkdf2_hmac("sha1", b"hidden network pw", b"Attic", 4096, 32).hex()
+    async with start_agent() as running:
+        _client, status = await commit(
+            running, fake_relay.url, ssid=b"Attic", passphrase=psk, hidden=True
+        )
+        assert status.state.value == "committed"
+        assert running.backend.saved_ssid == b"Attic"
+
+
+async def test_dns_failure(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    scenario = Scenario(
+        networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, dns=False),)
+    )
+    port = fake_relay.url.rsplit(":", 1)[1]
+    async with start_agent(scenario) as running:
+        _client, status = await commit(running, f"http://localhost:{port}")
+        assert status.diagnostic is DiagnosticCode.DNS_FAILED
+        assert "dns:localhost" in running.backend.events
+
+
+async def test_no_internet_versus_unreachable_service(
+    start_agent: AgentStarter, fake_relay: FakeRelay
+) -> None:
+    offline = Scenario(
+        networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, internet=False),)
+    )
+    async with start_agent(offline) as running:
+        # The service is unreachable and so is everything else: NO_INTERNET.
+        client, status = await commit(running, closed_port_url())
+        assert status.diagnostic is DiagnosticCode.NO_INTERNET
+        # A service on the LAN does not need the internet: the same network works.
+        client, status = await commit(running, fake_relay.url, client=client)
+        assert status.state.value == "committed"
+
+
+async def test_unreachable_service(start_agent: AgentStarter) -> None:
+    async with start_agent() as running:
+        _client, status = await commit(running, closed_port_url())
+        assert status.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
+
+
+async def test_tls_failure_and_private_ca(
+    start_agent: AgentStarter, fake_relay: FakeRelay, tmp_path: Path
+) -> None:
+
+    pki = make_pki(tmp_path)
+    async with serve(await _fake_relay_app(fake_relay), ssl_context=pki.server_context()) as url:
+        async with start_agent() as running:
+            _client, status = await commit(running, url)
+            assert status.diagnostic is DiagnosticCode.TLS_FAILED
+        # Same device, restarted with the private CA configured: the retry succeeds.
+        async with start_agent(relay_ca_file=pki.ca_file) as running:
+            _client, status = await commit(running, url)
+            assert status.state.value == "committed"
+
+
+async def test_device_clock_skew(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    async with start_agent(wall_clock=lambda: int(time.time()) + 3600) as running:
+        _client, status = await commit(running, fake_relay.url)
+        assert status.diagnostic is DiagnosticCode.CLOCK_SKEW
+        assert fake_relay.confirmations == []
+
+
+@pytest.mark.parametrize(
+    ("http_status", "error_code", "diagnostic"),
+    [
+        (409, "claim_rejected", DiagnosticCode.CLAIM_REJECTED),
+        (410, "claim_expired", DiagnosticCode.CLAIM_EXPIRED),
+        (400, "clock_skew", DiagnosticCode.CLOCK_SKEW),
+        (400, "bad_signature", DiagnosticCode.CLAIM_REJECTED),
+        (404, "not_found", DiagnosticCode.CLAIM_REJECTED),
+        (503, "unavailable", DiagnosticCode.RELAY_UNREACHABLE),
+    ],
+)
+async def test_service_refusals(
+    start_agent: AgentStarter,
+    fake_relay: FakeRelay,
+    http_status: int,
+    error_code: str,
+    diagnostic: DiagnosticCode,
+) -> None:
+    fake_relay.confirm_status = http_status
+    fake_relay.confirm_body = {"error": {"code": error_code, "message": "refused"}}
+    async with start_agent() as running:
+        _client, status = await commit(running, fake_relay.url)
+        assert status.diagnostic is diagnostic
+        assert running.backend.saved_ssid is None
+        assert running.agent.store.current.ownership is None
+
+
+async def test_malformed_service_answers(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    fake_relay.confirm_body = {"status": "owned", "device_id": "nope"}
+    async with start_agent() as running:
+        _client, status = await commit(running, fake_relay.url)
+        assert status.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
+        fake_relay.confirm_body = fake_relay.owned("0123456789ABCDEF")
+        _client, status = await commit(running, fake_relay.url)
+        assert status.diagnostic is DiagnosticCode.CLAIM_REJECTED  # answer for another device
+
+
+async def test_commit_timer(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    slow = Scenario(
+        networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, connect_delay=30),)
+    )
+    async with start_agent(slow, commit_timeout=1) as running:
+        _client, status = await commit(running, fake_relay.url)
+        assert status.diagnostic is DiagnosticCode.TIMEOUT
+        assert running.backend.saved_ssid is None
+
+
+async def test_commit_timer_slow_service(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    fake_relay.health_delay = 30
+    async with start_agent(commit_timeout=1) as running:
+        _client, status = await commit(running, fake_relay.url)
+        assert status.diagnostic is DiagnosticCode.TIMEOUT
+
+
+async def test_rollback_restores_previous_network_and_retry_works(
+    start_agent: AgentStarter, fake_relay: FakeRelay
+) -> None:
+    scenario = home_scenario(saved=b"Cafe")
+    async with start_agent(scenario) as running:
+        client, status = await commit(running, fake_relay.url, passphrase=WRONG_PASSPHRASE)
+        assert status.diagnostic is DiagnosticCode.WIFI_AUTH_FAILED
+        assert running.backend.saved_ssid == b"Cafe"
+        assert await running.backend.wifi_connected()
+        # Same session, no reboot: fix the password and commit again.
+        client, status = await commit(running, fake_relay.url, client=client)
+        assert (status.state.value, status.diagnostic) == ("committed", None)
+        assert running.backend.saved_ssid == HOME_SSID
+
+
+async def test_claim_without_wifi_change(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    """A device already on the LAN (Ethernet) only confirms the claim."""
+    async with start_agent(Scenario(wired=True)) as running:
+        _client, status = await commit(running, fake_relay.url, ssid=None)
+        assert status.state.value == "committed"
+        assert "commit:none" in running.backend.events
+
+
+async def test_broker_override_and_pin(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+    async with start_agent() as running:
+        _client, status = await commit(
+            running,
+            fake_relay.url,
+            broker_host="mqtt.lan",
+            broker_port=8883,
+            broker_pin=b"\x01" * 32,
+        )
+        assert status.state.value == "committed"
+        mqtt = running.agent.store.current.mqtt
+        assert mqtt is not None
+        assert (mqtt.host, mqtt.port, mqtt.ca_pin) == ("mqtt.lan", 8883, b"\x01" * 32)
