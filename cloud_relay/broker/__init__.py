@@ -2,6 +2,8 @@
 
 The Mosquitto adapter lives in :mod:`cloud_relay.broker.mosquitto`; ``docs/broker.md`` has the
 ACL layout, reconcile semantics and the boundary a clustered broker's adapter would implement.
+:mod:`cloud_relay.broker.local` runs a local Mosquitto with dynamic security (self-hosting on one
+machine, the demo stack, the tests' broker fixtures); it is not imported here.
 """
 
 from .adapter import BrokerAdapter

@@ -13,6 +13,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud_relay.broker import local
 from tests.plugins import mosquitto
 from tests.plugins.mosquitto import (
     MosquittoBroker,
@@ -219,8 +220,8 @@ async def test_session_broker_is_shared(
 
 
 def test_missing_mosquitto_names_scripts_setup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mosquitto, "_which", lambda _name, _fallbacks: None)
-    monkeypatch.setattr(mosquitto, "_PLUGIN_GLOBS", ("/nonexistent/mosquitto_dynsec.so",))
+    monkeypatch.setattr(local, "_which", lambda _name, _fallbacks: None)
+    monkeypatch.setattr(local, "_PLUGIN_GLOBS", ("/nonexistent/mosquitto_dynsec.so",))
     with pytest.raises(MosquittoNotInstalledError, match="scripts/setup"):
         MosquittoProcess().start()
 
@@ -254,11 +255,11 @@ def test_fixtures_stop_the_broker_and_fail_without_it(
         test_inner_missing=textwrap.dedent(
             """
             import pytest
-            from tests.plugins import mosquitto
+            from cloud_relay.broker import local
 
             @pytest.fixture
             def iob_socket_allowed(monkeypatch):
-                monkeypatch.setattr(mosquitto, "_which", lambda _name, _fallbacks: None)
+                monkeypatch.setattr(local, "_which", lambda _name, _fallbacks: None)
 
             def test_without_mosquitto(mosquitto_broker):
                 raise AssertionError("unreachable: the fixture must fail")

@@ -1,0 +1,1 @@
+"""Parts of the demo stack (``scripts/demo_stack.py``, run by ``scripts/develop``)."""

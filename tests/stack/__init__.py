@@ -1,0 +1,1 @@
+"""The demo stack (scripts/demo_stack.py, run by scripts/develop), started as a whole."""
