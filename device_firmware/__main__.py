@@ -41,6 +41,8 @@ _LOGGER = logging.getLogger("device_firmware")
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 RESET_WAIT_SECONDS: Final = 60.0
+#: Signals the running agent handles (stop, button, reset).
+_AGENT_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2})
 
 #: Hints beyond the protocol's one-line next step, for the person at the device's shell.
 _SHELL_HINTS: Final[dict[DiagnosticCode, str]] = {
@@ -59,6 +61,9 @@ _SHELL_HINTS: Final[dict[DiagnosticCode, str]] = {
     DiagnosticCode.CLAIM_REJECTED: "The device id is in the output of 'status'.",
     DiagnosticCode.CLAIM_EXPIRED: "Start the setup again in Home Assistant.",
     DiagnosticCode.BROKER_AUTH_FAILED: "Run the account service's reconcile command.",
+    DiagnosticCode.BROKER_UNREACHABLE: (
+        "'iob-device status' shows the broker; nc -vz <host> <port> from the device tests it."
+    ),
     DiagnosticCode.TIMEOUT: "journalctl -u iot-onboard-device shows the step that was running.",
 }
 
@@ -196,6 +201,8 @@ async def _run(config: DeviceConfig, *, advertise: bool, mqtt: bool) -> int:
     loop.add_signal_handler(signal.SIGINT, agent.stop)
     loop.add_signal_handler(signal.SIGUSR1, agent.request, Action.BUTTON)
     loop.add_signal_handler(signal.SIGUSR2, agent.request, Action.RESET)
+    # Handled from here on: what arrived since the lock was taken is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _AGENT_SIGNALS)
     await agent.run()
     return EXIT_OK
 
@@ -224,6 +231,8 @@ def _status(config: DeviceConfig, *, as_json: bool, out: TextIO) -> int:
         "mqtt_broker": None
         if record.mqtt is None
         else f"{record.mqtt.host}:{record.mqtt.port}{' (TLS)' if record.mqtt.tls else ''}",
+        # Whether the owner's Home Assistant can reopen a session (never the secret itself).
+        "owner_secret_saved": record.owner_secret is not None,
         "agent_pid": running_agent_pid(config),
     }
     if as_json:
@@ -337,11 +346,19 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 def _command(args: argparse.Namespace, config: DeviceConfig, out: TextIO) -> int:
     if args.command == "run":
-        lock = _hold_lock(config)
+        # The lock tells `reset` that an agent runs; a SIGUSR2 sent before the handlers exist
+        # would otherwise kill the agent (the default action) instead of resetting it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _AGENT_SIGNALS)
         try:
-            return asyncio.run(_run(config, advertise=not args.no_advertise, mqtt=not args.no_mqtt))
+            lock = _hold_lock(config)
+            try:
+                return asyncio.run(
+                    _run(config, advertise=not args.no_advertise, mqtt=not args.no_mqtt)
+                )
+            finally:
+                os.close(lock)
         finally:
-            os.close(lock)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _AGENT_SIGNALS)
     if args.command == "factory-provision":
         result = factory_provision(
             config, model=args.model, output_dir=args.output, force=args.force

@@ -8,6 +8,12 @@ CLI) ends them all; a running commit rolls back on the way out.
 
 This module is also the one place that knows the MQTT runtime's interface
 (``device_firmware.mqtt_runtime``): a factory builds a runtime from the saved credentials.
+
+The provisioning window opens at boot while unclaimed, on a button press and after a factory
+reset; on a claimed device also when the saved Wi-Fi stays down (the watchdog: re-onboarding)
+and on a short button press. A claimed device's window only ever admits its owner's session
+(the session host asks ``DeviceController.session_policy`` at every hello), so reopening it
+never lets the label back in; the hotspot and captive page stay for unclaimed devices only.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from .provisioning.server import create_app
 from .provisioning.session_host import SessionHost
 from .relay_client import RelayClient, build_ssl_context
 from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
-from .watchdog import WifiWatchdog
+from .watchdog import DEFAULT_POLL_INTERVAL, WifiWatchdog
 from .zero_touch import sign_zero_touch
 
 _LOGGER = logging.getLogger(__name__)
@@ -168,6 +174,7 @@ class Agent:
         self._controller: DeviceController | None = None
         self._reconcile_lock = asyncio.Lock()
         self._host: SessionHost | None = None
+        self._was_claimed = False
 
     # --- for the CLI and tests --------------------------------------------------------------
 
@@ -270,7 +277,10 @@ class Agent:
                 controller.dispatch,
                 clock=self._clock,
                 allow_insecure_http=config.allow_insecure_http,
+                policy=controller.session_policy,
+                on_established=controller.forget_pending,
             )
+            self._was_claimed = record.claimed
             if not record.claimed:
                 host.open_window("boot while unclaimed")
             controller.add_reset_listener(lambda: host.open_window("factory reset"))
@@ -301,8 +311,13 @@ class Agent:
             if self._config.zero_touch_url is not None:
                 tasks.append(group.create_task(self._zero_touch_loop(), name="iob-zero-touch"))
             if self._config.reonboard_after > 0:
+                after = self._config.reonboard_after
                 watchdog = WifiWatchdog(
-                    self._backend, self._wifi_lost, after=self._config.reonboard_after
+                    self._backend,
+                    self._wifi_lost,
+                    after=after,
+                    # A short outage limit (tests, impatient makers) is checked as often.
+                    poll_interval=min(DEFAULT_POLL_INTERVAL, after / 4),
                 )
                 tasks.append(group.create_task(watchdog.run(), name="iob-watchdog"))
             await self._reconcile()
@@ -312,10 +327,18 @@ class Agent:
                 task.cancel()
 
     def _wifi_lost(self) -> None:
-        """The saved Wi-Fi has been down for a while: let the owner send new credentials."""
+        """The saved Wi-Fi has been down for a while: let the owner send new credentials.
+
+        The window admits only the owner's session (the owner secret saved with the claim).
+        """
         record = self._store.current
         if record.claimed and record.wifi_ssid is not None:
-            self.session_host.open_window("saved Wi-Fi lost (re-onboarding)")
+            if record.owner_secret is None:
+                _LOGGER.warning(
+                    "saved Wi-Fi lost, but this device was claimed without an owner secret: "
+                    "factory-reset it to set up its Wi-Fi again"
+                )
+            self.session_host.open_window("saved Wi-Fi lost (re-onboarding, owner only)")
 
     async def _shutdown(self) -> None:
         await self._status_led.aclose()
@@ -357,8 +380,11 @@ class Agent:
         record = self._store.current
         host = self.session_host
         await self._status_led.show(led_state(record))
-        if record.claimed:
+        if record.claimed and not self._was_claimed:
+            # The label's window ends with the claim; later owner-only windows (watchdog,
+            # button) stay open until they expire, across the Wi-Fi change they are for.
             host.close_window()
+        self._was_claimed = record.claimed
         if self._advertiser is not None:
             try:
                 if record.claimed:
@@ -446,7 +472,8 @@ class Agent:
                 _LOGGER.warning("factory reset requested")
                 await self.controller.factory_reset()
             elif self._store.current.claimed:
-                _LOGGER.info("button: the device is claimed; hold it to factory-reset")
+                _LOGGER.info("button: window for the owner's session only (hold to reset)")
+                self.session_host.open_window("button, claimed: owner sessions only")
             else:
                 self.session_host.open_window("button")
             await self._reconcile()

@@ -18,17 +18,25 @@ device posts it itself (``ClaimDelivery.DEVICE``), or it hands the signed confir
 the session and HA relays it and returns the service's answer (``ClaimDelivery.HUB``, for an
 IoT VLAN without internet). The service verifies the same signature either way.
 
-Crash safety: the ownership and MQTT credentials are saved (still ``committing``) before the
-network is made permanent, so a power cut after the service said "owned" boots online, and a
-power cut before it boots back in ``provisioning`` (the trial network is gone with the power).
+Crash safety: the ownership, the MQTT credentials and the owner secret are saved in one atomic
+write (still ``committing``) before the network is made permanent, so a power cut after the
+service said "owned" boots online, and a power cut before it boots back in ``provisioning`` (the
+trial network is gone with the power) with no owner secret on disk.
+
+A claimed device changing its Wi-Fi (an owner session after re-onboarding) runs
+:meth:`FailSafeCommit.run_wifi_change`: no claim step - owner, MQTT credentials and owner secret
+stay - and instead of the account service the checks are the broker's: its name resolves and it
+accepts a TCP connection (BROKER_UNREACHABLE, or NO_INTERNET when nothing is reachable). Same
+timer, same rollback; a failure keeps the old network and the device stays online with the code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
@@ -47,8 +55,20 @@ from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateSt
 _LOGGER = logging.getLogger(__name__)
 #: Rolling back must itself be bounded: a hung backend cannot keep the device in limbo.
 ROLLBACK_TIMEOUT: Final = 30.0
+#: One TCP connection attempt to the broker during a Wi-Fi change.
+BROKER_PROBE_TIMEOUT: Final = 10.0
 
 type RelayFactory = Callable[[str], RelayClient]
+#: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
+type BrokerProbe = Callable[[str, int], Awaitable[None]]
+
+
+async def tcp_probe(host: str, port: int) -> None:
+    """Whether the broker accepts a TCP connection over the current (trial) network."""
+    _reader, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 class ClaimDelivery(StrEnum):
@@ -67,6 +87,8 @@ class ClaimPlan:
     broker_pin: bytes | None = None
     broker_host: str | None = None
     broker_port: int | None = None
+    #: Saved with the claim; the controller refuses to commit a plan without one.
+    owner_secret: bytes | None = field(default=None, repr=False)
     delivery: ClaimDelivery = ClaimDelivery.DEVICE
 
     @property
@@ -124,6 +146,7 @@ class FailSafeCommit:
         timeout: float,
         wall_clock: WallClock = unix_time,
         on_hub_exchange: Callable[[HubExchange | None], None] | None = None,
+        broker_probe: BrokerProbe = tcp_probe,
     ) -> None:
         """``on_hub_exchange`` publishes the pending hand-off to the session (HUB delivery)."""
         self._identity = identity
@@ -133,9 +156,14 @@ class FailSafeCommit:
         self._timeout = timeout
         self._wall_clock = wall_clock
         self._on_hub_exchange = on_hub_exchange or (lambda _exchange: None)
+        self._broker_probe = broker_probe
 
     async def run(self, wifi: WifiCredentials | None, plan: ClaimPlan) -> DeviceStateRecord:
-        """Commit; the returned record is ``online`` or ``provisioning`` with a diagnostic."""
+        """Commit; the returned record is ``online`` or ``provisioning`` with a diagnostic.
+
+        The owner secret is written in the same atomic write as the ownership, only after the
+        service answered "owned": a failed or rolled-back claim leaves none behind.
+        """
         await self._begin()
         owned = False
         try:
@@ -160,6 +188,7 @@ class FailSafeCommit:
                     password=outcome.mqtt.password,
                     ca_pin=plan.broker_pin,
                 ),
+                owner_secret=plan.owner_secret,
             )
             owned = True
         except (NetworkError, DiagnosedError, TimeoutError) as err:
@@ -219,21 +248,60 @@ class FailSafeCommit:
         return record
 
     async def run_network_only(self, wifi: WifiCredentials) -> DeviceStateRecord:
-        """Join a network without a claim, under the same timer and rollback.
+        """Join a network without a claim, under the same timer and rollback (unclaimed only).
 
-        For the phone's captive page (an unclaimed device gets onto the household's Wi-Fi, where
-        Home Assistant then finds and claims it) and for a claimed device changing its Wi-Fi.
-        Checks association and DHCP and, for a claimed device, that the broker's name resolves.
+        For the phone's captive page: an unclaimed device gets onto the household's Wi-Fi,
+        where Home Assistant then finds and claims it. Checks association and DHCP.
         """
-        before = self._store.current
+        if self._store.current.claimed:
+            raise StateError("a claimed device changes its Wi-Fi with run_wifi_change")
+        return await self._trial(wifi, Phase.PROVISIONING, checks=None)
+
+    async def run_wifi_change(self, wifi: WifiCredentials) -> DeviceStateRecord:
+        """A claimed device moves to another network: no claim step, the broker is checked.
+
+        Owner, MQTT credentials and owner secret are kept whatever happens; success saves the
+        new network, failure rolls back to the old one and records the diagnostic (online).
+        """
+        mqtt = self._store.current.mqtt
+        if mqtt is None:
+            raise StateError("only a claimed device (with MQTT credentials) changes its Wi-Fi")
+
+        async def broker_reachable() -> None:
+            await self._check_broker(mqtt.host, mqtt.port)
+
+        return await self._trial(wifi, Phase.ONLINE, checks=broker_reachable)
+
+    async def _check_broker(self, host: str, port: int) -> None:
+        """DNS of the broker's name, then a TCP connection; tell a dead uplink apart."""
+        if not _is_ip_literal(host):
+            await self._backend.check_dns(host)
+        try:
+            async with asyncio.timeout(BROKER_PROBE_TIMEOUT):
+                await self._broker_probe(host, port)
+        except (OSError, TimeoutError) as err:
+            # Unreachable: is it the broker, or the whole uplink?
+            await self._backend.check_internet()
+            detail = str(err) or "no answer"
+            raise CommitError(
+                DiagnosticCode.BROKER_UNREACHABLE, f"broker {host}:{port}: {detail}"
+            ) from err
+
+    async def _trial(
+        self,
+        wifi: WifiCredentials,
+        success: Phase,
+        *,
+        checks: Callable[[], Awaitable[None]] | None,
+    ) -> DeviceStateRecord:
         await self._begin()
         try:
             async with asyncio.timeout(self._timeout):
                 await self._backend.connect(wifi)
-                if before.mqtt is not None and not _is_ip_literal(before.mqtt.host):
-                    await self._backend.check_dns(before.mqtt.host)
-        except (NetworkError, TimeoutError) as err:
-            code = err.code if isinstance(err, NetworkError) else DiagnosticCode.TIMEOUT
+                if checks is not None:
+                    await checks()
+        except (DiagnosedError, TimeoutError) as err:  # NetworkError is a DiagnosedError
+            code = err.code if isinstance(err, DiagnosedError) else DiagnosticCode.TIMEOUT
             return await self._fail(code, str(err) or "commit timer")
         except asyncio.CancelledError:
             await self._fail(DiagnosticCode.TIMEOUT, "agent stopped during commit")
@@ -245,8 +313,9 @@ class FailSafeCommit:
             return await self._fail(
                 err.code if isinstance(err, NetworkError) else DiagnosticCode.TIMEOUT, str(err)
             )
-        phase = Phase.ONLINE if before.claimed else Phase.PROVISIONING
-        return await self._store.update(phase=phase, wifi_ssid=wifi.ssid)
+        record = await self._store.update(phase=success, wifi_ssid=wifi.ssid)
+        _LOGGER.info("network change committed (%s)", success.value)
+        return record
 
     async def _begin(self) -> None:
         """Persist ``committing`` (the controller usually has, before answering ``commit``)."""

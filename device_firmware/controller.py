@@ -6,12 +6,18 @@ Wi-Fi credentials and claim (kept in memory only: a passphrase is never written 
 the network is committed, and then only by the network backend), the background commit task
 and the listeners that keep the LED, the zeroconf TXT record and the MQTT runtime in step with
 the persisted state.
+
+It also answers who may open a session (:meth:`DeviceController.session_policy`): the label's
+codes while unclaimed, only the owner secret saved with the claim afterwards. On a claimed
+device ``commit`` is a Wi-Fi-only change (``run_wifi_change``); a claim needs an owner secret
+(``owner_secret_required``) so that no device ends up owned by a session nobody can reopen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -31,6 +37,7 @@ from iob_protocol.commands import (
     ScanWifiRequest,
     ScanWifiResult,
     SetClaimRequest,
+    SetOwnerSecretRequest,
     SetWifiRequest,
     StatusRequest,
     StatusResult,
@@ -38,14 +45,24 @@ from iob_protocol.commands import (
     WifiSecurity,
 )
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.errors import OwnerSessionRequiredError
 from iob_protocol.session import PROTOCOL_VERSION
 from iob_protocol.sources import WallClock, unix_time
 
-from .commit import ClaimDelivery, ClaimPlan, FailSafeCommit, HubExchange, RelayFactory
+from .commit import (
+    BrokerProbe,
+    ClaimDelivery,
+    ClaimPlan,
+    FailSafeCommit,
+    HubExchange,
+    RelayFactory,
+    tcp_probe,
+)
 from .errors import CommandRefusedError
 from .factory import ProvisionedDevice
 from .hardware import Hardware
 from .network.backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
+from .provisioning.session_host import SessionPolicy
 from .relay_client import ClaimOutcome
 from .reset import ClearRetained, ResetReport, factory_reset
 from .state import DeviceStateRecord, Phase, StateStore
@@ -85,6 +102,7 @@ class DeviceController:
         hardware: Hardware | None = None,
         clear_retained: ClearRetained | None = None,
         wall_clock: WallClock = unix_time,
+        broker_probe: BrokerProbe = tcp_probe,
     ) -> None:
         """Wire the device's parts together; nothing runs until a command arrives."""
         self._device = device
@@ -109,6 +127,7 @@ class DeviceController:
             timeout=commit_timeout,
             wall_clock=wall_clock,
             on_hub_exchange=self._set_hub_exchange,
+            broker_probe=broker_probe,
         )
 
     # --- observation ------------------------------------------------------------------------
@@ -127,6 +146,11 @@ class DeviceController:
     def committing(self) -> bool:
         """Whether a commit is running."""
         return self._commit_task is not None and not self._commit_task.done()
+
+    def session_policy(self) -> SessionPolicy:
+        """Who may open a session now: the label while unclaimed, then only the owner."""
+        record = self.state
+        return SessionPolicy(claimed=record.claimed, owner_secret=record.owner_secret)
 
     @property
     def hub_exchange(self) -> HubExchange | None:
@@ -177,8 +201,12 @@ class DeviceController:
                         broker_pin=request.broker_pin,
                         broker_host=request.broker_host,
                         broker_port=request.broker_port,
+                        owner_secret=request.owner_secret,
                     )
                 )
+                return AckResult()
+            case SetOwnerSecretRequest():
+                await self.set_owner_secret(request.owner_secret)
                 return AckResult()
             case CommitRequest():
                 return await self.start_commit()
@@ -235,20 +263,33 @@ class DeviceController:
             await self._store.update(phase=Phase.PROVISIONING)
             self.notify()
 
+    def forget_pending(self) -> None:
+        """Drop the Wi-Fi and claim a previous session set but did not commit.
+
+        A new session starts clean: what someone else's session left behind (a label holder's
+        network before the device was claimed) must never ride along with the owner's commit.
+        """
+        self._pending_wifi = None
+        self._pending_claim = None
+
     async def set_wifi(self, credentials: WifiCredentials) -> None:
         """Remember the network for the next commit (validated by the protocol decoder)."""
         self._refuse_while_committing()
         self._pending_wifi = credentials
         await self._enter_provisioning()
 
-    async def set_claim(self, plan: ClaimPlan) -> None:
-        """Remember where and how to confirm the claim."""
-        self._refuse_while_committing()
+    def _refuse_if_claimed(self) -> None:
         if self.state.claimed:
             raise CommandRefusedError(
-                ResultError.NOT_READY.value,
-                "the device already has an owner; a factory reset is needed before a new claim",
+                ResultError.ALREADY_CLAIMED.value,
+                "the device already has an owner; only its Wi-Fi can change (a factory reset "
+                "is needed before a new claim)",
             )
+
+    async def set_claim(self, plan: ClaimPlan) -> None:
+        """Remember where and how to confirm the claim (and the owner secret it saves)."""
+        self._refuse_while_committing()
+        self._refuse_if_claimed()
         self._pending_claim = plan
         await self._enter_provisioning()
 
@@ -256,37 +297,59 @@ class DeviceController:
         """Choose who posts the confirmation (HUB: HA relays it; IoT VLAN without internet)."""
         if self._pending_claim is None:
             raise CommandRefusedError(ResultError.NOT_READY.value, "send set_claim first")
-        plan = self._pending_claim
-        self._pending_claim = ClaimPlan(
-            service_url=plan.service_url,
-            claim_token=plan.claim_token,
-            broker_pin=plan.broker_pin,
-            broker_host=plan.broker_host,
-            broker_port=plan.broker_port,
-            delivery=delivery,
-        )
+        self._pending_claim = dataclasses.replace(self._pending_claim, delivery=delivery)
+
+    async def set_owner_secret(self, secret: bytes) -> None:
+        """Replace the owner secret (the owner hands a new one to a transfer's recipient).
+
+        The session that sends it stays open; the next handshake needs the new secret.
+        """
+        self._refuse_while_committing()
+        if not self.state.claimed:
+            raise CommandRefusedError(
+                ResultError.NOT_CLAIMED.value,
+                "the device has no owner yet; the owner secret travels with set_claim",
+            )
+        await self._store.update(owner_secret=secret)
+        _LOGGER.info("owner secret replaced")
+        self.notify()
 
     async def start_commit(self) -> CommitResult:
-        """Arm the timer and start the fail-safe commit in the background."""
+        """Arm the timer and start the fail-safe commit in the background.
+
+        Unclaimed: the claim (with the Wi-Fi if ``set_wifi`` came). Claimed: a Wi-Fi-only
+        change; the claim, MQTT credentials and owner secret stay.
+        """
         self._refuse_while_committing()
         record = self.state
         wifi, plan = self._pending_wifi, self._pending_claim
-        if plan is None and not (record.claimed and wifi is not None):
+        if record.claimed:
+            if plan is not None:
+                self._pending_claim = None
+                self._refuse_if_claimed()
+            if wifi is None:
+                raise CommandRefusedError(
+                    ResultError.NOT_READY.value,
+                    "the device already has an owner: send set_wifi with the new network first",
+                )
+        elif plan is None:
             raise CommandRefusedError(
                 ResultError.NOT_READY.value,
                 "send set_claim (and set_wifi unless the device is already on the network) first",
             )
-        if plan is not None and record.claimed:
+        elif plan.owner_secret is None:
             raise CommandRefusedError(
-                ResultError.NOT_READY.value, "the device already has an owner"
+                ResultError.OWNER_SECRET_REQUIRED.value,
+                "set_claim carried no owner secret; update Home Assistant's IoT Onboard "
+                "integration, then set the device up again",
             )
         self._pending_wifi = None
         self._pending_claim = None
         await self._begin_commit()
-        if plan is None and wifi is not None:
-            self._start(self._committer.run_network_only(wifi))
-        elif plan is not None:
+        if plan is not None:
             self._start(self._committer.run(wifi, plan))
+        elif wifi is not None:
+            self._start(self._committer.run_wifi_change(wifi))
         return CommitResult(timeout_seconds=int(self._commit_timeout))
 
     async def _begin_commit(self) -> None:
@@ -295,8 +358,13 @@ class DeviceController:
         self.notify()
 
     async def start_network_commit(self, wifi: WifiCredentials) -> None:
-        """Join ``wifi`` without a claim (the captive page)."""
+        """Join ``wifi`` without a claim (the captive page; unclaimed devices only)."""
         self._refuse_while_committing()
+        if self.state.claimed:
+            raise CommandRefusedError(
+                OwnerSessionRequiredError.code,
+                "this device is owned; use its owner's Home Assistant, or factory-reset it",
+            )
         self._pending_wifi = None
         await self._begin_commit()
         self._start(self._committer.run_network_only(wifi))

@@ -1,4 +1,7 @@
-"""Factory reset: the device forgets its owner, its Wi-Fi and its MQTT credentials.
+"""Factory reset: the device forgets its owner, its owner secret, its Wi-Fi and MQTT credentials.
+
+The state is replaced by a fresh record in one atomic write, so the owner secret goes with the
+claim: afterwards only the label opens a session again.
 
 Order matters: the retained MQTT messages are cleared first (that needs the device's broker
 credentials), then the account service is told (the signed release revokes those credentials),

@@ -17,6 +17,10 @@ commit: if the account service had already answered "owned" (the ownership is sa
 network is made permanent) the device is online; otherwise the trial network is gone with the
 power and the device is back in ``provisioning`` with ``TIMEOUT``.
 
+The owner secret (what the owner's Home Assistant sent with the claim; the only credential a
+claimed device accepts for a session) is saved in the same write as the ownership, so no file
+ever holds one without the other, and a factory reset wipes both.
+
 Every write is atomic: a temporary file in the same directory, written and fsynced, renamed
 over the old file, then the directory fsynced. A reader therefore sees the old or the new
 state, never a mixture; stale temporary files of killed writers are removed on open.
@@ -38,7 +42,8 @@ from typing import Any, Final, Self
 from iob_protocol.canonical import b64url_decode, b64url_encode
 from iob_protocol.commands import DeviceState
 from iob_protocol.diagnostics import DiagnosticCode
-from iob_protocol.errors import EncodingError
+from iob_protocol.errors import EncodingError, PayloadError
+from iob_protocol.payload import OwnerSecret
 
 from .errors import CorruptStateError, InvalidTransitionError, StateError
 
@@ -156,6 +161,8 @@ class DeviceStateRecord:
     mqtt: MqttCredentials | None = None
     #: The network this agent saved (shown by ``status``; forgotten by a factory reset).
     wifi_ssid: bytes | None = None
+    #: The owner's session secret (saved with the claim; never shown or logged).
+    owner_secret: bytes | None = field(default=None, repr=False)
     #: Incremented by every write; tells which write a reader sees.
     generation: int = 0
 
@@ -172,6 +179,7 @@ class DeviceStateRecord:
             "format": STATE_FORMAT,
             "generation": self.generation,
             "mqtt": None if self.mqtt is None else self.mqtt.to_json(),
+            "owner_secret": None if self.owner_secret is None else b64url_encode(self.owner_secret),
             "ownership": None if self.ownership is None else self.ownership.to_json(),
             "phase": self.phase.value,
             "wifi_ssid": None if self.wifi_ssid is None else b64url_encode(self.wifi_ssid),
@@ -185,6 +193,9 @@ class DeviceStateRecord:
             raw = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise CorruptStateError(f"state file is not JSON: {err}") from err
+        if isinstance(raw, dict) and "owner_secret" not in raw:
+            # Written before owner secrets existed: a claimed device without one.
+            raw = {**raw, "owner_secret": None}
         document = _object(
             raw,
             "state",
@@ -194,6 +205,7 @@ class DeviceStateRecord:
                 "format",
                 "generation",
                 "mqtt",
+                "owner_secret",
                 "ownership",
                 "phase",
                 "wifi_ssid",
@@ -211,6 +223,7 @@ class DeviceStateRecord:
             raise CorruptStateError(f"state file: {err}") from err
         diagnostic_at = document["diagnostic_at"]
         ssid = document["wifi_ssid"]
+        secret = document["owner_secret"]
         record = cls(
             phase=phase,
             diagnostic=diagnostic,
@@ -220,6 +233,7 @@ class DeviceStateRecord:
             else Ownership.from_json(document["ownership"]),
             mqtt=None if document["mqtt"] is None else MqttCredentials.from_json(document["mqtt"]),
             wifi_ssid=None if ssid is None else _binary(ssid, "wifi_ssid"),
+            owner_secret=None if secret is None else _binary(secret, "owner_secret"),
             generation=_integer(document, "generation"),
         )
         record.check()
@@ -233,6 +247,13 @@ class DeviceStateRecord:
             raise CorruptStateError("ownership and MQTT credentials are saved together")
         if self.phase in {Phase.UNCLAIMED, Phase.PROVISIONING} and self.ownership is not None:
             raise CorruptStateError(f"{self.phase.value} with an owner")
+        if self.owner_secret is not None:
+            if self.ownership is None:
+                raise CorruptStateError("an owner secret without an owner")
+            try:
+                OwnerSecret(self.owner_secret)
+            except PayloadError as err:
+                raise CorruptStateError(f"owner secret: {err}") from err
         if self.generation < 0:
             raise CorruptStateError("negative generation")
 

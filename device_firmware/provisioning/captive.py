@@ -10,6 +10,10 @@ claims it with the code).
 
 Served only on the hotspot address; pages carry a strict Content-Security-Policy (no script at
 all) and the form a per-run token, so another site cannot post to it.
+
+Only for unclaimed devices: the agent opens the hotspot only while unclaimed, and the page itself
+refuses a claimed device (the label opens nothing once the device is owned; its Wi-Fi changes
+only through the owner's Home Assistant), in case the claim lands while the page is up.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from typing import Final
 
 from aiohttp import web
 from iob_protocol.commands import validate_passphrase, validate_ssid
-from iob_protocol.errors import InvalidFieldError, LimiterError, LockedOutError, WindowClosedError
+from iob_protocol.errors import (
+    CredentialRefusedError,
+    InvalidFieldError,
+    LimiterError,
+    LockedOutError,
+    WindowClosedError,
+)
 
 from device_firmware.controller import DeviceController
 from device_firmware.errors import DeviceError
@@ -105,7 +115,19 @@ async def _form(request: web.Request, error: str | None = None, status: int = 20
     return response
 
 
+def _owned_page() -> web.Response:
+    response = _page(
+        "This device has an owner",
+        "<p>This device is owned; use its owner's Home Assistant to change its Wi-Fi, or "
+        "factory-reset it (hold its button) to set it up anew.</p>",
+    )
+    response.set_status(403)
+    return response
+
+
 async def _index(request: web.Request) -> web.Response:
+    if request.app[_CONTROLLER_KEY].state.claimed:
+        return _owned_page()
     return await _form(request)
 
 
@@ -125,6 +147,8 @@ def _credentials(form: dict[str, str]) -> WifiCredentials:
 async def _setup(request: web.Request) -> web.Response:  # noqa: PLR0911 - one page per mistake
     data = await request.post()
     form = {key: value for key, value in data.items() if isinstance(value, str)}
+    if request.app[_CONTROLLER_KEY].state.claimed:
+        return _owned_page()
     if not hmac.compare_digest(form.get("token", ""), request.app[_TOKEN_KEY]):
         return await _form(request, "The page expired; please try again.", status=403)
     try:
@@ -146,6 +170,8 @@ async def _setup(request: web.Request) -> web.Response:  # noqa: PLR0911 - one p
         )
     except LimiterError:
         return await _form(request, "The device is busy; try again in a minute.", status=429)
+    except CredentialRefusedError:
+        return _owned_page()  # claimed while the form was being filled in
     if not accepted:
         left = host.remaining_attempts()
         return await _form(

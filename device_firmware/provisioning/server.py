@@ -4,8 +4,10 @@ Endpoints (every body is exactly one protocol frame, ``application/octet-stream`
 
 ``POST /iob/v1/session``
     CLIENT_HELLO → 200 with DEVICE_HELLO; CLIENT_FINISH → 204 with the ``X-IOB-Session``
-    header naming the established session. Refusals are ERROR frames: 403 window closed,
-    429 locked out or busy (``Retry-After``), 400 malformed, 401 failed handshake.
+    header naming the established session. Refusals are ERROR frames: 403 window closed or a
+    credential the device does not take now (``owner_session_required`` - a label code for a
+    claimed device -, ``setup_code_required``, ``no_owner_secret``), 429 locked out or busy
+    (``Retry-After``), 400 malformed, 401 failed handshake.
 ``POST /iob/v1/frame``
     An encrypted request (DATA frame) with the ``X-IOB-Session`` header → 200 with the
     encrypted response. 409 ``no_session`` if the header names no current session (a stale
@@ -41,7 +43,14 @@ _STATUS: Final = {
     ReplyKind.AUTH_FAILED: 401,
     ReplyKind.NO_SESSION: 409,
 }
-_REFUSED_STATUS: Final = {"window_closed": 403, "locked_out": 429, "busy": 429}
+_REFUSED_STATUS: Final = {
+    "window_closed": 403,
+    "owner_session_required": 403,
+    "setup_code_required": 403,
+    "no_owner_secret": 403,
+    "locked_out": 429,
+    "busy": 429,
+}
 
 
 def _response(reply: Reply) -> web.Response:

@@ -8,6 +8,17 @@ Limiter wiring (DESIGN "attempt limits"): the provisioning window is opened only
 physical (boot while unclaimed, a button press, a factory reset) and counts failed handshakes;
 a CLIENT_HELLO takes the one handshake slot, CLIENT_FINISH (or the deadline) ends it. The
 captive page's code check draws from the same budget.
+
+Who may connect (DESIGN: "claimed devices accept only the owner's authorised session") comes
+from a :class:`SessionPolicy` read at every hello: an unclaimed device answers the label's
+codes (QR, manual); a claimed one only the owner secret saved with its claim. A hello of a
+refused kind is answered with its own error frame (``owner_session_required``,
+``setup_code_required``, ``no_owner_secret``) *without* taking the slot or an attempt: it is
+decided from the hello's kind byte and the device's public state before any secret is used, so
+it tests no guess and reveals only whether the device is claimed, which ``/iob/v1/info``, the
+zeroconf record and the BLE advertisement already say. A wrong owner secret is an ordinary
+failed handshake and counts. Once established, a session may only run the commands its kind
+allows in the device's current state (:func:`command_refusal`).
 """
 
 from __future__ import annotations
@@ -15,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
 from iob_protocol.commands import (
     CommandResult,
+    CommandType,
     ErrorResponse,
     OkResponse,
     Request,
@@ -29,19 +41,28 @@ from iob_protocol.commands import (
     encode_response,
 )
 from iob_protocol.errors import (
+    CredentialRefusedError,
     FramingError,
     HandshakeTimeoutError,
     LimiterError,
+    NoOwnerSecretError,
+    OwnerSessionRequiredError,
     PayloadError,
     ProtocolError,
     SessionClosedError,
+    SetupCodeRequiredError,
     StaleAttemptError,
     UnexpectedMessageError,
 )
 from iob_protocol.framing import FrameType, decode_frame, encode_error_frame
 from iob_protocol.limiter import Attempt, AttemptLimiter, LimiterState
-from iob_protocol.payload import ManualCode
-from iob_protocol.session import HANDSHAKE_TIMEOUT, DeviceSession
+from iob_protocol.payload import CredentialKind, ManualCode
+from iob_protocol.session import (
+    HANDSHAKE_TIMEOUT,
+    DeviceSession,
+    check_credential_kind,
+    client_hello_kind,
+)
 from iob_protocol.sources import MonotonicClock, monotonic
 
 from device_firmware.errors import CommandRefusedError, DiagnosedError
@@ -55,6 +76,68 @@ type Dispatcher = Callable[[Request], Awaitable[CommandResult]]
 NO_SESSION: Final = "no_session"
 #: An established session with no frame for this long is ended.
 SESSION_IDLE_TIMEOUT: Final = 600.0
+#: What a session whose kind no longer matches the device's state may still do: read. (A label
+#: session under which the device became claimed reads the commit's outcome; an owner session
+#: after a factory reset sees the reset device.)
+READ_ONLY_COMMANDS: Final = frozenset({CommandType.INFO, CommandType.STATUS, CommandType.IDENTIFY})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionPolicy:
+    """Which credential opens a session now, from the persisted state.
+
+    Unclaimed: the label's (QR, manual code). Claimed: only ``owner_secret``, the one saved
+    with the claim; a claimed device without one (zero-touch) accepts nobody.
+    """
+
+    claimed: bool = False
+    owner_secret: bytes | None = field(default=None, repr=False)
+
+    def check(self, kind: CredentialKind) -> None:
+        """Raise the protocol's refusal for ``kind`` (see ``check_credential_kind``)."""
+        check_credential_kind(
+            kind, claimed=self.claimed, owner_secret_known=self.owner_secret is not None
+        )
+
+
+#: The policy of a host given none: a device that is never claimed (tests, tools).
+UNCLAIMED_POLICY: Final = SessionPolicy()
+
+
+def command_refusal(
+    kind: CredentialKind | None, *, claimed: bool, command: CommandType
+) -> tuple[str, str] | None:
+    """``(error code, message)`` if a session of ``kind`` may not run ``command`` now.
+
+    A claimed device's owner session may do what re-onboarding needs - info, status, scan,
+    set_wifi, a Wi-Fi-only commit, identify, factory_reset, set_owner_secret - but never
+    set_claim. An unclaimed device's label session may do everything but set_owner_secret.
+    A session whose kind no longer matches the state may only read (:data:`READ_ONLY_COMMANDS`).
+    """
+    if claimed and command is CommandType.SET_CLAIM:
+        return (
+            ResultError.ALREADY_CLAIMED.value,
+            "the device already has an owner; only its Wi-Fi can change",
+        )
+    owner_session = kind is CredentialKind.OWNER
+    if owner_session == claimed:
+        if not claimed and command is CommandType.SET_OWNER_SECRET:
+            return (
+                ResultError.NOT_CLAIMED.value,
+                "the device has no owner yet; the owner secret travels with set_claim",
+            )
+        return None
+    if command in READ_ONLY_COMMANDS:
+        return None
+    if claimed:
+        return (
+            OwnerSessionRequiredError.code,
+            "this device is owned; use its owner's Home Assistant, or factory-reset it",
+        )
+    return (
+        SetupCodeRequiredError.code,
+        "this device has no owner any more; set it up again with the code on its label",
+    )
 
 
 class ReplyKind(StrEnum):
@@ -90,15 +173,25 @@ class SessionHost:
         clock: MonotonicClock = monotonic,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         allow_insecure_http: bool = False,
+        policy: Callable[[], SessionPolicy] | None = None,
+        on_established: Callable[[], None] | None = None,
     ) -> None:
-        """Answer as ``device``; commands go to ``dispatcher``."""
+        """Answer as ``device``; commands go to ``dispatcher``.
+
+        ``policy`` says, at each hello and each command, whether the device is claimed and
+        with which owner secret (the agent passes ``DeviceController.session_policy``); without
+        it the device is treated as never claimed. ``on_established`` runs when a new session
+        replaces the old one (the agent drops settings the old session left pending).
+        """
         self._device = device
         self._dispatcher = dispatcher
         self._limiter = limiter or AttemptLimiter(handshake_seconds=handshake_timeout)
         self._clock = clock
         self._handshake_timeout = handshake_timeout
         self._allow_insecure_http = allow_insecure_http
-        self._pending: tuple[DeviceSession, Attempt] | None = None
+        self._policy = policy or (lambda: UNCLAIMED_POLICY)
+        self._on_established = on_established or (lambda: None)
+        self._pending: tuple[DeviceSession, Attempt, SessionPolicy] | None = None
         self._active: DeviceSession | None = None
         self._last_frame = 0.0
         self._handshake_lock = asyncio.Lock()
@@ -141,14 +234,21 @@ class SessionHost:
 
     @property
     def has_session(self) -> bool:
-        """Whether a session is established."""
-        return self._active is not None
+        """Whether a session is established whose credential fits the device's state now.
+
+        A label session under which the device became claimed, or an owner session after a
+        factory reset, may still read, but no longer counts (BLE's Improv authorizes on this).
+        """
+        active = self._active
+        if active is None or active.credential_kind is None:
+            return False
+        return (active.credential_kind is CredentialKind.OWNER) == self._policy().claimed
 
     # --- handshake --------------------------------------------------------------------------
 
     def _expire_pending(self) -> None:
         if self._pending is not None and self._clock() > self._pending[1].deadline:
-            session, attempt = self._pending
+            session, attempt, _policy = self._pending
             session.close()
             self._limiter.fail(attempt, self._clock())
             self._pending = None
@@ -169,17 +269,20 @@ class SessionHost:
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
 
     async def _client_hello(self, data: bytes) -> Reply:
+        policy = self._policy()
+        refusal = _kind_refusal(data, policy)
+        if refusal is not None:
+            # Not an attempt: nothing secret was used (see the module docstring).
+            _LOGGER.info("handshake refused before any secret was used: %s", refusal.code)
+            return _error(ReplyKind.REFUSED, refusal.code)
+        session = self._new_session(policy)
+        if session is None:
+            return _error(ReplyKind.REFUSED, NoOwnerSecretError.code)
         now = self._clock()
         try:
             attempt = self._limiter.begin(now)
         except LimiterError as err:
             return _error(ReplyKind.REFUSED, err.code)
-        session = DeviceSession(
-            self._device.identity,
-            self._device.setup_code,
-            clock=self._clock,
-            timeout=self._handshake_timeout,
-        )
         try:
             # SPAKE2 in pure Python takes milliseconds of CPU: keep the loop responsive.
             reply = await asyncio.to_thread(session.handle_client_hello, data)
@@ -187,15 +290,40 @@ class SessionHost:
             self._limiter.fail(attempt, self._clock())
             _LOGGER.info("handshake refused at CLIENT_HELLO: %s", err.code)
             return _error(ReplyKind.BAD_REQUEST, err.code)
-        self._pending = (session, attempt)
+        self._pending = (session, attempt, policy)
         return Reply(ReplyKind.OK, reply)
+
+    def _new_session(self, policy: SessionPolicy) -> DeviceSession | None:
+        """A session holding exactly the secrets ``policy`` allows.
+
+        Never the label's once claimed; None for a claimed device without an owner secret.
+        """
+        identity = self._device.identity
+        if not policy.claimed:
+            return DeviceSession(
+                identity,
+                self._device.setup_code,
+                clock=self._clock,
+                timeout=self._handshake_timeout,
+            )
+        if policy.owner_secret is None:
+            return None
+        return DeviceSession.for_owner(
+            identity,
+            owner_secret=policy.owner_secret,
+            clock=self._clock,
+            timeout=self._handshake_timeout,
+        )
 
     async def _client_finish(self, data: bytes) -> Reply:
         if self._pending is None:
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
-        session, attempt = self._pending
+        session, attempt, policy = self._pending
         self._pending = None
         try:
+            if self._policy() != policy:
+                # Claimed, reset or re-keyed since the hello: that secret no longer opens it.
+                raise CredentialRefusedError("the device's owner changed during the handshake")
             session.handle_client_finish(data)
             self._limiter.succeed(attempt, self._clock())
         except (ProtocolError, StaleAttemptError) as err:
@@ -211,6 +339,7 @@ class SessionHost:
         if self._active is not None:
             self._active.close()
         self._active = session
+        self._on_established()
         self._last_frame = self._clock()
         _LOGGER.info("secure session established (%s code)", session.credential_kind)
         return Reply(ReplyKind.FINISHED, b"", session_tag=self.session_tag)
@@ -245,7 +374,7 @@ class SessionHost:
                 self._active = None
                 _LOGGER.warning("session ended by a bad frame: %s", err.code)
                 return _error(ReplyKind.AUTH_FAILED, err.code)
-            response = await self._answer(plaintext)
+            response = await self._answer(plaintext, session.credential_kind)
             try:
                 sealed = session.seal(encode_response(response))
             except (ProtocolError, SessionClosedError) as err:
@@ -253,11 +382,20 @@ class SessionHost:
                 return _error(ReplyKind.AUTH_FAILED, err.code)
             return Reply(ReplyKind.OK, sealed, session_tag=self.session_tag)
 
-    async def _answer(self, plaintext: bytes) -> OkResponse | ErrorResponse:
+    async def _answer(
+        self, plaintext: bytes, kind: CredentialKind | None
+    ) -> OkResponse | ErrorResponse:
         try:
             request = decode_request(plaintext, allow_insecure_http=self._allow_insecure_http)
         except ProtocolError as err:
             return ErrorResponse.from_error(err)
+        refusal = command_refusal(kind, claimed=self._policy().claimed, command=request.command)
+        if refusal is not None:
+            error, message = refusal
+            _LOGGER.info("%s refused in a %s session: %s", request.command.value, kind, error)
+            return ErrorResponse(
+                request_id=request.request_id, command=request.command, error=error, message=message
+            )
         try:
             result = await self._dispatcher(request)
         except CommandRefusedError as err:
@@ -287,8 +425,11 @@ class SessionHost:
         """Check a typed setup code against the stored verifier, under the same limiter.
 
         A typo caught by the check digit costs no attempt (it tests nothing about the code);
-        a well-formed wrong code does. Raises :class:`LimiterError` when refused.
+        a well-formed wrong code does. Raises :class:`LimiterError` when refused, and
+        :class:`~iob_protocol.errors.OwnerSessionRequiredError` on a claimed device (the label
+        opens nothing once the device is owned).
         """
+        self._policy().check(CredentialKind.MANUAL)
         try:
             code = ManualCode.parse(text)
         except PayloadError:
@@ -308,6 +449,17 @@ class SessionHost:
             else:
                 self._limiter.fail(attempt, self._clock())
             return ok
+
+
+def _kind_refusal(data: bytes, policy: SessionPolicy) -> CredentialRefusedError | None:
+    """The refusal for the kind this hello names, if the policy refuses it."""
+    try:
+        policy.check(client_hello_kind(data))
+    except CredentialRefusedError as err:
+        return err
+    except ProtocolError:
+        return None  # malformed: the handshake itself refuses it, and counts the attempt
+    return None
 
 
 def _error(kind: ReplyKind, code: str) -> Reply:

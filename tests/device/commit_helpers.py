@@ -18,6 +18,8 @@ from .conftest import HOME_PASSPHRASE, HOME_SSID, RunningAgent
 from .lan_client import LanClient
 
 TOKEN = "tok_" + "A" * 40
+#: What Home Assistant generates per device and sends with set_claim.
+OWNER_SECRET = bytes(range(100, 132))
 
 
 async def wait_status(client: LanClient, *, attempts: int = 1500) -> StatusResult:
@@ -41,6 +43,7 @@ async def commit(
     hidden: bool = False,
     token: str = TOKEN,
     client: LanClient | None = None,
+    owner_secret: bytes | None = OWNER_SECRET,
     **claim: object,
 ) -> tuple[LanClient, StatusResult]:
     """set_wifi (unless ``ssid`` is None), set_claim, commit; return the final status."""
@@ -57,6 +60,7 @@ async def commit(
             request_id=client.next_id(),
             service_url=service_url,
             claim_token=token,
+            owner_secret=owner_secret,
             allow_insecure_http=True,
             **claim,  # type: ignore[arg-type]
         )
@@ -66,3 +70,21 @@ async def commit(
     assert isinstance(response, OkResponse), response
     assert isinstance(response.result, CommitResult)
     return client, await wait_status(client)
+
+
+async def change_wifi(
+    client: LanClient,
+    *,
+    ssid: bytes = HOME_SSID,
+    passphrase: str | None = HOME_PASSPHRASE,
+    hidden: bool = False,
+) -> StatusResult:
+    """What HA's reconfigure flow sends over an owner session: only new Wi-Fi, then commit."""
+    ack = await client.call(
+        SetWifiRequest(request_id=client.next_id(), ssid=ssid, passphrase=passphrase, hidden=hidden)
+    )
+    assert isinstance(ack, OkResponse), ack
+    response = await client.call(CommitRequest(request_id=client.next_id()))
+    assert isinstance(response, OkResponse), response
+    assert isinstance(response.result, CommitResult)
+    return await wait_status(client)

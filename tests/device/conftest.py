@@ -50,6 +50,14 @@ class Provisioned:
             device_public_key=self.device.identity.public_key,
         )
 
+    def owner_client(self, owner_secret: bytes) -> ClientSession:
+        """What HA does for a device it claimed: its secret, the key it stored at claim time."""
+        return ClientSession.for_owner(
+            device_id=self.device.identity.device_id,
+            device_public_key=self.device.identity.public_key,
+            owner_secret=owner_secret,
+        )
+
 
 def provision(tmp_path: Path, **config: Any) -> Provisioned:
     settings: dict[str, Any] = {
@@ -185,9 +193,16 @@ class RunningAgent:
     def client(self) -> LanClient:
         return LanClient(self.url, self.http)
 
-    async def connected_client(self, *, manual: bool = False) -> LanClient:
+    async def connected_client(
+        self, *, manual: bool = False, owner_secret: bytes | None = None
+    ) -> LanClient:
         client = self.client()
-        session = self.provisioned.manual_client() if manual else self.provisioned.qr_client()
+        if owner_secret is not None:
+            session = self.provisioned.owner_client(owner_secret)
+        elif manual:
+            session = self.provisioned.manual_client()
+        else:
+            session = self.provisioned.qr_client()
         reply = await client.handshake(session)
         assert reply.status == 204, (reply.status, reply.error)
         return client

@@ -6,6 +6,7 @@ minute of interpreter start-ups); SIGKILL lands anywhere, including inside ``ato
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from iob_protocol.diagnostics import DiagnosticCode
@@ -42,6 +43,8 @@ def next_record(current: DeviceStateRecord, step: int) -> DeviceStateRecord:
                 password="p" * (16 + step % 200),
             ),
             wifi_ssid=bytes([step % 256]) * (1 + step % 32),
+            # Saved in the same write as the owner, never in a write of its own.
+            owner_secret=hashlib.sha256(step.to_bytes(8, "big")).digest(),
         )
     diagnostic = (
         list(DiagnosticCode)[step % len(DiagnosticCode)] if phase is Phase.PROVISIONING else None

@@ -31,7 +31,7 @@ from device_firmware.state import (
 )
 from tests.plugins.mosquitto import MosquittoBroker
 
-from .commit_helpers import commit
+from .commit_helpers import OWNER_SECRET, commit
 from .conftest import (
     HOME_PASSPHRASE,
     HOME_SSID,
@@ -89,6 +89,7 @@ async def test_stopping_mid_commit_rolls_back(
                 request_id=2,
                 service_url=fake_relay.url,
                 claim_token="A" * 30,
+                owner_secret=OWNER_SECRET,
                 allow_insecure_http=True,
             )
         )
@@ -129,6 +130,7 @@ async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None
         ClaimPlan(
             service_url="https://relay.example",
             claim_token="T" * 30,
+            owner_secret=OWNER_SECRET,
             broker_host="10.0.0.2",
             broker_port=1883,
         )
@@ -157,6 +159,7 @@ async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None
     assert record.phase is Phase.ONLINE
     assert record.mqtt is not None
     assert (record.mqtt.host, record.mqtt.port) == ("10.0.0.2", 1883)
+    assert record.owner_secret == OWNER_SECRET  # saved with the claim, whoever delivered it
     assert backend.saved_ssid == HOME_SSID
     await controller.aclose()
 
@@ -174,7 +177,10 @@ async def test_claim_relayed_by_home_assistant_refused(provisioned: Provisioned)
     await controller.set_wifi(WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
     await controller.set_claim(
         ClaimPlan(
-            service_url="https://relay.example", claim_token="T" * 30, delivery=ClaimDelivery.HUB
+            service_url="https://relay.example",
+            claim_token="T" * 30,
+            owner_secret=OWNER_SECRET,
+            delivery=ClaimDelivery.HUB,
         )
     )
     await controller.start_commit()
@@ -185,6 +191,7 @@ async def test_claim_relayed_by_home_assistant_refused(provisioned: Provisioned)
     controller.fail_hub_outcome(DiagnosticCode.CLAIM_EXPIRED)
     record = await controller.wait_for_commit()
     assert (record.phase, record.diagnostic) == (Phase.PROVISIONING, DiagnosticCode.CLAIM_EXPIRED)
+    assert record.owner_secret is None
     assert backend.saved_ssid == b"Cafe"
     await controller.aclose()
 
@@ -210,7 +217,10 @@ async def test_refused_broker_credentials_become_broker_auth_failed(
     factory = default_runtime_factory(simulated=True)
     async with start_agent(runtime_factory=factory) as running:
         for _ in range(1000):
-            if running.agent.store.current.diagnostic is not None:
+            # The state is saved (in a worker thread) a moment before the LED is told.
+            if running.agent.store.current.diagnostic is not None and (
+                running.hardware.pattern.value != "off"
+            ):
                 break
             await asyncio.sleep(0.01)
         record = running.agent.store.current
@@ -235,5 +245,5 @@ async def test_commit_refusals(start_agent: AgentStarter, fake_relay: FakeRelay)
             )
         )
         assert isinstance(again, ErrorResponse)
-        assert again.error == "not_ready"
+        assert again.error == "already_claimed"
         assert dataclasses.is_dataclass(running.agent.store.current)

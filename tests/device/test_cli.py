@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from iob_protocol.canonical import b64url_encode
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.__main__ import main, running_agent_pid
@@ -182,3 +184,26 @@ def test_run_then_reset_by_signal_then_sigterm(provisioned: Provisioned, tmp_pat
         assert agent.stderr is not None
         agent.stderr.close()
     assert running_agent_pid(config) is None
+
+
+def test_status_says_whether_an_owner_secret_is_saved_and_never_shows_it(
+    provisioned: Provisioned,
+) -> None:
+    secret = bytes(range(7, 39))
+    StateStore(provisioned.config.state_file).write(
+        dataclasses.replace(
+            owned_record(),
+            owner_secret=secret,
+            diagnostic=DiagnosticCode.BROKER_UNREACHABLE,
+            diagnostic_at=1,
+        )
+    )
+    data = str(provisioned.config.data_dir)
+    code, text = cli("--data-dir", data, "status", "--json")
+    assert (code, json.loads(text)["owner_secret_saved"]) == (0, True)
+    code, text = cli("--data-dir", data, "status")
+    assert secret.hex() not in text
+    assert b64url_encode(secret) not in text
+    code, text = cli("--data-dir", data, "diagnose")
+    assert "BROKER_UNREACHABLE" in text
+    assert "nc -vz" in text

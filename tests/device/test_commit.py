@@ -15,7 +15,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
 
-from .commit_helpers import TOKEN, commit
+from .commit_helpers import OWNER_SECRET, TOKEN, commit
 from .conftest import (
     HOME_PASSPHRASE,
     HOME_SSID,
@@ -63,9 +63,13 @@ async def test_commit_success_makes_network_permanent(
         assert confirmation.claim_token == TOKEN
         # The state file holds the MQTT password: owner-only.
         assert running.provisioned.config.state_file.stat().st_mode & 0o777 == 0o600
-        # Claimed: the provisioning window is closed.
+        # The owner secret HA sent is saved with the claim, in the same owner-only file.
+        assert record.owner_secret == OWNER_SECRET
+        # Claimed: the label opens nothing, and the window is closed for the owner too.
         again = await running.client().handshake(running.provisioned.qr_client())
-        assert (again.status, again.error) == (403, "window_closed")
+        assert (again.status, again.error) == (403, "owner_session_required")
+        owner = await running.client().handshake(running.provisioned.owner_client(OWNER_SECRET))
+        assert (owner.status, owner.error) == (403, "window_closed")
         assert running.hardware.pattern.value == "solid"
         del client
 

@@ -1,5 +1,10 @@
 """Full provisioning over real HTTP on loopback: the simulated network, the REAL account service
-(``cloud_relay.app.create_app`` on SQLite) and the REAL Mosquitto with dynamic security."""
+(``cloud_relay.app.create_app`` on SQLite) and the REAL Mosquitto with dynamic security.
+
+The first test goes on past the claim into re-onboarding: the router is replaced, the watchdog
+reopens provisioning for the owner only, the label is refused, and the owner's session (the
+secret sent with the claim) moves the device to the new Wi-Fi while owner and entities stay.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +14,50 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from iob_protocol.commands import InfoRequest, OkResponse, ScanWifiRequest
+from iob_protocol.commands import InfoRequest, OkResponse, ScanWifiRequest, ScanWifiResult
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.agent import Action, default_runtime_factory
-from device_firmware.network.simulated import Scenario
+from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
 from tests.plugins.mosquitto import MosquittoBroker
 
-from .commit_helpers import commit
-from .conftest import HOME_SSID, WRONG_PASSPHRASE, AgentStarter, Provisioned, provision
+from .commit_helpers import OWNER_SECRET, change_wifi, commit
+from .conftest import (
+    HOME_PASSPHRASE,
+    HOME_SSID,
+    WRONG_PASSPHRASE,
+    AgentStarter,
+    Provisioned,
+    RunningAgent,
+    home_scenario,
+    provision,
+)
 from .real_relay import Clock, real_relay
 
 
-async def test_full_provisioning_against_the_real_service(
+def window_open(running: RunningAgent) -> bool:
+    return running.agent.session_host.window_open
+
+
+NEW_ROUTER = b"NewRouter"
+NEW_PASSPHRASE = "the new router's pw"  # noqa: S105 - a simulated network's password
+
+
+async def test_full_provisioning_against_the_real_service(  # noqa: PLR0915 - one story
     start_agent: AgentStarter,
     provisioned: Provisioned,
     mosquitto_broker: MosquittoBroker,
     tmp_path: Path,
 ) -> None:
+    new_router = SimulatedNetwork(ssid=NEW_ROUTER, passphrase=NEW_PASSPHRASE, strength=90)
+    base = home_scenario()
+    scenario = Scenario(networks=(*base.networks, new_router))
     async with real_relay(tmp_path, mosquitto_broker) as relay:
         await relay.import_records(provisioned.result.record_file)
         device_id = provisioned.device.identity.device_id
         claim = await relay.claim(device_id)
-        async with start_agent() as running:
+        async with start_agent(scenario, reonboard_after=1) as running:
             client = await running.connected_client()
             info = await client.call(InfoRequest(request_id=client.next_id()))
             assert isinstance(info, OkResponse)
@@ -47,8 +72,45 @@ async def test_full_provisioning_against_the_real_service(
             assert record.phase is Phase.ONLINE
             assert record.ownership is not None
             assert record.ownership.household_id == relay.household_id
+            # The claim carried HA's owner secret; the device saved it with the ownership.
+            assert record.owner_secret == OWNER_SECRET
             mqtt = record.mqtt
             assert mqtt is not None
+
+            # --- re-onboarding: the old router is gone --------------------------------------
+            assert not window_open(running)  # claimed and online: closed
+            running.backend.remove_network(HOME_SSID)
+            for _ in range(1000):  # the watchdog notices after reonboard_after (1 s)
+                if window_open(running):
+                    break
+                await asyncio.sleep(0.01)
+            assert window_open(running)
+            # Anyone holding the label gets nothing from the reopened window...
+            for label in (provisioned.qr_client(), provisioned.manual_client()):
+                refused = await running.client().handshake(label)
+                assert (refused.status, refused.error) == (403, "owner_session_required")
+            # ...the owner's Home Assistant sends only the new Wi-Fi.
+            owner = await running.connected_client(owner_secret=OWNER_SECRET)
+            scan = await owner.call(ScanWifiRequest(request_id=owner.next_id()))
+            assert isinstance(scan, OkResponse)
+            assert isinstance(scan.result, ScanWifiResult)
+            assert NEW_ROUTER in [network.ssid for network in scan.result.networks]
+            status = await change_wifi(owner, ssid=NEW_ROUTER, passphrase=NEW_PASSPHRASE)
+            assert (status.state.value, status.diagnostic) == ("committed", None)
+            assert running.backend.saved_ssid == NEW_ROUTER
+            assert await running.backend.wifi_connected()
+            after = running.agent.store.current
+            assert (after.phase, after.wifi_ssid) == (Phase.ONLINE, NEW_ROUTER)
+            # Ownership, broker credentials and owner secret stay; the service still has it.
+            assert (after.ownership, after.mqtt, after.owner_secret) == (
+                record.ownership,
+                mqtt,
+                OWNER_SECRET,
+            )
+            assert [d["device_id"] for d in await relay.devices()] == [device_id]
+            saved = running.provisioned.config.state_file.read_text()
+            assert NEW_PASSPHRASE not in saved  # Wi-Fi secrets live with NetworkManager only
+            assert HOME_PASSPHRASE not in saved
         # The credentials the service created really open the broker.
         async with aiomqtt.Client(
             mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password

@@ -67,6 +67,51 @@ def test_transitions_are_enforced(tmp_path: Path) -> None:
     assert store.change(phase=Phase.UNCLAIMED).phase is Phase.UNCLAIMED
 
 
+SECRET = bytes(range(1, 33))
+
+
+def test_owner_secret_is_saved_with_the_owner_and_never_shown(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    written = store.change(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT, owner_secret=SECRET)
+    again = StateStore(tmp_path / "state.json").load()
+    assert again == written
+    assert again.owner_secret == SECRET
+    assert SECRET.hex() not in repr(again)
+    assert "owner_secret" not in repr(again)
+    # A reset record forgets it.
+    assert store.write(DeviceStateRecord()).owner_secret is None
+
+
+def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> None:
+    """A claimed device updated from older firmware: owned, but without an owner secret."""
+    record = DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT)
+    legacy = record.to_json().replace(b' "owner_secret": null,\n', b"")
+    assert b"owner_secret" not in legacy
+    path = tmp_path / "state.json"
+    path.write_bytes(legacy)
+    loaded = StateStore(path).load()
+    assert (loaded.claimed, loaded.owner_secret) == (True, None)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        DeviceStateRecord(owner_secret=SECRET),  # a secret without an owner
+        DeviceStateRecord(
+            phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT, owner_secret=bytes(32)
+        ),
+        DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT, owner_secret=b"x"),
+    ],
+)
+def test_owner_secret_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
+    with pytest.raises(CorruptStateError):
+        record.check()
+    path = tmp_path / "state.json"
+    path.write_bytes(record.to_json())
+    with pytest.raises(CorruptStateError):
+        StateStore(path).load()
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -80,6 +125,8 @@ def test_transitions_are_enforced(tmp_path: Path) -> None:
         DeviceStateRecord().to_json().replace(b'"diagnostic": null', b'"diagnostic": "NOPE"'),
         DeviceStateRecord().to_json().replace(b'"phase": "unclaimed"', b'"phase": "online"'),
         DeviceStateRecord().to_json().replace(b"iob-device-state-v1", b"other"),
+        DeviceStateRecord().to_json().replace(b'"owner_secret": null', b'"owner_secret": 5'),
+        DeviceStateRecord().to_json().replace(b'"owner_secret": null', b'"owner_secret": "%"'),
         b"x" * 70_000,
     ],
 )

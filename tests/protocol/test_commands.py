@@ -28,6 +28,7 @@ from iob_protocol import (
     Request,
     ScanWifiResult,
     SetClaimRequest,
+    SetOwnerSecretRequest,
     SetWifiRequest,
     StatusResult,
     UnknownFieldError,
@@ -196,6 +197,8 @@ def test_every_command_type_decodes(command: CommandType) -> None:
         request: Request = SetWifiRequest(request_id=1, ssid=b"x")
     elif command is CommandType.SET_CLAIM:
         request = SetClaimRequest(request_id=1, service_url="https://r.example", claim_token=TOKEN)
+    elif command is CommandType.SET_OWNER_SECRET:
+        request = SetOwnerSecretRequest(request_id=1, owner_secret=bytes(range(32)))
     else:
         request = decode_request(f'{{"id":1,"type":"{command.value}"}}'.encode())
     assert decode_request(encode_request(request)) == request

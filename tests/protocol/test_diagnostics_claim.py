@@ -1,7 +1,8 @@
-"""Diagnostic codes and device-signed claim / release statements."""
+"""Diagnostic codes and device-signed claim / zero-touch / release statements."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from iob_protocol import (
     ReleaseNotice,
     ReleaseReason,
     SignatureError,
+    ZeroTouchConfirmation,
     errors,
 )
 
@@ -37,6 +39,7 @@ EXPECTED_CODES = {
     "CLAIM_REJECTED",
     "CLAIM_EXPIRED",
     "BROKER_AUTH_FAILED",
+    "BROKER_UNREACHABLE",
     "TIMEOUT",
 }
 
@@ -180,3 +183,144 @@ def test_release_notice() -> None:
     bad_reason = notice.to_json().replace(b"factory_reset", b"went_away")
     with pytest.raises(ClaimError):
         ReleaseNotice.from_json(bad_reason)
+
+
+def _zero_touch(timestamp: int = NOW) -> ZeroTouchConfirmation:
+    return ZeroTouchConfirmation.create(
+        DEVICE.identity, clock=lambda: timestamp, random_bytes=SeededRandom("zero")
+    )
+
+
+def test_zero_touch_round_trip_and_verify() -> None:
+    statement = _zero_touch()
+    assert statement.device_id == DEVICE.identity.device_id
+    assert len(statement.nonce) == 16
+    parsed = ZeroTouchConfirmation.from_json(statement.to_json())
+    assert parsed == statement
+    parsed.verify(DEVICE.identity.public_key, now=NOW + 30)
+    assert set(json.loads(statement.to_json())) == {
+        "device_id",
+        "nonce",
+        "signature",
+        "timestamp",
+    }
+
+
+def test_zero_touch_default_clock_and_randomness() -> None:
+    first = ZeroTouchConfirmation.create(DEVICE.identity)
+    second = ZeroTouchConfirmation.create(DEVICE.identity)
+    assert abs(first.timestamp - time.time()) < 5
+    assert first.nonce != second.nonce
+    first.verify(DEVICE.identity.public_key, now=int(time.time()))
+
+
+def test_zero_touch_wrong_key_or_moved_fields_refused() -> None:
+    statement = _zero_touch()
+    with pytest.raises(SignatureError):
+        statement.verify(OTHER.identity.public_key, now=NOW)
+    for change in (
+        {"device_id": OTHER.identity.device_id},
+        {"nonce": bytes(16)},
+        {"timestamp": NOW + 1},
+    ):
+        moved = ZeroTouchConfirmation(
+            **{
+                "device_id": statement.device_id,
+                "nonce": statement.nonce,
+                "timestamp": statement.timestamp,
+                "signature": statement.signature,
+                **change,
+            }  # type: ignore[arg-type]
+        )
+        with pytest.raises(SignatureError):
+            moved.verify(DEVICE.identity.public_key, now=NOW)
+
+
+def test_zero_touch_is_domain_separated_from_claim_and_release() -> None:
+    """Same device, nonce and time: no statement's signature passes as another's."""
+    statement = _zero_touch()
+    release = ReleaseNotice.create(
+        DEVICE.identity, clock=lambda: NOW, random_bytes=SeededRandom("zero")
+    )
+    assert release.nonce == statement.nonce
+    as_zero_touch = ZeroTouchConfirmation(
+        device_id=release.device_id,
+        nonce=release.nonce,
+        timestamp=release.timestamp,
+        signature=release.signature,
+    )
+    with pytest.raises(SignatureError):
+        as_zero_touch.verify(DEVICE.identity.public_key, now=NOW)
+    as_release = ReleaseNotice(
+        device_id=statement.device_id,
+        reason=ReleaseReason.FACTORY_RESET,
+        nonce=statement.nonce,
+        timestamp=statement.timestamp,
+        signature=statement.signature,
+    )
+    with pytest.raises(SignatureError):
+        as_release.verify(DEVICE.identity.public_key, now=NOW)
+    claim = ClaimConfirmation(
+        device_id=statement.device_id,
+        claim_token=TOKEN,
+        nonce=statement.nonce,
+        timestamp=statement.timestamp,
+        signature=statement.signature,
+    )
+    with pytest.raises(SignatureError):
+        claim.verify(DEVICE.identity.public_key, now=NOW)
+
+
+def test_zero_touch_time_window() -> None:
+    key = DEVICE.identity.public_key
+    with pytest.raises(ClaimExpiredError):
+        _zero_touch(NOW - 601).verify(key, now=NOW)
+    with pytest.raises(ClockSkewError):
+        _zero_touch(NOW + 121).verify(key, now=NOW)
+    _zero_touch(NOW - 600).verify(key, now=NOW)
+    _zero_touch(NOW + 120).verify(key, now=NOW)
+    # The service passes its own window (claim_ttl, max_clock_skew).
+    with pytest.raises(ClaimExpiredError):
+        _zero_touch(NOW - 61).verify(key, now=NOW, max_age=60, max_skew=5)
+    with pytest.raises(ClockSkewError):
+        _zero_touch(NOW + 6).verify(key, now=NOW, max_age=60, max_skew=5)
+    _zero_touch(NOW + 5).verify(key, now=NOW, max_age=60, max_skew=5)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"nope",
+        b"[]",
+        b'{"device_id":"0123456789ABCDEF"}',
+        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":1}',
+        b'{"device_id":1,"nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":1}',
+        b'{"device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":true}',
+        b'{"device_id":"0123456789ABCDEF","nonce":"A","signature":"AA","timestamp":1}',
+        b'{"device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":1}',
+        b'{"device_id":"0123456789abcdef","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":1}',
+        b'{"nonce":"AAAAAAAAAAAAAAAAAAAAAA","device_id":"0123456789ABCDEF","signature":"AA","timestamp":1}',
+    ],
+)
+def test_zero_touch_parse_errors(data: bytes) -> None:
+    with pytest.raises(ClaimError):
+        ZeroTouchConfirmation.from_json(data)
+
+
+def test_zero_touch_constructor_validates() -> None:
+    statement = _zero_touch()
+    base = {
+        "device_id": statement.device_id,
+        "nonce": statement.nonce,
+        "timestamp": statement.timestamp,
+        "signature": statement.signature,
+    }
+    for change in (
+        {"device_id": "bad"},
+        {"nonce": b"x"},
+        {"signature": b"x"},
+        {"timestamp": -1},
+        {"timestamp": 2**53},
+    ):
+        with pytest.raises(ClaimError):
+            ZeroTouchConfirmation(**{**base, **change})  # type: ignore[arg-type]

@@ -12,15 +12,21 @@ from iob_protocol import (
     ClaimConfirmation,
     ClientSession,
     CredentialKind,
+    CredentialRefusedError,
     DeviceIdentity,
     DeviceSession,
     ManualCode,
+    OwnerSecret,
     QrPayload,
     ReleaseNotice,
+    SetClaimRequest,
     SetupCode,
     SetupVerifier,
+    ZeroTouchConfirmation,
+    client_hello_kind,
     decode_request,
     decode_response,
+    encode_error_frame,
     encode_fields,
     encode_request,
     encode_response,
@@ -142,3 +148,77 @@ def test_claim_vectors_verify() -> None:
     claim.verify(key, now=vectors["claim"]["timestamp"] + 5)
     release = ReleaseNotice.from_json(vectors["release"]["json"].encode())
     release.verify(key, now=vectors["release"]["timestamp"])
+
+
+def test_zero_touch_vector_verifies() -> None:
+    vectors = _load("zero_touch")
+    key = bytes.fromhex(vectors["device_public_key"])
+    statement = ZeroTouchConfirmation.from_json(vectors["json"].encode())
+    assert statement.device_id == vectors["device_id"]
+    assert statement.nonce.hex() == vectors["nonce"]
+    assert statement.signature.hex() == vectors["signature"]
+    signed = encode_fields(
+        "iob/v1/zero-touch",
+        {
+            "device_id": statement.device_id,
+            "nonce": statement.nonce,
+            "timestamp": statement.timestamp,
+        },
+    )
+    assert signed.hex() == vectors["signed_bytes"]
+    statement.verify(key, now=vectors["timestamp"])
+    assert statement.to_json().decode() == vectors["json"]
+
+
+def test_owner_vectors_replayed() -> None:
+    """The owner handshake replays from its recorded entropy; refusals and messages match."""
+    vectors = _load("owner")
+    identity = DeviceIdentity.from_seed(
+        vectors["device_id"], bytes.fromhex(vectors["device_private_key_seed"])
+    )
+    secret = bytes.fromhex(vectors["owner_secret"])
+    assert OwnerSecret.decode(vectors["owner_secret_b64url"]).secret == secret
+    case = vectors["handshake"]
+    assert case["kind"] == CredentialKind.OWNER
+    client = ClientSession.for_owner(
+        device_id=identity.device_id,
+        device_public_key=identity.public_key,
+        owner_secret=secret,
+        clock=FakeClock(),
+        random_bytes=ReplayRandom(bytes.fromhex(case["client_entropy"])),
+    )
+    device = DeviceSession.for_owner(
+        identity,
+        owner_secret=secret,
+        clock=FakeClock(),
+        random_bytes=ReplayRandom(bytes.fromhex(case["device_entropy"])),
+    )
+    assert client.start().hex() == case["client_hello"]
+    device_hello = device.handle_client_hello(bytes.fromhex(case["client_hello"]))
+    assert device_hello.hex() == case["device_hello"]
+    assert client.handle_device_hello(device_hello).hex() == case["client_finish"]
+    device.handle_client_finish(bytes.fromhex(case["client_finish"]))
+    assert device.session_id is not None
+    assert device.session_id.hex() == case["session_id"]
+    for item in case["client_to_device"]:
+        assert device.open(bytes.fromhex(item["frame"])) == item["plaintext"].encode()
+    for text in vectors["requests"]:
+        assert encode_request(decode_request(text.encode())).decode() == text
+    claim = decode_request(vectors["requests"][0].encode())
+    assert isinstance(claim, SetClaimRequest)
+    assert claim.owner_secret == secret
+    for text in vectors["responses"]:
+        assert encode_response(decode_response(text.encode())).decode() == text
+    code = SetupCode(identity.device_id, bytes(range(15)), "271828182")
+    for refusal in vectors["refusals"]:
+        refusing = (
+            DeviceSession.for_owner(identity, owner_secret=secret)
+            if refusal["device"] == "claimed"
+            else DeviceSession(identity, code)
+        )
+        hello = bytes.fromhex(refusal["client_hello"])
+        assert client_hello_kind(hello) == refusal["kind"]
+        with pytest.raises(CredentialRefusedError) as raised:
+            refusing.handle_client_hello(hello)
+        assert raised.value.code == refusal["error"]
+        assert encode_error_frame(raised.value.code).hex() == refusal["error_frame"]

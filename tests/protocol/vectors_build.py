@@ -37,6 +37,7 @@ from iob_protocol import (
     JsonValue,
     ManualCode,
     OkResponse,
+    OwnerSessionRequiredError,
     ProtocolError,
     QrPayload,
     ReleaseNotice,
@@ -46,13 +47,17 @@ from iob_protocol import (
     ScanWifiRequest,
     ScanWifiResult,
     SetClaimRequest,
+    SetOwnerSecretRequest,
     SetupCode,
+    SetupCodeRequiredError,
     SetupVerifier,
     SetWifiRequest,
     StatusRequest,
     StatusResult,
     WifiNetwork,
     WifiSecurity,
+    ZeroTouchConfirmation,
+    b64url_encode,
     canonical_json,
     chunk_frame,
     decode_frame,
@@ -79,6 +84,8 @@ DEVICE_SEED = bytes(range(32))
 DEVICE_ID = "0123456789ABCDEF"
 SETUP_SECRET = bytes.fromhex("00112233445566778899aabbccddee")
 PASSCODE = "271828182"
+OWNER_SECRET = bytes(range(0x40, 0x60))
+NEXT_OWNER_SECRET = bytes(range(0x60, 0x80))
 
 
 def _error_code(func: Any, *args: Any) -> str:
@@ -230,6 +237,10 @@ def build_payload() -> dict[str, Any]:
     }
 
 
+def _secret(kind: CredentialKind) -> bytes:
+    return OWNER_SECRET if kind is CredentialKind.OWNER else _setup_code().secret_for(kind)
+
+
 def _handshake_case(kind: CredentialKind) -> dict[str, Any]:
     identity = _identity()
     code = _setup_code()
@@ -240,7 +251,7 @@ def _handshake_case(kind: CredentialKind) -> dict[str, Any]:
         client = ClientSession.for_qr(
             code.qr_payload(identity.fingerprint), clock=clock, random_bytes=client_rng
         )
-    else:
+    elif kind is CredentialKind.MANUAL:
         client = ClientSession.for_manual_code(
             code.manual_code(),
             device_id=DEVICE_ID,
@@ -248,7 +259,20 @@ def _handshake_case(kind: CredentialKind) -> dict[str, Any]:
             clock=clock,
             random_bytes=client_rng,
         )
-    device = DeviceSession(identity, code, clock=clock, random_bytes=device_rng)
+    else:
+        client = ClientSession.for_owner(
+            device_id=DEVICE_ID,
+            device_public_key=identity.public_key,
+            owner_secret=OWNER_SECRET,
+            clock=clock,
+            random_bytes=client_rng,
+        )
+    if kind is CredentialKind.OWNER:
+        device = DeviceSession.for_owner(
+            identity, owner_secret=OWNER_SECRET, clock=clock, random_bytes=device_rng
+        )
+    else:
+        device = DeviceSession(identity, code, clock=clock, random_bytes=device_rng)
     hello = client.start()
     device_hello = device.handle_client_hello(hello)
     finish = client.handle_device_hello(device_hello)
@@ -265,7 +289,7 @@ def _handshake_case(kind: CredentialKind) -> dict[str, Any]:
     device_frame = device.seal(response)
     client.open(device_frame)
     pake = SPAKE2_A(
-        pake_password(kind, DEVICE_ID, code.secret_for(kind)),
+        pake_password(kind, DEVICE_ID, _secret(kind)),
         idA=id_a,
         idB=id_b,
         entropy_f=ReplayRandom(client_rng.drawn),
@@ -277,7 +301,7 @@ def _handshake_case(kind: CredentialKind) -> dict[str, Any]:
         "pake_key": pake_key.hex(),
         "client_entropy": client_rng.drawn.hex(),
         "device_entropy": device_rng.drawn.hex(),
-        "pake_password": pake_password(kind, DEVICE_ID, code.secret_for(kind)).hex(),
+        "pake_password": pake_password(kind, DEVICE_ID, _secret(kind)).hex(),
         "pake_id_a": id_a.decode(),
         "pake_id_b": id_b.decode(),
         "client_hello": hello.hex(),
@@ -314,7 +338,8 @@ def build_handshake() -> dict[str, Any]:
         "device_public_key": _identity().public_key.hex(),
         "setup_secret": SETUP_SECRET.hex(),
         "passcode": PASSCODE,
-        "cases": [_handshake_case(kind) for kind in CredentialKind],
+        # The label kinds only: the owner handshake is in owner.json (this file predates it).
+        "cases": [_handshake_case(kind) for kind in (CredentialKind.QR, CredentialKind.MANUAL)],
     }
 
 
@@ -502,6 +527,134 @@ def build_claim() -> dict[str, Any]:
     }
 
 
+def build_zero_touch() -> dict[str, Any]:
+    identity = _identity()
+    nonce = bytes(range(0xF0, 0x100))
+    statement = ZeroTouchConfirmation.create(
+        identity, clock=lambda: 1_750_000_200, random_bytes=ReplayRandom(nonce)
+    )
+    return {
+        "description": (
+            "Device-signed zero-touch confirmation: a pre-assigned device asks to be owned "
+            "(Ed25519 over encode_fields('iob/v1/zero-touch', {device_id, nonce, timestamp}))"
+        ),
+        "device_id": DEVICE_ID,
+        "device_public_key": identity.public_key.hex(),
+        "nonce": statement.nonce.hex(),
+        "timestamp": statement.timestamp,
+        "signed_bytes": encode_fields(
+            "iob/v1/zero-touch",
+            {"device_id": DEVICE_ID, "nonce": statement.nonce, "timestamp": statement.timestamp},
+        ).hex(),
+        "signature": statement.signature.hex(),
+        "json": statement.to_json().decode(),
+    }
+
+
+def _refusal(kind: CredentialKind, *, claimed: bool) -> dict[str, Any]:
+    """A hello of a kind the device does not take in this state, and the device's answer."""
+    identity = _identity()
+    rng = SeededRandom(f"refused {kind.value}")
+    if kind is CredentialKind.QR:
+        client = ClientSession.for_qr(
+            _setup_code().qr_payload(identity.fingerprint), random_bytes=rng
+        )
+    elif kind is CredentialKind.MANUAL:
+        client = ClientSession.for_manual_code(
+            _setup_code().manual_code(),
+            device_id=DEVICE_ID,
+            device_public_key=identity.public_key,
+            random_bytes=rng,
+        )
+    else:
+        client = ClientSession.for_owner(
+            device_id=DEVICE_ID,
+            device_public_key=identity.public_key,
+            owner_secret=OWNER_SECRET,
+            random_bytes=rng,
+        )
+    device = (
+        DeviceSession.for_owner(identity, owner_secret=OWNER_SECRET)
+        if claimed
+        else DeviceSession(identity, _setup_code())
+    )
+    hello = client.start()
+    code = _error_code(device.handle_client_hello, hello)
+    assert code == (OwnerSessionRequiredError if claimed else SetupCodeRequiredError).code
+    return {
+        "device": "claimed" if claimed else "unclaimed",
+        "kind": kind.value,
+        "client_hello": hello.hex(),
+        "error": code,
+        "error_frame": encode_error_frame(code).hex(),
+    }
+
+
+def build_owner() -> dict[str, Any]:
+    identity = _identity()
+    requests: list[Request] = [
+        SetClaimRequest(
+            request_id=6,
+            service_url="https://relay.example.com",
+            claim_token="t" * 43,
+            owner_secret=OWNER_SECRET,
+        ),
+        SetOwnerSecretRequest(request_id=12, owner_secret=NEXT_OWNER_SECRET),
+    ]
+    responses: list[Response] = [
+        OkResponse(request_id=12, command=CommandType.SET_OWNER_SECRET, result=AckResult()),
+        ErrorResponse(
+            request_id=6,
+            command=CommandType.SET_CLAIM,
+            error="already_claimed",
+            message="the device already has an owner",
+        ),
+        ErrorResponse(
+            request_id=8,
+            command=CommandType.COMMIT,
+            error="owner_secret_required",
+            message="set_claim carried no owner secret",
+        ),
+        ErrorResponse(request_id=3, command=CommandType.SET_WIFI, error="owner_session_required"),
+    ]
+    invalid_requests = [
+        (
+            '{"claim_token":"AAAAAAAAAAAAAAAAAAAAAAAA","id":6,"owner_secret":"AAAA",'
+            '"service_url":"https://relay.local","type":"set_claim"}'
+        ),
+        '{"id":12,"owner_secret":"' + "A" * 43 + '","type":"set_owner_secret"}',
+        '{"id":12,"type":"set_owner_secret"}',
+        (
+            '{"id":12,"owner_secret":"QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=",'
+            '"type":"set_owner_secret"}'
+        ),
+    ]
+    return {
+        "description": (
+            "Owner sessions: a claimed device's only credential is the 32-byte owner secret sent "
+            "with set_claim (kind 'owner', wire 0x03); label kinds are refused once claimed"
+        ),
+        "device_id": DEVICE_ID,
+        "device_private_key_seed": DEVICE_SEED.hex(),
+        "device_public_key": identity.public_key.hex(),
+        "owner_secret": OWNER_SECRET.hex(),
+        "owner_secret_b64url": b64url_encode(OWNER_SECRET),
+        "pake_password_owner": pake_password(CredentialKind.OWNER, DEVICE_ID, OWNER_SECRET).hex(),
+        "requests": [encode_request(request).decode() for request in requests],
+        "responses": [encode_response(response).decode() for response in responses],
+        "invalid_requests": [
+            {"input": text, "error": _error_code(decode_request, text.encode())}
+            for text in invalid_requests
+        ],
+        "handshake": _handshake_case(CredentialKind.OWNER),
+        "refusals": [
+            _refusal(CredentialKind.QR, claimed=True),
+            _refusal(CredentialKind.MANUAL, claimed=True),
+            _refusal(CredentialKind.OWNER, claimed=False),
+        ],
+    }
+
+
 BUILDERS = {
     "canonical": build_canonical,
     "identity": build_identity,
@@ -510,6 +663,8 @@ BUILDERS = {
     "framing": build_framing,
     "commands": build_commands,
     "claim": build_claim,
+    "zero_touch": build_zero_touch,
+    "owner": build_owner,
 }
 
 

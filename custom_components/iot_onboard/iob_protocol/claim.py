@@ -1,14 +1,19 @@
-"""Device-signed statements for the account service: claim confirmation and release notice.
+"""Device-signed statements for the account service: claim, zero-touch, release.
 
 The device signs with its identity key, so the service can verify them against the registry's
 public key whether the device sends them itself or they travel through Home Assistant (an IoT
 VLAN without internet).  The signed time bounds replay to the claim's TTL; the nonce lets the
 service refuse a second use of the same statement.
+
+All three share one shape: Ed25519 over ``encode_fields(domain, fields)``, where ``fields``
+always holds ``device_id``, a 16-byte ``nonce`` and ``timestamp``; the JSON form is exactly
+those fields (bytes in base64url) plus ``signature``.  The helpers below are that shape, once.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Self
@@ -32,6 +37,7 @@ from .identity import SIGNATURE_SIZE, DeviceIdentity, validate_device_id, verify
 from .sources import RandomSource, WallClock, system_random, unix_time
 
 CLAIM_DOMAIN: Final = "iob/v1/claim-confirmation"
+ZERO_TOUCH_DOMAIN: Final = "iob/v1/zero-touch"
 RELEASE_DOMAIN: Final = "iob/v1/release"
 NONCE_SIZE: Final = 16
 #: Claim tokens live at most 10 minutes (DESIGN); a confirmation older than that is useless.
@@ -40,6 +46,8 @@ MAX_AGE_SECONDS: Final = 600
 MAX_SKEW_SECONDS: Final = 120
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
 
+type _Fields = dict[str, bytes | str | int]
+
 
 class ReleaseReason(StrEnum):
     """Why the device let go of its owner."""
@@ -47,11 +55,46 @@ class ReleaseReason(StrEnum):
     FACTORY_RESET = "factory_reset"
 
 
+# --- the shape every statement shares -----------------------------------------------------------
+
+
+def _fresh(clock: WallClock, random_bytes: RandomSource) -> tuple[bytes, int]:
+    """A new nonce and the signing time."""
+    nonce = random_bytes(NONCE_SIZE)
+    return nonce, clock()
+
+
 def _check_time(timestamp: int, now: int, max_age: int, max_skew: int) -> None:
     if timestamp > now + max_skew:
         raise ClockSkewError(f"signed time is {timestamp - now} s in the future")
     if timestamp < now - max_age:
         raise ClaimExpiredError(f"signed time is {now - timestamp} s old (limit {max_age} s)")
+
+
+def _verify(
+    public_key: bytes,
+    domain: str,
+    fields: _Fields,
+    signature: bytes,
+    *,
+    timestamp: int,
+    now: int,
+    max_age: int,
+    max_skew: int,
+) -> None:
+    """The signature first (a forged time must not produce a time error), then the time."""
+    verify_signature(public_key, domain, fields, signature)
+    _check_time(timestamp, now, max_age, max_skew)
+
+
+def _to_json(fields: _Fields, signature: bytes) -> bytes:
+    """The signed fields, bytes as base64url, plus the signature: canonical JSON."""
+    document: dict[str, JsonValue] = {
+        name: b64url_encode(value) if isinstance(value, bytes) else value
+        for name, value in fields.items()
+    }
+    document["signature"] = b64url_encode(signature)
+    return canonical_json(document)
 
 
 def _parse(data: bytes, expected: set[str]) -> dict[str, JsonValue]:
@@ -64,21 +107,21 @@ def _parse(data: bytes, expected: set[str]) -> dict[str, JsonValue]:
     return document
 
 
-def _str(document: dict[str, JsonValue], name: str) -> str:
+def _str(document: Mapping[str, JsonValue], name: str) -> str:
     value = document[name]
     if not isinstance(value, str):
         raise ClaimError(f"{name} must be a string")
     return value
 
 
-def _int(document: dict[str, JsonValue], name: str) -> int:
+def _int(document: Mapping[str, JsonValue], name: str) -> int:
     value = document[name]
     if not isinstance(value, int) or isinstance(value, bool):
         raise ClaimError(f"{name} must be an integer")
     return value
 
 
-def _bytes(document: dict[str, JsonValue], name: str) -> bytes:
+def _bytes(document: Mapping[str, JsonValue], name: str) -> bytes:
     try:
         return b64url_decode(_str(document, name))
     except EncodingError as err:
@@ -98,6 +141,9 @@ def _validate_common(device_id: str, nonce: bytes, timestamp: int, signature: by
         raise ClaimError(f"signature must be {SIGNATURE_SIZE} bytes")
 
 
+# --- the statements -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimConfirmation:
     """The device's proof of possession for one claim token."""
@@ -115,15 +161,16 @@ class ClaimConfirmation:
             raise ClaimError("claim token must be 22-512 base64url characters")
 
     @staticmethod
-    def _signed(
-        device_id: str, claim_token: str, nonce: bytes, timestamp: int
-    ) -> dict[str, bytes | str | int]:
+    def _signed(device_id: str, claim_token: str, nonce: bytes, timestamp: int) -> _Fields:
         return {
             "claim_token": claim_token,
             "device_id": device_id,
             "nonce": nonce,
             "timestamp": timestamp,
         }
+
+    def _fields(self) -> _Fields:
+        return self._signed(self.device_id, self.claim_token, self.nonce, self.timestamp)
 
     @classmethod
     def create(
@@ -135,8 +182,7 @@ class ClaimConfirmation:
         random_bytes: RandomSource = system_random,
     ) -> Self:
         """Sign (device id, token, fresh nonce, now)."""
-        nonce = random_bytes(NONCE_SIZE)
-        timestamp = clock()
+        nonce, timestamp = _fresh(clock, random_bytes)
         signature = identity.sign(
             CLAIM_DOMAIN, cls._signed(identity.device_id, claim_token, nonce, timestamp)
         )
@@ -160,25 +206,20 @@ class ClaimConfirmation:
 
         The caller still checks that the token is live, bound to this device, and unused.
         """
-        verify_signature(
+        _verify(
             public_key,
             CLAIM_DOMAIN,
-            self._signed(self.device_id, self.claim_token, self.nonce, self.timestamp),
+            self._fields(),
             self.signature,
+            timestamp=self.timestamp,
+            now=now,
+            max_age=max_age,
+            max_skew=max_skew,
         )
-        _check_time(self.timestamp, now, max_age, max_skew)
 
     def to_json(self) -> bytes:
         """Canonical JSON, the body the device posts to the account service."""
-        return canonical_json(
-            {
-                "claim_token": self.claim_token,
-                "device_id": self.device_id,
-                "nonce": b64url_encode(self.nonce),
-                "signature": b64url_encode(self.signature),
-                "timestamp": self.timestamp,
-            }
-        )
+        return _to_json(self._fields(), self.signature)
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
@@ -187,6 +228,86 @@ class ClaimConfirmation:
         return cls(
             device_id=_str(document, "device_id"),
             claim_token=_str(document, "claim_token"),
+            nonce=_bytes(document, "nonce"),
+            timestamp=_int(document, "timestamp"),
+            signature=_bytes(document, "signature"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZeroTouchConfirmation:
+    """A device pre-assigned to a household asks to be owned by it (no token, no session).
+
+    Sent by the device itself when it comes online by Ethernet; the service accepts it only
+    for a device its registry pre-assigns (order metadata), and remembers the nonce.
+    """
+
+    device_id: str
+    nonce: bytes
+    timestamp: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        """Validate shapes (not the signature: that needs the registry key)."""
+        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
+
+    @staticmethod
+    def _signed(device_id: str, nonce: bytes, timestamp: int) -> _Fields:
+        return {"device_id": device_id, "nonce": nonce, "timestamp": timestamp}
+
+    def _fields(self) -> _Fields:
+        return self._signed(self.device_id, self.nonce, self.timestamp)
+
+    @classmethod
+    def create(
+        cls,
+        identity: DeviceIdentity,
+        *,
+        clock: WallClock = unix_time,
+        random_bytes: RandomSource = system_random,
+    ) -> Self:
+        """Sign (device id, fresh nonce, now)."""
+        nonce, timestamp = _fresh(clock, random_bytes)
+        signature = identity.sign(
+            ZERO_TOUCH_DOMAIN, cls._signed(identity.device_id, nonce, timestamp)
+        )
+        return cls(
+            device_id=identity.device_id, nonce=nonce, timestamp=timestamp, signature=signature
+        )
+
+    def verify(
+        self,
+        public_key: bytes,
+        *,
+        now: int,
+        max_age: int = MAX_AGE_SECONDS,
+        max_skew: int = MAX_SKEW_SECONDS,
+    ) -> None:
+        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``.
+
+        The caller still checks the pre-assignment and that the nonce is unused.
+        """
+        _verify(
+            public_key,
+            ZERO_TOUCH_DOMAIN,
+            self._fields(),
+            self.signature,
+            timestamp=self.timestamp,
+            now=now,
+            max_age=max_age,
+            max_skew=max_skew,
+        )
+
+    def to_json(self) -> bytes:
+        """Canonical JSON, the ``confirmation`` the device posts to the account service."""
+        return _to_json(self._fields(), self.signature)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        """Parse :meth:`to_json` output (the signature is checked by :meth:`verify`)."""
+        document = _parse(data, {"device_id", "nonce", "signature", "timestamp"})
+        return cls(
+            device_id=_str(document, "device_id"),
             nonce=_bytes(document, "nonce"),
             timestamp=_int(document, "timestamp"),
             signature=_bytes(document, "signature"),
@@ -208,15 +329,16 @@ class ReleaseNotice:
         _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
 
     @staticmethod
-    def _signed(
-        device_id: str, reason: ReleaseReason, nonce: bytes, timestamp: int
-    ) -> dict[str, bytes | str | int]:
+    def _signed(device_id: str, reason: ReleaseReason, nonce: bytes, timestamp: int) -> _Fields:
         return {
             "device_id": device_id,
             "nonce": nonce,
             "reason": reason.value,
             "timestamp": timestamp,
         }
+
+    def _fields(self) -> _Fields:
+        return self._signed(self.device_id, self.reason, self.nonce, self.timestamp)
 
     @classmethod
     def create(
@@ -228,8 +350,7 @@ class ReleaseNotice:
         random_bytes: RandomSource = system_random,
     ) -> Self:
         """Sign (device id, reason, fresh nonce, now)."""
-        nonce = random_bytes(NONCE_SIZE)
-        timestamp = clock()
+        nonce, timestamp = _fresh(clock, random_bytes)
         signature = identity.sign(
             RELEASE_DOMAIN, cls._signed(identity.device_id, reason, nonce, timestamp)
         )
@@ -250,25 +371,20 @@ class ReleaseNotice:
         max_skew: int = MAX_SKEW_SECONDS,
     ) -> None:
         """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``."""
-        verify_signature(
+        _verify(
             public_key,
             RELEASE_DOMAIN,
-            self._signed(self.device_id, self.reason, self.nonce, self.timestamp),
+            self._fields(),
             self.signature,
+            timestamp=self.timestamp,
+            now=now,
+            max_age=max_age,
+            max_skew=max_skew,
         )
-        _check_time(self.timestamp, now, max_age, max_skew)
 
     def to_json(self) -> bytes:
         """Canonical JSON."""
-        return canonical_json(
-            {
-                "device_id": self.device_id,
-                "nonce": b64url_encode(self.nonce),
-                "reason": self.reason.value,
-                "signature": b64url_encode(self.signature),
-                "timestamp": self.timestamp,
-            }
-        )
+        return _to_json(self._fields(), self.signature)
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:

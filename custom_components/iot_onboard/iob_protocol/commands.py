@@ -27,11 +27,13 @@ from .errors import (
     InvalidSsidError,
     InvalidUrlError,
     MissingFieldError,
+    PayloadError,
     ProtocolError,
     UnknownFieldError,
     UnknownMessageTypeError,
 )
 from .identity import validate_device_id
+from .payload import OwnerSecret
 
 MAX_SSID_BYTES: Final = 32
 MIN_PASSPHRASE: Final = 8
@@ -65,6 +67,7 @@ class CommandType(StrEnum):
     STATUS = "status"
     IDENTIFY = "identify"
     FACTORY_RESET = "factory_reset"
+    SET_OWNER_SECRET = "set_owner_secret"  # noqa: S105 - a command name, not a secret
 
 
 class DeviceState(StrEnum):
@@ -94,6 +97,12 @@ class ResultError(StrEnum):
     BUSY = "busy"
     FAILED = "failed"
     INTERNAL = "internal"
+    #: ``set_claim`` on a device that has an owner (only its Wi-Fi can change).
+    ALREADY_CLAIMED = "already_claimed"
+    #: ``commit`` of a claim whose ``set_claim`` carried no ``owner_secret``.
+    OWNER_SECRET_REQUIRED = "owner_secret_required"  # noqa: S105 - an error code
+    #: ``set_owner_secret`` on a device without an owner.
+    NOT_CLAIMED = "not_claimed"
 
 
 # --- field validation ---------------------------------------------------------------------------
@@ -190,6 +199,15 @@ def _validate_request_id(request_id: int, *, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if not low <= request_id <= MAX_REQUEST_ID:
         raise InvalidFieldError(f"id must be {low}-{MAX_REQUEST_ID}")
+
+
+def validate_owner_secret(secret: bytes) -> bytes:
+    """32 random bytes (see :class:`~.payload.OwnerSecret`), as a command field."""
+    try:
+        OwnerSecret(secret)
+    except PayloadError as err:
+        raise InvalidFieldError(str(err)) from err
+    return secret
 
 
 def _validate_text(name: str, value: str, limit: int = MAX_TEXT_LENGTH) -> None:
@@ -371,8 +389,10 @@ class SetWifiRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetClaimRequest:
-    """Where and how to confirm the claim, and how to recognise the broker.
+    """Where and how to confirm the claim, how to recognise the broker, and the owner secret.
 
+    ``owner_secret`` is optional on the wire only so that messages of older clients still
+    parse; a device refuses to *commit* a claim without one (``owner_secret_required``).
     ``allow_insecure_http`` is not sent: it is the receiving side's local-development switch.
     """
 
@@ -383,6 +403,7 @@ class SetClaimRequest:
     broker_pin: bytes | None = None
     broker_host: str | None = None
     broker_port: int | None = None
+    owner_secret: bytes | None = field(default=None, repr=False)
     allow_insecure_http: InitVar[bool] = False
 
     def __post_init__(self, allow_insecure_http: bool) -> None:
@@ -400,6 +421,8 @@ class SetClaimRequest:
                 raise InvalidFieldError("broker port needs a broker host")
             if not 1 <= self.broker_port <= MAX_PORT:
                 raise InvalidFieldError(f"broker port must be 1-{MAX_PORT}")
+        if self.owner_secret is not None:
+            validate_owner_secret(self.owner_secret)
 
     def wire_fields(self) -> dict[str, JsonValue]:
         """Fields besides ``id`` and ``type``."""
@@ -413,7 +436,30 @@ class SetClaimRequest:
             fields["broker_host"] = self.broker_host
         if self.broker_port is not None:
             fields["broker_port"] = self.broker_port
+        if self.owner_secret is not None:
+            fields["owner_secret"] = b64url_encode(self.owner_secret)
         return fields
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetOwnerSecretRequest:
+    """Replace the owner secret of a claimed device (owner sessions only).
+
+    Lets the current owner hand a fresh secret to the recipient of a transfer, or rotate it.
+    """
+
+    command: ClassVar[CommandType] = CommandType.SET_OWNER_SECRET
+    request_id: int
+    owner_secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        """Validate the id and the secret."""
+        _validate_request_id(self.request_id)
+        validate_owner_secret(self.owner_secret)
+
+    def wire_fields(self) -> dict[str, JsonValue]:
+        """Fields besides ``id`` and ``type``."""
+        return {"owner_secret": b64url_encode(self.owner_secret)}
 
 
 type Request = (
@@ -425,6 +471,7 @@ type Request = (
     | StatusRequest
     | IdentifyRequest
     | FactoryResetRequest
+    | SetOwnerSecretRequest
 )
 
 _SIMPLE_REQUESTS: Final[
@@ -477,7 +524,12 @@ def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request
             broker_pin=fields.optional_binary("broker_pin"),
             broker_host=fields.optional_string("broker_host"),
             broker_port=fields.optional_integer("broker_port"),
+            owner_secret=fields.optional_binary("owner_secret"),
             allow_insecure_http=allow_insecure_http,
+        )
+    elif command is CommandType.SET_OWNER_SECRET:
+        request = SetOwnerSecretRequest(
+            request_id=request_id, owner_secret=fields.binary("owner_secret")
         )
     else:
         request = _SIMPLE_REQUESTS[command](request_id=request_id)
@@ -490,7 +542,7 @@ def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AckResult:
-    """Success with nothing to report (``set_wifi``, ``set_claim``, ``identify``, reset)."""
+    """Success with nothing to report (``set_wifi``, ``set_claim``, ``identify``, reset, ...)."""
 
     def to_json(self) -> dict[str, JsonValue]:
         """Wire form."""
@@ -671,6 +723,7 @@ _RESULTS: Final[
     CommandType.STATUS: (StatusResult, _read_status),
     CommandType.IDENTIFY: (AckResult, _read_ack),
     CommandType.FACTORY_RESET: (AckResult, _read_ack),
+    CommandType.SET_OWNER_SECRET: (AckResult, _read_ack),
 }
 
 

@@ -34,6 +34,8 @@ class DiagnosticCode(StrEnum):
     CLAIM_REJECTED = "CLAIM_REJECTED"
     CLAIM_EXPIRED = "CLAIM_EXPIRED"
     BROKER_AUTH_FAILED = "BROKER_AUTH_FAILED"
+    #: A claimed device's Wi-Fi change: the new network does not reach the MQTT broker.
+    BROKER_UNREACHABLE = "BROKER_UNREACHABLE"
     TIMEOUT = "TIMEOUT"
 
     @property
@@ -100,6 +102,11 @@ _TEXTS: dict[DiagnosticCode, DiagnosticText] = {
     DiagnosticCode.BROKER_AUTH_FAILED: DiagnosticText(
         "The MQTT broker rejected the device's credentials.",
         "Run the account service's broker reconcile command, then try again.",
+    ),
+    DiagnosticCode.BROKER_UNREACHABLE: DiagnosticText(
+        "On the new Wi-Fi network the device cannot reach its MQTT broker.",
+        "Check that the broker is running and reachable from that network (VLAN and firewall "
+        "rules), then try again; the device kept its previous network.",
     ),
     DiagnosticCode.TIMEOUT: DiagnosticText(
         "The step did not finish in time.",

@@ -207,6 +207,43 @@ class CounterExhaustedError(SessionError):
     code = "counter_exhausted"
 
 
+class CredentialRefusedError(SessionError):
+    """The device does not take this kind of credential in its current state.
+
+    Decided from the hello's kind byte and the device's public state (claimed or not) before
+    any secret is used, so it tests no guess (and costs no attempt; see docs/protocol.md §7).
+    """
+
+    code = "credential_refused"
+
+
+class OwnerSessionRequiredError(CredentialRefusedError):
+    """A label code (QR or manual) offered to a claimed device: only its owner may connect.
+
+    This device is owned; use its owner's Home Assistant, or factory-reset it.
+    """
+
+    code = "owner_session_required"
+
+
+class SetupCodeRequiredError(CredentialRefusedError):
+    """An owner secret offered to a device without an owner (it was reset or released).
+
+    Set the device up again with the code on its label.
+    """
+
+    code = "setup_code_required"
+
+
+class NoOwnerSecretError(CredentialRefusedError):
+    """The device is claimed but holds no owner secret (zero-touch, or older firmware).
+
+    Nobody can open a session with it; factory-reset it to change its Wi-Fi.
+    """
+
+    code = "no_owner_secret"
+
+
 class RemoteError(SessionError):
     """The peer reported an error with an error frame; ``remote_code`` says which."""
 

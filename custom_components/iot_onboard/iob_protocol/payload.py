@@ -7,8 +7,10 @@ A device has two independent setup secrets, both printed on its label:
 * the **manual code**, a 9-digit passcode (about 29.9 bits, above Matter's 27-bit floor) plus a
   Verhoeff check digit, written ``12345-67890``.
 
-Either one is the password of the PAKE; the registry only ever holds a salted scrypt
-:class:`SetupVerifier` of them.
+Either one is the password of the PAKE while the device is unclaimed; the registry only ever
+holds a salted scrypt :class:`SetupVerifier` of them.  Once claimed, the device accepts neither:
+its only PAKE password is then the :class:`OwnerSecret` its owner's Home Assistant sent with
+the claim, so holding the label is no longer enough to reconfigure or reset it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ PASSCODE_DIGITS: Final = 9
 MANUAL_CODE_DIGITS: Final = PASSCODE_DIGITS + 1
 MANUAL_CODE_GROUP: Final = 5
 MANUAL_SEPARATORS: Final = frozenset("- ")
+OWNER_SECRET_SIZE: Final = 32
 _QR_FIELDS: Final = 5
 _QR_FIELD_LENGTHS: Final = (
     ("device id", DEVICE_ID_LENGTH),
@@ -73,10 +76,15 @@ _BASE32_INDEX: Final = {char: index for index, char in enumerate(BASE32_ALPHABET
 
 
 class CredentialKind(StrEnum):
-    """Which printed secret the client holds; sent in the first handshake message."""
+    """Which secret the client holds; sent in the first handshake message.
+
+    ``QR`` and ``MANUAL`` are printed on the label (unclaimed devices); ``OWNER`` is the secret
+    the owner's Home Assistant handed over with the claim (claimed devices only).
+    """
 
     QR = "qr"
     MANUAL = "manual"
+    OWNER = "owner"
 
     @property
     def wire(self) -> int:
@@ -92,7 +100,13 @@ class CredentialKind(StrEnum):
         raise PayloadError(f"unknown credential kind {value}")
 
 
-_KIND_WIRE: Final = {CredentialKind.QR: 0x01, CredentialKind.MANUAL: 0x02}
+_KIND_WIRE: Final = {
+    CredentialKind.QR: 0x01,
+    CredentialKind.MANUAL: 0x02,
+    CredentialKind.OWNER: 0x03,
+}
+#: The kinds printed on the label: what an unclaimed device accepts.
+LABEL_KINDS: Final = frozenset({CredentialKind.QR, CredentialKind.MANUAL})
 
 
 # --- check characters ---------------------------------------------------------------------------
@@ -296,6 +310,54 @@ class ManualCode:
 type SetupCredential = QrPayload | ManualCode
 
 
+# --- owner secret -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OwnerSecret:
+    """What a claimed device shares with its owner's Home Assistant, and nobody else.
+
+    32 random bytes that Home Assistant generates per device, keeps in its config entry and sends
+    with ``set_claim`` inside the encrypted session; the device saves it together with the claim.
+    From then on it is the device's only PAKE password (kind ``owner``): a label in someone
+    else's hands opens nothing.  At 256 bits it needs no attempt limit of its own, but owner
+    handshakes still count against the same one.  Never logged (no repr).
+    """
+
+    kind: ClassVar[CredentialKind] = CredentialKind.OWNER
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        """Refuse anything that cannot have come from :meth:`generate`."""
+        if len(self.secret) != OWNER_SECRET_SIZE:
+            raise PayloadLengthError(f"owner secret must be {OWNER_SECRET_SIZE} bytes")
+        if len(set(self.secret)) == 1:
+            raise TrivialCodeError("owner secret must be random, not one repeated byte")
+
+    @classmethod
+    def generate(cls, *, random_bytes: RandomSource = system_random) -> Self:
+        """A fresh secret (Home Assistant, once per device and claim)."""
+        return cls(random_bytes(OWNER_SECRET_SIZE))
+
+    @property
+    def pake_secret(self) -> bytes:
+        """The secret this credential contributes to the PAKE password."""
+        return self.secret
+
+    def encode(self) -> str:
+        """base64url, for storage in Home Assistant's config entry."""
+        return b64url_encode(self.secret)
+
+    @classmethod
+    def decode(cls, text: str) -> Self:
+        """Inverse of :meth:`encode`."""
+        try:
+            return cls(b64url_decode(text))
+        except EncodingError as err:
+            raise PayloadError(f"owner secret: {err}") from err
+
+
 def pake_password(kind: CredentialKind, device_id: str, secret: bytes) -> bytes:
     """The PAKE password: the chosen secret bound to the device id and credential kind."""
     return hashlib.sha256(
@@ -343,10 +405,12 @@ class SetupCode:
         return ManualCode(self.passcode)
 
     def secret_for(self, kind: CredentialKind) -> bytes:
-        """The secret matching what the client says it holds."""
+        """The label secret matching what the client says it holds."""
         if kind is CredentialKind.QR:
             return self.setup_secret
-        return self.passcode.encode("ascii")
+        if kind is CredentialKind.MANUAL:
+            return self.passcode.encode("ascii")
+        raise PayloadError("the label holds no owner secret")
 
     def to_json(self) -> bytes:
         """Canonical JSON for the device's own storage (never for the registry)."""
@@ -448,7 +512,7 @@ class SetupVerifier:
                 kind=kind,
                 secret=code.secret_for(kind),
             )
-            for kind in CredentialKind
+            for kind in (CredentialKind.QR, CredentialKind.MANUAL)
         }
         return cls(log2_n, r, p, salt, hashes[CredentialKind.QR], hashes[CredentialKind.MANUAL])
 

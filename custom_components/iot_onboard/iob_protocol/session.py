@@ -16,12 +16,17 @@ sent nothing but a SPAKE2 message (which reveals nothing about the code) until t
 proven both its identity (signature) and its knowledge of the code (``cD``).  SPAKE2 makes each
 handshake test exactly one guess of the code, online: a recorded transcript, or a fake device
 that saw the client's message, cannot be used to check guesses offline.  See docs/protocol.md.
+
+Which secret is the PAKE password depends on the device's state: the label's (QR or manual
+code) while it is unclaimed, only the owner secret sent with the claim once it is claimed
+(:func:`check_credential_kind`).  The handshake itself is the same for every kind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Self
@@ -43,12 +48,16 @@ from .errors import (
     HandshakeSignatureError,
     HandshakeTimeoutError,
     MalformedHandshakeError,
+    NoOwnerSecretError,
     OutOfOrderFrameError,
+    OwnerSessionRequiredError,
     PayloadError,
     ProtocolError,
     RemoteError,
     ReplayedFrameError,
     SessionClosedError,
+    SessionError,
+    SetupCodeRequiredError,
     SignatureError,
     UnexpectedMessageError,
     UnsupportedVersionError,
@@ -57,7 +66,6 @@ from .errors import (
 from .framing import (
     HEADER_SIZE,
     MAX_BODY_SIZE,
-    Frame,
     FrameType,
     decode_error_body,
     decode_frame,
@@ -74,8 +82,10 @@ from .identity import (
     verify_signature,
 )
 from .payload import (
+    LABEL_KINDS,
     CredentialKind,
     ManualCode,
+    OwnerSecret,
     QrPayload,
     SetupCode,
     SetupCredential,
@@ -184,6 +194,65 @@ def client_confirmation(
         {"device_confirm": device_confirm, "signature": signature, "transcript": transcript},
     )
     return hmac.digest(keys.client_confirm_key, message, "sha256")
+
+
+def check_credential_kind(
+    kind: CredentialKind, *, claimed: bool, owner_secret_known: bool = True
+) -> None:
+    """Return if a device in this state takes ``kind``; raise why not otherwise.
+
+    Unclaimed devices take the label (QR, manual code) and refuse an owner secret; claimed
+    devices take only their owner's secret (DESIGN: "claimed devices accept only the owner's
+    authorised session").  ``owner_secret_known`` False: claimed without one (zero-touch),
+    so nothing is accepted.
+    """
+    if not claimed:
+        if kind is CredentialKind.OWNER:
+            raise SetupCodeRequiredError(
+                "this device has no owner; set it up with the code on its label"
+            )
+        return
+    if kind is not CredentialKind.OWNER:
+        raise OwnerSessionRequiredError(
+            "this device is owned; use its owner's Home Assistant, or factory-reset it"
+        )
+    if not owner_secret_known:
+        raise NoOwnerSecretError(
+            "this device was claimed without an owner secret; factory-reset it to change its Wi-Fi"
+        )
+
+
+def _parse_client_hello(body: bytes) -> tuple[CredentialKind, bytes, bytes]:
+    """``(kind, device id bytes, pA)`` of a CLIENT_HELLO body, size and version checked."""
+    if len(body) != CLIENT_HELLO_SIZE:
+        raise MalformedHandshakeError(f"CLIENT_HELLO must be {CLIENT_HELLO_SIZE} bytes")
+    if body[0] != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(f"client speaks handshake version {body[0]}")
+    try:
+        kind = CredentialKind.from_wire(body[1])
+    except PayloadError as err:
+        raise MalformedHandshakeError(str(err)) from err
+    return kind, body[2 : 2 + DEVICE_ID_LENGTH], body[2 + DEVICE_ID_LENGTH :]
+
+
+def _frame_body(data: bytes) -> tuple[FrameType, bytes]:
+    frame = decode_frame(data)
+    if frame.type is FrameType.ERROR:
+        raise RemoteError(decode_error_body(frame.body))
+    return frame.type, frame.body
+
+
+def client_hello_kind(frame: bytes) -> CredentialKind:
+    """The credential kind a CLIENT_HELLO frame names, read without touching any secret.
+
+    Lets a transport refuse a kind the device does not take before it spends a handshake
+    slot on it; raises the errors :meth:`DeviceSession.handle_client_hello` would for a
+    malformed hello.
+    """
+    frame_type, body = _frame_body(frame)
+    if frame_type is not FrameType.CLIENT_HELLO:
+        raise UnexpectedMessageError(f"expected CLIENT_HELLO, got {frame_type.name}")
+    return _parse_client_hello(body)[0]
 
 
 def _finish_pake(pake: SPAKE2_A | SPAKE2_B, message: bytes) -> bytes:
@@ -342,24 +411,23 @@ class _Session:
             raise HandshakeTimeoutError(f"handshake took longer than {self._timeout:g} s")
 
     def _receive(self, data: bytes, expected: FrameType) -> bytes:
-        frame: Frame = decode_frame(data)
-        if frame.type is FrameType.ERROR:
-            raise RemoteError(decode_error_body(frame.body))
-        if frame.type is not expected:
-            raise UnexpectedMessageError(f"expected {expected.name}, got {frame.type.name}")
-        return frame.body
+        frame_type, body = _frame_body(data)
+        if frame_type is not expected:
+            raise UnexpectedMessageError(f"expected {expected.name}, got {frame_type.name}")
+        return body
 
 
 class ClientSession(_Session):
     """Home Assistant's side of the handshake and channel.
 
-    Construct with :meth:`for_qr` or :meth:`for_manual_code`; both require something to check
+    Construct with :meth:`for_qr` or :meth:`for_manual_code` (unclaimed devices) or
+    :meth:`for_owner` (a device this Home Assistant claimed); each requires something to check
     the device key against, so a client can never skip the evil-twin check.
     """
 
     def __init__(
         self,
-        credential: SetupCredential,
+        credential: SetupCredential | OwnerSecret,
         *,
         device_id: str,
         trust: TrustAnchor,
@@ -413,6 +481,31 @@ class ClientSession(_Session):
         """Use a typed code; the device key comes from the registry via the account service."""
         return cls(
             code,
+            device_id=device_id,
+            trust=TrustAnchor.from_public_key(device_public_key),
+            clock=clock,
+            random_bytes=random_bytes,
+            timeout=timeout,
+        )
+
+    @classmethod
+    def for_owner(
+        cls,
+        *,
+        device_id: str,
+        device_public_key: bytes,
+        owner_secret: bytes,
+        clock: MonotonicClock = monotonic,
+        random_bytes: RandomSource = system_random,
+        timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> Self:
+        """Reconnect to a device this Home Assistant owns (re-onboarding, Wi-Fi change).
+
+        ``owner_secret`` is the one sent with ``set_claim``; ``device_public_key`` the key the
+        device proved at claim time, so an evil twin is refused exactly as with a manual code.
+        """
+        return cls(
+            OwnerSecret(owner_secret),
             device_id=device_id,
             trust=TrustAnchor.from_public_key(device_public_key),
             clock=clock,
@@ -498,6 +591,10 @@ class ClientSession(_Session):
 class DeviceSession(_Session):
     """The device's side of the handshake and channel.
 
+    Unclaimed, it is built with the label's :class:`SetupCode` and takes QR and manual-code
+    handshakes; claimed, with :meth:`for_owner` and the owner secret, and takes only that.  It
+    never holds both, so a claimed device cannot be opened with its label by construction.
+
     The transport asks the :class:`~.limiter.AttemptLimiter` before creating one, and reports
     the outcome to it (see docs/protocol.md, "Device wiring").
     """
@@ -505,21 +602,56 @@ class DeviceSession(_Session):
     def __init__(
         self,
         identity: DeviceIdentity,
-        setup_code: SetupCode,
+        setup_code: SetupCode | None = None,
         *,
+        owner_secret: bytes | None = None,
         clock: MonotonicClock = monotonic,
         random_bytes: RandomSource = system_random,
         timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
-        """Answer handshakes as ``identity`` with the secrets of ``setup_code``."""
+        """Answer as ``identity`` with the label's secrets or, claimed, the owner secret."""
         super().__init__(clock=clock, timeout=timeout)
-        if setup_code.device_id != identity.device_id:
-            raise DeviceIdMismatchError("setup code and identity belong to different devices")
+        secrets: Mapping[CredentialKind, bytes]
+        if setup_code is not None and owner_secret is None:
+            if setup_code.device_id != identity.device_id:
+                raise DeviceIdMismatchError("setup code and identity belong to different devices")
+            secrets = {kind: setup_code.secret_for(kind) for kind in LABEL_KINDS}
+        elif owner_secret is not None and setup_code is None:
+            secrets = {CredentialKind.OWNER: OwnerSecret(owner_secret).pake_secret}
+        else:
+            raise SessionError(
+                "give the setup code (unclaimed device) or the owner secret (claimed), not both"
+            )
         self._identity = identity
-        self._setup_code = setup_code
+        self._secrets = secrets
+        self._claimed = owner_secret is not None
         self._random_bytes = random_bytes
         self._kind: CredentialKind | None = None
         self._expected_client_confirm = b""
+
+    @classmethod
+    def for_owner(
+        cls,
+        identity: DeviceIdentity,
+        *,
+        owner_secret: bytes,
+        clock: MonotonicClock = monotonic,
+        random_bytes: RandomSource = system_random,
+        timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> Self:
+        """A claimed device: only its owner's secret opens a session."""
+        return cls(
+            identity,
+            owner_secret=owner_secret,
+            clock=clock,
+            random_bytes=random_bytes,
+            timeout=timeout,
+        )
+
+    @property
+    def accepted_kinds(self) -> frozenset[CredentialKind]:
+        """The credential kinds this session answers: the label's, or the owner's only."""
+        return frozenset(self._secrets)
 
     @property
     def credential_kind(self) -> CredentialKind | None:
@@ -538,21 +670,14 @@ class DeviceSession(_Session):
 
     def _handle_client_hello(self, frame: bytes) -> bytes:
         body = self._receive(frame, FrameType.CLIENT_HELLO)
-        if len(body) != CLIENT_HELLO_SIZE:
-            raise MalformedHandshakeError(f"CLIENT_HELLO must be {CLIENT_HELLO_SIZE} bytes")
-        if body[0] != PROTOCOL_VERSION:
-            raise UnsupportedVersionError(f"client speaks handshake version {body[0]}")
-        try:
-            kind = CredentialKind.from_wire(body[1])
-        except PayloadError as err:
-            raise MalformedHandshakeError(str(err)) from err
-        device_id = body[2 : 2 + DEVICE_ID_LENGTH]
+        kind, device_id, client_pake = _parse_client_hello(body)
         if device_id != self._identity.device_id.encode("ascii"):
             raise DeviceIdMismatchError("the client is looking for another device")
-        client_pake = body[2 + DEVICE_ID_LENGTH :]
+        # Before any secret is used: a refused kind tests no guess.
+        check_credential_kind(kind, claimed=self._claimed)
         device_id_text = self._identity.device_id
         id_a, id_b = pake_identities(kind, device_id_text)
-        password = pake_password(kind, device_id_text, self._setup_code.secret_for(kind))
+        password = pake_password(kind, device_id_text, self._secrets[kind])
         pake = SPAKE2_B(password, idA=id_a, idB=id_b, entropy_f=self._random_bytes)
         device_pake = bytes(pake.start())
         pake_key = _finish_pake(pake, client_pake)
