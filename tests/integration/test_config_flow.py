@@ -1,51 +1,411 @@
-"""Config flow tests: every error followed by recovery, and the duplicate abort."""
+"""Config flow: every step, every error followed by recovery, duplicate and discovery aborts.
+
+The account service and the device are the two clients, patched where the flow imports them
+(``autospec``, as HA core's wled tests do); the real ones run in test_onboarding_e2e.py.
+"""
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import json
+import re
+import time
+from collections.abc import Generator, Mapping
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any, cast
+from unittest.mock import ANY, AsyncMock, MagicMock, create_autospec, patch
+
 import pytest
-from homeassistant.config_entries import SOURCE_USER
+from homeassistant.config_entries import (
+    SOURCE_IGNORE,
+    SOURCE_RECONFIGURE,
+    SOURCE_USER,
+    SOURCE_ZEROCONF,
+    ConfigFlowContext,
+)
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard.config_flow import normalize_account_url
-from custom_components.iot_onboard.const import CONF_ACCOUNT_URL, DOMAIN
+from custom_components.iot_onboard import config_flow
+from custom_components.iot_onboard.account_client import (
+    Account,
+    AccountClient,
+    AccountConnectionError,
+    AccountResponseError,
+    AlreadyOwnedError,
+    AuthenticationError,
+    Claim,
+    ClaimRejectedError,
+    ClaimState,
+    ClaimStatus,
+    DeviceKey,
+    DeviceKeyNotFoundError,
+    EmailTakenError,
+    ForbiddenError,
+    Household,
+    InvalidCredentialsError,
+    NotFoundError,
+    RateLimitedError,
+    Role,
+    ServiceHealth,
+    ServiceUnavailableError,
+    SignedIn,
+    TokenSet,
+    WeakPasswordError,
+)
+from custom_components.iot_onboard.config_flow import diagnostic_error, normalize_account_url
+from custom_components.iot_onboard.const import (
+    CONF_ACCOUNT_ID,
+    CONF_ACCOUNT_URL,
+    CONF_DEVICES,
+    CONF_EMAIL,
+    CONF_HOUSEHOLD_ID,
+    CONTEXT_DEVICE_ID,
+    DEVICE_HOST,
+    DEVICE_MODEL,
+    DEVICE_OWNER_SECRET,
+    DEVICE_PORT,
+    DEVICE_PUBLIC_KEY,
+    DOMAIN,
+)
+from custom_components.iot_onboard.device_client import (
+    CredentialRefusedClientError,
+    DeviceAdvertisement,
+    DeviceCommandError,
+    DeviceConnectionError,
+    DeviceKeyMismatchClientError,
+    DeviceLink,
+    DeviceProtocolError,
+    HandshakeRefusedError,
+    SessionLostError,
+    SetupCodeRejectedError,
+)
+from custom_components.iot_onboard.iob_protocol import (
+    DeviceIdentity,
+    DeviceState,
+    DiagnosticCode,
+    InfoResult,
+    OwnerSecret,
+    SetupCode,
+    StatusResult,
+    WifiNetwork,
+    WifiSecurity,
+    b64url_encode,
+)
+from custom_components.iot_onboard.options_flow import IotOnboardOptionsFlow
+
+URL = "https://onboard.example"
+HID = "a" * 32
+OTHER_HID = "e" * 32
+ACCOUNT_ID = "b" * 32
+IDENTITY = DeviceIdentity.generate()
+DEVICE_ID = IDENTITY.device_id
+SETUP = SetupCode.generate(DEVICE_ID)
+QR = SETUP.qr_payload(IDENTITY.fingerprint).format()
+MANUAL = SETUP.manual_code().format()
+OTHER_IDENTITY = DeviceIdentity.generate()
+OTHER_QR = (
+    SetupCode.generate(OTHER_IDENTITY.device_id).qr_payload(OTHER_IDENTITY.fingerprint).format()
+)
+TOKENS = TokenSet(
+    access_token="access-" + "x" * 40,
+    access_expires_at=int(time.time()) + 900,
+    refresh_token="refresh-" + "y" * 40,
+    refresh_expires_at=int(time.time()) + 86400,
+)
+NEW_TOKENS = TokenSet(
+    access_token="access-" + "n" * 40,
+    access_expires_at=int(time.time()) + 900,
+    refresh_token="refresh-" + "m" * 40,
+    refresh_expires_at=int(time.time()) + 86400,
+)
+ACCOUNT = Account(account_id=ACCOUNT_ID, email="ada@example.com", display_name="", is_admin=False)
+HOME = Household(household_id=HID, name="Home", role=Role.OWNER, created_at=0)
+FLAT = Household(household_id=OTHER_HID, name="Flat", role=Role.ADMIN, created_at=0)
+HOME_NET = WifiNetwork(ssid=b"HomeNet", rssi=-40, security=WifiSecurity.WPA_PERSONAL)
+CAFE = WifiNetwork(ssid=b"Cafe\x1b[31m", rssi=-70, security=WifiSecurity.OPEN)
+OLD = WifiNetwork(ssid=b"Old", rssi=-80, security=WifiSecurity.WEP)
+HOME_KEY = "ssid:" + b"HomeNet".hex()
+CAFE_KEY = "ssid:" + CAFE.ssid.hex()
+OLD_KEY = "ssid:" + b"Old".hex()
+PASSWORD = "correct horse battery"  # noqa: S105 - the test network
+SIGN_IN = {
+    CONF_ACCOUNT_URL: URL + "/",
+    CONF_EMAIL: "ada@example.com",
+    "password": "pw",
+    "create_account": False,
+}
 
 
-async def test_user_flow_recovers_from_invalid_url(hass: HomeAssistant) -> None:
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-    assert result["type"] is FlowResultType.FORM
-    assert result["step_id"] == "user"
-    assert result["errors"] == {}
-
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {CONF_ACCOUNT_URL: "http://onboard.example"}
+def claim(*, expires_in: int = 600) -> Claim:
+    return Claim(
+        claim_id="1" * 32,
+        device_id=DEVICE_ID,
+        household_id=HID,
+        token="t" * 43,
+        expires_at=int(time.time()) + expires_in,
     )
-    assert result["type"] is FlowResultType.FORM
-    assert result["errors"] == {CONF_ACCOUNT_URL: "invalid_url"}
 
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {CONF_ACCOUNT_URL: "https://onboard.example/"}
+
+def claim_status(state: ClaimState) -> ClaimStatus:
+    return ClaimStatus(
+        claim_id="1" * 32,
+        status=state,
+        device_id=DEVICE_ID,
+        household_id=HID,
+        expires_at=0,
+        completed_at=None,
     )
-    assert result["type"] is FlowResultType.CREATE_ENTRY
-    assert result["title"] == "onboard.example"
-    assert result["data"] == {CONF_ACCOUNT_URL: "https://onboard.example"}
-    assert result["result"].unique_id == "https://onboard.example"
 
 
-async def test_user_flow_aborts_when_already_configured(hass: HomeAssistant) -> None:
-    MockConfigEntry(
+def entry_data(devices: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        CONF_ACCOUNT_URL: URL,
+        CONF_ACCOUNT_ID: ACCOUNT_ID,
+        CONF_EMAIL: "ada@example.com",
+        CONF_HOUSEHOLD_ID: HID,
+        **TOKENS.as_entry_data(),
+        CONF_DEVICES: devices or {},
+    }
+
+
+OWNER = OwnerSecret.generate()
+DEVICE_RECORD = {
+    DEVICE_HOST: "192.0.2.10",
+    DEVICE_PORT: 8423,
+    DEVICE_MODEL: "pi-test",
+    DEVICE_PUBLIC_KEY: b64url_encode(IDENTITY.public_key),
+    DEVICE_OWNER_SECRET: OWNER.encode(),
+    "added_at": 1,
+}
+
+
+def household_entry(
+    hass: HomeAssistant, *, hid: str = HID, devices: dict[str, Any] | None = None
+) -> MockConfigEntry:
+    entry = MockConfigEntry(
         domain=DOMAIN,
-        unique_id="https://onboard.example",
-        data={CONF_ACCOUNT_URL: "https://onboard.example"},
-    ).add_to_hass(hass)
-
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {CONF_ACCOUNT_URL: "https://onboard.example"}
+        unique_id=hid,
+        title="Home" if hid == HID else "Flat",
+        data={**entry_data(devices), CONF_HOUSEHOLD_ID: hid},
     )
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "already_configured"
+    entry.add_to_hass(hass)
+    return entry
+
+
+def discovery(
+    *, device_id: str = DEVICE_ID, protocol: str = "1", port: int | None = 8423
+) -> ZeroconfServiceInfo:
+    return ZeroconfServiceInfo(
+        ip_address=ip_address("192.0.2.10"),
+        ip_addresses=[ip_address("192.0.2.10")],
+        port=port,
+        hostname=f"iob-{device_id.lower()}.local.",
+        type="_iot-onboard._tcp.local.",
+        name=f"iob-{device_id}._iot-onboard._tcp.local.",
+        properties={
+            "id": device_id,
+            "model": "pi-test",
+            "firmware": "1.0",
+            "state": "unclaimed",
+            "protocol": protocol,
+        },
+    )
+
+
+STRINGS: dict[str, Any] = json.loads(
+    (Path(config_flow.__file__).parent / "translations" / "en.json").read_text(encoding="utf-8")
+)["config"]
+_PLACEHOLDER = re.compile(r"{(\w+)}")
+#: Placeholders Home Assistant adds by itself (the entry's title in reauth and reconfigure).
+_HA_PLACEHOLDERS = {"name"}
+
+
+def _check_text(text: str, placeholders: Mapping[str, str] | None) -> None:
+    missing = set(_PLACEHOLDER.findall(text)) - set(placeholders or {}) - _HA_PLACEHOLDERS
+    assert not missing, f"{text!r} lacks placeholders {missing}"
+
+
+@pytest.fixture(autouse=True)
+def every_string_is_translated() -> Generator[None]:
+    """Every form, menu, progress and abort the flow shows has its text and placeholders."""
+    flow = config_flow.IotOnboardConfigFlow
+    show_form, show_menu, show_progress, abort = (
+        flow.async_show_form,
+        flow.async_show_menu,
+        flow.async_show_progress,
+        flow.async_abort,
+    )
+
+    def checked_form(self: Any, **kwargs: Any) -> Any:
+        step = STRINGS["step"][kwargs["step_id"]]
+        placeholders = kwargs.get("description_placeholders")
+        _check_text(step.get("description", ""), placeholders)
+        _check_text(step.get("title", ""), placeholders)
+        for error in (kwargs.get("errors") or {}).values():
+            _check_text(STRINGS["error"][error], placeholders)
+        return show_form(self, **kwargs)
+
+    def checked_menu(self: Any, **kwargs: Any) -> Any:
+        labels = STRINGS["step"][kwargs["step_id"]]["menu_options"]
+        assert set(kwargs["menu_options"]) <= set(labels)
+        return show_menu(self, **kwargs)
+
+    def checked_progress(self: Any, **kwargs: Any) -> Any:
+        _check_text(
+            STRINGS["progress"][kwargs["progress_action"]], kwargs.get("description_placeholders")
+        )
+        return show_progress(self, **kwargs)
+
+    def checked_abort(self: Any, **kwargs: Any) -> Any:
+        _check_text(STRINGS["abort"][kwargs["reason"]], kwargs.get("description_placeholders"))
+        return abort(self, **kwargs)
+
+    with (
+        patch.object(flow, "async_show_form", checked_form),
+        patch.object(flow, "async_show_menu", checked_menu),
+        patch.object(flow, "async_show_progress", checked_progress),
+        patch.object(flow, "async_abort", checked_abort),
+    ):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def mock_setup_entry() -> Generator[AsyncMock]:
+    """The runtime is not under test here: entries set up and reload instantly."""
+    with patch("custom_components.iot_onboard.async_setup_entry", return_value=True) as setup:
+        yield setup
+
+
+@pytest.fixture(autouse=True)
+def fast_polls() -> Generator[None]:
+    with patch.object(config_flow, "POLL_INTERVAL", 0):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def account_cls() -> Generator[MagicMock]:
+    with patch.object(config_flow, "AccountClient", autospec=True) as cls:
+        client = cls.return_value
+        client.base_url = URL
+        client.tokens = TOKENS
+        client.health.return_value = ServiceHealth(status="ok", time=0)
+        client.sign_in.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
+        client.sign_up.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
+        client.households.return_value = [HOME]
+        client.create_household.return_value = HOME
+        client.create_claim.return_value = claim()
+        client.claim_status.return_value = claim_status(ClaimState.PENDING)
+        client.device_key.return_value = DeviceKey(
+            device_id=DEVICE_ID, public_key=IDENTITY.public_key, fingerprint="F", model="pi-test"
+        )
+        client.me.return_value = ACCOUNT
+        yield cls
+
+
+@pytest.fixture
+def account(account_cls: MagicMock) -> MagicMock:
+    client: MagicMock = account_cls.return_value
+    return client
+
+
+@pytest.fixture
+def link() -> MagicMock:
+    mock: MagicMock = create_autospec(DeviceLink, instance=True)
+    mock.usable = True
+    mock.device_public_key = IDENTITY.public_key
+    mock.info.return_value = InfoResult(
+        device_id=DEVICE_ID,
+        model="pi-test",
+        firmware_version="1.0",
+        protocol_version=1,
+        claimed=False,
+    )
+    mock.scan_wifi.return_value = (HOME_NET, HOME_NET, CAFE, OLD)
+    mock.commit.return_value = 180
+    mock.status.return_value = StatusResult(state=DeviceState.COMMITTED)
+    return mock
+
+
+@pytest.fixture(autouse=True)
+def device_cls(link: MagicMock) -> Generator[MagicMock]:
+    with patch.object(config_flow, "DeviceClient", autospec=True) as cls:
+        cls.return_value.connect.return_value = link
+        cls.return_value.fetch_info.return_value = DeviceAdvertisement(
+            device_id=DEVICE_ID,
+            model="pi-test",
+            firmware_version="1.0",
+            protocol_version=1,
+            state="unclaimed",
+            window="open",
+        )
+        yield cls
+
+
+@pytest.fixture
+def device(device_cls: MagicMock) -> MagicMock:
+    client: MagicMock = device_cls.return_value
+    return client
+
+
+# --- helpers that walk the flow ---------------------------------------------------------------
+
+
+def wifi_change_context(entry: MockConfigEntry, device_id: str) -> ConfigFlowContext:
+    """What the runtime's "Wi-Fi lost" repair passes (an extra key, hence the cast)."""
+    return cast(
+        "ConfigFlowContext",
+        {"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id, CONTEXT_DEVICE_ID: device_id},
+    )
+
+
+async def start_discovery(hass: HomeAssistant) -> dict[str, Any]:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery()
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "discovery_confirm"
+    placeholders = result["description_placeholders"]
+    assert placeholders is not None
+    assert placeholders["device_id"] == DEVICE_ID
+    return dict(result)
+
+
+async def to_credentials(hass: HomeAssistant) -> str:
+    result = await start_discovery(hass)
+    result = dict(await hass.config_entries.flow.async_configure(result["flow_id"], {}))
+    assert result["step_id"] == "credentials", result
+    return str(result["flow_id"])
+
+
+async def submit(hass: HomeAssistant, flow_id: str, data: dict[str, Any] | None = None) -> Any:
+    return await hass.config_entries.flow.async_configure(flow_id, data)
+
+
+async def to_wifi(hass: HomeAssistant, code: str = QR) -> str:
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": code})
+    assert result["step_id"] == "wifi", result
+    return flow_id
+
+
+async def provision(hass: HomeAssistant, flow_id: str, wifi: dict[str, Any]) -> Any:
+    """Submit the Wi-Fi form, let the progress task run, return what follows."""
+    result = await submit(hass, flow_id, wifi)
+    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    assert result["progress_action"] == "provision"
+    await hass.async_block_till_done()
+    return await submit(hass, flow_id)
+
+
+HOME_WIFI = {"network": HOME_KEY, "passphrase": PASSWORD}
+
+
+# --- accounts ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -65,3 +425,1099 @@ async def test_user_flow_aborts_when_already_configured(hass: HomeAssistant) -> 
 )
 def test_normalize_account_url(raw: str, expected: str | None) -> None:
     assert normalize_account_url(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("failure", "where", "error"),
+    [
+        (("health", AccountConnectionError("down")), "base", "cannot_connect"),
+        (("health", AccountResponseError("html")), "base", "not_account_service"),
+        (
+            ("sign_in", InvalidCredentialsError(401, "invalid_credentials", "")),
+            "base",
+            "invalid_auth",
+        ),
+        (("sign_in", AccountConnectionError("down")), "base", "cannot_connect"),
+        (("sign_in", RateLimitedError(429, "rate_limited", "", 60)), "base", "rate_limited"),
+        (("sign_in", ServiceUnavailableError(503, "x", "")), "base", "account_refused"),
+        (("sign_in", AccountResponseError("junk")), "base", "not_account_service"),
+        (("households", ForbiddenError(403, "forbidden", "")), "base", "account_refused"),
+    ],
+)
+async def test_sign_in_errors_then_recovery(
+    hass: HomeAssistant,
+    account: MagicMock,
+    failure: tuple[str, Exception],
+    where: str,
+    error: str,
+) -> None:
+    method, exc = failure
+    getattr(account, method).side_effect = exc
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["step_id"] == "account"
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {where: error}
+
+    getattr(account, method).side_effect = None
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Home"
+    assert result["result"].unique_id == HID
+    assert result["data"] == entry_data()
+
+
+async def test_invalid_url_then_sign_up(hass: HomeAssistant, account: MagicMock) -> None:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(
+        hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: "http://x.example"}
+    )
+    assert result["errors"] == {CONF_ACCOUNT_URL: "invalid_url"}
+    account.sign_up.side_effect = [
+        EmailTakenError(409, "email_taken", ""),
+        WeakPasswordError(400, "weak_password", ""),
+        SignedIn(account=ACCOUNT, tokens=TOKENS),
+    ]
+    account.households.return_value = []
+    new = {**SIGN_IN, "create_account": True}
+    result = await submit(hass, result["flow_id"], new)
+    assert result["errors"] == {"base": "email_taken"}
+    result = await submit(hass, result["flow_id"], new)
+    assert result["errors"] == {"password": "weak_password"}
+    result = await submit(hass, result["flow_id"], new)
+    # A new account has no household: name one (the error path first).
+    assert result["step_id"] == "household"
+    assert "household" not in result["data_schema"].schema
+    result = await submit(hass, result["flow_id"], {"household_name": "  "})
+    assert result["errors"] == {"household_name": "name_required"}
+    account.create_household.side_effect = [AccountConnectionError("down"), HOME]
+    result = await submit(hass, result["flow_id"], {"household_name": "Home"})
+    assert result["errors"] == {"base": "account_unreachable"}
+    result = await submit(hass, result["flow_id"], {"household_name": "Home"})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    account.create_household.assert_called_with("Home")
+
+
+async def test_choose_among_households(hass: HomeAssistant, account: MagicMock) -> None:
+    account.households.return_value = [HOME, FLAT]
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["step_id"] == "household"
+    result = await submit(hass, result["flow_id"], {"household": OTHER_HID})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Flat"
+    assert result["result"].unique_id == OTHER_HID
+
+
+async def test_create_another_household(hass: HomeAssistant, account: MagicMock) -> None:
+    account.households.return_value = [HOME, FLAT]
+    account.create_household.return_value = Household(
+        household_id="c" * 32, name="Cabin", role=Role.OWNER, created_at=0
+    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    result = await submit(
+        hass, result["flow_id"], {"household": "__new__", "household_name": "Cabin"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Cabin"
+
+
+async def test_household_already_configured(hass: HomeAssistant) -> None:
+    household_entry(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    assert result["menu_options"] == ["account", "manual_device"]
+    result = await submit(hass, result["flow_id"], {"next_step_id": "account"})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+# --- reauth ------------------------------------------------------------------------------------
+
+
+async def test_reauth_wrong_password_then_success(
+    hass: HomeAssistant, account: MagicMock, account_cls: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    result = await entry.start_reauth_flow(hass)
+    assert result["step_id"] == "reauth_confirm"
+    assert (result["description_placeholders"] or {})["email"] == "ada@example.com"
+    account.sign_in.side_effect = [
+        InvalidCredentialsError(401, "invalid_credentials", ""),
+        SignedIn(account=ACCOUNT, tokens=NEW_TOKENS),
+    ]
+    result = await submit(hass, result["flow_id"], {"password": "wrong"})
+    assert result["errors"] == {"base": "invalid_auth"}
+    result = await submit(hass, result["flow_id"], {"password": "pw"})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_successful"
+    assert entry.data["access_token"] == NEW_TOKENS.access_token
+    assert account_cls.call_args.args == (URL,)
+
+
+@pytest.mark.parametrize(
+    ("signed_in", "households"),
+    [
+        (
+            Account(account_id="9" * 32, email="x@example.com", display_name="", is_admin=False),
+            [HOME],
+        ),
+        (ACCOUNT, [FLAT]),
+    ],
+    ids=["another_account", "no_longer_a_member"],
+)
+async def test_reauth_must_be_the_same_account_and_household(
+    hass: HomeAssistant, account: MagicMock, signed_in: Account, households: list[Household]
+) -> None:
+    entry = household_entry(hass)
+    account.sign_in.return_value = SignedIn(account=signed_in, tokens=NEW_TOKENS)
+    account.households.return_value = households
+    result = await entry.start_reauth_flow(hass)
+    result = await submit(hass, result["flow_id"], {"password": "pw"})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_account"
+    assert entry.data["access_token"] == TOKENS.access_token
+
+
+# --- reconfigure: the account service's address --------------------------------------------------
+
+
+async def test_reconfigure_address_with_the_stored_session(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    result = await entry.start_reconfigure_flow(hass)
+    assert result["step_id"] == "reconfigure_account"
+    result = await submit(hass, result["flow_id"], {CONF_ACCOUNT_URL: "http://moved.example"})
+    assert result["errors"] == {CONF_ACCOUNT_URL: "invalid_url"}
+    account.me.side_effect = [
+        AuthenticationError(401, "invalid_token", ""),
+        AccountConnectionError("down"),
+        AccountResponseError("html"),
+        ACCOUNT,
+    ]
+    moved = {CONF_ACCOUNT_URL: "https://moved.example"}
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["errors"] == {"password": "password_needed"}
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["errors"] == {"base": "cannot_connect"}
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["errors"] == {"base": "not_account_service"}
+    account.tokens = None  # nothing new to store: the same session
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.data[CONF_ACCOUNT_URL] == "https://moved.example"
+    assert entry.data["access_token"] == TOKENS.access_token
+
+
+async def test_reconfigure_address_with_a_password(hass: HomeAssistant, account: MagicMock) -> None:
+    entry = household_entry(hass)
+    result = await entry.start_reconfigure_flow(hass)
+    account.sign_in.side_effect = [
+        InvalidCredentialsError(401, "invalid_credentials", ""),
+        SignedIn(account=ACCOUNT, tokens=NEW_TOKENS),
+    ]
+    account.tokens = NEW_TOKENS
+    moved = {CONF_ACCOUNT_URL: "https://moved.example", "password": "pw"}
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["errors"] == {"base": "invalid_auth"}
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.data["access_token"] == NEW_TOKENS.access_token
+
+
+async def test_reconfigure_to_another_service_is_refused(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    account.me.return_value = Account(
+        account_id="9" * 32, email="x@example.com", display_name="", is_admin=False
+    )
+    result = await entry.start_reconfigure_flow(hass)
+    result = await submit(hass, result["flow_id"], {CONF_ACCOUNT_URL: "https://other.example"})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_account"
+    assert entry.data[CONF_ACCOUNT_URL] == URL
+
+
+# --- discovery -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("info", "reason"),
+    [
+        (discovery(device_id="not-a-device-id"), "invalid_discovery_info"),
+        (discovery(protocol="2"), "unsupported_protocol"),
+    ],
+)
+async def test_discovery_aborts_on_bad_advertisements(
+    hass: HomeAssistant, info: ZeroconfServiceInfo, reason: str
+) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=info
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == reason
+
+
+async def test_discovery_of_an_ignored_device(hass: HomeAssistant) -> None:
+    MockConfigEntry(domain=DOMAIN, unique_id=DEVICE_ID, source=SOURCE_IGNORE).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery()
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+@pytest.mark.parametrize(("port", "updated"), [(8423, False), (9000, True)])
+async def test_discovery_of_an_owned_device_updates_its_address(
+    hass: HomeAssistant, port: int, updated: bool
+) -> None:
+    household_entry(hass, hid=OTHER_HID)
+    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery(port=port)
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_PORT] == port
+    assert (entry.data[CONF_DEVICES][DEVICE_ID] == DEVICE_RECORD) is not updated
+
+
+async def test_onboarding_into_the_household_entry(
+    hass: HomeAssistant, account: MagicMock, device_cls: MagicMock, link: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    result = await submit(hass, flow_id, {"network": HOME_KEY})  # WPA2 needs the password
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "device_added"
+    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert record[DEVICE_HOST] == "192.0.2.10"
+    assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
+    assert record[DEVICE_MODEL] == "pi-test"
+    # The device got exactly: Wi-Fi, then the claim with the live token, then commit.
+    link.set_wifi.assert_awaited_once_with(b"HomeNet", PASSWORD, hidden=False)
+    link.set_claim.assert_awaited_once_with(
+        URL, "t" * 43, owner_secret=ANY, allow_insecure_http=False
+    )
+    # The owner secret the device got is the one kept for later owner sessions.
+    assert record[DEVICE_OWNER_SECRET] == link.set_claim.call_args.kwargs["owner_secret"].encode()
+    link.commit.assert_awaited_once()
+    link.close.assert_called()
+    device_cls.assert_called_with(
+        "192.0.2.10", 8423, session=device_cls.call_args.kwargs["session"]
+    )
+    account.create_claim.assert_awaited_once_with(HID, DEVICE_ID)
+    device_cls.return_value.connect.assert_awaited_once()
+    # The QR code carries the fingerprint itself: no registry lookup for it.
+    assert device_cls.return_value.connect.call_args.kwargs["device_public_key"] is None
+    account.device_key.assert_not_awaited()
+
+
+async def test_wrong_wifi_password_is_shown_then_retried(
+    hass: HomeAssistant, account: MagicMock, device: MagicMock, link: MagicMock
+) -> None:
+    """The device rolls back with WIFI_AUTH_FAILED; the same session retries."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, flow_id, {"network": HOME_KEY, "passphrase": "wrong password"})
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "wifi"
+    assert result["errors"] == {"base": "wifi_auth_failed"}
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert device.connect.await_count == 1  # one handshake for both attempts
+    assert account.create_claim.await_count == 1  # the unused claim was reused
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        (ClaimState.EXPIRED, "claim_expired"),
+        (ClaimState.REJECTED, "claim_rejected"),
+    ],
+)
+async def test_claim_outcome_when_the_device_left_the_network(
+    hass: HomeAssistant,
+    account: MagicMock,
+    link: MagicMock,
+    state: ClaimState,
+    error: str,
+) -> None:
+    """The device joined the new Wi-Fi and is gone from this one: the claim says how it went."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = DeviceConnectionError("gone")
+    account.claim_status.side_effect = [
+        claim_status(ClaimState.PENDING),  # reuse check before set_claim
+        claim_status(ClaimState.PENDING),
+        claim_status(state),
+    ]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": error}
+    account.claim_status.side_effect = None
+    account.claim_status.return_value = claim_status(ClaimState.OWNED)
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert link.status.await_count == 2  # polled once per attempt, then the claim decides
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (DeviceCommandError("failed", DiagnosticCode.DHCP_TIMEOUT, None), "dhcp_timeout"),
+        (DeviceCommandError("busy", None, "a commit is running"), "device_error"),
+        (SessionLostError("no_session"), "device_lost"),
+        (DeviceConnectionError("gone"), "device_lost"),
+        (DeviceProtocolError("unexpected_message", "?"), "device_error"),
+        (AccountConnectionError("down"), "account_unreachable"),
+        (RateLimitedError(429, "rate_limited", "", None), "rate_limited"),
+        (TimeoutError(), "timeout"),
+    ],
+)
+async def test_commit_failures_are_retried_in_place(
+    hass: HomeAssistant,
+    account: MagicMock,
+    link: MagicMock,
+    failure: Exception,
+    error: str,
+) -> None:
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    if isinstance(failure, AccountConnectionError | RateLimitedError):
+        account.claim_status.side_effect = [claim_status(ClaimState.PENDING), failure]
+        link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
+    else:
+        link.commit.side_effect = [failure, 180]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["step_id"] == "wifi"
+    assert result["errors"] == {"base": error}
+    account.claim_status.side_effect = None
+    link.status.return_value = StatusResult(state=DeviceState.COMMITTED)
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+
+
+async def test_the_commit_timer_runs_out(hass: HomeAssistant, link: MagicMock) -> None:
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.commit.return_value = 0
+    link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
+    with (
+        patch.object(config_flow, "COMMIT_MARGIN", 0.05),
+        patch.object(config_flow, "POLL_INTERVAL", 0.01),
+    ):
+        result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": diagnostic_error(DiagnosticCode.TIMEOUT)}
+
+
+async def test_session_is_reestablished_when_the_device_dropped_it(
+    hass: HomeAssistant, device: MagicMock, link: MagicMock
+) -> None:
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.usable = False
+    device.connect.side_effect = [DeviceConnectionError("gone"), link]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "device_lost"}
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert device.connect.await_count == 3
+
+
+@pytest.mark.parametrize(
+    ("claims", "statuses", "created"),
+    [
+        ([claim(expires_in=60)], [], 2),  # about to expire: replaced without asking
+        ([claim()], [claim_status(ClaimState.EXPIRED)], 2),  # used up: replaced
+        ([claim()], [claim_status(ClaimState.PENDING)], 1),  # still good: reused
+    ],
+)
+async def test_claim_is_fresh_at_commit_time(
+    hass: HomeAssistant,
+    account: MagicMock,
+    claims: list[Claim],
+    statuses: list[ClaimStatus],
+    created: int,
+) -> None:
+    household_entry(hass)
+    account.create_claim.side_effect = [*claims, claim()]
+    account.claim_status.side_effect = statuses
+    flow_id = await to_wifi(hass)
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert account.create_claim.await_count == created
+
+
+@pytest.mark.parametrize(
+    ("method", "failure", "reason", "reauth"),
+    [
+        (
+            "claim_status",
+            AuthenticationError(401, "refresh_token_invalid", ""),
+            "reauth_required",
+            True,
+        ),
+        (
+            "create_claim",
+            AuthenticationError(401, "refresh_token_invalid", ""),
+            "reauth_required",
+            True,
+        ),
+        ("create_claim", ClaimRejectedError(409, "claim_rejected", ""), "claim_rejected", False),
+    ],
+)
+async def test_account_failures_during_the_commit_end_the_flow(  # noqa: PLR0917 - parametrized
+    hass: HomeAssistant,
+    account: MagicMock,
+    method: str,
+    failure: Exception,
+    reason: str,
+    reauth: bool,
+) -> None:
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    account.claim_status.side_effect = [claim_status(ClaimState.EXPIRED)]
+    getattr(account, method).side_effect = failure
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == reason
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert any(f["context"]["source"] == "reauth" for f in flows) is reauth
+    assert entry.data[CONF_DEVICES] == {}
+
+
+async def test_keep_ethernet_and_open_and_hidden_networks(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    result = await submit(hass, flow_id, {"network": OLD_KEY})
+    assert result["errors"] == {"network": "unsupported_security"}
+    result = await submit(hass, flow_id, {"network": "__hidden__"})
+    assert result["errors"] == {"hidden_ssid": "invalid_ssid"}
+    result = await submit(hass, flow_id, {"network": "__hidden__", "hidden_ssid": "x" * 33})
+    assert result["errors"] == {"hidden_ssid": "invalid_ssid"}
+    result = await submit(
+        hass, flow_id, {"network": "__hidden__", "hidden_ssid": "Attic", "passphrase": "short"}
+    )
+    assert result["errors"] == {"passphrase": "invalid_passphrase"}
+    # An open network ignores a typed password; the labels escape the hostile SSID.
+    labels = [o["label"] for o in result["data_schema"].schema["network"].config["options"]]
+    assert labels[1] == "Cafe\\x1b[31m · -70 dBm · open"
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.NO_INTERNET),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AP_NOT_FOUND),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, flow_id, {"network": CAFE_KEY, "passphrase": "ignored!"})
+    assert result["errors"] == {"base": "no_internet"}
+    link.set_wifi.assert_awaited_with(CAFE.ssid, None, hidden=False)
+    result = await provision(
+        hass, flow_id, {"network": "__hidden__", "hidden_ssid": "Attic", "passphrase": PASSWORD}
+    )
+    assert result["errors"] == {"base": "wifi_ap_not_found"}
+    link.set_wifi.assert_awaited_with(b"Attic", PASSWORD, hidden=True)
+    link.set_wifi.reset_mock()
+    result = await provision(hass, flow_id, {"network": "__ethernet__"})
+    assert result["reason"] == "device_added"
+    link.set_wifi.assert_not_awaited()
+
+
+# --- discovery without a household entry: sign in inside the flow ---------------------------------
+
+
+async def test_discovery_signs_in_and_creates_the_household_with_the_device(
+    hass: HomeAssistant, device: MagicMock
+) -> None:
+    ignored = MockConfigEntry(domain=DOMAIN, unique_id=DEVICE_ID, source=SOURCE_IGNORE)
+    result = await start_discovery(hass)
+    ignored.add_to_hass(hass)  # ignored meanwhile (another tab): onboarding lifts it
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "account"
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["step_id"] == "credentials"
+    result = await submit(hass, result["flow_id"], {"setup_code": MANUAL})
+    assert result["step_id"] == "wifi"
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["result"].unique_id == HID
+    assert set(result["data"][CONF_DEVICES]) == {DEVICE_ID}
+    assert result["data"][CONF_ACCOUNT_ID] == ACCOUNT_ID
+    assert hass.config_entries.async_get_entry(ignored.entry_id) is None
+    # The manual code was checked against the registry key from the claim.
+    assert device.connect.call_args.kwargs["device_public_key"] == IDENTITY.public_key
+
+
+async def test_discovery_signs_in_to_a_household_that_is_set_up(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """Signed in to a household that another entry already has: the device goes there."""
+    account.households.return_value = [HOME, FLAT]
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    household_entry(hass, hid="c" * 32)  # two households set up meanwhile
+    entry = household_entry(hass)
+    result = await submit(hass, result["flow_id"], {"household": HID})
+    assert result["step_id"] == "credentials"
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert DEVICE_ID in entry.data[CONF_DEVICES]
+
+
+async def test_sign_in_inside_discovery_then_the_session_is_revoked(
+    hass: HomeAssistant, account: MagicMock, device: MagicMock
+) -> None:
+    """No entry to reauthenticate yet: the flow ends and says to start again."""
+    account.create_claim.side_effect = AuthenticationError(401, "invalid_token", "")
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_required"
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+    device.connect.assert_not_awaited()
+
+
+async def test_pick_household_and_use_the_loaded_client(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    """With several households the user picks one; a loaded entry's own client is used."""
+    household_entry(hass)
+    flat = household_entry(hass, hid=OTHER_HID)
+    runtime_client = create_autospec(AccountClient, instance=True)
+    runtime_client.base_url = URL
+    runtime_client.create_claim.return_value = claim()
+    runtime_client.claim_status.return_value = claim_status(ClaimState.PENDING)
+    flat.runtime_data = MagicMock(account=runtime_client)
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "pick_household"
+    result = await submit(hass, result["flow_id"], {"entry": flat.entry_id})
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert DEVICE_ID in flat.data[CONF_DEVICES]
+    runtime_client.create_claim.assert_awaited_once_with(OTHER_HID, DEVICE_ID)
+    account_cls.assert_not_called()
+
+
+async def test_new_client_persists_rotated_tokens(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    await to_credentials(hass)
+    on_tokens = account_cls.call_args.kwargs["on_tokens"]
+    on_tokens(NEW_TOKENS)
+    assert entry.data["refresh_token"] == NEW_TOKENS.refresh_token
+    assert entry.data[CONF_HOUSEHOLD_ID] == HID
+
+
+# --- the setup code step -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("12345", "invalid_setup_code"),
+        ("IOB1:nonsense", "invalid_setup_code"),
+        (MANUAL[:-1] + str((int(MANUAL[-1]) + 1) % 10), "setup_code_typo"),
+        (OTHER_QR, "qr_other_device"),
+    ],
+)
+async def test_setup_code_errors_then_recovery(
+    hass: HomeAssistant, device: MagicMock, code: str, error: str
+) -> None:
+    household_entry(hass)
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": code})
+    assert result["errors"] == {"setup_code": error}
+    device.connect.assert_not_awaited()
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (
+            DeviceKeyNotFoundError(404, "device_not_found_or_code_wrong", ""),
+            {"setup_code": "manual_code_not_accepted"},
+        ),
+        (NotFoundError(404, "not_found", ""), {"setup_code": "manual_code_unsupported"}),
+        (RateLimitedError(429, "rate_limited", "", 60), {"base": "rate_limited"}),
+    ],
+)
+async def test_manual_code_needs_the_registry_key(
+    hass: HomeAssistant,
+    account: MagicMock,
+    device: MagicMock,
+    failure: Exception,
+    error: dict[str, str],
+) -> None:
+    """A typed code carries no fingerprint: without the registry key nothing is sent."""
+    household_entry(hass)
+    account.device_key.side_effect = failure
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": MANUAL})
+    assert result["errors"] == error
+    device.connect.assert_not_awaited()
+    account.device_key.assert_awaited_with(HID, DEVICE_ID, MANUAL)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (SetupCodeRejectedError("no"), {"setup_code": "wrong_setup_code"}),
+        (HandshakeRefusedError("window_closed"), {"base": "window_closed"}),
+        (HandshakeRefusedError("locked_out"), {"base": "locked_out"}),
+        (HandshakeRefusedError("busy", 60), {"base": "busy"}),
+        (DeviceConnectionError("refused"), {"base": "cannot_connect"}),
+        (DeviceProtocolError("malformed_handshake", "?"), {"base": "device_error"}),
+    ],
+)
+async def test_handshake_errors_then_recovery(
+    hass: HomeAssistant,
+    device: MagicMock,
+    link: MagicMock,
+    failure: Exception,
+    error: dict[str, str],
+) -> None:
+    household_entry(hass)
+    flow_id = await to_credentials(hass)
+    device.connect.side_effect = [failure, link]
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "credentials"
+    assert result["errors"] == error
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (DeviceConnectionError("gone"), "cannot_connect"),
+        (DeviceProtocolError("frame_authentication", "?"), "device_error"),
+    ],
+)
+async def test_reading_the_device_fails_then_recovers(
+    hass: HomeAssistant, link: MagicMock, failure: Exception, error: str
+) -> None:
+    household_entry(hass)
+    flow_id = await to_credentials(hass)
+    info = link.info.return_value
+    link.info.side_effect = [failure, info]
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"base": error}
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+async def test_failed_scan_still_offers_hidden_and_ethernet(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    household_entry(hass)
+    link.scan_wifi.side_effect = DeviceCommandError("failed", None, "scan failed")
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    options = result["data_schema"].schema["network"].config["options"]
+    assert [o["value"] for o in options] == ["__hidden__", "__ethernet__"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (AlreadyOwnedError(409, "already_owned", ""), "already_owned"),
+        (ClaimRejectedError(409, "claim_rejected", ""), "claim_rejected"),
+        (ForbiddenError(403, "forbidden", ""), "not_allowed"),
+        (AuthenticationError(401, "invalid_token", ""), "reauth_required"),
+    ],
+)
+async def test_claim_refusals_end_the_flow(
+    hass: HomeAssistant,
+    account: MagicMock,
+    device: MagicMock,
+    failure: Exception,
+    reason: str,
+) -> None:
+    household_entry(hass)
+    account.create_claim.side_effect = failure
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == reason
+    assert result["description_placeholders"]["device_id"] == DEVICE_ID
+    device.connect.assert_not_awaited()  # nothing was sent to the device
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (RateLimitedError(429, "rate_limited", "", 30), "rate_limited"),
+        (AccountConnectionError("down"), "account_unreachable"),
+        (ServiceUnavailableError(503, "storage_unavailable", ""), "account_refused"),
+    ],
+)
+async def test_claim_errors_then_recovery(
+    hass: HomeAssistant, account: MagicMock, failure: Exception, error: str
+) -> None:
+    household_entry(hass)
+    account.create_claim.side_effect = [failure, claim()]
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"base": error}
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+@pytest.mark.parametrize(
+    ("info", "reason"),
+    [
+        (
+            InfoResult(
+                device_id=OTHER_IDENTITY.device_id,
+                model="x",
+                firmware_version="1",
+                protocol_version=1,
+                claimed=False,
+            ),
+            "device_id_mismatch",
+        ),
+        (
+            InfoResult(
+                device_id=DEVICE_ID,
+                model="x",
+                firmware_version="1",
+                protocol_version=1,
+                claimed=True,
+            ),
+            "device_claimed",
+        ),
+    ],
+)
+async def test_unexpected_devices_end_the_flow(
+    hass: HomeAssistant, link: MagicMock, info: InfoResult, reason: str
+) -> None:
+    household_entry(hass)
+    link.info.return_value = info
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == reason
+
+
+async def test_evil_twin_ends_the_flow_before_any_secret(
+    hass: HomeAssistant, device: MagicMock, link: MagicMock
+) -> None:
+    household_entry(hass)
+    device.connect.side_effect = DeviceKeyMismatchClientError("key mismatch")
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "device_key_mismatch"
+    assert result["description_placeholders"]["host"] == "192.0.2.10"
+    link.set_wifi.assert_not_awaited()
+    link.set_claim.assert_not_awaited()
+
+
+# --- the manual add ------------------------------------------------------------------------------
+
+
+async def test_manual_device_errors_then_success(
+    hass: HomeAssistant, device: MagicMock, device_cls: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
+    assert result["step_id"] == "manual_device"
+    info = device.fetch_info.return_value
+    device.fetch_info.side_effect = [
+        DeviceConnectionError("refused"),
+        DeviceProtocolError("not_a_device", "HTTP 404"),
+        info,
+    ]
+    manual = {"host": " 198.51.100.7 ", "port": 8423, "setup_code": QR}
+    result = await submit(hass, result["flow_id"], manual)
+    assert result["errors"] == {"base": "cannot_connect"}
+    result = await submit(hass, result["flow_id"], manual)
+    assert result["errors"] == {"base": "not_a_device"}
+    result = await submit(hass, result["flow_id"], manual)
+    assert result["step_id"] == "wifi"  # the code was given with the address
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+    assert device_cls.call_args.args == ("198.51.100.7", 8423)
+
+
+async def test_manual_add_of_an_owned_device(hass: HomeAssistant) -> None:
+    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
+    result = await submit(
+        hass, result["flow_id"], {"host": "198.51.100.7", "port": 8423, "setup_code": QR}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+
+
+# --- reconfigure: a device's Wi-Fi ---------------------------------------------------------------
+
+CLAIMED_INFO = InfoResult(
+    device_id=DEVICE_ID, model="pi-test", firmware_version="1", protocol_version=1, claimed=True
+)
+
+
+async def test_wifi_change_of_an_owned_device(
+    hass: HomeAssistant, account: MagicMock, device: MagicMock, link: MagicMock
+) -> None:
+    """No label needed: the owner secret from the claim opens the session."""
+    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    link.info.return_value = CLAIMED_INFO
+    result = await entry.start_reconfigure_flow(hass)
+    assert result["type"] is FlowResultType.MENU
+    result = await submit(hass, result["flow_id"], {"next_step_id": "device_select"})
+    assert result["step_id"] == "device_select"
+    device.connect.side_effect = [
+        DeviceConnectionError("gone"),
+        HandshakeRefusedError("window_closed"),
+        SetupCodeRejectedError("another secret"),
+        link,
+    ]
+    selected = {"device": DEVICE_ID, "host": "192.0.2.99", "port": 8423}
+    for error in ("cannot_connect", "window_closed", "owner_secret_rejected"):
+        result = await submit(hass, result["flow_id"], selected)
+        assert result["step_id"] == "device_select"
+        assert result["errors"] == {"base": error}
+    result = await submit(hass, result["flow_id"], selected)
+    assert result["step_id"] == "wifi"
+    options = result["data_schema"].schema["network"].config["options"]
+    assert "__ethernet__" not in [o["value"] for o in options]
+    # A claimed device that fails keeps its owner: status "committed" with a diagnostic.
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.COMMITTED, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["errors"] == {"base": "wifi_auth_failed"}
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wifi_changed"
+    account.create_claim.assert_not_awaited()
+    link.set_claim.assert_not_awaited()
+    credential = device.connect.call_args.args[0]
+    assert isinstance(credential, OwnerSecret)
+    assert credential.secret == OWNER.secret
+    assert device.connect.call_args.kwargs["device_public_key"] == IDENTITY.public_key
+
+
+async def test_wifi_change_device_lost_without_a_claim_to_ask(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    link.info.return_value = CLAIMED_INFO
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
+    )
+    assert result["step_id"] == "device_select"  # preselected, the address to confirm
+    result = await submit(
+        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
+    )
+    assert result["step_id"] == "wifi"
+    link.status.side_effect = SessionLostError("no_session")
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["errors"] == {"base": "device_lost"}
+
+
+@pytest.mark.parametrize(
+    ("record", "refusal", "reason"),
+    [
+        ({DEVICE_ID: DEVICE_RECORD}, "setup_code_required", "device_reset"),
+        ({DEVICE_ID: DEVICE_RECORD}, "no_owner_secret", "no_owner_secret"),
+    ],
+)
+async def test_wifi_change_of_a_device_that_is_no_longer_ours(
+    hass: HomeAssistant,
+    device: MagicMock,
+    record: dict[str, Any],
+    refusal: str,
+    reason: str,
+) -> None:
+    entry = household_entry(hass, devices=record)
+    device.connect.side_effect = CredentialRefusedClientError(refusal)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
+    )
+    result = await submit(
+        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == reason
+
+
+async def test_wifi_change_needs_the_owner_secret(hass: HomeAssistant) -> None:
+    """Claimed without an owner secret (zero-touch, older firmware): only a reset helps."""
+    record = {k: v for k, v in DEVICE_RECORD.items() if k != DEVICE_OWNER_SECRET}
+    entry = household_entry(hass, devices={DEVICE_ID: record})
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "no_owner_secret"
+
+
+async def test_label_of_a_claimed_device(hass: HomeAssistant, device: MagicMock) -> None:
+    """The device refuses the label because it has an owner: the flow says so and ends."""
+    household_entry(hass)
+    device.connect.side_effect = CredentialRefusedClientError("owner_session_required")
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "device_claimed"
+
+
+async def test_wifi_change_of_an_unknown_device(hass: HomeAssistant) -> None:
+    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, OTHER_IDENTITY.device_id)
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "unknown_device"
+
+
+# --- closing the dialog ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("final", "recorded"),
+    [
+        (StatusResult(state=DeviceState.COMMITTED), True),
+        (StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.DNS_FAILED), False),
+    ],
+)
+async def test_closing_the_dialog_mid_commit_keeps_the_owner_secret(
+    hass: HomeAssistant, link: MagicMock, final: StatusResult, recorded: bool
+) -> None:
+    """Closed mid-commit: if the device ends up owned anyway, its owner secret is kept."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    started = asyncio.Event()
+    outcome = asyncio.get_running_loop().create_future()
+
+    async def committing() -> StatusResult:
+        started.set()
+        if outcome.done():
+            result: StatusResult = outcome.result()
+            return result
+        return StatusResult(state=DeviceState.COMMITTING)
+
+    link.status.side_effect = committing
+    with patch.object(config_flow, "POLL_INTERVAL", 0.01):
+        result = await submit(hass, flow_id, HOME_WIFI)
+        assert result["type"] is FlowResultType.SHOW_PROGRESS
+        await started.wait()
+        hass.config_entries.flow.async_abort(flow_id)
+        assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+        link.close.assert_not_called()  # still waiting for the device
+        outcome.set_result(final)
+        await hass.async_block_till_done(wait_background_tasks=True)
+    link.close.assert_called()
+    assert (DEVICE_ID in entry.data[CONF_DEVICES]) is recorded
+    if recorded:
+        sent = link.set_claim.call_args.kwargs["owner_secret"]
+        assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_OWNER_SECRET] == sent.encode()
+
+
+async def test_closing_the_dialog_mid_wifi_change_stops_waiting(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    link.info.return_value = CLAIMED_INFO
+    link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
+    )
+    result = await submit(
+        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
+    )
+    with patch.object(config_flow, "POLL_INTERVAL", 0.01):
+        result = await submit(hass, result["flow_id"], HOME_WIFI)
+        assert result["type"] is FlowResultType.SHOW_PROGRESS
+        hass.config_entries.flow.async_abort(result["flow_id"])
+        await hass.async_block_till_done(wait_background_tasks=True)
+    link.close.assert_called()
+    assert entry.data[CONF_DEVICES] == {DEVICE_ID: DEVICE_RECORD}
+
+
+async def test_closing_the_dialog_before_the_device(hass: HomeAssistant) -> None:
+    result = await start_discovery(hass)
+    hass.config_entries.flow.async_abort(result["flow_id"])
+    assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
+
+
+# --- the options flow (the runtime's roles) -------------------------------------------------
+
+
+def test_options_flow_is_the_runtimes(hass: HomeAssistant) -> None:
+    entry = household_entry(hass)
+    handler = config_flow.IotOnboardConfigFlow.async_get_options_flow(entry)
+    assert isinstance(handler, IotOnboardOptionsFlow)
+
+
+# --- translations ---------------------------------------------------------------------------------
+
+
+def _abort_reasons() -> set[str]:
+    """Every abort reason the flow's source can produce, read from its syntax tree."""
+    tree = ast.parse(Path(config_flow.__file__).read_text(encoding="utf-8"))
+    reasons = {"already_configured", "already_in_progress"}  # from HA's unique-id helpers
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            if (
+                name in {"_abort", "AbortFlow"}
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                reasons.add(ast.literal_eval(node.args[0]))
+            reasons.update(
+                ast.literal_eval(k.value)
+                for k in node.keywords
+                if k.arg in {"reason", "abort"} and isinstance(k.value, ast.Constant)
+            )
+    reasons.update(config_flow._CREDENTIAL_ABORTS.values())
+    reasons.add(config_flow.IotOnboardConfigFlow()._reauth())
+    return reasons
+
+
+def test_every_abort_reason_is_translated() -> None:
+    """Aborts raised as AbortFlow bypass async_abort: check them from the source."""
+    reasons = _abort_reasons()
+    assert {"device_key_mismatch", "wifi_changed", "device_claimed"} <= reasons
+    provided = set(config_flow.IotOnboardConfigFlow()._placeholders())
+    for reason in reasons:
+        _check_text(STRINGS["abort"][reason], dict.fromkeys(provided, ""))
+
+
+def test_every_diagnostic_code_has_its_message_and_next_step() -> None:
+    for code in DiagnosticCode:
+        text = STRINGS["error"][diagnostic_error(code)]
+        assert code.message in text
+        assert code.next_step in text

@@ -1,33 +1,166 @@
-"""Set-up and unload of a household entry."""
+"""Set-up and unload of a household entry, its failure modes, and the options (roles)."""
 
 from __future__ import annotations
 
-from homeassistant.config_entries import ConfigEntryState
+from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import __version__ as ha_version
 from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard.const import CONF_ACCOUNT_URL, DOMAIN
+from custom_components.iot_onboard import async_remove_config_entry_device
+from custom_components.iot_onboard.const import (
+    CONF_ACCOUNT_URL,
+    CONF_AUTOMATION_ROLE,
+    CONF_UNMAPPED_ROLE,
+    DOMAIN,
+    EXTERNAL_ID_PREFIX,
+)
+from custom_components.iot_onboard.helpers import find_device
+from tests.integration.fake_account import FakeAccountService
+from tests.integration.runtime_helpers import (
+    DeviceProcesses,
+    setup_entry,
+    start_device,
+    wait_for,
+)
 
 
-async def test_setup_and_unload_entry(hass: HomeAssistant) -> None:
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        unique_id="https://onboard.example",
-        data={CONF_ACCOUNT_URL: "https://onboard.example"},
-    )
-    entry.add_to_hass(hass)
-
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+async def test_setup_and_unload_entry(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    entry = await setup_entry(hass, fake_account)
     assert entry.state is ConfigEntryState.LOADED
-    assert entry.runtime_data.account_url == "https://onboard.example"
+    runtime = entry.runtime_data
+    assert runtime.account.base_url == fake_account.url
+    await wait_for(hass, lambda: runtime.coordinator.connected, "the hub connected")
+    # The first refresh read the hub credentials, the devices and the members.
+    household = f"/v1/households/{fake_account.household_id}"
+    assert ("GET", f"{household}/hub") in fake_account.calls
+    assert ("GET", f"{household}/devices") in fake_account.calls
+    assert ("GET", f"{household}/members") in fake_account.calls
 
     assert await hass.config_entries.async_unload(entry.entry_id)
     await hass.async_block_till_done()
     unloaded = hass.config_entries.async_get_entry(entry.entry_id)
     assert unloaded is not None
     assert unloaded.state is ConfigEntryState.NOT_LOADED
+    assert not runtime.coordinator.connected
+
+
+async def test_refreshed_tokens_are_saved(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    data = {**fake_account.entry_data(), "access_expires_at": 0}  # expired: refresh first
+    entry = MockConfigEntry(
+        domain=DOMAIN, unique_id=fake_account.household_id, data=data, title="Home"
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.data["refresh_token"] == fake_account.refresh_token
+    assert entry.data["access_token"] == fake_account.access_token
+    await wait_for(hass, lambda: entry.runtime_data.coordinator.connected, "the hub connected")
+
+
+async def test_account_service_unreachable_retries(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    await fake_account.stop()
+    entry = MockConfigEntry(
+        domain=DOMAIN, unique_id=fake_account.household_id, data=fake_account.entry_data()
+    )
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert entry.reason is not None
+    assert "cannot be reached" in entry.reason
+
+
+async def test_entry_without_tokens_asks_to_sign_in(hass: HomeAssistant) -> None:
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        unique_id="h1",
+        data={
+            CONF_ACCOUNT_URL: "https://onboard.example",
+            "household_id": "h1",
+            "email": "owner@example.com",
+        },
+    )
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.SETUP_ERROR
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+
+
+async def test_stale_devices_can_be_deleted_current_ones_cannot(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    await start_device(fake_account, device_processes, "dev1")
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(
+        hass, lambda: find_device(hass, "dev1", entry.entry_id) is not None, "dev1 registered"
+    )
+    device = find_device(hass, "dev1", entry.entry_id)
+    assert device is not None
+    assert not await async_remove_config_entry_device(hass, entry, device)
+    stale = dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, identifiers={(DOMAIN, "gone")}, name="Gone"
+    )
+    assert await async_remove_config_entry_device(hass, entry, stale)
+
+
+async def test_options_policies(hass: HomeAssistant, fake_account: FakeAccountService) -> None:
+    entry = await setup_entry(hass, fake_account)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["type"] is FlowResultType.MENU
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"next_step_id": "policies"}
+    )
+    assert result["type"] is FlowResultType.FORM
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {CONF_UNMAPPED_ROLE: "member", CONF_AUTOMATION_ROLE: "viewer"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert entry.options == {CONF_UNMAPPED_ROLE: "member", CONF_AUTOMATION_ROLE: "viewer"}
+
+
+async def test_options_map_users_at_the_account_service(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    alice = await hass.auth.async_create_user("Alice", group_ids=["system-users"])
+    owner_user = await hass.auth.async_create_user("Olga", group_ids=["system-users"])
+    entry = await setup_entry(hass, fake_account)
+
+    async def choose(user_id: str, role: str) -> dict[str, object]:
+        result = await hass.config_entries.options.async_init(entry.entry_id)
+        result = await hass.config_entries.options.async_configure(
+            result["flow_id"], {"next_step_id": "user_role"}
+        )
+        assert result["type"] is FlowResultType.FORM
+        return dict(
+            await hass.config_entries.options.async_configure(
+                result["flow_id"], {"user": user_id, "role": role}
+            )
+        )
+
+    assert (await choose(alice.id, "member"))["type"] is FlowResultType.CREATE_ENTRY
+    roles = entry.runtime_data.roles
+    assert roles.user_roles() == {alice.id: "member"}
+    assert (await choose(alice.id, "viewer"))["type"] is FlowResultType.CREATE_ENTRY
+    assert roles.user_roles() == {alice.id: "viewer"}
+    assert (await choose(owner_user.id, "owner"))["type"] is FlowResultType.CREATE_ENTRY
+    owner = next(m for m in fake_account.members if m["role"] == "owner")
+    assert owner["external_id"] == EXTERNAL_ID_PREFIX + owner_user.id
+    refused = await choose(owner_user.id, "member")
+    assert refused["type"] is FlowResultType.FORM
+    assert refused["errors"] == {"role": "owner_fixed"}
+    assert (await choose(alice.id, "none"))["type"] is FlowResultType.CREATE_ENTRY
+    assert roles.user_roles() == {owner_user.id: "owner"}
 
 
 def test_reports_home_assistant_version() -> None:

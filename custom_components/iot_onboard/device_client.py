@@ -1,0 +1,531 @@
+"""Client of a device's LAN provisioning server (no Home Assistant import).
+
+Drives the protocol's sans-I/O :class:`ClientSession` over the device's HTTP endpoints
+(``device_firmware/provisioning/server.py``): ``POST /iob/v1/session`` for the handshake (one
+frame per body), ``POST /iob/v1/frame`` with the ``X-IOB-Session`` header for each encrypted
+command, ``GET /iob/v1/info`` for the public facts also found in the zeroconf TXT record.
+
+The device key is checked inside the handshake, against the QR code's fingerprint or the
+registry key, before any secret leaves Home Assistant; Wi-Fi credentials and the claim token
+only ever travel in encrypted DATA frames. SPAKE2 in pure Python costs a few milliseconds of
+CPU per message, so those steps run in the default executor to keep the event loop free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+
+from .account_client import read_limited
+from .iob_protocol import (
+    AckResult,
+    ClientSession,
+    CommandResult,
+    CommitRequest,
+    CommitResult,
+    DeviceKeyMismatchError,
+    DiagnosticCode,
+    ErrorResponse,
+    FactoryResetRequest,
+    FrameType,
+    IdentifyRequest,
+    InfoRequest,
+    InfoResult,
+    ManualCode,
+    OwnerSecret,
+    ProtocolError,
+    QrPayload,
+    Request,
+    ScanWifiRequest,
+    ScanWifiResult,
+    SetClaimRequest,
+    SetOwnerSecretRequest,
+    SetupCredential,
+    SetWifiRequest,
+    StatusRequest,
+    StatusResult,
+    WifiNetwork,
+    WrongSetupCodeError,
+    decode_error_body,
+    decode_frame,
+    decode_response,
+    encode_error_frame,
+    encode_request,
+)
+
+DEFAULT_TIMEOUT: Final = 15.0
+SESSION_HEADER: Final = "X-IOB-Session"
+FRAME_CONTENT_TYPE: Final = "application/octet-stream"
+SESSION_PATH: Final = "/iob/v1/session"
+FRAME_PATH: Final = "/iob/v1/frame"
+INFO_PATH: Final = "/iob/v1/info"
+#: Largest body read from a device (one protocol frame, or the small info document).
+MAX_BODY: Final = 16 * 1024
+_HTTP_OK: Final = 200
+_HTTP_NO_CONTENT: Final = 204
+_HTTP_UNAUTHORIZED: Final = 401
+_HTTP_CONFLICT: Final = 409
+#: Refusals of a new handshake that say nothing about the code (see docs/protocol.md §7).
+REFUSAL_CODES: Final = frozenset({"window_closed", "locked_out", "busy"})
+#: Refusals of the credential's kind for the device's state (claimed or not), before any secret.
+CREDENTIAL_REFUSAL_CODES: Final = frozenset(
+    {"owner_session_required", "setup_code_required", "no_owner_secret"}
+)
+
+type Credential = SetupCredential | OwnerSecret
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class DeviceClientError(Exception):
+    """Base of every error of this client."""
+
+    #: The onboarding diagnostic this error means for a user, where one fits.
+    diagnostic: DiagnosticCode | None = None
+
+
+class DeviceConnectionError(DeviceClientError):
+    """The device did not answer (wrong address, powered off, other network, timeout)."""
+
+
+class DeviceProtocolError(DeviceClientError):
+    """The device's answer broke the protocol (or a handshake step failed); ``code`` says how."""
+
+    def __init__(self, code: str, message: str) -> None:
+        """Keep the stable code (a protocol error code, or an HTTP-level one)."""
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class HandshakeRefusedError(DeviceClientError):
+    """The device refused a new handshake: ``window_closed``, ``locked_out`` or ``busy``."""
+
+    def __init__(self, code: str, retry_after: int | None = None) -> None:
+        """``retry_after`` seconds when the device said (``busy``)."""
+        super().__init__(f"device refused the handshake: {code}")
+        self.code = code
+        self.retry_after = retry_after
+
+
+class CredentialRefusedClientError(DeviceClientError):
+    """The device does not take this kind of credential now; ``code`` says which case.
+
+    ``owner_session_required``: it is claimed (only its owner's Home Assistant may connect);
+    ``setup_code_required``: it has no owner any more (reset or released: use the label);
+    ``no_owner_secret``: it was claimed without an owner secret (only a factory reset helps).
+    """
+
+    def __init__(self, code: str) -> None:
+        """Keep the device's code."""
+        super().__init__(f"device refused the credential: {code}")
+        self.code = code
+
+
+class SetupCodeRejectedError(DeviceClientError):
+    """Key confirmation failed: the setup code does not belong to this device (or a typo)."""
+
+
+class DeviceKeyMismatchClientError(DeviceClientError):
+    """The device's key does not match the QR code or the registry: possibly an evil twin."""
+
+
+class SessionLostError(DeviceClientError):
+    """The device no longer knows the session (restart, idle timeout, or a failed frame)."""
+
+
+class DeviceCommandError(DeviceClientError):
+    """The device answered a command with an error (``error``; ``diagnostic`` if it has one)."""
+
+    def __init__(self, error: str, diagnostic: DiagnosticCode | None, message: str | None) -> None:
+        """Keep the device's error code, diagnostic code and message."""
+        super().__init__(f"{error}: {message or (diagnostic.message if diagnostic else '')}")
+        self.error = error
+        self.diagnostic = diagnostic
+        self.message = message
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceAdvertisement:
+    """What ``GET /iob/v1/info`` (and the zeroconf TXT record) says, unauthenticated."""
+
+    device_id: str
+    model: str
+    firmware_version: str
+    protocol_version: int
+    state: str
+    window: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _HttpReply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def error_code(self) -> str | None:
+        """The code of an ERROR frame body, if it is one."""
+        try:
+            frame = decode_frame(self.body)
+            return decode_error_body(frame.body) if frame.type is FrameType.ERROR else None
+        except ProtocolError:
+            return None
+
+
+# --- client -----------------------------------------------------------------------------------
+
+
+class DeviceClient:
+    """Reaches one device's LAN provisioning server at ``host``:``port``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        session: aiohttp.ClientSession,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """``session`` is shared (in Home Assistant: ``async_get_clientsession``)."""
+        self._host = host
+        self._port = port
+        self._session = session
+        self._timeout = timeout
+        literal = f"[{host}]" if ":" in host else host
+        self._base_url = f"http://{literal}:{port}"
+
+    @property
+    def host(self) -> str:
+        """The device's address."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The provisioning server's port."""
+        return self._port
+
+    async def _post(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> _HttpReply:
+        url = self._base_url + path
+        try:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._session.post(
+                    url,
+                    data=body,
+                    headers={"Content-Type": FRAME_CONTENT_TYPE, **(headers or {})},
+                    allow_redirects=False,
+                ) as response,
+            ):
+                data = await read_limited(response, MAX_BODY)
+                return _HttpReply(status=response.status, body=data, headers=dict(response.headers))
+        except TimeoutError as err:
+            raise DeviceConnectionError(f"{url}: no answer within {self._timeout:g} s") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise DeviceConnectionError(f"{url}: {err}") from err
+
+    async def fetch_info(self) -> DeviceAdvertisement:
+        """The device's public facts (to learn its id when it was not discovered)."""
+        url = self._base_url + INFO_PATH
+        try:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._session.get(url, allow_redirects=False) as response,
+            ):
+                raw = await read_limited(response, MAX_BODY)
+                status = response.status
+        except TimeoutError as err:
+            raise DeviceConnectionError(f"{url}: no answer within {self._timeout:g} s") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise DeviceConnectionError(f"{url}: {err}") from err
+        if status != _HTTP_OK or len(raw) > MAX_BODY:
+            raise DeviceProtocolError("not_a_device", f"{url}: HTTP {status}")
+        try:
+            document: Any = json.loads(raw)
+            advertisement = DeviceAdvertisement(
+                device_id=_string(document, "device_id"),
+                model=_string(document, "model"),
+                firmware_version=_string(document, "firmware_version"),
+                protocol_version=_integer(document, "protocol_version"),
+                state=_string(document, "state"),
+                window=_string(document, "window"),
+            )
+        except (ValueError, TypeError, KeyError) as err:
+            raise DeviceProtocolError("not_a_device", f"{url}: unexpected answer") from err
+        return advertisement
+
+    async def connect(
+        self,
+        credential: Credential,
+        *,
+        device_id: str,
+        device_public_key: bytes | None = None,
+    ) -> DeviceLink:
+        """Run the handshake and return the established encrypted link.
+
+        With a QR payload the key is checked against its fingerprint; with a manual code
+        ``device_public_key`` (from the registry, via the account service) is required, and
+        with an :class:`OwnerSecret` (a device this Home Assistant claimed) the key the device
+        proved at claim time.
+        """
+        client = _client_session(credential, device_id, device_public_key)
+        hello = await _offload(client.start)
+        reply = await self._post(SESSION_PATH, hello)
+        if reply.status != _HTTP_OK:
+            raise _handshake_refusal(reply)
+        try:
+            finish = await _offload(lambda: client.handle_device_hello(reply.body))
+        except DeviceKeyMismatchError as err:
+            raise DeviceKeyMismatchClientError(str(err)) from err
+        except WrongSetupCodeError as err:
+            # Tell the device at once, so it frees the one handshake slot (docs/protocol.md §5).
+            with contextlib.suppress(DeviceClientError):
+                await self._post(SESSION_PATH, encode_error_frame(WrongSetupCodeError.code))
+            raise SetupCodeRejectedError(str(err)) from err
+        except ProtocolError as err:
+            raise DeviceProtocolError(err.code, str(err)) from err
+        done = await self._post(SESSION_PATH, finish)
+        tag = done.headers.get(SESSION_HEADER)
+        if done.status != _HTTP_NO_CONTENT or not tag:
+            code = done.error_code()
+            if code == WrongSetupCodeError.code:
+                raise SetupCodeRejectedError("the device refused the setup code")
+            raise DeviceProtocolError(code or f"http_{done.status}", "handshake not finished")
+        return DeviceLink(self, client, device_id=device_id, session_tag=tag)
+
+
+def _client_session(
+    credential: Credential, device_id: str, device_public_key: bytes | None
+) -> ClientSession:
+    """The protocol client for ``credential``, always with a key to check the device against."""
+    if isinstance(credential, QrPayload) and credential.device_id != device_id:
+        raise DeviceProtocolError("device_id_mismatch", "the QR code belongs to another device")
+    try:
+        if isinstance(credential, QrPayload):
+            return ClientSession.for_qr(credential)
+        if device_public_key is None:
+            raise DeviceProtocolError("registry_key_missing", "this credential needs the key")
+        if isinstance(credential, OwnerSecret):
+            return ClientSession.for_owner(
+                device_id=device_id,
+                device_public_key=device_public_key,
+                owner_secret=credential.secret,
+            )
+        return ClientSession.for_manual_code(
+            credential, device_id=device_id, device_public_key=device_public_key
+        )
+    except ProtocolError as err:
+        raise DeviceProtocolError(err.code, str(err)) from err
+
+
+def _string(document: Any, name: str) -> str:
+    value = document[name]
+    if not isinstance(value, str):
+        raise TypeError(name)
+    return value
+
+
+def _integer(document: Any, name: str) -> int:
+    value = document[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(name)
+    return value
+
+
+async def _offload[T](work: Callable[[], T]) -> T:
+    """Run a CPU-bound protocol step (SPAKE2, signature checks) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+def _handshake_refusal(reply: _HttpReply) -> DeviceClientError:
+    code = reply.error_code()
+    if code in REFUSAL_CODES:
+        retry = reply.headers.get("Retry-After", "")
+        return HandshakeRefusedError(code, int(retry) if retry.isdigit() else None)
+    if code in CREDENTIAL_REFUSAL_CODES:
+        return CredentialRefusedClientError(code)
+    if code == WrongSetupCodeError.code:
+        return SetupCodeRejectedError("the device refused the setup code")
+    if code is None:
+        return DeviceProtocolError(f"http_{reply.status}", "not an IoT Onboard device")
+    return DeviceProtocolError(code, f"device refused the handshake (HTTP {reply.status})")
+
+
+class DeviceLink:
+    """An established, encrypted session with one device; one command at a time."""
+
+    def __init__(
+        self, client: DeviceClient, session: ClientSession, *, device_id: str, session_tag: str
+    ) -> None:
+        """Created by :meth:`DeviceClient.connect`."""
+        self._client = client
+        self._session = session
+        self._device_id = device_id
+        self._tag = session_tag
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._lost = False
+
+    @property
+    def device_id(self) -> str:
+        """The device this link was established with."""
+        return self._device_id
+
+    @property
+    def device_public_key(self) -> bytes:
+        """The key the device proved in the handshake (checked against QR or registry)."""
+        key = self._session.device_public_key
+        if key is None:  # pragma: no cover - set before a link exists
+            raise SessionLostError("no verified key")
+        return key
+
+    @property
+    def host(self) -> str:
+        """The device's address."""
+        return self._client.host
+
+    @property
+    def port(self) -> int:
+        """The provisioning server's port."""
+        return self._client.port
+
+    @property
+    def usable(self) -> bool:
+        """False once the session was lost or closed (connect again)."""
+        return not self._lost
+
+    def close(self) -> None:
+        """Forget the session keys."""
+        self._lost = True
+        self._session.close()
+
+    async def _call[T](self, request_factory: Callable[[int], Request], result: type[T]) -> T:
+        async with self._lock:
+            if self._lost:
+                raise SessionLostError("the session is closed; connect again")
+            request = request_factory(next(self._ids))
+            try:
+                sealed = self._session.seal(encode_request(request))
+            except ProtocolError as err:
+                self._lost = True
+                raise SessionLostError(str(err)) from err
+            reply = await self._client._post(  # noqa: SLF001 - the link belongs to its client
+                FRAME_PATH, sealed, {SESSION_HEADER: self._tag}
+            )
+            if reply.status in {_HTTP_CONFLICT, _HTTP_UNAUTHORIZED}:
+                self._lost = True
+                raise SessionLostError(reply.error_code() or f"http_{reply.status}")
+            if reply.status != _HTTP_OK:
+                raise DeviceProtocolError(
+                    reply.error_code() or f"http_{reply.status}", "command not delivered"
+                )
+            try:
+                response = decode_response(self._session.open(reply.body))
+            except ProtocolError as err:
+                self._lost = True
+                raise DeviceProtocolError(err.code, str(err)) from err
+        if response.request_id != request.request_id or response.command is not request.command:
+            raise DeviceProtocolError("unexpected_message", "answer to another request")
+        if isinstance(response, ErrorResponse):
+            raise DeviceCommandError(response.error, response.diagnostic, response.message)
+        answer: CommandResult = response.result
+        if not isinstance(answer, result):
+            raise DeviceProtocolError("unexpected_message", "unexpected result type")
+        return answer
+
+    async def info(self) -> InfoResult:
+        """Who the device is, and whether it already has an owner."""
+        return await self._call(lambda rid: InfoRequest(request_id=rid), InfoResult)
+
+    async def scan_wifi(self) -> tuple[WifiNetwork, ...]:
+        """Networks the device sees, in its order (strongest first)."""
+        result = await self._call(lambda rid: ScanWifiRequest(request_id=rid), ScanWifiResult)
+        return result.networks
+
+    async def set_wifi(self, ssid: bytes, passphrase: str | None, *, hidden: bool = False) -> None:
+        """The network to join at the next commit (``passphrase`` None: an open network)."""
+        try:
+            await self._call(
+                lambda rid: SetWifiRequest(
+                    request_id=rid, ssid=ssid, passphrase=passphrase, hidden=hidden
+                ),
+                AckResult,
+            )
+        except ProtocolError as err:
+            raise DeviceProtocolError(err.code, str(err)) from err
+
+    async def set_claim(
+        self,
+        service_url: str,
+        claim_token: str,
+        *,
+        broker_pin: bytes | None = None,
+        broker_host: str | None = None,
+        broker_port: int | None = None,
+        owner_secret: OwnerSecret | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        """Where to confirm the claim, with which token, and the owner secret (all encrypted).
+
+        The device refuses to commit a claim without an owner secret: it becomes the only
+        credential that opens a session with the claimed device.
+        """
+        try:
+            await self._call(
+                lambda rid: SetClaimRequest(
+                    request_id=rid,
+                    service_url=service_url,
+                    claim_token=claim_token,
+                    broker_pin=broker_pin,
+                    broker_host=broker_host,
+                    broker_port=broker_port,
+                    owner_secret=None if owner_secret is None else owner_secret.secret,
+                    allow_insecure_http=allow_insecure_http,
+                ),
+                AckResult,
+            )
+        except ProtocolError as err:
+            raise DeviceProtocolError(err.code, str(err)) from err
+
+    async def set_owner_secret(self, owner_secret: OwnerSecret) -> None:
+        """Replace the owner secret (owner sessions only: rotation, or before a transfer)."""
+        await self._call(
+            lambda rid: SetOwnerSecretRequest(request_id=rid, owner_secret=owner_secret.secret),
+            AckResult,
+        )
+
+    async def commit(self) -> int:
+        """Start the fail-safe commit; returns its timer in seconds (outcome via :meth:`status`)."""
+        result = await self._call(lambda rid: CommitRequest(request_id=rid), CommitResult)
+        return result.timeout_seconds
+
+    async def status(self) -> StatusResult:
+        """State (provisioning, committing, committed) and the last diagnostic code."""
+        return await self._call(lambda rid: StatusRequest(request_id=rid), StatusResult)
+
+    async def identify(self) -> None:
+        """Blink or beep."""
+        await self._call(lambda rid: IdentifyRequest(request_id=rid), AckResult)
+
+    async def factory_reset(self) -> None:
+        """Wipe Wi-Fi, owner and MQTT credentials on the device."""
+        await self._call(lambda rid: FactoryResetRequest(request_id=rid), AckResult)
+
+
+def parse_setup_credential(text: str) -> SetupCredential:
+    """A scanned QR payload (``IOB1:…``) or a typed manual code; raises ``ProtocolError``."""
+    stripped = text.strip()
+    if stripped.upper().startswith("IOB1:"):
+        return QrPayload.parse(stripped)
+    return ManualCode.parse(stripped)

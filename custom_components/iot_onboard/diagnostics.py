@@ -1,0 +1,89 @@
+"""Diagnostics of a household entry: hub state, devices as pushed, roles; secrets redacted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Final
+
+from homeassistant.components.diagnostics import async_redact_data
+from homeassistant.core import HomeAssistant
+
+from .const import (
+    CONF_ACCESS_TOKEN,
+    CONF_EMAIL,
+    CONF_REFRESH_TOKEN,
+    DEVICE_OWNER_SECRET,
+    DEVICE_PUBLIC_KEY,
+)
+from .coordinator import IotOnboardConfigEntry
+from .hub import DeviceMeta
+
+TO_REDACT: Final = {
+    CONF_ACCESS_TOKEN,
+    CONF_REFRESH_TOKEN,
+    CONF_EMAIL,
+    DEVICE_OWNER_SECRET,
+    DEVICE_PUBLIC_KEY,
+    "password",
+    "username",
+}
+
+
+def _meta(meta: DeviceMeta | None) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    document = asdict(meta)
+    document["commands"] = sorted(meta.commands)
+    document["entities"] = list(document["entities"])
+    return document
+
+
+async def async_get_config_entry_diagnostics(
+    hass: HomeAssistant, entry: IotOnboardConfigEntry
+) -> dict[str, Any]:
+    """What support needs to see why a device or entity misbehaves (no secrets)."""
+    del hass
+    runtime = entry.runtime_data
+    coordinator = runtime.coordinator
+    hub = coordinator.hub
+    credentials = hub.credentials
+    return {
+        "entry": {
+            "data": async_redact_data(dict(entry.data), TO_REDACT),
+            "options": dict(entry.options),
+        },
+        "hub": {
+            "connected": hub.connected,
+            "subscription_mode": hub.subscription_mode,
+            "broker": async_redact_data(
+                {
+                    "host": credentials.host,
+                    "port": credentials.port,
+                    "tls": credentials.tls,
+                    "username": credentials.username,
+                    "password": credentials.password,
+                },
+                TO_REDACT,
+            ),
+        },
+        "devices": {
+            device_id: {
+                "access": str(coordinator.access[device_id])
+                if device_id in coordinator.access
+                else None,
+                "online": data.online,
+                "meta": _meta(data.meta),
+                "states": dict(sorted(data.states.items())),
+                "last_diagnostic": data.last_diagnostic,
+            }
+            for device_id, data in sorted(hub.devices.items())
+        },
+        "members": [
+            {
+                "role": member.role.value,
+                "linked_to_home_assistant_user": member.external_id is not None,
+                "has_account": member.account_id is not None,
+            }
+            for member in runtime.roles.members
+        ],
+    }

@@ -1,0 +1,170 @@
+"""The base entity of every platform, and how platforms create entities from descriptors.
+
+Entities are built from the device's capability descriptor (``iob/<id>/meta``): the platform,
+device class, unit, category and number range come from the device, the name from the
+integration's translations when the descriptor's ``translation_key`` is one we ship (else the
+descriptor's English ``name``). Unique id: ``<device id>_<key>`` (both stable for the device's
+lifetime). Available while the hub is connected, the device's will says ``online`` and the
+descriptor still lists the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from homeassistant.const import EntityCategory
+from homeassistant.core import Context, callback
+from homeassistant.helpers.device_registry import DeviceInfo
+from homeassistant.helpers.entity import Entity
+from homeassistant.helpers.entity_platform import AddEntitiesCallback
+
+from .account_client import DeviceAccess
+from .const import DOMAIN
+from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator
+from .hub import EntityMeta
+from .roles import Action
+
+#: translation_key values the integration translates, per platform (translations/en.json).
+TRANSLATED: Final[dict[str, frozenset[str]]] = {
+    "sensor": frozenset(
+        {
+            "temperature",
+            "cpu_temperature",
+            "load_1m",
+            "memory_used",
+            "disk_used",
+            "last_boot",
+            "wifi_signal",
+        }
+    ),
+    "binary_sensor": frozenset({"motion"}),
+    "switch": frozenset({"relay"}),
+    "button": frozenset({"identify"}),
+    "number": frozenset({"setpoint"}),
+}
+_CATEGORIES: Final = {"config": EntityCategory.CONFIG, "diagnostic": EntityCategory.DIAGNOSTIC}
+
+type EntityFactory = Callable[[IotOnboardCoordinator, str, EntityMeta], IotOnboardEntity]
+
+
+class IotOnboardEntity(Entity):
+    """One entity of one device, updated by pushes from the hub."""
+
+    _attr_has_entity_name = True
+    _attr_should_poll = False
+
+    def __init__(
+        self, coordinator: IotOnboardCoordinator, device_id: str, meta: EntityMeta
+    ) -> None:
+        """Describe the entity from its descriptor."""
+        self.coordinator = coordinator
+        self.device_id = device_id
+        self.key = meta.key
+        self.entity_meta = meta
+        self._attr_unique_id = f"{device_id}_{meta.key}"
+        if meta.translation_key is not None and meta.translation_key in TRANSLATED.get(
+            meta.platform, frozenset()
+        ):
+            self._attr_translation_key = meta.translation_key
+        else:
+            self._attr_name = meta.name
+            if meta.icon is not None:
+                self._attr_icon = meta.icon
+        self._attr_entity_category = _CATEGORIES.get(meta.entity_category or "")
+        data = coordinator.device(device_id)
+        device_meta = data.meta if data is not None else None
+        self._attr_device_info = DeviceInfo(
+            identifiers={(DOMAIN, device_id)},
+            manufacturer=(device_meta.manufacturer if device_meta else None) or "IoT Onboard",
+            model=device_meta.model if device_meta else None,
+            name=(device_meta.name if device_meta else None) or device_id,
+            sw_version=device_meta.sw_version if device_meta else None,
+            hw_version=device_meta.hw_version if device_meta else None,
+            serial_number=device_id,
+        )
+
+    @property
+    def state_text(self) -> str | None:
+        """The raw state the device published for this key (None: unknown)."""
+        data = self.coordinator.device(self.device_id)
+        if data is None:
+            return None
+        value = data.states.get(self.key)
+        return None if value in (None, "", "unknown") else value
+
+    @property
+    def available(self) -> bool:
+        """Hub connected, device online, key still in its descriptor."""
+        data = self.coordinator.device(self.device_id)
+        return (
+            self.coordinator.connected
+            and data is not None
+            and data.online is True
+            and data.meta is not None
+            and data.meta.entity(self.key) is not None
+        )
+
+    async def async_added_to_hass(self) -> None:
+        """Listen for pushes about this device."""
+        await super().async_added_to_hass()
+        self.async_on_remove(
+            self.coordinator.async_add_device_listener(self.device_id, self._handle_push)
+        )
+
+    @callback
+    def _handle_push(self) -> None:
+        self.async_write_ha_state()
+
+    def check_control(self) -> None:
+        """Raise a translated error unless the caller may control this device.
+
+        ``self._context`` is the running action's context (the service helper sets it before
+        calling the entity); no context at all counts as an automation.
+        """
+        self.coordinator.roles.check(
+            self._context or Context(),
+            Action.CONTROL,
+            device_name=self.coordinator.device_name(self.device_id),
+            device_access=self.coordinator.access.get(self.device_id, DeviceAccess.READ),
+        )
+
+    async def send(self, payload: str) -> None:
+        """Check the caller's role, then publish the command for this entity."""
+        self.check_control()
+        await self.coordinator.async_send_command(self.device_id, self.key, payload)
+
+
+@callback
+def async_setup_platform_entities(
+    entry: IotOnboardConfigEntry,
+    platform: str,
+    factory: EntityFactory,
+    async_add_entities: AddEntitiesCallback,
+) -> None:
+    """Add entities of ``platform`` for every descriptor, now and whenever one arrives."""
+    coordinator = entry.runtime_data.coordinator
+    added: dict[str, set[str]] = {}
+
+    @callback
+    def add_for(device_id: str) -> None:
+        data = coordinator.device(device_id)
+        if data is None:
+            # Removed (released): its entities left with the device and may come back.
+            added.pop(device_id, None)
+            return
+        if data.meta is None:
+            return  # cleared (factory reset): the entities stay, unavailable
+        keys = added.setdefault(device_id, set())
+        new = [
+            factory(coordinator, device_id, meta)
+            for meta in data.meta.entities
+            if meta.platform == platform and meta.key not in keys
+        ]
+        keys.update(entity.key for entity in new)
+        if new:
+            async_add_entities(new)
+
+    for device_id in list(coordinator.hub.devices):
+        add_for(device_id)
+    entry.async_on_unload(coordinator.async_add_devices_callback(add_for))

@@ -1,0 +1,294 @@
+"""The real account service and the real device agent as subprocesses on 127.0.0.1.
+
+Used by test_onboarding_e2e.py. Both are started with the interpreter running the tests
+(``python -m cloud_relay serve`` and ``python -m device_firmware run`` with a simulated Wi-Fi
+environment), each with its own config and data directory, and stopped by pid. Nothing here
+imports ``cloud_relay``, ``device_firmware`` or the top-level ``iob_protocol``: the HA test
+process only ever sees the integration's own copy of the protocol package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from tests.plugins.mosquitto import MosquittoBroker
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+HOME_SSID = "HomeNet"
+HOME_PASSPHRASE = "correct horse battery"  # noqa: S105 - the simulated network's
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A service did not start; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (bound and released; the service binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Process:
+    """One subprocess with its log file, stopped by its own pid."""
+
+    name: str
+    log: Path
+    popen: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, name: str, args: list[str], log: Path, env: dict[str, str]) -> Self:
+        handle = log.open("wb")
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+            )
+        finally:
+            handle.close()
+        return cls(name, log, popen)
+
+    def wait_for_port(self, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited ({self.popen.returncode}):\n{_tail(self.log)}"
+                )
+            if _accepts(port):
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} did not listen on {port}:\n{_tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(STOP_TIMEOUT)
+
+    def log_tail(self) -> str:
+        return _tail(self.log)
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> str:
+    """A one-shot command of either program; its output, or an error with it."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServiceError(f"{args[:3]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+@dataclass
+class AccountService:
+    """``python -m cloud_relay serve`` on SQLite and the test's Mosquitto."""
+
+    directory: Path
+    broker: MosquittoBroker
+    port: int = field(default_factory=free_port)
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "relay.toml"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "IOB_RELAY_BROKER_PASSWORD": self.broker.admin_password,
+            "IOB_RELAY_SECRET_KEY": self._secret,
+        }
+
+    def __post_init__(self) -> None:
+        self._secret = secrets.token_urlsafe(32)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        generous = '"100000/1"'
+        limits = "\n".join(
+            f"{name} = {generous}"
+            for name in (
+                "sign_in_per_account",
+                "sign_in_per_address",
+                "sign_up_per_address",
+                "claims_per_account",
+                "claims_per_address",
+                "claims_per_device",
+                "confirm_per_address",
+                "confirm_per_device",
+            )
+        )
+        self.config.write_text(
+            f'database_url = "sqlite:///{self.directory / "relay.db"}"\n'
+            f'[http]\nhost = "{LOOPBACK}"\nport = {self.port}\n'
+            f'[broker]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
+            f'username = "{self.broker.admin_username}"\n'
+            f'public_host = "{self.broker.host}"\npublic_port = {self.broker.port}\n'
+            "public_tls = false\n"
+            "[argon2]\ntime_cost = 1\nmemory_cost_kib = 256\nparallelism = 1\n"
+            f"[limits]\n{limits}\n",
+            encoding="utf-8",
+        )
+        self.process = Process.start(
+            "account service",
+            ["-m", "cloud_relay", "--config", str(self.config), "serve"],
+            self.directory / "relay.log",
+            self.env,
+        )
+        self.process.wait_for_port(self.port)
+
+    def import_records(self, record_file: Path) -> None:
+        """The factory records, as the operator imports them."""
+        run_cli(
+            [
+                "-m",
+                "cloud_relay",
+                "--config",
+                str(self.config),
+                "registry",
+                "import",
+                str(record_file),
+            ],
+            self.env,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@dataclass
+class Device:
+    """A factory-provisioned device and ``python -m device_firmware run`` on loopback."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: Process | None = None
+    device_id: str = ""
+    manual_code: str = ""
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def factory_dir(self) -> Path:
+        return self.directory / "factory"
+
+    @property
+    def record_file(self) -> Path:
+        return self.factory_dir / "manufacturing-records.jsonl"
+
+    def provision(self) -> None:
+        """``factory-provision``: identity, setup code, registry record, label."""
+        output = run_cli(
+            [
+                "-m",
+                "device_firmware",
+                "--data-dir",
+                str(self.data_dir),
+                "factory-provision",
+                "--model",
+                "pi-test",
+                "--output",
+                str(self.factory_dir),
+            ]
+        )
+        record = json.loads(self.record_file.read_text().splitlines()[-1])
+        self.device_id = record["device_id"]
+        self.manual_code = next(
+            line.split(":", 1)[1].strip() for line in output.splitlines() if "Manual code" in line
+        )
+
+    def label(self) -> dict[str, Any]:
+        """What the label's QR code encodes, read from the files the factory wrote."""
+        return {
+            "setup_code": (self.data_dir / "setup-code.json").read_bytes(),
+            "factory": json.loads((self.data_dir / "factory.json").read_text()),
+        }
+
+    def start(self, networks: list[dict[str, Any]]) -> None:
+        scenario = self.directory / "scenario.json"
+        scenario.write_text(json.dumps({"networks": networks}), encoding="utf-8")
+        self.process = Process.start(
+            "device agent",
+            [
+                "-m",
+                "device_firmware",
+                "--data-dir",
+                str(self.data_dir),
+                "run",
+                "--simulate-network",
+                str(scenario),
+                "--listen",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--no-advertise",
+                "--no-hotspot",
+                "--allow-insecure-http",
+            ],
+            self.directory / "device.log",
+            {},
+        )
+        self.process.wait_for_port(self.port)
+
+    def status(self) -> dict[str, Any]:
+        """``status --json`` from the device's shell."""
+        output = run_cli(
+            ["-m", "device_firmware", "--data-dir", str(self.data_dir), "status", "--json"]
+        )
+        document: dict[str, Any] = json.loads(output)
+        return document
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()

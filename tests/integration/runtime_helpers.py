@@ -1,0 +1,268 @@
+"""Helpers of the runtime tests: fake device processes, a descriptor, waiting, set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+from homeassistant.core import Context, HomeAssistant
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
+from tests.integration.fake_account import FakeAccountService
+from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
+
+#: One entity per platform plus system sensors and one the integration does not translate.
+META: dict[str, Any] = {
+    "protocol": 1,
+    "device": {
+        "id": "DEVICE",
+        "manufacturer": "IoT Onboard",
+        "name": "Kitchen sensor",
+        "model": "pi-sensor",
+        "sw_version": "1.2.0",
+    },
+    "entities": [
+        {
+            "key": "temperature",
+            "platform": "sensor",
+            "name": "Temperature",
+            "translation_key": "temperature",
+            "device_class": "temperature",
+            "unit": "°C",
+            "state_class": "measurement",
+            "suggested_display_precision": 1,
+        },
+        {
+            "key": "cpu_temperature",
+            "platform": "sensor",
+            "name": "CPU temperature",
+            "translation_key": "cpu_temperature",
+            "device_class": "temperature",
+            "unit": "°C",
+            "state_class": "measurement",
+            "entity_category": "diagnostic",
+        },
+        {
+            "key": "last_boot",
+            "platform": "sensor",
+            "name": "Last boot",
+            "translation_key": "last_boot",
+            "device_class": "timestamp",
+            "entity_category": "diagnostic",
+        },
+        {
+            "key": "air_quality",
+            "platform": "sensor",
+            "name": "Air quality index",
+            "icon": "mdi:air-filter",
+            "state_class": "measurement",
+        },
+        {
+            "key": "motion",
+            "platform": "binary_sensor",
+            "name": "Motion",
+            "translation_key": "motion",
+            "device_class": "motion",
+        },
+        {
+            "key": "relay",
+            "platform": "switch",
+            "name": "Relay",
+            "translation_key": "relay",
+            "device_class": "outlet",
+        },
+        {
+            "key": "identify",
+            "platform": "button",
+            "name": "Identify",
+            "translation_key": "identify",
+            "device_class": "identify",
+            "entity_category": "config",
+        },
+        {
+            "key": "setpoint",
+            "platform": "number",
+            "name": "Setpoint",
+            "translation_key": "setpoint",
+            "device_class": "temperature",
+            "unit": "°C",
+            "entity_category": "config",
+            "min": 10.0,
+            "max": 30.0,
+            "step": 0.5,
+        },
+    ],
+}
+STATES: dict[str, str] = {
+    "temperature": "21.5",
+    "cpu_temperature": "48.2",
+    "last_boot": "2026-11-20T08:00:00+00:00",
+    "air_quality": "17",
+    "motion": "off",
+    "relay": "off",
+    "setpoint": "20.0",
+}
+ENTITY_COUNT = len(META["entities"])
+
+
+def meta_for(device_id: str, name: str = "Kitchen sensor", **extra: Any) -> dict[str, Any]:
+    """The descriptor for ``device_id``."""
+    meta = copy.deepcopy(META)
+    meta["device"]["id"] = device_id
+    meta["device"]["name"] = name
+    meta.update(extra)
+    return meta
+
+
+class DeviceProcesses:
+    """Fake device subprocesses of one test; every one is stopped by its pid."""
+
+    def __init__(self) -> None:
+        """No process yet."""
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, command: list[str], device_id: str) -> None:
+        """Start a fake device (it connects, publishes and serves commands)."""
+        self._processes[device_id] = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def kill(self, device_id: str) -> None:
+        """SIGKILL: the broker sees the connection drop and publishes the will."""
+        process = self._processes.pop(device_id)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        """Stop every process still running."""
+        for device_id in list(self._processes):
+            process = self._processes.pop(device_id)
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+async def wait_for(
+    hass: HomeAssistant,
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float = 15.0,  # noqa: ASYNC109 - the test's patience, named in the failure
+) -> None:
+    """Let the event loop run until ``condition`` holds (messages arrive over real sockets)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.02)
+                await hass.async_block_till_done()
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def start_device(
+    service: FakeAccountService,
+    processes: DeviceProcesses,
+    device_id: str,
+    *,
+    access: str = "owner",
+    name: str = "Kitchen sensor",
+    **meta_extra: Any,
+) -> None:
+    """Claim ``device_id`` (broker client, household list) and start its process."""
+    await service.add_device(device_id, access)
+    processes.start(
+        service.device_command(device_id, meta_for(device_id, name, **meta_extra), STATES),
+        device_id,
+    )
+
+
+async def setup_entry(
+    hass: HomeAssistant,
+    service: FakeAccountService,
+    options: dict[str, Any] | None = None,
+    extra_data: dict[str, Any] | None = None,
+) -> MockConfigEntry:
+    """Add and set up the household entry."""
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        title="Home",
+        unique_id=service.household_id,
+        data={**service.entry_data(), **(extra_data or {})},
+        options=options or {},
+    )
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry
+
+
+def entity_ids(hass: HomeAssistant, entry: MockConfigEntry) -> list[str]:
+    """Entity ids of the entry, sorted."""
+    from homeassistant.helpers import entity_registry as er  # noqa: PLC0415
+
+    return sorted(
+        e.entity_id for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+    )
+
+
+async def observer(broker: MosquittoBroker, name: str = "observer") -> aiomqtt.Client:
+    """A client that may read everything under ``iob/`` (to see the hub's commands)."""
+    password = "observer-pass-1"  # noqa: S105 - a throwaway test broker account
+    await dynsec_command(
+        broker,
+        [
+            {
+                "command": "createRole",
+                "rolename": name,
+                "acls": [
+                    {"acltype": "subscribePattern", "topic": "iob/#", "allow": True},
+                    {"acltype": "publishClientReceive", "topic": "iob/#", "allow": True},
+                ],
+            },
+            {
+                "command": "createClient",
+                "username": name,
+                "password": password,
+                "roles": [{"rolename": name}],
+            },
+        ],
+    )
+    return aiomqtt.Client(broker.host, broker.port, username=name, password=password)
+
+
+async def publish_as_device(
+    service: FakeAccountService, device_id: str, topic: str, payload: bytes, *, retain: bool = True
+) -> None:
+    """Publish on the device's subtree with the device's own credentials."""
+    async with aiomqtt.Client(
+        service.broker.host,
+        service.broker.port,
+        username=device_id,
+        password=service.device_passwords[device_id],
+        identifier=f"{device_id}-test",
+    ) as client:
+        await client.publish(f"iob/{device_id}/{topic}", payload, qos=1, retain=retain)
+
+
+async def owner_context(hass: HomeAssistant, service: FakeAccountService) -> Context:
+    """A Home Assistant user linked to the household's owner, as an action's context."""
+    user = await hass.auth.async_create_user("Owner", group_ids=["system-users"])
+    owner = next(m for m in service.members if m["role"] == "owner")
+    owner["external_id"] = EXTERNAL_ID_PREFIX + user.id
+    return Context(user_id=user.id)
+
+
+def state_of(hass: HomeAssistant, entity_id: str) -> str | None:
+    """The entity's state, or None when it does not exist."""
+    state = hass.states.get(entity_id)
+    return None if state is None else state.state

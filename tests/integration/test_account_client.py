@@ -1,0 +1,839 @@
+"""AccountClient against a small aiohttp server on loopback that speaks the /v1 API's shapes.
+
+The same client also runs against the real account service in test_onboarding_e2e.py; here
+each method's request (method, path, body) and parsing, the token rotation rules and every
+error mapping are pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from custom_components.iot_onboard.account_client import (
+    Account,
+    AccountApiError,
+    AccountClient,
+    AccountConnectionError,
+    AccountResponseError,
+    AlreadyOwnedError,
+    AuthenticationError,
+    ClaimExpiredError,
+    ClaimOwned,
+    ClaimRejectedError,
+    ClaimState,
+    ClockSkewError,
+    ConflictError,
+    DeviceAccess,
+    DeviceKeyNotFoundError,
+    EmailTakenError,
+    ForbiddenError,
+    InvalidCredentialsError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitedError,
+    Role,
+    ServiceUnavailableError,
+    ShareAccess,
+    TokenSet,
+    TransferStatus,
+    WeakPasswordError,
+)
+from custom_components.iot_onboard.const import (
+    CONF_ACCESS_EXPIRES_AT,
+    CONF_ACCESS_TOKEN,
+    CONF_REFRESH_EXPIRES_AT,
+    CONF_REFRESH_TOKEN,
+)
+from custom_components.iot_onboard.iob_protocol import DiagnosticCode, b64url_encode
+
+pytestmark = pytest.mark.usefixtures("socket_enabled")
+
+NOW = 1_800_000_000
+HID = "a" * 32
+DID = "0123456789ABCDEF"
+ACCOUNT = {
+    "account_id": "b" * 32,
+    "email": "ada@example.com",
+    "display_name": "",
+    "is_admin": False,
+}
+
+
+def token_pair(n: int) -> dict[str, Any]:
+    return {
+        "token_type": "Bearer",
+        "access_token": f"access-{n}-" + "x" * 30,
+        "expires_in": 900,
+        "refresh_token": f"refresh-{n}-" + "y" * 30,
+        "refresh_expires_in": 86400,
+        "account": ACCOUNT,
+    }
+
+
+type Http = aiohttp.ClientSession
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    body: Any
+    token: str | None
+    query: dict[str, str]
+    raw_path: str = ""
+
+
+@dataclass
+class FakeService:
+    """Canned answers per (method, path); records what was asked."""
+
+    url: str = ""
+    answers: dict[tuple[str, str], Any] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    valid_access: set[str] = field(default_factory=set)
+    refreshes: int = 0
+    refresh_error: str | None = None
+
+    def answer(self, method: str, path: str, body: Any, status: int = 200) -> None:
+        self.answers[(method, path)] = (status, body)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        auth = request.headers.get("Authorization")
+        token = auth.removeprefix("Bearer ") if auth else None
+        self.requests.append(
+            Recorded(
+                request.method,
+                request.path,
+                json.loads(raw) if raw else None,
+                token,
+                dict(request.query),
+                request.raw_path,
+            )
+        )
+        if request.path == "/v1/auth/refresh":
+            if self.refresh_error is not None:
+                return web.json_response(
+                    {"error": {"code": self.refresh_error, "message": "revoked"}}, status=401
+                )
+            self.refreshes += 1
+            await asyncio.sleep(0.01)  # let concurrent callers pile up behind the lock
+            pair = token_pair(100 + self.refreshes)
+            self.valid_access.add(pair["access_token"])
+            return web.json_response(pair)
+        if token is not None and self.valid_access and token not in self.valid_access:
+            return web.json_response(
+                {"error": {"code": "invalid_token", "message": "expired"}}, status=401
+            )
+        status, body = self.answers.get((request.method, request.path), (404, None))
+        if callable(body):
+            response: web.StreamResponse = await body(request)
+            return response
+        if body is None:
+            return web.Response(status=status if status != 200 else 204)
+        return web.json_response(body, status=status)
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[FakeService]:
+    fake = FakeService()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def fresh_tokens(n: int = 1, *, access_at: int = NOW + 900) -> TokenSet:
+    pair = token_pair(n)
+    return TokenSet(
+        access_token=pair["access_token"],
+        access_expires_at=access_at,
+        refresh_token=pair["refresh_token"],
+        refresh_expires_at=NOW + 86400,
+    )
+
+
+def client_for(
+    service: FakeService,
+    http: Http,
+    tokens: TokenSet | None = None,
+    saved: list[TokenSet] | None = None,
+    **kwargs: Any,
+) -> AccountClient:
+    if tokens is not None:
+        service.valid_access.add(tokens.access_token)
+    return AccountClient(
+        service.url + "/",
+        session=http,
+        tokens=tokens,
+        on_tokens=saved.append if saved is not None else None,
+        clock=lambda: NOW,
+        **kwargs,
+    )
+
+
+# --- auth and tokens ----------------------------------------------------------------------------
+
+
+async def test_sign_in_stores_tokens_and_reports_them(service: FakeService, http: Http) -> None:
+    service.answer("POST", "/v1/auth/sign-in", token_pair(1))
+    saved: list[TokenSet] = []
+    client = client_for(service, http, saved=saved)
+    assert client.base_url == service.url
+    signed_in = await client.sign_in("ada@example.com", "pw")
+    assert signed_in.account == Account(
+        account_id="b" * 32, email="ada@example.com", display_name="", is_admin=False
+    )
+    assert signed_in.tokens.access_expires_at == NOW + 900
+    assert signed_in.tokens.refresh_expires_at == NOW + 86400
+    assert saved == [signed_in.tokens] == [client.tokens]
+    assert service.requests[-1].body == {"email": "ada@example.com", "password": "pw"}
+    assert signed_in.tokens.access_token not in repr(signed_in.tokens)  # never in logs
+    assert signed_in.tokens.refresh_token not in repr(signed_in.tokens)
+
+
+async def test_sign_up_sends_the_display_name_only_when_given(
+    service: FakeService, http: Http
+) -> None:
+    service.answer("POST", "/v1/auth/sign-up", token_pair(1), status=201)
+    client = client_for(service, http)
+    await client.sign_up("ada@example.com", "pw")
+    assert service.requests[-1].body == {"email": "ada@example.com", "password": "pw"}
+    await client.sign_up("ada@example.com", "pw", "Ada")
+    assert service.requests[-1].body["display_name"] == "Ada"
+
+
+def test_token_set_round_trips_through_entry_data() -> None:
+    tokens = fresh_tokens()
+    data = tokens.as_entry_data()
+    assert set(data) == {
+        CONF_ACCESS_TOKEN,
+        CONF_ACCESS_EXPIRES_AT,
+        CONF_REFRESH_TOKEN,
+        CONF_REFRESH_EXPIRES_AT,
+    }
+    assert TokenSet.from_entry_data(data) == tokens
+
+
+async def test_expiring_access_token_is_refreshed_before_the_call(
+    service: FakeService, http: Http
+) -> None:
+    service.answer("GET", "/v1/auth/me", ACCOUNT)
+    saved: list[TokenSet] = []
+    client = client_for(service, http, fresh_tokens(access_at=NOW + 30), saved)
+    assert (await client.me()).email == "ada@example.com"
+    assert service.refreshes == 1
+    refresh, call = service.requests
+    assert refresh.body == {"refresh_token": token_pair(1)["refresh_token"]}
+    assert call.token == token_pair(101)["access_token"]
+    assert saved == [client.tokens]
+
+
+async def test_unexpected_401_refreshes_once_and_retries(service: FakeService, http: Http) -> None:
+    service.answer("GET", "/v1/households", {"households": []})
+    client = client_for(service, http, fresh_tokens())
+    service.valid_access = {"something-else"}  # the service revoked our access token early
+    assert await client.households() == []
+    assert [r.path for r in service.requests] == [
+        "/v1/households",
+        "/v1/auth/refresh",
+        "/v1/households",
+    ]
+
+
+async def test_concurrent_callers_share_one_refresh(service: FakeService, http: Http) -> None:
+    """A rotating refresh token spent twice revokes the session: refresh exactly once."""
+    service.answer("GET", "/v1/auth/me", ACCOUNT)
+    client = client_for(service, http, fresh_tokens(access_at=NOW))
+    await asyncio.gather(*(client.me() for _ in range(5)))
+    assert service.refreshes == 1
+
+
+async def test_refused_refresh_means_reauth(service: FakeService, http: Http) -> None:
+    client = client_for(service, http, fresh_tokens(access_at=NOW))
+    service.refresh_error = "refresh_token_reused"
+    with pytest.raises(AuthenticationError) as caught:
+        await client.me()
+    assert caught.value.code == "refresh_token_reused"
+
+
+async def test_refresh_token_expired_locally_needs_no_request(
+    service: FakeService, http: Http
+) -> None:
+    tokens = TokenSet(
+        access_token="a" * 40, access_expires_at=NOW, refresh_token="r" * 40, refresh_expires_at=NOW
+    )
+    client = client_for(service, http, tokens)
+    with pytest.raises(AuthenticationError):
+        await client.me()
+    assert service.requests == []
+
+
+async def test_not_signed_in(service: FakeService, http: Http) -> None:
+    client = client_for(service, http)
+    with pytest.raises(AuthenticationError):
+        await client.households()
+    with pytest.raises(AuthenticationError):
+        await client.refresh()
+    assert client.tokens is None
+
+
+async def test_explicit_refresh_and_sign_out(service: FakeService, http: Http) -> None:
+    service.answer("POST", "/v1/auth/sign-out", None, status=204)
+    saved: list[TokenSet] = []
+    client = client_for(service, http, fresh_tokens(), saved)
+    tokens = await client.refresh()
+    assert tokens.access_token == token_pair(101)["access_token"]
+    await client.sign_out()
+    assert client.tokens is None
+    assert service.requests[-1].token == tokens.access_token
+    assert saved == [tokens]
+
+
+async def test_invalid_credentials_are_not_retried(service: FakeService, http: Http) -> None:
+    """Only a token problem is worth a refresh; a wrong password is the user's to fix."""
+    service.answer(
+        "POST",
+        "/v1/invitations/accept",
+        {"error": {"code": "invalid_credentials", "message": "no"}},
+        status=401,
+    )
+    client = client_for(service, http, fresh_tokens())
+    with pytest.raises(InvalidCredentialsError):
+        await client.accept_invitation("t" * 43)
+    assert service.refreshes == 0
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected", "diagnostic"),
+    [
+        (400, "invalid_request", InvalidRequestError, None),
+        (400, "weak_password", WeakPasswordError, None),
+        (400, "clock_skew", ClockSkewError, DiagnosticCode.CLOCK_SKEW),
+        (400, "bad_signature", ClaimRejectedError, DiagnosticCode.CLAIM_REJECTED),
+        (401, "invalid_credentials", InvalidCredentialsError, None),
+        (403, "forbidden", ForbiddenError, None),
+        (404, "device_not_found", NotFoundError, None),
+        (409, "email_taken", EmailTakenError, None),
+        (409, "already_owned", AlreadyOwnedError, None),
+        (409, "claim_rejected", ClaimRejectedError, DiagnosticCode.CLAIM_REJECTED),
+        (409, "conflict", ConflictError, None),
+        (410, "claim_expired", ClaimExpiredError, DiagnosticCode.CLAIM_EXPIRED),
+        (503, "broker_unavailable", ServiceUnavailableError, DiagnosticCode.RELAY_UNREACHABLE),
+    ],
+)
+async def test_error_codes_map_to_exceptions(  # noqa: PLR0917 - parametrized
+    service: FakeService,
+    http: Http,
+    status: int,
+    code: str,
+    expected: type[AccountApiError],
+    diagnostic: DiagnosticCode | None,
+) -> None:
+    service.answer("POST", "/v1/auth/sign-in", {"error": {"code": code, "message": "m"}}, status)
+    client = client_for(service, http)
+    with pytest.raises(expected) as caught:
+        await client.sign_in("a@example.com", "pw")
+    assert type(caught.value) is expected
+    assert (caught.value.status, caught.value.code, caught.value.message) == (status, code, "m")
+    assert caught.value.diagnostic is diagnostic
+
+
+async def test_rate_limit_carries_retry_after(service: FakeService, http: Http) -> None:
+    async def limited(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"code": "rate_limited", "message": "slow down"}},
+            status=429,
+            headers={"Retry-After": "42"},
+        )
+
+    service.answer("POST", "/v1/auth/sign-in", limited)
+    with pytest.raises(RateLimitedError) as caught:
+        await client_for(service, http).sign_in("a@example.com", "pw")
+    assert caught.value.retry_after == 42
+
+
+async def test_answers_that_are_not_the_api(service: FakeService, http: Http) -> None:
+    async def html(request: web.Request) -> web.Response:
+        status = 502 if request.path.startswith("/bad-gateway") else 200
+        return web.Response(text="<html>proxy</html>", status=status, content_type="text/html")
+
+    async def teapot(_request: web.Request) -> web.Response:
+        return web.Response(status=418)
+
+    service.answer("GET", "/v1/health", html)
+    service.answer("POST", "/v1/auth/sign-in", html)
+    client = client_for(service, http)
+    with pytest.raises(AccountResponseError):
+        await client.health()
+    bad_gateway = AccountClient(service.url + "/bad-gateway", session=http)
+    service.answer("GET", "/bad-gateway/v1/health", html)
+    with pytest.raises(ServiceUnavailableError):
+        await bad_gateway.health()
+    service.answer("GET", "/v1/models", teapot)
+    with pytest.raises(AccountApiError) as caught:
+        await client_for(service, http, fresh_tokens()).models()
+    assert (caught.value.status, caught.value.code) == (418, "http_418")
+    service.answer("GET", "/v1/households", {"households": "nope"})
+    with pytest.raises(AccountResponseError):
+        await client_for(service, http, fresh_tokens()).households()
+
+
+async def test_oversized_answer_is_refused(service: FakeService, http: Http) -> None:
+    service.answer("GET", "/v1/health", {"status": "ok", "time": 1, "pad": "x" * (1024 * 1024)})
+    with pytest.raises(AccountResponseError):
+        await client_for(service, http).health()
+
+
+async def test_unreachable_and_slow_services(service: FakeService, http: Http) -> None:
+    with pytest.raises(AccountConnectionError) as caught:
+        await AccountClient("http://127.0.0.1:1", session=http).health()
+    assert caught.value.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
+
+    async def slow(_request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response({})  # pragma: no cover - the client gave up
+
+    service.answer("GET", "/v1/health", slow)
+    with pytest.raises(AccountConnectionError):
+        await client_for(service, http, timeout=0.05).health()
+
+
+# --- every API method: request and parsing --------------------------------------------------------
+
+HOUSEHOLD = {"household_id": HID, "name": "Home", "role": "owner", "created_at": NOW}
+MEMBER = {
+    "member_id": "c" * 32,
+    "household_id": HID,
+    "account_id": None,
+    "external_id": "ha-user-1",
+    "display_name": "Kid",
+    "role": "viewer",
+    "created_at": NOW,
+}
+MQTT = {"host": "broker", "port": 8883, "tls": True, "username": "hub-1", "password": "secret"}
+MODEL = {"model": "pi", "name": "Pi", "manufacturer": "M", "metadata": {"a": 1}, "updated_at": NOW}
+SUMMARY = {
+    "device_id": DID,
+    "model": "pi",
+    "access": "owner",
+    "owner_household_id": HID,
+    "since": NOW,
+}
+TRANSFER = {
+    "transfer_id": "d" * 32,
+    "device_id": DID,
+    "from_household_id": HID,
+    "to_household_id": "e" * 32,
+    "status": "pending",
+    "created_at": NOW,
+    "expires_at": NOW + 10,
+}
+SHARE = {"device_id": DID, "household_id": "e" * 32, "access": "read", "created_at": NOW}
+INVITATION = {
+    "invitation_id": "f" * 32,
+    "household_id": HID,
+    "token": "t" * 43,
+    "role": "member",
+    "email": "kid@example.com",
+    "external_id": None,
+    "expires_at": NOW + 10,
+}
+CLAIM_STATUS = {
+    "claim_id": "1" * 32,
+    "status": "owned",
+    "device_id": DID,
+    "household_id": HID,
+    "expires_at": NOW + 600,
+    "completed_at": NOW + 5,
+}
+H = f"/v1/households/{HID}"
+D = f"{H}/devices/{DID}"
+
+
+@dataclass
+class Case:
+    call: Callable[[AccountClient], Awaitable[Any]]
+    method: str
+    path: str
+    answer: Any
+    body: Any = None
+    query: dict[str, str] = field(default_factory=dict)
+    check: Callable[[Any], bool] = lambda _result: True
+
+
+CASES = [
+    Case(
+        lambda c: c.households(),
+        "GET",
+        "/v1/households",
+        {"households": [HOUSEHOLD]},
+        check=lambda r: r[0].role is Role.OWNER and r[0].role.can_manage,
+    ),
+    Case(
+        lambda c: c.create_household("Home"),
+        "POST",
+        "/v1/households",
+        HOUSEHOLD,
+        body={"name": "Home"},
+        check=lambda r: r.name == "Home",
+    ),
+    Case(lambda c: c.household(HID), "GET", H, HOUSEHOLD),
+    Case(lambda c: c.rename_household(HID, "Flat"), "PATCH", H, HOUSEHOLD, body={"name": "Flat"}),
+    Case(
+        lambda c: c.members(HID),
+        "GET",
+        H + "/members",
+        {"members": [MEMBER]},
+        check=lambda r: r[0].role is Role.VIEWER and not r[0].role.can_manage,
+    ),
+    Case(
+        lambda c: c.add_member(HID, external_id="ha-user-1", display_name="Kid", role=Role.VIEWER),
+        "POST",
+        H + "/members",
+        MEMBER,
+        body={"external_id": "ha-user-1", "display_name": "Kid", "role": "viewer"},
+    ),
+    Case(
+        lambda c: c.update_member(
+            HID, "c" * 32, role=Role.MEMBER, display_name="K", external_id="u2"
+        ),
+        "PATCH",
+        H + "/members/" + "c" * 32,
+        MEMBER,
+        body={"role": "member", "display_name": "K", "external_id": "u2"},
+    ),
+    Case(
+        lambda c: c.update_member(HID, "c" * 32),
+        "PATCH",
+        H + "/members/" + "c" * 32,
+        MEMBER,
+        body={},
+    ),
+    Case(lambda c: c.remove_member(HID, "c" * 32), "DELETE", H + "/members/" + "c" * 32, None),
+    Case(
+        lambda c: c.invitations(HID),
+        "GET",
+        H + "/invitations",
+        {
+            "invitations": [
+                {**{k: v for k, v in INVITATION.items() if k != "token"}, "created_at": NOW}
+            ]
+        },
+        check=lambda r: r[0].email == "kid@example.com",
+    ),
+    Case(
+        lambda c: c.invite(HID, role=Role.MEMBER, email="kid@example.com", external_id="u"),
+        "POST",
+        H + "/invitations",
+        INVITATION,
+        body={"role": "member", "email": "kid@example.com", "external_id": "u"},
+        check=lambda r: r.token == "t" * 43 and "t" * 43 not in repr(r),
+    ),
+    Case(
+        lambda c: c.invite(HID, role=Role.ADMIN),
+        "POST",
+        H + "/invitations",
+        INVITATION,
+        body={"role": "admin"},
+    ),
+    Case(
+        lambda c: c.revoke_invitation(HID, "f" * 32), "DELETE", H + "/invitations/" + "f" * 32, None
+    ),
+    Case(
+        lambda c: c.accept_invitation("t" * 43),
+        "POST",
+        "/v1/invitations/accept",
+        MEMBER,
+        body={"token": "t" * 43},
+    ),
+    Case(
+        lambda c: c.device_key(HID, DID, "12345-67890"),
+        "POST",
+        H + "/device-keys",
+        {
+            "device_id": DID,
+            "public_key": b64url_encode(bytes(range(32))),
+            "fingerprint": "F" * 32,
+            "model": "pi",
+        },
+        body={"device_id": DID, "manual_code": "12345-67890"},
+        check=lambda r: r.public_key == bytes(range(32)) and r.model == "pi",
+    ),
+    Case(
+        lambda c: c.create_claim(HID, DID),
+        "POST",
+        H + "/claims",
+        {
+            "claim_id": "1" * 32,
+            "device_id": DID,
+            "household_id": HID,
+            "token": "k" * 43,
+            "expires_at": NOW + 600,
+        },
+        body={"device_id": DID},
+        check=lambda r: r.token == "k" * 43 and "k" * 43 not in repr(r),
+    ),
+    Case(
+        lambda c: c.claim_status("1" * 32),
+        "GET",
+        "/v1/claims/" + "1" * 32,
+        CLAIM_STATUS,
+        check=lambda r: r.status is ClaimState.OWNED and r.completed_at == NOW + 5,
+    ),
+    Case(
+        lambda c: c.confirm_claim({"device_id": DID}),
+        "POST",
+        "/v1/claims/confirm",
+        {"status": "owned", "device_id": DID, "household_id": HID, "mqtt": MQTT},
+        body={"confirmation": {"device_id": DID}},
+        check=lambda r: isinstance(r, ClaimOwned) and r.mqtt.port == 8883,
+    ),
+    Case(
+        lambda c: c.hub_credentials(HID),
+        "GET",
+        H + "/hub",
+        MQTT,
+        check=lambda r: r.username == "hub-1" and "secret" not in repr(r),
+    ),
+    Case(lambda c: c.rotate_hub_credentials(HID), "POST", H + "/hub/rotate", MQTT),
+    Case(
+        lambda c: c.devices(HID),
+        "GET",
+        H + "/devices",
+        {"devices": [SUMMARY]},
+        check=lambda r: r[0].access is DeviceAccess.OWNER,
+    ),
+    Case(
+        lambda c: c.device(HID, DID),
+        "GET",
+        D,
+        {**SUMMARY, "model_info": MODEL},
+        check=lambda r: r.model_info is not None and r.model_info.metadata == {"a": 1},
+    ),
+    Case(
+        lambda c: c.device(HID, DID),
+        "GET",
+        D,
+        {**SUMMARY, "since": None, "model_info": None},
+        check=lambda r: r.model_info is None and r.since is None,
+    ),
+    Case(lambda c: c.release_device(HID, DID), "POST", D + "/release", {"status": "released"}),
+    Case(
+        lambda c: c.rotate_device_credentials(HID, DID),
+        "POST",
+        D + "/credentials",
+        {"device_id": DID, "mqtt": MQTT},
+        check=lambda r: r.device_id == DID,
+    ),
+    Case(
+        lambda c: c.shares(HID, DID),
+        "GET",
+        D + "/shares",
+        {"shares": [SHARE]},
+        check=lambda r: r[0].access is ShareAccess.READ,
+    ),
+    Case(
+        lambda c: c.share_device(HID, DID, "e" * 32, ShareAccess.CONTROL),
+        "PUT",
+        D + "/shares/" + "e" * 32,
+        SHARE,
+        body={"access": "control"},
+    ),
+    Case(lambda c: c.unshare_device(HID, DID, "e" * 32), "DELETE", D + "/shares/" + "e" * 32, None),
+    Case(
+        lambda c: c.offer_transfer(HID, DID, "e" * 32),
+        "POST",
+        D + "/transfers",
+        TRANSFER,
+        body={"to_household_id": "e" * 32},
+        check=lambda r: r.status is TransferStatus.PENDING,
+    ),
+    Case(lambda c: c.transfers(HID), "GET", H + "/transfers", {"transfers": [TRANSFER]}),
+    Case(
+        lambda c: c.accept_transfer(HID, "d" * 32),
+        "POST",
+        H + "/transfers/" + "d" * 32 + "/accept",
+        {**TRANSFER, "status": "accepted"},
+    ),
+    Case(
+        lambda c: c.decline_transfer(HID, "d" * 32),
+        "POST",
+        H + "/transfers/" + "d" * 32 + "/decline",
+        None,
+    ),
+    Case(
+        lambda c: c.cancel_transfer(HID, "d" * 32),
+        "POST",
+        H + "/transfers/" + "d" * 32 + "/cancel",
+        None,
+    ),
+    Case(
+        lambda c: c.audit(HID),
+        "GET",
+        H + "/audit",
+        {
+            "events": [
+                {
+                    "seq": 1,
+                    "at": NOW,
+                    "actor": "a",
+                    "action": "claim.created",
+                    "household_id": HID,
+                    "device_id": None,
+                    "details": {},
+                    "hash": "0" * 64,
+                }
+            ],
+            "next_cursor": "c2",
+        },
+        query={"limit": "50"},
+        check=lambda r: r.events[0].seq == 1 and r.next_cursor == "c2",
+    ),
+    Case(
+        lambda c: c.audit(HID, device_id=DID, cursor="c2", limit=10),
+        "GET",
+        D + "/audit",
+        {"events": [], "next_cursor": None},
+        query={"limit": "10", "cursor": "c2"},
+    ),
+    Case(lambda c: c.models(), "GET", "/v1/models", {"models": [MODEL]}),
+    Case(lambda c: c.model("pi"), "GET", "/v1/models/pi", MODEL),
+    Case(
+        lambda c: c.health(),
+        "GET",
+        "/v1/health",
+        {"status": "ok", "time": NOW},
+        check=lambda r: r.time == NOW,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.method} {c.path}" for c in CASES])
+async def test_api_method(service: FakeService, http: Http, case: Case) -> None:
+    service.answer(case.method, case.path, case.answer)
+    client = client_for(service, http, fresh_tokens())
+    result = await case.call(client)
+    request = service.requests[-1]
+    assert (request.method, request.path, request.body) == (case.method, case.path, case.body)
+    assert request.query == case.query
+    if case.path not in {"/v1/health", "/v1/claims/confirm"}:
+        assert request.token == fresh_tokens().access_token
+    assert case.check(result)
+
+
+KEY = {"device_id": DID, "public_key": "", "fingerprint": "F", "model": "pi"}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {**KEY, "public_key": "!!"},
+        {**KEY, "public_key": "AAAA"},
+        {k: v for k, v in KEY.items() if k != "model"},
+        ["not", "an", "object"],
+    ],
+)
+async def test_malformed_device_keys_are_refused(
+    service: FakeService, http: Http, answer: Any
+) -> None:
+    service.answer("POST", H + "/device-keys", answer)
+    with pytest.raises(AccountResponseError):
+        await client_for(service, http, fresh_tokens()).device_key(HID, DID, "12345-67890")
+
+
+async def test_wrong_manual_code_is_its_own_error(service: FakeService, http: Http) -> None:
+    service.answer(
+        "POST",
+        H + "/device-keys",
+        {"error": {"code": "device_not_found_or_code_wrong", "message": "check the code"}},
+        status=404,
+    )
+    with pytest.raises(DeviceKeyNotFoundError):
+        await client_for(service, http, fresh_tokens()).device_key(HID, DID, "12345-67890")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"claim_id": "1", "device_id": DID, "household_id": HID, "token": "k", "expires_at": True},
+        {"claim_id": 1},
+        {"claim_id": "1"},
+    ],
+)
+async def test_malformed_claims_are_refused(service: FakeService, http: Http, answer: Any) -> None:
+    service.answer("POST", H + "/claims", answer)
+    with pytest.raises(AccountResponseError):
+        await client_for(service, http, fresh_tokens()).create_claim(HID, DID)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {**HOUSEHOLD, "role": "emperor"},
+        {**HOUSEHOLD, "name": None},
+        {**HOUSEHOLD, "created_at": "yesterday"},
+    ],
+)
+async def test_malformed_households_are_refused(
+    service: FakeService, http: Http, answer: Any
+) -> None:
+    service.answer("GET", H, answer)
+    with pytest.raises(AccountResponseError):
+        await client_for(service, http, fresh_tokens()).household(HID)
+
+
+async def test_malformed_nested_fields_are_refused(service: FakeService, http: Http) -> None:
+    client = client_for(service, http, fresh_tokens())
+    service.answer("GET", H + "/hub", {**MQTT, "tls": "yes"})
+    with pytest.raises(AccountResponseError):
+        await client.hub_credentials(HID)
+    service.answer("GET", "/v1/models/pi", {**MODEL, "metadata": []})
+    with pytest.raises(AccountResponseError):
+        await client.model("pi")
+    service.answer("POST", "/v1/claims/confirm", {"status": "pending"})
+    with pytest.raises(AccountResponseError):
+        await client.confirm_claim("{}")
+
+
+async def test_path_segments_are_escaped(service: FakeService, http: Http) -> None:
+    service.answer("GET", "/v1/households/a/b", HOUSEHOLD)  # the server decodes the path
+    await client_for(service, http, fresh_tokens()).household("a/b")
+    assert service.requests[-1].raw_path == "/v1/households/a%2Fb"
+
+
+async def test_wait_for_claim_polls_until_decided(service: FakeService, http: Http) -> None:
+    answers = iter(["pending", "pending", "expired"])
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response({**CLAIM_STATUS, "status": next(answers), "completed_at": None})
+
+    service.answer("GET", "/v1/claims/" + "1" * 32, status)
+    client = client_for(service, http, fresh_tokens())
+    result = await client.wait_for_claim("1" * 32, interval=0)
+    assert result.status is ClaimState.EXPIRED
+    assert len(service.requests) == 3

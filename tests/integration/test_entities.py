@@ -1,0 +1,310 @@
+"""Entities from a device's capability descriptor, fed by a real Mosquitto.
+
+A fake device process (its own dynamic-security client, retained will) publishes meta,
+availability and state; the hub (household hub credentials from the fake account service)
+receives them and the entities follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from homeassistant.const import ATTR_ENTITY_ID, STATE_ON, STATE_UNAVAILABLE, STATE_UNKNOWN
+from homeassistant.core import HomeAssistant
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import entity_registry as er
+from homeassistant.helpers.entity_platform import async_get_platforms
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
+from syrupy.assertion import SnapshotAssertion
+
+from custom_components.iot_onboard.const import DOMAIN
+from custom_components.iot_onboard.coordinator import SYNC_INTERVAL
+from custom_components.iot_onboard.helpers import find_device
+from tests.integration.fake_account import FakeAccountService
+from tests.integration.runtime_helpers import (
+    ENTITY_COUNT,
+    DeviceProcesses,
+    entity_ids,
+    observer,
+    publish_as_device,
+    setup_entry,
+    start_device,
+    state_of,
+    wait_for,
+)
+from tests.plugins.mosquitto import MosquittoProcess
+
+_ATTRIBUTES = (
+    "device_class",
+    "unit_of_measurement",
+    "state_class",
+    "min",
+    "max",
+    "step",
+    "friendly_name",
+    "icon",
+)
+
+
+def all_reported(hass: HomeAssistant, entry: MockConfigEntry) -> bool:
+    """Every entity exists, is available and (buttons aside) has the device's state."""
+    ids = entity_ids(hass, entry)
+    states = [hass.states.get(entity_id) for entity_id in ids]
+    return len(ids) == ENTITY_COUNT and all(
+        state is not None
+        and state.state != STATE_UNAVAILABLE
+        and (state.domain == "button" or state.state != STATE_UNKNOWN)
+        for state in states
+    )
+
+
+def normalised(hass: HomeAssistant, entity_id: str) -> dict[str, Any]:
+    """What a snapshot holds of an entity (stable across HA versions)."""
+    registry_entry = er.async_get(hass).async_get(entity_id)
+    assert registry_entry is not None
+    state = hass.states.get(entity_id)
+    assert state is not None
+    return {
+        "unique_id": registry_entry.unique_id,
+        "translation_key": registry_entry.translation_key,
+        "original_name": registry_entry.original_name,
+        "entity_category": registry_entry.entity_category,
+        "original_device_class": registry_entry.original_device_class,
+        "state": state.state,
+        "attributes": {k: state.attributes[k] for k in _ATTRIBUTES if k in state.attributes},
+    }
+
+
+@pytest.mark.parametrize("wildcard_hub", [False, True], ids=["per_device", "wildcard"])
+async def test_entities_from_descriptor(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    snapshot: SnapshotAssertion,
+    wildcard_hub: bool,
+) -> None:
+    fake_account.wildcard_hub = wildcard_hub
+    await start_device(fake_account, device_processes, "dev1")
+    entry = await setup_entry(hass, fake_account)
+
+    await wait_for(hass, lambda: all_reported(hass, entry), "every entity of dev1 with its state")
+    hub = entry.runtime_data.coordinator.hub
+    assert hub.subscription_mode == ("wildcard" if wildcard_hub else "per_device")
+    device = find_device(hass, "dev1", entry.entry_id)
+    assert device is not None
+    assert (device.name, device.model, device.sw_version, device.serial_number) == (
+        "Kitchen sensor",
+        "pi-sensor",
+        "1.2.0",
+        "dev1",
+    )
+    assert {e: normalised(hass, e) for e in entity_ids(hass, entry)} == snapshot
+
+
+async def _ready(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> MockConfigEntry:
+    await start_device(fake_account, device_processes, "dev1")
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(hass, lambda: all_reported(hass, entry), "every entity of dev1 with its state")
+    return entry
+
+
+async def test_state_change_is_pushed(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    await _ready(hass, fake_account, device_processes)
+    await publish_as_device(fake_account, "dev1", "state/temperature", b"23.25")
+    await publish_as_device(fake_account, "dev1", "state/motion", b"on")
+    await wait_for(
+        hass,
+        lambda: (
+            state_of(hass, "sensor.kitchen_sensor_temperature") == "23.25"
+            and state_of(hass, "binary_sensor.kitchen_sensor_motion") == STATE_ON
+        ),
+        "the pushed states",
+    )
+    # A state the device cannot read right now is unknown, not a stale value.
+    await publish_as_device(fake_account, "dev1", "state/temperature", b"unknown")
+    await wait_for(
+        hass,
+        lambda: state_of(hass, "sensor.kitchen_sensor_temperature") == STATE_UNKNOWN,
+        "temperature unknown",
+    )
+
+
+async def test_will_makes_entities_unavailable_and_logs_once(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entry = await _ready(hass, fake_account, device_processes)
+    device_processes.kill("dev1")  # the broker publishes the retained will: offline
+    await wait_for(
+        hass,
+        lambda: all(state_of(hass, e) == STATE_UNAVAILABLE for e in entity_ids(hass, entry)),
+        "every entity unavailable after the will",
+    )
+    await publish_as_device(fake_account, "dev1", "availability", b"offline")
+    await publish_as_device(fake_account, "dev1", "availability", b"online")
+    await wait_for(
+        hass,
+        lambda: state_of(hass, "sensor.kitchen_sensor_temperature") == "21.5",
+        "back online with the retained state",
+    )
+    offline = [r for r in caplog.records if r.getMessage() == "Device Kitchen sensor is offline"]
+    back = [r for r in caplog.records if r.getMessage() == "Device Kitchen sensor is back online"]
+    assert (len(offline), len(back)) == (1, 1)
+
+
+async def test_actions_publish_commands(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    entry = await _ready(hass, fake_account, device_processes)
+    async with await observer(fake_account.broker) as watcher:
+        await watcher.subscribe("iob/dev1/cmd/#", qos=1)
+        await hass.services.async_call(
+            "switch", "turn_on", {ATTR_ENTITY_ID: "switch.kitchen_sensor_relay"}, blocking=True
+        )
+        await hass.services.async_call(
+            "number",
+            "set_value",
+            {ATTR_ENTITY_ID: "number.kitchen_sensor_setpoint", "value": 22.5},
+            blocking=True,
+        )
+        await hass.services.async_call(
+            "button", "press", {ATTR_ENTITY_ID: "button.kitchen_sensor_identify"}, blocking=True
+        )
+        seen: list[tuple[str, bytes]] = []
+        async with asyncio.timeout(10):
+            async for message in watcher.messages:
+                assert isinstance(message.payload, bytes)
+                seen.append((str(message.topic), message.payload))
+                if len(seen) == 3:
+                    break
+    assert seen == [
+        ("iob/dev1/cmd/relay", b"on"),
+        ("iob/dev1/cmd/setpoint", b"22.5"),
+        ("iob/dev1/cmd/identify", b"press"),
+    ]
+    # The device answers with its new state; HA shows what the device reports.
+    await wait_for(
+        hass,
+        lambda: (
+            state_of(hass, "switch.kitchen_sensor_relay") == STATE_ON
+            and state_of(hass, "number.kitchen_sensor_setpoint") == "22.5"
+        ),
+        "the device's new states",
+    )
+    coordinator = entry.runtime_data.coordinator
+    await wait_for(
+        hass,
+        lambda: (coordinator.device("dev1").last_diagnostic or {}).get("event") == "pressed",
+        "the device's diagnostic event for the press",
+    )
+
+
+async def test_command_while_disconnected_is_a_translated_error(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    mosquitto_process: MosquittoProcess,
+) -> None:
+    entry = await _ready(hass, fake_account, device_processes)
+    mosquitto_process.stop()
+    await wait_for(
+        hass,
+        lambda: all(state_of(hass, e) == STATE_UNAVAILABLE for e in entity_ids(hass, entry)),
+        "every entity unavailable while the hub is disconnected",
+    )
+    # HA skips unavailable entities in actions; a press racing the disconnection gets this:
+    button = _entity(hass, "button.kitchen_sensor_identify")
+    with pytest.raises(HomeAssistantError) as error:
+        await button.async_press()
+    assert error.value.translation_key == "hub_not_connected"
+
+
+async def test_broker_restart_entities_come_back(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    mosquitto_process: MosquittoProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entry = await _ready(hass, fake_account, device_processes)
+    coordinator = entry.runtime_data.coordinator
+    mosquitto_process.restart()  # blocks the loop: the hub notices once it runs again
+    await wait_for(hass, lambda: not coordinator.connected, "the hub noticing the restart")
+    await wait_for(
+        hass,
+        lambda: coordinator.connected and all_reported(hass, entry),
+        "the hub reconnected and every entity back",
+        timeout=30,
+    )
+    # The whole path works again: command out, the device's new state back (the device
+    # process reconnects on its own, so retry until it is there).
+    async with asyncio.timeout(30):
+        while state_of(hass, "switch.kitchen_sensor_relay") != STATE_ON:
+            await hass.services.async_call(
+                "switch", "turn_on", {ATTR_ENTITY_ID: "switch.kitchen_sensor_relay"}, blocking=True
+            )
+            await wait_for(hass, lambda: True, "a moment")
+            await asyncio.sleep(0.2)
+    # The outage is logged once when it starts and once when it ends, not per retry.
+    hub_logger = "custom_components.iot_onboard.hub"
+    lost = [r for r in caplog.records if r.name == hub_logger and " lost " in r.getMessage()]
+    back = [r for r in caplog.records if r.name == hub_logger and r.getMessage().endswith("back")]
+    assert (len(lost), len(back)) == (1, 1)
+    assert lost[0].levelname == "WARNING"
+
+
+def _entity(hass: HomeAssistant, entity_id: str) -> Any:
+    for platform in async_get_platforms(hass, DOMAIN):
+        if entity_id in platform.entities:
+            return platform.entities[entity_id]
+    raise AssertionError(f"{entity_id} is not an entity of {DOMAIN}")
+
+
+@pytest.mark.parametrize("wildcard_hub", [False, True], ids=["per_device", "wildcard"])
+async def test_device_added_later_gets_entities(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    wildcard_hub: bool,
+) -> None:
+    fake_account.wildcard_hub = wildcard_hub
+    entry = await _ready(hass, fake_account, device_processes)
+    await start_device(fake_account, device_processes, "dev2", name="Hall sensor")
+    if not wildcard_hub:
+        # Per-device subscriptions follow the account service's list: the onboarding flow
+        # asks for a sync when it finishes (and the periodic sync would catch it too).
+        await entry.runtime_data.coordinator.async_request_sync()
+    await wait_for(
+        hass,
+        lambda: (
+            hass.states.get("sensor.hall_sensor_temperature") is not None
+            and state_of(hass, "sensor.hall_sensor_temperature") == "21.5"
+        ),
+        "entities of the device added later",
+    )
+    assert len(entity_ids(hass, entry)) == 2 * ENTITY_COUNT
+
+
+async def test_device_released_elsewhere_is_removed_at_the_next_sync(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+) -> None:
+    entry = await _ready(hass, fake_account, device_processes)
+    await fake_account.drop_device("dev1")  # e.g. released from another client
+    async_fire_time_changed(hass, dt_util.utcnow() + SYNC_INTERVAL)
+    await wait_for(
+        hass,
+        lambda: find_device(hass, "dev1", entry.entry_id) is None and not entity_ids(hass, entry),
+        "dev1 and its entities removed",
+    )
+    assert hass.states.get("sensor.kitchen_sensor_temperature") is None

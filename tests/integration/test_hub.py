@@ -1,0 +1,219 @@
+"""The HA-free hub core: descriptor parsing, backoff, credentials refused and re-fetched."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from homeassistant.exceptions import HomeAssistantError
+
+from custom_components.iot_onboard.account_client import (
+    AccountConnectionError,
+    AuthenticationError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from custom_components.iot_onboard.helpers import translate_error
+from custom_components.iot_onboard.hub import (
+    HubCommandError,
+    HubCredentials,
+    HubCredentialsRefusedError,
+    HubCredentialsUnavailableError,
+    HubNotConnectedError,
+    MetaError,
+    MqttHub,
+    backoff_delay,
+    parse_meta,
+)
+from tests.integration.fake_account import FakeAccountService
+from tests.integration.runtime_helpers import META, meta_for
+
+
+class Recorder:
+    """A HubListener that records what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+        self.connected = asyncio.Event()
+
+    def hub_connection_changed(self, *, connected: bool) -> None:
+        self.events.append(("connection", str(connected)))
+        if connected:
+            self.connected.set()
+
+    def device_meta_changed(self, device_id: str) -> None:
+        self.events.append(("meta", device_id))
+
+    def device_availability_changed(self, device_id: str) -> None:
+        self.events.append(("availability", device_id))
+
+    def device_state_changed(self, device_id: str, key: str) -> None:
+        self.events.append(("state", device_id, key))
+
+    def device_diagnostic(self, device_id: str, event: dict[str, Any]) -> None:
+        self.events.append(("diag", device_id, str(event.get("event"))))
+
+
+def test_parse_meta_keeps_what_home_assistant_can_build() -> None:
+    document = meta_for("dev1")
+    document["entities"] += [
+        {"key": "no_range", "platform": "number", "name": "No range"},
+        {"key": "bad/key", "platform": "sensor"},
+        {"key": "thing", "platform": "camera"},
+        {"key": "temperature", "platform": "sensor"},  # duplicate: the first one wins
+        "not an object",
+    ]
+    document["commands"] = ["identify", "self_destruct", "factory_reset"]
+    meta = parse_meta("dev1", json.dumps(document).encode())
+    assert [e.key for e in meta.entities] == [e["key"] for e in META["entities"]]
+    assert meta.commands == frozenset({"identify", "factory_reset"})
+    assert (meta.name, meta.model, meta.sw_version) == ("Kitchen sensor", "pi-sensor", "1.2.0")
+    setpoint = meta.entity("setpoint")
+    assert setpoint is not None
+    assert (setpoint.min, setpoint.max, setpoint.step) == (10.0, 30.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (json.dumps({"device": {"id": "other"}}).encode(), "names device"),
+        (b"x" * (64 * 1024 + 1), "over"),
+    ],
+)
+def test_parse_meta_refuses(payload: bytes, message: str) -> None:
+    with pytest.raises(MetaError, match=message):
+        parse_meta("dev1", payload)
+
+
+def test_backoff_doubles_to_the_cap_with_jitter() -> None:
+    assert backoff_delay(0, base=1.0, cap=60.0, jitter=0.0) == 0.5
+    assert backoff_delay(0, base=1.0, cap=60.0, jitter=1.0) == 1.0
+    assert backoff_delay(3, base=1.0, cap=60.0, jitter=0.5) == 6.0
+    assert backoff_delay(100, base=1.0, cap=60.0, jitter=0.99) <= 60.0
+    assert backoff_delay(100, base=1.0, cap=60.0, jitter=0.0) == 30.0
+
+
+async def _run_until(hub: MqttHub, done: asyncio.Event) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(hub.run())
+    async with asyncio.timeout(15):
+        waiter = asyncio.ensure_future(done.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    return task
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_refused_credentials_are_fetched_again_once(
+    fake_account: FakeAccountService,
+) -> None:
+    await fake_account.sync_hub()
+    good = HubCredentials(
+        fake_account.broker.host,
+        fake_account.broker.port,
+        fake_account.hub_username,
+        fake_account.hub_password,
+        tls=False,
+    )
+    wrong = HubCredentials(good.host, good.port, good.username, "not-the-password", tls=False)
+    fetched: list[str] = []
+
+    async def provider() -> HubCredentials:
+        fetched.append("fetch")
+        return good
+
+    recorder = Recorder()
+    hub = MqttHub(wrong, recorder, credentials_provider=provider, client_id="hub-test-1")
+    with pytest.raises(HubNotConnectedError):
+        await hub.publish_command("dev1", "relay", "on")
+    task = await _run_until(hub, recorder.connected)
+    try:
+        assert fetched == ["fetch"]
+        assert hub.connected
+        assert hub.credentials.password == good.password
+        assert hub.subscription_mode == "per_device"
+    finally:
+        await _stop(task)
+    assert recorder.events == [("connection", "True"), ("connection", "False")]
+
+
+async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> None:
+    await fake_account.sync_hub()
+    wrong = HubCredentials(
+        fake_account.broker.host,
+        fake_account.broker.port,
+        fake_account.hub_username,
+        "still-wrong",
+        tls=False,
+    )
+
+    async def provider() -> HubCredentials:
+        return wrong
+
+    hub = MqttHub(wrong, Recorder(), credentials_provider=provider, client_id="hub-test-2")
+    with pytest.raises(HubCredentialsRefusedError, match="refused the hub user"):
+        async with asyncio.timeout(15):
+            await hub.run()
+
+
+async def test_account_service_down_keeps_retrying(fake_account: FakeAccountService) -> None:
+    await fake_account.sync_hub()
+    wrong = HubCredentials(
+        fake_account.broker.host,
+        fake_account.broker.port,
+        fake_account.hub_username,
+        "stale",
+        tls=False,
+    )
+    attempts = asyncio.Event()
+    calls: list[int] = []
+
+    async def provider() -> HubCredentials:
+        calls.append(1)
+        if len(calls) >= 2:
+            attempts.set()
+        raise HubCredentialsUnavailableError("account service down")
+
+    hub = MqttHub(
+        wrong,
+        Recorder(),
+        credentials_provider=provider,
+        client_id="hub-test-3",
+        backoff_base=0.05,
+    )
+    task = await _run_until(hub, attempts)
+    try:
+        assert not task.done()  # still retrying, not ended
+        assert len(calls) >= 2
+    finally:
+        await _stop(task)
+
+
+@pytest.mark.parametrize(
+    ("error", "key"),
+    [
+        (HubNotConnectedError("x"), "hub_not_connected"),
+        (HubCommandError("x"), "command_failed"),
+        (MetaError("x"), "hub_error"),
+        (AuthenticationError(401, "expired", "x"), "auth_expired"),
+        (ForbiddenError(403, "forbidden", "needs admin"), "account_forbidden"),
+        (NotFoundError(404, "device_not_found", "x"), "account_not_found"),
+        (InvalidRequestError(400, "invalid_request", "bad"), "account_refused"),
+        (AccountConnectionError("down"), "account_unreachable"),
+    ],
+)
+def test_errors_are_translated(error: Exception, key: str) -> None:
+    translated = translate_error(error)
+    assert isinstance(translated, HomeAssistantError)
+    assert translated.translation_domain == "iot_onboard"
+    assert translated.translation_key == key

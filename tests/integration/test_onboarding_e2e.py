@@ -1,0 +1,436 @@
+"""Onboarding end to end: a real device agent, a real account service, a real Mosquitto.
+
+The device (``python -m device_firmware run``, simulated Wi-Fi with HomeNet and an open café
+network) and the account service (``python -m cloud_relay serve`` on SQLite, administering the
+test's Mosquitto through dynamic security) run as subprocesses on 127.0.0.1
+(tests/integration/onboarding_services.py), stopped by pid.
+
+* Discovery: the zeroconf record is built from the device's own advertisement data (its
+  ``/iob/v1/info`` carries the TXT record's fields; nothing multicasts). The user signs up
+  inside the discovery flow, creates the household, pastes the QR code, chooses HomeNet with a
+  wrong password (WIFI_AUTH_FAILED is shown, the device rolls back), retries with the right one,
+  and the household entry is created with the device in it and loads. Then the button opens
+  the claimed device's window for its owner, and the reconfigure flow moves it to the café
+  network with the owner secret alone.
+* Manual add: an existing household, the device's address and its typed code (the registry
+  key comes from the service's device-key lookup).
+* The account client against the real /v1 API: every call the runtime uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from ipaddress import ip_address
+from pathlib import Path
+
+import aiohttp
+import pytest
+from homeassistant.config_entries import (
+    SOURCE_RECONFIGURE,
+    SOURCE_USER,
+    SOURCE_ZEROCONF,
+    ConfigEntry,
+    ConfigEntryState,
+    ConfigFlowResult,
+)
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+
+from custom_components.iot_onboard.account_client import (
+    AccountClient,
+    ClaimRejectedError,
+    DeviceAccess,
+    DeviceKeyNotFoundError,
+    Role,
+    ShareAccess,
+    TokenSet,
+    TransferStatus,
+)
+from custom_components.iot_onboard.const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
+from custom_components.iot_onboard.device_client import DeviceClient
+from custom_components.iot_onboard.iob_protocol import (
+    DiagnosticCode,
+    ManualCode,
+    OwnerSecret,
+    SetupCode,
+    b64url_decode,
+    public_key_fingerprint,
+)
+from tests.integration.onboarding_services import (
+    HOME_PASSPHRASE,
+    HOME_SSID,
+    LOOPBACK,
+    AccountService,
+    Device,
+)
+from tests.plugins.mosquitto import MosquittoBroker
+
+NETWORKS = [
+    {"ssid": HOME_SSID, "passphrase": HOME_PASSPHRASE, "strength": 80},
+    {"ssid": "Cafe", "strength": 40},
+]
+
+
+@pytest.fixture
+def services(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> Iterator[tuple[AccountService, Device]]:
+    """A provisioned device in the registry, both programs running; stopped by pid."""
+    relay = AccountService(tmp_path / "relay", mosquitto_broker)
+    device = Device(tmp_path / "device")
+    try:
+        device.provision()
+        relay.start()
+        relay.import_records(device.record_file)
+        device.start(NETWORKS)
+        yield relay, device
+    finally:
+        device.stop()
+        relay.stop()
+
+
+def qr_text(device: Device) -> str:
+    """What a phone camera reads off the label: rebuilt from the factory's files."""
+    label = device.label()
+    setup = SetupCode.from_json(label["setup_code"])
+    fingerprint = public_key_fingerprint(b64url_decode(label["factory"]["public_key"]))
+    return setup.qr_payload(fingerprint).format()
+
+
+async def discovery_of(hass: HomeAssistant, device: Device) -> ZeroconfServiceInfo:
+    """The zeroconf record, from the device's own advertisement data (no multicast)."""
+    info = await DeviceClient(
+        LOOPBACK, device.port, session=async_get_clientsession(hass)
+    ).fetch_info()
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(LOOPBACK),
+        ip_addresses=[ip_address(LOOPBACK)],
+        port=device.port,
+        hostname=f"iob-{info.device_id.lower()}.local.",
+        type="_iot-onboard._tcp.local.",
+        name=f"iob-{info.device_id}._iot-onboard._tcp.local.",
+        properties={
+            "id": info.device_id,
+            "model": info.model,
+            "firmware": info.firmware_version,
+            "state": info.state,
+            "protocol": str(info.protocol_version),
+        },
+    )
+
+
+async def test_discovery_to_claimed_device_in_a_new_household(
+    hass: HomeAssistant, services: tuple[AccountService, Device]
+) -> None:
+    relay, device = services
+    discovery = await discovery_of(hass, device)
+    assert discovery.properties["id"] == device.device_id
+    assert discovery.properties["state"] == "unclaimed"
+
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery
+    )
+    assert result["step_id"] == "discovery_confirm"
+    flow_id = result["flow_id"]
+    # No household in Home Assistant yet: sign up to the account service inside this flow.
+    result = await hass.config_entries.flow.async_configure(flow_id, {})
+    assert result["step_id"] == "account"
+    email = f"ada-{secrets.token_hex(4)}@example.com"
+    result = await hass.config_entries.flow.async_configure(
+        flow_id,
+        {
+            "account_url": relay.url,
+            "email": email,
+            "password": secrets.token_urlsafe(16),
+            "create_account": True,
+        },
+    )
+    assert result["step_id"] == "household", result
+    result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
+    assert result["step_id"] == "credentials", result
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"setup_code": qr_text(device)}
+    )
+    assert result["step_id"] == "wifi", result
+    assert result["data_schema"] is not None
+    network = next(
+        option["value"]
+        for option in result["data_schema"].schema["network"].config["options"]
+        if option["label"].startswith(HOME_SSID)
+    )
+
+    # A wrong password: the device tries, rolls back, and says why over the same session.
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"network": network, "passphrase": "not the password"}
+    )
+    assert result["type"] is FlowResultType.SHOW_PROGRESS
+    result = await _after_progress(hass, flow_id)
+    assert result["step_id"] == "wifi"
+    assert result["errors"] == {"base": DiagnosticCode.WIFI_AUTH_FAILED.value.lower()}
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["household_id"]) == ("provisioning", None)
+
+    # The right one: joined, claim confirmed by the device, household entry created.
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
+    )
+    result = await _after_progress(hass, flow_id)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    entry = result["result"]
+    household_id = entry.data[CONF_HOUSEHOLD_ID]
+    assert entry.unique_id == household_id
+    assert entry.title == "Home"
+    record = entry.data[CONF_DEVICES][device.device_id]
+    assert (record["host"], record["port"], record["model"]) == (LOOPBACK, device.port, "pi-test")
+    assert b64url_decode(record["public_key"]) == b64url_decode(
+        device.label()["factory"]["public_key"]
+    )
+
+    # The device says the same from its own shell, and the service lists it as ours.
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["household_id"]) == ("online", household_id)
+    assert status["wifi_ssid"] == HOME_SSID
+    account = AccountClient(
+        relay.url,
+        session=async_get_clientsession(hass),
+        tokens=TokenSet.from_entry_data(entry.data),
+    )
+    [owned] = await account.devices(household_id)
+    assert (owned.device_id, owned.access) == (device.device_id, DeviceAccess.OWNER)
+    # A second claim of an owned device fails with a clear reason.
+    other = AccountClient(relay.url, session=async_get_clientsession(hass))
+    await other.sign_up(f"eve-{secrets.token_hex(4)}@example.com", secrets.token_urlsafe(16))
+    eve_home = await other.create_household("Eve")
+    with pytest.raises(ClaimRejectedError):
+        await other.create_claim(eve_home.household_id, device.device_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
+
+    await _change_wifi(hass, entry, device)
+
+
+async def _change_wifi(hass: HomeAssistant, entry: ConfigEntry, device: Device) -> None:
+    """Later the household's Wi-Fi changes.
+
+    A short press of the device's button opens its window for its owner only; the
+    reconfigure flow opens the session with the owner secret it kept (no label) and moves the
+    device to the café network. Ownership stays.
+    """
+    household_id = entry.data[CONF_HOUSEHOLD_ID]
+    await _press_button(hass, device)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+    )
+    assert result["type"] is FlowResultType.MENU
+    flow_id = result["flow_id"]
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"next_step_id": "device_select"}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"device": device.device_id, "host": LOOPBACK, "port": device.port}
+    )
+    assert result["step_id"] == "wifi", result
+    assert result["data_schema"] is not None
+    cafe = next(
+        option["value"]
+        for option in result["data_schema"].schema["network"].config["options"]
+        if option["label"].startswith("Cafe")
+    )
+    result = await hass.config_entries.flow.async_configure(flow_id, {"network": cafe})
+    result = await _after_progress(hass, flow_id)
+    assert result["type"] is FlowResultType.ABORT, result
+    assert result["reason"] == "wifi_changed"
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["household_id"]) == ("online", household_id)
+    assert status["wifi_ssid"] == "Cafe"
+
+
+async def _press_button(hass: HomeAssistant, device: Device) -> None:
+    """SIGUSR1 is the agent's button; wait until its window admits a session."""
+    assert device.process is not None
+    os.kill(device.process.popen.pid, signal.SIGUSR1)
+    client = DeviceClient(LOOPBACK, device.port, session=async_get_clientsession(hass))
+    for _ in range(600):
+        if (await client.fetch_info()).window == "open":
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("the device's window did not open after the button press")
+
+
+async def _after_progress(hass: HomeAssistant, flow_id: str) -> ConfigFlowResult:
+    """Wait for the provisioning task (real HTTP to both services), then read the next step."""
+    await hass.async_block_till_done()
+    return await hass.config_entries.flow.async_configure(flow_id)
+
+
+async def test_manual_add_by_address_and_typed_code(
+    hass: HomeAssistant, services: tuple[AccountService, Device]
+) -> None:
+    """Another VLAN (no discovery): the address and the typed code, checked via the registry."""
+    relay, device = services
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["step_id"] == "account"
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"],
+        {
+            "account_url": relay.url,
+            "email": f"bo-{secrets.token_hex(4)}@example.com",
+            "password": secrets.token_urlsafe(16),
+            "create_account": True,
+        },
+    )
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"household_name": "Flat"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    entry = result["result"]
+    await hass.async_block_till_done()
+
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    flow_id = result["flow_id"]
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"next_step_id": "manual_device"}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"host": LOOPBACK, "port": device.port, "setup_code": device.manual_code}
+    )
+    assert result["step_id"] == "wifi", result
+    assert result["data_schema"] is not None
+    network = next(
+        option["value"]
+        for option in result["data_schema"].schema["network"].config["options"]
+        if option["label"].startswith(HOME_SSID)
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
+    )
+    result = await _after_progress(hass, flow_id)
+    assert result["type"] is FlowResultType.ABORT, result
+    assert result["reason"] == "device_added"
+    assert device.device_id in entry.data[CONF_DEVICES]
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["household_id"]) == ("online", entry.data[CONF_HOUSEHOLD_ID])
+    await hass.async_block_till_done()
+
+
+async def test_account_client_against_the_real_service(
+    hass: HomeAssistant, services: tuple[AccountService, Device]
+) -> None:
+    """Every AccountClient call the runtime uses, against the real /v1 API and its shapes."""
+    relay, device = services
+    http = async_get_clientsession(hass)
+    saved: list[TokenSet] = []
+    owner = AccountClient(relay.url, session=http, on_tokens=saved.append)
+    password = secrets.token_urlsafe(16)
+    email = f"owner-{secrets.token_hex(4)}@example.com"
+    await owner.sign_up(email, password, "Owner")
+    assert (await owner.health()).status == "ok"
+    me = await owner.me()
+    assert me.email == email
+    home = await owner.create_household("Home")
+    assert home.role is Role.OWNER
+    assert [h.household_id for h in await owner.households()] == [home.household_id]
+    assert (await owner.rename_household(home.household_id, "House")).name == "House"
+    assert (await owner.household(home.household_id)).name == "House"
+
+    member = await owner.add_member(
+        home.household_id, external_id="ha-user-1", display_name="Kid", role=Role.VIEWER
+    )
+    member = await owner.update_member(home.household_id, member.member_id, role=Role.MEMBER)
+    assert member.role is Role.MEMBER
+    assert {m.role for m in await owner.members(home.household_id)} == {Role.OWNER, Role.MEMBER}
+    invitation = await owner.invite(home.household_id, role=Role.ADMIN)
+    assert [i.invitation_id for i in await owner.invitations(home.household_id)] == [
+        invitation.invitation_id
+    ]
+    await owner.revoke_invitation(home.household_id, invitation.invitation_id)
+    await owner.remove_member(home.household_id, member.member_id)
+
+    await _claim_release_and_share(http, owner, home.household_id, relay, device)
+    await owner.refresh()
+    await owner.sign_out()
+    assert owner.tokens is None
+    assert len(saved) == 2  # sign-up, refresh
+
+
+async def _claim_release_and_share(
+    http: aiohttp.ClientSession,
+    owner: AccountClient,
+    household_id: str,
+    relay: AccountService,
+    device: Device,
+) -> None:
+    """Hub credentials, a claim confirmed by the device, sharing, transfer, audit, release."""
+    home = await owner.household(household_id)
+    hub = await owner.hub_credentials(home.household_id)
+    assert hub.username
+    rotated = await owner.rotate_hub_credentials(home.household_id)
+    assert rotated.password != hub.password
+
+    # The registry key for the label's typed code (and the same refusal for a wrong code).
+    key = await owner.device_key(home.household_id, device.device_id, device.manual_code)
+    assert key.public_key == b64url_decode(device.label()["factory"]["public_key"])
+    right = ManualCode.parse(device.manual_code)
+    wrong = ManualCode(f"{(int(right.passcode) + 1) % 10**9:09d}").format()
+    with pytest.raises(DeviceKeyNotFoundError):
+        await owner.device_key(home.household_id, device.device_id, wrong)
+    # Claim through the service and confirm through the device, as the flow does.
+    claim = await owner.create_claim(home.household_id, device.device_id)
+    assert (await owner.claim_status(claim.claim_id)).status.value == "pending"
+    link = await DeviceClient(LOOPBACK, device.port, session=http).connect(
+        SetupCode.from_json(device.label()["setup_code"]).qr_payload(
+            public_key_fingerprint(b64url_decode(device.label()["factory"]["public_key"]))
+        ),
+        device_id=device.device_id,
+    )
+    await link.set_wifi(HOME_SSID.encode(), HOME_PASSPHRASE)
+    await link.set_claim(
+        relay.url, claim.token, owner_secret=OwnerSecret.generate(), allow_insecure_http=True
+    )
+    await link.commit()
+    async with asyncio.timeout(60):
+        owned = await owner.wait_for_claim(claim.claim_id, interval=0.2)
+    assert owned.status.value == "owned"
+
+    [summary] = await owner.devices(home.household_id)
+    assert summary.access is DeviceAccess.OWNER
+    detail = await owner.device(home.household_id, device.device_id)
+    assert detail.model == "pi-test"
+    credentials = await owner.rotate_device_credentials(home.household_id, device.device_id)
+    assert credentials.device_id == device.device_id
+
+    neighbour = AccountClient(relay.url, session=http)
+    await neighbour.sign_up(f"n-{secrets.token_hex(4)}@example.com", secrets.token_urlsafe(16))
+    flat = await neighbour.create_household("Flat")
+    share = await owner.share_device(
+        home.household_id, device.device_id, flat.household_id, ShareAccess.READ
+    )
+    assert share.access is ShareAccess.READ
+    assert [s.household_id for s in await owner.shares(home.household_id, device.device_id)] == [
+        flat.household_id
+    ]
+    [shared] = await neighbour.devices(flat.household_id)
+    assert shared.access is DeviceAccess.READ
+    await owner.unshare_device(home.household_id, device.device_id, flat.household_id)
+    transfer = await owner.offer_transfer(home.household_id, device.device_id, flat.household_id)
+    assert transfer.status is TransferStatus.PENDING
+    assert [t.transfer_id for t in await neighbour.transfers(flat.household_id)] == [
+        transfer.transfer_id
+    ]
+    await owner.cancel_transfer(home.household_id, transfer.transfer_id)
+
+    page = await owner.audit(home.household_id, limit=5)
+    assert page.events
+    device_page = await owner.audit(home.household_id, device_id=device.device_id)
+    assert any(event.action == "device.claimed" for event in device_page.events)
+    assert isinstance(await owner.models(), list)
+
+    await owner.release_device(home.household_id, device.device_id)
+    assert await owner.devices(home.household_id) == []

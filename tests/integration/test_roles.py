@@ -1,0 +1,200 @@
+"""The role matrix: owner/admin/member/viewer/unmapped users and automations x every action.
+
+Entity actions (switch, button, number) and IoT Onboard actions are checked against the
+caller's household role (members read from the account service), before anything is sent.
+Refusals are translated ServiceValidationErrors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from homeassistant.auth.models import User
+from homeassistant.const import ATTR_ENTITY_ID
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.exceptions import ServiceValidationError
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.iot_onboard.const import (
+    CONF_AUTOMATION_ROLE,
+    CONF_UNMAPPED_ROLE,
+    DOMAIN,
+    EXTERNAL_ID_PREFIX,
+)
+from custom_components.iot_onboard.helpers import find_device
+from tests.integration.fake_account import FakeAccountService
+from tests.integration.runtime_helpers import (
+    DeviceProcesses,
+    setup_entry,
+    start_device,
+    state_of,
+    wait_for,
+)
+
+ROLES = ("owner", "admin", "member", "viewer")
+#: action -> the lowest role allowed.
+NEEDS = {
+    "switch": "member",
+    "button": "member",
+    "number": "member",
+    "identify": "member",
+    "share": "admin",
+    "release": "admin",
+    "transfer": "owner",
+}
+RANK = {"viewer": 0, "member": 1, "admin": 2, "owner": 3}
+
+
+async def _call(hass: HomeAssistant, entry: MockConfigEntry, action: str, context: Context) -> None:
+    """Run ``action`` as ``context``; the device answers (fake account, real broker)."""
+    device = find_device(hass, "dev1", entry.entry_id)
+    assert device is not None
+    calls: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "switch": ("switch", "turn_on", {ATTR_ENTITY_ID: "switch.kitchen_sensor_relay"}),
+        "button": ("button", "press", {ATTR_ENTITY_ID: "button.kitchen_sensor_identify"}),
+        "number": (
+            "number",
+            "set_value",
+            {ATTR_ENTITY_ID: "number.kitchen_sensor_setpoint", "value": 21.0},
+        ),
+        "identify": (DOMAIN, "identify", {"device_id": device.id}),
+        "share": (
+            DOMAIN,
+            "share",
+            {"device_id": device.id, "household_id": "h-neighbour", "access": "read"},
+        ),
+        # Refused before reaching the service (fake release would remove the device).
+        "release": (DOMAIN, "release", {"device_id": device.id}),
+        "transfer": (DOMAIN, "transfer", {"device_id": device.id, "household_id": "h-next"}),
+    }
+    domain, service, data = calls[action]
+    await hass.services.async_call(domain, service, data, blocking=True, context=context)
+
+
+async def _users(hass: HomeAssistant, service: FakeAccountService) -> dict[str, User]:
+    """One HA user per role, mapped as household members; plus one unmapped user."""
+    users: dict[str, User] = {}
+    for role in (*ROLES, "unmapped"):
+        users[role] = await hass.auth.async_create_user(f"{role} user", group_ids=["system-users"])
+    owner = next(m for m in service.members if m["role"] == "owner")
+    owner["external_id"] = EXTERNAL_ID_PREFIX + users["owner"].id
+    for role in ("admin", "member", "viewer"):
+        service.members.append(
+            service._member(f"m-{role}", None, EXTERNAL_ID_PREFIX + users[role].id, role, role)
+        )
+    return users
+
+
+@pytest.fixture
+async def ready(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> tuple[MockConfigEntry, dict[str, User]]:
+    """A household with one device and one HA user per role."""
+    users = await _users(hass, fake_account)
+    await start_device(fake_account, device_processes, "dev1")
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(
+        hass,
+        lambda: (
+            hass.states.get("switch.kitchen_sensor_relay") is not None
+            and state_of(hass, "switch.kitchen_sensor_relay") == "off"
+        ),
+        "the device's entities",
+    )
+    return entry, users
+
+
+@pytest.mark.parametrize("action", list(NEEDS))
+async def test_role_matrix(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    ready: tuple[MockConfigEntry, dict[str, User]],
+    action: str,
+) -> None:
+    entry, users = ready
+    for role in (*ROLES, "unmapped"):
+        fake_account.calls.clear()
+        context = Context(user_id=users[role].id)
+        allowed = role != "unmapped" and RANK[role] >= RANK[NEEDS[action]]
+        if action == "release" and allowed:
+            continue  # released once below, by the lowest allowed role
+        if allowed:
+            await _call(hass, entry, action, context)
+            continue
+        with pytest.raises(ServiceValidationError) as refused:
+            await _call(hass, entry, action, context)
+        kind = "unmapped" if role == "unmapped" else "user"
+        assert refused.value.translation_key == f"permission_denied_{kind}", role
+        placeholders = refused.value.translation_placeholders or {}
+        assert placeholders["needed"] == NEEDS[action]
+        assert placeholders["role"] == ("viewer" if role == "unmapped" else role)
+        # Nothing reached the account service for a refused management action.
+        assert not [c for c in fake_account.calls if c[0] != "GET"], (role, fake_account.calls)
+    if action == "release":
+        await _call(hass, entry, "release", Context(user_id=users["admin"].id))
+        assert find_device(hass, "dev1", entry.entry_id) is None
+
+
+async def test_automation_role_follows_the_option(
+    hass: HomeAssistant, ready: tuple[MockConfigEntry, dict[str, User]]
+) -> None:
+    entry, _users = ready
+    automation = Context()  # no user: an automation
+    await _call(hass, entry, "switch", automation)  # default: member
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "share", automation)
+    assert refused.value.translation_key == "permission_denied_automation"
+
+    hass.config_entries.async_update_entry(
+        entry, options={CONF_AUTOMATION_ROLE: "viewer", CONF_UNMAPPED_ROLE: "viewer"}
+    )
+    for action in ("switch", "button", "number"):
+        with pytest.raises(ServiceValidationError) as refused:
+            await _call(hass, entry, action, automation)
+        assert refused.value.translation_key == "permission_denied_automation"
+
+    hass.config_entries.async_update_entry(
+        entry, options={CONF_AUTOMATION_ROLE: "admin", CONF_UNMAPPED_ROLE: "viewer"}
+    )
+    await _call(hass, entry, "share", automation)
+
+
+async def test_unmapped_users_follow_the_option(
+    hass: HomeAssistant, ready: tuple[MockConfigEntry, dict[str, User]]
+) -> None:
+    entry, users = ready
+    unmapped = Context(user_id=users["unmapped"].id)
+    with pytest.raises(ServiceValidationError):
+        await _call(hass, entry, "switch", unmapped)
+    hass.config_entries.async_update_entry(
+        entry, options={CONF_AUTOMATION_ROLE: "member", CONF_UNMAPPED_ROLE: "member"}
+    )
+    await _call(hass, entry, "switch", unmapped)
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "release", unmapped)
+    assert refused.value.translation_key == "permission_denied_unmapped"
+
+
+async def test_read_only_share_refuses_control_for_everyone(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+) -> None:
+    users = await _users(hass, fake_account)
+    await start_device(fake_account, device_processes, "dev1", access="read")
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(
+        hass,
+        lambda: (
+            hass.states.get("switch.kitchen_sensor_relay") is not None
+            and state_of(hass, "switch.kitchen_sensor_relay") == "off"
+        ),
+        "the shared device's entities",
+    )
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "switch", Context(user_id=users["owner"].id))
+    assert refused.value.translation_key == "device_read_only"
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "share", Context(user_id=users["owner"].id))
+    assert refused.value.translation_key == "device_not_owned"
