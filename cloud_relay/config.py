@@ -54,6 +54,10 @@ class RateLimits:
     claims_per_device: Limit = Limit(10, 600)
     confirm_per_address: Limit = Limit(120, 60)
     confirm_per_device: Limit = Limit(20, 60)
+    #: The manual code has ~30 bits: its lookup is budgeted like the device's own handshakes.
+    key_lookups_per_account: Limit = Limit(30, 900)
+    key_lookups_per_address: Limit = Limit(60, 900)
+    key_lookups_per_device: Limit = Limit(20, 900)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,9 @@ class Limiters:
     claims_per_device: RateLimiter
     confirm_per_address: RateLimiter
     confirm_per_device: RateLimiter
+    key_lookups_per_account: RateLimiter
+    key_lookups_per_address: RateLimiter
+    key_lookups_per_device: RateLimiter
 
     @classmethod
     def from_config(cls, config: RelayConfig) -> Limiters:
@@ -48,6 +51,9 @@ class Limiters:
                     "claims_per_device",
                     "confirm_per_address",
                     "confirm_per_device",
+                    "key_lookups_per_account",
+                    "key_lookups_per_address",
+                    "key_lookups_per_device",
                 )
             }
         )

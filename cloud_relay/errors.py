@@ -208,6 +208,21 @@ class ClaimNotFoundError(NotFoundError):
     default_message = "No such claim; start a new claim."
 
 
+class DeviceKeyNotFoundError(NotFoundError):
+    """The manual-code key lookup failed.
+
+    Deliberately the same for an unknown id, a wrong code and a device owned by (or
+    pre-assigned to) another household, so the answer says nothing about which ids exist.
+    """
+
+    code = "device_not_found_or_code_wrong"
+    default_message = (
+        "No device with this id accepts this manual code for your household: check the 10 "
+        "digits under the QR code on the device's label (or scan the QR code instead); if the "
+        "device belongs to another household, ask its owner to release it."
+    )
+
+
 class ModelNotFoundError(NotFoundError):
     """No such device model in the registry."""
 

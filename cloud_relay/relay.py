@@ -16,6 +16,7 @@ from .broker import BrokerAdapter, ReconcileReport
 from .broker_sync import broker_call, desired_state
 from .claims import Claims
 from .context import Context
+from .device_keys import DeviceKeys
 from .devices import Devices
 from .errors import RelayError
 from .households import Households
@@ -26,7 +27,7 @@ PURGE_INTERVAL: Final = 600.0
 
 
 class Relay:
-    """Accounts, households, registry, claims and devices over one context."""
+    """Accounts, households, registry, claims, devices and device keys over one context."""
 
     def __init__(self, ctx: Context) -> None:
         """Build every service on ``ctx``."""
@@ -36,6 +37,7 @@ class Relay:
         self.registry = Registry(ctx)
         self.claims = Claims(ctx, self.households)
         self.devices = Devices(ctx, self.households)
+        self.device_keys = DeviceKeys(ctx, self.households)
 
     @property
     def broker(self) -> BrokerAdapter:

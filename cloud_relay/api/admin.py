@@ -15,7 +15,17 @@ from cloud_relay.errors import (
 )
 from cloud_relay.registry import parse_record
 
-from .common import Fields, account, no_content, ok, page_params, path_id, read_json, relay
+from .common import (
+    Fields,
+    account,
+    no_content,
+    ok,
+    page_params,
+    path_id,
+    query_id,
+    read_json,
+    relay,
+)
 
 routes = web.RouteTableDef()
 MAX_RECORDS = 10_000
@@ -108,8 +118,8 @@ async def admin_audit(request: web.Request) -> web.Response:
     """The whole audit log, optionally per household and/or device."""
     await _admin(request)
     cursor, limit = page_params(request)
-    household_id = request.query.get("household_id")
-    device_id = request.query.get("device_id")
+    household_id = query_id(request, "household_id")
+    device_id = query_id(request, "device_id")
     async with relay(request).ctx.storage.read() as conn:
         page = await audit.query(
             conn,

@@ -64,6 +64,18 @@ def path_id(request: web.Request, name: str, error: type[NotFoundError] = NotFou
     return value
 
 
+def query_id(request: web.Request, name: str) -> str | None:
+    """An optional query parameter that filters by one of our ids (absent → None).
+
+    Checked like a path id: anything else cannot match, and PostgreSQL refuses some strings
+    outright (NUL), which must be a 400, not a database failure.
+    """
+    value = request.query.get(name)
+    if value is not None and not _ID_RE.fullmatch(value):
+        raise InvalidRequestError(f"{name} must be an id: 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
 def _reject_constant(name: str) -> NoReturn:
     raise InvalidRequestError(f"{name} is not valid JSON")
 

@@ -185,6 +185,22 @@ async def create_claim(request: web.Request) -> web.Response:
     return ok(claim, status=201)
 
 
+@routes.post(_HOUSEHOLD + "/device-keys")
+async def device_key(request: web.Request) -> web.Response:
+    """A device's public key for a member who holds its manual code (member or above)."""
+    caller = await account(request)
+    household_id = _household(request)
+    fields = Fields(await read_json(request), {"device_id", "manual_code"})
+    key = await relay(request).device_keys.lookup(
+        caller,
+        household_id,
+        fields.string("device_id", max_length=64),
+        fields.string("manual_code", max_length=64),
+        client_address(request),
+    )
+    return ok(key.to_json())
+
+
 # --- devices --------------------------------------------------------------------------------
 
 

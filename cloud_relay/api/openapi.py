@@ -241,6 +241,22 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "order_ref": _nullable({"type": "string"}),
         }
     ),
+    "DeviceKey": _obj(
+        {
+            "device_id": DEVICE_ID,
+            "public_key": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{43}$",
+                "description": "The raw 32-byte Ed25519 identity key, base64url.",
+            },
+            "fingerprint": {
+                "type": "string",
+                "pattern": "^[0-9A-HJKMNP-TV-Z]{32}$",
+                "description": "The key's fingerprint as on the QR code (docs/protocol.md §2).",
+            },
+            "model": {"type": "string"},
+        }
+    ),
     "ImportReport": _obj({"imported": {"type": "integer"}, "unchanged": {"type": "integer"}}),
     "RevokedSessions": _obj({"revoked_sessions": {"type": "integer"}}),
     "SignedStatement": {
@@ -615,6 +631,45 @@ def _paths() -> dict[str, dict[str, Any]]:
                 parameters=_HP,
             )
         },
+        _H + "/device-keys": {
+            "post": _op(
+                "A device's identity key, for a member who holds its manual code (member)",
+                tag="devices",
+                ok=(200, "DeviceKey"),
+                errors=(403, 404, 429),
+                description=(
+                    "Home Assistant pins this key before a manual-code handshake "
+                    "(DESIGN: the device key is checked against the registry before anything "
+                    "secret is sent). 200 only when `manual_code` verifies against the "
+                    "registry's setup verifier and the device is free or already this "
+                    "household's. An unknown id, a wrong code and a device owned by or "
+                    "pre-assigned to another household all answer the same 404 "
+                    "`device_not_found_or_code_wrong`; every refusal is audited "
+                    "(`device.key_lookup_refused`). Every attempt counts against per-account, "
+                    "per-address and per-device budgets (default 20 per 15 min per device): "
+                    "429 `rate_limited` with Retry-After. 400 `invalid_request` for a "
+                    "malformed device id or code (bad check digit, trivial code)."
+                ),
+                body=_obj(
+                    {
+                        "device_id": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "16 Crockford base32 characters.",
+                        },
+                        "manual_code": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": (
+                                "The 10 digits from the label, e.g. `27182-81821`; hyphens and "
+                                "spaces are ignored."
+                            ),
+                        },
+                    }
+                ),
+                parameters=_HP,
+            )
+        },
         _H + "/devices": {
             "get": _op(
                 "Owned and shared devices (any member)",
@@ -839,18 +894,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                 ok=(200, "AuditPage"),
                 errors=(403,),
                 parameters=[
-                    {
-                        "name": "household_id",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "device_id",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    },
+                    {"name": "household_id", "in": "query", "required": False, "schema": ID},
+                    {"name": "device_id", "in": "query", "required": False, "schema": ID},
                     *_PAGE,
                 ],
             )

@@ -9,16 +9,15 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped] # the venv has no stubs for it
+import jsonschema
 from aiohttp.test_utils import TestClient
 from iob_protocol.canonical import b64url_encode
-from iob_protocol.claim import ClaimConfirmation, ReleaseNotice
+from iob_protocol.claim import ClaimConfirmation, ReleaseNotice, ZeroTouchConfirmation
 from iob_protocol.identity import DeviceIdentity
 from iob_protocol.payload import SetupCode, SetupVerifier
 
 from cloud_relay.api.common import RELAY
 from cloud_relay.api.openapi import document
-from cloud_relay.device_proofs import ZeroTouchConfirmation
 from cloud_relay.registry import FactoryRecord
 from cloud_relay.relay import Relay
 
@@ -37,22 +36,46 @@ class FakeClock:
 
 
 @cache
-def _verifier() -> str:
-    # The relay only checks a verifier's format, so one (slow, scrypt) verifier serves all.
+def _shared_verifier() -> str:
+    # Most tests only need a well-formed verifier, so one (slow, scrypt) verifier serves them.
     identity = DeviceIdentity.generate()
     return SetupVerifier.create(SetupCode.generate(identity.device_id), log2_n=14).encode()
 
 
+@cache
+def _verifier_for(code: SetupCode) -> str:
+    return SetupVerifier.create(code, log2_n=14).encode()
+
+
 @dataclass
 class FakeDevice:
-    """A device with a factory identity, as the registry knows it."""
+    """A device with a factory identity, as the registry knows it.
+
+    With ``with_code=True`` it also has a setup code whose real verifier goes to the registry
+    (the manual-code key lookup checks it); otherwise it shares one well-formed verifier.
+    """
 
     identity: DeviceIdentity = field(default_factory=DeviceIdentity.generate)
     model: str = "pi-sensor"
+    with_code: bool = False
+    code: SetupCode | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.with_code:
+            self.code = SetupCode.generate(self.identity.device_id)
 
     @property
     def id(self) -> str:
         return self.identity.device_id
+
+    @property
+    def manual_code(self) -> str:
+        """The manual code as printed on the label."""
+        assert self.code is not None, "create the device with with_code=True"
+        return self.code.manual_code().format()
+
+    def verifier(self) -> str:
+        return _shared_verifier() if self.code is None else _verifier_for(self.code)
 
     def record(self) -> dict[str, str]:
         """Its factory-provision record (JSON form)."""
@@ -60,11 +83,11 @@ class FakeDevice:
             "device_id": self.id,
             "model": self.model,
             "public_key": b64url_encode(self.identity.public_key),
-            "setup_verifier": _verifier(),
+            "setup_verifier": self.verifier(),
         }
 
     def factory_record(self) -> FactoryRecord:
-        return FactoryRecord(self.id, self.model, self.identity.public_key, _verifier())
+        return FactoryRecord(self.id, self.model, self.identity.public_key, self.verifier())
 
     def confirm(self, token: str, now: int) -> dict[str, Any]:
         """The signed claim confirmation, as the JSON object the device posts."""
@@ -72,9 +95,7 @@ class FakeDevice:
         return _object(confirmation.to_json())
 
     def zero_touch(self, now: int) -> dict[str, Any]:
-        statement = ZeroTouchConfirmation.create(
-            self.identity, nonce=secrets.token_bytes(16), timestamp=now
-        )
+        statement = ZeroTouchConfirmation.create(self.identity, clock=lambda: now)
         return _object(statement.to_json())
 
     def release(self, now: int) -> dict[str, Any]:
@@ -247,8 +268,8 @@ class Api:
         await self.relay.accounts.set_admin(user.account_id, is_admin=True, actor="test")
         return user
 
-    async def device(self, model: str = "pi-sensor") -> FakeDevice:
-        device = FakeDevice(model=model)
+    async def device(self, model: str = "pi-sensor", *, with_code: bool = False) -> FakeDevice:
+        device = FakeDevice(model=model, with_code=with_code)
         await self.relay.registry.import_records([device.factory_record()], "test")
         return device
 

@@ -98,3 +98,18 @@ async def test_verify_detects_tampering(
     await _tamper(api, *statements)
     with pytest.raises(AuditChainError, match=message):
         await api.relay.verify_audit()
+
+
+async def test_admin_audit_filters_refuse_what_cannot_be_an_id(api: Api) -> None:
+    """A NUL in a filter once reached PostgreSQL and came back as a 503 (found by schemathesis)."""
+    admin = await api.admin()
+    owner = await api.sign_up()
+    home = await api.household(owner)
+    for query in ("household_id=a%00b", "device_id=%00", "household_id=" + "x" * 65):
+        reply = await api.request("GET", f"/v1/admin/audit?{query}", token=admin.token)
+        assert (reply.status, reply.code) == (400, "invalid_request"), query
+    reply = await api.request(
+        "GET", f"/v1/admin/audit?household_id={home}", token=admin.token, expect=200
+    )
+    assert reply.body["events"]
+    assert {event["household_id"] for event in reply.body["events"]} == {home}

@@ -32,7 +32,7 @@ class World:
     transfer_out: str  # offered by `household` to `other`
 
 
-async def build_world(api: Api) -> World:
+async def build_world(api: Api, *, with_code: bool = False) -> World:
     owner = await api.sign_up()
     household = await api.household(owner)
     users = {"owner": owner}
@@ -41,7 +41,8 @@ async def build_world(api: Api) -> World:
     stranger = await api.sign_up()
     users["stranger"] = stranger
     other = await api.household(stranger)
-    device, free_device, other_device = await api.device(), await api.device(), await api.device()
+    device = await api.device(with_code=with_code)  # a real verifier only where needed (scrypt)
+    free_device, other_device = await api.device(), await api.device()
     await api.claim(owner, household, device)
     await api.claim(stranger, other, other_device)
     claim = await api.start_claim(owner, household, free_device)
@@ -105,6 +106,10 @@ class Endpoint:
     mutates: bool = True
     #: A stranger's 404 code when it uses its own household with this world's resource.
     foreign_code: str | None = None
+    #: The world's device needs its real setup code (the manual-code key lookup).
+    with_code: bool = False
+    #: That foreign 404 is audited by design (the key lookup records every refused guess).
+    audits_foreign_refusal: bool = False
 
 
 def H(suffix: str = "") -> Callable[[World, str], str]:  # noqa: N802 - reads like a path
@@ -151,6 +156,18 @@ ENDPOINTS: list[Endpoint] = [
         foreign_code="invitation_invalid",
     ),
     Endpoint("POST", H("/claims"), "admin", 201, body=lambda w: {"device_id": w.free_device.id}),
+    Endpoint(
+        "POST",
+        H("/device-keys"),
+        "member",
+        200,
+        body=lambda w: {"device_id": w.device.id, "manual_code": w.device.manual_code},
+        mutates=False,
+        # The stranger has the right code, but the device is this world's household's.
+        foreign_code="device_not_found_or_code_wrong",
+        with_code=True,
+        audits_foreign_refusal=True,
+    ),
     Endpoint("GET", H("/devices"), "viewer", 200, mutates=False),
     # (GET of the device by the stranger via its own household works: it is shared there.)
     Endpoint("GET", D(), "viewer", 200, mutates=False),
@@ -228,7 +245,7 @@ async def _call(
 async def test_household_endpoint_matrix(api: Api) -> None:
     checked = 0
     for endpoint in ENDPOINTS:
-        world = await build_world(api)
+        world = await build_world(api, with_code=endpoint.with_code)
         head = await _audit_head(api)
         rank = ROLES.index(endpoint.minimum)
         label = f"{endpoint.method} {endpoint.path(world, '{household_id}')}"
@@ -248,6 +265,8 @@ async def test_household_endpoint_matrix(api: Api) -> None:
             # Its own household with this world's resource: that resource is not there.
             reply = await _call(api, endpoint, world, world.other, stranger)
             assert (reply.status, reply.code) == (404, endpoint.foreign_code), label
+            if endpoint.audits_foreign_refusal:
+                head += 1
 
         for role in ROLES[:rank]:
             reply = await _call(api, endpoint, world, world.household, world.users[role].token)
@@ -256,7 +275,7 @@ async def test_household_endpoint_matrix(api: Api) -> None:
 
         for index, role in enumerate(ROLES[rank:]):
             if endpoint.mutates and index:
-                world = await build_world(api)
+                world = await build_world(api, with_code=endpoint.with_code)
             reply = await _call(api, endpoint, world, world.household, world.users[role].token)
             assert reply.status == endpoint.ok, f"{label} as {role}: {reply.body}"
             checked += 1
