@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-advertise", action="store_true", help="no zeroconf at all")
     run.add_argument("--no-hotspot", action="store_true", help="never open the setup hotspot")
     run.add_argument("--no-mqtt", action="store_true", help="provisioning only, no MQTT")
+    run.add_argument("--no-ble", action="store_true", help="no BLE provisioning (BlueZ)")
+    run.add_argument("--ble-adapter", metavar="NAME", help="BlueZ adapter, such as hci0")
     run.add_argument(
         "--allow-insecure-http",
         action="store_true",
@@ -120,6 +122,8 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
             "advertise": tuple(args.advertise) if args.advertise else None,
             "allow_insecure_http": True if args.allow_insecure_http else None,
             "hotspot": False if args.no_hotspot else None,
+            "ble": False if args.no_ble else None,
+            "ble_adapter": args.ble_adapter,
         }
     path = args.config if args.config is not None else DEFAULT_CONFIG_FILE
     return DeviceConfig.load(path, **overrides)

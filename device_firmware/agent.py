@@ -1,7 +1,7 @@
 """``run``: the agent's long-lived orchestration.
 
 One :class:`asyncio.TaskGroup` holds the device's loops - the state reconciler (LED, zeroconf,
-provisioning window, hotspot and captive page follow the persisted state), the MQTT supervisor
+BLE, provisioning window, hotspot and captive page follow the persisted state), the MQTT supervisor
 (runs the MQTT runtime while the device is online), the zero-touch loop and the action queue
 (button presses and reset requests, which arrive as signals). ``stop()`` (SIGTERM/SIGINT in the
 CLI) ends them all; a running commit rolls back on the way out.
@@ -14,6 +14,10 @@ reset; on a claimed device also when the saved Wi-Fi stays down (the watchdog: r
 and on a short button press. A claimed device's window only ever admits its owner's session
 (the session host asks ``DeviceController.session_policy`` at every hello), so reopening it
 never lets the label back in; the hotspot and captive page stay for unclaimed devices only.
+
+BLE (``device_firmware.ble.bluez``) starts once the session host exists, when ``ble`` is on; if
+BlueZ cannot be used the agent logs one warning with the next step and carries on over the LAN.
+A button press on an unclaimed device also authorizes Improv Wi-Fi.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
@@ -32,6 +36,8 @@ from aiohttp import web
 from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
+from .ble.bluez import BluezPeripheral
+from .ble.errors import BluezError
 from .capabilities import default_capabilities
 from .config import DeviceConfig
 from .controller import DeviceController
@@ -39,7 +45,7 @@ from .errors import DiagnosedError, RelayError, StateError
 from .factory import ProvisionedDevice, hotspot_passphrase, hotspot_ssid
 from .hardware import Hardware
 from .led import LedState, StatusLed
-from .mqtt_runtime import DeviceInfo, MqttRuntime, MqttSettings
+from .mqtt_runtime import DeviceCommand, DeviceInfo, MqttRuntime, MqttSettings
 from .network.backend import NetworkBackend, NetworkError
 from .provisioning.advertise import Advertiser, resolve_addresses
 from .provisioning.captive import create_captive_app
@@ -71,7 +77,22 @@ class MqttRuntimeLike(Protocol):
         """Clear the device's retained messages (factory reset)."""
 
 
-type RuntimeFactory = Callable[[str, MqttCredentials], MqttRuntimeLike]
+class RuntimeFactory(Protocol):
+    """Builds the MQTT runtime for a device id and the saved credentials.
+
+    ``commands`` are the device-level commands (``identify``, ``factory_reset``) the runtime
+    routes from ``iob/<id>/cmd/_<name>``; None where nothing is served (clearing on reset).
+    """
+
+    def __call__(
+        self,
+        device_id: str,
+        credentials: MqttCredentials,
+        /,
+        commands: Mapping[str, DeviceCommand] | None = None,
+    ) -> MqttRuntimeLike:
+        """A runtime that has not connected yet."""
+        ...
 
 
 def mqtt_settings(credentials: MqttCredentials) -> MqttSettings:
@@ -97,8 +118,19 @@ def default_runtime_factory(
     capabilities = default_capabilities(simulated=simulated)
     info = DeviceInfo(model=model, sw_version=firmware)
 
-    def factory(device_id: str, credentials: MqttCredentials) -> MqttRuntimeLike:
-        return MqttRuntime(device_id, mqtt_settings(credentials), capabilities, device_info=info)
+    def factory(
+        device_id: str,
+        credentials: MqttCredentials,
+        /,
+        commands: Mapping[str, DeviceCommand] | None = None,
+    ) -> MqttRuntimeLike:
+        return MqttRuntime(
+            device_id,
+            mqtt_settings(credentials),
+            capabilities,
+            device_info=info,
+            device_commands=commands,
+        )
 
     return factory
 
@@ -149,8 +181,12 @@ class Agent:
         clock: MonotonicClock = monotonic,
         advertise: bool = True,
         status_led: StatusLed | None = None,
+        ble_bus_address: str | None = None,
     ) -> None:
-        """``runtime_factory`` None: no MQTT (provisioning only, e.g. tests of the lifecycle)."""
+        """``runtime_factory`` None: no MQTT (provisioning only, e.g. tests of the lifecycle).
+
+        ``ble_bus_address``: the D-Bus BlueZ is on (tests' private bus); the system bus if None.
+        """
         self._config = config
         self._backend = backend
         self._runtime_factory = runtime_factory
@@ -159,6 +195,8 @@ class Agent:
         self._clock = clock
         self._advertise = advertise
         self._status_led = status_led or StatusLed(None)
+        self._ble_bus_address = ble_bus_address
+        self._ble: BluezPeripheral | None = None
         self._store = StateStore(config.state_file)
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
@@ -196,6 +234,11 @@ class Agent:
         if self._host is None:
             raise RuntimeError("agent not started")
         return self._host
+
+    @property
+    def ble(self) -> BluezPeripheral | None:
+        """BLE provisioning, if enabled and BlueZ could be used at start-up."""
+        return self._ble
 
     @property
     def advertiser(self) -> Advertiser | None:
@@ -286,6 +329,7 @@ class Agent:
             controller.add_reset_listener(lambda: host.open_window("factory reset"))
             try:
                 await self._start_lan(host, controller)
+                await self._start_ble(host, controller, device)
                 if self._advertise:
                     self._advertiser = Advertiser(
                         device_id=device.info.device_id,
@@ -342,6 +386,9 @@ class Agent:
 
     async def _shutdown(self) -> None:
         await self._status_led.aclose()
+        if self._ble is not None:
+            await self._ble.stop()
+            self._ble = None
         if self._advertiser is not None:
             await self._advertiser.aclose()
         await self._stop_captive()
@@ -363,6 +410,32 @@ class Agent:
             if port == 0:  # every address on the same ephemeral port
                 port = _bound_ports(runner)[0]
         _LOGGER.info("LAN provisioning server on %s port %d", ", ".join(self._config.listen), port)
+
+    async def _start_ble(
+        self, host: SessionHost, controller: DeviceController, device: ProvisionedDevice
+    ) -> None:
+        """BLE provisioning beside the LAN server; without BlueZ the agent carries on."""
+        if not self._config.ble:
+            return
+        peripheral = BluezPeripheral(
+            host=host,
+            controller=controller,
+            device=device,
+            adapter=self._config.ble_adapter,
+            bus_address=self._ble_bus_address,
+            improv=self._config.improv,
+        )
+        try:
+            await peripheral.start()
+        except BluezError as err:
+            _LOGGER.warning(
+                "BLE provisioning is off: %s; %s (or set 'ble = false'). "
+                "Provisioning carries on over the LAN and the setup hotspot",
+                err.message,
+                err.next_step,
+            )
+            return
+        self._ble = peripheral
 
     # --- reconciling the outside world with the state ---------------------------------------
 
@@ -386,13 +459,15 @@ class Agent:
             host.close_window()
         self._was_claimed = record.claimed
         if self._advertiser is not None:
+            # Advertised in every state, only the TXT ``state`` changes: Home Assistant's
+            # zeroconf aborts the discovery flows of a REMOVED record (the user's onboarding
+            # flow would vanish as the claim succeeds), and follows an owned device's address.
             try:
-                if record.claimed:
-                    await self._advertiser.withdraw()
-                else:
-                    await self._advertiser.publish(record.phase.value)
+                await self._advertiser.publish(record.phase.value)
             except OSError as err:
                 _LOGGER.warning("zeroconf: %s", err)
+        if self._ble is not None:
+            await self._ble.update_state(record)  # logs D-Bus failures, never raises
         if record.phase is Phase.COMMITTING:
             return  # the commit owns the radio until it ends
         want_hotspot = (
@@ -476,6 +551,10 @@ class Agent:
                 self.session_host.open_window("button, claimed: owner sessions only")
             else:
                 self.session_host.open_window("button")
+                await self._reconcile()
+                if self._ble is not None:
+                    # Improv's physical authorization, after the window it needs is open.
+                    await self._ble.authorize_improv()
             await self._reconcile()
 
     # --- MQTT -------------------------------------------------------------------------------
@@ -492,7 +571,9 @@ class Agent:
                 await self._changed(seen)
                 continue
             credentials = record.mqtt
-            self._runtime = runtime = factory(self._device.info.device_id, credentials)
+            self._runtime = runtime = factory(
+                self._device.info.device_id, credentials, self._device_commands()
+            )
             task = asyncio.create_task(runtime.run(), name="iob-mqtt-runtime")
             connected = asyncio.create_task(runtime.wait_connected(), name="iob-mqtt-connected")
             watch: set[asyncio.Future[Any]] = {task, connected}
@@ -515,6 +596,20 @@ class Agent:
                 await asyncio.wait({task, connected})
                 self._runtime = None
             await self._runtime_ended(task)
+
+    def _device_commands(self) -> dict[str, DeviceCommand]:
+        """What the owner's Home Assistant may ask over MQTT besides entity commands."""
+
+        async def identify() -> None:
+            record = self._store.current
+            self._hardware.identify(record.phase, record.diagnostic)
+
+        async def factory_reset() -> None:
+            # Queued like the CLI's reset (SIGUSR2): the reset ends this very runtime.
+            _LOGGER.warning("factory reset requested over MQTT by the owner")
+            self.request(Action.RESET)
+
+        return {"identify": identify, "factory_reset": factory_reset}
 
     async def _clear_broker_diagnostic(self) -> None:
         record = self._store.current

@@ -56,6 +56,12 @@ class DeviceConfig:
     reonboard_after: int = 600
     #: The Wi-Fi interface NetworkManager should use (the first Wi-Fi device when unset).
     wifi_interface: str | None = None
+    #: Offer BLE provisioning through BlueZ (docs/ble.md); the agent carries on without it.
+    ble: bool = True
+    #: The BlueZ adapter (``hci0``); the first LE adapter when unset.
+    ble_adapter: str | None = None
+    #: Also offer the Improv Wi-Fi service over BLE.
+    improv: bool = True
     #: Simulated network scenario (tests, demo) instead of NetworkManager.
     simulate_network: Path | None = field(default=None)
 
@@ -148,7 +154,7 @@ class DeviceConfig:
 _PATH_KEYS: Final = {"data_dir", "relay_ca_file", "simulate_network"}
 _LIST_KEYS: Final = {"listen", "advertise"}
 _INT_KEYS: Final = {"port", "captive_port", "commit_timeout", "reonboard_after"}
-_BOOL_KEYS: Final = {"allow_insecure_http", "hotspot"}
+_BOOL_KEYS: Final = {"allow_insecure_http", "hotspot", "ble", "improv"}
 
 
 def _number(name: str, value: Any) -> float:
@@ -174,6 +180,11 @@ def _convert(name: str, value: Any) -> Any:
         name in _BOOL_KEYS and not isinstance(value, bool)
     ):
         raise ConfigError(f"{name} must be {'an integer' if name in _INT_KEYS else 'a boolean'}")
-    if name in {"captive_host", "zero_touch_url", "wifi_interface"} and not isinstance(value, str):
+    if name in {
+        "captive_host",
+        "zero_touch_url",
+        "wifi_interface",
+        "ble_adapter",
+    } and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string")
     return value

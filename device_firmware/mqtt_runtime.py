@@ -9,7 +9,11 @@ Topics (the device's credentials allow only ``iob/<device_id>/#``):
 * ``iob/<id>/cmd/<key>`` -- commands (``on``/``off``, ``press``, a number); validated, then the
   new state is published at once. Retained commands are ignored (they would replay on every
   reconnect).
-* ``iob/<id>/diag`` -- JSON events (connected, command rejected, read failed), not retained.
+* ``iob/<id>/cmd/_identify``, ``iob/<id>/cmd/_factory_reset`` -- device-level commands (payload:
+  the command's name), listed in meta's ``commands``; routed before any entity key (keys start
+  with a letter) to the actions the agent supplies.
+* ``iob/<id>/diag`` -- JSON events (connected, command rejected, read failed), not retained;
+  ``code`` carries the diagnostic code where one fits (``TIMEOUT``, a failed device command's).
 
 Connection losses are retried with jittered exponential backoff (1 s to 60 s), logged once
 when the connection is lost and once when it is back. Every (re)connection re-publishes
@@ -29,7 +33,7 @@ import logging
 import random
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -61,6 +65,13 @@ _AUTH_REASONS: Final = frozenset({0x86, 0x87, 4, 5})
 _DEVICE_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PIN: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _STOP_TIMEOUT: Final = 5.0
+#: Device-level commands Home Assistant may send (``iob/<id>/cmd/_<name>``, payload ``<name>``).
+DEVICE_COMMANDS: Final = frozenset({"identify", "factory_reset"})
+#: Entity keys start with a letter, so a leading underscore names a device-level command.
+_DEVICE_COMMAND_PREFIX: Final = "_"
+
+#: A device-level command's action; a :class:`DiagnosedError` is reported with its code.
+type DeviceCommand = Callable[[], Awaitable[None]]
 _JITTER: Final = random.SystemRandom()
 
 
@@ -207,6 +218,7 @@ class MqttRuntime:
         backoff_cap: float = BACKOFF_CAP,
         keepalive: int = 30,
         io_timeout: float = 10.0,
+        device_commands: Mapping[str, DeviceCommand] | None = None,
     ) -> None:
         """Prepare; nothing connects until :meth:`run`.
 
@@ -221,12 +233,18 @@ class MqttRuntime:
             backoff_cap: largest reconnection delay, in seconds.
             keepalive: MQTT keepalive; the broker publishes the will after 1.5 times it.
             io_timeout: seconds for one broker round trip, one read and one command.
+            device_commands: actions for device-level commands (names in
+                :data:`DEVICE_COMMANDS`), listed in meta's ``commands``.
         """
         if not _DEVICE_ID.match(device_id):
             raise ValueError(f"device id {device_id!r} cannot name MQTT topics")
         keys = [capability.key for capability in capabilities]
         if len(set(keys)) != len(keys):
             raise ValueError(f"capability keys must be unique: {sorted(keys)}")
+        commands = dict(device_commands or {})
+        if not set(commands) <= DEVICE_COMMANDS:
+            raise ValueError(f"unknown device commands: {sorted(set(commands) - DEVICE_COMMANDS)}")
+        self._device_commands = commands
         self.device_id = device_id
         self._settings = settings
         self._capabilities = list(capabilities)
@@ -287,11 +305,14 @@ class MqttRuntime:
             "manufacturer": info.manufacturer,
             **{name: value for name, value in optional.items() if value is not None},
         }
-        return {
+        document: dict[str, Any] = {
             "protocol": META_PROTOCOL,
             "device": device,
             "entities": [capability.descriptor.to_json() for capability in self._capabilities],
         }
+        if self._device_commands:
+            document["commands"] = sorted(self._device_commands)
+        return document
 
     @property
     def connected(self) -> bool:
@@ -485,7 +506,9 @@ class MqttRuntime:
                 # Once per failure streak: a broken sensor must not flood the log.
                 self._read_failures.add(capability.key)
                 _LOGGER.warning("Reading %s failed: %s", capability.key, reason)
-                await self._diag(client, "read_failed", key=capability.key, reason=reason)
+                await self._diag(
+                    client, "read_failed", key=capability.key, reason=reason, **_code(err)
+                )
             return None
         self._read_failures.discard(capability.key)
         return value
@@ -499,6 +522,10 @@ class MqttRuntime:
             if not topic.startswith(prefix):
                 continue
             key = topic.removeprefix(prefix)
+            if key.startswith(_DEVICE_COMMAND_PREFIX):
+                # Before the entity lookup: device commands are not entities.
+                await self._device_command(client, key, message)
+                continue
             capability = self._by_key.get(key)
             if capability is None:
                 await self._diag(client, "command_rejected", key=key, reason="unknown entity")
@@ -509,6 +536,45 @@ class MqttRuntime:
                 )
                 continue
             await self._execute(client, capability, _payload_bytes(message.payload))
+
+    async def _device_command(
+        self, client: aiomqtt.Client, key: str, message: aiomqtt.Message
+    ) -> None:
+        """``cmd/_identify``, ``cmd/_factory_reset``: the payload repeats the command's name.
+
+        Repeating the name guards the reset against a stray publish on the wrong topic.
+        """
+        name = key.removeprefix(_DEVICE_COMMAND_PREFIX)
+        action = self._device_commands.get(name)
+        payload = (_payload_bytes(message.payload) or b"").strip().decode("utf-8", "replace")
+        reason = None
+        if action is None:
+            reason = "unknown device command"
+        elif message.retain:
+            reason = "retained commands are ignored"
+        elif payload != name:
+            reason = f"the payload must be {name!r}"
+        if action is None or reason is not None:
+            await self._diag(client, "command_rejected", key=key, reason=reason)
+            return
+        _LOGGER.info("device command %s from MQTT", name)
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                await action()
+        except DiagnosedError as err:
+            _LOGGER.warning("Command %s failed: %s", name, err)
+            await self._diag(
+                client, "command_failed", key=key, reason=err.code.message, code=err.code.value
+            )
+        except TimeoutError:
+            _LOGGER.warning("Command %s timed out", name)
+            await self._diag(
+                client,
+                "command_failed",
+                key=key,
+                reason="timed out",
+                code=DiagnosticCode.TIMEOUT.value,
+            )
 
     async def _execute(
         self, client: aiomqtt.Client, capability: Capability, payload: bytes | None
@@ -522,7 +588,9 @@ class MqttRuntime:
         except (CapabilityError, TimeoutError) as err:
             reason = str(err) or "timed out"
             _LOGGER.warning("Command for %s failed: %s", capability.key, reason)
-            await self._diag(client, "command_failed", key=capability.key, reason=reason)
+            await self._diag(
+                client, "command_failed", key=capability.key, reason=reason, **_code(err)
+            )
         if capability.descriptor.readable:
             await self._publish_state(client, capability, force=True)
 
@@ -583,3 +651,10 @@ class MqttRuntime:
         for topic in topics:
             # An empty retained payload deletes the retained message.
             await client.publish(topic, b"", qos=1, retain=True)
+
+
+def _code(err: BaseException) -> dict[str, str]:
+    """The ``code`` field of a diag event, where a diagnostic code fits the failure."""
+    if isinstance(err, TimeoutError):
+        return {"code": DiagnosticCode.TIMEOUT.value}
+    return {}

@@ -632,6 +632,8 @@ public_tls = false
                 "--advertise",
                 LOOPBACK,
                 "--no-hotspot",
+                # No radio in the demo: BLE would reach for the machine's real BlueZ.
+                "--no-ble",
                 "--allow-insecure-http",
             ],
             cwd=directory,

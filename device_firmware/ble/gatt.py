@@ -18,14 +18,17 @@ link's MTU. Rules of the link layer:
 * **Bad chunks and frames** (loss, reorder, a new frame before the last one ended, oversize,
   garbage) are answered with an ERROR frame carrying the protocol's code (``chunk_sequence``,
   ``incomplete_frame``, ``frame_too_large``, ``bad_magic`` …); the partial frame is dropped.
-* **Disconnect** drops the link's partial frame and any complete frame not yet processed.
+* **Disconnect** drops the link's partial frame and any complete frame not yet processed, and
+  ends a handshake the link started but did not finish (``SessionHost.abort_handshake``, a
+  failed attempt): the user's retry finds the handshake slot free instead of ``busy`` for 60 s.
+  So does an ERROR frame from the central mid-handshake (it found the code wrong).
 * **Reconnect and resume.** The session is not tied to a link: DATA frames carry their own
   counters and keys. A new connection may continue the established session if the link it was
   established on is gone, and works exactly when no frame was lost *after* it reached the
   device: re-sending a request whose chunks were cut off works (the device never saw it); if a
   reply was lost, the counters disagree, the client's next ``open`` fails and it starts over
-  with a new handshake (the protocol's fail-closed rule). A handshake whose DEVICE_HELLO
-  arrived whole may likewise be finished on a new connection.
+  with a new handshake (the protocol's fail-closed rule). A handshake is never resumed: a
+  client whose link dropped before CLIENT_FINISH starts over.
 """
 
 from __future__ import annotations
@@ -216,6 +219,7 @@ class ProvisioningService(GattService):
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(MAX_PENDING_FRAMES)
         self._worker: asyncio.Task[None] | None = None
         self._tx_lock = asyncio.Lock()
+        self._aborts: set[asyncio.Task[bool]] = set()
         self._status = BleStatus(phase=BlePhase.UNCLAIMED, window_open=False)
         self._characteristics = (
             Characteristic(
@@ -279,6 +283,14 @@ class ProvisioningService(GattService):
             self._close(link)
 
     def _close(self, link: _Link) -> None:
+        if not link.closed:
+            # Its unfinished handshake, if any, would hold the slot until the deadline.
+            abort = asyncio.create_task(
+                self._host.abort_handshake(_origin(link), "BLE link dropped"),
+                name="iob-ble-abort-handshake",
+            )
+            self._aborts.add(abort)
+            abort.add_done_callback(self._aborts.discard)
         link.closed = True
         self._links.pop(link.id, None)
         if link.reassembler.reset():
@@ -352,19 +364,16 @@ class ProvisioningService(GattService):
             await self._send(link, encode_error_frame(work.error))
             return
         frame_type = work.frame[3]
-        if frame_type in {FrameType.CLIENT_HELLO, FrameType.CLIENT_FINISH}:
-            reply = await self._host.handshake(work.frame)
+        if frame_type in {FrameType.CLIENT_HELLO, FrameType.CLIENT_FINISH, FrameType.ERROR}:
+            # An ERROR frame is the client giving up (wrong code, key mismatch): the host ends
+            # the handshake this link started, if any, and there is nothing to answer.
+            reply = await self._host.handshake(work.frame, origin=_origin(link))
             if reply.kind is ReplyKind.FINISHED:
                 self._session_link, self._session_tag = link.id, reply.session_tag
                 if self._on_session is not None:
                     await self._on_session()
         elif frame_type == FrameType.DATA:
             reply = await self._exchange(link, work.frame)
-        elif frame_type == FrameType.ERROR:
-            # The client gave up (wrong code, key mismatch); nothing to answer. The pending
-            # handshake, if any, ends at its deadline.
-            _LOGGER.info("BLE central %s reported an error: %r", link.id, work.frame[6:])
-            return
         else:
             reply = await self._host.handshake(work.frame)  # unexpected_message, from the host
         if reply.frame:
@@ -399,3 +408,8 @@ class ProvisioningService(GattService):
 
     def _read_state(self, access: Access) -> bytes:
         return read_at_offset(self._status.state_value(), access)
+
+
+def _origin(link: _Link) -> str:
+    """The session host's name for a handshake started on ``link``."""
+    return f"ble:{link.id}"

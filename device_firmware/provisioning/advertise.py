@@ -6,9 +6,10 @@ TXT record (all ASCII, stable keys for HA's matcher)::
 
 Only the configured addresses are used (``advertise`` in the configuration: IPv4 addresses or
 interface names), never every interface by default: a device on a guest network, or a test on
-a developer's machine, must not answer mDNS where it was not asked to. Only unclaimed devices
-advertise; a claimed device withdraws its record (nobody needs to discover it, and it tells
-nobody that it exists).
+a developer's machine, must not answer mDNS where it was not asked to. The record stays in
+every state (only ``state`` changes) and is withdrawn only on shutdown: Home Assistant's zeroconf
+aborts every discovery flow of a removed record - the user's onboarding flow would vanish the
+moment the claim succeeds - and HA learns an owned device's new address from it.
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ Endpoints (every body is exactly one protocol frame, ``application/octet-stream`
 
 ``POST /iob/v1/session``
     CLIENT_HELLO → 200 with DEVICE_HELLO; CLIENT_FINISH → 204 with the ``X-IOB-Session``
-    header naming the established session. Refusals are ERROR frames: 403 window closed or a
-    credential the device does not take now (``owner_session_required`` - a label code for a
-    claimed device -, ``setup_code_required``, ``no_owner_secret``), 429 locked out or busy
-    (``Retry-After``), 400 malformed, 401 failed handshake.
+    header naming the established session; an ERROR frame (the client gives up, e.g. it found
+    the setup code wrong) → 204: the handshake this client address started ends now, counted
+    as a failed attempt, so a retry is not ``busy``. Refusals are ERROR frames: 403 window
+    closed or a credential the device does not take now (``owner_session_required`` - a label
+    code for a claimed device -, ``setup_code_required``, ``no_owner_secret``), 429 locked out
+    or busy (``Retry-After``), 400 malformed, 401 failed handshake.
 ``POST /iob/v1/frame``
     An encrypted request (DATA frame) with the ``X-IOB-Session`` header → 200 with the
     encrypted response. 409 ``no_session`` if the header names no current session (a stale
@@ -42,6 +44,7 @@ _STATUS: Final = {
     ReplyKind.BAD_REQUEST: 400,
     ReplyKind.AUTH_FAILED: 401,
     ReplyKind.NO_SESSION: 409,
+    ReplyKind.ABORTED: 204,
 }
 _REFUSED_STATUS: Final = {
     "window_closed": 403,
@@ -72,7 +75,8 @@ def _response(reply: Reply) -> web.Response:
 
 async def _session(request: web.Request) -> web.Response:
     data = await request.read()
-    return _response(await request.app[HOST_KEY].handshake(data))
+    origin = f"lan:{request.remote}"
+    return _response(await request.app[HOST_KEY].handshake(data, origin=origin))
 
 
 async def _frame(request: web.Request) -> web.Response:

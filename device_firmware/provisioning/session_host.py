@@ -6,8 +6,12 @@ command is answered - is here, so HTTP and BLE cannot drift apart.
 
 Limiter wiring (DESIGN "attempt limits"): the provisioning window is opened only by something
 physical (boot while unclaimed, a button press, a factory reset) and counts failed handshakes;
-a CLIENT_HELLO takes the one handshake slot, CLIENT_FINISH (or the deadline) ends it. The
-captive page's code check draws from the same budget.
+a CLIENT_HELLO takes the one handshake slot, CLIENT_FINISH (or the deadline) ends it. A client
+that gives up mid-handshake - it posts an ERROR frame (a wrong code it noticed itself), or its BLE
+link drops - frees the slot at once (:meth:`SessionHost.abort_handshake`), counted as a failed
+attempt: the PAKE exchange was spent, so the budget is the same as letting the deadline pass, but
+the user's immediate retry is not turned away as ``busy``. Only the transport that started the
+handshake (its ``origin``) can abort it. The captive page's code check draws from the same budget.
 
 Who may connect (DESIGN: "claimed devices accept only the owner's authorised session") comes
 from a :class:`SessionPolicy` read at every hello: an unclaimed device answers the label's
@@ -54,7 +58,7 @@ from iob_protocol.errors import (
     StaleAttemptError,
     UnexpectedMessageError,
 )
-from iob_protocol.framing import FrameType, decode_frame, encode_error_frame
+from iob_protocol.framing import FrameType, decode_error_body, decode_frame, encode_error_frame
 from iob_protocol.limiter import Attempt, AttemptLimiter, LimiterState
 from iob_protocol.payload import CredentialKind, ManualCode
 from iob_protocol.session import (
@@ -149,6 +153,7 @@ class ReplyKind(StrEnum):
     BAD_REQUEST = "bad_request"  # malformed or unexpected frame
     AUTH_FAILED = "auth_failed"  # the handshake or a DATA frame failed (wrong code, tamper)
     NO_SESSION = "no_session"
+    ABORTED = "aborted"  # the client's ERROR frame ended its handshake: nothing to send
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +196,7 @@ class SessionHost:
         self._allow_insecure_http = allow_insecure_http
         self._policy = policy or (lambda: UNCLAIMED_POLICY)
         self._on_established = on_established or (lambda: None)
-        self._pending: tuple[DeviceSession, Attempt, SessionPolicy] | None = None
+        self._pending: tuple[DeviceSession, Attempt, SessionPolicy, str | None] | None = None
         self._active: DeviceSession | None = None
         self._last_frame = 0.0
         self._handshake_lock = asyncio.Lock()
@@ -248,14 +253,19 @@ class SessionHost:
 
     def _expire_pending(self) -> None:
         if self._pending is not None and self._clock() > self._pending[1].deadline:
-            session, attempt, _policy = self._pending
+            session, attempt, _policy, _origin = self._pending
             session.close()
             self._limiter.fail(attempt, self._clock())
             self._pending = None
             _LOGGER.info("handshake timed out; counted as a failed attempt")
 
-    async def handshake(self, data: bytes) -> Reply:
-        """Take CLIENT_HELLO or CLIENT_FINISH; return DEVICE_HELLO, or the finished session."""
+    async def handshake(self, data: bytes, *, origin: str | None = None) -> Reply:
+        """Take CLIENT_HELLO, CLIENT_FINISH or the client's ERROR frame.
+
+        Returns DEVICE_HELLO, the finished session, or ABORTED (the client gave up, see
+        :meth:`abort_handshake`). ``origin`` names the client's transport (``ble:<link>``,
+        ``lan:<address>``): only the origin that said hello can give the handshake up.
+        """
         async with self._handshake_lock:
             self._expire_pending()
             try:
@@ -263,12 +273,45 @@ class SessionHost:
             except FramingError as err:
                 return _error(ReplyKind.BAD_REQUEST, err.code)
             if frame.type is FrameType.CLIENT_HELLO:
-                return await self._client_hello(data)
+                return await self._client_hello(data, origin)
             if frame.type is FrameType.CLIENT_FINISH:
                 return await self._client_finish(data)
+            if frame.type is FrameType.ERROR:
+                try:
+                    code = decode_error_body(frame.body)
+                except FramingError as err:
+                    return _error(ReplyKind.BAD_REQUEST, err.code)
+                self._abort(origin, f"the client reported {code}")
+                return Reply(ReplyKind.ABORTED, b"")
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
 
-    async def _client_hello(self, data: bytes) -> Reply:
+    async def abort_handshake(self, origin: str | None = None, reason: str = "aborted") -> bool:
+        """End the pending handshake ``origin`` started, counted as a failed attempt.
+
+        For a client that gave up before CLIENT_FINISH (its ERROR frame, its link dropped):
+        the slot is free for the retry at once instead of at the 60 s deadline. Returns
+        whether a handshake was ended.
+        """
+        async with self._handshake_lock:
+            self._expire_pending()
+            return self._abort(origin, reason)
+
+    def _abort(self, origin: str | None, reason: str) -> bool:
+        pending = self._pending
+        if pending is None or pending[3] != origin:
+            return False
+        session, attempt, _policy, _origin = pending
+        self._pending = None
+        session.close()
+        self._limiter.fail(attempt, self._clock())
+        _LOGGER.info(
+            "handshake aborted (%s); counted as a failed attempt, %d left in this window",
+            reason,
+            self._limiter.remaining(self._clock()),
+        )
+        return True
+
+    async def _client_hello(self, data: bytes, origin: str | None) -> Reply:
         policy = self._policy()
         refusal = _kind_refusal(data, policy)
         if refusal is not None:
@@ -290,7 +333,7 @@ class SessionHost:
             self._limiter.fail(attempt, self._clock())
             _LOGGER.info("handshake refused at CLIENT_HELLO: %s", err.code)
             return _error(ReplyKind.BAD_REQUEST, err.code)
-        self._pending = (session, attempt, policy)
+        self._pending = (session, attempt, policy, origin)
         return Reply(ReplyKind.OK, reply)
 
     def _new_session(self, policy: SessionPolicy) -> DeviceSession | None:
@@ -318,7 +361,7 @@ class SessionHost:
     async def _client_finish(self, data: bytes) -> Reply:
         if self._pending is None:
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
-        session, attempt, policy = self._pending
+        session, attempt, policy, _origin = self._pending
         self._pending = None
         try:
             if self._policy() != policy:

@@ -68,6 +68,8 @@ def provision(tmp_path: Path, **config: Any) -> Provisioned:
         "captive_port": 0,
         "allow_insecure_http": True,
         "relay_timeout": 5.0,
+        # Never the machine's real system bus: BLE tests bring their own bus and BlueZ mock.
+        "ble": False,
     }
     settings.update(config)
     cfg = DeviceConfig(**settings)
@@ -242,6 +244,7 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
         runtime_factory: RuntimeFactory | None = None,
         wall_clock: Callable[[], int] | None = None,
         zeroconf: bool = False,
+        ble_bus_address: str | None = None,
         **config: Any,
     ) -> AsyncIterator[RunningAgent]:
         cfg = provisioned.config.with_changes(**config) if config else provisioned.config
@@ -254,6 +257,7 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
             runtime_factory=runtime_factory,
             hardware=hardware,
             advertise=zeroconf,
+            ble_bus_address=ble_bus_address,
             **extra,
         )
         task = asyncio.create_task(agent.run())

@@ -1,4 +1,4 @@
-"""Zeroconf on 127.0.0.1 only: the record HA's zeroconf matcher sees, and its withdrawal."""
+"""Zeroconf on 127.0.0.1 only: the record HA's zeroconf matcher sees, in every state."""
 
 from __future__ import annotations
 
@@ -44,19 +44,33 @@ async def browse(zeroconf: AsyncZeroconf, name: str) -> AsyncServiceInfo:
     return info
 
 
-async def test_agent_advertises_txt_and_withdraws_when_claimed(
+def txt(info: AsyncServiceInfo) -> dict[str, str]:
+    return {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+
+
+async def wait_for_state(zeroconf: AsyncZeroconf, name: str, state: str) -> AsyncServiceInfo:
+    """Ask until the record says ``state`` (the update is announced, then cached)."""
+    async with asyncio.timeout(20):
+        while True:
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if await info.async_request(zeroconf.zeroconf, 1000) and txt(info)["state"] == state:
+                return info
+            await asyncio.sleep(0.05)
+
+
+async def test_agent_keeps_advertising_when_claimed(
     start_agent: AgentStarter, fake_relay: FakeRelay
 ) -> None:
-    async with start_agent(zeroconf=True, advertise=("127.0.0.1",)) as running:
-        advertiser = running.agent.advertiser
-        assert advertiser is not None
-        assert advertiser.registered
-        listener = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
-        try:
+    """HA's zeroconf aborts the discovery flows of a removed record: claiming only updates it."""
+    listener = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        async with start_agent(zeroconf=True, advertise=("127.0.0.1",)) as running:
+            advertiser = running.agent.advertiser
+            assert advertiser is not None
+            assert advertiser.registered
             info = await browse(listener, advertiser.service_name)
-            properties = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
             device = running.provisioned.device
-            assert properties == {
+            assert txt(info) == {
                 "id": device.identity.device_id,
                 "model": "pi-test",
                 "firmware": "0.1.0",
@@ -65,15 +79,16 @@ async def test_agent_advertises_txt_and_withdraws_when_claimed(
             }
             assert info.port == running.agent.lan_ports()[0]
             assert info.parsed_addresses() == ["127.0.0.1"]
-        finally:
-            await listener.async_close()
-        _client, status = await commit(running, fake_relay.url)
-        assert status.state.value == "committed"
-        for _ in range(3000):
-            if not is_registered(advertiser):
-                break
-            await asyncio.sleep(0.01)
+            _client, status = await commit(running, fake_relay.url)
+            assert status.state.value == "committed"
+            online = await wait_for_state(listener, advertiser.service_name, "online")
+            assert is_registered(advertiser)
+            assert txt(online)["id"] == device.identity.device_id
+            assert online.port == running.agent.lan_ports()[0]
+        # Withdrawn only when the agent shuts down.
         assert not is_registered(advertiser)
+    finally:
+        await listener.async_close()
 
 
 async def test_advertiser_refuses_no_addresses() -> None:

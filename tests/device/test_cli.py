@@ -155,6 +155,7 @@ def test_run_then_reset_by_signal_then_sigterm(provisioned: Provisioned, tmp_pat
             "--simulate-network",
             str(scenario),
             "--no-mqtt",
+            "--no-ble",
         ],
         cwd=REPO,
         env=env,

@@ -23,7 +23,7 @@ from iob_protocol.commands import (
     decode_response,
 )
 from iob_protocol.errors import WrongSetupCodeError
-from iob_protocol.framing import MAX_FRAME_SIZE, FrameType, encode_frame
+from iob_protocol.framing import MAX_FRAME_SIZE, FrameType, encode_error_frame, encode_frame
 from iob_protocol.payload import ManualCode
 from iob_protocol.session import ClientSession, SessionState
 
@@ -294,6 +294,50 @@ async def test_one_handshake_at_a_time(start_agent: AgentStarter) -> None:
         assert busy.headers["Retry-After"] == "60"
         finish = await http.post("/iob/v1/session", first.handle_device_hello(hello.body))
         assert finish.status == 204
+
+
+async def test_client_error_frame_frees_the_slot_for_an_immediate_retry(
+    start_agent: AgentStarter,
+) -> None:
+    """Wrong code seen client-side → the client's ERROR frame → the right code works at once."""
+    async with start_agent() as running:
+        host = running.agent.session_host
+        before = host.remaining_attempts()
+        http = running.client()
+        wrong = running.provisioned.manual_client(wrong_code(running.provisioned))
+        hello = await http.post("/iob/v1/session", wrong.start())
+        assert hello.status == 200
+        with pytest.raises(WrongSetupCodeError):
+            wrong.handle_device_hello(hello.body)
+        gave_up = await http.post("/iob/v1/session", encode_error_frame("wrong_setup_code"))
+        assert (gave_up.status, gave_up.body) == (204, b"")
+        # The PAKE exchange was spent: counted like a wrong CLIENT_FINISH.
+        assert host.remaining_attempts() == before - 1
+        retry = await http.handshake(running.provisioned.manual_client())
+        assert retry.status == 204, retry.error
+        assert host.has_session
+        assert host.remaining_attempts() == before - 1
+
+
+async def test_only_the_origin_that_said_hello_can_abort(provisioned: Provisioned) -> None:
+    """A stranger on another transport cannot end someone else's handshake."""
+
+    async def dispatch(_request: object) -> AckResult:
+        return AckResult()
+
+    host = SessionHost(provisioned.device, dispatch)
+    host.open_window("test")
+    client = provisioned.qr_client()
+    hello = await host.handshake(client.start(), origin="lan:192.0.2.7")
+    assert hello.kind is ReplyKind.OK
+    stray = await host.handshake(encode_error_frame("wrong_setup_code"), origin="ble:stranger")
+    assert stray.kind is ReplyKind.ABORTED
+    assert not await host.abort_handshake("ble:stranger")
+    assert host.limiter_state.value == "busy"
+    assert host.remaining_attempts() == 20
+    assert await host.abort_handshake("lan:192.0.2.7")
+    assert host.limiter_state.value == "open"
+    assert host.remaining_attempts() == 19
 
 
 async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) -> None:

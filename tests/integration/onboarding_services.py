@@ -274,6 +274,7 @@ class Device:
                 str(self.port),
                 "--no-advertise",
                 "--no-hotspot",
+                "--no-ble",
                 "--allow-insecure-http",
             ],
             self.directory / "device.log",

@@ -123,8 +123,6 @@ async def test_wrong_code_is_answered_with_an_error_frame_and_counts(
     await central.send_frame(client.start())
     with pytest.raises(WrongSetupCodeError):
         client.handle_device_hello(await central.receive_frame())
-    # An honest client says so; the device answers nothing to an ERROR frame.
-    await central.send_frame(encode_error_frame("wrong_setup_code"))
     # A guesser sends CLIENT_FINISH anyway: refused with the protocol's code, and counted.
     await central.send_frame(encode_frame(FrameType.CLIENT_FINISH, bytes(32)))
     assert error_code(await central.receive_frame()) == "wrong_setup_code"
@@ -133,6 +131,23 @@ async def test_wrong_code_is_answered_with_an_error_frame_and_counts(
     good = ble_client(device, central)
     await good.handshake()
     assert (await good.call(InfoRequest(request_id=1))).ok
+
+
+async def test_client_error_frame_frees_the_slot_for_an_immediate_retry(
+    loopback: Loopback, device: Device
+) -> None:
+    central = await connected(loopback, mtu=185)
+    before = device.host.remaining_attempts()
+    client = device.provisioned.manual_client(wrong_code(device.provisioned))
+    await central.send_frame(client.start())
+    with pytest.raises(WrongSetupCodeError):
+        client.handle_device_hello(await central.receive_frame())
+    # An honest client says so: the handshake ends now (counted), nothing is answered.
+    await central.send_frame(encode_error_frame("wrong_setup_code"))
+    good = ble_client(device, central)
+    await good.handshake()  # not ``busy``
+    assert (await good.call(InfoRequest(request_id=1))).ok
+    assert device.host.remaining_attempts() == before - 1
 
 
 # --- bad chunks and frames ----------------------------------------------------------------------
@@ -305,16 +320,25 @@ async def test_a_reply_lost_with_the_link_means_starting_over(
     assert (await fresh.call(InfoRequest(request_id=1))).ok
 
 
-async def test_handshake_finished_on_a_new_link(loopback: Loopback, device: Device) -> None:
+async def test_a_handshake_cut_off_by_a_disconnect_frees_the_slot(
+    loopback: Loopback, device: Device
+) -> None:
+    """The retry on a new link is not ``busy`` for 60 s; the dropped attempt counts."""
+    before = device.host.remaining_attempts()
     first = await connected(loopback, mtu=23)
     session = device.qr_client()
     await first.send_frame(session.start())
     finish = session.handle_device_hello(await first.receive_frame())
+    assert device.host.limiter_state is LimiterState.BUSY
     first.disconnect()
     second = await connected(loopback, mtu=23)
-    client = BleClient(session, second.send_frame, second.receive_frame)
+    # The old handshake is gone: its finish is unexpected now.
     await second.send_frame(finish)
-    assert (await client.call(InfoRequest(request_id=1))).ok
+    assert error_code(await second.receive_frame()) == "unexpected_message"
+    retry = ble_client(device, second)
+    await retry.handshake()
+    assert (await retry.call(InfoRequest(request_id=1))).ok
+    assert device.host.remaining_attempts() == before - 1
 
 
 async def test_a_second_central_is_refused_while_the_first_is_served(
