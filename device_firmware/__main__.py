@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-ble", action="store_true", help="no BLE provisioning (BlueZ)")
     run.add_argument("--ble-adapter", metavar="NAME", help="BlueZ adapter, such as hci0")
     run.add_argument(
+        "--button-gpio",
+        type=int,
+        metavar="N",
+        help="push button on this GPIO line (short: provisioning window, hold: factory reset)",
+    )
+    run.add_argument(
         "--allow-insecure-http",
         action="store_true",
         help="accept http:// account-service URLs (local development only)",
@@ -124,6 +130,7 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
             "hotspot": False if args.no_hotspot else None,
             "ble": False if args.no_ble else None,
             "ble_adapter": args.ble_adapter,
+            "button_gpio": args.button_gpio,
         }
     path = args.config if args.config is not None else DEFAULT_CONFIG_FILE
     return DeviceConfig.load(path, **overrides)

@@ -3,8 +3,8 @@
 One :class:`asyncio.TaskGroup` holds the device's loops - the state reconciler (LED, zeroconf,
 BLE, provisioning window, hotspot and captive page follow the persisted state), the MQTT supervisor
 (runs the MQTT runtime while the device is online), the zero-touch loop and the action queue
-(button presses and reset requests, which arrive as signals). ``stop()`` (SIGTERM/SIGINT in the
-CLI) ends them all; a running commit rolls back on the way out.
+(button presses and reset requests, which arrive as signals or from the GPIO button).
+``stop()`` (SIGTERM/SIGINT in the CLI) ends them all; a running commit rolls back on the way out.
 
 This module is also the one place that knows the MQTT runtime's interface
 (``device_firmware.mqtt_runtime``): a factory builds a runtime from the saved credentials.
@@ -18,6 +18,10 @@ never lets the label back in; the hotspot and captive page stay for unclaimed de
 BLE (``device_firmware.ble.bluez``) starts once the session host exists, when ``ble`` is on; if
 BlueZ cannot be used the agent logs one warning with the next step and carries on over the LAN.
 A button press on an unclaimed device also authorizes Improv Wi-Fi.
+
+The button is a push button on the GPIO line ``button_gpio`` (libgpiod 2): a short press is
+:attr:`Action.BUTTON`, holding it ``button_hold`` seconds is :attr:`Action.RESET`, both queued
+like the signals (SIGUSR1, SIGUSR2) that stand in for it on boards without one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 from .ble.bluez import BluezPeripheral
 from .ble.errors import BluezError
 from .capabilities import default_capabilities
+from .capabilities.gpio import EdgeLine, GpioResetButton, reset_button
 from .config import DeviceConfig
 from .controller import DeviceController
 from .errors import DiagnosedError, RelayError, StateError
@@ -182,10 +187,13 @@ class Agent:
         advertise: bool = True,
         status_led: StatusLed | None = None,
         ble_bus_address: str | None = None,
+        button_line_factory: Callable[[str, int], EdgeLine] | None = None,
     ) -> None:
         """``runtime_factory`` None: no MQTT (provisioning only, e.g. tests of the lifecycle).
 
         ``ble_bus_address``: the D-Bus BlueZ is on (tests' private bus); the system bus if None.
+        ``button_line_factory(chip, offset)`` requests the button's line (tests' fake lines);
+        libgpiod 2 if None.
         """
         self._config = config
         self._backend = backend
@@ -197,6 +205,8 @@ class Agent:
         self._status_led = status_led or StatusLed(None)
         self._ble_bus_address = ble_bus_address
         self._ble: BluezPeripheral | None = None
+        self._button_line_factory = button_line_factory
+        self._button: GpioResetButton | None = None
         self._store = StateStore(config.state_file)
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
@@ -330,6 +340,7 @@ class Agent:
             try:
                 await self._start_lan(host, controller)
                 await self._start_ble(host, controller, device)
+                await self._start_button()
                 if self._advertise:
                     self._advertiser = Advertiser(
                         device_id=device.info.device_id,
@@ -386,6 +397,9 @@ class Agent:
 
     async def _shutdown(self) -> None:
         await self._status_led.aclose()
+        if self._button is not None:
+            await self._button.aclose()
+            self._button = None
         if self._ble is not None:
             await self._ble.stop()
             self._ble = None
@@ -436,6 +450,44 @@ class Agent:
             )
             return
         self._ble = peripheral
+
+    async def _start_button(self) -> None:
+        """Watch the GPIO button, if one is configured; without it the agent carries on."""
+        config = self._config
+        if config.button_gpio is None:
+            return
+        button = reset_button(
+            config.button_gpio,
+            lambda: self.request(Action.RESET),
+            chip=config.gpio_chip,
+            hold=config.button_hold,
+            on_short_press=lambda: self.request(Action.BUTTON),
+            open_line=self._button_line_factory,
+        )
+        if button is None:
+            _LOGGER.info(
+                "no libgpiod 2: the button is not watched; use `iob-device reset` / SIGUSR1"
+            )
+            return
+        try:
+            await button.start()
+        except OSError as err:
+            _LOGGER.warning(
+                "the button on %s line %d is not watched: %s; check button_gpio and gpio_chip, "
+                "and that the service user is in the gpio group (meanwhile: `iob-device reset`, "
+                "SIGUSR1)",
+                config.gpio_chip,
+                config.button_gpio,
+                err,
+            )
+            return
+        self._button = button
+        _LOGGER.info(
+            "button on %s line %d: short press opens provisioning, %.0f s hold factory-resets",
+            config.gpio_chip,
+            config.button_gpio,
+            config.button_hold,
+        )
 
     # --- reconciling the outside world with the state ---------------------------------------
 

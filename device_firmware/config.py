@@ -26,6 +26,9 @@ DEFAULT_CAPTIVE_PORT: Final = 80
 DEFAULT_COMMIT_TIMEOUT: Final = 180
 MAX_COMMIT_TIMEOUT: Final = 3600
 DEFAULT_MODEL: Final = "iob-generic"
+DEFAULT_GPIO_CHIP: Final = "/dev/gpiochip0"
+#: Seconds the button must be held for a factory reset.
+DEFAULT_BUTTON_HOLD: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +65,12 @@ class DeviceConfig:
     ble_adapter: str | None = None
     #: Also offer the Improv Wi-Fi service over BLE.
     improv: bool = True
+    #: The device's push button: a GPIO line offset on ``gpio_chip`` (None: no button). Short
+    #: press: open the provisioning window; held ``button_hold`` seconds: factory reset.
+    button_gpio: int | None = None
+    #: The GPIO chip of ``button_gpio``.
+    gpio_chip: str = DEFAULT_GPIO_CHIP
+    button_hold: float = DEFAULT_BUTTON_HOLD
     #: Simulated network scenario (tests, demo) instead of NetworkManager.
     simulate_network: Path | None = field(default=None)
 
@@ -75,6 +84,10 @@ class DeviceConfig:
             raise ConfigError("reonboard_after must be 0 (never) or a number of seconds")
         if self.relay_timeout <= 0:
             raise ConfigError("relay_timeout must be positive")
+        if self.button_gpio is not None and self.button_gpio < 0:
+            raise ConfigError("button_gpio must be a line offset (0 or more)")
+        if self.button_hold <= 0:
+            raise ConfigError("button_hold must be a positive number of seconds")
         if not self.listen:
             raise ConfigError("listen must name at least one address")
         try:
@@ -153,7 +166,7 @@ class DeviceConfig:
 
 _PATH_KEYS: Final = {"data_dir", "relay_ca_file", "simulate_network"}
 _LIST_KEYS: Final = {"listen", "advertise"}
-_INT_KEYS: Final = {"port", "captive_port", "commit_timeout", "reonboard_after"}
+_INT_KEYS: Final = {"port", "captive_port", "commit_timeout", "reonboard_after", "button_gpio"}
 _BOOL_KEYS: Final = {"allow_insecure_http", "hotspot", "ble", "improv"}
 
 
@@ -164,7 +177,7 @@ def _number(name: str, value: Any) -> float:
 
 
 def _convert(name: str, value: Any) -> Any:
-    if name == "relay_timeout":
+    if name in {"relay_timeout", "button_hold"}:
         return _number(name, value)
     if name in _PATH_KEYS:
         if not isinstance(value, (str, Path)):
@@ -185,6 +198,7 @@ def _convert(name: str, value: Any) -> Any:
         "zero_touch_url",
         "wifi_interface",
         "ble_adapter",
+        "gpio_chip",
     } and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string")
     return value

@@ -1,4 +1,4 @@
-"""GPIO through libgpiod: an output as a switch, a long-press detector for a reset button.
+"""GPIO through libgpiod: an output as a switch, a press detector for the device's button.
 
 The Python bindings of libgpiod 2 (``gpiod`` on PyPI) are used.
 
@@ -205,13 +205,27 @@ class GpioSwitch(Capability):
 
 
 class LongPressDetector:
-    """Calls ``on_long_press`` once when a press lasts ``hold`` seconds; a release cancels."""
+    """Tells a long press (held ``hold`` seconds) from a short one (released before).
 
-    def __init__(self, hold: float, on_long_press: Callable[[], Awaitable[None] | None]) -> None:
+    ``on_long_press`` runs once when the hold time is reached, while the button is still down;
+    ``on_short_press`` (optional) runs when a press ends before that. A long press never counts
+    as a short one as well: the button's two meanings (open the window, factory reset) exclude
+    each other.
+    """
+
+    def __init__(
+        self,
+        hold: float,
+        on_long_press: Callable[[], Awaitable[None] | None],
+        *,
+        on_short_press: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> None:
         """Arm on press, fire after ``hold`` seconds unless released first."""
         self._hold = hold
         self._on_long_press = on_long_press
+        self._on_short_press = on_short_press
         self._timer: asyncio.Task[None] | None = None
+        self._callbacks: set[asyncio.Task[None]] = set()
 
     @property
     def armed(self) -> bool:
@@ -224,25 +238,38 @@ class LongPressDetector:
             self._timer = asyncio.get_running_loop().create_task(self._fire_after_hold())
 
     def released(self) -> None:
-        """The button went up: a press shorter than ``hold`` does nothing."""
+        """The button went up: a press shorter than ``hold`` is a short press."""
         timer, self._timer = self._timer, None
-        if timer is not None and not timer.done():
-            timer.cancel()
+        if timer is None or timer.done():
+            return  # a long press already fired, or a release without a press (bounce)
+        timer.cancel()
+        if self._on_short_press is not None:
+            _LOGGER.info("Button pressed briefly: running the short-press action")
+            task = asyncio.get_running_loop().create_task(_call(self._on_short_press))
+            self._callbacks.add(task)
+            task.add_done_callback(self._callbacks.discard)
 
     async def _fire_after_hold(self) -> None:
         await asyncio.sleep(self._hold)
         _LOGGER.warning("Button held for %s s: running the long-press action", self._hold)
-        result = self._on_long_press()
-        if inspect.isawaitable(result):
-            await result
+        await _call(self._on_long_press)
 
     async def aclose(self) -> None:
-        """Cancel a running timer."""
+        """Cancel a running timer and short-press callbacks still running."""
         timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        pending = {*self._callbacks, *([timer] if timer is not None else [])}
+        self._callbacks.clear()
+        for task in pending:
+            task.cancel()
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
-                await timer
+                await task
+
+
+async def _call(callback: Callable[[], Awaitable[None] | None]) -> None:
+    result = callback()
+    if inspect.isawaitable(result):
+        await result
 
 
 class GpioResetButton:
@@ -254,10 +281,11 @@ class GpioResetButton:
         on_long_press: Callable[[], Awaitable[None] | None],
         *,
         hold: float = DEFAULT_RESET_HOLD,
+        on_short_press: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         """``open_line`` runs in a worker thread in :meth:`start`."""
         self._open_line = open_line
-        self.detector = LongPressDetector(hold, on_long_press)
+        self.detector = LongPressDetector(hold, on_long_press, on_short_press=on_short_press)
         self._line: EdgeLine | None = None
 
     async def start(self) -> None:
@@ -305,11 +333,23 @@ def reset_button(
     *,
     chip: str = DEFAULT_CHIP,
     hold: float = DEFAULT_RESET_HOLD,
+    on_short_press: Callable[[], Awaitable[None] | None] | None = None,
+    open_line: Callable[[str, int], EdgeLine] | None = None,
 ) -> GpioResetButton | None:
-    """A long-press watcher on ``chip`` line ``offset``, or None without libgpiod.
+    """A press watcher on ``chip`` line ``offset``, or None without libgpiod.
 
-    Call ``await button.start()`` to begin watching and ``await button.aclose()`` to stop.
+    ``open_line(chip, offset)`` requests the line; None means libgpiod 2 (:class:`GpiodEdgeLine`),
+    another opener (tests' fake lines) needs no bindings. Call ``await button.start()`` to begin
+    watching and ``await button.aclose()`` to stop.
     """
-    if not GPIOD_AVAILABLE:
-        return None
-    return GpioResetButton(lambda: GpiodEdgeLine(chip, offset), on_long_press, hold=hold)
+    if open_line is None:
+        if not GPIOD_AVAILABLE:
+            return None
+        open_line = GpiodEdgeLine
+    opener = open_line
+    return GpioResetButton(
+        lambda: opener(chip, offset),
+        on_long_press,
+        hold=hold,
+        on_short_press=on_short_press,
+    )

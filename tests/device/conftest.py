@@ -20,6 +20,7 @@ from iob_protocol.payload import ManualCode, QrPayload
 from iob_protocol.session import ClientSession
 
 from device_firmware.agent import Agent, RuntimeFactory
+from device_firmware.capabilities.gpio import EdgeLine
 from device_firmware.config import DeviceConfig
 from device_firmware.factory import FactoryResult, ProvisionedDevice, factory_provision
 from device_firmware.hardware import Hardware
@@ -245,6 +246,7 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
         wall_clock: Callable[[], int] | None = None,
         zeroconf: bool = False,
         ble_bus_address: str | None = None,
+        button_line_factory: Callable[[str, int], EdgeLine] | None = None,
         **config: Any,
     ) -> AsyncIterator[RunningAgent]:
         cfg = provisioned.config.with_changes(**config) if config else provisioned.config
@@ -258,6 +260,7 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
             hardware=hardware,
             advertise=zeroconf,
             ble_bus_address=ble_bus_address,
+            button_line_factory=button_line_factory,
             **extra,
         )
         task = asyncio.create_task(agent.run())

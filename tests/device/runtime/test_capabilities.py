@@ -370,6 +370,81 @@ async def test_reset_button_watches_edges_on_the_loop() -> None:
     assert edges.released
 
 
+async def test_short_press_calls_only_the_short_callback() -> None:
+    shorts: list[str] = []
+    longs: list[str] = []
+    short_seen = asyncio.Event()
+
+    async def on_short_press() -> None:
+        shorts.append("short")
+        short_seen.set()
+
+    detector = LongPressDetector(WAIT, lambda: longs.append("long"), on_short_press=on_short_press)
+    detector.pressed()
+    detector.released()
+    async with asyncio.timeout(WAIT):
+        await short_seen.wait()
+    detector.released()  # a bouncing release without a press is no second short press
+    await asyncio.sleep(0)
+    assert (shorts, longs) == (["short"], [])
+    await detector.aclose()
+
+
+async def test_long_press_calls_only_the_long_callback() -> None:
+    shorts: list[str] = []
+    fired = asyncio.Event()
+    detector = LongPressDetector(0.05, fired.set, on_short_press=lambda: shorts.append("short"))
+    detector.pressed()
+    async with asyncio.timeout(WAIT):
+        await fired.wait()
+    detector.released()  # letting go after the long press fired is not a short press
+    await asyncio.sleep(0)
+    assert shorts == []
+    await detector.aclose()
+
+
+async def test_reset_button_reports_short_and_long_presses() -> None:
+    edges = PipeEdges()
+    opened: list[tuple[str, int]] = []
+
+    def open_line(chip: str, offset: int) -> PipeEdges:
+        opened.append((chip, offset))
+        return edges
+
+    short = asyncio.Event()
+    long = asyncio.Event()
+    button = reset_button(
+        27,
+        long.set,
+        chip="/dev/gpiochip9",
+        hold=0.05,
+        on_short_press=short.set,
+        open_line=open_line,
+    )
+    assert button is not None  # a line opener needs no libgpiod
+    await button.start()
+    assert opened == [("/dev/gpiochip9", 27)]
+    try:
+        os.write(edges.write_fd, b"PR")
+        async with asyncio.timeout(WAIT):
+            await short.wait()
+        assert not long.is_set()
+
+        short.clear()
+        os.write(edges.write_fd, b"P")
+        async with asyncio.timeout(WAIT):
+            await long.wait()
+        edges.read.clear()
+        os.write(edges.write_fd, b"R")
+        async with asyncio.timeout(WAIT):
+            await edges.read.wait()
+        await asyncio.sleep(0)
+        assert not short.is_set()
+    finally:
+        await button.aclose()
+    assert edges.released
+
+
 # --- the libgpiod 2 adapters, against a stand-in of the bindings' API -------------------------
 
 
