@@ -7,165 +7,22 @@ directory and a free Home Assistant port. The checks go through the ports it pub
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ORCHESTRATOR = REPO / "scripts" / "demo_stack.py"
-READY_PREFIX = "IOB-DEMO-READY "
-# Bounds, not expectations: Home Assistant starts in about 5 s here.
-START_TIMEOUT = 150.0
-STOP_TIMEOUT = 90.0
-
-
-class Orchestrator:
-    """The orchestrator's process and every line it printed (read by a thread)."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ORCHESTRATOR), *args],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._queue.put(line)
-        self._queue.put(None)
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_ready(self) -> dict[str, Any]:
-        while True:
-            try:
-                line = self._queue.get(timeout=START_TIMEOUT)
-            except queue.Empty:
-                pytest.fail(f"no ready line within {START_TIMEOUT} s:\n{self.output}")
-            if line is None:
-                pytest.fail(f"the orchestrator exited before it was ready:\n{self.output}")
-            if line.startswith(READY_PREFIX):
-                document: dict[str, Any] = json.loads(line.removeprefix(READY_PREFIX))
-                return document
-
-    def wait(self) -> int:
-        code = self.process.wait(timeout=STOP_TIMEOUT)
-        self._reader.join(timeout=10)
-        return code
-
-    def kill(self) -> None:
-        """Last resort after a failed test: SIGTERM (it cleans up), then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def processes_mentioning(text: str) -> dict[int, str]:
-    """Every process whose command line contains ``text`` (pid-reuse safe; zombies have none)."""
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmdline = (
-                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                )
-                if text in cmdline:
-                    found[int(entry.name)] = cmdline
-    return found
-
-
-def kill_leftovers(text: str) -> None:
-    for pid in processes_mentioning(text):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def get(url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 URLs the stack printed
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with opener.open(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except OSError:
-        return True
-
-
-def ha_login(base: str, username: str, password: str) -> dict[str, Any]:
-    """Home Assistant's login flow, as its login page runs it."""
-    client_id = f"{base}/"
-    status, body = get(
-        f"{base}/auth/login_flow",
-        {"client_id": client_id, "handler": ["homeassistant", None], "redirect_uri": client_id},
-    )
-    assert status == 200, body
-    flow_id = json.loads(body)["flow_id"]
-    status, body = get(
-        f"{base}/auth/login_flow/{flow_id}",
-        {"client_id": client_id, "username": username, "password": password},
-    )
-    assert status == 200, body
-    result: dict[str, Any] = json.loads(body)
-    return result
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # Not tmp_path: it lies under a root-only 0700 directory the broker's user cannot reach.
-    directory = Path(tempfile.mkdtemp(prefix="iob-demo-test-"))
-    try:
-        yield directory
-    finally:
-        kill_leftovers(str(directory))
-        shutil.rmtree(directory, ignore_errors=True)
+from .helpers import (
+    READY_PREFIX,
+    Orchestrator,
+    free_port,
+    get,
+    ha_login,
+    processes_mentioning,
+    refused,
+)
 
 
 @pytest.mark.slow

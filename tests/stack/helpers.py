@@ -1,0 +1,193 @@
+"""The demo stack as the stack tests drive it: the orchestrator's process and HTTP helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ORCHESTRATOR = REPO / "scripts" / "demo_stack.py"
+READY_PREFIX = "IOB-DEMO-READY "
+# Bounds, not expectations: Home Assistant starts in about 5 s here.
+START_TIMEOUT = 150.0
+STOP_TIMEOUT = 90.0
+
+
+class Orchestrator:
+    """The orchestrator's process and every line it printed (read by a thread)."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ORCHESTRATOR), *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            self._queue.put(line)
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self) -> dict[str, Any]:
+        while True:
+            try:
+                line = self._queue.get(timeout=START_TIMEOUT)
+            except queue.Empty:
+                pytest.fail(f"no ready line within {START_TIMEOUT} s:\n{self.output}")
+            if line is None:
+                pytest.fail(f"the orchestrator exited before it was ready:\n{self.output}")
+            if line.startswith(READY_PREFIX):
+                document: dict[str, Any] = json.loads(line.removeprefix(READY_PREFIX))
+                return document
+
+    def wait(self) -> int:
+        code = self.process.wait(timeout=STOP_TIMEOUT)
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        """Last resort after a failed test: SIGTERM (it cleans up), then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Every process whose command line contains ``text`` (pid-reuse safe; zombies have none)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+                if text in cmdline:
+                    found[int(entry.name)] = cmdline
+    return found
+
+
+def kill_leftovers(text: str) -> None:
+    for pid in processes_mentioning(text):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def get(
+    url: str, body: dict[str, Any] | None = None, *, token: str | None = None
+) -> tuple[int, bytes]:
+    """GET (POST with a JSON ``body``), never through a proxy; ``token``: a bearer token."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 URLs the stack printed
+        url, data=None if body is None else json.dumps(body).encode(), headers=headers
+    )
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
+def ha_login(base: str, username: str, password: str) -> dict[str, Any]:
+    """Home Assistant's login flow, as its login page runs it."""
+    client_id = f"{base}/"
+    status, body = get(
+        f"{base}/auth/login_flow",
+        {"client_id": client_id, "handler": ["homeassistant", None], "redirect_uri": client_id},
+    )
+    assert status == 200, body
+    flow_id = json.loads(body)["flow_id"]
+    status, body = get(
+        f"{base}/auth/login_flow/{flow_id}",
+        {"client_id": client_id, "username": username, "password": password},
+    )
+    assert status == 200, body
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def ha_token(base: str, username: str, password: str) -> str:
+    """An access token, as the frontend gets one: login flow, then the code for a token."""
+    login = ha_login(base, username, password)
+    assert login["type"] == "create_entry", login
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    form = urllib.parse.urlencode(
+        {"grant_type": "authorization_code", "code": login["result"], "client_id": f"{base}/"}
+    ).encode()
+    request = urllib.request.Request(f"{base}/auth/token", data=form)  # noqa: S310 - as above
+    with opener.open(request, timeout=30) as response:
+        token: str = json.loads(response.read())["access_token"]
+    return token
+
+
+def ha_ws(base: str, token: str, command: dict[str, Any]) -> Any:
+    """One command on Home Assistant's websocket API (what the frontend uses); its result.
+
+    Some of what the UI shows has no REST view: the discovered flows, for one.
+    """
+
+    async def run() -> Any:
+        async with (
+            asyncio.timeout(60),
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{base}/api/websocket") as ws,
+        ):
+            assert (await ws.receive_json())["type"] == "auth_required"
+            await ws.send_json({"type": "auth", "access_token": token})
+            assert (await ws.receive_json())["type"] == "auth_ok"
+            await ws.send_json({"id": 1, **command})
+            answer = await ws.receive_json()
+            assert answer["success"], answer
+            return answer["result"]
+
+    return asyncio.run(run())

@@ -1,0 +1,195 @@
+"""A device goes from discovered to entities in Home Assistant, through HA's real config flow.
+
+The demo stack runs as in test_demo_stack.py; this test then does what a person does in the
+UI, over the same APIs the frontend uses: log in as the demo owner, open the device Home
+Assistant's zeroconf discovered, sign in to the account service, name the household, paste the
+device's QR payload, choose the "Home" network, wait for the commit, and see the entities.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import Orchestrator, free_port, get, ha_token, ha_ws, processes_mentioning
+
+DOMAIN = "iot_onboard"
+HOUSEHOLD = "Demo home"
+# Bounds, not expectations: discovery takes about a second, the commit a few.
+DISCOVERY_TIMEOUT = 60.0
+COMMIT_TIMEOUT = 240.0
+ENTITIES_TIMEOUT = 90.0
+POLL = 0.5
+
+
+def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float) -> T:
+    """Poll ``probe`` until it returns something; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: nothing within {timeout} s")
+        time.sleep(POLL)
+
+
+class Ha:
+    """Home Assistant's REST and websocket APIs with the owner's token."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.token = token
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        status, raw = get(f"{self.base}{path}", body, token=self.token)
+        assert status == 200, f"{path}: HTTP {status}: {raw!r}"
+        return json.loads(raw)
+
+    def discovered(self) -> list[dict[str, Any]]:
+        """The flows the UI lists as discovered (no REST view: the websocket command)."""
+        flows: list[dict[str, Any]] = ha_ws(
+            self.base, self.token, {"type": "config_entries/flow/progress"}
+        )
+        return [f for f in flows if f["handler"] == DOMAIN]
+
+    def step(self, flow_id: str, user_input: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(f"/api/config/config_entries/flow/{flow_id}", user_input)
+        assert result["type"] != "abort", f"the flow was aborted: {result}"
+        assert not result.get("errors"), f"the form refused {user_input}: {result}"
+        return result
+
+    def template(self, template: str) -> Any:
+        status, raw = get(f"{self.base}/api/template", {"template": template}, token=self.token)
+        assert status == 200, raw
+        return json.loads(raw)
+
+
+def network_value(form: dict[str, Any], ssid: str) -> str:
+    """The Wi-Fi form's option for ``ssid`` (from the device's own scan)."""
+    field = next(f for f in form["data_schema"] if f["name"] == "network")
+    options = field["selector"]["select"]["options"]
+    wanted = "ssid:" + ssid.encode().hex()
+    assert any(option["value"] == wanted for option in options), options
+    return wanted
+
+
+def device_entities(ha: Ha, device_id: str) -> list[dict[str, Any]] | None:
+    """The states of the device's entities once every one is available (else None)."""
+    entity_ids: list[str] = ha.template(
+        f"{{{{ integration_entities('{DOMAIN}') "
+        f"| select('is_device_attr', 'serial_number', '{device_id}') | list | tojson }}}}"
+    )
+    if not entity_ids:
+        return None
+    states = {s["entity_id"]: s for s in ha.call("/api/states")}
+    mine = [states[e] for e in entity_ids if e in states]
+    if len(mine) < len(entity_ids) or any(s["state"] == "unavailable" for s in mine):
+        return None
+    return mine
+
+
+@pytest.mark.slow
+def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Path) -> None:
+    stack = Orchestrator(
+        "--state-dir", str(state_dir), "--ha-port", str(free_port()), "--devices", "1"
+    )
+    try:
+        ready = stack.wait_ready()
+        (device,) = ready["devices"]
+        account = next(a for a in ready["account_service"]["accounts"] if not a["admin"])
+        home = next(w for w in ready["wifi"] if w["ssid"] == "Home")
+        owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
+        ha = Ha(
+            ready["homeassistant"]["url"],
+            ha_token(ready["homeassistant"]["url"], owner["username"], owner["password"]),
+        )
+
+        # Home Assistant's own zeroconf finds the device: a discovery flow at its confirm step.
+        flow = wait_for(
+            "a zeroconf discovery flow of the device",
+            lambda: next(
+                (
+                    f
+                    for f in ha.discovered()
+                    if f["context"]["source"] == "zeroconf"
+                    and f["context"]["unique_id"] == device["device_id"]
+                ),
+                None,
+            ),
+            DISCOVERY_TIMEOUT,
+        )
+        flow_id = flow["flow_id"]
+        assert flow["step_id"] == "discovery_confirm"
+
+        result = ha.step(flow_id, {})
+        assert result["step_id"] == "account", result
+        result = ha.step(
+            flow_id,
+            {
+                "account_url": ready["account_service"]["url"],
+                "email": account["email"],
+                "password": account["password"],
+                "create_account": False,
+            },
+        )
+        if result["step_id"] == "household":  # the fresh demo account has no household yet
+            result = ha.step(flow_id, {"household_name": HOUSEHOLD})
+        assert result["step_id"] == "credentials", result
+        result = ha.step(flow_id, {"setup_code": device["qr_payload"]})
+        assert result["step_id"] == "wifi", result
+        result = ha.step(
+            flow_id,
+            {"network": network_value(result, home["ssid"]), "passphrase": home["passphrase"]},
+        )
+        assert result["type"] == "progress", result
+        assert result["step_id"] == "provision"
+
+        # The commit: the flow stays listed (the old bug: the device withdrew its record at
+        # the claim and Home Assistant aborted the flow) until it leaves the progress step.
+        def finished() -> dict[str, Any] | None:
+            now: dict[str, Any] = ha.call(f"/api/config/config_entries/flow/{flow_id}")
+            if now["type"] != "progress":
+                return now
+            assert flow_id in {f["flow_id"] for f in ha.discovered()}, "the flow vanished"
+            return None
+
+        result = wait_for("the end of the commit", finished, COMMIT_TIMEOUT)
+        # The discovered flow itself ends the onboarding: it was never aborted on the way.
+        assert result["type"] == "create_entry", result
+        assert (result["flow_id"], result["title"]) == (flow_id, HOUSEHOLD)
+
+        # The household entry exists and is loaded; no flow of ours is left.
+        entries = [e for e in ha.call("/api/config/config_entries/entry") if e["domain"] == DOMAIN]
+        assert [(e["title"], e["source"], e["state"]) for e in entries] == [
+            (HOUSEHOLD, "zeroconf", "loaded")
+        ], entries
+        assert DOMAIN not in {f["handler"] for f in ha.discovered()}
+
+        # The device's entities appear, available (the device is online), with real values.
+        states = wait_for(
+            "the device's entities, every one available",
+            lambda: device_entities(ha, device["device_id"]),
+            ENTITIES_TIMEOUT,
+        )
+        domains = {s["entity_id"].split(".")[0] for s in states}
+        assert {"sensor", "binary_sensor", "switch", "button"} <= domains, states
+        sensors = [s for s in states if s["entity_id"].startswith("sensor.")]
+        assert any(s["state"] not in {"unknown", ""} for s in sensors), sensors
+
+        # The device itself says it is owned and online.
+        status, raw = get(f"{device['url']}/iob/v1/info")
+        assert status == 200, raw
+        assert json.loads(raw)["state"] == "online"
+
+        stack.process.send_signal(signal.SIGINT)
+        assert stack.wait() == 0, stack.output
+    finally:
+        stack.kill()
+    assert processes_mentioning(str(state_dir)) == {}
