@@ -445,7 +445,9 @@ class ImprovService(GattService):
             passphrase = validate_passphrase(strings[1].decode("ascii") or None)
         except (InvalidFieldError, UnicodeDecodeError) as err:
             # The network would refuse it: "unable to connect" is what the user can act on.
-            _LOGGER.info("Improv: passphrase refused: %s", err)
+            # A decode error quotes the offending byte: never log any part of a passphrase.
+            reason = "not ASCII" if isinstance(err, UnicodeDecodeError) else str(err)
+            _LOGGER.info("Improv: passphrase refused: %s", reason)
             await self._set_error(ImprovError.UNABLE_TO_CONNECT)
             return
         wifi = WifiCredentials(ssid=ssid, passphrase=passphrase)
