@@ -59,6 +59,31 @@ def _transfer_json(row: Row) -> dict[str, Any]:
     }
 
 
+async def _audit_transfer(
+    conn: Connection,
+    *,
+    at: int,
+    actor: str,
+    action: str,
+    transfer_id: str,
+    device_id: str,
+    from_household: str,
+    to_household: str,
+    details: dict[str, JsonValue] | None = None,
+) -> None:
+    """A transfer concerns two households: each one's audit trail records it."""
+    for audited in (from_household, to_household):
+        await audit.append(
+            conn,
+            at=at,
+            actor=actor,
+            action=action,
+            household_id=audited,
+            device_id=device_id,
+            details=details if details is not None else {"transfer_id": transfer_id},
+        )
+
+
 async def release_device(
     conn: Connection,
     plan: BrokerPlan,
@@ -495,20 +520,17 @@ class Devices:
                 now,
                 now + ctx.config.transfer_ttl,
             )
-            for audited in (household_id, to_household_id):
-                await audit.append(
-                    conn,
-                    at=now,
-                    actor=account.actor,
-                    action="transfer.offered",
-                    household_id=audited,
-                    device_id=device_id,
-                    details={
-                        "transfer_id": transfer_id,
-                        "from": household_id,
-                        "to": to_household_id,
-                    },
-                )
+            await _audit_transfer(
+                conn,
+                at=now,
+                actor=account.actor,
+                action="transfer.offered",
+                transfer_id=transfer_id,
+                device_id=device_id,
+                from_household=household_id,
+                to_household=to_household_id,
+                details={"transfer_id": transfer_id, "from": household_id, "to": to_household_id},
+            )
             row = await conn.fetchrow("SELECT * FROM transfers WHERE id = $1", transfer_id)
         if row is None:  # pragma: no cover - just inserted
             raise TransferNotFoundError
@@ -574,20 +596,17 @@ class Devices:
                 transfer_id,
             )
             await plan.sync_hubs(conn, [from_household, household_id, *sharees])
-            for audited in (from_household, household_id):
-                await audit.append(
-                    conn,
-                    at=now,
-                    actor=account.actor,
-                    action="device.transferred",
-                    household_id=audited,
-                    device_id=device_id,
-                    details={
-                        "transfer_id": transfer_id,
-                        "from": from_household,
-                        "to": household_id,
-                    },
-                )
+            await _audit_transfer(
+                conn,
+                at=now,
+                actor=account.actor,
+                action="device.transferred",
+                transfer_id=transfer_id,
+                device_id=device_id,
+                from_household=from_household,
+                to_household=household_id,
+                details={"transfer_id": transfer_id, "from": from_household, "to": household_id},
+            )
             row = await conn.fetchrow("SELECT * FROM transfers WHERE id = $1", transfer_id)
             if row is None:  # pragma: no cover - just updated
                 raise TransferNotFoundError
@@ -616,16 +635,16 @@ class Devices:
             )
             if changed != 1:
                 raise ConflictError("The transfer was just completed or closed; reload.")
-            for audited in (transfer["from_household_id"], transfer["to_household_id"]):
-                await audit.append(
-                    conn,
-                    at=now,
-                    actor=account.actor,
-                    action=f"transfer.{status}",
-                    household_id=audited,
-                    device_id=transfer["device_id"],
-                    details={"transfer_id": transfer_id},
-                )
+            await _audit_transfer(
+                conn,
+                at=now,
+                actor=account.actor,
+                action=f"transfer.{status}",
+                transfer_id=transfer_id,
+                device_id=transfer["device_id"],
+                from_household=transfer["from_household_id"],
+                to_household=transfer["to_household_id"],
+            )
 
     # --- audit ----------------------------------------------------------------------------
 
