@@ -76,6 +76,10 @@ _PLUGIN_GLOBS = (
     f"/usr/local/lib/{_PLUGIN_NAME}",
     f"/usr/local/lib/*/{_PLUGIN_NAME}",
 )
+#: Per-client queue beyond the in-flight window: 65536 messages covers ~10 000 devices' retained
+#: messages for one hub; the byte cap keeps a stuck client from eating the broker's memory.
+MAX_QUEUED_MESSAGES = 65536
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_LINES = 40
 
@@ -475,6 +479,10 @@ class MosquittoProcess:
             "log_type all",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             "set_tcp_nodelay true",
+            # A hub subscribing (HA start, reload, reconnect) gets every device's retained
+            # messages at once, ~6 per device: the default queue of 1000 dropped the rest.
+            f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+            f"max_queued_bytes {MAX_QUEUED_BYTES}",
         ]
         if user is not None:
             lines.append(f"user {user.pw_name}")
