@@ -6,18 +6,18 @@ Ed25519, HKDF, HMAC and ChaCha20-Poly1305 from ``cryptography``/``hashlib``), so
 the cost of framing, validation, transcript handling and the state machines - not of the
 machine.
 
-    python bench/bench_protocol.py [--seconds 2.0]
+    python bench/bench_protocol.py [--seconds 2.0] [--quick] [--json FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import os
 import time
 from collections.abc import Callable
 
+from common import Result, finish, parser, result
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -111,32 +111,35 @@ def raw_frames(size: int) -> Callable[[], object]:
     return run
 
 
-def report(name: str, ours: float, baseline: float) -> None:
-    """One line: ours, baseline, ratio."""
-    print(
-        f"{name:<28} {ours:>12,.0f}/s   raw baseline {baseline:>12,.0f}/s   "
-        f"ratio {ours / baseline:5.2f}"
-    )
+def report(name: str, ours: float, baseline: float) -> Result:
+    """One row: ours, the raw primitives' baseline, the ratio."""
+    return result(f"protocol: {name}", ours, "/s", baseline, "raw primitives")
 
 
 def main() -> None:
     """Run every measurement; about 8 x ``--seconds`` in total."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
-    seconds = parser.parse_args().seconds
+    options = parser(__doc__)
+    options.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    args = options.parse_args()
+    seconds = 0.2 if args.quick else args.seconds
     identity = DeviceIdentity.generate()
     code = SetupCode.generate(identity.device_id)
-    report(
-        "handshakes",
-        rate(protocol_handshake(identity, code), seconds),
-        rate(raw_handshake(), seconds),
-    )
-    for size in FRAME_SIZES:
+    rows = [
+        report(
+            "handshakes",
+            rate(protocol_handshake(identity, code), seconds),
+            rate(raw_handshake(), seconds),
+        )
+    ]
+    rows += [
         report(
             f"AEAD frames ({size} B, seal+open)",
             rate(protocol_frames(identity, code, size), seconds / 2),
             rate(raw_frames(size), seconds / 2),
         )
+        for size in FRAME_SIZES
+    ]
+    finish("protocol", rows, args, seconds=seconds)
 
 
 if __name__ == "__main__":

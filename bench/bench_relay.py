@@ -3,7 +3,7 @@ concurrency 64, on SQLite and on PostgreSQL, each as a ratio to a bare aiohttp J
 measured in the same run. Real Mosquitto (dynamic security) and a throwaway PostgreSQL
 cluster, all on 127.0.0.1. Bounded: each phase stops after its time budget; < 60 s in total.
 
-Run: ``.venv/bin/python bench/bench_relay.py``
+Run: ``.venv/bin/python bench/bench_relay.py [--quick] [--json FILE]``
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import Result, finish, isolate, parser, result
 from iob_protocol.claim import ClaimConfirmation
 from iob_protocol.identity import DeviceIdentity
 
@@ -63,7 +64,7 @@ async def _drive(
     return len(latencies) / elapsed, p99
 
 
-async def _baseline() -> tuple[float, float]:
+async def _baseline(seconds: float) -> tuple[float, float]:
     async def handler(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "time": int(time.time())})
 
@@ -86,12 +87,14 @@ async def _baseline() -> tuple[float, float]:
                     ) as response:
                         await response.read()
 
-            return await _drive(call, PHASE_SECONDS / 2)
+            return await _drive(call, seconds / 2)
     finally:
         await runner.cleanup()
 
 
-async def _relay(database_url: str, broker: MosquittoProcess) -> tuple[float, float]:
+async def _relay(
+    database_url: str, broker: MosquittoProcess, seconds: float, devices: int
+) -> tuple[float, float]:
     details = broker.broker
     generous = Limit(10**9, 1)
     config = RelayConfig(
@@ -120,7 +123,7 @@ async def _relay(database_url: str, broker: MosquittoProcess) -> tuple[float, fl
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     base = f"http://127.0.0.1:{port}"
-    identities = [DeviceIdentity.generate() for _ in range(DEVICES)]
+    identities = [DeviceIdentity.generate() for _ in range(devices)]
     await app[RELAY].registry.import_records(
         [FactoryRecord(i.device_id, "bench", i.public_key, VERIFIER) for i in identities],
         "bench",
@@ -141,7 +144,7 @@ async def _relay(database_url: str, broker: MosquittoProcess) -> tuple[float, fl
                 household = (await response.json())["household_id"]
 
             async def claim(index: int) -> None:
-                identity = identities[index % DEVICES]
+                identity = identities[index % devices]
                 async with session.post(
                     f"{base}/v1/households/{household}/claims",
                     json={"device_id": identity.device_id},
@@ -159,13 +162,15 @@ async def _relay(database_url: str, broker: MosquittoProcess) -> tuple[float, fl
                     if response.status != 200:
                         raise RuntimeError(f"confirm failed: {owned}")
 
-            return await _drive(claim, PHASE_SECONDS)
+            return await _drive(claim, seconds)
     finally:
         await runner.cleanup()
         await adapter.aclose()
 
 
-async def _main() -> None:
+async def measure(*, quick: bool) -> list[Result]:
+    """Baseline, SQLite and PostgreSQL phases; one row per database and figure."""
+    seconds, devices = (1.5, 300) if quick else (PHASE_SECONDS, DEVICES)
     started = time.perf_counter()
     with MosquittoProcess() as broker:
         postgres = PostgresProcess()
@@ -179,21 +184,33 @@ async def _main() -> None:
             storage = await PostgresStorage.open(cluster.dsn("bench"), min_size=1, max_size=2)
             await storage.migrate()
             await storage.close()
-            base_rate, base_p99 = await _baseline()
+            base_rate, base_p99 = await _baseline(seconds)
             with tempfile.TemporaryDirectory(prefix="iob-bench-") as directory:
-                sqlite_rate, sqlite_p99 = await _relay(f"sqlite:///{directory}/relay.db", broker)
-            pg_rate, pg_p99 = await _relay(cluster.dsn("bench"), broker)
+                sqlite_rate, sqlite_p99 = await _relay(
+                    f"sqlite:///{directory}/relay.db", broker, seconds, devices
+                )
+            pg_rate, pg_p99 = await _relay(cluster.dsn("bench"), broker, seconds, devices)
         finally:
             postgres.stop()
-    print(f"concurrency {CONCURRENCY}, {PHASE_SECONDS:.0f} s per relay phase")
-    print(f"baseline (bare aiohttp, 2 JSON requests): {base_rate:8.1f}/s  p99 {base_p99:7.1f} ms")
+    print(f"concurrency {CONCURRENCY}, {seconds:.1f} s per relay phase")
+    label = "bare aiohttp, 2 JSON requests"
+    rows = []
     for name, rate, p99 in (("SQLite", sqlite_rate, sqlite_p99), ("PostgreSQL", pg_rate, pg_p99)):
-        print(
-            f"full claims on {name:10}: {rate:8.1f}/s  p99 {p99:7.1f} ms   "
-            f"ratio to baseline: throughput {rate / base_rate:.3f}, p99 {p99 / base_p99:.1f}x"
-        )
+        rows += [
+            result(f"relay: full claims/s on {name}", rate, "/s", base_rate, label),
+            result(f"relay: claim p99 on {name}", p99, "ms", base_p99, label),
+        ]
     print(f"total {time.perf_counter() - started:.1f} s")
+    return rows
+
+
+def main() -> None:
+    """Measure, print the table, write the JSON when asked."""
+    args = parser(__doc__).parse_args()
+    isolated = isolate()
+    rows = asyncio.run(measure(quick=args.quick))
+    finish("relay", rows, args, isolated=isolated, concurrency=CONCURRENCY)
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    main()

@@ -1,0 +1,130 @@
+"""Memory per connected device of the account service, the broker and Home Assistant.
+
+The real stack (scripts/demo_stack.py's processes: Mosquitto with dynamic security, the account
+service, Home Assistant with the integration) holds one household whose entry is loaded in
+Home Assistant. The RSS of each process (with its children) is read with that household empty,
+then again after N light devices joined it: each registered, claimed through the account
+service's real API, connected to the broker with its own credential and publishing what the
+simulated agent publishes (availability, its 5-entity descriptor, states), until Home Assistant
+shows every device's entities as available. Per device = (RSS with N - RSS with 0) / N; the
+baseline is the idle RSS (0 devices) and the ratio RSS(N) / RSS(0).
+
+    .venv/bin/python bench/bench_memory.py [--devices 1000] [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from typing import Final
+
+import aiohttp
+from clients import claim_light_devices, entities_ready, wait_for
+from common import Result, finish, isolate, parser, rss_kib, say
+from stack import BenchStack, household_in_ha, maker_api, running_stack
+
+ENTITIES_PER_DEVICE: Final = 5
+CONNECT_BATCH: Final = 50
+#: Bounds, not expectations.
+HOLD_TIMEOUT: Final = 1800.0
+PROCESSES: Final = (("relay", "account service"), ("mosquitto", "broker"), ("homeassistant", "HA"))
+
+
+def _all_held(devices: int, states: list[str]) -> bool:
+    return entities_ready(states, devices * ENTITIES_PER_DEVICE)
+
+
+def _rss(stack: BenchStack) -> dict[str, int]:
+    return {key: rss_kib(stack.pids[key]) for key, _ in PROCESSES}
+
+
+async def measure(
+    stack: BenchStack, count: int, settle: float
+) -> tuple[list[Result], dict[str, object]]:
+    """RSS at 0 and at ``count`` devices; rows per process."""
+    async with aiohttp.ClientSession() as session:
+        home = await household_in_ha(stack, session, "memory")
+        await wait_for(
+            "the household entry loaded",
+            lambda: home.ha.call("/api/config/config_entries/entry"),
+            lambda entries: any(
+                e["domain"] == "iot_onboard" and e["state"] == "loaded" for e in entries
+            ),
+            120,
+        )
+        await asyncio.sleep(settle)
+        idle = _rss(stack)
+        say(f"idle RSS (KiB): {idle}; claiming {count} devices")
+        maker = await maker_api(stack, session)
+        started = time.monotonic()
+        devices = await claim_light_devices(home.relay, maker, home.household_id, count)
+        claimed = time.monotonic() - started
+        say(f"claimed in {claimed:.1f} s; Home Assistant re-reads the device list")
+        # Home Assistant subscribes to every device first; then the devices come online in
+        # batches, each waited for. (All at once, their retained messages would be delivered
+        # to the hub in one burst on subscribe, and Mosquitto's default max_queued_messages of
+        # 1000 drops what does not fit: see docs/development.md, Benchmarks.)
+        await home.ha.reload_household()
+        async with contextlib.AsyncExitStack() as connections:
+            for start in range(0, len(devices), CONNECT_BATCH):
+                batch = devices[start : start + CONNECT_BATCH]
+                await asyncio.gather(
+                    *(connections.enter_async_context(device.connected()) for device in batch)
+                )
+                online = start + len(batch)
+                await wait_for(
+                    f"Home Assistant holding {online} devices' entities, available",
+                    home.ha.entity_states,
+                    functools.partial(_all_held, online),
+                    HOLD_TIMEOUT,
+                    poll=1.0,
+                )
+                say(f"{online} devices online and in Home Assistant")
+            held = time.monotonic() - started
+            await asyncio.sleep(settle)
+            loaded = _rss(stack)
+    rows = []
+    for key, name in PROCESSES:
+        per_device = (loaded[key] - idle[key]) / count
+        note = f"ratio = RSS with {count} / RSS with 0"
+        if count < 1000:
+            extra = per_device * 1000 / 1024
+            note += f"; at 1000 devices about {extra:.0f} MiB more (extrapolated)"
+        rows.append(
+            Result(
+                metric=f"memory: {name} per device (N={count})",
+                value=per_device,
+                unit="KiB",
+                baseline=idle[key] / 1024,
+                baseline_unit="MiB",
+                baseline_label="its RSS with 0 devices",
+                ratio=loaded[key] / idle[key],
+                note=note,
+            )
+        )
+    facts: dict[str, object] = {
+        "devices": count,
+        "rss_idle_kib": idle,
+        "rss_loaded_kib": loaded,
+        "seconds_to_claim": round(claimed, 1),
+        "seconds_until_ha_held_all": round(held, 1),
+    }
+    return rows, facts
+
+
+def main() -> None:
+    """Start the stack, measure, print and write the results."""
+    options = parser(__doc__)
+    options.add_argument("--devices", type=int, help="devices to connect (1000; --quick: 5)")
+    args = options.parse_args()
+    count = args.devices or (5 if args.quick else 1000)
+    isolated = isolate()
+    with running_stack(label="memory") as stack:
+        rows, facts = asyncio.run(measure(stack, count, 1.0 if args.quick else 10.0))
+    finish("memory", rows, args, isolated=isolated, **facts)
+
+
+if __name__ == "__main__":
+    main()
