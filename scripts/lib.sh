@@ -20,9 +20,10 @@ FORKY_VENV=/opt/venv              # inside the root
 FORKY_REPO=/repo                  # where the checkout is bind-mounted inside the root
 DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 
-# Debian packages the tests and the demo need on the host.
+# Debian packages the tests and the demo need on the host (chromium: the browser test drives
+# Debian's build through Playwright; never `playwright install`, it downloads browsers).
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql shellcheck)
+  postgresql shellcheck chromium)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config)

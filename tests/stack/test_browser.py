@@ -1,0 +1,271 @@
+"""A person onboards a discovered device in Home Assistant's own UI, in a real browser.
+
+test_onboarding_through_ha.py drives the same flow over the frontend's APIs; this test clicks
+through the frontend itself (Debian's Chromium, headless, through Playwright) against the demo
+stack: HA's login page, Settings → Devices & services, the discovered device's card, every step
+of the config-flow dialog, then the device's page with its entities. A screenshot of each step
+lands in ``$IOB_ARTIFACTS/browser`` (default build/artifacts/browser); the README's
+docs/images/onboarding-*.png are copies of some of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+from .browser import (
+    VIEWPORT,
+    LocalOnly,
+    Screenshots,
+    artifacts_dir,
+    keep_logs,
+    launch_chromium,
+    require_chromium,
+)
+from .helpers import Orchestrator, free_port, get, ha_token, ha_ws, processes_mentioning
+
+DOMAIN = "iot_onboard"
+HOUSEHOLD = "Demo home"
+# Bounds in milliseconds, not expectations: the frontend answers in well under a second, HA's
+# zeroconf finds the device in about one, the commit takes a few seconds.
+STEP_TIMEOUT = 60_000
+DISCOVERY_TIMEOUT = 90_000
+COMMIT_TIMEOUT = 240_000
+ENTITIES_TIMEOUT = 90_000
+RETRY_CLICK_AFTER = 5_000
+
+
+@pytest.fixture
+def screenshot_dir(capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
+    """Where this test's screenshots go; printed (past pytest's capture) pass or fail."""
+    directory = artifacts_dir("browser")
+    try:
+        yield directory
+    finally:
+        with capsys.disabled():
+            shots = sorted(p.name for p in directory.glob("*.png"))
+            logs = " (and the stack's logs in logs/)" if (directory / "logs").is_dir() else ""
+            print(f"\nbrowser test screenshots ({len(shots)}): {directory}{logs}")  # noqa: T201
+
+
+def click_until(target: Locator, shown: Locator) -> None:
+    """Click until ``shown`` appears: a click while the frontend still starts up is lost."""
+    deadline = time.monotonic() + STEP_TIMEOUT / 1000
+    while True:
+        target.click()
+        try:
+            expect(shown).to_be_visible(timeout=RETRY_CLICK_AFTER)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            return
+
+
+def submit_until(dialog: Locator, heading: str | re.Pattern[str]) -> None:
+    """Submit the dialog's form and wait for the next step; fail with the form's own error."""
+    dialog.get_by_role("button", name="Submit").click()
+    see(dialog, dialog.get_by_role("heading", name=heading), STEP_TIMEOUT)
+
+
+def see(dialog: Locator, what: Locator, timeout: float) -> None:
+    """``what`` becomes visible; else fail quoting any error the flow dialog shows."""
+    try:
+        expect(what).to_be_visible(timeout=timeout)
+    except AssertionError as err:
+        errors = [t for t in dialog.locator("ha-alert").all_inner_texts() if t.strip()]
+        shown = f" The dialog shows: {errors}" if errors else ""
+        raise AssertionError(f"{err}{shown}") from err
+
+
+def device_entities(base: str, token: str) -> dict[str, str]:
+    """Name (as the device page shows it: without the device's name) → state, per entity."""
+    template = (
+        "{% set ns = namespace(rows=[]) %}"
+        f"{{% for e in integration_entities('{DOMAIN}') %}}"
+        "{% set ns.rows = ns.rows + [[device_attr(e, 'name'), state_attr(e, 'friendly_name'),"
+        " states(e)]] %}{% endfor %}{{ ns.rows | tojson }}"
+    )
+    status, raw = get(f"{base}/api/template", {"template": template}, token=token)
+    assert status == 200, raw
+    rows: list[tuple[str | None, str | None, str]] = json.loads(raw)
+    return {
+        name.removeprefix(device or "").strip() or name: state
+        for device, name, state in rows
+        if name is not None
+    }
+
+
+def flows_in_progress(ready: dict[str, Any]) -> str:
+    """For a failure's message: the flows Home Assistant itself has in progress."""
+    base = ready["homeassistant"]["url"]
+    owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
+    try:
+        token = ha_token(base, owner["username"], owner["password"])
+        # Its own thread: ha_ws runs an event loop, and Playwright's runs in this one.
+        with ThreadPoolExecutor(1) as pool:
+            command = {"type": "config_entries/flow/progress"}
+            flows = pool.submit(ha_ws, base, token, command).result()
+    except (AssertionError, OSError, aiohttp.ClientError) as err:
+        return f"Home Assistant's flows in progress: cannot list them ({err!r})"
+    return f"Home Assistant's flows in progress: {flows}"
+
+
+@pytest.mark.slow
+def test_a_person_onboards_the_discovered_device_in_the_browser(
+    state_dir: Path, screenshot_dir: Path
+) -> None:
+    require_chromium()
+    stack = Orchestrator(
+        "--state-dir", str(state_dir), "--ha-port", str(free_port()), "--devices", "1"
+    )
+    try:
+        ready = stack.wait_ready()
+        local_only = LocalOnly()
+
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(STEP_TIMEOUT)
+            page.route("**/*", local_only)
+            shots = Screenshots(page, screenshot_dir)
+            try:
+                person = Person(page, shots, ready)
+                person.logs_in()
+                person.adds_the_discovered_device()
+                person.completes_the_flow()
+                person.sees_the_entities()
+            except (AssertionError, PlaywrightError) as err:
+                shots.take("failure")
+                keep_logs(state_dir, screenshot_dir)
+                err.add_note(flows_in_progress(ready))
+                err.add_note(f"Requests refused (not local): {sorted(set(local_only.blocked))}")
+                raise
+            finally:
+                browser.close()
+
+        stack.process.send_signal(signal.SIGINT)
+        assert stack.wait() == 0, stack.output
+    finally:
+        stack.kill()
+    assert processes_mentioning(str(state_dir)) == {}
+
+
+class Person:
+    """What a person does in the browser, step by step, with the ready document at hand."""
+
+    def __init__(self, page: Page, shots: Screenshots, ready: dict[str, Any]) -> None:
+        self.page = page
+        self.shots = shots
+        self.ready = ready
+        self.base: str = ready["homeassistant"]["url"]
+        self.owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
+        (self.device,) = ready["devices"]
+        self.dialog = page.locator("dialog-data-entry-flow")
+        # The card's title: the model and the device id's last four characters.
+        self.card = page.locator("ha-config-flow-card").filter(
+            has_text=self.device["device_id"][-4:]
+        )
+
+    def logs_in(self) -> None:
+        """HA's login page; the frontend keeps its tokens in localStorage once signed in."""
+        page = self.page
+        page.goto(self.base)
+        page.get_by_role("textbox", name="Username").fill(self.owner["username"])
+        page.get_by_role("textbox", name="Password").fill(self.owner["password"])
+        self.shots.take("login")
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_function("localStorage.getItem('hassTokens') !== null")
+
+    def adds_the_discovered_device(self) -> None:
+        """Settings → Devices & services: HA's zeroconf found the device; "Add" on its card."""
+        page = self.page
+        devices_and_services = page.get_by_role("menuitem", name=re.compile("^Devices & services"))
+        click_until(page.get_by_role("option", name="Settings").first, devices_and_services)
+        devices_and_services.click()
+        page.wait_for_url("**/config/integrations/dashboard")
+        expect(self.card.get_by_role("button", name="Add")).to_be_visible(timeout=DISCOVERY_TIMEOUT)
+        expect(page.get_by_text("Discovered", exact=True)).to_be_visible()
+        self.shots.take("discovered")
+        self.card.get_by_role("button", name="Add").click()
+        see(self.dialog, self.dialog.get_by_role("heading", name="New device found"), STEP_TIMEOUT)
+        self.shots.take("confirm")
+
+    def completes_the_flow(self) -> None:
+        """Account, household, setup code, Wi-Fi, progress: every step of the flow's dialog."""
+        dialog, shots = self.dialog, self.shots
+        account = next(a for a in self.ready["account_service"]["accounts"] if not a["admin"])
+        home = next(w for w in self.ready["wifi"] if w["ssid"] == "Home")
+
+        submit_until(dialog, "Sign in to your account service")
+        url = self.ready["account_service"]["url"]
+        dialog.get_by_role("textbox", name="Account service URL").fill(url)
+        dialog.get_by_role("textbox", name="E-mail address").fill(account["email"])
+        dialog.get_by_role("textbox", name="Password").fill(account["password"])
+        shots.take("account")
+
+        # The demo's account is fresh (a new state directory): it names its first household.
+        submit_until(dialog, "Household")
+        dialog.get_by_role("textbox", name="Name of a new household").fill(HOUSEHOLD)
+        shots.take("household")
+
+        submit_until(dialog, re.compile("^Setup code of "))
+        code = dialog.get_by_role("textbox", name="Setup code or QR code text")
+        code.fill(self.device["manual_code"])  # typed from the label, as 12345-67890
+        shots.take("setup-code")
+
+        # The networks the device itself scanned; "Home" and its passphrase from the document.
+        submit_until(dialog, re.compile("^Wi-Fi for "))
+        dialog.get_by_role("radio", name=re.compile(rf"^{re.escape(home['ssid'])} · ")).check()
+        dialog.get_by_role("textbox", name="Wi-Fi password").fill(home["passphrase"])
+        shots.take("wifi")
+
+        # The progress step may be over before the frontend paints it: either is fine here.
+        dialog.get_by_role("button", name="Submit").click()
+        progress = dialog.get_by_text("is joining the network and confirming")
+        success = dialog.get_by_role("heading", name="Success!")
+        see(dialog, progress.or_(success), STEP_TIMEOUT)
+        shots.take("progress")
+        see(dialog, success, COMMIT_TIMEOUT)
+        expect(dialog.get_by_text(f"Created configuration for {HOUSEHOLD}.")).to_be_visible()
+        expect(dialog.get_by_text(self.device["device_id"], exact=True)).to_be_visible()
+        shots.take("success")
+        dialog.get_by_role("button", name="Finish").click()
+        expect(dialog.get_by_role("heading")).to_have_count(0)
+        # The discovery ended in the entry: nothing is left to add.
+        expect(self.card).to_have_count(0)
+
+    def sees_the_entities(self) -> None:
+        """The integration's page → its one device → the device's page, every entity live."""
+        page, device_id = self.page, self.device["device_id"]
+        page.goto(f"{self.base}/config/integrations/integration/{DOMAIN}")
+        expect(page.get_by_text(HOUSEHOLD, exact=True)).to_be_visible()
+        self.shots.take("integration")
+        page.get_by_role("link", name=re.compile(r"^1 device")).first.click()
+        page.get_by_text(device_id, exact=True).first.click()
+        page.wait_for_url("**/config/devices/device/*")
+        token = ha_token(self.base, self.owner["username"], self.owner["password"])
+        names = list(device_entities(self.base, token))
+        assert names, "the integration has no entities"
+        for name in names:
+            expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=ENTITIES_TIMEOUT)
+        # Live and online: the page shows no entity unavailable (a switch shows it only as a
+        # greyed toggle: Home Assistant's states say it for every entity).
+        unavailable = page.get_by_text("Unavailable", exact=True)
+        expect(unavailable).to_have_count(0, timeout=ENTITIES_TIMEOUT)
+        deadline = time.monotonic() + ENTITIES_TIMEOUT / 1000
+        while "unavailable" in (states := device_entities(self.base, token)).values():
+            assert time.monotonic() < deadline, f"entities still unavailable: {states}"
+            time.sleep(0.5)
+        self.shots.take("device")
