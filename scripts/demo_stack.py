@@ -4,6 +4,10 @@
 
     .venv/bin/python scripts/demo_stack.py [--state-dir DIR] [--ha-config DIR] [--ha-port N]
                                            [--devices N] [--fresh] [--no-ha]
+                                           [--wifi-scenario FILE] [--control]
+
+``--wifi-scenario`` replaces the simulated radio environment; ``--control`` lets a fault test
+stop, kill and restart the broker or the account service through stdin (``demo/control.py``).
 
 What runs (each a child process with its log under ``<state>/logs/``):
 
@@ -33,7 +37,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -43,6 +49,9 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import segno
+from demo.control import ANSWER_PREFIX as CONTROL_PREFIX
+from demo.control import ControlChannel, ControlError
+from demo.control import parse as parse_command
 from demo.isolation import Forwarder, can_isolate, enter_private_network, listen
 from demo.processes import Child, Signals, StackError, StopRequestedError, Supervisor
 
@@ -118,6 +127,8 @@ class DeviceFacts:
     qr_payload: str
     label_png: str
     label_dir: str
+    #: The agent's data directory (``--data-dir`` of ``python -m device_firmware status``).
+    data_dir: str
 
     @property
     def url(self) -> str:
@@ -220,6 +231,9 @@ class Stack:
         self.devices: list[DeviceFacts] = []
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
+        #: ``--control``: commands on stdin (scripts/demo/control.py); parts they stopped.
+        self.control = ControlChannel(sys.stdin.fileno()) if args.control else None
+        self.down: set[str] = set()
 
     def say(self, text: str) -> None:
         """One progress line."""
@@ -243,23 +257,7 @@ class Stack:
         self._write_scenario()
         self._start_broker(self.state["broker_admin_password"])
         self._provision(supervisor)
-        relay = supervisor.spawn(
-            "relay",
-            "the account service",
-            [
-                PYTHON,
-                "-m",
-                "cloud_relay",
-                "--config",
-                str(self.layout.relay / "relay.toml"),
-                "serve",
-            ],
-            cwd=self.layout.relay,
-        )
-        self.pids["relay"] = relay.pid
-        supervisor.wait_until(
-            relay, self._relay_healthy, timeout=SERVICE_START_TIMEOUT, what="answer /v1/health"
-        )
+        self._start_relay(supervisor)
         self._lap("account service up")
         agents = [self._start_device(supervisor, index) for index in self._device_range()]
         ha = self._start_ha(supervisor, users_step) if self.with_ha else None
@@ -436,6 +434,14 @@ class Stack:
         return sock
 
     def _write_scenario(self) -> None:
+        if self.args.wifi_scenario is not None:
+            # Another radio environment (a fault test's slow network): copied as it is.
+            try:
+                text = self.args.wifi_scenario.read_text(encoding="utf-8")
+            except OSError as err:
+                raise StackError(f"--wifi-scenario: cannot read it: {err}") from err
+            self.layout.scenario.write_text(text, encoding="utf-8")
+            return
         lines = ["# The simulated radio environment of every demo device (scripts/develop)."]
         for network in (HOME_WIFI, NEIGHBOUR_WIFI):
             lines += [
@@ -588,6 +594,27 @@ public_tls = false
             ],
         )
 
+    def _start_relay(self, supervisor: Supervisor) -> Child:
+        """The account service (also its restart by ``--control``: same port, same data)."""
+        relay = supervisor.spawn(
+            "relay",
+            "the account service",
+            [
+                PYTHON,
+                "-m",
+                "cloud_relay",
+                "--config",
+                str(self.layout.relay / "relay.toml"),
+                "serve",
+            ],
+            cwd=self.layout.relay,
+        )
+        self.pids["relay"] = relay.pid
+        supervisor.wait_until(
+            relay, self._relay_healthy, timeout=SERVICE_START_TIMEOUT, what="answer /v1/health"
+        )
+        return relay
+
     def _relay_healthy(self) -> bool:
         answer = _http(f"http://{LOOPBACK}:{self.ports['relay']}/v1/health")
         return answer is not None and answer[0] == 200  # noqa: PLR2004 - HTTP OK
@@ -658,6 +685,7 @@ public_tls = false
             qr_payload=device.setup_code.qr_payload(device.identity.fingerprint).format(),
             label_png=str(directory / "label" / f"{device_id}-qr.png"),
             label_dir=str(directory / "label"),
+            data_dir=str(directory / "data"),
         )
 
     # --- Home Assistant -------------------------------------------------------------------
@@ -849,13 +877,82 @@ zeroconf:
         while True:
             if self.supervisor is not None:
                 self.supervisor.check("while the stack was running")
-            if self.broker is not None and not self.broker.running:
+            if self.broker is not None and not self.broker.running and "broker" not in self.down:
                 raise StackError(
                     "Mosquitto stopped while the stack was running:\n" + self.broker.log_tail()
                 )
             if self.forwarder is not None and not self.forwarder.alive():
                 raise StackError("the port forwarder stopped while the stack was running")
-            time.sleep(0.5)
+            if self.control is None or self.control.closed:
+                time.sleep(0.5)
+                continue
+            for line in self.control.wait(0.5):
+                self._answer(self._run_command(line))
+
+    def _answer(self, document: dict[str, Any]) -> None:
+        self.out.write(CONTROL_PREFIX + json.dumps(document, sort_keys=True) + "\n")
+        self.out.flush()
+
+    def _run_command(self, line: str) -> dict[str, Any]:
+        """One ``--control`` command: stop, kill or start the broker or the account service."""
+        try:
+            command = parse_command(line)
+        except ControlError as err:
+            return {"ok": False, "error": str(err), "line": line}
+        answer: dict[str, Any] = {"ok": True, "op": command.op, "part": command.part}
+        try:
+            if command.op == "start":
+                answer["pid"] = self._restart_part(command.part)
+            else:
+                answer["pid"] = self._stop_part(command.part, kill=command.op == "kill")
+        except (StackError, MosquittoError) as err:
+            return {**answer, "ok": False, "error": str(err)}
+        return answer
+
+    def _stop_part(self, part: str, *, kill: bool) -> int | None:
+        """Stop a part by its pid (SIGTERM and wait, or SIGKILL); the watch then ignores it."""
+        if part in self.down:
+            raise StackError(f"{part} is already stopped")
+        self.down.add(part)
+        if part == "broker":
+            if self.broker is None:  # pragma: no cover - started first
+                raise StackError("the broker is not running")
+            pid = self.broker.pid
+            if kill and pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.broker.stop()
+            return pid
+        if self.supervisor is None:  # pragma: no cover - made first
+            raise StackError("no supervisor")
+        child = next(c for c in self.supervisor.children if c.key == part)
+        self.supervisor.children.remove(child)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            child.process.wait(timeout=child.stop_timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.process.wait()
+        return child.pid
+
+    def _restart_part(self, part: str) -> int:
+        """Start a stopped part again on its port with its data; its new pid."""
+        if part not in self.down:
+            raise StackError(f"{part} is running")
+        if part == "broker":
+            if self.broker is None:  # pragma: no cover - started first
+                raise StackError("the broker was never started")
+            with self.signals.deferred():
+                pid = self.broker.start().pid
+            self.pids["mosquitto"] = pid
+        else:
+            if self.supervisor is None:  # pragma: no cover - made first
+                raise StackError("no supervisor")
+            pid = self._start_relay(self.supervisor).pid
+        self.down.discard(part)
+        return pid
 
     def stop(self) -> None:
         """Stop everything that was started, newest first."""
@@ -894,6 +991,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fresh", action="store_true", help="wipe the state and start over")
     parser.add_argument("--no-ha", action="store_true", help="everything but Home Assistant")
+    parser.add_argument(
+        "--wifi-scenario",
+        type=Path,
+        help="the devices' simulated Wi-Fi (docs/device.md) instead of the built-in Home and "
+        "Neighbour networks",
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="read commands from stdin while running: stop, kill or restart the broker or the "
+        "account service (fault tests; see scripts/demo/control.py)",
+    )
     parser.add_argument(
         "--no-isolation",
         action="store_true",

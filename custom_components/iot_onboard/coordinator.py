@@ -37,7 +37,7 @@ from .account_client import (
     MqttCredentials,
     ServiceUnavailableError,
 )
-from .const import CONF_HOUSEHOLD_ID, DOMAIN
+from .const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
 from .helpers import find_device
 from .hub import (
     DeviceData,
@@ -285,6 +285,14 @@ class IotOnboardCoordinator:
         device = find_device(self.hass, device_id, self.entry.entry_id)
         if device is not None:
             registry.async_update_device(device.id, remove_config_entry_id=self.entry.entry_id)
+        records: dict[str, Any] = self.entry.data.get(CONF_DEVICES, {})
+        if device_id in records:
+            # The config flow refuses a device this entry has a record of ("already
+            # configured"): a released or factory-reset device must be onboardable again.
+            kept = {key: value for key, value in records.items() if key != device_id}
+            self.hass.config_entries.async_update_entry(
+                self.entry, data={**self.entry.data, CONF_DEVICES: kept}
+            )
         for listener in self._device_callbacks:
             listener(device_id)
 

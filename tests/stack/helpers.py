@@ -24,6 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ORCHESTRATOR = REPO / "scripts" / "demo_stack.py"
 READY_PREFIX = "IOB-DEMO-READY "
+CONTROL_PREFIX = "IOB-DEMO-CONTROL "
 # Bounds, not expectations: Home Assistant starts in about 5 s here.
 START_TIMEOUT = 150.0
 STOP_TIMEOUT = 90.0
@@ -32,11 +33,12 @@ STOP_TIMEOUT = 90.0
 class Orchestrator:
     """The orchestrator's process and every line it printed (read by a thread)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, control: bool = False) -> None:
+        """``control``: run with ``--control`` and keep a pipe to its stdin (:meth:`command`)."""
         self.process = subprocess.Popen(
-            [sys.executable, str(ORCHESTRATOR), *args],
+            [sys.executable, str(ORCHESTRATOR), *args, *(["--control"] if control else [])],
             cwd=REPO,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if control else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -68,6 +70,23 @@ class Orchestrator:
             if line.startswith(READY_PREFIX):
                 document: dict[str, Any] = json.loads(line.removeprefix(READY_PREFIX))
                 return document
+
+    def command(self, op: str, part: str) -> dict[str, Any]:
+        """A ``--control`` command (scripts/demo/control.py) and the stack's answer."""
+        assert self.process.stdin is not None, "started without control=True"
+        self.process.stdin.write(json.dumps({"op": op, "part": part}) + "\n")
+        self.process.stdin.flush()
+        while True:
+            try:
+                line = self._queue.get(timeout=START_TIMEOUT)
+            except queue.Empty:
+                pytest.fail(f"no answer to {op} {part} within {START_TIMEOUT} s:\n{self.output}")
+            if line is None:
+                pytest.fail(f"the orchestrator exited during {op} {part}:\n{self.output}")
+            if line.startswith(CONTROL_PREFIX):
+                answer: dict[str, Any] = json.loads(line.removeprefix(CONTROL_PREFIX))
+                assert answer["ok"], answer
+                return answer
 
     def wait(self) -> int:
         code = self.process.wait(timeout=STOP_TIMEOUT)
@@ -106,15 +125,25 @@ def kill_leftovers(text: str) -> None:
 
 
 def get(
-    url: str, body: dict[str, Any] | None = None, *, token: str | None = None
+    url: str,
+    body: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    method: str | None = None,
 ) -> tuple[int, bytes]:
-    """GET (POST with a JSON ``body``), never through a proxy; ``token``: a bearer token."""
+    """GET (POST with a JSON ``body``), never through a proxy; ``token``: a bearer token.
+
+    ``method``: another HTTP method (``DELETE``).
+    """
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 URLs the stack printed
-        url, data=None if body is None else json.dumps(body).encode(), headers=headers
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers=headers,
+        method=method,
     )
     try:
         with opener.open(request, timeout=30) as response:

@@ -112,6 +112,8 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
         )
 
         # Home Assistant's own zeroconf finds the device: a discovery flow at its confirm step.
+        # Its unique id is the device id's first 8 characters, all a BLE advertisement carries,
+        # so zeroconf and Bluetooth discoveries of one device share one flow.
         flow = wait_for(
             "a zeroconf discovery flow of the device",
             lambda: next(
@@ -119,7 +121,7 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
                     f
                     for f in ha.discovered()
                     if f["context"]["source"] == "zeroconf"
-                    and f["context"]["unique_id"] == device["device_id"]
+                    and f["context"]["unique_id"] == device["device_id"][:8]
                 ),
                 None,
             ),
