@@ -29,7 +29,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from . import __version__
 from .agent import Action, Agent, RuntimeFactory, default_runtime_factory, recover_boot
 from .config import DEFAULT_CONFIG_FILE, DeviceConfig
-from .errors import DeviceError, NotProvisionedError
+from .errors import ConfigError, DeviceError, NotProvisionedError
 from .factory import FactoryInfo, ProvisionedDevice, factory_provision
 from .led import find_status_led
 from .network.backend import NetworkBackend
@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-ble", action="store_true", help="no BLE provisioning (BlueZ)")
     run.add_argument("--ble-adapter", metavar="NAME", help="BlueZ adapter, such as hci0")
     run.add_argument(
+        "--ble-bridge",
+        metavar="HOST:PORT",
+        help="serve BLE provisioning to TCP clients on loopback instead of BlueZ "
+        "(tests and demos; port 0: any free port, logged as 'BLE bridge listening on')",
+    )
+    run.add_argument(
         "--button-gpio",
         type=int,
         metavar="N",
@@ -120,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> DeviceConfig:
     overrides: dict[str, Any] = {"data_dir": args.data_dir}
     if args.command == "run":
+        if args.no_ble and args.ble_bridge:
+            raise ConfigError("--no-ble and --ble-bridge contradict each other: drop one")
         overrides |= {
             "simulate_network": args.simulate_network,
             "zero_touch_url": args.zero_touch,
@@ -128,8 +136,9 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
             "advertise": tuple(args.advertise) if args.advertise else None,
             "allow_insecure_http": True if args.allow_insecure_http else None,
             "hotspot": False if args.no_hotspot else None,
-            "ble": False if args.no_ble else None,
+            "ble": False if args.no_ble else (True if args.ble_bridge else None),
             "ble_adapter": args.ble_adapter,
+            "ble_bridge": args.ble_bridge,
             "button_gpio": args.button_gpio,
         }
     path = args.config if args.config is not None else DEFAULT_CONFIG_FILE

@@ -17,6 +17,8 @@ never lets the label back in; the hotspot and captive page stay for unclaimed de
 
 BLE (``device_firmware.ble.bluez``) starts once the session host exists, when ``ble`` is on; if
 BlueZ cannot be used the agent logs one warning with the next step and carries on over the LAN.
+With ``ble_bridge`` set, the loopback bridge (``device_firmware.ble.bridge``) serves the same
+services to TCP clients on 127.0.0.1 instead of BlueZ (tests and demos).
 A button press on an unclaimed device also authorizes Improv Wi-Fi.
 
 The button is a push button on the GPIO line ``button_gpio`` (libgpiod 2): a short press is
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -41,10 +44,11 @@ from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .ble.bluez import BluezPeripheral
+from .ble.bridge import BridgePeripheral
 from .ble.errors import BluezError
 from .capabilities import default_capabilities
 from .capabilities.gpio import EdgeLine, GpioResetButton, reset_button
-from .config import DeviceConfig
+from .config import DeviceConfig, bridge_address
 from .controller import DeviceController
 from .errors import DiagnosedError, RelayError, StateError
 from .factory import ProvisionedDevice, hotspot_passphrase, hotspot_ssid
@@ -56,7 +60,7 @@ from .provisioning.advertise import Advertiser, resolve_addresses
 from .provisioning.captive import create_captive_app
 from .provisioning.server import create_app
 from .provisioning.session_host import SessionHost
-from .relay_client import RelayClient, build_ssl_context
+from .relay_client import CredentialRecovery, NotOwned, RelayClient, build_ssl_context
 from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
 from .watchdog import DEFAULT_POLL_INTERVAL, WifiWatchdog
 from .zero_touch import sign_zero_touch
@@ -204,7 +208,7 @@ class Agent:
         self._advertise = advertise
         self._status_led = status_led or StatusLed(None)
         self._ble_bus_address = ble_bus_address
-        self._ble: BluezPeripheral | None = None
+        self._ble: BluezPeripheral | BridgePeripheral | None = None
         self._button_line_factory = button_line_factory
         self._button: GpioResetButton | None = None
         self._store = StateStore(config.state_file)
@@ -246,8 +250,8 @@ class Agent:
         return self._host
 
     @property
-    def ble(self) -> BluezPeripheral | None:
-        """BLE provisioning, if enabled and BlueZ could be used at start-up."""
+    def ble(self) -> BluezPeripheral | BridgePeripheral | None:
+        """BLE provisioning, if enabled and BlueZ (or the loopback bridge) could be used."""
         return self._ble
 
     @property
@@ -430,6 +434,19 @@ class Agent:
     ) -> None:
         """BLE provisioning beside the LAN server; without BlueZ the agent carries on."""
         if not self._config.ble:
+            return
+        if self._config.ble_bridge is not None:
+            # The radio's stand-in for tests and demos: asked for explicitly, so a port that
+            # cannot be bound stops the agent (BleError) instead of being skipped.
+            bridge = BridgePeripheral(
+                host=host,
+                controller=controller,
+                device=device,
+                bind=bridge_address(self._config.ble_bridge),
+                improv=self._config.improv,
+            )
+            await bridge.start()
+            self._ble = bridge
             return
         peripheral = BluezPeripheral(
             host=host,
@@ -632,8 +649,10 @@ class Agent:
             try:
                 while not task.done():
                     changed = asyncio.create_task(self._changed(seen))
-                    await asyncio.wait({*watch, changed}, return_when=asyncio.FIRST_COMPLETED)
-                    changed.cancel()
+                    try:
+                        await asyncio.wait({*watch, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        changed.cancel()  # also when the agent stops meanwhile: no orphan task
                     seen = self._version
                     if connected in watch and connected.done():
                         watch.discard(connected)
@@ -674,6 +693,8 @@ class Agent:
         if task.cancelled() or task.exception() is None:
             return
         error = task.exception()
+        if await self._fetch_rotated_credentials(error):
+            return  # saved: the MQTT loop restarts the runtime with it at once
         if isinstance(error, DiagnosedError) and self._store.current.phase is Phase.ONLINE:
             _LOGGER.error("MQTT: %s (%s)", error.code.message, error)
             await self._store.update(diagnostic=error.code, diagnostic_at=self._wall_clock())
@@ -684,6 +705,84 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(MQTT_RETRY_SECONDS):
                 await self._changed()
+
+    async def _fetch_rotated_credentials(self, error: BaseException | None) -> bool:
+        """BROKER_AUTH_FAILED: the owner may have rotated the password; fetch and save the new one.
+
+        True once a different credential is saved, or once the device is unclaimed because
+        the service answered that nobody owns it (released). Never in a tight loop: the
+        recovery fetches once per refusal and backs off after a fetch that brought nothing new.
+        """
+        record = self._store.current
+        if (
+            not isinstance(error, DiagnosedError)
+            or error.code is not DiagnosticCode.BROKER_AUTH_FAILED
+            or record.phase is not Phase.ONLINE
+            or record.mqtt is None
+            or record.ownership is None
+            or self._device is None
+        ):
+            return False
+        if self._credential_recovery is None:
+            self._credential_recovery = CredentialRecovery(
+                self._device.identity,
+                self._relay_factory,
+                wall_clock=self._wall_clock,
+                clock=self._clock,
+            )
+        saved = record.mqtt
+        grant = await self._credential_recovery.fetch(
+            record.ownership.service_url, refused_password=saved.password
+        )
+        if grant is None:
+            return False
+        if isinstance(grant, NotOwned):
+            return await self._released(record.ownership)
+        # Only the login changes: the broker address and pin may be Home Assistant's override
+        # from set_claim (an IoT VLAN reaches the broker by another name).
+        fetched = dataclasses.replace(saved, username=grant.username, password=grant.password)
+        try:
+            return await self._store.replace_mqtt(saved, fetched)
+        except StateError as err:
+            _LOGGER.warning(
+                "MQTT: cannot save the fetched credential (%s); check the data directory's "
+                "free space and permissions",
+                err,
+            )
+            return False
+
+    async def _released(self, ownership: Ownership) -> bool:
+        """The household released the device: back to unclaimed, as after a factory reset.
+
+        Only the service's definitive "unowned" answer to the device's own signed request
+        gets here (never a refusal, an error or silence). The claim, household, MQTT
+        credential and owner secret go in one atomic write; the identity and the Wi-Fi stay,
+        so a new owner claims the device over the LAN with the label's code. The runtime has
+        already stopped (the broker refused it); the owner's session ends and the label's
+        window opens; zeroconf and BLE follow the state.
+        """
+        try:
+            released = await self._store.release_claim(ownership)
+        except StateError as err:
+            _LOGGER.warning(
+                "the account service says this device was released, but the state cannot be "
+                "saved (%s); check the data directory's free space and permissions",
+                err,
+            )
+            return False
+        if not released:
+            return False  # claimed again or changing its Wi-Fi meanwhile: not this owner's
+        self._credential_recovery = None
+        _LOGGER.warning(
+            "released by its household (%s) at the account service: the device is unclaimed "
+            "again and keeps its Wi-Fi; set it up again with its label code",
+            ownership.household_id,
+        )
+        host = self.session_host
+        host.close_window(end_session=True)  # the old owner's session, if one is open
+        host.open_window("released by its household")
+        self.controller.notify()
+        return True
 
     async def _clear_retained(self, record: DeviceStateRecord) -> None:
         """Factory reset: clear retained messages with the running runtime, or a fresh one."""
@@ -753,6 +852,7 @@ class Agent:
         self.controller.notify()
 
     _relay_factory: Callable[[str], RelayClient]
+    _credential_recovery: CredentialRecovery | None = None
 
 
 def _bound_ports(runner: web.AppRunner | None) -> list[int]:

@@ -65,6 +65,9 @@ class DeviceConfig:
     ble_adapter: str | None = None
     #: Also offer the Improv Wi-Fi service over BLE.
     improv: bool = True
+    #: ``127.0.0.1:PORT`` (port 0: any free one): serve the BLE services to TCP clients on
+    #: loopback instead of BlueZ - the radio's stand-in for tests and the demo (docs/ble.md).
+    ble_bridge: str | None = None
     #: The device's push button: a GPIO line offset on ``gpio_chip`` (None: no button). Short
     #: press: open the provisioning window; held ``button_hold`` seconds: factory reset.
     button_gpio: int | None = None
@@ -90,6 +93,8 @@ class DeviceConfig:
             raise ConfigError("button_hold must be a positive number of seconds")
         if not self.listen:
             raise ConfigError("listen must name at least one address")
+        if self.ble_bridge is not None:
+            _check_bridge(self.ble_bridge, ble=self.ble)
         try:
             ipaddress.ip_address(self.captive_host)
         except ValueError as err:
@@ -164,6 +169,34 @@ class DeviceConfig:
         return replace(self, **changes)
 
 
+def bridge_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of the BLE bridge (``[::1]:PORT`` for IPv6); loopback addresses only.
+
+    The bridge has no pairing and no radio range: anyone who can connect is "in range", so it
+    never listens beyond this machine.
+    """
+    host, colon, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:  # noqa: PLR2004
+        raise ConfigError(f"ble_bridge must be HOST:PORT such as 127.0.0.1:0, not {text!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError as err:
+        raise ConfigError(f"ble_bridge needs an IP address, not {host!r}: {err}") from err
+    if not address.is_loopback:
+        raise ConfigError(
+            f"ble_bridge must listen on a loopback address such as 127.0.0.1, not {host}: "
+            "it stands in for the radio in tests and demos and has no access control"
+        )
+    return str(address), int(port_text)
+
+
+def _check_bridge(text: str, *, ble: bool) -> None:
+    bridge_address(text)
+    if not ble:
+        raise ConfigError("ble = false and ble_bridge contradict each other: drop one")
+
+
 _PATH_KEYS: Final = {"data_dir", "relay_ca_file", "simulate_network"}
 _LIST_KEYS: Final = {"listen", "advertise"}
 _INT_KEYS: Final = {"port", "captive_port", "commit_timeout", "reonboard_after", "button_gpio"}
@@ -198,6 +231,7 @@ def _convert(name: str, value: Any) -> Any:
         "zero_touch_url",
         "wifi_interface",
         "ble_adapter",
+        "ble_bridge",
         "gpio_chip",
     } and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string")

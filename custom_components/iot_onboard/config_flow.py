@@ -12,10 +12,13 @@ Steps::
     reauth ─▶ reauth_confirm ─▶ abort reauth_successful             (same account and household)
     reconfigure ─▶ menu: reconfigure_account | device_select
     zeroconf ─▶ discovery_confirm ─┐
+    bluetooth ─▶ bluetooth_confirm ─┤  (unclaimed, window open; the QR code names the device)
     manual_device ─────────────────┴▶ [account ─▶ household | pick_household] ─▶ credentials
     credentials (QR text or manual code) ─▶ wifi ─▶ provision (progress) ─▶ finish
         finish ─▶ abort device_added (entry updated, reloaded) | CREATE_ENTRY (new household)
     device_select (owner secret, no label) ─▶ wifi ─▶ provision ─▶ finish ─▶ wifi_changed
+    bluetooth (our device, Wi-Fi lost) ─┬▶ wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
+    reconfigure (repair, seen over BLE) ┘     (the repair ``wifi_lost_<id>`` is raised too)
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
 
 Security order: the setup code's key check happens inside the handshake, against the QR
@@ -23,6 +26,10 @@ fingerprint or the registry key from the account service (manual code), before a
 secret is sent; Wi-Fi passphrase, claim token and the owner secret only travel in the
 encrypted session. The owner secret (generated here per device, sent with ``set_claim``, kept
 in the entry) is afterwards the only credential the claimed device accepts.
+One flow per device: every discovery (zeroconf, Bluetooth, the manual add) uses the first 8
+characters of the device id as the flow's unique id, the only part both discoveries know (the
+BLE advertisement carries just these 8, docs/ble.md). Home Assistant's own unique-id rules then
+keep one flow per device whichever source sees it first, and one "ignore" covers both.
 No half-onboarded device: after ``set_claim`` a failed or abandoned commit rolls the device
 back by itself (fail-safe timer), and a claim that was not used expires on its own in at most
 ten minutes (the service has no cancel); the failure messages say so.
@@ -39,8 +46,18 @@ from enum import StrEnum
 from typing import Any, Final
 
 import voluptuous as vol
-from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry, ConfigFlow, ConfigFlowResult
+from bleak.backends.device import BLEDevice
+from homeassistant.components import bluetooth
+from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
+from homeassistant.config_entries import (
+    SOURCE_IGNORE,
+    ConfigEntry,
+    ConfigEntryState,
+    ConfigFlow,
+    ConfigFlowResult,
+)
 from homeassistant.data_entry_flow import AbortFlow
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
     BooleanSelector,
@@ -58,7 +75,7 @@ from homeassistant.helpers.selector import (
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from yarl import URL
 
-from . import account_client
+from . import account_client, repairs
 from .account_client import (
     AccountApiError,
     AccountClient,
@@ -80,6 +97,7 @@ from .account_client import (
     TokenSet,
     WeakPasswordError,
 )
+from .ble_client import BleTransport
 from .const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
@@ -107,12 +125,16 @@ from .device_client import (
     DeviceConnectionError,
     DeviceKeyMismatchClientError,
     DeviceLink,
+    DeviceTransport,
     HandshakeRefusedError,
     SessionLostError,
     SetupCodeRejectedError,
+    open_link,
     parse_setup_credential,
 )
 from .iob_protocol import (
+    AdvertisedState,
+    BlePhase,
     DeviceState,
     DiagnosticCode,
     InvalidPassphraseError,
@@ -124,12 +146,14 @@ from .iob_protocol import (
     StatusResult,
     WifiNetwork,
     WifiSecurity,
+    WireFormatError,
     b64url_decode,
     b64url_encode,
     display_ssid,
     validate_device_id,
     validate_passphrase,
 )
+from .iob_protocol.ble import SERVICE_UUID, SHORT_ID_CHARS
 from .options_flow import IotOnboardOptionsFlow
 
 _LOGGER = logging.getLogger(__name__)
@@ -335,6 +359,12 @@ _CREDENTIAL_ABORTS: Final = {
     "no_owner_secret": "no_owner_secret",  # claimed without one: only a factory reset helps
 }
 
+#: The same failures over Bluetooth: the next step is range or a proxy, not the network.
+_BLUETOOTH_ERRORS: Final = {
+    "cannot_connect": "bluetooth_unreachable",
+    "device_lost": "bluetooth_lost",
+}
+
 _CLAIM_VERDICTS: Final = {
     ClaimState.OWNED: _Outcome(),
     ClaimState.EXPIRED: _Outcome(error=diagnostic_error(DiagnosticCode.CLAIM_EXPIRED)),
@@ -366,9 +396,13 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         self._household: Household | None = None
         # Device.
         self._device_id = ""
+        #: The first 8 characters of the device id (all a BLE advertisement says).
+        self._short_id = ""
         self._model = ""
         self._host = ""
         self._port = DEFAULT_DEVICE_PORT
+        #: Set when the device is reached over Bluetooth instead of the LAN.
+        self._ble_address: str | None = None
         self._known_key: bytes | None = None
         self._pending_code: str | None = None
         self._credential: Credential | None = None
@@ -608,6 +642,13 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         entry = self._get_reconfigure_entry()
         wanted = self.context.get(CONTEXT_DEVICE_ID)
         if wanted is not None:
+            device_id = str(wanted)
+            advert = self._ble_advert(device_id[:SHORT_ID_CHARS])
+            if advert is not None and device_id in entry.data.get(CONF_DEVICES, {}):
+                # The repair's device is advertising its owner-only window: over Bluetooth.
+                self._ble_address = advert.address
+                self._prepare_wifi_change(entry, device_id)
+                return await self.async_step_wifi_lost_confirm()
             return await self.async_step_device_select({CONF_DEVICE: wanted})
         if entry.data.get(CONF_DEVICES):
             return self.async_show_menu(
@@ -748,9 +789,7 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             return self.async_abort(reason="unsupported_protocol")
         host = discovery_info.host
         port = discovery_info.port or DEFAULT_DEVICE_PORT
-        await self.async_set_unique_id(device_id)
-        # An ignored discovery has this device id as its unique id.
-        self._abort_if_unique_id_configured()
+        await self._async_set_discovery_id(device_id)
         self._abort_if_device_owned(device_id, host, port)
         self._device_id = device_id
         self._model = str(properties.get("model") or "IoT Onboard")
@@ -758,6 +797,18 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         self._port = port
         self.context["title_placeholders"] = {"name": self._device_name()}
         return await self.async_step_discovery_confirm()
+
+    async def _async_set_discovery_id(self, device_id: str) -> None:
+        """One flow per device, whichever discovery saw it first (see the module docstring).
+
+        Aborts when a flow for the device is in progress or its discovery was ignored (also
+        an "ignore" from before the unique id was the short id: the whole device id).
+        """
+        await self.async_set_unique_id(device_id[:SHORT_ID_CHARS])
+        self._abort_if_unique_id_configured()
+        for entry in self._async_current_entries(include_ignore=True):
+            if entry.source == SOURCE_IGNORE and entry.unique_id == device_id:
+                raise AbortFlow("already_configured")
 
     def _abort_if_device_owned(self, device_id: str, host: str, port: int) -> None:
         """A device one of our households onboarded: refresh its address, then abort.
@@ -789,6 +840,109 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             )
         return await self._async_start_onboarding()
 
+    async def async_step_bluetooth(
+        self, discovery_info: BluetoothServiceInfoBleak
+    ) -> ConfigFlowResult:
+        """A device advertises its provisioning window over Bluetooth LE.
+
+        Unclaimed: onboarding over BLE (the QR code names the device). One of our devices
+        (its short id is in a loaded household entry): it lost its Wi-Fi and opened an
+        owner-only window, so raise the repair and offer the Wi-Fi change over BLE. Anything
+        else (window closed, mid-commit, a stranger's claimed device) is not for us.
+        """
+        try:
+            advertised = AdvertisedState.parse(discovery_info.service_data.get(SERVICE_UUID, b""))
+        except WireFormatError:
+            return self.async_abort(reason="invalid_discovery_info")
+        if not advertised.window_open:
+            return self.async_abort(reason="window_not_open")
+        await self.async_set_unique_id(advertised.short_id)
+        self._abort_if_unique_id_configured()
+        self._short_id = advertised.short_id
+        self._ble_address = discovery_info.address
+        owned = self._owned_device(advertised.short_id)
+        if owned is not None:
+            entry, device_id = owned
+            if entry.state is not ConfigEntryState.LOADED:
+                return self.async_abort(reason="already_configured")
+            repairs.async_report_wifi_lost(self.hass, device_id)
+            self._prepare_wifi_change(entry, device_id)
+            self.context["title_placeholders"] = {"name": self._device_name()}
+            return await self.async_step_wifi_lost_confirm()
+        if advertised.phase not in {BlePhase.UNCLAIMED, BlePhase.PROVISIONING}:
+            return self.async_abort(reason="device_claimed")
+        self._model = "IoT Onboard"
+        self.context["title_placeholders"] = {"name": self._device_name()}
+        return await self.async_step_bluetooth_confirm()
+
+    def _owned_device(self, short_id: str) -> tuple[ConfigEntry, str] | None:
+        """The household entry and device id of ours that ``short_id`` names, if any."""
+        for entry in self._household_entries():
+            for device_id in entry.data.get(CONF_DEVICES, {}):
+                if device_id[:SHORT_ID_CHARS] == short_id:
+                    return entry, device_id
+        return None
+
+    async def async_step_bluetooth_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Show the device found nearby before anything is sent to it."""
+        if user_input is None:
+            self._set_confirm_only()
+            return self.async_show_form(
+                step_id="bluetooth_confirm", description_placeholders=self._placeholders()
+            )
+        return await self._async_start_onboarding()
+
+    async def async_step_wifi_lost_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Our device lost its Wi-Fi: connect over BLE with its owner secret, then new Wi-Fi."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            if self._credential is None:
+                return self.async_abort(
+                    reason="no_owner_secret", description_placeholders=self._placeholders()
+                )
+            errors = await self._async_connect() or await self._async_read_device()
+            if not errors:
+                return await self.async_step_wifi()
+        return self.async_show_form(
+            step_id="wifi_lost_confirm",
+            data_schema=vol.Schema({}),
+            errors=errors,
+            description_placeholders=self._placeholders(),
+        )
+
+    def _prepare_wifi_change(self, entry: ConfigEntry, device_id: str) -> None:
+        """The Wi-Fi change of a device of ``entry``: its record, key and owner secret."""
+        record: dict[str, Any] = entry.data[CONF_DEVICES][device_id]
+        self._mode = _Mode.WIFI_CHANGE
+        self._entry = entry
+        self._account = self._entry_account(entry)
+        self._device_id = device_id
+        self._short_id = device_id[:SHORT_ID_CHARS]
+        self._model = record[DEVICE_MODEL]
+        self._host = str(record.get(DEVICE_HOST, ""))
+        self._port = int(record.get(DEVICE_PORT, DEFAULT_DEVICE_PORT))
+        self._known_key = b64url_decode(record[DEVICE_PUBLIC_KEY])
+        # A claimed device takes only its owner's secret; the label opens nothing.
+        secret = record.get(DEVICE_OWNER_SECRET)
+        self._credential = None if secret is None else OwnerSecret.decode(secret)
+
+    def _ble_advert(self, short_id: str) -> BluetoothServiceInfoBleak | None:
+        """A connectable advertisement of the device with ``short_id`` and its window open."""
+        if "bluetooth" not in self.hass.config.components:
+            return None
+        for info in bluetooth.async_discovered_service_info(self.hass, connectable=True):
+            try:
+                advertised = AdvertisedState.parse(info.service_data.get(SERVICE_UUID, b""))
+            except WireFormatError:
+                continue
+            if advertised.short_id == short_id and advertised.window_open:
+                return info
+        return None
+
     async def async_step_manual_device(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
@@ -806,7 +960,7 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             except DeviceClientError:
                 errors["base"] = "not_a_device"
             else:
-                await self.async_set_unique_id(advertisement.device_id)
+                await self._async_set_discovery_id(advertisement.device_id)
                 self._abort_if_device_owned(advertisement.device_id, host, port)
                 self._device_id = advertisement.device_id
                 self._model = advertisement.model
@@ -890,13 +1044,24 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             return {CONF_SETUP_CODE: "setup_code_typo"}
         except ProtocolError:
             return {CONF_SETUP_CODE: "invalid_setup_code"}
-        if isinstance(credential, QrPayload) and credential.device_id != self._device_id:
-            return {CONF_SETUP_CODE: "qr_other_device"}
-        errors = await self._async_prevalidate(credential)
+        errors = self._check_names_device(credential) or await self._async_prevalidate(credential)
         if errors:
             return errors
         self._credential = credential
         return await self._async_connect() or await self._async_read_device()
+
+    def _check_names_device(self, credential: QrPayload | ManualCode) -> dict[str, str]:
+        """The QR code must be this device's; over BLE it is what names the device."""
+        if self._ble_address is not None and not self._device_id:
+            # The advertisement has only 8 characters of the id; a typed code has none.
+            if not isinstance(credential, QrPayload):
+                return {CONF_SETUP_CODE: "bluetooth_needs_qr"}
+            if credential.device_id[:SHORT_ID_CHARS] != self._short_id:
+                return {CONF_SETUP_CODE: "qr_other_device"}
+            self._device_id = credential.device_id
+        if isinstance(credential, QrPayload) and credential.device_id != self._device_id:
+            return {CONF_SETUP_CODE: "qr_other_device"}
+        return {}
 
     async def _async_prevalidate(self, credential: QrPayload | ManualCode) -> dict[str, str]:
         """Ask the service first: can the device be ours, and (manual code) its key."""
@@ -944,18 +1109,47 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         """Handshake with the device; every refusal has its own message."""
         if self._credential is None:  # pragma: no cover - set before
             return {"base": "unknown"}
-        client = DeviceClient(self._host, self._port, session=async_get_clientsession(self.hass))
+        if self._link is not None:
+            # A retry: the earlier session (and its connection) is not used again.
+            await self._link.aclose()
+            self._link = None
         try:
-            self._link = await client.connect(
-                self._credential, device_id=self._device_id, device_public_key=self._known_key
-            )
+            if self._ble_address is not None:
+                self._link = await open_link(
+                    self._ble_transport(self._ble_address),
+                    self._credential,
+                    device_id=self._device_id,
+                    device_public_key=self._known_key,
+                )
+            else:
+                client = DeviceClient(
+                    self._host, self._port, session=async_get_clientsession(self.hass)
+                )
+                self._link = await client.connect(
+                    self._credential, device_id=self._device_id, device_public_key=self._known_key
+                )
         except DeviceKeyMismatchClientError:
             raise self._abort("device_key_mismatch") from None
         except CredentialRefusedClientError as err:
             raise self._abort(_CREDENTIAL_ABORTS[err.code]) from None
         except DeviceClientError as err:
-            return _handshake_errors(err, owner=isinstance(self._credential, OwnerSecret))
+            errors = _handshake_errors(err, owner=isinstance(self._credential, OwnerSecret))
+            return {key: self._over_transport(error) for key, error in errors.items()}
         return {}
+
+    def _over_transport(self, error: str) -> str:
+        """Connection errors over Bluetooth name its range and proxies, not the network."""
+        if self._ble_address is None:
+            return error
+        return _BLUETOOTH_ERRORS.get(error, error)
+
+    def _ble_transport(self, address: str) -> DeviceTransport:
+        """The device's GATT service through HA's adapters and connectable proxies."""
+
+        def lookup() -> BLEDevice | None:
+            return bluetooth.async_ble_device_from_address(self.hass, address, connectable=True)
+
+        return BleTransport(address, lookup, name=self._device_name())
 
     async def _async_read_device(self) -> dict[str, str]:
         """Check who answered, then read its Wi-Fi scan."""
@@ -974,10 +1168,13 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 _LOGGER.info("Wi-Fi scan on %s failed: %s", self._device_id, err)
                 networks = ()
         except DeviceConnectionError:
-            return {"base": "cannot_connect"}
+            return {"base": self._over_transport("cannot_connect")}
         except DeviceClientError as err:
             _LOGGER.warning("Reading %s failed: %s", self._device_id, err)
             return {"base": "device_error"}
+        # While the user picks a network: a BLE link frees its adapter or proxy slot (the
+        # device keeps the session and the next command reconnects).
+        await self._link.release()
         self._networks = {}
         for network in networks:
             self._networks.setdefault(SSID_PREFIX + network.ssid.hex(), network)
@@ -1092,7 +1289,8 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         except TimeoutError:
             return _Outcome(error=diagnostic_error(DiagnosticCode.TIMEOUT))
         except DeviceClientError as err:
-            return _Outcome(error=_device_error(err))
+            _LOGGER.debug("Commit of %s failed: %s", self._device_id, err)
+            return _Outcome(error=self._over_transport(_device_error(err)))
         except AuthenticationError:
             return _Outcome(abort=self._reauth())
         except AccountServiceError as err:
@@ -1129,14 +1327,25 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 try:
                     verdict = _device_verdict(await link.status())
                 except (DeviceConnectionError, SessionLostError):
-                    if claim is None:
+                    if claim is None and not self._wifi_lost_reported():
                         raise
-                    # It may have left this network for the new one: the claim tells.
+                    # It may have left this network (or Bluetooth) for the new one: the
+                    # claim tells, or (a Wi-Fi change) the device coming back online.
                     device_reachable = False
             if verdict is None and claim is not None:
                 state = (await self._require_account().claim_status(claim.claim_id)).status
                 verdict = _CLAIM_VERDICTS.get(state)
+            elif verdict is None and not device_reachable and not self._wifi_lost_reported():
+                # The runtime deletes the Wi-Fi-lost repair once the device is online again.
+                verdict = _Outcome()
         return verdict
+
+    def _wifi_lost_reported(self) -> bool:
+        """A Wi-Fi change over BLE of a device whose Wi-Fi-lost repair is still open."""
+        if self._ble_address is None or self._mode is not _Mode.WIFI_CHANGE:
+            return False
+        issue_id = f"{repairs.WIFI_LOST}_{self._device_id}"
+        return ir.async_get(self.hass).async_get_issue(DOMAIN, issue_id) is not None
 
     async def _async_ensure_link(self) -> DeviceLink:
         """The session, re-established with the same code if the device dropped it."""
@@ -1161,7 +1370,7 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         link = self._link
         if link is None:  # pragma: no cover - set before the progress step
             return self.async_abort(reason="unknown")
-        link.close()
+        await link.aclose()
         if self._mode is _Mode.WIFI_CHANGE:
             return self.async_abort(
                 reason="wifi_changed", description_placeholders=self._placeholders()
@@ -1169,7 +1378,10 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         record = self._device_record(link)
         for ignored in self._async_current_entries(include_ignore=True):
             # An earlier "ignore" of this device's discovery no longer applies.
-            if ignored.source == SOURCE_IGNORE and ignored.unique_id == self._device_id:
+            if ignored.source == SOURCE_IGNORE and ignored.unique_id in {
+                self._device_id,
+                self._device_id[:SHORT_ID_CHARS],
+            }:
                 await self.hass.config_entries.async_remove(ignored.entry_id)
         if self._entry is not None:
             devices = {**self._entry.data.get(CONF_DEVICES, {}), self._device_id: record}
@@ -1209,17 +1421,19 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 entry, data={**entry.data, CONF_DEVICES: devices}
             )
             _LOGGER.info("%s was onboarded after its setup dialog was closed", self._device_id)
-        link.close()
+        self._close_link(link)
 
     # --- helpers --------------------------------------------------------------------------------
 
     def _device_name(self) -> str:
-        return f"{self._model or 'IoT Onboard'} {self._device_id[-4:]}".strip()
+        # A Bluetooth discovery knows only the first 8 characters until the QR code is read.
+        suffix = self._device_id[-4:] if self._device_id else self._short_id
+        return f"{self._model or 'IoT Onboard'} {suffix}".strip()
 
     def _placeholders(self) -> dict[str, str]:
         return {
             "name": self._device_name(),
-            "device_id": self._device_id,
+            "device_id": self._device_id or self._short_id,
             "model": self._model,
             "host": self._host,
             "timeout": str(self._timer or 180),
@@ -1239,4 +1453,11 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 return
             work.cancel()
         if self._link is not None:
-            self._link.close()
+            self._close_link(self._link)
+
+    def _close_link(self, link: DeviceLink) -> None:
+        """Forget the session and disconnect (always, also BLE) without waiting here."""
+        link.close()
+        self.hass.async_create_background_task(
+            link.aclose(), f"{DOMAIN} disconnect {self._device_id}", eager_start=True
+        )

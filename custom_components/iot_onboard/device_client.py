@@ -1,9 +1,11 @@
-"""Client of a device's LAN provisioning server (no Home Assistant import).
+"""Client of a device's provisioning session, over the LAN or Bluetooth (no Home Assistant import).
 
-Drives the protocol's sans-I/O :class:`ClientSession` over the device's HTTP endpoints
-(``device_firmware/provisioning/server.py``): ``POST /iob/v1/session`` for the handshake (one
-frame per body), ``POST /iob/v1/frame`` with the ``X-IOB-Session`` header for each encrypted
-command, ``GET /iob/v1/info`` for the public facts also found in the zeroconf TXT record.
+Drives the protocol's sans-I/O :class:`ClientSession` over a :class:`DeviceTransport`: the
+device's HTTP endpoints here (``device_firmware/provisioning/server.py``: ``POST
+/iob/v1/session`` for the handshake, one frame per body, ``POST /iob/v1/frame`` with the
+``X-IOB-Session`` header for each encrypted command, ``GET /iob/v1/info`` for the public facts
+also found in the zeroconf TXT record), or its GATT service (``ble_client.py``). The handshake
+(:func:`open_link`) and the commands (:class:`DeviceLink`) are the same code for both.
 
 The device key is checked inside the handshake, against the QR code's fingerprint or the
 registry key, before any secret leaves Home Assistant; Wi-Fi credentials and the claim token
@@ -13,6 +15,7 @@ CPU per message, so those steps run in the default executor to keep the event lo
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -182,10 +185,89 @@ class _HttpReply:
             return None
 
 
+# --- transports -------------------------------------------------------------------------------
+
+
+class DeviceTransport(abc.ABC):
+    """How protocol frames reach one device; raises this module's errors, nothing else."""
+
+    @property
+    def host(self) -> str:
+        """The device's LAN address ("" when it is reached otherwise)."""
+        return ""
+
+    @property
+    def port(self) -> int:
+        """The LAN provisioning server's port (0 when it is reached otherwise)."""
+        return 0
+
+    @abc.abstractmethod
+    async def hello(self, frame: bytes) -> bytes:
+        """Send CLIENT_HELLO; the DEVICE_HELLO frame, or the refusal as an error."""
+
+    @abc.abstractmethod
+    async def finish(self, frame: bytes) -> str:
+        """Send CLIENT_FINISH; the tag naming the session (a transport without one: "")."""
+
+    @abc.abstractmethod
+    async def give_up(self, frame: bytes) -> None:
+        """Send the ERROR frame that ends a handshake the client refuses (best effort)."""
+
+    @abc.abstractmethod
+    async def exchange(self, sealed: bytes, tag: str) -> bytes:
+        """Send an encrypted request; the encrypted response frame."""
+
+    async def release(self) -> None:  # noqa: B027 - optional: nothing to let go by default
+        """Let go of the connection while the user fills in a form (the session stays)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional: nothing to close by default
+        """Close the connection for good."""
+
+
+async def open_link(
+    transport: DeviceTransport,
+    credential: Credential,
+    *,
+    device_id: str,
+    device_public_key: bytes | None = None,
+) -> DeviceLink:
+    """Run the handshake over ``transport`` and return the established encrypted link.
+
+    With a QR payload the key is checked against its fingerprint; with a manual code
+    ``device_public_key`` (from the registry, via the account service) is required, and
+    with an :class:`OwnerSecret` (a device this Home Assistant claimed) the key the device
+    proved at claim time.
+    """
+    client = _client_session(credential, device_id, device_public_key)
+    try:
+        tag = await _handshake(transport, client)
+    except BaseException:
+        await transport.aclose()  # a failed handshake leaves no connection behind
+        raise
+    return DeviceLink(transport, client, device_id=device_id, session_tag=tag)
+
+
+async def _handshake(transport: DeviceTransport, client: ClientSession) -> str:
+    hello = await _offload(client.start)
+    reply = await transport.hello(hello)
+    try:
+        finish = await _offload(lambda: client.handle_device_hello(reply))
+    except DeviceKeyMismatchError as err:
+        raise DeviceKeyMismatchClientError(str(err)) from err
+    except WrongSetupCodeError as err:
+        # Tell the device at once, so it frees the one handshake slot (docs/protocol.md §5).
+        with contextlib.suppress(DeviceClientError):
+            await transport.give_up(encode_error_frame(WrongSetupCodeError.code))
+        raise SetupCodeRejectedError(str(err)) from err
+    except ProtocolError as err:
+        raise DeviceProtocolError(err.code, str(err)) from err
+    return await transport.finish(finish)
+
+
 # --- client -----------------------------------------------------------------------------------
 
 
-class DeviceClient:
+class DeviceClient(DeviceTransport):
     """Reaches one device's LAN provisioning server at ``host``:``port``."""
 
     def __init__(
@@ -272,37 +354,43 @@ class DeviceClient:
         device_id: str,
         device_public_key: bytes | None = None,
     ) -> DeviceLink:
-        """Run the handshake and return the established encrypted link.
+        """Run the handshake (:func:`open_link`) and return the established encrypted link."""
+        return await open_link(
+            self, credential, device_id=device_id, device_public_key=device_public_key
+        )
 
-        With a QR payload the key is checked against its fingerprint; with a manual code
-        ``device_public_key`` (from the registry, via the account service) is required, and
-        with an :class:`OwnerSecret` (a device this Home Assistant claimed) the key the device
-        proved at claim time.
-        """
-        client = _client_session(credential, device_id, device_public_key)
-        hello = await _offload(client.start)
-        reply = await self._post(SESSION_PATH, hello)
+    async def hello(self, frame: bytes) -> bytes:
+        """``POST /iob/v1/session`` with CLIENT_HELLO; HTTP 200 carries DEVICE_HELLO."""
+        reply = await self._post(SESSION_PATH, frame)
         if reply.status != _HTTP_OK:
             raise _handshake_refusal(reply)
-        try:
-            finish = await _offload(lambda: client.handle_device_hello(reply.body))
-        except DeviceKeyMismatchError as err:
-            raise DeviceKeyMismatchClientError(str(err)) from err
-        except WrongSetupCodeError as err:
-            # Tell the device at once, so it frees the one handshake slot (docs/protocol.md §5).
-            with contextlib.suppress(DeviceClientError):
-                await self._post(SESSION_PATH, encode_error_frame(WrongSetupCodeError.code))
-            raise SetupCodeRejectedError(str(err)) from err
-        except ProtocolError as err:
-            raise DeviceProtocolError(err.code, str(err)) from err
-        done = await self._post(SESSION_PATH, finish)
+        return reply.body
+
+    async def give_up(self, frame: bytes) -> None:
+        """The ERROR frame goes where the handshake did."""
+        await self._post(SESSION_PATH, frame)
+
+    async def finish(self, frame: bytes) -> str:
+        """HTTP 204 with the session header: established."""
+        done = await self._post(SESSION_PATH, frame)
         tag = done.headers.get(SESSION_HEADER)
         if done.status != _HTTP_NO_CONTENT or not tag:
             code = done.error_code()
             if code == WrongSetupCodeError.code:
                 raise SetupCodeRejectedError("the device refused the setup code")
             raise DeviceProtocolError(code or f"http_{done.status}", "handshake not finished")
-        return DeviceLink(self, client, device_id=device_id, session_tag=tag)
+        return tag
+
+    async def exchange(self, sealed: bytes, tag: str) -> bytes:
+        """``POST /iob/v1/frame``: 409/401 mean the device no longer has this session."""
+        reply = await self._post(FRAME_PATH, sealed, {SESSION_HEADER: tag})
+        if reply.status in {_HTTP_CONFLICT, _HTTP_UNAUTHORIZED}:
+            raise SessionLostError(reply.error_code() or f"http_{reply.status}")
+        if reply.status != _HTTP_OK:
+            raise DeviceProtocolError(
+                reply.error_code() or f"http_{reply.status}", "command not delivered"
+            )
+        return reply.body
 
 
 def _client_session(
@@ -366,10 +454,15 @@ class DeviceLink:
     """An established, encrypted session with one device; one command at a time."""
 
     def __init__(
-        self, client: DeviceClient, session: ClientSession, *, device_id: str, session_tag: str
+        self,
+        transport: DeviceTransport,
+        session: ClientSession,
+        *,
+        device_id: str,
+        session_tag: str,
     ) -> None:
-        """Created by :meth:`DeviceClient.connect`."""
-        self._client = client
+        """Created by :func:`open_link`."""
+        self._transport = transport
         self._session = session
         self._device_id = device_id
         self._tag = session_tag
@@ -392,13 +485,13 @@ class DeviceLink:
 
     @property
     def host(self) -> str:
-        """The device's address."""
-        return self._client.host
+        """The device's LAN address ("" over Bluetooth)."""
+        return self._transport.host
 
     @property
     def port(self) -> int:
-        """The provisioning server's port."""
-        return self._client.port
+        """The LAN provisioning server's port (0 over Bluetooth)."""
+        return self._transport.port
 
     @property
     def usable(self) -> bool:
@@ -406,9 +499,18 @@ class DeviceLink:
         return not self._lost
 
     def close(self) -> None:
-        """Forget the session keys."""
+        """Forget the session keys (:meth:`aclose` also ends the connection)."""
         self._lost = True
         self._session.close()
+
+    async def release(self) -> None:
+        """Let go of the connection until the next command (a BLE link is freed meanwhile)."""
+        await self._transport.release()
+
+    async def aclose(self) -> None:
+        """Forget the session keys and close the connection (always disconnects BLE)."""
+        self.close()
+        await self._transport.aclose()
 
     async def _call[T](self, request_factory: Callable[[int], Request], result: type[T]) -> T:
         async with self._lock:
@@ -420,18 +522,15 @@ class DeviceLink:
             except ProtocolError as err:
                 self._lost = True
                 raise SessionLostError(str(err)) from err
-            reply = await self._client._post(  # noqa: SLF001 - the link belongs to its client
-                FRAME_PATH, sealed, {SESSION_HEADER: self._tag}
-            )
-            if reply.status in {_HTTP_CONFLICT, _HTTP_UNAUTHORIZED}:
-                self._lost = True
-                raise SessionLostError(reply.error_code() or f"http_{reply.status}")
-            if reply.status != _HTTP_OK:
-                raise DeviceProtocolError(
-                    reply.error_code() or f"http_{reply.status}", "command not delivered"
-                )
             try:
-                response = decode_response(self._session.open(reply.body))
+                reply = await self._transport.exchange(sealed, self._tag)
+            except (SessionLostError, DeviceConnectionError):
+                # The request used up a counter the device may never have seen: the next
+                # request would be refused as out of order, so start over (connect again).
+                self._lost = True
+                raise
+            try:
+                response = decode_response(self._session.open(reply))
             except ProtocolError as err:
                 self._lost = True
                 raise DeviceProtocolError(err.code, str(err)) from err

@@ -9,16 +9,18 @@ to its own MTU - 3; a disconnect tells the services which link went away.
 
 The device's tests drive :class:`~.gatt.ProvisioningService` and :class:`~.improv.ImprovService`
 through it, and Home Assistant's tests can drive its BLE client against the real device code the
-same way (``send_frame`` / ``receive_frame`` carry whole protocol frames).
+same way (``send_frame`` / ``receive_frame`` carry whole protocol frames); from another process,
+:mod:`.bridge` serves these centrals over loopback TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from iob_protocol.ble import RX_UUID, TX_UUID
 from iob_protocol.framing import ChunkReassembler, chunk_frame
 
 from .errors import AttError, GattError
@@ -32,7 +34,6 @@ from .gatt import (
     clamp_mtu,
     payload_size,
 )
-from .wire import RX_UUID, TX_UUID
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ _PREPARE_HEADER: Final = 5
 #: Read Response: opcode.
 _READ_HEADER: Final = 1
 RECEIVE_TIMEOUT: Final = 10.0
+
+#: Takes a subscribed notification (``uuid``, value already cut to the link's MTU).
+type NotificationSink = Callable[[str, bytes], None]
 
 
 class LoopbackPeripheral:
@@ -69,10 +73,20 @@ class LoopbackPeripheral:
         for service in self._services:
             await service.stop()
 
-    def connect(self, link: str | None = None, *, mtu: int = DEFAULT_ATT_MTU) -> LoopbackCentral:
-        """A new connection (``link`` names it, like BlueZ's device path)."""
+    def connect(
+        self,
+        link: str | None = None,
+        *,
+        mtu: int = DEFAULT_ATT_MTU,
+        sink: NotificationSink | None = None,
+    ) -> LoopbackCentral:
+        """A new connection (``link`` names it, like BlueZ's device path).
+
+        ``sink`` receives the central's notifications instead of its queues (the TCP bridge
+        forwards them to its client).
+        """
         self._count += 1
-        central = LoopbackCentral(self, link or f"central{self._count}", clamp_mtu(mtu))
+        central = LoopbackCentral(self, link or f"central{self._count}", clamp_mtu(mtu), sink)
         self._centrals.append(central)
         return central
 
@@ -99,9 +113,16 @@ class LoopbackPeripheral:
 class LoopbackCentral:
     """One connected central: GATT reads, writes and notifications."""
 
-    def __init__(self, peripheral: LoopbackPeripheral, link: str, mtu: int) -> None:
+    def __init__(
+        self,
+        peripheral: LoopbackPeripheral,
+        link: str,
+        mtu: int,
+        sink: NotificationSink | None = None,
+    ) -> None:
         """Connected to ``peripheral`` (use :meth:`LoopbackPeripheral.connect`)."""
         self._peripheral = peripheral
+        self._sink = sink
         self.link = link
         self.mtu = mtu
         self.connected = True
@@ -172,6 +193,11 @@ class LoopbackCentral:
         self._require(uuid, Flag.NOTIFY)
         return self._subscriptions.setdefault(uuid, asyncio.Queue())
 
+    async def unsubscribe(self, uuid: str) -> None:
+        """Disable notifications of ``uuid`` (those not taken yet are dropped)."""
+        self._require(uuid, Flag.NOTIFY)
+        self._subscriptions.pop(uuid, None)
+
     async def notification(self, uuid: str) -> bytes:
         """The next notification of ``uuid`` (within :attr:`receive_timeout`)."""
         queue = self._subscriptions[uuid]
@@ -189,7 +215,11 @@ class LoopbackCentral:
     def deliver(self, uuid: str, value: bytes) -> None:
         """A notification from the peripheral, cut to this link's MTU as BlueZ does."""
         queue = self._subscriptions.get(uuid)
-        if self.connected and queue is not None:
+        if not self.connected or queue is None:
+            return
+        if self._sink is not None:
+            self._sink(uuid, value[: self.payload_size])
+        else:
             queue.put_nowait(value[: self.payload_size])
 
     def disconnect(self) -> None:

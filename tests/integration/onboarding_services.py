@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from tests.integration.ble_bridge import wait_for_bridge_port
 from tests.plugins.mosquitto import MosquittoBroker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -214,6 +215,8 @@ class Device:
     process: Process | None = None
     device_id: str = ""
     manual_code: str = ""
+    #: The loopback BLE bridge's port (``start(..., ble_bridge=True)``), else 0.
+    bridge_port: int = 0
 
     @property
     def data_dir(self) -> Path:
@@ -255,7 +258,8 @@ class Device:
             "factory": json.loads((self.data_dir / "factory.json").read_text()),
         }
 
-    def start(self, networks: list[dict[str, Any]]) -> None:
+    def start(self, networks: list[dict[str, Any]], *, ble_bridge: bool = False) -> None:
+        """Run the agent; ``ble_bridge`` serves its real GATT services on a loopback port."""
         scenario = self.directory / "scenario.json"
         scenario.write_text(json.dumps({"networks": networks}), encoding="utf-8")
         self.process = Process.start(
@@ -274,13 +278,18 @@ class Device:
                 str(self.port),
                 "--no-advertise",
                 "--no-hotspot",
-                "--no-ble",
+                *(["--ble-bridge", f"{LOOPBACK}:0"] if ble_bridge else ["--no-ble"]),
                 "--allow-insecure-http",
             ],
             self.directory / "device.log",
             {},
         )
         self.process.wait_for_port(self.port)
+        if ble_bridge:
+            process = self.process
+            self.bridge_port = wait_for_bridge_port(
+                self.directory / "device.log", alive=lambda: process.popen.poll() is None
+            )
 
     def status(self) -> dict[str, Any]:
         """``status --json`` from the device's shell."""

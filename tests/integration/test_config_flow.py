@@ -18,7 +18,10 @@ from typing import Any, cast
 from unittest.mock import ANY, AsyncMock, MagicMock, create_autospec, patch
 
 import pytest
+from homeassistant.components import bluetooth
+from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
 from homeassistant.config_entries import (
+    SOURCE_BLUETOOTH,
     SOURCE_IGNORE,
     SOURCE_RECONFIGURE,
     SOURCE_USER,
@@ -27,10 +30,12 @@ from homeassistant.config_entries import (
 )
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard import config_flow
+from custom_components.iot_onboard import ble_client, config_flow
 from custom_components.iot_onboard.account_client import (
     Account,
     AccountClient,
@@ -85,6 +90,7 @@ from custom_components.iot_onboard.device_client import (
     SetupCodeRejectedError,
 )
 from custom_components.iot_onboard.iob_protocol import (
+    CommandType,
     DeviceIdentity,
     DeviceState,
     DiagnosticCode,
@@ -96,7 +102,9 @@ from custom_components.iot_onboard.iob_protocol import (
     WifiSecurity,
     b64url_encode,
 )
+from custom_components.iot_onboard.iob_protocol.ble import SERVICE_UUID
 from custom_components.iot_onboard.options_flow import IotOnboardOptionsFlow
+from tests.integration.fake_ble import ADDRESS, FakeConnector, FakeGattDevice, ble_device
 
 URL = "https://onboard.example"
 HID = "a" * 32
@@ -1521,3 +1529,368 @@ def test_every_diagnostic_code_has_its_message_and_next_step() -> None:
         text = STRINGS["error"][diagnostic_error(code)]
         assert code.message in text
         assert code.next_step in text
+
+
+# --- Bluetooth: discovery, onboarding, re-onboarding after Wi-Fi loss -------------------------
+
+
+@pytest.fixture
+def gatt_device() -> FakeGattDevice:
+    """An unclaimed device in radio range (the scripted GATT side of tests/integration/fake_ble)."""
+    return FakeGattDevice(IDENTITY, SETUP)
+
+
+@pytest.fixture
+def connector(gatt_device: FakeGattDevice) -> Generator[FakeConnector]:
+    """bleak-retry-connector's establish_connection, connecting to ``gatt_device``."""
+    fake = FakeConnector(gatt_device)
+    with patch.object(ble_client, "establish_connection", fake):
+        yield fake
+
+
+async def advertise(hass: HomeAssistant, info: BluetoothServiceInfoBleak) -> None:
+    """What a local adapter or an active ESPHome proxy reports (HA's own injection path)."""
+    bluetooth.async_get_advertisement_callback(hass)(info)
+    # Discovery flows start as background tasks.
+    await hass.async_block_till_done(wait_background_tasks=True)
+
+
+def flows(hass: HomeAssistant) -> list[Any]:
+    return [flow for flow in hass.config_entries.flow.async_progress() if flow["handler"] == DOMAIN]
+
+
+async def start_bluetooth(hass: HomeAssistant, gatt_device: FakeGattDevice) -> str:
+    """Discovered by the advertisement: the flow waits at its confirmation."""
+    await advertise(hass, gatt_device.service_info())
+    await hass.async_block_till_done()
+    (flow,) = flows(hass)
+    assert flow["context"]["source"] == SOURCE_BLUETOOTH
+    assert flow["context"]["unique_id"] == DEVICE_ID[:8]
+    assert flow["step_id"] == "bluetooth_confirm"
+    return str(flow["flow_id"])
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_bluetooth_onboarding_through_to_the_household(
+    hass: HomeAssistant, account: MagicMock, gatt_device: FakeGattDevice, connector: FakeConnector
+) -> None:
+    """Advertisement → confirm → QR code → Wi-Fi → commit over GATT → device added."""
+    entry = household_entry(hass)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    result = await submit(hass, flow_id, {})
+    assert result["step_id"] == "credentials"
+    assert result["description_placeholders"]["device_id"] == DEVICE_ID[:8]
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    # The link is let go while the user picks a network.
+    assert connector.all_closed
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "device_added"
+    assert gatt_device.wifi == b"HomeNet"
+    assert gatt_device.claim is not None
+    assert gatt_device.claim.owner_secret is not None
+    account.create_claim.assert_awaited_with(HID, DEVICE_ID)
+    assert connector.all_closed  # disconnected at the end, always
+    assert gatt_device.connections >= 2  # resumed over a new connection after the form
+    assert all(seen.address == ADDRESS for seen in connector.devices_seen)
+    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert record[DEVICE_HOST] == ""  # reached over Bluetooth: no LAN address yet
+    assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
+    assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_bluetooth_ignores_what_is_not_for_this_home_assistant(
+    hass: HomeAssistant, gatt_device: FakeGattDevice
+) -> None:
+    """Window closed, a stranger's claimed device, garbage service data: no flow at all."""
+    await advertise(hass, gatt_device.service_info(window_open=False))
+    other_setup = SetupCode.generate(OTHER_IDENTITY.device_id)
+    stranger = FakeGattDevice(OTHER_IDENTITY, other_setup, owner=OwnerSecret.generate())
+    await advertise(hass, stranger.service_info())
+    await hass.async_block_till_done()
+    assert flows(hass) == []
+    for data, reason in ((b"\x02", "invalid_discovery_info"), (b"", "invalid_discovery_info")):
+        info = gatt_device.service_info()
+        info.service_data[SERVICE_UUID] = data
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": SOURCE_BLUETOOTH}, data=info
+        )
+        assert result["type"] is FlowResultType.ABORT
+        assert result["reason"] == reason
+    for info, reason in (
+        (gatt_device.service_info(window_open=False), "window_not_open"),
+        (stranger.service_info(), "device_claimed"),
+    ):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": SOURCE_BLUETOOTH}, data=info
+        )
+        assert result["reason"] == reason
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_one_flow_when_zeroconf_sees_the_device_first(
+    hass: HomeAssistant, gatt_device: FakeGattDevice
+) -> None:
+    await start_discovery(hass)
+    await advertise(hass, gatt_device.service_info())
+    await hass.async_block_till_done()
+    (flow,) = flows(hass)
+    assert flow["context"]["source"] == SOURCE_ZEROCONF
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_BLUETOOTH}, data=gatt_device.service_info()
+    )
+    assert result["reason"] == "already_in_progress"
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_one_flow_when_bluetooth_sees_the_device_first(
+    hass: HomeAssistant, gatt_device: FakeGattDevice
+) -> None:
+    await start_bluetooth(hass, gatt_device)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery()
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_in_progress"
+    assert len(flows(hass)) == 1
+
+
+async def test_one_ignore_covers_both_discoveries(
+    hass: HomeAssistant, gatt_device: FakeGattDevice
+) -> None:
+    MockConfigEntry(domain=DOMAIN, unique_id=DEVICE_ID[:8], source=SOURCE_IGNORE).add_to_hass(hass)
+    for source, data in (
+        (SOURCE_BLUETOOTH, gatt_device.service_info()),
+        (SOURCE_ZEROCONF, discovery()),
+    ):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": source}, data=data
+        )
+        assert result["reason"] == "already_configured"
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_bluetooth_setup_code_errors_then_recovery(
+    hass: HomeAssistant, gatt_device: FakeGattDevice, connector: FakeConnector
+) -> None:
+    """Only the QR code names the device over BLE; a wrong code is the device's verdict."""
+    household_entry(hass)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    await submit(hass, flow_id, {})
+    wrong = SetupCode.generate(DEVICE_ID).qr_payload(IDENTITY.fingerprint).format()
+    for code, error in (
+        (MANUAL, "bluetooth_needs_qr"),
+        (OTHER_QR, "qr_other_device"),
+        (wrong, "wrong_setup_code"),
+    ):
+        result = await submit(hass, flow_id, {"setup_code": code})
+        assert result["step_id"] == "credentials"
+        assert result["errors"] == {"setup_code": error}
+    assert connector.all_closed
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_bluetooth_link_failures_then_recovery(
+    hass: HomeAssistant, gatt_device: FakeGattDevice, connector: FakeConnector
+) -> None:
+    """Out of range, a link dropped mid-reply, then mid-commit: messages, retries, done."""
+    household_entry(hass)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    await submit(hass, flow_id, {})
+    gatt_device.reachable = False
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"base": "bluetooth_unreachable"}
+    gatt_device.reachable = True
+    gatt_device.drop_mid_reply = 3  # DEVICE_HELLO cut off after 3 of its 10 notifications
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"base": "bluetooth_unreachable"}
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+    # Gone when the commit starts: the Wi-Fi form says so; back in range, the retry works.
+    gatt_device.reachable = False
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "bluetooth_lost"}
+    gatt_device.reachable = True
+    gatt_device.drop_mid_request = 2  # set_wifi cut off mid-frame: sent again on a new link
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert gatt_device.wifi == b"HomeNet"
+    assert connector.all_closed
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_bluetooth_reply_lost_mid_command_starts_a_new_session(
+    hass: HomeAssistant, gatt_device: FakeGattDevice, connector: FakeConnector
+) -> None:
+    household_entry(hass)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    await submit(hass, flow_id, {})
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    gatt_device.drop_mid_reply = 1  # the reply to set_wifi is lost: the counters disagree
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "bluetooth_lost"}
+    result = await provision(hass, flow_id, HOME_WIFI)  # a new handshake with the same QR
+    assert result["reason"] == "device_added"
+    assert gatt_device.commands.count(CommandType.SET_WIFI) >= 2
+    assert connector.all_closed
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_closing_the_bluetooth_dialog_disconnects(
+    hass: HomeAssistant, gatt_device: FakeGattDevice, connector: FakeConnector
+) -> None:
+    household_entry(hass)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    await submit(hass, flow_id, {})
+    await submit(hass, flow_id, {"setup_code": QR})
+    hass.config_entries.flow.async_abort(flow_id)
+    await hass.async_block_till_done()
+    assert connector.all_closed
+
+
+# --- re-onboarding: an owned device lost its Wi-Fi and advertises its owner-only window -------
+
+
+async def owned_entry(hass: HomeAssistant, record: Mapping[str, Any]) -> MockConfigEntry:
+    """A loaded household entry with the device in its data and in the device registry."""
+    entry = household_entry(hass, devices={DEVICE_ID: dict(record)})
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, identifiers={(DOMAIN, DEVICE_ID)}, name="Kitchen sensor"
+    )
+    return entry
+
+
+def wifi_lost_issue(hass: HomeAssistant) -> ir.IssueEntry | None:
+    return ir.async_get(hass).async_get_issue(DOMAIN, f"wifi_lost_{DEVICE_ID}")
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_wifi_lost_advertisement_raises_the_repair_and_changes_wifi_over_ble(
+    hass: HomeAssistant, account: MagicMock, connector: FakeConnector
+) -> None:
+    await owned_entry(hass, DEVICE_RECORD)
+    connector.device.owner = OWNER
+    await advertise(hass, connector.device.service_info())
+    await hass.async_block_till_done()
+    assert wifi_lost_issue(hass) is not None
+    (flow,) = flows(hass)
+    assert flow["step_id"] == "wifi_lost_confirm"
+    result = await submit(hass, flow["flow_id"], {})
+    assert result["step_id"] == "wifi", result
+    options = result["data_schema"].schema["network"].config["options"]
+    assert "__ethernet__" not in [o["value"] for o in options]
+    result = await provision(hass, flow["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wifi_changed"
+    assert connector.device.wifi == b"HomeNet"
+    assert connector.device.claim is None  # the owner session changes Wi-Fi only
+    account.create_claim.assert_not_awaited()
+    assert connector.all_closed
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_the_repair_leads_to_the_wifi_change_over_ble(
+    hass: HomeAssistant, connector: FakeConnector
+) -> None:
+    entry = await owned_entry(hass, DEVICE_RECORD)
+    connector.device.owner = OWNER
+    # The discovery flow was dismissed; the repair stays and starts the same path.
+    await advertise(hass, connector.device.service_info())
+    await hass.async_block_till_done()
+    for flow in flows(hass):
+        hass.config_entries.flow.async_abort(flow["flow_id"])
+    assert wifi_lost_issue(hass) is not None
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
+    )
+    assert result["step_id"] == "wifi_lost_confirm"
+    # The device leaves Bluetooth once it joined the new network; soon back online, the
+    # runtime deletes the repair, which ends the wait.
+
+    def back_online_soon() -> None:
+        hass.loop.call_soon(ir.async_delete_issue, hass, DOMAIN, f"wifi_lost_{DEVICE_ID}")
+
+    connector.on_unreachable = back_online_soon
+    result = await submit(hass, result["flow_id"], {})
+    connector.device.leave_after_commit = True
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["reason"] == "wifi_changed"
+    assert connector.all_closed
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_wifi_change_over_ble_needs_this_home_assistants_owner_secret(
+    hass: HomeAssistant, connector: FakeConnector
+) -> None:
+    """Another Home Assistant's secret is refused by the device; none at all ends the flow."""
+    await owned_entry(hass, DEVICE_RECORD)
+    connector.device.owner = OwnerSecret.generate()  # claimed by someone else's setup
+    await advertise(hass, connector.device.service_info())
+    await hass.async_block_till_done()
+    (flow,) = flows(hass)
+    result = await submit(hass, flow["flow_id"], {})
+    assert result["step_id"] == "wifi_lost_confirm"
+    assert result["errors"] == {"base": "owner_secret_rejected"}
+    assert connector.device.commands == []  # nothing reached the device's commands
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_wifi_change_over_ble_without_an_owner_secret(
+    hass: HomeAssistant, connector: FakeConnector
+) -> None:
+    record = {k: v for k, v in DEVICE_RECORD.items() if k != DEVICE_OWNER_SECRET}
+    await owned_entry(hass, record)
+    connector.device.owner = OWNER
+    await advertise(hass, connector.device.service_info())
+    await hass.async_block_till_done()
+    (flow,) = flows(hass)
+    result = await submit(hass, flow["flow_id"], {})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "no_owner_secret"
+    assert connector.device.connections == 0
+
+
+async def test_wifi_lost_advertisement_of_an_entry_not_loaded(
+    hass: HomeAssistant, gatt_device: FakeGattDevice
+) -> None:
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    gatt_device.owner = OWNER
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_BLUETOOTH}, data=gatt_device.service_info()
+    )
+    assert result["reason"] == "already_configured"
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_the_repair_falls_back_to_the_lan_when_bluetooth_does_not_see_the_device(
+    hass: HomeAssistant,
+) -> None:
+    """Other devices in range (ours or not) do not count: the address form as before."""
+    other_setup = SetupCode.generate(OTHER_IDENTITY.device_id)
+    neighbour = FakeGattDevice(OTHER_IDENTITY, other_setup, owner=OwnerSecret.generate())
+    entry = await owned_entry(hass, DEVICE_RECORD)
+    hass.config_entries.async_update_entry(
+        entry,
+        data={
+            **entry.data,
+            CONF_DEVICES: {"Z" * 16: DEVICE_RECORD, DEVICE_ID: DEVICE_RECORD},
+        },
+    )
+    info = neighbour.service_info()
+    await advertise(hass, info)
+    unrelated = neighbour.service_info()
+    unrelated.service_data.clear()
+    unrelated.address = "AA:BB:CC:DD:EE:02"
+    unrelated.device = ble_device("AA:BB:CC:DD:EE:02", "thermometer")
+    await advertise(hass, unrelated)
+    await hass.async_block_till_done()
+    assert flows(hass) == []  # a stranger's claimed device, and a device that is not ours
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
+    )
+    assert result["step_id"] == "device_select"

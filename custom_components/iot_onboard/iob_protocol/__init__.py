@@ -6,6 +6,19 @@ relative imports inside (it is importable both as ``iob_protocol`` and as
 ``custom_components.iot_onboard.iob_protocol``).  The wire format is in docs/protocol.md.
 """
 
+from .ble import (
+    AdvertisedState,
+    BleDisconnectedError,
+    BleLinkError,
+    BlePhase,
+    BleReplyTimeoutError,
+    BleStatus,
+    FrameChannel,
+    StateValue,
+    WireFormatError,
+    chunk_payload_size,
+    parse_state_value,
+)
 from .canonical import (
     FieldValue,
     JsonValue,
@@ -15,7 +28,13 @@ from .canonical import (
     encode_fields,
     parse_canonical_json,
 )
-from .claim import ClaimConfirmation, ReleaseNotice, ReleaseReason, ZeroTouchConfirmation
+from .claim import (
+    ClaimConfirmation,
+    MqttCredentialRequest,
+    ReleaseNotice,
+    ReleaseReason,
+    ZeroTouchConfirmation,
+)
 from .commands import (
     AckResult,
     CommandResult,
@@ -173,9 +192,15 @@ __all__ = [
     "OWNER_SECRET_SIZE",
     "PROTOCOL_VERSION",
     "AckResult",
+    "AdvertisedState",
     "Attempt",
     "AttemptLimiter",
     "BadMagicError",
+    "BleDisconnectedError",
+    "BleLinkError",
+    "BlePhase",
+    "BleReplyTimeoutError",
+    "BleStatus",
     "BusyError",
     "ChunkError",
     "ChunkReassembler",
@@ -206,6 +231,7 @@ __all__ = [
     "FieldValue",
     "Frame",
     "FrameAuthenticationError",
+    "FrameChannel",
     "FrameDecoder",
     "FrameTooLargeError",
     "FrameType",
@@ -237,6 +263,7 @@ __all__ = [
     "MessageError",
     "MissingFieldError",
     "MonotonicClock",
+    "MqttCredentialRequest",
     "NoOwnerSecretError",
     "NonCanonicalMessageError",
     "OkResponse",
@@ -273,6 +300,7 @@ __all__ = [
     "SetupVerifier",
     "SignatureError",
     "StaleAttemptError",
+    "StateValue",
     "StatusRequest",
     "StatusResult",
     "TrailingDataError",
@@ -289,6 +317,7 @@ __all__ = [
     "WifiNetwork",
     "WifiSecurity",
     "WindowClosedError",
+    "WireFormatError",
     "WrongSetupCodeError",
     "ZeroTouchConfirmation",
     "b64url_decode",
@@ -296,6 +325,7 @@ __all__ = [
     "canonical_json",
     "check_credential_kind",
     "chunk_frame",
+    "chunk_payload_size",
     "client_hello_kind",
     "decode_error_body",
     "decode_frame",
@@ -311,6 +341,7 @@ __all__ = [
     "generate_device_id",
     "parse_canonical_json",
     "parse_fingerprint",
+    "parse_state_value",
     "public_key_fingerprint",
     "validate_device_id",
     "validate_owner_secret",
