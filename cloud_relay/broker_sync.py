@@ -102,6 +102,7 @@ class BrokerPlan:
         self._config = config
         self._devices: set[str] = set()
         self._hubs: set[str] = set()
+        self._kicks: set[str] = set()
 
     async def put_device(self, device_id: str, version: int) -> DeviceCredential:
         """Create or update the device's client; return the credential."""
@@ -123,14 +124,42 @@ class BrokerPlan:
         await broker_call(self._broker.put_hub(credential, access), f"put_hub {household_id}")
         return credential
 
-    async def sync_hubs(self, conn: Connection, household_ids: Iterable[str]) -> None:
-        """Re-project the hubs of ``household_ids`` (those that have one)."""
+    async def sync_hubs(
+        self, conn: Connection, household_ids: Iterable[str], *, kick: bool = False
+    ) -> None:
+        """Re-project the hubs of ``household_ids`` (those that have one).
+
+        ``kick``: their device lists changed in a way their Home Assistant must learn now (a
+        device left or arrived by transfer, release or unshare); their live sessions are
+        disconnected once the transaction has committed (:meth:`after_commit`), so the
+        reconnect re-reads a device list that already shows the change.
+        """
         for household_id in sorted(set(household_ids)):
             version = await conn.fetchval(
                 "SELECT credential_version FROM hubs WHERE household_id = $1", household_id
             )
             if version is not None:
                 await self.put_hub(conn, household_id, int(version))
+                if kick:
+                    self._kicks.add(household_id)
+
+    async def after_commit(self) -> None:
+        """Disconnect the hubs :meth:`sync_hubs` was asked to kick; never raises.
+
+        Best effort: the broker's ACLs are already right, so a hub that could not be kicked
+        only learns of the change at its Home Assistant's periodic refresh (logged).
+        """
+        for household_id in sorted(self._kicks):
+            try:
+                await broker_call(self._broker.kick_hub(household_id), f"kick_hub {household_id}")
+            except RelayError as err:
+                _LOGGER.warning(
+                    "household %s's Home Assistant was not disconnected (%s); it sees the "
+                    "change at its next device-list refresh (at most 15 minutes)",
+                    household_id,
+                    err,
+                )
+        self._kicks.clear()
 
     async def compensate(self, storage: Storage) -> None:
         """After a rollback: make every touched device and hub match the database again."""

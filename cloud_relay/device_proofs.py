@@ -12,7 +12,12 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from iob_protocol.canonical import JsonValue, canonical_json
-from iob_protocol.claim import ClaimConfirmation, ReleaseNotice, ZeroTouchConfirmation
+from iob_protocol.claim import (
+    ClaimConfirmation,
+    MqttCredentialRequest,
+    ReleaseNotice,
+    ZeroTouchConfirmation,
+)
 from iob_protocol.errors import ClaimExpiredError as ProtocolClaimExpiredError
 from iob_protocol.errors import ClockSkewError as ProtocolClockSkewError
 from iob_protocol.errors import (
@@ -32,7 +37,9 @@ _UNKNOWN_DEVICE_KEY: Final = (
 )
 
 
-type DeviceStatement = ClaimConfirmation | ReleaseNotice | ZeroTouchConfirmation
+type DeviceStatement = (
+    ClaimConfirmation | MqttCredentialRequest | ReleaseNotice | ZeroTouchConfirmation
+)
 
 
 def _canonical(value: object, field: str) -> bytes:
@@ -73,6 +80,11 @@ def parse_claim_confirmation(value: object) -> ClaimConfirmation:
 def parse_zero_touch(value: object) -> ZeroTouchConfirmation:
     """The ``confirmation`` of ``POST /v1/zero-touch/confirm``."""
     return _parse(ZeroTouchConfirmation, value, "confirmation")
+
+
+def parse_mqtt_credential_request(value: object) -> MqttCredentialRequest:
+    """The ``request`` of ``POST /v1/device/mqtt-credential``."""
+    return _parse(MqttCredentialRequest, value, "request")
 
 
 def parse_release(value: object) -> ReleaseNotice:

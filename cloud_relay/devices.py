@@ -1,6 +1,7 @@
 """Owned devices: listing, release, rotation, shares, transfer and the household hub.
 
 Release comes from the owner or from the device after a factory reset; transfer is two-party.
+A rotated device password reaches the device through its own signed credential request.
 
 Every change that alters what the broker holds runs through :func:`~cloud_relay.mutation.mutate`,
 so the database and the broker change together or not at all.
@@ -11,15 +12,21 @@ from __future__ import annotations
 from typing import Any
 
 from iob_protocol.canonical import JsonValue
+from iob_protocol.claim import CREDENTIAL_MAX_AGE_SECONDS
 
 from . import audit
 from .accounts import Account
 from .broker_sync import BrokerPlan
 from .claims import use_nonce
 from .context import Context
-from .device_proofs import parse_release, verify_statement
+from .device_proofs import parse_mqtt_credential_request, parse_release, verify_statement
 from .errors import (
+    BadSignatureError,
+    ClaimExpiredError,
+    ClaimRejectedError,
+    ClockSkewError,
     ConflictError,
+    CredentialRefusedError,
     DeviceNotFoundError,
     ForbiddenError,
     HouseholdNotFoundError,
@@ -94,7 +101,7 @@ async def release_device(
     actor: str,
     details: dict[str, JsonValue],
 ) -> None:
-    """Drop ownership, shares, pending transfers and pre-assignment; kick the device."""
+    """Drop ownership, shares, pending transfers and pre-assignment; kick the device and hubs."""
     released = await conn.execute(
         "UPDATE devices SET household_id = NULL, owned_since = NULL, "
         "credential_version = credential_version + 1, preassigned_household_id = NULL, "
@@ -119,7 +126,7 @@ async def release_device(
         device_id,
     )
     await plan.remove_device(device_id)
-    await plan.sync_hubs(conn, [household_id, *sharees])
+    await plan.sync_hubs(conn, [household_id, *sharees], kick=True)
     await audit.append(
         conn,
         at=now,
@@ -322,6 +329,96 @@ class Devices:
 
         return await mutate(ctx, body)
 
+    async def mqtt_credential(self, raw: object, client: str) -> dict[str, Any]:
+        """The owned device's current MQTT credential, for its own signed request.
+
+        How a rotated password reaches the device: the broker refuses the old one, the device
+        signs a fresh request, and gets the grant its owner's rotation made. The broker is
+        re-projected on the way (unchanged if it already holds this password), so a broker
+        that fell behind the database is repaired by the device that noticed.
+
+        A genuine request (the registered key's signature, fresh, nonce unused) for a device no
+        household owns (released, or never claimed) is answered ``{"status": "unowned"}``: only
+        the holder of the device's private key can ask it, so it tells no one anything they
+        could not learn from the device itself, and the device returns to unclaimed. Unknown,
+        unverifiable and replayed requests all get :class:`CredentialRefusedError`.
+        """
+        ctx = self._ctx
+        request = parse_mqtt_credential_request(raw)
+        limiters = ctx.limiters
+        hit_all(
+            [
+                (limiters.confirm_per_address, client),
+                (limiters.confirm_per_device, request.device_id),
+            ]
+        )
+        async with ctx.storage.read() as conn:
+            key = await conn.fetchval(
+                "SELECT public_key FROM devices WHERE device_id = $1", request.device_id
+            )
+        try:
+            verify_statement(
+                request,
+                None if key is None else bytes(key),
+                now=ctx.now(),
+                max_age=CREDENTIAL_MAX_AGE_SECONDS,
+                max_skew=ctx.config.max_clock_skew,
+            )
+        except BadSignatureError as err:
+            raise CredentialRefusedError from err
+        except ClaimExpiredError as err:
+            # Signed just before it was sent: an old request means a clock that lags.
+            raise ClockSkewError(
+                f"The device's signed time is {ctx.now() - request.timestamp} s behind the "
+                "service's; let the device reach an NTP server (UDP 123) and try again."
+            ) from err
+
+        async def body(conn: Connection, plan: BrokerPlan) -> dict[str, Any]:
+            try:
+                await use_nonce(
+                    conn,
+                    request.device_id,
+                    request.nonce,
+                    request.timestamp + CREDENTIAL_MAX_AGE_SECONDS + ctx.config.max_clock_skew,
+                )
+            except ClaimRejectedError as err:
+                raise CredentialRefusedError from err
+            device = await conn.fetchrow(
+                "SELECT household_id, credential_version FROM devices WHERE device_id = $1",
+                request.device_id,
+            )
+            if device is None:  # removed from the registry meanwhile
+                raise CredentialRefusedError
+            if device["household_id"] is None:
+                # Committed with the nonce, so a replay of this request is refused.
+                await audit.append(
+                    conn,
+                    at=ctx.now(),
+                    actor=f"device:{request.device_id}",
+                    action="device.told_unowned",
+                    device_id=request.device_id,
+                )
+                return {"status": "unowned", "device_id": request.device_id}
+            version = int(device["credential_version"])
+            credential = await plan.put_device(request.device_id, version)
+            await audit.append(
+                conn,
+                at=ctx.now(),
+                actor=f"device:{request.device_id}",
+                action="device.credentials_fetched",
+                household_id=device["household_id"],
+                device_id=request.device_id,
+                details={"credential_version": version},
+            )
+            return {
+                "status": "owned",
+                "device_id": request.device_id,
+                "household_id": device["household_id"],
+                "mqtt": _mqtt(ctx, credential.username, credential.password),
+            }
+
+        return await mutate(ctx, body)
+
     # --- hub ------------------------------------------------------------------------------
 
     async def hub(self, account: Account, household_id: str, *, rotate: bool) -> dict[str, Any]:
@@ -462,7 +559,7 @@ class Devices:
             )
             if not removed:
                 raise ShareNotFoundError
-            await plan.sync_hubs(conn, [target_household_id])
+            await plan.sync_hubs(conn, [target_household_id], kick=True)
             now = ctx.now()
             for audited in (household_id, target_household_id):
                 await audit.append(
@@ -595,7 +692,9 @@ class Devices:
                 now,
                 transfer_id,
             )
-            await plan.sync_hubs(conn, [from_household, household_id, *sharees])
+            # Kicked: each Home Assistant reconnects and re-reads its list (the old household's
+            # loses the device, the new one's gains it) instead of waiting for its refresh.
+            await plan.sync_hubs(conn, [from_household, household_id, *sharees], kick=True)
             await _audit_transfer(
                 conn,
                 at=now,

@@ -295,6 +295,24 @@ class BadSignatureError(RelayError):
     )
 
 
+class CredentialRefusedError(RelayError):
+    """A device-signed credential request the service will not answer.
+
+    Deliberately the same for an unknown id, a signature that does not verify and a replayed
+    request, so the answer tells no one which. (A genuine, fresh request for a device nobody
+    owns is answered ``unowned`` instead: only the device's own key can ask that.)
+    """
+
+    status = 403
+    code = "credential_refused"
+    default_message = (
+        "The service has no MQTT credential for this request: the device is unknown here, or "
+        "the request is not the device's own fresh one. Check the device's service address, or "
+        "factory-reset the device and set it up again from Home Assistant."
+    )
+    diagnostic = DiagnosticCode.BROKER_AUTH_FAILED
+
+
 class ReleaseStaleError(ConflictError):
     """A device-signed release older than the current ownership (a replay or late delivery)."""
 

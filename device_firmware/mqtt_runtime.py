@@ -19,7 +19,10 @@ Connection losses are retried with jittered exponential backoff (1 s to 60 s), l
 when the connection is lost and once when it is back. Every (re)connection re-publishes
 availability, meta and all states, so a broker that lost its retained store (restart without
 persistence) is repopulated. Bad credentials and TLS failures end :meth:`MqttRuntime.run` with
-an :class:`MqttRuntimeError` carrying the diagnostic code: retrying cannot fix them.
+an :class:`MqttRuntimeError` carrying the diagnostic code: retrying cannot fix them. For
+BROKER_AUTH_FAILED the agent then asks the account service for the current credential (the
+owner may have rotated the password; ``relay_client.CredentialRecovery``) and starts a new
+runtime with it.
 """
 
 from __future__ import annotations

@@ -1,29 +1,45 @@
 """The device's client of the account service (``cloud_relay``).
 
-Four calls: ``GET /v1/health`` (reachability, TLS and the service's clock), the signed claim
-confirmation, the zero-touch confirmation and the signed release. Every failure becomes a
-:class:`RelayError` with the diagnostic code the user sees: connection refused or unreachable
-is RELAY_UNREACHABLE, a certificate problem TLS_FAILED, the service's ``clock_skew`` answer
-CLOCK_SKEW, ``claim_rejected`` CLAIM_REJECTED, ``claim_expired`` CLAIM_EXPIRED.
+Five calls: ``GET /v1/health`` (reachability, TLS and the service's clock), the signed claim
+confirmation, the zero-touch confirmation, the signed release and the signed request for the
+current MQTT credential (answered with the credential, or :class:`NotOwned` after a release).
+Every failure becomes a :class:`RelayError` with the diagnostic code the user sees: connection
+refused or unreachable is RELAY_UNREACHABLE, a certificate problem TLS_FAILED, the service's
+``clock_skew`` answer CLOCK_SKEW, ``claim_rejected`` CLAIM_REJECTED, ``claim_expired``
+CLAIM_EXPIRED, ``credential_refused`` BROKER_AUTH_FAILED.
+
+:class:`CredentialRecovery` is how a rotated MQTT password reaches the device: when the broker
+refuses the saved one, the agent asks it for the current grant, at most once per refusal and
+with backoff between fruitless attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
 import aiohttp
-from iob_protocol.claim import ClaimConfirmation, ReleaseNotice
+from iob_protocol.claim import ClaimConfirmation, MqttCredentialRequest, ReleaseNotice
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.identity import DeviceIdentity
+from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .errors import RelayError
 
+_LOGGER: Final = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT: Final = 15.0
+#: After a credential fetch that brought nothing new, wait this long before the next one...
+CREDENTIAL_RETRY_FIRST: Final = 60.0
+#: ...doubling up to this (a device its owner released must not knock every minute forever).
+CREDENTIAL_RETRY_MAX: Final = 3600.0
 #: Largest answer the device reads from the service (the claim answer is a few hundred bytes).
 MAX_RESPONSE_SIZE: Final = 64 * 1024
 _HTTP_SERVER_ERROR: Final = 500
@@ -35,6 +51,8 @@ _ERROR_CODES: Final[dict[str, DiagnosticCode]] = {
     "clock_skew": DiagnosticCode.CLOCK_SKEW,
     # The registry key does not match this device's key: for the user this is a refused claim.
     "bad_signature": DiagnosticCode.CLAIM_REJECTED,
+    # No credential for this device (not owned, or not its key): the broker refusal stands.
+    "credential_refused": DiagnosticCode.BROKER_AUTH_FAILED,
 }
 
 
@@ -85,6 +103,18 @@ class ClaimOutcome:
                 password=mqtt["password"],
             ),
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotOwned:
+    """The service's definitive answer to the device's own signed request: nobody owns it.
+
+    Released by its household, or never claimed. Only a 200 answer of exactly
+    ``{"status": "unowned", "device_id": <this device>}`` is this; every error, refusal or other
+    shape is a :class:`RelayError`, so a failing service can never unclaim a device.
+    """
+
+    device_id: str
 
 
 def _valid_grant(document: dict[str, Any], mqtt: dict[str, Any]) -> bool:
@@ -195,6 +225,21 @@ class RelayClient:
                 DiagnosticCode.RELAY_UNREACHABLE, f"unexpected release answer: {document!r:.200}"
             )
 
+    async def fetch_mqtt_credential(
+        self, request: MqttCredentialRequest
+    ) -> ClaimOutcome | NotOwned:
+        """Post the signed request: the current MQTT credential, or :class:`NotOwned`."""
+        body = {"request": json.loads(request.to_json())}
+        document = await self._request("POST", "/v1/device/mqtt-credential", body)
+        if document.get("status") == "unowned":
+            if document != {"status": "unowned", "device_id": request.device_id}:
+                raise RelayError(
+                    DiagnosticCode.RELAY_UNREACHABLE,
+                    f"unexpected credential answer: {document!r:.200}",
+                )
+            return NotOwned(device_id=request.device_id)
+        return self._outcome(document, request.device_id)
+
     @staticmethod
     def _outcome(document: dict[str, Any], device_id: str) -> ClaimOutcome:
         outcome = ClaimOutcome.from_json(document)
@@ -252,3 +297,89 @@ def _error_from(url: str, status: int, document: dict[str, Any]) -> RelayError:
         # A proxy's error page, a crashing service: from the device, the service is not there.
         return RelayError(DiagnosticCode.RELAY_UNREACHABLE, detail, relay_code=relay_code)
     return RelayError(DiagnosticCode.CLAIM_REJECTED, detail, relay_code=relay_code)
+
+
+class CredentialRecovery:
+    """Fetches the current MQTT credential after the broker refused the saved one.
+
+    The owner rotated the device's password at the account service (or the broker lost it):
+    the device signs a fresh :class:`~iob_protocol.claim.MqttCredentialRequest` and gets the
+    current grant. One fetch per refusal, and after a fetch that brought nothing new (the
+    service refused, was unreachable, or answered the refused password again) none for
+    :data:`CREDENTIAL_RETRY_FIRST` seconds, doubling up to :data:`CREDENTIAL_RETRY_MAX`.
+    """
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        relay_factory: Callable[[str], RelayClient],
+        *,
+        wall_clock: WallClock = unix_time,
+        clock: MonotonicClock = monotonic,
+        first_retry: float = CREDENTIAL_RETRY_FIRST,
+        max_retry: float = CREDENTIAL_RETRY_MAX,
+    ) -> None:
+        """Sign with ``identity``; reach the service with ``relay_factory(url)``."""
+        self._identity = identity
+        self._relay_factory = relay_factory
+        self._wall_clock = wall_clock
+        self._clock = clock
+        self._first_retry = first_retry
+        self._max_retry = max_retry
+        self._delay = first_retry
+        self._not_before: float | None = None
+
+    async def fetch(
+        self, service_url: str, *, refused_password: str
+    ) -> MqttGrant | NotOwned | None:
+        """The current grant if it differs from the refused one; None otherwise (or too soon).
+
+        :class:`NotOwned` when the service answered that no household owns the device (the
+        caller returns it to unclaimed). Never raises for the service's failures: they are
+        logged (without any password) and the caller keeps its BROKER_AUTH_FAILED diagnostic.
+        """
+        now = self._clock()
+        if self._not_before is not None and now < self._not_before:
+            return None
+        try:
+            request = MqttCredentialRequest.create(self._identity, clock=self._wall_clock)
+            async with self._relay_factory(service_url) as relay:
+                outcome = await relay.fetch_mqtt_credential(request)
+        except RelayError as err:
+            if err.relay_code == "credential_refused":
+                _LOGGER.warning(
+                    "MQTT: the account service refused this device's credential request (it "
+                    "does not know this identity, or the request was not fresh); check the "
+                    "service address, or factory-reset the device and set it up again from "
+                    "Home Assistant"
+                )
+            else:
+                _LOGGER.warning(
+                    "MQTT: cannot fetch the current credential (%s); next try in %.0f s or later",
+                    err,
+                    self._delay,
+                )
+            self._back_off(now)
+            return None
+        if isinstance(outcome, NotOwned):
+            _LOGGER.warning(
+                "MQTT: the account service says no household owns this device any more "
+                "(released by its household)"
+            )
+            self._back_off(now)  # if the caller cannot act on it, not again at once
+            return outcome
+        if outcome.mqtt.password == refused_password:
+            _LOGGER.warning(
+                "MQTT: the account service holds the credential the broker refused; run the "
+                "service's broker reconcile command"
+            )
+            self._back_off(now)
+            return None
+        self._delay = self._first_retry
+        self._not_before = None
+        _LOGGER.info("MQTT: fetched the current credential for user %s", outcome.mqtt.username)
+        return outcome.mqtt
+
+    def _back_off(self, now: float) -> None:
+        self._not_before = now + self._delay
+        self._delay = min(self._delay * 2, self._max_retry)

@@ -11,6 +11,10 @@ A claimed device that changes its Wi-Fi goes ``online → committing → online`
 the old network and records the diagnostic while staying online); the phone's captive page
 joins a network without a claim (``provisioning → committing → provisioning``).
 
+A release by the household (the account service answers the device's own signed credential
+request with "unowned") is ``online → unclaimed`` in one write that keeps only the Wi-Fi
+(:meth:`StateStore.release_claim`): the device stays on the network for its next owner.
+
 A failed commit is the error state: ``provisioning`` with the last diagnostic code, which
 ``status`` and ``diagnose`` report. ``committing`` found at boot means the power went during a
 commit: if the account service had already answered "owned" (the ownership is saved before the
@@ -455,6 +459,41 @@ class StateStore:
         """:meth:`write` off the event loop, one writer at a time."""
         return await self._locked(lambda: self.write(record))
 
+    async def replace_mqtt(self, expected: MqttCredentials, new: MqttCredentials) -> bool:
+        """Swap the broker credential for ``new`` if the saved one is still ``expected``.
+
+        A rotated password fetched from the account service: one atomic write, so a power cut
+        leaves the old credential or the new one, never neither. Nothing is written (False) if
+        the device left ``online`` or its credential changed meanwhile (a reset, a new claim).
+        """
+
+        def write() -> DeviceStateRecord:
+            current = self.current
+            if current.phase is not Phase.ONLINE or current.mqtt != expected:
+                return current
+            return self.write(replace(current, mqtt=new))
+
+        return (await self._locked(write)).mqtt == new
+
+    async def release_claim(self, expected: Ownership) -> bool:
+        """Back to unclaimed after the account service said no household owns the device.
+
+        One atomic write of a fresh record that keeps only the saved Wi-Fi: the claim, the
+        household, the MQTT credential and the owner secret go together, so a power cut leaves
+        the old record or the new one. Nothing is written (False) unless the device is still
+        ``online`` for ``expected`` (the ownership the service was asked about): a late answer
+        never undoes a newer claim or a commit in progress.
+        """
+
+        def write() -> DeviceStateRecord | None:
+            current = self.current
+            if current.phase is not Phase.ONLINE or current.ownership != expected:
+                return None
+            return self.write(DeviceStateRecord(wifi_ssid=current.wifi_ssid))
+
+        async with self._lock:
+            return await self._finish_in_thread(write) is not None
+
     async def _locked(self, write: Callable[[], DeviceStateRecord]) -> DeviceStateRecord:
         """Run ``write`` in a thread holding the lock until the thread is done.
 
@@ -464,10 +503,15 @@ class StateStore:
         cancellation is delivered afterwards.
         """
         async with self._lock:
-            work = asyncio.ensure_future(asyncio.to_thread(write))
-            try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await work
-                raise
+            return await self._finish_in_thread(write)
+
+    @staticmethod
+    async def _finish_in_thread[T](write: Callable[[], T]) -> T:
+        """Run ``write`` in a thread; a cancellation is delivered only after it is done."""
+        work = asyncio.ensure_future(asyncio.to_thread(write))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
+            raise

@@ -154,6 +154,8 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "mqtt": _ref("MqttCredentials"),
         }
     ),
+    "Unowned": _obj({"status": {"const": "unowned"}, "device_id": DEVICE_ID}),
+    "CredentialAnswer": {"oneOf": [_ref("Owned"), _ref("Unowned")]},
     "Released": _obj({"status": {"const": "released"}}),
     "DeviceCredentials": _obj({"device_id": DEVICE_ID, "mqtt": _ref("MqttCredentials")}),
     "DeviceSummary": _obj(
@@ -489,6 +491,25 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=(409, 410, 429, 503),
                 auth=False,
                 body=_obj({"release": _ref("SignedStatement")}),
+            )
+        },
+        "/v1/device/mqtt-credential": {
+            "post": _op(
+                "A device's signed request for its current MQTT credential",
+                tag="devices",
+                ok=(200, "CredentialAnswer"),
+                errors=(403, 429, 503),
+                auth=False,
+                description=(
+                    "Posted by the device when the broker refuses its saved password (after a "
+                    "rotation); the signature (domain `iob/v1/mqtt-credential`, at most 120 s "
+                    "old, nonce single-use) is the authentication. 200 `owned` with the "
+                    "current credential, or 200 `unowned` (released or never claimed: the "
+                    "device returns to unclaimed) to the genuine device only; 403 "
+                    "`credential_refused` alike for an unknown device, a bad signature and a "
+                    "replayed request; 400 `clock_skew`, `invalid_request`."
+                ),
+                body=_obj({"request": _ref("SignedStatement")}),
             )
         },
         "/v1/claims/{claim_id}": {

@@ -116,6 +116,16 @@ async def release_by_device(request: web.Request) -> web.Response:
     return ok({"status": "released"})
 
 
+@routes.post("/v1/device/mqtt-credential")
+async def device_mqtt_credential(request: web.Request) -> web.Response:
+    """An owned device's signed request for its current MQTT credential (after a rotation)."""
+    fields = Fields(await read_json(request), {"request"})
+    answer = await relay(request).devices.mqtt_credential(
+        fields.raw("request"), client_address(request)
+    )
+    return ok(answer)
+
+
 @routes.get("/v1/claims/{claim_id}")
 async def claim_status(request: web.Request) -> web.Response:
     """A claim's status, for Home Assistant to poll."""

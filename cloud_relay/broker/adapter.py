@@ -62,6 +62,16 @@ class BrokerAdapter(abc.ABC):
     async def remove_hub(self, household_id: str) -> None:
         """Delete a household hub client, disconnecting it."""
 
+    async def kick_hub(self, household_id: str) -> None:  # noqa: B027 - optional, see below
+        """Disconnect the hub's live sessions, keeping its client (it may reconnect at once).
+
+        After a device leaves a household (transfer, release, unshare), so its Home Assistant
+        reconnects and re-reads the device list instead of showing the device until its next
+        periodic refresh. A hub that does not exist is not an error. An adapter whose broker
+        cannot disconnect a client keeps this default, which does nothing: then Home Assistant
+        learns at its periodic refresh (the ACLs are right either way).
+        """
+
     @abc.abstractmethod
     async def reconcile(self, desired: BrokerState) -> ReconcileReport:
         """Make the broker's IoT Onboard clients exactly ``desired``; leave others alone."""

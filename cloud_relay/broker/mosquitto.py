@@ -22,11 +22,12 @@ ACL layout (the plugin's default ACL access stays deny for ``publishClientSend``
   (the admin among them) is never touched.
 
 Behaviour of Mosquitto (2.0.11 to 2.0.20) this relies on: ``deleteClient``,
-``setClientPassword`` and ``modifyClient`` close every live session of the username before
-answering, without sending its will; ``modifyRole`` disconnects nobody. So this adapter sends
-the kicking commands only when something differs: an existing client's password is checked by
-connecting with it (dynamic security never reveals a password), and converging a client that is
-already right disconnects nothing, which is what lets ``reconcile`` run against a live fleet.
+``setClientPassword``, ``modifyClient`` and ``disableClient`` close every live session of the
+username before answering, without sending its will; ``modifyRole`` disconnects nobody. So this
+adapter sends the kicking commands only when something differs (or to kick, ``kick_hub``): an
+existing client's password is checked by connecting with it (dynamic security never reveals a
+password), and converging a client that is already right disconnects nothing, which is what
+lets ``reconcile`` run against a live fleet.
 
 Robustness: one persistent MQTT v5 connection, opened lazily (or by ``connect()``) and
 reopened after the broker restarts; a request in flight when the connection breaks is sent again
@@ -323,6 +324,29 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         """Delete the hub's client (kicking its live sessions) and its role. Idempotent."""
         checked = validate_household_id(household_id)
         await self._remove(hub_username(checked), hub_rolename(checked))
+
+    async def kick_hub(self, household_id: str) -> None:
+        """Disconnect the hub's live sessions: ``disableClient`` then ``enableClient``.
+
+        Both commands go in one publish, which the plugin handles in one go, so no connection
+        attempt can fall between them; if the second one failed, the hub would stay disabled
+        until the next ``put_hub`` or ``reconcile`` (both enable it), and this raises.
+        """
+        checked = validate_household_id(household_id)
+        username = hub_username(checked)
+        self._refuse_admin(username)
+        commands = (
+            {"command": "disableClient", "username": username},
+            {"command": "enableClient", "username": username},
+        )
+        async with self._serialised(username):
+            answers = await self._request(commands, f"disconnecting {username!r}")
+        failures = _failures(commands, answers, ignore=_ABSENT)
+        if failures:
+            raise BrokerCommandError(
+                f"the broker refused {_describe(failures)} while disconnecting {username!r}",
+                failures,
+            )
 
     async def reconcile(self, desired: BrokerState) -> ReconcileReport:
         """Make the broker's IoT Onboard clients and roles exactly ``desired``.

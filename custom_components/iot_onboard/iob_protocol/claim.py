@@ -1,11 +1,11 @@
-"""Device-signed statements for the account service: claim, zero-touch, release.
+"""Device-signed statements for the account service: claim, zero-touch, release, credential.
 
 The device signs with its identity key, so the service can verify them against the registry's
 public key whether the device sends them itself or they travel through Home Assistant (an IoT
 VLAN without internet).  The signed time bounds replay to the claim's TTL; the nonce lets the
 service refuse a second use of the same statement.
 
-All three share one shape: Ed25519 over ``encode_fields(domain, fields)``, where ``fields``
+All four share one shape: Ed25519 over ``encode_fields(domain, fields)``, where ``fields``
 always holds ``device_id``, a 16-byte ``nonce`` and ``timestamp``; the JSON form is exactly
 those fields (bytes in base64url) plus ``signature``.  The helpers below are that shape, once.
 """
@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Self
+from typing import ClassVar, Final, Self
 
 from .canonical import (
     JSON_INT_MAX,
@@ -39,11 +39,14 @@ from .sources import RandomSource, WallClock, system_random, unix_time
 CLAIM_DOMAIN: Final = "iob/v1/claim-confirmation"
 ZERO_TOUCH_DOMAIN: Final = "iob/v1/zero-touch"
 RELEASE_DOMAIN: Final = "iob/v1/release"
+MQTT_CREDENTIAL_DOMAIN: Final = "iob/v1/mqtt-credential"
 NONCE_SIZE: Final = 16
 #: Claim tokens live at most 10 minutes (DESIGN); a confirmation older than that is useless.
 MAX_AGE_SECONDS: Final = 600
 #: How far in the future a device clock may be before CLOCK_SKEW.
 MAX_SKEW_SECONDS: Final = 120
+#: A credential request is signed right before it is posted: a short life bounds its replay.
+CREDENTIAL_MAX_AGE_SECONDS: Final = 120
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
 
 type _Fields = dict[str, bytes | str | int]
@@ -235,12 +238,13 @@ class ClaimConfirmation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ZeroTouchConfirmation:
-    """A device pre-assigned to a household asks to be owned by it (no token, no session).
+class _DeviceOnlyStatement:
+    """A statement that says nothing but "this device, now": its domain says what it asks for.
 
-    Sent by the device itself when it comes online by Ethernet; the service accepts it only
-    for a device its registry pre-assigns (order metadata), and remembers the nonce.
+    Subclasses differ only in :attr:`DOMAIN`, so a signature for one never verifies as another.
     """
+
+    DOMAIN: ClassVar[str]
 
     device_id: str
     nonce: bytes
@@ -268,9 +272,7 @@ class ZeroTouchConfirmation:
     ) -> Self:
         """Sign (device id, fresh nonce, now)."""
         nonce, timestamp = _fresh(clock, random_bytes)
-        signature = identity.sign(
-            ZERO_TOUCH_DOMAIN, cls._signed(identity.device_id, nonce, timestamp)
-        )
+        signature = identity.sign(cls.DOMAIN, cls._signed(identity.device_id, nonce, timestamp))
         return cls(
             device_id=identity.device_id, nonce=nonce, timestamp=timestamp, signature=signature
         )
@@ -285,11 +287,11 @@ class ZeroTouchConfirmation:
     ) -> None:
         """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``.
 
-        The caller still checks the pre-assignment and that the nonce is unused.
+        The caller still checks that the nonce is unused and what the device may have.
         """
         _verify(
             public_key,
-            ZERO_TOUCH_DOMAIN,
+            self.DOMAIN,
             self._fields(),
             self.signature,
             timestamp=self.timestamp,
@@ -299,7 +301,7 @@ class ZeroTouchConfirmation:
         )
 
     def to_json(self) -> bytes:
-        """Canonical JSON, the ``confirmation`` the device posts to the account service."""
+        """Canonical JSON, the body (or its ``confirmation``) the device posts."""
         return _to_json(self._fields(), self.signature)
 
     @classmethod
@@ -312,6 +314,28 @@ class ZeroTouchConfirmation:
             timestamp=_int(document, "timestamp"),
             signature=_bytes(document, "signature"),
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZeroTouchConfirmation(_DeviceOnlyStatement):
+    """A device pre-assigned to a household asks to be owned by it (no token, no session).
+
+    Sent by the device itself when it comes online by Ethernet; the service accepts it only
+    for a device its registry pre-assigns (order metadata), and remembers the nonce.
+    """
+
+    DOMAIN: ClassVar[str] = ZERO_TOUCH_DOMAIN
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttCredentialRequest(_DeviceOnlyStatement):
+    """An owned device asks for its current MQTT credential (the broker refused the saved one).
+
+    The service answers only an owned device, within :data:`CREDENTIAL_MAX_AGE_SECONDS`, and
+    remembers the nonce; the password itself is never part of a statement.
+    """
+
+    DOMAIN: ClassVar[str] = MQTT_CREDENTIAL_DOMAIN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
