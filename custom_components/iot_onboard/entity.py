@@ -116,13 +116,13 @@ class IotOnboardEntity(Entity):
     def _handle_push(self) -> None:
         self.async_write_ha_state()
 
-    def check_control(self) -> None:
+    async def async_check_control(self) -> None:
         """Raise a translated error unless the caller may control this device.
 
         ``self._context`` is the running action's context (the service helper sets it before
         calling the entity); no context at all counts as an automation.
         """
-        self.coordinator.roles.check(
+        await self.coordinator.roles.async_check(
             self._context or Context(),
             Action.CONTROL,
             device_name=self.coordinator.device_name(self.device_id),
@@ -131,7 +131,7 @@ class IotOnboardEntity(Entity):
 
     async def send(self, payload: str) -> None:
         """Check the caller's role, then publish the command for this entity."""
-        self.check_control()
+        await self.async_check_control()
         await self.coordinator.async_send_command(self.device_id, self.key, payload)
 
 

@@ -9,7 +9,10 @@ this check adds the per-person part the broker cannot see.
 
 Who is the caller: ``context.user_id``. None means no person (an automation, a script run by a
 trigger): the entry's ``automation_role`` option applies. A user without a member record gets
-the ``unmapped_role`` option.
+the ``unmapped_role`` option, except a Home Assistant administrator, who acts as the household's
+``admin``: an HA administrator can map themselves in the options anyway (the options flow is
+admin-only), so refusing them would only make the person who just onboarded a device unable to
+switch it. Transferring still needs the mapped owner.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def external_id(user_id: str) -> str:
 class Caller:
     """Who acts, and with which role (None: no role at all)."""
 
-    kind: str  # "user", "unmapped" or "automation"
+    kind: str  # "user", "unmapped", "ha_admin" or "automation"
     role: Role | None
 
 
@@ -103,7 +106,7 @@ class RoleManager:
         value = self._entry.options.get(option, default)
         return Role(value) if value in Role.__members__.values() else None
 
-    def caller(self, context: Context) -> Caller:
+    async def async_caller(self, context: Context) -> Caller:
         """Who is acting in ``context``."""
         if context.user_id is None:
             return Caller(
@@ -112,9 +115,17 @@ class RoleManager:
         member = self.member_for_user(context.user_id)
         if member is not None:
             return Caller("user", member.role)
-        return Caller("unmapped", self._option_role(CONF_UNMAPPED_ROLE, DEFAULT_UNMAPPED_ROLE))
+        unmapped = self._option_role(CONF_UNMAPPED_ROLE, DEFAULT_UNMAPPED_ROLE)
+        user = await self._hass.auth.async_get_user(context.user_id)
+        if (
+            user is not None
+            and user.is_admin
+            and (unmapped is None or RANK[unmapped] < RANK[Role.ADMIN])
+        ):
+            return Caller("ha_admin", Role.ADMIN)
+        return Caller("unmapped", unmapped)
 
-    def check(
+    async def async_check(
         self,
         context: Context,
         action: Action,
@@ -128,7 +139,7 @@ class RoleManager:
         no control whatever the caller's role (the broker would refuse the command anyway),
         and only an owned device can be managed or transferred.
         """
-        caller = self.caller(context)
+        caller = await self.async_caller(context)
         needed = REQUIRED[action]
         if caller.role is None or RANK[caller.role] < RANK[needed]:
             _LOGGER.debug("Refused %s on %s for %s (%s)", action, device_name, caller, needed)

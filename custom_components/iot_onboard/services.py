@@ -96,10 +96,10 @@ async def _translated[T](work: Awaitable[T]) -> T:
         raise translate_error(err) from err
 
 
-def _check(
+async def _check(
     coordinator: IotOnboardCoordinator, call: ServiceCall, action: Action, device_id: str, name: str
 ) -> None:
-    coordinator.roles.check(
+    await coordinator.roles.async_check(
         call.context,
         action,
         device_name=name,
@@ -114,7 +114,7 @@ def _device_command(coordinator: IotOnboardCoordinator, device_id: str, command:
 
 async def _identify(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     coordinator, device_id, name = _target(hass, call)
-    _check(coordinator, call, Action.CONTROL, device_id, name)
+    await _check(coordinator, call, Action.CONTROL, device_id, name)
     data = coordinator.device(device_id)
     button = next(
         (
@@ -139,7 +139,7 @@ async def _identify(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
 
 async def _share(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     coordinator, device_id, name = _target(hass, call)
-    _check(coordinator, call, Action.MANAGE, device_id, name)
+    await _check(coordinator, call, Action.MANAGE, device_id, name)
     target: str = call.data[ATTR_HOUSEHOLD_ID]
     access: str = call.data[ATTR_ACCESS]
     account, household = coordinator.account, coordinator.household_id
@@ -158,7 +158,7 @@ async def _share(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
 
 async def _transfer(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     coordinator, device_id, name = _target(hass, call)
-    _check(coordinator, call, Action.TRANSFER, device_id, name)
+    await _check(coordinator, call, Action.TRANSFER, device_id, name)
     transfer = await _translated(
         coordinator.account.offer_transfer(
             coordinator.household_id, device_id, call.data[ATTR_HOUSEHOLD_ID]
@@ -174,7 +174,7 @@ async def _transfer(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
 
 async def _release(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     coordinator, device_id, name = _target(hass, call)
-    _check(coordinator, call, Action.MANAGE, device_id, name)
+    await _check(coordinator, call, Action.MANAGE, device_id, name)
     await _translated(coordinator.account.release_device(coordinator.household_id, device_id))
     coordinator.async_remove_device(device_id)
     return None
@@ -182,7 +182,7 @@ async def _release(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
 
 async def _factory_reset(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
     coordinator, device_id, name = _target(hass, call)
-    _check(coordinator, call, Action.MANAGE, device_id, name)
+    await _check(coordinator, call, Action.MANAGE, device_id, name)
     if not _device_command(coordinator, device_id, "factory_reset"):
         raise ServiceValidationError(
             translation_domain=DOMAIN,
@@ -204,7 +204,7 @@ async def _rotate_credentials(hass: HomeAssistant, call: ServiceCall) -> Service
             translation_placeholders={"device": call.data[ATTR_CONFIG_ENTRY_ID]},
         )
     coordinator = entry.runtime_data.coordinator
-    coordinator.roles.check(call.context, Action.MANAGE, device_name=entry.title)
+    await coordinator.roles.async_check(call.context, Action.MANAGE, device_name=entry.title)
     await _translated(coordinator.async_rotate_hub_credentials())
     return None
 

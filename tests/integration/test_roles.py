@@ -176,6 +176,33 @@ async def test_unmapped_users_follow_the_option(
     assert refused.value.translation_key == "permission_denied_unmapped"
 
 
+async def test_unmapped_ha_administrators_act_as_household_admin(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    ready: tuple[MockConfigEntry, dict[str, User]],
+) -> None:
+    """The HA admin who just onboarded a device can use it before mapping themselves.
+
+    They could map themselves in the (admin-only) options anyway; only a transfer needs the
+    mapped owner. A non-admin unmapped user still gets the option's role (viewer).
+    """
+    entry, users = ready
+    admin = await hass.auth.async_create_user("HA admin", group_ids=["system-admin"])
+    assert admin.is_admin
+    context = Context(user_id=admin.id)
+    await _call(hass, entry, "switch", context)
+    await _call(hass, entry, "share", context)
+    share = f"/v1/households/{fake_account.household_id}/devices/dev1/shares/h-neighbour"
+    assert ("PUT", share) in fake_account.calls
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "transfer", context)
+    assert refused.value.translation_key == "permission_denied_ha_admin"
+    assert (refused.value.translation_placeholders or {})["needed"] == "owner"
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "switch", Context(user_id=users["unmapped"].id))
+    assert refused.value.translation_key == "permission_denied_unmapped"
+
+
 async def test_read_only_share_refuses_control_for_everyone(
     hass: HomeAssistant,
     fake_account: FakeAccountService,
