@@ -82,10 +82,13 @@ async def take_ownership(
     action: str,
     details: dict[str, JsonValue],
     claim_id: str = "",
+    kick: bool = False,
 ) -> Owned | None:
     """Make ``household_id`` the owner if the device is free; None if someone was faster.
 
     Every other pending claim of the device (``claim_id`` excepted) is closed as rejected.
+    ``kick``: the household's Home Assistant did not ask for this claim (zero-touch), so its
+    hub is disconnected to re-read the device list now rather than at its next refresh.
     """
     now = ctx.now()
     taken = await conn.execute(
@@ -109,7 +112,7 @@ async def take_ownership(
         "SELECT credential_version FROM devices WHERE device_id = $1", device_id
     )
     credential = await plan.put_device(device_id, int(version))
-    await plan.sync_hubs(conn, [household_id])
+    await plan.sync_hubs(conn, [household_id], kick=kick)
     await audit.append(
         conn,
         at=now,
@@ -337,6 +340,7 @@ class Claims:
                 actor=f"device:{confirmation.device_id}",
                 action="device.claimed",
                 details={"zero_touch": True},
+                kick=True,
             )
             if owned is None:
                 raise ClaimRejectedError

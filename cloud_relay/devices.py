@@ -518,7 +518,8 @@ class Devices:
                 account.id,
                 now,
             )
-            await plan.sync_hubs(conn, [target_household_id])
+            # The sharee's Home Assistant re-reads its device list now (it gained a device).
+            await plan.sync_hubs(conn, [target_household_id], kick=True)
             details: dict[str, JsonValue] = {
                 "owner_household_id": household_id,
                 "shared_with": target_household_id,

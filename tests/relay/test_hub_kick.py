@@ -164,6 +164,49 @@ async def test_unshare_disconnects_only_the_sharee_hub(api: Api, broker: Mosquit
         assert (str(message.topic), message.payload) == (f"iob/{device.id}/cmd/x", b"marker")
 
 
+async def test_a_new_share_disconnects_the_sharee_hub(api: Api, broker: MosquittoBroker) -> None:
+    """The sharee's Home Assistant shows the shared device at once, not at its next refresh."""
+    owner, home, device = await owned(api)
+    neighbour = await api.sign_up()
+    next_door = await api.household(neighbour)
+    their_hub = await hub_credential(api, neighbour, next_door)
+    async with hub_session(broker, their_hub) as shared:
+        await api.request(
+            "PUT",
+            f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
+            json_body={"access": "read"},
+            token=owner.token,
+            expect=200,
+        )
+        assert await kicked(shared)
+    assert device.id in await device_ids(api, neighbour, next_door)
+
+
+async def test_zero_touch_disconnects_the_buyer_hub(api: Api, broker: MosquittoBroker) -> None:
+    """Nobody's Home Assistant asked for a zero-touch claim: the buyer's re-reads its list now."""
+    admin = await api.admin()
+    buyer = await api.sign_up()
+    home = await api.household(buyer)
+    device = await api.device()
+    await api.request(
+        "PUT",
+        f"/v1/admin/registry/devices/{device.id}/preassignment",
+        json_body={"household_id": home, "order_ref": "order-7"},
+        token=admin.token,
+        expect=200,
+    )
+    hub = await hub_credential(api, buyer, home)
+    async with hub_session(broker, hub) as session:
+        await api.request(
+            "POST",
+            "/v1/zero-touch/confirm",
+            json_body={"confirmation": device.zero_touch(api.now())},
+            expect=200,
+        )
+        assert await kicked(session)
+    assert device.id in await device_ids(api, buyer, home)
+
+
 class KickFails(MosquittoDynsecAdapter):
     """The real adapter whose ``kick_hub`` fails (the broker went away after the commit)."""
 
