@@ -33,6 +33,7 @@ from .const import (
     SERVICE_IDENTIFY,
     SERVICE_RELEASE,
     SERVICE_ROTATE_CREDENTIALS,
+    SERVICE_ROTATE_DEVICE_CREDENTIALS,
     SERVICE_SHARE,
     SERVICE_TRANSFER,
 )
@@ -209,6 +210,20 @@ async def _rotate_credentials(hass: HomeAssistant, call: ServiceCall) -> Service
     return None
 
 
+async def _rotate_device_credentials(hass: HomeAssistant, call: ServiceCall) -> ServiceResponse:
+    """A new MQTT password for one device: the broker drops the old one at once.
+
+    The device fetches the new password from the account service by itself (a request signed
+    with its own key), so it reconnects within seconds; use this for a device you suspect.
+    """
+    coordinator, device_id, name = _target(hass, call)
+    await _check(coordinator, call, Action.MANAGE, device_id, name)
+    await _translated(
+        coordinator.account.rotate_device_credentials(coordinator.household_id, device_id)
+    )
+    return None
+
+
 _ACTIONS: dict[
     str,
     tuple[
@@ -223,6 +238,11 @@ _ACTIONS: dict[
     SERVICE_RELEASE: (DEVICE_SCHEMA, _release, SupportsResponse.NONE),
     SERVICE_FACTORY_RESET: (DEVICE_SCHEMA, _factory_reset, SupportsResponse.NONE),
     SERVICE_ROTATE_CREDENTIALS: (ROTATE_SCHEMA, _rotate_credentials, SupportsResponse.NONE),
+    SERVICE_ROTATE_DEVICE_CREDENTIALS: (
+        DEVICE_SCHEMA,
+        _rotate_device_credentials,
+        SupportsResponse.NONE,
+    ),
 }
 
 

@@ -82,6 +82,7 @@ class FakeAccountService:
         app.router.add_patch(prefix + "/members/{member}", self._update_member)
         app.router.add_delete(prefix + "/members/{member}", self._remove_member)
         app.router.add_post(prefix + "/devices/{device}/release", self._release)
+        app.router.add_post(prefix + "/devices/{device}/credentials", self._rotate_device)
         app.router.add_put(prefix + "/devices/{device}/shares/{target}", self._share)
         app.router.add_delete(prefix + "/devices/{device}/shares/{target}", self._unshare)
         app.router.add_post(prefix + "/devices/{device}/transfers", self._transfer)
@@ -346,6 +347,25 @@ class FakeAccountService:
             return _error(404, "device_not_found", "No such device in this household.")
         await self.drop_device(device_id)
         return web.json_response({"status": "released"})
+
+    async def _rotate_device(self, request: web.Request) -> web.Response:
+        """The relay's answer shape; the device-side follow-up is tested in tests/device."""
+        device_id = request.match_info["device"]
+        if self.devices.get(device_id) != "owner":
+            return _error(404, "device_not_found", "No such device in this household.")
+        self.device_passwords[device_id] = secrets.token_urlsafe(16)
+        return web.json_response(
+            {
+                "device_id": device_id,
+                "mqtt": {
+                    "host": self.broker.host,
+                    "port": self.broker.port,
+                    "tls": False,
+                    "username": device_id,
+                    "password": self.device_passwords[device_id],
+                },
+            }
+        )
 
     async def _share(self, request: web.Request) -> web.Response:
         body = await request.json()

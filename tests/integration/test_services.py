@@ -167,6 +167,34 @@ async def test_rotate_credentials_reconnects_the_hub(
     await wait_for(hass, lambda: coordinator.connected, "the hub back with the new password")
 
 
+async def test_rotate_device_credentials_reaches_the_account_service(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """The device's own password is rotated there (the device then fetches it by itself)."""
+    _entry, device_id, owner = await _ready(hass, fake_account, device_processes)
+    old = fake_account.device_passwords["dev1"]
+    fake_account.calls.clear()
+    await hass.services.async_call(
+        DOMAIN, "rotate_device_credentials", {"device_id": device_id}, blocking=True, context=owner
+    )
+    path = f"/v1/households/{fake_account.household_id}/devices/dev1/credentials"
+    assert ("POST", path) in fake_account.calls
+    assert fake_account.device_passwords["dev1"] != old
+    # An unmapped non-admin user (the viewer role by default) may not.
+    viewer = await hass.auth.async_create_user("guest", group_ids=["system-users"])
+    fake_account.calls.clear()
+    with pytest.raises(ServiceValidationError) as refused:
+        await hass.services.async_call(
+            DOMAIN,
+            "rotate_device_credentials",
+            {"device_id": device_id},
+            blocking=True,
+            context=Context(user_id=viewer.id),
+        )
+    assert refused.value.translation_key == "permission_denied_unmapped"
+    assert not [c for c in fake_account.calls if c[0] != "GET"]
+
+
 async def test_account_service_errors_are_translated(
     hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
 ) -> None:
