@@ -8,8 +8,10 @@ documented here fails the tests.
 
 from __future__ import annotations
 
+import re
+from dataclasses import KW_ONLY, dataclass
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 ID: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 HEX_ID: Final = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -22,6 +24,13 @@ TIME: Final = {"type": "integer", "description": "Unix seconds."}
 ROLE: Final = {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}
 TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}
 NAME: Final = {"type": "string", "minLength": 1, "maxLength": 100}
+#: A caller's own label for something (a Home Assistant user id, an order reference).
+LABEL: Final = {"type": "string", "minLength": 1, "maxLength": 200}
+#: An id in a request body: only bounded here, so a malformed one gets the handler's own 400.
+ID_INPUT: Final = {"type": "string", "maxLength": 64}
+GRANTED_ROLE: Final = {"type": "string", "enum": ["admin", "member", "viewer"]}
+ACCESS: Final = {"type": "string", "enum": ["owner", "control", "read"]}
+SHARE_ACCESS: Final = {"type": "string", "enum": ["read", "control"]}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -47,6 +56,16 @@ def _obj(
 
 def _list(key: str, item: str) -> dict[str, Any]:
     return _obj({key: {"type": "array", "items": _ref(item)}})
+
+
+NULLABLE_TEXT: Final = _nullable({"type": "string"})
+_DEVICE_FIELDS: Final = {
+    "device_id": DEVICE_ID,
+    "model": {"type": "string"},
+    "access": ACCESS,
+    "owner_household_id": HEX_ID,
+    "since": _nullable(TIME),
+}
 
 
 _SCHEMAS: Final[dict[str, Any]] = {
@@ -88,7 +107,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "member_id": HEX_ID,
             "household_id": HEX_ID,
             "account_id": _nullable(HEX_ID),
-            "external_id": _nullable({"type": "string"}),
+            "external_id": NULLABLE_TEXT,
             "display_name": {"type": "string"},
             "role": ROLE,
             "created_at": TIME,
@@ -101,8 +120,8 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "household_id": HEX_ID,
             "token": {**TOKEN, "description": "Shown once; give it to the invitee."},
             "role": ROLE,
-            "email": _nullable({"type": "string"}),
-            "external_id": _nullable({"type": "string"}),
+            "email": NULLABLE_TEXT,
+            "external_id": NULLABLE_TEXT,
             "expires_at": TIME,
         }
     ),
@@ -111,8 +130,8 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "invitation_id": HEX_ID,
             "household_id": HEX_ID,
             "role": ROLE,
-            "email": _nullable({"type": "string"}),
-            "external_id": _nullable({"type": "string"}),
+            "email": NULLABLE_TEXT,
+            "external_id": NULLABLE_TEXT,
             "created_at": TIME,
             "expires_at": TIME,
         }
@@ -158,31 +177,14 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "CredentialAnswer": {"oneOf": [_ref("Owned"), _ref("Unowned")]},
     "Released": _obj({"status": {"const": "released"}}),
     "DeviceCredentials": _obj({"device_id": DEVICE_ID, "mqtt": _ref("MqttCredentials")}),
-    "DeviceSummary": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "model": {"type": "string"},
-            "access": {"type": "string", "enum": ["owner", "control", "read"]},
-            "owner_household_id": HEX_ID,
-            "since": _nullable(TIME),
-        }
-    ),
+    "DeviceSummary": _obj(_DEVICE_FIELDS),
     "DeviceList": _list("devices", "DeviceSummary"),
-    "Device": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "model": {"type": "string"},
-            "access": {"type": "string", "enum": ["owner", "control", "read"]},
-            "owner_household_id": HEX_ID,
-            "since": _nullable(TIME),
-            "model_info": _nullable(_ref("Model")),
-        }
-    ),
+    "Device": _obj({**_DEVICE_FIELDS, "model_info": _nullable(_ref("Model"))}),
     "Share": _obj(
         {
             "device_id": DEVICE_ID,
             "household_id": HEX_ID,
-            "access": {"type": "string", "enum": ["read", "control"]},
+            "access": SHARE_ACCESS,
             "created_at": TIME,
         }
     ),
@@ -208,8 +210,8 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "at": TIME,
             "actor": {"type": "string"},
             "action": {"type": "string"},
-            "household_id": _nullable({"type": "string"}),
-            "device_id": _nullable({"type": "string"}),
+            "household_id": NULLABLE_TEXT,
+            "device_id": NULLABLE_TEXT,
             "details": {"type": "object"},
             "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         }
@@ -217,7 +219,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "AuditPage": _obj(
         {
             "events": {"type": "array", "items": _ref("AuditEvent")},
-            "next_cursor": _nullable({"type": "string"}),
+            "next_cursor": NULLABLE_TEXT,
         }
     ),
     "Model": _obj(
@@ -240,7 +242,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "household_id": _nullable(HEX_ID),
             "owned_since": _nullable(TIME),
             "preassigned_household_id": _nullable(HEX_ID),
-            "order_ref": _nullable({"type": "string"}),
+            "order_ref": NULLABLE_TEXT,
         }
     ),
     "DeviceKey": _obj(
@@ -292,97 +294,124 @@ _SCHEMAS: Final[dict[str, Any]] = {
     ),
 }
 
-_ERROR: Final = {"content": {"application/json": {"schema": _ref("Error")}}}
-_DESCRIPTIONS: Final = {
-    "400": "Invalid request (`invalid_request`, `weak_password`, ...).",
-    "401": "Not signed in, or the token expired or was revoked.",
-    "403": "Your role in the household does not allow this (`forbidden`).",
-    "404": "No such resource among yours (strangers get the same answer for any id).",
-    "409": "Conflicts with the current state.",
-    "410": "Expired (`claim_expired`).",
-    "413": "Body too large (`request_too_large`).",
-    "429": "Rate limited (`rate_limited`); see Retry-After.",
-    "503": "The broker or database is unavailable; nothing was changed.",
-}
+
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    """A response with a JSON body."""
+    return {"description": description, "content": _content(schema)}
 
 
-def _op(
-    summary: str,
-    *,
-    tag: str,
-    ok: tuple[int, str | None],
-    errors: tuple[int, ...] = (),
-    body: dict[str, Any] | None = None,
-    auth: bool = True,
-    description: str | None = None,
-    parameters: list[dict[str, Any]] | None = None,
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": _content(schema)}
+
+
+def _ok(schema_name: str | None) -> dict[str, Any]:
+    """The success response: the named schema, or no body."""
+    if schema_name is None:
+        return {"description": "Success (no body)."}
+    return _json(_ref(schema_name), "Success.")
+
+
+_ERROR: Final = {"content": _content(_ref("Error"))}
+_DESCRIPTIONS: Final = {
+    400: "Invalid request (`invalid_request`, `weak_password`, ...).",
+    401: "Not signed in, or the token expired or was revoked.",
+    403: "Your role in the household does not allow this (`forbidden`).",
+    404: "No such resource among yours (strangers get the same answer for any id).",
+    409: "Conflicts with the current state.",
+    410: "Expired (`claim_expired`).",
+    413: "Body too large (`request_too_large`).",
+    429: "Rate limited (`rate_limited`); see Retry-After.",
+    503: "The broker or database is unavailable; nothing was changed.",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    """The error responses, one wording per status everywhere, then ``default``."""
+    responses = {
+        str(code): {"description": _DESCRIPTIONS[code], **_ERROR} for code in sorted(set(codes))
+    }
+    return {**responses, "default": {"description": "Any other error.", **_ERROR}}
+
+
+def _parameter(
+    name: str, where: Literal["path", "query"], schema: dict[str, Any]
 ) -> dict[str, Any]:
-    status, schema_name = ok
-    responses: dict[str, Any] = {
-        str(status): _json(_ref(schema_name), "Success.")
-        if schema_name
-        else {"description": "Success (no body)."}
-    }
-    all_errors = set(errors) | {400, 413} if body is not None else set(errors)
-    if auth:
-        all_errors |= {401}
-    for code in sorted(all_errors):
-        responses[str(code)] = {"description": _DESCRIPTIONS[str(code)], **_ERROR}
-    responses["default"] = {"description": "Any other error.", **_ERROR}
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "tags": [tag],
-        "operationId": "",
-        "responses": responses,
-    }
-    if description:
-        operation["description"] = description
-    if body is not None:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": body}},
+    return {"name": name, "in": where, "required": where == "path", "schema": schema}
+
+
+_PAGE: Final = (
+    _parameter("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,18}$"}),
+    _parameter("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+)
+
+
+def _operation_id(method: str, path: str) -> str:
+    """``post_households_household_id_claims`` for ``POST /v1/households/{household_id}/claims``."""
+    slug = re.sub(r"[{}]", "", path.removeprefix("/v1/").removeprefix("/"))
+    return f"{method}_{re.sub(r'[./-]', '_', slug)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One operation as written in :func:`_paths`; :meth:`render` adds what the rest implies.
+
+    Its path parameters are the path's ``{name}`` segments (every one an id); a body implies
+    400 and 413, signing in implies 401, and every operation has the ``default`` error.
+    """
+
+    summary: str
+    _: KW_ONLY
+    tag: str
+    ok: tuple[int, str | None]
+    errors: tuple[int, ...] = ()
+    body: dict[str, Any] | None = None
+    auth: bool = True
+    description: str | None = None
+    query: tuple[dict[str, Any], ...] = ()
+
+    def render(self, method: str, path: str) -> dict[str, Any]:
+        status, schema_name = self.ok
+        implied = (() if self.body is None else (400, 413)) + ((401,) if self.auth else ())
+        operation: dict[str, Any] = {
+            "summary": self.summary,
+            "tags": [self.tag],
+            "operationId": _operation_id(method, path),
+            "responses": {str(status): _ok(schema_name), **_errors(*self.errors, *implied)},
         }
-    if not auth:
-        operation["security"] = []
-    if parameters:
-        operation["parameters"] = parameters
-    return operation
+        if self.description:
+            operation["description"] = self.description
+        if self.body is not None:
+            operation["requestBody"] = _json_body(self.body)
+        if not self.auth:
+            operation["security"] = []
+        names = re.findall(r"\{(\w+)\}", path)
+        if parameters := [*(_parameter(name, "path", ID) for name in names), *self.query]:
+            operation["parameters"] = parameters
+        return operation
 
 
-def _path(name: str, schema: dict[str, Any] = ID) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": schema}
-
-
-_PAGE: Final = [
-    {
-        "name": "cursor",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
-    },
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
-    },
-]
+#: Served by the app itself, to anyone, with no error of its own.
+_THIS_DOCUMENT: Final = {
+    "summary": "This document",
+    "tags": ["service"],
+    "operationId": _operation_id("get", "/openapi.json"),
+    "security": [],
+    "responses": {"200": _json({"type": "object"}, "The OpenAPI 3.1 document.")},
+}
 
 _H: Final = "/v1/households/{household_id}"
 _D: Final = _H + "/devices/{device_id}"
-_HP: Final = [_path("household_id")]
-_DP: Final = [_path("household_id"), _path("device_id")]
 
 
-def _paths() -> dict[str, dict[str, Any]]:
+def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
     signed = {"confirmation": _ref("SignedStatement")}
     return {
         "/v1/health": {
-            "get": _op(
+            "get": _Op(
                 "Reachability and the service's clock",
                 tag="service",
                 ok=(200, "Health"),
@@ -390,19 +419,9 @@ def _paths() -> dict[str, dict[str, Any]]:
                 description="Devices use `time` to detect clock skew before confirming a claim.",
             )
         },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "tags": ["service"],
-                "operationId": "",
-                "security": [],
-                "responses": {
-                    "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
-                },
-            }
-        },
+        "/openapi.json": {"get": _THIS_DOCUMENT},
         "/v1/auth/sign-up": {
-            "post": _op(
+            "post": _Op(
                 "Create an account (signed in)",
                 tag="auth",
                 ok=(201, "TokenPair"),
@@ -419,7 +438,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/auth/sign-in": {
-            "post": _op(
+            "post": _Op(
                 "Sign in with e-mail and password (argon2id; rate-limited)",
                 tag="auth",
                 ok=(200, "TokenPair"),
@@ -434,7 +453,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/auth/refresh": {
-            "post": _op(
+            "post": _Op(
                 "Rotate a refresh token",
                 tag="auth",
                 ok=(200, "TokenPair"),
@@ -447,10 +466,10 @@ def _paths() -> dict[str, dict[str, Any]]:
                 body=_obj({"refresh_token": {"type": "string", "maxLength": 128}}),
             )
         },
-        "/v1/auth/sign-out": {"post": _op("Revoke this session", tag="auth", ok=(204, None))},
-        "/v1/auth/me": {"get": _op("The signed-in account", tag="auth", ok=(200, "Account"))},
+        "/v1/auth/sign-out": {"post": _Op("Revoke this session", tag="auth", ok=(204, None))},
+        "/v1/auth/me": {"get": _Op("The signed-in account", tag="auth", ok=(200, "Account"))},
         "/v1/invitations/accept": {
-            "post": _op(
+            "post": _Op(
                 "Join a household with an invitation token",
                 tag="households",
                 ok=(201, "Member"),
@@ -459,7 +478,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/claims/confirm": {
-            "post": _op(
+            "post": _Op(
                 "The device's signed claim confirmation",
                 tag="claims",
                 ok=(200, "Owned"),
@@ -474,7 +493,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/zero-touch/confirm": {
-            "post": _op(
+            "post": _Op(
                 "A pre-assigned device asks to be owned",
                 tag="claims",
                 ok=(200, "Owned"),
@@ -484,7 +503,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/devices/release-by-device": {
-            "post": _op(
+            "post": _Op(
                 "The device's signed release after a factory reset (idempotent)",
                 tag="devices",
                 ok=(200, "Released"),
@@ -494,7 +513,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/device/mqtt-credential": {
-            "post": _op(
+            "post": _Op(
                 "A device's signed request for its current MQTT credential",
                 tag="devices",
                 ok=(200, "CredentialAnswer"),
@@ -513,27 +532,20 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/claims/{claim_id}": {
-            "get": _op(
+            "get": _Op(
                 "A claim's status (poll until owned)",
                 tag="claims",
                 ok=(200, "ClaimStatus"),
                 errors=(404,),
-                parameters=[_path("claim_id")],
             )
         },
-        "/v1/models": {"get": _op("Device models", tag="registry", ok=(200, "ModelList"))},
+        "/v1/models": {"get": _Op("Device models", tag="registry", ok=(200, "ModelList"))},
         "/v1/models/{model}": {
-            "get": _op(
-                "One device model",
-                tag="registry",
-                ok=(200, "Model"),
-                errors=(404,),
-                parameters=[_path("model")],
-            )
+            "get": _Op("One device model", tag="registry", ok=(200, "Model"), errors=(404,))
         },
         "/v1/households": {
-            "get": _op("Your households", tag="households", ok=(200, "HouseholdList")),
-            "post": _op(
+            "get": _Op("Your households", tag="households", ok=(200, "HouseholdList")),
+            "post": _Op(
                 "Create a household (you become its owner)",
                 tag="households",
                 ok=(201, "Household"),
@@ -541,104 +553,74 @@ def _paths() -> dict[str, dict[str, Any]]:
             ),
         },
         _H: {
-            "get": _op(
-                "One household",
-                tag="households",
-                ok=(200, "Household"),
-                errors=(404,),
-                parameters=_HP,
-            ),
-            "patch": _op(
+            "get": _Op("One household", tag="households", ok=(200, "Household"), errors=(404,)),
+            "patch": _Op(
                 "Rename (admin)",
                 tag="households",
                 ok=(200, "Household"),
                 errors=(403, 404),
                 body=_obj({"name": NAME}),
-                parameters=_HP,
             ),
         },
         _H + "/members": {
-            "get": _op(
-                "Members (any member)",
-                tag="households",
-                ok=(200, "MemberList"),
-                errors=(404,),
-                parameters=_HP,
+            "get": _Op(
+                "Members (any member)", tag="households", ok=(200, "MemberList"), errors=(404,)
             ),
-            "post": _op(
+            "post": _Op(
                 "Add a member standing for a Home Assistant user (admin)",
                 tag="households",
                 ok=(201, "Member"),
                 errors=(403, 404, 409),
-                body=_obj(
-                    {
-                        "external_id": {"type": "string", "minLength": 1, "maxLength": 200},
-                        "display_name": NAME,
-                        "role": {"type": "string", "enum": ["admin", "member", "viewer"]},
-                    }
-                ),
-                parameters=_HP,
+                body=_obj({"external_id": LABEL, "display_name": NAME, "role": GRANTED_ROLE}),
             ),
         },
         _H + "/members/{member_id}": {
-            "patch": _op(
+            "patch": _Op(
                 "Change a member's role, name or external id (admin; admins by the owner)",
                 tag="households",
                 ok=(200, "Member"),
                 errors=(403, 404, 409),
                 body=_obj(
-                    {
-                        "role": {"type": "string", "enum": ["admin", "member", "viewer"]},
-                        "display_name": NAME,
-                        "external_id": {"type": "string", "minLength": 1, "maxLength": 200},
-                    },
+                    {"role": GRANTED_ROLE, "display_name": NAME, "external_id": LABEL},
                     [],
                 ),
-                parameters=[*_HP, _path("member_id")],
             ),
-            "delete": _op(
+            "delete": _Op(
                 "Remove a member (admin; admins by the owner)",
                 tag="households",
                 ok=(204, None),
                 errors=(403, 404),
-                parameters=[*_HP, _path("member_id")],
             ),
         },
         _H + "/invitations": {
-            "get": _op(
+            "get": _Op(
                 "Open invitations (admin)",
                 tag="households",
                 ok=(200, "InvitationList"),
                 errors=(403, 404),
-                parameters=_HP,
             ),
-            "post": _op(
+            "post": _Op(
                 "Invite an account (admin; admin role by the owner)",
                 tag="households",
                 ok=(201, "Invitation"),
                 errors=(403, 404),
                 body=_obj(
                     {
-                        "role": {"type": "string", "enum": ["admin", "member", "viewer"]},
+                        "role": GRANTED_ROLE,
                         "email": {"type": "string", "maxLength": 254},
-                        "external_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "external_id": LABEL,
                     },
                     ["role"],
                 ),
-                parameters=_HP,
             ),
         },
         _H + "/invitations/{invitation_id}": {
-            "delete": _op(
-                "Revoke an invitation (admin)",
-                tag="households",
-                ok=(204, None),
-                errors=(403, 404),
-                parameters=[*_HP, _path("invitation_id")],
+            "delete": _Op(
+                "Revoke an invitation (admin)", tag="households", ok=(204, None), errors=(403, 404)
             )
         },
         _H + "/claims": {
-            "post": _op(
+            "post": _Op(
                 "Start a claim: a single-use token bound to device and household (admin)",
                 tag="claims",
                 ok=(201, "Claim"),
@@ -648,12 +630,11 @@ def _paths() -> dict[str, dict[str, Any]]:
                     "pre-assigned elsewhere (indistinguishable); 409 `already_owned` when "
                     "your household owns it."
                 ),
-                body=_obj({"device_id": {"type": "string", "maxLength": 64}}),
-                parameters=_HP,
+                body=_obj({"device_id": ID_INPUT}),
             )
         },
         _H + "/device-keys": {
-            "post": _op(
+            "post": _Op(
                 "A device's identity key, for a member who holds its manual code (member)",
                 tag="devices",
                 ok=(200, "DeviceKey"),
@@ -688,156 +669,133 @@ def _paths() -> dict[str, dict[str, Any]]:
                         },
                     }
                 ),
-                parameters=_HP,
             )
         },
         _H + "/devices": {
-            "get": _op(
+            "get": _Op(
                 "Owned and shared devices (any member)",
                 tag="devices",
                 ok=(200, "DeviceList"),
                 errors=(404,),
-                parameters=_HP,
             )
         },
         _D: {
-            "get": _op(
-                "One device (any member)",
-                tag="devices",
-                ok=(200, "Device"),
-                errors=(404,),
-                parameters=_DP,
-            )
+            "get": _Op("One device (any member)", tag="devices", ok=(200, "Device"), errors=(404,))
         },
         _D + "/release": {
-            "post": _op(
+            "post": _Op(
                 "Release (unclaim): credentials revoked, live session kicked (admin)",
                 tag="devices",
                 ok=(200, "Released"),
                 errors=(403, 404, 503),
-                parameters=_DP,
             )
         },
         _D + "/credentials": {
-            "post": _op(
+            "post": _Op(
                 "Rotate the device's MQTT password (admin)",
                 tag="devices",
                 ok=(200, "DeviceCredentials"),
                 errors=(403, 404, 503),
-                parameters=_DP,
             )
         },
         _D + "/shares": {
-            "get": _op(
+            "get": _Op(
                 "Shares of the device (admin)",
                 tag="devices",
                 ok=(200, "ShareList"),
                 errors=(403, 404),
-                parameters=_DP,
             )
         },
         _D + "/shares/{target_household_id}": {
-            "put": _op(
+            "put": _Op(
                 "Share with another household, read-only or with control (admin)",
                 tag="devices",
                 ok=(200, "Share"),
                 errors=(403, 404, 503),
-                body=_obj({"access": {"type": "string", "enum": ["read", "control"]}}),
-                parameters=[*_DP, _path("target_household_id")],
+                body=_obj({"access": SHARE_ACCESS}),
             ),
-            "delete": _op(
-                "End a share (admin)",
-                tag="devices",
-                ok=(204, None),
-                errors=(403, 404, 503),
-                parameters=[*_DP, _path("target_household_id")],
+            "delete": _Op(
+                "End a share (admin)", tag="devices", ok=(204, None), errors=(403, 404, 503)
             ),
         },
         _D + "/transfers": {
-            "post": _op(
+            "post": _Op(
                 "Offer the device to another household (owner)",
                 tag="devices",
                 ok=(201, "Transfer"),
                 errors=(403, 404),
-                body=_obj({"to_household_id": {"type": "string", "maxLength": 64}}),
-                parameters=_DP,
+                body=_obj({"to_household_id": ID_INPUT}),
             )
         },
         _D + "/audit": {
-            "get": _op(
+            "get": _Op(
                 "Audit events of one device in this household (admin)",
                 tag="audit",
                 ok=(200, "AuditPage"),
                 errors=(403, 404),
-                parameters=[*_DP, *_PAGE],
+                query=_PAGE,
             )
         },
         _H + "/transfers": {
-            "get": _op(
+            "get": _Op(
                 "Pending transfers to and from the household (admin)",
                 tag="devices",
                 ok=(200, "TransferList"),
                 errors=(403, 404),
-                parameters=_HP,
             )
         },
         _H + "/transfers/{transfer_id}/accept": {
-            "post": _op(
+            "post": _Op(
                 "Accept a device offered to this household (admin)",
                 tag="devices",
                 ok=(200, "Transfer"),
                 errors=(403, 404, 503),
-                parameters=[*_HP, _path("transfer_id")],
             )
         },
         _H + "/transfers/{transfer_id}/decline": {
-            "post": _op(
+            "post": _Op(
                 "Decline an offer (admin of the recipient)",
                 tag="devices",
                 ok=(204, None),
                 errors=(403, 404, 409),
-                parameters=[*_HP, _path("transfer_id")],
             )
         },
         _H + "/transfers/{transfer_id}/cancel": {
-            "post": _op(
+            "post": _Op(
                 "Withdraw an offer (owner of the offering household)",
                 tag="devices",
                 ok=(204, None),
                 errors=(403, 404, 409),
-                parameters=[*_HP, _path("transfer_id")],
             )
         },
         _H + "/hub": {
-            "get": _op(
+            "get": _Op(
                 "The household hub's MQTT credentials for Home Assistant (admin)",
                 tag="devices",
                 ok=(200, "MqttCredentials"),
                 errors=(403, 404, 503),
                 description="Created on first use: username `hub-<household_id>`.",
-                parameters=_HP,
             )
         },
         _H + "/hub/rotate": {
-            "post": _op(
+            "post": _Op(
                 "Rotate the hub's password (admin)",
                 tag="devices",
                 ok=(200, "MqttCredentials"),
                 errors=(403, 404, 503),
-                parameters=_HP,
             )
         },
         _H + "/audit": {
-            "get": _op(
+            "get": _Op(
                 "The household's audit events, newest first (admin)",
                 tag="audit",
                 ok=(200, "AuditPage"),
                 errors=(403, 404),
-                parameters=[*_HP, *_PAGE],
+                query=_PAGE,
             )
         },
         "/v1/admin/registry/import": {
-            "post": _op(
+            "post": _Op(
                 "Import factory-provision records, all or nothing (service admin)",
                 tag="admin",
                 ok=(200, "ImportReport"),
@@ -855,44 +813,38 @@ def _paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/v1/admin/registry/devices/{device_id}": {
-            "get": _op(
+            "get": _Op(
                 "A registry entry (service admin)",
                 tag="admin",
                 ok=(200, "RegistryDevice"),
                 errors=(403, 404),
-                parameters=[_path("device_id")],
             )
         },
         "/v1/admin/registry/devices/{device_id}/preassignment": {
-            "put": _op(
+            "put": _Op(
                 "Pre-assign to a household for zero-touch (service admin)",
                 tag="admin",
                 ok=(200, "RegistryDevice"),
                 errors=(403, 404),
                 body=_obj(
-                    {
-                        "household_id": {"type": "string", "maxLength": 64},
-                        "order_ref": {"type": "string", "minLength": 1, "maxLength": 200},
-                    },
+                    {"household_id": ID_INPUT, "order_ref": LABEL},
                     ["household_id"],
                 ),
-                parameters=[_path("device_id")],
             ),
-            "delete": _op(
+            "delete": _Op(
                 "Clear a pre-assignment (service admin)",
                 tag="admin",
                 ok=(204, None),
                 errors=(403, 404),
-                parameters=[_path("device_id")],
             ),
         },
         "/v1/admin/models": {
-            "get": _op(
+            "get": _Op(
                 "Device models (service admin)", tag="admin", ok=(200, "ModelList"), errors=(403,)
             )
         },
         "/v1/admin/models/{model}": {
-            "put": _op(
+            "put": _Op(
                 "Create or replace a device model (service admin)",
                 tag="admin",
                 ok=(200, "Model"),
@@ -905,29 +857,27 @@ def _paths() -> dict[str, dict[str, Any]]:
                     },
                     ["name"],
                 ),
-                parameters=[_path("model")],
             )
         },
         "/v1/admin/audit": {
-            "get": _op(
+            "get": _Op(
                 "The whole audit log (service admin)",
                 tag="admin",
                 ok=(200, "AuditPage"),
                 errors=(403,),
-                parameters=[
-                    {"name": "household_id", "in": "query", "required": False, "schema": ID},
-                    {"name": "device_id", "in": "query", "required": False, "schema": ID},
+                query=(
+                    _parameter("household_id", "query", ID),
+                    _parameter("device_id", "query", ID),
                     *_PAGE,
-                ],
+                ),
             )
         },
         "/v1/admin/accounts/{account_id}/revoke-sessions": {
-            "post": _op(
+            "post": _Op(
                 "Revoke every session of an account (service admin)",
                 tag="admin",
                 ok=(200, "RevokedSessions"),
                 errors=(403,),
-                parameters=[_path("account_id")],
             )
         },
     }
@@ -935,18 +885,13 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 @cache
 def _document() -> dict[str, Any]:
-    paths = _paths()
-    for path, item in paths.items():
-        for method, operation in item.items():
-            slug = (
-                path.removeprefix("/v1/")
-                .removeprefix("/")
-                .replace(".", "_")
-                .replace("/", "_")
-                .replace("{", "")
-                .replace("}", "")
-            )
-            operation["operationId"] = f"{method}_{slug.replace('-', '_')}"
+    paths = {
+        path: {
+            method: op.render(method, path) if isinstance(op, _Op) else op
+            for method, op in item.items()
+        }
+        for path, item in _paths().items()
+    }
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
