@@ -93,6 +93,7 @@ from .account_client import (
     InvalidCredentialsError,
     NotFoundError,
     RateLimitedError,
+    ServiceUnavailableError,
     SignedIn,
     TokenSet,
     WeakPasswordError,
@@ -193,6 +194,15 @@ _SECURITY_LABELS: Final = {
     WifiSecurity.WPA3_PERSONAL: "WPA3",
     WifiSecurity.ENTERPRISE: "Enterprise",
 }
+#: What an unclaimed device advertises: the zeroconf TXT ``state`` and the BLE phase.
+_UNCLAIMED_TXT_STATES: Final = frozenset({"unclaimed", "provisioning"})
+_UNCLAIMED_PHASES: Final = frozenset({BlePhase.UNCLAIMED, BlePhase.PROVISIONING})
+#: A claim check that failed this way may work again: the device's verdict is awaited.
+_TRANSIENT_ACCOUNT_ERRORS: Final = (
+    AccountConnectionError,
+    ServiceUnavailableError,
+    RateLimitedError,
+)
 _SUPPORTED_SECURITY: Final = frozenset(
     {WifiSecurity.OPEN, WifiSecurity.WPA_PERSONAL, WifiSecurity.WPA3_PERSONAL}
 )
@@ -790,7 +800,11 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         host = discovery_info.host
         port = discovery_info.port or DEFAULT_DEVICE_PORT
         await self._async_set_discovery_id(device_id)
-        self._abort_if_device_owned(device_id, host, port)
+        if str(properties.get("state", "")) not in _UNCLAIMED_TXT_STATES:
+            # An unclaimed device is nobody's, whatever record is left: after a factory reset
+            # it says so seconds before the runtime drops the record, and no later update
+            # would start a flow. The label's handshake still proves the device.
+            self._abort_if_device_owned(device_id, host, port)
         self._device_id = device_id
         self._model = str(properties.get("model") or "IoT Onboard")
         self._host = host
@@ -860,8 +874,12 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         self._abort_if_unique_id_configured()
         self._short_id = advertised.short_id
         self._ble_address = discovery_info.address
-        owned = self._owned_device(advertised.short_id)
-        if owned is not None:
+        # Unclaimed comes first: a record left from before a factory reset does not make
+        # the device ours (as in the zeroconf step).
+        if advertised.phase not in _UNCLAIMED_PHASES:
+            owned = self._owned_device(advertised.short_id)
+            if owned is None:
+                return self.async_abort(reason="device_claimed")
             entry, device_id = owned
             if entry.state is not ConfigEntryState.LOADED:
                 return self.async_abort(reason="already_configured")
@@ -869,8 +887,6 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             self._prepare_wifi_change(entry, device_id)
             self.context["title_placeholders"] = {"name": self._device_name()}
             return await self.async_step_wifi_lost_confirm()
-        if advertised.phase not in {BlePhase.UNCLAIMED, BlePhase.PROVISIONING}:
-            return self.async_abort(reason="device_claimed")
         self._model = "IoT Onboard"
         self.context["title_placeholders"] = {"name": self._device_name()}
         return await self.async_step_bluetooth_confirm()
@@ -1321,24 +1337,46 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         """Poll the device (the failure code) and the claim (the success) until one decides."""
         verdict: _Outcome | None = None
         device_reachable = True
+        committing = False
         while verdict is None:
             await asyncio.sleep(POLL_INTERVAL)
             if device_reachable:
                 try:
-                    verdict = _device_verdict(await link.status())
+                    status = await link.status()
                 except (DeviceConnectionError, SessionLostError):
                     if claim is None and not self._wifi_lost_reported():
                         raise
                     # It may have left this network (or Bluetooth) for the new one: the
                     # claim tells, or (a Wi-Fi change) the device coming back online.
-                    device_reachable = False
+                    device_reachable = committing = False
+                else:
+                    committing = status.state is DeviceState.COMMITTING
+                    verdict = _device_verdict(status)
             if verdict is None and claim is not None:
-                state = (await self._require_account().claim_status(claim.claim_id)).status
-                verdict = _CLAIM_VERDICTS.get(state)
+                verdict = await self._async_claim_verdict(claim, device_committing=committing)
             elif verdict is None and not device_reachable and not self._wifi_lost_reported():
                 # The runtime deletes the Wi-Fi-lost repair once the device is online again.
                 verdict = _Outcome()
         return verdict
+
+    async def _async_claim_verdict(
+        self, claim: Claim, *, device_committing: bool
+    ) -> _Outcome | None:
+        """The claim's verdict; None while it is pending.
+
+        The account service failing while the device still commits says nothing yet: the
+        device reaches it (or not) by itself, and if it cannot it rolls back and reports why
+        (``RELAY_UNREACHABLE``). Stopping here would show an error while the device is still
+        busy, and a retry right away would find it committing.
+        """
+        try:
+            state = (await self._require_account().claim_status(claim.claim_id)).status
+        except _TRANSIENT_ACCOUNT_ERRORS as err:
+            if not device_committing:
+                raise
+            _LOGGER.debug("Claim check failed while %s commits: %s", self._device_id, err)
+            return None
+        return _CLAIM_VERDICTS.get(state)
 
     def _wifi_lost_reported(self) -> bool:
         """A Wi-Fi change over BLE of a device whose Wi-Fi-lost repair is still open."""
@@ -1383,6 +1421,7 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 self._device_id[:SHORT_ID_CHARS],
             }:
                 await self.hass.config_entries.async_remove(ignored.entry_id)
+        self._drop_stale_records()
         if self._entry is not None:
             devices = {**self._entry.data.get(CONF_DEVICES, {}), self._device_id: record}
             return self._update_and_reload(
@@ -1396,6 +1435,21 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             data=self._new_entry_data({self._device_id: record}),
             description_placeholders=self._placeholders(),
         )
+
+    def _drop_stale_records(self) -> None:
+        """Forget the device in other households: it was reset and is now this one's.
+
+        The record in the household it joins is replaced by the new one; another entry's
+        runtime would drop its record at its next sync anyway (the device left its list).
+        """
+        target = None if self._entry is None else self._entry.entry_id
+        for entry in self._household_entries():
+            devices: dict[str, Any] = entry.data.get(CONF_DEVICES, {})
+            if entry.entry_id != target and self._device_id in devices:
+                kept = {key: value for key, value in devices.items() if key != self._device_id}
+                self.hass.config_entries.async_update_entry(
+                    entry, data={**entry.data, CONF_DEVICES: kept}
+                )
 
     def _device_record(self, link: DeviceLink) -> dict[str, Any]:
         return {

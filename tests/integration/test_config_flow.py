@@ -32,7 +32,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.selector import SelectSelector
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from homeassistant.helpers.translation import async_get_translations
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard import ble_client, config_flow
@@ -206,7 +208,11 @@ def household_entry(
 
 
 def discovery(
-    *, device_id: str = DEVICE_ID, protocol: str = "1", port: int | None = 8423
+    *,
+    device_id: str = DEVICE_ID,
+    protocol: str = "1",
+    port: int | None = 8423,
+    state: str = "unclaimed",
 ) -> ZeroconfServiceInfo:
     return ZeroconfServiceInfo(
         ip_address=ip_address("192.0.2.10"),
@@ -219,7 +225,7 @@ def discovery(
             "id": device_id,
             "model": "pi-test",
             "firmware": "1.0",
-            "state": "unclaimed",
+            "state": state,
             "protocol": protocol,
         },
     )
@@ -687,7 +693,7 @@ async def test_discovery_of_an_owned_device_updates_its_address(
     household_entry(hass, hid=OTHER_HID)
     entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery(port=port)
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery(port=port, state="online")
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
@@ -806,13 +812,15 @@ async def test_commit_failures_are_retried_in_place(
     flow_id = await to_wifi(hass)
     if isinstance(failure, AccountConnectionError | RateLimitedError):
         account.claim_status.side_effect = [claim_status(ClaimState.PENDING), failure]
-        link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
+        # The device cannot tell either (gone from this network): the account's error stands.
+        link.status.side_effect = DeviceConnectionError("gone")
     else:
         link.commit.side_effect = [failure, 180]
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["step_id"] == "wifi"
     assert result["errors"] == {"base": error}
     account.claim_status.side_effect = None
+    link.status.side_effect = None
     link.status.return_value = StatusResult(state=DeviceState.COMMITTED)
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["reason"] == "device_added"
@@ -1894,3 +1902,195 @@ async def test_the_repair_falls_back_to_the_lan_when_bluetooth_does_not_see_the_
         DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
     )
     assert result["step_id"] == "device_select"
+
+
+# --- fixes found by the whole-stack tests (tests/stack) ----------------------------------------
+
+SELECTOR_STRINGS: dict[str, Any] = json.loads(
+    (Path(config_flow.__file__).parent / "translations" / "en.json").read_text(encoding="utf-8")
+)["selector"]
+
+
+def _raw_options(schema: Any) -> list[str]:
+    """Option values a form would show as they are: neither translated nor labelled."""
+    raw: list[str] = []
+    for selector in getattr(schema, "schema", {}).values():
+        if not isinstance(selector, SelectSelector):
+            continue
+        key = selector.config.get("translation_key") or ""
+        translated = SELECTOR_STRINGS.get(key, {}).get("options", {})
+        for option in selector.config["options"]:
+            value = str(option if isinstance(option, str) else option["value"])
+            label = value if isinstance(option, str) else str(option["label"])
+            if label == value and value not in translated:
+                raw.append(value)
+    return raw
+
+
+@pytest.fixture(autouse=True)
+def every_option_has_a_label() -> Generator[None]:
+    """No form of the flow shows an option's raw value (``__ethernet__``) to the user."""
+    flow = config_flow.IotOnboardConfigFlow
+    show_form = flow.async_show_form
+
+    def checked_form(self: Any, **kwargs: Any) -> Any:
+        raw = _raw_options(kwargs.get("data_schema"))
+        assert not raw, f"{kwargs['step_id']} shows raw option values {raw}"
+        return show_form(self, **kwargs)
+
+    with patch.object(flow, "async_show_form", checked_form):
+        yield
+
+
+async def test_the_wifi_choices_are_translated_the_way_home_assistant_does(
+    hass: HomeAssistant,
+) -> None:
+    """Keep Ethernet and hidden network: labelled through the selector's translation_key."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    result = await submit(hass, flow_id, {"network": OLD_KEY})
+    selector = result["data_schema"].schema["network"]
+    values = [option["value"] for option in selector.config["options"]]
+    assert values[-2:] == ["__hidden__", "__ethernet__"]
+    key = selector.config["translation_key"]
+    strings = await async_get_translations(hass, "en", "selector", [DOMAIN])
+    for value in ("__hidden__", "__ethernet__"):
+        text = strings.get(f"component.{DOMAIN}.selector.{key}.options.{value}")
+        assert text, f"{value} has no translation"
+        assert value not in text
+
+
+async def test_a_reset_device_is_discovered_again_despite_its_stale_record(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """The device says "unclaimed" seconds before the runtime drops its record: a flow starts.
+
+    The finish replaces the stale record (new owner secret) and drops the one another
+    household of this Home Assistant still had.
+    """
+    other = household_entry(
+        hass, hid=OTHER_HID, devices={DEVICE_ID: DEVICE_RECORD, "OTHERDEVICE": DEVICE_RECORD}
+    )
+    entry = household_entry(hass, devices={DEVICE_ID: {**DEVICE_RECORD, DEVICE_HOST: "old"}})
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "pick_household"
+    result = await submit(hass, result["flow_id"], {"entry": entry.entry_id})
+    assert result["step_id"] == "credentials"
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["reason"] == "device_added"
+    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert record[DEVICE_OWNER_SECRET] == link.set_claim.call_args.kwargs["owner_secret"].encode()
+    assert record[DEVICE_OWNER_SECRET] != OWNER.encode()
+    assert record[DEVICE_HOST] == "192.0.2.10"
+    assert other.data[CONF_DEVICES] == {"OTHERDEVICE": DEVICE_RECORD}
+    account.create_claim.assert_awaited_once_with(HID, DEVICE_ID)
+
+
+async def test_an_owned_device_that_does_not_say_unclaimed_is_still_refused(
+    hass: HomeAssistant,
+) -> None:
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    for state in ("online", "committing", ""):
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery(state=state)
+        )
+        assert result["reason"] == "already_configured"
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
+async def test_a_reset_device_over_bluetooth_is_onboarded_despite_its_stale_record(
+    hass: HomeAssistant, gatt_device: FakeGattDevice, connector: FakeConnector
+) -> None:
+    """Phase unclaimed: the onboarding flow, not the owner's Wi-Fi-lost window."""
+    entry = await owned_entry(hass, DEVICE_RECORD)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    assert wifi_lost_issue(hass) is None
+    result = await submit(hass, flow_id, {})
+    assert result["step_id"] == "credentials"
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert gatt_device.claim is not None
+    assert gatt_device.claim.owner_secret is not None
+    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
+    assert record[DEVICE_OWNER_SECRET] != OWNER.encode()
+    assert connector.all_closed
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        AccountConnectionError("connection refused"),
+        ServiceUnavailableError(503, "unavailable", ""),
+        RateLimitedError(429, "rate_limited", "", None),
+    ],
+)
+async def test_account_service_lost_mid_commit_waits_for_the_devices_verdict(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock, failure: Exception
+) -> None:
+    """The device still commits: its own verdict (it cannot reach the service) is shown.
+
+    Then the retry in place works at once: the device has rolled back, not still committing.
+    """
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    account.claim_status.side_effect = [claim_status(ClaimState.PENDING), failure, failure]
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.RELAY_UNREACHABLE),
+    ]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["step_id"] == "wifi"
+    assert result["errors"] == {"base": "relay_unreachable"}
+    assert link.status.await_count == 3
+    text = STRINGS["error"]["relay_unreachable"]
+    assert DiagnosticCode.RELAY_UNREACHABLE.message in text
+    assert DiagnosticCode.RELAY_UNREACHABLE.next_step in text
+    account.claim_status.side_effect = None
+    link.status.side_effect = None
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert DEVICE_ID in entry.data[CONF_DEVICES]
+
+
+async def test_account_service_and_device_both_lost_mid_commit(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """Nobody can tell how the commit went: the account service's error, then a retry."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    down = AccountConnectionError("connection refused")
+    account.claim_status.side_effect = [claim_status(ClaimState.PENDING), down, down]
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.COMMITTING),
+        DeviceConnectionError("gone"),
+    ]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "account_unreachable"}
+    assert account.claim_status.await_count == 3  # the first failure was waited out
+    account.claim_status.side_effect = None
+    link.status.side_effect = None
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+
+
+async def test_a_refused_claim_check_mid_commit_is_not_waited_out(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """Only failures a retry may fix are temporary; a revoked session ends the flow."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    account.claim_status.side_effect = [
+        claim_status(ClaimState.PENDING),
+        AuthenticationError(401, "refresh_token_invalid", ""),
+    ]
+    link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reauth_required"

@@ -1,0 +1,150 @@
+"""A device the household no longer has loses its record, so discovery offers it again.
+
+The config flow refuses a device that a household entry has a record of (``already_configured``,
+with its address refreshed). A device that was released, factory reset or is simply no longer
+in the account service's list must not stay refused: the runtime drops its record along with
+its registry entry. Runs the real runtime against the fake account service, a real Mosquitto
+and fake device processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import ip_address
+from typing import Any
+
+from homeassistant.config_entries import SOURCE_ZEROCONF
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
+
+from custom_components.iot_onboard.const import (
+    CONF_DEVICES,
+    DEVICE_ADDED_AT,
+    DEVICE_HOST,
+    DEVICE_MODEL,
+    DEVICE_OWNER_SECRET,
+    DEVICE_PORT,
+    DEVICE_PUBLIC_KEY,
+    DOMAIN,
+)
+from custom_components.iot_onboard.coordinator import SYNC_INTERVAL
+from custom_components.iot_onboard.helpers import find_device
+from custom_components.iot_onboard.iob_protocol import DeviceIdentity, OwnerSecret, b64url_encode
+from tests.integration.fake_account import FakeAccountService
+from tests.integration.runtime_helpers import (
+    DeviceProcesses,
+    observer,
+    owner_context,
+    setup_entry,
+    start_device,
+    wait_for,
+)
+
+
+def _record(identity: DeviceIdentity, host: str) -> dict[str, Any]:
+    """What the config flow stored when it onboarded the device."""
+    return {
+        DEVICE_HOST: host,
+        DEVICE_PORT: 8423,
+        DEVICE_MODEL: "pi-sensor",
+        DEVICE_PUBLIC_KEY: b64url_encode(identity.public_key),
+        DEVICE_OWNER_SECRET: OwnerSecret.generate().encode(),
+        DEVICE_ADDED_AT: 1,
+    }
+
+
+def _advertisement(device_id: str, host: str, state: str) -> ZeroconfServiceInfo:
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(host),
+        ip_addresses=[ip_address(host)],
+        port=8423,
+        hostname=f"iob-{device_id.lower()}.local.",
+        type="_iot-onboard._tcp.local.",
+        name=f"iob-{device_id}._iot-onboard._tcp.local.",
+        properties={
+            "id": device_id,
+            "model": "pi-sensor",
+            "firmware": "1.0",
+            "state": state,
+            "protocol": "1",
+        },
+    )
+
+
+async def _discover(hass: HomeAssistant, device_id: str, host: str, state: str) -> Any:
+    return await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_advertisement(device_id, host, state)
+    )
+
+
+async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """Release (action), factory reset (the device releases itself), dropped from the list."""
+    identities = {way: DeviceIdentity.generate() for way in ("released", "reset", "unlisted")}
+    ids = {way: identity.device_id for way, identity in identities.items()}
+    hosts = {"released": "192.0.2.11", "reset": "192.0.2.12", "unlisted": "192.0.2.13"}
+    owner = await owner_context(hass, fake_account)
+    for way, device_id in ids.items():
+        await start_device(
+            fake_account,
+            device_processes,
+            device_id,
+            name=f"Sensor {way}",
+            commands=["identify", "factory_reset"],
+        )
+    records = {ids[way]: _record(identities[way], hosts[way]) for way in ids}
+    entry = await setup_entry(hass, fake_account, extra_data={CONF_DEVICES: records})
+    registry = dr.async_get(hass)
+    await wait_for(
+        hass,
+        lambda: all(find_device(hass, device_id, entry.entry_id) for device_id in ids.values()),
+        "the three devices in the registry",
+    )
+    # While a device is the household's, its record refuses discovery (address refreshed).
+    result = await _discover(hass, ids["unlisted"], "192.0.2.99", "online")
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_DEVICES][ids["unlisted"]][DEVICE_HOST] == "192.0.2.99"
+    hosts["unlisted"] = "192.0.2.99"
+
+    # Released with the action.
+    released = find_device(hass, ids["released"], entry.entry_id)
+    assert released is not None
+    await hass.services.async_call(
+        DOMAIN, "release", {"device_id": released.id}, blocking=True, context=owner
+    )
+    # Factory reset: the command reaches the device, which then releases itself at the
+    # account service (here: the fake service drops it, as the real device's release does).
+    reset = find_device(hass, ids["reset"], entry.entry_id)
+    assert reset is not None
+    async with await observer(fake_account.broker) as watcher:
+        await watcher.subscribe(f"iob/{ids['reset']}/cmd/#", qos=1)
+        await hass.services.async_call(
+            DOMAIN, "factory_reset", {"device_id": reset.id}, blocking=True, context=owner
+        )
+        async with asyncio.timeout(10):
+            message = await anext(aiter(watcher.messages))
+    assert str(message.topic) == f"iob/{ids['reset']}/cmd/_factory_reset"
+    await fake_account.drop_device(ids["reset"])
+    # No longer listed (released elsewhere, transferred, unshared).
+    await fake_account.drop_device(ids["unlisted"])
+    # The periodic sync notices both.
+    async_fire_time_changed(hass, dt_util.utcnow() + SYNC_INTERVAL)
+    await wait_for(
+        hass,
+        lambda: not entry.data[CONF_DEVICES],
+        "the records of the removed devices to be dropped",
+    )
+    assert dr.async_entries_for_config_entry(registry, entry.entry_id) == []
+    for way, device_id in ids.items():
+        assert find_device(hass, device_id, entry.entry_id) is None, way
+        # Back to unclaimed, it advertises itself: the onboarding flow starts again.
+        result = await _discover(hass, device_id, hosts[way], "unclaimed")
+        assert result["type"] is FlowResultType.FORM, (way, result)
+        assert result["step_id"] == "discovery_confirm"
+        hass.config_entries.flow.async_abort(result["flow_id"])
