@@ -38,7 +38,7 @@ from .account_client import (
     ServiceUnavailableError,
 )
 from .const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
-from .helpers import find_device
+from .helpers import device_entry_ids, find_device
 from .hub import (
     DeviceData,
     HubCredentials,
@@ -284,7 +284,12 @@ class IotOnboardCoordinator:
         registry = dr.async_get(self.hass)
         device = find_device(self.hass, device_id, self.entry.entry_id)
         if device is not None:
-            registry.async_update_device(device.id, remove_config_entry_id=self.entry.entry_id)
+            if device_entry_ids(device) == [self.entry.entry_id]:
+                registry.async_remove_device(device.id)
+            else:
+                # Older Home Assistant shares one registry device between two household
+                # entries of this instance (a shared device): leave the other's.
+                registry.async_update_device(device.id, remove_config_entry_id=self.entry.entry_id)
         records: dict[str, Any] = self.entry.data.get(CONF_DEVICES, {})
         if device_id in records:
             # The config flow refuses a device this entry has a record of ("already

@@ -85,3 +85,15 @@ def find_device(
         identifiers={identifier}
     )
     return devices[0] if devices else None
+
+
+def device_entry_ids(device: dr.DeviceEntry) -> list[str]:
+    """The config entries a registry device belongs to, on every supported Home Assistant.
+
+    Newer Home Assistant gives a device a single ``config_entry_id`` and deprecates the
+    ``config_entries`` set that older versions have only.
+    """
+    single = getattr(device, "config_entry_id", None)
+    if isinstance(single, str):
+        return [single]
+    return sorted(getattr(device, "config_entries", ()))

@@ -30,7 +30,7 @@ from homeassistant.data_entry_flow import FlowResult, FlowResultType
 from homeassistant.helpers import issue_registry as ir
 
 from .const import CONTEXT_DEVICE_ID, DOMAIN
-from .helpers import find_device
+from .helpers import device_entry_ids, find_device
 from .iob_protocol import DiagnosticCode
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def async_report_wifi_lost(hass: HomeAssistant, device_id: str) -> bool:
     entry = next(
         (
             entry
-            for entry_id in device.config_entries
+            for entry_id in device_entry_ids(device)
             if (entry := hass.config_entries.async_get_entry(entry_id)) is not None
             and entry.domain == DOMAIN
             and entry.state is ConfigEntryState.LOADED

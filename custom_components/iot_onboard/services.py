@@ -38,7 +38,7 @@ from .const import (
     SERVICE_TRANSFER,
 )
 from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator
-from .helpers import translate_error
+from .helpers import device_entry_ids, translate_error
 from .hub import HubError
 from .roles import Action
 
@@ -79,7 +79,7 @@ def _target(hass: HomeAssistant, call: ServiceCall) -> tuple[IotOnboardCoordinat
             translation_placeholders={"device_id": registry_id},
         )
     name = device.name_by_user or device.name or device_id
-    for entry_id in device.config_entries:
+    for entry_id in device_entry_ids(device):
         entry = _loaded_entry(hass, entry_id)
         if entry is not None:
             return entry.runtime_data.coordinator, device_id, name
