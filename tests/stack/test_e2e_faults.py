@@ -28,7 +28,6 @@ from .faults import (
     SLOW,
     WRONG,
     FaultStack,
-    add_by_hand,
     advertisement,
     device_info,
     discovery_flow,
@@ -203,10 +202,11 @@ def test_relay_killed_around_the_claim_leaves_no_half_onboarded_device(
     )
     assert stack.command("kill", "relay")["pid"] == relay_pid
     result = progress_end(stack, flow_id)
-    # A specific error with its next step, not a hang; the same flow can retry once the
-    # device's own commit has ended (a retry while it still commits gets "device_error").
+    # A specific error with its next step, not a hang: Home Assistant waits for the device's
+    # own verdict (RELAY_UNREACHABLE, rolled back) while it still commits, unless the device
+    # is gone too; the same flow can retry.
     error = _wifi_form_error(result)
-    assert error in {"account_unreachable", "relay_unreachable"}, result
+    assert error == "relay_unreachable", result
     assert "try again" in error_message(stack, error)
     assert flow_open(stack, flow_id)
     # The device gives up by itself (RELAY_UNREACHABLE) and rolls back: nobody's device.
@@ -269,9 +269,10 @@ def test_factory_reset_from_home_assistant_then_onboard_again(onboarded_1: Fault
     assert record is not None
     assert (record["id"], record["state"]) == (device_id, "unclaimed"), record
 
-    # Onboarded again into the same household (added by hand: Home Assistant does not offer
-    # the discovery again, see the report), with entities.
-    flow_id, form = add_by_hand(stack, device)
+    # Home Assistant offers it again (its "unclaimed" advert beats the record it still had for
+    # a moment) and it is onboarded again into the same household, with entities.
+    flow_id = discovery_flow(stack, device_id)
+    form = open_device(stack, flow_id, device)
     result = submit_wifi(stack, flow_id, form, HOME)
     assert (result["type"], result["step_id"]) == ("progress", "provision"), result
     finish_onboarding(stack, flow_id, device_id)
