@@ -1,10 +1,13 @@
 """Projecting the database onto the broker: credentials, hub access, compensation.
 
 The database is the source of truth. A mutation that changes what the broker must hold makes
-its broker calls through a :class:`BrokerPlan` while its transaction is still open (after its
-writes, before the audit append and the commit). If anything fails, the transaction rolls
-back and :meth:`BrokerPlan.compensate` re-projects every device and hub the plan touched from
-the (unchanged) database, so nothing of the failed operation remains on the broker either. A
+its broker calls through a :class:`BrokerPlan` before it commits: while its transaction is
+still open (after its writes, before the audit append and the commit), or, for a claim's
+device client, just before the transaction begins (``mutate(prepare=...)``: the broker round
+trip then holds no database lock; the transaction re-checks that what was put is what it
+commits, see :meth:`BrokerPlan.put_before`). If anything fails, the transaction rolls back
+and :meth:`BrokerPlan.compensate` re-projects every device and hub the plan touched from the
+(unchanged) database, so nothing of the failed operation remains on the broker either. A
 crash between broker call and commit is repaired by ``broker reconcile``.
 """
 
@@ -103,17 +106,33 @@ class BrokerPlan:
         self._devices: set[str] = set()
         self._hubs: set[str] = set()
         self._kicks: set[str] = set()
+        self._put: dict[str, int] = {}
 
     async def put_device(self, device_id: str, version: int) -> DeviceCredential:
         """Create or update the device's client; return the credential."""
         credential = device_credential(self._config, device_id, version)
         self._devices.add(device_id)
+        self._put.pop(device_id, None)
         await broker_call(self._broker.put_device(credential), f"put_device {device_id}")
+        self._put[device_id] = version
         return credential
+
+    async def put_before(self, device_id: str, version: int) -> DeviceCredential:
+        """:meth:`put_device` unless this plan already put exactly that credential.
+
+        A claim puts the device's client before its transaction takes the write lock, at the
+        version it read then; inside the transaction it calls this with the version it reads
+        under the lock: equal, the earlier call stands (nothing changed in between that the
+        broker must reflect); different, the client is put again at the locked version.
+        """
+        if self._put.get(device_id) == version:
+            return device_credential(self._config, device_id, version)
+        return await self.put_device(device_id, version)
 
     async def remove_device(self, device_id: str) -> None:
         """Delete the device's client and kick its session."""
         self._devices.add(device_id)
+        self._put.pop(device_id, None)
         await broker_call(self._broker.remove_device(device_id), f"remove_device {device_id}")
 
     async def put_hub(self, conn: Connection, household_id: str, version: int) -> HubCredential:

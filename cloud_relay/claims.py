@@ -38,7 +38,7 @@ from .errors import (
     ClaimRejectedError,
 )
 from .households import Households
-from .mutation import mutate
+from .mutation import KeyedLocks, mutate
 from .ratelimit import hit_all
 from .storage import Connection
 from .tokens import new_id, new_token, token_hash
@@ -91,15 +91,16 @@ async def take_ownership(
     hub is disconnected to re-read the device list now rather than at its next refresh.
     """
     now = ctx.now()
-    taken = await conn.execute(
+    taken = await conn.fetch(
         "UPDATE devices SET household_id = $1, owned_since = $2, updated_at = $2 "
         "WHERE device_id = $3 AND household_id IS NULL "
-        "AND (preassigned_household_id IS NULL OR preassigned_household_id = $1)",
+        "AND (preassigned_household_id IS NULL OR preassigned_household_id = $1) "
+        "RETURNING credential_version",
         household_id,
         now,
         device_id,
     )
-    if taken != 1:
+    if len(taken) != 1:
         return None
     await conn.execute(
         "UPDATE claims SET status = 'rejected', completed_at = $1 "
@@ -108,10 +109,9 @@ async def take_ownership(
         device_id,
         claim_id,
     )
-    version = await conn.fetchval(
-        "SELECT credential_version FROM devices WHERE device_id = $1", device_id
-    )
-    credential = await plan.put_device(device_id, int(version))
+    version = taken[0]["credential_version"]
+    # Put already by the caller's ``prepare`` when nothing changed since (see Claims.confirm).
+    credential = await plan.put_before(device_id, int(version))
     await plan.sync_hubs(conn, [household_id], kick=kick)
     await audit.append(
         conn,
@@ -132,6 +132,7 @@ class Claims:
         """Use ``ctx``; role checks through ``households``."""
         self._ctx = ctx
         self._households = households
+        self._confirming = KeyedLocks()
 
     async def create(
         self, account: Account, household_id: str, device_id: str, client: str
@@ -222,6 +223,31 @@ class Claims:
             )
         return None if key is None else bytes(key)
 
+    async def _claimable_version(self, hashed: bytes, device_id: str) -> int | None:
+        """The device's credential version if the claim of ``hashed`` looks like it will win.
+
+        Read outside the transaction (no write lock): only a hint for putting the device's
+        client on the broker early. The transaction decides again under its locks.
+        """
+        async with self._ctx.storage.read() as conn:
+            row = await conn.fetchrow(
+                "SELECT c.household_id AS claim_household, c.status, c.expires_at, "
+                "d.household_id, d.preassigned_household_id, d.credential_version "
+                "FROM claims c JOIN devices d ON d.device_id = c.device_id "
+                "WHERE c.token_hash = $1 AND c.device_id = $2",
+                hashed,
+                device_id,
+            )
+        if (
+            row is None
+            or row["status"] != "pending"
+            or row["expires_at"] < self._ctx.now()
+            or row["household_id"] is not None
+            or row["preassigned_household_id"] not in {None, row["claim_household"]}
+        ):
+            return None
+        return int(row["credential_version"])
+
     async def confirm(self, raw: object, client: str) -> Owned:
         """The device's signed confirmation: verify, then own in one transaction."""
         ctx = self._ctx
@@ -278,8 +304,25 @@ class Claims:
                 raise ClaimRejectedError
             return owned
 
+        async def prepare(plan: BrokerPlan) -> None:
+            # The broker round trips (Mosquitto rewrites its whole dynamic-security file on
+            # every change) happen here, not under the database's write lock. Only for a claim
+            # that looks winnable, at the version it would commit; ``take_ownership`` re-checks
+            # under the lock, and a loss is compensated like any failure.
+            version = await self._claimable_version(hashed, confirmation.device_id)
+            if version is not None:
+                await plan.put_device(confirmation.device_id, version)
+
+        # Only behind SQLite's single write lock, where a broker round trip inside the
+        # transaction stalls every write of the service. PostgreSQL runs transactions side by
+        # side (the broker was the limit there, measured: no gain, a longer tail), and with
+        # several processes an in-process lock could not keep their early puts apart.
+        early = prepare if ctx.storage.single_writer else None
         try:
-            return await mutate(ctx, body)
+            # One confirmation of a device at a time in this process, so one's early broker
+            # call never interleaves with another's compensation.
+            async with self._confirming.hold(confirmation.device_id):
+                return await mutate(ctx, body, prepare=early)
         except ClaimExpiredError:
             async with ctx.storage.transaction() as conn:
                 await conn.execute(
@@ -347,7 +390,9 @@ class Claims:
             _LOGGER.info("zero-touch: %s owned at %s", confirmation.device_id, now)
             return owned
 
-        return await mutate(ctx, body)
+        # Not while a confirmation of the device has its client put early (see confirm).
+        async with self._confirming.hold(confirmation.device_id):
+            return await mutate(ctx, body)
 
     async def purge_expired(self) -> None:
         """Mark lapsed claims expired and forget nonces past their window."""

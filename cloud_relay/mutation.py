@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from .broker_sync import BrokerPlan
 from .context import Context
 from .storage import Connection
 
 
-async def mutate[T](ctx: Context, body: Callable[[Connection, BrokerPlan], Awaitable[T]]) -> T:
+async def mutate[T](
+    ctx: Context,
+    body: Callable[[Connection, BrokerPlan], Awaitable[T]],
+    *,
+    prepare: Callable[[BrokerPlan], Awaitable[None]] | None = None,
+) -> T:
     """Run ``body`` in a transaction; on any failure undo its broker changes, then re-raise.
+
+    ``prepare`` makes broker calls *before* the transaction begins, through the same plan, so
+    they hold no database lock (SQLite has one writer: a broker round trip inside the
+    transaction stalls every other write). It must only put what the transaction is expected
+    to commit; ``body`` checks that under its locks and otherwise does the calls itself. A
+    failure anywhere, ``prepare`` included, is compensated like a failure in ``body``, and the
+    broker is still never behind the database for a committed change: every call completes
+    before the commit.
 
     After the commit, the hubs ``body`` asked to kick are disconnected (best effort).
     """
     plan = BrokerPlan(ctx.broker, ctx.config)
     try:
+        if prepare is not None:
+            await prepare(plan)
         async with ctx.storage.transaction() as conn:
             result = await body(conn, plan)
     except BaseException:
@@ -26,3 +42,30 @@ async def mutate[T](ctx: Context, body: Callable[[Connection, BrokerPlan], Await
     # Shielded too: the change is committed, so its Home Assistants must hear of it.
     await asyncio.shield(plan.after_commit())
     return result
+
+
+class KeyedLocks:
+    """In-process locks by key (a device id), forgotten when nobody holds or waits for them.
+
+    Used so that two confirmations of one device never interleave their broker calls made
+    outside the transaction with each other's compensation.
+    """
+
+    def __init__(self) -> None:
+        """No locks yet."""
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` for the block."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -112,7 +112,10 @@ _STALE: Final = frozenset(
     }
 )
 _ATTEMPTS: Final = 3
-_LOCK_STRIPES: Final = 64
+#: Calls for one username are serialised by one of these locks. Many, so that calls for
+#: different usernames rarely share one: with 64, concurrent claims queued behind each other's
+#: whole put (claim p99 on SQLite 1.77 s; 1.31 s with 1024). ``reconcile`` takes them all.
+_LOCK_STRIPES: Final = 1024
 _PROBE_CONCURRENCY: Final = 16
 _RECONCILE_CHUNK: Final = 100
 _PENDING_CALLS_WARNING: Final = 1000

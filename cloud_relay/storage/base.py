@@ -58,6 +58,9 @@ class Storage(abc.ABC):
     """A database behind the account service."""
 
     dialect: str
+    #: Whether every write transaction of the service runs one at a time behind one lock
+    #: (SQLite), so work moved out of a transaction is work taken off everyone's critical path.
+    single_writer: bool = False
 
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Connection]:

@@ -73,6 +73,7 @@ class SqliteStorage(Storage):
     """An SQLite database file."""
 
     dialect = "sqlite"
+    single_writer = True
 
     def __init__(self, path: Path) -> None:
         """Open lazily: call :meth:`open` before use."""
@@ -102,7 +103,9 @@ class SqliteStorage(Storage):
         for pragma in (
             f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}",
             "PRAGMA foreign_keys = ON",
-            "PRAGMA synchronous = NORMAL",
+            # FULL: an acknowledged claim survives a power cut too (NORMAL in WAL mode may
+            # roll back the last commits; docs/relay.md "Performance" has the cost).
+            "PRAGMA synchronous = FULL",
         ):
             await connection.execute(pragma)
         return connection

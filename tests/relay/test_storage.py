@@ -31,6 +31,10 @@ async def test_sqlite_migrates_from_empty(tmp_path: Path) -> None:
     try:
         async with storage.read() as conn:
             assert (await conn.fetchval("PRAGMA journal_mode")) == "wal"
+            # FULL (2): an acknowledged claim survives a power cut, not only a crash.
+            assert (await conn.fetchval("PRAGMA synchronous")) == 2
+        async with storage.transaction() as conn:
+            assert (await conn.fetchval("PRAGMA synchronous")) == 2
     finally:
         await storage.close()
 

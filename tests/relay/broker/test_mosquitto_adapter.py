@@ -177,6 +177,33 @@ async def test_each_call_sends_its_commands_in_one_publish(
     ]
 
 
+async def test_a_partly_existing_device_is_converged(
+    mosquitto: MosquittoHarness, adapter: MosquittoDynsecAdapter
+) -> None:
+    """A role left behind with other ACLs is fixed and the missing client made."""
+    await dynsec(
+        mosquitto,
+        {
+            "command": "createRole",
+            "rolename": "iob-device-DEVP",
+            "acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}],
+        },
+    )
+    await adapter.put_device(DeviceCredential("DEVP", "pw"))
+    client, role = await dynsec(
+        mosquitto,
+        {"command": "getClient", "username": "DEVP"},
+        {"command": "getRole", "rolename": "iob-device-DEVP"},
+    )
+    assert client["data"]["client"]["roles"] == [{"rolename": "iob-device-DEVP"}]
+    assert _acls(role) == {
+        ("publishClientSend", "iob/DEVP/#", True, 0),
+        ("subscribePattern", "iob/DEVP/#", True, 0),
+        ("publishClientReceive", "iob/DEVP/#", True, 0),
+    }
+    assert await connect_code(mosquitto, "DEVP", "pw") == 0
+
+
 async def test_answers_to_other_admins_are_ignored(
     mosquitto: MosquittoHarness, adapter: MosquittoDynsecAdapter
 ) -> None:
