@@ -726,6 +726,8 @@ logger:
   default: warning
   logs:
     custom_components.iot_onboard: debug
+    # A few lines per discovered record: whether HA's zeroconf saw a device at all.
+    homeassistant.components.zeroconf: debug
 
 # Discovery of the devices' _iot-onboard._tcp advertisements.
 zeroconf:

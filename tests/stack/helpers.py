@@ -220,3 +220,42 @@ def ha_ws(base: str, token: str, command: dict[str, Any]) -> Any:
             return answer["result"]
 
     return asyncio.run(run())
+
+
+#: Log lines the discovery diagnosis quotes (HA's zeroconf and flow manager, the devices' mDNS).
+_DISCOVERY_LOG_MARKS = ("_iot-onboard", "iot_onboard", "advertis", "zeroconf:")
+_DIAGNOSIS_LINES = 30
+_DIAGNOSIS_LINE_CHARS = 300
+
+
+def discovery_diagnosis(state_dir: Path, flows: list[dict[str, Any]]) -> str:
+    """What the stack knew when a discovery flow did not appear, for the failure message.
+
+    Tells apart the three places a discovery can get lost: the device never advertised (its
+    log), Home Assistant's zeroconf never saw the record (no ``Discovered new device`` line in
+    its log; the demo config logs ``homeassistant.components.zeroconf`` at debug), or HA saw it
+    but the flow is missing or not the one the test looks for (every flow in progress, any
+    handler, with its unique id).
+    """
+    parts = ["flows in progress (handler, source, unique_id, step_id):"]
+    parts += [
+        f"    {f['handler']} {f['context'].get('source')} "
+        f"{f['context'].get('unique_id')} {f.get('step_id')}"
+        for f in flows
+    ] or ["    (none)"]
+    for log in sorted((state_dir / "logs").glob("*.log")):
+        if log.name != "homeassistant.log" and not log.name.startswith("device-"):
+            continue
+        try:
+            text = log.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            parts.append(f"{log}: unreadable ({err})")
+            continue
+        lines = [
+            line[:_DIAGNOSIS_LINE_CHARS]
+            for line in text.splitlines()
+            if any(mark in line for mark in _DISCOVERY_LOG_MARKS)
+        ][-_DIAGNOSIS_LINES:]
+        parts.append(f"{log} (lines about discovery):")
+        parts += [f"    {line}" for line in lines] or ["    (none)"]
+    return "\n".join(parts)

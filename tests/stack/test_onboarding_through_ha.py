@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from .helpers import Orchestrator, free_port, get, ha_token, ha_ws, processes_mentioning
+from .helpers import (
+    Orchestrator,
+    discovery_diagnosis,
+    free_port,
+    get,
+    ha_token,
+    ha_ws,
+    processes_mentioning,
+)
 
 DOMAIN = "iot_onboard"
 HOUSEHOLD = "Demo home"
@@ -28,15 +36,21 @@ ENTITIES_TIMEOUT = 90.0
 POLL = 0.5
 
 
-def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float) -> T:
-    """Poll ``probe`` until it returns something; fail naming ``what``."""
+def wait_for[T](
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something; fail naming ``what`` (and ``explain()``)."""
     deadline = time.monotonic() + timeout
     while True:
         found = probe()
         if found is not None:
             return found
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: nothing within {timeout} s")
+            detail = f"\n{explain()}" if explain is not None else ""
+            pytest.fail(f"{what}: nothing within {timeout} s{detail}")
         time.sleep(POLL)
 
 
@@ -54,10 +68,14 @@ class Ha:
 
     def discovered(self) -> list[dict[str, Any]]:
         """The flows the UI lists as discovered (no REST view: the websocket command)."""
+        return [f for f in self.flows() if f["handler"] == DOMAIN]
+
+    def flows(self) -> list[dict[str, Any]]:
+        """Every flow in progress, of any integration."""
         flows: list[dict[str, Any]] = ha_ws(
             self.base, self.token, {"type": "config_entries/flow/progress"}
         )
-        return [f for f in flows if f["handler"] == DOMAIN]
+        return flows
 
     def step(self, flow_id: str, user_input: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.call(f"/api/config/config_entries/flow/{flow_id}", user_input)
@@ -126,6 +144,7 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
                 None,
             ),
             DISCOVERY_TIMEOUT,
+            explain=lambda: discovery_diagnosis(state_dir, ha.flows()),
         )
         flow_id = flow["flow_id"]
         assert flow["step_id"] == "discovery_confirm"
