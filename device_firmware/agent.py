@@ -68,6 +68,9 @@ from .zero_touch import sign_zero_touch
 _LOGGER = logging.getLogger(__name__)
 
 ZERO_TOUCH_FIRST_RETRY: Final = 30.0
+#: First retry of a failed zeroconf advertisement, doubling up to the maximum.
+ADVERTISE_RETRY: Final = 5.0
+ADVERTISE_RETRY_MAX: Final = 300.0
 ZERO_TOUCH_MAX_RETRY: Final = 600.0
 #: After the runtime gave up (BROKER_AUTH_FAILED, TLS_FAILED), try again this much later.
 MQTT_RETRY_SECONDS: Final = 60.0
@@ -217,6 +220,8 @@ class Agent:
         self._actions: asyncio.Queue[Action] = asyncio.Queue()
         self._waiters: set[asyncio.Future[None]] = set()
         self._version = 0
+        #: Seconds until a failed advertisement is tried again (None: nothing failed).
+        self._advertise_retry: float | None = None
         self._runtime: MqttRuntimeLike | None = None
         self._lan_runner: web.AppRunner | None = None
         self._captive_runner: web.AppRunner | None = None
@@ -511,7 +516,11 @@ class Agent:
     async def _reconcile_loop(self) -> None:
         seen = self._version
         while True:
-            seen = await self._changed(seen)
+            # A failed advertisement is retried on its own (backing off), not only at the
+            # next state change: a fresh device that nobody can discover would wait for ever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._advertise_retry):
+                    seen = await self._changed(seen)
             await self._reconcile()
 
     async def _reconcile(self) -> None:
@@ -534,7 +543,11 @@ class Agent:
             try:
                 await self._advertiser.publish(record.phase.value)
             except OSError as err:
-                _LOGGER.warning("zeroconf: %s", err)
+                delay = min(2 * (self._advertise_retry or ADVERTISE_RETRY / 2), ADVERTISE_RETRY_MAX)
+                self._advertise_retry = delay
+                _LOGGER.warning("zeroconf: %s; trying again in %.0f s", err, delay)
+            else:
+                self._advertise_retry = None
         if self._ble is not None:
             await self._ble.update_state(record)  # logs D-Bus failures, never raises
         if record.phase is Phase.COMMITTING:

@@ -91,6 +91,34 @@ async def test_agent_keeps_advertising_when_claimed(
         await listener.async_close()
 
 
+async def test_a_failed_first_advertisement_is_tried_again(
+    start_agent: AgentStarter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh device nobody can discover must not wait for a state change that never comes."""
+    monkeypatch.setattr("device_firmware.agent.ADVERTISE_RETRY", 0.1)
+    real_publish = Advertiser.publish
+    calls: list[str] = []
+
+    async def flaky_publish(self: Advertiser, state: str) -> None:
+        calls.append(state)
+        if len(calls) <= 2:  # two failures, then the network is back
+            raise OSError(19, "No such device")
+        await real_publish(self, state)
+
+    monkeypatch.setattr(Advertiser, "publish", flaky_publish)
+    listener = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        async with start_agent(zeroconf=True, advertise=("127.0.0.1",)) as running:
+            advertiser = running.agent.advertiser
+            assert advertiser is not None
+            info = await browse(listener, advertiser.service_name)
+            assert txt(info)["state"] == "unclaimed"
+            assert calls[:3] == ["unclaimed"] * 3
+        assert "zeroconf: [Errno 19] No such device; trying again in" in caplog.text
+    finally:
+        await listener.async_close()
+
+
 async def test_advertiser_refuses_no_addresses() -> None:
 
     with pytest.raises(ConfigError):
