@@ -27,6 +27,7 @@ from .broker import DeviceCredential
 from .broker_sync import BrokerPlan
 from .context import Context
 from .device_proofs import (
+    DeviceStatement,
     parse_claim_confirmation,
     parse_zero_touch,
     verify_statement,
@@ -125,6 +126,34 @@ async def take_ownership(
     return Owned(device_id, household_id, credential)
 
 
+async def check_device_statement(
+    ctx: Context, statement: DeviceStatement, client: str, *, max_age: int
+) -> None:
+    """Rate limits (per address, per device), then the signature by the registry key and time.
+
+    Every statement a device signs goes through here before anything else is read or written;
+    an unknown device fails the signature check like a forged statement (no enumeration).
+    """
+    limiters = ctx.limiters
+    hit_all(
+        [
+            (limiters.confirm_per_address, client),
+            (limiters.confirm_per_device, statement.device_id),
+        ]
+    )
+    async with ctx.storage.read() as conn:
+        key = await conn.fetchval(
+            "SELECT public_key FROM devices WHERE device_id = $1", statement.device_id
+        )
+    verify_statement(
+        statement,
+        None if key is None else bytes(key),
+        now=ctx.now(),
+        max_age=max_age,
+        max_skew=ctx.config.max_clock_skew,
+    )
+
+
 class Claims:
     """Create claims, report their status, accept the device's confirmation."""
 
@@ -216,13 +245,6 @@ class Claims:
             "completed_at": row["completed_at"],
         }
 
-    async def _registry_key(self, device_id: str) -> bytes | None:
-        async with self._ctx.storage.read() as conn:
-            key = await conn.fetchval(
-                "SELECT public_key FROM devices WHERE device_id = $1", device_id
-            )
-        return None if key is None else bytes(key)
-
     async def _claimable_version(self, hashed: bytes, device_id: str) -> int | None:
         """The device's credential version if the claim of ``hashed`` looks like it will win.
 
@@ -252,20 +274,7 @@ class Claims:
         """The device's signed confirmation: verify, then own in one transaction."""
         ctx = self._ctx
         confirmation = parse_claim_confirmation(raw)
-        limiters = ctx.limiters
-        hit_all(
-            [
-                (limiters.confirm_per_address, client),
-                (limiters.confirm_per_device, confirmation.device_id),
-            ]
-        )
-        verify_statement(
-            confirmation,
-            await self._registry_key(confirmation.device_id),
-            now=ctx.now(),
-            max_age=ctx.config.claim_ttl,
-            max_skew=ctx.config.max_clock_skew,
-        )
+        await check_device_statement(ctx, confirmation, client, max_age=ctx.config.claim_ttl)
         hashed = token_hash(confirmation.claim_token)
 
         async def body(conn: Connection, plan: BrokerPlan) -> Owned:
@@ -337,20 +346,7 @@ class Claims:
         """A pre-assigned device, online by Ethernet, becomes its order's household's."""
         ctx = self._ctx
         confirmation = parse_zero_touch(raw)
-        limiters = ctx.limiters
-        hit_all(
-            [
-                (limiters.confirm_per_address, client),
-                (limiters.confirm_per_device, confirmation.device_id),
-            ]
-        )
-        verify_statement(
-            confirmation,
-            await self._registry_key(confirmation.device_id),
-            now=ctx.now(),
-            max_age=ctx.config.claim_ttl,
-            max_skew=ctx.config.max_clock_skew,
-        )
+        await check_device_statement(ctx, confirmation, client, max_age=ctx.config.claim_ttl)
 
         async def body(conn: Connection, plan: BrokerPlan) -> Owned:
             now = ctx.now()

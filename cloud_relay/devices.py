@@ -17,9 +17,9 @@ from iob_protocol.claim import CREDENTIAL_MAX_AGE_SECONDS
 from . import audit
 from .accounts import Account
 from .broker_sync import BrokerPlan
-from .claims import use_nonce
+from .claims import check_device_statement, use_nonce
 from .context import Context
-from .device_proofs import parse_mqtt_credential_request, parse_release, verify_statement
+from .device_proofs import parse_mqtt_credential_request, parse_release
 from .errors import (
     BadSignatureError,
     ClaimExpiredError,
@@ -37,7 +37,6 @@ from .errors import (
 )
 from .households import Households
 from .mutation import mutate
-from .ratelimit import hit_all
 from .registry import model_json
 from .storage import Connection, Row
 from .tokens import new_id
@@ -248,24 +247,7 @@ class Devices:
         """The device, after a factory reset, lets go of its owner (signed; idempotent)."""
         ctx = self._ctx
         notice = parse_release(raw)
-        limiters = ctx.limiters
-        hit_all(
-            [
-                (limiters.confirm_per_address, client),
-                (limiters.confirm_per_device, notice.device_id),
-            ]
-        )
-        async with ctx.storage.read() as conn:
-            key = await conn.fetchval(
-                "SELECT public_key FROM devices WHERE device_id = $1", notice.device_id
-            )
-        verify_statement(
-            notice,
-            None if key is None else bytes(key),
-            now=ctx.now(),
-            max_age=ctx.config.claim_ttl,
-            max_skew=ctx.config.max_clock_skew,
-        )
+        await check_device_statement(ctx, notice, client, max_age=ctx.config.claim_ttl)
 
         async def body(conn: Connection, plan: BrokerPlan) -> None:
             device = await conn.fetchrow(
@@ -345,25 +327,8 @@ class Devices:
         """
         ctx = self._ctx
         request = parse_mqtt_credential_request(raw)
-        limiters = ctx.limiters
-        hit_all(
-            [
-                (limiters.confirm_per_address, client),
-                (limiters.confirm_per_device, request.device_id),
-            ]
-        )
-        async with ctx.storage.read() as conn:
-            key = await conn.fetchval(
-                "SELECT public_key FROM devices WHERE device_id = $1", request.device_id
-            )
         try:
-            verify_statement(
-                request,
-                None if key is None else bytes(key),
-                now=ctx.now(),
-                max_age=CREDENTIAL_MAX_AGE_SECONDS,
-                max_skew=ctx.config.max_clock_skew,
-            )
+            await check_device_statement(ctx, request, client, max_age=CREDENTIAL_MAX_AGE_SECONDS)
         except BadSignatureError as err:
             raise CredentialRefusedError from err
         except ClaimExpiredError as err:
