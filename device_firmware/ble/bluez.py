@@ -228,7 +228,65 @@ class GattApplication:
 # --- the peripheral --------------------------------------------------------------------------
 
 
-class BluezPeripheral:
+class ProvisioningPeripheral:
+    """What every peripheral serves: the IoT Onboard service and, optionally, Improv Wi-Fi.
+
+    :class:`BluezPeripheral` (a real adapter) and ``bridge.BridgePeripheral`` (loopback TCP,
+    tests and demo) differ only in how centrals reach these services.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: SessionHost,
+        controller: DeviceController,
+        device: ProvisionedDevice,
+        improv: bool,
+        clock: MonotonicClock,
+        improv_authorization: float,
+        refresh_seconds: float,
+    ) -> None:
+        """Build the services; nothing is served yet."""
+        self._host = host
+        self._controller = controller
+        self._device_id = device.identity.device_id
+        self._refresh_seconds = refresh_seconds
+        self.provisioning = ProvisioningService(host, clock=clock, on_session=self._session_began)
+        self.improv: ImprovService | None = None
+        if improv:
+            self.improv = ImprovService(
+                controller,
+                device_name=self.local_name,
+                hardware_name=device.info.model,
+                firmware_version=device.info.firmware_version,
+                session_authorized=lambda: host.has_session,
+                on_state=self._improv_state,
+                clock=clock,
+                authorization_seconds=improv_authorization,
+            )
+
+    @property
+    def local_name(self) -> str:
+        """The name in the scan response (and Improv's device name)."""
+        return f"IoT Onboard {self._device_id[:SHORT_ID_CHARS]}"
+
+    @property
+    def services(self) -> list[GattService]:
+        """The services in registration order."""
+        services: list[GattService] = [self.provisioning]
+        if self.improv is not None:
+            services.append(self.improv)
+        return services
+
+    async def _improv_state(self, _state: ImprovState) -> None:
+        """Improv's state changed: the advertisement follows (each peripheral's own way)."""
+
+    async def _session_began(self) -> None:
+        if self.improv is not None:
+            await self.improv.refresh()
+
+
+class BluezPeripheral(ProvisioningPeripheral):
     """BLE provisioning on a real adapter: what the agent starts, updates and stops."""
 
     def __init__(
@@ -257,25 +315,17 @@ class BluezPeripheral:
             improv_authorization: seconds a button press authorizes Improv.
             refresh_seconds: how often the provisioning window is re-checked.
         """
-        self._host = host
-        self._controller = controller
-        self._device_id = device.identity.device_id
+        super().__init__(
+            host=host,
+            controller=controller,
+            device=device,
+            improv=improv,
+            clock=clock,
+            improv_authorization=improv_authorization,
+            refresh_seconds=refresh_seconds,
+        )
         self._adapter_name = adapter
         self._bus_address = bus_address
-        self._refresh_seconds = refresh_seconds
-        self.provisioning = ProvisioningService(host, clock=clock, on_session=self._session_began)
-        self.improv: ImprovService | None = None
-        if improv:
-            self.improv = ImprovService(
-                controller,
-                device_name=self.local_name,
-                hardware_name=device.info.model,
-                firmware_version=device.info.firmware_version,
-                session_authorized=lambda: host.has_session,
-                on_state=self._improv_state,
-                clock=clock,
-                authorization_seconds=improv_authorization,
-            )
         self._bus: MessageBus | None = None
         self._server: ObjectServer | None = None
         self._app: GattApplication | None = None
@@ -287,11 +337,6 @@ class BluezPeripheral:
         self._refresher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
-
-    @property
-    def local_name(self) -> str:
-        """The name in the scan response (and Improv's device name)."""
-        return f"IoT Onboard {self._device_id[:SHORT_ID_CHARS]}"
 
     @property
     def adapter_path(self) -> str | None:
@@ -315,9 +360,7 @@ class BluezPeripheral:
             self._adapter = await self._find_adapter()
             await self._watch()
             server = self._server = ObjectServer(bus)
-            services: list[GattService] = [self.provisioning]
-            if self.improv is not None:
-                services.append(self.improv)
+            services = self.services
             app = self._app = GattApplication(server, services)
             app.export()
             self._make_advertisements(server)
@@ -653,10 +696,6 @@ class BluezPeripheral:
         while True:
             await asyncio.sleep(self._refresh_seconds)
             await self.update_state()
-
-    async def _session_began(self) -> None:
-        if self.improv is not None:
-            await self.improv.refresh()
 
 
 def ble_phase(phase: Phase) -> BlePhase:

@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-from iob_protocol.ble import SERVICE_UUID, SHORT_ID_CHARS, BleStatus
+from iob_protocol.ble import SERVICE_UUID, BleStatus
 from iob_protocol.sources import MonotonicClock, monotonic
 
 from device_firmware.controller import DeviceController
@@ -38,14 +38,12 @@ from device_firmware.factory import ProvisionedDevice
 from device_firmware.provisioning.session_host import SessionHost
 from device_firmware.state import DeviceStateRecord
 
-from .bluez import REFRESH_SECONDS, ble_phase
+from .bluez import REFRESH_SECONDS, ProvisioningPeripheral, ble_phase
 from .errors import BleError, GattError
-from .gatt import GattService, ProvisioningService
 from .improv import (
     AUTHORIZATION_SECONDS,
     IMPROV_SERVICE_DATA_UUID,
     IMPROV_SERVICE_UUID,
-    ImprovService,
     ImprovState,
     improv_service_data,
 )
@@ -90,7 +88,7 @@ def check_loopback(host: str) -> str:
     return str(address)
 
 
-class BridgePeripheral:
+class BridgePeripheral(ProvisioningPeripheral):
     """BLE provisioning over loopback TCP: what the agent starts, updates and stops."""
 
     def __init__(
@@ -109,39 +107,23 @@ class BridgePeripheral:
 
         ``bind`` is the loopback address and port (0: any free port, see :attr:`port`).
         """
-        self._host = host
-        self._controller = controller
-        self._device_id = device.identity.device_id
+        super().__init__(
+            host=host,
+            controller=controller,
+            device=device,
+            improv=improv,
+            clock=clock,
+            improv_authorization=improv_authorization,
+            refresh_seconds=refresh_seconds,
+        )
         self._bind = bind
-        self._refresh_seconds = refresh_seconds
-        self.provisioning = ProvisioningService(host, clock=clock, on_session=self._session_began)
-        self.improv: ImprovService | None = None
-        if improv:
-            self.improv = ImprovService(
-                controller,
-                device_name=self.local_name,
-                hardware_name=device.info.model,
-                firmware_version=device.info.firmware_version,
-                session_authorized=lambda: host.has_session,
-                on_state=self._improv_state,
-                clock=clock,
-                authorization_seconds=improv_authorization,
-            )
-        services: list[GattService] = [self.provisioning]
-        if self.improv is not None:
-            services.append(self.improv)
-        self._loopback = LoopbackPeripheral(services)
+        self._loopback = LoopbackPeripheral(self.services)
         self._window = False
         self._advertisement: Document | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[_Client] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._connections = 0
-
-    @property
-    def local_name(self) -> str:
-        """The advertised name (as BlueZ's scan response has it)."""
-        return f"IoT Onboard {self._device_id[:SHORT_ID_CHARS]}"
 
     @property
     def port(self) -> int:
@@ -267,10 +249,6 @@ class BridgePeripheral:
             except Exception:
                 # The window can lapse on its own; one failed check must not end the checks.
                 _LOGGER.exception("BLE bridge: refreshing the state failed")
-
-    async def _session_began(self) -> None:
-        if self.improv is not None:
-            await self.improv.refresh()
 
     # --- clients ----------------------------------------------------------------------------
 
