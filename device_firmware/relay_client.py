@@ -26,8 +26,10 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import aiohttp
+from iob_protocol.boundedjson import load_json
 from iob_protocol.claim import ClaimConfirmation, MqttCredentialRequest, ReleaseNotice
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.errors import MalformedMessageError
 from iob_protocol.identity import DeviceIdentity
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
@@ -271,8 +273,8 @@ class RelayClient:
         if len(raw) > MAX_RESPONSE_SIZE:
             raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, f"{url}: answer too large")
         try:
-            document = json.loads(raw) if raw else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            document = load_json(raw, max_bytes=MAX_RESPONSE_SIZE) if raw else {}
+        except MalformedMessageError as err:
             raise RelayError(
                 DiagnosticCode.RELAY_UNREACHABLE, f"{url}: HTTP {status}, not JSON"
             ) from err

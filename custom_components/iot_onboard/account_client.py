@@ -16,7 +16,6 @@ caller gets :class:`AuthenticationError`: the user must sign in again (reauth).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,13 @@ from .const import (
     CONF_REFRESH_EXPIRES_AT,
     CONF_REFRESH_TOKEN,
 )
-from .iob_protocol import DiagnosticCode, EncodingError, b64url_decode
+from .iob_protocol import (
+    DiagnosticCode,
+    EncodingError,
+    MalformedMessageError,
+    b64url_decode,
+    load_json,
+)
 
 DEFAULT_TIMEOUT: Final = 15.0
 #: Refresh this many seconds before the access token expires (clock differences, slow calls).
@@ -840,11 +845,11 @@ class AccountClient:
         document: Any = None
         if raw:
             try:
-                document = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                document = load_json(raw, max_bytes=MAX_RESPONSE_SIZE)
+            except MalformedMessageError as err:
                 if status >= _HTTP_SERVER_ERROR:
                     raise ServiceUnavailableError(status, f"http_{status}", "") from err
-                raise AccountResponseError(f"{url}: HTTP {status}, not JSON") from err
+                raise AccountResponseError(f"{url}: HTTP {status}, not JSON ({err})") from err
         if status >= _HTTP_BAD_REQUEST:
             raise _api_error(status, document, retry_after)
         return document

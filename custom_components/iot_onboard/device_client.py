@@ -19,7 +19,6 @@ import abc
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -41,6 +40,7 @@ from .iob_protocol import (
     IdentifyRequest,
     InfoRequest,
     InfoResult,
+    MalformedMessageError,
     ManualCode,
     OwnerSecret,
     ProtocolError,
@@ -61,6 +61,7 @@ from .iob_protocol import (
     decode_response,
     encode_error_frame,
     encode_request,
+    load_json,
 )
 
 DEFAULT_TIMEOUT: Final = 15.0
@@ -334,7 +335,7 @@ class DeviceClient(DeviceTransport):
         if status != _HTTP_OK or len(raw) > MAX_BODY:
             raise DeviceProtocolError("not_a_device", f"{url}: HTTP {status}")
         try:
-            document: Any = json.loads(raw)
+            document: Any = load_json(raw, max_bytes=MAX_BODY)
             advertisement = DeviceAdvertisement(
                 device_id=_string(document, "device_id"),
                 model=_string(document, "model"),
@@ -343,7 +344,7 @@ class DeviceClient(DeviceTransport):
                 state=_string(document, "state"),
                 window=_string(document, "window"),
             )
-        except (ValueError, TypeError, KeyError) as err:
+        except (MalformedMessageError, ValueError, TypeError, KeyError) as err:
             raise DeviceProtocolError("not_a_device", f"{url}: unexpected answer") from err
         return advertisement
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import random
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiomqtt
+
+from .iob_protocol import MalformedMessageError, load_json
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -183,8 +184,8 @@ def parse_meta(device_id: str, payload: bytes) -> DeviceMeta:
     if len(payload) > _MAX_META_BYTES:
         raise MetaError(f"meta is over {_MAX_META_BYTES} bytes")
     try:
-        document = json.loads(payload)
-    except ValueError as err:
+        document = load_json(payload, max_bytes=_MAX_META_BYTES)
+    except MalformedMessageError as err:
         raise MetaError(f"meta is not JSON: {err}") from err
     if not isinstance(document, dict):
         raise MetaError("meta is not a JSON object")
@@ -589,8 +590,8 @@ class MqttHub:
 
     def _on_diag(self, device_id: str, payload: bytes) -> None:
         try:
-            event = json.loads(payload) if payload else None
-        except ValueError:
+            event = load_json(payload, max_bytes=_MAX_META_BYTES) if payload else None
+        except MalformedMessageError:
             return
         if isinstance(event, dict):
             self._device(device_id).last_diagnostic = event

@@ -4,6 +4,7 @@ the attempt limiter."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from iob_protocol import AckResult, QrPayload
@@ -147,6 +148,29 @@ async def test_replayed_and_tampered_frames_end_the_session(start_agent: AgentSt
         raw[-1] ^= 0x01
         tampered = await client.send_raw(bytes(raw))
         assert (tampered.status, tampered.error) == (401, "frame_authentication")
+
+
+async def test_deeply_nested_json_in_a_frame_is_one_clean_error(
+    start_agent: AgentStarter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An authenticated frame nested 5,000 deep is answered with a stable code, no traceback."""
+    async with start_agent() as running:
+        client = await running.connected_client()
+        assert client.session is not None
+        caplog.set_level(logging.DEBUG)
+        caplog.clear()
+        for depth in (5000, 800):
+            deep = b"[" * depth + b"]" * depth
+            reply = await client.send_raw(client.session.seal(deep))
+            assert reply.status == 200, reply.status
+            response = decode_response(client.session.open(reply.body))
+            assert isinstance(response, ErrorResponse)
+            assert (response.error, response.request_id) == ("json_too_deep", 0)
+        assert "Traceback" not in caplog.text
+        assert all(record.exc_info is None for record in caplog.records)
+        # The session is still good.
+        ok = await client.call(StatusRequest(request_id=client.next_id()))
+        assert isinstance(ok, OkResponse)
 
 
 async def test_missing_or_wrong_session_header(start_agent: AgentStarter) -> None:

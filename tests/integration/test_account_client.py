@@ -403,6 +403,17 @@ async def test_answers_that_are_not_the_api(service: FakeService, http: Http) ->
         await client_for(service, http, fresh_tokens()).households()
 
 
+async def test_a_deeply_nested_answer_is_refused(service: FakeService, http: Http) -> None:
+    """A hostile service's 100,000-deep answer is a response error, not a RecursionError."""
+
+    async def deep(_request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000, content_type="application/json")
+
+    service.answer("GET", "/v1/health", deep)
+    with pytest.raises(AccountResponseError, match="nested deeper than 32"):
+        await client_for(service, http).health()
+
+
 async def test_oversized_answer_is_refused(service: FakeService, http: Http) -> None:
     service.answer("GET", "/v1/health", {"status": "ok", "time": 1, "pad": "x" * (1024 * 1024)})
     with pytest.raises(AccountResponseError):

@@ -84,6 +84,9 @@ def test_parse_meta_keeps_what_home_assistant_can_build() -> None:
         (b"[]", "not a JSON object"),
         (json.dumps({"device": {"id": "other"}}).encode(), "names device"),
         (b"x" * (64 * 1024 + 1), "over"),
+        # A recursion error in json before the bounded loader (a device's own topic).
+        (b"[" * 60_000, "nested deeper than 32"),
+        (b'{"device": {}, "device": {}}', "duplicate key"),
     ],
 )
 def test_parse_meta_refuses(payload: bytes, message: str) -> None:

@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from iob_protocol import (
+    MAX_JSON_DEPTH,
     EncodingError,
+    JsonTooDeepError,
     MalformedMessageError,
     NonCanonicalMessageError,
     b64url_decode,
@@ -92,6 +94,10 @@ def test_encode_fields_refuses(domain: str, fields: dict[str, object]) -> None:
         (b'{"a":1,"a":1}', MalformedMessageError),
         (b"\xff", MalformedMessageError),
         (b"[" * 100_000, MalformedMessageError),
+        # Parsed by the C scanner, then overflowed the canonical check's recursion (a 500).
+        (b"[" * 5000 + b"]" * 5000, JsonTooDeepError),
+        (b"[" * 800 + b"]" * 800, JsonTooDeepError),
+        (b'{"a":' * 33 + b"1" + b"}" * 33, JsonTooDeepError),
         (b'{"a":99999999999999999999}', MalformedMessageError),
         (b'{"b":1,"a":1}', NonCanonicalMessageError),
         (b'{"a": 1}', NonCanonicalMessageError),
@@ -101,6 +107,23 @@ def test_encode_fields_refuses(domain: str, fields: dict[str, object]) -> None:
 def test_parse_refuses(text: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         parse_canonical_json(text)
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_the_deepest_canonical_json_reads_back_and_one_level_more_is_refused() -> None:
+    deepest = canonical_json(_nested(MAX_JSON_DEPTH))  # type: ignore[arg-type]
+    assert parse_canonical_json(deepest) == _nested(MAX_JSON_DEPTH)
+    with pytest.raises(EncodingError, match="deeper than 32"):
+        canonical_json(_nested(MAX_JSON_DEPTH + 1))  # type: ignore[arg-type]
+    # A value built in code is checked with bounded recursion too.
+    with pytest.raises(EncodingError):
+        canonical_json(_nested(5000))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", [1.5, {1: 2}, b"x", 2**60, "\udc80", [object()]])

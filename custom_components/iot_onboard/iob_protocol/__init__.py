@@ -19,6 +19,7 @@ from .ble import (
     chunk_payload_size,
     parse_state_value,
 )
+from .boundedjson import MAX_JSON_DEPTH, load_json
 from .canonical import (
     FieldValue,
     JsonValue,
@@ -101,6 +102,8 @@ from .errors import (
     InvalidPassphraseError,
     InvalidSsidError,
     InvalidUrlError,
+    JsonTooDeepError,
+    JsonTooLargeError,
     KeyFileError,
     LimiterError,
     LockedOutError,
@@ -188,6 +191,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "LABEL_KINDS",
     "MAX_FRAME_SIZE",
+    "MAX_JSON_DEPTH",
     "MAX_PLAINTEXT_SIZE",
     "OWNER_SECRET_SIZE",
     "PROTOCOL_VERSION",
@@ -252,6 +256,8 @@ __all__ = [
     "InvalidPassphraseError",
     "InvalidSsidError",
     "InvalidUrlError",
+    "JsonTooDeepError",
+    "JsonTooLargeError",
     "JsonValue",
     "KeyFileError",
     "LimiterError",
@@ -339,6 +345,7 @@ __all__ = [
     "encode_response",
     "format_fingerprint",
     "generate_device_id",
+    "load_json",
     "parse_canonical_json",
     "parse_fingerprint",
     "parse_state_value",

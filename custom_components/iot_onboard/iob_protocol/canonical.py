@@ -19,8 +19,9 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from typing import Final, NoReturn
+from typing import Final
 
+from .boundedjson import MAX_JSON_DEPTH, load_json
 from .errors import EncodingError, MalformedMessageError, NonCanonicalMessageError
 
 #: Leads every :func:`encode_fields` output, so it cannot collide with other formats.
@@ -35,6 +36,8 @@ _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 #: Integers in JSON stay within what an IEEE double holds exactly (JavaScript clients).
 JSON_INT_MAX: Final = 2**53 - 1
+#: Larger than any frame (16 KiB), statement or stored audit record: a bound, not a format rule.
+MAX_CANONICAL_BYTES: Final = 1024 * 1024
 
 _DOMAIN_RE: Final = re.compile(r"[a-z0-9][a-z0-9/._-]{0,127}")
 _FIELD_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -143,7 +146,7 @@ def base32_decode(text: str) -> bytes:
 # --- canonical JSON -----------------------------------------------------------------------------
 
 
-def _check_json(value: object, path: str) -> None:
+def _check_json(value: object, path: str, depth: int = 0) -> None:
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
@@ -156,20 +159,23 @@ def _check_json(value: object, path: str) -> None:
         except UnicodeEncodeError as err:
             raise EncodingError(f"{path}: string is not valid Unicode") from err
         return
-    _check_json_container(value, path)
+    if depth >= MAX_JSON_DEPTH:
+        # What the parser would refuse is never produced (and the recursion stays bounded).
+        raise EncodingError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+    _check_json_container(value, path, depth + 1)
 
 
-def _check_json_container(value: object, path: str) -> None:
+def _check_json_container(value: object, path: str, depth: int) -> None:
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]")
+            _check_json(item, f"{path}[{index}]", depth)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EncodingError(f"{path}: object keys must be strings")
             _check_json(key, path)
-            _check_json(item, f"{path}.{key}")
+            _check_json(item, f"{path}.{key}", depth)
         return
     raise EncodingError(f"{path}: unsupported type {type(value).__name__}")
 
@@ -182,35 +188,14 @@ def canonical_json(value: JsonValue) -> bytes:
     ).encode("utf-8")
 
 
-def _reject_float(text: str) -> NoReturn:
-    raise MalformedMessageError(f"numbers must be integers, got {text}")
-
-
-def _reject_constant(text: str) -> NoReturn:
-    raise MalformedMessageError(f"{text} is not JSON")
-
-
-def _unique_object(pairs: list[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
-    result: dict[str, JsonValue] = {}
-    for key, value in pairs:
-        if key in result:
-            raise MalformedMessageError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def parse_canonical_json(data: bytes) -> JsonValue:
-    """Parse canonical JSON, refusing anything that is not byte-identical to its re-encoding."""
-    try:
-        text = data.decode("utf-8")
-        value: JsonValue = json.loads(
-            text,
-            object_pairs_hook=_unique_object,
-            parse_float=_reject_float,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise MalformedMessageError(f"not valid JSON: {err}") from err
+    """Parse canonical JSON, refusing anything that is not byte-identical to its re-encoding.
+
+    Read through :func:`~.boundedjson.load_json` (at most :data:`MAX_CANONICAL_BYTES` and
+    :data:`~.boundedjson.MAX_JSON_DEPTH` levels), so a hostile peer gets a
+    :class:`~.errors.JsonTooDeepError`, never a recursion error.
+    """
+    value: JsonValue = load_json(data, max_bytes=MAX_CANONICAL_BYTES, integers_only=True)
     try:
         again = canonical_json(value)
     except EncodingError as err:

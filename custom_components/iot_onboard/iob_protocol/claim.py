@@ -32,6 +32,7 @@ from .errors import (
     ClockSkewError,
     EncodingError,
     IdentityError,
+    JsonTooDeepError,
 )
 from .identity import SIGNATURE_SIZE, DeviceIdentity, validate_device_id, verify_signature
 from .sources import RandomSource, WallClock, system_random, unix_time
@@ -103,6 +104,8 @@ def _to_json(fields: _Fields, signature: bytes) -> bytes:
 def _parse(data: bytes, expected: set[str]) -> dict[str, JsonValue]:
     try:
         document = parse_canonical_json(data)
+    except JsonTooDeepError:
+        raise  # its own stable code: the account service answers json_too_deep
     except EncodingError as err:
         raise ClaimError(str(err)) from err
     if not isinstance(document, dict) or set(document) != expected:

@@ -35,6 +35,18 @@ class MalformedMessageError(EncodingError):
     code = "malformed_message"
 
 
+class JsonTooDeepError(MalformedMessageError):
+    """Arrays and objects nested deeper than the protocol allows (``MAX_JSON_DEPTH``)."""
+
+    code = "json_too_deep"
+
+
+class JsonTooLargeError(MalformedMessageError):
+    """More JSON text than the reader accepts."""
+
+    code = "json_too_large"
+
+
 class NonCanonicalMessageError(EncodingError):
     """Valid JSON, but not in canonical form, so a signature or MAC would be ambiguous."""
 
