@@ -126,21 +126,14 @@ async def take_ownership(
     return Owned(device_id, household_id, credential)
 
 
-async def check_device_statement(
-    ctx: Context, statement: DeviceStatement, client: str, *, max_age: int
-) -> None:
-    """Rate limits (per address, per device), then the signature by the registry key and time.
+async def check_device_statement(ctx: Context, statement: DeviceStatement, *, max_age: int) -> None:
+    """The per-device rate limit, then the signature by the registry key and time.
 
-    Every statement a device signs goes through here before anything else is read or written;
-    an unknown device fails the signature check like a forged statement (no enumeration).
+    Every statement a device signs goes through here before anything else is read or written
+    (the HTTP layer spent the caller's per-address budget before it read the body); an unknown
+    device fails the signature check like a forged statement (no enumeration).
     """
-    limiters = ctx.limiters
-    hit_all(
-        [
-            (limiters.confirm_per_address, client),
-            (limiters.confirm_per_device, statement.device_id),
-        ]
-    )
+    ctx.limiters.confirm_per_device.hit(statement.device_id)
     async with ctx.storage.read() as conn:
         key = await conn.fetchval(
             "SELECT public_key FROM devices WHERE device_id = $1", statement.device_id
@@ -270,11 +263,11 @@ class Claims:
             return None
         return int(row["credential_version"])
 
-    async def confirm(self, raw: object, client: str) -> Owned:
+    async def confirm(self, raw: object) -> Owned:
         """The device's signed confirmation: verify, then own in one transaction."""
         ctx = self._ctx
         confirmation = parse_claim_confirmation(raw)
-        await check_device_statement(ctx, confirmation, client, max_age=ctx.config.claim_ttl)
+        await check_device_statement(ctx, confirmation, max_age=ctx.config.claim_ttl)
         hashed = token_hash(confirmation.claim_token)
 
         async def body(conn: Connection, plan: BrokerPlan) -> Owned:
@@ -342,11 +335,11 @@ class Claims:
                 )
             raise
 
-    async def zero_touch(self, raw: object, client: str) -> Owned:
+    async def zero_touch(self, raw: object) -> Owned:
         """A pre-assigned device, online by Ethernet, becomes its order's household's."""
         ctx = self._ctx
         confirmation = parse_zero_touch(raw)
-        await check_device_statement(ctx, confirmation, client, max_age=ctx.config.claim_ttl)
+        await check_device_statement(ctx, confirmation, max_age=ctx.config.claim_ttl)
 
         async def body(conn: Connection, plan: BrokerPlan) -> Owned:
             now = ctx.now()

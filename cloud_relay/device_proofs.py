@@ -26,8 +26,15 @@ from iob_protocol.errors import (
     ProtocolError,
     SignatureError,
 )
+from iob_protocol.errors import JsonTooDeepError as ProtocolJsonTooDeepError
 
-from .errors import BadSignatureError, ClaimExpiredError, ClockSkewError, InvalidRequestError
+from .errors import (
+    BadSignatureError,
+    ClaimExpiredError,
+    ClockSkewError,
+    InvalidRequestError,
+    JsonTooDeepError,
+)
 
 #: Stands in for the registry key of an id the registry does not know.
 _UNKNOWN_DEVICE_KEY: Final = (
@@ -68,6 +75,8 @@ def _parse[T: DeviceStatement](kind: type[T], value: object, field: str) -> T:
     data = _canonical(value, field)
     try:
         return kind.from_json(data)  # type: ignore[return-value]
+    except ProtocolJsonTooDeepError as err:
+        raise JsonTooDeepError(f"{field}: {err}; a device's statement is one flat object") from err
     except ProtocolError as err:
         raise InvalidRequestError(f"{field} is malformed: {err}") from err
 

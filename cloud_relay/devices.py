@@ -243,11 +243,11 @@ class Devices:
 
         await mutate(ctx, body)
 
-    async def release_by_device(self, raw: object, client: str) -> None:
+    async def release_by_device(self, raw: object) -> None:
         """The device, after a factory reset, lets go of its owner (signed; idempotent)."""
         ctx = self._ctx
         notice = parse_release(raw)
-        await check_device_statement(ctx, notice, client, max_age=ctx.config.claim_ttl)
+        await check_device_statement(ctx, notice, max_age=ctx.config.claim_ttl)
 
         async def body(conn: Connection, plan: BrokerPlan) -> None:
             device = await conn.fetchrow(
@@ -311,7 +311,7 @@ class Devices:
 
         return await mutate(ctx, body)
 
-    async def mqtt_credential(self, raw: object, client: str) -> dict[str, Any]:
+    async def mqtt_credential(self, raw: object) -> dict[str, Any]:
         """The owned device's current MQTT credential, for its own signed request.
 
         How a rotated password reaches the device: the broker refuses the old one, the device
@@ -328,7 +328,7 @@ class Devices:
         ctx = self._ctx
         request = parse_mqtt_credential_request(raw)
         try:
-            await check_device_statement(ctx, request, client, max_age=CREDENTIAL_MAX_AGE_SECONDS)
+            await check_device_statement(ctx, request, max_age=CREDENTIAL_MAX_AGE_SECONDS)
         except BadSignatureError as err:
             raise CredentialRefusedError from err
         except ClaimExpiredError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from iob_protocol.boundedjson import MAX_JSON_DEPTH
 from iob_protocol.diagnostics import DiagnosticCode
 
 
@@ -37,6 +38,24 @@ class InvalidRequestError(RelayError):
     status = 400
     code = "invalid_request"
     default_message = "The request is malformed; check it against /openapi.json."
+
+
+class JsonTooDeepError(InvalidRequestError):
+    """The body's JSON nests arrays and objects deeper than any request of this API."""
+
+    code = "json_too_deep"
+    default_message = (
+        f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels; no request of this API "
+        "nests that deep."
+    )
+
+
+class UnsupportedMediaTypeError(RelayError):
+    """The body is not declared as JSON (``Content-Type: application/json``, UTF-8)."""
+
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "Send the body as JSON with 'Content-Type: application/json' (UTF-8)."
 
 
 class RequestTooLargeError(RelayError):

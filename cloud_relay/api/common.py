@@ -1,26 +1,37 @@
-"""What every handler needs: the relay, the caller, bounded JSON bodies, typed fields."""
+"""What every handler needs: the relay, the caller, JSON bodies checked against /openapi.json."""
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Final, NoReturn
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, Final
 
 from aiohttp import web
+from iob_protocol.boundedjson import load_json
+from iob_protocol.errors import JsonTooDeepError as ProtocolJsonTooDeepError
+from iob_protocol.errors import MalformedMessageError
 
 from cloud_relay.accounts import Account
 from cloud_relay.errors import (
     AuthenticationRequiredError,
     InvalidRequestError,
+    JsonTooDeepError,
     NotFoundError,
+    RelayError,
     RequestTooLargeError,
+    UnsupportedMediaTypeError,
 )
 from cloud_relay.relay import Relay
+
+from .openapi import document
 
 RELAY: Final = web.AppKey("relay", Relay)
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BEARER_RE: Final = re.compile(r"Bearer ([A-Za-z0-9_-]{16,128})", re.IGNORECASE)
 MAX_PAGE: Final = 200
+JSON_MEDIA_TYPE: Final = "application/json"
+_READ_CHUNK: Final = 64 * 1024
 
 
 def relay(request: web.Request) -> Relay:
@@ -76,41 +87,71 @@ def query_id(request: web.Request, name: str) -> str | None:
     return value
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise InvalidRequestError(f"{name} is not valid JSON")
-
-
-async def read_json(request: web.Request, limit: int | None = None) -> dict[str, Any]:
-    """The body as a JSON object, refusing bodies over ``limit`` bytes before reading them."""
-    limit = limit or relay(request).ctx.config.max_body_bytes
+async def _body_bytes(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes before or while reading it."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLargeError(f"The body must be at most {limit} bytes.")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise RequestTooLargeError(f"The body must be at most {limit} bytes.")
+    if request.content_type != JSON_MEDIA_TYPE or (request.charset or "utf-8").lower() != "utf-8":
+        raise UnsupportedMediaTypeError
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(_READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLargeError(f"The body must be at most {limit} bytes.")
+    return bytes(body)
+
+
+async def read_body(request: web.Request, limit: int | None = None) -> Body:
+    """The body, checked against its operation's request schema in /openapi.json.
+
+    ``Content-Type: application/json`` (UTF-8), at most ``limit`` bytes (the configured
+    ``max_body_bytes`` by default), JSON nested at most ``MAX_JSON_DEPTH`` levels, no duplicate
+    keys, then :class:`Body`'s checks.
+    """
+    limit = limit or relay(request).ctx.config.max_body_bytes
+    body = await _body_bytes(request, limit)
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as err:
+        value = load_json(body, max_bytes=limit)
+    except ProtocolJsonTooDeepError as err:
+        raise JsonTooDeepError from err
+    except MalformedMessageError as err:
         raise InvalidRequestError(
-            "The body is not valid JSON (UTF-8); send a JSON object."
+            f"The body is not valid JSON ({err}); send one JSON object, UTF-8."
         ) from err
     if not isinstance(value, dict):
         raise InvalidRequestError("The body must be a JSON object.")
-    return value
+    route = request.match_info.route.resource
+    canonical = route.canonical if route is not None else request.path
+    return Body(value, request_schema(request.method, canonical))
 
 
-class Fields:
-    """Typed access to a JSON object's fields; unknown fields are refused (typos are loud)."""
+class Body:
+    """A JSON object body that passed its documented schema (``requestBody`` in /openapi.json).
 
-    def __init__(self, data: dict[str, Any], allowed: set[str]) -> None:
-        """Check ``data`` has only ``allowed`` fields."""
-        unknown = set(data) - allowed
+    The one place where request bodies are validated, driven by the document itself, so the
+    API accepts exactly what it documents: unknown fields, missing required ones, ``null`` where
+    a string is documented, strings outside ``minLength``/``maxLength`` or their ``enum``, and
+    arrays outside ``minItems``/``maxItems`` are all 400 ``invalid_request``. What JSON Schema
+    cannot say (a normalised e-mail address, a verified signature) the services check next.
+    """
+
+    def __init__(self, data: dict[str, Any], schema: Mapping[str, Any]) -> None:
+        """Check ``data`` against the object ``schema``."""
+        properties: Mapping[str, Any] = schema["properties"]
+        unknown = set(data) - set(properties)
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        for name in schema.get("required", ()):
+            if name not in data:
+                raise InvalidRequestError(f"{name} is required")
+        for name, value in data.items():
+            problem = schema_problem(value, properties[name])
+            if problem is not None:
+                raise InvalidRequestError(f"{name} {problem}")
         self._data = data
 
     def raw(self, name: str) -> Any:
-        """A required field of any JSON type."""
+        """A field of any JSON type that the document requires."""
         if name not in self._data:
             raise InvalidRequestError(f"{name} is required")
         return self._data[name]
@@ -119,24 +160,20 @@ class Fields:
         """An optional field of any JSON type."""
         return self._data.get(name, default)
 
-    def string(self, name: str, *, max_length: int = 1024) -> str:
-        """A required string."""
-        value = self.raw(name)
-        return self._check_string(name, value, max_length)
+    def string(self, name: str) -> str:
+        """A string field that the document requires."""
+        value = self.optional_string(name)
+        if value is None:
+            raise InvalidRequestError(f"{name} is required")
+        return value
 
-    def optional_string(self, name: str, *, max_length: int = 1024) -> str | None:
-        """An optional string (absent or null → None)."""
+    def optional_string(self, name: str) -> str | None:
+        """A string field, or None when it is absent (``null`` never passes the schema)."""
         value = self._data.get(name)
         if value is None:
             return None
-        return self._check_string(name, value, max_length)
-
-    @staticmethod
-    def _check_string(name: str, value: Any, max_length: int) -> str:
         if not isinstance(value, str):
             raise InvalidRequestError(f"{name} must be a string")
-        if len(value) > max_length:
-            raise InvalidRequestError(f"{name} must be at most {max_length} characters")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as err:
@@ -145,12 +182,94 @@ class Fields:
             raise InvalidRequestError(f"{name} must not contain NUL characters")
         return value
 
-    def choice(self, name: str, choices: tuple[str, ...]) -> str:
-        """A required string from ``choices``."""
-        value = self.string(name)
-        if value not in choices:
-            raise InvalidRequestError(f"{name} must be one of {', '.join(choices)}")
-        return value
+
+_JSON_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
+    "string": str,
+    "object": dict,
+    "array": list,
+    "boolean": bool,
+    "integer": int,
+}
+#: Keywords :func:`schema_problem` enforces, and those it leaves to the handler's parser (the
+#: items of a registry import, a signed statement's fields) or that only annotate.
+CHECKED_KEYWORDS: Final = frozenset(
+    {"type", "minLength", "maxLength", "pattern", "enum", "minItems", "maxItems", "oneOf", "$ref"}
+)
+HANDLER_KEYWORDS: Final = frozenset(
+    {"items", "properties", "required", "additionalProperties", "format", "description"}
+)
+
+
+def _resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    reference = schema.get("$ref")
+    if reference is None:
+        return schema
+    resolved: Mapping[str, Any] = document()["components"]["schemas"][reference.rsplit("/", 1)[1]]
+    return resolved
+
+
+def schema_problem(value: Any, schema: Mapping[str, Any]) -> str | None:  # noqa: C901, PLR0911
+    """What is wrong with ``value`` under ``schema`` (the keywords in :data:`CHECKED_KEYWORDS`).
+
+    None when it fits. ``null`` fits only a schema that says so (no request schema does).
+    """
+    schema = _resolve(schema)
+    if "oneOf" in schema:
+        problems = [schema_problem(value, option) for option in schema["oneOf"]]
+        if problems.count(None) == 1:
+            return None
+        # The form of the value's own type says best what is wrong with it.
+        typed = [p for p in problems if p and not p.startswith(("must be a ", "must be an "))]
+        return typed[0] if typed else "has none of its documented forms; see /openapi.json"
+    kind = schema.get("type")
+    expected = _JSON_TYPES.get(kind) if isinstance(kind, str) else None
+    if expected is not None and (
+        not isinstance(value, expected) or (kind == "integer" and isinstance(value, bool))
+    ):
+        return f"must be {'an' if kind in {'object', 'array', 'integer'} else 'a'} {kind}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"must be one of {', '.join(map(str, schema['enum']))}"
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            return f"must be at least {schema['minLength']} character(s)"
+        if len(value) > schema.get("maxLength", len(value)):
+            return f"must be at most {schema['maxLength']} characters"
+        if "pattern" in schema and _pattern(schema["pattern"]).search(value) is None:
+            return "must have at least one visible character and no control characters"
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            return f"must have at least {schema['minItems']} item(s)"
+        if len(value) > schema.get("maxItems", len(value)):
+            return f"must have at most {schema['maxItems']} items"
+    return None
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A document pattern (ECMA-262) as Python reads it: a final ``$`` is the very end."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+@cache
+def _request_schemas() -> dict[tuple[str, str], Mapping[str, Any]]:
+    schemas: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for path, item in document()["paths"].items():
+        for method, operation in item.items():
+            body = operation.get("requestBody")
+            if body is not None:
+                schema = _resolve(body["content"][JSON_MEDIA_TYPE]["schema"])
+                schemas[method.upper(), path] = schema
+    return schemas
+
+
+def request_schema(method: str, path: str) -> Mapping[str, Any]:
+    """The documented body schema of ``method path`` (a route template)."""
+    schema = _request_schemas().get((method, path))
+    if schema is None:  # a handler reads a body its operation does not document
+        raise RelayError(f"{method} {path} reads a body that /openapi.json does not document")
+    return schema
 
 
 def page_params(request: web.Request) -> tuple[str | None, int]:

@@ -11,17 +11,15 @@ from cloud_relay.errors import (
     MemberNotFoundError,
     TransferNotFoundError,
 )
-from cloud_relay.households import MAX_EXTERNAL_ID, MAX_NAME
 
 from .common import (
-    Fields,
     account,
     client_address,
     no_content,
     ok,
     page_params,
     path_id,
-    read_json,
+    read_body,
     relay,
 )
 
@@ -52,10 +50,8 @@ async def list_households(request: web.Request) -> web.Response:
 async def create_household(request: web.Request) -> web.Response:
     """A new household owned by the caller."""
     caller = await account(request)
-    fields = Fields(await read_json(request), {"name"})
-    household = await relay(request).households.create(
-        caller, fields.string("name", max_length=MAX_NAME * 4)
-    )
+    body = await read_body(request)
+    household = await relay(request).households.create(caller, body.string("name"))
     return ok(household, status=201)
 
 
@@ -71,12 +67,8 @@ async def rename_household(request: web.Request) -> web.Response:
     """Rename (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    fields = Fields(await read_json(request), {"name"})
-    return ok(
-        await relay(request).households.rename(
-            caller, household_id, fields.string("name", max_length=MAX_NAME * 4)
-        )
-    )
+    body = await read_body(request)
+    return ok(await relay(request).households.rename(caller, household_id, body.string("name")))
 
 
 # --- members --------------------------------------------------------------------------------
@@ -94,13 +86,13 @@ async def add_member(request: web.Request) -> web.Response:
     """A member standing for a Home Assistant user (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    fields = Fields(await read_json(request), {"external_id", "display_name", "role"})
+    body = await read_body(request)
     member = await relay(request).households.add_external_member(
         caller,
         household_id,
-        external_id=fields.string("external_id", max_length=MAX_EXTERNAL_ID * 4),
-        display_name=fields.string("display_name", max_length=MAX_NAME * 4),
-        role=fields.string("role", max_length=16),
+        external_id=body.string("external_id"),
+        display_name=body.string("display_name"),
+        role=body.string("role"),
     )
     return ok(member, status=201)
 
@@ -111,14 +103,14 @@ async def update_member(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     member_id = path_id(request, "member_id", MemberNotFoundError)
-    fields = Fields(await read_json(request), {"role", "display_name", "external_id"})
+    body = await read_body(request)
     member = await relay(request).households.update_member(
         caller,
         household_id,
         member_id,
-        role=fields.optional_string("role", max_length=16),
-        display_name=fields.optional_string("display_name", max_length=MAX_NAME * 4),
-        external_id=fields.optional_string("external_id", max_length=MAX_EXTERNAL_ID * 4),
+        role=body.optional_string("role"),
+        display_name=body.optional_string("display_name"),
+        external_id=body.optional_string("external_id"),
     )
     return ok(member)
 
@@ -149,13 +141,13 @@ async def invite(request: web.Request) -> web.Response:
     """An invitation token, shown once (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    fields = Fields(await read_json(request), {"role", "email", "external_id"})
+    body = await read_body(request)
     invitation = await relay(request).households.invite(
         caller,
         household_id,
-        role=fields.string("role", max_length=16),
-        email=fields.optional_string("email", max_length=254),
-        external_id=fields.optional_string("external_id", max_length=MAX_EXTERNAL_ID * 4),
+        role=body.string("role"),
+        email=body.optional_string("email"),
+        external_id=body.optional_string("external_id"),
     )
     return ok(invitation, status=201)
 
@@ -178,9 +170,9 @@ async def create_claim(request: web.Request) -> web.Response:
     """A claim token for a device (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    fields = Fields(await read_json(request), {"device_id"})
+    body = await read_body(request)
     claim = await relay(request).claims.create(
-        caller, household_id, fields.string("device_id", max_length=64), client_address(request)
+        caller, household_id, body.string("device_id"), client_address(request)
     )
     return ok(claim, status=201)
 
@@ -190,12 +182,12 @@ async def device_key(request: web.Request) -> web.Response:
     """A device's public key for a member who holds its manual code (member or above)."""
     caller = await account(request)
     household_id = _household(request)
-    fields = Fields(await read_json(request), {"device_id", "manual_code"})
+    body = await read_body(request)
     key = await relay(request).device_keys.lookup(
         caller,
         household_id,
-        fields.string("device_id", max_length=64),
-        fields.string("manual_code", max_length=64),
+        body.string("device_id"),
+        body.string("manual_code"),
         client_address(request),
     )
     return ok(key.to_json())
@@ -252,8 +244,8 @@ async def put_share(request: web.Request) -> web.Response:
     household_id = _household(request)
     device_id = _device(request)
     target = path_id(request, "target_household_id", HouseholdNotFoundError)
-    fields = Fields(await read_json(request), {"access"})
-    access = fields.choice("access", ("read", "control"))
+    body = await read_body(request)
+    access = body.string("access")
     share = await relay(request).devices.share(
         caller, household_id, device_id, target, control=access == "control"
     )
@@ -277,9 +269,9 @@ async def offer_transfer(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     device_id = _device(request)
-    fields = Fields(await read_json(request), {"to_household_id"})
+    body = await read_body(request)
     transfer = await relay(request).devices.offer(
-        caller, household_id, device_id, fields.string("to_household_id", max_length=64)
+        caller, household_id, device_id, body.string("to_household_id")
     )
     return ok(transfer, status=201)
 

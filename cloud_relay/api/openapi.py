@@ -9,7 +9,8 @@ documented here fails the tests.
 from __future__ import annotations
 
 import re
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
@@ -23,9 +24,13 @@ DEVICE_ID: Final = {
 TIME: Final = {"type": "integer", "description": "Unix seconds."}
 ROLE: Final = {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}
 TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}
-NAME: Final = {"type": "string", "minLength": 1, "maxLength": 100}
+#: What the service keeps of a name: no control character (C0, DEL, C1), one visible at least.
+_PRINTABLE: Final = r"[^\u0000-\u001f\u007f-\u009f]"
+_VISIBLE: Final = rf"{_PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{_PRINTABLE}*"
+TEXT_PATTERN: Final = f"^{_VISIBLE}$"
+NAME: Final = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": TEXT_PATTERN}
 #: A caller's own label for something (a Home Assistant user id, an order reference).
-LABEL: Final = {"type": "string", "minLength": 1, "maxLength": 200}
+LABEL: Final = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN}
 #: An id in a request body: only bounded here, so a malformed one gets the handler's own 400.
 ID_INPUT: Final = {"type": "string", "maxLength": 64}
 GRANTED_ROLE: Final = {"type": "string", "enum": ["admin", "member", "viewer"]}
@@ -324,6 +329,7 @@ _DESCRIPTIONS: Final = {
     409: "Conflicts with the current state.",
     410: "Expired (`claim_expired`).",
     413: "Body too large (`request_too_large`).",
+    415: "The body is not `application/json` in UTF-8 (`unsupported_media_type`).",
     429: "Rate limited (`rate_limited`); see Retry-After.",
     503: "The broker or database is unavailable; nothing was changed.",
 }
@@ -360,7 +366,7 @@ class _Op:
     """One operation as written in :func:`_paths`; :meth:`render` adds what the rest implies.
 
     Its path parameters are the path's ``{name}`` segments (every one an id); a body implies
-    400 and 413, signing in implies 401, and every operation has the ``default`` error.
+    400, 413 and 415, signing in implies 401, and every operation has the ``default`` error.
     """
 
     summary: str
@@ -372,15 +378,21 @@ class _Op:
     auth: bool = True
     description: str | None = None
     query: tuple[dict[str, Any], ...] = ()
+    #: OpenAPI links from the success response: what a client (and schemathesis' stateful
+    #: phase) can do next with what this operation returned.
+    links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     def render(self, method: str, path: str) -> dict[str, Any]:
         status, schema_name = self.ok
-        implied = (() if self.body is None else (400, 413)) + ((401,) if self.auth else ())
+        implied = (() if self.body is None else (400, 413, 415)) + ((401,) if self.auth else ())
+        success = _ok(schema_name)
+        if self.links:
+            success["links"] = dict(self.links)
         operation: dict[str, Any] = {
             "summary": self.summary,
             "tags": [self.tag],
             "operationId": _operation_id(method, path),
-            "responses": {str(status): _ok(schema_name), **_errors(*self.errors, *implied)},
+            "responses": {str(status): success, **_errors(*self.errors, *implied)},
         }
         if self.description:
             operation["description"] = self.description
@@ -392,6 +404,81 @@ class _Op:
         if parameters := [*(_parameter(name, "path", ID) for name in names), *self.query]:
             operation["parameters"] = parameters
         return operation
+
+
+def _link(method: str, path: str, /, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to ``method path``; values are runtime expressions (``$response…``)."""
+    link: dict[str, Any] = {"operationId": _operation_id(method, path)}
+    if parameters:
+        link["parameters"] = parameters
+    return link
+
+
+def _body_link(method: str, path: str, body: dict[str, str]) -> dict[str, Any]:
+    """A link that fills the target's request body from this response."""
+    return {**_link(method, path), "requestBody": body}
+
+
+def _household_links(household_id: str) -> dict[str, dict[str, Any]]:
+    """Everything a household's admin can do next, given the expression for its id."""
+    h = "/v1/households/{household_id}"
+    return {
+        "GetHousehold": _link("get", h, household_id=household_id),
+        "RenameHousehold": _link("patch", h, household_id=household_id),
+        "ListMembers": _link("get", h + "/members", household_id=household_id),
+        "AddMember": _link("post", h + "/members", household_id=household_id),
+        "ListInvitations": _link("get", h + "/invitations", household_id=household_id),
+        "Invite": _link("post", h + "/invitations", household_id=household_id),
+        "StartClaim": _link("post", h + "/claims", household_id=household_id),
+        "ListDevices": _link("get", h + "/devices", household_id=household_id),
+        "ListTransfers": _link("get", h + "/transfers", household_id=household_id),
+        "GetHub": _link("get", h + "/hub", household_id=household_id),
+        "RotateHub": _link("post", h + "/hub/rotate", household_id=household_id),
+        "HouseholdAudit": _link("get", h + "/audit", household_id=household_id),
+    }
+
+
+def _device_links(household_id: str, device_id: str) -> dict[str, dict[str, Any]]:
+    """What an admin can do with a device of the household, given both ids' expressions."""
+    d = "/v1/households/{household_id}/devices/{device_id}"
+    ids = {"household_id": household_id, "device_id": device_id}
+    return {
+        "GetDevice": _link("get", d, **ids),
+        "ListShares": _link("get", d + "/shares", **ids),
+        "DeviceAudit": _link("get", d + "/audit", **ids),
+        "RotateCredentials": _link("post", d + "/credentials", **ids),
+        "OfferTransfer": _link("post", d + "/transfers", **ids),
+        "Release": _link("post", d + "/release", **ids),
+    }
+
+
+_REFRESH: Final = {
+    "Refresh": _body_link(
+        "post", "/v1/auth/refresh", {"refresh_token": "$response.body#/refresh_token"}
+    )
+}
+_SAME_DEVICE: Final = {
+    "household_id": "$request.path.household_id",
+    "device_id": "$request.path.device_id",
+}
+
+
+def _member_links(member_id: str) -> dict[str, dict[str, Any]]:
+    path = "/v1/households/{household_id}/members/{member_id}"
+    ids = {"household_id": "$request.path.household_id", "member_id": member_id}
+    return {
+        "UpdateMember": _link("patch", path, **ids),
+        "RemoveMember": _link("delete", path, **ids),
+    }
+
+
+def _transfer_link(action: str, household: str) -> dict[str, Any]:
+    return _link(
+        "post",
+        f"/v1/households/{{household_id}}/transfers/{{transfer_id}}/{action}",
+        household_id=f"$response.body#/{household}",
+        transfer_id="$response.body#/transfer_id",
+    )
 
 
 #: Served by the app itself, to anyone, with no error of its own.
@@ -430,11 +517,26 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 body=_obj(
                     {
                         "email": {"type": "string", "format": "email", "maxLength": 254},
-                        "password": {"type": "string", "minLength": 10, "maxLength": 1024},
+                        "password": {
+                            "type": "string",
+                            "maxLength": 1024,
+                            "description": (
+                                "At least 10 characters and not the e-mail address; otherwise "
+                                "400 `weak_password` (a code of its own, so no minLength here)."
+                            ),
+                        },
                         "display_name": NAME,
                     },
                     ["email", "password"],
                 ),
+                links={
+                    **_REFRESH,
+                    "RevokeSessions": _link(
+                        "post",
+                        "/v1/admin/accounts/{account_id}/revoke-sessions",
+                        account_id="$response.body#/account/account_id",
+                    ),
+                },
             )
         },
         "/v1/auth/sign-in": {
@@ -450,6 +552,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                         "password": {"type": "string", "maxLength": 1024},
                     }
                 ),
+                links=_REFRESH,
             )
         },
         "/v1/auth/refresh": {
@@ -464,6 +567,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ),
                 errors=(401,),
                 body=_obj({"refresh_token": {"type": "string", "maxLength": 128}}),
+                links=_REFRESH,
             )
         },
         "/v1/auth/sign-out": {"post": _Op("Revoke this session", tag="auth", ok=(204, None))},
@@ -475,6 +579,11 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(201, "Member"),
                 errors=(404, 409),
                 body=_obj({"token": {"type": "string", "maxLength": 128}}),
+                links={
+                    "ListMembers": _link(
+                        "get", _H + "/members", household_id="$response.body#/household_id"
+                    )
+                },
             )
         },
         "/v1/claims/confirm": {
@@ -544,12 +653,18 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
             "get": _Op("One device model", tag="registry", ok=(200, "Model"), errors=(404,))
         },
         "/v1/households": {
-            "get": _Op("Your households", tag="households", ok=(200, "HouseholdList")),
+            "get": _Op(
+                "Your households",
+                tag="households",
+                ok=(200, "HouseholdList"),
+                links=_household_links("$response.body#/households/0/household_id"),
+            ),
             "post": _Op(
                 "Create a household (you become its owner)",
                 tag="households",
                 ok=(201, "Household"),
                 body=_obj({"name": NAME}),
+                links=_household_links("$response.body#/household_id"),
             ),
         },
         _H: {
@@ -560,6 +675,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "Household"),
                 errors=(403, 404),
                 body=_obj({"name": NAME}),
+                links={"GetHousehold": _link("get", _H, household_id="$request.path.household_id")},
             ),
         },
         _H + "/members": {
@@ -572,6 +688,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(201, "Member"),
                 errors=(403, 404, 409),
                 body=_obj({"external_id": LABEL, "display_name": NAME, "role": GRANTED_ROLE}),
+                links=_member_links("$response.body#/member_id"),
             ),
         },
         _H + "/members/{member_id}": {
@@ -584,6 +701,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     {"role": GRANTED_ROLE, "display_name": NAME, "external_id": LABEL},
                     [],
                 ),
+                links=_member_links("$request.path.member_id"),
             ),
             "delete": _Op(
                 "Remove a member (admin; admins by the owner)",
@@ -612,6 +730,17 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     },
                     ["role"],
                 ),
+                links={
+                    "RevokeInvitation": _link(
+                        "delete",
+                        _H + "/invitations/{invitation_id}",
+                        household_id="$response.body#/household_id",
+                        invitation_id="$response.body#/invitation_id",
+                    ),
+                    "AcceptInvitation": _body_link(
+                        "post", "/v1/invitations/accept", {"token": "$response.body#/token"}
+                    ),
+                },
             ),
         },
         _H + "/invitations/{invitation_id}": {
@@ -631,6 +760,11 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "your household owns it."
                 ),
                 body=_obj({"device_id": ID_INPUT}),
+                links={
+                    "ClaimStatus": _link(
+                        "get", "/v1/claims/{claim_id}", claim_id="$response.body#/claim_id"
+                    )
+                },
             )
         },
         _H + "/device-keys": {
@@ -677,6 +811,9 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="devices",
                 ok=(200, "DeviceList"),
                 errors=(404,),
+                links=_device_links(
+                    "$request.path.household_id", "$response.body#/devices/0/device_id"
+                ),
             )
         },
         _D: {
@@ -713,6 +850,15 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "Share"),
                 errors=(403, 404, 503),
                 body=_obj({"access": SHARE_ACCESS}),
+                links={
+                    "ListShares": _link("get", _D + "/shares", **_SAME_DEVICE),
+                    "EndShare": _link(
+                        "delete",
+                        _D + "/shares/{target_household_id}",
+                        **_SAME_DEVICE,
+                        target_household_id="$request.path.target_household_id",
+                    ),
+                },
             ),
             "delete": _Op(
                 "End a share (admin)", tag="devices", ok=(204, None), errors=(403, 404, 503)
@@ -725,6 +871,11 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(201, "Transfer"),
                 errors=(403, 404),
                 body=_obj({"to_household_id": ID_INPUT}),
+                links={
+                    "AcceptTransfer": _transfer_link("accept", "to_household_id"),
+                    "DeclineTransfer": _transfer_link("decline", "to_household_id"),
+                    "CancelTransfer": _transfer_link("cancel", "from_household_id"),
+                },
             )
         },
         _D + "/audit": {
@@ -830,6 +981,18 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     {"household_id": ID_INPUT, "order_ref": LABEL},
                     ["household_id"],
                 ),
+                links={
+                    "GetRegistryDevice": _link(
+                        "get",
+                        "/v1/admin/registry/devices/{device_id}",
+                        device_id="$request.path.device_id",
+                    ),
+                    "ClearPreassignment": _link(
+                        "delete",
+                        "/v1/admin/registry/devices/{device_id}/preassignment",
+                        device_id="$request.path.device_id",
+                    ),
+                },
             ),
             "delete": _Op(
                 "Clear a pre-assignment (service admin)",
@@ -852,11 +1015,18 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 body=_obj(
                     {
                         "name": NAME,
-                        "manufacturer": {"type": "string", "maxLength": 100},
+                        "manufacturer": {
+                            "type": "string",
+                            "maxLength": 100,
+                            "pattern": f"^(?:{_VISIBLE})?$",
+                        },
                         "metadata": {"type": "object"},
                     },
                     ["name"],
                 ),
+                links={
+                    "GetModel": _link("get", "/v1/models/{model}", model="$response.body#/model")
+                },
             )
         },
         "/v1/admin/audit": {

@@ -6,11 +6,23 @@ from .helpers import Api
 
 
 async def test_malformed_json(api: Api) -> None:
-    for data in [b"{", b"[]", b"null", b'"x"', b"\xff\xfe", b'{"email": NaN}', b"{" * 10000]:
+    for data in [
+        b"{",
+        b"[]",
+        b"null",
+        b'"x"',
+        b"\xff\xfe",
+        b'{"email": NaN}',
+        b'{"email": "a@example.com", "email": "b@example.com", "password": "x"}',
+    ]:
         reply = await api.request(
             "POST", "/v1/auth/sign-in", data=data, headers={"Content-Type": "application/json"}
         )
         assert (reply.status, reply.code) == (400, "invalid_request"), data[:20]
+    reply = await api.request(
+        "POST", "/v1/auth/sign-in", data=b"{" * 10000, headers={"Content-Type": "application/json"}
+    )
+    assert (reply.status, reply.code) == (400, "json_too_deep")
 
 
 async def test_unknown_and_wrongly_typed_fields(api: Api) -> None:
