@@ -25,6 +25,7 @@ from .errors import RelayError
 from .registry import parse_records
 from .relay import Relay
 from .storage import open_storage
+from .storage.files import write_private_file
 
 CLI_ACTOR: Final = "cli"
 _SAMPLE_CONFIG: Final = """\
@@ -192,8 +193,9 @@ async def _run(args: argparse.Namespace, config: RelayConfig) -> int:  # noqa: C
 
 def _init(path: Path) -> int:
     if not path.exists():
-        path.write_text(_SAMPLE_CONFIG, encoding="utf-8")
-        _out(f"wrote {path}; set the broker password, then run `serve`")
+        # 0600 like everything the service writes: the broker password may go in here.
+        write_private_file(path, _SAMPLE_CONFIG.encode("utf-8"))
+        _out(f"wrote {path} (mode 0600); set the broker password, then run `serve`")
     key_file = path.parent / "secret.key"
     write_secret_key(key_file)
     _out(f"secret key in {key_file} (mode 0600); keep it: it derives every MQTT password")

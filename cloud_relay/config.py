@@ -19,6 +19,7 @@ from iob_protocol.canonical import b64url_decode, b64url_encode
 from iob_protocol.errors import EncodingError
 
 from .errors import ConfigError
+from .storage.files import write_private_file
 
 SECRET_KEY_BYTES: Final = 32
 #: DESIGN: a claim token lives at most ten minutes.
@@ -130,17 +131,11 @@ def new_secret_key() -> bytes:
 
 
 def write_secret_key(path: Path) -> bytes:
-    """Create ``path`` (mode 0600) with a new key, or read the one there."""
+    """Create ``path`` (mode 0600, whatever the umask) with a new key, or read the one there."""
     if path.exists():
         return read_secret_key(path)
     key = new_secret_key()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(descriptor, (b64url_encode(key) + "\n").encode("ascii"))
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    write_private_file(path, (b64url_encode(key) + "\n").encode("ascii"))
     return key
 
 

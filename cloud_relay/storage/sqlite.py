@@ -1,5 +1,8 @@
 """SQLite through aiosqlite: WAL, one writer connection behind a lock, a pool of readers.
 
+The database and its ``-wal``/``-shm`` are 0600 in a directory the service makes 0700
+(:mod:`.files`): they hold password hashes, e-mail addresses and the audit log.
+
 Every statement runs on aiosqlite's connection thread, never on the event loop. Writes are
 serialised in-process by an ``asyncio.Lock`` and take SQLite's write lock at ``BEGIN
 IMMEDIATE``, so two writers never deadlock on a lock upgrade; other processes (the CLI next
@@ -21,6 +24,7 @@ import aiosqlite
 from cloud_relay.errors import StorageConflictError, StorageError
 
 from .base import Connection, Row, Storage, to_qmark
+from .files import prepare_sqlite_files
 
 _BUSY_TIMEOUT_MS: Final = 10_000
 _READERS: Final = 4
@@ -111,7 +115,10 @@ class SqliteStorage(Storage):
         return connection
 
     async def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(prepare_sqlite_files, self.path)
+        except OSError as err:
+            raise StorageError(f"cannot prepare SQLite database {self.path}: {err}") from err
         self._writer = await self._connect()
         cursor = await self._writer.execute("PRAGMA journal_mode = WAL")
         mode = await cursor.fetchone()
