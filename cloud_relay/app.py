@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from iob_protocol.httplog import server_logger
 from iob_protocol.sources import WallClock, unix_time
 
 from .api import routes
@@ -31,6 +33,8 @@ from .relay import Relay
 from .storage import open_storage
 
 _LOGGER: Final = logging.getLogger(__name__)
+#: The HTTP server's own log: a request that is not HTTP is one INFO line, not a traceback.
+HTTP_LOGGER: Final = server_logger("cloud_relay.http", (HttpProcessingError,))
 
 type BrokerFactory = Callable[[RelayConfig], Awaitable[BrokerAdapter]]
 
@@ -122,6 +126,7 @@ def create_app(
         middlewares=[error_middleware],
         # Handlers enforce their own, smaller limits while reading; this is the ceiling.
         client_max_size=config.max_import_bytes,
+        handler_args={"logger": HTTP_LOGGER},
     )
     app.add_routes(routes())
 

@@ -40,7 +40,9 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.httplog import server_logger
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .ble.bluez import BluezPeripheral
@@ -66,6 +68,8 @@ from .watchdog import DEFAULT_POLL_INTERVAL, WifiWatchdog
 from .zero_touch import sign_zero_touch
 
 _LOGGER = logging.getLogger(__name__)
+#: The LAN server's and captive page's own log: a request that is not HTTP is one INFO line.
+_HTTP_LOGGER = server_logger("device_firmware.http", (HttpProcessingError,))
 
 ZERO_TOUCH_FIRST_RETRY: Final = 30.0
 #: First retry of a failed zeroconf advertisement, doubling up to the maximum.
@@ -423,7 +427,7 @@ class Agent:
         await self._backend.aclose()
 
     async def _start_lan(self, host: SessionHost, controller: DeviceController) -> None:
-        runner = web.AppRunner(create_app(host, controller), access_log=None)
+        runner = web.AppRunner(create_app(host, controller), access_log=None, logger=_HTTP_LOGGER)
         await runner.setup()
         self._lan_runner = runner
         port = self._config.port
@@ -605,7 +609,7 @@ class Agent:
         port_text = "" if config.captive_port == 80 else f":{config.captive_port}"  # noqa: PLR2004
         literal = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host  # noqa: PLR2004
         app = create_captive_app(self._host, self.controller, origin=f"http://{literal}{port_text}")
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, logger=_HTTP_LOGGER)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, config.captive_port).start()

@@ -31,6 +31,7 @@ from iob_protocol.session import ClientSession, SessionState
 from device_firmware.agent import Action
 from device_firmware.provisioning.session_host import ReplyKind, SessionHost
 from device_firmware.state import Phase
+from tests.raw_http import assert_one_quiet_line_each
 
 from .conftest import AgentStarter, Provisioned
 
@@ -170,6 +171,16 @@ async def test_deeply_nested_json_in_a_frame_is_one_clean_error(
         assert all(record.exc_info is None for record in caplog.records)
         # The session is still good.
         ok = await client.call(StatusRequest(request_id=client.next_id()))
+        assert isinstance(ok, OkResponse)
+
+
+async def test_malformed_http_is_one_quiet_line(
+    start_agent: AgentStarter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start_agent() as running:
+        await assert_one_quiet_line_each(running.agent.lan_ports()[0], caplog)
+        # The server still serves.
+        ok = await (await running.connected_client()).call(StatusRequest(request_id=1))
         assert isinstance(ok, OkResponse)
 
 

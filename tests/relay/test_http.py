@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.raw_http import assert_one_quiet_line_each
+
 from .helpers import Api
 
 
@@ -69,3 +73,9 @@ async def test_unicode_passwords_and_emails(api: Api) -> None:
         expect=200,
     )
     assert user.email == "zoë@exämple.com"
+
+
+async def test_malformed_http_is_one_quiet_line(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    server = api.client.server
+    assert server.port is not None
+    await assert_one_quiet_line_each(server.port, caplog)
