@@ -130,9 +130,11 @@ class Body:
 
     The one place where request bodies are validated, driven by the document itself, so the
     API accepts exactly what it documents: unknown fields, missing required ones, ``null`` where
-    a string is documented, strings outside ``minLength``/``maxLength`` or their ``enum``, and
-    arrays outside ``minItems``/``maxItems`` are all 400 ``invalid_request``. What JSON Schema
-    cannot say (a normalised e-mail address, a verified signature) the services check next.
+    a string is documented, strings outside ``minLength``/``maxLength``, their ``pattern`` or
+    their ``enum``, and arrays outside ``minItems``/``maxItems`` are all 400
+    ``invalid_request``. What JSON Schema cannot say (a normalised e-mail address, a verified
+    signature) the services check next. (A typed wire model may replace this class; the
+    handlers only ask it for typed fields.)
     """
 
     def __init__(self, data: dict[str, Any], schema: Mapping[str, Any]) -> None:
