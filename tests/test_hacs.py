@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEBIAN_APACHE = Path("/usr/share/common-licenses/Apache-2.0")
 
 #: hacs.json keys HACS accepts (HACS_MANIFEST_JSON_SCHEMA, extra keys prevented).
-HACS_JSON_KEYS = {
+HACS_JSON_KEYS: dict[str, type | tuple[type, ...]] = {
     "content_in_root": bool,
     "country": (str, list),
     "filename": str,
