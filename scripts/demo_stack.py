@@ -70,6 +70,8 @@ BROKER_ADMIN: Final = "iob-admin"
 MAX_DEVICES: Final = 20
 #: What factory-provision appends each device's registry record to.
 RECORDS_FILE: Final = "manufacturing-records.jsonl"
+#: Where each device agent writes its pid and bound ports (``run --port-file``).
+PORT_FILE: Final = "agent-ports.json"
 HA_START_TIMEOUT: Final = 180.0
 SERVICE_START_TIMEOUT: Final = 60.0
 HA_STOP_TIMEOUT: Final = 30.0
@@ -205,6 +207,18 @@ def _http(
         return None
 
 
+def _read_port_file(path: Path, pid: int) -> int | None:
+    """The LAN port an agent wrote to its port file, if the file is that process's."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("pid") != pid:
+        return None  # an earlier run's file
+    port = document.get("lan")
+    return port if isinstance(port, int) else None
+
+
 def _device_answers(port: int) -> bool:
     answer = _http(f"http://{LOOPBACK}:{port}/iob/v1/info")
     return answer is not None and answer[0] == 200  # noqa: PLR2004 - HTTP OK
@@ -262,13 +276,7 @@ class Stack:
         agents = [self._start_device(supervisor, index) for index in self._device_range()]
         ha = self._start_ha(supervisor, users_step) if self.with_ha else None
         for index, agent in zip(self._device_range(), agents, strict=True):
-            port = self.ports[f"device-{index}"]
-            supervisor.wait_until(
-                agent,
-                functools.partial(_device_answers, port),
-                timeout=SERVICE_START_TIMEOUT,
-                what="answer /iob/v1/info",
-            )
+            self.wait_for_device(supervisor, index, agent, timeout=SERVICE_START_TIMEOUT)
             self.devices.append(self._device_facts(index, agent))
         self._lap("devices up")
         self._ensure_demo_account()
@@ -638,8 +646,15 @@ public_tls = false
             )
 
     def _start_device(self, supervisor: Supervisor, index: int) -> Child:
+        """Run device ``index`` on its entry in ``self.ports``.
+
+        Port 0 means any free port: the agent names the port it bound in its port file
+        (:meth:`wait_for_device` reads it).
+        """
         directory = self.layout.device(index)
         port = self.ports[f"device-{index}"]
+        port_file = directory / PORT_FILE
+        port_file.unlink(missing_ok=True)
         child = supervisor.spawn(
             f"device-{index}",
             f"device {index}",
@@ -656,6 +671,8 @@ public_tls = false
                 LOOPBACK,
                 "--port",
                 str(port),
+                "--port-file",
+                str(port_file),
                 "--advertise",
                 LOOPBACK,
                 "--no-hotspot",
@@ -667,6 +684,33 @@ public_tls = false
         )
         self.pids[f"device-{index}"] = child.pid
         return child
+
+    def wait_for_device(
+        self, supervisor: Supervisor, index: int, agent: Child, *, timeout: float
+    ) -> int:
+        """Wait until device ``index`` wrote its port file and answers there; return the port.
+
+        The port is the one the agent bound (read back, never guessed beforehand), so agents
+        started together on port 0 cannot end up sharing one.
+        """
+        port_file = self.layout.device(index) / PORT_FILE
+        ports: dict[str, int] = {}
+
+        def port_written() -> bool:
+            written = _read_port_file(port_file, agent.pid)
+            if written is not None:
+                ports["lan"] = written
+            return written is not None
+
+        supervisor.wait_until(agent, port_written, timeout=timeout, what=f"write {port_file}")
+        port = self.ports[f"device-{index}"] = ports["lan"]
+        supervisor.wait_until(
+            agent,
+            functools.partial(_device_answers, port),
+            timeout=timeout,
+            what="answer /iob/v1/info",
+        )
+        return port
 
     def _device_facts(self, index: int, agent: Child) -> DeviceFacts:
         """Id, codes and label of a provisioned device (read from its data directory)."""
