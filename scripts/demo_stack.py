@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,7 +56,12 @@ from demo.control import parse as parse_command
 from demo.isolation import Forwarder, can_isolate, enter_private_network, listen
 from demo.processes import Child, Signals, StackError, StopRequestedError, Supervisor
 
-from cloud_relay.broker.local import MosquittoError, MosquittoProcess, find_mosquitto
+from cloud_relay.broker.local import (
+    MosquittoError,
+    MosquittoProcess,
+    find_mosquitto,
+    unreachable_by_broker,
+)
 from device_firmware.config import DeviceConfig
 from device_firmware.errors import DeviceError
 from device_firmware.factory import ProvisionedDevice
@@ -70,6 +76,10 @@ BROKER_ADMIN: Final = "iob-admin"
 MAX_DEVICES: Final = 20
 #: What factory-provision appends each device's registry record to.
 RECORDS_FILE: Final = "manufacturing-records.jsonl"
+#: Where the broker's data goes when its user cannot reach the state directory (a clone in
+#: root's 0700 home): one ``broker-*`` directory per state directory, linked from its
+#: ``mosquitto`` entry. Not /var/lib/iot-onboard: that is a device agent's 0700 data directory.
+DEMO_BROKER_ROOT: Final = Path("/var/lib/iot-onboard-demo")
 #: Where each device agent writes its pid and bound ports (``run --port-file``).
 PORT_FILE: Final = "agent-ports.json"
 HA_START_TIMEOUT: Final = 180.0
@@ -307,6 +317,8 @@ class Stack:
                     "Move it away, or choose another place with --state-dir / --ha-config."
                 )
             if self.args.fresh and owned:
+                if directory == self.layout.state:
+                    self._remove_moved_broker_dir()
                 shutil.rmtree(directory)
             directory.mkdir(parents=True, exist_ok=True)
             (directory / MARKER).write_text(
@@ -460,9 +472,55 @@ class Stack:
             ]
         self.layout.scenario.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+    def _broker_dir(self) -> Path:
+        """The broker's data directory: in the state, or where the broker's user reaches it.
+
+        As root, Mosquitto drops to the ``mosquitto`` user, which cannot get through a parent
+        such as root's 0700 home to ``<state>/mosquitto``. Then the data lives in a directory
+        of its own under :data:`DEMO_BROKER_ROOT` and ``<state>/mosquitto`` is a link to it, so
+        the next run finds it again and ``--fresh`` removes it with the state.
+        """
+        place = self.layout.mosquitto
+        if place.is_symlink():  # moved out by an earlier run
+            target = place.resolve()
+            if target.is_dir() and unreachable_by_broker(target) is None:
+                self.say(f"Broker data: {target} (linked from {_display(place)})")
+                return target
+            place.unlink()
+        reason = unreachable_by_broker(place)
+        if reason is None:
+            return place
+        DEMO_BROKER_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        DEMO_BROKER_ROOT.chmod(0o755)
+        if (why := unreachable_by_broker(DEMO_BROKER_ROOT / "broker")) is not None:
+            raise StackError(
+                f"Mosquitto did not start: {reason}, and the demo's other place for it is not "
+                f"reachable either: {why}. Clone the repository elsewhere (for example under "
+                "/opt or /srv), or pass --state-dir with a directory outside it."
+            )
+        target = Path(tempfile.mkdtemp(prefix="broker-", dir=DEMO_BROKER_ROOT))
+        if place.is_dir():  # an earlier run's broker data (the checkout has moved since)
+            for entry in place.iterdir():
+                shutil.move(entry, target / entry.name)
+            place.rmdir()
+        place.symlink_to(target)
+        self.say(
+            f"note: {reason}, so the broker's data is in {target} instead (linked from "
+            f"{_display(place)}; --fresh removes it with the rest of the state)."
+        )
+        return target
+
+    def _remove_moved_broker_dir(self) -> None:
+        """``--fresh``: the broker's data that :meth:`_broker_dir` put outside the state."""
+        place = self.layout.mosquitto
+        if place.is_symlink():
+            target = place.resolve()
+            if target.parent == DEMO_BROKER_ROOT:  # never anything the demo did not make
+                shutil.rmtree(target, ignore_errors=True)
+
     def _start_broker(self, admin_password: str) -> None:
         self.broker = MosquittoProcess(
-            self.layout.mosquitto,
+            self._broker_dir(),
             port=self.ports["broker"],
             admin_username=BROKER_ADMIN,
             admin_password=admin_password,
@@ -868,6 +926,7 @@ zeroconf:
                 "pid": self.pids["mosquitto"],
                 "admin_username": BROKER_ADMIN,
                 "admin_password": self.state["broker_admin_password"],
+                "data_dir": str(self.broker.data_dir) if self.broker is not None else None,
             },
             "wifi": [asdict(HOME_WIFI), asdict(NEIGHBOUR_WIFI)],
             "devices": [{**asdict(device), "url": device.url} for device in self.devices],
