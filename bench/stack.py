@@ -12,7 +12,6 @@ Assistant with the integration - is exactly what ``scripts/develop`` runs.
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import json
 import shutil
@@ -99,11 +98,10 @@ class BenchStack(Stack):
         for start in range(first, first + count, batch):
             indexes = range(start, min(start + batch, first + count))
             for index in indexes:
-                sock = listen(0)
-                if sock is None:
-                    raise BenchError(f"no free port on {LOOPBACK}")
-                self.ports[f"device-{index}"] = int(sock.getsockname()[1])
-                sock.close()
+                # Port 0: each agent binds a free port itself and reports it in its port file
+                # (wait_for_device). Choosing ports here by opening and closing a socket let
+                # two agents of one batch get the same port.
+                self.ports[f"device-{index}"] = 0
             steps = [self._start_factory(supervisor, index) for index in indexes]
             supervisor.wait_all([s for s in steps if s is not None], SERVICE_START_TIMEOUT)
             records = [
@@ -117,13 +115,7 @@ class BenchStack(Stack):
             self.import_records(records)
             agents = [(index, self._start_device(supervisor, index)) for index in indexes]
             for index, agent in agents:
-                port = self.ports[f"device-{index}"]
-                supervisor.wait_until(
-                    agent,
-                    functools.partial(_answers, f"http://{LOOPBACK}:{port}/iob/v1/info"),
-                    timeout=SERVICE_START_TIMEOUT * 2,
-                    what="answer /iob/v1/info",
-                )
+                self.wait_for_device(supervisor, index, agent, timeout=SERVICE_START_TIMEOUT * 2)
                 facts = self._device_facts(index, agent)
                 self.devices.append(facts)
                 added.append(facts)
@@ -151,14 +143,6 @@ class BenchStack(Stack):
             )
             if status != 200:
                 raise BenchError(f"registry import refused: HTTP {status} {body!r}")
-
-
-def _answers(url: str) -> bool:
-    try:
-        status, _ = get(url)
-    except OSError:
-        return False
-    return status == 200
 
 
 @contextmanager

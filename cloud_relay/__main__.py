@@ -1,5 +1,7 @@
 """Command line: ``python -m cloud_relay serve | migrate | registry | admin | audit | broker``.
 
+Installed from the wheel it is also the ``iob-relay`` command.
+
 Every command reads the same configuration as the server (``--config``, or the
 ``IOB_RELAY_CONFIG`` environment variable, default ``relay.toml``) and runs the same service
 code. Exit status: 0 success, 1 failure (message on stderr), 2 usage error.
@@ -55,7 +57,10 @@ def _out(text: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cloud_relay", description=__doc__)
+    # Usage names the command as it was typed: the installed script or ``python -m``.
+    script = Path(sys.argv[0]).name
+    prog = "python -m cloud_relay" if script in {"__main__.py", ""} else script
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument(
         "--config",
         type=Path,

@@ -85,7 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--simulate-network", type=Path, metavar="FILE", help="scenario file")
     run.add_argument("--zero-touch", metavar="URL", help="claim a pre-assigned device via URL")
     run.add_argument("--listen", action="append", help="LAN server address (repeatable)")
-    run.add_argument("--port", type=int, help="LAN server port")
+    run.add_argument("--port", type=int, help="LAN server port (0: any free port)")
+    run.add_argument(
+        "--port-file",
+        type=Path,
+        metavar="PATH",
+        help="write the pid and the bound ports here as JSON once listening (with --port 0)",
+    )
     run.add_argument("--advertise", action="append", help="zeroconf address or interface")
     run.add_argument("--no-advertise", action="store_true", help="no zeroconf at all")
     run.add_argument("--no-hotspot", action="store_true", help="never open the setup hotspot")
@@ -133,6 +139,7 @@ def _config(args: argparse.Namespace) -> DeviceConfig:
             "zero_touch_url": args.zero_touch,
             "listen": tuple(args.listen) if args.listen else None,
             "port": args.port,
+            "port_file": args.port_file,
             "advertise": tuple(args.advertise) if args.advertise else None,
             "allow_insecure_http": True if args.allow_insecure_http else None,
             "hotspot": False if args.no_hotspot else None,

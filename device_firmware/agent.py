@@ -32,10 +32,13 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
+import os
 import random
 from collections.abc import Callable, Coroutine, Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -52,7 +55,7 @@ from .capabilities import default_capabilities
 from .capabilities.gpio import EdgeLine, GpioResetButton, reset_button
 from .config import DeviceConfig, bridge_address
 from .controller import DeviceController
-from .errors import DiagnosedError, RelayError, StateError
+from .errors import ConfigError, DiagnosedError, RelayError, StateError
 from .factory import ProvisionedDevice, hotspot_passphrase, hotspot_ssid
 from .hardware import Hardware
 from .led import LedState, StatusLed
@@ -353,6 +356,8 @@ class Agent:
             try:
                 await self._start_lan(host, controller)
                 await self._start_ble(host, controller, device)
+                if config.port_file is not None:
+                    await asyncio.to_thread(_write_port_file, config.port_file, self._ports())
                 await self._start_button()
                 if self._advertise:
                     self._advertiser = Advertiser(
@@ -408,7 +413,14 @@ class Agent:
                 )
             self.session_host.open_window("saved Wi-Fi lost (re-onboarding, owner only)")
 
+    def _ports(self) -> dict[str, int | None]:
+        """What the port file says: this process and the ports it listens on."""
+        bridge = self._ble.port if isinstance(self._ble, BridgePeripheral) else None
+        return {"pid": os.getpid(), "lan": self.lan_ports()[0], "ble_bridge": bridge}
+
     async def _shutdown(self) -> None:
+        if self._config.port_file is not None:
+            await asyncio.to_thread(_remove_port_file, self._config.port_file)
         await self._status_led.aclose()
         if self._button is not None:
             await self._button.aclose()
@@ -870,6 +882,31 @@ class Agent:
 
     _relay_factory: Callable[[str], RelayClient]
     _credential_recovery: CredentialRecovery | None = None
+
+
+def _write_port_file(path: Path, document: Mapping[str, int | None]) -> None:
+    """Write the port file under a temporary name and rename it: readers never see half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
+        temporary.replace(path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write the port file {path}: {err.strerror or err}; "
+            "choose a writable path (--port-file or port_file)"
+        ) from err
+    _LOGGER.debug("ports written to %s: %s", path, document)
+
+
+def _remove_port_file(path: Path) -> None:
+    """Remove the port file if it is this process's (another agent may have replaced it)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(document, dict) and document.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 def _bound_ports(runner: web.AppRunner | None) -> list[int]:

@@ -76,6 +76,10 @@ class DeviceConfig:
     button_hold: float = DEFAULT_BUTTON_HOLD
     #: Simulated network scenario (tests, demo) instead of NetworkManager.
     simulate_network: Path | None = field(default=None)
+    #: Once the servers listen, the agent writes its pid and bound ports here as JSON
+    #: (``{"pid": 1, "lan": 8423, "ble_bridge": null}``; renamed into place, removed at stop),
+    #: so a caller that asked for port 0 learns the port without guessing one first.
+    port_file: Path | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that would only fail later, far from their cause."""
@@ -197,7 +201,7 @@ def _check_bridge(text: str, *, ble: bool) -> None:
         raise ConfigError("ble = false and ble_bridge contradict each other: drop one")
 
 
-_PATH_KEYS: Final = {"data_dir", "relay_ca_file", "simulate_network"}
+_PATH_KEYS: Final = {"data_dir", "relay_ca_file", "simulate_network", "port_file"}
 _LIST_KEYS: Final = {"listen", "advertise"}
 _INT_KEYS: Final = {"port", "captive_port", "commit_timeout", "reonboard_after", "button_gpio"}
 _BOOL_KEYS: Final = {"allow_insecure_http", "hotspot", "ble", "improv"}

@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,7 +56,12 @@ from demo.control import parse as parse_command
 from demo.isolation import Forwarder, can_isolate, enter_private_network, listen
 from demo.processes import Child, Signals, StackError, StopRequestedError, Supervisor
 
-from cloud_relay.broker.local import MosquittoError, MosquittoProcess, find_mosquitto
+from cloud_relay.broker.local import (
+    MosquittoError,
+    MosquittoProcess,
+    find_mosquitto,
+    unreachable_by_broker,
+)
 from device_firmware.config import DeviceConfig
 from device_firmware.errors import DeviceError
 from device_firmware.factory import ProvisionedDevice
@@ -70,6 +76,12 @@ BROKER_ADMIN: Final = "iob-admin"
 MAX_DEVICES: Final = 20
 #: What factory-provision appends each device's registry record to.
 RECORDS_FILE: Final = "manufacturing-records.jsonl"
+#: Where the broker's data goes when its user cannot reach the state directory (a clone in
+#: root's 0700 home): one ``broker-*`` directory per state directory, linked from its
+#: ``mosquitto`` entry. Not /var/lib/iot-onboard: that is a device agent's 0700 data directory.
+DEMO_BROKER_ROOT: Final = Path("/var/lib/iot-onboard-demo")
+#: Where each device agent writes its pid and bound ports (``run --port-file``).
+PORT_FILE: Final = "agent-ports.json"
 HA_START_TIMEOUT: Final = 180.0
 SERVICE_START_TIMEOUT: Final = 60.0
 HA_STOP_TIMEOUT: Final = 30.0
@@ -205,6 +217,18 @@ def _http(
         return None
 
 
+def _read_port_file(path: Path, pid: int) -> int | None:
+    """The LAN port an agent wrote to its port file, if the file is that process's."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("pid") != pid:
+        return None  # an earlier run's file
+    port = document.get("lan")
+    return port if isinstance(port, int) else None
+
+
 def _device_answers(port: int) -> bool:
     answer = _http(f"http://{LOOPBACK}:{port}/iob/v1/info")
     return answer is not None and answer[0] == 200  # noqa: PLR2004 - HTTP OK
@@ -262,13 +286,7 @@ class Stack:
         agents = [self._start_device(supervisor, index) for index in self._device_range()]
         ha = self._start_ha(supervisor, users_step) if self.with_ha else None
         for index, agent in zip(self._device_range(), agents, strict=True):
-            port = self.ports[f"device-{index}"]
-            supervisor.wait_until(
-                agent,
-                functools.partial(_device_answers, port),
-                timeout=SERVICE_START_TIMEOUT,
-                what="answer /iob/v1/info",
-            )
+            self.wait_for_device(supervisor, index, agent, timeout=SERVICE_START_TIMEOUT)
             self.devices.append(self._device_facts(index, agent))
         self._lap("devices up")
         self._ensure_demo_account()
@@ -299,6 +317,8 @@ class Stack:
                     "Move it away, or choose another place with --state-dir / --ha-config."
                 )
             if self.args.fresh and owned:
+                if directory == self.layout.state:
+                    self._remove_moved_broker_dir()
                 shutil.rmtree(directory)
             directory.mkdir(parents=True, exist_ok=True)
             (directory / MARKER).write_text(
@@ -452,9 +472,55 @@ class Stack:
             ]
         self.layout.scenario.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+    def _broker_dir(self) -> Path:
+        """The broker's data directory: in the state, or where the broker's user reaches it.
+
+        As root, Mosquitto drops to the ``mosquitto`` user, which cannot get through a parent
+        such as root's 0700 home to ``<state>/mosquitto``. Then the data lives in a directory
+        of its own under :data:`DEMO_BROKER_ROOT` and ``<state>/mosquitto`` is a link to it, so
+        the next run finds it again and ``--fresh`` removes it with the state.
+        """
+        place = self.layout.mosquitto
+        if place.is_symlink():  # moved out by an earlier run
+            target = place.resolve()
+            if target.is_dir() and unreachable_by_broker(target) is None:
+                self.say(f"Broker data: {target} (linked from {_display(place)})")
+                return target
+            place.unlink()
+        reason = unreachable_by_broker(place)
+        if reason is None:
+            return place
+        DEMO_BROKER_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        DEMO_BROKER_ROOT.chmod(0o755)
+        if (why := unreachable_by_broker(DEMO_BROKER_ROOT / "broker")) is not None:
+            raise StackError(
+                f"Mosquitto did not start: {reason}, and the demo's other place for it is not "
+                f"reachable either: {why}. Clone the repository elsewhere (for example under "
+                "/opt or /srv), or pass --state-dir with a directory outside it."
+            )
+        target = Path(tempfile.mkdtemp(prefix="broker-", dir=DEMO_BROKER_ROOT))
+        if place.is_dir():  # an earlier run's broker data (the checkout has moved since)
+            for entry in place.iterdir():
+                shutil.move(entry, target / entry.name)
+            place.rmdir()
+        place.symlink_to(target)
+        self.say(
+            f"note: {reason}, so the broker's data is in {target} instead (linked from "
+            f"{_display(place)}; --fresh removes it with the rest of the state)."
+        )
+        return target
+
+    def _remove_moved_broker_dir(self) -> None:
+        """``--fresh``: the broker's data that :meth:`_broker_dir` put outside the state."""
+        place = self.layout.mosquitto
+        if place.is_symlink():
+            target = place.resolve()
+            if target.parent == DEMO_BROKER_ROOT:  # never anything the demo did not make
+                shutil.rmtree(target, ignore_errors=True)
+
     def _start_broker(self, admin_password: str) -> None:
         self.broker = MosquittoProcess(
-            self.layout.mosquitto,
+            self._broker_dir(),
             port=self.ports["broker"],
             admin_username=BROKER_ADMIN,
             admin_password=admin_password,
@@ -638,8 +704,15 @@ public_tls = false
             )
 
     def _start_device(self, supervisor: Supervisor, index: int) -> Child:
+        """Run device ``index`` on its entry in ``self.ports``.
+
+        Port 0 means any free port: the agent names the port it bound in its port file
+        (:meth:`wait_for_device` reads it).
+        """
         directory = self.layout.device(index)
         port = self.ports[f"device-{index}"]
+        port_file = directory / PORT_FILE
+        port_file.unlink(missing_ok=True)
         child = supervisor.spawn(
             f"device-{index}",
             f"device {index}",
@@ -656,6 +729,8 @@ public_tls = false
                 LOOPBACK,
                 "--port",
                 str(port),
+                "--port-file",
+                str(port_file),
                 "--advertise",
                 LOOPBACK,
                 "--no-hotspot",
@@ -667,6 +742,33 @@ public_tls = false
         )
         self.pids[f"device-{index}"] = child.pid
         return child
+
+    def wait_for_device(
+        self, supervisor: Supervisor, index: int, agent: Child, *, timeout: float
+    ) -> int:
+        """Wait until device ``index`` wrote its port file and answers there; return the port.
+
+        The port is the one the agent bound (read back, never guessed beforehand), so agents
+        started together on port 0 cannot end up sharing one.
+        """
+        port_file = self.layout.device(index) / PORT_FILE
+        ports: dict[str, int] = {}
+
+        def port_written() -> bool:
+            written = _read_port_file(port_file, agent.pid)
+            if written is not None:
+                ports["lan"] = written
+            return written is not None
+
+        supervisor.wait_until(agent, port_written, timeout=timeout, what=f"write {port_file}")
+        port = self.ports[f"device-{index}"] = ports["lan"]
+        supervisor.wait_until(
+            agent,
+            functools.partial(_device_answers, port),
+            timeout=timeout,
+            what="answer /iob/v1/info",
+        )
+        return port
 
     def _device_facts(self, index: int, agent: Child) -> DeviceFacts:
         """Id, codes and label of a provisioned device (read from its data directory)."""
@@ -824,6 +926,7 @@ zeroconf:
                 "pid": self.pids["mosquitto"],
                 "admin_username": BROKER_ADMIN,
                 "admin_password": self.state["broker_admin_password"],
+                "data_dir": str(self.broker.data_dir) if self.broker is not None else None,
             },
             "wifi": [asdict(HOME_WIFI), asdict(NEIGHBOUR_WIFI)],
             "devices": [{**asdict(device), "url": device.url} for device in self.devices],

@@ -58,6 +58,7 @@ __all__ = [
     "MosquittoProcess",
     "dynsec_command",
     "find_mosquitto",
+    "unreachable_by_broker",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -193,26 +194,54 @@ def _broker_user() -> pwd.struct_passwd | None:
     )
 
 
-def _check_reachable(directory: Path, user: pwd.struct_passwd) -> None:
-    """Refuse a data directory the broker cannot reach once it has dropped root.
+def unreachable_by_broker(directory: Path) -> str | None:
+    """Why a root-started broker could not reach ``directory`` once it drops root, or None.
 
-    Only the owner and group bits of the parents are read (supplementary groups are not): a
-    false refusal names the directory, and the alternative is a broker that saves nothing.
+    None when not running as root (the broker keeps this process's user). Only the owner and
+    group bits of the existing parents are read (supplementary groups are not): a false
+    refusal names the directory, and the alternative is a broker that saves nothing.
     """
+    user = _broker_user()
+    if user is None:
+        return None
+    parent = _blocking_parent(directory, user)
+    return None if parent is None else _unreachable(directory, user, parent)
+
+
+def _blocking_parent(directory: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first parent of ``directory`` that ``user`` may not search, if any."""
     for parent in directory.resolve().parents:
-        mode = parent.stat()
+        try:
+            mode = parent.stat()
+        except FileNotFoundError:
+            continue  # made later by root, with the umask's search bits
         searchable = (
             mode.st_mode & stat.S_IXOTH
             or (mode.st_uid == user.pw_uid and mode.st_mode & stat.S_IXUSR)
             or (mode.st_gid == user.pw_gid and mode.st_mode & stat.S_IXGRP)
         )
         if not searchable:
-            raise MosquittoError(
-                f"Mosquitto runs as the `{user.pw_name}` user after it starts and cannot reach "
-                f"{directory}: {parent} is not searchable by that user (mode "
-                f"{stat.filemode(mode.st_mode)}). Put the broker's data directory elsewhere "
-                f"(for example under /var/lib or /tmp), or allow it with chmod o+x {parent}."
-            )
+            return parent
+    return None
+
+
+def _unreachable(directory: Path, user: pwd.struct_passwd, parent: Path) -> str:
+    return (
+        f"Mosquitto runs as the `{user.pw_name}` user after it starts and cannot reach "
+        f"{directory}: {parent} is not searchable by that user (mode "
+        f"{stat.filemode(parent.stat().st_mode)})"
+    )
+
+
+def _check_reachable(directory: Path, user: pwd.struct_passwd) -> None:
+    """Refuse a data directory the broker cannot reach once it has dropped root."""
+    parent = _blocking_parent(directory, user)
+    if parent is not None:
+        raise MosquittoError(
+            f"{_unreachable(directory, user, parent)}. Put the broker's data directory "
+            "elsewhere (for example under /var/lib or /tmp), or allow it with "
+            f"chmod o+x {parent}."
+        )
 
 
 _LIVE: set[MosquittoProcess] = set()

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from tests.integration.ble_bridge import wait_for_bridge_port
 from tests.plugins.mosquitto import MosquittoBroker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +93,23 @@ class Process:
                 return
             time.sleep(0.05)
         raise ServiceError(f"{self.name} did not listen on {port}:\n{_tail(self.log)}")
+
+    def wait_for_port_file(self, path: Path) -> dict[str, int]:
+        """The ports a device agent wrote to ``path`` (``run --port-file``), once it has."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited ({self.popen.returncode}):\n{_tail(self.log)}"
+                )
+            try:
+                document: dict[str, int] = json.loads(path.read_text())
+            except FileNotFoundError:
+                document = {}
+            if document.get("pid") == self.popen.pid:  # not an earlier agent's file
+                return document
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} did not write {path}:\n{_tail(self.log)}")
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -211,7 +227,8 @@ class Device:
     """A factory-provisioned device and ``python -m device_firmware run`` on loopback."""
 
     directory: Path
-    port: int = field(default_factory=free_port)
+    #: The LAN port: 0 until :meth:`start`, then the one the agent bound (its port file).
+    port: int = 0
     process: Process | None = None
     device_id: str = ""
     manual_code: str = ""
@@ -221,6 +238,11 @@ class Device:
     @property
     def data_dir(self) -> Path:
         return self.directory / "data"
+
+    @property
+    def port_file(self) -> Path:
+        """Where the agent writes its pid and bound ports (``run --port-file``)."""
+        return self.directory / "agent-ports.json"
 
     @property
     def factory_dir(self) -> Path:
@@ -276,6 +298,8 @@ class Device:
                 LOOPBACK,
                 "--port",
                 str(self.port),
+                "--port-file",
+                str(self.port_file),
                 "--no-advertise",
                 "--no-hotspot",
                 *(["--ble-bridge", f"{LOOPBACK}:0"] if ble_bridge else ["--no-ble"]),
@@ -284,12 +308,13 @@ class Device:
             self.directory / "device.log",
             {},
         )
+        # The agent binds the port itself and names it: no port is chosen here and released
+        # for the agent to take, so agents started side by side never share one.
+        ports = self.process.wait_for_port_file(self.port_file)
+        self.port = ports["lan"]
         self.process.wait_for_port(self.port)
         if ble_bridge:
-            process = self.process
-            self.bridge_port = wait_for_bridge_port(
-                self.directory / "device.log", alive=lambda: process.popen.poll() is None
-            )
+            self.bridge_port = ports["ble_bridge"]
 
     def status(self) -> dict[str, Any]:
         """``status --json`` from the device's shell."""

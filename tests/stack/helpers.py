@@ -33,11 +33,23 @@ STOP_TIMEOUT = 90.0
 class Orchestrator:
     """The orchestrator's process and every line it printed (read by a thread)."""
 
-    def __init__(self, *args: str, control: bool = False) -> None:
-        """``control``: run with ``--control`` and keep a pipe to its stdin (:meth:`command`)."""
+    def __init__(
+        self,
+        *args: str,
+        control: bool = False,
+        checkout: Path = REPO,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``control``: run with ``--control`` and keep a pipe to its stdin (:meth:`command`).
+
+        ``checkout``: run that checkout's scripts/demo_stack.py from its top (as
+        scripts/develop does), with ``env`` added to the environment.
+        """
+        orchestrator = checkout / ORCHESTRATOR.relative_to(REPO)
         self.process = subprocess.Popen(
-            [sys.executable, str(ORCHESTRATOR), *args, *(["--control"] if control else [])],
-            cwd=REPO,
+            [sys.executable, str(orchestrator), *args, *(["--control"] if control else [])],
+            cwd=checkout,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE if control else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
