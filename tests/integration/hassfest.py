@@ -314,6 +314,46 @@ def _getlogger_names(file: Path, module: str) -> Iterator[str]:
             yield module
 
 
+# --- config_flow.py: script/hassfest/config_flow.py ------------------------------------------
+
+_DISCOVERY_SOURCES: Final = (
+    "bluetooth",
+    "discovery",
+    "dhcp",
+    "hassio",
+    "homekit",
+    "mqtt",
+    "ssdp",
+    "usb",
+    "zeroconf",
+)
+_UNIQUE_ID_MARKERS: Final = (
+    "self.async_set_unique_id",
+    "self._async_handle_discovery_without_unique_id",
+    "register_discovery_flow",
+    "AbstractOAuth2FlowHandler",
+)
+
+
+def validate_config_flow(integration: Integration) -> None:
+    """A config flow in config_flow.py when the manifest says so; discoverable ones set ids."""
+    file = integration.path / "config_flow.py"
+    if not file.is_file():
+        if integration.manifest().get("config_flow"):
+            integration.add_error(
+                "config_flow", "Config flows need to be defined in the file config_flow.py"
+            )
+        return
+    text = file.read_text(encoding="utf-8")
+    discoverable = any(f"async_step_{source}" in text for source in _DISCOVERY_SOURCES)
+    if discoverable and not any(marker in text for marker in _UNIQUE_ID_MARKERS):
+        # hassfest warns (custom integrations) or fails (core); a duplicate flow per device is
+        # a bug either way, so it fails here.
+        integration.add_error(
+            "config_flow", "Config flows that are discoverable need to set a unique ID"
+        )
+
+
 # --- strings.json and translations/en.json: script/hassfest/translations.py ----------------
 
 RE_TRANSLATION_KEY: Final = re.compile(r"^(?!.+[_-]{2})(?![_-])[a-z0-9-_]+(?<![_-])$")
@@ -1058,6 +1098,7 @@ def validate_quality_scale(integration: Integration) -> None:
 
 CHECKS: Final = (
     validate_manifest,
+    validate_config_flow,
     validate_translations,
     validate_services,
     validate_icons,

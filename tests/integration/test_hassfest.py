@@ -156,6 +156,16 @@ def test_unsorted_manifest_keys_are_refused(tmp_path: Path) -> None:
     _only(hassfest.validate(copy), "not sorted correctly")
 
 
+def test_a_discoverable_flow_without_unique_ids_is_refused(tmp_path: Path) -> None:
+    """hassfest's config_flow check: zeroconf and Bluetooth flows must set a unique id."""
+    copy = _copy(tmp_path)
+    _edit_text(copy / "config_flow.py", "self.async_set_unique_id", "self.async_set_flow_key")
+    errors = hassfest.validate(copy)
+    assert "[config_flow] Config flows that are discoverable need to set a unique ID" in errors
+    # The quality scale's unique-config-entry rule (done) notices too; nothing else does.
+    _only(errors, r"need to set a unique ID|\[unique-config-entry\]")
+
+
 def test_services_and_icons_mistakes_are_refused(tmp_path: Path) -> None:
     """services.yaml's selectors and translations; icons.json's mdi: icons."""
     copy = _copy(tmp_path)
