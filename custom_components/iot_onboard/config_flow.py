@@ -117,6 +117,7 @@ from .const import (
     RUNTIME_ACCOUNT_ATTR,
     SUPPORTED_PROTOCOL,
 )
+from .coordinator import IotOnboardConfigEntry
 from .device_client import (
     Credential,
     CredentialRefusedClientError,
@@ -174,9 +175,9 @@ CONF_NETWORK: Final = "network"
 CONF_HIDDEN_SSID: Final = "hidden_ssid"
 CONF_PASSPHRASE: Final = "passphrase"  # noqa: S105 - a field name
 
-NEW_HOUSEHOLD: Final = "__new__"
-HIDDEN_NETWORK: Final = "__hidden__"
-KEEP_ETHERNET: Final = "__ethernet__"
+NEW_HOUSEHOLD: Final = "new_household"
+HIDDEN_NETWORK: Final = "hidden_network"
+KEEP_ETHERNET: Final = "keep_ethernet"
 SSID_PREFIX: Final = "ssid:"
 _MAX_SSID_BYTES: Final = 32
 
@@ -392,7 +393,7 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
 
     # Added by the runtime (issue 6): the options (roles) live in options_flow.py.
     @staticmethod
-    def async_get_options_flow(config_entry: ConfigEntry) -> IotOnboardOptionsFlow:
+    def async_get_options_flow(config_entry: IotOnboardConfigEntry) -> IotOnboardOptionsFlow:
         """Roles: who may do what in this household."""
         del config_entry
         return IotOnboardOptionsFlow()

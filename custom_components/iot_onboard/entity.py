@@ -4,8 +4,9 @@ Entities are built from the device's capability descriptor (``iob/<id>/meta``): 
 device class, unit, category and number range come from the device, the name from the
 integration's translations when the descriptor's ``translation_key`` is one we ship (else the
 descriptor's English ``name``). Unique id: ``<device id>_<key>`` (both stable for the device's
-lifetime). Available while the hub is connected, the device's will says ``online`` and the
-descriptor still lists the key.
+lifetime). Diagnostic sensors (load, memory, disk, …) are registered disabled by default.
+Available while the hub is connected, the device's will says ``online`` and the descriptor
+still lists the key.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class IotOnboardEntity(Entity):
             if meta.icon is not None:
                 self._attr_icon = meta.icon
         self._attr_entity_category = _CATEGORIES.get(meta.entity_category or "")
+        if meta.platform == "sensor" and self._attr_entity_category is EntityCategory.DIAGNOSTIC:
+            # Load, memory, disk, CPU temperature, last boot, Wi-Fi signal: for troubleshooting,
+            # registered but disabled until the user enables them (entity-disabled-by-default).
+            self._attr_entity_registry_enabled_default = False
         data = coordinator.device(device_id)
         device_meta = data.meta if data is not None else None
         self._attr_device_info = DeviceInfo(

@@ -110,6 +110,12 @@ STATES: dict[str, str] = {
     "setpoint": "20.0",
 }
 ENTITY_COUNT = len(META["entities"])
+#: Diagnostic sensors are registered disabled (the user enables them): their keys in META.
+DISABLED_KEYS = frozenset(
+    e["key"]
+    for e in META["entities"]
+    if e["platform"] == "sensor" and e.get("entity_category") == "diagnostic"
+)
 
 
 def meta_for(device_id: str, name: str = "Kitchen sensor", **extra: Any) -> dict[str, Any]:
@@ -206,12 +212,16 @@ async def setup_entry(
     return entry
 
 
-def entity_ids(hass: HomeAssistant, entry: MockConfigEntry) -> list[str]:
-    """Entity ids of the entry, sorted."""
+def entity_ids(
+    hass: HomeAssistant, entry: MockConfigEntry, *, enabled_only: bool = False
+) -> list[str]:
+    """Entity ids of the entry in the registry, sorted (with ``enabled_only``: not disabled)."""
     from homeassistant.helpers import entity_registry as er  # noqa: PLC0415
 
     return sorted(
-        e.entity_id for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+        e.entity_id
+        for e in er.async_entries_for_config_entry(er.async_get(hass), entry.entry_id)
+        if not (enabled_only and e.disabled)
     )
 
 

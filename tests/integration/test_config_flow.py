@@ -531,7 +531,7 @@ async def test_create_another_household(hass: HomeAssistant, account: MagicMock)
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     result = await submit(hass, result["flow_id"], SIGN_IN)
     result = await submit(
-        hass, result["flow_id"], {"household": "__new__", "household_name": "Cabin"}
+        hass, result["flow_id"], {"household": "new_household", "household_name": "Cabin"}
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert result["title"] == "Cabin"
@@ -922,12 +922,12 @@ async def test_keep_ethernet_and_open_and_hidden_networks(
     flow_id = await to_wifi(hass)
     result = await submit(hass, flow_id, {"network": OLD_KEY})
     assert result["errors"] == {"network": "unsupported_security"}
-    result = await submit(hass, flow_id, {"network": "__hidden__"})
+    result = await submit(hass, flow_id, {"network": "hidden_network"})
     assert result["errors"] == {"hidden_ssid": "invalid_ssid"}
-    result = await submit(hass, flow_id, {"network": "__hidden__", "hidden_ssid": "x" * 33})
+    result = await submit(hass, flow_id, {"network": "hidden_network", "hidden_ssid": "x" * 33})
     assert result["errors"] == {"hidden_ssid": "invalid_ssid"}
     result = await submit(
-        hass, flow_id, {"network": "__hidden__", "hidden_ssid": "Attic", "passphrase": "short"}
+        hass, flow_id, {"network": "hidden_network", "hidden_ssid": "Attic", "passphrase": "short"}
     )
     assert result["errors"] == {"passphrase": "invalid_passphrase"}
     # An open network ignores a typed password; the labels escape the hostile SSID.
@@ -942,12 +942,12 @@ async def test_keep_ethernet_and_open_and_hidden_networks(
     assert result["errors"] == {"base": "no_internet"}
     link.set_wifi.assert_awaited_with(CAFE.ssid, None, hidden=False)
     result = await provision(
-        hass, flow_id, {"network": "__hidden__", "hidden_ssid": "Attic", "passphrase": PASSWORD}
+        hass, flow_id, {"network": "hidden_network", "hidden_ssid": "Attic", "passphrase": PASSWORD}
     )
     assert result["errors"] == {"base": "wifi_ap_not_found"}
     link.set_wifi.assert_awaited_with(b"Attic", PASSWORD, hidden=True)
     link.set_wifi.reset_mock()
-    result = await provision(hass, flow_id, {"network": "__ethernet__"})
+    result = await provision(hass, flow_id, {"network": "keep_ethernet"})
     assert result["reason"] == "device_added"
     link.set_wifi.assert_not_awaited()
 
@@ -1154,7 +1154,7 @@ async def test_failed_scan_still_offers_hidden_and_ethernet(
     flow_id = await to_credentials(hass)
     result = await submit(hass, flow_id, {"setup_code": QR})
     options = result["data_schema"].schema["network"].config["options"]
-    assert [o["value"] for o in options] == ["__hidden__", "__ethernet__"]
+    assert [o["value"] for o in options] == ["hidden_network", "keep_ethernet"]
 
 
 @pytest.mark.parametrize(
@@ -1325,7 +1325,7 @@ async def test_wifi_change_of_an_owned_device(
     result = await submit(hass, result["flow_id"], selected)
     assert result["step_id"] == "wifi"
     options = result["data_schema"].schema["network"].config["options"]
-    assert "__ethernet__" not in [o["value"] for o in options]
+    assert "keep_ethernet" not in [o["value"] for o in options]
     # A claimed device that fails keeps its owner: status "committed" with a diagnostic.
     link.status.side_effect = [
         StatusResult(state=DeviceState.COMMITTED, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
@@ -1791,7 +1791,7 @@ async def test_wifi_lost_advertisement_raises_the_repair_and_changes_wifi_over_b
     result = await submit(hass, flow["flow_id"], {})
     assert result["step_id"] == "wifi", result
     options = result["data_schema"].schema["network"].config["options"]
-    assert "__ethernet__" not in [o["value"] for o in options]
+    assert "keep_ethernet" not in [o["value"] for o in options]
     result = await provision(hass, flow["flow_id"], HOME_WIFI)
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "wifi_changed"
@@ -1929,7 +1929,7 @@ def _raw_options(schema: Any) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def every_option_has_a_label() -> Generator[None]:
-    """No form of the flow shows an option's raw value (``__ethernet__``) to the user."""
+    """No form of the flow shows an option's raw value (``keep_ethernet``) to the user."""
     flow = config_flow.IotOnboardConfigFlow
     show_form = flow.async_show_form
 
@@ -1951,10 +1951,10 @@ async def test_the_wifi_choices_are_translated_the_way_home_assistant_does(
     result = await submit(hass, flow_id, {"network": OLD_KEY})
     selector = result["data_schema"].schema["network"]
     values = [option["value"] for option in selector.config["options"]]
-    assert values[-2:] == ["__hidden__", "__ethernet__"]
+    assert values[-2:] == ["hidden_network", "keep_ethernet"]
     key = selector.config["translation_key"]
     strings = await async_get_translations(hass, "en", "selector", [DOMAIN])
-    for value in ("__hidden__", "__ethernet__"):
+    for value in ("hidden_network", "keep_ethernet"):
         text = strings.get(f"component.{DOMAIN}.selector.{key}.options.{value}")
         assert text, f"{value} has no translation"
         assert value not in text

@@ -8,10 +8,18 @@ receives them and the entities follow.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from homeassistant.const import ATTR_ENTITY_ID, STATE_ON, STATE_UNAVAILABLE, STATE_UNKNOWN
+from homeassistant.config_entries import RELOAD_AFTER_UPDATE_DELAY
+from homeassistant.const import (
+    ATTR_ENTITY_ID,
+    STATE_ON,
+    STATE_UNAVAILABLE,
+    STATE_UNKNOWN,
+    EntityCategory,
+)
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import entity_registry as er
@@ -25,6 +33,7 @@ from custom_components.iot_onboard.coordinator import SYNC_INTERVAL
 from custom_components.iot_onboard.helpers import find_device
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
+    DISABLED_KEYS,
     ENTITY_COUNT,
     DeviceProcesses,
     entity_ids,
@@ -50,10 +59,10 @@ _ATTRIBUTES = (
 
 
 def all_reported(hass: HomeAssistant, entry: MockConfigEntry) -> bool:
-    """Every entity exists, is available and (buttons aside) has the device's state."""
-    ids = entity_ids(hass, entry)
+    """Every entity exists; the enabled ones are available and (buttons aside) have a state."""
+    ids = entity_ids(hass, entry, enabled_only=True)
     states = [hass.states.get(entity_id) for entity_id in ids]
-    return len(ids) == ENTITY_COUNT and all(
+    return len(entity_ids(hass, entry)) == ENTITY_COUNT and all(
         state is not None
         and state.state != STATE_UNAVAILABLE
         and (state.domain == "button" or state.state != STATE_UNKNOWN)
@@ -101,7 +110,37 @@ async def test_entities_from_descriptor(
         "1.2.0",
         "dev1",
     )
-    assert {e: normalised(hass, e) for e in entity_ids(hass, entry)} == snapshot
+    enabled = entity_ids(hass, entry, enabled_only=True)
+    assert {e: normalised(hass, e) for e in enabled} == snapshot
+
+
+async def test_diagnostic_sensors_are_disabled_by_default(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """Load, memory, disk, CPU temperature, last boot …: registered, disabled, no state.
+
+    The quality scale's entity-disabled-by-default rule; once the user enables one, it reports
+    the device's value like any other entity.
+    """
+    entry = await _ready(hass, fake_account, device_processes)
+    registry = er.async_get(hass)
+    disabled = {
+        e.unique_id.removeprefix("dev1_"): e
+        for e in er.async_entries_for_config_entry(registry, entry.entry_id)
+        if e.disabled
+    }
+    assert set(disabled) == DISABLED_KEYS == {"cpu_temperature", "last_boot"}
+    for registry_entry in disabled.values():
+        assert registry_entry.entity_category is EntityCategory.DIAGNOSTIC
+        assert registry_entry.disabled_by is er.RegistryEntryDisabler.INTEGRATION
+        assert hass.states.get(registry_entry.entity_id) is None
+    # Enabled by the user: Home Assistant reloads the entry and the sensor reports.
+    cpu = disabled["cpu_temperature"].entity_id
+    registry.async_update_entity(cpu, disabled_by=None)
+    async_fire_time_changed(
+        hass, dt_util.utcnow() + timedelta(seconds=RELOAD_AFTER_UPDATE_DELAY + 1)
+    )
+    await wait_for(hass, lambda: state_of(hass, cpu) == "48.2", "the enabled CPU temperature")
 
 
 async def _ready(
@@ -146,7 +185,10 @@ async def test_will_makes_entities_unavailable_and_logs_once(
     device_processes.kill("dev1")  # the broker publishes the retained will: offline
     await wait_for(
         hass,
-        lambda: all(state_of(hass, e) == STATE_UNAVAILABLE for e in entity_ids(hass, entry)),
+        lambda: all(
+            state_of(hass, e) == STATE_UNAVAILABLE
+            for e in entity_ids(hass, entry, enabled_only=True)
+        ),
         "every entity unavailable after the will",
     )
     await publish_as_device(fake_account, "dev1", "availability", b"offline")
@@ -218,7 +260,10 @@ async def test_command_while_disconnected_is_a_translated_error(
     mosquitto_process.stop()
     await wait_for(
         hass,
-        lambda: all(state_of(hass, e) == STATE_UNAVAILABLE for e in entity_ids(hass, entry)),
+        lambda: all(
+            state_of(hass, e) == STATE_UNAVAILABLE
+            for e in entity_ids(hass, entry, enabled_only=True)
+        ),
         "every entity unavailable while the hub is disconnected",
     )
     # HA skips unavailable entities in actions; a press racing the disconnection gets this:

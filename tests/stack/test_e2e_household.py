@@ -209,14 +209,19 @@ def onboard(ha: Ha, ready: dict[str, Any], device: dict[str, Any]) -> dict[str, 
     return wait_for(f"the commit of {device['device_id']}", finished, COMMIT_TIMEOUT)
 
 
-def entity_ids(ha: Ha, device_id: str) -> dict[str, str]:
-    """The integration's entities of ``device_id`` in HA's entity registry: key → entity id."""
+def entity_ids(ha: Ha, device_id: str, *, enabled_only: bool = False) -> dict[str, str]:
+    """The integration's entities of ``device_id`` in HA's entity registry: key → entity id.
+
+    ``enabled_only``: without the disabled ones (diagnostic sensors are disabled by default).
+    """
     entries = ws(ha, {"type": "config/entity_registry/list"})
     prefix = f"{device_id}_"
     return {
         e["unique_id"].removeprefix(prefix): e["entity_id"]
         for e in entries
-        if e["platform"] == DOMAIN and e["unique_id"].startswith(prefix)
+        if e["platform"] == DOMAIN
+        and e["unique_id"].startswith(prefix)
+        and not (enabled_only and e["disabled_by"])
     }
 
 
@@ -232,7 +237,7 @@ def states(ha: Ha) -> dict[str, dict[str, Any]]:
 
 def available_entities(ha: Ha, device_id: str) -> dict[str, str] | None:
     """key → entity id once the device has entities of every platform, all available."""
-    ids = entity_ids(ha, device_id)
+    ids = entity_ids(ha, device_id, enabled_only=True)
     now = states(ha)
     platforms = {entity_id.split(".")[0] for entity_id in ids.values()}
     if not {"sensor", "binary_sensor", "switch", "button", "number"} <= platforms:

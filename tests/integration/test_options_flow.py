@@ -1,0 +1,111 @@
+"""The options flow's less travelled paths (options_flow.py is gated at 100 % coverage).
+
+The everyday paths (policies, mapping users and the owner) are in test_init.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
+from tests.integration.fake_account import FakeAccountService
+from tests.integration.runtime_helpers import setup_entry
+
+
+async def _user_role_form(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["type"] is FlowResultType.MENU
+    return dict(
+        await hass.config_entries.options.async_configure(
+            result["flow_id"], {"next_step_id": "user_role"}
+        )
+    )
+
+
+def _user_options(form: dict[str, Any]) -> dict[str, str]:
+    selector = form["data_schema"].schema["user"]
+    return {option["value"]: option["label"] for option in selector.config["options"]}
+
+
+async def test_user_roles_need_a_loaded_entry(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    """Roles live at the account service: without a loaded entry there is nothing to map."""
+    await fake_account.stop()
+    entry = MockConfigEntry(
+        domain=DOMAIN, unique_id=fake_account.household_id, data=fake_account.entry_data()
+    )
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    result = await _user_role_form(hass, entry)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "not_loaded")
+
+
+async def test_the_user_list_names_people_and_their_roles(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    """Active people only (no system users, no deactivated ones), mapped ones with their role."""
+    alice = await hass.auth.async_create_user("Alice", group_ids=["system-users"])
+    bob = await hass.auth.async_create_user("Bob", group_ids=["system-users"])
+    gone = await hass.auth.async_create_user("Gone", group_ids=["system-users"])
+    await hass.auth.async_deactivate_user(gone)
+    system = await hass.auth.async_create_system_user("Supervisor")
+    fake_account.members.append(
+        fake_account._member("m-alice", None, EXTERNAL_ID_PREFIX + alice.id, "Alice", "member")
+    )
+    entry = await setup_entry(hass, fake_account)
+    form = await _user_role_form(hass, entry)
+    assert form["type"] is FlowResultType.FORM
+    options = _user_options(form)
+    assert options[alice.id] == "Alice (member)"
+    assert options[bob.id] == "Bob"
+    assert gone.id not in options
+    assert system.id not in options
+
+
+async def test_a_user_removed_while_the_form_is_open(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    """The form listed the user; by the submit the user is gone: an error on the user field."""
+    # The first person may be Home Assistant's owner, whom newer versions refuse to remove.
+    await hass.auth.async_create_user("Olga", group_ids=["system-admin"])
+    carol = await hass.auth.async_create_user("Carol", group_ids=["system-users"])
+    entry = await setup_entry(hass, fake_account)
+    form = await _user_role_form(hass, entry)
+    assert carol.id in _user_options(form)
+    await hass.auth.async_remove_user(carol)
+    result = await hass.config_entries.options.async_configure(
+        form["flow_id"], {"user": carol.id, "role": "member"}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"user": "unknown_user"}
+    assert not any(m["external_id"] == EXTERNAL_ID_PREFIX + carol.id for m in fake_account.members)
+
+
+async def test_a_refusal_of_the_account_service_is_shown_on_the_form(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    """The member was removed elsewhere: the service answers 404 and the form says so."""
+    dave = await hass.auth.async_create_user("Dave", group_ids=["system-users"])
+    fake_account.members.append(
+        fake_account._member("m-dave", None, EXTERNAL_ID_PREFIX + dave.id, "Dave", "member")
+    )
+    entry = await setup_entry(hass, fake_account)
+    form = await _user_role_form(hass, entry)
+    fake_account.members[:] = [m for m in fake_account.members if m["member_id"] != "m-dave"]
+    result = await hass.config_entries.options.async_configure(
+        form["flow_id"], {"user": dave.id, "role": "admin"}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "account_refused"}
+    placeholders = result["description_placeholders"]
+    assert placeholders is not None
+    assert "No such member" in placeholders["error"]
+    assert entry.options == {}
