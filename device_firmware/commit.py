@@ -88,6 +88,9 @@ CLAIM_TTL_LIMIT: Final = 600
 _SETTLED_BY_CREDENTIAL: Final = frozenset(
     {DiagnosticCode.CLAIM_REJECTED, DiagnosticCode.CLAIM_EXPIRED}
 )
+#: No answer, once a confirmation may have gone out: a glitch of the uplink or its resolver
+#: must not end the retries (the service may own the device already).
+_UNANSWERED: Final = frozenset({DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED})
 
 type RelayFactory = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
@@ -349,8 +352,8 @@ class FailSafeCommit:
         """Confirm until an answer arrives; a refused or lapsed token is settled by credential.
 
         Each attempt is a fresh signature over the same token (the service refuses a second use
-        of a signed confirmation). No answer (connection dropped, timeout, 5xx): again after
-        0.5 s, doubling to 8 s, jittered, until the commit timer ends.
+        of a signed confirmation). No answer (connection dropped, timeout, 5xx, the name not
+        resolving): again after 0.5 s, doubling to 8 s, jittered, until the commit timer ends.
         """
         delay = CLAIM_RETRY_FIRST
         while True:
@@ -367,7 +370,7 @@ class FailSafeCommit:
                         raise
                     return await self._settle(relay, err)
             except RelayError as err:
-                if err.code is not DiagnosticCode.RELAY_UNREACHABLE:
+                if err.code not in _UNANSWERED:
                     raise
                 if self._unanswered is None:
                     _LOGGER.warning(
@@ -390,7 +393,7 @@ class FailSafeCommit:
         try:
             answer = await relay.fetch_mqtt_credential(request)
         except RelayError as err:
-            if refusal is None or err.code is DiagnosticCode.RELAY_UNREACHABLE:
+            if refusal is None or err.code in _UNANSWERED:
                 raise
             raise refusal from err
         if isinstance(answer, NotOwned):

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+import pytest
+
+from tests.plugins.lossy_proxy import ProxyFactory
 from tests.plugins.mosquitto import MosquittoBroker
 
 from .helpers import Api, FakeClock, FakeDevice, User
@@ -168,3 +172,37 @@ async def test_retry_after_release_or_a_new_claim_fails_closed(api: Api) -> None
         json_body={"confirmation": device.confirm(claim["token"], api.now())},
     )
     assert (stale.status, stale.code) == (409, "claim_rejected")
+
+
+async def test_answer_lost_on_the_wire_then_retried(
+    api: Api, broker: MosquittoBroker, lossy_proxy_factory: ProxyFactory
+) -> None:
+    """The connection drops after the service committed (the lossy proxy); the retry gets
+    the grant the device never saw, and it opens the broker."""
+    owner = await api.sign_up()
+    household = await api.household(owner)
+    device = await api.device()
+    started = await api.start_claim(owner, household, device)
+    server = api.client.server
+    async with (
+        lossy_proxy_factory(server.host, server.port, drop=1) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        url = proxy.url + "/v1/claims/confirm"
+        first = {"confirmation": device.confirm(started.body["token"], api.now())}
+        with pytest.raises(aiohttp.ClientError):
+            async with http.post(url, json=first) as reply:
+                await reply.read()
+        assert proxy.dropped == 1
+        status = await api.request(
+            "GET", f"/v1/claims/{started.body['claim_id']}", token=owner.token, expect=200
+        )
+        assert status.body["status"] == "owned"  # committed, though nobody heard
+        retry = {"confirmation": device.confirm(started.body["token"], api.now())}
+        async with http.post(url, json=retry) as reply:
+            assert reply.status == 200
+            body = await reply.json()
+    assert (body["status"], body["household_id"]) == ("owned", household)
+    assert body["mqtt"]["username"] == device.id
+    assert await connect_code(broker, body["mqtt"]) == 0
+    await api.relay.verify_audit()
