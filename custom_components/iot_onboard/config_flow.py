@@ -32,7 +32,10 @@ BLE advertisement carries just these 8, docs/ble.md). Home Assistant's own uniqu
 keep one flow per device whichever source sees it first, and one "ignore" covers both.
 No half-onboarded device: after ``set_claim`` a failed or abandoned commit rolls the device
 back by itself (fail-safe timer), and a claim that was not used expires on its own in at most
-ten minutes (the service has no cancel); the failure messages say so.
+ten minutes (the service has no cancel); the failure messages say so. A claim the service
+recorded while its answer to the device was lost converges: the device retries by itself, and
+a retry of this flow that finds its claim owned (or gets ``already_owned`` for a new one) adds
+a device that finished, or hands the same claim to one that rolled back (docs/relay.md).
 """
 
 from __future__ import annotations
