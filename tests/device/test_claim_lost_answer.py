@@ -215,3 +215,31 @@ async def test_claim_in_flight_that_never_reached_the_service_rolls_back(
             assert running.agent.session_host.window_open
             assert "rollback" in running.backend.events
         assert await relay.devices() == []
+
+
+async def test_claim_in_flight_that_never_reached_the_service_is_confirmed_at_boot(
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    mosquitto_broker: MosquittoBroker,
+    tmp_path: Path,
+) -> None:
+    """The power went between saving the claim in flight and posting it: the resumed commit
+    posts the first confirmation the service sees, within the TTL."""
+    async with real_relay(tmp_path, mosquitto_broker) as relay:
+        await relay.import_records(provisioned.result.record_file)
+        device_id = provisioned.device.identity.device_id
+        claim = await relay.claim(device_id)
+        store = StateStore(provisioned.config.state_file)
+        store.change(phase=Phase.PROVISIONING)
+        plan = ClaimPlan(
+            service_url=relay.url, claim_token=claim["token"], owner_secret=OWNER_SECRET
+        )
+        wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
+        store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
+        async with start_agent() as running:
+            await running.agent.ready()
+            await running.agent.controller.wait_for_commit()
+            await _assert_owned_and_online(running, relay, claim)
+        actions = await _audit_actions(relay, device_id)
+        assert actions.count("device.claimed") == 1
+        assert "device.claim_reconfirmed" not in actions
