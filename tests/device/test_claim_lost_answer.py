@@ -243,3 +243,38 @@ async def test_claim_in_flight_that_never_reached_the_service_is_confirmed_at_bo
         actions = await _audit_actions(relay, device_id)
         assert actions.count("device.claimed") == 1
         assert "device.claim_reconfirmed" not in actions
+
+
+async def test_every_answer_lost_until_the_timer_then_the_same_token_again(
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    mosquitto_broker: MosquittoBroker,
+    tmp_path: Path,
+) -> None:
+    """No answer gets through before the commit timer: the device rolls back with
+    RELAY_UNREACHABLE (the service owns it meanwhile). Home Assistant's retry hands over the
+    same token (the flow finds its claim owned); the device confirms it again and is online."""
+    async with real_relay(tmp_path, mosquitto_broker) as relay:
+        await relay.import_records(provisioned.result.record_file)
+        device_id = provisioned.device.identity.device_id
+        claim = await relay.claim(device_id)
+        async with (
+            lossy_proxy(*_address(relay.url), drop=1000) as proxy,
+            start_agent(commit_timeout=2) as running,
+        ):
+            client, status = await commit(running, proxy.url, token=claim["token"])
+            assert (status.state.value, status.diagnostic) == (
+                "provisioning",
+                DiagnosticCode.RELAY_UNREACHABLE,
+            )
+            assert proxy.dropped >= 2  # retried, every answer lost
+            record = running.agent.store.current
+            assert (record.ownership, record.claim_in_flight) == (None, None)
+            assert await relay.claim_status(claim["claim_id"]) == "owned"
+
+            _client, status = await commit(running, relay.url, token=claim["token"], client=client)
+            assert (status.state.value, status.diagnostic) == ("committed", None)
+            await _assert_owned_and_online(running, relay, claim)
+        actions = await _audit_actions(relay, device_id)
+        assert actions.count("device.claimed") == 1
+        assert actions.count("device.claim_reconfirmed") >= 2
