@@ -88,9 +88,12 @@ CLAIM_TTL_LIMIT: Final = 600
 _SETTLED_BY_CREDENTIAL: Final = frozenset(
     {DiagnosticCode.CLAIM_REJECTED, DiagnosticCode.CLAIM_EXPIRED}
 )
-#: No answer, once a confirmation may have gone out: a glitch of the uplink or its resolver
-#: must not end the retries (the service may own the device already).
-_UNANSWERED: Final = frozenset({DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED})
+#: No usable answer, once a confirmation may have gone out: a glitch of the uplink or its
+#: resolver must not end the retries (the service may own the device already), nor a clock
+#: that NTP has not set yet (a Pi has no RTC: a commit resumed at boot may start before NTP).
+_UNANSWERED: Final = frozenset(
+    {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED, DiagnosticCode.CLOCK_SKEW}
+)
 
 type RelayFactory = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
@@ -288,7 +291,9 @@ class FailSafeCommit:
             unanswered = self._last_unanswered()
             if unanswered is not None:
                 # The timer ended the retries: say why nothing answered.
-                return await self._fail(unanswered.code, f"no answer until the timer: {unanswered}")
+                return await self._fail(
+                    unanswered.code, f"no usable answer before the commit timer: {unanswered}"
+                )
             return await self._fail(DiagnosticCode.TIMEOUT, str(err) or "commit timer")
         except (NetworkError, DiagnosedError) as err:
             return await self._fail(err.code, str(err))
@@ -352,8 +357,9 @@ class FailSafeCommit:
         """Confirm until an answer arrives; a refused or lapsed token is settled by credential.
 
         Each attempt is a fresh signature over the same token (the service refuses a second use
-        of a signed confirmation). No answer (connection dropped, timeout, 5xx, the name not
-        resolving): again after 0.5 s, doubling to 8 s, jittered, until the commit timer ends.
+        of a signed confirmation). No usable answer (connection dropped, timeout, 5xx, the name
+        not resolving, the service's ``clock_skew``): again after 0.5 s, doubling to 8 s,
+        jittered, until the commit timer ends, whose diagnostic is then the last such answer.
         """
         delay = CLAIM_RETRY_FIRST
         while True:
@@ -393,9 +399,15 @@ class FailSafeCommit:
         try:
             answer = await relay.fetch_mqtt_credential(request)
         except RelayError as err:
-            if refusal is None or err.code in _UNANSWERED:
-                raise
-            raise refusal from err
+            if err.code in _UNANSWERED:
+                raise  # retried like a confirmation without an answer
+            if refusal is not None:
+                raise refusal from err
+            # The service refuses this identity's request (credential_refused): for the user,
+            # a refused claim.
+            raise CommitError(
+                DiagnosticCode.CLAIM_REJECTED, f"the claim token lapsed and {err}"
+            ) from err
         if isinstance(answer, NotOwned):
             code = DiagnosticCode.CLAIM_EXPIRED if refusal is None else refusal.code
             detail = "the claim token lapsed" if refusal is None else str(refusal)

@@ -278,3 +278,42 @@ async def test_every_answer_lost_until_the_timer_then_the_same_token_again(
         actions = await _audit_actions(relay, device_id)
         assert actions.count("device.claimed") == 1
         assert actions.count("device.claim_reconfirmed") >= 2
+
+
+async def test_resumed_before_ntp_set_the_clock(
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    mosquitto_broker: MosquittoBroker,
+    tmp_path: Path,
+) -> None:
+    """A Pi has no RTC: the resumed commit may sign before NTP set the clock. The service's
+    clock_skew is no answer to give up on; once the clock is right the claim goes through."""
+    async with real_relay(tmp_path, mosquitto_broker) as relay:
+        await relay.import_records(provisioned.result.record_file)
+        device_id = provisioned.device.identity.device_id
+        claim = await relay.claim(device_id)
+        offset = [3600]
+        async with lossy_proxy(
+            *_address(relay.url), path="/v1/device/mqtt-credential", drop=0
+        ) as proxy:
+            store = StateStore(provisioned.config.state_file)
+            store.change(phase=Phase.PROVISIONING)
+            plan = ClaimPlan(
+                service_url=proxy.url, claim_token=claim["token"], owner_secret=OWNER_SECRET
+            )
+            wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
+            store.change(
+                phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time()))
+            )
+            async with start_agent(wall_clock=lambda: int(time.time()) + offset[0]) as running:
+                await running.agent.ready()
+                for _ in range(3000):  # the clock looks an hour ahead: a credential request
+                    if proxy.matched:
+                        break
+                    await asyncio.sleep(0.01)
+                assert proxy.matched >= 1
+                assert running.agent.store.current.phase is Phase.COMMITTING  # not given up
+                offset[0] = 0  # NTP set the clock
+                await running.agent.controller.wait_for_commit()
+                await _assert_owned_and_online(running, relay, claim)
+        assert (await _audit_actions(relay, device_id)).count("device.claimed") == 1
