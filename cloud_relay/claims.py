@@ -41,7 +41,7 @@ from .errors import (
 from .households import Households
 from .mutation import KeyedLocks, mutate
 from .ratelimit import hit_all
-from .storage import Connection
+from .storage import Connection, Row
 from .tokens import new_id, new_token, token_hash
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -84,14 +84,18 @@ async def take_ownership(
     details: dict[str, JsonValue],
     claim_id: str = "",
     kick: bool = False,
+    now: int | None = None,
 ) -> Owned | None:
     """Make ``household_id`` the owner if the device is free; None if someone was faster.
 
     Every other pending claim of the device (``claim_id`` excepted) is closed as rejected.
     ``kick``: the household's Home Assistant did not ask for this claim (zero-touch), so its
     hub is disconnected to re-read the device list now rather than at its next refresh.
+    ``now``: the caller's time, so ``owned_since`` equals the claim's ``completed_at`` (a
+    re-confirmation recognises the ownership its claim made by it).
     """
-    now = ctx.now()
+    if now is None:
+        now = ctx.now()
     taken = await conn.fetch(
         "UPDATE devices SET household_id = $1, owned_since = $2, updated_at = $2 "
         "WHERE device_id = $3 AND household_id IS NULL "
@@ -273,12 +277,23 @@ class Claims:
         async def body(conn: Connection, plan: BrokerPlan) -> Owned:
             now = ctx.now()
             claim = await conn.fetchrow(
-                "SELECT id, device_id, household_id, account_id, status, expires_at FROM claims "
+                "SELECT id, device_id, household_id, account_id, status, expires_at, completed_at "
+                "FROM claims "
                 "WHERE token_hash = $1",
                 hashed,
             )
             if claim is None or claim["device_id"] != confirmation.device_id:
                 raise ClaimRejectedError
+            # Every confirmation is used once, the first as well as a retry: a third party
+            # replaying a captured one (HA relaying it, a proxy) gains nothing.
+            await use_nonce(
+                conn,
+                confirmation.device_id,
+                confirmation.nonce,
+                confirmation.timestamp + ctx.config.claim_ttl + ctx.config.max_clock_skew,
+            )
+            if claim["status"] == "owned" and claim["expires_at"] >= now:
+                return await reconfirm(conn, plan, ctx, claim)
             if claim["status"] == "expired" or (
                 claim["status"] == "pending" and claim["expires_at"] < now
             ):
@@ -295,6 +310,7 @@ class Claims:
                 action="device.claimed",
                 details={"claim_id": claim["id"], "account_id": claim["account_id"]},
                 claim_id=claim["id"],
+                now=now,
             )
             closed = await conn.execute(
                 "UPDATE claims SET status = 'owned', completed_at = $1 "
@@ -393,6 +409,40 @@ class Claims:
                 now,
             )
             await conn.execute("DELETE FROM device_nonces WHERE expires_at < $1", now)
+
+
+async def reconfirm(conn: Connection, plan: BrokerPlan, ctx: Context, claim: Row) -> Owned:
+    """A retry of a confirmation whose answer was lost: the same grant, audited as such.
+
+    The device lost the answer (the connection dropped after the commit) and retries within
+    the TTL with a fresh signature over the same token. It gets the grant of the ownership this
+    claim made, if that still stands (not released, transferred or re-claimed since:
+    ``owned_since`` is the claim's completion time), at the current credential version (the
+    first answer's, unless rotated since), with the broker re-projected on the way.
+    """
+    kept = await conn.fetch(
+        "UPDATE devices SET updated_at = updated_at "
+        "WHERE device_id = $1 AND household_id = $2 AND owned_since = $3 "
+        "RETURNING credential_version",
+        claim["device_id"],
+        claim["household_id"],
+        claim["completed_at"],
+    )
+    if len(kept) != 1:
+        raise ClaimRejectedError
+    version = int(kept[0]["credential_version"])
+    credential = await plan.put_device(claim["device_id"], version)
+    await audit.append(
+        conn,
+        at=ctx.now(),
+        actor=f"device:{claim['device_id']}",
+        action="device.claim_reconfirmed",
+        household_id=claim["household_id"],
+        device_id=claim["device_id"],
+        details={"claim_id": claim["id"], "credential_version": version},
+    )
+    _LOGGER.info("claim %s re-confirmed by %s", claim["id"], claim["device_id"])
+    return Owned(claim["device_id"], claim["household_id"], credential)
 
 
 async def use_nonce(conn: Connection, device_id: str, nonce: bytes, expires_at: int) -> None:

@@ -175,6 +175,8 @@ async def recover_boot(store: StateStore, backend: NetworkBackend) -> DeviceStat
     record = await asyncio.to_thread(store.recover)
     if record.phase is not Phase.COMMITTING:
         return record
+    if record.claim_in_flight is not None:
+        return record  # the service may own the device: the agent resumes the claim
     if record.claimed:
         _LOGGER.warning("boot during a commit that the service had confirmed: online")
         return await store.update(phase=Phase.ONLINE)
@@ -368,6 +370,8 @@ class Agent:
                         addresses=await asyncio.to_thread(resolve_addresses, config.advertise),
                     )
                 controller.add_state_listener(self._state_changed)
+                if record.claim_in_flight is not None:
+                    controller.resume_claim(record.claim_in_flight)
                 await self._run_loops()
             finally:
                 await controller.aclose()

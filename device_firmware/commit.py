@@ -20,8 +20,19 @@ IoT VLAN without internet). The service verifies the same signature either way.
 
 Crash safety: the ownership, the MQTT credentials and the owner secret are saved in one atomic
 write (still ``committing``) before the network is made permanent, so a power cut after the
-service said "owned" boots online, and a power cut before it boots back in ``provisioning`` (the
-trial network is gone with the power) with no owner secret on disk.
+service said "owned" boots online, and a power cut before the confirmation was sent boots back
+in ``provisioning`` (the trial network is gone with the power) with no owner secret on disk.
+
+A lost answer: the service may have recorded the claim and answered, and the answer never
+arrived (the connection dropped after its commit, the power went). So the claim is saved as
+"in flight" (:class:`~device_firmware.state.ClaimInFlight`) before the confirmation is posted;
+an answer that does not arrive is retried with backoff (a fresh signature over the same token,
+which the service answers with the same grant within the token's TTL); a power cut resumes the
+retry at boot (:meth:`FailSafeCommit.resume`). A refusal of the token (spent, expired) or a
+token past its TTL is settled with the device's own signed credential request: "owned" is the
+grant (the claim went through), "unowned" rolls back with the refusal's code. The device ends
+owned and online, or in ``provisioning`` with a diagnostic - never owned at the service and
+without its credential on the device.
 
 A claimed device changing its Wi-Fi (an owner session after re-onboarding) runs
 :meth:`FailSafeCommit.run_wifi_change`: no claim step - owner, MQTT credentials and owner secret
@@ -36,27 +47,53 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 from urllib.parse import urlsplit
 
-from iob_protocol.claim import MAX_SKEW_SECONDS, ClaimConfirmation
+from iob_protocol.claim import MAX_SKEW_SECONDS, ClaimConfirmation, MqttCredentialRequest
 from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.identity import DeviceIdentity
 from iob_protocol.sources import WallClock, unix_time
 
-from .errors import CommitError, DiagnosedError, StateError
+from .errors import CommitError, DiagnosedError, RelayError, StateError
 from .network.backend import NetworkBackend, NetworkError, WifiCredentials
-from .relay_client import ClaimOutcome, RelayClient
-from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
+from .relay_client import ClaimOutcome, NotOwned, RelayClient
+from .state import (
+    ClaimInFlight,
+    DeviceStateRecord,
+    MqttCredentials,
+    Ownership,
+    Phase,
+    StateStore,
+)
 
 _LOGGER = logging.getLogger(__name__)
 #: Rolling back must itself be bounded: a hung backend cannot keep the device in limbo.
 ROLLBACK_TIMEOUT: Final = 30.0
 #: One TCP connection attempt to the broker during a Wi-Fi change.
 BROKER_PROBE_TIMEOUT: Final = 10.0
+#: A confirmation without an answer is retried after this many seconds, doubling...
+CLAIM_RETRY_FIRST: Final = 0.5
+#: ...up to this (jittered); the commit timer bounds the whole.
+CLAIM_RETRY_MAX: Final = 8.0
+#: The longest claim TTL a service gives (DESIGN: at most 10 min). Past it, counted from the
+#: first confirmation, the token is surely spent: only the credential request can tell.
+CLAIM_TTL_LIMIT: Final = 600
+#: Answers that say the token cannot be (or no longer be) confirmed; the credential request
+#: tells whether an earlier confirmation of it went through.
+_SETTLED_BY_CREDENTIAL: Final = frozenset(
+    {DiagnosticCode.CLAIM_REJECTED, DiagnosticCode.CLAIM_EXPIRED}
+)
+#: No usable answer, once a confirmation may have gone out: a glitch of the uplink or its
+#: resolver must not end the retries (the service may own the device already), nor a clock
+#: that NTP has not set yet (a Pi has no RTC: a commit resumed at boot may start before NTP).
+_UNANSWERED: Final = frozenset(
+    {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED, DiagnosticCode.CLOCK_SKEW}
+)
 
 type RelayFactory = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
@@ -95,6 +132,44 @@ class ClaimPlan:
     def service_host(self) -> str:
         """The account service's host name (validated by the protocol's URL check)."""
         return urlsplit(self.service_url).hostname or ""
+
+    @classmethod
+    def from_flight(cls, flight: ClaimInFlight) -> ClaimPlan:
+        """The plan of a claim found in flight at boot (always posted by the device)."""
+        return cls(
+            service_url=flight.service_url,
+            claim_token=flight.claim_token,
+            broker_pin=flight.broker_pin,
+            broker_host=flight.broker_host,
+            broker_port=flight.broker_port,
+            owner_secret=flight.owner_secret,
+        )
+
+    def in_flight(self, wifi: WifiCredentials | None, started_at: int) -> ClaimInFlight:
+        """What is saved before the confirmation is posted."""
+        if self.owner_secret is None:
+            raise StateError("a claim needs an owner secret")
+        return ClaimInFlight(
+            service_url=self.service_url,
+            claim_token=self.claim_token,
+            owner_secret=self.owner_secret,
+            started_at=started_at,
+            broker_host=self.broker_host,
+            broker_port=self.broker_port,
+            broker_pin=self.broker_pin,
+            wifi_ssid=None if wifi is None else wifi.ssid,
+            wifi_passphrase=None if wifi is None else wifi.passphrase,
+            wifi_hidden=False if wifi is None else wifi.hidden,
+        )
+
+
+def flight_wifi(flight: ClaimInFlight) -> WifiCredentials | None:
+    """The trial network a claim in flight was confirmed over."""
+    if flight.wifi_ssid is None:
+        return None
+    return WifiCredentials(
+        ssid=flight.wifi_ssid, passphrase=flight.wifi_passphrase, hidden=flight.wifi_hidden
+    )
 
 
 class HubExchange:
@@ -157,21 +232,41 @@ class FailSafeCommit:
         self._wall_clock = wall_clock
         self._on_hub_exchange = on_hub_exchange or (lambda _exchange: None)
         self._broker_probe = broker_probe
+        #: Why the last confirmation got no answer (the diagnostic if the timer ends the retries).
+        self._unanswered: RelayError | None = None
+        #: Set when the agent stops: a cancelled claim in flight is kept for the next start
+        #: (a factory reset's cancel rolls it back).
+        self.suspend_on_cancel = False
 
-    async def run(self, wifi: WifiCredentials | None, plan: ClaimPlan) -> DeviceStateRecord:
+    async def resume(self, flight: ClaimInFlight) -> DeviceStateRecord:
+        """Finish a claim found in flight at boot: rejoin its network, retry, or settle."""
+        _LOGGER.warning(
+            "boot during a claim whose confirmation may have reached the service: resuming it"
+        )
+        return await self.run(flight_wifi(flight), ClaimPlan.from_flight(flight), flight=flight)
+
+    async def run(
+        self,
+        wifi: WifiCredentials | None,
+        plan: ClaimPlan,
+        *,
+        flight: ClaimInFlight | None = None,
+    ) -> DeviceStateRecord:
         """Commit; the returned record is ``online`` or ``provisioning`` with a diagnostic.
 
         The owner secret is written in the same atomic write as the ownership, only after the
-        service answered "owned": a failed or rolled-back claim leaves none behind.
+        service answered "owned": a failed or rolled-back claim leaves none behind. ``flight``:
+        a claim already in flight (resumed at boot), confirmed again or settled.
         """
         await self._begin()
         owned = False
+        self._unanswered = None
         try:
             try:
                 async with asyncio.timeout(self._timeout):
                     if wifi is not None:
                         await self._backend.connect(wifi)
-                    outcome = await self._confirm(plan)
+                    outcome = await self._confirm(plan, wifi, flight)
             finally:
                 self._on_hub_exchange(None)
             await self._store.update(
@@ -189,21 +284,36 @@ class FailSafeCommit:
                     ca_pin=plan.broker_pin,
                 ),
                 owner_secret=plan.owner_secret,
+                claim_in_flight=None,
             )
             owned = True
-        except (NetworkError, DiagnosedError, TimeoutError) as err:
-            code = err.code if isinstance(err, (NetworkError, DiagnosedError)) else None
-            return await self._fail(code or DiagnosticCode.TIMEOUT, str(err) or "commit timer")
+        except TimeoutError as err:
+            unanswered = self._last_unanswered()
+            if unanswered is not None:
+                # The timer ended the retries: say why nothing answered.
+                return await self._fail(
+                    unanswered.code, f"no usable answer before the commit timer: {unanswered}"
+                )
+            return await self._fail(DiagnosticCode.TIMEOUT, str(err) or "commit timer")
+        except (NetworkError, DiagnosedError) as err:
+            return await self._fail(err.code, str(err))
         except asyncio.CancelledError:
             # The agent is stopping mid-commit: leave the network as it was.
             if not owned:
-                await self._fail(DiagnosticCode.TIMEOUT, "agent stopped during commit")
+                if self.suspend_on_cancel and self._store.current.claim_in_flight is not None:
+                    # The service may own the device: the next start resumes the claim.
+                    await self._rollback_network()
+                    _LOGGER.warning("stopped with a claim in flight: resumed at the next start")
+                else:
+                    await self._fail(DiagnosticCode.TIMEOUT, "agent stopped during commit")
             raise
         except StateError as err:
             return await self._fail(DiagnosticCode.TIMEOUT, f"cannot save the state: {err}")
         return await self._finish(wifi)
 
-    async def _confirm(self, plan: ClaimPlan) -> ClaimOutcome:
+    async def _confirm(
+        self, plan: ClaimPlan, wifi: WifiCredentials | None, flight: ClaimInFlight | None
+    ) -> ClaimOutcome:
         host = plan.service_host
         if plan.delivery is ClaimDelivery.HUB:
             if plan.broker_host is not None and not _is_ip_literal(plan.broker_host):
@@ -216,23 +326,100 @@ class FailSafeCommit:
         if not _is_ip_literal(host):
             await self._backend.check_dns(host)
         async with self._relay_factory(plan.service_url) as relay:
-            try:
-                health = await relay.health()
-            except DiagnosedError as err:
-                if err.code is DiagnosticCode.RELAY_UNREACHABLE:
-                    # Unreachable: is it the service, or the whole uplink?
-                    await self._backend.check_internet()
-                raise
-            skew = self._wall_clock() - health.time
-            if abs(skew) > MAX_SKEW_SECONDS:
-                raise CommitError(
-                    DiagnosticCode.CLOCK_SKEW,
-                    f"device clock is {skew:+d} s off the service's (limit {MAX_SKEW_SECONDS} s)",
-                )
-            confirmation = ClaimConfirmation.create(
-                self._identity, plan.claim_token, clock=self._wall_clock
+            if flight is None:
+                await self._check_service(relay)
+                flight = plan.in_flight(wifi, self._wall_clock())
+                # Before the confirmation leaves: from here on the service may own the device.
+                await self._store.update(claim_in_flight=flight)
+            return await self._deliver(relay, flight)
+
+    def _last_unanswered(self) -> RelayError | None:
+        """Why the last confirmation got no answer, if the retries were still going."""
+        return self._unanswered
+
+    async def _check_service(self, relay: RelayClient) -> None:
+        """Reachability, TLS and the clock, before anything is signed."""
+        try:
+            health = await relay.health()
+        except DiagnosedError as err:
+            if err.code is DiagnosticCode.RELAY_UNREACHABLE:
+                # Unreachable: is it the service, or the whole uplink?
+                await self._backend.check_internet()
+            raise
+        skew = self._wall_clock() - health.time
+        if abs(skew) > MAX_SKEW_SECONDS:
+            raise CommitError(
+                DiagnosticCode.CLOCK_SKEW,
+                f"device clock is {skew:+d} s off the service's (limit {MAX_SKEW_SECONDS} s)",
             )
-            return await relay.confirm_claim(confirmation)
+
+    async def _deliver(self, relay: RelayClient, flight: ClaimInFlight) -> ClaimOutcome:
+        """Confirm until an answer arrives; a refused or lapsed token is settled by credential.
+
+        Each attempt is a fresh signature over the same token (the service refuses a second use
+        of a signed confirmation). No usable answer (connection dropped, timeout, 5xx, the name
+        not resolving, the service's ``clock_skew``): again after 0.5 s, doubling to 8 s,
+        jittered, until the commit timer ends, whose diagnostic is then the last such answer.
+        """
+        delay = CLAIM_RETRY_FIRST
+        while True:
+            try:
+                if self._wall_clock() - flight.started_at > CLAIM_TTL_LIMIT:
+                    return await self._settle(relay, None)
+                confirmation = ClaimConfirmation.create(
+                    self._identity, flight.claim_token, clock=self._wall_clock
+                )
+                try:
+                    return await relay.confirm_claim(confirmation)
+                except RelayError as err:
+                    if err.code not in _SETTLED_BY_CREDENTIAL:
+                        raise
+                    return await self._settle(relay, err)
+            except RelayError as err:
+                if err.code not in _UNANSWERED:
+                    raise
+                if self._unanswered is None:
+                    _LOGGER.warning(
+                        "claim confirmation got no answer (%s); the service may have recorded "
+                        "it: retrying with backoff",
+                        err,
+                    )
+                self._unanswered = err
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            delay = min(delay * 2, CLAIM_RETRY_MAX)
+
+    async def _settle(self, relay: RelayClient, refusal: RelayError | None) -> ClaimOutcome:
+        """Ask the service whether the device is owned: its signed credential request.
+
+        ``refusal`` is the token's refusal (None: the token's TTL has passed). "owned": an
+        earlier confirmation went through and its answer was lost; this is its grant.
+        "unowned": the claim never happened; the refusal (or CLAIM_EXPIRED) stands.
+        """
+        request = MqttCredentialRequest.create(self._identity, clock=self._wall_clock)
+        try:
+            answer = await relay.fetch_mqtt_credential(request)
+        except RelayError as err:
+            if err.code in _UNANSWERED:
+                raise  # retried like a confirmation without an answer
+            if refusal is not None:
+                raise refusal from err
+            # The service refuses this identity's request (credential_refused): for the user,
+            # a refused claim.
+            raise CommitError(
+                DiagnosticCode.CLAIM_REJECTED, f"the claim token lapsed and {err}"
+            ) from err
+        if isinstance(answer, NotOwned):
+            code = DiagnosticCode.CLAIM_EXPIRED if refusal is None else refusal.code
+            detail = "the claim token lapsed" if refusal is None else str(refusal)
+            raise CommitError(
+                code, f"{detail}; the account service says no household owns this device"
+            )
+        _LOGGER.info(
+            "the account service says household %s owns this device (a confirmation's answer "
+            "was lost): taking its credential",
+            answer.household_id,
+        )
+        return answer
 
     async def _finish(self, wifi: WifiCredentials | None) -> DeviceStateRecord:
         """Owned: make the network permanent, then say online (even if that step fails)."""
@@ -326,19 +513,24 @@ class FailSafeCommit:
         """End a commit that can no longer run (roll back, TIMEOUT; online if already owned)."""
         return await self._fail(DiagnosticCode.TIMEOUT, detail)
 
-    async def _fail(self, code: DiagnosticCode, detail: str) -> DeviceStateRecord:
-        _LOGGER.warning("commit failed (%s): %s", code.value, detail)
+    async def _rollback_network(self) -> None:
         try:
             async with asyncio.timeout(ROLLBACK_TIMEOUT):
                 await asyncio.shield(self._backend.rollback())
         except (NetworkError, TimeoutError) as err:
             _LOGGER.error("rollback failed: %s", err)  # noqa: TRY400 - the cause is in err
+
+    async def _fail(self, code: DiagnosticCode, detail: str) -> DeviceStateRecord:
+        _LOGGER.warning("commit failed (%s): %s", code.value, detail)
+        await self._rollback_network()
         now = self._wall_clock()
 
         def failed(record: DeviceStateRecord) -> DeviceStateRecord:
             # An owner on record (a claimed device's Wi-Fi change, or a cancel while the
             # "owned" answer was being saved) keeps the device online.
             phase = Phase.ONLINE if record.claimed else Phase.PROVISIONING
-            return replace(record, phase=phase, diagnostic=code, diagnostic_at=now)
+            return replace(
+                record, phase=phase, diagnostic=code, diagnostic_at=now, claim_in_flight=None
+            )
 
         return await self._store.apply(failed)

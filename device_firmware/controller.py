@@ -65,7 +65,7 @@ from .network.backend import AccessPoint, NetworkBackend, NetworkError, WifiCred
 from .provisioning.session_host import SessionPolicy
 from .relay_client import ClaimOutcome
 from .reset import ClearRetained, ResetReport, factory_reset
-from .state import DeviceStateRecord, Phase, StateStore
+from .state import ClaimInFlight, DeviceStateRecord, Phase, StateStore
 
 _LOGGER = logging.getLogger(__name__)
 _MIN_RSSI: Final = -127
@@ -415,21 +415,32 @@ class DeviceController:
             listener()
         return report
 
-    async def cancel_commit(self) -> None:
-        """Stop a running commit (it rolls back before it ends)."""
+    def resume_claim(self, flight: ClaimInFlight) -> None:
+        """Boot found a claim in flight: finish it in the background (retry or settle)."""
+        self._start(self._committer.resume(flight))
+
+    async def cancel_commit(self, *, suspend: bool = False) -> None:
+        """Stop a running commit (it rolls back before it ends).
+
+        ``suspend`` (the agent stopping): a claim in flight stays saved for the next start,
+        since the service may already own the device.
+        """
         task = self._commit_task
+        self._committer.suspend_on_cancel = suspend
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if suspend and self.state.claim_in_flight is not None:
+            return
         if self.state.phase is Phase.COMMITTING:
             # Cancelled before its first step ran: the commit could not clean up itself.
             await self._committer.abort("agent stopped during commit")
             self.notify()
 
     async def aclose(self) -> None:
-        """Stop background work; a running commit rolls back."""
-        await self.cancel_commit()
+        """Stop background work; a running commit rolls back (a claim in flight is kept)."""
+        await self.cancel_commit(suspend=True)
 
 
 def _log_task_failure(task: asyncio.Task[DeviceStateRecord]) -> None:

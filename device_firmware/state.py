@@ -18,8 +18,15 @@ request with "unowned") is ``online → unclaimed`` in one write that keeps only
 A failed commit is the error state: ``provisioning`` with the last diagnostic code, which
 ``status`` and ``diagnose`` report. ``committing`` found at boot means the power went during a
 commit: if the account service had already answered "owned" (the ownership is saved before the
-network is made permanent) the device is online; otherwise the trial network is gone with the
-power and the device is back in ``provisioning`` with ``TIMEOUT``.
+network is made permanent) the device is online; if a confirmation was in flight the commit is
+resumed; otherwise the trial network is gone with the power and the device is back in
+``provisioning`` with ``TIMEOUT``.
+
+A claim in flight (:class:`ClaimInFlight`: the token, the service, the owner secret, the broker
+override and the trial Wi-Fi) is saved, still ``committing``, before the device posts its
+confirmation, and cleared in the write that saves the ownership or the rollback. Found at boot,
+the commit is resumed (:meth:`~device_firmware.commit.FailSafeCommit.resume`): the service
+may have recorded the claim while the answer or the power was lost.
 
 The owner secret (what the owner's Home Assistant sent with the claim; the only credential a
 claimed device accepts for a session) is saved in the same write as the ownership, so no file
@@ -154,6 +161,82 @@ class Ownership:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimInFlight:
+    """A claim confirmation that may have reached the service: what a retry needs.
+
+    Saved before the confirmation is posted, so that a lost answer or a power cut never leaves
+    a device the service calls owned without its credential. It holds the trial Wi-Fi's
+    passphrase (a resumed commit must rejoin that network) for at most the commit's life, in
+    the same 0600 file as the MQTT password and the owner secret.
+    """
+
+    service_url: str
+    claim_token: str = field(repr=False)
+    owner_secret: bytes = field(repr=False)
+    #: Device wall time of the first confirmation: the token's TTL runs from before it.
+    started_at: int
+    broker_host: str | None = None
+    broker_port: int | None = None
+    broker_pin: bytes | None = None
+    #: The trial network (None: the device stays on the network it has, e.g. Ethernet).
+    wifi_ssid: bytes | None = None
+    wifi_passphrase: str | None = field(default=None, repr=False)
+    wifi_hidden: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the state file."""
+        return {
+            "broker_host": self.broker_host,
+            "broker_pin": None if self.broker_pin is None else b64url_encode(self.broker_pin),
+            "broker_port": self.broker_port,
+            "claim_token": self.claim_token,
+            "owner_secret": b64url_encode(self.owner_secret),
+            "service_url": self.service_url,
+            "started_at": self.started_at,
+            "wifi_hidden": self.wifi_hidden,
+            "wifi_passphrase": self.wifi_passphrase,
+            "wifi_ssid": None if self.wifi_ssid is None else b64url_encode(self.wifi_ssid),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """Inverse of :meth:`to_json`."""
+        document = _object(
+            data,
+            "claim_in_flight",
+            {
+                "broker_host",
+                "broker_pin",
+                "broker_port",
+                "claim_token",
+                "owner_secret",
+                "service_url",
+                "started_at",
+                "wifi_hidden",
+                "wifi_passphrase",
+                "wifi_ssid",
+            },
+        )
+        pin, ssid = document["broker_pin"], document["wifi_ssid"]
+        return cls(
+            service_url=_text(document, "service_url"),
+            claim_token=_text(document, "claim_token"),
+            owner_secret=_binary(document["owner_secret"], "owner_secret"),
+            started_at=_integer(document, "started_at"),
+            broker_host=None if document["broker_host"] is None else _text(document, "broker_host"),
+            broker_port=None
+            if document["broker_port"] is None
+            else _integer(document, "broker_port"),
+            broker_pin=None if pin is None else _binary(pin, "broker_pin"),
+            wifi_ssid=None if ssid is None else _binary(ssid, "wifi_ssid"),
+            wifi_passphrase=None
+            if document["wifi_passphrase"] is None
+            else _text(document, "wifi_passphrase"),
+            wifi_hidden=_boolean(document, "wifi_hidden"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceStateRecord:
     """Everything the agent must remember across a reboot."""
 
@@ -167,6 +250,8 @@ class DeviceStateRecord:
     wifi_ssid: bytes | None = None
     #: The owner's session secret (saved with the claim; never shown or logged).
     owner_secret: bytes | None = field(default=None, repr=False)
+    #: A confirmation posted (or about to be) whose answer is not saved yet (``committing``).
+    claim_in_flight: ClaimInFlight | None = None
     #: Incremented by every write; tells which write a reader sees.
     generation: int = 0
 
@@ -178,6 +263,9 @@ class DeviceStateRecord:
     def to_json(self) -> bytes:
         """The state file's bytes."""
         document = {
+            "claim_in_flight": None
+            if self.claim_in_flight is None
+            else self.claim_in_flight.to_json(),
             "diagnostic": None if self.diagnostic is None else self.diagnostic.value,
             "diagnostic_at": self.diagnostic_at,
             "format": STATE_FORMAT,
@@ -200,10 +288,14 @@ class DeviceStateRecord:
         if isinstance(raw, dict) and "owner_secret" not in raw:
             # Written before owner secrets existed: a claimed device without one.
             raw = {**raw, "owner_secret": None}
+        if isinstance(raw, dict) and "claim_in_flight" not in raw:
+            # Written before claims in flight were saved.
+            raw = {**raw, "claim_in_flight": None}
         document = _object(
             raw,
             "state",
             {
+                "claim_in_flight",
                 "diagnostic",
                 "diagnostic_at",
                 "format",
@@ -238,10 +330,21 @@ class DeviceStateRecord:
             mqtt=None if document["mqtt"] is None else MqttCredentials.from_json(document["mqtt"]),
             wifi_ssid=None if ssid is None else _binary(ssid, "wifi_ssid"),
             owner_secret=None if secret is None else _binary(secret, "owner_secret"),
+            claim_in_flight=None
+            if document["claim_in_flight"] is None
+            else ClaimInFlight.from_json(document["claim_in_flight"]),
             generation=_integer(document, "generation"),
         )
         record.check()
         return record
+
+    def _check_claim_in_flight(self, flight: ClaimInFlight) -> None:
+        if self.phase is not Phase.COMMITTING or self.ownership is not None:
+            raise CorruptStateError("a claim in flight outside an unowned commit")
+        try:
+            OwnerSecret(flight.owner_secret)
+        except PayloadError as err:
+            raise CorruptStateError(f"claim in flight: owner secret: {err}") from err
 
     def check(self) -> None:
         """Invariants every persisted record satisfies."""
@@ -258,6 +361,8 @@ class DeviceStateRecord:
                 OwnerSecret(self.owner_secret)
             except PayloadError as err:
                 raise CorruptStateError(f"owner secret: {err}") from err
+        if self.claim_in_flight is not None:
+            self._check_claim_in_flight(self.claim_in_flight)
         if self.generation < 0:
             raise CorruptStateError("negative generation")
 

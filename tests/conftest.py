@@ -1,3 +1,3 @@
 """Shared by every test tree; imports nothing from Home Assistant."""
 
-pytest_plugins = ["tests.plugins.mosquitto", "tests.plugins.strict"]
+pytest_plugins = ["tests.plugins.lossy_proxy", "tests.plugins.mosquitto", "tests.plugins.strict"]

@@ -595,8 +595,11 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 auth=False,
                 description=(
                     "Posted by the device or relayed by Home Assistant; the signature is the "
-                    "authentication. Errors: 409 `claim_rejected` (also for a replayed token), "
-                    "410 `claim_expired`, 400 `clock_skew`, `bad_signature`, `invalid_request`."
+                    "authentication. A fresh signature by the same device over the same token "
+                    "within its TTL (the device lost the answer) gets the same grant again. "
+                    "Errors: 409 `claim_rejected` (also for a replayed confirmation, or a spent "
+                    "token after its TTL), 410 `claim_expired`, 400 `clock_skew`, "
+                    "`bad_signature`, `invalid_request`."
                 ),
                 body=_obj(signed),
             )

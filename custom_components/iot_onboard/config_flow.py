@@ -32,7 +32,10 @@ BLE advertisement carries just these 8, docs/ble.md). Home Assistant's own uniqu
 keep one flow per device whichever source sees it first, and one "ignore" covers both.
 No half-onboarded device: after ``set_claim`` a failed or abandoned commit rolls the device
 back by itself (fail-safe timer), and a claim that was not used expires on its own in at most
-ten minutes (the service has no cancel); the failure messages say so.
+ten minutes (the service has no cancel); the failure messages say so. A claim the service
+recorded while its answer to the device was lost converges: the device retries by itself, and
+a retry of this flow that finds its claim owned (or gets ``already_owned`` for a new one) adds
+a device that finished, or hands the same claim to one that rolled back (docs/relay.md).
 """
 
 from __future__ import annotations
@@ -1321,11 +1324,17 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
         choice = self._choice
         if choice is None:  # pragma: no cover - set by the wifi step
             return _Outcome(error="unknown")
+        claim: Claim | None = None
+        owned_already = False
+        if self._mode is _Mode.ONBOARD:
+            claim, owned_already = await self._async_fresh_claim()
+            if owned_already:
+                converged = await self._async_converged(link, claim)
+                if converged is not None:
+                    return converged
         if choice.ssid is not None:
             await link.set_wifi(choice.ssid, choice.passphrase, hidden=choice.hidden)
-        claim: Claim | None = None
-        if self._mode is _Mode.ONBOARD:
-            claim = await self._async_fresh_claim()
+        if claim is not None:
             account_url = self._require_account().base_url
             await link.set_claim(
                 account_url,
@@ -1335,10 +1344,37 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
             )
         self._timer = await link.commit()
         async with asyncio.timeout(self._timer + COMMIT_MARGIN):
-            return await self._async_wait(link, claim)
+            return await self._async_wait(link, claim, owned_already=owned_already)
 
-    async def _async_wait(self, link: DeviceLink, claim: Claim | None) -> _Outcome:
-        """Poll the device (the failure code) and the claim (the success) until one decides."""
+    async def _async_converged(self, link: DeviceLink, claim: Claim) -> _Outcome | None:
+        """This household owns the device already: done, unless it still needs the token.
+
+        None: the device is back in provisioning (it never heard the answer) and gets the
+        same claim again.
+        """
+        try:
+            state = (await link.status()).state
+        except (DeviceConnectionError, SessionLostError):
+            # Gone from this network (or the link): the service's word decides, as while
+            # waiting for a commit; the device finishes (or resumes) its claim by itself.
+            return _Outcome()
+        if state is DeviceState.COMMITTED:
+            # The device already finished this flow's claim by itself (it retried the
+            # confirmation whose answer was lost, or fetched its credential).
+            return _Outcome()
+        if state is DeviceState.COMMITTING:  # still at it: its verdict decides
+            async with asyncio.timeout((self._timer or 180) + COMMIT_MARGIN):
+                return await self._async_wait(link, claim, owned_already=True)
+        return None
+
+    async def _async_wait(
+        self, link: DeviceLink, claim: Claim | None, *, owned_already: bool = False
+    ) -> _Outcome:
+        """Poll the device (the failure code) and the claim (the success) until one decides.
+
+        ``owned_already``: the claim was owned before this commit (its answer to the device
+        was lost), so it tells nothing about this commit while the device can still be asked.
+        """
         verdict: _Outcome | None = None
         device_reachable = True
         committing = False
@@ -1358,7 +1394,7 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 else:
                     committing = status.state is DeviceState.COMMITTING
                     verdict = _device_verdict(status)
-            if verdict is None and claim is not None:
+            if verdict is None and claim is not None and not (owned_already and device_reachable):
                 verdict = await self._async_claim_verdict(claim, device_committing=committing)
             elif verdict is None and not device_reachable and not self._wifi_lost_reported():
                 # The runtime deletes the Wi-Fi-lost repair once the device is online again.
@@ -1399,14 +1435,33 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 raise SessionLostError(f"cannot re-establish the session: {errors}")
         return self._link
 
-    async def _async_fresh_claim(self) -> Claim:
-        """The pre-validated claim, or a new one if it was used up or is about to expire."""
+    async def _async_fresh_claim(self) -> tuple[Claim, bool]:
+        """The claim to hand over, and whether the household owns the device already.
+
+        The pre-validated claim while it is pending and has time left; a new one if it was
+        used up or is about to expire. Owned already: an earlier commit of this flow confirmed
+        it and the answer never reached the device (the connection dropped after the service's
+        commit), so the device rolled back. The same claim is handed over again: the device's
+        fresh confirmation within the TTL gets the same grant, after it the device fetches its
+        credential by its own signed request; either way it ends owned by this household.
+        """
         claim = self._claim
         if claim is not None and claim.expires_at - time.time() > CLAIM_MIN_LIFETIME:
             state = (await self._require_account().claim_status(claim.claim_id)).status
             if state is ClaimState.PENDING:
-                return claim
-        return await self._async_new_claim()
+                return claim, False
+            if state is ClaimState.OWNED:
+                _LOGGER.info("%s is this household's already: converging", self._device_id)
+                return claim, True
+        try:
+            return await self._async_new_claim(), False
+        except AbortFlow as err:
+            if err.reason != "already_owned" or claim is None:
+                raise
+            # This household owns the device (the service says so only to its own members):
+            # through this flow's claim, confirmed while the device heard nothing.
+            _LOGGER.info("%s is this household's already: converging", self._device_id)
+            return claim, True
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Record the device in its household entry (or create the entry with it)."""

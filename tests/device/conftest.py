@@ -107,6 +107,8 @@ class FakeRelay:
     confirm_body: dict[str, Any] | None = None
     health_delay: float = 0.0
     confirmations: list[dict[str, Any]] = field(default_factory=list)
+    #: Signed credential requests (a refused claim is settled with one: "unowned" here).
+    credential_requests: list[dict[str, Any]] = field(default_factory=list)
     releases: list[dict[str, Any]] = field(default_factory=list)
     zero_touch: list[dict[str, Any]] = field(default_factory=list)
 
@@ -142,6 +144,11 @@ async def _fake_relay_app(relay: FakeRelay) -> web.Application:
         answer = relay.confirm_body or relay.owned(body["confirmation"]["device_id"])
         return web.json_response(answer, status=relay.confirm_status)
 
+    async def credential(request: web.Request) -> web.Response:
+        body = await request.json()
+        relay.credential_requests.append(body["request"])
+        return web.json_response({"status": "unowned", "device_id": body["request"]["device_id"]})
+
     async def release(request: web.Request) -> web.Response:
         relay.releases.append((await request.json())["release"])
         return web.json_response({"status": "released"})
@@ -151,6 +158,7 @@ async def _fake_relay_app(relay: FakeRelay) -> web.Application:
     app.router.add_post("/v1/claims/confirm", confirm)
     app.router.add_post("/v1/zero-touch/confirm", zero_touch)
     app.router.add_post("/v1/devices/release-by-device", release)
+    app.router.add_post("/v1/device/mqtt-credential", credential)
     return app
 
 

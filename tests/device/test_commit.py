@@ -210,16 +210,25 @@ async def test_service_refusals(
 ) -> None:
     fake_relay.confirm_status = http_status
     fake_relay.confirm_body = {"error": {"code": error_code, "message": "refused"}}
-    async with start_agent() as running:
+    # A 5xx may hide a claim the service recorded: retried until the commit timer ends.
+    async with start_agent(commit_timeout=2) as running:
         _client, status = await commit(running, fake_relay.url)
         assert status.diagnostic is diagnostic
         assert running.backend.saved_ssid is None
         assert running.agent.store.current.ownership is None
+        assert running.agent.store.current.claim_in_flight is None
+        # A refused token is settled by the device's credential request ("unowned" here).
+        settled = diagnostic in {DiagnosticCode.CLAIM_REJECTED, DiagnosticCode.CLAIM_EXPIRED}
+        assert len(fake_relay.credential_requests) == (1 if settled else 0)
+        # No usable answer (5xx, the service's clock_skew) once the confirmation went out.
+        retried = diagnostic in {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.CLOCK_SKEW}
+        assert (len(fake_relay.confirmations) > 1) is retried
 
 
 async def test_malformed_service_answers(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
     fake_relay.confirm_body = {"status": "owned", "device_id": "nope"}
-    async with start_agent() as running:
+    # An answer the device cannot use is no answer: retried until the commit timer ends.
+    async with start_agent(commit_timeout=2) as running:
         _client, status = await commit(running, fake_relay.url)
         assert status.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
         fake_relay.confirm_body = fake_relay.owned("0123456789ABCDEF")

@@ -14,6 +14,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.errors import CorruptStateError, InvalidTransitionError, StateError
 from device_firmware.state import (
+    ClaimInFlight,
     DeviceStateRecord,
     MqttCredentials,
     Ownership,
@@ -104,6 +105,79 @@ def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> Non
     ],
 )
 def test_owner_secret_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
+    with pytest.raises(CorruptStateError):
+        record.check()
+    path = tmp_path / "state.json"
+    path.write_bytes(record.to_json())
+    with pytest.raises(CorruptStateError):
+        StateStore(path).load()
+
+
+FLIGHT = ClaimInFlight(
+    service_url="https://relay.example",
+    claim_token="tok_" + "A" * 40,
+    owner_secret=SECRET,
+    started_at=1_800_000_000,
+    broker_host="broker.lan",
+    broker_port=8883,
+    broker_pin=b"p" * 32,
+    wifi_ssid=b"\xffHome",
+    wifi_passphrase="correct horse battery",  # noqa: S106 - a test network's password
+    wifi_hidden=True,
+)
+
+
+def test_claim_in_flight_round_trip_and_cleared_with_the_outcome(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.json")
+    store.change(phase=Phase.PROVISIONING)
+    store.change(phase=Phase.COMMITTING)
+    written = store.change(claim_in_flight=FLIGHT)
+    again = StateStore(tmp_path / "state.json").load()
+    assert again == written
+    assert again.claim_in_flight == FLIGHT
+    for secret in ("tok_", "correct horse", SECRET.hex()):
+        assert secret not in repr(again)
+    # Saved in the same write as the ownership, which drops it: nothing of it stays.
+    owned = store.change(
+        phase=Phase.ONLINE,
+        ownership=OWNERSHIP,
+        mqtt=MQTT,
+        owner_secret=SECRET,
+        claim_in_flight=None,
+    )
+    assert owned.claim_in_flight is None
+    assert b"correct horse" not in (tmp_path / "state.json").read_bytes()
+
+
+def test_state_files_from_before_claims_in_flight_still_load(tmp_path: Path) -> None:
+    record = DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT)
+    legacy = record.to_json().replace(b'"claim_in_flight": null,\n ', b"")
+    assert b"claim_in_flight" not in legacy
+    path = tmp_path / "state.json"
+    path.write_bytes(legacy)
+    assert StateStore(path).load() == record
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        DeviceStateRecord(phase=Phase.PROVISIONING, claim_in_flight=FLIGHT),
+        DeviceStateRecord(phase=Phase.UNCLAIMED, claim_in_flight=FLIGHT),
+        DeviceStateRecord(
+            phase=Phase.COMMITTING, ownership=OWNERSHIP, mqtt=MQTT, claim_in_flight=FLIGHT
+        ),
+        DeviceStateRecord(
+            phase=Phase.COMMITTING,
+            claim_in_flight=ClaimInFlight(
+                service_url="https://relay.example",
+                claim_token="t",  # noqa: S106 - a test token
+                owner_secret=b"short",
+                started_at=1,
+            ),
+        ),
+    ],
+)
+def test_claim_in_flight_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
     with pytest.raises(CorruptStateError):
         record.check()
     path = tmp_path / "state.json"

@@ -2094,3 +2094,77 @@ async def test_a_refused_claim_check_mid_commit_is_not_waited_out(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "reauth_required"
+
+
+# --- a lost claim answer: the flow converges instead of aborting ------------------------------
+
+
+async def test_a_claim_owned_while_the_device_rolled_back_is_handed_over_again(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """The service recorded the claim but its answer never reached the device, which rolled
+    back (the service stayed out of reach until its timer). The retry hands over the same
+    token, which the device confirms again (or settles by its credential request)."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.RELAY_UNREACHABLE),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.RELAY_UNREACHABLE),
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    account.claim_status.side_effect = [
+        claim_status(ClaimState.PENDING),  # reuse check before the first set_claim
+        claim_status(ClaimState.PENDING),  # while the device commits
+        claim_status(ClaimState.OWNED),  # reuse check: the lost confirmation went through
+    ]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "relay_unreachable"}
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert account.create_claim.await_count == 1  # no new claim: already_owned is not asked
+    tokens = [call.args[1] for call in link.set_claim.await_args_list]
+    assert tokens == ["t" * 43, "t" * 43]  # the same token, handed over again
+    # Success came from the device (the claim said "owned" before this commit began).
+    assert link.status.await_count == 5
+    secrets = {call.kwargs["owner_secret"] for call in link.set_claim.await_args_list}
+    assert len(secrets) == 1
+    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_OWNER_SECRET] == secrets.pop().encode()
+
+
+async def test_already_owned_for_this_household_converges_to_the_device(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """The retry comes when the claim has too little time left, and the service answers the
+    new claim with already_owned: this household owns it through this flow's lost answer. The
+    device meanwhile finished by itself (it retried, or fetched its credential): added."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.RELAY_UNREACHABLE),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "relay_unreachable"}
+    account.create_claim.side_effect = AlreadyOwnedError(409, "already_owned", "")
+    with patch.object(config_flow, "CLAIM_MIN_LIFETIME", 10**6):  # the claim is about to lapse
+        result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["reason"] == "device_added"
+    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert account.create_claim.await_count == 2
+    link.set_claim.assert_awaited_once()  # the owned device is not asked to claim again
+    link.commit.assert_awaited_once()
+
+
+async def test_already_owned_before_any_commit_still_ends_the_flow(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """Only a claim of this flow converges: a device the household owned before is refused."""
+    household_entry(hass)
+    account.create_claim.side_effect = AlreadyOwnedError(409, "already_owned", "")
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_owned"

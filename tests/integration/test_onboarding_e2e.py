@@ -69,6 +69,7 @@ from tests.integration.onboarding_services import (
     AccountService,
     Device,
 )
+from tests.plugins.lossy_proxy import lossy_proxy
 from tests.plugins.mosquitto import MosquittoBroker
 
 NETWORKS = [
@@ -267,6 +268,62 @@ async def _after_progress(hass: HomeAssistant, flow_id: str) -> ConfigFlowResult
     """Wait for the provisioning task (real HTTP to both services), then read the next step."""
     await hass.async_block_till_done()
     return await hass.config_entries.flow.async_configure(flow_id)
+
+
+async def test_a_lost_claim_answer_still_ends_in_the_household(
+    hass: HomeAssistant, services: tuple[AccountService, Device]
+) -> None:
+    """The service's answer to the device's confirmation is lost after its commit (the lossy
+    proxy between both, tests/plugins/lossy_proxy.py): the device retries, the service answers
+    the same grant, and the flow ends with the device in the new household, online."""
+    relay, device = services
+    async with lossy_proxy(LOOPBACK, relay.port, drop=1) as proxy:
+        discovery = await discovery_of(hass, device)
+        result = await hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery
+        )
+        flow_id = result["flow_id"]
+        result = await hass.config_entries.flow.async_configure(flow_id, {})
+        result = await hass.config_entries.flow.async_configure(
+            flow_id,
+            {
+                # HA and the device both reach the service through the proxy; only the
+                # device posts confirmations, so only its answer is lost.
+                "account_url": proxy.url,
+                "email": f"lin-{secrets.token_hex(4)}@example.com",
+                "password": secrets.token_urlsafe(16),
+                "create_account": True,
+            },
+        )
+        result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
+        result = await hass.config_entries.flow.async_configure(
+            flow_id, {"setup_code": qr_text(device)}
+        )
+        assert result["step_id"] == "wifi", result
+        assert result["data_schema"] is not None
+        network = next(
+            option["value"]
+            for option in result["data_schema"].schema["network"].config["options"]
+            if option["label"].startswith(HOME_SSID)
+        )
+        result = await hass.config_entries.flow.async_configure(
+            flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
+        )
+        result = await _after_progress(hass, flow_id)
+        assert result["type"] is FlowResultType.CREATE_ENTRY, result
+        assert proxy.dropped == 1
+        entry = result["result"]
+        household_id = entry.data[CONF_HOUSEHOLD_ID]
+        assert device.device_id in entry.data[CONF_DEVICES]
+        for _ in range(600):  # the device finishes its retry by itself
+            status = await asyncio.to_thread(device.status)
+            if status["phase"] != "committing":
+                break
+            await asyncio.sleep(0.05)
+        assert (status["phase"], status["household_id"]) == ("online", household_id)
+        assert proxy.matched == 2  # the lost confirmation and the answered retry
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
 
 async def test_manual_add_by_address_and_typed_code(
