@@ -6,7 +6,9 @@ Endpoints (every body is exactly one protocol frame, ``application/octet-stream`
     CLIENT_HELLO → 200 with DEVICE_HELLO; CLIENT_FINISH → 204 with the ``X-IOB-Session``
     header naming the established session; an ERROR frame (the client gives up, e.g. it found
     the setup code wrong) → 204: the handshake this client address started ends now, counted
-    as a failed attempt, so a retry is not ``busy``. Refusals are ERROR frames: 403 window
+    as a failed attempt, so a retry is not ``busy``. A CLIENT_FINISH or ERROR frame from
+    another address than the pending handshake's hello → 409 ``handshake_origin_mismatch``
+    (that handshake and the attempt budget are untouched). Refusals are ERROR frames: 403 window
     closed or a credential the device does not take now (``owner_session_required`` - a label
     code for a claimed device -, ``setup_code_required``, ``no_owner_secret``), 429 locked out
     or busy (``Retry-After``), 400 malformed, 401 failed handshake.
@@ -31,7 +33,7 @@ from iob_protocol.session import PROTOCOL_VERSION
 
 from device_firmware.controller import DeviceController
 
-from .session_host import Reply, ReplyKind, SessionHost
+from .session_host import HANDSHAKE_ORIGIN_MISMATCH, Reply, ReplyKind, SessionHost
 
 SESSION_HEADER: Final = "X-IOB-Session"
 FRAME_CONTENT_TYPE: Final = "application/octet-stream"
@@ -53,6 +55,7 @@ _REFUSED_STATUS: Final = {
     "no_owner_secret": 403,
     "locked_out": 429,
     "busy": 429,
+    HANDSHAKE_ORIGIN_MISMATCH: 409,
 }
 
 

@@ -11,7 +11,11 @@ that gives up mid-handshake - it posts an ERROR frame (a wrong code it noticed i
 link drops - frees the slot at once (:meth:`SessionHost.abort_handshake`), counted as a failed
 attempt: the PAKE exchange was spent, so the budget is the same as letting the deadline pass, but
 the user's immediate retry is not turned away as ``busy``. Only the transport that started the
-handshake (its ``origin``) can abort it. The captive page's code check draws from the same budget.
+handshake (its ``origin``) can abort it, and only it can finish it: a CLIENT_FINISH or ERROR
+frame from any other origin (another LAN address, another BLE link) is answered
+``handshake_origin_mismatch`` and leaves the pending handshake and the budget untouched, so a
+stranger on the LAN cannot spend the real user's attempt or spoil its handshake. The captive
+page's code check draws from the same budget.
 
 Who may connect (DESIGN: "claimed devices accept only the owner's authorised session") comes
 from a :class:`SessionPolicy` read at every hello: an unclaimed device answers the label's
@@ -78,6 +82,9 @@ type Dispatcher = Callable[[Request], Awaitable[CommandResult]]
 
 #: Error code for a DATA frame that names no current session.
 NO_SESSION: Final = "no_session"
+#: Error code for a CLIENT_FINISH or ERROR frame from another origin than the pending
+#: handshake's hello: refused without touching that handshake or the attempt budget.
+HANDSHAKE_ORIGIN_MISMATCH: Final = "handshake_origin_mismatch"
 #: An established session with no frame for this long is ended.
 SESSION_IDLE_TIMEOUT: Final = 600.0
 #: What a session whose kind no longer matches the device's state may still do: read. (A label
@@ -264,7 +271,8 @@ class SessionHost:
 
         Returns DEVICE_HELLO, the finished session, or ABORTED (the client gave up, see
         :meth:`abort_handshake`). ``origin`` names the client's transport (``ble:<link>``,
-        ``lan:<address>``): only the origin that said hello can give the handshake up.
+        ``lan:<address>``): only the origin that said hello can finish or give up the
+        handshake; the others are refused (``handshake_origin_mismatch``) without touching it.
         """
         async with self._handshake_lock:
             self._expire_pending()
@@ -272,18 +280,44 @@ class SessionHost:
                 frame = decode_frame(data)
             except FramingError as err:
                 return _error(ReplyKind.BAD_REQUEST, err.code)
+            if self.refuses_origin(frame.type, origin):
+                _LOGGER.info(
+                    "%s from %s refused (%s): the pending handshake belongs to another client",
+                    frame.type.name,
+                    origin or "an unnamed transport",
+                    HANDSHAKE_ORIGIN_MISMATCH,
+                )
+                return _error(ReplyKind.REFUSED, HANDSHAKE_ORIGIN_MISMATCH)
             if frame.type is FrameType.CLIENT_HELLO:
                 return await self._client_hello(data, origin)
             if frame.type is FrameType.CLIENT_FINISH:
                 return await self._client_finish(data)
             if frame.type is FrameType.ERROR:
-                try:
-                    code = decode_error_body(frame.body)
-                except FramingError as err:
-                    return _error(ReplyKind.BAD_REQUEST, err.code)
-                self._abort(origin, f"the client reported {code}")
-                return Reply(ReplyKind.ABORTED, b"")
+                return self._client_error(frame.body, origin)
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
+
+    def _client_error(self, body: bytes, origin: str | None) -> Reply:
+        """The client gave up: end its own pending handshake, if any."""
+        try:
+            code = decode_error_body(body)
+        except FramingError as err:
+            return _error(ReplyKind.BAD_REQUEST, err.code)
+        self._abort(origin, f"the client reported {code}")
+        return Reply(ReplyKind.ABORTED, b"")
+
+    def refuses_origin(self, frame_type: int, origin: str | None) -> bool:
+        """Whether :meth:`handshake` would refuse a frame of ``frame_type`` from ``origin`` now.
+
+        For transports that must refuse before queueing (BLE answers at the ATT level, since its
+        notifications reach every central, the real user's included).
+        """
+        pending = self._pending
+        return (
+            frame_type in {FrameType.CLIENT_FINISH, FrameType.ERROR}
+            and pending is not None
+            and pending[3] != origin
+            and self._clock() <= pending[1].deadline
+        )
 
     async def abort_handshake(self, origin: str | None = None, reason: str = "aborted") -> bool:
         """End the pending handshake ``origin`` started, counted as a failed attempt.

@@ -366,7 +366,7 @@ async def test_only_the_origin_that_said_hello_can_abort(provisioned: Provisione
     hello = await host.handshake(client.start(), origin="lan:192.0.2.7")
     assert hello.kind is ReplyKind.OK
     stray = await host.handshake(encode_error_frame("wrong_setup_code"), origin="ble:stranger")
-    assert stray.kind is ReplyKind.ABORTED
+    assert (stray.kind, stray.error) == (ReplyKind.REFUSED, "handshake_origin_mismatch")
     assert not await host.abort_handshake("ble:stranger")
     assert host.limiter_state.value == "busy"
     assert host.remaining_attempts() == 20
