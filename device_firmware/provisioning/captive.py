@@ -38,6 +38,7 @@ from device_firmware.errors import DeviceError
 from device_firmware.network.backend import WifiCredentials
 from device_firmware.state import Phase
 
+from .http_guard import body_limits
 from .session_host import SessionHost
 
 MAX_FORM_SIZE: Final = 4096
@@ -218,7 +219,7 @@ def create_captive_app(
     host: SessionHost, controller: DeviceController, *, origin: str
 ) -> web.Application:
     """The captive-portal application; ``origin`` is ``http://<hotspot address>[:port]``."""
-    app = web.Application(client_max_size=MAX_FORM_SIZE)
+    app = web.Application(client_max_size=MAX_FORM_SIZE, middlewares=[body_limits])
     app[_HOST_KEY] = host
     app[_CONTROLLER_KEY] = controller
     app[_TOKEN_KEY] = secrets.token_urlsafe(16)

@@ -19,7 +19,9 @@ Endpoints (every body is exactly one protocol frame, ``application/octet-stream`
 ``GET /iob/v1/info``
     Public facts (the same as the zeroconf TXT record) as JSON.
 
-Bodies above the protocol's largest frame are refused by aiohttp before they are read (413).
+Bodies above the protocol's largest frame are refused before they are read (413
+``body_too_large``), bodies without a ``Content-Length`` (chunked) too (411 ``length_required``):
+see :mod:`.http_guard`, which also caps and times out the connections.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from iob_protocol.session import PROTOCOL_VERSION
 
 from device_firmware.controller import DeviceController
 
+from .http_guard import body_limits
 from .session_host import HANDSHAKE_ORIGIN_MISMATCH, Reply, ReplyKind, SessionHost
 
 SESSION_HEADER: Final = "X-IOB-Session"
@@ -112,7 +115,7 @@ async def _info(request: web.Request) -> web.Response:
 
 def create_app(host: SessionHost, controller: DeviceController) -> web.Application:
     """The LAN provisioning application (the runner and its sockets belong to the agent)."""
-    app = web.Application(client_max_size=MAX_FRAME_SIZE)
+    app = web.Application(client_max_size=MAX_FRAME_SIZE, middlewares=[body_limits])
     app[HOST_KEY] = host
     app[CONTROLLER_KEY] = controller
     app.router.add_post("/iob/v1/session", _session)
