@@ -43,6 +43,8 @@ DEFAULT_IDLE_TIMEOUT: Final = 30.0
 #: Descriptors kept for everything but the HTTP servers (D-Bus, MQTT, zeroconf, files, BLE).
 FD_RESERVE: Final = 128
 MIN_CONNECTIONS: Final = 8
+#: An accept-failure episode ends after this long without one (one line per episode).
+STARVED_QUIET: Final = 30.0
 #: How many idle connections an accept failure closes at once.
 SHED_ON_ACCEPT_ERROR: Final = 8
 _ACCEPT_ERROR: Final = "socket.accept() out of system resource"
@@ -131,10 +133,11 @@ class ConnectionGuard:
                 resource.getrlimit(resource.RLIMIT_NOFILE)[0] if open_files is None else open_files,
             )
         self._open: dict[GuardedHandler, None] = {}  # in arrival order: oldest first
+        self._last_accept_error = 0.0
         self._full = _Episode(
             "HTTP connection limit (%d) reached: closing the oldest idle connections "
             "(a client opening many connections?)",
-            "HTTP connections below the limit (%d) again",
+            "HTTP connections back below half the limit (%d)",
         )
         self._starved = _Episode(
             "out of file descriptors, accepting no connections for a second: %s "
@@ -149,13 +152,14 @@ class ConnectionGuard:
 
     def admit(self, handler: GuardedHandler) -> bool:
         """Register a new connection; close the oldest idle one at the cap (False: refused)."""
-        self._starved.finish()
+        if asyncio.get_running_loop().time() - self._last_accept_error > STARVED_QUIET:
+            self._starved.finish()
         if len(self._open) >= self.cap:
             self._full.begin(self.cap)
             victim = next((other for other in self._open if other.idle), None)
             if victim is None:
                 return False
-            self.release(victim)
+            self._open.pop(victim)
             victim.force_close()
         self._open[handler] = None
         return True
@@ -163,14 +167,14 @@ class ConnectionGuard:
     def release(self, handler: GuardedHandler) -> None:
         """Forget a closed connection."""
         self._open.pop(handler, None)
-        if len(self._open) < self.cap:
+        if len(self._open) <= self.cap // 2:  # hysteresis: one episode, not one per connection
             self._full.finish(self.cap)
 
     def shed(self, count: int) -> int:
         """Close up to ``count`` of the oldest idle connections; return how many."""
         victims = [handler for handler in self._open if handler.idle][:count]
         for victim in victims:
-            self.release(victim)
+            self._open.pop(victim)
             victim.force_close()
         return len(victims)
 
@@ -184,8 +188,12 @@ class ConnectionGuard:
 
         def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> object:
             if context.get("message") == _ACCEPT_ERROR:
+                self._last_accept_error = loop.time()
                 self._starved.begin(context.get("exception"))
-                self.shed(SHED_ON_ACCEPT_ERROR)
+                shed = self.shed(SHED_ON_ACCEPT_ERROR)
+                _LOGGER.debug(
+                    "accept failed (%s); %d idle connections closed", context.get("exception"), shed
+                )
                 return None
             if previous is None:
                 loop.default_exception_handler(context)
