@@ -391,6 +391,7 @@ class Agent:
                     after=after,
                     # A short outage limit (tests, impatient makers) is checked as often.
                     poll_interval=min(DEFAULT_POLL_INTERVAL, after / 4),
+                    applies=self._reonboarding_applies,
                 )
                 tasks.append(group.create_task(watchdog.run(), name="iob-watchdog"))
             await self._reconcile()
@@ -398,6 +399,11 @@ class Agent:
             await self._stop.wait()
             for task in tasks:
                 task.cancel()
+
+    def _reonboarding_applies(self) -> bool:
+        """Only a claimed device with a saved Wi-Fi re-onboards (its label window is gone)."""
+        record = self._store.current
+        return record.claimed and record.wifi_ssid is not None
 
     def _wifi_lost(self) -> None:
         """The saved Wi-Fi has been down for a while: let the owner send new credentials.

@@ -65,6 +65,15 @@ PROBE_PATHS: Final = (
     "/redirect",
     "/canonical.html",
 )
+#: What each route can answer (docs/protocol.md §14 lists the same; a test compares them).
+#: 411/413: bodies without a length or above MAX_FORM_SIZE (http_guard.body_limits).
+ROUTE_STATUSES: Final = {
+    ("GET", "/"): frozenset({200, 403}),
+    ("POST", "/setup"): frozenset({303, 400, 401, 403, 409, 411, 413, 429}),
+    ("GET", "/status"): frozenset({200}),
+    **{("GET", path): frozenset({302}) for path in PROBE_PATHS},
+    ("GET", "/{tail}"): frozenset({302}),
+}
 _STYLE: Final = (
     "body{font-family:sans-serif;max-width:28em;margin:1em auto;padding:0 1em}"
     "label{display:block;margin-top:1em}input,select{width:100%;padding:.5em;font-size:1em}"

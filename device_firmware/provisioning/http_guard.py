@@ -47,6 +47,8 @@ MIN_CONNECTIONS: Final = 8
 STARVED_QUIET: Final = 30.0
 #: How many idle connections an accept failure closes at once.
 SHED_ON_ACCEPT_ERROR: Final = 8
+BODY_TOO_LARGE: Final = "body_too_large"
+LENGTH_REQUIRED: Final = "length_required"
 _ACCEPT_ERROR: Final = "socket.accept() out of system resource"
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
@@ -89,11 +91,11 @@ async def body_limits(
         limit = request.client_max_size
         if length is None:
             return _refusal(
-                411, "length_required", "send the body with a Content-Length (no chunked bodies)"
+                411, LENGTH_REQUIRED, "send the body with a Content-Length (no chunked bodies)"
             )
         if length > limit:
             return _refusal(
-                413, "body_too_large", f"a body is at most {limit} bytes; this one is {length}"
+                413, BODY_TOO_LARGE, f"a body is at most {limit} bytes; this one is {length}"
             )
     return await handler(request)
 

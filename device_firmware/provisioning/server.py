@@ -29,16 +29,18 @@ from __future__ import annotations
 from typing import Final
 
 from aiohttp import web
+from iob_protocol.errors import HandshakeTimeoutError
 from iob_protocol.framing import MAX_FRAME_SIZE
 from iob_protocol.limiter import HANDSHAKE_SECONDS
 from iob_protocol.session import PROTOCOL_VERSION
 
 from device_firmware.controller import DeviceController
 
-from .http_guard import body_limits
-from .session_host import HANDSHAKE_ORIGIN_MISMATCH, Reply, ReplyKind, SessionHost
+from .http_guard import BODY_TOO_LARGE, LENGTH_REQUIRED, body_limits
+from .session_host import HANDSHAKE_ORIGIN_MISMATCH, NO_SESSION, Reply, ReplyKind, SessionHost
 
 SESSION_HEADER: Final = "X-IOB-Session"
+MISSING_SESSION_HEADER: Final = "missing_session_header"
 FRAME_CONTENT_TYPE: Final = "application/octet-stream"
 HOST_KEY: Final = web.AppKey("session_host", SessionHost)
 CONTROLLER_KEY: Final = web.AppKey("controller", DeviceController)
@@ -59,6 +61,42 @@ _REFUSED_STATUS: Final = {
     "locked_out": 429,
     "busy": 429,
     HANDSHAKE_ORIGIN_MISMATCH: 409,
+}
+#: Every error code these routes answer with a fixed status (docs/protocol.md §14; a test
+#: compares the two). Handshake failures (``wrong_setup_code``, ``handshake_timeout``, …) are
+#: 401, malformed or unexpected frames 400, whatever their code.
+ERROR_STATUSES: Final = {
+    **_REFUSED_STATUS,
+    NO_SESSION: 409,
+    MISSING_SESSION_HEADER: 400,
+    BODY_TOO_LARGE: 413,
+    LENGTH_REQUIRED: 411,
+    HandshakeTimeoutError.code: 401,
+}
+_BODY_STATUSES: Final = frozenset({411, 413})
+#: What each route can answer (docs/protocol.md §14 lists the same; a test compares them).
+ROUTE_STATUSES: Final = {
+    ("POST", "/iob/v1/session"): frozenset(
+        {
+            _STATUS[ReplyKind.OK],
+            _STATUS[ReplyKind.FINISHED],
+            _STATUS[ReplyKind.ABORTED],
+            _STATUS[ReplyKind.BAD_REQUEST],
+            _STATUS[ReplyKind.AUTH_FAILED],
+            *_REFUSED_STATUS.values(),
+        }
+    )
+    | _BODY_STATUSES,
+    ("POST", "/iob/v1/frame"): frozenset(
+        {
+            _STATUS[ReplyKind.OK],
+            _STATUS[ReplyKind.AUTH_FAILED],
+            _STATUS[ReplyKind.NO_SESSION],
+            ERROR_STATUSES[MISSING_SESSION_HEADER],
+        }
+    )
+    | _BODY_STATUSES,
+    ("GET", "/iob/v1/info"): frozenset({200}),
 }
 
 
@@ -90,7 +128,7 @@ async def _frame(request: web.Request) -> web.Response:
     tag = request.headers.get(SESSION_HEADER)
     if tag is None:
         return web.json_response(
-            {"error": "missing_session_header", "message": f"send the {SESSION_HEADER} header"},
+            {"error": MISSING_SESSION_HEADER, "message": f"send the {SESSION_HEADER} header"},
             status=400,
         )
     return _response(await request.app[HOST_KEY].exchange(data, tag))

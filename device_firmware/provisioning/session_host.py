@@ -204,6 +204,9 @@ class SessionHost:
         self._policy = policy or (lambda: UNCLAIMED_POLICY)
         self._on_established = on_established or (lambda: None)
         self._pending: tuple[DeviceSession, Attempt, SessionPolicy, str | None] | None = None
+        #: The origin of the last handshake that ran out (a 1-tuple: the origin may be None),
+        #: so its late CLIENT_FINISH is told ``handshake_timeout``, not ``unexpected_message``.
+        self._expired: tuple[str | None] | None = None
         self._active: DeviceSession | None = None
         self._last_frame = 0.0
         self._handshake_lock = asyncio.Lock()
@@ -260,10 +263,11 @@ class SessionHost:
 
     def _expire_pending(self) -> None:
         if self._pending is not None and self._clock() > self._pending[1].deadline:
-            session, attempt, _policy, _origin = self._pending
+            session, attempt, _policy, origin = self._pending
             session.close()
             self._limiter.fail(attempt, self._clock())
             self._pending = None
+            self._expired = (origin,)
             _LOGGER.info("handshake timed out; counted as a failed attempt")
 
     async def handshake(self, data: bytes, *, origin: str | None = None) -> Reply:
@@ -291,7 +295,7 @@ class SessionHost:
             if frame.type is FrameType.CLIENT_HELLO:
                 return await self._client_hello(data, origin)
             if frame.type is FrameType.CLIENT_FINISH:
-                return await self._client_finish(data)
+                return await self._client_finish(data, origin)
             if frame.type is FrameType.ERROR:
                 return self._client_error(frame.body, origin)
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
@@ -360,6 +364,7 @@ class SessionHost:
             attempt = self._limiter.begin(now)
         except LimiterError as err:
             return _error(ReplyKind.REFUSED, err.code)
+        self._expired = None
         try:
             # SPAKE2 in pure Python takes milliseconds of CPU: keep the loop responsive.
             reply = await asyncio.to_thread(session.handle_client_hello, data)
@@ -392,8 +397,12 @@ class SessionHost:
             timeout=self._handshake_timeout,
         )
 
-    async def _client_finish(self, data: bytes) -> Reply:
+    async def _client_finish(self, data: bytes, origin: str | None) -> Reply:
         if self._pending is None:
+            if self._expired == (origin,):
+                # Its handshake ran out (already counted as a failed attempt): say so, once.
+                self._expired = None
+                return _error(ReplyKind.AUTH_FAILED, HandshakeTimeoutError.code)
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
         session, attempt, policy, _origin = self._pending
         self._pending = None

@@ -396,7 +396,7 @@ async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) ->
     assert host.limiter_state.value == "open"
     assert host.remaining_attempts() == 19
     late = await host.handshake(client.handle_device_hello(hello.frame))
-    assert (late.kind, late.error) == (ReplyKind.BAD_REQUEST, "unexpected_message")
+    assert (late.kind, late.error) == (ReplyKind.AUTH_FAILED, "handshake_timeout")
     assert not host.has_session
 
 
