@@ -66,10 +66,11 @@ PROBE_PATHS: Final = (
     "/canonical.html",
 )
 #: What each route can answer (docs/protocol.md §14 lists the same; a test compares them).
-#: 411/413: bodies without a length or above MAX_FORM_SIZE (http_guard.body_limits).
+#: 408/411/413: a body that does not arrive, has no length or exceeds MAX_FORM_SIZE
+#: (http_guard.body_limits).
 ROUTE_STATUSES: Final = {
     ("GET", "/"): frozenset({200, 403}),
-    ("POST", "/setup"): frozenset({303, 400, 401, 403, 409, 411, 413, 429}),
+    ("POST", "/setup"): frozenset({303, 400, 401, 403, 408, 409, 411, 413, 429}),
     ("GET", "/status"): frozenset({200}),
     **{("GET", path): frozenset({302}) for path in PROBE_PATHS},
     ("GET", "/{tail}"): frozenset({302}),

@@ -7,7 +7,9 @@ file descriptors - and then nobody, Home Assistant included, gets an answer. Her
 
 * :func:`body_limits` answers 413 (``body_too_large``) to a ``Content-Length`` above the
   application's ``client_max_size`` and 411 (``length_required``) to a body without one
-  (chunked), before a byte of the body is read; the connection is then closed.
+  (chunked), before a byte of the body is read; the connection is then closed. A body that
+  does not arrive within the head timeout is 408 (``body_timeout``): such a connection is busy,
+  not idle, so the cap alone could not shed it.
 * :class:`ConnectionGuard` caps the open connections of the servers sharing it. At the cap a
   new connection closes the oldest *idle* one (no complete request received yet, or waiting
   between requests), so ``GET /iob/v1/info`` stays answerable under a flood of idle
@@ -49,6 +51,7 @@ STARVED_QUIET: Final = 30.0
 SHED_ON_ACCEPT_ERROR: Final = 8
 BODY_TOO_LARGE: Final = "body_too_large"
 LENGTH_REQUIRED: Final = "length_required"
+BODY_TIMEOUT: Final = "body_timeout"
 _ACCEPT_ERROR: Final = "socket.accept() out of system resource"
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
@@ -96,6 +99,19 @@ async def body_limits(
         if length > limit:
             return _refusal(
                 413, BODY_TOO_LARGE, f"a body is at most {limit} bytes; this one is {length}"
+            )
+        protocol = request.protocol
+        timeout = (
+            protocol.body_timeout
+            if isinstance(protocol, GuardedHandler)
+            else DEFAULT_HEADER_TIMEOUT
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await request.read()  # kept by aiohttp: the handler's read() returns it
+        except TimeoutError:
+            return _refusal(
+                408, BODY_TIMEOUT, f"the announced {length} bytes did not arrive in {timeout:g} s"
             )
     return await handler(request)
 
@@ -213,6 +229,11 @@ class GuardedHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._head_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def body_timeout(self) -> float:
+        """Seconds an announced body may take to arrive (the request-head timeout)."""
+        return self._guard.limits.header_timeout
 
     @property
     def idle(self) -> bool:

@@ -36,7 +36,7 @@ from iob_protocol.session import PROTOCOL_VERSION
 
 from device_firmware.controller import DeviceController
 
-from .http_guard import BODY_TOO_LARGE, LENGTH_REQUIRED, body_limits
+from .http_guard import BODY_TIMEOUT, BODY_TOO_LARGE, LENGTH_REQUIRED, body_limits
 from .session_host import HANDSHAKE_ORIGIN_MISMATCH, NO_SESSION, Reply, ReplyKind, SessionHost
 
 SESSION_HEADER: Final = "X-IOB-Session"
@@ -71,9 +71,10 @@ ERROR_STATUSES: Final = {
     MISSING_SESSION_HEADER: 400,
     BODY_TOO_LARGE: 413,
     LENGTH_REQUIRED: 411,
+    BODY_TIMEOUT: 408,
     HandshakeTimeoutError.code: 401,
 }
-_BODY_STATUSES: Final = frozenset({411, 413})
+_BODY_STATUSES: Final = frozenset({408, 411, 413})
 #: What each route can answer (docs/protocol.md §14 lists the same; a test compares them).
 ROUTE_STATUSES: Final = {
     ("POST", "/iob/v1/session"): frozenset(

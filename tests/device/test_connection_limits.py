@@ -230,3 +230,28 @@ async def test_accept_failures_are_one_line_per_episode(tmp_path: Path) -> None:
     shown = [line for line in text.splitlines() if not line.startswith("DEBUG")]
     assert [line for line in shown if "out of file descriptors" in line] == [shown[0]], shown
     assert len(shown) == 1, shown
+
+
+async def test_a_body_that_never_arrives_is_answered_408_and_closed(
+    start_agent: AgentStarter,
+) -> None:
+    """Headers announcing a small body, then nothing: such connections are busy, not idle, so
+    the cap could not shed them - they must end on their own."""
+    async with start_agent(http_header_timeout=0.3, max_connections=8) as running:
+        port = running.agent.lan_ports()[0]
+        stalled = []
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            writer.write(
+                b"POST /iob/v1/session HTTP/1.1\r\nHost: device\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n0123456789"
+            )
+            stalled.append((reader, writer))
+        for reader, writer in stalled:
+            async with asyncio.timeout(20):
+                answer = await reader.read()  # until the device closes
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b'"body_timeout"' in answer
+            writer.close()
+        async with running.http.get(f"{running.url}/iob/v1/info") as response:
+            assert response.status == 200
