@@ -63,6 +63,7 @@ from .mqtt_runtime import DeviceCommand, DeviceInfo, MqttRuntime, MqttSettings
 from .network.backend import NetworkBackend, NetworkError
 from .provisioning.advertise import Advertiser, resolve_addresses
 from .provisioning.captive import create_captive_app
+from .provisioning.http_guard import ConnectionGuard, GuardedAppRunner
 from .provisioning.server import create_app
 from .provisioning.session_host import SessionHost
 from .relay_client import CredentialRecovery, NotOwned, RelayClient, build_ssl_context
@@ -241,6 +242,10 @@ class Agent:
         self._reconcile_lock = asyncio.Lock()
         self._host: SessionHost | None = None
         self._was_claimed = False
+        self._guard: ConnectionGuard | None = None
+        self._loop_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = (
+            None
+        )
 
     # --- for the CLI and tests --------------------------------------------------------------
 
@@ -395,6 +400,7 @@ class Agent:
                     after=after,
                     # A short outage limit (tests, impatient makers) is checked as often.
                     poll_interval=min(DEFAULT_POLL_INTERVAL, after / 4),
+                    applies=self._reonboarding_applies,
                 )
                 tasks.append(group.create_task(watchdog.run(), name="iob-watchdog"))
             await self._reconcile()
@@ -402,6 +408,11 @@ class Agent:
             await self._stop.wait()
             for task in tasks:
                 task.cancel()
+
+    def _reonboarding_applies(self) -> bool:
+        """Only a claimed device with a saved Wi-Fi re-onboards (its label window is gone)."""
+        record = self._store.current
+        return record.claimed and record.wifi_ssid is not None
 
     def _wifi_lost(self) -> None:
         """The saved Wi-Fi has been down for a while: let the owner send new credentials.
@@ -438,12 +449,25 @@ class Agent:
         if self._lan_runner is not None:
             await self._lan_runner.cleanup()
             self._lan_runner = None
+            asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         if self._host is not None:
             self._host.close_window(end_session=True)
         await self._backend.aclose()
 
+    def _http_guard(self) -> ConnectionGuard:
+        """The connection cap and timeouts the LAN server and the captive page share."""
+        if self._guard is None:
+            self._guard = ConnectionGuard(self._config.server_limits)
+        return self._guard
+
     async def _start_lan(self, host: SessionHost, controller: DeviceController) -> None:
-        runner = web.AppRunner(create_app(host, controller), access_log=None, logger=_HTTP_LOGGER)
+        guard = self._http_guard()
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(guard.exception_handler(self._loop_handler))
+        runner = GuardedAppRunner(
+            create_app(host, controller), guard, access_log=None, logger=_HTTP_LOGGER
+        )
         await runner.setup()
         self._lan_runner = runner
         port = self._config.port
@@ -625,7 +649,7 @@ class Agent:
         port_text = "" if config.captive_port == 80 else f":{config.captive_port}"  # noqa: PLR2004
         literal = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host  # noqa: PLR2004
         app = create_captive_app(self._host, self.controller, origin=f"http://{literal}{port_text}")
-        runner = web.AppRunner(app, access_log=None, logger=_HTTP_LOGGER)
+        runner = GuardedAppRunner(app, self._http_guard(), access_log=None, logger=_HTTP_LOGGER)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, config.captive_port).start()

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from .errors import ConfigError
+from .provisioning.http_guard import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ServerLimits,
+)
 
 DEFAULT_CONFIG_FILE: Final = Path("/etc/iot-onboard/device.toml")
 DEFAULT_DATA_DIR: Final = Path("/var/lib/iot-onboard")
@@ -74,6 +80,13 @@ class DeviceConfig:
     #: The GPIO chip of ``button_gpio``.
     gpio_chip: str = DEFAULT_GPIO_CHIP
     button_hold: float = DEFAULT_BUTTON_HOLD
+    #: Open connections the LAN server and captive page accept together (lowered to what the
+    #: open-file limit leaves); at the cap the oldest idle connection is closed.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Seconds a new connection has to send a complete request head.
+    http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    #: Seconds a connection may idle between requests.
+    http_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     #: Simulated network scenario (tests, demo) instead of NetworkManager.
     simulate_network: Path | None = field(default=None)
     #: Once the servers listen, the agent writes its pid and bound ports here as JSON
@@ -95,6 +108,7 @@ class DeviceConfig:
             raise ConfigError("button_gpio must be a line offset (0 or more)")
         if self.button_hold <= 0:
             raise ConfigError("button_hold must be a positive number of seconds")
+        _check_server_limits(self)
         if not self.listen:
             raise ConfigError("listen must name at least one address")
         if self.ble_bridge is not None:
@@ -168,6 +182,15 @@ class DeviceConfig:
         except TypeError as err:
             raise ConfigError(str(err)) from err
 
+    @property
+    def server_limits(self) -> ServerLimits:
+        """The HTTP servers' connection limits."""
+        return ServerLimits(
+            max_connections=self.max_connections,
+            header_timeout=self.http_header_timeout,
+            idle_timeout=self.http_idle_timeout,
+        )
+
     def with_changes(self, **changes: Any) -> Self:
         """A copy with some fields replaced (tests)."""
         return replace(self, **changes)
@@ -195,6 +218,13 @@ def bridge_address(text: str) -> tuple[str, int]:
     return str(address), int(port_text)
 
 
+def _check_server_limits(config: DeviceConfig) -> None:
+    if config.max_connections < 1:
+        raise ConfigError("max_connections must be at least 1")
+    if config.http_header_timeout <= 0 or config.http_idle_timeout <= 0:
+        raise ConfigError("http_header_timeout and http_idle_timeout must be positive")
+
+
 def _check_bridge(text: str, *, ble: bool) -> None:
     bridge_address(text)
     if not ble:
@@ -203,7 +233,14 @@ def _check_bridge(text: str, *, ble: bool) -> None:
 
 _PATH_KEYS: Final = {"data_dir", "relay_ca_file", "simulate_network", "port_file"}
 _LIST_KEYS: Final = {"listen", "advertise"}
-_INT_KEYS: Final = {"port", "captive_port", "commit_timeout", "reonboard_after", "button_gpio"}
+_INT_KEYS: Final = {
+    "port",
+    "captive_port",
+    "commit_timeout",
+    "reonboard_after",
+    "button_gpio",
+    "max_connections",
+}
 _BOOL_KEYS: Final = {"allow_insecure_http", "hotspot", "ble", "improv"}
 
 
@@ -214,7 +251,7 @@ def _number(name: str, value: Any) -> float:
 
 
 def _convert(name: str, value: Any) -> Any:
-    if name in {"relay_timeout", "button_hold"}:
+    if name in {"relay_timeout", "button_hold", "http_header_timeout", "http_idle_timeout"}:
         return _number(name, value)
     if name in _PATH_KEYS:
         if not isinstance(value, (str, Path)):

@@ -252,6 +252,7 @@ def write_label(
         f"Model:        {model}\n"
         f"Device ID:    {device_id}\n"
         f"Setup code:   {setup_code.manual_code().format()}\n"
+        f"QR text:      {payload}\n"
         f"Key:          {format_fingerprint(identity.fingerprint)}\n"
         f"Setup Wi-Fi:  {ssid}\n"
         f"Wi-Fi key:    {passphrase}\n",

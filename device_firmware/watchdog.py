@@ -6,6 +6,11 @@ every check for ``after`` seconds, the watchdog calls ``on_wifi_lost`` (the agen
 provisioning window for the owner's authorised session). While the outage lasts it calls again
 every ``after`` seconds, since a provisioning window closes on its own; one successful check
 re-arms it.
+
+It watches only while ``applies()`` (the agent: a claimed device with a saved Wi-Fi). An
+unclaimed device has nothing to re-onboard - its label window opened at boot and reopens only
+by something physical (button, factory reset) - so it neither logs an outage nor claims to
+reopen anything.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class WifiWatchdog:
         after: float = DEFAULT_AFTER,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        applies: Callable[[], bool] = lambda: True,
     ) -> None:
         """Configure; nothing runs until :meth:`run` (or :meth:`check`).
 
@@ -46,6 +52,7 @@ class WifiWatchdog:
             after: seconds of continuous outage before ``on_wifi_lost``.
             poll_interval: seconds between checks in :meth:`run`.
             clock: monotonic seconds (injectable for tests).
+            applies: whether an outage matters now; while False nothing is checked or logged.
         """
         if after <= 0 or poll_interval <= 0:
             raise ValueError("after and poll_interval must be positive")
@@ -54,6 +61,7 @@ class WifiWatchdog:
         self._after = after
         self._poll_interval = poll_interval
         self._clock = clock
+        self._applies = applies
         self._down_since: float | None = None
         self._due: float | None = None
 
@@ -65,6 +73,9 @@ class WifiWatchdog:
     async def check(self) -> bool:
         """One check; True when it called ``on_wifi_lost``."""
         now = self._clock()
+        if not self._applies():
+            self._down_since = self._due = None
+            return False
         try:
             connected = await self._backend.wifi_connected()
         except NetworkError as err:

@@ -22,6 +22,10 @@ link's MTU. Rules of the link layer:
   ends a handshake the link started but did not finish (``SessionHost.abort_handshake``, a
   failed attempt): the user's retry finds the handshake slot free instead of ``busy`` for 60 s.
   So does an ERROR frame from the central mid-handshake (it found the code wrong).
+* **Handshake origin.** Only the link that sent the CLIENT_HELLO may send its CLIENT_FINISH or
+  give it up: the same frames from another link (a central that took over after the first
+  went quiet) are refused with ATT "write not permitted" and never reach the handshake, so
+  they cost the user no attempt; no ERROR frame is notified (it would reach every central).
 * **Reconnect and resume.** The session is not tied to a link: DATA frames carry their own
   counters and keys. A new connection may continue the established session if the link it was
   established on is gone, and works exactly when no frame was lost *after* it reached the
@@ -51,7 +55,13 @@ from iob_protocol.framing import (
 )
 from iob_protocol.sources import MonotonicClock, monotonic
 
-from device_firmware.provisioning.session_host import NO_SESSION, Reply, ReplyKind, SessionHost
+from device_firmware.provisioning.session_host import (
+    HANDSHAKE_ORIGIN_MISMATCH,
+    NO_SESSION,
+    Reply,
+    ReplyKind,
+    SessionHost,
+)
 
 from .errors import AttError, GattError
 from .wire import RX_UUID, SERVICE_UUID, STATE_UUID, TX_UUID, BlePhase, BleStatus
@@ -338,6 +348,16 @@ class ProvisioningService(GattService):
             self._enqueue(_Work(link, error=err.code))
             return
         if frame is not None:
+            if self._host.refuses_origin(frame[3], _origin(link)):
+                # Another central's handshake is pending: this link may neither finish nor
+                # abort it. Refused here, not with an ERROR frame, which BlueZ would notify to
+                # every central - the real user's too, in the middle of its handshake.
+                _LOGGER.info(
+                    "BLE frame from %s refused (%s): the pending handshake is another link's",
+                    link.id,
+                    HANDSHAKE_ORIGIN_MISMATCH,
+                )
+                raise GattError(AttError.NOT_PERMITTED, HANDSHAKE_ORIGIN_MISMATCH)
             self._enqueue(_Work(link, frame=frame))
 
     def _enqueue(self, work: _Work) -> None:
@@ -368,6 +388,8 @@ class ProvisioningService(GattService):
             # An ERROR frame is the client giving up (wrong code, key mismatch): the host ends
             # the handshake this link started, if any, and there is nothing to answer.
             reply = await self._host.handshake(work.frame, origin=_origin(link))
+            if reply.error == HANDSHAKE_ORIGIN_MISMATCH:
+                return  # the hello came on another link meanwhile: no broadcast ERROR frame
             if reply.kind is ReplyKind.FINISHED:
                 self._session_link, self._session_tag = link.id, reply.session_tag
                 if self._on_session is not None:

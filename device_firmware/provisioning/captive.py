@@ -38,6 +38,7 @@ from device_firmware.errors import DeviceError
 from device_firmware.network.backend import WifiCredentials
 from device_firmware.state import Phase
 
+from .http_guard import body_limits
 from .session_host import SessionHost
 
 MAX_FORM_SIZE: Final = 4096
@@ -64,6 +65,16 @@ PROBE_PATHS: Final = (
     "/redirect",
     "/canonical.html",
 )
+#: What each route can answer (docs/protocol.md §14 lists the same; a test compares them).
+#: 408/411/413: a body that does not arrive, has no length or exceeds MAX_FORM_SIZE
+#: (http_guard.body_limits).
+ROUTE_STATUSES: Final = {
+    ("GET", "/"): frozenset({200, 403}),
+    ("POST", "/setup"): frozenset({303, 400, 401, 403, 408, 409, 411, 413, 429}),
+    ("GET", "/status"): frozenset({200}),
+    **{("GET", path): frozenset({302}) for path in PROBE_PATHS},
+    ("GET", "/{tail}"): frozenset({302}),
+}
 _STYLE: Final = (
     "body{font-family:sans-serif;max-width:28em;margin:1em auto;padding:0 1em}"
     "label{display:block;margin-top:1em}input,select{width:100%;padding:.5em;font-size:1em}"
@@ -218,7 +229,7 @@ def create_captive_app(
     host: SessionHost, controller: DeviceController, *, origin: str
 ) -> web.Application:
     """The captive-portal application; ``origin`` is ``http://<hotspot address>[:port]``."""
-    app = web.Application(client_max_size=MAX_FORM_SIZE)
+    app = web.Application(client_max_size=MAX_FORM_SIZE, middlewares=[body_limits])
     app[_HOST_KEY] = host
     app[_CONTROLLER_KEY] = controller
     app[_TOKEN_KEY] = secrets.token_urlsafe(16)

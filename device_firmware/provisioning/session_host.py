@@ -11,7 +11,11 @@ that gives up mid-handshake - it posts an ERROR frame (a wrong code it noticed i
 link drops - frees the slot at once (:meth:`SessionHost.abort_handshake`), counted as a failed
 attempt: the PAKE exchange was spent, so the budget is the same as letting the deadline pass, but
 the user's immediate retry is not turned away as ``busy``. Only the transport that started the
-handshake (its ``origin``) can abort it. The captive page's code check draws from the same budget.
+handshake (its ``origin``) can abort it, and only it can finish it: a CLIENT_FINISH or ERROR
+frame from any other origin (another LAN address, another BLE link) is answered
+``handshake_origin_mismatch`` and leaves the pending handshake and the budget untouched, so a
+stranger on the LAN cannot spend the real user's attempt or spoil its handshake. The captive
+page's code check draws from the same budget.
 
 Who may connect (DESIGN: "claimed devices accept only the owner's authorised session") comes
 from a :class:`SessionPolicy` read at every hello: an unclaimed device answers the label's
@@ -78,6 +82,9 @@ type Dispatcher = Callable[[Request], Awaitable[CommandResult]]
 
 #: Error code for a DATA frame that names no current session.
 NO_SESSION: Final = "no_session"
+#: Error code for a CLIENT_FINISH or ERROR frame from another origin than the pending
+#: handshake's hello: refused without touching that handshake or the attempt budget.
+HANDSHAKE_ORIGIN_MISMATCH: Final = "handshake_origin_mismatch"
 #: An established session with no frame for this long is ended.
 SESSION_IDLE_TIMEOUT: Final = 600.0
 #: What a session whose kind no longer matches the device's state may still do: read. (A label
@@ -197,6 +204,9 @@ class SessionHost:
         self._policy = policy or (lambda: UNCLAIMED_POLICY)
         self._on_established = on_established or (lambda: None)
         self._pending: tuple[DeviceSession, Attempt, SessionPolicy, str | None] | None = None
+        #: The origin of the last handshake that ran out (a 1-tuple: the origin may be None),
+        #: so its late CLIENT_FINISH is told ``handshake_timeout``, not ``unexpected_message``.
+        self._expired: tuple[str | None] | None = None
         self._active: DeviceSession | None = None
         self._last_frame = 0.0
         self._handshake_lock = asyncio.Lock()
@@ -253,10 +263,11 @@ class SessionHost:
 
     def _expire_pending(self) -> None:
         if self._pending is not None and self._clock() > self._pending[1].deadline:
-            session, attempt, _policy, _origin = self._pending
+            session, attempt, _policy, origin = self._pending
             session.close()
             self._limiter.fail(attempt, self._clock())
             self._pending = None
+            self._expired = (origin,)
             _LOGGER.info("handshake timed out; counted as a failed attempt")
 
     async def handshake(self, data: bytes, *, origin: str | None = None) -> Reply:
@@ -264,7 +275,8 @@ class SessionHost:
 
         Returns DEVICE_HELLO, the finished session, or ABORTED (the client gave up, see
         :meth:`abort_handshake`). ``origin`` names the client's transport (``ble:<link>``,
-        ``lan:<address>``): only the origin that said hello can give the handshake up.
+        ``lan:<address>``): only the origin that said hello can finish or give up the
+        handshake; the others are refused (``handshake_origin_mismatch``) without touching it.
         """
         async with self._handshake_lock:
             self._expire_pending()
@@ -272,18 +284,44 @@ class SessionHost:
                 frame = decode_frame(data)
             except FramingError as err:
                 return _error(ReplyKind.BAD_REQUEST, err.code)
+            if self.refuses_origin(frame.type, origin):
+                _LOGGER.info(
+                    "%s from %s refused (%s): the pending handshake belongs to another client",
+                    frame.type.name,
+                    origin or "an unnamed transport",
+                    HANDSHAKE_ORIGIN_MISMATCH,
+                )
+                return _error(ReplyKind.REFUSED, HANDSHAKE_ORIGIN_MISMATCH)
             if frame.type is FrameType.CLIENT_HELLO:
                 return await self._client_hello(data, origin)
             if frame.type is FrameType.CLIENT_FINISH:
-                return await self._client_finish(data)
+                return await self._client_finish(data, origin)
             if frame.type is FrameType.ERROR:
-                try:
-                    code = decode_error_body(frame.body)
-                except FramingError as err:
-                    return _error(ReplyKind.BAD_REQUEST, err.code)
-                self._abort(origin, f"the client reported {code}")
-                return Reply(ReplyKind.ABORTED, b"")
+                return self._client_error(frame.body, origin)
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
+
+    def _client_error(self, body: bytes, origin: str | None) -> Reply:
+        """The client gave up: end its own pending handshake, if any."""
+        try:
+            code = decode_error_body(body)
+        except FramingError as err:
+            return _error(ReplyKind.BAD_REQUEST, err.code)
+        self._abort(origin, f"the client reported {code}")
+        return Reply(ReplyKind.ABORTED, b"")
+
+    def refuses_origin(self, frame_type: int, origin: str | None) -> bool:
+        """Whether :meth:`handshake` would refuse a frame of ``frame_type`` from ``origin`` now.
+
+        For transports that must refuse before queueing (BLE answers at the ATT level, since its
+        notifications reach every central, the real user's included).
+        """
+        pending = self._pending
+        return (
+            frame_type in {FrameType.CLIENT_FINISH, FrameType.ERROR}
+            and pending is not None
+            and pending[3] != origin
+            and self._clock() <= pending[1].deadline
+        )
 
     async def abort_handshake(self, origin: str | None = None, reason: str = "aborted") -> bool:
         """End the pending handshake ``origin`` started, counted as a failed attempt.
@@ -326,6 +364,7 @@ class SessionHost:
             attempt = self._limiter.begin(now)
         except LimiterError as err:
             return _error(ReplyKind.REFUSED, err.code)
+        self._expired = None
         try:
             # SPAKE2 in pure Python takes milliseconds of CPU: keep the loop responsive.
             reply = await asyncio.to_thread(session.handle_client_hello, data)
@@ -358,8 +397,12 @@ class SessionHost:
             timeout=self._handshake_timeout,
         )
 
-    async def _client_finish(self, data: bytes) -> Reply:
+    async def _client_finish(self, data: bytes, origin: str | None) -> Reply:
         if self._pending is None:
+            if self._expired == (origin,):
+                # Its handshake ran out (already counted as a failed attempt): say so, once.
+                self._expired = None
+                return _error(ReplyKind.AUTH_FAILED, HandshakeTimeoutError.code)
             return _error(ReplyKind.BAD_REQUEST, UnexpectedMessageError.code)
         session, attempt, policy, _origin = self._pending
         self._pending = None

@@ -366,7 +366,7 @@ async def test_only_the_origin_that_said_hello_can_abort(provisioned: Provisione
     hello = await host.handshake(client.start(), origin="lan:192.0.2.7")
     assert hello.kind is ReplyKind.OK
     stray = await host.handshake(encode_error_frame("wrong_setup_code"), origin="ble:stranger")
-    assert stray.kind is ReplyKind.ABORTED
+    assert (stray.kind, stray.error) == (ReplyKind.REFUSED, "handshake_origin_mismatch")
     assert not await host.abort_handshake("ble:stranger")
     assert host.limiter_state.value == "busy"
     assert host.remaining_attempts() == 20
@@ -396,7 +396,7 @@ async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) ->
     assert host.limiter_state.value == "open"
     assert host.remaining_attempts() == 19
     late = await host.handshake(client.handle_device_hello(hello.frame))
-    assert (late.kind, late.error) == (ReplyKind.BAD_REQUEST, "unexpected_message")
+    assert (late.kind, late.error) == (ReplyKind.AUTH_FAILED, "handshake_timeout")
     assert not host.has_session
 
 

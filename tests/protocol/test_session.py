@@ -154,6 +154,25 @@ def test_frames_of_one_direction_do_not_open_in_the_other() -> None:
         client.open(client.seal(b"reflected"))
 
 
+def test_a_reflected_frame_is_refused_as_protocol_md_describes() -> None:
+    """§6: the counter check comes first (lower: replayed, higher: out of order); only a
+    reflected frame whose counter equals the receiver's next reaches decryption and fails it."""
+    _, device = _established()
+    device.seal(b"0")
+    with pytest.raises(OutOfOrderFrameError):
+        device.open(device.seal(b"1"))  # counter 1, the device expects 0
+    client, device = _established()
+    for index in range(2):
+        device.open(client.seal(bytes([index])))
+    with pytest.raises(ReplayedFrameError):
+        device.open(device.seal(b"0"))  # counter 0, the device expects 2
+    _, device = _established()
+    with pytest.raises(FrameAuthenticationError):
+        device.open(device.seal(b"0"))  # counter 0 = expected: the other direction's key
+    with pytest.raises(SessionClosedError):
+        device.open(b"")  # and the channel is closed for good
+
+
 def test_frames_of_one_session_do_not_open_in_another() -> None:
     client_a, _ = _established()
     _, device_b = _established()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -30,14 +31,21 @@ from iob_protocol.ble import (
     parse_state_value,
 )
 from iob_protocol.commands import OkResponse, StatusRequest, StatusResult
-from iob_protocol.framing import ChunkReassembler, chunk_frame
+from iob_protocol.framing import (
+    ChunkReassembler,
+    FrameType,
+    chunk_frame,
+    encode_error_frame,
+    encode_frame,
+)
 
 from device_firmware.ble.bridge import MAX_CLIENTS, MAX_MESSAGE_SIZE, BridgePeripheral
 from device_firmware.ble.errors import BleError
-from device_firmware.ble.gatt import payload_size
+from device_firmware.ble.gatt import OWNER_IDLE_SECONDS, payload_size
 from device_firmware.ble.improv import IMPROV_SERVICE_DATA_UUID
 from device_firmware.config import DeviceConfig
 from device_firmware.errors import ConfigError
+from device_firmware.provisioning.session_host import HANDSHAKE_ORIGIN_MISMATCH
 from tests.device.commit_helpers import commit
 from tests.device.conftest import HOME_PASSPHRASE, AgentStarter, FakeRelay, Provisioned
 from tests.integration.ble_bridge import (
@@ -504,3 +512,58 @@ async def test_cli_refuses_a_bad_bridge_address(
     )
     assert done.returncode == 1, done.stderr
     assert message in done.stderr
+
+
+class SteppedClock:
+    """A monotonic clock the test moves: a central "goes quiet" without waiting 30 s."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_another_link_cannot_finish_or_abort_a_pending_handshake(
+    device: Device, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = SteppedClock()
+    peripheral = BridgePeripheral(
+        host=device.host,
+        controller=device.controller,
+        device=device.provisioned.device,
+        bind=(LOOPBACK, 0),
+        clock=clock,
+    )
+    await peripheral.start()
+    try:
+        budget = device.host.remaining_attempts()
+        user = await linked(peripheral.port)
+        session = device.qr_client()
+        await user.send(session.start())
+        finish = session.handle_device_hello(await user.receive())
+
+        # The user's central goes quiet long enough for another central to be served.
+        clock.now += OWNER_IDLE_SECONDS + 1
+        stranger = await linked(peripheral.port)
+        forged = encode_frame(FrameType.CLIENT_FINISH, os.urandom(64))
+        caplog.set_level(logging.INFO, "device_firmware.ble.gatt")
+        for frame in (forged, encode_error_frame("wrong_setup_code")):
+            # BlueZ acknowledges RX writes itself; the refusal is ATT's, so nothing is notified
+            # (an ERROR notification would reach the user's central too).
+            await stranger.send(frame)
+        refusals = [r for r in caplog.records if HANDSHAKE_ORIGIN_MISMATCH in r.getMessage()]
+        assert len(refusals) == 2, caplog.text
+        assert stranger.frames.empty()
+        assert user.frames.empty()
+        assert device.host.remaining_attempts() == budget
+
+        clock.now += OWNER_IDLE_SECONDS + 1
+        await user.send(finish)
+        client = BleClient(session, user.send, user.receive)
+        assert (await status(client)).state.value == "provisioning"
+        assert device.host.remaining_attempts() == budget
+        await stranger.client.disconnect()
+        await user.client.disconnect()
+    finally:
+        await peripheral.stop()

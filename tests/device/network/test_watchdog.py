@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from iob_protocol.diagnostics import DiagnosticCode
@@ -162,3 +163,32 @@ async def test_run_polls_until_cancelled() -> None:
 def test_parameters_are_checked() -> None:
     with pytest.raises(ValueError, match="positive"):
         WifiWatchdog(ScriptedBackend(), lambda: None, after=0)
+
+
+async def test_an_unclaimed_device_logs_no_outage_and_reopens_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The agent watches only a claimed device with a saved Wi-Fi: an unclaimed one offline
+    for ten minutes and more must not log "reopening provisioning" (it reopens nothing)."""
+    backend, clock, calls = ScriptedBackend(), Clock(), list[float]()
+    claimed = [False]
+    watchdog = WifiWatchdog(
+        backend,
+        lambda: calls.append(clock.now),
+        after=10 * MINUTE,
+        clock=clock,
+        applies=lambda: claimed[0],
+    )
+    backend.connected = False
+    caplog.set_level(logging.DEBUG, "device_firmware.watchdog")
+    for _ in range(30):
+        assert not await watchdog.check()
+        clock.now += MINUTE
+    assert calls == []
+    assert not caplog.records, caplog.text
+    claimed[0] = True  # claimed meanwhile: an outage counts from now
+    assert not await watchdog.check()
+    clock.now += 10 * MINUTE
+    assert await watchdog.check()
+    assert calls == [clock.now]
+    assert "reopening provisioning" in caplog.text
