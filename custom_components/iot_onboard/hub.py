@@ -87,6 +87,9 @@ class HubCredentials:
     username: str
     password: str = field(repr=False)
     tls: bool = True
+    #: The MQTT client id the broker binds the hub user to (``hub-<household id>``); None:
+    #: the hub's own ``client_id``.
+    client_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,6 +263,11 @@ def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> fl
     return ceiling / 2 + ceiling / 2 * min(max(jitter, 0.0), 1.0)
 
 
+def hub_client_id(household_id: str) -> str:
+    """The hub's MQTT client id, the one the broker binds its user ``hub-<household>`` to."""
+    return f"hub-{household_id}"
+
+
 def refused_credentials(err: BaseException) -> bool:
     """Whether an aiomqtt error is the broker refusing the username or password."""
     rc = getattr(err, "rc", None)
@@ -327,7 +335,9 @@ class MqttHub:
             credentials: the hub's MQTT account.
             listener: told about every change.
             credentials_provider: fetches the credentials again (the broker refused them).
-            client_id: the MQTT client id (stable per Home Assistant entry).
+            client_id: the MQTT client id when ``credentials`` name none: the broker accepts
+                the hub user only with its own fixed id, ``hub-<household id>``
+                (:func:`hub_client_id`); any other id is refused as bad credentials.
             tls_context: used when ``credentials.tls`` (the caller's, never created here:
                 creating one reads CA files).
             backoff_base: first reconnection delay ceiling, in seconds.
@@ -439,7 +449,7 @@ class MqttHub:
             credentials.port,
             username=credentials.username,
             password=credentials.password,
-            identifier=self._client_id,
+            identifier=credentials.client_id or self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=True,
             keepalive=self._keepalive,

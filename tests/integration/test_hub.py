@@ -27,6 +27,7 @@ from custom_components.iot_onboard.hub import (
     MetaError,
     MqttHub,
     backoff_delay,
+    hub_client_id,
     parse_meta,
 )
 from tests.integration.fake_account import FakeAccountService
@@ -136,7 +137,12 @@ async def test_refused_credentials_are_fetched_again_once(
         return good
 
     recorder = Recorder()
-    hub = MqttHub(wrong, recorder, credentials_provider=provider, client_id="hub-test-1")
+    hub = MqttHub(
+        wrong,
+        recorder,
+        credentials_provider=provider,
+        client_id=hub_client_id(fake_account.household_id),
+    )
     with pytest.raises(HubNotConnectedError):
         await hub.publish_command("dev1", "relay", "on")
     task = await _run_until(hub, recorder.connected)
@@ -148,6 +154,44 @@ async def test_refused_credentials_are_fetched_again_once(
     finally:
         await _stop(task)
     assert recorder.events == [("connection", "True"), ("connection", "False")]
+
+
+async def test_the_hub_connects_only_with_its_bound_client_id(
+    fake_account: FakeAccountService,
+) -> None:
+    """The broker binds ``hub-<household>`` to that client id (issue 12.1): the id the account
+    service names wins over the hub's own; any other id is refused like a wrong password."""
+    await fake_account.sync_hub()
+    named = HubCredentials(
+        fake_account.broker.host,
+        fake_account.broker.port,
+        fake_account.hub_username,
+        fake_account.hub_password,
+        tls=False,
+        client_id=hub_client_id(fake_account.household_id),
+    )
+    assert named.client_id == fake_account.hub_username
+
+    async def provider() -> HubCredentials:
+        return named
+
+    recorder = Recorder()
+    hub = MqttHub(named, recorder, credentials_provider=provider, client_id="ha-some-entry")
+    task = await _run_until(hub, recorder.connected)
+    try:
+        assert hub.connected
+    finally:
+        await _stop(task)
+
+    unnamed = HubCredentials(named.host, named.port, named.username, named.password, tls=False)
+
+    async def same() -> HubCredentials:
+        return unnamed
+
+    other_id = MqttHub(unnamed, Recorder(), credentials_provider=same, client_id="ha-some-entry")
+    with pytest.raises(HubCredentialsRefusedError, match="refused the hub user"):
+        async with asyncio.timeout(15):
+            await other_id.run()
 
 
 async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> None:
@@ -163,7 +207,12 @@ async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> N
     async def provider() -> HubCredentials:
         return wrong
 
-    hub = MqttHub(wrong, Recorder(), credentials_provider=provider, client_id="hub-test-2")
+    hub = MqttHub(
+        wrong,
+        Recorder(),
+        credentials_provider=provider,
+        client_id=hub_client_id(fake_account.household_id),
+    )
     with pytest.raises(HubCredentialsRefusedError, match="refused the hub user"):
         async with asyncio.timeout(15):
             await hub.run()
@@ -191,7 +240,7 @@ async def test_account_service_down_keeps_retrying(fake_account: FakeAccountServ
         wrong,
         Recorder(),
         credentials_provider=provider,
-        client_id="hub-test-3",
+        client_id=hub_client_id(fake_account.household_id),
         backoff_base=0.05,
     )
     task = await _run_until(hub, attempts)

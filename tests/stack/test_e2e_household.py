@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,12 +286,15 @@ def device_mqtt_credentials(device: Device) -> dict[str, Any]:
 
 
 def _client(credentials: dict[str, Any], name: str) -> aiomqtt.Client:
+    # The broker accepts a credential only with its own client id (docs/broker.md); ``name``
+    # says what the connection is for, for the reader.
+    del name
     return aiomqtt.Client(
         credentials["host"],
         credentials["port"],
         username=credentials["username"],
         password=credentials["password"],
-        identifier=f"e2e-household-{name}-{time.monotonic_ns()}",
+        identifier=credentials["client_id"],
         protocol=aiomqtt.ProtocolVersion.V5,
         timeout=MQTT_TIMEOUT,
     )
