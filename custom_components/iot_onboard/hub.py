@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .iob_protocol import MalformedMessageError, load_json
 
@@ -39,9 +41,10 @@ BACKOFF_CAP: Final = 60.0
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 WILDCARD_FILTERS: Final = ("iob/+/meta", "iob/+/availability", "iob/+/state/+", "iob/+/diag")
-#: CONNACK codes for refused credentials: MQTT 5 0x86/0x87 (Mosquitto 2.0 sends 0x87), and
-#: MQTT 3.1.1 return codes 4 and 5.
-_AUTH_REASONS: Final = frozenset({0x86, 0x87, 4, 5})
+#: CONNACK reason codes for refused credentials: MQTT 5 0x86/0x87 (Mosquitto 2.0 sends 0x87;
+#: paho 2 maps MQTT 3.1.1's return codes 4 and 5 to these). A plain int 4 on another error is
+#: paho's MQTT_ERR_NO_CONN: the connection is gone (a broker crash), nothing was refused.
+_AUTH_REASONS: Final = frozenset({0x86, 0x87})
 _SUBACK_FAILURE: Final = 0x80
 _MAX_META_BYTES: Final = 64 * 1024
 _MAX_STATE_BYTES: Final = 1024
@@ -269,10 +272,17 @@ def hub_client_id(household_id: str) -> str:
 
 
 def refused_credentials(err: BaseException) -> bool:
-    """Whether an aiomqtt error is the broker refusing the username or password."""
-    rc = getattr(err, "rc", None)
-    value = getattr(rc, "value", rc)  # MQTT 5: a paho ReasonCode; 3.1.1: an int
-    return isinstance(value, int) and value in _AUTH_REASONS
+    """Whether an aiomqtt error is the broker refusing the username or password.
+
+    Only a CONNACK does that: aiomqtt raises ``MqttConnectError`` with its ``ReasonCode``.
+    Anything else (a lost connection, a subscribe or publish on a connection that is gone,
+    ``MqttCodeError`` with paho's int 4) is the broker being unreachable: retried with backoff,
+    never a reason to fetch new credentials.
+    """
+    if not isinstance(err, MqttConnectError):
+        return False
+    rc = err.rc
+    return isinstance(rc, ReasonCode) and rc.value in _AUTH_REASONS
 
 
 def _suback_failed(result: Any) -> bool:
