@@ -53,7 +53,7 @@ import logging
 import secrets
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiomqtt
@@ -65,6 +65,7 @@ from .errors import (
     BrokerAuthenticationError,
     BrokerCommandError,
     BrokerConflictError,
+    BrokerError,
     BrokerPermissionError,
     BrokerProtocolError,
     BrokerTimeoutError,
@@ -126,6 +127,9 @@ _RECONCILE_CHUNK: Final = 100
 _PENDING_CALLS_WARNING: Final = 1000
 _RECONNECT_DELAY: Final = 0.05
 _RECONNECT_DELAY_MAX: Final = 0.5
+#: With a reconnect hook set, a lost connection is retried in the background this often (at
+#: most) until the broker is back.
+_RECOVERY_DELAY_MAX: Final = 5.0
 
 
 class _LinkLostError(Exception):
@@ -270,6 +274,10 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         self._closed = False
         self._last_error: BaseException | None = None
         self._stripes = tuple(asyncio.Lock() for _ in range(_LOCK_STRIPES))
+        self._links_made = 0
+        self._reconnect_hook: Callable[[], Awaitable[None]] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._recovering: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -290,9 +298,26 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         async with self._deadline("connecting"):
             await self._current_link()
 
+    def set_reconnect_hook(self, hook: Callable[[], Awaitable[None]] | None) -> None:
+        """Run ``hook`` each time a connection is made after an earlier one was lost.
+
+        With a hook set, a lost connection (the broker restarted or crashed) is not left for
+        the next call to notice: the adapter reconnects in the background, retrying every few
+        seconds until the broker is back, then runs the hook (the account service's reconcile).
+        A hook that fails is logged; it runs again after the next reconnect.
+        """
+        self._reconnect_hook = hook
+        link = self._link
+        if hook is not None and link is not None and link.lost.done():
+            self._recover()
+
     async def aclose(self) -> None:
         """Disconnect; the adapter cannot be used afterwards. Idempotent."""
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
         connecting, self._connecting = self._connecting, None
         if connecting is not None and not connecting.done():
             # Let a connection attempt finish (it is bounded) rather than cancel it in the
@@ -531,8 +556,58 @@ class MosquittoDynsecAdapter(BrokerAdapter):
                 raise AdapterClosedError("the broker adapter was closed while connecting")
             self._link = link
             self._last_error = None
+            self._links_made += 1
+            link.lost.add_done_callback(self._link_lost)
             _LOGGER.debug("Connected to the broker at %s as %s", self.address, self._client_id)
+            if self._links_made > 1 and self._reconnect_hook is not None:
+                _LOGGER.info("The connection to the broker at %s is back", self.address)
+                self._spawn(self._run_hook(self._reconnect_hook), "iob-dynsec-reconnected")
             return link
+
+    def _link_lost(self, _lost: asyncio.Future[None]) -> None:
+        if not self._closed and self._reconnect_hook is not None:
+            self._recover()
+
+    def _recover(self) -> None:
+        """Reconnect in the background (once at a time) until the broker is back."""
+        if self._recovering is None or self._recovering.done():
+            self._recovering = self._spawn(self._reconnect_until_back(), "iob-dynsec-recover")
+
+    def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task[None]:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _reconnect_until_back(self) -> None:
+        delay = _RECONNECT_DELAY_MAX
+        while not self._closed:
+            try:
+                await self.connect()
+            except AdapterClosedError:
+                return
+            except BrokerError as err:
+                _LOGGER.warning(
+                    "The broker at %s is still unreachable (%s); retrying in %g s",
+                    self.address,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECOVERY_DELAY_MAX)
+                continue
+            return
+
+    async def _run_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            _LOGGER.exception(
+                "The broker reconnect hook failed; it runs again after the next reconnect"
+            )
 
     async def _open(self) -> _Link:
         client = aiomqtt.Client(

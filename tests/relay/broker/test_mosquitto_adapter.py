@@ -429,3 +429,23 @@ async def test_a_release_kicks_without_sending_the_will(
         await assert_disconnected(session)
         await marker.publish("iob/DEVB/state/x", b"marker", qos=1)
         assert await next_message(observer) == ("iob/DEVB/state/x", b"marker")
+
+
+async def test_the_reconnect_hook_runs_when_the_broker_is_back(
+    mosquitto: MosquittoHarness, adapter: MosquittoDynsecAdapter
+) -> None:
+    """Without any call being made: the adapter notices the loss and reconnects on its own."""
+    back = asyncio.Event()
+    calls: list[str] = []
+
+    async def hook() -> None:
+        calls.append("reconnected")
+        back.set()
+
+    adapter.set_reconnect_hook(hook)
+    await mosquitto.restart()
+    async with asyncio.timeout(30):
+        await back.wait()
+    assert calls == ["reconnected"]
+    await adapter.put_device(DeviceCredential("DEVA", "pw"))  # the connection is usable
+    assert calls == ["reconnected"]  # and the hook ran once
