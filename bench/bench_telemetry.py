@@ -4,8 +4,9 @@ One device of a household loaded in Home Assistant (the real stack, see bench_me
 what a light device is) publishes a new temperature on ``iob/<id>/state/temperature``, as the
 agent does (QoS 1, retained). Two observers see the same publish: Home Assistant (its
 ``state_changed`` event for the sensor, delivered on its websocket API, as the frontend sees
-it) and a bare subscriber on the same broker with the household hub's credential (the raw
-Mosquitto publish -> subscribe round trip, the baseline). One publish at a time.
+it) and a bare subscriber on the same broker as its admin (the hub's credential is bound to
+Home Assistant's client id; the raw Mosquitto publish -> subscribe round trip, the baseline).
+One publish at a time.
 
     .venv/bin/python bench/bench_telemetry.py [--samples 500] [--quick] [--json FILE]
 """
@@ -20,7 +21,7 @@ from typing import Any, Final
 
 import aiohttp
 import aiomqtt
-from clients import claim_light_devices, entities_ready, mqtt_client, wait_for
+from clients import Mqtt, claim_light_devices, entities_ready, mqtt_client, wait_for
 from common import BenchError, Result, finish, isolate, parser, percentile, result, say
 from stack import BenchStack, household_in_ha, maker_api, running_stack
 
@@ -109,9 +110,15 @@ async def measure(stack: BenchStack, samples: int) -> tuple[list[Result], dict[s
         maker = await maker_api(stack, session)
         (device,) = await claim_light_devices(home.relay, maker, home.household_id, 1)
         hub = await home.relay.hub(home.household_id)
+        # The broker binds the hub user to one client id, which Home Assistant's hub holds:
+        # the bare subscriber is the broker's admin instead (it may read every topic).
+        broker = stack.broker
+        if broker is None:
+            raise BenchError("the stack's broker is not running")
+        observer = Mqtt(hub.host, hub.port, broker.admin_username, broker.admin_password)
         async with (
             device.connected() as publisher,
-            mqtt_client(hub, "bench-raw-subscriber") as raw,
+            mqtt_client(observer) as raw,
             home.ha.websocket() as ws,
         ):
             await home.ha.reload_household()

@@ -134,14 +134,19 @@ def meta(device_id: str) -> dict[str, Any]:
     }
 
 
-def mqtt_client(credential: Mqtt, client_id: str, *, will: str | None = None) -> aiomqtt.Client:
-    """An MQTT 5 client as the device runtime makes one (will: its availability topic)."""
+def mqtt_client(credential: Mqtt, *, will: str | None = None) -> aiomqtt.Client:
+    """An MQTT 5 client as the device runtime makes one (will: its availability topic).
+
+    Its client id is the username: the broker binds every IoT Onboard user to that id (a
+    device's id; ``hub-<household>`` for a hub), so a second session of one credential takes
+    the first one over.
+    """
     return aiomqtt.Client(
         credential.host,
         credential.port,
         username=credential.username,
         password=credential.password,
-        identifier=client_id,
+        identifier=credential.username,
         protocol=aiomqtt.ProtocolVersion.V5,
         keepalive=30,
         will=None if will is None else aiomqtt.Will(will, "offline", qos=1, retain=True),
@@ -168,7 +173,7 @@ class LightDevice:
     @contextlib.asynccontextmanager
     async def connected(self) -> AsyncIterator[aiomqtt.Client]:
         """Connected, with availability, meta and every state published (retained)."""
-        client = mqtt_client(self.mqtt, self.device_id, will=self.topic("availability"))
+        client = mqtt_client(self.mqtt, will=self.topic("availability"))
         async with client:
             await client.publish(self.topic("availability"), "online", qos=1, retain=True)
             await client.publish(

@@ -132,7 +132,7 @@ async def onboard(
                 raise BenchError(f"{device_id}: the claim ended {state}")
             await asyncio.sleep(POLL)
         # The hub may read the device's topics from the moment it is owned.
-        async with mqtt_client(hub, f"bench-baseline-{device_id}") as client:
+        async with mqtt_client(hub) as client:
             await client.subscribe(f"iob/{device_id}/availability", qos=1)
             await _wait_online(client)
     return time.perf_counter() - started

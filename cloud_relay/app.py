@@ -2,7 +2,11 @@
 
 ``cleanup_ctx`` owns the database (opened and migrated at start-up), the broker adapter
 (connected at start-up unless one is injected) and the housekeeping task; all three are
-closed on shutdown. Every error leaves as ``{"error": {"code", "message"}}``.
+closed on shutdown. With its own adapter (``serve``) the app also reconciles the broker with
+the database before it takes requests, and again whenever the adapter's connection to the
+broker comes back after a loss (a broker restart), so a crash between a commit and its broker
+call, or a broker that lost changes, heals without anyone running ``broker reconcile``.
+Every error leaves as ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ def create_app(
     clock: WallClock = unix_time,
     migrate: bool = True,
     purge_interval: float | None = 600.0,
+    reconcile: bool | None = None,
 ) -> web.Application:
     """The account service's app.
 
@@ -121,6 +126,8 @@ def create_app(
         clock: Unix seconds (tests move it).
         migrate: apply pending migrations at start-up.
         purge_interval: seconds between housekeeping runs; None for none.
+        reconcile: reconcile the broker at start-up and after every broker reconnect; None:
+            when the app connects its own adapter (``serve``), not with an injected one.
     """
     app = web.Application(
         middlewares=[error_middleware],
@@ -133,6 +140,7 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         storage = await open_storage(config.database_url)
         owned_broker: BrokerAdapter | None = None
+        hooked: BrokerAdapter | None = None
         purge_task: asyncio.Task[None] | None = None
         try:
             if migrate:
@@ -142,12 +150,22 @@ def create_app(
                 owned_broker = adapter = await broker_factory(config)
             relay = Relay(Context(config=config, storage=storage, broker=adapter, clock=clock))
             app[RELAY] = relay
+            if owned_broker is not None if reconcile is None else reconcile:
+                await relay.reconcile_quietly("at start-up")
+
+                async def reconnected() -> None:
+                    await relay.reconcile_quietly("after the broker connection came back")
+
+                adapter.set_reconnect_hook(reconnected)
+                hooked = adapter
             if purge_interval is not None:
                 purge_task = asyncio.create_task(
                     relay.purge_forever(purge_interval), name="relay-purge"
                 )
             yield
         finally:
+            if hooked is not None:
+                hooked.set_reconnect_hook(None)
             if purge_task is not None:
                 purge_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -50,6 +50,11 @@ def hub_credential(config: RelayConfig, household_id: str, version: int) -> HubC
     )
 
 
+def household_lock(household_id: str) -> str:
+    """The storage lock serialising the transactions that re-project a household's hub."""
+    return f"household:{household_id}"
+
+
 async def hub_access(conn: Connection, household_id: str) -> dict[str, bool]:
     """Device id → control, for every device the household owns or has been shared."""
     access = {
@@ -136,9 +141,15 @@ class BrokerPlan:
         await broker_call(self._broker.remove_device(device_id), f"remove_device {device_id}")
 
     async def put_hub(self, conn: Connection, household_id: str, version: int) -> HubCredential:
-        """Create or update a hub with the access the transaction's view of the database gives."""
+        """Create or update a hub with the access the transaction's view of the database gives.
+
+        Takes the household's lock first (:func:`household_lock`), so concurrent transactions
+        of one household put its hub one after another, each from a view that holds every
+        change committed before it: the broker never grants more, or less, than the database.
+        """
         credential = hub_credential(self._config, household_id, version)
         self._hubs.add(household_id)
+        await conn.lock(household_lock(household_id))
         access = await hub_access(conn, household_id)
         await broker_call(self._broker.put_hub(credential, access), f"put_hub {household_id}")
         return credential

@@ -68,6 +68,7 @@ class Owned:
                 "tls": broker.public_tls,
                 "username": self.credential.username,
                 "password": self.credential.password,
+                "client_id": self.credential.client_id,
             },
         }
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -59,6 +62,59 @@ class Limiters:
         )
 
 
+class BrokerGate:
+    """Live broker mutations run side by side (shared); a reconcile runs alone (exclusive).
+
+    A reconcile reads the whole database and then rewrites the broker; a claim committed in
+    between would be removed from the broker again. So a reconcile waits until no mutation is
+    in flight (``mutate`` holds the gate shared from its first broker call to its last) and new
+    mutations wait while it runs. Per process: several ``serve`` processes over one PostgreSQL
+    each have their own (docs/relay.md).
+    """
+
+    def __init__(self) -> None:
+        """Open: nothing in flight."""
+        self._shared = 0
+        self._exclusive = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        """Hold the gate with other mutations (waits while a reconcile runs)."""
+        await self._wait(lambda: not self._exclusive)
+        self._shared += 1
+        try:
+            yield
+        finally:
+            self._shared -= 1
+            self._wake()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the gate alone (waits until every mutation in flight is done)."""
+        await self._wait(lambda: not self._exclusive and self._shared == 0)
+        self._exclusive = True
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            self._wake()
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 @dataclass(slots=True)
 class Context:
     """The service's shared state, built once by the app or the CLI."""
@@ -68,6 +124,8 @@ class Context:
     broker: BrokerAdapter
     clock: WallClock = unix_time
     limiters: Limiters = field(init=False)
+    #: Serialises ``broker reconcile`` against live mutations (see :class:`BrokerGate`).
+    gate: BrokerGate = field(init=False, default_factory=BrokerGate)
 
     def __post_init__(self) -> None:
         """Limiters come from the configuration."""

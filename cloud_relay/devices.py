@@ -16,6 +16,7 @@ from iob_protocol.claim import CREDENTIAL_MAX_AGE_SECONDS
 
 from . import audit
 from .accounts import Account
+from .broker import DeviceCredential, HubCredential
 from .broker_sync import BrokerPlan
 from .claims import check_device_statement, use_nonce
 from .context import Context
@@ -42,14 +43,16 @@ from .storage import Connection, Row
 from .tokens import new_id
 
 
-def _mqtt(ctx: Context, username: str, password: str) -> dict[str, Any]:
+def _mqtt(ctx: Context, credential: DeviceCredential | HubCredential) -> dict[str, Any]:
     broker = ctx.config.broker
     return {
         "host": broker.public_host,
         "port": broker.public_port,
         "tls": broker.public_tls,
-        "username": username,
-        "password": password,
+        "username": credential.username,
+        "password": credential.password,
+        # The broker accepts the credential only with this client id (docs/broker.md).
+        "client_id": credential.client_id,
     }
 
 
@@ -306,7 +309,7 @@ class Devices:
             )
             return {
                 "device_id": device_id,
-                "mqtt": _mqtt(ctx, credential.username, credential.password),
+                "mqtt": _mqtt(ctx, credential),
             }
 
         return await mutate(ctx, body)
@@ -379,7 +382,7 @@ class Devices:
                 "status": "owned",
                 "device_id": request.device_id,
                 "household_id": device["household_id"],
-                "mqtt": _mqtt(ctx, credential.username, credential.password),
+                "mqtt": _mqtt(ctx, credential),
             }
 
         return await mutate(ctx, body)
@@ -422,7 +425,7 @@ class Devices:
                     action="hub.credentials_rotated" if rotate else "hub.created",
                     household_id=household_id,
                 )
-            return _mqtt(ctx, credential.username, credential.password)
+            return _mqtt(ctx, credential)
 
         return await mutate(ctx, body)
 

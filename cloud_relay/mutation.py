@@ -30,17 +30,20 @@ async def mutate[T](
     After the commit, the hubs ``body`` asked to kick are disconnected (best effort).
     """
     plan = BrokerPlan(ctx.broker, ctx.config)
-    try:
-        if prepare is not None:
-            await prepare(plan)
-        async with ctx.storage.transaction() as conn:
-            result = await body(conn, plan)
-    except BaseException:
-        # Shielded: a cancelled request must still leave the broker matching the database.
-        await asyncio.shield(plan.compensate(ctx.storage))
-        raise
-    # Shielded too: the change is committed, so its Home Assistants must hear of it.
-    await asyncio.shield(plan.after_commit())
+    # Shared with other mutations, never with a reconcile (which would undo a commit it did
+    # not read): held from the first broker call to the last, compensation included.
+    async with ctx.gate.shared():
+        try:
+            if prepare is not None:
+                await prepare(plan)
+            async with ctx.storage.transaction() as conn:
+                result = await body(conn, plan)
+        except BaseException:
+            # Shielded: a cancelled request must still leave the broker matching the database.
+            await asyncio.shield(plan.compensate(ctx.storage))
+            raise
+        # Shielded too: the change is committed, so its Home Assistants must hear of it.
+        await asyncio.shield(plan.after_commit())
     return result
 
 

@@ -45,19 +45,53 @@ class Relay:
         return self.ctx.broker
 
     async def reconcile(self) -> ReconcileReport:
-        """Make the broker hold exactly what the database says (``broker reconcile``)."""
-        async with self.ctx.storage.read() as conn:
-            desired = await desired_state(conn, self.ctx.config)
-        report: ReconcileReport | None = None
+        """Make the broker hold exactly what the database says (``broker reconcile``).
 
-        async def call() -> None:
-            nonlocal report
-            report = await self.ctx.broker.reconcile(desired)
+        Runs alone in this process: mutations in flight finish first and new ones wait (the
+        context's :class:`~cloud_relay.context.BrokerGate`), so nothing committed between the
+        database read and the broker write is undone.
+        """
+        async with self.ctx.gate.exclusive():
+            async with self.ctx.storage.read() as conn:
+                desired = await desired_state(conn, self.ctx.config)
+            report: ReconcileReport | None = None
 
-        await broker_call(call(), "reconcile")
+            async def call() -> None:
+                nonlocal report
+                report = await self.ctx.broker.reconcile(desired)
+
+            await broker_call(call(), "reconcile")
         if report is None:  # pragma: no cover - broker_call raised otherwise
             raise RelayError("reconcile returned nothing")
         return report
+
+    async def reconcile_quietly(self, why: str) -> None:
+        """Reconcile (at start-up, after a broker reconnect); log the outcome in one line.
+
+        A failure is logged, not raised: the service keeps serving, and the next reconnect
+        (or ``python -m cloud_relay broker reconcile``) tries again.
+        """
+        try:
+            report = await self.reconcile()
+        except RelayError as err:
+            _LOGGER.error(  # noqa: TRY400 - one line; broker_call logged the cause
+                "Reconciling the broker %s failed: %s. It is tried again after the next broker "
+                "reconnect; or run `python -m cloud_relay broker reconcile`.",
+                why,
+                err.message,
+            )
+            return
+        if report.changed:
+            _LOGGER.warning(
+                "Reconciled the broker %s: it was out of step with the database "
+                "(created %s, updated %s, removed %s)",
+                why,
+                list(report.created),
+                list(report.updated),
+                list(report.removed),
+            )
+        else:
+            _LOGGER.info("Reconciled the broker %s: already in step", why)
 
     async def verify_audit(self) -> audit.ChainReport:
         """Walk the audit chain (``audit verify``)."""

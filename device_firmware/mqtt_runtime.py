@@ -16,10 +16,13 @@ Topics (the device's credentials allow only ``iob/<device_id>/#``):
   ``code`` carries the diagnostic code where one fits (``TIMEOUT``, a failed device command's).
 
 Connection losses are retried with jittered exponential backoff (1 s to 60 s), logged once
-when the connection is lost and once when it is back. Every (re)connection re-publishes
-availability, meta and all states, so a broker that lost its retained store (restart without
-persistence) is repopulated. Bad credentials and TLS failures end :meth:`MqttRuntime.run` with
-an :class:`MqttRuntimeError` carrying the diagnostic code: retrying cannot fix them. For
+when the connection is lost (with BROKER_UNREACHABLE, also :attr:`MqttRuntime.diagnostic` until
+the connection is back) and once when it is back. A broker that crashed or restarted is that: a
+lost connection, never refused credentials (:func:`classify_mqtt_error`). Every
+(re)connection re-publishes availability, meta and all states, so a broker that lost its
+retained store (restart without persistence) is repopulated. Bad credentials (only a CONNACK
+refusing them, MQTT 5 reason 0x86/0x87) and TLS failures end :meth:`MqttRuntime.run` with an
+:class:`MqttRuntimeError` carrying the diagnostic code: retrying cannot fix them. For
 BROKER_AUTH_FAILED the agent then asks the account service for the current credential (the
 owner may have rotated the password; ``relay_client.CredentialRecovery``) and starts a new
 runtime with it.
@@ -42,9 +45,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from iob_protocol.diagnostics import DiagnosticCode
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .capabilities.base import (
     Capability,
@@ -62,9 +67,11 @@ ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 BACKOFF_BASE: Final = 1.0
 BACKOFF_CAP: Final = 60.0
-#: CONNACK codes for refused credentials: MQTT 5 "bad user name or password" (0x86) and
-#: "not authorized" (0x87, what Mosquitto 2.0 sends); MQTT 3.1.1 return codes 4 and 5.
-_AUTH_REASONS: Final = frozenset({0x86, 0x87, 4, 5})
+#: CONNACK reason codes for refused credentials: MQTT 5 "bad user name or password" (0x86) and
+#: "not authorized" (0x87, what Mosquitto 2.0 sends; paho 2 maps MQTT 3.1.1's return codes 4
+#: and 5 to these too). A plain int 4 or 5 on any other error is paho's MQTT_ERR_NO_CONN or
+#: MQTT_ERR_CONN_REFUSED: the connection is gone, nothing was refused.
+_AUTH_REASONS: Final = frozenset({0x86, 0x87})
 _DEVICE_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PIN: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _STOP_TIMEOUT: Final = 5.0
@@ -179,10 +186,24 @@ def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
     return context
 
 
-def _refused_credentials(err: BaseException) -> bool:
-    rc = getattr(err, "rc", None)
-    value = getattr(rc, "value", rc)  # MQTT 5: a paho ReasonCode; 3.1.1: an int
-    return isinstance(value, int) and value in _AUTH_REASONS
+def classify_mqtt_error(err: BaseException) -> DiagnosticCode:
+    """What an aiomqtt error means for the device.
+
+    BROKER_AUTH_FAILED only for a CONNACK refusing the credential: aiomqtt raises
+    ``MqttConnectError`` with the CONNACK's ``ReasonCode``, 0x86 or 0x87. TLS_FAILED when a TLS
+    error is behind it. Everything else -- the broker crashed or restarted (``Unexpected
+    disconnection``, ``Disconnected during message iteration``), a publish or subscribe on a
+    connection that is gone (``MqttCodeError`` with paho's int ``MQTT_ERR_NO_CONN``, 4), a
+    refused TCP connection, a broker that is unavailable or busy -- is BROKER_UNREACHABLE:
+    retried with backoff.
+    """
+    if isinstance(err, MqttConnectError):
+        rc = err.rc
+        if isinstance(rc, ReasonCode) and rc.value in _AUTH_REASONS:
+            return DiagnosticCode.BROKER_AUTH_FAILED
+    if _tls_failure(err) is not None:
+        return DiagnosticCode.TLS_FAILED
+    return DiagnosticCode.BROKER_UNREACHABLE
 
 
 def _tls_failure(err: BaseException) -> ssl.SSLError | None:
@@ -268,6 +289,7 @@ class MqttRuntime:
         self._published: dict[str, bytes] = {}
         self._read_failures: set[str] = set()
         self._sessions = 0
+        self._diagnostic: DiagnosticCode | None = None
 
     # --- topics and documents -----------------------------------------------------------------
 
@@ -322,6 +344,11 @@ class MqttRuntime:
         """Whether a session is up and has published availability, meta and states."""
         return self._connected.is_set()
 
+    @property
+    def diagnostic(self) -> DiagnosticCode | None:
+        """BROKER_UNREACHABLE while the runtime retries a lost connection, else None."""
+        return self._diagnostic
+
     async def wait_connected(self) -> None:
         """Return once the runtime is connected (and has published everything)."""
         await self._connected.wait()
@@ -357,15 +384,18 @@ class MqttRuntime:
                         _LOGGER.info("MQTT connection to %s is back", self._settings.host)
                     outage = False
                     attempt = 0
+                    self._diagnostic = None
 
                 try:
                     await self._session(tls, on_established)
                 except aiomqtt.MqttError as err:
                     self._raise_if_permanent(err)
+                    self._diagnostic = DiagnosticCode.BROKER_UNREACHABLE
                     if not outage:
                         what = "lost" if established else "cannot be established"
                         _LOGGER.warning(
-                            "MQTT connection to %s:%s %s (%s); retrying with backoff",
+                            "%s: MQTT connection to %s:%s %s (%s); retrying with backoff",
+                            DiagnosticCode.BROKER_UNREACHABLE.value,
                             self._settings.host,
                             self._settings.port,
                             what,
@@ -386,14 +416,15 @@ class MqttRuntime:
             self._running = False
 
     def _raise_if_permanent(self, err: aiomqtt.MqttError) -> None:
-        if _refused_credentials(err):
+        code = classify_mqtt_error(err)
+        if code is DiagnosticCode.BROKER_AUTH_FAILED:
             raise MqttRuntimeError(
                 DiagnosticCode.BROKER_AUTH_FAILED,
                 f"broker {self._settings.host}:{self._settings.port} refused user "
                 f"{self._settings.username!r}: {err}",
             ) from err
         failure = _tls_failure(err)
-        if failure is not None:
+        if code is DiagnosticCode.TLS_FAILED and failure is not None:
             raise MqttRuntimeError(
                 DiagnosticCode.TLS_FAILED,
                 f"TLS with {self._settings.host}:{self._settings.port} failed: {failure}",

@@ -168,6 +168,11 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "tls": {"type": "boolean"},
             "username": {"type": "string"},
             "password": {"type": "string"},
+            "client_id": {
+                "type": "string",
+                "description": "The only MQTT client id the broker accepts with this username "
+                "(the device id; hub-<household id> for a hub).",
+            },
         }
     ),
     "Owned": _obj(

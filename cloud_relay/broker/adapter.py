@@ -8,7 +8,7 @@ database is the source of truth; the broker is a projection of it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -40,6 +40,15 @@ class BrokerAdapter(abc.ABC):
     ) -> None:
         """Close."""
         await self.aclose()
+
+    def set_reconnect_hook(self, hook: Callable[[], Awaitable[None]] | None) -> None:  # noqa: B027
+        """Run ``hook`` whenever the adapter's connection to the broker is back after a loss.
+
+        A broker that restarted may have lost changes (or kept changes made while the service
+        could not see it), so the service reconciles then. Adapters with a persistent
+        connection watch it and reconnect on their own once a hook is set; an adapter without
+        one keeps this default and never calls the hook. None removes the hook.
+        """
 
     @abc.abstractmethod
     async def put_device(self, credential: DeviceCredential) -> None:

@@ -73,6 +73,16 @@ def hub_username(household_id: str) -> str:
     return f"{HUB_USERNAME_PREFIX}{household_id}"
 
 
+def client_id_of(username: str) -> str:
+    """The only MQTT client id the broker accepts for an IoT Onboard username: the username.
+
+    Binding each client to one client id keeps anyone from connecting under another device's
+    (public) id and taking its session over; a device's client id is its device id, a hub's
+    ``hub-<household id>``.
+    """
+    return username
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceCredential:
     """A device's own MQTT client: it may touch only ``iob/<device_id>/#``."""
@@ -84,6 +94,11 @@ class DeviceCredential:
     def username(self) -> str:
         """The MQTT username."""
         return device_username(self.device_id)
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id the broker binds this client to (the device id)."""
+        return client_id_of(self.username)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +112,11 @@ class HubCredential:
     def username(self) -> str:
         """The MQTT username."""
         return hub_username(self.household_id)
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id the broker binds this client to (``hub-<household id>``)."""
+        return client_id_of(self.username)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,11 @@ ACL layout (the plugin's default ACL access stays deny for ``publishClientSend``
   (viewer shares are subscribe-only). A ``publishClientReceive`` deny on ``iob/#`` at priority
   -1 sits below the allows: Mosquitto does not drop existing subscriptions when a role changes,
   so without it a hub would keep receiving a device whose share was revoked.
+* every IoT Onboard client is bound to the client id equal to its username (dynsec's
+  ``clientid``): the broker refuses its credential under any other client id, and no credential
+  may take a client id bound to another client, so nobody can take over another device's (or a
+  hub's) session. Its ``textdescription`` is a verifier of its password (see
+  :mod:`cloud_relay.broker.reconcile`).
 * nothing else: IoT Onboard clients hold no groups and no other roles; every other client
   (the admin among them) is never touched.
 
@@ -25,14 +30,15 @@ Behaviour of Mosquitto (2.0.11 to 2.0.20) this relies on: ``deleteClient``,
 ``setClientPassword``, ``modifyClient`` and ``disableClient`` close every live session of the
 username before answering, without sending its will; ``modifyRole`` disconnects nobody. So this
 adapter sends the kicking commands only when something differs (or to kick, ``kick_hub``): an
-existing client's password is checked by connecting with it (dynamic security never reveals a
-password), and converging a client that is already right disconnects nothing, which is what
+existing client's password is checked against its verifier (dynamic security never reveals a
+password, and a bound client cannot be probed by logging in without taking its session over),
+and converging a client that is already right disconnects nothing, which is what
 lets ``reconcile`` run against a live fleet.
 
 Robustness: one persistent MQTT v5 connection, opened lazily (or by ``connect()``) and
 reopened after the broker restarts; a request in flight when the connection breaks is sent again
 on the next one (every command sequence here is safe to repeat). Every broker round trip (a
-request, a connection, a password check) runs under ``asyncio.timeout(timeout)``. Calls may come
+request, a connection) runs under ``asyncio.timeout(timeout)``. Calls may come
 from many tasks at once; calls for the same username run one after another, and ``reconcile``
 runs alone.
 """
@@ -47,7 +53,7 @@ import logging
 import secrets
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiomqtt
@@ -59,6 +65,7 @@ from .errors import (
     BrokerAuthenticationError,
     BrokerCommandError,
     BrokerConflictError,
+    BrokerError,
     BrokerPermissionError,
     BrokerProtocolError,
     BrokerTimeoutError,
@@ -116,11 +123,13 @@ _ATTEMPTS: Final = 3
 #: different usernames rarely share one: with 64, concurrent claims queued behind each other's
 #: whole put (claim p99 on SQLite 1.77 s; 1.31 s with 1024). ``reconcile`` takes them all.
 _LOCK_STRIPES: Final = 1024
-_PROBE_CONCURRENCY: Final = 16
 _RECONCILE_CHUNK: Final = 100
 _PENDING_CALLS_WARNING: Final = 1000
 _RECONNECT_DELAY: Final = 0.05
 _RECONNECT_DELAY_MAX: Final = 0.5
+#: With a reconnect hook set, a lost connection is retried in the background this often (at
+#: most) until the broker is back.
+_RECOVERY_DELAY_MAX: Final = 5.0
 
 
 class _LinkLostError(Exception):
@@ -249,8 +258,7 @@ class MosquittoDynsecAdapter(BrokerAdapter):
             tls_context: for a TLS listener; None for plain TCP (only on a trusted network).
             client_id: the MQTT client id; a random ``iob-relay-dynsec-…`` one when None, so
                 several relay processes never take over each other's session.
-            timeout: seconds for each round trip to the broker (request, connection, password
-                check).
+            timeout: seconds for each round trip to the broker (request, connection).
         """
         self._host = host
         self._port = port
@@ -266,7 +274,10 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         self._closed = False
         self._last_error: BaseException | None = None
         self._stripes = tuple(asyncio.Lock() for _ in range(_LOCK_STRIPES))
-        self._probe_slots = asyncio.Semaphore(_PROBE_CONCURRENCY)
+        self._links_made = 0
+        self._reconnect_hook: Callable[[], Awaitable[None]] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._recovering: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -287,9 +298,26 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         async with self._deadline("connecting"):
             await self._current_link()
 
+    def set_reconnect_hook(self, hook: Callable[[], Awaitable[None]] | None) -> None:
+        """Run ``hook`` each time a connection is made after an earlier one was lost.
+
+        With a hook set, a lost connection (the broker restarted or crashed) is not left for
+        the next call to notice: the adapter reconnects in the background, retrying every few
+        seconds until the broker is back, then runs the hook (the account service's reconcile).
+        A hook that fails is logged; it runs again after the next reconnect.
+        """
+        self._reconnect_hook = hook
+        link = self._link
+        if hook is not None and link is not None and link.lost.done():
+            self._recover()
+
     async def aclose(self) -> None:
         """Disconnect; the adapter cannot be used afterwards. Idempotent."""
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
         connecting, self._connecting = self._connecting, None
         if connecting is not None and not connecting.done():
             # Let a connection attempt finish (it is bounded) rather than cancel it in the
@@ -354,8 +382,9 @@ class MosquittoDynsecAdapter(BrokerAdapter):
     async def reconcile(self, desired: BrokerState) -> ReconcileReport:
         """Make the broker's IoT Onboard clients and roles exactly ``desired``.
 
-        Creates what is missing, fixes roles, role ACLs, groups, disabled flags and passwords
-        that differ (each password is checked by connecting with it), and deletes IoT Onboard
+        Creates what is missing, fixes roles, role ACLs, groups, disabled flags, client id
+        bindings and passwords that differ (a client made before client ids were bound gets its
+        binding and password verifier here, one disconnect each), and deletes IoT Onboard
         clients (kicking them) and roles that ``desired`` does not hold. Clients without an
         IoT Onboard role of their own, and the admin, are left alone.
 
@@ -368,21 +397,7 @@ class MosquittoDynsecAdapter(BrokerAdapter):
             self._refuse_admin(username)
         async with self._exclusive():
             clients, roles = await self._list()
-            existing = [principals[name] for name in sorted(principals.keys() & clients.keys())]
-            async with asyncio.TaskGroup() as group:
-                checks = [group.create_task(self._password_matches(p)) for p in existing]
-            mismatches = {
-                principal.username
-                for principal, check in zip(existing, checks, strict=True)
-                if not check.result()
-            }
-            plan = plan_reconcile(
-                principals,
-                clients,
-                roles,
-                password_mismatches=mismatches,
-                protected={self._username},
-            )
+            plan = plan_reconcile(principals, clients, roles, protected={self._username})
             failures: list[dict[str, Any]] = []
             for chunk in itertools.batched(plan.commands, _RECONCILE_CHUNK, strict=False):
                 answers = await self._request(chunk, "reconciling")
@@ -410,8 +425,7 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         async with self._serialised(principal.username):
             for _ in range(_ATTEMPTS):
                 client, role = await self._read(principal)
-                matches = client is not None and await self._password_matches(principal)
-                plan = plan_principal(principal, client, role, password_matches=matches)
+                plan = plan_principal(principal, client, role)
                 if not plan.commands:
                     return
                 action = f"writing {principal.username!r}"
@@ -474,36 +488,6 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         clients = {c.username: c for c in map(parse_client, client_list)}
         roles = {r.rolename: r for r in map(parse_role, role_list)}
         return clients, roles
-
-    async def _password_matches(self, principal: Principal) -> bool:
-        """Whether the broker accepts ``principal``'s password (by logging in with it).
-
-        The probe uses its own random client id, so it never takes over the real client's
-        session, and sets no will.
-        """
-        probe = aiomqtt.Client(
-            self._host,
-            self._port,
-            username=principal.username,
-            password=principal.password,
-            identifier=f"iob-probe-{secrets.token_hex(6)}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=self._tls_context,
-            timeout=self._timeout,
-        )
-        async with self._probe_slots:
-            try:
-                async with (
-                    self._deadline(f"checking the password of {principal.username!r}"),
-                    probe,
-                ):
-                    return True
-            except aiomqtt.MqttCodeError as err:
-                if _credentials_refused(err):
-                    return False
-                raise self._unavailable(f"checking {principal.username!r}", err) from err
-            except aiomqtt.MqttError as err:
-                raise self._unavailable(f"checking {principal.username!r}", err) from err
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -572,8 +556,58 @@ class MosquittoDynsecAdapter(BrokerAdapter):
                 raise AdapterClosedError("the broker adapter was closed while connecting")
             self._link = link
             self._last_error = None
+            self._links_made += 1
+            link.lost.add_done_callback(self._link_lost)
             _LOGGER.debug("Connected to the broker at %s as %s", self.address, self._client_id)
+            if self._links_made > 1 and self._reconnect_hook is not None:
+                _LOGGER.info("The connection to the broker at %s is back", self.address)
+                self._spawn(self._run_hook(self._reconnect_hook), "iob-dynsec-reconnected")
             return link
+
+    def _link_lost(self, _lost: asyncio.Future[None]) -> None:
+        if not self._closed and self._reconnect_hook is not None:
+            self._recover()
+
+    def _recover(self) -> None:
+        """Reconnect in the background (once at a time) until the broker is back."""
+        if self._recovering is None or self._recovering.done():
+            self._recovering = self._spawn(self._reconnect_until_back(), "iob-dynsec-recover")
+
+    def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task[None]:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run(), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _reconnect_until_back(self) -> None:
+        delay = _RECONNECT_DELAY_MAX
+        while not self._closed:
+            try:
+                await self.connect()
+            except AdapterClosedError:
+                return
+            except BrokerError as err:
+                _LOGGER.warning(
+                    "The broker at %s is still unreachable (%s); retrying in %g s",
+                    self.address,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECOVERY_DELAY_MAX)
+                continue
+            return
+
+    async def _run_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            _LOGGER.exception(
+                "The broker reconnect hook failed; it runs again after the next reconnect"
+            )
 
     async def _open(self) -> _Link:
         client = aiomqtt.Client(

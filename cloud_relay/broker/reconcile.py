@@ -1,19 +1,31 @@
 """What the broker should hold, and the dynamic-security commands that get it there.
 
 Pure functions, no I/O: the Mosquitto adapter reads the broker (``getClient``/``getRole`` for
-one client, ``listClients``/``listRoles`` for a reconcile), probes passwords, and hands the
-observations here; what comes back is the list of commands to send and what they change. Keeping
-the diff here lets it be tested without a broker and keeps ``put_*`` and ``reconcile`` from
-drifting apart: both converge a client through :func:`plan_principal`.
+one client, ``listClients``/``listRoles`` for a reconcile) and hands the observations here;
+what comes back is the list of commands to send and what they change. Keeping the diff here
+lets it be tested without a broker and keeps ``put_*`` and ``reconcile`` from drifting apart:
+both converge a client through :func:`plan_principal`.
 
 Every IoT Onboard client holds exactly one role of its own (``iob-device-<id>`` or
-``iob-hub-<household>``), no groups, and is enabled. Commands that make Mosquitto kick a live
-session (``setClientPassword``, ``modifyClient``) are only planned when something actually
+``iob-hub-<household>``), no groups, is enabled, and is bound to the MQTT client id equal to its
+username (dynsec's ``clientid``: the broker refuses the credential with any other client id, so
+nobody can connect under another device's id and take its session over). Commands that make
+Mosquitto kick a live session (``modifyClient``) are only planned when something actually
 differs, so converging a client that is already right never disconnects it.
+
+Passwords: dynamic security never reports one, and a client bound to its client id cannot be
+probed by logging in (a login with the right id would take the real session over, one with any
+other id is refused whatever the password). So every client carries, in its
+``textdescription``, a verifier of the password this module set (:func:`password_verifier`: a
+SHA-256 over the username and the password, which is a random 256-bit token); a client whose
+verifier is missing or differs gets the password set again. A password changed behind the
+account service's back (``mosquitto_ctrl dynsec setClientPassword``) leaves the verifier stale
+and is not noticed; delete such a client and reconcile recreates it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -26,6 +38,7 @@ from .model import (
     DeviceCredential,
     HubCredential,
     ReconcileReport,
+    client_id_of,
     device_username,
     hub_username,
     validate_device_id,
@@ -38,6 +51,8 @@ HUB_ROLE_PREFIX: Final = "iob-hub-"
 #: Below every allow: a hub receives nothing under ``iob/`` that its role does not list, even
 #: on a subscription made while a since-revoked share was still in place.
 FALLBACK_PRIORITY: Final = -1
+#: Prefix of the password verifier in an IoT Onboard client's ``textdescription``.
+VERIFIER_PREFIX: Final = "iob-password-sha256:"
 
 
 class AclType(StrEnum):
@@ -69,13 +84,23 @@ class Acl:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """A client the broker should hold: username, password and its one role with its ACLs."""
+    """A client the broker should hold: username, password, client id, one role and its ACLs."""
 
     username: str
     password: str = field(repr=False)
     rolename: str
     acls: frozenset[Acl]
     textname: str
+
+    @property
+    def client_id(self) -> str:
+        """The only MQTT client id the broker accepts for this client: its username."""
+        return client_id_of(self.username)
+
+    @property
+    def verifier(self) -> str:
+        """The ``textdescription`` recording which password was set."""
+        return password_verifier(self.username, self.password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +111,8 @@ class ObservedClient:
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     disabled: bool = False
+    clientid: str | None = None
+    textdescription: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +193,16 @@ def hub_acls(access: Mapping[str, bool]) -> frozenset[Acl]:
         if control:
             acls.add(Acl(AclType.PUBLISH_SEND, f"{TOPIC_ROOT}/{device_id}/cmd/#"))
     return frozenset(acls)
+
+
+def password_verifier(username: str, password: str) -> str:
+    """A verifier of ``password`` for ``username``, kept in the client's ``textdescription``.
+
+    The passwords are random 256-bit tokens (HMAC outputs), so a plain SHA-256 reveals nothing
+    a guess could use; the username keeps equal passwords of two clients from looking equal.
+    """
+    digest = hashlib.sha256(f"iob-mqtt-password\0{username}\0{password}".encode()).hexdigest()
+    return f"{VERIFIER_PREFIX}{digest}"
 
 
 def _check_password(password: object, username: str) -> str:
@@ -275,7 +312,13 @@ def parse_client(data: object) -> ObservedClient:
         roles=frozenset(_names(data.get("roles", []), "rolename")),
         groups=frozenset(_names(data.get("groups", []), "groupname")),
         disabled=data.get("disabled") is True,
+        clientid=_optional_str(data.get("clientid")),
+        textdescription=_optional_str(data.get("textdescription")),
     )
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def parse_role(data: object) -> ObservedRole:
@@ -319,13 +362,12 @@ def plan_principal(
     desired: Principal,
     client: ObservedClient | None,
     role: ObservedRole | None,
-    *,
-    password_matches: bool,
 ) -> PrincipalPlan:
     """Commands that make one client and its role exactly ``desired``.
 
-    ``password_matches`` says whether the broker accepted ``desired.password`` for an existing
-    client (dynamic security never reports passwords); it is ignored for a missing client.
+    The password is taken as set when the client's verifier (``textdescription``) is the
+    desired password's; a client without a verifier (made before client ids were bound, or by
+    hand) gets it set again.
     """
     commands: list[dict[str, Any]] = []
     acls = [acl.to_json() for acl in sorted(desired.acls)]
@@ -348,7 +390,9 @@ def plan_principal(
                 "command": "createClient",
                 "username": desired.username,
                 "password": desired.password,
+                "clientid": desired.client_id,
                 "textname": desired.textname,
+                "textdescription": desired.verifier,
                 "roles": [{"rolename": desired.rolename}],
             }
         )
@@ -356,25 +400,26 @@ def plan_principal(
 
     if client.disabled:
         commands.append({"command": "enableClient", "username": desired.username})
-    if client.roles != {desired.rolename} or client.groups:
-        # One modifyClient (and so one kick) for roles, groups and, if needed, the password.
+    password_matches = client.textdescription == desired.verifier
+    if (
+        client.roles != {desired.rolename}
+        or client.groups
+        or client.clientid != desired.client_id
+        or not password_matches
+    ):
+        # One modifyClient (and so one kick) for roles, groups, the client id binding and, if
+        # needed, the password with its verifier.
         modify: dict[str, Any] = {
             "command": "modifyClient",
             "username": desired.username,
+            "clientid": desired.client_id,
             "roles": [{"rolename": desired.rolename}],
             "groups": [],
         }
         if not password_matches:
             modify["password"] = desired.password
+            modify["textdescription"] = desired.verifier
         commands.append(modify)
-    elif not password_matches:
-        commands.append(
-            {
-                "command": "setClientPassword",
-                "username": desired.username,
-                "password": desired.password,
-            }
-        )
     return PrincipalPlan(tuple(commands), Change.UPDATED if commands else Change.NONE)
 
 
@@ -391,7 +436,6 @@ def plan_reconcile(
     clients: Mapping[str, ObservedClient],
     roles: Mapping[str, ObservedRole],
     *,
-    password_mismatches: AbstractSet[str],
     protected: AbstractSet[str] = frozenset(),
 ) -> ReconcilePlan:
     """Commands that make the broker's IoT Onboard clients and roles exactly ``desired``.
@@ -400,7 +444,6 @@ def plan_reconcile(
         desired: what the database says, by username (see :func:`desired_principals`).
         clients: every client on the broker, by username.
         roles: every role on the broker, by name.
-        password_mismatches: existing desired clients whose desired password the broker refused.
         protected: usernames never to touch (the adapter's own admin).
 
     Raises:
@@ -420,7 +463,6 @@ def plan_reconcile(
             principal,
             clients.get(username),
             roles.get(principal.rolename),
-            password_matches=username not in password_mismatches,
         )
         commands.extend(plan.commands)
         if plan.change is Change.CREATED:

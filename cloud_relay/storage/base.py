@@ -53,6 +53,16 @@ class Connection(abc.ABC):
     async def lock_audit_head(self) -> Row:
         """Lock and return the audit chain's head row until the transaction ends."""
 
+    @abc.abstractmethod
+    async def lock(self, key: str) -> None:
+        """Hold an exclusive lock named ``key`` until the transaction ends.
+
+        Serialises transactions that read something to act on it outside the database (the
+        rights of a household's hub, put on the broker before the commit): the second one
+        waits here until the first has committed, then reads what it committed. Take such
+        locks in a fixed order (sorted keys) to stay clear of deadlocks.
+        """
+
 
 class Storage(abc.ABC):
     """A database behind the account service."""

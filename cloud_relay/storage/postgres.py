@@ -57,6 +57,12 @@ class PostgresConnection(Connection):
         return [dict(record) for record in records]
 
     @override
+    async def lock(self, key: str) -> None:
+        # A transaction-scoped advisory lock (released at commit or rollback); under READ
+        # COMMITTED the statements after it see what the previous holder committed.
+        await self.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"iob:{key}")
+
+    @override
     async def lock_audit_head(self) -> Row:
         row = await self.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
         if row is None:

@@ -65,6 +65,12 @@ class SqliteConnection(Connection):
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     @override
+    async def lock(self, key: str) -> None:
+        # Nothing to do: every transaction holds SQLite's single write lock (BEGIN IMMEDIATE),
+        # so writers are serialised already.
+        del key
+
+    @override
     async def lock_audit_head(self) -> Row:
         # The transaction already holds SQLite's single write lock (BEGIN IMMEDIATE).
         row = await self.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")

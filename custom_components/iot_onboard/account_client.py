@@ -381,6 +381,9 @@ class MqttCredentials:
     tls: bool
     username: str
     password: str = field(repr=False)
+    #: The only MQTT client id the broker accepts with ``username`` (None from a service that
+    #: does not say: then the username, which is what the broker binds).
+    client_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -651,6 +654,7 @@ def _mqtt(reader: _Reader) -> MqttCredentials:
         tls=reader.flag("tls"),
         username=reader.text("username"),
         password=reader.text("password"),
+        client_id=reader.opt_text("client_id"),
     )
 
 

@@ -46,6 +46,7 @@ from .hub import (
     HubCredentialsUnavailableError,
     HubError,
     MqttHub,
+    hub_client_id,
 )
 from .roles import RoleManager
 
@@ -91,6 +92,7 @@ def hub_credentials(credentials: MqttCredentials) -> HubCredentials:
         username=credentials.username,
         password=credentials.password,
         tls=credentials.tls,
+        client_id=credentials.client_id,
     )
 
 
@@ -189,7 +191,7 @@ class IotOnboardCoordinator:
             credentials,
             self,
             credentials_provider=self._async_fetch_credentials,
-            client_id=f"ha-{self.entry.entry_id}",
+            client_id=hub_client_id(self.household_id),
             tls_context=tls,
         )
         await self._hub.set_devices(self.access)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .iob_protocol import MalformedMessageError, load_json
 
@@ -39,9 +41,10 @@ BACKOFF_CAP: Final = 60.0
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 WILDCARD_FILTERS: Final = ("iob/+/meta", "iob/+/availability", "iob/+/state/+", "iob/+/diag")
-#: CONNACK codes for refused credentials: MQTT 5 0x86/0x87 (Mosquitto 2.0 sends 0x87), and
-#: MQTT 3.1.1 return codes 4 and 5.
-_AUTH_REASONS: Final = frozenset({0x86, 0x87, 4, 5})
+#: CONNACK reason codes for refused credentials: MQTT 5 0x86/0x87 (Mosquitto 2.0 sends 0x87;
+#: paho 2 maps MQTT 3.1.1's return codes 4 and 5 to these). A plain int 4 on another error is
+#: paho's MQTT_ERR_NO_CONN: the connection is gone (a broker crash), nothing was refused.
+_AUTH_REASONS: Final = frozenset({0x86, 0x87})
 _SUBACK_FAILURE: Final = 0x80
 _MAX_META_BYTES: Final = 64 * 1024
 _MAX_STATE_BYTES: Final = 1024
@@ -87,6 +90,9 @@ class HubCredentials:
     username: str
     password: str = field(repr=False)
     tls: bool = True
+    #: The MQTT client id the broker binds the hub user to (``hub-<household id>``); None:
+    #: the hub's own ``client_id``.
+    client_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,11 +266,23 @@ def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> fl
     return ceiling / 2 + ceiling / 2 * min(max(jitter, 0.0), 1.0)
 
 
+def hub_client_id(household_id: str) -> str:
+    """The hub's MQTT client id, the one the broker binds its user ``hub-<household>`` to."""
+    return f"hub-{household_id}"
+
+
 def refused_credentials(err: BaseException) -> bool:
-    """Whether an aiomqtt error is the broker refusing the username or password."""
-    rc = getattr(err, "rc", None)
-    value = getattr(rc, "value", rc)  # MQTT 5: a paho ReasonCode; 3.1.1: an int
-    return isinstance(value, int) and value in _AUTH_REASONS
+    """Whether an aiomqtt error is the broker refusing the username or password.
+
+    Only a CONNACK does that: aiomqtt raises ``MqttConnectError`` with its ``ReasonCode``.
+    Anything else (a lost connection, a subscribe or publish on a connection that is gone,
+    ``MqttCodeError`` with paho's int 4) is the broker being unreachable: retried with backoff,
+    never a reason to fetch new credentials.
+    """
+    if not isinstance(err, MqttConnectError):
+        return False
+    rc = err.rc
+    return isinstance(rc, ReasonCode) and rc.value in _AUTH_REASONS
 
 
 def _suback_failed(result: Any) -> bool:
@@ -327,7 +345,9 @@ class MqttHub:
             credentials: the hub's MQTT account.
             listener: told about every change.
             credentials_provider: fetches the credentials again (the broker refused them).
-            client_id: the MQTT client id (stable per Home Assistant entry).
+            client_id: the MQTT client id when ``credentials`` name none: the broker accepts
+                the hub user only with its own fixed id, ``hub-<household id>``
+                (:func:`hub_client_id`); any other id is refused as bad credentials.
             tls_context: used when ``credentials.tls`` (the caller's, never created here:
                 creating one reads CA files).
             backoff_base: first reconnection delay ceiling, in seconds.
@@ -439,7 +459,7 @@ class MqttHub:
             credentials.port,
             username=credentials.username,
             password=credentials.password,
-            identifier=self._client_id,
+            identifier=credentials.client_id or self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=True,
             keepalive=self._keepalive,

@@ -87,7 +87,11 @@ async def owned_and_publishing(
     """Claim the device at the real service and wait until it publishes through the broker."""
     hub = await relay.hub()
     async with aiomqtt.Client(
-        hub["host"], hub["port"], username=hub["username"], password=hub["password"]
+        hub["host"],
+        hub["port"],
+        username=hub["username"],
+        password=hub["password"],
+        identifier=hub["client_id"],  # the broker binds the hub user to it
     ) as client:
         claim = await relay.claim(device_id)
         _client, status = await commit(running, relay.url, token=claim["token"])
@@ -103,7 +107,12 @@ async def owned_and_publishing(
 async def refused_by_broker(mqtt: MqttCredentials) -> bool:
     try:
         async with aiomqtt.Client(
-            mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password, timeout=10
+            mqtt.host,
+            mqtt.port,
+            username=mqtt.username,
+            password=mqtt.password,
+            identifier=mqtt.username,  # a device's client id is its id (= its username)
+            timeout=10,
         ):
             return False
     except aiomqtt.MqttCodeError as err:

@@ -113,12 +113,20 @@ async def test_full_provisioning_against_the_real_service(  # noqa: PLR0915 - on
             assert HOME_PASSPHRASE not in saved
         # The credentials the service created really open the broker.
         async with aiomqtt.Client(
-            mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password
+            mqtt.host,
+            mqtt.port,
+            username=mqtt.username,
+            password=mqtt.password,
+            identifier=mqtt.username,  # the broker binds a device's user to its id
         ) as device_client:
             await device_client.publish(f"iob/{device_id}/availability", b"online", qos=1)
         with pytest.raises(aiomqtt.MqttError):
             async with aiomqtt.Client(
-                mqtt.host, mqtt.port, username=mqtt.username, password=WRONG_PASSPHRASE
+                mqtt.host,
+                mqtt.port,
+                username=mqtt.username,
+                password=WRONG_PASSPHRASE,
+                identifier=mqtt.username,
             ):
                 pass
 
@@ -187,7 +195,11 @@ async def test_factory_reset_releases_at_the_real_service(
         # The released credentials no longer open the broker.
         with pytest.raises(aiomqtt.MqttError):
             async with aiomqtt.Client(
-                mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password
+                mqtt.host,
+                mqtt.port,
+                username=mqtt.username,
+                password=mqtt.password,
+                identifier=mqtt.username,  # refused for the release, not for the client id
             ):
                 pass
 
@@ -251,7 +263,11 @@ async def test_claimed_device_publishes_to_the_real_broker_and_reset_clears_it(
         device_id = provisioned.device.identity.device_id
         hub = await relay.hub()
         async with aiomqtt.Client(
-            hub["host"], hub["port"], username=hub["username"], password=hub["password"]
+            hub["host"],
+            hub["port"],
+            username=hub["username"],
+            password=hub["password"],
+            identifier=hub["client_id"],
         ) as observer:
             factory = default_runtime_factory(simulated=True, model="pi-test", firmware="0.1.0")
             async with start_agent(runtime_factory=factory) as running:

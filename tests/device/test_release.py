@@ -139,7 +139,11 @@ async def test_release_returns_the_device_to_unclaimed_and_it_can_be_claimed_aga
             status, hub = await relay.call("GET", f"/v1/households/{household}/hub", token=token)
             assert status == 200, hub
             async with aiomqtt.Client(
-                hub["host"], hub["port"], username=hub["username"], password=hub["password"]
+                hub["host"],
+                hub["port"],
+                username=hub["username"],
+                password=hub["password"],
+                identifier=hub["client_id"],
             ) as client:
                 await client.subscribe(f"iob/{device_id}/#", qos=1)
                 await Observer(client, device_id).answers_commands()  # a live session again

@@ -175,6 +175,8 @@ class FakeAccountService:
                     "command": "createClient",
                     "username": self.hub_username,
                     "password": self.hub_password,
+                    # Bound like the account service's: only hub-<household> may connect.
+                    "clientid": self.hub_username,
                     "roles": [{"rolename": role}],
                 },
             ]
@@ -256,6 +258,7 @@ class FakeAccountService:
             "tls": False,
             "username": self.hub_username,
             "password": self.hub_password,
+            "client_id": self.hub_username,
         }
 
     async def _hub(self, _request: web.Request) -> web.Response:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 from typing import Any
 
+import aiomqtt
 import pytest
+from aiomqtt.exceptions import MqttConnectError
 from homeassistant.exceptions import HomeAssistantError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from custom_components.iot_onboard.account_client import (
     AccountConnectionError,
@@ -27,10 +33,13 @@ from custom_components.iot_onboard.hub import (
     MetaError,
     MqttHub,
     backoff_delay,
+    hub_client_id,
     parse_meta,
+    refused_credentials,
 )
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import META, meta_for
+from tests.plugins.mosquitto import MosquittoProcess
 
 
 class Recorder:
@@ -39,11 +48,14 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
         self.connected = asyncio.Event()
+        self.lost = asyncio.Event()
 
     def hub_connection_changed(self, *, connected: bool) -> None:
         self.events.append(("connection", str(connected)))
         if connected:
             self.connected.set()
+        else:
+            self.lost.set()
 
     def device_meta_changed(self, device_id: str) -> None:
         self.events.append(("meta", device_id))
@@ -136,7 +148,12 @@ async def test_refused_credentials_are_fetched_again_once(
         return good
 
     recorder = Recorder()
-    hub = MqttHub(wrong, recorder, credentials_provider=provider, client_id="hub-test-1")
+    hub = MqttHub(
+        wrong,
+        recorder,
+        credentials_provider=provider,
+        client_id=hub_client_id(fake_account.household_id),
+    )
     with pytest.raises(HubNotConnectedError):
         await hub.publish_command("dev1", "relay", "on")
     task = await _run_until(hub, recorder.connected)
@@ -148,6 +165,121 @@ async def test_refused_credentials_are_fetched_again_once(
     finally:
         await _stop(task)
     assert recorder.events == [("connection", "True"), ("connection", "False")]
+
+
+async def test_the_hub_connects_only_with_its_bound_client_id(
+    fake_account: FakeAccountService,
+) -> None:
+    """The broker binds ``hub-<household>`` to that client id (issue 12.1): the id the account
+    service names wins over the hub's own; any other id is refused like a wrong password."""
+    await fake_account.sync_hub()
+    named = HubCredentials(
+        fake_account.broker.host,
+        fake_account.broker.port,
+        fake_account.hub_username,
+        fake_account.hub_password,
+        tls=False,
+        client_id=hub_client_id(fake_account.household_id),
+    )
+    assert named.client_id == fake_account.hub_username
+
+    async def provider() -> HubCredentials:
+        return named
+
+    recorder = Recorder()
+    hub = MqttHub(named, recorder, credentials_provider=provider, client_id="ha-some-entry")
+    task = await _run_until(hub, recorder.connected)
+    try:
+        assert hub.connected
+    finally:
+        await _stop(task)
+
+    unnamed = HubCredentials(named.host, named.port, named.username, named.password, tls=False)
+
+    async def same() -> HubCredentials:
+        return unnamed
+
+    other_id = MqttHub(unnamed, Recorder(), credentials_provider=same, client_id="ha-some-entry")
+    with pytest.raises(HubCredentialsRefusedError, match="refused the hub user"):
+        async with asyncio.timeout(15):
+            await other_id.run()
+
+
+def _connack(code: int) -> ReasonCode:
+    return ReasonCode(PacketTypes.CONNACK, identifier=code)
+
+
+def test_only_a_connack_refusal_is_refused_credentials() -> None:
+    """The exceptions aiomqtt raises: MqttConnectError for a CONNACK; MqttCodeError with
+    paho's int error codes (4 = MQTT_ERR_NO_CONN) for a subscribe or publish on a connection
+    that is gone, and with a ReasonCode for an unexpected disconnect (issue 13.5)."""
+    for refused in (0x86, 0x87):
+        assert refused_credentials(
+            MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=refused))
+        )
+    for gone in (
+        aiomqtt.MqttCodeError(4, "Could not subscribe to topic"),
+        aiomqtt.MqttCodeError(5, "Could not publish message"),
+        aiomqtt.MqttCodeError(
+            ReasonCode(PacketTypes.CONNACK, identifier=0x80), "Unexpected disconnection"
+        ),
+        MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=0x88)),  # server unavailable
+        aiomqtt.MqttError("Disconnected during message iteration"),
+    ):
+        assert not refused_credentials(gone), gone
+
+
+async def test_a_killed_broker_is_reconnected_without_new_credentials(
+    fake_account: FakeAccountService, mosquitto_process: MosquittoProcess
+) -> None:
+    """Mosquitto killed by its pid under a connected hub, then restarted on the same port: the
+    real error of a subscribe on the dead connection is no credential refusal, and the hub
+    reconnects with the credentials it has."""
+    await fake_account.sync_hub()
+    credentials = HubCredentials(
+        fake_account.broker.host,
+        fake_account.broker.port,
+        fake_account.hub_username,
+        fake_account.hub_password,
+        tls=False,
+        client_id=hub_client_id(fake_account.household_id),
+    )
+    fetched: list[str] = []
+
+    async def provider() -> HubCredentials:
+        fetched.append("fetch")
+        return credentials
+
+    recorder = Recorder()
+    hub = MqttHub(
+        credentials,
+        recorder,
+        credentials_provider=provider,
+        client_id=hub_client_id(fake_account.household_id),
+        backoff_base=0.05,
+        backoff_cap=0.5,
+    )
+    task = await _run_until(hub, recorder.connected)
+    try:
+        client = hub._client
+        assert client is not None
+        recorder.connected.clear()
+        os.kill(mosquitto_process.pid or 0, signal.SIGKILL)
+        mosquitto_process.stop()  # reap it
+        async with asyncio.timeout(15):
+            await recorder.lost.wait()
+        with pytest.raises(aiomqtt.MqttCodeError) as gone:
+            await client.subscribe("iob/x/meta", qos=1)
+        assert gone.value.rc == 4
+        assert not refused_credentials(gone.value)
+        mosquitto_process.start()
+        async with asyncio.timeout(15):
+            await recorder.connected.wait()
+        assert hub.connected
+        assert not task.done()
+        assert fetched == []
+    finally:
+        await _stop(task)
 
 
 async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> None:
@@ -163,7 +295,12 @@ async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> N
     async def provider() -> HubCredentials:
         return wrong
 
-    hub = MqttHub(wrong, Recorder(), credentials_provider=provider, client_id="hub-test-2")
+    hub = MqttHub(
+        wrong,
+        Recorder(),
+        credentials_provider=provider,
+        client_id=hub_client_id(fake_account.household_id),
+    )
     with pytest.raises(HubCredentialsRefusedError, match="refused the hub user"):
         async with asyncio.timeout(15):
             await hub.run()
@@ -191,7 +328,7 @@ async def test_account_service_down_keeps_retrying(fake_account: FakeAccountServ
         wrong,
         Recorder(),
         credentials_provider=provider,
-        client_id="hub-test-3",
+        client_id=hub_client_id(fake_account.household_id),
         backoff_base=0.05,
     )
     task = await _run_until(hub, attempts)

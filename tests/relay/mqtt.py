@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import aiomqtt
@@ -20,7 +19,7 @@ async def connect_code(broker: MosquittoBroker, mqtt: dict[str, Any]) -> int:
             int(mqtt["port"]),
             username=mqtt["username"],
             password=mqtt["password"],
-            identifier=f"test-{secrets.token_hex(4)}",
+            identifier=mqtt["client_id"],
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=5,
         ):

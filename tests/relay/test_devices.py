@@ -4,7 +4,6 @@ credential rotation — each checked on the real broker with real MQTT clients."
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 import aiomqtt
@@ -95,7 +94,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
         mqtt["port"],
         username=mqtt["username"],
         password=mqtt["password"],
-        identifier=f"dev-{secrets.token_hex(3)}",
+        identifier=mqtt["client_id"],
         protocol=aiomqtt.ProtocolVersion.V5,
         timeout=5,
     ) as client:

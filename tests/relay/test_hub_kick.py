@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,7 +40,7 @@ async def hub_session(
         int(mqtt["port"]),
         username=mqtt["username"],
         password=mqtt["password"],
-        identifier=f"hub-{secrets.token_hex(3)}",
+        identifier=mqtt["client_id"],
         protocol=aiomqtt.ProtocolVersion.V5,
         timeout=10,
     ) as client:

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiomqtt
 import jsonschema
 import pytest
+from aiomqtt.exceptions import MqttConnectError
 from hypothesis import given
 from hypothesis import strategies as st
 from iob_protocol.diagnostics import DiagnosticCode
@@ -36,8 +37,8 @@ from device_firmware.mqtt_runtime import (
     MqttRuntime,
     MqttRuntimeError,
     MqttSettings,
-    _refused_credentials,
     backoff_delay,
+    classify_mqtt_error,
     spki_sha256,
 )
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_command
@@ -121,16 +122,19 @@ def test_backoff_runs_from_one_second_to_sixty() -> None:
     assert len({backoff_delay(3, jitter=random.random()) for _ in range(20)}) > 1  # noqa: S311
 
 
-def test_refused_credentials_under_both_protocol_versions() -> None:
+def test_refused_credentials_only_from_a_connack() -> None:
     not_authorized = ReasonCode(PacketTypes.CONNACK, identifier=0x87)
     bad_password = ReasonCode(PacketTypes.CONNACK, identifier=0x86)
     server_busy = ReasonCode(PacketTypes.CONNACK, identifier=0x89)
-    assert _refused_credentials(aiomqtt.MqttCodeError(not_authorized))
-    assert _refused_credentials(aiomqtt.MqttCodeError(bad_password))
-    assert _refused_credentials(aiomqtt.MqttCodeError(5))  # MQTT 3.1.1 "not authorised"
-    assert _refused_credentials(aiomqtt.MqttCodeError(4))
-    assert not _refused_credentials(aiomqtt.MqttCodeError(server_busy))
-    assert not _refused_credentials(aiomqtt.MqttError("Connection refused"))
+    auth_failed = DiagnosticCode.BROKER_AUTH_FAILED
+    assert classify_mqtt_error(MqttConnectError(not_authorized)) is auth_failed
+    assert classify_mqtt_error(MqttConnectError(bad_password)) is auth_failed
+    # paho's MQTT_ERR_NO_CONN (4) and MQTT_ERR_CONN_REFUSED (5): a connection that is gone.
+    for code in (4, 5):
+        error = aiomqtt.MqttCodeError(code, "Could not publish message")
+        assert classify_mqtt_error(error) is DiagnosticCode.BROKER_UNREACHABLE
+    assert classify_mqtt_error(MqttConnectError(server_busy)) is not auth_failed
+    assert classify_mqtt_error(aiomqtt.MqttError("Connection refused")) is not auth_failed
 
 
 def test_settings_validation() -> None:

@@ -41,9 +41,18 @@ class BrokerHarness(Protocol):
         ...
 
     def mqtt(
-        self, username: str, password: str, *, will: aiomqtt.Will | None = None
+        self,
+        username: str,
+        password: str,
+        *,
+        will: aiomqtt.Will | None = None,
+        identifier: str | None = None,
     ) -> aiomqtt.Client:
-        """An MQTT v5 client of this broker (not connected yet)."""
+        """An MQTT v5 client of this broker (not connected yet).
+
+        Its client id is ``identifier``, by default ``username``: IoT Onboard clients are bound
+        to the client id equal to their username (docs/broker.md).
+        """
         ...
 
     def observer(self) -> aiomqtt.Client:
@@ -90,7 +99,12 @@ class MosquittoHarness:
         )
 
     def mqtt(
-        self, username: str, password: str, *, will: aiomqtt.Will | None = None
+        self,
+        username: str,
+        password: str,
+        *,
+        will: aiomqtt.Will | None = None,
+        identifier: str | None = None,
     ) -> aiomqtt.Client:
         broker = self.broker
         return aiomqtt.Client(
@@ -98,15 +112,20 @@ class MosquittoHarness:
             broker.port,
             username=username,
             password=password,
-            identifier=f"{username}-{secrets.token_hex(4)}",
+            identifier=username if identifier is None else identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=will,
             timeout=WAIT,
         )
 
     def observer(self) -> aiomqtt.Client:
-        # The dynsec admin role lets it subscribe to and receive every topic.
-        return self.mqtt(self.broker.admin_username, self.broker.admin_password)
+        # The dynsec admin role lets it subscribe to and receive every topic; it has no client
+        # id binding, so every observer takes its own id.
+        return self.mqtt(
+            self.broker.admin_username,
+            self.broker.admin_password,
+            identifier=f"observer-{secrets.token_hex(4)}",
+        )
 
     async def restart(self) -> None:
         await asyncio.to_thread(self.process.restart)

@@ -265,11 +265,14 @@ async def test_reconcile_works_in_chunks_and_checks_every_password(
     mosquitto: MosquittoHarness, adapter: MosquittoDynsecAdapter
 ) -> None:
     devices = {f"DEV{i:03d}": DeviceCredential(f"DEV{i:03d}", f"pw{i}") for i in range(250)}
-    desired = BrokerState(devices=devices)
-    report = await adapter.reconcile(desired)
+    report = await adapter.reconcile(BrokerState(devices=devices))
     assert len(report.created) == 250
-    await dynsec(mosquitto, {"command": "setClientPassword", "username": "DEV123", "password": "x"})
-    assert await adapter.reconcile(desired) == ReconcileReport(updated=("DEV123",))
+    # A rotated password (the database's credential version moved on) is set again.
+    devices["DEV123"] = DeviceCredential("DEV123", "rotated")
+    assert await adapter.reconcile(BrokerState(devices=devices)) == ReconcileReport(
+        updated=("DEV123",)
+    )
+    assert await connect_code(mosquitto, "DEV123", "rotated") == 0
 
 
 async def test_the_admin_username_cannot_be_a_device(
@@ -376,10 +379,10 @@ async def test_a_closed_adapter_says_so(mosquitto: MosquittoHarness) -> None:
         await adapter.put_device(DeviceCredential("DEVA", "pw"))
 
 
-async def test_probes_never_take_over_the_real_session(
+async def test_converging_never_takes_over_the_real_session(
     mosquitto: MosquittoHarness, adapter: MosquittoDynsecAdapter
 ) -> None:
-    """Checking a password logs in as the device with another client id: no takeover."""
+    """Checking a password never logs in as the device (its verifier is compared)."""
     dev = DeviceCredential("DEVA", secrets.token_urlsafe(8))
     await adapter.put_device(dev)
     async with mosquitto.mqtt(dev.username, dev.password) as session:
@@ -426,3 +429,23 @@ async def test_a_release_kicks_without_sending_the_will(
         await assert_disconnected(session)
         await marker.publish("iob/DEVB/state/x", b"marker", qos=1)
         assert await next_message(observer) == ("iob/DEVB/state/x", b"marker")
+
+
+async def test_the_reconnect_hook_runs_when_the_broker_is_back(
+    mosquitto: MosquittoHarness, adapter: MosquittoDynsecAdapter
+) -> None:
+    """Without any call being made: the adapter notices the loss and reconnects on its own."""
+    back = asyncio.Event()
+    calls: list[str] = []
+
+    async def hook() -> None:
+        calls.append("reconnected")
+        back.set()
+
+    adapter.set_reconnect_hook(hook)
+    await mosquitto.restart()
+    async with asyncio.timeout(30):
+        await back.wait()
+    assert calls == ["reconnected"]
+    await adapter.put_device(DeviceCredential("DEVA", "pw"))  # the connection is usable
+    assert calls == ["reconnected"]  # and the hook ran once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,13 +32,16 @@ from cloud_relay.broker.reconcile import (
     owner_of_role,
     parse_client,
     parse_role,
+    password_verifier,
     plan_principal,
     plan_reconcile,
 )
 
 PASSWORD = secrets.token_urlsafe(8)
 DEVICE = device_principal(DeviceCredential("DEVA", PASSWORD))
-IN_SYNC_CLIENT = ObservedClient("DEVA", frozenset({"iob-device-DEVA"}))
+IN_SYNC_CLIENT = ObservedClient(
+    "DEVA", frozenset({"iob-device-DEVA"}), clientid="DEVA", textdescription=DEVICE.verifier
+)
 IN_SYNC_ROLE = ObservedRole("iob-device-DEVA", DEVICE.acls)
 
 
@@ -79,43 +83,75 @@ def test_access_values_must_be_booleans() -> None:
 
 
 def test_a_missing_client_is_created_role_first() -> None:
-    plan = plan_principal(DEVICE, None, None, password_matches=False)
+    plan = plan_principal(DEVICE, None, None)
     assert commands(plan.commands) == ["createRole", "createClient"]
     assert plan.change is Change.CREATED
     assert plan.commands[1]["roles"] == [{"rolename": "iob-device-DEVA"}]
     assert plan.commands[1]["password"] == PASSWORD
+    assert plan.commands[1]["clientid"] == "DEVA"
+    assert plan.commands[1]["textdescription"] == password_verifier("DEVA", PASSWORD)
+    assert PASSWORD not in plan.commands[1]["textdescription"]
 
 
 def test_a_client_in_sync_needs_nothing() -> None:
-    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, IN_SYNC_ROLE, password_matches=True)
+    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, IN_SYNC_ROLE)
     assert plan.commands == ()
     assert plan.change is Change.NONE
 
 
 def test_drifted_acls_are_replaced_without_touching_the_client() -> None:
     drifted = ObservedRole("iob-device-DEVA", frozenset({Acl("subscribePattern", "#")}))
-    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, drifted, password_matches=True)
+    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, drifted)
     assert commands(plan.commands) == ["modifyRole"]
     assert plan.change is Change.UPDATED
 
 
 def test_a_missing_role_is_created_for_an_existing_client() -> None:
-    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, None, password_matches=True)
+    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, None)
     assert commands(plan.commands) == ["createRole"]
     assert plan.change is Change.UPDATED
 
 
-def test_a_wrong_password_alone_is_set() -> None:
-    plan = plan_principal(DEVICE, IN_SYNC_CLIENT, IN_SYNC_ROLE, password_matches=False)
-    assert commands(plan.commands) == ["setClientPassword"]
+def test_a_wrong_password_is_set_with_its_verifier() -> None:
+    stale = replace(IN_SYNC_CLIENT, textdescription=password_verifier("DEVA", "old"))
+    plan = plan_principal(DEVICE, stale, IN_SYNC_ROLE)
+    (modify,) = plan.commands
+    assert modify["command"] == "modifyClient"
+    assert modify["password"] == PASSWORD
+    assert modify["textdescription"] == DEVICE.verifier
+    assert modify["clientid"] == "DEVA"
+
+
+@pytest.mark.parametrize("clientid", [None, "DEVB", "DEVA-x"])
+def test_a_missing_or_wrong_client_id_binding_is_fixed(clientid: str | None) -> None:
+    plan = plan_principal(DEVICE, replace(IN_SYNC_CLIENT, clientid=clientid), IN_SYNC_ROLE)
+    (modify,) = plan.commands
+    assert modify["command"] == "modifyClient"
+    assert modify["clientid"] == "DEVA"
+    assert "password" not in modify
+    assert plan.change is Change.UPDATED
+
+
+def test_a_client_made_before_the_binding_gets_binding_and_verifier() -> None:
+    """An existing deployment's client: no clientid, no verifier, right role."""
+    legacy = ObservedClient("DEVA", frozenset({"iob-device-DEVA"}))
+    plan = plan_principal(DEVICE, legacy, IN_SYNC_ROLE)
+    (modify,) = plan.commands
+    assert modify["clientid"] == "DEVA"
+    assert modify["password"] == PASSWORD
+    assert modify["textdescription"] == DEVICE.verifier
 
 
 @pytest.mark.parametrize("password_matches", [True, False])
 def test_wrong_roles_or_groups_take_one_modify(password_matches: bool) -> None:
     client = ObservedClient(
-        "DEVA", frozenset({"iob-device-DEVA", "admin"}), groups=frozenset({"everyone"})
+        "DEVA",
+        frozenset({"iob-device-DEVA", "admin"}),
+        groups=frozenset({"everyone"}),
+        clientid="DEVA",
+        textdescription=DEVICE.verifier if password_matches else None,
     )
-    plan = plan_principal(DEVICE, client, IN_SYNC_ROLE, password_matches=password_matches)
+    plan = plan_principal(DEVICE, client, IN_SYNC_ROLE)
     assert commands(plan.commands) == ["modifyClient"]
     (modify,) = plan.commands
     assert modify["roles"] == [{"rolename": "iob-device-DEVA"}]
@@ -124,8 +160,8 @@ def test_wrong_roles_or_groups_take_one_modify(password_matches: bool) -> None:
 
 
 def test_a_disabled_client_is_enabled() -> None:
-    client = ObservedClient("DEVA", frozenset({"iob-device-DEVA"}), disabled=True)
-    plan = plan_principal(DEVICE, client, IN_SYNC_ROLE, password_matches=True)
+    client = replace(IN_SYNC_CLIENT, disabled=True)
+    plan = plan_principal(DEVICE, client, IN_SYNC_ROLE)
     assert commands(plan.commands) == ["enableClient"]
 
 
@@ -168,17 +204,17 @@ def test_reconcile_plan_creates_updates_and_removes_only_its_own() -> None:
         "iob-device-OLD": ObservedRole("iob-device-OLD"),
         "iob-device-ORPHAN": ObservedRole("iob-device-ORPHAN"),
     }
-    plan = plan_reconcile(
-        desired, clients, roles, password_mismatches={"DEVA"}, protected={"iob-admin"}
-    )
+    clients["DEVA"] = replace(IN_SYNC_CLIENT, textdescription=password_verifier("DEVA", "old"))
+    plan = plan_reconcile(desired, clients, roles, protected={"iob-admin"})
     assert plan.report == ReconcileReport(
         created=("DEVB",), updated=("DEVA", "hub-home"), removed=("OLD", "ORPHAN")
     )
     assert [(c["command"], c.get("username") or c.get("rolename")) for c in plan.commands] == [
-        ("setClientPassword", "DEVA"),
+        ("modifyClient", "DEVA"),
         ("createRole", "iob-device-DEVB"),
         ("createClient", "DEVB"),
         ("modifyRole", "iob-hub-home"),
+        ("modifyClient", "hub-home"),
         ("deleteClient", "OLD"),
         ("deleteRole", "iob-device-OLD"),
         ("deleteRole", "iob-device-ORPHAN"),
@@ -188,7 +224,7 @@ def test_reconcile_plan_creates_updates_and_removes_only_its_own() -> None:
 def test_reconcile_plan_refuses_to_manage_the_admin() -> None:
     desired = desired_principals(BrokerState(devices={"adm": DeviceCredential("adm", "pw")}))
     with pytest.raises(InvalidIdentifierError, match="admin"):
-        plan_reconcile(desired, {}, {}, password_mismatches=set(), protected={"adm"})
+        plan_reconcile(desired, {}, {}, protected={"adm"})
 
 
 def test_desired_state_must_be_consistent() -> None:

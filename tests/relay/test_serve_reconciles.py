@@ -1,0 +1,182 @@
+"""``serve`` heals a broker that is out of step with the database (issue 13.6).
+
+A crash between a commit and its broker call leaves an owned device without broker
+credentials, or a released device's client behind. ``serve`` reconciles before it takes
+requests, and again whenever its connection to the broker comes back (a broker restart), so
+nobody has to run ``broker reconcile``. The service runs as users run it, ``python -m
+cloud_relay serve``, stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from iob_protocol.canonical import b64url_encode
+
+from cloud_relay.broker import DeviceCredential
+from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
+from cloud_relay.broker.reconcile import device_rolename
+from cloud_relay.config import load_config
+from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_command
+
+from .conftest import AppFactory
+from .helpers import FakeDevice
+from .mqtt import client_exists, connect_code
+
+ROOT = Path(__file__).parents[2]
+WAIT = 30.0  # bound for the service to start or heal the broker; never an assertion on speed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _write_config(directory: Path, database_url: str, broker: MosquittoBroker, port: int) -> Path:
+    (directory / "secret.key").write_text(b64url_encode(os.urandom(32)))
+    config = directory / "relay.toml"
+    config.write_text(
+        f"""database_url = "{database_url}"
+secret_key_file = "secret.key"
+[http]
+host = "127.0.0.1"
+port = {port}
+[broker]
+host = "{broker.host}"
+port = {broker.port}
+username = "{broker.admin_username}"
+password = "{broker.admin_password}"
+public_host = "{broker.host}"
+public_port = {broker.port}
+public_tls = false
+[argon2]
+time_cost = 1
+memory_cost_kib = 256
+parallelism = 1
+"""
+    )
+    return config
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def _serve(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cloud_relay", "--config", str(config), "serve"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+async def _accepting(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the service listens (it reconciles before it does), or has exited."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            assert process.poll() is None, f"serve exited:\n{_text(log)}"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+async def _connects_again(broker: MosquittoBroker, mqtt: dict[str, Any], log: Path) -> None:
+    """Until the device's credential connects again (the service put it back)."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                if await connect_code(broker, mqtt) == 0:
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        pytest.fail(f"the broker was not healed within {WAIT} s:\n{_text(log)}")
+
+
+async def _crash_leftovers(broker: MosquittoBroker, device_id: str) -> None:
+    """What a crash between commit and broker call leaves: the owned device has no client."""
+    await dynsec_command(
+        broker,
+        [
+            {"command": "deleteClient", "username": device_id},
+            {"command": "deleteRole", "rolename": device_rolename(device_id)},
+        ],
+    )
+
+
+async def test_serve_reconciles_at_start_and_after_a_broker_restart(
+    tmp_path: Path,
+    database_url: str,
+    mosquitto_process: MosquittoProcess,
+    start_api: AppFactory,
+) -> None:
+    broker = mosquitto_process.broker
+    port = _free_port()
+    config_path = _write_config(tmp_path, database_url, broker, port)
+    adapter = MosquittoDynsecAdapter(
+        broker.host, broker.port, broker.admin_username, broker.admin_password
+    )
+    try:
+        api = await start_api(load_config(config_path), adapter)
+        owner = await api.sign_up()
+        home = await api.household(owner)
+        await api.request("GET", f"/v1/households/{home}/hub", token=owner.token, expect=200)
+        owned = await api.claim(owner, home, await api.device())
+        mqtt = owned["mqtt"]
+        assert await connect_code(broker, mqtt) == 0
+        # Out of step: the owned device lost its client, an unowned one kept a stale client.
+        await _crash_leftovers(broker, owned["device_id"])
+        stale = FakeDevice()
+        await adapter.put_device(DeviceCredential(stale.id, "left-by-a-crash"))
+    finally:
+        await adapter.aclose()
+    assert await connect_code(broker, mqtt) != 0
+    assert await client_exists(broker, stale.id)
+
+    log = tmp_path / "serve.log"
+    with _serve(config_path, log) as process:
+        await _accepting(port, process, log)
+        # In step before the first request, and nobody ran `broker reconcile`.
+        assert await connect_code(broker, mqtt) == 0, _text(log)
+        assert not await client_exists(broker, stale.id), _text(log)
+
+        # The broker loses the device's client and restarts while the service runs.
+        await _crash_leftovers(broker, owned["device_id"])
+        assert await connect_code(broker, mqtt) != 0
+        await asyncio.to_thread(mosquitto_process.restart)
+        await _connects_again(broker, mqtt, log)
+        assert process.poll() is None
+    text = _text(log)
+    assert "Reconciled the broker at start-up" in text, text
+    assert "Reconciled the broker after the broker connection came back" in text, text
