@@ -66,9 +66,14 @@ async def _assert_owned_and_online(
     assert await relay.claim_status(claim["claim_id"]) == "owned"
     mqtt = record.mqtt
     assert mqtt is not None
-    # The credential the device kept really opens the broker.
+    # The credential the device kept really opens the broker (with the one client id the
+    # broker binds to it: the device id).
     async with aiomqtt.Client(
-        mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password
+        mqtt.host,
+        mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password,
+        identifier=claim["device_id"],
     ) as device_client:
         await device_client.publish(f"iob/{claim['device_id']}/availability", b"online", qos=1)
     saved = running.provisioned.config.state_file.read_text()
