@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``.
 
-Kept next to the handlers and checked against them: the test suite validates every real
-response it sees against this document (jsonschema), and schemathesis drives the API from it.
-Response objects forbid unknown properties, so a field added to a handler without being
-documented here fails the tests.
+Kept next to the handlers and checked against them: the response schemas are generated from
+the shared wire model (iob_protocol.account_api), the paths and request bodies are written
+here. The test suite validates every real response it sees against this document
+(jsonschema), and schemathesis drives the API from it. Response objects forbid unknown
+properties, so a field a handler sends that its model lacks fails the tests.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from dataclasses import KW_ONLY, dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
+from iob_protocol.account_api import RESPONSE_MODELS
+from mashumaro.jsonschema import JSONSchemaBuilder
+
 ID: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
-HEX_ID: Final = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 DEVICE_ID: Final = {
     "type": "string",
     "pattern": "^[0-9A-HJKMNP-TV-Z]{16}$",
     "description": "16 Crockford base32 characters (the device's factory id).",
 }
 TIME: Final = {"type": "integer", "description": "Unix seconds."}
-ROLE: Final = {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}
-TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}
 #: What the service keeps of a name: no control character (C0, DEL, C1), one visible at least.
 _PRINTABLE: Final = r"[^\u0000-\u001f\u007f-\u009f]"
 _VISIBLE: Final = rf"{_PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{_PRINTABLE}*"
@@ -34,16 +35,11 @@ LABEL: Final = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": T
 #: An id in a request body: only bounded here, so a malformed one gets the handler's own 400.
 ID_INPUT: Final = {"type": "string", "maxLength": 64}
 GRANTED_ROLE: Final = {"type": "string", "enum": ["admin", "member", "viewer"]}
-ACCESS: Final = {"type": "string", "enum": ["owner", "control", "read"]}
 SHARE_ACCESS: Final = {"type": "string", "enum": ["read", "control"]}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"oneOf": [schema, {"type": "null"}]}
 
 
 def _obj(
@@ -59,220 +55,37 @@ def _obj(
     return schema
 
 
-def _list(key: str, item: str) -> dict[str, Any]:
-    return _obj({key: {"type": "array", "items": _ref(item)}})
+def _generated_schemas() -> dict[str, Any]:
+    """The response bodies' schemas, generated from the wire model (iob_protocol.account_api).
+
+    Every field of an answer is always sent, so every property is required; ``title`` and the
+    models' defaults are dropped (the document names schemas by their key).
+    """
+    builder = JSONSchemaBuilder(all_refs=True, ref_prefix="#/components/schemas")
+    for model in RESPONSE_MODELS:
+        builder.build(model)
+    definitions: dict[str, Any] = builder.get_definitions().to_dict()
+    return {_SCHEMA_NAMES.get(name, name): _strict(schema) for name, schema in definitions.items()}
 
 
-NULLABLE_TEXT: Final = _nullable({"type": "string"})
-_DEVICE_FIELDS: Final = {
-    "device_id": DEVICE_ID,
-    "model": {"type": "string"},
-    "access": ACCESS,
-    "owner_household_id": HEX_ID,
-    "since": _nullable(TIME),
-}
+#: Schema names that differ from the model's class name.
+_SCHEMA_NAMES: Final = {"ErrorBody": "Error"}
+
+
+def _strict(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {k: _strict(v) for k, v in schema.items() if k not in {"title", "default"}}
+    if strict.get("type") == "object" and "properties" in strict:
+        strict["required"] = list(strict["properties"])
+    return strict
 
 
 _SCHEMAS: Final[dict[str, Any]] = {
-    "Error": _obj(
-        {
-            "error": _obj(
-                {
-                    "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
-                    "message": {"type": "string"},
-                }
-            )
-        }
-    ),
-    "Health": _obj({"status": {"const": "ok"}, "time": TIME}),
-    "Account": _obj(
-        {
-            "account_id": HEX_ID,
-            "email": {"type": "string"},
-            "display_name": {"type": "string"},
-            "is_admin": {"type": "boolean"},
-        }
-    ),
-    "TokenPair": _obj(
-        {
-            "token_type": {"const": "Bearer"},
-            "access_token": TOKEN,
-            "expires_in": {"type": "integer", "description": "Seconds the access token lives."},
-            "refresh_token": TOKEN,
-            "refresh_expires_in": {"type": "integer"},
-            "account": _ref("Account"),
-        }
-    ),
-    "Household": _obj(
-        {"household_id": HEX_ID, "name": {"type": "string"}, "role": ROLE, "created_at": TIME}
-    ),
-    "HouseholdList": _list("households", "Household"),
-    "Member": _obj(
-        {
-            "member_id": HEX_ID,
-            "household_id": HEX_ID,
-            "account_id": _nullable(HEX_ID),
-            "external_id": NULLABLE_TEXT,
-            "display_name": {"type": "string"},
-            "role": ROLE,
-            "created_at": TIME,
-        }
-    ),
-    "MemberList": _list("members", "Member"),
-    "Invitation": _obj(
-        {
-            "invitation_id": HEX_ID,
-            "household_id": HEX_ID,
-            "token": {**TOKEN, "description": "Shown once; give it to the invitee."},
-            "role": ROLE,
-            "email": NULLABLE_TEXT,
-            "external_id": NULLABLE_TEXT,
-            "expires_at": TIME,
-        }
-    ),
-    "InvitationSummary": _obj(
-        {
-            "invitation_id": HEX_ID,
-            "household_id": HEX_ID,
-            "role": ROLE,
-            "email": NULLABLE_TEXT,
-            "external_id": NULLABLE_TEXT,
-            "created_at": TIME,
-            "expires_at": TIME,
-        }
-    ),
-    "InvitationList": _list("invitations", "InvitationSummary"),
-    "Claim": _obj(
-        {
-            "claim_id": HEX_ID,
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "token": {**TOKEN, "description": "Single use, 256 bits; hand it to the device."},
-            "expires_at": TIME,
-        }
-    ),
-    "ClaimStatus": _obj(
-        {
-            "claim_id": HEX_ID,
-            "status": {"type": "string", "enum": ["pending", "owned", "expired", "rejected"]},
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "expires_at": TIME,
-            "completed_at": _nullable(TIME),
-        }
-    ),
-    "MqttCredentials": _obj(
-        {
-            "host": {"type": "string"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "tls": {"type": "boolean"},
-            "username": {"type": "string"},
-            "password": {"type": "string"},
-            "client_id": {
-                "type": "string",
-                "description": "The only MQTT client id the broker accepts with this username "
-                "(the device id; hub-<household id> for a hub).",
-            },
-        }
-    ),
-    "Owned": _obj(
-        {
-            "status": {"const": "owned"},
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "mqtt": _ref("MqttCredentials"),
-        }
-    ),
-    "Unowned": _obj({"status": {"const": "unowned"}, "device_id": DEVICE_ID}),
+    **_generated_schemas(),
     "CredentialAnswer": {"oneOf": [_ref("Owned"), _ref("Unowned")]},
-    "Released": _obj({"status": {"const": "released"}}),
-    "DeviceCredentials": _obj({"device_id": DEVICE_ID, "mqtt": _ref("MqttCredentials")}),
-    "DeviceSummary": _obj(_DEVICE_FIELDS),
-    "DeviceList": _list("devices", "DeviceSummary"),
-    "Device": _obj({**_DEVICE_FIELDS, "model_info": _nullable(_ref("Model"))}),
-    "Share": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "access": SHARE_ACCESS,
-            "created_at": TIME,
-        }
-    ),
-    "ShareList": _list("shares", "Share"),
-    "Transfer": _obj(
-        {
-            "transfer_id": HEX_ID,
-            "device_id": DEVICE_ID,
-            "from_household_id": HEX_ID,
-            "to_household_id": HEX_ID,
-            "status": {
-                "type": "string",
-                "enum": ["pending", "accepted", "declined", "cancelled"],
-            },
-            "created_at": TIME,
-            "expires_at": TIME,
-        }
-    ),
-    "TransferList": _list("transfers", "Transfer"),
-    "AuditEvent": _obj(
-        {
-            "seq": {"type": "integer", "minimum": 1},
-            "at": TIME,
-            "actor": {"type": "string"},
-            "action": {"type": "string"},
-            "household_id": NULLABLE_TEXT,
-            "device_id": NULLABLE_TEXT,
-            "details": {"type": "object"},
-            "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        }
-    ),
-    "AuditPage": _obj(
-        {
-            "events": {"type": "array", "items": _ref("AuditEvent")},
-            "next_cursor": NULLABLE_TEXT,
-        }
-    ),
-    "Model": _obj(
-        {
-            "model": {"type": "string"},
-            "name": {"type": "string"},
-            "manufacturer": {"type": "string"},
-            "metadata": {"type": "object"},
-            "updated_at": TIME,
-        }
-    ),
-    "ModelList": _list("models", "Model"),
-    "RegistryDevice": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "model": {"type": "string"},
-            "public_key": {"type": "string"},
-            "fingerprint": {"type": "string"},
-            "imported_at": TIME,
-            "household_id": _nullable(HEX_ID),
-            "owned_since": _nullable(TIME),
-            "preassigned_household_id": _nullable(HEX_ID),
-            "order_ref": NULLABLE_TEXT,
-        }
-    ),
-    "DeviceKey": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "public_key": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9_-]{43}$",
-                "description": "The raw 32-byte Ed25519 identity key, base64url.",
-            },
-            "fingerprint": {
-                "type": "string",
-                "pattern": "^[0-9A-HJKMNP-TV-Z]{32}$",
-                "description": "The key's fingerprint as on the QR code (docs/protocol.md §2).",
-            },
-            "model": {"type": "string"},
-        }
-    ),
-    "ImportReport": _obj({"imported": {"type": "integer"}, "unchanged": {"type": "integer"}}),
-    "RevokedSessions": _obj({"revoked_sessions": {"type": "integer"}}),
     "SignedStatement": {
         "description": (
             "A device-signed statement from iob_protocol (canonical JSON): as a JSON object, or "
