@@ -430,11 +430,11 @@ class MqttCredentials(WireModel):
     (then the connecting side uses its own).
     """
 
-    host: str
+    host: Annotated[str, MinLength(1)]
     port: Annotated[int, Minimum(1), Maximum(65535)]
     tls: bool
-    username: str
-    password: str = field(repr=False)
+    username: Annotated[str, MinLength(1)]
+    password: Annotated[str, MinLength(1)] = field(repr=False)
     client_id: str | None = None
 
     class Config(WireModel.Config):
@@ -457,7 +457,8 @@ class Owned(WireModel):
 
     status: Literal["owned"] = "owned"
     device_id: DeviceId = field(metadata=_DEVICE_ID_DOC)
-    household_id: HexId
+    #: Checked non-empty on parse too: the device keeps it as its owner.
+    household_id: Annotated[HexId, MinLength(1)]
     mqtt: MqttCredentials
 
 
