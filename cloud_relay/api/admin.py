@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+from iob_protocol.account_api import ModelList, RevokedSessions
 
 from cloud_relay import audit
 from cloud_relay.errors import (
@@ -51,7 +52,7 @@ async def import_records(request: web.Request) -> web.Response:
         seen.add(item.device_id)
         parsed.append(item)
     report = await service.registry.import_records(parsed, actor)
-    return ok(report.to_json())
+    return ok(report)
 
 
 @routes.get("/v1/admin/registry/devices/{device_id}")
@@ -90,7 +91,7 @@ async def clear_preassignment(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     """Every device model."""
     await _admin(request)
-    return ok({"models": await relay(request).registry.models()})
+    return ok(ModelList(models=tuple(await relay(request).registry.models())))
 
 
 @routes.put("/v1/admin/models/{model}")
@@ -124,7 +125,7 @@ async def admin_audit(request: web.Request) -> web.Response:
             before=audit.parse_cursor(cursor),
             limit=limit,
         )
-    return ok({"events": [e.to_json() for e in page.events], "next_cursor": page.next_cursor})
+    return ok(page.answer())
 
 
 @routes.post("/v1/admin/accounts/{account_id}/revoke-sessions")
@@ -133,4 +134,4 @@ async def revoke_sessions(request: web.Request) -> web.Response:
     actor = await _admin(request)
     account_id = path_id(request, "account_id", NotFoundError)
     revoked = await relay(request).accounts.revoke_all(account_id, actor)
-    return ok({"revoked_sessions": revoked})
+    return ok(RevokedSessions(revoked_sessions=revoked))

@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any, Final
 
 from aiohttp import web
+from iob_protocol.account_api import WireModel
 from iob_protocol.boundedjson import load_json
 from iob_protocol.errors import JsonTooDeepError as ProtocolJsonTooDeepError
 from iob_protocol.errors import MalformedMessageError
@@ -283,9 +284,9 @@ def page_params(request: web.Request) -> tuple[str | None, int]:
     return cursor, int(text)
 
 
-def ok(data: Any, status: int = 200) -> web.Response:
-    """A JSON response."""
-    return web.json_response(data, status=status)
+def ok(answer: WireModel, status: int = 200) -> web.Response:
+    """The JSON response of ``answer``, a model of the shared wire model."""
+    return web.json_response(answer.to_dict(), status=status)
 
 
 def no_content() -> web.Response:

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from aiohttp import web
+from iob_protocol.account_api import (
+    DeviceList,
+    HouseholdList,
+    InvitationList,
+    MemberList,
+    Released,
+    ShareList,
+    TransferList,
+)
 
 from cloud_relay.errors import (
     DeviceNotFoundError,
@@ -43,7 +52,8 @@ def _device(request: web.Request) -> str:
 async def list_households(request: web.Request) -> web.Response:
     """The caller's households with its role in each."""
     caller = await account(request)
-    return ok({"households": await relay(request).households.list_for(caller)})
+    households = await relay(request).households.list_for(caller)
+    return ok(HouseholdList(households=tuple(households)))
 
 
 @routes.post("/v1/households")
@@ -78,7 +88,8 @@ async def rename_household(request: web.Request) -> web.Response:
 async def list_members(request: web.Request) -> web.Response:
     """Every member (any member)."""
     caller = await account(request)
-    return ok({"members": await relay(request).households.members(caller, _household(request))})
+    members = await relay(request).households.members(caller, _household(request))
+    return ok(MemberList(members=tuple(members)))
 
 
 @routes.post(_HOUSEHOLD + "/members")
@@ -133,7 +144,7 @@ async def list_invitations(request: web.Request) -> web.Response:
     """Open invitations (admin or owner)."""
     caller = await account(request)
     invitations = await relay(request).households.invitations(caller, _household(request))
-    return ok({"invitations": invitations})
+    return ok(InvitationList(invitations=tuple(invitations)))
 
 
 @routes.post(_HOUSEHOLD + "/invitations")
@@ -190,7 +201,7 @@ async def device_key(request: web.Request) -> web.Response:
         body.string("manual_code"),
         client_address(request),
     )
-    return ok(key.to_json())
+    return ok(key.answer())
 
 
 # --- devices --------------------------------------------------------------------------------
@@ -200,7 +211,8 @@ async def device_key(request: web.Request) -> web.Response:
 async def list_devices(request: web.Request) -> web.Response:
     """Owned and shared devices (any member)."""
     caller = await account(request)
-    return ok({"devices": await relay(request).devices.listing(caller, _household(request))})
+    devices = await relay(request).devices.listing(caller, _household(request))
+    return ok(DeviceList(devices=tuple(devices)))
 
 
 @routes.get(_DEVICE)
@@ -217,7 +229,7 @@ async def release(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     await relay(request).devices.release(caller, household_id, _device(request))
-    return ok({"status": "released"})
+    return ok(Released())
 
 
 @routes.post(_DEVICE + "/credentials")
@@ -234,7 +246,7 @@ async def list_shares(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     shares = await relay(request).devices.shares(caller, household_id, _device(request))
-    return ok({"shares": shares})
+    return ok(ShareList(shares=tuple(shares)))
 
 
 @routes.put(_DEVICE + "/shares/{target_household_id}")
@@ -286,7 +298,7 @@ async def device_audit(request: web.Request) -> web.Response:
     page = await relay(request).devices.audit(
         caller, household_id, device_id=device_id, cursor=cursor, limit=limit
     )
-    return ok({"events": [e.to_json() for e in page.events], "next_cursor": page.next_cursor})
+    return ok(page.answer())
 
 
 # --- transfers ------------------------------------------------------------------------------
@@ -297,7 +309,7 @@ async def list_transfers(request: web.Request) -> web.Response:
     """Pending transfers to and from the household (admin or owner)."""
     caller = await account(request)
     transfers = await relay(request).devices.transfers(caller, _household(request))
-    return ok({"transfers": transfers})
+    return ok(TransferList(transfers=tuple(transfers)))
 
 
 @routes.post(_HOUSEHOLD + "/transfers/{transfer_id}/accept")
@@ -355,4 +367,4 @@ async def household_audit(request: web.Request) -> web.Response:
     page = await relay(request).devices.audit(
         caller, household_id, device_id=None, cursor=cursor, limit=limit
     )
-    return ok({"events": [e.to_json() for e in page.events], "next_cursor": page.next_cursor})
+    return ok(page.answer())

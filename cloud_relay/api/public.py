@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from iob_protocol.account_api import Health, ModelList, Released
 
 from cloud_relay.errors import ClaimNotFoundError, ModelNotFoundError
 
@@ -24,13 +25,13 @@ routes = web.RouteTableDef()
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     """Reachability and the service's clock (devices check their skew against it)."""
-    return ok({"status": "ok", "time": relay(request).ctx.now()})
+    return ok(Health(time=relay(request).ctx.now()))
 
 
 @routes.get("/openapi.json")
 async def openapi(_request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this API."""
-    return ok(document())
+    return web.json_response(document())
 
 
 @routes.post("/v1/auth/sign-up")
@@ -43,7 +44,7 @@ async def sign_up(request: web.Request) -> web.Response:
         body.optional_string("display_name") or "",
         client_address(request),
     )
-    return ok(tokens.to_json(), status=201)
+    return ok(tokens.answer(), status=201)
 
 
 @routes.post("/v1/auth/sign-in")
@@ -55,7 +56,7 @@ async def sign_in(request: web.Request) -> web.Response:
         body.string("password"),
         client_address(request),
     )
-    return ok(tokens.to_json())
+    return ok(tokens.answer())
 
 
 @routes.post("/v1/auth/refresh")
@@ -63,7 +64,7 @@ async def refresh(request: web.Request) -> web.Response:
     """Spend a refresh token for a new pair."""
     body = await read_body(request)
     tokens = await relay(request).accounts.refresh(body.string("refresh_token"))
-    return ok(tokens.to_json())
+    return ok(tokens.answer())
 
 
 @routes.post("/v1/auth/sign-out")
@@ -77,7 +78,7 @@ async def sign_out(request: web.Request) -> web.Response:
 @routes.get("/v1/auth/me")
 async def me(request: web.Request) -> web.Response:
     """The signed-in account."""
-    return ok((await account(request)).to_json())
+    return ok((await account(request)).answer())
 
 
 @routes.post("/v1/invitations/accept")
@@ -107,7 +108,7 @@ async def confirm_claim(request: web.Request) -> web.Response:
     statement = await _statement(request, "confirmation")
     service = relay(request)
     owned = await service.claims.confirm(statement)
-    return ok(owned.to_json(service.ctx))
+    return ok(owned.answer(service.ctx))
 
 
 @routes.post("/v1/zero-touch/confirm")
@@ -116,14 +117,14 @@ async def confirm_zero_touch(request: web.Request) -> web.Response:
     statement = await _statement(request, "confirmation")
     service = relay(request)
     owned = await service.claims.zero_touch(statement)
-    return ok(owned.to_json(service.ctx))
+    return ok(owned.answer(service.ctx))
 
 
 @routes.post("/v1/devices/release-by-device")
 async def release_by_device(request: web.Request) -> web.Response:
     """The device's signed release after a factory reset (idempotent)."""
     await relay(request).devices.release_by_device(await _statement(request, "release"))
-    return ok({"status": "released"})
+    return ok(Released())
 
 
 @routes.post("/v1/device/mqtt-credential")
@@ -147,7 +148,7 @@ async def claim_status(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     """Every device model and its metadata (any signed-in account)."""
     await account(request)
-    return ok({"models": await relay(request).registry.models()})
+    return ok(ModelList(models=tuple(await relay(request).registry.models())))
 
 
 @routes.get("/v1/models/{model}")
