@@ -26,12 +26,15 @@ from typing import Any, Final, Self
 
 import aiohttp
 from iob_protocol.account_api import (
+    ConfirmationRequest,
+    CredentialRequest,
     ErrorBody,
     ErrorCode,
     Health,
     MqttCredentials,
     Owned,
     Released,
+    ReleaseRequest,
     Unowned,
     WireFormatError,
     WireModel,
@@ -151,19 +154,19 @@ class RelayClient:
 
     async def confirm_claim(self, confirmation: ClaimConfirmation) -> ClaimOutcome:
         """Post the signed confirmation; the answer carries the MQTT credentials."""
-        body = {"confirmation": json.loads(confirmation.to_json())}
+        body = ConfirmationRequest(confirmation=json.loads(confirmation.to_json())).body()
         return self._outcome(
             await self._request("POST", "/v1/claims/confirm", body), confirmation.device_id
         )
 
     async def confirm_zero_touch(self, message: dict[str, Any], device_id: str) -> ClaimOutcome:
         """Post a device-signed zero-touch confirmation (pre-assigned devices, over Ethernet)."""
-        body = {"confirmation": message}
+        body = ConfirmationRequest(confirmation=message).body()
         return self._outcome(await self._request("POST", "/v1/zero-touch/confirm", body), device_id)
 
     async def release(self, notice: ReleaseNotice) -> None:
         """Tell the service the device let go of its owner (factory reset)."""
-        body = {"release": json.loads(notice.to_json())}
+        body = ReleaseRequest(release=json.loads(notice.to_json())).body()
         document = await self._request("POST", "/v1/devices/release-by-device", body)
         _parse(Released, self._base_url, document)
 
@@ -171,7 +174,7 @@ class RelayClient:
         self, request: MqttCredentialRequest
     ) -> ClaimOutcome | NotOwned:
         """Post the signed request: the current MQTT credential, or :class:`NotOwned`."""
-        body = {"request": json.loads(request.to_json())}
+        body = CredentialRequest(request=json.loads(request.to_json())).body()
         document = await self._request("POST", "/v1/device/mqtt-credential", body)
         if document.get("status") == "unowned":
             answer = _parse(Unowned, self._base_url, document)

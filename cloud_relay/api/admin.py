@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
-from iob_protocol.account_api import ModelList, RevokedSessions
+from iob_protocol.account_api import (
+    ModelList,
+    PreassignRequest,
+    PutModelRequest,
+    RegistryImportRequest,
+    RevokedSessions,
+)
 
 from cloud_relay import audit
 from cloud_relay.errors import (
@@ -41,8 +47,8 @@ async def import_records(request: web.Request) -> web.Response:
     """Import factory-provision records (all or nothing)."""
     actor = await _admin(request)
     service = relay(request)
-    body = await read_body(request, service.ctx.config.max_import_bytes)
-    records = body.raw("records")  # a list of 1-10,000 items: the document's schema checked it
+    body = await read_body(request, RegistryImportRequest, service.ctx.config.max_import_bytes)
+    records = body.records  # 1-10,000 objects (the document's schema); each parsed here
     parsed = []
     seen: set[str] = set()
     for number, record in enumerate(records, start=1):
@@ -68,11 +74,11 @@ async def preassign(request: web.Request) -> web.Response:
     """Pre-assign a device to a household (zero-touch order metadata)."""
     actor = await _admin(request)
     device_id = path_id(request, "device_id", RegistryDeviceNotFoundError)
-    body = await read_body(request)
+    body = await read_body(request, PreassignRequest)
     device = await relay(request).registry.preassign(
         device_id,
-        body.string("household_id"),
-        body.optional_string("order_ref"),
+        body.household_id,
+        body.order_ref,
         actor,
     )
     return ok(device)
@@ -99,12 +105,12 @@ async def put_model(request: web.Request) -> web.Response:
     """Create or replace a device model's name, manufacturer and metadata."""
     actor = await _admin(request)
     model = path_id(request, "model", ModelNotFoundError)
-    body = await read_body(request)
+    body = await read_body(request, PutModelRequest)
     result = await relay(request).registry.put_model(
         model,
-        name=body.string("name"),
-        manufacturer=body.optional_string("manufacturer") or "",
-        metadata=body.get("metadata", {}),
+        name=body.name,
+        manufacturer=body.manufacturer or "",
+        metadata=body.metadata if body.metadata is not None else {},
         actor=actor,
     )
     return ok(result)

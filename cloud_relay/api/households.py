@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from aiohttp import web
 from iob_protocol.account_api import (
+    AddMemberRequest,
+    ClaimRequest,
+    DeviceKeyRequest,
     DeviceList,
     HouseholdList,
+    HouseholdRequest,
     InvitationList,
+    InviteRequest,
     MemberList,
     Released,
+    ShareAccess,
     ShareList,
+    ShareRequest,
     TransferList,
+    TransferRequest,
+    UpdateMemberRequest,
 )
 
 from cloud_relay.errors import (
@@ -60,8 +69,8 @@ async def list_households(request: web.Request) -> web.Response:
 async def create_household(request: web.Request) -> web.Response:
     """A new household owned by the caller."""
     caller = await account(request)
-    body = await read_body(request)
-    household = await relay(request).households.create(caller, body.string("name"))
+    body = await read_body(request, HouseholdRequest)
+    household = await relay(request).households.create(caller, body.name)
     return ok(household, status=201)
 
 
@@ -77,8 +86,8 @@ async def rename_household(request: web.Request) -> web.Response:
     """Rename (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
-    return ok(await relay(request).households.rename(caller, household_id, body.string("name")))
+    body = await read_body(request, HouseholdRequest)
+    return ok(await relay(request).households.rename(caller, household_id, body.name))
 
 
 # --- members --------------------------------------------------------------------------------
@@ -97,13 +106,13 @@ async def add_member(request: web.Request) -> web.Response:
     """A member standing for a Home Assistant user (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, AddMemberRequest)
     member = await relay(request).households.add_external_member(
         caller,
         household_id,
-        external_id=body.string("external_id"),
-        display_name=body.string("display_name"),
-        role=body.string("role"),
+        external_id=body.external_id,
+        display_name=body.display_name,
+        role=body.role,
     )
     return ok(member, status=201)
 
@@ -114,14 +123,14 @@ async def update_member(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     member_id = path_id(request, "member_id", MemberNotFoundError)
-    body = await read_body(request)
+    body = await read_body(request, UpdateMemberRequest)
     member = await relay(request).households.update_member(
         caller,
         household_id,
         member_id,
-        role=body.optional_string("role"),
-        display_name=body.optional_string("display_name"),
-        external_id=body.optional_string("external_id"),
+        role=body.role,
+        display_name=body.display_name,
+        external_id=body.external_id,
     )
     return ok(member)
 
@@ -152,13 +161,13 @@ async def invite(request: web.Request) -> web.Response:
     """An invitation token, shown once (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, InviteRequest)
     invitation = await relay(request).households.invite(
         caller,
         household_id,
-        role=body.string("role"),
-        email=body.optional_string("email"),
-        external_id=body.optional_string("external_id"),
+        role=body.role,
+        email=body.email,
+        external_id=body.external_id,
     )
     return ok(invitation, status=201)
 
@@ -181,9 +190,9 @@ async def create_claim(request: web.Request) -> web.Response:
     """A claim token for a device (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, ClaimRequest)
     claim = await relay(request).claims.create(
-        caller, household_id, body.string("device_id"), client_address(request)
+        caller, household_id, body.device_id, client_address(request)
     )
     return ok(claim, status=201)
 
@@ -193,12 +202,12 @@ async def device_key(request: web.Request) -> web.Response:
     """A device's public key for a member who holds its manual code (member or above)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, DeviceKeyRequest)
     key = await relay(request).device_keys.lookup(
         caller,
         household_id,
-        body.string("device_id"),
-        body.string("manual_code"),
+        body.device_id,
+        body.manual_code,
         client_address(request),
     )
     return ok(key.answer())
@@ -256,10 +265,9 @@ async def put_share(request: web.Request) -> web.Response:
     household_id = _household(request)
     device_id = _device(request)
     target = path_id(request, "target_household_id", HouseholdNotFoundError)
-    body = await read_body(request)
-    access = body.string("access")
+    body = await read_body(request, ShareRequest)
     share = await relay(request).devices.share(
-        caller, household_id, device_id, target, control=access == "control"
+        caller, household_id, device_id, target, control=body.access is ShareAccess.CONTROL
     )
     return ok(share)
 
@@ -281,9 +289,9 @@ async def offer_transfer(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     device_id = _device(request)
-    body = await read_body(request)
+    body = await read_body(request, TransferRequest)
     transfer = await relay(request).devices.offer(
-        caller, household_id, device_id, body.string("to_household_id")
+        caller, household_id, device_id, body.to_household_id
     )
     return ok(transfer, status=201)
 

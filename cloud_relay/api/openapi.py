@@ -15,7 +15,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
-from iob_protocol.account_api import RESPONSE_MODELS
+from iob_protocol.account_api import REQUEST_MODELS, RESPONSE_MODELS
 from mashumaro.jsonschema import JSONSchemaBuilder
 
 ID: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
@@ -56,31 +56,58 @@ def _obj(
 
 
 def _generated_schemas() -> dict[str, Any]:
-    """The response bodies' schemas, generated from the wire model (iob_protocol.account_api).
+    """The bodies' schemas, generated from the wire model (iob_protocol.account_api).
 
-    Every field of an answer is always sent, so every property is required; ``title`` and the
-    models' defaults are dropped (the document names schemas by their key).
+    Every field of an answer is always sent, so every property of a response is required; a
+    request's optional field is absent, never ``null``. ``title`` and the models' defaults are
+    dropped (the document names schemas by their key).
     """
-    builder = JSONSchemaBuilder(all_refs=True, ref_prefix="#/components/schemas")
-    for model in RESPONSE_MODELS:
-        builder.build(model)
-    definitions: dict[str, Any] = builder.get_definitions().to_dict()
-    return {_SCHEMA_NAMES.get(name, name): _strict(schema) for name, schema in definitions.items()}
+    schemas: dict[str, Any] = {}
+    for models, answer in ((RESPONSE_MODELS, True), (REQUEST_MODELS, False)):
+        builder = JSONSchemaBuilder(all_refs=True, ref_prefix="#/components/schemas")
+        for model in models:
+            builder.build(model)
+        definitions: dict[str, Any] = builder.get_definitions().to_dict()
+        for name, schema in definitions.items():
+            strict = _strict(schema, all_required=answer)
+            if not answer:
+                strict = _never_null(strict)
+            schemas[_SCHEMA_NAMES.get(name, name)] = strict
+    return schemas
 
 
 #: Schema names that differ from the model's class name.
 _SCHEMA_NAMES: Final = {"ErrorBody": "Error"}
 
 
-def _strict(schema: Any) -> Any:
+def _strict(schema: Any, *, all_required: bool = True) -> Any:
     if isinstance(schema, list):
-        return [_strict(item) for item in schema]
+        return [_strict(item, all_required=all_required) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    strict = {k: _strict(v) for k, v in schema.items() if k not in {"title", "default"}}
-    if strict.get("type") == "object" and "properties" in strict:
+    strict = {
+        k: _strict(v, all_required=all_required)
+        for k, v in schema.items()
+        if k not in {"title", "default"}
+    }
+    if strict.get("type") == "object" and "properties" in strict and all_required:
         strict["required"] = list(strict["properties"])
+    if "enum" in strict and "type" not in strict:
+        strict = {"type": "string", **strict}
     return strict
+
+
+def _never_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request object whose optional properties are their type alone (absent, not null)."""
+    properties = {}
+    for name, prop in schema["properties"].items():
+        options = prop.get("anyOf")
+        if options and {"type": "null"} in options:
+            [kind] = [option for option in options if option != {"type": "null"}]
+            properties[name] = {**kind, **{k: v for k, v in prop.items() if k != "anyOf"}}
+        else:
+            properties[name] = prop
+    return {**schema, "properties": properties, "required": schema.get("required", [])}
 
 
 _SCHEMAS: Final[dict[str, Any]] = {
@@ -313,7 +340,6 @@ _D: Final = _H + "/devices/{device_id}"
 
 
 def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
-    signed = {"confirmation": _ref("SignedStatement")}
     return {
         "/v1/health": {
             "get": _Op(
@@ -332,21 +358,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(201, "TokenPair"),
                 errors=(409, 429),
                 auth=False,
-                body=_obj(
-                    {
-                        "email": {"type": "string", "format": "email", "maxLength": 254},
-                        "password": {
-                            "type": "string",
-                            "maxLength": 1024,
-                            "description": (
-                                "At least 10 characters and not the e-mail address; otherwise "
-                                "400 `weak_password` (a code of its own, so no minLength here)."
-                            ),
-                        },
-                        "display_name": NAME,
-                    },
-                    ["email", "password"],
-                ),
+                body=_ref("SignUpRequest"),
                 links={
                     **_REFRESH,
                     "RevokeSessions": _link(
@@ -364,12 +376,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "TokenPair"),
                 errors=(429,),
                 auth=False,
-                body=_obj(
-                    {
-                        "email": {"type": "string", "maxLength": 254},
-                        "password": {"type": "string", "maxLength": 1024},
-                    }
-                ),
+                body=_ref("SignInRequest"),
                 links=_REFRESH,
             )
         },
@@ -384,7 +391,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "session (`refresh_token_reused`)."
                 ),
                 errors=(401,),
-                body=_obj({"refresh_token": {"type": "string", "maxLength": 128}}),
+                body=_ref("RefreshRequest"),
                 links=_REFRESH,
             )
         },
@@ -396,7 +403,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(201, "Member"),
                 errors=(404, 409),
-                body=_obj({"token": {"type": "string", "maxLength": 128}}),
+                body=_ref("AcceptInvitationRequest"),
                 links={
                     "ListMembers": _link(
                         "get", _H + "/members", household_id="$response.body#/household_id"
@@ -419,7 +426,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "token after its TTL), 410 `claim_expired`, 400 `clock_skew`, "
                     "`bad_signature`, `invalid_request`."
                 ),
-                body=_obj(signed),
+                body=_ref("ConfirmationRequest"),
             )
         },
         "/v1/zero-touch/confirm": {
@@ -429,7 +436,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "Owned"),
                 errors=(409, 410, 429, 503),
                 auth=False,
-                body=_obj(signed),
+                body=_ref("ConfirmationRequest"),
             )
         },
         "/v1/devices/release-by-device": {
@@ -439,7 +446,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "Released"),
                 errors=(409, 410, 429, 503),
                 auth=False,
-                body=_obj({"release": _ref("SignedStatement")}),
+                body=_ref("ReleaseRequest"),
             )
         },
         "/v1/device/mqtt-credential": {
@@ -458,7 +465,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "`credential_refused` alike for an unknown device, a bad signature and a "
                     "replayed request; 400 `clock_skew`, `invalid_request`."
                 ),
-                body=_obj({"request": _ref("SignedStatement")}),
+                body=_ref("CredentialRequest"),
             )
         },
         "/v1/claims/{claim_id}": {
@@ -484,7 +491,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 "Create a household (you become its owner)",
                 tag="households",
                 ok=(201, "Household"),
-                body=_obj({"name": NAME}),
+                body=_ref("HouseholdRequest"),
                 links=_household_links("$response.body#/household_id"),
             ),
         },
@@ -495,7 +502,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(200, "Household"),
                 errors=(403, 404),
-                body=_obj({"name": NAME}),
+                body=_ref("HouseholdRequest"),
                 links={"GetHousehold": _link("get", _H, household_id="$request.path.household_id")},
             ),
         },
@@ -508,7 +515,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(201, "Member"),
                 errors=(403, 404, 409),
-                body=_obj({"external_id": LABEL, "display_name": NAME, "role": GRANTED_ROLE}),
+                body=_ref("AddMemberRequest"),
                 links=_member_links("$response.body#/member_id"),
             ),
         },
@@ -518,10 +525,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(200, "Member"),
                 errors=(403, 404, 409),
-                body=_obj(
-                    {"role": GRANTED_ROLE, "display_name": NAME, "external_id": LABEL},
-                    [],
-                ),
+                body=_ref("UpdateMemberRequest"),
                 links=_member_links("$request.path.member_id"),
             ),
             "delete": _Op(
@@ -543,14 +547,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(201, "Invitation"),
                 errors=(403, 404),
-                body=_obj(
-                    {
-                        "role": GRANTED_ROLE,
-                        "email": {"type": "string", "maxLength": 254},
-                        "external_id": LABEL,
-                    },
-                    ["role"],
-                ),
+                body=_ref("InviteRequest"),
                 links={
                     "RevokeInvitation": _link(
                         "delete",
@@ -580,7 +577,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "pre-assigned elsewhere (indistinguishable); 409 `already_owned` when "
                     "your household owns it."
                 ),
-                body=_obj({"device_id": ID_INPUT}),
+                body=_ref("ClaimRequest"),
                 links={
                     "ClaimStatus": _link(
                         "get", "/v1/claims/{claim_id}", claim_id="$response.body#/claim_id"
@@ -607,23 +604,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "429 `rate_limited` with Retry-After. 400 `invalid_request` for a "
                     "malformed device id or code (bad check digit, trivial code)."
                 ),
-                body=_obj(
-                    {
-                        "device_id": {
-                            "type": "string",
-                            "maxLength": 64,
-                            "description": "16 Crockford base32 characters.",
-                        },
-                        "manual_code": {
-                            "type": "string",
-                            "maxLength": 64,
-                            "description": (
-                                "The 10 digits from the label, e.g. `27182-81821`; hyphens and "
-                                "spaces are ignored."
-                            ),
-                        },
-                    }
-                ),
+                body=_ref("DeviceKeyRequest"),
             )
         },
         _H + "/devices": {
@@ -670,7 +651,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="devices",
                 ok=(200, "Share"),
                 errors=(403, 404, 503),
-                body=_obj({"access": SHARE_ACCESS}),
+                body=_ref("ShareRequest"),
                 links={
                     "ListShares": _link("get", _D + "/shares", **_SAME_DEVICE),
                     "EndShare": _link(
@@ -691,7 +672,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="devices",
                 ok=(201, "Transfer"),
                 errors=(403, 404),
-                body=_obj({"to_household_id": ID_INPUT}),
+                body=_ref("TransferRequest"),
                 links={
                     "AcceptTransfer": _transfer_link("accept", "to_household_id"),
                     "DeclineTransfer": _transfer_link("decline", "to_household_id"),
@@ -772,16 +753,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="admin",
                 ok=(200, "ImportReport"),
                 errors=(403,),
-                body=_obj(
-                    {
-                        "records": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 10000,
-                            "items": _ref("FactoryRecord"),
-                        }
-                    }
-                ),
+                body=_ref("RegistryImportRequest"),
             )
         },
         "/v1/admin/registry/devices/{device_id}": {
@@ -798,10 +770,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="admin",
                 ok=(200, "RegistryDevice"),
                 errors=(403, 404),
-                body=_obj(
-                    {"household_id": ID_INPUT, "order_ref": LABEL},
-                    ["household_id"],
-                ),
+                body=_ref("PreassignRequest"),
                 links={
                     "GetRegistryDevice": _link(
                         "get",
@@ -833,18 +802,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="admin",
                 ok=(200, "Model"),
                 errors=(403,),
-                body=_obj(
-                    {
-                        "name": NAME,
-                        "manufacturer": {
-                            "type": "string",
-                            "maxLength": 100,
-                            "pattern": f"^(?:{_VISIBLE})?$",
-                        },
-                        "metadata": {"type": "object"},
-                    },
-                    ["name"],
-                ),
+                body=_ref("PutModelRequest"),
                 links={
                     "GetModel": _link("get", "/v1/models/{model}", model="$response.body#/model")
                 },

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 from aiohttp import web
-from iob_protocol.account_api import Health, ModelList, Released
+from iob_protocol.account_api import (
+    AcceptInvitationRequest,
+    ConfirmationRequest,
+    CredentialRequest,
+    Health,
+    ModelList,
+    RefreshRequest,
+    Released,
+    ReleaseRequest,
+    SignInRequest,
+    SignUpRequest,
+    WireRequest,
+)
 
 from cloud_relay.errors import ClaimNotFoundError, ModelNotFoundError
 
@@ -37,11 +49,11 @@ async def openapi(_request: web.Request) -> web.Response:
 @routes.post("/v1/auth/sign-up")
 async def sign_up(request: web.Request) -> web.Response:
     """Create an account; answer as sign-in does."""
-    body = await read_body(request)
+    body = await read_body(request, SignUpRequest)
     tokens = await relay(request).accounts.sign_up(
-        body.string("email"),
-        body.string("password"),
-        body.optional_string("display_name") or "",
+        body.email,
+        body.password,
+        body.display_name or "",
         client_address(request),
     )
     return ok(tokens.answer(), status=201)
@@ -50,10 +62,10 @@ async def sign_up(request: web.Request) -> web.Response:
 @routes.post("/v1/auth/sign-in")
 async def sign_in(request: web.Request) -> web.Response:
     """E-mail and password → access and refresh tokens."""
-    body = await read_body(request)
+    body = await read_body(request, SignInRequest)
     tokens = await relay(request).accounts.sign_in(
-        body.string("email"),
-        body.string("password"),
+        body.email,
+        body.password,
         client_address(request),
     )
     return ok(tokens.answer())
@@ -62,8 +74,8 @@ async def sign_in(request: web.Request) -> web.Response:
 @routes.post("/v1/auth/refresh")
 async def refresh(request: web.Request) -> web.Response:
     """Spend a refresh token for a new pair."""
-    body = await read_body(request)
-    tokens = await relay(request).accounts.refresh(body.string("refresh_token"))
+    body = await read_body(request, RefreshRequest)
+    tokens = await relay(request).accounts.refresh(body.refresh_token)
     return ok(tokens.answer())
 
 
@@ -85,12 +97,12 @@ async def me(request: web.Request) -> web.Response:
 async def accept_invitation(request: web.Request) -> web.Response:
     """Join a household with an invitation token."""
     caller = await account(request)
-    body = await read_body(request)
-    member = await relay(request).households.accept(caller, body.string("token"))
+    body = await read_body(request, AcceptInvitationRequest)
+    member = await relay(request).households.accept(caller, body.token)
     return ok(member, status=201)
 
 
-async def _statement(request: web.Request, field: str) -> object:
+async def _statement[M: WireRequest](request: web.Request, model: type[M]) -> M:
     """The device-signed statement in ``field``, read once the caller's address may send one.
 
     The per-address budget is spent before the body is read or parsed, so a flood of bodies
@@ -98,14 +110,13 @@ async def _statement(request: web.Request, field: str) -> object:
     follows once the statement names its device.
     """
     relay(request).ctx.limiters.confirm_per_address.hit(client_address(request))
-    body = await read_body(request)
-    return body.raw(field)
+    return await read_body(request, model)
 
 
 @routes.post("/v1/claims/confirm")
 async def confirm_claim(request: web.Request) -> web.Response:
     """The device's signed claim confirmation, from the device or relayed by HA."""
-    statement = await _statement(request, "confirmation")
+    statement = (await _statement(request, ConfirmationRequest)).confirmation
     service = relay(request)
     owned = await service.claims.confirm(statement)
     return ok(owned.answer(service.ctx))
@@ -114,7 +125,7 @@ async def confirm_claim(request: web.Request) -> web.Response:
 @routes.post("/v1/zero-touch/confirm")
 async def confirm_zero_touch(request: web.Request) -> web.Response:
     """A pre-assigned device's signed request to be owned by its order's household."""
-    statement = await _statement(request, "confirmation")
+    statement = (await _statement(request, ConfirmationRequest)).confirmation
     service = relay(request)
     owned = await service.claims.zero_touch(statement)
     return ok(owned.answer(service.ctx))
@@ -123,14 +134,18 @@ async def confirm_zero_touch(request: web.Request) -> web.Response:
 @routes.post("/v1/devices/release-by-device")
 async def release_by_device(request: web.Request) -> web.Response:
     """The device's signed release after a factory reset (idempotent)."""
-    await relay(request).devices.release_by_device(await _statement(request, "release"))
+    await relay(request).devices.release_by_device(
+        (await _statement(request, ReleaseRequest)).release
+    )
     return ok(Released())
 
 
 @routes.post("/v1/device/mqtt-credential")
 async def device_mqtt_credential(request: web.Request) -> web.Response:
     """An owned device's signed request for its current MQTT credential (after a rotation)."""
-    answer = await relay(request).devices.mqtt_credential(await _statement(request, "request"))
+    answer = await relay(request).devices.mqtt_credential(
+        (await _statement(request, CredentialRequest)).request
+    )
     return ok(answer)
 
 

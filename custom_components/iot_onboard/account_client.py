@@ -279,6 +279,17 @@ def _parse[M: WireModel](model: type[M], document: Any) -> M:
         raise AccountResponseError(f"unexpected answer: {err}") from err
 
 
+def _granted(role: Role) -> api.GrantedRole:
+    """A role that can be granted; the owner role cannot (the service would refuse it)."""
+    if role is Role.ADMIN:
+        return "admin"
+    if role is Role.MEMBER:
+        return "member"
+    if role is Role.VIEWER:
+        return "viewer"
+    raise InvalidRequestError(400, ErrorCode.INVALID_REQUEST, "the owner role cannot be granted")
+
+
 def _signed_in(pair: TokenPair, now: float) -> SignedIn:
     issued = int(now)
     return SignedIn(
@@ -463,9 +474,8 @@ class AccountClient:
             raise AuthenticationError(
                 401, ErrorCode.REFRESH_TOKEN_INVALID, "the session has expired"
             )
-        document = await self._request(
-            "POST", "/v1/auth/refresh", {"refresh_token": tokens.refresh_token}
-        )
+        body = api.RefreshRequest(refresh_token=tokens.refresh_token).body()
+        document = await self._request("POST", "/v1/auth/refresh", body)
         signed_in = _signed_in(_parse(TokenPair, document), self._clock())
         self._set_tokens(signed_in.tokens)
         return signed_in.tokens
@@ -478,17 +488,15 @@ class AccountClient:
 
     async def sign_up(self, email: str, password: str, display_name: str = "") -> SignedIn:
         """Create an account and sign in."""
-        body: dict[str, Any] = {"email": email, "password": password}
-        if display_name:
-            body["display_name"] = display_name
-        pair = _parse(TokenPair, await self._request("POST", "/v1/auth/sign-up", body))
+        body = api.SignUpRequest(email=email, password=password, display_name=display_name or None)
+        pair = _parse(TokenPair, await self._request("POST", "/v1/auth/sign-up", body.body()))
         signed_in = _signed_in(pair, self._clock())
         self._set_tokens(signed_in.tokens)
         return signed_in
 
     async def sign_in(self, email: str, password: str) -> SignedIn:
         """Sign in with e-mail and password."""
-        body = {"email": email, "password": password}
+        body = api.SignInRequest(email=email, password=password).body()
         pair = _parse(TokenPair, await self._request("POST", "/v1/auth/sign-in", body))
         signed_in = _signed_in(pair, self._clock())
         self._set_tokens(signed_in.tokens)
@@ -507,7 +515,8 @@ class AccountClient:
 
     async def create_household(self, name: str) -> Household:
         """A new household owned by the account."""
-        return _parse(Household, await self._authed("POST", "/v1/households", {"name": name}))
+        body = api.HouseholdRequest(name=name).body()
+        return _parse(Household, await self._authed("POST", "/v1/households", body))
 
     async def members(self, household_id: str) -> list[Member]:
         """Every member."""
@@ -519,8 +528,10 @@ class AccountClient:
     ) -> Member:
         """A member standing for a Home Assistant user (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/members"
-        body = {"external_id": external_id, "display_name": display_name, "role": role.value}
-        return _parse(Member, await self._authed("POST", path, body))
+        body = api.AddMemberRequest(
+            external_id=external_id, display_name=display_name, role=_granted(role)
+        )
+        return _parse(Member, await self._authed("POST", path, body.body()))
 
     async def update_member(
         self,
@@ -533,14 +544,12 @@ class AccountClient:
     ) -> Member:
         """Change a member's role, name or external id (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/members/{_segment(member_id)}"
-        body: dict[str, Any] = {}
-        if role is not None:
-            body["role"] = role.value
-        if display_name is not None:
-            body["display_name"] = display_name
-        if external_id is not None:
-            body["external_id"] = external_id
-        return _parse(Member, await self._authed("PATCH", path, body))
+        body = api.UpdateMemberRequest(
+            role=None if role is None else _granted(role),
+            display_name=display_name,
+            external_id=external_id,
+        )
+        return _parse(Member, await self._authed("PATCH", path, body.body()))
 
     async def remove_member(self, household_id: str, member_id: str) -> None:
         """Remove a member (admin or owner)."""
@@ -556,7 +565,8 @@ class AccountClient:
         does not say which) or :class:`AlreadyOwnedError` (already this household's).
         """
         path = f"/v1/households/{_segment(household_id)}/claims"
-        return _parse(Claim, await self._authed("POST", path, {"device_id": device_id}))
+        body = api.ClaimRequest(device_id=device_id).body()
+        return _parse(Claim, await self._authed("POST", path, body))
 
     async def device_key(self, household_id: str, device_id: str, manual_code: str) -> DeviceKey:
         """The registry key of ``device_id``, for a member who holds its manual code.
@@ -565,7 +575,7 @@ class AccountClient:
         household's device alike; attempts are rate limited per device.
         """
         path = f"/v1/households/{_segment(household_id)}/device-keys"
-        body = {"device_id": device_id, "manual_code": manual_code}
+        body = api.DeviceKeyRequest(device_id=device_id, manual_code=manual_code).body()
         return _device_key(_parse(api.DeviceKey, await self._authed("POST", path, body)))
 
     async def claim_status(self, claim_id: str) -> ClaimStatus:
@@ -614,7 +624,8 @@ class AccountClient:
         path = self._device_path(household_id, device_id) + (
             f"/shares/{_segment(target_household_id)}"
         )
-        return _parse(Share, await self._authed("PUT", path, {"access": access.value}))
+        body = api.ShareRequest(access=access).body()
+        return _parse(Share, await self._authed("PUT", path, body))
 
     async def unshare_device(
         self, household_id: str, device_id: str, target_household_id: str
@@ -630,5 +641,5 @@ class AccountClient:
     ) -> Transfer:
         """Offer the device to another household (owner); it accepts or declines."""
         path = self._device_path(household_id, device_id) + "/transfers"
-        body = {"to_household_id": to_household_id}
+        body = api.TransferRequest(to_household_id=to_household_id).body()
         return _parse(Transfer, await self._authed("POST", path, body))

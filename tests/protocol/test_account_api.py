@@ -15,6 +15,7 @@ from iob_protocol.account_api import (
     Owned,
     Role,
     TokenPair,
+    UpdateMemberRequest,
     WireFormatError,
 )
 
@@ -121,3 +122,11 @@ def test_every_model_is_closed() -> None:
         assert model.Config.forbid_extra_keys, model.__name__
     assert Role.ADMIN.can_manage
     assert not Role.MEMBER.can_manage
+
+
+def test_request_bodies_leave_unset_fields_out() -> None:
+    """The API never takes null: an optional field the caller did not set is absent."""
+    assert UpdateMemberRequest(role="admin").body() == {"role": "admin"}
+    assert UpdateMemberRequest().body() == {}
+    with pytest.raises(WireFormatError, match="role"):
+        UpdateMemberRequest.parse({"role": "owner"})

@@ -159,6 +159,21 @@ Token = Annotated[str, Pattern("^[A-Za-z0-9_-]{43}$")]
 Time = int
 Json = dict[str, Any]
 
+#: What the service keeps of a name: no control character (C0, DEL, C1), one visible at least.
+_PRINTABLE: Final = r"[^\u0000-\u001f\u007f-\u009f]"
+_VISIBLE: Final = rf"{_PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{_PRINTABLE}*"
+TEXT_PATTERN: Final = f"^{_VISIBLE}$"
+Name = Annotated[str, MinLength(1), MaxLength(100), Pattern(TEXT_PATTERN)]
+#: A caller's own label for something (a Home Assistant user id, an order reference).
+Label = Annotated[str, MinLength(1), MaxLength(200), Pattern(TEXT_PATTERN)]
+#: An id in a request body: only bounded here, so a malformed one gets the handler's own 400.
+IdInput = Annotated[str, MaxLength(64)]
+#: The roles a member can be given (the owner is the household's creator).
+GrantedRole = Literal["admin", "member", "viewer"]
+#: A device-signed statement (iob_protocol.claim): a JSON object, or its canonical JSON text.
+Statement = dict[str, Any] | str
+_STATEMENT_REF: Final = {"$ref": "#/components/schemas/SignedStatement"}
+
 _DEVICE_ID_DOC: Final = {"description": "16 Crockford base32 characters (the device's factory id)."}
 
 
@@ -636,6 +651,229 @@ class RevokedSessions(WireModel):
 
     revoked_sessions: int
 
+
+# --- request bodies ---------------------------------------------------------------------------
+
+
+class WireRequest(WireModel):
+    """A request body: optional fields are absent when None (the API never takes ``null``)."""
+
+    __slots__ = ()
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body to send: unset optional fields left out."""
+        return {name: value for name, value in self.to_dict().items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignUpRequest(WireRequest):
+    """``POST /v1/auth/sign-up``."""
+
+    email: Annotated[str, MaxLength(254)]
+    password: Annotated[str, MaxLength(1024)] = field(
+        repr=False,
+        metadata={
+            "description": "At least 10 characters and not the e-mail address; otherwise "
+            "400 `weak_password` (a code of its own, so no minLength here)."
+        },
+    )
+    display_name: Name | None = None
+
+    class Config(WireModel.Config):
+        """The document says the address is an e-mail address."""
+
+        json_schema = {  # noqa: RUF012 - mashumaro reads it once
+            "properties": {"email": {"type": "string", "format": "email", "maxLength": 254}}
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignInRequest(WireRequest):
+    """``POST /v1/auth/sign-in``."""
+
+    email: Annotated[str, MaxLength(254)]
+    password: Annotated[str, MaxLength(1024)] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshRequest(WireRequest):
+    """``POST /v1/auth/refresh``."""
+
+    refresh_token: Annotated[str, MaxLength(128)] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptInvitationRequest(WireRequest):
+    """``POST /v1/invitations/accept``."""
+
+    token: Annotated[str, MaxLength(128)] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfirmationRequest(WireRequest):
+    """``POST /v1/claims/confirm`` and ``/v1/zero-touch/confirm``: the signed confirmation."""
+
+    confirmation: Statement
+
+    class Config(WireModel.Config):
+        """A signed statement (the document's SignedStatement)."""
+
+        json_schema = {"properties": {"confirmation": _STATEMENT_REF}}  # noqa: RUF012
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseRequest(WireRequest):
+    """``POST /v1/devices/release-by-device``: the signed release."""
+
+    release: Statement
+
+    class Config(WireModel.Config):
+        """A signed statement (the document's SignedStatement)."""
+
+        json_schema = {"properties": {"release": _STATEMENT_REF}}  # noqa: RUF012
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialRequest(WireRequest):
+    """``POST /v1/device/mqtt-credential``: the signed credential request."""
+
+    request: Statement
+
+    class Config(WireModel.Config):
+        """A signed statement (the document's SignedStatement)."""
+
+        json_schema = {"properties": {"request": _STATEMENT_REF}}  # noqa: RUF012
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HouseholdRequest(WireRequest):
+    """``POST /v1/households`` and ``PATCH /v1/households/{id}``."""
+
+    name: Name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddMemberRequest(WireRequest):
+    """``POST …/members``: a member standing for a Home Assistant user."""
+
+    external_id: Label
+    display_name: Name
+    role: GrantedRole
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateMemberRequest(WireRequest):
+    """``PATCH …/members/{id}``: only the fields given change."""
+
+    role: GrantedRole | None = None
+    display_name: Name | None = None
+    external_id: Label | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InviteRequest(WireRequest):
+    """``POST …/invitations``."""
+
+    role: GrantedRole
+    email: Annotated[str, MaxLength(254)] | None = None
+    external_id: Label | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRequest(WireRequest):
+    """``POST …/claims``."""
+
+    device_id: IdInput
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceKeyRequest(WireRequest):
+    """``POST …/device-keys``."""
+
+    device_id: Annotated[str, MaxLength(64)] = field(
+        metadata={"description": "16 Crockford base32 characters."}
+    )
+    manual_code: Annotated[str, MaxLength(64)] = field(
+        metadata={
+            "description": "The 10 digits from the label, e.g. `27182-81821`; hyphens and "
+            "spaces are ignored."
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShareRequest(WireRequest):
+    """``PUT …/shares/{target_household_id}``."""
+
+    access: ShareAccess
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRequest(WireRequest):
+    """``POST …/transfers``."""
+
+    to_household_id: IdInput
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryImportRequest(WireRequest):
+    """``POST /v1/admin/registry/import``: factory records (each parsed by the service)."""
+
+    records: tuple[dict[str, Any], ...]
+
+    class Config(WireModel.Config):
+        """1 to 10,000 FactoryRecord items."""
+
+        json_schema = {  # noqa: RUF012 - mashumaro reads it once
+            "properties": {
+                "records": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 10000,
+                    "items": {"$ref": "#/components/schemas/FactoryRecord"},
+                }
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreassignRequest(WireRequest):
+    """``PUT /v1/admin/registry/devices/{device_id}/preassignment``."""
+
+    household_id: IdInput
+    order_ref: Label | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutModelRequest(WireRequest):
+    """``PUT /v1/admin/models/{model}``."""
+
+    name: Name
+    manufacturer: Annotated[str, MaxLength(100), Pattern(f"^(?:{_VISIBLE})?$")] | None = None
+    metadata: Json | None = None
+
+
+#: Every request model.
+REQUEST_MODELS: Final[tuple[type[WireRequest], ...]] = (
+    SignUpRequest,
+    SignInRequest,
+    RefreshRequest,
+    AcceptInvitationRequest,
+    ConfirmationRequest,
+    ReleaseRequest,
+    CredentialRequest,
+    HouseholdRequest,
+    AddMemberRequest,
+    UpdateMemberRequest,
+    InviteRequest,
+    ClaimRequest,
+    DeviceKeyRequest,
+    ShareRequest,
+    TransferRequest,
+    RegistryImportRequest,
+    PreassignRequest,
+    PutModelRequest,
+)
 
 #: Every response model, by the name ``/openapi.json`` gives its schema.
 RESPONSE_MODELS: Final[tuple[type[WireModel], ...]] = (
