@@ -2,7 +2,10 @@
 
 Modelled on python-wled: an injected ``aiohttp`` session (in Home Assistant always
 ``async_get_clientsession``), ``asyncio.timeout`` around every request, one exception base
-(:class:`AccountServiceError`), typed frozen dataclass models.
+(:class:`AccountServiceError`). Bodies and answers are the shared wire model
+(``iob_protocol.account_api``, mashumaro): the service answers with the same models, so an answer
+that does not fit its model is an :class:`AccountResponseError`, and errors map by ``ErrorCode``.
+Only the calls the integration makes are here.
 
 Tokens: sign-in returns a short-lived access token and a refresh token that *rotates* (each use
 returns a new pair; reusing a spent one makes the service revoke the whole session). So one
