@@ -695,3 +695,10 @@ async def test_path_segments_are_escaped(service: FakeService, http: Http) -> No
     service.answer("GET", "/v1/households/a/b/members", {"members": []})  # decoded by the server
     await client_for(service, http, fresh_tokens()).members("a/b")
     assert service.requests[-1].raw_path == "/v1/households/a%2Fb/members"
+
+
+async def test_an_answer_with_an_unknown_field_is_refused(service: FakeService, http: Http) -> None:
+    """The wire model is closed: a field the model does not know is a response error."""
+    service.answer("GET", H + "/hub", {**MQTT, "client_id": "hub-1", "qos": 2})
+    with pytest.raises(AccountResponseError, match="qos"):
+        await client_for(service, http, fresh_tokens()).hub_credentials(HID)
