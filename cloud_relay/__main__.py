@@ -1,5 +1,7 @@
 """Command line: ``python -m cloud_relay serve | migrate | registry | admin | audit | broker``.
 
+``provisioning-token`` mints a one-time token for the Home Assistant add-on's announcement.
+
 Installed from the wheel it is also the ``iob-relay`` command.
 
 Every command reads the same configuration as the server (``--config``, or the
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -24,6 +27,7 @@ from .broker.mosquitto import MosquittoDynsecAdapter
 from .config import RelayConfig, load_config, write_secret_key
 from .context import Context
 from .errors import RelayError
+from .provisioning import DEFAULT_TTL, mint_token, tokens_path
 from .registry import parse_records
 from .relay import Relay
 from .storage import open_storage
@@ -71,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the HTTP server")
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("init", help="write a sample config (if missing) and the secret key")
+    provision = commands.add_parser(
+        "provisioning-token", help="mint a one-time provisioning token (printed, stored hashed)"
+    )
+    provision.add_argument(
+        "--ttl", type=int, default=DEFAULT_TTL, help=f"seconds (default {DEFAULT_TTL})"
+    )
 
     registry = commands.add_parser("registry", help="manufacturing registry").add_subparsers(
         dest="action", required=True
@@ -223,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "init":
             return _init(args.config)
+        if args.command == "provisioning-token":
+            token = mint_token(tokens_path(args.config), ttl=args.ttl, now=time.time())
+            _out(token)
+            return 0
         config = load_config(args.config)
         if args.command == "serve":
             return _serve(config)
