@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from .announce import SERVICE_TYPE, RelayAnnouncer, announce_context, check_addresses
 from .broker.mosquitto import MosquittoDynsecAdapter
 from .config import RelayConfig, load_config, write_secret_key
 from .context import Context
@@ -72,7 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML configuration (default: $IOB_RELAY_CONFIG or relay.toml)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP server")
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument(
+        "--announce",
+        action="append",
+        metavar="ADDRESS",
+        default=[],
+        help=f"announce the service as {SERVICE_TYPE} on this IPv4 address (repeatable)",
+    )
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("init", help="write a sample config (if missing) and the secret key")
     provision = commands.add_parser(
@@ -217,12 +225,17 @@ def _init(path: Path) -> int:
     return 0
 
 
-def _serve(config: RelayConfig) -> int:
+def _serve(config: RelayConfig, announce: Sequence[str]) -> int:
     from aiohttp import web  # noqa: PLC0415 - only the server needs it
 
     from .app import create_app  # noqa: PLC0415
 
-    web.run_app(create_app(config), host=config.http_host, port=config.http_port)
+    app = create_app(config)
+    if announce:
+        addresses = check_addresses(announce, config.http_host)
+        announcer = RelayAnnouncer(port=config.http_port, addresses=addresses)
+        app.cleanup_ctx.append(announce_context(announcer))
+    web.run_app(app, host=config.http_host, port=config.http_port)
     return 0
 
 
@@ -239,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         config = load_config(args.config)
         if args.command == "serve":
-            return _serve(config)
+            return _serve(config, args.announce)
         return asyncio.run(_run(args, config))
     except RelayError as err:
         sys.stderr.write(f"error: {err.message}\n")
