@@ -242,7 +242,13 @@ def _serve(config: RelayConfig, announce: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # IOB_RELAY_LOG_LEVEL (DEBUG, INFO, WARNING, ERROR): the add-on passes its option on.
+    level = logging.getLevelNamesMapping().get(
+        os.environ.get("IOB_RELAY_LOG_LEVEL", ""), logging.INFO
+    )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if os.environ.get("IOB_RELAY_ACCESS_LOG") == "0":  # the add-on, below its debug level
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         if args.command == "init":
             return _init(args.config)
