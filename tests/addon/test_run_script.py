@@ -55,6 +55,8 @@ class StandInSupervisor:
     url: str = ""
     announcements: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     refused: list[str] = field(default_factory=list)
+    #: Answer POST /discovery as the Supervisor does for a service config.yaml does not list.
+    refuse_discovery: bool = False
 
     def _authorised(self, request: web.Request) -> bool:
         if request.headers.get("Authorization") == f"Bearer {SUPERVISOR_TOKEN}":
@@ -72,6 +74,9 @@ class StandInSupervisor:
     async def discovery(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return web.json_response({"result": "error", "message": "unauthorized"}, status=401)
+        if self.refuse_discovery:
+            message = "Add-ons must list services they provide via discovery in their config!"
+            return web.json_response({"result": "error", "message": message}, status=403)
         body = await request.json()
         self.announcements.put_nowait(body)
         return web.json_response({"result": "ok", "data": {"uuid": secrets.token_hex(16)}})
@@ -291,3 +296,25 @@ def test_bad_options_stop_the_addon_with_the_way_out(
         assert started.text() == (
             "error: option log_level is 'loud'; choose one of debug, info, warning, error\n"
         )
+
+
+async def test_a_refused_announcement_is_one_warning_and_the_service_keeps_running(
+    data_dir: Path, supervisor: StandInSupervisor
+) -> None:
+    supervisor.refuse_discovery = True
+    expected = (
+        "WARNING cloud_relay.addon: the Supervisor refused POST /discovery (403): Add-ons must "
+        "list services they provide via discovery in their config!; Home Assistant will not "
+        "offer the service until a restart\n"
+    )
+    with run_addon(data_dir, supervisor, 1) as started:
+        async with asyncio.timeout(90):
+            while expected not in started.text():
+                assert started.process.poll() is None, started.text()
+                await asyncio.sleep(0.1)
+        url = f"http://127.0.0.1:{supervisor.http_port}/v1/health"
+        async with aiohttp.ClientSession() as http:
+            status, health = await _call(http, "GET", url)
+        assert (status, health["status"]) == (200, "ok")
+        assert await _stop(started) == 0
+        assert "Traceback" not in started.text()
