@@ -21,9 +21,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from .announce import SERVICE_TYPE, RelayAnnouncer, announce_context, check_addresses
+if TYPE_CHECKING:
+    from aiohttp import web
+
+import contextlib
+
+from .announce import SERVICE_TYPE, RelayAnnouncer, check_addresses
 from .broker.mosquitto import MosquittoDynsecAdapter
 from .config import RelayConfig, load_config, write_secret_key
 from .context import Context
@@ -231,12 +236,37 @@ def _serve(config: RelayConfig, announce: Sequence[str]) -> int:
     from .app import create_app  # noqa: PLC0415
 
     app = create_app(config)
-    if announce:
-        addresses = check_addresses(announce, config.http_host)
-        announcer = RelayAnnouncer(port=config.http_port, addresses=addresses)
-        app.cleanup_ctx.append(announce_context(announcer))
-    web.run_app(app, host=config.http_host, port=config.http_port)
+    if not announce:
+        web.run_app(app, host=config.http_host, port=config.http_port)
+        return 0
+    addresses = check_addresses(announce, config.http_host)
+    announcer = RelayAnnouncer(port=config.http_port, addresses=addresses)
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(_serve_announced(app, config, announcer))
     return 0
+
+
+async def _serve_announced(
+    app: web.Application, config: RelayConfig, announcer: RelayAnnouncer
+) -> None:
+    """Serve, and announce only once the port accepts connections (not during start-up).
+
+    ``web.run_app`` runs every start-up hook (the broker reconcile among them) before it binds
+    the port, so an announcement made from a hook sent HA's zeroconf to a port that refused.
+    """
+    from aiohttp import web  # noqa: PLC0415 - only the server needs it
+
+    runner = web.AppRunner(app, handle_signals=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.http_host, config.http_port).start()
+        await announcer.start()
+        try:
+            await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit)
+        finally:
+            await announcer.stop()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

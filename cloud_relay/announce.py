@@ -19,14 +19,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Final
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from zeroconf import ServiceInfo
     from zeroconf.asyncio import AsyncZeroconf
 
@@ -123,18 +122,3 @@ class RelayAnnouncer:
             if info is not None:
                 await zeroconf.async_unregister_service(info)
             await zeroconf.async_close()
-
-
-def announce_context(
-    announcer: RelayAnnouncer,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """An aiohttp ``cleanup_ctx`` entry: announced while the app runs, withdrawn on shutdown."""
-
-    async def announced(_app: web.Application) -> AsyncIterator[None]:
-        await announcer.start()
-        try:
-            yield
-        finally:
-            await announcer.stop()
-
-    return announced

@@ -194,7 +194,11 @@ async def _call(
 
 async def _connect(mqtt: dict[str, Any]) -> None:
     async with aiomqtt.Client(
-        mqtt["host"], mqtt["port"], username=mqtt["username"], password=mqtt["password"]
+        mqtt["host"],
+        mqtt["port"],
+        username=mqtt["username"],
+        password=mqtt["password"],
+        identifier=mqtt["client_id"],  # the broker binds each credential to one client id
     ) as client:
         await client.publish("iob/nothing-of-ours", b"", qos=1)
 
