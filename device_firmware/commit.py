@@ -39,7 +39,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeAlias
 from urllib.parse import urlsplit
 
 from iob_protocol.claim import MAX_SKEW_SECONDS, ClaimConfirmation
@@ -58,9 +58,9 @@ ROLLBACK_TIMEOUT: Final = 30.0
 #: One TCP connection attempt to the broker during a Wi-Fi change.
 BROKER_PROBE_TIMEOUT: Final = 10.0
 
-type RelayFactory = Callable[[str], RelayClient]
+RelayFactory: TypeAlias = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
-type BrokerProbe = Callable[[str, int], Awaitable[None]]
+BrokerProbe: TypeAlias = Callable[[str, int], Awaitable[None]]
 
 
 async def tcp_probe(host: str, port: int) -> None:

@@ -39,7 +39,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import aiomqtt
 from cryptography import x509
@@ -74,7 +74,7 @@ DEVICE_COMMANDS: Final = frozenset({"identify", "factory_reset"})
 _DEVICE_COMMAND_PREFIX: Final = "_"
 
 #: A device-level command's action; a :class:`DiagnosedError` is reported with its code.
-type DeviceCommand = Callable[[], Awaitable[None]]
+DeviceCommand: TypeAlias = Callable[[], Awaitable[None]]
 _JITTER: Final = random.SystemRandom()
 
 
