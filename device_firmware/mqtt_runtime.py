@@ -434,8 +434,13 @@ class MqttRuntime:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._serve_commands(client))
                         group.create_task(self._announce_and_publish(client, on_established))
-                except* aiomqtt.MqttError as errors:
-                    raise errors.exceptions[0] from None
+                except BaseExceptionGroup as group_error:
+                    # Not `except*`: Python before 3.11.4 (Bookworm has 3.11.2) wraps an
+                    # exception raised inside `except*` in a new ExceptionGroup.
+                    mqtt_errors, others = group_error.split(aiomqtt.MqttError)
+                    if mqtt_errors is None or others is not None:
+                        raise
+                    raise mqtt_errors.exceptions[0] from None
             except asyncio.CancelledError:
                 if not self._cleared:
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
