@@ -37,10 +37,10 @@ NEWEST_PYTHON_VERSION=3.14
 DEVICE_PYTHON_VERSION=3.11
 PROJECT_EXTRAS="device,relay,test"
 # The test code that also runs on the device's Python 3.11 (scripts/test; ruff's
-# per-file-target-version in pyproject.toml lists the same). tests/relay stays on 3.13.
+# per-file-target-version in pyproject.toml lists the same).
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
-PY311_TEST_PATHS=(tests/protocol tests/device tests/plugins tests/conftest.py tests/raw_http.py
-  tests/test_packaging.py tests/integration/ble_bridge.py)
+PY311_TEST_PATHS=(tests/protocol tests/device tests/relay tests/plugins tests/conftest.py
+  tests/raw_http.py tests/test_packaging.py tests/integration/ble_bridge.py)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
