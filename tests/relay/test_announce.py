@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 import aiohttp
 from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange
@@ -65,7 +66,7 @@ def _serve(config: Path, *args: str) -> subprocess.Popen[bytes]:
         )
 
 
-type Events = asyncio.Queue[tuple[ServiceStateChange, str]]
+Events: TypeAlias = asyncio.Queue[tuple[ServiceStateChange, str]]
 
 
 async def _next(events: Events, process: subprocess.Popen[bytes]) -> tuple[ServiceStateChange, str]:
