@@ -1,5 +1,7 @@
 """Command line: ``python -m cloud_relay serve | migrate | registry | admin | audit | broker``.
 
+``provisioning-token`` mints a one-time token for the Home Assistant add-on's announcement.
+
 Installed from the wheel it is also the ``iob-relay`` command.
 
 Every command reads the same configuration as the server (``--config``, or the
@@ -16,14 +18,22 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
+import contextlib
+
+from .announce import SERVICE_TYPE, RelayAnnouncer, check_addresses
 from .broker.mosquitto import MosquittoDynsecAdapter
 from .config import RelayConfig, load_config, write_secret_key
 from .context import Context
 from .errors import RelayError
+from .provisioning import DEFAULT_TTL, mint_token, tokens_path
 from .registry import parse_records
 from .relay import Relay
 from .storage import open_storage
@@ -68,9 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML configuration (default: $IOB_RELAY_CONFIG or relay.toml)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP server")
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument(
+        "--announce",
+        action="append",
+        metavar="ADDRESS",
+        default=[],
+        help=f"announce the service as {SERVICE_TYPE} on this IPv4 address (repeatable)",
+    )
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("init", help="write a sample config (if missing) and the secret key")
+    provision = commands.add_parser(
+        "provisioning-token", help="mint a one-time provisioning token (printed, stored hashed)"
+    )
+    provision.add_argument(
+        "--ttl", type=int, default=DEFAULT_TTL, help=f"seconds (default {DEFAULT_TTL})"
+    )
 
     registry = commands.add_parser("registry", help="manufacturing registry").add_subparsers(
         dest="action", required=True
@@ -207,25 +230,65 @@ def _init(path: Path) -> int:
     return 0
 
 
-def _serve(config: RelayConfig) -> int:
+def _serve(config: RelayConfig, announce: Sequence[str]) -> int:
     from aiohttp import web  # noqa: PLC0415 - only the server needs it
 
     from .app import create_app  # noqa: PLC0415
 
-    web.run_app(create_app(config), host=config.http_host, port=config.http_port)
+    app = create_app(config)
+    if not announce:
+        web.run_app(app, host=config.http_host, port=config.http_port)
+        return 0
+    addresses = check_addresses(announce, config.http_host)
+    announcer = RelayAnnouncer(port=config.http_port, addresses=addresses)
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(_serve_announced(app, config, announcer))
     return 0
+
+
+async def _serve_announced(
+    app: web.Application, config: RelayConfig, announcer: RelayAnnouncer
+) -> None:
+    """Serve, and announce only once the port accepts connections (not during start-up).
+
+    ``web.run_app`` runs every start-up hook (the broker reconcile among them) before it binds
+    the port, so an announcement made from a hook sent HA's zeroconf to a port that refused.
+    """
+    from aiohttp import web  # noqa: PLC0415 - only the server needs it
+
+    runner = web.AppRunner(app, handle_signals=True)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.http_host, config.http_port).start()
+        await announcer.start()
+        try:
+            await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit)
+        finally:
+            await announcer.stop()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # IOB_RELAY_LOG_LEVEL (DEBUG, INFO, WARNING, ERROR): the add-on passes its option on.
+    level = logging.getLevelNamesMapping().get(
+        os.environ.get("IOB_RELAY_LOG_LEVEL", ""), logging.INFO
+    )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if os.environ.get("IOB_RELAY_ACCESS_LOG") == "0":  # the add-on, below its debug level
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         if args.command == "init":
             return _init(args.config)
+        if args.command == "provisioning-token":
+            token = mint_token(tokens_path(args.config), ttl=args.ttl, now=time.time())
+            _out(token)
+            return 0
         config = load_config(args.config)
         if args.command == "serve":
-            return _serve(config)
+            return _serve(config, args.announce)
         return asyncio.run(_run(args, config))
     except RelayError as err:
         sys.stderr.write(f"error: {err.message}\n")

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -41,7 +41,7 @@ _LOGGER: Final = logging.getLogger(__name__)
 #: The HTTP server's own log: a request that is not HTTP is one INFO line, not a traceback.
 HTTP_LOGGER: Final = server_logger("cloud_relay.http", (HttpProcessingError,))
 
-type BrokerFactory = Callable[[RelayConfig], Awaitable[BrokerAdapter]]
+BrokerFactory: TypeAlias = Callable[[RelayConfig], Awaitable[BrokerAdapter]]
 
 
 def error_body(error: RelayError) -> dict[str, Any]:

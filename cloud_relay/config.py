@@ -13,7 +13,7 @@ import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from iob_protocol.canonical import b64url_decode, b64url_encode
 from iob_protocol.errors import EncodingError
@@ -25,6 +25,7 @@ SECRET_KEY_BYTES: Final = 32
 #: DESIGN: a claim token lives at most ten minutes.
 MAX_CLAIM_TTL: Final = 600
 _LIMIT_RE: Final = re.compile(r"(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*s?")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ def _decode_key(text: str, where: str) -> bytes:
     return key
 
 
-def _section[T](cls: type[T], data: object, where: str) -> T:
+def _section(cls: type[_T], data: object, where: str) -> _T:
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ after the same work: a stranger cannot tell an unknown id from a known one.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeAlias, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,9 +44,10 @@ _UNKNOWN_DEVICE_KEY: Final = (
 )
 
 
-type DeviceStatement = (
+DeviceStatement: TypeAlias = (
     ClaimConfirmation | MqttCredentialRequest | ReleaseNotice | ZeroTouchConfirmation
 )
+_S = TypeVar("_S", bound=DeviceStatement)
 
 
 def _canonical(value: object, field: str) -> bytes:
@@ -71,7 +72,7 @@ def _as_json(value: object) -> JsonValue:
     raise EncodingError(f"unsupported JSON value of type {type(value).__name__}")
 
 
-def _parse[T: DeviceStatement](kind: type[T], value: object, field: str) -> T:
+def _parse(kind: type[_S], value: object, field: str) -> _S:
     data = _canonical(value, field)
     try:
         return kind.from_json(data)  # type: ignore[return-value]

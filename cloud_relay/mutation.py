@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from .broker_sync import BrokerPlan
 from .context import Context
 from .storage import Connection
 
+_T = TypeVar("_T")
 
-async def mutate[T](
+
+async def mutate(
     ctx: Context,
-    body: Callable[[Connection, BrokerPlan], Awaitable[T]],
+    body: Callable[[Connection, BrokerPlan], Awaitable[_T]],
     *,
     prepare: Callable[[BrokerPlan], Awaitable[None]] | None = None,
-) -> T:
+) -> _T:
     """Run ``body`` in a transaction; on any failure undo its broker changes, then re-raise.
 
     ``prepare`` makes broker calls *before* the transaction begins, through the same plan, so

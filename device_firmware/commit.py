@@ -51,7 +51,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeAlias
 from urllib.parse import urlsplit
 
 from iob_protocol.claim import MAX_SKEW_SECONDS, ClaimConfirmation, MqttCredentialRequest
@@ -95,9 +95,9 @@ _UNANSWERED: Final = frozenset(
     {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED, DiagnosticCode.CLOCK_SKEW}
 )
 
-type RelayFactory = Callable[[str], RelayClient]
+RelayFactory: TypeAlias = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
-type BrokerProbe = Callable[[str, int], Awaitable[None]]
+BrokerProbe: TypeAlias = Callable[[str, int], Awaitable[None]]
 
 
 async def tcp_probe(host: str, port: int) -> None:

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from iob_protocol.commands import (
     MAX_SCAN_RESULTS,
@@ -70,8 +70,8 @@ from .state import ClaimInFlight, DeviceStateRecord, Phase, StateStore
 _LOGGER = logging.getLogger(__name__)
 _MIN_RSSI: Final = -127
 
-type StateListener = Callable[[DeviceStateRecord], None]
-type ResetListener = Callable[[], None]
+StateListener: TypeAlias = Callable[[DeviceStateRecord], None]
+ResetListener: TypeAlias = Callable[[], None]
 
 
 def rssi_from_strength(strength: int) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TypeAlias
 
 from iob_protocol.diagnostics import DiagnosticCode
 
@@ -54,7 +55,7 @@ def pattern_for(phase: Phase, diagnostic: DiagnosticCode | None) -> LedPattern:
     return LedPattern.UNCLAIMED
 
 
-type LedDriver = Callable[[LedPattern], None]
+LedDriver: TypeAlias = Callable[[LedPattern], None]
 
 
 class Hardware:

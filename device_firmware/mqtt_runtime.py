@@ -36,13 +36,15 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import re
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -81,8 +83,30 @@ DEVICE_COMMANDS: Final = frozenset({"identify", "factory_reset"})
 _DEVICE_COMMAND_PREFIX: Final = "_"
 
 #: A device-level command's action; a :class:`DiagnosedError` is reported with its code.
-type DeviceCommand = Callable[[], Awaitable[None]]
+DeviceCommand: TypeAlias = Callable[[], Awaitable[None]]
 _JITTER: Final = random.SystemRandom()
+_T = TypeVar("_T")
+
+if sys.version_info < (3, 12):
+
+    class _Client(aiomqtt.Client):
+        """aiomqtt's client waiting as Python 3.12's ``asyncio.wait_for`` does.
+
+        On 3.11 (Raspberry Pi OS Bookworm) ``wait_for`` drops a cancellation that arrives
+        together with the awaited reply (fixed in 3.12), so a stop during a publish was lost.
+        """
+
+        async def _wait_for(self, fut: Awaitable[_T], timeout: float | None) -> _T:  # noqa: ASYNC109 - overrides aiomqtt
+            if timeout is None:
+                timeout = self.timeout
+            try:
+                async with asyncio.timeout(None if timeout == math.inf else timeout):
+                    return await fut
+            except TimeoutError:
+                raise aiomqtt.MqttError("Operation timed out") from None
+
+else:
+    _Client = aiomqtt.Client
 
 
 class MqttRuntimeError(DiagnosedError):
@@ -431,7 +455,7 @@ class MqttRuntime:
             ) from err
 
     def _client_for(self, tls: ssl.SSLContext | None, *, will: bool) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        return _Client(
             self._settings.host,
             self._settings.port,
             username=self._settings.username,
@@ -465,8 +489,17 @@ class MqttRuntime:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._serve_commands(client))
                         group.create_task(self._announce_and_publish(client, on_established))
-                except* aiomqtt.MqttError as errors:
-                    raise errors.exceptions[0] from None
+                except BaseExceptionGroup as group_error:
+                    # Not `except*`: Python before 3.11.4 (Bookworm has 3.11.2) wraps an
+                    # exception raised inside `except*` in a new ExceptionGroup.
+                    if sys.version_info < (3, 12) and (task := asyncio.current_task()):
+                        # 3.11's TaskGroup cancels this task when a child fails and does not
+                        # take it back (3.12 does): left, it turns later timeouts into cancels.
+                        task.uncancel()
+                    mqtt_errors, others = group_error.split(aiomqtt.MqttError)
+                    if mqtt_errors is None or others is not None:
+                        raise
+                    raise mqtt_errors.exceptions[0] from None
             except asyncio.CancelledError:
                 if not self._cleared:
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):

@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import aiohttp
 from iob_protocol.account_api import (
@@ -81,7 +81,10 @@ ClaimOutcome = Owned
 NotOwned = Unowned
 
 
-def _parse[M: WireModel](model: type[M], url: str, document: object) -> M:
+_Answer = TypeVar("_Answer", bound=WireModel)
+
+
+def _parse(model: type[_Answer], url: str, document: object) -> _Answer:
     try:
         return model.parse(document)
     except WireFormatError as err:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeAlias
 
 from iob_protocol.claim import ReleaseNotice, ReleaseReason
 from iob_protocol.identity import DeviceIdentity
@@ -30,7 +30,7 @@ _LOGGER = logging.getLogger(__name__)
 #: Each best-effort step of a reset is bounded: the button must always work.
 STEP_TIMEOUT: Final = 20.0
 
-type ClearRetained = Callable[[DeviceStateRecord], Awaitable[None]]
+ClearRetained: TypeAlias = Callable[[DeviceStateRecord], Awaitable[None]]
 
 
 @dataclass(slots=True)

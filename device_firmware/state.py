@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from iob_protocol.canonical import b64url_decode, b64url_encode
 from iob_protocol.commands import DeviceState
@@ -61,6 +61,7 @@ from .errors import CorruptStateError, InvalidTransitionError, StateError
 STATE_FORMAT: Final = "iob-device-state-v1"
 STATE_FILE_MODE: Final = 0o600
 _MAX_STATE_SIZE: Final = 64 * 1024
+_T = TypeVar("_T")
 
 
 class Phase(StrEnum):
@@ -611,7 +612,7 @@ class StateStore:
             return await self._finish_in_thread(write)
 
     @staticmethod
-    async def _finish_in_thread[T](write: Callable[[], T]) -> T:
+    async def _finish_in_thread(write: Callable[[], _T]) -> _T:
         """Run ``write`` in a thread; a cancellation is delivered only after it is done."""
         work = asyncio.ensure_future(asyncio.to_thread(write))
         try:

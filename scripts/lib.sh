@@ -7,11 +7,15 @@
 #           (a Debian forky root, used   Debian forky root when the host has no Python 3.14;
 #           through chroot)              the root is cached between runs and rebuilt if missing.
 # Each is pinned exactly by requirements/<env>.lock (regenerate with scripts/lock).
+# A third, HA-free environment runs the device's code on its own Python:
+#   device311 .venv-py311 (in the checkout)  Python 3.11, Raspberry Pi OS Bookworm's (Debian's
+#             /usr/bin/python3.11 when present: the same 3.11.2 build as on the Pi)
 
 set -euo pipefail
 
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
-SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/lib.sh .ci/run)
+SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/lib.sh .ci/run
+  addon/iot_onboard_relay/rootfs/run.sh)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IOB_CACHE_DIR="${IOB_CACHE_DIR:-/var/cache/iot-onboard}"
@@ -31,7 +35,13 @@ FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-
 # The Python packages each environment installs; versions come from its lock file.
 OLDEST_PYTHON_VERSION=3.13
 NEWEST_PYTHON_VERSION=3.14
+DEVICE_PYTHON_VERSION=3.11
 PROJECT_EXTRAS="device,relay,test"
+# The test code that also runs on the device's Python 3.11 (scripts/test; ruff's
+# per-file-target-version in pyproject.toml lists the same).
+# shellcheck disable=SC2034 # used by scripts/test and scripts/lint
+PY311_TEST_PATHS=(tests/protocol tests/device tests/relay tests/plugins tests/conftest.py
+  tests/raw_http.py tests/test_packaging.py tests/integration/ble_bridge.py)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -118,6 +128,35 @@ Install one (for example: pyenv install 3.13.0) and run scripts/setup again."
   pip_clean "$venv/bin/python" -m pip install -q --upgrade pip
   pip_clean "$venv/bin/python" -m pip install -q -c "$REPO_ROOT/requirements/oldest.lock" \
     -r "$REPO_ROOT/requirements/oldest.in" -e "${REPO_ROOT}[$PROJECT_EXTRAS]"
+  echo "$stamp" >"$venv/.iob-stamp"
+}
+
+# ---------------------------------------------------------------- device311: .venv-py311
+
+# Debian's python3.11 first: Raspberry Pi OS Bookworm ships that build (3.11.2), whose asyncio
+# differs from later 3.11 releases (except*, wait_for), so the tests see what the device sees.
+find_device_python() {
+  local debian="/usr/bin/python$DEVICE_PYTHON_VERSION"
+  if "$debian" -c '' >/dev/null 2>&1; then echo "$debian"; return 0; fi
+  find_python "$DEVICE_PYTHON_VERSION"
+}
+
+ensure_device_env() {
+  local venv="$REPO_ROOT/.venv-py311" stamp py
+  stamp=$(env_stamp device311)
+  if [ -f "$venv/.iob-stamp" ] && [ "$(cat "$venv/.iob-stamp")" = "$stamp" ]; then
+    return 0
+  fi
+  py=$(find_device_python) || die "no Python $DEVICE_PYTHON_VERSION found (the device's Python).
+On Debian bookworm: apt-get install -y python3.11 python3.11-venv; elsewhere: pyenv install 3.11.
+Then run scripts/setup again."
+  "$py" -c 'import ensurepip' 2>/dev/null || die "$py cannot create a venv (no ensurepip).
+On Debian: apt-get install -y python3.11-venv, then run scripts/setup again."
+  log "Building .venv-py311 (Python $("$py" -c 'import platform; print(platform.python_version())'), the device's Python, no Home Assistant)"
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  pip_clean "$venv/bin/python" -m pip install -q --upgrade pip
+  pip_clean "$venv/bin/python" -m pip install -q -c "$REPO_ROOT/requirements/device311.lock" \
+    -r "$REPO_ROOT/requirements/device311.in" -e "${REPO_ROOT}[$PROJECT_EXTRAS]"
   echo "$stamp" >"$venv/.iob-stamp"
 }
 

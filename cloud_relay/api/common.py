@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 from iob_protocol.account_api import WireFormatError, WireModel, WireRequest
@@ -102,9 +102,12 @@ async def _body_bytes(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_body[M: WireRequest](
-    request: web.Request, model: type[M], limit: int | None = None
-) -> M:
+_Request = TypeVar("_Request", bound=WireRequest)
+
+
+async def read_body(
+    request: web.Request, model: type[_Request], limit: int | None = None
+) -> _Request:
     """The body as ``model``, checked against its operation's request schema in /openapi.json.
 
     ``Content-Type: application/json`` (UTF-8), at most ``limit`` bytes (the configured

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
 from iob_protocol.account_api import (
     AcceptInvitationRequest,
@@ -102,7 +104,10 @@ async def accept_invitation(request: web.Request) -> web.Response:
     return ok(member, status=201)
 
 
-async def _statement[M: WireRequest](request: web.Request, model: type[M]) -> M:
+_Statement = TypeVar("_Statement", bound=WireRequest)
+
+
+async def _statement(request: web.Request, model: type[_Statement]) -> _Statement:
     """The device-signed statement in ``field``, read once the caller's address may send one.
 
     The per-address budget is spent before the body is read or parsed, so a flood of bodies

@@ -399,7 +399,8 @@ class MosquittoDynsecAdapter(BrokerAdapter):
             clients, roles = await self._list()
             plan = plan_reconcile(principals, clients, roles, protected={self._username})
             failures: list[dict[str, Any]] = []
-            for chunk in itertools.batched(plan.commands, _RECONCILE_CHUNK, strict=False):
+            for start in range(0, len(plan.commands), _RECONCILE_CHUNK):  # batched() is 3.12+
+                chunk = plan.commands[start : start + _RECONCILE_CHUNK]
                 answers = await self._request(chunk, "reconciling")
                 failures.extend(_failures(chunk, answers, ignore=_ABSENT))
         if failures:

@@ -13,10 +13,23 @@ from __future__ import annotations
 
 import abc
 import re
+import sys
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
-type Row = dict[str, Any]
+if sys.version_info < (3, 12):
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def override(method: _F) -> _F:
+        """``typing.override`` (3.12) on Python 3.11 (Raspberry Pi OS Bookworm): a marker only.
+
+        The engines use it there; mypy checks the overrides in its run at Python 3.13.
+        """
+        return method
+
+
+Row: TypeAlias = dict[str, Any]
 
 _PLACEHOLDER: Final = re.compile(r"\$(\d+)")
 

@@ -8,15 +8,22 @@ migration once.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final, override
+from typing import Any, Final
 
 import asyncpg
 
 from cloud_relay.errors import StorageConflictError, StorageError
 
 from .base import Connection, Row, Storage
+
+# The typing.override binding comes last: ruff reads it to exempt overrides from docstrings.
+if sys.version_info < (3, 12):  # Raspberry Pi OS Bookworm's Python 3.11
+    from .base import override
+else:
+    from typing import override
 
 #: Arbitrary, fixed: the advisory lock that serialises migrations across processes.
 _MIGRATION_LOCK: Final = 0x10B_4E1A

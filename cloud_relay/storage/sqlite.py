@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, Final, override
+from typing import Any, Final
 
 import aiosqlite
 
@@ -25,6 +26,12 @@ from cloud_relay.errors import StorageConflictError, StorageError
 
 from .base import Connection, Row, Storage, to_qmark
 from .files import prepare_sqlite_files
+
+# The typing.override binding comes last: ruff reads it to exempt overrides from docstrings.
+if sys.version_info < (3, 12):  # Raspberry Pi OS Bookworm's Python 3.11
+    from .base import override
+else:
+    from typing import override
 
 _BUSY_TIMEOUT_MS: Final = 10_000
 _READERS: Final = 4

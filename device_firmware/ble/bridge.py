@@ -28,7 +28,7 @@ import json
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias, TypeVar
 
 from iob_protocol.ble import SERVICE_UUID, BleStatus
 from iob_protocol.sources import MonotonicClock, monotonic
@@ -67,7 +67,8 @@ _OPS: Final = frozenset(
 _IOB: Final = "iot_onboard"
 _IMPROV: Final = "improv"
 
-type Document = dict[str, Any]
+Document: TypeAlias = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class BridgeProtocolError(BleError):
@@ -445,7 +446,7 @@ def _parse(body: bytes) -> Document:
     return message
 
 
-def _field[T](message: Document, name: str, kind: type[T]) -> T:
+def _field(message: Document, name: str, kind: type[_T]) -> _T:
     value = message.get(name)
     # bool is an int in Python, never in this format.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

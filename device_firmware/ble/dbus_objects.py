@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, TypeAlias
 from xml.sax.saxutils import quoteattr
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
@@ -33,7 +33,7 @@ _READ_ONLY: Final = "org.freedesktop.DBus.Error.PropertyReadOnly"
 _INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 _MANAGED_OBJECTS_SIGNATURE: Final = "a{oa{sa{sv}}}"
 
-type Properties = dict[str, Variant]
+Properties: TypeAlias = dict[str, Variant]
 
 
 class ExportedObject(abc.ABC):

@@ -44,7 +44,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeAlias
 
 from iob_protocol.errors import FramingError
 from iob_protocol.framing import (
@@ -116,10 +116,10 @@ def clamp_mtu(mtu: int) -> int:
     return min(max(mtu, DEFAULT_ATT_MTU), MAX_ATT_MTU)
 
 
-type ReadHandler = Callable[[Access], bytes]
-type WriteHandler = Callable[[bytes, Access], None]
+ReadHandler: TypeAlias = Callable[[Access], bytes]
+WriteHandler: TypeAlias = Callable[[bytes, Access], None]
 #: Send ``value`` as a notification of the characteristic ``uuid`` to subscribed centrals.
-type Notify = Callable[[str, bytes], Awaitable[None]]
+Notify: TypeAlias = Callable[[str, bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

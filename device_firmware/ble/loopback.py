@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
 from iob_protocol.ble import RX_UUID, TX_UUID
 from iob_protocol.framing import ChunkReassembler, chunk_frame
@@ -44,7 +44,7 @@ _READ_HEADER: Final = 1
 RECEIVE_TIMEOUT: Final = 10.0
 
 #: Takes a subscribed notification (``uuid``, value already cut to the link's MTU).
-type NotificationSink = Callable[[str, bytes], None]
+NotificationSink: TypeAlias = Callable[[str, bytes], None]
 
 
 class LoopbackPeripheral:

@@ -15,16 +15,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from device_firmware.errors import DeviceError
 
 #: What ``read`` returns: numbers for sensors and numbers, booleans for binary sensors and
 #: switches, text (an ISO 8601 timestamp), or None when the value is unknown right now.
-type StateValue = float | int | bool | str | None
+StateValue: TypeAlias = float | int | bool | str | None
 #: What a validated command carries: on/off for switches, the value for numbers, None for a
 #: button press.
-type CommandValue = bool | float | None
+CommandValue: TypeAlias = bool | float | None
 
 KEY_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_COMMAND_BYTES: Final = 64

@@ -152,10 +152,11 @@ class ConnectionGuard:
             )
         self._open: dict[GuardedHandler, None] = {}  # in arrival order: oldest first
         self._last_accept_error = 0.0
+        self._last_full = 0.0
         self._full = _Episode(
             "HTTP connection limit (%d) reached: closing the oldest idle connections "
             "(a client opening many connections?)",
-            "HTTP connections back below half the limit (%d)",
+            "HTTP connections back below half the limit (%d) for 30 s",
         )
         self._starved = _Episode(
             "out of file descriptors, accepting no connections for a second: %s "
@@ -170,9 +171,12 @@ class ConnectionGuard:
 
     def admit(self, handler: GuardedHandler) -> bool:
         """Register a new connection; close the oldest idle one at the cap (False: refused)."""
-        if asyncio.get_running_loop().time() - self._last_accept_error > STARVED_QUIET:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_accept_error > STARVED_QUIET:
             self._starved.finish()
+        self._maybe_end_full(now)
         if len(self._open) >= self.cap:
+            self._last_full = now
             self._full.begin(self.cap)
             victim = next((other for other in self._open if other.idle), None)
             if victim is None:
@@ -185,7 +189,15 @@ class ConnectionGuard:
     def release(self, handler: GuardedHandler) -> None:
         """Forget a closed connection."""
         self._open.pop(handler, None)
-        if len(self._open) <= self.cap // 2:  # hysteresis: one episode, not one per connection
+        self._maybe_end_full(asyncio.get_running_loop().time())
+
+    def _maybe_end_full(self, now: float) -> None:
+        """End the "limit reached" episode once below half the cap and quiet for a while.
+
+        Hysteresis in count and in time: a flood that comes in waves (connections closed by
+        the head timeout, then opened again) is one episode and one pair of log lines.
+        """
+        if len(self._open) <= self.cap // 2 and now - self._last_full > STARVED_QUIET:
             self._full.finish(self.cap)
 
     def shed(self, count: int) -> int:
@@ -213,12 +225,24 @@ class ConnectionGuard:
                     "accept failed (%s); %d idle connections closed", context.get("exception"), shed
                 )
                 return None
+            if _is_retry_after_close(context):
+                # asyncio's accept retry (scheduled by an EMFILE a second ago) ran after the
+                # server closed its socket: nothing to serve any more, not an error.
+                _LOGGER.debug("accept retry after the server closed: %s", context.get("exception"))
+                return None
             if previous is None:
                 loop.default_exception_handler(context)
                 return None
             return previous(loop, context)
 
         return handle
+
+
+def _is_retry_after_close(context: dict[str, Any]) -> bool:
+    """Whether ``context`` is asyncio's delayed accept retry failing on a closed socket."""
+    message = str(context.get("message", ""))
+    failure = context.get("exception")
+    return "._start_serving(" in message and isinstance(failure, ValueError | OSError)
 
 
 class GuardedHandler(RequestHandler):

@@ -36,7 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeAlias
 
 from iob_protocol.commands import (
     CommandResult,
@@ -78,7 +78,7 @@ from device_firmware.factory import ProvisionedDevice
 
 _LOGGER = logging.getLogger(__name__)
 
-type Dispatcher = Callable[[Request], Awaitable[CommandResult]]
+Dispatcher: TypeAlias = Callable[[Request], Awaitable[CommandResult]]
 
 #: Error code for a DATA frame that names no current session.
 NO_SESSION: Final = "no_session"

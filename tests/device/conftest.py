@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 import pytest
@@ -219,7 +219,7 @@ class RunningAgent:
         return client
 
 
-type AgentStarter = Callable[..., contextlib.AbstractAsyncContextManager[RunningAgent]]
+AgentStarter: TypeAlias = Callable[..., contextlib.AbstractAsyncContextManager[RunningAgent]]
 
 
 def lingering_tasks() -> set[asyncio.Task[Any]]:

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TypeAlias
 
 import pytest
 
@@ -104,7 +105,7 @@ def _info(port: int) -> dict[str, str]:
         return document
 
 
-type Started = list[tuple[Provisioned, Path, subprocess.Popen[bytes]]]
+Started: TypeAlias = list[tuple[Provisioned, Path, subprocess.Popen[bytes]]]
 
 
 def _start_agents(tmp_path: Path, devices: list[Provisioned]) -> Started:

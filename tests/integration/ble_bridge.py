@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeAlias
 
 #: The bridge's wire format version this client speaks.
 BRIDGE_VERSION: Final = 1
@@ -35,8 +35,8 @@ _READY_LINE: Final = re.compile(
     r"BLE bridge listening on (?:\[[0-9a-fA-F:]+\]|[0-9.]+):(?P<port>\d+)"
 )
 
-type NotifyCallback = Callable[[str, bytearray], Awaitable[None] | None]
-type AdvertisementCallback = Callable[["BridgeAdvertisement | None"], None]
+NotifyCallback: TypeAlias = Callable[[str, bytearray], Awaitable[None] | None]
+AdvertisementCallback: TypeAlias = Callable[["BridgeAdvertisement | None"], None]
 
 
 class BridgeError(Exception):

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 
@@ -121,7 +121,7 @@ class LossyProxy:
         self._held.clear()
 
 
-type ProxyFactory = Callable[..., contextlib.AbstractAsyncContextManager[LossyProxy]]
+ProxyFactory: TypeAlias = Callable[..., contextlib.AbstractAsyncContextManager[LossyProxy]]
 
 
 @contextlib.asynccontextmanager

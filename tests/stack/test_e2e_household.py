@@ -50,6 +50,8 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from cloud_relay.broker.local import DYNSEC_CONTROL_TOPIC
+
 from .helpers import (
     REPO,
     Orchestrator,
@@ -117,15 +119,22 @@ class Household:
         return hub
 
     def observer(self) -> dict[str, Any]:
-        """The broker admin, to watch topics: the hub's credential is bound to the client id
-        Home Assistant's hub holds, and a second session with it would take that one over."""
+        """A broker client of the test's own that may watch and command ``iob/#``.
+
+        Not the hub's credential: it is bound to the client id Home Assistant's hub holds, and
+        a second session with it would take that one over. Not the bare dynsec admin either: it
+        may subscribe but not publish device commands. The admin creates this client once, as an
+        operator's tool would be set up (docs/broker.md).
+        """
         broker = self.ready["broker"]
-        return {
+        credentials = {
             "host": broker["host"],
             "port": broker["port"],
-            "username": broker["admin_username"],
-            "password": broker["admin_password"],
+            "username": OBSERVER,
+            "password": OBSERVER_PASSWORD,
         }
+        asyncio.run(_create_observer(broker))  # a no-op for the broker once it exists
+        return credentials
 
     def relay_devices(self, household_id: str | None = None, token: str | None = None) -> set[str]:
         """The device ids a household's device list shows at the account service."""
@@ -296,10 +305,52 @@ def device_mqtt_credentials(device: Device) -> dict[str, Any]:
     """The MQTT credentials the device saved with its claim (its state file)."""
     document = json.loads((Path(device.data_dir) / "state.json").read_text(encoding="utf-8"))
     mqtt: dict[str, Any] = document["mqtt"]
-    return mqtt
+    # The broker accepts the device's credential only with the device's own client id (a
+    # connection with it takes the device's session over; the device reconnects).
+    return {**mqtt, "client_id": mqtt.get("client_id") or mqtt["username"]}
 
 
 # --- MQTT as a client of its own ------------------------------------------------------------
+
+
+OBSERVER: Final = "e2e-observer"
+OBSERVER_PASSWORD: Final = "e2e-observer-" + "x" * 24
+
+
+async def _create_observer(broker: dict[str, Any]) -> None:
+    """Create the observer's client and role as the dynsec admin; wait until it connects."""
+    commands = [
+        {
+            "command": "createRole",
+            "rolename": OBSERVER,
+            "acls": [
+                {"acltype": acltype, "topic": "iob/#", "allow": True}
+                for acltype in (
+                    "publishClientSend",
+                    "publishClientReceive",
+                    "subscribeLiteral",
+                    "subscribePattern",
+                )
+            ],
+        },
+        {
+            "command": "createClient",
+            "username": OBSERVER,
+            "password": OBSERVER_PASSWORD,
+            "roles": [{"rolename": OBSERVER}],
+        },
+    ]
+    admin = {**broker, "username": broker["admin_username"], "password": broker["admin_password"]}
+    async with _client(admin, "admin") as client:
+        await client.publish(DYNSEC_CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
+    observer = {**broker, "username": OBSERVER, "password": OBSERVER_PASSWORD}
+    async with asyncio.timeout(MQTT_TIMEOUT * 3):
+        while True:
+            try:
+                async with _client(observer, "observer-check"):
+                    return
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
 
 
 def _client(credentials: dict[str, Any], name: str) -> aiomqtt.Client:

@@ -30,7 +30,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, Self
+from typing import Final, Self, TypeAlias
 
 from .canonical import base32_decode, base32_encode
 from .diagnostics import DiagnosticCode
@@ -237,7 +237,7 @@ class BleReplyTimeoutError(BleLinkError):
 
 
 #: Writes one chunk to the RX characteristic (bleak: ``write_gatt_char(RX_UUID, chunk, ...)``).
-type WriteChunk = Callable[[bytes], Awaitable[None]]
+WriteChunk: TypeAlias = Callable[[bytes], Awaitable[None]]
 
 
 class FrameChannel:

@@ -19,7 +19,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, TypeAlias
 
 from .boundedjson import MAX_JSON_DEPTH, load_json
 from .errors import EncodingError, MalformedMessageError, NonCanonicalMessageError
@@ -43,8 +43,8 @@ _DOMAIN_RE: Final = re.compile(r"[a-z0-9][a-z0-9/._-]{0,127}")
 _FIELD_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _B64URL_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
 
-type FieldValue = bytes | str | int | bool
-type JsonValue = bool | int | str | list[JsonValue] | dict[str, JsonValue] | None
+FieldValue: TypeAlias = bytes | str | int | bool
+JsonValue: TypeAlias = bool | int | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 
 def _length_prefixed(data: bytes) -> bytes:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Final, Self
+from typing import ClassVar, Final, Self, TypeAlias
 
 from .canonical import (
     JSON_INT_MAX,
@@ -50,7 +50,7 @@ MAX_SKEW_SECONDS: Final = 120
 CREDENTIAL_MAX_AGE_SECONDS: Final = 120
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
 
-type _Fields = dict[str, bytes | str | int]
+_Fields: TypeAlias = dict[str, bytes | str | int]
 
 
 class ReleaseReason(StrEnum):

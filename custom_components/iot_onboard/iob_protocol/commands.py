@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Final, Self
+from typing import ClassVar, Final, Self, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from .canonical import JsonValue, b64url_decode, b64url_encode, canonical_json, parse_canonical_json
@@ -54,6 +54,9 @@ _HEX: Final = frozenset("0123456789abcdefABCDEF")
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
 _ERROR_CODE_RE: Final = re.compile(r"[a-z0-9_]{1,64}")
 _HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+_T = TypeVar("_T")
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class CommandType(StrEnum):
@@ -226,7 +229,7 @@ class _Fields:
         self._where = where
         self._seen: set[str] = set()
 
-    def _get[T](self, name: str, kind: type[T], label: str, *, required: bool) -> T | None:
+    def _get(self, name: str, kind: type[_T], label: str, *, required: bool) -> _T | None:
         self._seen.add(name)
         if name not in self._document:
             if required:
@@ -462,7 +465,7 @@ class SetOwnerSecretRequest:
         return {"owner_secret": b64url_encode(self.owner_secret)}
 
 
-type Request = (
+Request: TypeAlias = (
     InfoRequest
     | ScanWifiRequest
     | SetWifiRequest
@@ -653,10 +656,10 @@ class StatusResult:
         return fields
 
 
-type CommandResult = AckResult | InfoResult | ScanWifiResult | CommitResult | StatusResult
+CommandResult: TypeAlias = AckResult | InfoResult | ScanWifiResult | CommitResult | StatusResult
 
 
-def _enum[E: StrEnum](enum: type[E], value: str, what: str) -> E:
+def _enum(enum: type[_E], value: str, what: str) -> _E:
     try:
         return enum(value)
     except ValueError as err:
@@ -790,7 +793,7 @@ class ErrorResponse:
         )
 
 
-type Response = OkResponse | ErrorResponse
+Response: TypeAlias = OkResponse | ErrorResponse
 
 
 def encode_response(response: Response) -> bytes:

@@ -21,7 +21,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar, Final, Self
+from typing import ClassVar, Final, Self, TypeAlias
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -307,7 +307,7 @@ class ManualCode:
         return cls(digits[:PASSCODE_DIGITS])
 
 
-type SetupCredential = QrPayload | ManualCode
+SetupCredential: TypeAlias = QrPayload | ManualCode
 
 
 # --- owner secret -------------------------------------------------------------------------------

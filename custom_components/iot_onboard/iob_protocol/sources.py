@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TypeAlias
 
 #: Returns ``n`` random bytes; the default is :func:`os.urandom`.
-type RandomSource = Callable[[int], bytes]
+RandomSource: TypeAlias = Callable[[int], bytes]
 
 #: Returns seconds from a monotonic clock (deadlines, windows).
-type MonotonicClock = Callable[[], float]
+MonotonicClock: TypeAlias = Callable[[], float]
 
 #: Returns Unix seconds (signed timestamps).
-type WallClock = Callable[[], int]
+WallClock: TypeAlias = Callable[[], int]
 
 
 def system_random(size: int) -> bytes:

@@ -26,7 +26,7 @@ Runs inside the mock process (dbus-python). What it adds to the shipped ``bluez5
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import dbus
 import dbus.service
@@ -81,11 +81,12 @@ FLAGS = {
     "authorize",
 }
 LEGACY_ADV = 31
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def dbus_method[F: Callable[..., Any]](interface: str, **options: Any) -> Callable[[F], F]:
+def dbus_method(interface: str, **options: Any) -> Callable[[_F], _F]:
     """``dbus.service.method``, typed for mypy (dbus-python ships no type hints)."""
-    decorator: Callable[[F], F] = dbus.service.method(interface, **options)
+    decorator: Callable[[_F], _F] = dbus.service.method(interface, **options)
     return decorator
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from iob_protocol.commands import Request, Response, decode_response, encode_request
 from iob_protocol.framing import FrameType, decode_error_body, decode_frame
 from iob_protocol.session import ClientSession
 
-type SendFrame = Callable[[bytes], Awaitable[None]]
-type ReceiveFrame = Callable[[], Awaitable[bytes]]
+SendFrame: TypeAlias = Callable[[bytes], Awaitable[None]]
+ReceiveFrame: TypeAlias = Callable[[], Awaitable[bytes]]
 
 
 def error_code(frame: bytes) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from improv_ble_client import protocol as prot
@@ -25,9 +25,10 @@ from .conftest import BluezMock
 PHONE = "AA:BB:CC:DD:EE:02"
 IOB_ADVERT = f"{ADVERTISEMENT_PATH}/iot_onboard"
 IMPROV_ADVERT = f"{ADVERTISEMENT_PATH}/improv"
+_T = TypeVar("_T")
 
 
-async def eventually[T](probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool]) -> T:
+async def eventually(probe: Callable[[], Awaitable[_T]], accept: Callable[[_T], bool]) -> _T:
     """Poll a cross-process effect (a D-Bus signal reaching the other side), bounded."""
     async with asyncio.timeout(10):
         while True:

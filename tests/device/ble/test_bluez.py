@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
@@ -45,6 +45,7 @@ from .conftest import BluezMock, Device, MockCallError
 PHONE = "AA:BB:CC:DD:EE:01"
 IOB_ADVERT = f"{ADVERTISEMENT_PATH}/iot_onboard"
 IMPROV_ADVERT = f"{ADVERTISEMENT_PATH}/improv"
+_T = TypeVar("_T")
 
 
 def make_peripheral(device: Device, bluez: BluezMock, **options: object) -> BluezPeripheral:
@@ -67,7 +68,7 @@ async def peripheral(device: Device, bluez: BluezMock) -> AsyncIterator[BluezPer
         await ble.stop()
 
 
-async def eventually[T](probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool]) -> T:
+async def eventually(probe: Callable[[], Awaitable[_T]], accept: Callable[[_T], bool]) -> _T:
     """Poll a cross-process effect (a D-Bus signal reaching the other side), bounded."""
     async with asyncio.timeout(10):
         while True:

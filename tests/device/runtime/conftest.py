@@ -189,9 +189,12 @@ async def running(runtime: MqttRuntime) -> AsyncIterator[asyncio.Task[None]]:
                 task.result()  # raises what ended the runtime
         yield task
     finally:
+        # A cancel must stop it even in the middle of a publish (Python 3.11's wait_for, which
+        # aiomqtt uses, dropped one that arrived with the broker's reply): WAIT bounds the stop.
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            async with asyncio.timeout(WAIT):
+                await task
 
 
 class TcpProxy:
