@@ -984,7 +984,10 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 errors["base"] = "not_a_device"
             else:
                 await self._async_set_discovery_id(advertisement.device_id)
-                self._abort_if_device_owned(advertisement.device_id, host, port)
+                if advertisement.state not in _UNCLAIMED_TXT_STATES:
+                    # As for zeroconf: a record left from an onboarding the device never
+                    # finished (every answer lost, it rolled back) does not make it ours.
+                    self._abort_if_device_owned(advertisement.device_id, host, port)
                 self._device_id = advertisement.device_id
                 self._model = advertisement.model
                 self._host, self._port = host, port
