@@ -35,7 +35,9 @@ back by itself (fail-safe timer), and a claim that was not used expires on its o
 ten minutes (the service has no cancel); the failure messages say so. A claim the service
 recorded while its answer to the device was lost converges: the device retries by itself, and
 a retry of this flow that finds its claim owned (or gets ``already_owned`` for a new one) adds
-a device that finished, or hands the same claim to one that rolled back (docs/relay.md).
+a device that finished, or hands the same claim to one that rolled back (docs/relay.md). If
+the flow was closed instead, a new flow onboards the device again: the service gives a claim
+for the household's own device, and a stale record of it does not stop the manual add.
 """
 
 from __future__ import annotations
