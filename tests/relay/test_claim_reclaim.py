@@ -46,6 +46,9 @@ async def test_own_household_onboards_its_device_again(
     await api.request("GET", f"/v1/households/{household}/hub", token=owner.token, expect=200)
     [before] = await _devices(api, owner, household)
     clock.advance(200)  # the device's commit timer ran out; a new flow starts later
+    # A release notice the device signed before this onboarding (delivered late, or replayed).
+    early_release = device.release(api.now())
+    clock.advance(1)
     admin = await api.join(owner, household, "admin")
 
     started = await api.start_claim(admin, household, device)
@@ -88,6 +91,13 @@ async def test_own_household_onboards_its_device_again(
     assert reclaimed["details"]["claim_id"] == started.body["claim_id"]
     assert reclaimed["details"]["account_id"] == admin.account_id
     await api.relay.verify_audit()
+
+    # The early release notice predates this onboarding: refused, the device stays.
+    stale = await api.request(
+        "POST", "/v1/devices/release-by-device", json_body={"release": early_release}
+    )
+    assert (stale.status, stale.code) == (409, "release_stale")
+    assert [d["device_id"] for d in await _devices(api, owner, household)] == [device.id]
 
     # The new answer lost as well: the device's fresh retry gets the same (new) grant, and
     # the old claim's token no longer re-confirms anything.
