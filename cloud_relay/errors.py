@@ -275,13 +275,6 @@ class ClaimRejectedError(RelayError):
     diagnostic = DiagnosticCode.CLAIM_REJECTED
 
 
-class AlreadyOwnedError(ConflictError):
-    """The caller's own household already owns the device (safe to say: it is theirs)."""
-
-    code = "already_owned"
-    default_message = "Your household already owns this device; nothing to do."
-
-
 class ClaimExpiredError(RelayError):
     """The claim's time ran out before the device confirmed it."""
 
