@@ -10,7 +10,9 @@ before touching claim rows, so concurrent claims of one device never deadlock.
 
 Strangers learn nothing: an unknown id, a device owned by another household, a device
 pre-assigned to another household and a spent token all give the same 409 ``claim_rejected``
-after the same queries.
+after the same queries. The claiming household's own device is claimable: onboarding it
+again (every answer of its first onboarding was lost and it rolled back) keeps the owner and
+rotates its MQTT credential (:func:`take_back`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from .device_proofs import (
     verify_statement,
 )
 from .errors import (
-    AlreadyOwnedError,
     ClaimExpiredError,
     ClaimNotFoundError,
     ClaimRejectedError,
@@ -123,6 +124,60 @@ async def take_ownership(
     return Owned(device_id, household_id, credential)
 
 
+async def take_back(
+    conn: Connection,
+    plan: BrokerPlan,
+    *,
+    device_id: str,
+    household_id: str,
+    details: dict[str, JsonValue],
+    claim_id: str,
+    now: int,
+) -> Owned | None:
+    """A device ``household_id`` owns already, onboarded into it again; None if it does not.
+
+    The device confirmed a claim of its own household: its earlier onboarding's answers were
+    all lost and it rolled back (or it was reset while offline). Ownership stays; the MQTT
+    credential is rotated (whatever copy of the old password exists - the lost answer's, a
+    reset device's - stops working, and the broker disconnects a session that uses it);
+    ``owned_since`` becomes ``now``, so this claim's own lost answer can be re-confirmed
+    (:func:`reconfirm`), an earlier claim's token re-confirms nothing, and a release notice
+    signed before this onboarding is stale. Shares and pending transfers stay (the household
+    did not change). Audited ``device.reclaimed``.
+    """
+    taken = await conn.fetch(
+        "UPDATE devices SET owned_since = $1, credential_version = credential_version + 1, "
+        "updated_at = $1 WHERE device_id = $2 AND household_id = $3 "
+        "RETURNING credential_version",
+        now,
+        device_id,
+        household_id,
+    )
+    if len(taken) != 1:
+        return None
+    await conn.execute(
+        "UPDATE claims SET status = 'rejected', completed_at = $1 "
+        "WHERE device_id = $2 AND status = 'pending' AND id <> $3",
+        now,
+        device_id,
+        claim_id,
+    )
+    version = int(taken[0]["credential_version"])
+    credential = await plan.put_device(device_id, version)
+    await plan.sync_hubs(conn, [household_id])
+    await audit.append(
+        conn,
+        at=now,
+        actor=f"device:{device_id}",
+        action="device.reclaimed",
+        household_id=household_id,
+        device_id=device_id,
+        details={**details, "credential_version": version},
+    )
+    _LOGGER.info("%s onboarded again into its household %s", device_id, household_id)
+    return Owned(device_id, household_id, credential)
+
+
 async def check_device_statement(ctx: Context, statement: DeviceStatement, *, max_age: int) -> None:
     """The per-device rate limit, then the signature by the registry key and time.
 
@@ -174,9 +229,11 @@ class Claims:
                 "SELECT household_id, preassigned_household_id FROM devices WHERE device_id = $1",
                 device_id,
             )
-            if device is not None and device["household_id"] == household_id:
-                raise AlreadyOwnedError
-            if (
+            # The household's own device may be onboarded again (its earlier onboarding's
+            # answers were lost and it rolled back, or it was reset while offline): the
+            # device's confirmation of this claim rotates its credential (``take_back``).
+            owned_already = device is not None and device["household_id"] == household_id
+            if not owned_already and (
                 device is None
                 or device["household_id"] is not None
                 or device["preassigned_household_id"] not in {None, household_id}
@@ -200,7 +257,11 @@ class Claims:
                 action="claim.created",
                 household_id=household_id,
                 device_id=device_id,
-                details={"claim_id": claim_id, "expires_at": expires_at},
+                details={
+                    "claim_id": claim_id,
+                    "expires_at": expires_at,
+                    **({"owned_already": True} if owned_already else {}),
+                },
             )
         return api.Claim(
             claim_id=claim_id,
@@ -293,6 +354,10 @@ class Claims:
                 raise ClaimExpiredError
             if claim["status"] != "pending":
                 raise ClaimRejectedError
+            details: dict[str, JsonValue] = {
+                "claim_id": claim["id"],
+                "account_id": claim["account_id"],
+            }
             owned = await take_ownership(
                 conn,
                 plan,
@@ -301,7 +366,15 @@ class Claims:
                 household_id=claim["household_id"],
                 actor=f"device:{claim['device_id']}",
                 action="device.claimed",
-                details={"claim_id": claim["id"], "account_id": claim["account_id"]},
+                details=details,
+                claim_id=claim["id"],
+                now=now,
+            ) or await take_back(
+                conn,
+                plan,
+                device_id=claim["device_id"],
+                household_id=claim["household_id"],
+                details=details,
                 claim_id=claim["id"],
                 now=now,
             )

@@ -276,13 +276,6 @@ class ClaimRejectedError(RelayError):
     diagnostic = DiagnosticCode.CLAIM_REJECTED
 
 
-class AlreadyOwnedError(ConflictError):
-    """The caller's own household already owns the device (safe to say: it is theirs)."""
-
-    code = ErrorCode.ALREADY_OWNED
-    default_message = "Your household already owns this device; nothing to do."
-
-
 class ClaimExpiredError(RelayError):
     """The claim's time ran out before the device confirmed it."""
 

@@ -422,6 +422,9 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "Posted by the device or relayed by Home Assistant; the signature is the "
                     "authentication. A fresh signature by the same device over the same token "
                     "within its TTL (the device lost the answer) gets the same grant again. "
+                    "A claim of a device the claim's household owns already (onboarded again "
+                    "after its first onboarding's answers were lost) keeps the owner and "
+                    "rotates the MQTT password: the answer carries the new one. "
                     "Errors: 409 `claim_rejected` (also for a replayed confirmation, or a spent "
                     "token after its TTL), 410 `claim_expired`, 400 `clock_skew`, "
                     "`bad_signature`, `invalid_request`."
@@ -574,8 +577,10 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 errors=(403, 404, 409, 429),
                 description=(
                     "409 `claim_rejected` for an unknown device, one owned elsewhere or "
-                    "pre-assigned elsewhere (indistinguishable); 409 `already_owned` when "
-                    "your household owns it."
+                    "pre-assigned elsewhere (indistinguishable). A device your household owns "
+                    "already gets a claim too (onboarding it again, e.g. after it rolled back "
+                    "when every answer to its confirmation was lost); its confirmation keeps "
+                    "the household and rotates the device's MQTT password."
                 ),
                 body=_ref("ClaimRequest"),
                 links={

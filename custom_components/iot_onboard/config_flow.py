@@ -35,7 +35,9 @@ back by itself (fail-safe timer), and a claim that was not used expires on its o
 ten minutes (the service has no cancel); the failure messages say so. A claim the service
 recorded while its answer to the device was lost converges: the device retries by itself, and
 a retry of this flow that finds its claim owned (or gets ``already_owned`` for a new one) adds
-a device that finished, or hands the same claim to one that rolled back (docs/relay.md).
+a device that finished, or hands the same claim to one that rolled back (docs/relay.md). If
+the flow was closed instead, a new flow onboards the device again: the service gives a claim
+for the household's own device, and a stale record of it does not stop the manual add.
 """
 
 from __future__ import annotations
@@ -984,7 +986,10 @@ class IotOnboardConfigFlow(ConfigFlow, domain=DOMAIN):
                 errors["base"] = "not_a_device"
             else:
                 await self._async_set_discovery_id(advertisement.device_id)
-                self._abort_if_device_owned(advertisement.device_id, host, port)
+                if advertisement.state not in _UNCLAIMED_TXT_STATES:
+                    # As for zeroconf: a record left from an onboarding the device never
+                    # finished (every answer lost, it rolled back) does not make it ours.
+                    self._abort_if_device_owned(advertisement.device_id, host, port)
                 self._device_id = advertisement.device_id
                 self._model = advertisement.model
                 self._host, self._port = host, port

@@ -280,15 +280,28 @@ class Device:
             "factory": json.loads((self.data_dir / "factory.json").read_text()),
         }
 
-    def start(self, networks: list[dict[str, Any]], *, ble_bridge: bool = False) -> None:
-        """Run the agent; ``ble_bridge`` serves its real GATT services on a loopback port."""
+    def start(
+        self,
+        networks: list[dict[str, Any]],
+        *,
+        ble_bridge: bool = False,
+        commit_timeout: int | None = None,
+    ) -> None:
+        """Run the agent; ``ble_bridge`` serves its real GATT services on a loopback port;
+        ``commit_timeout`` (seconds) shortens the fail-safe commit timer (its config file)."""
         scenario = self.directory / "scenario.json"
         scenario.write_text(json.dumps({"networks": networks}), encoding="utf-8")
+        config: list[str] = []
+        if commit_timeout is not None:
+            config_file = self.directory / "device.toml"
+            config_file.write_text(f"commit_timeout = {commit_timeout}\n", encoding="utf-8")
+            config = ["--config", str(config_file)]
         self.process = Process.start(
             "device agent",
             [
                 "-m",
                 "device_firmware",
+                *config,
                 "--data-dir",
                 str(self.data_dir),
                 "run",

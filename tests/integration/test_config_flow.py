@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -1282,8 +1283,11 @@ async def test_manual_device_errors_then_success(
     assert device_cls.call_args.args == ("198.51.100.7", 8423)
 
 
-async def test_manual_add_of_an_owned_device(hass: HomeAssistant) -> None:
+async def test_manual_add_of_an_owned_device(hass: HomeAssistant, device: MagicMock) -> None:
     entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    device.fetch_info.return_value = dataclasses.replace(
+        device.fetch_info.return_value, state="online", window="closed"
+    )
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
     result = await submit(
@@ -1292,6 +1296,27 @@ async def test_manual_add_of_an_owned_device(hass: HomeAssistant) -> None:
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
     assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+
+
+async def test_manual_add_of_a_recorded_device_that_rolled_back(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """The household's record is stale: the device heard none of its onboarding's answers and
+    rolled back (it says it is unclaimed). As for zeroconf, the record does not stop a new
+    onboarding; the service gives the household's own device a new claim (docs/relay.md)."""
+    entry = household_entry(hass, devices={DEVICE_ID: {**DEVICE_RECORD, DEVICE_OWNER_SECRET: "x"}})
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
+    result = await submit(
+        hass, result["flow_id"], {"host": "198.51.100.7", "port": 8423, "setup_code": QR}
+    )
+    assert result.get("step_id") == "wifi", result
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["reason"] == "device_added"
+    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert record[DEVICE_HOST] == "198.51.100.7"
+    assert record[DEVICE_OWNER_SECRET] != "x"  # this onboarding's secret replaced the old one
+    account.create_claim.assert_awaited_once()
 
 
 # --- reconfigure: a device's Wi-Fi ---------------------------------------------------------------

@@ -326,6 +326,140 @@ async def test_a_lost_claim_answer_still_ends_in_the_household(
         assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
 
+@pytest.fixture
+def short_timer_services(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> Iterator[tuple[AccountService, Device]]:
+    """As ``services``, with the device's fail-safe commit timer cut to 3 s."""
+    relay = AccountService(tmp_path / "relay", mosquitto_broker)
+    device = Device(tmp_path / "device")
+    try:
+        device.provision()
+        relay.start()
+        relay.import_records(device.record_file)
+        device.start(NETWORKS, commit_timeout=3)
+        yield relay, device
+    finally:
+        device.stop()
+        relay.stop()
+
+
+async def _manual_add(hass: HomeAssistant, device: Device) -> ConfigFlowResult:
+    """The household entry exists: add the device by address and typed code, up to ``wifi``
+    submitted with the right password (the provisioning progress is running)."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU, result
+    flow_id = result["flow_id"]
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"next_step_id": "manual_device"}
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"host": LOOPBACK, "port": device.port, "setup_code": device.manual_code}
+    )
+    assert result.get("step_id") == "wifi", result
+    assert result["data_schema"] is not None
+    network = next(
+        option["value"]
+        for option in result["data_schema"].schema["network"].config["options"]
+        if option["label"].startswith(HOME_SSID)
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
+    )
+    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    return result
+
+
+@pytest.mark.parametrize("ha_hears_the_service", [False, True], ids=["ha_cut_off", "ha_hears"])
+async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_household(
+    hass: HomeAssistant,
+    short_timer_services: tuple[AccountService, Device],
+    ha_hears_the_service: bool,
+) -> None:
+    """Every answer to the device's confirmations is lost for its whole commit timer: the
+    device rolls back (RELAY_UNREACHABLE) while the service records it as the household's.
+
+    ``ha_cut_off``: Home Assistant's claim checks get no answer either (the service's uplink
+    broke after it recorded the claim), so the flow shows RELAY_UNREACHABLE and the user closes
+    the dialog. ``ha_hears``: Home Assistant sees the claim owned and reports the device added,
+    yet the device, hearing nothing, rolls back. Either way a new flow for the same device
+    (the household's own) gets a claim instead of ``already_owned``, the device confirms it,
+    and the flow ends with the device added and online.
+    """
+    relay, device = short_timer_services
+    # Cut off: Home Assistant's claim checks lose their answers too, all but the first (the
+    # flow's check that its claim is still pending, before it hands the token over).
+    also, skip = ((), 0) if ha_hears_the_service else (("GET /v1/claims/",), 1)
+    async with lossy_proxy(LOOPBACK, relay.port, drop=1_000_000, also=also, skip=skip) as proxy:
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"],
+            {
+                "account_url": proxy.url,
+                "email": f"rae-{secrets.token_hex(4)}@example.com",
+                "password": secrets.token_urlsafe(16),
+                "create_account": True,
+            },
+        )
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {"household_name": "Home"}
+        )
+        assert result["type"] is FlowResultType.CREATE_ENTRY, result
+        entry = result["result"]
+        household_id = entry.data[CONF_HOUSEHOLD_ID]
+        await hass.async_block_till_done()
+
+        # First flow: the service commits every confirmation, the device hears none of it.
+        first = await _manual_add(hass, device)
+        result = await _after_progress(hass, first["flow_id"])
+        if ha_hears_the_service:
+            assert (result["type"], result.get("reason")) == (
+                FlowResultType.ABORT,
+                "device_added",
+            ), result
+        else:
+            assert result["type"] is FlowResultType.FORM, result
+            # Whichever HA noticed first: the device's verdict, or its own failed claim check
+            # once the device stopped committing.
+            assert result["errors"] in (
+                {"base": DiagnosticCode.RELAY_UNREACHABLE.value.lower()},
+                {"base": "account_unreachable"},
+            ), result
+            hass.config_entries.flow.async_abort(first["flow_id"])  # the user closes it
+        await hass.async_block_till_done()
+        for _ in range(600):  # the device's timer runs out, it rolls back by itself
+            status = await asyncio.to_thread(device.status)
+            if status["phase"] != "committing":
+                break
+            await asyncio.sleep(0.05)
+        assert status["phase"] in {"unclaimed", "provisioning"}, status
+        assert status["household_id"] is None, status
+        assert proxy.dropped >= 1
+        account = AccountClient(
+            relay.url,
+            session=async_get_clientsession(hass),
+            tokens=TokenSet.from_entry_data(entry.data),
+        )
+        assert [d.device_id for d in await account.devices(household_id)] == [device.device_id]
+
+        # The service answers again. A new flow for the same device and household.
+        stale_record = entry.data.get(CONF_DEVICES, {}).get(device.device_id)
+        assert (stale_record is not None) is ha_hears_the_service
+        proxy.drop = proxy.armed
+        second = await _manual_add(hass, device)
+        result = await _after_progress(hass, second["flow_id"])
+        assert result["type"] is FlowResultType.ABORT, result
+        assert result["reason"] == "device_added"
+        record = entry.data[CONF_DEVICES][device.device_id]
+        assert record != stale_record  # this flow's owner secret replaced the first's
+        status = await asyncio.to_thread(device.status)
+        assert (status["phase"], status["household_id"]) == ("online", household_id)
+        [owned] = await account.devices(household_id)
+        assert (owned.device_id, owned.access) == (device.device_id, DeviceAccess.OWNER)
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
+
+
 async def test_manual_add_by_address_and_typed_code(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -33,11 +33,14 @@ class LossyProxy:
 
     target_host: str
     target_port: int
-    request_line: bytes
+    #: Requests whose request line starts with one of these are matched.
+    request_lines: tuple[bytes, ...]
     drop: int
     hold: bool
+    #: The first ``skip`` matching requests are answered (not counted against ``drop``).
+    skip: int = 0
     url: str = ""
-    #: Requests matching ``request_line`` seen so far.
+    #: Requests matching one of ``request_lines`` seen so far.
     matched: int = 0
     #: Matching requests whose answer is (to be) swallowed.
     armed: int = 0
@@ -80,11 +83,12 @@ class LossyProxy:
         tail = b""
         while data := await client_reader.read(_CHUNK):
             # A request line may straddle two reads: keep the end of the last one.
-            window, tail = tail + data, (tail + data)[-len(self.request_line) :]
-            if self.request_line in window:
+            keep = max(len(line) for line in self.request_lines)
+            window, tail = tail + data, (tail + data)[-keep:]
+            if any(line in window for line in self.request_lines):
                 tail = b""
                 self.matched += 1
-                if self.armed < self.drop:
+                if self.matched > self.skip and self.armed < self.drop:
                     self.armed += 1
                     lose_next_answer.set()
             upstream.write(data)
@@ -133,10 +137,23 @@ async def lossy_proxy(
     path: str = "/v1/claims/confirm",
     drop: int = 1,
     hold: bool = False,
+    also: Sequence[str] = (),
+    skip: int = 0,
 ) -> AsyncIterator[LossyProxy]:
-    """Serve the proxy on 127.0.0.1 (a free port) in front of ``target_host:target_port``."""
+    """Serve the proxy on 127.0.0.1 (a free port) in front of ``target_host:target_port``.
+
+    ``also``: more request-line prefixes to match, as sent (``"GET /v1/claims/"`` matches
+    every claim-status request): their answers count against the same ``drop``. ``skip``:
+    the first that many matching requests are answered.
+    """
+    lines = (f"{method} {path} ", *also)
     proxy = LossyProxy(
-        target_host, target_port, f"{method} {path} ".encode("ascii"), drop=drop, hold=hold
+        target_host,
+        target_port,
+        tuple(line.encode("ascii") for line in lines),
+        drop=drop,
+        hold=hold,
+        skip=skip,
     )
     tasks: set[asyncio.Task[Any]] = set()
 

@@ -767,8 +767,7 @@ def test_release_through_home_assistant(household: Household) -> None:
     assert registry_device(owner, device.device_id) is None
     assert not entity_ids(owner, device.device_id)
     assert not set(device.entities.values()) & set(states(owner))
-    # The account service: no longer the household's, and claimable again (a new claim is
-    # issued instead of 409 already_owned).
+    # The account service: no longer the household's, and claimable again.
     assert device.device_id not in household.relay_devices()
     claim = relay(
         household.relay_url,

@@ -56,6 +56,8 @@ class ErrorCode(StrEnum):
     """Every ``error.code`` the account service answers (stable: never renamed once released)."""
 
     ADMIN_REQUIRED = "admin_required"
+    #: No longer answered (the household's own device is onboarded again); services from
+    #: before that still answer it and the integration still maps it.
     ALREADY_OWNED = "already_owned"
     AUDIT_CHAIN_BROKEN = "audit_chain_broken"
     AUTHENTICATION_REQUIRED = "authentication_required"
