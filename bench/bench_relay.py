@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,10 +30,11 @@ from iob_protocol.identity import DeviceIdentity
 from cloud_relay.api.common import RELAY
 from cloud_relay.app import create_app
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
-from cloud_relay.config import Argon2Params, BrokerConfig, Limit, RateLimits, RelayConfig
+from cloud_relay.config import Limit, RateLimits
 from cloud_relay.registry import FactoryRecord
 from cloud_relay.storage.postgres import PostgresStorage
 from tests.plugins.mosquitto import MosquittoProcess
+from tests.plugins.relay_config import relay_test_config
 from tests.relay.postgres import PostgresProcess
 
 CONCURRENCY = 64
@@ -97,21 +97,11 @@ async def _relay(
     database_url: str, broker: MosquittoProcess, seconds: float, devices: int
 ) -> tuple[float, float]:
     details = broker.broker
-    generous = Limit(10**9, 1)
-    config = RelayConfig(
-        database_url=database_url,
-        secret_key=os.urandom(32),
-        broker=BrokerConfig(
-            host=details.host,
-            port=details.port,
-            username=details.admin_username,
-            password=details.admin_password,
-            public_host=details.host,
-            public_port=details.port,
-            public_tls=False,
-        ),
-        argon2=Argon2Params(time_cost=1, memory_cost_kib=256, parallelism=1),
-        limits=RateLimits(**dict.fromkeys(RateLimits.__dataclass_fields__, generous)),
+    unlimited = Limit(10**9, 1)
+    config = relay_test_config(
+        database_url,
+        details,
+        limits=RateLimits(**dict.fromkeys(RateLimits.__dataclass_fields__, unlimited)),
     )
     adapter = MosquittoDynsecAdapter(
         details.host, details.port, details.admin_username, details.admin_password

@@ -173,7 +173,7 @@ async def _run(args: argparse.Namespace, config: RelayConfig) -> int:  # noqa: C
             device = await relay.registry.preassign(
                 args.device_id, args.household_id, args.order, CLI_ACTOR
             )
-            _out(json.dumps(device, indent=2))
+            _out(json.dumps(device.to_dict(), indent=2))
         elif (command, action) == ("admin", "create-account"):
             if args.password_stdin:
                 password = sys.stdin.readline().rstrip("\n")
@@ -202,7 +202,7 @@ async def _run(args: argparse.Namespace, config: RelayConfig) -> int:  # noqa: C
                 metadata=metadata,
                 actor=CLI_ACTOR,
             )
-            _out(json.dumps(model, indent=2, ensure_ascii=False))
+            _out(json.dumps(model.to_dict(), indent=2, ensure_ascii=False))
         elif (command, action) == ("audit", "verify"):
             chain = await relay.verify_audit()
             _out(f"audit log intact: {chain.count} event(s); head {chain.head_hash.hex()}")

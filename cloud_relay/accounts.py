@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from iob_protocol import account_api as api
 
 from . import audit
 from .config import Argon2Params
@@ -52,14 +53,14 @@ class Account:
     display_name: str
     is_admin: bool
 
-    def to_json(self) -> dict[str, Any]:
+    def answer(self) -> api.Account:
         """The API's representation."""
-        return {
-            "account_id": self.id,
-            "email": self.email,
-            "display_name": self.display_name,
-            "is_admin": self.is_admin,
-        }
+        return api.Account(
+            account_id=self.id,
+            email=self.email,
+            display_name=self.display_name,
+            is_admin=self.is_admin,
+        )
 
     @property
     def actor(self) -> str:
@@ -82,16 +83,15 @@ class TokenPair:
     refresh_expires_in: int
     account: Account
 
-    def to_json(self) -> dict[str, Any]:
+    def answer(self) -> api.TokenPair:
         """The API's representation (OAuth 2 field names)."""
-        return {
-            "token_type": "Bearer",
-            "access_token": self.access_token,
-            "expires_in": self.access_expires_in,
-            "refresh_token": self.refresh_token,
-            "refresh_expires_in": self.refresh_expires_in,
-            "account": self.account.to_json(),
-        }
+        return api.TokenPair(
+            access_token=self.access_token,
+            expires_in=self.access_expires_in,
+            refresh_token=self.refresh_token,
+            refresh_expires_in=self.refresh_expires_in,
+            account=self.account.answer(),
+        )
 
 
 def normalize_email(email: str) -> str:

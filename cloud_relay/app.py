@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from iob_protocol.account_api import ErrorBody
 from iob_protocol.httplog import server_logger
 from iob_protocol.sources import WallClock, unix_time
 
@@ -43,9 +44,9 @@ HTTP_LOGGER: Final = server_logger("cloud_relay.http", (HttpProcessingError,))
 BrokerFactory: TypeAlias = Callable[[RelayConfig], Awaitable[BrokerAdapter]]
 
 
-def error_body(error: RelayError) -> dict[str, dict[str, str]]:
+def error_body(error: RelayError) -> dict[str, Any]:
     """The one error shape of the API."""
-    return {"error": {"code": error.code, "message": error.message}}
+    return ErrorBody.of(error.code, error.message).to_dict()
 
 
 def error_response(error: RelayError) -> web.Response:

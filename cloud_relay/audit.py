@@ -16,6 +16,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Any, Final
 
+from iob_protocol import account_api as api
 from iob_protocol.canonical import JsonValue, canonical_json, encode_fields, parse_canonical_json
 
 from .errors import AuditChainError
@@ -39,18 +40,18 @@ class AuditEvent:
     details: dict[str, JsonValue]
     hash: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def answer(self) -> api.AuditEvent:
         """The API's representation."""
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "actor": self.actor,
-            "action": self.action,
-            "household_id": self.household_id,
-            "device_id": self.device_id,
-            "details": self.details,
-            "hash": self.hash.hex(),
-        }
+        return api.AuditEvent(
+            seq=self.seq,
+            at=self.at,
+            actor=self.actor,
+            action=self.action,
+            household_id=self.household_id,
+            device_id=self.device_id,
+            details=dict(self.details),
+            hash=self.hash.hex(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,12 @@ class AuditPage:
 
     events: list[AuditEvent]
     next_cursor: str | None
+
+    def answer(self) -> api.AuditPage:
+        """The API's representation."""
+        return api.AuditPage(
+            events=tuple(event.answer() for event in self.events), next_cursor=self.next_cursor
+        )
 
 
 @dataclass(frozen=True, slots=True)

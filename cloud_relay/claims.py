@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from iob_protocol import account_api as api
 from iob_protocol.canonical import JsonValue
 
 from . import audit
@@ -56,22 +57,13 @@ class Owned:
     household_id: str
     credential: DeviceCredential
 
-    def to_json(self, ctx: Context) -> dict[str, Any]:
+    def answer(self, ctx: Context) -> api.Owned:
         """The body devices and Home Assistant receive."""
-        broker = ctx.config.broker
-        return {
-            "status": "owned",
-            "device_id": self.device_id,
-            "household_id": self.household_id,
-            "mqtt": {
-                "host": broker.public_host,
-                "port": broker.public_port,
-                "tls": broker.public_tls,
-                "username": self.credential.username,
-                "password": self.credential.password,
-                "client_id": self.credential.client_id,
-            },
-        }
+        return api.Owned(
+            device_id=self.device_id,
+            household_id=self.household_id,
+            mqtt=ctx.mqtt_credentials(self.credential),
+        )
 
 
 async def take_ownership(
@@ -218,7 +210,7 @@ class Claims:
 
     async def create(
         self, account: Account, household_id: str, device_id: str, client: str
-    ) -> dict[str, Any]:
+    ) -> api.Claim:
         """Pre-validate and issue a single-use token bound to device and household."""
         ctx = self._ctx
         limiters = ctx.limiters
@@ -271,15 +263,15 @@ class Claims:
                     **({"owned_already": True} if owned_already else {}),
                 },
             )
-        return {
-            "claim_id": claim_id,
-            "device_id": device_id,
-            "household_id": household_id,
-            "token": token,
-            "expires_at": expires_at,
-        }
+        return api.Claim(
+            claim_id=claim_id,
+            device_id=device_id,
+            household_id=household_id,
+            token=token,
+            expires_at=expires_at,
+        )
 
-    async def status(self, account: Account, claim_id: str) -> dict[str, Any]:
+    async def status(self, account: Account, claim_id: str) -> api.ClaimStatus:
         """pending, owned, expired or rejected (members of the claim's household only)."""
         async with self._ctx.storage.read() as conn:
             row = await conn.fetchrow("SELECT * FROM claims WHERE id = $1", claim_id)
@@ -295,14 +287,14 @@ class Claims:
         status = row["status"]
         if status == "pending" and row["expires_at"] < self._ctx.now():
             status = "expired"
-        return {
-            "claim_id": row["id"],
-            "status": status,
-            "device_id": row["device_id"],
-            "household_id": row["household_id"],
-            "expires_at": row["expires_at"],
-            "completed_at": row["completed_at"],
-        }
+        return api.ClaimStatus(
+            claim_id=row["id"],
+            status=api.ClaimState(status),
+            device_id=row["device_id"],
+            household_id=row["household_id"],
+            expires_at=row["expires_at"],
+            completed_at=row["completed_at"],
+        )
 
     async def _claimable_version(self, hashed: bytes, device_id: str) -> int | None:
         """The device's credential version if the claim of ``hashed`` looks like it will win.

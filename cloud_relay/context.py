@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
+from iob_protocol.account_api import MqttCredentials
 from iob_protocol.sources import WallClock, unix_time
 
-from .broker import BrokerAdapter
+from .broker import BrokerAdapter, DeviceCredential, HubCredential
 from .config import RelayConfig
 from .ratelimit import RateLimiter
 from .storage import Storage
@@ -134,3 +135,16 @@ class Context:
     def now(self) -> int:
         """Unix seconds from the service's wall clock."""
         return self.clock()
+
+    def mqtt_credentials(self, credential: DeviceCredential | HubCredential) -> MqttCredentials:
+        """What a device or Home Assistant is told: the public broker address and the client."""
+        broker = self.config.broker
+        return MqttCredentials(
+            host=broker.public_host,
+            port=broker.public_port,
+            tls=broker.public_tls,
+            username=credential.username,
+            password=credential.password,
+            # The broker accepts the credential only with this client id (docs/broker.md).
+            client_id=credential.client_id,
+        )

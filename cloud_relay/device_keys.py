@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from iob_protocol import account_api as api
 from iob_protocol.canonical import b64url_encode
 from iob_protocol.errors import ProtocolError
 from iob_protocol.identity import format_fingerprint, public_key_fingerprint, validate_device_id
@@ -79,14 +80,14 @@ class DeviceKey:
     public_key: bytes
     model: str
 
-    def to_json(self) -> dict[str, Any]:
+    def answer(self) -> api.DeviceKey:
         """The API's representation."""
-        return {
-            "device_id": self.device_id,
-            "public_key": b64url_encode(self.public_key),
-            "fingerprint": format_fingerprint(public_key_fingerprint(self.public_key)),
-            "model": self.model,
-        }
+        return api.DeviceKey(
+            device_id=self.device_id,
+            public_key=b64url_encode(self.public_key),
+            fingerprint=format_fingerprint(public_key_fingerprint(self.public_key)),
+            model=self.model,
+        )
 
 
 def parse_lookup(device_id: str, manual_code: str) -> tuple[str, ManualCode]:

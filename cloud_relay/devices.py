@@ -9,14 +9,12 @@ so the database and the broker change together or not at all.
 
 from __future__ import annotations
 
-from typing import Any
-
+from iob_protocol import account_api as api
 from iob_protocol.canonical import JsonValue
 from iob_protocol.claim import CREDENTIAL_MAX_AGE_SECONDS
 
 from . import audit
 from .accounts import Account
-from .broker import DeviceCredential, HubCredential
 from .broker_sync import BrokerPlan
 from .claims import check_device_statement, use_nonce
 from .context import Context
@@ -43,29 +41,20 @@ from .storage import Connection, Row
 from .tokens import new_id
 
 
-def _mqtt(ctx: Context, credential: DeviceCredential | HubCredential) -> dict[str, Any]:
-    broker = ctx.config.broker
-    return {
-        "host": broker.public_host,
-        "port": broker.public_port,
-        "tls": broker.public_tls,
-        "username": credential.username,
-        "password": credential.password,
-        # The broker accepts the credential only with this client id (docs/broker.md).
-        "client_id": credential.client_id,
-    }
+def _transfer(row: Row) -> api.Transfer:
+    return api.Transfer(
+        transfer_id=row["id"],
+        device_id=row["device_id"],
+        from_household_id=row["from_household_id"],
+        to_household_id=row["to_household_id"],
+        status=api.TransferStatus(row["status"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
 
 
-def _transfer_json(row: Row) -> dict[str, Any]:
-    return {
-        "transfer_id": row["id"],
-        "device_id": row["device_id"],
-        "from_household_id": row["from_household_id"],
-        "to_household_id": row["to_household_id"],
-        "status": row["status"],
-        "created_at": row["created_at"],
-        "expires_at": row["expires_at"],
-    }
+def _share_access(control: object) -> api.ShareAccess:
+    return api.ShareAccess.CONTROL if control else api.ShareAccess.READ
 
 
 async def _audit_transfer(
@@ -150,7 +139,7 @@ class Devices:
 
     # --- reading --------------------------------------------------------------------------
 
-    async def listing(self, account: Account, household_id: str) -> list[dict[str, Any]]:
+    async def listing(self, account: Account, household_id: str) -> list[api.DeviceSummary]:
         """Owned devices and devices shared with the household (any member)."""
         async with self._ctx.storage.read() as conn:
             await self._households.require(conn, household_id, account, "viewer")
@@ -166,22 +155,22 @@ class Devices:
                 household_id,
             )
         return [
-            {
-                "device_id": row["device_id"],
-                "model": row["model"],
-                "access": "owner",
-                "owner_household_id": household_id,
-                "since": row["owned_since"],
-            }
+            api.DeviceSummary(
+                device_id=row["device_id"],
+                model=row["model"],
+                access=api.DeviceAccess.OWNER,
+                owner_household_id=household_id,
+                since=row["owned_since"],
+            )
             for row in owned
         ] + [
-            {
-                "device_id": row["device_id"],
-                "model": row["model"],
-                "access": "control" if row["control"] else "read",
-                "owner_household_id": row["household_id"],
-                "since": row["created_at"],
-            }
+            api.DeviceSummary(
+                device_id=row["device_id"],
+                model=row["model"],
+                access=api.DeviceAccess(_share_access(row["control"]).value),
+                owner_household_id=row["household_id"],
+                since=row["created_at"],
+            )
             for row in shared
         ]
 
@@ -198,7 +187,7 @@ class Devices:
             raise DeviceNotFoundError
         return row
 
-    async def get(self, account: Account, household_id: str, device_id: str) -> dict[str, Any]:
+    async def get(self, account: Account, household_id: str, device_id: str) -> api.Device:
         """One device with its model's metadata (any member of an owning or sharing household)."""
         async with self._ctx.storage.read() as conn:
             await self._households.require(conn, household_id, account, "viewer")
@@ -207,14 +196,15 @@ class Devices:
                 "SELECT * FROM device_models WHERE model = $1", row["model"]
             )
         owner = row["household_id"] == household_id
-        return {
-            "device_id": row["device_id"],
-            "model": row["model"],
-            "access": "owner" if owner else ("control" if row["control"] else "read"),
-            "owner_household_id": row["household_id"],
-            "since": row["owned_since"],
-            "model_info": model_json(model) if model is not None else None,
-        }
+        access = _share_access(row["control"]).value
+        return api.Device(
+            device_id=row["device_id"],
+            model=row["model"],
+            access=api.DeviceAccess.OWNER if owner else api.DeviceAccess(access),
+            owner_household_id=row["household_id"],
+            since=row["owned_since"],
+            model_info=model_json(model) if model is not None else None,
+        )
 
     async def _owned(self, conn: Connection, household_id: str, device_id: str) -> Row:
         row = await conn.fetchrow(
@@ -281,11 +271,13 @@ class Devices:
 
     # --- credentials ----------------------------------------------------------------------
 
-    async def rotate(self, account: Account, household_id: str, device_id: str) -> dict[str, Any]:
+    async def rotate(
+        self, account: Account, household_id: str, device_id: str
+    ) -> api.DeviceCredentials:
         """New device password (the old one stops working); hand it to the device yourself."""
         ctx = self._ctx
 
-        async def body(conn: Connection, plan: BrokerPlan) -> dict[str, Any]:
+        async def body(conn: Connection, plan: BrokerPlan) -> api.DeviceCredentials:
             await self._households.require(conn, household_id, account, "admin")
             await self._owned(conn, household_id, device_id)
             now = ctx.now()
@@ -307,14 +299,11 @@ class Devices:
                 household_id=household_id,
                 device_id=device_id,
             )
-            return {
-                "device_id": device_id,
-                "mqtt": _mqtt(ctx, credential),
-            }
+            return api.DeviceCredentials(device_id=device_id, mqtt=ctx.mqtt_credentials(credential))
 
         return await mutate(ctx, body)
 
-    async def mqtt_credential(self, raw: object) -> dict[str, Any]:
+    async def mqtt_credential(self, raw: object) -> api.Owned | api.Unowned:
         """The owned device's current MQTT credential, for its own signed request.
 
         How a rotated password reaches the device: the broker refuses the old one, the device
@@ -341,7 +330,7 @@ class Devices:
                 "service's; let the device reach an NTP server (UDP 123) and try again."
             ) from err
 
-        async def body(conn: Connection, plan: BrokerPlan) -> dict[str, Any]:
+        async def body(conn: Connection, plan: BrokerPlan) -> api.Owned | api.Unowned:
             try:
                 await use_nonce(
                     conn,
@@ -366,7 +355,7 @@ class Devices:
                     action="device.told_unowned",
                     device_id=request.device_id,
                 )
-                return {"status": "unowned", "device_id": request.device_id}
+                return api.Unowned(device_id=request.device_id)
             version = int(device["credential_version"])
             credential = await plan.put_device(request.device_id, version)
             await audit.append(
@@ -378,22 +367,23 @@ class Devices:
                 device_id=request.device_id,
                 details={"credential_version": version},
             )
-            return {
-                "status": "owned",
-                "device_id": request.device_id,
-                "household_id": device["household_id"],
-                "mqtt": _mqtt(ctx, credential),
-            }
+            return api.Owned(
+                device_id=request.device_id,
+                household_id=device["household_id"],
+                mqtt=ctx.mqtt_credentials(credential),
+            )
 
         return await mutate(ctx, body)
 
     # --- hub ------------------------------------------------------------------------------
 
-    async def hub(self, account: Account, household_id: str, *, rotate: bool) -> dict[str, Any]:
+    async def hub(
+        self, account: Account, household_id: str, *, rotate: bool
+    ) -> api.MqttCredentials:
         """The household hub's MQTT credential (created on first use; ``rotate`` renews it)."""
         ctx = self._ctx
 
-        async def body(conn: Connection, plan: BrokerPlan) -> dict[str, Any]:
+        async def body(conn: Connection, plan: BrokerPlan) -> api.MqttCredentials:
             await self._households.require(conn, household_id, account, "admin")
             now = ctx.now()
             version = await conn.fetchval(
@@ -425,13 +415,13 @@ class Devices:
                     action="hub.credentials_rotated" if rotate else "hub.created",
                     household_id=household_id,
                 )
-            return _mqtt(ctx, credential)
+            return ctx.mqtt_credentials(credential)
 
         return await mutate(ctx, body)
 
     # --- shares ---------------------------------------------------------------------------
 
-    async def shares(self, account: Account, household_id: str, device_id: str) -> list[Any]:
+    async def shares(self, account: Account, household_id: str, device_id: str) -> list[api.Share]:
         """Who the device is shared with (admin or owner of the owning household)."""
         async with self._ctx.storage.read() as conn:
             await self._households.require(conn, household_id, account, "admin")
@@ -442,12 +432,12 @@ class Devices:
                 device_id,
             )
         return [
-            {
-                "device_id": device_id,
-                "household_id": row["household_id"],
-                "access": "control" if row["control"] else "read",
-                "created_at": row["created_at"],
-            }
+            api.Share(
+                device_id=device_id,
+                household_id=row["household_id"],
+                access=_share_access(row["control"]),
+                created_at=row["created_at"],
+            )
             for row in rows
         ]
 
@@ -459,11 +449,11 @@ class Devices:
         target_household_id: str,
         *,
         control: bool,
-    ) -> dict[str, Any]:
+    ) -> api.Share:
         """Share (or change a share) read-only or with control."""
         ctx = self._ctx
 
-        async def body(conn: Connection, plan: BrokerPlan) -> dict[str, Any]:
+        async def body(conn: Connection, plan: BrokerPlan) -> api.Share:
             await self._households.require(conn, household_id, account, "admin")
             await self._owned(conn, household_id, device_id)
             if target_household_id == household_id:
@@ -503,12 +493,12 @@ class Devices:
                     device_id=device_id,
                     details=details,
                 )
-            return {
-                "device_id": device_id,
-                "household_id": target_household_id,
-                "access": "control" if control else "read",
-                "created_at": now,
-            }
+            return api.Share(
+                device_id=device_id,
+                household_id=target_household_id,
+                access=_share_access(control),
+                created_at=now,
+            )
 
         return await mutate(ctx, body)
 
@@ -550,7 +540,7 @@ class Devices:
 
     async def offer(
         self, account: Account, household_id: str, device_id: str, to_household_id: str
-    ) -> dict[str, Any]:
+    ) -> api.Transfer:
         """The owner offers the device to another household (replaces an earlier offer)."""
         ctx = self._ctx
         now, transfer_id = ctx.now(), new_id()
@@ -600,9 +590,9 @@ class Devices:
             row = await conn.fetchrow("SELECT * FROM transfers WHERE id = $1", transfer_id)
         if row is None:  # pragma: no cover - just inserted
             raise TransferNotFoundError
-        return _transfer_json(row)
+        return _transfer(row)
 
-    async def transfers(self, account: Account, household_id: str) -> list[dict[str, Any]]:
+    async def transfers(self, account: Account, household_id: str) -> list[api.Transfer]:
         """Pending transfers to and from the household."""
         now = self._ctx.now()
         async with self._ctx.storage.read() as conn:
@@ -613,7 +603,7 @@ class Devices:
                 now,
                 household_id,
             )
-        return [_transfer_json(row) for row in rows]
+        return [_transfer(row) for row in rows]
 
     async def _pending_transfer(
         self, conn: Connection, transfer_id: str, household_id: str, side: str
@@ -627,11 +617,11 @@ class Devices:
             raise TransferNotFoundError
         return row
 
-    async def accept(self, account: Account, household_id: str, transfer_id: str) -> dict[str, Any]:
+    async def accept(self, account: Account, household_id: str, transfer_id: str) -> api.Transfer:
         """The recipient accepts: ownership moves, shares end, both hubs are updated."""
         ctx = self._ctx
 
-        async def body(conn: Connection, plan: BrokerPlan) -> dict[str, Any]:
+        async def body(conn: Connection, plan: BrokerPlan) -> api.Transfer:
             await self._households.require(conn, household_id, account, "admin")
             transfer = await self._pending_transfer(
                 conn, transfer_id, household_id, "to_household_id"
@@ -678,7 +668,7 @@ class Devices:
             row = await conn.fetchrow("SELECT * FROM transfers WHERE id = $1", transfer_id)
             if row is None:  # pragma: no cover - just updated
                 raise TransferNotFoundError
-            return _transfer_json(row)
+            return _transfer(row)
 
         return await mutate(ctx, body)
 

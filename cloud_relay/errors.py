@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from iob_protocol.account_api import ErrorCode
 from iob_protocol.boundedjson import MAX_JSON_DEPTH
 from iob_protocol.diagnostics import DiagnosticCode
 
@@ -17,7 +18,7 @@ class RelayError(Exception):
     """Base of every error in the account service."""
 
     status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
     default_message: ClassVar[str] = "The service failed unexpectedly; try again later."
     #: What a device shows for this error, where one fits.
     diagnostic: ClassVar[DiagnosticCode | None] = None
@@ -36,14 +37,14 @@ class InvalidRequestError(RelayError):
     """The body or a parameter does not follow the API's schema."""
 
     status = 400
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
     default_message = "The request is malformed; check it against /openapi.json."
 
 
 class JsonTooDeepError(InvalidRequestError):
     """The body's JSON nests arrays and objects deeper than any request of this API."""
 
-    code = "json_too_deep"
+    code = ErrorCode.JSON_TOO_DEEP
     default_message = (
         f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels; no request of this API "
         "nests that deep."
@@ -54,7 +55,7 @@ class UnsupportedMediaTypeError(RelayError):
     """The body is not declared as JSON (``Content-Type: application/json``, UTF-8)."""
 
     status = 415
-    code = "unsupported_media_type"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
     default_message = "Send the body as JSON with 'Content-Type: application/json' (UTF-8)."
 
 
@@ -62,7 +63,7 @@ class RequestTooLargeError(RelayError):
     """The body is larger than the endpoint accepts."""
 
     status = 413
-    code = "request_too_large"
+    code = ErrorCode.REQUEST_TOO_LARGE
     default_message = "The request body is too large; send a smaller body."
 
 
@@ -70,7 +71,7 @@ class NotFoundError(RelayError):
     """No such route or resource."""
 
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
     default_message = "Nothing here; check the path against /openapi.json."
 
 
@@ -78,7 +79,7 @@ class MethodNotAllowedError(RelayError):
     """The route exists but not for this method."""
 
     status = 405
-    code = "method_not_allowed"
+    code = ErrorCode.METHOD_NOT_ALLOWED
     default_message = "This method is not allowed here; see /openapi.json."
 
 
@@ -86,7 +87,7 @@ class RateLimitedError(RelayError):
     """Too many requests for one account, address or device."""
 
     status = 429
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
     default_message = "Too many attempts; wait before trying again (see Retry-After)."
 
 
@@ -94,7 +95,7 @@ class ConflictError(RelayError):
     """The request clashes with the current state."""
 
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     default_message = "The request conflicts with the current state; reload and try again."
 
 
@@ -105,7 +106,7 @@ class AuthenticationRequiredError(RelayError):
     """No access token was given."""
 
     status = 401
-    code = "authentication_required"
+    code = ErrorCode.AUTHENTICATION_REQUIRED
     default_message = "Sign in and send the access token as 'Authorization: Bearer <token>'."
 
 
@@ -113,7 +114,7 @@ class InvalidTokenError(RelayError):
     """The access token is unknown, expired or revoked."""
 
     status = 401
-    code = "invalid_token"
+    code = ErrorCode.INVALID_TOKEN
     default_message = (
         "The access token is expired or revoked; refresh it with /v1/auth/refresh or sign in."
     )
@@ -123,7 +124,7 @@ class InvalidCredentialsError(RelayError):
     """Wrong e-mail or password (never says which)."""
 
     status = 401
-    code = "invalid_credentials"
+    code = ErrorCode.INVALID_CREDENTIALS
     default_message = "The e-mail address or password is wrong; check both and try again."
 
 
@@ -131,7 +132,7 @@ class RefreshTokenInvalidError(RelayError):
     """The refresh token is unknown, expired or its session was revoked."""
 
     status = 401
-    code = "refresh_token_invalid"
+    code = ErrorCode.REFRESH_TOKEN_INVALID
     default_message = "The refresh token is no longer valid; sign in again."
 
 
@@ -139,7 +140,7 @@ class RefreshTokenReusedError(RelayError):
     """A rotated refresh token came back: the session may be stolen, so it is revoked."""
 
     status = 401
-    code = "refresh_token_reused"
+    code = ErrorCode.REFRESH_TOKEN_REUSED
     default_message = (
         "This refresh token was already used, so the session was revoked to protect the "
         "account; sign in again."
@@ -149,14 +150,14 @@ class RefreshTokenReusedError(RelayError):
 class EmailTakenError(ConflictError):
     """Sign-up with an e-mail address that has an account."""
 
-    code = "email_taken"
+    code = ErrorCode.EMAIL_TAKEN
     default_message = "An account with this e-mail address exists; sign in instead."
 
 
 class WeakPasswordError(InvalidRequestError):
     """The password is too short or too simple."""
 
-    code = "weak_password"
+    code = ErrorCode.WEAK_PASSWORD
     default_message = "Choose a password of at least 10 characters that is not your e-mail."
 
 
@@ -167,63 +168,63 @@ class ForbiddenError(RelayError):
     """The account's role in the household does not allow this."""
 
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
     default_message = "Your role in this household does not allow this; ask its owner or an admin."
 
 
 class AdminRequiredError(ForbiddenError):
     """Only service administrators may do this."""
 
-    code = "admin_required"
+    code = ErrorCode.ADMIN_REQUIRED
     default_message = "Only administrators of this service may do this."
 
 
 class HouseholdNotFoundError(NotFoundError):
     """No such household, or the account is not a member (never says which)."""
 
-    code = "household_not_found"
+    code = ErrorCode.HOUSEHOLD_NOT_FOUND
     default_message = "No such household among yours; check the id or ask to be invited."
 
 
 class DeviceNotFoundError(NotFoundError):
     """No such device in this household."""
 
-    code = "device_not_found"
+    code = ErrorCode.DEVICE_NOT_FOUND
     default_message = "No such device in this household; check the device id."
 
 
 class MemberNotFoundError(NotFoundError):
     """No such member in this household."""
 
-    code = "member_not_found"
+    code = ErrorCode.MEMBER_NOT_FOUND
     default_message = "No such member in this household; list the members and try again."
 
 
 class InvitationInvalidError(NotFoundError):
     """The invitation is unknown, used, revoked or expired."""
 
-    code = "invitation_invalid"
+    code = ErrorCode.INVITATION_INVALID
     default_message = "This invitation is not valid any more; ask for a new one."
 
 
 class TransferNotFoundError(NotFoundError):
     """No such pending transfer for this household."""
 
-    code = "transfer_not_found"
+    code = ErrorCode.TRANSFER_NOT_FOUND
     default_message = "No such pending transfer; ask the owner to offer the device again."
 
 
 class ShareNotFoundError(NotFoundError):
     """The device is not shared with that household."""
 
-    code = "share_not_found"
+    code = ErrorCode.SHARE_NOT_FOUND
     default_message = "The device is not shared with this household; list its shares."
 
 
 class ClaimNotFoundError(NotFoundError):
     """No such claim for this account."""
 
-    code = "claim_not_found"
+    code = ErrorCode.CLAIM_NOT_FOUND
     default_message = "No such claim; start a new claim."
 
 
@@ -234,7 +235,7 @@ class DeviceKeyNotFoundError(NotFoundError):
     pre-assigned to) another household, so the answer says nothing about which ids exist.
     """
 
-    code = "device_not_found_or_code_wrong"
+    code = ErrorCode.DEVICE_NOT_FOUND_OR_CODE_WRONG
     default_message = (
         "No device with this id accepts this manual code for your household: check the 10 "
         "digits under the QR code on the device's label (or scan the QR code instead); if the "
@@ -245,14 +246,14 @@ class DeviceKeyNotFoundError(NotFoundError):
 class ModelNotFoundError(NotFoundError):
     """No such device model in the registry."""
 
-    code = "model_not_found"
+    code = ErrorCode.MODEL_NOT_FOUND
     default_message = "No such device model; create it first or check the name."
 
 
 class RegistryDeviceNotFoundError(NotFoundError):
     """No such device in the manufacturing registry (admin API only)."""
 
-    code = "registry_device_not_found"
+    code = ErrorCode.REGISTRY_DEVICE_NOT_FOUND
     default_message = "No such device in the registry; import its factory record first."
 
 
@@ -267,7 +268,7 @@ class ClaimRejectedError(RelayError):
     """
 
     status = 409
-    code = "claim_rejected"
+    code = ErrorCode.CLAIM_REJECTED
     default_message = (
         "This device cannot be claimed: check the device id; if it belongs to another "
         "household, ask its owner to release or transfer it."
@@ -279,7 +280,7 @@ class ClaimExpiredError(RelayError):
     """The claim's time ran out before the device confirmed it."""
 
     status = 410
-    code = "claim_expired"
+    code = ErrorCode.CLAIM_EXPIRED
     default_message = "The claim expired; start the setup again from Home Assistant."
     diagnostic = DiagnosticCode.CLAIM_EXPIRED
 
@@ -288,7 +289,7 @@ class ClockSkewError(RelayError):
     """The device's signed time is too far from the service's clock."""
 
     status = 400
-    code = "clock_skew"
+    code = ErrorCode.CLOCK_SKEW
     default_message = (
         "The device's clock is too far from the service's; let the device reach an NTP "
         "server (UDP 123) and try again."
@@ -300,7 +301,7 @@ class BadSignatureError(RelayError):
     """The device's signature does not verify against the registry key."""
 
     status = 400
-    code = "bad_signature"
+    code = ErrorCode.BAD_SIGNATURE
     default_message = (
         "The device's signature does not verify; the device may not be genuine or its "
         "identity was reset: contact support with the device id."
@@ -316,7 +317,7 @@ class CredentialRefusedError(RelayError):
     """
 
     status = 403
-    code = "credential_refused"
+    code = ErrorCode.CREDENTIAL_REFUSED
     default_message = (
         "The service has no MQTT credential for this request: the device is unknown here, or "
         "the request is not the device's own fresh one. Check the device's service address, or "
@@ -328,7 +329,7 @@ class CredentialRefusedError(RelayError):
 class ReleaseStaleError(ConflictError):
     """A device-signed release older than the current ownership (a replay or late delivery)."""
 
-    code = "release_stale"
+    code = ErrorCode.RELEASE_STALE
     default_message = (
         "This release notice predates the device's current owner and was ignored; release "
         "the device from its household instead."
@@ -342,7 +343,7 @@ class BrokerUnavailableError(RelayError):
     """The MQTT broker did not accept the change; nothing was stored."""
 
     status = 503
-    code = "broker_unavailable"
+    code = ErrorCode.BROKER_UNAVAILABLE
     default_message = (
         "The MQTT broker is unreachable, so nothing was changed; try again in a minute."
     )
@@ -353,7 +354,7 @@ class StorageError(RelayError):
     """The database failed (connection, constraint, migration)."""
 
     status = 503
-    code = "storage_unavailable"
+    code = ErrorCode.STORAGE_UNAVAILABLE
     default_message = "The database is unavailable; try again in a minute."
 
 
@@ -361,26 +362,26 @@ class StorageConflictError(StorageError):
     """A unique or foreign-key constraint refused a write."""
 
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
     default_message = "The request conflicts with the current state; reload and try again."
 
 
 class ConfigError(RelayError):
     """The configuration is missing or invalid (at start-up, never over HTTP)."""
 
-    code = "config_error"
+    code = ErrorCode.CONFIG_ERROR
     default_message = "The configuration is invalid."
 
 
 class RegistryImportError(InvalidRequestError):
     """A factory-provision record cannot be imported."""
 
-    code = "invalid_record"
+    code = ErrorCode.INVALID_RECORD
     default_message = "A factory record is malformed; see the line number and fix the file."
 
 
 class AuditChainError(RelayError):
     """The audit log's hash chain is broken (an edit or deletion)."""
 
-    code = "audit_chain_broken"
+    code = ErrorCode.AUDIT_CHAIN_BROKEN
     default_message = "The audit log was edited or truncated; restore it from a backup."

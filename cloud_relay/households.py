@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
+
+from iob_protocol import account_api as api
 
 from . import audit
 from .accounts import Account, normalize_email
@@ -63,17 +65,17 @@ class Membership:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
-def member_json(row: Row) -> dict[str, Any]:
+def member_json(row: Row) -> api.Member:
     """The API's representation of a member."""
-    return {
-        "member_id": row["id"],
-        "household_id": row["household_id"],
-        "account_id": row["account_id"],
-        "external_id": row["external_id"],
-        "display_name": row["display_name"],
-        "role": row["role"],
-        "created_at": row["created_at"],
-    }
+    return api.Member(
+        member_id=row["id"],
+        household_id=row["household_id"],
+        account_id=row["account_id"],
+        external_id=row["external_id"],
+        display_name=row["display_name"],
+        role=api.Role(row["role"]),
+        created_at=row["created_at"],
+    )
 
 
 class Households:
@@ -111,7 +113,7 @@ class Households:
 
     # --- households -----------------------------------------------------------------------
 
-    async def create(self, account: Account, name: str) -> dict[str, Any]:
+    async def create(self, account: Account, name: str) -> api.Household:
         """A new household with ``account`` as its owner."""
         name = clean_text(name, "name")
         household_id, member_id, now = new_id(), new_id(), self._ctx.now()
@@ -139,14 +141,11 @@ class Households:
                 household_id=household_id,
                 details={"name": name},
             )
-        return {
-            "household_id": household_id,
-            "name": name,
-            "role": "owner",
-            "created_at": now,
-        }
+        return api.Household(
+            household_id=household_id, name=name, role=api.Role.OWNER, created_at=now
+        )
 
-    async def list_for(self, account: Account) -> list[dict[str, Any]]:
+    async def list_for(self, account: Account) -> list[api.Household]:
         """Every household the account belongs to, with its role."""
         async with self._ctx.storage.read() as conn:
             rows = await conn.fetch(
@@ -156,16 +155,16 @@ class Households:
                 account.id,
             )
         return [
-            {
-                "household_id": row["id"],
-                "name": row["name"],
-                "role": row["role"],
-                "created_at": row["created_at"],
-            }
+            api.Household(
+                household_id=row["id"],
+                name=row["name"],
+                role=api.Role(row["role"]),
+                created_at=row["created_at"],
+            )
             for row in rows
         ]
 
-    async def get(self, account: Account, household_id: str) -> dict[str, Any]:
+    async def get(self, account: Account, household_id: str) -> api.Household:
         """One household (any member)."""
         async with self._ctx.storage.read() as conn:
             membership = await self.require(conn, household_id, account, "viewer")
@@ -174,14 +173,14 @@ class Households:
             )
         if row is None:  # pragma: no cover - a membership implies the household
             raise HouseholdNotFoundError
-        return {
-            "household_id": row["id"],
-            "name": row["name"],
-            "role": membership.role,
-            "created_at": row["created_at"],
-        }
+        return api.Household(
+            household_id=row["id"],
+            name=row["name"],
+            role=api.Role(membership.role),
+            created_at=row["created_at"],
+        )
 
-    async def rename(self, account: Account, household_id: str, name: str) -> dict[str, Any]:
+    async def rename(self, account: Account, household_id: str, name: str) -> api.Household:
         """Change the name (admin or owner)."""
         name = clean_text(name, "name")
         now = self._ctx.now()
@@ -200,7 +199,7 @@ class Households:
 
     # --- members --------------------------------------------------------------------------
 
-    async def members(self, account: Account, household_id: str) -> list[dict[str, Any]]:
+    async def members(self, account: Account, household_id: str) -> list[api.Member]:
         """Every member (any member may see who else is in the household)."""
         async with self._ctx.storage.read() as conn:
             await self.require(conn, household_id, account, "viewer")
@@ -227,7 +226,7 @@ class Households:
         external_id: str,
         display_name: str,
         role: str,
-    ) -> dict[str, Any]:
+    ) -> api.Member:
         """A member standing for a Home Assistant user (no account of their own)."""
         external_id = clean_text(external_id, "external_id", max_length=MAX_EXTERNAL_ID)
         display_name = clean_text(display_name, "display_name")
@@ -281,7 +280,7 @@ class Households:
         role: str | None = None,
         display_name: str | None = None,
         external_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> api.Member:
         """Change a member's role, name or external id (role changes are audited)."""
         if role is not None:
             check_role(role)
@@ -357,7 +356,7 @@ class Households:
         role: str,
         email: str | None = None,
         external_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> api.Invitation:
         """An invitation token (shown once) that an account redeems to join with ``role``."""
         check_role(role, INVITABLE_ROLES)
         if email is not None:
@@ -390,17 +389,17 @@ class Households:
                 household_id=household_id,
                 details={"invitation_id": invitation_id, "role": role},
             )
-        return {
-            "invitation_id": invitation_id,
-            "household_id": household_id,
-            "token": token,
-            "role": role,
-            "email": email,
-            "external_id": external_id,
-            "expires_at": expires_at,
-        }
+        return api.Invitation(
+            invitation_id=invitation_id,
+            household_id=household_id,
+            token=token,
+            role=api.Role(role),
+            email=email,
+            external_id=external_id,
+            expires_at=expires_at,
+        )
 
-    async def invitations(self, account: Account, household_id: str) -> list[dict[str, Any]]:
+    async def invitations(self, account: Account, household_id: str) -> list[api.InvitationSummary]:
         """Open invitations (no tokens: they are shown only once)."""
         now = self._ctx.now()
         async with self._ctx.storage.read() as conn:
@@ -413,15 +412,15 @@ class Households:
                 now,
             )
         return [
-            {
-                "invitation_id": row["id"],
-                "household_id": household_id,
-                "role": row["role"],
-                "email": row["email"],
-                "external_id": row["external_id"],
-                "created_at": row["created_at"],
-                "expires_at": row["expires_at"],
-            }
+            api.InvitationSummary(
+                invitation_id=row["id"],
+                household_id=household_id,
+                role=api.Role(row["role"]),
+                email=row["email"],
+                external_id=row["external_id"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+            )
             for row in rows
         ]
 
@@ -450,7 +449,7 @@ class Households:
                 details={"invitation_id": invitation_id},
             )
 
-    async def accept(self, account: Account, token: str) -> dict[str, Any]:
+    async def accept(self, account: Account, token: str) -> api.Member:
         """Join the household of an invitation (single use)."""
         now = self._ctx.now()
         member_id = new_id()

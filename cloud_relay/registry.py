@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from iob_protocol import account_api as api
 from iob_protocol.canonical import JsonValue, b64url_decode, b64url_encode, canonical_json
 from iob_protocol.canonical import parse_canonical_json as _parse_canonical
 from iob_protocol.errors import ProtocolError
@@ -54,18 +55,6 @@ class FactoryRecord:
     model: str
     public_key: bytes
     setup_verifier: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImportReport:
-    """What an import did."""
-
-    imported: int
-    unchanged: int
-
-    def to_json(self) -> dict[str, int]:
-        """The API's representation."""
-        return {"imported": self.imported, "unchanged": self.unchanged}
 
 
 def check_model_name(model: str) -> str:
@@ -132,15 +121,16 @@ def parse_records(text: str) -> list[FactoryRecord]:
     return records
 
 
-def model_json(row: Row) -> dict[str, Any]:
+def model_json(row: Row) -> api.Model:
     """The API's representation of a device model."""
-    return {
-        "model": row["model"],
-        "name": row["name"],
-        "manufacturer": row["manufacturer"],
-        "metadata": _parse_canonical(str(row["metadata"]).encode("utf-8")),
-        "updated_at": row["updated_at"],
-    }
+    metadata = _parse_canonical(str(row["metadata"]).encode("utf-8"))
+    return api.Model(
+        model=row["model"],
+        name=row["name"],
+        manufacturer=row["manufacturer"],
+        metadata=metadata if isinstance(metadata, dict) else {},
+        updated_at=row["updated_at"],
+    )
 
 
 def _metadata(value: object) -> bytes:
@@ -174,7 +164,7 @@ class Registry:
         """Use ``ctx``'s storage and clock."""
         self._ctx = ctx
 
-    async def import_records(self, records: list[FactoryRecord], actor: str) -> ImportReport:
+    async def import_records(self, records: list[FactoryRecord], actor: str) -> api.ImportReport:
         """Add devices (and placeholder models); identical re-imports are no-ops."""
         now = self._ctx.now()
         imported = unchanged = 0
@@ -219,15 +209,15 @@ class Registry:
                     action="registry.imported",
                     details={"imported": imported, "unchanged": unchanged},
                 )
-        return ImportReport(imported, unchanged)
+        return api.ImportReport(imported=imported, unchanged=unchanged)
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[api.Model]:
         """Every device model."""
         async with self._ctx.storage.read() as conn:
             rows = await conn.fetch("SELECT * FROM device_models ORDER BY model")
         return [model_json(row) for row in rows]
 
-    async def model(self, model: str) -> dict[str, Any]:
+    async def model(self, model: str) -> api.Model:
         """One device model."""
         async with self._ctx.storage.read() as conn:
             row = await conn.fetchrow("SELECT * FROM device_models WHERE model = $1", model)
@@ -237,7 +227,7 @@ class Registry:
 
     async def put_model(
         self, model: str, *, name: str, manufacturer: str, metadata: object, actor: str
-    ) -> dict[str, Any]:
+    ) -> api.Model:
         """Create or replace a model's name, manufacturer and metadata."""
         check_model_name(model)
         name = clean_text(name, "name")
@@ -272,28 +262,28 @@ class Registry:
         return row
 
     @staticmethod
-    def device_json(row: Row) -> dict[str, Any]:
+    def device_json(row: Row) -> api.RegistryDevice:
         """The admin API's view of a registry entry."""
-        return {
-            "device_id": row["device_id"],
-            "model": row["model"],
-            "public_key": b64url_encode(bytes(row["public_key"])),
-            "fingerprint": format_fingerprint(public_key_fingerprint(bytes(row["public_key"]))),
-            "imported_at": row["imported_at"],
-            "household_id": row["household_id"],
-            "owned_since": row["owned_since"],
-            "preassigned_household_id": row["preassigned_household_id"],
-            "order_ref": row["order_ref"],
-        }
+        return api.RegistryDevice(
+            device_id=row["device_id"],
+            model=row["model"],
+            public_key=b64url_encode(bytes(row["public_key"])),
+            fingerprint=format_fingerprint(public_key_fingerprint(bytes(row["public_key"]))),
+            imported_at=row["imported_at"],
+            household_id=row["household_id"],
+            owned_since=row["owned_since"],
+            preassigned_household_id=row["preassigned_household_id"],
+            order_ref=row["order_ref"],
+        )
 
-    async def device(self, device_id: str) -> dict[str, Any]:
+    async def device(self, device_id: str) -> api.RegistryDevice:
         """A registry entry with its ownership (admins only)."""
         async with self._ctx.storage.read() as conn:
             return self.device_json(await self._device(conn, device_id))
 
     async def preassign(
         self, device_id: str, household_id: str | None, order_ref: str | None, actor: str
-    ) -> dict[str, Any]:
+    ) -> api.RegistryDevice:
         """Pre-assign a device to a household for zero-touch (None clears it)."""
         if order_ref is not None:
             order_ref = clean_text(order_ref, "order_ref", max_length=MAX_ORDER_REF)

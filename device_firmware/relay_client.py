@@ -20,12 +20,25 @@ import json
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import aiohttp
+from iob_protocol.account_api import (
+    ConfirmationRequest,
+    CredentialRequest,
+    ErrorBody,
+    ErrorCode,
+    Health,
+    MqttCredentials,
+    Owned,
+    Released,
+    ReleaseRequest,
+    Unowned,
+    WireFormatError,
+    WireModel,
+)
 from iob_protocol.boundedjson import load_json
 from iob_protocol.claim import ClaimConfirmation, MqttCredentialRequest, ReleaseNotice
 from iob_protocol.diagnostics import DiagnosticCode
@@ -48,93 +61,36 @@ _HTTP_SERVER_ERROR: Final = 500
 
 #: The service's error codes and what the user is shown.
 _ERROR_CODES: Final[dict[str, DiagnosticCode]] = {
-    "claim_rejected": DiagnosticCode.CLAIM_REJECTED,
-    "claim_expired": DiagnosticCode.CLAIM_EXPIRED,
-    "clock_skew": DiagnosticCode.CLOCK_SKEW,
+    ErrorCode.CLAIM_REJECTED: DiagnosticCode.CLAIM_REJECTED,
+    ErrorCode.CLAIM_EXPIRED: DiagnosticCode.CLAIM_EXPIRED,
+    ErrorCode.CLOCK_SKEW: DiagnosticCode.CLOCK_SKEW,
     # The registry key does not match this device's key: for the user this is a refused claim.
-    "bad_signature": DiagnosticCode.CLAIM_REJECTED,
+    ErrorCode.BAD_SIGNATURE: DiagnosticCode.CLAIM_REJECTED,
     # No credential for this device (not owned, or not its key): the broker refusal stands.
-    "credential_refused": DiagnosticCode.BROKER_AUTH_FAILED,
+    ErrorCode.CREDENTIAL_REFUSED: DiagnosticCode.BROKER_AUTH_FAILED,
 }
 
-
-@dataclass(frozen=True, slots=True)
-class RelayHealth:
-    """The service is up; ``time`` is its Unix clock (the device's clock is checked against it)."""
-
-    status: str
-    time: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MqttGrant:
-    """Broker address and the per-device credentials the service created."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str
-    password: str = field(repr=False)
+# The answers are the shared wire model's (iob_protocol.account_api), under the names the
+# agent uses: the service is up (``time`` is its clock), the "owned" answer with the broker
+# credentials, and the genuine device's "unowned" answer. Only a 200 answer of exactly
+# ``{"status": "unowned", "device_id": <this device>}`` is :data:`NotOwned`; every error, refusal
+# or other shape is a :class:`RelayError`, so a failing service can never unclaim a device.
+RelayHealth = Health
+MqttGrant = MqttCredentials
+ClaimOutcome = Owned
+NotOwned = Unowned
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClaimOutcome:
-    """The service's "owned" answer."""
-
-    device_id: str
-    household_id: str
-    mqtt: MqttGrant
-
-    @classmethod
-    def from_json(cls, document: Any) -> Self:
-        """Parse ``{"status": "owned", "device_id", "household_id", "mqtt": {...}}``."""
-        if not isinstance(document, dict) or document.get("status") != "owned":
-            status = document.get("status") if isinstance(document, dict) else None
-            raise RelayError(DiagnosticCode.CLAIM_REJECTED, f"service answered {status!r}")
-        mqtt = document.get("mqtt")
-        if not isinstance(mqtt, dict) or not _valid_grant(document, mqtt):
-            raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, "unexpected claim answer")
-        return cls(
-            device_id=document["device_id"],
-            household_id=document["household_id"],
-            mqtt=MqttGrant(
-                host=mqtt["host"],
-                port=mqtt["port"],
-                tls=mqtt["tls"],
-                username=mqtt["username"],
-                password=mqtt["password"],
-            ),
-        )
+_Answer = TypeVar("_Answer", bound=WireModel)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NotOwned:
-    """The service's definitive answer to the device's own signed request: nobody owns it.
-
-    Released by its household, or never claimed. Only a 200 answer of exactly
-    ``{"status": "unowned", "device_id": <this device>}`` is this; every error, refusal or other
-    shape is a :class:`RelayError`, so a failing service can never unclaim a device.
-    """
-
-    device_id: str
-
-
-def _valid_grant(document: dict[str, Any], mqtt: dict[str, Any]) -> bool:
-    texts = (
-        document.get("device_id"),
-        document.get("household_id"),
-        mqtt.get("host"),
-        mqtt.get("username"),
-        mqtt.get("password"),
-    )
-    port, tls = mqtt.get("port"), mqtt.get("tls")
-    return (
-        all(isinstance(item, str) and item for item in texts)
-        and isinstance(port, int)
-        and not isinstance(port, bool)
-        and 1 <= port <= 65535  # noqa: PLR2004 - the TCP port range
-        and isinstance(tls, bool)
-    )
+def _parse(model: type[_Answer], url: str, document: object) -> _Answer:
+    try:
+        return model.parse(document)
+    except WireFormatError as err:
+        raise RelayError(
+            DiagnosticCode.RELAY_UNREACHABLE, f"{url}: unexpected answer ({err})"
+        ) from err
 
 
 def build_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
@@ -197,54 +153,46 @@ class RelayClient:
 
     async def health(self) -> RelayHealth:
         """``GET /v1/health``: reachability, TLS and the service's clock."""
-        document = await self._request("GET", "/v1/health", None)
-        status, now = document.get("status"), document.get("time")
-        if status != "ok" or not isinstance(now, int) or isinstance(now, bool):
-            raise RelayError(
-                DiagnosticCode.RELAY_UNREACHABLE, f"unexpected health answer: {document!r:.200}"
-            )
-        return RelayHealth(status=status, time=now)
+        return _parse(Health, self._base_url, await self._request("GET", "/v1/health", None))
 
     async def confirm_claim(self, confirmation: ClaimConfirmation) -> ClaimOutcome:
         """Post the signed confirmation; the answer carries the MQTT credentials."""
-        body = {"confirmation": json.loads(confirmation.to_json())}
+        body = ConfirmationRequest(confirmation=json.loads(confirmation.to_json())).body()
         return self._outcome(
             await self._request("POST", "/v1/claims/confirm", body), confirmation.device_id
         )
 
     async def confirm_zero_touch(self, message: dict[str, Any], device_id: str) -> ClaimOutcome:
         """Post a device-signed zero-touch confirmation (pre-assigned devices, over Ethernet)."""
-        body = {"confirmation": message}
+        body = ConfirmationRequest(confirmation=message).body()
         return self._outcome(await self._request("POST", "/v1/zero-touch/confirm", body), device_id)
 
     async def release(self, notice: ReleaseNotice) -> None:
         """Tell the service the device let go of its owner (factory reset)."""
-        document = await self._request(
-            "POST", "/v1/devices/release-by-device", {"release": json.loads(notice.to_json())}
-        )
-        if document.get("status") != "released":
-            raise RelayError(
-                DiagnosticCode.RELAY_UNREACHABLE, f"unexpected release answer: {document!r:.200}"
-            )
+        body = ReleaseRequest(release=json.loads(notice.to_json())).body()
+        document = await self._request("POST", "/v1/devices/release-by-device", body)
+        _parse(Released, self._base_url, document)
 
     async def fetch_mqtt_credential(
         self, request: MqttCredentialRequest
     ) -> ClaimOutcome | NotOwned:
         """Post the signed request: the current MQTT credential, or :class:`NotOwned`."""
-        body = {"request": json.loads(request.to_json())}
+        body = CredentialRequest(request=json.loads(request.to_json())).body()
         document = await self._request("POST", "/v1/device/mqtt-credential", body)
         if document.get("status") == "unowned":
-            if document != {"status": "unowned", "device_id": request.device_id}:
+            answer = _parse(Unowned, self._base_url, document)
+            if answer.device_id != request.device_id:
                 raise RelayError(
-                    DiagnosticCode.RELAY_UNREACHABLE,
-                    f"unexpected credential answer: {document!r:.200}",
+                    DiagnosticCode.RELAY_UNREACHABLE, "the service answered for another device"
                 )
-            return NotOwned(device_id=request.device_id)
+            return answer
         return self._outcome(document, request.device_id)
 
-    @staticmethod
-    def _outcome(document: dict[str, Any], device_id: str) -> ClaimOutcome:
-        outcome = ClaimOutcome.from_json(document)
+    def _outcome(self, document: dict[str, Any], device_id: str) -> ClaimOutcome:
+        if document.get("status") != "owned":
+            status = document.get("status")
+            raise RelayError(DiagnosticCode.CLAIM_REJECTED, f"service answered {status!r:.40}")
+        outcome = _parse(Owned, self._base_url, document)
         if outcome.device_id != device_id:
             raise RelayError(
                 DiagnosticCode.CLAIM_REJECTED, "the service answered for another device"
@@ -288,11 +236,12 @@ class RelayClient:
 
 
 def _error_from(url: str, status: int, document: dict[str, Any]) -> RelayError:
-    error = document.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    detail = f"{url}: HTTP {status} {code or ''} {message or ''}".strip()
-    relay_code = code if isinstance(code, str) else None
+    try:
+        error = ErrorBody.parse(document).error
+        relay_code: str | None = error.code
+        detail = f"{url}: HTTP {status} {error.code} {error.message}"
+    except WireFormatError:
+        relay_code, detail = None, f"{url}: HTTP {status}"
     if relay_code in _ERROR_CODES:
         return RelayError(_ERROR_CODES[relay_code], detail, relay_code=relay_code)
     if status >= _HTTP_SERVER_ERROR or relay_code is None:
@@ -348,7 +297,7 @@ class CredentialRecovery:
             async with self._relay_factory(service_url) as relay:
                 outcome = await relay.fetch_mqtt_credential(request)
         except RelayError as err:
-            if err.relay_code == "credential_refused":
+            if err.relay_code == ErrorCode.CREDENTIAL_REFUSED:
                 _LOGGER.warning(
                     "MQTT: the account service refused this device's credential request (it "
                     "does not know this identity, or the request was not fresh); check the "

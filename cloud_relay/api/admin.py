@@ -5,6 +5,13 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+from iob_protocol.account_api import (
+    ModelList,
+    PreassignRequest,
+    PutModelRequest,
+    RegistryImportRequest,
+    RevokedSessions,
+)
 
 from cloud_relay import audit
 from cloud_relay.errors import (
@@ -40,8 +47,8 @@ async def import_records(request: web.Request) -> web.Response:
     """Import factory-provision records (all or nothing)."""
     actor = await _admin(request)
     service = relay(request)
-    body = await read_body(request, service.ctx.config.max_import_bytes)
-    records = body.raw("records")  # a list of 1-10,000 items: the document's schema checked it
+    body = await read_body(request, RegistryImportRequest, service.ctx.config.max_import_bytes)
+    records = body.records  # 1-10,000 objects (the document's schema); each parsed here
     parsed = []
     seen: set[str] = set()
     for number, record in enumerate(records, start=1):
@@ -51,7 +58,7 @@ async def import_records(request: web.Request) -> web.Response:
         seen.add(item.device_id)
         parsed.append(item)
     report = await service.registry.import_records(parsed, actor)
-    return ok(report.to_json())
+    return ok(report)
 
 
 @routes.get("/v1/admin/registry/devices/{device_id}")
@@ -67,11 +74,11 @@ async def preassign(request: web.Request) -> web.Response:
     """Pre-assign a device to a household (zero-touch order metadata)."""
     actor = await _admin(request)
     device_id = path_id(request, "device_id", RegistryDeviceNotFoundError)
-    body = await read_body(request)
+    body = await read_body(request, PreassignRequest)
     device = await relay(request).registry.preassign(
         device_id,
-        body.string("household_id"),
-        body.optional_string("order_ref"),
+        body.household_id,
+        body.order_ref,
         actor,
     )
     return ok(device)
@@ -90,7 +97,7 @@ async def clear_preassignment(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     """Every device model."""
     await _admin(request)
-    return ok({"models": await relay(request).registry.models()})
+    return ok(ModelList(models=tuple(await relay(request).registry.models())))
 
 
 @routes.put("/v1/admin/models/{model}")
@@ -98,12 +105,12 @@ async def put_model(request: web.Request) -> web.Response:
     """Create or replace a device model's name, manufacturer and metadata."""
     actor = await _admin(request)
     model = path_id(request, "model", ModelNotFoundError)
-    body = await read_body(request)
+    body = await read_body(request, PutModelRequest)
     result = await relay(request).registry.put_model(
         model,
-        name=body.string("name"),
-        manufacturer=body.optional_string("manufacturer") or "",
-        metadata=body.get("metadata", {}),
+        name=body.name,
+        manufacturer=body.manufacturer or "",
+        metadata=body.metadata if body.metadata is not None else {},
         actor=actor,
     )
     return ok(result)
@@ -124,7 +131,7 @@ async def admin_audit(request: web.Request) -> web.Response:
             before=audit.parse_cursor(cursor),
             limit=limit,
         )
-    return ok({"events": [e.to_json() for e in page.events], "next_cursor": page.next_cursor})
+    return ok(page.answer())
 
 
 @routes.post("/v1/admin/accounts/{account_id}/revoke-sessions")
@@ -133,4 +140,4 @@ async def revoke_sessions(request: web.Request) -> web.Response:
     actor = await _admin(request)
     account_id = path_id(request, "account_id", NotFoundError)
     revoked = await relay(request).accounts.revoke_all(account_id, actor)
-    return ok({"revoked_sessions": revoked})
+    return ok(RevokedSessions(revoked_sessions=revoked))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
+from iob_protocol.account_api import WireFormatError, WireModel, WireRequest
 from iob_protocol.boundedjson import load_json
 from iob_protocol.errors import JsonTooDeepError as ProtocolJsonTooDeepError
 from iob_protocol.errors import MalformedMessageError
@@ -101,12 +102,17 @@ async def _body_bytes(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_body(request: web.Request, limit: int | None = None) -> Body:
-    """The body, checked against its operation's request schema in /openapi.json.
+_Request = TypeVar("_Request", bound=WireRequest)
+
+
+async def read_body(
+    request: web.Request, model: type[_Request], limit: int | None = None
+) -> _Request:
+    """The body as ``model``, checked against its operation's request schema in /openapi.json.
 
     ``Content-Type: application/json`` (UTF-8), at most ``limit`` bytes (the configured
     ``max_body_bytes`` by default), JSON nested at most ``MAX_JSON_DEPTH`` levels, no duplicate
-    keys, then :class:`Body`'s checks.
+    keys, then :func:`check_body`.
     """
     limit = limit or relay(request).ctx.config.max_body_bytes
     body = await _body_bytes(request, limit)
@@ -122,67 +128,42 @@ async def read_body(request: web.Request, limit: int | None = None) -> Body:
         raise InvalidRequestError("The body must be a JSON object.")
     route = request.match_info.route.resource
     canonical = route.canonical if route is not None else request.path
-    return Body(value, request_schema(request.method, canonical))
+    check_body(value, request_schema(request.method, canonical))
+    try:
+        return model.parse(value)
+    except WireFormatError as err:  # the document and the model disagree: a bug of ours
+        raise RelayError(f"{request.method} {canonical}: {err}") from err
 
 
-class Body:
-    """A JSON object body that passed its documented schema (``requestBody`` in /openapi.json).
+def check_body(data: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    """Check a JSON object body against its documented schema (``requestBody``).
 
-    The one place where request bodies are validated, driven by the document itself, so the
-    API accepts exactly what it documents: unknown fields, missing required ones, ``null`` where
-    a string is documented, strings outside ``minLength``/``maxLength``, their ``pattern`` or
-    their ``enum``, and arrays outside ``minItems``/``maxItems`` are all 400
-    ``invalid_request``. What JSON Schema cannot say (a normalised e-mail address, a verified
-    signature) the services check next. (A typed wire model may replace this class; the
-    handlers only ask it for typed fields.)
+    The one place where request bodies are validated, driven by the document (generated from
+    the wire model), so the API accepts exactly what it documents: unknown fields, missing
+    required ones, ``null`` where a string is documented, strings outside
+    ``minLength``/``maxLength``, their ``pattern`` or their ``enum``, strings with NUL or lone
+    surrogates, and arrays outside ``minItems``/``maxItems`` are all 400 ``invalid_request``.
+    What JSON Schema cannot say (a normalised e-mail address, a verified signature) the
+    services check next.
     """
-
-    def __init__(self, data: dict[str, Any], schema: Mapping[str, Any]) -> None:
-        """Check ``data`` against the object ``schema``."""
-        properties: Mapping[str, Any] = schema["properties"]
-        unknown = set(data) - set(properties)
-        if unknown:
-            raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        for name in schema.get("required", ()):
-            if name not in data:
-                raise InvalidRequestError(f"{name} is required")
-        for name, value in data.items():
-            problem = schema_problem(value, properties[name])
-            if problem is not None:
-                raise InvalidRequestError(f"{name} {problem}")
-        self._data = data
-
-    def raw(self, name: str) -> Any:
-        """A field of any JSON type that the document requires."""
-        if name not in self._data:
+    properties: Mapping[str, Any] = schema["properties"]
+    unknown = set(data) - set(properties)
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    for name in schema.get("required", ()):
+        if name not in data:
             raise InvalidRequestError(f"{name} is required")
-        return self._data[name]
-
-    def get(self, name: str, default: Any) -> Any:
-        """An optional field of any JSON type."""
-        return self._data.get(name, default)
-
-    def string(self, name: str) -> str:
-        """A string field that the document requires."""
-        value = self.optional_string(name)
-        if value is None:
-            raise InvalidRequestError(f"{name} is required")
-        return value
-
-    def optional_string(self, name: str) -> str | None:
-        """A string field, or None when it is absent (``null`` never passes the schema)."""
-        value = self._data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise InvalidRequestError(f"{name} must be a string")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise InvalidRequestError(f"{name} is not valid Unicode") from err
-        if "\x00" in value:
-            raise InvalidRequestError(f"{name} must not contain NUL characters")
-        return value
+    for name, value in data.items():
+        problem = schema_problem(value, properties[name])
+        if problem is not None:
+            raise InvalidRequestError(f"{name} {problem}")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise InvalidRequestError(f"{name} is not valid Unicode") from err
+            if "\x00" in value:
+                raise InvalidRequestError(f"{name} must not contain NUL characters")
 
 
 _JSON_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
@@ -198,7 +179,15 @@ CHECKED_KEYWORDS: Final = frozenset(
     {"type", "minLength", "maxLength", "pattern", "enum", "minItems", "maxItems", "oneOf", "$ref"}
 )
 HANDLER_KEYWORDS: Final = frozenset(
-    {"items", "properties", "required", "additionalProperties", "format", "description"}
+    {
+        "items",
+        "properties",
+        "required",
+        "additionalProperties",
+        "propertyNames",
+        "format",
+        "description",
+    }
 )
 
 
@@ -283,9 +272,9 @@ def page_params(request: web.Request) -> tuple[str | None, int]:
     return cursor, int(text)
 
 
-def ok(data: Any, status: int = 200) -> web.Response:
-    """A JSON response."""
-    return web.json_response(data, status=status)
+def ok(answer: WireModel, status: int = 200) -> web.Response:
+    """The JSON response of ``answer``, a model of the shared wire model."""
+    return web.json_response(answer.to_dict(), status=status)
 
 
 def no_content() -> web.Response:

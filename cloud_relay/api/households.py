@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 from aiohttp import web
+from iob_protocol.account_api import (
+    AddMemberRequest,
+    ClaimRequest,
+    DeviceKeyRequest,
+    DeviceList,
+    HouseholdList,
+    HouseholdRequest,
+    InvitationList,
+    InviteRequest,
+    MemberList,
+    Released,
+    ShareAccess,
+    ShareList,
+    ShareRequest,
+    TransferList,
+    TransferRequest,
+    UpdateMemberRequest,
+)
 
 from cloud_relay.errors import (
     DeviceNotFoundError,
@@ -43,15 +61,16 @@ def _device(request: web.Request) -> str:
 async def list_households(request: web.Request) -> web.Response:
     """The caller's households with its role in each."""
     caller = await account(request)
-    return ok({"households": await relay(request).households.list_for(caller)})
+    households = await relay(request).households.list_for(caller)
+    return ok(HouseholdList(households=tuple(households)))
 
 
 @routes.post("/v1/households")
 async def create_household(request: web.Request) -> web.Response:
     """A new household owned by the caller."""
     caller = await account(request)
-    body = await read_body(request)
-    household = await relay(request).households.create(caller, body.string("name"))
+    body = await read_body(request, HouseholdRequest)
+    household = await relay(request).households.create(caller, body.name)
     return ok(household, status=201)
 
 
@@ -67,8 +86,8 @@ async def rename_household(request: web.Request) -> web.Response:
     """Rename (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
-    return ok(await relay(request).households.rename(caller, household_id, body.string("name")))
+    body = await read_body(request, HouseholdRequest)
+    return ok(await relay(request).households.rename(caller, household_id, body.name))
 
 
 # --- members --------------------------------------------------------------------------------
@@ -78,7 +97,8 @@ async def rename_household(request: web.Request) -> web.Response:
 async def list_members(request: web.Request) -> web.Response:
     """Every member (any member)."""
     caller = await account(request)
-    return ok({"members": await relay(request).households.members(caller, _household(request))})
+    members = await relay(request).households.members(caller, _household(request))
+    return ok(MemberList(members=tuple(members)))
 
 
 @routes.post(_HOUSEHOLD + "/members")
@@ -86,13 +106,13 @@ async def add_member(request: web.Request) -> web.Response:
     """A member standing for a Home Assistant user (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, AddMemberRequest)
     member = await relay(request).households.add_external_member(
         caller,
         household_id,
-        external_id=body.string("external_id"),
-        display_name=body.string("display_name"),
-        role=body.string("role"),
+        external_id=body.external_id,
+        display_name=body.display_name,
+        role=body.role,
     )
     return ok(member, status=201)
 
@@ -103,14 +123,14 @@ async def update_member(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     member_id = path_id(request, "member_id", MemberNotFoundError)
-    body = await read_body(request)
+    body = await read_body(request, UpdateMemberRequest)
     member = await relay(request).households.update_member(
         caller,
         household_id,
         member_id,
-        role=body.optional_string("role"),
-        display_name=body.optional_string("display_name"),
-        external_id=body.optional_string("external_id"),
+        role=body.role,
+        display_name=body.display_name,
+        external_id=body.external_id,
     )
     return ok(member)
 
@@ -133,7 +153,7 @@ async def list_invitations(request: web.Request) -> web.Response:
     """Open invitations (admin or owner)."""
     caller = await account(request)
     invitations = await relay(request).households.invitations(caller, _household(request))
-    return ok({"invitations": invitations})
+    return ok(InvitationList(invitations=tuple(invitations)))
 
 
 @routes.post(_HOUSEHOLD + "/invitations")
@@ -141,13 +161,13 @@ async def invite(request: web.Request) -> web.Response:
     """An invitation token, shown once (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, InviteRequest)
     invitation = await relay(request).households.invite(
         caller,
         household_id,
-        role=body.string("role"),
-        email=body.optional_string("email"),
-        external_id=body.optional_string("external_id"),
+        role=body.role,
+        email=body.email,
+        external_id=body.external_id,
     )
     return ok(invitation, status=201)
 
@@ -170,9 +190,9 @@ async def create_claim(request: web.Request) -> web.Response:
     """A claim token for a device (admin or owner)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, ClaimRequest)
     claim = await relay(request).claims.create(
-        caller, household_id, body.string("device_id"), client_address(request)
+        caller, household_id, body.device_id, client_address(request)
     )
     return ok(claim, status=201)
 
@@ -182,15 +202,15 @@ async def device_key(request: web.Request) -> web.Response:
     """A device's public key for a member who holds its manual code (member or above)."""
     caller = await account(request)
     household_id = _household(request)
-    body = await read_body(request)
+    body = await read_body(request, DeviceKeyRequest)
     key = await relay(request).device_keys.lookup(
         caller,
         household_id,
-        body.string("device_id"),
-        body.string("manual_code"),
+        body.device_id,
+        body.manual_code,
         client_address(request),
     )
-    return ok(key.to_json())
+    return ok(key.answer())
 
 
 # --- devices --------------------------------------------------------------------------------
@@ -200,7 +220,8 @@ async def device_key(request: web.Request) -> web.Response:
 async def list_devices(request: web.Request) -> web.Response:
     """Owned and shared devices (any member)."""
     caller = await account(request)
-    return ok({"devices": await relay(request).devices.listing(caller, _household(request))})
+    devices = await relay(request).devices.listing(caller, _household(request))
+    return ok(DeviceList(devices=tuple(devices)))
 
 
 @routes.get(_DEVICE)
@@ -217,7 +238,7 @@ async def release(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     await relay(request).devices.release(caller, household_id, _device(request))
-    return ok({"status": "released"})
+    return ok(Released())
 
 
 @routes.post(_DEVICE + "/credentials")
@@ -234,7 +255,7 @@ async def list_shares(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     shares = await relay(request).devices.shares(caller, household_id, _device(request))
-    return ok({"shares": shares})
+    return ok(ShareList(shares=tuple(shares)))
 
 
 @routes.put(_DEVICE + "/shares/{target_household_id}")
@@ -244,10 +265,9 @@ async def put_share(request: web.Request) -> web.Response:
     household_id = _household(request)
     device_id = _device(request)
     target = path_id(request, "target_household_id", HouseholdNotFoundError)
-    body = await read_body(request)
-    access = body.string("access")
+    body = await read_body(request, ShareRequest)
     share = await relay(request).devices.share(
-        caller, household_id, device_id, target, control=access == "control"
+        caller, household_id, device_id, target, control=body.access is ShareAccess.CONTROL
     )
     return ok(share)
 
@@ -269,9 +289,9 @@ async def offer_transfer(request: web.Request) -> web.Response:
     caller = await account(request)
     household_id = _household(request)
     device_id = _device(request)
-    body = await read_body(request)
+    body = await read_body(request, TransferRequest)
     transfer = await relay(request).devices.offer(
-        caller, household_id, device_id, body.string("to_household_id")
+        caller, household_id, device_id, body.to_household_id
     )
     return ok(transfer, status=201)
 
@@ -286,7 +306,7 @@ async def device_audit(request: web.Request) -> web.Response:
     page = await relay(request).devices.audit(
         caller, household_id, device_id=device_id, cursor=cursor, limit=limit
     )
-    return ok({"events": [e.to_json() for e in page.events], "next_cursor": page.next_cursor})
+    return ok(page.answer())
 
 
 # --- transfers ------------------------------------------------------------------------------
@@ -297,7 +317,7 @@ async def list_transfers(request: web.Request) -> web.Response:
     """Pending transfers to and from the household (admin or owner)."""
     caller = await account(request)
     transfers = await relay(request).devices.transfers(caller, _household(request))
-    return ok({"transfers": transfers})
+    return ok(TransferList(transfers=tuple(transfers)))
 
 
 @routes.post(_HOUSEHOLD + "/transfers/{transfer_id}/accept")
@@ -355,4 +375,4 @@ async def household_audit(request: web.Request) -> web.Response:
     page = await relay(request).devices.audit(
         caller, household_id, device_id=None, cursor=cursor, limit=limit
     )
-    return ok({"events": [e.to_json() for e in page.events], "next_cursor": page.next_cursor})
+    return ok(page.answer())

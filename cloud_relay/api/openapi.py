@@ -1,9 +1,10 @@
 """The OpenAPI 3.1 document served at ``/openapi.json``.
 
-Kept next to the handlers and checked against them: the test suite validates every real
-response it sees against this document (jsonschema), and schemathesis drives the API from it.
-Response objects forbid unknown properties, so a field added to a handler without being
-documented here fails the tests.
+Kept next to the handlers and checked against them: the response schemas are generated from
+the shared wire model (iob_protocol.account_api), the paths and request bodies are written
+here. The test suite validates every real response it sees against this document
+(jsonschema), and schemathesis drives the API from it. Response objects forbid unknown
+properties, so a field a handler sends that its model lacks fails the tests.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from dataclasses import KW_ONLY, dataclass, field
 from functools import cache
 from typing import Any, Final, Literal
 
+from iob_protocol.account_api import REQUEST_MODELS, RESPONSE_MODELS
+from mashumaro.jsonschema import JSONSchemaBuilder
+
 ID: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
-HEX_ID: Final = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 DEVICE_ID: Final = {
     "type": "string",
     "pattern": "^[0-9A-HJKMNP-TV-Z]{16}$",
     "description": "16 Crockford base32 characters (the device's factory id).",
 }
 TIME: Final = {"type": "integer", "description": "Unix seconds."}
-ROLE: Final = {"type": "string", "enum": ["owner", "admin", "member", "viewer"]}
-TOKEN: Final = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"}
 #: What the service keeps of a name: no control character (C0, DEL, C1), one visible at least.
 _PRINTABLE: Final = r"[^\u0000-\u001f\u007f-\u009f]"
 _VISIBLE: Final = rf"{_PRINTABLE}*[^\s\u0000-\u001f\u007f-\u009f]{_PRINTABLE}*"
@@ -34,16 +35,11 @@ LABEL: Final = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": T
 #: An id in a request body: only bounded here, so a malformed one gets the handler's own 400.
 ID_INPUT: Final = {"type": "string", "maxLength": 64}
 GRANTED_ROLE: Final = {"type": "string", "enum": ["admin", "member", "viewer"]}
-ACCESS: Final = {"type": "string", "enum": ["owner", "control", "read"]}
 SHARE_ACCESS: Final = {"type": "string", "enum": ["read", "control"]}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"oneOf": [schema, {"type": "null"}]}
 
 
 def _obj(
@@ -59,220 +55,64 @@ def _obj(
     return schema
 
 
-def _list(key: str, item: str) -> dict[str, Any]:
-    return _obj({key: {"type": "array", "items": _ref(item)}})
+def _generated_schemas() -> dict[str, Any]:
+    """The bodies' schemas, generated from the wire model (iob_protocol.account_api).
+
+    Every field of an answer is always sent, so every property of a response is required; a
+    request's optional field is absent, never ``null``. ``title`` and the models' defaults are
+    dropped (the document names schemas by their key).
+    """
+    schemas: dict[str, Any] = {}
+    for models, answer in ((RESPONSE_MODELS, True), (REQUEST_MODELS, False)):
+        builder = JSONSchemaBuilder(all_refs=True, ref_prefix="#/components/schemas")
+        for model in models:
+            builder.build(model)
+        definitions: dict[str, Any] = builder.get_definitions().to_dict()
+        for name, schema in definitions.items():
+            strict = _strict(schema, all_required=answer)
+            if not answer:
+                strict = _never_null(strict)
+            schemas[_SCHEMA_NAMES.get(name, name)] = strict
+    return schemas
 
 
-NULLABLE_TEXT: Final = _nullable({"type": "string"})
-_DEVICE_FIELDS: Final = {
-    "device_id": DEVICE_ID,
-    "model": {"type": "string"},
-    "access": ACCESS,
-    "owner_household_id": HEX_ID,
-    "since": _nullable(TIME),
-}
+#: Schema names that differ from the model's class name.
+_SCHEMA_NAMES: Final = {"ErrorBody": "Error"}
+
+
+def _strict(schema: Any, *, all_required: bool = True) -> Any:
+    if isinstance(schema, list):
+        return [_strict(item, all_required=all_required) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {
+        k: _strict(v, all_required=all_required)
+        for k, v in schema.items()
+        if k not in {"title", "default"}
+    }
+    if strict.get("type") == "object" and "properties" in strict and all_required:
+        strict["required"] = list(strict["properties"])
+    if "enum" in strict and "type" not in strict:
+        strict = {"type": "string", **strict}
+    return strict
+
+
+def _never_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request object whose optional properties are their type alone (absent, not null)."""
+    properties = {}
+    for name, prop in schema["properties"].items():
+        options = prop.get("anyOf")
+        if options and {"type": "null"} in options:
+            [kind] = [option for option in options if option != {"type": "null"}]
+            properties[name] = {**kind, **{k: v for k, v in prop.items() if k != "anyOf"}}
+        else:
+            properties[name] = prop
+    return {**schema, "properties": properties, "required": schema.get("required", [])}
 
 
 _SCHEMAS: Final[dict[str, Any]] = {
-    "Error": _obj(
-        {
-            "error": _obj(
-                {
-                    "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
-                    "message": {"type": "string"},
-                }
-            )
-        }
-    ),
-    "Health": _obj({"status": {"const": "ok"}, "time": TIME}),
-    "Account": _obj(
-        {
-            "account_id": HEX_ID,
-            "email": {"type": "string"},
-            "display_name": {"type": "string"},
-            "is_admin": {"type": "boolean"},
-        }
-    ),
-    "TokenPair": _obj(
-        {
-            "token_type": {"const": "Bearer"},
-            "access_token": TOKEN,
-            "expires_in": {"type": "integer", "description": "Seconds the access token lives."},
-            "refresh_token": TOKEN,
-            "refresh_expires_in": {"type": "integer"},
-            "account": _ref("Account"),
-        }
-    ),
-    "Household": _obj(
-        {"household_id": HEX_ID, "name": {"type": "string"}, "role": ROLE, "created_at": TIME}
-    ),
-    "HouseholdList": _list("households", "Household"),
-    "Member": _obj(
-        {
-            "member_id": HEX_ID,
-            "household_id": HEX_ID,
-            "account_id": _nullable(HEX_ID),
-            "external_id": NULLABLE_TEXT,
-            "display_name": {"type": "string"},
-            "role": ROLE,
-            "created_at": TIME,
-        }
-    ),
-    "MemberList": _list("members", "Member"),
-    "Invitation": _obj(
-        {
-            "invitation_id": HEX_ID,
-            "household_id": HEX_ID,
-            "token": {**TOKEN, "description": "Shown once; give it to the invitee."},
-            "role": ROLE,
-            "email": NULLABLE_TEXT,
-            "external_id": NULLABLE_TEXT,
-            "expires_at": TIME,
-        }
-    ),
-    "InvitationSummary": _obj(
-        {
-            "invitation_id": HEX_ID,
-            "household_id": HEX_ID,
-            "role": ROLE,
-            "email": NULLABLE_TEXT,
-            "external_id": NULLABLE_TEXT,
-            "created_at": TIME,
-            "expires_at": TIME,
-        }
-    ),
-    "InvitationList": _list("invitations", "InvitationSummary"),
-    "Claim": _obj(
-        {
-            "claim_id": HEX_ID,
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "token": {**TOKEN, "description": "Single use, 256 bits; hand it to the device."},
-            "expires_at": TIME,
-        }
-    ),
-    "ClaimStatus": _obj(
-        {
-            "claim_id": HEX_ID,
-            "status": {"type": "string", "enum": ["pending", "owned", "expired", "rejected"]},
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "expires_at": TIME,
-            "completed_at": _nullable(TIME),
-        }
-    ),
-    "MqttCredentials": _obj(
-        {
-            "host": {"type": "string"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "tls": {"type": "boolean"},
-            "username": {"type": "string"},
-            "password": {"type": "string"},
-            "client_id": {
-                "type": "string",
-                "description": "The only MQTT client id the broker accepts with this username "
-                "(the device id; hub-<household id> for a hub).",
-            },
-        }
-    ),
-    "Owned": _obj(
-        {
-            "status": {"const": "owned"},
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "mqtt": _ref("MqttCredentials"),
-        }
-    ),
-    "Unowned": _obj({"status": {"const": "unowned"}, "device_id": DEVICE_ID}),
+    **_generated_schemas(),
     "CredentialAnswer": {"oneOf": [_ref("Owned"), _ref("Unowned")]},
-    "Released": _obj({"status": {"const": "released"}}),
-    "DeviceCredentials": _obj({"device_id": DEVICE_ID, "mqtt": _ref("MqttCredentials")}),
-    "DeviceSummary": _obj(_DEVICE_FIELDS),
-    "DeviceList": _list("devices", "DeviceSummary"),
-    "Device": _obj({**_DEVICE_FIELDS, "model_info": _nullable(_ref("Model"))}),
-    "Share": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "household_id": HEX_ID,
-            "access": SHARE_ACCESS,
-            "created_at": TIME,
-        }
-    ),
-    "ShareList": _list("shares", "Share"),
-    "Transfer": _obj(
-        {
-            "transfer_id": HEX_ID,
-            "device_id": DEVICE_ID,
-            "from_household_id": HEX_ID,
-            "to_household_id": HEX_ID,
-            "status": {
-                "type": "string",
-                "enum": ["pending", "accepted", "declined", "cancelled"],
-            },
-            "created_at": TIME,
-            "expires_at": TIME,
-        }
-    ),
-    "TransferList": _list("transfers", "Transfer"),
-    "AuditEvent": _obj(
-        {
-            "seq": {"type": "integer", "minimum": 1},
-            "at": TIME,
-            "actor": {"type": "string"},
-            "action": {"type": "string"},
-            "household_id": NULLABLE_TEXT,
-            "device_id": NULLABLE_TEXT,
-            "details": {"type": "object"},
-            "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        }
-    ),
-    "AuditPage": _obj(
-        {
-            "events": {"type": "array", "items": _ref("AuditEvent")},
-            "next_cursor": NULLABLE_TEXT,
-        }
-    ),
-    "Model": _obj(
-        {
-            "model": {"type": "string"},
-            "name": {"type": "string"},
-            "manufacturer": {"type": "string"},
-            "metadata": {"type": "object"},
-            "updated_at": TIME,
-        }
-    ),
-    "ModelList": _list("models", "Model"),
-    "RegistryDevice": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "model": {"type": "string"},
-            "public_key": {"type": "string"},
-            "fingerprint": {"type": "string"},
-            "imported_at": TIME,
-            "household_id": _nullable(HEX_ID),
-            "owned_since": _nullable(TIME),
-            "preassigned_household_id": _nullable(HEX_ID),
-            "order_ref": NULLABLE_TEXT,
-        }
-    ),
-    "DeviceKey": _obj(
-        {
-            "device_id": DEVICE_ID,
-            "public_key": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9_-]{43}$",
-                "description": "The raw 32-byte Ed25519 identity key, base64url.",
-            },
-            "fingerprint": {
-                "type": "string",
-                "pattern": "^[0-9A-HJKMNP-TV-Z]{32}$",
-                "description": "The key's fingerprint as on the QR code (docs/protocol.md §2).",
-            },
-            "model": {"type": "string"},
-        }
-    ),
-    "ImportReport": _obj({"imported": {"type": "integer"}, "unchanged": {"type": "integer"}}),
-    "RevokedSessions": _obj({"revoked_sessions": {"type": "integer"}}),
     "SignedStatement": {
         "description": (
             "A device-signed statement from iob_protocol (canonical JSON): as a JSON object, or "
@@ -500,7 +340,6 @@ _D: Final = _H + "/devices/{device_id}"
 
 
 def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
-    signed = {"confirmation": _ref("SignedStatement")}
     return {
         "/v1/health": {
             "get": _Op(
@@ -519,21 +358,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(201, "TokenPair"),
                 errors=(409, 429),
                 auth=False,
-                body=_obj(
-                    {
-                        "email": {"type": "string", "format": "email", "maxLength": 254},
-                        "password": {
-                            "type": "string",
-                            "maxLength": 1024,
-                            "description": (
-                                "At least 10 characters and not the e-mail address; otherwise "
-                                "400 `weak_password` (a code of its own, so no minLength here)."
-                            ),
-                        },
-                        "display_name": NAME,
-                    },
-                    ["email", "password"],
-                ),
+                body=_ref("SignUpRequest"),
                 links={
                     **_REFRESH,
                     "RevokeSessions": _link(
@@ -551,12 +376,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "TokenPair"),
                 errors=(429,),
                 auth=False,
-                body=_obj(
-                    {
-                        "email": {"type": "string", "maxLength": 254},
-                        "password": {"type": "string", "maxLength": 1024},
-                    }
-                ),
+                body=_ref("SignInRequest"),
                 links=_REFRESH,
             )
         },
@@ -571,7 +391,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "session (`refresh_token_reused`)."
                 ),
                 errors=(401,),
-                body=_obj({"refresh_token": {"type": "string", "maxLength": 128}}),
+                body=_ref("RefreshRequest"),
                 links=_REFRESH,
             )
         },
@@ -583,7 +403,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(201, "Member"),
                 errors=(404, 409),
-                body=_obj({"token": {"type": "string", "maxLength": 128}}),
+                body=_ref("AcceptInvitationRequest"),
                 links={
                     "ListMembers": _link(
                         "get", _H + "/members", household_id="$response.body#/household_id"
@@ -609,7 +429,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "token after its TTL), 410 `claim_expired`, 400 `clock_skew`, "
                     "`bad_signature`, `invalid_request`."
                 ),
-                body=_obj(signed),
+                body=_ref("ConfirmationRequest"),
             )
         },
         "/v1/zero-touch/confirm": {
@@ -619,7 +439,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "Owned"),
                 errors=(409, 410, 429, 503),
                 auth=False,
-                body=_obj(signed),
+                body=_ref("ConfirmationRequest"),
             )
         },
         "/v1/devices/release-by-device": {
@@ -629,7 +449,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 ok=(200, "Released"),
                 errors=(409, 410, 429, 503),
                 auth=False,
-                body=_obj({"release": _ref("SignedStatement")}),
+                body=_ref("ReleaseRequest"),
             )
         },
         "/v1/device/mqtt-credential": {
@@ -648,7 +468,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "`credential_refused` alike for an unknown device, a bad signature and a "
                     "replayed request; 400 `clock_skew`, `invalid_request`."
                 ),
-                body=_obj({"request": _ref("SignedStatement")}),
+                body=_ref("CredentialRequest"),
             )
         },
         "/v1/claims/{claim_id}": {
@@ -674,7 +494,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 "Create a household (you become its owner)",
                 tag="households",
                 ok=(201, "Household"),
-                body=_obj({"name": NAME}),
+                body=_ref("HouseholdRequest"),
                 links=_household_links("$response.body#/household_id"),
             ),
         },
@@ -685,7 +505,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(200, "Household"),
                 errors=(403, 404),
-                body=_obj({"name": NAME}),
+                body=_ref("HouseholdRequest"),
                 links={"GetHousehold": _link("get", _H, household_id="$request.path.household_id")},
             ),
         },
@@ -698,7 +518,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(201, "Member"),
                 errors=(403, 404, 409),
-                body=_obj({"external_id": LABEL, "display_name": NAME, "role": GRANTED_ROLE}),
+                body=_ref("AddMemberRequest"),
                 links=_member_links("$response.body#/member_id"),
             ),
         },
@@ -708,10 +528,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(200, "Member"),
                 errors=(403, 404, 409),
-                body=_obj(
-                    {"role": GRANTED_ROLE, "display_name": NAME, "external_id": LABEL},
-                    [],
-                ),
+                body=_ref("UpdateMemberRequest"),
                 links=_member_links("$request.path.member_id"),
             ),
             "delete": _Op(
@@ -733,14 +550,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="households",
                 ok=(201, "Invitation"),
                 errors=(403, 404),
-                body=_obj(
-                    {
-                        "role": GRANTED_ROLE,
-                        "email": {"type": "string", "maxLength": 254},
-                        "external_id": LABEL,
-                    },
-                    ["role"],
-                ),
+                body=_ref("InviteRequest"),
                 links={
                     "RevokeInvitation": _link(
                         "delete",
@@ -772,7 +582,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "when every answer to its confirmation was lost); its confirmation keeps "
                     "the household and rotates the device's MQTT password."
                 ),
-                body=_obj({"device_id": ID_INPUT}),
+                body=_ref("ClaimRequest"),
                 links={
                     "ClaimStatus": _link(
                         "get", "/v1/claims/{claim_id}", claim_id="$response.body#/claim_id"
@@ -799,23 +609,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "429 `rate_limited` with Retry-After. 400 `invalid_request` for a "
                     "malformed device id or code (bad check digit, trivial code)."
                 ),
-                body=_obj(
-                    {
-                        "device_id": {
-                            "type": "string",
-                            "maxLength": 64,
-                            "description": "16 Crockford base32 characters.",
-                        },
-                        "manual_code": {
-                            "type": "string",
-                            "maxLength": 64,
-                            "description": (
-                                "The 10 digits from the label, e.g. `27182-81821`; hyphens and "
-                                "spaces are ignored."
-                            ),
-                        },
-                    }
-                ),
+                body=_ref("DeviceKeyRequest"),
             )
         },
         _H + "/devices": {
@@ -862,7 +656,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="devices",
                 ok=(200, "Share"),
                 errors=(403, 404, 503),
-                body=_obj({"access": SHARE_ACCESS}),
+                body=_ref("ShareRequest"),
                 links={
                     "ListShares": _link("get", _D + "/shares", **_SAME_DEVICE),
                     "EndShare": _link(
@@ -883,7 +677,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="devices",
                 ok=(201, "Transfer"),
                 errors=(403, 404),
-                body=_obj({"to_household_id": ID_INPUT}),
+                body=_ref("TransferRequest"),
                 links={
                     "AcceptTransfer": _transfer_link("accept", "to_household_id"),
                     "DeclineTransfer": _transfer_link("decline", "to_household_id"),
@@ -964,16 +758,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="admin",
                 ok=(200, "ImportReport"),
                 errors=(403,),
-                body=_obj(
-                    {
-                        "records": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 10000,
-                            "items": _ref("FactoryRecord"),
-                        }
-                    }
-                ),
+                body=_ref("RegistryImportRequest"),
             )
         },
         "/v1/admin/registry/devices/{device_id}": {
@@ -990,10 +775,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="admin",
                 ok=(200, "RegistryDevice"),
                 errors=(403, 404),
-                body=_obj(
-                    {"household_id": ID_INPUT, "order_ref": LABEL},
-                    ["household_id"],
-                ),
+                body=_ref("PreassignRequest"),
                 links={
                     "GetRegistryDevice": _link(
                         "get",
@@ -1025,18 +807,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="admin",
                 ok=(200, "Model"),
                 errors=(403,),
-                body=_obj(
-                    {
-                        "name": NAME,
-                        "manufacturer": {
-                            "type": "string",
-                            "maxLength": 100,
-                            "pattern": f"^(?:{_VISIBLE})?$",
-                        },
-                        "metadata": {"type": "object"},
-                    },
-                    ["name"],
-                ),
+                body=_ref("PutModelRequest"),
                 links={
                     "GetModel": _link("get", "/v1/models/{model}", model="$response.body#/model")
                 },

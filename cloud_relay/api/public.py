@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
+from iob_protocol.account_api import (
+    AcceptInvitationRequest,
+    ConfirmationRequest,
+    CredentialRequest,
+    Health,
+    ModelList,
+    RefreshRequest,
+    Released,
+    ReleaseRequest,
+    SignInRequest,
+    SignUpRequest,
+    WireRequest,
+)
 
 from cloud_relay.errors import ClaimNotFoundError, ModelNotFoundError
 
@@ -24,46 +39,46 @@ routes = web.RouteTableDef()
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     """Reachability and the service's clock (devices check their skew against it)."""
-    return ok({"status": "ok", "time": relay(request).ctx.now()})
+    return ok(Health(time=relay(request).ctx.now()))
 
 
 @routes.get("/openapi.json")
 async def openapi(_request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this API."""
-    return ok(document())
+    return web.json_response(document())
 
 
 @routes.post("/v1/auth/sign-up")
 async def sign_up(request: web.Request) -> web.Response:
     """Create an account; answer as sign-in does."""
-    body = await read_body(request)
+    body = await read_body(request, SignUpRequest)
     tokens = await relay(request).accounts.sign_up(
-        body.string("email"),
-        body.string("password"),
-        body.optional_string("display_name") or "",
+        body.email,
+        body.password,
+        body.display_name or "",
         client_address(request),
     )
-    return ok(tokens.to_json(), status=201)
+    return ok(tokens.answer(), status=201)
 
 
 @routes.post("/v1/auth/sign-in")
 async def sign_in(request: web.Request) -> web.Response:
     """E-mail and password → access and refresh tokens."""
-    body = await read_body(request)
+    body = await read_body(request, SignInRequest)
     tokens = await relay(request).accounts.sign_in(
-        body.string("email"),
-        body.string("password"),
+        body.email,
+        body.password,
         client_address(request),
     )
-    return ok(tokens.to_json())
+    return ok(tokens.answer())
 
 
 @routes.post("/v1/auth/refresh")
 async def refresh(request: web.Request) -> web.Response:
     """Spend a refresh token for a new pair."""
-    body = await read_body(request)
-    tokens = await relay(request).accounts.refresh(body.string("refresh_token"))
-    return ok(tokens.to_json())
+    body = await read_body(request, RefreshRequest)
+    tokens = await relay(request).accounts.refresh(body.refresh_token)
+    return ok(tokens.answer())
 
 
 @routes.post("/v1/auth/sign-out")
@@ -77,19 +92,22 @@ async def sign_out(request: web.Request) -> web.Response:
 @routes.get("/v1/auth/me")
 async def me(request: web.Request) -> web.Response:
     """The signed-in account."""
-    return ok((await account(request)).to_json())
+    return ok((await account(request)).answer())
 
 
 @routes.post("/v1/invitations/accept")
 async def accept_invitation(request: web.Request) -> web.Response:
     """Join a household with an invitation token."""
     caller = await account(request)
-    body = await read_body(request)
-    member = await relay(request).households.accept(caller, body.string("token"))
+    body = await read_body(request, AcceptInvitationRequest)
+    member = await relay(request).households.accept(caller, body.token)
     return ok(member, status=201)
 
 
-async def _statement(request: web.Request, field: str) -> object:
+_Statement = TypeVar("_Statement", bound=WireRequest)
+
+
+async def _statement(request: web.Request, model: type[_Statement]) -> _Statement:
     """The device-signed statement in ``field``, read once the caller's address may send one.
 
     The per-address budget is spent before the body is read or parsed, so a flood of bodies
@@ -97,39 +115,42 @@ async def _statement(request: web.Request, field: str) -> object:
     follows once the statement names its device.
     """
     relay(request).ctx.limiters.confirm_per_address.hit(client_address(request))
-    body = await read_body(request)
-    return body.raw(field)
+    return await read_body(request, model)
 
 
 @routes.post("/v1/claims/confirm")
 async def confirm_claim(request: web.Request) -> web.Response:
     """The device's signed claim confirmation, from the device or relayed by HA."""
-    statement = await _statement(request, "confirmation")
+    statement = (await _statement(request, ConfirmationRequest)).confirmation
     service = relay(request)
     owned = await service.claims.confirm(statement)
-    return ok(owned.to_json(service.ctx))
+    return ok(owned.answer(service.ctx))
 
 
 @routes.post("/v1/zero-touch/confirm")
 async def confirm_zero_touch(request: web.Request) -> web.Response:
     """A pre-assigned device's signed request to be owned by its order's household."""
-    statement = await _statement(request, "confirmation")
+    statement = (await _statement(request, ConfirmationRequest)).confirmation
     service = relay(request)
     owned = await service.claims.zero_touch(statement)
-    return ok(owned.to_json(service.ctx))
+    return ok(owned.answer(service.ctx))
 
 
 @routes.post("/v1/devices/release-by-device")
 async def release_by_device(request: web.Request) -> web.Response:
     """The device's signed release after a factory reset (idempotent)."""
-    await relay(request).devices.release_by_device(await _statement(request, "release"))
-    return ok({"status": "released"})
+    await relay(request).devices.release_by_device(
+        (await _statement(request, ReleaseRequest)).release
+    )
+    return ok(Released())
 
 
 @routes.post("/v1/device/mqtt-credential")
 async def device_mqtt_credential(request: web.Request) -> web.Response:
     """An owned device's signed request for its current MQTT credential (after a rotation)."""
-    answer = await relay(request).devices.mqtt_credential(await _statement(request, "request"))
+    answer = await relay(request).devices.mqtt_credential(
+        (await _statement(request, CredentialRequest)).request
+    )
     return ok(answer)
 
 
@@ -147,7 +168,7 @@ async def claim_status(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     """Every device model and its metadata (any signed-in account)."""
     await account(request)
-    return ok({"models": await relay(request).registry.models()})
+    return ok(ModelList(models=tuple(await relay(request).registry.models())))
 
 
 @routes.get("/v1/models/{model}")

@@ -2,7 +2,10 @@
 
 Modelled on python-wled: an injected ``aiohttp`` session (in Home Assistant always
 ``async_get_clientsession``), ``asyncio.timeout`` around every request, one exception base
-(:class:`AccountServiceError`), typed frozen dataclass models.
+(:class:`AccountServiceError`). Bodies and answers are the shared wire model
+(``iob_protocol.account_api``, mashumaro): the service answers with the same models, so an answer
+that does not fit its model is an :class:`AccountResponseError`, and errors map by ``ErrorCode``.
+Only the calls the integration makes are here.
 
 Tokens: sign-in returns a short-lived access token and a refresh token that *rotates* (each use
 returns a new pair; reusing a spent one makes the service revoke the whole session). So one
@@ -19,7 +22,6 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Final, Self
 from urllib.parse import quote
 
@@ -37,6 +39,21 @@ from .iob_protocol import (
     MalformedMessageError,
     b64url_decode,
     load_json,
+)
+from .iob_protocol import (
+    account_api as api,
+)
+from .iob_protocol.account_api import (
+    DeviceList,
+    ErrorBody,
+    ErrorCode,
+    Health,
+    HouseholdList,
+    MemberList,
+    Released,
+    TokenPair,
+    WireFormatError,
+    WireModel,
 )
 
 DEFAULT_TIMEOUT: Final = 15.0
@@ -161,15 +178,15 @@ class ServiceUnavailableError(AccountApiError):
 
 
 _CODE_ERRORS: Final[dict[str, type[AccountApiError]]] = {
-    "weak_password": WeakPasswordError,
-    "clock_skew": ClockSkewError,
-    "bad_signature": ClaimRejectedError,
-    "invalid_credentials": InvalidCredentialsError,
-    "email_taken": EmailTakenError,
-    "already_owned": AlreadyOwnedError,
-    "claim_rejected": ClaimRejectedError,
-    "claim_expired": ClaimExpiredError,
-    "device_not_found_or_code_wrong": DeviceKeyNotFoundError,
+    ErrorCode.WEAK_PASSWORD: WeakPasswordError,
+    ErrorCode.CLOCK_SKEW: ClockSkewError,
+    ErrorCode.BAD_SIGNATURE: ClaimRejectedError,
+    ErrorCode.INVALID_CREDENTIALS: InvalidCredentialsError,
+    ErrorCode.EMAIL_TAKEN: EmailTakenError,
+    ErrorCode.ALREADY_OWNED: AlreadyOwnedError,
+    ErrorCode.CLAIM_REJECTED: ClaimRejectedError,
+    ErrorCode.CLAIM_EXPIRED: ClaimExpiredError,
+    ErrorCode.DEVICE_NOT_FOUND_OR_CODE_WRONG: DeviceKeyNotFoundError,
 }
 _STATUS_ERRORS: Final[dict[int, type[AccountApiError]]] = {
     400: InvalidRequestError,
@@ -182,53 +199,25 @@ _STATUS_ERRORS: Final[dict[int, type[AccountApiError]]] = {
 
 
 # --- models -----------------------------------------------------------------------------------
+# The answers are the shared wire model's (iob_protocol.account_api); the names below are what
+# the rest of the integration imports from here.
 
-
-class Role(StrEnum):
-    """A member's role in a household."""
-
-    OWNER = "owner"
-    ADMIN = "admin"
-    MEMBER = "member"
-    VIEWER = "viewer"
-
-    @property
-    def can_manage(self) -> bool:
-        """Whether the role may claim, release, share and manage members (admin or owner)."""
-        return self in {Role.OWNER, Role.ADMIN}
-
-
-class ClaimState(StrEnum):
-    """Where a claim is."""
-
-    PENDING = "pending"
-    OWNED = "owned"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-
-
-class DeviceAccess(StrEnum):
-    """What a household may do with a device."""
-
-    OWNER = "owner"
-    CONTROL = "control"
-    READ = "read"
-
-
-class ShareAccess(StrEnum):
-    """What a share grants."""
-
-    READ = "read"
-    CONTROL = "control"
-
-
-class TransferStatus(StrEnum):
-    """Where a transfer is."""
-
-    PENDING = "pending"
-    ACCEPTED = "accepted"
-    DECLINED = "declined"
-    CANCELLED = "cancelled"
+ServiceHealth = Health
+Account = api.Account
+Claim = api.Claim
+ClaimState = api.ClaimState
+ClaimStatus = api.ClaimStatus
+DeviceAccess = api.DeviceAccess
+DeviceCredentials = api.DeviceCredentials
+DeviceSummary = api.DeviceSummary
+Household = api.Household
+Member = api.Member
+MqttCredentials = api.MqttCredentials
+Role = api.Role
+Share = api.Share
+ShareAccess = api.ShareAccess
+Transfer = api.Transfer
+TransferStatus = api.TransferStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,89 +250,11 @@ class TokenSet:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Account:
-    """The signed-in account."""
-
-    account_id: str
-    email: str
-    display_name: str
-    is_admin: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class SignedIn:
     """What sign-in and sign-up return."""
 
     account: Account
     tokens: TokenSet
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceHealth:
-    """The service is up; ``time`` is its clock (Unix seconds)."""
-
-    status: str
-    time: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Household:
-    """A household and the caller's role in it."""
-
-    household_id: str
-    name: str
-    role: Role
-    created_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Member:
-    """A household member: an account, or a Home Assistant user (``external_id``)."""
-
-    member_id: str
-    household_id: str
-    account_id: str | None
-    external_id: str | None
-    display_name: str
-    role: Role
-    created_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Invitation:
-    """A new invitation; ``token`` is shown once."""
-
-    invitation_id: str
-    household_id: str
-    token: str = field(repr=False)
-    role: Role
-    email: str | None
-    external_id: str | None
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InvitationSummary:
-    """An open invitation (without its token)."""
-
-    invitation_id: str
-    household_id: str
-    role: Role
-    email: str | None
-    external_id: str | None
-    created_at: int
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Claim:
-    """A single-use claim token bound to a device and a household."""
-
-    claim_id: str
-    device_id: str
-    household_id: str
-    token: str = field(repr=False)
-    expires_at: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -360,383 +271,50 @@ class DeviceKey:
     model: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClaimStatus:
-    """A claim's state, for polling."""
-
-    claim_id: str
-    status: ClaimState
-    device_id: str
-    household_id: str
-    expires_at: int
-    completed_at: int | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MqttCredentials:
-    """Broker address and a username/password (a device's, or the household hub's)."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str
-    password: str = field(repr=False)
-    #: The only MQTT client id the broker accepts with ``username`` (None from a service that
-    #: does not say: then the username, which is what the broker binds).
-    client_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClaimOwned:
-    """The service's "owned" answer to a claim confirmation."""
-
-    device_id: str
-    household_id: str
-    mqtt: MqttCredentials
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceModel:
-    """A device model's registry entry."""
-
-    model: str
-    name: str
-    manufacturer: str
-    metadata: dict[str, Any]
-    updated_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceSummary:
-    """A device the household owns or that is shared with it."""
-
-    device_id: str
-    model: str
-    access: DeviceAccess
-    owner_household_id: str
-    since: int | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Device(DeviceSummary):
-    """One device with its model's metadata."""
-
-    model_info: DeviceModel | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceCredentials:
-    """A device's new MQTT credentials (after a rotation)."""
-
-    device_id: str
-    mqtt: MqttCredentials
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Share:
-    """A device shared with another household."""
-
-    device_id: str
-    household_id: str
-    access: ShareAccess
-    created_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Transfer:
-    """A two-party transfer of a device between households."""
-
-    transfer_id: str
-    device_id: str
-    from_household_id: str
-    to_household_id: str
-    status: TransferStatus
-    created_at: int
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuditEvent:
-    """One entry of the hash-chained audit log."""
-
-    seq: int
-    at: int
-    actor: str
-    action: str
-    household_id: str | None
-    device_id: str | None
-    details: dict[str, Any]
-    hash: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuditPage:
-    """Audit events, newest first, and the cursor of the next page."""
-
-    events: tuple[AuditEvent, ...]
-    next_cursor: str | None
-
-
 # --- parsing ----------------------------------------------------------------------------------
 
 
-class _Reader:
-    """Typed reads of a JSON object; anything unexpected is an :class:`AccountResponseError`."""
-
-    def __init__(self, document: Any, where: str) -> None:
-        if not isinstance(document, dict):
-            raise AccountResponseError(f"{where}: expected a JSON object")
-        self._document: dict[str, Any] = document
-        self._where = where
-
-    def _get(self, name: str) -> Any:
-        if name not in self._document:
-            raise AccountResponseError(f"{self._where}: missing {name!r}")
-        return self._document[name]
-
-    def text(self, name: str) -> str:
-        value = self._get(name)
-        if not isinstance(value, str):
-            raise AccountResponseError(f"{self._where}: {name!r} must be a string")
-        return value
-
-    def opt_text(self, name: str) -> str | None:
-        return None if self._document.get(name) is None else self.text(name)
-
-    def integer(self, name: str) -> int:
-        value = self._get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise AccountResponseError(f"{self._where}: {name!r} must be an integer")
-        return value
-
-    def opt_integer(self, name: str) -> int | None:
-        return None if self._document.get(name) is None else self.integer(name)
-
-    def flag(self, name: str) -> bool:
-        value = self._get(name)
-        if not isinstance(value, bool):
-            raise AccountResponseError(f"{self._where}: {name!r} must be true or false")
-        return value
-
-    def obj(self, name: str) -> _Reader:
-        return _Reader(self._get(name), f"{self._where}.{name}")
-
-    def opt_obj(self, name: str) -> _Reader | None:
-        return None if self._document.get(name) is None else self.obj(name)
-
-    def raw_obj(self, name: str) -> dict[str, Any]:
-        value = self._get(name)
-        if not isinstance(value, dict):
-            raise AccountResponseError(f"{self._where}: {name!r} must be an object")
-        return value
-
-    def items(self, name: str) -> list[_Reader]:
-        value = self._get(name)
-        if not isinstance(value, list):
-            raise AccountResponseError(f"{self._where}: {name!r} must be an array")
-        return [_Reader(item, f"{self._where}.{name}[{index}]") for index, item in enumerate(value)]
-
-    def enum[E: StrEnum](self, name: str, enum: type[E]) -> E:
-        value = self.text(name)
-        try:
-            return enum(value)
-        except ValueError as err:
-            raise AccountResponseError(f"{self._where}: unknown {name} {value!r}") from err
+def _parse[M: WireModel](model: type[M], document: Any) -> M:
+    """``document`` as ``model``; anything else is an :class:`AccountResponseError`."""
+    try:
+        return model.parse(document)
+    except WireFormatError as err:
+        raise AccountResponseError(f"unexpected answer: {err}") from err
 
 
-def _account(reader: _Reader) -> Account:
-    return Account(
-        account_id=reader.text("account_id"),
-        email=reader.text("email"),
-        display_name=reader.text("display_name"),
-        is_admin=reader.flag("is_admin"),
-    )
+def _granted(role: Role) -> api.GrantedRole:
+    """A role that can be granted; the owner role cannot (the service would refuse it)."""
+    if role is Role.ADMIN:
+        return "admin"
+    if role is Role.MEMBER:
+        return "member"
+    if role is Role.VIEWER:
+        return "viewer"
+    raise InvalidRequestError(400, ErrorCode.INVALID_REQUEST, "the owner role cannot be granted")
 
 
-def _signed_in(reader: _Reader, now: float) -> SignedIn:
+def _signed_in(pair: TokenPair, now: float) -> SignedIn:
     issued = int(now)
     return SignedIn(
-        account=_account(reader.obj("account")),
+        account=pair.account,
         tokens=TokenSet(
-            access_token=reader.text("access_token"),
-            access_expires_at=issued + reader.integer("expires_in"),
-            refresh_token=reader.text("refresh_token"),
-            refresh_expires_at=issued + reader.integer("refresh_expires_in"),
+            access_token=pair.access_token,
+            access_expires_at=issued + pair.expires_in,
+            refresh_token=pair.refresh_token,
+            refresh_expires_at=issued + pair.refresh_expires_in,
         ),
     )
 
 
-def _household(reader: _Reader) -> Household:
-    return Household(
-        household_id=reader.text("household_id"),
-        name=reader.text("name"),
-        role=reader.enum("role", Role),
-        created_at=reader.integer("created_at"),
-    )
-
-
-def _member(reader: _Reader) -> Member:
-    return Member(
-        member_id=reader.text("member_id"),
-        household_id=reader.text("household_id"),
-        account_id=reader.opt_text("account_id"),
-        external_id=reader.opt_text("external_id"),
-        display_name=reader.text("display_name"),
-        role=reader.enum("role", Role),
-        created_at=reader.integer("created_at"),
-    )
-
-
-def _invitation(reader: _Reader) -> Invitation:
-    return Invitation(
-        invitation_id=reader.text("invitation_id"),
-        household_id=reader.text("household_id"),
-        token=reader.text("token"),
-        role=reader.enum("role", Role),
-        email=reader.opt_text("email"),
-        external_id=reader.opt_text("external_id"),
-        expires_at=reader.integer("expires_at"),
-    )
-
-
-def _invitation_summary(reader: _Reader) -> InvitationSummary:
-    return InvitationSummary(
-        invitation_id=reader.text("invitation_id"),
-        household_id=reader.text("household_id"),
-        role=reader.enum("role", Role),
-        email=reader.opt_text("email"),
-        external_id=reader.opt_text("external_id"),
-        created_at=reader.integer("created_at"),
-        expires_at=reader.integer("expires_at"),
-    )
-
-
-def _claim(reader: _Reader) -> Claim:
-    return Claim(
-        claim_id=reader.text("claim_id"),
-        device_id=reader.text("device_id"),
-        household_id=reader.text("household_id"),
-        token=reader.text("token"),
-        expires_at=reader.integer("expires_at"),
-    )
-
-
-def _device_key(reader: _Reader) -> DeviceKey:
+def _device_key(key: api.DeviceKey) -> DeviceKey:
     try:
-        public_key = b64url_decode(reader.text("public_key"))
+        public_key = b64url_decode(key.public_key)
     except EncodingError as err:
         raise AccountResponseError(f"device key: public_key is not base64url: {err}") from err
     if len(public_key) != _PUBLIC_KEY_SIZE:
         raise AccountResponseError("device key: public_key must be 32 bytes")
     return DeviceKey(
-        device_id=reader.text("device_id"),
-        public_key=public_key,
-        fingerprint=reader.text("fingerprint"),
-        model=reader.text("model"),
-    )
-
-
-def _claim_status(reader: _Reader) -> ClaimStatus:
-    return ClaimStatus(
-        claim_id=reader.text("claim_id"),
-        status=reader.enum("status", ClaimState),
-        device_id=reader.text("device_id"),
-        household_id=reader.text("household_id"),
-        expires_at=reader.integer("expires_at"),
-        completed_at=reader.opt_integer("completed_at"),
-    )
-
-
-def _mqtt(reader: _Reader) -> MqttCredentials:
-    return MqttCredentials(
-        host=reader.text("host"),
-        port=reader.integer("port"),
-        tls=reader.flag("tls"),
-        username=reader.text("username"),
-        password=reader.text("password"),
-        client_id=reader.opt_text("client_id"),
-    )
-
-
-def _owned(reader: _Reader) -> ClaimOwned:
-    if reader.text("status") != ClaimState.OWNED:
-        raise AccountResponseError("claim confirmation: status is not 'owned'")
-    return ClaimOwned(
-        device_id=reader.text("device_id"),
-        household_id=reader.text("household_id"),
-        mqtt=_mqtt(reader.obj("mqtt")),
-    )
-
-
-def _model(reader: _Reader) -> DeviceModel:
-    return DeviceModel(
-        model=reader.text("model"),
-        name=reader.text("name"),
-        manufacturer=reader.text("manufacturer"),
-        metadata=reader.raw_obj("metadata"),
-        updated_at=reader.integer("updated_at"),
-    )
-
-
-def _device_summary(reader: _Reader) -> DeviceSummary:
-    return DeviceSummary(
-        device_id=reader.text("device_id"),
-        model=reader.text("model"),
-        access=reader.enum("access", DeviceAccess),
-        owner_household_id=reader.text("owner_household_id"),
-        since=reader.opt_integer("since"),
-    )
-
-
-def _device(reader: _Reader) -> Device:
-    info = reader.opt_obj("model_info")
-    return Device(
-        device_id=reader.text("device_id"),
-        model=reader.text("model"),
-        access=reader.enum("access", DeviceAccess),
-        owner_household_id=reader.text("owner_household_id"),
-        since=reader.opt_integer("since"),
-        model_info=None if info is None else _model(info),
-    )
-
-
-def _share(reader: _Reader) -> Share:
-    return Share(
-        device_id=reader.text("device_id"),
-        household_id=reader.text("household_id"),
-        access=reader.enum("access", ShareAccess),
-        created_at=reader.integer("created_at"),
-    )
-
-
-def _transfer(reader: _Reader) -> Transfer:
-    return Transfer(
-        transfer_id=reader.text("transfer_id"),
-        device_id=reader.text("device_id"),
-        from_household_id=reader.text("from_household_id"),
-        to_household_id=reader.text("to_household_id"),
-        status=reader.enum("status", TransferStatus),
-        created_at=reader.integer("created_at"),
-        expires_at=reader.integer("expires_at"),
-    )
-
-
-def _audit_page(reader: _Reader) -> AuditPage:
-    return AuditPage(
-        events=tuple(
-            AuditEvent(
-                seq=item.integer("seq"),
-                at=item.integer("at"),
-                actor=item.text("actor"),
-                action=item.text("action"),
-                household_id=item.opt_text("household_id"),
-                device_id=item.opt_text("device_id"),
-                details=item.raw_obj("details"),
-                hash=item.text("hash"),
-            )
-            for item in reader.items("events")
-        ),
-        next_cursor=reader.opt_text("next_cursor"),
+        device_id=key.device_id, public_key=public_key, fingerprint=key.fingerprint, model=key.model
     )
 
 
@@ -756,11 +334,11 @@ def _segment(value: str) -> str:
 
 
 def _api_error(status: int, document: Any, retry_after: str | None) -> AccountApiError:
-    error = document.get("error") if isinstance(document, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    code = code if isinstance(code, str) else f"http_{status}"
-    message = message if isinstance(message, str) else ""
+    try:
+        error = ErrorBody.parse(document).error
+        code, message = error.code, error.message
+    except WireFormatError:  # a proxy's page, or no body: the status says enough
+        code, message = f"http_{status}", ""
     if status == 429:  # noqa: PLR2004
         wait = int(retry_after) if retry_after is not None and retry_after.isdigit() else None
         return RateLimitedError(status, code, message, wait)
@@ -879,7 +457,7 @@ class AccountClient:
     async def _access_token(self) -> str:
         tokens = self._tokens
         if tokens is None:
-            raise AuthenticationError(401, "authentication_required", "not signed in")
+            raise AuthenticationError(401, ErrorCode.AUTHENTICATION_REQUIRED, "not signed in")
         if tokens.access_expires_at - REFRESH_MARGIN > self._clock():
             return tokens.access_token
         return await self._refresh_unless_done(tokens.access_token)
@@ -889,18 +467,19 @@ class AccountClient:
         async with self._refresh_lock:
             tokens = self._tokens
             if tokens is None:
-                raise AuthenticationError(401, "authentication_required", "not signed in")
+                raise AuthenticationError(401, ErrorCode.AUTHENTICATION_REQUIRED, "not signed in")
             if tokens.access_token != stale_access_token:
                 return tokens.access_token  # another caller refreshed meanwhile
             return (await self._refresh(tokens)).access_token
 
     async def _refresh(self, tokens: TokenSet) -> TokenSet:
         if tokens.refresh_expires_at <= self._clock():
-            raise AuthenticationError(401, "refresh_token_invalid", "the session has expired")
-        document = await self._request(
-            "POST", "/v1/auth/refresh", {"refresh_token": tokens.refresh_token}
-        )
-        signed_in = _signed_in(_Reader(document, "refresh"), self._clock())
+            raise AuthenticationError(
+                401, ErrorCode.REFRESH_TOKEN_INVALID, "the session has expired"
+            )
+        body = api.RefreshRequest(refresh_token=tokens.refresh_token).body()
+        document = await self._request("POST", "/v1/auth/refresh", body)
+        signed_in = _signed_in(_parse(TokenPair, document), self._clock())
         self._set_tokens(signed_in.tokens)
         return signed_in.tokens
 
@@ -908,83 +487,54 @@ class AccountClient:
 
     async def health(self) -> ServiceHealth:
         """``GET /v1/health``: is this an account service, and its clock."""
-        reader = _Reader(await self._request("GET", "/v1/health"), "health")
-        return ServiceHealth(status=reader.text("status"), time=reader.integer("time"))
+        return _parse(Health, await self._request("GET", "/v1/health"))
 
     async def sign_up(self, email: str, password: str, display_name: str = "") -> SignedIn:
         """Create an account and sign in."""
-        body: dict[str, Any] = {"email": email, "password": password}
-        if display_name:
-            body["display_name"] = display_name
-        signed_in = _signed_in(
-            _Reader(await self._request("POST", "/v1/auth/sign-up", body), "sign-up"),
-            self._clock(),
-        )
+        body = api.SignUpRequest(email=email, password=password, display_name=display_name or None)
+        pair = _parse(TokenPair, await self._request("POST", "/v1/auth/sign-up", body.body()))
+        signed_in = _signed_in(pair, self._clock())
         self._set_tokens(signed_in.tokens)
         return signed_in
 
     async def sign_in(self, email: str, password: str) -> SignedIn:
         """Sign in with e-mail and password."""
-        document = await self._request(
-            "POST", "/v1/auth/sign-in", {"email": email, "password": password}
-        )
-        signed_in = _signed_in(_Reader(document, "sign-in"), self._clock())
+        body = api.SignInRequest(email=email, password=password).body()
+        pair = _parse(TokenPair, await self._request("POST", "/v1/auth/sign-in", body))
+        signed_in = _signed_in(pair, self._clock())
         self._set_tokens(signed_in.tokens)
         return signed_in
 
-    async def refresh(self) -> TokenSet:
-        """Rotate the tokens now (normally automatic)."""
-        tokens = self._tokens
-        if tokens is None:
-            raise AuthenticationError(401, "authentication_required", "not signed in")
-        async with self._refresh_lock:
-            return await self._refresh(self._tokens or tokens)
-
-    async def sign_out(self) -> None:
-        """Revoke this session at the service and forget the tokens."""
-        await self._authed("POST", "/v1/auth/sign-out")
-        self._tokens = None
-
     async def me(self) -> Account:
         """The signed-in account."""
-        return _account(_Reader(await self._authed("GET", "/v1/auth/me"), "me"))
+        return _parse(Account, await self._authed("GET", "/v1/auth/me"))
 
     # --- households and members -----------------------------------------------------------------
 
     async def households(self) -> list[Household]:
         """The account's households with its role in each."""
-        reader = _Reader(await self._authed("GET", "/v1/households"), "households")
-        return [_household(item) for item in reader.items("households")]
+        answer = _parse(HouseholdList, await self._authed("GET", "/v1/households"))
+        return list(answer.households)
 
     async def create_household(self, name: str) -> Household:
         """A new household owned by the account."""
-        return _household(
-            _Reader(await self._authed("POST", "/v1/households", {"name": name}), "household")
-        )
-
-    async def household(self, household_id: str) -> Household:
-        """One household."""
-        path = f"/v1/households/{_segment(household_id)}"
-        return _household(_Reader(await self._authed("GET", path), "household"))
-
-    async def rename_household(self, household_id: str, name: str) -> Household:
-        """Rename (admin or owner)."""
-        path = f"/v1/households/{_segment(household_id)}"
-        return _household(_Reader(await self._authed("PATCH", path, {"name": name}), "household"))
+        body = api.HouseholdRequest(name=name).body()
+        return _parse(Household, await self._authed("POST", "/v1/households", body))
 
     async def members(self, household_id: str) -> list[Member]:
         """Every member."""
         path = f"/v1/households/{_segment(household_id)}/members"
-        reader = _Reader(await self._authed("GET", path), "members")
-        return [_member(item) for item in reader.items("members")]
+        return list(_parse(MemberList, await self._authed("GET", path)).members)
 
     async def add_member(
         self, household_id: str, *, external_id: str, display_name: str, role: Role
     ) -> Member:
         """A member standing for a Home Assistant user (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/members"
-        body = {"external_id": external_id, "display_name": display_name, "role": role.value}
-        return _member(_Reader(await self._authed("POST", path, body), "member"))
+        body = api.AddMemberRequest(
+            external_id=external_id, display_name=display_name, role=_granted(role)
+        )
+        return _parse(Member, await self._authed("POST", path, body.body()))
 
     async def update_member(
         self,
@@ -997,52 +547,17 @@ class AccountClient:
     ) -> Member:
         """Change a member's role, name or external id (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/members/{_segment(member_id)}"
-        body: dict[str, Any] = {}
-        if role is not None:
-            body["role"] = role.value
-        if display_name is not None:
-            body["display_name"] = display_name
-        if external_id is not None:
-            body["external_id"] = external_id
-        return _member(_Reader(await self._authed("PATCH", path, body), "member"))
+        body = api.UpdateMemberRequest(
+            role=None if role is None else _granted(role),
+            display_name=display_name,
+            external_id=external_id,
+        )
+        return _parse(Member, await self._authed("PATCH", path, body.body()))
 
     async def remove_member(self, household_id: str, member_id: str) -> None:
         """Remove a member (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/members/{_segment(member_id)}"
         await self._authed("DELETE", path)
-
-    async def invitations(self, household_id: str) -> list[InvitationSummary]:
-        """Open invitations (admin or owner)."""
-        path = f"/v1/households/{_segment(household_id)}/invitations"
-        reader = _Reader(await self._authed("GET", path), "invitations")
-        return [_invitation_summary(item) for item in reader.items("invitations")]
-
-    async def invite(
-        self,
-        household_id: str,
-        *,
-        role: Role,
-        email: str | None = None,
-        external_id: str | None = None,
-    ) -> Invitation:
-        """An invitation token, shown once (admin or owner)."""
-        path = f"/v1/households/{_segment(household_id)}/invitations"
-        body: dict[str, Any] = {"role": role.value}
-        if email is not None:
-            body["email"] = email
-        if external_id is not None:
-            body["external_id"] = external_id
-        return _invitation(_Reader(await self._authed("POST", path, body), "invitation"))
-
-    async def revoke_invitation(self, household_id: str, invitation_id: str) -> None:
-        """Withdraw an open invitation (admin or owner)."""
-        path = f"/v1/households/{_segment(household_id)}/invitations/{_segment(invitation_id)}"
-        await self._authed("DELETE", path)
-
-    async def accept_invitation(self, token: str) -> Member:
-        """Join a household with an invitation token."""
-        document = await self._authed("POST", "/v1/invitations/accept", {"token": token})
-        return _member(_Reader(document, "member"))
 
     # --- claims -----------------------------------------------------------------------------------
 
@@ -1053,7 +568,8 @@ class AccountClient:
         does not say which) or :class:`AlreadyOwnedError` (already this household's).
         """
         path = f"/v1/households/{_segment(household_id)}/claims"
-        return _claim(_Reader(await self._authed("POST", path, {"device_id": device_id}), "claim"))
+        body = api.ClaimRequest(device_id=device_id).body()
+        return _parse(Claim, await self._authed("POST", path, body))
 
     async def device_key(self, household_id: str, device_id: str, manual_code: str) -> DeviceKey:
         """The registry key of ``device_id``, for a member who holds its manual code.
@@ -1062,76 +578,47 @@ class AccountClient:
         household's device alike; attempts are rate limited per device.
         """
         path = f"/v1/households/{_segment(household_id)}/device-keys"
-        body = {"device_id": device_id, "manual_code": manual_code}
-        return _device_key(_Reader(await self._authed("POST", path, body), "device key"))
+        body = api.DeviceKeyRequest(device_id=device_id, manual_code=manual_code).body()
+        return _device_key(_parse(api.DeviceKey, await self._authed("POST", path, body)))
 
     async def claim_status(self, claim_id: str) -> ClaimStatus:
         """``pending``, ``owned``, ``expired`` or ``rejected``."""
         path = f"/v1/claims/{_segment(claim_id)}"
-        return _claim_status(_Reader(await self._authed("GET", path), "claim status"))
-
-    async def wait_for_claim(self, claim_id: str, *, interval: float = 2.0) -> ClaimStatus:
-        """Poll until the claim leaves ``pending`` (bound it with ``asyncio.timeout``)."""
-        while True:
-            status = await self.claim_status(claim_id)
-            if status.status is not ClaimState.PENDING:
-                return status
-            await asyncio.sleep(interval)
-
-    async def confirm_claim(self, confirmation: Mapping[str, Any] | str) -> ClaimOwned:
-        """Relay a device's signed claim confirmation (a device without internet).
-
-        ``confirmation`` is the canonical JSON object (or its text) the device signed; the
-        service verifies the signature against its registry either way.
-        """
-        document = await self._request("POST", "/v1/claims/confirm", {"confirmation": confirmation})
-        return _owned(_Reader(document, "claim confirmation"))
+        return _parse(ClaimStatus, await self._authed("GET", path))
 
     # --- hub credentials --------------------------------------------------------------------------
 
     async def hub_credentials(self, household_id: str) -> MqttCredentials:
         """The household hub's MQTT credentials for Home Assistant (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/hub"
-        return _mqtt(_Reader(await self._authed("GET", path), "hub"))
+        return _parse(MqttCredentials, await self._authed("GET", path))
 
     async def rotate_hub_credentials(self, household_id: str) -> MqttCredentials:
         """A new hub password (admin or owner); the old one stops working."""
         path = f"/v1/households/{_segment(household_id)}/hub/rotate"
-        return _mqtt(_Reader(await self._authed("POST", path), "hub"))
+        return _parse(MqttCredentials, await self._authed("POST", path))
 
     # --- devices ----------------------------------------------------------------------------------
 
     async def devices(self, household_id: str) -> list[DeviceSummary]:
         """Owned and shared devices."""
         path = f"/v1/households/{_segment(household_id)}/devices"
-        reader = _Reader(await self._authed("GET", path), "devices")
-        return [_device_summary(item) for item in reader.items("devices")]
+        return list(_parse(DeviceList, await self._authed("GET", path)).devices)
 
     def _device_path(self, household_id: str, device_id: str) -> str:
         return f"/v1/households/{_segment(household_id)}/devices/{_segment(device_id)}"
 
-    async def device(self, household_id: str, device_id: str) -> Device:
-        """One device with its model's metadata."""
-        path = self._device_path(household_id, device_id)
-        return _device(_Reader(await self._authed("GET", path), "device"))
-
     async def release_device(self, household_id: str, device_id: str) -> None:
         """Unclaim (admin or owner): credentials are revoked at once."""
-        await self._authed("POST", self._device_path(household_id, device_id) + "/release")
+        path = self._device_path(household_id, device_id) + "/release"
+        _parse(Released, await self._authed("POST", path))
 
     async def rotate_device_credentials(
         self, household_id: str, device_id: str
     ) -> DeviceCredentials:
         """A new MQTT password for the device (admin or owner)."""
         path = self._device_path(household_id, device_id) + "/credentials"
-        reader = _Reader(await self._authed("POST", path), "device credentials")
-        return DeviceCredentials(device_id=reader.text("device_id"), mqtt=_mqtt(reader.obj("mqtt")))
-
-    async def shares(self, household_id: str, device_id: str) -> list[Share]:
-        """Households the device is shared with (admin or owner)."""
-        path = self._device_path(household_id, device_id) + "/shares"
-        reader = _Reader(await self._authed("GET", path), "shares")
-        return [_share(item) for item in reader.items("shares")]
+        return _parse(DeviceCredentials, await self._authed("POST", path))
 
     async def share_device(
         self, household_id: str, device_id: str, target_household_id: str, access: ShareAccess
@@ -1140,7 +627,8 @@ class AccountClient:
         path = self._device_path(household_id, device_id) + (
             f"/shares/{_segment(target_household_id)}"
         )
-        return _share(_Reader(await self._authed("PUT", path, {"access": access.value}), "share"))
+        body = api.ShareRequest(access=access).body()
+        return _parse(Share, await self._authed("PUT", path, body))
 
     async def unshare_device(
         self, household_id: str, device_id: str, target_household_id: str
@@ -1156,57 +644,5 @@ class AccountClient:
     ) -> Transfer:
         """Offer the device to another household (owner); it accepts or declines."""
         path = self._device_path(household_id, device_id) + "/transfers"
-        body = {"to_household_id": to_household_id}
-        return _transfer(_Reader(await self._authed("POST", path, body), "transfer"))
-
-    async def transfers(self, household_id: str) -> list[Transfer]:
-        """Pending transfers to and from the household (admin or owner)."""
-        path = f"/v1/households/{_segment(household_id)}/transfers"
-        reader = _Reader(await self._authed("GET", path), "transfers")
-        return [_transfer(item) for item in reader.items("transfers")]
-
-    def _transfer_path(self, household_id: str, transfer_id: str) -> str:
-        return f"/v1/households/{_segment(household_id)}/transfers/{_segment(transfer_id)}"
-
-    async def accept_transfer(self, household_id: str, transfer_id: str) -> Transfer:
-        """Accept a device offered to this household (admin or owner)."""
-        path = self._transfer_path(household_id, transfer_id) + "/accept"
-        return _transfer(_Reader(await self._authed("POST", path), "transfer"))
-
-    async def decline_transfer(self, household_id: str, transfer_id: str) -> None:
-        """Decline an offer (admin or owner of the recipient)."""
-        await self._authed("POST", self._transfer_path(household_id, transfer_id) + "/decline")
-
-    async def cancel_transfer(self, household_id: str, transfer_id: str) -> None:
-        """Withdraw an offer (owner of the offering household)."""
-        await self._authed("POST", self._transfer_path(household_id, transfer_id) + "/cancel")
-
-    async def audit(
-        self,
-        household_id: str,
-        *,
-        device_id: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> AuditPage:
-        """The household's (or one device's) audit events, newest first (admin or owner)."""
-        path = (
-            f"/v1/households/{_segment(household_id)}/audit"
-            if device_id is None
-            else self._device_path(household_id, device_id) + "/audit"
-        )
-        params = {"limit": str(limit)}
-        if cursor is not None:
-            params["cursor"] = cursor
-        return _audit_page(_Reader(await self._authed("GET", path, params=params), "audit"))
-
-    # --- models -----------------------------------------------------------------------------------
-
-    async def models(self) -> list[DeviceModel]:
-        """Every device model and its metadata."""
-        reader = _Reader(await self._authed("GET", "/v1/models"), "models")
-        return [_model(item) for item in reader.items("models")]
-
-    async def model(self, model: str) -> DeviceModel:
-        """One device model."""
-        return _model(_Reader(await self._authed("GET", f"/v1/models/{_segment(model)}"), "model"))
+        body = api.TransferRequest(to_household_id=to_household_id).body()
+        return _parse(Transfer, await self._authed("POST", path, body))

@@ -34,7 +34,6 @@ from .account_client import (
     AuthenticationError,
     DeviceAccess,
     ForbiddenError,
-    MqttCredentials,
     ServiceUnavailableError,
 )
 from .const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
@@ -82,18 +81,6 @@ class _AccountRefusedError(HubError):
     def __init__(self, error: AccountServiceError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def hub_credentials(credentials: MqttCredentials) -> HubCredentials:
-    """The account client's credentials as the hub takes them."""
-    return HubCredentials(
-        host=credentials.host,
-        port=credentials.port,
-        username=credentials.username,
-        password=credentials.password,
-        tls=credentials.tls,
-        client_id=credentials.client_id,
-    )
 
 
 class IotOnboardCoordinator:
@@ -164,7 +151,7 @@ class IotOnboardCoordinator:
             ConfigEntryNotReady: the account service cannot be reached now.
         """
         try:
-            credentials = hub_credentials(await self.account.hub_credentials(self.household_id))
+            credentials = await self.account.hub_credentials(self.household_id)
             await self._async_sync()
         except AuthenticationError as err:
             raise ConfigEntryAuthFailed(
@@ -212,7 +199,7 @@ class IotOnboardCoordinator:
 
     async def _async_fetch_credentials(self) -> HubCredentials:
         try:
-            return hub_credentials(await self.account.hub_credentials(self.household_id))
+            return await self.account.hub_credentials(self.household_id)
         except (AccountConnectionError, ServiceUnavailableError) as err:
             raise HubCredentialsUnavailableError(str(err)) from err
         except AccountServiceError as err:
@@ -429,4 +416,4 @@ class IotOnboardCoordinator:
     async def async_rotate_hub_credentials(self) -> None:
         """New hub password from the account service; the hub reconnects with it."""
         credentials = await self.account.rotate_hub_credentials(self.household_id)
-        self.hub.use_credentials(hub_credentials(credentials))
+        self.hub.use_credentials(credentials)

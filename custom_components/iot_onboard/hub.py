@@ -33,6 +33,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .iob_protocol import MalformedMessageError, load_json
+from .iob_protocol.account_api import MqttCredentials
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,18 +82,9 @@ class MetaError(HubError):
     """A capability descriptor that cannot be used."""
 
 
-@dataclass(frozen=True, slots=True)
-class HubCredentials:
-    """The household hub's MQTT account, as the account service hands it out."""
-
-    host: str
-    port: int
-    username: str
-    password: str = field(repr=False)
-    tls: bool = True
-    #: The MQTT client id the broker binds the hub user to (``hub-<household id>``); None:
-    #: the hub's own ``client_id``.
-    client_id: str | None = None
+#: The household hub's MQTT account, as the account service hands it out: the shared wire
+#: model's one credentials type (``client_id`` None: the hub's own ``client_id``).
+HubCredentials = MqttCredentials
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

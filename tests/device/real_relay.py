@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +19,8 @@ from aiohttp import web
 from cloud_relay.api.common import RELAY
 from cloud_relay.app import create_app
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
-from cloud_relay.config import Argon2Params, BrokerConfig, Limit, RateLimits, RelayConfig
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.relay_config import relay_test_config
 
 
 @dataclass
@@ -124,25 +123,6 @@ class RealRelay:
         return list(body["devices"])
 
 
-def relay_config(database: Path, broker: MosquittoBroker) -> RelayConfig:
-    generous = Limit(100_000, 1)
-    return RelayConfig(
-        database_url=f"sqlite:///{database}",
-        secret_key=os.urandom(32),
-        broker=BrokerConfig(
-            host=broker.host,
-            port=broker.port,
-            username=broker.admin_username,
-            password=broker.admin_password,
-            public_host=broker.host,
-            public_port=broker.port,
-            public_tls=False,
-        ),
-        argon2=Argon2Params(time_cost=1, memory_cost_kib=256, parallelism=1),
-        limits=RateLimits(**dict.fromkeys(RateLimits.__dataclass_fields__, generous)),
-    )
-
-
 @contextlib.asynccontextmanager
 async def real_relay(directory: Path, broker: MosquittoBroker) -> AsyncIterator[RealRelay]:
     """Start the account service on 127.0.0.1 with its own SQLite file and the test broker."""
@@ -152,7 +132,7 @@ async def real_relay(directory: Path, broker: MosquittoBroker) -> AsyncIterator[
     await adapter.connect()
     clock = Clock()
     app = create_app(
-        relay_config(directory / "relay.db", broker),
+        relay_test_config(f"sqlite:///{directory / 'relay.db'}", broker),
         broker=adapter,
         clock=clock,
         purge_interval=None,

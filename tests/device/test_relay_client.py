@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from iob_protocol.account_api import ErrorBody, ErrorCode
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.errors import RelayError
@@ -63,3 +65,52 @@ def test_unreadable_ca_file_is_tls_failed(tmp_path: object) -> None:
     with pytest.raises(RelayError) as caught:
         build_ssl_context(bad)
     assert caught.value.code is DiagnosticCode.TLS_FAILED
+
+
+DEVICE = "0123456789ABCDEF"
+GRANT = {"host": "broker", "port": 8883, "tls": True, "username": DEVICE, "password": "pw"}
+OWNED = {"status": "owned", "device_id": DEVICE, "household_id": "a" * 32, "mqtt": GRANT}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {**OWNED, "mqtt": {**GRANT, "port": "8883"}},
+        {**OWNED, "mqtt": {**GRANT, "port": 0}},
+        {**OWNED, "mqtt": {**GRANT, "tls": "yes"}},
+        {**OWNED, "mqtt": {**GRANT, "password": ""}},
+        {**OWNED, "household_id": ""},
+        {**OWNED, "extra": 1},
+        {k: v for k, v in OWNED.items() if k != "mqtt"},
+    ],
+)
+async def test_malformed_owned_answers_are_unreachable(answer: dict[str, object]) -> None:
+    """The wire model's checks: a wrong type, range or field is never taken as a grant."""
+    body = json.dumps(answer).encode()
+    async with serve(app_answering(body)) as url, RelayClient(url, timeout=5) as relay:
+        with pytest.raises(RelayError) as caught:
+            await relay.confirm_zero_touch({}, DEVICE)
+        assert caught.value.code is DiagnosticCode.RELAY_UNREACHABLE
+
+
+async def test_a_well_formed_owned_answer_is_the_grant() -> None:
+    body = json.dumps({**OWNED, "mqtt": {**GRANT, "client_id": DEVICE}}).encode()
+    async with serve(app_answering(body)) as url, RelayClient(url, timeout=5) as relay:
+        outcome = await relay.confirm_zero_touch({}, DEVICE)
+    assert (outcome.mqtt.port, outcome.mqtt.client_id) == (8883, DEVICE)
+
+
+@pytest.mark.parametrize(
+    ("code", "diagnostic"),
+    [
+        (ErrorCode.CLAIM_EXPIRED, DiagnosticCode.CLAIM_EXPIRED),
+        (ErrorCode.CLOCK_SKEW, DiagnosticCode.CLOCK_SKEW),
+        (ErrorCode.CREDENTIAL_REFUSED, DiagnosticCode.BROKER_AUTH_FAILED),
+    ],
+)
+async def test_error_codes_are_the_shared_ones(code: ErrorCode, diagnostic: DiagnosticCode) -> None:
+    body = json.dumps(ErrorBody.of(code, "m").to_dict()).encode()
+    async with serve(app_answering(body, 409)) as url, RelayClient(url, timeout=5) as relay:
+        with pytest.raises(RelayError) as caught:
+            await relay.confirm_zero_touch({}, DEVICE)
+    assert (caught.value.code, caught.value.relay_code) == (diagnostic, code)

@@ -15,12 +15,32 @@ import json
 import secrets
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from custom_components.iot_onboard.iob_protocol.account_api import (
+    Account,
+    DeviceAccess,
+    DeviceCredentials,
+    DeviceList,
+    DeviceSummary,
+    ErrorBody,
+    ErrorCode,
+    Member,
+    MemberList,
+    MqttCredentials,
+    Released,
+    Role,
+    Share,
+    ShareAccess,
+    TokenPair,
+    Transfer,
+    TransferStatus,
+    WireModel,
+)
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
 HOUSEHOLD = "h0000000000000000000000000000001"
@@ -49,7 +69,7 @@ class FakeAccountService:
     hub_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     devices: dict[str, str] = field(default_factory=dict)
     device_passwords: dict[str, str] = field(default_factory=dict)
-    members: list[dict[str, Any]] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
     calls: list[tuple[str, str]] = field(default_factory=list)
     #: HTTP status the hub endpoint answers with instead of credentials (403, 401, 503...).
     hub_status: int | None = None
@@ -60,7 +80,17 @@ class FakeAccountService:
 
     def __post_init__(self) -> None:
         """The household starts with its owner (the signed-in account)."""
-        self.members.append(self._member("m-owner", OWNER_ACCOUNT, None, "Owner", "owner"))
+        self.members.append(member("m-owner", OWNER_ACCOUNT, None, "Owner", Role.OWNER))
+
+    def link_owner(self, external_id: str) -> None:
+        """The household's owner stands for the Home Assistant user ``external_id``."""
+        self.members[:] = [
+            replace(m, external_id=external_id) if m.role is Role.OWNER else m for m in self.members
+        ]
+
+    def owner(self) -> Member:
+        """The household's owner."""
+        return next(m for m in self.members if m.role is Role.OWNER)
 
     @property
     def hub_username(self) -> str:
@@ -223,49 +253,51 @@ class FakeAccountService:
         self.calls.append((request.method, request.path))
         if request.path != "/v1/auth/refresh":
             if request.headers.get("Authorization") != f"Bearer {self.access_token}":
-                return _error(401, "authentication_required", "Sign in first.")
+                return _error(401, ErrorCode.AUTHENTICATION_REQUIRED, "Sign in first.")
             if request.match_info.get("household") != self.household_id:
-                return _error(404, "household_not_found", "No such household.")
+                return _error(404, ErrorCode.HOUSEHOLD_NOT_FOUND, "No such household.")
         response: web.StreamResponse = await handler(request)
         return response
 
     async def _refresh(self, request: web.Request) -> web.Response:
         body = await request.json()
         if body.get("refresh_token") != self.refresh_token:
-            return _error(401, "refresh_token_invalid", "The session has ended; sign in again.")
+            return _error(
+                401, ErrorCode.REFRESH_TOKEN_INVALID, "The session has ended; sign in again."
+            )
         self.access_token = secrets.token_urlsafe(24)
         self.refresh_token = secrets.token_urlsafe(24)
-        return web.json_response(
-            {
-                "token_type": "Bearer",
-                "access_token": self.access_token,
-                "expires_in": TOKEN_TTL,
-                "refresh_token": self.refresh_token,
-                "refresh_expires_in": REFRESH_TTL,
-                "account": {
-                    "account_id": OWNER_ACCOUNT,
-                    "email": "owner@example.com",
-                    "display_name": "Owner",
-                    "is_admin": False,
-                },
-            }
+        account = Account(
+            account_id=OWNER_ACCOUNT,
+            email="owner@example.com",
+            display_name="Owner",
+            is_admin=False,
+        )
+        return _json(
+            TokenPair(
+                access_token=self.access_token,
+                expires_in=TOKEN_TTL,
+                refresh_token=self.refresh_token,
+                refresh_expires_in=REFRESH_TTL,
+                account=account,
+            )
         )
 
-    def _mqtt(self) -> dict[str, Any]:
-        return {
-            "host": self.broker.host,
-            "port": self.broker.port,
-            "tls": False,
-            "username": self.hub_username,
-            "password": self.hub_password,
-            "client_id": self.hub_username,
-        }
+    def _mqtt(self) -> MqttCredentials:
+        return MqttCredentials(
+            host=self.broker.host,
+            port=self.broker.port,
+            tls=False,
+            username=self.hub_username,
+            password=self.hub_password,
+            client_id=self.hub_username,
+        )
 
     async def _hub(self, _request: web.Request) -> web.Response:
         if self.hub_status is not None:
             return _error(self.hub_status, "refused", "This needs the admin role or higher.")
         await self.sync_hub()
-        return web.json_response(self._mqtt())
+        return _json(self._mqtt())
 
     async def _rotate_hub(self, _request: web.Request) -> web.Response:
         self.hub_password = secrets.token_urlsafe(18)
@@ -279,106 +311,89 @@ class FakeAccountService:
                 }
             ],
         )
-        return web.json_response(self._mqtt())
+        return _json(self._mqtt())
 
     async def _devices(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "devices": [
-                    {
-                        "device_id": device_id,
-                        "model": "pi-sensor",
-                        "access": access,
-                        "owner_household_id": self.household_id if access == "owner" else "h-other",
-                        "since": 1_764_000_000,
-                    }
+        return _json(
+            DeviceList(
+                devices=tuple(
+                    DeviceSummary(
+                        device_id=device_id,
+                        model="pi-sensor",
+                        access=DeviceAccess(access),
+                        owner_household_id=self.household_id if access == "owner" else "h-other",
+                        since=1_764_000_000,
+                    )
                     for device_id, access in sorted(self.devices.items())
-                ]
-            }
+                )
+            )
         )
 
-    @staticmethod
-    def _member(
-        member_id: str, account_id: str | None, external_id: str | None, name: str, role: str
-    ) -> dict[str, Any]:
-        return {
-            "member_id": member_id,
-            "household_id": HOUSEHOLD,
-            "account_id": account_id,
-            "external_id": external_id,
-            "display_name": name,
-            "role": role,
-            "created_at": 1_764_000_000,
-        }
-
     async def _members(self, _request: web.Request) -> web.Response:
-        return web.json_response({"members": self.members})
+        return _json(MemberList(members=tuple(self.members)))
 
     async def _add_member(self, request: web.Request) -> web.Response:
         body = await request.json()
         if body["role"] == "owner":
-            return _error(400, "invalid_request", "the owner role cannot be granted")
-        member = self._member(
+            return _error(400, ErrorCode.INVALID_REQUEST, "the owner role cannot be granted")
+        added = member(
             f"m-{secrets.token_hex(4)}",
             None,
             body["external_id"],
             body["display_name"],
-            body["role"],
+            Role(body["role"]),
         )
-        self.members.append(member)
-        return web.json_response(member, status=201)
+        self.members.append(added)
+        return _json(added, status=201)
 
     async def _update_member(self, request: web.Request) -> web.Response:
         body = await request.json()
-        member = next(
-            (m for m in self.members if m["member_id"] == request.match_info["member"]), None
-        )
-        if member is None:
-            return _error(404, "member_not_found", "No such member.")
-        member.update({k: v for k, v in body.items() if v is not None})
-        return web.json_response(member)
+        member_id = request.match_info["member"]
+        index = next((i for i, m in enumerate(self.members) if m.member_id == member_id), None)
+        if index is None:
+            return _error(404, ErrorCode.MEMBER_NOT_FOUND, "No such member.")
+        changes: dict[str, Any] = {k: v for k, v in body.items() if v is not None}
+        if "role" in changes:
+            changes["role"] = Role(changes["role"])
+        self.members[index] = replace(self.members[index], **changes)
+        return _json(self.members[index])
 
     async def _remove_member(self, request: web.Request) -> web.Response:
-        self.members[:] = [
-            m for m in self.members if m["member_id"] != request.match_info["member"]
-        ]
+        self.members[:] = [m for m in self.members if m.member_id != request.match_info["member"]]
         return web.Response(status=204)
 
     async def _release(self, request: web.Request) -> web.Response:
         device_id = request.match_info["device"]
         if self.devices.get(device_id) != "owner":
-            return _error(404, "device_not_found", "No such device in this household.")
+            return _error(404, ErrorCode.DEVICE_NOT_FOUND, "No such device in this household.")
         await self.drop_device(device_id)
-        return web.json_response({"status": "released"})
+        return _json(Released())
 
     async def _rotate_device(self, request: web.Request) -> web.Response:
         """The relay's answer shape; the device-side follow-up is tested in tests/device."""
         device_id = request.match_info["device"]
         if self.devices.get(device_id) != "owner":
-            return _error(404, "device_not_found", "No such device in this household.")
+            return _error(404, ErrorCode.DEVICE_NOT_FOUND, "No such device in this household.")
         self.device_passwords[device_id] = secrets.token_urlsafe(16)
-        return web.json_response(
-            {
-                "device_id": device_id,
-                "mqtt": {
-                    "host": self.broker.host,
-                    "port": self.broker.port,
-                    "tls": False,
-                    "username": device_id,
-                    "password": self.device_passwords[device_id],
-                },
-            }
+        mqtt = MqttCredentials(
+            host=self.broker.host,
+            port=self.broker.port,
+            tls=False,
+            username=device_id,
+            password=self.device_passwords[device_id],
+            client_id=device_id,
         )
+        return _json(DeviceCredentials(device_id=device_id, mqtt=mqtt))
 
     async def _share(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response(
-            {
-                "device_id": request.match_info["device"],
-                "household_id": request.match_info["target"],
-                "access": body["access"],
-                "created_at": 1_764_000_000,
-            }
+        return _json(
+            Share(
+                device_id=request.match_info["device"],
+                household_id=request.match_info["target"],
+                access=ShareAccess(body["access"]),
+                created_at=1_764_000_000,
+            )
         )
 
     async def _unshare(self, _request: web.Request) -> web.Response:
@@ -386,19 +401,36 @@ class FakeAccountService:
 
     async def _transfer(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response(
-            {
-                "transfer_id": "t1",
-                "device_id": request.match_info["device"],
-                "from_household_id": self.household_id,
-                "to_household_id": body["to_household_id"],
-                "status": "pending",
-                "created_at": 1_764_000_000,
-                "expires_at": 1_764_600_000,
-            },
-            status=201,
+        transfer = Transfer(
+            transfer_id="t1",
+            device_id=request.match_info["device"],
+            from_household_id=self.household_id,
+            to_household_id=body["to_household_id"],
+            status=TransferStatus.PENDING,
+            created_at=1_764_000_000,
+            expires_at=1_764_600_000,
         )
+        return _json(transfer, status=201)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def member(
+    member_id: str, account_id: str | None, external_id: str | None, name: str, role: Role
+) -> Member:
+    """A member of the fake's household."""
+    return Member(
+        member_id=member_id,
+        household_id=HOUSEHOLD,
+        account_id=account_id,
+        external_id=external_id,
+        display_name=name,
+        role=role,
+        created_at=1_764_000_000,
+    )
+
+
+def _json(model: WireModel, status: int = 200) -> web.Response:
+    return web.json_response(model.to_dict(), status=status)
+
+
+def _error(status: int, code: ErrorCode | str, message: str) -> web.Response:
+    return _json(ErrorBody.of(code, message), status=status)

@@ -267,8 +267,7 @@ async def publish_as_device(
 async def owner_context(hass: HomeAssistant, service: FakeAccountService) -> Context:
     """A Home Assistant user linked to the household's owner, as an action's context."""
     user = await hass.auth.async_create_user("Owner", group_ids=["system-users"])
-    owner = next(m for m in service.members if m["role"] == "owner")
-    owner["external_id"] = EXTERNAL_ID_PREFIX + user.id
+    service.link_owner(EXTERNAL_ID_PREFIX + user.id)
     return Context(user_id=user.id)
 
 

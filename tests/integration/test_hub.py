@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+from dataclasses import replace
 from typing import Any
 
 import aiomqtt
@@ -134,13 +135,13 @@ async def test_refused_credentials_are_fetched_again_once(
 ) -> None:
     await fake_account.sync_hub()
     good = HubCredentials(
-        fake_account.broker.host,
-        fake_account.broker.port,
-        fake_account.hub_username,
-        fake_account.hub_password,
+        host=fake_account.broker.host,
+        port=fake_account.broker.port,
+        username=fake_account.hub_username,
+        password=fake_account.hub_password,
         tls=False,
     )
-    wrong = HubCredentials(good.host, good.port, good.username, "not-the-password", tls=False)
+    wrong = replace(good, password="not-the-password")  # noqa: S106 - a wrong one on purpose
     fetched: list[str] = []
 
     async def provider() -> HubCredentials:
@@ -174,10 +175,10 @@ async def test_the_hub_connects_only_with_its_bound_client_id(
     service names wins over the hub's own; any other id is refused like a wrong password."""
     await fake_account.sync_hub()
     named = HubCredentials(
-        fake_account.broker.host,
-        fake_account.broker.port,
-        fake_account.hub_username,
-        fake_account.hub_password,
+        host=fake_account.broker.host,
+        port=fake_account.broker.port,
+        username=fake_account.hub_username,
+        password=fake_account.hub_password,
         tls=False,
         client_id=hub_client_id(fake_account.household_id),
     )
@@ -194,7 +195,7 @@ async def test_the_hub_connects_only_with_its_bound_client_id(
     finally:
         await _stop(task)
 
-    unnamed = HubCredentials(named.host, named.port, named.username, named.password, tls=False)
+    unnamed = replace(named, client_id=None)
 
     async def same() -> HubCredentials:
         return unnamed
@@ -237,10 +238,10 @@ async def test_a_killed_broker_is_reconnected_without_new_credentials(
     reconnects with the credentials it has."""
     await fake_account.sync_hub()
     credentials = HubCredentials(
-        fake_account.broker.host,
-        fake_account.broker.port,
-        fake_account.hub_username,
-        fake_account.hub_password,
+        host=fake_account.broker.host,
+        port=fake_account.broker.port,
+        username=fake_account.hub_username,
+        password=fake_account.hub_password,
         tls=False,
         client_id=hub_client_id(fake_account.household_id),
     )
@@ -285,10 +286,10 @@ async def test_a_killed_broker_is_reconnected_without_new_credentials(
 async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> None:
     await fake_account.sync_hub()
     wrong = HubCredentials(
-        fake_account.broker.host,
-        fake_account.broker.port,
-        fake_account.hub_username,
-        "still-wrong",
+        host=fake_account.broker.host,
+        port=fake_account.broker.port,
+        username=fake_account.hub_username,
+        password="still-wrong",  # noqa: S106 - a wrong one on purpose
         tls=False,
     )
 
@@ -309,10 +310,10 @@ async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> N
 async def test_account_service_down_keeps_retrying(fake_account: FakeAccountService) -> None:
     await fake_account.sync_hub()
     wrong = HubCredentials(
-        fake_account.broker.host,
-        fake_account.broker.port,
-        fake_account.hub_username,
-        "stale",
+        host=fake_account.broker.host,
+        port=fake_account.broker.port,
+        username=fake_account.hub_username,
+        password="stale",  # noqa: S106 - a wrong one on purpose
         tls=False,
     )
     attempts = asyncio.Event()

@@ -154,8 +154,7 @@ async def test_options_map_users_at_the_account_service(
     assert (await choose(alice.id, "viewer"))["type"] is FlowResultType.CREATE_ENTRY
     assert roles.user_roles() == {alice.id: "viewer"}
     assert (await choose(owner_user.id, "owner"))["type"] is FlowResultType.CREATE_ENTRY
-    owner = next(m for m in fake_account.members if m["role"] == "owner")
-    assert owner["external_id"] == EXTERNAL_ID_PREFIX + owner_user.id
+    assert fake_account.owner().external_id == EXTERNAL_ID_PREFIX + owner_user.id
     refused = await choose(owner_user.id, "member")
     assert refused["type"] is FlowResultType.FORM
     assert refused["errors"] == {"role": "owner_fixed"}

@@ -528,8 +528,6 @@ async def test_account_client_against_the_real_service(
     home = await owner.create_household("Home")
     assert home.role is Role.OWNER
     assert [h.household_id for h in await owner.households()] == [home.household_id]
-    assert (await owner.rename_household(home.household_id, "House")).name == "House"
-    assert (await owner.household(home.household_id)).name == "House"
 
     member = await owner.add_member(
         home.household_id, external_id="ha-user-1", display_name="Kid", role=Role.VIEWER
@@ -537,18 +535,10 @@ async def test_account_client_against_the_real_service(
     member = await owner.update_member(home.household_id, member.member_id, role=Role.MEMBER)
     assert member.role is Role.MEMBER
     assert {m.role for m in await owner.members(home.household_id)} == {Role.OWNER, Role.MEMBER}
-    invitation = await owner.invite(home.household_id, role=Role.ADMIN)
-    assert [i.invitation_id for i in await owner.invitations(home.household_id)] == [
-        invitation.invitation_id
-    ]
-    await owner.revoke_invitation(home.household_id, invitation.invitation_id)
     await owner.remove_member(home.household_id, member.member_id)
 
     await _claim_release_and_share(http, owner, home.household_id, relay, device)
-    await owner.refresh()
-    await owner.sign_out()
-    assert owner.tokens is None
-    assert len(saved) == 2  # sign-up, refresh
+    assert len(saved) == 1  # sign-up
 
 
 async def _claim_release_and_share(
@@ -559,7 +549,7 @@ async def _claim_release_and_share(
     device: Device,
 ) -> None:
     """Hub credentials, a claim confirmed by the device, sharing, transfer, audit, release."""
-    home = await owner.household(household_id)
+    [home] = [h for h in await owner.households() if h.household_id == household_id]
     hub = await owner.hub_credentials(home.household_id)
     assert hub.username
     rotated = await owner.rotate_hub_credentials(home.household_id)
@@ -587,13 +577,14 @@ async def _claim_release_and_share(
     )
     await link.commit()
     async with asyncio.timeout(60):
-        owned = await owner.wait_for_claim(claim.claim_id, interval=0.2)
+        # Polled like the config flow polls it.
+        while (owned := await owner.claim_status(claim.claim_id)).status.value == "pending":  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
     assert owned.status.value == "owned"
 
     [summary] = await owner.devices(home.household_id)
     assert summary.access is DeviceAccess.OWNER
-    detail = await owner.device(home.household_id, device.device_id)
-    assert detail.model == "pi-test"
+    assert summary.model == "pi-test"
     credentials = await owner.rotate_device_credentials(home.household_id, device.device_id)
     assert credentials.device_id == device.device_id
 
@@ -604,24 +595,11 @@ async def _claim_release_and_share(
         home.household_id, device.device_id, flat.household_id, ShareAccess.READ
     )
     assert share.access is ShareAccess.READ
-    assert [s.household_id for s in await owner.shares(home.household_id, device.device_id)] == [
-        flat.household_id
-    ]
     [shared] = await neighbour.devices(flat.household_id)
     assert shared.access is DeviceAccess.READ
     await owner.unshare_device(home.household_id, device.device_id, flat.household_id)
     transfer = await owner.offer_transfer(home.household_id, device.device_id, flat.household_id)
     assert transfer.status is TransferStatus.PENDING
-    assert [t.transfer_id for t in await neighbour.transfers(flat.household_id)] == [
-        transfer.transfer_id
-    ]
-    await owner.cancel_transfer(home.household_id, transfer.transfer_id)
-
-    page = await owner.audit(home.household_id, limit=5)
-    assert page.events
-    device_page = await owner.audit(home.household_id, device_id=device.device_id)
-    assert any(event.action == "device.claimed" for event in device_page.events)
-    assert isinstance(await owner.models(), list)
 
     await owner.release_device(home.household_id, device.device_id)
     assert await owner.devices(home.household_id) == []

@@ -12,8 +12,9 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.iot_onboard.account_client import Role
 from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
-from tests.integration.fake_account import FakeAccountService
+from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import setup_entry
 
 
@@ -58,7 +59,7 @@ async def test_the_user_list_names_people_and_their_roles(
     await hass.auth.async_deactivate_user(gone)
     system = await hass.auth.async_create_system_user("Supervisor")
     fake_account.members.append(
-        fake_account._member("m-alice", None, EXTERNAL_ID_PREFIX + alice.id, "Alice", "member")
+        member("m-alice", None, EXTERNAL_ID_PREFIX + alice.id, "Alice", Role.MEMBER)
     )
     entry = await setup_entry(hass, fake_account)
     form = await _user_role_form(hass, entry)
@@ -86,7 +87,7 @@ async def test_a_user_removed_while_the_form_is_open(
     )
     assert result["type"] is FlowResultType.FORM
     assert result["errors"] == {"user": "unknown_user"}
-    assert not any(m["external_id"] == EXTERNAL_ID_PREFIX + carol.id for m in fake_account.members)
+    assert not any(m.external_id == EXTERNAL_ID_PREFIX + carol.id for m in fake_account.members)
 
 
 async def test_a_refusal_of_the_account_service_is_shown_on_the_form(
@@ -95,11 +96,11 @@ async def test_a_refusal_of_the_account_service_is_shown_on_the_form(
     """The member was removed elsewhere: the service answers 404 and the form says so."""
     dave = await hass.auth.async_create_user("Dave", group_ids=["system-users"])
     fake_account.members.append(
-        fake_account._member("m-dave", None, EXTERNAL_ID_PREFIX + dave.id, "Dave", "member")
+        member("m-dave", None, EXTERNAL_ID_PREFIX + dave.id, "Dave", Role.MEMBER)
     )
     entry = await setup_entry(hass, fake_account)
     form = await _user_role_form(hass, entry)
-    fake_account.members[:] = [m for m in fake_account.members if m["member_id"] != "m-dave"]
+    fake_account.members[:] = [m for m in fake_account.members if m.member_id != "m-dave"]
     result = await hass.config_entries.options.async_configure(
         form["flow_id"], {"user": dave.id, "role": "admin"}
     )

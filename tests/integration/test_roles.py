@@ -16,6 +16,7 @@ from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import ServiceValidationError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.iot_onboard.account_client import Role
 from custom_components.iot_onboard.const import (
     CONF_AUTOMATION_ROLE,
     CONF_UNMAPPED_ROLE,
@@ -23,7 +24,7 @@ from custom_components.iot_onboard.const import (
     EXTERNAL_ID_PREFIX,
 )
 from custom_components.iot_onboard.helpers import find_device
-from tests.integration.fake_account import FakeAccountService
+from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
     setup_entry,
@@ -77,11 +78,10 @@ async def _users(hass: HomeAssistant, service: FakeAccountService) -> dict[str, 
     users: dict[str, User] = {}
     for role in (*ROLES, "unmapped"):
         users[role] = await hass.auth.async_create_user(f"{role} user", group_ids=["system-users"])
-    owner = next(m for m in service.members if m["role"] == "owner")
-    owner["external_id"] = EXTERNAL_ID_PREFIX + users["owner"].id
-    for role in ("admin", "member", "viewer"):
+    service.link_owner(EXTERNAL_ID_PREFIX + users["owner"].id)
+    for role in (Role.ADMIN, Role.MEMBER, Role.VIEWER):
         service.members.append(
-            service._member(f"m-{role}", None, EXTERNAL_ID_PREFIX + users[role].id, role, role)
+            member(f"m-{role}", None, EXTERNAL_ID_PREFIX + users[role].id, role, role)
         )
     return users
 

@@ -8,7 +8,6 @@ once on SQLite and once on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import threading
 import time
@@ -23,15 +22,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from cloud_relay.app import create_app
 from cloud_relay.broker import BrokerAdapter
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
-from cloud_relay.config import Argon2Params, BrokerConfig, Limit, RateLimits, RelayConfig
+from cloud_relay.config import RelayConfig
 from cloud_relay.storage.postgres import PostgresStorage
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.relay_config import relay_test_config
 
 from .helpers import Api, FakeClock
 from .postgres import PostgresCluster, PostgresError, PostgresProcess
 
 TEMPLATE = "relay_template"
-GENEROUS = Limit(100_000, 1)
 
 
 async def _prepare_template(cluster: PostgresCluster) -> None:
@@ -131,27 +130,8 @@ def clock() -> FakeClock:
     return FakeClock(int(time.time()))
 
 
-def make_config(database_url: str, broker: MosquittoBroker, **changes: Any) -> RelayConfig:
-    """A test configuration: cheap argon2, generous limits, the test broker."""
-    limits = RateLimits(
-        **dict.fromkeys(RateLimits.__dataclass_fields__, GENEROUS),
-    )
-    config = RelayConfig(
-        database_url=database_url,
-        secret_key=os.urandom(32),
-        broker=BrokerConfig(
-            host=broker.host,
-            port=broker.port,
-            username=broker.admin_username,
-            password=broker.admin_password,
-            public_host=broker.host,
-            public_port=broker.port,
-            public_tls=False,
-        ),
-        argon2=Argon2Params(time_cost=1, memory_cost_kib=256, parallelism=1),
-        limits=limits,
-    )
-    return config.with_changes(**changes) if changes else config
+#: A test configuration: cheap argon2, generous limits, the test broker (tests/plugins).
+make_config = relay_test_config
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import pytest
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.config import Limit, RateLimits
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.relay_config import GENEROUS
 
-from .conftest import GENEROUS, AppFactory, make_config
+from .conftest import AppFactory, make_config
 from .helpers import Api, FakeClock
 
 

@@ -218,7 +218,7 @@ async def test_hundred_concurrent_claims_one_owner(api: Api, broker: MosquittoBr
     assert all((r.status, r.code) == (409, "claim_rejected") for r in replies if r.status != 200)
     owner_household = winners[0].body["household_id"]
     registry = await api.relay.registry.device(device.id)
-    assert registry["household_id"] == owner_household
+    assert registry.household_id == owner_household
     assert await client_exists(broker, device.id)
     async with api.relay.ctx.storage.read() as conn:
         owned = await conn.fetch("SELECT id FROM claims WHERE status = 'owned'")

@@ -18,8 +18,9 @@ from iob_protocol.payload import ManualCode, SetupVerifier, is_trivial_passcode,
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.config import Limit, RateLimits
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.relay_config import GENEROUS
 
-from .conftest import GENEROUS, AppFactory, make_config
+from .conftest import AppFactory, make_config
 from .helpers import Api, FakeDevice, Reply, User
 
 NOT_FOUND = "device_not_found_or_code_wrong"

@@ -186,7 +186,7 @@ async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
     )
     assert [t["transfer_id"] for t in incoming.body["transfers"]] == [offer.body["transfer_id"]]
     # Nothing moves until the recipient accepts.
-    assert (await api.relay.registry.device(device.id))["household_id"] == old_home
+    assert (await api.relay.registry.device(device.id)).household_id == old_home
     accepted = await api.request(
         "POST",
         f"/v1/households/{new_home}/transfers/{offer.body['transfer_id']}/accept",
@@ -194,7 +194,7 @@ async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
         expect=200,
     )
     assert accepted.body["status"] == "accepted"
-    assert (await api.relay.registry.device(device.id))["household_id"] == new_home
+    assert (await api.relay.registry.device(device.id)).household_id == new_home
     assert f"iob/{device.id}/#" in await hub_topics(broker, new_home)
     assert not any(device.id in t for t in await hub_topics(broker, old_home))
     # The device keeps its credentials (no re-onboarding needed).
@@ -237,7 +237,7 @@ async def test_transfer_decline_and_cancel(api: Api) -> None:
             token=buyer.token,
         )
         assert accept.code == "transfer_not_found"
-    assert (await api.relay.registry.device(device.id))["household_id"] == old_home
+    assert (await api.relay.registry.device(device.id)).household_id == old_home
 
 
 async def test_zero_touch(api: Api, broker: MosquittoBroker) -> None:

@@ -14,8 +14,9 @@ import pytest
 
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.config import Limit, RelayConfig
+from tests.plugins.relay_config import GENEROUS
 
-from .conftest import GENEROUS, AppFactory
+from .conftest import AppFactory
 from .helpers import Api
 
 DEEP = 5000

@@ -9,6 +9,7 @@ and an edit that breaks a builder shows up here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -17,8 +18,10 @@ from typing import Any
 
 import jsonschema
 from aiohttp import web
+from iob_protocol.account_api import REQUEST_MODELS, RESPONSE_MODELS
 
 from cloud_relay.api import routes
+from cloud_relay.api.common import request_schema
 from cloud_relay.api.openapi import document
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -126,3 +129,31 @@ def test_references_resolve_and_schemas_are_valid() -> None:
         # Responses forbid unknown fields; FactoryRecord, a request item, is written open.
         if schema.get("type") == "object" and name != "FactoryRecord":
             assert schema["additionalProperties"] is False, name
+
+
+def _fields(model: type) -> set[str]:
+    return {field.name for field in dataclasses.fields(model)}
+
+
+def test_body_schemas_are_the_wire_models() -> None:
+    """components.schemas come from iob_protocol.account_api: one field, one property."""
+    schemas = document()["components"]["schemas"]
+    for model in (*RESPONSE_MODELS, *REQUEST_MODELS):
+        name = "Error" if model.__name__ == "ErrorBody" else model.__name__
+        assert set(schemas[name]["properties"]) == _fields(model), name
+    for model in RESPONSE_MODELS:  # an answer always carries every field
+        name = "Error" if model.__name__ == "ErrorBody" else model.__name__
+        assert set(schemas[name]["required"]) == _fields(model), name
+
+
+def test_every_request_body_is_a_wire_model_and_never_takes_null() -> None:
+    bodies = {
+        operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/")[-1]
+        for _method, _path, operation in operations()
+        if "requestBody" in operation
+    }
+    assert bodies == {model.__name__ for model in REQUEST_MODELS}
+    for method, path, operation in operations():
+        if "requestBody" in operation:
+            schema = request_schema(method.upper(), path)
+            assert '"null"' not in json.dumps(schema), (method, path)

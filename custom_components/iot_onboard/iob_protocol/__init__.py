@@ -1,7 +1,8 @@
 """IoT Onboard's shared protocol: identity, setup payload, secure session, framing, commands.
 
 Used unchanged by the Home Assistant integration, the device agent and the account service,
-so it imports nothing but the standard library, ``cryptography`` and ``spake2``, and only
+so it imports nothing but the standard library, ``cryptography``, ``spake2`` and (the account
+service's wire model, ``account_api``) ``mashumaro``, and only
 relative imports inside (it is importable both as ``iob_protocol`` and as
 ``custom_components.iot_onboard.iob_protocol``).  The wire format is in docs/protocol.md.
 """
