@@ -37,7 +37,13 @@ from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.helpers.translation import async_get_translations
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard import ble_client, config_flow
+from custom_components.iot_onboard import (
+    ble_client,
+    commit_engine,
+    config_flow,
+    flow_errors,
+    onboarding,
+)
 from custom_components.iot_onboard.account_client import (
     Account,
     AccountClient,
@@ -64,7 +70,7 @@ from custom_components.iot_onboard.account_client import (
     TokenSet,
     WeakPasswordError,
 )
-from custom_components.iot_onboard.config_flow import diagnostic_error, normalize_account_url
+from custom_components.iot_onboard.config_flow import normalize_account_url
 from custom_components.iot_onboard.const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
@@ -297,28 +303,28 @@ def mock_setup_entry() -> Generator[AsyncMock]:
 
 @pytest.fixture(autouse=True)
 def fast_polls() -> Generator[None]:
-    with patch.object(config_flow, "POLL_INTERVAL", 0):
+    with patch.object(commit_engine, "POLL_INTERVAL", 0):
         yield
 
 
 @pytest.fixture(autouse=True)
-def account_cls() -> Generator[MagicMock]:
-    with patch.object(config_flow, "AccountClient", autospec=True) as cls:
-        client = cls.return_value
-        client.base_url = URL
-        client.tokens = TOKENS
-        client.health.return_value = ServiceHealth(status="ok", time=0)
-        client.sign_in.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
-        client.sign_up.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
-        client.households.return_value = [HOME]
-        client.create_household.return_value = HOME
-        client.create_claim.return_value = claim()
-        client.claim_status.return_value = claim_status(ClaimState.PENDING)
-        client.device_key.return_value = DeviceKey(
-            device_id=DEVICE_ID, public_key=IDENTITY.public_key, fingerprint="F", model="pi-test"
-        )
-        client.me.return_value = ACCOUNT
-        yield cls
+def account_cls(mock_account_client: MagicMock) -> MagicMock:
+    cls = mock_account_client
+    client = cls.return_value
+    client.base_url = URL
+    client.tokens = TOKENS
+    client.health.return_value = ServiceHealth(status="ok", time=0)
+    client.sign_in.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
+    client.sign_up.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
+    client.households.return_value = [HOME]
+    client.create_household.return_value = HOME
+    client.create_claim.return_value = claim()
+    client.claim_status.return_value = claim_status(ClaimState.PENDING)
+    client.device_key.return_value = DeviceKey(
+        device_id=DEVICE_ID, public_key=IDENTITY.public_key, fingerprint="F", model="pi-test"
+    )
+    client.me.return_value = ACCOUNT
+    return cls
 
 
 @pytest.fixture
@@ -346,18 +352,18 @@ def link() -> MagicMock:
 
 
 @pytest.fixture(autouse=True)
-def device_cls(link: MagicMock) -> Generator[MagicMock]:
-    with patch.object(config_flow, "DeviceClient", autospec=True) as cls:
-        cls.return_value.connect.return_value = link
-        cls.return_value.fetch_info.return_value = DeviceAdvertisement(
-            device_id=DEVICE_ID,
-            model="pi-test",
-            firmware_version="1.0",
-            protocol_version=1,
-            state="unclaimed",
-            window="open",
-        )
-        yield cls
+def device_cls(link: MagicMock, mock_device_client: MagicMock) -> MagicMock:
+    cls = mock_device_client
+    cls.return_value.connect.return_value = link
+    cls.return_value.fetch_info.return_value = DeviceAdvertisement(
+        device_id=DEVICE_ID,
+        model="pi-test",
+        firmware_version="1.0",
+        protocol_version=1,
+        state="unclaimed",
+        window="open",
+    )
+    return cls
 
 
 @pytest.fixture
@@ -832,11 +838,11 @@ async def test_the_commit_timer_runs_out(hass: HomeAssistant, link: MagicMock) -
     link.commit.return_value = 0
     link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
     with (
-        patch.object(config_flow, "COMMIT_MARGIN", 0.05),
-        patch.object(config_flow, "POLL_INTERVAL", 0.01),
+        patch.object(commit_engine, "COMMIT_MARGIN", 0.05),
+        patch.object(commit_engine, "POLL_INTERVAL", 0.01),
     ):
         result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["errors"] == {"base": diagnostic_error(DiagnosticCode.TIMEOUT)}
+    assert result["errors"] == {"base": flow_errors.diagnostic_error(DiagnosticCode.TIMEOUT)}
 
 
 async def test_session_is_reestablished_when_the_device_dropped_it(
@@ -851,6 +857,19 @@ async def test_session_is_reestablished_when_the_device_dropped_it(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["reason"] == "device_added"
     assert device.connect.await_count == 3
+
+
+async def test_another_device_answering_the_reconnect_ends_the_flow(
+    hass: HomeAssistant, device: MagicMock, link: MagicMock
+) -> None:
+    """Re-opening the dropped session at commit time meets a key that is not the device's."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.usable = False
+    device.connect.side_effect = DeviceKeyMismatchClientError("another key")
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "device_key_mismatch")
+    link.set_claim.assert_not_awaited()
 
 
 @pytest.mark.parametrize(
@@ -1445,7 +1464,7 @@ async def test_closing_the_dialog_mid_commit_keeps_the_owner_secret(
         return StatusResult(state=DeviceState.COMMITTING)
 
     link.status.side_effect = committing
-    with patch.object(config_flow, "POLL_INTERVAL", 0.01):
+    with patch.object(commit_engine, "POLL_INTERVAL", 0.01):
         result = await submit(hass, flow_id, HOME_WIFI)
         assert result["type"] is FlowResultType.SHOW_PROGRESS
         await started.wait()
@@ -1473,7 +1492,7 @@ async def test_closing_the_dialog_mid_wifi_change_stops_waiting(
     result = await submit(
         hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
     )
-    with patch.object(config_flow, "POLL_INTERVAL", 0.01):
+    with patch.object(commit_engine, "POLL_INTERVAL", 0.01):
         result = await submit(hass, result["flow_id"], HOME_WIFI)
         assert result["type"] is FlowResultType.SHOW_PROGRESS
         hass.config_entries.flow.async_abort(result["flow_id"])
@@ -1502,9 +1521,13 @@ def test_options_flow_is_the_runtimes(hass: HomeAssistant) -> None:
 
 def _abort_reasons() -> set[str]:
     """Every abort reason the flow's source can produce, read from its syntax tree."""
-    tree = ast.parse(Path(config_flow.__file__).read_text(encoding="utf-8"))
     reasons = {"already_configured", "already_in_progress"}  # from HA's unique-id helpers
-    for node in ast.walk(tree):
+    nodes = (
+        node
+        for module in (config_flow, onboarding)
+        for node in ast.walk(ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8")))
+    )
+    for node in nodes:
         if isinstance(node, ast.Call):
             name = getattr(node.func, "attr", getattr(node.func, "id", ""))
             if (
@@ -1518,7 +1541,11 @@ def _abort_reasons() -> set[str]:
                 for k in node.keywords
                 if k.arg in {"reason", "abort"} and isinstance(k.value, ast.Constant)
             )
-    reasons.update(config_flow._CREDENTIAL_ABORTS.values())
+    reasons.update(
+        row.abort
+        for row in flow_errors.FLOW_ERRORS.values()
+        if row.abort is not None and row.abort != flow_errors.FROM_CODE
+    )
     reasons.add(config_flow.IotOnboardConfigFlow()._reauth())
     return reasons
 
@@ -1532,9 +1559,18 @@ def test_every_abort_reason_is_translated() -> None:
         _check_text(STRINGS["abort"][reason], dict.fromkeys(provided, ""))
 
 
+def test_every_form_error_of_the_table_is_translated() -> None:
+    """flow_errors.FLOW_ERRORS: every error key it can show has its text."""
+    errors = {row.error for row in flow_errors.FLOW_ERRORS.values() if row.error is not None}
+    errors |= set(flow_errors.BLUETOOTH_ERRORS.values())
+    errors.discard(flow_errors.FROM_CODE)
+    assert {"account_refused", "wrong_setup_code", "device_lost"} <= errors
+    assert errors <= set(STRINGS["error"])
+
+
 def test_every_diagnostic_code_has_its_message_and_next_step() -> None:
     for code in DiagnosticCode:
-        text = STRINGS["error"][diagnostic_error(code)]
+        text = STRINGS["error"][flow_errors.diagnostic_error(code)]
         assert code.message in text
         assert code.next_step in text
 
@@ -2149,7 +2185,7 @@ async def test_already_owned_for_this_household_converges_to_the_device(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "relay_unreachable"}
     account.create_claim.side_effect = AlreadyOwnedError(409, "already_owned", "")
-    with patch.object(config_flow, "CLAIM_MIN_LIFETIME", 10**6):  # the claim is about to lapse
+    with patch.object(commit_engine, "CLAIM_MIN_LIFETIME", 10**6):  # the claim is about to lapse
         result = await provision(hass, flow_id, HOME_WIFI)
     assert result["reason"] == "device_added"
     assert DEVICE_ID in entry.data[CONF_DEVICES]

@@ -111,16 +111,12 @@ async def _fix(
 async def test_hub_refused_issue_leads_to_reauth(
     hass: HomeAssistant,
     fake_account: FakeAccountService,
+    mock_config_entry: MockConfigEntry,
     hass_client: ClientSessionGenerator,
 ) -> None:
     assert await async_setup_component(hass, "repairs", {})
     fake_account.hub_status = 403  # the signed-in account lost its admin role
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        title="Home",
-        unique_id=fake_account.household_id,
-        data=fake_account.entry_data(),
-    )
+    entry = mock_config_entry
     entry.add_to_hass(hass)
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
@@ -137,14 +133,9 @@ async def test_hub_refused_issue_leads_to_reauth(
 
 
 async def test_expired_sign_in_starts_reauth(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, mock_config_entry: MockConfigEntry
 ) -> None:
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        title="Home",
-        unique_id=fake_account.household_id,
-        data=fake_account.entry_data(),
-    )
+    entry = mock_config_entry
     # Another client refreshed with these tokens: ours are spent.
     fake_account.access_token = "changed-elsewhere-access"  # noqa: S105 - test value
     fake_account.refresh_token = "changed-elsewhere-refresh"  # noqa: S105 - test value
@@ -189,9 +180,13 @@ async def test_unknown_fix_flow(hass: HomeAssistant, issue_id: str) -> None:
 
 @pytest.mark.parametrize(("status", "outcome"), [(403, "issue"), (401, "reauth")])
 async def test_hub_credentials_revoked_while_running(
-    hass: HomeAssistant, fake_account: FakeAccountService, status: int, outcome: str
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    init_integration: MockConfigEntry,
+    status: int,
+    outcome: str,
 ) -> None:
-    entry = await setup_entry(hass, fake_account)
+    entry = init_integration
     coordinator = entry.runtime_data.coordinator
     await wait_for(hass, lambda: coordinator.connected, "the hub connected")
     # The broker no longer takes the hub's password (its live session is kicked), and the
