@@ -6,22 +6,25 @@ registers. Onboarding a device and changing its Wi-Fi are in onboarding.py (the 
 :class:`~.onboarding.DeviceSteps`); the commit itself is in commit_engine.py (no Home
 Assistant there); what each failure shows is the table in flow_errors.py.
 
-One config entry per household (unique id = household id). Devices are not entries: a flow
-that onboards one ends by adding it to its household entry (data ``devices``) and reloading
-that entry (``device_added``) - or, when Home Assistant has no household yet, by creating the
-household entry with the device already in it, after signing in inside the same flow.
+Config entries (version 2, docs/architecture.md): one per household (unique id = household id;
+the hub) and one per onboarded device (unique id = device id). A flow that onboards a device
+ends on the device's ``create_entry`` (Home Assistant's success screen, with the area picker);
+when Home Assistant has no household yet it signs in inside the same flow and creates the
+household entry first (an import flow). The Wi-Fi change is the device entry's reconfigure.
 
 Steps::
 
     user ──(household entries exist)──▶ menu: account | manual_device
     account ─▶ household (none or several) ─▶ CREATE_ENTRY        (sign in, or create an account)
     reauth ─▶ reauth_confirm ─▶ abort reauth_successful             (same account and household)
-    reconfigure ─▶ menu: reconfigure_account | device_select
+    reconfigure (household entry) ─▶ reconfigure_account
+    reconfigure (device entry) ─▶ device_select | wifi_lost_confirm (seen over BLE)
+    import ─▶ CREATE_ENTRY                      (a household or device entry made by us)
     zeroconf ─▶ discovery_confirm ─┐
     bluetooth ─▶ bluetooth_confirm ─┤  (unclaimed, window open; the QR code names the device)
     manual_device ─────────────────┴▶ [account ─▶ household | pick_household] ─▶ credentials
     credentials (QR text or manual code) ─▶ wifi ─▶ provision (progress) ─▶ finish
-        finish ─▶ abort device_added (entry updated, reloaded) | CREATE_ENTRY (new household)
+        finish ─▶ CREATE_ENTRY of the device (after the household's, for a new household)
     device_select (owner secret, no label) ─▶ wifi ─▶ provision ─▶ finish ─▶ wifi_changed
     bluetooth (our device, Wi-Fi lost) ─┬▶ wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     reconfigure (repair, seen over BLE) ┘     (the repair ``wifi_lost_<id>`` is raised too)
@@ -58,6 +61,7 @@ from homeassistant.config_entries import (
     ConfigEntryState,
     ConfigFlowResult,
 )
+from homeassistant.core import callback
 from homeassistant.data_entry_flow import AbortFlow
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
@@ -78,18 +82,20 @@ from .account_client import AccountClient, AccountServiceError, Household, Token
 from .const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
-    CONF_DEVICES,
+    CONF_DEVICE_ID,
     CONF_EMAIL,
-    CONTEXT_DEVICE_ID,
+    CONF_HOUSEHOLD_ID,
     DEFAULT_DEVICE_PORT,
     DEVICE_HOST,
     DEVICE_PORT,
     DOMAIN,
+    ENTRY_VERSION,
     SUPPORTED_PROTOCOL,
 )
 from .coordinator import IotOnboardConfigEntry
 from .device_client import DeviceClient, DeviceClientError
 from .flow_errors import FIELD_PASSWORD, Stage, flow_error
+from .helpers import device_entries, device_entry, household_entry, is_device_entry
 from .iob_protocol import (
     AdvertisedState,
     BlePhase,
@@ -99,7 +105,6 @@ from .iob_protocol import (
 )
 from .iob_protocol.ble import SERVICE_UUID, SHORT_ID_CHARS
 from .onboarding import (
-    CONF_DEVICE,
     CONF_HOST,
     CONF_PORT,
     CONF_SETUP_CODE,
@@ -171,7 +176,7 @@ def _account_schema(defaults: Mapping[str, Any]) -> vol.Schema:
 class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     """Household accounts, and onboarding devices into them."""
 
-    VERSION = 1
+    VERSION = ENTRY_VERSION
 
     #: The sign-in of this flow: set by the account step before the household step.
     _session: AccountSession
@@ -182,6 +187,24 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
         """Roles: who may do what in this household."""
         del config_entry
         return IotOnboardOptionsFlow()
+
+    @classmethod
+    @callback
+    def async_supports_options_flow(cls, config_entry: ConfigEntry) -> bool:
+        """Roles belong to the household entry; a device entry has no options."""
+        return not is_device_entry(config_entry)
+
+    async def async_step_import(self, import_data: dict[str, Any]) -> ConfigFlowResult:
+        """An entry the integration makes itself, from ``{"title": ..., "data": ...}``.
+
+        A household (a device's flow creates it first), a device that finished after its
+        dialog was closed, or one moved out of a version-1 household entry by the migration.
+        """
+        data: dict[str, Any] = import_data["data"]
+        unique_id = data[CONF_DEVICE_ID] if CONF_DEVICE_ID in data else data[CONF_HOUSEHOLD_ID]
+        await self.async_set_unique_id(unique_id)
+        self._abort_if_unique_id_configured()
+        return self.async_create_entry(title=import_data["title"], data=data)
 
     # --- household accounts -------------------------------------------------------------------
 
@@ -292,7 +315,7 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             return await self.async_step_credentials()
         await self.async_set_unique_id(household.household_id)
         self._abort_if_unique_id_configured()
-        return self.async_create_entry(title=household.name, data=target.entry_data({}))
+        return self.async_create_entry(title=household.name, data=target.entry_data())
 
     # --- reauth and reconfigure -----------------------------------------------------------------
 
@@ -343,23 +366,17 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     async def async_step_reconfigure(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """Change the account service's address, or a device's Wi-Fi."""
-        del user_input  # a menu, or straight to the one form that applies
+        """A household entry: the account service's address; a device entry: its Wi-Fi."""
+        del user_input  # straight to the one form that applies
         entry = self._get_reconfigure_entry()
-        wanted = self.context.get(CONTEXT_DEVICE_ID)
-        if wanted is not None:
-            device_id = str(wanted)
-            advert = self._ble_advert(device_id[:SHORT_ID_CHARS])
-            if advert is not None and device_id in entry.data.get(CONF_DEVICES, {}):
-                # The repair's device is advertising its owner-only window: over Bluetooth.
-                self._prepare_wifi_change(entry, device_id, ble_address=advert.address)
-                return await self.async_step_wifi_lost_confirm()
-            return await self.async_step_device_select({CONF_DEVICE: wanted})
-        if entry.data.get(CONF_DEVICES):
-            return self.async_show_menu(
-                step_id="reconfigure", menu_options=["reconfigure_account", "device_select"]
-            )
-        return await self.async_step_reconfigure_account()
+        if not is_device_entry(entry):
+            return await self.async_step_reconfigure_account()
+        advert = self._ble_advert(str(entry.data[CONF_DEVICE_ID])[:SHORT_ID_CHARS])
+        if advert is not None:
+            # The device is advertising its owner-only window (it lost its Wi-Fi): over BLE.
+            self._prepare_wifi_change(entry, ble_address=advert.address)
+            return await self.async_step_wifi_lost_confirm()
+        return await self.async_step_device_select()
 
     async def async_step_reconfigure_account(
         self, user_input: dict[str, Any] | None = None
@@ -472,23 +489,21 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                 raise AbortFlow("already_configured")
 
     def _abort_if_device_owned(self, device_id: str, host: str, port: int) -> None:
-        """A device one of our households onboarded: refresh its address, then abort.
+        """A device this Home Assistant onboarded: refresh its address, then abort.
 
-        Devices are not entries, so ``_abort_if_unique_id_configured(updates=...)`` cannot
-        find them; this is the same idea for a device record inside a household entry (no
-        reload: the address is only used for a later Wi-Fi change).
+        The flow's unique id is the short id (one flow per device whichever discovery sees
+        it), the device entry's the whole id, so ``_abort_if_unique_id_configured(updates=...)``
+        cannot find it; this is the same idea (no reload: the address is only used for a later
+        Wi-Fi change).
         """
-        for entry in self._household_entries():
-            devices: dict[str, Any] = entry.data.get(CONF_DEVICES, {})
-            record = devices.get(device_id)
-            if record is None:
-                continue
-            if (record[DEVICE_HOST], record[DEVICE_PORT]) != (host, port):
-                updated = {**record, DEVICE_HOST: host, DEVICE_PORT: port}
-                self.hass.config_entries.async_update_entry(
-                    entry, data={**entry.data, CONF_DEVICES: {**devices, device_id: updated}}
-                )
-            raise AbortFlow("already_configured")
+        entry = device_entry(self.hass, device_id)
+        if entry is None:
+            return
+        if (entry.data[DEVICE_HOST], entry.data[DEVICE_PORT]) != (host, port):
+            self.hass.config_entries.async_update_entry(
+                entry, data={**entry.data, DEVICE_HOST: host, DEVICE_PORT: port}
+            )
+        raise AbortFlow("already_configured")
 
     async def async_step_discovery_confirm(
         self, user_input: dict[str, Any] | None = None
@@ -528,11 +543,11 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             owned = self._owned_device(advertised.short_id)
             if owned is None:
                 return self.async_abort(reason="device_claimed")
-            entry, device_id = owned
-            if entry.state is not ConfigEntryState.LOADED:
+            hub, entry = owned
+            if hub.state is not ConfigEntryState.LOADED:
                 return self.async_abort(reason="already_configured")
-            repairs.async_report_wifi_lost(self.hass, device_id)
-            self._prepare_wifi_change(entry, device_id, ble_address=discovery_info.address)
+            repairs.async_report_wifi_lost(self.hass, entry.data[CONF_DEVICE_ID])
+            self._prepare_wifi_change(entry, ble_address=discovery_info.address)
             self.context["title_placeholders"] = {"name": self._device.name}
             return await self.async_step_wifi_lost_confirm()
         self._device = TargetDevice(
@@ -541,12 +556,12 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
         self.context["title_placeholders"] = {"name": self._device.name}
         return await self.async_step_bluetooth_confirm()
 
-    def _owned_device(self, short_id: str) -> tuple[ConfigEntry, str] | None:
-        """The household entry and device id of ours that ``short_id`` names, if any."""
-        for entry in self._household_entries():
-            for device_id in entry.data.get(CONF_DEVICES, {}):
-                if device_id[:SHORT_ID_CHARS] == short_id:
-                    return entry, device_id
+    def _owned_device(self, short_id: str) -> tuple[ConfigEntry, ConfigEntry] | None:
+        """The household entry and the device entry of ours that ``short_id`` names, if any."""
+        for entry in device_entries(self.hass):
+            hub = household_entry(self.hass, entry.data[CONF_HOUSEHOLD_ID])
+            if hub is not None and str(entry.unique_id)[:SHORT_ID_CHARS] == short_id:
+                return hub, entry
         return None
 
     async def async_step_bluetooth_confirm(

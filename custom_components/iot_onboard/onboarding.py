@@ -12,8 +12,9 @@ the table in flow_errors.py.
 Steps::
 
     credentials (QR text or manual code) ─▶ wifi ─▶ provision (progress) ─▶ finish
-        finish ─▶ abort device_added (entry updated, reloaded) | CREATE_ENTRY (new household)
-    device_select (owner secret, no label) ─▶ wifi ─▶ provision ─▶ finish ─▶ wifi_changed
+        finish ─▶ CREATE_ENTRY of the device (after the household's, for a new household)
+    device_select (a device entry's reconfigure; owner secret, no label) ─▶ wifi ─▶
+        provision ─▶ finish ─▶ wifi_changed
     wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
 """
@@ -32,7 +33,13 @@ from typing import Any, Final
 import voluptuous as vol
 from bleak.backends.device import BLEDevice
 from homeassistant.components import bluetooth
-from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry, ConfigFlow, ConfigFlowResult
+from homeassistant.config_entries import (
+    SOURCE_IGNORE,
+    SOURCE_IMPORT,
+    ConfigEntry,
+    ConfigFlow,
+    ConfigFlowResult,
+)
 from homeassistant.data_entry_flow import AbortFlow
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
@@ -62,9 +69,10 @@ from .commit_engine import CommitEngine, Outcome, WifiChoice
 from .const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
-    CONF_DEVICES,
+    CONF_DEVICE_ID,
     CONF_EMAIL,
     CONF_HOUSEHOLD_ID,
+    CONF_SUPERSEDED,
     DEFAULT_DEVICE_PORT,
     DEVICE_ADDED_AT,
     DEVICE_HOST,
@@ -87,6 +95,7 @@ from .device_client import (
     parse_setup_credential,
 )
 from .flow_errors import FIELD_SETUP_CODE, REAUTH_REQUIRED, FlowError, Stage, flow_error
+from .helpers import device_entries, household_entries, household_entry
 from .iob_protocol import (
     InvalidPassphraseError,
     ManualCode,
@@ -206,8 +215,8 @@ class NewHousehold:
         """The household's id in the account service."""
         return self.household.household_id
 
-    def entry_data(self, devices: dict[str, Any]) -> dict[str, Any]:
-        """The household entry's data, with ``devices`` in it."""
+    def entry_data(self) -> dict[str, Any]:
+        """The household entry's data."""
         tokens = self.client.tokens or self.session.signed_in.tokens
         return {
             CONF_ACCOUNT_URL: self.client.base_url,
@@ -215,7 +224,6 @@ class NewHousehold:
             CONF_EMAIL: self.session.signed_in.account.email,
             CONF_HOUSEHOLD_ID: self.household.household_id,
             **tokens.as_entry_data(),
-            CONF_DEVICES: devices,
         }
 
 
@@ -283,11 +291,7 @@ class DeviceSteps(ConfigFlow):
     # --- household entries ------------------------------------------------------------------
 
     def _household_entries(self) -> list[ConfigEntry]:
-        return [
-            entry
-            for entry in self._async_current_entries(include_ignore=False)
-            if CONF_HOUSEHOLD_ID in entry.data
-        ]
+        return household_entries(self.hass)
 
     def _entry_account(self, entry: ConfigEntry) -> AccountClient:
         """The entry's client: the loaded runtime's (one refresher per session), or a new one."""
@@ -359,44 +363,29 @@ class DeviceSteps(ConfigFlow):
     async def async_step_device_select(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """Pick the device whose Wi-Fi changes, and where it can be reached now."""
+        """Where the device (this reconfigure's entry) can be reached now, for its new Wi-Fi."""
         entry = self._get_reconfigure_entry()
-        devices: dict[str, Any] = entry.data.get(CONF_DEVICES, {})
+        self._prepare_wifi_change(entry)
+        if self._stored_secret is None:
+            return self.async_abort(
+                reason="no_owner_secret", description_placeholders=self._placeholders()
+            )
         errors: dict[str, str] = {}
         if user_input is not None:
-            device_id = user_input[CONF_DEVICE]
-            record = devices.get(device_id)
-            if record is None:
-                return self.async_abort(reason="unknown_device")
-            self._prepare_wifi_change(entry, device_id)
             self._device = replace(
                 self._device,
-                host=str(user_input.get(CONF_HOST, record[DEVICE_HOST])).strip(),
-                port=int(user_input.get(CONF_PORT, record[DEVICE_PORT])),
+                host=str(user_input[CONF_HOST]).strip(),
+                port=int(user_input[CONF_PORT]),
             )
-            secret = self._stored_secret
-            if secret is None:
-                return self.async_abort(
-                    reason="no_owner_secret", description_placeholders=self._placeholders()
-                )
-            if CONF_HOST in user_input:
-                errors = await self._async_open(secret)
-                if not errors:
-                    return await self.async_step_wifi()
-        options = [
-            SelectOptionDict(value=device_id, label=f"{record[DEVICE_MODEL]} {device_id}")
-            for device_id, record in devices.items()
-        ]
-        selected = self._device.device_id or options[0]["value"]
+            errors = await self._async_open(self._stored_secret)
+            if not errors:
+                return await self.async_step_wifi()
         return self.async_show_form(
             step_id="device_select",
             data_schema=vol.Schema(
                 {
-                    vol.Required(CONF_DEVICE, default=selected): SelectSelector(
-                        SelectSelectorConfig(options=options)
-                    ),
-                    vol.Required(CONF_HOST, default=devices[selected][DEVICE_HOST]): TextSelector(),
-                    vol.Required(CONF_PORT, default=devices[selected][DEVICE_PORT]): PORT_SELECTOR,
+                    vol.Required(CONF_HOST, default=self._device.host): TextSelector(),
+                    vol.Required(CONF_PORT, default=self._device.port): PORT_SELECTOR,
                 }
             ),
             errors=errors,
@@ -424,13 +413,15 @@ class DeviceSteps(ConfigFlow):
             description_placeholders=self._placeholders(),
         )
 
-    def _prepare_wifi_change(
-        self, entry: ConfigEntry, device_id: str, *, ble_address: str | None = None
-    ) -> None:
-        """The Wi-Fi change of a device of ``entry``: its record, key and owner secret."""
-        record: dict[str, Any] = entry.data[CONF_DEVICES][device_id]
+    def _prepare_wifi_change(self, entry: ConfigEntry, *, ble_address: str | None = None) -> None:
+        """The Wi-Fi change of the device of ``entry``: its record, key and owner secret."""
+        record: Mapping[str, Any] = entry.data
+        device_id: str = record[CONF_DEVICE_ID]
+        hub = household_entry(self.hass, record[CONF_HOUSEHOLD_ID])
+        if hub is None:
+            raise self._abort("household_missing")
         self._mode = Mode.WIFI_CHANGE
-        self._target = ExistingHousehold(entry, self._entry_account(entry))
+        self._target = ExistingHousehold(hub, self._entry_account(hub))
         self._device = TargetDevice(
             device_id=device_id,
             short_id=device_id[:SHORT_ID_CHARS],
@@ -744,7 +735,7 @@ class DeviceSteps(ConfigFlow):
         return link
 
     async def async_step_finish(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """Record the device in its household entry (or create the entry with it)."""
+        """Create the device's entry (after its household's, for a new household)."""
         del user_input  # reached through show_progress_done
         await self._async_drop_link()
         if self._mode is Mode.WIFI_CHANGE:
@@ -761,38 +752,36 @@ class DeviceSteps(ConfigFlow):
             }:
                 await self.hass.config_entries.async_remove(ignored.entry_id)
         target = self._target
-        self._drop_stale_records(target)
-        if isinstance(target, ExistingHousehold):
-            devices = {**target.entry.data.get(CONF_DEVICES, {}), device_id: record}
-            return self._update_and_reload(
-                target.entry, {CONF_DEVICES: devices}, reason="device_added"
+        if isinstance(target, NewHousehold):
+            # The first device of a household: its entry (the hub) first, then the device's.
+            await self.hass.config_entries.flow.async_init(
+                DOMAIN,
+                context={"source": SOURCE_IMPORT},
+                data={"title": target.household.name, "data": target.entry_data()},
             )
-        await self.async_set_unique_id(target.household_id, raise_on_progress=False)
+        await self._async_supersede(device_id)
+        await self.async_set_unique_id(device_id, raise_on_progress=False)
         return self.async_create_entry(
-            title=target.household.name,
-            data=target.entry_data({device_id: record}),
+            title=self._device.name,
+            data=record,
             description_placeholders=self._placeholders(),
         )
 
-    def _drop_stale_records(self, target: Target) -> None:
-        """Forget the device in other households: it was reset and is now this one's.
-
-        The record in the household it joins is replaced by the new one; another entry's
-        runtime would drop its record at its next sync anyway (the device left its list).
-        """
-        kept_in = target.entry.entry_id if isinstance(target, ExistingHousehold) else None
-        device_id = self._device.device_id
-        for entry in self._household_entries():
-            devices: dict[str, Any] = entry.data.get(CONF_DEVICES, {})
-            if entry.entry_id != kept_in and device_id in devices:
-                kept = {key: value for key, value in devices.items() if key != device_id}
+    async def _async_supersede(self, device_id: str) -> None:
+        """An older entry of the device (it was reset and onboarded again) goes, unreleased."""
+        for entry in device_entries(self.hass):
+            if entry.unique_id == device_id:
                 self.hass.config_entries.async_update_entry(
-                    entry, data={**entry.data, CONF_DEVICES: kept}
+                    entry, data={**entry.data, CONF_SUPERSEDED: True}
                 )
+                await self.hass.config_entries.async_remove(entry.entry_id)
 
     def _device_record(self) -> dict[str, Any]:
+        """The device entry's data."""
         device = self._device
         return {
+            CONF_DEVICE_ID: device.device_id,
+            CONF_HOUSEHOLD_ID: self._target.household_id,
             DEVICE_HOST: device.host,
             DEVICE_PORT: device.port,
             DEVICE_MODEL: device.model,
@@ -801,13 +790,17 @@ class DeviceSteps(ConfigFlow):
             DEVICE_ADDED_AT: int(time.time()),
         }
 
-    def _record_late(self, entry: ConfigEntry, work: asyncio.Task[Outcome]) -> None:
+    def _record_late(self, work: asyncio.Task[Outcome]) -> None:
         """The dialog was closed mid-commit and the device got owned anyway: keep its secret."""
         if not work.cancelled() and work.exception() is None and work.result() == Outcome():
             device_id = self._device.device_id
-            devices = {**entry.data.get(CONF_DEVICES, {}), device_id: self._device_record()}
-            self.hass.config_entries.async_update_entry(
-                entry, data={**entry.data, CONF_DEVICES: devices}
+            self.hass.async_create_task(
+                self.hass.config_entries.flow.async_init(
+                    DOMAIN,
+                    context={"source": SOURCE_IMPORT},
+                    data={"title": self._device.name, "data": self._device_record()},
+                ),
+                f"{DOMAIN} record {device_id}",
             )
             _LOGGER.info("%s was onboarded after its setup dialog was closed", device_id)
         self._close_link()
@@ -835,7 +828,7 @@ class DeviceSteps(ConfigFlow):
         if work is not None and not work.done():
             target = self._target
             if self._mode is Mode.ONBOARD and isinstance(target, ExistingHousehold):
-                work.add_done_callback(functools.partial(self._record_late, target.entry))
+                work.add_done_callback(self._record_late)
                 return
             work.cancel()
         self._close_link()

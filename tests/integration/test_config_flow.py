@@ -38,6 +38,8 @@ from homeassistant.helpers.translation import async_get_translations
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard import (
+    async_migrate_entry,
+    async_remove_config_entry_device,
     ble_client,
     commit_engine,
     config_flow,
@@ -74,10 +76,9 @@ from custom_components.iot_onboard.config_flow import normalize_account_url
 from custom_components.iot_onboard.const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
-    CONF_DEVICES,
+    CONF_DEVICE_ID,
     CONF_EMAIL,
     CONF_HOUSEHOLD_ID,
-    CONTEXT_DEVICE_ID,
     DEVICE_HOST,
     DEVICE_MODEL,
     DEVICE_OWNER_SECRET,
@@ -178,14 +179,13 @@ def claim_status(state: ClaimState) -> ClaimStatus:
     )
 
 
-def entry_data(devices: dict[str, Any] | None = None) -> dict[str, Any]:
+def entry_data() -> dict[str, Any]:
     return {
         CONF_ACCOUNT_URL: URL,
         CONF_ACCOUNT_ID: ACCOUNT_ID,
         CONF_EMAIL: "ada@example.com",
         CONF_HOUSEHOLD_ID: HID,
         **TOKENS.as_entry_data(),
-        CONF_DEVICES: devices or {},
     }
 
 
@@ -203,14 +203,43 @@ DEVICE_RECORD = {
 def household_entry(
     hass: HomeAssistant, *, hid: str = HID, devices: dict[str, Any] | None = None
 ) -> MockConfigEntry:
+    """The household entry (version 2) and one device entry per ``devices`` record."""
     entry = MockConfigEntry(
         domain=DOMAIN,
+        version=2,
         unique_id=hid,
         title="Home" if hid == HID else "Flat",
-        data={**entry_data(devices), CONF_HOUSEHOLD_ID: hid},
+        data={**entry_data(), CONF_HOUSEHOLD_ID: hid},
     )
     entry.add_to_hass(hass)
+    for device_id, record in (devices or {}).items():
+        MockConfigEntry(
+            domain=DOMAIN,
+            version=2,
+            unique_id=device_id,
+            title=f"pi-test {device_id[-4:]}",
+            data={**record, CONF_DEVICE_ID: device_id, CONF_HOUSEHOLD_ID: hid},
+        ).add_to_hass(hass)
     return entry
+
+
+def records(hass: HomeAssistant, household: MockConfigEntry) -> dict[str, dict[str, Any]]:
+    """The device entries of ``household`` as the version-1 records were (id -> record)."""
+    hid = household.data[CONF_HOUSEHOLD_ID]
+    return {
+        str(entry.unique_id): {
+            k: v for k, v in entry.data.items() if k not in {CONF_DEVICE_ID, CONF_HOUSEHOLD_ID}
+        }
+        for entry in hass.config_entries.async_entries(DOMAIN)
+        if entry.data.get(CONF_DEVICE_ID) and entry.data.get(CONF_HOUSEHOLD_ID) == hid
+    }
+
+
+def device_entry_of(hass: HomeAssistant, device_id: str = DEVICE_ID) -> MockConfigEntry:
+    """The device entry of ``device_id``."""
+    found = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == device_id]
+    assert len(found) == 1, found
+    return cast("MockConfigEntry", found[0])
 
 
 def discovery(
@@ -375,12 +404,9 @@ def device(device_cls: MagicMock) -> MagicMock:
 # --- helpers that walk the flow ---------------------------------------------------------------
 
 
-def wifi_change_context(entry: MockConfigEntry, device_id: str) -> ConfigFlowContext:
-    """What the runtime's "Wi-Fi lost" repair passes (an extra key, hence the cast)."""
-    return cast(
-        "ConfigFlowContext",
-        {"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id, CONTEXT_DEVICE_ID: device_id},
-    )
+def wifi_change_context(hass: HomeAssistant, device_id: str = DEVICE_ID) -> ConfigFlowContext:
+    """The Wi-Fi change: the device entry's reconfigure flow (what the repair starts)."""
+    return {"source": SOURCE_RECONFIGURE, "entry_id": device_entry_of(hass, device_id).entry_id}
 
 
 async def start_discovery(hass: HomeAssistant) -> dict[str, Any]:
@@ -703,8 +729,8 @@ async def test_discovery_of_an_owned_device_updates_its_address(
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_PORT] == port
-    assert (entry.data[CONF_DEVICES][DEVICE_ID] == DEVICE_RECORD) is not updated
+    assert records(hass, entry)[DEVICE_ID][DEVICE_PORT] == port
+    assert (records(hass, entry)[DEVICE_ID] == DEVICE_RECORD) is not updated
 
 
 async def test_onboarding_into_the_household_entry(
@@ -715,9 +741,8 @@ async def test_onboarding_into_the_household_entry(
     result = await submit(hass, flow_id, {"network": HOME_KEY})  # WPA2 needs the password
     assert result["errors"] == {"passphrase": "passphrase_required"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "device_added"
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    record = records(hass, entry)[DEVICE_ID]
     assert record[DEVICE_HOST] == "192.0.2.10"
     assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
     assert record[DEVICE_MODEL] == "pi-test"
@@ -756,8 +781,8 @@ async def test_wrong_wifi_password_is_shown_then_retried(
     assert result["step_id"] == "wifi"
     assert result["errors"] == {"base": "wifi_auth_failed"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
     assert device.connect.await_count == 1  # one handshake for both attempts
     assert account.create_claim.await_count == 1  # the unused claim was reused
 
@@ -790,7 +815,7 @@ async def test_claim_outcome_when_the_device_left_the_network(
     account.claim_status.side_effect = None
     account.claim_status.return_value = claim_status(ClaimState.OWNED)
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert link.status.await_count == 2  # polled once per attempt, then the claim decides
 
 
@@ -829,7 +854,7 @@ async def test_commit_failures_are_retried_in_place(
     link.status.side_effect = None
     link.status.return_value = StatusResult(state=DeviceState.COMMITTED)
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
 
 
 async def test_the_commit_timer_runs_out(hass: HomeAssistant, link: MagicMock) -> None:
@@ -855,7 +880,7 @@ async def test_session_is_reestablished_when_the_device_dropped_it(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "device_lost"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert device.connect.await_count == 3
 
 
@@ -892,7 +917,7 @@ async def test_claim_is_fresh_at_commit_time(
     account.claim_status.side_effect = statuses
     flow_id = await to_wifi(hass)
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert account.create_claim.await_count == created
 
 
@@ -931,7 +956,7 @@ async def test_account_failures_during_the_commit_end_the_flow(  # noqa: PLR0917
     assert result["reason"] == reason
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
     assert any(f["context"]["source"] == "reauth" for f in flows) is reauth
-    assert entry.data[CONF_DEVICES] == {}
+    assert records(hass, entry) == {}
 
 
 async def test_keep_ethernet_and_open_and_hidden_networks(
@@ -967,7 +992,7 @@ async def test_keep_ethernet_and_open_and_hidden_networks(
     link.set_wifi.assert_awaited_with(b"Attic", PASSWORD, hidden=True)
     link.set_wifi.reset_mock()
     result = await provision(hass, flow_id, {"network": "keep_ethernet"})
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     link.set_wifi.assert_not_awaited()
 
 
@@ -987,10 +1012,14 @@ async def test_discovery_signs_in_and_creates_the_household_with_the_device(
     result = await submit(hass, result["flow_id"], {"setup_code": MANUAL})
     assert result["step_id"] == "wifi"
     result = await provision(hass, result["flow_id"], HOME_WIFI)
+    # The success screen is the device's; its household entry was created first.
     assert result["type"] is FlowResultType.CREATE_ENTRY
-    assert result["result"].unique_id == HID
-    assert set(result["data"][CONF_DEVICES]) == {DEVICE_ID}
-    assert result["data"][CONF_ACCOUNT_ID] == ACCOUNT_ID
+    assert result["result"].unique_id == DEVICE_ID
+    assert result["data"][CONF_HOUSEHOLD_ID] == HID
+    household = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == HID]
+    assert len(household) == 1
+    assert household[0].data[CONF_ACCOUNT_ID] == ACCOUNT_ID
+    assert set(records(hass, cast("MockConfigEntry", household[0]))) == {DEVICE_ID}
     assert hass.config_entries.async_get_entry(ignored.entry_id) is None
     # The manual code was checked against the registry key from the claim.
     assert device.connect.call_args.kwargs["device_public_key"] == IDENTITY.public_key
@@ -1010,8 +1039,8 @@ async def test_discovery_signs_in_to_a_household_that_is_set_up(
     assert result["step_id"] == "credentials"
     result = await submit(hass, result["flow_id"], {"setup_code": QR})
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
 
 
 async def test_sign_in_inside_discovery_then_the_session_is_revoked(
@@ -1046,8 +1075,8 @@ async def test_pick_household_and_use_the_loaded_client(
     result = await submit(hass, result["flow_id"], {"entry": flat.entry_id})
     result = await submit(hass, result["flow_id"], {"setup_code": QR})
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in flat.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, flat)
     runtime_client.create_claim.assert_awaited_once_with(OTHER_HID, DEVICE_ID)
     account_cls.assert_not_called()
 
@@ -1296,8 +1325,8 @@ async def test_manual_device_errors_then_success(
     result = await submit(hass, result["flow_id"], manual)
     assert result["step_id"] == "wifi"  # the code was given with the address
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert records(hass, entry)[DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
     assert device_cls.call_args.args == ("198.51.100.7", 8423)
 
 
@@ -1310,7 +1339,7 @@ async def test_manual_add_of_an_owned_device(hass: HomeAssistant) -> None:
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+    assert records(hass, entry)[DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
 
 
 # --- reconfigure: a device's Wi-Fi ---------------------------------------------------------------
@@ -1324,11 +1353,9 @@ async def test_wifi_change_of_an_owned_device(
     hass: HomeAssistant, account: MagicMock, device: MagicMock, link: MagicMock
 ) -> None:
     """No label needed: the owner secret from the claim opens the session."""
-    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     link.info.return_value = CLAIMED_INFO
-    result = await entry.start_reconfigure_flow(hass)
-    assert result["type"] is FlowResultType.MENU
-    result = await submit(hass, result["flow_id"], {"next_step_id": "device_select"})
+    result = await device_entry_of(hass).start_reconfigure_flow(hass)
     assert result["step_id"] == "device_select"
     device.connect.side_effect = [
         DeviceConnectionError("gone"),
@@ -1336,7 +1363,7 @@ async def test_wifi_change_of_an_owned_device(
         SetupCodeRejectedError("another secret"),
         link,
     ]
-    selected = {"device": DEVICE_ID, "host": "192.0.2.99", "port": 8423}
+    selected = {"host": "192.0.2.99", "port": 8423}
     for error in ("cannot_connect", "window_closed", "owner_secret_rejected"):
         result = await submit(hass, result["flow_id"], selected)
         assert result["step_id"] == "device_select"
@@ -1366,15 +1393,11 @@ async def test_wifi_change_of_an_owned_device(
 async def test_wifi_change_device_lost_without_a_claim_to_ask(
     hass: HomeAssistant, link: MagicMock
 ) -> None:
-    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     link.info.return_value = CLAIMED_INFO
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["step_id"] == "device_select"  # preselected, the address to confirm
-    result = await submit(
-        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
-    )
+    result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
     assert result["step_id"] == "wifi"
     link.status.side_effect = SessionLostError("no_session")
     result = await provision(hass, result["flow_id"], HOME_WIFI)
@@ -1395,14 +1418,10 @@ async def test_wifi_change_of_a_device_that_is_no_longer_ours(
     refusal: str,
     reason: str,
 ) -> None:
-    entry = household_entry(hass, devices=record)
+    household_entry(hass, devices=record)
     device.connect.side_effect = CredentialRefusedClientError(refusal)
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
-    result = await submit(
-        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
+    result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == reason
 
@@ -1410,10 +1429,8 @@ async def test_wifi_change_of_a_device_that_is_no_longer_ours(
 async def test_wifi_change_needs_the_owner_secret(hass: HomeAssistant) -> None:
     """Claimed without an owner secret (zero-touch, older firmware): only a reset helps."""
     record = {k: v for k, v in DEVICE_RECORD.items() if k != DEVICE_OWNER_SECRET}
-    entry = household_entry(hass, devices={DEVICE_ID: record})
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    household_entry(hass, devices={DEVICE_ID: record})
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "no_owner_secret"
 
@@ -1428,13 +1445,43 @@ async def test_label_of_a_claimed_device(hass: HomeAssistant, device: MagicMock)
     assert result["reason"] == "device_claimed"
 
 
-async def test_wifi_change_of_an_unknown_device(hass: HomeAssistant) -> None:
-    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, OTHER_IDENTITY.device_id)
+async def test_a_device_entry_whose_household_entry_is_gone(hass: HomeAssistant) -> None:
+    """Its Wi-Fi cannot change without the household's session: the abort says so."""
+    MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id=DEVICE_ID,
+        data={**DEVICE_RECORD, CONF_DEVICE_ID: DEVICE_ID, CONF_HOUSEHOLD_ID: HID},
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "household_missing")
+
+
+async def test_device_entries_have_no_options_and_their_device_goes_with_them(
+    hass: HomeAssistant,
+) -> None:
+    household = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    onboarded = device_entry_of(hass)
+    flow = config_flow.IotOnboardConfigFlow
+    assert flow.async_supports_options_flow(household)
+    assert not flow.async_supports_options_flow(onboarded)
+    device = dr.async_get(hass).async_get_or_create(
+        config_entry_id=onboarded.entry_id, identifiers={(DOMAIN, DEVICE_ID)}
     )
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "unknown_device"
+    # Removing the device from its device entry's page: remove the entry instead.
+    assert not await async_remove_config_entry_device(hass, onboarded, device)
+    # An entry from a newer version of the integration is not touched.
+    assert not await async_migrate_entry(hass, MockConfigEntry(domain=DOMAIN, version=3))
+
+
+async def test_removing_a_device_entry_without_its_hub_releases_nothing(
+    hass: HomeAssistant, account: MagicMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The household entry is not loaded: the release cannot be sent; the log says what to do."""
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+    assert "was not released" in caplog.text
+    account.release_device.assert_not_awaited()
 
 
 # --- closing the dialog ------------------------------------------------------------------------
@@ -1474,10 +1521,10 @@ async def test_closing_the_dialog_mid_commit_keeps_the_owner_secret(
         outcome.set_result(final)
         await hass.async_block_till_done(wait_background_tasks=True)
     link.close.assert_called()
-    assert (DEVICE_ID in entry.data[CONF_DEVICES]) is recorded
+    assert (DEVICE_ID in records(hass, entry)) is recorded
     if recorded:
         sent = link.set_claim.call_args.kwargs["owner_secret"]
-        assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_OWNER_SECRET] == sent.encode()
+        assert records(hass, entry)[DEVICE_ID][DEVICE_OWNER_SECRET] == sent.encode()
 
 
 async def test_closing_the_dialog_mid_wifi_change_stops_waiting(
@@ -1486,19 +1533,15 @@ async def test_closing_the_dialog_mid_wifi_change_stops_waiting(
     entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     link.info.return_value = CLAIMED_INFO
     link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
-    result = await submit(
-        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
+    result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
     with patch.object(commit_engine, "POLL_INTERVAL", 0.01):
         result = await submit(hass, result["flow_id"], HOME_WIFI)
         assert result["type"] is FlowResultType.SHOW_PROGRESS
         hass.config_entries.flow.async_abort(result["flow_id"])
         await hass.async_block_till_done(wait_background_tasks=True)
     link.close.assert_called()
-    assert entry.data[CONF_DEVICES] == {DEVICE_ID: DEVICE_RECORD}
+    assert records(hass, entry) == {DEVICE_ID: DEVICE_RECORD}
 
 
 async def test_closing_the_dialog_before_the_device(hass: HomeAssistant) -> None:
@@ -1629,8 +1672,7 @@ async def test_bluetooth_onboarding_through_to_the_household(
     # The link is let go while the user picks a network.
     assert connector.all_closed
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.wifi == b"HomeNet"
     assert gatt_device.claim is not None
     assert gatt_device.claim.owner_secret is not None
@@ -1638,7 +1680,7 @@ async def test_bluetooth_onboarding_through_to_the_household(
     assert connector.all_closed  # disconnected at the end, always
     assert gatt_device.connections >= 2  # resumed over a new connection after the form
     assert all(seen.address == ADDRESS for seen in connector.devices_seen)
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    record = records(hass, entry)[DEVICE_ID]
     assert record[DEVICE_HOST] == ""  # reached over Bluetooth: no LAN address yet
     assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
     assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
@@ -1761,7 +1803,7 @@ async def test_bluetooth_link_failures_then_recovery(
     gatt_device.reachable = True
     gatt_device.drop_mid_request = 2  # set_wifi cut off mid-frame: sent again on a new link
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.wifi == b"HomeNet"
     assert connector.all_closed
 
@@ -1778,7 +1820,7 @@ async def test_bluetooth_reply_lost_mid_command_starts_a_new_session(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "bluetooth_lost"}
     result = await provision(hass, flow_id, HOME_WIFI)  # a new handshake with the same QR
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.commands.count(CommandType.SET_WIFI) >= 2
     assert connector.all_closed
 
@@ -1841,7 +1883,7 @@ async def test_wifi_lost_advertisement_raises_the_repair_and_changes_wifi_over_b
 async def test_the_repair_leads_to_the_wifi_change_over_ble(
     hass: HomeAssistant, connector: FakeConnector
 ) -> None:
-    entry = await owned_entry(hass, DEVICE_RECORD)
+    await owned_entry(hass, DEVICE_RECORD)
     connector.device.owner = OWNER
     # The discovery flow was dismissed; the repair stays and starts the same path.
     await advertise(hass, connector.device.service_info())
@@ -1849,9 +1891,7 @@ async def test_the_repair_leads_to_the_wifi_change_over_ble(
     for flow in flows(hass):
         hass.config_entries.flow.async_abort(flow["flow_id"])
     assert wifi_lost_issue(hass) is not None
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["step_id"] == "wifi_lost_confirm"
     # The device leaves Bluetooth once it joined the new network; soon back online, the
     # runtime deletes the repair, which ends the wait.
@@ -1917,14 +1957,13 @@ async def test_the_repair_falls_back_to_the_lan_when_bluetooth_does_not_see_the_
     """Other devices in range (ours or not) do not count: the address form as before."""
     other_setup = SetupCode.generate(OTHER_IDENTITY.device_id)
     neighbour = FakeGattDevice(OTHER_IDENTITY, other_setup, owner=OwnerSecret.generate())
-    entry = await owned_entry(hass, DEVICE_RECORD)
-    hass.config_entries.async_update_entry(
-        entry,
-        data={
-            **entry.data,
-            CONF_DEVICES: {"Z" * 16: DEVICE_RECORD, DEVICE_ID: DEVICE_RECORD},
-        },
-    )
+    await owned_entry(hass, DEVICE_RECORD)
+    MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="Z" * 16,
+        data={**DEVICE_RECORD, CONF_DEVICE_ID: "Z" * 16, CONF_HOUSEHOLD_ID: HID},
+    ).add_to_hass(hass)
     info = neighbour.service_info()
     await advertise(hass, info)
     unrelated = neighbour.service_info()
@@ -1934,9 +1973,7 @@ async def test_the_repair_falls_back_to_the_lan_when_bluetooth_does_not_see_the_
     await advertise(hass, unrelated)
     await hass.async_block_till_done()
     assert flows(hass) == []  # a stranger's claimed device, and a device that is not ours
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["step_id"] == "device_select"
 
 
@@ -2016,12 +2053,12 @@ async def test_a_reset_device_is_discovered_again_despite_its_stale_record(
     result = await submit(hass, result["flow_id"], {"setup_code": QR})
     assert result["step_id"] == "wifi", result
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    record = records(hass, entry)[DEVICE_ID]
     assert record[DEVICE_OWNER_SECRET] == link.set_claim.call_args.kwargs["owner_secret"].encode()
     assert record[DEVICE_OWNER_SECRET] != OWNER.encode()
     assert record[DEVICE_HOST] == "192.0.2.10"
-    assert other.data[CONF_DEVICES] == {"OTHERDEVICE": DEVICE_RECORD}
+    assert records(hass, other) == {"OTHERDEVICE": DEVICE_RECORD}
     account.create_claim.assert_awaited_once_with(HID, DEVICE_ID)
 
 
@@ -2049,10 +2086,10 @@ async def test_a_reset_device_over_bluetooth_is_onboarded_despite_its_stale_reco
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["step_id"] == "wifi", result
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.claim is not None
     assert gatt_device.claim.owner_secret is not None
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    record = records(hass, entry)[DEVICE_ID]
     assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
     assert record[DEVICE_OWNER_SECRET] != OWNER.encode()
     assert connector.all_closed
@@ -2091,8 +2128,8 @@ async def test_account_service_lost_mid_commit_waits_for_the_devices_verdict(
     account.claim_status.side_effect = None
     link.status.side_effect = None
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
 
 
 async def test_account_service_and_device_both_lost_mid_commit(
@@ -2113,7 +2150,7 @@ async def test_account_service_and_device_both_lost_mid_commit(
     account.claim_status.side_effect = None
     link.status.side_effect = None
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
 
 
 async def test_a_refused_claim_check_mid_commit_is_not_waited_out(
@@ -2158,8 +2195,8 @@ async def test_a_claim_owned_while_the_device_rolled_back_is_handed_over_again(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "relay_unreachable"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
     assert account.create_claim.await_count == 1  # no new claim: already_owned is not asked
     tokens = [call.args[1] for call in link.set_claim.await_args_list]
     assert tokens == ["t" * 43, "t" * 43]  # the same token, handed over again
@@ -2167,7 +2204,7 @@ async def test_a_claim_owned_while_the_device_rolled_back_is_handed_over_again(
     assert link.status.await_count == 5
     secrets = {call.kwargs["owner_secret"] for call in link.set_claim.await_args_list}
     assert len(secrets) == 1
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_OWNER_SECRET] == secrets.pop().encode()
+    assert records(hass, entry)[DEVICE_ID][DEVICE_OWNER_SECRET] == secrets.pop().encode()
 
 
 async def test_already_owned_for_this_household_converges_to_the_device(
@@ -2187,8 +2224,8 @@ async def test_already_owned_for_this_household_converges_to_the_device(
     account.create_claim.side_effect = AlreadyOwnedError(409, "already_owned", "")
     with patch.object(commit_engine, "CLAIM_MIN_LIFETIME", 10**6):  # the claim is about to lapse
         result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
     assert account.create_claim.await_count == 2
     link.set_claim.assert_awaited_once()  # the owned device is not asked to claim again
     link.commit.assert_awaited_once()
