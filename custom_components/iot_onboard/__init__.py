@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from homeassistant.config_entries import SOURCE_IMPORT, ConfigEntry, ConfigEntryState
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant, callback
-from homeassistant.exceptions import ConfigEntryAuthFailed
+from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
-from .account_client import AccountClient, TokenSet
-from .const import CONF_ACCOUNT_URL, CONF_HOUSEHOLD_ID, DOMAIN
+from .account_client import AccountClient, AccountServiceError, TokenSet
+from .const import (
+    CONF_ACCOUNT_URL,
+    CONF_DEVICE_ID,
+    CONF_DEVICES,
+    CONF_HOUSEHOLD_ID,
+    CONF_SUPERSEDED,
+    DEVICE_MODEL,
+    DOMAIN,
+    ENTRY_VERSION,
+)
 from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator, IotOnboardData
+from .helpers import (
+    device_entries,
+    device_entry_ids,
+    device_title,
+    find_device,
+    household_entry,
+    is_device_entry,
+)
 from .roles import RoleManager
 from .services import async_setup_services
 
 __all__ = ["IotOnboardConfigEntry", "IotOnboardData"]
+
+_LOGGER = logging.getLogger(__name__)
 
 PLATFORMS: list[Platform] = [
     Platform.BINARY_SENSOR,
@@ -36,7 +59,9 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> bool:
-    """Set up a household: account client, first refresh, hub, platforms."""
+    """Set up a household (account client, first refresh, hub, platforms) or a device."""
+    if is_device_entry(entry):
+        return await _async_setup_device_entry(hass, entry)
     try:
         tokens = TokenSet.from_entry_data(entry.data)
         household_id: str = entry.data[CONF_HOUSEHOLD_ID]
@@ -60,19 +85,111 @@ async def async_setup_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -
     await coordinator.async_setup()
     entry.runtime_data = IotOnboardData(account=account, coordinator=coordinator, roles=roles)
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    for waiting in device_entries(hass, household_id):
+        # Device entries that found their hub not loaded yet (after a restart, a migration).
+        if waiting.state is ConfigEntryState.SETUP_RETRY:
+            hass.config_entries.async_schedule_reload(waiting.entry_id)
+    return True
+
+
+async def _async_setup_device_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
+    """A device entry: served by its household entry's hub, which must be loaded first.
+
+    The registry device gets this entry too, so the device shows on the entry's page (and on
+    the flow's success screen, with the area picker); its entities stay with the hub.
+    """
+    hub = household_entry(hass, entry.data[CONF_HOUSEHOLD_ID])
+    if hub is None or hub.state is not ConfigEntryState.LOADED:
+        raise ConfigEntryNotReady(translation_domain=DOMAIN, translation_key="hub_not_loaded")
+    device_id: str = entry.data[CONF_DEVICE_ID]
+    registry = dr.async_get(hass)
+    known = find_device(hass, device_id)
+    if known is not None and entry.entry_id not in device_entry_ids(known):
+        # The hub registered it already (under its name from the descriptor): add this entry.
+        registry.async_update_device(known.id, add_config_entry_id=entry.entry_id)
+    elif known is None:
+        registry.async_get_or_create(
+            config_entry_id=entry.entry_id,
+            identifiers={(DOMAIN, device_id)},
+            manufacturer="IoT Onboard",
+            model=entry.data.get(DEVICE_MODEL),
+            name=entry.title,
+            serial_number=device_id,
+        )
+    await hub.runtime_data.coordinator.async_request_sync()
     return True
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> bool:
     """Unload a config entry (the hub task and timers end with it)."""
+    if is_device_entry(entry):
+        return True
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+
+
+async def async_remove_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> None:
+    """A device entry the user removed: release the device (as the ``release`` action does).
+
+    Not when the household no longer has it (the hub removed the entry) or a newer
+    onboarding of the same device replaced the entry.
+    """
+    if not is_device_entry(entry) or entry.data.get(CONF_SUPERSEDED):
+        return
+    hub = household_entry(hass, entry.data[CONF_HOUSEHOLD_ID])
+    device_id: str = entry.data[CONF_DEVICE_ID]
+    if hub is None or hub.state is not ConfigEntryState.LOADED:
+        _LOGGER.warning(
+            "%s was not released: its household entry is not loaded; release it from the "
+            "account service or factory-reset it",
+            device_id,
+        )
+        return
+    coordinator = hub.runtime_data.coordinator
+    if device_id not in coordinator.access:
+        return
+    try:
+        await coordinator.account.release_device(coordinator.household_id, device_id)
+    except AccountServiceError as err:
+        _LOGGER.warning(
+            "Releasing %s failed: %s; release it from the account service", device_id, err
+        )
+        return
+    await coordinator.async_request_sync()
+
+
+async def async_migrate_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> bool:
+    """Version 1 kept devices inside the household entry: each becomes its own entry."""
+    if entry.version > ENTRY_VERSION:  # a downgrade: this code cannot read the entry
+        return False
+    records: dict[str, Any] = dict(entry.data.get(CONF_DEVICES, {}))
+    data = {key: value for key, value in entry.data.items() if key != CONF_DEVICES}
+    hass.config_entries.async_update_entry(entry, data=data, version=ENTRY_VERSION)
+    for device_id, record in records.items():
+        await hass.config_entries.flow.async_init(
+            DOMAIN,
+            context={"source": SOURCE_IMPORT},
+            data={
+                "title": device_title(record.get(DEVICE_MODEL, ""), device_id),
+                "data": {
+                    **record,
+                    CONF_DEVICE_ID: device_id,
+                    CONF_HOUSEHOLD_ID: entry.data[CONF_HOUSEHOLD_ID],
+                },
+            },
+        )
+    return True
 
 
 async def async_remove_config_entry_device(
     hass: HomeAssistant, entry: IotOnboardConfigEntry, device: dr.DeviceEntry
 ) -> bool:
-    """Let the user delete a device the household no longer has (stale); keep current ones."""
+    """Let the user delete a device the household no longer has (stale); keep current ones.
+
+    A device entry's device goes with its entry (removing the entry releases the device).
+    """
     del hass
+    if is_device_entry(entry):
+        return False
     return not any(
         domain == DOMAIN and identifier in entry.runtime_data.coordinator.access
         for domain, identifier in device.identifiers

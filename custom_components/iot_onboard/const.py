@@ -1,6 +1,11 @@
-"""Constants for the IoT Onboard integration, and the layout of a household entry.
+"""Constants for the IoT Onboard integration, and the layout of its config entries.
 
-One config entry per household of an account service (unique id = the household id). Its
+Version 2 (docs/architecture.md, "How devices are modelled"): one household entry per household
+of an account service (unique id = the household id; the hub), and one device entry per device
+onboarded from this Home Assistant (unique id = the device id; data = the record shown under
+``devices`` below plus ``device_id`` and ``household_id``; title = the device's name). Version 1
+kept the records in the household entry under ``devices``; ``async_migrate_entry`` moves them.
+The household entry's
 ``entry.data`` is written by the config flow and by the token callback, and read by the
 runtime; the names below are stable (a rename needs a config-entry migration)::
 
@@ -13,7 +18,8 @@ runtime; the names below are stable (a rename needs a config-entry migration)::
         "access_expires_at": 1764000000,            # CONF_ACCESS_EXPIRES_AT, Unix seconds
         "refresh_token": "...",                     # CONF_REFRESH_TOKEN (rotates on use)
         "refresh_expires_at": 1766000000,           # CONF_REFRESH_EXPIRES_AT, Unix seconds
-        "devices": {                                # CONF_DEVICES: onboarded from this HA
+        "devices": {                                # CONF_DEVICES (version 1 only; now one
+                                                    #   device entry each, data as below)
             "<device id>": {
                 "host": "192.168.1.40",             # DEVICE_HOST: LAN provisioning server
                 "port": 8423,                       # DEVICE_PORT
@@ -54,6 +60,13 @@ CONF_ACCESS_EXPIRES_AT: Final = "access_expires_at"
 CONF_REFRESH_TOKEN: Final = "refresh_token"  # noqa: S105 - a key name, not a secret
 CONF_REFRESH_EXPIRES_AT: Final = "refresh_expires_at"
 CONF_DEVICES: Final = "devices"
+#: The config entries' version: 2 = one entry per device (version 1 kept them in the household).
+ENTRY_VERSION: Final = 2
+#: A device entry (config entry version 2): the device id; its data is the device record plus
+#: ``household_id`` (the household entry that serves it) and this key. Unique id = device id.
+CONF_DEVICE_ID: Final = "device_id"
+#: Set on a device entry that a newer onboarding of the same device replaces (not released).
+CONF_SUPERSEDED: Final = "superseded"
 
 # --- one record under entry.data["devices"][device_id] ----------------------------------------
 DEVICE_HOST: Final = "host"

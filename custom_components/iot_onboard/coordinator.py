@@ -36,8 +36,8 @@ from .account_client import (
     ForbiddenError,
     ServiceUnavailableError,
 )
-from .const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
-from .helpers import device_entry_ids, find_device
+from .const import CONF_HOUSEHOLD_ID, DOMAIN
+from .helpers import device_entry, device_entry_ids, find_device
 from .hub import (
     DeviceData,
     HubCredentials,
@@ -279,13 +279,14 @@ class IotOnboardCoordinator:
                 # Older Home Assistant shares one registry device between two household
                 # entries of this instance (a shared device): leave the other's.
                 registry.async_update_device(device.id, remove_config_entry_id=self.entry.entry_id)
-        records: dict[str, Any] = self.entry.data.get(CONF_DEVICES, {})
-        if device_id in records:
-            # The config flow refuses a device this entry has a record of ("already
-            # configured"): a released or factory-reset device must be onboardable again.
-            kept = {key: value for key, value in records.items() if key != device_id}
-            self.hass.config_entries.async_update_entry(
-                self.entry, data={**self.entry.data, CONF_DEVICES: kept}
+        onboarded = device_entry(self.hass, device_id)
+        if onboarded is not None and onboarded.data.get(CONF_HOUSEHOLD_ID) == self.household_id:
+            # The config flow refuses a device that has an entry ("already configured"): a
+            # released or factory-reset device must be onboardable again. Not in ``access``
+            # any more, so removing the entry does not release it (it is gone already).
+            self.hass.async_create_task(
+                self.hass.config_entries.async_remove(onboarded.entry_id),
+                f"{DOMAIN} remove device entry {device_id}",
             )
         for listener in self._device_callbacks:
             listener(device_id)

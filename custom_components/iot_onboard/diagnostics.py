@@ -16,6 +16,7 @@ from .const import (
     DEVICE_PUBLIC_KEY,
 )
 from .coordinator import IotOnboardConfigEntry
+from .helpers import device_entries, is_device_entry
 from .hub import DeviceMeta
 
 TO_REDACT: Final = {
@@ -42,7 +43,8 @@ async def async_get_config_entry_diagnostics(
     hass: HomeAssistant, entry: IotOnboardConfigEntry
 ) -> dict[str, Any]:
     """What support needs to see why a device or entity misbehaves (no secrets)."""
-    del hass
+    if is_device_entry(entry):
+        return {"entry": {"data": async_redact_data(dict(entry.data), TO_REDACT)}}
     runtime = entry.runtime_data
     coordinator = runtime.coordinator
     hub = coordinator.hub
@@ -51,6 +53,11 @@ async def async_get_config_entry_diagnostics(
         "entry": {
             "data": async_redact_data(dict(entry.data), TO_REDACT),
             "options": dict(entry.options),
+        },
+        # The devices this Home Assistant onboarded (each its own entry since version 2).
+        "device_entries": {
+            str(device.unique_id): async_redact_data(dict(device.data), TO_REDACT)
+            for device in device_entries(hass, runtime.coordinator.household_id)
         },
         "hub": {
             "connected": hub.connected,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate
 
+from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
@@ -17,7 +18,7 @@ from .account_client import (
     ForbiddenError,
     NotFoundError,
 )
-from .const import DOMAIN
+from .const import CONF_ACCOUNT_URL, CONF_DEVICE_ID, CONF_HOUSEHOLD_ID, DOMAIN
 from .hub import HubCommandError, HubError, HubNotConnectedError
 
 
@@ -97,3 +98,42 @@ def device_entry_ids(device: dr.DeviceEntry) -> list[str]:
     if isinstance(single, str):
         return [single]
     return sorted(getattr(device, "config_entries", ()))
+
+
+def is_device_entry(entry: ConfigEntry) -> bool:
+    """A device entry (one per onboarded device), not a household entry."""
+    return CONF_DEVICE_ID in entry.data
+
+
+def household_entries(hass: HomeAssistant) -> list[ConfigEntry]:
+    """The household entries (the hubs), ignored discoveries left out."""
+    return [
+        entry
+        for entry in hass.config_entries.async_entries(DOMAIN, include_ignore=False)
+        if CONF_ACCOUNT_URL in entry.data
+    ]
+
+
+def device_entries(hass: HomeAssistant, household_id: str | None = None) -> list[ConfigEntry]:
+    """The device entries (of ``household_id`` when given)."""
+    return [
+        entry
+        for entry in hass.config_entries.async_entries(DOMAIN, include_ignore=False)
+        if is_device_entry(entry)
+        and (household_id is None or entry.data.get(CONF_HOUSEHOLD_ID) == household_id)
+    ]
+
+
+def device_entry(hass: HomeAssistant, device_id: str) -> ConfigEntry | None:
+    """The device entry of ``device_id``, if this Home Assistant onboarded it."""
+    return next((e for e in device_entries(hass) if e.unique_id == device_id), None)
+
+
+def household_entry(hass: HomeAssistant, household_id: str) -> ConfigEntry | None:
+    """The household entry of ``household_id``."""
+    return next((e for e in household_entries(hass) if e.unique_id == household_id), None)
+
+
+def device_title(model: str, device_id: str) -> str:
+    """A device entry's title: the model and the id's last four characters."""
+    return f"{model or 'IoT Onboard'} {device_id[-4:]}".strip()

@@ -29,7 +29,7 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.data_entry_flow import FlowResult, FlowResultType
 from homeassistant.helpers import issue_registry as ir
 
-from .const import CONTEXT_DEVICE_ID, DOMAIN
+from .const import CONF_DEVICE_ID, DOMAIN
 from .helpers import device_entry_ids, find_device
 from .iob_protocol import DiagnosticCode
 
@@ -200,14 +200,24 @@ class WifiLostRepairFlow(RepairsFlow):
         if entry is None:
             return self.async_abort(reason="entry_removed")
         if user_input is not None:
-            # The config flow reads the device from its context (const.CONTEXT_DEVICE_ID).
+            # The Wi-Fi change is the device entry's reconfigure flow.
+            onboarded = next(
+                (
+                    candidate
+                    for candidate in self.hass.config_entries.async_entries(DOMAIN)
+                    if candidate.unique_id == self._device_id
+                    and candidate.data.get(CONF_DEVICE_ID) == self._device_id
+                ),
+                None,
+            )
+            if onboarded is None:
+                return self.async_abort(
+                    reason="reconfigure_failed",
+                    description_placeholders={"reason": "unknown_device"},
+                )
             context = cast(
                 "ConfigFlowContext",
-                {
-                    "source": SOURCE_RECONFIGURE,
-                    "entry_id": entry.entry_id,
-                    CONTEXT_DEVICE_ID: self._device_id,
-                },
+                {"source": SOURCE_RECONFIGURE, "entry_id": onboarded.entry_id},
             )
             result = await self.hass.config_entries.flow.async_init(DOMAIN, context=context)
             if result["type"] is FlowResultType.ABORT:

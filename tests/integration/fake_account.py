@@ -140,7 +140,6 @@ class FakeAccountService:
             "access_expires_at": 4_000_000_000,
             "refresh_token": self.refresh_token,
             "refresh_expires_at": 4_100_000_000,
-            "devices": {},
         }
 
     # --- broker state -------------------------------------------------------------------------

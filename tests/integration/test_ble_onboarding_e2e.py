@@ -33,8 +33,8 @@ from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import issue_registry as ir
 
 from custom_components.iot_onboard import ble_client
-from custom_components.iot_onboard.const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
-from custom_components.iot_onboard.helpers import find_device
+from custom_components.iot_onboard.const import CONF_HOUSEHOLD_ID, DOMAIN
+from custom_components.iot_onboard.helpers import find_device, household_entry
 from custom_components.iot_onboard.iob_protocol import AdvertisedState, BlePhase
 from custom_components.iot_onboard.iob_protocol.ble import SERVICE_UUID
 from tests.integration.ble_bridge import BleBridgeClient, BridgeError
@@ -227,9 +227,10 @@ async def test_bluetooth_onboarding_of_the_real_device(
         await hass.async_block_till_done()
         assert connector.all_closed
 
-    entry = result["result"]
-    household_id = entry.data[CONF_HOUSEHOLD_ID]
-    assert device.device_id in entry.data[CONF_DEVICES]
+    assert result["result"].unique_id == device.device_id
+    household_id = result["result"].data[CONF_HOUSEHOLD_ID]
+    entry = household_entry(hass, household_id)
+    assert entry is not None
     status = await asyncio.to_thread(device.status)
     assert (status["phase"], status["household_id"]) == ("online", household_id)
     assert status["wifi_ssid"] == HOME_SSID

@@ -38,7 +38,15 @@ from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.helpers.translation import async_get_translations
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard import ble_client, config_flow
+from custom_components.iot_onboard import (
+    async_migrate_entry,
+    async_remove_config_entry_device,
+    ble_client,
+    commit_engine,
+    config_flow,
+    flow_errors,
+    onboarding,
+)
 from custom_components.iot_onboard.account_client import (
     Account,
     AccountClient,
@@ -65,14 +73,13 @@ from custom_components.iot_onboard.account_client import (
     TokenSet,
     WeakPasswordError,
 )
-from custom_components.iot_onboard.config_flow import diagnostic_error, normalize_account_url
+from custom_components.iot_onboard.config_flow import normalize_account_url
 from custom_components.iot_onboard.const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
-    CONF_DEVICES,
+    CONF_DEVICE_ID,
     CONF_EMAIL,
     CONF_HOUSEHOLD_ID,
-    CONTEXT_DEVICE_ID,
     DEVICE_HOST,
     DEVICE_MODEL,
     DEVICE_OWNER_SECRET,
@@ -173,14 +180,13 @@ def claim_status(state: ClaimState) -> ClaimStatus:
     )
 
 
-def entry_data(devices: dict[str, Any] | None = None) -> dict[str, Any]:
+def entry_data() -> dict[str, Any]:
     return {
         CONF_ACCOUNT_URL: URL,
         CONF_ACCOUNT_ID: ACCOUNT_ID,
         CONF_EMAIL: "ada@example.com",
         CONF_HOUSEHOLD_ID: HID,
         **TOKENS.as_entry_data(),
-        CONF_DEVICES: devices or {},
     }
 
 
@@ -198,14 +204,43 @@ DEVICE_RECORD = {
 def household_entry(
     hass: HomeAssistant, *, hid: str = HID, devices: dict[str, Any] | None = None
 ) -> MockConfigEntry:
+    """The household entry (version 2) and one device entry per ``devices`` record."""
     entry = MockConfigEntry(
         domain=DOMAIN,
+        version=2,
         unique_id=hid,
         title="Home" if hid == HID else "Flat",
-        data={**entry_data(devices), CONF_HOUSEHOLD_ID: hid},
+        data={**entry_data(), CONF_HOUSEHOLD_ID: hid},
     )
     entry.add_to_hass(hass)
+    for device_id, record in (devices or {}).items():
+        MockConfigEntry(
+            domain=DOMAIN,
+            version=2,
+            unique_id=device_id,
+            title=f"pi-test {device_id[-4:]}",
+            data={**record, CONF_DEVICE_ID: device_id, CONF_HOUSEHOLD_ID: hid},
+        ).add_to_hass(hass)
     return entry
+
+
+def records(hass: HomeAssistant, household: MockConfigEntry) -> dict[str, dict[str, Any]]:
+    """The device entries of ``household`` as the version-1 records were (id -> record)."""
+    hid = household.data[CONF_HOUSEHOLD_ID]
+    return {
+        str(entry.unique_id): {
+            k: v for k, v in entry.data.items() if k not in {CONF_DEVICE_ID, CONF_HOUSEHOLD_ID}
+        }
+        for entry in hass.config_entries.async_entries(DOMAIN)
+        if entry.data.get(CONF_DEVICE_ID) and entry.data.get(CONF_HOUSEHOLD_ID) == hid
+    }
+
+
+def device_entry_of(hass: HomeAssistant, device_id: str = DEVICE_ID) -> MockConfigEntry:
+    """The device entry of ``device_id``."""
+    found = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == device_id]
+    assert len(found) == 1, found
+    return cast("MockConfigEntry", found[0])
 
 
 def discovery(
@@ -298,28 +333,28 @@ def mock_setup_entry() -> Generator[AsyncMock]:
 
 @pytest.fixture(autouse=True)
 def fast_polls() -> Generator[None]:
-    with patch.object(config_flow, "POLL_INTERVAL", 0):
+    with patch.object(commit_engine, "POLL_INTERVAL", 0):
         yield
 
 
 @pytest.fixture(autouse=True)
-def account_cls() -> Generator[MagicMock]:
-    with patch.object(config_flow, "AccountClient", autospec=True) as cls:
-        client = cls.return_value
-        client.base_url = URL
-        client.tokens = TOKENS
-        client.health.return_value = ServiceHealth(status="ok", time=0)
-        client.sign_in.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
-        client.sign_up.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
-        client.households.return_value = [HOME]
-        client.create_household.return_value = HOME
-        client.create_claim.return_value = claim()
-        client.claim_status.return_value = claim_status(ClaimState.PENDING)
-        client.device_key.return_value = DeviceKey(
-            device_id=DEVICE_ID, public_key=IDENTITY.public_key, fingerprint="F", model="pi-test"
-        )
-        client.me.return_value = ACCOUNT
-        yield cls
+def account_cls(mock_account_client: MagicMock) -> MagicMock:
+    cls = mock_account_client
+    client = cls.return_value
+    client.base_url = URL
+    client.tokens = TOKENS
+    client.health.return_value = ServiceHealth(status="ok", time=0)
+    client.sign_in.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
+    client.sign_up.return_value = SignedIn(account=ACCOUNT, tokens=TOKENS)
+    client.households.return_value = [HOME]
+    client.create_household.return_value = HOME
+    client.create_claim.return_value = claim()
+    client.claim_status.return_value = claim_status(ClaimState.PENDING)
+    client.device_key.return_value = DeviceKey(
+        device_id=DEVICE_ID, public_key=IDENTITY.public_key, fingerprint="F", model="pi-test"
+    )
+    client.me.return_value = ACCOUNT
+    return cls
 
 
 @pytest.fixture
@@ -347,18 +382,18 @@ def link() -> MagicMock:
 
 
 @pytest.fixture(autouse=True)
-def device_cls(link: MagicMock) -> Generator[MagicMock]:
-    with patch.object(config_flow, "DeviceClient", autospec=True) as cls:
-        cls.return_value.connect.return_value = link
-        cls.return_value.fetch_info.return_value = DeviceAdvertisement(
-            device_id=DEVICE_ID,
-            model="pi-test",
-            firmware_version="1.0",
-            protocol_version=1,
-            state="unclaimed",
-            window="open",
-        )
-        yield cls
+def device_cls(link: MagicMock, mock_device_client: MagicMock) -> MagicMock:
+    cls = mock_device_client
+    cls.return_value.connect.return_value = link
+    cls.return_value.fetch_info.return_value = DeviceAdvertisement(
+        device_id=DEVICE_ID,
+        model="pi-test",
+        firmware_version="1.0",
+        protocol_version=1,
+        state="unclaimed",
+        window="open",
+    )
+    return cls
 
 
 @pytest.fixture
@@ -370,12 +405,9 @@ def device(device_cls: MagicMock) -> MagicMock:
 # --- helpers that walk the flow ---------------------------------------------------------------
 
 
-def wifi_change_context(entry: MockConfigEntry, device_id: str) -> ConfigFlowContext:
-    """What the runtime's "Wi-Fi lost" repair passes (an extra key, hence the cast)."""
-    return cast(
-        "ConfigFlowContext",
-        {"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id, CONTEXT_DEVICE_ID: device_id},
-    )
+def wifi_change_context(hass: HomeAssistant, device_id: str = DEVICE_ID) -> ConfigFlowContext:
+    """The Wi-Fi change: the device entry's reconfigure flow (what the repair starts)."""
+    return {"source": SOURCE_RECONFIGURE, "entry_id": device_entry_of(hass, device_id).entry_id}
 
 
 async def start_discovery(hass: HomeAssistant) -> dict[str, Any]:
@@ -698,8 +730,8 @@ async def test_discovery_of_an_owned_device_updates_its_address(
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_PORT] == port
-    assert (entry.data[CONF_DEVICES][DEVICE_ID] == DEVICE_RECORD) is not updated
+    assert records(hass, entry)[DEVICE_ID][DEVICE_PORT] == port
+    assert (records(hass, entry)[DEVICE_ID] == DEVICE_RECORD) is not updated
 
 
 async def test_onboarding_into_the_household_entry(
@@ -710,9 +742,8 @@ async def test_onboarding_into_the_household_entry(
     result = await submit(hass, flow_id, {"network": HOME_KEY})  # WPA2 needs the password
     assert result["errors"] == {"passphrase": "passphrase_required"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "device_added"
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    record = records(hass, entry)[DEVICE_ID]
     assert record[DEVICE_HOST] == "192.0.2.10"
     assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
     assert record[DEVICE_MODEL] == "pi-test"
@@ -751,8 +782,8 @@ async def test_wrong_wifi_password_is_shown_then_retried(
     assert result["step_id"] == "wifi"
     assert result["errors"] == {"base": "wifi_auth_failed"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
     assert device.connect.await_count == 1  # one handshake for both attempts
     assert account.create_claim.await_count == 1  # the unused claim was reused
 
@@ -785,7 +816,7 @@ async def test_claim_outcome_when_the_device_left_the_network(
     account.claim_status.side_effect = None
     account.claim_status.return_value = claim_status(ClaimState.OWNED)
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert link.status.await_count == 2  # polled once per attempt, then the claim decides
 
 
@@ -824,7 +855,7 @@ async def test_commit_failures_are_retried_in_place(
     link.status.side_effect = None
     link.status.return_value = StatusResult(state=DeviceState.COMMITTED)
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
 
 
 async def test_the_commit_timer_runs_out(hass: HomeAssistant, link: MagicMock) -> None:
@@ -833,11 +864,11 @@ async def test_the_commit_timer_runs_out(hass: HomeAssistant, link: MagicMock) -
     link.commit.return_value = 0
     link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
     with (
-        patch.object(config_flow, "COMMIT_MARGIN", 0.05),
-        patch.object(config_flow, "POLL_INTERVAL", 0.01),
+        patch.object(commit_engine, "COMMIT_MARGIN", 0.05),
+        patch.object(commit_engine, "POLL_INTERVAL", 0.01),
     ):
         result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["errors"] == {"base": diagnostic_error(DiagnosticCode.TIMEOUT)}
+    assert result["errors"] == {"base": flow_errors.diagnostic_error(DiagnosticCode.TIMEOUT)}
 
 
 async def test_session_is_reestablished_when_the_device_dropped_it(
@@ -850,8 +881,21 @@ async def test_session_is_reestablished_when_the_device_dropped_it(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "device_lost"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert device.connect.await_count == 3
+
+
+async def test_another_device_answering_the_reconnect_ends_the_flow(
+    hass: HomeAssistant, device: MagicMock, link: MagicMock
+) -> None:
+    """Re-opening the dropped session at commit time meets a key that is not the device's."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.usable = False
+    device.connect.side_effect = DeviceKeyMismatchClientError("another key")
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "device_key_mismatch")
+    link.set_claim.assert_not_awaited()
 
 
 @pytest.mark.parametrize(
@@ -874,7 +918,7 @@ async def test_claim_is_fresh_at_commit_time(
     account.claim_status.side_effect = statuses
     flow_id = await to_wifi(hass)
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert account.create_claim.await_count == created
 
 
@@ -913,7 +957,7 @@ async def test_account_failures_during_the_commit_end_the_flow(  # noqa: PLR0917
     assert result["reason"] == reason
     flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
     assert any(f["context"]["source"] == "reauth" for f in flows) is reauth
-    assert entry.data[CONF_DEVICES] == {}
+    assert records(hass, entry) == {}
 
 
 async def test_keep_ethernet_and_open_and_hidden_networks(
@@ -949,7 +993,7 @@ async def test_keep_ethernet_and_open_and_hidden_networks(
     link.set_wifi.assert_awaited_with(b"Attic", PASSWORD, hidden=True)
     link.set_wifi.reset_mock()
     result = await provision(hass, flow_id, {"network": "keep_ethernet"})
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     link.set_wifi.assert_not_awaited()
 
 
@@ -969,10 +1013,14 @@ async def test_discovery_signs_in_and_creates_the_household_with_the_device(
     result = await submit(hass, result["flow_id"], {"setup_code": MANUAL})
     assert result["step_id"] == "wifi"
     result = await provision(hass, result["flow_id"], HOME_WIFI)
+    # The success screen is the device's; its household entry was created first.
     assert result["type"] is FlowResultType.CREATE_ENTRY
-    assert result["result"].unique_id == HID
-    assert set(result["data"][CONF_DEVICES]) == {DEVICE_ID}
-    assert result["data"][CONF_ACCOUNT_ID] == ACCOUNT_ID
+    assert result["result"].unique_id == DEVICE_ID
+    assert result["data"][CONF_HOUSEHOLD_ID] == HID
+    household = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == HID]
+    assert len(household) == 1
+    assert household[0].data[CONF_ACCOUNT_ID] == ACCOUNT_ID
+    assert set(records(hass, cast("MockConfigEntry", household[0]))) == {DEVICE_ID}
     assert hass.config_entries.async_get_entry(ignored.entry_id) is None
     # The manual code was checked against the registry key from the claim.
     assert device.connect.call_args.kwargs["device_public_key"] == IDENTITY.public_key
@@ -992,8 +1040,8 @@ async def test_discovery_signs_in_to_a_household_that_is_set_up(
     assert result["step_id"] == "credentials"
     result = await submit(hass, result["flow_id"], {"setup_code": QR})
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
 
 
 async def test_sign_in_inside_discovery_then_the_session_is_revoked(
@@ -1028,8 +1076,8 @@ async def test_pick_household_and_use_the_loaded_client(
     result = await submit(hass, result["flow_id"], {"entry": flat.entry_id})
     result = await submit(hass, result["flow_id"], {"setup_code": QR})
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in flat.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, flat)
     runtime_client.create_claim.assert_awaited_once_with(OTHER_HID, DEVICE_ID)
     account_cls.assert_not_called()
 
@@ -1278,8 +1326,8 @@ async def test_manual_device_errors_then_success(
     result = await submit(hass, result["flow_id"], manual)
     assert result["step_id"] == "wifi"  # the code was given with the address
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert records(hass, entry)[DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
     assert device_cls.call_args.args == ("198.51.100.7", 8423)
 
 
@@ -1295,7 +1343,7 @@ async def test_manual_add_of_an_owned_device(hass: HomeAssistant, device: MagicM
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
+    assert records(hass, entry)[DEVICE_ID][DEVICE_HOST] == "198.51.100.7"
 
 
 async def test_manual_add_of_a_recorded_device_that_rolled_back(
@@ -1304,7 +1352,7 @@ async def test_manual_add_of_a_recorded_device_that_rolled_back(
     """The household's record is stale: the device heard none of its onboarding's answers and
     rolled back (it says it is unclaimed). As for zeroconf, the record does not stop a new
     onboarding; the service gives the household's own device a new claim (docs/relay.md)."""
-    entry = household_entry(hass, devices={DEVICE_ID: {**DEVICE_RECORD, DEVICE_OWNER_SECRET: "x"}})
+    household_entry(hass, devices={DEVICE_ID: {**DEVICE_RECORD, DEVICE_OWNER_SECRET: "x"}})
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
     result = await submit(
@@ -1312,8 +1360,8 @@ async def test_manual_add_of_a_recorded_device_that_rolled_back(
     )
     assert result.get("step_id") == "wifi", result
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    record = device_entry_of(hass).data  # the stale entry gave way to this onboarding's
     assert record[DEVICE_HOST] == "198.51.100.7"
     assert record[DEVICE_OWNER_SECRET] != "x"  # this onboarding's secret replaced the old one
     account.create_claim.assert_awaited_once()
@@ -1330,11 +1378,9 @@ async def test_wifi_change_of_an_owned_device(
     hass: HomeAssistant, account: MagicMock, device: MagicMock, link: MagicMock
 ) -> None:
     """No label needed: the owner secret from the claim opens the session."""
-    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     link.info.return_value = CLAIMED_INFO
-    result = await entry.start_reconfigure_flow(hass)
-    assert result["type"] is FlowResultType.MENU
-    result = await submit(hass, result["flow_id"], {"next_step_id": "device_select"})
+    result = await device_entry_of(hass).start_reconfigure_flow(hass)
     assert result["step_id"] == "device_select"
     device.connect.side_effect = [
         DeviceConnectionError("gone"),
@@ -1342,7 +1388,7 @@ async def test_wifi_change_of_an_owned_device(
         SetupCodeRejectedError("another secret"),
         link,
     ]
-    selected = {"device": DEVICE_ID, "host": "192.0.2.99", "port": 8423}
+    selected = {"host": "192.0.2.99", "port": 8423}
     for error in ("cannot_connect", "window_closed", "owner_secret_rejected"):
         result = await submit(hass, result["flow_id"], selected)
         assert result["step_id"] == "device_select"
@@ -1372,15 +1418,11 @@ async def test_wifi_change_of_an_owned_device(
 async def test_wifi_change_device_lost_without_a_claim_to_ask(
     hass: HomeAssistant, link: MagicMock
 ) -> None:
-    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     link.info.return_value = CLAIMED_INFO
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["step_id"] == "device_select"  # preselected, the address to confirm
-    result = await submit(
-        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
-    )
+    result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
     assert result["step_id"] == "wifi"
     link.status.side_effect = SessionLostError("no_session")
     result = await provision(hass, result["flow_id"], HOME_WIFI)
@@ -1401,14 +1443,10 @@ async def test_wifi_change_of_a_device_that_is_no_longer_ours(
     refusal: str,
     reason: str,
 ) -> None:
-    entry = household_entry(hass, devices=record)
+    household_entry(hass, devices=record)
     device.connect.side_effect = CredentialRefusedClientError(refusal)
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
-    result = await submit(
-        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
+    result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == reason
 
@@ -1416,10 +1454,8 @@ async def test_wifi_change_of_a_device_that_is_no_longer_ours(
 async def test_wifi_change_needs_the_owner_secret(hass: HomeAssistant) -> None:
     """Claimed without an owner secret (zero-touch, older firmware): only a reset helps."""
     record = {k: v for k, v in DEVICE_RECORD.items() if k != DEVICE_OWNER_SECRET}
-    entry = household_entry(hass, devices={DEVICE_ID: record})
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    household_entry(hass, devices={DEVICE_ID: record})
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "no_owner_secret"
 
@@ -1434,13 +1470,43 @@ async def test_label_of_a_claimed_device(hass: HomeAssistant, device: MagicMock)
     assert result["reason"] == "device_claimed"
 
 
-async def test_wifi_change_of_an_unknown_device(hass: HomeAssistant) -> None:
-    entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, OTHER_IDENTITY.device_id)
+async def test_a_device_entry_whose_household_entry_is_gone(hass: HomeAssistant) -> None:
+    """Its Wi-Fi cannot change without the household's session: the abort says so."""
+    MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id=DEVICE_ID,
+        data={**DEVICE_RECORD, CONF_DEVICE_ID: DEVICE_ID, CONF_HOUSEHOLD_ID: HID},
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "household_missing")
+
+
+async def test_device_entries_have_no_options_and_their_device_goes_with_them(
+    hass: HomeAssistant,
+) -> None:
+    household = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    onboarded = device_entry_of(hass)
+    flow = config_flow.IotOnboardConfigFlow
+    assert flow.async_supports_options_flow(household)
+    assert not flow.async_supports_options_flow(onboarded)
+    device = dr.async_get(hass).async_get_or_create(
+        config_entry_id=onboarded.entry_id, identifiers={(DOMAIN, DEVICE_ID)}
     )
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "unknown_device"
+    # Removing the device from its device entry's page: remove the entry instead.
+    assert not await async_remove_config_entry_device(hass, onboarded, device)
+    # An entry from a newer version of the integration is not touched.
+    assert not await async_migrate_entry(hass, MockConfigEntry(domain=DOMAIN, version=3))
+
+
+async def test_removing_a_device_entry_without_its_hub_releases_nothing(
+    hass: HomeAssistant, account: MagicMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The household entry is not loaded: the release cannot be sent; the log says what to do."""
+    household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+    assert "was not released" in caplog.text
+    account.release_device.assert_not_awaited()
 
 
 # --- closing the dialog ------------------------------------------------------------------------
@@ -1470,7 +1536,7 @@ async def test_closing_the_dialog_mid_commit_keeps_the_owner_secret(
         return StatusResult(state=DeviceState.COMMITTING)
 
     link.status.side_effect = committing
-    with patch.object(config_flow, "POLL_INTERVAL", 0.01):
+    with patch.object(commit_engine, "POLL_INTERVAL", 0.01):
         result = await submit(hass, flow_id, HOME_WIFI)
         assert result["type"] is FlowResultType.SHOW_PROGRESS
         await started.wait()
@@ -1480,10 +1546,10 @@ async def test_closing_the_dialog_mid_commit_keeps_the_owner_secret(
         outcome.set_result(final)
         await hass.async_block_till_done(wait_background_tasks=True)
     link.close.assert_called()
-    assert (DEVICE_ID in entry.data[CONF_DEVICES]) is recorded
+    assert (DEVICE_ID in records(hass, entry)) is recorded
     if recorded:
         sent = link.set_claim.call_args.kwargs["owner_secret"]
-        assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_OWNER_SECRET] == sent.encode()
+        assert records(hass, entry)[DEVICE_ID][DEVICE_OWNER_SECRET] == sent.encode()
 
 
 async def test_closing_the_dialog_mid_wifi_change_stops_waiting(
@@ -1492,19 +1558,15 @@ async def test_closing_the_dialog_mid_wifi_change_stops_waiting(
     entry = household_entry(hass, devices={DEVICE_ID: DEVICE_RECORD})
     link.info.return_value = CLAIMED_INFO
     link.status.return_value = StatusResult(state=DeviceState.COMMITTING)
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
-    result = await submit(
-        hass, result["flow_id"], {"device": DEVICE_ID, "host": "192.0.2.10", "port": 8423}
-    )
-    with patch.object(config_flow, "POLL_INTERVAL", 0.01):
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
+    result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
+    with patch.object(commit_engine, "POLL_INTERVAL", 0.01):
         result = await submit(hass, result["flow_id"], HOME_WIFI)
         assert result["type"] is FlowResultType.SHOW_PROGRESS
         hass.config_entries.flow.async_abort(result["flow_id"])
         await hass.async_block_till_done(wait_background_tasks=True)
     link.close.assert_called()
-    assert entry.data[CONF_DEVICES] == {DEVICE_ID: DEVICE_RECORD}
+    assert records(hass, entry) == {DEVICE_ID: DEVICE_RECORD}
 
 
 async def test_closing_the_dialog_before_the_device(hass: HomeAssistant) -> None:
@@ -1527,9 +1589,13 @@ def test_options_flow_is_the_runtimes(hass: HomeAssistant) -> None:
 
 def _abort_reasons() -> set[str]:
     """Every abort reason the flow's source can produce, read from its syntax tree."""
-    tree = ast.parse(Path(config_flow.__file__).read_text(encoding="utf-8"))
     reasons = {"already_configured", "already_in_progress"}  # from HA's unique-id helpers
-    for node in ast.walk(tree):
+    nodes = (
+        node
+        for module in (config_flow, onboarding)
+        for node in ast.walk(ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8")))
+    )
+    for node in nodes:
         if isinstance(node, ast.Call):
             name = getattr(node.func, "attr", getattr(node.func, "id", ""))
             if (
@@ -1543,7 +1609,11 @@ def _abort_reasons() -> set[str]:
                 for k in node.keywords
                 if k.arg in {"reason", "abort"} and isinstance(k.value, ast.Constant)
             )
-    reasons.update(config_flow._CREDENTIAL_ABORTS.values())
+    reasons.update(
+        row.abort
+        for row in flow_errors.FLOW_ERRORS.values()
+        if row.abort is not None and row.abort != flow_errors.FROM_CODE
+    )
     reasons.add(config_flow.IotOnboardConfigFlow()._reauth())
     return reasons
 
@@ -1557,9 +1627,18 @@ def test_every_abort_reason_is_translated() -> None:
         _check_text(STRINGS["abort"][reason], dict.fromkeys(provided, ""))
 
 
+def test_every_form_error_of_the_table_is_translated() -> None:
+    """flow_errors.FLOW_ERRORS: every error key it can show has its text."""
+    errors = {row.error for row in flow_errors.FLOW_ERRORS.values() if row.error is not None}
+    errors |= set(flow_errors.BLUETOOTH_ERRORS.values())
+    errors.discard(flow_errors.FROM_CODE)
+    assert {"account_refused", "wrong_setup_code", "device_lost"} <= errors
+    assert errors <= set(STRINGS["error"])
+
+
 def test_every_diagnostic_code_has_its_message_and_next_step() -> None:
     for code in DiagnosticCode:
-        text = STRINGS["error"][diagnostic_error(code)]
+        text = STRINGS["error"][flow_errors.diagnostic_error(code)]
         assert code.message in text
         assert code.next_step in text
 
@@ -1618,8 +1697,7 @@ async def test_bluetooth_onboarding_through_to_the_household(
     # The link is let go while the user picks a network.
     assert connector.all_closed
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.wifi == b"HomeNet"
     assert gatt_device.claim is not None
     assert gatt_device.claim.owner_secret is not None
@@ -1627,7 +1705,7 @@ async def test_bluetooth_onboarding_through_to_the_household(
     assert connector.all_closed  # disconnected at the end, always
     assert gatt_device.connections >= 2  # resumed over a new connection after the form
     assert all(seen.address == ADDRESS for seen in connector.devices_seen)
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    record = records(hass, entry)[DEVICE_ID]
     assert record[DEVICE_HOST] == ""  # reached over Bluetooth: no LAN address yet
     assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
     assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
@@ -1750,7 +1828,7 @@ async def test_bluetooth_link_failures_then_recovery(
     gatt_device.reachable = True
     gatt_device.drop_mid_request = 2  # set_wifi cut off mid-frame: sent again on a new link
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.wifi == b"HomeNet"
     assert connector.all_closed
 
@@ -1767,7 +1845,7 @@ async def test_bluetooth_reply_lost_mid_command_starts_a_new_session(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "bluetooth_lost"}
     result = await provision(hass, flow_id, HOME_WIFI)  # a new handshake with the same QR
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.commands.count(CommandType.SET_WIFI) >= 2
     assert connector.all_closed
 
@@ -1830,7 +1908,7 @@ async def test_wifi_lost_advertisement_raises_the_repair_and_changes_wifi_over_b
 async def test_the_repair_leads_to_the_wifi_change_over_ble(
     hass: HomeAssistant, connector: FakeConnector
 ) -> None:
-    entry = await owned_entry(hass, DEVICE_RECORD)
+    await owned_entry(hass, DEVICE_RECORD)
     connector.device.owner = OWNER
     # The discovery flow was dismissed; the repair stays and starts the same path.
     await advertise(hass, connector.device.service_info())
@@ -1838,9 +1916,7 @@ async def test_the_repair_leads_to_the_wifi_change_over_ble(
     for flow in flows(hass):
         hass.config_entries.flow.async_abort(flow["flow_id"])
     assert wifi_lost_issue(hass) is not None
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["step_id"] == "wifi_lost_confirm"
     # The device leaves Bluetooth once it joined the new network; soon back online, the
     # runtime deletes the repair, which ends the wait.
@@ -1906,14 +1982,13 @@ async def test_the_repair_falls_back_to_the_lan_when_bluetooth_does_not_see_the_
     """Other devices in range (ours or not) do not count: the address form as before."""
     other_setup = SetupCode.generate(OTHER_IDENTITY.device_id)
     neighbour = FakeGattDevice(OTHER_IDENTITY, other_setup, owner=OwnerSecret.generate())
-    entry = await owned_entry(hass, DEVICE_RECORD)
-    hass.config_entries.async_update_entry(
-        entry,
-        data={
-            **entry.data,
-            CONF_DEVICES: {"Z" * 16: DEVICE_RECORD, DEVICE_ID: DEVICE_RECORD},
-        },
-    )
+    await owned_entry(hass, DEVICE_RECORD)
+    MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="Z" * 16,
+        data={**DEVICE_RECORD, CONF_DEVICE_ID: "Z" * 16, CONF_HOUSEHOLD_ID: HID},
+    ).add_to_hass(hass)
     info = neighbour.service_info()
     await advertise(hass, info)
     unrelated = neighbour.service_info()
@@ -1923,9 +1998,7 @@ async def test_the_repair_falls_back_to_the_lan_when_bluetooth_does_not_see_the_
     await advertise(hass, unrelated)
     await hass.async_block_till_done()
     assert flows(hass) == []  # a stranger's claimed device, and a device that is not ours
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context=wifi_change_context(entry, DEVICE_ID)
-    )
+    result = await hass.config_entries.flow.async_init(DOMAIN, context=wifi_change_context(hass))
     assert result["step_id"] == "device_select"
 
 
@@ -2005,12 +2078,12 @@ async def test_a_reset_device_is_discovered_again_despite_its_stale_record(
     result = await submit(hass, result["flow_id"], {"setup_code": QR})
     assert result["step_id"] == "wifi", result
     result = await provision(hass, result["flow_id"], HOME_WIFI)
-    assert result["reason"] == "device_added"
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    record = records(hass, entry)[DEVICE_ID]
     assert record[DEVICE_OWNER_SECRET] == link.set_claim.call_args.kwargs["owner_secret"].encode()
     assert record[DEVICE_OWNER_SECRET] != OWNER.encode()
     assert record[DEVICE_HOST] == "192.0.2.10"
-    assert other.data[CONF_DEVICES] == {"OTHERDEVICE": DEVICE_RECORD}
+    assert records(hass, other) == {"OTHERDEVICE": DEVICE_RECORD}
     account.create_claim.assert_awaited_once_with(HID, DEVICE_ID)
 
 
@@ -2038,10 +2111,10 @@ async def test_a_reset_device_over_bluetooth_is_onboarded_despite_its_stale_reco
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["step_id"] == "wifi", result
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert gatt_device.claim is not None
     assert gatt_device.claim.owner_secret is not None
-    record = entry.data[CONF_DEVICES][DEVICE_ID]
+    record = records(hass, entry)[DEVICE_ID]
     assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
     assert record[DEVICE_OWNER_SECRET] != OWNER.encode()
     assert connector.all_closed
@@ -2080,8 +2153,8 @@ async def test_account_service_lost_mid_commit_waits_for_the_devices_verdict(
     account.claim_status.side_effect = None
     link.status.side_effect = None
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
 
 
 async def test_account_service_and_device_both_lost_mid_commit(
@@ -2102,7 +2175,7 @@ async def test_account_service_and_device_both_lost_mid_commit(
     account.claim_status.side_effect = None
     link.status.side_effect = None
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
 
 
 async def test_a_refused_claim_check_mid_commit_is_not_waited_out(
@@ -2147,8 +2220,8 @@ async def test_a_claim_owned_while_the_device_rolled_back_is_handed_over_again(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "relay_unreachable"}
     result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
     assert account.create_claim.await_count == 1  # no new claim: already_owned is not asked
     tokens = [call.args[1] for call in link.set_claim.await_args_list]
     assert tokens == ["t" * 43, "t" * 43]  # the same token, handed over again
@@ -2156,7 +2229,7 @@ async def test_a_claim_owned_while_the_device_rolled_back_is_handed_over_again(
     assert link.status.await_count == 5
     secrets = {call.kwargs["owner_secret"] for call in link.set_claim.await_args_list}
     assert len(secrets) == 1
-    assert entry.data[CONF_DEVICES][DEVICE_ID][DEVICE_OWNER_SECRET] == secrets.pop().encode()
+    assert records(hass, entry)[DEVICE_ID][DEVICE_OWNER_SECRET] == secrets.pop().encode()
 
 
 async def test_already_owned_for_this_household_converges_to_the_device(
@@ -2174,10 +2247,10 @@ async def test_already_owned_for_this_household_converges_to_the_device(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "relay_unreachable"}
     account.create_claim.side_effect = AlreadyOwnedError(409, "already_owned", "")
-    with patch.object(config_flow, "CLAIM_MIN_LIFETIME", 10**6):  # the claim is about to lapse
+    with patch.object(commit_engine, "CLAIM_MIN_LIFETIME", 10**6):  # the claim is about to lapse
         result = await provision(hass, flow_id, HOME_WIFI)
-    assert result["reason"] == "device_added"
-    assert DEVICE_ID in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
     assert account.create_claim.await_count == 2
     link.set_claim.assert_awaited_once()  # the owned device is not asked to claim again
     link.commit.assert_awaited_once()

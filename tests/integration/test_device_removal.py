@@ -12,17 +12,22 @@ from __future__ import annotations
 import asyncio
 from ipaddress import ip_address
 from typing import Any
+from unittest.mock import AsyncMock, patch
 
-from homeassistant.config_entries import SOURCE_ZEROCONF
+import pytest
+from homeassistant.config_entries import SOURCE_ZEROCONF, ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
 
+from custom_components.iot_onboard.account_client import AccountConnectionError
 from custom_components.iot_onboard.const import (
     CONF_DEVICES,
+    CONF_HOUSEHOLD_ID,
     DEVICE_ADDED_AT,
     DEVICE_HOST,
     DEVICE_MODEL,
@@ -32,11 +37,17 @@ from custom_components.iot_onboard.const import (
     DOMAIN,
 )
 from custom_components.iot_onboard.coordinator import SYNC_INTERVAL
-from custom_components.iot_onboard.helpers import find_device
+from custom_components.iot_onboard.helpers import (
+    device_entries,
+    device_entry,
+    device_entry_ids,
+    find_device,
+)
 from custom_components.iot_onboard.iob_protocol import DeviceIdentity, OwnerSecret, b64url_encode
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
+    entity_ids,
     observer,
     owner_context,
     setup_entry,
@@ -98,7 +109,9 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
             commands=["identify", "factory_reset"],
         )
     records = {ids[way]: _record(identities[way], hosts[way]) for way in ids}
+    # A version-1 entry: the migration gives each record its own device entry.
     entry = await setup_entry(hass, fake_account, extra_data={CONF_DEVICES: records})
+    await wait_for(hass, lambda: len(device_entries(hass)) == 3, "the three device entries")
     registry = dr.async_get(hass)
     await wait_for(
         hass,
@@ -109,7 +122,9 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
     result = await _discover(hass, ids["unlisted"], "192.0.2.99", "online")
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
-    assert entry.data[CONF_DEVICES][ids["unlisted"]][DEVICE_HOST] == "192.0.2.99"
+    unlisted = device_entry(hass, ids["unlisted"])
+    assert unlisted is not None
+    assert unlisted.data[DEVICE_HOST] == "192.0.2.99"
     hosts["unlisted"] = "192.0.2.99"
 
     # Released with the action.
@@ -137,9 +152,10 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
     async_fire_time_changed(hass, dt_util.utcnow() + SYNC_INTERVAL)
     await wait_for(
         hass,
-        lambda: not entry.data[CONF_DEVICES],
-        "the records of the removed devices to be dropped",
+        lambda: not device_entries(hass),
+        "the entries of the removed devices to be dropped",
     )
+    await hass.async_block_till_done()
     assert dr.async_entries_for_config_entry(registry, entry.entry_id) == []
     for way, device_id in ids.items():
         assert find_device(hass, device_id, entry.entry_id) is None, way
@@ -148,3 +164,105 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
         assert result["type"] is FlowResultType.FORM, (way, result)
         assert result["step_id"] == "discovery_confirm"
         hass.config_entries.flow.async_abort(result["flow_id"])
+
+
+async def test_a_version_1_entry_moves_its_devices_into_their_own_entries(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """Migration 1 -> 2: one device entry per record; registry devices and entities stay."""
+    identities = [DeviceIdentity.generate() for _ in range(2)]
+    for identity in identities:
+        await start_device(fake_account, device_processes, identity.device_id)
+    records = {i.device_id: _record(i, "192.0.2.20") for i in identities}
+    entry = await setup_entry(hass, fake_account, extra_data={CONF_DEVICES: records})
+    assert entry.version == 2
+    assert CONF_DEVICES not in entry.data
+    await wait_for(
+        hass,
+        lambda: all(
+            (found := device_entry(hass, i.device_id)) is not None
+            and found.state is ConfigEntryState.LOADED
+            for i in identities
+        ),
+        "one loaded device entry per record",
+    )
+    for identity in identities:
+        moved = device_entry(hass, identity.device_id)
+        assert moved is not None
+        assert moved.data[CONF_HOUSEHOLD_ID] == fake_account.household_id
+        assert moved.data[DEVICE_OWNER_SECRET] == records[identity.device_id][DEVICE_OWNER_SECRET]
+        assert moved.title == f"pi-sensor {identity.device_id[-4:]}"
+    await wait_for(hass, lambda: len(entity_ids(hass, entry)) > 0, "the hub's entities registered")
+    registry = er.async_get(hass)
+    unique_ids = {e.unique_id for e in er.async_entries_for_config_entry(registry, entry.entry_id)}
+    for identity in identities:
+        device = find_device(hass, identity.device_id)
+        assert device is not None
+        moved = device_entry(hass, identity.device_id)
+        assert moved is not None
+        # One registry device, listed under the household (its entities) and its own entry.
+        assert set(device_entry_ids(device)) == {entry.entry_id, moved.entry_id}
+        assert any(uid.startswith(f"{identity.device_id}_") for uid in unique_ids)
+    assert not any(path.endswith("/release") for _method, path in fake_account.calls)
+    # A reload of the hub leaves the loaded device entries as they are; a device entry's own
+    # reload finds its registry device already joined.
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    moved = device_entry(hass, identities[0].device_id)
+    assert moved is not None
+    assert await hass.config_entries.async_reload(moved.entry_id)
+    await hass.async_block_till_done()
+    joined = find_device(hass, identities[0].device_id)
+    assert joined is not None
+    assert set(device_entry_ids(joined)) == {entry.entry_id, moved.entry_id}
+    for identity in identities:
+        moved = device_entry(hass, identity.device_id)
+        assert moved is not None
+        assert moved.state is ConfigEntryState.LOADED
+
+
+@pytest.mark.parametrize("service_fails", [False, True])
+async def test_removing_a_device_entry_releases_the_device(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    caplog: pytest.LogCaptureFixture,
+    service_fails: bool,
+) -> None:
+    """Removing the device from the integration page (its entry) = the release action."""
+    identity = DeviceIdentity.generate()
+    await start_device(fake_account, device_processes, identity.device_id)
+    records = {identity.device_id: _record(identity, "192.0.2.30")}
+    entry = await setup_entry(hass, fake_account, extra_data={CONF_DEVICES: records})
+    await wait_for(
+        hass,
+        lambda: (
+            (found := device_entry(hass, identity.device_id)) is not None
+            and found.state is ConfigEntryState.LOADED
+        ),
+        "the device entry loaded",
+    )
+    await wait_for(
+        hass,
+        lambda: identity.device_id in entry.runtime_data.coordinator.access,
+        "the device in the household",
+    )
+    moved = device_entry(hass, identity.device_id)
+    assert moved is not None
+    coordinator = entry.runtime_data.coordinator
+    if service_fails:
+        refused = AsyncMock(side_effect=AccountConnectionError("unreachable"))
+        with patch.object(coordinator.account, "release_device", refused):
+            await hass.config_entries.async_remove(moved.entry_id)
+            await hass.async_block_till_done()
+        assert "release it from the account service" in caplog.text
+        assert identity.device_id in coordinator.access
+        return
+    await hass.config_entries.async_remove(moved.entry_id)
+    await hass.async_block_till_done()
+    release = f"/v1/households/{fake_account.household_id}/devices/{identity.device_id}/release"
+    assert ("POST", release) in fake_account.calls
+    await wait_for(
+        hass,
+        lambda: identity.device_id not in entry.runtime_data.coordinator.access,
+        "the released device gone from the household",
+    )

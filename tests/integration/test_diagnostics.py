@@ -16,6 +16,7 @@ from custom_components.iot_onboard.const import (
     DEVICE_PUBLIC_KEY,
 )
 from custom_components.iot_onboard.diagnostics import async_get_config_entry_diagnostics
+from custom_components.iot_onboard.helpers import device_entry
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import DeviceProcesses, setup_entry, start_device, wait_for
 
@@ -59,6 +60,11 @@ async def test_diagnostics_redact_secrets(
         owner_secret,
     ):
         assert secret not in text
+    onboarded = device_entry(hass, "dev1")
+    assert onboarded is not None
+    device_text = json.dumps(await async_get_config_entry_diagnostics(hass, onboarded))
+    assert "dev1" in device_text
+    assert owner_secret not in device_text
     # Loopback ports differ between runs.
     diagnostics["entry"]["data"]["account_url"] = "http://127.0.0.1:<port>"
     diagnostics["hub"]["broker"]["port"] = "<port>"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from custom_components.iot_onboard import config_flow
+from custom_components.iot_onboard import config_flow, onboarding
 from tests.integration import hassfest
 from tests.integration.hassfest import INTEGRATION
 
@@ -27,8 +27,8 @@ def test_the_flow_offers_only_translatable_option_values() -> None:
     selectors = json.loads((INTEGRATION / "translations/en.json").read_text("utf-8"))["selector"]
     for key, value in (
         ("household", config_flow.NEW_HOUSEHOLD),
-        ("network", config_flow.HIDDEN_NETWORK),
-        ("network", config_flow.KEEP_ETHERNET),
+        ("network", onboarding.HIDDEN_NETWORK),
+        ("network", onboarding.KEEP_ETHERNET),
     ):
         assert hassfest.translation_key_validator(value) == value
         assert value in selectors[key]["options"], (key, value)

@@ -28,9 +28,9 @@ from tests.integration.runtime_helpers import (
 
 
 async def test_setup_and_unload_entry(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, init_integration: MockConfigEntry
 ) -> None:
-    entry = await setup_entry(hass, fake_account)
+    entry = init_integration
     assert entry.state is ConfigEntryState.LOADED
     runtime = entry.runtime_data
     assert runtime.account.base_url == fake_account.url
@@ -50,13 +50,12 @@ async def test_setup_and_unload_entry(
 
 
 async def test_refreshed_tokens_are_saved(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, mock_config_entry: MockConfigEntry
 ) -> None:
-    data = {**fake_account.entry_data(), "access_expires_at": 0}  # expired: refresh first
-    entry = MockConfigEntry(
-        domain=DOMAIN, unique_id=fake_account.household_id, data=data, title="Home"
-    )
+    entry = mock_config_entry
     entry.add_to_hass(hass)
+    expired = {**entry.data, "access_expires_at": 0}  # expired: refresh first
+    hass.config_entries.async_update_entry(entry, data=expired)
     assert await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
     assert entry.data["refresh_token"] == fake_account.refresh_token
@@ -65,12 +64,10 @@ async def test_refreshed_tokens_are_saved(
 
 
 async def test_account_service_unreachable_retries(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, mock_config_entry: MockConfigEntry
 ) -> None:
     await fake_account.stop()
-    entry = MockConfigEntry(
-        domain=DOMAIN, unique_id=fake_account.household_id, data=fake_account.entry_data()
-    )
+    entry = mock_config_entry
     entry.add_to_hass(hass)
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
@@ -114,8 +111,8 @@ async def test_stale_devices_can_be_deleted_current_ones_cannot(
     assert await async_remove_config_entry_device(hass, entry, stale)
 
 
-async def test_options_policies(hass: HomeAssistant, fake_account: FakeAccountService) -> None:
-    entry = await setup_entry(hass, fake_account)
+async def test_options_policies(hass: HomeAssistant, init_integration: MockConfigEntry) -> None:
+    entry = init_integration
     result = await hass.config_entries.options.async_init(entry.entry_id)
     assert result["type"] is FlowResultType.MENU
     result = await hass.config_entries.options.async_configure(

@@ -52,8 +52,15 @@ from custom_components.iot_onboard.account_client import (
     TokenSet,
     TransferStatus,
 )
-from custom_components.iot_onboard.const import CONF_DEVICES, CONF_HOUSEHOLD_ID, DOMAIN
+from custom_components.iot_onboard.const import CONF_HOUSEHOLD_ID, DOMAIN
 from custom_components.iot_onboard.device_client import DeviceClient
+from custom_components.iot_onboard.helpers import (
+    device_entries,
+    device_entry,
+    device_entry_ids,
+    find_device,
+    household_entry,
+)
 from custom_components.iot_onboard.iob_protocol import (
     DiagnosticCode,
     ManualCode,
@@ -126,6 +133,21 @@ async def discovery_of(hass: HomeAssistant, device: Device) -> ZeroconfServiceIn
     )
 
 
+def _success_screen(hass: HomeAssistant, created: ConfigEntry, device_id: str) -> ConfigEntry:
+    """The device entry ends the flow; its registry device is listed under it; the household.
+
+    Home Assistant's create-entry screen lists the devices whose config entries include the
+    new entry, with the area picker: the device must be there when the flow returns.
+    """
+    assert created.unique_id == device_id
+    registered = find_device(hass, device_id, created.entry_id)
+    assert registered is not None
+    assert created.entry_id in device_entry_ids(registered)
+    household = household_entry(hass, created.data[CONF_HOUSEHOLD_ID])
+    assert household is not None
+    return household
+
+
 async def test_discovery_to_claimed_device_in_a_new_household(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
@@ -183,11 +205,12 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     )
     result = await _after_progress(hass, flow_id)
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
-    entry = result["result"]
+    # The success screen is the device entry's (HA lists the devices of that entry, with the
+    # area picker); the household entry (the hub) was created just before it.
+    entry = _success_screen(hass, result["result"], device.device_id)
     household_id = entry.data[CONF_HOUSEHOLD_ID]
-    assert entry.unique_id == household_id
     assert entry.title == "Home"
-    record = entry.data[CONF_DEVICES][device.device_id]
+    record = result["result"].data
     assert (record["host"], record["port"], record["model"]) == (LOOPBACK, device.port, "pi-test")
     assert b64url_decode(record["public_key"]) == b64url_decode(
         device.label()["factory"]["public_key"]
@@ -225,16 +248,15 @@ async def _change_wifi(hass: HomeAssistant, entry: ConfigEntry, device: Device) 
     """
     household_id = entry.data[CONF_HOUSEHOLD_ID]
     await _press_button(hass, device)
+    onboarded = device_entry(hass, device.device_id)
+    assert onboarded is not None
     result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": entry.entry_id}
+        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": onboarded.entry_id}
     )
-    assert result["type"] is FlowResultType.MENU
+    assert result["step_id"] == "device_select", result
     flow_id = result["flow_id"]
     result = await hass.config_entries.flow.async_configure(
-        flow_id, {"next_step_id": "device_select"}
-    )
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"device": device.device_id, "host": LOOPBACK, "port": device.port}
+        flow_id, {"host": LOOPBACK, "port": device.port}
     )
     assert result["step_id"] == "wifi", result
     assert result["data_schema"] is not None
@@ -312,9 +334,9 @@ async def test_a_lost_claim_answer_still_ends_in_the_household(
         result = await _after_progress(hass, flow_id)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         assert proxy.dropped == 1
-        entry = result["result"]
+        entry = result["result"]  # the device's entry
+        assert entry.unique_id == device.device_id
         household_id = entry.data[CONF_HOUSEHOLD_ID]
-        assert device.device_id in entry.data[CONF_DEVICES]
         for _ in range(600):  # the device finishes its retry by itself
             status = await asyncio.to_thread(device.status)
             if status["phase"] != "committing":
@@ -413,10 +435,8 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
         first = await _manual_add(hass, device)
         result = await _after_progress(hass, first["flow_id"])
         if ha_hears_the_service:
-            assert (result["type"], result.get("reason")) == (
-                FlowResultType.ABORT,
-                "device_added",
-            ), result
+            assert result["type"] is FlowResultType.CREATE_ENTRY, result
+            assert result["result"].unique_id == device.device_id
         else:
             assert result["type"] is FlowResultType.FORM, result
             # Whichever HA noticed first: the device's verdict, or its own failed claim check
@@ -443,15 +463,19 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
         assert [d.device_id for d in await account.devices(household_id)] == [device.device_id]
 
         # The service answers again. A new flow for the same device and household.
-        stale_record = entry.data.get(CONF_DEVICES, {}).get(device.device_id)
+        stale = device_entry(hass, device.device_id)
+        stale_record = None if stale is None else dict(stale.data)
         assert (stale_record is not None) is ha_hears_the_service
         proxy.drop = proxy.armed
         second = await _manual_add(hass, device)
         result = await _after_progress(hass, second["flow_id"])
-        assert result["type"] is FlowResultType.ABORT, result
-        assert result["reason"] == "device_added"
-        record = entry.data[CONF_DEVICES][device.device_id]
+        assert result["type"] is FlowResultType.CREATE_ENTRY, result
+        household = _success_screen(hass, result["result"], device.device_id)
+        assert household.entry_id == entry.entry_id
+        record = dict(result["result"].data)
         assert record != stale_record  # this flow's owner secret replaced the first's
+        [current] = [e for e in device_entries(hass) if e.unique_id == device.device_id]
+        assert current.entry_id == result["result"].entry_id  # the stale entry is gone
         status = await asyncio.to_thread(device.status)
         assert (status["phase"], status["household_id"]) == ("online", household_id)
         [owned] = await account.devices(household_id)
@@ -503,9 +527,9 @@ async def test_manual_add_by_address_and_typed_code(
         flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
     )
     result = await _after_progress(hass, flow_id)
-    assert result["type"] is FlowResultType.ABORT, result
-    assert result["reason"] == "device_added"
-    assert device.device_id in entry.data[CONF_DEVICES]
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert result["result"].unique_id == device.device_id
+    assert result["result"].data[CONF_HOUSEHOLD_ID] == entry.data[CONF_HOUSEHOLD_ID]
     status = await asyncio.to_thread(device.status)
     assert (status["phase"], status["household_id"]) == ("online", entry.data[CONF_HOUSEHOLD_ID])
     await hass.async_block_till_done()

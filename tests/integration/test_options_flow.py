@@ -13,7 +13,7 @@ from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard.account_client import Role
-from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
+from custom_components.iot_onboard.const import EXTERNAL_ID_PREFIX
 from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import setup_entry
 
@@ -34,13 +34,11 @@ def _user_options(form: dict[str, Any]) -> dict[str, str]:
 
 
 async def test_user_roles_need_a_loaded_entry(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, mock_config_entry: MockConfigEntry
 ) -> None:
     """Roles live at the account service: without a loaded entry there is nothing to map."""
     await fake_account.stop()
-    entry = MockConfigEntry(
-        domain=DOMAIN, unique_id=fake_account.household_id, data=fake_account.entry_data()
-    )
+    entry = mock_config_entry
     entry.add_to_hass(hass)
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()

@@ -7,7 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
-from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
+from homeassistant.config_entries import SOURCE_REAUTH, SOURCE_RECONFIGURE, ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.setup import async_setup_component
@@ -16,9 +16,19 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry, async_
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.iot_onboard import repairs
-from custom_components.iot_onboard.const import DOMAIN
+from custom_components.iot_onboard.const import (
+    CONF_DEVICE_ID,
+    CONF_HOUSEHOLD_ID,
+    DEVICE_HOST,
+    DEVICE_MODEL,
+    DEVICE_OWNER_SECRET,
+    DEVICE_PORT,
+    DEVICE_PUBLIC_KEY,
+    DOMAIN,
+)
 from custom_components.iot_onboard.coordinator import OFFLINE_ISSUE_DELAY
 from custom_components.iot_onboard.helpers import find_device
+from custom_components.iot_onboard.iob_protocol import DeviceIdentity, OwnerSecret, b64url_encode
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
@@ -28,6 +38,14 @@ from tests.integration.runtime_helpers import (
     wait_for,
 )
 from tests.plugins.mosquitto import dynsec_command
+
+DEVICE_RECORD = {
+    DEVICE_HOST: "192.0.2.10",
+    DEVICE_PORT: 8423,
+    DEVICE_MODEL: "demo",
+    DEVICE_PUBLIC_KEY: b64url_encode(DeviceIdentity.generate().public_key),
+    DEVICE_OWNER_SECRET: OwnerSecret.generate().encode(),
+}
 
 
 async def _ready(
@@ -111,16 +129,12 @@ async def _fix(
 async def test_hub_refused_issue_leads_to_reauth(
     hass: HomeAssistant,
     fake_account: FakeAccountService,
+    mock_config_entry: MockConfigEntry,
     hass_client: ClientSessionGenerator,
 ) -> None:
     assert await async_setup_component(hass, "repairs", {})
     fake_account.hub_status = 403  # the signed-in account lost its admin role
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        title="Home",
-        unique_id=fake_account.household_id,
-        data=fake_account.entry_data(),
-    )
+    entry = mock_config_entry
     entry.add_to_hass(hass)
     await hass.config_entries.async_setup(entry.entry_id)
     await hass.async_block_till_done()
@@ -137,14 +151,9 @@ async def test_hub_refused_issue_leads_to_reauth(
 
 
 async def test_expired_sign_in_starts_reauth(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, mock_config_entry: MockConfigEntry
 ) -> None:
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        title="Home",
-        unique_id=fake_account.household_id,
-        data=fake_account.entry_data(),
-    )
+    entry = mock_config_entry
     # Another client refreshed with these tokens: ours are spent.
     fake_account.access_token = "changed-elsewhere-access"  # noqa: S105 - test value
     fake_account.refresh_token = "changed-elsewhere-refresh"  # noqa: S105 - test value
@@ -170,9 +179,25 @@ async def test_wifi_lost_issue_starts_the_reconfigure_flow(
     assert issue is not None
     assert issue.is_fixable
 
-    result = await _fix(await hass_client(), "wifi_lost_dev1")
-    assert result["type"] == "abort"
-    assert result["reason"] in {"reconfigure_started", "reconfigure_failed"}
+    client = await hass_client()
+    result = await _fix(client, "wifi_lost_dev1")
+    # Listed in the household but not onboarded by this Home Assistant: no entry to change.
+    assert (result["type"], result["reason"]) == ("abort", "reconfigure_failed")
+    assert result["description_placeholders"] == {"reason": "unknown_device"}
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="dev1",
+        title="demo dev1",
+        data={**DEVICE_RECORD, CONF_DEVICE_ID: "dev1", CONF_HOUSEHOLD_ID: entry.unique_id},
+    )
+    onboarded.add_to_hass(hass)
+    result = await _fix(client, "wifi_lost_dev1")
+    assert (result["type"], result["reason"]) == ("abort", "reconfigure_started")
+    [flow] = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert flow["context"]["source"] == SOURCE_RECONFIGURE
+    assert flow["context"]["entry_id"] == onboarded.entry_id  # the device entry's flow
+    assert flow["step_id"] == "device_select"
     # The issue stays until the device is back online.
     assert _issue(hass, "wifi_lost_dev1") is not None
     del entry
@@ -189,9 +214,13 @@ async def test_unknown_fix_flow(hass: HomeAssistant, issue_id: str) -> None:
 
 @pytest.mark.parametrize(("status", "outcome"), [(403, "issue"), (401, "reauth")])
 async def test_hub_credentials_revoked_while_running(
-    hass: HomeAssistant, fake_account: FakeAccountService, status: int, outcome: str
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    init_integration: MockConfigEntry,
+    status: int,
+    outcome: str,
 ) -> None:
-    entry = await setup_entry(hass, fake_account)
+    entry = init_integration
     coordinator = entry.runtime_data.coordinator
     await wait_for(hass, lambda: coordinator.connected, "the hub connected")
     # The broker no longer takes the hub's password (its live session is kicked), and the

@@ -1,0 +1,295 @@
+"""The commit: hand over Wi-Fi (and claim), commit, and poll until the outcome is known.
+
+No Home Assistant here: the engine needs a device link, the account service's claim calls and
+two callbacks (re-establish the link; is the Wi-Fi-lost repair still open), so it is tested
+against a real device session without a running Home Assistant
+(tests/integration/test_commit_engine.py). The config flow runs it as its progress task.
+
+Success is decided by the claim (the account service confirms the device), failure by the
+device (it rolls back and reports a diagnostic code). A Wi-Fi change has no claim: the device's
+own verdict decides, or (over Bluetooth, the device left for the new network) the runtime
+seeing it online again, which closes the Wi-Fi-lost repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from yarl import URL
+
+from .account_client import (
+    AccountConnectionError,
+    AccountServiceError,
+    AlreadyOwnedError,
+    Claim,
+    ClaimState,
+    ClaimStatus,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
+from .device_client import DeviceClientError, DeviceConnectionError, DeviceLink, SessionLostError
+from .flow_errors import Stage, diagnostic_error, flow_error
+from .iob_protocol import DeviceState, DiagnosticCode, OwnerSecret, StatusResult
+
+_LOGGER = logging.getLogger(__name__)
+
+#: Seconds between status polls while the device commits.
+POLL_INTERVAL: Final = 1.0
+#: The first poll after the commit: a device on a good network is done in a few hundred ms, so
+#: the polls start fast and back off to POLL_INTERVAL (0.25, 0.5, 1, 1, … s).
+FIRST_POLL: Final = 0.25
+#: Time added to the device's fail-safe timer before the flow stops waiting.
+COMMIT_MARGIN: Final = 30.0
+#: A claim with less life left than a commit needs is replaced before ``set_claim``.
+CLAIM_MIN_LIFETIME: Final = 240
+#: The device's fail-safe timer when it has not said (no commit in this flow yet).
+DEFAULT_TIMER: Final = 180
+
+#: A claim check that failed this way may work again: the device's verdict is awaited.
+_TRANSIENT_ACCOUNT_ERRORS: Final = (
+    AccountConnectionError,
+    ServiceUnavailableError,
+    RateLimitedError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WifiChoice:
+    """The network the user picked; ``ssid`` None keeps the wired connection."""
+
+    ssid: bytes | None
+    passphrase: str | None
+    hidden: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the commit ended: neither ``error`` nor ``abort`` means success."""
+
+    error: str | None = None
+    abort: str | None = None
+
+
+SUCCESS: Final = Outcome()
+
+_CLAIM_VERDICTS: Final = {
+    ClaimState.OWNED: SUCCESS,
+    ClaimState.EXPIRED: Outcome(error=diagnostic_error(DiagnosticCode.CLAIM_EXPIRED)),
+    ClaimState.REJECTED: Outcome(error=diagnostic_error(DiagnosticCode.CLAIM_REJECTED)),
+}
+
+
+class ClaimService(Protocol):
+    """What the engine needs from the account service (``AccountClient`` has it)."""
+
+    @property
+    def base_url(self) -> str:
+        """The service's address, handed to the device with the claim."""
+
+    async def create_claim(self, household_id: str, device_id: str) -> Claim:
+        """A new claim for ``device_id`` in ``household_id``."""
+
+    async def claim_status(self, claim_id: str) -> ClaimStatus:
+        """Where the claim stands."""
+
+
+def device_verdict(status: StatusResult) -> Outcome | None:
+    """The device ended its commit: committed, or rolled back with a diagnostic code."""
+    if status.state is not DeviceState.COMMITTING and status.diagnostic is not None:
+        return Outcome(error=diagnostic_error(status.diagnostic))
+    if status.state is DeviceState.COMMITTED:
+        return SUCCESS
+    return None
+
+
+class _ClaimRefusedError(Exception):
+    """Creating the claim failed: shown as in the credentials step (Stage.CLAIM)."""
+
+    def __init__(self, cause: AccountServiceError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class CommitEngine:
+    """One device's commits (a retry reuses the claim and the owner secret).
+
+    ``owner_secret`` None: a Wi-Fi change (no claim, the device keeps its owner).
+    """
+
+    def __init__(
+        self,
+        account: ClaimService,
+        *,
+        household_id: str,
+        device_id: str,
+        owner_secret: OwnerSecret | None,
+        ensure_link: Callable[[], Awaitable[DeviceLink]],
+        bluetooth: bool,
+        wifi_lost_reported: Callable[[], bool],
+    ) -> None:
+        """Nothing is sent until :meth:`async_new_claim` or :meth:`async_run`."""
+        self._account = account
+        self._household_id = household_id
+        self._device_id = device_id
+        self._owner_secret = owner_secret
+        self._ensure_link = ensure_link
+        self._bluetooth = bluetooth
+        self._wifi_lost_reported = wifi_lost_reported
+        #: The claim handed over (or pre-validated); kept for a retry.
+        self.claim: Claim | None = None
+        #: The device's fail-safe timer from its last commit (0: not committed yet).
+        self.timer = 0
+
+    @property
+    def timeout(self) -> int:
+        """Seconds the device takes at most to finish or roll back."""
+        return self.timer or DEFAULT_TIMER
+
+    async def async_new_claim(self) -> Claim:
+        """Create a claim (account-service errors propagate)."""
+        self.claim = await self._account.create_claim(self._household_id, self._device_id)
+        return self.claim
+
+    async def async_run(self, choice: WifiChoice) -> Outcome:
+        """Commit ``choice``; every failure becomes an outcome, never an exception."""
+        try:
+            return await self._async_commit(choice)
+        except _ClaimRefusedError as err:
+            shown = flow_error(Stage.CLAIM, err.cause)
+        except (TimeoutError, DeviceClientError, AccountServiceError) as err:
+            _LOGGER.debug("Commit of %s failed: %s", self._device_id, err)
+            shown = flow_error(Stage.COMMIT, err, bluetooth=self._bluetooth)
+        return Outcome(error=shown.error, abort=shown.abort)
+
+    async def _async_commit(self, choice: WifiChoice) -> Outcome:
+        link = await self._ensure_link()
+        claim: Claim | None = None
+        owned_already = False
+        if self._owner_secret is not None:
+            claim, owned_already = await self._async_fresh_claim()
+            if owned_already:
+                converged = await self._async_converged(link, claim)
+                if converged is not None:
+                    return converged
+        if choice.ssid is not None:
+            await link.set_wifi(choice.ssid, choice.passphrase, hidden=choice.hidden)
+        if claim is not None and self._owner_secret is not None:
+            account_url = self._account.base_url
+            await link.set_claim(
+                account_url,
+                claim.token,
+                owner_secret=self._owner_secret,
+                allow_insecure_http=URL(account_url).scheme == "http",
+            )
+        self.timer = await link.commit()
+        async with asyncio.timeout(self.timer + COMMIT_MARGIN):
+            return await self._async_wait(link, claim, owned_already=owned_already)
+
+    async def _async_converged(self, link: DeviceLink, claim: Claim) -> Outcome | None:
+        """This household owns the device already: done, unless it still needs the token.
+
+        None: the device is back in provisioning (it never heard the answer) and gets the
+        same claim again.
+        """
+        try:
+            state = (await link.status()).state
+        except (DeviceConnectionError, SessionLostError):
+            # Gone from this network (or the link): the service's word decides, as while
+            # waiting for a commit; the device finishes (or resumes) its claim by itself.
+            return SUCCESS
+        if state is DeviceState.COMMITTED:
+            # The device already finished this flow's claim by itself (it retried the
+            # confirmation whose answer was lost, or fetched its credential).
+            return SUCCESS
+        if state is DeviceState.COMMITTING:  # still at it: its verdict decides
+            async with asyncio.timeout(self.timeout + COMMIT_MARGIN):
+                return await self._async_wait(link, claim, owned_already=True)
+        return None
+
+    async def _async_wait(
+        self, link: DeviceLink, claim: Claim | None, *, owned_already: bool = False
+    ) -> Outcome:
+        """Poll the device (the failure code) and the claim (the success) until one decides.
+
+        ``owned_already``: the claim was owned before this commit (its answer to the device
+        was lost), so it tells nothing about this commit while the device can still be asked.
+        """
+        verdict: Outcome | None = None
+        device_reachable = True
+        committing = False
+        delay = FIRST_POLL
+        while verdict is None:
+            await asyncio.sleep(min(delay, POLL_INTERVAL))
+            delay *= 2
+            if device_reachable:
+                try:
+                    status = await link.status()
+                except (DeviceConnectionError, SessionLostError):
+                    if claim is None and not self._wifi_lost_reported():
+                        raise
+                    # It may have left this network (or Bluetooth) for the new one: the
+                    # claim tells, or (a Wi-Fi change) the device coming back online.
+                    device_reachable = committing = False
+                else:
+                    committing = status.state is DeviceState.COMMITTING
+                    verdict = device_verdict(status)
+            if verdict is None and claim is not None and not (owned_already and device_reachable):
+                verdict = await self._async_claim_verdict(claim, device_committing=committing)
+            elif verdict is None and not device_reachable and not self._wifi_lost_reported():
+                # The runtime deletes the Wi-Fi-lost repair once the device is online again.
+                verdict = SUCCESS
+        return verdict
+
+    async def _async_claim_verdict(
+        self, claim: Claim, *, device_committing: bool
+    ) -> Outcome | None:
+        """The claim's verdict; None while it is pending.
+
+        The account service failing while the device still commits says nothing yet: the
+        device reaches it (or not) by itself, and if it cannot it rolls back and reports why
+        (``RELAY_UNREACHABLE``). Stopping here would show an error while the device is still
+        busy, and a retry right away would find it committing.
+        """
+        try:
+            state = (await self._account.claim_status(claim.claim_id)).status
+        except _TRANSIENT_ACCOUNT_ERRORS as err:
+            if not device_committing:
+                raise
+            _LOGGER.debug("Claim check failed while %s commits: %s", self._device_id, err)
+            return None
+        return _CLAIM_VERDICTS.get(state)
+
+    async def _async_fresh_claim(self) -> tuple[Claim, bool]:
+        """The claim to hand over, and whether the household owns the device already.
+
+        The pre-validated claim while it is pending and has time left; a new one if it was
+        used up or is about to expire. Owned already: an earlier commit of this flow confirmed
+        it and the answer never reached the device (the connection dropped after the service's
+        commit), so the device rolled back. The same claim is handed over again: the device's
+        fresh confirmation within the TTL gets the same grant, after it the device fetches its
+        credential by its own signed request; either way it ends owned by this household.
+        """
+        claim = self.claim
+        if claim is not None and claim.expires_at - time.time() > CLAIM_MIN_LIFETIME:
+            state = (await self._account.claim_status(claim.claim_id)).status
+            if state is ClaimState.PENDING:
+                return claim, False
+            if state is ClaimState.OWNED:
+                _LOGGER.info("%s is this household's already: converging", self._device_id)
+                return claim, True
+        try:
+            return await self.async_new_claim(), False
+        except AlreadyOwnedError as err:
+            if claim is None:
+                raise _ClaimRefusedError(err) from err
+            # This household owns the device (the service says so only to its own members):
+            # through this flow's claim, confirmed while the device heard nothing.
+            _LOGGER.info("%s is this household's already: converging", self._device_id)
+            return claim, True
+        except AccountServiceError as err:
+            raise _ClaimRefusedError(err) from err

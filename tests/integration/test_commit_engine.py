@@ -1,0 +1,347 @@
+"""The commit engine without Home Assistant: a real device session, a claim service stand-in.
+
+The device is test_device_client.py's aiohttp server running the protocol's real
+``DeviceSession`` (handshake, encryption, request decoding); the link is the integration's
+own ``DeviceClient``. The account side is the three calls the engine makes (``ClaimService``),
+answered from a script. No ``hass`` fixture: commit_engine.py imports nothing from Home
+Assistant (checked below), so it runs and is tested on its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from custom_components.iot_onboard import commit_engine
+from custom_components.iot_onboard.account_client import (
+    AlreadyOwnedError,
+    AuthenticationError,
+    Claim,
+    ClaimRejectedError,
+    ClaimState,
+    ClaimStatus,
+    ServiceUnavailableError,
+)
+from custom_components.iot_onboard.commit_engine import CommitEngine, Outcome, WifiChoice
+from custom_components.iot_onboard.device_client import DeviceClient, DeviceLink
+from custom_components.iot_onboard.flow_errors import FlowError, Stage, flow_error
+from custom_components.iot_onboard.iob_protocol import (
+    CommandResult,
+    DeviceState,
+    DiagnosticCode,
+    ErrorResponse,
+    OwnerSecret,
+    Request,
+    SetClaimRequest,
+    StatusResult,
+)
+from tests.integration.test_device_client import FakeDevice, default_answer
+
+pytestmark = pytest.mark.usefixtures("socket_enabled")
+
+HID = "a" * 32
+URL = "https://onboard.example"
+PASSPHRASE = "correct horse battery"  # noqa: S105 - the test network
+HOME = WifiChoice(ssid=b"HomeNet", passphrase=PASSPHRASE, hidden=False)
+
+
+@dataclass
+class Claims:
+    """The account service as the engine sees it: claims created, statuses from a script."""
+
+    device_id: str
+    #: Successive claim_status answers (the last one repeats); an exception is raised.
+    script: list[ClaimState | Exception] = field(default_factory=lambda: [ClaimState.OWNED])
+    create_error: Exception | None = None
+    created: list[Claim] = field(default_factory=list)
+    base_url: str = URL
+
+    async def create_claim(self, household_id: str, device_id: str) -> Claim:
+        if self.create_error is not None:
+            raise self.create_error
+        claim = Claim(
+            claim_id=f"{len(self.created):032d}",
+            device_id=device_id,
+            household_id=household_id,
+            token="t" * 43,
+            expires_at=int(time.time()) + 600,
+        )
+        self.created.append(claim)
+        return claim
+
+    async def claim_status(self, claim_id: str) -> ClaimStatus:
+        answer = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return ClaimStatus(
+            claim_id=claim_id,
+            status=answer,
+            device_id=self.device_id,
+            household_id=HID,
+            expires_at=0,
+            completed_at=None,
+        )
+
+
+def statuses(
+    device: FakeDevice, *states: StatusResult
+) -> Callable[[Request], CommandResult | ErrorResponse]:
+    """The device's answers, with ``status`` answered by ``states`` in turn (the last repeats)."""
+    base = default_answer(device)
+    queue = list(states)
+
+    def answer(request: Request) -> CommandResult | ErrorResponse:
+        if request.command.value == "status":
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+        return base(request)
+
+    return answer
+
+
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(commit_engine, "POLL_INTERVAL", 0)
+    monkeypatch.setattr(commit_engine, "FIRST_POLL", 0)
+
+
+@pytest.fixture
+async def device() -> AsyncIterator[FakeDevice]:
+    fake = FakeDevice()
+    fake.answer = default_answer(fake)
+    app = web.Application()
+    app.router.add_post("/iob/v1/session", fake.handle_session)
+    app.router.add_post("/iob/v1/frame", fake.handle_frame)
+    app.router.add_get("/iob/v1/info", fake.handle_info)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    fake.port = runner.addresses[0][1]
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def link(device: FakeDevice) -> AsyncIterator[DeviceLink]:
+    async with aiohttp.ClientSession() as http:
+        client = DeviceClient(device.host, device.port, session=http)
+        opened = await client.connect(device.qr, device_id=device.identity.device_id)
+        yield opened
+        await opened.aclose()
+
+
+def engine(
+    link: DeviceLink,
+    claims: Claims,
+    *,
+    owner_secret: OwnerSecret | None,
+    bluetooth: bool = False,
+    wifi_lost_reported: Callable[[], bool] = lambda: False,
+) -> CommitEngine:
+    async def ensure_link() -> DeviceLink:
+        return link
+
+    return CommitEngine(
+        claims,
+        household_id=HID,
+        device_id=claims.device_id,
+        owner_secret=owner_secret,
+        ensure_link=ensure_link,
+        bluetooth=bluetooth,
+        wifi_lost_reported=wifi_lost_reported,
+    )
+
+
+def commands(device: FakeDevice) -> list[str]:
+    return [request.command.value for request in device.requests]
+
+
+def test_the_engine_imports_nothing_from_home_assistant() -> None:
+    tree = ast.parse(Path(commit_engine.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert imported
+    assert not any(name.startswith("homeassistant") for name in imported)
+
+
+async def test_onboarding_commit_ends_owned(device: FakeDevice, link: DeviceLink) -> None:
+    """Wi-Fi, then the claim with the owner secret, then commit; the claim decides."""
+    device.answer = statuses(device, StatusResult(state=DeviceState.COMMITTING))
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING, ClaimState.OWNED])
+    owner = OwnerSecret.generate()
+    run = engine(link, claims, owner_secret=owner)
+    assert await run.async_run(HOME) == Outcome()
+    assert commands(device) == ["set_wifi", "set_claim", "commit", "status", "status"]
+    handed = device.requests[1]
+    assert isinstance(handed, SetClaimRequest)
+    assert handed.claim_token == claims.created[0].token
+    assert handed.owner_secret == owner.secret
+    assert run.timer == 180
+    assert run.claim == claims.created[0]
+
+
+async def test_device_rolls_back_with_its_diagnostic(device: FakeDevice, link: DeviceLink) -> None:
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+    )
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome(error="wifi_auth_failed")
+
+
+async def test_claim_refusals_end_the_flow(device: FakeDevice, link: DeviceLink) -> None:
+    """From the one table (flow_errors.py): a refused claim aborts, nothing is sent."""
+    claims = Claims(device.identity.device_id)
+    claims.create_error = ClaimRejectedError(409, "claim_rejected", "")
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome(abort="claim_rejected")
+    assert commands(device) == []
+
+
+async def test_owned_by_someone_else_at_commit_time(device: FakeDevice, link: DeviceLink) -> None:
+    """No claim of this flow to converge on: the device is another household's."""
+    claims = Claims(device.identity.device_id)
+    claims.create_error = AlreadyOwnedError(409, "already_owned", "")
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome(abort="already_owned")
+    assert commands(device) == []
+
+
+async def test_a_claim_owned_before_while_the_device_still_commits(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    """Converging on a device that is still committing: its verdict decides, no new claim."""
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.COMMITTED),
+    )
+    claims = Claims(device.identity.device_id, [ClaimState.OWNED])
+    run = engine(link, claims, owner_secret=OwnerSecret.generate())
+    await run.async_new_claim()
+    assert await run.async_run(HOME) == Outcome()
+    assert commands(device) == ["status", "status", "status"]
+    assert len(claims.created) == 1
+
+
+def test_a_failure_the_table_does_not_know_is_not_hidden() -> None:
+    """flow_errors.flow_error: an unmapped exception propagates (a bug, not a form error)."""
+    with pytest.raises(KeyError):
+        flow_error(Stage.COMMIT, KeyError("bug"))
+    assert flow_error(Stage.COMMIT, TimeoutError()) == FlowError("timeout")
+
+
+async def test_a_revoked_session_asks_for_reauth(device: FakeDevice, link: DeviceLink) -> None:
+    device.answer = statuses(device, StatusResult(state=DeviceState.PROVISIONING))
+    claims = Claims(device.identity.device_id, [AuthenticationError(401, "unauthorized", "")])
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome(abort="reauth_required")
+
+
+async def test_service_down_while_the_device_commits_waits_for_the_device(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.RELAY_UNREACHABLE),
+    )
+    claims = Claims(device.identity.device_id, [ServiceUnavailableError(503, "unavailable", "")])
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome(error="relay_unreachable")
+
+
+async def test_a_claim_owned_before_converges_without_a_new_one(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    """The answer to the device was lost and the device finished by itself: done."""
+    device.answer = statuses(device, StatusResult(state=DeviceState.COMMITTED))
+    claims = Claims(device.identity.device_id, [ClaimState.OWNED])
+    run = engine(link, claims, owner_secret=OwnerSecret.generate())
+    await run.async_new_claim()
+    assert await run.async_run(HOME) == Outcome()
+    assert commands(device) == ["status"]
+    assert len(claims.created) == 1
+
+
+async def test_wifi_change_has_no_claim_and_the_device_decides(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.COMMITTED),
+    )
+    claims = Claims(device.identity.device_id)
+    assert await engine(link, claims, owner_secret=None).async_run(HOME) == Outcome()
+    assert commands(device) == ["set_wifi", "commit", "status", "status"]
+    assert claims.created == []
+
+
+async def test_keeping_ethernet_sends_no_wifi(device: FakeDevice, link: DeviceLink) -> None:
+    device.answer = statuses(device, StatusResult(state=DeviceState.COMMITTED))
+    claims = Claims(device.identity.device_id)
+    wired = WifiChoice(ssid=None, passphrase=None, hidden=False)
+    assert await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(wired) == (
+        Outcome()
+    )
+    assert commands(device) == ["set_claim", "commit", "status"]
+
+
+def vanishing(device: FakeDevice) -> Callable[[Request], CommandResult | ErrorResponse]:
+    """Answers ``status`` once (committing), then the device is gone from the link."""
+    base = default_answer(device)
+
+    def answer(request: Request) -> CommandResult | ErrorResponse:
+        if request.command.value == "status":
+            device.frame_status = 409  # every later frame: the session is gone
+            return StatusResult(state=DeviceState.COMMITTING)
+        return base(request)
+
+    return answer
+
+
+async def test_a_device_gone_over_bluetooth_says_so(device: FakeDevice, link: DeviceLink) -> None:
+    """A Wi-Fi change whose device vanished: the Bluetooth wording of ``device_lost``."""
+    device.answer = vanishing(device)
+    run = engine(link, Claims(device.identity.device_id), owner_secret=None, bluetooth=True)
+    assert await run.async_run(HOME) == Outcome(error="bluetooth_lost")
+
+
+async def test_a_device_gone_with_its_repair_open_is_done_when_the_repair_closes(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    """Over BLE the device leaves for its new network: back online (repair closed) = done."""
+    device.answer = vanishing(device)
+    open_repair = [True, True, False]
+
+    def reported() -> bool:
+        return open_repair.pop(0) if len(open_repair) > 1 else open_repair[0]
+
+    run = engine(
+        link,
+        Claims(device.identity.device_id),
+        owner_secret=None,
+        bluetooth=True,
+        wifi_lost_reported=reported,
+    )
+    assert await run.async_run(HOME) == Outcome()
+    assert open_repair == [False]
