@@ -88,8 +88,8 @@ async def through_ha(ha: HaApi, device: DeviceFacts) -> float:
         COMMIT_TIMEOUT,
         poll=POLL,
     )
-    if done.get("reason") != "device_added":
-        raise_step("the device_added end", done)
+    if done.get("type") != "create_entry":
+        raise_step("the device's create_entry", done)
     await wait_for(
         f"the entities of {device.device_id}, available",
         lambda: ha.device_states(device.device_id),

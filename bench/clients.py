@@ -287,10 +287,13 @@ class HaApi:
             raise BenchError(f"adding the household entry ended with {result}")
 
     async def household_entry_id(self) -> str:
-        """The integration's (one) config entry."""
+        """The integration's household entry (each onboarded device has an entry too).
+
+        Only the household entry has options (the roles): the entry list has no unique ids.
+        """
         entries = await self.call("/api/config/config_entries/entry")
         for entry in entries:
-            if entry["domain"] == DOMAIN:
+            if entry["domain"] == DOMAIN and entry["supports_options"]:
                 return str(entry["entry_id"])
         raise BenchError("Home Assistant has no household entry")
 

@@ -116,7 +116,10 @@ async def _async_setup_device_entry(hass: HomeAssistant, entry: ConfigEntry) -> 
             name=entry.title,
             serial_number=device_id,
         )
-    await hub.runtime_data.coordinator.async_request_sync()
+    # Just onboarded: the hub learns of it from the account service now. If the service is
+    # unreachable (it may have gone down right after the claim), this entry retries with Home
+    # Assistant's backoff until the hub has the device and its entities.
+    await hub.runtime_data.coordinator.async_ensure_device(device_id)
     return True
 
 

@@ -165,11 +165,7 @@ class IotOnboardCoordinator:
                 translation_placeholders={"error": err.message},
             ) from err
         except AccountServiceError as err:
-            raise ConfigEntryNotReady(
-                translation_domain=DOMAIN,
-                translation_key="account_unreachable",
-                translation_placeholders={"error": str(err)},
-            ) from err
+            raise _unreachable(err) from err
         repairs.async_delete_hub_refused_issue(self.hass, self.entry)
         tls = (
             await self.hass.async_add_executor_job(get_default_context) if credentials.tls else None
@@ -239,6 +235,22 @@ class IotOnboardCoordinator:
             self.entry.async_start_reauth(self.hass)
         except AccountServiceError as err:
             _LOGGER.debug("Device list not refreshed: %s", err)
+
+    async def async_ensure_device(self, device_id: str) -> None:
+        """Have ``device_id`` in the device list (a device entry's set-up).
+
+        A device the hub knows costs nothing (every device entry at start-up); a device just
+        onboarded is read from the account service now.
+
+        Raises:
+            ConfigEntryNotReady: the account service cannot be reached now (HA retries).
+        """
+        if device_id in self.access:
+            return
+        try:
+            await self._async_sync()
+        except AccountServiceError as err:
+            raise _unreachable(err) from err
 
     async def async_request_sync(self) -> None:
         """Re-read the device list soon (debounced)."""
@@ -418,3 +430,12 @@ class IotOnboardCoordinator:
         """New hub password from the account service; the hub reconnects with it."""
         credentials = await self.account.rotate_hub_credentials(self.household_id)
         self.hub.use_credentials(credentials)
+
+
+def _unreachable(err: AccountServiceError) -> ConfigEntryNotReady:
+    """The set-up waits for the account service (HA retries with its backoff)."""
+    return ConfigEntryNotReady(
+        translation_domain=DOMAIN,
+        translation_key="account_unreachable",
+        translation_placeholders={"error": str(err)},
+    )

@@ -99,8 +99,8 @@ class FakeAccountService:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> str:
-        """Serve on a free loopback port; return the base URL."""
+    async def start(self, port: int | None = None) -> str:
+        """Serve on ``port`` (default: a free loopback port); return the base URL."""
         app = web.Application(middlewares=[self._record])
         app.router.add_post("/v1/auth/refresh", self._refresh)
         prefix = "/v1/households/{household}"
@@ -118,7 +118,7 @@ class FakeAccountService:
         app.router.add_post(prefix + "/devices/{device}/transfers", self._transfer)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        port = _free_port()
+        port = _free_port() if port is None else port
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}"
         return self.url

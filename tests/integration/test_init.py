@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import __version__ as ha_version
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
+from yarl import URL
 
 from custom_components.iot_onboard import async_remove_config_entry_device
 from custom_components.iot_onboard.const import (
     CONF_ACCOUNT_URL,
     CONF_AUTOMATION_ROLE,
+    CONF_DEVICE_ID,
+    CONF_HOUSEHOLD_ID,
     CONF_UNMAPPED_ROLE,
+    DEVICE_HOST,
+    DEVICE_MODEL,
+    DEVICE_PORT,
     DOMAIN,
     EXTERNAL_ID_PREFIX,
 )
@@ -74,6 +83,52 @@ async def test_account_service_unreachable_retries(
     assert entry.state is ConfigEntryState.SETUP_RETRY
     assert entry.reason is not None
     assert "cannot be reached" in entry.reason
+
+
+async def test_a_device_entry_retries_until_its_hub_knows_the_device(
+    hass: HomeAssistant, fake_account: FakeAccountService, init_integration: MockConfigEntry
+) -> None:
+    """The account service went down right after the claim: the device entry retries.
+
+    Its hub learns of a just-onboarded device from the service; until the service answers, the
+    device entry is "retrying setup" with the cause, and HA's backoff brings the entities once
+    it is back (no 15-minute wait for the periodic sync).
+    """
+    coordinator = init_integration.runtime_data.coordinator
+    await fake_account.add_device("dev1")
+    port = URL(fake_account.url).port
+    await fake_account.stop()
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="dev1",
+        title="demo dev1",
+        data={
+            DEVICE_HOST: "192.0.2.10",
+            DEVICE_PORT: 8423,
+            DEVICE_MODEL: "demo",
+            CONF_DEVICE_ID: "dev1",
+            CONF_HOUSEHOLD_ID: fake_account.household_id,
+        },
+    )
+    onboarded.add_to_hass(hass)
+    await hass.config_entries.async_setup(onboarded.entry_id)
+    await hass.async_block_till_done()
+    assert onboarded.state is ConfigEntryState.SETUP_RETRY
+    assert onboarded.reason is not None
+    assert "cannot be reached" in onboarded.reason
+    assert "dev1" not in coordinator.access
+
+    await fake_account.start(port)
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(minutes=2))
+    await wait_for(
+        hass, lambda: onboarded.state is ConfigEntryState.LOADED, "the device entry loaded"
+    )
+    assert coordinator.access == {"dev1": "owner"}
+    calls = [call for call in fake_account.calls if call[1].endswith("/devices")]
+    # A device the hub knows already needs no sync: reloading its entry reads nothing.
+    assert await hass.config_entries.async_reload(onboarded.entry_id)
+    assert [call for call in fake_account.calls if call[1].endswith("/devices")] == calls
 
 
 async def test_entry_without_tokens_asks_to_sign_in(hass: HomeAssistant) -> None:

@@ -180,11 +180,18 @@ def registry_owner(stack: FaultStack, device_id: str) -> str | None:
     return owner
 
 
+def household_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The integration's household entries among HA's config entries.
+
+    Every onboarded device has an entry of its own too; only the household entry has options
+    (the roles), which is how the entry list (no unique ids in it) tells the two apart.
+    """
+    return [e for e in entries if e["domain"] == DOMAIN and e["supports_options"]]
+
+
 def household_id(stack: FaultStack) -> str:
     """The id of the Home Assistant entry's household (its unique id)."""
-    entries = [
-        e for e in stack.ha.call("/api/config/config_entries/entry") if e["domain"] == DOMAIN
-    ]
+    entries = household_entries(stack.ha.call("/api/config/config_entries/entry"))
     assert len(entries) == 1, entries
     status, raw = get(f"{stack.relay_url}/v1/households", token=relay_token(stack, admin=False))
     assert status == 200, raw
@@ -426,7 +433,7 @@ def ha_device_id(stack: FaultStack, device_id: str) -> str | None:
 def map_owner(stack: FaultStack) -> None:
     """Map the demo owner's HA user to the household's owner (options → roles)."""
     ha = stack.ha
-    (entry,) = [e for e in ha.call("/api/config/config_entries/entry") if e["domain"] == DOMAIN]
+    (entry,) = household_entries(ha.call("/api/config/config_entries/entry"))
     user = ha_ws(ha.base, ha.token, {"type": "auth/current_user"})
     flow = ha.call("/api/config/config_entries/options/flow", {"handler": entry["entry_id"]})
     flow_id = flow["flow_id"]

@@ -241,8 +241,8 @@ class Person:
         # The device's own entry (its household entry was created just before): the success
         # screen lists the device with the area picker.
         suffix = re.escape(self.device["device_id"][-4:])
-        created = re.compile(rf"^Created configuration for .* {suffix}\.$")
-        expect(dialog.get_by_text(created)).to_be_visible()
+        created = re.compile(rf"Created configuration for .* {suffix}\.")
+        expect(dialog.locator("p").filter(has_text=created)).to_be_visible()
         expect(dialog.get_by_text(self.device["device_id"], exact=True)).to_be_visible()
         shots.take("success")
         dialog.get_by_role("button", name="Finish").click()
