@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from homeassistant.config_entries import SOURCE_IMPORT, ConfigEntry, ConfigEntryState
+from homeassistant.config_entries import SOURCE_IMPORT, ConfigEntryState
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryNotReady
@@ -28,7 +28,6 @@ from .const import (
 from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator, IotOnboardData
 from .helpers import (
     device_entries,
-    device_entry_ids,
     device_title,
     find_device,
     household_entry,
@@ -92,23 +91,27 @@ async def async_setup_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -
     return True
 
 
-async def _async_setup_device_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
-    """A device entry: served by its household entry's hub, which must be loaded first.
+async def _async_setup_device_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> bool:
+    """A device entry: its device's entities, served by its household entry's hub.
 
-    The registry device gets this entry too, so the device shows on the entry's page (and on
-    the flow's success screen, with the area picker); its entities stay with the hub.
+    The registry device and the entities belong to this entry, so the device shows on the
+    flow's success screen (with the area picker) and on this entry's page; the household's hub
+    (which must be loaded first) brings their state.
     """
-    hub = household_entry(hass, entry.data[CONF_HOUSEHOLD_ID])
+    hub: IotOnboardConfigEntry | None = household_entry(hass, entry.data[CONF_HOUSEHOLD_ID])
     if hub is None or hub.state is not ConfigEntryState.LOADED:
         raise ConfigEntryNotReady(translation_domain=DOMAIN, translation_key="hub_not_loaded")
     device_id: str = entry.data[CONF_DEVICE_ID]
-    registry = dr.async_get(hass)
-    known = find_device(hass, device_id)
-    if known is not None and entry.entry_id not in device_entry_ids(known):
-        # The hub registered it already (under its name from the descriptor): add this entry.
-        registry.async_update_device(known.id, add_config_entry_id=entry.entry_id)
-    elif known is None:
-        registry.async_get_or_create(
+    coordinator = hub.runtime_data.coordinator
+    # Just onboarded: the hub learns of it from the account service now. If the service is
+    # unreachable (it may have gone down right after the claim), this entry retries with Home
+    # Assistant's backoff until the hub has the device and its entities.
+    await coordinator.async_ensure_device(device_id)
+    # Entities the household entry made for the device before this entry existed (a v1
+    # entry's devices, a sync that came first) move here with their registry device.
+    await coordinator.async_hand_over(device_id, entry.entry_id)
+    if find_device(hass, device_id, entry.entry_id) is None:
+        dr.async_get(hass).async_get_or_create(
             config_entry_id=entry.entry_id,
             identifiers={(DOMAIN, device_id)},
             manufacturer="IoT Onboard",
@@ -116,18 +119,23 @@ async def _async_setup_device_entry(hass: HomeAssistant, entry: ConfigEntry) -> 
             name=entry.title,
             serial_number=device_id,
         )
-    # Just onboarded: the hub learns of it from the account service now. If the service is
-    # unreachable (it may have gone down right after the claim), this entry retries with Home
-    # Assistant's backoff until the hub has the device and its entities.
-    await hub.runtime_data.coordinator.async_ensure_device(device_id)
+    entry.runtime_data = hub.runtime_data
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> bool:
-    """Unload a config entry (the hub task and timers end with it)."""
-    if is_device_entry(entry):
-        return True
-    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+    """Unload a config entry (the hub task and timers end with it).
+
+    A household's device entries use its hub: they are reloaded after it and wait (retrying)
+    until it is loaded again.
+    """
+    unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+    if unloaded and not is_device_entry(entry) and not hass.is_stopping:
+        for onboarded in device_entries(hass, entry.data[CONF_HOUSEHOLD_ID]):
+            if onboarded.state is ConfigEntryState.LOADED:
+                hass.config_entries.async_schedule_reload(onboarded.entry_id)
+    return unloaded
 
 
 async def async_remove_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> None:
@@ -156,6 +164,9 @@ async def async_remove_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) 
         _LOGGER.warning(
             "Releasing %s failed: %s; release it from the account service", device_id, err
         )
+        # Still the household's: its entities return to the household entry, once Home
+        # Assistant has cleared this entry's registry entries (right after this returns).
+        hass.loop.call_soon(coordinator.async_take_back, device_id)
         return
     await coordinator.async_request_sync()
 

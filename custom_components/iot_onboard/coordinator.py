@@ -13,7 +13,7 @@ the device registry with its entities.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
@@ -37,7 +37,7 @@ from .account_client import (
     ServiceUnavailableError,
 )
 from .const import CONF_HOUSEHOLD_ID, DOMAIN
-from .helpers import device_entry, device_entry_ids, find_device
+from .helpers import device_entry, device_entry_ids, find_device, move_device
 from .hub import (
     DeviceData,
     HubCredentials,
@@ -62,6 +62,8 @@ type DeviceListener = Callable[[], None]
 @dataclass(slots=True)
 class IotOnboardData:
     """What a household entry holds while it is loaded (``entry.runtime_data``).
+
+    A device entry holds its household entry's (its platforms use the household's hub).
 
     ``account`` is the entry's only :class:`AccountClient` (refresh tokens rotate: the config
     flow uses this one while the entry is loaded, see ``const.RUNTIME_ACCOUNT_ATTR``).
@@ -104,6 +106,7 @@ class IotOnboardCoordinator:
         self._hub: MqttHub | None = None
         self._listeners: dict[str, list[DeviceListener]] = {}
         self._device_callbacks: list[Callable[[str], None]] = []
+        self._hand_over_callbacks: list[Callable[[str], Awaitable[None]]] = []
         self._offline_timers: dict[str, CALLBACK_TYPE] = {}
         self._offline_logged: set[str] = set()
         self._sync = Debouncer(
@@ -303,6 +306,51 @@ class IotOnboardCoordinator:
         for listener in self._device_callbacks:
             listener(device_id)
 
+    # --- which entry holds a device's entities -------------------------------------------
+
+    def entities_entry_id(self, device_id: str) -> str:
+        """The config entry a device's entities (and registry device) belong to.
+
+        The device's own entry when this Home Assistant onboarded it into this household;
+        otherwise (shared into the household, claimed elsewhere) the household entry.
+        """
+        onboarded = device_entry(self.hass, device_id)
+        if onboarded is not None and onboarded.data.get(CONF_HOUSEHOLD_ID) == self.household_id:
+            return onboarded.entry_id
+        return self.entry.entry_id
+
+    @callback
+    def async_add_hand_over_callback(
+        self, listener: Callable[[str], Awaitable[None]]
+    ) -> CALLBACK_TYPE:
+        """Call ``listener(device_id)`` when a device entry takes a device's entities over."""
+        self._hand_over_callbacks.append(listener)
+
+        @callback
+        def remove() -> None:
+            self._hand_over_callbacks.remove(listener)
+
+        return remove
+
+    async def async_hand_over(self, device_id: str, to_entry_id: str) -> None:
+        """The household's entities of ``device_id`` go; its registry device moves (area kept).
+
+        The device entry's platforms then add the same entities (same unique ids, so the same
+        entity ids and settings) under the device entry.
+        """
+        for listener in list(self._hand_over_callbacks):
+            await listener(device_id)
+        device = find_device(self.hass, device_id, self.entry.entry_id)
+        if device is not None and self.entry.entry_id in device_entry_ids(device):
+            move_device(self.hass, device, to_entry_id)
+
+    @callback
+    def async_take_back(self, device_id: str) -> None:
+        """A device entry went but the household still has the device: its entities return."""
+        if device_id in self.access:
+            for listener in list(self._device_callbacks):
+                listener(device_id)
+
     # --- listeners for entities -----------------------------------------------------------
 
     @callback
@@ -408,7 +456,7 @@ class IotOnboardCoordinator:
     def _update_registry_device(self, device_id: str) -> None:
         data = self.device(device_id)
         registry = dr.async_get(self.hass)
-        device = find_device(self.hass, device_id, self.entry.entry_id)
+        device = find_device(self.hass, device_id, self.entities_entry_id(device_id))
         if data is None or data.meta is None or device is None:
             return
         meta = data.meta

@@ -140,6 +140,55 @@ class IotOnboardEntity(Entity):
         await self.coordinator.async_send_command(self.device_id, self.key, payload)
 
 
+class _PlatformEntities:
+    """One entry's entities of one platform, per device, as descriptors arrive."""
+
+    def __init__(
+        self,
+        entry: IotOnboardConfigEntry,
+        platform: str,
+        factory: EntityFactory,
+        async_add_entities: AddEntitiesCallback,
+    ) -> None:
+        self._entry = entry
+        self._coordinator = entry.runtime_data.coordinator
+        self._platform = platform
+        self._factory = factory
+        self._add_entities = async_add_entities
+        self._added: dict[str, dict[str, IotOnboardEntity]] = {}
+
+    @callback
+    def add_for(self, device_id: str) -> None:
+        """Add the device's entities this entry does not have yet."""
+        coordinator = self._coordinator
+        data = coordinator.device(device_id)
+        if data is None:
+            # Removed (released): its entities left with the device and may come back.
+            self._added.pop(device_id, None)
+            return
+        if data.meta is None:
+            return  # cleared (factory reset): the entities stay, unavailable
+        if coordinator.entities_entry_id(device_id) != self._entry.entry_id:
+            return  # another entry of ours holds this device's entities
+        entities = self._added.setdefault(device_id, {})
+        new = [
+            self._factory(coordinator, device_id, meta)
+            for meta in data.meta.entities
+            if meta.platform == self._platform and meta.key not in entities
+        ]
+        entities.update((entity.key, entity) for entity in new)
+        if new:
+            self._add_entities(new)
+
+    async def hand_over(self, device_id: str) -> None:
+        """The device's own entry takes its entities: they leave this entry's platform."""
+        for entity in self._added.pop(device_id, {}).values():
+            # Out of the state machine only: the registry entry goes on with the device entry.
+            # (A disabled entity was never added: it has only its registry entry.)
+            if entity.hass is not None:
+                await entity.async_remove(force_remove=True)
+
+
 @callback
 def async_setup_platform_entities(
     entry: IotOnboardConfigEntry,
@@ -147,29 +196,16 @@ def async_setup_platform_entities(
     factory: EntityFactory,
     async_add_entities: AddEntitiesCallback,
 ) -> None:
-    """Add entities of ``platform`` for every descriptor, now and whenever one arrives."""
+    """Add entities of ``platform`` for every descriptor, now and whenever one arrives.
+
+    A device entry adds its own device's entities; the household entry adds those of every
+    other device of the household (shared into it, or claimed without this Home Assistant),
+    and hands a device's entities over when the device's own entry is set up.
+    """
     coordinator = entry.runtime_data.coordinator
-    added: dict[str, set[str]] = {}
-
-    @callback
-    def add_for(device_id: str) -> None:
-        data = coordinator.device(device_id)
-        if data is None:
-            # Removed (released): its entities left with the device and may come back.
-            added.pop(device_id, None)
-            return
-        if data.meta is None:
-            return  # cleared (factory reset): the entities stay, unavailable
-        keys = added.setdefault(device_id, set())
-        new = [
-            factory(coordinator, device_id, meta)
-            for meta in data.meta.entities
-            if meta.platform == platform and meta.key not in keys
-        ]
-        keys.update(entity.key for entity in new)
-        if new:
-            async_add_entities(new)
-
+    entities = _PlatformEntities(entry, platform, factory, async_add_entities)
     for device_id in list(coordinator.hub.devices):
-        add_for(device_id)
-    entry.async_on_unload(coordinator.async_add_devices_callback(add_for))
+        entities.add_for(device_id)
+    entry.async_on_unload(coordinator.async_add_devices_callback(entities.add_for))
+    if entry.entry_id == coordinator.entry.entry_id:
+        entry.async_on_unload(coordinator.async_add_hand_over_callback(entities.hand_over))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate
 
@@ -9,6 +10,7 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 
 from .account_client import (
     AccountApiError,
@@ -98,6 +100,28 @@ def device_entry_ids(device: dr.DeviceEntry) -> list[str]:
     if isinstance(single, str):
         return [single]
     return sorted(getattr(device, "config_entries", ()))
+
+
+def move_device(hass: HomeAssistant, device: dr.DeviceEntry, to_entry_id: str) -> None:
+    """Move a registry device and its entities (area, names, ids kept) to ``to_entry_id``.
+
+    Newer Home Assistant gives a device one config entry and moves it with
+    ``new_config_entry_id`` (adding and removing entries is deprecated there); older versions
+    only know adding the new entry and removing the others.
+    """
+    # The entities first: a device leaving an entry takes that entry's entities with it.
+    entities = er.async_get(hass)
+    for entity in er.async_entries_for_device(entities, device.id, include_disabled_entities=True):
+        if entity.platform == DOMAIN and entity.config_entry_id != to_entry_id:
+            entities.async_update_entity(entity.entity_id, config_entry_id=to_entry_id)
+    registry = dr.async_get(hass)
+    if "new_config_entry_id" in inspect.signature(registry.async_update_device).parameters:
+        registry.async_update_device(device.id, new_config_entry_id=to_entry_id)  # type: ignore[call-arg,unused-ignore]
+        return
+    registry.async_update_device(device.id, add_config_entry_id=to_entry_id)
+    for entry_id in device_entry_ids(device):
+        if entry_id != to_entry_id:
+            registry.async_update_device(device.id, remove_config_entry_id=entry_id)
 
 
 def is_device_entry(entry: ConfigEntry) -> bool:

@@ -18,14 +18,16 @@ import pytest
 from homeassistant.config_entries import SOURCE_ZEROCONF, ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import area_registry as ar
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.util import dt as dt_util
-from pytest_homeassistant_custom_component.common import async_fire_time_changed
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
 from custom_components.iot_onboard.account_client import AccountConnectionError
 from custom_components.iot_onboard.const import (
+    CONF_DEVICE_ID,
     CONF_DEVICES,
     CONF_HOUSEHOLD_ID,
     DEVICE_ADDED_AT,
@@ -169,12 +171,40 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
 async def test_a_version_1_entry_moves_its_devices_into_their_own_entries(
     hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
 ) -> None:
-    """Migration 1 -> 2: one device entry per record; registry devices and entities stay."""
+    """Migration 1 -> 2: one device entry per record, holding its registry device and entities.
+
+    The v1 household entry's registry (a device in an area, an entity the user renamed) moves
+    to the device's entry as it is: same registry device, area, entity ids and unique ids.
+    """
     identities = [DeviceIdentity.generate() for _ in range(2)]
     for identity in identities:
         await start_device(fake_account, device_processes, identity.device_id)
     records = {i.device_id: _record(i, "192.0.2.20") for i in identities}
-    entry = await setup_entry(hass, fake_account, extra_data={CONF_DEVICES: records})
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        version=1,
+        title="Home",
+        unique_id=fake_account.household_id,
+        data={**fake_account.entry_data(), CONF_DEVICES: records},
+    )
+    entry.add_to_hass(hass)
+    # What version 1 left in the registries: both under the household entry.
+    kitchen = ar.async_get(hass).async_create("Kitchen")
+    first = identities[0].device_id
+    old_device = dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, identifiers={(DOMAIN, first)}, name="pi-sensor"
+    )
+    dr.async_get(hass).async_update_device(old_device.id, area_id=kitchen.id)
+    old_entity = er.async_get(hass).async_get_or_create(
+        "sensor",
+        DOMAIN,
+        f"{first}_temperature",
+        config_entry=entry,
+        device_id=old_device.id,
+        suggested_object_id="kitchen_temperature",
+    )
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
     assert entry.version == 2
     assert CONF_DEVICES not in entry.data
     await wait_for(
@@ -186,38 +216,115 @@ async def test_a_version_1_entry_moves_its_devices_into_their_own_entries(
         ),
         "one loaded device entry per record",
     )
+    registry = er.async_get(hass)
     for identity in identities:
         moved = device_entry(hass, identity.device_id)
         assert moved is not None
         assert moved.data[CONF_HOUSEHOLD_ID] == fake_account.household_id
         assert moved.data[DEVICE_OWNER_SECRET] == records[identity.device_id][DEVICE_OWNER_SECRET]
         assert moved.title == f"pi-sensor {identity.device_id[-4:]}"
-    await wait_for(hass, lambda: len(entity_ids(hass, entry)) > 0, "the hub's entities registered")
-    registry = er.async_get(hass)
-    unique_ids = {e.unique_id for e in er.async_entries_for_config_entry(registry, entry.entry_id)}
-    for identity in identities:
-        device = find_device(hass, identity.device_id)
+        await wait_for(
+            hass,
+            lambda moved=moved: len(entity_ids(hass, moved)) > 1,  # type: ignore[misc]
+            "the device's entities under its own entry",
+        )
+        # The device and its entities belong to its own entry only (what its page lists).
+        device = find_device(hass, identity.device_id, moved.entry_id)
         assert device is not None
-        moved = device_entry(hass, identity.device_id)
-        assert moved is not None
-        # One registry device, listed under the household (its entities) and its own entry.
-        assert set(device_entry_ids(device)) == {entry.entry_id, moved.entry_id}
-        assert any(uid.startswith(f"{identity.device_id}_") for uid in unique_ids)
+        assert device_entry_ids(device) == [moved.entry_id]
+        unique_ids = {
+            e.unique_id for e in er.async_entries_for_config_entry(registry, moved.entry_id)
+        }
+        assert unique_ids
+        assert all(uid.startswith(f"{identity.device_id}_") for uid in unique_ids)
+    # Nothing of them is left under the household entry.
+    assert entity_ids(hass, entry) == []
+    assert dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id) == []
+    # The v1 registry device and entity moved as they were.
+    kept = dr.async_get(hass).async_get(old_device.id)
+    assert kept is not None
+    assert kept.area_id == kitchen.id
+    moved_entity = registry.async_get(old_entity.entity_id)
+    assert moved_entity is not None
+    assert moved_entity.entity_id == "sensor.kitchen_temperature"
+    assert moved_entity.config_entry_id == device_entry_id(hass, first)
+    assert hass.states.get("sensor.kitchen_temperature") is not None
     assert not any(path.endswith("/release") for _method, path in fake_account.calls)
-    # A reload of the hub leaves the loaded device entries as they are; a device entry's own
-    # reload finds its registry device already joined.
+    # A reload of the hub reloads its device entries (they use its hub); everything returns.
     assert await hass.config_entries.async_reload(entry.entry_id)
-    moved = device_entry(hass, identities[0].device_id)
-    assert moved is not None
-    assert await hass.config_entries.async_reload(moved.entry_id)
+    await wait_for(
+        hass,
+        lambda: all(
+            (found := device_entry(hass, i.device_id)) is not None
+            and found.state is ConfigEntryState.LOADED
+            and (state := hass.states.get("sensor.kitchen_temperature")) is not None
+            and state.state == "21.5"
+            for i in identities
+        ),
+        "the device entries loaded again, their entities live",
+    )
+    assert entity_ids(hass, entry) == []
+
+
+def _temperature_entity(hass: HomeAssistant, device_id: str) -> str:
+    """The entity id of the device's temperature sensor ('' while it has none)."""
+    return (
+        er.async_get(hass).async_get_entity_id("sensor", DOMAIN, f"{device_id}_temperature") or ""
+    )
+
+
+async def test_a_device_entry_takes_over_the_households_live_entities(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """A device the household had (claimed elsewhere) is onboarded by this HA: one device.
+
+    Its live entities leave the household entry and come back under the device entry with
+    the same entity ids (no ``_2`` copies), live; the registry device moves with its area.
+    """
+    device_id = DeviceIdentity.generate().device_id
+    await start_device(fake_account, device_processes, device_id)
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(hass, lambda: bool(_temperature_entity(hass, device_id)), "the hub's entities")
+    temperature = _temperature_entity(hass, device_id)
+    before = entity_ids(hass, entry)
+    kitchen = ar.async_get(hass).async_create("Kitchen")
+    device = find_device(hass, device_id, entry.entry_id)
+    assert device is not None
+    dr.async_get(hass).async_update_device(device.id, area_id=kitchen.id)
+
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id=device_id,
+        title=f"pi-sensor {device_id[-4:]}",
+        data={
+            **_record(DeviceIdentity.generate(), "192.0.2.40"),
+            CONF_DEVICE_ID: device_id,
+            CONF_HOUSEHOLD_ID: fake_account.household_id,
+        },
+    )
+    onboarded.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(onboarded.entry_id)
     await hass.async_block_till_done()
-    joined = find_device(hass, identities[0].device_id)
-    assert joined is not None
-    assert set(device_entry_ids(joined)) == {entry.entry_id, moved.entry_id}
-    for identity in identities:
-        moved = device_entry(hass, identity.device_id)
-        assert moved is not None
-        assert moved.state is ConfigEntryState.LOADED
+    await wait_for(
+        hass,
+        lambda: (state := hass.states.get(temperature)) is not None and state.state == "21.5",
+        "the temperature live under the device entry",
+    )
+    assert entity_ids(hass, onboarded) == before  # the same entity ids, all of them
+    assert entity_ids(hass, entry) == []
+    moved = find_device(hass, device_id, onboarded.entry_id)
+    assert moved is not None
+    assert moved.id == device.id
+    assert moved.area_id == kitchen.id
+    assert device_entry_ids(moved) == [onboarded.entry_id]
+
+
+def device_entry_id(hass: HomeAssistant, device_id: str) -> str:
+    """The entry id of ``device_id``'s device entry."""
+    found = device_entry(hass, device_id)
+    assert found is not None
+    return found.entry_id
 
 
 @pytest.mark.parametrize("service_fails", [False, True])
@@ -256,6 +363,17 @@ async def test_removing_a_device_entry_releases_the_device(
             await hass.async_block_till_done()
         assert "release it from the account service" in caplog.text
         assert identity.device_id in coordinator.access
+        # Still the household's: its entities return under the household entry, live.
+        await wait_for(
+            hass,
+            lambda: (
+                (state := hass.states.get(_temperature_entity(hass, identity.device_id)))
+                is not None
+                and state.state == "21.5"
+            ),
+            "the device's entities back under the household entry",
+        )
+        assert any(e.startswith("sensor.") for e in entity_ids(hass, entry))
         return
     await hass.config_entries.async_remove(moved.entry_id)
     await hass.async_block_till_done()
