@@ -117,8 +117,11 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
     registry = dr.async_get(hass)
     await wait_for(
         hass,
-        lambda: all(find_device(hass, device_id, entry.entry_id) for device_id in ids.values()),
-        "the three devices in the registry",
+        lambda: all(
+            find_device(hass, device_id, device_entry_id(hass, device_id))
+            for device_id in ids.values()
+        ),
+        "the three devices in the registry, each under its own entry",
     )
     # While a device is the household's, its record refuses discovery (address refreshed).
     result = await _discover(hass, ids["unlisted"], "192.0.2.99", "online")
@@ -130,14 +133,14 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
     hosts["unlisted"] = "192.0.2.99"
 
     # Released with the action.
-    released = find_device(hass, ids["released"], entry.entry_id)
+    released = find_device(hass, ids["released"])
     assert released is not None
     await hass.services.async_call(
         DOMAIN, "release", {"device_id": released.id}, blocking=True, context=owner
     )
     # Factory reset: the command reaches the device, which then releases itself at the
     # account service (here: the fake service drops it, as the real device's release does).
-    reset = find_device(hass, ids["reset"], entry.entry_id)
+    reset = find_device(hass, ids["reset"])
     assert reset is not None
     async with await observer(fake_account.broker) as watcher:
         await watcher.subscribe(f"iob/{ids['reset']}/cmd/#", qos=1)
@@ -160,7 +163,7 @@ async def test_released_reset_and_unlisted_devices_can_be_discovered_again(
     await hass.async_block_till_done()
     assert dr.async_entries_for_config_entry(registry, entry.entry_id) == []
     for way, device_id in ids.items():
-        assert find_device(hass, device_id, entry.entry_id) is None, way
+        assert find_device(hass, device_id) is None, way
         # Back to unclaimed, it advertises itself: the onboarding flow starts again.
         result = await _discover(hass, device_id, hosts[way], "unclaimed")
         assert result["type"] is FlowResultType.FORM, (way, result)
