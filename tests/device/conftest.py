@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import aiohttp
+import dbusmock
 import pytest
 from aiohttp import web
 from iob_protocol.payload import ManualCode, QrPayload
@@ -91,6 +94,24 @@ def home_scenario(**changes: Any) -> Scenario:
     cafe = SimulatedNetwork(ssid=b"Cafe", strength=40)
     hidden = SimulatedNetwork(ssid=b"Attic", passphrase=ATTIC_PASSPHRASE, hidden=True)
     return dataclasses.replace(Scenario(networks=(home, cafe, hidden)), **changes)
+
+
+# --- D-Bus ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private system bus (dbus-daemon, stopped by pid afterwards); its address."""
+    if shutil.which("dbus-daemon") is None:
+        pytest.fail("dbus-daemon is missing: run scripts/setup (Debian package dbus-daemon)")
+    # PrivateDBus writes DBUS_SYSTEM_BUS_ADDRESS into os.environ; monkeypatch restores it.
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", ""))
+    bus = dbusmock.PrivateDBus(dbusmock.BusType.SYSTEM)
+    bus.start()
+    try:
+        yield str(bus.address)
+    finally:
+        bus.stop()
 
 
 # --- a fake account service for error paths ---------------------------------------------------
