@@ -178,7 +178,7 @@ async def test_power_cut_past_the_ttl_fetches_the_credential(
             state_file.write_bytes(on_disk)
             # The device stays off longer than any claim token lives.
             later = CLAIM_TTL_LIMIT + 60
-            relay.clock.offset = later
+            relay.clock.advance(later)
             async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
                 await running.agent.ready()
                 await running.agent.controller.wait_for_commit()
@@ -207,7 +207,7 @@ async def test_claim_in_flight_that_never_reached_the_service_rolls_back(
         wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
         later = CLAIM_TTL_LIMIT + 60
         store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
-        relay.clock.offset = later
+        relay.clock.advance(later)
         async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
             await running.agent.ready()
             record = await running.agent.controller.wait_for_commit()

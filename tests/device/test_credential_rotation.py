@@ -30,6 +30,7 @@ from iob_protocol.identity import DeviceIdentity
 from device_firmware.agent import default_runtime_factory
 from device_firmware.relay_client import CredentialRecovery, NotOwned, RelayClient
 from device_firmware.state import MqttCredentials, Phase, StateStore
+from tests.plugins.clock import MONOTONIC_START, FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 
 from . import credential_writer
@@ -220,14 +221,6 @@ async def scripted() -> AsyncIterator[tuple[ScriptedService, str]]:
         yield service, url
 
 
-@dataclass
-class Monotonic:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_recovery_fetches_once_per_refusal_and_backs_off(
     scripted: tuple[ScriptedService, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -235,7 +228,7 @@ async def test_recovery_fetches_once_per_refusal_and_backs_off(
     service, url = scripted
     identity = DeviceIdentity.generate()
     device_id = identity.device_id
-    clock = Monotonic()
+    clock = FakeClock(MONOTONIC_START)
     async with aiohttp.ClientSession() as http:
         recovery = CredentialRecovery(
             identity,
@@ -303,7 +296,7 @@ async def test_only_the_exact_unowned_answer_means_not_owned(
     service, url = scripted
     identity = DeviceIdentity.generate()
     device_id = identity.device_id
-    clock = Monotonic()
+    clock = FakeClock(MONOTONIC_START)
     async with aiohttp.ClientSession() as http:
         recovery = CredentialRecovery(
             identity, lambda base: RelayClient(base, session=http), clock=clock

@@ -20,6 +20,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from device_firmware.agent import Action, default_runtime_factory
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 
 from .commit_helpers import OWNER_SECRET, change_wifi, commit
@@ -33,7 +34,7 @@ from .conftest import (
     home_scenario,
     provision,
 )
-from .real_relay import Clock, real_relay
+from .real_relay import real_relay
 
 
 def window_open(running: RunningAgent) -> bool:
@@ -142,7 +143,8 @@ async def test_real_service_refusals(
         await relay.import_records(provisioned.result.record_file)
         await relay.import_records(other.result.record_file)
         device_id = provisioned.device.identity.device_id
-        device_clock = Clock()
+        started = relay.clock.now
+        device_clock = FakeClock(started)
         async with start_agent(wall_clock=device_clock) as running:
             # A token bound to another device: refused, rolled back, readable over the session.
             foreign = await relay.claim(other.device.identity.device_id)
@@ -151,13 +153,13 @@ async def test_real_service_refusals(
             assert running.backend.saved_ssid is None
             # A token that expired (the service's clock moved past its ten minutes).
             claim = await relay.claim(device_id)
-            relay.clock.offset += 700
-            device_clock.offset += 700
+            relay.clock.advance(700)
+            device_clock.advance(700)
             client, status = await commit(running, relay.url, token=claim["token"], client=client)
             assert status.diagnostic is DiagnosticCode.CLAIM_EXPIRED
             # The device's clock is wrong: caught against the service's clock, nothing posted.
-            relay.clock.offset = 0
-            device_clock.offset = -3600
+            relay.clock.now = started
+            device_clock.now = started - 3600
             claim = await relay.claim(device_id)
             client, status = await commit(running, relay.url, token=claim["token"], client=client)
             assert status.diagnostic is DiagnosticCode.CLOCK_SKEW

@@ -56,6 +56,7 @@ from tests.integration.ble_bridge import (
     bridge_port_from_log,
     wait_for_bridge_port,
 )
+from tests.plugins.clock import MONOTONIC_START, FakeClock
 
 from .client import BleClient, error_code
 from .conftest import Device
@@ -514,20 +515,10 @@ async def test_cli_refuses_a_bad_bridge_address(
     assert message in done.stderr
 
 
-class SteppedClock:
-    """A monotonic clock the test moves: a central "goes quiet" without waiting 30 s."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_another_link_cannot_finish_or_abort_a_pending_handshake(
     device: Device, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = SteppedClock()
+    clock = FakeClock(MONOTONIC_START)  # a central "goes quiet" without waiting 30 s
     peripheral = BridgePeripheral(
         host=device.host,
         controller=device.controller,
