@@ -28,8 +28,10 @@ from device_firmware.config import DeviceConfig
 from device_firmware.factory import FactoryResult, ProvisionedDevice, factory_provision
 from device_firmware.hardware import Hardware
 from device_firmware.network.simulated import Scenario, SimulatedBackend, SimulatedNetwork
+from tests.plugins.mosquitto import MosquittoBroker
 
 from .lan_client import LanClient
+from .real_relay import RealRelay, real_relay
 
 HOME_SSID = b"HomeNet"
 HOME_PASSPHRASE = "correct horse battery"  # noqa: S105 - a simulated network's password
@@ -112,6 +114,28 @@ def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield str(bus.address)
     finally:
         bus.stop()
+
+
+# --- the account service ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def account_service(
+    provisioned: Provisioned, mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> AsyncIterator[RealRelay]:
+    """The real account service in-process (``cloud_relay.app``) on a free loopback port.
+
+    SQLite in the test's directory, the test's Mosquitto, an operator and a household owner
+    signed up, and the ``provisioned`` device's factory record imported: ``await
+    account_service.claim(device_id)`` gives the token Home Assistant would hand the device.
+    Its wall clock is a :class:`~tests.plugins.clock.FakeClock` (``account_service.clock``).
+    For answers the real service never gives (5xx, malformed, slow), use ``fake_relay``.
+    """
+    directory = tmp_path / "account-service"
+    directory.mkdir()
+    async with real_relay(directory, mosquitto_broker) as service:
+        await service.import_records(provisioned.result.record_file)
+        yield service
 
 
 # --- a fake account service for error paths ---------------------------------------------------

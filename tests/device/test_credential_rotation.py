@@ -31,12 +31,11 @@ from device_firmware.agent import default_runtime_factory
 from device_firmware.relay_client import CredentialRecovery, NotOwned, RelayClient
 from device_firmware.state import MqttCredentials, Phase, StateStore
 from tests.plugins.clock import MONOTONIC_START, FakeClock
-from tests.plugins.mosquitto import MosquittoBroker
 
 from . import credential_writer
 from .commit_helpers import commit
 from .conftest import AgentStarter, Provisioned, RunningAgent, serve
-from .real_relay import RealRelay, real_relay
+from .real_relay import RealRelay
 
 # --- end to end: the real service and broker ----------------------------------------------------
 
@@ -123,51 +122,49 @@ async def refused_by_broker(mqtt: MqttCredentials) -> bool:
 async def test_rotation_reaches_the_device_by_itself(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Rotate via the household API → the broker kicks the device and refuses its old password →
     the device fetches, saves and reconnects with the new one, and publishes again."""
     caplog.set_level(logging.DEBUG)
     factory = default_runtime_factory(simulated=True, model="pi-test", firmware="0.1.0")
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        async with (
-            start_agent(runtime_factory=factory) as running,
-            owned_and_publishing(relay, running, device_id) as observer,
-        ):
-            before = running.agent.store.current.mqtt
-            assert before is not None
-            status, rotated = await relay.call(
-                "POST",
-                f"/v1/households/{relay.household_id}/devices/{device_id}/credentials",
-                token=relay.user_token,
-            )
-            assert status == 200, rotated
-            assert rotated["mqtt"]["password"] != before.password
-
-            await observer.answers_commands()  # on its own: nobody told the device anything
-
-            after = running.agent.store.current
-            assert after.phase is Phase.ONLINE
-            assert after.diagnostic is None
-            assert after.mqtt == replace(before, password=rotated["mqtt"]["password"])
-            # Saved, not only in memory: a reboot starts with the new password.
-            assert StateStore(running.provisioned.config.state_file).load().mqtt == after.mqtt
-            assert await refused_by_broker(before)
-            assert not await refused_by_broker(after.mqtt)
-        # The device asked with its own signature, and the owner's audit shows it.
-        status, audit = await relay.call(
-            "GET",
-            f"/v1/households/{relay.household_id}/devices/{device_id}/audit",
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    async with (
+        start_agent(runtime_factory=factory) as running,
+        owned_and_publishing(relay, running, device_id) as observer,
+    ):
+        before = running.agent.store.current.mqtt
+        assert before is not None
+        status, rotated = await relay.call(
+            "POST",
+            f"/v1/households/{relay.household_id}/devices/{device_id}/credentials",
             token=relay.user_token,
         )
-        assert status == 200, audit
-        actions = [event["action"] for event in audit["events"]]
-        assert "device.credentials_rotated" in actions
-        assert "device.credentials_fetched" in actions
+        assert status == 200, rotated
+        assert rotated["mqtt"]["password"] != before.password
+
+        await observer.answers_commands()  # on its own: nobody told the device anything
+
+        after = running.agent.store.current
+        assert after.phase is Phase.ONLINE
+        assert after.diagnostic is None
+        assert after.mqtt == replace(before, password=rotated["mqtt"]["password"])
+        # Saved, not only in memory: a reboot starts with the new password.
+        assert StateStore(running.provisioned.config.state_file).load().mqtt == after.mqtt
+        assert await refused_by_broker(before)
+        assert not await refused_by_broker(after.mqtt)
+    # The device asked with its own signature, and the owner's audit shows it.
+    status, audit = await relay.call(
+        "GET",
+        f"/v1/households/{relay.household_id}/devices/{device_id}/audit",
+        token=relay.user_token,
+    )
+    assert status == 200, audit
+    actions = [event["action"] for event in audit["events"]]
+    assert "device.credentials_rotated" in actions
+    assert "device.credentials_fetched" in actions
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert rotated["mqtt"]["password"] not in logged
     assert before.password not in logged

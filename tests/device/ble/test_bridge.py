@@ -47,7 +47,8 @@ from device_firmware.config import DeviceConfig
 from device_firmware.errors import ConfigError
 from device_firmware.provisioning.session_host import HANDSHAKE_ORIGIN_MISMATCH
 from tests.device.commit_helpers import commit
-from tests.device.conftest import HOME_PASSPHRASE, AgentStarter, FakeRelay, Provisioned
+from tests.device.conftest import HOME_PASSPHRASE, AgentStarter, Provisioned
+from tests.device.real_relay import RealRelay
 from tests.integration.ble_bridge import (
     BleBridgeClient,
     BridgeAdvertisement,
@@ -380,7 +381,7 @@ async def test_bridge_refuses_non_loopback_addresses(device: Device) -> None:
 
 
 async def test_agent_serves_the_bridge_and_stops_advertising_after_the_claim(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent(ble=True, ble_bridge=f"{LOOPBACK}:0") as running:
         bridge = running.agent.ble
@@ -394,7 +395,8 @@ async def test_agent_serves_the_bridge_and_stops_advertising_after_the_claim(
         assert AdvertisedState.parse(advert.service_data[SERVICE_UUID]).window_open
         await client.connect(185)
 
-        _lan, result = await commit(running, fake_relay.url)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        _lan, result = await commit(running, account_service.url, token=claim["token"])
         assert result.state.value == "committed"
 
         async def online() -> bool:
