@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.plugins.clock",
     "tests.plugins.lossy_proxy",
     "tests.plugins.mosquitto",
+    "tests.plugins.scripted_service",
     "tests.plugins.strict",
 ]

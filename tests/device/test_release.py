@@ -12,30 +12,27 @@ write is SIGKILLed at random instants: the old record or the new one, never a mi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from aiohttp import web
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.agent import RuntimeFactory, default_runtime_factory
 from device_firmware.state import DeviceStateRecord, Ownership, Phase, StateStore
+from tests.plugins.scripted_service import Answer, ScriptedService, error
 
 from . import unclaim_writer
 from .commit_helpers import commit
-from .conftest import HOME_SSID, AgentStarter, Provisioned, RunningAgent, serve
+from .conftest import CREDENTIAL_PATH, HOME_SSID, AgentStarter, Provisioned, RunningAgent
 from .real_relay import RealRelay
 from .test_credential_rotation import Observer, owned_and_publishing, refused_by_broker
-
-CREDENTIAL_PATH = "/v1/device/mqtt-credential"
 
 
 def runtime_factory() -> RuntimeFactory:
@@ -151,40 +148,11 @@ async def test_release_returns_the_device_to_unclaimed_and_it_can_be_claimed_aga
     assert "set it up again with its label code" in logged
 
 
-@dataclass
-class FailingService:
-    """Forwards to the real service; answers the credential request with ``failure``."""
-
-    relay: RealRelay
-    failure: tuple[int, str, str] | None = None  # status, content type, body
-    credential_requests: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if request.path == CREDENTIAL_PATH and self.failure is not None:
-            status, content_type, text = self.failure
-            self.credential_requests.append(status)
-            return web.Response(status=status, text=text, content_type=content_type)
-        async with self.relay.http.request(
-            request.method,
-            self.relay.url + request.path_qs,
-            data=body,
-            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
-        ) as reply:
-            return web.Response(
-                status=reply.status, body=await reply.read(), content_type="application/json"
-            )
-
-
-FAILURES: dict[str, tuple[int, str, str] | None] = {
+FAILURES: dict[str, Answer | None] = {
     "down": None,
-    "503": (503, "application/json", '{"error": {"code": "broker_unavailable", "message": "x"}}'),
-    "proxy-502": (502, "text/html", "<html><body>Bad Gateway</body></html>"),
-    "refused": (
-        403,
-        "application/json",
-        '{"error": {"code": "credential_refused", "message": "not yours"}}',
-    ),
+    "503": error(503, "broker_unavailable", "x"),
+    "proxy-502": Answer(502, b"<html><body>Bad Gateway</body></html>", "text/html"),
+    "refused": error(403, "credential_refused", "not yours"),
 }
 
 
@@ -194,21 +162,18 @@ async def test_a_failing_service_never_unclaims_the_device(
     start_agent: AgentStarter,
     provisioned: Provisioned,
     account_service: RealRelay,
+    scripted_service: ScriptedService,
 ) -> None:
     """Released at the service, but the device's question fails: it keeps its claim (and says
     BROKER_AUTH_FAILED), since only a definitive "unowned" may wipe a working device."""
     relay = account_service
     device_id = provisioned.device.identity.device_id
-    service = FailingService(relay)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", service.handle)
-    async with (
-        start_agent(runtime_factory=runtime_factory()) as running,
-        contextlib.AsyncExitStack() as service_stack,
-    ):
-        url = await service_stack.enter_async_context(serve(app))
+    # The real service behind the fault injector, until the credential request is made to fail.
+    service, url = scripted_service, scripted_service.url
+    service.upstream = relay.url
+    async with start_agent(runtime_factory=runtime_factory()) as running:
         store = running.agent.store
-        # Claimed through the forwarding service: the device's service URL is its URL.
+        # Claimed through the fault injector: the device's service URL is its URL.
         claim = await relay.claim(device_id)
         _client, result = await commit(running, url, token=claim["token"])
         assert result.state.value == "committed"
@@ -216,16 +181,19 @@ async def test_a_failing_service_never_unclaims_the_device(
         claimed = store.current
         assert claimed.ownership is not None
         assert claimed.ownership.service_url == url
-        service.failure = FAILURES[failure]
-        if service.failure is None:
-            await service_stack.aclose()  # the service is gone: connection refused
+        answer = FAILURES[failure]
+        asked_before = len(service.received("POST", CREDENTIAL_PATH))
+        if answer is None:
+            await service.close()  # the service is gone: connection refused
+        else:
+            service.answer("POST", CREDENTIAL_PATH, answer)
         await release(relay, device_id)
         await until(
             "the device records BROKER_AUTH_FAILED",
             lambda: store.current.diagnostic is DiagnosticCode.BROKER_AUTH_FAILED,
         )
-        if service.failure is not None:
-            assert service.credential_requests  # it did ask, and got the failure
+        if answer is not None:  # it did ask, and got the failure
+            assert len(service.received("POST", CREDENTIAL_PATH)) > asked_before
         record = store.current
         assert record.phase is Phase.ONLINE
         assert record.ownership == claimed.ownership
