@@ -10,6 +10,8 @@ For a working service use the real one in-process (``account_service`` in tests/
 ``scripted_service`` (the fixture) is started on a free loopback port and stopped after the
 test. A request is answered by the first of:
 
+0. ``gate``, if set and it returns an answer (rules that hold for every route, such as a 401
+   for a token the service no longer accepts);
 1. the answers ``queue``\\ d for its method and path, each used once, in order;
 2. the answer set with ``answer`` for its method and path (``"*", "*"`` matches any request);
 3. the real service at ``upstream``, if set (the request is forwarded as it came);
@@ -83,6 +85,8 @@ class ScriptedService:
         self.requests: list[Received] = []
         #: Where unscripted requests go (a real service's base URL), or None.
         self.upstream: str | None = None
+        #: Asked first for every request; an answer it returns wins over the script.
+        self.gate: Callable[[Received], Answer | None] | None = None
         self._queued: defaultdict[tuple[str, str], deque[Script]] = defaultdict(deque)
         self._answers: dict[tuple[str, str], Script] = {}
         self._defaults: dict[tuple[str, str], Script] = {}
@@ -153,12 +157,14 @@ class ScriptedService:
             body=_parsed(raw),
         )
         self.requests.append(received)
-        script = self._scripted((request.method, request.path))
-        if script is None:
-            if self.upstream is not None:
-                return await self._forward(request, raw)
-            return web.Response(status=404)
-        answer = script if isinstance(script, Answer) else script(received)
+        answer = self.gate(received) if self.gate is not None else None
+        if answer is None:
+            script = self._scripted((request.method, request.path))
+            if script is None:
+                if self.upstream is not None:
+                    return await self._forward(request, raw)
+                return web.Response(status=404)
+            answer = script if isinstance(script, Answer) else script(received)
         if answer.delay:
             await asyncio.sleep(answer.delay)
         if answer.body is None:

@@ -98,3 +98,16 @@ async def test_a_slow_answer_outlasts_a_short_client_timeout(
         with pytest.raises(TimeoutError):
             await ask(http, "GET", scripted_service.url + "/v1/health")
     assert len(scripted_service.received("GET", "/v1/health")) == 1
+
+
+async def test_the_gate_answers_before_the_script(
+    scripted_service: ScriptedService, http: aiohttp.ClientSession
+) -> None:
+    def tokens(request: Received) -> Answer | None:
+        return None if request.token == "t1" else error(401, "invalid_token")  # noqa: S105
+
+    scripted_service.gate = tokens
+    scripted_service.answer("GET", "/v1/me", Answer(200, {"me": 1}))
+    assert (await ask(http, "GET", scripted_service.url + "/v1/me"))[0] == 200
+    async with http.get(scripted_service.url + "/v1/me") as reply:  # no token
+        assert reply.status == 401
