@@ -31,6 +31,7 @@ from .conftest import (
     home_scenario,
     owned,
 )
+from .real_relay import RealRelay
 from .tls import make_pki
 
 
@@ -45,6 +46,7 @@ def closed_port_url() -> str:
 async def test_commit_success_makes_network_permanent(
     start_agent: AgentStarter, scripted_service: ScriptedService
 ) -> None:
+    """Against the fault injector's default answers, which record what the device posted."""
     async with start_agent() as running:
         client, status = await commit(running, scripted_service.url)
         assert status.state.value == "committed"
@@ -108,7 +110,7 @@ async def test_commit_success_makes_network_permanent(
 )
 async def test_wifi_failures_roll_back_with_their_code(  # noqa: PLR0917 - parametrised
     start_agent: AgentStarter,
-    scripted_service: ScriptedService,
+    account_service: RealRelay,
     scenario: Scenario,
     ssid: bytes,
     passphrase: str | None,
@@ -116,26 +118,37 @@ async def test_wifi_failures_roll_back_with_their_code(  # noqa: PLR0917 - param
     code: DiagnosticCode,
 ) -> None:
     async with start_agent(scenario) as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         _client, status = await commit(
-            running, scripted_service.url, ssid=ssid, passphrase=passphrase, hidden=hidden
+            running,
+            account_service.url,
+            token=claim["token"],
+            ssid=ssid,
+            passphrase=passphrase,
+            hidden=hidden,
         )
         assert (status.state.value, status.diagnostic) == ("provisioning", code)
         assert running.backend.saved_ssid is None
         assert running.backend.trial_ssid is None
         assert running.backend.events[-1] == "rollback"
-        assert confirmations(scripted_service) == []
+        assert await account_service.claim_status(claim["claim_id"]) == "pending"  # not sent
         assert running.agent.store.current.diagnostic is code
         assert running.hardware.pattern.value == "triple_blink"
 
 
 async def test_hidden_network_with_flag_and_hex_psk(
-    start_agent: AgentStarter, scripted_service: ScriptedService
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
-
     psk = hashlib.pbkdf2_hmac("sha1", b"hidden network pw", b"Attic", 4096, 32).hex()
     async with start_agent() as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         _client, status = await commit(
-            running, scripted_service.url, ssid=b"Attic", passphrase=psk, hidden=True
+            running,
+            account_service.url,
+            token=claim["token"],
+            ssid=b"Attic",
+            passphrase=psk,
+            hidden=True,
         )
         assert status.state.value == "committed"
         assert running.backend.saved_ssid == b"Attic"
@@ -265,37 +278,44 @@ async def test_commit_timer_slow_service(
 
 
 async def test_rollback_restores_previous_network_and_retry_works(
-    start_agent: AgentStarter, scripted_service: ScriptedService
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     scenario = home_scenario(saved=b"Cafe")
     async with start_agent(scenario) as running:
-        client, status = await commit(running, scripted_service.url, passphrase=WRONG_PASSPHRASE)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        url, token = account_service.url, claim["token"]
+        client, status = await commit(running, url, token=token, passphrase=WRONG_PASSPHRASE)
         assert status.diagnostic is DiagnosticCode.WIFI_AUTH_FAILED
         assert running.backend.saved_ssid == b"Cafe"
         assert await running.backend.wifi_connected()
         # Same session, no reboot: fix the password and commit again.
-        client, status = await commit(running, scripted_service.url, client=client)
+        client, status = await commit(running, url, token=token, client=client)
         assert (status.state.value, status.diagnostic) == ("committed", None)
         assert running.backend.saved_ssid == HOME_SSID
 
 
 async def test_claim_without_wifi_change(
-    start_agent: AgentStarter, scripted_service: ScriptedService
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     """A device already on the LAN (Ethernet) only confirms the claim."""
     async with start_agent(Scenario(wired=True)) as running:
-        _client, status = await commit(running, scripted_service.url, ssid=None)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        _client, status = await commit(
+            running, account_service.url, token=claim["token"], ssid=None
+        )
         assert status.state.value == "committed"
         assert "commit:none" in running.backend.events
 
 
 async def test_broker_override_and_pin(
-    start_agent: AgentStarter, scripted_service: ScriptedService
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent() as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         _client, status = await commit(
             running,
-            scripted_service.url,
+            account_service.url,
+            token=claim["token"],
             broker_host="mqtt.lan",
             broker_port=8883,
             broker_pin=b"\x01" * 32,
