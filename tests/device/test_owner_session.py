@@ -63,6 +63,7 @@ from .conftest import (
     confirmations,
     home_scenario,
 )
+from .real_relay import RealRelay
 from .test_captive import captive_url, form_token, post
 
 OLD_SSID = b"Cafe"  # the network the claimed device was on (open, in home_scenario)
@@ -139,16 +140,17 @@ def label_clients(provisioned: Provisioned) -> list[ClientSession]:
 
 
 async def test_a_claim_without_owner_secret_cannot_commit(
-    start_agent: AgentStarter, scripted_service: ScriptedService
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent() as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         client = await running.connected_client()
         await client.call(SetWifiRequest(request_id=1, ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
         ack = await client.call(
             SetClaimRequest(
                 request_id=2,
-                service_url=scripted_service.url,
-                claim_token=TOKEN,
+                service_url=account_service.url,
+                claim_token=claim["token"],
                 allow_insecure_http=True,
             )
         )
@@ -161,10 +163,12 @@ async def test_a_claim_without_owner_secret_cannot_commit(
         record = running.agent.store.current
         assert (record.claimed, record.owner_secret) == (False, None)
         assert record.phase is Phase.PROVISIONING
-        assert confirmations(scripted_service) == []
+        assert await account_service.claim_status(claim["claim_id"]) == "pending"
         assert not [event for event in running.backend.events if event.startswith("connect")]
         # The same session recovers with a claim that carries a secret.
-        _client, status = await commit(running, scripted_service.url, client=client)
+        _client, status = await commit(
+            running, account_service.url, token=claim["token"], client=client
+        )
         assert status.state.value == "committed"
         assert running.agent.store.current.owner_secret == OWNER_SECRET
 
@@ -427,10 +431,11 @@ async def test_a_failed_change_can_be_retried_in_the_same_session(
 
 
 async def test_the_claiming_label_session_can_only_read_afterwards(
-    start_agent: AgentStarter, scripted_service: ScriptedService
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent() as running:
-        client, status = await commit(running, scripted_service.url)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        client, status = await commit(running, account_service.url, token=claim["token"])
         assert status.state.value == "committed"
         # Still open for reading, but no longer a session that authorizes anything (Improv).
         assert not session_counts(running)
@@ -445,8 +450,8 @@ async def test_the_claiming_label_session_can_only_read_afterwards(
             (
                 SetClaimRequest(
                     request_id=client.next_id(),
-                    service_url=scripted_service.url,
-                    claim_token=TOKEN,
+                    service_url=account_service.url,
+                    claim_token=claim["token"],
                     owner_secret=NEW_SECRET,
                     allow_insecure_http=True,
                 ),
