@@ -27,6 +27,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 from iob_protocol.sources import MonotonicClock, monotonic
 
+from device_firmware import dbus_call
 from device_firmware.controller import DeviceController
 from device_firmware.factory import ProvisionedDevice
 from device_firmware.provisioning.session_host import SessionHost
@@ -471,24 +472,19 @@ class BluezPeripheral(ProvisioningPeripheral):
         bus = self._bus
         if bus is None or not bus.connected:
             raise BluezError("the D-Bus connection is closed", "restart the agent")
-        message = Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=list(body),
-        )
         try:
-            async with asyncio.timeout(CALL_TIMEOUT):
-                reply = await bus.call(message)
-        except (OSError, EOFError, DBusError, TimeoutError) as err:
-            raise BluezError(f"D-Bus call {member} failed: {err}", _NEXT_STEP_BLUEZ) from err
-        if reply is None:
-            raise BluezError(f"no reply to {member}", _NEXT_STEP_BLUEZ)
-        if reply.message_type is MessageType.ERROR:
-            raise _bluez_error(member, reply)
-        return list(reply.body)
+            return await dbus_call.call(
+                bus,
+                destination,
+                path,
+                interface,
+                member,
+                signature=signature,
+                body=body,
+                timeout=CALL_TIMEOUT,
+            )
+        except dbus_call.DBusCallError as err:
+            raise _bluez_error(err) from err
 
     async def _find_adapter(self) -> str:
         (objects,) = await self._call("/", _IFACE_OBJECT_MANAGER, "GetManagedObjects")
@@ -714,9 +710,10 @@ def _improv_data(state: ImprovState) -> AdvertisementData:
     )
 
 
-def _bluez_error(member: str, reply: Message) -> BluezError:
-    name = reply.error_name or "unknown"
-    text = str(reply.body[0]) if reply.body else ""
+def _bluez_error(err: dbus_call.DBusCallError) -> BluezError:
+    name, member, text = err.error_name, err.member, err.detail
+    if not name:
+        return BluezError(f"D-Bus call {member} failed: {text}", _NEXT_STEP_BLUEZ)
     if name == "org.freedesktop.DBus.Error.ServiceUnknown":
         return BluezError("BlueZ (bluetoothd) is not running", _NEXT_STEP_BLUEZ, dbus_error=name)
     if name == "org.freedesktop.DBus.Error.AccessDenied":

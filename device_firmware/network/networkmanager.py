@@ -34,6 +34,8 @@ from dbus_fast.errors import DBusError
 from iob_protocol.commands import display_ssid
 from iob_protocol.diagnostics import DiagnosticCode
 
+from device_firmware import dbus_call
+
 from .backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
 
 _LOGGER = logging.getLogger(__name__)
@@ -600,32 +602,12 @@ class NetworkManagerBackend(NetworkBackend):
         destination: str = NM_BUS,
     ) -> list[Any]:
         bus = await self._connected_bus()
-        message = Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=list(body),
-        )
         try:
-            reply = await bus.call(message)
-        except (OSError, EOFError, DBusError) as err:
-            raise NetworkManagerError(FAULT_CODE, f"D-Bus call {member} failed: {err}") from err
-        if reply is None:
-            return []
-        if reply.message_type is MessageType.ERROR:
-            name = reply.error_name or "unknown"
-            text = reply.body[0] if reply.body else ""
-            hint = ""
-            if name.endswith(("PermissionDenied", "AccessDenied", "NotAuthorized")):
-                hint = " (run the agent as root or install the polkit rule from docs/device.md)"
-            elif name == "org.freedesktop.DBus.Error.ServiceUnknown":
-                hint = " (is NetworkManager running?)"
-            raise NetworkManagerError(
-                FAULT_CODE, f"{member}: {name}: {text}{hint}", dbus_error=name
+            return await dbus_call.call(
+                bus, destination, path, interface, member, signature=signature, body=body
             )
-        return list(reply.body)
+        except dbus_call.DBusCallError as err:
+            raise _nm_error(err) from err
 
     async def _get(self, path: str, interface: str, name: str) -> Any:
         (value,) = await self._call(path, IFACE_PROPERTIES, "Get", "ss", [interface, name])
@@ -671,6 +653,21 @@ class NetworkManagerBackend(NetworkBackend):
                     await self._call(
                         _DBUS_PATH, _DBUS_BUS, "RemoveMatch", "s", [rule], destination=_DBUS_BUS
                     )
+
+
+def _nm_error(err: dbus_call.DBusCallError) -> NetworkManagerError:
+    """A failed call as the backend's error, with the next step where one is known."""
+    name = err.error_name
+    if not name:
+        return NetworkManagerError(FAULT_CODE, f"D-Bus call {err.member} failed: {err.detail}")
+    hint = ""
+    if name.endswith(("PermissionDenied", "AccessDenied", "NotAuthorized")):
+        hint = " (run the agent as root or install the polkit rule from docs/device.md)"
+    elif name == "org.freedesktop.DBus.Error.ServiceUnknown":
+        hint = " (is NetworkManager running?)"
+    return NetworkManagerError(
+        FAULT_CODE, f"{err.member}: {name}: {err.detail}{hint}", dbus_error=name
+    )
 
 
 # --- settings dictionaries ------------------------------------------------------------------

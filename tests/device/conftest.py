@@ -1,5 +1,6 @@
 """Fixtures for the device agent's tests: a provisioned device in a temporary directory, a
-simulated network, a fake account service for error paths, and the running agent on loopback.
+simulated network, the real account service in-process, the fault-injecting service answering
+the device API, and the running agent on loopback.
 """
 
 from __future__ import annotations
@@ -7,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import aiohttp
+import dbusmock
 import pytest
-from aiohttp import web
 from iob_protocol.payload import ManualCode, QrPayload
 from iob_protocol.session import ClientSession
 
@@ -25,8 +28,11 @@ from device_firmware.config import DeviceConfig
 from device_firmware.factory import FactoryResult, ProvisionedDevice, factory_provision
 from device_firmware.hardware import Hardware
 from device_firmware.network.simulated import Scenario, SimulatedBackend, SimulatedNetwork
+from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.scripted_service import Answer, Received, ScriptedService
 
 from .lan_client import LanClient
+from .real_relay import RealRelay, real_relay
 
 HOME_SSID = b"HomeNet"
 HOME_PASSPHRASE = "correct horse battery"  # noqa: S105 - a simulated network's password
@@ -93,97 +99,109 @@ def home_scenario(**changes: Any) -> Scenario:
     return dataclasses.replace(Scenario(networks=(home, cafe, hidden)), **changes)
 
 
-# --- a fake account service for error paths ---------------------------------------------------
-
-
-@dataclass
-class FakeRelay:
-    """Answers like cloud_relay; tests choose the answer. Only for paths the real one cannot
-    produce on demand (5xx, malformed answers, a slow service)."""
-
-    url: str = ""
-    time_offset: int = 0
-    confirm_status: int = 200
-    confirm_body: dict[str, Any] | None = None
-    health_delay: float = 0.0
-    confirmations: list[dict[str, Any]] = field(default_factory=list)
-    #: Signed credential requests (a refused claim is settled with one: "unowned" here).
-    credential_requests: list[dict[str, Any]] = field(default_factory=list)
-    releases: list[dict[str, Any]] = field(default_factory=list)
-    zero_touch: list[dict[str, Any]] = field(default_factory=list)
-
-    def owned(self, device_id: str) -> dict[str, Any]:
-        return {
-            "status": "owned",
-            "device_id": device_id,
-            "household_id": "hh_test",
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": 1883,
-                "tls": False,
-                "username": f"dev-{device_id}",
-                "password": "secret-password",
-            },
-        }
-
-
-async def _fake_relay_app(relay: FakeRelay) -> web.Application:
-    async def health(_request: web.Request) -> web.Response:
-        await asyncio.sleep(relay.health_delay)
-        return web.json_response({"status": "ok", "time": int(time.time()) + relay.time_offset})
-
-    async def confirm(request: web.Request) -> web.Response:
-        body = await request.json()
-        relay.confirmations.append(body["confirmation"])
-        answer = relay.confirm_body or relay.owned(body["confirmation"]["device_id"])
-        return web.json_response(answer, status=relay.confirm_status)
-
-    async def zero_touch(request: web.Request) -> web.Response:
-        body = await request.json()
-        relay.zero_touch.append(body["confirmation"])
-        answer = relay.confirm_body or relay.owned(body["confirmation"]["device_id"])
-        return web.json_response(answer, status=relay.confirm_status)
-
-    async def credential(request: web.Request) -> web.Response:
-        body = await request.json()
-        relay.credential_requests.append(body["request"])
-        return web.json_response({"status": "unowned", "device_id": body["request"]["device_id"]})
-
-    async def release(request: web.Request) -> web.Response:
-        relay.releases.append((await request.json())["release"])
-        return web.json_response({"status": "released"})
-
-    app = web.Application()
-    app.router.add_get("/v1/health", health)
-    app.router.add_post("/v1/claims/confirm", confirm)
-    app.router.add_post("/v1/zero-touch/confirm", zero_touch)
-    app.router.add_post("/v1/devices/release-by-device", release)
-    app.router.add_post("/v1/device/mqtt-credential", credential)
-    return app
-
-
-@contextlib.asynccontextmanager
-async def serve(app: web.Application, **site: Any) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port); yield its base URL."""
-    # handler_cancellation: a handler whose client went away stops (the slow-service test).
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0, **site)
-    await tcp.start()
-    port = runner.addresses[0][1]
-    scheme = "https" if site.get("ssl_context") else "http"
-    try:
-        yield f"{scheme}://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+# --- D-Bus ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def fake_relay() -> AsyncIterator[FakeRelay]:
-    relay = FakeRelay()
-    async with serve(await _fake_relay_app(relay)) as url:
-        relay.url = url
-        yield relay
+def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private system bus (dbus-daemon, stopped by pid afterwards); its address."""
+    if shutil.which("dbus-daemon") is None:
+        pytest.fail("dbus-daemon is missing: run scripts/setup (Debian package dbus-daemon)")
+    # PrivateDBus writes DBUS_SYSTEM_BUS_ADDRESS into os.environ; monkeypatch restores it.
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", ""))
+    bus = dbusmock.PrivateDBus(dbusmock.BusType.SYSTEM)
+    bus.start()
+    try:
+        yield str(bus.address)
+    finally:
+        bus.stop()
+
+
+# --- the account service ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def account_service(
+    provisioned: Provisioned, mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> AsyncIterator[RealRelay]:
+    """The real account service in-process (``cloud_relay.app``) on a free loopback port.
+
+    SQLite in the test's directory, the test's Mosquitto, an operator and a household owner
+    signed up, and the ``provisioned`` device's factory record imported: ``await
+    account_service.claim(device_id)`` gives the token Home Assistant would hand the device.
+    Its wall clock is a :class:`~tests.plugins.clock.FakeClock` (``account_service.clock``).
+    For answers the real service never gives (5xx, malformed, slow), use ``fake_relay``.
+    """
+    directory = tmp_path / "account-service"
+    directory.mkdir()
+    async with real_relay(directory, mosquitto_broker) as service:
+        await service.import_records(provisioned.result.record_file)
+        yield service
+
+
+# --- answers the real account service never gives -------------------------------------------
+
+HEALTH_PATH = "/v1/health"
+CONFIRM_PATH = "/v1/claims/confirm"
+ZERO_TOUCH_PATH = "/v1/zero-touch/confirm"
+CREDENTIAL_PATH = "/v1/device/mqtt-credential"
+RELEASE_PATH = "/v1/devices/release-by-device"
+
+
+def owned(device_id: str) -> dict[str, Any]:
+    """The service's "owned" answer, with a broker nobody listens on."""
+    return {
+        "status": "owned",
+        "device_id": device_id,
+        "household_id": "hh_test",
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": 1883,
+            "tls": False,
+            "username": f"dev-{device_id}",
+            "password": "secret-password",
+        },
+    }
+
+
+def health(*, delay: float = 0.0) -> Answer:
+    """The service's health answer with its clock (``delay``: a slow service)."""
+    return Answer(200, {"status": "ok", "time": int(time.time())}, delay=delay)
+
+
+def _owned_answer(key: str) -> Callable[[Received], Answer]:
+    return lambda request: Answer(200, owned(request.body[key]["device_id"]))
+
+
+def device_api(service: ScriptedService) -> None:
+    """The device API's successful answers as ``service``'s defaults (any token is good)."""
+    service.default("GET", HEALTH_PATH, lambda _request: health())
+    service.default("POST", CONFIRM_PATH, _owned_answer("confirmation"))
+    service.default("POST", ZERO_TOUCH_PATH, _owned_answer("confirmation"))
+    service.default(
+        "POST",
+        CREDENTIAL_PATH,
+        lambda request: Answer(
+            200, {"status": "unowned", "device_id": request.body["request"]["device_id"]}
+        ),
+    )
+    service.default("POST", RELEASE_PATH, Answer(200, {"status": "released"}))
+
+
+def confirmations(service: ScriptedService) -> list[dict[str, Any]]:
+    """The signed claim confirmations the device posted."""
+    return [request.body["confirmation"] for request in service.received("POST", CONFIRM_PATH)]
+
+
+@pytest.fixture
+def scripted_service(scripted_service: ScriptedService) -> ScriptedService:
+    """tests/plugins/scripted_service.py's fault injector, answering the device API by default.
+
+    A device test scripts only what it breaks (``scripted_service.answer(...)``) and reads
+    what the device sent (``scripted_service.received(...)``, :func:`confirmations`).
+    """
+    device_api(scripted_service)
+    return scripted_service
 
 
 # --- the agent ----------------------------------------------------------------------------------

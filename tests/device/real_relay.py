@@ -19,18 +19,9 @@ from aiohttp import web
 from cloud_relay.api.common import RELAY
 from cloud_relay.app import create_app
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.relay_config import relay_test_config
-
-
-@dataclass
-class Clock:
-    """The service's wall clock; tests move it."""
-
-    offset: int = 0
-
-    def __call__(self) -> int:
-        return int(time.time()) + self.offset
 
 
 @dataclass
@@ -38,7 +29,7 @@ class RealRelay:
     url: str
     http: aiohttp.ClientSession
     app: web.Application
-    clock: Clock
+    clock: FakeClock[int]
     broker: MosquittoBroker
     admin_token: str = ""
     user_token: str = ""
@@ -130,7 +121,7 @@ async def real_relay(directory: Path, broker: MosquittoBroker) -> AsyncIterator[
         broker.host, broker.port, broker.admin_username, broker.admin_password
     )
     await adapter.connect()
-    clock = Clock()
+    clock = FakeClock(int(time.time()))  # the service's wall clock; tests move it
     app = create_app(
         relay_test_config(f"sqlite:///{directory / 'relay.db'}", broker),
         broker=adapter,

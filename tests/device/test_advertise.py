@@ -12,7 +12,8 @@ from device_firmware.errors import ConfigError
 from device_firmware.provisioning.advertise import SERVICE_TYPE, Advertiser
 
 from .commit_helpers import commit
-from .conftest import AgentStarter, FakeRelay
+from .conftest import AgentStarter
+from .real_relay import RealRelay
 
 
 def is_registered(advertiser: Advertiser) -> bool:
@@ -59,7 +60,7 @@ async def wait_for_state(zeroconf: AsyncZeroconf, name: str, state: str) -> Asyn
 
 
 async def test_agent_keeps_advertising_when_claimed(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     """HA's zeroconf aborts the discovery flows of a removed record: claiming only updates it."""
     listener = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
@@ -79,7 +80,8 @@ async def test_agent_keeps_advertising_when_claimed(
             }
             assert info.port == running.agent.lan_ports()[0]
             assert info.parsed_addresses() == ["127.0.0.1"]
-            _client, status = await commit(running, fake_relay.url)
+            claim = await account_service.claim(device.identity.device_id)
+            _client, status = await commit(running, account_service.url, token=claim["token"])
             assert status.state.value == "committed"
             online = await wait_for_state(listener, advertiser.service_name, "online")
             assert is_registered(advertiser)

@@ -30,6 +30,7 @@ from device_firmware.state import (
     StateStore,
 )
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.scripted_service import ScriptedService
 
 from .commit_helpers import OWNER_SECRET, commit
 from .conftest import (
@@ -38,7 +39,6 @@ from .conftest import (
     TEST_PASSWORD,
     WRONG_PASSPHRASE,
     AgentStarter,
-    FakeRelay,
     Provisioned,
     home_scenario,
 )
@@ -75,7 +75,7 @@ async def test_boot_after_power_cut_once_owned_is_online(
 
 
 async def test_stopping_mid_commit_rolls_back(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, scripted_service: ScriptedService
 ) -> None:
     slow = Scenario(
         networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, connect_delay=60),)
@@ -87,7 +87,7 @@ async def test_stopping_mid_commit_rolls_back(
         await client.call(
             SetClaimRequest(
                 request_id=2,
-                service_url=fake_relay.url,
+                service_url=scripted_service.url,
                 claim_token="A" * 30,
                 owner_secret=OWNER_SECRET,
                 allow_insecure_http=True,
@@ -231,15 +231,17 @@ async def test_refused_broker_credentials_become_broker_auth_failed(
         assert running.hardware.pattern.value == "solid"
 
 
-async def test_commit_refusals(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+async def test_commit_refusals(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
     async with start_agent() as running:
-        client, status = await commit(running, fake_relay.url)
+        client, status = await commit(running, scripted_service.url)
         assert status.state.value == "committed"
 
         again = await client.call(
             SetClaimRequest(
                 request_id=client.next_id(),
-                service_url=fake_relay.url,
+                service_url=scripted_service.url,
                 claim_token="B" * 30,
                 allow_insecure_http=True,
             )

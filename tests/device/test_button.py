@@ -22,8 +22,9 @@ from device_firmware.config import DeviceConfig
 from device_firmware.errors import ConfigError
 from device_firmware.network.simulated import SimulatedBackend
 from device_firmware.state import Phase
+from tests.plugins.scripted_service import ScriptedService
 
-from .conftest import AgentStarter, FakeRelay, Provisioned, home_scenario
+from .conftest import RELEASE_PATH, AgentStarter, Provisioned, home_scenario
 from .test_owner_session import OLD_SSID, claim_on_disk, closed_port
 
 WAIT = 5.0
@@ -87,9 +88,9 @@ async def test_short_press_opens_the_window_of_an_unclaimed_device(
 
 
 async def test_long_press_factory_resets_a_claimed_device(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay
+    start_agent: AgentStarter, provisioned: Provisioned, scripted_service: ScriptedService
 ) -> None:
-    claim_on_disk(provisioned, service_url=fake_relay.url, broker_port=closed_port())
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=closed_port())
     button = PipeButton()
     async with start_agent(
         home_scenario(saved=OLD_SSID),
@@ -100,12 +101,14 @@ async def test_long_press_factory_resets_a_claimed_device(
         assert running.agent.store.current.claimed
         button.press(b"P")  # held down
         await eventually("reset", lambda: running.agent.store.current.phase is Phase.UNCLAIMED)
-        await eventually("release sent", lambda: len(fake_relay.releases) == 1)
+        await eventually(
+            "release sent", lambda: len(scripted_service.received("POST", RELEASE_PATH)) == 1
+        )
         record = running.agent.store.current
         assert (record.ownership, record.owner_secret, record.mqtt) == (None, None, None)
         button.press(b"R")  # letting go after the reset changes nothing
         await eventually("window open", lambda: running.agent.session_host.window_open)
-        assert len(fake_relay.releases) == 1
+        assert len(scripted_service.received("POST", RELEASE_PATH)) == 1
     assert button.released
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,11 +28,10 @@ from device_firmware.commit import CLAIM_TTL_LIMIT, ClaimPlan
 from device_firmware.network.backend import WifiCredentials
 from device_firmware.state import DeviceStateRecord, Phase, StateStore
 from tests.plugins.lossy_proxy import lossy_proxy
-from tests.plugins.mosquitto import MosquittoBroker
 
 from .commit_helpers import OWNER_SECRET, commit
 from .conftest import HOME_PASSPHRASE, HOME_SSID, AgentStarter, Provisioned, RunningAgent
-from .real_relay import RealRelay, real_relay
+from .real_relay import RealRelay
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -84,25 +82,23 @@ async def _assert_owned_and_online(
 async def test_lost_answer_is_retried_until_owned(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
 ) -> None:
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        claim = await relay.claim(device_id)
-        async with (
-            lossy_proxy(*_address(relay.url), drop=1) as proxy,
-            start_agent() as running,
-        ):
-            _client, status = await commit(running, proxy.url, token=claim["token"])
-            assert proxy.dropped == 1
-            assert proxy.matched == 2  # the lost one, and the retry that was answered
-            assert (status.state.value, status.diagnostic) == ("committed", None)
-            await _assert_owned_and_online(running, relay, claim)
-        actions = await _audit_actions(relay, device_id)
-        assert actions.count("device.claimed") == 1
-        assert actions.count("device.claim_reconfirmed") == 1
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    claim = await relay.claim(device_id)
+    async with (
+        lossy_proxy(*_address(relay.url), drop=1) as proxy,
+        start_agent() as running,
+    ):
+        _client, status = await commit(running, proxy.url, token=claim["token"])
+        assert proxy.dropped == 1
+        assert proxy.matched == 2  # the lost one, and the retry that was answered
+        assert (status.state.value, status.diagnostic) == ("committed", None)
+        await _assert_owned_and_online(running, relay, claim)
+    actions = await _audit_actions(relay, device_id)
+    assert actions.count("device.claimed") == 1
+    assert actions.count("device.claim_reconfirmed") == 1
 
 
 async def _commit_and_cut_power(
@@ -133,192 +129,174 @@ async def _commit_and_cut_power(
 async def test_power_cut_with_claim_in_flight_resumes_at_boot(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
     stop: str,
 ) -> None:
     """``power_cut``: the disk as it was when the answer was lost. ``agent_stopped``: a clean
     stop (systemd restarting the service) keeps the claim in flight as well."""
     state_file = provisioned.config.state_file
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        claim = await relay.claim(device_id)
-        async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
-            on_disk = await _commit_and_cut_power(
-                start_agent, proxy.url, claim["token"], proxy.answer_lost
-            )
-            if stop == "power_cut":
-                state_file.write_bytes(on_disk)  # nothing written after the cut reached the disk
-            assert StateStore(state_file).load().claim_in_flight is not None
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    claim = await relay.claim(device_id)
+    async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
+        on_disk = await _commit_and_cut_power(
+            start_agent, proxy.url, claim["token"], proxy.answer_lost
+        )
+        if stop == "power_cut":
+            state_file.write_bytes(on_disk)  # nothing written after the cut reached the disk
+        assert StateStore(state_file).load().claim_in_flight is not None
 
-            async with start_agent() as running:  # boots from the same state directory
-                await running.agent.ready()
-                await running.agent.controller.wait_for_commit()
-                await _assert_owned_and_online(running, relay, claim)
-        actions = await _audit_actions(relay, device_id)
-        assert actions.count("device.claim_reconfirmed") == 1
+        async with start_agent() as running:  # boots from the same state directory
+            await running.agent.ready()
+            await running.agent.controller.wait_for_commit()
+            await _assert_owned_and_online(running, relay, claim)
+    actions = await _audit_actions(relay, device_id)
+    assert actions.count("device.claim_reconfirmed") == 1
 
 
 async def test_power_cut_past_the_ttl_fetches_the_credential(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
 ) -> None:
     state_file = provisioned.config.state_file
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        claim = await relay.claim(device_id)
-        async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
-            on_disk = await _commit_and_cut_power(
-                start_agent, proxy.url, claim["token"], proxy.answer_lost
-            )
-            state_file.write_bytes(on_disk)
-            # The device stays off longer than any claim token lives.
-            later = CLAIM_TTL_LIMIT + 60
-            relay.clock.offset = later
-            async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
-                await running.agent.ready()
-                await running.agent.controller.wait_for_commit()
-                await _assert_owned_and_online(running, relay, claim)
-        actions = await _audit_actions(relay, device_id)
-        assert "device.claim_reconfirmed" not in actions
-        assert actions.count("device.credentials_fetched") == 1
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    claim = await relay.claim(device_id)
+    async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
+        on_disk = await _commit_and_cut_power(
+            start_agent, proxy.url, claim["token"], proxy.answer_lost
+        )
+        state_file.write_bytes(on_disk)
+        # The device stays off longer than any claim token lives.
+        later = CLAIM_TTL_LIMIT + 60
+        relay.clock.advance(later)
+        async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
+            await running.agent.ready()
+            await running.agent.controller.wait_for_commit()
+            await _assert_owned_and_online(running, relay, claim)
+    actions = await _audit_actions(relay, device_id)
+    assert "device.claim_reconfirmed" not in actions
+    assert actions.count("device.credentials_fetched") == 1
 
 
 async def test_claim_in_flight_that_never_reached_the_service_rolls_back(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
 ) -> None:
     """The power went before the confirmation left, and the token lapsed meanwhile: the
     service says nobody owns the device; it is back in provisioning with CLAIM_EXPIRED."""
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        claim = await relay.claim(provisioned.device.identity.device_id)
-        store = StateStore(provisioned.config.state_file)
-        store.change(phase=Phase.PROVISIONING)
-        plan = ClaimPlan(
-            service_url=relay.url, claim_token=claim["token"], owner_secret=OWNER_SECRET
+    relay = account_service
+    claim = await relay.claim(provisioned.device.identity.device_id)
+    store = StateStore(provisioned.config.state_file)
+    store.change(phase=Phase.PROVISIONING)
+    plan = ClaimPlan(service_url=relay.url, claim_token=claim["token"], owner_secret=OWNER_SECRET)
+    wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
+    later = CLAIM_TTL_LIMIT + 60
+    store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
+    relay.clock.advance(later)
+    async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
+        await running.agent.ready()
+        record = await running.agent.controller.wait_for_commit()
+        assert (record.phase, record.diagnostic) == (
+            Phase.PROVISIONING,
+            DiagnosticCode.CLAIM_EXPIRED,
         )
-        wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
-        later = CLAIM_TTL_LIMIT + 60
-        store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
-        relay.clock.offset = later
-        async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
-            await running.agent.ready()
-            record = await running.agent.controller.wait_for_commit()
-            assert (record.phase, record.diagnostic) == (
-                Phase.PROVISIONING,
-                DiagnosticCode.CLAIM_EXPIRED,
-            )
-            assert (record.ownership, record.mqtt, record.owner_secret) == (None, None, None)
-            assert record.claim_in_flight is None
-            assert running.agent.session_host.window_open
-            assert "rollback" in running.backend.events
-        assert await relay.devices() == []
+        assert (record.ownership, record.mqtt, record.owner_secret) == (None, None, None)
+        assert record.claim_in_flight is None
+        assert running.agent.session_host.window_open
+        assert "rollback" in running.backend.events
+    assert await relay.devices() == []
 
 
 async def test_claim_in_flight_that_never_reached_the_service_is_confirmed_at_boot(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
 ) -> None:
     """The power went between saving the claim in flight and posting it: the resumed commit
     posts the first confirmation the service sees, within the TTL."""
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        claim = await relay.claim(device_id)
-        store = StateStore(provisioned.config.state_file)
-        store.change(phase=Phase.PROVISIONING)
-        plan = ClaimPlan(
-            service_url=relay.url, claim_token=claim["token"], owner_secret=OWNER_SECRET
-        )
-        wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
-        store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
-        async with start_agent() as running:
-            await running.agent.ready()
-            await running.agent.controller.wait_for_commit()
-            await _assert_owned_and_online(running, relay, claim)
-        actions = await _audit_actions(relay, device_id)
-        assert actions.count("device.claimed") == 1
-        assert "device.claim_reconfirmed" not in actions
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    claim = await relay.claim(device_id)
+    store = StateStore(provisioned.config.state_file)
+    store.change(phase=Phase.PROVISIONING)
+    plan = ClaimPlan(service_url=relay.url, claim_token=claim["token"], owner_secret=OWNER_SECRET)
+    wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
+    store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
+    async with start_agent() as running:
+        await running.agent.ready()
+        await running.agent.controller.wait_for_commit()
+        await _assert_owned_and_online(running, relay, claim)
+    actions = await _audit_actions(relay, device_id)
+    assert actions.count("device.claimed") == 1
+    assert "device.claim_reconfirmed" not in actions
 
 
 async def test_every_answer_lost_until_the_timer_then_the_same_token_again(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
 ) -> None:
     """No answer gets through before the commit timer: the device rolls back with
     RELAY_UNREACHABLE (the service owns it meanwhile). Home Assistant's retry hands over the
     same token (the flow finds its claim owned); the device confirms it again and is online."""
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        claim = await relay.claim(device_id)
-        async with (
-            lossy_proxy(*_address(relay.url), drop=1000) as proxy,
-            start_agent(commit_timeout=2) as running,
-        ):
-            client, status = await commit(running, proxy.url, token=claim["token"])
-            assert (status.state.value, status.diagnostic) == (
-                "provisioning",
-                DiagnosticCode.RELAY_UNREACHABLE,
-            )
-            assert proxy.dropped >= 2  # retried, every answer lost
-            record = running.agent.store.current
-            assert (record.ownership, record.claim_in_flight) == (None, None)
-            assert await relay.claim_status(claim["claim_id"]) == "owned"
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    claim = await relay.claim(device_id)
+    async with (
+        lossy_proxy(*_address(relay.url), drop=1000) as proxy,
+        start_agent(commit_timeout=2) as running,
+    ):
+        client, status = await commit(running, proxy.url, token=claim["token"])
+        assert (status.state.value, status.diagnostic) == (
+            "provisioning",
+            DiagnosticCode.RELAY_UNREACHABLE,
+        )
+        assert proxy.dropped >= 2  # retried, every answer lost
+        record = running.agent.store.current
+        assert (record.ownership, record.claim_in_flight) == (None, None)
+        assert await relay.claim_status(claim["claim_id"]) == "owned"
 
-            _client, status = await commit(running, relay.url, token=claim["token"], client=client)
-            assert (status.state.value, status.diagnostic) == ("committed", None)
-            await _assert_owned_and_online(running, relay, claim)
-        actions = await _audit_actions(relay, device_id)
-        assert actions.count("device.claimed") == 1
-        assert actions.count("device.claim_reconfirmed") >= 2
+        _client, status = await commit(running, relay.url, token=claim["token"], client=client)
+        assert (status.state.value, status.diagnostic) == ("committed", None)
+        await _assert_owned_and_online(running, relay, claim)
+    actions = await _audit_actions(relay, device_id)
+    assert actions.count("device.claimed") == 1
+    assert actions.count("device.claim_reconfirmed") >= 2
 
 
 async def test_resumed_before_ntp_set_the_clock(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
 ) -> None:
     """A Pi has no RTC: the resumed commit may sign before NTP set the clock. The service's
     clock_skew is no answer to give up on; once the clock is right the claim goes through."""
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        claim = await relay.claim(device_id)
-        offset = [3600]
-        async with lossy_proxy(
-            *_address(relay.url), path="/v1/device/mqtt-credential", drop=0
-        ) as proxy:
-            store = StateStore(provisioned.config.state_file)
-            store.change(phase=Phase.PROVISIONING)
-            plan = ClaimPlan(
-                service_url=proxy.url, claim_token=claim["token"], owner_secret=OWNER_SECRET
-            )
-            wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
-            store.change(
-                phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time()))
-            )
-            async with start_agent(wall_clock=lambda: int(time.time()) + offset[0]) as running:
-                await running.agent.ready()
-                for _ in range(3000):  # the clock looks an hour ahead: a credential request
-                    if proxy.matched:
-                        break
-                    await asyncio.sleep(0.01)
-                assert proxy.matched >= 1
-                assert running.agent.store.current.phase is Phase.COMMITTING  # not given up
-                offset[0] = 0  # NTP set the clock
-                await running.agent.controller.wait_for_commit()
-                await _assert_owned_and_online(running, relay, claim)
-        assert (await _audit_actions(relay, device_id)).count("device.claimed") == 1
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    claim = await relay.claim(device_id)
+    offset = [3600]
+    async with lossy_proxy(
+        *_address(relay.url), path="/v1/device/mqtt-credential", drop=0
+    ) as proxy:
+        store = StateStore(provisioned.config.state_file)
+        store.change(phase=Phase.PROVISIONING)
+        plan = ClaimPlan(
+            service_url=proxy.url, claim_token=claim["token"], owner_secret=OWNER_SECRET
+        )
+        wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
+        store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
+        async with start_agent(wall_clock=lambda: int(time.time()) + offset[0]) as running:
+            await running.agent.ready()
+            for _ in range(3000):  # the clock looks an hour ahead: a credential request
+                if proxy.matched:
+                    break
+                await asyncio.sleep(0.01)
+            assert proxy.matched >= 1
+            assert running.agent.store.current.phase is Phase.COMMITTING  # not given up
+            offset[0] = 0  # NTP set the clock
+            await running.agent.controller.wait_for_commit()
+            await _assert_owned_and_online(running, relay, claim)
+    assert (await _audit_actions(relay, device_id)).count("device.claimed") == 1

@@ -14,18 +14,24 @@ from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
+from tests.plugins.scripted_service import Answer, ScriptedService, error, scripted
 
 from .commit_helpers import OWNER_SECRET, TOKEN, commit
 from .conftest import (
+    CONFIRM_PATH,
+    CREDENTIAL_PATH,
+    HEALTH_PATH,
     HOME_PASSPHRASE,
     HOME_SSID,
     WRONG_PASSPHRASE,
     AgentStarter,
-    FakeRelay,
-    _fake_relay_app,
+    confirmations,
+    device_api,
+    health,
     home_scenario,
-    serve,
+    owned,
 )
+from .real_relay import RealRelay
 from .tls import make_pki
 
 
@@ -38,10 +44,11 @@ def closed_port_url() -> str:
 
 
 async def test_commit_success_makes_network_permanent(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, scripted_service: ScriptedService
 ) -> None:
+    """Against the fault injector's default answers, which record what the device posted."""
     async with start_agent() as running:
-        client, status = await commit(running, fake_relay.url)
+        client, status = await commit(running, scripted_service.url)
         assert status.state.value == "committed"
         assert status.diagnostic is None
         assert running.backend.saved_ssid == HOME_SSID
@@ -54,7 +61,7 @@ async def test_commit_success_makes_network_permanent(
         assert record.mqtt.username.startswith("dev-")
         assert record.wifi_ssid == HOME_SSID
         # The confirmation the device posted is signed by its identity key, for this token.
-        (posted,) = fake_relay.confirmations
+        (posted,) = confirmations(scripted_service)
         confirmation = ClaimConfirmation.from_json(
             json.dumps(posted, sort_keys=True, separators=(",", ":")).encode()
         )
@@ -103,7 +110,7 @@ async def test_commit_success_makes_network_permanent(
 )
 async def test_wifi_failures_roll_back_with_their_code(  # noqa: PLR0917 - parametrised
     start_agent: AgentStarter,
-    fake_relay: FakeRelay,
+    account_service: RealRelay,
     scenario: Scenario,
     ssid: bytes,
     passphrase: str | None,
@@ -111,36 +118,47 @@ async def test_wifi_failures_roll_back_with_their_code(  # noqa: PLR0917 - param
     code: DiagnosticCode,
 ) -> None:
     async with start_agent(scenario) as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         _client, status = await commit(
-            running, fake_relay.url, ssid=ssid, passphrase=passphrase, hidden=hidden
+            running,
+            account_service.url,
+            token=claim["token"],
+            ssid=ssid,
+            passphrase=passphrase,
+            hidden=hidden,
         )
         assert (status.state.value, status.diagnostic) == ("provisioning", code)
         assert running.backend.saved_ssid is None
         assert running.backend.trial_ssid is None
         assert running.backend.events[-1] == "rollback"
-        assert fake_relay.confirmations == []
+        assert await account_service.claim_status(claim["claim_id"]) == "pending"  # not sent
         assert running.agent.store.current.diagnostic is code
         assert running.hardware.pattern.value == "triple_blink"
 
 
 async def test_hidden_network_with_flag_and_hex_psk(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
-
     psk = hashlib.pbkdf2_hmac("sha1", b"hidden network pw", b"Attic", 4096, 32).hex()
     async with start_agent() as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         _client, status = await commit(
-            running, fake_relay.url, ssid=b"Attic", passphrase=psk, hidden=True
+            running,
+            account_service.url,
+            token=claim["token"],
+            ssid=b"Attic",
+            passphrase=psk,
+            hidden=True,
         )
         assert status.state.value == "committed"
         assert running.backend.saved_ssid == b"Attic"
 
 
-async def test_dns_failure(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+async def test_dns_failure(start_agent: AgentStarter, scripted_service: ScriptedService) -> None:
     scenario = Scenario(
         networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, dns=False),)
     )
-    port = fake_relay.url.rsplit(":", 1)[1]
+    port = scripted_service.url.rsplit(":", 1)[1]
     async with start_agent(scenario) as running:
         _client, status = await commit(running, f"http://localhost:{port}")
         assert status.diagnostic is DiagnosticCode.DNS_FAILED
@@ -148,7 +166,7 @@ async def test_dns_failure(start_agent: AgentStarter, fake_relay: FakeRelay) -> 
 
 
 async def test_no_internet_versus_unreachable_service(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, scripted_service: ScriptedService
 ) -> None:
     offline = Scenario(
         networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, internet=False),)
@@ -158,7 +176,7 @@ async def test_no_internet_versus_unreachable_service(
         client, status = await commit(running, closed_port_url())
         assert status.diagnostic is DiagnosticCode.NO_INTERNET
         # A service on the LAN does not need the internet: the same network works.
-        client, status = await commit(running, fake_relay.url, client=client)
+        client, status = await commit(running, scripted_service.url, client=client)
         assert status.state.value == "committed"
 
 
@@ -168,12 +186,11 @@ async def test_unreachable_service(start_agent: AgentStarter) -> None:
         assert status.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
 
 
-async def test_tls_failure_and_private_ca(
-    start_agent: AgentStarter, fake_relay: FakeRelay, tmp_path: Path
-) -> None:
-
+async def test_tls_failure_and_private_ca(start_agent: AgentStarter, tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
-    async with serve(await _fake_relay_app(fake_relay), ssl_context=pki.server_context()) as url:
+    async with scripted(ssl_context=pki.server_context()) as service:
+        device_api(service)
+        url = service.url
         async with start_agent() as running:
             _client, status = await commit(running, url)
             assert status.diagnostic is DiagnosticCode.TLS_FAILED
@@ -183,11 +200,13 @@ async def test_tls_failure_and_private_ca(
             assert status.state.value == "committed"
 
 
-async def test_device_clock_skew(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+async def test_device_clock_skew(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
     async with start_agent(wall_clock=lambda: int(time.time()) + 3600) as running:
-        _client, status = await commit(running, fake_relay.url)
+        _client, status = await commit(running, scripted_service.url)
         assert status.diagnostic is DiagnosticCode.CLOCK_SKEW
-        assert fake_relay.confirmations == []
+        assert confirmations(scripted_service) == []
 
 
 @pytest.mark.parametrize(
@@ -203,84 +222,100 @@ async def test_device_clock_skew(start_agent: AgentStarter, fake_relay: FakeRela
 )
 async def test_service_refusals(
     start_agent: AgentStarter,
-    fake_relay: FakeRelay,
+    scripted_service: ScriptedService,
     http_status: int,
     error_code: str,
     diagnostic: DiagnosticCode,
 ) -> None:
-    fake_relay.confirm_status = http_status
-    fake_relay.confirm_body = {"error": {"code": error_code, "message": "refused"}}
+    scripted_service.answer("POST", CONFIRM_PATH, error(http_status, error_code, "refused"))
     # A 5xx may hide a claim the service recorded: retried until the commit timer ends.
     async with start_agent(commit_timeout=2) as running:
-        _client, status = await commit(running, fake_relay.url)
+        _client, status = await commit(running, scripted_service.url)
         assert status.diagnostic is diagnostic
         assert running.backend.saved_ssid is None
         assert running.agent.store.current.ownership is None
         assert running.agent.store.current.claim_in_flight is None
         # A refused token is settled by the device's credential request ("unowned" here).
         settled = diagnostic in {DiagnosticCode.CLAIM_REJECTED, DiagnosticCode.CLAIM_EXPIRED}
-        assert len(fake_relay.credential_requests) == (1 if settled else 0)
+        assert len(scripted_service.received("POST", CREDENTIAL_PATH)) == (1 if settled else 0)
         # No usable answer (5xx, the service's clock_skew) once the confirmation went out.
         retried = diagnostic in {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.CLOCK_SKEW}
-        assert (len(fake_relay.confirmations) > 1) is retried
+        assert (len(confirmations(scripted_service)) > 1) is retried
 
 
-async def test_malformed_service_answers(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
-    fake_relay.confirm_body = {"status": "owned", "device_id": "nope"}
+async def test_malformed_service_answers(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
+    scripted_service.answer(
+        "POST", CONFIRM_PATH, Answer(200, {"status": "owned", "device_id": "nope"})
+    )
     # An answer the device cannot use is no answer: retried until the commit timer ends.
     async with start_agent(commit_timeout=2) as running:
-        _client, status = await commit(running, fake_relay.url)
+        _client, status = await commit(running, scripted_service.url)
         assert status.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
-        fake_relay.confirm_body = fake_relay.owned("0123456789ABCDEF")
-        _client, status = await commit(running, fake_relay.url)
+        scripted_service.answer("POST", CONFIRM_PATH, Answer(200, owned("0123456789ABCDEF")))
+        _client, status = await commit(running, scripted_service.url)
         assert status.diagnostic is DiagnosticCode.CLAIM_REJECTED  # answer for another device
 
 
-async def test_commit_timer(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+async def test_commit_timer(start_agent: AgentStarter, scripted_service: ScriptedService) -> None:
     slow = Scenario(
         networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, connect_delay=30),)
     )
     async with start_agent(slow, commit_timeout=1) as running:
-        _client, status = await commit(running, fake_relay.url)
+        _client, status = await commit(running, scripted_service.url)
         assert status.diagnostic is DiagnosticCode.TIMEOUT
         assert running.backend.saved_ssid is None
 
 
-async def test_commit_timer_slow_service(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
-    fake_relay.health_delay = 30
+async def test_commit_timer_slow_service(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
+    scripted_service.answer("GET", HEALTH_PATH, lambda _request: health(delay=30))
     async with start_agent(commit_timeout=1) as running:
-        _client, status = await commit(running, fake_relay.url)
+        _client, status = await commit(running, scripted_service.url)
         assert status.diagnostic is DiagnosticCode.TIMEOUT
 
 
 async def test_rollback_restores_previous_network_and_retry_works(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     scenario = home_scenario(saved=b"Cafe")
     async with start_agent(scenario) as running:
-        client, status = await commit(running, fake_relay.url, passphrase=WRONG_PASSPHRASE)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        url, token = account_service.url, claim["token"]
+        client, status = await commit(running, url, token=token, passphrase=WRONG_PASSPHRASE)
         assert status.diagnostic is DiagnosticCode.WIFI_AUTH_FAILED
         assert running.backend.saved_ssid == b"Cafe"
         assert await running.backend.wifi_connected()
         # Same session, no reboot: fix the password and commit again.
-        client, status = await commit(running, fake_relay.url, client=client)
+        client, status = await commit(running, url, token=token, client=client)
         assert (status.state.value, status.diagnostic) == ("committed", None)
         assert running.backend.saved_ssid == HOME_SSID
 
 
-async def test_claim_without_wifi_change(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+async def test_claim_without_wifi_change(
+    start_agent: AgentStarter, account_service: RealRelay
+) -> None:
     """A device already on the LAN (Ethernet) only confirms the claim."""
     async with start_agent(Scenario(wired=True)) as running:
-        _client, status = await commit(running, fake_relay.url, ssid=None)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        _client, status = await commit(
+            running, account_service.url, token=claim["token"], ssid=None
+        )
         assert status.state.value == "committed"
         assert "commit:none" in running.backend.events
 
 
-async def test_broker_override_and_pin(start_agent: AgentStarter, fake_relay: FakeRelay) -> None:
+async def test_broker_override_and_pin(
+    start_agent: AgentStarter, account_service: RealRelay
+) -> None:
     async with start_agent() as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         _client, status = await commit(
             running,
-            fake_relay.url,
+            account_service.url,
+            token=claim["token"],
             broker_host="mqtt.lan",
             broker_port=8883,
             broker_pin=b"\x01" * 32,

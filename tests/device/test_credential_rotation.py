@@ -16,26 +16,26 @@ import multiprocessing
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiomqtt
 import pytest
-from aiohttp import web
 from iob_protocol.claim import MqttCredentialRequest
 from iob_protocol.identity import DeviceIdentity
 
 from device_firmware.agent import default_runtime_factory
 from device_firmware.relay_client import CredentialRecovery, NotOwned, RelayClient
 from device_firmware.state import MqttCredentials, Phase, StateStore
-from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.clock import MONOTONIC_START, FakeClock
+from tests.plugins.scripted_service import Answer, ScriptedService, error
 
 from . import credential_writer
 from .commit_helpers import commit
-from .conftest import AgentStarter, Provisioned, RunningAgent, serve
-from .real_relay import RealRelay, real_relay
+from .conftest import CREDENTIAL_PATH, AgentStarter, Provisioned, RunningAgent
+from .real_relay import RealRelay
 
 # --- end to end: the real service and broker ----------------------------------------------------
 
@@ -122,51 +122,49 @@ async def refused_by_broker(mqtt: MqttCredentials) -> bool:
 async def test_rotation_reaches_the_device_by_itself(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Rotate via the household API → the broker kicks the device and refuses its old password →
     the device fetches, saves and reconnects with the new one, and publishes again."""
     caplog.set_level(logging.DEBUG)
     factory = default_runtime_factory(simulated=True, model="pi-test", firmware="0.1.0")
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        async with (
-            start_agent(runtime_factory=factory) as running,
-            owned_and_publishing(relay, running, device_id) as observer,
-        ):
-            before = running.agent.store.current.mqtt
-            assert before is not None
-            status, rotated = await relay.call(
-                "POST",
-                f"/v1/households/{relay.household_id}/devices/{device_id}/credentials",
-                token=relay.user_token,
-            )
-            assert status == 200, rotated
-            assert rotated["mqtt"]["password"] != before.password
-
-            await observer.answers_commands()  # on its own: nobody told the device anything
-
-            after = running.agent.store.current
-            assert after.phase is Phase.ONLINE
-            assert after.diagnostic is None
-            assert after.mqtt == replace(before, password=rotated["mqtt"]["password"])
-            # Saved, not only in memory: a reboot starts with the new password.
-            assert StateStore(running.provisioned.config.state_file).load().mqtt == after.mqtt
-            assert await refused_by_broker(before)
-            assert not await refused_by_broker(after.mqtt)
-        # The device asked with its own signature, and the owner's audit shows it.
-        status, audit = await relay.call(
-            "GET",
-            f"/v1/households/{relay.household_id}/devices/{device_id}/audit",
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    async with (
+        start_agent(runtime_factory=factory) as running,
+        owned_and_publishing(relay, running, device_id) as observer,
+    ):
+        before = running.agent.store.current.mqtt
+        assert before is not None
+        status, rotated = await relay.call(
+            "POST",
+            f"/v1/households/{relay.household_id}/devices/{device_id}/credentials",
             token=relay.user_token,
         )
-        assert status == 200, audit
-        actions = [event["action"] for event in audit["events"]]
-        assert "device.credentials_rotated" in actions
-        assert "device.credentials_fetched" in actions
+        assert status == 200, rotated
+        assert rotated["mqtt"]["password"] != before.password
+
+        await observer.answers_commands()  # on its own: nobody told the device anything
+
+        after = running.agent.store.current
+        assert after.phase is Phase.ONLINE
+        assert after.diagnostic is None
+        assert after.mqtt == replace(before, password=rotated["mqtt"]["password"])
+        # Saved, not only in memory: a reboot starts with the new password.
+        assert StateStore(running.provisioned.config.state_file).load().mqtt == after.mqtt
+        assert await refused_by_broker(before)
+        assert not await refused_by_broker(after.mqtt)
+    # The device asked with its own signature, and the owner's audit shows it.
+    status, audit = await relay.call(
+        "GET",
+        f"/v1/households/{relay.household_id}/devices/{device_id}/audit",
+        token=relay.user_token,
+    )
+    assert status == 200, audit
+    actions = [event["action"] for event in audit["events"]]
+    assert "device.credentials_rotated" in actions
+    assert "device.credentials_fetched" in actions
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert rotated["mqtt"]["password"] not in logged
     assert before.password not in logged
@@ -178,64 +176,37 @@ async def test_rotation_reaches_the_device_by_itself(
 # --- the recovery's backoff, against a scripted service -----------------------------------------
 
 
-@dataclass
-class ScriptedService:
-    """Answers ``/v1/device/mqtt-credential`` from a list; records what it was sent."""
-
-    answers: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-def grant(device_id: str, password: str) -> tuple[int, dict[str, Any]]:
-    return 200, {
-        "status": "owned",
-        "device_id": device_id,
-        "household_id": "hh",
-        "mqtt": {
-            "host": "127.0.0.1",
-            "port": 1883,
-            "tls": False,
-            "username": device_id,
-            "password": password,
+def grant(device_id: str, password: str) -> Answer:
+    return Answer(
+        200,
+        {
+            "status": "owned",
+            "device_id": device_id,
+            "household_id": "hh",
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": 1883,
+                "tls": False,
+                "username": device_id,
+                "password": password,
+            },
         },
-    }
+    )
 
 
-def error(status: int, code: str) -> tuple[int, dict[str, Any]]:
-    return status, {"error": {"code": code, "message": "scripted"}}
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[tuple[ScriptedService, str]]:
-    service = ScriptedService()
-
-    async def answer(request: web.Request) -> web.Response:
-        service.received.append(await request.json())
-        status, body = service.answers.pop(0)
-        return web.json_response(body, status=status)
-
-    app = web.Application()
-    app.router.add_post("/v1/device/mqtt-credential", answer)
-    async with serve(app) as url:
-        yield service, url
-
-
-@dataclass
-class Monotonic:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+def asked(service: ScriptedService) -> list[dict[str, Any]]:
+    """The credential requests the service got (their bodies)."""
+    return [request.body for request in service.received("POST", CREDENTIAL_PATH)]
 
 
 async def test_recovery_fetches_once_per_refusal_and_backs_off(
-    scripted: tuple[ScriptedService, str], caplog: pytest.LogCaptureFixture
+    scripted_service: ScriptedService, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    service, url = scripted
+    service, url = scripted_service, scripted_service.url
     identity = DeviceIdentity.generate()
     device_id = identity.device_id
-    clock = Monotonic()
+    clock = FakeClock(MONOTONIC_START)
     async with aiohttp.ClientSession() as http:
         recovery = CredentialRecovery(
             identity,
@@ -250,44 +221,42 @@ async def test_recovery_fetches_once_per_refusal_and_backs_off(
             assert not isinstance(got, NotOwned)
             return None if got is None else got.password
 
-        service.answers = [grant(device_id, "new-password")]
+        service.answer("POST", CREDENTIAL_PATH, grant(device_id, "new-password"))
         assert await fetch() == "new-password"
         # The request is the device's own signature over a fresh nonce.
         sent = MqttCredentialRequest.from_json(
-            json.dumps(
-                service.received[0]["request"], sort_keys=True, separators=(",", ":")
-            ).encode()
+            json.dumps(asked(service)[0]["request"], sort_keys=True, separators=(",", ":")).encode()
         )
         sent.verify(identity.public_key, now=sent.timestamp)
 
         # Nothing new (the service answers the refused password): back off 60 s, then 120 s.
-        service.answers = [grant(device_id, "old")]
+        service.answer("POST", CREDENTIAL_PATH, grant(device_id, "old"))
         assert await fetch() is None
         assert await fetch() is None  # too soon: not even asked
         clock.now += 59
         assert await fetch() is None
-        assert len(service.received) == 2
+        assert len(asked(service)) == 2
         clock.now += 1
-        service.answers = [error(403, "credential_refused")]
+        service.answer("POST", CREDENTIAL_PATH, error(403, "credential_refused"))
         assert await fetch() is None
-        assert len(service.received) == 3
+        assert len(asked(service)) == 3
         clock.now += 119
         assert await fetch() is None
-        assert len(service.received) == 3
+        assert len(asked(service)) == 3
         # Doubling stops at max_retry (200 s, not 240 s); a failure of the service counts too.
         clock.now += 1
-        service.answers = [error(503, "broker_unavailable")]
+        service.answer("POST", CREDENTIAL_PATH, error(503, "broker_unavailable"))
         assert await fetch() is None
         clock.now += 200
-        service.answers = [grant(device_id, "newer-password")]
+        service.answer("POST", CREDENTIAL_PATH, grant(device_id, "newer-password"))
         assert await fetch() == "newer-password"
-        assert len(service.received) == 5
+        assert len(asked(service)) == 5
         # After a success the next refusal is answered at once again.
-        service.answers = [grant(device_id, "newest-password")]
+        service.answer("POST", CREDENTIAL_PATH, grant(device_id, "newest-password"))
         assert await fetch("newer-password") == "newest-password"
         # An answer for another device is refused, like a claim's.
         clock.now += 1000
-        service.answers = [grant("0123456789ABCDEF", "stolen")]
+        service.answer("POST", CREDENTIAL_PATH, grant("0123456789ABCDEF", "stolen"))
         assert await fetch() is None
     logged = "\n".join(record.getMessage() for record in caplog.records)
     for password in ("new-password", "newer-password", "newest-password", "stolen"):
@@ -296,14 +265,14 @@ async def test_recovery_fetches_once_per_refusal_and_backs_off(
 
 
 async def test_only_the_exact_unowned_answer_means_not_owned(
-    scripted: tuple[ScriptedService, str],
+    scripted_service: ScriptedService,
 ) -> None:
     """The answer that unclaims a device must be exactly the service's: anything that merely
     resembles it (another device, extra or missing fields, an error status) is a failure."""
-    service, url = scripted
+    service, url = scripted_service, scripted_service.url
     identity = DeviceIdentity.generate()
     device_id = identity.device_id
-    clock = Monotonic()
+    clock = FakeClock(MONOTONIC_START)
     async with aiohttp.ClientSession() as http:
         recovery = CredentialRecovery(
             identity, lambda base: RelayClient(base, session=http), clock=clock
@@ -319,12 +288,14 @@ async def test_only_the_exact_unowned_answer_means_not_owned(
         ]
         for answer in lookalikes:
             clock.now += 10_000  # past any backoff: every answer is asked for
-            service.answers = [answer]
+            service.answer("POST", CREDENTIAL_PATH, Answer(*answer))
             assert await recovery.fetch(url, refused_password=refused) is None, answer
         clock.now += 10_000
-        service.answers = [(200, {"status": "unowned", "device_id": device_id})]
+        service.answer(
+            "POST", CREDENTIAL_PATH, Answer(200, {"status": "unowned", "device_id": device_id})
+        )
         assert await recovery.fetch(url, refused_password=refused) == NotOwned(device_id=device_id)
-    assert len(service.received) == len(lookalikes) + 1
+    assert len(asked(service)) == len(lookalikes) + 1
 
 
 async def test_unreachable_service_is_a_quiet_failure() -> None:

@@ -47,19 +47,23 @@ from device_firmware.state import (
     Phase,
     StateStore,
 )
+from tests.plugins.scripted_service import ScriptedService, error
 
 from .commit_helpers import OWNER_SECRET, TOKEN, change_wifi, commit
 from .conftest import (
+    CONFIRM_PATH,
     HOME_PASSPHRASE,
     HOME_SSID,
+    RELEASE_PATH,
     TEST_PASSWORD,
     WRONG_PASSPHRASE,
     AgentStarter,
-    FakeRelay,
     Provisioned,
     RunningAgent,
+    confirmations,
     home_scenario,
 )
+from .real_relay import RealRelay
 from .test_captive import captive_url, form_token, post
 
 OLD_SSID = b"Cafe"  # the network the claimed device was on (open, in home_scenario)
@@ -136,16 +140,17 @@ def label_clients(provisioned: Provisioned) -> list[ClientSession]:
 
 
 async def test_a_claim_without_owner_secret_cannot_commit(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent() as running:
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
         client = await running.connected_client()
         await client.call(SetWifiRequest(request_id=1, ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
         ack = await client.call(
             SetClaimRequest(
                 request_id=2,
-                service_url=fake_relay.url,
-                claim_token=TOKEN,
+                service_url=account_service.url,
+                claim_token=claim["token"],
                 allow_insecure_http=True,
             )
         )
@@ -158,24 +163,25 @@ async def test_a_claim_without_owner_secret_cannot_commit(
         record = running.agent.store.current
         assert (record.claimed, record.owner_secret) == (False, None)
         assert record.phase is Phase.PROVISIONING
-        assert fake_relay.confirmations == []
+        assert await account_service.claim_status(claim["claim_id"]) == "pending"
         assert not [event for event in running.backend.events if event.startswith("connect")]
         # The same session recovers with a claim that carries a secret.
-        _client, status = await commit(running, fake_relay.url, client=client)
+        _client, status = await commit(
+            running, account_service.url, token=claim["token"], client=client
+        )
         assert status.state.value == "committed"
         assert running.agent.store.current.owner_secret == OWNER_SECRET
 
 
 @pytest.mark.parametrize("failure", ["wifi", "service"])
 async def test_a_rolled_back_claim_leaves_no_owner_secret(
-    start_agent: AgentStarter, fake_relay: FakeRelay, failure: str
+    start_agent: AgentStarter, scripted_service: ScriptedService, failure: str
 ) -> None:
     if failure == "service":
-        fake_relay.confirm_status = 409
-        fake_relay.confirm_body = {"error": {"code": "claim_rejected", "message": "owned"}}
+        scripted_service.answer("POST", CONFIRM_PATH, error(409, "claim_rejected", "owned"))
     passphrase = WRONG_PASSPHRASE if failure == "wifi" else HOME_PASSPHRASE
     async with start_agent() as running:
-        _client, status = await commit(running, fake_relay.url, passphrase=passphrase)
+        _client, status = await commit(running, scripted_service.url, passphrase=passphrase)
         assert status.state.value == "provisioning"
         assert status.diagnostic in {
             DiagnosticCode.WIFI_AUTH_FAILED,
@@ -194,9 +200,12 @@ async def test_a_rolled_back_claim_leaves_no_owner_secret(
 
 
 async def test_claimed_device_refuses_the_label_and_takes_its_owner(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
-    claim_on_disk(provisioned, service_url=fake_relay.url, broker_port=broker_port)
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         host = running.agent.session_host
         # Window closed (the device is online), yet the label gets the specific answer.
@@ -228,9 +237,12 @@ async def test_claimed_device_refuses_the_label_and_takes_its_owner(
 
 
 async def test_a_wrong_owner_secret_counts_against_the_limiter(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
-    claim_on_disk(provisioned, service_url=fake_relay.url, broker_port=broker_port)
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         await open_owner_window(running)
         http = running.client()
@@ -248,10 +260,13 @@ async def test_a_wrong_owner_secret_counts_against_the_limiter(
 
 
 async def test_zero_touch_device_without_owner_secret_accepts_nobody(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
     claim_on_disk(
-        provisioned, service_url=fake_relay.url, broker_port=broker_port, owner_secret=None
+        provisioned, service_url=scripted_service.url, broker_port=broker_port, owner_secret=None
     )
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         await open_owner_window(running)
@@ -271,10 +286,16 @@ async def test_zero_touch_device_without_owner_secret_accepts_nobody(
 
 
 async def test_owner_session_changes_the_wifi_and_keeps_the_claim(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
     before = claim_on_disk(
-        provisioned, service_url=fake_relay.url, broker_port=broker_port, broker_host="localhost"
+        provisioned,
+        service_url=scripted_service.url,
+        broker_port=broker_port,
+        broker_host="localhost",
     )
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         await open_owner_window(running)
@@ -285,7 +306,7 @@ async def test_owner_session_changes_the_wifi_and_keeps_the_claim(
         claim = await client.call(
             SetClaimRequest(
                 request_id=client.next_id(),
-                service_url=fake_relay.url,
+                service_url=scripted_service.url,
                 claim_token=TOKEN,
                 owner_secret=NEW_SECRET,
                 allow_insecure_http=True,
@@ -310,7 +331,7 @@ async def test_owner_session_changes_the_wifi_and_keeps_the_claim(
             before.owner_secret,
         )
         assert "dns:localhost" in running.backend.events  # the broker's name was resolved
-        assert fake_relay.confirmations == []  # no claim step
+        assert confirmations(scripted_service) == []  # no claim step
         # The label is still refused after the change.
         reply = await running.client().handshake(provisioned.qr_client())
         assert (reply.status, reply.error) == (403, "owner_session_required")
@@ -351,7 +372,7 @@ def _scenario(**network: object) -> Scenario:
 async def test_every_wifi_change_failure_rolls_back_and_keeps_the_claim(  # noqa: PLR0917 - parametrised
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    fake_relay: FakeRelay,
+    scripted_service: ScriptedService,
     broker_port: int,
     scenario: Scenario,
     change: dict[str, object],
@@ -360,7 +381,7 @@ async def test_every_wifi_change_failure_rolls_back_and_keeps_the_claim(  # noqa
 ) -> None:
     before = claim_on_disk(
         provisioned,
-        service_url=fake_relay.url,
+        service_url=scripted_service.url,
         broker_port=closed_port() if broker == "closed" else broker_port,
         broker_host="localhost" if broker == "named" else "127.0.0.1",
     )
@@ -388,9 +409,12 @@ async def test_every_wifi_change_failure_rolls_back_and_keeps_the_claim(  # noqa
 
 
 async def test_a_failed_change_can_be_retried_in_the_same_session(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
-    claim_on_disk(provisioned, service_url=fake_relay.url, broker_port=broker_port)
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         await open_owner_window(running)
         client = await running.connected_client(owner_secret=OWNER_SECRET)
@@ -407,10 +431,11 @@ async def test_a_failed_change_can_be_retried_in_the_same_session(
 
 
 async def test_the_claiming_label_session_can_only_read_afterwards(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent() as running:
-        client, status = await commit(running, fake_relay.url)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        client, status = await commit(running, account_service.url, token=claim["token"])
         assert status.state.value == "committed"
         # Still open for reading, but no longer a session that authorizes anything (Improv).
         assert not session_counts(running)
@@ -425,8 +450,8 @@ async def test_the_claiming_label_session_can_only_read_afterwards(
             (
                 SetClaimRequest(
                     request_id=client.next_id(),
-                    service_url=fake_relay.url,
-                    claim_token=TOKEN,
+                    service_url=account_service.url,
+                    claim_token=claim["token"],
                     owner_secret=NEW_SECRET,
                     allow_insecure_http=True,
                 ),
@@ -443,7 +468,7 @@ async def test_the_claiming_label_session_can_only_read_afterwards(
 
 
 async def test_a_new_session_does_not_inherit_pending_settings(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, scripted_service: ScriptedService
 ) -> None:
     """Someone's half-finished setup (a network, a claim) never rides along with the next
     session's commit: each session commits only what it sent itself."""
@@ -453,7 +478,7 @@ async def test_a_new_session_does_not_inherit_pending_settings(
         await first.call(
             SetClaimRequest(
                 request_id=2,
-                service_url=fake_relay.url,
+                service_url=scripted_service.url,
                 claim_token=TOKEN,
                 owner_secret=NEW_SECRET,
                 allow_insecure_http=True,
@@ -463,7 +488,7 @@ async def test_a_new_session_does_not_inherit_pending_settings(
         refused = await second.call(CommitRequest(request_id=1))
         assert isinstance(refused, ErrorResponse)
         assert refused.error == "not_ready"
-        assert fake_relay.confirmations == []
+        assert confirmations(scripted_service) == []
 
 
 async def test_set_owner_secret_needs_an_owner(start_agent: AgentStarter) -> None:
@@ -476,10 +501,13 @@ async def test_set_owner_secret_needs_an_owner(start_agent: AgentStarter) -> Non
 
 
 async def test_the_owner_hands_a_new_secret_over(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
     """Before a transfer: the current owner re-keys the device for the recipient's HA."""
-    claim_on_disk(provisioned, service_url=fake_relay.url, broker_port=broker_port)
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         await open_owner_window(running)
         client = await running.connected_client(owner_secret=OWNER_SECRET)
@@ -501,9 +529,12 @@ async def test_the_owner_hands_a_new_secret_over(
 
 
 async def test_factory_reset_over_the_owner_session_wipes_the_secret(
-    start_agent: AgentStarter, provisioned: Provisioned, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    scripted_service: ScriptedService,
+    broker_port: int,
 ) -> None:
-    claim_on_disk(provisioned, service_url=fake_relay.url, broker_port=broker_port)
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
     async with start_agent(home_scenario(saved=OLD_SSID)) as running:
         await open_owner_window(running)
         client = await running.connected_client(owner_secret=OWNER_SECRET)
@@ -519,7 +550,7 @@ async def test_factory_reset_over_the_owner_session_wipes_the_secret(
         )
         saved = provisioned.config.state_file.read_bytes()
         assert OwnerSecret(OWNER_SECRET).encode().encode() not in saved
-        assert len(fake_relay.releases) == 1  # the service was told
+        assert len(scripted_service.received("POST", RELEASE_PATH)) == 1  # the service was told
         # The old owner's session now sees an unowned device: it may read, nothing more.
         refused = await client.call(SetWifiRequest(request_id=client.next_id(), ssid=b"x"))
         assert isinstance(refused, ErrorResponse)
@@ -536,11 +567,13 @@ async def test_factory_reset_over_the_owner_session_wipes_the_secret(
 
 
 async def test_captive_page_refuses_a_device_claimed_while_it_is_up(
-    start_agent: AgentStarter, fake_relay: FakeRelay, broker_port: int
+    start_agent: AgentStarter, scripted_service: ScriptedService, broker_port: int
 ) -> None:
     async with start_agent() as running:
         token = await form_token(running)  # unclaimed: the hotspot and page are up
-        claim_on_disk(running.provisioned, service_url=fake_relay.url, broker_port=broker_port)
+        claim_on_disk(
+            running.provisioned, service_url=scripted_service.url, broker_port=broker_port
+        )
         running.agent.store.load()  # the claim landed; the page has not been closed yet
         async with running.http.get(captive_url(running) + "/") as response:
             assert response.status == 403

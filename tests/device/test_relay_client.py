@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from iob_protocol.account_api import ErrorBody, ErrorCode
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.errors import RelayError
 from device_firmware.relay_client import MAX_RESPONSE_SIZE, RelayClient, build_ssl_context
-
-from .conftest import serve
-
-
-def app_answering(
-    body: bytes, status: int = 200, content_type: str = "application/json"
-) -> web.Application:
-    async def handler(_request: web.Request) -> web.Response:
-        return web.Response(body=body, status=status, content_type=content_type)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    return app
+from tests.plugins.scripted_service import ANY, Answer, ScriptedService
 
 
 @pytest.mark.parametrize(
@@ -39,20 +25,20 @@ def app_answering(
         (b'{"error": "flat"}', 404),
     ],
 )
-async def test_unexpected_health_answers_are_unreachable(body: bytes, status: int) -> None:
-    async with serve(app_answering(body, status)) as url, RelayClient(url, timeout=5) as relay:
+async def test_unexpected_health_answers_are_unreachable(
+    scripted_service: ScriptedService, body: bytes, status: int
+) -> None:
+    scripted_service.answer(ANY, ANY, Answer(status, body))
+    async with RelayClient(scripted_service.url, timeout=5) as relay:
         with pytest.raises(RelayError) as caught:
             await relay.health()
         assert caught.value.code is DiagnosticCode.RELAY_UNREACHABLE
 
 
-async def test_redirects_are_not_followed() -> None:
-    async def handler(_request: web.Request) -> web.Response:
-        raise web.HTTPFound("http://elsewhere.invalid/")
-
-    app = web.Application()
-    app.router.add_get("/v1/health", handler)
-    async with serve(app) as url, RelayClient(url, timeout=5) as relay:
+async def test_redirects_are_not_followed(scripted_service: ScriptedService) -> None:
+    redirect = Answer(302, headers={"Location": "http://elsewhere.invalid/"})
+    scripted_service.answer("GET", "/v1/health", redirect)
+    async with RelayClient(scripted_service.url, timeout=5) as relay:
         with pytest.raises(RelayError) as caught:
             await relay.health()
         assert caught.value.code is DiagnosticCode.RELAY_UNREACHABLE
@@ -84,18 +70,22 @@ OWNED = {"status": "owned", "device_id": DEVICE, "household_id": "a" * 32, "mqtt
         {k: v for k, v in OWNED.items() if k != "mqtt"},
     ],
 )
-async def test_malformed_owned_answers_are_unreachable(answer: dict[str, object]) -> None:
+async def test_malformed_owned_answers_are_unreachable(
+    scripted_service: ScriptedService, answer: dict[str, object]
+) -> None:
     """The wire model's checks: a wrong type, range or field is never taken as a grant."""
-    body = json.dumps(answer).encode()
-    async with serve(app_answering(body)) as url, RelayClient(url, timeout=5) as relay:
+    scripted_service.answer(ANY, ANY, Answer(200, answer))
+    async with RelayClient(scripted_service.url, timeout=5) as relay:
         with pytest.raises(RelayError) as caught:
             await relay.confirm_zero_touch({}, DEVICE)
         assert caught.value.code is DiagnosticCode.RELAY_UNREACHABLE
 
 
-async def test_a_well_formed_owned_answer_is_the_grant() -> None:
-    body = json.dumps({**OWNED, "mqtt": {**GRANT, "client_id": DEVICE}}).encode()
-    async with serve(app_answering(body)) as url, RelayClient(url, timeout=5) as relay:
+async def test_a_well_formed_owned_answer_is_the_grant(scripted_service: ScriptedService) -> None:
+    scripted_service.answer(
+        ANY, ANY, Answer(200, {**OWNED, "mqtt": {**GRANT, "client_id": DEVICE}})
+    )
+    async with RelayClient(scripted_service.url, timeout=5) as relay:
         outcome = await relay.confirm_zero_touch({}, DEVICE)
     assert (outcome.mqtt.port, outcome.mqtt.client_id) == (8883, DEVICE)
 
@@ -108,9 +98,11 @@ async def test_a_well_formed_owned_answer_is_the_grant() -> None:
         (ErrorCode.CREDENTIAL_REFUSED, DiagnosticCode.BROKER_AUTH_FAILED),
     ],
 )
-async def test_error_codes_are_the_shared_ones(code: ErrorCode, diagnostic: DiagnosticCode) -> None:
-    body = json.dumps(ErrorBody.of(code, "m").to_dict()).encode()
-    async with serve(app_answering(body, 409)) as url, RelayClient(url, timeout=5) as relay:
+async def test_error_codes_are_the_shared_ones(
+    scripted_service: ScriptedService, code: ErrorCode, diagnostic: DiagnosticCode
+) -> None:
+    scripted_service.answer(ANY, ANY, Answer(409, ErrorBody.of(code, "m").to_dict()))
+    async with RelayClient(scripted_service.url, timeout=5) as relay:
         with pytest.raises(RelayError) as caught:
             await relay.confirm_zero_touch({}, DEVICE)
     assert (caught.value.code, caught.value.relay_code) == (diagnostic, code)

@@ -12,31 +12,27 @@ write is SIGKILLed at random instants: the old record or the new one, never a mi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from aiohttp import web
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.agent import RuntimeFactory, default_runtime_factory
 from device_firmware.state import DeviceStateRecord, Ownership, Phase, StateStore
-from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.scripted_service import Answer, ScriptedService, error
 
 from . import unclaim_writer
 from .commit_helpers import commit
-from .conftest import HOME_SSID, AgentStarter, Provisioned, RunningAgent, serve
-from .real_relay import RealRelay, real_relay
+from .conftest import CREDENTIAL_PATH, HOME_SSID, AgentStarter, Provisioned, RunningAgent
+from .real_relay import RealRelay
 from .test_credential_rotation import Observer, owned_and_publishing, refused_by_broker
-
-CREDENTIAL_PATH = "/v1/device/mqtt-credential"
 
 
 def runtime_factory() -> RuntimeFactory:
@@ -87,107 +83,76 @@ async def another_household_claims(
 async def test_release_returns_the_device_to_unclaimed_and_it_can_be_claimed_again(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        async with start_agent(runtime_factory=runtime_factory()) as running:
-            store = running.agent.store
-            # (The household's hub session ends before the release: the release disconnects
-            # it, which is test_hub_kick.py's subject, not this test's.)
-            async with owned_and_publishing(relay, running, device_id):
-                claimed = store.current
-                assert claimed.owner_secret is not None
-                assert claimed.wifi_ssid == HOME_SSID
-                assert not window_open(running)  # closed by the claim
-            await release(relay, device_id)
-            # Nobody tells the device: the kick, the refused reconnect and its own signed
-            # question to the service bring it back to unclaimed.
-            # (The state is written before the window opens: wait for both.)
-            await until(
-                "the device is unclaimed with its window open",
-                lambda: not store.current.claimed and window_open(running),
-            )
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    async with start_agent(runtime_factory=runtime_factory()) as running:
+        store = running.agent.store
+        # (The household's hub session ends before the release: the release disconnects
+        # it, which is test_hub_kick.py's subject, not this test's.)
+        async with owned_and_publishing(relay, running, device_id):
+            claimed = store.current
+            assert claimed.owner_secret is not None
+            assert claimed.wifi_ssid == HOME_SSID
+            assert not window_open(running)  # closed by the claim
+        await release(relay, device_id)
+        # Nobody tells the device: the kick, the refused reconnect and its own signed
+        # question to the service bring it back to unclaimed.
+        # (The state is written before the window opens: wait for both.)
+        await until(
+            "the device is unclaimed with its window open",
+            lambda: not store.current.claimed and window_open(running),
+        )
 
-            record = store.current
-            assert record == DeviceStateRecord(wifi_ssid=HOME_SSID, generation=record.generation)
-            assert record.phase is Phase.UNCLAIMED
-            assert record.owner_secret is None
-            assert record.mqtt is None
-            # On disk too, in the same form (a reboot starts unclaimed, on the same Wi-Fi).
-            assert StateStore(provisioned.config.state_file).load() == record
-            # The identity stays (the label still fits); the network stays joined.
-            assert provisioned.device.identity.device_id == device_id
-            assert await running.backend.wifi_connected()
-            assert running.backend.saved_ssid == HOME_SSID
-            # The label's window is open, as for an unclaimed device at boot; no hotspot.
-            assert running.backend.hotspot is None
-            assert claimed.mqtt is not None
-            assert await refused_by_broker(claimed.mqtt)
+        record = store.current
+        assert record == DeviceStateRecord(wifi_ssid=HOME_SSID, generation=record.generation)
+        assert record.phase is Phase.UNCLAIMED
+        assert record.owner_secret is None
+        assert record.mqtt is None
+        # On disk too, in the same form (a reboot starts unclaimed, on the same Wi-Fi).
+        assert StateStore(provisioned.config.state_file).load() == record
+        # The identity stays (the label still fits); the network stays joined.
+        assert provisioned.device.identity.device_id == device_id
+        assert await running.backend.wifi_connected()
+        assert running.backend.saved_ssid == HOME_SSID
+        # The label's window is open, as for an unclaimed device at boot; no hotspot.
+        assert running.backend.hotspot is None
+        assert claimed.mqtt is not None
+        assert await refused_by_broker(claimed.mqtt)
 
-            # Another household claims it over the LAN with the label's code.
-            household, token = await another_household_claims(relay, running, device_id)
-            owned = store.current
-            assert owned.phase is Phase.ONLINE
-            assert owned.ownership is not None
-            assert owned.ownership.household_id == household
-            assert owned.wifi_ssid == HOME_SSID
-            status, hub = await relay.call("GET", f"/v1/households/{household}/hub", token=token)
-            assert status == 200, hub
-            async with aiomqtt.Client(
-                hub["host"],
-                hub["port"],
-                username=hub["username"],
-                password=hub["password"],
-                identifier=hub["client_id"],
-            ) as client:
-                await client.subscribe(f"iob/{device_id}/#", qos=1)
-                await Observer(client, device_id).answers_commands()  # a live session again
-            assert store.current.diagnostic is None
+        # Another household claims it over the LAN with the label's code.
+        household, token = await another_household_claims(relay, running, device_id)
+        owned = store.current
+        assert owned.phase is Phase.ONLINE
+        assert owned.ownership is not None
+        assert owned.ownership.household_id == household
+        assert owned.wifi_ssid == HOME_SSID
+        status, hub = await relay.call("GET", f"/v1/households/{household}/hub", token=token)
+        assert status == 200, hub
+        async with aiomqtt.Client(
+            hub["host"],
+            hub["port"],
+            username=hub["username"],
+            password=hub["password"],
+            identifier=hub["client_id"],
+        ) as client:
+            await client.subscribe(f"iob/{device_id}/#", qos=1)
+            await Observer(client, device_id).answers_commands()  # a live session again
+        assert store.current.diagnostic is None
 
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "released by its household" in logged
     assert "set it up again with its label code" in logged
 
 
-@dataclass
-class FailingService:
-    """Forwards to the real service; answers the credential request with ``failure``."""
-
-    relay: RealRelay
-    failure: tuple[int, str, str] | None = None  # status, content type, body
-    credential_requests: list[int] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if request.path == CREDENTIAL_PATH and self.failure is not None:
-            status, content_type, text = self.failure
-            self.credential_requests.append(status)
-            return web.Response(status=status, text=text, content_type=content_type)
-        async with self.relay.http.request(
-            request.method,
-            self.relay.url + request.path_qs,
-            data=body,
-            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
-        ) as reply:
-            return web.Response(
-                status=reply.status, body=await reply.read(), content_type="application/json"
-            )
-
-
-FAILURES: dict[str, tuple[int, str, str] | None] = {
+FAILURES: dict[str, Answer | None] = {
     "down": None,
-    "503": (503, "application/json", '{"error": {"code": "broker_unavailable", "message": "x"}}'),
-    "proxy-502": (502, "text/html", "<html><body>Bad Gateway</body></html>"),
-    "refused": (
-        403,
-        "application/json",
-        '{"error": {"code": "credential_refused", "message": "not yours"}}',
-    ),
+    "503": error(503, "broker_unavailable", "x"),
+    "proxy-502": Answer(502, b"<html><body>Bad Gateway</body></html>", "text/html"),
+    "refused": error(403, "credential_refused", "not yours"),
 }
 
 
@@ -196,49 +161,47 @@ async def test_a_failing_service_never_unclaims_the_device(
     failure: str,
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    mosquitto_broker: MosquittoBroker,
-    tmp_path: Path,
+    account_service: RealRelay,
+    scripted_service: ScriptedService,
 ) -> None:
     """Released at the service, but the device's question fails: it keeps its claim (and says
     BROKER_AUTH_FAILED), since only a definitive "unowned" may wipe a working device."""
-    async with real_relay(tmp_path, mosquitto_broker) as relay:
-        await relay.import_records(provisioned.result.record_file)
-        device_id = provisioned.device.identity.device_id
-        service = FailingService(relay)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", service.handle)
-        async with (
-            start_agent(runtime_factory=runtime_factory()) as running,
-            contextlib.AsyncExitStack() as service_stack,
-        ):
-            url = await service_stack.enter_async_context(serve(app))
-            store = running.agent.store
-            # Claimed through the forwarding service: the device's service URL is its URL.
-            claim = await relay.claim(device_id)
-            _client, result = await commit(running, url, token=claim["token"])
-            assert result.state.value == "committed"
-            await until("the device is online", lambda: store.current.phase is Phase.ONLINE)
-            claimed = store.current
-            assert claimed.ownership is not None
-            assert claimed.ownership.service_url == url
-            service.failure = FAILURES[failure]
-            if service.failure is None:
-                await service_stack.aclose()  # the service is gone: connection refused
-            await release(relay, device_id)
-            await until(
-                "the device records BROKER_AUTH_FAILED",
-                lambda: store.current.diagnostic is DiagnosticCode.BROKER_AUTH_FAILED,
-            )
-            if service.failure is not None:
-                assert service.credential_requests  # it did ask, and got the failure
-            record = store.current
-            assert record.phase is Phase.ONLINE
-            assert record.ownership == claimed.ownership
-            assert record.mqtt == claimed.mqtt
-            assert record.owner_secret == claimed.owner_secret
-            assert record.wifi_ssid == claimed.wifi_ssid
-            assert StateStore(provisioned.config.state_file).load() == record
-            assert not window_open(running)
+    relay = account_service
+    device_id = provisioned.device.identity.device_id
+    # The real service behind the fault injector, until the credential request is made to fail.
+    service, url = scripted_service, scripted_service.url
+    service.upstream = relay.url
+    async with start_agent(runtime_factory=runtime_factory()) as running:
+        store = running.agent.store
+        # Claimed through the fault injector: the device's service URL is its URL.
+        claim = await relay.claim(device_id)
+        _client, result = await commit(running, url, token=claim["token"])
+        assert result.state.value == "committed"
+        await until("the device is online", lambda: store.current.phase is Phase.ONLINE)
+        claimed = store.current
+        assert claimed.ownership is not None
+        assert claimed.ownership.service_url == url
+        answer = FAILURES[failure]
+        asked_before = len(service.received("POST", CREDENTIAL_PATH))
+        if answer is None:
+            await service.close()  # the service is gone: connection refused
+        else:
+            service.answer("POST", CREDENTIAL_PATH, answer)
+        await release(relay, device_id)
+        await until(
+            "the device records BROKER_AUTH_FAILED",
+            lambda: store.current.diagnostic is DiagnosticCode.BROKER_AUTH_FAILED,
+        )
+        if answer is not None:  # it did ask, and got the failure
+            assert len(service.received("POST", CREDENTIAL_PATH)) > asked_before
+        record = store.current
+        assert record.phase is Phase.ONLINE
+        assert record.ownership == claimed.ownership
+        assert record.mqtt == claimed.mqtt
+        assert record.owner_secret == claimed.owner_secret
+        assert record.wifi_ssid == claimed.wifi_ssid
+        assert StateStore(provisioned.config.state_file).load() == record
+        assert not window_open(running)
 
 
 # --- the unclaim write ------------------------------------------------------------------------

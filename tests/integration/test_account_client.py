@@ -1,4 +1,4 @@
-"""AccountClient against a small aiohttp server on loopback that speaks the /v1 API's shapes.
+"""AccountClient against the scripted service (tests/plugins) speaking the /v1 API's shapes.
 
 The same client also runs against the real account service in test_onboarding_e2e.py; here
 each method's request (method, path, body) and parsing, the token rotation rules and every
@@ -8,14 +8,12 @@ error mapping are pinned.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from custom_components.iot_onboard.account_client import (
     Account,
@@ -52,6 +50,7 @@ from custom_components.iot_onboard.const import (
     CONF_REFRESH_TOKEN,
 )
 from custom_components.iot_onboard.iob_protocol import DiagnosticCode, b64url_encode
+from tests.plugins.scripted_service import Answer, Received, ScriptedService, error
 
 pytestmark = pytest.mark.usefixtures("socket_enabled")
 
@@ -80,81 +79,47 @@ def token_pair(n: int) -> dict[str, Any]:
 type Http = aiohttp.ClientSession
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    body: Any
-    token: str | None
-    query: dict[str, str]
-    raw_path: str = ""
+class TokenRules:
+    """The account service's token rules, as the scripted service's gate: a refresh rotates
+    the pair (counted; ``refresh_error`` refuses it), and once an access token is known, a
+    token it does not know is refused with 401."""
 
+    def __init__(self) -> None:
+        self.valid_access: set[str] = set()
+        self.refreshes = 0
+        self.refresh_error: str | None = None
 
-@dataclass
-class FakeService:
-    """Canned answers per (method, path); records what was asked."""
-
-    url: str = ""
-    answers: dict[tuple[str, str], Any] = field(default_factory=dict)
-    requests: list[Recorded] = field(default_factory=list)
-    valid_access: set[str] = field(default_factory=set)
-    refreshes: int = 0
-    refresh_error: str | None = None
-
-    def answer(self, method: str, path: str, body: Any, status: int = 200) -> None:
-        self.answers[(method, path)] = (status, body)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        auth = request.headers.get("Authorization")
-        token = auth.removeprefix("Bearer ") if auth else None
-        self.requests.append(
-            Recorded(
-                request.method,
-                request.path,
-                json.loads(raw) if raw else None,
-                token,
-                dict(request.query),
-                request.raw_path,
-            )
-        )
+    def __call__(self, request: Received) -> Answer | None:
         if request.path == "/v1/auth/refresh":
             if self.refresh_error is not None:
-                return web.json_response(
-                    {"error": {"code": self.refresh_error, "message": "revoked"}}, status=401
-                )
+                return error(401, self.refresh_error, "revoked")
             self.refreshes += 1
-            await asyncio.sleep(0.01)  # let concurrent callers pile up behind the lock
             pair = token_pair(100 + self.refreshes)
             self.valid_access.add(pair["access_token"])
-            return web.json_response(pair)
+            return Answer(200, pair, delay=0.01)  # let concurrent callers pile up behind the lock
+        token = request.token
         if token is not None and self.valid_access and token not in self.valid_access:
-            return web.json_response(
-                {"error": {"code": "invalid_token", "message": "expired"}}, status=401
-            )
-        status, body = self.answers.get((request.method, request.path), (404, None))
-        if callable(body):
-            response: web.StreamResponse = await body(request)
-            return response
-        if body is None:
-            return web.Response(status=status if status != 200 else 204)
-        return web.json_response(body, status=status)
+            return error(401, "invalid_token", "expired")
+        return None
 
 
 @pytest.fixture
-async def service() -> AsyncIterator[FakeService]:
-    fake = FakeService()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield fake
-    finally:
-        await runner.cleanup()
+def service(scripted_service: ScriptedService) -> ScriptedService:
+    """The fault-injecting service (tests/plugins) with the account service's token rules."""
+    scripted_service.gate = TokenRules()
+    return scripted_service
+
+
+def rules(service: ScriptedService) -> TokenRules:
+    assert isinstance(service.gate, TokenRules)
+    return service.gate
+
+
+def answer_json(
+    service: ScriptedService, method: str, path: str, body: Any, status: int = 200
+) -> None:
+    """Answer ``method path`` with JSON ``body`` (None: no content, the API's 204)."""
+    service.answer(method, path, Answer(204 if body is None and status == 200 else status, body))
 
 
 @pytest.fixture
@@ -174,14 +139,14 @@ def fresh_tokens(n: int = 1, *, access_at: int = NOW + 900) -> TokenSet:
 
 
 def client_for(
-    service: FakeService,
+    service: ScriptedService,
     http: Http,
     tokens: TokenSet | None = None,
     saved: list[TokenSet] | None = None,
     **kwargs: Any,
 ) -> AccountClient:
     if tokens is not None:
-        service.valid_access.add(tokens.access_token)
+        rules(service).valid_access.add(tokens.access_token)
     return AccountClient(
         service.url + "/",
         session=http,
@@ -195,8 +160,8 @@ def client_for(
 # --- auth and tokens ----------------------------------------------------------------------------
 
 
-async def test_sign_in_stores_tokens_and_reports_them(service: FakeService, http: Http) -> None:
-    service.answer("POST", "/v1/auth/sign-in", token_pair(1))
+async def test_sign_in_stores_tokens_and_reports_them(service: ScriptedService, http: Http) -> None:
+    answer_json(service, "POST", "/v1/auth/sign-in", token_pair(1))
     saved: list[TokenSet] = []
     client = client_for(service, http, saved=saved)
     assert client.base_url == service.url
@@ -213,9 +178,9 @@ async def test_sign_in_stores_tokens_and_reports_them(service: FakeService, http
 
 
 async def test_sign_up_sends_the_display_name_only_when_given(
-    service: FakeService, http: Http
+    service: ScriptedService, http: Http
 ) -> None:
-    service.answer("POST", "/v1/auth/sign-up", token_pair(1), status=201)
+    answer_json(service, "POST", "/v1/auth/sign-up", token_pair(1), status=201)
     client = client_for(service, http)
     await client.sign_up("ada@example.com", "pw")
     assert service.requests[-1].body == {"email": "ada@example.com", "password": "pw"}
@@ -236,23 +201,25 @@ def test_token_set_round_trips_through_entry_data() -> None:
 
 
 async def test_expiring_access_token_is_refreshed_before_the_call(
-    service: FakeService, http: Http
+    service: ScriptedService, http: Http
 ) -> None:
-    service.answer("GET", "/v1/auth/me", ACCOUNT)
+    answer_json(service, "GET", "/v1/auth/me", ACCOUNT)
     saved: list[TokenSet] = []
     client = client_for(service, http, fresh_tokens(access_at=NOW + 30), saved)
     assert (await client.me()).email == "ada@example.com"
-    assert service.refreshes == 1
+    assert rules(service).refreshes == 1
     refresh, call = service.requests
     assert refresh.body == {"refresh_token": token_pair(1)["refresh_token"]}
     assert call.token == token_pair(101)["access_token"]
     assert saved == [client.tokens]
 
 
-async def test_unexpected_401_refreshes_once_and_retries(service: FakeService, http: Http) -> None:
-    service.answer("GET", "/v1/households", {"households": []})
+async def test_unexpected_401_refreshes_once_and_retries(
+    service: ScriptedService, http: Http
+) -> None:
+    answer_json(service, "GET", "/v1/households", {"households": []})
     client = client_for(service, http, fresh_tokens())
-    service.valid_access = {"something-else"}  # the service revoked our access token early
+    rules(service).valid_access = {"something-else"}  # the service revoked our access token early
     assert await client.households() == []
     assert [r.path for r in service.requests] == [
         "/v1/households",
@@ -261,24 +228,24 @@ async def test_unexpected_401_refreshes_once_and_retries(service: FakeService, h
     ]
 
 
-async def test_concurrent_callers_share_one_refresh(service: FakeService, http: Http) -> None:
+async def test_concurrent_callers_share_one_refresh(service: ScriptedService, http: Http) -> None:
     """A rotating refresh token spent twice revokes the session: refresh exactly once."""
-    service.answer("GET", "/v1/auth/me", ACCOUNT)
+    answer_json(service, "GET", "/v1/auth/me", ACCOUNT)
     client = client_for(service, http, fresh_tokens(access_at=NOW))
     await asyncio.gather(*(client.me() for _ in range(5)))
-    assert service.refreshes == 1
+    assert rules(service).refreshes == 1
 
 
-async def test_refused_refresh_means_reauth(service: FakeService, http: Http) -> None:
+async def test_refused_refresh_means_reauth(service: ScriptedService, http: Http) -> None:
     client = client_for(service, http, fresh_tokens(access_at=NOW))
-    service.refresh_error = "refresh_token_reused"
+    rules(service).refresh_error = "refresh_token_reused"
     with pytest.raises(AuthenticationError) as caught:
         await client.me()
     assert caught.value.code == "refresh_token_reused"
 
 
 async def test_refresh_token_expired_locally_needs_no_request(
-    service: FakeService, http: Http
+    service: ScriptedService, http: Http
 ) -> None:
     tokens = TokenSet(
         access_token="a" * 40, access_expires_at=NOW, refresh_token="r" * 40, refresh_expires_at=NOW
@@ -289,7 +256,7 @@ async def test_refresh_token_expired_locally_needs_no_request(
     assert service.requests == []
 
 
-async def test_not_signed_in(service: FakeService, http: Http) -> None:
+async def test_not_signed_in(service: ScriptedService, http: Http) -> None:
     client = client_for(service, http)
     with pytest.raises(AuthenticationError):
         await client.households()
@@ -298,9 +265,10 @@ async def test_not_signed_in(service: FakeService, http: Http) -> None:
     assert client.tokens is None
 
 
-async def test_invalid_credentials_are_not_retried(service: FakeService, http: Http) -> None:
+async def test_invalid_credentials_are_not_retried(service: ScriptedService, http: Http) -> None:
     """Only a token problem is worth a refresh; a wrong password is the user's to fix."""
-    service.answer(
+    answer_json(
+        service,
         "GET",
         "/v1/households",
         {"error": {"code": "invalid_credentials", "message": "no"}},
@@ -309,7 +277,7 @@ async def test_invalid_credentials_are_not_retried(service: FakeService, http: H
     client = client_for(service, http, fresh_tokens())
     with pytest.raises(InvalidCredentialsError):
         await client.households()
-    assert service.refreshes == 0
+    assert rules(service).refreshes == 0
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -334,14 +302,16 @@ async def test_invalid_credentials_are_not_retried(service: FakeService, http: H
     ],
 )
 async def test_error_codes_map_to_exceptions(  # noqa: PLR0917 - parametrized
-    service: FakeService,
+    service: ScriptedService,
     http: Http,
     status: int,
     code: str,
     expected: type[AccountApiError],
     diagnostic: DiagnosticCode | None,
 ) -> None:
-    service.answer("POST", "/v1/auth/sign-in", {"error": {"code": code, "message": "m"}}, status)
+    answer_json(
+        service, "POST", "/v1/auth/sign-in", {"error": {"code": code, "message": "m"}}, status
+    )
     client = client_for(service, http)
     with pytest.raises(expected) as caught:
         await client.sign_in("a@example.com", "pw")
@@ -350,27 +320,20 @@ async def test_error_codes_map_to_exceptions(  # noqa: PLR0917 - parametrized
     assert caught.value.diagnostic is diagnostic
 
 
-async def test_rate_limit_carries_retry_after(service: FakeService, http: Http) -> None:
-    async def limited(_request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": {"code": "rate_limited", "message": "slow down"}},
-            status=429,
-            headers={"Retry-After": "42"},
-        )
-
-    service.answer("POST", "/v1/auth/sign-in", limited)
+async def test_rate_limit_carries_retry_after(service: ScriptedService, http: Http) -> None:
+    limited = error(429, "rate_limited", "slow down")
+    service.answer("POST", "/v1/auth/sign-in", replace(limited, headers={"Retry-After": "42"}))
     with pytest.raises(RateLimitedError) as caught:
         await client_for(service, http).sign_in("a@example.com", "pw")
     assert caught.value.retry_after == 42
 
 
-async def test_answers_that_are_not_the_api(service: FakeService, http: Http) -> None:
-    async def html(request: web.Request) -> web.Response:
+async def test_answers_that_are_not_the_api(service: ScriptedService, http: Http) -> None:
+    def html(request: Received) -> Answer:
         status = 502 if request.path.startswith("/bad-gateway") else 200
-        return web.Response(text="<html>proxy</html>", status=status, content_type="text/html")
+        return Answer(status, b"<html>proxy</html>", "text/html")
 
-    async def teapot(_request: web.Request) -> web.Response:
-        return web.Response(status=418)
+    teapot = Answer(418, content_type="application/octet-stream")
 
     service.answer("GET", "/v1/health", html)
     service.answer("POST", "/v1/auth/sign-in", html)
@@ -385,38 +348,33 @@ async def test_answers_that_are_not_the_api(service: FakeService, http: Http) ->
     with pytest.raises(AccountApiError) as caught:
         await client_for(service, http, fresh_tokens()).me()
     assert (caught.value.status, caught.value.code) == (418, "http_418")
-    service.answer("GET", "/v1/households", {"households": "nope"})
+    answer_json(service, "GET", "/v1/households", {"households": "nope"})
     with pytest.raises(AccountResponseError):
         await client_for(service, http, fresh_tokens()).households()
 
 
-async def test_a_deeply_nested_answer_is_refused(service: FakeService, http: Http) -> None:
+async def test_a_deeply_nested_answer_is_refused(service: ScriptedService, http: Http) -> None:
     """A hostile service's 100,000-deep answer is a response error, not a RecursionError."""
 
-    async def deep(_request: web.Request) -> web.Response:
-        return web.Response(body=b"[" * 100_000, content_type="application/json")
-
-    service.answer("GET", "/v1/health", deep)
+    service.answer("GET", "/v1/health", Answer(200, b"[" * 100_000))
     with pytest.raises(AccountResponseError, match="nested deeper than 32"):
         await client_for(service, http).health()
 
 
-async def test_oversized_answer_is_refused(service: FakeService, http: Http) -> None:
-    service.answer("GET", "/v1/health", {"status": "ok", "time": 1, "pad": "x" * (1024 * 1024)})
+async def test_oversized_answer_is_refused(service: ScriptedService, http: Http) -> None:
+    answer_json(
+        service, "GET", "/v1/health", {"status": "ok", "time": 1, "pad": "x" * (1024 * 1024)}
+    )
     with pytest.raises(AccountResponseError):
         await client_for(service, http).health()
 
 
-async def test_unreachable_and_slow_services(service: FakeService, http: Http) -> None:
+async def test_unreachable_and_slow_services(service: ScriptedService, http: Http) -> None:
     with pytest.raises(AccountConnectionError) as caught:
         await AccountClient("http://127.0.0.1:1", session=http).health()
     assert caught.value.diagnostic is DiagnosticCode.RELAY_UNREACHABLE
 
-    async def slow(_request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
-        return web.json_response({})  # pragma: no cover - the client gave up
-
-    service.answer("GET", "/v1/health", slow)
+    service.answer("GET", "/v1/health", Answer(200, {}, delay=5))
     with pytest.raises(AccountConnectionError):
         await client_for(service, http, timeout=0.05).health()
 
@@ -605,8 +563,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.method} {c.path}" for c in CASES])
-async def test_api_method(service: FakeService, http: Http, case: Case) -> None:
-    service.answer(case.method, case.path, case.answer)
+async def test_api_method(service: ScriptedService, http: Http, case: Case) -> None:
+    answer_json(service, case.method, case.path, case.answer)
     client = client_for(service, http, fresh_tokens())
     result = await case.call(client)
     request = service.requests[-1]
@@ -630,15 +588,16 @@ KEY = {"device_id": DID, "public_key": "", "fingerprint": "F", "model": "pi"}
     ],
 )
 async def test_malformed_device_keys_are_refused(
-    service: FakeService, http: Http, answer: Any
+    service: ScriptedService, http: Http, answer: Any
 ) -> None:
-    service.answer("POST", H + "/device-keys", answer)
+    answer_json(service, "POST", H + "/device-keys", answer)
     with pytest.raises(AccountResponseError):
         await client_for(service, http, fresh_tokens()).device_key(HID, DID, "12345-67890")
 
 
-async def test_wrong_manual_code_is_its_own_error(service: FakeService, http: Http) -> None:
-    service.answer(
+async def test_wrong_manual_code_is_its_own_error(service: ScriptedService, http: Http) -> None:
+    answer_json(
+        service,
         "POST",
         H + "/device-keys",
         {"error": {"code": "device_not_found_or_code_wrong", "message": "check the code"}},
@@ -656,8 +615,10 @@ async def test_wrong_manual_code_is_its_own_error(service: FakeService, http: Ht
         {"claim_id": "1"},
     ],
 )
-async def test_malformed_claims_are_refused(service: FakeService, http: Http, answer: Any) -> None:
-    service.answer("POST", H + "/claims", answer)
+async def test_malformed_claims_are_refused(
+    service: ScriptedService, http: Http, answer: Any
+) -> None:
+    answer_json(service, "POST", H + "/claims", answer)
     with pytest.raises(AccountResponseError):
         await client_for(service, http, fresh_tokens()).create_claim(HID, DID)
 
@@ -671,34 +632,40 @@ async def test_malformed_claims_are_refused(service: FakeService, http: Http, an
     ],
 )
 async def test_malformed_households_are_refused(
-    service: FakeService, http: Http, answer: Any
+    service: ScriptedService, http: Http, answer: Any
 ) -> None:
-    service.answer("POST", "/v1/households", answer)
+    answer_json(service, "POST", "/v1/households", answer)
     with pytest.raises(AccountResponseError):
         await client_for(service, http, fresh_tokens()).create_household("Home")
 
 
-async def test_malformed_nested_fields_are_refused(service: FakeService, http: Http) -> None:
+async def test_malformed_nested_fields_are_refused(service: ScriptedService, http: Http) -> None:
     client = client_for(service, http, fresh_tokens())
-    service.answer("GET", H + "/hub", {**MQTT, "tls": "yes"})
+    answer_json(service, "GET", H + "/hub", {**MQTT, "tls": "yes"})
     with pytest.raises(AccountResponseError):
         await client.hub_credentials(HID)
-    service.answer("POST", D + "/credentials", {"device_id": DID, "mqtt": {**MQTT, "port": "1"}})
+    answer_json(
+        service, "POST", D + "/credentials", {"device_id": DID, "mqtt": {**MQTT, "port": "1"}}
+    )
     with pytest.raises(AccountResponseError):
         await client.rotate_device_credentials(HID, DID)
-    service.answer("GET", H + "/devices", {"devices": [{**SUMMARY, "access": "emperor"}]})
+    answer_json(service, "GET", H + "/devices", {"devices": [{**SUMMARY, "access": "emperor"}]})
     with pytest.raises(AccountResponseError):
         await client.devices(HID)
 
 
-async def test_path_segments_are_escaped(service: FakeService, http: Http) -> None:
-    service.answer("GET", "/v1/households/a/b/members", {"members": []})  # decoded by the server
+async def test_path_segments_are_escaped(service: ScriptedService, http: Http) -> None:
+    answer_json(
+        service, "GET", "/v1/households/a/b/members", {"members": []}
+    )  # decoded by the server
     await client_for(service, http, fresh_tokens()).members("a/b")
     assert service.requests[-1].raw_path == "/v1/households/a%2Fb/members"
 
 
-async def test_an_answer_with_an_unknown_field_is_refused(service: FakeService, http: Http) -> None:
+async def test_an_answer_with_an_unknown_field_is_refused(
+    service: ScriptedService, http: Http
+) -> None:
     """The wire model is closed: a field the model does not know is a response error."""
-    service.answer("GET", H + "/hub", {**MQTT, "client_id": "hub-1", "qos": 2})
+    answer_json(service, "GET", H + "/hub", {**MQTT, "client_id": "hub-1", "qos": 2})
     with pytest.raises(AccountResponseError, match="qos"):
         await client_for(service, http, fresh_tokens()).hub_credentials(HID)

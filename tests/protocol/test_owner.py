@@ -44,7 +44,9 @@ from iob_protocol import (
 )
 from iob_protocol.payload import pake_password
 
-from .helpers import FakeClock, SeededRandom, handshake, make_device
+from tests.plugins.clock import MONOTONIC_START, FakeClock
+
+from .helpers import SeededRandom, handshake, make_device
 
 DEVICE = make_device("owner device")
 SECRET = SeededRandom("owner secret")(OWNER_SECRET_SIZE)
@@ -60,12 +62,12 @@ def _owner_client(secret: bytes = SECRET, *, key: bytes | None = None) -> Client
         device_id=DEVICE.identity.device_id,
         device_public_key=key or DEVICE.identity.public_key,
         owner_secret=secret,
-        clock=FakeClock(),
+        clock=FakeClock(MONOTONIC_START),
     )
 
 
 def _claimed(identity: DeviceIdentity = DEVICE.identity) -> DeviceSession:
-    return DeviceSession.for_owner(identity, owner_secret=SECRET, clock=FakeClock())
+    return DeviceSession.for_owner(identity, owner_secret=SECRET, clock=FakeClock(MONOTONIC_START))
 
 
 def _label_clients() -> list[ClientSession]:

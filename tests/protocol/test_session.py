@@ -50,7 +50,9 @@ from iob_protocol.session import (
 )
 from spake2 import SPAKE2_A
 
-from .helpers import Device, FakeClock, SeededRandom, handshake, make_device
+from tests.plugins.clock import MONOTONIC_START, FakeClock
+
+from .helpers import Device, SeededRandom, handshake, make_device
 
 DEVICE = make_device("session device")
 OTHER = make_device("another device")
@@ -59,9 +61,9 @@ SLOW = settings(max_examples=6, deadline=None, suppress_health_check=[HealthChec
 
 
 def _pair(
-    device: Device = DEVICE, *, manual: bool = False, clock: FakeClock | None = None
+    device: Device = DEVICE, *, manual: bool = False, clock: FakeClock[float] | None = None
 ) -> tuple[ClientSession, DeviceSession]:
-    clock = clock or FakeClock()
+    clock = clock or FakeClock(MONOTONIC_START)
     if manual:
         client = ClientSession.for_manual_code(
             device.code.manual_code(),
@@ -326,8 +328,8 @@ def test_client_addressing_another_device() -> None:
     assert device.state is SessionState.FAILED
 
 
-def test_client_handshake_timeout() -> None:
-    clock = FakeClock()
+def test_client_handshake_timeout(fake_clock: FakeClock[float]) -> None:
+    clock = fake_clock
     client, device = _pair(clock=clock)
     device_hello = device.handle_client_hello(client.start())
     clock.advance(60.5)
@@ -335,8 +337,8 @@ def test_client_handshake_timeout() -> None:
         client.handle_device_hello(device_hello)
 
 
-def test_device_handshake_timeout() -> None:
-    clock = FakeClock()
+def test_device_handshake_timeout(fake_clock: FakeClock[float]) -> None:
+    clock = fake_clock
     client, device = _pair(clock=clock)
     finish = client.handle_device_hello(device.handle_client_hello(client.start()))
     clock.advance(61)

@@ -33,7 +33,9 @@ from iob_protocol import (
     parse_canonical_json,
 )
 
-from .helpers import FakeClock, ReplayRandom
+from tests.plugins.clock import MONOTONIC_START, FakeClock
+
+from .helpers import ReplayRandom
 from .vectors_build import BUILDERS, VECTOR_DIR, render
 
 
@@ -80,20 +82,22 @@ def test_handshake_replayed_from_recorded_entropy() -> None:
         client_random = ReplayRandom(bytes.fromhex(case["client_entropy"]))
         if case["kind"] == CredentialKind.QR:
             client = ClientSession.for_qr(
-                code.qr_payload(identity.fingerprint), clock=FakeClock(), random_bytes=client_random
+                code.qr_payload(identity.fingerprint),
+                clock=FakeClock(MONOTONIC_START),
+                random_bytes=client_random,
             )
         else:
             client = ClientSession.for_manual_code(
                 code.manual_code(),
                 device_id=identity.device_id,
                 device_public_key=identity.public_key,
-                clock=FakeClock(),
+                clock=FakeClock(MONOTONIC_START),
                 random_bytes=client_random,
             )
         device = DeviceSession(
             identity,
             code,
-            clock=FakeClock(),
+            clock=FakeClock(MONOTONIC_START),
             random_bytes=ReplayRandom(bytes.fromhex(case["device_entropy"])),
         )
         assert client.start().hex() == case["client_hello"]
@@ -184,13 +188,13 @@ def test_owner_vectors_replayed() -> None:
         device_id=identity.device_id,
         device_public_key=identity.public_key,
         owner_secret=secret,
-        clock=FakeClock(),
+        clock=FakeClock(MONOTONIC_START),
         random_bytes=ReplayRandom(bytes.fromhex(case["client_entropy"])),
     )
     device = DeviceSession.for_owner(
         identity,
         owner_secret=secret,
-        clock=FakeClock(),
+        clock=FakeClock(MONOTONIC_START),
         random_bytes=ReplayRandom(bytes.fromhex(case["device_entropy"])),
     )
     assert client.start().hex() == case["client_hello"]

@@ -76,7 +76,9 @@ from iob_protocol.payload import pake_password, verhoeff_digit
 from iob_protocol.session import pake_identities, transcript_hash
 from spake2 import SPAKE2_A
 
-from .helpers import FakeClock, ReplayRandom, SeededRandom
+from tests.plugins.clock import MONOTONIC_START, FakeClock
+
+from .helpers import ReplayRandom, SeededRandom
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 
@@ -246,7 +248,7 @@ def _handshake_case(kind: CredentialKind) -> dict[str, Any]:
     code = _setup_code()
     client_rng = SeededRandom(f"client entropy {kind.value}")
     device_rng = SeededRandom(f"device entropy {kind.value}")
-    clock = FakeClock()
+    clock = FakeClock(MONOTONIC_START)
     if kind is CredentialKind.QR:
         client = ClientSession.for_qr(
             code.qr_payload(identity.fingerprint), clock=clock, random_bytes=client_rng

@@ -24,10 +24,11 @@ from cloud_relay.broker import BrokerAdapter
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.config import RelayConfig
 from cloud_relay.storage.postgres import PostgresStorage
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.relay_config import relay_test_config
 
-from .helpers import Api, FakeClock
+from .helpers import Api
 from .postgres import PostgresCluster, PostgresError, PostgresProcess
 
 TEMPLATE = "relay_template"
@@ -125,7 +126,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
+def clock() -> FakeClock[int]:
     """The relay's wall clock, moved by tests."""
     return FakeClock(int(time.time()))
 
@@ -163,7 +164,7 @@ AppFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_api(clock: FakeClock) -> AsyncIterator[AppFactory]:
+async def start_api(clock: FakeClock[int]) -> AsyncIterator[AppFactory]:
     """Start a relay app on 127.0.0.1 (``await start_api(config, broker=...)``)."""
     clients: list[TestClient[Any, Any]] = []
 

@@ -22,19 +22,6 @@ from cloud_relay.registry import FactoryRecord
 from cloud_relay.relay import Relay
 
 
-class FakeClock:
-    """Unix seconds that tests move by hand."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: int) -> None:
-        self.now += seconds
-
-
 @cache
 def _shared_verifier() -> str:
     # Most tests only need a well-formed verifier, so one (slow, scrypt) verifier serves them.

@@ -6,11 +6,12 @@ import pytest
 
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.config import Limit, RateLimits
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.relay_config import GENEROUS
 
 from .conftest import AppFactory, make_config
-from .helpers import Api, FakeClock
+from .helpers import Api
 
 
 async def test_sign_up_sign_in_and_me(api: Api) -> None:
@@ -66,7 +67,7 @@ async def test_wrong_password_and_unknown_email_look_the_same(api: Api) -> None:
     assert wrong.code == "invalid_credentials"
 
 
-async def test_access_token_expires(api: Api, clock: FakeClock) -> None:
+async def test_access_token_expires(api: Api, clock: FakeClock[int]) -> None:
     user = await api.sign_up()
     clock.advance(901)
     reply = await api.request("GET", "/v1/auth/me", token=user.token)
@@ -97,7 +98,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(api: Api) -> None:
     assert "session.revoked" in {event["action"] for event in events.body["events"]}
 
 
-async def test_refresh_token_expires(api: Api, clock: FakeClock) -> None:
+async def test_refresh_token_expires(api: Api, clock: FakeClock[int]) -> None:
     user = await api.sign_up()
     clock.advance(30 * 86400 + 1)
     reply = await api.request(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 
-from .helpers import Api, FakeClock, FakeDevice, User
+from .helpers import Api, FakeDevice, User
 from .mqtt import client_exists, connect_code, hub_topics
 
 
@@ -39,7 +40,7 @@ async def _devices(api: Api, user: User, household: str) -> list[dict[str, Any]]
 
 
 async def test_own_household_onboards_its_device_again(
-    api: Api, broker: MosquittoBroker, clock: FakeClock
+    api: Api, broker: MosquittoBroker, clock: FakeClock[int]
 ) -> None:
     owner, household, device, first = await _owned(api)
     # The hub exists (Home Assistant fetched it), so its role must stay in step.
@@ -137,7 +138,9 @@ async def test_members_without_claim_rights_are_refused(api: Api, broker: Mosqui
     assert await connect_code(broker, first["mqtt"]) == 0
 
 
-async def test_tokens_other_than_the_new_claims_give_nothing(api: Api, clock: FakeClock) -> None:
+async def test_tokens_other_than_the_new_claims_give_nothing(
+    api: Api, clock: FakeClock[int]
+) -> None:
     """After the re-onboarding, the first claim's token re-confirms nothing (its ownership
     was superseded), and another device cannot use the new token."""
     owner = await api.sign_up()

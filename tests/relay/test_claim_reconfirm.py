@@ -13,10 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.plugins.clock import FakeClock
 from tests.plugins.lossy_proxy import ProxyFactory
 from tests.plugins.mosquitto import MosquittoBroker
 
-from .helpers import Api, FakeClock, FakeDevice, User
+from .helpers import Api, FakeDevice, User
 from .mqtt import connect_code
 
 
@@ -37,7 +38,7 @@ async def _claimed(api: Api) -> tuple[User, str, FakeDevice, dict[str, Any], dic
 
 
 async def test_retry_within_the_ttl_gets_the_same_grant(
-    api: Api, broker: MosquittoBroker, clock: FakeClock
+    api: Api, broker: MosquittoBroker, clock: FakeClock[int]
 ) -> None:
     owner, household, device, claim, first = await _claimed(api)
     clock.advance(30)  # the device's backoff
@@ -135,7 +136,7 @@ async def test_first_confirmation_replayed_is_refused(api: Api) -> None:
     assert (replay.status, replay.code) == (409, "claim_rejected")
 
 
-async def test_retry_after_the_ttl_fails_closed(api: Api, clock: FakeClock) -> None:
+async def test_retry_after_the_ttl_fails_closed(api: Api, clock: FakeClock[int]) -> None:
     _owner, _household, device, claim, _first = await _claimed(api)
     clock.advance(api.relay.ctx.config.claim_ttl + 1)
     late = await api.request(

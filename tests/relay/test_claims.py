@@ -8,9 +8,10 @@ import json
 from iob_protocol.claim import ClaimConfirmation
 from iob_protocol.identity import DeviceIdentity
 
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 
-from .helpers import Api, FakeClock, FakeDevice
+from .helpers import Api, FakeDevice
 from .mqtt import client_exists, connect_code
 
 
@@ -130,7 +131,7 @@ async def test_bad_signature_and_token_for_another_device(api: Api) -> None:
     assert reply.status == 200
 
 
-async def test_expired_claim(api: Api, clock: FakeClock) -> None:
+async def test_expired_claim(api: Api, clock: FakeClock[int]) -> None:
     owner = await api.sign_up()
     household = await api.household(owner)
     device = await api.device()

@@ -8,9 +8,10 @@ from typing import Any
 
 import aiomqtt
 
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 
-from .helpers import Api, FakeClock
+from .helpers import Api
 from .mqtt import client_exists, connect_code, hub_topics
 
 
@@ -124,7 +125,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
 
 
 async def test_release_by_device_after_factory_reset(
-    api: Api, broker: MosquittoBroker, clock: FakeClock
+    api: Api, broker: MosquittoBroker, clock: FakeClock[int]
 ) -> None:
     owner = await api.sign_up()
     home = await api.household(owner)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .helpers import Api, FakeClock
+from tests.plugins.clock import FakeClock
+
+from .helpers import Api
 
 
 async def test_roles_and_external_members(api: Api) -> None:
@@ -54,7 +56,7 @@ async def test_roles_and_external_members(api: Api) -> None:
     assert "member.role_changed" in {e["action"] for e in audit.body["events"]}
 
 
-async def test_invitations(api: Api, clock: FakeClock) -> None:
+async def test_invitations(api: Api, clock: FakeClock[int]) -> None:
     owner = await api.sign_up()
     home = await api.household(owner)
     invited = await api.sign_up("invitee@example.com")

@@ -12,11 +12,12 @@ from iob_protocol.identity import DeviceIdentity
 
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.config import Limit, RateLimits
+from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.relay_config import GENEROUS
 
 from .conftest import AppFactory, make_config
-from .helpers import Api, FakeClock, FakeDevice, Reply
+from .helpers import Api, FakeDevice, Reply
 from .mqtt import connect_code
 
 PATH = "/v1/device/mqtt-credential"
@@ -193,7 +194,7 @@ async def test_genuine_device_hears_it_is_not_owned(api: Api, broker: MosquittoB
     assert reply.body["mqtt"] == owned2["mqtt"]
 
 
-async def test_signed_time_is_checked(api: Api, clock: FakeClock) -> None:
+async def test_signed_time_is_checked(api: Api, clock: FakeClock[int]) -> None:
     _token, _household, device, _owned = await owned_device(api)
     now = api.now()
     for timestamp in (now - CREDENTIAL_MAX_AGE_SECONDS - 1, now - 3600, now + 121):

@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,20 +241,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(item) for item in value]
     return value
-
-
-@pytest.fixture
-def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private system bus (dbus-daemon, stopped by pid afterwards)."""
-    if shutil.which("dbus-daemon") is None:
-        pytest.fail("dbus-daemon is missing: run scripts/setup (Debian package dbus-daemon)")
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", ""))
-    bus = dbusmock.PrivateDBus(dbusmock.BusType.SYSTEM)
-    bus.start()
-    try:
-        yield str(bus.address)
-    finally:
-        bus.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from device_firmware.ble.improv import IMPROV_SERVICE_DATA_UUID
 from device_firmware.ble.wire import SERVICE_UUID, STATE_UUID, AdvertisedState, BlePhase
 from device_firmware.ble.wire import parse_state_value as parse_state
 from tests.device.commit_helpers import commit
-from tests.device.conftest import AgentStarter, FakeRelay
+from tests.device.conftest import AgentStarter
+from tests.device.real_relay import RealRelay
 
 from .conftest import BluezMock
 
@@ -46,7 +47,7 @@ def improv_authorized(adverts: dict[str, dict[str, Any]]) -> bool:
 
 
 async def test_agent_serves_ble_that_follows_the_state(
-    start_agent: AgentStarter, fake_relay: FakeRelay, bluez: BluezMock
+    start_agent: AgentStarter, account_service: RealRelay, bluez: BluezMock
 ) -> None:
     async with start_agent(ble=True, ble_bus_address=bluez.address) as running:
         assert running.agent.ble is not None
@@ -66,7 +67,8 @@ async def test_agent_serves_ble_that_follows_the_state(
 
         # Claimed over the LAN: the state characteristic follows, the window (and with it
         # the IoT Onboard advertisement) closes.
-        _client, status = await commit(running, fake_relay.url)
+        claim = await account_service.claim(device_id)
+        _client, status = await commit(running, account_service.url, token=claim["token"])
         assert status.state.value == "committed"
 
         async def phase() -> BlePhase:

@@ -47,7 +47,8 @@ from device_firmware.config import DeviceConfig
 from device_firmware.errors import ConfigError
 from device_firmware.provisioning.session_host import HANDSHAKE_ORIGIN_MISMATCH
 from tests.device.commit_helpers import commit
-from tests.device.conftest import HOME_PASSPHRASE, AgentStarter, FakeRelay, Provisioned
+from tests.device.conftest import HOME_PASSPHRASE, AgentStarter, Provisioned
+from tests.device.real_relay import RealRelay
 from tests.integration.ble_bridge import (
     BleBridgeClient,
     BridgeAdvertisement,
@@ -56,6 +57,7 @@ from tests.integration.ble_bridge import (
     bridge_port_from_log,
     wait_for_bridge_port,
 )
+from tests.plugins.clock import MONOTONIC_START, FakeClock
 
 from .client import BleClient, error_code
 from .conftest import Device
@@ -379,7 +381,7 @@ async def test_bridge_refuses_non_loopback_addresses(device: Device) -> None:
 
 
 async def test_agent_serves_the_bridge_and_stops_advertising_after_the_claim(
-    start_agent: AgentStarter, fake_relay: FakeRelay
+    start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent(ble=True, ble_bridge=f"{LOOPBACK}:0") as running:
         bridge = running.agent.ble
@@ -393,7 +395,8 @@ async def test_agent_serves_the_bridge_and_stops_advertising_after_the_claim(
         assert AdvertisedState.parse(advert.service_data[SERVICE_UUID]).window_open
         await client.connect(185)
 
-        _lan, result = await commit(running, fake_relay.url)
+        claim = await account_service.claim(running.provisioned.device.identity.device_id)
+        _lan, result = await commit(running, account_service.url, token=claim["token"])
         assert result.state.value == "committed"
 
         async def online() -> bool:
@@ -514,20 +517,10 @@ async def test_cli_refuses_a_bad_bridge_address(
     assert message in done.stderr
 
 
-class SteppedClock:
-    """A monotonic clock the test moves: a central "goes quiet" without waiting 30 s."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_another_link_cannot_finish_or_abort_a_pending_handshake(
     device: Device, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = SteppedClock()
+    clock = FakeClock(MONOTONIC_START)  # a central "goes quiet" without waiting 30 s
     peripheral = BridgePeripheral(
         host=device.host,
         controller=device.controller,

@@ -12,8 +12,6 @@ pid after each test.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -168,33 +166,22 @@ class NetworkManagerMock:
 
 
 @pytest.fixture
-def nm_mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkManagerMock]:
-    """A private system bus with the NetworkManager mock; both stopped by pid afterwards."""
-    if shutil.which("dbus-daemon") is None:
-        pytest.fail("dbus-daemon is missing: run scripts/setup (Debian package dbus-daemon)")
-    # PrivateDBus writes DBUS_SYSTEM_BUS_ADDRESS into os.environ; monkeypatch restores it.
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", ""))
-    bus = dbusmock.PrivateDBus(dbusmock.BusType.SYSTEM)
-    bus.start()
-    try:
-        mock = dbusmock.SpawnedMock.spawn_with_template(
-            "networkmanager",
-            {},
-            dbusmock.BusType.SYSTEM,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except BaseException:
-        bus.stop()
-        raise
-    controller = NetworkManagerMock(bus.address)
+def nm_mock(system_bus: str) -> Iterator[NetworkManagerMock]:
+    """The NetworkManager mock on a private system bus; stopped by pid afterwards."""
+    mock = dbusmock.SpawnedMock.spawn_with_template(
+        "networkmanager",
+        {},
+        dbusmock.BusType.SYSTEM,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    controller = NetworkManagerMock(system_bus)
     controller.fail_activation({})
     try:
         yield controller
     finally:
         controller.close()
         mock.terminate()  # by the mock's pid
-        bus.stop()  # by the daemon's pid
 
 
 @pytest.fixture

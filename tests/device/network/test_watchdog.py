@@ -16,6 +16,7 @@ from device_firmware.network.backend import (
     WifiCredentials,
 )
 from device_firmware.watchdog import WifiWatchdog
+from tests.plugins.clock import MONOTONIC_START, FakeClock
 
 MINUTE = 60.0
 
@@ -62,20 +63,14 @@ class ScriptedBackend(NetworkBackend):
         raise NotImplementedError
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _watchdog(backend: ScriptedBackend, clock: Clock, calls: list[float]) -> WifiWatchdog:
+def _watchdog(
+    backend: ScriptedBackend, clock: FakeClock[float], calls: list[float]
+) -> WifiWatchdog:
     return WifiWatchdog(backend, lambda: calls.append(clock.now), after=10 * MINUTE, clock=clock)
 
 
 async def test_fires_after_a_continuous_outage_and_not_before() -> None:
-    backend, clock, calls = ScriptedBackend(), Clock(), list[float]()
+    backend, clock, calls = ScriptedBackend(), FakeClock(MONOTONIC_START), list[float]()
     watchdog = _watchdog(backend, clock, calls)
     assert not await watchdog.check()
     backend.connected = False
@@ -88,7 +83,7 @@ async def test_fires_after_a_continuous_outage_and_not_before() -> None:
 
 
 async def test_one_good_check_restarts_the_count() -> None:
-    backend, clock, calls = ScriptedBackend(), Clock(), list[float]()
+    backend, clock, calls = ScriptedBackend(), FakeClock(MONOTONIC_START), list[float]()
     watchdog = _watchdog(backend, clock, calls)
     backend.connected = False
     await watchdog.check()
@@ -105,7 +100,7 @@ async def test_one_good_check_restarts_the_count() -> None:
 
 
 async def test_repeats_while_down_and_rearms_after_recovery() -> None:
-    backend, clock, calls = ScriptedBackend(), Clock(), list[float]()
+    backend, clock, calls = ScriptedBackend(), FakeClock(MONOTONIC_START), list[float]()
     watchdog = _watchdog(backend, clock, calls)
     backend.connected = False
     await watchdog.check()
@@ -129,7 +124,7 @@ async def test_repeats_while_down_and_rearms_after_recovery() -> None:
 async def test_backend_errors_count_as_down_and_callback_errors_are_contained(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    backend, clock = ScriptedBackend(), Clock()
+    backend, clock = ScriptedBackend(), FakeClock(MONOTONIC_START)
     backend.broken = True
 
     async def reopen() -> None:
@@ -170,7 +165,7 @@ async def test_an_unclaimed_device_logs_no_outage_and_reopens_nothing(
 ) -> None:
     """The agent watches only a claimed device with a saved Wi-Fi: an unclaimed one offline
     for ten minutes and more must not log "reopening provisioning" (it reopens nothing)."""
-    backend, clock, calls = ScriptedBackend(), Clock(), list[float]()
+    backend, clock, calls = ScriptedBackend(), FakeClock(MONOTONIC_START), list[float]()
     claimed = [False]
     watchdog = WifiWatchdog(
         backend,

@@ -17,8 +17,9 @@ from device_firmware.errors import DiagnosedError
 from device_firmware.hardware import LedPattern
 from device_firmware.mqtt_runtime import MqttRuntime, MqttSettings
 from device_firmware.state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
-from tests.device.conftest import AgentStarter, FakeRelay, Provisioned
+from tests.device.conftest import RELEASE_PATH, AgentStarter, Provisioned
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.scripted_service import ScriptedService
 
 from .conftest import Observer, create_device_account, observer, running
 
@@ -97,7 +98,7 @@ def test_runtime_without_device_commands_lists_none() -> None:
 async def test_agent_identifies_and_factory_resets_on_home_assistants_command(
     start_agent: AgentStarter,
     provisioned: Provisioned,
-    fake_relay: FakeRelay,
+    scripted_service: ScriptedService,
     mosquitto_broker: MosquittoBroker,
     hub: tuple[str, str],
 ) -> None:
@@ -106,7 +107,7 @@ async def test_agent_identifies_and_factory_resets_on_home_assistants_command(
     StateStore(provisioned.config.state_file).write(
         DeviceStateRecord(
             phase=Phase.ONLINE,
-            ownership=Ownership(household_id="hh", service_url=fake_relay.url, claimed_at=1),
+            ownership=Ownership(household_id="hh", service_url=scripted_service.url, claimed_at=1),
             mqtt=MqttCredentials(
                 host=mosquitto_broker.host,
                 port=mosquitto_broker.port,
@@ -140,4 +141,6 @@ async def test_agent_identifies_and_factory_resets_on_home_assistants_command(
         record = running_agent.agent.store.current
         assert (record.ownership, record.mqtt) == (None, None)
         # ... and releases the device at the account service, as the CLI reset does.
-        assert len(fake_relay.releases) == 1, "the account service was not told"
+        assert len(scripted_service.received("POST", RELEASE_PATH)) == 1, (
+            "the account service was not told"
+        )
