@@ -55,10 +55,21 @@ from .capabilities import default_capabilities
 from .capabilities.gpio import EdgeLine, GpioResetButton, reset_button
 from .config import DeviceConfig, bridge_address
 from .controller import DeviceController
+from .decide import (
+    Facts,
+    Trigger,
+    Uplink,
+    WindowReason,
+    button_authorizes_improv,
+    decide,
+    runs_mqtt,
+    watches_wifi,
+    window_for,
+)
 from .errors import ConfigError, DiagnosedError, RelayError, StateError
 from .factory import ProvisionedDevice, hotspot_passphrase, hotspot_ssid
 from .hardware import Hardware
-from .led import LedState, StatusLed
+from .led import StatusLed
 from .mqtt_runtime import DeviceCommand, DeviceInfo, MqttRuntime, MqttSettings
 from .network.backend import NetworkBackend, NetworkError
 from .provisioning.advertise import Advertiser, resolve_addresses
@@ -69,6 +80,7 @@ from .provisioning.session_host import SessionHost
 from .relay_client import CredentialRecovery, NotOwned, RelayClient, build_ssl_context
 from .state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
 from .watchdog import DEFAULT_POLL_INTERVAL, WifiWatchdog
+from .window import ProvisioningWindow
 from .zero_touch import sign_zero_touch
 
 _LOGGER = logging.getLogger(__name__)
@@ -155,15 +167,6 @@ def default_runtime_factory(
     return factory
 
 
-def led_state(record: DeviceStateRecord) -> LedState:
-    """The LED module's state for the onboarding state (a diagnostic shows as an error)."""
-    if record.phase is Phase.COMMITTING:
-        return LedState.COMMITTING
-    if record.diagnostic is not None:
-        return LedState.ERROR
-    return LedState(record.phase.value)
-
-
 class Action(StrEnum):
     """Requests that arrive from outside the event loop (signals, the button)."""
 
@@ -241,7 +244,7 @@ class Agent:
         self._controller: DeviceController | None = None
         self._reconcile_lock = asyncio.Lock()
         self._host: SessionHost | None = None
-        self._was_claimed = False
+        self._window: ProvisioningWindow | None = None
         self._guard: ConnectionGuard | None = None
         self._loop_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = (
             None
@@ -267,6 +270,13 @@ class Agent:
         if self._host is None:
             raise RuntimeError("agent not started")
         return self._host
+
+    @property
+    def window(self) -> ProvisioningWindow:
+        """The provisioning window (after :meth:`ready`)."""
+        if self._window is None:
+            raise RuntimeError("agent not started")
+        return self._window
 
     @property
     def ble(self) -> BluezPeripheral | BridgePeripheral | None:
@@ -356,10 +366,13 @@ class Agent:
                 policy=controller.session_policy,
                 on_established=controller.forget_pending,
             )
-            self._was_claimed = record.claimed
-            if not record.claimed:
-                host.open_window("boot while unclaimed")
-            controller.add_reset_listener(lambda: host.open_window("factory reset"))
+            self._window = window = ProvisioningWindow(host, claimed=record.claimed)
+            window.open_for(Trigger.BOOT, record)
+
+            def reset() -> None:
+                window.open_for(Trigger.FACTORY_RESET, self._store.current)
+
+            controller.add_reset_listener(reset)
             try:
                 await self._start_lan(host, controller)
                 await self._start_ble(host, controller, device)
@@ -410,9 +423,7 @@ class Agent:
                 task.cancel()
 
     def _reonboarding_applies(self) -> bool:
-        """Only a claimed device with a saved Wi-Fi re-onboards (its label window is gone)."""
-        record = self._store.current
-        return record.claimed and record.wifi_ssid is not None
+        return watches_wifi(self._store.current)
 
     def _wifi_lost(self) -> None:
         """The saved Wi-Fi has been down for a while: let the owner send new credentials.
@@ -420,13 +431,12 @@ class Agent:
         The window admits only the owner's session (the owner secret saved with the claim).
         """
         record = self._store.current
-        if record.claimed and record.wifi_ssid is not None:
-            if record.owner_secret is None:
-                _LOGGER.warning(
-                    "saved Wi-Fi lost, but this device was claimed without an owner secret: "
-                    "factory-reset it to set up its Wi-Fi again"
-                )
-            self.session_host.open_window("saved Wi-Fi lost (re-onboarding, owner only)")
+        if watches_wifi(record) and record.owner_secret is None:
+            _LOGGER.warning(
+                "saved Wi-Fi lost, but this device was claimed without an owner secret: "
+                "factory-reset it to set up its Wi-Fi again"
+            )
+        self.window.open_for(Trigger.WIFI_LOST, record)
 
     def _ports(self) -> dict[str, int | None]:
         """What the port file says: this process and the ports it listens on."""
@@ -450,8 +460,8 @@ class Agent:
             await self._lan_runner.cleanup()
             self._lan_runner = None
             asyncio.get_running_loop().set_exception_handler(self._loop_handler)
-        if self._host is not None:
-            self._host.close_window(end_session=True)
+        if self._window is not None:
+            self._window.close()
         await self._backend.aclose()
 
     def _http_guard(self) -> ConnectionGuard:
@@ -572,20 +582,28 @@ class Agent:
             await self._reconcile_locked()
 
     async def _reconcile_locked(self) -> None:
+        """Apply :func:`~device_firmware.decide.decide` to what runs."""
         record = self._store.current
-        host = self.session_host
-        await self._status_led.show(led_state(record))
-        if record.claimed and not self._was_claimed:
-            # The label's window ends with the claim; later owner-only windows (watchdog,
-            # button) stay open until they expire, across the Wi-Fi change they are for.
-            host.close_window()
-        self._was_claimed = record.claimed
-        if self._advertiser is not None:
+        window = self.window
+        facts = Facts.of(
+            record,
+            was_claimed=window.was_claimed,
+            window=window.reason,
+            zeroconf_enabled=self._advertiser is not None,
+            ble_running=self._ble is not None,
+            improv_enabled=self._config.improv,
+            hotspot_enabled=self._config.hotspot,
+            hotspot_on=self._hotspot_on,
+        )
+        decision = decide(facts)
+        await self._status_led.show(decision.led)
+        window.follow(decision, record)
+        if self._advertiser is not None and decision.zeroconf is not None:
             # Advertised in every state, only the TXT ``state`` changes: Home Assistant's
             # zeroconf aborts the discovery flows of a REMOVED record (the user's onboarding
             # flow would vanish as the claim succeeds), and follows an owned device's address.
             try:
-                await self._advertiser.publish(record.phase.value)
+                await self._advertiser.publish(decision.zeroconf.value)
             except OSError as err:
                 delay = min(2 * (self._advertise_retry or ADVERTISE_RETRY / 2), ADVERTISE_RETRY_MAX)
                 self._advertise_retry = delay
@@ -593,26 +611,19 @@ class Agent:
             else:
                 self._advertise_retry = None
         if self._ble is not None:
+            # The peripheral follows the window itself (it can lapse): decision.ble_advertise.
             await self._ble.update_state(record)  # logs D-Bus failures, never raises
-        if record.phase is Phase.COMMITTING:
-            return  # the commit owns the radio until it ends
-        want_hotspot = (
-            self._config.hotspot
-            and not record.claimed
-            and record.wifi_ssid is None
-            and host.window_open
-        )
-        if want_hotspot and not self._hotspot_on:
-            await self._start_hotspot()
-        elif not want_hotspot and self._hotspot_on:
+        if decision.probe_uplink:
+            decision = decide(dataclasses.replace(facts, uplink=await self._uplink()))
+        if decision.hotspot and not self._hotspot_on:
+            await self._start_hotspot(captive_page=decision.captive_page)
+        elif not decision.hotspot and self._hotspot_on:
             await self._stop_hotspot()
 
-    async def _start_hotspot(self) -> None:
+    async def _start_hotspot(self, *, captive_page: bool) -> None:
         device = self._device
         if device is None:
             return
-        if await self._has_network():
-            return  # on a network already (Wi-Fi or Ethernet): HA finds the device there
         try:
             await self._backend.start_hotspot(
                 hotspot_ssid(device.info.device_id), hotspot_passphrase(device.setup_code)
@@ -621,17 +632,18 @@ class Agent:
             _LOGGER.warning("cannot open the setup hotspot: %s", err)
             return
         self._hotspot_on = True
-        await self._start_captive()
+        if captive_page:
+            await self._start_captive()
 
-    async def _has_network(self) -> bool:
+    async def _uplink(self) -> Uplink:
         """Saved Wi-Fi connected, or any uplink (Ethernet) that reaches the internet."""
         try:
             if await self._backend.wifi_connected():
-                return True
+                return Uplink.CONNECTED
             await self._backend.check_internet()
         except NetworkError:
-            return False
-        return True
+            return Uplink.NONE
+        return Uplink.CONNECTED
 
     async def _stop_hotspot(self) -> None:
         self._hotspot_on = False
@@ -672,15 +684,16 @@ class Agent:
             if action is Action.RESET:
                 _LOGGER.warning("factory reset requested")
                 await self.controller.factory_reset()
-            elif self._store.current.claimed:
-                _LOGGER.info("button: window for the owner's session only (hold to reset)")
-                self.session_host.open_window("button, claimed: owner sessions only")
             else:
-                self.session_host.open_window("button")
-                await self._reconcile()
-                if self._ble is not None:
-                    # Improv's physical authorization, after the window it needs is open.
-                    await self._ble.authorize_improv()
+                record = self._store.current
+                if window_for(Trigger.BUTTON, record) is WindowReason.BUTTON_OWNER:
+                    _LOGGER.info("button: window for the owner's session only (hold to reset)")
+                self.window.open_for(Trigger.BUTTON, record)
+                if button_authorizes_improv(record):
+                    await self._reconcile()
+                    if self._ble is not None:
+                        # Improv's physical authorization, after the window it needs is open.
+                        await self._ble.authorize_improv()
             await self._reconcile()
 
     # --- MQTT -------------------------------------------------------------------------------
@@ -693,7 +706,7 @@ class Agent:
         while True:
             seen = self._version
             record = self._store.current
-            if record.phase is not Phase.ONLINE or record.mqtt is None or self._device is None:
+            if not runs_mqtt(record) or record.mqtt is None or self._device is None:
                 await self._changed(seen)
                 continue
             credentials = record.mqtt
@@ -835,9 +848,8 @@ class Agent:
             "again and keeps its Wi-Fi; set it up again with its label code",
             ownership.household_id,
         )
-        host = self.session_host
-        host.close_window(end_session=True)  # the old owner's session, if one is open
-        host.open_window("released by its household")
+        # The old owner's session ends, if one is open.
+        self.window.open_for(Trigger.RELEASED, self._store.current, end_session=True)
         self.controller.notify()
         return True
 
