@@ -27,9 +27,9 @@ from aiohttp import web
 from iob_protocol.claim import MqttCredentialRequest
 from iob_protocol.identity import DeviceIdentity
 
-from device_firmware.agent import default_runtime_factory
 from device_firmware.relay_client import CredentialRecovery, NotOwned, RelayClient
 from device_firmware.state import MqttCredentials, Phase, StateStore
+from device_firmware.supervision import default_runtime_factory
 from tests.plugins.mosquitto import MosquittoBroker
 
 from . import credential_writer

@@ -35,7 +35,7 @@ from iob_protocol.framing import FrameType, encode_frame
 from iob_protocol.payload import OwnerSecret, QrPayload
 from iob_protocol.session import ClientSession
 
-from device_firmware.agent import Action
+from device_firmware.actions import Action
 from device_firmware.decide import WindowReason
 from device_firmware.errors import CommandRefusedError
 from device_firmware.network.backend import WifiCredentials

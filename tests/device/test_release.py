@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.agent import RuntimeFactory, default_runtime_factory
 from device_firmware.state import DeviceStateRecord, Ownership, Phase, StateStore
+from device_firmware.supervision import RuntimeFactory, default_runtime_factory
 from tests.plugins.mosquitto import MosquittoBroker
 
 from . import unclaim_writer

@@ -28,7 +28,7 @@ from iob_protocol.framing import MAX_FRAME_SIZE, FrameType, encode_error_frame, 
 from iob_protocol.payload import ManualCode
 from iob_protocol.session import ClientSession, SessionState
 
-from device_firmware.agent import Action
+from device_firmware.actions import Action
 from device_firmware.decide import WindowReason
 from device_firmware.provisioning.session_host import ReplyKind, SessionHost
 from device_firmware.state import Phase
