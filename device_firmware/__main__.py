@@ -27,7 +27,8 @@ from iob_protocol.commands import display_ssid
 from iob_protocol.diagnostics import DiagnosticCode
 
 from . import __version__
-from .agent import Action, Agent, RuntimeFactory, default_runtime_factory, recover_boot
+from .actions import Action
+from .agent import Agent, recover_boot
 from .config import DEFAULT_CONFIG_FILE, DeviceConfig
 from .errors import ConfigError, DeviceError, NotProvisionedError
 from .factory import FactoryInfo, ProvisionedDevice, factory_provision
@@ -36,6 +37,7 @@ from .network.backend import NetworkBackend
 from .relay_client import RelayClient, build_ssl_context
 from .reset import ResetReport, factory_reset
 from .state import DeviceStateRecord, StateStore
+from .supervision import RuntimeFactory, default_runtime_factory
 
 _LOGGER = logging.getLogger("device_firmware")
 EXIT_OK: Final = 0

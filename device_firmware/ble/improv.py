@@ -36,6 +36,7 @@ from iob_protocol.errors import InvalidFieldError
 from iob_protocol.sources import MonotonicClock, monotonic
 
 from device_firmware.controller import DeviceController
+from device_firmware.decide import improv_offered
 from device_firmware.errors import DeviceError
 from device_firmware.network.backend import WifiCredentials
 from device_firmware.state import DeviceStateRecord
@@ -275,7 +276,7 @@ class ImprovService(GattService):
 
     async def update(self, record: DeviceStateRecord, *, window_open: bool) -> None:
         """Follow the device: Improv is offered while unclaimed, without Wi-Fi, window open."""
-        enabled = window_open and not record.claimed and record.wifi_ssid is None
+        enabled = improv_offered(record, window_open=window_open)
         if enabled and not self._enabled:
             self._provisioned = False  # a factory reset starts a new round
         if not enabled:

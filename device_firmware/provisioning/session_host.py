@@ -73,6 +73,7 @@ from iob_protocol.session import (
 )
 from iob_protocol.sources import MonotonicClock, monotonic
 
+from device_firmware.decide import WindowReason
 from device_firmware.errors import CommandRefusedError, DiagnosedError
 from device_firmware.factory import ProvisionedDevice
 
@@ -204,6 +205,7 @@ class SessionHost:
         self._policy = policy or (lambda: UNCLAIMED_POLICY)
         self._on_established = on_established or (lambda: None)
         self._pending: tuple[DeviceSession, Attempt, SessionPolicy, str | None] | None = None
+        self._window_reason: WindowReason | None = None
         #: The origin of the last handshake that ran out (a 1-tuple: the origin may be None),
         #: so its late CLIENT_FINISH is told ``handshake_timeout``, not ``unexpected_message``.
         self._expired: tuple[str | None] | None = None
@@ -214,10 +216,15 @@ class SessionHost:
 
     # --- window -----------------------------------------------------------------------------
 
-    def open_window(self, reason: str) -> None:
-        """Open a fresh 15-minute window with a fresh failure budget."""
+    def open_window(self, reason: WindowReason) -> None:
+        """Open a fresh 15-minute window with a fresh failure budget.
+
+        The agent opens it through :class:`~device_firmware.window.ProvisioningWindow`, which
+        asks :func:`~device_firmware.decide.window_for` whether and why.
+        """
         _LOGGER.info("provisioning window opened (%s)", reason)
         self._limiter.open_window(self._clock())
+        self._window_reason = reason
         self._pending = None
 
     def close_window(self, *, end_session: bool = False) -> None:
@@ -227,6 +234,7 @@ class SessionHost:
         ``status``) until it idles out, unless ``end_session`` (shutdown).
         """
         self._limiter.close_window()
+        self._window_reason = None
         self._pending = None
         if end_session and self._active is not None:
             self._active.close()
@@ -242,6 +250,11 @@ class SessionHost:
     def window_open(self) -> bool:
         """Whether handshakes are accepted at all (open, or open but busy)."""
         return self.limiter_state in {LimiterState.OPEN, LimiterState.BUSY}
+
+    @property
+    def window_reason(self) -> WindowReason | None:
+        """Why the window is open; None while it is closed (also once it lapsed or locked)."""
+        return self._window_reason if self.window_open else None
 
     def remaining_attempts(self) -> int:
         """Failures still allowed in this window."""

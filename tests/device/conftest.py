@@ -22,12 +22,13 @@ import pytest
 from iob_protocol.payload import ManualCode, QrPayload
 from iob_protocol.session import ClientSession
 
-from device_firmware.agent import Agent, RuntimeFactory
+from device_firmware.agent import Agent
 from device_firmware.capabilities.gpio import EdgeLine
 from device_firmware.config import DeviceConfig
 from device_firmware.factory import FactoryResult, ProvisionedDevice, factory_provision
 from device_firmware.hardware import Hardware
 from device_firmware.network.simulated import Scenario, SimulatedBackend, SimulatedNetwork
+from device_firmware.supervision import RuntimeFactory
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.scripted_service import Answer, Received, ScriptedService
 

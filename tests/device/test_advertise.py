@@ -97,7 +97,7 @@ async def test_a_failed_first_advertisement_is_tried_again(
     start_agent: AgentStarter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A fresh device nobody can discover must not wait for a state change that never comes."""
-    monkeypatch.setattr("device_firmware.agent.ADVERTISE_RETRY", 0.1)
+    monkeypatch.setattr("device_firmware.presence.ADVERTISE_RETRY", 0.1)
     real_publish = Advertiser.publish
     calls: list[str] = []
 

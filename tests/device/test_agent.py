@@ -16,7 +16,6 @@ from iob_protocol.commands import (
 )
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.agent import default_runtime_factory
 from device_firmware.commit import ClaimDelivery, ClaimPlan
 from device_firmware.controller import DeviceController
 from device_firmware.network.backend import WifiCredentials
@@ -29,6 +28,7 @@ from device_firmware.state import (
     Phase,
     StateStore,
 )
+from device_firmware.supervision import default_runtime_factory
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.scripted_service import ScriptedService
 

@@ -118,7 +118,7 @@ async def test_an_unusable_line_leaves_the_agent_running(
     def busy(_chip: str, _offset: int) -> PipeButton:
         raise PermissionError(13, "Permission denied", CHIP)
 
-    with caplog.at_level(logging.WARNING, logger="device_firmware.agent"):
+    with caplog.at_level(logging.WARNING, logger="device_firmware.actions"):
         async with start_agent(button_line_factory=busy, button_gpio=OFFSET) as running:
             await running.connected_client()
     assert "gpio group" in caplog.text
@@ -130,7 +130,7 @@ async def test_without_libgpiod_the_button_is_not_watched(
     monkeypatch.setattr(gpio_module, "GPIOD_AVAILABLE", False)
     config = provisioned.config.with_changes(button_gpio=OFFSET)
     agent = Agent(config, SimulatedBackend(home_scenario()), advertise=False)
-    with caplog.at_level(logging.INFO, logger="device_firmware.agent"):
+    with caplog.at_level(logging.INFO, logger="device_firmware.actions"):
         task = asyncio.create_task(agent.run())
         async with asyncio.timeout(WAIT):
             await agent.ready()

@@ -26,9 +26,9 @@ import pytest
 from iob_protocol.claim import MqttCredentialRequest
 from iob_protocol.identity import DeviceIdentity
 
-from device_firmware.agent import default_runtime_factory
 from device_firmware.relay_client import CredentialRecovery, NotOwned, RelayClient
 from device_firmware.state import MqttCredentials, Phase, StateStore
+from device_firmware.supervision import default_runtime_factory
 from tests.plugins.clock import MONOTONIC_START, FakeClock
 from tests.plugins.scripted_service import Answer, ScriptedService, error
 

@@ -17,9 +17,10 @@ import pytest
 from iob_protocol.commands import InfoRequest, OkResponse, ScanWifiRequest, ScanWifiResult
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.agent import Action, default_runtime_factory
+from device_firmware.actions import Action
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
+from device_firmware.supervision import default_runtime_factory
 from tests.plugins.clock import FakeClock
 
 from .commit_helpers import OWNER_SECRET, change_wifi, commit

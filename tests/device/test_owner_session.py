@@ -35,7 +35,8 @@ from iob_protocol.framing import FrameType, encode_frame
 from iob_protocol.payload import OwnerSecret, QrPayload
 from iob_protocol.session import ClientSession
 
-from device_firmware.agent import Action
+from device_firmware.actions import Action
+from device_firmware.decide import WindowReason
 from device_firmware.errors import CommandRefusedError
 from device_firmware.network.backend import WifiCredentials
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
@@ -619,7 +620,7 @@ async def test_an_owner_change_mid_handshake_ends_it(provisioned: Provisioned) -
 
     policy = [SessionPolicy(claimed=True, owner_secret=OWNER_SECRET)]
     host = SessionHost(provisioned.device, no_commands, policy=lambda: policy[0])
-    host.open_window("test")
+    host.open_window(WindowReason.BUTTON_OWNER)
     client = provisioned.owner_client(OWNER_SECRET)
     hello = await host.handshake(client.start())
     assert hello.kind is ReplyKind.OK
@@ -633,7 +634,7 @@ async def test_an_owner_change_mid_handshake_ends_it(provisioned: Provisioned) -
 async def test_a_host_without_policy_is_never_claimed(provisioned: Provisioned) -> None:
 
     host = SessionHost(provisioned.device, no_commands)
-    host.open_window("test")
+    host.open_window(WindowReason.BOOT_UNCLAIMED)
     reply = await host.handshake(provisioned.owner_client(OWNER_SECRET).start())
     assert (reply.kind, reply.error) == (ReplyKind.REFUSED, "setup_code_required")
     client = ClientSession.for_qr(QrPayload.parse(provisioned.result.qr_payload))

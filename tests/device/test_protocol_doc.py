@@ -15,6 +15,7 @@ from iob_protocol.limiter import LimiterState
 from iob_protocol.payload import QrPayload, SetupCode
 from iob_protocol.session import ClientSession
 
+from device_firmware.decide import WindowReason
 from device_firmware.provisioning import captive, server
 from device_firmware.provisioning.captive import create_captive_app
 from device_firmware.provisioning.server import create_app
@@ -111,7 +112,7 @@ async def test_a_late_client_finish_gets_the_documented_answer(provisioned: Prov
         return AckResult()
 
     host = SessionHost(provisioned.device, dispatch, clock=lambda: now[0])
-    host.open_window("test")
+    host.open_window(WindowReason.BOOT_UNCLAIMED)
     client = ClientSession.for_qr(
         QrPayload.parse(provisioned.result.qr_payload), clock=lambda: now[0], timeout=120
     )

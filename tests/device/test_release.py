@@ -24,8 +24,8 @@ import aiomqtt
 import pytest
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.agent import RuntimeFactory, default_runtime_factory
 from device_firmware.state import DeviceStateRecord, Ownership, Phase, StateStore
+from device_firmware.supervision import RuntimeFactory, default_runtime_factory
 from tests.plugins.scripted_service import Answer, ScriptedService, error
 
 from . import unclaim_writer

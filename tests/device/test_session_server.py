@@ -28,7 +28,8 @@ from iob_protocol.framing import MAX_FRAME_SIZE, FrameType, encode_error_frame, 
 from iob_protocol.payload import ManualCode
 from iob_protocol.session import ClientSession, SessionState
 
-from device_firmware.agent import Action
+from device_firmware.actions import Action
+from device_firmware.decide import WindowReason
 from device_firmware.provisioning.session_host import ReplyKind, SessionHost
 from device_firmware.state import Phase
 from tests.raw_http import assert_one_quiet_line_each
@@ -361,7 +362,7 @@ async def test_only_the_origin_that_said_hello_can_abort(provisioned: Provisione
         return AckResult()
 
     host = SessionHost(provisioned.device, dispatch)
-    host.open_window("test")
+    host.open_window(WindowReason.BOOT_UNCLAIMED)
     client = provisioned.qr_client()
     hello = await host.handshake(client.start(), origin="lan:192.0.2.7")
     assert hello.kind is ReplyKind.OK
@@ -385,7 +386,7 @@ async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) ->
         return AckResult()
 
     host = SessionHost(provisioned.device, dispatch, clock=lambda: now[0])
-    host.open_window("test")
+    host.open_window(WindowReason.BOOT_UNCLAIMED)
     client = ClientSession.for_qr(
         QrPayload.parse(provisioned.result.qr_payload), clock=lambda: now[0], timeout=120
     )

@@ -29,6 +29,7 @@ from device_firmware.ble.improv import ImprovService
 from device_firmware.ble.loopback import LoopbackPeripheral
 from device_firmware.ble.wire import RX_UUID, TX_UUID
 from device_firmware.controller import DeviceController
+from device_firmware.decide import WindowReason
 from device_firmware.hardware import Hardware
 from device_firmware.network.simulated import SimulatedBackend
 from device_firmware.provisioning.session_host import SessionHost
@@ -75,7 +76,7 @@ async def device(provisioned: Provisioned) -> AsyncIterator[Device]:
         hardware=hardware,
     )
     host = SessionHost(provisioned.device, controller.dispatch, allow_insecure_http=True)
-    host.open_window("test")
+    host.open_window(WindowReason.BOOT_UNCLAIMED)
     try:
         yield Device(provisioned, backend, store, controller, host, hardware)
     finally:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from improv_ble_client import protocol as prot
 
-from device_firmware.agent import Action
+from device_firmware.actions import Action
 from device_firmware.ble.bluez import ADVERTISEMENT_PATH
 from device_firmware.ble.improv import IMPROV_SERVICE_DATA_UUID
 from device_firmware.ble.wire import SERVICE_UUID, STATE_UUID, AdvertisedState, BlePhase
@@ -83,7 +83,7 @@ async def test_agent_serves_ble_that_follows_the_state(
 async def test_agent_without_bluez_warns_once_and_runs_on_lan(
     start_agent: AgentStarter, system_bus: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="device_firmware.agent")
+    caplog.set_level(logging.WARNING, logger="device_firmware.presence")
     async with start_agent(ble=True, ble_bus_address=system_bus) as running:
         assert running.agent.ble is None
         client = await running.connected_client()

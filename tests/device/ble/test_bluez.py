@@ -36,6 +36,7 @@ from device_firmware.ble.wire import (
     BlePhase,
     parse_state_value,
 )
+from device_firmware.decide import WindowReason
 from device_firmware.state import Phase
 from tests.device.conftest import HOME_PASSPHRASE, HOME_SSID
 
@@ -136,7 +137,7 @@ async def test_state_changes_refresh_the_advertisement_and_the_window_controls_i
     await peripheral.update_state()
     assert await bluez.advertisements() == {}
     assert peripheral.advertising == {"iot_onboard": False, "improv": False}
-    device.host.open_window("button")
+    device.host.open_window(WindowReason.BUTTON)
     await peripheral.update_state()
     assert set(await bluez.advertisements()) == {IOB_ADVERT, IMPROV_ADVERT}
 
@@ -381,7 +382,7 @@ async def test_a_button_press_offers_and_authorizes_improv(
     device.host.close_window()  # the 15 minutes ran out
     await peripheral.update_state()
     assert await bluez.advertisements() == {}
-    device.host.open_window("button")
+    device.host.open_window(WindowReason.BUTTON)
     await peripheral.authorize_improv()
 
     def authorized(adverts: dict[str, dict[str, Any]]) -> bool:

@@ -44,6 +44,7 @@ from device_firmware.ble.errors import BleError
 from device_firmware.ble.gatt import OWNER_IDLE_SECONDS, payload_size
 from device_firmware.ble.improv import IMPROV_SERVICE_DATA_UUID
 from device_firmware.config import DeviceConfig
+from device_firmware.decide import WindowReason
 from device_firmware.errors import ConfigError
 from device_firmware.provisioning.session_host import HANDSHAKE_ORIGIN_MISMATCH
 from tests.device.commit_helpers import commit
@@ -232,7 +233,7 @@ async def test_advertisement_follows_the_window_and_is_pushed(
     assert parse_state_value(states[-1]).window_open is False
 
     # A button press reopens the window: both advertisements come back, Improv authorized.
-    device.host.open_window("button")
+    device.host.open_window(WindowReason.BUTTON)
     await bridge.authorize_improv()
     advert = await client.advertisement()
     assert advert is not None

@@ -11,12 +11,12 @@ from pathlib import Path
 import jsonschema
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.agent import default_runtime_factory
 from device_firmware.capabilities.simulated import SimulatedSwitch
 from device_firmware.errors import DiagnosedError
 from device_firmware.hardware import LedPattern
 from device_firmware.mqtt_runtime import MqttRuntime, MqttSettings
 from device_firmware.state import DeviceStateRecord, MqttCredentials, Ownership, Phase, StateStore
+from device_firmware.supervision import default_runtime_factory
 from tests.device.conftest import RELEASE_PATH, AgentStarter, Provisioned
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.scripted_service import ScriptedService
