@@ -115,6 +115,7 @@ from .onboarding import (
     DeviceSteps,
     NewHousehold,
     TargetDevice,
+    kept_input,
 )
 from .options_flow import IotOnboardOptionsFlow
 
@@ -156,23 +157,18 @@ def normalize_account_url(raw: str) -> str | None:
     return None
 
 
-def _account_schema(defaults: Mapping[str, Any]) -> vol.Schema:
-    return vol.Schema(
-        {
-            vol.Required(
-                CONF_ACCOUNT_URL, default=defaults.get(CONF_ACCOUNT_URL, vol.UNDEFINED)
-            ): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
-            vol.Required(CONF_EMAIL, default=defaults.get(CONF_EMAIL, vol.UNDEFINED)): TextSelector(
-                TextSelectorConfig(type=TextSelectorType.EMAIL, autocomplete="username")
-            ),
-            vol.Required(CONF_PASSWORD): TextSelector(
-                TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
-            ),
-            vol.Required(
-                CONF_CREATE_ACCOUNT, default=defaults.get(CONF_CREATE_ACCOUNT, False)
-            ): BooleanSelector(),
-        }
-    )
+_ACCOUNT_SCHEMA: Final = vol.Schema(
+    {
+        vol.Required(CONF_ACCOUNT_URL): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
+        vol.Required(CONF_EMAIL): TextSelector(
+            TextSelectorConfig(type=TextSelectorType.EMAIL, autocomplete="username")
+        ),
+        vol.Required(CONF_PASSWORD): TextSelector(
+            TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
+        ),
+        vol.Required(CONF_CREATE_ACCOUNT, default=False): BooleanSelector(),
+    }
+)
 
 
 class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
@@ -238,9 +234,12 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                     self._session = signed_in
                     return await self.async_step_household()
                 errors = signed_in
-        defaults = {k: v for k, v in (user_input or {}).items() if k != CONF_PASSWORD}
         return self.async_show_form(
-            step_id="account", data_schema=_account_schema(defaults), errors=errors
+            step_id="account",
+            data_schema=self.add_suggested_values_to_schema(
+                _ACCOUNT_SCHEMA, kept_input(user_input, errors, never={CONF_PASSWORD})
+            ),
+            errors=errors,
         )
 
     async def _async_sign_in(
@@ -300,7 +299,11 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             TextSelector()
         )
         return self.async_show_form(
-            step_id="household", data_schema=vol.Schema(schema), errors=errors
+            step_id="household",
+            data_schema=self.add_suggested_values_to_schema(
+                vol.Schema(schema), kept_input(user_input, errors)
+            ),
+            errors=errors,
         )
 
     async def _async_household_chosen(
@@ -412,7 +415,10 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                         ),
                     }
                 ),
-                {CONF_ACCOUNT_URL: entry.data[CONF_ACCOUNT_URL]},
+                {
+                    CONF_ACCOUNT_URL: entry.data[CONF_ACCOUNT_URL],
+                    **kept_input(user_input, errors, never={CONF_PASSWORD}),
+                },
             ),
             errors=errors,
             description_placeholders={"email": entry.data[CONF_EMAIL]},
@@ -628,7 +634,7 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                         vol.Required(CONF_SETUP_CODE): TextSelector(),
                     }
                 ),
-                user_input,
+                kept_input(user_input, errors),
             ),
             errors=errors,
         )

@@ -5,7 +5,8 @@ A failure becomes either a form error (a ``config.error`` translation key on a f
 same exception means different things while signing in and while committing) and the
 exception's class, most specific first; a stage may fall back to others. Device refusals that
 carry a code (``HandshakeRefusedError``, ``CredentialRefusedClientError``) and commit failures
-that carry a diagnostic code are resolved from the code.
+that carry a diagnostic code are resolved from the code. A form shown again after an error keeps
+what the user typed except the field the error blames (:func:`wrong_fields`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 FIELD_BASE: Final = "base"
 FIELD_PASSWORD: Final = "password"  # noqa: S105 - a field name
 FIELD_SETUP_CODE: Final = "setup_code"
+FIELD_PASSPHRASE: Final = "passphrase"  # noqa: S105 - a field name
 #: The abort that also starts the entry's reauth flow (the flow does that part).
 REAUTH_REQUIRED: Final = "reauth_required"
 
@@ -167,6 +169,18 @@ FLOW_ERRORS: Final[Mapping[tuple[Stage, type[Exception] | str], FlowError]] = {
     (Stage.COMMIT, SessionLostError): FlowError("device_lost"),
     (Stage.COMMIT, DeviceClientError): FlowError("device_error", log=True),
 }
+
+#: Errors shown for the whole form that are still about one field: the one to type again.
+ABOUT_FIELD: Final[Mapping[str, str]] = {
+    diagnostic_error(DiagnosticCode.WIFI_AUTH_FAILED): FIELD_PASSPHRASE,
+}
+
+
+def wrong_fields(errors: Mapping[str, str]) -> set[str]:
+    """The fields ``errors`` blame: cleared when the form is shown again, the rest is kept."""
+    blamed = {field for field in errors if field != FIELD_BASE}
+    return blamed | {ABOUT_FIELD[error] for error in errors.values() if error in ABOUT_FIELD}
+
 
 #: The same failures over Bluetooth: the next step is range or a proxy, not the network.
 BLUETOOTH_ERRORS: Final[Mapping[str, str]] = {

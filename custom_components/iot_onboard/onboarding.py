@@ -25,7 +25,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -94,7 +94,15 @@ from .device_client import (
     open_link,
     parse_setup_credential,
 )
-from .flow_errors import FIELD_SETUP_CODE, REAUTH_REQUIRED, FlowError, Stage, flow_error
+from .flow_errors import (
+    FIELD_PASSPHRASE,
+    FIELD_SETUP_CODE,
+    REAUTH_REQUIRED,
+    FlowError,
+    Stage,
+    flow_error,
+    wrong_fields,
+)
 from .helpers import device_entries, household_entries, household_entry
 from .iob_protocol import (
     InvalidPassphraseError,
@@ -121,7 +129,7 @@ CONF_PORT: Final = "port"
 CONF_DEVICE: Final = "device"
 CONF_NETWORK: Final = "network"
 CONF_HIDDEN_SSID: Final = "hidden_ssid"
-CONF_PASSPHRASE: Final = "passphrase"  # noqa: S105 - a field name
+CONF_PASSPHRASE: Final = FIELD_PASSPHRASE
 
 HIDDEN_NETWORK: Final = "hidden_network"
 KEEP_ETHERNET: Final = "keep_ethernet"
@@ -235,6 +243,21 @@ async def _shielded[T](work: asyncio.Task[T]) -> T:
     return await asyncio.shield(work)
 
 
+def kept_input(
+    user_input: Mapping[str, Any] | None,
+    errors: Mapping[str, str],
+    *,
+    never: Collection[str] = (),
+) -> dict[str, Any]:
+    """What the user typed, to suggest when the form is shown again after ``errors``.
+
+    All of it but the fields the errors blame (typed again) and ``never`` (an account password
+    is not sent back to the browser).
+    """
+    dropped = wrong_fields(errors) | set(never)
+    return {key: value for key, value in (user_input or {}).items() if key not in dropped}
+
+
 def _network_label(network: WifiNetwork) -> str:
     """Name, strength and security; the name escaped so a hostile SSID cannot spoof text."""
     security = _SECURITY_LABELS[network.security]
@@ -281,6 +304,8 @@ class DeviceSteps(ConfigFlow):
         self._owner_secret = OwnerSecret.generate()
         self._link: DeviceLink | None = None
         self._networks: dict[str, WifiNetwork] = {}
+        #: The Wi-Fi form as last submitted, shown again after the commit failed.
+        self._wifi_input: dict[str, Any] = {}
         self._wifi_errors: dict[str, str] = {}
         # The commit runs apart from the progress task HA cancels when the dialog closes: a
         # device that completes anyway must not be left owned without its owner secret.
@@ -450,7 +475,10 @@ class DeviceSteps(ConfigFlow):
                 return await self.async_step_wifi()
         return self.async_show_form(
             step_id="credentials",
-            data_schema=_SETUP_CODE_SCHEMA,
+            data_schema=self.add_suggested_values_to_schema(
+                _SETUP_CODE_SCHEMA,
+                kept_input(None if code is None else {CONF_SETUP_CODE: code}, errors),
+            ),
             errors=errors,
             description_placeholders=self._placeholders(),
         )
@@ -610,17 +638,19 @@ class DeviceSteps(ConfigFlow):
         """The network from the device's own scan (or a hidden one, or keep Ethernet)."""
         errors, self._wifi_errors = self._wifi_errors, {}
         if user_input is not None:
+            self._wifi_input = dict(user_input)
             errors = self._parse_wifi(user_input)
             if not errors:
                 return await self.async_step_provision()
         return self.async_show_form(
             step_id="wifi",
-            data_schema=self._wifi_schema(user_input),
+            # After a failed commit too: the device's verdict rarely blames what was typed.
+            data_schema=self._wifi_schema(kept_input(self._wifi_input, errors)),
             errors=errors,
             description_placeholders=self._placeholders(),
         )
 
-    def _wifi_schema(self, user_input: Mapping[str, Any] | None) -> vol.Schema:
+    def _wifi_schema(self, kept: Mapping[str, Any]) -> vol.Schema:
         options = [
             SelectOptionDict(value=value, label=_network_label(network))
             for value, network in self._networks.items()
@@ -641,8 +671,7 @@ class DeviceSteps(ConfigFlow):
                 ),
             }
         )
-        suggested = {k: v for k, v in (user_input or {}).items() if k != CONF_PASSPHRASE}
-        return self.add_suggested_values_to_schema(schema, suggested)
+        return self.add_suggested_values_to_schema(schema, kept)
 
     def _parse_wifi(self, user_input: Mapping[str, Any]) -> dict[str, str]:
         """Turn the form into a :class:`WifiChoice`; return form errors."""

@@ -2266,3 +2266,182 @@ async def test_already_owned_before_any_commit_still_ends_the_flow(
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_owned"
+
+
+# --- after an error the form keeps what was typed; only the wrong field is cleared ----------------
+
+
+def suggested(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the re-shown form fills in: its suggested values, read as HA core's tests do."""
+    return {
+        str(key.schema): key.description["suggested_value"]
+        for key in result["data_schema"].schema
+        if key.description and "suggested_value" in key.description
+    }
+
+
+async def test_the_account_form_keeps_what_was_typed(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """The address and e-mail come back after any error; the password never does."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    account.health.side_effect = AccountConnectionError("down")
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["errors"] == {"base": "cannot_connect"}
+    typed = {k: v for k, v in SIGN_IN.items() if k != "password"}
+    assert suggested(result) == typed
+    account.health.side_effect = None
+    # The wrong field (the address) is cleared; the rest stays.
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: "http://x.test"})
+    assert result["errors"] == {CONF_ACCOUNT_URL: "invalid_url"}
+    assert suggested(result) == {CONF_EMAIL: "ada@example.com", "create_account": False}
+    account.sign_up.side_effect = WeakPasswordError(400, "weak_password", "")
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, "create_account": True})
+    assert result["errors"] == {"password": "weak_password"}
+    assert suggested(result) == {**typed, "create_account": True}
+    account.sign_up.side_effect = None
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, "create_account": True})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_the_household_form_keeps_what_was_typed(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    account.households.return_value = [HOME, FLAT]
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["step_id"] == "household"
+    new = {"household": "new_household", "household_name": "Cabin"}
+    account.create_household.side_effect = [AccountConnectionError("down"), HOME]
+    result = await submit(hass, result["flow_id"], new)
+    assert result["errors"] == {"base": "account_unreachable"}
+    assert suggested(result) == new
+    result = await submit(hass, result["flow_id"], {**new, "household_name": "  "})
+    assert result["errors"] == {"household_name": "name_required"}
+    assert suggested(result) == {"household": "new_household"}
+    result = await submit(hass, result["flow_id"], new)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    account.create_household.assert_called_with("Cabin")
+
+
+async def test_the_setup_code_is_kept_unless_it_was_wrong(
+    hass: HomeAssistant, account: MagicMock, device: MagicMock, link: MagicMock
+) -> None:
+    household_entry(hass)
+    flow_id = await to_credentials(hass)
+    # The account service was down: nothing was wrong with the code.
+    account.create_claim.side_effect = AccountConnectionError("down")
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"base": "account_unreachable"}
+    assert suggested(result) == {"setup_code": QR}
+    account.create_claim.side_effect = None
+    # The device refused the code: it is cleared.
+    device.connect.side_effect = [SetupCodeRejectedError("no"), DeviceConnectionError("x"), link]
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"setup_code": "wrong_setup_code"}
+    assert suggested(result) == {}
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["errors"] == {"base": "cannot_connect"}
+    assert suggested(result) == {"setup_code": QR}
+    result = await submit(hass, flow_id, {"setup_code": "IOB1:garbage"})
+    assert result["errors"] == {"setup_code": "invalid_setup_code"}
+    assert suggested(result) == {}
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "kept"),
+    [
+        (
+            DeviceKeyNotFoundError(404, "device_not_found_or_code_wrong", ""),
+            {"setup_code": "manual_code_not_accepted"},
+            {},
+        ),
+        (
+            RateLimitedError(429, "rate_limited", "", 60),
+            {"base": "rate_limited"},
+            {"setup_code": MANUAL},
+        ),
+    ],
+)
+async def test_a_typed_code_is_kept_unless_the_service_says_it_is_wrong(
+    hass: HomeAssistant,
+    account: MagicMock,
+    failure: Exception,
+    error: dict[str, str],
+    kept: dict[str, str],
+) -> None:
+    household_entry(hass)
+    account.device_key.side_effect = failure
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": MANUAL})
+    assert result["errors"] == error
+    assert suggested(result) == kept
+
+
+async def test_the_code_given_with_the_address_is_kept(
+    hass: HomeAssistant, account: MagicMock, device: MagicMock
+) -> None:
+    """The manual add: address, port and code after a probe error, the code on the next form."""
+    household_entry(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
+    info = device.fetch_info.return_value
+    device.fetch_info.side_effect = [DeviceConnectionError("refused"), info]
+    manual = {"host": "198.51.100.7", "port": 8423, "setup_code": MANUAL}
+    result = await submit(hass, result["flow_id"], manual)
+    assert result["errors"] == {"base": "cannot_connect"}
+    assert suggested(result) == manual
+    account.create_claim.side_effect = [AccountConnectionError("down"), claim()]
+    result = await submit(hass, result["flow_id"], manual)
+    assert (result["step_id"], result["errors"]) == ("credentials", {"base": "account_unreachable"})
+    assert suggested(result) == {"setup_code": MANUAL}
+
+
+async def test_the_wifi_form_keeps_what_was_typed(hass: HomeAssistant, link: MagicMock) -> None:
+    """Network, hidden name and password survive; only the field in error is cleared."""
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    hidden = {"network": "hidden_network", "hidden_ssid": "x" * 33, "passphrase": PASSWORD}
+    result = await submit(hass, flow_id, hidden)
+    assert result["errors"] == {"hidden_ssid": "invalid_ssid"}
+    assert suggested(result) == {"network": "hidden_network", "passphrase": PASSWORD}
+    result = await submit(hass, flow_id, {"network": HOME_KEY, "passphrase": "short"})
+    assert result["errors"] == {"passphrase": "invalid_passphrase"}
+    assert suggested(result) == {"network": HOME_KEY}
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.NO_INTERNET),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    # The device's verdict is not about anything typed: all of it comes back.
+    attic = {"network": "hidden_network", "hidden_ssid": "Attic", "passphrase": PASSWORD}
+    result = await provision(hass, flow_id, attic)
+    assert (result["step_id"], result["errors"]) == ("wifi", {"base": "no_internet"})
+    assert suggested(result) == attic
+    # The device says the password was rejected: it is cleared, the network stays.
+    result = await provision(hass, flow_id, {"network": HOME_KEY, "passphrase": "wrong password"})
+    assert (result["step_id"], result["errors"]) == ("wifi", {"base": "wifi_auth_failed"})
+    assert suggested(result) == {"network": HOME_KEY}
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+
+
+async def test_a_new_account_service_address_is_kept(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """Reconfigure: the typed address comes back after an error, not the stored one."""
+    entry = household_entry(hass)
+    result = await entry.start_reconfigure_flow(hass)
+    assert suggested(result) == {CONF_ACCOUNT_URL: URL}
+    moved = {CONF_ACCOUNT_URL: "https://moved.example", "password": "pw"}
+    account.sign_in.side_effect = [AccountConnectionError("down"), account.sign_in.return_value]
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["errors"] == {"base": "cannot_connect"}
+    assert suggested(result) == {CONF_ACCOUNT_URL: "https://moved.example"}
+    result = await submit(hass, result["flow_id"], {CONF_ACCOUNT_URL: "http://moved.example"})
+    assert result["errors"] == {CONF_ACCOUNT_URL: "invalid_url"}
+    assert suggested(result) == {CONF_ACCOUNT_URL: URL}  # the stored one again
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["reason"] == "reconfigure_successful"
