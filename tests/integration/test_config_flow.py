@@ -2445,3 +2445,85 @@ async def test_a_new_account_service_address_is_kept(
     assert suggested(result) == {CONF_ACCOUNT_URL: URL}  # the stored one again
     result = await submit(hass, result["flow_id"], moved)
     assert result["reason"] == "reconfigure_successful"
+
+
+# --- the trust text says where each secret goes ---------------------------------------------------
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.:;])\s+", text) if s.strip()]
+
+
+def _recipients(secret: str, account: MagicMock, link: MagicMock) -> set[str]:
+    """Who got ``secret``: the account service (any client call) or the device (a command)."""
+    went = set()
+    if any(secret in str(call) for call in account.mock_calls):
+        went.add("account service")
+    if any(secret in str(call) for call in link.mock_calls):
+        went.add("device")
+    return went
+
+
+async def test_the_trust_text_says_where_each_secret_goes(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """Each step's text against what the flow really sends (a typed code: the service too)."""
+    steps = STRINGS["step"]
+    account_password = "account-password-1234"  # noqa: S105 - a test account
+    # The first device: sign in inside the flow, a typed code, a Wi-Fi password.
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, "password": account_password})
+    result = await submit(hass, result["flow_id"], {"setup_code": MANUAL})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    account.device_key.assert_awaited_once_with(HID, DEVICE_ID, MANUAL)
+    assert _recipients(account_password, account, link) == {"account service"}
+    assert _recipients(MANUAL, account, link) == {"account service"}
+    assert _recipients(PASSWORD, account, link) == {"device"}
+    link.set_wifi.assert_awaited_with(HOME_NET.ssid, PASSWORD, hidden=False)
+    stored = str([e.data for e in hass.config_entries.async_entries(DOMAIN)])
+    assert account_password not in stored
+    assert PASSWORD not in stored
+    # The setup-code step: a typed code goes to the account service, never "nowhere".
+    credentials = steps["credentials"]["description"]
+    assert "never sent" not in credentials
+    typed = [s for s in _sentences(credentials) if "typed code" in s]
+    assert typed
+    assert all("account service" in s for s in typed), typed
+    # What the account step says: e-mail and password to the service; tokens kept, not it.
+    account_text = steps["account"]["description"]
+    assert "e-mail address and password go to that service only" in account_text
+    assert "not the password" in account_text
+    # The Wi-Fi password goes to the device only.
+    assert "only to the device" in steps["wifi"]["description"]
+
+    # A later device with its QR code: the code is not sent to the account service.
+    account.reset_mock()
+    link.reset_mock()
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+    flow_id = await to_wifi(hass, QR)
+    account.device_key.assert_not_awaited()
+    assert _recipients(QR, account, link) == set()
+    assert _recipients(SETUP.manual_code().format(), account, link) == set()
+    # Only the device's id went there, for its claim.
+    account.create_claim.assert_awaited_with(HID, DEVICE_ID)
+    qr = [s for s in _sentences(credentials) if s.startswith("A QR code")]
+    assert len(qr) == 1
+    assert "stays in Home Assistant" in qr[0], qr
+    hass.config_entries.flow.async_abort(flow_id)
+
+
+async def test_the_reconfigure_text_says_the_stored_sign_in_goes_to_the_new_address(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    result = await entry.start_reconfigure_flow(hass)
+    moved = {CONF_ACCOUNT_URL: "https://moved.example"}
+    result = await submit(hass, result["flow_id"], moved)
+    assert result["reason"] == "reconfigure_successful"
+    assert account_cls.call_args.args == ("https://moved.example",)
+    assert account_cls.call_args.kwargs["tokens"] == TOKENS
+    text = STRINGS["step"]["reconfigure_account"]["description"]
+    assert "sends its stored sign-in" in text
+    assert "to the new address" in text
