@@ -2492,9 +2492,8 @@ async def test_the_trust_text_says_where_each_secret_goes(
     assert typed
     assert all("account service" in s for s in typed), typed
     # What the account step says: e-mail and password to the service; tokens kept, not it.
-    account_text = steps["account"]["description"]
-    assert "e-mail address and password go to that service only" in account_text
-    assert "not the password" in account_text
+    assert "e-mail address and password go to that service only" in steps["account"]["description"]
+    assert "not the password" in steps["account"]["data_description"]["password"]
     # The Wi-Fi password goes to the device only.
     assert "only to the device" in steps["wifi"]["description"]
 
