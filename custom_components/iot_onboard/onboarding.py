@@ -407,11 +407,15 @@ class DeviceSteps(ConfigFlow):
                 return await self.async_step_wifi()
         return self.async_show_form(
             step_id="device_select",
-            data_schema=vol.Schema(
-                {
-                    vol.Required(CONF_HOST, default=self._device.host): TextSelector(),
-                    vol.Required(CONF_PORT, default=self._device.port): PORT_SELECTOR,
-                }
+            # The address typed last (after an error) or the last known one.
+            data_schema=self.add_suggested_values_to_schema(
+                vol.Schema(
+                    {
+                        vol.Required(CONF_HOST): TextSelector(),
+                        vol.Required(CONF_PORT, default=DEFAULT_DEVICE_PORT): PORT_SELECTOR,
+                    }
+                ),
+                {CONF_HOST: self._device.host, CONF_PORT: self._device.port},
             ),
             errors=errors,
             description_placeholders=self._placeholders(),

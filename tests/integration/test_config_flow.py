@@ -1382,6 +1382,7 @@ async def test_wifi_change_of_an_owned_device(
     link.info.return_value = CLAIMED_INFO
     result = await device_entry_of(hass).start_reconfigure_flow(hass)
     assert result["step_id"] == "device_select"
+    assert suggested(result) == {"host": "192.0.2.10", "port": 8423}  # the last known address
     device.connect.side_effect = [
         DeviceConnectionError("gone"),
         HandshakeRefusedError("window_closed"),
@@ -1393,6 +1394,7 @@ async def test_wifi_change_of_an_owned_device(
         result = await submit(hass, result["flow_id"], selected)
         assert result["step_id"] == "device_select"
         assert result["errors"] == {"base": error}
+        assert suggested(result) == selected  # the address typed, not the stored one
     result = await submit(hass, result["flow_id"], selected)
     assert result["step_id"] == "wifi"
     options = result["data_schema"].schema["network"].config["options"]
@@ -1404,6 +1406,7 @@ async def test_wifi_change_of_an_owned_device(
     ]
     result = await provision(hass, result["flow_id"], HOME_WIFI)
     assert result["errors"] == {"base": "wifi_auth_failed"}
+    assert suggested(result) == {"network": HOME_KEY}
     result = await provision(hass, result["flow_id"], HOME_WIFI)
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "wifi_changed"
