@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_user_guide import GUIDE, example_entity_ids
+
 from .helpers import (
     Orchestrator,
     discovery_diagnosis,
@@ -207,6 +209,8 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
         assert {"sensor", "binary_sensor", "switch", "button"} <= domains, states
         sensors = [s for s in states if s["entity_id"].startswith("sensor.")]
         assert any(s["state"] not in {"unknown", ""} for s in sensors), sensors
+        # Named by the demo ("Kitchen sensor"): the user guide's example entity ids are its own.
+        assert set(example_entity_ids(GUIDE.read_text())) <= {s["entity_id"] for s in states}
 
         # The device itself says it is owned and online.
         status, raw = get(f"{device['url']}/iob/v1/info")
