@@ -14,7 +14,11 @@ from homeassistant.auth.models import User
 from homeassistant.const import ATTR_ENTITY_ID, EVENT_STATE_CHANGED
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import ServiceValidationError
-from pytest_homeassistant_custom_component.common import MockConfigEntry, async_capture_events
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    MockUser,
+    async_capture_events,
+)
 
 from custom_components.iot_onboard.account_client import Role
 from custom_components.iot_onboard.const import (
@@ -267,3 +271,28 @@ async def test_a_refused_control_shows_the_real_state_again(
     assert new_state.state == before.state
     assert new_state.attributes == before.attributes
     assert new_state.last_updated > before.last_updated
+
+
+async def test_home_assistants_owner_stands_for_an_unlinked_household_owner(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    hass_owner_user: MockUser,
+) -> None:
+    """As the roles dialog shows it: whoever created the household here may transfer.
+
+    The owner's record links no user (as after the first device's flow); Home Assistant's
+    owner acts as the household's owner, another administrator still as admin.
+    """
+    other_admin = await hass.auth.async_create_user("Ann", group_ids=["system-admin"])
+    await start_device(fake_account, device_processes, "dev1")
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(
+        hass, lambda: hass.states.get("switch.kitchen_sensor_relay") is not None, "the entities"
+    )
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "transfer", Context(user_id=other_admin.id))
+    assert refused.value.translation_key == "permission_denied_ha_admin"
+    await _call(hass, entry, "transfer", Context(user_id=hass_owner_user.id))
+    transfer = f"/v1/households/{fake_account.household_id}/devices/dev1/transfers"
+    assert any(call[1] == transfer for call in fake_account.calls), fake_account.calls
