@@ -883,7 +883,12 @@ public_tls = false
                 "url": f"http://{LOOPBACK}:{self.ports['homeassistant']}",
                 "pid": self.pids["homeassistant"],
                 "users": [
-                    {"username": u.username, "password": u.password, "admin": u.admin}
+                    {
+                        "username": u.username,
+                        "password": u.password,
+                        "name": u.name,
+                        "admin": u.admin,
+                    }
                     for u in HA_USERS
                 ],
             }
