@@ -176,6 +176,7 @@ def _runtime_factory(config: DeviceConfig, *, enabled: bool) -> RuntimeFactory |
         simulated=config.simulate_network is not None,
         model=info.model,
         firmware=info.firmware_version,
+        name=config.name,
     )
 
 

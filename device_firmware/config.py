@@ -42,6 +42,9 @@ class DeviceConfig:
     """Everything the agent reads from disk or configuration."""
 
     data_dir: Path = DEFAULT_DATA_DIR
+    #: The device's name in Home Assistant (the capability descriptor's ``device.name``);
+    #: unset: Home Assistant names it after its model and id.
+    name: str | None = None
     #: Addresses (or interface names) the LAN provisioning server listens on.
     listen: tuple[str, ...] = ("0.0.0.0",)  # noqa: S104 - the LAN server is meant for the LAN
     port: int = DEFAULT_PORT
@@ -108,6 +111,7 @@ class DeviceConfig:
             raise ConfigError("button_gpio must be a line offset (0 or more)")
         if self.button_hold <= 0:
             raise ConfigError("button_hold must be a positive number of seconds")
+        _check_name(self.name)
         _check_server_limits(self)
         if not self.listen:
             raise ConfigError("listen must name at least one address")
@@ -225,6 +229,11 @@ def _check_server_limits(config: DeviceConfig) -> None:
         raise ConfigError("http_header_timeout and http_idle_timeout must be positive")
 
 
+def _check_name(name: str | None) -> None:
+    if name is not None and not name.strip():
+        raise ConfigError('name must be text such as "Kitchen sensor" (or left out)')
+
+
 def _check_bridge(text: str, *, ble: bool) -> None:
     bridge_address(text)
     if not ble:
@@ -274,6 +283,7 @@ def _convert(name: str, value: Any) -> Any:
         "ble_adapter",
         "ble_bridge",
         "gpio_chip",
+        "name",
     } and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string")
     return value

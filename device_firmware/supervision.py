@@ -88,11 +88,18 @@ def mqtt_settings(credentials: MqttCredentials) -> MqttSettings:
 
 
 def default_runtime_factory(
-    *, simulated: bool, model: str | None = None, firmware: str | None = None
+    *,
+    simulated: bool,
+    model: str | None = None,
+    firmware: str | None = None,
+    name: str | None = None,
 ) -> RuntimeFactory:
-    """Build the MQTT runtime with this device's capabilities (system sensors, demo or GPIO)."""
+    """Build the MQTT runtime with this device's capabilities (system sensors, demo or GPIO).
+
+    ``name``: the device's name in its descriptor (configuration key ``name``).
+    """
     capabilities = default_capabilities(simulated=simulated)
-    info = DeviceInfo(model=model, sw_version=firmware)
+    info = DeviceInfo(name=name, model=model, sw_version=firmware)
 
     def factory(
         device_id: str,

@@ -53,7 +53,9 @@ import segno
 from demo.control import ANSWER_PREFIX as CONTROL_PREFIX
 from demo.control import ControlChannel, ControlError
 from demo.control import parse as parse_command
+from demo.ha_config import write_config
 from demo.isolation import Forwarder, can_isolate, enter_private_network, listen
+from demo.names import MAX_DEVICES, device_name
 from demo.processes import Child, Signals, StackError, StopRequestedError, Supervisor
 
 from cloud_relay.broker.local import (
@@ -73,7 +75,6 @@ LOOPBACK: Final = "127.0.0.1"
 MARKER: Final = ".iob-demo"
 DEVICE_MODEL: Final = "iob-demo"
 BROKER_ADMIN: Final = "iob-admin"
-MAX_DEVICES: Final = 20
 #: What factory-provision appends each device's registry record to.
 RECORDS_FILE: Final = "manufacturing-records.jsonl"
 #: Where the broker's data goes when its user cannot reach the state directory (a clone in
@@ -634,7 +635,9 @@ public_tls = false
         device_toml = directory / "device.toml"
         device_toml.write_text(
             "# Written by scripts/develop (the demo stack); the rest is on the command line.\n"
-            f"data_dir = {_toml_string(directory / 'data')}\n",
+            f"data_dir = {_toml_string(directory / 'data')}\n"
+            # Home Assistant's device name, so the entity ids are the same in every demo.
+            f"name = {_toml_string(device_name(index))}\n",
             encoding="utf-8",
         )
         data, label = directory / "data", directory / "label"
@@ -806,36 +809,7 @@ public_tls = false
 
     def _write_ha_config(self) -> None:
         config = self.layout.ha_config
-        (config / "configuration.yaml").write_text(
-            f"""\
-# Written by scripts/develop (the demo stack) on every start: edits here are lost.
-# Deliberately not default_config (cloud, SSDP and fetches from the internet).
-homeassistant:
-  name: IoT Onboard demo
-  latitude: 52.3731
-  longitude: 4.8922
-  elevation: 0
-  unit_system: metric
-  time_zone: UTC
-  currency: EUR
-  country: NL
-
-http:
-  server_host: {LOOPBACK}
-  server_port: {self.ports["homeassistant"]}
-
-logger:
-  default: warning
-  logs:
-    custom_components.iot_onboard: debug
-    # A few lines per discovered record: whether HA's zeroconf saw a device at all.
-    homeassistant.components.zeroconf: debug
-
-# Discovery of the devices' _iot-onboard._tcp advertisements.
-zeroconf:
-""",
-            encoding="utf-8",
-        )
+        write_config(config, http_host=LOOPBACK, http_port=self.ports["homeassistant"])
         components = config / "custom_components"
         components.mkdir(exist_ok=True)
         link = components / "iot_onboard"
@@ -909,7 +883,12 @@ zeroconf:
                 "url": f"http://{LOOPBACK}:{self.ports['homeassistant']}",
                 "pid": self.pids["homeassistant"],
                 "users": [
-                    {"username": u.username, "password": u.password, "admin": u.admin}
+                    {
+                        "username": u.username,
+                        "password": u.password,
+                        "name": u.name,
+                        "admin": u.admin,
+                    }
                     for u in HA_USERS
                 ],
             }

@@ -135,9 +135,30 @@ class IotOnboardEntity(Entity):
         )
 
     async def send(self, payload: str) -> None:
-        """Check the caller's role, then publish the command for this entity."""
-        await self.async_check_control()
-        await self.coordinator.async_send_command(self.device_id, self.key, payload)
+        """Check the caller's role, then publish the command for this entity.
+
+        A refused or failed command shows the real state again before the error goes up.
+        """
+        try:
+            await self.async_check_control()
+            await self.coordinator.async_send_command(self.device_id, self.key, payload)
+        except Exception:
+            self._async_show_real_state()
+            raise
+
+    @callback
+    def _async_show_real_state(self) -> None:
+        """Write the unchanged state as a change, so the frontend drops what it assumed.
+
+        Home Assistant's frontend shows a toggled switch (or a moved slider) in its requested
+        position until the entity's state object changes, also when the action failed. An
+        unchanged write is only "reported" (no ``state_changed``), so this one is forced.
+        """
+        self._attr_force_update = True
+        try:
+            self.async_write_ha_state()
+        finally:
+            self._attr_force_update = False
 
 
 class _PlatformEntities:

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import voluptuous as vol
 from homeassistant.config_entries import ConfigEntryState, ConfigFlowResult, OptionsFlow
+from homeassistant.core import Context
 from homeassistant.helpers.selector import (
     SelectOptionDict,
     SelectSelector,
@@ -34,6 +35,12 @@ CONF_ROLE: Final = "role"
 ROLE_NONE: Final = "none"
 _POLICY_ROLES: Final = [Role.VIEWER.value, Role.MEMBER.value, Role.ADMIN.value]
 _USER_ROLES: Final = [ROLE_NONE, *(role.value for role in Role)]
+#: How a user's label shows their role, per ``Caller.kind``.
+_ROLE_NOTES: Final = {
+    "user": "{role}",
+    "ha_admin": "{role} (Home Assistant administrator, not a member)",
+    "unmapped": "{role} (not a member)",
+}
 
 
 def _role_selector(options: list[str]) -> SelectSelector:
@@ -98,7 +105,7 @@ class IotOnboardOptionsFlow(OptionsFlow):
             user_id: str = user_input[CONF_USER]
             choice: str = user_input[CONF_ROLE]
             role = None if choice == ROLE_NONE else Role(choice)
-            current = roles.member_for_user(user_id)
+            current = await roles.async_member(user_id)
             if user_id not in users:
                 errors[CONF_USER] = "unknown_user"
             elif current is not None and current.role is Role.OWNER and role is not Role.OWNER:
@@ -111,18 +118,12 @@ class IotOnboardOptionsFlow(OptionsFlow):
                     placeholders["error"] = str(err)
                 else:
                     return self.async_create_entry(data=dict(entry.options))
-        mapped = roles.user_roles()
         schema = vol.Schema(
             {
                 vol.Required(CONF_USER): SelectSelector(
                     SelectSelectorConfig(
                         options=[
-                            SelectOptionDict(
-                                value=user_id,
-                                label=f"{name} ({mapped[user_id].value})"
-                                if user_id in mapped
-                                else name,
-                            )
+                            SelectOptionDict(value=user_id, label=await self._label(user_id, name))
                             for user_id, name in sorted(users.items(), key=lambda item: item[1])
                         ],
                         mode=SelectSelectorMode.DROPDOWN,
@@ -137,3 +138,9 @@ class IotOnboardOptionsFlow(OptionsFlow):
             errors=errors,
             description_placeholders=placeholders,
         )
+
+    async def _label(self, user_id: str, name: str) -> str:
+        """The user and the role they act with now (what the role check would say)."""
+        caller = await self._entry.runtime_data.roles.async_caller(Context(user_id=user_id))
+        role = caller.role.value if caller.role is not None else "no role"
+        return f"{name} — {_ROLE_NOTES[caller.kind].format(role=role)}"

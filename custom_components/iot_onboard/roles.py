@@ -2,7 +2,10 @@
 
 The account service is the source of truth: a member whose ``external_id`` is
 ``ha-user:<HA user id>`` stands for that HA user (the owner's own member record may carry it
-too). Home Assistant reads the members at set-up and at every device sync, changes them only
+too). Until the owner's record names a user, Home Assistant's owner stands for it when the
+household belongs to the account this entry signed in with: the person who set up Home
+Assistant and created the household through it. Mapping any user to the owner (options) ends
+that. Home Assistant reads the members at set-up and at every device sync, changes them only
 through the account service (options flow), and checks the caller's role before every entity
 action and every IoT Onboard action. The broker enforces the household's rights again (ACLs);
 this check adds the per-person part the broker cannot see.
@@ -28,6 +31,7 @@ from homeassistant.exceptions import ServiceValidationError
 
 from .account_client import AccountClient, Member, Role
 from .const import (
+    CONF_ACCOUNT_ID,
     CONF_AUTOMATION_ROLE,
     CONF_UNMAPPED_ROLE,
     DEFAULT_AUTOMATION_ROLE,
@@ -90,9 +94,24 @@ class RoleManager:
         self.members = await self._account.members(self._household_id)
 
     def member_for_user(self, user_id: str) -> Member | None:
-        """The member standing for ``user_id``, if any."""
+        """The member whose record links ``user_id``, if any."""
         wanted = external_id(user_id)
         return next((m for m in self.members if m.external_id == wanted), None)
+
+    async def async_member(self, user_id: str) -> Member | None:
+        """The member standing for ``user_id``: linked to it, or the owner for HA's owner."""
+        linked = self.member_for_user(user_id)
+        if linked is not None:
+            return linked
+        owner = next((m for m in self.members if m.role is Role.OWNER), None)
+        if (
+            owner is None
+            or (owner.external_id or "").startswith(EXTERNAL_ID_PREFIX)
+            or owner.account_id != self._entry.data.get(CONF_ACCOUNT_ID)
+        ):
+            return None
+        ha_owner = await self._hass.auth.async_get_owner()
+        return owner if ha_owner is not None and ha_owner.id == user_id else None
 
     def user_roles(self) -> dict[str, Role]:
         """HA user id → role, for every mapped user."""
@@ -112,7 +131,7 @@ class RoleManager:
             return Caller(
                 "automation", self._option_role(CONF_AUTOMATION_ROLE, DEFAULT_AUTOMATION_ROLE)
             )
-        member = self.member_for_user(context.user_id)
+        member = await self.async_member(context.user_id)
         if member is not None:
             return Caller("user", member.role)
         unmapped = self._option_role(CONF_UNMAPPED_ROLE, DEFAULT_UNMAPPED_ROLE)
@@ -180,7 +199,7 @@ class RoleManager:
             owner = next(m for m in self.members if m.role is Role.OWNER)
             if current is not None and current.member_id != owner.member_id:
                 await self._account.remove_member(household, current.member_id)
-            if current is None or current.member_id != owner.member_id:
+            if owner.external_id != external_id(user_id):
                 await self._account.update_member(
                     household, owner.member_id, external_id=external_id(user_id)
                 )

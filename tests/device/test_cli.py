@@ -12,10 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from iob_protocol.canonical import b64url_encode
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.__main__ import main, running_agent_pid
+from device_firmware.__main__ import _runtime_factory, main, running_agent_pid
+from device_firmware.config import DeviceConfig
+from device_firmware.errors import ConfigError
+from device_firmware.mqtt_runtime import MqttRuntime
 from device_firmware.state import (
     DeviceStateRecord,
     MqttCredentials,
@@ -208,3 +212,35 @@ def test_status_says_whether_an_owner_secret_is_saved_and_never_shows_it(
     code, text = cli("--data-dir", data, "diagnose")
     assert "BROKER_UNREACHABLE" in text
     assert "nc -vz" in text
+
+
+def test_the_configured_name_is_the_device_name_in_its_descriptor(
+    provisioned: Provisioned, tmp_path: Path
+) -> None:
+    toml = tmp_path / "device.toml"
+    toml.write_text('name = "Kitchen sensor"\n')
+    config = DeviceConfig.load(toml, data_dir=provisioned.config.data_dir)
+    factory = _runtime_factory(config, enabled=True)
+    assert factory is not None
+    credentials = MqttCredentials(
+        host="127.0.0.1", port=9, tls=False, username="u", password=TEST_PASSWORD
+    )
+    device_id = provisioned.device.identity.device_id
+    runtime = factory(device_id, credentials)
+    assert isinstance(runtime, MqttRuntime)
+    device = runtime.meta()["device"]
+    assert device["name"] == "Kitchen sensor"
+    assert device["model"] == provisioned.device.info.model
+
+    # Unset: no name in the descriptor (Home Assistant names the device itself).
+    unnamed = _runtime_factory(dataclasses.replace(config, name=None), enabled=True)
+    assert unnamed is not None
+    runtime = unnamed(device_id, credentials)
+    assert isinstance(runtime, MqttRuntime)
+    assert "name" not in runtime.meta()["device"]
+
+
+@pytest.mark.parametrize("value", ["", "  ", 7])
+def test_a_name_that_is_not_text_is_refused(value: object) -> None:
+    with pytest.raises(ConfigError, match="name must be"):
+        DeviceConfig.from_mapping({"name": value})

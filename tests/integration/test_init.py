@@ -184,8 +184,11 @@ async def test_options_policies(hass: HomeAssistant, init_integration: MockConfi
 async def test_options_map_users_at_the_account_service(
     hass: HomeAssistant, fake_account: FakeAccountService
 ) -> None:
-    alice = await hass.auth.async_create_user("Alice", group_ids=["system-users"])
+    # Olga is Home Assistant's owner (its first user), so she stands for the household's owner
+    # until someone is mapped to it; mapping her links the owner's record to her.
     owner_user = await hass.auth.async_create_user("Olga", group_ids=["system-users"])
+    alice = await hass.auth.async_create_user("Alice", group_ids=["system-users"])
+    assert owner_user.is_owner
     entry = await setup_entry(hass, fake_account)
 
     async def choose(user_id: str, role: str) -> dict[str, object]:

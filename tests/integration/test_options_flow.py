@@ -10,7 +10,7 @@ from typing import Any
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import MockConfigEntry, MockUser
 
 from custom_components.iot_onboard.account_client import Role
 from custom_components.iot_onboard.const import EXTERNAL_ID_PREFIX
@@ -48,11 +48,17 @@ async def test_user_roles_need_a_loaded_entry(
 
 
 async def test_the_user_list_names_people_and_their_roles(
-    hass: HomeAssistant, fake_account: FakeAccountService
+    hass: HomeAssistant, fake_account: FakeAccountService, hass_owner_user: MockUser
 ) -> None:
-    """Active people only (no system users, no deactivated ones), mapped ones with their role."""
+    """Active people only, each with the role they act with now; the creator as owner.
+
+    The household's owner record links no Home Assistant user yet (as after the first device's
+    flow): Home Assistant's owner stands for it. A Home Assistant administrator who is not a
+    member acts as admin; anyone else who is not a member gets the non-member option's role.
+    """
     alice = await hass.auth.async_create_user("Alice", group_ids=["system-users"])
     bob = await hass.auth.async_create_user("Bob", group_ids=["system-users"])
+    carol = await hass.auth.async_create_user("Carol", group_ids=["system-admin"])
     gone = await hass.auth.async_create_user("Gone", group_ids=["system-users"])
     await hass.auth.async_deactivate_user(gone)
     system = await hass.auth.async_create_system_user("Supervisor")
@@ -62,11 +68,53 @@ async def test_the_user_list_names_people_and_their_roles(
     entry = await setup_entry(hass, fake_account)
     form = await _user_role_form(hass, entry)
     assert form["type"] is FlowResultType.FORM
-    options = _user_options(form)
-    assert options[alice.id] == "Alice (member)"
-    assert options[bob.id] == "Bob"
-    assert gone.id not in options
-    assert system.id not in options
+    assert _user_options(form) == {
+        alice.id: "Alice — member",
+        bob.id: "Bob — viewer (not a member)",
+        carol.id: "Carol — admin (Home Assistant administrator, not a member)",
+        hass_owner_user.id: "Mock User — owner",
+    }
+    assert gone.id not in _user_options(form)
+    assert system.id not in _user_options(form)
+
+    # The owner's role is fixed; choosing owner links the record to the user for good.
+    result = await hass.config_entries.options.async_configure(
+        form["flow_id"], {"user": hass_owner_user.id, "role": "member"}
+    )
+    assert result["errors"] == {"role": "owner_fixed"}
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"user": hass_owner_user.id, "role": "owner"}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert fake_account.owner().external_id == EXTERNAL_ID_PREFIX + hass_owner_user.id
+
+
+async def test_the_owner_linked_elsewhere_or_not_ours_is_not_home_assistants_owner(
+    hass: HomeAssistant, fake_account: FakeAccountService, hass_owner_user: MockUser
+) -> None:
+    """Home Assistant's owner stands only for an unlinked owner of this entry's own account."""
+    olga = await hass.auth.async_create_user("Olga", group_ids=["system-users"])
+    fake_account.link_owner(EXTERNAL_ID_PREFIX + olga.id)
+    entry = await setup_entry(hass, fake_account)
+    options = _user_options(await _user_role_form(hass, entry))
+    assert options[olga.id] == "Olga — owner"
+    assert options[hass_owner_user.id] == (
+        "Mock User — admin (Home Assistant administrator, not a member)"
+    )
+
+    # The household belongs to another account (this entry signed in as an admin of it).
+    fake_account.members[:] = [
+        member("m-owner", "a-someone-else", None, "Owner", Role.OWNER)
+        if m.role is Role.OWNER
+        else m
+        for m in fake_account.members
+    ]
+    await entry.runtime_data.roles.async_refresh()
+    options = _user_options(await _user_role_form(hass, entry))
+    assert options[olga.id] == "Olga — viewer (not a member)"
+    assert options[hass_owner_user.id] == (
+        "Mock User — admin (Home Assistant administrator, not a member)"
+    )
 
 
 async def test_a_user_removed_while_the_form_is_open(

@@ -11,10 +11,14 @@ from typing import Any
 
 import pytest
 from homeassistant.auth.models import User
-from homeassistant.const import ATTR_ENTITY_ID
+from homeassistant.const import ATTR_ENTITY_ID, EVENT_STATE_CHANGED
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import ServiceValidationError
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    MockUser,
+    async_capture_events,
+)
 
 from custom_components.iot_onboard.account_client import Role
 from custom_components.iot_onboard.const import (
@@ -225,3 +229,70 @@ async def test_read_only_share_refuses_control_for_everyone(
     with pytest.raises(ServiceValidationError) as refused:
         await _call(hass, entry, "share", Context(user_id=users["owner"].id))
     assert refused.value.translation_key == "device_not_owned"
+
+
+@pytest.mark.parametrize(
+    ("entity_id", "service", "data"),
+    [
+        ("switch.kitchen_sensor_relay", "turn_on", {}),
+        ("number.kitchen_sensor_setpoint", "set_value", {"value": 25.0}),
+    ],
+)
+async def test_a_refused_control_shows_the_real_state_again(
+    hass: HomeAssistant,
+    ready: tuple[MockConfigEntry, dict[str, User]],
+    entity_id: str,
+    service: str,
+    data: dict[str, Any],
+) -> None:
+    """The frontend shows the requested state until a state_changed event: one comes.
+
+    Home Assistant's toggle switches at once and only goes back when the entity's state object
+    changes; an unchanged write would only be "reported". So the refusal re-sends the real state
+    as a change, and the viewer sees the switch off again (and the number's real value).
+    """
+    _entry, users = ready
+    before = hass.states.get(entity_id)
+    assert before is not None
+    changes = async_capture_events(hass, EVENT_STATE_CHANGED)
+    with pytest.raises(ServiceValidationError) as refused:
+        await hass.services.async_call(
+            entity_id.split(".", maxsplit=1)[0],
+            service,
+            {ATTR_ENTITY_ID: entity_id, **data},
+            blocking=True,
+            context=Context(user_id=users["viewer"].id),
+        )
+    assert refused.value.translation_key == "permission_denied_user"
+    mine = [e for e in changes if e.data["entity_id"] == entity_id]
+    assert len(mine) == 1, changes
+    new_state = mine[0].data["new_state"]
+    assert new_state is not None
+    assert new_state.state == before.state
+    assert new_state.attributes == before.attributes
+    assert new_state.last_updated > before.last_updated
+
+
+async def test_home_assistants_owner_stands_for_an_unlinked_household_owner(
+    hass: HomeAssistant,
+    fake_account: FakeAccountService,
+    device_processes: DeviceProcesses,
+    hass_owner_user: MockUser,
+) -> None:
+    """As the roles dialog shows it: whoever created the household here may transfer.
+
+    The owner's record links no user (as after the first device's flow); Home Assistant's
+    owner acts as the household's owner, another administrator still as admin.
+    """
+    other_admin = await hass.auth.async_create_user("Ann", group_ids=["system-admin"])
+    await start_device(fake_account, device_processes, "dev1")
+    entry = await setup_entry(hass, fake_account)
+    await wait_for(
+        hass, lambda: hass.states.get("switch.kitchen_sensor_relay") is not None, "the entities"
+    )
+    with pytest.raises(ServiceValidationError) as refused:
+        await _call(hass, entry, "transfer", Context(user_id=other_admin.id))
+    assert refused.value.translation_key == "permission_denied_ha_admin"
+    await _call(hass, entry, "transfer", Context(user_id=hass_owner_user.id))
+    transfer = f"/v1/households/{fake_account.household_id}/devices/dev1/transfers"
+    assert any(call[1] == transfer for call in fake_account.calls), fake_account.calls

@@ -11,15 +11,19 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from tests.test_user_guide import guide_automation
 
 from .helpers import (
-    READY_PREFIX,
     Orchestrator,
     free_port,
     get,
     ha_login,
+    ha_token,
     processes_mentioning,
     refused,
 )
@@ -39,6 +43,9 @@ def test_stack_comes_up_answers_and_stops_cleanly_on_sigint(state_dir: Path) -> 
         assert get(f"{ha}/api/")[0] == 401
         for user in ready["homeassistant"]["users"]:
             assert ha_login(ha, user["username"], user["password"])["type"] == "create_entry"
+
+        # The automation and script editors save, and what they save runs.
+        automation, script = save_in_the_editors(ha, ready)
 
         # The account service: healthy; the demo account signs in with the printed password.
         relay = ready["account_service"]["url"]
@@ -86,30 +93,31 @@ def test_stack_comes_up_answers_and_stops_cleanly_on_sigint(state_dir: Path) -> 
     assert users["Demo Owner"]["group_ids"] == ["system-admin"]
     assert users["Guest"]["group_ids"] == ["system-users"]
 
+    # What the editors saved is in the files configuration.yaml includes.
+    config = state_dir / "ha-config"
+    saved = yaml.safe_load((config / "automations.yaml").read_text())
+    assert [a["alias"] for a in saved if a["id"] == "demo-test"] == [automation["alias"]]
+    assert yaml.safe_load((config / "scripts.yaml").read_text())["demo_script"] == script
 
-@pytest.mark.slow
-def test_a_failure_while_starting_names_its_log_and_leaves_nothing_running(
-    state_dir: Path,
-) -> None:
-    # A first run makes the state (no Home Assistant: quicker); then the database is broken.
-    first = Orchestrator("--state-dir", str(state_dir), "--no-ha", "--devices", "1")
-    try:
-        first.wait_ready()
-        first.process.send_signal(signal.SIGTERM)
-        assert first.wait() == 0, first.output
-    finally:
-        first.kill()
-    (state_dir / "relay" / "relay.db").write_bytes(b"this is not a database" * 100)
-    for suffix in ("-wal", "-shm"):
-        (state_dir / "relay" / f"relay.db{suffix}").unlink(missing_ok=True)
 
-    second = Orchestrator("--state-dir", str(state_dir), "--no-ha", "--devices", "1")
-    try:
-        assert second.wait() == 1
-    finally:
-        second.kill()
-    assert "error: cloud_relay registry import" in second.output
-    assert f"Its log is {state_dir / 'logs' / 'setup.log'}" in second.output
-    assert "stopped Mosquitto" in second.output
-    assert READY_PREFIX not in second.output
-    assert processes_mentioning(str(state_dir)) == {}
+def save_in_the_editors(ha: str, ready: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user guide's example automation and a script, saved as the editors save them.
+
+    The editor's save writes the file and reloads in the background; the blocking reload here
+    waits for it. The entity appears only if configuration.yaml includes the file.
+    """
+    owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
+    token = ha_token(ha, owner["username"], owner["password"])
+    automation = guide_automation()
+    script = {"alias": "Demo script", "sequence": [{"delay": "00:00:01"}]}
+    for domain, key, config, entity_id in (
+        ("automation", "demo-test", automation, "automation.relay_off_at_night"),
+        ("script", "demo_script", script, "script.demo_script"),
+    ):
+        status, body = get(f"{ha}/api/config/{domain}/config/{key}", config, token=token)
+        assert status == 200, body
+        status, body = get(f"{ha}/api/services/{domain}/reload", {}, token=token)
+        assert status == 200, body
+        status, body = get(f"{ha}/api/states/{entity_id}", token=token)
+        assert status == 200, body
+    return automation, script

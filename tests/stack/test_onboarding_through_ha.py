@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_user_guide import GUIDE, example_entity_ids
+
 from .helpers import (
     Orchestrator,
     discovery_diagnosis,
@@ -113,6 +115,18 @@ def device_entities(ha: Ha, device_id: str) -> list[dict[str, Any]] | None:
     return mine
 
 
+def role_labels(ha: Ha, entries: list[dict[str, Any]]) -> list[str]:
+    """The user list of the household entry's roles dialog (options), as the UI shows it."""
+    household = next(e for e in entries if e["source"] == "import")
+    flow = ha.call("/api/config/config_entries/options/flow", {"handler": household["entry_id"]})
+    path = f"/api/config/config_entries/options/flow/{flow['flow_id']}"
+    form = ha.call(path, {"next_step_id": "user_role"})
+    field = next(f for f in form["data_schema"] if f["name"] == "user")
+    status, raw = get(f"{ha.base}{path}", token=ha.token, method="DELETE")  # close the dialog
+    assert status == 200, raw
+    return [option["label"] for option in field["selector"]["select"]["options"]]
+
+
 @pytest.mark.slow
 def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Path) -> None:
     stack = Orchestrator(
@@ -195,6 +209,8 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
             ("zeroconf", "loaded"),
         ], entries
         assert HOUSEHOLD in {e["title"] for e in entries}, entries
+        # The roles dialog shows who created the household (Home Assistant's owner) as owner.
+        assert f"{owner['name']} — owner" in role_labels(ha, entries)
         assert DOMAIN not in {f["handler"] for f in ha.discovered()}
 
         # The device's entities appear, available (the device is online), with real values.
@@ -207,6 +223,8 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
         assert {"sensor", "binary_sensor", "switch", "button"} <= domains, states
         sensors = [s for s in states if s["entity_id"].startswith("sensor.")]
         assert any(s["state"] not in {"unknown", ""} for s in sensors), sensors
+        # Named by the demo ("Kitchen sensor"): the user guide's example entity ids are its own.
+        assert set(example_entity_ids(GUIDE.read_text())) <= {s["entity_id"] for s in states}
 
         # The device itself says it is owned and online.
         status, raw = get(f"{device['url']}/iob/v1/info")
