@@ -31,6 +31,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .actions import Action, Actions
+from .attempts import AttemptLog
 from .ble.bluez import BluezPeripheral
 from .ble.bridge import BridgePeripheral
 from .capabilities.gpio import EdgeLine
@@ -107,6 +108,7 @@ class Agent:
         self._status_led = status_led or StatusLed(None)
         self._ble_bus_address = ble_bus_address
         self._store = StateStore(config.state_file)
+        self._attempts = AttemptLog(None, clock=clock, wall_clock=wall_clock)
         self._changes = StateChanges()
         self._actions = Actions(config, button_line_factory=button_line_factory)
         self._stop = asyncio.Event()
@@ -122,6 +124,11 @@ class Agent:
     def store(self) -> StateStore:
         """The persisted state."""
         return self._store
+
+    @property
+    def attempts(self) -> AttemptLog:
+        """The last onboarding attempts (read from ``attempts.json`` when :meth:`run` starts)."""
+        return self._attempts
 
     @property
     def controller(self) -> DeviceController:
@@ -181,6 +188,9 @@ class Agent:
         config = self._config
         device = await asyncio.to_thread(ProvisionedDevice.load, config)
         record = await recover_boot(self._store, self._backend)
+        self._attempts = attempts = await asyncio.to_thread(
+            AttemptLog.load, config.attempts_file, clock=self._clock, wall_clock=self._wall_clock
+        )
         ssl_context = await asyncio.to_thread(build_ssl_context, config.relay_ca_file)
         async with aiohttp.ClientSession() as http:
 
@@ -201,6 +211,7 @@ class Agent:
                 on_released=self._released,
                 wall_clock=self._wall_clock,
                 clock=self._clock,
+                attempts=attempts,
             )
             self._controller = controller = DeviceController(
                 device=device,
@@ -211,6 +222,7 @@ class Agent:
                 hardware=self._hardware,
                 clear_retained=supervisor.clear_retained,
                 wall_clock=self._wall_clock,
+                attempts=attempts,
             )
             self._host = host = SessionHost(
                 device,
@@ -219,6 +231,7 @@ class Agent:
                 allow_insecure_http=config.allow_insecure_http,
                 policy=controller.session_policy,
                 on_established=controller.forget_pending,
+                attempts=attempts,
             )
             self._window = window = ProvisioningWindow(host, claimed=record.claimed)
             window.open_for(Trigger.BOOT, record)
@@ -262,6 +275,7 @@ class Agent:
             finally:
                 await controller.aclose()
                 await self._shutdown()
+                await attempts.aclose()
 
     async def _run_loops(
         self, presence: Presence, supervisor: MqttSupervisor, zero_touch: ZeroTouch | None
