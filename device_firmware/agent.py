@@ -31,7 +31,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .actions import Action, Actions
-from .attempts import AttemptLog
+from .attempts import AttemptLog, Step
 from .ble.bluez import BluezPeripheral
 from .ble.bridge import BridgePeripheral
 from .capabilities.gpio import EdgeLine
@@ -57,19 +57,29 @@ from .zero_touch import ZeroTouch
 _LOGGER = logging.getLogger(__name__)
 
 
-async def recover_boot(store: StateStore, backend: NetworkBackend) -> DeviceStateRecord:
-    """Finish what a power cut interrupted (see :mod:`device_firmware.state`)."""
+async def recover_boot(
+    store: StateStore, backend: NetworkBackend, attempts: AttemptLog | None = None
+) -> DeviceStateRecord:
+    """Finish what a power cut interrupted (see :mod:`device_firmware.state`).
+
+    ``attempts``: the outcome is recorded as an attempt of its own (``via boot``).
+    """
     record = await asyncio.to_thread(store.recover)
     if record.phase is not Phase.COMMITTING:
         return record
     if record.claim_in_flight is not None:
         return record  # the service may own the device: the agent resumes the claim
+    attempts = attempts or AttemptLog()
     if record.claimed:
         _LOGGER.warning("boot during a commit that the service had confirmed: online")
+        attempts.begin("boot")
+        attempts.record(Step.COMMITTED)
         return await store.update(phase=Phase.ONLINE)
     _LOGGER.warning("boot during an unconfirmed commit: rolled back (TIMEOUT)")
     with contextlib.suppress(NetworkError):
         await backend.rollback()
+    attempts.begin("boot")
+    attempts.record(Step.ROLLED_BACK, DiagnosticCode.TIMEOUT.value)
     return await store.update(
         phase=Phase.PROVISIONING, diagnostic=DiagnosticCode.TIMEOUT, diagnostic_at=unix_time()
     )
@@ -187,10 +197,10 @@ class Agent:
         """Run until :meth:`stop`."""
         config = self._config
         device = await asyncio.to_thread(ProvisionedDevice.load, config)
-        record = await recover_boot(self._store, self._backend)
         self._attempts = attempts = await asyncio.to_thread(
             AttemptLog.load, config.attempts_file, clock=self._clock, wall_clock=self._wall_clock
         )
+        record = await recover_boot(self._store, self._backend, attempts)
         ssl_context = await asyncio.to_thread(build_ssl_context, config.relay_ca_file)
         async with aiohttp.ClientSession() as http:
 

@@ -30,6 +30,7 @@ from device_firmware.attempts import (
     Step,
     read_attempts,
 )
+from device_firmware.state import DeviceStateRecord, Phase, StateStore
 from device_firmware.supervision import default_runtime_factory
 from tests.plugins.scripted_service import ScriptedService
 
@@ -325,3 +326,20 @@ async def test_set_claim_records_no_token(
     text = provisioned.config.attempts_file.read_text()
     assert TOKEN not in text
     assert scripted_service.url not in text
+
+
+async def test_a_commit_cut_by_a_power_loss_is_rolled_back_at_boot(
+    start_agent: AgentStarter, provisioned: Provisioned
+) -> None:
+    """The power went during an unconfirmed commit: the boot's rollback is an attempt too."""
+    StateStore(provisioned.config.state_file).write(DeviceStateRecord(phase=Phase.COMMITTING))
+    async with start_agent() as running:
+        assert running.agent.store.current.diagnostic is DiagnosticCode.TIMEOUT
+    (attempt,) = read_attempts(provisioned.config.attempts_file)
+    assert attempt.via == "boot"
+    assert [(record.step, record.result) for record in attempt.steps] == [
+        (Step.ROLLED_BACK, "TIMEOUT")
+    ]
+    code, table = cli(provisioned, "attempts")
+    assert code == 0
+    assert "via boot" in table
