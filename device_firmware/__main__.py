@@ -4,6 +4,7 @@
 ``factory-provision``   identity, setup code, manufacturing record and label
 ``status``              state, owner, network (never secrets)
 ``diagnose``            the last failure, what it means and what to do next
+``attempts``            the last onboarding attempts step by step (``--watch``: follow them)
 ``reset``               factory reset (signals a running agent, or resets in place)
 """
 
@@ -29,6 +30,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from . import __version__
 from .actions import Action
 from .agent import Agent, recover_boot
+from .attempts import format_header, format_step, format_table, read_attempts
 from .config import DEFAULT_CONFIG_FILE, DeviceConfig
 from .errors import ConfigError, DeviceError, NotProvisionedError
 from .factory import FactoryInfo, ProvisionedDevice, factory_provision
@@ -43,6 +45,8 @@ _LOGGER = logging.getLogger("device_firmware")
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 RESET_WAIT_SECONDS: Final = 60.0
+#: How often ``attempts --watch`` reads the file.
+WATCH_INTERVAL: Final = 0.2
 #: Signals the running agent handles (stop, button, reset).
 _AGENT_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2})
 
@@ -126,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("diagnose", help="explain the last failure")
+    attempts = commands.add_parser(
+        "attempts", help="the last onboarding attempts, step by step with timings"
+    )
+    attempts.add_argument(
+        "--watch", action="store_true", help="then print new steps as they happen, until Ctrl-C"
+    )
     reset = commands.add_parser("reset", help="factory reset")
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
@@ -297,6 +307,38 @@ def _diagnose(config: DeviceConfig, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _attempts(config: DeviceConfig, *, watch: bool, out: TextIO) -> int:
+    """Print the recorded attempts; with ``watch``, follow the file until Ctrl-C."""
+    path = config.attempts_file
+    attempts = read_attempts(path)
+    out.write(format_table(attempts))
+    if not watch:
+        return EXIT_OK
+    seen = {(attempt.number, index) for attempt in attempts for index in range(len(attempt.steps))}
+    out.write(f"Watching {path} for new steps (Ctrl-C to stop)...\n")
+    out.flush()
+    try:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            for attempt in read_attempts(path, warn=False):
+                new = [
+                    (index, step)
+                    for index, step in enumerate(attempt.steps)
+                    if (attempt.number, index) not in seen
+                ]
+                if not new:
+                    continue
+                if not any(number == attempt.number for number, _index in seen):
+                    out.write(format_header(attempt))
+                for index, step in new:
+                    seen.add((attempt.number, index))
+                    out.write(format_step(step))
+                out.flush()
+    except KeyboardInterrupt:
+        out.write("Stopped.\n")
+        return EXIT_OK
+
+
 # --- reset --------------------------------------------------------------------------------------
 
 
@@ -374,6 +416,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return EXIT_ERROR
 
 
+def _show(args: argparse.Namespace, config: DeviceConfig, out: TextIO) -> int:
+    """The read-only commands."""
+    if args.command == "status":
+        return _status(config, as_json=args.json, out=out)
+    if args.command == "diagnose":
+        return _diagnose(config, out)
+    return _attempts(config, watch=args.watch, out=out)
+
+
 def _command(args: argparse.Namespace, config: DeviceConfig, out: TextIO) -> int:
     if args.command == "run":
         # The lock tells `reset` that an agent runs; a SIGUSR2 sent before the handlers exist
@@ -400,10 +451,8 @@ def _command(args: argparse.Namespace, config: DeviceConfig, out: TextIO) -> int
             f"Label: {', '.join(str(path) for path in result.label_files)}\n"
         )
         return EXIT_OK
-    if args.command == "status":
-        return _status(config, as_json=args.json, out=out)
-    if args.command == "diagnose":
-        return _diagnose(config, out)
+    if args.command in {"status", "diagnose", "attempts"}:
+        return _show(args, config, out)
     if not args.yes and sys.stdin.isatty():
         answer = input("Factory reset: forget Wi-Fi, owner and MQTT credentials? [y/N] ")
         if answer.strip().lower() not in {"y", "yes"}:

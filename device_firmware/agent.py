@@ -31,6 +31,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .actions import Action, Actions
+from .attempts import AttemptLog, Step
 from .ble.bluez import BluezPeripheral
 from .ble.bridge import BridgePeripheral
 from .capabilities.gpio import EdgeLine
@@ -56,19 +57,29 @@ from .zero_touch import ZeroTouch
 _LOGGER = logging.getLogger(__name__)
 
 
-async def recover_boot(store: StateStore, backend: NetworkBackend) -> DeviceStateRecord:
-    """Finish what a power cut interrupted (see :mod:`device_firmware.state`)."""
+async def recover_boot(
+    store: StateStore, backend: NetworkBackend, attempts: AttemptLog | None = None
+) -> DeviceStateRecord:
+    """Finish what a power cut interrupted (see :mod:`device_firmware.state`).
+
+    ``attempts``: the outcome is recorded as an attempt of its own (``via boot``).
+    """
     record = await asyncio.to_thread(store.recover)
     if record.phase is not Phase.COMMITTING:
         return record
     if record.claim_in_flight is not None:
         return record  # the service may own the device: the agent resumes the claim
+    attempts = attempts or AttemptLog()
     if record.claimed:
         _LOGGER.warning("boot during a commit that the service had confirmed: online")
+        attempts.begin("boot")
+        attempts.record(Step.COMMITTED)
         return await store.update(phase=Phase.ONLINE)
     _LOGGER.warning("boot during an unconfirmed commit: rolled back (TIMEOUT)")
     with contextlib.suppress(NetworkError):
         await backend.rollback()
+    attempts.begin("boot")
+    attempts.record(Step.ROLLED_BACK, DiagnosticCode.TIMEOUT.value)
     return await store.update(
         phase=Phase.PROVISIONING, diagnostic=DiagnosticCode.TIMEOUT, diagnostic_at=unix_time()
     )
@@ -107,6 +118,7 @@ class Agent:
         self._status_led = status_led or StatusLed(None)
         self._ble_bus_address = ble_bus_address
         self._store = StateStore(config.state_file)
+        self._attempts = AttemptLog(None, clock=clock, wall_clock=wall_clock)
         self._changes = StateChanges()
         self._actions = Actions(config, button_line_factory=button_line_factory)
         self._stop = asyncio.Event()
@@ -122,6 +134,11 @@ class Agent:
     def store(self) -> StateStore:
         """The persisted state."""
         return self._store
+
+    @property
+    def attempts(self) -> AttemptLog:
+        """The last onboarding attempts (read from ``attempts.json`` when :meth:`run` starts)."""
+        return self._attempts
 
     @property
     def controller(self) -> DeviceController:
@@ -180,7 +197,10 @@ class Agent:
         """Run until :meth:`stop`."""
         config = self._config
         device = await asyncio.to_thread(ProvisionedDevice.load, config)
-        record = await recover_boot(self._store, self._backend)
+        self._attempts = attempts = await asyncio.to_thread(
+            AttemptLog.load, config.attempts_file, clock=self._clock, wall_clock=self._wall_clock
+        )
+        record = await recover_boot(self._store, self._backend, attempts)
         ssl_context = await asyncio.to_thread(build_ssl_context, config.relay_ca_file)
         async with aiohttp.ClientSession() as http:
 
@@ -201,6 +221,7 @@ class Agent:
                 on_released=self._released,
                 wall_clock=self._wall_clock,
                 clock=self._clock,
+                attempts=attempts,
             )
             self._controller = controller = DeviceController(
                 device=device,
@@ -211,6 +232,7 @@ class Agent:
                 hardware=self._hardware,
                 clear_retained=supervisor.clear_retained,
                 wall_clock=self._wall_clock,
+                attempts=attempts,
             )
             self._host = host = SessionHost(
                 device,
@@ -219,6 +241,7 @@ class Agent:
                 allow_insecure_http=config.allow_insecure_http,
                 policy=controller.session_policy,
                 on_established=controller.forget_pending,
+                attempts=attempts,
             )
             self._window = window = ProvisioningWindow(host, claimed=record.claimed)
             window.open_for(Trigger.BOOT, record)
@@ -262,6 +285,7 @@ class Agent:
             finally:
                 await controller.aclose()
                 await self._shutdown()
+                await attempts.aclose()
 
     async def _run_loops(
         self, presence: Presence, supervisor: MqttSupervisor, zero_touch: ZeroTouch | None

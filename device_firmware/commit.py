@@ -59,6 +59,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.identity import DeviceIdentity
 from iob_protocol.sources import WallClock, unix_time
 
+from .attempts import AttemptLog, Step
 from .errors import CommitError, DiagnosedError, RelayError, StateError
 from .network.backend import NetworkBackend, NetworkError, WifiCredentials
 from .relay_client import ClaimOutcome, NotOwned, RelayClient
@@ -222,8 +223,13 @@ class FailSafeCommit:
         wall_clock: WallClock = unix_time,
         on_hub_exchange: Callable[[HubExchange | None], None] | None = None,
         broker_probe: BrokerProbe = tcp_probe,
+        attempts: AttemptLog | None = None,
     ) -> None:
-        """``on_hub_exchange`` publishes the pending hand-off to the session (HUB delivery)."""
+        """Wire the commit's parts.
+
+        ``on_hub_exchange`` publishes the pending hand-off to the session (HUB delivery);
+        ``attempts`` records each step (``iob-device attempts``).
+        """
         self._identity = identity
         self._store = store
         self._backend = backend
@@ -232,6 +238,7 @@ class FailSafeCommit:
         self._wall_clock = wall_clock
         self._on_hub_exchange = on_hub_exchange or (lambda _exchange: None)
         self._broker_probe = broker_probe
+        self._attempts = attempts or AttemptLog()
         #: Why the last confirmation got no answer (the diagnostic if the timer ends the retries).
         self._unanswered: RelayError | None = None
         #: Set when the agent stops: a cancelled claim in flight is kept for the next start
@@ -243,6 +250,7 @@ class FailSafeCommit:
         _LOGGER.warning(
             "boot during a claim whose confirmation may have reached the service: resuming it"
         )
+        self._attempts.begin("boot")
         return await self.run(flight_wifi(flight), ClaimPlan.from_flight(flight), flight=flight)
 
     async def run(
@@ -259,16 +267,18 @@ class FailSafeCommit:
         a claim already in flight (resumed at boot), confirmed again or settled.
         """
         await self._begin()
+        self._attempts.record(Step.COMMIT_STARTED, "claim" if flight is None else "resumed")
         owned = False
         self._unanswered = None
         try:
             try:
                 async with asyncio.timeout(self._timeout):
                     if wifi is not None:
-                        await self._backend.connect(wifi)
+                        await self._join(wifi)
                     outcome = await self._confirm(plan, wifi, flight)
             finally:
                 self._on_hub_exchange(None)
+            self._attempts.record(Step.CLAIM_CONFIRMED)
             await self._store.update(
                 ownership=Ownership(
                     household_id=outcome.household_id,
@@ -303,6 +313,7 @@ class FailSafeCommit:
                 if self.suspend_on_cancel and self._store.current.claim_in_flight is not None:
                     # The service may own the device: the next start resumes the claim.
                     await self._rollback_network()
+                    self._attempts.record(Step.ROLLED_BACK, "suspended")
                     _LOGGER.warning("stopped with a claim in flight: resumed at the next start")
                 else:
                     await self._fail(DiagnosticCode.TIMEOUT, "agent stopped during commit")
@@ -352,6 +363,16 @@ class FailSafeCommit:
                 DiagnosticCode.CLOCK_SKEW,
                 f"device clock is {skew:+d} s off the service's (limit {MAX_SKEW_SECONDS} s)",
             )
+        self._attempts.record(Step.SERVICE_CHECKED)
+
+    async def _join(self, wifi: WifiCredentials) -> None:
+        """Join the trial network (DHCP included); the attempt log says how it went."""
+        try:
+            await self._backend.connect(wifi)
+        except NetworkError as err:
+            self._attempts.record(Step.WIFI_FAILED, err.code.value)
+            raise
+        self._attempts.record(Step.WIFI_JOINED)
 
     async def _deliver(self, relay: RelayClient, flight: ClaimInFlight) -> ClaimOutcome:
         """Confirm until an answer arrives; a refused or lapsed token is settled by credential.
@@ -431,6 +452,7 @@ class FailSafeCommit:
             _LOGGER.warning("claimed, but making the network permanent failed: %s", err)
         ssid = wifi.ssid if wifi is not None else self._store.current.wifi_ssid
         record = await self._store.update(phase=Phase.ONLINE, wifi_ssid=ssid)
+        self._attempts.record(Step.COMMITTED)
         _LOGGER.info("commit succeeded: device is owned and online")
         return record
 
@@ -442,6 +464,7 @@ class FailSafeCommit:
         """
         if self._store.current.claimed:
             raise StateError("a claimed device changes its Wi-Fi with run_wifi_change")
+        self._attempts.record(Step.COMMIT_STARTED, "network_only")
         return await self._trial(wifi, Phase.PROVISIONING, checks=None)
 
     async def run_wifi_change(self, wifi: WifiCredentials) -> DeviceStateRecord:
@@ -456,7 +479,9 @@ class FailSafeCommit:
 
         async def broker_reachable() -> None:
             await self._check_broker(mqtt.host, mqtt.port)
+            self._attempts.record(Step.BROKER_CHECKED)
 
+        self._attempts.record(Step.COMMIT_STARTED, "wifi_change")
         return await self._trial(wifi, Phase.ONLINE, checks=broker_reachable)
 
     async def _check_broker(self, host: str, port: int) -> None:
@@ -484,7 +509,7 @@ class FailSafeCommit:
         await self._begin()
         try:
             async with asyncio.timeout(self._timeout):
-                await self._backend.connect(wifi)
+                await self._join(wifi)
                 if checks is not None:
                     await checks()
         except (DiagnosedError, TimeoutError) as err:  # NetworkError is a DiagnosedError
@@ -501,6 +526,7 @@ class FailSafeCommit:
                 err.code if isinstance(err, NetworkError) else DiagnosticCode.TIMEOUT, str(err)
             )
         record = await self._store.update(phase=success, wifi_ssid=wifi.ssid)
+        self._attempts.record(Step.COMMITTED)
         _LOGGER.info("network change committed (%s)", success.value)
         return record
 
@@ -523,6 +549,7 @@ class FailSafeCommit:
     async def _fail(self, code: DiagnosticCode, detail: str) -> DeviceStateRecord:
         _LOGGER.warning("commit failed (%s): %s", code.value, detail)
         await self._rollback_network()
+        self._attempts.record(Step.ROLLED_BACK, code.value)
         now = self._wall_clock()
 
         def failed(record: DeviceStateRecord) -> DeviceStateRecord:

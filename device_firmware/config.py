@@ -150,6 +150,11 @@ class DeviceConfig:
         return self.data_dir / "agent.lock"
 
     @property
+    def attempts_file(self) -> Path:
+        """The last onboarding attempts, step by step (``iob-device attempts``)."""
+        return self.data_dir / "attempts.json"
+
+    @property
     def state_file(self) -> Path:
         """The persisted onboarding state (mode 0600: it holds MQTT credentials)."""
         return self.data_dir / "state.json"

@@ -49,6 +49,7 @@ from iob_protocol.errors import OwnerSessionRequiredError
 from iob_protocol.session import PROTOCOL_VERSION
 from iob_protocol.sources import WallClock, unix_time
 
+from .attempts import AttemptLog, Step
 from .commit import (
     BrokerProbe,
     ClaimDelivery,
@@ -103,8 +104,12 @@ class DeviceController:
         clear_retained: ClearRetained | None = None,
         wall_clock: WallClock = unix_time,
         broker_probe: BrokerProbe = tcp_probe,
+        attempts: AttemptLog | None = None,
     ) -> None:
-        """Wire the device's parts together; nothing runs until a command arrives."""
+        """Wire the device's parts together; nothing runs until a command arrives.
+
+        ``attempts`` records the onboarding steps (``iob-device attempts``).
+        """
         self._device = device
         self._store = store
         self._backend = backend
@@ -113,6 +118,7 @@ class DeviceController:
         self._hardware = hardware or Hardware()
         self._clear_retained = clear_retained
         self._wall_clock = wall_clock
+        self._attempts = attempts = attempts or AttemptLog()
         self._pending_wifi: WifiCredentials | None = None
         self._pending_claim: ClaimPlan | None = None
         self._commit_task: asyncio.Task[DeviceStateRecord] | None = None
@@ -128,6 +134,7 @@ class DeviceController:
             wall_clock=wall_clock,
             on_hub_exchange=self._set_hub_exchange,
             broker_probe=broker_probe,
+            attempts=attempts,
         )
 
     # --- observation ------------------------------------------------------------------------
@@ -276,6 +283,7 @@ class DeviceController:
         """Remember the network for the next commit (validated by the protocol decoder)."""
         self._refuse_while_committing()
         self._pending_wifi = credentials
+        self._attempts.record(Step.WIFI_SET)
         await self._enter_provisioning()
 
     def _refuse_if_claimed(self) -> None:
@@ -291,6 +299,7 @@ class DeviceController:
         self._refuse_while_committing()
         self._refuse_if_claimed()
         self._pending_claim = plan
+        self._attempts.record(Step.CLAIM_SET)
         await self._enter_provisioning()
 
     def set_claim_delivery(self, delivery: ClaimDelivery) -> None:

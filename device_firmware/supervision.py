@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
+from .attempts import AttemptLog, Step
 from .capabilities import default_capabilities
 from .changes import StateChanges
 from .decide import runs_mqtt
@@ -135,8 +136,11 @@ class MqttSupervisor:
         on_released: Callable[[], None],
         wall_clock: WallClock = unix_time,
         clock: MonotonicClock = monotonic,
+        attempts: AttemptLog | None = None,
     ) -> None:
         """``runtime_factory`` None: no MQTT (:meth:`run` returns at once).
+
+        ``attempts``: the first connection after a commit ends that onboarding attempt.
 
         ``request_reset`` queues a factory reset (the owner's ``factory_reset`` command);
         ``notify`` tells the controller's listeners about a state change made here;
@@ -153,6 +157,7 @@ class MqttSupervisor:
         self._on_released = on_released
         self._wall_clock = wall_clock
         self._clock = clock
+        self._attempts = attempts or AttemptLog()
         self._runtime: MqttRuntimeLike | None = None
         self._credential_recovery: CredentialRecovery | None = None
 
@@ -184,6 +189,7 @@ class MqttSupervisor:
                     seen = self._changes.version
                     if connected in watch and connected.done():
                         watch.discard(connected)
+                        self._attempts.record_if_open(Step.MQTT_ONLINE, after=Step.COMMITTED)
                         await self._clear_broker_diagnostic()
                     now = self._store.current
                     if not runs_mqtt(now) or now.mqtt != credentials:

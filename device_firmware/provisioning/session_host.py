@@ -73,6 +73,7 @@ from iob_protocol.session import (
 )
 from iob_protocol.sources import MonotonicClock, monotonic
 
+from device_firmware.attempts import AttemptLog, Step, transport
 from device_firmware.decide import WindowReason
 from device_firmware.errors import CommandRefusedError, DiagnosedError
 from device_firmware.factory import ProvisionedDevice
@@ -188,6 +189,7 @@ class SessionHost:
         allow_insecure_http: bool = False,
         policy: Callable[[], SessionPolicy] | None = None,
         on_established: Callable[[], None] | None = None,
+        attempts: AttemptLog | None = None,
     ) -> None:
         """Answer as ``device``; commands go to ``dispatcher``.
 
@@ -195,6 +197,7 @@ class SessionHost:
         with which owner secret (the agent passes ``DeviceController.session_policy``); without
         it the device is treated as never claimed. ``on_established`` runs when a new session
         replaces the old one (the agent drops settings the old session left pending).
+        ``attempts`` records each handshake's start and outcome (``iob-device attempts``).
         """
         self._device = device
         self._dispatcher = dispatcher
@@ -204,6 +207,7 @@ class SessionHost:
         self._allow_insecure_http = allow_insecure_http
         self._policy = policy or (lambda: UNCLAIMED_POLICY)
         self._on_established = on_established or (lambda: None)
+        self._attempts = attempts or AttemptLog()
         self._pending: tuple[DeviceSession, Attempt, SessionPolicy, str | None] | None = None
         self._window_reason: WindowReason | None = None
         #: The origin of the last handshake that ran out (a 1-tuple: the origin may be None),
@@ -281,6 +285,7 @@ class SessionHost:
             self._limiter.fail(attempt, self._clock())
             self._pending = None
             self._expired = (origin,)
+            self._attempts.record(Step.HANDSHAKE_FAILED, HandshakeTimeoutError.code)
             _LOGGER.info("handshake timed out; counted as a failed attempt")
 
     async def handshake(self, data: bytes, *, origin: str | None = None) -> Reply:
@@ -355,6 +360,7 @@ class SessionHost:
         self._pending = None
         session.close()
         self._limiter.fail(attempt, self._clock())
+        self._attempts.record(Step.HANDSHAKE_FAILED, "aborted")
         _LOGGER.info(
             "handshake aborted (%s); counted as a failed attempt, %d left in this window",
             reason,
@@ -363,20 +369,21 @@ class SessionHost:
         return True
 
     async def _client_hello(self, data: bytes, origin: str | None) -> Reply:
+        self._attempts.record(Step.HANDSHAKE_STARTED, via=transport(origin))
         policy = self._policy()
         refusal = _kind_refusal(data, policy)
         if refusal is not None:
             # Not an attempt: nothing secret was used (see the module docstring).
             _LOGGER.info("handshake refused before any secret was used: %s", refusal.code)
-            return _error(ReplyKind.REFUSED, refusal.code)
+            return self._hello_failed(ReplyKind.REFUSED, refusal.code)
         session = self._new_session(policy)
         if session is None:
-            return _error(ReplyKind.REFUSED, NoOwnerSecretError.code)
+            return self._hello_failed(ReplyKind.REFUSED, NoOwnerSecretError.code)
         now = self._clock()
         try:
             attempt = self._limiter.begin(now)
         except LimiterError as err:
-            return _error(ReplyKind.REFUSED, err.code)
+            return self._hello_failed(ReplyKind.REFUSED, err.code)
         self._expired = None
         try:
             # SPAKE2 in pure Python takes milliseconds of CPU: keep the loop responsive.
@@ -384,9 +391,13 @@ class SessionHost:
         except ProtocolError as err:
             self._limiter.fail(attempt, self._clock())
             _LOGGER.info("handshake refused at CLIENT_HELLO: %s", err.code)
-            return _error(ReplyKind.BAD_REQUEST, err.code)
+            return self._hello_failed(ReplyKind.BAD_REQUEST, err.code)
         self._pending = (session, attempt, policy, origin)
         return Reply(ReplyKind.OK, reply)
+
+    def _hello_failed(self, kind: ReplyKind, code: str) -> Reply:
+        self._attempts.record(Step.HANDSHAKE_FAILED, code)
+        return _error(kind, code)
 
     def _new_session(self, policy: SessionPolicy) -> DeviceSession | None:
         """A session holding exactly the secrets ``policy`` allows.
@@ -434,7 +445,9 @@ class SessionHost:
                 code,
                 self._limiter.remaining(self._clock()),
             )
+            self._attempts.record(Step.HANDSHAKE_FAILED, code)
             return _error(ReplyKind.AUTH_FAILED, code)
+        self._attempts.record(Step.HANDSHAKE_FINISHED)
         if self._active is not None:
             self._active.close()
         self._active = session
