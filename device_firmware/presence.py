@@ -126,6 +126,7 @@ class Presence:
             model=device.info.model,
             firmware=device.info.firmware_version,
             port=self.lan_ports()[0],
+            device_name=self._config.name,
             addresses=await asyncio.to_thread(resolve_addresses, self._config.advertise),
         )
 
@@ -155,7 +156,10 @@ class Presence:
         self._loop_handler = loop.get_exception_handler()
         loop.set_exception_handler(guard.exception_handler(self._loop_handler))
         runner = GuardedAppRunner(
-            create_app(self._host, self._controller), guard, access_log=None, logger=_HTTP_LOGGER
+            create_app(self._host, self._controller, name=self._config.name),
+            guard,
+            access_log=None,
+            logger=_HTTP_LOGGER,
         )
         await runner.setup()
         self._lan_runner = runner

@@ -31,6 +31,8 @@ _LOGGER = logging.getLogger(__name__)
 
 SERVICE_TYPE: Final = "_iot-onboard._tcp.local."
 _SIOCGIFADDR: Final = 0x8915
+#: One TXT string (``key=value``) is at most 255 bytes (RFC 6763 §6.1).
+_TXT_STRING_BYTES: Final = 255
 
 
 def interface_address(name: str) -> str:
@@ -59,15 +61,20 @@ def resolve_addresses(entries: tuple[str, ...]) -> list[str]:
     return addresses
 
 
-def txt_record(*, device_id: str, model: str, firmware: str, state: str) -> dict[str, str]:
-    """The TXT properties."""
-    return {
+def txt_record(
+    *, device_id: str, model: str, firmware: str, state: str, name: str | None = None
+) -> dict[str, str]:
+    """The TXT properties; ``name`` only when set and it fits one TXT string (255 bytes)."""
+    properties = {
         "id": device_id,
         "model": model,
         "firmware": firmware,
         "state": state,
         "protocol": str(PROTOCOL_VERSION),
     }
+    if name is not None and len(f"name={name}".encode()) <= _TXT_STRING_BYTES:
+        properties["name"] = name
+    return properties
 
 
 class Advertiser:
@@ -82,6 +89,7 @@ class Advertiser:
         port: int,
         addresses: list[str],
         instance_name: str | None = None,
+        device_name: str | None = None,
     ) -> None:
         """Prepare; nothing is sent until :meth:`start`."""
         if not addresses:
@@ -89,6 +97,7 @@ class Advertiser:
         self._device_id = device_id
         self._model = model
         self._firmware = firmware
+        self._device_name = device_name
         self._port = port
         self._addresses = addresses
         self._name = f"{instance_name or 'iob-' + device_id}.{SERVICE_TYPE}"
@@ -111,7 +120,11 @@ class Advertiser:
             self._name,
             port=self._port,
             properties=txt_record(
-                device_id=self._device_id, model=self._model, firmware=self._firmware, state=state
+                device_id=self._device_id,
+                model=self._model,
+                firmware=self._firmware,
+                state=state,
+                name=self._device_name,
             ),
             server=f"iob-{self._device_id.lower()}.local.",
             addresses=[socket.inet_aton(address) for address in self._addresses],

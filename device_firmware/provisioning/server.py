@@ -44,6 +44,7 @@ MISSING_SESSION_HEADER: Final = "missing_session_header"
 FRAME_CONTENT_TYPE: Final = "application/octet-stream"
 HOST_KEY: Final = web.AppKey("session_host", SessionHost)
 CONTROLLER_KEY: Final = web.AppKey("controller", DeviceController)
+NAME_KEY: Final = web.AppKey[str | None]("name")
 
 _STATUS: Final = {
     ReplyKind.OK: 200,
@@ -139,24 +140,31 @@ async def _info(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER_KEY]
     host = request.app[HOST_KEY]
     info = controller.info()
-    return web.json_response(
-        {
-            "device_id": info.device_id,
-            "model": info.model,
-            "firmware_version": info.firmware_version,
-            "protocol_version": PROTOCOL_VERSION,
-            "state": controller.state.phase.value,
-            "window": host.limiter_state.value,
-        },
-        headers={"Cache-Control": "no-store"},
-    )
+    facts: dict[str, str | int] = {
+        "device_id": info.device_id,
+        "model": info.model,
+        "firmware_version": info.firmware_version,
+        "protocol_version": PROTOCOL_VERSION,
+        "state": controller.state.phase.value,
+        "window": host.limiter_state.value,
+    }
+    name = request.app[NAME_KEY]
+    if name is not None:
+        facts["name"] = name  # optional: omitted when unset, never null
+    return web.json_response(facts, headers={"Cache-Control": "no-store"})
 
 
-def create_app(host: SessionHost, controller: DeviceController) -> web.Application:
-    """The LAN provisioning application (the runner and its sockets belong to the agent)."""
+def create_app(
+    host: SessionHost, controller: DeviceController, *, name: str | None = None
+) -> web.Application:
+    """The LAN provisioning application (the runner and its sockets belong to the agent).
+
+    ``name``: the device's own name (device.toml), shown by ``/iob/v1/info`` when set.
+    """
     app = web.Application(client_max_size=MAX_FRAME_SIZE, middlewares=[body_limits])
     app[HOST_KEY] = host
     app[CONTROLLER_KEY] = controller
+    app[NAME_KEY] = name
     app.router.add_post("/iob/v1/session", _session)
     app.router.add_post("/iob/v1/frame", _frame)
     app.router.add_get("/iob/v1/info", _info)

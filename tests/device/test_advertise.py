@@ -9,7 +9,7 @@ from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from device_firmware.errors import ConfigError
-from device_firmware.provisioning.advertise import SERVICE_TYPE, Advertiser
+from device_firmware.provisioning.advertise import SERVICE_TYPE, Advertiser, txt_record
 
 from .commit_helpers import commit
 from .conftest import AgentStarter
@@ -125,3 +125,26 @@ async def test_advertiser_refuses_no_addresses() -> None:
 
     with pytest.raises(ConfigError):
         Advertiser(device_id="0" * 16, model="m", firmware="1", port=1, addresses=[])
+
+
+async def test_a_named_device_advertises_its_name(start_agent: AgentStarter) -> None:
+    """Home Assistant's discovery card shows the device's own name (device.toml ``name``)."""
+    listener = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        async with start_agent(
+            zeroconf=True, advertise=("127.0.0.1",), name="Kitchen sensor"
+        ) as running:
+            advertiser = running.agent.advertiser
+            assert advertiser is not None
+            info = await browse(listener, advertiser.service_name)
+            assert txt(info)["name"] == "Kitchen sensor"
+    finally:
+        await listener.async_close()
+
+
+def test_a_name_too_long_for_txt_is_left_out() -> None:
+    """A TXT string holds 255 bytes: a longer ``name=…`` is not advertised (info still has it)."""
+    common = {"device_id": "0" * 16, "model": "m", "firmware": "1", "state": "unclaimed"}
+    assert txt_record(**common, name="Küche")["name"] == "Küche"
+    assert "name" not in txt_record(**common, name="ü" * 126)
+    assert "name" not in txt_record(**common)

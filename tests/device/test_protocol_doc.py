@@ -77,7 +77,11 @@ def test_every_refusal_code_is_documented_with_its_status() -> None:
 
 async def test_info_fields_and_window_values_are_documented(start_agent: AgentStarter) -> None:
     section = _section("HTTP transport")
-    async with start_agent() as running, running.http.get(f"{running.url}/iob/v1/info") as got:
+    # Named, so the optional ``name`` must be documented too.
+    async with (
+        start_agent(name="Kitchen sensor") as running,
+        running.http.get(f"{running.url}/iob/v1/info") as got,
+    ):
         info = await got.json()
     for key in info:
         assert f"`{key}`" in section, key

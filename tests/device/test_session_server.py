@@ -93,6 +93,18 @@ async def test_info_endpoint_is_public_and_secret_free(start_agent: AgentStarter
         assert running.provisioned.result.manual_code.replace("-", "")[:9] not in str(info)
 
 
+async def test_info_names_the_device_only_when_it_has_a_name(start_agent: AgentStarter) -> None:
+    # The flow shows the device's own name before the claim (the discovery card, the name
+    # field's default); a device without a name leaves the field out (optional, never null).
+    async with start_agent() as running, running.http.get(running.url + "/iob/v1/info") as got:
+        assert "name" not in await got.json()
+    async with (
+        start_agent(name="Kitchen sensor") as running,
+        running.http.get(running.url + "/iob/v1/info") as got,
+    ):
+        assert (await got.json())["name"] == "Kitchen sensor"
+
+
 async def test_malformed_frames_are_refused_without_counting(start_agent: AgentStarter) -> None:
     async with start_agent() as running:
         client = running.client()
