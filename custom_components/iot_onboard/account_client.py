@@ -212,6 +212,7 @@ DeviceCredentials = api.DeviceCredentials
 DeviceSummary = api.DeviceSummary
 Household = api.Household
 Member = api.Member
+Model = api.Model
 MqttCredentials = api.MqttCredentials
 Role = api.Role
 Share = api.Share
@@ -585,6 +586,12 @@ class AccountClient:
         """``pending``, ``owned``, ``expired`` or ``rejected``."""
         path = f"/v1/claims/{_segment(claim_id)}"
         return _parse(ClaimStatus, await self._authed("GET", path))
+
+    # --- device models ----------------------------------------------------------------------------
+
+    async def model(self, model: str) -> Model:
+        """A device model's registry entry (its human name: "Demo sensor"); any account."""
+        return _parse(Model, await self._authed("GET", f"/v1/models/{_segment(model)}"))
 
     # --- hub credentials --------------------------------------------------------------------------
 

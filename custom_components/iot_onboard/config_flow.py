@@ -480,6 +480,7 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             model=str(properties.get("model") or "IoT Onboard"),
             host=host,
             port=port,
+            own_name=str(properties.get("name") or "").strip(),
         )
         self.context["title_placeholders"] = {"name": self._device.name}
         return await self.async_step_discovery_confirm()
@@ -621,6 +622,7 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                     model=advertisement.model,
                     host=host,
                     port=port,
+                    own_name=advertisement.name or "",
                 )
                 self._pending_code = user_input[CONF_SETUP_CODE]
                 return await self._async_start_onboarding()

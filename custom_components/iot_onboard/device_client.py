@@ -169,6 +169,8 @@ class DeviceAdvertisement:
     protocol_version: int
     state: str
     window: str
+    #: The device's own name (its ``name`` setting), when it has one.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,6 +345,7 @@ class DeviceClient(DeviceTransport):
                 protocol_version=_integer(document, "protocol_version"),
                 state=_string(document, "state"),
                 window=_string(document, "window"),
+                name=_string(document, "name").strip() or None if "name" in document else None,
             )
         except (MalformedMessageError, ValueError, TypeError, KeyError) as err:
             raise DeviceProtocolError("not_a_device", f"{url}: unexpected answer") from err

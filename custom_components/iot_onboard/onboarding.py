@@ -77,6 +77,7 @@ from .const import (
     DEVICE_ADDED_AT,
     DEVICE_HOST,
     DEVICE_MODEL,
+    DEVICE_NAME,
     DEVICE_OWNER_SECRET,
     DEVICE_PORT,
     DEVICE_PUBLIC_KEY,
@@ -130,6 +131,7 @@ CONF_DEVICE: Final = "device"
 CONF_NETWORK: Final = "network"
 CONF_HIDDEN_SSID: Final = "hidden_ssid"
 CONF_PASSPHRASE: Final = FIELD_PASSPHRASE
+CONF_NAME: Final = "name"
 
 HIDDEN_NETWORK: Final = "hidden_network"
 KEEP_ETHERNET: Final = "keep_ethernet"
@@ -146,7 +148,9 @@ _SECURITY_LABELS: Final = {
 _SUPPORTED_SECURITY: Final = frozenset(
     {WifiSecurity.OPEN, WifiSecurity.WPA_PERSONAL, WifiSecurity.WPA3_PERSONAL}
 )
-_SETUP_CODE_SCHEMA: Final = vol.Schema({vol.Required(CONF_SETUP_CODE): TextSelector()})
+_SETUP_CODE_SCHEMA: Final = vol.Schema(
+    {vol.Required(CONF_SETUP_CODE): TextSelector(), vol.Optional(CONF_NAME): TextSelector()}
+)
 PORT_SELECTOR: Final = NumberSelector(
     NumberSelectorConfig(min=1, max=65535, step=1, mode=NumberSelectorMode.BOX)
 )
@@ -176,12 +180,25 @@ class TargetDevice:
     ble_address: str | None = None
     #: The key to trust: the registry's (manual code) or the one recorded at onboarding.
     known_key: bytes | None = None
+    #: The device's own name (zeroconf TXT or ``/iob/v1/info``: its ``name`` setting).
+    own_name: str = ""
+    #: The model's human name ("Demo sensor"), from the account service.
+    model_name: str = ""
+    #: The name typed on the setup-code form.
+    chosen_name: str = ""
+
+    @property
+    def default_name(self) -> str:
+        """The device's own name, else its model's and the id's last four characters."""
+        if self.own_name:
+            return self.own_name
+        suffix = self.device_id[-4:] if self.device_id else self.short_id
+        return f"{self.model_name or self.model or 'IoT Onboard'} {suffix}".strip()
 
     @property
     def name(self) -> str:
-        """The model and the id's last four characters (or the short id over BLE)."""
-        suffix = self.device_id[-4:] if self.device_id else self.short_id
-        return f"{self.model or 'IoT Onboard'} {suffix}".strip()
+        """The name the user chose, else :attr:`default_name`."""
+        return self.chosen_name or self.default_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +329,8 @@ class DeviceSteps(ConfigFlow):
         self._work: asyncio.Task[Outcome] | None = None
         self._task: asyncio.Task[Outcome] | None = None
         self._abort_reason = "unknown"
+        #: Models whose human name was asked for (once each, answered or not).
+        self._models_asked: set[str] = set()
 
     # --- household entries ------------------------------------------------------------------
 
@@ -469,10 +488,18 @@ class DeviceSteps(ConfigFlow):
     async def async_step_credentials(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """The setup code: the QR payload (pasted) or the manual code from the label."""
+        """The setup code (the QR payload, pasted, or the label's manual code), and a name."""
         errors: dict[str, str] = {}
         code = user_input[CONF_SETUP_CODE] if user_input is not None else self._pending_code
         self._pending_code = None
+        await self._async_learn_model_name()
+        if user_input is not None:
+            chosen = str(user_input.get(CONF_NAME, "")).strip()
+            # The default as offered is no choice: it is worked out again when more is known
+            # (over BLE the model comes with the handshake).
+            if chosen == self._device.default_name:
+                chosen = ""
+            self._device = replace(self._device, chosen_name=chosen)
         if code is not None:
             errors = await self._async_open_session(code)
             if not errors:
@@ -481,11 +508,30 @@ class DeviceSteps(ConfigFlow):
             step_id="credentials",
             data_schema=self.add_suggested_values_to_schema(
                 _SETUP_CODE_SCHEMA,
-                kept_input(None if code is None else {CONF_SETUP_CODE: code}, errors),
+                {
+                    # Over BLE before the QR code names the device: nothing worth offering.
+                    CONF_NAME: self._device.name if self._device.device_id else "",
+                    **kept_input(None if code is None else {CONF_SETUP_CODE: code}, errors),
+                },
             ),
             errors=errors,
             description_placeholders=self._placeholders(),
         )
+
+    async def _async_learn_model_name(self) -> None:
+        """The model's human name for the default name, once (none: the model id is used)."""
+        device = self._device
+        if device.model_name or device.own_name or not device.device_id:
+            return
+        if device.model in self._models_asked:
+            return
+        self._models_asked.add(device.model)
+        try:
+            model = await self._target.client.model(device.model)
+        except AccountServiceError as err:
+            _LOGGER.debug("No name for model %s: %s", device.model, err)
+            return
+        self._device = replace(device, model_name=model.name)
 
     async def _async_open_session(self, code: str) -> dict[str, str]:
         """Parse the code, get the key to trust, run the handshake, read the device."""
@@ -776,6 +822,7 @@ class DeviceSteps(ConfigFlow):
                 reason="wifi_changed", description_placeholders=self._placeholders()
             )
         device_id = self._device.device_id
+        await self._async_learn_model_name()  # over BLE the model is known only now
         record = self._device_record()
         for ignored in self._async_current_entries(include_ignore=True):
             # An earlier "ignore" of this device's discovery no longer applies.
@@ -821,6 +868,7 @@ class DeviceSteps(ConfigFlow):
             DEVICE_PUBLIC_KEY: b64url_encode(self._device_key),
             DEVICE_OWNER_SECRET: self._owner_secret.encode(),
             DEVICE_ADDED_AT: int(time.time()),
+            DEVICE_NAME: device.name,
         }
 
     def _record_late(self, work: asyncio.Task[Outcome]) -> None:

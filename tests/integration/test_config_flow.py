@@ -64,6 +64,7 @@ from custom_components.iot_onboard.account_client import (
     ForbiddenError,
     Household,
     InvalidCredentialsError,
+    Model,
     NotFoundError,
     RateLimitedError,
     Role,
@@ -82,6 +83,7 @@ from custom_components.iot_onboard.const import (
     CONF_HOUSEHOLD_ID,
     DEVICE_HOST,
     DEVICE_MODEL,
+    DEVICE_NAME,
     DEVICE_OWNER_SECRET,
     DEVICE_PORT,
     DEVICE_PUBLIC_KEY,
@@ -144,6 +146,11 @@ NEW_TOKENS = TokenSet(
 ACCOUNT = Account(account_id=ACCOUNT_ID, email="ada@example.com", display_name="", is_admin=False)
 HOME = Household(household_id=HID, name="Home", role=Role.OWNER, created_at=0)
 FLAT = Household(household_id=OTHER_HID, name="Flat", role=Role.ADMIN, created_at=0)
+TEST_MODEL = Model(
+    model="pi-test", name="Test sensor", manufacturer="IoT Onboard", metadata={}, updated_at=0
+)
+#: The name field's default for DEVICE_ID (it advertises no name of its own).
+DEFAULT_NAME = f"Test sensor {DEVICE_ID[-4:]}"
 HOME_NET = WifiNetwork(ssid=b"HomeNet", rssi=-40, security=WifiSecurity.WPA_PERSONAL)
 CAFE = WifiNetwork(ssid=b"Cafe\x1b[31m", rssi=-70, security=WifiSecurity.OPEN)
 OLD = WifiNetwork(ssid=b"Old", rssi=-80, security=WifiSecurity.WEP)
@@ -249,7 +256,9 @@ def discovery(
     protocol: str = "1",
     port: int | None = 8423,
     state: str = "unclaimed",
+    name: str | None = None,
 ) -> ZeroconfServiceInfo:
+    named = {} if name is None else {"name": name}
     return ZeroconfServiceInfo(
         ip_address=ip_address("192.0.2.10"),
         ip_addresses=[ip_address("192.0.2.10")],
@@ -263,6 +272,7 @@ def discovery(
             "firmware": "1.0",
             "state": state,
             "protocol": protocol,
+            **named,
         },
     )
 
@@ -354,6 +364,7 @@ def account_cls(mock_account_client: MagicMock) -> MagicMock:
         device_id=DEVICE_ID, public_key=IDENTITY.public_key, fingerprint="F", model="pi-test"
     )
     client.me.return_value = ACCOUNT
+    client.model.return_value = TEST_MODEL
     return cls
 
 
@@ -2336,19 +2347,19 @@ async def test_the_setup_code_is_kept_unless_it_was_wrong(
     account.create_claim.side_effect = AccountConnectionError("down")
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["errors"] == {"base": "account_unreachable"}
-    assert suggested(result) == {"setup_code": QR}
+    assert suggested(result) == {"setup_code": QR, "name": DEFAULT_NAME}
     account.create_claim.side_effect = None
     # The device refused the code: it is cleared.
     device.connect.side_effect = [SetupCodeRejectedError("no"), DeviceConnectionError("x"), link]
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["errors"] == {"setup_code": "wrong_setup_code"}
-    assert suggested(result) == {}
+    assert suggested(result) == {"name": DEFAULT_NAME}
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["errors"] == {"base": "cannot_connect"}
-    assert suggested(result) == {"setup_code": QR}
+    assert suggested(result) == {"setup_code": QR, "name": DEFAULT_NAME}
     result = await submit(hass, flow_id, {"setup_code": "IOB1:garbage"})
     assert result["errors"] == {"setup_code": "invalid_setup_code"}
-    assert suggested(result) == {}
+    assert suggested(result) == {"name": DEFAULT_NAME}
     result = await submit(hass, flow_id, {"setup_code": QR})
     assert result["step_id"] == "wifi"
 
@@ -2380,7 +2391,7 @@ async def test_a_typed_code_is_kept_unless_the_service_says_it_is_wrong(
     flow_id = await to_credentials(hass)
     result = await submit(hass, flow_id, {"setup_code": MANUAL})
     assert result["errors"] == error
-    assert suggested(result) == kept
+    assert suggested(result) == {**kept, "name": DEFAULT_NAME}
 
 
 async def test_the_code_given_with_the_address_is_kept(
@@ -2399,7 +2410,7 @@ async def test_the_code_given_with_the_address_is_kept(
     account.create_claim.side_effect = [AccountConnectionError("down"), claim()]
     result = await submit(hass, result["flow_id"], manual)
     assert (result["step_id"], result["errors"]) == ("credentials", {"base": "account_unreachable"})
-    assert suggested(result) == {"setup_code": MANUAL}
+    assert suggested(result) == {"setup_code": MANUAL, "name": DEFAULT_NAME}
 
 
 async def test_the_wifi_form_keeps_what_was_typed(hass: HomeAssistant, link: MagicMock) -> None:
@@ -2529,3 +2540,96 @@ async def test_the_reconfigure_text_says_the_stored_sign_in_goes_to_the_new_addr
     text = STRINGS["step"]["reconfigure_account"]["description"]
     assert "sends its stored sign-in" in text
     assert "to the new address" in text
+
+
+# --- names: the discovery card, the name field, the entry's title ------------------------------
+
+
+def card(hass: HomeAssistant) -> str:
+    """The text of the discovery card (the flow's ``title_placeholders``)."""
+    [flow] = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    return str(flow["context"]["title_placeholders"]["name"])
+
+
+async def test_the_discovery_card_shows_the_devices_own_name(hass: HomeAssistant) -> None:
+    """A device with a name (device.toml, advertised in TXT) is shown by it; else model + id."""
+    await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery(name="Kitchen sensor")
+    )
+    assert card(hass) == "Kitchen sensor"
+    [flow] = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    hass.config_entries.flow.async_abort(flow["flow_id"])
+    await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery()
+    )
+    assert card(hass) == f"pi-test {DEVICE_ID[-4:]}"
+
+
+async def test_the_name_defaults_to_the_devices_own_name(hass: HomeAssistant) -> None:
+    """Submitted as offered: the entry (and so the registry device) is named after the device."""
+    household_entry(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery(name="Kitchen sensor")
+    )
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "credentials"
+    assert suggested(result)["name"] == "Kitchen sensor"
+    result = await submit(hass, result["flow_id"], {"setup_code": QR, "name": "Kitchen sensor"})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert result["title"] == "Kitchen sensor"
+    assert result["data"][DEVICE_NAME] == "Kitchen sensor"
+
+
+async def test_the_name_defaults_to_the_models_name_and_the_short_id(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """A device without a name: the model's human name (from the account service) + 4 chars."""
+    household_entry(hass)
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": "nonsense"})  # the form again
+    assert suggested(result)["name"] == DEFAULT_NAME
+    account.model.assert_awaited_with("pi-test")
+    # Left empty: the same default.
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["title"] == DEFAULT_NAME
+    assert result["data"][DEVICE_NAME] == DEFAULT_NAME
+
+
+async def test_without_the_models_name_the_model_id_names_the_device(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """The account service cannot say (unknown model, unreachable): today's text, no error."""
+    household_entry(hass)
+    account.model.side_effect = NotFoundError(404, "model_not_found", "no such model")
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["title"] == f"pi-test {DEVICE_ID[-4:]}"
+
+
+async def test_an_edited_name_names_the_entry(hass: HomeAssistant) -> None:
+    household_entry(hass)
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR, "name": "  Porch light "})
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["title"] == "Porch light"
+    assert device_entry_of(hass).data[DEVICE_NAME] == "Porch light"
+    # The form is shown again after an error with the name typed.
+    flow_id = await to_credentials_of_another_flow(hass)
+    result = await submit(hass, flow_id, {"setup_code": "nonsense", "name": "Porch light 2"})
+    assert suggested(result)["name"] == "Porch light 2"
+
+
+async def to_credentials_of_another_flow(hass: HomeAssistant) -> str:
+    """A second device's flow, up to the setup-code form."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_ZEROCONF},
+        data=discovery(device_id=OTHER_IDENTITY.device_id),
+    )
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "credentials", result
+    return str(result["flow_id"])
