@@ -36,7 +36,7 @@ from .account_client import (
     ForbiddenError,
     ServiceUnavailableError,
 )
-from .const import CONF_HOUSEHOLD_ID, DOMAIN
+from .const import CONF_HOUSEHOLD_ID, DEVICE_NAME, DOMAIN
 from .helpers import device_entry, device_entry_ids, find_device, move_device
 from .hub import (
     DeviceData,
@@ -133,6 +133,12 @@ class IotOnboardCoordinator:
     def device(self, device_id: str) -> DeviceData | None:
         """What the hub knows about ``device_id``."""
         return None if self._hub is None else self._hub.devices.get(device_id)
+
+    def chosen_name(self, device_id: str) -> str | None:
+        """The name given in the onboarding flow (kept in the device entry), if any."""
+        entry = self.hass.config_entries.async_get_entry(self.entities_entry_id(device_id))
+        name = entry.data.get(DEVICE_NAME) if entry is not None else None
+        return name if isinstance(name, str) and name else None
 
     def device_name(self, device_id: str) -> str:
         """The device's name as the user sees it (registry name, descriptor name or id)."""

@@ -8,6 +8,7 @@ receives them and the entities follow.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +29,15 @@ from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 from syrupy.assertion import SnapshotAssertion
 
-from custom_components.iot_onboard.const import DOMAIN
+from custom_components.iot_onboard.const import (
+    CONF_DEVICE_ID,
+    CONF_HOUSEHOLD_ID,
+    DEVICE_HOST,
+    DEVICE_MODEL,
+    DEVICE_NAME,
+    DEVICE_PORT,
+    DOMAIN,
+)
 from custom_components.iot_onboard.coordinator import SYNC_INTERVAL
 from custom_components.iot_onboard.helpers import find_device
 from tests.integration.fake_account import FakeAccountService
@@ -37,6 +46,7 @@ from tests.integration.runtime_helpers import (
     ENTITY_COUNT,
     DeviceProcesses,
     entity_ids,
+    meta_for,
     observer,
     publish_as_device,
     setup_entry,
@@ -337,6 +347,51 @@ async def test_device_added_later_gets_entities(
         "entities of the device added later",
     )
     assert len(entity_ids(hass, entry)) == 2 * ENTITY_COUNT
+
+
+async def test_the_name_chosen_in_the_flow_names_the_device_and_its_entity_ids(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """The device entry's name wins over the descriptor's, also when a descriptor comes later.
+
+    Entity ids are made from the registry device's name when an entity is first registered;
+    every entity added passes its ``DeviceInfo`` name on to the registry device.
+    """
+    await start_device(fake_account, device_processes, "dev1")  # descriptor: "Kitchen sensor"
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="dev1",
+        title="Porch light",
+        data={
+            DEVICE_HOST: "192.0.2.10",
+            DEVICE_PORT: 8423,
+            DEVICE_MODEL: "pi-sensor",
+            DEVICE_NAME: "Porch light",
+            CONF_DEVICE_ID: "dev1",
+            CONF_HOUSEHOLD_ID: fake_account.household_id,
+        },
+    )
+    onboarded.add_to_hass(hass)
+    await setup_entry(hass, fake_account)
+    await wait_for(
+        hass,
+        lambda: state_of(hass, "sensor.porch_light_temperature") == "21.5",
+        "the device entry's entities, named after the chosen name",
+    )
+    assert len(entity_ids(hass, onboarded)) == ENTITY_COUNT
+    # A new descriptor (firmware update: one entity more) brings a new entity, not a new name.
+    meta = meta_for("dev1")
+    meta["entities"].append({"key": "relay2", "platform": "switch", "name": "Second relay"})
+    await publish_as_device(fake_account, "dev1", "meta", json.dumps(meta).encode())
+    await wait_for(
+        hass,
+        lambda: hass.states.get("switch.porch_light_second_relay") is not None,
+        "the new entity",
+    )
+    device = find_device(hass, "dev1", onboarded.entry_id)
+    assert device is not None
+    assert (device.name, device.name_by_user) == ("Porch light", None)
 
 
 async def test_device_released_elsewhere_is_removed_at_the_next_sync(
