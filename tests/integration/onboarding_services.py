@@ -217,6 +217,23 @@ class AccountService:
             self.env,
         )
 
+    def set_model(self, model: str, name: str) -> None:
+        """A device model's human name, as the operator sets it (``admin set-model``)."""
+        run_cli(
+            [
+                "-m",
+                "cloud_relay",
+                "--config",
+                str(self.config),
+                "admin",
+                "set-model",
+                model,
+                "--name",
+                name,
+            ],
+            self.env,
+        )
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

@@ -152,6 +152,9 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
     relay, device = services
+    # The operator named the model: the device (it has no name of its own) is offered by it.
+    await asyncio.to_thread(relay.set_model, "pi-test", "Test sensor")
+    named = f"Test sensor {device.device_id[-4:]}"
     discovery = await discovery_of(hass, device)
     assert discovery.properties["id"] == device.device_id
     assert discovery.properties["state"] == "unclaimed"
@@ -177,8 +180,10 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     assert result["step_id"] == "household", result
     result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
     assert result["step_id"] == "credentials", result
+    [name_field] = [key for key in result["data_schema"].schema if str(key) == "name"]
+    assert name_field.description == {"suggested_value": named}
     result = await hass.config_entries.flow.async_configure(
-        flow_id, {"setup_code": qr_text(device)}
+        flow_id, {"setup_code": qr_text(device), "name": named}
     )
     assert result["step_id"] == "wifi", result
     assert result["data_schema"] is not None
@@ -207,6 +212,7 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     # The success screen is the device entry's (HA lists the devices of that entry, with the
     # area picker); the household entry (the hub) was created just before it.
+    assert result["title"] == named
     entry = _success_screen(hass, result["result"], device.device_id)
     household_id = entry.data[CONF_HOUSEHOLD_ID]
     assert entry.title == "Home"
