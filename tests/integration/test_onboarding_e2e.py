@@ -148,13 +148,25 @@ def _success_screen(hass: HomeAssistant, created: ConfigEntry, device_id: str) -
     return household
 
 
+async def _name_the_model(relay: AccountService, device: Device) -> str:
+    """The operator names the model: a device without a name of its own is offered by it."""
+    await asyncio.to_thread(relay.set_model, "pi-test", "Test sensor")
+    return f"Test sensor {device.device_id[-4:]}"
+
+
+def offered_name(result: ConfigFlowResult) -> object:
+    """The name field's suggested value on the setup-code form."""
+    schema = result["data_schema"]
+    assert schema is not None
+    suggested = {str(key): (key.description or {}).get("suggested_value") for key in schema.schema}
+    return suggested["name"]
+
+
 async def test_discovery_to_claimed_device_in_a_new_household(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
     relay, device = services
-    # The operator named the model: the device (it has no name of its own) is offered by it.
-    await asyncio.to_thread(relay.set_model, "pi-test", "Test sensor")
-    named = f"Test sensor {device.device_id[-4:]}"
+    named = await _name_the_model(relay, device)
     discovery = await discovery_of(hass, device)
     assert discovery.properties["id"] == device.device_id
     assert discovery.properties["state"] == "unclaimed"
@@ -180,8 +192,7 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     assert result["step_id"] == "household", result
     result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
     assert result["step_id"] == "credentials", result
-    [name_field] = [key for key in result["data_schema"].schema if str(key) == "name"]
-    assert name_field.description == {"suggested_value": named}
+    assert offered_name(result) == named
     result = await hass.config_entries.flow.async_configure(
         flow_id, {"setup_code": qr_text(device), "name": named}
     )
@@ -209,10 +220,9 @@ async def test_discovery_to_claimed_device_in_a_new_household(
         flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
     )
     result = await _after_progress(hass, flow_id)
-    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert (result["type"], result.get("title")) == (FlowResultType.CREATE_ENTRY, named), result
     # The success screen is the device entry's (HA lists the devices of that entry, with the
     # area picker); the household entry (the hub) was created just before it.
-    assert result["title"] == named
     entry = _success_screen(hass, result["result"], device.device_id)
     household_id = entry.data[CONF_HOUSEHOLD_ID]
     assert entry.title == "Home"
