@@ -108,6 +108,7 @@ from .iob_protocol import (
 from .iob_protocol.ble import SERVICE_UUID, SHORT_ID_CHARS
 from .onboarding import (
     CONF_HOST,
+    CONF_NAME,
     CONF_PORT,
     CONF_SETUP_CODE,
     PORT_SELECTOR,
@@ -623,6 +624,7 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                     host=host,
                     port=port,
                     own_name=advertisement.name or "",
+                    chosen_name=str(user_input.get(CONF_NAME, "")).strip(),
                 )
                 self._pending_code = user_input[CONF_SETUP_CODE]
                 return await self._async_start_onboarding()
@@ -634,6 +636,7 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                         vol.Required(CONF_HOST): TextSelector(),
                         vol.Required(CONF_PORT, default=DEFAULT_DEVICE_PORT): PORT_SELECTOR,
                         vol.Required(CONF_SETUP_CODE): TextSelector(),
+                        vol.Optional(CONF_NAME): TextSelector(),
                     }
                 ),
                 kept_input(user_input, errors),

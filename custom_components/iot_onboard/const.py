@@ -28,8 +28,8 @@ runtime; the names below are stable (a rename needs a config-entry migration)::
                 "owner_secret": "<base64url>",      # DEVICE_OWNER_SECRET: the only credential
                                                     #   the claimed device accepts (secret!)
                 "added_at": 1764000000,             # DEVICE_ADDED_AT, Unix seconds
-                "name": "Kitchen sensor",           # DEVICE_NAME: chosen in the flow (device
-                                                    #   entries only; absent in older ones)
+                "name": "Porch light",              # DEVICE_NAME: typed in the flow (device
+                                                    #   entries only; absent when not typed)
             },
         },
     }
@@ -77,8 +77,8 @@ DEVICE_MODEL: Final = "model"
 DEVICE_PUBLIC_KEY: Final = "public_key"
 DEVICE_ADDED_AT: Final = "added_at"
 DEVICE_OWNER_SECRET: Final = "owner_secret"  # noqa: S105 - a key name, not a secret
-#: The name chosen in the flow (device entries since names came in; older ones have none and
-#: their registry device takes the descriptor's name).
+#: A name typed in the flow (device entries only; without it the registry device takes the
+#: descriptor's name, else the entry's title).
 DEVICE_NAME: Final = "name"
 
 #: Attribute of ``entry.runtime_data`` holding the entry's ``AccountClient`` while it is loaded.

@@ -134,11 +134,19 @@ class IotOnboardCoordinator:
         """What the hub knows about ``device_id``."""
         return None if self._hub is None else self._hub.devices.get(device_id)
 
-    def chosen_name(self, device_id: str) -> str | None:
-        """The name given in the onboarding flow (kept in the device entry), if any."""
+    def registry_name(self, device_id: str, descriptor_name: str | None) -> str:
+        """The registry device's name (entity ids are made from it when first registered).
+
+        The name typed in the onboarding flow, else the device's own (its descriptor's), else
+        the device entry's title (its model's name and short id), else the id.
+        """
         entry = self.hass.config_entries.async_get_entry(self.entities_entry_id(device_id))
-        name = entry.data.get(DEVICE_NAME) if entry is not None else None
-        return name if isinstance(name, str) and name else None
+        if entry is None or entry.entry_id == self.entry.entry_id:
+            return descriptor_name or device_id
+        chosen = entry.data.get(DEVICE_NAME)
+        if isinstance(chosen, str) and chosen:
+            return chosen
+        return descriptor_name or entry.title or device_id
 
     def device_name(self, device_id: str) -> str:
         """The device's name as the user sees it (registry name, descriptor name or id)."""

@@ -83,11 +83,9 @@ class IotOnboardEntity(Entity):
             identifiers={(DOMAIN, device_id)},
             manufacturer=(device_meta.manufacturer if device_meta else None) or "IoT Onboard",
             model=device_meta.model if device_meta else None,
-            # Every entity added sets the registry device's name (and the first ones make the
-            # entity ids from it): the name chosen in the flow, else the descriptor's.
-            name=coordinator.chosen_name(device_id)
-            or (device_meta.name if device_meta else None)
-            or device_id,
+            # Every entity added sets the registry device's name (the first ones make their
+            # entity ids from it): a name typed in the flow is not replaced by the descriptor's.
+            name=coordinator.registry_name(device_id, device_meta.name if device_meta else None),
             sw_version=device_meta.sw_version if device_meta else None,
             hw_version=device_meta.hw_version if device_meta else None,
             serial_number=device_id,

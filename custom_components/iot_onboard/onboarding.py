@@ -868,7 +868,8 @@ class DeviceSteps(ConfigFlow):
             DEVICE_PUBLIC_KEY: b64url_encode(self._device_key),
             DEVICE_OWNER_SECRET: self._owner_secret.encode(),
             DEVICE_ADDED_AT: int(time.time()),
-            DEVICE_NAME: device.name,
+            # Only a typed name: by default the device's own name (its descriptor's) names it.
+            **({DEVICE_NAME: device.chosen_name} if device.chosen_name else {}),
         }
 
     def _record_late(self, work: asyncio.Task[Outcome]) -> None:

@@ -2578,7 +2578,8 @@ async def test_the_name_defaults_to_the_devices_own_name(hass: HomeAssistant) ->
     result = await provision(hass, result["flow_id"], HOME_WIFI)
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert result["title"] == "Kitchen sensor"
-    assert result["data"][DEVICE_NAME] == "Kitchen sensor"
+    # Not typed: the device's own name (its descriptor's) names the registry device.
+    assert DEVICE_NAME not in result["data"]
 
 
 async def test_the_name_defaults_to_the_models_name_and_the_short_id(
@@ -2594,7 +2595,7 @@ async def test_the_name_defaults_to_the_models_name_and_the_short_id(
     result = await submit(hass, flow_id, {"setup_code": QR})
     result = await provision(hass, result["flow_id"], HOME_WIFI)
     assert result["title"] == DEFAULT_NAME
-    assert result["data"][DEVICE_NAME] == DEFAULT_NAME
+    assert DEVICE_NAME not in result["data"]
 
 
 async def test_without_the_models_name_the_model_id_names_the_device(
@@ -2633,3 +2634,25 @@ async def to_credentials_of_another_flow(hass: HomeAssistant) -> str:
     result = await submit(hass, result["flow_id"], {})
     assert result["step_id"] == "credentials", result
     return str(result["flow_id"])
+
+
+async def test_the_manual_add_takes_a_name_or_the_devices_own(
+    hass: HomeAssistant, device: MagicMock
+) -> None:
+    """The address form has the only form before the commit there: its name field is optional."""
+    household_entry(hass)
+    device.fetch_info.return_value = dataclasses.replace(
+        device.fetch_info.return_value, name="Kitchen sensor"
+    )
+    manual = {"host": "198.51.100.7", "port": 8423, "setup_code": QR}
+    cases: tuple[tuple[dict[str, str], str, str | None], ...] = (
+        ({"name": " Shed "}, "Shed", "Shed"),
+        ({}, "Kitchen sensor", None),
+    )
+    for typed, expected, stored in cases:
+        result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+        result = await submit(hass, result["flow_id"], {"next_step_id": "manual_device"})
+        result = await submit(hass, result["flow_id"], manual | typed)
+        result = await provision(hass, result["flow_id"], HOME_WIFI)
+        assert (result["type"], result["title"]) == (FlowResultType.CREATE_ENTRY, expected)
+        assert device_entry_of(hass).data.get(DEVICE_NAME) == stored

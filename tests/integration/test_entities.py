@@ -394,6 +394,33 @@ async def test_the_name_chosen_in_the_flow_names_the_device_and_its_entity_ids(
     assert (device.name, device.name_by_user) == ("Porch light", None)
 
 
+async def test_a_device_without_a_name_is_named_after_its_entry(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """No name typed, none in the descriptor: the entry's title (model's name and short id)."""
+    await start_device(fake_account, device_processes, "dev1", name="")
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="dev1",
+        title="Test sensor DEV1",
+        data={
+            DEVICE_HOST: "192.0.2.10",
+            DEVICE_PORT: 8423,
+            DEVICE_MODEL: "pi-sensor",
+            CONF_DEVICE_ID: "dev1",
+            CONF_HOUSEHOLD_ID: fake_account.household_id,
+        },
+    )
+    onboarded.add_to_hass(hass)
+    await setup_entry(hass, fake_account)
+    await wait_for(
+        hass,
+        lambda: state_of(hass, "sensor.test_sensor_dev1_temperature") == "21.5",
+        "entities named after the device entry's title",
+    )
+
+
 async def test_device_released_elsewhere_is_removed_at_the_next_sync(
     hass: HomeAssistant,
     fake_account: FakeAccountService,
