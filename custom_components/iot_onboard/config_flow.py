@@ -483,6 +483,12 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             port=port,
             own_name=str(properties.get("name") or "").strip(),
         )
+        loaded = (self._loaded_account(entry) for entry in self._household_entries())
+        client = next((client for client in loaded if client is not None), None)
+        if client is not None:
+            # The card shows the model's name (the account service's) for a nameless device;
+            # a loaded household's client only (one token refresher per session).
+            await self._async_learn_model_name(client)
         self.context["title_placeholders"] = {"name": self._device.name}
         return await self.async_step_discovery_confirm()
 

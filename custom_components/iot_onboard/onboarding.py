@@ -339,10 +339,8 @@ class DeviceSteps(ConfigFlow):
 
     def _entry_account(self, entry: ConfigEntry) -> AccountClient:
         """The entry's client: the loaded runtime's (one refresher per session), or a new one."""
-        runtime = getattr(entry, "runtime_data", None)
-        client = getattr(runtime, RUNTIME_ACCOUNT_ATTR, None)
-        # The module's class, not the name imported here (tests patch that one).
-        if isinstance(client, account_client.AccountClient):
+        client = self._loaded_account(entry)
+        if client is not None:
             return client
 
         def save(tokens: TokenSet) -> None:
@@ -356,6 +354,14 @@ class DeviceSteps(ConfigFlow):
             tokens=TokenSet.from_entry_data(entry.data),
             on_tokens=save,
         )
+
+    @staticmethod
+    def _loaded_account(entry: ConfigEntry) -> AccountClient | None:
+        """The client of a loaded household entry's runtime, if it is loaded."""
+        runtime = getattr(entry, "runtime_data", None)
+        client = getattr(runtime, RUNTIME_ACCOUNT_ATTR, None)
+        # The module's class, not the name imported here (tests patch that one).
+        return client if isinstance(client, account_client.AccountClient) else None
 
     def _update_and_reload(
         self, entry: ConfigEntry, updates: Mapping[str, Any], *, reason: str
@@ -518,8 +524,11 @@ class DeviceSteps(ConfigFlow):
             description_placeholders=self._placeholders(),
         )
 
-    async def _async_learn_model_name(self) -> None:
-        """The model's human name for the default name, once (none: the model id is used)."""
+    async def _async_learn_model_name(self, client: AccountClient | None = None) -> None:
+        """The model's human name for the default name, once (none: the model id is used).
+
+        ``client``: before the household is chosen (the discovery card), a household's.
+        """
         device = self._device
         if device.model_name or device.own_name or not device.device_id:
             return
@@ -527,7 +536,7 @@ class DeviceSteps(ConfigFlow):
             return
         self._models_asked.add(device.model)
         try:
-            model = await self._target.client.model(device.model)
+            model = await (client or self._target.client).model(device.model)
         except AccountServiceError as err:
             _LOGGER.debug("No name for model %s: %s", device.model, err)
             return

@@ -1080,6 +1080,7 @@ async def test_pick_household_and_use_the_loaded_client(
     runtime_client.base_url = URL
     runtime_client.create_claim.return_value = claim()
     runtime_client.claim_status.return_value = claim_status(ClaimState.PENDING)
+    runtime_client.model.return_value = TEST_MODEL
     flat.runtime_data = MagicMock(account=runtime_client)
     result = await start_discovery(hass)
     result = await submit(hass, result["flow_id"], {})
@@ -2563,6 +2564,21 @@ async def test_the_discovery_card_shows_the_devices_own_name(hass: HomeAssistant
         DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery()
     )
     assert card(hass) == f"pi-test {DEVICE_ID[-4:]}"
+
+
+async def test_the_discovery_card_shows_the_models_name(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """With a household loaded, the account service names the model ("Test sensor")."""
+    household_entry(hass).runtime_data = MagicMock(account=account)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery()
+    )
+    assert card(hass) == DEFAULT_NAME
+    # Asked once per flow: the setup-code form's default does not ask again.
+    result = await submit(hass, result["flow_id"], {})
+    assert suggested(result)["name"] == DEFAULT_NAME
+    account.model.assert_awaited_once_with("pi-test")
 
 
 async def test_the_name_defaults_to_the_devices_own_name(hass: HomeAssistant) -> None:
