@@ -40,7 +40,7 @@ TRANSLATED: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "binary_sensor": frozenset({"motion"}),
-    "switch": frozenset({"relay"}),
+    "switch": frozenset({"relay", "gpio_output"}),
     "button": frozenset({"identify"}),
     "number": frozenset({"setpoint"}),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 from syrupy.assertion import SnapshotAssertion
 
+from custom_components.iot_onboard import entity
 from custom_components.iot_onboard.const import (
     CONF_DEVICE_ID,
     CONF_HOUSEHOLD_ID,
@@ -435,3 +437,12 @@ async def test_device_released_elsewhere_is_removed_at_the_next_sync(
         "dev1 and its entities removed",
     )
     assert hass.states.get("sensor.kitchen_sensor_temperature") is None
+
+
+def test_translated_keys_are_the_shipped_translations() -> None:
+    """An entity is named from a translation exactly when en.json ships one for its key."""
+    translations = json.loads(
+        (Path(entity.__file__).parent / "translations" / "en.json").read_text(encoding="utf-8")
+    )["entity"]
+    shipped = {platform: frozenset(keys) for platform, keys in translations.items()}
+    assert shipped == entity.TRANSLATED
