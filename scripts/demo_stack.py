@@ -134,6 +134,8 @@ class DeviceFacts:
 
     index: int
     device_id: str
+    #: Its name (the agent's ``name`` setting): what Home Assistant offers and names it by.
+    name: str
     port: int
     pid: int
     manual_code: str
@@ -784,6 +786,7 @@ public_tls = false
         return DeviceFacts(
             index=index,
             device_id=device_id,
+            name=device_name(index),
             port=self.ports[f"device-{index}"],
             pid=agent.pid,
             manual_code=device.setup_code.manual_code().format(),

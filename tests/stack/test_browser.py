@@ -173,10 +173,8 @@ class Person:
         self.owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
         (self.device,) = ready["devices"]
         self.dialog = page.locator("dialog-data-entry-flow")
-        # The card's title: the model and the device id's last four characters.
-        self.card = page.locator("ha-config-flow-card").filter(
-            has_text=self.device["device_id"][-4:]
-        )
+        # The card's title: the device's own name (advertised in its zeroconf TXT record).
+        self.card = page.locator("ha-config-flow-card").filter(has_text=self.device["name"])
 
     def logs_in(self) -> None:
         """HA's login page; the frontend keeps its tokens in localStorage once signed in."""
@@ -240,8 +238,8 @@ class Person:
         see(dialog, success, COMMIT_TIMEOUT)
         # The device's own entry (its household entry was created just before): the success
         # screen lists the device with the area picker.
-        suffix = re.escape(self.device["device_id"][-4:])
-        created = re.compile(rf"Created configuration for .* {suffix}\.")
+        # Named by the device's own name, the name field's default.
+        created = re.compile(rf"Created configuration for {re.escape(self.device['name'])}\.")
         expect(dialog.locator("p").filter(has_text=created)).to_be_visible()
         expect(dialog.get_by_text(self.device["device_id"], exact=True)).to_be_visible()
         shots.take("success")

@@ -199,7 +199,7 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
         # The discovered flow itself ends the onboarding: it was never aborted on the way.
         assert result["type"] == "create_entry", result
         assert result["flow_id"] == flow_id
-        assert result["title"].endswith(device["device_id"][-4:]), result  # the device's entry
+        assert result["title"] == device["name"], result  # the device's entry, by its own name
 
         # The household entry (made by the flow, source import) and the device's entry
         # (the discovered flow) exist and are loaded; no flow of ours is left.
