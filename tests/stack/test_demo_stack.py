@@ -66,6 +66,7 @@ def test_stack_comes_up_answers_and_stops_cleanly_on_sigint(state_dir: Path) -> 
             info = json.loads(body)
             assert info["device_id"] == device["device_id"]
             assert info["state"] == "unclaimed"
+            assert info["name"] == device["name"]  # what Home Assistant names it by
             assert device["qr_payload"].startswith(f"IOB1:{device['device_id']}:")
             assert Path(device["label_png"]).is_file()
 
