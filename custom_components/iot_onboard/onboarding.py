@@ -148,6 +148,8 @@ _SECURITY_LABELS: Final = {
 _SUPPORTED_SECURITY: Final = frozenset(
     {WifiSecurity.OPEN, WifiSecurity.WPA_PERSONAL, WifiSecurity.WPA3_PERSONAL}
 )
+#: Seconds to wait for a model's name (the default name falls back to the model id).
+MODEL_NAME_TIMEOUT: Final = 5.0
 _SETUP_CODE_SCHEMA: Final = vol.Schema(
     {vol.Required(CONF_SETUP_CODE): TextSelector(), vol.Optional(CONF_NAME): TextSelector()}
 )
@@ -536,9 +538,11 @@ class DeviceSteps(ConfigFlow):
             return
         self._models_asked.add(device.model)
         try:
-            model = await (client or self._target.client).model(device.model)
-        except AccountServiceError as err:
-            _LOGGER.debug("No name for model %s: %s", device.model, err)
+            # A nicety: a slow service must not hold up the card or the form for long.
+            async with asyncio.timeout(MODEL_NAME_TIMEOUT):
+                model = await (client or self._target.client).model(device.model)
+        except (AccountServiceError, TimeoutError) as err:
+            _LOGGER.debug("No name for model %s: %r", device.model, err)
             return
         self._device = replace(device, model_name=model.name)
 

@@ -2617,7 +2617,7 @@ async def test_the_name_defaults_to_the_models_name_and_the_short_id(
 async def test_without_the_models_name_the_model_id_names_the_device(
     hass: HomeAssistant, account: MagicMock
 ) -> None:
-    """The account service cannot say (unknown model, unreachable): today's text, no error."""
+    """The account service cannot say (unknown model, too slow): today's text, no error."""
     household_entry(hass)
     account.model.side_effect = NotFoundError(404, "model_not_found", "no such model")
     flow_id = await to_credentials(hass)
@@ -2625,6 +2625,18 @@ async def test_without_the_models_name_the_model_id_names_the_device(
     assert result["step_id"] == "wifi"
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["title"] == f"pi-test {DEVICE_ID[-4:]}"
+
+    never = asyncio.Event()
+
+    async def hangs(model: str) -> Model:
+        await never.wait()
+        raise AssertionError(model)
+
+    account.model.side_effect = hangs
+    with patch.object(onboarding, "MODEL_NAME_TIMEOUT", 0.01):
+        flow_id = await to_credentials_of_another_flow(hass)
+    result = await submit(hass, flow_id, {"setup_code": "nonsense"})
+    assert suggested(result)["name"] == f"pi-test {OTHER_IDENTITY.device_id[-4:]}"
 
 
 async def test_an_edited_name_names_the_entry(hass: HomeAssistant) -> None:
