@@ -303,15 +303,19 @@ class Device:
         *,
         ble_bridge: bool = False,
         commit_timeout: int | None = None,
+        name: str | None = None,
     ) -> None:
         """Run the agent; ``ble_bridge`` serves its real GATT services on a loopback port;
-        ``commit_timeout`` (seconds) shortens the fail-safe commit timer (its config file)."""
+        ``commit_timeout`` (seconds) shortens the fail-safe commit timer and ``name`` names the
+        device (its config file)."""
         scenario = self.directory / "scenario.json"
         scenario.write_text(json.dumps({"networks": networks}), encoding="utf-8")
+        settings = [f"commit_timeout = {commit_timeout}"] if commit_timeout is not None else []
+        settings += [f"name = {json.dumps(name)}"] if name is not None else []
         config: list[str] = []
-        if commit_timeout is not None:
+        if settings:
             config_file = self.directory / "device.toml"
-            config_file.write_text(f"commit_timeout = {commit_timeout}\n", encoding="utf-8")
+            config_file.write_text("".join(f"{line}\n" for line in settings), encoding="utf-8")
             config = ["--config", str(config_file)]
         self.process = Process.start(
             "device agent",

@@ -87,16 +87,19 @@ NETWORKS = [
 
 @pytest.fixture
 def services(
-    mosquitto_broker: MosquittoBroker, tmp_path: Path
+    mosquitto_broker: MosquittoBroker, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[AccountService, Device]]:
-    """A provisioned device in the registry, both programs running; stopped by pid."""
+    """A provisioned device in the registry, both programs running; stopped by pid.
+
+    Indirectly parametrized with a name, the device has that name (its ``name`` setting).
+    """
     relay = AccountService(tmp_path / "relay", mosquitto_broker)
     device = Device(tmp_path / "device")
     try:
         device.provision()
         relay.start()
         relay.import_records(device.record_file)
-        device.start(NETWORKS)
+        device.start(NETWORKS, name=getattr(request, "param", None))
         yield relay, device
     finally:
         device.stop()
@@ -500,10 +503,14 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
         assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
 
+@pytest.mark.parametrize("services", ["Kitchen sensor"], indirect=True)
 async def test_manual_add_by_address_and_typed_code(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
-    """Another VLAN (no discovery): the address and the typed code, checked via the registry."""
+    """Another VLAN (no discovery): the address and the typed code, checked via the registry.
+
+    The device has a name (device.toml): its ``/iob/v1/info`` says so and it names the entry.
+    """
     relay, device = services
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["step_id"] == "account"
@@ -543,7 +550,7 @@ async def test_manual_add_by_address_and_typed_code(
         flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
     )
     result = await _after_progress(hass, flow_id)
-    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert (result["type"], result.get("title")) == (FlowResultType.CREATE_ENTRY, "Kitchen sensor")
     assert result["result"].unique_id == device.device_id
     assert result["result"].data[CONF_HOUSEHOLD_ID] == entry.data[CONF_HOUSEHOLD_ID]
     status = await asyncio.to_thread(device.status)
