@@ -235,6 +235,43 @@ async def test_fetch_info(device: FakeDevice, http: Http) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "expected"),
+    [("Kitchen sensor", "Kitchen sensor"), ("  ", None), (None, None)],
+)
+async def test_fetch_info_with_the_devices_own_name(
+    device: FakeDevice, http: Http, name: str | None, expected: str | None
+) -> None:
+    """``name`` is optional (a device without one leaves it out); blank counts as none."""
+    document = {
+        "device_id": device.identity.device_id,
+        "model": "pi-test",
+        "firmware_version": "1.0",
+        "protocol_version": 1,
+        "state": "unclaimed",
+        "window": "open",
+    }
+    device.info_answer = (200, document if name is None else {**document, "name": name})
+    assert (await client(device, http).fetch_info()).name == expected
+
+
+async def test_fetch_info_with_a_name_that_is_no_text(device: FakeDevice, http: Http) -> None:
+    device.info_answer = (
+        200,
+        {
+            "device_id": device.identity.device_id,
+            "model": "pi-test",
+            "firmware_version": "1.0",
+            "protocol_version": 1,
+            "state": "unclaimed",
+            "window": "open",
+            "name": 7,
+        },
+    )
+    with pytest.raises(DeviceProtocolError):
+        await client(device, http).fetch_info()
+
+
+@pytest.mark.parametrize(
     "answer",
     [(404, {"error": "not found"}), (200, {"device_id": 5}), (200, ["x"]), (200, {"model": "m"})],
 )

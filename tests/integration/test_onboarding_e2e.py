@@ -132,6 +132,8 @@ async def discovery_of(hass: HomeAssistant, device: Device) -> ZeroconfServiceIn
             "firmware": info.firmware_version,
             "state": info.state,
             "protocol": str(info.protocol_version),
+            # As the agent advertises it: only when the device has a name.
+            **({"name": info.name} if info.name else {}),
         },
     )
 
