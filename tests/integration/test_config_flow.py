@@ -2712,3 +2712,67 @@ def test_the_wifi_trust_text_says_a_remembered_password_is_kept_encrypted() -> N
     assert all("encrypted in Home Assistant" in s for s in ticked), ticked
     assert "{household}" in step["data_description"][REMEMBER]
     assert "remembered" in step["data_description"]["passphrase"]
+
+
+async def test_the_first_device_of_a_new_household_can_remember_the_wifi(
+    hass: HomeAssistant,
+) -> None:
+    """Signed in inside the flow: the household entry created with the device remembers it."""
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+    assert defaults(result)[REMEMBER] is False
+    placeholders = result["description_placeholders"]
+    assert placeholders is not None
+    assert placeholders["household"] == "Home"
+    result = await provision(hass, result["flow_id"], {**HOME_WIFI, REMEMBER: True})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    household = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == HID]
+    assert await wifi_memory.async_recall(hass, household[0]) == wifi_memory.RememberedWifi(
+        b"HomeNet", PASSWORD, hidden=False
+    )
+
+
+async def test_a_rejected_remembered_network_the_device_did_not_see(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """The remembered network stays offered; after the rejection it needs a typed password."""
+    await remember_home_wifi(hass, link)
+    link.scan_wifi.return_value = (CAFE,)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, flow_id, {})
+    assert result["errors"] == {"base": "remembered_wifi_rejected"}
+    result = await submit(hass, flow_id, {})
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    result = await provision(
+        hass, flow_id, {"network": "remembered_network", "passphrase": NEW_PASSWORD}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_with(b"HomeNet", NEW_PASSWORD, hidden=False)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["another key", "another household", "tampered", "not base64"],
+)
+def test_a_sealed_wifi_opens_only_with_its_key_for_its_household(damage: str) -> None:
+    key = wifi_memory.new_key()
+    wifi = wifi_memory.RememberedWifi(b"HomeNet", PASSWORD, hidden=True)
+    sealed = wifi_memory.seal(key, HID, wifi)
+    assert wifi_memory.unseal(key, HID, sealed) == wifi
+    assert PASSWORD not in repr(wifi)
+    household = OTHER_HID if damage == "another household" else HID
+    if damage == "another key":
+        key = wifi_memory.new_key()
+    elif damage == "tampered":
+        sealed = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    elif damage == "not base64":
+        sealed = "*" + sealed
+    with pytest.raises(wifi_memory.WifiMemoryError):
+        wifi_memory.unseal(key, household, sealed)

@@ -12,8 +12,16 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry, MockUser
 
+from custom_components.iot_onboard import wifi_memory
 from custom_components.iot_onboard.account_client import Role
-from custom_components.iot_onboard.const import EXTERNAL_ID_PREFIX
+from custom_components.iot_onboard.const import (
+    CONF_ACCOUNT_URL,
+    CONF_HOUSEHOLD_ID,
+    CONF_REMEMBERED_WIFI,
+    DOMAIN,
+    EXTERNAL_ID_PREFIX,
+)
+from custom_components.iot_onboard.wifi_memory import RememberedWifi
 from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import setup_entry
 
@@ -156,3 +164,43 @@ async def test_a_refusal_of_the_account_service_is_shown_on_the_form(
     assert placeholders is not None
     assert "No such member" in placeholders["error"]
     assert entry.options == {}
+
+
+async def test_forget_the_remembered_wifi(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    """Offered only while a Wi-Fi is remembered; forgetting drops the sealed copy and the key."""
+    household_id = "h" * 32
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        title="Home",
+        unique_id=household_id,
+        data={CONF_ACCOUNT_URL: "https://onboard.example", CONF_HOUSEHOLD_ID: household_id},
+    )
+    entry.add_to_hass(hass)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["menu_options"] == ["policies", "user_role"]
+    hass.config_entries.options.async_abort(result["flow_id"])
+
+    wifi = RememberedWifi(b"HomeNet", "correct horse battery", hidden=False)
+    await wifi_memory.async_remember(hass, entry, wifi)
+    sealed = entry.data[CONF_REMEMBERED_WIFI]
+    assert await wifi_memory.async_recall(hass, entry) == wifi
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["type"] is FlowResultType.MENU
+    assert result["menu_options"] == ["policies", "user_role", "forget_wifi"]
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"next_step_id": "forget_wifi"}
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "wifi_forgotten")
+    assert result["description_placeholders"] == {"household": "Home"}
+    assert CONF_REMEMBERED_WIFI not in entry.data
+    assert entry.options == {}
+    assert await wifi_memory.async_recall(hass, entry) is None
+    # The key is gone: a copy of the entry made before does not open any more.
+    assert hass_storage[wifi_memory.STORAGE_KEY]["data"]["keys"] == {}
+    copy = MockConfigEntry(
+        domain=DOMAIN, data={**entry.data, CONF_REMEMBERED_WIFI: sealed}, title="Home"
+    )
+    assert await wifi_memory.async_recall(hass, copy) is None
