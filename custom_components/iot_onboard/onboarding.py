@@ -17,6 +17,10 @@ Steps::
         provision ─▶ finish ─▶ wifi_changed
     wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
+
+The Wi-Fi form offers to remember the network for the household's next devices (opt-in; sealed
+in the household entry, see wifi_memory.py): a remembered network is preselected and an empty
+password means the remembered one; if the device rejects that, the form says so.
 """
 
 from __future__ import annotations
