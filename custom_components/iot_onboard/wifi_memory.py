@@ -17,6 +17,7 @@ password is never logged and never sent back to the browser (the form leaves it 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -105,11 +106,15 @@ class WifiKeys:
             hass, STORAGE_VERSION, STORAGE_KEY, private=True, atomic_writes=True
         )
         self._keys: dict[str, str] | None = None
+        # Two flows finishing at once must not each create (and write) a key of their own.
+        self._lock = asyncio.Lock()
 
     async def _async_keys(self) -> dict[str, str]:
         if self._keys is None:
             stored = await self._store.async_load() or {}
-            self._keys = dict(stored.get("keys", {}))
+            # Another caller may have loaded (and added a key) meanwhile: keep the first.
+            if self._keys is None:
+                self._keys = dict(stored.get("keys", {}))
         return self._keys
 
     async def async_get(self, household_id: str) -> bytes | None:
@@ -119,19 +124,21 @@ class WifiKeys:
 
     async def async_get_or_create(self, household_id: str) -> bytes:
         """The household's key, created (and written at once) the first time."""
-        key = await self.async_get(household_id)
-        if key is None:
-            key = new_key()
-            keys = await self._async_keys()
-            keys[household_id] = b64url_encode(key)
-            await self._store.async_save({"keys": keys})
-        return key
+        async with self._lock:
+            key = await self.async_get(household_id)
+            if key is None:
+                key = new_key()
+                keys = await self._async_keys()
+                keys[household_id] = b64url_encode(key)
+                await self._store.async_save({"keys": keys})
+            return key
 
     async def async_delete(self, household_id: str) -> None:
         """Destroy the household's key: what was sealed with it can no longer be opened."""
-        keys = await self._async_keys()
-        if keys.pop(household_id, None) is not None:
-            await self._store.async_save({"keys": keys})
+        async with self._lock:
+            keys = await self._async_keys()
+            if keys.pop(household_id, None) is not None:
+                await self._store.async_save({"keys": keys})
 
 
 @singleton(_DATA_KEY)

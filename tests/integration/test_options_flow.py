@@ -5,6 +5,7 @@ The everyday paths (policies, mapping users and the owner) are in test_init.py.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntryState
@@ -204,3 +205,33 @@ async def test_forget_the_remembered_wifi(
         domain=DOMAIN, data={**entry.data, CONF_REMEMBERED_WIFI: sealed}, title="Home"
     )
     assert await wifi_memory.async_recall(hass, copy) is None
+
+
+async def test_flows_remembering_at_once_get_the_same_key(hass: HomeAssistant) -> None:
+    """Two devices of a household finishing together: one key, not one each (the later
+    write would leave the other's sealed value without its key)."""
+
+    def slow_to_load() -> wifi_memory.WifiKeys:
+        """A real store reads its file in an executor: others run before the result is in."""
+        keys = wifi_memory.WifiKeys(hass)
+        store = keys._store
+        load = store.async_load
+
+        async def yielding_load() -> dict[str, Any] | None:
+            data = await load()
+            await asyncio.sleep(0)
+            return data
+
+        store.async_load = yielding_load  # type: ignore[method-assign]
+        return keys
+
+    keys = slow_to_load()
+    first, second = await asyncio.gather(
+        keys.async_get_or_create("h" * 32), keys.async_get_or_create("h" * 32)
+    )
+    assert first == second
+    assert await keys.async_get("h" * 32) == first
+    # A flow reading the keys while another creates one does not lose the new key.
+    keys = slow_to_load()
+    created, _ = await asyncio.gather(keys.async_get_or_create("i" * 32), keys.async_get("i" * 32))
+    assert await keys.async_get("i" * 32) == created
