@@ -35,6 +35,7 @@ from .helpers import (
 )
 from .roles import RoleManager
 from .services import async_setup_services
+from .wifi_memory import wifi_keys
 
 __all__ = ["IotOnboardConfigEntry", "IotOnboardData"]
 
@@ -142,9 +143,14 @@ async def async_remove_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) 
     """A device entry the user removed: release the device (as the ``release`` action does).
 
     Not when the household no longer has it (the hub removed the entry) or a newer
-    onboarding of the same device replaced the entry.
+    onboarding of the same device replaced the entry. A household entry: the key of its
+    remembered Wi-Fi is destroyed (copies of the entry stay sealed).
     """
-    if not is_device_entry(entry) or entry.data.get(CONF_SUPERSEDED):
+    if not is_device_entry(entry):
+        if household_id := entry.data.get(CONF_HOUSEHOLD_ID):
+            await wifi_keys(hass).async_delete(household_id)
+        return
+    if entry.data.get(CONF_SUPERSEDED):
         return
     hub = household_entry(hass, entry.data[CONF_HOUSEHOLD_ID])
     device_id: str = entry.data[CONF_DEVICE_ID]

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from yarl import URL
@@ -63,7 +63,8 @@ class WifiChoice:
     """The network the user picked; ``ssid`` None keeps the wired connection."""
 
     ssid: bytes | None
-    passphrase: str | None
+    #: Never in its repr (log lines, tracebacks).
+    passphrase: str | None = field(repr=False)
     hidden: bool
 
 

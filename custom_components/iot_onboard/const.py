@@ -18,6 +18,10 @@ runtime; the names below are stable (a rename needs a config-entry migration)::
         "access_expires_at": 1764000000,            # CONF_ACCESS_EXPIRES_AT, Unix seconds
         "refresh_token": "...",                     # CONF_REFRESH_TOKEN (rotates on use)
         "refresh_expires_at": 1766000000,           # CONF_REFRESH_EXPIRES_AT, Unix seconds
+        "remembered_wifi": "<base64url>",           # CONF_REMEMBERED_WIFI (opt-in): network
+                                                    #   and password sealed with a key kept in
+                                                    #   .storage/iot_onboard.wifi_keys, never
+                                                    #   here (wifi_memory.py; redacted)
         "devices": {                                # CONF_DEVICES (version 1 only; now one
                                                     #   device entry each, data as below)
             "<device id>": {
@@ -67,6 +71,8 @@ ENTRY_VERSION: Final = 2
 #: A device entry (config entry version 2): the device id; its data is the device record plus
 #: ``household_id`` (the household entry that serves it) and this key. Unique id = device id.
 CONF_DEVICE_ID: Final = "device_id"
+#: A household entry: its remembered Wi-Fi, sealed (wifi_memory.py; the key is kept elsewhere).
+CONF_REMEMBERED_WIFI: Final = "remembered_wifi"
 #: Set on a device entry that a newer onboarding of the same device replaces (not released).
 CONF_SUPERSEDED: Final = "superseded"
 

@@ -12,6 +12,7 @@ from .const import (
     CONF_ACCESS_TOKEN,
     CONF_EMAIL,
     CONF_REFRESH_TOKEN,
+    CONF_REMEMBERED_WIFI,
     DEVICE_OWNER_SECRET,
     DEVICE_PUBLIC_KEY,
 )
@@ -23,6 +24,8 @@ TO_REDACT: Final = {
     CONF_ACCESS_TOKEN,
     CONF_REFRESH_TOKEN,
     CONF_EMAIL,
+    # Sealed, and its key is not in the entry: redacted all the same (never shared).
+    CONF_REMEMBERED_WIFI,
     DEVICE_OWNER_SECRET,
     DEVICE_PUBLIC_KEY,
     "password",

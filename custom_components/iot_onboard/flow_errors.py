@@ -50,6 +50,8 @@ FIELD_BASE: Final = "base"
 FIELD_PASSWORD: Final = "password"  # noqa: S105 - a field name
 FIELD_SETUP_CODE: Final = "setup_code"
 FIELD_PASSPHRASE: Final = "passphrase"  # noqa: S105 - a field name
+#: The device rejected the household's remembered Wi-Fi password (not one the user typed).
+REMEMBERED_WIFI_REJECTED: Final = "remembered_wifi_rejected"
 #: The abort that also starts the entry's reauth flow (the flow does that part).
 REAUTH_REQUIRED: Final = "reauth_required"
 
@@ -173,6 +175,7 @@ FLOW_ERRORS: Final[Mapping[tuple[Stage, type[Exception] | str], FlowError]] = {
 #: Errors shown for the whole form that are still about one field: the one to type again.
 ABOUT_FIELD: Final[Mapping[str, str]] = {
     diagnostic_error(DiagnosticCode.WIFI_AUTH_FAILED): FIELD_PASSPHRASE,
+    REMEMBERED_WIFI_REJECTED: FIELD_PASSPHRASE,
 }
 
 

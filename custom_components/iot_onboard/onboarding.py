@@ -17,6 +17,10 @@ Steps::
         provision ─▶ finish ─▶ wifi_changed
     wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
+
+The Wi-Fi form offers to remember the network for the household's next devices (opt-in; sealed
+in the household entry, see wifi_memory.py): a remembered network is preselected and an empty
+password means the remembered one; if the device rejects that, the form says so.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from homeassistant.data_entry_flow import AbortFlow
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.selector import (
+    BooleanSelector,
     NumberSelector,
     NumberSelectorConfig,
     NumberSelectorMode,
@@ -56,7 +61,7 @@ from homeassistant.helpers.selector import (
     TextSelectorType,
 )
 
-from . import account_client, commit_engine, repairs
+from . import account_client, commit_engine, repairs, wifi_memory
 from .account_client import (
     AccountClient,
     AccountServiceError,
@@ -99,13 +104,16 @@ from .flow_errors import (
     FIELD_PASSPHRASE,
     FIELD_SETUP_CODE,
     REAUTH_REQUIRED,
+    REMEMBERED_WIFI_REJECTED,
     FlowError,
     Stage,
+    diagnostic_error,
     flow_error,
     wrong_fields,
 )
 from .helpers import device_entries, household_entries, household_entry
 from .iob_protocol import (
+    DiagnosticCode,
     InvalidPassphraseError,
     ManualCode,
     OwnerSecret,
@@ -120,6 +128,7 @@ from .iob_protocol import (
     validate_passphrase,
 )
 from .iob_protocol.ble import SHORT_ID_CHARS
+from .wifi_memory import RememberedWifi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,9 +141,13 @@ CONF_NETWORK: Final = "network"
 CONF_HIDDEN_SSID: Final = "hidden_ssid"
 CONF_PASSPHRASE: Final = FIELD_PASSPHRASE
 CONF_NAME: Final = "name"
+#: The Wi-Fi step's opt-in: remember this network for the household's next devices.
+CONF_REMEMBER: Final = "remember_wifi"
 
 HIDDEN_NETWORK: Final = "hidden_network"
 KEEP_ETHERNET: Final = "keep_ethernet"
+#: The remembered network when the device's scan did not see it (offered all the same).
+REMEMBERED_NETWORK: Final = "remembered_network"
 SSID_PREFIX: Final = "ssid:"
 _MAX_SSID_BYTES: Final = 32
 
@@ -283,6 +296,11 @@ def _network_label(network: WifiNetwork) -> str:
     return f"{display_ssid(network.ssid)} · {network.rssi} dBm · {security}"
 
 
+def _remembered_label(wifi: RememberedWifi) -> str:
+    """The remembered network the device's scan did not see."""
+    return f"{display_ssid(wifi.ssid)} · remembered, not seen by the device"
+
+
 def _security_error(network: WifiNetwork, passphrase: str | None) -> tuple[str, str] | None:
     """Whether the device can join ``network`` with what the user typed."""
     if network.security not in _SUPPORTED_SECURITY:
@@ -326,6 +344,14 @@ class DeviceSteps(ConfigFlow):
         #: The Wi-Fi form as last submitted, shown again after the commit failed.
         self._wifi_input: dict[str, Any] = {}
         self._wifi_errors: dict[str, str] = {}
+        #: The household's remembered Wi-Fi (read once, at the first Wi-Fi form).
+        self._remembered: RememberedWifi | None = None
+        self._recalled = False
+        #: The device rejected the remembered password: the user types the current one.
+        self._remembered_rejected = False
+        #: The last Wi-Fi form: its box, and whether its password was the remembered one.
+        self._remember = False
+        self._from_memory = False
         # The commit runs apart from the progress task HA cancels when the dialog closes: a
         # device that completes anyway must not be left owned without its owner secret.
         self._work: asyncio.Task[Outcome] | None = None
@@ -700,6 +726,9 @@ class DeviceSteps(ConfigFlow):
     async def async_step_wifi(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """The network from the device's own scan (or a hidden one, or keep Ethernet)."""
         errors, self._wifi_errors = self._wifi_errors, {}
+        if not self._recalled:
+            self._recalled = True
+            await self._async_recall_wifi()
         if user_input is not None:
             self._wifi_input = dict(user_input)
             errors = self._parse_wifi(user_input)
@@ -708,30 +737,61 @@ class DeviceSteps(ConfigFlow):
         return self.async_show_form(
             step_id="wifi",
             # After a failed commit too: the device's verdict rarely blames what was typed.
-            data_schema=self._wifi_schema(kept_input(self._wifi_input, errors)),
+            data_schema=self._wifi_schema(
+                kept_input(self._wifi_input, errors, never={CONF_REMEMBER})
+            ),
             errors=errors,
             description_placeholders=self._placeholders(),
         )
 
+    async def _async_recall_wifi(self) -> None:
+        """The household's remembered Wi-Fi, if it has one this Home Assistant can open."""
+        target = self._target
+        if isinstance(target, ExistingHousehold):
+            self._remembered = await wifi_memory.async_recall(self.hass, target.entry)
+            # Remembered once: the box stays ticked, so a new password replaces the old one.
+            self._remember = self._remembered is not None
+
+    def _remembered_key(self) -> str | None:
+        """The network option of the remembered Wi-Fi (seen by the device or not)."""
+        remembered = self._remembered
+        if remembered is None:
+            return None
+        seen = SSID_PREFIX + remembered.ssid.hex()
+        return seen if seen in self._networks else REMEMBERED_NETWORK
+
     def _wifi_schema(self, kept: Mapping[str, Any]) -> vol.Schema:
+        remembered, remembered_key = self._remembered, self._remembered_key()
         options = [
-            SelectOptionDict(value=value, label=_network_label(network))
+            SelectOptionDict(
+                value=value,
+                label=_network_label(network)
+                + (" · remembered" if value == remembered_key else ""),
+            )
             for value, network in self._networks.items()
         ]
+        if remembered is not None and remembered_key == REMEMBERED_NETWORK:
+            options.insert(
+                0, SelectOptionDict(value=REMEMBERED_NETWORK, label=_remembered_label(remembered))
+            )
         options.append(SelectOptionDict(value=HIDDEN_NETWORK, label=HIDDEN_NETWORK))
         if self._mode is Mode.ONBOARD:
             options.append(SelectOptionDict(value=KEEP_ETHERNET, label=KEEP_ETHERNET))
         schema = vol.Schema(
             {
-                vol.Required(CONF_NETWORK, default=options[0]["value"]): SelectSelector(
+                vol.Required(
+                    CONF_NETWORK, default=remembered_key or options[0]["value"]
+                ): SelectSelector(
                     SelectSelectorConfig(
                         options=options, mode=SelectSelectorMode.LIST, translation_key="network"
                     )
                 ),
                 vol.Optional(CONF_HIDDEN_SSID): TextSelector(),
+                # Never prefilled: a remembered password does not go back to the browser.
                 vol.Optional(CONF_PASSPHRASE): TextSelector(
                     TextSelectorConfig(type=TextSelectorType.PASSWORD)
                 ),
+                vol.Optional(CONF_REMEMBER, default=self._remember): BooleanSelector(),
             }
         )
         return self.add_suggested_values_to_schema(schema, kept)
@@ -740,11 +800,21 @@ class DeviceSteps(ConfigFlow):
         """Turn the form into a :class:`WifiChoice`; return form errors."""
         choice = user_input[CONF_NETWORK]
         passphrase: str | None = user_input.get(CONF_PASSPHRASE) or None
+        self._remember = bool(user_input.get(CONF_REMEMBER, False))
+        self._from_memory = False
+        remembered = None if self._remembered_rejected else self._remembered
+        # Nothing typed for the remembered network: its remembered password.
+        if remembered is not None and passphrase is None and choice == self._remembered_key():
+            passphrase, self._from_memory = remembered.passphrase, True
         # The selector only offers (and accepts) what the schema listed for this mode.
         if choice == KEEP_ETHERNET:
             self._choice = WifiChoice(ssid=None, passphrase=None, hidden=False)
             return {}
-        if choice == HIDDEN_NETWORK:
+        if choice == REMEMBERED_NETWORK and self._remembered is not None:
+            ssid, hidden, error = self._remembered.ssid, self._remembered.hidden, None
+            if passphrase is None and self._remembered.passphrase is not None:
+                error = (CONF_PASSPHRASE, "passphrase_required")
+        elif choice == HIDDEN_NETWORK:
             ssid = str(user_input.get(CONF_HIDDEN_SSID, "")).encode()
             error = None if 0 < len(ssid) <= _MAX_SSID_BYTES else (CONF_HIDDEN_SSID, "invalid_ssid")
             hidden = True
@@ -789,6 +859,13 @@ class DeviceSteps(ConfigFlow):
             self._abort_reason = outcome.abort
             return self.async_show_progress_done(next_step_id="failed")
         if outcome.error is not None:
+            if self._from_memory and outcome.error == diagnostic_error(
+                DiagnosticCode.WIFI_AUTH_FAILED
+            ):
+                # Not a password the user typed: say so, and do not try it again.
+                self._remembered_rejected = True
+                self._wifi_errors = {"base": REMEMBERED_WIFI_REJECTED}
+                return self.async_show_progress_done(next_step_id="wifi")
             self._wifi_errors = {"base": outcome.error}
             return self.async_show_progress_done(next_step_id="wifi")
         return self.async_show_progress_done(next_step_id="finish")
@@ -830,6 +907,8 @@ class DeviceSteps(ConfigFlow):
         """Create the device's entry (after its household's, for a new household)."""
         del user_input  # reached through show_progress_done
         await self._async_drop_link()
+        if isinstance(self._target, ExistingHousehold):
+            await self._async_remember_wifi(self._target.entry)
         if self._mode is Mode.WIFI_CHANGE:
             return self.async_abort(
                 reason="wifi_changed", description_placeholders=self._placeholders()
@@ -852,6 +931,8 @@ class DeviceSteps(ConfigFlow):
                 context={"source": SOURCE_IMPORT},
                 data={"title": target.household.name, "data": target.entry_data()},
             )
+            if (created := household_entry(self.hass, target.household_id)) is not None:
+                await self._async_remember_wifi(created)
         await self._async_supersede(device_id)
         await self.async_set_unique_id(device_id, raise_on_progress=False)
         return self.async_create_entry(
@@ -859,6 +940,15 @@ class DeviceSteps(ConfigFlow):
             data=record,
             description_placeholders=self._placeholders(),
         )
+
+    async def _async_remember_wifi(self, entry: ConfigEntry) -> None:
+        """The box was ticked: the network just joined becomes the household's remembered one."""
+        choice = self._choice
+        if not self._remember or choice.ssid is None:
+            return
+        wifi = RememberedWifi(ssid=choice.ssid, passphrase=choice.passphrase, hidden=choice.hidden)
+        if wifi != self._remembered:
+            await wifi_memory.async_remember(self.hass, entry, wifi)
 
     async def _async_supersede(self, device_id: str) -> None:
         """An older entry of the device (it was reset and onboarded again) goes, unreleased."""
@@ -910,7 +1000,15 @@ class DeviceSteps(ConfigFlow):
             "model": self._device.model,
             "host": self._device.host,
             "timeout": str(commit_engine.DEFAULT_TIMER if engine is None else engine.timeout),
+            "household": self._household_name(),
         }
+
+    def _household_name(self) -> str:
+        """The name of the household the device goes to (empty before it is known)."""
+        target: Target | None = getattr(self, "_target", None)
+        if isinstance(target, ExistingHousehold):
+            return target.entry.title
+        return "" if target is None else target.household.name
 
     def async_remove(self) -> None:
         """The dialog was closed: a commit of a new device finishes, anything else stops.

@@ -1,9 +1,11 @@
-"""Options of a household entry: who may do what.
+"""Options of a household entry: who may do what, and forgetting the remembered Wi-Fi.
 
 ``policies``: the role of Home Assistant users who are not household members, and the role of
 automations (actions without a user). ``user_role``: map one Home Assistant user to a household
 role; the change is made at the account service (the source of truth) at once, and checked by
-Home Assistant from the next action on. Reached through ``async_get_options_flow`` in
+Home Assistant from the next action on. ``forget_wifi`` (offered while the household remembers
+a Wi-Fi): delete the sealed Wi-Fi from the entry and destroy its key (wifi_memory.py). Reached
+through ``async_get_options_flow`` in
 config_flow.py.
 """
 
@@ -21,9 +23,11 @@ from homeassistant.helpers.selector import (
     SelectSelectorMode,
 )
 
+from . import wifi_memory
 from .account_client import AccountServiceError, Role
 from .const import (
     CONF_AUTOMATION_ROLE,
+    CONF_REMEMBERED_WIFI,
     CONF_UNMAPPED_ROLE,
     DEFAULT_AUTOMATION_ROLE,
     DEFAULT_UNMAPPED_ROLE,
@@ -62,7 +66,20 @@ class IotOnboardOptionsFlow(OptionsFlow):
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Choose what to change."""
         del user_input
-        return self.async_show_menu(step_id="init", menu_options=["policies", "user_role"])
+        options = ["policies", "user_role"]
+        if CONF_REMEMBERED_WIFI in self._entry.data:
+            options.append("forget_wifi")
+        return self.async_show_menu(step_id="init", menu_options=options)
+
+    async def async_step_forget_wifi(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Delete the remembered Wi-Fi: the sealed copy in the entry and the key."""
+        del user_input
+        await wifi_memory.async_forget(self.hass, self._entry)
+        return self.async_abort(
+            reason="wifi_forgotten", description_placeholders={"household": self._entry.title}
+        )
 
     async def async_step_policies(
         self, user_input: dict[str, Any] | None = None

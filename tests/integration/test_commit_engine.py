@@ -345,3 +345,10 @@ async def test_a_device_gone_with_its_repair_open_is_done_when_the_repair_closes
     )
     assert await run.async_run(HOME) == Outcome()
     assert open_repair == [False]
+
+
+def test_the_wifi_choice_never_shows_its_password() -> None:
+    """A choice that ends up in a log line or a traceback's locals does not carry the password."""
+    assert PASSPHRASE not in repr(HOME)
+    assert PASSPHRASE not in str(HOME)
+    assert "HomeNet" in repr(HOME)

@@ -19,6 +19,7 @@ from typing import Any, cast
 from unittest.mock import ANY, AsyncMock, MagicMock, create_autospec, patch
 
 import pytest
+import voluptuous as vol
 from homeassistant.components import bluetooth
 from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
 from homeassistant.config_entries import (
@@ -29,6 +30,7 @@ from homeassistant.config_entries import (
     SOURCE_ZEROCONF,
     ConfigFlowContext,
 )
+from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
@@ -46,6 +48,7 @@ from custom_components.iot_onboard import (
     config_flow,
     flow_errors,
     onboarding,
+    wifi_memory,
 )
 from custom_components.iot_onboard.account_client import (
     Account,
@@ -81,6 +84,7 @@ from custom_components.iot_onboard.const import (
     CONF_DEVICE_ID,
     CONF_EMAIL,
     CONF_HOUSEHOLD_ID,
+    CONF_REMEMBERED_WIFI,
     DEVICE_HOST,
     DEVICE_MODEL,
     DEVICE_NAME,
@@ -2684,3 +2688,246 @@ async def test_the_manual_add_takes_a_name_or_the_devices_own(
         result = await provision(hass, result["flow_id"], HOME_WIFI)
         assert (result["type"], result["title"]) == (FlowResultType.CREATE_ENTRY, expected)
         assert device_entry_of(hass).data.get(DEVICE_NAME) == stored
+
+
+# --- the household's remembered Wi-Fi (opt-in, encrypted; a later device only confirms) -------
+
+REMEMBER = "remember_wifi"
+NEW_PASSWORD = "the new one 2026"  # noqa: S105 - the test network
+
+
+def defaults(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the form preselects: its fields' defaults (what an untouched submit sends)."""
+    return {
+        str(key.schema): key.default()
+        for key in result["data_schema"].schema
+        if key.default is not vol.UNDEFINED
+    }
+
+
+async def flushed_config_entries(hass: HomeAssistant, hass_storage: dict[str, Any]) -> str:
+    """``.storage/core.config_entries`` as Home Assistant writes it (delayed saves flushed)."""
+    hass.bus.async_fire(EVENT_HOMEASSISTANT_FINAL_WRITE)
+    await hass.async_block_till_done()
+    return json.dumps(hass_storage["core.config_entries"])
+
+
+async def remember_home_wifi(hass: HomeAssistant, link: MagicMock) -> MockConfigEntry:
+    """The household's first device, with the box ticked; its device entry removed again."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    result = await provision(hass, flow_id, {**HOME_WIFI, REMEMBER: True})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+    link.reset_mock()
+    return entry
+
+
+async def test_the_wifi_is_remembered_only_when_asked_and_only_encrypted(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    """Off by default; ticked, the entry holds ciphertext and the key lives in another file."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    result = await submit(hass, flow_id, {"network": HOME_KEY})
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    assert defaults(result)[REMEMBER] is False
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert CONF_REMEMBERED_WIFI not in entry.data
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+
+    flow_id = await to_wifi(hass)
+    result = await provision(hass, flow_id, {**HOME_WIFI, REMEMBER: True})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert entry.data[CONF_REMEMBERED_WIFI]
+    config_entries = await flushed_config_entries(hass, hass_storage)
+    for secret in (PASSWORD, "HomeNet", b"HomeNet".hex()):
+        assert secret not in json.dumps(dict(entry.data))
+        assert secret not in json.dumps(dict(entry.options))
+        assert secret not in config_entries
+    assert entry.data[CONF_REMEMBERED_WIFI] in config_entries
+    # The key is in a file of its own, never next to the ciphertext.
+    keys = hass_storage[wifi_memory.STORAGE_KEY]["data"]["keys"]
+    assert set(keys) == {HID}
+    assert keys[HID] not in config_entries
+    assert PASSWORD not in json.dumps(hass_storage[wifi_memory.STORAGE_KEY])
+
+
+@pytest.mark.parametrize(
+    ("scan", "network"),
+    [((CAFE, HOME_NET), HOME_KEY), ((CAFE,), onboarding.REMEMBERED_NETWORK)],
+    ids=["seen", "not-seen"],
+)
+async def test_a_later_device_needs_only_its_code_and_one_confirm(
+    hass: HomeAssistant,
+    link: MagicMock,
+    scan: tuple[WifiNetwork, ...],
+    network: str,
+) -> None:
+    """The remembered network is preselected (offered even when the scan missed it)."""
+    await remember_home_wifi(hass, link)
+    link.scan_wifi.return_value = scan
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+    assert defaults(result) == {"network": network, REMEMBER: True}
+    labels = {
+        option["value"]: option["label"]
+        for option in result["data_schema"].schema["network"].config["options"]
+    }
+    assert "HomeNet" in labels[network]
+    assert "remembered" in labels[network]
+    # Nothing typed; the password never goes back to the browser.
+    assert suggested(result) == {}
+    assert PASSWORD not in str(result)
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_once_with(b"HomeNet", PASSWORD, hidden=False)
+
+
+async def test_a_rejected_remembered_password_is_said_and_replaced(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """WIFI_AUTH_FAILED with the remembered password: say so, take the current one, keep it."""
+    await remember_home_wifi(hass, link)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, flow_id, {})
+    assert (result["step_id"], result["errors"]) == ("wifi", {"base": "remembered_wifi_rejected"})
+    assert "type the current one" in STRINGS["error"]["remembered_wifi_rejected"]
+    assert defaults(result) == {"network": HOME_KEY, REMEMBER: True}
+    link.set_wifi.assert_awaited_once_with(b"HomeNet", PASSWORD, hidden=False)
+    # The rejected password is not tried again.
+    result = await submit(hass, flow_id, {})
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    result = await provision(hass, flow_id, {"network": HOME_KEY, "passphrase": NEW_PASSWORD})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_with(b"HomeNet", NEW_PASSWORD, hidden=False)
+
+    # The box stayed ticked: the next device gets the current password.
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+    link.reset_mock()
+    link.status.side_effect = None
+    flow_id = await to_wifi(hass)
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_once_with(b"HomeNet", NEW_PASSWORD, hidden=False)
+
+
+async def test_an_unticked_box_leaves_the_remembered_wifi_as_it_is(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """Another network without the box: the remembered one stays for the next device."""
+    await remember_home_wifi(hass, link)
+    flow_id = await to_wifi(hass)
+    result = await provision(hass, flow_id, {"network": CAFE_KEY, REMEMBER: False})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    await hass.config_entries.async_remove(device_entry_of(hass).entry_id)
+    flow_id = await to_wifi(hass)
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_with(b"HomeNet", PASSWORD, hidden=False)
+
+
+async def test_a_remembered_wifi_without_its_key_is_not_offered(
+    hass: HomeAssistant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The entry came without the key file (another Home Assistant): type the password."""
+    sealed = wifi_memory.seal(
+        wifi_memory.new_key(), HID, wifi_memory.RememberedWifi(b"HomeNet", PASSWORD, hidden=False)
+    )
+    entry = household_entry(hass)
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_REMEMBERED_WIFI: sealed})
+    flow_id = await to_wifi(hass)
+    result = await submit(hass, flow_id, {"network": HOME_KEY})
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    assert defaults(result)[REMEMBER] is False
+    assert "remembered Wi-Fi of Home cannot be read" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+async def test_removing_the_household_destroys_its_wifi_key(
+    hass: HomeAssistant, link: MagicMock, hass_storage: dict[str, Any]
+) -> None:
+    entry = await remember_home_wifi(hass, link)
+    await hass.config_entries.async_remove(entry.entry_id)
+    await hass.async_block_till_done()
+    assert hass_storage[wifi_memory.STORAGE_KEY]["data"]["keys"] == {}
+
+
+def test_the_wifi_trust_text_says_a_remembered_password_is_kept_encrypted() -> None:
+    step = STRINGS["step"]["wifi"]
+    assert "only to the device" in step["description"]
+    ticked = [s for s in _sentences(step["description"]) if "box" in s]
+    assert ticked
+    assert all("encrypted in Home Assistant" in s for s in ticked), ticked
+    assert "{household}" in step["data_description"][REMEMBER]
+    assert "remembered" in step["data_description"]["passphrase"]
+
+
+async def test_the_first_device_of_a_new_household_can_remember_the_wifi(
+    hass: HomeAssistant,
+) -> None:
+    """Signed in inside the flow: the household entry created with the device remembers it."""
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    assert result["step_id"] == "wifi"
+    assert defaults(result)[REMEMBER] is False
+    placeholders = result["description_placeholders"]
+    assert placeholders is not None
+    assert placeholders["household"] == "Home"
+    result = await provision(hass, result["flow_id"], {**HOME_WIFI, REMEMBER: True})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    household = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == HID]
+    assert await wifi_memory.async_recall(hass, household[0]) == wifi_memory.RememberedWifi(
+        b"HomeNet", PASSWORD, hidden=False
+    )
+
+
+async def test_a_rejected_remembered_network_the_device_did_not_see(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """The remembered network stays offered; after the rejection it needs a typed password."""
+    await remember_home_wifi(hass, link)
+    link.scan_wifi.return_value = (CAFE,)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await provision(hass, flow_id, {})
+    assert result["errors"] == {"base": "remembered_wifi_rejected"}
+    result = await submit(hass, flow_id, {})
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    result = await provision(
+        hass, flow_id, {"network": "remembered_network", "passphrase": NEW_PASSWORD}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_with(b"HomeNet", NEW_PASSWORD, hidden=False)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["another key", "another household", "tampered", "not base64"],
+)
+def test_a_sealed_wifi_opens_only_with_its_key_for_its_household(damage: str) -> None:
+    key = wifi_memory.new_key()
+    wifi = wifi_memory.RememberedWifi(b"HomeNet", PASSWORD, hidden=True)
+    sealed = wifi_memory.seal(key, HID, wifi)
+    assert wifi_memory.unseal(key, HID, sealed) == wifi
+    assert PASSWORD not in repr(wifi)
+    household = OTHER_HID if damage == "another household" else HID
+    if damage == "another key":
+        key = wifi_memory.new_key()
+    elif damage == "tampered":
+        sealed = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    elif damage == "not base64":
+        sealed = "*" + sealed
+    with pytest.raises(wifi_memory.WifiMemoryError):
+        wifi_memory.unseal(key, household, sealed)

@@ -7,8 +7,10 @@ import json
 from homeassistant.core import HomeAssistant
 from syrupy.assertion import SnapshotAssertion
 
+from custom_components.iot_onboard import wifi_memory
 from custom_components.iot_onboard.const import (
     CONF_DEVICES,
+    CONF_REMEMBERED_WIFI,
     DEVICE_HOST,
     DEVICE_MODEL,
     DEVICE_OWNER_SECRET,
@@ -17,6 +19,7 @@ from custom_components.iot_onboard.const import (
 )
 from custom_components.iot_onboard.diagnostics import async_get_config_entry_diagnostics
 from custom_components.iot_onboard.helpers import device_entry
+from custom_components.iot_onboard.wifi_memory import RememberedWifi
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import DeviceProcesses, setup_entry, start_device, wait_for
 
@@ -69,3 +72,20 @@ async def test_diagnostics_redact_secrets(
     diagnostics["entry"]["data"]["account_url"] = "http://127.0.0.1:<port>"
     diagnostics["hub"]["broker"]["port"] = "<port>"
     assert diagnostics == snapshot
+
+
+async def test_diagnostics_redact_the_remembered_wifi(
+    hass: HomeAssistant, fake_account: FakeAccountService
+) -> None:
+    """Neither the sealed Wi-Fi nor (of course) the password or network name is shown."""
+    entry = await setup_entry(hass, fake_account)
+    passphrase = "remembered-password-1234"  # noqa: S105 - test data
+    await wifi_memory.async_remember(
+        hass, entry, RememberedWifi(b"AtticNet", passphrase, hidden=False)
+    )
+    sealed = entry.data[CONF_REMEMBERED_WIFI]
+    diagnostics = await async_get_config_entry_diagnostics(hass, entry)
+    text = json.dumps(diagnostics)
+    for secret in (sealed, passphrase, "AtticNet"):
+        assert secret not in text
+    assert diagnostics["entry"]["data"][CONF_REMEMBERED_WIFI] == "**REDACTED**"

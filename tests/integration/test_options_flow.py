@@ -5,6 +5,7 @@ The everyday paths (policies, mapping users and the owner) are in test_init.py.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from homeassistant.config_entries import ConfigEntryState
@@ -12,8 +13,16 @@ from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from pytest_homeassistant_custom_component.common import MockConfigEntry, MockUser
 
+from custom_components.iot_onboard import wifi_memory
 from custom_components.iot_onboard.account_client import Role
-from custom_components.iot_onboard.const import EXTERNAL_ID_PREFIX
+from custom_components.iot_onboard.const import (
+    CONF_ACCOUNT_URL,
+    CONF_HOUSEHOLD_ID,
+    CONF_REMEMBERED_WIFI,
+    DOMAIN,
+    EXTERNAL_ID_PREFIX,
+)
+from custom_components.iot_onboard.wifi_memory import RememberedWifi
 from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import setup_entry
 
@@ -156,3 +165,73 @@ async def test_a_refusal_of_the_account_service_is_shown_on_the_form(
     assert placeholders is not None
     assert "No such member" in placeholders["error"]
     assert entry.options == {}
+
+
+async def test_forget_the_remembered_wifi(
+    hass: HomeAssistant, hass_storage: dict[str, Any]
+) -> None:
+    """Offered only while a Wi-Fi is remembered; forgetting drops the sealed copy and the key."""
+    household_id = "h" * 32
+    entry = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        title="Home",
+        unique_id=household_id,
+        data={CONF_ACCOUNT_URL: "https://onboard.example", CONF_HOUSEHOLD_ID: household_id},
+    )
+    entry.add_to_hass(hass)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["menu_options"] == ["policies", "user_role"]
+    hass.config_entries.options.async_abort(result["flow_id"])
+
+    wifi = RememberedWifi(b"HomeNet", "correct horse battery", hidden=False)
+    await wifi_memory.async_remember(hass, entry, wifi)
+    sealed = entry.data[CONF_REMEMBERED_WIFI]
+    assert await wifi_memory.async_recall(hass, entry) == wifi
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["type"] is FlowResultType.MENU
+    assert result["menu_options"] == ["policies", "user_role", "forget_wifi"]
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"next_step_id": "forget_wifi"}
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "wifi_forgotten")
+    assert result["description_placeholders"] == {"household": "Home"}
+    assert CONF_REMEMBERED_WIFI not in entry.data
+    assert entry.options == {}
+    assert await wifi_memory.async_recall(hass, entry) is None
+    # The key is gone: a copy of the entry made before does not open any more.
+    assert hass_storage[wifi_memory.STORAGE_KEY]["data"]["keys"] == {}
+    copy = MockConfigEntry(
+        domain=DOMAIN, data={**entry.data, CONF_REMEMBERED_WIFI: sealed}, title="Home"
+    )
+    assert await wifi_memory.async_recall(hass, copy) is None
+
+
+async def test_flows_remembering_at_once_get_the_same_key(hass: HomeAssistant) -> None:
+    """Two devices of a household finishing together: one key, not one each (the later
+    write would leave the other's sealed value without its key)."""
+
+    def slow_to_load() -> wifi_memory.WifiKeys:
+        """A real store reads its file in an executor: others run before the result is in."""
+        keys = wifi_memory.WifiKeys(hass)
+        store = keys._store
+        load = store.async_load
+
+        async def yielding_load() -> dict[str, Any] | None:
+            data = await load()
+            await asyncio.sleep(0)
+            return data
+
+        store.async_load = yielding_load  # type: ignore[method-assign]
+        return keys
+
+    keys = slow_to_load()
+    first, second = await asyncio.gather(
+        keys.async_get_or_create("h" * 32), keys.async_get_or_create("h" * 32)
+    )
+    assert first == second
+    assert await keys.async_get("h" * 32) == first
+    # A flow reading the keys while another creates one does not lose the new key.
+    keys = slow_to_load()
+    created, _ = await asyncio.gather(keys.async_get_or_create("i" * 32), keys.async_get("i" * 32))
+    assert await keys.async_get("i" * 32) == created
