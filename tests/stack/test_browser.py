@@ -241,7 +241,9 @@ class Person:
         # Named by the device's own name, the name field's default.
         created = re.compile(rf"Created configuration for {re.escape(self.device['name'])}\.")
         expect(dialog.locator("p").filter(has_text=created)).to_be_visible()
-        expect(dialog.get_by_text(self.device["device_id"], exact=True)).to_be_visible()
+        # The device itself, under the same name, with the area picker.
+        expect(dialog.get_by_text(self.device["name"], exact=True)).to_be_visible()
+        expect(dialog.get_by_role("combobox", name="Area")).to_be_visible()
         shots.take("success")
         dialog.get_by_role("button", name="Finish").click()
         expect(dialog.get_by_role("heading")).to_have_count(0)
@@ -250,12 +252,12 @@ class Person:
 
     def sees_the_entities(self) -> None:
         """The integration's page → its one device → the device's page, every entity live."""
-        page, device_id = self.page, self.device["device_id"]
+        page = self.page
         page.goto(f"{self.base}/config/integrations/integration/{DOMAIN}")
         expect(page.get_by_text(HOUSEHOLD, exact=True)).to_be_visible()
         self.shots.take("integration")
         page.get_by_role("link", name=re.compile(r"^1 device")).first.click()
-        page.get_by_text(device_id, exact=True).first.click()
+        page.get_by_text(self.device["name"], exact=True).first.click()
         page.wait_for_url("**/config/devices/device/*")
         token = ha_token(self.base, self.owner["username"], self.owner["password"])
         names = list(device_entities(self.base, token))
