@@ -7,14 +7,14 @@ device should be doing and applies the difference to what runs. It decides nothi
 BLE (``device_firmware.ble.bluez``) starts when ``ble`` is on; if BlueZ cannot be used it logs
 one warning with the next step and the device carries on over the LAN. With ``ble_bridge`` set,
 the loopback bridge (``device_firmware.ble.bridge``) serves the same services to TCP clients on
-127.0.0.1 instead of BlueZ (tests and demos). The BLE peripherals follow the window themselves
-(it can lapse between two state changes), by the rules ``decide`` documents.
+127.0.0.1 instead of BlueZ (tests and demos). The BLE peripherals, like the hotspot and the
+captive page, follow the decision; the window can lapse between two state changes, so it is
+checked every :data:`WINDOW_CHECK` seconds and a lapse is decided again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -31,7 +31,7 @@ from .ble.errors import BluezError
 from .changes import StateChanges
 from .config import DeviceConfig, bridge_address
 from .controller import DeviceController
-from .decide import Facts, Uplink, decide
+from .decide import Facts, Uplink, WindowReason, decide
 from .factory import ProvisionedDevice, hotspot_passphrase, hotspot_ssid
 from .led import StatusLed
 from .network.backend import NetworkBackend, NetworkError
@@ -50,6 +50,9 @@ _HTTP_LOGGER = server_logger("device_firmware.http", (HttpProcessingError,))
 #: First retry of a failed zeroconf advertisement, doubling up to the maximum.
 ADVERTISE_RETRY: Final = 5.0
 ADVERTISE_RETRY_MAX: Final = 300.0
+#: How often the window is checked between state changes: it lapses on its own (15 minutes,
+#: or a lockout), and then the hotspot, the captive page and the BLE advertisement go.
+WINDOW_CHECK: Final = 15.0
 
 
 class Presence:
@@ -68,8 +71,13 @@ class Presence:
         window: ProvisioningWindow,
         status_led: StatusLed,
         ble_bus_address: str | None = None,
+        window_check: float | None = None,
     ) -> None:
-        """Nothing starts before :meth:`start`."""
+        """Nothing starts before :meth:`start`.
+
+        ``window_check``: seconds between checks of the window (it can lapse on its own);
+        :data:`WINDOW_CHECK` when None.
+        """
         self._config = config
         self._backend = backend
         self._store = store
@@ -92,6 +100,9 @@ class Presence:
         #: Seconds until a failed advertisement is tried again (None: nothing failed).
         self._advertise_retry: float | None = None
         self._reconcile_lock = asyncio.Lock()
+        self._window_check = WINDOW_CHECK if window_check is None else window_check
+        #: Why the window was open at the last reconcile (None: closed).
+        self._window_seen: WindowReason | None = None
 
     @property
     def ble(self) -> BluezPeripheral | BridgePeripheral | None:
@@ -212,14 +223,21 @@ class Presence:
     # --- reconciling the outside world with the state ---------------------------------------
 
     async def run(self) -> None:
-        """Reconcile at every state change (and retry a failed advertisement) until cancelled."""
+        """Reconcile until cancelled: at every state change and when the window lapsed.
+
+        Also when a failed advertisement is due to be tried again.
+        """
         seen = self._changes.version
         while True:
             # A failed advertisement is retried on its own (backing off), not only at the
             # next state change: a fresh device that nobody can discover would wait for ever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._advertise_retry):
+            retry = self._advertise_retry
+            try:
+                async with asyncio.timeout(min(retry or self._window_check, self._window_check)):
                     seen = await self._changes.wait(seen)
+            except TimeoutError:
+                if retry is None and self._window.reason == self._window_seen:
+                    continue
             await self.reconcile()
 
     async def reconcile(self) -> None:
@@ -228,7 +246,11 @@ class Presence:
             await self._reconcile_locked()
 
     async def authorize_improv(self) -> None:
-        """Improv's physical authorization (a button press), if BLE runs."""
+        """Improv's physical authorization (a button press), if BLE runs.
+
+        Call it after :meth:`reconcile` applied the window the press opened, so Improv is
+        offered before it is authorized.
+        """
         if self._ble is not None:
             await self._ble.authorize_improv()
 
@@ -248,6 +270,7 @@ class Presence:
         decision = decide(facts)
         await self._status_led.show(decision.led)
         window.follow(decision, record)
+        self._window_seen = window.reason
         if self._advertiser is not None and decision.zeroconf is not None:
             # Advertised in every state, only the TXT ``state`` changes: Home Assistant's
             # zeroconf aborts the discovery flows of a REMOVED record (the user's onboarding
@@ -261,8 +284,7 @@ class Presence:
             else:
                 self._advertise_retry = None
         if self._ble is not None:
-            # The peripheral follows the window itself (it can lapse): decision.ble_advertise.
-            await self._ble.update_state(record)  # logs D-Bus failures, never raises
+            await self._ble.follow(record, advertise=decision.ble_advertise)  # never raises
         if decision.probe_uplink:
             decision = decide(dataclasses.replace(facts, uplink=await self._uplink()))
         if decision.hotspot and not self._hotspot_on:

@@ -1,6 +1,6 @@
 """BlueZ over D-Bus: the GATT application, its registration, the advertisements, the links.
 
-:class:`BluezPeripheral` is what the agent uses (``start``, ``stop``, ``update_state``,
+:class:`BluezPeripheral` is what the agent uses (``start``, ``stop``, ``follow``,
 ``authorize_improv``). It exports an application object tree at :data:`APP_PATH` (an
 ``ObjectManager`` root with ``org.bluez.GattService1`` and ``org.bluez.GattCharacteristic1``
 objects for the IoT Onboard and Improv services), registers it with the adapter's
@@ -64,8 +64,8 @@ _DBUS: Final = "org.freedesktop.DBus"
 APP_PATH: Final = "/org/iot_onboard/gatt"
 #: Parent of the advertisement objects.
 ADVERTISEMENT_PATH: Final = "/org/iot_onboard/advertisement"
-#: How often the peripheral re-checks the provisioning window (it can lapse on its own).
-REFRESH_SECONDS: Final = 15.0
+#: How often registering is tried again after bluetoothd restarted without its adapter.
+RETRY_SECONDS: Final = 15.0
 CALL_TIMEOUT: Final = 10.0
 
 _NEXT_STEP_BLUEZ: Final = "start it with 'sudo systemctl enable --now bluetooth'"
@@ -245,13 +245,12 @@ class ProvisioningPeripheral:
         improv: bool,
         clock: MonotonicClock,
         improv_authorization: float,
-        refresh_seconds: float,
     ) -> None:
-        """Build the services; nothing is served yet."""
+        """Build the services; nothing is served yet (nothing advertised before :meth:`follow`)."""
         self._host = host
         self._controller = controller
         self._device_id = device.identity.device_id
-        self._refresh_seconds = refresh_seconds
+        self._advertise = False
         self.provisioning = ProvisioningService(host, clock=clock, on_session=self._session_began)
         self.improv: ImprovService | None = None
         if improv:
@@ -279,8 +278,45 @@ class ProvisioningPeripheral:
             services.append(self.improv)
         return services
 
+    @property
+    def advertise(self) -> bool:
+        """Whether the IoT Onboard advertisement is wanted (the last decision followed)."""
+        return self._advertise
+
+    async def follow(self, record: DeviceStateRecord, *, advertise: bool) -> None:
+        """Show what :func:`~device_firmware.decide.decide` decided for ``record``.
+
+        ``advertise`` is the decision's ``ble_advertise`` (the provisioning window is open):
+        the status characteristic, the IoT Onboard advertisement and Improv's offer follow
+        it. The peripheral reads no window itself; the presence re-decides when the window
+        lapses. D-Bus failures are logged, never raised: BLE is one transport among several
+        and must not stop the agent.
+        """
+        status = BleStatus(
+            phase=ble_phase(record.phase), window_open=advertise, diagnostic=record.diagnostic
+        )
+        await self.provisioning.set_status(status)
+        self._advertise = advertise
+        if self.improv is not None:
+            await self.improv.update(record, window_open=advertise)
+        await self._advertisement_changed()
+
+    async def authorize_improv(self) -> None:
+        """The device's button was pressed (Improv's physical authorization).
+
+        The caller follows the decision first (the press opened the window), so Improv is
+        offered before it is authorized.
+        """
+        if self.improv is not None:
+            await self.improv.authorize()
+
+    async def _advertisement_changed(self) -> None:
+        """What is advertised may have changed: each peripheral shows it its own way."""
+        raise NotImplementedError
+
     async def _improv_state(self, _state: ImprovState) -> None:
-        """Improv's state changed: the advertisement follows (each peripheral's own way)."""
+        """Improv's state changed: the advertisement follows."""
+        await self._advertisement_changed()
 
     async def _session_began(self) -> None:
         if self.improv is not None:
@@ -301,7 +337,7 @@ class BluezPeripheral(ProvisioningPeripheral):
         improv: bool = True,
         clock: MonotonicClock = monotonic,
         improv_authorization: float = AUTHORIZATION_SECONDS,
-        refresh_seconds: float = REFRESH_SECONDS,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         """Configure; nothing touches D-Bus before :meth:`start`.
 
@@ -314,7 +350,8 @@ class BluezPeripheral(ProvisioningPeripheral):
             improv: also offer the Improv Wi-Fi service.
             clock: monotonic clock (ownership and authorization timers).
             improv_authorization: seconds a button press authorizes Improv.
-            refresh_seconds: how often the provisioning window is re-checked.
+            retry_seconds: how often registering is tried again after bluetoothd restarted
+                (its adapter can come back late).
         """
         super().__init__(
             host=host,
@@ -323,8 +360,8 @@ class BluezPeripheral(ProvisioningPeripheral):
             improv=improv,
             clock=clock,
             improv_authorization=improv_authorization,
-            refresh_seconds=refresh_seconds,
         )
+        self._retry_seconds = retry_seconds
         self._adapter_name = adapter
         self._bus_address = bus_address
         self._bus: MessageBus | None = None
@@ -332,7 +369,6 @@ class BluezPeripheral(ProvisioningPeripheral):
         self._app: GattApplication | None = None
         self._adapter: str | None = None
         self._adverts: dict[str, Advertisement] = {}
-        self._want: dict[str, bool] = {}
         self._registered = False
         self._sync_lock = asyncio.Lock()
         self._refresher: asyncio.Task[None] | None = None
@@ -368,11 +404,10 @@ class BluezPeripheral(ProvisioningPeripheral):
             for service in services:
                 await service.start(app.notify)
             await self._register()
-            await self.update_state()
         except BaseException:
             await self.stop()
             raise
-        self._refresher = asyncio.create_task(self._refresh(), name="iob-ble-refresh")
+        self._refresher = asyncio.create_task(self._retry(), name="iob-ble-retry")
         _LOGGER.info("BLE provisioning on %s", self._adapter)
 
     async def stop(self) -> None:
@@ -415,34 +450,6 @@ class BluezPeripheral(ProvisioningPeripheral):
                 await self._call(
                     adapter, IFACE_GATT_MANAGER, "UnregisterApplication", "o", [APP_PATH]
                 )
-
-    async def update_state(self, record: DeviceStateRecord | None = None) -> None:
-        """Follow the device's state (the agent calls this after every change).
-
-        The IoT Onboard advertisement runs while the provisioning window is open; the Improv
-        one while Improv is offered. D-Bus failures are logged, never raised: BLE is one
-        transport among several and must not stop the agent.
-        """
-        record = record if record is not None else self._controller.state
-        window = self._host.window_open
-        status = BleStatus(
-            phase=ble_phase(record.phase), window_open=window, diagnostic=record.diagnostic
-        )
-        await self.provisioning.set_status(status)
-        self._want[_IOB] = window
-        if self.improv is not None:
-            await self.improv.update(record, window_open=window)
-        await self._sync_advertising()
-
-    async def authorize_improv(self) -> None:
-        """The device's button was pressed (Improv's physical authorization).
-
-        Call it after the press opened the provisioning window: the state is re-read first,
-        so Improv is offered before it is authorized.
-        """
-        if self.improv is not None:
-            await self.update_state()
-            await self.improv.authorize()
 
     # --- D-Bus plumbing ---------------------------------------------------------------------
 
@@ -627,14 +634,14 @@ class BluezPeripheral(ProvisioningPeripheral):
         )
 
     def _released(self, path: str) -> None:
-        _LOGGER.warning("BlueZ dropped advertisement %s; retrying on the next refresh", path)
-
-    async def _improv_state(self, _state: ImprovState) -> None:
-        if self._adverts:
-            await self._sync_advertising()
+        _LOGGER.warning(
+            "BlueZ dropped advertisement %s; registering it again within %.0f s",
+            path,
+            self._retry_seconds,
+        )
 
     def _warn(self, what: str, err: BluezError) -> None:
-        """Log a failure once (the refresh retries it every few seconds)."""
+        """Log a failure once (the retry loop tries again every few seconds)."""
         if err.message not in self._warned:
             self._warned.add(err.message)
             _LOGGER.warning("%s: %s", what, err)
@@ -659,7 +666,7 @@ class BluezPeripheral(ProvisioningPeripheral):
         async with self._sync_lock:
             if not await self._ensure_registered():
                 return
-            wanted = {_IOB: (self._want.get(_IOB, False), self._iob_data())}
+            wanted = {_IOB: (self._advertise, self._iob_data())}
             if self.improv is not None:
                 wanted[_IMPROV] = (self.improv.advertised, _improv_data(self.improv.state))
             for key, (want, data) in wanted.items():
@@ -688,10 +695,15 @@ class BluezPeripheral(ProvisioningPeripheral):
             )
             _LOGGER.info("stopped advertising %s", adv.path)
 
-    async def _refresh(self) -> None:
+    async def _advertisement_changed(self) -> None:
+        if self._adverts:
+            await self._sync_advertising()
+
+    async def _retry(self) -> None:
+        """Register again after bluetoothd restarted, if its adapter came back late."""
         while True:
-            await asyncio.sleep(self._refresh_seconds)
-            await self.update_state()
+            await asyncio.sleep(self._retry_seconds)
+            await self._sync_advertising()
 
 
 def ble_phase(phase: Phase) -> BlePhase:

@@ -30,21 +30,19 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias, TypeVar
 
-from iob_protocol.ble import SERVICE_UUID, BleStatus
+from iob_protocol.ble import SERVICE_UUID
 from iob_protocol.sources import MonotonicClock, monotonic
 
 from device_firmware.controller import DeviceController
 from device_firmware.factory import ProvisionedDevice
 from device_firmware.provisioning.session_host import SessionHost
-from device_firmware.state import DeviceStateRecord
 
-from .bluez import REFRESH_SECONDS, ProvisioningPeripheral, ble_phase
+from .bluez import ProvisioningPeripheral
 from .errors import BleError, GattError
 from .improv import (
     AUTHORIZATION_SECONDS,
     IMPROV_SERVICE_DATA_UUID,
     IMPROV_SERVICE_UUID,
-    ImprovState,
     improv_service_data,
 )
 from .loopback import LoopbackCentral, LoopbackPeripheral
@@ -102,7 +100,6 @@ class BridgePeripheral(ProvisioningPeripheral):
         improv: bool = True,
         clock: MonotonicClock = monotonic,
         improv_authorization: float = AUTHORIZATION_SECONDS,
-        refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
         """Configure; nothing listens before :meth:`start` (arguments as BluezPeripheral's).
 
@@ -115,15 +112,12 @@ class BridgePeripheral(ProvisioningPeripheral):
             improv=improv,
             clock=clock,
             improv_authorization=improv_authorization,
-            refresh_seconds=refresh_seconds,
         )
         self._bind = bind
         self._loopback = LoopbackPeripheral(self.services)
-        self._window = False
         self._advertisement: Document | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[_Client] = set()
-        self._refresher: asyncio.Task[None] | None = None
         self._connections = 0
 
     @property
@@ -137,7 +131,7 @@ class BridgePeripheral(ProvisioningPeripheral):
     @property
     def advertising(self) -> dict[str, bool]:
         """Which advertisements (``iot_onboard``, ``improv``) are on the air."""
-        adverts = {_IOB: self._window}
+        adverts = {_IOB: self._advertise}
         if self.improv is not None:
             adverts[_IMPROV] = self.improv.advertised
         return adverts
@@ -164,19 +158,12 @@ class BridgePeripheral(ProvisioningPeripheral):
                 f"the BLE bridge cannot listen on {host} port {self._bind[1]}: {err} "
                 "(choose another port, or 0 for any free one)"
             ) from err
-        await self.update_state()
-        self._refresher = asyncio.create_task(self._refresh(), name="iob-ble-bridge-refresh")
         literal = f"[{host}]" if ":" in host else host
         # Tests started with port 0 read the port from this line.
         _LOGGER.info("BLE bridge listening on %s:%d (no radio, no BlueZ)", literal, self.port)
 
     async def stop(self) -> None:
         """Drop every client (their links close), stop listening, detach the services."""
-        refresher, self._refresher = self._refresher, None
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -187,32 +174,13 @@ class BridgePeripheral(ProvisioningPeripheral):
         await self._loopback.stop()
         self._advertisement = None
 
-    async def update_state(self, record: DeviceStateRecord | None = None) -> None:
-        """Follow the device's state (the agent calls this after every change)."""
-        record = record if record is not None else self._controller.state
-        window = self._host.window_open
-        status = BleStatus(
-            phase=ble_phase(record.phase), window_open=window, diagnostic=record.diagnostic
-        )
-        await self.provisioning.set_status(status)
-        self._window = window
-        if self.improv is not None:
-            await self.improv.update(record, window_open=window)
-        self._publish()
-
-    async def authorize_improv(self) -> None:
-        """The device's button was pressed (Improv's physical authorization)."""
-        if self.improv is not None:
-            await self.update_state()
-            await self.improv.authorize()
-
     # --- advertisement ----------------------------------------------------------------------
 
     def _document(self) -> Document | None:
         """BlueZ's two advertisements merged, as a scanner reports one device."""
         service_data: dict[str, str] = {}
         service_uuids: list[str] = []
-        if self._window:
+        if self._advertise:
             data = self.provisioning.status.service_data(self._device_id)
             service_data[SERVICE_UUID] = data.hex()
         if self.improv is not None and self.improv.advertised:
@@ -239,17 +207,8 @@ class BridgePeripheral(ProvisioningPeripheral):
         for client in list(self._clients):
             client.push({"event": "advertisement", "advertisement": document})
 
-    async def _improv_state(self, _state: ImprovState) -> None:
+    async def _advertisement_changed(self) -> None:
         self._publish()
-
-    async def _refresh(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_seconds)
-            try:
-                await self.update_state()
-            except Exception:
-                # The window can lapse on its own; one failed check must not end the checks.
-                _LOGGER.exception("BLE bridge: refreshing the state failed")
 
     # --- clients ----------------------------------------------------------------------------
 

@@ -271,6 +271,7 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
         *,
         runtime_factory: RuntimeFactory | None = None,
         wall_clock: Callable[[], int] | None = None,
+        clock: Callable[[], float] | None = None,
         zeroconf: bool = False,
         ble_bus_address: str | None = None,
         button_line_factory: Callable[[str, int], EdgeLine] | None = None,
@@ -280,6 +281,8 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
         backend = SimulatedBackend(scenario or home_scenario())
         hardware = Hardware()
         extra: dict[str, Any] = {} if wall_clock is None else {"wall_clock": wall_clock}
+        if clock is not None:
+            extra["clock"] = clock
         agent = Agent(
             cfg,
             backend,

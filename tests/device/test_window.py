@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
+import pytest
+from iob_protocol.ble import SERVICE_UUID
 from iob_protocol.commands import CommandResult, Request
 from iob_protocol.limiter import WINDOW_SECONDS
 
+from device_firmware import presence
+from device_firmware.ble.bridge import BridgePeripheral
 from device_firmware.decide import Facts, Trigger, WindowReason, decide
 from device_firmware.provisioning.session_host import SessionHost
 from device_firmware.state import DeviceStateRecord, Ownership, Phase
 from device_firmware.window import ProvisioningWindow
+from tests.plugins.clock import MONOTONIC_START, FakeClock
 
-from .conftest import Provisioned
+from .conftest import AgentStarter, Provisioned
 
 UNCLAIMED = DeviceStateRecord()
 CLAIMED = DeviceStateRecord(
@@ -74,3 +80,34 @@ def test_the_reason_goes_when_the_window_lapses(provisioned: Provisioned) -> Non
     assert reason(window) is WindowReason.RELEASED
     window.close()
     assert reason(window) is None
+
+
+async def test_a_lapsed_window_takes_the_hotspot_and_the_ble_advertisement_down(
+    start_agent: AgentStarter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing changes in the state when the 15 minutes run out, yet what ran for the window
+    (the setup hotspot, its captive page, the BLE advertisement) must go: the presence
+    notices the lapse and decides again."""
+    monkeypatch.setattr(presence, "WINDOW_CHECK", 0.02)
+    clock = FakeClock(MONOTONIC_START)
+    async with start_agent(clock=clock, ble=True, ble_bridge="127.0.0.1:0") as running:
+        ble = running.agent.ble
+        assert isinstance(ble, BridgePeripheral)
+
+        def up() -> tuple[bool, bool, bool]:
+            """Hotspot, captive page, BLE advertisement: read afresh at every call."""
+            return (
+                running.backend.hotspot is not None,
+                bool(running.agent.captive_ports()),
+                ble.advertising["iot_onboard"],
+            )
+
+        assert up() == (True, True, True)
+        clock.advance(WINDOW_SECONDS + 1)
+        for _ in range(1000):
+            if up() == (False, False, False):
+                break
+            await asyncio.sleep(0.01)
+        assert up() == (False, False, False)
+        advert = ble.advertisement
+        assert advert is None or SERVICE_UUID not in advert["service_data"]

@@ -24,6 +24,7 @@ from dbus_fast.aio import MessageBus
 from iob_protocol.framing import ChunkReassembler, chunk_frame
 from iob_protocol.session import ClientSession
 
+from device_firmware.ble.bluez import ProvisioningPeripheral
 from device_firmware.ble.gatt import ProvisioningService, payload_size
 from device_firmware.ble.improv import ImprovService
 from device_firmware.ble.loopback import LoopbackPeripheral
@@ -56,6 +57,10 @@ class Device:
 
     def qr_client(self) -> ClientSession:
         return self.provisioned.qr_client()
+
+    async def show(self, peripheral: ProvisioningPeripheral) -> None:
+        """Do the presence's part: the peripheral follows the state and the window."""
+        await peripheral.follow(self.store.current, advertise=self.host.window_open)
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ def make_peripheral(device: Device, bluez: BluezMock, **options: object) -> Blue
 async def peripheral(device: Device, bluez: BluezMock) -> AsyncIterator[BluezPeripheral]:
     ble = make_peripheral(device, bluez)
     await ble.start()
+    await device.show(ble)
     try:
         yield ble
     finally:
@@ -123,7 +124,7 @@ async def test_state_changes_refresh_the_advertisement_and_the_window_controls_i
     await device.store.update(
         phase=Phase.PROVISIONING, diagnostic=DiagnosticCode.DHCP_TIMEOUT, diagnostic_at=1
     )
-    await peripheral.update_state()
+    await device.show(peripheral)
 
     def failed(adverts: dict[str, dict[str, Any]]) -> bool:
         data = adverts[IOB_ADVERT]["ServiceData"]
@@ -134,11 +135,11 @@ async def test_state_changes_refresh_the_advertisement_and_the_window_controls_i
     assert (value.phase, value.diagnostic) == (BlePhase.PROVISIONING, DiagnosticCode.DHCP_TIMEOUT)
 
     device.host.close_window()
-    await peripheral.update_state()
+    await device.show(peripheral)
     assert await bluez.advertisements() == {}
     assert peripheral.advertising == {"iot_onboard": False, "improv": False}
     device.host.open_window(WindowReason.BUTTON)
-    await peripheral.update_state()
+    await device.show(peripheral)
     assert set(await bluez.advertisements()) == {IOB_ADVERT, IMPROV_ADVERT}
 
 
@@ -230,7 +231,7 @@ async def test_improv_long_write_through_bluetoothd(
     assert not device.store.current.claimed
 
     # Improv is done: its advertisement goes; ours stays (HA claims the device over LAN).
-    await peripheral.update_state()
+    await device.show(peripheral)
     assert set(await bluez.advertisements()) == {IOB_ADVERT}
 
 
@@ -254,8 +255,9 @@ async def test_stop_withdraws_application_and_advertisements(
 
 
 async def test_bluetoothd_restart_registers_again(device: Device, bluez: BluezMock) -> None:
-    ble = make_peripheral(device, bluez, refresh_seconds=0.05)
+    ble = make_peripheral(device, bluez, retry_seconds=0.05)
     await ble.start()
+    await device.show(ble)
     try:
         await bluez.restart()
         rows = await eventually(bluez.characteristics, bool)
@@ -380,9 +382,10 @@ async def test_a_button_press_offers_and_authorizes_improv(
     peripheral: BluezPeripheral, bluez: BluezMock, device: Device
 ) -> None:
     device.host.close_window()  # the 15 minutes ran out
-    await peripheral.update_state()
+    await device.show(peripheral)
     assert await bluez.advertisements() == {}
     device.host.open_window(WindowReason.BUTTON)
+    await device.show(peripheral)
     await peripheral.authorize_improv()
 
     def authorized(adverts: dict[str, dict[str, Any]]) -> bool:

@@ -130,6 +130,7 @@ async def bridge(device: Device) -> AsyncIterator[BridgePeripheral]:
         bind=(LOOPBACK, 0),
     )
     await peripheral.start()
+    await device.show(peripheral)
     try:
         yield peripheral
     finally:
@@ -225,7 +226,7 @@ async def test_advertisement_follows_the_window_and_is_pushed(
     assert await client.advertisement() is not None
 
     device.host.close_window()
-    await bridge.update_state()
+    await device.show(bridge)
     await eventually(lambda: pushed and pushed[-1] is None, what="no advertisement pushed")
     assert await client.advertisement() is None
     assert bridge.advertising["iot_onboard"] is False
@@ -234,6 +235,7 @@ async def test_advertisement_follows_the_window_and_is_pushed(
 
     # A button press reopens the window: both advertisements come back, Improv authorized.
     device.host.open_window(WindowReason.BUTTON)
+    await device.show(bridge)
     await bridge.authorize_improv()
     advert = await client.advertisement()
     assert advert is not None
@@ -246,7 +248,7 @@ async def test_advertisement_follows_the_window_and_is_pushed(
     await client.stop_notify(STATE_UUID)
     seen = len(states)
     device.host.close_window()
-    await bridge.update_state()
+    await device.show(bridge)
     assert parse_state_value(bytes(await client.read_gatt_char(STATE_UUID))).window_open is False
     assert len(states) == seen
     await client.disconnect()
