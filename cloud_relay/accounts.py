@@ -180,7 +180,7 @@ class Accounts:
         """A new account, signed in."""
         self._ctx.limiters.sign_up_per_address.hit(client)
         account = await self.create_account(email, password, display_name)
-        return await self._issue(account)
+        return await self.issue(account)
 
     async def sign_in(self, email: str, password: str, client: str) -> TokenPair:
         """Check the password; rate-limited per account and per client address."""
@@ -207,9 +207,10 @@ class Accounts:
                 await conn.execute(
                     "UPDATE accounts SET password_hash = $1 WHERE id = $2", new_hash, row["id"]
                 )
-        return await self._issue(_account(row))
+        return await self.issue(_account(row))
 
-    async def _issue(self, account: Account) -> TokenPair:
+    async def issue(self, account: Account) -> TokenPair:
+        """A new session (token family) for ``account``."""
         now = self._ctx.now()
         family = new_id()
         async with self._ctx.storage.transaction() as conn:

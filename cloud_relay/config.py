@@ -19,6 +19,7 @@ from iob_protocol.canonical import b64url_decode, b64url_encode
 from iob_protocol.errors import EncodingError
 
 from .errors import ConfigError
+from .provisioning import tokens_path
 from .storage.files import write_private_file
 
 SECRET_KEY_BYTES: Final = 32
@@ -107,6 +108,9 @@ class RelayConfig:
     max_clock_skew: int = 120
     max_body_bytes: int = 64 * 1024
     max_import_bytes: int = 16 * 1024 * 1024
+    #: The one-time provisioning tokens (``provisioning.py``) this service redeems; beside the
+    #: configuration file. None: no file, so no token is ever valid.
+    provisioning_tokens: Path | None = None
 
     def __post_init__(self) -> None:
         """Refuse values that would weaken the service."""
@@ -239,7 +243,13 @@ def load_config(  # noqa: C901 - one check per section
         raise ConfigError(f"unknown key(s) in [http]: {', '.join(sorted(http))}")
     if "IOB_RELAY_DATABASE_URL" in env:
         data["database_url"] = env["IOB_RELAY_DATABASE_URL"]
-    scalar = {f.name for f in fields(RelayConfig)} - {"secret_key", "broker", "argon2", "limits"}
+    scalar = {f.name for f in fields(RelayConfig)} - {
+        "secret_key",
+        "broker",
+        "argon2",
+        "limits",
+        "provisioning_tokens",
+    }
     unknown = set(data) - scalar
     if unknown:
         raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
@@ -249,6 +259,7 @@ def load_config(  # noqa: C901 - one check per section
             broker=broker,
             argon2=_section(Argon2Params, argon2_data, "argon2"),
             limits=_section(RateLimits, limits_data, "limits"),
+            provisioning_tokens=None if path is None else tokens_path(path),
             **top,
             **data,
         )

@@ -147,6 +147,17 @@ class RefreshTokenReusedError(RelayError):
     )
 
 
+class ProvisioningTokenInvalidError(RelayError):
+    """The provisioning token is unknown, spent or expired (or this service has none)."""
+
+    status = 401
+    code = ErrorCode.PROVISIONING_TOKEN_INVALID
+    default_message = (
+        "This provisioning token is unknown, already used or expired; restart the IoT Onboard "
+        "add-on (it announces a new one), or sign in with an e-mail and password instead."
+    )
+
+
 class EmailTakenError(ConflictError):
     """Sign-up with an e-mail address that has an account."""
 

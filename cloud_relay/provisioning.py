@@ -2,8 +2,9 @@
 
 The Home Assistant add-on starts the service with nobody signed up. At every start it mints one
 token here (``iob-relay provisioning-token``) and announces it, with the service's URL, through
-the Supervisor's discovery API; Home Assistant's discovery flow will redeem it (its endpoint
-belongs to the HA-side issue and is not built yet: :func:`redeem_token` is the part it will call).
+the Supervisor's discovery API; Home Assistant's ``async_step_hassio`` redeems it with
+``POST /v1/provisioning/redeem`` (:meth:`cloud_relay.relay.Relay.redeem_provisioning`, which
+calls :func:`redeem_token`).
 
 A token is 256 random bits, valid once and for ``ttl`` seconds. Only its SHA-256 is stored, in a
 JSON file beside the configuration (mode 0600, replaced atomically, under an exclusive lock so a

@@ -10,6 +10,8 @@ import contextlib
 import logging
 from typing import Final
 
+from iob_protocol import account_api as api
+
 from . import audit
 from .accounts import Accounts
 from .broker import BrokerAdapter, ReconcileReport
@@ -18,9 +20,11 @@ from .claims import Claims
 from .context import Context
 from .device_keys import DeviceKeys
 from .devices import Devices
-from .errors import RelayError
+from .errors import ProvisioningTokenInvalidError, RelayError
 from .households import Households
+from .provisioning import redeem_token
 from .registry import Registry
+from .tokens import new_id, new_token
 
 _LOGGER: Final = logging.getLogger(__name__)
 PURGE_INTERVAL: Final = 600.0
@@ -38,6 +42,29 @@ class Relay:
         self.claims = Claims(ctx, self.households)
         self.devices = Devices(ctx, self.households)
         self.device_keys = DeviceKeys(ctx, self.households)
+
+    async def redeem_provisioning(
+        self, token: str, household_name: str, client: str
+    ) -> api.Provisioned:
+        """Spend a one-time provisioning token (the add-on's announcement to Home Assistant).
+
+        The token makes the household's owner account (named "Home Assistant", with a random
+        password nobody is told: the account is used through the returned session), signed in,
+        with a household named ``household_name``. The token is spent before anything is made,
+        so two redeems of one token never make two owners; if making the account fails after
+        that, the add-on's next start announces a fresh token.
+        """
+        self.ctx.limiters.sign_up_per_address.hit(client)
+        path = self.ctx.config.provisioning_tokens
+        now = self.ctx.now()
+        if path is None or not await asyncio.to_thread(redeem_token, path, token, now=now):
+            raise ProvisioningTokenInvalidError
+        email = f"home-assistant-{new_id()[:16]}@provisioned.invalid"
+        account = await self.accounts.create_account(email, new_token(), "Home Assistant")
+        household = await self.households.create(account, household_name)
+        tokens = await self.accounts.issue(account)
+        _LOGGER.info("provisioning token redeemed: household %s", household.household_id)
+        return api.Provisioned(tokens=tokens.answer(), household=household)
 
     @property
     def broker(self) -> BrokerAdapter:

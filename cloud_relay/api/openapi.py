@@ -397,6 +397,29 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
         },
         "/v1/auth/sign-out": {"post": _Op("Revoke this session", tag="auth", ok=(204, None))},
         "/v1/auth/me": {"get": _Op("The signed-in account", tag="auth", ok=(200, "Account"))},
+        "/v1/provisioning/redeem": {
+            "post": _Op(
+                "Redeem the add-on's one-time provisioning token (Home Assistant)",
+                tag="auth",
+                ok=(201, "Provisioned"),
+                errors=(401, 429),
+                auth=False,
+                description=(
+                    "The Home Assistant add-on announces the service's URL and a one-time token "
+                    "through the Supervisor; Home Assistant spends it here for a new owner "
+                    "account, signed in, with a household. A token works once and expires; "
+                    "401 `provisioning_token_invalid` otherwise."
+                ),
+                body=_ref("ProvisioningRequest"),
+                links={
+                    "Refresh": _body_link(
+                        "post",
+                        "/v1/auth/refresh",
+                        {"refresh_token": "$response.body#/tokens/refresh_token"},
+                    )
+                },
+            )
+        },
         "/v1/invitations/accept": {
             "post": _Op(
                 "Join a household with an invitation token",

@@ -11,6 +11,7 @@ from iob_protocol.account_api import (
     CredentialRequest,
     Health,
     ModelList,
+    ProvisioningRequest,
     RefreshRequest,
     Released,
     ReleaseRequest,
@@ -93,6 +94,16 @@ async def sign_out(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     """The signed-in account."""
     return ok((await account(request)).answer())
+
+
+@routes.post("/v1/provisioning/redeem")
+async def redeem_provisioning(request: web.Request) -> web.Response:
+    """A one-time provisioning token → a new owner account, signed in, and its household."""
+    body = await read_body(request, ProvisioningRequest)
+    provisioned = await relay(request).redeem_provisioning(
+        body.token, body.household_name, client_address(request)
+    )
+    return ok(provisioned, status=201)
 
 
 @routes.post("/v1/invitations/accept")

@@ -50,6 +50,7 @@ from .iob_protocol.account_api import (
     Health,
     HouseholdList,
     MemberList,
+    Provisioned,
     Released,
     TokenPair,
     WireFormatError,
@@ -122,6 +123,10 @@ class InvalidCredentialsError(AuthenticationError):
     """401 ``invalid_credentials``: wrong e-mail or password."""
 
 
+class ProvisioningTokenInvalidError(AuthenticationError):
+    """401 ``provisioning_token_invalid``: the add-on's one-time token is spent or expired."""
+
+
 class ForbiddenError(AccountApiError):
     """403: the account's role in the household does not allow this."""
 
@@ -182,6 +187,7 @@ _CODE_ERRORS: Final[dict[str, type[AccountApiError]]] = {
     ErrorCode.CLOCK_SKEW: ClockSkewError,
     ErrorCode.BAD_SIGNATURE: ClaimRejectedError,
     ErrorCode.INVALID_CREDENTIALS: InvalidCredentialsError,
+    ErrorCode.PROVISIONING_TOKEN_INVALID: ProvisioningTokenInvalidError,
     ErrorCode.EMAIL_TAKEN: EmailTakenError,
     ErrorCode.ALREADY_OWNED: AlreadyOwnedError,
     ErrorCode.CLAIM_REJECTED: ClaimRejectedError,
@@ -505,6 +511,16 @@ class AccountClient:
         signed_in = _signed_in(pair, self._clock())
         self._set_tokens(signed_in.tokens)
         return signed_in
+
+    async def redeem_provisioning(
+        self, token: str, household_name: str
+    ) -> tuple[SignedIn, Household]:
+        """Spend the add-on's one-time token: a new owner account, signed in, and its household."""
+        body = api.ProvisioningRequest(token=token, household_name=household_name).body()
+        answer = _parse(Provisioned, await self._request("POST", "/v1/provisioning/redeem", body))
+        signed_in = _signed_in(answer.tokens, self._clock())
+        self._set_tokens(signed_in.tokens)
+        return signed_in, answer.household
 
     async def me(self) -> Account:
         """The signed-in account."""

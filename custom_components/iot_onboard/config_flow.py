@@ -52,6 +52,7 @@ for the household's own device, and a stale record of it does not stop the manua
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import voluptuous as vol
@@ -76,6 +77,7 @@ from homeassistant.helpers.selector import (
     TextSelectorConfig,
     TextSelectorType,
 )
+from homeassistant.helpers.service_info.hassio import HassioServiceInfo
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from yarl import URL
 
@@ -129,6 +131,16 @@ CONF_HOUSEHOLD_NAME: Final = "household_name"
 
 NEW_HOUSEHOLD: Final = "new_household"
 
+
+@dataclass(frozen=True, slots=True)
+class AddonAnnouncement:
+    """What the add-on told Home Assistant through the Supervisor's discovery."""
+
+    url: str
+    token: str = field(repr=False)
+    name: str
+
+
 #: What an unclaimed device advertises: the zeroconf TXT ``state`` and the BLE phase.
 _UNCLAIMED_TXT_STATES: Final = frozenset({"unclaimed", "provisioning"})
 _UNCLAIMED_PHASES: Final = frozenset({BlePhase.UNCLAIMED, BlePhase.PROVISIONING})
@@ -139,6 +151,24 @@ _PASSWORD_SCHEMA: Final = vol.Schema(
         )
     }
 )
+
+
+def addon_url(raw: object) -> str | None:
+    """The URL the add-on announced through the Supervisor, or None when it is not one.
+
+    Plain http is accepted here: the Supervisor's discovery is trusted (only an add-on can
+    post it, and only Home Assistant can read it) and the add-on answers on the host's
+    internal add-on network, where the official add-ons' links are plain http too.
+    """
+    if not isinstance(raw, str):
+        return None
+    try:
+        url = URL(raw.strip())
+    except ValueError:
+        return None
+    if url.scheme not in {"http", "https"} or not url.host or url.user or url.query_string:
+        return None
+    return str(url.with_fragment(None)).rstrip("/")
 
 
 def normalize_account_url(raw: str) -> str | None:
@@ -179,6 +209,8 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
 
     #: The sign-in of this flow: set by the account step before the household step.
     _session: AccountSession
+    #: The add-on's announcement: set by the hassio step before its confirm.
+    _addon: AddonAnnouncement
 
     # Added by the runtime (issue 6): the options (roles) live in options_flow.py.
     @staticmethod
@@ -456,6 +488,50 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
         await self._async_set_checked_unique_id(entry, account_id, households)
         self._abort_if_unique_id_mismatch(reason="wrong_account")
         return client
+
+    # --- the add-on (Home Assistant OS) ---------------------------------------------------------
+
+    async def async_step_hassio(self, discovery_info: HassioServiceInfo) -> ConfigFlowResult:
+        """The IoT Onboard add-on announced its account service and a one-time token."""
+        url = addon_url(discovery_info.config.get("url"))
+        token = discovery_info.config.get("token")
+        if url is None or not isinstance(token, str) or not token:
+            return self.async_abort(reason="invalid_discovery_info")
+        for entry in self._household_entries():
+            if entry.data.get(CONF_ACCOUNT_URL) == url:
+                return self.async_abort(reason="already_configured")
+        await self.async_set_unique_id(f"addon_{discovery_info.slug}")
+        self._abort_if_unique_id_configured()
+        self._addon = AddonAnnouncement(url=url, token=token, name=discovery_info.name)
+        self.context["title_placeholders"] = {"name": discovery_info.name}
+        return await self.async_step_hassio_confirm()
+
+    async def async_step_hassio_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """One confirm links this Home Assistant to a new household on the add-on's service."""
+        addon = self._addon
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            client = AccountClient(addon.url, session=async_get_clientsession(self.hass))
+            try:
+                signed_in, household = await client.redeem_provisioning(
+                    addon.token, self.hass.config.location_name or "Home"
+                )
+            except AccountServiceError as err:
+                failure = flow_error(Stage.ADDON, err)
+                if failure.abort is not None:
+                    return self.async_abort(reason=failure.abort)
+                errors = failure.as_errors()
+            else:
+                session = AccountSession(client, signed_in, (household,))
+                return await self._async_household_chosen(session, household)
+        self._set_confirm_only()
+        return self.async_show_form(
+            step_id="hassio_confirm",
+            description_placeholders={"addon": addon.name, "url": addon.url},
+            errors=errors,
+        )
 
     # --- discovery and the manual add -------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .account_client import (
     ForbiddenError,
     InvalidCredentialsError,
     NotFoundError,
+    ProvisioningTokenInvalidError,
     RateLimitedError,
     WeakPasswordError,
 )
@@ -65,6 +66,8 @@ class Stage(StrEnum):
     STORED_SESSION = "stored_session"
     #: Signing in or creating an account.
     SIGN_IN = "sign_in"
+    #: Redeeming the add-on's one-time provisioning token (Home Assistant OS).
+    ADDON = "addon"
     #: Any other account-service call a retry may fix (households, claim status).
     ACCOUNT = "account"
     #: Creating a claim: refusals a retry cannot fix end the flow.
@@ -133,6 +136,11 @@ FLOW_ERRORS: Final[Mapping[tuple[Stage, type[Exception] | str], FlowError]] = {
     (Stage.SIGN_IN, RateLimitedError): FlowError("rate_limited"),
     (Stage.SIGN_IN, AccountApiError): FlowError("account_refused", log=True),
     (Stage.SIGN_IN, AccountServiceError): FlowError("not_account_service", log=True),
+    # The add-on's announcement: its token works once.
+    (Stage.ADDON, ProvisioningTokenInvalidError): FlowError(abort="addon_token_invalid"),
+    (Stage.ADDON, AccountConnectionError): FlowError("addon_unreachable"),
+    (Stage.ADDON, RateLimitedError): FlowError("rate_limited"),
+    (Stage.ADDON, AccountServiceError): FlowError("account_refused", log=True),
     # Creating a claim.
     (Stage.CLAIM, AlreadyOwnedError): FlowError(abort="already_owned"),
     (Stage.CLAIM, ClaimRejectedError): FlowError(abort="claim_rejected"),

@@ -2,9 +2,10 @@
 Supervisor on loopback, the real Mosquitto and the real account service.
 
 What the Supervisor would see: the add-on asks for its own info, starts both services, announces
-``iot_onboard`` with a URL that answers and a token that redeems once; a hub credential from the
-service connects to the broker on the device port; SIGTERM stops both services (SQLite's WAL
-checkpointed, the broker gone) and a restart keeps accounts and broker clients.
+``iot_onboard`` with a URL that answers and a token that redeems once over HTTP; a hub
+credential from the service connects to the broker on the device port; SIGTERM stops both
+services (SQLite's WAL checkpointed, the broker gone) and a restart keeps accounts and broker
+clients.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,6 @@ import aiohttp
 import aiomqtt
 import pytest
 from aiohttp import web
-
-from cloud_relay.provisioning import redeem_token, tokens_path
 
 REPO = Path(__file__).parents[2]
 RUN_SCRIPT = REPO / "addon" / "iot_onboard_relay" / "rootfs" / "run.sh"
@@ -217,10 +215,14 @@ async def test_run_script_starts_announces_stops_and_restarts_with_its_data(
             assert url == f"http://localhost:{supervisor.http_port}"
             status, health = await _call(http, "GET", url + "/v1/health")
             assert (status, health["status"]) == (200, "ok")
-            # The token is one-time: it redeems once (the endpoint is the HA-side issue's).
-            tokens = tokens_path(data_dir / "relay" / "relay.toml")
-            assert redeem_token(tokens, token, now=time.time())
-            assert not redeem_token(tokens, token, now=time.time())
+            # The token is one-time: Home Assistant's hassio step redeems it once at the
+            # announced URL for a new household (the service reads the add-on's tokens file).
+            redeem = {"token": token, "household_name": "Home"}
+            status, provisioned = await _call(http, "POST", url + "/v1/provisioning/redeem", redeem)
+            assert status == 201, provisioned
+            assert provisioned["household"]["role"] == "owner"
+            status, refused = await _call(http, "POST", url + "/v1/provisioning/redeem", redeem)
+            assert (status, refused["error"]["code"]) == (401, "provisioning_token_invalid")
             # The service drives its broker: a household's hub credential connects on the
             # device port, as devices and Home Assistant are told.
             status, signed_up = await _call(

@@ -24,6 +24,7 @@ from homeassistant.components import bluetooth
 from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
 from homeassistant.config_entries import (
     SOURCE_BLUETOOTH,
+    SOURCE_HASSIO,
     SOURCE_IGNORE,
     SOURCE_RECONFIGURE,
     SOURCE_USER,
@@ -36,6 +37,7 @@ from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.selector import SelectSelector
+from homeassistant.helpers.service_info.hassio import HassioServiceInfo
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from homeassistant.helpers.translation import async_get_translations
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -69,6 +71,7 @@ from custom_components.iot_onboard.account_client import (
     InvalidCredentialsError,
     Model,
     NotFoundError,
+    ProvisioningTokenInvalidError,
     RateLimitedError,
     Role,
     ServiceHealth,
@@ -2931,3 +2934,97 @@ def test_a_sealed_wifi_opens_only_with_its_key_for_its_household(damage: str) ->
         sealed = "*" + sealed
     with pytest.raises(wifi_memory.WifiMemoryError):
         wifi_memory.unseal(key, household, sealed)
+
+
+# --- the add-on (Home Assistant OS): the Supervisor's discovery -----------------------------
+
+ADDON_URL = "http://2f5a1c3e-iot-onboard-relay:8080"
+ADDON_TOKEN = "t" * 43
+
+
+def addon_discovery(**config: Any) -> HassioServiceInfo:
+    """What the Supervisor hands the flow for the add-on's ``POST /discovery``."""
+    return HassioServiceInfo(
+        config={"url": ADDON_URL, "token": ADDON_TOKEN, **config},
+        name="IoT Onboard account service",
+        slug="2f5a1c3e_iot_onboard_relay",
+        uuid="0123456789abcdef0123456789abcdef",
+    )
+
+
+async def test_the_addon_links_a_new_household_after_one_confirm(
+    hass: HomeAssistant, account: MagicMock, account_cls: MagicMock
+) -> None:
+    hass.config.location_name = "Our home"
+    account.base_url = ADDON_URL
+    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_HASSIO}, data=addon_discovery()
+    )
+    assert (result["type"], result["step_id"]) == (FlowResultType.FORM, "hassio_confirm")
+    assert result["description_placeholders"] == {
+        "addon": "IoT Onboard account service",
+        "url": ADDON_URL,
+    }
+    account.redeem_provisioning.assert_not_called()  # nothing is spent before the confirm
+    # The service is still starting: the confirm says so and can be tried again.
+    account.redeem_provisioning.side_effect = [AccountConnectionError("refused"), None]
+    result = await submit(hass, result["flow_id"], {})
+    assert result["errors"] == {"base": "addon_unreachable"}
+    account.redeem_provisioning.side_effect = None
+    result = await submit(hass, result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Home"
+    assert result["result"].unique_id == HID
+    assert result["data"][CONF_ACCOUNT_URL] == ADDON_URL
+    assert result["data"][CONF_HOUSEHOLD_ID] == HID
+    account_cls.assert_called_with(ADDON_URL, session=ANY)
+    account.redeem_provisioning.assert_called_with(ADDON_TOKEN, "Our home")
+    account.sign_in.assert_not_called()
+
+
+async def test_a_spent_addon_token_ends_with_the_next_step(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    account.redeem_provisioning.side_effect = ProvisioningTokenInvalidError(
+        401, "provisioning_token_invalid", ""
+    )
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_HASSIO}, data=addon_discovery()
+    )
+    result = await submit(hass, result["flow_id"], {})
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "addon_token_invalid")
+    assert "Restart the IoT Onboard add-on" in STRINGS["abort"]["addon_token_invalid"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"url": "ftp://x"},
+        {"url": "http://user@host:8080"},
+        {"url": "http://[::1"},
+        {"url": 5},
+        {"token": ""},
+        {"token": 1},
+    ],
+)
+async def test_a_malformed_addon_announcement_is_refused(
+    hass: HomeAssistant, account: MagicMock, config: dict[str, Any]
+) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_HASSIO}, data=addon_discovery(**config)
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "invalid_discovery_info")
+    account.redeem_provisioning.assert_not_called()
+
+
+async def test_an_addon_already_linked_is_not_offered_again(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    entry = household_entry(hass)
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_ACCOUNT_URL: ADDON_URL})
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_HASSIO}, data=addon_discovery()
+    )
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
+    account.redeem_provisioning.assert_not_called()

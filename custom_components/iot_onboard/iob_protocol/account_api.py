@@ -90,6 +90,7 @@ class ErrorCode(StrEnum):
     REFRESH_TOKEN_INVALID = "refresh_token_invalid"  # noqa: S105
     REFRESH_TOKEN_REUSED = "refresh_token_reused"  # noqa: S105
     REGISTRY_DEVICE_NOT_FOUND = "registry_device_not_found"
+    PROVISIONING_TOKEN_INVALID = "provisioning_token_invalid"  # noqa: S105
     RELEASE_STALE = "release_stale"
     REQUEST_TOO_LARGE = "request_too_large"
     SHARE_NOT_FOUND = "share_not_found"
@@ -352,6 +353,14 @@ class HouseholdList(WireModel):
     """The caller's households."""
 
     households: tuple[Household, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provisioned(WireModel):
+    """A redeemed provisioning token: the owner account it made, signed in, and its household."""
+
+    tokens: TokenPair
+    household: Household
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -712,6 +721,14 @@ class AcceptInvitationRequest(WireRequest):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisioningRequest(WireRequest):
+    """``POST /v1/provisioning/redeem``: the add-on's one-time token (Home Assistant)."""
+
+    token: Annotated[str, MaxLength(128)] = field(repr=False)
+    household_name: Name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConfirmationRequest(WireRequest):
     """``POST /v1/claims/confirm`` and ``/v1/zero-touch/confirm``: the signed confirmation."""
 
@@ -861,6 +878,7 @@ REQUEST_MODELS: Final[tuple[type[WireRequest], ...]] = (
     SignInRequest,
     RefreshRequest,
     AcceptInvitationRequest,
+    ProvisioningRequest,
     ConfirmationRequest,
     ReleaseRequest,
     CredentialRequest,
@@ -885,6 +903,7 @@ RESPONSE_MODELS: Final[tuple[type[WireModel], ...]] = (
     TokenPair,
     Household,
     HouseholdList,
+    Provisioned,
     Member,
     MemberList,
     Invitation,
