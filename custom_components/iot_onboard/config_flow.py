@@ -51,14 +51,16 @@ for the household's own device, and a stale record of it does not stop the manua
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import voluptuous as vol
 from homeassistant.components import bluetooth
 from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
 from homeassistant.config_entries import (
+    SOURCE_HASSIO,
     SOURCE_IGNORE,
     ConfigEntry,
     ConfigEntryState,
@@ -67,6 +69,7 @@ from homeassistant.config_entries import (
 from homeassistant.core import callback
 from homeassistant.data_entry_flow import AbortFlow
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.hassio import is_hassio
 from homeassistant.helpers.selector import (
     BooleanSelector,
     SelectOptionDict,
@@ -83,6 +86,7 @@ from yarl import URL
 
 from . import repairs
 from .account_client import AccountClient, AccountServiceError, Household, TokenSet
+from .addon import ADDON_NAME, AddonAnnouncement, AddonSetupError, async_set_up_addon
 from .const import (
     CONF_ACCOUNT_ID,
     CONF_ACCOUNT_URL,
@@ -122,6 +126,8 @@ from .onboarding import (
 )
 from .options_flow import IotOnboardOptionsFlow
 
+_LOGGER = logging.getLogger(__name__)
+
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 CONF_PASSWORD: Final = FIELD_PASSWORD
@@ -130,15 +136,6 @@ CONF_HOUSEHOLD: Final = "household"
 CONF_HOUSEHOLD_NAME: Final = "household_name"
 
 NEW_HOUSEHOLD: Final = "new_household"
-
-
-@dataclass(frozen=True, slots=True)
-class AddonAnnouncement:
-    """What the add-on told Home Assistant through the Supervisor's discovery."""
-
-    url: str
-    token: str = field(repr=False)
-    name: str
 
 
 #: What an unclaimed device advertises: the zeroconf TXT ``state`` and the BLE phase.
@@ -211,6 +208,8 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     _session: AccountSession
     #: The add-on's announcement: set by the hassio step before its confirm.
     _addon: AddonAnnouncement
+    #: Installing and starting the add-on (the install_addon progress step).
+    _addon_task: asyncio.Task[dict[str, Any]] | None = None
 
     # Added by the runtime (issue 6): the options (roles) live in options_flow.py.
     @staticmethod
@@ -240,10 +239,16 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     # --- household accounts -------------------------------------------------------------------
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """Add a household account, or (with one set up) a device discovery cannot see."""
+        """Add a household account, or (with one set up) a device discovery cannot see.
+
+        On Home Assistant OS without a household, the add-on is offered first: installed,
+        started and linked from here, nothing typed.
+        """
         del user_input  # a menu or the account form; nothing is submitted here
         if self._household_entries():
             return self.async_show_menu(step_id="user", menu_options=["account", "manual_device"])
+        if is_hassio(self.hass):
+            return self.async_show_menu(step_id="user", menu_options=["install_addon", "account"])
         return await self.async_step_account()
 
     async def async_step_account(
@@ -510,28 +515,85 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
         """One confirm links this Home Assistant to a new household on the add-on's service."""
-        addon = self._addon
         errors: dict[str, str] = {}
         if user_input is not None:
-            client = AccountClient(addon.url, session=async_get_clientsession(self.hass))
-            try:
-                signed_in, household = await client.redeem_provisioning(
-                    addon.token, self.hass.config.location_name or "Home"
-                )
-            except AccountServiceError as err:
-                failure = flow_error(Stage.ADDON, err)
-                if failure.abort is not None:
-                    return self.async_abort(reason=failure.abort)
-                errors = failure.as_errors()
-            else:
-                session = AccountSession(client, signed_in, (household,))
-                return await self._async_household_chosen(session, household)
+            linked, errors = await self._async_link_addon()
+            if linked is not None:
+                return linked
+        return self._addon_confirm_form(errors)
+
+    def _addon_confirm_form(self, errors: dict[str, str]) -> ConfigFlowResult:
         self._set_confirm_only()
         return self.async_show_form(
             step_id="hassio_confirm",
-            description_placeholders={"addon": addon.name, "url": addon.url},
+            description_placeholders={"addon": self._addon.name, "url": self._addon.url},
             errors=errors,
         )
+
+    async def _async_link_addon(self) -> tuple[ConfigFlowResult | None, dict[str, str]]:
+        """Redeem the add-on's token for a new household: the entry or an abort, else errors."""
+        addon = self._addon
+        for entry in self._household_entries():
+            if entry.data.get(CONF_ACCOUNT_URL) == addon.url:
+                return self.async_abort(reason="already_configured"), {}
+        client = AccountClient(addon.url, session=async_get_clientsession(self.hass))
+        try:
+            signed_in, household = await client.redeem_provisioning(
+                addon.token, self.hass.config.location_name or "Home"
+            )
+        except AccountServiceError as err:
+            failure = flow_error(Stage.ADDON, err)
+            if failure.abort is not None:
+                return self.async_abort(reason=failure.abort), {}
+            return None, failure.as_errors()
+        for flow in self._async_in_progress():
+            # The add-on's own discovery card: this flow used its token.
+            if flow["context"].get("source") == SOURCE_HASSIO:
+                self.hass.config_entries.flow.async_abort(flow["flow_id"])
+        session = AccountSession(client, signed_in, (household,))
+        return await self._async_household_chosen(session, household), {}
+
+    async def async_step_install_addon(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Add the repository, install and start the add-on, wait for its announcement."""
+        del user_input  # a progress step
+        if self._addon_task is None:
+            self._addon_task = self.hass.async_create_task(
+                async_set_up_addon(self.hass), eager_start=False
+            )
+        if not self._addon_task.done():
+            return self.async_show_progress(
+                step_id="install_addon",
+                progress_action="install_addon",
+                description_placeholders={"addon": ADDON_NAME},
+                progress_task=self._addon_task,
+            )
+        return self.async_show_progress_done(next_step_id="addon_installed")
+
+    async def async_step_addon_installed(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """The add-on announced itself: link this Home Assistant to it (nothing to confirm)."""
+        del user_input  # reached from the progress step only
+        # Reached only from the progress step, which set the task and saw it done.
+        task = cast("asyncio.Task[dict[str, Any]]", self._addon_task)
+        self._addon_task = None
+        try:
+            config = task.result()
+        except AddonSetupError as err:
+            _LOGGER.warning("%s add-on: %s", ADDON_NAME, err)
+            return self.async_abort(reason=err.reason)
+        except TimeoutError:
+            _LOGGER.warning("%s add-on: no announcement after it started", ADDON_NAME)
+            return self.async_abort(reason="addon_not_announced")
+        url, token = addon_url(config.get("url")), config.get("token")
+        if url is None or not isinstance(token, str) or not token:
+            return self.async_abort(reason="invalid_discovery_info")
+        self._addon = AddonAnnouncement(url=url, token=token, name=ADDON_NAME)
+        linked, errors = await self._async_link_addon()
+        # Started but not answering yet: the one-confirm step says so and retries in place.
+        return self._addon_confirm_form(errors) if linked is None else linked
 
     # --- discovery and the manual add -------------------------------------------------------
 

@@ -22,6 +22,12 @@ import pytest
 import voluptuous as vol
 from homeassistant.components import bluetooth
 from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
+from homeassistant.components.hassio.addon_manager import (
+    AddonError,
+    AddonInfo,
+    AddonManager,
+    AddonState,
+)
 from homeassistant.config_entries import (
     SOURCE_BLUETOOTH,
     SOURCE_HASSIO,
@@ -3028,3 +3034,156 @@ async def test_an_addon_already_linked_is_not_offered_again(
     )
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "already_configured")
     account.redeem_provisioning.assert_not_called()
+
+
+# --- installing the add-on from the integration (Home Assistant OS) -------------------------
+
+
+@dataclasses.dataclass
+class Supervisor:
+    """The Supervisor as the add-on setup sees it: its store client and the add-on's manager."""
+
+    client: MagicMock
+    manager: MagicMock
+
+
+@pytest.fixture
+def supervisor() -> Generator[Supervisor]:
+    """Home Assistant OS with a mocked Supervisor (as core's matter and zwave_js tests do)."""
+    client = MagicMock()
+    client.store.repositories_list = AsyncMock(return_value=[])
+    client.store.add_repository = AsyncMock()
+    manager = create_autospec(AddonManager, instance=True)
+    manager.async_get_addon_info.side_effect = [
+        addon_info(AddonState.NOT_INSTALLED),
+        addon_info(AddonState.NOT_RUNNING),
+    ]
+    # Started: it announces itself once its service answers (the first look finds nothing).
+    manager.async_get_addon_discovery_info.side_effect = [
+        AddonError("not yet"),
+        {"url": ADDON_URL, "token": ADDON_TOKEN},
+    ]
+    with (
+        patch("custom_components.iot_onboard.config_flow.is_hassio", return_value=True),
+        patch("custom_components.iot_onboard.addon.get_supervisor_client", return_value=client),
+        patch("custom_components.iot_onboard.addon.get_addon_manager", return_value=manager),
+        patch("custom_components.iot_onboard.addon.ANNOUNCE_POLL", 0),
+    ):
+        yield Supervisor(client, manager)
+
+
+def addon_info(state: AddonState) -> AddonInfo:
+    return AddonInfo(
+        available=True,
+        hostname=None,
+        options={},
+        state=state,
+        update_available=False,
+        version=None,
+    )
+
+
+async def install_addon(hass: HomeAssistant) -> Any:
+    """The user's path on Home Assistant OS: Add integration → the add-on; its outcome."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    assert result["menu_options"] == ["install_addon", "account"]
+    result = await submit(hass, result["flow_id"], {"next_step_id": "install_addon"})
+    assert result["type"] is FlowResultType.SHOW_PROGRESS
+    assert result["progress_action"] == "install_addon"
+    await hass.async_block_till_done()
+    return await submit(hass, result["flow_id"])
+
+
+async def test_the_addon_is_installed_started_and_linked_with_nothing_typed(
+    hass: HomeAssistant, account: MagicMock, supervisor: Supervisor
+) -> None:
+    hass.config.location_name = "Our home"
+    account.base_url = ADDON_URL
+    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+    result = await install_addon(hass)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"][CONF_ACCOUNT_URL] == ADDON_URL
+    assert result["data"][CONF_HOUSEHOLD_ID] == HID
+    supervisor.client.store.add_repository.assert_awaited_once()
+    (options,) = supervisor.client.store.add_repository.await_args.args
+    assert options.repository == "https://github.com/iot-onboard/iot-onboard"
+    supervisor.manager.async_install_addon.assert_awaited_once()
+    supervisor.manager.async_start_addon.assert_awaited_once()
+    account.redeem_provisioning.assert_awaited_once_with(ADDON_TOKEN, "Our home")
+    account.sign_in.assert_not_called()
+
+
+async def test_an_installed_running_addon_is_only_linked(
+    hass: HomeAssistant, account: MagicMock, supervisor: Supervisor
+) -> None:
+    repository = MagicMock(source="https://github.com/iot-onboard/iot-onboard")
+    supervisor.client.store.repositories_list.return_value = [repository]
+    supervisor.manager.async_get_addon_info.side_effect = [addon_info(AddonState.RUNNING)]
+    supervisor.manager.async_get_addon_discovery_info.side_effect = [
+        {"url": ADDON_URL, "token": ADDON_TOKEN}
+    ]
+    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+    result = await install_addon(hass)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    supervisor.client.store.add_repository.assert_not_awaited()
+    supervisor.manager.async_install_addon.assert_not_awaited()
+    supervisor.manager.async_start_addon.assert_not_awaited()
+
+
+async def test_a_failed_install_names_the_add_on_log(
+    hass: HomeAssistant, account: MagicMock, supervisor: Supervisor
+) -> None:
+    supervisor.manager.async_install_addon.side_effect = AddonError("no space left")
+    result = await install_addon(hass)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "addon_install_failed")
+    assert "its log" in STRINGS["abort"]["addon_install_failed"]
+    account.redeem_provisioning.assert_not_called()
+
+
+@pytest.mark.usefixtures("account")
+async def test_an_addon_that_never_announces_ends_with_its_log(
+    hass: HomeAssistant, supervisor: Supervisor
+) -> None:
+    supervisor.manager.async_get_addon_discovery_info.side_effect = AddonError("not yet")
+    with patch("custom_components.iot_onboard.addon.ANNOUNCE_TIMEOUT", 0.05):
+        result = await install_addon(hass)
+    assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "addon_not_announced")
+
+
+@pytest.mark.usefixtures("supervisor")
+async def test_a_started_addon_not_answering_yet_is_retried_in_place(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    account.redeem_provisioning.side_effect = [
+        AccountConnectionError("refused"),
+        (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME),
+    ]
+    result = await install_addon(hass)
+    assert (result["step_id"], result["errors"]) == (
+        "hassio_confirm",
+        {"base": "addon_unreachable"},
+    )
+    result = await submit(hass, result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+@pytest.mark.usefixtures("supervisor")
+async def test_the_addons_own_card_goes_once_the_flow_linked_it(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """The started add-on's discovery card would redeem a spent token: it is taken away."""
+    card = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_HASSIO}, data=addon_discovery()
+    )
+    assert card["step_id"] == "hassio_confirm"
+    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+    result = await install_addon(hass)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert [flow["flow_id"] for flow in hass.config_entries.flow.async_progress()] == []
+    account.redeem_provisioning.assert_awaited_once()
+
+
+async def test_without_the_supervisor_the_account_form_comes_first(hass: HomeAssistant) -> None:
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert (result["type"], result["step_id"]) == (FlowResultType.FORM, "account")
