@@ -184,9 +184,9 @@ def test_install_run_remove_purge_in_a_root(package: Package, root: Path) -> Non
     assert (root / "etc" / "iot-onboard" / "device.toml").is_file()
     # systemctl --root enabled the unit for multi-user.target.
     wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / UNIT
-    assert os.readlink(wants) == f"/usr/lib/systemd/system/{UNIT}"
+    assert str(wants.readlink()) == f"/usr/lib/systemd/system/{UNIT}"
     venv = root / "opt" / "iot-onboard" / "venv"
-    assert os.readlink(venv) == "venv-0.1.0"
+    assert str(venv.readlink()) == "venv-0.1.0"
 
     # The venv is Python 3.11 (Bookworm's); its dependencies come from the device311 venv.
     purelib = _run(
