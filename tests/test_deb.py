@@ -36,9 +36,11 @@ class Package:
     control: Path  # the control archive, extracted
 
 
-def _run(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: object, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, check=False, **kwargs
+        [str(a) for a in args], capture_output=True, text=True, check=False, env=env, cwd=cwd
     )
     assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
