@@ -217,8 +217,16 @@ def test_install_run_remove_purge_in_a_root(package: Package, root: Path) -> Non
     assert where[0] == "(3, 11"
     assert Path(where[1].strip()).is_relative_to(Path(purelib))
 
-    # remove: the program goes, the device's keys and state stay.
+    # An update (here the same version again): a new venv, the old one gone, the keys kept.
     (data / "identity.json").write_text("{}")
+    first = venv.resolve()
+    _dpkg(root, "--install", package.deb)
+    assert venv.resolve() != first
+    assert not first.exists()
+    assert sorted(p.name for p in venv.parent.iterdir()) == ["venv", venv.resolve().name]
+    assert (data / "identity.json").is_file()
+
+    # remove: the program goes, the device's keys and state stay.
     _dpkg(root, "--remove", "iot-onboard-device")
     assert not (root / "opt" / "iot-onboard").exists()
     assert not (root / "usr" / "lib" / "systemd" / "system" / UNIT).exists()
