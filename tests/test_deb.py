@@ -2,12 +2,15 @@
 
 The package is installed with the real dpkg into a scratch root (``dpkg --root`` with
 ``--force-script-chrootless``: the maintainer scripts run on this host with ``DPKG_ROOT`` set),
-so dpkg's unpacking, conffiles and the postinst/prerm/postrm arguments are real. What this host
-cannot do in a scratch root is stubbed on PATH and recorded: ``adduser``/``addgroup`` (they edit
-the host's /etc/passwd) and ``chown`` (the user ``iob`` does not exist here). ``systemctl
---root`` is the real one. Not exercised here (a VM with systemd does that): the unit starting,
-polkitd reading the rule, udev applying the LED rule, pip resolving the dependencies from an
-index or a vendored wheelhouse (the venv's dependencies come from the device311 venv).
+so dpkg's unpacking, conffiles and the postinst/prerm/postrm arguments are real. The installed
+package is the offline variant (``--wheels``): its wheelhouse is the device311 venv's
+dependencies repacked (tests/deb/repack_wheels.py), so pip really resolves and installs every
+dependency with ``--no-index`` against the bundled constraints, on Debian's Python 3.11. What
+this host cannot do in a scratch root is stubbed on PATH and recorded: ``adduser``/``addgroup``
+(they edit the host's /etc/passwd) and ``chown`` (the user ``iob`` does not exist here).
+``systemctl --root`` is the real one. Not exercised here (a VM with systemd does that): the unit
+starting, polkitd reading the rule, udev applying the LED rule, pip fetching from an index (the
+``_all`` package's way).
 """
 
 from __future__ import annotations
@@ -55,6 +58,29 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Package:
     control = out / "control"
     _run("dpkg-deb", "--control", deb, control)
     return Package(deb=deb, control=control)
+
+
+@pytest.fixture(scope="module")
+def offline_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package with a wheelhouse for this machine's CPU (Python 3.11)."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    _run(
+        _device311_python(),
+        REPO / "tests" / "deb" / "repack_wheels.py",
+        REPO / "pyproject.toml",
+        wheels,
+    )
+    arch = _run("dpkg", "--print-architecture").stdout.strip()
+    out = tmp_path_factory.mktemp("deb-offline")
+    built = _run(
+        REPO / "scripts" / "build-deb",
+        *("--out", out, "--python", sys.executable, "--wheels", wheels, "--arch", arch),
+    )
+    deb = Path(built.stdout.strip().splitlines()[-1])
+    assert deb.name == f"iot-onboard-device_0.1.0_{arch}.deb"
+    postinst = _run("dpkg-deb", "--info", deb, "postinst").stdout
+    assert 'OFFLINE="yes"' in postinst  # pip gets --no-index
+    return deb
 
 
 def _contents(deb: Path) -> dict[str, str]:
@@ -132,13 +158,17 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def _python311() -> Path:
-    """The interpreter behind the device311 venv (Debian's 3.11, Bookworm's build)."""
+def _device311_python() -> Path:
     python = PY311_VENV / "bin" / "python"
     if not python.exists():
         pytest.fail(f"{PY311_VENV} is missing: scripts/setup creates it")
-    base = _run(python, "-c", "import sys; print(sys._base_executable)").stdout.strip()
-    return Path(base).resolve()
+    return python
+
+
+def _python311() -> Path:
+    """The interpreter behind the device311 venv (Debian's 3.11, Bookworm's build)."""
+    base = _run(_device311_python(), "-c", "import sys; print(sys._base_executable)")
+    return Path(base.stdout.strip()).resolve()
 
 
 def _dpkg(root: Path, *args: object) -> subprocess.CompletedProcess[str]:
@@ -154,9 +184,7 @@ def _dpkg(root: Path, *args: object) -> subprocess.CompletedProcess[str]:
         "PATH": f"{stubs}:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "HOME": str(root.parent),
-        # The agent's wheel only: its dependencies are the device311 venv's (below), not an
-        # index's. The machine's pip.conf does not apply.
-        "PIP_NO_DEPS": "1",
+        # The machine's pip.conf (an index, caps) does not apply.
         "PIP_CONFIG_FILE": os.devnull,
     }
     return _run(
@@ -171,9 +199,9 @@ def _dpkg(root: Path, *args: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_install_run_remove_purge_in_a_root(package: Package, root: Path) -> None:
+def test_install_run_remove_purge_in_a_root(offline_package: Path, root: Path) -> None:
     data = root / "var" / "lib" / "iot-onboard"
-    _dpkg(root, "--install", package.deb)
+    _dpkg(root, "--install", offline_package)
 
     calls = (root.parent / "calls").read_text().splitlines()
     assert (
@@ -191,19 +219,10 @@ def test_install_run_remove_purge_in_a_root(package: Package, root: Path) -> Non
     assert re.fullmatch(r"venv-0\.1\.0-\w{6}", str(venv.readlink()))
     assert (venv.resolve().stat().st_mode & 0o777) == 0o755  # the user iob runs it
 
-    # The venv is Python 3.11 (Bookworm's); its dependencies come from the device311 venv.
+    # The venv is Python 3.11 (Bookworm's) with the agent and every dependency in it.
     purelib = _run(
         venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"
     ).stdout.strip()
-    # Its site directories as its .pth files left them; plain lines here run none of them, so
-    # the device311 venv's editable install of the checkout stays out.
-    deps = _run(
-        PY311_VENV / "bin" / "python",
-        "-c",
-        "import sys; print(*(p for p in sys.path if p and not p.startswith(sys.base_prefix)),"
-        " sep=chr(10))",
-    ).stdout
-    (Path(purelib) / "deps-from-device311.pth").write_text(deps)
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(root.parent)}
     helped = _run(venv / "bin" / "iob-device", "--help", env=env, cwd=root.parent)
     assert helped.stdout.startswith("usage: iob-device")
@@ -216,11 +235,21 @@ def test_install_run_remove_purge_in_a_root(package: Package, root: Path) -> Non
     ).stdout.split(") ")
     assert where[0] == "(3, 11"
     assert Path(where[1].strip()).is_relative_to(Path(purelib))
+    frozen = _run(venv / "bin" / "python", "-m", "pip", "list", "--format=freeze", env=env)
+    pinned = set((REPO / "requirements" / "device311.lock").read_text().splitlines())
+    installed = {
+        line
+        for line in frozen.stdout.splitlines()
+        if not line.startswith(("pip==", "setuptools==", "iot-onboard"))
+    }
+    assert "cryptography" in {line.split("==")[0] for line in installed}
+    # The exact versions of the lock the package carries (pip and setuptools seed the venv).
+    assert installed <= pinned
 
     # An update (here the same version again): a new venv, the old one gone, the keys kept.
     (data / "identity.json").write_text("{}")
     first = venv.resolve()
-    _dpkg(root, "--install", package.deb)
+    _dpkg(root, "--install", offline_package)
     assert venv.resolve() != first
     assert not first.exists()
     assert sorted(p.name for p in venv.parent.iterdir()) == ["venv", venv.resolve().name]
