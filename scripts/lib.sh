@@ -14,7 +14,7 @@
 set -euo pipefail
 
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
-SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/lib.sh .ci/run
+SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/build-deb scripts/lib.sh .ci/run
   addon/iot_onboard_relay/rootfs/run.sh)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
