@@ -32,7 +32,7 @@ from .announce import SERVICE_TYPE, RelayAnnouncer, check_addresses
 from .broker.mosquitto import MosquittoDynsecAdapter
 from .config import RelayConfig, load_config, write_secret_key
 from .context import Context
-from .errors import RelayError
+from .errors import RelayError, exit_status
 from .provisioning import DEFAULT_TTL, mint_token, tokens_path
 from .registry import parse_records
 from .relay import Relay
@@ -279,23 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if os.environ.get("IOB_RELAY_ACCESS_LOG") == "0":  # the add-on, below its debug level
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    try:
-        if args.command == "init":
-            return _init(args.config)
-        if args.command == "provisioning-token":
-            token = mint_token(tokens_path(args.config), ttl=args.ttl, now=time.time())
-            _out(token)
-            return 0
-        config = load_config(args.config)
-        if args.command == "serve":
-            return _serve(config, args.announce)
-        return asyncio.run(_run(args, config))
-    except RelayError as err:
-        sys.stderr.write(f"error: {err.message}\n")
-        return 1
-    except OSError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
+    return exit_status(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        return _init(args.config)
+    if args.command == "provisioning-token":
+        token = mint_token(tokens_path(args.config), ttl=args.ttl, now=time.time())
+        _out(token)
+        return 0
+    config = load_config(args.config)
+    if args.command == "serve":
+        return _serve(config, args.announce)
+    return asyncio.run(_run(args, config))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import aiohttp
 
 from .broker.local import MosquittoError, MosquittoInstallation, MosquittoProcess
 from .config import write_secret_key
-from .errors import ConfigError
+from .errors import ConfigError, exit_status
 from .provisioning import MAX_TTL, mint_token, tokens_path
 from .storage.files import make_private_directory, write_private_file
 
@@ -447,14 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     supervisor_url = os.environ.get("IOB_ADDON_SUPERVISOR", "http://supervisor")
-    try:
-        return asyncio.run(run(args.data, supervisor_url, os.environ.get("SUPERVISOR_TOKEN")))
-    except ConfigError as err:
-        sys.stderr.write(f"error: {err.message}\n")
-        return 1
-    except OSError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
+    return exit_status(
+        lambda: asyncio.run(run(args.data, supervisor_url, os.environ.get("SUPERVISOR_TOKEN"))),
+        (ConfigError,),
+    )
 
 
 if __name__ == "__main__":

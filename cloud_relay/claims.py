@@ -66,6 +66,19 @@ class Owned:
         )
 
 
+async def _reject_other_claims(
+    conn: Connection, *, device_id: str, claim_id: str, now: int
+) -> None:
+    """The device's other pending claims lose: ``claim_id`` took it."""
+    await conn.execute(
+        "UPDATE claims SET status = 'rejected', completed_at = $1 "
+        "WHERE device_id = $2 AND status = 'pending' AND id <> $3",
+        now,
+        device_id,
+        claim_id,
+    )
+
+
 async def take_ownership(
     conn: Connection,
     plan: BrokerPlan,
@@ -101,13 +114,7 @@ async def take_ownership(
     )
     if len(taken) != 1:
         return None
-    await conn.execute(
-        "UPDATE claims SET status = 'rejected', completed_at = $1 "
-        "WHERE device_id = $2 AND status = 'pending' AND id <> $3",
-        now,
-        device_id,
-        claim_id,
-    )
+    await _reject_other_claims(conn, device_id=device_id, claim_id=claim_id, now=now)
     version = taken[0]["credential_version"]
     # Put already by the caller's ``prepare`` when nothing changed since (see Claims.confirm).
     credential = await plan.put_before(device_id, int(version))
@@ -155,13 +162,7 @@ async def take_back(
     )
     if len(taken) != 1:
         return None
-    await conn.execute(
-        "UPDATE claims SET status = 'rejected', completed_at = $1 "
-        "WHERE device_id = $2 AND status = 'pending' AND id <> $3",
-        now,
-        device_id,
-        claim_id,
-    )
+    await _reject_other_claims(conn, device_id=device_id, claim_id=claim_id, now=now)
     version = int(taken[0]["credential_version"])
     credential = await plan.put_device(device_id, version)
     await plan.sync_hubs(conn, [household_id])

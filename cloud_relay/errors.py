@@ -7,6 +7,8 @@ released. The message is English and says what to do next.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import ClassVar
 
 from iob_protocol.account_api import ErrorCode
@@ -396,3 +398,17 @@ class AuditChainError(RelayError):
 
     code = ErrorCode.AUDIT_CHAIN_BROKEN
     default_message = "The audit log was edited or truncated; restore it from a backup."
+
+
+def exit_status(
+    command: Callable[[], int], errors: tuple[type[RelayError], ...] = (RelayError,)
+) -> int:
+    """``command()``'s exit status; one of ``errors`` or an OSError is one ``error:`` line, 1."""
+    try:
+        return command()
+    except errors as err:
+        sys.stderr.write(f"error: {err.message}\n")
+        return 1
+    except OSError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1

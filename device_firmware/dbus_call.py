@@ -8,11 +8,12 @@ own error with the next step for the person at the device (``NetworkManagerError
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from dbus_fast import Message, MessageType
+from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
@@ -36,6 +37,21 @@ class DBusCallError(DeviceError):
         self.member = member
         self.detail = detail
         self.error_name = error_name
+
+
+async def connect(bus_address: str | None) -> MessageBus:
+    """The system bus, or the bus at ``bus_address`` (a private one), connected.
+
+    Raises :class:`DBusCallError` (member ``connect``, the failure as its ``detail``).
+    """
+    try:
+        if bus_address is None:
+            bus = MessageBus(bus_type=BusType.SYSTEM)
+        else:
+            bus = MessageBus(bus_address=bus_address)
+        return await bus.connect()
+    except (OSError, EOFError, DBusError) as err:
+        raise DBusCallError("connect", str(err)) from err
 
 
 async def call(
@@ -74,3 +90,51 @@ async def call(
         text = str(reply.body[0]) if reply.body else ""
         raise DBusCallError(member, text, error_name=reply.error_name or "unknown")
     return list(reply.body)
+
+
+class BusClient(abc.ABC):
+    """A backend that calls one service on the bus (BlueZ, NetworkManager) through :func:`call`.
+
+    Subclasses say which bus to use, the service's bus name and how a failed call reads as
+    their own error.
+    """
+
+    __slots__ = ()
+
+    #: The service's bus name, where :meth:`_call` sends to unless told otherwise.
+    _DESTINATION: str
+    #: Seconds a reply may take; None: as long as the connection lives.
+    _CALL_TIMEOUT: float | None = None
+
+    @abc.abstractmethod
+    async def _bus_for_call(self) -> MessageBus:
+        """The connected bus to call on (or raise the backend's error)."""
+
+    @abc.abstractmethod
+    def _call_error(self, err: DBusCallError) -> Exception:
+        """The failed call as the backend's error."""
+
+    async def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        destination: str | None = None,
+    ) -> list[Any]:
+        bus = await self._bus_for_call()
+        try:
+            return await call(
+                bus,
+                self._DESTINATION if destination is None else destination,
+                path,
+                interface,
+                member,
+                signature=signature,
+                body=body,
+                timeout=self._CALL_TIMEOUT,
+            )
+        except DBusCallError as err:
+            raise self._call_error(err) from err

@@ -377,25 +377,24 @@ def _object(data: Any, where: str, expected: set[str]) -> dict[str, Any]:
     return data
 
 
-def _text(document: dict[str, Any], name: str) -> str:
+def _field(document: dict[str, Any], name: str, kind: type[_T], what: str) -> _T:
     value = document[name]
-    if not isinstance(value, str):
-        raise CorruptStateError(f"{name} must be a string")
+    # A JSON true/false is a bool, which Python counts as an int: not an integer here.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CorruptStateError(f"{name} must be {what}")
     return value
+
+
+def _text(document: dict[str, Any], name: str) -> str:
+    return _field(document, name, str, "a string")
 
 
 def _integer(document: dict[str, Any], name: str) -> int:
-    value = document[name]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CorruptStateError(f"{name} must be an integer")
-    return value
+    return _field(document, name, int, "an integer")
 
 
 def _boolean(document: dict[str, Any], name: str) -> bool:
-    value = document[name]
-    if not isinstance(value, bool):
-        raise CorruptStateError(f"{name} must be true or false")
-    return value
+    return _field(document, name, bool, "true or false")
 
 
 def _binary(value: Any, name: str) -> bytes:

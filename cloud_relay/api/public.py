@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from iob_protocol.account_api import (
     WireRequest,
 )
 
+from cloud_relay.claims import Claims, Owned
 from cloud_relay.errors import ClaimNotFoundError, ModelNotFoundError
 
 from .common import (
@@ -129,22 +131,26 @@ async def _statement(request: web.Request, model: type[_Statement]) -> _Statemen
     return await read_body(request, model)
 
 
+async def _owned(
+    request: web.Request, own: Callable[[Claims, object], Awaitable[Owned]]
+) -> web.Response:
+    """The device's signed confirmation, owned by ``own`` (a :class:`Claims` method)."""
+    statement = (await _statement(request, ConfirmationRequest)).confirmation
+    service = relay(request)
+    owned = await own(service.claims, statement)
+    return ok(owned.answer(service.ctx))
+
+
 @routes.post("/v1/claims/confirm")
 async def confirm_claim(request: web.Request) -> web.Response:
     """The device's signed claim confirmation, from the device or relayed by HA."""
-    statement = (await _statement(request, ConfirmationRequest)).confirmation
-    service = relay(request)
-    owned = await service.claims.confirm(statement)
-    return ok(owned.answer(service.ctx))
+    return await _owned(request, Claims.confirm)
 
 
 @routes.post("/v1/zero-touch/confirm")
 async def confirm_zero_touch(request: web.Request) -> web.Response:
     """A pre-assigned device's signed request to be owned by its order's household."""
-    statement = (await _statement(request, ConfirmationRequest)).confirmation
-    service = relay(request)
-    owned = await service.claims.zero_touch(statement)
-    return ok(owned.answer(service.ctx))
+    return await _owned(request, Claims.zero_touch)
 
 
 @routes.post("/v1/devices/release-by-device")

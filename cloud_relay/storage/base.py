@@ -18,6 +18,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeAlias, TypeVar
 
+from cloud_relay.errors import StorageError
+
 if sys.version_info < (3, 12):
     _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -62,9 +64,15 @@ class Connection(abc.ABC):
         row = await self.fetchrow(sql, *args)
         return None if row is None else next(iter(row.values()))
 
-    @abc.abstractmethod
+    #: Reads the audit chain's head row, locking it where the dialect needs a lock for that.
+    _audit_head_sql: str
+
     async def lock_audit_head(self) -> Row:
         """Lock and return the audit chain's head row until the transaction ends."""
+        row = await self.fetchrow(self._audit_head_sql)
+        if row is None:
+            raise StorageError("the audit head row is missing; run `python -m cloud_relay migrate`")
+        return row
 
     @abc.abstractmethod
     async def lock(self, key: str) -> None:
@@ -97,9 +105,13 @@ class Storage(abc.ABC):
     async def close(self) -> None:
         """Close every connection."""
 
-    @abc.abstractmethod
     async def _applied_versions(self, conn: Connection) -> set[int]:
         """Migration versions already applied (creating the bookkeeping table if needed)."""
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+        )
+        return {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
 
     @abc.abstractmethod
     def _migration_transaction(self) -> AbstractAsyncContextManager[Connection]:

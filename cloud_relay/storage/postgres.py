@@ -41,6 +41,7 @@ class PostgresConnection(Connection):
     """A wrapped asyncpg connection."""
 
     dialect = "postgres"
+    _audit_head_sql = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
 
     def __init__(self, connection: Any) -> None:
         """Wrap ``connection`` (an ``asyncpg.Connection``)."""
@@ -68,13 +69,6 @@ class PostgresConnection(Connection):
         # A transaction-scoped advisory lock (released at commit or rollback); under READ
         # COMMITTED the statements after it see what the previous holder committed.
         await self.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"iob:{key}")
-
-    @override
-    async def lock_audit_head(self) -> Row:
-        row = await self.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-        if row is None:
-            raise StorageError("the audit head row is missing; run `python -m cloud_relay migrate`")
-        return row
 
 
 class PostgresStorage(Storage):
@@ -148,14 +142,6 @@ class PostgresStorage(Storage):
         async with self.transaction() as conn:
             await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             yield conn
-
-    @override
-    async def _applied_versions(self, conn: Connection) -> set[int]:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
-        )
-        return {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
 
     @override
     async def close(self) -> None:

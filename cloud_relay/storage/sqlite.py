@@ -41,6 +41,8 @@ class SqliteConnection(Connection):
     """A wrapped aiosqlite connection."""
 
     dialect = "sqlite"
+    # The transaction already holds SQLite's single write lock (BEGIN IMMEDIATE).
+    _audit_head_sql = "SELECT seq, hash FROM audit_head WHERE id = 1"
 
     def __init__(self, connection: aiosqlite.Connection) -> None:
         """Wrap ``connection``."""
@@ -76,14 +78,6 @@ class SqliteConnection(Connection):
         # Nothing to do: every transaction holds SQLite's single write lock (BEGIN IMMEDIATE),
         # so writers are serialised already.
         del key
-
-    @override
-    async def lock_audit_head(self) -> Row:
-        # The transaction already holds SQLite's single write lock (BEGIN IMMEDIATE).
-        row = await self.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
-        if row is None:
-            raise StorageError("the audit head row is missing; run `python -m cloud_relay migrate`")
-        return row
 
 
 class SqliteStorage(Storage):
@@ -182,14 +176,6 @@ class SqliteStorage(Storage):
     @override
     def _migration_transaction(self) -> Any:
         return self.transaction()
-
-    @override
-    async def _applied_versions(self, conn: Connection) -> set[int]:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
-        )
-        return {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
 
     @override
     async def close(self) -> None:

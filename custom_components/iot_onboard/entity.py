@@ -11,11 +11,12 @@ still lists the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Final
 
 from homeassistant.const import EntityCategory
-from homeassistant.core import Context, callback
+from homeassistant.core import Context, HomeAssistant, callback
 from homeassistant.helpers.device_registry import DeviceInfo
 from homeassistant.helpers.entity import Entity
 from homeassistant.helpers.entity_platform import AddEntitiesCallback
@@ -47,6 +48,29 @@ TRANSLATED: Final[dict[str, frozenset[str]]] = {
 _CATEGORIES: Final = {"config": EntityCategory.CONFIG, "diagnostic": EntityCategory.DIAGNOSTIC}
 
 type EntityFactory = Callable[[IotOnboardCoordinator, str, EntityMeta], IotOnboardEntity]
+type SetupEntry = Callable[
+    [HomeAssistant, IotOnboardConfigEntry, AddEntitiesCallback], Awaitable[None]
+]
+
+
+def enum_or_none[E: StrEnum](kind: type[E], value: str | None) -> E | None:
+    """``value`` as a member of ``kind``; None when absent or not one of its values."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        return None
+
+
+def float_or_none(text: str | None) -> float | None:
+    """``text`` as a number; None when absent or not one."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class IotOnboardEntity(Entity):
@@ -54,6 +78,8 @@ class IotOnboardEntity(Entity):
 
     _attr_has_entity_name = True
     _attr_should_poll = False
+    #: The platform's device class enum: the descriptor's ``device_class`` when it is one.
+    _device_class_enum: type[StrEnum] | None = None
 
     def __init__(
         self, coordinator: IotOnboardCoordinator, device_id: str, meta: EntityMeta
@@ -72,6 +98,8 @@ class IotOnboardEntity(Entity):
             self._attr_name = meta.name
             if meta.icon is not None:
                 self._attr_icon = meta.icon
+        if self._device_class_enum is not None:
+            self._attr_device_class = enum_or_none(self._device_class_enum, meta.device_class)
         self._attr_entity_category = _CATEGORIES.get(meta.entity_category or "")
         if meta.platform == "sensor" and self._attr_entity_category is EntityCategory.DIAGNOSTIC:
             # Load, memory, disk, CPU temperature, last boot, Wi-Fi signal: for troubleshooting,
@@ -99,6 +127,11 @@ class IotOnboardEntity(Entity):
             return None
         value = data.states.get(self.key)
         return None if value in (None, "", "unknown") else value
+
+    @property
+    def on_off(self) -> bool | None:
+        """``on``/``off`` as published (any case); anything else is unknown."""
+        return {"on": True, "off": False}.get((self.state_text or "").lower())
 
     @property
     def available(self) -> bool:
@@ -232,3 +265,21 @@ def async_setup_platform_entities(
     entry.async_on_unload(coordinator.async_add_devices_callback(entities.add_for))
     if entry.entry_id == coordinator.entry.entry_id:
         entry.async_on_unload(coordinator.async_add_hand_over_callback(entities.hand_over))
+
+
+def platform_setup_entry(platform: str, factory: EntityFactory) -> SetupEntry:
+    """The ``async_setup_entry`` of a platform whose entities ``factory`` makes.
+
+    It adds the platform's entities for every descriptor, now and as devices appear.
+    """
+
+    async def async_setup_entry(
+        hass: HomeAssistant,
+        entry: IotOnboardConfigEntry,
+        async_add_entities: AddEntitiesCallback,
+    ) -> None:
+        del hass
+        async_setup_platform_entities(entry, platform, factory, async_add_entities)
+
+    async_setup_entry.__doc__ = f"Add the {platform} entities of every descriptor."
+    return async_setup_entry

@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from homeassistant.components.sensor import SensorDeviceClass, SensorEntity, SensorStateClass
-from homeassistant.core import HomeAssistant
-from homeassistant.helpers.entity_platform import AddEntitiesCallback
 from homeassistant.util import dt as dt_util
 
-from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator
-from .entity import IotOnboardEntity, async_setup_platform_entities
+from .coordinator import IotOnboardCoordinator
+from .entity import IotOnboardEntity, enum_or_none, float_or_none, platform_setup_entry
 from .hub import EntityMeta
 
 # Pushed, read-only: nothing to serialise.
@@ -19,26 +17,18 @@ PARALLEL_UPDATES = 0
 _TEXT_CLASSES = frozenset({SensorDeviceClass.ENUM, SensorDeviceClass.DATE})
 
 
-def _enum[E](kind: type[E], value: str | None) -> E | None:
-    if value is None:
-        return None
-    try:
-        return kind(value)  # type: ignore[call-arg]
-    except ValueError:
-        return None
-
-
 class IotOnboardSensor(IotOnboardEntity, SensorEntity):
     """A measurement (or a timestamp, or text) the device publishes."""
+
+    _device_class_enum = SensorDeviceClass
 
     def __init__(
         self, coordinator: IotOnboardCoordinator, device_id: str, meta: EntityMeta
     ) -> None:
         """Device class, unit, state class and precision from the descriptor."""
         super().__init__(coordinator, device_id, meta)
-        self._attr_device_class = _enum(SensorDeviceClass, meta.device_class)
         self._attr_native_unit_of_measurement = meta.unit
-        self._attr_state_class = _enum(SensorStateClass, meta.state_class)
+        self._attr_state_class = enum_or_none(SensorStateClass, meta.state_class)
         self._attr_suggested_display_precision = meta.suggested_display_precision
         self._numeric = self._attr_device_class not in _TEXT_CLASSES | {
             SensorDeviceClass.TIMESTAMP
@@ -57,19 +47,7 @@ class IotOnboardSensor(IotOnboardEntity, SensorEntity):
         if self._attr_device_class is SensorDeviceClass.TIMESTAMP:
             moment = dt_util.parse_datetime(text)
             return moment if moment is not None and moment.tzinfo is not None else None
-        if self._numeric:
-            try:
-                return float(text)
-            except ValueError:
-                return None
-        return text
+        return float_or_none(text) if self._numeric else text
 
 
-async def async_setup_entry(
-    hass: HomeAssistant,
-    entry: IotOnboardConfigEntry,
-    async_add_entities: AddEntitiesCallback,
-) -> None:
-    """Sensors for every descriptor, now and as devices appear."""
-    del hass
-    async_setup_platform_entities(entry, "sensor", IotOnboardSensor, async_add_entities)
+async_setup_entry = platform_setup_entry("sensor", IotOnboardSensor)

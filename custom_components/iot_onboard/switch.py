@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from homeassistant.components.switch import SwitchDeviceClass, SwitchEntity
-from homeassistant.core import HomeAssistant
-from homeassistant.helpers.entity_platform import AddEntitiesCallback
 
-from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator
-from .entity import IotOnboardEntity, async_setup_platform_entities
+from .entity import IotOnboardEntity, platform_setup_entry
 from .helpers import iot_onboard_exception_handler
-from .hub import EntityMeta
 
 # Commands are single MQTT publishes; the broker and the device serialise them.
 PARALLEL_UPDATES = 0
@@ -20,22 +16,12 @@ PARALLEL_UPDATES = 0
 class IotOnboardSwitch(IotOnboardEntity, SwitchEntity):
     """An output the device switches; the state shown is what the device reports back."""
 
-    def __init__(
-        self, coordinator: IotOnboardCoordinator, device_id: str, meta: EntityMeta
-    ) -> None:
-        """Device class from the descriptor."""
-        super().__init__(coordinator, device_id, meta)
-        try:
-            self._attr_device_class = (
-                SwitchDeviceClass(meta.device_class) if meta.device_class else None
-            )
-        except ValueError:
-            self._attr_device_class = None
+    _device_class_enum = SwitchDeviceClass
 
     @property
     def is_on(self) -> bool | None:
         """``on``/``off`` as published."""
-        return {"on": True, "off": False}.get((self.state_text or "").lower())
+        return self.on_off
 
     async def async_turn_on(self, **kwargs: Any) -> None:  # noqa: ARG002 - HA's signature
         """Publish ``on`` (members and above)."""
@@ -50,11 +36,4 @@ class IotOnboardSwitch(IotOnboardEntity, SwitchEntity):
         await self.send(payload)
 
 
-async def async_setup_entry(
-    hass: HomeAssistant,
-    entry: IotOnboardConfigEntry,
-    async_add_entities: AddEntitiesCallback,
-) -> None:
-    """Switches for every descriptor, now and as devices appear."""
-    del hass
-    async_setup_platform_entities(entry, "switch", IotOnboardSwitch, async_add_entities)
+async_setup_entry = platform_setup_entry("switch", IotOnboardSwitch)

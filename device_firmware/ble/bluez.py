@@ -22,9 +22,8 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError
 from iob_protocol.sources import MonotonicClock, monotonic
 
 from device_firmware import dbus_call
@@ -323,8 +322,11 @@ class ProvisioningPeripheral:
             await self.improv.refresh()
 
 
-class BluezPeripheral(ProvisioningPeripheral):
+class BluezPeripheral(ProvisioningPeripheral, dbus_call.BusClient):
     """BLE provisioning on a real adapter: what the agent starts, updates and stops."""
+
+    _DESTINATION = BLUEZ_BUS
+    _CALL_TIMEOUT = CALL_TIMEOUT
 
     def __init__(
         self,
@@ -455,43 +457,21 @@ class BluezPeripheral(ProvisioningPeripheral):
 
     async def _connect(self) -> MessageBus:
         try:
-            if self._bus_address is None:
-                bus = MessageBus(bus_type=BusType.SYSTEM)
-            else:
-                bus = MessageBus(bus_address=self._bus_address)
-            self._bus = await bus.connect()
-        except (OSError, EOFError, DBusError) as err:
+            self._bus = await dbus_call.connect(self._bus_address)
+        except dbus_call.DBusCallError as err:
             raise BluezError(
-                f"cannot connect to the system D-Bus: {err}", "check that dbus is running"
+                f"cannot connect to the system D-Bus: {err.detail}", "check that dbus is running"
             ) from err
         return self._bus
 
-    async def _call(
-        self,
-        path: str,
-        interface: str,
-        member: str,
-        signature: str = "",
-        body: Sequence[Any] = (),
-        *,
-        destination: str = BLUEZ_BUS,
-    ) -> list[Any]:
+    async def _bus_for_call(self) -> MessageBus:
         bus = self._bus
         if bus is None or not bus.connected:
             raise BluezError("the D-Bus connection is closed", "restart the agent")
-        try:
-            return await dbus_call.call(
-                bus,
-                destination,
-                path,
-                interface,
-                member,
-                signature=signature,
-                body=body,
-                timeout=CALL_TIMEOUT,
-            )
-        except dbus_call.DBusCallError as err:
-            raise _bluez_error(err) from err
+        return bus
+
+    def _call_error(self, err: dbus_call.DBusCallError) -> BluezError:
+        return _bluez_error(err)
 
     async def _find_adapter(self) -> str:
         (objects,) = await self._call("/", _IFACE_OBJECT_MANAGER, "GetManagedObjects")

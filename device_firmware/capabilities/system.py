@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -58,50 +59,43 @@ def cpu_temperature_zone(root: Path) -> Path | None:
     return zones[0] if zones else None
 
 
-class CpuTemperature(_FileSensor):
-    """``thermal_zone*/temp`` in millidegrees Celsius."""
+def _diagnostic(
+    key: str,
+    name: str,
+    *,
+    device_class: str | None = None,
+    unit: str | None = None,
+    measurement: bool = True,
+    icon: str | None = None,
+    precision: int | None = None,
+) -> EntityDescriptor:
+    """A diagnostic sensor's descriptor; the integration translates ``key``."""
+    return EntityDescriptor(
+        key=key,
+        platform=Platform.SENSOR,
+        name=name,
+        translation_key=key,
+        device_class=device_class,
+        unit=unit,
+        state_class=StateClass.MEASUREMENT if measurement else None,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        icon=icon,
+        suggested_display_precision=precision,
+    )
 
-    def __init__(self, zone: Path) -> None:
-        """Read ``zone/temp``."""
-        path = zone / "temp"
-        super().__init__(
-            EntityDescriptor(
-                key="cpu_temperature",
-                platform=Platform.SENSOR,
-                name="CPU temperature",
-                translation_key="cpu_temperature",
-                device_class="temperature",
-                unit="°C",
-                state_class=StateClass.MEASUREMENT,
-                entity_category=EntityCategory.DIAGNOSTIC,
-                suggested_display_precision=1,
-            ),
-            lambda: round(int(path.read_text().strip()) / _MILLI, 1),
-        )
+
+def _millidegrees(path: Path) -> float:
+    """``thermal_zone*/temp`` in millidegrees Celsius, as degrees."""
+    return round(int(path.read_text().strip()) / _MILLI, 1)
 
 
-class LoadAverage(_FileSensor):
-    """One-minute load average from ``/proc/loadavg``."""
-
-    def __init__(self, root: Path) -> None:
-        """Read ``root/proc/loadavg``."""
-        path = root / "proc/loadavg"
-        super().__init__(
-            EntityDescriptor(
-                key="load_1m",
-                platform=Platform.SENSOR,
-                name="Load (1 min)",
-                translation_key="load_1m",
-                state_class=StateClass.MEASUREMENT,
-                entity_category=EntityCategory.DIAGNOSTIC,
-                icon="mdi:cpu-64-bit",
-                suggested_display_precision=2,
-            ),
-            lambda: round(float(path.read_text().split()[0]), 2),
-        )
+def _load_1m(path: Path) -> float:
+    """The one-minute load average from ``/proc/loadavg``."""
+    return round(float(path.read_text().split()[0]), 2)
 
 
 def _memory_used_percent(path: Path) -> float:
+    """Share of RAM in use (MemTotal minus MemAvailable) from ``/proc/meminfo``."""
     values: dict[str, int] = {}
     for line in path.read_text().splitlines():
         name, _, rest = line.partition(":")
@@ -113,29 +107,8 @@ def _memory_used_percent(path: Path) -> float:
     return round((total - available) / total * _PERCENT, 1)
 
 
-class MemoryUsage(_FileSensor):
-    """Share of RAM in use (MemTotal minus MemAvailable) from ``/proc/meminfo``."""
-
-    def __init__(self, root: Path) -> None:
-        """Read ``root/proc/meminfo``."""
-        path = root / "proc/meminfo"
-        super().__init__(
-            EntityDescriptor(
-                key="memory_used",
-                platform=Platform.SENSOR,
-                name="Memory in use",
-                translation_key="memory_used",
-                unit="%",
-                state_class=StateClass.MEASUREMENT,
-                entity_category=EntityCategory.DIAGNOSTIC,
-                icon="mdi:memory",
-                suggested_display_precision=1,
-            ),
-            lambda: _memory_used_percent(path),
-        )
-
-
 def _disk_used_percent(path: Path) -> float:
+    """Share of the file system holding ``path`` in use (what a full SD card shows first)."""
     stats = os.statvfs(path)
     total = stats.f_blocks * stats.f_frsize
     if total <= 0:
@@ -144,54 +117,16 @@ def _disk_used_percent(path: Path) -> float:
     return round((total - free) / total * _PERCENT, 1)
 
 
-class DiskUsage(_FileSensor):
-    """Share of the root file system in use (what a full SD card would show first)."""
-
-    def __init__(self, root: Path) -> None:
-        """Measure the file system holding ``root``."""
-        super().__init__(
-            EntityDescriptor(
-                key="disk_used",
-                platform=Platform.SENSOR,
-                name="Disk in use",
-                translation_key="disk_used",
-                unit="%",
-                state_class=StateClass.MEASUREMENT,
-                entity_category=EntityCategory.DIAGNOSTIC,
-                icon="mdi:harddisk",
-                suggested_display_precision=1,
-            ),
-            lambda: _disk_used_percent(root),
-        )
-
-
 def _boot_time(path: Path) -> str:
+    """Boot time from ``/proc/stat`` (a timestamp does not change every poll, uptime would)."""
     for line in path.read_text().splitlines():
         if line.startswith("btime "):
             return datetime.fromtimestamp(int(line.split()[1]), UTC).isoformat()
     raise ValueError(f"no btime in {path}")
 
 
-class LastBoot(_FileSensor):
-    """Boot time from ``/proc/stat`` (a timestamp does not change every poll, uptime would)."""
-
-    def __init__(self, root: Path) -> None:
-        """Read ``root/proc/stat``."""
-        path = root / "proc/stat"
-        super().__init__(
-            EntityDescriptor(
-                key="last_boot",
-                platform=Platform.SENSOR,
-                name="Last boot",
-                translation_key="last_boot",
-                device_class="timestamp",
-                entity_category=EntityCategory.DIAGNOSTIC,
-            ),
-            lambda: _boot_time(path),
-        )
-
-
-def _wifi_signal(path: Path, interface: str | None) -> int | None:
+def _wifi_signal(path: Path, interface: str | None = None) -> int | None:
+    """Signal level in dBm of ``interface`` (the first listed when None) in /proc/net/wireless."""
     # Two header lines, then "wlan0: 0000   58.  -52.  -256 ..." (link, level dBm, noise).
     for line in path.read_text().splitlines()[2:]:
         name, _, rest = line.partition(":")
@@ -201,25 +136,38 @@ def _wifi_signal(path: Path, interface: str | None) -> int | None:
     return None  # not associated: the interface is not listed
 
 
-class WifiSignal(_FileSensor):
-    """Signal level of the Wi-Fi link in dBm from ``/proc/net/wireless``."""
-
-    def __init__(self, root: Path, interface: str | None = None) -> None:
-        """Read ``root/proc/net/wireless`` for ``interface`` (the first listed when None)."""
-        path = root / "proc/net/wireless"
-        super().__init__(
-            EntityDescriptor(
-                key="wifi_signal",
-                platform=Platform.SENSOR,
-                name="Wi-Fi signal",
-                translation_key="wifi_signal",
-                device_class="signal_strength",
-                unit="dBm",
-                state_class=StateClass.MEASUREMENT,
-                entity_category=EntityCategory.DIAGNOSTIC,
-            ),
-            lambda: _wifi_signal(path, interface),
-        )
+_CPU_TEMPERATURE: Final = _diagnostic(
+    "cpu_temperature", "CPU temperature", device_class="temperature", unit="°C", precision=1
+)
+#: The sensors read from a file under ``root`` (or, for the disk, ``root`` itself), in the order
+#: they are listed after the CPU temperature; each is there when its path is.
+_ROOT_SENSORS: Final[tuple[tuple[EntityDescriptor, str, Callable[[Path], StateValue]], ...]] = (
+    (
+        _diagnostic("load_1m", "Load (1 min)", icon="mdi:cpu-64-bit", precision=2),
+        "proc/loadavg",
+        _load_1m,
+    ),
+    (
+        _diagnostic("memory_used", "Memory in use", unit="%", icon="mdi:memory", precision=1),
+        "proc/meminfo",
+        _memory_used_percent,
+    ),
+    (
+        _diagnostic("disk_used", "Disk in use", unit="%", icon="mdi:harddisk", precision=1),
+        "",
+        _disk_used_percent,
+    ),
+    (
+        _diagnostic("last_boot", "Last boot", device_class="timestamp", measurement=False),
+        "proc/stat",
+        _boot_time,
+    ),
+    (
+        _diagnostic("wifi_signal", "Wi-Fi signal", device_class="signal_strength", unit="dBm"),
+        "proc/net/wireless",
+        _wifi_signal,
+    ),
+)
 
 
 def system_capabilities(root: Path = Path("/")) -> list[Capability]:
@@ -227,15 +175,10 @@ def system_capabilities(root: Path = Path("/")) -> list[Capability]:
     found: list[Capability] = []
     zone = cpu_temperature_zone(root)
     if zone is not None:
-        found.append(CpuTemperature(zone))
-    if (root / "proc/loadavg").is_file():
-        found.append(LoadAverage(root))
-    if (root / "proc/meminfo").is_file():
-        found.append(MemoryUsage(root))
-    if root.is_dir():
-        found.append(DiskUsage(root))
-    if (root / "proc/stat").is_file():
-        found.append(LastBoot(root))
-    if (root / "proc/net/wireless").is_file():
-        found.append(WifiSignal(root))
+        found.append(_FileSensor(_CPU_TEMPERATURE, partial(_millidegrees, zone / "temp")))
+    for descriptor, relative, reader in _ROOT_SENSORS:
+        path = root / relative if relative else root
+        present = path.is_file() if relative else path.is_dir()
+        if present:
+            found.append(_FileSensor(descriptor, partial(reader, path)))
     return found

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Final
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.errors import DBusError
 from iob_protocol.commands import display_ssid
 from iob_protocol.diagnostics import DiagnosticCode
 
@@ -186,8 +185,10 @@ class _Trial:
     active: str | None = None
 
 
-class NetworkManagerBackend(NetworkBackend):
+class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
     """The NetworkBackend of a real device: NetworkManager on the system bus."""
+
+    _DESTINATION = NM_BUS
 
     def __init__(
         self,
@@ -579,35 +580,19 @@ class NetworkManagerBackend(NetworkBackend):
             if self._bus is not None and self._bus.connected:
                 return self._bus
             try:
-                if self._bus_address is None:
-                    bus = MessageBus(bus_type=BusType.SYSTEM)
-                else:
-                    bus = MessageBus(bus_address=self._bus_address)
-                self._bus = await bus.connect()
-            except (OSError, EOFError, DBusError) as err:
+                self._bus = await dbus_call.connect(self._bus_address)
+            except dbus_call.DBusCallError as err:
                 raise NetworkManagerError(
-                    FAULT_CODE, f"cannot connect to the system D-Bus: {err}"
+                    FAULT_CODE, f"cannot connect to the system D-Bus: {err.detail}"
                 ) from err
             self._device = None
             return self._bus
 
-    async def _call(
-        self,
-        path: str,
-        interface: str,
-        member: str,
-        signature: str = "",
-        body: Sequence[Any] = (),
-        *,
-        destination: str = NM_BUS,
-    ) -> list[Any]:
-        bus = await self._connected_bus()
-        try:
-            return await dbus_call.call(
-                bus, destination, path, interface, member, signature=signature, body=body
-            )
-        except dbus_call.DBusCallError as err:
-            raise _nm_error(err) from err
+    async def _bus_for_call(self) -> MessageBus:
+        return await self._connected_bus()
+
+    def _call_error(self, err: dbus_call.DBusCallError) -> NetworkManagerError:
+        return _nm_error(err)
 
     async def _get(self, path: str, interface: str, name: str) -> Any:
         (value,) = await self._call(path, IFACE_PROPERTIES, "Get", "ss", [interface, name])

@@ -150,9 +150,66 @@ def _validate_common(device_id: str, nonce: bytes, timestamp: int, signature: by
 # --- the statements -----------------------------------------------------------------------------
 
 
+class _Statement:
+    """What every statement does with its signed fields: validate, verify, serialise.
+
+    A dataclass below declares the fields; :attr:`DOMAIN` says what the statement asks for,
+    so a signature for one never verifies as another.
+    """
+
+    __slots__ = ()
+
+    DOMAIN: ClassVar[str]
+    device_id: str
+    nonce: bytes
+    timestamp: int
+    signature: bytes
+
+    def _fields(self) -> _Fields:
+        raise NotImplementedError
+
+    def __post_init__(self) -> None:
+        """Validate shapes (not the signature: that needs the registry key)."""
+        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
+
+    def verify(
+        self,
+        public_key: bytes,
+        *,
+        now: int,
+        max_age: int = MAX_AGE_SECONDS,
+        max_skew: int = MAX_SKEW_SECONDS,
+    ) -> None:
+        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``.
+
+        The caller still checks what the statement's nonce or token may do (unused, live,
+        bound to this device).
+        """
+        _verify(
+            public_key,
+            self.DOMAIN,
+            self._fields(),
+            self.signature,
+            timestamp=self.timestamp,
+            now=now,
+            max_age=max_age,
+            max_skew=max_skew,
+        )
+
+    def to_json(self) -> bytes:
+        """Canonical JSON, the body (or its ``confirmation``) the device posts."""
+        return _to_json(self._fields(), self.signature)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ClaimConfirmation:
-    """The device's proof of possession for one claim token."""
+class ClaimConfirmation(_Statement):
+    """The device's proof of possession for one claim token.
+
+    The caller of :meth:`verify` still checks that the token is live, bound to this device,
+    and unused.
+    """
+
+    DOMAIN: ClassVar[str] = CLAIM_DOMAIN
 
     device_id: str
     claim_token: str = field(repr=False)
@@ -162,7 +219,7 @@ class ClaimConfirmation:
 
     def __post_init__(self) -> None:
         """Validate shapes (not the signature: that needs the registry key)."""
-        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
+        _Statement.__post_init__(self)
         if not _CLAIM_TOKEN_RE.fullmatch(self.claim_token):
             raise ClaimError("claim token must be 22-512 base64url characters")
 
@@ -200,33 +257,6 @@ class ClaimConfirmation:
             signature=signature,
         )
 
-    def verify(
-        self,
-        public_key: bytes,
-        *,
-        now: int,
-        max_age: int = MAX_AGE_SECONDS,
-        max_skew: int = MAX_SKEW_SECONDS,
-    ) -> None:
-        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``.
-
-        The caller still checks that the token is live, bound to this device, and unused.
-        """
-        _verify(
-            public_key,
-            CLAIM_DOMAIN,
-            self._fields(),
-            self.signature,
-            timestamp=self.timestamp,
-            now=now,
-            max_age=max_age,
-            max_skew=max_skew,
-        )
-
-    def to_json(self) -> bytes:
-        """Canonical JSON, the body the device posts to the account service."""
-        return _to_json(self._fields(), self.signature)
-
     @classmethod
     def from_json(cls, data: bytes) -> Self:
         """Parse :meth:`to_json` output (the signature is checked by :meth:`verify`)."""
@@ -241,22 +271,16 @@ class ClaimConfirmation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _DeviceOnlyStatement:
+class _DeviceOnlyStatement(_Statement):
     """A statement that says nothing but "this device, now": its domain says what it asks for.
 
     Subclasses differ only in :attr:`DOMAIN`, so a signature for one never verifies as another.
     """
 
-    DOMAIN: ClassVar[str]
-
     device_id: str
     nonce: bytes
     timestamp: int
     signature: bytes
-
-    def __post_init__(self) -> None:
-        """Validate shapes (not the signature: that needs the registry key)."""
-        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
 
     @staticmethod
     def _signed(device_id: str, nonce: bytes, timestamp: int) -> _Fields:
@@ -279,33 +303,6 @@ class _DeviceOnlyStatement:
         return cls(
             device_id=identity.device_id, nonce=nonce, timestamp=timestamp, signature=signature
         )
-
-    def verify(
-        self,
-        public_key: bytes,
-        *,
-        now: int,
-        max_age: int = MAX_AGE_SECONDS,
-        max_skew: int = MAX_SKEW_SECONDS,
-    ) -> None:
-        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``.
-
-        The caller still checks that the nonce is unused and what the device may have.
-        """
-        _verify(
-            public_key,
-            self.DOMAIN,
-            self._fields(),
-            self.signature,
-            timestamp=self.timestamp,
-            now=now,
-            max_age=max_age,
-            max_skew=max_skew,
-        )
-
-    def to_json(self) -> bytes:
-        """Canonical JSON, the body (or its ``confirmation``) the device posts."""
-        return _to_json(self._fields(), self.signature)
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
@@ -342,18 +339,16 @@ class MqttCredentialRequest(_DeviceOnlyStatement):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReleaseNotice:
+class ReleaseNotice(_Statement):
     """The device tells the service it has let go of its owner (factory reset)."""
+
+    DOMAIN: ClassVar[str] = RELEASE_DOMAIN
 
     device_id: str
     reason: ReleaseReason
     nonce: bytes
     timestamp: int
     signature: bytes
-
-    def __post_init__(self) -> None:
-        """Validate shapes."""
-        _validate_common(self.device_id, self.nonce, self.timestamp, self.signature)
 
     @staticmethod
     def _signed(device_id: str, reason: ReleaseReason, nonce: bytes, timestamp: int) -> _Fields:
@@ -388,30 +383,6 @@ class ReleaseNotice:
             timestamp=timestamp,
             signature=signature,
         )
-
-    def verify(
-        self,
-        public_key: bytes,
-        *,
-        now: int,
-        max_age: int = MAX_AGE_SECONDS,
-        max_skew: int = MAX_SKEW_SECONDS,
-    ) -> None:
-        """Raise unless signed by ``public_key`` within ``max_age`` seconds before ``now``."""
-        _verify(
-            public_key,
-            RELEASE_DOMAIN,
-            self._fields(),
-            self.signature,
-            timestamp=self.timestamp,
-            now=now,
-            max_age=max_age,
-            max_skew=max_skew,
-        )
-
-    def to_json(self) -> bytes:
-        """Canonical JSON."""
-        return _to_json(self._fields(), self.signature)
 
     @classmethod
     def from_json(cls, data: bytes) -> Self:
