@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
+import aiohttp
 import aiomqtt
 from homeassistant.core import Context, HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+from custom_components.iot_onboard.account_client import AccountClient
 from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
+from custom_components.iot_onboard.hub import HubCredentials
 from tests.integration.fake_account import FakeAccountService
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
@@ -275,3 +280,27 @@ def state_of(hass: HomeAssistant, entity_id: str) -> str | None:
     """The entity's state, or None when it does not exist."""
     state = hass.states.get(entity_id)
     return None if state is None else state.state
+
+
+@dataclass(frozen=True)
+class RealAccount:
+    """An owner signed up at the real account service, with a household: made through the
+    service's /v1 API by the integration's own client, as the config flow makes them."""
+
+    url: str
+    owner: AccountClient
+    email: str
+    household_id: str
+
+    @classmethod
+    async def sign_up(cls, url: str, http: aiohttp.ClientSession) -> Self:
+        """Sign an owner up and create the household "Home"."""
+        owner = AccountClient(url, session=http)
+        email = f"owner-{secrets.token_hex(4)}@example.com"
+        await owner.sign_up(email, secrets.token_urlsafe(16), "Owner")
+        home = await owner.create_household("Home")
+        return cls(url, owner, email, home.household_id)
+
+    async def hub_credentials(self) -> HubCredentials:
+        """The household hub's broker account, as the service hands it to Home Assistant."""
+        return await self.owner.hub_credentials(self.household_id)
