@@ -74,7 +74,7 @@ def _account_service(directory: Path, broker: MosquittoBroker) -> Iterator[Accou
 async def _owner_at(hass: HomeAssistant, service: AccountService) -> AsyncIterator[RealAccount]:
     """A new owner and household at ``service``; the test's entries unloaded at the end."""
     try:
-        yield await RealAccount.sign_up(service.url, async_get_clientsession(hass))
+        yield await RealAccount.sign_up(service, async_get_clientsession(hass))
     finally:
         await _unload_entries(hass)
 

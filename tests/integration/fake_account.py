@@ -11,12 +11,9 @@ prefers). It runs on a free 127.0.0.1 port inside the test's event loop.
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -41,13 +38,13 @@ from custom_components.iot_onboard.iob_protocol.account_api import (
     TransferStatus,
     WireModel,
 )
+from tests.integration.fake_device import fake_device_command
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
 HOUSEHOLD = "h0000000000000000000000000000001"
 OWNER_ACCOUNT = "a0000000000000000000000000000001"
 TOKEN_TTL = 900
 REFRESH_TTL = 30 * 86400
-FAKE_DEVICE = Path(__file__).with_name("fake_device.py")
 
 
 def _free_port() -> int:
@@ -234,16 +231,14 @@ class FakeAccountService:
         self, device_id: str, meta: dict[str, Any], states: dict[str, str]
     ) -> list[str]:
         """The command line of a fake device process for ``device_id``."""
-        return [
-            sys.executable,
-            str(FAKE_DEVICE),
+        return fake_device_command(
             self.broker.host,
-            str(self.broker.port),
-            device_id,
-            self.device_passwords[device_id],
-            json.dumps(meta),
-            json.dumps(states),
-        ]
+            self.broker.port,
+            device_id=device_id,
+            password=self.device_passwords[device_id],
+            meta=meta,
+            states=states,
+        )
 
     # --- HTTP ---------------------------------------------------------------------------------
 

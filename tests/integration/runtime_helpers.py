@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import secrets
 import signal
@@ -17,10 +18,24 @@ import aiomqtt
 from homeassistant.core import Context, HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard.account_client import AccountClient
-from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
+from custom_components.iot_onboard.account_client import AccountClient, SignedIn
+from custom_components.iot_onboard.const import (
+    CONF_ACCOUNT_ID,
+    CONF_ACCOUNT_URL,
+    CONF_EMAIL,
+    CONF_HOUSEHOLD_ID,
+    DOMAIN,
+    EXTERNAL_ID_PREFIX,
+)
 from custom_components.iot_onboard.hub import HubCredentials
+from custom_components.iot_onboard.iob_protocol.account_api import Owned, Role
+from custom_components.iot_onboard.iob_protocol.canonical import b64url_encode
+from custom_components.iot_onboard.iob_protocol.claim import ClaimConfirmation
+from custom_components.iot_onboard.iob_protocol.identity import DeviceIdentity
+from custom_components.iot_onboard.iob_protocol.payload import SetupCode, SetupVerifier
 from tests.integration.fake_account import FakeAccountService
+from tests.integration.fake_device import fake_device_command
+from tests.integration.onboarding_services import AccountService
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
 #: One entity per platform plus system sensors and one the integration does not translate.
@@ -199,7 +214,7 @@ async def start_device(
 
 async def setup_entry(
     hass: HomeAssistant,
-    service: FakeAccountService,
+    service: FakeAccountService | RealAccount,
     options: dict[str, Any] | None = None,
     extra_data: dict[str, Any] | None = None,
 ) -> MockConfigEntry:
@@ -287,20 +302,96 @@ class RealAccount:
     """An owner signed up at the real account service, with a household: made through the
     service's /v1 API by the integration's own client, as the config flow makes them."""
 
-    url: str
+    service: AccountService
+    http: aiohttp.ClientSession
     owner: AccountClient
-    email: str
+    signed_in: SignedIn
     household_id: str
 
     @classmethod
-    async def sign_up(cls, url: str, http: aiohttp.ClientSession) -> Self:
+    async def sign_up(cls, service: AccountService, http: aiohttp.ClientSession) -> Self:
         """Sign an owner up and create the household "Home"."""
-        owner = AccountClient(url, session=http)
+        owner = AccountClient(service.url, session=http)
         email = f"owner-{secrets.token_hex(4)}@example.com"
-        await owner.sign_up(email, secrets.token_urlsafe(16), "Owner")
+        signed_in = await owner.sign_up(email, secrets.token_urlsafe(16), "Owner")
         home = await owner.create_household("Home")
-        return cls(url, owner, email, home.household_id)
+        return cls(service, http, owner, signed_in, home.household_id)
+
+    def entry_data(self) -> dict[str, Any]:
+        """What the config flow stores for this household (const.py's layout)."""
+        return {
+            CONF_ACCOUNT_URL: self.service.url,
+            CONF_ACCOUNT_ID: self.signed_in.account.account_id,
+            CONF_EMAIL: self.signed_in.account.email,
+            CONF_HOUSEHOLD_ID: self.household_id,
+            **self.signed_in.tokens.as_entry_data(),
+        }
 
     async def hub_credentials(self) -> HubCredentials:
         """The household hub's broker account, as the service hands it to Home Assistant."""
         return await self.owner.hub_credentials(self.household_id)
+
+    async def claim_new_device(self) -> Owned:
+        """A new device made in the factory and claimed into the household, by the real API.
+
+        The device's side is the sans-I/O protocol (the integration's ``iob_protocol``): a new
+        identity and setup code, its factory record imported as the operator does (``registry
+        import``), a claim token from the owner and the device's signed confirmation; the
+        answer carries the device's own broker account, made by the service.
+        """
+        identity = DeviceIdentity.generate()
+        verifier = SetupVerifier.create(SetupCode.generate(identity.device_id))
+        record = {
+            "device_id": identity.device_id,
+            "model": "pi-test",
+            "public_key": b64url_encode(identity.public_key),
+            "setup_verifier": verifier.encode(),
+        }
+        records = self.service.directory / f"record-{identity.device_id}.jsonl"
+        await asyncio.to_thread(records.write_text, json.dumps(record) + "\n")
+        await asyncio.to_thread(self.service.import_records, records)
+        claim = await self.owner.create_claim(self.household_id, identity.device_id)
+        confirmation = ClaimConfirmation.create(identity, claim.token)
+        async with self.http.post(
+            f"{self.service.url}/v1/claims/confirm",
+            json={"confirmation": json.loads(confirmation.to_json())},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+            return Owned.parse(await reply.json())
+
+
+async def real_owner_context(hass: HomeAssistant, account: RealAccount) -> Context:
+    """A Home Assistant user linked to the household's owner at the real service (the member's
+    ``external_id``, set through the API), as an action's context."""
+    user = await hass.auth.async_create_user("Owner", group_ids=["system-users"])
+    members = await account.owner.members(account.household_id)
+    owner = next(m for m in members if m.role is Role.OWNER)
+    await account.owner.update_member(
+        account.household_id, owner.member_id, external_id=EXTERNAL_ID_PREFIX + user.id
+    )
+    return Context(user_id=user.id)
+
+
+async def start_claimed_device(
+    account: RealAccount,
+    processes: DeviceProcesses,
+    *,
+    name: str = "Kitchen sensor",
+    **meta_extra: Any,
+) -> Owned:
+    """Claim a new device at the real service and start its process with the broker account
+    the service made; returns the service's answer (the device id and that account)."""
+    owned = await account.claim_new_device()
+    mqtt = owned.mqtt
+    processes.start(
+        fake_device_command(
+            mqtt.host,
+            mqtt.port,
+            device_id=owned.device_id,
+            password=mqtt.password,
+            meta=meta_for(owned.device_id, name, **meta_extra),
+            states=STATES,
+        ),
+        owned.device_id,
+    )
+    return owned
