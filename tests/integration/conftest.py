@@ -25,7 +25,7 @@ from custom_components.iot_onboard import (
 from custom_components.iot_onboard.const import DOMAIN
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.onboarding_services import AccountService
-from tests.integration.runtime_helpers import DeviceProcesses, RealAccount
+from tests.integration.runtime_helpers import OPERATOR, DeviceProcesses, RealAccount
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess
 
 _PACKAGE = "custom_components.iot_onboard."
@@ -97,6 +97,7 @@ def real_account_process(
     with _account_service(
         tmp_path_factory.mktemp("account-service"), mosquitto_session_process.broker
     ) as service:
+        service.create_admin(*OPERATOR)
         yield service
 
 
@@ -117,7 +118,7 @@ async def real_account_service_own_broker(
     hass: HomeAssistant, mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> AsyncIterator[RealAccount]:
     """``real_account_service`` on this test's own Mosquitto (``mosquitto_process``), for tests
-    that kill or restart the broker."""
+    that kill or restart the broker (no operator there: it cannot ``claim_new_device``)."""
     with _account_service(tmp_path / "account-service", mosquitto_broker) as service:
         async with _owner_at(hass, service) as account:
             yield account
