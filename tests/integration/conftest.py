@@ -131,7 +131,9 @@ async def real_account_service_own_broker(
 async def fake_account(
     hass: HomeAssistant, mosquitto_broker: MosquittoBroker
 ) -> AsyncIterator[FakeAccountService]:
-    """The account service stand-in (tests/integration/fake_account.py) on the test's broker.
+    """The fault-injecting account service stand-in (tests/integration/fake_account.py) on the
+    test's broker: for faults and directly set state; the happy path uses
+    ``real_account_service``.
 
     Teardown unloads the integration's entries first, so the hub leaves while the broker is
     still up (a broker vanishing mid-subscribe makes aiomqtt log a callback error).

@@ -1,4 +1,10 @@
-"""A small stand-in for the account service's ``/v1`` API, backed by a REAL Mosquitto.
+"""The HA tests' fault injector: a stand-in for the account service's ``/v1`` API, backed by
+a REAL Mosquitto.
+
+For the happy path and real behaviour use ``real_account_service`` (the real service as a
+subprocess, tests/integration/conftest.py). This stand-in is for what the real service never
+does on request: stop answering (``stop()``), refuse the hub credential (``hub_status``), a
+chosen error, or state set directly on its attributes (members, shares, access levels).
 
 It answers what the runtime asks (token refresh, hub credentials and rotation, devices,
 members, release, shares, transfers) with the response shapes of cloud_relay/api, and drives
