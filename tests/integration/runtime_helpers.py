@@ -331,6 +331,20 @@ class RealAccount:
             **self.signed_in.tokens.as_entry_data(),
         }
 
+    async def get(self, path: str) -> Any:
+        """A GET of the household's ``/v1/households/<id>`` + ``path``, as its owner."""
+        async with self.http.get(
+            f"{self.service.url}/v1/households/{self.household_id}{path}",
+            headers={"Authorization": f"Bearer {self.signed_in.tokens.access_token}"},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+            return await reply.json()
+
+    async def audit_actions(self) -> list[str]:
+        """What the service recorded for the household, newest first (its audit log)."""
+        page = await self.get("/audit")
+        return [event["action"] for event in page["events"]]
+
     async def hub_credentials(self) -> HubCredentials:
         """The household hub's broker account, as the service hands it to Home Assistant."""
         return await self.owner.hub_credentials(self.household_id)
