@@ -28,7 +28,7 @@ from custom_components.iot_onboard.const import (
     EXTERNAL_ID_PREFIX,
 )
 from custom_components.iot_onboard.hub import HubCredentials
-from custom_components.iot_onboard.iob_protocol.account_api import Owned, Role
+from custom_components.iot_onboard.iob_protocol.account_api import MqttCredentials, Owned, Role
 from custom_components.iot_onboard.iob_protocol.canonical import b64url_encode
 from custom_components.iot_onboard.iob_protocol.claim import ClaimConfirmation
 from custom_components.iot_onboard.iob_protocol.identity import DeviceIdentity
@@ -273,13 +273,33 @@ async def observer(broker: MosquittoBroker, name: str = "observer") -> aiomqtt.C
 async def publish_as_device(
     service: FakeAccountService, device_id: str, topic: str, payload: bytes, *, retain: bool = True
 ) -> None:
-    """Publish on the device's subtree with the device's own credentials."""
-    async with aiomqtt.Client(
-        service.broker.host,
-        service.broker.port,
+    """Publish on the device's subtree with the device's own credentials, beside the running
+    device (the stand-in's broker accounts bind no client id)."""
+    credentials = MqttCredentials(
+        host=service.broker.host,
+        port=service.broker.port,
+        tls=False,
         username=device_id,
         password=service.device_passwords[device_id],
-        identifier=f"{device_id}-test",
+    )
+    await publish_with(credentials, topic, payload, retain=retain)
+
+
+async def publish_with(
+    credentials: MqttCredentials, topic: str, payload: bytes, *, retain: bool = True
+) -> None:
+    """Publish on the device's subtree ``iob/<username>/`` with the device's broker account.
+
+    With the account's bound client id when it names one (the real service's do): the broker
+    then takes the device's own session over, so stop the device's process first.
+    """
+    device_id = credentials.username
+    async with aiomqtt.Client(
+        credentials.host,
+        credentials.port,
+        username=device_id,
+        password=credentials.password,
+        identifier=credentials.client_id or f"{device_id}-test",
     ) as client:
         await client.publish(f"iob/{device_id}/{topic}", payload, qos=1, retain=retain)
 
