@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
 from types import ModuleType
 from unittest.mock import MagicMock, patch
 
 import pytest
+import pytest_socket  # type: ignore[import-untyped]
 from homeassistant.core import HomeAssistant
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard import (
@@ -21,8 +24,9 @@ from custom_components.iot_onboard import (
 )
 from custom_components.iot_onboard.const import DOMAIN
 from tests.integration.fake_account import FakeAccountService
-from tests.integration.runtime_helpers import DeviceProcesses
-from tests.plugins.mosquitto import MosquittoBroker
+from tests.integration.onboarding_services import AccountService
+from tests.integration.runtime_helpers import OPERATOR, DeviceProcesses, RealAccount
+from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess
 
 _PACKAGE = "custom_components.iot_onboard."
 _FLOW_MODULES = (config_flow, onboarding, commit_engine)
@@ -38,14 +42,98 @@ def iob_socket_allowed(socket_enabled: None) -> None:
     """Real services (Mosquitto, the account service) need real loopback sockets."""
 
 
-# --- the runtime (hub, entities, roles): a fake account service on a real Mosquitto ----------
+@pytest.fixture(scope="session")
+def iob_socket_allowed_session() -> None:
+    """Let the session's broker and account service start; phcc disables sockets again before
+    the next test."""
+    pytest_socket.enable_socket()
+
+
+async def _unload_entries(hass: HomeAssistant) -> None:
+    """Unload the integration's entries while the services they talk to are still up (a broker
+    vanishing mid-subscribe makes aiomqtt log a callback error)."""
+    for entry in hass.config_entries.async_entries(DOMAIN):
+        await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+# --- the real account service, a subprocess, on a real Mosquitto -----------------------------
+
+
+@contextmanager
+def _account_service(directory: Path, broker: MosquittoBroker) -> Iterator[AccountService]:
+    service = AccountService(directory, broker)
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+@asynccontextmanager
+async def _owner_at(hass: HomeAssistant, service: AccountService) -> AsyncIterator[RealAccount]:
+    """A new owner and household at ``service``; the test's entries unloaded at the end."""
+    try:
+        yield await RealAccount.sign_up(service, async_get_clientsession(hass))
+    finally:
+        await _unload_entries(hass)
+
+
+@pytest.fixture(scope="session")
+def real_account_process(
+    iob_socket_allowed_session: None,  # noqa: ARG001 - requested for its effect (sockets)
+    mosquitto_session_process: MosquittoProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AccountService]:
+    """The real account service (``python -m cloud_relay serve``, SQLite, the session's
+    Mosquitto) as a subprocess, started once for the session and stopped by pid.
+
+    A subprocess, not in-process: this tree is type-checked as ``custom_components
+    tests/integration``, where the protocol package is ``custom_components.iot_onboard.
+    iob_protocol``; importing ``cloud_relay`` (which imports the top-level ``iob_protocol``,
+    the same files) makes mypy stop with "Source file found twice under different module
+    names". At run time the in-process service works on both Home Assistant versions.
+    """
+    with _account_service(
+        tmp_path_factory.mktemp("account-service"), mosquitto_session_process.broker
+    ) as service:
+        service.create_admin(*OPERATOR)
+        yield service
+
+
+@pytest.fixture
+async def real_account_service(
+    hass: HomeAssistant,
+    iob_socket_allowed: None,  # noqa: ARG001 - requested for its effect (sockets)
+    real_account_process: AccountService,
+) -> AsyncIterator[RealAccount]:
+    """The session's real account service with this test's own owner and household, both made
+    through the /v1 API (``RealAccount``): tests share the service, not their accounts."""
+    async with _owner_at(hass, real_account_process) as account:
+        yield account
+
+
+@pytest.fixture
+async def real_account_service_own_broker(
+    hass: HomeAssistant, mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> AsyncIterator[RealAccount]:
+    """``real_account_service`` on this test's own Mosquitto (``mosquitto_process``), for tests
+    that kill or restart the broker (no operator there: it cannot ``claim_new_device``)."""
+    with _account_service(tmp_path / "account-service", mosquitto_broker) as service:
+        async with _owner_at(hass, service) as account:
+            yield account
+
+
+# --- faults: the fault-injecting account service stand-in on a real Mosquitto --------------
 
 
 @pytest.fixture
 async def fake_account(
     hass: HomeAssistant, mosquitto_broker: MosquittoBroker
 ) -> AsyncIterator[FakeAccountService]:
-    """The account service stand-in (tests/integration/fake_account.py) on the test's broker.
+    """The fault-injecting account service stand-in (tests/integration/fake_account.py) on the
+    test's broker: for faults and directly set state; the happy path uses
+    ``real_account_service``.
 
     Teardown unloads the integration's entries first, so the hub leaves while the broker is
     still up (a broker vanishing mid-subscribe makes aiomqtt log a callback error).
@@ -55,9 +143,7 @@ async def fake_account(
     try:
         yield service
     finally:
-        for entry in hass.config_entries.async_entries("iot_onboard"):
-            await hass.config_entries.async_unload(entry.entry_id)
-        await hass.async_block_till_done()
+        await _unload_entries(hass)
         await service.stop()
 
 

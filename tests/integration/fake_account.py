@@ -1,4 +1,10 @@
-"""A small stand-in for the account service's ``/v1`` API, backed by a REAL Mosquitto.
+"""The HA tests' fault injector: a stand-in for the account service's ``/v1`` API, backed by
+a REAL Mosquitto.
+
+For the happy path and real behaviour use ``real_account_service`` (the real service as a
+subprocess, tests/integration/conftest.py). This stand-in is for what the real service never
+does on request: stop answering (``stop()``), refuse the hub credential (``hub_status``), a
+chosen error, or state set directly on its attributes (members, shares, access levels).
 
 It answers what the runtime asks (token refresh, hub credentials and rotation, devices,
 members, release, shares, transfers) with the response shapes of cloud_relay/api, and drives
@@ -11,12 +17,9 @@ prefers). It runs on a free 127.0.0.1 port inside the test's event loop.
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -41,13 +44,13 @@ from custom_components.iot_onboard.iob_protocol.account_api import (
     TransferStatus,
     WireModel,
 )
+from tests.integration.fake_device import fake_device_command
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
 HOUSEHOLD = "h0000000000000000000000000000001"
 OWNER_ACCOUNT = "a0000000000000000000000000000001"
 TOKEN_TTL = 900
 REFRESH_TTL = 30 * 86400
-FAKE_DEVICE = Path(__file__).with_name("fake_device.py")
 
 
 def _free_port() -> int:
@@ -234,16 +237,14 @@ class FakeAccountService:
         self, device_id: str, meta: dict[str, Any], states: dict[str, str]
     ) -> list[str]:
         """The command line of a fake device process for ``device_id``."""
-        return [
-            sys.executable,
-            str(FAKE_DEVICE),
+        return fake_device_command(
             self.broker.host,
-            str(self.broker.port),
-            device_id,
-            self.device_passwords[device_id],
-            json.dumps(meta),
-            json.dumps(states),
-        ]
+            self.broker.port,
+            device_id=device_id,
+            password=self.device_passwords[device_id],
+            meta=meta,
+            states=states,
+        )
 
     # --- HTTP ---------------------------------------------------------------------------------
 

@@ -16,8 +16,26 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
+
+
+def fake_device_command(
+    host: str, port: int, *, device_id: str, password: str, meta: Any, states: dict[str, str]
+) -> list[str]:
+    """The command line of a fake device process with the device's broker account."""
+    return [
+        sys.executable,
+        str(Path(__file__)),
+        host,
+        str(port),
+        device_id,
+        password,
+        json.dumps(meta),
+        json.dumps(states),
+    ]
 
 
 async def _serve(argv: list[str]) -> None:

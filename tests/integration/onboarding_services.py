@@ -124,13 +124,14 @@ class Process:
         return _tail(self.log)
 
 
-def run_cli(args: list[str], env: dict[str, str] | None = None) -> str:
+def run_cli(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> str:
     """A one-shot command of either program; its output, or an error with it."""
     done = subprocess.run(
         [sys.executable, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
+        input=stdin,
         env={**os.environ, **(env or {})},
         timeout=60,
         check=False,
@@ -201,6 +202,25 @@ class AccountService:
             self.env,
         )
         self.process.wait_for_port(self.port)
+
+    def create_admin(self, email: str, password: str) -> None:
+        """A service administrator (``admin create-account --admin``), as the operator makes
+        one; sign in as it for the admin API (registry import over HTTP)."""
+        run_cli(
+            [
+                "-m",
+                "cloud_relay",
+                "--config",
+                str(self.config),
+                "admin",
+                "create-account",
+                email,
+                "--admin",
+                "--password-stdin",
+            ],
+            self.env,
+            stdin=password + "\n",
+        )
 
     def import_records(self, record_file: Path) -> None:
         """The factory records, as the operator imports them."""

@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
+import aiohttp
 import aiomqtt
 from homeassistant.core import Context, HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.iot_onboard.const import DOMAIN, EXTERNAL_ID_PREFIX
+from custom_components.iot_onboard.account_client import AccountClient, SignedIn
+from custom_components.iot_onboard.const import (
+    CONF_ACCOUNT_ID,
+    CONF_ACCOUNT_URL,
+    CONF_EMAIL,
+    CONF_HOUSEHOLD_ID,
+    DOMAIN,
+    EXTERNAL_ID_PREFIX,
+)
+from custom_components.iot_onboard.hub import HubCredentials
+from custom_components.iot_onboard.iob_protocol.account_api import MqttCredentials, Owned, Role
+from custom_components.iot_onboard.iob_protocol.canonical import b64url_encode
+from custom_components.iot_onboard.iob_protocol.claim import ClaimConfirmation
+from custom_components.iot_onboard.iob_protocol.identity import DeviceIdentity
+from custom_components.iot_onboard.iob_protocol.payload import SetupCode, SetupVerifier
 from tests.integration.fake_account import FakeAccountService
+from tests.integration.fake_device import fake_device_command
+from tests.integration.onboarding_services import AccountService
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
 #: One entity per platform plus system sensors and one the integration does not translate.
@@ -194,7 +214,7 @@ async def start_device(
 
 async def setup_entry(
     hass: HomeAssistant,
-    service: FakeAccountService,
+    service: FakeAccountService | RealAccount,
     options: dict[str, Any] | None = None,
     extra_data: dict[str, Any] | None = None,
 ) -> MockConfigEntry:
@@ -253,13 +273,33 @@ async def observer(broker: MosquittoBroker, name: str = "observer") -> aiomqtt.C
 async def publish_as_device(
     service: FakeAccountService, device_id: str, topic: str, payload: bytes, *, retain: bool = True
 ) -> None:
-    """Publish on the device's subtree with the device's own credentials."""
-    async with aiomqtt.Client(
-        service.broker.host,
-        service.broker.port,
+    """Publish on the device's subtree with the device's own credentials, beside the running
+    device (the stand-in's broker accounts bind no client id)."""
+    credentials = MqttCredentials(
+        host=service.broker.host,
+        port=service.broker.port,
+        tls=False,
         username=device_id,
         password=service.device_passwords[device_id],
-        identifier=f"{device_id}-test",
+    )
+    await publish_with(credentials, topic, payload, retain=retain)
+
+
+async def publish_with(
+    credentials: MqttCredentials, topic: str, payload: bytes, *, retain: bool = True
+) -> None:
+    """Publish on the device's subtree ``iob/<username>/`` with the device's broker account.
+
+    With the account's bound client id when it names one (the real service's do): the broker
+    then takes the device's own session over, so stop the device's process first.
+    """
+    device_id = credentials.username
+    async with aiomqtt.Client(
+        credentials.host,
+        credentials.port,
+        username=device_id,
+        password=credentials.password,
+        identifier=credentials.client_id or f"{device_id}-test",
     ) as client:
         await client.publish(f"iob/{device_id}/{topic}", payload, qos=1, retain=retain)
 
@@ -275,3 +315,125 @@ def state_of(hass: HomeAssistant, entity_id: str) -> str | None:
     """The entity's state, or None when it does not exist."""
     state = hass.states.get(entity_id)
     return None if state is None else state.state
+
+
+#: The real service's operator (a service administrator): ``real_account_process`` makes it.
+OPERATOR = ("operator@example.com", "operator-pass-1")
+
+
+@dataclass(frozen=True)
+class RealAccount:
+    """An owner signed up at the real account service, with a household: made through the
+    service's /v1 API by the integration's own client, as the config flow makes them."""
+
+    service: AccountService
+    http: aiohttp.ClientSession
+    owner: AccountClient
+    signed_in: SignedIn
+    household_id: str
+
+    @classmethod
+    async def sign_up(cls, service: AccountService, http: aiohttp.ClientSession) -> Self:
+        """Sign an owner up and create the household "Home"."""
+        owner = AccountClient(service.url, session=http)
+        email = f"owner-{secrets.token_hex(4)}@example.com"
+        signed_in = await owner.sign_up(email, secrets.token_urlsafe(16), "Owner")
+        home = await owner.create_household("Home")
+        return cls(service, http, owner, signed_in, home.household_id)
+
+    def entry_data(self) -> dict[str, Any]:
+        """What the config flow stores for this household (const.py's layout)."""
+        return {
+            CONF_ACCOUNT_URL: self.service.url,
+            CONF_ACCOUNT_ID: self.signed_in.account.account_id,
+            CONF_EMAIL: self.signed_in.account.email,
+            CONF_HOUSEHOLD_ID: self.household_id,
+            **self.signed_in.tokens.as_entry_data(),
+        }
+
+    async def get(self, path: str) -> Any:
+        """A GET of the household's ``/v1/households/<id>`` + ``path``, as its owner."""
+        async with self.http.get(
+            f"{self.service.url}/v1/households/{self.household_id}{path}",
+            headers={"Authorization": f"Bearer {self.signed_in.tokens.access_token}"},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+            return await reply.json()
+
+    async def audit_actions(self) -> list[str]:
+        """What the service recorded for the household, newest first (its audit log)."""
+        page = await self.get("/audit")
+        return [event["action"] for event in page["events"]]
+
+    async def hub_credentials(self) -> HubCredentials:
+        """The household hub's broker account, as the service hands it to Home Assistant."""
+        return await self.owner.hub_credentials(self.household_id)
+
+    async def claim_new_device(self) -> Owned:
+        """A new device made in the factory and claimed into the household, by the real API.
+
+        The device's side is the sans-I/O protocol (the integration's ``iob_protocol``): a new
+        identity and setup code, its factory record imported as the operator does (``registry
+        import``), a claim token from the owner and the device's signed confirmation; the
+        answer carries the device's own broker account, made by the service.
+        """
+        identity = DeviceIdentity.generate()
+        verifier = SetupVerifier.create(SetupCode.generate(identity.device_id))
+        record = {
+            "device_id": identity.device_id,
+            "model": "pi-test",
+            "public_key": b64url_encode(identity.public_key),
+            "setup_verifier": verifier.encode(),
+        }
+        operator = await AccountClient(self.service.url, session=self.http).sign_in(*OPERATOR)
+        async with self.http.post(
+            f"{self.service.url}/v1/admin/registry/import",
+            json={"records": [record]},
+            headers={"Authorization": f"Bearer {operator.tokens.access_token}"},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+        claim = await self.owner.create_claim(self.household_id, identity.device_id)
+        confirmation = ClaimConfirmation.create(identity, claim.token)
+        async with self.http.post(
+            f"{self.service.url}/v1/claims/confirm",
+            json={"confirmation": json.loads(confirmation.to_json())},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+            return Owned.parse(await reply.json())
+
+
+async def real_owner_context(hass: HomeAssistant, account: RealAccount) -> Context:
+    """A Home Assistant user linked to the household's owner at the real service (the member's
+    ``external_id``, set through the API), as an action's context."""
+    user = await hass.auth.async_create_user("Owner", group_ids=["system-users"])
+    members = await account.owner.members(account.household_id)
+    owner = next(m for m in members if m.role is Role.OWNER)
+    await account.owner.update_member(
+        account.household_id, owner.member_id, external_id=EXTERNAL_ID_PREFIX + user.id
+    )
+    return Context(user_id=user.id)
+
+
+async def start_claimed_device(
+    account: RealAccount,
+    processes: DeviceProcesses,
+    *,
+    name: str = "Kitchen sensor",
+    **meta_extra: Any,
+) -> Owned:
+    """Claim a new device at the real service and start its process with the broker account
+    the service made; returns the service's answer (the device id and that account)."""
+    owned = await account.claim_new_device()
+    mqtt = owned.mqtt
+    processes.start(
+        fake_device_command(
+            mqtt.host,
+            mqtt.port,
+            device_id=owned.device_id,
+            password=mqtt.password,
+            meta=meta_for(owned.device_id, name, **meta_extra),
+            states=STATES,
+        ),
+        owned.device_id,
+    )
+    return owned

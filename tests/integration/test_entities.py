@@ -42,16 +42,20 @@ from custom_components.iot_onboard.const import (
 )
 from custom_components.iot_onboard.coordinator import SYNC_INTERVAL
 from custom_components.iot_onboard.helpers import find_device
+from custom_components.iot_onboard.iob_protocol.account_api import Owned
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DISABLED_KEYS,
     ENTITY_COUNT,
     DeviceProcesses,
+    RealAccount,
     entity_ids,
     meta_for,
     observer,
     publish_as_device,
+    publish_with,
     setup_entry,
+    start_claimed_device,
     start_device,
     state_of,
     wait_for,
@@ -164,9 +168,21 @@ async def _ready(
     return entry
 
 
+async def _claimed(
+    hass: HomeAssistant, account: RealAccount, device_processes: DeviceProcesses
+) -> tuple[MockConfigEntry, Owned]:
+    """A device claimed at the real account service, running, with every entity reported."""
+    owned = await start_claimed_device(account, device_processes)
+    entry = await setup_entry(hass, account)
+    await wait_for(hass, lambda: all_reported(hass, entry), "every entity with its state")
+    return entry, owned
+
+
 async def test_state_change_is_pushed(
     hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
 ) -> None:
+    """States published beside the running device: only the stand-in's accounts allow a second
+    client id (the real broker binds the device's)."""
     await _ready(hass, fake_account, device_processes)
     await publish_as_device(fake_account, "dev1", "state/temperature", b"23.25")
     await publish_as_device(fake_account, "dev1", "state/motion", b"on")
@@ -189,12 +205,12 @@ async def test_state_change_is_pushed(
 
 async def test_will_makes_entities_unavailable_and_logs_once(
     hass: HomeAssistant,
-    fake_account: FakeAccountService,
+    real_account_service: RealAccount,
     device_processes: DeviceProcesses,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    entry = await _ready(hass, fake_account, device_processes)
-    device_processes.kill("dev1")  # the broker publishes the retained will: offline
+    entry, owned = await _claimed(hass, real_account_service, device_processes)
+    device_processes.kill(owned.device_id)  # the broker publishes the retained will: offline
     await wait_for(
         hass,
         lambda: all(
@@ -203,8 +219,8 @@ async def test_will_makes_entities_unavailable_and_logs_once(
         ),
         "every entity unavailable after the will",
     )
-    await publish_as_device(fake_account, "dev1", "availability", b"offline")
-    await publish_as_device(fake_account, "dev1", "availability", b"online")
+    await publish_with(owned.mqtt, "availability", b"offline")
+    await publish_with(owned.mqtt, "availability", b"online")
     await wait_for(
         hass,
         lambda: state_of(hass, "sensor.kitchen_sensor_temperature") == "21.5",
@@ -216,11 +232,13 @@ async def test_will_makes_entities_unavailable_and_logs_once(
 
 
 async def test_actions_publish_commands(
-    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+    hass: HomeAssistant, real_account_service: RealAccount, device_processes: DeviceProcesses
 ) -> None:
-    entry = await _ready(hass, fake_account, device_processes)
-    async with await observer(fake_account.broker) as watcher:
-        await watcher.subscribe("iob/dev1/cmd/#", qos=1)
+    entry, owned = await _claimed(hass, real_account_service, device_processes)
+    device = owned.device_id
+    broker = real_account_service.service.broker
+    async with await observer(broker, f"observer-{device}") as watcher:
+        await watcher.subscribe(f"iob/{device}/cmd/#", qos=1)
         await hass.services.async_call(
             "switch", "turn_on", {ATTR_ENTITY_ID: "switch.kitchen_sensor_relay"}, blocking=True
         )
@@ -241,9 +259,9 @@ async def test_actions_publish_commands(
                 if len(seen) == 3:
                     break
     assert seen == [
-        ("iob/dev1/cmd/relay", b"on"),
-        ("iob/dev1/cmd/setpoint", b"22.5"),
-        ("iob/dev1/cmd/identify", b"press"),
+        (f"iob/{device}/cmd/relay", b"on"),
+        (f"iob/{device}/cmd/setpoint", b"22.5"),
+        (f"iob/{device}/cmd/identify", b"press"),
     ]
     # The device answers with its new state; HA shows what the device reports.
     await wait_for(
@@ -257,7 +275,7 @@ async def test_actions_publish_commands(
     coordinator = entry.runtime_data.coordinator
     await wait_for(
         hass,
-        lambda: (coordinator.device("dev1").last_diagnostic or {}).get("event") == "pressed",
+        lambda: (coordinator.device(device).last_diagnostic or {}).get("event") == "pressed",
         "the device's diagnostic event for the press",
     )
 
@@ -425,16 +443,18 @@ async def test_a_device_without_a_name_is_named_after_its_entry(
 
 async def test_device_released_elsewhere_is_removed_at_the_next_sync(
     hass: HomeAssistant,
-    fake_account: FakeAccountService,
+    real_account_service: RealAccount,
     device_processes: DeviceProcesses,
 ) -> None:
-    entry = await _ready(hass, fake_account, device_processes)
-    await fake_account.drop_device("dev1")  # e.g. released from another client
+    entry, owned = await _claimed(hass, real_account_service, device_processes)
+    device = owned.device_id
+    # Released from another client: the owner's own session, through the /v1 API.
+    await real_account_service.owner.release_device(real_account_service.household_id, device)
     async_fire_time_changed(hass, dt_util.utcnow() + SYNC_INTERVAL)
     await wait_for(
         hass,
-        lambda: find_device(hass, "dev1", entry.entry_id) is None and not entity_ids(hass, entry),
-        "dev1 and its entities removed",
+        lambda: find_device(hass, device, entry.entry_id) is None and not entity_ids(hass, entry),
+        "the device and its entities removed",
     )
     assert hass.states.get("sensor.kitchen_sensor_temperature") is None
 

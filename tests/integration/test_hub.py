@@ -38,8 +38,7 @@ from custom_components.iot_onboard.hub import (
     parse_meta,
     refused_credentials,
 )
-from tests.integration.fake_account import FakeAccountService
-from tests.integration.runtime_helpers import META, meta_for
+from tests.integration.runtime_helpers import META, RealAccount, meta_for
 from tests.plugins.mosquitto import MosquittoProcess
 
 
@@ -131,16 +130,9 @@ async def _stop(task: asyncio.Task[None]) -> None:
 
 
 async def test_refused_credentials_are_fetched_again_once(
-    fake_account: FakeAccountService,
+    real_account_service: RealAccount,
 ) -> None:
-    await fake_account.sync_hub()
-    good = HubCredentials(
-        host=fake_account.broker.host,
-        port=fake_account.broker.port,
-        username=fake_account.hub_username,
-        password=fake_account.hub_password,
-        tls=False,
-    )
+    good = await real_account_service.hub_credentials()
     wrong = replace(good, password="not-the-password")  # noqa: S106 - a wrong one on purpose
     fetched: list[str] = []
 
@@ -153,7 +145,7 @@ async def test_refused_credentials_are_fetched_again_once(
         wrong,
         recorder,
         credentials_provider=provider,
-        client_id=hub_client_id(fake_account.household_id),
+        client_id=hub_client_id(real_account_service.household_id),
     )
     with pytest.raises(HubNotConnectedError):
         await hub.publish_command("dev1", "relay", "on")
@@ -169,20 +161,13 @@ async def test_refused_credentials_are_fetched_again_once(
 
 
 async def test_the_hub_connects_only_with_its_bound_client_id(
-    fake_account: FakeAccountService,
+    real_account_service: RealAccount,
 ) -> None:
     """The broker binds ``hub-<household>`` to that client id (issue 12.1): the id the account
     service names wins over the hub's own; any other id is refused like a wrong password."""
-    await fake_account.sync_hub()
-    named = HubCredentials(
-        host=fake_account.broker.host,
-        port=fake_account.broker.port,
-        username=fake_account.hub_username,
-        password=fake_account.hub_password,
-        tls=False,
-        client_id=hub_client_id(fake_account.household_id),
-    )
-    assert named.client_id == fake_account.hub_username
+    named = await real_account_service.hub_credentials()
+    assert named.client_id == hub_client_id(real_account_service.household_id)
+    assert named.client_id == named.username
 
     async def provider() -> HubCredentials:
         return named
@@ -231,20 +216,12 @@ def test_only_a_connack_refusal_is_refused_credentials() -> None:
 
 
 async def test_a_killed_broker_is_reconnected_without_new_credentials(
-    fake_account: FakeAccountService, mosquitto_process: MosquittoProcess
+    real_account_service_own_broker: RealAccount, mosquitto_process: MosquittoProcess
 ) -> None:
     """Mosquitto killed by its pid under a connected hub, then restarted on the same port: the
     real error of a subscribe on the dead connection is no credential refusal, and the hub
     reconnects with the credentials it has."""
-    await fake_account.sync_hub()
-    credentials = HubCredentials(
-        host=fake_account.broker.host,
-        port=fake_account.broker.port,
-        username=fake_account.hub_username,
-        password=fake_account.hub_password,
-        tls=False,
-        client_id=hub_client_id(fake_account.household_id),
-    )
+    credentials = await real_account_service_own_broker.hub_credentials()
     fetched: list[str] = []
 
     async def provider() -> HubCredentials:
@@ -256,7 +233,7 @@ async def test_a_killed_broker_is_reconnected_without_new_credentials(
         credentials,
         recorder,
         credentials_provider=provider,
-        client_id=hub_client_id(fake_account.household_id),
+        client_id=hub_client_id(real_account_service_own_broker.household_id),
         backoff_base=0.05,
         backoff_cap=0.5,
     )
@@ -283,14 +260,11 @@ async def test_a_killed_broker_is_reconnected_without_new_credentials(
         await _stop(task)
 
 
-async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> None:
-    await fake_account.sync_hub()
-    wrong = HubCredentials(
-        host=fake_account.broker.host,
-        port=fake_account.broker.port,
-        username=fake_account.hub_username,
+async def test_refused_again_ends_the_hub(real_account_service: RealAccount) -> None:
+    wrong = replace(
+        await real_account_service.hub_credentials(),
         password="still-wrong",  # noqa: S106 - a wrong one on purpose
-        tls=False,
+        client_id=None,
     )
 
     async def provider() -> HubCredentials:
@@ -300,21 +274,18 @@ async def test_refused_again_ends_the_hub(fake_account: FakeAccountService) -> N
         wrong,
         Recorder(),
         credentials_provider=provider,
-        client_id=hub_client_id(fake_account.household_id),
+        client_id=hub_client_id(real_account_service.household_id),
     )
     with pytest.raises(HubCredentialsRefusedError, match="refused the hub user"):
         async with asyncio.timeout(15):
             await hub.run()
 
 
-async def test_account_service_down_keeps_retrying(fake_account: FakeAccountService) -> None:
-    await fake_account.sync_hub()
-    wrong = HubCredentials(
-        host=fake_account.broker.host,
-        port=fake_account.broker.port,
-        username=fake_account.hub_username,
+async def test_account_service_down_keeps_retrying(real_account_service: RealAccount) -> None:
+    wrong = replace(
+        await real_account_service.hub_credentials(),
         password="stale",  # noqa: S106 - a wrong one on purpose
-        tls=False,
+        client_id=None,
     )
     attempts = asyncio.Event()
     calls: list[int] = []
@@ -329,7 +300,7 @@ async def test_account_service_down_keeps_retrying(fake_account: FakeAccountServ
         wrong,
         Recorder(),
         credentials_provider=provider,
-        client_id=hub_client_id(fake_account.household_id),
+        client_id=hub_client_id(real_account_service.household_id),
         backoff_base=0.05,
     )
     task = await _run_until(hub, attempts)
