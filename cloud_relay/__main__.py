@@ -37,7 +37,7 @@ from .provisioning import DEFAULT_TTL, mint_token, tokens_path
 from .registry import parse_records
 from .relay import Relay
 from .storage import open_storage
-from .storage.files import write_private_file
+from .storage.files import write_port_file, write_private_file
 
 CLI_ACTOR: Final = "cli"
 _SAMPLE_CONFIG: Final = """\
@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         default=[],
         help=f"announce the service as {SERVICE_TYPE} on this IPv4 address (repeatable)",
+    )
+    serve.add_argument(
+        "--port-file",
+        type=Path,
+        metavar="PATH",
+        help='once listening, write {"pid": ..., "http": PORT} here (with [http] port = 0: '
+        "any free port, named without a race)",
     )
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("init", help="write a sample config (if missing) and the secret key")
@@ -230,29 +237,26 @@ def _init(path: Path) -> int:
     return 0
 
 
-def _serve(config: RelayConfig, announce: Sequence[str]) -> int:
+def _serve(config: RelayConfig, announce: Sequence[str], port_file: Path | None) -> int:
     from aiohttp import web  # noqa: PLC0415 - only the server needs it
 
     from .app import create_app  # noqa: PLC0415
 
+    addresses = check_addresses(announce, config.http_host) if announce else []
     app = create_app(config)
-    if not announce:
-        web.run_app(app, host=config.http_host, port=config.http_port)
-        return 0
-    addresses = check_addresses(announce, config.http_host)
-    announcer = RelayAnnouncer(port=config.http_port, addresses=addresses)
     with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(_serve_announced(app, config, announcer))
+        asyncio.run(_serve_until_stopped(app, config, addresses, port_file))
     return 0
 
 
-async def _serve_announced(
-    app: web.Application, config: RelayConfig, announcer: RelayAnnouncer
+async def _serve_until_stopped(
+    app: web.Application, config: RelayConfig, addresses: Sequence[str], port_file: Path | None
 ) -> None:
-    """Serve, and announce only once the port accepts connections (not during start-up).
+    """Serve; once the port accepts connections, name it and announce it.
 
-    ``web.run_app`` runs every start-up hook (the broker reconcile among them) before it binds
-    the port, so an announcement made from a hook sent HA's zeroconf to a port that refused.
+    Nothing is said during start-up: the start-up hooks (the broker reconcile among them) run
+    before the port is bound, so an announcement made earlier sent HA's zeroconf to a port
+    that refused, and a port file written earlier named a port nobody answered on.
     """
     from aiohttp import web  # noqa: PLC0415 - only the server needs it
 
@@ -260,11 +264,20 @@ async def _serve_announced(
     await runner.setup()
     try:
         await web.TCPSite(runner, config.http_host, config.http_port).start()
-        await announcer.start()
+        port: int = runner.addresses[0][1]
+        logging.getLogger("cloud_relay").info(
+            "account service listening on %s port %d", config.http_host, port
+        )
+        if port_file is not None:
+            await asyncio.to_thread(write_port_file, port_file, {"pid": os.getpid(), "http": port})
+        announcer = RelayAnnouncer(port=port, addresses=addresses) if addresses else None
+        if announcer is not None:
+            await announcer.start()
         try:
             await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit)
         finally:
-            await announcer.stop()
+            if announcer is not None:
+                await announcer.stop()
     finally:
         await runner.cleanup()
 
@@ -291,7 +304,7 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.config)
     if args.command == "serve":
-        return _serve(config, args.announce)
+        return _serve(config, args.announce, args.port_file)
     return asyncio.run(_run(args, config))
 
 

@@ -10,10 +10,13 @@ A directory the operator made stays as it is (it may be shared: the default
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
 from typing import Final
+
+from cloud_relay.errors import ConfigError
 
 PRIVATE_DIRECTORY: Final = 0o700
 PRIVATE_FILE: Final = 0o600
@@ -70,3 +73,18 @@ def prepare_sqlite_files(database: Path) -> None:
         companion = database.with_name(database.name + suffix)
         if companion.exists() and not companion.is_symlink():
             make_private_file(companion)
+
+
+def write_port_file(path: Path, document: dict[str, int]) -> None:
+    """``serve --port-file``: the JSON ``document`` under a temporary name, then renamed.
+
+    A reader polling the path never sees half a file, nor a port nobody answers on (it is
+    written once the port is bound).
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps(document) + "\n", encoding="utf-8")
+        partial.replace(path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write the port file {path}: {err.strerror or err}") from err

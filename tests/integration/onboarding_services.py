@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -33,14 +33,6 @@ LOOPBACK = "127.0.0.1"
 
 class ServiceError(RuntimeError):
     """A service did not start; the message carries the end of its log."""
-
-
-def free_port() -> int:
-    """A free TCP port on loopback (bound and released; the service binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:
@@ -95,7 +87,8 @@ class Process:
         raise ServiceError(f"{self.name} did not listen on {port}:\n{_tail(self.log)}")
 
     def wait_for_port_file(self, path: Path) -> dict[str, int]:
-        """The ports a device agent wrote to ``path`` (``run --port-file``), once it has."""
+        """The ports a device agent (``run --port-file``) or the account service (``serve
+        --port-file``) wrote to ``path``, once it has: written after binding, so they answer."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -143,11 +136,16 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, stdin: str | Non
 
 @dataclass
 class AccountService:
-    """``python -m cloud_relay serve`` on SQLite and the test's Mosquitto."""
+    """``python -m cloud_relay serve`` on SQLite and the test's Mosquitto.
+
+    The service binds a free port itself and names it in its port file (``serve
+    --port-file``): no port is chosen here and released for it to take, so services started
+    side by side never race for one. ``port`` is known once :meth:`start` returned.
+    """
 
     directory: Path
     broker: MosquittoBroker
-    port: int = field(default_factory=free_port)
+    port: int = 0
     process: Process | None = None
 
     @property
@@ -157,6 +155,10 @@ class AccountService:
     @property
     def config(self) -> Path:
         return self.directory / "relay.toml"
+
+    @property
+    def port_file(self) -> Path:
+        return self.directory / "relay.port"
 
     @property
     def env(self) -> dict[str, str]:
@@ -197,11 +199,19 @@ class AccountService:
         )
         self.process = Process.start(
             "account service",
-            ["-m", "cloud_relay", "--config", str(self.config), "serve"],
+            [
+                "-m",
+                "cloud_relay",
+                "--config",
+                str(self.config),
+                "serve",
+                "--port-file",
+                str(self.port_file),
+            ],
             self.directory / "relay.log",
             self.env,
         )
-        self.process.wait_for_port(self.port)
+        self.port = self.process.wait_for_port_file(self.port_file)["http"]
 
     def create_admin(self, email: str, password: str) -> None:
         """A service administrator (``admin create-account --admin``), as the operator makes

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,14 +37,8 @@ ROOT = Path(__file__).parents[2]
 WAIT = 30.0  # bound for the service to start or heal the broker; never an assertion on speed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _write_config(directory: Path, database_url: str, broker: MosquittoBroker, port: int) -> Path:
+def _write_config(directory: Path, database_url: str, broker: MosquittoBroker) -> Path:
+    """The service's configuration; ``port = 0``: it binds a free port and names it."""
     (directory / "secret.key").write_text(b64url_encode(os.urandom(32)))
     config = directory / "relay.toml"
     config.write_text(
@@ -52,7 +46,7 @@ def _write_config(directory: Path, database_url: str, broker: MosquittoBroker, p
 secret_key_file = "secret.key"
 [http]
 host = "127.0.0.1"
-port = {port}
+port = 0
 [broker]
 host = "{broker.host}"
 port = {broker.port}
@@ -78,7 +72,16 @@ def _text(log: Path) -> str:
 def _serve(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_relay", "--config", str(config), "serve"],
+            [
+                sys.executable,
+                "-m",
+                "cloud_relay",
+                "--config",
+                str(config),
+                "serve",
+                "--port-file",
+                str(_port_file(config)),
+            ],
             stdout=output,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -97,19 +100,28 @@ def _serve(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 process.wait()
 
 
-async def _accepting(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the service listens (it reconciles before it does), or has exited."""
+def _port_file(config: Path) -> Path:
+    return config.with_name("serve.port")
+
+
+async def _accepting(process: subprocess.Popen[bytes], log: Path) -> int:
+    """The port, once the service listens (it reconciles before it does) and named it."""
+    port_file = _port_file(log.with_name("relay.toml"))
     async with asyncio.timeout(WAIT):
         while True:
             assert process.poll() is None, f"serve exited:\n{_text(log)}"
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
+                named = json.loads(port_file.read_text())
+            except FileNotFoundError:
                 await asyncio.sleep(0.05)
                 continue
+            assert named["pid"] == process.pid
+            port: int = named["http"]
+            # Written once bound: the port answers at once.
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             await writer.wait_closed()
-            return
+            return port
 
 
 async def _connects_again(broker: MosquittoBroker, mqtt: dict[str, Any], log: Path) -> None:
@@ -142,8 +154,7 @@ async def test_serve_reconciles_at_start_and_after_a_broker_restart(
     start_api: AppFactory,
 ) -> None:
     broker = mosquitto_process.broker
-    port = _free_port()
-    config_path = _write_config(tmp_path, database_url, broker, port)
+    config_path = _write_config(tmp_path, database_url, broker)
     adapter = MosquittoDynsecAdapter(
         broker.host, broker.port, broker.admin_username, broker.admin_password
     )
@@ -166,7 +177,7 @@ async def test_serve_reconciles_at_start_and_after_a_broker_restart(
 
     log = tmp_path / "serve.log"
     with _serve(config_path, log) as process:
-        await _accepting(port, process, log)
+        await _accepting(process, log)
         # In step before the first request, and nobody ran `broker reconcile`.
         assert await connect_code(broker, mqtt) == 0, _text(log)
         assert not await client_exists(broker, stale.id), _text(log)
