@@ -225,6 +225,11 @@ class Api:
             reply.body["refresh_token"],
         )
 
+    async def owner_household(self) -> tuple[User, str]:
+        """A new account and the household it creates (named "Home")."""
+        owner = await self.sign_up()
+        return owner, await self.household(owner)
+
     async def household(self, user: User, name: str = "Home") -> str:
         reply = await self.request(
             "POST", "/v1/households", json_body={"name": name}, token=user.token, expect=201
@@ -272,13 +277,17 @@ class Api:
         """Claim ``device`` for ``household_id`` end to end; return the owned body."""
         started = await self.start_claim(user, household_id, device)
         assert started.status == 201, started.body
-        reply = await self.request(
+        reply = await self.confirm(device, started.body["token"], expect=200)
+        return dict(reply.body)
+
+    async def confirm(self, device: FakeDevice, token: str, *, expect: int | None = None) -> Reply:
+        """POST /v1/claims/confirm: ``device`` confirms the claim ``token`` (signed now)."""
+        return await self.request(
             "POST",
             "/v1/claims/confirm",
-            json_body={"confirmation": device.confirm(started.body["token"], self.now())},
-            expect=200,
+            json_body={"confirmation": device.confirm(token, self.now())},
+            expect=expect,
         )
-        return dict(reply.body)
 
     def now(self) -> int:
         return self.relay.ctx.now()

@@ -33,8 +33,7 @@ class World:
 
 
 async def build_world(api: Api, *, with_code: bool = False) -> World:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     users = {"owner": owner}
     for role in ("admin", "member", "viewer"):
         users[role] = await api.join(owner, household, role)

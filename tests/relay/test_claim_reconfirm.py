@@ -23,17 +23,11 @@ from .mqtt import connect_code
 
 async def _claimed(api: Api) -> tuple[User, str, FakeDevice, dict[str, Any], dict[str, Any]]:
     """A claim whose first confirmation committed (its answer is what the device lost)."""
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     started = await api.start_claim(owner, household, device)
     assert started.status == 201, started.body
-    first = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    first = await api.confirm(device, started.body["token"], expect=200)
     return owner, household, device, started.body, first.body
 
 
@@ -43,11 +37,7 @@ async def test_retry_within_the_ttl_gets_the_same_grant(
     owner, household, device, claim, first = await _claimed(api)
     clock.advance(30)  # the device's backoff
 
-    retry = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    retry = await api.confirm(device, claim["token"])
     assert retry.status == 200, retry.body
     assert retry.body == first  # same household, same MQTT credential material
     assert await connect_code(broker, retry.body["mqtt"]) == 0
@@ -84,12 +74,7 @@ async def test_retry_after_a_rotation_gets_the_current_credential(
         token=owner.token,
         expect=200,
     )
-    retry = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-        expect=200,
-    )
+    retry = await api.confirm(device, claim["token"], expect=200)
     assert retry.body["household_id"] == household
     assert retry.body["mqtt"]["password"] != first["mqtt"]["password"]
     assert await connect_code(broker, retry.body["mqtt"]) == 0
@@ -108,11 +93,7 @@ async def test_replays_gain_nothing(api: Api) -> None:
     assert (replay.status, replay.code) == (409, "claim_rejected")
     # Another genuine device signing the spent token: refused.
     other = await api.device()
-    stolen = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": other.confirm(claim["token"], api.now())},
-    )
+    stolen = await api.confirm(other, claim["token"])
     assert (stolen.status, stolen.code) == (409, "claim_rejected")
     # A changed byte (no device signature): refused before the token is read.
     forged = device.confirm(claim["token"], api.now())
@@ -122,8 +103,7 @@ async def test_replays_gain_nothing(api: Api) -> None:
 
 
 async def test_first_confirmation_replayed_is_refused(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     started = await api.start_claim(owner, household, device)
     confirmation = device.confirm(started.body["token"], api.now())
@@ -139,11 +119,7 @@ async def test_first_confirmation_replayed_is_refused(api: Api) -> None:
 async def test_retry_after_the_ttl_fails_closed(api: Api, clock: FakeClock[int]) -> None:
     _owner, _household, device, claim, _first = await _claimed(api)
     clock.advance(api.relay.ctx.config.claim_ttl + 1)
-    late = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    late = await api.confirm(device, claim["token"])
     assert (late.status, late.code) == (409, "claim_rejected")
 
 
@@ -155,23 +131,14 @@ async def test_retry_after_release_or_a_new_claim_fails_closed(api: Api) -> None
         token=owner.token,
         expect=200,
     )
-    released = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    released = await api.confirm(device, claim["token"])
     assert (released.status, released.code) == (409, "claim_rejected")
 
     # Claimed again by another household: the old token (another household's) gives nothing.
-    neighbour = await api.sign_up()
-    elsewhere = await api.household(neighbour)
+    neighbour, elsewhere = await api.owner_household()
     second = await api.claim(neighbour, elsewhere, device)
     assert second["household_id"] == elsewhere
-    stale = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    stale = await api.confirm(device, claim["token"])
     assert (stale.status, stale.code) == (409, "claim_rejected")
 
 
@@ -180,8 +147,7 @@ async def test_answer_lost_on_the_wire_then_retried(
 ) -> None:
     """The connection drops after the service committed (the lossy proxy); the retry gets
     the grant the device never saw, and it opens the broker."""
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     started = await api.start_claim(owner, household, device)
     server = api.client.server

@@ -21,8 +21,7 @@ async def _hub(api: Api, token: str, household: str) -> dict[str, Any]:
 
 
 async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoBroker) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     hub = await _hub(api, owner.token, home)
     assert hub["username"] == f"hub-{home}"
     assert await connect_code(broker, hub) == 0
@@ -34,8 +33,7 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
     assert f"iob/{device.id}/#" in topics
     assert f"iob/{device.id}/cmd/#" in topics
 
-    neighbour = await api.sign_up()
-    other = await api.household(neighbour)
+    neighbour, other = await api.owner_household()
     await _hub(api, neighbour.token, other)
     share = await api.request(
         "PUT",
@@ -85,8 +83,7 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
 async def test_release_kicks_the_live_session_and_frees_the_device(
     api: Api, broker: MosquittoBroker
 ) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     owned = await api.claim(owner, home, device)
     mqtt = owned["mqtt"]
@@ -117,8 +114,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
     assert not await client_exists(broker, device.id)
     assert await connect_code(broker, mqtt) != 0
     # Claimable again, by anyone holding it.
-    other_owner = await api.sign_up()
-    other = await api.household(other_owner)
+    other_owner, other = await api.owner_household()
     again = await api.claim(other_owner, other, device)
     assert again["household_id"] == other
     assert again["mqtt"]["password"] != mqtt["password"]
@@ -127,8 +123,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
 async def test_release_by_device_after_factory_reset(
     api: Api, broker: MosquittoBroker, clock: FakeClock[int]
 ) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     await api.claim(owner, home, device)
     clock.advance(5)
@@ -166,8 +161,7 @@ async def test_release_by_device_after_factory_reset(
 
 
 async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
-    seller = await api.sign_up()
-    old_home = await api.household(seller)
+    seller, old_home = await api.owner_household()
     buyer = await api.sign_up()
     new_home = await api.household(buyer)
     device = await api.device()
@@ -209,8 +203,7 @@ async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
 
 
 async def test_transfer_decline_and_cancel(api: Api) -> None:
-    seller = await api.sign_up()
-    old_home = await api.household(seller)
+    seller, old_home = await api.owner_household()
     buyer = await api.sign_up()
     new_home = await api.household(buyer)
     device = await api.device()
@@ -243,8 +236,7 @@ async def test_transfer_decline_and_cancel(api: Api) -> None:
 
 async def test_zero_touch(api: Api, broker: MosquittoBroker) -> None:
     admin = await api.admin()
-    buyer = await api.sign_up()
-    home = await api.household(buyer)
+    _buyer, home = await api.owner_household()
     device = await api.device()
     await api.request(
         "PUT",
@@ -283,8 +275,7 @@ async def test_zero_touch(api: Api, broker: MosquittoBroker) -> None:
 
 
 async def test_rotate_device_credentials(api: Api, broker: MosquittoBroker) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     owned = await api.claim(owner, home, device)
     rotated = await api.request(
@@ -300,8 +291,7 @@ async def test_rotate_device_credentials(api: Api, broker: MosquittoBroker) -> N
 
 async def test_device_details_include_model_metadata(api: Api) -> None:
     admin = await api.admin()
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device(model="pi-relay")
     await api.request(
         "PUT",

@@ -57,8 +57,7 @@ async def test_roles_and_external_members(api: Api) -> None:
 
 
 async def test_invitations(api: Api, clock: FakeClock[int]) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     invited = await api.sign_up("invitee@example.com")
     wrong = await api.sign_up()
     invitation = await api.request(
@@ -111,8 +110,7 @@ async def test_invitations(api: Api, clock: FakeClock[int]) -> None:
 
 
 async def test_revoked_invitation(api: Api) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     guest = await api.sign_up()
     invitation = await api.request(
         "POST",

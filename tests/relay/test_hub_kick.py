@@ -67,8 +67,7 @@ async def device_ids(api: Api, user: User, household: str) -> set[str]:
 
 
 async def owned(api: Api) -> tuple[User, str, FakeDevice]:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     await api.claim(owner, household, device)
     return owner, household, device
@@ -77,8 +76,7 @@ async def owned(api: Api) -> tuple[User, str, FakeDevice]:
 async def test_transfer_accept_disconnects_both_hubs(api: Api, broker: MosquittoBroker) -> None:
     """Both Home Assistants reconnect, and what they then read already shows the transfer."""
     owner, home, device = await owned(api)
-    recipient = await api.sign_up()
-    theirs = await api.household(recipient)
+    recipient, theirs = await api.owner_household()
     old_hub = await hub_credential(api, owner, home)
     new_hub = await hub_credential(api, recipient, theirs)
     offer = await api.request(
@@ -110,8 +108,7 @@ async def test_release_disconnects_the_owner_and_sharee_hubs(
     api: Api, broker: MosquittoBroker
 ) -> None:
     owner, home, device = await owned(api)
-    neighbour = await api.sign_up()
-    next_door = await api.household(neighbour)
+    neighbour, next_door = await api.owner_household()
     await api.request(
         "PUT",
         f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
@@ -135,8 +132,7 @@ async def test_release_disconnects_the_owner_and_sharee_hubs(
 
 async def test_unshare_disconnects_only_the_sharee_hub(api: Api, broker: MosquittoBroker) -> None:
     owner, home, device = await owned(api)
-    neighbour = await api.sign_up()
-    next_door = await api.household(neighbour)
+    neighbour, next_door = await api.owner_household()
     await api.request(
         "PUT",
         f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
@@ -166,8 +162,7 @@ async def test_unshare_disconnects_only_the_sharee_hub(api: Api, broker: Mosquit
 async def test_a_new_share_disconnects_the_sharee_hub(api: Api, broker: MosquittoBroker) -> None:
     """The sharee's Home Assistant shows the shared device at once, not at its next refresh."""
     owner, home, device = await owned(api)
-    neighbour = await api.sign_up()
-    next_door = await api.household(neighbour)
+    neighbour, next_door = await api.owner_household()
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, their_hub) as shared:
         await api.request(
@@ -184,8 +179,7 @@ async def test_a_new_share_disconnects_the_sharee_hub(api: Api, broker: Mosquitt
 async def test_zero_touch_disconnects_the_buyer_hub(api: Api, broker: MosquittoBroker) -> None:
     """Nobody's Home Assistant asked for a zero-touch claim: the buyer's re-reads its list now."""
     admin = await api.admin()
-    buyer = await api.sign_up()
-    home = await api.household(buyer)
+    buyer, home = await api.owner_household()
     device = await api.device()
     await api.request(
         "PUT",
@@ -224,8 +218,7 @@ async def test_a_failed_kick_keeps_the_committed_change(
     async with adapter:
         api: Api = await start_api(relay_config, adapter)
         owner, home, device = await owned(api)
-        neighbour = await api.sign_up()
-        next_door = await api.household(neighbour)
+        neighbour, next_door = await api.owner_household()
         await api.request(
             "PUT",
             f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",

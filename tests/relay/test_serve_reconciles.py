@@ -149,8 +149,7 @@ async def test_serve_reconciles_at_start_and_after_a_broker_restart(
     )
     try:
         api = await start_api(load_config(config_path), adapter)
-        owner = await api.sign_up()
-        home = await api.household(owner)
+        owner, home = await api.owner_household()
         await api.request("GET", f"/v1/households/{home}/hub", token=owner.token, expect=200)
         owned = await api.claim(owner, home, await api.device())
         mqtt = owned["mqtt"]
