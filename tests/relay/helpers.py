@@ -239,21 +239,59 @@ class Api:
     async def join(self, owner: User, household_id: str, role: str) -> User:
         """A new account that joins ``household_id`` with ``role`` through an invitation."""
         member = await self.sign_up()
-        invitation = await self.request(
+        invitation = await self.invite(owner, household_id, role)
+        await self.accept(member, invitation.body["token"], expect=201)
+        return member
+
+    async def invite(self, user: User, household_id: str, role: str, **extra: str) -> Reply:
+        """``user`` invites to ``household_id`` with ``role`` (and ``extra`` fields): 201."""
+        return await self.request(
             "POST",
             f"/v1/households/{household_id}/invitations",
-            json_body={"role": role},
-            token=owner.token,
+            json_body={"role": role, **extra},
+            token=user.token,
             expect=201,
         )
-        await self.request(
+
+    async def accept(self, user: User, token: str, *, expect: int | None = None) -> Reply:
+        """``user`` accepts the invitation ``token``."""
+        return await self.request(
             "POST",
             "/v1/invitations/accept",
-            json_body={"token": invitation.body["token"]},
-            token=member.token,
-            expect=201,
+            json_body={"token": token},
+            token=user.token,
+            expect=expect,
         )
-        return member
+
+    async def share(
+        self,
+        user: User,
+        household_id: str,
+        device: FakeDevice,
+        to: str,
+        access: str,
+        *,
+        expect: int | None = None,
+    ) -> Reply:
+        """``user`` shares ``device`` of ``household_id`` with the household ``to``."""
+        return await self.request(
+            "PUT",
+            f"/v1/households/{household_id}/devices/{device.id}/shares/{to}",
+            json_body={"access": access},
+            token=user.token,
+            expect=expect,
+        )
+
+    async def release(
+        self, user: User, household_id: str, device: FakeDevice, *, expect: int | None = None
+    ) -> Reply:
+        """``user`` releases ``device`` of ``household_id``."""
+        return await self.request(
+            "POST",
+            f"/v1/households/{household_id}/devices/{device.id}/release",
+            token=user.token,
+            expect=expect,
+        )
 
     async def admin(self) -> User:
         user = await self.sign_up()

@@ -52,20 +52,8 @@ async def build_world(api: Api, *, with_code: bool = False) -> World:
         token=owner.token,
         expect=201,
     )
-    invitation = await api.request(
-        "POST",
-        f"/v1/households/{household}/invitations",
-        json_body={"role": "viewer"},
-        token=owner.token,
-        expect=201,
-    )
-    await api.request(
-        "PUT",
-        f"/v1/households/{household}/devices/{device.id}/shares/{other}",
-        json_body={"access": "read"},
-        token=owner.token,
-        expect=200,
-    )
+    invitation = await api.invite(owner, household, "viewer")
+    await api.share(owner, household, device, other, "read", expect=200)
     transfer_in = await api.request(
         "POST",
         f"/v1/households/{other}/devices/{other_device.id}/transfers",

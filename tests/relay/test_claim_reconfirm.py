@@ -125,12 +125,7 @@ async def test_retry_after_the_ttl_fails_closed(api: Api, clock: FakeClock[int])
 
 async def test_retry_after_release_or_a_new_claim_fails_closed(api: Api) -> None:
     owner, household, device, claim, _first = await _claimed(api)
-    await api.request(
-        "POST",
-        f"/v1/households/{household}/devices/{device.id}/release",
-        token=owner.token,
-        expect=200,
-    )
+    await api.release(owner, household, device, expect=200)
     released = await api.confirm(device, claim["token"])
     assert (released.status, released.code) == (409, "claim_rejected")
 

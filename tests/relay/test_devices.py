@@ -35,13 +35,7 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
 
     neighbour, other = await api.owner_household()
     await _hub(api, neighbour.token, other)
-    share = await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{other}",
-        json_body={"access": "read"},
-        token=owner.token,
-        expect=200,
-    )
+    share = await api.share(owner, home, device, other, "read", expect=200)
     assert share.body["access"] == "read"
     other_topics = await hub_topics(broker, other)
     assert f"iob/{device.id}/#" in other_topics
@@ -56,13 +50,7 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
     )
     assert (reply.status, reply.code) == (404, "device_not_found")
 
-    await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{other}",
-        json_body={"access": "control"},
-        token=owner.token,
-        expect=200,
-    )
+    await api.share(owner, home, device, other, "control", expect=200)
     assert f"iob/{device.id}/cmd/#" in await hub_topics(broker, other)
     await api.request(
         "DELETE",
@@ -97,12 +85,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
         timeout=5,
     ) as client:
         await client.subscribe(f"iob/{device.id}/#", qos=1)
-        await api.request(
-            "POST",
-            f"/v1/households/{home}/devices/{device.id}/release",
-            token=owner.token,
-            expect=200,
-        )
+        await api.release(owner, home, device, expect=200)
         kicked = False
         try:
             async with asyncio.timeout(5):

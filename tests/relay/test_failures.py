@@ -146,11 +146,7 @@ async def test_broker_failure_during_release_keeps_the_device(
     device = await api.device()
     owned = await api.claim(owner, household, device)
     wrapper.fail = {"remove_device"}
-    reply = await api.request(
-        "POST",
-        f"/v1/households/{household}/devices/{device.id}/release",
-        token=owner.token,
-    )
+    reply = await api.release(owner, household, device)
     assert (reply.status, reply.code) == (503, "broker_unavailable")
     owner_now, _, events = await _claimed_state(api, device.id)
     assert owner_now == household

@@ -109,22 +109,11 @@ async def test_release_disconnects_the_owner_and_sharee_hubs(
 ) -> None:
     owner, home, device = await owned(api)
     neighbour, next_door = await api.owner_household()
-    await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-        json_body={"access": "read"},
-        token=owner.token,
-        expect=200,
-    )
+    await api.share(owner, home, device, next_door, "read", expect=200)
     own_hub = await hub_credential(api, owner, home)
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, own_hub) as own, hub_session(broker, their_hub) as shared:
-        await api.request(
-            "POST",
-            f"/v1/households/{home}/devices/{device.id}/release",
-            token=owner.token,
-            expect=200,
-        )
+        await api.release(owner, home, device, expect=200)
         assert await kicked(own)
         assert await kicked(shared)
     assert device.id not in await device_ids(api, neighbour, next_door)
@@ -133,13 +122,7 @@ async def test_release_disconnects_the_owner_and_sharee_hubs(
 async def test_unshare_disconnects_only_the_sharee_hub(api: Api, broker: MosquittoBroker) -> None:
     owner, home, device = await owned(api)
     neighbour, next_door = await api.owner_household()
-    await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-        json_body={"access": "control"},
-        token=owner.token,
-        expect=200,
-    )
+    await api.share(owner, home, device, next_door, "control", expect=200)
     own_hub = await hub_credential(api, owner, home)
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, own_hub) as own, hub_session(broker, their_hub) as shared:
@@ -165,13 +148,7 @@ async def test_a_new_share_disconnects_the_sharee_hub(api: Api, broker: Mosquitt
     neighbour, next_door = await api.owner_household()
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, their_hub) as shared:
-        await api.request(
-            "PUT",
-            f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-            json_body={"access": "read"},
-            token=owner.token,
-            expect=200,
-        )
+        await api.share(owner, home, device, next_door, "read", expect=200)
         assert await kicked(shared)
     assert device.id in await device_ids(api, neighbour, next_door)
 
@@ -219,13 +196,7 @@ async def test_a_failed_kick_keeps_the_committed_change(
         api: Api = await start_api(relay_config, adapter)
         owner, home, device = await owned(api)
         neighbour, next_door = await api.owner_household()
-        await api.request(
-            "PUT",
-            f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-            json_body={"access": "read"},
-            token=owner.token,
-            expect=200,
-        )
+        await api.share(owner, home, device, next_door, "read", expect=200)
         their_hub = await hub_credential(api, neighbour, next_door)
         await api.request(
             "DELETE",

@@ -40,11 +40,7 @@ async def _confirm(api: Api, token: str, device: FakeDevice) -> Any:
 
 
 async def _release(api: Api, owner: User, household_id: str, device: FakeDevice) -> Any:
-    return await api.request(
-        "POST",
-        f"/v1/households/{household_id}/devices/{device.id}/release",
-        token=owner.token,
-    )
+    return await api.release(owner, household_id, device)
 
 
 async def test_racing_claims_and_releases_leave_the_hub_exactly_the_owned_devices(
