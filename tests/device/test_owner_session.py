@@ -65,7 +65,7 @@ from .conftest import (
     home_scenario,
 )
 from .real_relay import RealRelay
-from .test_captive import captive_url, form_token, post
+from .test_captive import captive_url, form_token, post_label_code
 
 OLD_SSID = b"Cafe"  # the network the claimed device was on (open, in home_scenario)
 NEW_SECRET = bytes(range(200, 232))
@@ -577,12 +577,8 @@ async def test_captive_page_refuses_a_device_claimed_while_it_is_up(
         async with running.http.get(captive_url(running) + "/") as response:
             assert response.status == 403
             assert "owned" in await response.text()
-        status, page = await post(
-            running,
-            token=token,
-            ssid="HomeNet",
-            passphrase=HOME_PASSPHRASE,
-            code=running.provisioned.result.manual_code,
+        status, page = await post_label_code(
+            running, token=token, ssid="HomeNet", passphrase=HOME_PASSPHRASE
         )
         assert status == 403
         assert "owner's Home Assistant" in page
