@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +33,7 @@ from tests.plugins.scripted_service import Answer, ScriptedService, error
 from . import credential_writer
 from .commit_helpers import commit
 from .conftest import CREDENTIAL_PATH, AgentStarter, Provisioned, RunningAgent
+from .power_cut import kill_mid_write, writer_context
 from .real_relay import RealRelay
 
 # --- end to end: the real service and broker ----------------------------------------------------
@@ -333,25 +332,13 @@ def test_power_cut_while_saving_a_fetched_credential(tmp_path: Path) -> None:
     finds the old or the new credential, never neither, never a broken file."""
     path = tmp_path / "state.json"
     StateStore(path).write(credential_writer.ONLINE)
-    context = multiprocessing.get_context("forkserver")
-    # Imports paid once in the fork server, not in every child (ignored if it already runs).
-    context.set_forkserver_preload(["tests.device.credential_writer"])
+    context = writer_context("tests.device.credential_writer")
     rng = random.Random(20261124)  # noqa: S311 - reproducible kill times, not crypto
     last = StateStore(path).load().generation
     seen: set[str] = set()
     killed_mid_write = 0
     for _ in range(40):
-        writer = context.Process(target=credential_writer.swap_forever, args=(str(path),))
-        writer.start()
-        for _ in range(5000):  # bounded wait until this writer has written once
-            if StateStore(path).load().generation > last:
-                break
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.01))
-        writer.kill()
-        writer.join()
-        assert writer.exitcode == -9
-        killed_mid_write += bool(list(tmp_path.glob(".state.json.*.tmp")))
+        killed_mid_write += kill_mid_write(context, credential_writer.swap_forever, path, last, rng)
         record = StateStore(path).recover()  # the restart: must never raise
         assert record.phase is Phase.ONLINE
         assert record.mqtt in {credential_writer.OLD, credential_writer.NEW}

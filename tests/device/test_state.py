@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from device_firmware.state import (
 
 from . import state_writer
 from .conftest import TEST_PASSWORD
+from .power_cut import kill_mid_write, writer_context
 
 OWNERSHIP = Ownership(household_id="hh", service_url="https://relay.example", claimed_at=1)
 MQTT = MqttCredentials(
@@ -238,40 +237,20 @@ async def test_async_updates_are_serialised(tmp_path: Path) -> None:
     assert store.load().generation == len(DiagnosticCode)
 
 
-def generation_of(path: Path) -> int:
-    """The generation a reader sees now (0 before the first write)."""
-    try:
-        return StateStore(path).load().generation
-    except FileNotFoundError:
-        return 0
-
-
 def test_power_cut_at_random_points_always_leaves_a_valid_state(tmp_path: Path) -> None:
     """SIGKILL a writer 120 times at random instants; every restart finds a valid state that is
     never older than the previous one, and stale temporary files are cleaned up."""
     path = tmp_path / "state.json"
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests.device.state_writer"])
+    context = writer_context("tests.device.state_writer")
     rng = random.Random(20261123)  # noqa: S311 - reproducible kill times, not crypto
     last_generation = 0
     killed_mid_write = 0
     progressed = 0
     iterations = 120
     for _ in range(iterations):
-        writer = context.Process(target=state_writer.write_forever, args=(str(path),))
-        writer.start()
-        # Wait (bounded, not timed) until this writer has written once, then kill it at a
-        # random instant of its write loop.
-        for _ in range(2000):
-            if generation_of(path) > last_generation:
-                break
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.01))
-        writer.kill()
-        writer.join()
-        assert writer.exitcode == -9
-        if list(tmp_path.glob(".state.json.*.tmp")):
-            killed_mid_write += 1
+        killed_mid_write += kill_mid_write(
+            context, state_writer.write_forever, path, last_generation, rng, tries=2000
+        )
         store = StateStore(path)
         record = store.recover()  # the restart: must never raise
         record.check()
