@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +27,9 @@ from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.broker.reconcile import device_rolename
 from cloud_relay.config import load_config
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_command
+from tests.plugins.ports import free_port
 
+from .config_file import relay_toml
 from .conftest import AppFactory
 from .helpers import FakeDevice
 from .mqtt import client_exists, connect_code
@@ -37,36 +38,10 @@ ROOT = Path(__file__).parents[2]
 WAIT = 30.0  # bound for the service to start or heal the broker; never an assertion on speed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _write_config(directory: Path, database_url: str, broker: MosquittoBroker, port: int) -> Path:
     (directory / "secret.key").write_text(b64url_encode(os.urandom(32)))
     config = directory / "relay.toml"
-    config.write_text(
-        f"""database_url = "{database_url}"
-secret_key_file = "secret.key"
-[http]
-host = "127.0.0.1"
-port = {port}
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.admin_username}"
-password = "{broker.admin_password}"
-public_host = "{broker.host}"
-public_port = {broker.port}
-public_tls = false
-[argon2]
-time_cost = 1
-memory_cost_kib = 256
-parallelism = 1
-"""
-    )
+    config.write_text(relay_toml(database_url, broker, http_port=port, public_host=broker.host))
     return config
 
 
@@ -142,7 +117,7 @@ async def test_serve_reconciles_at_start_and_after_a_broker_restart(
     start_api: AppFactory,
 ) -> None:
     broker = mosquitto_process.broker
-    port = _free_port()
+    port = free_port()
     config_path = _write_config(tmp_path, database_url, broker, port)
     adapter = MosquittoDynsecAdapter(
         broker.host, broker.port, broker.admin_username, broker.admin_password
