@@ -311,6 +311,12 @@ class Api:
             token=user.token,
         )
 
+    async def started_claim(self) -> tuple[User, str, FakeDevice, Reply]:
+        """A new owner, its household, a new device and the claim it started (the reply)."""
+        owner, household = await self.owner_household()
+        device = await self.device()
+        return owner, household, device, await self.start_claim(owner, household, device)
+
     async def claim(self, user: User, household_id: str, device: FakeDevice) -> dict[str, Any]:
         """Claim ``device`` for ``household_id`` end to end; return the owned body."""
         started = await self.start_claim(user, household_id, device)

@@ -119,9 +119,7 @@ async def test_the_device_client_is_put_before_the_write_transaction(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     wrapper.events.clear()
 
     reply = await api.confirm(device, started.body["token"], expect=200)
@@ -134,9 +132,7 @@ async def test_a_device_changed_after_the_early_put_is_put_again(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     before = await _version(api, device.id)
     wrapper.events.clear()
 
@@ -164,9 +160,7 @@ async def test_a_claim_lost_after_the_early_put_leaves_nothing(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     wrapper.events.clear()
 
     async def expire_claim() -> None:
@@ -199,9 +193,7 @@ async def test_no_early_put_for_a_claim_that_cannot_win(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     confirmation = device.confirm(started.body["token"], api.now())
     await api.request(
         "POST", "/v1/claims/confirm", json_body={"confirmation": confirmation}, expect=200
@@ -227,9 +219,7 @@ async def test_postgres_puts_inside_the_transaction(
 ) -> None:
     config = make_config(fresh_postgres(True), broker)
     api, wrapper = await _recorded(start_api, config, broker_adapter, monkeypatch)
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     wrapper.events.clear()
 
     reply = await api.confirm(device, started.body["token"], expect=200)

@@ -132,9 +132,7 @@ async def test_tokens_other_than_the_new_claims_give_nothing(
 ) -> None:
     """After the re-onboarding, the first claim's token re-confirms nothing (its ownership
     was superseded), and another device cannot use the new token."""
-    owner, household = await api.owner_household()
-    device = await api.device()
-    first = await api.start_claim(owner, household, device)
+    owner, household, device, first = await api.started_claim()
     assert first.status == 201, first.body
     await api.confirm(device, first.body["token"], expect=200)
     clock.advance(200)  # the commit timer ran out before the new onboarding

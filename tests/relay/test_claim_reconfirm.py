@@ -23,9 +23,7 @@ from .mqtt import connect_code
 
 async def _claimed(api: Api) -> tuple[User, str, FakeDevice, dict[str, Any], dict[str, Any]]:
     """A claim whose first confirmation committed (its answer is what the device lost)."""
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     assert started.status == 201, started.body
     first = await api.confirm(device, started.body["token"], expect=200)
     return owner, household, device, started.body, first.body
@@ -103,9 +101,7 @@ async def test_replays_gain_nothing(api: Api) -> None:
 
 
 async def test_first_confirmation_replayed_is_refused(api: Api) -> None:
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     confirmation = device.confirm(started.body["token"], api.now())
     await api.request(
         "POST", "/v1/claims/confirm", json_body={"confirmation": confirmation}, expect=200
@@ -142,9 +138,7 @@ async def test_answer_lost_on_the_wire_then_retried(
 ) -> None:
     """The connection drops after the service committed (the lossy proxy); the retry gets
     the grant the device never saw, and it opens the broker."""
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     server = api.client.server
     async with (
         lossy_proxy_factory(server.host, server.port, drop=1) as proxy,

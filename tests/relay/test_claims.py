@@ -16,9 +16,7 @@ from .mqtt import client_exists, connect_code
 
 
 async def test_claim_end_to_end(api: Api, broker: MosquittoBroker) -> None:
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     assert started.status == 201
     assert len(started.body["token"]) >= 22  # 256 bits, base64url
     assert started.body["expires_at"] - api.now() <= 600
@@ -62,9 +60,7 @@ async def test_claim_end_to_end(api: Api, broker: MosquittoBroker) -> None:
 
 
 async def test_confirmation_as_canonical_text_is_accepted(api: Api) -> None:
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     text = ClaimConfirmation.create(device.identity, started.body["token"], clock=api.now).to_json()
     reply = await api.request(
         "POST", "/v1/claims/confirm", json_body={"confirmation": text.decode()}, expect=200
@@ -119,9 +115,7 @@ async def test_bad_signature_and_token_for_another_device(api: Api) -> None:
 
 
 async def test_expired_claim(api: Api, clock: FakeClock[int]) -> None:
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     clock.advance(601)
     reply = await api.confirm(device, started.body["token"])
     assert (reply.status, reply.code) == (410, "claim_expired")
@@ -229,9 +223,7 @@ async def test_claim_rejected_for_device_preassigned_elsewhere(api: Api) -> None
 
 
 async def test_claim_status_is_private(api: Api) -> None:
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, _device, started = await api.started_claim()
     stranger = await api.sign_up()
     reply = await api.request("GET", f"/v1/claims/{started.body['claim_id']}", token=stranger.token)
     assert (reply.status, reply.code) == (404, "claim_not_found")

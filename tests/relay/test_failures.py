@@ -121,9 +121,7 @@ async def test_database_failure_after_broker_call_leaves_nothing(
     failing: tuple[Api, FailingBroker], broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api, _ = failing
-    owner, household = await api.owner_household()
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     real_append = audit.append
 
     async def failing_append(conn: Connection, **kwargs: Any) -> int:
