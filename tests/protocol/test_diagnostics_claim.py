@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from typing import Any
 
 import pytest
 from iob_protocol import (
@@ -119,42 +121,6 @@ def test_claim_time_window() -> None:
     assert skew.value.diagnostic is DiagnosticCode.CLOCK_SKEW
     _claim(NOW - 600).verify(DEVICE.identity.public_key, now=NOW)
     _claim(NOW + 120).verify(DEVICE.identity.public_key, now=NOW)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"nope",
-        b"[]",
-        b'{"claim_token":"x"}',
-        b'{"claim_token":1,"device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"A","timestamp":1}',
-        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"A","signature":"A","timestamp":1}',
-        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":true}',
-    ],
-)
-def test_claim_parse_errors(data: bytes) -> None:
-    with pytest.raises(ClaimError):
-        ClaimConfirmation.from_json(data)
-
-
-def test_claim_constructor_validates() -> None:
-    claim = _claim()
-    base = {
-        "device_id": claim.device_id,
-        "claim_token": claim.claim_token,
-        "nonce": claim.nonce,
-        "timestamp": claim.timestamp,
-        "signature": claim.signature,
-    }
-    for change in (
-        {"device_id": "bad"},
-        {"claim_token": "short"},
-        {"nonce": b"x"},
-        {"signature": b"x"},
-        {"timestamp": -1},
-    ):
-        with pytest.raises(ClaimError):
-            ClaimConfirmation(**{**base, **change})  # type: ignore[arg-type]
 
 
 def test_release_notice() -> None:
@@ -287,9 +253,17 @@ def test_zero_touch_time_window() -> None:
     _zero_touch(NOW + 5).verify(key, now=NOW, max_age=60, max_skew=5)
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
+#: Bytes each signed statement's parser refuses.
+UNPARSABLE: dict[type[ClaimConfirmation | ZeroTouchConfirmation], list[bytes]] = {
+    ClaimConfirmation: [
+        b"nope",
+        b"[]",
+        b'{"claim_token":"x"}',
+        b'{"claim_token":1,"device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"A","timestamp":1}',
+        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"A","signature":"A","timestamp":1}',
+        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":true}',
+    ],
+    ZeroTouchConfirmation: [
         b"nope",
         b"[]",
         b'{"device_id":"0123456789ABCDEF"}',
@@ -301,26 +275,48 @@ def test_zero_touch_time_window() -> None:
         b'{"device_id":"0123456789abcdef","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":1}',
         b'{"nonce":"AAAAAAAAAAAAAAAAAAAAAA","device_id":"0123456789ABCDEF","signature":"AA","timestamp":1}',
     ],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"), [(kind, data) for kind, rows in UNPARSABLE.items() for data in rows]
 )
-def test_zero_touch_parse_errors(data: bytes) -> None:
+def test_parse_errors(kind: type[ClaimConfirmation | ZeroTouchConfirmation], data: bytes) -> None:
     with pytest.raises(ClaimError):
-        ZeroTouchConfirmation.from_json(data)
+        kind.from_json(data)
 
 
-def test_zero_touch_constructor_validates() -> None:
-    statement = _zero_touch()
-    base = {
-        "device_id": statement.device_id,
-        "nonce": statement.nonce,
-        "timestamp": statement.timestamp,
-        "signature": statement.signature,
-    }
-    for change in (
-        {"device_id": "bad"},
-        {"nonce": b"x"},
-        {"signature": b"x"},
-        {"timestamp": -1},
-        {"timestamp": 2**53},
-    ):
+@pytest.mark.parametrize(
+    ("statement", "changes"),
+    [
+        pytest.param(
+            _claim(),
+            [
+                {"device_id": "bad"},
+                {"claim_token": "short"},
+                {"nonce": b"x"},
+                {"signature": b"x"},
+                {"timestamp": -1},
+            ],
+            id="claim",
+        ),
+        pytest.param(
+            _zero_touch(),
+            [
+                {"device_id": "bad"},
+                {"nonce": b"x"},
+                {"signature": b"x"},
+                {"timestamp": -1},
+                {"timestamp": 2**53},
+            ],
+            id="zero touch",
+        ),
+    ],
+)
+def test_constructor_validates(
+    statement: ClaimConfirmation | ZeroTouchConfirmation, changes: list[dict[str, Any]]
+) -> None:
+    base = dataclasses.asdict(statement)
+    for change in changes:
         with pytest.raises(ClaimError):
-            ZeroTouchConfirmation(**{**base, **change})  # type: ignore[arg-type]
+            type(statement)(**{**base, **change})
