@@ -82,14 +82,20 @@ def test_owner_secret_is_saved_with_the_owner_and_never_shown(tmp_path: Path) ->
     assert store.write(DeviceStateRecord()).owner_secret is None
 
 
-def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> None:
-    """A claimed device updated from older firmware: owned, but without an owner secret."""
+def _load_without(tmp_path: Path, line: bytes) -> tuple[DeviceStateRecord, DeviceStateRecord]:
+    """A claimed record written without ``line`` (a field older firmware did not write) and
+    what the store loads from that file."""
     record = DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT)
-    legacy = record.to_json().replace(b' "owner_secret": null,\n', b"")
-    assert b"owner_secret" not in legacy
+    legacy = record.to_json().replace(line, b"")
+    assert line.split(b":")[0].strip() not in legacy  # the field's name, quoted
     path = tmp_path / "state.json"
     path.write_bytes(legacy)
-    loaded = StateStore(path).load()
+    return record, StateStore(path).load()
+
+
+def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> None:
+    """A claimed device updated from older firmware: owned, but without an owner secret."""
+    _record, loaded = _load_without(tmp_path, b' "owner_secret": null,\n')
     assert (loaded.claimed, loaded.owner_secret) == (True, None)
 
 
@@ -149,12 +155,8 @@ def test_claim_in_flight_round_trip_and_cleared_with_the_outcome(tmp_path: Path)
 
 
 def test_state_files_from_before_claims_in_flight_still_load(tmp_path: Path) -> None:
-    record = DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT)
-    legacy = record.to_json().replace(b'"claim_in_flight": null,\n ', b"")
-    assert b"claim_in_flight" not in legacy
-    path = tmp_path / "state.json"
-    path.write_bytes(legacy)
-    assert StateStore(path).load() == record
+    record, loaded = _load_without(tmp_path, b'"claim_in_flight": null,\n ')
+    assert loaded == record
 
 
 @pytest.mark.parametrize(
