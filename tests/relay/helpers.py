@@ -311,6 +311,18 @@ class Api:
             token=user.token,
         )
 
+    async def device_audit(
+        self, user: User, household_id: str, device: FakeDevice
+    ) -> list[dict[str, Any]]:
+        """The audit events of ``device`` in ``household_id``, as ``user`` reads them."""
+        reply = await self.request(
+            "GET",
+            f"/v1/households/{household_id}/devices/{device.id}/audit",
+            token=user.token,
+            expect=200,
+        )
+        return list(reply.body["events"])
+
     async def started_claim(self) -> tuple[User, str, FakeDevice, Reply]:
         """A new owner, its household, a new device and the claim it started (the reply)."""
         owner, household = await self.owner_household()

@@ -73,16 +73,11 @@ async def test_own_household_onboards_its_device_again(
     assert after["device_id"] == device.id
     assert after["since"] == status.body["completed_at"] > before["since"]
 
-    events = await api.request(
-        "GET",
-        f"/v1/households/{household}/devices/{device.id}/audit",
-        token=owner.token,
-        expect=200,
-    )
-    actions = [event["action"] for event in events.body["events"]]
+    events = await api.device_audit(owner, household, device)
+    actions = [event["action"] for event in events]
     assert actions.count("device.claimed") == 1
     assert actions.count("device.reclaimed") == 1
-    reclaimed = next(e for e in events.body["events"] if e["action"] == "device.reclaimed")
+    reclaimed = next(e for e in events if e["action"] == "device.reclaimed")
     assert reclaimed["actor"] == f"device:{device.id}"
     assert reclaimed["details"]["claim_id"] == started.body["claim_id"]
     assert reclaimed["details"]["account_id"] == admin.account_id

@@ -44,18 +44,11 @@ async def test_retry_within_the_ttl_gets_the_same_grant(
         "GET", f"/v1/claims/{claim['claim_id']}", token=owner.token, expect=200
     )
     assert status.body["status"] == "owned"
-    events = await api.request(
-        "GET",
-        f"/v1/households/{household}/devices/{device.id}/audit",
-        token=owner.token,
-        expect=200,
-    )
-    actions = [event["action"] for event in events.body["events"]]
+    events = await api.device_audit(owner, household, device)
+    actions = [event["action"] for event in events]
     assert actions.count("device.claimed") == 1
     assert actions.count("device.claim_reconfirmed") == 1
-    reconfirmed = next(
-        e for e in events.body["events"] if e["action"] == "device.claim_reconfirmed"
-    )
+    reconfirmed = next(e for e in events if e["action"] == "device.claim_reconfirmed")
     assert reconfirmed["actor"] == f"device:{device.id}"
     assert reconfirmed["details"]["claim_id"] == claim["claim_id"]
     report = await api.relay.verify_audit()

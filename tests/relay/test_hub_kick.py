@@ -19,7 +19,7 @@ from tests.plugins.mosquitto import MosquittoBroker
 
 from .conftest import AppFactory
 from .helpers import Api, FakeDevice, User
-from .mqtt import connect_code, hub_topics
+from .mqtt import connect_code, hub_topics, mqtt_client
 
 #: Bound on waiting for the broker's disconnect (a generous bound, not an expectation).
 WAIT = 30
@@ -35,15 +35,7 @@ async def hub_credential(api: Api, user: User, household: str) -> dict[str, Any]
 async def hub_session(
     broker: MosquittoBroker, mqtt: dict[str, Any]
 ) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(
-        broker.host,
-        int(mqtt["port"]),
-        username=mqtt["username"],
-        password=mqtt["password"],
-        identifier=mqtt["client_id"],
-        protocol=aiomqtt.ProtocolVersion.V5,
-        timeout=10,
-    ) as client:
+    async with mqtt_client(broker, mqtt, timeout=10) as client:
         yield client
 
 
