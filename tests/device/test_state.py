@@ -99,6 +99,16 @@ def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> Non
     assert (loaded.claimed, loaded.owner_secret) == (True, None)
 
 
+def _refused_everywhere(tmp_path: Path, record: DeviceStateRecord) -> None:
+    """``record`` fails its check, and a state file holding it does not load."""
+    with pytest.raises(CorruptStateError):
+        record.check()
+    path = tmp_path / "state.json"
+    path.write_bytes(record.to_json())
+    with pytest.raises(CorruptStateError):
+        StateStore(path).load()
+
+
 @pytest.mark.parametrize(
     "record",
     [
@@ -110,12 +120,7 @@ def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> Non
     ],
 )
 def test_owner_secret_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
-    with pytest.raises(CorruptStateError):
-        record.check()
-    path = tmp_path / "state.json"
-    path.write_bytes(record.to_json())
-    with pytest.raises(CorruptStateError):
-        StateStore(path).load()
+    _refused_everywhere(tmp_path, record)
 
 
 FLIGHT = ClaimInFlight(
@@ -179,12 +184,7 @@ def test_state_files_from_before_claims_in_flight_still_load(tmp_path: Path) -> 
     ],
 )
 def test_claim_in_flight_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
-    with pytest.raises(CorruptStateError):
-        record.check()
-    path = tmp_path / "state.json"
-    path.write_bytes(record.to_json())
-    with pytest.raises(CorruptStateError):
-        StateStore(path).load()
+    _refused_everywhere(tmp_path, record)
 
 
 @pytest.mark.parametrize(
