@@ -14,7 +14,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiomqtt
 import pytest
 from iob_protocol.commands import (
     CommitRequest,
@@ -31,6 +30,7 @@ from tests.plugins.lossy_proxy import lossy_proxy
 
 from .commit_helpers import OWNER_SECRET, commit
 from .conftest import HOME_PASSPHRASE, HOME_SSID, AgentStarter, Provisioned, RunningAgent
+from .mqtt_clients import device_mqtt
 from .real_relay import RealRelay
 
 
@@ -66,13 +66,7 @@ async def _assert_owned_and_online(
     assert mqtt is not None
     # The credential the device kept really opens the broker (with the one client id the
     # broker binds to it: the device id).
-    async with aiomqtt.Client(
-        mqtt.host,
-        mqtt.port,
-        username=mqtt.username,
-        password=mqtt.password,
-        identifier=claim["device_id"],
-    ) as device_client:
+    async with device_mqtt(mqtt, identifier=claim["device_id"]) as device_client:
         await device_client.publish(f"iob/{claim['device_id']}/availability", b"online", qos=1)
     saved = running.provisioned.config.state_file.read_text()
     assert HOME_PASSPHRASE not in saved  # the claim in flight (and its Wi-Fi) is gone

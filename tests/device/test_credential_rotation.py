@@ -33,6 +33,7 @@ from tests.plugins.scripted_service import Answer, ScriptedService, error
 from . import credential_writer
 from .commit_helpers import commit
 from .conftest import CREDENTIAL_PATH, AgentStarter, Provisioned, RunningAgent
+from .mqtt_clients import device_mqtt, hub_mqtt
 from .power_cut import kill_mid_write, writer_context
 from .real_relay import RealRelay
 
@@ -85,13 +86,7 @@ async def owned_and_publishing(
 ) -> AsyncIterator[Observer]:
     """Claim the device at the real service and wait until it publishes through the broker."""
     hub = await relay.hub()
-    async with aiomqtt.Client(
-        hub["host"],
-        hub["port"],
-        username=hub["username"],
-        password=hub["password"],
-        identifier=hub["client_id"],  # the broker binds the hub user to it
-    ) as client:
+    async with hub_mqtt(hub) as client:
         claim = await relay.claim(device_id)
         _client, status = await commit(running, relay.url, token=claim["token"])
         assert status.state.value == "committed"
@@ -105,14 +100,7 @@ async def owned_and_publishing(
 
 async def refused_by_broker(mqtt: MqttCredentials) -> bool:
     try:
-        async with aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password,
-            identifier=mqtt.username,  # a device's client id is its id (= its username)
-            timeout=10,
-        ):
+        async with device_mqtt(mqtt, timeout=10):
             return False
     except aiomqtt.MqttCodeError as err:
         return getattr(err.rc, "value", err.rc) in {0x86, 0x87}

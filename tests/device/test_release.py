@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from iob_protocol.diagnostics import DiagnosticCode
 
@@ -29,6 +28,7 @@ from tests.plugins.scripted_service import Answer, ScriptedService, error
 from . import unclaim_writer
 from .commit_helpers import commit
 from .conftest import CREDENTIAL_PATH, HOME_SSID, AgentStarter, Provisioned, RunningAgent
+from .mqtt_clients import hub_mqtt
 from .power_cut import kill_mid_write, writer_context
 from .real_relay import RealRelay
 from .test_credential_rotation import Observer, owned_and_publishing, refused_by_broker
@@ -131,13 +131,7 @@ async def test_release_returns_the_device_to_unclaimed_and_it_can_be_claimed_aga
         assert owned.wifi_ssid == HOME_SSID
         status, hub = await relay.call("GET", f"/v1/households/{household}/hub", token=token)
         assert status == 200, hub
-        async with aiomqtt.Client(
-            hub["host"],
-            hub["port"],
-            username=hub["username"],
-            password=hub["password"],
-            identifier=hub["client_id"],
-        ) as client:
+        async with hub_mqtt(hub) as client:
             await client.subscribe(f"iob/{device_id}/#", qos=1)
             await Observer(client, device_id).answers_commands()  # a live session again
         assert store.current.diagnostic is None
