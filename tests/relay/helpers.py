@@ -311,6 +311,18 @@ class Api:
             token=user.token,
         )
 
+    async def offer_transfer(
+        self, user: User, household_id: str, device: FakeDevice, to: str
+    ) -> Reply:
+        """``user`` offers ``device`` of ``household_id`` to the household ``to``: 201."""
+        return await self.request(
+            "POST",
+            f"/v1/households/{household_id}/devices/{device.id}/transfers",
+            json_body={"to_household_id": to},
+            token=user.token,
+            expect=201,
+        )
+
     async def device_audit(
         self, user: User, household_id: str, device: FakeDevice
     ) -> list[dict[str, Any]]:

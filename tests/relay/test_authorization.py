@@ -54,20 +54,8 @@ async def build_world(api: Api, *, with_code: bool = False) -> World:
     )
     invitation = await api.invite(owner, household, "viewer")
     await api.share(owner, household, device, other, "read", expect=200)
-    transfer_in = await api.request(
-        "POST",
-        f"/v1/households/{other}/devices/{other_device.id}/transfers",
-        json_body={"to_household_id": household},
-        token=stranger.token,
-        expect=201,
-    )
-    transfer_out = await api.request(
-        "POST",
-        f"/v1/households/{household}/devices/{device.id}/transfers",
-        json_body={"to_household_id": other},
-        token=owner.token,
-        expect=201,
-    )
+    transfer_in = await api.offer_transfer(stranger, other, other_device, household)
+    transfer_out = await api.offer_transfer(owner, household, device, other)
     return World(
         users,
         household,

@@ -152,13 +152,7 @@ async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
     await _hub(api, seller.token, old_home)
     await _hub(api, buyer.token, new_home)
 
-    offer = await api.request(
-        "POST",
-        f"/v1/households/{old_home}/devices/{device.id}/transfers",
-        json_body={"to_household_id": new_home},
-        token=seller.token,
-        expect=201,
-    )
+    offer = await api.offer_transfer(seller, old_home, device, new_home)
     incoming = await api.request(
         "GET", f"/v1/households/{new_home}/transfers", token=buyer.token, expect=200
     )
@@ -195,13 +189,7 @@ async def test_transfer_decline_and_cancel(api: Api) -> None:
         ("decline", buyer, new_home),
         ("cancel", seller, old_home),
     ):
-        offer = await api.request(
-            "POST",
-            f"/v1/households/{old_home}/devices/{device.id}/transfers",
-            json_body={"to_household_id": new_home},
-            token=seller.token,
-            expect=201,
-        )
+        offer = await api.offer_transfer(seller, old_home, device, new_home)
         await api.request(
             "POST",
             f"/v1/households/{household}/transfers/{offer.body['transfer_id']}/{action}",

@@ -71,13 +71,7 @@ async def test_transfer_accept_disconnects_both_hubs(api: Api, broker: Mosquitto
     recipient, theirs = await api.owner_household()
     old_hub = await hub_credential(api, owner, home)
     new_hub = await hub_credential(api, recipient, theirs)
-    offer = await api.request(
-        "POST",
-        f"/v1/households/{home}/devices/{device.id}/transfers",
-        json_body={"to_household_id": theirs},
-        token=owner.token,
-        expect=201,
-    )
+    offer = await api.offer_transfer(owner, home, device, theirs)
     async with hub_session(broker, old_hub) as old, hub_session(broker, new_hub) as new:
         await api.request(
             "POST",
