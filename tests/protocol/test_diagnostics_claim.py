@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 from iob_protocol import (
@@ -80,6 +81,16 @@ def _claim(timestamp: int = NOW) -> ClaimConfirmation:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _as(kind: Callable[..., _T], source: Any, **fields: Any) -> _T:
+    """A ``kind`` statement with ``source``'s device id, nonce, time and signature (and
+    ``fields``): a signature moved to other content or another kind of statement."""
+    carried = ("device_id", "nonce", "timestamp", "signature")
+    return kind(**{name: getattr(source, name) for name in carried} | fields)
+
+
 def test_claim_round_trip_and_verify() -> None:
     claim = _claim()
     parsed = ClaimConfirmation.from_json(claim.to_json())
@@ -92,21 +103,11 @@ def test_claim_with_wrong_key_token_or_device_refused() -> None:
     claim = _claim()
     with pytest.raises(SignatureError):
         claim.verify(OTHER.identity.public_key, now=NOW)
-    forged = ClaimConfirmation(
-        device_id=claim.device_id,
-        claim_token="U" * 22,
-        nonce=claim.nonce,
-        timestamp=claim.timestamp,
-        signature=claim.signature,
-    )
+    forged = _as(ClaimConfirmation, claim, claim_token="U" * 22)
     with pytest.raises(SignatureError):
         forged.verify(DEVICE.identity.public_key, now=NOW)
-    moved = ClaimConfirmation(
-        device_id=OTHER.identity.device_id,
-        claim_token=claim.claim_token,
-        nonce=claim.nonce,
-        timestamp=claim.timestamp,
-        signature=claim.signature,
+    moved = _as(
+        ClaimConfirmation, claim, device_id=OTHER.identity.device_id, claim_token=claim.claim_token
     )
     with pytest.raises(SignatureError):
         moved.verify(DEVICE.identity.public_key, now=NOW)
@@ -137,13 +138,7 @@ def test_release_notice() -> None:
         parsed.verify(DEVICE.identity.public_key, now=NOW + 601)
     # A claim signature can never pass as a release signature (domain separation).
     claim = _claim()
-    disguised = ReleaseNotice(
-        device_id=claim.device_id,
-        reason=ReleaseReason.FACTORY_RESET,
-        nonce=claim.nonce,
-        timestamp=claim.timestamp,
-        signature=claim.signature,
-    )
+    disguised = _as(ReleaseNotice, claim, reason=ReleaseReason.FACTORY_RESET)
     with pytest.raises(SignatureError):
         disguised.verify(DEVICE.identity.public_key, now=NOW)
     bad_reason = notice.to_json().replace(b"factory_reset", b"went_away")
@@ -189,15 +184,7 @@ def test_zero_touch_wrong_key_or_moved_fields_refused() -> None:
         {"nonce": bytes(16)},
         {"timestamp": NOW + 1},
     ):
-        moved = ZeroTouchConfirmation(
-            **{
-                "device_id": statement.device_id,
-                "nonce": statement.nonce,
-                "timestamp": statement.timestamp,
-                "signature": statement.signature,
-                **change,
-            }  # type: ignore[arg-type]
-        )
+        moved = _as(ZeroTouchConfirmation, statement, **change)
         with pytest.raises(SignatureError):
             moved.verify(DEVICE.identity.public_key, now=NOW)
 
@@ -209,30 +196,13 @@ def test_zero_touch_is_domain_separated_from_claim_and_release() -> None:
         DEVICE.identity, clock=lambda: NOW, random_bytes=SeededRandom("zero")
     )
     assert release.nonce == statement.nonce
-    as_zero_touch = ZeroTouchConfirmation(
-        device_id=release.device_id,
-        nonce=release.nonce,
-        timestamp=release.timestamp,
-        signature=release.signature,
-    )
+    as_zero_touch = _as(ZeroTouchConfirmation, release)
     with pytest.raises(SignatureError):
         as_zero_touch.verify(DEVICE.identity.public_key, now=NOW)
-    as_release = ReleaseNotice(
-        device_id=statement.device_id,
-        reason=ReleaseReason.FACTORY_RESET,
-        nonce=statement.nonce,
-        timestamp=statement.timestamp,
-        signature=statement.signature,
-    )
+    as_release = _as(ReleaseNotice, statement, reason=ReleaseReason.FACTORY_RESET)
     with pytest.raises(SignatureError):
         as_release.verify(DEVICE.identity.public_key, now=NOW)
-    claim = ClaimConfirmation(
-        device_id=statement.device_id,
-        claim_token=TOKEN,
-        nonce=statement.nonce,
-        timestamp=statement.timestamp,
-        signature=statement.signature,
-    )
+    claim = _as(ClaimConfirmation, statement, claim_token=TOKEN)
     with pytest.raises(SignatureError):
         claim.verify(DEVICE.identity.public_key, now=NOW)
 
