@@ -31,7 +31,7 @@ from tests.plugins.clock import MONOTONIC_START, FakeClock
 from tests.plugins.scripted_service import Answer, ScriptedService, error
 
 from . import credential_writer
-from .commit_helpers import commit
+from .commit_helpers import claim_and_commit
 from .conftest import CREDENTIAL_PATH, AgentStarter, Provisioned, RunningAgent
 from .mqtt_clients import device_mqtt, hub_mqtt
 from .power_cut import kill_mid_write, writer_context
@@ -87,9 +87,7 @@ async def owned_and_publishing(
     """Claim the device at the real service and wait until it publishes through the broker."""
     hub = await relay.hub()
     async with hub_mqtt(hub) as client:
-        claim = await relay.claim(device_id)
-        _client, status = await commit(running, relay.url, token=claim["token"])
-        assert status.state.value == "committed"
+        await claim_and_commit(running, relay)
         # The hub's ACL covers the device once it is owned: subscribe now; the retained
         # ``online`` arrives once the runtime has announced itself.
         await client.subscribe(f"iob/{device_id}/#", qos=1)

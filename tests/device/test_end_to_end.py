@@ -23,7 +23,7 @@ from device_firmware.state import Phase
 from device_firmware.supervision import default_runtime_factory
 from tests.plugins.clock import FakeClock
 
-from .commit_helpers import OWNER_SECRET, change_wifi, commit
+from .commit_helpers import OWNER_SECRET, change_wifi, claim_and_commit, commit
 from .conftest import (
     HOME_PASSPHRASE,
     HOME_SSID,
@@ -154,16 +154,12 @@ async def test_real_service_refusals(
 
 async def test_factory_reset_releases_at_the_real_service(
     start_agent: AgentStarter,
-    provisioned: Provisioned,
     account_service: RealRelay,
 ) -> None:
 
     relay = account_service
-    device_id = provisioned.device.identity.device_id
     async with start_agent() as running:
-        claim = await relay.claim(device_id)
-        _client, status = await commit(running, relay.url, token=claim["token"])
-        assert status.state.value == "committed"
+        await claim_and_commit(running, relay)
         mqtt = running.agent.store.current.mqtt
         assert mqtt is not None
         report = await running.agent.controller.factory_reset()
@@ -175,9 +171,7 @@ async def test_factory_reset_releases_at_the_real_service(
         assert await relay.devices() == []
         # The window is open again: a new owner can set the device up.
         running.agent.request(Action.BUTTON)
-        claim = await relay.claim(device_id)
-        _client, status = await commit(running, relay.url, token=claim["token"])
-        assert status.state.value == "committed"
+        await claim_and_commit(running, relay)
     # The released credentials no longer open the broker.
     with pytest.raises(aiomqtt.MqttError):
         async with device_mqtt(mqtt):  # refused for the release, not for the client id
@@ -238,9 +232,7 @@ async def test_claimed_device_publishes_to_the_real_broker_and_reset_clears_it(
     async with hub_mqtt(hub) as observer:
         factory = default_runtime_factory(simulated=True, model="pi-test", firmware="0.1.0")
         async with start_agent(runtime_factory=factory) as running:
-            claim = await relay.claim(device_id)
-            _client, status = await commit(running, relay.url, token=claim["token"])
-            assert status.state.value == "committed"
+            await claim_and_commit(running, relay)
             # The hub's ACL covers the device once it is owned: subscribe now; the
             # retained descriptor and availability arrive as soon as the runtime has sent them.
             await observer.subscribe(f"iob/{device_id}/#", qos=1)
