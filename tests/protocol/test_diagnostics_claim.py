@@ -23,28 +23,14 @@ from iob_protocol import (
     errors,
 )
 
-from .helpers import SeededRandom, make_device
+from .helpers import WIRE_DIAGNOSTICS, SeededRandom, make_device
 
 DEVICE = make_device("claim device")
 OTHER = make_device("claim other")
 TOKEN = "T" * 22
 NOW = 1_800_000_000
 
-EXPECTED_CODES = {
-    "WIFI_AUTH_FAILED",
-    "WIFI_AP_NOT_FOUND",
-    "DHCP_TIMEOUT",
-    "DNS_FAILED",
-    "NO_INTERNET",
-    "RELAY_UNREACHABLE",
-    "TLS_FAILED",
-    "CLOCK_SKEW",
-    "CLAIM_REJECTED",
-    "CLAIM_EXPIRED",
-    "BROKER_AUTH_FAILED",
-    "BROKER_UNREACHABLE",
-    "TIMEOUT",
-}
+EXPECTED_CODES = set(WIRE_DIAGNOSTICS)
 
 
 def test_every_diagnostic_has_message_and_next_step() -> None:
