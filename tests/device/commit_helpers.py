@@ -92,9 +92,15 @@ async def change_wifi(
     return await wait_status(client)
 
 
-async def claim_and_commit(running: RunningAgent, relay: RealRelay) -> dict[str, Any]:
-    """The service's claim for the running device, committed with the home Wi-Fi: the claim."""
+async def commit_with_claim(
+    running: RunningAgent, relay: RealRelay, **settings: Any
+) -> tuple[LanClient, StatusResult]:
+    """:func:`commit` (with ``settings``) of a claim the service just made for the device."""
     claim = await relay.claim(running.provisioned.device.identity.device_id)
-    _client, status = await commit(running, relay.url, token=claim["token"])
+    return await commit(running, relay.url, token=claim["token"], **settings)
+
+
+async def claim_and_commit(running: RunningAgent, relay: RealRelay) -> None:
+    """The service's claim for the running device, committed with the home Wi-Fi."""
+    _client, status = await commit_with_claim(running, relay)
     assert status.state.value == "committed"
-    return claim
