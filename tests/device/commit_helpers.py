@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from iob_protocol.commands import (
     CommitRequest,
@@ -16,6 +17,7 @@ from iob_protocol.commands import (
 
 from .conftest import HOME_PASSPHRASE, HOME_SSID, RunningAgent
 from .lan_client import LanClient
+from .real_relay import RealRelay
 
 TOKEN = "tok_" + "A" * 40
 #: What Home Assistant generates per device and sends with set_claim.
@@ -88,3 +90,17 @@ async def change_wifi(
     assert isinstance(response, OkResponse), response
     assert isinstance(response.result, CommitResult)
     return await wait_status(client)
+
+
+async def commit_with_claim(
+    running: RunningAgent, relay: RealRelay, **settings: Any
+) -> tuple[LanClient, StatusResult]:
+    """:func:`commit` (with ``settings``) of a claim the service just made for the device."""
+    claim = await relay.claim(running.provisioned.device.identity.device_id)
+    return await commit(running, relay.url, token=claim["token"], **settings)
+
+
+async def claim_and_commit(running: RunningAgent, relay: RealRelay) -> None:
+    """The service's claim for the running device, committed with the home Wi-Fi."""
+    _client, status = await commit_with_claim(running, relay)
+    assert status.state.value == "committed"

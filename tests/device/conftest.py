@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -313,3 +314,18 @@ def start_agent(provisioned: Provisioned) -> AgentStarter:
         assert not agent_tasks(), agent_tasks()
 
     return start
+
+
+def agent_command(provisioned: Provisioned, *args: str, config: Path | None = None) -> list[str]:
+    """``python -m device_firmware [--config config] --data-dir <provisioned's> args``."""
+    settings = ["--config", str(config)] if config is not None else []
+    data_dir = ["--data-dir", str(provisioned.config.data_dir)]
+    return [sys.executable, "-m", "device_firmware", *settings, *data_dir, *args]
+
+
+def simulated_run(scenario: Path, *extra: str) -> list[str]:
+    """``run`` on the simulated network ``scenario``, HTTP on a free loopback port, without
+    zeroconf, hotspot or MQTT (and with ``extra``)."""
+    listen = ["--listen", "127.0.0.1", "--port", "0"]
+    quiet = ["--no-advertise", "--no-hotspot", "--no-mqtt", "--allow-insecure-http"]
+    return ["run", "--simulate-network", str(scenario), *listen, *quiet, *extra]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from iob_protocol.commands import (
     CommitRequest,
@@ -109,20 +111,19 @@ async def test_identify(start_agent: AgentStarter) -> None:
         assert running.hardware.pattern.value == "slow_blink"
 
 
-async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None:
-    """IoT VLAN without internet: the signed confirmation goes out through HA, the service's
-    answer comes back the same way; the device never talks to the service."""
-    store = StateStore(provisioned.config.state_file)
-    backend = SimulatedBackend(home_scenario())
-
-    def no_relay(url: str) -> RelayClient:
-        raise AssertionError(f"the device must not call {url}")
-
+async def _hub_claim(
+    provisioned: Provisioned,
+    scenario: Scenario,
+    relay_factory: Callable[[str], RelayClient],
+    **plan: Any,
+) -> tuple[DeviceController, SimulatedBackend]:
+    """A controller on ``scenario`` with the home Wi-Fi and a claim (``plan`` added) set."""
+    backend = SimulatedBackend(scenario)
     controller = DeviceController(
         device=provisioned.device,
-        store=store,
+        store=StateStore(provisioned.config.state_file),
         backend=backend,
-        relay_factory=no_relay,
+        relay_factory=relay_factory,
         commit_timeout=30,
     )
     await controller.set_wifi(WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
@@ -131,16 +132,33 @@ async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None
             service_url="https://relay.example",
             claim_token="T" * 30,
             owner_secret=OWNER_SECRET,
-            broker_host="10.0.0.2",
-            broker_port=1883,
+            **plan,
         )
     )
-    controller.set_claim_delivery(ClaimDelivery.HUB)
-    await controller.start_commit()
+    return controller, backend
+
+
+async def _hub_exchange_begun(controller: DeviceController) -> None:
+    """Wait (up to 5 s) until the commit hands its confirmation to Home Assistant."""
     for _ in range(500):
         if controller.hub_exchange is not None:
             break
         await asyncio.sleep(0.01)
+
+
+async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None:
+    """IoT VLAN without internet: the signed confirmation goes out through HA, the service's
+    answer comes back the same way; the device never talks to the service."""
+
+    def no_relay(url: str) -> RelayClient:
+        raise AssertionError(f"the device must not call {url}")
+
+    controller, backend = await _hub_claim(
+        provisioned, home_scenario(), no_relay, broker_host="10.0.0.2", broker_port=1883
+    )
+    controller.set_claim_delivery(ClaimDelivery.HUB)
+    await controller.start_commit()
+    await _hub_exchange_begun(controller)
     exchange = controller.hub_exchange
     assert exchange is not None
     exchange.confirmation.verify(
@@ -165,29 +183,11 @@ async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None
 
 
 async def test_claim_relayed_by_home_assistant_refused(provisioned: Provisioned) -> None:
-    store = StateStore(provisioned.config.state_file)
-    backend = SimulatedBackend(home_scenario(saved=b"Cafe"))
-    controller = DeviceController(
-        device=provisioned.device,
-        store=store,
-        backend=backend,
-        relay_factory=RelayClient,
-        commit_timeout=30,
-    )
-    await controller.set_wifi(WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
-    await controller.set_claim(
-        ClaimPlan(
-            service_url="https://relay.example",
-            claim_token="T" * 30,
-            owner_secret=OWNER_SECRET,
-            delivery=ClaimDelivery.HUB,
-        )
+    controller, backend = await _hub_claim(
+        provisioned, home_scenario(saved=b"Cafe"), RelayClient, delivery=ClaimDelivery.HUB
     )
     await controller.start_commit()
-    for _ in range(500):
-        if controller.hub_exchange is not None:
-            break
-        await asyncio.sleep(0.01)
+    await _hub_exchange_begun(controller)
     controller.fail_hub_outcome(DiagnosticCode.CLAIM_EXPIRED)
     record = await controller.wait_for_commit()
     assert (record.phase, record.diagnostic) == (Phase.PROVISIONING, DiagnosticCode.CLAIM_EXPIRED)

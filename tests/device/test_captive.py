@@ -37,6 +37,19 @@ async def post(running: RunningAgent, **fields: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+async def post_label_code(running: RunningAgent, **fields: str) -> tuple[int, str]:
+    """:func:`post` with the label's (right) manual code."""
+    return await post(running, code=running.provisioned.result.manual_code, **fields)
+
+
+async def commit_ended(running: RunningAgent) -> None:
+    """Wait (up to 5 s) until the device is no longer committing."""
+    for _ in range(500):
+        if running.agent.store.current.phase is not Phase.COMMITTING:
+            break
+        await asyncio.sleep(0.01)
+
+
 async def test_hotspot_opens_with_the_derived_key_and_probes_redirect(
     start_agent: AgentStarter,
 ) -> None:
@@ -73,12 +86,8 @@ async def test_wrong_codes_count_and_lock_like_handshakes(start_agent: AgentStar
                 running, token=token, ssid="HomeNet", passphrase=HOME_PASSPHRASE, code=bad
             )
             assert status == 401
-        status, page = await post(
-            running,
-            token=token,
-            ssid="HomeNet",
-            passphrase=HOME_PASSPHRASE,
-            code=running.provisioned.result.manual_code,
+        status, page = await post_label_code(
+            running, token=token, ssid="HomeNet", passphrase=HOME_PASSPHRASE
         )
         assert status == 429
         assert "Too many wrong codes" in page
@@ -90,18 +99,11 @@ async def test_wrong_codes_count_and_lock_like_handshakes(start_agent: AgentStar
 async def test_right_code_joins_the_network_unclaimed(start_agent: AgentStarter) -> None:
     async with start_agent() as running:
         token = await form_token(running)
-        status, _ = await post(
-            running,
-            token=token,
-            ssid_choice="HomeNet",
-            passphrase=HOME_PASSPHRASE,
-            code=running.provisioned.result.manual_code,
+        status, _ = await post_label_code(
+            running, token=token, ssid_choice="HomeNet", passphrase=HOME_PASSPHRASE
         )
         assert status == 303
-        for _ in range(500):
-            if running.agent.store.current.phase is not Phase.COMMITTING:
-                break
-            await asyncio.sleep(0.01)
+        await commit_ended(running)
         record = running.agent.store.current
         assert (record.phase, record.diagnostic, record.wifi_ssid) == (
             Phase.PROVISIONING,
@@ -122,18 +124,11 @@ async def test_right_code_joins_the_network_unclaimed(start_agent: AgentStarter)
 async def test_wrong_wifi_password_shows_the_diagnostic(start_agent: AgentStarter) -> None:
     async with start_agent() as running:
         token = await form_token(running)
-        status, _ = await post(
-            running,
-            token=token,
-            ssid="HomeNet",
-            passphrase=WRONG_PASSPHRASE,
-            code=running.provisioned.result.manual_code,
+        status, _ = await post_label_code(
+            running, token=token, ssid="HomeNet", passphrase=WRONG_PASSPHRASE
         )
         assert status == 303
-        for _ in range(500):
-            if running.agent.store.current.phase is not Phase.COMMITTING:
-                break
-            await asyncio.sleep(0.01)
+        await commit_ended(running)
         async with running.http.get(captive_url(running) + "/status") as response:
             page = await response.text()
         assert "WIFI_AUTH_FAILED" in page

@@ -10,11 +10,12 @@ put back before the agent boots again from its state directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiomqtt
 import pytest
 from iob_protocol.commands import (
     CommitRequest,
@@ -31,6 +32,7 @@ from tests.plugins.lossy_proxy import lossy_proxy
 
 from .commit_helpers import OWNER_SECRET, commit
 from .conftest import HOME_PASSPHRASE, HOME_SSID, AgentStarter, Provisioned, RunningAgent
+from .mqtt_clients import device_mqtt
 from .real_relay import RealRelay
 
 
@@ -66,13 +68,7 @@ async def _assert_owned_and_online(
     assert mqtt is not None
     # The credential the device kept really opens the broker (with the one client id the
     # broker binds to it: the device id).
-    async with aiomqtt.Client(
-        mqtt.host,
-        mqtt.port,
-        username=mqtt.username,
-        password=mqtt.password,
-        identifier=claim["device_id"],
-    ) as device_client:
+    async with device_mqtt(mqtt, identifier=claim["device_id"]) as device_client:
         await device_client.publish(f"iob/{claim['device_id']}/availability", b"online", qos=1)
     saved = running.provisioned.config.state_file.read_text()
     assert HOME_PASSPHRASE not in saved  # the claim in flight (and its Wi-Fi) is gone
@@ -125,6 +121,26 @@ async def _commit_and_cut_power(
         return running.provisioned.config.state_file.read_bytes()
 
 
+@contextlib.asynccontextmanager
+async def _answer_lost(
+    start_agent: AgentStarter, relay: RealRelay, claim: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """``claim`` committed through a proxy that loses the service's answer (and holds the
+    connection), the power cut then: the state file's bytes at that moment."""
+    async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
+        yield await _commit_and_cut_power(start_agent, proxy.url, claim["token"], proxy.answer_lost)
+
+
+async def _boots_and_resumes(
+    start_agent: AgentStarter, relay: RealRelay, claim: dict[str, Any], **config: Any
+) -> None:
+    """The agent boots (with ``config``), resumes the claim in flight and ends owned, online."""
+    async with start_agent(**config) as running:
+        await running.agent.ready()
+        await running.agent.controller.wait_for_commit()
+        await _assert_owned_and_online(running, relay, claim)
+
+
 @pytest.mark.parametrize("stop", ["power_cut", "agent_stopped"])
 async def test_power_cut_with_claim_in_flight_resumes_at_boot(
     start_agent: AgentStarter,
@@ -138,18 +154,12 @@ async def test_power_cut_with_claim_in_flight_resumes_at_boot(
     relay = account_service
     device_id = provisioned.device.identity.device_id
     claim = await relay.claim(device_id)
-    async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
-        on_disk = await _commit_and_cut_power(
-            start_agent, proxy.url, claim["token"], proxy.answer_lost
-        )
+    async with _answer_lost(start_agent, relay, claim) as on_disk:
         if stop == "power_cut":
             state_file.write_bytes(on_disk)  # nothing written after the cut reached the disk
         assert StateStore(state_file).load().claim_in_flight is not None
 
-        async with start_agent() as running:  # boots from the same state directory
-            await running.agent.ready()
-            await running.agent.controller.wait_for_commit()
-            await _assert_owned_and_online(running, relay, claim)
+        await _boots_and_resumes(start_agent, relay, claim)  # the same state directory
     actions = await _audit_actions(relay, device_id)
     assert actions.count("device.claim_reconfirmed") == 1
 
@@ -163,18 +173,14 @@ async def test_power_cut_past_the_ttl_fetches_the_credential(
     relay = account_service
     device_id = provisioned.device.identity.device_id
     claim = await relay.claim(device_id)
-    async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
-        on_disk = await _commit_and_cut_power(
-            start_agent, proxy.url, claim["token"], proxy.answer_lost
-        )
+    async with _answer_lost(start_agent, relay, claim) as on_disk:
         state_file.write_bytes(on_disk)
         # The device stays off longer than any claim token lives.
         later = CLAIM_TTL_LIMIT + 60
         relay.clock.advance(later)
-        async with start_agent(wall_clock=lambda: int(time.time()) + later) as running:
-            await running.agent.ready()
-            await running.agent.controller.wait_for_commit()
-            await _assert_owned_and_online(running, relay, claim)
+        await _boots_and_resumes(
+            start_agent, relay, claim, wall_clock=lambda: int(time.time()) + later
+        )
     actions = await _audit_actions(relay, device_id)
     assert "device.claim_reconfirmed" not in actions
     assert actions.count("device.credentials_fetched") == 1
@@ -225,10 +231,7 @@ async def test_claim_in_flight_that_never_reached_the_service_is_confirmed_at_bo
     plan = ClaimPlan(service_url=relay.url, claim_token=claim["token"], owner_secret=OWNER_SECRET)
     wifi = WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE)
     store.change(phase=Phase.COMMITTING, claim_in_flight=plan.in_flight(wifi, int(time.time())))
-    async with start_agent() as running:
-        await running.agent.ready()
-        await running.agent.controller.wait_for_commit()
-        await _assert_owned_and_online(running, relay, claim)
+    await _boots_and_resumes(start_agent, relay, claim)
     actions = await _audit_actions(relay, device_id)
     assert actions.count("device.claimed") == 1
     assert "device.claim_reconfirmed" not in actions

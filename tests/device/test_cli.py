@@ -54,30 +54,12 @@ def test_factory_provision_status_and_diagnose(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     config = str(tmp_path / "none.toml")
     (tmp_path / "none.toml").write_text("")
-    code, text = cli(
-        "--config",
-        config,
-        "--data-dir",
-        data,
-        "factory-provision",
-        "--model",
-        "pi-cli",
-        "--output",
-        str(tmp_path / "out"),
-    )
+    out = str(tmp_path / "out")
+    provision = ("--config", config, "--data-dir", data, "factory-provision", "--model", "pi-cli")
+    code, text = cli(*provision, "--output", out)
     assert code == 0
     assert "Manual code:" in text
-    code, _ = cli(
-        "--config",
-        config,
-        "--data-dir",
-        data,
-        "factory-provision",
-        "--model",
-        "pi-cli",
-        "--output",
-        str(tmp_path / "out"),
-    )
+    code, _ = cli(*provision, "--output", out)  # already provisioned
     assert code == 1
     code, text = cli("--config", config, "--data-dir", data, "status", "--json")
     status = json.loads(text)

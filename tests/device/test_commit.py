@@ -16,7 +16,7 @@ from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
 from tests.plugins.scripted_service import Answer, ScriptedService, error, scripted
 
-from .commit_helpers import OWNER_SECRET, TOKEN, commit
+from .commit_helpers import OWNER_SECRET, TOKEN, commit, commit_with_claim
 from .conftest import (
     CONFIRM_PATH,
     CREDENTIAL_PATH,
@@ -141,11 +141,9 @@ async def test_hidden_network_with_flag_and_hex_psk(
 ) -> None:
     psk = hashlib.pbkdf2_hmac("sha1", b"hidden network pw", b"Attic", 4096, 32).hex()
     async with start_agent() as running:
-        claim = await account_service.claim(running.provisioned.device.identity.device_id)
-        _client, status = await commit(
+        _client, status = await commit_with_claim(
             running,
-            account_service.url,
-            token=claim["token"],
+            account_service,
             ssid=b"Attic",
             passphrase=psk,
             hidden=True,
@@ -299,10 +297,7 @@ async def test_claim_without_wifi_change(
 ) -> None:
     """A device already on the LAN (Ethernet) only confirms the claim."""
     async with start_agent(Scenario(wired=True)) as running:
-        claim = await account_service.claim(running.provisioned.device.identity.device_id)
-        _client, status = await commit(
-            running, account_service.url, token=claim["token"], ssid=None
-        )
+        _client, status = await commit_with_claim(running, account_service, ssid=None)
         assert status.state.value == "committed"
         assert "commit:none" in running.backend.events
 
@@ -311,11 +306,9 @@ async def test_broker_override_and_pin(
     start_agent: AgentStarter, account_service: RealRelay
 ) -> None:
     async with start_agent() as running:
-        claim = await account_service.claim(running.provisioned.device.identity.device_id)
-        _client, status = await commit(
+        _client, status = await commit_with_claim(
             running,
-            account_service.url,
-            token=claim["token"],
+            account_service,
             broker_host="mqtt.lan",
             broker_port=8883,
             broker_pin=b"\x01" * 32,

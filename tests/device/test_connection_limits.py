@@ -24,7 +24,7 @@ import pytest
 
 from device_firmware.provisioning.http_guard import DEFAULT_MAX_CONNECTIONS, connection_cap
 
-from .conftest import AgentStarter, Provisioned
+from .conftest import AgentStarter, Provisioned, agent_command, simulated_run
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,25 +58,7 @@ async def agent_process(
 
     with log.open("wb") as handle:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "device_firmware",
-            "--config",
-            str(config),
-            "--data-dir",
-            str(provisioned.config.data_dir),
-            "run",
-            "--simulate-network",
-            str(scenario),
-            "--listen",
-            LOOPBACK,
-            "--port",
-            "0",
-            "--no-advertise",
-            "--no-hotspot",
-            "--no-mqtt",
-            "--no-ble",
-            "--allow-insecure-http",
+            *agent_command(provisioned, *simulated_run(scenario, "--no-ble"), config=config),
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=handle,

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,8 +31,10 @@ from tests.plugins.clock import MONOTONIC_START, FakeClock
 from tests.plugins.scripted_service import Answer, ScriptedService, error
 
 from . import credential_writer
-from .commit_helpers import commit
+from .commit_helpers import claim_and_commit
 from .conftest import CREDENTIAL_PATH, AgentStarter, Provisioned, RunningAgent
+from .mqtt_clients import device_mqtt, hub_mqtt
+from .power_cut import kill_mid_write, writer_context
 from .real_relay import RealRelay
 
 # --- end to end: the real service and broker ----------------------------------------------------
@@ -86,16 +86,8 @@ async def owned_and_publishing(
 ) -> AsyncIterator[Observer]:
     """Claim the device at the real service and wait until it publishes through the broker."""
     hub = await relay.hub()
-    async with aiomqtt.Client(
-        hub["host"],
-        hub["port"],
-        username=hub["username"],
-        password=hub["password"],
-        identifier=hub["client_id"],  # the broker binds the hub user to it
-    ) as client:
-        claim = await relay.claim(device_id)
-        _client, status = await commit(running, relay.url, token=claim["token"])
-        assert status.state.value == "committed"
+    async with hub_mqtt(hub) as client:
+        await claim_and_commit(running, relay)
         # The hub's ACL covers the device once it is owned: subscribe now; the retained
         # ``online`` arrives once the runtime has announced itself.
         await client.subscribe(f"iob/{device_id}/#", qos=1)
@@ -106,14 +98,7 @@ async def owned_and_publishing(
 
 async def refused_by_broker(mqtt: MqttCredentials) -> bool:
     try:
-        async with aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password,
-            identifier=mqtt.username,  # a device's client id is its id (= its username)
-            timeout=10,
-        ):
+        async with device_mqtt(mqtt, timeout=10):
             return False
     except aiomqtt.MqttCodeError as err:
         return getattr(err.rc, "value", err.rc) in {0x86, 0x87}
@@ -333,25 +318,13 @@ def test_power_cut_while_saving_a_fetched_credential(tmp_path: Path) -> None:
     finds the old or the new credential, never neither, never a broken file."""
     path = tmp_path / "state.json"
     StateStore(path).write(credential_writer.ONLINE)
-    context = multiprocessing.get_context("forkserver")
-    # Imports paid once in the fork server, not in every child (ignored if it already runs).
-    context.set_forkserver_preload(["tests.device.credential_writer"])
+    context = writer_context("tests.device.credential_writer")
     rng = random.Random(20261124)  # noqa: S311 - reproducible kill times, not crypto
     last = StateStore(path).load().generation
     seen: set[str] = set()
     killed_mid_write = 0
     for _ in range(40):
-        writer = context.Process(target=credential_writer.swap_forever, args=(str(path),))
-        writer.start()
-        for _ in range(5000):  # bounded wait until this writer has written once
-            if StateStore(path).load().generation > last:
-                break
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.01))
-        writer.kill()
-        writer.join()
-        assert writer.exitcode == -9
-        killed_mid_write += bool(list(tmp_path.glob(".state.json.*.tmp")))
+        killed_mid_write += kill_mid_write(context, credential_writer.swap_forever, path, last, rng)
         record = StateStore(path).recover()  # the restart: must never raise
         assert record.phase is Phase.ONLINE
         assert record.mqtt in {credential_writer.OLD, credential_writer.NEW}

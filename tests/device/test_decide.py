@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from typing import Any
 
 import pytest
@@ -38,208 +39,121 @@ OWNED = Facts(phase=Phase.ONLINE, claimed=True, was_claimed=True, wifi_saved=Tru
 #: Nothing on but the LED (unclaimed) and zeroconf: each row names what differs from it.
 BASE = Decision(
     led=LedState.UNCLAIMED,
-    close_window=False,
     zeroconf=Phase.UNCLAIMED,
-    ble_advertise=False,
-    improv=False,
-    hotspot=False,
-    captive_page=False,
-    probe_uplink=False,
+    **dict.fromkeys(
+        ("close_window", "ble_advertise", "improv", "hotspot", "captive_page", "probe_uplink"),
+        False,
+    ),
     mqtt=False,
 )
 ONLINE = dataclasses.replace(BASE, led=LedState.ONLINE, zeroconf=Phase.ONLINE, mqtt=True)
 
 
-def row(facts: Facts, expected: Decision, row_id: str, **changes: Any) -> Any:
-    """One table row: ``facts`` with ``changes`` in, ``expected`` out."""
-    return pytest.param(dataclasses.replace(facts, **changes), expected, id=row_id)
+#: Named groups of changes a row may use (the words of the compact rows below).
+GROUPS: dict[str, str] = {
+    "HOTSPOT": "hotspot captive_page",
+    "PROVISIONING": "led=PROVISIONING zeroconf=PROVISIONING",
+    "COMMITTING": "led=COMMITTING zeroconf=COMMITTING",
+}
+#: How a word's value reads, by field: an enum member's name, or ``None``.
+ENUMS: dict[str, Any] = {
+    "phase": Phase,
+    "window": WindowReason,
+    "uplink": Uplink,
+    "led": LedState,
+    "zeroconf": Phase,
+}
+STARTS: dict[str, Facts | Decision] = {
+    "FRESH": FRESH,
+    "OWNED": OWNED,
+    "BASE": BASE,
+    "ONLINE": ONLINE,
+}
 
 
-HOTSPOT: dict[str, Any] = {"hotspot": True, "captive_page": True}
-PROVISIONING: dict[str, Any] = {"led": LedState.PROVISIONING, "zeroconf": Phase.PROVISIONING}
-COMMITTING: dict[str, Any] = {"led": LedState.COMMITTING, "zeroconf": Phase.COMMITTING}
+def fields(words: str) -> dict[str, Any]:
+    """``"flag !flag field=MEMBER GROUP"`` as fields: flag = True, !flag = False."""
+    changes: dict[str, Any] = {}
+    for word in " ".join(GROUPS.get(w, w) for w in words.split()).split():
+        name, _, value = word.lstrip("!").partition("=")
+        if not value:
+            changes[name] = not word.startswith("!")
+        else:
+            changes[name] = None if value == "None" else ENUMS[name][value]
+    return changes
 
-TABLE = [
-    # --- unclaimed, without Wi-Fi: the hotspot waits for the uplink probe -----------------
-    row(FRESH, dataclasses.replace(BASE, probe_uplink=True), "fresh, uplink unknown: probe"),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **HOTSPOT),
-        "fresh, no uplink: hotspot + captive",
-        uplink=Uplink.NONE,
-    ),
-    row(FRESH, BASE, "fresh, on Ethernet: no hotspot", uplink=Uplink.CONNECTED),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **HOTSPOT),
-        "hotspot running: kept, nothing probed",
-        hotspot_on=True,
-    ),
-    row(FRESH, BASE, "window lapsed: hotspot off", window=None, hotspot_on=True),
-    row(FRESH, BASE, "hotspot disabled: never probed", hotspot_enabled=False),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, probe_uplink=True),
-        "button window: as at boot",
-        window=WindowReason.BUTTON,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, probe_uplink=True),
-        "after a factory reset (was claimed): as at boot, no close",
-        window=WindowReason.FACTORY_RESET,
-        was_claimed=True,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **PROVISIONING, **HOTSPOT),
-        "provisioning over the hotspot: kept",
-        phase=Phase.PROVISIONING,
-        hotspot_on=True,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, led=LedState.ERROR, zeroconf=Phase.PROVISIONING, **HOTSPOT),
-        "failed commit rolled back: error LED, hotspot kept",
-        phase=Phase.PROVISIONING,
-        diagnostic=True,
-        hotspot_on=True,
-    ),
-    # --- unclaimed with a saved Wi-Fi (released by its household) ------------------------
-    row(
-        FRESH,
-        BASE,
-        "released, keeps its Wi-Fi: no hotspot, no probe",
-        window=WindowReason.RELEASED,
-        wifi_saved=True,
-        uplink=Uplink.NONE,
-    ),
-    # --- BLE and Improv ------------------------------------------------------------------
-    row(
-        FRESH,
-        dataclasses.replace(BASE, ble_advertise=True, improv=True, probe_uplink=True),
-        "BLE + Improv, window open: both offered",
-        ble_running=True,
-        improv_enabled=True,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, ble_advertise=True, probe_uplink=True),
-        "BLE without Improv: advertised only",
-        ble_running=True,
-    ),
-    row(
-        FRESH,
-        BASE,
-        "BLE + Improv, window closed: neither",
-        ble_running=True,
-        improv_enabled=True,
-        window=None,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, probe_uplink=True),
-        "Improv configured, BLE could not start: neither",
-        improv_enabled=True,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, ble_advertise=True),
-        "released with Wi-Fi: BLE advertised, no Improv",
-        ble_running=True,
-        improv_enabled=True,
-        window=WindowReason.RELEASED,
-        wifi_saved=True,
-    ),
-    # --- zeroconf ------------------------------------------------------------------------
-    row(
-        FRESH,
-        dataclasses.replace(BASE, zeroconf=None, probe_uplink=True),
-        "zeroconf disabled",
-        zeroconf_enabled=False,
-    ),
-    # --- committing: the commit owns the radio -------------------------------------------
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **COMMITTING, **HOTSPOT),
-        "committing over the hotspot: kept",
-        phase=Phase.COMMITTING,
-        hotspot_on=True,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **COMMITTING),
-        "committing without hotspot: none started, nothing probed",
-        phase=Phase.COMMITTING,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **COMMITTING),
-        "committing with a diagnostic: the commit's LED wins",
-        phase=Phase.COMMITTING,
-        diagnostic=True,
-    ),
-    row(
-        FRESH,
-        dataclasses.replace(BASE, **COMMITTING, close_window=True, **HOTSPOT),
-        "claim confirmed mid-commit: window closes, radio still the commit's",
-        phase=Phase.COMMITTING,
-        claimed=True,
-        ble_running=True,
-        improv_enabled=True,
-        hotspot_on=True,
-    ),
-    # --- the claim arrives ---------------------------------------------------------------
-    row(
-        FRESH,
-        dataclasses.replace(ONLINE, close_window=True),
-        "claimed: label window closes, hotspot and BLE advert go",
-        phase=Phase.ONLINE,
-        claimed=True,
-        wifi_saved=True,
-        mqtt_saved=True,
-        ble_running=True,
-        improv_enabled=True,
-        hotspot_on=True,
-    ),
-    # --- owned ---------------------------------------------------------------------------
-    row(OWNED, ONLINE, "online: MQTT, zeroconf, steady LED"),
-    row(
-        OWNED,
-        dataclasses.replace(ONLINE, led=LedState.ERROR),
-        "online, broker refused: error LED, MQTT retries",
-        diagnostic=True,
-    ),
-    row(
-        OWNED,
-        dataclasses.replace(ONLINE, mqtt=False),
-        "online without MQTT credentials: no runtime",
-        mqtt_saved=False,
-    ),
-    row(
-        OWNED,
-        dataclasses.replace(ONLINE, ble_advertise=True),
-        "button while owned: owner window over BLE, no Improv",
-        window=WindowReason.BUTTON_OWNER,
-        ble_running=True,
-        improv_enabled=True,
-    ),
-    row(
-        OWNED,
-        dataclasses.replace(ONLINE, ble_advertise=True),
-        "Wi-Fi lost while owned: owner window, never the hotspot",
-        window=WindowReason.WIFI_LOST,
-        ble_running=True,
-        uplink=Uplink.NONE,
-    ),
-    row(
-        OWNED,
-        dataclasses.replace(ONLINE, **COMMITTING, mqtt=False),
-        "owner changes the Wi-Fi: committing, no MQTT",
-        phase=Phase.COMMITTING,
-        window=WindowReason.WIFI_LOST,
-    ),
-]
+
+def changed(words: str) -> Any:
+    """``"START words"``: START (a :data:`STARTS` name) with the :func:`fields` of the words."""
+    start, _, rest = words.partition(" ")
+    return dataclasses.replace(STARTS[start], **fields(rest))
+
+
+def rows(table: str) -> list[Any]:
+    """The table's rows, ``facts | decision | id`` (a line opening with ``|`` goes on the one
+    before), facts and decision as :func:`changed` words; ``--`` lines are headings."""
+    params = []
+    for line in re.sub(r"\n\s*\|", " |", table).strip().splitlines():
+        if not line.strip().startswith("--"):
+            facts, expected, row_id = (cell.strip() for cell in line.split("|"))
+            params.append(pytest.param(changed(facts), changed(expected), id=row_id))
+    return params
+
+
+TABLE = rows(
+    """
+    -- unclaimed, without Wi-Fi: the hotspot waits for the uplink probe
+    FRESH | BASE probe_uplink | fresh, uplink unknown: probe
+    FRESH uplink=NONE | BASE HOTSPOT | fresh, no uplink: hotspot + captive
+    FRESH uplink=CONNECTED | BASE | fresh, on Ethernet: no hotspot
+    FRESH hotspot_on | BASE HOTSPOT | hotspot running: kept, nothing probed
+    FRESH window=None hotspot_on | BASE | window lapsed: hotspot off
+    FRESH !hotspot_enabled | BASE | hotspot disabled: never probed
+    FRESH window=BUTTON | BASE probe_uplink | button window: as at boot
+    FRESH window=FACTORY_RESET was_claimed | BASE probe_uplink
+        | after a factory reset (was claimed): as at boot, no close
+    FRESH phase=PROVISIONING hotspot_on | BASE PROVISIONING HOTSPOT
+        | provisioning over the hotspot: kept
+    FRESH phase=PROVISIONING diagnostic hotspot_on | BASE led=ERROR zeroconf=PROVISIONING HOTSPOT
+        | failed commit rolled back: error LED, hotspot kept
+    -- unclaimed with a saved Wi-Fi (released by its household)
+    FRESH window=RELEASED wifi_saved uplink=NONE | BASE
+        | released, keeps its Wi-Fi: no hotspot, no probe
+    -- BLE and Improv
+    FRESH ble_running improv_enabled | BASE ble_advertise improv probe_uplink
+        | BLE + Improv, window open: both offered
+    FRESH ble_running | BASE ble_advertise probe_uplink | BLE without Improv: advertised only
+    FRESH ble_running improv_enabled window=None | BASE | BLE + Improv, window closed: neither
+    FRESH improv_enabled | BASE probe_uplink | Improv configured, BLE could not start: neither
+    FRESH ble_running improv_enabled window=RELEASED wifi_saved | BASE ble_advertise
+        | released with Wi-Fi: BLE advertised, no Improv
+    -- zeroconf
+    FRESH !zeroconf_enabled | BASE zeroconf=None probe_uplink | zeroconf disabled
+    -- committing: the commit owns the radio
+    FRESH phase=COMMITTING hotspot_on | BASE COMMITTING HOTSPOT | committing over the hotspot: kept
+    FRESH phase=COMMITTING | BASE COMMITTING
+        | committing without hotspot: none started, nothing probed
+    FRESH phase=COMMITTING diagnostic | BASE COMMITTING
+        | committing with a diagnostic: the commit's LED wins
+    FRESH phase=COMMITTING claimed ble_running improv_enabled hotspot_on
+        | BASE COMMITTING close_window HOTSPOT
+        | claim confirmed mid-commit: window closes, radio still the commit's
+    -- the claim arrives
+    FRESH phase=ONLINE claimed wifi_saved mqtt_saved ble_running improv_enabled hotspot_on
+        | ONLINE close_window
+        | claimed: label window closes, hotspot and BLE advert go
+    -- owned
+    OWNED | ONLINE | online: MQTT, zeroconf, steady LED
+    OWNED diagnostic | ONLINE led=ERROR | online, broker refused: error LED, MQTT retries
+    OWNED !mqtt_saved | ONLINE !mqtt | online without MQTT credentials: no runtime
+    OWNED window=BUTTON_OWNER ble_running improv_enabled | ONLINE ble_advertise
+        | button while owned: owner window over BLE, no Improv
+    OWNED window=WIFI_LOST ble_running uplink=NONE | ONLINE ble_advertise
+        | Wi-Fi lost while owned: owner window, never the hotspot
+    OWNED phase=COMMITTING window=WIFI_LOST | ONLINE COMMITTING !mqtt
+        | owner changes the Wi-Fi: committing, no MQTT
+"""
+)
 
 
 @pytest.mark.parametrize(("facts", "expected"), TABLE)
@@ -365,39 +279,14 @@ def test_facts_of_a_record() -> None:
     record = dataclasses.replace(
         CLAIMED, diagnostic=DiagnosticCode.BROKER_AUTH_FAILED, diagnostic_at=1
     )
-    facts = Facts.of(
-        record,
-        was_claimed=False,
-        window=WindowReason.WIFI_LOST,
-        zeroconf_enabled=False,
-        ble_running=True,
-        improv_enabled=True,
-        hotspot_enabled=False,
-        hotspot_on=True,
-        uplink=Uplink.NONE,
+    given = fields(
+        "!was_claimed window=WIFI_LOST !zeroconf_enabled ble_running improv_enabled"
+        " !hotspot_enabled hotspot_on uplink=NONE"
     )
-    assert facts == Facts(
-        phase=Phase.ONLINE,
-        diagnostic=True,
-        claimed=True,
-        was_claimed=False,
-        wifi_saved=True,
-        mqtt_saved=True,
-        window=WindowReason.WIFI_LOST,
-        zeroconf_enabled=False,
-        ble_running=True,
-        improv_enabled=True,
-        hotspot_enabled=False,
-        hotspot_on=True,
-        uplink=Uplink.NONE,
+    owned = fields("phase=ONLINE diagnostic claimed wifi_saved mqtt_saved")
+    assert Facts.of(record, **given) == Facts(**owned, **given)
+    unclaimed = fields(
+        "was_claimed window=None zeroconf_enabled !ble_running !improv_enabled"
+        " hotspot_enabled !hotspot_on"
     )
-    assert Facts.of(
-        UNCLAIMED,
-        was_claimed=True,
-        window=None,
-        zeroconf_enabled=True,
-        ble_running=False,
-        improv_enabled=False,
-        hotspot_enabled=True,
-        hotspot_on=False,
-    ) == Facts(was_claimed=True)
+    assert Facts.of(UNCLAIMED, **unclaimed) == Facts(was_claimed=True)

@@ -23,7 +23,7 @@ from device_firmware.state import Phase
 from device_firmware.supervision import default_runtime_factory
 from tests.plugins.clock import FakeClock
 
-from .commit_helpers import OWNER_SECRET, change_wifi, commit
+from .commit_helpers import OWNER_SECRET, change_wifi, claim_and_commit, commit
 from .conftest import (
     HOME_PASSPHRASE,
     HOME_SSID,
@@ -34,6 +34,7 @@ from .conftest import (
     home_scenario,
     provision,
 )
+from .mqtt_clients import device_mqtt, hub_mqtt
 from .real_relay import RealRelay
 
 
@@ -111,22 +112,10 @@ async def test_full_provisioning_against_the_real_service(  # noqa: PLR0915 - on
         assert NEW_PASSPHRASE not in saved  # Wi-Fi secrets live with NetworkManager only
         assert HOME_PASSPHRASE not in saved
     # The credentials the service created really open the broker.
-    async with aiomqtt.Client(
-        mqtt.host,
-        mqtt.port,
-        username=mqtt.username,
-        password=mqtt.password,
-        identifier=mqtt.username,  # the broker binds a device's user to its id
-    ) as device_client:
+    async with device_mqtt(mqtt) as device_client:
         await device_client.publish(f"iob/{device_id}/availability", b"online", qos=1)
     with pytest.raises(aiomqtt.MqttError):
-        async with aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=WRONG_PASSPHRASE,
-            identifier=mqtt.username,
-        ):
+        async with device_mqtt(mqtt, password=WRONG_PASSPHRASE):
             pass
 
 
@@ -165,16 +154,12 @@ async def test_real_service_refusals(
 
 async def test_factory_reset_releases_at_the_real_service(
     start_agent: AgentStarter,
-    provisioned: Provisioned,
     account_service: RealRelay,
 ) -> None:
 
     relay = account_service
-    device_id = provisioned.device.identity.device_id
     async with start_agent() as running:
-        claim = await relay.claim(device_id)
-        _client, status = await commit(running, relay.url, token=claim["token"])
-        assert status.state.value == "committed"
+        await claim_and_commit(running, relay)
         mqtt = running.agent.store.current.mqtt
         assert mqtt is not None
         report = await running.agent.controller.factory_reset()
@@ -186,18 +171,10 @@ async def test_factory_reset_releases_at_the_real_service(
         assert await relay.devices() == []
         # The window is open again: a new owner can set the device up.
         running.agent.request(Action.BUTTON)
-        claim = await relay.claim(device_id)
-        _client, status = await commit(running, relay.url, token=claim["token"])
-        assert status.state.value == "committed"
+        await claim_and_commit(running, relay)
     # The released credentials no longer open the broker.
     with pytest.raises(aiomqtt.MqttError):
-        async with aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password,
-            identifier=mqtt.username,  # refused for the release, not for the client id
-        ):
+        async with device_mqtt(mqtt):  # refused for the release, not for the client id
             pass
 
 
@@ -252,18 +229,10 @@ async def test_claimed_device_publishes_to_the_real_broker_and_reset_clears_it(
     relay = account_service
     device_id = provisioned.device.identity.device_id
     hub = await relay.hub()
-    async with aiomqtt.Client(
-        hub["host"],
-        hub["port"],
-        username=hub["username"],
-        password=hub["password"],
-        identifier=hub["client_id"],
-    ) as observer:
+    async with hub_mqtt(hub) as observer:
         factory = default_runtime_factory(simulated=True, model="pi-test", firmware="0.1.0")
         async with start_agent(runtime_factory=factory) as running:
-            claim = await relay.claim(device_id)
-            _client, status = await commit(running, relay.url, token=claim["token"])
-            assert status.state.value == "committed"
+            await claim_and_commit(running, relay)
             # The hub's ACL covers the device once it is owned: subscribe now; the
             # retained descriptor and availability arrive as soon as the runtime has sent them.
             await observer.subscribe(f"iob/{device_id}/#", qos=1)

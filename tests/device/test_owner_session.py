@@ -65,7 +65,7 @@ from .conftest import (
     home_scenario,
 )
 from .real_relay import RealRelay
-from .test_captive import captive_url, form_token, post
+from .test_captive import captive_url, form_token, post_label_code
 
 OLD_SSID = b"Cafe"  # the network the claimed device was on (open, in home_scenario)
 NEW_SECRET = bytes(range(200, 232))
@@ -126,6 +126,23 @@ async def open_owner_window(running: RunningAgent) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the window did not open")
+
+
+@pytest.fixture
+def owned(
+    provisioned: Provisioned, scripted_service: ScriptedService, broker_port: int
+) -> Provisioned:
+    """``provisioned``, claimed on disk (see :func:`claim_on_disk`)."""
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
+    return provisioned
+
+
+@contextlib.asynccontextmanager
+async def owner_window(start_agent: AgentStarter) -> AsyncIterator[RunningAgent]:
+    """The owned device running on its old network, its owner's window open."""
+    async with start_agent(home_scenario(saved=OLD_SSID)) as running:
+        await open_owner_window(running)
+        yield running
 
 
 def session_counts(running: RunningAgent) -> bool:
@@ -238,16 +255,11 @@ async def test_claimed_device_refuses_the_label_and_takes_its_owner(
 
 
 async def test_a_wrong_owner_secret_counts_against_the_limiter(
-    start_agent: AgentStarter,
-    provisioned: Provisioned,
-    scripted_service: ScriptedService,
-    broker_port: int,
+    start_agent: AgentStarter, owned: Provisioned
 ) -> None:
-    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
-    async with start_agent(home_scenario(saved=OLD_SSID)) as running:
-        await open_owner_window(running)
+    async with owner_window(start_agent) as running:
         http = running.client()
-        session = provisioned.owner_client(NEW_SECRET)  # not the secret the device holds
+        session = owned.owner_client(NEW_SECRET)  # not the secret the device holds
         hello = await http.post("/iob/v1/session", session.start())
         assert hello.status == 200
         with pytest.raises(WrongSetupCodeError):
@@ -409,15 +421,11 @@ async def test_every_wifi_change_failure_rolls_back_and_keeps_the_claim(  # noqa
         assert isinstance(retry, OkResponse)
 
 
+@pytest.mark.usefixtures("owned")
 async def test_a_failed_change_can_be_retried_in_the_same_session(
     start_agent: AgentStarter,
-    provisioned: Provisioned,
-    scripted_service: ScriptedService,
-    broker_port: int,
 ) -> None:
-    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
-    async with start_agent(home_scenario(saved=OLD_SSID)) as running:
-        await open_owner_window(running)
+    async with owner_window(start_agent) as running:
         client = await running.connected_client(owner_secret=OWNER_SECRET)
         status = await change_wifi(client, passphrase=WRONG_PASSPHRASE)
         assert status.diagnostic is DiagnosticCode.WIFI_AUTH_FAILED
@@ -502,15 +510,10 @@ async def test_set_owner_secret_needs_an_owner(start_agent: AgentStarter) -> Non
 
 
 async def test_the_owner_hands_a_new_secret_over(
-    start_agent: AgentStarter,
-    provisioned: Provisioned,
-    scripted_service: ScriptedService,
-    broker_port: int,
+    start_agent: AgentStarter, owned: Provisioned
 ) -> None:
     """Before a transfer: the current owner re-keys the device for the recipient's HA."""
-    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
-    async with start_agent(home_scenario(saved=OLD_SSID)) as running:
-        await open_owner_window(running)
+    async with owner_window(start_agent) as running:
         client = await running.connected_client(owner_secret=OWNER_SECRET)
         ack = await client.call(
             SetOwnerSecretRequest(request_id=client.next_id(), owner_secret=NEW_SECRET)
@@ -520,7 +523,7 @@ async def test_the_owner_hands_a_new_secret_over(
         # The session that sent it goes on; the next handshake needs the new secret.
         assert isinstance(await client.call(StatusRequest(request_id=client.next_id())), OkResponse)
         old = running.client()
-        session = provisioned.owner_client(OWNER_SECRET)
+        session = owned.owner_client(OWNER_SECRET)
         hello = await old.post("/iob/v1/session", session.start())
         with pytest.raises(WrongSetupCodeError):
             session.handle_device_hello(hello.body)
@@ -530,14 +533,9 @@ async def test_the_owner_hands_a_new_secret_over(
 
 
 async def test_factory_reset_over_the_owner_session_wipes_the_secret(
-    start_agent: AgentStarter,
-    provisioned: Provisioned,
-    scripted_service: ScriptedService,
-    broker_port: int,
+    start_agent: AgentStarter, owned: Provisioned, scripted_service: ScriptedService
 ) -> None:
-    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=broker_port)
-    async with start_agent(home_scenario(saved=OLD_SSID)) as running:
-        await open_owner_window(running)
+    async with owner_window(start_agent) as running:
         client = await running.connected_client(owner_secret=OWNER_SECRET)
         assert session_counts(running)
         ack = await client.call(FactoryResetRequest(request_id=client.next_id()))
@@ -549,7 +547,7 @@ async def test_factory_reset_over_the_owner_session_wipes_the_secret(
             None,
             None,
         )
-        saved = provisioned.config.state_file.read_bytes()
+        saved = owned.config.state_file.read_bytes()
         assert OwnerSecret(OWNER_SECRET).encode().encode() not in saved
         assert len(scripted_service.received("POST", RELEASE_PATH)) == 1  # the service was told
         # The old owner's session now sees an unowned device: it may read, nothing more.
@@ -558,7 +556,7 @@ async def test_factory_reset_over_the_owner_session_wipes_the_secret(
         assert refused.error == "setup_code_required"
         assert isinstance(await client.call(StatusRequest(request_id=client.next_id())), OkResponse)
         # The owner secret opens nothing any more; the label is back.
-        reply = await running.client().handshake(provisioned.owner_client(OWNER_SECRET))
+        reply = await running.client().handshake(owned.owner_client(OWNER_SECRET))
         assert (reply.status, reply.error) == (403, "setup_code_required")
         for manual in (False, True):
             await running.connected_client(manual=manual)
@@ -579,12 +577,8 @@ async def test_captive_page_refuses_a_device_claimed_while_it_is_up(
         async with running.http.get(captive_url(running) + "/") as response:
             assert response.status == 403
             assert "owned" in await response.text()
-        status, page = await post(
-            running,
-            token=token,
-            ssid="HomeNet",
-            passphrase=HOME_PASSPHRASE,
-            code=running.provisioned.result.manual_code,
+        status, page = await post_label_code(
+            running, token=token, ssid="HomeNet", passphrase=HOME_PASSPHRASE
         )
         assert status == 403
         assert "owner's Home Assistant" in page

@@ -10,18 +10,16 @@ import json
 import re
 from pathlib import Path
 
-from iob_protocol import AckResult
 from iob_protocol.limiter import LimiterState
 from iob_protocol.payload import QrPayload, SetupCode
-from iob_protocol.session import ClientSession
 
-from device_firmware.decide import WindowReason
 from device_firmware.provisioning import captive, server
 from device_firmware.provisioning.captive import create_captive_app
 from device_firmware.provisioning.server import create_app
-from device_firmware.provisioning.session_host import ReplyKind, SessionHost
+from device_firmware.provisioning.session_host import ReplyKind
 
 from .conftest import AgentStarter, Provisioned
+from .test_session_server import clocked_host_and_client
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -111,15 +109,7 @@ def test_the_label_prints_the_qr_text(provisioned: Provisioned) -> None:
 
 async def test_a_late_client_finish_gets_the_documented_answer(provisioned: Provisioned) -> None:
     now = [1000.0]
-
-    async def dispatch(_request: object) -> AckResult:
-        return AckResult()
-
-    host = SessionHost(provisioned.device, dispatch, clock=lambda: now[0])
-    host.open_window(WindowReason.BOOT_UNCLAIMED)
-    client = ClientSession.for_qr(
-        QrPayload.parse(provisioned.result.qr_payload), clock=lambda: now[0], timeout=120
-    )
+    host, client = clocked_host_and_client(provisioned, now)
     hello = await host.handshake(client.start(), origin="lan:192.0.2.7")
     finish = client.handle_device_hello(hello.frame)
     now[0] += 61

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import random
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from iob_protocol.diagnostics import DiagnosticCode
 
@@ -31,6 +28,8 @@ from tests.plugins.scripted_service import Answer, ScriptedService, error
 from . import unclaim_writer
 from .commit_helpers import commit
 from .conftest import CREDENTIAL_PATH, HOME_SSID, AgentStarter, Provisioned, RunningAgent
+from .mqtt_clients import hub_mqtt
+from .power_cut import kill_mid_write, writer_context
 from .real_relay import RealRelay
 from .test_credential_rotation import Observer, owned_and_publishing, refused_by_broker
 
@@ -132,13 +131,7 @@ async def test_release_returns_the_device_to_unclaimed_and_it_can_be_claimed_aga
         assert owned.wifi_ssid == HOME_SSID
         status, hub = await relay.call("GET", f"/v1/households/{household}/hub", token=token)
         assert status == 200, hub
-        async with aiomqtt.Client(
-            hub["host"],
-            hub["port"],
-            username=hub["username"],
-            password=hub["password"],
-            identifier=hub["client_id"],
-        ) as client:
+        async with hub_mqtt(hub) as client:
             await client.subscribe(f"iob/{device_id}/#", qos=1)
             await Observer(client, device_id).answers_commands()  # a live session again
         assert store.current.diagnostic is None
@@ -230,24 +223,15 @@ def test_power_cut_while_returning_to_unclaimed(tmp_path: Path) -> None:
     finds the whole claimed record or the whole unclaimed one, never a mixture."""
     path = tmp_path / "state.json"
     StateStore(path).write(unclaim_writer.CLAIMED)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests.device.unclaim_writer"])
+    context = writer_context("tests.device.unclaim_writer")
     rng = random.Random(20261123)  # noqa: S311 - reproducible kill times, not crypto
     last = StateStore(path).load().generation
     seen: set[Phase] = set()
     killed_mid_write = 0
     for _ in range(40):
-        writer = context.Process(target=unclaim_writer.claim_and_release_forever, args=(str(path),))
-        writer.start()
-        for _ in range(5000):  # bounded wait until this writer has written once
-            if StateStore(path).load().generation > last:
-                break
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.01))
-        writer.kill()
-        writer.join()
-        assert writer.exitcode == -9
-        killed_mid_write += bool(list(tmp_path.glob(".state.json.*.tmp")))
+        killed_mid_write += kill_mid_write(
+            context, unclaim_writer.claim_and_release_forever, path, last, rng
+        )
         record = StateStore(path).recover()  # the restart: must never raise
         assert replace(record, generation=0) in {
             unclaim_writer.CLAIMED,

@@ -388,11 +388,11 @@ async def test_only_the_origin_that_said_hello_can_abort(provisioned: Provisione
     assert host.remaining_attempts() == 19
 
 
-async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) -> None:
-    """A client that walks away mid-handshake gets no free guess: the slot frees after 60 s
-    and the attempt counts; its late finish is refused."""
-
-    now = [1000.0]
+def clocked_host_and_client(
+    provisioned: Provisioned, now: list[float]
+) -> tuple[SessionHost, ClientSession]:
+    """A session host (window open, every command acked) and a QR client, both on the clock
+    ``now[0]``."""
 
     async def dispatch(_request: object) -> AckResult:
         return AckResult()
@@ -402,6 +402,15 @@ async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) ->
     client = ClientSession.for_qr(
         QrPayload.parse(provisioned.result.qr_payload), clock=lambda: now[0], timeout=120
     )
+    return host, client
+
+
+async def test_handshake_deadline_counts_as_failure(provisioned: Provisioned) -> None:
+    """A client that walks away mid-handshake gets no free guess: the slot frees after 60 s
+    and the attempt counts; its late finish is refused."""
+
+    now = [1000.0]
+    host, client = clocked_host_and_client(provisioned, now)
     hello = await host.handshake(client.start())
     assert hello.kind is ReplyKind.OK
     assert host.limiter_state.value == "busy"

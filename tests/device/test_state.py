@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from device_firmware.state import (
 
 from . import state_writer
 from .conftest import TEST_PASSWORD
+from .power_cut import kill_mid_write, writer_context
 
 OWNERSHIP = Ownership(household_id="hh", service_url="https://relay.example", claimed_at=1)
 MQTT = MqttCredentials(
@@ -83,15 +82,31 @@ def test_owner_secret_is_saved_with_the_owner_and_never_shown(tmp_path: Path) ->
     assert store.write(DeviceStateRecord()).owner_secret is None
 
 
-def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> None:
-    """A claimed device updated from older firmware: owned, but without an owner secret."""
+def _load_without(tmp_path: Path, line: bytes) -> tuple[DeviceStateRecord, DeviceStateRecord]:
+    """A claimed record written without ``line`` (a field older firmware did not write) and
+    what the store loads from that file."""
     record = DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT)
-    legacy = record.to_json().replace(b' "owner_secret": null,\n', b"")
-    assert b"owner_secret" not in legacy
+    legacy = record.to_json().replace(line, b"")
+    assert line.split(b":")[0].strip() not in legacy  # the field's name, quoted
     path = tmp_path / "state.json"
     path.write_bytes(legacy)
-    loaded = StateStore(path).load()
+    return record, StateStore(path).load()
+
+
+def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> None:
+    """A claimed device updated from older firmware: owned, but without an owner secret."""
+    _record, loaded = _load_without(tmp_path, b' "owner_secret": null,\n')
     assert (loaded.claimed, loaded.owner_secret) == (True, None)
+
+
+def _refused_everywhere(tmp_path: Path, record: DeviceStateRecord) -> None:
+    """``record`` fails its check, and a state file holding it does not load."""
+    with pytest.raises(CorruptStateError):
+        record.check()
+    path = tmp_path / "state.json"
+    path.write_bytes(record.to_json())
+    with pytest.raises(CorruptStateError):
+        StateStore(path).load()
 
 
 @pytest.mark.parametrize(
@@ -105,12 +120,7 @@ def test_state_files_from_before_owner_secrets_still_load(tmp_path: Path) -> Non
     ],
 )
 def test_owner_secret_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
-    with pytest.raises(CorruptStateError):
-        record.check()
-    path = tmp_path / "state.json"
-    path.write_bytes(record.to_json())
-    with pytest.raises(CorruptStateError):
-        StateStore(path).load()
+    _refused_everywhere(tmp_path, record)
 
 
 FLIGHT = ClaimInFlight(
@@ -150,12 +160,8 @@ def test_claim_in_flight_round_trip_and_cleared_with_the_outcome(tmp_path: Path)
 
 
 def test_state_files_from_before_claims_in_flight_still_load(tmp_path: Path) -> None:
-    record = DeviceStateRecord(phase=Phase.ONLINE, ownership=OWNERSHIP, mqtt=MQTT)
-    legacy = record.to_json().replace(b'"claim_in_flight": null,\n ', b"")
-    assert b"claim_in_flight" not in legacy
-    path = tmp_path / "state.json"
-    path.write_bytes(legacy)
-    assert StateStore(path).load() == record
+    record, loaded = _load_without(tmp_path, b'"claim_in_flight": null,\n ')
+    assert loaded == record
 
 
 @pytest.mark.parametrize(
@@ -178,12 +184,7 @@ def test_state_files_from_before_claims_in_flight_still_load(tmp_path: Path) -> 
     ],
 )
 def test_claim_in_flight_invariants(tmp_path: Path, record: DeviceStateRecord) -> None:
-    with pytest.raises(CorruptStateError):
-        record.check()
-    path = tmp_path / "state.json"
-    path.write_bytes(record.to_json())
-    with pytest.raises(CorruptStateError):
-        StateStore(path).load()
+    _refused_everywhere(tmp_path, record)
 
 
 @pytest.mark.parametrize(
@@ -238,40 +239,20 @@ async def test_async_updates_are_serialised(tmp_path: Path) -> None:
     assert store.load().generation == len(DiagnosticCode)
 
 
-def generation_of(path: Path) -> int:
-    """The generation a reader sees now (0 before the first write)."""
-    try:
-        return StateStore(path).load().generation
-    except FileNotFoundError:
-        return 0
-
-
 def test_power_cut_at_random_points_always_leaves_a_valid_state(tmp_path: Path) -> None:
     """SIGKILL a writer 120 times at random instants; every restart finds a valid state that is
     never older than the previous one, and stale temporary files are cleaned up."""
     path = tmp_path / "state.json"
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tests.device.state_writer"])
+    context = writer_context("tests.device.state_writer")
     rng = random.Random(20261123)  # noqa: S311 - reproducible kill times, not crypto
     last_generation = 0
     killed_mid_write = 0
     progressed = 0
     iterations = 120
     for _ in range(iterations):
-        writer = context.Process(target=state_writer.write_forever, args=(str(path),))
-        writer.start()
-        # Wait (bounded, not timed) until this writer has written once, then kill it at a
-        # random instant of its write loop.
-        for _ in range(2000):
-            if generation_of(path) > last_generation:
-                break
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, 0.01))
-        writer.kill()
-        writer.join()
-        assert writer.exitcode == -9
-        if list(tmp_path.glob(".state.json.*.tmp")):
-            killed_mid_write += 1
+        killed_mid_write += kill_mid_write(
+            context, state_writer.write_forever, path, last_generation, rng, tries=2000
+        )
         store = StateStore(path)
         record = store.recover()  # the restart: must never raise
         record.check()

@@ -13,6 +13,24 @@ from iob_protocol import (
     SetupCode,
 )
 
+#: The diagnostic codes on the wire, pinned here rather than read from the code under test, in
+#: the order the BLE state value numbers them (append only: a new code goes at the end).
+WIRE_DIAGNOSTICS = [
+    "WIFI_AUTH_FAILED",
+    "WIFI_AP_NOT_FOUND",
+    "DHCP_TIMEOUT",
+    "DNS_FAILED",
+    "NO_INTERNET",
+    "RELAY_UNREACHABLE",
+    "TLS_FAILED",
+    "CLOCK_SKEW",
+    "CLAIM_REJECTED",
+    "CLAIM_EXPIRED",
+    "BROKER_AUTH_FAILED",
+    "TIMEOUT",
+    "BROKER_UNREACHABLE",
+]
+
 
 class SeededRandom:
     """SHA-256 in counter mode: the same label always yields the same byte stream."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -286,22 +288,17 @@ def test_response_shapes() -> None:
         ErrorResponse(request_id=1, command=None, error="Not A Code")
     with pytest.raises(InvalidFieldError):
         ErrorResponse(request_id=1, command=None, error="x", message="\x00")
-    with pytest.raises(InvalidFieldError):
-        InfoResult(
-            device_id="0123456789ABCDEF",
-            model="",
-            firmware_version="1",
-            protocol_version=1,
-            claimed=True,
-        )
-    with pytest.raises(InvalidFieldError):
-        InfoResult(
-            device_id="0123456789ABCDEF",
-            model="m",
-            firmware_version="1",
-            protocol_version=0,
-            claimed=True,
-        )
+    info: dict[str, Any] = {
+        "device_id": "0123456789ABCDEF",
+        "model": "m",
+        "firmware_version": "1",
+        "protocol_version": 1,
+        "claimed": True,
+    }
+    InfoResult(**info)  # valid as it stands: each change below alone makes it invalid
+    for change in ({"model": ""}, {"protocol_version": 0}):
+        with pytest.raises(InvalidFieldError):
+            InfoResult(**{**info, **change})
     with pytest.raises(InvalidFieldError):
         WifiNetwork(ssid=b"x", rssi=5, security=WifiSecurity.OPEN)
     with pytest.raises(InvalidFieldError):

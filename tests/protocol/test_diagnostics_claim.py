@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 from iob_protocol import (
@@ -20,28 +23,14 @@ from iob_protocol import (
     errors,
 )
 
-from .helpers import SeededRandom, make_device
+from .helpers import WIRE_DIAGNOSTICS, SeededRandom, make_device
 
 DEVICE = make_device("claim device")
 OTHER = make_device("claim other")
 TOKEN = "T" * 22
 NOW = 1_800_000_000
 
-EXPECTED_CODES = {
-    "WIFI_AUTH_FAILED",
-    "WIFI_AP_NOT_FOUND",
-    "DHCP_TIMEOUT",
-    "DNS_FAILED",
-    "NO_INTERNET",
-    "RELAY_UNREACHABLE",
-    "TLS_FAILED",
-    "CLOCK_SKEW",
-    "CLAIM_REJECTED",
-    "CLAIM_EXPIRED",
-    "BROKER_AUTH_FAILED",
-    "BROKER_UNREACHABLE",
-    "TIMEOUT",
-}
+EXPECTED_CODES = set(WIRE_DIAGNOSTICS)
 
 
 def test_every_diagnostic_has_message_and_next_step() -> None:
@@ -78,6 +67,16 @@ def _claim(timestamp: int = NOW) -> ClaimConfirmation:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _as(kind: Callable[..., _T], source: Any, **fields: Any) -> _T:
+    """A ``kind`` statement with ``source``'s device id, nonce, time and signature (and
+    ``fields``): a signature moved to other content or another kind of statement."""
+    carried = ("device_id", "nonce", "timestamp", "signature")
+    return kind(**{name: getattr(source, name) for name in carried} | fields)
+
+
 def test_claim_round_trip_and_verify() -> None:
     claim = _claim()
     parsed = ClaimConfirmation.from_json(claim.to_json())
@@ -90,21 +89,11 @@ def test_claim_with_wrong_key_token_or_device_refused() -> None:
     claim = _claim()
     with pytest.raises(SignatureError):
         claim.verify(OTHER.identity.public_key, now=NOW)
-    forged = ClaimConfirmation(
-        device_id=claim.device_id,
-        claim_token="U" * 22,
-        nonce=claim.nonce,
-        timestamp=claim.timestamp,
-        signature=claim.signature,
-    )
+    forged = _as(ClaimConfirmation, claim, claim_token="U" * 22)
     with pytest.raises(SignatureError):
         forged.verify(DEVICE.identity.public_key, now=NOW)
-    moved = ClaimConfirmation(
-        device_id=OTHER.identity.device_id,
-        claim_token=claim.claim_token,
-        nonce=claim.nonce,
-        timestamp=claim.timestamp,
-        signature=claim.signature,
+    moved = _as(
+        ClaimConfirmation, claim, device_id=OTHER.identity.device_id, claim_token=claim.claim_token
     )
     with pytest.raises(SignatureError):
         moved.verify(DEVICE.identity.public_key, now=NOW)
@@ -121,42 +110,6 @@ def test_claim_time_window() -> None:
     _claim(NOW + 120).verify(DEVICE.identity.public_key, now=NOW)
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"nope",
-        b"[]",
-        b'{"claim_token":"x"}',
-        b'{"claim_token":1,"device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"A","timestamp":1}',
-        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"A","signature":"A","timestamp":1}',
-        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":true}',
-    ],
-)
-def test_claim_parse_errors(data: bytes) -> None:
-    with pytest.raises(ClaimError):
-        ClaimConfirmation.from_json(data)
-
-
-def test_claim_constructor_validates() -> None:
-    claim = _claim()
-    base = {
-        "device_id": claim.device_id,
-        "claim_token": claim.claim_token,
-        "nonce": claim.nonce,
-        "timestamp": claim.timestamp,
-        "signature": claim.signature,
-    }
-    for change in (
-        {"device_id": "bad"},
-        {"claim_token": "short"},
-        {"nonce": b"x"},
-        {"signature": b"x"},
-        {"timestamp": -1},
-    ):
-        with pytest.raises(ClaimError):
-            ClaimConfirmation(**{**base, **change})  # type: ignore[arg-type]
-
-
 def test_release_notice() -> None:
     notice = ReleaseNotice.create(
         DEVICE.identity, clock=lambda: NOW, random_bytes=SeededRandom("r")
@@ -171,13 +124,7 @@ def test_release_notice() -> None:
         parsed.verify(DEVICE.identity.public_key, now=NOW + 601)
     # A claim signature can never pass as a release signature (domain separation).
     claim = _claim()
-    disguised = ReleaseNotice(
-        device_id=claim.device_id,
-        reason=ReleaseReason.FACTORY_RESET,
-        nonce=claim.nonce,
-        timestamp=claim.timestamp,
-        signature=claim.signature,
-    )
+    disguised = _as(ReleaseNotice, claim, reason=ReleaseReason.FACTORY_RESET)
     with pytest.raises(SignatureError):
         disguised.verify(DEVICE.identity.public_key, now=NOW)
     bad_reason = notice.to_json().replace(b"factory_reset", b"went_away")
@@ -223,15 +170,7 @@ def test_zero_touch_wrong_key_or_moved_fields_refused() -> None:
         {"nonce": bytes(16)},
         {"timestamp": NOW + 1},
     ):
-        moved = ZeroTouchConfirmation(
-            **{
-                "device_id": statement.device_id,
-                "nonce": statement.nonce,
-                "timestamp": statement.timestamp,
-                "signature": statement.signature,
-                **change,
-            }  # type: ignore[arg-type]
-        )
+        moved = _as(ZeroTouchConfirmation, statement, **change)
         with pytest.raises(SignatureError):
             moved.verify(DEVICE.identity.public_key, now=NOW)
 
@@ -243,30 +182,13 @@ def test_zero_touch_is_domain_separated_from_claim_and_release() -> None:
         DEVICE.identity, clock=lambda: NOW, random_bytes=SeededRandom("zero")
     )
     assert release.nonce == statement.nonce
-    as_zero_touch = ZeroTouchConfirmation(
-        device_id=release.device_id,
-        nonce=release.nonce,
-        timestamp=release.timestamp,
-        signature=release.signature,
-    )
+    as_zero_touch = _as(ZeroTouchConfirmation, release)
     with pytest.raises(SignatureError):
         as_zero_touch.verify(DEVICE.identity.public_key, now=NOW)
-    as_release = ReleaseNotice(
-        device_id=statement.device_id,
-        reason=ReleaseReason.FACTORY_RESET,
-        nonce=statement.nonce,
-        timestamp=statement.timestamp,
-        signature=statement.signature,
-    )
+    as_release = _as(ReleaseNotice, statement, reason=ReleaseReason.FACTORY_RESET)
     with pytest.raises(SignatureError):
         as_release.verify(DEVICE.identity.public_key, now=NOW)
-    claim = ClaimConfirmation(
-        device_id=statement.device_id,
-        claim_token=TOKEN,
-        nonce=statement.nonce,
-        timestamp=statement.timestamp,
-        signature=statement.signature,
-    )
+    claim = _as(ClaimConfirmation, statement, claim_token=TOKEN)
     with pytest.raises(SignatureError):
         claim.verify(DEVICE.identity.public_key, now=NOW)
 
@@ -287,9 +209,17 @@ def test_zero_touch_time_window() -> None:
     _zero_touch(NOW + 5).verify(key, now=NOW, max_age=60, max_skew=5)
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
+#: Bytes each signed statement's parser refuses.
+UNPARSABLE: dict[type[ClaimConfirmation | ZeroTouchConfirmation], list[bytes]] = {
+    ClaimConfirmation: [
+        b"nope",
+        b"[]",
+        b'{"claim_token":"x"}',
+        b'{"claim_token":1,"device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"A","timestamp":1}',
+        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"A","signature":"A","timestamp":1}',
+        b'{"claim_token":"TTTTTTTTTTTTTTTTTTTTTT","device_id":"0123456789ABCDEF","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":true}',
+    ],
+    ZeroTouchConfirmation: [
         b"nope",
         b"[]",
         b'{"device_id":"0123456789ABCDEF"}',
@@ -301,26 +231,48 @@ def test_zero_touch_time_window() -> None:
         b'{"device_id":"0123456789abcdef","nonce":"AAAAAAAAAAAAAAAAAAAAAA","signature":"AA","timestamp":1}',
         b'{"nonce":"AAAAAAAAAAAAAAAAAAAAAA","device_id":"0123456789ABCDEF","signature":"AA","timestamp":1}',
     ],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"), [(kind, data) for kind, rows in UNPARSABLE.items() for data in rows]
 )
-def test_zero_touch_parse_errors(data: bytes) -> None:
+def test_parse_errors(kind: type[ClaimConfirmation | ZeroTouchConfirmation], data: bytes) -> None:
     with pytest.raises(ClaimError):
-        ZeroTouchConfirmation.from_json(data)
+        kind.from_json(data)
 
 
-def test_zero_touch_constructor_validates() -> None:
-    statement = _zero_touch()
-    base = {
-        "device_id": statement.device_id,
-        "nonce": statement.nonce,
-        "timestamp": statement.timestamp,
-        "signature": statement.signature,
-    }
-    for change in (
-        {"device_id": "bad"},
-        {"nonce": b"x"},
-        {"signature": b"x"},
-        {"timestamp": -1},
-        {"timestamp": 2**53},
-    ):
+@pytest.mark.parametrize(
+    ("statement", "changes"),
+    [
+        pytest.param(
+            _claim(),
+            [
+                {"device_id": "bad"},
+                {"claim_token": "short"},
+                {"nonce": b"x"},
+                {"signature": b"x"},
+                {"timestamp": -1},
+            ],
+            id="claim",
+        ),
+        pytest.param(
+            _zero_touch(),
+            [
+                {"device_id": "bad"},
+                {"nonce": b"x"},
+                {"signature": b"x"},
+                {"timestamp": -1},
+                {"timestamp": 2**53},
+            ],
+            id="zero touch",
+        ),
+    ],
+)
+def test_constructor_validates(
+    statement: ClaimConfirmation | ZeroTouchConfirmation, changes: list[dict[str, Any]]
+) -> None:
+    base = dataclasses.asdict(statement)
+    for change in changes:
         with pytest.raises(ClaimError):
-            ZeroTouchConfirmation(**{**base, **change})  # type: ignore[arg-type]
+            type(statement)(**{**base, **change})

@@ -69,6 +69,23 @@ def test_canonical_vectors_consumed() -> None:
         assert parse_canonical_json(case["encoded"].encode()) == case["value"]
 
 
+def _replay(client: ClientSession, device: DeviceSession, case: dict[str, Any]) -> None:
+    """Run ``case``'s recorded handshake: every message, the session id (on both sides) and
+    the recorded frames (each way the case has) come out as recorded."""
+    assert client.start().hex() == case["client_hello"]
+    device_hello = device.handle_client_hello(bytes.fromhex(case["client_hello"]))
+    assert device_hello.hex() == case["device_hello"]
+    assert client.handle_device_hello(device_hello).hex() == case["client_finish"]
+    device.handle_client_finish(bytes.fromhex(case["client_finish"]))
+    for side in (client, device):
+        assert side.session_id is not None
+        assert side.session_id.hex() == case["session_id"]
+    for item in case["client_to_device"]:
+        assert device.open(bytes.fromhex(item["frame"])) == item["plaintext"].encode()
+    for item in case.get("device_to_client", []):
+        assert client.open(bytes.fromhex(item["frame"])) == item["plaintext"].encode()
+
+
 def test_handshake_replayed_from_recorded_entropy() -> None:
     vectors = _load("handshake")
     identity = DeviceIdentity.from_seed(
@@ -100,17 +117,7 @@ def test_handshake_replayed_from_recorded_entropy() -> None:
             clock=FakeClock(MONOTONIC_START),
             random_bytes=ReplayRandom(bytes.fromhex(case["device_entropy"])),
         )
-        assert client.start().hex() == case["client_hello"]
-        device_hello = device.handle_client_hello(bytes.fromhex(case["client_hello"]))
-        assert device_hello.hex() == case["device_hello"]
-        assert client.handle_device_hello(device_hello).hex() == case["client_finish"]
-        device.handle_client_finish(bytes.fromhex(case["client_finish"]))
-        assert client.session_id is not None
-        assert client.session_id.hex() == case["session_id"]
-        for item in case["client_to_device"]:
-            assert device.open(bytes.fromhex(item["frame"])) == item["plaintext"].encode()
-        for item in case["device_to_client"]:
-            assert client.open(bytes.fromhex(item["frame"])) == item["plaintext"].encode()
+        _replay(client, device, case)
 
 
 def test_payload_vectors_consumed() -> None:
@@ -197,15 +204,7 @@ def test_owner_vectors_replayed() -> None:
         clock=FakeClock(MONOTONIC_START),
         random_bytes=ReplayRandom(bytes.fromhex(case["device_entropy"])),
     )
-    assert client.start().hex() == case["client_hello"]
-    device_hello = device.handle_client_hello(bytes.fromhex(case["client_hello"]))
-    assert device_hello.hex() == case["device_hello"]
-    assert client.handle_device_hello(device_hello).hex() == case["client_finish"]
-    device.handle_client_finish(bytes.fromhex(case["client_finish"]))
-    assert device.session_id is not None
-    assert device.session_id.hex() == case["session_id"]
-    for item in case["client_to_device"]:
-        assert device.open(bytes.fromhex(item["frame"])) == item["plaintext"].encode()
+    _replay(client, device, case)
     for text in vectors["requests"]:
         assert encode_request(decode_request(text.encode())).decode() == text
     claim = decode_request(vectors["requests"][0].encode())

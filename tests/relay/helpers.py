@@ -225,6 +225,11 @@ class Api:
             reply.body["refresh_token"],
         )
 
+    async def owner_household(self) -> tuple[User, str]:
+        """A new account and the household it creates (named "Home")."""
+        owner = await self.sign_up()
+        return owner, await self.household(owner)
+
     async def household(self, user: User, name: str = "Home") -> str:
         reply = await self.request(
             "POST", "/v1/households", json_body={"name": name}, token=user.token, expect=201
@@ -234,21 +239,59 @@ class Api:
     async def join(self, owner: User, household_id: str, role: str) -> User:
         """A new account that joins ``household_id`` with ``role`` through an invitation."""
         member = await self.sign_up()
-        invitation = await self.request(
+        invitation = await self.invite(owner, household_id, role)
+        await self.accept(member, invitation.body["token"], expect=201)
+        return member
+
+    async def invite(self, user: User, household_id: str, role: str, **extra: str) -> Reply:
+        """``user`` invites to ``household_id`` with ``role`` (and ``extra`` fields): 201."""
+        return await self.request(
             "POST",
             f"/v1/households/{household_id}/invitations",
-            json_body={"role": role},
-            token=owner.token,
+            json_body={"role": role, **extra},
+            token=user.token,
             expect=201,
         )
-        await self.request(
+
+    async def accept(self, user: User, token: str, *, expect: int | None = None) -> Reply:
+        """``user`` accepts the invitation ``token``."""
+        return await self.request(
             "POST",
             "/v1/invitations/accept",
-            json_body={"token": invitation.body["token"]},
-            token=member.token,
-            expect=201,
+            json_body={"token": token},
+            token=user.token,
+            expect=expect,
         )
-        return member
+
+    async def share(
+        self,
+        user: User,
+        household_id: str,
+        device: FakeDevice,
+        to: str,
+        access: str,
+        *,
+        expect: int | None = None,
+    ) -> Reply:
+        """``user`` shares ``device`` of ``household_id`` with the household ``to``."""
+        return await self.request(
+            "PUT",
+            f"/v1/households/{household_id}/devices/{device.id}/shares/{to}",
+            json_body={"access": access},
+            token=user.token,
+            expect=expect,
+        )
+
+    async def release(
+        self, user: User, household_id: str, device: FakeDevice, *, expect: int | None = None
+    ) -> Reply:
+        """``user`` releases ``device`` of ``household_id``."""
+        return await self.request(
+            "POST",
+            f"/v1/households/{household_id}/devices/{device.id}/release",
+            token=user.token,
+            expect=expect,
+        )
 
     async def admin(self) -> User:
         user = await self.sign_up()
@@ -268,17 +311,51 @@ class Api:
             token=user.token,
         )
 
+    async def offer_transfer(
+        self, user: User, household_id: str, device: FakeDevice, to: str
+    ) -> Reply:
+        """``user`` offers ``device`` of ``household_id`` to the household ``to``: 201."""
+        return await self.request(
+            "POST",
+            f"/v1/households/{household_id}/devices/{device.id}/transfers",
+            json_body={"to_household_id": to},
+            token=user.token,
+            expect=201,
+        )
+
+    async def device_audit(
+        self, user: User, household_id: str, device: FakeDevice
+    ) -> list[dict[str, Any]]:
+        """The audit events of ``device`` in ``household_id``, as ``user`` reads them."""
+        reply = await self.request(
+            "GET",
+            f"/v1/households/{household_id}/devices/{device.id}/audit",
+            token=user.token,
+            expect=200,
+        )
+        return list(reply.body["events"])
+
+    async def started_claim(self) -> tuple[User, str, FakeDevice, Reply]:
+        """A new owner, its household, a new device and the claim it started (the reply)."""
+        owner, household = await self.owner_household()
+        device = await self.device()
+        return owner, household, device, await self.start_claim(owner, household, device)
+
     async def claim(self, user: User, household_id: str, device: FakeDevice) -> dict[str, Any]:
         """Claim ``device`` for ``household_id`` end to end; return the owned body."""
         started = await self.start_claim(user, household_id, device)
         assert started.status == 201, started.body
-        reply = await self.request(
+        reply = await self.confirm(device, started.body["token"], expect=200)
+        return dict(reply.body)
+
+    async def confirm(self, device: FakeDevice, token: str, *, expect: int | None = None) -> Reply:
+        """POST /v1/claims/confirm: ``device`` confirms the claim ``token`` (signed now)."""
+        return await self.request(
             "POST",
             "/v1/claims/confirm",
-            json_body={"confirmation": device.confirm(started.body["token"], self.now())},
-            expect=200,
+            json_body={"confirmation": device.confirm(token, self.now())},
+            expect=expect,
         )
-        return dict(reply.body)
 
     def now(self) -> int:
         return self.relay.ctx.now()

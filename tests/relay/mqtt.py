@@ -11,18 +11,23 @@ from cloud_relay.broker.reconcile import hub_rolename
 from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
 
 
+def mqtt_client(broker: MosquittoBroker, mqtt: dict[str, Any], *, timeout: int) -> aiomqtt.Client:
+    """An MQTT v5 client for ``broker`` with the credentials of a service reply's ``mqtt``."""
+    return aiomqtt.Client(
+        broker.host,
+        int(mqtt["port"]),
+        username=mqtt["username"],
+        password=mqtt["password"],
+        identifier=mqtt["client_id"],
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=timeout,
+    )
+
+
 async def connect_code(broker: MosquittoBroker, mqtt: dict[str, Any]) -> int:
     """0 when the credentials connect, else the CONNACK reason code."""
     try:
-        async with aiomqtt.Client(
-            broker.host,
-            int(mqtt["port"]),
-            username=mqtt["username"],
-            password=mqtt["password"],
-            identifier=mqtt["client_id"],
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=5,
-        ):
+        async with mqtt_client(broker, mqtt, timeout=5):
             return 0
     except aiomqtt.MqttCodeError as err:
         code = err.rc

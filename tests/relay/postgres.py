@@ -13,12 +13,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.plugins.ports import free_port
 
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 SETUP_HINT = (
@@ -39,13 +40,6 @@ def find_pg_bin() -> Path:
         if (path / "initdb").exists() and (path / "pg_ctl").exists():
             return path
     raise PostgresError(SETUP_HINT)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -114,7 +108,7 @@ class PostgresProcess:
             "--locale=C.UTF-8",
             "--no-sync",
         )
-        port = _free_port()
+        port = free_port()
         options = (
             f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,35 +20,20 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from cloud_relay.announce import SERVICE_TYPE
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.ports import free_port
+
+from .config_file import relay_toml
 
 REPO = Path(__file__).parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _write_config(directory: Path, broker: MosquittoBroker, http_port: int) -> Path:
     config = directory / "relay.toml"
     (directory / "secret.key").write_text("A" * 43 + "\n")
     config.write_text(
-        f"""database_url = "sqlite:///{directory}/relay.db"
-secret_key_file = "secret.key"
-[http]
-host = "127.0.0.1"
-port = {http_port}
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.admin_username}"
-password = "{broker.admin_password}"
-public_host = "127.0.0.1"
-public_port = {broker.port}
-public_tls = false
-"""
+        relay_toml(
+            f"sqlite:///{directory}/relay.db", broker, http_port=http_port, cheap_argon2=False
+        )
     )
     return config
 
@@ -82,7 +66,7 @@ async def _next(events: Events, process: subprocess.Popen[bytes]) -> tuple[Servi
 async def test_serve_announce_is_found_and_answers_then_withdrawn(
     tmp_path: Path, mosquitto_broker: MosquittoBroker
 ) -> None:
-    port = _free_port()
+    port = free_port()
     config = _write_config(tmp_path, mosquitto_broker, port)
     listener = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     events: Events = asyncio.Queue()
@@ -137,7 +121,7 @@ async def test_serve_announce_is_found_and_answers_then_withdrawn(
 def test_announcing_an_address_the_server_does_not_listen_on_is_refused(
     tmp_path: Path, mosquitto_broker: MosquittoBroker
 ) -> None:
-    config = _write_config(tmp_path, mosquitto_broker, _free_port())
+    config = _write_config(tmp_path, mosquitto_broker, free_port())
     process = _serve(config, "--announce", "192.0.2.10")
     assert process.wait(60) == 1
     assert (tmp_path / "serve.log").read_text() == (

@@ -10,16 +10,14 @@ from .helpers import Api
 
 
 async def _events(api: Api) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     for _ in range(3):
         device = await api.device()
         await api.claim(owner, home, device)
 
 
 async def test_chain_verifies_and_paginates(api: Api) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     devices = [await api.device() for _ in range(3)]
     for device in devices:
         await api.claim(owner, home, device)
@@ -103,8 +101,7 @@ async def test_verify_detects_tampering(
 async def test_admin_audit_filters_refuse_what_cannot_be_an_id(api: Api) -> None:
     """A NUL in a filter once reached PostgreSQL and came back as a 503 (found by schemathesis)."""
     admin = await api.admin()
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    _owner, home = await api.owner_household()
     for query in ("household_id=a%00b", "device_id=%00", "household_id=" + "x" * 65):
         reply = await api.request("GET", f"/v1/admin/audit?{query}", token=admin.token)
         assert (reply.status, reply.code) == (400, "invalid_request"), query

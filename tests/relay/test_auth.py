@@ -186,8 +186,7 @@ async def test_sign_in_is_rate_limited(limited_api: Api) -> None:
 
 async def test_claims_are_rate_limited_per_device(limited_api: Api) -> None:
     api = limited_api
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     for _ in range(2):
         assert (await api.start_claim(owner, household, device)).status == 201

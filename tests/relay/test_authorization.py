@@ -33,8 +33,7 @@ class World:
 
 
 async def build_world(api: Api, *, with_code: bool = False) -> World:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     users = {"owner": owner}
     for role in ("admin", "member", "viewer"):
         users[role] = await api.join(owner, household, role)
@@ -53,34 +52,10 @@ async def build_world(api: Api, *, with_code: bool = False) -> World:
         token=owner.token,
         expect=201,
     )
-    invitation = await api.request(
-        "POST",
-        f"/v1/households/{household}/invitations",
-        json_body={"role": "viewer"},
-        token=owner.token,
-        expect=201,
-    )
-    await api.request(
-        "PUT",
-        f"/v1/households/{household}/devices/{device.id}/shares/{other}",
-        json_body={"access": "read"},
-        token=owner.token,
-        expect=200,
-    )
-    transfer_in = await api.request(
-        "POST",
-        f"/v1/households/{other}/devices/{other_device.id}/transfers",
-        json_body={"to_household_id": household},
-        token=stranger.token,
-        expect=201,
-    )
-    transfer_out = await api.request(
-        "POST",
-        f"/v1/households/{household}/devices/{device.id}/transfers",
-        json_body={"to_household_id": other},
-        token=owner.token,
-        expect=201,
-    )
+    invitation = await api.invite(owner, household, "viewer")
+    await api.share(owner, household, device, other, "read", expect=200)
+    transfer_in = await api.offer_transfer(stranger, other, other_device, household)
+    transfer_out = await api.offer_transfer(owner, household, device, other)
     return World(
         users,
         household,

@@ -119,18 +119,10 @@ async def test_the_device_client_is_put_before_the_write_transaction(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     wrapper.events.clear()
 
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    reply = await api.confirm(device, started.body["token"], expect=200)
     # One broker write, made before the transaction began; none inside it.
     assert wrapper.events == ["put_device", "begin", "commit"]
     assert await connect_code(broker, reply.body["mqtt"]) == 0
@@ -140,10 +132,7 @@ async def test_a_device_changed_after_the_early_put_is_put_again(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     before = await _version(api, device.id)
     wrapper.events.clear()
 
@@ -158,12 +147,7 @@ async def test_a_device_changed_after_the_early_put_is_put_again(
             )
 
     wrapper.after_first_put = bump_version
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    reply = await api.confirm(device, started.body["token"], expect=200)
     assert wrapper.events == ["put_device", "begin", "commit", "begin", "put_device", "commit"]
     assert await _version(api, device.id) == before + 1
     # The broker holds the credential the database committed, not the one put early.
@@ -176,10 +160,7 @@ async def test_a_claim_lost_after_the_early_put_leaves_nothing(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     wrapper.events.clear()
 
     async def expire_claim() -> None:
@@ -192,11 +173,7 @@ async def test_a_claim_lost_after_the_early_put_leaves_nothing(
             )
 
     wrapper.after_first_put = expire_claim
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-    )
+    reply = await api.confirm(device, started.body["token"])
     assert (reply.status, reply.code) == (410, "claim_expired")
     # The early put was undone from the database (device free: its client removed).
     assert "remove_device" in wrapper.events
@@ -216,10 +193,7 @@ async def test_no_early_put_for_a_claim_that_cannot_win(
     recorded: tuple[Api, RecordingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = recorded
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     confirmation = device.confirm(started.body["token"], api.now())
     await api.request(
         "POST", "/v1/claims/confirm", json_body={"confirmation": confirmation}, expect=200
@@ -245,17 +219,9 @@ async def test_postgres_puts_inside_the_transaction(
 ) -> None:
     config = make_config(fresh_postgres(True), broker)
     api, wrapper = await _recorded(start_api, config, broker_adapter, monkeypatch)
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     wrapper.events.clear()
 
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    reply = await api.confirm(device, started.body["token"], expect=200)
     assert wrapper.events == ["begin", "put_device", "commit"]
     assert await connect_code(broker, reply.body["mqtt"]) == 0

@@ -25,8 +25,7 @@ from .mqtt import client_exists, connect_code, hub_topics
 
 async def _owned(api: Api) -> tuple[User, str, FakeDevice, dict[str, Any]]:
     """A device owned by a household (the device never heard the answer)."""
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     first = await api.claim(owner, household, device)
     return owner, household, device, first
@@ -55,11 +54,7 @@ async def test_own_household_onboards_its_device_again(
     started = await api.start_claim(admin, household, device)
     assert started.status == 201, started.body
     assert started.body["household_id"] == household
-    confirmed = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-    )
+    confirmed = await api.confirm(device, started.body["token"])
     assert confirmed.status == 200, confirmed.body
     assert (confirmed.body["status"], confirmed.body["household_id"]) == ("owned", household)
     # A new MQTT password: the one of the lost answer stops working on the broker.
@@ -78,16 +73,11 @@ async def test_own_household_onboards_its_device_again(
     assert after["device_id"] == device.id
     assert after["since"] == status.body["completed_at"] > before["since"]
 
-    events = await api.request(
-        "GET",
-        f"/v1/households/{household}/devices/{device.id}/audit",
-        token=owner.token,
-        expect=200,
-    )
-    actions = [event["action"] for event in events.body["events"]]
+    events = await api.device_audit(owner, household, device)
+    actions = [event["action"] for event in events]
     assert actions.count("device.claimed") == 1
     assert actions.count("device.reclaimed") == 1
-    reclaimed = next(e for e in events.body["events"] if e["action"] == "device.reclaimed")
+    reclaimed = next(e for e in events if e["action"] == "device.reclaimed")
     assert reclaimed["actor"] == f"device:{device.id}"
     assert reclaimed["details"]["claim_id"] == started.body["claim_id"]
     assert reclaimed["details"]["account_id"] == admin.account_id
@@ -102,12 +92,7 @@ async def test_own_household_onboards_its_device_again(
 
     # The new answer lost as well: the device's fresh retry gets the same (new) grant, and
     # the old claim's token no longer re-confirms anything.
-    retry = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    retry = await api.confirm(device, started.body["token"], expect=200)
     assert retry.body == confirmed.body
 
 
@@ -115,8 +100,7 @@ async def test_another_household_still_gets_claim_rejected(
     api: Api, broker: MosquittoBroker
 ) -> None:
     owner, household, device, first = await _owned(api)
-    neighbour = await api.sign_up()
-    elsewhere = await api.household(neighbour)
+    neighbour, elsewhere = await api.owner_household()
     refused = await api.start_claim(neighbour, elsewhere, device)
     # Indistinguishable from an unknown id (no enumeration), as before.
     unknown = FakeDevice()
@@ -143,36 +127,15 @@ async def test_tokens_other_than_the_new_claims_give_nothing(
 ) -> None:
     """After the re-onboarding, the first claim's token re-confirms nothing (its ownership
     was superseded), and another device cannot use the new token."""
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    first = await api.start_claim(owner, household, device)
+    owner, household, device, first = await api.started_claim()
     assert first.status == 201, first.body
-    await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(first.body["token"], api.now())},
-        expect=200,
-    )
+    await api.confirm(device, first.body["token"], expect=200)
     clock.advance(200)  # the commit timer ran out before the new onboarding
     again = await api.start_claim(owner, household, device)
     assert again.status == 201, again.body
-    await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(again.body["token"], api.now())},
-        expect=200,
-    )
-    stale = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(first.body["token"], api.now())},
-    )
+    await api.confirm(device, again.body["token"], expect=200)
+    stale = await api.confirm(device, first.body["token"])
     assert (stale.status, stale.code) == (409, "claim_rejected")
     other = await api.device()
-    stolen = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": other.confirm(again.body["token"], api.now())},
-    )
+    stolen = await api.confirm(other, again.body["token"])
     assert (stolen.status, stolen.code) == (409, "claim_rejected")

@@ -23,17 +23,9 @@ from .mqtt import connect_code
 
 async def _claimed(api: Api) -> tuple[User, str, FakeDevice, dict[str, Any], dict[str, Any]]:
     """A claim whose first confirmation committed (its answer is what the device lost)."""
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     assert started.status == 201, started.body
-    first = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    first = await api.confirm(device, started.body["token"], expect=200)
     return owner, household, device, started.body, first.body
 
 
@@ -43,11 +35,7 @@ async def test_retry_within_the_ttl_gets_the_same_grant(
     owner, household, device, claim, first = await _claimed(api)
     clock.advance(30)  # the device's backoff
 
-    retry = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    retry = await api.confirm(device, claim["token"])
     assert retry.status == 200, retry.body
     assert retry.body == first  # same household, same MQTT credential material
     assert await connect_code(broker, retry.body["mqtt"]) == 0
@@ -56,18 +44,11 @@ async def test_retry_within_the_ttl_gets_the_same_grant(
         "GET", f"/v1/claims/{claim['claim_id']}", token=owner.token, expect=200
     )
     assert status.body["status"] == "owned"
-    events = await api.request(
-        "GET",
-        f"/v1/households/{household}/devices/{device.id}/audit",
-        token=owner.token,
-        expect=200,
-    )
-    actions = [event["action"] for event in events.body["events"]]
+    events = await api.device_audit(owner, household, device)
+    actions = [event["action"] for event in events]
     assert actions.count("device.claimed") == 1
     assert actions.count("device.claim_reconfirmed") == 1
-    reconfirmed = next(
-        e for e in events.body["events"] if e["action"] == "device.claim_reconfirmed"
-    )
+    reconfirmed = next(e for e in events if e["action"] == "device.claim_reconfirmed")
     assert reconfirmed["actor"] == f"device:{device.id}"
     assert reconfirmed["details"]["claim_id"] == claim["claim_id"]
     report = await api.relay.verify_audit()
@@ -84,12 +65,7 @@ async def test_retry_after_a_rotation_gets_the_current_credential(
         token=owner.token,
         expect=200,
     )
-    retry = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-        expect=200,
-    )
+    retry = await api.confirm(device, claim["token"], expect=200)
     assert retry.body["household_id"] == household
     assert retry.body["mqtt"]["password"] != first["mqtt"]["password"]
     assert await connect_code(broker, retry.body["mqtt"]) == 0
@@ -108,11 +84,7 @@ async def test_replays_gain_nothing(api: Api) -> None:
     assert (replay.status, replay.code) == (409, "claim_rejected")
     # Another genuine device signing the spent token: refused.
     other = await api.device()
-    stolen = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": other.confirm(claim["token"], api.now())},
-    )
+    stolen = await api.confirm(other, claim["token"])
     assert (stolen.status, stolen.code) == (409, "claim_rejected")
     # A changed byte (no device signature): refused before the token is read.
     forged = device.confirm(claim["token"], api.now())
@@ -122,10 +94,7 @@ async def test_replays_gain_nothing(api: Api) -> None:
 
 
 async def test_first_confirmation_replayed_is_refused(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     confirmation = device.confirm(started.body["token"], api.now())
     await api.request(
         "POST", "/v1/claims/confirm", json_body={"confirmation": confirmation}, expect=200
@@ -139,39 +108,21 @@ async def test_first_confirmation_replayed_is_refused(api: Api) -> None:
 async def test_retry_after_the_ttl_fails_closed(api: Api, clock: FakeClock[int]) -> None:
     _owner, _household, device, claim, _first = await _claimed(api)
     clock.advance(api.relay.ctx.config.claim_ttl + 1)
-    late = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    late = await api.confirm(device, claim["token"])
     assert (late.status, late.code) == (409, "claim_rejected")
 
 
 async def test_retry_after_release_or_a_new_claim_fails_closed(api: Api) -> None:
     owner, household, device, claim, _first = await _claimed(api)
-    await api.request(
-        "POST",
-        f"/v1/households/{household}/devices/{device.id}/release",
-        token=owner.token,
-        expect=200,
-    )
-    released = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    await api.release(owner, household, device, expect=200)
+    released = await api.confirm(device, claim["token"])
     assert (released.status, released.code) == (409, "claim_rejected")
 
     # Claimed again by another household: the old token (another household's) gives nothing.
-    neighbour = await api.sign_up()
-    elsewhere = await api.household(neighbour)
+    neighbour, elsewhere = await api.owner_household()
     second = await api.claim(neighbour, elsewhere, device)
     assert second["household_id"] == elsewhere
-    stale = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(claim["token"], api.now())},
-    )
+    stale = await api.confirm(device, claim["token"])
     assert (stale.status, stale.code) == (409, "claim_rejected")
 
 
@@ -180,10 +131,7 @@ async def test_answer_lost_on_the_wire_then_retried(
 ) -> None:
     """The connection drops after the service committed (the lossy proxy); the retry gets
     the grant the device never saw, and it opens the broker."""
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     server = api.client.server
     async with (
         lossy_proxy_factory(server.host, server.port, drop=1) as proxy,

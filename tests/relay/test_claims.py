@@ -16,10 +16,7 @@ from .mqtt import client_exists, connect_code
 
 
 async def test_claim_end_to_end(api: Api, broker: MosquittoBroker) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     assert started.status == 201
     assert len(started.body["token"]) >= 22  # 256 bits, base64url
     assert started.body["expires_at"] - api.now() <= 600
@@ -63,10 +60,7 @@ async def test_claim_end_to_end(api: Api, broker: MosquittoBroker) -> None:
 
 
 async def test_confirmation_as_canonical_text_is_accepted(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     text = ClaimConfirmation.create(device.identity, started.body["token"], clock=api.now).to_json()
     reply = await api.request(
         "POST", "/v1/claims/confirm", json_body={"confirmation": text.decode()}, expect=200
@@ -75,13 +69,11 @@ async def test_confirmation_as_canonical_text_is_accepted(api: Api) -> None:
 
 
 async def test_strangers_cannot_tell_unknown_from_owned(api: Api) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     await api.claim(owner, home, device)
 
-    stranger = await api.sign_up()
-    elsewhere = await api.household(stranger)
+    stranger, elsewhere = await api.owner_household()
     owned_reply = await api.start_claim(stranger, elsewhere, device)
     unknown_reply = await api.start_claim(stranger, elsewhere, FakeDevice())
     assert owned_reply.status == unknown_reply.status == 409
@@ -92,24 +84,15 @@ async def test_strangers_cannot_tell_unknown_from_owned(api: Api) -> None:
     forged = FakeDevice(identity=DeviceIdentity.generate(device.id))
     unknown = FakeDevice()
     token = "A" * 43
-    forged_reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": forged.confirm(token, api.now())},
-    )
-    unknown_reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": unknown.confirm(token, api.now())},
-    )
+    forged_reply = await api.confirm(forged, token)
+    unknown_reply = await api.confirm(unknown, token)
     assert forged_reply.status == unknown_reply.status == 400
     assert forged_reply.body == unknown_reply.body
     assert forged_reply.code == "bad_signature"
 
 
 async def test_bad_signature_and_token_for_another_device(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device, other = await api.device(), await api.device()
     started = await api.start_claim(owner, household, device)
     token = started.body["token"]
@@ -132,16 +115,9 @@ async def test_bad_signature_and_token_for_another_device(api: Api) -> None:
 
 
 async def test_expired_claim(api: Api, clock: FakeClock[int]) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    owner, household, device, started = await api.started_claim()
     clock.advance(601)
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-    )
+    reply = await api.confirm(device, started.body["token"])
     assert (reply.status, reply.code) == (410, "claim_expired")
     status = await api.request(
         "GET", f"/v1/claims/{started.body['claim_id']}", token=owner.token, expect=200
@@ -152,8 +128,7 @@ async def test_expired_claim(api: Api, clock: FakeClock[int]) -> None:
 
 
 async def test_signed_time_checks(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     token = (await api.start_claim(owner, household, device)).body["token"]
 
@@ -201,8 +176,7 @@ async def test_hundred_concurrent_claims_one_owner(api: Api, broker: MosquittoBr
     device = await api.device()
     starts = []
     for _ in range(10):
-        user = await api.sign_up()
-        household = await api.household(user)
+        user, household = await api.owner_household()
         for _ in range(10):
             started = await api.start_claim(user, household, device)
             assert started.status == 201
@@ -232,8 +206,7 @@ async def test_hundred_concurrent_claims_one_owner(api: Api, broker: MosquittoBr
 
 async def test_claim_rejected_for_device_preassigned_elsewhere(api: Api) -> None:
     admin = await api.admin()
-    buyer = await api.sign_up()
-    buyer_home = await api.household(buyer)
+    buyer, buyer_home = await api.owner_household()
     device = await api.device()
     await api.request(
         "PUT",
@@ -242,8 +215,7 @@ async def test_claim_rejected_for_device_preassigned_elsewhere(api: Api) -> None
         token=admin.token,
         expect=200,
     )
-    stranger = await api.sign_up()
-    elsewhere = await api.household(stranger)
+    stranger, elsewhere = await api.owner_household()
     reply = await api.start_claim(stranger, elsewhere, device)
     assert (reply.status, reply.code) == (409, "claim_rejected")
     # The buyer may still claim it by hand (a device without Ethernet).
@@ -251,10 +223,7 @@ async def test_claim_rejected_for_device_preassigned_elsewhere(api: Api) -> None
 
 
 async def test_claim_status_is_private(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, _device, started = await api.started_claim()
     stranger = await api.sign_up()
     reply = await api.request("GET", f"/v1/claims/{started.body['claim_id']}", token=stranger.token)
     assert (reply.status, reply.code) == (404, "claim_not_found")

@@ -15,6 +15,7 @@ from cloud_relay.broker import DeviceCredential
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from tests.plugins.mosquitto import MosquittoBroker
 
+from .config_file import relay_toml
 from .helpers import FakeDevice
 from .mqtt import client_exists
 
@@ -39,23 +40,7 @@ def test_cli_end_to_end(
     assert _cli(config, "init").returncode == 0
     assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
     broker = mosquitto_broker
-    config.write_text(
-        f"""database_url = "{database_url}"
-secret_key_file = "secret.key"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.admin_username}"
-password = "{broker.admin_password}"
-public_host = "127.0.0.1"
-public_port = {broker.port}
-public_tls = false
-[argon2]
-time_cost = 1
-memory_cost_kib = 256
-parallelism = 1
-"""
-    )
+    config.write_text(relay_toml(database_url, broker))
     assert _cli(config, "migrate").returncode == 0
 
     devices = [FakeDevice() for _ in range(3)]
@@ -124,16 +109,7 @@ async def test_cli_reconcile_removes_orphans(
     assert await client_exists(broker, orphan.id)
     (tmp_path / "secret.key").write_text(b64url_encode(os.urandom(32)))
     config = tmp_path / "relay.toml"
-    config.write_text(
-        f"""database_url = "{database_url}"
-secret_key_file = "secret.key"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.admin_username}"
-password = "{broker.admin_password}"
-"""
-    )
+    config.write_text(relay_toml(database_url, broker, public_host=None, cheap_argon2=False))
     result = await asyncio.to_thread(_cli, config, "broker", "reconcile")
     assert result.returncode == 0, result.stderr
     assert "1 removed" in result.stdout

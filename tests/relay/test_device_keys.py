@@ -52,8 +52,7 @@ async def audit_actions(api: Api) -> list[str]:
 
 
 async def test_member_gets_the_key_of_a_free_device(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     member = await api.join(owner, household, "member")
     device = await api.device("pi-relay", with_code=True)
     for user in (owner, member):
@@ -73,8 +72,7 @@ async def test_member_gets_the_key_of_a_free_device(api: Api) -> None:
 
 
 async def test_reonboarding_a_device_of_this_household(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device(with_code=True)
     await api.claim(owner, household, device)
     reply = await lookup(api, owner, household, device.id, device.manual_code)
@@ -83,8 +81,7 @@ async def test_reonboarding_a_device_of_this_household(api: Api) -> None:
 
 
 async def test_refusals_are_indistinguishable_and_audited(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     neighbour = await api.sign_up()
     elsewhere = await api.household(neighbour)
     free = await api.device(with_code=True)
@@ -130,8 +127,7 @@ async def test_refusals_are_indistinguishable_and_audited(api: Api) -> None:
 
 
 async def test_roles_and_authentication(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     viewer = await api.join(owner, household, "viewer")
     stranger = await api.sign_up()
     await api.household(stranger)
@@ -150,8 +146,7 @@ async def test_roles_and_authentication(api: Api) -> None:
 
 
 async def test_malformed_requests(api: Api) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device(with_code=True)
     code = device.manual_code
     typo = code[:-1] + str((int(code[-1]) + 1) % 10)
@@ -178,8 +173,7 @@ async def test_malformed_requests(api: Api) -> None:
 
 
 async def test_scrypt_runs_off_the_event_loop(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device(with_code=True)
     threads: list[int] = []
     original = SetupVerifier.verify
@@ -214,8 +208,7 @@ async def limited(
 @pytest.mark.parametrize("limited", ["device"], indirect=True)
 async def test_per_device_budget_counts_every_attempt(limited: Api) -> None:
     api = limited
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     other_member = await api.join(owner, household, "admin")
     device = await api.device(with_code=True)
     spare = await api.device(with_code=True)
@@ -234,8 +227,7 @@ async def test_per_device_budget_counts_every_attempt(limited: Api) -> None:
 @pytest.mark.parametrize("limited", ["device"], indirect=True)
 async def test_concurrent_guesses_cannot_overrun_the_budget(limited: Api) -> None:
     api = limited
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device(with_code=True)
     replies = await asyncio.gather(
         *(lookup(api, owner, household, device.id, wrong_code(device)) for _ in range(8))
@@ -247,8 +239,7 @@ async def test_concurrent_guesses_cannot_overrun_the_budget(limited: Api) -> Non
 @pytest.mark.parametrize("limited", ["account", "address"], indirect=True)
 async def test_per_account_and_per_address_budgets(limited: Api, request: Any) -> None:
     api = limited
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     devices = [await api.device(with_code=True) for _ in range(4)]
     for device in devices[:3]:
         assert (await lookup(api, owner, household, device.id, device.manual_code)).status == 200

@@ -21,8 +21,7 @@ async def _hub(api: Api, token: str, household: str) -> dict[str, Any]:
 
 
 async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoBroker) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     hub = await _hub(api, owner.token, home)
     assert hub["username"] == f"hub-{home}"
     assert await connect_code(broker, hub) == 0
@@ -34,16 +33,9 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
     assert f"iob/{device.id}/#" in topics
     assert f"iob/{device.id}/cmd/#" in topics
 
-    neighbour = await api.sign_up()
-    other = await api.household(neighbour)
+    neighbour, other = await api.owner_household()
     await _hub(api, neighbour.token, other)
-    share = await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{other}",
-        json_body={"access": "read"},
-        token=owner.token,
-        expect=200,
-    )
+    share = await api.share(owner, home, device, other, "read", expect=200)
     assert share.body["access"] == "read"
     other_topics = await hub_topics(broker, other)
     assert f"iob/{device.id}/#" in other_topics
@@ -58,13 +50,7 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
     )
     assert (reply.status, reply.code) == (404, "device_not_found")
 
-    await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{other}",
-        json_body={"access": "control"},
-        token=owner.token,
-        expect=200,
-    )
+    await api.share(owner, home, device, other, "control", expect=200)
     assert f"iob/{device.id}/cmd/#" in await hub_topics(broker, other)
     await api.request(
         "DELETE",
@@ -85,8 +71,7 @@ async def test_hub_reaches_owned_and_shared_devices(api: Api, broker: MosquittoB
 async def test_release_kicks_the_live_session_and_frees_the_device(
     api: Api, broker: MosquittoBroker
 ) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     owned = await api.claim(owner, home, device)
     mqtt = owned["mqtt"]
@@ -100,12 +85,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
         timeout=5,
     ) as client:
         await client.subscribe(f"iob/{device.id}/#", qos=1)
-        await api.request(
-            "POST",
-            f"/v1/households/{home}/devices/{device.id}/release",
-            token=owner.token,
-            expect=200,
-        )
+        await api.release(owner, home, device, expect=200)
         kicked = False
         try:
             async with asyncio.timeout(5):
@@ -117,8 +97,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
     assert not await client_exists(broker, device.id)
     assert await connect_code(broker, mqtt) != 0
     # Claimable again, by anyone holding it.
-    other_owner = await api.sign_up()
-    other = await api.household(other_owner)
+    other_owner, other = await api.owner_household()
     again = await api.claim(other_owner, other, device)
     assert again["household_id"] == other
     assert again["mqtt"]["password"] != mqtt["password"]
@@ -127,8 +106,7 @@ async def test_release_kicks_the_live_session_and_frees_the_device(
 async def test_release_by_device_after_factory_reset(
     api: Api, broker: MosquittoBroker, clock: FakeClock[int]
 ) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     await api.claim(owner, home, device)
     clock.advance(5)
@@ -166,8 +144,7 @@ async def test_release_by_device_after_factory_reset(
 
 
 async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
-    seller = await api.sign_up()
-    old_home = await api.household(seller)
+    seller, old_home = await api.owner_household()
     buyer = await api.sign_up()
     new_home = await api.household(buyer)
     device = await api.device()
@@ -175,13 +152,7 @@ async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
     await _hub(api, seller.token, old_home)
     await _hub(api, buyer.token, new_home)
 
-    offer = await api.request(
-        "POST",
-        f"/v1/households/{old_home}/devices/{device.id}/transfers",
-        json_body={"to_household_id": new_home},
-        token=seller.token,
-        expect=201,
-    )
+    offer = await api.offer_transfer(seller, old_home, device, new_home)
     incoming = await api.request(
         "GET", f"/v1/households/{new_home}/transfers", token=buyer.token, expect=200
     )
@@ -209,8 +180,7 @@ async def test_transfer_two_party(api: Api, broker: MosquittoBroker) -> None:
 
 
 async def test_transfer_decline_and_cancel(api: Api) -> None:
-    seller = await api.sign_up()
-    old_home = await api.household(seller)
+    seller, old_home = await api.owner_household()
     buyer = await api.sign_up()
     new_home = await api.household(buyer)
     device = await api.device()
@@ -219,13 +189,7 @@ async def test_transfer_decline_and_cancel(api: Api) -> None:
         ("decline", buyer, new_home),
         ("cancel", seller, old_home),
     ):
-        offer = await api.request(
-            "POST",
-            f"/v1/households/{old_home}/devices/{device.id}/transfers",
-            json_body={"to_household_id": new_home},
-            token=seller.token,
-            expect=201,
-        )
+        offer = await api.offer_transfer(seller, old_home, device, new_home)
         await api.request(
             "POST",
             f"/v1/households/{household}/transfers/{offer.body['transfer_id']}/{action}",
@@ -243,8 +207,7 @@ async def test_transfer_decline_and_cancel(api: Api) -> None:
 
 async def test_zero_touch(api: Api, broker: MosquittoBroker) -> None:
     admin = await api.admin()
-    buyer = await api.sign_up()
-    home = await api.household(buyer)
+    _buyer, home = await api.owner_household()
     device = await api.device()
     await api.request(
         "PUT",
@@ -283,8 +246,7 @@ async def test_zero_touch(api: Api, broker: MosquittoBroker) -> None:
 
 
 async def test_rotate_device_credentials(api: Api, broker: MosquittoBroker) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device()
     owned = await api.claim(owner, home, device)
     rotated = await api.request(
@@ -300,8 +262,7 @@ async def test_rotate_device_credentials(api: Api, broker: MosquittoBroker) -> N
 
 async def test_device_details_include_model_metadata(api: Api) -> None:
     admin = await api.admin()
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     device = await api.device(model="pi-relay")
     await api.request(
         "PUT",

@@ -97,19 +97,14 @@ async def test_broker_failure_during_claim_leaves_nothing(
     failing: tuple[Api, FailingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = failing
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     await api.request("GET", f"/v1/households/{household}/hub", token=owner.token, expect=200)
     device = await api.device()
     started = await api.start_claim(owner, household, device)
 
     # put_device reaches the broker, then the hub update fails.
     wrapper.fail = {"put_hub"}
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-    )
+    reply = await api.confirm(device, started.body["token"])
     assert (reply.status, reply.code) == (503, "broker_unavailable")
     assert not await client_exists(broker, device.id)
     assert await hub_topics(broker, household) == set()
@@ -117,12 +112,7 @@ async def test_broker_failure_during_claim_leaves_nothing(
 
     # The broker is back: the device's retry within the TTL succeeds.
     wrapper.fail = set()
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-        expect=200,
-    )
+    reply = await api.confirm(device, started.body["token"], expect=200)
     assert await connect_code(broker, reply.body["mqtt"]) == 0
     assert any(device.id in topic for topic in await hub_topics(broker, household))
 
@@ -131,10 +121,7 @@ async def test_database_failure_after_broker_call_leaves_nothing(
     failing: tuple[Api, FailingBroker], broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api, _ = failing
-    owner = await api.sign_up()
-    household = await api.household(owner)
-    device = await api.device()
-    started = await api.start_claim(owner, household, device)
+    _owner, _household, device, started = await api.started_claim()
     real_append = audit.append
 
     async def failing_append(conn: Connection, **kwargs: Any) -> int:
@@ -143,11 +130,7 @@ async def test_database_failure_after_broker_call_leaves_nothing(
         return await real_append(conn, **kwargs)
 
     monkeypatch.setattr(audit, "append", failing_append)
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(started.body["token"], api.now())},
-    )
+    reply = await api.confirm(device, started.body["token"])
     assert (reply.status, reply.code) == (503, "storage_unavailable")
     assert not await client_exists(broker, device.id)
     assert await _claimed_state(api, device.id) == (None, ["pending"], ["claim.created"])
@@ -157,16 +140,11 @@ async def test_broker_failure_during_release_keeps_the_device(
     failing: tuple[Api, FailingBroker], broker: MosquittoBroker
 ) -> None:
     api, wrapper = failing
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     owned = await api.claim(owner, household, device)
     wrapper.fail = {"remove_device"}
-    reply = await api.request(
-        "POST",
-        f"/v1/households/{household}/devices/{device.id}/release",
-        token=owner.token,
-    )
+    reply = await api.release(owner, household, device)
     assert (reply.status, reply.code) == (503, "broker_unavailable")
     owner_now, _, events = await _claimed_state(api, device.id)
     assert owner_now == household
@@ -197,8 +175,7 @@ async def test_reconcile_repairs_a_crash_between_broker_and_commit(
 ) -> None:
     broker, adapter = own_broker
     api = await start_api(make_config(database_url, broker), adapter)
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     await api.request("GET", f"/v1/households/{household}/hub", token=owner.token, expect=200)
     kept = await api.device()
     owned = await api.claim(owner, household, kept)

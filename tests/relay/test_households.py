@@ -57,42 +57,25 @@ async def test_roles_and_external_members(api: Api) -> None:
 
 
 async def test_invitations(api: Api, clock: FakeClock[int]) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     invited = await api.sign_up("invitee@example.com")
     wrong = await api.sign_up()
-    invitation = await api.request(
-        "POST",
-        f"/v1/households/{home}/invitations",
-        json_body={"role": "member", "email": "invitee@example.com", "external_id": "ha-7"},
-        token=owner.token,
-        expect=201,
+    invitation = await api.invite(
+        owner, home, "member", email="invitee@example.com", external_id="ha-7"
     )
     token = invitation.body["token"]
     reply = await api.request(
         "POST", "/v1/invitations/accept", json_body={"token": token}, token=wrong.token
     )
     assert (reply.status, reply.code) == (404, "invitation_invalid")
-    member = await api.request(
-        "POST",
-        "/v1/invitations/accept",
-        json_body={"token": token},
-        token=invited.token,
-        expect=201,
-    )
+    member = await api.accept(invited, token, expect=201)
     assert (member.body["role"], member.body["external_id"]) == ("member", "ha-7")
     reply = await api.request(
         "POST", "/v1/invitations/accept", json_body={"token": token}, token=invited.token
     )
     assert reply.code == "invitation_invalid"  # single use
 
-    expiring = await api.request(
-        "POST",
-        f"/v1/households/{home}/invitations",
-        json_body={"role": "viewer"},
-        token=owner.token,
-        expect=201,
-    )
+    expiring = await api.invite(owner, home, "viewer")
     listed = await api.request(
         "GET", f"/v1/households/{home}/invitations", token=owner.token, expect=200
     )
@@ -101,38 +84,21 @@ async def test_invitations(api: Api, clock: FakeClock[int]) -> None:
     ]
     clock.advance(7 * 86400 + 1)
     late = await api.sign_up()
-    reply = await api.request(
-        "POST",
-        "/v1/invitations/accept",
-        json_body={"token": expiring.body["token"]},
-        token=late.token,
-    )
+    reply = await api.accept(late, expiring.body["token"])
     assert reply.code == "invitation_invalid"
 
 
 async def test_revoked_invitation(api: Api) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     guest = await api.sign_up()
-    invitation = await api.request(
-        "POST",
-        f"/v1/households/{home}/invitations",
-        json_body={"role": "viewer"},
-        token=owner.token,
-        expect=201,
-    )
+    invitation = await api.invite(owner, home, "viewer")
     await api.request(
         "DELETE",
         f"/v1/households/{home}/invitations/{invitation.body['invitation_id']}",
         token=owner.token,
         expect=204,
     )
-    reply = await api.request(
-        "POST",
-        "/v1/invitations/accept",
-        json_body={"token": invitation.body["token"]},
-        token=guest.token,
-    )
+    reply = await api.accept(guest, invitation.body["token"])
     assert reply.code == "invitation_invalid"
 
 

@@ -19,7 +19,7 @@ from tests.plugins.mosquitto import MosquittoBroker
 
 from .conftest import AppFactory
 from .helpers import Api, FakeDevice, User
-from .mqtt import connect_code, hub_topics
+from .mqtt import connect_code, hub_topics, mqtt_client
 
 #: Bound on waiting for the broker's disconnect (a generous bound, not an expectation).
 WAIT = 30
@@ -35,15 +35,7 @@ async def hub_credential(api: Api, user: User, household: str) -> dict[str, Any]
 async def hub_session(
     broker: MosquittoBroker, mqtt: dict[str, Any]
 ) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(
-        broker.host,
-        int(mqtt["port"]),
-        username=mqtt["username"],
-        password=mqtt["password"],
-        identifier=mqtt["client_id"],
-        protocol=aiomqtt.ProtocolVersion.V5,
-        timeout=10,
-    ) as client:
+    async with mqtt_client(broker, mqtt, timeout=10) as client:
         yield client
 
 
@@ -67,8 +59,7 @@ async def device_ids(api: Api, user: User, household: str) -> set[str]:
 
 
 async def owned(api: Api) -> tuple[User, str, FakeDevice]:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     await api.claim(owner, household, device)
     return owner, household, device
@@ -77,17 +68,10 @@ async def owned(api: Api) -> tuple[User, str, FakeDevice]:
 async def test_transfer_accept_disconnects_both_hubs(api: Api, broker: MosquittoBroker) -> None:
     """Both Home Assistants reconnect, and what they then read already shows the transfer."""
     owner, home, device = await owned(api)
-    recipient = await api.sign_up()
-    theirs = await api.household(recipient)
+    recipient, theirs = await api.owner_household()
     old_hub = await hub_credential(api, owner, home)
     new_hub = await hub_credential(api, recipient, theirs)
-    offer = await api.request(
-        "POST",
-        f"/v1/households/{home}/devices/{device.id}/transfers",
-        json_body={"to_household_id": theirs},
-        token=owner.token,
-        expect=201,
-    )
+    offer = await api.offer_transfer(owner, home, device, theirs)
     async with hub_session(broker, old_hub) as old, hub_session(broker, new_hub) as new:
         await api.request(
             "POST",
@@ -110,24 +94,12 @@ async def test_release_disconnects_the_owner_and_sharee_hubs(
     api: Api, broker: MosquittoBroker
 ) -> None:
     owner, home, device = await owned(api)
-    neighbour = await api.sign_up()
-    next_door = await api.household(neighbour)
-    await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-        json_body={"access": "read"},
-        token=owner.token,
-        expect=200,
-    )
+    neighbour, next_door = await api.owner_household()
+    await api.share(owner, home, device, next_door, "read", expect=200)
     own_hub = await hub_credential(api, owner, home)
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, own_hub) as own, hub_session(broker, their_hub) as shared:
-        await api.request(
-            "POST",
-            f"/v1/households/{home}/devices/{device.id}/release",
-            token=owner.token,
-            expect=200,
-        )
+        await api.release(owner, home, device, expect=200)
         assert await kicked(own)
         assert await kicked(shared)
     assert device.id not in await device_ids(api, neighbour, next_door)
@@ -135,15 +107,8 @@ async def test_release_disconnects_the_owner_and_sharee_hubs(
 
 async def test_unshare_disconnects_only_the_sharee_hub(api: Api, broker: MosquittoBroker) -> None:
     owner, home, device = await owned(api)
-    neighbour = await api.sign_up()
-    next_door = await api.household(neighbour)
-    await api.request(
-        "PUT",
-        f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-        json_body={"access": "control"},
-        token=owner.token,
-        expect=200,
-    )
+    neighbour, next_door = await api.owner_household()
+    await api.share(owner, home, device, next_door, "control", expect=200)
     own_hub = await hub_credential(api, owner, home)
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, own_hub) as own, hub_session(broker, their_hub) as shared:
@@ -166,17 +131,10 @@ async def test_unshare_disconnects_only_the_sharee_hub(api: Api, broker: Mosquit
 async def test_a_new_share_disconnects_the_sharee_hub(api: Api, broker: MosquittoBroker) -> None:
     """The sharee's Home Assistant shows the shared device at once, not at its next refresh."""
     owner, home, device = await owned(api)
-    neighbour = await api.sign_up()
-    next_door = await api.household(neighbour)
+    neighbour, next_door = await api.owner_household()
     their_hub = await hub_credential(api, neighbour, next_door)
     async with hub_session(broker, their_hub) as shared:
-        await api.request(
-            "PUT",
-            f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-            json_body={"access": "read"},
-            token=owner.token,
-            expect=200,
-        )
+        await api.share(owner, home, device, next_door, "read", expect=200)
         assert await kicked(shared)
     assert device.id in await device_ids(api, neighbour, next_door)
 
@@ -184,8 +142,7 @@ async def test_a_new_share_disconnects_the_sharee_hub(api: Api, broker: Mosquitt
 async def test_zero_touch_disconnects_the_buyer_hub(api: Api, broker: MosquittoBroker) -> None:
     """Nobody's Home Assistant asked for a zero-touch claim: the buyer's re-reads its list now."""
     admin = await api.admin()
-    buyer = await api.sign_up()
-    home = await api.household(buyer)
+    buyer, home = await api.owner_household()
     device = await api.device()
     await api.request(
         "PUT",
@@ -224,15 +181,8 @@ async def test_a_failed_kick_keeps_the_committed_change(
     async with adapter:
         api: Api = await start_api(relay_config, adapter)
         owner, home, device = await owned(api)
-        neighbour = await api.sign_up()
-        next_door = await api.household(neighbour)
-        await api.request(
-            "PUT",
-            f"/v1/households/{home}/devices/{device.id}/shares/{next_door}",
-            json_body={"access": "read"},
-            token=owner.token,
-            expect=200,
-        )
+        neighbour, next_door = await api.owner_household()
+        await api.share(owner, home, device, next_door, "read", expect=200)
         their_hub = await hub_credential(api, neighbour, next_door)
         await api.request(
             "DELETE",

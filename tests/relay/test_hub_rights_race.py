@@ -36,26 +36,17 @@ async def _owned(api: Api, owner: User, household_id: str) -> set[str]:
 
 
 async def _confirm(api: Api, token: str, device: FakeDevice) -> Any:
-    return await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(token, api.now())},
-    )
+    return await api.confirm(device, token)
 
 
 async def _release(api: Api, owner: User, household_id: str, device: FakeDevice) -> Any:
-    return await api.request(
-        "POST",
-        f"/v1/households/{household_id}/devices/{device.id}/release",
-        token=owner.token,
-    )
+    return await api.release(owner, household_id, device)
 
 
 async def test_racing_claims_and_releases_leave_the_hub_exactly_the_owned_devices(
     api: Api, broker: MosquittoBroker
 ) -> None:
-    owner = await api.sign_up()
-    home = await api.household(owner)
+    owner, home = await api.owner_household()
     await api.request("GET", f"/v1/households/{home}/hub", token=owner.token, expect=200)
     owned: list[FakeDevice] = []
     for burst in range(BURSTS):

@@ -39,8 +39,7 @@ async def fetch(api: Api, request: MqttCredentialRequest | dict[str, Any] | str)
 
 
 async def owned_device(api: Api) -> tuple[str, str, FakeDevice, dict[str, Any]]:
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     owned = await api.claim(owner, household, device)
     return owner.token, household, device, owned
@@ -173,8 +172,7 @@ async def test_genuine_device_hears_it_is_not_owned(api: Api, broker: MosquittoB
     assert [(row["actor"], row["household_id"]) for row in rows] == [(f"device:{device.id}", None)]
     # A transferred device stays owned: the new household's grant, still the same password.
     token2, household2, device2, owned2 = await owned_device(api)
-    other_owner = await api.sign_up()
-    other_household = await api.household(other_owner)
+    other_owner, other_household = await api.owner_household()
     offer = await api.request(
         "POST",
         f"/v1/households/{household2}/devices/{device2.id}/transfers",
@@ -239,8 +237,7 @@ async def test_rate_limited_per_device(
         confirm_per_device=Limit(3, 3600),
     )
     api: Api = await start_api(make_config(database_url, broker, limits=limits), broker_adapter)
-    owner = await api.sign_up()
-    household = await api.household(owner)
+    owner, household = await api.owner_household()
     device = await api.device()
     await api.claim(owner, household, device)  # one of the device's three
     for _ in range(2):

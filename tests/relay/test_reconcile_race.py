@@ -22,11 +22,7 @@ CLAIMS = 6
 
 
 async def _claim(api: Api, device: FakeDevice, token: str) -> int:
-    reply = await api.request(
-        "POST",
-        "/v1/claims/confirm",
-        json_body={"confirmation": device.confirm(token, api.now())},
-    )
+    reply = await api.confirm(device, token)
     return reply.status
 
 
@@ -38,8 +34,7 @@ async def test_reconciles_racing_claims_leave_every_claim_on_the_broker(
         broker.host, broker.port, broker.admin_username, broker.admin_password
     ) as adapter:
         api: Api = await start_api(make_config(database_url, broker), adapter)
-        owner = await api.sign_up()
-        home = await api.household(owner)
+        owner, home = await api.owner_household()
         await api.request("GET", f"/v1/households/{home}/hub", token=owner.token, expect=200)
         claimed: set[str] = set()
         for round_ in range(ROUNDS):

@@ -29,6 +29,7 @@ from cloud_relay.broker.reconcile import device_rolename
 from cloud_relay.config import load_config
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_command
 
+from .config_file import relay_toml
 from .conftest import AppFactory
 from .helpers import FakeDevice
 from .mqtt import client_exists, connect_code
@@ -41,26 +42,7 @@ def _write_config(directory: Path, database_url: str, broker: MosquittoBroker) -
     """The service's configuration; ``port = 0``: it binds a free port and names it."""
     (directory / "secret.key").write_text(b64url_encode(os.urandom(32)))
     config = directory / "relay.toml"
-    config.write_text(
-        f"""database_url = "{database_url}"
-secret_key_file = "secret.key"
-[http]
-host = "127.0.0.1"
-port = 0
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-username = "{broker.admin_username}"
-password = "{broker.admin_password}"
-public_host = "{broker.host}"
-public_port = {broker.port}
-public_tls = false
-[argon2]
-time_cost = 1
-memory_cost_kib = 256
-parallelism = 1
-"""
-    )
+    config.write_text(relay_toml(database_url, broker, http_port=0, public_host=broker.host))
     return config
 
 
@@ -160,8 +142,7 @@ async def test_serve_reconciles_at_start_and_after_a_broker_restart(
     )
     try:
         api = await start_api(load_config(config_path), adapter)
-        owner = await api.sign_up()
-        home = await api.household(owner)
+        owner, home = await api.owner_household()
         await api.request("GET", f"/v1/households/{home}/hub", token=owner.token, expect=200)
         owned = await api.claim(owner, home, await api.device())
         mqtt = owned["mqtt"]

@@ -16,7 +16,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -48,7 +47,13 @@ from device_firmware.decide import WindowReason
 from device_firmware.errors import ConfigError
 from device_firmware.provisioning.session_host import HANDSHAKE_ORIGIN_MISMATCH
 from tests.device.commit_helpers import commit
-from tests.device.conftest import HOME_PASSPHRASE, AgentStarter, Provisioned
+from tests.device.conftest import (
+    HOME_PASSPHRASE,
+    AgentStarter,
+    Provisioned,
+    agent_command,
+    simulated_run,
+)
 from tests.device.real_relay import RealRelay
 from tests.integration.ble_bridge import (
     BleBridgeClient,
@@ -435,25 +440,7 @@ async def test_agent_stops_when_the_bridge_port_is_taken(start_agent: AgentStart
 
 
 def _agent_args(provisioned: Provisioned, scenario: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "device_firmware",
-        "--data-dir",
-        str(provisioned.config.data_dir),
-        "run",
-        "--simulate-network",
-        str(scenario),
-        "--listen",
-        LOOPBACK,
-        "--port",
-        "0",
-        "--no-advertise",
-        "--no-hotspot",
-        "--no-mqtt",
-        "--allow-insecure-http",
-        *extra,
-    ]
+    return agent_command(provisioned, *simulated_run(scenario, *extra))
 
 
 def _scenario(tmp_path: Path) -> Path:

@@ -18,6 +18,7 @@ from device_firmware.ble.wire import (
     short_id,
 )
 from device_firmware.state import Phase
+from tests.protocol.helpers import WIRE_DIAGNOSTICS
 
 DEVICE_ID = "0123456789ABCDEF"
 
@@ -34,21 +35,7 @@ def test_pinned_bytes() -> None:
 
 
 def test_diagnostic_numbering_is_append_only_and_complete() -> None:
-    assert [code.value for code in DIAGNOSTIC_ORDER] == [
-        "WIFI_AUTH_FAILED",
-        "WIFI_AP_NOT_FOUND",
-        "DHCP_TIMEOUT",
-        "DNS_FAILED",
-        "NO_INTERNET",
-        "RELAY_UNREACHABLE",
-        "TLS_FAILED",
-        "CLOCK_SKEW",
-        "CLAIM_REJECTED",
-        "CLAIM_EXPIRED",
-        "BROKER_AUTH_FAILED",
-        "TIMEOUT",
-        "BROKER_UNREACHABLE",
-    ]
+    assert [code.value for code in DIAGNOSTIC_ORDER] == WIRE_DIAGNOSTICS
     # A new code in iob_protocol must get a number here (appended) before it can be sent.
     assert set(DIAGNOSTIC_ORDER) == set(DiagnosticCode)
 

@@ -11,7 +11,6 @@ import contextlib
 import ipaddress
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from tests.plugins.mosquitto import (
     MosquittoProcess,
     dynsec_command,
 )
+from tests.plugins.ports import free_port
 
 WAIT = 10.0  # generous bound for one expected message; never an assertion on speed
 
@@ -257,13 +257,6 @@ class TcpProxy:
 # --- a broker with a TLS listener (self-signed, as a self-hosted broker usually is) ------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _self_signed(directory: Path) -> bytes:
     """Write cert.pem and key.pem for 127.0.0.1 into ``directory``; return the DER cert."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -301,7 +294,7 @@ class TlsMosquittoProcess(MosquittoProcess):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
-        self.tls_port = _free_port()
+        self.tls_port = free_port()
         self.certificate_der = _self_signed(data_dir)
 
     def _write_config(self, installation: MosquittoInstallation) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +18,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud_relay.broker import BrokerAdapter
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_command
+from tests.plugins.ports import free_port
 
 WAIT = 2.0  # seconds; every wait ends early on the expected event
 GRANTED_QOS1 = 1
@@ -144,13 +144,6 @@ class MosquittoHarness:
             ],
         )
         return answer["data"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- MQTT helpers --------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ from cloud_relay.broker import mosquitto as mosquitto_module
 from cloud_relay.broker.mosquitto import CONTROL_TOPIC, MosquittoDynsecAdapter
 from cloud_relay.broker.reconcile import ObservedClient, ObservedRole, Principal
 from tests.plugins.mosquitto import dynsec_command
+from tests.plugins.ports import free_port
 
 from .harness import (
     MosquittoHarness,
     assert_connected,
     assert_disconnected,
     connect_code,
-    free_port,
     next_message,
 )
 

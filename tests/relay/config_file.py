@@ -1,0 +1,29 @@
+"""The account service's configuration file (relay.toml) as the CLI tests write it."""
+
+from __future__ import annotations
+
+from tests.plugins.mosquitto import MosquittoBroker
+
+
+def relay_toml(
+    database_url: str,
+    broker: MosquittoBroker,
+    *,
+    http_port: int | None = None,
+    public_host: str | None = "127.0.0.1",
+    cheap_argon2: bool = True,
+) -> str:
+    """relay.toml on ``database_url`` and ``broker`` (admin connection), the secret key in
+    secret.key beside it; ``[http]`` on 127.0.0.1 if ``http_port``, the broker address for
+    devices if ``public_host``, the test's cheap argon2 if ``cheap_argon2``."""
+    lines = [f'database_url = "{database_url}"', 'secret_key_file = "secret.key"']
+    if http_port is not None:
+        lines += ["[http]", 'host = "127.0.0.1"', f"port = {http_port}"]
+    lines += ["[broker]", f'host = "{broker.host}"', f"port = {broker.port}"]
+    lines += [f'username = "{broker.admin_username}"', f'password = "{broker.admin_password}"']
+    if public_host is not None:
+        lines += [f'public_host = "{public_host}"', f"public_port = {broker.port}"]
+        lines.append("public_tls = false")
+    if cheap_argon2:
+        lines += ["[argon2]", "time_cost = 1", "memory_cost_kib = 256", "parallelism = 1"]
+    return "\n".join(lines) + "\n"
