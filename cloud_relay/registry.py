@@ -55,6 +55,7 @@ class FactoryRecord:
     model: str
     public_key: bytes
     setup_verifier: str
+    self_test: api.SelfTest | None = None
 
 
 def check_model_name(model: str) -> str:
@@ -101,7 +102,38 @@ def parse_record(line: str, number: int) -> FactoryRecord:
         public_key_fingerprint(public_key)
     ):
         raise RegistryImportError(f"{where}: fingerprint does not match public_key")
-    return FactoryRecord(assert_str[0], assert_str[1], public_key, assert_str[3])
+    return FactoryRecord(
+        assert_str[0],
+        assert_str[1],
+        public_key,
+        assert_str[3],
+        _self_test(document.get("self_test"), where),
+    )
+
+
+SELF_TEST_RESULTS: Final = frozenset({"pass", "fail", "skipped"})
+
+
+def _self_test(document: object, where: str) -> api.SelfTest | None:
+    """The record's ``self_test`` object, checked (results known, ``passed`` consistent)."""
+    if document is None:
+        return None
+    try:
+        self_test = api.SelfTest.parse(document)
+    except ProtocolError as err:
+        raise RegistryImportError(
+            f"{where}: self_test is malformed ({err}); re-run factory-provision --self-test"
+        ) from err
+    results = [check.result for check in self_test.checks]
+    if not set(results) <= SELF_TEST_RESULTS:
+        raise RegistryImportError(
+            f"{where}: self_test results must be pass, fail or skipped; got {results}"
+        )
+    if self_test.passed != ("fail" not in results):
+        raise RegistryImportError(
+            f"{where}: self_test says passed={self_test.passed} but its checks disagree"
+        )
+    return self_test
 
 
 def parse_records(text: str) -> list[FactoryRecord]:
@@ -193,12 +225,13 @@ class Registry:
                 )
                 await conn.execute(
                     "INSERT INTO devices (device_id, model, public_key, setup_verifier, "
-                    "imported_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
+                    "imported_at, updated_at, self_test) VALUES ($1, $2, $3, $4, $5, $5, $6)",
                     record.device_id,
                     record.model,
                     record.public_key,
                     record.setup_verifier,
                     now,
+                    None if record.self_test is None else json.dumps(record.self_test.to_dict()),
                 )
                 imported += 1
             if imported:
@@ -274,6 +307,9 @@ class Registry:
             owned_since=row["owned_since"],
             preassigned_household_id=row["preassigned_household_id"],
             order_ref=row["order_ref"],
+            self_test=None
+            if row["self_test"] is None
+            else api.SelfTest.parse(json.loads(row["self_test"])),
         )
 
     async def device(self, device_id: str) -> api.RegistryDevice:

@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     factory.add_argument("--model", required=True, help="model identifier in the registry")
     factory.add_argument("--output", type=Path, required=True, help="record and label directory")
     factory.add_argument("--force", action="store_true", help="replace an existing identity")
+    factory.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check key and label, and add the result to the manufacturing record",
+    )
 
     status = commands.add_parser("status", help="show the state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -442,7 +447,11 @@ def _command(args: argparse.Namespace, config: DeviceConfig, out: TextIO) -> int
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _AGENT_SIGNALS)
     if args.command == "factory-provision":
         result = factory_provision(
-            config, model=args.model, output_dir=args.output, force=args.force
+            config,
+            model=args.model,
+            output_dir=args.output,
+            force=args.force,
+            self_test=args.self_test,
         )
         out.write(
             f"Device {result.device_id} provisioned.\n"
@@ -450,7 +459,13 @@ def _command(args: argparse.Namespace, config: DeviceConfig, out: TextIO) -> int
             f"Record appended to {result.record_file}\n"
             f"Label: {', '.join(str(path) for path in result.label_files)}\n"
         )
-        return EXIT_OK
+        if result.self_test is None:
+            return EXIT_OK
+        for check in result.self_test.checks:
+            out.write(f"Self-test {check.name}: {check.result} ({check.reason})\n")
+            if check.result == "fail":
+                out.write(f"  next step: {check.next_step}\n")
+        return EXIT_OK if result.self_test.passed else EXIT_ERROR
     if args.command in {"status", "diagnose", "attempts"}:
         return _show(args, config, out)
     if not args.yes and sys.stdin.isatty():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Self
 
@@ -26,6 +26,7 @@ from iob_protocol.sources import RandomSource, system_random, unix_time
 from . import __version__
 from .config import DeviceConfig
 from .errors import FactoryError, IdentityExistsError, NotProvisionedError, StateError
+from .selftest import SelfTestReport, run_self_test
 from .state import atomic_write, read_small_file
 
 RECORD_FILE: Final = "manufacturing-records.jsonl"
@@ -136,6 +137,7 @@ class FactoryResult:
     qr_payload: str
     record_file: Path
     label_files: tuple[Path, ...]
+    self_test: SelfTestReport | None = None
 
 
 def hotspot_ssid(device_id: str) -> str:
@@ -171,6 +173,7 @@ def factory_provision(
     force: bool = False,
     random_bytes: RandomSource = system_random,
     verifier_log2_n: int | None = None,
+    self_test: bool = False,
 ) -> FactoryResult:
     """Create the identity and the setup code, and write record and label.
 
@@ -208,24 +211,29 @@ def factory_provision(
         atomic_write(config.verifier_file, verifier.encode().encode() + b"\n", mode=SECRET_MODE)
         atomic_write(config.factory_file, info.to_json(), mode=PUBLIC_MODE)
         record_file = output_dir / RECORD_FILE
-        record = {
+        labels = write_label(output_dir, identity, setup_code, model)
+        result = FactoryResult(
+            device_id=identity.device_id,
+            manual_code=setup_code.manual_code().format(),
+            qr_payload=setup_code.qr_payload(identity.fingerprint).format(),
+            record_file=record_file,
+            label_files=labels,
+        )
+        if self_test:
+            result = replace(result, self_test=run_self_test(config, result))
+        record: dict[str, object] = {
             "device_id": identity.device_id,
             "model": model,
             "public_key": b64url_encode(identity.public_key),
             "setup_verifier": verifier.encode(),
         }
+        if result.self_test is not None:
+            record["self_test"] = result.self_test.to_json()
         with record_file.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record, sort_keys=True) + "\n")
-        labels = write_label(output_dir, identity, setup_code, model)
     except (OSError, StateError, ProtocolError) as err:
         raise FactoryError(f"factory provisioning failed: {err}") from err
-    return FactoryResult(
-        device_id=identity.device_id,
-        manual_code=setup_code.manual_code().format(),
-        qr_payload=setup_code.qr_payload(identity.fingerprint).format(),
-        record_file=record_file,
-        label_files=labels,
-    )
+    return result
 
 
 def write_label(

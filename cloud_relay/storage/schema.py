@@ -213,6 +213,7 @@ MIGRATIONS: Final = (
         _INITIAL,
         {"sqlite": _SQLITE_APPEND_ONLY, "postgres": _POSTGRES_APPEND_ONLY},
     ),
+    Migration(2, "factory self-test per unit", ("ALTER TABLE devices ADD COLUMN self_test TEXT",)),
 )
 
 #: The version a fully migrated database has.

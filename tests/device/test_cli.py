@@ -226,3 +226,23 @@ def test_the_configured_name_is_the_device_name_in_its_descriptor(
 def test_a_name_that_is_not_text_is_refused(value: object) -> None:
     with pytest.raises(ConfigError, match="name must be"):
         DeviceConfig.from_mapping({"name": value})
+
+
+def test_factory_provision_self_test(tmp_path: Path) -> None:
+    (tmp_path / "none.toml").write_text("")
+    out = tmp_path / "out"
+    code, text = cli(
+        "--config",
+        str(tmp_path / "none.toml"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "factory-provision",
+        "--model",
+        "pi-cli",
+        "--output",
+        str(out),
+        "--self-test",
+    )
+    assert (code, "Self-test key: pass" in text, "Self-test label: pass" in text) == (0, True, True)
+    record = json.loads((out / "manufacturing-records.jsonl").read_text())
+    assert record["self_test"]["passed"] is True

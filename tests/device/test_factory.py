@@ -18,6 +18,7 @@ from device_firmware.factory import (
     factory_provision,
     hotspot_passphrase,
 )
+from device_firmware.selftest import run_self_test
 
 from .conftest import Provisioned, provision
 
@@ -97,3 +98,33 @@ def test_bad_model_names(tmp_path: Path) -> None:
             factory_provision(
                 DeviceConfig(data_dir=tmp_path / "d"), model=model, output_dir=tmp_path / "o"
             )
+
+
+def test_self_test_record_key_and_label(tmp_path: Path) -> None:
+    config = DeviceConfig(data_dir=tmp_path / "data")
+    result = factory_provision(
+        config, model="plug-1", output_dir=tmp_path / "out", verifier_log2_n=14, self_test=True
+    )
+    assert result.self_test is not None
+    record = json.loads(result.record_file.read_text().splitlines()[0])
+    checks = {check["name"]: check for check in record["self_test"]["checks"]}
+    assert checks["key"]["result"] == "pass"
+    assert checks["label"]["result"] == "pass"
+    assert record["self_test"]["passed"] is True
+    assert isinstance(record["self_test"]["at"], int)
+    code = DeviceIdentity.load(config.identity_file).device_id
+    assert code == record["device_id"]
+    assert result.manual_code.replace("-", "") not in json.dumps(record)
+
+
+def test_self_test_fails_on_a_missing_label(tmp_path: Path) -> None:
+    config = DeviceConfig(data_dir=tmp_path / "data")
+    result = factory_provision(
+        config, model="plug-1", output_dir=tmp_path / "out", verifier_log2_n=14
+    )
+    result.label_files[0].unlink()
+    report = run_self_test(config, result)
+    label = next(check for check in report.checks if check.name == "label")
+    assert label.result == "fail"
+    assert str(result.label_files[0]) in label.reason
+    assert not report.passed

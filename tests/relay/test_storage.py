@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cloud_relay.storage import LATEST_VERSION, open_storage
 from cloud_relay.storage.base import to_qmark
+from cloud_relay.storage.schema import MIGRATIONS
 
 from .conftest import run_async
 
@@ -15,7 +16,7 @@ async def _migrate_twice(url: str) -> None:
     storage = await open_storage(url)
     try:
         assert await storage.schema_version() == 0
-        assert await storage.migrate() == [LATEST_VERSION]
+        assert await storage.migrate() == [migration.version for migration in MIGRATIONS]
         assert await storage.migrate() == []
         assert await storage.schema_version() == LATEST_VERSION
         async with storage.read() as conn:

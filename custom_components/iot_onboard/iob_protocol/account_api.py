@@ -634,6 +634,24 @@ class AuditPage(WireModel):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SelfTestCheck(WireModel):
+    """One factory self-test check: ``pass``, ``fail`` or ``skipped``, and why."""
+
+    name: str
+    result: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelfTest(WireModel):
+    """The unit's ``factory-provision --self-test`` result (no secret in it)."""
+
+    checks: tuple[SelfTestCheck, ...]
+    passed: bool
+    at: Time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RegistryDevice(WireModel):
     """A manufacturing-registry entry."""
 
@@ -646,6 +664,7 @@ class RegistryDevice(WireModel):
     owned_since: Time | None
     preassigned_household_id: HexId | None
     order_ref: str | None
+    self_test: SelfTest | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
