@@ -849,7 +849,8 @@ class DeviceSteps(ConfigFlow):
         if not self._task.done():
             return self.async_show_progress(
                 step_id="provision",
-                progress_action="provision",
+                # A Wi-Fi change claims nothing: its own text.
+                progress_action="wifi_change" if self._mode is Mode.WIFI_CHANGE else "provision",
                 progress_task=self._task,
                 description_placeholders=self._placeholders(),
             )
