@@ -21,10 +21,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
+# Re-exported: the agent's modules name the steps from here.
+from iob_protocol.attempts import OK as OK  # noqa: PLC0414
+from iob_protocol.attempts import Step as Step  # noqa: PLC0414
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .errors import StateError
@@ -40,33 +42,6 @@ MAX_STEPS: Final = 32
 _MAX_FILE_SIZE: Final = 64 * 1024
 #: What a result or a transport may be: a code, never free text (no secret can hide in one).
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-OK: Final = "ok"
-
-
-class Step(StrEnum):
-    """One step of an onboarding attempt, in the order they usually come."""
-
-    HANDSHAKE_STARTED = "handshake_started"
-    HANDSHAKE_FINISHED = "handshake_finished"
-    #: Result: the handshake's error code (wrong code, window closed, locked out, timeout).
-    HANDSHAKE_FAILED = "handshake_failed"
-    WIFI_SET = "wifi_set"
-    CLAIM_SET = "claim_set"
-    #: Result: the kind of commit (``claim``, ``resumed``, ``wifi_change``, ``network_only``).
-    COMMIT_STARTED = "commit_started"
-    WIFI_JOINED = "wifi_joined"
-    #: Result: the diagnostic code (``WIFI_AUTH_FAILED``, ``WIFI_AP_NOT_FOUND``, ...).
-    WIFI_FAILED = "wifi_failed"
-    #: The account service answered its health check over TLS and the clocks agree.
-    SERVICE_CHECKED = "service_checked"
-    #: A claimed device's Wi-Fi change: the broker is reachable on the new network.
-    BROKER_CHECKED = "broker_checked"
-    CLAIM_CONFIRMED = "claim_confirmed"
-    #: The new network was made permanent.
-    COMMITTED = "committed"
-    #: Result: the diagnostic code; the previous network is back.
-    ROLLED_BACK = "rolled_back"
-    MQTT_ONLINE = "mqtt_online"
 
 
 #: Steps after which the attempt is over; the next step starts a new attempt.

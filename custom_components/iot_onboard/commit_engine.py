@@ -32,9 +32,11 @@ from .account_client import (
     RateLimitedError,
     ServiceUnavailableError,
 )
+from .attempts import no_record
 from .device_client import DeviceClientError, DeviceConnectionError, DeviceLink, SessionLostError
 from .flow_errors import Stage, diagnostic_error, flow_error
 from .iob_protocol import DeviceState, DiagnosticCode, OwnerSecret, StatusResult
+from .iob_protocol.attempts import Step
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,8 +134,12 @@ class CommitEngine:
         ensure_link: Callable[[], Awaitable[DeviceLink]],
         bluetooth: bool,
         wifi_lost_reported: Callable[[], bool],
+        record: Callable[[Step, str], None] = no_record,
     ) -> None:
-        """Nothing is sent until :meth:`async_new_claim` or :meth:`async_run`."""
+        """Nothing is sent until :meth:`async_new_claim` or :meth:`async_run`.
+
+        ``record``: told each step handed to the device (the flow's attempt log).
+        """
         self._account = account
         self._household_id = household_id
         self._device_id = device_id
@@ -141,6 +147,7 @@ class CommitEngine:
         self._ensure_link = ensure_link
         self._bluetooth = bluetooth
         self._wifi_lost_reported = wifi_lost_reported
+        self._record = record
         #: The claim handed over (or pre-validated); kept for a retry.
         self.claim: Claim | None = None
         #: The device's fail-safe timer from its last commit (0: not committed yet).
@@ -179,6 +186,7 @@ class CommitEngine:
                     return converged
         if choice.ssid is not None:
             await link.set_wifi(choice.ssid, choice.passphrase, hidden=choice.hidden)
+            self._record(Step.WIFI_SET, "ok")
         if claim is not None and self._owner_secret is not None:
             account_url = self._account.base_url
             await link.set_claim(
@@ -187,7 +195,9 @@ class CommitEngine:
                 owner_secret=self._owner_secret,
                 allow_insecure_http=URL(account_url).scheme == "http",
             )
+            self._record(Step.CLAIM_SET, "ok")
         self.timer = await link.commit()
+        self._record(Step.COMMIT_STARTED, "wifi_change" if claim is None else "claim")
         async with asyncio.timeout(self.timer + COMMIT_MARGIN):
             return await self._async_wait(link, claim, owned_already=owned_already)
 

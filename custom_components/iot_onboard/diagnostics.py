@@ -8,9 +8,12 @@ from typing import Any, Final
 from homeassistant.components.diagnostics import async_redact_data
 from homeassistant.core import HomeAssistant
 
+from .attempts import async_get_log
 from .const import (
     CONF_ACCESS_TOKEN,
+    CONF_DEVICE_ID,
     CONF_EMAIL,
+    CONF_HOUSEHOLD_ID,
     CONF_REFRESH_TOKEN,
     CONF_REMEMBERED_WIFI,
     DEVICE_OWNER_SECRET,
@@ -45,9 +48,18 @@ def _meta(meta: DeviceMeta | None) -> dict[str, Any] | None:
 async def async_get_config_entry_diagnostics(
     hass: HomeAssistant, entry: IotOnboardConfigEntry
 ) -> dict[str, Any]:
-    """What support needs to see why a device or entity misbehaves (no secrets)."""
+    """What support needs to see why a device or entity misbehaves (no secrets).
+
+    ``onboarding_attempts``: the last attempts the setup dialog saw, by device, step by step
+    in the device's ``iob-device attempts`` format (attempts.py; docs/support.md).
+    """
+    log = await async_get_log(hass)
     if is_device_entry(entry):
-        return {"entry": {"data": async_redact_data(dict(entry.data), TO_REDACT)}}
+        attempts = log.attempts(entry.data[CONF_HOUSEHOLD_ID], entry.data[CONF_DEVICE_ID])
+        return {
+            "entry": {"data": async_redact_data(dict(entry.data), TO_REDACT)},
+            "onboarding_attempts": async_redact_data(attempts, TO_REDACT),
+        }
     runtime = entry.runtime_data
     coordinator = runtime.coordinator
     hub = coordinator.hub
@@ -96,4 +108,5 @@ async def async_get_config_entry_diagnostics(
             }
             for member in runtime.roles.members
         ],
+        "onboarding_attempts": async_redact_data(log.attempts(coordinator.household_id), TO_REDACT),
     }

@@ -69,6 +69,7 @@ from .account_client import (
     SignedIn,
     TokenSet,
 )
+from .attempts import AttemptRecorder, async_get_log, outcome_step
 from .ble_client import BleTransport
 from .commit_engine import CommitEngine, Outcome, WifiChoice
 from .const import (
@@ -127,6 +128,7 @@ from .iob_protocol import (
     display_ssid,
     validate_passphrase,
 )
+from .iob_protocol.attempts import Step
 from .iob_protocol.ble import SHORT_ID_CHARS
 from .wifi_memory import RememberedWifi
 
@@ -359,6 +361,8 @@ class DeviceSteps(ConfigFlow):
         self._abort_reason = "unknown"
         #: Models whose human name was asked for (once each, answered or not).
         self._models_asked: set[str] = set()
+        #: This flow's onboarding attempts, for the diagnostics (from the first handshake).
+        self._attempts: AttemptRecorder | None = None
 
     # --- household entries ------------------------------------------------------------------
 
@@ -625,6 +629,7 @@ class DeviceSteps(ConfigFlow):
             ensure_link=functools.partial(self._async_ensure_link, credential),
             bluetooth=device.ble_address is not None,
             wifi_lost_reported=self._wifi_lost_reported,
+            record=self._record,
         )
         return self._engine
 
@@ -658,6 +663,8 @@ class DeviceSteps(ConfigFlow):
         # A retry: the earlier session (and its connection) is not used again.
         await self._async_drop_link()
         device = self._device
+        await self._async_start_recording()
+        self._record(Step.HANDSHAKE_STARTED, via="lan" if device.ble_address is None else "ble")
         try:
             if device.ble_address is not None:
                 link = await open_link(
@@ -676,7 +683,10 @@ class DeviceSteps(ConfigFlow):
         except DeviceClientError as err:
             owner = isinstance(credential, OwnerSecret)
             stage = Stage.OWNER_HANDSHAKE if owner else Stage.HANDSHAKE
-            return self._shown(flow_error(stage, err, bluetooth=device.ble_address is not None))
+            shown = flow_error(stage, err, bluetooth=device.ble_address is not None)
+            self._record(Step.HANDSHAKE_FAILED, str(shown.error or shown.abort))
+            return self._shown(shown)
+        self._record(Step.HANDSHAKE_FINISHED)
         self._link = link
         self._device_key = link.device_public_key
         return link
@@ -849,7 +859,8 @@ class DeviceSteps(ConfigFlow):
         if not self._task.done():
             return self.async_show_progress(
                 step_id="provision",
-                progress_action="provision",
+                # A Wi-Fi change claims nothing: its own text.
+                progress_action="wifi_change" if self._mode is Mode.WIFI_CHANGE else "provision",
                 progress_task=self._task,
                 description_placeholders=self._placeholders(),
             )
@@ -882,10 +893,25 @@ class DeviceSteps(ConfigFlow):
         try:
             outcome = await self._engine.async_run(choice)
         except AbortFlow as err:  # re-opening the session found another device or state
-            return Outcome(abort=err.reason)
+            outcome = Outcome(abort=err.reason)
+        self._record(
+            *outcome_step(outcome.error, outcome.abort, claimed=self._mode is Mode.ONBOARD)
+        )
         if outcome.abort == REAUTH_REQUIRED:
             self._reauth()
         return outcome
+
+    async def _async_start_recording(self) -> None:
+        """Record this flow's attempts in its household's log (once the device is known)."""
+        target: Target | None = getattr(self, "_target", None)
+        if self._attempts is None and target is not None and self._device.device_id:
+            log = await async_get_log(self.hass)
+            self._attempts = AttemptRecorder(log, target.household_id, self._device.device_id)
+
+    def _record(self, step: Step, result: str = "ok", *, via: str = "session") -> None:
+        """One step of the current attempt (with its debug log line)."""
+        if self._attempts is not None:
+            self._attempts.record(step, result, via=via)
 
     def _wifi_lost_reported(self) -> bool:
         """A Wi-Fi change over BLE of a device whose Wi-Fi-lost repair is still open."""

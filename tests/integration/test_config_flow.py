@@ -464,11 +464,13 @@ async def to_wifi(hass: HomeAssistant, code: str = QR) -> str:
     return flow_id
 
 
-async def provision(hass: HomeAssistant, flow_id: str, wifi: dict[str, Any]) -> Any:
+async def provision(
+    hass: HomeAssistant, flow_id: str, wifi: dict[str, Any], *, action: str = "provision"
+) -> Any:
     """Submit the Wi-Fi form, let the progress task run, return what follows."""
     result = await submit(hass, flow_id, wifi)
     assert result["type"] is FlowResultType.SHOW_PROGRESS, result
-    assert result["progress_action"] == "provision"
+    assert result["progress_action"] == action
     await hass.async_block_till_done()
     return await submit(hass, flow_id)
 
@@ -1429,10 +1431,12 @@ async def test_wifi_change_of_an_owned_device(
         StatusResult(state=DeviceState.COMMITTED, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
         StatusResult(state=DeviceState.COMMITTED),
     ]
-    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    # Nothing is claimed: the progress text says what a Wi-Fi change does, not a claim.
+    assert "household" not in STRINGS["progress"]["wifi_change"]
+    result = await provision(hass, result["flow_id"], HOME_WIFI, action="wifi_change")
     assert result["errors"] == {"base": "wifi_auth_failed"}
     assert suggested(result) == {"network": HOME_KEY}
-    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    result = await provision(hass, result["flow_id"], HOME_WIFI, action="wifi_change")
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "wifi_changed"
     account.create_claim.assert_not_awaited()
@@ -1453,7 +1457,7 @@ async def test_wifi_change_device_lost_without_a_claim_to_ask(
     result = await submit(hass, result["flow_id"], {"host": "192.0.2.10", "port": 8423})
     assert result["step_id"] == "wifi"
     link.status.side_effect = SessionLostError("no_session")
-    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    result = await provision(hass, result["flow_id"], HOME_WIFI, action="wifi_change")
     assert result["errors"] == {"base": "device_lost"}
 
 
@@ -1923,7 +1927,7 @@ async def test_wifi_lost_advertisement_raises_the_repair_and_changes_wifi_over_b
     assert result["step_id"] == "wifi", result
     options = result["data_schema"].schema["network"].config["options"]
     assert "keep_ethernet" not in [o["value"] for o in options]
-    result = await provision(hass, flow["flow_id"], HOME_WIFI)
+    result = await provision(hass, flow["flow_id"], HOME_WIFI, action="wifi_change")
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "wifi_changed"
     assert connector.device.wifi == b"HomeNet"
@@ -1955,7 +1959,7 @@ async def test_the_repair_leads_to_the_wifi_change_over_ble(
     connector.on_unreachable = back_online_soon
     result = await submit(hass, result["flow_id"], {})
     connector.device.leave_after_commit = True
-    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    result = await provision(hass, result["flow_id"], HOME_WIFI, action="wifi_change")
     assert result["reason"] == "wifi_changed"
     assert connector.all_closed
 
