@@ -47,6 +47,9 @@ FIRST_POLL: Final = 0.25
 #: a device that :attr:`~.device_client.DeviceLink.waits_for_status` answers when its commit
 #: ends, so the flow hears the outcome at once with one request instead of a poll a second.
 STATUS_WAIT: Final = 10
+#: A long poll answered "committing" sooner than this (seconds) was not held: the device is
+#: polled with the back-off from then on.
+HELD_AT_LEAST: Final = STATUS_WAIT / 2
 #: Time added to the device's fail-safe timer before the flow stops waiting.
 COMMIT_MARGIN: Final = 30.0
 #: A claim with less life left than a commit needs is replaced before ``set_claim``.
@@ -231,13 +234,16 @@ class CommitEngine:
         verdict: Outcome | None = None
         device_reachable = True
         committing = True  # until the device says otherwise: the first ask may wait
+        holds = link.waits_for_status
+        clock = asyncio.get_running_loop().time
         delay = FIRST_POLL
         while verdict is None:
-            long_poll = device_reachable and committing and link.waits_for_status
+            long_poll = device_reachable and committing and holds
             if not long_poll:
                 await asyncio.sleep(min(delay, POLL_INTERVAL))
                 delay *= 2
             if device_reachable:
+                asked = clock()
                 try:
                     status = await link.status(wait=STATUS_WAIT if long_poll else 0)
                 except (DeviceConnectionError, SessionLostError):
@@ -249,6 +255,10 @@ class CommitEngine:
                 else:
                     committing = status.state is DeviceState.COMMITTING
                     verdict = device_verdict(status)
+                    if long_poll and committing and clock() - asked < HELD_AT_LEAST:
+                        # "Committing" at once: it does not hold the wait, so it is polled
+                        # with the back-off from now on (no loop without a pause).
+                        holds = False
             if verdict is None and claim is not None and not (owned_already and device_reachable):
                 verdict = await self._async_claim_verdict(claim, device_committing=committing)
             elif verdict is None and not device_reachable and not self._wifi_lost_reported():

@@ -425,9 +425,10 @@ async def test_a_device_that_waits_is_asked_once_per_outcome(
 
 
 async def test_a_long_poll_that_runs_out_asks_the_claim_and_waits_again(
-    device: FakeDevice, waiting_link: DeviceLink
+    device: FakeDevice, waiting_link: DeviceLink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The device still commits after STATUS_WAIT: the claim is checked, then one more wait."""
+    monkeypatch.setattr(commit_engine, "HELD_AT_LEAST", 0)  # the fake's wait "ran out"
     commit_ending(device, StatusResult(state=DeviceState.COMMITTED), long_polls=2)
     checked: list[str] = []
     claims = Claims(device.identity.device_id, [ClaimState.PENDING])
@@ -466,3 +467,14 @@ async def test_converging_on_a_waiting_device_long_polls_its_commit(
     assert await run.async_run(HOME) == Outcome()
     assert status_waits(device) == [0, commit_engine.STATUS_WAIT]
     assert len(claims.created) == 1
+
+
+async def test_a_device_that_does_not_hold_the_wait_is_polled(
+    device: FakeDevice, waiting_link: DeviceLink
+) -> None:
+    """It names the feature but answers "committing" at once: back to the back-off polls."""
+    commit_ending(device, StatusResult(state=DeviceState.COMMITTED), long_polls=1000, plain_polls=2)
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
+    assert await run.async_run(HOME) == Outcome()
+    assert status_waits(device) == [commit_engine.STATUS_WAIT, 0, 0]
