@@ -245,7 +245,7 @@ class CommitEngine:
             if device_reachable:
                 asked = clock()
                 try:
-                    status = await link.status(wait=STATUS_WAIT if long_poll else 0)
+                    status = await (link.status(wait=STATUS_WAIT) if long_poll else link.status())
                 except (DeviceConnectionError, SessionLostError):
                     if claim is None and not self._wifi_lost_reported():
                         raise
