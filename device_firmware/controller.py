@@ -28,6 +28,7 @@ from iob_protocol.commands import (
     CommandResult,
     CommitRequest,
     CommitResult,
+    DeviceState,
     FactoryResetRequest,
     IdentifyRequest,
     InfoRequest,
@@ -124,6 +125,8 @@ class DeviceController:
         self._commit_task: asyncio.Task[DeviceStateRecord] | None = None
         self._hub_exchange: HubExchange | None = None
         self._state_listeners: list[StateListener] = []
+        #: Set (and replaced) by :meth:`notify`: a long-polled ``status`` looks again.
+        self._changed = asyncio.Event()
         self._reset_listeners: list[ResetListener] = []
         self._committer = FailSafeCommit(
             identity=device.identity,
@@ -179,6 +182,8 @@ class DeviceController:
         self._hardware.show_state(record.phase, record.diagnostic)
         for listener in self._state_listeners:
             listener(record)
+        self._changed.set()  # wakes each status_after; the next wait needs a new change
+        self._changed = asyncio.Event()
 
     def _set_hub_exchange(self, exchange: HubExchange | None) -> None:
         self._hub_exchange = exchange
@@ -218,7 +223,7 @@ class DeviceController:
             case CommitRequest():
                 return await self.start_commit()
             case StatusRequest():
-                return self.status()
+                return await self.status_after(request.wait)
             case IdentifyRequest():
                 record = self.state
                 self._hardware.identify(record.phase, record.diagnostic)
@@ -260,6 +265,19 @@ class DeviceController:
         """State and the last diagnostic code."""
         record = self.state
         return StatusResult(state=record.phase.wire_state, diagnostic=record.diagnostic)
+
+    async def status_after(self, wait: float) -> StatusResult:
+        """:meth:`status`; while committing, once the commit ends or after ``wait`` seconds.
+
+        The long poll of ``status`` (``wait``): the hub hears the outcome when it is known,
+        with one request instead of a poll every second.
+        """
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while self.state.phase.wire_state is DeviceState.COMMITTING:
+                        await self._changed.wait()
+        return self.status()
 
     def _refuse_while_committing(self) -> None:
         if self.committing:

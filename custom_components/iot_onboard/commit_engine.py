@@ -1,4 +1,4 @@
-"""The commit: hand over Wi-Fi (and claim), commit, and poll until the outcome is known.
+"""The commit: hand over Wi-Fi (and claim), commit, and wait until the outcome is known.
 
 No Home Assistant here: the engine needs a device link, the account service's claim calls and
 two callbacks (re-establish the link; is the Wi-Fi-lost repair still open), so it is tested
@@ -45,6 +45,13 @@ POLL_INTERVAL: Final = 1.0
 #: The first poll after the commit: a device on a good network is done in a few hundred ms, so
 #: the polls start fast and back off to POLL_INTERVAL (0.25, 0.5, 1, 1, … s).
 FIRST_POLL: Final = 0.25
+#: Seconds a long-polled status waits on the device (below the LAN transport's 15 s timeout):
+#: a device that :attr:`~.device_client.DeviceLink.waits_for_status` answers when its commit
+#: ends, so the flow hears the outcome at once with one request instead of a poll a second.
+STATUS_WAIT: Final = 10
+#: A long poll answered "committing" sooner than this (seconds) was not held: the device is
+#: polled with the back-off from then on.
+HELD_AT_LEAST: Final = STATUS_WAIT / 2
 #: Time added to the device's fail-safe timer before the flow stops waiting.
 COMMIT_MARGIN: Final = 30.0
 #: A claim with less life left than a commit needs is replaced before ``set_claim``.
@@ -225,21 +232,30 @@ class CommitEngine:
     async def _async_wait(
         self, link: DeviceLink, claim: Claim | None, *, owned_already: bool = False
     ) -> Outcome:
-        """Poll the device (the failure code) and the claim (the success) until one decides.
+        """Ask the device (the failure code) and the claim (the success) until one decides.
+
+        A device that waits for status is long-polled while it commits: it answers when the
+        commit ends (or after :data:`STATUS_WAIT`), so there is no sleep in between. Others,
+        and the claim once the device is out of reach, are polled with a back-off.
 
         ``owned_already``: the claim was owned before this commit (its answer to the device
         was lost), so it tells nothing about this commit while the device can still be asked.
         """
         verdict: Outcome | None = None
         device_reachable = True
-        committing = False
+        committing = True  # until the device says otherwise: the first ask may wait
+        holds = link.waits_for_status
+        clock = asyncio.get_running_loop().time
         delay = FIRST_POLL
         while verdict is None:
-            await asyncio.sleep(min(delay, POLL_INTERVAL))
-            delay *= 2
+            long_poll = device_reachable and committing and holds
+            if not long_poll:
+                await asyncio.sleep(min(delay, POLL_INTERVAL))
+                delay *= 2
             if device_reachable:
+                asked = clock()
                 try:
-                    status = await link.status()
+                    status = await (link.status(wait=STATUS_WAIT) if long_poll else link.status())
                 except (DeviceConnectionError, SessionLostError):
                     if claim is None and not self._wifi_lost_reported():
                         raise
@@ -249,6 +265,10 @@ class CommitEngine:
                 else:
                     committing = status.state is DeviceState.COMMITTING
                     verdict = device_verdict(status)
+                    if long_poll and committing and clock() - asked < HELD_AT_LEAST:
+                        # "Committing" at once: it does not hold the wait, so it is polled
+                        # with the back-off from now on (no loop without a pause).
+                        holds = False
             if verdict is None and claim is not None and not (owned_already and device_reachable):
                 verdict = await self._async_claim_verdict(claim, device_committing=committing)
             elif verdict is None and not device_reachable and not self._wifi_lost_reported():

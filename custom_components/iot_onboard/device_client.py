@@ -27,6 +27,8 @@ import aiohttp
 
 from .account_client import read_limited
 from .iob_protocol import (
+    FEATURE_STATUS_WAIT,
+    FEATURES_HEADER,
     AckResult,
     ClientSession,
     CommandResult,
@@ -204,6 +206,11 @@ class DeviceTransport(abc.ABC):
         """The LAN provisioning server's port (0 when it is reached otherwise)."""
         return 0
 
+    @property
+    def features(self) -> frozenset[str]:
+        """What the device said it supports at the last handshake (none: version 1 only)."""
+        return frozenset()
+
     @abc.abstractmethod
     async def hello(self, frame: bytes) -> bytes:
         """Send CLIENT_HELLO; the DEVICE_HELLO frame, or the refusal as an error."""
@@ -286,6 +293,7 @@ class DeviceClient(DeviceTransport):
         self._port = port
         self._session = session
         self._timeout = timeout
+        self._features: frozenset[str] = frozenset()
         literal = f"[{host}]" if ":" in host else host
         self._base_url = f"http://{literal}:{port}"
 
@@ -298,6 +306,11 @@ class DeviceClient(DeviceTransport):
     def port(self) -> int:
         """The provisioning server's port."""
         return self._port
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The session-finish reply's ``X-IOB-Features`` (an older device sends none)."""
+        return self._features
 
     async def _post(
         self, path: str, body: bytes, headers: dict[str, str] | None = None
@@ -383,6 +396,8 @@ class DeviceClient(DeviceTransport):
             if code == WrongSetupCodeError.code:
                 raise SetupCodeRejectedError("the device refused the setup code")
             raise DeviceProtocolError(code or f"http_{done.status}", "handshake not finished")
+        named = done.headers.get(FEATURES_HEADER, "").split(",")
+        self._features = frozenset(feature.strip() for feature in named) - {""}
         return tag
 
     async def exchange(self, sealed: bytes, tag: str) -> bytes:
@@ -496,6 +511,11 @@ class DeviceLink:
     def port(self) -> int:
         """The LAN provisioning server's port (0 over Bluetooth)."""
         return self._transport.port
+
+    @property
+    def waits_for_status(self) -> bool:
+        """Whether :meth:`status` can wait for the commit's end (a long poll)."""
+        return FEATURE_STATUS_WAIT in self._transport.features
 
     @property
     def usable(self) -> bool:
@@ -613,9 +633,14 @@ class DeviceLink:
         result = await self._call(lambda rid: CommitRequest(request_id=rid), CommitResult)
         return result.timeout_seconds
 
-    async def status(self) -> StatusResult:
-        """State (provisioning, committing, committed) and the last diagnostic code."""
-        return await self._call(lambda rid: StatusRequest(request_id=rid), StatusResult)
+    async def status(self, *, wait: int = 0) -> StatusResult:
+        """State (provisioning, committing, committed) and the last diagnostic code.
+
+        ``wait`` seconds: while committing, the device answers when the commit ends or after
+        ``wait`` (asked only of a device that :attr:`waits_for_status`; others answer at once).
+        """
+        wait = wait if self.waits_for_status else 0
+        return await self._call(lambda rid: StatusRequest(request_id=rid, wait=wait), StatusResult)
 
     async def identify(self) -> None:
         """Blink or beep."""

@@ -37,19 +37,26 @@ async def wait_status(client: LanClient, *, attempts: int = 1500) -> StatusResul
 
 
 async def commit(
-    running: RunningAgent,
+    running: RunningAgent, service_url: str, *, client: LanClient | None = None, **options: Any
+) -> tuple[LanClient, StatusResult]:
+    """:func:`start_commit` (``options`` are its), then wait; return the final status."""
+    client = client or await running.connected_client()
+    await start_commit(client, service_url, **options)
+    return client, await wait_status(client)
+
+
+async def start_commit(
+    client: LanClient,
     service_url: str,
     *,
     ssid: bytes | None = HOME_SSID,
     passphrase: str | None = HOME_PASSPHRASE,
     hidden: bool = False,
     token: str = TOKEN,
-    client: LanClient | None = None,
     owner_secret: bytes | None = OWNER_SECRET,
     **claim: object,
-) -> tuple[LanClient, StatusResult]:
-    """set_wifi (unless ``ssid`` is None), set_claim, commit; return the final status."""
-    client = client or await running.connected_client()
+) -> None:
+    """set_wifi (unless ``ssid`` is None), set_claim, commit: the device is committing."""
     if ssid is not None:
         ack = await client.call(
             SetWifiRequest(
@@ -71,7 +78,6 @@ async def commit(
     response = await client.call(CommitRequest(request_id=client.next_id()))
     assert isinstance(response, OkResponse), response
     assert isinstance(response.result, CommitResult)
-    return client, await wait_status(client)
 
 
 async def change_wifi(

@@ -10,13 +10,22 @@ from pathlib import Path
 
 import pytest
 from iob_protocol.claim import ClaimConfirmation
+from iob_protocol.commands import (
+    FEATURE_STATUS_WAIT,
+    FEATURES_HEADER,
+    MAX_STATUS_WAIT,
+    DeviceState,
+    OkResponse,
+    StatusRequest,
+    StatusResult,
+)
 from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
 from tests.plugins.scripted_service import Answer, ScriptedService, error, scripted
 
-from .commit_helpers import OWNER_SECRET, TOKEN, commit, commit_with_claim
+from .commit_helpers import OWNER_SECRET, TOKEN, commit, commit_with_claim, start_commit
 from .conftest import (
     CONFIRM_PATH,
     CREDENTIAL_PATH,
@@ -317,3 +326,26 @@ async def test_broker_override_and_pin(
         mqtt = running.agent.store.current.mqtt
         assert mqtt is not None
         assert (mqtt.host, mqtt.port, mqtt.ca_pin) == ("mqtt.lan", 8883, b"\x01" * 32)
+
+
+async def test_a_long_polled_status_answers_when_the_commit_ends(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
+    """``status`` with ``wait``: one request, answered with the outcome, not with "committing".
+
+    The service's health check is slow, so the commit is still running when the status
+    request arrives; the finish reply of the handshake names the feature.
+    """
+    scripted_service.default("GET", HEALTH_PATH, lambda _request: health(delay=0.3))
+    async with start_agent() as running:
+        client = running.client()
+        done = await client.handshake(running.provisioned.qr_client())
+        assert done.headers[FEATURES_HEADER] == FEATURE_STATUS_WAIT
+        await start_commit(client, scripted_service.url)
+        answer = await client.call(StatusRequest(request_id=client.next_id(), wait=MAX_STATUS_WAIT))
+        assert isinstance(answer, OkResponse)
+        assert answer.result == StatusResult(state=DeviceState.COMMITTED)
+        # Not committing: a wait answers at once.
+        again = await client.call(StatusRequest(request_id=client.next_id(), wait=1))
+        assert isinstance(again, OkResponse)
+        assert again.result == StatusResult(state=DeviceState.COMMITTED)

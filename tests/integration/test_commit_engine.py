@@ -10,6 +10,7 @@ Assistant (checked below), so it runs and is tested on its own.
 from __future__ import annotations
 
 import ast
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from custom_components.iot_onboard.commit_engine import CommitEngine, Outcome, W
 from custom_components.iot_onboard.device_client import DeviceClient, DeviceLink
 from custom_components.iot_onboard.flow_errors import FlowError, Stage, flow_error
 from custom_components.iot_onboard.iob_protocol import (
+    FEATURE_STATUS_WAIT,
     CommandResult,
     DeviceState,
     DiagnosticCode,
@@ -40,6 +42,7 @@ from custom_components.iot_onboard.iob_protocol import (
     OwnerSecret,
     Request,
     SetClaimRequest,
+    StatusRequest,
     StatusResult,
 )
 from tests.integration.test_device_client import FakeDevice, default_answer
@@ -129,13 +132,56 @@ async def device() -> AsyncIterator[FakeDevice]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def link(device: FakeDevice) -> AsyncIterator[DeviceLink]:
+async def _opened(device: FakeDevice) -> AsyncIterator[DeviceLink]:
     async with aiohttp.ClientSession() as http:
         client = DeviceClient(device.host, device.port, session=http)
         opened = await client.connect(device.qr, device_id=device.identity.device_id)
         yield opened
         await opened.aclose()
+
+
+@pytest.fixture
+async def link(device: FakeDevice) -> AsyncIterator[DeviceLink]:
+    """A link to an older device: it names no features, so status is polled."""
+    async for opened in _opened(device):
+        yield opened
+
+
+@pytest.fixture
+async def waiting_link(device: FakeDevice) -> AsyncIterator[DeviceLink]:
+    """A link to a device that names ``status-wait`` when the handshake finishes."""
+    device.features = FEATURE_STATUS_WAIT
+    async for opened in _opened(device):
+        assert opened.waits_for_status
+        yield opened
+
+
+def commit_ending(
+    device: FakeDevice, outcome: StatusResult, *, long_polls: int = 1, plain_polls: int = 3
+) -> None:
+    """The device's commit ends with ``outcome`` while the ``long_polls``-th long poll waits
+    (the device holds it), or at the ``plain_polls``-th plain status (a polling client)."""
+    base = default_answer(device)
+    asked = {"wait": 0, "plain": 0}
+
+    async def hold(request: Request) -> None:
+        if isinstance(request, StatusRequest):
+            asked["wait" if request.wait else "plain"] += 1
+            await asyncio.sleep(0)  # the device's commit runs while the request waits
+
+    def answer(request: Request) -> CommandResult | ErrorResponse:
+        if not isinstance(request, StatusRequest):
+            return base(request)
+        ended = asked["wait"] >= long_polls or asked["plain"] >= plain_polls
+        return outcome if ended else StatusResult(state=DeviceState.COMMITTING)
+
+    device.hold = hold
+    device.answer = answer
+
+
+def status_waits(device: FakeDevice) -> list[int]:
+    """The ``wait`` of each status request the device received (0: a plain poll)."""
+    return [request.wait for request in device.requests if isinstance(request, StatusRequest)]
 
 
 def engine(
@@ -352,3 +398,83 @@ def test_the_wifi_choice_never_shows_its_password() -> None:
     assert PASSPHRASE not in repr(HOME)
     assert PASSPHRASE not in str(HOME)
     assert "HomeNet" in repr(HOME)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (StatusResult(state=DeviceState.COMMITTED), Outcome()),
+        (
+            StatusResult(
+                state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED
+            ),
+            Outcome(error="wifi_auth_failed"),
+        ),
+    ],
+    ids=["committed", "rolled-back"],
+)
+async def test_a_device_that_waits_is_asked_once_per_outcome(
+    device: FakeDevice, waiting_link: DeviceLink, outcome: StatusResult, expected: Outcome
+) -> None:
+    """One long-polled status, answered when the commit ends: no polls, no claim checks."""
+    commit_ending(device, outcome)
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
+    assert await run.async_run(HOME) == expected
+    assert status_waits(device) == [commit_engine.STATUS_WAIT]
+
+
+async def test_a_long_poll_that_runs_out_asks_the_claim_and_waits_again(
+    device: FakeDevice, waiting_link: DeviceLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device still commits after STATUS_WAIT: the claim is checked, then one more wait."""
+    monkeypatch.setattr(commit_engine, "HELD_AT_LEAST", 0)  # the fake's wait "ran out"
+    commit_ending(device, StatusResult(state=DeviceState.COMMITTED), long_polls=2)
+    checked: list[str] = []
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    claim_status = claims.claim_status
+
+    async def counted(claim_id: str) -> ClaimStatus:
+        checked.append(claim_id)
+        return await claim_status(claim_id)
+
+    claims.claim_status = counted  # type: ignore[method-assign]
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
+    assert await run.async_run(HOME) == Outcome()
+    assert status_waits(device) == [commit_engine.STATUS_WAIT] * 2
+    # One claim check, between the two waits (the device was still committing).
+    assert checked == [claims.created[0].claim_id]
+
+
+async def test_a_device_without_the_feature_is_polled(device: FakeDevice, link: DeviceLink) -> None:
+    """An older device names no features: plain status requests with a back-off, as before."""
+    commit_ending(device, StatusResult(state=DeviceState.COMMITTED))
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    assert not link.waits_for_status
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome()
+    assert status_waits(device) == [0, 0, 0]
+
+
+async def test_converging_on_a_waiting_device_long_polls_its_commit(
+    device: FakeDevice, waiting_link: DeviceLink
+) -> None:
+    """The lost-answer case on a device that waits: one plain look, then one long poll."""
+    commit_ending(device, StatusResult(state=DeviceState.COMMITTED))
+    claims = Claims(device.identity.device_id, [ClaimState.OWNED])
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
+    await run.async_new_claim()
+    assert await run.async_run(HOME) == Outcome()
+    assert status_waits(device) == [0, commit_engine.STATUS_WAIT]
+    assert len(claims.created) == 1
+
+
+async def test_a_device_that_does_not_hold_the_wait_is_polled(
+    device: FakeDevice, waiting_link: DeviceLink
+) -> None:
+    """It names the feature but answers "committing" at once: back to the back-off polls."""
+    commit_ending(device, StatusResult(state=DeviceState.COMMITTED), long_polls=1000, plain_polls=2)
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
+    assert await run.async_run(HOME) == Outcome()
+    assert status_waits(device) == [commit_engine.STATUS_WAIT, 0, 0]

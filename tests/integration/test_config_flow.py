@@ -391,6 +391,7 @@ def account(account_cls: MagicMock) -> MagicMock:
 def link() -> MagicMock:
     mock: MagicMock = create_autospec(DeviceLink, instance=True)
     mock.usable = True
+    mock.waits_for_status = False  # an older device: status is polled
     mock.device_public_key = IDENTITY.public_key
     mock.info.return_value = InfoResult(
         device_id=DEVICE_ID,

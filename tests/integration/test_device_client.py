@@ -9,7 +9,7 @@ test_onboarding_e2e.py; here every refusal and every command is pinned.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from custom_components.iot_onboard.device_client import (
     parse_setup_credential,
 )
 from custom_components.iot_onboard.iob_protocol import (
+    FEATURES_HEADER,
     AckResult,
     CommandResult,
     CommitResult,
@@ -85,6 +86,10 @@ class FakeDevice:
     frame_status: int | None = None
     tamper: bool = False
     owner_secret: OwnerSecret | None = None
+    #: The session-finish reply's ``X-IOB-Features`` (None: an older device, no header).
+    features: str | None = None
+    #: Awaited before a request is answered (a device that holds a long poll).
+    hold: Callable[[Request], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self.setup_code = SetupCode.generate(self.identity.device_id)
@@ -128,7 +133,10 @@ class FakeDevice:
             return web.Response(status=401, body=encode_error_frame(err.code))
         assert self.session.session_id is not None
         self.tag = self.session.session_id.hex()
-        return web.Response(status=204, headers={SESSION_HEADER: self.tag})
+        headers = {SESSION_HEADER: self.tag}
+        if self.features is not None:
+            headers[FEATURES_HEADER] = self.features
+        return web.Response(status=204, headers=headers)
 
     async def handle_frame(self, request: web.Request) -> web.Response:
         if self.frame_status is not None:
@@ -137,6 +145,8 @@ class FakeDevice:
             return web.Response(status=409, body=encode_error_frame("no_session"))
         command = decode_request(self.session.open(await request.read()), allow_insecure_http=True)
         self.requests.append(command)
+        if self.hold is not None:
+            await self.hold(command)
         assert self.answer is not None
         answer = self.answer(command)
         response = (

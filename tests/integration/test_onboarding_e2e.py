@@ -531,6 +531,7 @@ async def test_manual_add_by_address_and_typed_code(
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     entry = result["result"]
     await hass.async_block_till_done()
+    running = entry.runtime_data  # a reload of the household entry would build a new one
 
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["type"] is FlowResultType.MENU
@@ -558,6 +559,11 @@ async def test_manual_add_by_address_and_typed_code(
     status = await asyncio.to_thread(device.status)
     assert (status["phase"], status["household_id"]) == ("online", entry.data[CONF_HOUSEHOLD_ID])
     await hass.async_block_till_done()
+    # The device has an entry of its own on the running hub: the household entry was not
+    # reloaded (same runtime, still loaded), and the new entry shares that runtime.
+    assert entry.state is ConfigEntryState.LOADED
+    assert entry.runtime_data is running
+    assert result["result"].runtime_data is running
 
 
 async def test_account_client_against_the_real_service(

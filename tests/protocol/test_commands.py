@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from iob_protocol import (
+    MAX_STATUS_WAIT,
     AckResult,
     CommandType,
     CommitRequest,
@@ -32,6 +33,7 @@ from iob_protocol import (
     SetClaimRequest,
     SetOwnerSecretRequest,
     SetWifiRequest,
+    StatusRequest,
     StatusResult,
     UnknownFieldError,
     UnknownMessageTypeError,
@@ -229,6 +231,9 @@ def test_every_command_type_decodes(command: CommandType) -> None:
             FieldTypeError,
         ),
         (b'{"hidden":false,"id":1,"ssid":"eA","type":"set_wifi","x":1}', UnknownFieldError),
+        (b'{"id":1,"type":"status","wait":31}', InvalidFieldError),
+        (b'{"id":1,"type":"status","wait":-1}', InvalidFieldError),
+        (b'{"id":1,"type":"status","wait":true}', FieldTypeError),
     ],
 )
 def test_request_errors(data: bytes, error: type[Exception]) -> None:
@@ -344,3 +349,13 @@ def test_response_errors(data: bytes, error: type[Exception]) -> None:
 def test_simple_request_defaults() -> None:
     assert encode_request(InfoRequest(request_id=7)) == b'{"id":7,"type":"info"}'
     assert encode_request(CommitRequest(request_id=8)) == b'{"id":8,"type":"commit"}'
+
+
+def test_status_wait_round_trip() -> None:
+    """``wait`` travels only when set: a plain status is the form an older device knows."""
+    plain = StatusRequest(request_id=3)
+    assert encode_request(plain) == b'{"id":3,"type":"status"}'
+    waiting = StatusRequest(request_id=4, wait=MAX_STATUS_WAIT)
+    assert encode_request(waiting) == b'{"id":4,"type":"status","wait":30}'
+    assert decode_request(encode_request(waiting)) == waiting
+    assert decode_request(b'{"id":5,"type":"status","wait":0}') == StatusRequest(request_id=5)

@@ -38,6 +38,9 @@ from .claim import (
     ZeroTouchConfirmation,
 )
 from .commands import (
+    FEATURE_STATUS_WAIT,
+    FEATURES_HEADER,
+    MAX_STATUS_WAIT,
     AckResult,
     CommandResult,
     CommandType,
@@ -189,11 +192,14 @@ from .session import (
 from .sources import MonotonicClock, RandomSource, WallClock
 
 __all__ = [
+    "FEATURES_HEADER",
+    "FEATURE_STATUS_WAIT",
     "HANDSHAKE_TIMEOUT",
     "LABEL_KINDS",
     "MAX_FRAME_SIZE",
     "MAX_JSON_DEPTH",
     "MAX_PLAINTEXT_SIZE",
+    "MAX_STATUS_WAIT",
     "OWNER_SECRET_SIZE",
     "PROTOCOL_VERSION",
     "AckResult",

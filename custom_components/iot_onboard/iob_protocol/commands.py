@@ -49,6 +49,12 @@ MIN_RSSI: Final = -127
 MAX_PORT: Final = 65535
 MAX_COMMIT_TIMEOUT: Final = 3600
 MAX_HOSTNAME_LENGTH: Final = 253
+#: Longest ``status`` wait a client may ask for (seconds); below any transport's timeout.
+MAX_STATUS_WAIT: Final = 30
+#: The LAN session-finish reply's header naming what the device supports beyond version 1.
+FEATURES_HEADER: Final = "X-IOB-Features"
+#: Named in :data:`FEATURES_HEADER`: ``status`` takes ``wait`` (a long poll).
+FEATURE_STATUS_WAIT: Final = "status-wait"
 _PRINTABLE_ASCII: Final = frozenset(chr(code) for code in range(0x20, 0x7F))
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
@@ -342,9 +348,25 @@ class CommitRequest(_SimpleRequest):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusRequest(_SimpleRequest):
-    """Ask for the state and the last diagnostic code."""
+    """Ask for the state and the last diagnostic code.
+
+    ``wait`` (seconds, 0: answer at once): while the device commits, it answers when the
+    commit ends or after ``wait`` seconds, whichever comes first (a long poll). Only sent to a
+    device that names :data:`FEATURE_STATUS_WAIT`; 0 is not sent (an older device's form).
+    """
 
     command: ClassVar[CommandType] = CommandType.STATUS
+    wait: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate the id and the wait."""
+        _validate_request_id(self.request_id)
+        if not 0 <= self.wait <= MAX_STATUS_WAIT:
+            raise InvalidFieldError(f"wait must be 0-{MAX_STATUS_WAIT} seconds")
+
+    def wire_fields(self) -> dict[str, JsonValue]:
+        """Fields besides ``id`` and ``type``: ``wait`` unless 0."""
+        return {"wait": self.wait} if self.wait else {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -480,20 +502,12 @@ Request: TypeAlias = (
 _SIMPLE_REQUESTS: Final[
     dict[
         CommandType,
-        type[
-            InfoRequest
-            | ScanWifiRequest
-            | CommitRequest
-            | StatusRequest
-            | IdentifyRequest
-            | FactoryResetRequest
-        ],
+        type[InfoRequest | ScanWifiRequest | CommitRequest | IdentifyRequest | FactoryResetRequest],
     ]
 ] = {
     CommandType.INFO: InfoRequest,
     CommandType.SCAN_WIFI: ScanWifiRequest,
     CommandType.COMMIT: CommitRequest,
-    CommandType.STATUS: StatusRequest,
     CommandType.IDENTIFY: IdentifyRequest,
     CommandType.FACTORY_RESET: FactoryResetRequest,
 }
@@ -534,6 +548,8 @@ def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request
         request = SetOwnerSecretRequest(
             request_id=request_id, owner_secret=fields.binary("owner_secret")
         )
+    elif command is CommandType.STATUS:
+        request = StatusRequest(request_id=request_id, wait=fields.optional_integer("wait") or 0)
     else:
         request = _SIMPLE_REQUESTS[command](request_id=request_id)
     fields.done()
