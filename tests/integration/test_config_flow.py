@@ -1122,6 +1122,7 @@ async def start_relay_discovery(hass: HomeAssistant, **kwargs: str) -> Any:
 async def test_relay_discovery_signs_in_with_no_url_typed(
     hass: HomeAssistant, account_cls: MagicMock
 ) -> None:
+    household_entry(hass, hid=OTHER_HID)  # another household, on another service
     result = await start_relay_discovery(hass)
     assert result["step_id"] == "relay_confirm"
     assert result["description_placeholders"] == {"url": RELAY_URL}
