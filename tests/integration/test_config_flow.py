@@ -570,6 +570,7 @@ async def test_an_account_without_household_gets_one_in_the_sign_in_step(
     account.households.return_value = []
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["step_id"] == "account"
+    assert result["data_schema"] is not None
     schema = result["data_schema"].schema
     default = next(key for key in schema if key == "household_name").default()
     assert default == hass.config.location_name
