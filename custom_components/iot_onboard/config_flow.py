@@ -62,6 +62,7 @@ from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
 from homeassistant.config_entries import (
     SOURCE_HASSIO,
     SOURCE_IGNORE,
+    SOURCE_ZEROCONF,
     ConfigEntry,
     ConfigEntryState,
     ConfigFlowResult,
@@ -89,6 +90,7 @@ from .account_client import AccountClient, AccountServiceError, Household, Token
 from .addon import ADDON_NAME, AddonAnnouncement, AddonSetupError, async_set_up_addon
 from .const import (
     CONF_ACCOUNT_ID,
+    CONF_ACCOUNT_SERVICE,
     CONF_ACCOUNT_URL,
     CONF_DEVICE_ID,
     CONF_EMAIL,
@@ -137,6 +139,9 @@ CONF_HOUSEHOLD_NAME: Final = "household_name"
 
 NEW_HOUSEHOLD: Final = "new_household"
 
+#: The account service's own zeroconf record (cloud_relay/announce.py; manifest.json).
+RELAY_SERVICE_TYPE: Final = "_iob-relay._tcp.local."
+RELAY_API: Final = "v1"
 
 #: What an unclaimed device advertises: the zeroconf TXT ``state`` and the BLE phase.
 _UNCLAIMED_TXT_STATES: Final = frozenset({"unclaimed", "provisioning"})
@@ -185,18 +190,31 @@ def normalize_account_url(raw: str) -> str | None:
     return None
 
 
-_ACCOUNT_SCHEMA: Final = vol.Schema(
-    {
-        vol.Required(CONF_ACCOUNT_URL): TextSelector(TextSelectorConfig(type=TextSelectorType.URL)),
-        vol.Required(CONF_EMAIL): TextSelector(
-            TextSelectorConfig(type=TextSelectorType.EMAIL, autocomplete="username")
-        ),
-        vol.Required(CONF_PASSWORD): TextSelector(
-            TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
-        ),
-        vol.Required(CONF_CREATE_ACCOUNT, default=False): BooleanSelector(),
-    }
-)
+_URL_FIELD: Final = {
+    vol.Required(CONF_ACCOUNT_URL): TextSelector(TextSelectorConfig(type=TextSelectorType.URL))
+}
+_SIGN_IN_FIELDS: Final = {
+    vol.Required(CONF_EMAIL): TextSelector(
+        TextSelectorConfig(type=TextSelectorType.EMAIL, autocomplete="username")
+    ),
+    vol.Required(CONF_PASSWORD): TextSelector(
+        TextSelectorConfig(type=TextSelectorType.PASSWORD, autocomplete="current-password")
+    ),
+    vol.Required(CONF_CREATE_ACCOUNT, default=False): BooleanSelector(),
+}
+
+
+def relay_url(discovery_info: ZeroconfServiceInfo) -> str | None:
+    """The account service URL an ``_iob-relay._tcp`` record names, if it is acceptable.
+
+    The service speaks plain http on its own port (TXT ``path``); :func:`normalize_account_url`
+    accepts that on this host only, as for a typed URL.
+    """
+    path = str(discovery_info.properties.get("path") or "/")
+    if not path.startswith("/"):
+        return None
+    url = URL.build(scheme="http", host=discovery_info.host, port=discovery_info.port, path=path)
+    return normalize_account_url(str(url))
 
 
 class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
@@ -210,6 +228,10 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     _addon: AddonAnnouncement
     #: Installing and starting the add-on (the install_addon progress step).
     _addon_task: asyncio.Task[dict[str, Any]] | None = None
+    #: An announced account service the user confirmed: its URL is not asked (relay_confirm).
+    _fixed_url: str | None = None
+    #: That service's zeroconf instance name, kept in the entry to follow its address.
+    _account_service: str | None = None
 
     # Added by the runtime (issue 6): the options (roles) live in options_flow.py.
     @staticmethod
@@ -254,10 +276,16 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     async def async_step_account(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """Sign in to an account service (or create an account there)."""
+        """Sign in to an account service (or create an account there), household included.
+
+        The URL is not asked when an announced service was confirmed (relay_confirm), and
+        suggested when one is announced. A new household is created under the name on this
+        form when the account has none; with one, that one is used; only an account with
+        several shows a second form (the household step), as they are known after sign-in.
+        """
         errors: dict[str, str] = {}
         if user_input is not None:
-            account_url = normalize_account_url(user_input[CONF_ACCOUNT_URL])
+            account_url = self._fixed_url or normalize_account_url(user_input[CONF_ACCOUNT_URL])
             if account_url is None:
                 errors[CONF_ACCOUNT_URL] = "invalid_url"
             else:
@@ -270,15 +298,34 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
                 )
                 if isinstance(signed_in, AccountSession):
                     self._session = signed_in
-                    return await self.async_step_household()
+                    if signed_in.households:
+                        return await self.async_step_household()
+                    name = user_input.get(CONF_HOUSEHOLD_NAME, "")
+                    return await self.async_step_household({CONF_HOUSEHOLD_NAME: name})
                 errors = signed_in
+        fields: dict[Any, Any] = {} if self._fixed_url else dict(_URL_FIELD)
+        fields |= _SIGN_IN_FIELDS
+        fields[vol.Optional(CONF_HOUSEHOLD_NAME, default=self.hass.config.location_name)] = (
+            TextSelector()
+        )
+        announced = None if self._fixed_url else self._announced_url()
+        suggested = {CONF_ACCOUNT_URL: announced} if announced else {}
         return self.async_show_form(
             step_id="account",
             data_schema=self.add_suggested_values_to_schema(
-                _ACCOUNT_SCHEMA, kept_input(user_input, errors, never={CONF_PASSWORD})
+                vol.Schema(fields),
+                {**suggested, **kept_input(user_input, errors, never={CONF_PASSWORD})},
             ),
             errors=errors,
         )
+
+    def _announced_url(self) -> str | None:
+        """The URL of an account service announced on the LAN (its discovery card's flow)."""
+        flows = self.hass.config_entries.flow.async_progress_by_handler(
+            DOMAIN, include_uninitialized=True, match_context={"source": SOURCE_ZEROCONF}
+        )
+        urls = (flow["context"].get("configuration_url") for flow in flows)
+        return next((url for url in urls if url), None)
 
     async def _async_sign_in(
         self, client: AccountClient, email: str, password: str, *, create: bool
@@ -358,7 +405,10 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             return await self.async_step_credentials()
         await self.async_set_unique_id(household.household_id)
         self._abort_if_unique_id_configured()
-        return self.async_create_entry(title=household.name, data=target.entry_data())
+        data = target.entry_data()
+        if self._account_service is not None:
+            data[CONF_ACCOUNT_SERVICE] = self._account_service
+        return self.async_create_entry(title=household.name, data=data)
 
     # --- reauth and reconfigure -----------------------------------------------------------------
 
@@ -598,7 +648,9 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     # --- discovery and the manual add -------------------------------------------------------
 
     async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
-        """An unclaimed device advertises itself on the LAN."""
+        """An unclaimed device advertises itself on the LAN (or an account service does)."""
+        if discovery_info.type == RELAY_SERVICE_TYPE:
+            return await self._async_relay_discovered(discovery_info)
         properties = discovery_info.properties
         try:
             device_id = validate_device_id(str(properties.get("id", "")))
@@ -629,6 +681,53 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
             await self._async_learn_model_name(client)
         self.context["title_placeholders"] = {"name": self._device.name}
         return await self.async_step_discovery_confirm()
+
+    async def _async_relay_discovered(
+        self, discovery_info: ZeroconfServiceInfo
+    ) -> ConfigFlowResult:
+        """An account service announces itself (``serve --announce``): offer to sign in there.
+
+        Its instance name is the flow's unique id (one card per service, "ignore" works) and
+        is kept in the household entry, so a service announced at a new address updates the
+        entry's URL (as ``_abort_if_unique_id_configured(updates=...)`` does for core
+        integrations; the entry's unique id is the household's, hence done by hand).
+        """
+        if str(discovery_info.properties.get("api", "")) != RELAY_API:
+            return self.async_abort(reason="unsupported_protocol")
+        url = relay_url(discovery_info)
+        if url is None:
+            return self.async_abort(
+                reason="insecure_account_service",
+                description_placeholders={"host": discovery_info.host},
+            )
+        service = discovery_info.name
+        for entry in self._household_entries():
+            if entry.data.get(CONF_ACCOUNT_SERVICE) == service:
+                if entry.data[CONF_ACCOUNT_URL] != url:
+                    return self._update_and_reload(
+                        entry, {CONF_ACCOUNT_URL: url}, reason="already_configured"
+                    )
+                return self.async_abort(reason="already_configured")
+            if entry.data[CONF_ACCOUNT_URL] == url:
+                return self.async_abort(reason="already_configured")
+        await self.async_set_unique_id(service)
+        self._abort_if_unique_id_configured()
+        self._fixed_url, self._account_service = url, service
+        # configuration_url: where other flows find the announced URL (_announced_url).
+        self.context["configuration_url"] = url
+        self.context["title_placeholders"] = {"name": url}
+        return await self.async_step_relay_confirm()
+
+    async def async_step_relay_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Show the announced account service before signing in there."""
+        if user_input is None:
+            self._set_confirm_only()
+            return self.async_show_form(
+                step_id="relay_confirm", description_placeholders={"url": str(self._fixed_url)}
+            )
+        return await self.async_step_account()
 
     async def _async_set_discovery_id(self, device_id: str) -> None:
         """One flow per device, whichever discovery saw it first (see the module docstring).

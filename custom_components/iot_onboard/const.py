@@ -11,6 +11,9 @@ runtime; the names below are stable (a rename needs a config-entry migration)::
 
     {
         "account_url": "https://onboard.example",   # CONF_ACCOUNT_URL, normalised, no "/"
+        "account_service": "<name>._iob-relay._tcp.local.",  # CONF_ACCOUNT_SERVICE (only
+                                                    #   when signed in from its announcement:
+                                                    #   a new address updates account_url)
         "account_id": "<32 hex>",                   # CONF_ACCOUNT_ID: whose tokens these are
         "email": "ada@example.com",                 # CONF_EMAIL: prefilled at reauth
         "household_id": "<32 hex>",                 # CONF_HOUSEHOLD_ID (= entry.unique_id)
@@ -58,6 +61,7 @@ DOMAIN: Final = "iot_onboard"
 
 # --- entry.data -----------------------------------------------------------------------------
 CONF_ACCOUNT_URL: Final = "account_url"
+CONF_ACCOUNT_SERVICE: Final = "account_service"
 CONF_ACCOUNT_ID: Final = "account_id"
 CONF_EMAIL: Final = "email"
 CONF_HOUSEHOLD_ID: Final = "household_id"

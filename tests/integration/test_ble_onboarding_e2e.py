@@ -201,10 +201,9 @@ async def test_bluetooth_onboarding_of_the_real_device(
                 "email": f"ada-{secrets.token_hex(4)}@example.com",
                 "password": secrets.token_urlsafe(16),
                 "create_account": True,
+                "household_name": "Home",
             },
         )
-        assert result["step_id"] == "household", result
-        result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
         assert result["step_id"] == "credentials", result
         result = await hass.config_entries.flow.async_configure(
             flow_id, {"setup_code": qr_text(device)}

@@ -176,6 +176,7 @@ SIGN_IN = {
     CONF_EMAIL: "ada@example.com",
     "password": "pw",
     "create_account": False,
+    "household_name": "Home",  # used when the account has no household
 }
 
 
@@ -558,18 +559,37 @@ async def test_invalid_url_then_sign_up(hass: HomeAssistant, account: MagicMock)
     assert result["errors"] == {"base": "email_taken"}
     result = await submit(hass, result["flow_id"], new)
     assert result["errors"] == {"password": "weak_password"}
-    result = await submit(hass, result["flow_id"], new)
-    # A new account has no household: name one (the error path first).
+    account.create_household.side_effect = [AccountConnectionError("down"), HOME]
+    result = await submit(hass, result["flow_id"], {**new, "household_name": "Home"})
+    # A new account has no household: the sign-in form's name creates it; when that fails,
+    # the household form shows why with the name kept (the sign-up is not repeated).
     assert result["step_id"] == "household"
+    assert result["errors"] == {"base": "account_unreachable"}
     assert "household" not in result["data_schema"].schema
+    assert suggested(result)["household_name"] == "Home"
     result = await submit(hass, result["flow_id"], {"household_name": "  "})
     assert result["errors"] == {"household_name": "name_required"}
-    account.create_household.side_effect = [AccountConnectionError("down"), HOME]
-    result = await submit(hass, result["flow_id"], {"household_name": "Home"})
-    assert result["errors"] == {"base": "account_unreachable"}
     result = await submit(hass, result["flow_id"], {"household_name": "Home"})
     assert result["type"] is FlowResultType.CREATE_ENTRY
     account.create_household.assert_called_with("Home")
+    assert account.sign_up.await_count == 3
+
+
+async def test_an_account_without_household_gets_one_in_the_sign_in_step(
+    hass: HomeAssistant, account: MagicMock
+) -> None:
+    """One form: the household is created under Home Assistant's location name by default."""
+    account.households.return_value = []
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["step_id"] == "account"
+    assert result["data_schema"] is not None
+    schema = result["data_schema"].schema
+    default = next(key for key in schema if key == "household_name").default()
+    assert default == hass.config.location_name
+    defaults = {k: v for k, v in SIGN_IN.items() if k != "household_name"}
+    result = await submit(hass, result["flow_id"], defaults)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    account.create_household.assert_awaited_once_with(hass.config.location_name)
 
 
 async def test_choose_among_households(hass: HomeAssistant, account: MagicMock) -> None:
@@ -1084,6 +1104,104 @@ async def test_sign_in_inside_discovery_then_the_session_is_revoked(
     assert result["reason"] == "reauth_required"
     assert hass.config_entries.flow.async_progress_by_handler(DOMAIN) == []
     device.connect.assert_not_awaited()
+
+
+# --- the account service announces itself (serve --announce) ---------------------------------
+
+RELAY_URL = "http://127.0.0.1:8470"
+RELAY_NAME = "IoT Onboard account service on pi._iob-relay._tcp.local."
+
+
+def relay_discovery(
+    *, host: str = "127.0.0.1", api: str = "v1", path: str = "/"
+) -> ZeroconfServiceInfo:
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(host),
+        ip_addresses=[ip_address(host)],
+        port=8470,
+        hostname="pi.local.",
+        type="_iob-relay._tcp.local.",
+        name=RELAY_NAME,
+        properties={"path": path, "api": api, "version": "0.1.0"},
+    )
+
+
+async def start_relay_discovery(hass: HomeAssistant, **kwargs: str) -> Any:
+    return await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=relay_discovery(**kwargs)
+    )
+
+
+async def test_relay_discovery_signs_in_with_no_url_typed(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    household_entry(hass, hid=OTHER_HID)  # another household, on another service
+    result = await start_relay_discovery(hass)
+    assert result["step_id"] == "relay_confirm"
+    assert result["description_placeholders"] == {"url": RELAY_URL}
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "account"
+    assert "account_url" not in result["data_schema"].schema  # known: not asked
+    sign_in = {k: v for k, v in SIGN_IN.items() if k != CONF_ACCOUNT_URL}
+    result = await submit(hass, result["flow_id"], sign_in)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert account_cls.call_args.args == (RELAY_URL,)
+    assert result["result"].unique_id == HID
+    assert result["data"]["account_service"] == RELAY_NAME
+
+
+async def test_relay_discovery_aborts(hass: HomeAssistant) -> None:
+    result = await start_relay_discovery(hass, api="v2")
+    assert result["reason"] == "unsupported_protocol"
+    # Plain http across the network: never (as for a typed URL).
+    result = await start_relay_discovery(hass, host="192.0.2.7")
+    assert result["reason"] == "insecure_account_service"
+    result = await start_relay_discovery(hass, path="x")
+    assert result["reason"] == "insecure_account_service"
+    ignored = MockConfigEntry(domain=DOMAIN, unique_id=RELAY_NAME, source=SOURCE_IGNORE)
+    ignored.add_to_hass(hass)
+    result = await start_relay_discovery(hass)
+    assert result["reason"] == "already_configured"
+    ignored_gone = await hass.config_entries.async_remove(ignored.entry_id)
+    assert ignored_gone["require_restart"] is False
+    # A household entry of that URL (typed before the service announced itself).
+    entry = household_entry(hass)
+    hass.config_entries.async_update_entry(entry, data={**entry.data, CONF_ACCOUNT_URL: RELAY_URL})
+    result = await start_relay_discovery(hass)
+    assert result["reason"] == "already_configured"
+
+
+async def test_an_announced_service_at_a_new_address_updates_its_entry(
+    hass: HomeAssistant,
+) -> None:
+    entry = household_entry(hass)
+    hass.config_entries.async_update_entry(
+        entry, data={**entry.data, "account_service": RELAY_NAME}
+    )
+    result = await start_relay_discovery(hass)
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_ACCOUNT_URL] == RELAY_URL
+    result = await start_relay_discovery(hass)  # the same address again: nothing to change
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_ACCOUNT_URL] == RELAY_URL
+
+
+async def test_device_discovery_prefills_the_announced_url(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    assert "account_url" not in suggested(result)  # no service announced yet
+    relay = await start_relay_discovery(hass)  # its card stays while the device is set up
+    assert relay["step_id"] == "relay_confirm"
+    hass.config_entries.flow.async_abort(result["flow_id"])
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {})
+    assert result["step_id"] == "account"
+    assert suggested(result)["account_url"] == RELAY_URL
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: RELAY_URL})
+    assert result["step_id"] == "credentials", result
+    assert account_cls.call_args.args == (RELAY_URL,)
 
 
 async def test_pick_household_and_use_the_loaded_client(
@@ -2327,7 +2445,11 @@ async def test_the_account_form_keeps_what_was_typed(
     # The wrong field (the address) is cleared; the rest stays.
     result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: "http://x.test"})
     assert result["errors"] == {CONF_ACCOUNT_URL: "invalid_url"}
-    assert suggested(result) == {CONF_EMAIL: "ada@example.com", "create_account": False}
+    assert suggested(result) == {
+        CONF_EMAIL: "ada@example.com",
+        "create_account": False,
+        "household_name": "Home",
+    }
     account.sign_up.side_effect = WeakPasswordError(400, "weak_password", "")
     result = await submit(hass, result["flow_id"], {**SIGN_IN, "create_account": True})
     assert result["errors"] == {"password": "weak_password"}

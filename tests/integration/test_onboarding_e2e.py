@@ -181,9 +181,11 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     )
     assert result["step_id"] == "discovery_confirm"
     flow_id = result["flow_id"]
-    # No household in Home Assistant yet: sign up to the account service inside this flow.
+    forms = [result["step_id"]]
+    # No household in Home Assistant yet: sign up to the account service inside this flow;
+    # the new account has no household, so the one sign-in form creates it too.
     result = await hass.config_entries.flow.async_configure(flow_id, {})
-    assert result["step_id"] == "account"
+    forms.append(result["step_id"])  # the sign-in
     email = f"ada-{secrets.token_hex(4)}@example.com"
     result = await hass.config_entries.flow.async_configure(
         flow_id,
@@ -192,16 +194,17 @@ async def test_discovery_to_claimed_device_in_a_new_household(
             "email": email,
             "password": secrets.token_urlsafe(16),
             "create_account": True,
+            "household_name": "Home",
         },
     )
-    assert result["step_id"] == "household", result
-    result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
-    assert result["step_id"] == "credentials", result
+    forms.append(result["step_id"])  # the setup code
     assert offered_name(result) == named
     result = await hass.config_entries.flow.async_configure(
         flow_id, {"setup_code": qr_text(device), "name": named}
     )
     assert result["step_id"] == "wifi", result
+    # Issue 15 item 10: at most three forms before the Wi-Fi step for the first device.
+    assert forms == ["discovery_confirm", "account", "credentials"]
     assert result["data_schema"] is not None
     network = next(
         option["value"]
@@ -336,9 +339,9 @@ async def test_a_lost_claim_answer_still_ends_in_the_household(
                 "email": f"lin-{secrets.token_hex(4)}@example.com",
                 "password": secrets.token_urlsafe(16),
                 "create_account": True,
+                "household_name": "Home",
             },
         )
-        result = await hass.config_entries.flow.async_configure(flow_id, {"household_name": "Home"})
         result = await hass.config_entries.flow.async_configure(
             flow_id, {"setup_code": qr_text(device)}
         )
@@ -442,10 +445,8 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
                 "email": f"rae-{secrets.token_hex(4)}@example.com",
                 "password": secrets.token_urlsafe(16),
                 "create_account": True,
+                "household_name": "Home",
             },
-        )
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"], {"household_name": "Home"}
         )
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         entry = result["result"]
@@ -523,10 +524,8 @@ async def test_manual_add_by_address_and_typed_code(
             "email": f"bo-{secrets.token_hex(4)}@example.com",
             "password": secrets.token_urlsafe(16),
             "create_account": True,
+            "household_name": "Flat",
         },
-    )
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"], {"household_name": "Flat"}
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     entry = result["result"]

@@ -297,6 +297,7 @@ def sign_in(stack: FaultStack, flow_id: str) -> dict[str, Any]:
             "email": account["email"],
             "password": account["password"],
             "create_account": False,
+            "household_name": HOUSEHOLD,
         },
     )
     if result.get("step_id") == "household":

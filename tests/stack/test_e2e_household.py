@@ -209,6 +209,7 @@ def onboard(ha: Ha, ready: dict[str, Any], device: dict[str, Any]) -> dict[str, 
                 "email": account["email"],
                 "password": account["password"],
                 "create_account": False,
+                "household_name": HOUSEHOLD,
             },
         )
         if result["step_id"] == "household":

@@ -172,6 +172,7 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
                 "email": account["email"],
                 "password": account["password"],
                 "create_account": False,
+                "household_name": HOUSEHOLD,
             },
         )
         if result["step_id"] == "household":  # the fresh demo account has no household yet
