@@ -122,16 +122,17 @@ class FlowAnswers:
         if FLOW_API in response.url and response.request.method in {"GET", "POST"}:
             self.responses.append(response)
 
+    #: Each response's step (None: not a step), parsed once: a parse is a round trip.
+    parsed: list[dict[str, Any] | None] = field(default_factory=list)
+
     def since(self, mark: int) -> list[dict[str, Any]]:
-        steps = []
-        for response in self.responses[mark:]:
+        for response in self.responses[len(self.parsed) :]:
             try:
                 body = response.json()
             except (PlaywrightError, ValueError):
-                continue
-            if isinstance(body, dict) and "type" in body:
-                steps.append(body)
-        return steps
+                body = None
+            self.parsed.append(body if isinstance(body, dict) and "type" in body else None)
+        return [step for step in self.parsed[mark:] if step is not None]
 
 
 @dataclass
