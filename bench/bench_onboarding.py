@@ -105,31 +105,41 @@ def raise_step(wanted: str, step: dict[str, Any]) -> NoReturn:
     raise BenchError(f"expected the {wanted} step, Home Assistant answered {step}")
 
 
+async def lan_baseline(
+    stack: BenchStack, session: aiohttp.ClientSession, devices: list[DeviceFacts]
+) -> list[float]:
+    """Seconds of each device's bare handshake + Wi-Fi + claim + commit over the LAN.
+
+    The devices go to a new account's household that Home Assistant does not hold.
+    """
+    lan_relay = RelayApi(stack.relay_url, session)
+    await lan_relay.sign_up("baseline@bench.invalid", "benchmark password")
+    lan_household = await lan_relay.create_household("baseline")
+    hub = await lan_relay.hub(lan_household)
+    lan_seconds: list[float] = []
+    for number, device in enumerate(devices, start=1):
+        lan_seconds.append(
+            await onboard(
+                device.url,
+                device.qr_payload,
+                wifi=(HOME_WIFI.ssid, HOME_WIFI.passphrase),
+                relay=lan_relay,
+                household=lan_household,
+                hub=hub,
+                session=session,
+            )
+        )
+        say(f"baseline {number}/{len(devices)}: {lan_seconds[-1]:.2f} s")
+    return lan_seconds
+
+
 async def measure(
     stack: BenchStack, baseline_devices: list[DeviceFacts], ha_devices: list[DeviceFacts]
 ) -> tuple[list[Result], dict[str, Any]]:
     """Each baseline device over the LAN, then each device through Home Assistant."""
     async with aiohttp.ClientSession() as session:
         home = await household_in_ha(stack, session, "onboarding")
-        # The baseline's devices go to a household Home Assistant does not hold.
-        lan_relay = RelayApi(stack.relay_url, session)
-        await lan_relay.sign_up("baseline@bench.invalid", "benchmark password")
-        lan_household = await lan_relay.create_household("baseline")
-        hub = await lan_relay.hub(lan_household)
-        lan_seconds: list[float] = []
-        for number, device in enumerate(baseline_devices, start=1):
-            lan_seconds.append(
-                await onboard(
-                    device.url,
-                    device.qr_payload,
-                    wifi=(HOME_WIFI.ssid, HOME_WIFI.passphrase),
-                    relay=lan_relay,
-                    household=lan_household,
-                    hub=hub,
-                    session=session,
-                )
-            )
-            say(f"baseline {number}/{len(baseline_devices)}: {lan_seconds[-1]:.2f} s")
+        lan_seconds = await lan_baseline(stack, session, baseline_devices)
         ha_seconds: list[float] = []
         for number, device in enumerate(ha_devices, start=1):
             ha_seconds.append(await through_ha(home.ha, device))

@@ -8,17 +8,21 @@ test must not depend on, or reach, anything outside the machine.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, Route, ViewportSize
+from playwright.sync_api import Browser, Locator, Page, Playwright, Route, ViewportSize, expect
 
-from .helpers import REPO
+from .helpers import REPO, get
 
 CHROMIUM: Final = Path(os.environ.get("IOB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS: Final = (
@@ -31,6 +35,10 @@ CHROMIUM_ARGS: Final = (
 )
 LOCAL_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 VIEWPORT: Final[ViewportSize] = {"width": 1280, "height": 800}
+DOMAIN: Final = "iot_onboard"
+# Bounds in milliseconds, not expectations: the frontend answers in well under a second.
+STEP_TIMEOUT: Final = 60_000
+RETRY_CLICK_AFTER: Final = 5_000
 
 
 def artifacts_dir(name: str) -> Path:
@@ -102,3 +110,64 @@ def keep_logs(state_dir: Path, directory: Path) -> Path:
         if log.is_file():
             shutil.copy2(log, kept / log.name)
     return kept
+
+
+def click_until(target: Locator, shown: Locator) -> None:
+    """Click until ``shown`` appears: a click while the frontend still starts up is lost."""
+    deadline = time.monotonic() + STEP_TIMEOUT / 1000
+    while True:
+        target.click()
+        try:
+            expect(shown).to_be_visible(timeout=RETRY_CLICK_AFTER)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            return
+
+
+def see(dialog: Locator, what: Locator, timeout: float) -> None:
+    """``what`` becomes visible; else fail quoting any error the flow dialog shows."""
+    try:
+        expect(what).to_be_visible(timeout=timeout)
+    except AssertionError as err:
+        errors = [t for t in dialog.locator("ha-alert").all_inner_texts() if t.strip()]
+        shown = f" The dialog shows: {errors}" if errors else ""
+        raise AssertionError(f"{err}{shown}") from err
+
+
+def log_in(
+    page: Page, base: str, username: str, password: str, before: Callable[[], object] = list
+) -> None:
+    """HA's login page (``before``: called with the form filled, before "Log in").
+
+    The frontend keeps its tokens in localStorage once signed in.
+    """
+    page.goto(base)
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    before()
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_function("localStorage.getItem('hassTokens') !== null")
+
+
+def open_devices_and_services(page: Page) -> None:
+    """Settings → Devices & services, from any page of the signed-in frontend."""
+    devices_and_services = page.get_by_role("menuitem", name=re.compile("^Devices & services"))
+    click_until(page.get_by_role("option", name="Settings").first, devices_and_services)
+    devices_and_services.click()
+    page.wait_for_url("**/config/integrations/dashboard")
+
+
+def entity_states(base: str, token: str) -> list[tuple[str | None, str | None, str]]:
+    """(device name, entity name, state) of every entity of the integration, through HA."""
+    template = (
+        "{% set ns = namespace(rows=[]) %}"
+        f"{{% for e in integration_entities('{DOMAIN}') %}}"
+        "{% set ns.rows = ns.rows + [[device_attr(e, 'name'), state_attr(e, 'friendly_name'),"
+        " states(e)]] %}{% endfor %}{{ ns.rows | tojson }}"
+    )
+    status, raw = get(f"{base}/api/template", {"template": template}, token=token)
+    assert status == 200, raw
+    rows: list[list[str | None]] = json.loads(raw)
+    return [(device, name, str(state)) for device, name, state in rows]

@@ -10,7 +10,6 @@ docs/images/onboarding-*.png are copies of some of them.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import time
@@ -25,25 +24,28 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from .browser import (
+    DOMAIN,
+    STEP_TIMEOUT,
     VIEWPORT,
     LocalOnly,
     Screenshots,
     artifacts_dir,
+    entity_states,
     keep_logs,
     launch_chromium,
+    log_in,
+    open_devices_and_services,
     require_chromium,
+    see,
 )
-from .helpers import Orchestrator, free_port, get, ha_token, ha_ws, processes_mentioning
+from .helpers import Orchestrator, free_port, ha_token, ha_ws, processes_mentioning
 
-DOMAIN = "iot_onboard"
 HOUSEHOLD = "Demo home"
-# Bounds in milliseconds, not expectations: the frontend answers in well under a second, HA's
-# zeroconf finds the device in about one, the commit takes a few seconds.
-STEP_TIMEOUT = 60_000
+# Bounds in milliseconds, not expectations: HA's zeroconf finds the device in about one
+# second, the commit takes a few seconds.
 DISCOVERY_TIMEOUT = 90_000
 COMMIT_TIMEOUT = 240_000
 ENTITIES_TIMEOUT = 90_000
-RETRY_CLICK_AFTER = 5_000
 
 
 @pytest.fixture
@@ -59,50 +61,17 @@ def screenshot_dir(capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
             print(f"\nbrowser test screenshots ({len(shots)}): {directory}{logs}")  # noqa: T201
 
 
-def click_until(target: Locator, shown: Locator) -> None:
-    """Click until ``shown`` appears: a click while the frontend still starts up is lost."""
-    deadline = time.monotonic() + STEP_TIMEOUT / 1000
-    while True:
-        target.click()
-        try:
-            expect(shown).to_be_visible(timeout=RETRY_CLICK_AFTER)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        else:
-            return
-
-
 def submit_until(dialog: Locator, heading: str | re.Pattern[str]) -> None:
     """Submit the dialog's form and wait for the next step; fail with the form's own error."""
     dialog.get_by_role("button", name="Submit").click()
     see(dialog, dialog.get_by_role("heading", name=heading), STEP_TIMEOUT)
 
 
-def see(dialog: Locator, what: Locator, timeout: float) -> None:
-    """``what`` becomes visible; else fail quoting any error the flow dialog shows."""
-    try:
-        expect(what).to_be_visible(timeout=timeout)
-    except AssertionError as err:
-        errors = [t for t in dialog.locator("ha-alert").all_inner_texts() if t.strip()]
-        shown = f" The dialog shows: {errors}" if errors else ""
-        raise AssertionError(f"{err}{shown}") from err
-
-
 def device_entities(base: str, token: str) -> dict[str, str]:
     """Name (as the device page shows it: without the device's name) → state, per entity."""
-    template = (
-        "{% set ns = namespace(rows=[]) %}"
-        f"{{% for e in integration_entities('{DOMAIN}') %}}"
-        "{% set ns.rows = ns.rows + [[device_attr(e, 'name'), state_attr(e, 'friendly_name'),"
-        " states(e)]] %}{% endfor %}{{ ns.rows | tojson }}"
-    )
-    status, raw = get(f"{base}/api/template", {"template": template}, token=token)
-    assert status == 200, raw
-    rows: list[tuple[str | None, str | None, str]] = json.loads(raw)
     return {
         name.removeprefix(device or "").strip() or name: state
-        for device, name, state in rows
+        for device, name, state in entity_states(base, token)
         if name is not None
     }
 
@@ -178,21 +147,18 @@ class Person:
 
     def logs_in(self) -> None:
         """HA's login page; the frontend keeps its tokens in localStorage once signed in."""
-        page = self.page
-        page.goto(self.base)
-        page.get_by_role("textbox", name="Username").fill(self.owner["username"])
-        page.get_by_role("textbox", name="Password").fill(self.owner["password"])
-        self.shots.take("login")
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_function("localStorage.getItem('hassTokens') !== null")
+        log_in(
+            self.page,
+            self.base,
+            self.owner["username"],
+            self.owner["password"],
+            lambda: self.shots.take("login"),
+        )
 
     def adds_the_discovered_device(self) -> None:
         """Settings → Devices & services: HA's zeroconf found the device; "Add" on its card."""
         page = self.page
-        devices_and_services = page.get_by_role("menuitem", name=re.compile("^Devices & services"))
-        click_until(page.get_by_role("option", name="Settings").first, devices_and_services)
-        devices_and_services.click()
-        page.wait_for_url("**/config/integrations/dashboard")
+        open_devices_and_services(page)
         expect(self.card.get_by_role("button", name="Add")).to_be_visible(timeout=DISCOVERY_TIMEOUT)
         expect(page.get_by_text("Discovered", exact=True)).to_be_visible()
         self.shots.take("discovered")

@@ -1,0 +1,421 @@
+"""What onboarding asks of a person in Home Assistant's UI: forms, typing, reading, waiting.
+
+The demo stack's real processes (bench/stack.py) with three device agents; Debian's Chromium
+through Playwright (the stack tests' helpers, tests/stack/browser.py: offline, never
+``playwright install``). A person signs in to Home Assistant, opens Settings → Devices &
+services and onboards the first discovered device (signing in to the account service on the
+way), then a later one, as tests/stack/test_browser.py does. For every screen the benchmark
+records the flow's step id (from Home Assistant's own answer to the frontend), the words the
+dialog shows (title, description, labels, help, options, buttons), the characters it types, the
+selections and clicks, and the system's wait: from the click on the screen's button to the
+next screen shown. The keystroke-level model (bench/klm.py: K 0.28 s, P 1.1 s, B 0.1 s,
+H 0.4 s, M 1.35 s, reading at 240 words/min) turns that into the person's time.
+
+The person takes the shortest honest path: a field with a default keeps it, except the
+"remember this Wi-Fi" switch, which the first device turns on (a household adds more devices).
+The account service URL is typed: the demo's service is not the integration's default.
+
+Screens are told apart by the flow's step id and its role in the data flow (:data:`STEPS`);
+a step the benchmark does not know, or a required field it has no value for, stops it with a
+message that says what to add. The baselines, measured in the same run: a bare load of Home
+Assistant's frontend in the same browser (for the waits between forms) and the bare LAN
+handshake + Wi-Fi + claim + commit of a third device (bench_onboarding.py's baseline, for
+discovery → entities available).
+
+    .venv/bin/python bench/bench_browser.py [--json FILE]      (about 2 minutes)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+from bench_onboarding import ENTITIES, lan_baseline
+from clients import entities_ready
+from common import REPO, BenchError, Result, finish, isolate, median, parser, result, say
+from demo_stack import DEMO_ACCOUNT, HA_USERS, HOME_WIFI, DeviceFacts
+from klm import Journey, Screen, Target, count_words
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
+from stack import BenchStack, running_stack
+
+from tests.stack.browser import (
+    VIEWPORT,
+    LocalOnly,
+    entity_states,
+    launch_chromium,
+    log_in,
+    open_devices_and_services,
+)
+from tests.stack.helpers import ha_token
+
+#: Every flow step a person may see while onboarding, and its role in the data flow.
+STEPS: Final = {
+    "discovery_confirm": "confirm",
+    "bluetooth_confirm": "confirm",
+    "account": "account",
+    "household": "account",
+    "pick_household": "account",
+    "credentials": "device",
+    "wifi": "wifi",
+}
+HOUSEHOLD: Final = "Demo home"
+TARGETS: Final = {
+    "first": (Target("user time", 60, "s"), Target("forms before Wi-Fi", 3)),
+    "later": (Target("user time", 15, "s"), Target("forms before Wi-Fi", 2)),
+}
+FORM_WAIT_TARGET: Final = Target("form → next form wait, p50", 0.25, "s")
+PAGE_LOADS: Final = 5
+FLOW_API: Final = "/api/config/config_entries/flow/"
+DASHBOARD: Final = "/config/integrations/dashboard"
+#: Bounds, not expectations (seconds).
+DISCOVERY_TIMEOUT: Final = 120.0
+COMMIT_TIMEOUT: Final = 240.0
+ENTITIES_TIMEOUT: Final = 120.0
+POLL_MS: Final = 10
+
+#: The text a person sees in an element: every rendered text node, through shadow roots.
+VISIBLE_TEXT: Final = """
+(root) => {
+  const parts = [];
+  const walk = (node) => {
+    if (node.nodeType === Node.TEXT_NODE) {
+      const text = node.textContent.trim();
+      const parent = node.parentElement;
+      if (!text || !parent || getComputedStyle(parent).visibility !== "visible") return;
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      if ([...range.getClientRects()].some((r) => r.width > 0 && r.height > 0)) parts.push(text);
+      return;
+    }
+    const skipped = ["STYLE", "SCRIPT", "TEMPLATE"];
+    if (node.nodeType === Node.ELEMENT_NODE && skipped.includes(node.tagName)) return;
+    if (node.shadowRoot) walk(node.shadowRoot);
+    for (const child of node.childNodes) walk(child);
+  };
+  walk(root);
+  return parts.join("\\n");
+}
+"""
+
+
+def labels() -> dict[str, dict[str, str]]:
+    """Step id → field → the label the frontend shows (the integration's English strings)."""
+    path = REPO / "custom_components" / "iot_onboard" / "translations" / "en.json"
+    steps: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))["config"]["step"]
+    return {step: dict(strings.get("data", {})) for step, strings in steps.items()}
+
+
+@dataclass
+class FlowAnswers:
+    """Home Assistant's answers to the frontend's config-flow requests, in order."""
+
+    responses: list[Response] = field(default_factory=list)
+
+    def __call__(self, response: Response) -> None:
+        if FLOW_API in response.url and response.request.method in {"GET", "POST"}:
+            self.responses.append(response)
+
+    #: Each response's step (None: not a step), parsed once: a parse is a round trip.
+    parsed: list[dict[str, Any] | None] = field(default_factory=list)
+
+    def since(self, mark: int) -> list[dict[str, Any]]:
+        for response in self.responses[len(self.parsed) :]:
+            try:
+                body = response.json()
+            except (PlaywrightError, ValueError):
+                body = None
+            self.parsed.append(body if isinstance(body, dict) and "type" in body else None)
+        return [step for step in self.parsed[mark:] if step is not None]
+
+
+@dataclass
+class Person:
+    """The person at the browser, with what they know: accounts, codes, the Wi-Fi."""
+
+    page: Page
+    stack: BenchStack
+    answers: FlowAnswers
+    strings: dict[str, dict[str, str]]
+    token: str
+
+    @property
+    def dialog(self) -> Locator:
+        return self.page.locator("dialog-data-entry-flow")
+
+    def text(self, where: Locator) -> str:
+        text: str = where.evaluate(VISIBLE_TEXT)
+        return text
+
+    def heading(self) -> str:
+        heading = self.dialog.get_by_role("heading")
+        return heading.first.inner_text() if heading.count() else ""
+
+    def next_screen(self, mark: int, before: str, started: float) -> dict[str, Any]:
+        """Home Assistant's next step once the dialog shows it (a new heading and a button)."""
+        deadline = started + COMMIT_TIMEOUT
+        button = self.dialog.get_by_role("button", name=re.compile("^(Submit|Finish)$"))
+        while True:
+            steps = self.answers.since(mark)
+            last = steps[-1] if steps else None
+            if last is not None:
+                kind = last["type"]
+                if kind == "abort":
+                    raise BenchError(f"the flow aborted: {last.get('reason')} ({last})")
+                if kind == "form" and last.get("errors"):
+                    alerts = self.dialog.locator("ha-alert").all_inner_texts()
+                    raise BenchError(
+                        f"the {last['step_id']} step refused the input: {last['errors']}; the "
+                        f"dialog shows {alerts}"
+                    )
+                shown = self.heading()
+                new = kind in {"form", "create_entry"} and shown and shown != before
+                if new and button.count() and button.first.is_visible():
+                    return last
+            if time.perf_counter() > deadline:
+                raise BenchError(
+                    f"no next screen within {COMMIT_TIMEOUT:.0f} s after {before!r}; the flow "
+                    f"answered {steps}; the dialog shows {self.heading()!r}"
+                )
+            self.page.wait_for_timeout(POLL_MS)
+
+    def fill(self, step: dict[str, Any], device: DeviceFacts) -> tuple[list[int], int]:
+        """Fill the form as the person would; the characters per typed field, the selections."""
+        step_id = step["step_id"]
+        schema: list[dict[str, Any]] = step.get("data_schema") or []
+        names = {item["name"] for item in schema}
+        strings = self.strings.get(step_id, {})
+        network = next((item for item in schema if item["name"] == "network"), None)
+        remembered = network is not None and "remembered" in _default_label(network).lower()
+        typed: list[int] = []
+        selections = 0
+        values = {
+            "account_url": self.stack.relay_url,
+            "email": DEMO_ACCOUNT.email,
+            "password": DEMO_ACCOUNT.password,
+            "setup_code": device.manual_code,
+            # A new household is named only when the account has none to choose from.
+            "household_name": None if "household" in names else HOUSEHOLD,
+            "passphrase": None if remembered else HOME_WIFI.passphrase,
+        }
+        for item in schema:
+            name = item["name"]
+            label = strings.get(name, name)
+            # As the frontend names the field: its label, with "*" when it is required.
+            named = re.compile(rf"^{re.escape(label)}\s*\*?$")
+            if name in values:
+                value = values[name]
+                if value is not None:
+                    self.dialog.get_by_role("textbox", name=named).fill(value)
+                    typed.append(len(value))
+            elif name == "network":
+                if not remembered:
+                    pattern = re.compile(rf"^{re.escape(HOME_WIFI.ssid)} · ")
+                    self.dialog.get_by_role("radio", name=pattern).check()
+                    selections += 1
+            elif name == "remember_wifi":
+                if not item.get("default"):
+                    switch = self.dialog.get_by_role("switch", name=named)
+                    switch.or_(self.dialog.get_by_role("checkbox", name=named)).first.click()
+                    selections += 1
+            elif item.get("required") and "default" not in item:
+                raise BenchError(
+                    f"the {step_id} step asks for {name!r} ({label!r}), which the benchmark has "
+                    "no value for: add it to Person.fill in bench/bench_browser.py"
+                )
+        return typed, selections
+
+    def onboards(self, device: DeviceFacts) -> tuple[Journey, float]:
+        """The device's journey, card to success screen; seconds from Add to entities up."""
+        # The dashboard: finishing a flow may have left the person on the integration's page.
+        if not self.page.url.endswith(DASHBOARD):
+            self.page.goto(self.stack.ha_url + DASHBOARD)
+        card = self.page.locator("ha-config-flow-card").filter(has_text=device.name)
+        add = card.get_by_role("button", name="Add")
+        expect(add).to_be_visible(timeout=DISCOVERY_TIMEOUT * 1000)
+        card_words = count_words(self.text(card))
+        screens: list[Screen] = []
+        mark, started = len(self.answers.responses), time.perf_counter()
+        add.click()
+        step = self.next_screen(mark, "", started)
+        screens.append(Screen("card", "card", card_words, wait=time.perf_counter() - started))
+        while step["type"] == "form":
+            step_id = step["step_id"]
+            role = STEPS.get(step_id)
+            if role is None:
+                raise BenchError(
+                    f"an unknown step {step_id!r} (fields "
+                    f"{[i['name'] for i in step.get('data_schema') or []]}): add it to STEPS "
+                    "in bench/bench_browser.py with its role in the data flow"
+                )
+            typed, selections = self.fill(step, device)
+            words = count_words(self.text(self.dialog))
+            before, mark = self.heading(), len(self.answers.responses)
+            clicked = time.perf_counter()
+            self.dialog.get_by_role("button", name="Submit").click()
+            step = self.next_screen(mark, before, clicked)
+            wait = time.perf_counter() - clicked
+            screens.append(Screen(step_id, role, words, tuple(typed), selections, wait))
+            say(f"{device.name}: {step_id} ({role}) → {step.get('step_id', step['type'])}")
+        if step["type"] != "create_entry":
+            raise BenchError(f"the flow ended in {step} instead of creating the entry")
+        screens.append(Screen("create_entry", "done", count_words(self.text(self.dialog))))
+        self.dialog.get_by_role("button", name="Finish").click()
+        expect(self.dialog.get_by_role("heading")).to_have_count(0)
+        self.entities_available(device)
+        return Journey(tuple(screens)), time.perf_counter() - started
+
+    def entities_available(self, device: DeviceFacts) -> None:
+        deadline = time.perf_counter() + ENTITIES_TIMEOUT
+        while True:
+            base = self.stack.ha_url
+            states = [s for d, _, s in entity_states(base, self.token) if d == device.name]
+            if entities_ready(states, ENTITIES):
+                return
+            if time.perf_counter() > deadline:
+                raise BenchError(f"the entities of {device.name} are not available: {states}")
+            self.page.wait_for_timeout(POLL_MS * 10)
+
+
+def _default_label(select: dict[str, Any]) -> str:
+    """The label of a select field's default option ("" without one)."""
+    options = select.get("selector", {}).get("select", {}).get("options", [])
+    default = select.get("default")
+    return next(
+        (str(o.get("label", "")) for o in options if isinstance(o, dict) and o["value"] == default),
+        "",
+    )
+
+
+def page_load_seconds(page: Page, url: str) -> list[float]:
+    """Bare loads of Home Assistant's frontend in the same browser (the waits' baseline)."""
+    seconds = []
+    for _ in range(PAGE_LOADS):
+        started = time.perf_counter()
+        page.goto(url, wait_until="load")
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def in_browser(
+    stack: BenchStack, devices: list[DeviceFacts]
+) -> tuple[dict[str, tuple[Journey, float]], list[float]]:
+    """The first and a later device through the UI; the bare page loads."""
+    owner = next(user for user in HA_USERS if user.admin)
+    base = stack.ha_url
+    token = ha_token(base, owner.username, owner.password)
+    local_only, answers = LocalOnly(), FlowAnswers()
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            context = browser.new_context(viewport=VIEWPORT)
+            context.route("**/*", local_only)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.on("response", answers)
+            log_in(page, base, owner.username, owner.password)
+            # A second tab of the signed-in session (its tokens are in the context's storage).
+            loads = page_load_seconds(context.new_page(), base + DASHBOARD)
+            open_devices_and_services(page)
+            person = Person(page, stack, answers, labels(), token)
+            journeys = {}
+            for which, device in zip(("first", "later"), devices, strict=True):
+                journeys[which] = person.onboards(device)
+        except PlaywrightError as err:
+            err.add_note(f"Requests refused (not local): {sorted(set(local_only.blocked))}")
+            raise
+        finally:
+            browser.close()
+    return journeys, loads
+
+
+async def lan_seconds(stack: BenchStack, device: DeviceFacts) -> float:
+    async with aiohttp.ClientSession() as session:
+        (seconds,) = await lan_baseline(stack, session, [device])
+    return seconds
+
+
+def report_table(journeys: dict[str, Journey], form_wait: float) -> str:
+    """First vs later device, with each target's verdict."""
+    first, later = journeys["first"], journeys["later"]
+    rows: list[tuple[str, Callable[[Journey], float], str]] = [
+        ("forms (total)", lambda j: j.forms, "{:.0f}"),
+        ("forms before Wi-Fi", lambda j: j.forms_before_wifi, "{:.0f}"),
+        ("characters typed", lambda j: j.characters, "{:.0f}"),
+        ("words read", lambda j: j.words, "{:.0f}"),
+        ("clicks", lambda j: j.clicks, "{:.0f}"),
+        ("user time (KLM)", lambda j: j.user_seconds, "{:.1f} s"),
+        ("system wait", lambda j: j.wait_seconds, "{:.2f} s"),
+    ]
+    out = [f"{'':<22}{'first device':>16}{'later device':>16}  verdict"]
+    for label, value, form in rows:
+        verdicts = []
+        for which, journey in (("first", first), ("later", later)):
+            for target in TARGETS[which]:
+                if label.startswith(target.what):
+                    limit = f"{target.limit:g}{(' ' + target.unit) if target.unit else ''}"
+                    verdicts.append(f"{which} ≤ {limit}: {target.verdict(value(journey))}")
+        line = f"{label:<22}{form.format(value(first)):>16}{form.format(value(later)):>16}"
+        out.append(f"{line}  {'; '.join(verdicts)}".rstrip())
+    verdict = FORM_WAIT_TARGET.verdict(form_wait)
+    out.append(f"{FORM_WAIT_TARGET.what:<22}{form_wait:>15.2f} s (both)  ≤ 0.25 s: {verdict}")
+    out.append("")
+    for which, journey in (("first", first), ("later", later)):
+        out.append(f"{which} device, per screen: step (role) words chars clicks wait")
+        out.extend(
+            f"  {s.step} ({s.role}) {s.words} {s.characters} {s.clicks} {s.wait:.2f} s"
+            for s in journey.screens
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    """Start the stack, onboard through the browser, print and write the results."""
+    args = parser(__doc__).parse_args()
+    isolated = isolate()
+    with running_stack(label="browser", agents=3, batch=3) as stack:
+        first, later, baseline_device = stack.devices[:3]
+        journeys, loads = in_browser(stack, [first, later])
+        lan = asyncio.run(lan_seconds(stack, baseline_device))
+    paths = {which: journey for which, (journey, _) in journeys.items()}
+    waits = [
+        wait
+        for journey in paths.values()
+        for wait in journey.waits(("confirm", "account", "device", "card"))
+    ]
+    form_wait = median(waits)
+    print(report_table(paths, form_wait))
+    load = median(loads)
+    rows: list[Result] = [
+        result(f"browser: {FORM_WAIT_TARGET.what}", form_wait, "s", load, "bare page load"),
+    ]
+    for which, (journey, onboarded) in journeys.items():
+        user, forms = TARGETS[which]
+        rows += [
+            result(f"browser: {which} device, discovery → entities", onboarded, "s", lan, "LAN"),
+            result(
+                f"browser: {which} device, user time (KLM)",
+                journey.user_seconds,
+                "s",
+                user.limit,
+                "target",
+            ),
+            result(
+                f"browser: {which} device, forms before Wi-Fi",
+                journey.forms_before_wifi,
+                "",
+                forms.limit,
+                "target",
+            ),
+        ]
+    finish("browser", rows, args, isolated=isolated, page_loads=loads, lan_baseline=lan)
+
+
+if __name__ == "__main__":
+    main()
