@@ -216,53 +216,20 @@ class AccountService:
     def create_admin(self, email: str, password: str) -> None:
         """A service administrator (``admin create-account --admin``), as the operator makes
         one; sign in as it for the admin API (registry import over HTTP)."""
-        run_cli(
-            [
-                "-m",
-                "cloud_relay",
-                "--config",
-                str(self.config),
-                "admin",
-                "create-account",
-                email,
-                "--admin",
-                "--password-stdin",
-            ],
-            self.env,
-            stdin=password + "\n",
-        )
+        self.cli("admin", "create-account", email, "--admin", "--password-stdin", stdin=password)
 
     def import_records(self, record_file: Path) -> None:
         """The factory records, as the operator imports them."""
-        run_cli(
-            [
-                "-m",
-                "cloud_relay",
-                "--config",
-                str(self.config),
-                "registry",
-                "import",
-                str(record_file),
-            ],
-            self.env,
-        )
+        self.cli("registry", "import", str(record_file))
 
     def set_model(self, model: str, name: str) -> None:
         """A device model's human name, as the operator sets it (``admin set-model``)."""
-        run_cli(
-            [
-                "-m",
-                "cloud_relay",
-                "--config",
-                str(self.config),
-                "admin",
-                "set-model",
-                model,
-                "--name",
-                name,
-            ],
-            self.env,
-        )
+        self.cli("admin", "set-model", model, "--name", name)
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        """``python -m cloud_relay --config <this service's> ARGS`` (one line of ``stdin``)."""
+        command = ["-m", "cloud_relay", "--config", str(self.config), *args]
+        return run_cli(command, self.env, stdin=None if stdin is None else stdin + "\n")
 
     def stop(self) -> None:
         if self.process is not None:

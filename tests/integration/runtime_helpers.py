@@ -15,6 +15,7 @@ from typing import Any, Self
 
 import aiohttp
 import aiomqtt
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import Context, HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -437,3 +438,29 @@ async def start_claimed_device(
         owned.device_id,
     )
     return owned
+
+
+async def set_up(hass: HomeAssistant, entry: MockConfigEntry) -> ConfigEntryState:
+    """Add ``entry`` and set it up (a failure is a state, not an exception); its state."""
+    entry.add_to_hass(hass)
+    await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    return entry.state
+
+
+def flow_sources(hass: HomeAssistant) -> list[str]:
+    """The sources of this integration's flows in progress (a reauth shows as ``reauth``)."""
+    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    return [flow["context"]["source"] for flow in flows]
+
+
+async def kitchen_relay_off(hass: HomeAssistant) -> None:
+    """Until the demo-named device's relay entity exists and reads off."""
+    await wait_for(
+        hass,
+        lambda: (
+            hass.states.get("switch.kitchen_sensor_relay") is not None
+            and state_of(hass, "switch.kitchen_sensor_relay") == "off"
+        ),
+        "the device's entities",
+    )

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from custom_components.iot_onboard import commit_engine
 from custom_components.iot_onboard.account_client import (
@@ -45,7 +44,7 @@ from custom_components.iot_onboard.iob_protocol import (
     StatusRequest,
     StatusResult,
 )
-from tests.integration.test_device_client import FakeDevice, default_answer
+from tests.integration.test_device_client import FakeDevice, default_answer, serving
 
 pytestmark = pytest.mark.usefixtures("socket_enabled")
 
@@ -116,20 +115,8 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def device() -> AsyncIterator[FakeDevice]:
-    fake = FakeDevice()
-    fake.answer = default_answer(fake)
-    app = web.Application()
-    app.router.add_post("/iob/v1/session", fake.handle_session)
-    app.router.add_post("/iob/v1/frame", fake.handle_frame)
-    app.router.add_get("/iob/v1/info", fake.handle_info)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    fake.port = runner.addresses[0][1]
-    try:
+    async with serving(default_answer) as fake:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 async def _opened(device: FakeDevice) -> AsyncIterator[DeviceLink]:

@@ -3075,6 +3075,13 @@ ADDON_URL = "http://2f5a1c3e-iot-onboard-relay:8080"
 ADDON_TOKEN = "t" * 43
 
 
+def redeemable(hass: HomeAssistant, account: MagicMock) -> None:
+    """The add-on's service answers the redemption with a new household (HA is "Our home")."""
+    hass.config.location_name = "Our home"
+    account.base_url = ADDON_URL
+    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+
+
 def addon_discovery(**config: Any) -> HassioServiceInfo:
     """What the Supervisor hands the flow for the add-on's ``POST /discovery``."""
     return HassioServiceInfo(
@@ -3088,9 +3095,7 @@ def addon_discovery(**config: Any) -> HassioServiceInfo:
 async def test_the_addon_links_a_new_household_after_one_confirm(
     hass: HomeAssistant, account: MagicMock, account_cls: MagicMock
 ) -> None:
-    hass.config.location_name = "Our home"
-    account.base_url = ADDON_URL
-    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+    redeemable(hass, account)
     result = await hass.config_entries.flow.async_init(
         DOMAIN, context={"source": SOURCE_HASSIO}, data=addon_discovery()
     )
@@ -3225,9 +3230,7 @@ async def install_addon(hass: HomeAssistant) -> Any:
 async def test_the_addon_is_installed_started_and_linked_with_nothing_typed(
     hass: HomeAssistant, account: MagicMock, supervisor: Supervisor
 ) -> None:
-    hass.config.location_name = "Our home"
-    account.base_url = ADDON_URL
-    account.redeem_provisioning.return_value = (SignedIn(account=ACCOUNT, tokens=TOKENS), HOME)
+    redeemable(hass, account)
     result = await install_addon(hass)
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert result["data"][CONF_ACCOUNT_URL] == ADDON_URL

@@ -9,6 +9,7 @@ test_onboarding_e2e.py; here every refusal and every command is pinned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,16 +164,19 @@ class FakeDevice:
         if self.info_answer is not None:
             status, document = self.info_answer
             return web.json_response(document, status=status)
-        return web.json_response(
-            {
-                "device_id": self.identity.device_id,
-                "model": "pi-test",
-                "firmware_version": "1.0",
-                "protocol_version": 1,
-                "state": "unclaimed",
-                "window": "open",
-            }
-        )
+        return web.json_response(self.info())
+
+    def info(self, **extra: object) -> dict[str, object]:
+        """What ``GET /iob/v1/info`` answers (``extra`` added or replaced)."""
+        return {
+            "device_id": self.identity.device_id,
+            "model": "pi-test",
+            "firmware_version": "1.0",
+            "protocol_version": 1,
+            "state": "unclaimed",
+            "window": "open",
+            **extra,
+        }
 
 
 def default_answer(device: FakeDevice) -> Callable[[Request], CommandResult]:
@@ -205,10 +209,13 @@ def ok_answer(device: FakeDevice) -> Callable[[Request], CommandResult | ErrorRe
     return default_answer(device)
 
 
-@pytest.fixture
-async def device() -> AsyncIterator[FakeDevice]:
+@contextlib.asynccontextmanager
+async def serving(
+    answer: Callable[[FakeDevice], Callable[[Request], Any]],
+) -> AsyncIterator[FakeDevice]:
+    """A fake device answering with ``answer(device)``, on a free loopback port (``.port``)."""
     fake = FakeDevice()
-    fake.answer = ok_answer(fake)
+    fake.answer = answer(fake)
     app = web.Application()
     app.router.add_post("/iob/v1/session", fake.handle_session)
     app.router.add_post("/iob/v1/frame", fake.handle_frame)
@@ -221,6 +228,12 @@ async def device() -> AsyncIterator[FakeDevice]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def device() -> AsyncIterator[FakeDevice]:
+    async with serving(ok_answer) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -252,31 +265,12 @@ async def test_fetch_info_with_the_devices_own_name(
     device: FakeDevice, http: Http, name: str | None, expected: str | None
 ) -> None:
     """``name`` is optional (a device without one leaves it out); blank counts as none."""
-    document = {
-        "device_id": device.identity.device_id,
-        "model": "pi-test",
-        "firmware_version": "1.0",
-        "protocol_version": 1,
-        "state": "unclaimed",
-        "window": "open",
-    }
-    device.info_answer = (200, document if name is None else {**document, "name": name})
+    device.info_answer = (200, device.info() if name is None else device.info(name=name))
     assert (await client(device, http).fetch_info()).name == expected
 
 
 async def test_fetch_info_with_a_name_that_is_no_text(device: FakeDevice, http: Http) -> None:
-    device.info_answer = (
-        200,
-        {
-            "device_id": device.identity.device_id,
-            "model": "pi-test",
-            "firmware_version": "1.0",
-            "protocol_version": 1,
-            "state": "unclaimed",
-            "window": "open",
-            "name": 7,
-        },
-    )
+    device.info_answer = (200, device.info(name=7))
     with pytest.raises(DeviceProtocolError):
         await client(device, http).fetch_info()
 

@@ -30,6 +30,8 @@ from custom_components.iot_onboard.helpers import find_device
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
+    flow_sources,
+    set_up,
     setup_entry,
     start_device,
     wait_for,
@@ -77,10 +79,7 @@ async def test_account_service_unreachable_retries(
 ) -> None:
     await fake_account.stop()
     entry = mock_config_entry
-    entry.add_to_hass(hass)
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert await set_up(hass, entry) is ConfigEntryState.SETUP_RETRY
     assert entry.reason is not None
     assert "cannot be reached" in entry.reason
 
@@ -141,12 +140,8 @@ async def test_entry_without_tokens_asks_to_sign_in(hass: HomeAssistant) -> None
             "email": "owner@example.com",
         },
     )
-    entry.add_to_hass(hass)
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.SETUP_ERROR
-    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
-    assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+    assert await set_up(hass, entry) is ConfigEntryState.SETUP_ERROR
+    assert flow_sources(hass) == [SOURCE_REAUTH]
 
 
 async def test_stale_devices_can_be_deleted_current_ones_cannot(

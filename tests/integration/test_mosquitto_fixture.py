@@ -7,31 +7,18 @@ import asyncio
 import aiomqtt
 import pytest
 
-from tests.plugins.mosquitto import MosquittoBroker, dynsec_command
+from tests.plugins.mosquitto import MosquittoBroker, create_scoped_client
 
 
 @pytest.mark.usefixtures("hass")
 async def test_broker_round_trip_under_phcc(mosquitto_broker: MosquittoBroker) -> None:
     """Create a client over dynamic security and see it publish and receive its own topic."""
-    await dynsec_command(
+    await create_scoped_client(
         mosquitto_broker,
-        [
-            {
-                "command": "createRole",
-                "rolename": "hub",
-                "acls": [
-                    {"acltype": "publishClientSend", "topic": "iob/#", "allow": True},
-                    {"acltype": "subscribePattern", "topic": "iob/#", "allow": True},
-                    {"acltype": "publishClientReceive", "topic": "iob/#", "allow": True},
-                ],
-            },
-            {
-                "command": "createClient",
-                "username": "hub",
-                "password": "hub-secret-1",
-                "roles": [{"rolename": "hub"}],
-            },
-        ],
+        username="hub",
+        password="hub-secret-1",  # noqa: S106 - the test's
+        rolename="hub",
+        subtree="iob/#",
     )
     async with aiomqtt.Client(
         mosquitto_broker.host,

@@ -24,7 +24,7 @@ from custom_components.iot_onboard.const import (
 )
 from custom_components.iot_onboard.wifi_memory import RememberedWifi
 from tests.integration.fake_account import FakeAccountService, member
-from tests.integration.runtime_helpers import setup_entry
+from tests.integration.runtime_helpers import set_up, setup_entry
 
 
 async def _user_role_form(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:
@@ -48,10 +48,7 @@ async def test_user_roles_need_a_loaded_entry(
     """Roles live at the account service: without a loaded entry there is nothing to map."""
     await fake_account.stop()
     entry = mock_config_entry
-    entry.add_to_hass(hass)
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert await set_up(hass, entry) is ConfigEntryState.SETUP_RETRY
     result = await _user_role_form(hass, entry)
     assert (result["type"], result["reason"]) == (FlowResultType.ABORT, "not_loaded")
 

@@ -32,7 +32,9 @@ from custom_components.iot_onboard.iob_protocol import DeviceIdentity, OwnerSecr
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
+    flow_sources,
     publish_as_device,
+    set_up,
     setup_entry,
     start_device,
     wait_for,
@@ -135,10 +137,7 @@ async def test_hub_refused_issue_leads_to_reauth(
     assert await async_setup_component(hass, "repairs", {})
     fake_account.hub_status = 403  # the signed-in account lost its admin role
     entry = mock_config_entry
-    entry.add_to_hass(hass)
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert await set_up(hass, entry) is ConfigEntryState.SETUP_RETRY
     issue_id = f"hub_refused_{entry.entry_id}"
     issue = _issue(hass, issue_id)
     assert issue is not None
@@ -157,12 +156,8 @@ async def test_expired_sign_in_starts_reauth(
     # Another client refreshed with these tokens: ours are spent.
     fake_account.access_token = "changed-elsewhere-access"  # noqa: S105 - test value
     fake_account.refresh_token = "changed-elsewhere-refresh"  # noqa: S105 - test value
-    entry.add_to_hass(hass)
-    await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.SETUP_ERROR
-    flows = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
-    assert [flow["context"]["source"] for flow in flows] == [SOURCE_REAUTH]
+    assert await set_up(hass, entry) is ConfigEntryState.SETUP_ERROR
+    assert flow_sources(hass) == [SOURCE_REAUTH]
 
 
 async def test_wifi_lost_issue_starts_the_reconfigure_flow(

@@ -33,9 +33,9 @@ from custom_components.iot_onboard.helpers import find_device
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
     RealAccount,
+    kitchen_relay_off,
     setup_entry,
     start_claimed_device,
-    state_of,
     wait_for,
 )
 
@@ -107,14 +107,7 @@ async def _users(hass: HomeAssistant, account: RealAccount) -> dict[str, User]:
 
 
 async def _entities(hass: HomeAssistant) -> None:
-    await wait_for(
-        hass,
-        lambda: (
-            hass.states.get("switch.kitchen_sensor_relay") is not None
-            and state_of(hass, "switch.kitchen_sensor_relay") == "off"
-        ),
-        "the device's entities",
-    )
+    await kitchen_relay_off(hass)
 
 
 async def _neighbour(account: RealAccount) -> RealAccount:

@@ -25,27 +25,20 @@ from tests.integration.runtime_helpers import (
     DeviceProcesses,
     RealAccount,
     entity_ids,
+    kitchen_relay_off,
     observer,
     owner_context,
     real_owner_context,
     setup_entry,
     start_claimed_device,
     start_device,
-    state_of,
     wait_for,
 )
 
 
 async def _entities_of(hass: HomeAssistant, entry: MockConfigEntry, device: str) -> str:
     """Wait for the device's entities; the registry device's id."""
-    await wait_for(
-        hass,
-        lambda: (
-            hass.states.get("switch.kitchen_sensor_relay") is not None
-            and state_of(hass, "switch.kitchen_sensor_relay") == "off"
-        ),
-        "the device's entities",
-    )
+    await kitchen_relay_off(hass)
     registered = find_device(hass, device, entry.entry_id)
     assert registered is not None
     return registered.id

@@ -73,9 +73,32 @@ __all__ = [
     "MosquittoInstallation",
     "MosquittoNotInstalledError",
     "MosquittoProcess",
+    "create_scoped_client",
     "dynsec_command",
     "find_mosquitto",
 ]
+
+
+async def create_scoped_client(
+    broker: MosquittoBroker, *, username: str, password: str, rolename: str, subtree: str
+) -> None:
+    """A dynamic-security client whose role may publish, subscribe and receive ``subtree``."""
+    acls = [
+        {"acltype": acltype, "topic": subtree, "allow": True}
+        for acltype in ("publishClientSend", "subscribePattern", "publishClientReceive")
+    ]
+    await dynsec_command(
+        broker,
+        [
+            {"command": "createRole", "rolename": rolename, "acls": acls},
+            {
+                "command": "createClient",
+                "username": username,
+                "password": password,
+                "roles": [{"rolename": rolename}],
+            },
+        ],
+    )
 
 
 # -- pytest fixtures ---------------------------------------------------------------------------

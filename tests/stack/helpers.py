@@ -211,13 +211,10 @@ def ha_token(base: str, username: str, password: str) -> str:
     return token
 
 
-def ha_ws(base: str, token: str, command: dict[str, Any]) -> Any:
-    """One command on Home Assistant's websocket API (what the frontend uses); its result.
+def ws_answer(base: str, token: str, command: dict[str, Any]) -> dict[str, Any]:
+    """One websocket command's whole answer, errors included (what the frontend shows)."""
 
-    Some of what the UI shows has no REST view: the discovered flows, for one.
-    """
-
-    async def run() -> Any:
+    async def run() -> dict[str, Any]:
         async with (
             asyncio.timeout(60),
             aiohttp.ClientSession() as session,
@@ -227,11 +224,20 @@ def ha_ws(base: str, token: str, command: dict[str, Any]) -> Any:
             await ws.send_json({"type": "auth", "access_token": token})
             assert (await ws.receive_json())["type"] == "auth_ok"
             await ws.send_json({"id": 1, **command})
-            answer = await ws.receive_json()
-            assert answer["success"], answer
-            return answer["result"]
+            answer: dict[str, Any] = await ws.receive_json()
+            return answer
 
     return asyncio.run(run())
+
+
+def ha_ws(base: str, token: str, command: dict[str, Any]) -> Any:
+    """One command on Home Assistant's websocket API (what the frontend uses); its result.
+
+    Some of what the UI shows has no REST view: the discovered flows, for one.
+    """
+    answer = ws_answer(base, token, command)
+    assert answer["success"], answer
+    return answer["result"]
 
 
 #: Log lines the discovery diagnosis quotes (HA's zeroconf and flow manager, the devices' mDNS).

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import aiomqtt
 import pytest
 
@@ -60,8 +59,9 @@ from .helpers import (
     ha_token,
     kill_leftovers,
     processes_mentioning,
+    ws_answer,
 )
-from .test_onboarding_through_ha import Ha, network_value, wait_for
+from .test_onboarding_through_ha import Ha, network_value, sign_in, wait_for
 
 DOMAIN: Final = "iot_onboard"
 HOUSEHOLD: Final = "Demo home"
@@ -155,25 +155,6 @@ def relay(
     return json.loads(raw) if raw else None
 
 
-def ws_answer(base: str, token: str, command: dict[str, Any]) -> dict[str, Any]:
-    """One websocket command's whole answer, errors included (what the frontend shows)."""
-
-    async def run() -> dict[str, Any]:
-        async with (
-            asyncio.timeout(60),
-            aiohttp.ClientSession() as session,
-            session.ws_connect(f"{base}/api/websocket") as ws,
-        ):
-            assert (await ws.receive_json())["type"] == "auth_required"
-            await ws.send_json({"type": "auth", "access_token": token})
-            assert (await ws.receive_json())["type"] == "auth_ok"
-            await ws.send_json({"id": 1, **command})
-            answer: dict[str, Any] = await ws.receive_json()
-            return answer
-
-    return asyncio.run(run())
-
-
 def ws(ha: Ha, command: dict[str, Any]) -> Any:
     answer = ws_answer(ha.base, ha.token, command)
     assert answer["success"], answer
@@ -202,16 +183,7 @@ def onboard(ha: Ha, ready: dict[str, Any], device: dict[str, Any]) -> dict[str, 
     result = ha.step(flow_id, {})
     if result["step_id"] == "account":  # the first device: no household entry yet
         account = next(a for a in ready["account_service"]["accounts"] if not a["admin"])
-        result = ha.step(
-            flow_id,
-            {
-                "account_url": ready["account_service"]["url"],
-                "email": account["email"],
-                "password": account["password"],
-                "create_account": False,
-                "household_name": HOUSEHOLD,
-            },
-        )
+        result = ha.step(flow_id, sign_in(ready, account))
         if result["step_id"] == "household":
             result = ha.step(flow_id, {"household_name": HOUSEHOLD})
     assert result["step_id"] == "credentials", result

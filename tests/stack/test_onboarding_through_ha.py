@@ -56,6 +56,17 @@ def wait_for[T](
         time.sleep(POLL)
 
 
+def sign_in(ready: dict[str, Any], account: dict[str, Any]) -> dict[str, Any]:
+    """The one sign-in form of the first device: the demo's account, the household named."""
+    return {
+        "account_url": ready["account_service"]["url"],
+        "email": account["email"],
+        "password": account["password"],
+        "create_account": False,
+        "household_name": HOUSEHOLD,
+    }
+
+
 class Ha:
     """Home Assistant's REST and websocket APIs with the owner's token."""
 
@@ -165,16 +176,7 @@ def test_a_discovered_device_is_onboarded_through_the_config_flow(state_dir: Pat
 
         result = ha.step(flow_id, {})
         assert result["step_id"] == "account", result
-        result = ha.step(
-            flow_id,
-            {
-                "account_url": ready["account_service"]["url"],
-                "email": account["email"],
-                "password": account["password"],
-                "create_account": False,
-                "household_name": HOUSEHOLD,
-            },
-        )
+        result = ha.step(flow_id, sign_in(ready, account))
         if result["step_id"] == "household":  # the fresh demo account has no household yet
             result = ha.step(flow_id, {"household_name": HOUSEHOLD})
         assert result["step_id"] == "credentials", result

@@ -30,7 +30,7 @@ from tests.plugins.mosquitto import (
     MosquittoError,
     MosquittoInstallation,
     MosquittoProcess,
-    dynsec_command,
+    create_scoped_client,
 )
 from tests.plugins.ports import free_port
 
@@ -60,51 +60,20 @@ class DeviceAccount:
 async def create_device_account(broker: MosquittoBroker, device_id: str) -> DeviceAccount:
     """A dynsec client and role limited to ``iob/<device_id>/#``."""
     password = secrets.token_urlsafe(16)
-    subtree = f"iob/{device_id}/#"
-    await dynsec_command(
+    await create_scoped_client(
         broker,
-        [
-            {
-                "command": "createRole",
-                "rolename": f"device-{device_id}",
-                "acls": [
-                    {"acltype": "publishClientSend", "topic": subtree, "allow": True},
-                    {"acltype": "subscribePattern", "topic": subtree, "allow": True},
-                    {"acltype": "publishClientReceive", "topic": subtree, "allow": True},
-                ],
-            },
-            {
-                "command": "createClient",
-                "username": device_id,
-                "password": password,
-                "roles": [{"rolename": f"device-{device_id}"}],
-            },
-        ],
+        username=device_id,
+        password=password,
+        rolename=f"device-{device_id}",
+        subtree=f"iob/{device_id}/#",
     )
     return DeviceAccount(device_id=device_id, username=device_id, password=password)
 
 
 async def create_hub_account(broker: MosquittoBroker) -> tuple[str, str]:
     password = secrets.token_urlsafe(16)
-    await dynsec_command(
-        broker,
-        [
-            {
-                "command": "createRole",
-                "rolename": "hub",
-                "acls": [
-                    {"acltype": "publishClientSend", "topic": "iob/#", "allow": True},
-                    {"acltype": "subscribePattern", "topic": "iob/#", "allow": True},
-                    {"acltype": "publishClientReceive", "topic": "iob/#", "allow": True},
-                ],
-            },
-            {
-                "command": "createClient",
-                "username": "hub",
-                "password": password,
-                "roles": [{"rolename": "hub"}],
-            },
-        ],
+    await create_scoped_client(
+        broker, username="hub", password=password, rolename="hub", subtree="iob/#"
     )
     return "hub", password
 

@@ -15,7 +15,8 @@ import secrets
 
 import aiomqtt
 
-from cloud_relay.broker.local import MosquittoBroker, dynsec_command
+from cloud_relay.broker.local import MosquittoBroker
+from tests.plugins.mosquitto import create_scoped_client
 
 # More retained messages than the default queue holds (1000 + 20 in flight), as ~500 devices.
 RETAINED = 3000
@@ -24,21 +25,8 @@ DEADLINE = 30.0  # a bound, not an expectation: delivery takes well under a seco
 
 async def _client_with_everything(broker: MosquittoBroker) -> tuple[str, str]:
     username, password = f"bulk-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
-    acls = [
-        {"acltype": kind, "topic": "iob/#", "allow": True}
-        for kind in ("publishClientSend", "subscribePattern", "publishClientReceive")
-    ]
-    await dynsec_command(
-        broker,
-        [
-            {"command": "createRole", "rolename": username, "acls": acls},
-            {
-                "command": "createClient",
-                "username": username,
-                "password": password,
-                "roles": [{"rolename": username}],
-            },
-        ],
+    await create_scoped_client(
+        broker, username=username, password=password, rolename=username, subtree="iob/#"
     )
     return username, password
 
