@@ -28,11 +28,11 @@ if TYPE_CHECKING:
 
 import contextlib
 
-from .announce import SERVICE_TYPE, RelayAnnouncer, check_addresses
+from .announce import SERVICE_TYPE, RelayAnnouncer, check_addresses, check_public_url
 from .broker.mosquitto import MosquittoDynsecAdapter
 from .config import RelayConfig, load_config, write_secret_key
 from .context import Context
-from .errors import RelayError, exit_status
+from .errors import ConfigError, RelayError, exit_status
 from .provisioning import DEFAULT_TTL, mint_token, tokens_path
 from .registry import parse_records
 from .relay import Relay
@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         default=[],
         help=f"announce the service as {SERVICE_TYPE} on this IPv4 address (repeatable)",
+    )
+    serve.add_argument(
+        "--announce-url",
+        metavar="URL",
+        help="with --announce: the https address of a TLS proxy in front of the service "
+        "(TXT url; Home Assistant accepts plain http only on its own host)",
     )
     serve.add_argument(
         "--port-file",
@@ -237,20 +243,30 @@ def _init(path: Path) -> int:
     return 0
 
 
-def _serve(config: RelayConfig, announce: Sequence[str], port_file: Path | None) -> int:
+def _serve(
+    config: RelayConfig, announce: Sequence[str], port_file: Path | None, public_url: str | None
+) -> int:
     from aiohttp import web  # noqa: PLC0415 - only the server needs it
 
     from .app import create_app  # noqa: PLC0415
 
     addresses = check_addresses(announce, config.http_host) if announce else []
+    if public_url is not None:
+        if not addresses:
+            raise ConfigError("--announce-url goes with --announce ADDRESS")
+        public_url = check_public_url(public_url)
     app = create_app(config)
     with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(_serve_until_stopped(app, config, addresses, port_file))
+        asyncio.run(_serve_until_stopped(app, config, addresses, port_file, public_url))
     return 0
 
 
 async def _serve_until_stopped(
-    app: web.Application, config: RelayConfig, addresses: Sequence[str], port_file: Path | None
+    app: web.Application,
+    config: RelayConfig,
+    addresses: Sequence[str],
+    port_file: Path | None,
+    public_url: str | None,
 ) -> None:
     """Serve; once the port accepts connections, name it and announce it.
 
@@ -270,7 +286,11 @@ async def _serve_until_stopped(
         )
         if port_file is not None:
             await asyncio.to_thread(write_port_file, port_file, {"pid": os.getpid(), "http": port})
-        announcer = RelayAnnouncer(port=port, addresses=addresses) if addresses else None
+        announcer = (
+            RelayAnnouncer(port=port, addresses=addresses, public_url=public_url)
+            if addresses
+            else None
+        )
         if announcer is not None:
             await announcer.start()
         try:
@@ -304,7 +324,7 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.config)
     if args.command == "serve":
-        return _serve(config, args.announce, args.port_file)
+        return _serve(config, args.announce, args.port_file, args.announce_url)
     return asyncio.run(_run(args, config))
 
 

@@ -44,9 +44,38 @@ def _package_version() -> str:
         return "0"
 
 
-def txt_record() -> dict[str, str]:
-    """The TXT properties."""
-    return {"path": "/", "api": API_VERSION, "version": _package_version()}
+#: A TXT value is at most 255 bytes with its key; a URL longer than this does not fit.
+MAX_PUBLIC_URL: Final = 200
+
+
+def txt_record(public_url: str | None = None) -> dict[str, str]:
+    """The TXT properties; ``url``: the https address clients use (a TLS proxy in front)."""
+    record = {"path": "/", "api": API_VERSION, "version": _package_version()}
+    if public_url is not None:
+        record["url"] = public_url
+    return record
+
+
+def check_public_url(url: str) -> str:
+    """``--announce-url``: an https base URL that fits a TXT record, else a config error.
+
+    The service itself speaks plain http, which Home Assistant accepts only on its own host;
+    on a LAN, clients reach it through a TLS proxy, whose address this names.
+    """
+    from yarl import URL  # noqa: PLC0415 - only the announcement needs it
+
+    try:
+        parsed = URL(url)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme != "https" or not parsed.host or parsed.user:
+        raise ConfigError(
+            f"--announce-url {url}: give the https address of the TLS proxy in front of the "
+            "service, such as https://relay.home.example:8443"
+        )
+    if len(url.encode()) > MAX_PUBLIC_URL:
+        raise ConfigError(f"--announce-url: at most {MAX_PUBLIC_URL} bytes (a TXT record)")
+    return str(parsed).rstrip("/")
 
 
 def check_addresses(addresses: Sequence[str], http_host: str) -> list[str]:
@@ -74,9 +103,15 @@ class RelayAnnouncer:
     """Registers and withdraws the service's record on the given addresses."""
 
     def __init__(
-        self, *, port: int, addresses: Sequence[str], instance_name: str | None = None
+        self,
+        *,
+        port: int,
+        addresses: Sequence[str],
+        instance_name: str | None = None,
+        public_url: str | None = None,
     ) -> None:
-        """Prepare; nothing is sent until :meth:`start`."""
+        """Prepare; nothing is sent until :meth:`start` (``public_url``: TXT ``url``)."""
+        self._public_url = public_url
         self._port = port
         self._addresses = list(addresses)
         name = instance_name or f"IoT Onboard account service on {socket.gethostname()}"
@@ -99,7 +134,7 @@ class RelayAnnouncer:
             SERVICE_TYPE,
             self._name,
             port=self._port,
-            properties=txt_record(),
+            properties=txt_record(self._public_url),
             server=f"{socket.gethostname().split('.')[0] or 'iob-relay'}.local.",
             addresses=[socket.inet_aton(address) for address in self._addresses],
         )

@@ -208,8 +208,13 @@ def relay_url(discovery_info: ZeroconfServiceInfo) -> str | None:
     """The account service URL an ``_iob-relay._tcp`` record names, if it is acceptable.
 
     The service speaks plain http on its own port (TXT ``path``); :func:`normalize_account_url`
-    accepts that on this host only, as for a typed URL.
+    accepts that on this host only, as for a typed URL. On a LAN the record names the https
+    address of a TLS proxy in front of it (TXT ``url``, ``serve --announce-url``), held to the
+    same rule.
     """
+    public = discovery_info.properties.get("url")
+    if public:
+        return normalize_account_url(str(public))
     path = str(discovery_info.properties.get("path") or "/")
     if not path.startswith("/"):
         return None

@@ -1113,8 +1113,9 @@ RELAY_NAME = "IoT Onboard account service on pi._iob-relay._tcp.local."
 
 
 def relay_discovery(
-    *, host: str = "127.0.0.1", api: str = "v1", path: str = "/"
+    *, host: str = "127.0.0.1", api: str = "v1", path: str = "/", url: str | None = None
 ) -> ZeroconfServiceInfo:
+    extra = {} if url is None else {"url": url}
     return ZeroconfServiceInfo(
         ip_address=ip_address(host),
         ip_addresses=[ip_address(host)],
@@ -1122,7 +1123,7 @@ def relay_discovery(
         hostname="pi.local.",
         type="_iob-relay._tcp.local.",
         name=RELAY_NAME,
-        properties={"path": path, "api": api, "version": "0.1.0"},
+        properties={"path": path, "api": api, "version": "0.1.0", **extra},
     )
 
 
@@ -1148,6 +1149,24 @@ async def test_relay_discovery_signs_in_with_no_url_typed(
     assert account_cls.call_args.args == (RELAY_URL,)
     assert result["result"].unique_id == HID
     assert result["data"]["account_service"] == RELAY_NAME
+
+
+async def test_a_service_on_the_lan_is_reached_through_its_announced_https_address(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    """Another host's service announces its TLS proxy (``serve --announce-url``)."""
+    proxy = "https://relay.home.example:8443"
+    result = await start_relay_discovery(hass, host="192.0.2.7", url=proxy)
+    assert result["step_id"] == "relay_confirm"
+    assert result["description_placeholders"] == {"url": proxy}
+    result = await submit(hass, result["flow_id"], {})
+    sign_in = {k: v for k, v in SIGN_IN.items() if k != CONF_ACCOUNT_URL}
+    result = await submit(hass, result["flow_id"], sign_in)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert account_cls.call_args.args == (proxy,)
+    # The announced address is held to the typed URL's rule: no plain http across the LAN.
+    result = await start_relay_discovery(hass, host="192.0.2.8", url="http://192.0.2.8:8470")
+    assert result["reason"] == "insecure_account_service"
 
 
 async def test_relay_discovery_aborts(hass: HomeAssistant) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 import aiohttp
+import pytest
 from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -63,8 +64,13 @@ async def _next(events: Events, process: subprocess.Popen[bytes]) -> tuple[Servi
                 assert process.poll() is None or process.returncode == 0, "serve failed"
 
 
+@pytest.mark.parametrize(
+    "public_url",
+    [None, "https://relay.home.example:8443"],
+    ids=["own-address", "tls-proxy-address"],
+)
 async def test_serve_announce_is_found_and_answers_then_withdrawn(
-    tmp_path: Path, mosquitto_broker: MosquittoBroker
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, public_url: str | None
 ) -> None:
     port = free_port()
     config = _write_config(tmp_path, mosquitto_broker, port)
@@ -80,7 +86,8 @@ async def test_serve_announce_is_found_and_answers_then_withdrawn(
     browser = AsyncServiceBrowser(
         listener.zeroconf, SERVICE_TYPE, handlers=[on_change], question_type=DNSQuestionType.QM
     )
-    process = _serve(config, "--announce", "127.0.0.1")
+    extra = () if public_url is None else ("--announce-url", public_url)
+    process = _serve(config, "--announce", "127.0.0.1", *extra)
     try:
         change, name = await _next(events, process)
         assert change is ServiceStateChange.Added
@@ -88,7 +95,8 @@ async def test_serve_announce_is_found_and_answers_then_withdrawn(
         info = AsyncServiceInfo(SERVICE_TYPE, name)
         assert await info.async_request(listener.zeroconf, 3000)
         properties = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
-        assert properties == {"path": "/", "api": "v1", "version": "0.1.0"}
+        expected = {"path": "/", "api": "v1", "version": "0.1.0"}
+        assert properties == expected | ({} if public_url is None else {"url": public_url})
         assert info.port == port
         assert info.parsed_addresses() == ["127.0.0.1"]
         # What HA would do next: talk to the announced address and port.
@@ -128,3 +136,27 @@ def test_announcing_an_address_the_server_does_not_listen_on_is_refused(
         "error: --announce 192.0.2.10, but the service listens on 127.0.0.1 only: set "
         '[http] host = "0.0.0.0" (or "192.0.2.10") in the configuration\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--announce", "127.0.0.1", "--announce-url", "http://relay.home.example"),
+            (
+                "error: --announce-url http://relay.home.example: give the https address of the "
+                "TLS proxy in front of the service, such as https://relay.home.example:8443\n"
+            ),
+        ),
+        (
+            ("--announce-url", "https://relay.home.example"),
+            "error: --announce-url goes with --announce ADDRESS\n",
+        ),
+    ],
+)
+def test_an_announced_address_that_is_not_https_is_refused(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, args: tuple[str, ...], message: str
+) -> None:
+    process = _serve(_write_config(tmp_path, mosquitto_broker, 0), *args)
+    assert process.wait(60) == 1
+    assert (tmp_path / "serve.log").read_text() == message
