@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.relay_toml import relay_toml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -172,29 +173,15 @@ class AccountService:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        generous = '"100000/1"'
-        limits = "\n".join(
-            f"{name} = {generous}"
-            for name in (
-                "sign_in_per_account",
-                "sign_in_per_address",
-                "sign_up_per_address",
-                "claims_per_account",
-                "claims_per_address",
-                "claims_per_device",
-                "confirm_per_address",
-                "confirm_per_device",
-            )
-        )
+        # The secret key and the broker's admin password come from the environment (env).
         self.config.write_text(
-            f'database_url = "sqlite:///{self.directory / "relay.db"}"\n'
-            f'[http]\nhost = "{LOOPBACK}"\nport = {self.port}\n'
-            f'[broker]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
-            f'username = "{self.broker.admin_username}"\n'
-            f'public_host = "{self.broker.host}"\npublic_port = {self.broker.port}\n'
-            "public_tls = false\n"
-            "[argon2]\ntime_cost = 1\nmemory_cost_kib = 256\nparallelism = 1\n"
-            f"[limits]\n{limits}\n",
+            relay_toml(
+                f"sqlite:///{self.directory / 'relay.db'}",
+                self.broker,
+                http_port=self.port,
+                public_host=self.broker.host,
+                generous_limits=True,
+            ),
             encoding="utf-8",
         )
         self.process = Process.start(

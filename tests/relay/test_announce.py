@@ -22,8 +22,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from cloud_relay.announce import SERVICE_TYPE
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.ports import free_port
-
-from .config_file import relay_toml
+from tests.plugins.relay_toml import relay_toml
 
 REPO = Path(__file__).parents[2]
 

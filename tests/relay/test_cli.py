@@ -14,8 +14,8 @@ from iob_protocol.canonical import b64url_encode
 from cloud_relay.broker import DeviceCredential
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.relay_toml import relay_toml
 
-from .config_file import relay_toml
 from .helpers import FakeDevice
 from .mqtt import client_exists
 

@@ -28,8 +28,8 @@ from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.broker.reconcile import device_rolename
 from cloud_relay.config import load_config
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_command
+from tests.plugins.relay_toml import relay_toml
 
-from .config_file import relay_toml
 from .conftest import AppFactory
 from .helpers import FakeDevice
 from .mqtt import client_exists, connect_code
