@@ -42,6 +42,7 @@ from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 
+from custom_components.iot_onboard import commit_engine
 from custom_components.iot_onboard.account_client import (
     AccountClient,
     ClaimRejectedError,
@@ -421,6 +422,7 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
     hass: HomeAssistant,
     short_timer_services: tuple[AccountService, Device],
     ha_hears_the_service: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every answer to the device's confirmations is lost for its whole commit timer: the
     device rolls back (RELAY_UNREACHABLE) while the service records it as the household's.
@@ -431,8 +433,16 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
     yet the device, hearing nothing, rolls back. Either way a new flow for the same device
     (the household's own) gets a claim instead of ``already_owned``, the device confirms it,
     and the flow ends with the device added and online.
+
+    Home Assistant long-polls the device's status, which answers when its commit ends. In
+    ``ha_hears`` the device commits for longer than one long poll (its 3-s timer against a
+    1-s wait, as a real device's 180-s timer against the 10-s wait), so Home Assistant checks
+    the claim in between and finds it owned. In ``ha_cut_off`` the 10-s wait outlasts the
+    timer and the claim checks are lost: the device's own verdict is what the flow shows.
     """
     relay, device = short_timer_services
+    if ha_hears_the_service:
+        monkeypatch.setattr(commit_engine, "STATUS_WAIT", 1)
     # Cut off: Home Assistant's claim checks lose their answers too, all but the first (the
     # flow's check that its claim is still pending, before it hands the token over).
     also, skip = ((), 0) if ha_hears_the_service else (("GET /v1/claims/",), 1)
