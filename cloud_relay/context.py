@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from iob_protocol.account_api import MqttCredentials
@@ -43,22 +43,11 @@ class Limiters:
     def from_config(cls, config: RelayConfig) -> Limiters:
         """Build every limiter from ``config.limits``."""
         limits = config.limits
+        # A budget added to RateLimits but not here fails at start (an unexpected argument).
         return cls(
             **{
-                name: RateLimiter(name, getattr(limits, name))
-                for name in (
-                    "sign_in_per_account",
-                    "sign_in_per_address",
-                    "sign_up_per_address",
-                    "claims_per_account",
-                    "claims_per_address",
-                    "claims_per_device",
-                    "confirm_per_address",
-                    "confirm_per_device",
-                    "key_lookups_per_account",
-                    "key_lookups_per_address",
-                    "key_lookups_per_device",
-                )
+                budget.name: RateLimiter(budget.name, getattr(limits, budget.name))
+                for budget in fields(limits)
             }
         )
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from tests.plugins.mosquitto import MosquittoBroker
 
-#: Every budget of the service's ``[limits]`` (cloud_relay.config.RateLimits).
+#: Every budget of the service's ``[limits]``: the fields of cloud_relay.config.RateLimits, named
+#: here because this module may not import it (tests/plugins/test_relay_toml.py checks them).
 RATE_LIMITS = (
     "sign_in_per_account",
     "sign_in_per_address",
@@ -20,6 +21,9 @@ RATE_LIMITS = (
     "claims_per_device",
     "confirm_per_address",
     "confirm_per_device",
+    "key_lookups_per_account",
+    "key_lookups_per_address",
+    "key_lookups_per_device",
 )
 
 
