@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.portfile import write_port_file
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
 from .actions import Action, Actions
@@ -370,13 +371,10 @@ class Agent:
 
 
 def _write_port_file(path: Path, document: Mapping[str, int | None]) -> None:
-    """Write the port file under a temporary name and rename it: readers never see half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write the port file atomically (iob_protocol.portfile): readers never see half."""
     try:
-        temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
-        temporary.replace(path)
+        write_port_file(path, document)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
         raise ConfigError(
             f"cannot write the port file {path}: {err.strerror or err}; "
             "choose a writable path (--port-file or port_file)"

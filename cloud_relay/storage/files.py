@@ -10,11 +10,12 @@ A directory the operator made stays as it is (it may be shared: the default
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 from typing import Final
+
+from iob_protocol.portfile import write_port_file as write_shared_port_file
 
 from cloud_relay.errors import ConfigError
 
@@ -76,15 +77,11 @@ def prepare_sqlite_files(database: Path) -> None:
 
 
 def write_port_file(path: Path, document: dict[str, int]) -> None:
-    """``serve --port-file``: the JSON ``document`` under a temporary name, then renamed.
+    """``serve --port-file``: the JSON ``document``, written atomically once the port is bound.
 
-    A reader polling the path never sees half a file, nor a port nobody answers on (it is
-    written once the port is bound).
+    A reader polling the path never sees half a file, nor a port nobody answers on.
     """
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        partial.write_text(json.dumps(document) + "\n", encoding="utf-8")
-        partial.replace(path)
+        write_shared_port_file(path, document)
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the port file {path}: {err.strerror or err}") from err
