@@ -24,7 +24,7 @@ from custom_components.iot_onboard import (
 )
 from custom_components.iot_onboard.const import DOMAIN
 from tests.integration.fake_account import FakeAccountService
-from tests.integration.onboarding_services import AccountService
+from tests.integration.onboarding_services import AccountService, Device, running_services
 from tests.integration.runtime_helpers import OPERATOR, DeviceProcesses, RealAccount
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess
 
@@ -68,6 +68,21 @@ def _account_service(directory: Path, broker: MosquittoBroker) -> Iterator[Accou
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture
+def services(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[AccountService, Device]]:
+    """A provisioned device in the registry and the account service, both running as
+    subprocesses (tests/integration/onboarding_services.py); stopped by pid.
+
+    Indirectly parametrized with a name, the device has that name (its ``name`` setting).
+    """
+    with running_services(
+        tmp_path, mosquitto_broker, name=getattr(request, "param", None)
+    ) as running:
+        yield running
 
 
 @asynccontextmanager

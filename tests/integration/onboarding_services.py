@@ -1,14 +1,17 @@
-"""The real account service and the real device agent as subprocesses on 127.0.0.1.
+"""The real account service and the real device agent as subprocesses on 127.0.0.1, and the
+config-flow steps the end-to-end tests take with them.
 
-Used by test_onboarding_e2e.py. Both are started with the interpreter running the tests
-(``python -m cloud_relay serve`` and ``python -m device_firmware run`` with a simulated Wi-Fi
-environment), each with its own config and data directory, and stopped by pid. Nothing here
-imports ``cloud_relay``, ``device_firmware`` or the top-level ``iob_protocol``: the HA test
-process only ever sees the integration's own copy of the protocol package.
+Used by test_onboarding_e2e.py, test_ble_onboarding_e2e.py and test_diagnostics.py. Both
+programs are started with the interpreter running the tests (``python -m cloud_relay serve``
+and ``python -m device_firmware run`` with a simulated Wi-Fi environment), each with its own
+config and data directory, and stopped by pid. Nothing here imports ``cloud_relay``,
+``device_firmware`` or the top-level ``iob_protocol``: the HA test process only ever sees the
+integration's own copy of the protocol package.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -17,10 +20,33 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
+import pytest
+from homeassistant.config_entries import (
+    SOURCE_RECONFIGURE,
+    SOURCE_ZEROCONF,
+    ConfigEntry,
+    ConfigFlowResult,
+)
+from homeassistant.core import HomeAssistant
+from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+
+from custom_components.iot_onboard.const import CONF_HOUSEHOLD_ID, DOMAIN
+from custom_components.iot_onboard.device_client import DeviceClient
+from custom_components.iot_onboard.helpers import device_entry
+from custom_components.iot_onboard.iob_protocol import (
+    SetupCode,
+    b64url_decode,
+    public_key_fingerprint,
+)
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.relay_toml import relay_toml
 
@@ -30,6 +56,11 @@ STOP_TIMEOUT = 10.0
 HOME_SSID = "HomeNet"
 HOME_PASSPHRASE = "correct horse battery"  # noqa: S105 - the simulated network's
 LOOPBACK = "127.0.0.1"
+#: The simulated Wi-Fi around the device: the household's network and an open café.
+NETWORKS: Final = [
+    {"ssid": HOME_SSID, "passphrase": HOME_PASSPHRASE, "strength": 80},
+    {"ssid": "Cafe", "strength": 40},
+]
 
 
 class ServiceError(RuntimeError):
@@ -345,3 +376,169 @@ class Device:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+
+@contextmanager
+def running_services(
+    directory: Path,
+    broker: MosquittoBroker,
+    *,
+    ble_bridge: bool = False,
+    commit_timeout: int | None = None,
+    name: str | None = None,
+) -> Iterator[tuple[AccountService, Device]]:
+    """A provisioned device in the registry, both programs running (the device's options as
+    :meth:`Device.start`'s); stopped by pid."""
+    relay = AccountService(directory / "relay", broker)
+    device = Device(directory / "device")
+    try:
+        device.provision()
+        relay.start()
+        relay.import_records(device.record_file)
+        device.start(NETWORKS, ble_bridge=ble_bridge, commit_timeout=commit_timeout, name=name)
+        yield relay, device
+    finally:
+        device.stop()
+        relay.stop()
+
+
+# --- the config-flow steps ----------------------------------------------------------------------
+
+
+def qr_text(device: Device) -> str:
+    """What a phone camera reads off the label: rebuilt from the factory's files."""
+    label = device.label()
+    setup = SetupCode.from_json(label["setup_code"])
+    fingerprint = public_key_fingerprint(b64url_decode(label["factory"]["public_key"]))
+    return setup.qr_payload(fingerprint).format()
+
+
+async def discovery_of(hass: HomeAssistant, device: Device) -> ZeroconfServiceInfo:
+    """The zeroconf record, from the device's own advertisement data (no multicast)."""
+    info = await DeviceClient(
+        LOOPBACK, device.port, session=async_get_clientsession(hass)
+    ).fetch_info()
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(LOOPBACK),
+        ip_addresses=[ip_address(LOOPBACK)],
+        port=device.port,
+        hostname=f"iob-{info.device_id.lower()}.local.",
+        type="_iot-onboard._tcp.local.",
+        name=f"iob-{info.device_id}._iot-onboard._tcp.local.",
+        properties={
+            "id": info.device_id,
+            "model": info.model,
+            "firmware": info.firmware_version,
+            "state": info.state,
+            "protocol": str(info.protocol_version),
+            # As the agent advertises it: only when the device has a name.
+            **({"name": info.name} if info.name else {}),
+        },
+    )
+
+
+async def discovered(hass: HomeAssistant, device: Device) -> ConfigFlowResult:
+    """The flow zeroconf starts for ``device``, confirmed by the user: its sign-in form."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=await discovery_of(hass, device)
+    )
+    assert result["step_id"] == "discovery_confirm", result
+    return await hass.config_entries.flow.async_configure(result["flow_id"], {})
+
+
+async def sign_up(
+    hass: HomeAssistant, flow_id: str, account_url: str, household_name: str = "Home"
+) -> ConfigFlowResult:
+    """The sign-in form filled in by a new user: a new account (its own e-mail address and
+    password) and, with it, the household ``household_name``."""
+    return await hass.config_entries.flow.async_configure(
+        flow_id,
+        {
+            "account_url": account_url,
+            "email": f"user-{secrets.token_hex(4)}@example.com",
+            "password": secrets.token_urlsafe(16),
+            "create_account": True,
+            "household_name": household_name,
+        },
+    )
+
+
+def network_option(result: ConfigFlowResult, ssid: str = HOME_SSID) -> str:
+    """The Wi-Fi form's choice for the network ``ssid`` (its label starts with the name)."""
+    assert result.get("step_id") == "wifi", result
+    schema = result["data_schema"]
+    assert schema is not None
+    options = schema.schema["network"].config["options"]
+    value: str = next(option["value"] for option in options if option["label"].startswith(ssid))
+    return value
+
+
+async def submit_wifi(
+    hass: HomeAssistant,
+    result: ConfigFlowResult,
+    passphrase: str | None = HOME_PASSPHRASE,
+    ssid: str = HOME_SSID,
+) -> ConfigFlowResult:
+    """The Wi-Fi form answered with ``ssid`` and ``passphrase`` (None: an open network); what
+    the flow shows once the device's commit has ended."""
+    flow_id = result["flow_id"]
+    answer = {"network": network_option(result, ssid)}
+    if passphrase is not None:
+        answer["passphrase"] = passphrase
+    progress = await hass.config_entries.flow.async_configure(flow_id, answer)
+    assert progress["type"] is FlowResultType.SHOW_PROGRESS, progress
+    return await after_progress(hass, flow_id)
+
+
+async def after_progress(hass: HomeAssistant, flow_id: str) -> ConfigFlowResult:
+    """Wait for the provisioning task (real HTTP to both services), then read the next step."""
+    await hass.async_block_till_done()
+    return await hass.config_entries.flow.async_configure(flow_id)
+
+
+async def settled_status(device: Device) -> dict[str, Any]:
+    """The device's ``status`` once it no longer commits (its commit ends by itself)."""
+    for _ in range(600):
+        status = await asyncio.to_thread(device.status)
+        if status["phase"] != "committing":
+            break
+        await asyncio.sleep(0.05)
+    return status
+
+
+async def change_wifi(hass: HomeAssistant, entry: ConfigEntry, device: Device) -> None:
+    """Later the household's Wi-Fi changes.
+
+    A short press of the device's button opens its window for its owner only; the
+    reconfigure flow opens the session with the owner secret it kept (no label) and moves the
+    device to the café network. Ownership stays.
+    """
+    household_id = entry.data[CONF_HOUSEHOLD_ID]
+    await press_button(hass, device)
+    onboarded = device_entry(hass, device.device_id)
+    assert onboarded is not None
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": onboarded.entry_id}
+    )
+    assert result["step_id"] == "device_select", result
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"host": LOOPBACK, "port": device.port}
+    )
+    result = await submit_wifi(hass, result, passphrase=None, ssid="Cafe")
+    assert result["type"] is FlowResultType.ABORT, result
+    assert result["reason"] == "wifi_changed"
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["household_id"]) == ("online", household_id)
+    assert status["wifi_ssid"] == "Cafe"
+
+
+async def press_button(hass: HomeAssistant, device: Device) -> None:
+    """SIGUSR1 is the agent's button; wait until its window admits a session."""
+    assert device.process is not None
+    os.kill(device.process.popen.pid, signal.SIGUSR1)
+    client = DeviceClient(LOOPBACK, device.port, session=async_get_clientsession(hass))
+    for _ in range(600):
+        if (await client.fetch_info()).window == "open":
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("the device's window did not open after the button press")

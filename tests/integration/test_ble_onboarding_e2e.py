@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -40,21 +39,19 @@ from custom_components.iot_onboard.iob_protocol.ble import SERVICE_UUID
 from tests.integration.ble_bridge import BleBridgeClient, BridgeError
 from tests.integration.fake_ble import ble_device
 from tests.integration.onboarding_services import (
-    HOME_PASSPHRASE,
     HOME_SSID,
     LOOPBACK,
     AccountService,
     Device,
+    qr_text,
+    running_services,
+    sign_up,
+    submit_wifi,
 )
 from tests.integration.runtime_helpers import wait_for
-from tests.integration.test_onboarding_e2e import qr_text
 from tests.plugins.mosquitto import MosquittoBroker
 
 ADDRESS = "AA:BB:CC:00:00:01"
-NETWORKS = [
-    {"ssid": HOME_SSID, "passphrase": HOME_PASSPHRASE, "strength": 80},
-    {"ssid": "Cafe", "strength": 40},
-]
 #: The smallest ATT MTU: every frame travels in many chunks both ways.
 MTU = 23
 
@@ -64,17 +61,8 @@ def services(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> Iterator[tuple[AccountService, Device]]:
     """A provisioned device with its BLE bridge, and the account service; stopped by pid."""
-    relay = AccountService(tmp_path / "relay", mosquitto_broker)
-    device = Device(tmp_path / "device")
-    try:
-        device.provision()
-        relay.start()
-        relay.import_records(device.record_file)
-        device.start(NETWORKS, ble_bridge=True)
-        yield relay, device
-    finally:
-        device.stop()
-        relay.stop()
+    with running_services(tmp_path, mosquitto_broker, ble_bridge=True) as running:
+        yield running
 
 
 class BridgeBleakClient:
@@ -194,34 +182,14 @@ async def test_bluetooth_onboarding_of_the_real_device(
         flow_id = flow["flow_id"]
         result = await hass.config_entries.flow.async_configure(flow_id, {})
         assert result["step_id"] == "account"
-        result = await hass.config_entries.flow.async_configure(
-            flow_id,
-            {
-                "account_url": relay.url,
-                "email": f"ada-{secrets.token_hex(4)}@example.com",
-                "password": secrets.token_urlsafe(16),
-                "create_account": True,
-                "household_name": "Home",
-            },
-        )
+        result = await sign_up(hass, flow_id, relay.url)
         assert result["step_id"] == "credentials", result
         result = await hass.config_entries.flow.async_configure(
             flow_id, {"setup_code": qr_text(device)}
         )
         assert result["step_id"] == "wifi", result
         assert connector.all_closed  # let go while the user picks the network
-        assert result["data_schema"] is not None
-        network = next(
-            option["value"]
-            for option in result["data_schema"].schema["network"].config["options"]
-            if option["label"].startswith(HOME_SSID)
-        )
-        result = await hass.config_entries.flow.async_configure(
-            flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
-        )
-        assert result["type"] is FlowResultType.SHOW_PROGRESS
-        await hass.async_block_till_done()
-        result = await hass.config_entries.flow.async_configure(flow_id)
+        result = await submit_wifi(hass, result)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         await hass.async_block_till_done()
         assert connector.all_closed

@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import pytest
-from homeassistant.config_entries import SOURCE_ZEROCONF
 from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
@@ -34,9 +33,17 @@ from custom_components.iot_onboard.iob_protocol import (
 )
 from custom_components.iot_onboard.iob_protocol.attempts import Step
 from custom_components.iot_onboard.wifi_memory import RememberedWifi
-from tests.integration import test_onboarding_e2e as e2e
 from tests.integration.fake_account import FakeAccountService
-from tests.integration.onboarding_services import HOME_PASSPHRASE, HOME_SSID, AccountService, Device
+from tests.integration.onboarding_services import (
+    HOME_PASSPHRASE,
+    AccountService,
+    Device,
+    change_wifi,
+    discovered,
+    qr_text,
+    sign_up,
+    submit_wifi,
+)
 from tests.integration.runtime_helpers import DeviceProcesses, setup_entry, start_device, wait_for
 
 
@@ -109,8 +116,6 @@ async def test_diagnostics_redact_the_remembered_wifi(
 
 # --- the onboarding attempts the setup dialog saw -----------------------------------------------
 
-#: The real device and account service of the end-to-end tests (a fixture, by assignment).
-services = e2e.services
 WRONG_PASSPHRASE = "not the password"  # noqa: S105 - test data
 
 
@@ -151,22 +156,9 @@ async def test_diagnostics_show_the_onboarding_attempts_step_by_step(
     attempt with its steps, times and codes, in the device's format; no secret anywhere."""
     caplog.set_level(logging.DEBUG, logger="custom_components.iot_onboard.attempts")
     relay, device = services
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=await e2e.discovery_of(hass, device)
-    )
-    flow_id = result["flow_id"]
-    await hass.config_entries.flow.async_configure(flow_id, {})
+    flow_id = (await discovered(hass, device))["flow_id"]
     # One sign-in form: the new account's household is created with it.
-    result = await hass.config_entries.flow.async_configure(
-        flow_id,
-        {
-            "account_url": relay.url,
-            "email": "ada@example.com",
-            "password": "ada-password-1234",
-            "create_account": True,
-            "household_name": "Home",
-        },
-    )
+    result = await sign_up(hass, flow_id, relay.url)
     assert result["step_id"] == "credentials", result
     # The label's QR code with another setup secret: the device refuses the handshake.
     label = device.label()
@@ -174,25 +166,15 @@ async def test_diagnostics_show_the_onboarding_attempts_step_by_step(
     wrong_code = SetupCode.generate(device.device_id).qr_payload(fingerprint).format()
     result = await hass.config_entries.flow.async_configure(flow_id, {"setup_code": wrong_code})
     assert result["step_id"] == "credentials", result
-    right_code = e2e.qr_text(device)
+    right_code = qr_text(device)
     result = await hass.config_entries.flow.async_configure(flow_id, {"setup_code": right_code})
-    assert result["step_id"] == "wifi", result
-    assert result["data_schema"] is not None
-    network = next(
-        option["value"]
-        for option in result["data_schema"].schema["network"].config["options"]
-        if option["label"].startswith(HOME_SSID)
-    )
     for passphrase in (WRONG_PASSPHRASE, HOME_PASSPHRASE):
-        await hass.config_entries.flow.async_configure(
-            flow_id, {"network": network, "passphrase": passphrase}
-        )
-        result = await e2e._after_progress(hass, flow_id)
+        result = await submit_wifi(hass, result, passphrase)
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     entry = household_entry(hass, result["result"].data[CONF_HOUSEHOLD_ID])
     assert entry is not None
     await hass.async_block_till_done()
-    await e2e._change_wifi(hass, entry, device)
+    await change_wifi(hass, entry, device)
 
     diagnostics = await async_get_config_entry_diagnostics(hass, entry)
     attempts = diagnostics["onboarding_attempts"]

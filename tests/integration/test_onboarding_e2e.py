@@ -20,19 +20,14 @@ test's Mosquitto through dynamic security) run as subprocesses on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
 from collections.abc import Iterator
-from ipaddress import ip_address
 from pathlib import Path
 
 import aiohttp
 import pytest
 from homeassistant.config_entries import (
-    SOURCE_RECONFIGURE,
     SOURCE_USER,
-    SOURCE_ZEROCONF,
     ConfigEntry,
     ConfigEntryState,
     ConfigFlowResult,
@@ -40,7 +35,6 @@ from homeassistant.config_entries import (
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
-from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 
 from custom_components.iot_onboard import commit_engine
 from custom_components.iot_onboard.account_client import (
@@ -76,67 +70,17 @@ from tests.integration.onboarding_services import (
     LOOPBACK,
     AccountService,
     Device,
+    change_wifi,
+    discovered,
+    discovery_of,
+    qr_text,
+    running_services,
+    settled_status,
+    sign_up,
+    submit_wifi,
 )
 from tests.plugins.lossy_proxy import lossy_proxy
 from tests.plugins.mosquitto import MosquittoBroker
-
-NETWORKS = [
-    {"ssid": HOME_SSID, "passphrase": HOME_PASSPHRASE, "strength": 80},
-    {"ssid": "Cafe", "strength": 40},
-]
-
-
-@pytest.fixture
-def services(
-    mosquitto_broker: MosquittoBroker, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[AccountService, Device]]:
-    """A provisioned device in the registry, both programs running; stopped by pid.
-
-    Indirectly parametrized with a name, the device has that name (its ``name`` setting).
-    """
-    relay = AccountService(tmp_path / "relay", mosquitto_broker)
-    device = Device(tmp_path / "device")
-    try:
-        device.provision()
-        relay.start()
-        relay.import_records(device.record_file)
-        device.start(NETWORKS, name=getattr(request, "param", None))
-        yield relay, device
-    finally:
-        device.stop()
-        relay.stop()
-
-
-def qr_text(device: Device) -> str:
-    """What a phone camera reads off the label: rebuilt from the factory's files."""
-    label = device.label()
-    setup = SetupCode.from_json(label["setup_code"])
-    fingerprint = public_key_fingerprint(b64url_decode(label["factory"]["public_key"]))
-    return setup.qr_payload(fingerprint).format()
-
-
-async def discovery_of(hass: HomeAssistant, device: Device) -> ZeroconfServiceInfo:
-    """The zeroconf record, from the device's own advertisement data (no multicast)."""
-    info = await DeviceClient(
-        LOOPBACK, device.port, session=async_get_clientsession(hass)
-    ).fetch_info()
-    return ZeroconfServiceInfo(
-        ip_address=ip_address(LOOPBACK),
-        ip_addresses=[ip_address(LOOPBACK)],
-        port=device.port,
-        hostname=f"iob-{info.device_id.lower()}.local.",
-        type="_iot-onboard._tcp.local.",
-        name=f"iob-{info.device_id}._iot-onboard._tcp.local.",
-        properties={
-            "id": info.device_id,
-            "model": info.model,
-            "firmware": info.firmware_version,
-            "state": info.state,
-            "protocol": str(info.protocol_version),
-            # As the agent advertises it: only when the device has a name.
-            **({"name": info.name} if info.name else {}),
-        },
-    )
 
 
 def _success_screen(hass: HomeAssistant, created: ConfigEntry, device_id: str) -> ConfigEntry:
@@ -177,27 +121,12 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     assert discovery.properties["id"] == device.device_id
     assert discovery.properties["state"] == "unclaimed"
 
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery
-    )
-    assert result["step_id"] == "discovery_confirm"
-    flow_id = result["flow_id"]
-    forms = [result["step_id"]]
     # No household in Home Assistant yet: sign up to the account service inside this flow;
     # the new account has no household, so the one sign-in form creates it too.
-    result = await hass.config_entries.flow.async_configure(flow_id, {})
-    forms.append(result["step_id"])  # the sign-in
-    email = f"ada-{secrets.token_hex(4)}@example.com"
-    result = await hass.config_entries.flow.async_configure(
-        flow_id,
-        {
-            "account_url": relay.url,
-            "email": email,
-            "password": secrets.token_urlsafe(16),
-            "create_account": True,
-            "household_name": "Home",
-        },
-    )
+    result = await discovered(hass, device)  # past its confirm form
+    flow_id = result["flow_id"]
+    forms = ["discovery_confirm", result["step_id"]]  # the sign-in
+    result = await sign_up(hass, flow_id, relay.url)
     forms.append(result["step_id"])  # the setup code
     assert offered_name(result) == named
     result = await hass.config_entries.flow.async_configure(
@@ -206,29 +135,16 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     assert result["step_id"] == "wifi", result
     # Issue 15 item 10: at most three forms before the Wi-Fi step for the first device.
     assert forms == ["discovery_confirm", "account", "credentials"]
-    assert result["data_schema"] is not None
-    network = next(
-        option["value"]
-        for option in result["data_schema"].schema["network"].config["options"]
-        if option["label"].startswith(HOME_SSID)
-    )
 
     # A wrong password: the device tries, rolls back, and says why over the same session.
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"network": network, "passphrase": "not the password"}
-    )
-    assert result["type"] is FlowResultType.SHOW_PROGRESS
-    result = await _after_progress(hass, flow_id)
+    result = await submit_wifi(hass, result, "not the password")
     assert result["step_id"] == "wifi"
     assert result["errors"] == {"base": DiagnosticCode.WIFI_AUTH_FAILED.value.lower()}
     status = await asyncio.to_thread(device.status)
     assert (status["phase"], status["household_id"]) == ("provisioning", None)
 
     # The right one: joined, claim confirmed by the device, household entry created.
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
-    )
-    result = await _after_progress(hass, flow_id)
+    result = await submit_wifi(hass, result)
     assert (result["type"], result.get("title")) == (FlowResultType.CREATE_ENTRY, named), result
     # The success screen is the device entry's (HA lists the devices of that entry, with the
     # area picker); the household entry (the hub) was created just before it.
@@ -261,60 +177,7 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     await hass.async_block_till_done()
     assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
-    await _change_wifi(hass, entry, device)
-
-
-async def _change_wifi(hass: HomeAssistant, entry: ConfigEntry, device: Device) -> None:
-    """Later the household's Wi-Fi changes.
-
-    A short press of the device's button opens its window for its owner only; the
-    reconfigure flow opens the session with the owner secret it kept (no label) and moves the
-    device to the café network. Ownership stays.
-    """
-    household_id = entry.data[CONF_HOUSEHOLD_ID]
-    await _press_button(hass, device)
-    onboarded = device_entry(hass, device.device_id)
-    assert onboarded is not None
-    result = await hass.config_entries.flow.async_init(
-        DOMAIN, context={"source": SOURCE_RECONFIGURE, "entry_id": onboarded.entry_id}
-    )
-    assert result["step_id"] == "device_select", result
-    flow_id = result["flow_id"]
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"host": LOOPBACK, "port": device.port}
-    )
-    assert result["step_id"] == "wifi", result
-    assert result["data_schema"] is not None
-    cafe = next(
-        option["value"]
-        for option in result["data_schema"].schema["network"].config["options"]
-        if option["label"].startswith("Cafe")
-    )
-    result = await hass.config_entries.flow.async_configure(flow_id, {"network": cafe})
-    result = await _after_progress(hass, flow_id)
-    assert result["type"] is FlowResultType.ABORT, result
-    assert result["reason"] == "wifi_changed"
-    status = await asyncio.to_thread(device.status)
-    assert (status["phase"], status["household_id"]) == ("online", household_id)
-    assert status["wifi_ssid"] == "Cafe"
-
-
-async def _press_button(hass: HomeAssistant, device: Device) -> None:
-    """SIGUSR1 is the agent's button; wait until its window admits a session."""
-    assert device.process is not None
-    os.kill(device.process.popen.pid, signal.SIGUSR1)
-    client = DeviceClient(LOOPBACK, device.port, session=async_get_clientsession(hass))
-    for _ in range(600):
-        if (await client.fetch_info()).window == "open":
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail("the device's window did not open after the button press")
-
-
-async def _after_progress(hass: HomeAssistant, flow_id: str) -> ConfigFlowResult:
-    """Wait for the provisioning task (real HTTP to both services), then read the next step."""
-    await hass.async_block_till_done()
-    return await hass.config_entries.flow.async_configure(flow_id)
+    await change_wifi(hass, entry, device)
 
 
 async def test_a_lost_claim_answer_still_ends_in_the_household(
@@ -325,48 +188,20 @@ async def test_a_lost_claim_answer_still_ends_in_the_household(
     the same grant, and the flow ends with the device in the new household, online."""
     relay, device = services
     async with lossy_proxy(LOOPBACK, relay.port, drop=1) as proxy:
-        discovery = await discovery_of(hass, device)
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery
-        )
-        flow_id = result["flow_id"]
-        result = await hass.config_entries.flow.async_configure(flow_id, {})
-        result = await hass.config_entries.flow.async_configure(
-            flow_id,
-            {
-                # HA and the device both reach the service through the proxy; only the
-                # device posts confirmations, so only its answer is lost.
-                "account_url": proxy.url,
-                "email": f"lin-{secrets.token_hex(4)}@example.com",
-                "password": secrets.token_urlsafe(16),
-                "create_account": True,
-                "household_name": "Home",
-            },
-        )
+        flow_id = (await discovered(hass, device))["flow_id"]
+        # HA and the device both reach the service through the proxy; only the device posts
+        # confirmations, so only its answer is lost.
+        await sign_up(hass, flow_id, proxy.url)
         result = await hass.config_entries.flow.async_configure(
             flow_id, {"setup_code": qr_text(device)}
         )
-        assert result["step_id"] == "wifi", result
-        assert result["data_schema"] is not None
-        network = next(
-            option["value"]
-            for option in result["data_schema"].schema["network"].config["options"]
-            if option["label"].startswith(HOME_SSID)
-        )
-        result = await hass.config_entries.flow.async_configure(
-            flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
-        )
-        result = await _after_progress(hass, flow_id)
+        result = await submit_wifi(hass, result)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         assert proxy.dropped == 1
         entry = result["result"]  # the device's entry
         assert entry.unique_id == device.device_id
         household_id = entry.data[CONF_HOUSEHOLD_ID]
-        for _ in range(600):  # the device finishes its retry by itself
-            status = await asyncio.to_thread(device.status)
-            if status["phase"] != "committing":
-                break
-            await asyncio.sleep(0.05)
+        status = await settled_status(device)  # the device finishes its retry by itself
         assert (status["phase"], status["household_id"]) == ("online", household_id)
         assert proxy.matched == 2  # the lost confirmation and the answered retry
         await hass.async_block_till_done()
@@ -378,22 +213,13 @@ def short_timer_services(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> Iterator[tuple[AccountService, Device]]:
     """As ``services``, with the device's fail-safe commit timer cut to 3 s."""
-    relay = AccountService(tmp_path / "relay", mosquitto_broker)
-    device = Device(tmp_path / "device")
-    try:
-        device.provision()
-        relay.start()
-        relay.import_records(device.record_file)
-        device.start(NETWORKS, commit_timeout=3)
-        yield relay, device
-    finally:
-        device.stop()
-        relay.stop()
+    with running_services(tmp_path, mosquitto_broker, commit_timeout=3) as running:
+        yield running
 
 
 async def _manual_add(hass: HomeAssistant, device: Device) -> ConfigFlowResult:
-    """The household entry exists: add the device by address and typed code, up to ``wifi``
-    submitted with the right password (the provisioning progress is running)."""
+    """The household entry exists: add the device by address and typed code, then the Wi-Fi
+    with the right password; what the flow shows once the device's commit has ended."""
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["type"] is FlowResultType.MENU, result
     flow_id = result["flow_id"]
@@ -403,18 +229,7 @@ async def _manual_add(hass: HomeAssistant, device: Device) -> ConfigFlowResult:
     result = await hass.config_entries.flow.async_configure(
         flow_id, {"host": LOOPBACK, "port": device.port, "setup_code": device.manual_code}
     )
-    assert result.get("step_id") == "wifi", result
-    assert result["data_schema"] is not None
-    network = next(
-        option["value"]
-        for option in result["data_schema"].schema["network"].config["options"]
-        if option["label"].startswith(HOME_SSID)
-    )
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
-    )
-    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
-    return result
+    return await submit_wifi(hass, result)
 
 
 @pytest.mark.parametrize("ha_hears_the_service", [False, True], ids=["ha_cut_off", "ha_hears"])
@@ -448,24 +263,14 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
     also, skip = ((), 0) if ha_hears_the_service else (("GET /v1/claims/",), 1)
     async with lossy_proxy(LOOPBACK, relay.port, drop=1_000_000, also=also, skip=skip) as proxy:
         result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-        result = await hass.config_entries.flow.async_configure(
-            result["flow_id"],
-            {
-                "account_url": proxy.url,
-                "email": f"rae-{secrets.token_hex(4)}@example.com",
-                "password": secrets.token_urlsafe(16),
-                "create_account": True,
-                "household_name": "Home",
-            },
-        )
+        result = await sign_up(hass, result["flow_id"], proxy.url)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         entry = result["result"]
         household_id = entry.data[CONF_HOUSEHOLD_ID]
         await hass.async_block_till_done()
 
         # First flow: the service commits every confirmation, the device hears none of it.
-        first = await _manual_add(hass, device)
-        result = await _after_progress(hass, first["flow_id"])
+        result = await _manual_add(hass, device)
         if ha_hears_the_service:
             assert result["type"] is FlowResultType.CREATE_ENTRY, result
             assert result["result"].unique_id == device.device_id
@@ -477,13 +282,10 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
                 {"base": DiagnosticCode.RELAY_UNREACHABLE.value.lower()},
                 {"base": "account_unreachable"},
             ), result
-            hass.config_entries.flow.async_abort(first["flow_id"])  # the user closes it
+            hass.config_entries.flow.async_abort(result["flow_id"])  # the user closes it
         await hass.async_block_till_done()
-        for _ in range(600):  # the device's timer runs out, it rolls back by itself
-            status = await asyncio.to_thread(device.status)
-            if status["phase"] != "committing":
-                break
-            await asyncio.sleep(0.05)
+        # The device's timer runs out, it rolls back by itself.
+        status = await settled_status(device)
         assert status["phase"] in {"unclaimed", "provisioning"}, status
         assert status["household_id"] is None, status
         assert proxy.dropped >= 1
@@ -499,8 +301,7 @@ async def test_every_answer_lost_then_a_new_flow_onboards_into_the_same_househol
         stale_record = None if stale is None else dict(stale.data)
         assert (stale_record is not None) is ha_hears_the_service
         proxy.drop = proxy.armed
-        second = await _manual_add(hass, device)
-        result = await _after_progress(hass, second["flow_id"])
+        result = await _manual_add(hass, device)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         household = _success_screen(hass, result["result"], device.device_id)
         assert household.entry_id == entry.entry_id
@@ -527,41 +328,14 @@ async def test_manual_add_by_address_and_typed_code(
     relay, device = services
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["step_id"] == "account"
-    result = await hass.config_entries.flow.async_configure(
-        result["flow_id"],
-        {
-            "account_url": relay.url,
-            "email": f"bo-{secrets.token_hex(4)}@example.com",
-            "password": secrets.token_urlsafe(16),
-            "create_account": True,
-            "household_name": "Flat",
-        },
-    )
+    result = await sign_up(hass, result["flow_id"], relay.url, household_name="Flat")
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     entry = result["result"]
+    assert entry.title == "Flat"
     await hass.async_block_till_done()
     running = entry.runtime_data  # a reload of the household entry would build a new one
 
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
-    assert result["type"] is FlowResultType.MENU
-    flow_id = result["flow_id"]
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"next_step_id": "manual_device"}
-    )
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"host": LOOPBACK, "port": device.port, "setup_code": device.manual_code}
-    )
-    assert result["step_id"] == "wifi", result
-    assert result["data_schema"] is not None
-    network = next(
-        option["value"]
-        for option in result["data_schema"].schema["network"].config["options"]
-        if option["label"].startswith(HOME_SSID)
-    )
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
-    )
-    result = await _after_progress(hass, flow_id)
+    result = await _manual_add(hass, device)
     assert (result["type"], result.get("title")) == (FlowResultType.CREATE_ENTRY, "Kitchen sensor")
     assert result["result"].unique_id == device.device_id
     assert result["result"].data[CONF_HOUSEHOLD_ID] == entry.data[CONF_HOUSEHOLD_ID]
