@@ -13,6 +13,7 @@ from typing import Any
 
 import aiomqtt
 
+from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from tests.plugins.mosquitto import MosquittoBroker
 
 from .failing_broker import FailingBroker
@@ -262,6 +263,28 @@ async def test_a_failed_deletion_leaves_the_household_whole_and_a_retry_complete
     assert reply.status == 200, reply.body
     assert await connect_code(broker, owned["mqtt"]) != 0
     assert await connect_code(broker, hub) != 0
+
+
+async def test_a_crash_between_broker_and_commit_is_completed_by_a_retry(
+    api: Api, broker_adapter: MosquittoDynsecAdapter
+) -> None:
+    owner, home = await api.owner_household()
+    await _hub(api, owner, home)
+    device = await api.device()
+    await api.claim(owner, home, device)
+    # What a deletion that crashed before its commit leaves: the broker calls made, no commit.
+    await broker_adapter.remove_device(device.id)
+    await broker_adapter.remove_hub(home)
+    listed = await api.request("GET", _household_path(home) + "/devices", token=owner.token)
+    assert [d["device_id"] for d in listed.body["devices"]] == [device.id]
+
+    reply = await _delete_household(api, owner, home, "Home")
+    assert reply.status == 200, reply.body
+    assert reply.body["devices_released"] == 1
+    await _gone_for(api, [owner], home)
+    await api.relay.verify_audit()
+    neighbour, other = await api.owner_household()
+    assert (await api.claim(neighbour, other, device))["household_id"] == other
 
 
 async def test_account_export_holds_the_data_and_no_secret(api: Api) -> None:
