@@ -106,6 +106,13 @@ async def remove_household(
             now,
         )
     )
+    # Zero-touch orders for the household lapse with it (ON DELETE SET NULL keeps order_ref).
+    await conn.execute(
+        "UPDATE devices SET preassigned_household_id = NULL, order_ref = NULL, updated_at = $1 "
+        "WHERE preassigned_household_id = $2",
+        now,
+        household_id,
+    )
     had_hub = await conn.fetchval("SELECT 1 FROM hubs WHERE household_id = $1", household_id)
     # Cascades to members, invitations, claims, the hub, shares in and transfers either way.
     await conn.execute("DELETE FROM households WHERE id = $1", household_id)

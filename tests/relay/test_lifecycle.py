@@ -287,6 +287,21 @@ async def test_a_crash_between_broker_and_commit_is_completed_by_a_retry(
     assert (await api.claim(neighbour, other, device))["household_id"] == other
 
 
+async def test_deletion_ends_the_households_zero_touch_orders(api: Api) -> None:
+    owner, home = await api.owner_household()
+    ordered = await api.device()
+    await api.relay.registry.preassign(ordered.id, home, "order-1", "test")
+    await api.request(
+        "DELETE", "/v1/account", json_body={"password": owner.password}, expect=401
+    )  # signed in or nothing
+    reply = await _delete_household(api, owner, home, "Home")
+    assert reply.status == 200, reply.body
+    entry = await api.request(
+        "GET", f"/v1/admin/registry/devices/{ordered.id}", token=(await api.admin()).token
+    )
+    assert (entry.body["preassigned_household_id"], entry.body["order_ref"]) == (None, None)
+
+
 async def test_account_export_holds_the_data_and_no_secret(api: Api) -> None:
     owner, home = await api.owner_household()
     device = await api.device()
