@@ -11,6 +11,9 @@ from .errors import InvalidIdentifierError
 #: Longest device or household id accepted (ids are topic levels, usernames and role names).
 MAX_ID_LENGTH: Final = 128
 HUB_USERNAME_PREFIX: Final = "hub-"
+#: Usernames of a household's credentials for other MQTT tools (Node-RED, Telegraf).
+TOOL_USERNAME_PREFIX: Final = "tool-"
+_RESERVED_PREFIXES: Final = (HUB_USERNAME_PREFIX, TOOL_USERNAME_PREFIX)
 _TOPIC_SPECIAL: Final = frozenset("+#/")
 
 
@@ -50,10 +53,10 @@ def validate_topic_id(value: object, what: str = "id") -> str:
 def validate_device_id(device_id: object) -> str:
     """A topic id that cannot be mistaken for a hub's username."""
     checked = validate_topic_id(device_id, "device id")
-    if checked.startswith(HUB_USERNAME_PREFIX):
+    if checked.startswith(_RESERVED_PREFIXES):
         raise InvalidIdentifierError(
-            f"device id {checked!r} starts with {HUB_USERNAME_PREFIX!r}, which is reserved for "
-            "household hub usernames"
+            f"device id {checked!r} starts with {checked.split('-', 1)[0]!r}-, which is "
+            "reserved for household hub and tool usernames"
         )
     return checked
 
@@ -71,6 +74,11 @@ def device_username(device_id: str) -> str:
 def hub_username(household_id: str) -> str:
     """The MQTT username of a household's hub client (used by its Home Assistant)."""
     return f"{HUB_USERNAME_PREFIX}{household_id}"
+
+
+def tool_username(credential_id: str) -> str:
+    """The MQTT username of a household's credential for another MQTT tool."""
+    return f"{TOOL_USERNAME_PREFIX}{credential_id}"
 
 
 def client_id_of(username: str) -> str:
@@ -120,6 +128,31 @@ class HubCredential:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCredential:
+    """A household's credential for another MQTT tool (Node-RED, Telegraf, ...).
+
+    It reaches what the household's hub reaches (it holds the hub's role, so devices joining
+    or leaving the household need no change to it), read-only unless ``control``; see
+    docs/broker.md.
+    """
+
+    credential_id: str
+    household_id: str
+    control: bool
+    password: str = field(repr=False)
+
+    @property
+    def username(self) -> str:
+        """The MQTT username (``tool-<credential id>``)."""
+        return tool_username(self.credential_id)
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id the broker binds this client to (its username)."""
+        return client_id_of(self.username)
+
+
+@dataclass(frozen=True, slots=True)
 class HubState:
     """A hub client and what it may reach: device id → may it publish commands (control)."""
 
@@ -133,6 +166,8 @@ class BrokerState:
 
     devices: dict[str, DeviceCredential] = field(default_factory=dict)
     hubs: dict[str, HubState] = field(default_factory=dict)
+    #: Tool credentials by credential id; each one's household must be in ``hubs``.
+    tools: dict[str, ToolCredential] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,9 @@ ACL layout (the plugin's default ACL access stays deny for ``publishClientSend``
   may take a client id bound to another client, so nobody can take over another device's (or a
   hub's) session. Its ``textdescription`` is a verifier of its password (see
   :mod:`cloud_relay.broker.reconcile`).
+* a household's tool credential ``tool-<id>`` (Node-RED, Telegraf): its own role
+  ``iob-tool-<id>`` at client priority 1 and the household's hub role, so it reaches what the
+  hub reaches (and follows it as devices come and go) minus what its own role denies.
 * nothing else: IoT Onboard clients hold no groups and no other roles; every other client
   (the admin among them) is never touched.
 
@@ -77,10 +80,13 @@ from .model import (
     DeviceCredential,
     HubCredential,
     ReconcileReport,
+    ToolCredential,
     device_username,
     hub_username,
+    tool_username,
     validate_device_id,
     validate_household_id,
+    validate_topic_id,
 )
 from .reconcile import (
     ObservedClient,
@@ -96,6 +102,8 @@ from .reconcile import (
     plan_principal,
     plan_reconcile,
     plan_removal,
+    tool_principal,
+    tool_rolename,
 )
 
 __all__ = ["CONTROL_TOPIC", "RESPONSE_TOPIC", "MosquittoDynsecAdapter"]
@@ -355,6 +363,18 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         """Delete the hub's client (kicking its live sessions) and its role. Idempotent."""
         checked = validate_household_id(household_id)
         await self._remove(hub_username(checked), hub_rolename(checked))
+
+    async def put_tool(self, credential: ToolCredential) -> None:
+        """Create or update a tool's client: its own role (priority 1) and its hub's role.
+
+        The hub's role must exist (``put_hub`` first), else the broker refuses the client.
+        """
+        await self._put(tool_principal(credential))
+
+    async def remove_tool(self, credential_id: str) -> None:
+        """Delete the tool's client (kicking its live session) and its own role. Idempotent."""
+        checked = validate_topic_id(credential_id, "credential id")
+        await self._remove(tool_username(checked), tool_rolename(checked))
 
     async def kick_hub(self, household_id: str) -> None:
         """Disconnect the hub's live sessions: ``disableClient`` then ``enableClient``.
