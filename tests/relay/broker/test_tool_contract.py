@@ -100,7 +100,7 @@ async def test_control_tool_commands_but_never_factory_resets(
 async def test_tool_follows_the_hub_and_removal_cuts_it_off(
     harness: BrokerHarness, adapter: BrokerAdapter
 ) -> None:
-    dev_a, dev_b = await _home(adapter)
+    _, dev_b = await _home(adapter)
     reader = tool("t1", "home", control=False)
     await adapter.put_tool(reader)
     async with (
