@@ -91,8 +91,24 @@ def client_id_of(username: str) -> str:
     return username
 
 
+class _BoundClient:
+    """A client bound to the client id equal to its username (see :func:`client_id_of`)."""
+
+    __slots__ = ()
+
+    @property
+    def username(self) -> str:
+        """The MQTT username."""
+        raise NotImplementedError
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id the broker binds this client to (its username)."""
+        return client_id_of(self.username)
+
+
 @dataclass(frozen=True, slots=True)
-class DeviceCredential:
+class DeviceCredential(_BoundClient):
     """A device's own MQTT client: it may touch only ``iob/<device_id>/#``."""
 
     device_id: str
@@ -100,17 +116,12 @@ class DeviceCredential:
 
     @property
     def username(self) -> str:
-        """The MQTT username."""
+        """The MQTT username (and client id): the device id."""
         return device_username(self.device_id)
-
-    @property
-    def client_id(self) -> str:
-        """The MQTT client id the broker binds this client to (the device id)."""
-        return client_id_of(self.username)
 
 
 @dataclass(frozen=True, slots=True)
-class HubCredential:
+class HubCredential(_BoundClient):
     """A household's hub client, subscribing to the devices it owns or that are shared with it."""
 
     household_id: str
@@ -118,17 +129,12 @@ class HubCredential:
 
     @property
     def username(self) -> str:
-        """The MQTT username."""
+        """The MQTT username (and client id): ``hub-<household id>``."""
         return hub_username(self.household_id)
-
-    @property
-    def client_id(self) -> str:
-        """The MQTT client id the broker binds this client to (``hub-<household id>``)."""
-        return client_id_of(self.username)
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCredential:
+class ToolCredential(_BoundClient):
     """A household's credential for another MQTT tool (Node-RED, Telegraf, ...).
 
     It reaches what the household's hub reaches (it holds the hub's role, so devices joining
@@ -143,13 +149,8 @@ class ToolCredential:
 
     @property
     def username(self) -> str:
-        """The MQTT username (``tool-<credential id>``)."""
+        """The MQTT username (and client id): ``tool-<credential id>``."""
         return tool_username(self.credential_id)
-
-    @property
-    def client_id(self) -> str:
-        """The MQTT client id the broker binds this client to (its username)."""
-        return client_id_of(self.username)
 
 
 @dataclass(frozen=True, slots=True)

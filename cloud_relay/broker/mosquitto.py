@@ -83,12 +83,11 @@ from .model import (
     ToolCredential,
     device_username,
     hub_username,
-    tool_username,
     validate_device_id,
     validate_household_id,
-    validate_topic_id,
 )
 from .reconcile import (
+    TOOL_ROLE_PREFIX,
     ObservedClient,
     ObservedRole,
     Principal,
@@ -97,13 +96,14 @@ from .reconcile import (
     device_rolename,
     hub_principal,
     hub_rolename,
+    owner_of_role,
     parse_client,
     parse_role,
     plan_principal,
     plan_reconcile,
     plan_removal,
+    tool_names,
     tool_principal,
-    tool_rolename,
 )
 
 __all__ = ["CONTROL_TOPIC", "RESPONSE_TOPIC", "MosquittoDynsecAdapter"]
@@ -360,9 +360,22 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         await self._put(hub_principal(credential, access))
 
     async def remove_hub(self, household_id: str) -> None:
-        """Delete the hub's client (kicking its live sessions) and its role. Idempotent."""
+        """Delete the hub's client (kicking its live sessions) and its role. Idempotent.
+
+        The household's tool clients hold the hub's role and are deleted first: Mosquitto
+        2.0.11's ``deleteRole`` leaves a dangling entry in every client still holding the role
+        (``getClient`` then shows freed memory, and deleting such a client crashes the broker).
+        Finding them takes one listing of every client; a hub is removed rarely (household
+        deleted, or a failed creation undone).
+        """
         checked = validate_household_id(household_id)
-        await self._remove(hub_username(checked), hub_rolename(checked))
+        rolename = hub_rolename(checked)
+        clients, _ = await self._list()
+        for client in sorted(clients.values(), key=lambda c: c.username):
+            own = [role for role in client.roles if owner_of_role(role) == client.username]
+            if rolename in client.roles and own and own[0].startswith(TOOL_ROLE_PREFIX):
+                await self._remove(client.username, own[0])
+        await self._remove(hub_username(checked), rolename)
 
     async def put_tool(self, credential: ToolCredential) -> None:
         """Create or update a tool's client: its own role (priority 1) and its hub's role.
@@ -373,8 +386,7 @@ class MosquittoDynsecAdapter(BrokerAdapter):
 
     async def remove_tool(self, credential_id: str) -> None:
         """Delete the tool's client (kicking its live session) and its own role. Idempotent."""
-        checked = validate_topic_id(credential_id, "credential id")
-        await self._remove(tool_username(checked), tool_rolename(checked))
+        await self._remove(*tool_names(credential_id))
 
     async def kick_hub(self, household_id: str) -> None:
         """Disconnect the hub's live sessions: ``disableClient`` then ``enableClient``.

@@ -51,11 +51,6 @@ from .model import (
 TOPIC_ROOT: Final = "iob"
 DEVICE_ROLE_PREFIX: Final = "iob-device-"
 HUB_ROLE_PREFIX: Final = "iob-hub-"
-TOOL_ROLE_PREFIX: Final = "iob-tool-"
-#: A tool's own role is checked before the hub role it also holds (dynsec checks a client's
-#: roles from the highest priority down; a role given without one has -1), so its denials
-#: narrow what the hub role allows.
-TOOL_ROLE_PRIORITY: Final = 1
 #: Below every allow: a hub receives nothing under ``iob/`` that its role does not list, even
 #: on a subscription made while a since-revoked share was still in place.
 FALLBACK_PRIORITY: Final = -1
@@ -193,6 +188,10 @@ def hub_rolename(household_id: str) -> str:
     return f"{HUB_ROLE_PREFIX}{household_id}"
 
 
+#: A tool credential's own role (the hub's role is its other one).
+TOOL_ROLE_PREFIX: Final = "iob-tool-"
+
+
 def tool_rolename(credential_id: str) -> str:
     """The role that narrows a tool credential's hub access (read-only, no factory reset)."""
     return f"{TOOL_ROLE_PREFIX}{credential_id}"
@@ -308,20 +307,30 @@ def hub_principal(credential: HubCredential, access: Mapping[str, bool]) -> Prin
     )
 
 
+#: A tool's own role is checked before the hub role it also holds (dynsec checks a client's
+#: roles from the highest priority down; a role given without one has -1), so its denials
+#: narrow what the hub role allows.
+TOOL_ROLE_PRIORITY: Final = 1
+
+
+def tool_names(credential_id: str) -> tuple[str, str]:
+    """A tool credential's username and own role name (validates the id)."""
+    checked = validate_topic_id(credential_id, "credential id")
+    return tool_username(checked), tool_rolename(checked)
+
+
 def tool_principal(credential: ToolCredential) -> Principal:
     """The client and role for a household's tool credential (validates ids and password)."""
-    credential_id = validate_topic_id(credential.credential_id, "credential id")
+    username, rolename = tool_names(credential.credential_id)
     household_id = validate_household_id(credential.household_id)
     if not isinstance(credential.control, bool):
         raise InvalidIdentifierError(
-            f"control of tool credential {credential_id!r} must be True or False, "
-            f"not {credential.control!r}"
+            f"control of tool {username!r} must be True or False, not {credential.control!r}"
         )
-    username = tool_username(credential_id)
     return Principal(
         username=username,
         password=_check_password(credential.password, username),
-        rolename=tool_rolename(credential_id),
+        rolename=rolename,
         acls=tool_acls(control=credential.control),
         textname=f"IoT Onboard tool of household {household_id}",
         extra_roles=(hub_rolename(household_id),),

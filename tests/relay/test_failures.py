@@ -62,8 +62,8 @@ class FailingBroker(BrokerAdapter):
         await self.inner.remove_hub(household_id)
 
     async def put_tool(self, credential: ToolCredential) -> None:
-        self._maybe_fail("put_tool")
         await self.inner.put_tool(credential)
+        self._maybe_fail("put_tool")
 
     async def remove_tool(self, credential_id: str) -> None:
         self._maybe_fail("remove_tool")

@@ -22,6 +22,7 @@ from cloud_relay.broker import (
 from .harness import (
     CREDENTIALS_REFUSED,
     GRANTED_QOS1,
+    NOT_AUTHORIZED,
     BrokerHarness,
     assert_disconnected,
     connect_code,
@@ -30,29 +31,29 @@ from .harness import (
     subscribe_code,
 )
 
-NOT_AUTHORIZED = 0x87
-
 
 def tool(credential_id: str, household_id: str, *, control: bool) -> ToolCredential:
     return ToolCredential(credential_id, household_id, control, secrets.token_urlsafe(16))
 
 
-async def _home(adapter: BrokerAdapter) -> tuple[DeviceCredential, DeviceCredential]:
-    """Household ``home`` owns DEVA; DEVB belongs to nobody's hub."""
+async def _home(
+    adapter: BrokerAdapter, *, control: bool
+) -> tuple[DeviceCredential, DeviceCredential, ToolCredential]:
+    """Household ``home`` owns DEVA and has a tool; DEVB belongs to nobody's hub."""
     dev_a = DeviceCredential("DEVA", secrets.token_urlsafe(16))
     dev_b = DeviceCredential("DEVB", secrets.token_urlsafe(16))
     for dev in (dev_a, dev_b):
         await adapter.put_device(dev)
     await adapter.put_hub(HubCredential("home", secrets.token_urlsafe(16)), {"DEVA": True})
-    return dev_a, dev_b
+    credential = tool("t1", "home", control=control)
+    await adapter.put_tool(credential)
+    return dev_a, dev_b, credential
 
 
 async def test_read_tool_sees_its_household_only_and_publishes_nothing(
     harness: BrokerHarness, adapter: BrokerAdapter
 ) -> None:
-    dev_a, dev_b = await _home(adapter)
-    reader = tool("t1", "home", control=False)
-    await adapter.put_tool(reader)
+    dev_a, dev_b, reader = await _home(adapter, control=False)
     async with (
         harness.mqtt(dev_a.username, dev_a.password) as a,
         harness.mqtt(dev_b.username, dev_b.password) as b,
@@ -80,37 +81,29 @@ async def test_read_tool_sees_its_household_only_and_publishes_nothing(
 async def test_control_tool_commands_but_never_factory_resets(
     harness: BrokerHarness, adapter: BrokerAdapter
 ) -> None:
-    dev_a, _ = await _home(adapter)
-    control = tool("t1", "home", control=True)
-    await adapter.put_tool(control)
-    async with (
-        harness.mqtt(dev_a.username, dev_a.password) as a,
-        harness.mqtt(control.username, control.password) as c,
-    ):
+    dev_a, _, control = await _home(adapter, control=True)
+    async with harness.mqtt(dev_a.username, dev_a.password) as a:
         await a.subscribe("iob/DEVA/cmd/#", qos=1)
-        pubacks = record_puback_codes(c)
-        await c.publish("iob/DEVA/cmd/_factory_reset", b"factory_reset", qos=1)
-        await c.publish("iob/DEVB/cmd/on", b"1", qos=1)  # not the household's
-        await c.publish("iob/DEVA/state/on", b"forged", qos=1)  # tools never publish state
-        await c.publish("iob/DEVA/cmd/on", b"1", qos=1)
-        assert await next_message(a) == ("iob/DEVA/cmd/on", b"1")
-        assert pubacks == [NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, 0]
+        async with harness.mqtt(control.username, control.password) as c:
+            pubacks = record_puback_codes(c)
+            for topic in ("DEVA/cmd/_factory_reset", "DEVB/cmd/on", "DEVA/state/on"):
+                await c.publish(f"iob/{topic}", b"refused", qos=1)
+            await c.publish("iob/DEVA/cmd/on", b"1", qos=1)
+            # Neither a factory reset, another household's device, nor a device's state.
+            assert await next_message(a) == ("iob/DEVA/cmd/on", b"1")
+            assert pubacks == [NOT_AUTHORIZED, NOT_AUTHORIZED, NOT_AUTHORIZED, 0]
 
 
 async def test_tool_follows_the_hub_and_removal_cuts_it_off(
     harness: BrokerHarness, adapter: BrokerAdapter
 ) -> None:
-    _, dev_b = await _home(adapter)
-    reader = tool("t1", "home", control=False)
-    await adapter.put_tool(reader)
-    async with (
-        harness.mqtt(dev_b.username, dev_b.password) as b,
-        harness.mqtt(reader.username, reader.password) as t,
-    ):
+    _, dev_b, reader = await _home(adapter, control=False)
+    async with harness.mqtt(reader.username, reader.password) as t:
         assert await subscribe_code(t, "iob/#") == GRANTED_QOS1
         # DEVB joins the household: only the hub is re-put, the tool sees it at once.
         await adapter.put_hub(HubCredential("home", "p"), {"DEVA": True, "DEVB": True})
-        await b.publish("iob/DEVB/state/t", b"joined", qos=1)
+        async with harness.mqtt(dev_b.username, dev_b.password) as b:
+            await b.publish("iob/DEVB/state/t", b"joined", qos=1)
         assert await next_message(t) == ("iob/DEVB/state/t", b"joined")
         await adapter.remove_tool(reader.credential_id)
         await assert_disconnected(t)
@@ -133,3 +126,14 @@ async def test_reconcile_keeps_restores_and_removes_tools(
     assert await connect_code(harness, gone.username, gone.password) in CREDENTIALS_REFUSED
     assert await connect_code(harness, kept.username, kept.password) == 0
     assert not (await adapter.reconcile(state)).changed
+
+
+async def test_remove_hub_removes_its_tools_first_and_the_broker_stays_up(
+    harness: BrokerHarness, adapter: BrokerAdapter
+) -> None:
+    """Mosquitto 2.0.11 leaves a dangling role in a client whose role was deleted."""
+    _, _, reader = await _home(adapter, control=False)
+    await adapter.remove_hub("home")
+    assert await connect_code(harness, reader.username, reader.password) in CREDENTIALS_REFUSED
+    await adapter.remove_tool(reader.credential_id)  # the broker is still there, and idempotent
+    await adapter.put_hub(HubCredential("home", "p"), {})
