@@ -35,17 +35,19 @@ def path(household: str, credential_id: str | None = None) -> str:
     return base if credential_id is None else f"{base}/{credential_id}"
 
 
+async def post(
+    api: Api, user: User, household: str, access: str, label: str, *, expect: int
+) -> dict[str, Any]:
+    body = {"label": label, "access": access}
+    reply = await api.request("POST", path(household), json_body=body, token=user.token)
+    assert reply.status == expect, reply.body
+    return dict(reply.body)
+
+
 async def mint(
     api: Api, user: User, household: str, access: str, *, label: str = "Node-RED"
 ) -> dict[str, Any]:
-    reply = await api.request(
-        "POST",
-        path(household),
-        json_body={"label": label, "access": access},
-        token=user.token,
-        expect=201,
-    )
-    return dict(reply.body)
+    return await post(api, user, household, access, label, expect=201)
 
 
 async def household_with_device(api: Api) -> tuple[User, str, FakeDevice, dict[str, Any]]:
@@ -217,15 +219,9 @@ async def test_a_household_holds_a_bounded_number(api: Api) -> None:
     owner, home = await api.owner_household()
     for number in range(MAX_PER_HOUSEHOLD):
         await mint(api, owner, home, "read", label=f"tool {number}")
-    refused = await api.request(
-        "POST",
-        path(home),
-        json_body={"label": "one more", "access": "read"},
-        token=owner.token,
-        expect=409,
-    )
-    assert refused.body["error"]["code"] == "mqtt_credential_limit"
-    assert "revoke one" in refused.body["error"]["message"]
+    refused = await post(api, owner, home, "read", "one more", expect=409)
+    assert refused["error"]["code"] == "mqtt_credential_limit"
+    assert "revoke one" in refused["error"]["message"]
 
 
 async def test_the_password_is_never_logged(api: Api, caplog: pytest.LogCaptureFixture) -> None:
@@ -258,14 +254,8 @@ async def test_a_failed_broker_call_leaves_nothing_behind(
     api: Api = await start_api(relay_config, wrapper)
     owner, home = await api.owner_household()
     wrapper.fail = {"put_tool"}
-    reply = await api.request(
-        "POST",
-        path(home),
-        json_body={"label": "Node-RED", "access": "read"},
-        token=owner.token,
-        expect=503,
-    )
-    assert reply.body["error"]["code"] == "broker_unavailable"
+    reply = await post(api, owner, home, "read", "Node-RED", expect=503)
+    assert reply["error"]["code"] == "broker_unavailable"
     assert "put_tool" in wrapper.calls
     wrapper.fail = set()
     listed = await api.request("GET", path(home), token=owner.token, expect=200)
