@@ -25,6 +25,7 @@ from .broker import (
     DeviceCredential,
     HubCredential,
     HubState,
+    ToolCredential,
 )
 from .config import RelayConfig
 from .errors import BrokerUnavailableError, RelayError
@@ -47,6 +48,18 @@ def hub_credential(config: RelayConfig, household_id: str, version: int) -> HubC
     """A household hub's MQTT credential at ``version``."""
     return HubCredential(
         household_id, mqtt_password(config.secret_key, "hub", household_id, version)
+    )
+
+
+def tool_credential(
+    config: RelayConfig, credential_id: str, household_id: str, *, control: bool
+) -> ToolCredential:
+    """A household's MQTT credential for another tool (never rotated: revoke and mint anew)."""
+    return ToolCredential(
+        credential_id,
+        household_id,
+        control,
+        mqtt_password(config.secret_key, "tool", credential_id, 1),
     )
 
 
@@ -85,7 +98,16 @@ async def desired_state(conn: Connection, config: RelayConfig) -> BrokerState:
             hub_credential(config, household_id, row["credential_version"]),
             await hub_access(conn, household_id),
         )
-    return BrokerState(devices=devices, hubs=hubs)
+    tools = {
+        row["id"]: tool_credential(
+            config, row["id"], row["household_id"], control=bool(row["control"])
+        )
+        for row in await conn.fetch(
+            "SELECT c.id, c.household_id, c.control FROM mqtt_credentials c "
+            "JOIN hubs h ON h.household_id = c.household_id"
+        )
+    }
+    return BrokerState(devices=devices, hubs=hubs, tools=tools)
 
 
 async def broker_call(call: Awaitable[None], what: str) -> None:
@@ -112,6 +134,7 @@ class BrokerPlan:
         self._hubs: set[str] = set()
         self._kicks: set[str] = set()
         self._put: dict[str, int] = {}
+        self._tools: set[str] = set()
 
     async def put_device(self, device_id: str, version: int) -> DeviceCredential:
         """Create or update the device's client; return the credential."""
@@ -160,6 +183,16 @@ class BrokerPlan:
         await broker_call(self._broker.put_hub(credential, access), f"put_hub {household_id}")
         return credential
 
+    async def put_tool(self, credential: ToolCredential) -> None:
+        """Create a household's tool credential (its hub must have been put)."""
+        self._tools.add(credential.credential_id)
+        await broker_call(self._broker.put_tool(credential), f"put_tool {credential.credential_id}")
+
+    async def remove_tool(self, credential_id: str) -> None:
+        """Delete a tool credential and kick its live session."""
+        self._tools.add(credential_id)
+        await broker_call(self._broker.remove_tool(credential_id), f"remove_tool {credential_id}")
+
     async def sync_hubs(
         self, conn: Connection, household_ids: Iterable[str], *, kick: bool = False
     ) -> None:
@@ -197,9 +230,23 @@ class BrokerPlan:
                 )
         self._kicks.clear()
 
+    async def _undo_tool(self, conn: Connection, credential_id: str) -> None:
+        row = await conn.fetchrow(
+            "SELECT household_id, control FROM mqtt_credentials WHERE id = $1", credential_id
+        )
+        if row is None:
+            call = self._broker.remove_tool(credential_id)
+        else:
+            call = self._broker.put_tool(
+                tool_credential(
+                    self._config, credential_id, row["household_id"], control=bool(row["control"])
+                )
+            )
+        await broker_call(call, f"undo tool {credential_id}")
+
     async def compensate(self, storage: Storage) -> None:
         """After a rollback: make every touched device and hub match the database again."""
-        if not (self._devices or self._hubs):
+        if not (self._devices or self._hubs or self._tools):
             return
         try:
             async with storage.read() as conn:
@@ -217,6 +264,9 @@ class BrokerPlan:
                             self._config, device_id, row["credential_version"]
                         )
                         await broker_call(self._broker.put_device(credential), f"undo {device_id}")
+                # Tools first: they hold their hub's role (docs/broker.md).
+                for credential_id in sorted(self._tools):
+                    await self._undo_tool(conn, credential_id)
                 for household_id in sorted(self._hubs):
                     version = await conn.fetchval(
                         "SELECT credential_version FROM hubs WHERE household_id = $1",

@@ -12,7 +12,7 @@ from typing import Final
 from iob_protocol.account_api import MqttCredentials
 from iob_protocol.sources import WallClock, unix_time
 
-from .broker import BrokerAdapter, DeviceCredential, HubCredential
+from .broker import BrokerAdapter, DeviceCredential, HubCredential, ToolCredential
 from .config import RelayConfig
 from .ratelimit import RateLimiter
 from .storage import Storage
@@ -125,8 +125,10 @@ class Context:
         """Unix seconds from the service's wall clock."""
         return self.clock()
 
-    def mqtt_credentials(self, credential: DeviceCredential | HubCredential) -> MqttCredentials:
-        """What a device or Home Assistant is told: the public broker address and the client."""
+    def mqtt_credentials(
+        self, credential: DeviceCredential | HubCredential | ToolCredential
+    ) -> MqttCredentials:
+        """What a device, Home Assistant or a tool is told: the public broker and the client."""
         broker = self.config.broker
         return MqttCredentials(
             host=broker.public_host,

@@ -15,6 +15,7 @@ from iob_protocol.claim import CREDENTIAL_MAX_AGE_SECONDS
 
 from . import audit
 from .accounts import Account
+from .broker import HubCredential
 from .broker_sync import BrokerPlan
 from .claims import check_device_statement, use_nonce
 from .context import Context
@@ -134,6 +135,50 @@ async def release_device(
         details=details,
     )
     return sharees
+
+
+async def put_household_hub(
+    conn: Connection,
+    plan: BrokerPlan,
+    household_id: str,
+    account: Account,
+    *,
+    now: int,
+    rotate: bool = False,
+) -> HubCredential:
+    """Put the household's hub on the broker, creating it on first use (``rotate`` renews it).
+
+    Its role is also what the household's tool credentials hold (docs/broker.md).
+    """
+    version = await conn.fetchval(
+        "SELECT credential_version FROM hubs WHERE household_id = $1", household_id
+    )
+    if version is None:
+        version = 1
+        await conn.execute(
+            "INSERT INTO hubs (household_id, credential_version, created_at, updated_at) "
+            "VALUES ($1, 1, $2, $2)",
+            household_id,
+            now,
+        )
+    elif rotate:
+        version = int(version) + 1
+        await conn.execute(
+            "UPDATE hubs SET credential_version = $1, updated_at = $2 WHERE household_id = $3",
+            version,
+            now,
+            household_id,
+        )
+    credential = await plan.put_hub(conn, household_id, int(version))
+    if rotate or version == 1:
+        await audit.append(
+            conn,
+            at=now,
+            actor=account.actor,
+            action="hub.credentials_rotated" if rotate else "hub.created",
+            household_id=household_id,
+        )
+    return credential
 
 
 class Devices:
@@ -392,36 +437,9 @@ class Devices:
 
         async def body(conn: Connection, plan: BrokerPlan) -> api.MqttCredentials:
             await self._households.require(conn, household_id, account, "admin")
-            now = ctx.now()
-            version = await conn.fetchval(
-                "SELECT credential_version FROM hubs WHERE household_id = $1", household_id
+            credential = await put_household_hub(
+                conn, plan, household_id, account, now=ctx.now(), rotate=rotate
             )
-            if version is None:
-                version = 1
-                await conn.execute(
-                    "INSERT INTO hubs (household_id, credential_version, created_at, updated_at) "
-                    "VALUES ($1, 1, $2, $2)",
-                    household_id,
-                    now,
-                )
-            elif rotate:
-                version = int(version) + 1
-                await conn.execute(
-                    "UPDATE hubs SET credential_version = $1, updated_at = $2 "
-                    "WHERE household_id = $3",
-                    version,
-                    now,
-                    household_id,
-                )
-            credential = await plan.put_hub(conn, household_id, int(version))
-            if rotate or version == 1:
-                await audit.append(
-                    conn,
-                    at=now,
-                    actor=account.actor,
-                    action="hub.credentials_rotated" if rotate else "hub.created",
-                    household_id=household_id,
-                )
             return ctx.mqtt_credentials(credential)
 
         return await mutate(ctx, body)

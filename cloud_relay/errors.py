@@ -272,6 +272,22 @@ class ShareNotFoundError(NotFoundError):
     default_message = "The device is not shared with this household; list its shares."
 
 
+class MqttCredentialNotFoundError(NotFoundError):
+    """No such MQTT credential for other tools in this household (or it was revoked)."""
+
+    code = ErrorCode.MQTT_CREDENTIAL_NOT_FOUND
+    default_message = (
+        "No such MQTT credential in this household; it may be revoked already. List the "
+        "household's MQTT credentials and try again."
+    )
+
+
+class MqttCredentialLimitError(ConflictError):
+    """The household holds as many MQTT credentials for other tools as the service allows."""
+
+    code = ErrorCode.MQTT_CREDENTIAL_LIMIT
+
+
 class ClaimNotFoundError(NotFoundError):
     """No such claim for this account."""
 

@@ -23,6 +23,7 @@ from .devices import Devices
 from .errors import ProvisioningTokenInvalidError, RelayError
 from .households import Households
 from .lifecycle import Lifecycle
+from .mqtt_access import MqttAccess
 from .provisioning import redeem_token
 from .registry import Registry
 from .tokens import new_id, new_token
@@ -44,6 +45,7 @@ class Relay:
         self.devices = Devices(ctx, self.households)
         self.device_keys = DeviceKeys(ctx, self.households)
         self.lifecycle = Lifecycle(ctx, self.accounts, self.households)
+        self.mqtt_access = MqttAccess(ctx, self.households)
 
     async def redeem_provisioning(
         self, token: str, household_name: str, client: str

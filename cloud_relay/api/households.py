@@ -13,6 +13,8 @@ from iob_protocol.account_api import (
     InvitationList,
     InviteRequest,
     MemberList,
+    MqttAccessList,
+    MqttAccessRequest,
     Released,
     ShareAccess,
     ShareList,
@@ -27,6 +29,7 @@ from cloud_relay.errors import (
     HouseholdNotFoundError,
     InvitationInvalidError,
     MemberNotFoundError,
+    MqttCredentialNotFoundError,
     TransferNotFoundError,
 )
 
@@ -364,6 +367,36 @@ async def rotate_hub(request: web.Request) -> web.Response:
     """A new hub password (admin or owner)."""
     caller = await account(request)
     return ok(await relay(request).devices.hub(caller, _household(request), rotate=True))
+
+
+# --- MQTT credentials for other tools ---------------------------------------------------------
+
+
+_TOOLS = _HOUSEHOLD + "/mqtt-credentials"
+
+
+@routes.get(_TOOLS)
+async def list_mqtt_credentials(request: web.Request) -> web.Response:
+    """The household's MQTT credentials for other tools, without passwords (admin or owner)."""
+    listed = await relay(request).mqtt_access.listing(await account(request), _household(request))
+    return ok(MqttAccessList(credentials=tuple(listed)))
+
+
+@routes.post(_TOOLS)
+async def create_mqtt_credential(request: web.Request) -> web.Response:
+    """A new credential for another tool; the password is shown once (admin or owner)."""
+    caller, household_id = await account(request), _household(request)
+    wanted = await read_body(request, MqttAccessRequest)
+    return ok(await relay(request).mqtt_access.create(caller, household_id, wanted), status=201)
+
+
+@routes.delete(_TOOLS + "/{credential_id}")
+async def revoke_mqtt_credential(request: web.Request) -> web.Response:
+    """Revoke a credential: its live session is cut at once (admin or owner)."""
+    caller, household_id = await account(request), _household(request)
+    credential_id = path_id(request, "credential_id", MqttCredentialNotFoundError)
+    await relay(request).mqtt_access.revoke(caller, household_id, credential_id)
+    return no_content()
 
 
 @routes.get(_HOUSEHOLD + "/audit")

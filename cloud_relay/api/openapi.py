@@ -279,6 +279,8 @@ def _household_links(household_id: str) -> dict[str, dict[str, Any]]:
         "ListTransfers": _link("get", h + "/transfers", household_id=household_id),
         "GetHub": _link("get", h + "/hub", household_id=household_id),
         "RotateHub": _link("post", h + "/hub/rotate", household_id=household_id),
+        "ListMqttCredentials": _link("get", h + "/mqtt-credentials", household_id=household_id),
+        "CreateMqttCredential": _link("post", h + "/mqtt-credentials", household_id=household_id),
         "HouseholdAudit": _link("get", h + "/audit", household_id=household_id),
     }
 
@@ -801,6 +803,42 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 tag="devices",
                 ok=(204, None),
                 errors=(403, 404, 409),
+            )
+        },
+        _H + "/mqtt-credentials": {
+            "get": _Op(
+                "The household's MQTT credentials for other tools, without passwords (admin)",
+                tag="devices",
+                ok=(200, "MqttAccessList"),
+                errors=(403, 404),
+            ),
+            "post": _Op(
+                "MQTT credentials for another tool (Node-RED, Telegraf), read or control (admin)",
+                tag="devices",
+                ok=(201, "MqttAccessCredential"),
+                errors=(403, 404, 409, 503),
+                body=_ref("MqttAccessRequest"),
+                description="The password is in this answer only. The credential reaches the "
+                "household's devices (those it owns and those shared with it): it may "
+                "subscribe to `iob/#` and receives their availability, descriptor and states; "
+                "`control` may also publish their commands, except a factory reset. Connect "
+                "with client id = username. At most 20 per household.",
+                links={
+                    "RevokeMqttCredential": _link(
+                        "delete",
+                        _H + "/mqtt-credentials/{credential_id}",
+                        household_id="$response.body#/household_id",
+                        credential_id="$response.body#/credential_id",
+                    ),
+                },
+            ),
+        },
+        _H + "/mqtt-credentials/{credential_id}": {
+            "delete": _Op(
+                "Revoke an MQTT credential; its live session is disconnected (admin)",
+                tag="devices",
+                ok=(204, None),
+                errors=(403, 404, 503),
             )
         },
         _H + "/hub": {

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Self
 
-from .model import BrokerState, DeviceCredential, HubCredential, ReconcileReport
+from .model import BrokerState, DeviceCredential, HubCredential, ReconcileReport, ToolCredential
 
 
 class BrokerAdapter(abc.ABC):
@@ -70,6 +70,20 @@ class BrokerAdapter(abc.ABC):
     @abc.abstractmethod
     async def remove_hub(self, household_id: str) -> None:
         """Delete a household hub client, disconnecting it."""
+
+    @abc.abstractmethod
+    async def put_tool(self, credential: ToolCredential) -> None:
+        """Create or update a household's credential for another MQTT tool.
+
+        It reaches what the household's hub reaches (whose client must have been put first),
+        read-only unless ``credential.control``: then it may publish the commands the hub may,
+        except a factory reset. It receives no commands and no diagnostics. Devices joining or
+        leaving the household change it through the hub alone.
+        """
+
+    @abc.abstractmethod
+    async def remove_tool(self, credential_id: str) -> None:
+        """Delete a tool credential at once, disconnecting its live session (revocation)."""
 
     async def kick_hub(self, household_id: str) -> None:  # noqa: B027 - optional, see below
         """Disconnect the hub's live sessions, keeping its client (it may reconnect at once).

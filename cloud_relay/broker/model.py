@@ -11,6 +11,9 @@ from .errors import InvalidIdentifierError
 #: Longest device or household id accepted (ids are topic levels, usernames and role names).
 MAX_ID_LENGTH: Final = 128
 HUB_USERNAME_PREFIX: Final = "hub-"
+#: Usernames of a household's credentials for other MQTT tools (Node-RED, Telegraf).
+TOOL_USERNAME_PREFIX: Final = "tool-"
+_RESERVED_PREFIXES: Final = (HUB_USERNAME_PREFIX, TOOL_USERNAME_PREFIX)
 _TOPIC_SPECIAL: Final = frozenset("+#/")
 
 
@@ -50,10 +53,10 @@ def validate_topic_id(value: object, what: str = "id") -> str:
 def validate_device_id(device_id: object) -> str:
     """A topic id that cannot be mistaken for a hub's username."""
     checked = validate_topic_id(device_id, "device id")
-    if checked.startswith(HUB_USERNAME_PREFIX):
+    if checked.startswith(_RESERVED_PREFIXES):
         raise InvalidIdentifierError(
-            f"device id {checked!r} starts with {HUB_USERNAME_PREFIX!r}, which is reserved for "
-            "household hub usernames"
+            f"device id {checked!r} starts with {checked.split('-', 1)[0]!r}-, which is "
+            "reserved for household hub and tool usernames"
         )
     return checked
 
@@ -73,6 +76,11 @@ def hub_username(household_id: str) -> str:
     return f"{HUB_USERNAME_PREFIX}{household_id}"
 
 
+def tool_username(credential_id: str) -> str:
+    """The MQTT username of a household's credential for another MQTT tool."""
+    return f"{TOOL_USERNAME_PREFIX}{credential_id}"
+
+
 def client_id_of(username: str) -> str:
     """The only MQTT client id the broker accepts for an IoT Onboard username: the username.
 
@@ -83,8 +91,24 @@ def client_id_of(username: str) -> str:
     return username
 
 
+class _BoundClient:
+    """A client bound to the client id equal to its username (see :func:`client_id_of`)."""
+
+    __slots__ = ()
+
+    @property
+    def username(self) -> str:
+        """The MQTT username."""
+        raise NotImplementedError
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id the broker binds this client to (its username)."""
+        return client_id_of(self.username)
+
+
 @dataclass(frozen=True, slots=True)
-class DeviceCredential:
+class DeviceCredential(_BoundClient):
     """A device's own MQTT client: it may touch only ``iob/<device_id>/#``."""
 
     device_id: str
@@ -92,17 +116,12 @@ class DeviceCredential:
 
     @property
     def username(self) -> str:
-        """The MQTT username."""
+        """The MQTT username (and client id): the device id."""
         return device_username(self.device_id)
-
-    @property
-    def client_id(self) -> str:
-        """The MQTT client id the broker binds this client to (the device id)."""
-        return client_id_of(self.username)
 
 
 @dataclass(frozen=True, slots=True)
-class HubCredential:
+class HubCredential(_BoundClient):
     """A household's hub client, subscribing to the devices it owns or that are shared with it."""
 
     household_id: str
@@ -110,13 +129,28 @@ class HubCredential:
 
     @property
     def username(self) -> str:
-        """The MQTT username."""
+        """The MQTT username (and client id): ``hub-<household id>``."""
         return hub_username(self.household_id)
 
+
+@dataclass(frozen=True, slots=True)
+class ToolCredential(_BoundClient):
+    """A household's credential for another MQTT tool (Node-RED, Telegraf, ...).
+
+    It reaches what the household's hub reaches (it holds the hub's role, so devices joining
+    or leaving the household need no change to it), read-only unless ``control``; see
+    docs/broker.md.
+    """
+
+    credential_id: str
+    household_id: str
+    control: bool
+    password: str = field(repr=False)
+
     @property
-    def client_id(self) -> str:
-        """The MQTT client id the broker binds this client to (``hub-<household id>``)."""
-        return client_id_of(self.username)
+    def username(self) -> str:
+        """The MQTT username (and client id): ``tool-<credential id>``."""
+        return tool_username(self.credential_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +167,8 @@ class BrokerState:
 
     devices: dict[str, DeviceCredential] = field(default_factory=dict)
     hubs: dict[str, HubState] = field(default_factory=dict)
+    #: Tool credentials by credential id; each one's household must be in ``hubs``.
+    tools: dict[str, ToolCredential] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,9 @@ ACL layout (the plugin's default ACL access stays deny for ``publishClientSend``
   may take a client id bound to another client, so nobody can take over another device's (or a
   hub's) session. Its ``textdescription`` is a verifier of its password (see
   :mod:`cloud_relay.broker.reconcile`).
+* a household's tool credential ``tool-<id>`` (Node-RED, Telegraf): its own role
+  ``iob-tool-<id>`` at client priority 1 and the household's hub role, so it reaches what the
+  hub reaches (and follows it as devices come and go) minus what its own role denies.
 * nothing else: IoT Onboard clients hold no groups and no other roles; every other client
   (the admin among them) is never touched.
 
@@ -77,12 +80,14 @@ from .model import (
     DeviceCredential,
     HubCredential,
     ReconcileReport,
+    ToolCredential,
     device_username,
     hub_username,
     validate_device_id,
     validate_household_id,
 )
 from .reconcile import (
+    TOOL_ROLE_PREFIX,
     ObservedClient,
     ObservedRole,
     Principal,
@@ -91,11 +96,14 @@ from .reconcile import (
     device_rolename,
     hub_principal,
     hub_rolename,
+    owner_of_role,
     parse_client,
     parse_role,
     plan_principal,
     plan_reconcile,
     plan_removal,
+    tool_names,
+    tool_principal,
 )
 
 __all__ = ["CONTROL_TOPIC", "RESPONSE_TOPIC", "MosquittoDynsecAdapter"]
@@ -352,9 +360,33 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         await self._put(hub_principal(credential, access))
 
     async def remove_hub(self, household_id: str) -> None:
-        """Delete the hub's client (kicking its live sessions) and its role. Idempotent."""
+        """Delete the hub's client (kicking its live sessions) and its role. Idempotent.
+
+        The household's tool clients hold the hub's role and are deleted first: Mosquitto
+        2.0.11's ``deleteRole`` leaves a dangling entry in every client still holding the role
+        (``getClient`` then shows freed memory, and deleting such a client crashes the broker).
+        Finding them takes one listing of every client; a hub is removed rarely (household
+        deleted, or a failed creation undone).
+        """
         checked = validate_household_id(household_id)
-        await self._remove(hub_username(checked), hub_rolename(checked))
+        rolename = hub_rolename(checked)
+        clients, _ = await self._list()
+        for client in sorted(clients.values(), key=lambda c: c.username):
+            own = [role for role in client.roles if owner_of_role(role) == client.username]
+            if rolename in client.roles and own and own[0].startswith(TOOL_ROLE_PREFIX):
+                await self._remove(client.username, own[0])
+        await self._remove(hub_username(checked), rolename)
+
+    async def put_tool(self, credential: ToolCredential) -> None:
+        """Create or update a tool's client: its own role (priority 1) and its hub's role.
+
+        The hub's role must exist (``put_hub`` first), else the broker refuses the client.
+        """
+        await self._put(tool_principal(credential))
+
+    async def remove_tool(self, credential_id: str) -> None:
+        """Delete the tool's client (kicking its live session) and its own role. Idempotent."""
+        await self._remove(*tool_names(credential_id))
 
     async def kick_hub(self, household_id: str) -> None:
         """Disconnect the hub's live sessions: ``disableClient`` then ``enableClient``.

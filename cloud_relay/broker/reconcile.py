@@ -38,11 +38,14 @@ from .model import (
     DeviceCredential,
     HubCredential,
     ReconcileReport,
+    ToolCredential,
     client_id_of,
     device_username,
     hub_username,
+    tool_username,
     validate_device_id,
     validate_household_id,
+    validate_topic_id,
 )
 
 TOPIC_ROOT: Final = "iob"
@@ -91,6 +94,29 @@ class Principal:
     rolename: str
     acls: frozenset[Acl]
     textname: str
+    #: Roles the client holds besides its own (a tool holds its household's hub role).
+    extra_roles: tuple[str, ...] = ()
+    #: The client's priority for its own role; None leaves dynsec's default.
+    role_priority: int | None = None
+
+    @property
+    def role_names(self) -> frozenset[str]:
+        """Every role the client holds."""
+        return frozenset({self.rolename, *self.extra_roles})
+
+    @property
+    def ranked_roles(self) -> frozenset[tuple[str, int]]:
+        """The roles held with an explicit priority."""
+        if self.role_priority is None:
+            return frozenset()
+        return frozenset({(self.rolename, self.role_priority)})
+
+    def roles_json(self) -> list[dict[str, Any]]:
+        """The ``roles`` of a ``createClient``/``modifyClient`` command."""
+        own: dict[str, Any] = {"rolename": self.rolename}
+        if self.role_priority is not None:
+            own["priority"] = self.role_priority
+        return [own, *({"rolename": role} for role in self.extra_roles)]
 
     @property
     def client_id(self) -> str:
@@ -110,6 +136,8 @@ class ObservedClient:
     username: str
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    #: The roles the broker reported with an explicit priority (not its default, -1).
+    ranked_roles: frozenset[tuple[str, int]] = frozenset()
     disabled: bool = False
     clientid: str | None = None
     textdescription: str | None = None
@@ -160,6 +188,15 @@ def hub_rolename(household_id: str) -> str:
     return f"{HUB_ROLE_PREFIX}{household_id}"
 
 
+#: A tool credential's own role (the hub's role is its other one).
+TOOL_ROLE_PREFIX: Final = "iob-tool-"
+
+
+def tool_rolename(credential_id: str) -> str:
+    """The role that narrows a tool credential's hub access (read-only, no factory reset)."""
+    return f"{TOOL_ROLE_PREFIX}{credential_id}"
+
+
 def device_subtree(device_id: str) -> str:
     """Every topic of one device."""
     return f"{TOPIC_ROOT}/{device_id}/#"
@@ -192,6 +229,28 @@ def hub_acls(access: Mapping[str, bool]) -> frozenset[Acl]:
         acls.add(Acl(AclType.PUBLISH_RECEIVE, subtree))
         if control:
             acls.add(Acl(AclType.PUBLISH_SEND, f"{TOPIC_ROOT}/{device_id}/cmd/#"))
+    return frozenset(acls)
+
+
+def tool_acls(*, control: bool) -> frozenset[Acl]:
+    """What a tool's own role adds to, and takes from, its household's hub role.
+
+    Adds: subscribing to ``iob/#`` (dynsec matches a wildcard subscription only against an
+    identical pattern, and a tool cannot list the household's devices); what it then receives
+    is still decided per message by the hub role's receive ACLs, whose fallback denies every
+    device the household does not reach. Takes: commands and diagnostics are not delivered to
+    it; read-only publishes nothing; control may command but never factory-reset a device.
+    """
+    root = f"{TOPIC_ROOT}/#"
+    acls = {
+        Acl(AclType.SUBSCRIBE_PATTERN, root),
+        Acl(AclType.PUBLISH_RECEIVE, f"{TOPIC_ROOT}/+/cmd/#", allow=False),
+        Acl(AclType.PUBLISH_RECEIVE, f"{TOPIC_ROOT}/+/diag/#", allow=False),
+    }
+    if control:
+        acls.add(Acl(AclType.PUBLISH_SEND, f"{TOPIC_ROOT}/+/cmd/_factory_reset", allow=False))
+    else:
+        acls.add(Acl(AclType.PUBLISH_SEND, "#", allow=False))
     return frozenset(acls)
 
 
@@ -248,6 +307,37 @@ def hub_principal(credential: HubCredential, access: Mapping[str, bool]) -> Prin
     )
 
 
+#: A tool's own role is checked before the hub role it also holds (dynsec checks a client's
+#: roles from the highest priority down; a role given without one has -1), so its denials
+#: narrow what the hub role allows.
+TOOL_ROLE_PRIORITY: Final = 1
+
+
+def tool_names(credential_id: str) -> tuple[str, str]:
+    """A tool credential's username and own role name (validates the id)."""
+    checked = validate_topic_id(credential_id, "credential id")
+    return tool_username(checked), tool_rolename(checked)
+
+
+def tool_principal(credential: ToolCredential) -> Principal:
+    """The client and role for a household's tool credential (validates ids and password)."""
+    username, rolename = tool_names(credential.credential_id)
+    household_id = validate_household_id(credential.household_id)
+    if not isinstance(credential.control, bool):
+        raise InvalidIdentifierError(
+            f"control of tool {username!r} must be True or False, not {credential.control!r}"
+        )
+    return Principal(
+        username=username,
+        password=_check_password(credential.password, username),
+        rolename=rolename,
+        acls=tool_acls(control=credential.control),
+        textname=f"IoT Onboard tool of household {household_id}",
+        extra_roles=(hub_rolename(household_id),),
+        role_priority=TOOL_ROLE_PRIORITY,
+    )
+
+
 def desired_principals(state: BrokerState) -> dict[str, Principal]:
     """Every client ``state`` asks for, by username (validates everything first).
 
@@ -270,6 +360,18 @@ def desired_principals(state: BrokerState) -> dict[str, Principal]:
                 f"{hub.credential.household_id!r}"
             )
         _add_unique(principals, hub_principal(hub.credential, hub.access))
+    for key, tool in state.tools.items():
+        if key != tool.credential_id:
+            raise InvalidIdentifierError(
+                f"BrokerState.tools key {key!r} differs from its credential id "
+                f"{tool.credential_id!r}"
+            )
+        if tool.household_id not in state.hubs:
+            raise InvalidIdentifierError(
+                f"tool credential {key!r} belongs to household {tool.household_id!r}, which "
+                "has no hub in the desired state (a tool holds its hub's role)"
+            )
+        _add_unique(principals, tool_principal(tool))
     return principals
 
 
@@ -285,6 +387,8 @@ def owner_of_role(rolename: str) -> str | None:
         return device_username(rolename.removeprefix(DEVICE_ROLE_PREFIX))
     if rolename.startswith(HUB_ROLE_PREFIX) and len(rolename) > len(HUB_ROLE_PREFIX):
         return hub_username(rolename.removeprefix(HUB_ROLE_PREFIX))
+    if rolename.startswith(TOOL_ROLE_PREFIX) and len(rolename) > len(TOOL_ROLE_PREFIX):
+        return tool_username(rolename.removeprefix(TOOL_ROLE_PREFIX))
     return None
 
 
@@ -310,10 +414,25 @@ def parse_client(data: object) -> ObservedClient:
     return ObservedClient(
         username=data["username"],
         roles=frozenset(_names(data.get("roles", []), "rolename")),
+        ranked_roles=_ranked(data.get("roles", [])),
         groups=frozenset(_names(data.get("groups", []), "groupname")),
         disabled=data.get("disabled") is True,
         clientid=_optional_str(data.get("clientid")),
         textdescription=_optional_str(data.get("textdescription")),
+    )
+
+
+def _ranked(entries: object) -> frozenset[tuple[str, int]]:
+    """(role, priority) for every role entry with an explicit priority (-1 is the default)."""
+    if not isinstance(entries, list):
+        return frozenset()
+    return frozenset(
+        (entry["rolename"], entry["priority"])
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("rolename"), str)
+        and type(entry.get("priority")) is int
+        and entry["priority"] != -1
     )
 
 
@@ -393,7 +512,7 @@ def plan_principal(
                 "clientid": desired.client_id,
                 "textname": desired.textname,
                 "textdescription": desired.verifier,
-                "roles": [{"rolename": desired.rolename}],
+                "roles": desired.roles_json(),
             }
         )
         return PrincipalPlan(tuple(commands), Change.CREATED)
@@ -402,7 +521,8 @@ def plan_principal(
         commands.append({"command": "enableClient", "username": desired.username})
     password_matches = client.textdescription == desired.verifier
     if (
-        client.roles != {desired.rolename}
+        client.roles != desired.role_names
+        or client.ranked_roles != desired.ranked_roles
         or client.groups
         or client.clientid != desired.client_id
         or not password_matches
@@ -413,7 +533,7 @@ def plan_principal(
             "command": "modifyClient",
             "username": desired.username,
             "clientid": desired.client_id,
-            "roles": [{"rolename": desired.rolename}],
+            "roles": desired.roles_json(),
             "groups": [],
         }
         if not password_matches:
@@ -458,7 +578,10 @@ def plan_reconcile(
     commands: list[dict[str, Any]] = []
     created: list[str] = []
     updated: list[str] = []
-    for username, principal in sorted(desired.items()):
+    # Tools last: their clients name their hub's role, which must exist by then.
+    for username, principal in sorted(
+        desired.items(), key=lambda item: (bool(item[1].extra_roles), item[0])
+    ):
         plan = plan_principal(
             principal,
             clients.get(username),

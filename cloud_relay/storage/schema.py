@@ -214,6 +214,23 @@ MIGRATIONS: Final = (
         {"sqlite": _SQLITE_APPEND_ONLY, "postgres": _POSTGRES_APPEND_ONLY},
     ),
     Migration(2, "factory self-test per unit", ("ALTER TABLE devices ADD COLUMN self_test TEXT",)),
+    Migration(
+        3,
+        "MQTT credentials for other tools",
+        (
+            # No password column: it is derived from the service's key and the id
+            # (tokens.mqtt_password), so the database holds nothing that logs in.
+            """CREATE TABLE mqtt_credentials (
+                id TEXT PRIMARY KEY,
+                household_id TEXT NOT NULL REFERENCES households (id) ON DELETE CASCADE,
+                label TEXT NOT NULL,
+                control INTEGER NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at {bigint} NOT NULL
+            )""",
+            "CREATE INDEX mqtt_credentials_household ON mqtt_credentials (household_id)",
+        ),
+    ),
 )
 
 #: The version a fully migrated database has.

@@ -11,6 +11,7 @@ from cloud_relay.broker import (
     DeviceCredential,
     HubCredential,
     ReconcileReport,
+    ToolCredential,
 )
 
 
@@ -43,6 +44,14 @@ class FailingBroker(BrokerAdapter):
     async def remove_hub(self, household_id: str) -> None:
         self._maybe_fail("remove_hub")
         await self.inner.remove_hub(household_id)
+
+    async def put_tool(self, credential: ToolCredential) -> None:
+        await self.inner.put_tool(credential)
+        self._maybe_fail("put_tool")
+
+    async def remove_tool(self, credential_id: str) -> None:
+        self._maybe_fail("remove_tool")
+        await self.inner.remove_tool(credential_id)
 
     async def reconcile(self, desired: BrokerState) -> ReconcileReport:
         return await self.inner.reconcile(desired)

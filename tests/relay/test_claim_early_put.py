@@ -19,6 +19,7 @@ from cloud_relay.broker import (
     DeviceCredential,
     HubCredential,
     ReconcileReport,
+    ToolCredential,
 )
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
 from cloud_relay.broker_sync import device_credential
@@ -55,6 +56,12 @@ class RecordingBroker(BrokerAdapter):
 
     async def remove_hub(self, household_id: str) -> None:
         await self.inner.remove_hub(household_id)
+
+    async def put_tool(self, credential: ToolCredential) -> None:
+        await self.inner.put_tool(credential)
+
+    async def remove_tool(self, credential_id: str) -> None:
+        await self.inner.remove_tool(credential_id)
 
     async def reconcile(self, desired: BrokerState) -> ReconcileReport:
         return await self.inner.reconcile(desired)

@@ -288,7 +288,7 @@ def test_declared_links_make_a_state_machine() -> None:
     """Every link resolves to an operation and its parameters (schemathesis refuses otherwise)."""
     transitions: Any = getattr(schema.as_state_machine(), "_transitions")  # noqa: B009
     outgoing = sum(len(t.outgoing) for t in transitions.operations.values())
-    assert outgoing == 52
+    assert outgoing == 57
 
 
 def test_linked_sequences_never_fail(live_relay: LiveRelay) -> None:

@@ -87,6 +87,8 @@ class ErrorCode(StrEnum):
     MEMBER_NOT_FOUND = "member_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     MODEL_NOT_FOUND = "model_not_found"
+    MQTT_CREDENTIAL_LIMIT = "mqtt_credential_limit"
+    MQTT_CREDENTIAL_NOT_FOUND = "mqtt_credential_not_found"
     NOT_FOUND = "not_found"
     OWNER_HANDOVER_REQUIRED = "owner_handover_required"
     PASSWORD_MISMATCH = "password_mismatch"  # noqa: S105
@@ -144,6 +146,13 @@ class DeviceAccess(StrEnum):
 
 class ShareAccess(StrEnum):
     """What a share grants."""
+
+    READ = "read"
+    CONTROL = "control"
+
+
+class MqttAccess(StrEnum):
+    """What a household's MQTT credential for another tool may do with its devices."""
 
     READ = "read"
     CONTROL = "control"
@@ -475,7 +484,8 @@ class MqttCredentials(WireModel):
                 "client_id": {
                     "type": "string",
                     "description": "The only MQTT client id the broker accepts with this "
-                    "username (the device id; hub-<household id> for a hub).",
+                    "username (the device id; hub-<household id> for a hub; the username "
+                    "for a tool credential).",
                 }
             }
         }
@@ -573,6 +583,34 @@ class Device(DeviceSummary):
     """One device with its model's metadata."""
 
     model_info: Model | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttAccessSummary(WireModel):
+    """A household's MQTT credential for another tool (Node-RED, Telegraf), without password."""
+
+    credential_id: HexId
+    household_id: HexId
+    label: str
+    access: MqttAccess
+    username: str = field(metadata={"description": "tool-<credential_id>; also the client id."})
+    created_at: Time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttAccessCredential(MqttAccessSummary):
+    """A new tool credential: ``mqtt`` carries the password, shown this once only."""
+
+    mqtt: MqttCredentials = field(
+        repr=False, metadata={"description": "Shown once; the service cannot show it again."}
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttAccessList(WireModel):
+    """A household's tool credentials."""
+
+    credentials: tuple[MqttAccessSummary, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -922,6 +960,14 @@ class ShareRequest(WireRequest):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MqttAccessRequest(WireRequest):
+    """``POST …/mqtt-credentials``."""
+
+    label: Name = field(metadata={"description": "What it is for, e.g. `Node-RED`."})
+    access: MqttAccess
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransferRequest(WireRequest):
     """``POST …/transfers``."""
 
@@ -1009,6 +1055,7 @@ REQUEST_MODELS: Final[tuple[type[WireRequest], ...]] = (
     ClaimRequest,
     DeviceKeyRequest,
     ShareRequest,
+    MqttAccessRequest,
     TransferRequest,
     RegistryImportRequest,
     PreassignRequest,
@@ -1044,6 +1091,9 @@ RESPONSE_MODELS: Final[tuple[type[WireModel], ...]] = (
     Device,
     Share,
     ShareList,
+    MqttAccessSummary,
+    MqttAccessCredential,
+    MqttAccessList,
     Transfer,
     TransferList,
     AuditEvent,
