@@ -237,6 +237,29 @@ async def test_household_deletion_releases_everything(api: Api, broker: Mosquitt
     assert "device.released" in actions
 
 
+async def test_household_deletion_ends_its_mqtt_credentials(
+    api: Api, broker: MosquittoBroker
+) -> None:
+    owner, home = await api.owner_household()
+    device = await api.device()
+    await api.claim(owner, home, device)
+    minted = await api.request(
+        "POST",
+        _household_path(home) + "/mqtt-credentials",
+        json_body={"label": "Node-RED", "access": "control"},
+        token=owner.token,
+        expect=201,
+    )
+    tool = minted.body["mqtt"]
+    async with mqtt_client(broker, tool, timeout=5) as client:
+        await client.subscribe(f"iob/{device.id}/#", qos=1)
+        reply = await _delete_household(api, owner, home, "Home")
+        assert reply.status == 200, reply.body
+        assert await _kicked(client)
+    assert not await client_exists(broker, tool["username"])
+    assert await connect_code(broker, tool) != 0
+
+
 async def test_a_failed_deletion_leaves_the_household_whole_and_a_retry_completes(
     failing: tuple[Api, FailingBroker], broker: MosquittoBroker
 ) -> None:

@@ -24,9 +24,9 @@ from .broker.harness import (
 )
 from .broker.harness import subscribe_code as suback
 from .conftest import AppFactory
+from .failing_broker import FailingBroker
 from .helpers import Api, FakeDevice, User
 from .mqtt import client_exists, connect_code, mqtt_client
-from .test_failures import FailingBroker
 from .test_hub_kick import kicked
 
 
