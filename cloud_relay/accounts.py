@@ -29,6 +29,7 @@ from .errors import (
     InvalidCredentialsError,
     InvalidRequestError,
     InvalidTokenError,
+    PasswordMismatchError,
     RefreshTokenInvalidError,
     RefreshTokenReusedError,
     StorageConflictError,
@@ -295,6 +296,18 @@ class Accounts:
             family,
         )
         await conn.execute("DELETE FROM access_tokens WHERE family_id = $1", family)
+
+    async def confirm_password(self, account: Account, password: str) -> None:
+        """Check a password re-entered to confirm a destructive request (sign-in's budget)."""
+        limiter = self._ctx.limiters.sign_in_per_account
+        limiter.hit(account.email)
+        async with self._ctx.storage.read() as conn:
+            stored = await conn.fetchval(
+                "SELECT password_hash FROM accounts WHERE id = $1", account.id
+            )
+        if stored is None or not await self._verify(stored, password):
+            raise PasswordMismatchError
+        limiter.reset(account.email)
 
     async def sign_out(self, access_token: str) -> None:
         """Revoke the session (family) the access token belongs to."""

@@ -203,6 +203,16 @@ async def query(
     return AuditPage(events, next_cursor)
 
 
+async def by_actor(conn: Connection, actor: str) -> list[AuditEvent]:
+    """Every event ``actor`` caused, oldest first (an account's data export; a full scan)."""
+    rows = await conn.fetch(
+        "SELECT seq, at, actor, action, household_id, device_id, details, hash FROM audit_log "
+        "WHERE actor = $1 ORDER BY seq",
+        actor,
+    )
+    return [_event(row) for row in rows]
+
+
 async def verify(storage: Storage) -> ChainReport:
     """Walk the whole chain; raise :class:`AuditChainError` naming the first broken event."""
     expected_seq = 1

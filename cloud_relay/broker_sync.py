@@ -140,6 +140,12 @@ class BrokerPlan:
         self._put.pop(device_id, None)
         await broker_call(self._broker.remove_device(device_id), f"remove_device {device_id}")
 
+    async def remove_hub(self, household_id: str) -> None:
+        """Delete the household's hub client and kick its sessions (the household is deleted)."""
+        self._hubs.add(household_id)
+        self._kicks.discard(household_id)
+        await broker_call(self._broker.remove_hub(household_id), f"remove_hub {household_id}")
+
     async def put_hub(self, conn: Connection, household_id: str, version: int) -> HubCredential:
         """Create or update a hub with the access the transaction's view of the database gives.
 

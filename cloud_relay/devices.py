@@ -91,8 +91,13 @@ async def release_device(
     now: int,
     actor: str,
     details: dict[str, JsonValue],
-) -> None:
-    """Drop ownership, shares, pending transfers and pre-assignment; kick the device and hubs."""
+    sync_hubs: bool = True,
+) -> list[str]:
+    """Drop ownership, shares, pending transfers and pre-assignment; kick the device and hubs.
+
+    Returns the households the device was shared with. ``sync_hubs=False`` leaves the hubs to
+    the caller (a household deletion re-projects each affected hub once, not once per device).
+    """
     released = await conn.execute(
         "UPDATE devices SET household_id = NULL, owned_since = NULL, "
         "credential_version = credential_version + 1, preassigned_household_id = NULL, "
@@ -117,7 +122,8 @@ async def release_device(
         device_id,
     )
     await plan.remove_device(device_id)
-    await plan.sync_hubs(conn, [household_id, *sharees], kick=True)
+    if sync_hubs:
+        await plan.sync_hubs(conn, [household_id, *sharees], kick=True)
     await audit.append(
         conn,
         at=now,
@@ -127,6 +133,7 @@ async def release_device(
         device_id=device_id,
         details=details,
     )
+    return sharees
 
 
 class Devices:

@@ -206,6 +206,44 @@ class DeviceNotFoundError(NotFoundError):
     default_message = "No such device in this household; check the device id."
 
 
+class HouseholdDeletedError(RelayError):
+    """The caller deleted this household already (a replayed deletion)."""
+
+    status = 410
+    code = ErrorCode.HOUSEHOLD_DELETED
+    default_message = (
+        "You deleted this household already; nothing is left to do. Its devices are unclaimed: "
+        "onboard them again from Home Assistant to use them."
+    )
+
+
+class ConfirmationMismatchError(InvalidRequestError):
+    """A destructive request's confirmation does not match what it destroys."""
+
+    code = ErrorCode.CONFIRMATION_MISMATCH
+    default_message = (
+        "confirm_name does not match the household's name; type its name exactly as "
+        "GET /v1/households/{id} shows it."
+    )
+
+
+class PasswordMismatchError(ForbiddenError):
+    """The password re-entered to confirm a request is wrong."""
+
+    code = ErrorCode.PASSWORD_MISMATCH
+    default_message = "The password is wrong; enter your account's current password to confirm."
+
+
+class OwnerHandoverRequiredError(ConflictError):
+    """The account owns households other accounts belong to: they would lose them."""
+
+    code = ErrorCode.OWNER_HANDOVER_REQUIRED
+    default_message = (
+        "You own a household with other members; hand ownership to one of them or delete "
+        "the household first."
+    )
+
+
 class MemberNotFoundError(NotFoundError):
     """No such member in this household."""
 

@@ -22,6 +22,7 @@ from .device_keys import DeviceKeys
 from .devices import Devices
 from .errors import ProvisioningTokenInvalidError, RelayError
 from .households import Households
+from .lifecycle import Lifecycle
 from .provisioning import redeem_token
 from .registry import Registry
 from .tokens import new_id, new_token
@@ -42,6 +43,7 @@ class Relay:
         self.claims = Claims(ctx, self.households)
         self.devices = Devices(ctx, self.households)
         self.device_keys = DeviceKeys(ctx, self.households)
+        self.lifecycle = Lifecycle(ctx, self.accounts, self.households)
 
     async def redeem_provisioning(
         self, token: str, household_name: str, client: str

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, households, public
+from . import admin, households, lifecycle, public
 
 
 def routes() -> list[web.AbstractRouteDef]:
     """Every route of the API."""
-    return [*public.routes, *households.routes, *admin.routes]
+    return [*public.routes, *households.routes, *lifecycle.routes, *admin.routes]

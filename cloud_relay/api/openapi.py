@@ -172,7 +172,7 @@ _DESCRIPTIONS: Final = {
     403: "Your role in the household does not allow this (`forbidden`).",
     404: "No such resource among yours (strangers get the same answer for any id).",
     409: "Conflicts with the current state.",
-    410: "Expired (`claim_expired`).",
+    410: "Expired or deleted (`claim_expired`, `household_deleted`).",
     413: "Body too large (`request_too_large`).",
     415: "The body is not `application/json` in UTF-8 (`unsupported_media_type`).",
     429: "Rate limited (`rate_limited`); see Retry-After.",
@@ -531,6 +531,60 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                 body=_ref("HouseholdRequest"),
                 links={"GetHousehold": _link("get", _H, household_id="$request.path.household_id")},
             ),
+            "delete": _Op(
+                "Delete the household, releasing every device (owner; confirm with its name)",
+                tag="households",
+                ok=(200, "HouseholdDeleted"),
+                errors=(403, 404, 410, 503),
+                body=_ref("DeleteHouseholdRequest"),
+                description=(
+                    "Every device is released as by its release (broker credentials revoked, "
+                    "live sessions cut, unclaimed so it can be onboarded again), shares, "
+                    "invitations, claims and members go, and the audit log records it. One "
+                    "transaction: on 503 nothing changed; retry. `confirm_name` must be the "
+                    "household's name (400 `confirmation_mismatch`). A second deletion by the "
+                    "same account gets 410 `household_deleted`."
+                ),
+            ),
+        },
+        _H + "/owner": {
+            "post": _Op(
+                "Hand ownership to another member with an account (owner)",
+                tag="households",
+                ok=(200, "Member"),
+                errors=(403, 404, 409),
+                body=_ref("OwnerRequest"),
+                description=(
+                    "Atomic: the target becomes the owner and the old owner an admin. The "
+                    "target must be a current member with an account (not only a Home "
+                    "Assistant user). The answer is the new owner's membership."
+                ),
+            )
+        },
+        "/v1/account": {
+            "delete": _Op(
+                "Delete your account (password re-entered)",
+                tag="auth",
+                ok=(204, None),
+                errors=(403, 409, 429, 503),
+                body=_ref("DeleteAccountRequest"),
+                description=(
+                    "Refused (409 `owner_handover_required`) while you own a household other "
+                    "accounts belong to: hand it over or delete it first. Otherwise the "
+                    "households you own are deleted as by DELETE /v1/households/{id}, your "
+                    "memberships and every session end, and the audit log keeps your events "
+                    "under your account id only (docs/relay.md, Retention). 403 "
+                    "`password_mismatch` for a wrong password."
+                ),
+            )
+        },
+        "/v1/account/export": {
+            "get": _Op(
+                "Your account's data: profile, memberships, owned households and devices, "
+                "sessions, audit events",
+                tag="auth",
+                ok=(200, "AccountExport"),
+            )
         },
         _H + "/members": {
             "get": _Op(

@@ -28,6 +28,7 @@ from tests.plugins.clock import FakeClock
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.relay_config import relay_test_config
 
+from .failing_broker import FailingBroker
 from .helpers import Api
 from .postgres import PostgresCluster, PostgresError, PostgresProcess
 
@@ -187,3 +188,12 @@ async def api(
     """The relay on the test database and the real broker, with a validating client."""
     result: Api = await start_api(relay_config, broker_adapter)
     return result
+
+
+@pytest.fixture
+async def failing(
+    start_api: AppFactory, relay_config: RelayConfig, broker_adapter: MosquittoDynsecAdapter
+) -> tuple[Api, FailingBroker]:
+    """The relay on a broker whose chosen calls fail (``failing[1].fail``)."""
+    wrapper = FailingBroker(broker_adapter)
+    return await start_api(relay_config, wrapper), wrapper

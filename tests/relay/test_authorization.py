@@ -30,6 +30,7 @@ class World:
     invitation: str
     transfer_in: str  # offered by `other` to `household`
     transfer_out: str  # offered by `household` to `other`
+    admin_member: str  # the admin's member id in `household`
 
 
 async def build_world(api: Api, *, with_code: bool = False) -> World:
@@ -56,6 +57,8 @@ async def build_world(api: Api, *, with_code: bool = False) -> World:
     await api.share(owner, household, device, other, "read", expect=200)
     transfer_in = await api.offer_transfer(stranger, other, other_device, household)
     transfer_out = await api.offer_transfer(owner, household, device, other)
+    members = await api.request("GET", f"/v1/households/{household}/members", token=owner.token)
+    admin_member = next(m for m in members.body["members"] if m["role"] == "admin")["member_id"]
     return World(
         users,
         household,
@@ -68,6 +71,7 @@ async def build_world(api: Api, *, with_code: bool = False) -> World:
         invitation.body["invitation_id"],
         transfer_in.body["transfer_id"],
         transfer_out.body["transfer_id"],
+        admin_member,
     )
 
 
@@ -198,6 +202,15 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", H("/hub"), "admin", 200),
     Endpoint("POST", H("/hub/rotate"), "admin", 200),
     Endpoint("GET", H("/audit"), "admin", 200, mutates=False),
+    Endpoint(
+        "POST",
+        H("/owner"),
+        "owner",
+        200,
+        body=lambda w: {"member_id": w.admin_member},
+        foreign_code="member_not_found",
+    ),
+    Endpoint("DELETE", H(), "owner", 200, body=lambda _w: {"confirm_name": "Home"}),
 ]
 
 
@@ -276,12 +289,15 @@ async def test_account_endpoints_need_a_session(api: Api) -> None:
         ("GET", "/v1/models", None),
         ("GET", "/v1/models/pi-sensor", None),
         ("POST", "/v1/invitations/accept", {"token": "A" * 43}),
+        ("GET", "/v1/account/export", None),
+        ("DELETE", "/v1/account", {"password": "not the password"}),
         ("POST", "/v1/auth/sign-out", None),
     ]:
         reply = await api.request(method, path, json_body=body)
         assert (reply.status, reply.code) == (401, "authentication_required"), path
         reply = await api.request(method, path, json_body=body, token=user.token)
-        assert reply.status < 400 or reply.code in {"invitation_invalid", "model_not_found"}, (
+        refusals = {"invitation_invalid", "model_not_found", "password_mismatch"}
+        assert reply.status < 400 or reply.code in refusals, (
             path,
             reply.body,
         )

@@ -5,74 +5,24 @@ the broker. Failures are injected around the real adapter (and the real audit ap
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from cloud_relay import audit
 from cloud_relay.broker import (
-    BrokerAdapter,
-    BrokerState,
-    BrokerUnavailableError,
     DeviceCredential,
-    HubCredential,
-    ReconcileReport,
 )
 from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
-from cloud_relay.config import RelayConfig
 from cloud_relay.errors import StorageError
 from cloud_relay.storage import Connection
 from tests.plugins.mosquitto import MosquittoBroker
 
 from .conftest import AppFactory, make_config
+from .failing_broker import FailingBroker
 from .helpers import Api
 from .mqtt import client_exists, connect_code, hub_topics
-
-
-class FailingBroker(BrokerAdapter):
-    """The real adapter, with chosen calls failing after (or instead of) reaching the broker."""
-
-    def __init__(self, inner: BrokerAdapter) -> None:
-        self.inner = inner
-        self.fail: set[str] = set()
-        self.calls: list[str] = []
-
-    def _maybe_fail(self, name: str) -> None:
-        self.calls.append(name)
-        if name in self.fail:
-            raise BrokerUnavailableError(f"injected failure in {name}")
-
-    async def put_device(self, credential: DeviceCredential) -> None:
-        await self.inner.put_device(credential)
-        self._maybe_fail("put_device")
-
-    async def remove_device(self, device_id: str) -> None:
-        if "remove_device" in self.fail:
-            self._maybe_fail("remove_device")
-        await self.inner.remove_device(device_id)
-
-    async def put_hub(self, credential: HubCredential, access: Mapping[str, bool]) -> None:
-        self._maybe_fail("put_hub")
-        await self.inner.put_hub(credential, access)
-
-    async def remove_hub(self, household_id: str) -> None:
-        self._maybe_fail("remove_hub")
-        await self.inner.remove_hub(household_id)
-
-    async def reconcile(self, desired: BrokerState) -> ReconcileReport:
-        return await self.inner.reconcile(desired)
-
-    async def aclose(self) -> None:
-        """The inner adapter belongs to its fixture."""
-
-
-@pytest.fixture
-async def failing(
-    start_api: AppFactory, relay_config: RelayConfig, broker_adapter: MosquittoDynsecAdapter
-) -> tuple[Api, FailingBroker]:
-    wrapper = FailingBroker(broker_adapter)
-    return await start_api(relay_config, wrapper), wrapper
 
 
 async def _claimed_state(api: Api, device_id: str) -> tuple[str | None, list[str], list[str]]:

@@ -68,12 +68,14 @@ class ErrorCode(StrEnum):
     CLAIM_REJECTED = "claim_rejected"
     CLOCK_SKEW = "clock_skew"
     CONFIG_ERROR = "config_error"
+    CONFIRMATION_MISMATCH = "confirmation_mismatch"
     CONFLICT = "conflict"
     CREDENTIAL_REFUSED = "credential_refused"
     DEVICE_NOT_FOUND = "device_not_found"
     DEVICE_NOT_FOUND_OR_CODE_WRONG = "device_not_found_or_code_wrong"
     EMAIL_TAKEN = "email_taken"
     FORBIDDEN = "forbidden"
+    HOUSEHOLD_DELETED = "household_deleted"
     HOUSEHOLD_NOT_FOUND = "household_not_found"
     INTERNAL_ERROR = "internal_error"
     INVALID_CREDENTIALS = "invalid_credentials"
@@ -86,6 +88,8 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
+    OWNER_HANDOVER_REQUIRED = "owner_handover_required"
+    PASSWORD_MISMATCH = "password_mismatch"  # noqa: S105
     RATE_LIMITED = "rate_limited"
     REFRESH_TOKEN_INVALID = "refresh_token_invalid"  # noqa: S105
     REFRESH_TOKEN_REUSED = "refresh_token_reused"  # noqa: S105
@@ -682,6 +686,77 @@ class RevokedSessions(WireModel):
     revoked_sessions: int
 
 
+# --- account lifecycle ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HouseholdDeleted(WireModel):
+    """What deleting a household did (every device is unclaimed and can be onboarded again)."""
+
+    household_id: HexId
+    devices_released: Annotated[int, Minimum(0)]
+    members_removed: Annotated[int, Minimum(0)]
+    invitations_revoked: Annotated[int, Minimum(0)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountProfile(WireModel):
+    """The account as stored (no password hash)."""
+
+    account_id: HexId
+    email: str
+    display_name: str
+    is_admin: bool
+    created_at: Time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportedMembership(WireModel):
+    """One household the account belongs to, and its place there."""
+
+    household_id: HexId
+    household_name: str
+    member_id: HexId
+    role: Role
+    external_id: str | None
+    display_name: str
+    joined_at: Time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportedHousehold(WireModel):
+    """A household the account owns, with the devices it owns."""
+
+    household_id: HexId
+    name: str
+    created_at: Time
+    devices: tuple[DeviceSummary, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportedSession(WireModel):
+    """A sign-in session's metadata (its tokens are never exported: only their hashes exist)."""
+
+    session_id: HexId
+    created_at: Time
+    revoked_at: Time | None
+    revoke_reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountExport(WireModel):
+    """``GET /v1/account/export``: everything the service holds about the account."""
+
+    exported_at: Time
+    account: AccountProfile
+    memberships: tuple[ExportedMembership, ...]
+    households: tuple[ExportedHousehold, ...]
+    sessions: tuple[ExportedSession, ...]
+    audit_events: tuple[AuditEvent, ...] = field(
+        metadata={"description": "Every audit event the account is the actor of, oldest first."}
+    )
+
+
 # --- request bodies ---------------------------------------------------------------------------
 
 
@@ -891,6 +966,32 @@ class PutModelRequest(WireRequest):
     metadata: Json | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerRequest(WireRequest):
+    """``POST /v1/households/{id}/owner``: the member who becomes the owner."""
+
+    member_id: IdInput
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteHouseholdRequest(WireRequest):
+    """``DELETE /v1/households/{id}``: the household's name, typed again to confirm."""
+
+    confirm_name: Annotated[str, MaxLength(100)] = field(
+        metadata={
+            "description": "The household's current name, exactly as GET shows it; otherwise "
+            "400 `confirmation_mismatch`."
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteAccountRequest(WireRequest):
+    """``DELETE /v1/account``: the account's password, entered again."""
+
+    password: Annotated[str, MaxLength(1024)] = field(repr=False)
+
+
 #: Every request model.
 REQUEST_MODELS: Final[tuple[type[WireRequest], ...]] = (
     SignUpRequest,
@@ -912,6 +1013,9 @@ REQUEST_MODELS: Final[tuple[type[WireRequest], ...]] = (
     RegistryImportRequest,
     PreassignRequest,
     PutModelRequest,
+    OwnerRequest,
+    DeleteHouseholdRequest,
+    DeleteAccountRequest,
 )
 
 #: Every response model, by the name ``/openapi.json`` gives its schema.
@@ -950,4 +1054,10 @@ RESPONSE_MODELS: Final[tuple[type[WireModel], ...]] = (
     DeviceKey,
     ImportReport,
     RevokedSessions,
+    HouseholdDeleted,
+    AccountProfile,
+    ExportedMembership,
+    ExportedHousehold,
+    ExportedSession,
+    AccountExport,
 )
