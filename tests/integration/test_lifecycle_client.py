@@ -5,6 +5,9 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers import issue_registry as ir
 
 from custom_components.iot_onboard.account_client import (
     AccountClient,
@@ -14,8 +17,9 @@ from custom_components.iot_onboard.account_client import (
     HouseholdNotFoundError,
     PasswordMismatchError,
 )
+from custom_components.iot_onboard.const import DOMAIN
 
-from .runtime_helpers import RealAccount
+from .runtime_helpers import RealAccount, setup_entry
 
 
 async def test_household_deletion_is_confirmed_by_name_and_its_replay_is_not_a_claim(
@@ -52,3 +56,29 @@ async def test_account_export_and_deletion(real_account_service: RealAccount) ->
     again = AccountClient(service.url, session=http)
     with pytest.raises(Exception, match="invalid_credentials"):
         await again.sign_in(email, password)
+
+
+async def test_a_household_deleted_elsewhere_raises_a_repair_not_a_reauth(
+    hass: HomeAssistant, real_account_service: RealAccount, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The next device-list refresh after a deletion elsewhere (404 household_not_found) raises
+    the "household deleted" repair issue: no re-authentication, no traceback."""
+    entry = await setup_entry(hass, real_account_service)
+    assert entry.state is ConfigEntryState.LOADED
+    await real_account_service.owner.delete_household(real_account_service.household_id, "Home")
+    await entry.runtime_data.coordinator.async_request_sync()
+    await hass.async_block_till_done(wait_background_tasks=True)
+    issue = ir.async_get(hass).async_get_issue(DOMAIN, f"household_deleted_{entry.entry_id}")
+    assert issue is not None
+    assert issue.translation_placeholders == {"title": "Home"}
+    assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)  # no reauth flow
+    assert "Traceback" not in caplog.text
+    assert "was deleted at the account service" in caplog.text
+    # Set up again (a restart): the entry waits with the same cause and issue, no traceback.
+    await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    reloaded = hass.config_entries.async_get_entry(entry.entry_id)
+    assert reloaded is not None
+    assert reloaded.state is ConfigEntryState.SETUP_RETRY
+    assert "Household Home was deleted" in (reloaded.reason or "")
+    assert "Traceback" not in caplog.text
