@@ -167,6 +167,26 @@ class ClaimExpiredError(AccountApiError):
     diagnostic = DiagnosticCode.CLAIM_EXPIRED
 
 
+class HouseholdDeletedError(AccountApiError):
+    """410 ``household_deleted``: this account deleted the household; remove the entry."""
+
+
+class HouseholdNotFoundError(NotFoundError):
+    """404 ``household_not_found``: no such household for us (deleted, or never ours)."""
+
+
+class ConfirmationMismatchError(InvalidRequestError):
+    """400 ``confirmation_mismatch``: the typed name is not the household's; nothing deleted."""
+
+
+class OwnerHandoverRequiredError(ConflictError):
+    """409 ``owner_handover_required``: hand the owned household over first."""
+
+
+class PasswordMismatchError(ForbiddenError):
+    """403 ``password_mismatch``: the password entered again is wrong; nothing deleted."""
+
+
 class RateLimitedError(AccountApiError):
     """429: too many attempts; ``retry_after`` seconds to wait (when the service said)."""
 
@@ -193,6 +213,11 @@ _CODE_ERRORS: Final[dict[str, type[AccountApiError]]] = {
     ErrorCode.CLAIM_REJECTED: ClaimRejectedError,
     ErrorCode.CLAIM_EXPIRED: ClaimExpiredError,
     ErrorCode.DEVICE_NOT_FOUND_OR_CODE_WRONG: DeviceKeyNotFoundError,
+    ErrorCode.HOUSEHOLD_DELETED: HouseholdDeletedError,
+    ErrorCode.HOUSEHOLD_NOT_FOUND: HouseholdNotFoundError,
+    ErrorCode.CONFIRMATION_MISMATCH: ConfirmationMismatchError,
+    ErrorCode.OWNER_HANDOVER_REQUIRED: OwnerHandoverRequiredError,
+    ErrorCode.PASSWORD_MISMATCH: PasswordMismatchError,
 }
 _STATUS_ERRORS: Final[dict[int, type[AccountApiError]]] = {
     400: InvalidRequestError,
@@ -210,6 +235,8 @@ _STATUS_ERRORS: Final[dict[int, type[AccountApiError]]] = {
 
 ServiceHealth = Health
 Account = api.Account
+AccountExport = api.AccountExport
+HouseholdDeleted = api.HouseholdDeleted
 Claim = api.Claim
 ClaimState = api.ClaimState
 ClaimStatus = api.ClaimStatus
@@ -575,6 +602,27 @@ class AccountClient:
         """Remove a member (admin or owner)."""
         path = f"/v1/households/{_segment(household_id)}/members/{_segment(member_id)}"
         await self._authed("DELETE", path)
+
+    async def hand_over(self, household_id: str, member_id: str) -> Member:
+        """Make a member with an account the owner (owner); the caller becomes an admin."""
+        path = f"/v1/households/{_segment(household_id)}/owner"
+        body = api.OwnerRequest(member_id=member_id).body()
+        return _parse(Member, await self._authed("POST", path, body))
+
+    async def delete_household(self, household_id: str, confirm_name: str) -> HouseholdDeleted:
+        """Delete the household, releasing every device (owner; its name typed again)."""
+        path = f"/v1/households/{_segment(household_id)}"
+        body = api.DeleteHouseholdRequest(confirm_name=confirm_name).body()
+        return _parse(HouseholdDeleted, await self._authed("DELETE", path, body))
+
+    async def export_account(self) -> AccountExport:
+        """Everything the service holds about the signed-in account."""
+        return _parse(AccountExport, await self._authed("GET", "/v1/account/export"))
+
+    async def delete_account(self, password: str) -> None:
+        """Delete the signed-in account (its password entered again); its tokens die with it."""
+        body = api.DeleteAccountRequest(password=password).body()
+        await self._authed("DELETE", "/v1/account", body)
 
     # --- claims -----------------------------------------------------------------------------------
 

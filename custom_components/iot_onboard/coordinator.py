@@ -34,6 +34,8 @@ from .account_client import (
     AuthenticationError,
     DeviceAccess,
     ForbiddenError,
+    HouseholdDeletedError,
+    HouseholdNotFoundError,
     ServiceUnavailableError,
 )
 from .const import CONF_HOUSEHOLD_ID, DEVICE_NAME, DOMAIN
@@ -166,10 +168,19 @@ class IotOnboardCoordinator:
         Raises:
             ConfigEntryAuthFailed: the account service wants a new sign-in.
             ConfigEntryNotReady: the account service cannot be reached now.
+            ConfigEntryNotReady: the household was deleted at the account service (with the
+                repair issue saying so; ConfigEntryError would log a traceback).
         """
         try:
             credentials = await self.account.hub_credentials(self.household_id)
             await self._async_sync()
+        except (HouseholdNotFoundError, HouseholdDeletedError) as err:
+            self._async_household_gone(err)
+            raise ConfigEntryNotReady(
+                translation_domain=DOMAIN,
+                translation_key="household_deleted",
+                translation_placeholders={"title": self.entry.title},
+            ) from err
         except AuthenticationError as err:
             raise ConfigEntryAuthFailed(
                 translation_domain=DOMAIN, translation_key="auth_expired"
@@ -225,7 +236,9 @@ class IotOnboardCoordinator:
             _LOGGER.error("The broker refuses the household hub credentials: %s", err)  # noqa: TRY400
             repairs.async_create_hub_refused_issue(self.hass, self.entry, str(err))
         except _AccountRefusedError as err:
-            if isinstance(err.error, AuthenticationError):
+            if isinstance(err.error, HouseholdNotFoundError | HouseholdDeletedError):
+                self._async_household_gone(err.error)
+            elif isinstance(err.error, AuthenticationError):
                 self.entry.async_start_reauth(self.hass)
             else:
                 repairs.async_create_hub_refused_issue(self.hass, self.entry, str(err.error))
@@ -248,10 +261,26 @@ class IotOnboardCoordinator:
     async def _async_sync_quietly(self) -> None:
         try:
             await self._async_sync()
+        except (HouseholdNotFoundError, HouseholdDeletedError) as err:
+            self._async_household_gone(err)
         except AuthenticationError:
             self.entry.async_start_reauth(self.hass)
         except AccountServiceError as err:
             _LOGGER.debug("Device list not refreshed: %s", err)
+
+    @callback
+    def _async_household_gone(self, err: AccountServiceError) -> None:
+        """The household is gone at the account service: one log line and a repair issue.
+
+        Not a re-authentication: signing in again cannot bring it back.
+        """
+        _LOGGER.warning(
+            "Household %s was deleted at the account service (%s); remove its entry or add "
+            "another household",
+            self.entry.title,
+            err,
+        )
+        repairs.async_create_household_deleted_issue(self.hass, self.entry)
 
     async def async_ensure_device(self, device_id: str) -> None:
         """Have ``device_id`` in the device list (a device entry's set-up).

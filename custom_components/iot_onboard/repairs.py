@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 OFFLINE: str = "device_offline"
 HUB_REFUSED: str = "hub_refused"
+HOUSEHOLD_DELETED: str = "household_deleted"
 WIFI_LOST: str = "wifi_lost"
 
 
@@ -84,25 +85,39 @@ def async_delete_offline_issue(hass: HomeAssistant, device_id: str) -> None:
 
 
 @callback
-def async_create_hub_refused_issue(hass: HomeAssistant, entry: ConfigEntry, reason: str) -> None:
-    """The hub's credentials are refused; signing in again fixes it."""
+def _async_create_entry_issue(
+    hass: HomeAssistant, entry: ConfigEntry, kind: str, *, fixable: bool, **placeholders: str
+) -> None:
+    """An error issue about the household entry (its title is a placeholder)."""
     ir.async_create_issue(
         hass,
         DOMAIN,
-        _issue_id(HUB_REFUSED, entry.entry_id),
-        is_fixable=True,
+        _issue_id(kind, entry.entry_id),
+        is_fixable=fixable,
         is_persistent=False,
         severity=ir.IssueSeverity.ERROR,
-        translation_key=HUB_REFUSED,
-        translation_placeholders={"title": entry.title, "reason": reason},
+        translation_key=kind,
+        translation_placeholders={"title": entry.title, **placeholders},
         data={"entry_id": entry.entry_id},
     )
+
+
+@callback
+def async_create_hub_refused_issue(hass: HomeAssistant, entry: ConfigEntry, reason: str) -> None:
+    """The hub's credentials are refused; signing in again fixes it."""
+    _async_create_entry_issue(hass, entry, HUB_REFUSED, fixable=True, reason=reason)
 
 
 @callback
 def async_delete_hub_refused_issue(hass: HomeAssistant, entry: ConfigEntry) -> None:
     """The hub works again."""
     ir.async_delete_issue(hass, DOMAIN, _issue_id(HUB_REFUSED, entry.entry_id))
+
+
+@callback
+def async_create_household_deleted_issue(hass: HomeAssistant, entry: ConfigEntry) -> None:
+    """The account service has no such household any more (deleted elsewhere)."""
+    _async_create_entry_issue(hass, entry, HOUSEHOLD_DELETED, fixable=False)
 
 
 @callback
