@@ -342,6 +342,10 @@ class Device:
         document: dict[str, Any] = json.loads(output)
         return document
 
+    def attempts(self) -> str:
+        """``attempts`` from the device's shell: the onboarding steps, as printed."""
+        return run_cli(["-m", "device_firmware", "--data-dir", str(self.data_dir), "attempts"])
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

@@ -20,12 +20,14 @@ test's Mosquitto through dynamic security) run as subprocesses on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -86,6 +88,27 @@ NETWORKS = [
 ]
 
 
+@contextlib.contextmanager
+def _stack(
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    networks: list[dict[str, Any]] = NETWORKS,
+    **device_settings: Any,
+) -> Iterator[tuple[AccountService, Device]]:
+    """A provisioned device in the registry, both programs running; stopped by pid."""
+    relay = AccountService(tmp_path / "relay", broker)
+    device = Device(tmp_path / "device")
+    try:
+        device.provision()
+        relay.start()
+        relay.import_records(device.record_file)
+        device.start(networks, **device_settings)
+        yield relay, device
+    finally:
+        device.stop()
+        relay.stop()
+
+
 @pytest.fixture
 def services(
     mosquitto_broker: MosquittoBroker, tmp_path: Path, request: pytest.FixtureRequest
@@ -94,17 +117,8 @@ def services(
 
     Indirectly parametrized with a name, the device has that name (its ``name`` setting).
     """
-    relay = AccountService(tmp_path / "relay", mosquitto_broker)
-    device = Device(tmp_path / "device")
-    try:
-        device.provision()
-        relay.start()
-        relay.import_records(device.record_file)
-        device.start(NETWORKS, name=getattr(request, "param", None))
-        yield relay, device
-    finally:
-        device.stop()
-        relay.stop()
+    with _stack(mosquitto_broker, tmp_path, name=getattr(request, "param", None)) as running:
+        yield running
 
 
 def qr_text(device: Device) -> str:
@@ -317,6 +331,43 @@ async def _after_progress(hass: HomeAssistant, flow_id: str) -> ConfigFlowResult
     return await hass.config_entries.flow.async_configure(flow_id)
 
 
+async def _new_household_onboards(
+    hass: HomeAssistant, device: Device, account_url: str
+) -> ConfigFlowResult:
+    """Discovery, a new account and household at ``account_url``, the QR code and HomeNet with
+    its password: the flow's answer once the commit's progress ended."""
+    discovery = await discovery_of(hass, device)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery
+    )
+    flow_id = result["flow_id"]
+    result = await hass.config_entries.flow.async_configure(flow_id, {})
+    result = await hass.config_entries.flow.async_configure(
+        flow_id,
+        {
+            "account_url": account_url,
+            "email": f"lin-{secrets.token_hex(4)}@example.com",
+            "password": secrets.token_urlsafe(16),
+            "create_account": True,
+            "household_name": "Home",
+        },
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"setup_code": qr_text(device)}
+    )
+    assert result["step_id"] == "wifi", result
+    assert result["data_schema"] is not None
+    network = next(
+        option["value"]
+        for option in result["data_schema"].schema["network"].config["options"]
+        if option["label"].startswith(HOME_SSID)
+    )
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
+    )
+    return await _after_progress(hass, flow_id)
+
+
 async def test_a_lost_claim_answer_still_ends_in_the_household(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
@@ -325,38 +376,9 @@ async def test_a_lost_claim_answer_still_ends_in_the_household(
     the same grant, and the flow ends with the device in the new household, online."""
     relay, device = services
     async with lossy_proxy(LOOPBACK, relay.port, drop=1) as proxy:
-        discovery = await discovery_of(hass, device)
-        result = await hass.config_entries.flow.async_init(
-            DOMAIN, context={"source": SOURCE_ZEROCONF}, data=discovery
-        )
-        flow_id = result["flow_id"]
-        result = await hass.config_entries.flow.async_configure(flow_id, {})
-        result = await hass.config_entries.flow.async_configure(
-            flow_id,
-            {
-                # HA and the device both reach the service through the proxy; only the
-                # device posts confirmations, so only its answer is lost.
-                "account_url": proxy.url,
-                "email": f"lin-{secrets.token_hex(4)}@example.com",
-                "password": secrets.token_urlsafe(16),
-                "create_account": True,
-                "household_name": "Home",
-            },
-        )
-        result = await hass.config_entries.flow.async_configure(
-            flow_id, {"setup_code": qr_text(device)}
-        )
-        assert result["step_id"] == "wifi", result
-        assert result["data_schema"] is not None
-        network = next(
-            option["value"]
-            for option in result["data_schema"].schema["network"].config["options"]
-            if option["label"].startswith(HOME_SSID)
-        )
-        result = await hass.config_entries.flow.async_configure(
-            flow_id, {"network": network, "passphrase": HOME_PASSPHRASE}
-        )
-        result = await _after_progress(hass, flow_id)
+        # HA and the device both reach the service through the proxy; only the device posts
+        # confirmations, so only its answer is lost.
+        result = await _new_household_onboards(hass, device, proxy.url)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         assert proxy.dropped == 1
         entry = result["result"]  # the device's entry
@@ -378,17 +400,51 @@ def short_timer_services(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> Iterator[tuple[AccountService, Device]]:
     """As ``services``, with the device's fail-safe commit timer cut to 3 s."""
-    relay = AccountService(tmp_path / "relay", mosquitto_broker)
-    device = Device(tmp_path / "device")
-    try:
-        device.provision()
-        relay.start()
-        relay.import_records(device.record_file)
-        device.start(NETWORKS, commit_timeout=3)
-        yield relay, device
-    finally:
-        device.stop()
-        relay.stop()
+    with _stack(mosquitto_broker, tmp_path, commit_timeout=3) as running:
+        yield running
+
+
+@pytest.fixture
+def vlan_services(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> Iterator[tuple[AccountService, Device]]:
+    """As ``services``, with HomeNet an IoT VLAN: no route to the internet."""
+    vlan = [{**NETWORKS[0], "internet": False}, *NETWORKS[1:]]
+    with _stack(mosquitto_broker, tmp_path, vlan) as running:
+        yield running
+
+
+async def test_a_device_without_internet_is_claimed_through_home_assistant(
+    hass: HomeAssistant, vlan_services: tuple[AccountService, Device]
+) -> None:
+    """Local-only household (issue 16 item 4): the device reaches Home Assistant and the
+    broker, never the account service (a proxy loses every answer to the device's health
+    check, and its network has no uplink); HA reaches the service. The device hands its
+    signed confirmation over the session, HA relays it, the service's MACed grant comes back
+    the same way: the device ends owned and online on the broker, the flow in the household."""
+    relay, device = vlan_services
+    # HA's own health check at sign-in is answered (skip=1); every later one is lost.
+    async with lossy_proxy(
+        LOOPBACK, relay.port, method="GET", path="/v1/health", drop=1_000, skip=1
+    ) as proxy:
+        result = await _new_household_onboards(hass, device, proxy.url)
+        assert result["type"] is FlowResultType.CREATE_ENTRY, result
+        assert proxy.dropped >= 1  # the device asked, and never heard the service
+        entry = result["result"]
+        household_id = entry.data[CONF_HOUSEHOLD_ID]
+        status = await asyncio.to_thread(device.status)
+        assert (status["phase"], status["household_id"]) == ("online", household_id)
+        steps = ""
+        for _ in range(600):  # the first MQTT connection follows the commit
+            steps = await asyncio.to_thread(device.attempts)
+            if "mqtt_online" in steps:
+                break
+            await asyncio.sleep(0.05)
+        assert "claim_relayed" in steps, steps  # through HA, not by itself
+        assert "NO_INTERNET" in steps, steps  # why it could not reach the service
+        assert "mqtt_online" in steps, steps  # the broker is all it needs
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
 
 async def _manual_add(hass: HomeAssistant, device: Device) -> ConfigFlowResult:
