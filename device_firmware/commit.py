@@ -13,10 +13,15 @@ then the service itself. Only if the service is unreachable is general internet 
 checked, to tell NO_INTERNET from RELAY_UNREACHABLE - a self-hosted service on the LAN (or an
 IoT VLAN with no route out) must not fail a check it does not need.
 
-Two ways for the confirmation to reach the service, chosen by Home Assistant per claim: the
-device posts it itself (``ClaimDelivery.DEVICE``), or it hands the signed confirmation back over
-the session and HA relays it and returns the service's answer (``ClaimDelivery.HUB``, for an
-IoT VLAN without internet). The service verifies the same signature either way.
+Two ways for the confirmation to reach the service: the device posts it itself
+(``ClaimDelivery.DEVICE``), or it hands the signed confirmation over the session and Home
+Assistant relays it and returns the service's answer (``ClaimDelivery.HUB``, for an IoT VLAN
+without internet). The device takes the second way only when its ``set_claim`` carried
+``hub_relay`` (HA offered) and it cannot reach the service itself (DNS, the service's health
+check or the uplink fail, before anything was signed); it then needs only the broker. The
+service verifies the same signature either way; its relayed answer carries a MAC keyed by the
+claim token over the confirmation's nonce (``iob_protocol.claim.ClaimGrant``), so a grant HA
+altered, or one for another confirmation, is refused.
 
 Crash safety: the ownership, the MQTT credentials and the owner secret are saved in one atomic
 write (still ``committing``) before the network is made permanent, so a power cut after the
@@ -54,8 +59,10 @@ from enum import StrEnum
 from typing import Final, TypeAlias
 from urllib.parse import urlsplit
 
+from iob_protocol.account_api import RelayedOwned, WireFormatError
 from iob_protocol.claim import MAX_SKEW_SECONDS, ClaimConfirmation, MqttCredentialRequest
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.errors import ClaimError
 from iob_protocol.identity import DeviceIdentity
 from iob_protocol.sources import WallClock, unix_time
 
@@ -95,6 +102,11 @@ _SETTLED_BY_CREDENTIAL: Final = frozenset(
 _UNANSWERED: Final = frozenset(
     {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED, DiagnosticCode.CLOCK_SKEW}
 )
+#: The device cannot reach the account service (nothing was signed or sent yet): Home
+#: Assistant relays the confirmation if it offered to (``hub_relay``).
+_OUT_OF_REACH: Final = frozenset(
+    {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED, DiagnosticCode.NO_INTERNET}
+)
 
 RelayFactory: TypeAlias = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
@@ -128,6 +140,8 @@ class ClaimPlan:
     #: Saved with the claim; the controller refuses to commit a plan without one.
     owner_secret: bytes | None = field(default=None, repr=False)
     delivery: ClaimDelivery = ClaimDelivery.DEVICE
+    #: Home Assistant offered to relay the confirmation if the service is out of reach.
+    hub_relay: bool = False
 
     @property
     def service_host(self) -> str:
@@ -186,8 +200,23 @@ class HubExchange:
         """Whether an answer (or a failure) has been delivered."""
         return self._answer.done()
 
-    def deliver(self, outcome: ClaimOutcome) -> None:
-        """The service answered "owned" (HA passes its answer through)."""
+    def deliver(self, answer: object) -> None:
+        """The service's relayed "owned" answer, verbatim: taken only if its MAC is right.
+
+        Raises :class:`~device_firmware.errors.CommitError` (CLAIM_REJECTED) for an answer that
+        is not the service's to this confirmation, after ending the exchange with it: a courier
+        that alters the grant gets nothing owned.
+        """
+        try:
+            outcome = RelayedOwned.parse(answer).opened(self.confirmation)
+        except (WireFormatError, ClaimError) as err:
+            refused = CommitError(
+                DiagnosticCode.CLAIM_REJECTED,
+                f"the relayed answer is not the account service's to this confirmation: {err}",
+            )
+            if not self._answer.done():
+                self._answer.set_exception(refused)
+            raise refused from err
         if not self._answer.done():
             self._answer.set_result(outcome)
 
@@ -325,15 +354,38 @@ class FailSafeCommit:
     async def _confirm(
         self, plan: ClaimPlan, wifi: WifiCredentials | None, flight: ClaimInFlight | None
     ) -> ClaimOutcome:
-        host = plan.service_host
         if plan.delivery is ClaimDelivery.HUB:
-            if plan.broker_host is not None and not _is_ip_literal(plan.broker_host):
-                await self._backend.check_dns(plan.broker_host)
-            exchange = HubExchange(
-                ClaimConfirmation.create(self._identity, plan.claim_token, clock=self._wall_clock)
-            )
-            self._on_hub_exchange(exchange)
-            return await exchange.wait()
+            return await self._through_hub(plan)
+        if flight is None and plan.hub_relay:
+            try:
+                return await self._direct(plan, wifi, flight)
+            except DiagnosedError as err:
+                if err.code not in _OUT_OF_REACH:
+                    raise
+                _LOGGER.warning(
+                    "cannot reach the account service (%s): Home Assistant relays the signed "
+                    "confirmation",
+                    err,
+                )
+                self._attempts.record(Step.CLAIM_RELAYED, err.code.value)
+                return await self._through_hub(plan)
+        return await self._direct(plan, wifi, flight)
+
+    async def _through_hub(self, plan: ClaimPlan) -> ClaimOutcome:
+        """Hand the signed confirmation to Home Assistant and wait for the service's answer."""
+        if plan.broker_host is not None and not _is_ip_literal(plan.broker_host):
+            await self._backend.check_dns(plan.broker_host)
+        exchange = HubExchange(
+            ClaimConfirmation.create(self._identity, plan.claim_token, clock=self._wall_clock)
+        )
+        self._on_hub_exchange(exchange)
+        return await exchange.wait()
+
+    async def _direct(
+        self, plan: ClaimPlan, wifi: WifiCredentials | None, flight: ClaimInFlight | None
+    ) -> ClaimOutcome:
+        """Post the confirmation to the service (checked first unless resumed)."""
+        host = plan.service_host
         if not _is_ip_literal(host):
             await self._backend.check_dns(host)
         async with self._relay_factory(plan.service_url) as relay:

@@ -22,9 +22,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeAlias
 
+from iob_protocol.claim import ClaimConfirmation
 from iob_protocol.commands import (
     MAX_SCAN_RESULTS,
     AckResult,
+    ClaimAnswerRequest,
     CommandResult,
     CommitRequest,
     CommitResult,
@@ -46,7 +48,7 @@ from iob_protocol.commands import (
     WifiSecurity,
 )
 from iob_protocol.diagnostics import DiagnosticCode
-from iob_protocol.errors import OwnerSessionRequiredError
+from iob_protocol.errors import ClaimError, OwnerSessionRequiredError
 from iob_protocol.session import PROTOCOL_VERSION
 from iob_protocol.sources import WallClock, unix_time
 
@@ -60,12 +62,11 @@ from .commit import (
     RelayFactory,
     tcp_probe,
 )
-from .errors import CommandRefusedError
+from .errors import CommandRefusedError, CommitError
 from .factory import ProvisionedDevice
 from .hardware import Hardware
 from .network.backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
 from .provisioning.session_host import SessionPolicy
-from .relay_client import ClaimOutcome
 from .reset import ClearRetained, ResetReport, factory_reset
 from .state import ClaimInFlight, DeviceStateRecord, Phase, StateStore
 
@@ -191,7 +192,9 @@ class DeviceController:
 
     # --- commands ---------------------------------------------------------------------------
 
-    async def dispatch(self, request: Request) -> CommandResult:  # noqa: PLR0911 - one per command
+    async def dispatch(  # noqa: C901, PLR0911 - one case per command
+        self, request: Request
+    ) -> CommandResult:
         """Run one session command; refusals raise :class:`CommandRefusedError`."""
         match request:
             case InfoRequest():
@@ -214,8 +217,15 @@ class DeviceController:
                         broker_host=request.broker_host,
                         broker_port=request.broker_port,
                         owner_secret=request.owner_secret,
+                        hub_relay=request.hub_relay,
                     )
                 )
+                return AckResult()
+            case ClaimAnswerRequest():
+                if request.answer is not None:
+                    self.deliver_hub_answer(request.answer)
+                elif request.diagnostic is not None:
+                    self.fail_hub_outcome(request.diagnostic)
                 return AckResult()
             case SetOwnerSecretRequest():
                 await self.set_owner_secret(request.owner_secret)
@@ -262,9 +272,18 @@ class DeviceController:
         return ScanWifiResult(networks=tuple(networks))
 
     def status(self) -> StatusResult:
-        """State and the last diagnostic code."""
+        """State and the last diagnostic code; the confirmation waiting for HA to relay it."""
         record = self.state
-        return StatusResult(state=record.phase.wire_state, diagnostic=record.diagnostic)
+        return StatusResult(
+            state=record.phase.wire_state,
+            diagnostic=record.diagnostic,
+            relay=self._relay_waiting(),
+        )
+
+    def _relay_waiting(self) -> ClaimConfirmation | None:
+        """The signed confirmation Home Assistant is to relay, until it answers."""
+        exchange = self._hub_exchange
+        return None if exchange is None or exchange.done else exchange.confirmation
 
     async def status_after(self, wait: float) -> StatusResult:
         """:meth:`status`; while committing, once the commit ends or after ``wait`` seconds.
@@ -275,7 +294,10 @@ class DeviceController:
         if wait:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    while self.state.phase.wire_state is DeviceState.COMMITTING:
+                    while (
+                        self.state.phase.wire_state is DeviceState.COMMITTING
+                        and self._relay_waiting() is None
+                    ):
                         await self._changed.wait()
         return self.status()
 
@@ -412,15 +434,22 @@ class DeviceController:
             return self.state
         return await asyncio.shield(self._commit_task)
 
-    def deliver_hub_outcome(self, outcome: ClaimOutcome) -> None:
-        """HA relayed the confirmation and passes the service's "owned" answer back."""
-        if self._hub_exchange is None:
+    def deliver_hub_answer(self, answer: object) -> None:
+        """HA relayed the confirmation and passes the service's "owned" answer back verbatim.
+
+        Refused (and the commit rolls back, CLAIM_REJECTED) unless its MAC shows it is the
+        service's answer to this confirmation.
+        """
+        if self._hub_exchange is None or self._hub_exchange.done:
             raise CommandRefusedError(ResultError.NOT_READY.value, "no confirmation is waiting")
-        self._hub_exchange.deliver(outcome)
+        try:
+            self._hub_exchange.deliver(answer)
+        except CommitError as err:
+            raise CommandRefusedError(ClaimError.code, str(err)[:200]) from err
 
     def fail_hub_outcome(self, code: DiagnosticCode) -> None:
         """HA relayed the confirmation and the service refused (or was unreachable)."""
-        if self._hub_exchange is None:
+        if self._hub_exchange is None or self._hub_exchange.done:
             raise CommandRefusedError(ResultError.NOT_READY.value, "no confirmation is waiting")
         self._hub_exchange.fail(code)
 

@@ -113,6 +113,7 @@ def _never_null(schema: dict[str, Any]) -> dict[str, Any]:
 _SCHEMAS: Final[dict[str, Any]] = {
     **_generated_schemas(),
     "CredentialAnswer": {"oneOf": [_ref("Owned"), _ref("Unowned")]},
+    "ClaimAnswer": {"oneOf": [_ref("Owned"), _ref("RelayedOwned")]},
     "SignedStatement": {
         "description": (
             "A device-signed statement from iob_protocol (canonical JSON): as a JSON object, or "
@@ -440,7 +441,7 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
             "post": _Op(
                 "The device's signed claim confirmation",
                 tag="claims",
-                ok=(200, "Owned"),
+                ok=(200, "ClaimAnswer"),
                 errors=(409, 410, 429, 503),
                 auth=False,
                 description=(
@@ -452,7 +453,9 @@ def _paths() -> dict[str, dict[str, _Op | dict[str, Any]]]:
                     "rotates the MQTT password: the answer carries the new one. "
                     "Errors: 409 `claim_rejected` (also for a replayed confirmation, or a spent "
                     "token after its TTL), 410 `claim_expired`, 400 `clock_skew`, "
-                    "`bad_signature`, `invalid_request`."
+                    "`bad_signature`, `invalid_request`. With `relayed: true` (Home Assistant "
+                    "relays the confirmation of a device without internet) the answer is "
+                    "RelayedOwned: the same grant plus `grant_mac`, which the device checks."
                 ),
                 body=_ref("ConfirmationRequest"),
             )

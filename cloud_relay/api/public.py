@@ -14,6 +14,7 @@ from iob_protocol.account_api import (
     ModelList,
     ProvisioningRequest,
     RefreshRequest,
+    RelayedOwned,
     Released,
     ReleaseRequest,
     SignInRequest,
@@ -22,6 +23,7 @@ from iob_protocol.account_api import (
 )
 
 from cloud_relay.claims import Claims, Owned
+from cloud_relay.device_proofs import parse_claim_confirmation
 from cloud_relay.errors import ClaimNotFoundError, ModelNotFoundError
 
 from .common import (
@@ -135,10 +137,15 @@ async def _owned(
     request: web.Request, own: Callable[[Claims, object], Awaitable[Owned]]
 ) -> web.Response:
     """The device's signed confirmation, owned by ``own`` (a :class:`Claims` method)."""
-    statement = (await _statement(request, ConfirmationRequest)).confirmation
+    body = await _statement(request, ConfirmationRequest)
     service = relay(request)
-    owned = await own(service.claims, statement)
-    return ok(owned.answer(service.ctx))
+    owned = await own(service.claims, body.confirmation)
+    answer = owned.answer(service.ctx)
+    if body.relayed and own is Claims.confirm:
+        # Through Home Assistant, not over this service's TLS: the device checks the MAC
+        # (keyed by the claim token it holds, over its confirmation's nonce).
+        return ok(RelayedOwned.sealed(answer, parse_claim_confirmation(body.confirmation)))
+    return ok(answer)
 
 
 @routes.post("/v1/claims/confirm")

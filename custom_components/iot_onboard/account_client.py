@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -34,6 +34,7 @@ from .const import (
     CONF_REFRESH_TOKEN,
 )
 from .iob_protocol import (
+    ClaimConfirmation,
     DiagnosticCode,
     EncodingError,
     MalformedMessageError,
@@ -650,6 +651,21 @@ class AccountClient:
         """``pending``, ``owned``, ``expired`` or ``rejected``."""
         path = f"/v1/claims/{_segment(claim_id)}"
         return _parse(ClaimStatus, await self._authed("GET", path))
+
+    async def relay_claim_confirmation(self, confirmation: ClaimConfirmation) -> dict[str, Any]:
+        """Post a device's signed confirmation for it (a device without internet).
+
+        The answer is returned as the service sent it, for the device: its ``grant_mac`` (keyed
+        by the claim token) lets the device check it; HA only carries it. Errors as for any
+        call (:class:`ClaimRejectedError`, :class:`ClaimExpiredError`, :class:`ClockSkewError`).
+        """
+        body = api.ConfirmationRequest(
+            confirmation=load_json(confirmation.to_json(), max_bytes=MAX_RESPONSE_SIZE),
+            relayed=True,
+        ).body()
+        document = await self._request("POST", "/v1/claims/confirm", body)
+        _parse(api.RelayedOwned, document)
+        return cast("dict[str, Any]", document)
 
     # --- device models ----------------------------------------------------------------------------
 

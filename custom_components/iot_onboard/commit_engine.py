@@ -6,9 +6,17 @@ against a real device session without a running Home Assistant
 (tests/integration/test_commit_engine.py). The config flow runs it as its progress task.
 
 Success is decided by the claim (the account service confirms the device), failure by the
-device (it rolls back and reports a diagnostic code). A Wi-Fi change has no claim: the device's
-own verdict decides, or (over Bluetooth, the device left for the new network) the runtime
-seeing it online again, which closes the Wi-Fi-lost repair.
+device (it rolls back and reports a diagnostic code).
+
+A device that names ``claim-relay`` is told HA can relay (``hub_relay``). If it cannot reach the
+account service itself (an IoT VLAN without internet), its ``status`` carries its signed
+confirmation; the engine posts it to the service as it is (``relayed``) and hands the answer
+back with ``claim_answer``. HA is only the courier: it can neither forge the confirmation (the
+device's signature) nor alter the grant (the service's MAC, keyed by the claim token).
+
+A Wi-Fi change has no claim: the device's own verdict decides, or (over Bluetooth, the device
+left for the new network) the runtime seeing it online again, which closes the Wi-Fi-lost
+repair.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from yarl import URL
 
@@ -27,15 +35,29 @@ from .account_client import (
     AccountServiceError,
     AlreadyOwnedError,
     Claim,
+    ClaimExpiredError,
     ClaimState,
     ClaimStatus,
+    ClockSkewError,
     RateLimitedError,
     ServiceUnavailableError,
 )
 from .attempts import no_record
-from .device_client import DeviceClientError, DeviceConnectionError, DeviceLink, SessionLostError
+from .device_client import (
+    DeviceClientError,
+    DeviceCommandError,
+    DeviceConnectionError,
+    DeviceLink,
+    SessionLostError,
+)
 from .flow_errors import Stage, diagnostic_error, flow_error
-from .iob_protocol import DeviceState, DiagnosticCode, OwnerSecret, StatusResult
+from .iob_protocol import (
+    ClaimConfirmation,
+    DeviceState,
+    DiagnosticCode,
+    OwnerSecret,
+    StatusResult,
+)
 from .iob_protocol.attempts import Step
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,6 +109,18 @@ class Outcome:
 
 SUCCESS: Final = Outcome()
 
+
+def relay_refusal(err: AccountServiceError) -> DiagnosticCode:
+    """What the device is told when the service refused (or missed) a relayed confirmation."""
+    if isinstance(err, _TRANSIENT_ACCOUNT_ERRORS):
+        return DiagnosticCode.RELAY_UNREACHABLE
+    if isinstance(err, ClaimExpiredError):
+        return DiagnosticCode.CLAIM_EXPIRED
+    if isinstance(err, ClockSkewError):
+        return DiagnosticCode.CLOCK_SKEW
+    return DiagnosticCode.CLAIM_REJECTED
+
+
 _CLAIM_VERDICTS: Final = {
     ClaimState.OWNED: SUCCESS,
     ClaimState.EXPIRED: Outcome(error=diagnostic_error(DiagnosticCode.CLAIM_EXPIRED)),
@@ -106,6 +140,9 @@ class ClaimService(Protocol):
 
     async def claim_status(self, claim_id: str) -> ClaimStatus:
         """Where the claim stands."""
+
+    async def relay_claim_confirmation(self, confirmation: ClaimConfirmation) -> dict[str, Any]:
+        """Post a device's signed confirmation for it; the service's answer, verbatim."""
 
 
 def device_verdict(status: StatusResult) -> Outcome | None:
@@ -201,6 +238,8 @@ class CommitEngine:
                 claim.token,
                 owner_secret=self._owner_secret,
                 allow_insecure_http=URL(account_url).scheme == "http",
+                # Offered to a device that can use it; an older one gets today's request.
+                hub_relay=link.relays_claims,
             )
             self._record(Step.CLAIM_SET, "ok")
         self.timer = await link.commit()
@@ -255,7 +294,9 @@ class CommitEngine:
             if device_reachable:
                 asked = clock()
                 try:
-                    status = await (link.status(wait=STATUS_WAIT) if long_poll else link.status())
+                    status = await self._async_ask(
+                        link, claim, wait=STATUS_WAIT if long_poll else 0
+                    )
                 except (DeviceConnectionError, SessionLostError):
                     if claim is None and not self._wifi_lost_reported():
                         raise
@@ -275,6 +316,39 @@ class CommitEngine:
                 # The runtime deletes the Wi-Fi-lost repair once the device is online again.
                 verdict = SUCCESS
         return verdict
+
+    async def _async_ask(self, link: DeviceLink, claim: Claim | None, *, wait: int) -> StatusResult:
+        """The device's status; a confirmation it hands over is relayed, then it is asked again."""
+        status = await (link.status(wait=wait) if wait else link.status())
+        if status.relay is not None and claim is not None:
+            await self._async_courier(link, status.relay)
+            status = await (link.status(wait=wait) if wait else link.status())
+        return status
+
+    async def _async_courier(self, link: DeviceLink, confirmation: ClaimConfirmation) -> None:
+        """Relay the device's signed confirmation and hand the service's answer back."""
+        _LOGGER.info("%s cannot reach the account service: relaying its claim", self._device_id)
+        try:
+            answer = await self._account.relay_claim_confirmation(confirmation)
+        except AccountServiceError as err:
+            _LOGGER.warning("Relaying the claim of %s failed: %s", self._device_id, err)
+            await self._async_tell_device(link, diagnostic=relay_refusal(err))
+            return
+        await self._async_tell_device(link, answer=answer)
+
+    async def _async_tell_device(
+        self,
+        link: DeviceLink,
+        *,
+        answer: dict[str, Any] | None = None,
+        diagnostic: DiagnosticCode | None = None,
+    ) -> None:
+        try:
+            await link.claim_answer(answer=answer, diagnostic=diagnostic)
+        except DeviceCommandError as err:
+            # The device refused the answer (not for its confirmation) or stopped waiting:
+            # its own verdict, read by the next status, says how the commit ended.
+            _LOGGER.warning("%s refused the relayed answer: %s", self._device_id, err)
 
     async def _async_claim_verdict(
         self, claim: Claim, *, device_committing: bool

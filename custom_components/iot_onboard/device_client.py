@@ -27,9 +27,11 @@ import aiohttp
 
 from .account_client import read_limited
 from .iob_protocol import (
+    FEATURE_CLAIM_RELAY,
     FEATURE_STATUS_WAIT,
     FEATURES_HEADER,
     AckResult,
+    ClaimAnswerRequest,
     ClientSession,
     CommandResult,
     CommitRequest,
@@ -518,6 +520,11 @@ class DeviceLink:
         return FEATURE_STATUS_WAIT in self._transport.features
 
     @property
+    def relays_claims(self) -> bool:
+        """Whether the device can hand its confirmation to HA when the service is out of reach."""
+        return FEATURE_CLAIM_RELAY in self._transport.features
+
+    @property
     def usable(self) -> bool:
         """False once the session was lost or closed (connect again)."""
         return not self._lost
@@ -598,11 +605,14 @@ class DeviceLink:
         broker_port: int | None = None,
         owner_secret: OwnerSecret | None = None,
         allow_insecure_http: bool = False,
+        hub_relay: bool = False,
     ) -> None:
         """Where to confirm the claim, with which token, and the owner secret (all encrypted).
 
         The device refuses to commit a claim without an owner secret: it becomes the only
-        credential that opens a session with the claimed device.
+        credential that opens a session with the claimed device. ``hub_relay``: HA relays the
+        confirmation if the device cannot reach the service (sent only if it
+        :attr:`relays_claims`).
         """
         try:
             await self._call(
@@ -614,6 +624,7 @@ class DeviceLink:
                     broker_host=broker_host,
                     broker_port=broker_port,
                     owner_secret=None if owner_secret is None else owner_secret.secret,
+                    hub_relay=hub_relay and self.relays_claims,
                     allow_insecure_http=allow_insecure_http,
                 ),
                 AckResult,
@@ -641,6 +652,15 @@ class DeviceLink:
         """
         wait = wait if self.waits_for_status else 0
         return await self._call(lambda rid: StatusRequest(request_id=rid, wait=wait), StatusResult)
+
+    async def claim_answer(
+        self, *, answer: dict[str, Any] | None = None, diagnostic: DiagnosticCode | None = None
+    ) -> None:
+        """The account service's answer to the confirmation HA relayed (or why there is none)."""
+        await self._call(
+            lambda rid: ClaimAnswerRequest(request_id=rid, answer=answer, diagnostic=diagnostic),
+            AckResult,
+        )
 
     async def identify(self) -> None:
         """Blink or beep."""

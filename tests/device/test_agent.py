@@ -8,8 +8,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from iob_protocol.account_api import RelayedOwned
+from iob_protocol.claim import ClaimConfirmation
 from iob_protocol.commands import (
+    ClaimAnswerRequest,
     CommitRequest,
+    DeviceState,
     ErrorResponse,
     IdentifyRequest,
     OkResponse,
@@ -20,6 +25,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.commit import ClaimDelivery, ClaimPlan
 from device_firmware.controller import DeviceController
+from device_firmware.errors import CommandRefusedError
 from device_firmware.network.backend import WifiCredentials
 from device_firmware.network.simulated import Scenario, SimulatedBackend, SimulatedNetwork
 from device_firmware.relay_client import ClaimOutcome, MqttGrant, RelayClient
@@ -127,14 +133,12 @@ async def _hub_claim(
         commit_timeout=30,
     )
     await controller.set_wifi(WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
-    await controller.set_claim(
-        ClaimPlan(
-            service_url="https://relay.example",
-            claim_token="T" * 30,
-            owner_secret=OWNER_SECRET,
-            **plan,
-        )
-    )
+    defaults: dict[str, Any] = {
+        "service_url": "https://relay.example",
+        "claim_token": "T" * 30,
+        "owner_secret": OWNER_SECRET,
+    }
+    await controller.set_claim(ClaimPlan(**(defaults | plan)))
     return controller, backend
 
 
@@ -164,15 +168,14 @@ async def test_claim_relayed_by_home_assistant(provisioned: Provisioned) -> None
     exchange.confirmation.verify(
         provisioned.device.identity.public_key, now=exchange.confirmation.timestamp
     )
-    controller.deliver_hub_outcome(
-        ClaimOutcome(
-            device_id=provisioned.device.identity.device_id,
-            household_id="hh_vlan",
-            mqtt=MqttGrant(
-                host="broker.public", port=8883, tls=True, username="u", password=TEST_PASSWORD
-            ),
-        )
+    owned = ClaimOutcome(
+        device_id=provisioned.device.identity.device_id,
+        household_id="ab" * 16,
+        mqtt=MqttGrant(
+            host="broker.public", port=8883, tls=True, username="u", password=TEST_PASSWORD
+        ),
     )
+    controller.deliver_hub_answer(RelayedOwned.sealed(owned, exchange.confirmation).to_dict())
     record = await controller.wait_for_commit()
     assert record.phase is Phase.ONLINE
     assert record.mqtt is not None
@@ -193,6 +196,108 @@ async def test_claim_relayed_by_home_assistant_refused(provisioned: Provisioned)
     assert (record.phase, record.diagnostic) == (Phase.PROVISIONING, DiagnosticCode.CLAIM_EXPIRED)
     assert record.owner_secret is None
     assert backend.saved_ssid == b"Cafe"
+    await controller.aclose()
+
+
+def _no_uplink() -> Scenario:
+    """HomeNet as an IoT VLAN: DNS for the LAN only, no route out."""
+    scenario = home_scenario()
+    home = dataclasses.replace(scenario.networks[0], internet=False)
+    return dataclasses.replace(scenario, networks=(home, *scenario.networks[1:]))
+
+
+#: A closed port on loopback: the device's own path to the service is refused.
+CLOSED_SERVICE = "http://127.0.0.1:9"
+
+
+async def _relay_asked(controller: DeviceController) -> ClaimConfirmation:
+    """What HA's long-polled ``status`` sees: the confirmation to relay (the wait ends for it)."""
+    status = await controller.status_after(20)
+    assert status.state is DeviceState.COMMITTING
+    assert status.relay is not None, status
+    return status.relay
+
+
+async def test_out_of_reach_service_the_device_hands_its_confirmation_to_home_assistant(
+    provisioned: Provisioned,
+) -> None:
+    """Local-only household: the device cannot reach the service (refused, no uplink), HA
+    offered to relay (``hub_relay``): the signed confirmation goes out through HA and the
+    service's MACed grant comes back; the device ends owned and online on the broker's address."""
+    controller, backend = await _hub_claim(
+        provisioned,
+        _no_uplink(),
+        RelayClient,
+        service_url=CLOSED_SERVICE,
+        hub_relay=True,
+        broker_host="10.0.0.2",
+        broker_port=1883,
+    )
+    await controller.start_commit()
+    confirmation = await _relay_asked(controller)
+    identity = provisioned.device.identity
+    confirmation.verify(identity.public_key, now=confirmation.timestamp)
+    assert confirmation.claim_token == "T" * 30
+    owned = ClaimOutcome(
+        device_id=identity.device_id,
+        household_id="cd" * 16,
+        mqtt=MqttGrant(host="broker.lan", port=8883, tls=True, username="u", password="p" * 20),
+    )
+    await controller.dispatch(
+        ClaimAnswerRequest(request_id=7, answer=RelayedOwned.sealed(owned, confirmation).to_dict())
+    )
+    record = await controller.wait_for_commit()
+    assert (record.phase, record.diagnostic) == (Phase.ONLINE, None)
+    assert record.ownership is not None
+    assert record.ownership.household_id == "cd" * 16
+    assert record.mqtt is not None
+    assert (record.mqtt.host, record.mqtt.password) == ("10.0.0.2", "p" * 20)
+    assert record.owner_secret == OWNER_SECRET
+    assert backend.saved_ssid == HOME_SSID
+    assert controller.status().relay is None
+    await controller.aclose()
+
+
+async def test_without_the_offer_an_out_of_reach_service_rolls_back_as_before(
+    provisioned: Provisioned,
+) -> None:
+    controller, backend = await _hub_claim(
+        provisioned, _no_uplink(), RelayClient, service_url=CLOSED_SERVICE
+    )
+    await controller.start_commit()
+    record = await controller.wait_for_commit()
+    assert (record.phase, record.diagnostic) == (Phase.PROVISIONING, DiagnosticCode.NO_INTERNET)
+    assert controller.hub_exchange is None
+    assert backend.saved_ssid is None
+    await controller.aclose()
+
+
+async def test_a_relayed_grant_that_is_not_the_service_s_answer_is_refused(
+    provisioned: Provisioned,
+) -> None:
+    """HA (or anything on its way) changed the grant: the MAC fails, nothing is owned."""
+    controller, backend = await _hub_claim(
+        provisioned, _no_uplink(), RelayClient, service_url=CLOSED_SERVICE, hub_relay=True
+    )
+    await controller.start_commit()
+    confirmation = await _relay_asked(controller)
+    owned = ClaimOutcome(
+        device_id=provisioned.device.identity.device_id,
+        household_id="cd" * 16,
+        mqtt=MqttGrant(host="broker.lan", port=8883, tls=True, username="u", password="p" * 20),
+    )
+    answer = RelayedOwned.sealed(owned, confirmation).to_dict()
+    answer["mqtt"] = {**answer["mqtt"], "host": "evil.example"}
+    with pytest.raises(CommandRefusedError) as refused:
+        await controller.dispatch(ClaimAnswerRequest(request_id=7, answer=answer))
+    assert refused.value.error == "claim_error"
+    record = await controller.wait_for_commit()
+    assert (record.phase, record.diagnostic) == (
+        Phase.PROVISIONING,
+        DiagnosticCode.CLAIM_REJECTED,
+    )
+    assert (record.owner_secret, record.mqtt) == (None, None)
+    assert backend.saved_ssid is None
     await controller.aclose()
 
 

@@ -373,6 +373,10 @@ class Device:
         document: dict[str, Any] = json.loads(output)
         return document
 
+    def attempts(self) -> str:
+        """``attempts`` from the device's shell: the onboarding steps, as printed."""
+        return run_cli(["-m", "device_firmware", "--data-dir", str(self.data_dir), "attempts"])
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
@@ -383,6 +387,7 @@ def running_services(
     directory: Path,
     broker: MosquittoBroker,
     *,
+    networks: list[dict[str, Any]] | None = None,
     ble_bridge: bool = False,
     commit_timeout: int | None = None,
     name: str | None = None,
@@ -395,7 +400,12 @@ def running_services(
         device.provision()
         relay.start()
         relay.import_records(device.record_file)
-        device.start(NETWORKS, ble_bridge=ble_bridge, commit_timeout=commit_timeout, name=name)
+        device.start(
+            NETWORKS if networks is None else networks,
+            ble_bridge=ble_bridge,
+            commit_timeout=commit_timeout,
+            name=name,
+        )
         yield relay, device
     finally:
         device.stop()

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,6 +25,7 @@ from custom_components.iot_onboard.account_client import (
     AlreadyOwnedError,
     AuthenticationError,
     Claim,
+    ClaimExpiredError,
     ClaimRejectedError,
     ClaimState,
     ClaimStatus,
@@ -33,7 +35,10 @@ from custom_components.iot_onboard.commit_engine import CommitEngine, Outcome, W
 from custom_components.iot_onboard.device_client import DeviceClient, DeviceLink
 from custom_components.iot_onboard.flow_errors import FlowError, Stage, flow_error
 from custom_components.iot_onboard.iob_protocol import (
+    FEATURE_CLAIM_RELAY,
     FEATURE_STATUS_WAIT,
+    ClaimAnswerRequest,
+    ClaimConfirmation,
     CommandResult,
     DeviceState,
     DiagnosticCode,
@@ -64,6 +69,15 @@ class Claims:
     create_error: Exception | None = None
     created: list[Claim] = field(default_factory=list)
     base_url: str = URL
+    #: What relaying a confirmation answers (an exception is raised); the ones relayed.
+    relay_answer: dict[str, Any] | Exception = field(default_factory=dict)
+    relayed: list[ClaimConfirmation] = field(default_factory=list)
+
+    async def relay_claim_confirmation(self, confirmation: ClaimConfirmation) -> dict[str, Any]:
+        self.relayed.append(confirmation)
+        if isinstance(self.relay_answer, Exception):
+            raise self.relay_answer
+        return self.relay_answer
 
     async def create_claim(self, household_id: str, device_id: str) -> Claim:
         if self.create_error is not None:
@@ -223,8 +237,69 @@ async def test_onboarding_commit_ends_owned(device: FakeDevice, link: DeviceLink
     assert isinstance(handed, SetClaimRequest)
     assert handed.claim_token == claims.created[0].token
     assert handed.owner_secret == owner.secret
+    assert not handed.hub_relay  # an older device: never offered (it would refuse the field)
     assert run.timer == 180
     assert run.claim == claims.created[0]
+
+
+@pytest.fixture
+async def relaying_link(device: FakeDevice) -> AsyncIterator[DeviceLink]:
+    """A link to a device that names ``claim-relay`` (and ``status-wait``)."""
+    device.features = f"{FEATURE_STATUS_WAIT},{FEATURE_CLAIM_RELAY}"
+    async for opened in _opened(device):
+        assert opened.relays_claims
+        yield opened
+
+
+def _out_of_reach(device: FakeDevice) -> ClaimConfirmation:
+    """The device cannot reach the service: its first status hands over its confirmation."""
+    confirmation = ClaimConfirmation.create(device.identity, "t" * 43)
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.COMMITTING, relay=confirmation),
+        StatusResult(state=DeviceState.COMMITTED),
+    )
+    return confirmation
+
+
+async def test_the_engine_relays_the_confirmation_of_a_device_without_internet(
+    device: FakeDevice, relaying_link: DeviceLink
+) -> None:
+    """HA offers to relay; the device hands over its signed confirmation; HA posts exactly
+    that statement and returns the service's answer verbatim; the device's verdict decides."""
+    confirmation = _out_of_reach(device)
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    claims.relay_answer = {"status": "owned", "grant_mac": "m" * 43}  # passed on, not read
+    outcome = await engine(relaying_link, claims, owner_secret=OwnerSecret.generate()).async_run(
+        HOME
+    )
+    assert outcome == Outcome()
+    handed = device.requests[1]
+    assert isinstance(handed, SetClaimRequest)
+    assert handed.hub_relay
+    assert [c.to_json() for c in claims.relayed] == [confirmation.to_json()]
+    answers = [r for r in device.requests if isinstance(r, ClaimAnswerRequest)]
+    assert [(a.answer, a.diagnostic) for a in answers] == [(claims.relay_answer, None)]
+
+
+async def test_a_refused_relay_is_told_to_the_device(
+    device: FakeDevice, relaying_link: DeviceLink
+) -> None:
+    device.answer = statuses(
+        device,
+        StatusResult(
+            state=DeviceState.COMMITTING, relay=ClaimConfirmation.create(device.identity, "t" * 43)
+        ),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.CLAIM_EXPIRED),
+    )
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    claims.relay_answer = ClaimExpiredError(410, "claim_expired", "")
+    outcome = await engine(relaying_link, claims, owner_secret=OwnerSecret.generate()).async_run(
+        HOME
+    )
+    assert outcome == Outcome(error="claim_expired")
+    answers = [r for r in device.requests if isinstance(r, ClaimAnswerRequest)]
+    assert [(a.answer, a.diagnostic) for a in answers] == [(None, DiagnosticCode.CLAIM_EXPIRED)]
 
 
 async def test_device_rolls_back_with_its_diagnostic(device: FakeDevice, link: DeviceLink) -> None:

@@ -393,6 +393,7 @@ def link() -> MagicMock:
     mock: MagicMock = create_autospec(DeviceLink, instance=True)
     mock.usable = True
     mock.waits_for_status = False  # an older device: status is polled
+    mock.relays_claims = False  # and it posts its confirmation itself
     mock.device_public_key = IDENTITY.public_key
     mock.info.return_value = InfoResult(
         device_id=DEVICE_ID,
@@ -797,7 +798,7 @@ async def test_onboarding_into_the_household_entry(
     # The device got exactly: Wi-Fi, then the claim with the live token, then commit.
     link.set_wifi.assert_awaited_once_with(b"HomeNet", PASSWORD, hidden=False)
     link.set_claim.assert_awaited_once_with(
-        URL, "t" * 43, owner_secret=ANY, allow_insecure_http=False
+        URL, "t" * 43, owner_secret=ANY, allow_insecure_http=False, hub_relay=False
     )
     # The owner secret the device got is the one kept for later owner sessions.
     assert record[DEVICE_OWNER_SECRET] == link.set_claim.call_args.kwargs["owner_secret"].encode()

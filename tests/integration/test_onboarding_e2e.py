@@ -68,6 +68,7 @@ from tests.integration.onboarding_services import (
     HOME_PASSPHRASE,
     HOME_SSID,
     LOOPBACK,
+    NETWORKS,
     AccountService,
     Device,
     change_wifi,
@@ -180,6 +181,19 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     await change_wifi(hass, entry, device)
 
 
+async def _new_household_onboards(
+    hass: HomeAssistant, device: Device, account_url: str
+) -> ConfigFlowResult:
+    """Discovery, a new account and household at ``account_url``, the QR code and HomeNet with
+    its password: the flow's answer once the commit's progress ended."""
+    flow_id = (await discovered(hass, device))["flow_id"]
+    await sign_up(hass, flow_id, account_url)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"setup_code": qr_text(device)}
+    )
+    return await submit_wifi(hass, result)
+
+
 async def test_a_lost_claim_answer_still_ends_in_the_household(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
@@ -215,6 +229,49 @@ def short_timer_services(
     """As ``services``, with the device's fail-safe commit timer cut to 3 s."""
     with running_services(tmp_path, mosquitto_broker, commit_timeout=3) as running:
         yield running
+
+
+@pytest.fixture
+def vlan_services(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> Iterator[tuple[AccountService, Device]]:
+    """As ``services``, with HomeNet an IoT VLAN: no route to the internet."""
+    vlan = [{**NETWORKS[0], "internet": False}, *NETWORKS[1:]]
+    with running_services(tmp_path, mosquitto_broker, networks=vlan) as running:
+        yield running
+
+
+async def test_a_device_without_internet_is_claimed_through_home_assistant(
+    hass: HomeAssistant, vlan_services: tuple[AccountService, Device]
+) -> None:
+    """Local-only household (issue 16 item 4): the device reaches Home Assistant and the
+    broker, never the account service (a proxy loses every answer to the device's health
+    check, and its network has no uplink); HA reaches the service. The device hands its
+    signed confirmation over the session, HA relays it, the service's MACed grant comes back
+    the same way: the device ends owned and online on the broker, the flow in the household."""
+    relay, device = vlan_services
+    # HA's own health check at sign-in is answered (skip=1); every later one is lost.
+    async with lossy_proxy(
+        LOOPBACK, relay.port, method="GET", path="/v1/health", drop=1_000, skip=1
+    ) as proxy:
+        result = await _new_household_onboards(hass, device, proxy.url)
+        assert result["type"] is FlowResultType.CREATE_ENTRY, result
+        assert proxy.dropped >= 1  # the device asked, and never heard the service
+        entry = result["result"]
+        household_id = entry.data[CONF_HOUSEHOLD_ID]
+        status = await asyncio.to_thread(device.status)
+        assert (status["phase"], status["household_id"]) == ("online", household_id)
+        steps = ""
+        for _ in range(600):  # the first MQTT connection follows the commit
+            steps = await asyncio.to_thread(device.attempts)
+            if "mqtt_online" in steps:
+                break
+            await asyncio.sleep(0.05)
+        assert "claim_relayed" in steps, steps  # through HA, not by itself
+        assert "NO_INTERNET" in steps, steps  # why it could not reach the service
+        assert "mqtt_online" in steps, steps  # the broker is all it needs
+        await hass.async_block_till_done()
+        assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
 
 async def _manual_add(hass: HomeAssistant, device: Device) -> ConfigFlowResult:

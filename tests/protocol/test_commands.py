@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from iob_protocol import (
     MAX_STATUS_WAIT,
     AckResult,
+    ClaimAnswerRequest,
     CommandType,
     CommitRequest,
     CommitResult,
@@ -203,6 +204,8 @@ def test_every_command_type_decodes(command: CommandType) -> None:
         request = SetClaimRequest(request_id=1, service_url="https://r.example", claim_token=TOKEN)
     elif command is CommandType.SET_OWNER_SECRET:
         request = SetOwnerSecretRequest(request_id=1, owner_secret=bytes(range(32)))
+    elif command is CommandType.CLAIM_ANSWER:
+        request = ClaimAnswerRequest(request_id=1, diagnostic=DiagnosticCode.CLAIM_REJECTED)
     else:
         request = decode_request(f'{{"id":1,"type":"{command.value}"}}'.encode())
     assert decode_request(encode_request(request)) == request

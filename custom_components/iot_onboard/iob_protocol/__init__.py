@@ -32,16 +32,19 @@ from .canonical import (
 )
 from .claim import (
     ClaimConfirmation,
+    ClaimGrant,
     MqttCredentialRequest,
     ReleaseNotice,
     ReleaseReason,
     ZeroTouchConfirmation,
 )
 from .commands import (
+    FEATURE_CLAIM_RELAY,
     FEATURE_STATUS_WAIT,
     FEATURES_HEADER,
     MAX_STATUS_WAIT,
     AckResult,
+    ClaimAnswerRequest,
     CommandResult,
     CommandType,
     CommitRequest,
@@ -193,6 +196,7 @@ from .sources import MonotonicClock, RandomSource, WallClock
 
 __all__ = [
     "FEATURES_HEADER",
+    "FEATURE_CLAIM_RELAY",
     "FEATURE_STATUS_WAIT",
     "HANDSHAKE_TIMEOUT",
     "LABEL_KINDS",
@@ -216,9 +220,11 @@ __all__ = [
     "ChunkError",
     "ChunkReassembler",
     "ChunkSequenceError",
+    "ClaimAnswerRequest",
     "ClaimConfirmation",
     "ClaimError",
     "ClaimExpiredError",
+    "ClaimGrant",
     "ClientSession",
     "ClockSkewError",
     "CommandResult",

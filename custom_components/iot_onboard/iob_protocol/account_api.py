@@ -47,7 +47,9 @@ from mashumaro.jsonschema.annotations import (
     Pattern,
 )
 
-from .errors import MalformedMessageError
+from .canonical import b64url_decode, b64url_encode
+from .claim import GRANT_MAC_SIZE, ClaimConfirmation, ClaimGrant
+from .errors import EncodingError, MalformedMessageError
 
 # --- error codes ------------------------------------------------------------------------------
 
@@ -502,6 +504,69 @@ class Owned(WireModel):
     mqtt: MqttCredentials
 
 
+#: base64url of a 32-byte MAC (no padding).
+_GRANT_MAC_LENGTH: Final = 43
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayedOwned(WireModel):
+    """The "owned" answer to a confirmation Home Assistant relayed (``relayed``: true).
+
+    :class:`Owned` plus ``grant_mac``: the service's HMAC under a key derived from the claim
+    token, over the grant and the confirmation's nonce (``iob_protocol.claim.ClaimGrant``), so
+    the device can tell the answer to its own confirmation from anything else HA could hand it.
+    """
+
+    status: Literal["owned"] = "owned"
+    device_id: DeviceId = field(metadata=_DEVICE_ID_DOC)
+    household_id: Annotated[HexId, MinLength(1)]
+    mqtt: MqttCredentials
+    grant_mac: Annotated[str, MinLength(_GRANT_MAC_LENGTH), MaxLength(_GRANT_MAC_LENGTH)] = field(
+        metadata={"description": "base64url HMAC-SHA256 of the grant (docs/protocol.md §9)."}
+    )
+
+    @staticmethod
+    def grant_of(owned: Owned) -> ClaimGrant:
+        """The fields the MAC covers."""
+        mqtt = owned.mqtt
+        return ClaimGrant(
+            device_id=owned.device_id,
+            household_id=owned.household_id,
+            host=mqtt.host,
+            port=mqtt.port,
+            tls=mqtt.tls,
+            username=mqtt.username,
+            password=mqtt.password,
+            client_id=mqtt.client_id or "",
+        )
+
+    @classmethod
+    def sealed(cls, owned: Owned, confirmation: ClaimConfirmation) -> Self:
+        """``owned`` with the MAC for ``confirmation`` (the service's side)."""
+        mac = cls.grant_of(owned).mac(confirmation.claim_token, confirmation.nonce)
+        return cls(
+            device_id=owned.device_id,
+            household_id=owned.household_id,
+            mqtt=owned.mqtt,
+            grant_mac=b64url_encode(mac),
+        )
+
+    def opened(self, confirmation: ClaimConfirmation) -> Owned:
+        """The plain answer, once the MAC proves it answers ``confirmation`` (the device's side).
+
+        Raises :class:`~.errors.ClaimError` otherwise.
+        """
+        owned = Owned(device_id=self.device_id, household_id=self.household_id, mqtt=self.mqtt)
+        try:
+            mac = b64url_decode(self.grant_mac)
+        except EncodingError as err:
+            raise WireFormatError(f"RelayedOwned.grant_mac: {err}") from err
+        if len(mac) != GRANT_MAC_SIZE:
+            raise WireFormatError(f"RelayedOwned.grant_mac must be {GRANT_MAC_SIZE} bytes")
+        self.grant_of(owned).check(mac, confirmation)
+        return owned
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unowned(WireModel):
     """Nobody owns the device (released, or never claimed): said to the genuine device only."""
@@ -865,6 +930,15 @@ class ConfirmationRequest(WireRequest):
     """``POST /v1/claims/confirm`` and ``/v1/zero-touch/confirm``: the signed confirmation."""
 
     confirmation: Statement
+    #: Home Assistant relays the device's confirmation: the answer is :class:`RelayedOwned`
+    #: (claims only; zero-touch answers as always).
+    relayed: bool | None = field(
+        default=None,
+        metadata={
+            "description": "true when Home Assistant relays the device's claim confirmation: "
+            "the answer then carries `grant_mac` (RelayedOwned)."
+        },
+    )
 
     class Config(WireModel.Config):
         """A signed statement (the document's SignedStatement)."""
@@ -1083,6 +1157,7 @@ RESPONSE_MODELS: Final[tuple[type[WireModel], ...]] = (
     ClaimStatus,
     MqttCredentials,
     Owned,
+    RelayedOwned,
     Unowned,
     Released,
     DeviceCredentials,

@@ -33,6 +33,9 @@ class Step(StrEnum):
     SERVICE_CHECKED = "service_checked"
     #: Device only. A claimed device's Wi-Fi change: the broker is reachable on the new network.
     BROKER_CHECKED = "broker_checked"
+    #: Device only: the service is out of reach; Home Assistant relays the confirmation.
+    #: Result: why the device could not reach it (``RELAY_UNREACHABLE``, ``NO_INTERNET``, ...).
+    CLAIM_RELAYED = "claim_relayed"
     CLAIM_CONFIRMED = "claim_confirmed"
     #: The new network was made permanent (Home Assistant: a Wi-Fi change the device kept).
     COMMITTED = "committed"

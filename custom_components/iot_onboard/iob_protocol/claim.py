@@ -12,6 +12,8 @@ those fields (bytes in base64url) plus ``signature``.  The helpers below are tha
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from .canonical import (
     b64url_decode,
     b64url_encode,
     canonical_json,
+    encode_fields,
     parse_canonical_json,
 )
 from .errors import (
@@ -41,6 +44,10 @@ CLAIM_DOMAIN: Final = "iob/v1/claim-confirmation"
 ZERO_TOUCH_DOMAIN: Final = "iob/v1/zero-touch"
 RELEASE_DOMAIN: Final = "iob/v1/release"
 MQTT_CREDENTIAL_DOMAIN: Final = "iob/v1/mqtt-credential"
+#: The account service's MAC over a relayed claim's grant, and the domain of its key.
+CLAIM_GRANT_DOMAIN: Final = "iob/v1/claim-grant"
+CLAIM_GRANT_KEY_DOMAIN: Final = "iob/v1/claim-grant-key"
+GRANT_MAC_SIZE: Final = 32
 NONCE_SIZE: Final = 16
 #: Claim tokens live at most 10 minutes (DESIGN); a confirmation older than that is useless.
 MAX_AGE_SECONDS: Final = 600
@@ -399,3 +406,56 @@ class ReleaseNotice(_Statement):
             timestamp=_int(document, "timestamp"),
             signature=_bytes(document, "signature"),
         )
+
+
+# --- the grant of a relayed claim ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimGrant:
+    """The account service's "owned" answer to one claim confirmation, as the MAC covers it.
+
+    When Home Assistant relays a device's confirmation (an IoT VLAN without internet), the
+    answer reaches the device through HA, not over the service's TLS. The service then MACs it
+    with a key derived from the claim token, over the confirmation's nonce: the device, which
+    holds the token, refuses a grant for another confirmation, another device or another token,
+    and any change on the way. ``client_id`` "" stands for none.
+    """
+
+    device_id: str
+    household_id: str
+    host: str
+    port: int
+    tls: bool
+    username: str
+    password: str = field(repr=False)
+    client_id: str = ""
+
+    def mac(self, claim_token: str, nonce: bytes) -> bytes:
+        """HMAC-SHA256 under the token's grant key over these fields and ``nonce``."""
+        key = hashlib.sha256(
+            encode_fields(CLAIM_GRANT_KEY_DOMAIN, {"claim_token": claim_token})
+        ).digest()
+        signed = encode_fields(
+            CLAIM_GRANT_DOMAIN,
+            {
+                "client_id": self.client_id,
+                "device_id": self.device_id,
+                "household_id": self.household_id,
+                "mqtt_host": self.host,
+                "mqtt_password": self.password,
+                "mqtt_port": self.port,
+                "mqtt_tls": self.tls,
+                "mqtt_username": self.username,
+                "nonce": nonce,
+            },
+        )
+        return hmac.new(key, signed, hashlib.sha256).digest()
+
+    def check(self, mac: bytes, confirmation: ClaimConfirmation) -> None:
+        """Raise :class:`ClaimError` unless ``mac`` is the service's for ``confirmation``."""
+        if self.device_id != confirmation.device_id:
+            raise ClaimError("the grant names another device")
+        expected = self.mac(confirmation.claim_token, confirmation.nonce)
+        if not hmac.compare_digest(expected, mac):
+            raise ClaimError("the grant's MAC does not match this claim's confirmation")

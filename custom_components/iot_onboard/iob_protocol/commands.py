@@ -17,6 +17,7 @@ from typing import ClassVar, Final, Self, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from .canonical import JsonValue, b64url_decode, b64url_encode, canonical_json, parse_canonical_json
+from .claim import ClaimConfirmation
 from .diagnostics import DiagnosticCode
 from .errors import (
     EncodingError,
@@ -55,6 +56,9 @@ MAX_STATUS_WAIT: Final = 30
 FEATURES_HEADER: Final = "X-IOB-Features"
 #: Named in :data:`FEATURES_HEADER`: ``status`` takes ``wait`` (a long poll).
 FEATURE_STATUS_WAIT: Final = "status-wait"
+#: Named in :data:`FEATURES_HEADER`: ``set_claim`` takes ``hub_relay``, ``status`` may carry
+#: ``relay`` (the signed confirmation for Home Assistant to relay) and ``claim_answer`` exists.
+FEATURE_CLAIM_RELAY: Final = "claim-relay"
 _PRINTABLE_ASCII: Final = frozenset(chr(code) for code in range(0x20, 0x7F))
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
@@ -77,6 +81,7 @@ class CommandType(StrEnum):
     IDENTIFY = "identify"
     FACTORY_RESET = "factory_reset"
     SET_OWNER_SECRET = "set_owner_secret"  # noqa: S105 - a command name, not a secret
+    CLAIM_ANSWER = "claim_answer"
 
 
 class DeviceState(StrEnum):
@@ -264,6 +269,13 @@ class _Fields:
     def boolean(self, name: str) -> bool:
         return bool(self._get(name, bool, "true or false", required=True))
 
+    def optional_boolean(self, name: str) -> bool | None:
+        return self._get(name, bool, "true or false", required=False)
+
+    def optional_document(self, name: str) -> dict[str, JsonValue] | None:
+        """An object field as decoded JSON (a nested message read by its own parser)."""
+        return self._get(name, dict, "an object", required=False)
+
     def binary(self, name: str) -> bytes:
         value = self.string(name)
         return self._decode(name, value)
@@ -429,6 +441,9 @@ class SetClaimRequest:
     broker_host: str | None = None
     broker_port: int | None = None
     owner_secret: bytes | None = field(default=None, repr=False)
+    #: Home Assistant can relay the signed confirmation if the device cannot reach the service
+    #: (only sent to a device that names :data:`FEATURE_CLAIM_RELAY`; false is not sent).
+    hub_relay: bool = False
     allow_insecure_http: InitVar[bool] = False
 
     def __post_init__(self, allow_insecure_http: bool) -> None:
@@ -463,6 +478,8 @@ class SetClaimRequest:
             fields["broker_port"] = self.broker_port
         if self.owner_secret is not None:
             fields["owner_secret"] = b64url_encode(self.owner_secret)
+        if self.hub_relay:
+            fields["hub_relay"] = True
         return fields
 
 
@@ -487,6 +504,33 @@ class SetOwnerSecretRequest:
         return {"owner_secret": b64url_encode(self.owner_secret)}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimAnswerRequest:
+    """Home Assistant relayed the device's signed confirmation: the account service's answer.
+
+    Exactly one of ``answer`` (the service's "owned" body with its ``grant_mac``, verbatim: the
+    device checks it against the claim token it holds) and ``diagnostic`` (the service refused,
+    or HA could not reach it either).
+    """
+
+    command: ClassVar[CommandType] = CommandType.CLAIM_ANSWER
+    request_id: int
+    answer: dict[str, JsonValue] | None = field(default=None, repr=False)
+    diagnostic: DiagnosticCode | None = None
+
+    def __post_init__(self) -> None:
+        """Validate the id; one of the two."""
+        _validate_request_id(self.request_id)
+        if (self.answer is None) == (self.diagnostic is None):
+            raise InvalidFieldError("claim_answer carries exactly one of answer and diagnostic")
+
+    def wire_fields(self) -> dict[str, JsonValue]:
+        """Fields besides ``id`` and ``type``."""
+        if self.answer is not None:
+            return {"answer": self.answer}
+        return {"diagnostic": self.diagnostic.value if self.diagnostic else ""}
+
+
 Request: TypeAlias = (
     InfoRequest
     | ScanWifiRequest
@@ -497,6 +541,7 @@ Request: TypeAlias = (
     | IdentifyRequest
     | FactoryResetRequest
     | SetOwnerSecretRequest
+    | ClaimAnswerRequest
 )
 
 _SIMPLE_REQUESTS: Final[
@@ -542,6 +587,7 @@ def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request
             broker_host=fields.optional_string("broker_host"),
             broker_port=fields.optional_integer("broker_port"),
             owner_secret=fields.optional_binary("owner_secret"),
+            hub_relay=fields.optional_boolean("hub_relay") or False,
             allow_insecure_http=allow_insecure_http,
         )
     elif command is CommandType.SET_OWNER_SECRET:
@@ -550,6 +596,12 @@ def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request
         )
     elif command is CommandType.STATUS:
         request = StatusRequest(request_id=request_id, wait=fields.optional_integer("wait") or 0)
+    elif command is CommandType.CLAIM_ANSWER:
+        request = ClaimAnswerRequest(
+            request_id=request_id,
+            answer=fields.optional_document("answer"),
+            diagnostic=_diagnostic(fields.optional_string("diagnostic")),
+        )
     else:
         request = _SIMPLE_REQUESTS[command](request_id=request_id)
     fields.done()
@@ -659,16 +711,24 @@ class CommitResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusResult:
-    """Onboarding state and the last diagnostic code (``None`` if nothing failed)."""
+    """Onboarding state and the last diagnostic code (``None`` if nothing failed).
+
+    ``relay``: the device cannot reach the account service and waits (within its commit timer)
+    for Home Assistant to relay this signed confirmation and answer with ``claim_answer``. Only
+    sent while committing a claim whose ``set_claim`` carried ``hub_relay``.
+    """
 
     state: DeviceState
     diagnostic: DiagnosticCode | None = None
+    relay: ClaimConfirmation | None = None
 
     def to_json(self) -> dict[str, JsonValue]:
         """Wire form."""
         fields: dict[str, JsonValue] = {"state": self.state.value}
         if self.diagnostic is not None:
             fields["diagnostic"] = self.diagnostic.value
+        if self.relay is not None:
+            fields["relay"] = parse_canonical_json(self.relay.to_json())
         return fields
 
 
@@ -725,9 +785,11 @@ def _read_commit(fields: _Fields) -> CommitResult:
 
 
 def _read_status(fields: _Fields) -> StatusResult:
+    relay = fields.optional_document("relay")
     return StatusResult(
         state=_enum(DeviceState, fields.string("state"), "state"),
         diagnostic=_diagnostic(fields.optional_string("diagnostic")),
+        relay=None if relay is None else ClaimConfirmation.from_json(canonical_json(relay)),
     )
 
 
@@ -743,6 +805,7 @@ _RESULTS: Final[
     CommandType.IDENTIFY: (AckResult, _read_ack),
     CommandType.FACTORY_RESET: (AckResult, _read_ack),
     CommandType.SET_OWNER_SECRET: (AckResult, _read_ack),
+    CommandType.CLAIM_ANSWER: (AckResult, _read_ack),
 }
 
 
