@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from klm import (
 from playwright.sync_api import sync_playwright
 
 from tests.stack.browser import launch_chromium
+
+REPO = Path(__file__).resolve().parents[2]
+TRANSLATIONS = REPO / "custom_components" / "iot_onboard" / "translations" / "en.json"
 
 
 @pytest.mark.parametrize(
@@ -184,3 +188,27 @@ def test_the_page_walk_finds_the_text_a_person_sees() -> None:
         "unseen four",
         "unseen five",
     }
+
+
+#: The most words each onboarding screen's own text (title, description, labels, help) may
+#: have: a confirmation is read in about 6 s, a form in 25 s (at 240 words a minute).
+READING_BUDGET = {
+    "discovery_confirm": 25,
+    "account": 100,
+    "household": 100,
+    "credentials": 100,
+    "wifi": 100,
+}
+
+
+@pytest.mark.parametrize("step_id", sorted(READING_BUDGET))
+def test_each_onboarding_screen_stays_within_its_reading_budget(step_id: str) -> None:
+    strings = json.loads(TRANSLATIONS.read_text(encoding="utf-8"))["config"]["step"][step_id]
+    texts = [
+        strings.get("title", ""),
+        strings.get("description", ""),
+        *strings.get("data", {}).values(),
+        *strings.get("data_description", {}).values(),
+    ]
+    words = count_words(" ".join(texts))
+    assert words <= READING_BUDGET[step_id], f"{step_id}: {words} words: {texts}"
