@@ -5,14 +5,21 @@ through Playwright (the stack tests' helpers, tests/stack/browser.py: offline, n
 ``playwright install``). A person signs in to Home Assistant, opens Settings → Devices &
 services and onboards the first discovered device (signing in to the account service on the
 way), then a later one, as tests/stack/test_browser.py does. For every screen the benchmark
-records the flow's step id (from Home Assistant's own answer to the frontend), the words the
-dialog shows (title, description, labels, help, options, buttons), the characters it types, the
-selections and clicks, and the system's wait: from the click on the screen's button to the
-next screen shown. The keystroke-level model (bench/klm.py: K 0.28 s, P 1.1 s, B 0.1 s,
-H 0.4 s, M 1.35 s, reading at 240 words/min) turns that into the person's time.
+records the flow's step id (from Home Assistant's own answer to the frontend), the words a
+person sees on it (bench/klm.py's SCREEN_PIECES and Piece.seen: rendered, not hidden or
+transparent, not clipped away; text below the fold of the dialog's scrolling content counts,
+the rows of a select's menu outside its box do not), the characters it types, the selections
+and clicks, and the system's wait: from the click on the screen's button to the next screen
+shown (a new heading, at least half faded in, with its Submit or Finish button), both on the
+page's clock, with one wait in the page; and, of that wait, the time to Home Assistant's last
+answer. Each screen's screenshot and counted text (with what was not counted, and why) go to
+build/bench/browser/NN-<device>-<step>.png and .txt. The keystroke-level model (bench/klm.py:
+K 0.28 s, P 1.1 s, B 0.1 s, H 0.4 s, M 1.35 s, reading at 240 words/min) turns that into the
+person's time.
 
-The person takes the shortest honest path: a field with a default keeps it, except the
-"remember this Wi-Fi" switch, which the first device turns on (a household adds more devices).
+The person takes the shortest honest path: a field that shows the right value (a default, a
+suggested value, the strongest network preselected) keeps it, except the "remember this
+Wi-Fi" switch, which the first device turns on (a household adds more devices).
 The account service URL is typed: the demo's service is not the integration's default.
 
 Screens are told apart by the flow's step id and its role in the data flow (:data:`STEPS`);
@@ -30,9 +37,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -40,7 +49,7 @@ from bench_onboarding import ENTITIES, lan_baseline
 from clients import entities_ready
 from common import REPO, BenchError, Result, finish, isolate, median, parser, result, say
 from demo_stack import DEMO_ACCOUNT, HA_USERS, HOME_WIFI, DeviceFacts
-from klm import Journey, Screen, Target, count_words
+from klm import SCREEN_PIECES, Journey, Piece, Screen, Target, count_words, seen_text
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
 from stack import BenchStack, running_stack
@@ -79,30 +88,74 @@ DISCOVERY_TIMEOUT: Final = 120.0
 COMMIT_TIMEOUT: Final = 240.0
 ENTITIES_TIMEOUT: Final = 120.0
 POLL_MS: Final = 10
+#: A screen's text is read until two reads SETTLE_MS apart agree.
+SETTLE_MS: Final = 250
+SETTLE_READS: Final = 40
 
-#: The text a person sees in an element: every rendered text node, through shadow roots.
-VISIBLE_TEXT: Final = """
-(root) => {
-  const parts = [];
-  const walk = (node) => {
-    if (node.nodeType === Node.TEXT_NODE) {
-      const text = node.textContent.trim();
-      const parent = node.parentElement;
-      if (!text || !parent || getComputedStyle(parent).visibility !== "visible") return;
-      const range = document.createRange();
-      range.selectNodeContents(node);
-      if ([...range.getClientRects()].some((r) => r.width > 0 && r.height > 0)) parts.push(text);
-      return;
+#: Records the page-clock time of every click (the person's), before the frontend handles it.
+CLICK_CLOCK: Final = (
+    "document.addEventListener('click', () => { window.iobClicked = performance.now(); }, true)"
+)
+#: The next screen, once the dialog shows it: a new heading with a Submit, Finish or Close
+#: button, or an error alert; ``{title, failed, at}`` (``at`` on the page clock), else null.
+#: Checked every POLL_MS in the page, through shadow roots and slots. (Not on animation
+#: frames: headless Chromium draws a frame about once a second when nothing animates, which
+#: made every wait a multiple of about 1 s.)
+NEXT_SCREEN: Final = """
+([root, before, token]) => {
+  window.iobPolls = window.iobPolls?.token === token ? window.iobPolls : { token, count: 0 };
+  window.iobPolls.count += 1;
+  const skipped = ["STYLE", "SCRIPT", "TEMPLATE"];
+  const deepText = (node) => {
+    if (node.nodeType === Node.TEXT_NODE) return node.textContent;
+    if (node.nodeType !== Node.ELEMENT_NODE || skipped.includes(node.tagName)) return "";
+    if (node.tagName === "SLOT") {
+      return node.assignedNodes({ flatten: true }).map(deepText).join("");
     }
-    const skipped = ["STYLE", "SCRIPT", "TEMPLATE"];
-    if (node.nodeType === Node.ELEMENT_NODE && skipped.includes(node.tagName)) return;
-    if (node.shadowRoot) walk(node.shadowRoot);
-    for (const child of node.childNodes) walk(child);
+    const children = node.shadowRoot ? node.shadowRoot.childNodes : node.childNodes;
+    return [...children].map(deepText).join("");
   };
+  const elements = [];
+  const walk = (parent) => {
+    for (const el of parent.children) {
+      elements.push(el);
+      if (el.shadowRoot) walk(el.shadowRoot);
+      walk(el);
+    }
+  };
+  if (root.shadowRoot) walk(root.shadowRoot);
   walk(root);
-  return parts.join("\\n");
+  const opacity = (el) => {
+    let product = 1;
+    for (let at = el; at; at = at.assignedSlot || at.parentElement || at.parentNode?.host) {
+      product *= Number(getComputedStyle(at).opacity);
+    }
+    return product;
+  };
+  // Shown: laid out, visible, and at least half faded in (a dialog opens from opacity 0).
+  const rendered = (el) => el.getClientRects().length > 0
+    && getComputedStyle(el).visibility === "visible" && opacity(el) >= 0.5;
+  const role = (el) => el.getAttribute("role");
+  const heading = elements.find(
+    (el) => (/^H[1-6]$/.test(el.tagName) || role(el) === "heading") && rendered(el)
+      && deepText(el).trim()
+  );
+  const title = heading ? deepText(heading).trim() : "";
+  const failed = elements.some(
+    (el) => el.tagName === "HA-ALERT" && el.getAttribute("alert-type") === "error"
+      && rendered(el)
+  );
+  const button = elements.some(
+    (el) => (el.tagName.includes("BUTTON") || role(el) === "button")
+      && ["Submit", "Finish", "Close"].includes(deepText(el).trim()) && rendered(el)
+  );
+  if (failed || (title && title !== before && button)) {
+    return { title, failed, at: performance.now(), polls: window.iobPolls.count };
+  }
+  return null;
 }
 """
+SCREENS: Final = REPO / "build" / "bench" / "browser"
 
 
 def labels() -> dict[str, dict[str, str]]:
@@ -125,6 +178,15 @@ class FlowAnswers:
     #: Each response's step (None: not a step), parsed once: a parse is a round trip.
     parsed: list[dict[str, Any] | None] = field(default_factory=list)
 
+    def answered(self, mark: int, clicked: float) -> float:
+        """Seconds from ``clicked`` (ms since the epoch) to the end of the last answer since."""
+        ends = []
+        for response in self.responses[mark:]:
+            response.finished()
+            timing = response.request.timing
+            ends.append(timing["startTime"] + timing["responseEnd"])
+        return (max(ends, default=clicked) - clicked) / 1000
+
     def since(self, mark: int) -> list[dict[str, Any]]:
         for response in self.responses[len(self.parsed) :]:
             try:
@@ -144,52 +206,88 @@ class Person:
     answers: FlowAnswers
     strings: dict[str, dict[str, str]]
     token: str
+    #: Where each screen's screenshot and its counted text go.
+    screens: Path
+    title: str = ""
+    shown: int = 0
+
+    def __post_init__(self) -> None:
+        self.page.add_init_script(CLICK_CLOCK)
+        self.page.evaluate(CLICK_CLOCK)
 
     @property
     def dialog(self) -> Locator:
         return self.page.locator("dialog-data-entry-flow")
 
-    def text(self, where: Locator) -> str:
-        text: str = where.evaluate(VISIBLE_TEXT)
-        return text
+    def words(self, where: Locator, name: str) -> int:
+        """The words a person sees in ``where``; its screenshot and text go to :attr:`screens`.
 
-    def heading(self) -> str:
-        heading = self.dialog.get_by_role("heading")
-        return heading.first.inner_text() if heading.count() else ""
+        The text file lists what is counted, then what is rendered but not seen (hidden,
+        clipped), so that each screenshot can be checked against the count.
+        """
+        # Once the screen is drawn: the form's fields appear a moment after its heading.
+        pieces = [Piece(**facts) for facts in where.evaluate(SCREEN_PIECES)]
+        for _ in range(SETTLE_READS):
+            self.page.wait_for_timeout(SETTLE_MS)
+            again = [Piece(**facts) for facts in where.evaluate(SCREEN_PIECES)]
+            if again == pieces:
+                break
+            pieces = again
+        else:
+            raise BenchError(f"the {name} screen's text still changes after {SETTLE_READS} reads")
+        self.shown += 1
+        path = self.screens / f"{self.shown:02d}-{name}"
+        self.page.screenshot(path=path.with_suffix(".png"), animations="disabled")
+        unseen = [f"{p.text}  ({p.shown:.0f}/{p.area:.0f} px², hidden={p.hidden})" for p in pieces]
+        unseen = [line for line, p in zip(unseen, pieces, strict=True) if not p.seen]
+        seen = seen_text(pieces)
+        path.with_suffix(".txt").write_text(
+            f"{seen}\n\n--- not seen ---\n" + "\n".join(unseen) + "\n", encoding="utf-8"
+        )
+        return count_words(seen)
 
-    def next_screen(self, mark: int, before: str, started: float) -> dict[str, Any]:
-        """Home Assistant's next step once the dialog shows it (a new heading and a button)."""
-        deadline = started + COMMIT_TIMEOUT
-        button = self.dialog.get_by_role("button", name=re.compile("^(Submit|Finish)$"))
-        while True:
-            steps = self.answers.since(mark)
-            last = steps[-1] if steps else None
-            if last is not None:
-                kind = last["type"]
-                if kind == "abort":
-                    raise BenchError(f"the flow aborted: {last.get('reason')} ({last})")
-                if kind == "form" and last.get("errors"):
-                    alerts = self.dialog.locator("ha-alert").all_inner_texts()
-                    raise BenchError(
-                        f"the {last['step_id']} step refused the input: {last['errors']}; the "
-                        f"dialog shows {alerts}"
-                    )
-                shown = self.heading()
-                new = kind in {"form", "create_entry"} and shown and shown != before
-                if new and button.count() and button.first.is_visible():
-                    return last
-            if time.perf_counter() > deadline:
-                raise BenchError(
-                    f"no next screen within {COMMIT_TIMEOUT:.0f} s after {before!r}; the flow "
-                    f"answered {steps}; the dialog shows {self.heading()!r}"
-                )
-            self.page.wait_for_timeout(POLL_MS)
+    def next_screen(self, mark: int) -> tuple[dict[str, Any], float, float]:
+        """Home Assistant's next step once the dialog shows it; seconds since the click.
+
+        One wait in the page, checked every POLL_MS there; both times on the page clock.
+        """
+        self.dialog.wait_for(state="attached")
+        shown = self.page.wait_for_function(
+            NEXT_SCREEN,
+            arg=[self.dialog.element_handle(), self.title, mark],
+            polling=POLL_MS,
+            timeout=COMMIT_TIMEOUT * 1000,
+        ).json_value()
+        clicked = self.page.evaluate("[window.iobClicked, performance.timeOrigin]")
+        wait = (shown["at"] - clicked[0]) / 1000
+        # The answer's response event comes before the screen it draws; parsed in this thread.
+        steps = self.answers.since(mark)
+        answered = self.answers.answered(mark, sum(clicked))
+        say(
+            f"  {shown['title']!r}: shown {wait:.3f} s after the click (check {shown['polls']} "
+            f"in the page), Home Assistant's answer in {answered:.3f} s"
+        )
+        last = steps[-1] if steps else None
+        if last is None:
+            raise BenchError(f"the dialog shows {shown} but Home Assistant sent no flow step")
+        if last["type"] == "abort":
+            raise BenchError(f"the flow aborted: {last.get('reason')} ({last})")
+        if shown["failed"] or (last["type"] == "form" and last.get("errors")):
+            alerts = self.dialog.locator("ha-alert").all_inner_texts()
+            raise BenchError(
+                f"the {last.get('step_id')} step refused the input: {last.get('errors')}; "
+                f"the dialog shows {alerts}"
+            )
+        self.title = shown["title"]
+        return last, wait, answered
 
     def fill(self, step: dict[str, Any], device: DeviceFacts) -> tuple[list[int], int]:
-        """Fill the form as the person would; the characters per typed field, the selections."""
+        """Fill the form as the person would; the characters per typed field, the selections.
+
+        A field that shows the right value already (a default, a suggested value) is kept.
+        """
         step_id = step["step_id"]
         schema: list[dict[str, Any]] = step.get("data_schema") or []
-        names = {item["name"] for item in schema}
         strings = self.strings.get(step_id, {})
         network = next((item for item in schema if item["name"] == "network"), None)
         remembered = network is not None and "remembered" in _default_label(network).lower()
@@ -200,8 +298,8 @@ class Person:
             "email": DEMO_ACCOUNT.email,
             "password": DEMO_ACCOUNT.password,
             "setup_code": device.manual_code,
-            # A new household is named only when the account has none to choose from.
-            "household_name": None if "household" in names else HOUSEHOLD,
+            # The household's name: Home Assistant's location name is offered and kept.
+            "household_name": None,
             "passphrase": None if remembered else HOME_WIFI.passphrase,
         }
         for item in schema:
@@ -211,11 +309,12 @@ class Person:
             named = re.compile(rf"^{re.escape(label)}\s*\*?$")
             if name in values:
                 value = values[name]
-                if value is not None:
+                if value is not None and value not in _prefilled(item):
                     self.dialog.get_by_role("textbox", name=named).fill(value)
                     typed.append(len(value))
             elif name == "network":
-                if not remembered:
+                home = _option(item, rf"^{re.escape(HOME_WIFI.ssid)} · ")
+                if not remembered and item.get("default") != home:
                     pattern = re.compile(rf"^{re.escape(HOME_WIFI.ssid)} · ")
                     self.dialog.get_by_role("radio", name=pattern).check()
                     selections += 1
@@ -231,7 +330,7 @@ class Person:
                 )
         return typed, selections
 
-    def onboards(self, device: DeviceFacts) -> tuple[Journey, float]:
+    def onboards(self, device: DeviceFacts, which: str) -> tuple[Journey, float]:
         """The device's journey, card to success screen; seconds from Add to entities up."""
         # The dashboard: finishing a flow may have left the person on the integration's page.
         if not self.page.url.endswith(DASHBOARD):
@@ -239,12 +338,13 @@ class Person:
         card = self.page.locator("ha-config-flow-card").filter(has_text=device.name)
         add = card.get_by_role("button", name="Add")
         expect(add).to_be_visible(timeout=DISCOVERY_TIMEOUT * 1000)
-        card_words = count_words(self.text(card))
+        card_words = self.words(card, f"{which}-card")
         screens: list[Screen] = []
         mark, started = len(self.answers.responses), time.perf_counter()
+        self.title = ""
         add.click()
-        step = self.next_screen(mark, "", started)
-        screens.append(Screen("card", "card", card_words, wait=time.perf_counter() - started))
+        step, wait, answered = self.next_screen(mark)
+        screens.append(Screen("card", "card", card_words, wait=wait, answer=answered))
         while step["type"] == "form":
             step_id = step["step_id"]
             role = STEPS.get(step_id)
@@ -255,17 +355,15 @@ class Person:
                     "in bench/bench_browser.py with its role in the data flow"
                 )
             typed, selections = self.fill(step, device)
-            words = count_words(self.text(self.dialog))
-            before, mark = self.heading(), len(self.answers.responses)
-            clicked = time.perf_counter()
+            words = self.words(self.dialog, f"{which}-{step_id}")
+            mark = len(self.answers.responses)
             self.dialog.get_by_role("button", name="Submit").click()
-            step = self.next_screen(mark, before, clicked)
-            wait = time.perf_counter() - clicked
-            screens.append(Screen(step_id, role, words, tuple(typed), selections, wait))
+            step, wait, answered = self.next_screen(mark)
+            screens.append(Screen(step_id, role, words, tuple(typed), selections, wait, answered))
             say(f"{device.name}: {step_id} ({role}) → {step.get('step_id', step['type'])}")
         if step["type"] != "create_entry":
             raise BenchError(f"the flow ended in {step} instead of creating the entry")
-        screens.append(Screen("create_entry", "done", count_words(self.text(self.dialog))))
+        screens.append(Screen("create_entry", "done", self.words(self.dialog, f"{which}-done")))
         self.dialog.get_by_role("button", name="Finish").click()
         expect(self.dialog.get_by_role("heading")).to_have_count(0)
         self.entities_available(device)
@@ -281,6 +379,25 @@ class Person:
             if time.perf_counter() > deadline:
                 raise BenchError(f"the entities of {device.name} are not available: {states}")
             self.page.wait_for_timeout(POLL_MS * 10)
+
+
+def _prefilled(item: dict[str, Any]) -> tuple[object, ...]:
+    """What a field already shows: its default, its suggested value."""
+    description = item.get("description") or {}
+    return tuple(
+        value
+        for value in (item.get("default"), description.get("suggested_value"))
+        if value is not None
+    )
+
+
+def _option(select: dict[str, Any], label: str) -> object:
+    """The value of the select's first option whose label matches ``label`` (a regex)."""
+    options = select.get("selector", {}).get("select", {}).get("options", [])
+    return next(
+        (o["value"] for o in options if isinstance(o, dict) and re.match(label, o["label"])),
+        None,
+    )
 
 
 def _default_label(select: dict[str, Any]) -> str:
@@ -323,10 +440,12 @@ def in_browser(
             # A second tab of the signed-in session (its tokens are in the context's storage).
             loads = page_load_seconds(context.new_page(), base + DASHBOARD)
             open_devices_and_services(page)
-            person = Person(page, stack, answers, labels(), token)
+            shutil.rmtree(SCREENS, ignore_errors=True)
+            SCREENS.mkdir(parents=True)
+            person = Person(page, stack, answers, labels(), token, SCREENS)
             journeys = {}
             for which, device in zip(("first", "later"), devices, strict=True):
-                journeys[which] = person.onboards(device)
+                journeys[which] = person.onboards(device, which)
         except PlaywrightError as err:
             err.add_note(f"Requests refused (not local): {sorted(set(local_only.blocked))}")
             raise
@@ -367,9 +486,12 @@ def report_table(journeys: dict[str, Journey], form_wait: float) -> str:
     out.append(f"{FORM_WAIT_TARGET.what:<22}{form_wait:>15.2f} s (both)  ≤ 0.25 s: {verdict}")
     out.append("")
     for which, journey in (("first", first), ("later", later)):
-        out.append(f"{which} device, per screen: step (role) words chars clicks wait")
+        out.append(
+            f"{which} device, per screen: step (role) words chars clicks wait (of it HA's answer)"
+        )
         out.extend(
-            f"  {s.step} ({s.role}) {s.words} {s.characters} {s.clicks} {s.wait:.2f} s"
+            f"  {s.step} ({s.role}) {s.words} {s.characters} {s.clicks} {s.wait:.2f} s "
+            f"({s.answer:.2f} s)"
             for s in journey.screens
         )
     return "\n".join(out)

@@ -56,6 +56,8 @@ class Screen:
     selections: int = 0
     #: Seconds from the person's click on this screen's button to the next screen shown.
     wait: float = 0.0
+    #: Of that wait, seconds until Home Assistant's last answer arrived (the rest: drawing).
+    answer: float = 0.0
 
     @property
     def is_form(self) -> bool:
@@ -140,3 +142,91 @@ class Target(NamedTuple):
     def verdict(self, value: float) -> str:
         """PASS at or under the limit, else FAIL."""
         return "PASS" if value <= self.limit else "FAIL"
+
+
+#: Every text node under a root element (through shadow roots), with what decides whether a
+#: person sees it: ``[{text, area, shown, hidden}]`` (see :class:`Piece`). Clipping counts from
+#: every ancestor up to the root with overflow other than visible (a collapsed panel, a
+#: 1-pixel screen-reader box), except a box that scrolls (``overflow-y`` auto or scroll: a
+#: dialog's content, which the person scrolls through), unless it is the first one around a
+#: list (role listbox or menu: a select's menu, which shows only the rows in its box).
+SCREEN_PIECES: Final = """
+(root) => {
+  const up = (el) => {
+    if (el === root) return null;
+    if (el.assignedSlot) return el.assignedSlot;
+    if (el.parentElement) return el.parentElement;
+    const owner = el.parentNode;
+    return owner && owner.host ? owner.host : null;
+  };
+  const scrolls = (style) => ["auto", "scroll"].includes(style.overflowY);
+  const clips = (style) => style.overflowX !== "visible" || style.overflowY !== "visible";
+  const overlap = (a, b) => ({
+    left: Math.max(a.left, b.left), right: Math.min(a.right, b.right),
+    top: Math.max(a.top, b.top), bottom: Math.min(a.bottom, b.bottom),
+  });
+  const size = (r) => Math.max(0, r.right - r.left) * Math.max(0, r.bottom - r.top);
+  const piece = (node) => {
+    const parent = node.parentElement;
+    const ancestors = [];
+    for (let el = parent; el; el = up(el)) ancestors.push([el, getComputedStyle(el)]);
+    let hidden = getComputedStyle(parent).visibility !== "visible";
+    hidden = hidden || ancestors.some(([, style]) => Number(style.opacity) === 0);
+    // What clips the text: overflow other than visible, except a scrolling box (the person
+    // scrolls it), unless it is the first one around a list (a select's menu: its rows).
+    const boxes = [];
+    let inList = false;
+    for (const [el, style] of ancestors) {
+      if (["listbox", "menu"].includes(el.getAttribute("role"))) inList = true;
+      if (!clips(style)) continue;
+      if (scrolls(style) && !inList) continue;
+      if (scrolls(style)) inList = false;
+      boxes.push(el.getBoundingClientRect());
+    }
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    let area = 0, shown = 0;
+    for (const rect of range.getClientRects()) {
+      area += size(rect);
+      shown += size(boxes.reduce(overlap, rect));
+    }
+    return { text: node.textContent.trim(), area, shown, hidden };
+  };
+  const pieces = [];
+  const walk = (node) => {
+    if (node.nodeType === Node.TEXT_NODE) {
+      if (node.textContent.trim() && node.parentElement) pieces.push(piece(node));
+      return;
+    }
+    const skipped = ["STYLE", "SCRIPT", "TEMPLATE"];
+    if (node.nodeType === Node.ELEMENT_NODE && skipped.includes(node.tagName)) return;
+    if (node.shadowRoot) walk(node.shadowRoot);
+    for (const child of node.childNodes) walk(child);
+  };
+  walk(root);
+  return pieces;
+}
+"""
+
+
+class Piece(NamedTuple):
+    """One text node on a screen and what decides whether a person sees it."""
+
+    text: str
+    #: Its boxes' area in CSS pixels² (0: not rendered, e.g. ``display: none``).
+    area: float
+    #: The part of that area inside every box that clips it (a collapsed panel, a select's
+    #: list, a 1-pixel screen-reader box), the dialog's own scrolling content excepted.
+    shown: float
+    #: ``visibility: hidden`` or an ancestor with ``opacity: 0``.
+    hidden: bool = False
+
+    @property
+    def seen(self) -> bool:
+        """Rendered, not hidden, and at least half of it inside what clips it."""
+        return not self.hidden and self.area > 0 and self.shown >= self.area / 2
+
+
+def seen_text(pieces: Iterable[Piece]) -> str:
+    """The text a person sees among ``pieces``, one piece a line."""
+    return "\n".join(piece.text for piece in pieces if piece.seen)
