@@ -52,7 +52,7 @@ PROJECT_EXTRAS="device,relay,test"
 # per-file-target-version in pyproject.toml lists the same).
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
 PY311_TEST_PATHS=(tests/protocol tests/device tests/relay tests/plugins tests/conftest.py
-  tests/raw_http.py tests/test_packaging.py tests/integration/ble_bridge.py)
+  tests/raw_http.py tests/test_packaging.py tests/integration/ble_bridge.py tests/vm/driver.py)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -279,4 +279,33 @@ project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
 print("\n".join(sorted(set(project["dependencies"] + extras["device"] + extras["relay"]))))
 print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
+}
+
+# Build the missing or outdated VM images. A machine that cannot (not root, no Debian mirror)
+# still gets everything else; the reason is kept next to the image's place, and scripts/test
+# prints it when it skips that suite's VM stage.
+ensure_vm_images() {
+  local suite dir output
+  for suite in "${VM_SUITES[@]}"; do
+    dir=$(vm_image_dir "$suite")
+    if output=$("$REPO_ROOT/scripts/vm-image" "$suite" 2>&1); then
+      rm -f "$dir.unavailable"
+      [ -z "$output" ] || printf '%s\n' "$output" >&2
+    else
+      mkdir -p "$IOB_CACHE_DIR" 2>/dev/null || true
+      printf '%s\n' "$output" | tail -3 >"$dir.unavailable" 2>/dev/null || true
+      log "warning: no Debian $suite VM image, so scripts/test skips that VM stage: $(printf '%s' "$output" | tail -1)"
+    fi
+  done
+}
+
+# Why a suite's VM image is missing (for the skip message).
+vm_image_unavailable_reason() {
+  local dir
+  dir=$(vm_image_dir "$1")
+  if [ -s "$dir.unavailable" ]; then
+    tr '\n' ' ' <"$dir.unavailable"
+  else
+    echo "no image in $dir (scripts/setup builds it with scripts/vm-image $1)"
+  fi
 }

@@ -9,6 +9,9 @@ which has the project's wheel from the device package. Each subcommand prints on
 - ``onboard`` (the device's namespace, where the agent's LAN server listens on loopback): the
   handshake with the label's QR text, ``set_wifi``, ``set_claim``, ``commit``, then ``status``
   until the commit ends; prints the device's final state and diagnostic code.
+- ``air`` (anywhere): reads NetworkManager's and wpa_supplicant's journal of one scenario on
+  stdin; prints the key management the supplicant was given, whether it scanned for a hidden
+  SSID and whether it connected (the radio's side of a join that the agent then rolled back).
 - ``online`` (router namespace): the claim's status and the device's retained availability on
   the broker, read with the household hub's credential, as Home Assistant reads it.
 """
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -211,6 +215,16 @@ def _online(args: argparse.Namespace) -> dict[str, Any]:
     return {"claim": status["status"], "availability": availability}
 
 
+def _air(_args: argparse.Namespace) -> dict[str, Any]:
+    text = sys.stdin.read()
+    modes = re.findall(r"added 'key_mgmt' value '([^']*)'", text)
+    return {
+        "key_mgmt": modes[-1] if modes else None,
+        "scan_ssid": "added 'scan_ssid' value '1'" in text,
+        "connected": "CTRL-EVENT-CONNECTED" in text,
+    }
+
+
 def main(argv: list[str]) -> int:
     """One subcommand; its JSON on stdout, or ``{"error": ...}`` and exit status 1."""
     parser = argparse.ArgumentParser(prog="driver.py")
@@ -222,6 +236,7 @@ def main(argv: list[str]) -> int:
     sub.add_parser("account")
     sub.add_parser("claim")
     sub.add_parser("online")
+    sub.add_parser("air")
     onboard = sub.add_parser("onboard")
     onboard.add_argument("--device", default="http://127.0.0.1:8423")
     onboard.add_argument("--qr", required=True)
@@ -230,7 +245,13 @@ def main(argv: list[str]) -> int:
     onboard.add_argument("--hidden", action="store_true")
     onboard.add_argument("--service-url", required=True)
     args = parser.parse_args(argv)
-    steps = {"account": _account, "claim": _claim, "onboard": _onboard, "online": _online}
+    steps = {
+        "account": _account,
+        "claim": _claim,
+        "onboard": _onboard,
+        "online": _online,
+        "air": _air,
+    }
     try:
         result = steps[args.command](args)
     except (DriverError, OSError, KeyError, ValueError) as err:

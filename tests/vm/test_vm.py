@@ -190,19 +190,73 @@ def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
     assert "error" not in onboard, onboard
     assert (onboard["state"], onboard["diagnostic"]) == ("provisioning", code), onboard
     assert (status["phase"], status["diagnostic"]) == ("provisioning", code), status
+    # The radio's side: the supplicant got the right key management and, where the network
+    # exists, associated (then the agent rolled the trial back).
+    air = result["air"]
+    if name in AIR:
+        key_mgmt, scan_ssid = AIR[name]
+        assert air["key_mgmt"] == key_mgmt, air
+        assert air["scan_ssid"] is scan_ssid, air
+        assert air["connected"] is True, air
     # Rolled back: nothing of the trial network is active or saved.
     assert "wlan1" not in result["active"], result["active"]
     assert "wireless" not in result["saved"], result["saved"]
 
 
-def test_ssid_absent_is_ap_not_found(vm: VmRun) -> None:
-    """A network that is not on the air: WIFI_AP_NOT_FOUND, rolled back."""
-    _assert_rolled_back(vm, "ssid_absent", "WIFI_AP_NOT_FOUND")
+#: Scenarios that end unclaimed with a diagnostic, in the order the guest runs them: what the
+#: home router offers (tests/vm/guest.sh), and the code the device must end with. The joins on a
+#: hidden, a WPA3-SAE and an open network end at a closed service port, so RELAY_UNREACHABLE
+#: shows that Wi-Fi, DHCP and DNS worked, and the device stays unclaimed for the next scenario.
+FAILURES: Final = {
+    "ssid_absent": "WIFI_AP_NOT_FOUND",  # a network that is not on the air
+    "wrong_passphrase": "WIFI_AUTH_FAILED",  # the home network, a wrong passphrase
+    "dns_broken": "DNS_FAILED",  # dnsmasq does not know the service's name
+    "no_internet": "NO_INTERNET",  # service port closed, nothing beyond the router
+    "relay_unreachable": "RELAY_UNREACHABLE",  # service port closed, "the internet" answers
+    "hidden_ssid": "RELAY_UNREACHABLE",  # hostapd ignore_broadcast_ssid, set_wifi hidden
+    "wpa3_sae": "RELAY_UNREACHABLE",  # SAE only, management frame protection required
+    "open_network": "RELAY_UNREACHABLE",  # no passphrase
+    "dhcp_off": "DHCP_TIMEOUT",  # dnsmasq answers DNS only
+}
 
 
-def test_wrong_passphrase_is_auth_failed(vm: VmRun) -> None:
-    """The home network with a wrong passphrase: WIFI_AUTH_FAILED, rolled back."""
-    _assert_rolled_back(vm, "wrong_passphrase", "WIFI_AUTH_FAILED")
+#: The supplicant's key management (as NetworkManager logs it) and hidden-SSID scan per join.
+WPA2_OR_3: Final = "WPA-PSK WPA-PSK-SHA256 FT-PSK SAE FT-SAE"
+AIR: Final = {
+    "dns_broken": (WPA2_OR_3, False),
+    "hidden_ssid": (WPA2_OR_3, True),
+    "wpa3_sae": ("SAE FT-SAE", False),
+    "open_network": ("NONE", False),
+}
+#: NetworkManager answers its connectivity check with "full" when no check URL is configured
+#: (Debian's default), and the agent trusts that before its own probes: so a LAN without an
+#: uplink is reported as RELAY_UNREACHABLE. The guest records NetworkManager's answer
+#: ("connectivity" step). Fix in device_firmware/network/networkmanager.py check_internet.
+NO_INTERNET_BUG: Final = (
+    "check_internet trusts NetworkManager's 'full', which it reports when connectivity "
+    "checking is off (Debian's default): NO_INTERNET becomes RELAY_UNREACHABLE"
+)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "code"),
+    [
+        pytest.param(
+            name,
+            code,
+            id=name,
+            marks=[pytest.mark.xfail(strict=True, reason=NO_INTERNET_BUG)]
+            if name == "no_internet"
+            else [],
+        )
+        for name, code in FAILURES.items()
+    ],
+)
+def test_failed_onboarding_ends_with_its_code_and_rolls_back(
+    vm: VmRun, scenario: str, code: str
+) -> None:
+    """The documented state (provisioning) and diagnostic code, and the trial network gone."""
+    _assert_rolled_back(vm, scenario, code)
 
 
 def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
@@ -216,3 +270,11 @@ def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
     assert status["wifi_ssid"] == "iob-home"
     assert "wlan1" in result["active"]
     assert vm.step("right_passphrase_online") == {"claim": "owned", "availability": "online"}
+
+
+def test_network_manager_reports_full_connectivity_without_a_check_url(vm: VmRun) -> None:
+    """The cause of the no_internet scenario's wrong code: online, with nothing beyond the
+    router, NetworkManager says "full" (no [connectivity] uri in Debian's configuration)."""
+    connectivity = vm.step("connectivity")
+    assert "uri=" not in connectivity["config"], connectivity
+    assert connectivity["check"] == "full", connectivity
