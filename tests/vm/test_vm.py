@@ -228,30 +228,9 @@ AIR: Final = {
     "wpa3_sae": ("SAE FT-SAE", False),
     "open_network": ("NONE", False),
 }
-#: NetworkManager answers its connectivity check with "full" when no check URL is configured
-#: (Debian's default), and the agent trusts that before its own probes: so a LAN without an
-#: uplink is reported as RELAY_UNREACHABLE. The guest records NetworkManager's answer
-#: ("connectivity" step). Fix in device_firmware/network/networkmanager.py check_internet.
-NO_INTERNET_BUG: Final = (
-    "check_internet trusts NetworkManager's 'full', which it reports when connectivity "
-    "checking is off (Debian's default): NO_INTERNET becomes RELAY_UNREACHABLE"
-)
 
 
-@pytest.mark.parametrize(
-    ("scenario", "code"),
-    [
-        pytest.param(
-            name,
-            code,
-            id=name,
-            marks=[pytest.mark.xfail(strict=True, reason=NO_INTERNET_BUG)]
-            if name == "no_internet"
-            else [],
-        )
-        for name, code in FAILURES.items()
-    ],
-)
+@pytest.mark.parametrize(("scenario", "code"), FAILURES.items(), ids=list(FAILURES))
 def test_failed_onboarding_ends_with_its_code_and_rolls_back(
     vm: VmRun, scenario: str, code: str
 ) -> None:
@@ -273,8 +252,8 @@ def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
 
 
 def test_network_manager_reports_full_connectivity_without_a_check_url(vm: VmRun) -> None:
-    """The cause of the no_internet scenario's wrong code: online, with nothing beyond the
-    router, NetworkManager says "full" (no [connectivity] uri in Debian's configuration)."""
+    """Why no_internet needs the agent's own probes: online, with nothing beyond the router,
+    Debian's NetworkManager (no [connectivity] uri) still answers its check with "full"."""
     connectivity = vm.step("connectivity")
     assert "uri=" not in connectivity["config"], connectivity
     assert connectivity["check"] == "full", connectivity
