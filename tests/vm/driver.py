@@ -10,8 +10,8 @@ which has the project's wheel from the device package. Each subcommand prints on
   handshake with the label's QR text, ``set_wifi``, ``set_claim``, ``commit``, then ``status``
   until the commit ends; prints the device's final state and diagnostic code.
 - ``air`` (anywhere): reads NetworkManager's and wpa_supplicant's journal of one scenario on
-  stdin; prints the key management the supplicant was given, whether it scanned for a hidden
-  SSID and whether it connected (the radio's side of a join that the agent then rolled back).
+  stdin; prints the key management the supplicant was given and whether it connected (the
+  radio's side of a join that the agent then rolled back).
 - ``online`` (router namespace): the claim's status and the device's retained availability on
   the broker, read with the household hub's credential, as Home Assistant reads it.
 """
@@ -220,7 +220,6 @@ def _air(_args: argparse.Namespace) -> dict[str, Any]:
     modes = re.findall(r"added 'key_mgmt' value '([^']*)'", text)
     return {
         "key_mgmt": modes[-1] if modes else None,
-        "scan_ssid": "added 'scan_ssid' value '1'" in text,
         "connected": "CTRL-EVENT-CONNECTED" in text,
     }
 

@@ -190,14 +190,12 @@ def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
     assert "error" not in onboard, onboard
     assert (onboard["state"], onboard["diagnostic"]) == ("provisioning", code), onboard
     assert (status["phase"], status["diagnostic"]) == ("provisioning", code), status
-    # The radio's side: the supplicant got the right key management and, where the network
-    # exists, associated (then the agent rolled the trial back).
+    # The radio's side: the supplicant got the right key management and associated (then the
+    # agent rolled the trial back).
     air = result["air"]
     if name in AIR:
-        key_mgmt, scan_ssid = AIR[name]
-        assert air["key_mgmt"] == key_mgmt, air
-        assert air["scan_ssid"] is scan_ssid, air
-        assert air["connected"] is True, air
+        assert AIR[name] in (air["key_mgmt"] or "").split(), air
+    assert air["connected"] is (code not in {"WIFI_AP_NOT_FOUND", "WIFI_AUTH_FAILED"}), air
     # Rolled back: nothing of the trial network is active or saved.
     assert "wlan1" not in result["active"], result["active"]
     assert "wireless" not in result["saved"], result["saved"]
@@ -220,13 +218,14 @@ FAILURES: Final = {
 }
 
 
-#: The supplicant's key management (as NetworkManager logs it) and hidden-SSID scan per join.
-WPA2_OR_3: Final = "WPA-PSK WPA-PSK-SHA256 FT-PSK SAE FT-SAE"
+#: The key management the supplicant was allowed per join (NetworkManager logs it). A profile
+#: with a passphrase allows WPA2 and SAE unless the agent saw an SAE-only network in its scan
+#: (then "SAE FT-SAE"): either way an SAE-only access point is joined with SAE.
 AIR: Final = {
-    "dns_broken": (WPA2_OR_3, False),
-    "hidden_ssid": (WPA2_OR_3, True),
-    "wpa3_sae": ("SAE FT-SAE", False),
-    "open_network": ("NONE", False),
+    "dns_broken": "WPA-PSK",
+    "hidden_ssid": "WPA-PSK",
+    "wpa3_sae": "SAE",
+    "open_network": "NONE",
 }
 
 
