@@ -14,7 +14,7 @@
 set -euo pipefail
 
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
-SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/build-deb scripts/lib.sh .ci/run
+SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/build-deb scripts/vm-image scripts/lib.sh .ci/run
   addon/iot_onboard_relay/rootfs/run.sh)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,10 +27,21 @@ DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 # Debian packages the tests and the demo need on the host (chromium: the browser test drives
 # Debian's build through Playwright; never `playwright install`, it downloads browsers).
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql shellcheck chromium)
+  postgresql shellcheck chromium qemu-system-x86 qemu-utils)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config)
+
+# The VM stage (tests/vm, scripts/vm-image): one Debian image per suite, cached like the forky
+# root. Inside: the kernel (mac80211_hwsim), systemd, NetworkManager and wpa_supplicant for the
+# agent; hostapd, dnsmasq and Mosquitto for the home router and the account service; what the
+# agent's package depends on. (debootstrap resolves no virtual packages: libpam-systemd, or
+# polkitd stays unconfigured.)
+# shellcheck disable=SC2034 # used by scripts/vm-image and scripts/test
+VM_SUITES=(bookworm trixie)
+VM_PACKAGES=(linux-image-amd64 initramfs-tools systemd-sysv libpam-systemd dbus udev kmod
+  iproute2 network-manager wpasupplicant hostapd dnsmasq-base iw wireless-regdb bluez polkitd
+  adduser python3 python3-venv mosquitto ca-certificates procps)
 
 # The Python packages each environment installs; versions come from its lock file.
 OLDEST_PYTHON_VERSION=3.13
@@ -41,7 +52,7 @@ PROJECT_EXTRAS="device,relay,test"
 # per-file-target-version in pyproject.toml lists the same).
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
 PY311_TEST_PATHS=(tests/protocol tests/device tests/relay tests/plugins tests/conftest.py
-  tests/raw_http.py tests/test_packaging.py tests/integration/ble_bridge.py)
+  tests/raw_http.py tests/test_packaging.py tests/integration/ble_bridge.py tests/vm/driver.py)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -247,4 +258,54 @@ the newest-HA tests in the forky root. Use IOB_FORCE_FORKY=1 (root) or extend sc
       -e '.[$PROJECT_EXTRAS]'
   "
   echo "$stamp" >"$FORKY_ROOT$FORKY_VENV/.iob-stamp"
+}
+
+# ---------------------------------------------------------------- the VM stage's images
+
+vm_image_dir() { echo "$IOB_CACHE_DIR/vm-$1"; }
+
+# What an image is built from: the recipe and the locked versions of its wheelhouse.
+vm_image_stamp() {
+  cat "$REPO_ROOT/scripts/vm-image" "$REPO_ROOT/requirements/device311.lock" "$REPO_ROOT/pyproject.toml" \
+    <(printf '%s\n' "${VM_PACKAGES[@]}") | sha256sum | cut -d' ' -f1
+}
+
+# The guest's wheelhouse: the distribution's dependencies with the device and relay extras
+# (pip download judges markers with the host's Python: typing_extensions is listed itself).
+vm_wheel_requirements() {
+  python3 -c '
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+extras = project["optional-dependencies"]
+print("\n".join(sorted(set(project["dependencies"] + extras["device"] + extras["relay"]))))
+print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
+}
+
+# Build the missing or outdated VM images. A machine that cannot (not root, no Debian mirror)
+# still gets everything else; the reason is kept next to the image's place, and scripts/test
+# prints it when it skips that suite's VM stage.
+ensure_vm_images() {
+  local suite dir output
+  for suite in "${VM_SUITES[@]}"; do
+    dir=$(vm_image_dir "$suite")
+    if output=$("$REPO_ROOT/scripts/vm-image" "$suite" 2>&1); then
+      rm -f "$dir.unavailable"
+      [ -z "$output" ] || printf '%s\n' "$output" >&2
+    else
+      mkdir -p "$IOB_CACHE_DIR" 2>/dev/null || true
+      printf '%s\n' "$output" | tail -3 >"$dir.unavailable" 2>/dev/null || true
+      log "warning: no Debian $suite VM image, so scripts/test skips that VM stage: $(printf '%s' "$output" | tail -1)"
+    fi
+  done
+}
+
+# Why a suite's VM image is missing (for the skip message).
+vm_image_unavailable_reason() {
+  local dir
+  dir=$(vm_image_dir "$1")
+  if [ -s "$dir.unavailable" ]; then
+    tr '\n' ' ' <"$dir.unavailable"
+  else
+    echo "no image in $dir (scripts/setup builds it with scripts/vm-image $1)"
+  fi
 }

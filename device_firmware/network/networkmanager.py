@@ -308,29 +308,42 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             raise NetworkError(DiagnosticCode.DNS_FAILED, f"no address for {host!r}")
 
     async def check_internet(self) -> None:
-        """Trust NetworkManager's connectivity check when it says FULL; otherwise probe.
+        """Trust NetworkManager's connectivity check when it checks and says FULL; else probe.
 
-        The check may be disabled (Debian ships no check URL), refused by polkit, or blocked by
-        a firewall that still lets the device out: then a TCP connection to one of the probes
-        decides.
+        Without a check URL (Debian's and Raspberry Pi OS's default) NetworkManager checks
+        nothing and answers FULL on any network with a default route, so its FULL counts only
+        when ``ConnectivityCheckAvailable`` and ``ConnectivityCheckEnabled`` say it checked
+        (NetworkManager before 1.10 has neither). The check may also be refused by polkit, or
+        a firewall may block it but still let the device out: then a TCP connection to one of
+        the probes decides.
         """
-        state: NMConnectivity | None
+        state: NMConnectivity | None = None
+        what = "not checked"
         try:
-            (raw,) = await self._call(NM_PATH, IFACE_NM, "CheckConnectivity")
-            state = NMConnectivity(raw)
+            if await self._connectivity_checked():
+                (raw,) = await self._call(NM_PATH, IFACE_NM, "CheckConnectivity")
+                state = NMConnectivity(raw)
+                what = state.name.lower()
         except (NetworkManagerError, ValueError) as err:
             _LOGGER.debug("NetworkManager connectivity check unavailable: %s", err)
-            state = None
+            what = "unknown"
         if state is NMConnectivity.FULL:
             return
         for host, port in self._internet_probes:
             if await self._probe(host, port):
                 return
-        what = "unknown" if state is None else state.name.lower()
         raise NetworkError(
             DiagnosticCode.NO_INTERNET,
             f"NetworkManager connectivity {what}; no probe of {len(self._internet_probes)} "
             "answered",
+        )
+
+    async def _connectivity_checked(self) -> bool:
+        """Whether NetworkManager's connectivity state comes from a real check."""
+        properties = await self._get_all(NM_PATH, IFACE_NM)
+        return all(
+            name in properties and bool(properties[name].value)
+            for name in ("ConnectivityCheckAvailable", "ConnectivityCheckEnabled")
         )
 
     async def commit(self) -> None:

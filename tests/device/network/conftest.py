@@ -144,6 +144,19 @@ class NetworkManagerMock:
     def set_connectivity(self, state: int) -> None:
         self._mock("/org/freedesktop").SetConnectivity(state)
 
+    def set_connectivity_check(self, *, available: bool, enabled: bool = True) -> None:
+        """NetworkManager's ConnectivityCheckAvailable (a check URL is configured) and
+        ConnectivityCheckEnabled; the template has neither (as NetworkManager before 1.10)."""
+        mock = self._mock(NM_PATH)
+        for name, value in (
+            ("ConnectivityCheckAvailable", available),
+            ("ConnectivityCheckEnabled", enabled),
+        ):
+            try:
+                mock.AddProperty(IFACE_NM, name, dbus.Boolean(value))
+            except dbus.exceptions.DBusException:
+                mock.UpdateProperties(IFACE_NM, {name: dbus.Boolean(value)})
+
     # --- observation --------------------------------------------------------------------------
 
     def profiles(self) -> list[str]:

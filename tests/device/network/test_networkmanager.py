@@ -422,8 +422,9 @@ async def test_check_internet_uses_networkmanager_then_probes(nm_mock: NetworkMa
     working = NetworkManagerBackend(
         bus_address=nm_mock.address, internet_probes=[("127.0.0.1", open_port)]
     )
+    nm_mock.set_connectivity_check(available=True)
     try:
-        await failing.check_internet()  # NetworkManager says FULL: no probe needed
+        await failing.check_internet()  # NetworkManager checked and says FULL: no probe needed
 
         nm_mock.set_connectivity(1)  # NONE
         with pytest.raises(NetworkError) as caught:
@@ -431,7 +432,7 @@ async def test_check_internet_uses_networkmanager_then_probes(nm_mock: NetworkMa
         assert caught.value.code is DiagnosticCode.NO_INTERNET
         assert "none" in caught.value.detail
 
-        nm_mock.set_connectivity(0)  # UNKNOWN: checking disabled, a probe decides
+        nm_mock.set_connectivity(0)  # UNKNOWN: a probe decides
         await working.check_internet()
     finally:
         closed.close()
@@ -453,3 +454,44 @@ async def test_activation_that_never_finishes_times_out(nm_mock: NetworkManagerM
         assert nm_mock.active_profile(device) is not None
     finally:
         await nm.aclose()
+
+
+async def test_check_internet_probes_when_networkmanager_does_not_check(
+    nm_mock: NetworkManagerMock,
+) -> None:
+    """Without a check URL (Debian's and Raspberry Pi OS's default) NetworkManager answers FULL
+    on any network with a default route, checking nothing (seen in the VM stage, tests/vm): a
+    LAN without an uplink must still be NO_INTERNET, so the probes decide."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    failing = NetworkManagerBackend(
+        bus_address=nm_mock.address, internet_probes=[("127.0.0.1", closed.getsockname()[1])]
+    )
+    try:
+        for available, enabled in ((False, True), (True, False)):
+            nm_mock.set_connectivity_check(available=available, enabled=enabled)
+            with pytest.raises(NetworkError) as caught:
+                await failing.check_internet()  # the mock's Connectivity is FULL
+            assert caught.value.code is DiagnosticCode.NO_INTERNET
+            assert "not checked" in caught.value.detail
+    finally:
+        closed.close()
+        await failing.aclose()
+
+
+async def test_check_internet_probes_when_networkmanager_is_older(
+    nm_mock: NetworkManagerMock,
+) -> None:
+    """NetworkManager before 1.10 has no ConnectivityCheckAvailable: its FULL is not trusted."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    failing = NetworkManagerBackend(
+        bus_address=nm_mock.address, internet_probes=[("127.0.0.1", closed.getsockname()[1])]
+    )
+    try:
+        with pytest.raises(NetworkError) as caught:
+            await failing.check_internet()
+        assert caught.value.code is DiagnosticCode.NO_INTERNET
+    finally:
+        closed.close()
+        await failing.aclose()

@@ -1,0 +1,271 @@
+#!/bin/sh
+# The VM stage's test hook: runs inside the guest (scripts/vm-image's iob-vmtest.service starts
+# it at boot from the 9p share; the VM powers off when it ends). tests/vm/test_vm.py reads
+# out/results.json. No network reaches the guest (-nic none): everything crosses simulated air.
+#
+#   radio 0 -> namespace "router": hostapd (the home network), dnsmasq (DHCP, DNS), Mosquitto and
+#              the account service on 192.168.50.1 (relay.home.arpa), reachable only over the air
+#   radio 1 -> the device: NetworkManager, the agent installed from the .deb, run by systemd
+#   radio 2 -> unused by NetworkManager (kept for later scenarios)
+set -u
+SHARE=/mnt/share
+OUT=$SHARE/out
+mkdir -p "$OUT"
+exec >"$OUT/guest.log" 2>&1
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+WORK=/var/lib/iob-vm
+mkdir -p "$WORK"
+SSID=iob-home
+PASSPHRASE="correct horse battery"
+ROUTER_IP=192.168.50.1
+RELAY_PORT=8080
+SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
+MODEL=iob-vm-sensor
+# The account service and the driver run on the agent venv's Python and packages (the same
+# wheel) plus the service's own dependencies in a directory of their own: a second venv of
+# everything cost about three minutes under TCG.
+AGENT_PYTHON=/opt/iot-onboard/venv/bin/python
+RELAY_EXTRA=/opt/iob-relay
+RELAY_EXTRA_PACKAGES="aiosqlite argon2-cffi argon2-cffi-bindings asyncpg"
+T0=$(cut -d' ' -f1 /proc/uptime)
+
+say() { echo "== $(cut -d' ' -f1 /proc/uptime)s $*"; }
+# record NAME JSON: one line of results (JSON that does not parse is kept as an error).
+record() {
+  python3 -c '
+import json, sys
+try:
+    result = json.loads(sys.argv[2])
+except ValueError:
+    result = {"error": "not JSON: " + sys.argv[2][:2000]}
+print(json.dumps({"name": sys.argv[1], "result": result}))' "$1" "$2" >>"$RESULTS"
+}
+json_string() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
+finish() {
+  say "collecting logs"
+  journalctl -b --no-pager >"$OUT/journal.log" 2>&1
+  cp -r "$WORK/logs" "$OUT/" 2>/dev/null
+  record timing "$(printf '{"boot_to_hook": %s, "hook_seconds": %s}' "$T0" \
+    "$(awk -v t0="$T0" '{print $1 - t0}' /proc/uptime)")"
+  sync
+}
+trap finish EXIT
+mkdir -p "$WORK/logs"
+
+say "versions"
+. /etc/os-release
+record versions "$(printf '{"debian": "%s", "kernel": "%s", "python": "%s", "nm": "%s", "hostapd": %s}' \
+  "$VERSION_CODENAME" "$(uname -r)" "$(python3 -c 'import platform; print(platform.python_version())')" \
+  "$(NetworkManager --version)" "$(json_string "$(hostapd -v 2>&1 | head -1)")")"
+
+# ------------------------------------------------------------------ radios and the home router
+say "radios"
+modprobe mac80211_hwsim radios=3 || { record radios '{"error": "modprobe mac80211_hwsim failed"}'; exit 1; }
+sleep 2
+ls /sys/class/ieee80211/
+# The first radio's phy and interface go to the router's namespace.
+phy_of() { basename "$(readlink -f "/sys/class/net/$1/phy80211")"; }
+ROUTER_PHY=$(phy_of wlan0)
+ip netns add router
+iw phy "$ROUTER_PHY" set netns name router
+ip netns exec router ip link set lo up
+ip netns exec router ip addr add "$ROUTER_IP/24" dev wlan0
+nmcli device set wlan2 managed no || true
+
+write_hostapd() {  # write_hostapd EXTRA-LINES...
+  {
+    printf 'interface=wlan0\ndriver=nl80211\nssid=%s\nhw_mode=g\nchannel=6\n' "$SSID"
+    printf 'ctrl_interface=/run/hostapd\n'
+    printf '%s\n' "$@"
+  } >"$WORK/hostapd.conf"
+}
+start_hostapd() {
+  ip netns exec router hostapd -B -P "$WORK/hostapd.pid" -f "$WORK/logs/hostapd.log" "$WORK/hostapd.conf"
+}
+stop_pidfile() { [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; sleep 1; rm -f "$1"; }
+start_dnsmasq() {  # start_dnsmasq EXTRA-OPTIONS...: DHCP and DNS for the home network
+  ip netns exec router dnsmasq --conf-file=/dev/null --user=root --group=root --interface=wlan0 --bind-interfaces \
+    --no-resolv --no-hosts --pid-file="$WORK/dnsmasq.pid" --dhcp-leasefile="$WORK/dnsmasq.leases" \
+    --log-facility="$WORK/logs/dnsmasq.log" --log-dhcp --log-queries "$@"
+}
+DHCP="--dhcp-range=192.168.50.100,192.168.50.150,255.255.255.0,1h"
+DNS="--address=/relay.home.arpa/$ROUTER_IP"
+
+write_hostapd wpa=2 wpa_key_mgmt=WPA-PSK rsn_pairwise=CCMP "wpa_passphrase=$PASSPHRASE"
+start_hostapd
+ip netns exec router ip link set wlan0 up
+start_dnsmasq "$DHCP" "$DNS"
+
+# ------------------------------------------------------------------ Mosquitto, account service
+say "broker and account service"
+BROKER_PASSWORD=vm-broker-admin-password
+mkdir -p "$WORK/broker"
+mosquitto_ctrl dynsec init "$WORK/broker/dynsec.json" iob-admin "$BROKER_PASSWORD" >/dev/null
+chown -R mosquitto:mosquitto "$WORK/broker"
+chmod 0755 "$WORK"
+cat >"$WORK/broker/mosquitto.conf" <<EOF
+listener 1883
+allow_anonymous false
+plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so
+plugin_opt_config_file $WORK/broker/dynsec.json
+persistence false
+log_dest file $WORK/broker/mosquitto.log
+user mosquitto
+EOF
+ip netns exec router mosquitto -c "$WORK/broker/mosquitto.conf" -d
+
+say "installing the device package"
+DEB=$(ls "$SHARE"/iot-onboard-device_*.deb)
+cp "$DEB" /tmp/
+start=$(cut -d' ' -f1 /proc/uptime)
+if apt-get install -y "/tmp/$(basename "$DEB")" >"$WORK/logs/apt.log" 2>&1; then
+  install_rc=0
+else
+  install_rc=$?
+fi
+install_seconds=$(awk -v t0="$start" '{print $1 - t0}' /proc/uptime)
+# The documented permissions (docs/device.md): the data directory 0700 iob, the unit's user.
+record install "$(printf '{"rc": %s, "seconds": %s, "data_dir": "%s", "user": %s, "venv_python": %s, "enabled": "%s"}' \
+  "$install_rc" "$install_seconds" "$(stat -c '%a %U:%G' /var/lib/iot-onboard 2>&1)" \
+  "$(json_string "$(id iob 2>&1)")" \
+  "$(json_string "$(/opt/iot-onboard/venv/bin/python -c 'import sys; print(sys.version.split()[0])' 2>&1)")" \
+  "$(systemctl is-enabled iot-onboard-device.service 2>&1)")"
+[ "$install_rc" -eq 0 ] || exit 1
+
+# shellcheck disable=SC2086 # a list of names
+$AGENT_PYTHON -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+  --target "$RELAY_EXTRA" --find-links /usr/share/iot-onboard/wheels $RELAY_EXTRA_PACKAGES \
+  >"$WORK/logs/relay-pip.log" 2>&1 \
+  || { record relay '{"error": "pip could not install the account service"}'; exit 1; }
+mkdir -p "$WORK/relay"
+cat >"$WORK/relay/relay.toml" <<EOF
+database_url = "sqlite:///$WORK/relay/relay.db"
+secret_key_file = "secret.key"
+
+[http]
+host = "0.0.0.0"
+port = $RELAY_PORT
+
+[broker]
+host = "127.0.0.1"
+port = 1883
+username = "iob-admin"
+password = "$BROKER_PASSWORD"
+public_host = "relay.home.arpa"
+public_port = 1883
+public_tls = false
+EOF
+relay() {
+  (cd "$WORK/relay" && exec env PYTHONPATH="$RELAY_EXTRA" "$AGENT_PYTHON" -m cloud_relay --config "$WORK/relay/relay.toml" "$@")
+}
+(relay init && \
+  echo "vm stage maker password" | relay admin create-account maker@vm.invalid --admin --password-stdin && \
+  relay admin set-model "$MODEL" --name "VM sensor" --manufacturer "IoT Onboard VM stage") \
+  >"$WORK/logs/relay-init.log" 2>&1 || { record relay '{"error": "relay init failed"}'; exit 1; }
+
+# ------------------------------------------------------------------ the agent, as the docs say
+say "factory identity and the agent's configuration"
+cat >/etc/iot-onboard/device.toml <<EOF
+# The VM stage: loopback provisioning (the test plays Home Assistant), no BLE, no hotspot.
+listen = ["127.0.0.1"]
+advertise = []
+wifi_interface = "wlan1"
+hotspot = false
+ble = false
+allow_insecure_http = true
+commit_timeout = 150
+EOF
+runuser -u iob -- iob-device factory-provision --model "$MODEL" --output /tmp/label \
+  >"$WORK/logs/factory.log" 2>&1 || { record factory '{"error": "factory-provision failed"}'; exit 1; }
+DEVICE_ID=$(sed -n 's/.*"device_id": *"\([^"]*\)".*/\1/p' /tmp/label/manufacturing-records.jsonl | head -1)
+QR=$(sed -n 's/^QR text: *//p' /tmp/label/*-label.txt | head -1)
+relay registry import /tmp/label/manufacturing-records.jsonl \
+  >>"$WORK/logs/relay-init.log" 2>&1 || { record relay '{"error": "registry import failed"}'; exit 1; }
+
+(cd "$WORK/relay" && exec ip netns exec router env PYTHONPATH="$RELAY_EXTRA" "$AGENT_PYTHON" -m cloud_relay \
+  --config "$WORK/relay/relay.toml" serve) >"$WORK/logs/relay.log" 2>&1 &
+systemctl start iot-onboard-device.service
+for _ in $(seq 1 120); do
+  ip netns exec router python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$RELAY_PORT/v1/health', timeout=2)" \
+    2>/dev/null && python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8423/iob/v1/info', timeout=2)" \
+    2>/dev/null && break
+  sleep 1
+done
+MAINPID=$(systemctl show -p MainPID --value iot-onboard-device.service)
+record agent "$(printf '{"active": "%s", "process_user": "%s", "groups": %s, "info": %s}' \
+  "$(systemctl is-active iot-onboard-device.service)" "$(ps -o user= -p "$MAINPID" | tr -d ' ')" \
+  "$(json_string "$(ps -o supgrp= -p "$MAINPID" | tr -d ' ')")" \
+  "$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8423/iob/v1/info', timeout=5).read().decode())" 2>/dev/null || echo null)")"
+
+# driver router|device SUBCOMMAND...: tests/vm/driver.py (Home Assistant's part) in the router's
+# namespace (the account service, the broker) or the device's (the agent's LAN server).
+driver() {
+  where=$1; shift
+  set -- "$AGENT_PYTHON" "$SHARE/driver.py" --relay "http://127.0.0.1:$RELAY_PORT" \
+    --account "$WORK/account.json" --claim "$WORK/claim.json" --device-id "$DEVICE_ID" "$@"
+  if [ "$where" = router ]; then ip netns exec router "$@"; else "$@"; fi
+}
+driver router account >"$WORK/account.json" || { record account "$(cat "$WORK/account.json")"; exit 1; }
+
+# scenario NAME SSID PASSPHRASE [--hidden]: one onboarding through the agent; its outcome, the
+# agent's own status and NetworkManager's connections afterwards (a failure rolls back).
+scenario() {
+  name=$1; ssid=$2; passphrase=$3; shift 3
+  say "scenario $name"
+  since=$(date +%s)
+  driver router claim >"$WORK/claim.json"
+  outcome=$(driver device onboard --qr "$QR" --ssid "$ssid" --passphrase "$passphrase" \
+    --service-url "$SERVICE_URL" "$@")
+  air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
+    | driver device air)
+  record "$name" "$(printf '{"onboard": %s, "air": %s, "status": %s, "active": %s, "saved": %s}' \
+    "$outcome" "$air" "$(iob-device status --json)" \
+    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
+    "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")")"
+}
+
+# The home router's variants: its Wi-Fi (hostapd) and its LAN services (dnsmasq).
+router_wifi() { stop_pidfile "$WORK/hostapd.pid"; write_hostapd "$@"; start_hostapd; }
+router_lan() { stop_pidfile "$WORK/dnsmasq.pid"; start_dnsmasq "$@"; }
+wpa2() { router_wifi wpa=2 wpa_key_mgmt=WPA-PSK rsn_pairwise=CCMP "wpa_passphrase=$PASSPHRASE" "$@"; }
+# "The internet": the agent probes 1.1.1.1:443 when the service does not answer; the router
+# answers it itself, so a closed service port is RELAY_UNREACHABLE, not NO_INTERNET.
+internet_up() {
+  ip -n router addr add 1.1.1.1/32 dev lo
+  ip netns exec router python3 -m http.server 443 --bind 1.1.1.1 >/dev/null 2>&1 &
+  echo $! >"$WORK/internet.pid"
+  sleep 2
+}
+CLOSED_URL="http://relay.home.arpa:8081"
+
+scenario ssid_absent "iob-nowhere" "$PASSPHRASE"
+scenario wrong_passphrase "$SSID" "not the passphrase"
+router_lan "$DHCP"
+scenario dns_broken "$SSID" "$PASSPHRASE"
+router_lan "$DHCP" "$DNS"
+SERVICE_URL=$CLOSED_URL
+scenario no_internet "$SSID" "$PASSPHRASE"
+internet_up
+scenario relay_unreachable "$SSID" "$PASSPHRASE"
+# Joins on other kinds of network: each ends at the closed service port, so the device stays
+# unclaimed for the next one; RELAY_UNREACHABLE proves Wi-Fi, DHCP and DNS worked.
+wpa2 ignore_broadcast_ssid=1
+scenario hidden_ssid "$SSID" "$PASSPHRASE" --hidden
+router_wifi wpa=2 wpa_key_mgmt=SAE rsn_pairwise=CCMP ieee80211w=2 "sae_password=$PASSPHRASE"
+scenario wpa3_sae "$SSID" "$PASSPHRASE"
+router_wifi
+scenario open_network "$SSID" ""
+wpa2
+router_lan "$DNS"
+scenario dhcp_off "$SSID" "$PASSPHRASE"
+router_lan "$DHCP" "$DNS"
+SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
+stop_pidfile "$WORK/internet.pid"
+scenario right_passphrase "$SSID" "$PASSPHRASE"
+record right_passphrase_online "$(driver router online)"
+# What NetworkManager itself says of a network with no way beyond the router (no_internet).
+record connectivity "$(printf '{"check": "%s", "config": %s}' \
+  "$(nmcli networking connectivity check 2>&1)" \
+  "$(json_string "$(NetworkManager --print-config 2>&1 | sed -n '/^\[connectivity\]/,/^\[/p')")")"
+say "done"

@@ -1,0 +1,258 @@
+"""The VM stage: the device package on a real network stack, in a Debian VM (issue 17, item 3).
+
+One boot per Debian suite (Bookworm, Trixie) runs every scenario: qemu (TCG: /dev/kvm on these
+machines is PVM, which hangs stock kernels) with ``-nic none``, simulated radios
+(mac80211_hwsim), the home router (hostapd + dnsmasq) with Mosquitto and the account service in
+its own network namespace, reachable only over the simulated air; the agent installed from the
+.deb that scripts/build-deb makes of this checkout and started by systemd as its user. The guest
+runs tests/vm/guest.sh and writes one JSON line per step to the 9p share; the tests here assert
+each step's documented state and diagnostic code.
+
+The images come from scripts/vm-image (scripts/setup builds and caches them); without one the
+tests of that suite are skipped with the reason. scripts/test runs this module as its own stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+REPO: Final = Path(__file__).resolve().parents[2]
+HERE: Final = Path(__file__).resolve().parent
+CACHE: Final = Path(os.environ.get("IOB_CACHE_DIR", "/var/cache/iot-onboard"))
+SUITES: Final = ("bookworm", "trixie")
+#: One boot with every scenario: 200-600 s under TCG on 2 shared cores; the rest is a margin.
+VM_TIMEOUT: Final = 1500.0
+GUEST_MEMORY_MB: Final = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class VmRun:
+    """What one boot of a suite's VM reported."""
+
+    suite: str
+    steps: dict[str, Any]
+    out: Path
+    seconds: float
+
+    def step(self, name: str) -> Any:
+        """One step's JSON result; a missing step fails with where to look."""
+        if name not in self.steps:
+            pytest.fail(
+                f"{self.suite}: the guest reported no step {name!r} (it got as far as "
+                f"{list(self.steps)}); see {self.out}/guest.log and {self.out}/console.log"
+            )
+        result = self.steps[name]
+        if isinstance(result, dict) and "error" in result:
+            pytest.fail(f"{self.suite}: {name}: {result['error']}; see {self.out}/guest.log")
+        return result
+
+
+def _image(suite: str) -> Path:
+    directory = CACHE / f"vm-{suite}"
+    if not (directory / "stamp").is_file():
+        pytest.skip(
+            f"no Debian {suite} VM image in {directory}: scripts/vm-image {suite} builds it "
+            "(scripts/setup runs it; it needs root and the Debian mirror)"
+        )
+    for tool in ("qemu-system-x86_64", "qemu-img"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing: apt-get install -y qemu-system-x86 qemu-utils")
+    return directory
+
+
+def _boot(suite: str, image: Path, work: Path) -> VmRun:
+    share = work / "share"
+    share.mkdir()
+    for name in ("guest.sh", "driver.py"):
+        shutil.copy(HERE / name, share / name)
+    subprocess.run(
+        [
+            str(REPO / "scripts" / "build-deb"),
+            "--out",
+            str(share),
+            "--wheels",
+            str(image / "wheels"),
+            "--arch",
+            "amd64",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    overlay, base = work / "overlay.qcow2", image / "disk.img"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(overlay)],
+        check=True,
+    )
+    out = share / "out"
+    console = work / "console.log"
+    command = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        str(GUEST_MEMORY_MB),
+        "-nic",
+        "none",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        "-kernel",
+        str(image / "vmlinuz"),
+        "-initrd",
+        str(image / "initrd.img"),
+        "-append",
+        "root=/dev/vda rw console=ttyS0 panic=-1",
+        "-drive",
+        f"file={overlay},if=virtio,format=qcow2",
+        "-virtfs",
+        f"local,path={share},mount_tag=share,security_model=none,id=share",
+    ]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=VM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(
+            f"{suite}: the VM did not power off within {VM_TIMEOUT:.0f} s; see {console} "
+            f"and {out}/guest.log"
+        )
+    seconds = time.monotonic() - started
+    if out.is_dir():
+        shutil.copy(console, out / "console.log")
+    results = out / "results.jsonl"
+    if not results.is_file():
+        pytest.fail(f"{suite}: the guest wrote no results; see {console}")
+    steps = {}
+    for line in results.read_text().splitlines():
+        entry = json.loads(line)
+        steps[entry["name"]] = entry["result"]
+    return VmRun(suite, steps, out, seconds)
+
+
+@pytest.fixture(scope="module", params=SUITES)
+def vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VmRun:
+    """One boot of the suite's VM running every scenario."""
+    suite: str = request.param
+    image = _image(suite)
+    run = _boot(suite, image, tmp_path_factory.mktemp(f"vm-{suite}"))
+    print(f"\n{suite}: the VM ran {run.seconds:.0f} s; {run.steps.get('timing')}")  # noqa: T201
+    return run
+
+
+def test_guest_is_the_suite(vm: VmRun) -> None:
+    """The guest is the Debian suite asked for, with its own Python."""
+    versions = vm.step("versions")
+    assert versions["debian"] == vm.suite
+    assert versions["python"] == {"bookworm": "3.11.2"}.get(vm.suite, versions["python"])
+
+
+def test_package_installs_with_the_documented_permissions(vm: VmRun) -> None:
+    """apt installs the .deb offline; user iob, data directory 0700, the unit enabled."""
+    install = vm.step("install")
+    assert install["rc"] == 0, f"apt failed; see {vm.out}/logs/apt.log"
+    assert install["data_dir"] == "700 iob:iob"
+    assert "(iob)" in install["user"]
+    assert "(netdev)" in install["user"]
+    assert install["enabled"] == "enabled"
+
+
+def test_systemd_runs_the_agent_as_iob(vm: VmRun) -> None:
+    """The unit starts the agent as iob with the netdev group; its LAN server answers."""
+    agent = vm.step("agent")
+    assert agent["active"] == "active"
+    assert agent["process_user"] == "iob"
+    assert "netdev" in agent["groups"].split(",")
+    assert agent["info"]["state"] == "unclaimed"
+
+
+def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
+    result = vm.step(name)
+    onboard, status = result["onboard"], result["status"]
+    assert "error" not in onboard, onboard
+    assert (onboard["state"], onboard["diagnostic"]) == ("provisioning", code), onboard
+    assert (status["phase"], status["diagnostic"]) == ("provisioning", code), status
+    # The radio's side: the supplicant got the right key management and associated (then the
+    # agent rolled the trial back).
+    air = result["air"]
+    if name in AIR:
+        assert AIR[name] in (air["key_mgmt"] or "").split(), air
+    assert air["connected"] is (code not in {"WIFI_AP_NOT_FOUND", "WIFI_AUTH_FAILED"}), air
+    # Rolled back: nothing of the trial network is active or saved.
+    assert "wlan1" not in result["active"], result["active"]
+    assert "wireless" not in result["saved"], result["saved"]
+
+
+#: Scenarios that end unclaimed with a diagnostic, in the order the guest runs them: what the
+#: home router offers (tests/vm/guest.sh), and the code the device must end with. The joins on a
+#: hidden, a WPA3-SAE and an open network end at a closed service port, so RELAY_UNREACHABLE
+#: shows that Wi-Fi, DHCP and DNS worked, and the device stays unclaimed for the next scenario.
+FAILURES: Final = {
+    "ssid_absent": "WIFI_AP_NOT_FOUND",  # a network that is not on the air
+    "wrong_passphrase": "WIFI_AUTH_FAILED",  # the home network, a wrong passphrase
+    "dns_broken": "DNS_FAILED",  # dnsmasq does not know the service's name
+    "no_internet": "NO_INTERNET",  # service port closed, nothing beyond the router
+    "relay_unreachable": "RELAY_UNREACHABLE",  # service port closed, "the internet" answers
+    "hidden_ssid": "RELAY_UNREACHABLE",  # hostapd ignore_broadcast_ssid, set_wifi hidden
+    "wpa3_sae": "RELAY_UNREACHABLE",  # SAE only, management frame protection required
+    "open_network": "RELAY_UNREACHABLE",  # no passphrase
+    "dhcp_off": "DHCP_TIMEOUT",  # dnsmasq answers DNS only
+}
+
+
+#: The key management the supplicant was allowed per join (NetworkManager logs it). A profile
+#: with a passphrase allows WPA2 and SAE unless the agent saw an SAE-only network in its scan
+#: (then "SAE FT-SAE"): either way an SAE-only access point is joined with SAE.
+AIR: Final = {
+    "dns_broken": "WPA-PSK",
+    "hidden_ssid": "WPA-PSK",
+    "wpa3_sae": "SAE",
+    "open_network": "NONE",
+}
+
+
+@pytest.mark.parametrize(("scenario", "code"), FAILURES.items(), ids=list(FAILURES))
+def test_failed_onboarding_ends_with_its_code_and_rolls_back(
+    vm: VmRun, scenario: str, code: str
+) -> None:
+    """The documented state (provisioning) and diagnostic code, and the trial network gone."""
+    _assert_rolled_back(vm, scenario, code)
+
+
+def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
+    """The right passphrase: owned through the account service and online on the broker,
+    both reached over the simulated air only."""
+    result = vm.step("right_passphrase")
+    onboard, status = result["onboard"], result["status"]
+    assert "error" not in onboard, onboard
+    assert (onboard["state"], onboard["diagnostic"]) == ("committed", None), onboard
+    assert status["phase"] == "online", status
+    assert status["wifi_ssid"] == "iob-home"
+    assert "wlan1" in result["active"]
+    assert vm.step("right_passphrase_online") == {"claim": "owned", "availability": "online"}
+
+
+def test_network_manager_reports_full_connectivity_without_a_check_url(vm: VmRun) -> None:
+    """Why no_internet needs the agent's own probes: online, with nothing beyond the router,
+    Debian's NetworkManager (no [connectivity] uri) still answers its check with "full"."""
+    connectivity = vm.step("connectivity")
+    assert "uri=" not in connectivity["config"], connectivity
+    assert connectivity["check"] == "full", connectivity
