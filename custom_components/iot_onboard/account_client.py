@@ -188,6 +188,14 @@ class PasswordMismatchError(ForbiddenError):
     """403 ``password_mismatch``: the password entered again is wrong; nothing deleted."""
 
 
+class MqttCredentialLimitError(ConflictError):
+    """409 ``mqtt_credential_limit``: the household has the most tool credentials it may have."""
+
+
+class MqttCredentialNotFoundError(NotFoundError):
+    """404 ``mqtt_credential_not_found``: no such tool credential (revoked already)."""
+
+
 class RateLimitedError(AccountApiError):
     """429: too many attempts; ``retry_after`` seconds to wait (when the service said)."""
 
@@ -219,6 +227,8 @@ _CODE_ERRORS: Final[dict[str, type[AccountApiError]]] = {
     ErrorCode.CONFIRMATION_MISMATCH: ConfirmationMismatchError,
     ErrorCode.OWNER_HANDOVER_REQUIRED: OwnerHandoverRequiredError,
     ErrorCode.PASSWORD_MISMATCH: PasswordMismatchError,
+    ErrorCode.MQTT_CREDENTIAL_LIMIT: MqttCredentialLimitError,
+    ErrorCode.MQTT_CREDENTIAL_NOT_FOUND: MqttCredentialNotFoundError,
 }
 _STATUS_ERRORS: Final[dict[int, type[AccountApiError]]] = {
     400: InvalidRequestError,
@@ -247,6 +257,9 @@ DeviceSummary = api.DeviceSummary
 Household = api.Household
 Member = api.Member
 Model = api.Model
+MqttAccess = api.MqttAccess
+MqttAccessCredential = api.MqttAccessCredential
+MqttAccessSummary = api.MqttAccessSummary
 MqttCredentials = api.MqttCredentials
 Role = api.Role
 Share = api.Share
@@ -684,6 +697,34 @@ class AccountClient:
         """A new hub password (admin or owner); the old one stops working."""
         path = f"/v1/households/{_segment(household_id)}/hub/rotate"
         return _parse(MqttCredentials, await self._authed("POST", path))
+
+    # --- MQTT credentials for other tools ----------------------------------------------------
+
+    def _tools_path(self, household_id: str) -> str:
+        return f"/v1/households/{_segment(household_id)}/mqtt-credentials"
+
+    async def mqtt_credentials(self, household_id: str) -> list[MqttAccessSummary]:
+        """The household's credentials for other tools, without passwords (admin or owner)."""
+        answer = _parse(
+            api.MqttAccessList, await self._authed("GET", self._tools_path(household_id))
+        )
+        return list(answer.credentials)
+
+    async def create_mqtt_credential(
+        self, household_id: str, label: str, access: MqttAccess
+    ) -> MqttAccessCredential:
+        """A credential for another tool (admin or owner); its password is in this answer only.
+
+        Raises :class:`MqttCredentialLimitError` when the household has the most it may have.
+        """
+        body = api.MqttAccessRequest(label=label, access=access).body()
+        document = await self._authed("POST", self._tools_path(household_id), body)
+        return _parse(MqttAccessCredential, document)
+
+    async def revoke_mqtt_credential(self, household_id: str, credential_id: str) -> None:
+        """Revoke a tool credential (admin or owner); its live session is cut at once."""
+        path = f"{self._tools_path(household_id)}/{_segment(credential_id)}"
+        await self._authed("DELETE", path)
 
     # --- devices ----------------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
-"""Options of a household entry: who may do what, and forgetting the remembered Wi-Fi.
+"""Options of a household entry: who may do what, other tools, the household itself.
 
 ``policies``: the role of Home Assistant users who are not household members, and the role of
 automations (actions without a user). ``user_role``: map one Home Assistant user to a household
 role; the change is made at the account service (the source of truth) at once, and checked by
 Home Assistant from the next action on. ``forget_wifi`` (offered while the household remembers
-a Wi-Fi): delete the sealed Wi-Fi from the entry and destroy its key (wifi_memory.py). Reached
-through ``async_get_options_flow`` in
-config_flow.py.
+a Wi-Fi): delete the sealed Wi-Fi from the entry and destroy its key (wifi_memory.py).
+``mqtt_access``: the household's MQTT credentials for other tools (Node-RED, mosquitto_sub):
+list, create (the password is shown on the result screen only, never stored), revoke.
+``hand_over`` and ``delete_household`` (the owner only): make another member with an account
+the owner, or delete the household (its name typed again); after a deletion the household's
+entries are removed. Reached through ``async_get_options_flow`` in config_flow.py.
 """
 
 from __future__ import annotations
@@ -15,28 +18,72 @@ from typing import Any, Final
 
 import voluptuous as vol
 from homeassistant.config_entries import ConfigEntryState, ConfigFlowResult, OptionsFlow
-from homeassistant.core import Context
+from homeassistant.core import Context, HomeAssistant
 from homeassistant.helpers.selector import (
     SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
+    TextSelector,
 )
+from homeassistant.util import dt as dt_util
 
 from . import wifi_memory
-from .account_client import AccountServiceError, Role
+from .account_client import (
+    AccountClient,
+    AccountConnectionError,
+    AccountServiceError,
+    AuthenticationError,
+    ConfirmationMismatchError,
+    DeviceAccess,
+    ForbiddenError,
+    Household,
+    HouseholdDeletedError,
+    HouseholdNotFoundError,
+    InvalidRequestError,
+    MqttAccess,
+    MqttAccessSummary,
+    MqttCredentialLimitError,
+    MqttCredentialNotFoundError,
+    RateLimitedError,
+    Role,
+    ServiceUnavailableError,
+)
 from .const import (
     CONF_AUTOMATION_ROLE,
+    CONF_HOUSEHOLD_ID,
     CONF_REMEMBERED_WIFI,
     CONF_UNMAPPED_ROLE,
     DEFAULT_AUTOMATION_ROLE,
     DEFAULT_UNMAPPED_ROLE,
 )
 from .coordinator import IotOnboardConfigEntry
+from .flow_errors import FIELD_BASE, wrong_fields
+from .helpers import device_entries
 
 CONF_USER: Final = "user"
 CONF_ROLE: Final = "role"
 ROLE_NONE: Final = "none"
+CONF_LABEL: Final = "label"
+CONF_ACCESS: Final = "access"
+CONF_CREDENTIAL: Final = "credential"
+CONF_MEMBER: Final = "member"
+CONF_CONFIRM_NAME: Final = "confirm_name"
+#: How other tools read the household's devices (topics, Node-RED, mosquitto_sub, Telegraf).
+MQTT_TOOLS_DOCS: Final = (
+    "https://github.com/iot-onboard/iot-onboard/blob/main/docs/mqtt.md"
+    "#other-mqtt-tools-node-red-telegraf"
+)
+#: A failed account-service call → its key in ``options.error`` and ``options.abort`` (most
+#: specific first; a refusal of the role is the step's own key, see :func:`_refusal`).
+_REFUSALS: Final[tuple[tuple[type[AccountServiceError], str], ...]] = (
+    (AccountConnectionError, "cannot_connect"),
+    (ServiceUnavailableError, "cannot_connect"),
+    (RateLimitedError, "rate_limited"),
+    (HouseholdNotFoundError, "household_gone"),
+    (HouseholdDeletedError, "household_gone"),
+    (AuthenticationError, "auth_expired"),
+)
 _POLICY_ROLES: Final = [Role.VIEWER.value, Role.MEMBER.value, Role.ADMIN.value]
 _USER_ROLES: Final = [ROLE_NONE, *(role.value for role in Role)]
 #: How a user's label shows their role, per ``Caller.kind``.
@@ -45,6 +92,45 @@ _ROLE_NOTES: Final = {
     "ha_admin": "{role} (Home Assistant administrator, not a member)",
     "unmapped": "{role} (not a member)",
 }
+
+
+def _refusal(err: AccountServiceError, forbidden: str) -> str:
+    """What the user sees for ``err``; ``forbidden`` names who may do it (a 403)."""
+    if isinstance(err, ForbiddenError):
+        return forbidden
+    return next((key for cls, key in _REFUSALS if isinstance(err, cls)), "service_refused")
+
+
+def _credential_line(credential: MqttAccessSummary) -> str:
+    """One credential as listed: label, access, username, when it was made (local time)."""
+    created = dt_util.as_local(dt_util.utc_from_timestamp(credential.created_at))
+    return (
+        f"{credential.label} ({credential.access.value}, {credential.username}, "
+        f"{created:%Y-%m-%d %H:%M})"
+    )
+
+
+def _select(options: dict[str, str]) -> SelectSelector:
+    return SelectSelector(
+        SelectSelectorConfig(
+            options=[
+                SelectOptionDict(value=value, label=label) for value, label in options.items()
+            ],
+            mode=SelectSelectorMode.DROPDOWN,
+        )
+    )
+
+
+async def _async_remove_household(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> None:
+    """Remove the deleted household's entries: its devices' first, then its own.
+
+    The service released every device already: with the device list emptied first, removing a
+    device entry releases nothing again (``async_remove_entry``).
+    """
+    entry.runtime_data.coordinator.access.clear()
+    for onboarded in device_entries(hass, entry.data[CONF_HOUSEHOLD_ID]):
+        await hass.config_entries.async_remove(onboarded.entry_id)
+    await hass.config_entries.async_remove(entry.entry_id)
 
 
 def _role_selector(options: list[str]) -> SelectSelector:
@@ -56,12 +142,28 @@ def _role_selector(options: list[str]) -> SelectSelector:
 
 
 class IotOnboardOptionsFlow(OptionsFlow):
-    """Roles: policies for unmapped users and automations, and per-user roles."""
+    """Roles, other tools' MQTT access, and the household's hand-over and deletion."""
+
+    #: The entry's account client, taken when a step that needs it opens.
+    _account: AccountClient
+    #: The household as the account service names it (hand-over, deletion).
+    _household: Household
+    #: credential id → its listed line (revoke).
+    _tools: dict[str, str]
+    #: The credential chosen for revoking.
+    _revoking: str
+    #: member id → its label (hand-over).
+    _candidates: dict[str, str]
 
     @property
     def _entry(self) -> IotOnboardConfigEntry:
         entry: IotOnboardConfigEntry = self.config_entry
         return entry
+
+    @property
+    def _household_id(self) -> str:
+        household_id: str = self._entry.data[CONF_HOUSEHOLD_ID]
+        return household_id
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Choose what to change."""
@@ -69,7 +171,244 @@ class IotOnboardOptionsFlow(OptionsFlow):
         options = ["policies", "user_role"]
         if CONF_REMEMBERED_WIFI in self._entry.data:
             options.append("forget_wifi")
+        options += ["mqtt_access", "hand_over", "delete_household"]
         return self.async_show_menu(step_id="init", menu_options=options)
+
+    def _take_account(self) -> bool:
+        """Keep the entry's account client for the next steps; False while it is not loaded."""
+        if self._entry.state is not ConfigEntryState.LOADED:
+            return False
+        self._account = self._entry.runtime_data.account
+        return True
+
+    def _abort_refused(self, err: AccountServiceError, forbidden: str) -> ConfigFlowResult:
+        return self.async_abort(
+            reason=_refusal(err, forbidden), description_placeholders={"error": str(err)}
+        )
+
+    def _form(
+        self,
+        step_id: str,
+        schema: vol.Schema,
+        user_input: dict[str, Any] | None,
+        errors: dict[str, str],
+        placeholders: dict[str, str],
+    ) -> ConfigFlowResult:
+        """A form shown (again): what was typed is kept but the fields an error blames."""
+        kept = {k: v for k, v in (user_input or {}).items() if k not in wrong_fields(errors)}
+        return self.async_show_form(
+            step_id=step_id,
+            data_schema=self.add_suggested_values_to_schema(schema, kept),
+            errors=errors,
+            description_placeholders=placeholders,
+        )
+
+    # --- MQTT credentials for other tools ---------------------------------------------------
+
+    async def async_step_mqtt_access(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """The household's credentials for other tools; create one, or revoke one."""
+        del user_input
+        if not self._take_account():
+            return self.async_abort(reason="not_loaded")
+        try:
+            listed = await self._account.mqtt_credentials(self._household_id)
+        except AccountServiceError as err:
+            return self._abort_refused(err, "mqtt_forbidden")
+        self._tools = {tool.credential_id: _credential_line(tool) for tool in listed}
+        options = ["mqtt_create", "mqtt_revoke"] if listed else ["mqtt_create"]
+        return self.async_show_menu(
+            step_id="mqtt_access",
+            menu_options=options,
+            description_placeholders={
+                "count": str(len(listed)),
+                "credentials": "".join(f"\n- {line}" for line in self._tools.values()),
+                "docs": MQTT_TOOLS_DOCS,
+            },
+        )
+
+    def _control_makes_sense(self) -> bool:
+        """Control is offered unless every device of the household is a read-only share.
+
+        With no device yet it is offered: a credential follows the devices claimed later.
+        """
+        access = self._entry.runtime_data.coordinator.access
+        return not access or any(a is not DeviceAccess.READ for a in access.values())
+
+    async def async_step_mqtt_create(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """A label and read or control; the credential is shown on the next screen, once."""
+        errors: dict[str, str] = {}
+        placeholders = {"error": ""}
+        if user_input is not None:
+            try:
+                created = await self._account.create_mqtt_credential(
+                    self._household_id, user_input[CONF_LABEL], MqttAccess(user_input[CONF_ACCESS])
+                )
+            except MqttCredentialLimitError:
+                errors[FIELD_BASE] = "mqtt_credential_limit"
+            except InvalidRequestError as err:
+                errors[CONF_LABEL] = "invalid_label"
+                placeholders["error"] = str(err)
+            except AccountServiceError as err:
+                errors[FIELD_BASE] = _refusal(err, "mqtt_forbidden")
+                placeholders["error"] = str(err)
+            else:
+                mqtt = created.mqtt
+                return self.async_abort(
+                    reason="mqtt_created",
+                    description_placeholders={
+                        "label": created.label,
+                        "access": created.access.value,
+                        "host": mqtt.host,
+                        "port": str(mqtt.port),
+                        "tls": str(mqtt.tls).lower(),
+                        "username": mqtt.username,
+                        "password": mqtt.password,
+                        "client_id": mqtt.client_id or mqtt.username,
+                        "docs": MQTT_TOOLS_DOCS,
+                    },
+                )
+        accesses = [MqttAccess.READ.value]
+        if self._control_makes_sense():
+            accesses.append(MqttAccess.CONTROL.value)
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_LABEL): TextSelector(),
+                vol.Required(CONF_ACCESS, default=MqttAccess.READ.value): SelectSelector(
+                    SelectSelectorConfig(
+                        options=accesses,
+                        translation_key="mqtt_access",
+                        mode=SelectSelectorMode.LIST,
+                    )
+                ),
+            }
+        )
+        return self._form("mqtt_create", schema, user_input, errors, placeholders)
+
+    async def async_step_mqtt_revoke(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Choose the credential to revoke."""
+        if user_input is not None:
+            self._revoking = user_input[CONF_CREDENTIAL]
+            return await self.async_step_mqtt_revoke_confirm()
+        schema = vol.Schema({vol.Required(CONF_CREDENTIAL): _select(self._tools)})
+        return self.async_show_form(step_id="mqtt_revoke", data_schema=schema)
+
+    async def async_step_mqtt_revoke_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Revoke it: a tool using it is disconnected at once and cannot connect again."""
+        errors: dict[str, str] = {}
+        placeholders = {"credential": self._tools[self._revoking], "error": ""}
+        if user_input is not None:
+            try:
+                await self._account.revoke_mqtt_credential(self._household_id, self._revoking)
+            except MqttCredentialNotFoundError:
+                return self.async_abort(
+                    reason="mqtt_revoked", description_placeholders=placeholders
+                )
+            except AccountServiceError as err:
+                errors[FIELD_BASE] = _refusal(err, "mqtt_forbidden")
+                placeholders["error"] = str(err)
+            else:
+                return self.async_abort(
+                    reason="mqtt_revoked", description_placeholders=placeholders
+                )
+        return self._form("mqtt_revoke_confirm", vol.Schema({}), None, errors, placeholders)
+
+    # --- the household: hand-over and deletion (the owner only) -----------------------------
+
+    async def _async_open_as_owner(self, *, members: bool = False) -> ConfigFlowResult | None:
+        """Take the account and the household; an abort unless the account is its owner.
+
+        With ``members``: the members with an account who could own it (``_candidates``).
+        """
+        if not self._take_account():
+            return self.async_abort(reason="not_loaded")
+        try:
+            households = await self._account.households()
+            listed = await self._account.members(self._household_id) if members else []
+        except AccountServiceError as err:
+            return self._abort_refused(err, "owner_only")
+        self._candidates = {
+            m.member_id: f"{m.display_name} ({m.role.value})"
+            for m in listed
+            if m.account_id is not None and m.role is not Role.OWNER
+        }
+        ours = next((h for h in households if h.household_id == self._household_id), None)
+        if ours is None:
+            return self.async_abort(reason="household_gone")
+        self._household = ours
+        if ours.role is not Role.OWNER:
+            return self.async_abort(reason="owner_only")
+        return None
+
+    async def async_step_hand_over(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Make another member with an account the owner; this account becomes an admin."""
+        errors: dict[str, str] = {}
+        placeholders = {"household": "", "error": ""}
+        if user_input is None:
+            if (refused := await self._async_open_as_owner(members=True)) is not None:
+                return refused
+            if not self._candidates:
+                return self.async_abort(reason="no_hand_over_candidate")
+        else:
+            member_id: str = user_input[CONF_MEMBER]
+            try:
+                await self._account.hand_over(self._household_id, member_id)
+            except AccountServiceError as err:
+                errors[FIELD_BASE] = _refusal(err, "owner_only")
+                placeholders["error"] = str(err)
+            else:
+                await self._entry.runtime_data.roles.async_refresh()
+                return self.async_abort(
+                    reason="handed_over",
+                    description_placeholders={
+                        "household": self._household.name,
+                        "member": self._candidates[member_id],
+                    },
+                )
+        placeholders["household"] = self._household.name
+        schema = vol.Schema({vol.Required(CONF_MEMBER): _select(self._candidates)})
+        return self._form("hand_over", schema, user_input, errors, placeholders)
+
+    async def async_step_delete_household(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Delete the household at the account service (its name typed again), then its entries."""
+        errors: dict[str, str] = {}
+        placeholders = {"household": "", "error": ""}
+        if user_input is None:
+            if (refused := await self._async_open_as_owner()) is not None:
+                return refused
+        else:
+            try:
+                deleted = await self._account.delete_household(
+                    self._household_id, user_input[CONF_CONFIRM_NAME]
+                )
+            except ConfirmationMismatchError:
+                errors[CONF_CONFIRM_NAME] = "confirmation_mismatch"
+            except AccountServiceError as err:
+                errors[FIELD_BASE] = _refusal(err, "owner_only")
+                placeholders["error"] = str(err)
+            else:
+                await _async_remove_household(self.hass, self._entry)
+                return self.async_abort(
+                    reason="household_deleted",
+                    description_placeholders={
+                        "household": self._household.name,
+                        "devices": str(deleted.devices_released),
+                    },
+                )
+        placeholders["household"] = self._household.name
+        schema = vol.Schema({vol.Required(CONF_CONFIRM_NAME): TextSelector()})
+        return self._form("delete_household", schema, user_input, errors, placeholders)
 
     async def async_step_forget_wifi(
         self, user_input: dict[str, Any] | None = None

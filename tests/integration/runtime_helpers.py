@@ -352,6 +352,27 @@ class RealAccount:
             **self.signed_in.tokens.as_entry_data(),
         }
 
+    async def join(self, role: str, name: str = "Member") -> Self:
+        """A new account invited into the household with ``role`` and joined (the invitee's
+        own sign-up and ``/v1/invitations/accept``): the same household, another account."""
+        path = f"/v1/households/{self.household_id}/invitations"
+        invitation = await self._post(path, {"role": role}, self.signed_in)
+        client = AccountClient(self.service.url, session=self.http)
+        email = f"{role}-{secrets.token_hex(4)}@example.com"
+        signed_in = await client.sign_up(email, secrets.token_urlsafe(16), name)
+        await self._post("/v1/invitations/accept", {"token": invitation["token"]}, signed_in)
+        return type(self)(self.service, self.http, client, signed_in, self.household_id)
+
+    async def _post(self, path: str, body: dict[str, Any], caller: SignedIn) -> Any:
+        """A POST to the service as ``caller``; its 201 answer."""
+        async with self.http.post(
+            self.service.url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {caller.tokens.access_token}"},
+        ) as reply:
+            assert reply.status == 201, await reply.text()
+            return await reply.json()
+
     async def get(self, path: str) -> Any:
         """A GET of the household's ``/v1/households/<id>`` + ``path``, as its owner."""
         async with self.http.get(

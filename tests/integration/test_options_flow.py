@@ -26,6 +26,9 @@ from custom_components.iot_onboard.wifi_memory import RememberedWifi
 from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import set_up, setup_entry
 
+#: The menu's steps after the roles and the Wi-Fi (test_options_household.py).
+_HOUSEHOLD_OPTIONS = ["mqtt_access", "hand_over", "delete_household"]
+
 
 async def _user_role_form(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:
     result = await hass.config_entries.options.async_init(entry.entry_id)
@@ -178,7 +181,7 @@ async def test_forget_the_remembered_wifi(
     )
     entry.add_to_hass(hass)
     result = await hass.config_entries.options.async_init(entry.entry_id)
-    assert result["menu_options"] == ["policies", "user_role"]
+    assert result["menu_options"] == ["policies", "user_role", *_HOUSEHOLD_OPTIONS]
     hass.config_entries.options.async_abort(result["flow_id"])
 
     wifi = RememberedWifi(b"HomeNet", "correct horse battery", hidden=False)
@@ -187,7 +190,7 @@ async def test_forget_the_remembered_wifi(
     assert await wifi_memory.async_recall(hass, entry) == wifi
     result = await hass.config_entries.options.async_init(entry.entry_id)
     assert result["type"] is FlowResultType.MENU
-    assert result["menu_options"] == ["policies", "user_role", "forget_wifi"]
+    assert result["menu_options"] == ["policies", "user_role", "forget_wifi", *_HOUSEHOLD_OPTIONS]
     result = await hass.config_entries.options.async_configure(
         result["flow_id"], {"next_step_id": "forget_wifi"}
     )
