@@ -14,6 +14,7 @@ entries are removed. Reached through ``async_get_options_flow`` in config_flow.p
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
 import voluptuous as vol
@@ -60,6 +61,8 @@ from .const import (
 from .coordinator import IotOnboardConfigEntry
 from .flow_errors import FIELD_BASE, wrong_fields
 from .helpers import device_entries
+
+_LOGGER = logging.getLogger(__name__)
 
 CONF_USER: Final = "user"
 CONF_ROLE: Final = "role"
@@ -366,7 +369,8 @@ class IotOnboardOptionsFlow(OptionsFlow):
                 errors[FIELD_BASE] = _refusal(err, "owner_only")
                 placeholders["error"] = str(err)
             else:
-                await self._entry.runtime_data.roles.async_refresh()
+                # Roles come from the member list: re-read it (quietly, debounced).
+                await self._entry.runtime_data.coordinator.async_request_sync()
                 return self.async_abort(
                     reason="handed_over",
                     description_placeholders={
@@ -398,6 +402,12 @@ class IotOnboardOptionsFlow(OptionsFlow):
                 errors[FIELD_BASE] = _refusal(err, "owner_only")
                 placeholders["error"] = str(err)
             else:
+                _LOGGER.info(
+                    "Household %s deleted at the account service (%d device(s) released); "
+                    "removing its entries",
+                    self._household.name,
+                    deleted.devices_released,
+                )
                 await _async_remove_household(self.hass, self._entry)
                 return self.async_abort(
                     reason="household_deleted",

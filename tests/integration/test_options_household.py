@@ -263,6 +263,7 @@ async def test_deleting_the_household_needs_its_name_and_removes_its_entries(
     """A wrong name deletes nothing and clears only that field; the right name deletes the
     household at the service (404 afterwards), releases its device and removes the household
     entry and the device's entry without trying to release it again."""
+    caplog.set_level(logging.INFO)
     account = real_account_service
     owned = await account.claim_new_device()
     entry = await setup_entry(hass, account)
@@ -296,6 +297,7 @@ async def test_deleting_the_household_needs_its_name_and_removes_its_entries(
     with pytest.raises(HouseholdNotFoundError) as gone:
         await account.owner.devices(account.household_id)
     assert gone.value.status == 404
+    assert "Household Home deleted at the account service (1 device(s) released)" in caplog.text
     assert "not released" not in caplog.text
     assert "Releasing" not in caplog.text
 
