@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from custom_components.iot_onboard import config_flow, onboarding
+from custom_components.iot_onboard.account_client import MqttAccess
 from tests.integration import hassfest
 from tests.integration.hassfest import INTEGRATION
 
@@ -29,6 +30,7 @@ def test_the_flow_offers_only_translatable_option_values() -> None:
         ("household", config_flow.NEW_HOUSEHOLD),
         ("network", onboarding.HIDDEN_NETWORK),
         ("network", onboarding.KEEP_ETHERNET),
+        *(("mqtt_access", access.value) for access in MqttAccess),
     ):
         assert hassfest.translation_key_validator(value) == value
         assert value in selectors[key]["options"], (key, value)
