@@ -128,6 +128,10 @@ async def test_a_tool_credential_is_shown_once_connects_is_listed_and_revoked(
         await _connects(mqtt)
     assert await account.owner.mqtt_credentials(account.household_id) == []
     assert password not in caplog.text
+    service_log = (account.service.directory / "relay.log").read_text(errors="replace")
+    # The service logged the requests (the revocation's path), not the password.
+    assert f"mqtt-credentials/{tools[0].credential_id}" in service_log
+    assert password not in service_log
 
 
 async def test_a_credential_revoked_meanwhile_and_a_control_credential(
