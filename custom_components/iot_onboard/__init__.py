@@ -14,6 +14,7 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.typing import ConfigType
 
+from . import repairs
 from .account_client import AccountClient, AccountServiceError, TokenSet
 from .const import (
     CONF_ACCOUNT_URL,
@@ -144,9 +145,10 @@ async def async_remove_entry(hass: HomeAssistant, entry: IotOnboardConfigEntry) 
 
     Not when the household no longer has it (the hub removed the entry) or a newer
     onboarding of the same device replaced the entry. A household entry: the key of its
-    remembered Wi-Fi is destroyed (copies of the entry stay sealed).
+    remembered Wi-Fi is destroyed (copies of the entry stay sealed) and its repair issues go.
     """
     if not is_device_entry(entry):
+        repairs.async_delete_entry_issues(hass, entry.entry_id)
         if household_id := entry.data.get(CONF_HOUSEHOLD_ID):
             await wifi_keys(hass).async_delete(household_id)
         return

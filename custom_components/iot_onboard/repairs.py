@@ -121,6 +121,13 @@ def async_create_household_deleted_issue(hass: HomeAssistant, entry: ConfigEntry
 
 
 @callback
+def async_delete_entry_issues(hass: HomeAssistant, entry_id: str) -> None:
+    """The household entry is removed: its issues (hub refused, household deleted) go too."""
+    for kind in (HUB_REFUSED, HOUSEHOLD_DELETED):
+        ir.async_delete_issue(hass, DOMAIN, _issue_id(kind, entry_id))
+
+
+@callback
 def async_report_wifi_lost(hass: HomeAssistant, device_id: str) -> bool:
     """Raise the Wi-Fi repair for a claimed device that reopened provisioning.
 

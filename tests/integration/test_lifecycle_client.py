@@ -89,3 +89,7 @@ async def test_a_household_deleted_elsewhere_raises_a_repair_not_a_reauth(
     assert reloaded.state is ConfigEntryState.SETUP_RETRY
     assert "Household Home was deleted" in (reloaded.reason or "")
     assert not _tracebacks(caplog)
+    # Removing the entry, as the issue says, takes the issue with it.
+    await hass.config_entries.async_remove(entry.entry_id)
+    await hass.async_block_till_done()
+    assert ir.async_get(hass).async_get_issue(DOMAIN, f"household_deleted_{entry.entry_id}") is None

@@ -16,6 +16,7 @@ import pytest
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard.account_client import (
@@ -298,6 +299,8 @@ async def test_deleting_the_household_needs_its_name_and_removes_its_entries(
     assert deleted["description_placeholders"] == {"household": "Home", "devices": "1"}
     await hass.async_block_till_done()
     assert hass.config_entries.async_entries(DOMAIN) == []
+    # No repair issue is left about the entry that is gone (the hub may have seen the 404).
+    assert not [i for (domain, i) in ir.async_get(hass).issues if domain == DOMAIN]
     with pytest.raises(HouseholdNotFoundError) as gone:
         await account.owner.devices(account.household_id)
     assert gone.value.status == 404
