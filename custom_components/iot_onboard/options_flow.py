@@ -14,6 +14,7 @@ entries are removed. Reached through ``async_get_options_flow`` in config_flow.p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Final
 
@@ -31,7 +32,6 @@ from homeassistant.util import dt as dt_util
 
 from . import wifi_memory
 from .account_client import (
-    AccountClient,
     AccountConnectionError,
     AccountServiceError,
     AuthenticationError,
@@ -58,7 +58,7 @@ from .const import (
     DEFAULT_AUTOMATION_ROLE,
     DEFAULT_UNMAPPED_ROLE,
 )
-from .coordinator import IotOnboardConfigEntry
+from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator, IotOnboardData
 from .flow_errors import FIELD_BASE, wrong_fields
 from .helpers import device_entries
 
@@ -124,13 +124,15 @@ def _select(options: dict[str, str]) -> SelectSelector:
     )
 
 
-async def _async_remove_household(hass: HomeAssistant, entry: IotOnboardConfigEntry) -> None:
+async def _async_remove_household(
+    hass: HomeAssistant, entry: IotOnboardConfigEntry, coordinator: IotOnboardCoordinator
+) -> None:
     """Remove the deleted household's entries: its devices' first, then its own.
 
     The service released every device already: with the device list emptied first, removing a
     device entry releases nothing again (``async_remove_entry``).
     """
-    entry.runtime_data.coordinator.access.clear()
+    coordinator.access.clear()
     for onboarded in device_entries(hass, entry.data[CONF_HOUSEHOLD_ID]):
         await hass.config_entries.async_remove(onboarded.entry_id)
     await hass.config_entries.async_remove(entry.entry_id)
@@ -147,8 +149,9 @@ def _role_selector(options: list[str]) -> SelectSelector:
 class IotOnboardOptionsFlow(OptionsFlow):
     """Roles, other tools' MQTT access, and the household's hand-over and deletion."""
 
-    #: The entry's account client, taken when a step that needs it opens.
-    _account: AccountClient
+    #: The loaded entry's account client and coordinator, taken when a step that needs them
+    #: opens (the entry may be unloaded while a form is open; these objects stay usable).
+    _runtime: IotOnboardData
     #: The household as the account service names it (hand-over, deletion).
     _household: Household
     #: credential id → its listed line (revoke).
@@ -177,11 +180,11 @@ class IotOnboardOptionsFlow(OptionsFlow):
         options += ["mqtt_access", "hand_over", "delete_household"]
         return self.async_show_menu(step_id="init", menu_options=options)
 
-    def _take_account(self) -> bool:
-        """Keep the entry's account client for the next steps; False while it is not loaded."""
+    def _take_runtime(self) -> bool:
+        """Keep the entry's runtime for the next steps; False while it is not loaded."""
         if self._entry.state is not ConfigEntryState.LOADED:
             return False
-        self._account = self._entry.runtime_data.account
+        self._runtime = self._entry.runtime_data
         return True
 
     def _abort_refused(self, err: AccountServiceError, forbidden: str) -> ConfigFlowResult:
@@ -213,10 +216,10 @@ class IotOnboardOptionsFlow(OptionsFlow):
     ) -> ConfigFlowResult:
         """The household's credentials for other tools; create one, or revoke one."""
         del user_input
-        if not self._take_account():
+        if not self._take_runtime():
             return self.async_abort(reason="not_loaded")
         try:
-            listed = await self._account.mqtt_credentials(self._household_id)
+            listed = await self._runtime.account.mqtt_credentials(self._household_id)
         except AccountServiceError as err:
             return self._abort_refused(err, "mqtt_forbidden")
         self._tools = {tool.credential_id: _credential_line(tool) for tool in listed}
@@ -236,7 +239,7 @@ class IotOnboardOptionsFlow(OptionsFlow):
 
         With no device yet it is offered: a credential follows the devices claimed later.
         """
-        access = self._entry.runtime_data.coordinator.access
+        access = self._runtime.coordinator.access
         return not access or any(a is not DeviceAccess.READ for a in access.values())
 
     async def async_step_mqtt_create(
@@ -247,7 +250,7 @@ class IotOnboardOptionsFlow(OptionsFlow):
         placeholders = {"error": ""}
         if user_input is not None:
             try:
-                created = await self._account.create_mqtt_credential(
+                created = await self._runtime.account.create_mqtt_credential(
                     self._household_id, user_input[CONF_LABEL], MqttAccess(user_input[CONF_ACCESS])
                 )
             except MqttCredentialLimitError:
@@ -309,11 +312,11 @@ class IotOnboardOptionsFlow(OptionsFlow):
         placeholders = {"credential": self._tools[self._revoking], "error": ""}
         if user_input is not None:
             try:
-                await self._account.revoke_mqtt_credential(self._household_id, self._revoking)
-            except MqttCredentialNotFoundError:
-                return self.async_abort(
-                    reason="mqtt_revoked", description_placeholders=placeholders
-                )
+                # Revoked meanwhile (another screen, the API): what the user wants anyway.
+                with contextlib.suppress(MqttCredentialNotFoundError):
+                    await self._runtime.account.revoke_mqtt_credential(
+                        self._household_id, self._revoking
+                    )
             except AccountServiceError as err:
                 errors[FIELD_BASE] = _refusal(err, "mqtt_forbidden")
                 placeholders["error"] = str(err)
@@ -330,11 +333,11 @@ class IotOnboardOptionsFlow(OptionsFlow):
 
         With ``members``: the members with an account who could own it (``_candidates``).
         """
-        if not self._take_account():
+        if not self._take_runtime():
             return self.async_abort(reason="not_loaded")
         try:
-            households = await self._account.households()
-            listed = await self._account.members(self._household_id) if members else []
+            households = await self._runtime.account.households()
+            listed = await self._runtime.account.members(self._household_id) if members else []
         except AccountServiceError as err:
             return self._abort_refused(err, "owner_only")
         self._candidates = {
@@ -364,13 +367,13 @@ class IotOnboardOptionsFlow(OptionsFlow):
         else:
             member_id: str = user_input[CONF_MEMBER]
             try:
-                await self._account.hand_over(self._household_id, member_id)
+                await self._runtime.account.hand_over(self._household_id, member_id)
             except AccountServiceError as err:
                 errors[FIELD_BASE] = _refusal(err, "owner_only")
                 placeholders["error"] = str(err)
             else:
                 # Roles come from the member list: re-read it (quietly, debounced).
-                await self._entry.runtime_data.coordinator.async_request_sync()
+                await self._runtime.coordinator.async_request_sync()
                 return self.async_abort(
                     reason="handed_over",
                     description_placeholders={
@@ -393,7 +396,7 @@ class IotOnboardOptionsFlow(OptionsFlow):
                 return refused
         else:
             try:
-                deleted = await self._account.delete_household(
+                deleted = await self._runtime.account.delete_household(
                     self._household_id, user_input[CONF_CONFIRM_NAME]
                 )
             except ConfirmationMismatchError:
@@ -408,7 +411,7 @@ class IotOnboardOptionsFlow(OptionsFlow):
                     self._household.name,
                     deleted.devices_released,
                 )
-                await _async_remove_household(self.hass, self._entry)
+                await _async_remove_household(self.hass, self._entry, self._runtime.coordinator)
                 return self.async_abort(
                     reason="household_deleted",
                     description_placeholders={
