@@ -20,6 +20,7 @@ from homeassistant.helpers import issue_registry as ir
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard.account_client import (
+    AccountClient,
     DeviceAccess,
     HouseholdNotFoundError,
     MqttAccess,
@@ -27,9 +28,10 @@ from custom_components.iot_onboard.account_client import (
     ShareAccess,
 )
 from custom_components.iot_onboard.const import CONF_DEVICE_ID, CONF_HOUSEHOLD_ID, DOMAIN
+from custom_components.iot_onboard.iob_protocol.account_api import RegistryDevice
 from custom_components.iot_onboard.options_flow import MQTT_TOOLS_DOCS
 
-from .runtime_helpers import RealAccount, setup_entry
+from .runtime_helpers import OPERATOR, RealAccount, setup_entry
 
 type Result = dict[str, Any]
 
@@ -66,6 +68,17 @@ async def _connects(mqtt: Result) -> None:
     host, port = mqtt["host"], int(mqtt["port"])
     async with aiomqtt.Client(host, port, identifier=mqtt["client_id"], **login) as client:
         await client.subscribe("iob/#")
+
+
+async def _registry_owner(account: RealAccount, device_id: str) -> str | None:
+    """The household that owns ``device_id``, as the service's operator sees it (registry)."""
+    operator = await AccountClient(account.service.url, session=account.http).sign_in(*OPERATOR)
+    async with account.http.get(
+        f"{account.service.url}/v1/admin/registry/devices/{device_id}",
+        headers={"Authorization": f"Bearer {operator.tokens.access_token}"},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+        return RegistryDevice.parse(await reply.json()).household_id
 
 
 async def _create_form(hass: HomeAssistant, entry: MockConfigEntry) -> Result:
@@ -294,6 +307,7 @@ async def test_deleting_the_household_needs_its_name_and_removes_its_entries(
     assert [d.device_id for d in await account.owner.devices(account.household_id)] == [
         owned.device_id
     ]
+    assert await _registry_owner(account, owned.device_id) == account.household_id
     deleted = await _submit(hass, wrong, {"confirm_name": "Home"})
     assert (deleted["type"], deleted["reason"]) == (FlowResultType.ABORT, "household_deleted")
     assert deleted["description_placeholders"] == {"household": "Home", "devices": "1"}
@@ -305,6 +319,7 @@ async def test_deleting_the_household_needs_its_name_and_removes_its_entries(
         await account.owner.devices(account.household_id)
     assert gone.value.status == 404
     assert "Household Home deleted at the account service (1 device(s) released)" in caplog.text
+    assert (await _registry_owner(account, owned.device_id)) is None  # released: claimable again
     assert "not released" not in caplog.text
     assert "Releasing" not in caplog.text
 
