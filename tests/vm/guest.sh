@@ -219,8 +219,8 @@ scenario() {
     --service-url "$SERVICE_URL" "$@")
   air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
     | driver device air)
-  record "$name" "$(printf '{"onboard": %s, "air": %s, "status": %s, "active": %s, "saved": %s}' \
-    "$outcome" "$air" "$(iob-device status --json)" \
+  record "$name" "$(printf '{"onboard": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s}' \
+    "$outcome" "$air" "$(iob-device status --json)" "$(json_string "$(iob-device diagnose 2>&1)")" \
     "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
     "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")")"
 }
@@ -238,6 +238,33 @@ internet_up() {
   sleep 2
 }
 CLOSED_URL="http://relay.home.arpa:8081"
+# The captive portal's web server on the router (port 80): every request but the sign-in page
+# is redirected to it.
+portal_up() {
+  ip netns exec router python3 -c '
+import http.server
+
+class Portal(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/login":
+            body = b"<html><body><form>Accept the terms to continue</form></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(302)
+        self.send_header("Location", "http://portal.home.arpa/login")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_POST = do_HEAD = do_GET
+
+http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 80), Portal).serve_forever()
+' >"$WORK/logs/portal.log" 2>&1 &
+  echo $! >"$WORK/portal.pid"
+  sleep 2
+}
 
 scenario ssid_absent "iob-nowhere" "$PASSPHRASE"
 scenario wrong_passphrase "$SSID" "not the passphrase"
@@ -248,6 +275,15 @@ SERVICE_URL=$CLOSED_URL
 scenario no_internet "$SSID" "$PASSPHRASE"
 internet_up
 scenario relay_unreachable "$SSID" "$PASSPHRASE"
+# A captive portal (guest Wi-Fi): dnsmasq answers every name with the router, and its web server
+# answers every request with a redirect to its sign-in page; the service is a public name.
+router_lan "$DHCP" "--address=/#/$ROUTER_IP"
+portal_up
+SERVICE_URL="http://relay.example.net"
+scenario captive_portal "$SSID" "$PASSPHRASE"
+stop_pidfile "$WORK/portal.pid"
+router_lan "$DHCP" "$DNS"
+SERVICE_URL=$CLOSED_URL
 # Joins on other kinds of network: each ends at the closed service port, so the device stays
 # unclaimed for the next one; RELAY_UNREACHABLE proves Wi-Fi, DHCP and DNS worked.
 wpa2 ignore_broadcast_ssid=1

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from iob_protocol.diagnostics import DiagnosticCode
 
 REPO: Final = Path(__file__).resolve().parents[2]
 HERE: Final = Path(__file__).resolve().parent
@@ -196,6 +197,9 @@ def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
     if name in AIR:
         assert AIR[name] in (air["key_mgmt"] or "").split(), air
     assert air["connected"] is (code not in {"WIFI_AP_NOT_FOUND", "WIFI_AUTH_FAILED"}), air
+    # The agent's own words for the person at its shell: the code's next step.
+    assert f"Last failure: {code}" in result["diagnose"], result["diagnose"]
+    assert DiagnosticCode(code).next_step in result["diagnose"], result["diagnose"]
     # Rolled back: nothing of the trial network is active or saved.
     assert "wlan1" not in result["active"], result["active"]
     assert "wireless" not in result["saved"], result["saved"]
@@ -211,6 +215,7 @@ FAILURES: Final = {
     "dns_broken": "DNS_FAILED",  # dnsmasq does not know the service's name
     "no_internet": "NO_INTERNET",  # service port closed, nothing beyond the router
     "relay_unreachable": "RELAY_UNREACHABLE",  # service port closed, "the internet" answers
+    "captive_portal": "CAPTIVE_PORTAL",  # every name -> the router, every request -> 302
     "hidden_ssid": "RELAY_UNREACHABLE",  # hostapd ignore_broadcast_ssid, set_wifi hidden
     "wpa3_sae": "RELAY_UNREACHABLE",  # SAE only, management frame protection required
     "open_network": "RELAY_UNREACHABLE",  # no passphrase
