@@ -255,6 +255,41 @@ def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
     assert vm.step("right_passphrase_online") == {"claim": "owned", "availability": "online"}
 
 
+#: NetworkManager's shared mode: the hotspot's own address and the phone's subnet.
+HOTSPOT_ADDRESS: Final = "10.42.0.1"
+
+
+def test_setup_hotspot_serves_a_phone(vm: VmRun) -> None:
+    """The agent's setup hotspot (unclaimed, no saved Wi-Fi, no uplink) joined by a phone-like
+    station with the key from the label: it gets an address from NetworkManager's shared mode,
+    the captive page, a phone's portal probe redirected to it, and the agent's LAN API."""
+    hotspot = vm.step("setup_hotspot")
+    assert hotspot["ssid"].startswith("IoT-Onboard-"), hotspot
+    assert "IoT Onboard hotspot:wlan1" in hotspot["active"].splitlines(), hotspot
+    assert hotspot["wpa_state"] == "wpa_state=COMPLETED", hotspot
+    assert hotspot["phone_address"].startswith("10.42.0."), hotspot
+    phone = hotspot["phone"]
+    assert (phone["page"]["status"], phone["page"]["form"]) == (200, True), phone["page"]
+    assert phone["probe"]["status"] == 302, phone["probe"]
+    assert phone["probe"]["location"] == f"http://{HOTSPOT_ADDRESS}/", phone["probe"]
+    assert phone["info"]["status"] == 200, phone["info"]
+    info = json.loads(phone["info"]["body"])
+    # Unclaimed (in provisioning after the failed scenarios); the label's window open.
+    assert info["state"] in {"unclaimed", "provisioning"}, info
+    assert info["window"] == "open", info
+
+
+def test_claim_closes_the_window_and_the_hotspot(vm: VmRun) -> None:
+    """The right passphrase sent while the hotspot holds the radio (as over BLE): the commit
+    takes the radio, the claim closes the window, and the hotspot stays down."""
+    vm.step("right_passphrase")
+    after = vm.step("hotspot_after_claim")
+    assert HOTSPOT_ADDRESS not in after["address"], after
+    assert "IoT Onboard hotspot" not in after["active"], after
+    assert after["phone"] != "wpa_state=COMPLETED", after
+    assert (after["info"]["state"], after["info"]["window"]) == ("online", "closed"), after
+
+
 def test_network_manager_reports_full_connectivity_without_a_check_url(vm: VmRun) -> None:
     """Why no_internet needs the agent's own probes: online, with nothing beyond the router,
     Debian's NetworkManager (no [connectivity] uri) still answers its check with "full"."""
