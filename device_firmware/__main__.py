@@ -71,6 +71,9 @@ _SHELL_HINTS: Final[dict[DiagnosticCode, str]] = {
         "'iob-device status' shows the broker; nc -vz <host> <port> from the device tests it."
     ),
     DiagnosticCode.TIMEOUT: "journalctl -u iot-onboard-device shows the step that was running.",
+    DiagnosticCode.CAPTIVE_PORTAL: (
+        "curl -sI http://network-test.debian.org/nm shows the portal's redirect."
+    ),
 }
 
 

@@ -10,8 +10,9 @@ and leaves the device in ``provisioning`` with the specific diagnostic code, rea
 
 Order of the checks, and why: DHCP happens inside ``connect``; then DNS of the service's host;
 then the service itself. Only if the service is unreachable is general internet access
-checked, to tell NO_INTERNET from RELAY_UNREACHABLE - a self-hosted service on the LAN (or an
-IoT VLAN with no route out) must not fail a check it does not need.
+checked, to tell NO_INTERNET (and a captive portal, CAPTIVE_PORTAL) from RELAY_UNREACHABLE - a
+self-hosted service on the LAN (or an IoT VLAN with no route out) must not fail a check it does
+not need.
 
 Two ways for the confirmation to reach the service: the device posts it itself
 (``ClaimDelivery.DEVICE``), or it hands the signed confirmation over the session and Home
@@ -105,7 +106,12 @@ _UNANSWERED: Final = frozenset(
 #: The device cannot reach the account service (nothing was signed or sent yet): Home
 #: Assistant relays the confirmation if it offered to (``hub_relay``).
 _OUT_OF_REACH: Final = frozenset(
-    {DiagnosticCode.RELAY_UNREACHABLE, DiagnosticCode.DNS_FAILED, DiagnosticCode.NO_INTERNET}
+    {
+        DiagnosticCode.RELAY_UNREACHABLE,
+        DiagnosticCode.DNS_FAILED,
+        DiagnosticCode.NO_INTERNET,
+        DiagnosticCode.CAPTIVE_PORTAL,
+    }
 )
 
 RelayFactory: TypeAlias = Callable[[str], RelayClient]

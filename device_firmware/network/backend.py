@@ -57,7 +57,10 @@ class NetworkBackend(abc.ABC):
 
     @abc.abstractmethod
     async def check_internet(self) -> None:
-        """Check general reachability; NetworkError(NO_INTERNET) otherwise."""
+        """Check general reachability; NetworkError(NO_INTERNET) otherwise.
+
+        NetworkError(CAPTIVE_PORTAL) when the network holds the device at a sign-in page.
+        """
 
     @abc.abstractmethod
     async def commit(self) -> None:

@@ -26,8 +26,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from http import HTTPStatus
 from typing import Any, Final
 
+import aiohttp
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from iob_protocol.commands import display_ssid
@@ -63,6 +65,16 @@ SAVED_PRIORITY: Final = 50
 FAULT_CODE: Final = DiagnosticCode.TIMEOUT
 #: Fallback reachability probes when NetworkManager's connectivity check is off.
 DEFAULT_INTERNET_PROBES: Final[tuple[tuple[str, int], ...]] = (("1.1.1.1", 443), ("9.9.9.9", 443))
+#: A plain-HTTP page with a known answer (the check URL of Debian's
+#: network-manager-config-connectivity-debian): a captive portal redirects the request to its
+#: sign-in page or answers with a page of its own.
+DEFAULT_PORTAL_PROBE: Final = "http://network-test.debian.org/nm"
+#: What the portal probe's page says when nothing is in the way.
+PORTAL_PROBE_EXPECTED: Final = "NetworkManager is online"
+#: Bytes of the probe's answer read (the expected page is one line).
+_PORTAL_BODY_LIMIT: Final = 4096
+#: Network Authentication Required (RFC 6585): a portal that says so.
+_HTTP_AUTHENTICATION_REQUIRED: Final = 511
 
 _NO_PATH: Final = "/"
 _NM_DEVICE_TYPE_WIFI: Final = 2
@@ -201,6 +213,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         rollback_timeout: float = 30.0,
         dns_timeout: float = 10.0,
         internet_probes: Sequence[tuple[str, int]] = DEFAULT_INTERNET_PROBES,
+        portal_probe: str | None = DEFAULT_PORTAL_PROBE,
         probe_timeout: float = 5.0,
     ) -> None:
         """Configure; nothing is contacted until the first call.
@@ -217,6 +230,8 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             dns_timeout: seconds ``check_dns`` waits for the resolver.
             internet_probes: TCP (host, port) pairs tried when NetworkManager cannot say
                 whether the internet is reachable; empty to rely on NetworkManager alone.
+            portal_probe: a plain-HTTP URL answering :data:`PORTAL_PROBE_EXPECTED`, fetched
+                before the TCP probes to recognise a captive portal; None: no such check.
             probe_timeout: seconds per probe.
         """
         self._interface = interface
@@ -227,6 +242,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         self._rollback_timeout = rollback_timeout
         self._dns_timeout = dns_timeout
         self._internet_probes = tuple(internet_probes)
+        self._portal_probe = portal_probe
         self._probe_timeout = probe_timeout
         self._bus: MessageBus | None = None
         self._bus_lock = asyncio.Lock()
@@ -310,6 +326,10 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
     async def check_internet(self) -> None:
         """Trust NetworkManager's connectivity check when it checks and says FULL; else probe.
 
+        A captive portal is CAPTIVE_PORTAL: NetworkManager's check says PORTAL, or the portal
+        probe (plain HTTP, before the TCP probes, which a portal may let through) is redirected
+        or answered with another page.
+
         Without a check URL (Debian's and Raspberry Pi OS's default) NetworkManager checks
         nothing and answers FULL on any network with a default route, so its FULL counts only
         when ``ConnectivityCheckAvailable`` and ``ConnectivityCheckEnabled`` say it checked
@@ -329,6 +349,16 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             what = "unknown"
         if state is NMConnectivity.FULL:
             return
+        if state is NMConnectivity.PORTAL:
+            raise NetworkError(
+                DiagnosticCode.CAPTIVE_PORTAL,
+                "NetworkManager's connectivity check found a captive portal",
+            )
+        portal = await self._portal_answer()
+        if portal is not None:
+            raise NetworkError(
+                DiagnosticCode.CAPTIVE_PORTAL, f"{self._portal_probe}: {portal} (captive portal)"
+            )
         for host, port in self._internet_probes:
             if await self._probe(host, port):
                 return
@@ -574,6 +604,33 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             await self._call(profile, IFACE_CONNECTION, "Delete")
         except NetworkManagerError as err:
             _LOGGER.debug("Profile %s not deleted: %s", profile, err.detail)
+
+    async def _portal_answer(self) -> str | None:
+        """How a captive portal answered the portal probe, or None when no portal was seen.
+
+        None: the expected page, no answer at all, or an answer that proves nothing either way.
+        """
+        if self._portal_probe is None:
+            return None
+        timeout = aiohttp.ClientTimeout(total=self._probe_timeout)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(self._portal_probe, allow_redirects=False) as response,
+            ):
+                status = response.status
+                location = response.headers.get("Location", "")
+                body = await response.content.read(_PORTAL_BODY_LIMIT)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
+            _LOGGER.debug("portal probe %s: no answer (%s)", self._portal_probe, err)
+            return None
+        if HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
+            return f"HTTP {status} to {location or 'no location'}"
+        if status == _HTTP_AUTHENTICATION_REQUIRED:
+            return f"HTTP {status}"
+        if status == HTTPStatus.OK and PORTAL_PROBE_EXPECTED.encode() not in body:
+            return f"HTTP {status} with a page of its own"
+        return None
 
     async def _probe(self, host: str, port: int) -> bool:
         try:

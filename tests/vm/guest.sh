@@ -6,7 +6,8 @@
 #   radio 0 -> namespace "router": hostapd (the home network), dnsmasq (DHCP, DNS), Mosquitto and
 #              the account service on 192.168.50.1 (relay.home.arpa), reachable only over the air
 #   radio 1 -> the device: NetworkManager, the agent installed from the .deb, run by systemd
-#   radio 2 -> unused by NetworkManager (kept for later scenarios)
+#   radio 2 -> a phone-like station in namespace "phone" (wpa_supplicant) that joins the
+#              agent's setup hotspot (setup_hotspot)
 set -u
 SHARE=/mnt/share
 OUT=$SHARE/out
@@ -219,10 +220,81 @@ scenario() {
     --service-url "$SERVICE_URL" "$@")
   air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
     | driver device air)
-  record "$name" "$(printf '{"onboard": %s, "air": %s, "status": %s, "active": %s, "saved": %s}' \
-    "$outcome" "$air" "$(iob-device status --json)" \
+  record "$name" "$(printf '{"onboard": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s}' \
+    "$outcome" "$air" "$(iob-device status --json)" "$(json_string "$(iob-device diagnose 2>&1)")" \
     "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
     "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")")"
+}
+
+# lan_info HOST: the agent's GET /iob/v1/info (JSON), or null.
+lan_info() {
+  python3 -c "import urllib.request; print(urllib.request.urlopen('http://$1:8423/iob/v1/info', timeout=10).read().decode())" \
+    2>/dev/null || echo null
+}
+
+# setup_hotspot: the agent's own setup hotspot, joined by a phone-like station on the third
+# radio in a namespace of its own (wpa_supplicant with the key from the label; klibc's ipconfig
+# as its DHCP client against NetworkManager's shared mode). The station fetches the captive page
+# and the agent's LAN API over the hotspot. The hotspot holds the radio, so it is off in the
+# other scenarios; here the agent restarts with it on (and its LAN server on every address).
+setup_hotspot() {
+  say "scenario setup_hotspot"
+  hotspot_ssid=$(sed -n 's/^Setup Wi-Fi: *//p' /tmp/label/*-label.txt | head -1)
+  hotspot_key=$(sed -n 's/^Wi-Fi key: *//p' /tmp/label/*-label.txt | head -1)
+  sed -i 's/^hotspot = false/hotspot = true/; s/^listen = .*/listen = ["0.0.0.0"]/' \
+    /etc/iot-onboard/device.toml
+  start=$(cut -d' ' -f1 /proc/uptime)
+  systemctl restart iot-onboard-device.service
+  for _ in $(seq 1 120); do
+    ip -4 -o addr show wlan1 | grep -q "inet 10.42.0.1/" && break
+    sleep 1
+  done
+  hotspot_up=$(awk -v t0="$start" '{print $1 - t0}' /proc/uptime)
+  ip netns add phone
+  iw phy "$(phy_of wlan2)" set netns name phone
+  ip -n phone link set lo up
+  { printf 'ctrl_interface=%s\n' "$WORK/phone-ctrl"; wpa_passphrase "$hotspot_ssid" "$hotspot_key"; } \
+    >"$WORK/phone.conf"
+  ip netns exec phone wpa_supplicant -B -i wlan2 -c "$WORK/phone.conf" -P "$WORK/phone-wpa.pid" \
+    -f "$WORK/logs/phone-wpa.log"
+  for _ in $(seq 1 60); do
+    ip netns exec phone wpa_cli -p "$WORK/phone-ctrl" -i wlan2 status 2>/dev/null \
+      | grep -q wpa_state=COMPLETED && break
+    sleep 1
+  done
+  ip netns exec phone /usr/lib/klibc/bin/ipconfig -t 60 -c dhcp wlan2 >"$WORK/logs/phone-dhcp.log" 2>&1
+  joined=$(awk -v t0="$start" '{print $1 - t0}' /proc/uptime)
+  # What the phone sees: the captive page, a phone's portal probe, the agent's LAN API.
+  phone=$(ip netns exec phone python3 -c '
+import json, urllib.error, urllib.request
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+def get(url):
+    try:
+        with urllib.request.build_opener(NoRedirect).open(url, timeout=20) as answer:
+            return answer.status, dict(answer.headers), answer.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode(errors="replace")
+    except OSError as err:
+        return None, {}, repr(err)
+
+page = get("http://10.42.0.1/")
+probe = get("http://10.42.0.1/generate_204")
+info = get("http://10.42.0.1:8423/iob/v1/info")
+print(json.dumps({
+    "page": {"status": page[0], "form": "<form" in page[2], "title": page[2][:300]},
+    "probe": {"status": probe[0], "location": probe[1].get("Location")},
+    "info": {"status": info[0], "body": info[2][:500]},
+}))' 2>&1)
+  record setup_hotspot "$(printf '{"hotspot_up": %s, "joined": %s, "ssid": %s, "wpa_state": %s, "phone_address": %s, "dhcp": %s, "phone": %s, "active": %s}' \
+    "$hotspot_up" "$joined" "$(json_string "$hotspot_ssid")" \
+    "$(json_string "$(ip netns exec phone wpa_cli -p "$WORK/phone-ctrl" -i wlan2 status 2>&1 | grep wpa_state)")" \
+    "$(json_string "$(ip -n phone -4 -o addr show wlan2 | awk '{print $4}')")" \
+    "$(json_string "$(tail -5 "$WORK/logs/phone-dhcp.log")")" "$phone" \
+    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")")"
 }
 
 # The home router's variants: its Wi-Fi (hostapd) and its LAN services (dnsmasq).
@@ -238,6 +310,33 @@ internet_up() {
   sleep 2
 }
 CLOSED_URL="http://relay.home.arpa:8081"
+# The captive portal's web server on the router (port 80): every request but the sign-in page
+# is redirected to it.
+portal_up() {
+  ip netns exec router python3 -c '
+import http.server
+
+class Portal(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/login":
+            body = b"<html><body><form>Accept the terms to continue</form></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(302)
+        self.send_header("Location", "http://portal.home.arpa/login")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_POST = do_HEAD = do_GET
+
+http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 80), Portal).serve_forever()
+' >"$WORK/logs/portal.log" 2>&1 &
+  echo $! >"$WORK/portal.pid"
+  sleep 2
+}
 
 scenario ssid_absent "iob-nowhere" "$PASSPHRASE"
 scenario wrong_passphrase "$SSID" "not the passphrase"
@@ -248,6 +347,15 @@ SERVICE_URL=$CLOSED_URL
 scenario no_internet "$SSID" "$PASSPHRASE"
 internet_up
 scenario relay_unreachable "$SSID" "$PASSPHRASE"
+# A captive portal (guest Wi-Fi): dnsmasq answers every name with the router, and its web server
+# answers every request with a redirect to its sign-in page; the service is a public name.
+router_lan "$DHCP" "--address=/#/$ROUTER_IP"
+portal_up
+SERVICE_URL="http://relay.example.net"
+scenario captive_portal "$SSID" "$PASSPHRASE"
+stop_pidfile "$WORK/portal.pid"
+router_lan "$DHCP" "$DNS"
+SERVICE_URL=$CLOSED_URL
 # Joins on other kinds of network: each ends at the closed service port, so the device stays
 # unclaimed for the next one; RELAY_UNREACHABLE proves Wi-Fi, DHCP and DNS worked.
 wpa2 ignore_broadcast_ssid=1
@@ -262,8 +370,16 @@ scenario dhcp_off "$SSID" "$PASSPHRASE"
 router_lan "$DHCP" "$DNS"
 SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
 stop_pidfile "$WORK/internet.pid"
+setup_hotspot
+# The right passphrase, sent while the setup hotspot holds the radio (as over BLE): the commit
+# takes the radio, the claim closes the window, and the hotspot must stay down.
 scenario right_passphrase "$SSID" "$PASSPHRASE"
 record right_passphrase_online "$(driver router online)"
+record hotspot_after_claim "$(printf '{"address": %s, "active": %s, "phone": %s, "info": %s}' \
+  "$(json_string "$(ip -4 -o addr show wlan1)")" \
+  "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
+  "$(json_string "$(ip netns exec phone wpa_cli -p "$WORK/phone-ctrl" -i wlan2 status 2>&1 | grep wpa_state)")" \
+  "$(lan_info 127.0.0.1)")"
 # What NetworkManager itself says of a network with no way beyond the router (no_internet).
 record connectivity "$(printf '{"check": "%s", "config": %s}' \
   "$(nmcli networking connectivity check 2>&1)" \

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from iob_protocol.diagnostics import DiagnosticCode
 
 REPO: Final = Path(__file__).resolve().parents[2]
 HERE: Final = Path(__file__).resolve().parent
@@ -196,6 +197,9 @@ def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
     if name in AIR:
         assert AIR[name] in (air["key_mgmt"] or "").split(), air
     assert air["connected"] is (code not in {"WIFI_AP_NOT_FOUND", "WIFI_AUTH_FAILED"}), air
+    # The agent's own words for the person at its shell: the code's next step.
+    assert f"Last failure: {code}" in result["diagnose"], result["diagnose"]
+    assert DiagnosticCode(code).next_step in result["diagnose"], result["diagnose"]
     # Rolled back: nothing of the trial network is active or saved.
     assert "wlan1" not in result["active"], result["active"]
     assert "wireless" not in result["saved"], result["saved"]
@@ -211,6 +215,7 @@ FAILURES: Final = {
     "dns_broken": "DNS_FAILED",  # dnsmasq does not know the service's name
     "no_internet": "NO_INTERNET",  # service port closed, nothing beyond the router
     "relay_unreachable": "RELAY_UNREACHABLE",  # service port closed, "the internet" answers
+    "captive_portal": "CAPTIVE_PORTAL",  # every name -> the router, every request -> 302
     "hidden_ssid": "RELAY_UNREACHABLE",  # hostapd ignore_broadcast_ssid, set_wifi hidden
     "wpa3_sae": "RELAY_UNREACHABLE",  # SAE only, management frame protection required
     "open_network": "RELAY_UNREACHABLE",  # no passphrase
@@ -248,6 +253,41 @@ def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
     assert status["wifi_ssid"] == "iob-home"
     assert "wlan1" in result["active"]
     assert vm.step("right_passphrase_online") == {"claim": "owned", "availability": "online"}
+
+
+#: NetworkManager's shared mode: the hotspot's own address and the phone's subnet.
+HOTSPOT_ADDRESS: Final = "10.42.0.1"
+
+
+def test_setup_hotspot_serves_a_phone(vm: VmRun) -> None:
+    """The agent's setup hotspot (unclaimed, no saved Wi-Fi, no uplink) joined by a phone-like
+    station with the key from the label: it gets an address from NetworkManager's shared mode,
+    the captive page, a phone's portal probe redirected to it, and the agent's LAN API."""
+    hotspot = vm.step("setup_hotspot")
+    assert hotspot["ssid"].startswith("IoT-Onboard-"), hotspot
+    assert "IoT Onboard hotspot:wlan1" in hotspot["active"].splitlines(), hotspot
+    assert hotspot["wpa_state"] == "wpa_state=COMPLETED", hotspot
+    assert hotspot["phone_address"].startswith("10.42.0."), hotspot
+    phone = hotspot["phone"]
+    assert (phone["page"]["status"], phone["page"]["form"]) == (200, True), phone["page"]
+    assert phone["probe"]["status"] == 302, phone["probe"]
+    assert phone["probe"]["location"] == f"http://{HOTSPOT_ADDRESS}/", phone["probe"]
+    assert phone["info"]["status"] == 200, phone["info"]
+    info = json.loads(phone["info"]["body"])
+    # Unclaimed (in provisioning after the failed scenarios); the label's window open.
+    assert info["state"] in {"unclaimed", "provisioning"}, info
+    assert info["window"] == "open", info
+
+
+def test_claim_closes_the_window_and_the_hotspot(vm: VmRun) -> None:
+    """The right passphrase sent while the hotspot holds the radio (as over BLE): the commit
+    takes the radio, the claim closes the window, and the hotspot stays down."""
+    vm.step("right_passphrase")
+    after = vm.step("hotspot_after_claim")
+    assert HOTSPOT_ADDRESS not in after["address"], after
+    assert "IoT Onboard hotspot" not in after["active"], after
+    assert after["phone"] != "wpa_state=COMPLETED", after
+    assert (after["info"]["state"], after["info"]["window"]) == ("online", "closed"), after
 
 
 def test_network_manager_reports_full_connectivity_without_a_check_url(vm: VmRun) -> None:

@@ -82,6 +82,7 @@ DIAGNOSTIC_ORDER: Final[tuple[DiagnosticCode, ...]] = (
     DiagnosticCode.BROKER_AUTH_FAILED,
     DiagnosticCode.TIMEOUT,
     DiagnosticCode.BROKER_UNREACHABLE,
+    DiagnosticCode.CAPTIVE_PORTAL,
 )
 #: A failure whose code has no number here yet (a newer device): ask ``status`` for it.
 DIAGNOSTIC_OTHER: Final = 0xFF

@@ -37,6 +37,8 @@ class DiagnosticCode(StrEnum):
     #: A claimed device's Wi-Fi change: the new network does not reach the MQTT broker.
     BROKER_UNREACHABLE = "BROKER_UNREACHABLE"
     TIMEOUT = "TIMEOUT"
+    #: The network sends every web request to its own sign-in page (hotel, shop, guest Wi-Fi).
+    CAPTIVE_PORTAL = "CAPTIVE_PORTAL"
 
     @property
     def text(self) -> DiagnosticText:
@@ -111,5 +113,11 @@ _TEXTS: dict[DiagnosticCode, DiagnosticText] = {
     DiagnosticCode.TIMEOUT: DiagnosticText(
         "The step did not finish in time.",
         "Keep the device powered and in range, then try again.",
+    ),
+    DiagnosticCode.CAPTIVE_PORTAL: DiagnosticText(
+        "The Wi-Fi network wants a sign-in on its own web page (a captive portal) before it "
+        "lets the device out, and the device cannot sign in.",
+        "Choose a network without a sign-in page, or ask the network's owner to let the "
+        "device through without one (by its MAC address), then try again.",
     ),
 }

@@ -15,6 +15,7 @@ from device_firmware.network.networkmanager import (
     FAULT_CODE,
     IFACE_NM,
     NM_PATH,
+    PORTAL_PROBE_EXPECTED,
     ROLE_KEY,
     SETTINGS_PATH,
     NetworkManagerBackend,
@@ -495,3 +496,71 @@ async def test_check_internet_probes_when_networkmanager_is_older(
     finally:
         closed.close()
         await failing.aclose()
+
+
+async def _portal_server(status: int, body: bytes) -> tuple[asyncio.Server, str]:
+    """A plain HTTP server answering every request with ``status`` and ``body``."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        if 300 <= status < 400:
+            head += "Location: http://portal.example/login\r\n"
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/nm"
+
+
+async def test_check_internet_reports_a_captive_portal(nm_mock: NetworkManagerMock) -> None:
+    """A network that redirects (or answers with its own page) every plain HTTP request is a
+    captive portal: CAPTIVE_PORTAL, even when TCP probes get through (seen in the VM stage)."""
+    tcp = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    probes = [("127.0.0.1", tcp.sockets[0].getsockname()[1])]
+    servers = []
+    try:
+        for status, body in ((302, b""), (200, b"<html>Sign in</html>"), (511, b"")):
+            server, url = await _portal_server(status, body)
+            servers.append(server)
+            nm = NetworkManagerBackend(
+                bus_address=nm_mock.address, internet_probes=probes, portal_probe=url
+            )
+            try:
+                with pytest.raises(NetworkError) as caught:
+                    await nm.check_internet()
+            finally:
+                await nm.aclose()
+            assert caught.value.code is DiagnosticCode.CAPTIVE_PORTAL, status
+            assert str(status) in caught.value.detail
+        # The expected answer is no portal; the TCP probe then decides (it answers).
+        server, url = await _portal_server(200, PORTAL_PROBE_EXPECTED.encode())
+        servers.append(server)
+        nm = NetworkManagerBackend(
+            bus_address=nm_mock.address, internet_probes=probes, portal_probe=url
+        )
+        try:
+            await nm.check_internet()
+        finally:
+            await nm.aclose()
+    finally:
+        for server in [tcp, *servers]:
+            server.close()
+            await server.wait_closed()
+
+
+async def test_check_internet_trusts_networkmanager_s_portal_state(
+    nm_mock: NetworkManagerMock,
+) -> None:
+    """NetworkManager's own check (with a check URL) saying PORTAL is CAPTIVE_PORTAL."""
+    nm = NetworkManagerBackend(bus_address=nm_mock.address, internet_probes=[], portal_probe=None)
+    nm_mock.set_connectivity_check(available=True)
+    nm_mock.set_connectivity(2)  # PORTAL
+    try:
+        with pytest.raises(NetworkError) as caught:
+            await nm.check_internet()
+        assert caught.value.code is DiagnosticCode.CAPTIVE_PORTAL
+        assert "portal" in caught.value.detail
+    finally:
+        await nm.aclose()
