@@ -29,6 +29,10 @@ Steps::
     bluetooth (our device, Wi-Fi lost) ─┬▶ wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     reconfigure (repair, seen over BLE) ┘     (the repair ``wifi_lost_<id>`` is raised too)
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
+    discovery_confirm takes the setup code and name (optional; empty: the credentials form):
+        one household set up ─▶ checked there; the household's remembered Wi-Fi seen by the
+        device and "another network" off ─▶ provision (no Wi-Fi form), else ─▶ wifi
+        none (or several) ─▶ account | pick_household ─▶ credentials only if the code is wrong
 
 Security order: the setup code's key check happens inside the handshake, against the QR
 fingerprint or the registry key from the account service (manual code), before anything

@@ -3113,7 +3113,7 @@ async def test_a_later_device_is_one_form_when_the_remembered_network_is_seen(
 async def test_a_later_device_can_choose_another_network(
     hass: HomeAssistant, link: MagicMock
 ) -> None:
-    """ "Another network" on the first screen: the Wi-Fi form, the remembered one preselected."""
+    """Another network chosen on the first screen: the Wi-Fi form, the remembered one first."""
     await remember_home_wifi(hass, link)
     result = await start_discovery(hass)
     result = await submit(hass, result["flow_id"], {"setup_code": QR, OTHER_WIFI: True})
