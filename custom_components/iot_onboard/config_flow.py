@@ -29,6 +29,10 @@ Steps::
     bluetooth (our device, Wi-Fi lost) ─┬▶ wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     reconfigure (repair, seen over BLE) ┘     (the repair ``wifi_lost_<id>`` is raised too)
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
+    discovery_confirm takes the setup code and name (optional; empty: the credentials form):
+        one household set up ─▶ checked there; the household's remembered Wi-Fi seen by the
+        device and "another network" off ─▶ provision (no Wi-Fi form), else ─▶ wifi
+        none (or several) ─▶ account | pick_household ─▶ credentials only if the code is wrong
 
 Security order: the setup code's key check happens inside the handshake, against the QR
 fingerprint or the registry key from the account service (manual code), before anything
@@ -111,17 +115,20 @@ from .iob_protocol import (
     BlePhase,
     ProtocolError,
     WireFormatError,
+    display_ssid,
     validate_device_id,
 )
 from .iob_protocol.ble import SERVICE_UUID, SHORT_ID_CHARS
 from .onboarding import (
     CONF_HOST,
     CONF_NAME,
+    CONF_OTHER_WIFI,
     CONF_PORT,
     CONF_SETUP_CODE,
     PORT_SELECTOR,
     AccountSession,
     DeviceSteps,
+    ExistingHousehold,
     NewHousehold,
     TargetDevice,
     kept_input,
@@ -766,13 +773,48 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
     async def async_step_discovery_confirm(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
-        """Show which device was found before anything is sent to it."""
+        """The device found, with its setup code and name: a later device's only form.
+
+        Nothing is sent to the device before this is submitted. With one household set up,
+        the code is checked here (its errors shown on this form) and, when the household
+        remembers a Wi-Fi network the device sees, that one is joined (unless "another
+        network" is on). Without one, the code waits for the sign-in (the credentials form
+        shows what is wrong with it); without a code, the credentials form asks for it.
+        """
+        errors: dict[str, str] = {}
         if user_input is None:
-            self._set_confirm_only()
-            return self.async_show_form(
-                step_id="discovery_confirm", description_placeholders=self._placeholders()
-            )
-        return await self._async_start_onboarding()
+            await self._async_existing_household()
+        else:
+            self._choose_name(user_input)
+            self._use_remembered = not user_input.get(CONF_OTHER_WIFI, False)
+            code = user_input.get(CONF_SETUP_CODE) or None
+            target = getattr(self, "_target", None)
+            entries = self._household_entries()
+            if (
+                code is None
+                or not isinstance(target, ExistingHousehold)
+                or entries != [target.entry]
+            ):
+                # The household is found (or signed in to) again, and its Wi-Fi read there.
+                self._pending_code, self._use_remembered = code, False
+                self._remembered, self._recalled = None, False
+                return await self._async_start_onboarding()
+            self._onboarding = True
+            errors = await self._async_open_session(code)
+            if not errors:
+                return await self._async_session_opened()
+        remembered = self._remembered
+        return self.async_show_form(
+            step_id="discovery_confirm",
+            data_schema=self._code_schema(
+                user_input or {}, errors, required=False, other_wifi=remembered is not None
+            ),
+            errors=errors,
+            description_placeholders={
+                **self._placeholders(),
+                "wifi": "" if remembered is None else display_ssid(remembered.ssid),
+            },
+        )
 
     async def async_step_bluetooth(
         self, discovery_info: BluetoothServiceInfoBleak

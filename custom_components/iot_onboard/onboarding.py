@@ -145,6 +145,8 @@ CONF_PASSPHRASE: Final = FIELD_PASSPHRASE
 CONF_NAME: Final = "name"
 #: The Wi-Fi step's opt-in: remember this network for the household's next devices.
 CONF_REMEMBER: Final = "remember_wifi"
+#: The discovery's first screen, with a remembered Wi-Fi: show the Wi-Fi form all the same.
+CONF_OTHER_WIFI: Final = "other_wifi"
 
 HIDDEN_NETWORK: Final = "hidden_network"
 KEEP_ETHERNET: Final = "keep_ethernet"
@@ -165,9 +167,6 @@ _SUPPORTED_SECURITY: Final = frozenset(
 )
 #: Seconds to wait for a model's name (the default name falls back to the model id).
 MODEL_NAME_TIMEOUT: Final = 5.0
-_SETUP_CODE_SCHEMA: Final = vol.Schema(
-    {vol.Required(CONF_SETUP_CODE): TextSelector(), vol.Optional(CONF_NAME): TextSelector()}
-)
 PORT_SELECTOR: Final = NumberSelector(
     NumberSelectorConfig(min=1, max=65535, step=1, mode=NumberSelectorMode.BOX)
 )
@@ -354,6 +353,9 @@ class DeviceSteps(ConfigFlow):
         #: The last Wi-Fi form: its box, and whether its password was the remembered one.
         self._remember = False
         self._from_memory = False
+        #: The first screen left "another network" off: a remembered network the device
+        #: sees is joined without the Wi-Fi form.
+        self._use_remembered = False
         # The commit runs apart from the progress task HA cancels when the dialog closes: a
         # device that completes anyway must not be left owned without its owner secret.
         self._work: asyncio.Task[Outcome] | None = None
@@ -532,29 +534,73 @@ class DeviceSteps(ConfigFlow):
         self._pending_code = None
         await self._async_learn_model_name()
         if user_input is not None:
-            chosen = str(user_input.get(CONF_NAME, "")).strip()
-            # The default as offered is no choice: it is worked out again when more is known
-            # (over BLE the model comes with the handshake).
-            if chosen == self._device.default_name:
-                chosen = ""
-            self._device = replace(self._device, chosen_name=chosen)
+            self._choose_name(user_input)
         if code is not None:
             errors = await self._async_open_session(code)
             if not errors:
-                return await self.async_step_wifi()
+                return await self._async_session_opened()
         return self.async_show_form(
             step_id="credentials",
-            data_schema=self.add_suggested_values_to_schema(
-                _SETUP_CODE_SCHEMA,
-                {
-                    # Over BLE before the QR code names the device: nothing worth offering.
-                    CONF_NAME: self._device.name if self._device.device_id else "",
-                    **kept_input(None if code is None else {CONF_SETUP_CODE: code}, errors),
-                },
-            ),
+            data_schema=self._code_schema({CONF_SETUP_CODE: code}, errors, required=True),
             errors=errors,
             description_placeholders=self._placeholders(),
         )
+
+    def _choose_name(self, user_input: Mapping[str, Any]) -> None:
+        """The name typed on a form with the setup code."""
+        chosen = str(user_input.get(CONF_NAME, "")).strip()
+        # The default as offered is no choice: it is worked out again when more is known
+        # (over BLE the model comes with the handshake).
+        if chosen == self._device.default_name:
+            chosen = ""
+        self._device = replace(self._device, chosen_name=chosen)
+
+    def _code_schema(
+        self,
+        typed: Mapping[str, Any],
+        errors: Mapping[str, str],
+        *,
+        required: bool,
+        other_wifi: bool = False,
+    ) -> vol.Schema:
+        """The setup code and the name (and "another network"), with what was typed kept."""
+        code = vol.Required(CONF_SETUP_CODE) if required else vol.Optional(CONF_SETUP_CODE)
+        fields: dict[Any, Any] = {code: TextSelector(), vol.Optional(CONF_NAME): TextSelector()}
+        if other_wifi:
+            fields[vol.Optional(CONF_OTHER_WIFI, default=False)] = BooleanSelector()
+        kept = {key: value for key, value in typed.items() if value is not None}
+        return self.add_suggested_values_to_schema(
+            vol.Schema(fields),
+            {
+                # Over BLE before the QR code names the device: nothing worth offering.
+                CONF_NAME: self._device.name if self._device.device_id else "",
+                **kept_input(kept, errors, never={CONF_NAME}),
+            },
+        )
+
+    async def _async_existing_household(self) -> None:
+        """One household set up: it gets the device, and its remembered Wi-Fi is read.
+
+        Asked each time the discovery's first screen is shown (Home Assistant computes the
+        form again when the card is opened): the household may be new since the discovery.
+        """
+        entries = self._household_entries()
+        if len(entries) != 1:
+            return
+        self._target = ExistingHousehold(entries[0], self._entry_account(entries[0]))
+        self._recalled = True
+        await self._async_recall_wifi()
+        await self._async_learn_model_name()
+
+    async def _async_session_opened(self) -> ConfigFlowResult:
+        """The Wi-Fi form, unless the remembered network is to be used and the device sees it."""
+        remembered = self._remembered_key()
+        if self._use_remembered and remembered is not None and remembered != REMEMBERED_NETWORK:
+            # As if the Wi-Fi form was submitted untouched: the remembered network and password.
+            self._wifi_input = {CONF_NETWORK: remembered}
+            if not self._parse_wifi({**self._wifi_input, CONF_REMEMBER: True}):
+                return await self.async_step_provision()
+        return await self.async_step_wifi()
 
     async def _async_learn_model_name(self, client: AccountClient | None = None) -> None:
         """The model's human name for the default name, once (none: the model id is used).

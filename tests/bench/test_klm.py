@@ -193,7 +193,8 @@ def test_the_page_walk_finds_the_text_a_person_sees() -> None:
 #: The most words each onboarding screen's own text (title, description, labels, help) may
 #: have: a confirmation is read in about 6 s, a form in 25 s (at 240 words a minute).
 READING_BUDGET = {
-    "discovery_confirm": 25,
+    # A confirmation with the setup code, the name (and "another network") on it.
+    "discovery_confirm": 80,
     "account": 100,
     "household": 100,
     "credentials": 100,

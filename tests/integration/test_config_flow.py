@@ -3070,6 +3070,156 @@ async def test_a_rejected_remembered_network_the_device_did_not_see(
     link.set_wifi.assert_awaited_with(b"HomeNet", NEW_PASSWORD, hidden=False)
 
 
+# --- fewer forms: the setup code on the discovery's first screen (issue 15 items 2, 3, 10) ----
+
+OTHER_WIFI = "other_wifi"
+
+
+def fields(result: Mapping[str, Any]) -> list[str]:
+    """The form's field names, in order."""
+    return [str(key.schema) for key in result["data_schema"].schema]
+
+
+async def test_a_later_device_is_one_form_when_the_remembered_network_is_seen(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """Code on the discovery's screen, the remembered network seen: no other form."""
+    await remember_home_wifi(hass, link)
+    result = await start_discovery(hass)
+    assert fields(result) == ["setup_code", "name", OTHER_WIFI]
+    assert defaults(result) == {OTHER_WIFI: False}
+    assert suggested(result) == {"name": DEFAULT_NAME}
+    # The trust text of the skipped Wi-Fi form is said where the choice is made.
+    placeholders = result["description_placeholders"]
+    assert placeholders is not None
+    assert placeholders["wifi"] == "HomeNet"
+    step = STRINGS["step"]["discovery_confirm"]
+    help_text = step["data_description"][OTHER_WIFI]
+    assert "{wifi}" in help_text
+    assert "only to the device" in help_text
+    # As on the code form: a typed code goes to the account service, a QR code stays here.
+    typed = [s for s in _sentences(step["description"]) if "typed code" in s]
+    assert typed
+    assert all("account service" in s for s in typed), typed
+    assert any(
+        s.startswith("A QR code stays in Home Assistant") for s in _sentences(step["description"])
+    )
+    result = await provision(hass, result["flow_id"], {"setup_code": QR, "name": DEFAULT_NAME})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert result["title"] == DEFAULT_NAME
+    link.set_wifi.assert_awaited_once_with(b"HomeNet", PASSWORD, hidden=False)
+
+
+async def test_a_later_device_can_choose_another_network(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """Another network chosen on the first screen: the Wi-Fi form, the remembered one first."""
+    await remember_home_wifi(hass, link)
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {"setup_code": QR, OTHER_WIFI: True})
+    assert result["step_id"] == "wifi", result
+    assert defaults(result) == {"network": HOME_KEY, REMEMBER: True}
+    result = await provision(hass, result["flow_id"], {"network": CAFE_KEY, REMEMBER: False})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    link.set_wifi.assert_awaited_once_with(CAFE.ssid, None, hidden=False)
+
+
+async def test_a_later_device_whose_scan_misses_the_remembered_network_shows_the_wifi_form(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    await remember_home_wifi(hass, link)
+    link.scan_wifi.return_value = (CAFE,)
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    assert defaults(result) == {"network": onboarding.REMEMBERED_NETWORK, REMEMBER: True}
+    link.set_wifi.assert_not_awaited()
+
+
+async def test_a_rejected_remembered_password_after_the_one_form_flow(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """The skipped Wi-Fi form comes back with the reason, the remembered network chosen."""
+    await remember_home_wifi(hass, link)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await start_discovery(hass)
+    result = await provision(hass, result["flow_id"], {"setup_code": QR})
+    assert (result["step_id"], result["errors"]) == ("wifi", {"base": "remembered_wifi_rejected"})
+    assert suggested(result) == {"network": HOME_KEY}
+    result = await provision(hass, result["flow_id"], {"network": HOME_KEY, "passphrase": PASSWORD})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [("12345-67891", "setup_code_typo"), (OTHER_QR, "qr_other_device")],
+)
+async def test_a_wrong_code_on_the_first_screen_clears_only_the_code(
+    hass: HomeAssistant, link: MagicMock, device: MagicMock, code: str, error: str
+) -> None:
+    await remember_home_wifi(hass, link)
+    device.connect.reset_mock()
+    result = await start_discovery(hass)
+    typed = {"setup_code": code, "name": "Kitchen sensor", OTHER_WIFI: True}
+    result = await submit(hass, result["flow_id"], typed)
+    assert (result["step_id"], result["errors"]) == ("discovery_confirm", {"setup_code": error})
+    assert suggested(result) == {"name": "Kitchen sensor", OTHER_WIFI: True}
+    device.connect.assert_not_awaited()
+    result = await submit(hass, result["flow_id"], {**typed, "setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert (result["type"], result["title"]) == (FlowResultType.CREATE_ENTRY, "Kitchen sensor")
+
+
+async def test_the_first_device_needs_two_forms_before_the_wifi(
+    hass: HomeAssistant, device: MagicMock
+) -> None:
+    """Code and name on the discovery's screen, then the one sign-in form, then the Wi-Fi."""
+    result = await start_discovery(hass)
+    assert fields(result) == ["setup_code", "name"]  # no remembered Wi-Fi without a household
+    forms = [result["step_id"]]
+    result = await submit(hass, result["flow_id"], {"setup_code": MANUAL, "name": "Hall"})
+    forms.append(result["step_id"])
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert result["step_id"] == "wifi", result
+    assert forms == ["discovery_confirm", "account"]
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert (result["type"], result["title"]) == (FlowResultType.CREATE_ENTRY, "Hall")
+    assert device.connect.call_args.kwargs["device_public_key"] == IDENTITY.public_key
+
+
+async def test_a_wrong_first_device_code_is_asked_again_after_the_sign_in(
+    hass: HomeAssistant, device: MagicMock
+) -> None:
+    """Checked once signed in: the code form, the typed name kept, only the code cleared."""
+    device.connect.side_effect = [
+        SetupCodeRejectedError("no"),
+        device.connect.return_value,
+    ]
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {"setup_code": QR, "name": "Hall"})
+    result = await submit(hass, result["flow_id"], SIGN_IN)
+    assert (result["step_id"], result["errors"]) == (
+        "credentials",
+        {"setup_code": "wrong_setup_code"},
+    )
+    assert suggested(result) == {"name": "Hall"}
+    result = await submit(hass, result["flow_id"], {"setup_code": QR, "name": "Hall"})
+    assert result["step_id"] == "wifi", result
+
+
+async def test_the_first_screen_without_a_code_asks_for_it_later(hass: HomeAssistant) -> None:
+    """The code is optional there (a QR code read later): the code form follows the sign-in."""
+    household_entry(hass)
+    result = await start_discovery(hass)
+    result = await submit(hass, result["flow_id"], {"name": "Hall"})
+    assert result["step_id"] == "credentials", result
+    assert suggested(result) == {"name": "Hall"}
+
+
 @pytest.mark.parametrize(
     "damage",
     ["another key", "another household", "tampered", "not base64"],

@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 from homeassistant.config_entries import (
     SOURCE_USER,
+    SOURCE_ZEROCONF,
     ConfigEntry,
     ConfigEntryState,
     ConfigFlowResult,
@@ -179,6 +180,28 @@ async def test_discovery_to_claimed_device_in_a_new_household(
     assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
 
     await change_wifi(hass, entry, device)
+
+
+async def test_the_first_device_with_its_code_on_the_first_screen(
+    hass: HomeAssistant, services: tuple[AccountService, Device]
+) -> None:
+    """Issue 15: the code on the discovery's screen, the one sign-in form, then the Wi-Fi."""
+    relay, device = services
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=await discovery_of(hass, device)
+    )
+    forms = [result["step_id"]]
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"setup_code": qr_text(device), "name": "Hall sensor"}
+    )
+    forms.append(result["step_id"])
+    result = await sign_up(hass, result["flow_id"], relay.url)
+    assert result["step_id"] == "wifi", result
+    assert forms == ["discovery_confirm", "account"]
+    result = await submit_wifi(hass, result)
+    assert (result["type"], result.get("title")) == (FlowResultType.CREATE_ENTRY, "Hall sensor")
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["wifi_ssid"]) == ("online", HOME_SSID)
 
 
 async def _new_household_onboards(
