@@ -15,7 +15,9 @@ back with ``claim_answer``. HA is only the courier: it can neither forge the con
 device's signature) nor alter the grant (the service's MAC, keyed by the claim token). With an
 ``http`` account service (an add-on or LAN service without TLS) the relay is the device's only
 way: it sends such a service nothing in clear. A device that cannot be relayed for (older
-firmware, Bluetooth) is told nothing then: the flow says so (``device_needs_https``).
+firmware, Bluetooth) is told nothing then: the flow says so (``device_needs_https``), unless
+the service is on this host's loopback (a development setup: a device on the same host with
+``--allow-insecure-http`` posts to it itself).
 
 A Wi-Fi change has no claim: the device's own verdict decides, or (over Bluetooth, the device
 left for the new network) the runtime seeing it online again, which closes the Wi-Fi-lost
@@ -46,6 +48,7 @@ from .account_client import (
     ServiceUnavailableError,
 )
 from .attempts import no_record
+from .const import LOOPBACK_HOSTS
 from .device_client import (
     DeviceClientError,
     DeviceCommandError,
@@ -225,8 +228,11 @@ class CommitEngine:
         link = await self._ensure_link()
         claim: Claim | None = None
         owned_already = False
-        in_clear = URL(self._account.base_url).scheme == "http"
-        if self._owner_secret is not None and in_clear and not link.relays_claims:
+        service = URL(self._account.base_url)
+        in_clear = service.scheme == "http"
+        # Only a device on this host (a development setup) could use a loopback one directly.
+        off_host = service.host not in LOOPBACK_HOSTS
+        if self._owner_secret is not None and in_clear and off_host and not link.relays_claims:
             _LOGGER.warning(
                 "Device %s needs an https account service: it confirms an http one only "
                 "through Home Assistant's relay, which it does not offer here",
