@@ -392,7 +392,10 @@ async def _reset_in_place(config: DeviceConfig) -> ResetReport:
             store=store,
             backend=backend,
             relay_factory=lambda url: RelayClient(
-                url, timeout=config.relay_timeout, ssl_context=ssl_context
+                url,
+                timeout=config.relay_timeout,
+                ssl_context=ssl_context,
+                allow_insecure_http=config.allow_insecure_http,
             ),
             clear_retained=clear_retained,
         )

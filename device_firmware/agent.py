@@ -207,7 +207,11 @@ class Agent:
 
             def relay_factory(url: str) -> RelayClient:
                 return RelayClient(
-                    url, session=http, timeout=config.relay_timeout, ssl_context=ssl_context
+                    url,
+                    session=http,
+                    timeout=config.relay_timeout,
+                    ssl_context=ssl_context,
+                    allow_insecure_http=config.allow_insecure_http,
                 )
 
             supervisor = MqttSupervisor(
@@ -230,6 +234,7 @@ class Agent:
                 backend=self._backend,
                 relay_factory=relay_factory,
                 commit_timeout=config.commit_timeout,
+                allow_insecure_http=config.allow_insecure_http,
                 hardware=self._hardware,
                 clear_retained=supervisor.clear_retained,
                 wall_clock=self._wall_clock,

@@ -114,6 +114,9 @@ _OUT_OF_REACH: Final = frozenset(
     }
 )
 
+#: ``claim_relayed``'s result when the service's URL is ``http``: nothing was tried directly.
+INSECURE_URL: Final = "insecure_url"
+
 RelayFactory: TypeAlias = Callable[[str], RelayClient]
 #: Opens (and closes) a TCP connection to ``host:port``; raises ``OSError`` when it cannot.
 BrokerProbe: TypeAlias = Callable[[str, int], Awaitable[None]]
@@ -361,6 +364,10 @@ class FailSafeCommit:
         self, plan: ClaimPlan, wifi: WifiCredentials | None, flight: ClaimInFlight | None
     ) -> ClaimOutcome:
         if plan.delivery is ClaimDelivery.HUB:
+            if urlsplit(plan.service_url).scheme == "http":
+                # An http service: the device's credential must not cross the LAN in clear.
+                _LOGGER.info("the account service's URL is not https: Home Assistant relays")
+                self._attempts.record(Step.CLAIM_RELAYED, INSECURE_URL)
             return await self._through_hub(plan)
         if flight is None and plan.hub_relay:
             try:

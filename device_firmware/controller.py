@@ -21,6 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
 
 from iob_protocol.claim import ClaimConfirmation
 from iob_protocol.commands import (
@@ -107,10 +108,13 @@ class DeviceController:
         wall_clock: WallClock = unix_time,
         broker_probe: BrokerProbe = tcp_probe,
         attempts: AttemptLog | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         """Wire the device's parts together; nothing runs until a command arrives.
 
         ``attempts`` records the onboarding steps (``iob-device attempts``).
+        ``allow_insecure_http`` (local development): the device posts its confirmation to an
+        ``http`` service itself; without it such a claim is confirmed through Home Assistant.
         """
         self._device = device
         self._store = store
@@ -125,6 +129,7 @@ class DeviceController:
         self._pending_claim: ClaimPlan | None = None
         self._commit_task: asyncio.Task[DeviceStateRecord] | None = None
         self._hub_exchange: HubExchange | None = None
+        self._allow_insecure_http = allow_insecure_http
         self._state_listeners: list[StateListener] = []
         #: Set (and replaced) by :meth:`notify`: a long-polled ``status`` looks again.
         self._changed = asyncio.Event()
@@ -218,6 +223,7 @@ class DeviceController:
                         broker_port=request.broker_port,
                         owner_secret=request.owner_secret,
                         hub_relay=request.hub_relay,
+                        delivery=self._delivery(request),
                     )
                 )
                 return AckResult()
@@ -341,6 +347,17 @@ class DeviceController:
         self._pending_claim = plan
         self._attempts.record(Step.CLAIM_SET)
         await self._enter_provisioning()
+
+    def _delivery(self, request: SetClaimRequest) -> ClaimDelivery:
+        """HUB for an ``http`` service that HA relays for: the device sends nothing in clear.
+
+        (Without ``hub_relay`` the session accepted the ``http`` URL only because the agent
+        runs with ``allow_insecure_http``: the device posts it itself, as before.)
+        """
+        in_clear = urlsplit(request.service_url).scheme == "http"
+        if request.hub_relay and in_clear and not self._allow_insecure_http:
+            return ClaimDelivery.HUB
+        return ClaimDelivery.DEVICE
 
     def set_claim_delivery(self, delivery: ClaimDelivery) -> None:
         """Choose who posts the confirmation (HUB: HA relays it; IoT VLAN without internet)."""

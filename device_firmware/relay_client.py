@@ -6,7 +6,10 @@ current MQTT credential (answered with the credential, or :class:`NotOwned` afte
 Every failure becomes a :class:`RelayError` with the diagnostic code the user sees: connection
 refused or unreachable is RELAY_UNREACHABLE, a certificate problem TLS_FAILED, the service's
 ``clock_skew`` answer CLOCK_SKEW, ``claim_rejected`` CLAIM_REJECTED, ``claim_expired``
-CLAIM_EXPIRED, ``credential_refused`` BROKER_AUTH_FAILED.
+CLAIM_EXPIRED, ``credential_refused`` BROKER_AUTH_FAILED. An ``http`` URL is refused before
+anything is sent (TLS_FAILED) unless the agent runs with ``allow_insecure_http`` (local
+development): the device's MQTT credential never crosses the LAN in clear. A device given an
+``http`` URL with Home Assistant's relay (``hub_relay``) confirms through it instead.
 
 :class:`CredentialRecovery` is how a rotated MQTT password reaches the device: when the broker
 refuses the saved one, the agent asks it for the current grant, at most once per refusal and
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from iob_protocol.account_api import (
@@ -114,9 +118,15 @@ class RelayClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        allow_insecure_http: bool = True,
     ) -> None:
-        """``ssl_context`` replaces the default verification (a private CA); never disables it."""
+        """``ssl_context`` replaces the default verification (a private CA); never disables it.
+
+        ``allow_insecure_http``: the agent passes its config switch (off on a real device);
+        tests against a local ``http`` service keep the default.
+        """
         self._base_url = base_url.rstrip("/")
+        self._in_clear_refused = not allow_insecure_http and urlsplit(base_url).scheme == "http"
         self._session = session
         self._owns_session = session is None
         self._timeout = timeout
@@ -201,6 +211,12 @@ class RelayClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = self._base_url + path
+        if self._in_clear_refused:
+            raise RelayError(
+                DiagnosticCode.TLS_FAILED,
+                f"{self._base_url}: not https; this device sends nothing to the account service "
+                "in clear (serve it over https, or confirm claims through Home Assistant)",
+            )
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._client().request(

@@ -30,7 +30,7 @@ HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev deb
   postgresql shellcheck chromium qemu-system-x86 qemu-utils)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
-  mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config)
+  mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config iproute2)
 
 # The VM stage (tests/vm, scripts/vm-image): one Debian image per suite, cached like the forky
 # root. Inside: the kernel (mac80211_hwsim), systemd, NetworkManager and wpa_supplicant for the

@@ -166,16 +166,16 @@ def _which(name: str, fallbacks: tuple[str, ...]) -> Path | None:
     return next((Path(p) for p in fallbacks if os.access(p, os.X_OK)), None)
 
 
-def _free_loopback_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _port_accepts(port: int) -> bool:
+def _port_accepts(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -268,6 +268,7 @@ class MosquittoProcess:
         data_dir: Path | None = None,
         *,
         port: int | None = None,
+        host: str = LOOPBACK,
         admin_username: str = "iob-admin",
         admin_password: str | None = None,
         start_timeout: float = 5.0,
@@ -279,7 +280,9 @@ class MosquittoProcess:
             data_dir: config, dynsec JSON, persistence and logs; a fresh temporary directory
                 (deleted by ``close()``) when None. An existing directory is reused as it is
                 (its dynsec JSON keeps its admin client).
-            port: loopback port; a free one is picked on the first start when None.
+            port: its port; a free one is picked on the first start when None.
+            host: the IPv4 address it listens on (only there): loopback unless a test puts
+                it on another interface (a veth to a device's network namespace).
             admin_username: the dynsec admin client created with a new dynsec JSON.
             admin_password: its password; random when None.
             start_timeout: seconds to wait for the port to accept connections.
@@ -290,6 +293,7 @@ class MosquittoProcess:
         self._owns_data_dir = False
         self._fixed_port = port is not None
         self._port = port
+        self.host = host
         self.admin_username = admin_username
         self.admin_password = admin_password or secrets.token_urlsafe(24)
         self.start_timeout = start_timeout
@@ -349,6 +353,7 @@ class MosquittoProcess:
         if self._process is None or not self.running:
             raise MosquittoError("the broker is not running")
         return MosquittoBroker(
+            host=self.host,
             port=self.port,
             admin_username=self.admin_username,
             admin_password=self.admin_password,
@@ -390,7 +395,7 @@ class MosquittoProcess:
         attempts = 1 if self._fixed_port else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
             if self._port is None:
-                self._port = _free_loopback_port()
+                self._port = _free_port(self.host)
             try:
                 return self._start_once(self._installation)
             except MosquittoError:
@@ -498,7 +503,7 @@ class MosquittoProcess:
         user = _broker_user()
         lines = [
             "# Written by cloud_relay.broker.local; rewritten on every start.",
-            f"listener {self.port} {LOOPBACK}",
+            f"listener {self.port} {self.host}",
             "allow_anonymous false",
             f"plugin {installation.plugin}",
             f"plugin_opt_config_file {self.dynsec_path}",
@@ -535,15 +540,15 @@ class MosquittoProcess:
                 self.stop()
                 raise MosquittoError(
                     f"mosquitto exited with code {process.returncode} while starting on "
-                    f"{LOOPBACK}:{self.port}.\n{self.log_tail()}"
+                    f"{self.host}:{self.port}.\n{self.log_tail()}"
                 )
-            if _port_accepts(self.port) and process.poll() is None:
+            if _port_accepts(self.host, self.port) and process.poll() is None:
                 return self.broker
             if time.monotonic() > deadline:
                 self.stop()
                 raise MosquittoError(
                     f"mosquitto (pid {process.pid}) did not accept connections on "
-                    f"{LOOPBACK}:{self.port} within {self.start_timeout} s.\n{self.log_tail()}"
+                    f"{self.host}:{self.port} within {self.start_timeout} s.\n{self.log_tail()}"
                 )
             time.sleep(0.01)
 

@@ -12,7 +12,12 @@ A device that names ``claim-relay`` is told HA can relay (``hub_relay``). If it 
 account service itself (an IoT VLAN without internet), its ``status`` carries its signed
 confirmation; the engine posts it to the service as it is (``relayed``) and hands the answer
 back with ``claim_answer``. HA is only the courier: it can neither forge the confirmation (the
-device's signature) nor alter the grant (the service's MAC, keyed by the claim token).
+device's signature) nor alter the grant (the service's MAC, keyed by the claim token). With an
+``http`` account service (an add-on or LAN service without TLS) the relay is the device's only
+way: it sends such a service nothing in clear. A device that cannot be relayed for (older
+firmware, Bluetooth) is told nothing then: the flow says so (``device_needs_https``), unless
+the service is on this host's loopback (a development setup: a device on the same host with
+``--allow-insecure-http`` posts to it itself).
 
 A Wi-Fi change has no claim: the device's own verdict decides, or (over Bluetooth, the device
 left for the new network) the runtime seeing it online again, which closes the Wi-Fi-lost
@@ -43,6 +48,7 @@ from .account_client import (
     ServiceUnavailableError,
 )
 from .attempts import no_record
+from .const import LOOPBACK_HOSTS
 from .device_client import (
     DeviceClientError,
     DeviceCommandError,
@@ -222,6 +228,17 @@ class CommitEngine:
         link = await self._ensure_link()
         claim: Claim | None = None
         owned_already = False
+        service = URL(self._account.base_url)
+        in_clear = service.scheme == "http"
+        # Only a device on this host (a development setup) could use a loopback one directly.
+        off_host = service.host not in LOOPBACK_HOSTS
+        if self._owner_secret is not None and in_clear and off_host and not link.relays_claims:
+            _LOGGER.warning(
+                "Device %s needs an https account service: it confirms an http one only "
+                "through Home Assistant's relay, which it does not offer here",
+                self._device_id,
+            )
+            return Outcome(error="device_needs_https")
         if self._owner_secret is not None:
             claim, owned_already = await self._async_fresh_claim()
             if owned_already:
@@ -237,7 +254,7 @@ class CommitEngine:
                 account_url,
                 claim.token,
                 owner_secret=self._owner_secret,
-                allow_insecure_http=URL(account_url).scheme == "http",
+                allow_insecure_http=in_clear,
                 # Offered to a device that can use it; an older one gets today's request.
                 hub_relay=link.relays_claims,
             )

@@ -104,6 +104,7 @@ from .const import (
     DEVICE_PORT,
     DOMAIN,
     ENTRY_VERSION,
+    LOOPBACK_HOSTS,
     SUPPORTED_PROTOCOL,
 )
 from .coordinator import IotOnboardConfigEntry
@@ -136,8 +137,6 @@ from .onboarding import (
 from .options_flow import IotOnboardOptionsFlow
 
 _LOGGER = logging.getLogger(__name__)
-
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 CONF_PASSWORD: Final = FIELD_PASSWORD
 CONF_CREATE_ACCOUNT: Final = "create_account"
@@ -192,7 +191,7 @@ def normalize_account_url(raw: str) -> str | None:
         return None
     if not url.is_absolute() or url.host is None or url.user or url.query_string:
         return None
-    if url.scheme == "https" or (url.scheme == "http" and url.host in _LOOPBACK_HOSTS):
+    if url.scheme == "https" or (url.scheme == "http" and url.host in LOOPBACK_HOSTS):
         return str(url.with_fragment(None)).rstrip("/")
     return None
 

@@ -129,3 +129,5 @@ ATTR_DEVICE_ID: Final = "device_id"
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 ATTR_HOUSEHOLD_ID: Final = "household_id"
 ATTR_ACCESS: Final = "access"
+#: Host names of this host: an ``http`` account service is accepted there only.
+LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -20,9 +20,13 @@ from iob_protocol.commands import (
     OkResponse,
     SetClaimRequest,
     SetWifiRequest,
+    decode_request,
+    encode_request,
 )
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.errors import InsecureUrlError
 
+from device_firmware.attempts import AttemptLog, Step
 from device_firmware.commit import ClaimDelivery, ClaimPlan
 from device_firmware.controller import DeviceController
 from device_firmware.errors import CommandRefusedError
@@ -218,6 +222,23 @@ async def _relay_asked(controller: DeviceController) -> ClaimConfirmation:
     return status.relay
 
 
+async def _answered_through_hub(
+    controller: DeviceController, device_id: str, household_id: str
+) -> tuple[ClaimConfirmation, DeviceStateRecord]:
+    """HA relays the confirmation the device asks it to; the service's MACed grant comes back
+    over the session. The confirmation, and the device's record once its commit ended."""
+    confirmation = await _relay_asked(controller)
+    owned = ClaimOutcome(
+        device_id=device_id,
+        household_id=household_id,
+        mqtt=MqttGrant(host="broker.lan", port=8883, tls=True, username="u", password="p" * 20),
+    )
+    await controller.dispatch(
+        ClaimAnswerRequest(request_id=7, answer=RelayedOwned.sealed(owned, confirmation).to_dict())
+    )
+    return confirmation, await controller.wait_for_commit()
+
+
 async def test_out_of_reach_service_the_device_hands_its_confirmation_to_home_assistant(
     provisioned: Provisioned,
 ) -> None:
@@ -234,19 +255,10 @@ async def test_out_of_reach_service_the_device_hands_its_confirmation_to_home_as
         broker_port=1883,
     )
     await controller.start_commit()
-    confirmation = await _relay_asked(controller)
     identity = provisioned.device.identity
+    confirmation, record = await _answered_through_hub(controller, identity.device_id, "cd" * 16)
     confirmation.verify(identity.public_key, now=confirmation.timestamp)
     assert confirmation.claim_token == "T" * 30
-    owned = ClaimOutcome(
-        device_id=identity.device_id,
-        household_id="cd" * 16,
-        mqtt=MqttGrant(host="broker.lan", port=8883, tls=True, username="u", password="p" * 20),
-    )
-    await controller.dispatch(
-        ClaimAnswerRequest(request_id=7, answer=RelayedOwned.sealed(owned, confirmation).to_dict())
-    )
-    record = await controller.wait_for_commit()
     assert (record.phase, record.diagnostic) == (Phase.ONLINE, None)
     assert record.ownership is not None
     assert record.ownership.household_id == "cd" * 16
@@ -299,6 +311,57 @@ async def test_a_relayed_grant_that_is_not_the_service_s_answer_is_refused(
     assert (record.owner_secret, record.mqtt) == (None, None)
     assert backend.saved_ssid is None
     await controller.aclose()
+
+
+async def test_an_http_service_is_confirmed_through_home_assistant_never_in_clear(
+    provisioned: Provisioned, scripted_service: ScriptedService
+) -> None:
+    """An add-on or LAN service without TLS: HA hands an ``http`` URL with its relay offer. A
+    device without the development switch accepts it only for the relay: it signs and hands
+    its confirmation over the encrypted session at once, and never sends the service a byte
+    (its MQTT credential must not cross the LAN in clear), though the service is reachable."""
+    attempts = AttemptLog()
+    controller = DeviceController(
+        device=provisioned.device,
+        store=StateStore(provisioned.config.state_file),
+        backend=SimulatedBackend(home_scenario()),
+        relay_factory=RelayClient,
+        commit_timeout=30,
+        attempts=attempts,
+    )
+    await controller.set_wifi(WifiCredentials(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE))
+    claim = SetClaimRequest(
+        request_id=2,
+        service_url=scripted_service.url,
+        claim_token="T" * 30,
+        owner_secret=OWNER_SECRET,
+        hub_relay=True,
+    )
+    # Decoded as a production device's session does (no ``allow_insecure_http``).
+    await controller.dispatch(decode_request(encode_request(claim)))
+    await controller.start_commit()
+    device_id = provisioned.device.identity.device_id
+    _confirmation, record = await _answered_through_hub(controller, device_id, "ef" * 16)
+    assert (record.phase, record.diagnostic) == (Phase.ONLINE, None)
+    assert scripted_service.requests == []  # not even the health check
+    assert attempts.current is not None
+    steps = [(step.step, step.result) for step in attempts.current.steps]
+    assert (Step.CLAIM_RELAYED, "insecure_url") in steps, steps
+    assert Step.SERVICE_CHECKED not in {step for step, _ in steps}
+    await controller.aclose()
+
+
+def test_without_the_relay_offer_an_http_service_is_refused() -> None:
+    """An older HA (no ``hub_relay``) naming an ``http`` service: refused as before."""
+    claim = SetClaimRequest(
+        request_id=2,
+        service_url=CLOSED_SERVICE,
+        claim_token="T" * 30,
+        owner_secret=OWNER_SECRET,
+        allow_insecure_http=True,
+    )
+    with pytest.raises(InsecureUrlError):
+        decode_request(encode_request(claim))
 
 
 async def test_refused_broker_credentials_become_broker_auth_failed(

@@ -44,6 +44,17 @@ async def test_redirects_are_not_followed(scripted_service: ScriptedService) -> 
         assert caught.value.code is DiagnosticCode.RELAY_UNREACHABLE
 
 
+async def test_an_http_service_gets_nothing_in_clear(scripted_service: ScriptedService) -> None:
+    """A real device (no ``allow_insecure_http``) sends an ``http`` service nothing at all: a
+    credential request would bring its MQTT password back over the LAN unencrypted."""
+    async with RelayClient(scripted_service.url, timeout=5, allow_insecure_http=False) as relay:
+        with pytest.raises(RelayError) as caught:
+            await relay.health()
+    assert caught.value.code is DiagnosticCode.TLS_FAILED
+    assert "not https" in str(caught.value)
+    assert scripted_service.requests == []
+
+
 def test_unreadable_ca_file_is_tls_failed(tmp_path: object) -> None:
 
     bad = Path(str(tmp_path)) / "ca.pem"

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -48,6 +48,7 @@ from custom_components.iot_onboard.iob_protocol import (
     public_key_fingerprint,
 )
 from tests.plugins.mosquitto import MosquittoBroker
+from tests.plugins.netns import DeviceNamespace
 from tests.plugins.relay_toml import relay_toml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,9 +68,9 @@ class ServiceError(RuntimeError):
     """A service did not start; the message carries the end of its log."""
 
 
-def _accepts(port: int) -> bool:
+def _accepts(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.2):
+        with socket.create_connection((host, port), timeout=0.2):
             return True
     except OSError:
         return False
@@ -91,11 +92,19 @@ class Process:
     popen: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, name: str, args: list[str], log: Path, env: dict[str, str]) -> Self:
+    def start(
+        cls,
+        name: str,
+        args: list[str],
+        log: Path,
+        env: dict[str, str],
+        prefix: Sequence[str] = (),
+    ) -> Self:
+        """``python ARGS``; ``prefix`` goes before it (``nsenter``: in a network namespace)."""
         handle = log.open("wb")
         try:
             popen = subprocess.Popen(
-                [sys.executable, *args],
+                [*prefix, sys.executable, *args],
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
@@ -106,17 +115,17 @@ class Process:
             handle.close()
         return cls(name, log, popen)
 
-    def wait_for_port(self, port: int) -> None:
+    def wait_for_port(self, port: int, host: str = LOOPBACK) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
                 raise ServiceError(
                     f"{self.name} exited ({self.popen.returncode}):\n{_tail(self.log)}"
                 )
-            if _accepts(port):
+            if _accepts(host, port):
                 return
             time.sleep(0.05)
-        raise ServiceError(f"{self.name} did not listen on {port}:\n{_tail(self.log)}")
+        raise ServiceError(f"{self.name} did not listen on {host}:{port}:\n{_tail(self.log)}")
 
     def wait_for_port_file(self, path: Path) -> dict[str, int]:
         """The ports a device agent (``run --port-file``) or the account service (``serve
@@ -256,9 +265,13 @@ class AccountService:
 
 @dataclass
 class Device:
-    """A factory-provisioned device and ``python -m device_firmware run`` on loopback."""
+    """A factory-provisioned device and ``python -m device_firmware run`` on loopback, or in a
+    network namespace of its own (``prefix``) on its address there (``host``)."""
 
     directory: Path
+    host: str = LOOPBACK
+    #: Put before the agent's command (tests/plugins/netns.py: ``DeviceNamespace.prefix``).
+    prefix: Sequence[str] = ()
     #: The LAN port: 0 until :meth:`start`, then the one the agent bound (its port file).
     port: int = 0
     process: Process | None = None
@@ -319,10 +332,12 @@ class Device:
         ble_bridge: bool = False,
         commit_timeout: int | None = None,
         name: str | None = None,
+        allow_insecure_http: bool = True,
     ) -> None:
         """Run the agent; ``ble_bridge`` serves its real GATT services on a loopback port;
         ``commit_timeout`` (seconds) shortens the fail-safe commit timer and ``name`` names the
-        device (its config file)."""
+        device (its config file). ``allow_insecure_http`` (on: the test's services have no
+        TLS) lets it post to an ``http`` account service itself; off, as on a real device."""
         scenario = self.directory / "scenario.json"
         scenario.write_text(json.dumps({"networks": networks}), encoding="utf-8")
         settings = [f"commit_timeout = {commit_timeout}"] if commit_timeout is not None else []
@@ -344,7 +359,7 @@ class Device:
                 "--simulate-network",
                 str(scenario),
                 "--listen",
-                LOOPBACK,
+                self.host,
                 "--port",
                 str(self.port),
                 "--port-file",
@@ -352,16 +367,17 @@ class Device:
                 "--no-advertise",
                 "--no-hotspot",
                 *(["--ble-bridge", f"{LOOPBACK}:0"] if ble_bridge else ["--no-ble"]),
-                "--allow-insecure-http",
+                *(["--allow-insecure-http"] if allow_insecure_http else []),
             ],
             self.directory / "device.log",
             {},
+            self.prefix,
         )
         # The agent binds the port itself and names it: no port is chosen here and released
         # for the agent to take, so agents started side by side never share one.
         ports = self.process.wait_for_port_file(self.port_file)
         self.port = ports["lan"]
-        self.process.wait_for_port(self.port)
+        self.process.wait_for_port(self.port, self.host)
         if ble_bridge:
             self.bridge_port = ports["ble_bridge"]
 
@@ -391,11 +407,17 @@ def running_services(
     ble_bridge: bool = False,
     commit_timeout: int | None = None,
     name: str | None = None,
+    allow_insecure_http: bool = True,
+    device_namespace: DeviceNamespace | None = None,
 ) -> Iterator[tuple[AccountService, Device]]:
     """A provisioned device in the registry, both programs running (the device's options as
-    :meth:`Device.start`'s); stopped by pid."""
+    :meth:`Device.start`'s; in ``device_namespace`` on its veth address if given); stopped by
+    pid."""
     relay = AccountService(directory / "relay", broker)
     device = Device(directory / "device")
+    if device_namespace is not None:
+        device.host = device_namespace.device_address
+        device.prefix = device_namespace.prefix
     try:
         device.provision()
         relay.start()
@@ -405,6 +427,7 @@ def running_services(
             ble_bridge=ble_bridge,
             commit_timeout=commit_timeout,
             name=name,
+            allow_insecure_http=allow_insecure_http,
         )
         yield relay, device
     finally:
@@ -426,11 +449,11 @@ def qr_text(device: Device) -> str:
 async def discovery_of(hass: HomeAssistant, device: Device) -> ZeroconfServiceInfo:
     """The zeroconf record, from the device's own advertisement data (no multicast)."""
     info = await DeviceClient(
-        LOOPBACK, device.port, session=async_get_clientsession(hass)
+        device.host, device.port, session=async_get_clientsession(hass)
     ).fetch_info()
     return ZeroconfServiceInfo(
-        ip_address=ip_address(LOOPBACK),
-        ip_addresses=[ip_address(LOOPBACK)],
+        ip_address=ip_address(device.host),
+        ip_addresses=[ip_address(device.host)],
         port=device.port,
         hostname=f"iob-{info.device_id.lower()}.local.",
         type="_iot-onboard._tcp.local.",
@@ -471,6 +494,19 @@ async def sign_up(
             "household_name": household_name,
         },
     )
+
+
+async def new_household_onboards(
+    hass: HomeAssistant, device: Device, account_url: str
+) -> ConfigFlowResult:
+    """Discovery, a new account and household at ``account_url``, the QR code and HomeNet with
+    its password: the flow's answer once the commit's progress ended."""
+    flow_id = (await discovered(hass, device))["flow_id"]
+    await sign_up(hass, flow_id, account_url)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"setup_code": qr_text(device)}
+    )
+    return await submit_wifi(hass, result)
 
 
 def network_option(result: ConfigFlowResult, ssid: str = HOME_SSID) -> str:

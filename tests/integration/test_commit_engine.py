@@ -282,6 +282,39 @@ async def test_the_engine_relays_the_confirmation_of_a_device_without_internet(
     assert [(a.answer, a.diagnostic) for a in answers] == [(claims.relay_answer, None)]
 
 
+#: An account service without TLS (an add-on, a LAN service).
+PLAIN_URL = "http://192.168.1.10:8099"
+
+
+async def test_an_http_service_is_handed_with_the_relay(
+    device: FakeDevice, relaying_link: DeviceLink
+) -> None:
+    """HA offers its relay with an ``http`` URL: the device's only way to confirm it."""
+    _out_of_reach(device)
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING], base_url=PLAIN_URL)
+    claims.relay_answer = {"status": "owned", "grant_mac": "m" * 43}
+    outcome = await engine(relaying_link, claims, owner_secret=OwnerSecret.generate()).async_run(
+        HOME
+    )
+    assert outcome == Outcome()
+    handed = device.requests[1]
+    assert isinstance(handed, SetClaimRequest)
+    assert (handed.service_url, handed.hub_relay) == (PLAIN_URL, True)
+    assert len(claims.relayed) == 1
+
+
+async def test_an_http_service_and_a_device_without_the_relay_is_said_plainly(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    """An older device (or Bluetooth) cannot be relayed for; it would refuse the ``http`` URL
+    with a protocol error. The flow names the cause before the device is told anything."""
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING], base_url=PLAIN_URL)
+    outcome = await engine(link, claims, owner_secret=OwnerSecret.generate()).async_run(HOME)
+    assert outcome == Outcome(error="device_needs_https")
+    assert commands(device) == []
+    assert claims.created == []
+
+
 async def test_a_refused_relay_is_told_to_the_device(
     device: FakeDevice, relaying_link: DeviceLink
 ) -> None:

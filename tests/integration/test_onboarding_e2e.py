@@ -75,6 +75,7 @@ from tests.integration.onboarding_services import (
     change_wifi,
     discovered,
     discovery_of,
+    new_household_onboards,
     qr_text,
     running_services,
     settled_status,
@@ -204,19 +205,6 @@ async def test_the_first_device_with_its_code_on_the_first_screen(
     assert (status["phase"], status["wifi_ssid"]) == ("online", HOME_SSID)
 
 
-async def _new_household_onboards(
-    hass: HomeAssistant, device: Device, account_url: str
-) -> ConfigFlowResult:
-    """Discovery, a new account and household at ``account_url``, the QR code and HomeNet with
-    its password: the flow's answer once the commit's progress ended."""
-    flow_id = (await discovered(hass, device))["flow_id"]
-    await sign_up(hass, flow_id, account_url)
-    result = await hass.config_entries.flow.async_configure(
-        flow_id, {"setup_code": qr_text(device)}
-    )
-    return await submit_wifi(hass, result)
-
-
 async def test_a_lost_claim_answer_still_ends_in_the_household(
     hass: HomeAssistant, services: tuple[AccountService, Device]
 ) -> None:
@@ -277,7 +265,7 @@ async def test_a_device_without_internet_is_claimed_through_home_assistant(
     async with lossy_proxy(
         LOOPBACK, relay.port, method="GET", path="/v1/health", drop=1_000, skip=1
     ) as proxy:
-        result = await _new_household_onboards(hass, device, proxy.url)
+        result = await new_household_onboards(hass, device, proxy.url)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         assert proxy.dropped >= 1  # the device asked, and never heard the service
         entry = result["result"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -48,12 +49,15 @@ class LossyProxy:
     dropped: int = 0
     #: Set once an answer was swallowed (the server had handled the request).
     answer_lost: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The address of every client that connected, in order.
+    peers: list[str] = field(default_factory=list)
     _held: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def handle(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
         """Forward one client connection (see the module)."""
+        self.peers.append(client.get_extra_info("peername")[0])
         try:
             upstream_reader, upstream = await asyncio.open_connection(
                 self.target_host, self.target_port
@@ -139,8 +143,10 @@ async def lossy_proxy(
     hold: bool = False,
     also: Sequence[str] = (),
     skip: int = 0,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[LossyProxy]:
-    """Serve the proxy on 127.0.0.1 (a free port) in front of ``target_host:target_port``.
+    """Serve the proxy on 127.0.0.1 (a free port) in front of ``target_host:target_port``, or
+    on ``sock``, a listening socket (one bound in another network namespace, say).
 
     ``also``: more request-line prefixes to match, as sent (``"GET /v1/claims/"`` matches
     every claim-status request): their answers count against the same ``drop``. ``skip``:
@@ -167,9 +173,12 @@ async def lossy_proxy(
             if task is not None:
                 tasks.discard(task)
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    proxy.url = f"http://127.0.0.1:{port}"
+    if sock is None:
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    else:
+        server = await asyncio.start_server(on_connect, sock=sock)
+    host, port = server.sockets[0].getsockname()[:2]
+    proxy.url = f"http://{host}:{port}"
     try:
         yield proxy
     finally:

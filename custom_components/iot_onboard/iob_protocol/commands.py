@@ -431,6 +431,8 @@ class SetClaimRequest:
     ``owner_secret`` is optional on the wire only so that messages of older clients still
     parse; a device refuses to *commit* a claim without one (``owner_secret_required``).
     ``allow_insecure_http`` is not sent: it is the receiving side's local-development switch.
+    An ``http`` URL is also valid with ``hub_relay``: such a device never talks to the service
+    in clear, it hands its confirmation to Home Assistant over the encrypted session.
     """
 
     command: ClassVar[CommandType] = CommandType.SET_CLAIM
@@ -449,7 +451,9 @@ class SetClaimRequest:
     def __post_init__(self, allow_insecure_http: bool) -> None:
         """Validate URL (https unless local development), token, pin and broker address."""
         _validate_request_id(self.request_id)
-        validate_service_url(self.service_url, allow_insecure_http=allow_insecure_http)
+        validate_service_url(
+            self.service_url, allow_insecure_http=allow_insecure_http or self.hub_relay
+        )
         if not _CLAIM_TOKEN_RE.fullmatch(self.claim_token):
             raise InvalidFieldError("claim token must be 22-512 base64url characters")
         if self.broker_pin is not None and len(self.broker_pin) != BROKER_PIN_SIZE:
