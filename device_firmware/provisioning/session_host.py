@@ -47,6 +47,7 @@ from iob_protocol.commands import (
     ResultError,
     decode_request,
     encode_response,
+    request_reference,
 )
 from iob_protocol.errors import (
     CredentialRefusedError,
@@ -500,7 +501,9 @@ class SessionHost:
         try:
             request = decode_request(plaintext, allow_insecure_http=self._allow_insecure_http)
         except ProtocolError as err:
-            return ErrorResponse.from_error(err)
+            request_id, command = request_reference(plaintext)
+            _LOGGER.info("request %d refused: %s (%s)", request_id, err.code, err)
+            return ErrorResponse.from_error(err, request_id=request_id, command=command)
         refusal = command_refusal(kind, claimed=self._policy().claimed, command=request.command)
         if refusal is not None:
             error, message = refusal

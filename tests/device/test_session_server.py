@@ -285,6 +285,10 @@ async def test_invalid_requests_get_specific_errors(start_agent: AgentStarter) -
             response = decode_response(client.session.open(reply.body))
             assert isinstance(response, ErrorResponse), document
             assert response.error == code, (document, response)
+            # The refusal answers that request (a client matches answers by id).
+            assert response.request_id == document["id"], (document, response)
+            known = document["type"] != "reboot"
+            assert (response.command is not None) == known, (document, response)
         # Not canonical JSON at all.
         reply = await client.send_raw(client.session.seal(b'{"id": 1, "type": "status"}'))
 

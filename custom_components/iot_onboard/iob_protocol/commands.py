@@ -569,6 +569,24 @@ def encode_request(request: Request) -> bytes:
     )
 
 
+def request_reference(data: bytes) -> tuple[int, CommandType | None]:
+    """The id and command of a request that :func:`decode_request` refused, where they parse.
+
+    The refusal then answers *that* request (its sender matches answers by id) instead of
+    request 0, which a client reads as an answer to another request. ``(0, None)`` when the
+    frame is not a JSON object with an integer id.
+    """
+    try:
+        fields = _parse_object(data, "request")
+        request_id = fields.integer("id")
+    except ProtocolError:
+        return 0, None
+    try:
+        return request_id, _command_type(fields.string("type"))
+    except ProtocolError:
+        return request_id, None
+
+
 def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request:
     """Parse and validate a request; ``allow_insecure_http`` is the local-development flag."""
     fields = _parse_object(data, "request")
