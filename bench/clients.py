@@ -324,6 +324,15 @@ class HaApi:
         )
         return states
 
+    async def unavailable_except(self, device_id: str) -> int:
+        """How many of the integration's entities are unavailable, ``device_id``'s left out."""
+        count: int = await self.template(
+            f"{{{{ integration_entities('{DOMAIN}') "
+            f"| reject('is_device_attr', 'serial_number', '{device_id}') "
+            "| map('states') | select('eq', 'unavailable') | list | count }}"
+        )
+        return count
+
     async def device_states(self, device_id: str) -> list[str]:
         """The states of one device's entities (found by its serial number)."""
         states: list[str] = await self.template(
