@@ -371,6 +371,27 @@ async def test_device_added_later_gets_entities(
     assert len(entity_ids(hass, entry)) == 2 * ENTITY_COUNT
 
 
+def _device_entry(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_id: str, title: str
+) -> MockConfigEntry:
+    """The entry the onboarding flow creates for ``device_id`` (no name typed), added."""
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id=device_id,
+        title=title,
+        data={
+            DEVICE_HOST: "192.0.2.10",
+            DEVICE_PORT: 8423,
+            DEVICE_MODEL: "pi-sensor",
+            CONF_DEVICE_ID: device_id,
+            CONF_HOUSEHOLD_ID: fake_account.household_id,
+        },
+    )
+    onboarded.add_to_hass(hass)
+    return onboarded
+
+
 async def test_a_device_entry_joins_the_running_hub_and_the_others_stay_available(
     hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
 ) -> None:
@@ -391,20 +412,7 @@ async def test_a_device_entry_joins_the_running_hub_and_the_others_stay_availabl
 
     stop = hass.bus.async_listen(EVENT_STATE_CHANGED, watch)
     await start_device(fake_account, device_processes, "dev2", name="Hall sensor")
-    onboarded = MockConfigEntry(
-        domain=DOMAIN,
-        version=2,
-        unique_id="dev2",
-        title="Hall sensor",
-        data={
-            DEVICE_HOST: "192.0.2.11",
-            DEVICE_PORT: 8423,
-            DEVICE_MODEL: "pi-sensor",
-            CONF_DEVICE_ID: "dev2",
-            CONF_HOUSEHOLD_ID: fake_account.household_id,
-        },
-    )
-    onboarded.add_to_hass(hass)
+    onboarded = _device_entry(hass, fake_account, "dev2", "Hall sensor")
     assert await hass.config_entries.async_setup(onboarded.entry_id)
     await wait_for(
         hass,
@@ -471,20 +479,7 @@ async def test_a_device_without_a_name_is_named_after_its_entry(
 ) -> None:
     """No name typed, none in the descriptor: the entry's title (model's name and short id)."""
     await start_device(fake_account, device_processes, "dev1", name="")
-    onboarded = MockConfigEntry(
-        domain=DOMAIN,
-        version=2,
-        unique_id="dev1",
-        title="Test sensor DEV1",
-        data={
-            DEVICE_HOST: "192.0.2.10",
-            DEVICE_PORT: 8423,
-            DEVICE_MODEL: "pi-sensor",
-            CONF_DEVICE_ID: "dev1",
-            CONF_HOUSEHOLD_ID: fake_account.household_id,
-        },
-    )
-    onboarded.add_to_hass(hass)
+    _device_entry(hass, fake_account, "dev1", "Test sensor DEV1")
     await setup_entry(hass, fake_account)
     await wait_for(
         hass,
