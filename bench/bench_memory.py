@@ -9,6 +9,12 @@ simulated agent publishes (availability, its 5-entity descriptor, states), until
 shows every device's entities as available. Per device = (RSS with N - RSS with 0) / N; the
 baseline is the idle RSS (0 devices) and the ratio RSS(N) / RSS(0).
 
+Then one more device, a real agent started with the stack, is onboarded through Home Assistant's
+config flow (as bench_onboarding.py does) into that household of N while the other entities'
+states are sampled without pause: the rows say the most of them seen unavailable at once (it
+must be 0: the device is added to the running hub and platforms, nothing is reloaded) and the
+seconds from its discovery flow to its entities available.
+
     .venv/bin/python bench/bench_memory.py [--devices 1000] [--quick] [--json FILE]
 """
 
@@ -17,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from typing import Final
 
 import aiohttp
-from clients import claim_light_devices, entities_ready, wait_for
+from bench_onboarding import through_ha
+from clients import HaApi, claim_light_devices, entities_ready, wait_for
 from common import Result, finish, isolate, parser, rss_kib, say
+from demo_stack import DeviceFacts
 from stack import BenchStack, household_in_ha, maker_api, running_stack
 
 ENTITIES_PER_DEVICE: Final = 5
@@ -38,6 +47,30 @@ def _all_held(devices: int, states: list[str]) -> bool:
 
 def _rss(stack: BenchStack) -> dict[str, int]:
     return {key: rss_kib(stack.pids[key]) for key, _ in PROCESSES}
+
+
+async def add_one_device(ha: HaApi, device: DeviceFacts) -> tuple[float, int, int]:
+    """Onboard ``device`` through Home Assistant while sampling every other entity's state.
+
+    Seconds from its discovery flow to its entities available, the most other entities seen
+    unavailable in one sample, and the number of samples.
+    """
+    worst = samples = 0
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal worst, samples
+        while not done.is_set():
+            worst = max(worst, await ha.unavailable_except(device.device_id))
+            samples += 1
+
+    sampler = asyncio.create_task(sample())
+    try:
+        seconds = (await through_ha(ha, device))["total"]
+    finally:
+        done.set()
+        await sampler
+    return seconds, worst, samples
 
 
 async def measure(
@@ -85,6 +118,9 @@ async def measure(
             held = time.monotonic() - started
             await asyncio.sleep(settle)
             loaded = _rss(stack)
+            say(f"onboarding one more device into the household of {count}")
+            added, unavailable, samples = await add_one_device(home.ha, stack.devices[0])
+            say(f"added in {added:.2f} s; {unavailable} others unavailable at most")
     rows = []
     for key, name in PROCESSES:
         per_device = (loaded[key] - idle[key]) / count
@@ -104,12 +140,35 @@ async def measure(
                 note=note,
             )
         )
+    rows.append(
+        Result(
+            metric=f"adding a device to a household of {count}: other entities unavailable, max",
+            value=unavailable,
+            unit="",
+            baseline=0,
+            baseline_label="required",
+            ratio=math.nan,
+            note=f"{samples} samples of {count * ENTITIES_PER_DEVICE} entities while it was added",
+        )
+    )
+    rows.append(
+        Result(
+            metric=f"adding a device to a household of {count}: discovery → entities available",
+            value=added,
+            unit="s",
+            baseline=math.nan,
+            baseline_label="bench_onboarding.py measures it against the bare LAN commit",
+            ratio=math.nan,
+        )
+    )
     facts: dict[str, object] = {
         "devices": count,
         "rss_idle_kib": idle,
         "rss_loaded_kib": loaded,
         "seconds_to_claim": round(claimed, 1),
         "seconds_until_ha_held_all": round(held, 1),
+        "seconds_to_add_one_more": round(added, 3),
+        "others_unavailable_max": unavailable,
     }
     return rows, facts
 
@@ -121,7 +180,7 @@ def main() -> None:
     args = options.parse_args()
     count = args.devices or (5 if args.quick else 1000)
     isolated = isolate()
-    with running_stack(label="memory") as stack:
+    with running_stack(label="memory", agents=1, batch=1) as stack:
         rows, facts = asyncio.run(measure(stack, count, 1.0 if args.quick else 10.0))
     finish("memory", rows, args, isolated=isolated, **facts)
 

@@ -15,8 +15,10 @@ one device at a time:
   Wi-Fi, a claim, ``set_claim`` and ``commit`` straight over the LAN, until the account service
   says ``owned`` and the device's ``online`` is on the broker (bench/lan.py).
 
-Both wait on the same device-side commit; the difference is Home Assistant's flow (its 1 s
-polling of the commit), the entry reload that adds the device, and building its entities.
+Both wait on the same device-side commit; the difference is Home Assistant's flow steps, the
+device entry's set-up and building its entities. The benchmark waits as HA's frontend does, on
+websocket events (``data_entry_flow_progressed``, ``state_changed``), so no poll interval of its
+own is in the figure, and it prints each device's time per phase (see :func:`through_ha`).
 
     .venv/bin/python bench/bench_onboarding.py [--devices 50] [--batch 10] [--quick] [--json FILE]
 """
@@ -28,7 +30,7 @@ import time
 from typing import Any, Final, NoReturn
 
 import aiohttp
-from clients import HaApi, RelayApi, entities_ready, wait_for
+from clients import HaApi, RelayApi, entities_ready, wait_for, wait_on_events
 from common import BenchError, Result, finish, isolate, parser, percentile, result, say
 from demo_stack import HOME_WIFI, DeviceFacts
 from lan import onboard
@@ -56,8 +58,24 @@ async def _discovered(ha: HaApi, device_id: str) -> dict[str, Any] | None:
     )
 
 
-async def through_ha(ha: HaApi, device: DeviceFacts) -> float:
-    """Seconds from finding the listed discovery flow to every entity available."""
+#: The phases of one onboarding through Home Assistant, in order (see :func:`through_ha`).
+PHASES: Final = ("confirm", "handshake", "wifi", "commit", "finish", "entities")
+PROGRESSED: Final = "data_entry_flow_progressed"
+STATE_CHANGED: Final = "state_changed"
+
+
+async def through_ha(ha: HaApi, device: DeviceFacts) -> dict[str, float]:
+    """Seconds per phase from finding the listed discovery flow to every entity available.
+
+    Waits as Home Assistant's frontend does, on events (no poll interval in the figure): the
+    progress step ends with Home Assistant's ``data_entry_flow_progressed`` for the flow, then
+    the flow is read again (its ``create_entry`` sets the device's entry up); the entities are
+    looked at after every ``state_changed``. Phases: ``confirm`` (the discovery confirmed),
+    ``handshake`` (the setup code: session and claim check), ``wifi`` (the network submitted,
+    the progress shown), ``commit`` (until Home Assistant says the outcome is known),
+    ``finish`` (the flow read again: the device's entry created and set up), ``entities``
+    (every entity of the device in Home Assistant and available).
+    """
     flow = await wait_for(
         f"Home Assistant discovering {device.device_id}",
         lambda: _discovered(ha, device.device_id),
@@ -65,39 +83,51 @@ async def through_ha(ha: HaApi, device: DeviceFacts) -> float:
         DISCOVERY_TIMEOUT,
         poll=POLL,
     )
-    started = time.perf_counter()
     if flow is None:  # pragma: no cover - wait_for returned it
         raise BenchError("no flow")
     flow_id = flow["flow_id"]
-    step = await ha.flow_step(flow_id, {})
-    if step.get("step_id") != "credentials":
-        raise_step("credentials", step)
-    step = await ha.flow_step(flow_id, {"setup_code": device.qr_payload})
-    if step.get("step_id") != "wifi":
-        raise_step("wifi", step)
-    step = await ha.flow_step(
-        flow_id,
-        {"network": "ssid:" + HOME_WIFI.ssid.encode().hex(), "passphrase": HOME_WIFI.passphrase},
-    )
-    if step.get("type") != "progress":
-        raise_step("progress", step)
-    done = await wait_for(
-        f"the commit of {device.device_id}",
-        lambda: ha.call(f"/api/config/config_entries/flow/{flow_id}"),
-        lambda now: now.get("type") != "progress",
-        COMMIT_TIMEOUT,
-        poll=POLL,
-    )
-    if done.get("type") != "create_entry":
-        raise_step("the device's create_entry", done)
-    await wait_for(
-        f"the entities of {device.device_id}, available",
-        lambda: ha.device_states(device.device_id),
-        lambda states: entities_ready(states, ENTITIES),
-        ENTITIES_TIMEOUT,
-        poll=POLL,
-    )
-    return time.perf_counter() - started
+    async with ha.events(PROGRESSED, STATE_CHANGED) as events:
+        marks = [time.perf_counter()]
+        step = await ha.flow_step(flow_id, {})
+        marks.append(time.perf_counter())
+        if step.get("step_id") != "credentials":
+            raise_step("credentials", step)
+        step = await ha.flow_step(flow_id, {"setup_code": device.qr_payload})
+        marks.append(time.perf_counter())
+        if step.get("step_id") != "wifi":
+            raise_step("wifi", step)
+        network = "ssid:" + HOME_WIFI.ssid.encode().hex()
+        step = await ha.flow_step(flow_id, {"network": network, "passphrase": HOME_WIFI.passphrase})
+        marks.append(time.perf_counter())
+        if step.get("type") != "progress":
+            raise_step("progress", step)
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                while not _progressed(await events.next(), flow_id):
+                    pass
+        except TimeoutError:
+            raise BenchError(f"the commit of {device.device_id}: no outcome") from None
+        marks.append(time.perf_counter())
+        done = await ha.call(f"/api/config/config_entries/flow/{flow_id}")
+        marks.append(time.perf_counter())
+        if done.get("type") != "create_entry":
+            raise_step("the device's create_entry", done)
+        await wait_on_events(
+            f"the entities of {device.device_id}, available",
+            events,
+            lambda: ha.device_states(device.device_id),
+            lambda states: entities_ready(states, ENTITIES),
+            ENTITIES_TIMEOUT,
+            relevant=lambda event: event["event_type"] == STATE_CHANGED,
+        )
+        marks.append(time.perf_counter())
+    return {phase: marks[number + 1] - marks[number] for number, phase in enumerate(PHASES)} | {
+        "total": marks[-1] - marks[0]
+    }
+
+
+def _progressed(event: dict[str, Any], flow_id: str) -> bool:
+    return bool(event["event_type"] == PROGRESSED and event["data"].get("flow_id") == flow_id)
 
 
 def raise_step(wanted: str, step: dict[str, Any]) -> NoReturn:
@@ -140,10 +170,15 @@ async def measure(
     async with aiohttp.ClientSession() as session:
         home = await household_in_ha(stack, session, "onboarding")
         lan_seconds = await lan_baseline(stack, session, baseline_devices)
-        ha_seconds: list[float] = []
+        phases: list[dict[str, float]] = []
         for number, device in enumerate(ha_devices, start=1):
-            ha_seconds.append(await through_ha(home.ha, device))
-            say(f"through HA {number}/{len(ha_devices)}: {ha_seconds[-1]:.2f} s")
+            phases.append(await through_ha(home.ha, device))
+            say(
+                f"through HA {number}/{len(ha_devices)}: {phases[-1]['total']:.3f} s ("
+                + ", ".join(f"{phase} {phases[-1][phase]:.3f}" for phase in PHASES)
+                + ")"
+            )
+    ha_seconds = [one["total"] for one in phases]
     label = "bare handshake+commit over LAN"
     count = len(ha_devices)
     rows = [
@@ -167,6 +202,9 @@ async def measure(
         "devices_baseline": len(baseline_devices),
         "seconds_through_ha": [round(s, 3) for s in ha_seconds],
         "seconds_baseline": [round(s, 3) for s in lan_seconds],
+        "phase_seconds_p50": {
+            phase: round(percentile([one[phase] for one in phases], 0.5), 3) for phase in PHASES
+        },
     }
     return rows, facts
 

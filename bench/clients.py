@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -249,6 +250,15 @@ class HaApi:
                 raise BenchError("Home Assistant's websocket refused the token")
             yield ws
 
+    @contextlib.asynccontextmanager
+    async def events(self, *event_types: str) -> AsyncIterator[HaEvents]:
+        """Home Assistant's events of ``event_types`` from now on (as its frontend hears them)."""
+        async with self.websocket() as ws:
+            events = HaEvents(ws)
+            for event_type in event_types:
+                await events.command({"type": "subscribe_events", "event_type": event_type})
+            yield events
+
     async def ws_command(self, command: dict[str, Any]) -> Any:
         """One websocket command's result."""
         async with self.websocket() as ws:
@@ -314,6 +324,15 @@ class HaApi:
         )
         return states
 
+    async def unavailable_except(self, device_id: str) -> int:
+        """How many of the integration's entities are unavailable, ``device_id``'s left out."""
+        count: int = await self.template(
+            f"{{{{ integration_entities('{DOMAIN}') "
+            f"| reject('is_device_attr', 'serial_number', '{device_id}') "
+            "| map('states') | select('eq', 'unavailable') | list | count }}"
+        )
+        return count
+
     async def device_states(self, device_id: str) -> list[str]:
         """The states of one device's entities (found by its serial number)."""
         states: list[str] = await self.template(
@@ -330,6 +349,58 @@ class HaApi:
             if entry.get("unique_id") == f"{device_id}_{key}" and entry["platform"] == DOMAIN:
                 return str(entry["entity_id"])
         raise BenchError(f"Home Assistant has no entity {key} of {device_id}")
+
+
+class HaEvents:
+    """Subscribed events on one websocket: a wait hears a change when it happens (no poll)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """``ws``: authenticated (:meth:`HaApi.websocket`)."""
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def command(self, command: dict[str, Any]) -> Any:
+        """One command's result (events that arrive before it are dropped: none is awaited)."""
+        number = next(self.ids)
+        await self.ws.send_json({"id": number, **command})
+        while True:
+            answer = await self.ws.receive_json()
+            if answer.get("id") == number and answer.get("type") == "result":
+                if not answer.get("success"):
+                    raise BenchError(f"Home Assistant refused {command}: {answer}")
+                return answer.get("result")
+
+    async def next(self) -> dict[str, Any]:
+        """The next subscribed event (``{"event_type", "data", ...}``)."""
+        while True:
+            message = await self.ws.receive_json()
+            if message.get("type") == "event":
+                event: dict[str, Any] = message["event"]
+                return event
+
+
+async def wait_on_events[T](
+    what: str,
+    events: HaEvents,
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    within: float,
+    *,
+    relevant: Callable[[dict[str, Any]], bool] = lambda _event: True,
+) -> T:
+    """Await ``probe()`` now and after every relevant event until ``accept`` holds for it.
+
+    Unlike :func:`wait_for` the answer is seen as soon as the event that makes it true arrives,
+    not at the next poll; BenchError after ``within`` s.
+    """
+    try:
+        async with asyncio.timeout(within):
+            while not accept(found := await probe()):
+                while not relevant(await events.next()):
+                    pass
+    except TimeoutError:
+        raise BenchError(f"{what}: not within {within:.0f} s") from None
+    return found
 
 
 async def wait_for[T](

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate
 
-from homeassistant.config_entries import ConfigEntry
+from homeassistant.config_entries import SOURCE_IGNORE, ConfigEntry
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr
@@ -149,7 +149,17 @@ def device_entries(hass: HomeAssistant, household_id: str | None = None) -> list
 
 
 def device_entry(hass: HomeAssistant, device_id: str) -> ConfigEntry | None:
-    """The device entry of ``device_id``, if this Home Assistant onboarded it."""
+    """The device entry of ``device_id``, if this Home Assistant onboarded it.
+
+    Home Assistant's unique-id index first: a platform asks this for every device of the
+    household when it is set up, so a scan of every entry would cost O(devices²) at 1,000.
+    """
+    indexed = hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, device_id)
+    if indexed is None:
+        return None
+    if is_device_entry(indexed) and indexed.source != SOURCE_IGNORE:
+        return indexed
+    # Another entry with the same unique id (an ignored discovery) came first in the index.
     return next((e for e in device_entries(hass) if e.unique_id == device_id), None)
 
 

@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from homeassistant.config_entries import RELOAD_AFTER_UPDATE_DELAY
+from homeassistant.config_entries import RELOAD_AFTER_UPDATE_DELAY, ConfigEntryState
 from homeassistant.const import (
     ATTR_ENTITY_ID,
+    EVENT_STATE_CHANGED,
     STATE_ON,
     STATE_UNAVAILABLE,
     STATE_UNKNOWN,
     EntityCategory,
 )
-from homeassistant.core import HomeAssistant
+from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.entity_platform import async_get_platforms
+from homeassistant.helpers.event import EventStateChangedData
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 from syrupy.assertion import SnapshotAssertion
@@ -369,6 +371,64 @@ async def test_device_added_later_gets_entities(
     assert len(entity_ids(hass, entry)) == 2 * ENTITY_COUNT
 
 
+def _device_entry(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_id: str, title: str
+) -> MockConfigEntry:
+    """The entry the onboarding flow creates for ``device_id`` (no name typed), added."""
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id=device_id,
+        title=title,
+        data={
+            DEVICE_HOST: "192.0.2.10",
+            DEVICE_PORT: 8423,
+            DEVICE_MODEL: "pi-sensor",
+            CONF_DEVICE_ID: device_id,
+            CONF_HOUSEHOLD_ID: fake_account.household_id,
+        },
+    )
+    onboarded.add_to_hass(hass)
+    return onboarded
+
+
+async def test_a_device_entry_joins_the_running_hub_and_the_others_stay_available(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """A device just onboarded (its entry set up, as the flow's ``create_entry`` does) is added
+    to the running hub and platforms: the household entry is not reloaded and no entity of the
+    devices it already had goes unavailable, not even for a moment.
+    """
+    entry = await _ready(hass, fake_account, device_processes)
+    running = entry.runtime_data  # a reload would build a new one
+    others = set(entity_ids(hass, entry))
+    went_unavailable: list[str] = []
+
+    @callback
+    def watch(event: Event[EventStateChangedData]) -> None:
+        new = event.data["new_state"]
+        if event.data["entity_id"] in others and (new is None or new.state == STATE_UNAVAILABLE):
+            went_unavailable.append(event.data["entity_id"])
+
+    stop = hass.bus.async_listen(EVENT_STATE_CHANGED, watch)
+    await start_device(fake_account, device_processes, "dev2", name="Hall sensor")
+    onboarded = _device_entry(hass, fake_account, "dev2", "Hall sensor")
+    assert await hass.config_entries.async_setup(onboarded.entry_id)
+    await wait_for(
+        hass,
+        lambda: state_of(hass, "sensor.hall_sensor_temperature") == "21.5",
+        "the new device's entities, on the running hub",
+    )
+    await hass.async_block_till_done()
+    stop()
+    assert went_unavailable == []
+    assert entry.state is ConfigEntryState.LOADED
+    assert entry.runtime_data is running
+    assert onboarded.runtime_data is running
+    assert len(entity_ids(hass, onboarded)) == ENTITY_COUNT
+    assert set(entity_ids(hass, entry)) == others
+
+
 async def test_the_name_chosen_in_the_flow_names_the_device_and_its_entity_ids(
     hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
 ) -> None:
@@ -419,20 +479,7 @@ async def test_a_device_without_a_name_is_named_after_its_entry(
 ) -> None:
     """No name typed, none in the descriptor: the entry's title (model's name and short id)."""
     await start_device(fake_account, device_processes, "dev1", name="")
-    onboarded = MockConfigEntry(
-        domain=DOMAIN,
-        version=2,
-        unique_id="dev1",
-        title="Test sensor DEV1",
-        data={
-            DEVICE_HOST: "192.0.2.10",
-            DEVICE_PORT: 8423,
-            DEVICE_MODEL: "pi-sensor",
-            CONF_DEVICE_ID: "dev1",
-            CONF_HOUSEHOLD_ID: fake_account.household_id,
-        },
-    )
-    onboarded.add_to_hass(hass)
+    _device_entry(hass, fake_account, "dev1", "Test sensor DEV1")
     await setup_entry(hass, fake_account)
     await wait_for(
         hass,

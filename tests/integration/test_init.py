@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from homeassistant.config_entries import SOURCE_REAUTH, ConfigEntryState
+from homeassistant.config_entries import SOURCE_IGNORE, SOURCE_REAUTH, ConfigEntryState
 from homeassistant.const import __version__ as ha_version
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
@@ -26,7 +26,7 @@ from custom_components.iot_onboard.const import (
     DOMAIN,
     EXTERNAL_ID_PREFIX,
 )
-from custom_components.iot_onboard.helpers import find_device
+from custom_components.iot_onboard.helpers import device_entry, find_device
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
@@ -216,3 +216,31 @@ def test_reports_home_assistant_version() -> None:
     """Print the HA version so both runs show which version they tested."""
     print(f"Home Assistant {ha_version}")  # noqa: T201
     assert ha_version
+
+
+async def test_device_entry_is_found_by_unique_id_not_by_an_ignored_discovery(
+    hass: HomeAssistant,
+) -> None:
+    """The device entry of an id; not a household entry, not an ignored discovery of it.
+
+    An ignored discovery with the device's id that the unique-id index lists first must not
+    hide the device's own entry (nor be taken for it).
+    """
+    ignored = MockConfigEntry(domain=DOMAIN, unique_id="dev1", source=SOURCE_IGNORE, data={})
+    ignored.add_to_hass(hass)
+    assert device_entry(hass, "dev1") is None
+    onboarded = MockConfigEntry(
+        domain=DOMAIN,
+        version=2,
+        unique_id="dev1",
+        title="demo dev1",
+        data={CONF_DEVICE_ID: "dev1", CONF_HOUSEHOLD_ID: "household"},
+    )
+    onboarded.add_to_hass(hass)
+    household = MockConfigEntry(
+        domain=DOMAIN, version=2, unique_id="household", data={CONF_HOUSEHOLD_ID: "household"}
+    )
+    household.add_to_hass(hass)
+    assert device_entry(hass, "dev1") is onboarded
+    assert device_entry(hass, "household") is None
+    assert device_entry(hass, "dev2") is None
