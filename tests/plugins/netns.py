@@ -74,7 +74,7 @@ class DeviceNamespace:
 
         def inside() -> socket.socket:
             with Path(f"/proc/{self.holder.pid}/ns/net").open("rb") as handle:
-                os.setns(handle.fileno(), os.CLONE_NEWNET)  # this thread only
+                _setns_net(handle.fileno())  # this thread only
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind((host, port))
@@ -98,6 +98,23 @@ class DeviceNamespace:
             check=True,
         )
         return done.stdout.strip()
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns_net(fd: int) -> None:
+    """Move the calling thread into the network namespace open at ``fd`` (``os.setns`` is
+    Python 3.12+; Bookworm's 3.11 goes through libc)."""
+    if sys.version_info >= (3, 12):
+        os.setns(fd, os.CLONE_NEWNET)
+        return
+    import ctypes  # noqa: PLC0415 - only the 3.11 path needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def missing_requirement() -> str | None:
