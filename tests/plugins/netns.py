@@ -108,13 +108,13 @@ def _setns_net(fd: int) -> None:
     Python 3.12+; Bookworm's 3.11 goes through libc)."""
     if sys.version_info >= (3, 12):
         os.setns(fd, os.CLONE_NEWNET)
-        return
-    import ctypes  # noqa: PLC0415 - only the 3.11 path needs it
+    else:
+        import ctypes  # noqa: PLC0415 - only the 3.11 path needs it
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
 
 def missing_requirement() -> str | None:
