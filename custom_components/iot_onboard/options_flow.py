@@ -9,28 +9,36 @@ a Wi-Fi): delete the sealed Wi-Fi from the entry and destroy its key (wifi_memor
 list, create (the password is shown on the result screen only, never stored), revoke.
 ``hand_over`` and ``delete_household`` (the owner only): make another member with an account
 the owner, or delete the household (its name typed again); after a deletion the household's
-entries are removed. Reached through ``async_get_options_flow`` in config_flow.py.
+entries are removed. ``export_account`` (any entry): the entry's account's data from the
+account service, written as a private JSON file in the config directory (account_lifecycle.py).
+``delete_account``: says what will happen and asks for the account's password; refused up front
+while the account owns a household another account belongs to (hand it over or delete it
+first); afterwards every household entry of the account is removed. Reached through
+``async_get_options_flow`` in config_flow.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import voluptuous as vol
 from homeassistant.config_entries import ConfigEntryState, ConfigFlowResult, OptionsFlow
-from homeassistant.core import Context, HomeAssistant
+from homeassistant.core import Context
 from homeassistant.helpers.selector import (
     SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
     TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
 )
 from homeassistant.util import dt as dt_util
 
-from . import wifi_memory
+from . import account_lifecycle, wifi_memory
 from .account_client import (
     AccountConnectionError,
     AccountServiceError,
@@ -46,21 +54,24 @@ from .account_client import (
     MqttAccessSummary,
     MqttCredentialLimitError,
     MqttCredentialNotFoundError,
+    OwnerHandoverRequiredError,
+    PasswordMismatchError,
     RateLimitedError,
     Role,
     ServiceUnavailableError,
 )
 from .const import (
+    CONF_ACCOUNT_ID,
     CONF_AUTOMATION_ROLE,
+    CONF_EMAIL,
     CONF_HOUSEHOLD_ID,
     CONF_REMEMBERED_WIFI,
     CONF_UNMAPPED_ROLE,
     DEFAULT_AUTOMATION_ROLE,
     DEFAULT_UNMAPPED_ROLE,
 )
-from .coordinator import IotOnboardConfigEntry, IotOnboardCoordinator, IotOnboardData
-from .flow_errors import FIELD_BASE, wrong_fields
-from .helpers import device_entries
+from .coordinator import IotOnboardConfigEntry, IotOnboardData
+from .flow_errors import FIELD_BASE, FIELD_PASSWORD, wrong_fields
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -72,6 +83,7 @@ CONF_ACCESS: Final = "access"
 CONF_CREDENTIAL: Final = "credential"
 CONF_MEMBER: Final = "member"
 CONF_CONFIRM_NAME: Final = "confirm_name"
+CONF_PASSWORD: Final = FIELD_PASSWORD
 #: How other tools read the household's devices (topics, Node-RED, mosquitto_sub, Telegraf).
 MQTT_TOOLS_DOCS: Final = (
     "https://github.com/iot-onboard/iot-onboard/blob/main/docs/mqtt.md"
@@ -124,18 +136,21 @@ def _select(options: dict[str, str]) -> SelectSelector:
     )
 
 
-async def _async_remove_household(
-    hass: HomeAssistant, entry: IotOnboardConfigEntry, coordinator: IotOnboardCoordinator
-) -> None:
-    """Remove the deleted household's entries: its devices' first, then its own.
+def _bullets(lines: list[str]) -> str:
+    """Lines as a Markdown list after a colon in a description; "none." when empty."""
+    return "".join(f"\n- {line}" for line in lines) if lines else " none."
 
-    The service released every device already: with the device list emptied first, removing a
-    device entry releases nothing again (``async_remove_entry``).
-    """
-    coordinator.access.clear()
-    for onboarded in device_entries(hass, entry.data[CONF_HOUSEHOLD_ID]):
-        await hass.config_entries.async_remove(onboarded.entry_id)
-    await hass.config_entries.async_remove(entry.entry_id)
+
+@dataclass(slots=True)
+class _AccountEffects:
+    """What deleting the account would do, as the deletion step lists it."""
+
+    #: Households the account owns alone (or with Home Assistant users only): deleted.
+    deleted: list[str] = field(default_factory=list)
+    #: Households the account belongs to without owning them: it leaves them.
+    left: list[str] = field(default_factory=list)
+    #: Households the account owns that other accounts belong to: the deletion is refused.
+    blocking: list[str] = field(default_factory=list)
 
 
 def _role_selector(options: list[str]) -> SelectSelector:
@@ -160,6 +175,8 @@ class IotOnboardOptionsFlow(OptionsFlow):
     _revoking: str
     #: member id → its label (hand-over).
     _candidates: dict[str, str]
+    #: What deleting the account does (listed on its step).
+    _effects: _AccountEffects
 
     @property
     def _entry(self) -> IotOnboardConfigEntry:
@@ -177,7 +194,13 @@ class IotOnboardOptionsFlow(OptionsFlow):
         options = ["policies", "user_role"]
         if CONF_REMEMBERED_WIFI in self._entry.data:
             options.append("forget_wifi")
-        options += ["mqtt_access", "hand_over", "delete_household"]
+        options += [
+            "mqtt_access",
+            "hand_over",
+            "delete_household",
+            "export_account",
+            "delete_account",
+        ]
         return self.async_show_menu(step_id="init", menu_options=options)
 
     def _take_runtime(self) -> bool:
@@ -411,7 +434,7 @@ class IotOnboardOptionsFlow(OptionsFlow):
                     self._household.name,
                     deleted.devices_released,
                 )
-                await _async_remove_household(self.hass, self._entry, self._runtime.coordinator)
+                await account_lifecycle.async_remove_household_entries(self.hass, [self._entry])
                 return self.async_abort(
                     reason="household_deleted",
                     description_placeholders={
@@ -422,6 +445,145 @@ class IotOnboardOptionsFlow(OptionsFlow):
         placeholders["household"] = self._household.name
         schema = vol.Schema({vol.Required(CONF_CONFIRM_NAME): TextSelector()})
         return self._form("delete_household", schema, user_input, errors, placeholders)
+
+    # --- the account: export and deletion ----------------------------------------------------
+
+    async def async_step_export_account(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Say what the export holds and where it goes; on submit fetch it and write the file."""
+        errors: dict[str, str] = {}
+        placeholders = {
+            "email": self._entry.data.get(CONF_EMAIL, ""),
+            "directory": self.hass.config.config_dir,
+            "error": "",
+        }
+        if user_input is None:
+            if not self._take_runtime():
+                return self.async_abort(reason="not_loaded")
+        else:
+            try:
+                export = await self._runtime.account.export_account()
+                path = await account_lifecycle.async_write_export(self.hass, export)
+            except AccountServiceError as err:
+                errors[FIELD_BASE] = _refusal(err, "service_refused")
+                placeholders["error"] = str(err)
+            except OSError as err:
+                errors[FIELD_BASE] = "export_not_written"
+                placeholders["error"] = str(err)
+            else:
+                _LOGGER.info("Account data exported to %s", path)
+                return self.async_abort(
+                    reason="account_exported",
+                    description_placeholders={
+                        "path": str(path),
+                        "email": export.account.email,
+                        "households": str(len(export.memberships)),
+                        "events": str(len(export.audit_events)),
+                    },
+                )
+        return self._form("export_account", vol.Schema({}), None, errors, placeholders)
+
+    async def _async_account_effects(self) -> _AccountEffects:
+        """The account's households, sorted by what deleting the account does to each."""
+        account = self._runtime.account
+        own_id = self._entry.data.get(CONF_ACCOUNT_ID)
+        effects = _AccountEffects()
+        for household in await account.households():
+            if household.role is not Role.OWNER:
+                effects.left.append(f"{household.name} ({household.role.value})")
+                continue
+            members = await account.members(household.household_id)
+            others = [m.display_name for m in members if m.account_id not in {None, own_id}]
+            if others:
+                effects.blocking.append(f"{household.name} (also: {', '.join(others)})")
+                continue
+            devices = await account.devices(household.household_id)
+            owned = sum(1 for device in devices if device.access is DeviceAccess.OWNER)
+            effects.deleted.append(f"{household.name} ({owned} device(s) released)")
+        return effects
+
+    async def _async_open_delete_account(self) -> ConfigFlowResult | None:
+        """Take the runtime and what a deletion would do; an abort when it cannot be done."""
+        if account_lifecycle.is_provisioned(self._entry):
+            return self.async_abort(
+                reason="account_provisioned",
+                description_placeholders={"household": self._entry.title},
+            )
+        if not self._take_runtime():
+            return self.async_abort(reason="not_loaded")
+        try:
+            self._effects = await self._async_account_effects()
+        except AccountServiceError as err:
+            return self._abort_refused(err, "service_refused")
+        if self._effects.blocking:
+            return self.async_abort(
+                reason="owner_handover_required",
+                description_placeholders={"households": _bullets(self._effects.blocking)},
+            )
+        return None
+
+    async def async_step_delete_account(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Delete the entry's account (its password entered again), then its entries here."""
+        errors: dict[str, str] = {}
+        placeholders = {"email": self._entry.data.get(CONF_EMAIL, ""), "error": ""}
+        if user_input is None:
+            if (refused := await self._async_open_delete_account()) is not None:
+                return refused
+        else:
+            try:
+                await self._runtime.account.delete_account(user_input[CONF_PASSWORD])
+            except PasswordMismatchError:
+                errors[CONF_PASSWORD] = "password_mismatch"
+            except OwnerHandoverRequiredError:
+                # Another account joined a household this one owns while the form was open:
+                # look again, and name the households to hand over (as when opening).
+                return await self.async_step_delete_account()
+            except AccountServiceError as err:
+                errors[FIELD_BASE] = _refusal(err, "service_refused")
+                placeholders["error"] = str(err)
+            else:
+                return await self._async_account_deleted()
+        entries = account_lifecycle.account_entries(self.hass, self._entry)
+        placeholders |= {
+            "deleted": _bullets(self._effects.deleted),
+            "left": _bullets(self._effects.left),
+            "entries": _bullets([entry.title for entry in entries]),
+        }
+        schema = vol.Schema(
+            {
+                vol.Required(CONF_PASSWORD): TextSelector(
+                    TextSelectorConfig(
+                        type=TextSelectorType.PASSWORD, autocomplete="current-password"
+                    )
+                )
+            }
+        )
+        # Never pre-filled: a password is not sent back to the browser.
+        return self._form("delete_account", schema, None, errors, placeholders)
+
+    async def _async_account_deleted(self) -> ConfigFlowResult:
+        """The account is gone at the service: remove every household entry signed in to it."""
+        entries = account_lifecycle.account_entries(self.hass, self._entry)
+        email = self._entry.data.get(CONF_EMAIL, "")
+        _LOGGER.info(
+            "Account deleted at the account service (%d household(s) deleted with it); "
+            "removing its household entries: %s",
+            len(self._effects.deleted),
+            ", ".join(entry.title for entry in entries),
+        )
+        await account_lifecycle.async_remove_household_entries(self.hass, entries)
+        return self.async_abort(
+            reason="account_deleted",
+            description_placeholders={
+                "email": email,
+                "deleted": _bullets(self._effects.deleted),
+                "left": _bullets(self._effects.left),
+                "entries": _bullets([entry.title for entry in entries]),
+            },
+        )
 
     async def async_step_forget_wifi(
         self, user_input: dict[str, Any] | None = None

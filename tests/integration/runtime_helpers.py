@@ -10,7 +10,7 @@ import secrets
 import signal
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import aiohttp
@@ -218,13 +218,16 @@ async def setup_entry(
     service: FakeAccountService | RealAccount,
     options: dict[str, Any] | None = None,
     extra_data: dict[str, Any] | None = None,
+    *,
+    household: tuple[str, str] | None = None,
 ) -> MockConfigEntry:
-    """Add and set up the household entry."""
+    """Add and set up the household entry (of ``household``: id and title, when given)."""
+    household_id, title = household or (service.household_id, "Home")
     entry = MockConfigEntry(
         domain=DOMAIN,
-        title="Home",
-        unique_id=service.household_id,
-        data={**service.entry_data(), **(extra_data or {})},
+        title=title,
+        unique_id=household_id,
+        data={**service.entry_data(), CONF_HOUSEHOLD_ID: household_id, **(extra_data or {})},
         options=options or {},
     )
     entry.add_to_hass(hass)
@@ -332,15 +335,18 @@ class RealAccount:
     owner: AccountClient
     signed_in: SignedIn
     household_id: str
+    #: The account's password (account deletion asks for it again).
+    password: str = field(default="", repr=False)
 
     @classmethod
     async def sign_up(cls, service: AccountService, http: aiohttp.ClientSession) -> Self:
         """Sign an owner up and create the household "Home"."""
         owner = AccountClient(service.url, session=http)
         email = f"owner-{secrets.token_hex(4)}@example.com"
-        signed_in = await owner.sign_up(email, secrets.token_urlsafe(16), "Owner")
+        password = secrets.token_urlsafe(16)
+        signed_in = await owner.sign_up(email, password, "Owner")
         home = await owner.create_household("Home")
-        return cls(service, http, owner, signed_in, home.household_id)
+        return cls(service, http, owner, signed_in, home.household_id, password)
 
     def entry_data(self) -> dict[str, Any]:
         """What the config flow stores for this household (const.py's layout)."""
@@ -359,9 +365,10 @@ class RealAccount:
         invitation = await self._post(path, {"role": role}, self.signed_in)
         client = AccountClient(self.service.url, session=self.http)
         email = f"{role}-{secrets.token_hex(4)}@example.com"
-        signed_in = await client.sign_up(email, secrets.token_urlsafe(16), name)
+        password = secrets.token_urlsafe(16)
+        signed_in = await client.sign_up(email, password, name)
         await self._post("/v1/invitations/accept", {"token": invitation["token"]}, signed_in)
-        return type(self)(self.service, self.http, client, signed_in, self.household_id)
+        return type(self)(self.service, self.http, client, signed_in, self.household_id, password)
 
     async def _post(self, path: str, body: dict[str, Any], caller: SignedIn) -> Any:
         """A POST to the service as ``caller``; its 201 answer."""

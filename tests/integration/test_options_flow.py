@@ -27,7 +27,13 @@ from tests.integration.fake_account import FakeAccountService, member
 from tests.integration.runtime_helpers import set_up, setup_entry
 
 #: The menu's steps after the roles and the Wi-Fi (test_options_household.py).
-_HOUSEHOLD_OPTIONS = ["mqtt_access", "hand_over", "delete_household"]
+_HOUSEHOLD_OPTIONS = [
+    "mqtt_access",
+    "hand_over",
+    "delete_household",
+    "export_account",
+    "delete_account",
+]
 
 
 async def _user_role_form(hass: HomeAssistant, entry: MockConfigEntry) -> dict[str, Any]:

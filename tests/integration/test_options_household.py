@@ -46,6 +46,18 @@ async def _open(hass: HomeAssistant, entry: MockConfigEntry, step: str) -> Resul
     )
 
 
+async def assert_not_loaded_after_reload(
+    hass: HomeAssistant, entry: MockConfigEntry, steps: tuple[str, ...]
+) -> None:
+    """With the service down, a reload leaves ``entry`` not loaded: each step says so."""
+    await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    for step in steps:
+        unloaded = await _open(hass, entry, step)
+        assert (unloaded["type"], unloaded["reason"]) == (FlowResultType.ABORT, "not_loaded")
+
+
 async def _submit(hass: HomeAssistant, form: Result, user_input: dict[str, Any]) -> Result:
     return dict(await hass.config_entries.options.async_configure(form["flow_id"], user_input))
 
@@ -182,15 +194,7 @@ async def test_control_is_not_offered_for_read_only_shares(
     await account.owner.share_device(
         account.household_id, owned.device_id, cabin.household_id, ShareAccess.READ
     )
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        title="Cabin",
-        unique_id=cabin.household_id,
-        data={**account.entry_data(), CONF_HOUSEHOLD_ID: cabin.household_id},
-    )
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
+    entry = await setup_entry(hass, account, household=(cabin.household_id, "Cabin"))
     assert entry.runtime_data.coordinator.access == {owned.device_id: DeviceAccess.READ}
     menu = await _open(hass, entry, "mqtt_access")
     form = await _submit(hass, menu, {"next_step_id": "mqtt_create"})
@@ -383,9 +387,4 @@ async def test_the_service_down_is_cannot_connect_with_the_next_step(
         down = await _open(hass, entry, step)
         assert (down["type"], down["reason"]) == (FlowResultType.ABORT, "cannot_connect"), step
 
-    await hass.config_entries.async_reload(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.SETUP_RETRY
-    for step in ("mqtt_access", "hand_over"):
-        unloaded = await _open(hass, entry, step)
-        assert (unloaded["type"], unloaded["reason"]) == (FlowResultType.ABORT, "not_loaded")
+    await assert_not_loaded_after_reload(hass, entry, ("mqtt_access", "hand_over"))
