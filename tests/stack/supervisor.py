@@ -72,6 +72,14 @@ def _stats() -> dict[str, Any]:
     }
 
 
+def _ui_option(name: str, kind: str) -> dict[str, Any]:
+    """An option of config.yaml's ``schema`` as the Supervisor shows it to the frontend."""
+    option: dict[str, Any] = {"name": name, "required": not kind.endswith("?")}
+    if kind.startswith("list("):
+        return {**option, "type": "select", "options": kind[5:].rstrip("?)").split("|")}
+    return {**option, "type": "string"}
+
+
 @dataclass(frozen=True, slots=True)
 class Addon:
     """The add-on as the Supervisor knows it, read from this repository."""
@@ -171,12 +179,7 @@ class Addon:
             "boot": config["boot"],
             "boot_config": config["boot"],
             "options": config["options"],
-            "schema": [
-                {"name": name, "required": not kind.endswith("?"), "type": "select"}
-                if kind.startswith("list(")
-                else {"name": name, "required": not kind.endswith("?"), "type": "string"}
-                for name, kind in config["schema"].items()
-            ],
+            "schema": [_ui_option(name, kind) for name, kind in config["schema"].items()],
             "machine": [],
             "network": network,
             "network_description": config["ports_description"],
@@ -340,9 +343,9 @@ class StandInSupervisor:
         request["caller"] = caller
         try:
             response: web.StreamResponse = await handler(request)
-        except web.HTTPNotFound:
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
             self.unknown.append(f"{request.method} {request.path}")
-            return _error(f"{request.path} is not a Supervisor API here", 404)
+            return _error(f"{request.method} {request.path} is not a Supervisor API here", 404)
         return response
 
     # --- Home Assistant's start-up ----------------------------------------------------------
@@ -597,14 +600,19 @@ class StandInSupervisor:
         if port is None or refresh_token is None:
             return  # Home Assistant reads the message itself at its start (GET /discovery)
         base = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as session:
-            form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-            async with session.post(f"{base}/auth/token", data=form) as reply:
-                reply.raise_for_status()
-                access_token = (await reply.json())["access_token"]
-            async with session.post(
-                f"{base}/api/hassio_push/discovery/{message_uuid}",
-                json=self.discoveries[message_uuid],
-                headers={"Authorization": f"Bearer {access_token}"},
-            ) as reply:
-                self.pushes.append((message_uuid, reply.status))
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{base}/auth/token", data=form) as reply:
+                    if reply.status != 200:
+                        self.pushes.append((message_uuid, reply.status))  # the token's failure
+                        return
+                    access_token = (await reply.json())["access_token"]
+                async with session.post(
+                    f"{base}/api/hassio_push/discovery/{message_uuid}",
+                    json=self.discoveries[message_uuid],
+                    headers={"Authorization": f"Bearer {access_token}"},
+                ) as reply:
+                    self.pushes.append((message_uuid, reply.status))
+        except aiohttp.ClientError:
+            self.pushes.append((message_uuid, 0))  # Home Assistant did not answer

@@ -42,7 +42,7 @@ from .browser import (
     see,
     shown_screenshots,
 )
-from .helpers import REPO, Orchestrator, free_port, get, processes_mentioning
+from .helpers import REPO, Orchestrator, free_port, get, ha_token, processes_mentioning
 from .supervisor import StandInSupervisor
 from .test_browser import Person
 
@@ -229,6 +229,7 @@ def test_the_addon_is_linked_in_one_click_and_a_device_is_onboarded_on_it(
         household, devices = linked_household(ha_config, url)
         assert (household["name"], household["role"]) == (household_name, "owner")
         assert devices == [ready["devices"][0]["device_id"]]
+        assert supervisor_entry(ready) == "loaded"
         assert hassio_problems(ha_config) == []
         assert supervisor.unknown == []
         assert supervisor.refused == []
@@ -313,3 +314,15 @@ def linked_household(ha_config: Path, url: str) -> tuple[dict[str, Any], list[st
     status, devices = get(household_url + "/devices", token=data["access_token"])
     assert status == 200, devices
     return json.loads(household), [d["device_id"] for d in json.loads(devices)["devices"]]
+
+
+def supervisor_entry(ready: dict[str, Any]) -> str:
+    """The state of Home Assistant's Supervisor entry (its add-on and system entities)."""
+    base = ready["homeassistant"]["url"]
+    owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
+    token = ha_token(base, owner["username"], owner["password"])
+    status, raw = get(f"{base}/api/config/config_entries/entry", token=token)
+    assert status == 200, raw
+    (entry,) = (e for e in json.loads(raw) if e["domain"] == "hassio")
+    state: str = entry["state"]
+    return state
