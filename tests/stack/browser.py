@@ -8,21 +8,34 @@ test must not depend on, or reach, anything outside the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Playwright, Route, ViewportSize, expect
+from playwright.sync_api import (
+    Browser,
+    Locator,
+    Page,
+    Playwright,
+    Route,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
+from playwright.sync_api import Error as PlaywrightError
 
-from .helpers import REPO, get
+from .helpers import REPO, get, ha_token, ha_ws
 
 CHROMIUM: Final = Path(os.environ.get("IOB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS: Final = (
@@ -171,3 +184,58 @@ def entity_states(base: str, token: str) -> list[tuple[str | None, str | None, s
     assert status == 200, raw
     rows: list[list[str | None]] = json.loads(raw)
     return [(device, name, str(state)) for device, name, state in rows]
+
+
+def flows_in_progress(ready: dict[str, Any]) -> str:
+    """For a failure's message: the flows Home Assistant itself has in progress."""
+    base = ready["homeassistant"]["url"]
+    owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
+    try:
+        token = ha_token(base, owner["username"], owner["password"])
+        # Its own thread: ha_ws runs an event loop, and Playwright's runs in this one.
+        with ThreadPoolExecutor(1) as pool:
+            command = {"type": "config_entries/flow/progress"}
+            flows = pool.submit(ha_ws, base, token, command).result()
+    except (AssertionError, OSError, aiohttp.ClientError) as err:
+        return f"Home Assistant's flows in progress: cannot list them ({err!r})"
+    return f"Home Assistant's flows in progress: {flows}"
+
+
+@contextlib.contextmanager
+def shown_screenshots(directory: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
+    """``directory``, named with its screenshots (past pytest's capture) pass or fail."""
+    try:
+        yield directory
+    finally:
+        with capsys.disabled():
+            shots = sorted(p.name for p in directory.glob("*.png"))
+            logs = " (and the stack's logs in logs/)" if (directory / "logs").is_dir() else ""
+            print(f"\nbrowser test screenshots ({len(shots)}): {directory}{logs}")  # noqa: T201
+
+
+@contextlib.contextmanager
+def browsing(
+    directory: Path, ready: dict[str, Any], state_dir: Path
+) -> Iterator[tuple[Page, Screenshots]]:
+    """A page of Debian's Chromium (local requests only) and its screenshots in ``directory``.
+
+    A failed step leaves a last screenshot, the stack's logs next to them, and notes on the
+    error: Home Assistant's flows in progress and the requests refused.
+    """
+    local_only = LocalOnly()
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(STEP_TIMEOUT)
+        page.route("**/*", local_only)
+        shots = Screenshots(page, directory)
+        try:
+            yield page, shots
+        except (AssertionError, PlaywrightError) as err:
+            shots.take("failure")
+            keep_logs(state_dir, directory)
+            err.add_note(flows_in_progress(ready))
+            err.add_note(f"Requests refused (not local): {sorted(set(local_only.blocked))}")
+            raise
+        finally:
+            browser.close()

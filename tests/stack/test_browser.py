@@ -14,31 +14,26 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 
 from .browser import (
     DOMAIN,
     STEP_TIMEOUT,
-    VIEWPORT,
-    LocalOnly,
     Screenshots,
     artifacts_dir,
+    browsing,
     entity_states,
-    keep_logs,
-    launch_chromium,
     log_in,
     open_devices_and_services,
     require_chromium,
     see,
+    shown_screenshots,
 )
-from .helpers import Orchestrator, free_port, ha_token, ha_ws, processes_mentioning
+from .helpers import Orchestrator, free_port, ha_token, processes_mentioning
 
 HOUSEHOLD = "Demo home"
 # Bounds in milliseconds, not expectations: HA's zeroconf finds the device in about one
@@ -50,15 +45,9 @@ ENTITIES_TIMEOUT = 90_000
 
 @pytest.fixture
 def screenshot_dir(capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
-    """Where this test's screenshots go; printed (past pytest's capture) pass or fail."""
-    directory = artifacts_dir("browser")
-    try:
+    """Where this test's screenshots go."""
+    with shown_screenshots(artifacts_dir("browser"), capsys) as directory:
         yield directory
-    finally:
-        with capsys.disabled():
-            shots = sorted(p.name for p in directory.glob("*.png"))
-            logs = " (and the stack's logs in logs/)" if (directory / "logs").is_dir() else ""
-            print(f"\nbrowser test screenshots ({len(shots)}): {directory}{logs}")  # noqa: T201
 
 
 def submit_until(dialog: Locator, heading: str | re.Pattern[str]) -> None:
@@ -76,21 +65,6 @@ def device_entities(base: str, token: str) -> dict[str, str]:
     }
 
 
-def flows_in_progress(ready: dict[str, Any]) -> str:
-    """For a failure's message: the flows Home Assistant itself has in progress."""
-    base = ready["homeassistant"]["url"]
-    owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
-    try:
-        token = ha_token(base, owner["username"], owner["password"])
-        # Its own thread: ha_ws runs an event loop, and Playwright's runs in this one.
-        with ThreadPoolExecutor(1) as pool:
-            command = {"type": "config_entries/flow/progress"}
-            flows = pool.submit(ha_ws, base, token, command).result()
-    except (AssertionError, OSError, aiohttp.ClientError) as err:
-        return f"Home Assistant's flows in progress: cannot list them ({err!r})"
-    return f"Home Assistant's flows in progress: {flows}"
-
-
 @pytest.mark.slow
 def test_a_person_onboards_the_discovered_device_in_the_browser(
     state_dir: Path, screenshot_dir: Path
@@ -101,28 +75,12 @@ def test_a_person_onboards_the_discovered_device_in_the_browser(
     )
     try:
         ready = stack.wait_ready()
-        local_only = LocalOnly()
-
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright)
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(STEP_TIMEOUT)
-            page.route("**/*", local_only)
-            shots = Screenshots(page, screenshot_dir)
-            try:
-                person = Person(page, shots, ready)
-                person.logs_in()
-                person.adds_the_discovered_device()
-                person.completes_the_flow()
-                person.sees_the_entities()
-            except (AssertionError, PlaywrightError) as err:
-                shots.take("failure")
-                keep_logs(state_dir, screenshot_dir)
-                err.add_note(flows_in_progress(ready))
-                err.add_note(f"Requests refused (not local): {sorted(set(local_only.blocked))}")
-                raise
-            finally:
-                browser.close()
+        with browsing(screenshot_dir, ready, state_dir) as (page, shots):
+            person = Person(page, shots, ready)
+            person.logs_in()
+            person.adds_the_discovered_device()
+            person.completes_the_flow()
+            person.sees_the_entities()
 
         stack.process.send_signal(signal.SIGINT)
         assert stack.wait() == 0, stack.output
@@ -142,6 +100,8 @@ class Person:
         self.owner = next(u for u in ready["homeassistant"]["users"] if u["admin"])
         (self.device,) = ready["devices"]
         self.dialog = page.locator("dialog-data-entry-flow")
+        #: The household the device joins (named in the sign-in form here).
+        self.household = HOUSEHOLD
         # The card's title: the device's own name (advertised in its zeroconf TXT record).
         self.card = page.locator("ha-config-flow-card").filter(has_text=self.device["name"])
 
@@ -170,10 +130,9 @@ class Person:
         self.shots.take("confirm")
 
     def completes_the_flow(self) -> None:
-        """Sign-in (household included), Wi-Fi, progress: every step after the first one."""
+        """Sign-in (household included), then the Wi-Fi: every step after the first one."""
         dialog, shots = self.dialog, self.shots
         account = next(a for a in self.ready["account_service"]["accounts"] if not a["admin"])
-        home = next(w for w in self.ready["wifi"] if w["ssid"] == "Home")
 
         submit_until(dialog, "Sign in to your account service")
         url = self.ready["account_service"]["url"]
@@ -181,12 +140,18 @@ class Person:
         dialog.get_by_role("textbox", name="E-mail address").fill(account["email"])
         dialog.get_by_role("textbox", name="Password").fill(account["password"])
         # The demo's account is fresh (a new state directory): this form names its household.
-        dialog.get_by_role("textbox", name="Household name").fill(HOUSEHOLD)
+        dialog.get_by_role("textbox", name="Household name").fill(self.household)
         shots.take("account")
-
         # The code typed on the first screen is checked once signed in: no code form.
+        dialog.get_by_role("button", name="Submit").click()
+        self.joins_the_wifi()
+
+    def joins_the_wifi(self) -> None:
+        """The Wi-Fi form (the form before it submitted), progress, success."""
+        dialog, shots = self.dialog, self.shots
+        home = next(w for w in self.ready["wifi"] if w["ssid"] == "Home")
         # The networks the device itself scanned; "Home" and its passphrase from the document.
-        submit_until(dialog, re.compile("^Wi-Fi for "))
+        see(dialog, dialog.get_by_role("heading", name=re.compile("^Wi-Fi for ")), STEP_TIMEOUT)
         dialog.get_by_role("radio", name=re.compile(rf"^{re.escape(home['ssid'])} · ")).check()
         dialog.get_by_role("textbox", name="Wi-Fi password").fill(home["passphrase"])
         shots.take("wifi")
@@ -216,7 +181,7 @@ class Person:
         """The integration's page → its one device → the device's page, every entity live."""
         page = self.page
         page.goto(f"{self.base}/config/integrations/integration/{DOMAIN}")
-        expect(page.get_by_text(HOUSEHOLD, exact=True)).to_be_visible()
+        expect(page.get_by_text(self.household, exact=True)).to_be_visible()
         self.shots.take("integration")
         page.get_by_role("link", name=re.compile(r"^1 device")).first.click()
         page.get_by_text(self.device["name"], exact=True).first.click()
