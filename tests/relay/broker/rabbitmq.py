@@ -7,6 +7,7 @@ endpoints (:mod:`cloud_relay.api.broker_auth`) at ``auth_url``, which each test 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from tests.plugins.ports import free_port
@@ -33,6 +35,24 @@ class RabbitNode:
     mqtt_port: int
     auth_port: int
     start_seconds: float
+
+
+def mqtt_client(
+    node: RabbitNode, username: str, password: str, *, timeout: float = 10.0
+) -> aiomqtt.Client:
+    """A client of ``node`` bound to the client id equal to its username.
+
+    MQTT 3.1.1: RabbitMQ 3.10 speaks no MQTT 5 (docs/relay.md "Towards a clustered broker").
+    """
+    return aiomqtt.Client(
+        node.host,
+        node.mqtt_port,
+        username=username,
+        password=password,
+        identifier=username,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        timeout=timeout,
+    )
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -52,7 +72,13 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
     """One node for the session (it takes seconds to start)."""
     if not SERVER.exists():
         pytest.fail("rabbitmq-server is missing: run scripts/setup (it is in HOST_PACKAGES)")
-    base = tmp_path_factory.mktemp("rabbitmq")
+    with running_node(tmp_path_factory.mktemp("rabbitmq")) as node:
+        yield node
+
+
+@contextlib.contextmanager
+def running_node(base: Path) -> Iterator[RabbitNode]:
+    """A node with its files under ``base``, stopped (by pid) on exit."""
     mqtt_port, auth_port, dist_port, epmd_port = (free_port() for _ in range(4))
     auth = f"http://127.0.0.1:{auth_port}/{AUTH_SECRET}"
     (base / "rabbitmq.conf").write_text(

@@ -17,7 +17,7 @@ from cloud_relay.storage import Storage, open_storage
 from cloud_relay.tokens import mqtt_password
 
 from .harness import WAIT, next_message
-from .rabbitmq import AUTH_SECRET, RabbitNode
+from .rabbitmq import AUTH_SECRET, RabbitNode, mqtt_client
 
 KEY = b"k" * 32
 SECRET = AUTH_SECRET
@@ -218,16 +218,7 @@ async def node(rabbit_node: RabbitNode, world: World) -> AsyncIterator[RabbitNod
 
 
 def mqtt(node: RabbitNode, username: str, password: str) -> aiomqtt.Client:
-    # RabbitMQ 3.10 speaks MQTT 3.1.1 only (docs/relay.md "Towards a clustered broker").
-    return aiomqtt.Client(
-        node.host,
-        node.mqtt_port,
-        username=username,
-        password=password,
-        identifier=username,
-        protocol=aiomqtt.ProtocolVersion.V311,
-        timeout=WAIT,
-    )
+    return mqtt_client(node, username, password, timeout=WAIT)
 
 
 async def refused(node: RabbitNode, username: str, password: str) -> bool:
