@@ -27,7 +27,7 @@ DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 # Debian packages the tests and the demo need on the host (chromium: the browser test drives
 # Debian's build through Playwright; never `playwright install`, it downloads browsers).
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql shellcheck chromium qemu-system-x86 qemu-utils)
+  postgresql shellcheck chromium qemu-system-x86 qemu-utils rabbitmq-server)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config iproute2)

@@ -28,6 +28,12 @@ EXPECTED = {
         "relay: full claims/s on PostgreSQL",
         "relay: claim p99 on PostgreSQL",
     ],
+    "broker": [
+        "broker: claim → CONNECT accepted",
+        "broker: CONNECT/s, RabbitMQ, 10,000",
+        "broker: CONNECT/s, RabbitMQ (HTTP auth",
+        "broker: publish → receive, RabbitMQ",
+    ],
     "telemetry": ["telemetry: device → HA state, p50", "telemetry: device → HA state, p99"],
     "onboarding": [
         "onboarding: discovery → entities available, p50",

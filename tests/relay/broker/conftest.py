@@ -15,6 +15,7 @@ from cloud_relay.broker import BrokerAdapter
 from tests.plugins.mosquitto import MosquittoProcess
 
 from .harness import BrokerHarness, MosquittoHarness
+from .rabbitmq import rabbit_node  # noqa: F401 - the session's RabbitMQ node, a fixture
 
 ADAPTERS = ["mosquitto"]
 
