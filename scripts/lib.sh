@@ -15,7 +15,7 @@ set -euo pipefail
 
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
 SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/build-deb scripts/vm-image scripts/lib.sh .ci/run
-  addon/iot_onboard_relay/rootfs/run.sh)
+  addon/iot_onboard_relay/rootfs/run.sh scripts/addon-image)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IOB_CACHE_DIR="${IOB_CACHE_DIR:-/var/cache/iot-onboard}"
@@ -25,9 +25,10 @@ FORKY_REPO=/repo                  # where the checkout is bind-mounted inside th
 DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 
 # Debian packages the tests and the demo need on the host (chromium: the browser test drives
-# Debian's build through Playwright; never `playwright install`, it downloads browsers).
+# Debian's build through Playwright; never `playwright install`, it downloads browsers; podman
+# and runc build and run the add-on's image, see addon_podman).
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql shellcheck chromium qemu-system-x86 qemu-utils)
+  postgresql shellcheck chromium qemu-system-x86 qemu-utils podman runc)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config iproute2)
@@ -98,6 +99,18 @@ EOF
   log "Installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The project's wheel, built from a copy of the checkout's files (tracked and new, never ignored
+# ones), so the checkout gets no build/ or egg-info; --no-isolation: setuptools comes from the
+# given Python's venv. Leaves it in WORK/dist; the build log is WORK/build.log.
+build_project_wheel() {
+  local python=$1 work=$2
+  mkdir "$work/src"
+  git -C "$REPO_ROOT" ls-files -z --cached --others --exclude-standard |
+    (cd "$REPO_ROOT" && tar --null -T - --ignore-failed-read -cf -) | tar -xf - -C "$work/src"
+  "$python" -m build --wheel --no-isolation --outdir "$work/dist" "$work/src" >"$work/build.log" 2>&1 ||
+    { tail -n 30 "$work/build.log" >&2; die "the wheel did not build (above)"; }
 }
 
 # ---------------------------------------------------------------- pythons
@@ -303,9 +316,102 @@ ensure_vm_images() {
 vm_image_unavailable_reason() {
   local dir
   dir=$(vm_image_dir "$1")
-  if [ -s "$dir.unavailable" ]; then
-    tr '\n' ' ' <"$dir.unavailable"
+  unavailable_reason "$dir" "no image in $dir (scripts/setup builds it with scripts/vm-image $1)"
+}
+
+# The reason kept in DIR.unavailable when setup could not build DIR, else the given default.
+unavailable_reason() {
+  if [ -s "$1.unavailable" ]; then tr '\n' ' ' <"$1.unavailable"; else echo "$2"; fi
+}
+
+# ---------------------------------------------------------------- the add-on's image
+
+# scripts/addon-image builds it from the Dockerfile's recipe into podman storage of its own, so
+# it never touches a machine-wide image store. runc, not crun: crun refuses the hybrid cgroup
+# hierarchy of these VMs. The storage driver is overlay where the kernel mounts it (a container
+# starts in a second), else vfs (every container copies the whole image, ~10 s here);
+# scripts/addon-image probes once and keeps the choice in storage-driver.
+ADDON_DIR="$REPO_ROOT/addon/iot_onboard_relay"
+ADDON_IMAGE_DIR="$IOB_CACHE_DIR/addon-image"
+
+addon_storage_driver() {
+  if [ -n "${IOB_PODMAN_STORAGE_DRIVER:-}" ]; then echo "$IOB_PODMAN_STORAGE_DRIVER"; return; fi
+  cat "$ADDON_IMAGE_DIR/storage-driver" 2>/dev/null || echo vfs
+}
+
+addon_podman() {
+  local driver
+  driver=$(addon_storage_driver)
+  podman --root "$ADDON_IMAGE_DIR/storage-$driver" --runroot "$ADDON_IMAGE_DIR/run-$driver" \
+    --storage-driver "$driver" --runtime runc "$@"
+}
+
+# podman run as the tests do: podman asks for 1,048,576 open files and processes by default, and
+# without CAP_SYS_RESOURCE (as in these VMs) raising a limit fails; the add-on needs far fewer.
+addon_run() {
+  addon_podman run --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 "$@"
+}
+
+addon_image_ref() {
+  echo "localhost/iot-onboard-relay:$(sed -n 's/^version: "\(.*\)"$/\1/p' "$ADDON_DIR/config.yaml")"
+}
+
+# The Debian packages of the Dockerfile's apt-get install: the one list both recipes use.
+addon_image_packages() {
+  python3 - "$ADDON_DIR/Dockerfile" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read().replace("\\\n", " ")
+found = re.search(r"apt-get install -y --no-install-recommends((?:\s+[a-z0-9][a-z0-9.+-]*)+)", text)
+if found is None:
+    sys.exit(f"{sys.argv[1]}: no 'apt-get install -y --no-install-recommends' package list")
+print("\n".join(found.group(1).split()))
+EOF
+}
+
+# The image's labels: build.yaml's, and the version.
+addon_image_labels() {
+  "$REPO_ROOT/.venv/bin/python" - "$ADDON_DIR/build.yaml" <<'EOF'
+import sys, yaml
+for key, value in yaml.safe_load(open(sys.argv[1]))["labels"].items():
+    print(f"{key}={value}")
+EOF
+  echo "org.opencontainers.image.version=$(addon_image_ref | cut -d: -f2)"
+}
+
+# What /opt/iob holds besides the project: its dependencies with the relay extra.
+addon_wheel_requirements() {
+  python3 -c '
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(sorted(set(project["dependencies"] + project["optional-dependencies"]["relay"]))))
+print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
+}
+
+addon_base_stamp() {
+  cat "$REPO_ROOT/requirements/device311.lock" <(addon_image_packages) <(addon_wheel_requirements) \
+    <(sed -n '/^build_base()/,/^}/p' "$REPO_ROOT/scripts/addon-image") | sha256sum | cut -d' ' -f1
+}
+
+# The base's inputs, the whole recipe, the Dockerfile's folder and the wheel's sources.
+addon_image_stamp() {
+  {
+    addon_base_stamp
+    cd "$REPO_ROOT" && git ls-files -z --cached --others --exclude-standard -- pyproject.toml \
+      scripts/addon-image addon/iot_onboard_relay cloud_relay device_firmware \
+      custom_components/iot_onboard/iob_protocol | sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Build the add-on's image when missing or outdated. A machine that cannot (no podman, not root,
+# no mirror) still gets everything else; the reason is kept for tests/addon's skip message.
+ensure_addon_image() {
+  local output
+  if output=$("$REPO_ROOT/scripts/addon-image" 2>&1); then
+    rm -f "$ADDON_IMAGE_DIR.unavailable"
+    [ -z "$output" ] || printf '%s\n' "$output" >&2
   else
-    echo "no image in $dir (scripts/setup builds it with scripts/vm-image $1)"
+    mkdir -p "$IOB_CACHE_DIR" 2>/dev/null || true
+    printf '%s\n' "$output" | tail -3 >"$ADDON_IMAGE_DIR.unavailable" 2>/dev/null || true
+    log "warning: no add-on image, so tests/addon skips its container test: $(printf '%s' "$output" | tail -1)"
   fi
 }
