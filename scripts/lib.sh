@@ -298,18 +298,26 @@ print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
 # still gets everything else; the reason is kept next to the image's place, and scripts/test
 # prints it when it skips that suite's VM stage.
 ensure_vm_images() {
-  local suite dir output
+  local suite
   for suite in "${VM_SUITES[@]}"; do
-    dir=$(vm_image_dir "$suite")
-    if output=$("$REPO_ROOT/scripts/vm-image" "$suite" 2>&1); then
-      rm -f "$dir.unavailable"
-      [ -z "$output" ] || printf '%s\n' "$output" >&2
-    else
-      mkdir -p "$IOB_CACHE_DIR" 2>/dev/null || true
-      printf '%s\n' "$output" | tail -3 >"$dir.unavailable" 2>/dev/null || true
-      log "warning: no Debian $suite VM image, so scripts/test skips that VM stage: $(printf '%s' "$output" | tail -1)"
-    fi
+    build_or_keep_reason "$(vm_image_dir "$suite")" \
+      "Debian $suite VM image, so scripts/test skips that VM stage" "$REPO_ROOT/scripts/vm-image" "$suite"
   done
+}
+
+# Run a cached image's build (COMMAND...); when it fails, keep its last lines in PLACE.unavailable
+# (the reason scripts/test prints when it skips what needs the image) and warn: "no WHAT: ...".
+build_or_keep_reason() {
+  local place=$1 what=$2 output
+  shift 2
+  if output=$("$@" 2>&1); then
+    rm -f "$place.unavailable"
+    [ -z "$output" ] || printf '%s\n' "$output" >&2
+  else
+    mkdir -p "$(dirname "$place")" 2>/dev/null || true
+    printf '%s\n' "$output" | tail -3 >"$place.unavailable" 2>/dev/null || true
+    log "warning: no $what: $(printf '%s' "$output" | tail -1)"
+  fi
 }
 
 # Why a suite's VM image is missing (for the skip message).
@@ -352,8 +360,37 @@ addon_run() {
   addon_podman run --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 "$@"
 }
 
+# The add-on's architectures (config.yaml's arch) that setup builds: amd64 by default; aarch64
+# runs under qemu-user emulation (IOB_ADDON_ARCHES="amd64 aarch64", see with_emulation).
+read -ra ADDON_ARCHES <<<"${IOB_ADDON_ARCHES:-amd64}"
+[[ " ${ADDON_ARCHES[*]} " != *" aarch64 "* ]] || HOST_PACKAGES+=(qemu-user-static)
+
+# Tagged like the Supervisor's images ({arch}-addon-{slug}), in this storage only.
 addon_image_ref() {
-  echo "localhost/iot-onboard-relay:$(sed -n 's/^version: "\(.*\)"$/\1/p' "$ADDON_DIR/config.yaml")"
+  echo "localhost/${1:?an architecture}-iot-onboard-relay:$(sed -n 's/^version: "\(.*\)"$/\1/p' "$ADDON_DIR/config.yaml")"
+}
+
+addon_debian_arch() {
+  case $1 in amd64) echo amd64 ;; aarch64) echo arm64 ;; *) die "no add-on image for $1 (amd64, aarch64)" ;; esac
+}
+
+# Run a command with the binfmt_misc handler for ARCH's binaries (qemu-user-static) registered.
+# The handler lives as long as a binfmt_misc mount does: this one is in a private mount namespace
+# that ends with the command, so nothing stays registered (while it runs, the kernel uses it for
+# every process on the machine). Nothing to do for the host's own architecture.
+with_emulation() {
+  local arch=$1; shift
+  [ "$arch" != amd64 ] || { "$@"; return; }
+  [ -r "/usr/lib/binfmt.d/qemu-$arch.conf" ] \
+    || die "no qemu-user handler for $arch: apt-get install -y qemu-user-static"
+  # shellcheck disable=SC2016 # the inner script expands its own positional parameters
+  unshare --mount --propagation private /bin/sh -c '
+    conf=$1; shift
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || exit 1
+    [ -e "/proc/sys/fs/binfmt_misc/$(cut -d: -f2 "$conf")" ] \
+      || cat "$conf" >/proc/sys/fs/binfmt_misc/register || exit 1
+    exec "$@"
+  ' sh "/usr/lib/binfmt.d/qemu-$arch.conf" "$@"
 }
 
 # The Debian packages of the Dockerfile's apt-get install: the one list both recipes use.
@@ -370,12 +407,14 @@ EOF
 
 # The image's labels: build.yaml's, and the version.
 addon_image_labels() {
+  local arch=$1
   "$REPO_ROOT/.venv/bin/python" - "$ADDON_DIR/build.yaml" <<'EOF'
 import sys, yaml
 for key, value in yaml.safe_load(open(sys.argv[1]))["labels"].items():
     print(f"{key}={value}")
 EOF
-  echo "org.opencontainers.image.version=$(addon_image_ref | cut -d: -f2)"
+  echo "org.opencontainers.image.version=$(addon_image_ref "$arch" | cut -d: -f2)"
+  echo "io.hass.arch=$arch"
 }
 
 # What /opt/iob holds besides the project: its dependencies with the relay extra.
@@ -388,16 +427,18 @@ print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
 }
 
 addon_base_stamp() {
-  cat "$REPO_ROOT/requirements/device311.lock" <(addon_image_packages) <(addon_wheel_requirements) \
+  cat "$REPO_ROOT/requirements/device311.lock" <(addon_image_packages) <(addon_wheel_requirements) <(echo "$1") \
     <(sed -n '/^build_base()/,/^}/p' "$REPO_ROOT/scripts/addon-image") | sha256sum | cut -d' ' -f1
 }
 
-# The base's inputs, the whole recipe, the Dockerfile's folder and the wheel's sources.
+# The base's inputs, the whole recipe, what the image takes from the add-on's folder (not its
+# docs) and the wheel's sources.
 addon_image_stamp() {
   {
-    addon_base_stamp
+    addon_base_stamp "$1"
     cd "$REPO_ROOT" && git ls-files -z --cached --others --exclude-standard -- pyproject.toml \
-      scripts/addon-image addon/iot_onboard_relay cloud_relay device_firmware \
+      scripts/addon-image addon/iot_onboard_relay/{Dockerfile,rootfs,config.yaml,build.yaml} \
+      cloud_relay device_firmware \
       custom_components/iot_onboard/iob_protocol | sort -z | xargs -0 sha256sum
   } | sha256sum | cut -d' ' -f1
 }
@@ -405,13 +446,9 @@ addon_image_stamp() {
 # Build the add-on's image when missing or outdated. A machine that cannot (no podman, not root,
 # no mirror) still gets everything else; the reason is kept for tests/addon's skip message.
 ensure_addon_image() {
-  local output
-  if output=$("$REPO_ROOT/scripts/addon-image" 2>&1); then
-    rm -f "$ADDON_IMAGE_DIR.unavailable"
-    [ -z "$output" ] || printf '%s\n' "$output" >&2
-  else
-    mkdir -p "$IOB_CACHE_DIR" 2>/dev/null || true
-    printf '%s\n' "$output" | tail -3 >"$ADDON_IMAGE_DIR.unavailable" 2>/dev/null || true
-    log "warning: no add-on image, so tests/addon skips its container test: $(printf '%s' "$output" | tail -1)"
-  fi
+  local arch
+  for arch in "${ADDON_ARCHES[@]}"; do
+    build_or_keep_reason "$ADDON_IMAGE_DIR/$arch" \
+      "$arch add-on image, so scripts/test skips its container test" "$REPO_ROOT/scripts/addon-image" "$arch"
+  done
 }

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -66,15 +68,36 @@ def _lib(*command: str, check: bool = True) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
-    ref = _lib("addon_image_ref").strip()
+#: The architectures setup builds (IOB_ADDON_ARCHES; aarch64 runs under qemu-user emulation).
+ARCHES = _lib("eval", 'echo "${ADDON_ARCHES[@]}"').split()
+
+
+@pytest.fixture(scope="module", params=ARCHES)
+def image(request: pytest.FixtureRequest) -> Iterator[str]:
+    arch: str = request.param
+    ref = _lib("addon_image_ref", arch).strip()
     # scripts/addon-image writes the stamp once a container of the image has run here.
-    built = _run_lib("eval", 'test -f "$ADDON_IMAGE_DIR/image.stamp"').returncode == 0
+    built = _run_lib("eval", f'test -f "$ADDON_IMAGE_DIR/{arch}.stamp"').returncode == 0
     if not built or _run_lib("addon_podman", "image", "exists", ref).returncode != 0:
-        reason = _lib("eval", 'unavailable_reason "$ADDON_IMAGE_DIR" "run scripts/addon-image"')
+        reason = _lib(
+            "eval", f'unavailable_reason "$ADDON_IMAGE_DIR/{arch}" "run scripts/addon-image"'
+        )
         pytest.skip(f"no add-on image {ref}: {reason.strip()}")
-    return ref
+    if arch == "amd64":
+        yield ref
+        return
+    # Another architecture's binaries run through qemu-user while this holder keeps the
+    # binfmt_misc handler registered (scripts/lib.sh's with_emulation); stopped by its pid.
+    holder = subprocess.Popen(
+        ["bash", "-c", 'source "$0/scripts/lib.sh" && with_emulation "$1" sleep infinity',
+         str(REPO), arch],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield ref
+    finally:
+        os.killpg(holder.pid, signal.SIGTERM)
+        holder.wait(30)
 
 
 @dataclass
@@ -153,9 +176,13 @@ def test_the_image_has_the_dockerfiles_packages_and_cmd(image: str) -> None:
     dockerfile = (ADDON / "Dockerfile").read_text()
     steps = ('CMD [ "/run.sh" ]', "COPY rootfs /", "python3 -m venv /opt/iob", "iot-onboard[relay]")
     assert [step for step in steps if step not in dockerfile] == []
-    config = json.loads(_lib("addon_podman", "image", "inspect", image))[0]["Config"]
+    inspected = json.loads(_lib("addon_podman", "image", "inspect", image))[0]
+    config = inspected["Config"]
     assert config["Cmd"] == ["/run.sh"]
     assert config["Labels"]["org.opencontainers.image.version"] == image.rsplit(":", 1)[1]
+    arch = config["Labels"]["io.hass.arch"]
+    assert image == _lib("addon_image_ref", arch).strip()
+    assert inspected["Architecture"] == {"amd64": "amd64", "aarch64": "arm64"}[arch]
     probe = (
         "dpkg-query -W -f='${Package} ${Status}\\n' \"$@\" && "
         "/opt/iob/bin/python -c 'import cloud_relay.addon, aiosqlite, argon2, asyncpg, aiomqtt' && "
