@@ -15,7 +15,7 @@ set -euo pipefail
 
 # shellcheck disable=SC2034 # used by scripts/test and scripts/lint
 SHELL_SCRIPTS=(scripts/setup scripts/test scripts/lint scripts/lock scripts/develop scripts/bench scripts/build-deb scripts/vm-image scripts/lib.sh .ci/run
-  addon/iot_onboard_relay/rootfs/run.sh)
+  addon/iot_onboard_relay/rootfs/run.sh scripts/addon-image)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IOB_CACHE_DIR="${IOB_CACHE_DIR:-/var/cache/iot-onboard}"
@@ -25,9 +25,11 @@ FORKY_REPO=/repo                  # where the checkout is bind-mounted inside th
 DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 
 # Debian packages the tests and the demo need on the host (chromium: the browser test drives
-# Debian's build through Playwright; never `playwright install`, it downloads browsers).
+# Debian's build through Playwright; never `playwright install`, it downloads browsers; podman
+# and runc build and run the add-on's image, see addon_podman; rabbitmq-server: the clustered
+# broker's auth tests, tests/relay/broker/test_broker_auth.py).
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql shellcheck chromium qemu-system-x86 qemu-utils rabbitmq-server)
+  postgresql shellcheck chromium qemu-system-x86 qemu-utils podman runc rabbitmq-server)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config iproute2)
@@ -98,6 +100,18 @@ EOF
   log "Installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The project's wheel, built from a copy of the checkout's files (tracked and new, never ignored
+# ones), so the checkout gets no build/ or egg-info; --no-isolation: setuptools comes from the
+# given Python's venv. Leaves it in WORK/dist; the build log is WORK/build.log.
+build_project_wheel() {
+  local python=$1 work=$2
+  mkdir "$work/src"
+  git -C "$REPO_ROOT" ls-files -z --cached --others --exclude-standard |
+    (cd "$REPO_ROOT" && tar --null -T - --ignore-failed-read -cf -) | tar -xf - -C "$work/src"
+  "$python" -m build --wheel --no-isolation --outdir "$work/dist" "$work/src" >"$work/build.log" 2>&1 ||
+    { tail -n 30 "$work/build.log" >&2; die "the wheel did not build (above)"; }
 }
 
 # ---------------------------------------------------------------- pythons
@@ -285,27 +299,157 @@ print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
 # still gets everything else; the reason is kept next to the image's place, and scripts/test
 # prints it when it skips that suite's VM stage.
 ensure_vm_images() {
-  local suite dir output
+  local suite
   for suite in "${VM_SUITES[@]}"; do
-    dir=$(vm_image_dir "$suite")
-    if output=$("$REPO_ROOT/scripts/vm-image" "$suite" 2>&1); then
-      rm -f "$dir.unavailable"
-      [ -z "$output" ] || printf '%s\n' "$output" >&2
-    else
-      mkdir -p "$IOB_CACHE_DIR" 2>/dev/null || true
-      printf '%s\n' "$output" | tail -3 >"$dir.unavailable" 2>/dev/null || true
-      log "warning: no Debian $suite VM image, so scripts/test skips that VM stage: $(printf '%s' "$output" | tail -1)"
-    fi
+    build_or_keep_reason "$(vm_image_dir "$suite")" \
+      "Debian $suite VM image, so scripts/test skips that VM stage" "$REPO_ROOT/scripts/vm-image" "$suite"
   done
+}
+
+# Run a cached image's build (COMMAND...); when it fails, keep its last lines in PLACE.unavailable
+# (the reason scripts/test prints when it skips what needs the image) and warn: "no WHAT: ...".
+build_or_keep_reason() {
+  local place=$1 what=$2 output
+  shift 2
+  if output=$("$@" 2>&1); then
+    rm -f "$place.unavailable"
+    [ -z "$output" ] || printf '%s\n' "$output" >&2
+  else
+    mkdir -p "$(dirname "$place")" 2>/dev/null || true
+    printf '%s\n' "$output" | tail -3 >"$place.unavailable" 2>/dev/null || true
+    log "warning: no $what: $(printf '%s' "$output" | tail -1)"
+  fi
 }
 
 # Why a suite's VM image is missing (for the skip message).
 vm_image_unavailable_reason() {
   local dir
   dir=$(vm_image_dir "$1")
-  if [ -s "$dir.unavailable" ]; then
-    tr '\n' ' ' <"$dir.unavailable"
-  else
-    echo "no image in $dir (scripts/setup builds it with scripts/vm-image $1)"
-  fi
+  unavailable_reason "$dir" "no image in $dir (scripts/setup builds it with scripts/vm-image $1)"
+}
+
+# The reason kept in DIR.unavailable when setup could not build DIR, else the given default.
+unavailable_reason() {
+  if [ -s "$1.unavailable" ]; then tr '\n' ' ' <"$1.unavailable"; else echo "$2"; fi
+}
+
+# ---------------------------------------------------------------- the add-on's image
+
+# scripts/addon-image builds it from the Dockerfile's recipe into podman storage of its own, so
+# it never touches a machine-wide image store. runc, not crun: crun refuses the hybrid cgroup
+# hierarchy of these VMs. The storage driver is overlay where the kernel mounts it (a container
+# starts in a second), else vfs (every container copies the whole image, ~10 s here);
+# scripts/addon-image probes once and keeps the choice in storage-driver.
+ADDON_DIR="$REPO_ROOT/addon/iot_onboard_relay"
+ADDON_IMAGE_DIR="$IOB_CACHE_DIR/addon-image"
+
+addon_storage_driver() {
+  if [ -n "${IOB_PODMAN_STORAGE_DRIVER:-}" ]; then echo "$IOB_PODMAN_STORAGE_DRIVER"; return; fi
+  cat "$ADDON_IMAGE_DIR/storage-driver" 2>/dev/null || echo vfs
+}
+
+addon_podman() {
+  local driver
+  driver=$(addon_storage_driver)
+  podman --root "$ADDON_IMAGE_DIR/storage-$driver" --runroot "$ADDON_IMAGE_DIR/run-$driver" \
+    --storage-driver "$driver" --runtime runc "$@"
+}
+
+# podman run as the tests do: podman asks for 1,048,576 open files and processes by default, and
+# without CAP_SYS_RESOURCE (as in these VMs) raising a limit fails; the add-on needs far fewer.
+addon_run() {
+  addon_podman run --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 "$@"
+}
+
+# The add-on's architectures (config.yaml's arch) that setup builds: amd64 by default; aarch64
+# runs under qemu-user emulation (IOB_ADDON_ARCHES="amd64 aarch64", see with_emulation).
+read -ra ADDON_ARCHES <<<"${IOB_ADDON_ARCHES:-amd64}"
+[[ " ${ADDON_ARCHES[*]} " != *" aarch64 "* ]] || HOST_PACKAGES+=(qemu-user-static)
+
+# Tagged like the Supervisor's images ({arch}-addon-{slug}), in this storage only.
+addon_image_ref() {
+  echo "localhost/${1:?an architecture}-iot-onboard-relay:$(sed -n 's/^version: "\(.*\)"$/\1/p' "$ADDON_DIR/config.yaml")"
+}
+
+addon_debian_arch() {
+  case $1 in amd64) echo amd64 ;; aarch64) echo arm64 ;; *) die "no add-on image for $1 (amd64, aarch64)" ;; esac
+}
+
+# Run a command with the binfmt_misc handler for ARCH's binaries (qemu-user-static) registered.
+# The handler lives as long as a binfmt_misc mount does: this one is in a private mount namespace
+# that ends with the command, so nothing stays registered (while it runs, the kernel uses it for
+# every process on the machine). Nothing to do for the host's own architecture.
+with_emulation() {
+  local arch=$1; shift
+  [ "$arch" != amd64 ] || { "$@"; return; }
+  [ -r "/usr/lib/binfmt.d/qemu-$arch.conf" ] \
+    || die "no qemu-user handler for $arch: apt-get install -y qemu-user-static"
+  # shellcheck disable=SC2016 # the inner script expands its own positional parameters
+  unshare --mount --propagation private /bin/sh -c '
+    conf=$1; shift
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || exit 1
+    [ -e "/proc/sys/fs/binfmt_misc/$(cut -d: -f2 "$conf")" ] \
+      || cat "$conf" >/proc/sys/fs/binfmt_misc/register || exit 1
+    exec "$@"
+  ' sh "/usr/lib/binfmt.d/qemu-$arch.conf" "$@"
+}
+
+# The Debian packages of the Dockerfile's apt-get install: the one list both recipes use.
+addon_image_packages() {
+  python3 - "$ADDON_DIR/Dockerfile" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read().replace("\\\n", " ")
+found = re.search(r"apt-get install -y --no-install-recommends((?:\s+[a-z0-9][a-z0-9.+-]*)+)", text)
+if found is None:
+    sys.exit(f"{sys.argv[1]}: no 'apt-get install -y --no-install-recommends' package list")
+print("\n".join(found.group(1).split()))
+EOF
+}
+
+# The image's labels: build.yaml's, and the version.
+addon_image_labels() {
+  local arch=$1
+  "$REPO_ROOT/.venv/bin/python" - "$ADDON_DIR/build.yaml" <<'EOF'
+import sys, yaml
+for key, value in yaml.safe_load(open(sys.argv[1]))["labels"].items():
+    print(f"{key}={value}")
+EOF
+  echo "org.opencontainers.image.version=$(addon_image_ref "$arch" | cut -d: -f2)"
+  echo "io.hass.arch=$arch"
+}
+
+# What /opt/iob holds besides the project: its dependencies with the relay extra.
+addon_wheel_requirements() {
+  python3 -c '
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(sorted(set(project["dependencies"] + project["optional-dependencies"]["relay"]))))
+print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
+}
+
+addon_base_stamp() {
+  cat "$REPO_ROOT/requirements/device311.lock" <(addon_image_packages) <(addon_wheel_requirements) <(echo "$1") \
+    <(sed -n '/^build_base()/,/^}/p' "$REPO_ROOT/scripts/addon-image") | sha256sum | cut -d' ' -f1
+}
+
+# The base's inputs, the whole recipe, what the image takes from the add-on's folder (not its
+# docs) and the wheel's sources.
+addon_image_stamp() {
+  {
+    addon_base_stamp "$1"
+    cd "$REPO_ROOT" && git ls-files -z --cached --others --exclude-standard -- pyproject.toml \
+      scripts/addon-image addon/iot_onboard_relay/{Dockerfile,rootfs,config.yaml,build.yaml} \
+      cloud_relay device_firmware \
+      custom_components/iot_onboard/iob_protocol | sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Build the add-on's image when missing or outdated. A machine that cannot (no podman, not root,
+# no mirror) still gets everything else; the reason is kept for tests/addon's skip message.
+ensure_addon_image() {
+  local arch
+  for arch in "${ADDON_ARCHES[@]}"; do
+    build_or_keep_reason "$ADDON_IMAGE_DIR/$arch" \
+      "$arch add-on image, so scripts/test skips its container test" "$REPO_ROOT/scripts/addon-image" "$arch"
+  done
 }

@@ -1,7 +1,7 @@
 """The Docker Compose example runs the add-on's image with what the runner expects.
 
-The image itself is not built here (no registry is reachable from CI); the runner it starts is
-tested outside a container without a Supervisor in ``test_run_script.py``.
+The image is built from the same recipe without a registry by scripts/addon-image and run under
+podman by ``test_image.py``; the runner without a Supervisor is tested in ``test_run_script.py``.
 """
 
 from __future__ import annotations

@@ -16,25 +16,33 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import aiomqtt
 import pytest
-from aiohttp import web
+
+from tests.addon.standin import (
+    SUPERVISOR_TOKEN,
+    StandInSupervisor,
+    addon_data,
+    announcement,
+    call,
+    connect,
+    hub_after_sign_in,
+    redeem_once,
+    serve_supervisor,
+    sign_up_with_household,
+)
 
 REPO = Path(__file__).parents[2]
 RUN_SCRIPT = REPO / "addon" / "iot_onboard_relay" / "rootfs" / "run.sh"
-SUPERVISOR_TOKEN = secrets.token_hex(32)
 
 
 def _free_port() -> int:
@@ -44,74 +52,17 @@ def _free_port() -> int:
         return port
 
 
-@dataclass
-class StandInSupervisor:
-    """Answers /addons/self/info and records /discovery posts, checking the add-on's token."""
-
-    http_port: int
-    mqtt_port: int
-    url: str = ""
-    announcements: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
-    refused: list[str] = field(default_factory=list)
-    #: Answer POST /discovery as the Supervisor does for a service config.yaml does not list.
-    refuse_discovery: bool = False
-
-    def _authorised(self, request: web.Request) -> bool:
-        if request.headers.get("Authorization") == f"Bearer {SUPERVISOR_TOKEN}":
-            return True
-        self.refused.append(f"{request.method} {request.path}")
-        return False
-
-    async def info(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"result": "error", "message": "unauthorized"}, status=401)
-        network = {f"{self.http_port}/tcp": self.http_port, f"{self.mqtt_port}/tcp": self.mqtt_port}
-        data = {"hostname": "localhost", "network": network, "slug": "local_iot_onboard_relay"}
-        return web.json_response({"result": "ok", "data": data})
-
-    async def discovery(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return web.json_response({"result": "error", "message": "unauthorized"}, status=401)
-        if self.refuse_discovery:
-            message = "Add-ons must list services they provide via discovery in their config!"
-            return web.json_response({"result": "error", "message": message}, status=403)
-        body = await request.json()
-        self.announcements.put_nowait(body)
-        return web.json_response({"result": "ok", "data": {"uuid": secrets.token_hex(16)}})
-
-
 @pytest.fixture
 async def supervisor() -> AsyncIterator[StandInSupervisor]:
     stand_in = StandInSupervisor(http_port=_free_port(), mqtt_port=_free_port())
-    app = web.Application()
-    app.router.add_get("/addons/self/info", stand_in.info)
-    app.router.add_post("/discovery", stand_in.discovery)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)  # the kernel's free port: no race
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    stand_in.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serve_supervisor(stand_in):
         yield stand_in
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    """Like the add-on's /data: root-owned, 0755 (the broker drops root and must get through)."""
-    data = Path(tempfile.mkdtemp(prefix="iob-addon-data-"))
-    data.chmod(0o755)
-    (data / "options.json").write_text(
-        json.dumps({"log_level": "info", "device_host": "127.0.0.1"})
-    )
-    try:
+    with addon_data({"log_level": "info", "device_host": "127.0.0.1"}) as data:
         yield data
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @dataclass
@@ -150,13 +101,8 @@ def run_addon(data: Path, supervisor: StandInSupervisor, run: int) -> Iterator[S
         log.unlink(missing_ok=True)
 
 
-async def _announcement(supervisor: StandInSupervisor, started: Started) -> dict[str, Any]:
-    async with asyncio.timeout(90):
-        while True:
-            try:
-                return await asyncio.wait_for(supervisor.announcements.get(), 0.5)
-            except TimeoutError:
-                assert started.process.poll() is None, started.text()
+def _alive(started: Started) -> None:
+    assert started.process.poll() is None, started.text()
 
 
 async def _stop(started: Started) -> int:
@@ -182,70 +128,34 @@ def _gone(pid: int) -> bool:
     return True
 
 
-async def _call(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, token: str = ""
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, url, json=body, headers=headers) as reply:
-        return reply.status, await reply.json()
-
-
-async def _connect(mqtt: dict[str, Any]) -> None:
-    async with aiomqtt.Client(
-        mqtt["host"],
-        mqtt["port"],
-        username=mqtt["username"],
-        password=mqtt["password"],
-        identifier=mqtt["client_id"],  # the broker binds each credential to one client id
-    ) as client:
-        await client.publish("iob/nothing-of-ours", b"", qos=1)
-
-
 async def test_run_script_starts_announces_stops_and_restarts_with_its_data(
     data_dir: Path, supervisor: StandInSupervisor
 ) -> None:
     email, password = f"owner-{secrets.token_hex(4)}@example.com", secrets.token_urlsafe(16)
     async with aiohttp.ClientSession() as http:
         with run_addon(data_dir, supervisor, 1) as first:
-            announced = await _announcement(supervisor, first)
+            announced = await announcement(supervisor, lambda: _alive(first))
             assert announced["service"] == "iot_onboard"
             assert set(announced["config"]) == {"url", "token"}
             url, token = announced["config"]["url"], announced["config"]["token"]
             # Home Assistant reaches the add-on by its host name on the internal network.
             assert url == f"http://localhost:{supervisor.http_port}"
-            status, health = await _call(http, "GET", url + "/v1/health")
+            status, health = await call(http, "GET", url + "/v1/health")
             assert (status, health["status"]) == (200, "ok")
-            # The token is one-time: Home Assistant's hassio step redeems it once at the
-            # announced URL for a new household (the service reads the add-on's tokens file).
-            redeem = {"token": token, "household_name": "Home"}
-            status, provisioned = await _call(http, "POST", url + "/v1/provisioning/redeem", redeem)
-            assert status == 201, provisioned
-            assert provisioned["household"]["role"] == "owner"
-            status, refused = await _call(http, "POST", url + "/v1/provisioning/redeem", redeem)
-            assert (status, refused["error"]["code"]) == (401, "provisioning_token_invalid")
+            # The token is one-time: Home Assistant's hassio step redeems it once.
+            await redeem_once(http, url, token)
             # The service drives its broker: a household's hub credential connects on the
             # device port, as devices and Home Assistant are told.
-            status, signed_up = await _call(
-                http, "POST", url + "/v1/auth/sign-up", {"email": email, "password": password}
-            )
-            assert status == 201, signed_up
-            access = signed_up["access_token"]
-            status, household = await _call(
-                http, "POST", url + "/v1/households", {"name": "Home"}, access
-            )
-            assert status == 201, household
-            hub_url = f"{url}/v1/households/{household['household_id']}/hub"
-            status, hub = await _call(http, "GET", hub_url, token=access)
-            assert status == 200, hub
+            hub_url, hub = await sign_up_with_household(http, url, email, password)
             assert (hub["host"], hub["port"], hub["tls"]) == (
                 "127.0.0.1",
                 supervisor.mqtt_port,
                 False,
             )
-            await _connect(hub)
+            await connect(hub)
             # Anonymous clients are refused on the device port.
             with pytest.raises(aiomqtt.MqttError):
-                await _connect({**hub, "username": None, "password": None})
+                await connect({**hub, "username": None, "password": None})
 
             broker_pid = _broker_pid(first.text())
             assert await _stop(first) == 0
@@ -260,18 +170,13 @@ async def test_run_script_starts_announces_stops_and_restarts_with_its_data(
         assert supervisor.refused == []
 
         with run_addon(data_dir, supervisor, 2) as second:
-            again = await _announcement(supervisor, second)
+            again = await announcement(supervisor, lambda: _alive(second))
             assert again["config"]["url"] == url
             assert again["config"]["token"] != token  # a fresh token at every start
             # Same account, same household, same broker client.
-            status, signed_in = await _call(
-                http, "POST", url + "/v1/auth/sign-in", {"email": email, "password": password}
-            )
-            assert status == 200, signed_in
-            status, hub_again = await _call(http, "GET", hub_url, token=signed_in["access_token"])
-            assert status == 200, hub_again
+            hub_again = await hub_after_sign_in(http, url, email, password, hub_url)
             assert hub_again == hub
-            await _connect(hub_again)
+            await connect(hub_again)
             broker_pid = _broker_pid(second.text())
             assert await _stop(second) == 0
         assert _gone(broker_pid)
@@ -320,7 +225,7 @@ async def test_a_refused_announcement_is_one_warning_and_the_service_keeps_runni
                 await asyncio.sleep(0.1)
         url = f"http://127.0.0.1:{supervisor.http_port}/v1/health"
         async with aiohttp.ClientSession() as http:
-            status, health = await _call(http, "GET", url)
+            status, health = await call(http, "GET", url)
         assert (status, health["status"]) == (200, "ok")
         assert await _stop(started) == 0
         assert "Traceback" not in started.text()
