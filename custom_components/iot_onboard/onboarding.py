@@ -271,9 +271,27 @@ class NewHousehold:
 type Target = ExistingHousehold | NewHousehold
 
 
-async def _shielded[T](work: asyncio.Task[T]) -> T:
-    """The progress task: waits for ``work`` without cancelling it when it is cancelled."""
-    return await asyncio.shield(work)
+#: How long the Wi-Fi step waits for the commit before it shows a progress screen. A LAN commit
+#: usually ends well inside it (the flow then goes straight to its result), and a progress
+#: screen that ends before the frontend has drawn it is never left: Home Assistant's dialog
+#: (2025.4) subscribes to the flow's progress event only once it shows the screen, so it
+#: misses an earlier one, spins on, and never fetches the result that creates the entries.
+INLINE_COMMIT_WAIT: Final = 2.0
+#: A progress screen, once shown, is ended no sooner than this (the same race, for a commit
+#: that ends just after INLINE_COMMIT_WAIT).
+PROGRESS_MIN_SHOWN: Final = 1.0
+
+
+async def _shielded[T](work: asyncio.Task[T], min_shown: float) -> T:
+    """The progress task: ``work``'s result, no sooner than ``min_shown`` seconds from now.
+
+    Cancelling it (HA does when the dialog closes) leaves ``work`` running.
+    """
+    started = time.monotonic()
+    result = await asyncio.shield(work)
+    if (left := min_shown - (time.monotonic() - started)) > 0:
+        await asyncio.sleep(left)
+    return result
 
 
 def kept_input(
@@ -320,6 +338,8 @@ class DeviceSteps(ConfigFlow):
 
     #: Sign in first (config_flow.py): onboarding with no household set up.
     async_step_account: Callable[..., Awaitable[ConfigFlowResult]]
+    #: See INLINE_COMMIT_WAIT (tests that step through the progress screen set 0).
+    inline_commit_wait: float = INLINE_COMMIT_WAIT
 
     #: Where the device goes (and the account client for it): set before ``credentials``.
     _target: Target
@@ -895,26 +915,47 @@ class DeviceSteps(ConfigFlow):
     ) -> ConfigFlowResult:
         """Hand over Wi-Fi and claim, commit, and wait for the outcome."""
         del user_input  # a progress step takes no input
+        shown = self._task is not None  # called again by HA once the progress task ended
         if self._task is None:
-            self._work = self.hass.async_create_background_task(
+            work = self._work = self.hass.async_create_background_task(
                 self._async_provision(self._choice),
                 f"{DOMAIN} commit {self._device.device_id}",
                 eager_start=False,
             )
-            self._task = self.hass.async_create_task(_shielded(self._work), eager_start=False)
-        if not self._task.done():
-            return self.async_show_progress(
-                step_id="provision",
-                # A Wi-Fi change claims nothing: its own text.
-                progress_action="wifi_change" if self._mode is Mode.WIFI_CHANGE else "provision",
-                progress_task=self._task,
-                description_placeholders=self._placeholders(),
-            )
-        outcome = self._task.result()
-        self._task = None
+            if self.inline_commit_wait > 0:  # 0: always the progress screen
+                await asyncio.wait({work}, timeout=self.inline_commit_wait)
+            if not work.done():
+                self._task = self.hass.async_create_task(
+                    _shielded(work, PROGRESS_MIN_SHOWN), eager_start=False
+                )
+                return self.async_show_progress(
+                    step_id="provision",
+                    # A Wi-Fi change claims nothing: its own text.
+                    progress_action="wifi_change"
+                    if self._mode is Mode.WIFI_CHANGE
+                    else "provision",
+                    progress_task=self._task,
+                    description_placeholders=self._placeholders(),
+                )
+            outcome = work.result()
+        else:
+            outcome = self._task.result()
+            self._task = None
+        next_step = self._after_commit(outcome)
+        if shown:
+            return self.async_show_progress_done(next_step_id=next_step)
+        # No progress screen was shown: this answer is the next step itself.
+        if next_step == "finish":
+            return await self.async_step_finish()
+        if next_step == "wifi":
+            return await self.async_step_wifi()
+        return await self.async_step_failed()
+
+    def _after_commit(self, outcome: Outcome) -> str:
+        """The step that follows the commit's ``outcome``."""
         if outcome.abort is not None:
             self._abort_reason = outcome.abort
-            return self.async_show_progress_done(next_step_id="failed")
+            return "failed"
         if outcome.error is not None:
             if self._from_memory and outcome.error == diagnostic_error(
                 DiagnosticCode.WIFI_AUTH_FAILED
@@ -922,10 +963,10 @@ class DeviceSteps(ConfigFlow):
                 # Not a password the user typed: say so, and do not try it again.
                 self._remembered_rejected = True
                 self._wifi_errors = {"base": REMEMBERED_WIFI_REJECTED}
-                return self.async_show_progress_done(next_step_id="wifi")
+                return "wifi"
             self._wifi_errors = {"base": outcome.error}
-            return self.async_show_progress_done(next_step_id="wifi")
-        return self.async_show_progress_done(next_step_id="finish")
+            return "wifi"
+        return "finish"
 
     async def async_step_failed(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """End the flow after a failure that a retry here cannot fix."""

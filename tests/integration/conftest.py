@@ -37,6 +37,13 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
     """Let Home Assistant load the integration from custom_components/."""
 
 
+@pytest.fixture(autouse=True)
+def progress_screens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every commit through the progress screen, so a test's steps do not depend on how fast
+    the commit was; tests/integration/test_commit_progress.py covers the inline finish."""
+    monkeypatch.setattr(onboarding.DeviceSteps, "inline_commit_wait", 0.0)
+
+
 @pytest.fixture
 def iob_socket_allowed(socket_enabled: None) -> None:
     """Real services (Mosquitto, the account service) need real loopback sockets."""

@@ -836,6 +836,83 @@ async def test_wrong_wifi_password_is_shown_then_retried(
     assert account.create_claim.await_count == 1  # the unused claim was reused
 
 
+# --- the commit answered inline, or a progress screen the frontend cannot miss ---------------
+
+
+@pytest.fixture
+def inline_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The production wait before a progress screen (the suite's autouse fixture sets 0)."""
+    monkeypatch.setattr(onboarding.DeviceSteps, "inline_commit_wait", onboarding.INLINE_COMMIT_WAIT)
+
+
+@pytest.mark.usefixtures("inline_commits", "account")
+async def test_a_quick_commit_answers_the_wifi_form_with_the_entry(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    """No progress screen for a commit that ends at once: HA 2025.4's dialog would miss its
+    end (it subscribes only after drawing it) and spin while the device is already owned."""
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    result = await submit(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
+    link.commit.assert_awaited_once()
+
+
+@pytest.mark.usefixtures("inline_commits", "account")
+async def test_a_quick_failed_commit_answers_with_the_wifi_form_and_its_error(
+    hass: HomeAssistant, link: MagicMock
+) -> None:
+    household_entry(hass)
+    flow_id = await to_wifi(hass)
+    link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+    ]
+    result = await submit(hass, flow_id, {"network": HOME_KEY, "passphrase": "wrong password"})
+    assert result["type"] is FlowResultType.FORM, result
+    assert result["step_id"] == "wifi"
+    assert result["errors"] == {"base": "wifi_auth_failed"}
+
+
+@pytest.mark.usefixtures("account")
+async def test_a_slow_commit_shows_progress_for_at_least_the_minimum(
+    hass: HomeAssistant, link: MagicMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that outlasts the inline wait shows the progress screen, and the screen's end
+    comes no sooner than PROGRESS_MIN_SHOWN after it was shown, even if the commit ends at
+    once: by then the frontend listens for it."""
+    monkeypatch.setattr(onboarding.DeviceSteps, "inline_commit_wait", 0.01)
+    monkeypatch.setattr(onboarding, "PROGRESS_MIN_SHOWN", 0.3)
+    entry = household_entry(hass)
+    flow_id = await to_wifi(hass)
+    release = asyncio.Event()
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> int:
+        del args, kwargs
+        await release.wait()
+        return 180
+
+    link.commit.side_effect = slow_commit
+    progressed: list[float] = []
+    unsubscribe = hass.bus.async_listen(
+        "data_entry_flow_progressed",
+        lambda event: (
+            progressed.append(time.monotonic()) if event.data["flow_id"] == flow_id else None
+        ),
+    )
+    result = await submit(hass, flow_id, HOME_WIFI)
+    shown = time.monotonic()
+    assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    release.set()  # the commit ends right after the screen was shown
+    await hass.async_block_till_done()
+    unsubscribe()
+    assert progressed, "the progress screen never ended"
+    assert progressed[0] - shown >= 0.3
+    result = await submit(hass, flow_id)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert DEVICE_ID in records(hass, entry)
+
+
 @pytest.mark.parametrize(
     ("state", "error"),
     [

@@ -29,6 +29,7 @@ from .faults import (
     WRONG,
     FaultStack,
     advertisement,
+    commit_end,
     device_info,
     discovery_flow,
     ensure_onboarded,
@@ -94,9 +95,7 @@ def test_wrong_wifi_password_is_diagnosed_and_retried_in_place(fault_stack: Faul
     flow_id = discovery_flow(stack, device_id)
     form = open_device(stack, flow_id, device)
 
-    result = submit_wifi(stack, flow_id, form, WRONG)
-    assert (result["type"], result["step_id"]) == ("progress", "provision"), result
-    result = progress_end(stack, flow_id)
+    result = commit_end(stack, flow_id, submit_wifi(stack, flow_id, form, WRONG))
 
     # The device's own diagnostic, with its next step, on the same flow's Wi-Fi form.
     assert _wifi_form_error(result) == "wifi_auth_failed"
@@ -111,8 +110,7 @@ def test_wrong_wifi_password_is_diagnosed_and_retried_in_place(fault_stack: Faul
 
     # The retry in place, with the right passphrase, completes with entities.
     result = submit_wifi(stack, flow_id, result, HOME)
-    assert (result["type"], result["step_id"]) == ("progress", "provision"), result
-    states = finish_onboarding(stack, flow_id, device_id)
+    states = finish_onboarding(stack, flow_id, device_id, result)
     assert {s["entity_id"].split(".")[0] for s in states} >= {"sensor", "switch"}, states
     assert device_info(device)["state"] == "online"
     assert registry_owner(stack, device_id) == household_id(stack)
@@ -181,9 +179,7 @@ def test_relay_killed_around_the_claim_leaves_no_half_onboarded_device(
     # 1. Killed after Home Assistant created the claim, before the device got its token.
     killed = stack.command("kill", "relay")
     assert killed["pid"] == relay_pid
-    result = submit_wifi(stack, flow_id, form, HOME)
-    if result["type"] == "progress":
-        result = progress_end(stack, flow_id)
+    result = commit_end(stack, flow_id, submit_wifi(stack, flow_id, form, HOME))
     error = _wifi_form_error(result)
     assert error == "account_unreachable", result
     assert "Check that it is running" in error_message(stack, error)
@@ -194,6 +190,7 @@ def test_relay_killed_around_the_claim_leaves_no_half_onboarded_device(
     # 2. Killed while the device joins the (slow) network holding the claim token: between
     # the claim and its confirmation.
     result = submit_wifi(stack, flow_id, result, SLOW)
+    # The slow network outlasts the flow's inline wait: the progress screen.
     assert (result["type"], result["step_id"]) == ("progress", "provision"), result
     wait_for(
         "device 2 committing",
@@ -219,13 +216,12 @@ def test_relay_killed_around_the_claim_leaves_no_half_onboarded_device(
     # 3. Killed right after the confirmation: the device says it is owned. The same flow
     # completes anyway (the device's word decides), and once the service is back the device
     # is fully onboarded: owned, on the broker, with entities.
-    result = submit_wifi(stack, flow_id, result, HOME)
-    assert (result["type"], result["step_id"]) == ("progress", "provision"), result
+    answer = submit_wifi(stack, flow_id, result, HOME)
     wait_for(
         "device 2 online", lambda: device_info(device)["state"] == "online" or None, COMMIT_TIMEOUT
     )
     stack.command("kill", "relay")
-    result = progress_end(stack, flow_id)
+    result = commit_end(stack, flow_id, answer)  # answered inline, or the progress's end
     assert result["type"] == "create_entry", result
     stack.command("start", "relay")
     wait_for(
@@ -274,8 +270,7 @@ def test_factory_reset_from_home_assistant_then_onboard_again(onboarded_1: Fault
     flow_id = discovery_flow(stack, device_id)
     form = open_device(stack, flow_id, device)
     result = submit_wifi(stack, flow_id, form, HOME)
-    assert (result["type"], result["step_id"]) == ("progress", "provision"), result
-    finish_onboarding(stack, flow_id, device_id)
+    finish_onboarding(stack, flow_id, device_id, result)
     assert device_info(device)["state"] == "online"
     assert registry_owner(stack, device_id) == household_id(stack)
 
