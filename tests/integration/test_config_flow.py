@@ -130,6 +130,7 @@ from custom_components.iot_onboard.iob_protocol import (
 from custom_components.iot_onboard.iob_protocol.ble import SERVICE_UUID
 from custom_components.iot_onboard.options_flow import IotOnboardOptionsFlow
 from tests.integration.fake_ble import ADDRESS, FakeConnector, FakeGattDevice, ble_device
+from tests.integration.runtime_helpers import device_advertisement
 
 URL = "https://onboard.example"
 HID = "a" * 32
@@ -272,23 +273,7 @@ def discovery(
     state: str = "unclaimed",
     name: str | None = None,
 ) -> ZeroconfServiceInfo:
-    named = {} if name is None else {"name": name}
-    return ZeroconfServiceInfo(
-        ip_address=ip_address("192.0.2.10"),
-        ip_addresses=[ip_address("192.0.2.10")],
-        port=port,
-        hostname=f"iob-{device_id.lower()}.local.",
-        type="_iot-onboard._tcp.local.",
-        name=f"iob-{device_id}._iot-onboard._tcp.local.",
-        properties={
-            "id": device_id,
-            "model": "pi-test",
-            "firmware": "1.0",
-            "state": state,
-            "protocol": protocol,
-            **named,
-        },
-    )
+    return device_advertisement(device_id, port=port, state=state, protocol=protocol, name=name)
 
 
 STRINGS: dict[str, Any] = json.loads(
@@ -1270,6 +1255,8 @@ async def test_new_client_persists_rotated_tokens(
         (MANUAL[:-1] + str((int(MANUAL[-1]) + 1) % 10), "setup_code_typo"),
         (OTHER_QR, "qr_other_device"),
     ],
+    # Not the codes: they are random per run, which breaks pytest -n (ids must agree).
+    ids=["short", "bad_qr", "typo", "other_device"],
 )
 async def test_setup_code_errors_then_recovery(
     hass: HomeAssistant, device: MagicMock, code: str, error: str
@@ -3156,6 +3143,7 @@ async def test_a_rejected_remembered_password_after_the_one_form_flow(
 @pytest.mark.parametrize(
     ("code", "error"),
     [("12345-67891", "setup_code_typo"), (OTHER_QR, "qr_other_device")],
+    ids=["typo", "other_device"],
 )
 async def test_a_wrong_code_on_the_first_screen_clears_only_the_code(
     hass: HomeAssistant, link: MagicMock, device: MagicMock, code: str, error: str
