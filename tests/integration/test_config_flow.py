@@ -1207,6 +1207,40 @@ async def test_device_discovery_prefills_the_announced_url(
     result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: RELAY_URL})
     assert result["step_id"] == "credentials", result
     assert account_cls.call_args.args == (RELAY_URL,)
+    # The household is created on the announced service: its card goes (nothing left to add)
+    # and the entry follows the service's announcements from now on.
+    assert relay_flows(hass) == [relay["flow_id"]]
+    account_cls.return_value.base_url = RELAY_URL
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert relay_flows(hass) == []
+    (hub,) = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == HID]
+    assert hub.data["account_service"] == RELAY_NAME
+
+
+def relay_flows(hass: HomeAssistant) -> list[str]:
+    """The flows of announced account services (their "account service found" cards)."""
+    flows = hass.config_entries.flow.async_progress_by_handler(
+        DOMAIN, include_uninitialized=True, match_context={"source": SOURCE_ZEROCONF}
+    )
+    return [f["flow_id"] for f in flows if f["context"].get("unique_id") == RELAY_NAME]
+
+
+async def test_signing_in_to_an_announced_service_by_hand_ends_its_card(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    """Add integration with the announced address (suggested there): no stale card is left."""
+    account_cls.return_value.base_url = RELAY_URL
+    relay = await start_relay_discovery(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert suggested(result)["account_url"] == RELAY_URL
+    assert relay_flows(hass) == [relay["flow_id"]]
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: RELAY_URL})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert account_cls.call_args.args == (RELAY_URL,)
+    assert relay_flows(hass) == []
+    assert result["data"]["account_service"] == RELAY_NAME
 
 
 async def test_pick_household_and_use_the_loaded_client(
