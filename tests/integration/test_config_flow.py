@@ -2688,8 +2688,9 @@ async def test_the_trust_text_says_where_each_secret_goes(
     assert typed
     assert all("account service" in s for s in typed), typed
     # What the account step says: e-mail and password to the service; tokens kept, not it.
-    assert "e-mail address and password go to that service only" in steps["account"]["description"]
-    assert "not the password" in steps["account"]["data_description"]["password"]
+    assert "e-mail and password go only to this service" in steps["account"]["description"]
+    password = steps["account"]["data_description"]["password"]
+    assert "keeps sign-in tokens, not the password" in password
     # The Wi-Fi password goes to the device only.
     assert "only to the device" in steps["wifi"]["description"]
 
@@ -2703,9 +2704,8 @@ async def test_the_trust_text_says_where_each_secret_goes(
     assert _recipients(SETUP.manual_code().format(), account, link) == set()
     # Only the device's id went there, for its claim.
     account.create_claim.assert_awaited_with(HID, DEVICE_ID)
-    qr = [s for s in _sentences(credentials) if s.startswith("A QR code")]
-    assert len(qr) == 1
-    assert "stays in Home Assistant" in qr[0], qr
+    qr = [s for s in _sentences(credentials) if "QR" in s]
+    assert qr == ["QR text stays in Home Assistant."], qr
     hass.config_entries.flow.async_abort(flow_id)
 
 
@@ -3122,9 +3122,7 @@ async def test_a_later_device_is_one_form_when_the_remembered_network_is_seen(
     typed = [s for s in _sentences(step["description"]) if "typed code" in s]
     assert typed
     assert all("account service" in s for s in typed), typed
-    assert any(
-        s.startswith("A QR code stays in Home Assistant") for s in _sentences(step["description"])
-    )
+    assert "QR text stays in Home Assistant." in _sentences(step["description"])
     result = await provision(hass, result["flow_id"], {"setup_code": QR, "name": DEFAULT_NAME})
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert result["title"] == DEFAULT_NAME

@@ -104,6 +104,9 @@ class Person:
         self.household = HOUSEHOLD
         # The card's title: the device's own name (advertised in its zeroconf TXT record).
         self.card = page.locator("ha-config-flow-card").filter(has_text=self.device["name"])
+        self.service_card = page.locator("ha-config-flow-card").filter(
+            has_text=self.ready["account_service"]["url"]
+        )
 
     def logs_in(self) -> None:
         """HA's login page; the frontend keeps its tokens in localStorage once signed in."""
@@ -121,11 +124,13 @@ class Person:
         open_devices_and_services(page)
         expect(self.card.get_by_role("button", name="Add")).to_be_visible(timeout=DISCOVERY_TIMEOUT)
         expect(page.get_by_text("Discovered", exact=True)).to_be_visible()
+        # The account service announces itself too (its card is named by its address).
+        expect(self.service_card).to_be_visible()
         self.shots.take("discovered")
         self.card.get_by_role("button", name="Add").click()
         see(self.dialog, self.dialog.get_by_role("heading", name="New device found"), STEP_TIMEOUT)
         # The setup code on the first screen: typed from the label, as 12345-67890.
-        code = self.dialog.get_by_role("textbox", name=re.compile(r"^Setup code \(12345-67890\)"))
+        code = self.dialog.get_by_role("textbox", name=re.compile(r"^Setup code or QR text"))
         code.fill(self.device["manual_code"])
         self.shots.take("confirm")
 
@@ -135,9 +140,10 @@ class Person:
         account = next(a for a in self.ready["account_service"]["accounts"] if not a["admin"])
 
         submit_until(dialog, "Sign in to your account service")
+        # The demo's service announces itself: its address is filled in, not typed.
         url = self.ready["account_service"]["url"]
-        dialog.get_by_role("textbox", name="Account service URL").fill(url)
-        dialog.get_by_role("textbox", name="E-mail address").fill(account["email"])
+        expect(dialog.get_by_role("textbox", name="Account service URL")).to_have_value(url)
+        dialog.get_by_role("textbox", name="E-mail").fill(account["email"])
         dialog.get_by_role("textbox", name="Password").fill(account["password"])
         # The demo's account is fresh (a new state directory): this form names its household.
         dialog.get_by_role("textbox", name="Household name").fill(self.household)
@@ -153,7 +159,7 @@ class Person:
         # The networks the device itself scanned; "Home" and its passphrase from the document.
         see(dialog, dialog.get_by_role("heading", name=re.compile("^Wi-Fi for ")), STEP_TIMEOUT)
         dialog.get_by_role("radio", name=re.compile(rf"^{re.escape(home['ssid'])} · ")).check()
-        dialog.get_by_role("textbox", name="Wi-Fi password").fill(home["passphrase"])
+        dialog.get_by_role("textbox", name="Password").fill(home["passphrase"])
         shots.take("wifi")
 
         # The progress step may be over before the frontend paints it: either is fine here.
@@ -174,7 +180,10 @@ class Person:
         shots.take("success")
         dialog.get_by_role("button", name="Finish").click()
         expect(dialog.get_by_role("heading")).to_have_count(0)
-        # The discovery ended in the entry: nothing is left to add.
+        # The discovery ended in the entry: nothing is left to add, nor is the account
+        # service's own card (its household is set up now).
+        self.page.goto(f"{self.base}/config/integrations/dashboard")
+        expect(self.service_card).to_have_count(0)
         expect(self.card).to_have_count(0)
 
     def sees_the_entities(self) -> None:
