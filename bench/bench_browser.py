@@ -20,7 +20,8 @@ person's time.
 The person takes the shortest honest path: a field that shows the right value (a default, a
 suggested value, the strongest network preselected) keeps it, except the "remember this
 Wi-Fi" switch, which the first device turns on (a household adds more devices).
-The account service URL is typed: the demo's service is not the integration's default.
+The account service URL is not typed: the demo's service announces itself over zeroconf and
+the sign-in form shows its address.
 
 Screens are told apart by the flow's step id and its role in the data flow (:data:`STEPS`);
 a step the benchmark does not know, or a required field it has no value for, stops it with a

@@ -14,6 +14,7 @@ What runs (each a child process with its log under ``<state>/logs/``):
 1. Mosquitto with dynamic security (``cloud_relay.broker.local``), on a free loopback port;
 2. the account service (``python -m cloud_relay serve``, SQLite), after creating a service
    administrator, the demo device model and importing every device's factory record;
+   announced over zeroconf (``_iob-relay._tcp``) on 127.0.0.1 only;
 3. N devices (``python -m device_firmware run --simulate-network``), each with its own data
    directory and identity, on its own port, advertising over zeroconf on 127.0.0.1 only;
 4. Home Assistant (``python -m homeassistant``) with the integration linked into its config
@@ -677,6 +678,9 @@ public_tls = false
                 "--config",
                 str(self.layout.relay / "relay.toml"),
                 "serve",
+                # HA's zeroconf offers it: the flow's URL field is filled, never typed.
+                "--announce",
+                LOOPBACK,
             ],
             cwd=self.layout.relay,
         )
@@ -928,7 +932,7 @@ public_tls = false
                 role = "owner, administrator" if user.admin else "user"
                 write(f"      {user.username} / {user.password}  ({role})\n")
         relay = document["account_service"]
-        write(f"  Account service    {relay['url']}   (type this URL into the integration)\n")
+        write(f"  Account service    {relay['url']}   (announced: the integration fills it in)\n")
         write(f"      {DEMO_ACCOUNT.email} / {DEMO_ACCOUNT.password}  (sign in from the flow)\n")
         write(f"      {MAKER_ACCOUNT.email} / {MAKER_ACCOUNT.password}  (service administrator)\n")
         write(f"  MQTT broker        {LOOPBACK}:{self.ports['broker']}  (dynamic security)\n")

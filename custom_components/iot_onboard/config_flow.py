@@ -267,7 +267,29 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
         unique_id = data[CONF_DEVICE_ID] if CONF_DEVICE_ID in data else data[CONF_HOUSEHOLD_ID]
         await self.async_set_unique_id(unique_id)
         self._abort_if_unique_id_configured()
+        if CONF_DEVICE_ID not in data:
+            data = self._adopt_announced_service(data)
         return self.async_create_entry(title=import_data["title"], data=data)
+
+    def _adopt_announced_service(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A new household entry on an announced account service ends that service's card.
+
+        Its "account service found" card would otherwise offer to add what is set up now; the
+        service's instance name goes into the entry, so a move of the service is followed as
+        for an entry made from the card itself.
+        """
+        flows = self.hass.config_entries.flow.async_progress_by_handler(
+            DOMAIN, include_uninitialized=True, match_context={"source": SOURCE_ZEROCONF}
+        )
+        for flow in flows:
+            context = flow["context"]
+            url = context.get("configuration_url")
+            if url is None or url != data[CONF_ACCOUNT_URL] or flow["flow_id"] == self.flow_id:
+                continue
+            if CONF_ACCOUNT_SERVICE not in data and context.get("unique_id"):
+                data = {**data, CONF_ACCOUNT_SERVICE: context["unique_id"]}
+            self.hass.config_entries.flow.async_abort(flow["flow_id"])
+        return data
 
     # --- household accounts -------------------------------------------------------------------
 
@@ -419,7 +441,9 @@ class IotOnboardConfigFlow(DeviceSteps, domain=DOMAIN):
         data = target.entry_data()
         if self._account_service is not None:
             data[CONF_ACCOUNT_SERVICE] = self._account_service
-        return self.async_create_entry(title=household.name, data=data)
+        return self.async_create_entry(
+            title=household.name, data=self._adopt_announced_service(data)
+        )
 
     # --- reauth and reconfigure -----------------------------------------------------------------
 

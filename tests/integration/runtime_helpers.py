@@ -11,12 +11,14 @@ import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any, Self
 
 import aiohttp
 import aiomqtt
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import Context, HomeAssistant
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.iot_onboard.account_client import AccountClient, SignedIn
@@ -491,4 +493,34 @@ async def kitchen_relay_off(hass: HomeAssistant) -> None:
             and state_of(hass, "switch.kitchen_sensor_relay") == "off"
         ),
         "the device's entities",
+    )
+
+
+def device_advertisement(
+    device_id: str,
+    *,
+    host: str = "192.0.2.10",
+    port: int | None = 8423,
+    model: str = "pi-test",
+    state: str = "unclaimed",
+    protocol: str = "1",
+    name: str | None = None,
+) -> ZeroconfServiceInfo:
+    """A device's ``_iot-onboard._tcp`` record as Home Assistant's zeroconf hands it over."""
+    named = {} if name is None else {"name": name}
+    return ZeroconfServiceInfo(
+        ip_address=ip_address(host),
+        ip_addresses=[ip_address(host)],
+        port=port,
+        hostname=f"iob-{device_id.lower()}.local.",
+        type="_iot-onboard._tcp.local.",
+        name=f"iob-{device_id}._iot-onboard._tcp.local.",
+        properties={
+            "id": device_id,
+            "model": model,
+            "firmware": "1.0",
+            "state": state,
+            "protocol": protocol,
+            **named,
+        },
     )

@@ -130,6 +130,7 @@ from custom_components.iot_onboard.iob_protocol import (
 from custom_components.iot_onboard.iob_protocol.ble import SERVICE_UUID
 from custom_components.iot_onboard.options_flow import IotOnboardOptionsFlow
 from tests.integration.fake_ble import ADDRESS, FakeConnector, FakeGattDevice, ble_device
+from tests.integration.runtime_helpers import device_advertisement
 
 URL = "https://onboard.example"
 HID = "a" * 32
@@ -272,23 +273,7 @@ def discovery(
     state: str = "unclaimed",
     name: str | None = None,
 ) -> ZeroconfServiceInfo:
-    named = {} if name is None else {"name": name}
-    return ZeroconfServiceInfo(
-        ip_address=ip_address("192.0.2.10"),
-        ip_addresses=[ip_address("192.0.2.10")],
-        port=port,
-        hostname=f"iob-{device_id.lower()}.local.",
-        type="_iot-onboard._tcp.local.",
-        name=f"iob-{device_id}._iot-onboard._tcp.local.",
-        properties={
-            "id": device_id,
-            "model": "pi-test",
-            "firmware": "1.0",
-            "state": state,
-            "protocol": protocol,
-            **named,
-        },
-    )
+    return device_advertisement(device_id, port=port, state=state, protocol=protocol, name=name)
 
 
 STRINGS: dict[str, Any] = json.loads(
@@ -1299,6 +1284,40 @@ async def test_device_discovery_prefills_the_announced_url(
     result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: RELAY_URL})
     assert result["step_id"] == "credentials", result
     assert account_cls.call_args.args == (RELAY_URL,)
+    # The household is created on the announced service: its card goes (nothing left to add)
+    # and the entry follows the service's announcements from now on.
+    assert relay_flows(hass) == [relay["flow_id"]]
+    account_cls.return_value.base_url = RELAY_URL
+    result = await submit(hass, result["flow_id"], {"setup_code": QR})
+    result = await provision(hass, result["flow_id"], HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert relay_flows(hass) == []
+    (hub,) = [e for e in hass.config_entries.async_entries(DOMAIN) if e.unique_id == HID]
+    assert hub.data["account_service"] == RELAY_NAME
+
+
+def relay_flows(hass: HomeAssistant) -> list[str]:
+    """The flows of announced account services (their "account service found" cards)."""
+    flows = hass.config_entries.flow.async_progress_by_handler(
+        DOMAIN, include_uninitialized=True, match_context={"source": SOURCE_ZEROCONF}
+    )
+    return [f["flow_id"] for f in flows if f["context"].get("unique_id") == RELAY_NAME]
+
+
+async def test_signing_in_to_an_announced_service_by_hand_ends_its_card(
+    hass: HomeAssistant, account_cls: MagicMock
+) -> None:
+    """Add integration with the announced address (suggested there): no stale card is left."""
+    account_cls.return_value.base_url = RELAY_URL
+    relay = await start_relay_discovery(hass)
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert suggested(result)["account_url"] == RELAY_URL
+    assert relay_flows(hass) == [relay["flow_id"]]
+    result = await submit(hass, result["flow_id"], {**SIGN_IN, CONF_ACCOUNT_URL: RELAY_URL})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert account_cls.call_args.args == (RELAY_URL,)
+    assert relay_flows(hass) == []
+    assert result["data"]["account_service"] == RELAY_NAME
 
 
 async def test_pick_household_and_use_the_loaded_client(
@@ -1347,6 +1366,8 @@ async def test_new_client_persists_rotated_tokens(
         (MANUAL[:-1] + str((int(MANUAL[-1]) + 1) % 10), "setup_code_typo"),
         (OTHER_QR, "qr_other_device"),
     ],
+    # Not the codes: they are random per run, which breaks pytest -n (ids must agree).
+    ids=["short", "bad_qr", "typo", "other_device"],
 )
 async def test_setup_code_errors_then_recovery(
     hass: HomeAssistant, device: MagicMock, code: str, error: str
@@ -2744,8 +2765,9 @@ async def test_the_trust_text_says_where_each_secret_goes(
     assert typed
     assert all("account service" in s for s in typed), typed
     # What the account step says: e-mail and password to the service; tokens kept, not it.
-    assert "e-mail address and password go to that service only" in steps["account"]["description"]
-    assert "not the password" in steps["account"]["data_description"]["password"]
+    assert "e-mail and password go only to this service" in steps["account"]["description"]
+    password = steps["account"]["data_description"]["password"]
+    assert "keeps sign-in tokens, not the password" in password
     # The Wi-Fi password goes to the device only.
     assert "only to the device" in steps["wifi"]["description"]
 
@@ -2759,9 +2781,8 @@ async def test_the_trust_text_says_where_each_secret_goes(
     assert _recipients(SETUP.manual_code().format(), account, link) == set()
     # Only the device's id went there, for its claim.
     account.create_claim.assert_awaited_with(HID, DEVICE_ID)
-    qr = [s for s in _sentences(credentials) if s.startswith("A QR code")]
-    assert len(qr) == 1
-    assert "stays in Home Assistant" in qr[0], qr
+    qr = [s for s in _sentences(credentials) if "QR" in s]
+    assert qr == ["QR text stays in Home Assistant."], qr
     hass.config_entries.flow.async_abort(flow_id)
 
 
@@ -3178,9 +3199,7 @@ async def test_a_later_device_is_one_form_when_the_remembered_network_is_seen(
     typed = [s for s in _sentences(step["description"]) if "typed code" in s]
     assert typed
     assert all("account service" in s for s in typed), typed
-    assert any(
-        s.startswith("A QR code stays in Home Assistant") for s in _sentences(step["description"])
-    )
+    assert "QR text stays in Home Assistant." in _sentences(step["description"])
     result = await provision(hass, result["flow_id"], {"setup_code": QR, "name": DEFAULT_NAME})
     assert result["type"] is FlowResultType.CREATE_ENTRY, result
     assert result["title"] == DEFAULT_NAME
@@ -3233,6 +3252,7 @@ async def test_a_rejected_remembered_password_after_the_one_form_flow(
 @pytest.mark.parametrize(
     ("code", "error"),
     [("12345-67891", "setup_code_typo"), (OTHER_QR, "qr_other_device")],
+    ids=["typo", "other_device"],
 )
 async def test_a_wrong_code_on_the_first_screen_clears_only_the_code(
     hass: HomeAssistant, link: MagicMock, device: MagicMock, code: str, error: str

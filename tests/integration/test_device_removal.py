@@ -10,7 +10,6 @@ and fake device processes.
 from __future__ import annotations
 
 import asyncio
-from ipaddress import ip_address
 from typing import Any
 from unittest.mock import AsyncMock, patch
 
@@ -49,6 +48,7 @@ from custom_components.iot_onboard.iob_protocol import DeviceIdentity, OwnerSecr
 from tests.integration.fake_account import FakeAccountService
 from tests.integration.runtime_helpers import (
     DeviceProcesses,
+    device_advertisement,
     entity_ids,
     observer,
     owner_context,
@@ -71,21 +71,7 @@ def _record(identity: DeviceIdentity, host: str) -> dict[str, Any]:
 
 
 def _advertisement(device_id: str, host: str, state: str) -> ZeroconfServiceInfo:
-    return ZeroconfServiceInfo(
-        ip_address=ip_address(host),
-        ip_addresses=[ip_address(host)],
-        port=8423,
-        hostname=f"iob-{device_id.lower()}.local.",
-        type="_iot-onboard._tcp.local.",
-        name=f"iob-{device_id}._iot-onboard._tcp.local.",
-        properties={
-            "id": device_id,
-            "model": "pi-sensor",
-            "firmware": "1.0",
-            "state": state,
-            "protocol": "1",
-        },
-    )
+    return device_advertisement(device_id, host=host, model="pi-sensor", state=state)
 
 
 async def _discover(hass: HomeAssistant, device_id: str, host: str, state: str) -> Any:
