@@ -120,7 +120,7 @@ async def _led_check(access: HardwareAccess) -> Check:
     led = await asyncio.to_thread(find_status_led, access.sysfs_root)
     driver = led.driver
     if driver is None:
-        return Check("led", "skipped", "no status LED on this board (none of ACT, led0)")
+        return Check("led", "skipped", "no status LED on this board: none of ACT, led0")
     try:
         seen = []
         for state in (LedState.ONLINE, LedState.OFF):
@@ -143,7 +143,7 @@ async def _button_check(config: DeviceConfig, access: HardwareAccess) -> Check:
     """The button's line requested for edge events, as the agent watches it, and released."""
     offset = config.button_gpio
     if offset is None:
-        return Check("button", "skipped", "no button configured (button_gpio unset)")
+        return Check("button", "skipped", "no button configured: button_gpio is unset")
     opener = access.open_button
     if opener is None:
         if not GPIOD_AVAILABLE:

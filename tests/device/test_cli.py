@@ -263,7 +263,7 @@ def test_factory_provision_self_test(tmp_path: Path, unit_hardware: UnitHardware
         "Self-test wifi_radio: pass (wlan0 managed by NetworkManager)",
         "Self-test network_manager: pass (NetworkManager ",
         "Self-test ble_adapter: pass (hci0 is an LE adapter, powered)",
-        "Self-test button: skipped (no button configured (button_gpio unset))",
+        "Self-test button: skipped (no button configured: button_gpio is unset)",
         "Self-test led: ",  # this machine's own LEDs decide the result
     ):
         assert line in text, text
