@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 import segno
 from iob_protocol.canonical import b64url_decode, b64url_encode, base32_encode, encode_fields
@@ -28,6 +28,9 @@ from .config import DeviceConfig
 from .errors import FactoryError, IdentityExistsError, NotProvisionedError, StateError
 from .selftest import SelfTestReport, run_self_test
 from .state import atomic_write, read_small_file
+
+if TYPE_CHECKING:
+    from .selftest_hardware import HardwareAccess
 
 RECORD_FILE: Final = "manufacturing-records.jsonl"
 FACTORY_FORMAT: Final = "iob-factory-v1"
@@ -174,6 +177,7 @@ def factory_provision(
     random_bytes: RandomSource = system_random,
     verifier_log2_n: int | None = None,
     self_test: bool = False,
+    hardware: HardwareAccess | None = None,
 ) -> FactoryResult:
     """Create the identity and the setup code, and write record and label.
 
@@ -220,7 +224,7 @@ def factory_provision(
             label_files=labels,
         )
         if self_test:
-            result = replace(result, self_test=run_self_test(config, result))
+            result = replace(result, self_test=run_self_test(config, result, hardware))
         record: dict[str, object] = {
             "device_id": identity.device_id,
             "model": model,

@@ -2,11 +2,14 @@
 
 Checks the key (the saved identity loads back and signs a challenge that verifies against the
 factory public key) and the label (every label file exists; the QR payload parses back to the
-device id and key fingerprint). The result holds no secret: names, pass/fail, a one-line reason.
+device id and key fingerprint), then the hardware the agent drives (``selftest_hardware``: Wi-Fi
+radio, NetworkManager, BLE adapter, status LED, button). The result holds no secret: names,
+pass/fail/skipped, a one-line reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -21,6 +24,7 @@ from .errors import StateError
 if TYPE_CHECKING:
     from .config import DeviceConfig
     from .factory import FactoryResult
+    from .selftest_hardware import HardwareAccess
 
 CHALLENGE_DOMAIN: Final = "iob/v1/factory-self-test"
 Result = Literal["pass", "fail", "skipped"]
@@ -91,15 +95,20 @@ def _check_label(result: FactoryResult, fingerprint: bytes) -> Check:
     return Check("label", "pass", f"{len(result.label_files)} files; QR names the device and key")
 
 
-def run_self_test(config: DeviceConfig, result: FactoryResult) -> SelfTestReport:
-    """Run the checks against what ``factory_provision`` just wrote."""
+def run_self_test(
+    config: DeviceConfig, result: FactoryResult, access: HardwareAccess | None = None
+) -> SelfTestReport:
+    """Run the checks against what ``factory_provision`` just wrote, and the unit's hardware."""
     from .factory import FactoryInfo  # noqa: PLC0415 - factory imports this module
+    from .selftest_hardware import HardwareAccess, hardware_checks  # noqa: PLC0415 - as above
 
+    hardware = asyncio.run(hardware_checks(config, access or HardwareAccess()))
     try:
         public_key = FactoryInfo.load(config.factory_file).public_key
     except StateError as err:
         failed = Check("key", "fail", f"factory file unreadable: {err}", _REPROVISION)
-        return SelfTestReport(checks=(failed, _check_label(result, b"")), at=unix_time())
+        checks = (failed, _check_label(result, b""), *hardware)
+        return SelfTestReport(checks=checks, at=unix_time())
     fingerprint = public_key_fingerprint(public_key)
-    checks = (_check_key(config, result, public_key), _check_label(result, fingerprint))
+    checks = (_check_key(config, result, public_key), _check_label(result, fingerprint), *hardware)
     return SelfTestReport(checks=checks, at=unix_time())

@@ -322,11 +322,69 @@ class ProvisioningPeripheral:
             await self.improv.refresh()
 
 
-class BluezPeripheral(ProvisioningPeripheral, dbus_call.BusClient):
-    """BLE provisioning on a real adapter: what the agent starts, updates and stops."""
+class BluezAdapters(dbus_call.BusClient):
+    """Finding the LE adapter and powering it on: the agent's start and the factory self-test."""
 
     _DESTINATION = BLUEZ_BUS
     _CALL_TIMEOUT = CALL_TIMEOUT
+
+    def _call_error(self, err: dbus_call.DBusCallError) -> BluezError:
+        return _bluez_error(err)
+
+    async def find_adapter(self, name: str | None) -> str:
+        """The object path of adapter ``name`` (the first LE one when None), powered on.
+
+        Raises :class:`BluezError` with the next step when there is none or it stays off.
+        """
+        (objects,) = await self._call("/", _IFACE_OBJECT_MANAGER, "GetManagedObjects")
+        adapters = {
+            path: interfaces
+            for path, interfaces in sorted(objects.items())
+            if IFACE_ADAPTER in interfaces
+        }
+        if name is not None:
+            path = f"/org/bluez/{name}"
+            if path not in adapters:
+                raise BluezError(f"no Bluetooth adapter {name}", _NEXT_STEP_ADAPTER)
+            candidates = {path: adapters[path]}
+        else:
+            candidates = adapters
+        for path, interfaces in candidates.items():
+            if IFACE_GATT_MANAGER in interfaces and IFACE_ADV_MANAGER in interfaces:
+                if not interfaces[IFACE_ADAPTER].get("Powered", Variant("b", value=False)).value:
+                    await self._power_on(path)
+                return str(path)
+        raise BluezError(
+            "no Bluetooth LE adapter that can serve GATT and advertise", _NEXT_STEP_ADAPTER
+        )
+
+    async def powered(self, path: str) -> bool:
+        """Whether the adapter at ``path`` is powered now."""
+        (value,) = await self._call(
+            path, _IFACE_PROPERTIES, "Get", "ss", [IFACE_ADAPTER, "Powered"]
+        )
+        return bool(value.value)
+
+    async def _power_on(self, path: str) -> None:
+        _LOGGER.info("Bluetooth adapter %s is off; powering it on", path)
+        try:
+            await self._call(
+                path,
+                _IFACE_PROPERTIES,
+                "Set",
+                "ssv",
+                [IFACE_ADAPTER, "Powered", Variant("b", value=True)],
+            )
+        except BluezError as err:
+            raise BluezError(
+                f"Bluetooth adapter {path} is off and cannot be powered on ({err.message})",
+                "run 'rfkill unblock bluetooth' and 'bluetoothctl power on'",
+                dbus_error=err.dbus_error,
+            ) from err
+
+
+class BluezPeripheral(ProvisioningPeripheral, BluezAdapters):
+    """BLE provisioning on a real adapter: what the agent starts, updates and stops."""
 
     def __init__(
         self,
@@ -396,7 +454,7 @@ class BluezPeripheral(ProvisioningPeripheral, dbus_call.BusClient):
         """
         bus = await self._connect()
         try:
-            self._adapter = await self._find_adapter()
+            self._adapter = await self.find_adapter(self._adapter_name)
             await self._watch()
             server = self._server = ObjectServer(bus)
             services = self.services
@@ -469,49 +527,6 @@ class BluezPeripheral(ProvisioningPeripheral, dbus_call.BusClient):
         if bus is None or not bus.connected:
             raise BluezError("the D-Bus connection is closed", "restart the agent")
         return bus
-
-    def _call_error(self, err: dbus_call.DBusCallError) -> BluezError:
-        return _bluez_error(err)
-
-    async def _find_adapter(self) -> str:
-        (objects,) = await self._call("/", _IFACE_OBJECT_MANAGER, "GetManagedObjects")
-        adapters = {
-            path: interfaces
-            for path, interfaces in sorted(objects.items())
-            if IFACE_ADAPTER in interfaces
-        }
-        if self._adapter_name is not None:
-            path = f"/org/bluez/{self._adapter_name}"
-            if path not in adapters:
-                raise BluezError(f"no Bluetooth adapter {self._adapter_name}", _NEXT_STEP_ADAPTER)
-            candidates = {path: adapters[path]}
-        else:
-            candidates = adapters
-        for path, interfaces in candidates.items():
-            if IFACE_GATT_MANAGER in interfaces and IFACE_ADV_MANAGER in interfaces:
-                if not interfaces[IFACE_ADAPTER].get("Powered", Variant("b", value=False)).value:
-                    await self._power_on(path)
-                return str(path)
-        raise BluezError(
-            "no Bluetooth LE adapter that can serve GATT and advertise", _NEXT_STEP_ADAPTER
-        )
-
-    async def _power_on(self, path: str) -> None:
-        _LOGGER.info("Bluetooth adapter %s is off; powering it on", path)
-        try:
-            await self._call(
-                path,
-                _IFACE_PROPERTIES,
-                "Set",
-                "ssv",
-                [IFACE_ADAPTER, "Powered", Variant("b", value=True)],
-            )
-        except BluezError as err:
-            raise BluezError(
-                f"Bluetooth adapter {path} is off and cannot be powered on ({err.message})",
-                "run 'rfkill unblock bluetooth' and 'bluetoothctl power on'",
-                dbus_error=err.dbus_error,
-            ) from err
 
     async def _watch(self) -> None:
         """Subscribe to centrals disconnecting and to bluetoothd restarting."""
@@ -633,7 +648,7 @@ class BluezPeripheral(ProvisioningPeripheral, dbus_call.BusClient):
         if self._app is None:
             return False
         try:
-            self._adapter = await self._find_adapter()
+            self._adapter = await self.find_adapter(self._adapter_name)
             await self._register()
         except BluezError as err:
             self._warn("BLE provisioning not registered yet", err)

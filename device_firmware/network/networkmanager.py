@@ -89,6 +89,8 @@ _MAX_HOTSPOT_PASSPHRASE: Final = 63
 class NMDeviceState(IntEnum):
     """NMDeviceState (only the values the agent looks at)."""
 
+    UNMANAGED = 10
+    UNAVAILABLE = 20
     DISCONNECTED = 30
     PREPARE = 40
     CONFIG = 50
@@ -463,6 +465,19 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             if role is ProfileRole.HOTSPOT:
                 await self._delete_quietly(path)
 
+    async def version(self) -> str:
+        """NetworkManager's version: proof it answers this process on the bus (self-test)."""
+        return str(await self._get(NM_PATH, IFACE_NM, "Version"))
+
+    async def wifi_radio(self) -> tuple[str, int]:
+        """The Wi-Fi interface the backend drives and its device state (self-test).
+
+        Raises :class:`NetworkError` when NetworkManager manages no such device.
+        """
+        device = await self._wifi_device()
+        name = str(await self._get(device, IFACE_DEVICE, "Interface"))
+        return name, int(await self._get(device, IFACE_DEVICE, "State"))
+
     async def aclose(self) -> None:
         """Close the D-Bus connection."""
         bus, self._bus = self._bus, None
@@ -487,7 +502,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             if self._interface is None or name == self._interface:
                 self._device = str(path)
                 return self._device
-        wanted = f"Wi-Fi interface {self._interface!r}" if self._interface else "a Wi-Fi device"
+        wanted = f"Wi-Fi interface {self._interface!r}" if self._interface else "Wi-Fi device"
         raise NetworkError(
             FAULT_CODE, f"NetworkManager manages no {wanted} (is the radio blocked by rfkill?)"
         )

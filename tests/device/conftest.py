@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import aiohttp
+import dbus
+import dbus.bus
 import dbusmock
 import pytest
 from iob_protocol.payload import ManualCode, QrPayload
@@ -29,6 +33,7 @@ from device_firmware.config import DeviceConfig
 from device_firmware.factory import FactoryResult, ProvisionedDevice, factory_provision
 from device_firmware.hardware import Hardware
 from device_firmware.network.simulated import Scenario, SimulatedBackend, SimulatedNetwork
+from device_firmware.selftest_hardware import HardwareAccess
 from device_firmware.supervision import RuntimeFactory
 from tests.plugins.mosquitto import MosquittoBroker
 from tests.plugins.scripted_service import Answer, Received, ScriptedService
@@ -329,3 +334,83 @@ def simulated_run(scenario: Path, *extra: str) -> list[str]:
     listen = ["--listen", "127.0.0.1", "--port", "0"]
     quiet = ["--no-advertise", "--no-hotspot", "--no-mqtt", "--allow-insecure-http"]
     return ["run", "--simulate-network", str(scenario), *listen, *quiet, *extra]
+
+
+# --- a unit's hardware, for the factory self-test -----------------------------------------
+
+
+@dataclass
+class UnitHardware:
+    """NetworkManager and bluetoothd mocks on the private system bus, and a fake board."""
+
+    address: str
+    sysfs_root: Path
+    mocks: list[dbusmock.SpawnedMock]
+
+    def spawn(self, template: str) -> Any:
+        """Start a python-dbusmock template on the bus; its main object (dbus-python)."""
+        mock = dbusmock.SpawnedMock.spawn_with_template(
+            template, {}, dbusmock.BusType.SYSTEM, stdout=subprocess.DEVNULL
+        )
+        self.mocks.append(mock)
+        return mock.obj
+
+    def connection(self) -> Any:
+        """A dbus-python connection to the bus (for the mocks' own methods)."""
+        return dbus.bus.BusConnection(self.address)
+
+    def network_manager(self, *, wifi_state: int | None = 30) -> Any:
+        """NetworkManager with wlan0 in ``wifi_state`` (None: an Ethernet device only)."""
+        nm = self.spawn("networkmanager")
+        if wifi_state is None:
+            nm.AddEthernetDevice("eth0dev", "eth0", 30, dbus_interface=dbusmock.MOCK_IFACE)
+        else:
+            nm.AddWiFiDevice("wlan0dev", "wlan0", wifi_state, dbus_interface=dbusmock.MOCK_IFACE)
+        return nm
+
+    def bluez(self, *, powered: bool = True) -> Any:
+        """bluetoothd with an LE adapter hci0 (GATT and advertising managers)."""
+        bluez = self.spawn(str(Path(__file__).parent / "ble" / "bluez_gatt_template.py"))
+        bluez.AddGattAdapter("hci0", "unit", dbus_interface="org.bluez.Mock")
+        if not powered:
+            adapter = self.connection().get_object("org.bluez", "/org/bluez/hci0")
+            adapter.UpdateProperties(
+                "org.bluez.Adapter1", {"Powered": False}, dbus_interface=dbusmock.MOCK_IFACE
+            )
+        return bluez
+
+    def provision(
+        self, tmp_path: Path, access: HardwareAccess | None = None, **config: Any
+    ) -> tuple[FactoryResult, dict[str, Any]]:
+        """factory-provision --self-test on this hardware; the result and the record line."""
+        cfg = DeviceConfig(data_dir=tmp_path / "data", **config)
+        result = factory_provision(
+            cfg,
+            model="plug-1",
+            output_dir=tmp_path / "out",
+            verifier_log2_n=14,
+            self_test=True,
+            hardware=access or HardwareAccess(sysfs_root=self.sysfs_root),
+        )
+        return result, json.loads(result.record_file.read_text().splitlines()[0])
+
+    def status_led(self, name: str = "ACT") -> Path:
+        """A sysfs LED as a Pi has it (``mmc0`` trigger), in files."""
+        directory = self.sysfs_root / "sys/class/leds" / name
+        directory.mkdir(parents=True)
+        (directory / "trigger").write_text("none [mmc0] timer heartbeat\n")
+        (directory / "brightness").write_text("0\n")
+        (directory / "max_brightness").write_text("1\n")
+        return directory
+
+
+@pytest.fixture
+def unit_hardware(system_bus: str, tmp_path: Path) -> Iterator[UnitHardware]:
+    """A unit on the factory line: start the parts a test needs; stopped by pid afterwards."""
+    hardware = UnitHardware(system_bus, tmp_path / "board", [])
+    hardware.sysfs_root.mkdir()
+    try:
+        yield hardware
+    finally:
+        for mock in hardware.mocks:
+            mock.terminate()

@@ -28,7 +28,7 @@ from device_firmware.state import (
     StateStore,
 )
 
-from .conftest import TEST_PASSWORD, Provisioned
+from .conftest import TEST_PASSWORD, Provisioned, UnitHardware
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -228,21 +228,47 @@ def test_a_name_that_is_not_text_is_refused(value: object) -> None:
         DeviceConfig.from_mapping({"name": value})
 
 
-def test_factory_provision_self_test(tmp_path: Path) -> None:
+def test_factory_provision_self_test(tmp_path: Path, unit_hardware: UnitHardware) -> None:
+    """Every check on the operator's screen; a failing one with its next step and exit 1."""
+    unit_hardware.bluez()
     (tmp_path / "none.toml").write_text("")
     out = tmp_path / "out"
-    code, text = cli(
-        "--config",
-        str(tmp_path / "none.toml"),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "factory-provision",
-        "--model",
-        "pi-cli",
-        "--output",
-        str(out),
-        "--self-test",
-    )
-    assert (code, "Self-test key: pass" in text, "Self-test label: pass" in text) == (0, True, True)
-    record = json.loads((out / "manufacturing-records.jsonl").read_text())
+
+    def provision(data: str) -> tuple[int, str]:
+        return cli(
+            "--config",
+            str(tmp_path / "none.toml"),
+            "--data-dir",
+            str(tmp_path / data),
+            "factory-provision",
+            "--model",
+            "pi-cli",
+            "--output",
+            str(out),
+            "--self-test",
+        )
+
+    code, text = provision("no-nm")
+    assert code == 1, text
+    assert "Self-test network_manager: fail (unreachable: " in text
+    assert "  next step: start NetworkManager" in text
+    assert "Self-test wifi_radio: skipped (NetworkManager is unreachable)" in text
+
+    unit_hardware.network_manager()
+    code, text = provision("data")
+    assert code == 0, text
+    for line in (
+        "Self-test key: pass",
+        "Self-test label: pass",
+        "Self-test wifi_radio: pass (wlan0 managed by NetworkManager)",
+        "Self-test network_manager: pass (NetworkManager ",
+        "Self-test ble_adapter: pass (hci0 is an LE adapter, powered)",
+        "Self-test button: skipped (no button configured: button_gpio is unset)",
+        "Self-test led: ",  # this machine's own LEDs decide the result
+    ):
+        assert line in text, text
+    assert "next step" not in text
+    first, second = (out / "manufacturing-records.jsonl").read_text().splitlines()
+    assert json.loads(first)["self_test"]["passed"] is False
+    record = json.loads(second)
     assert record["self_test"]["passed"] is True

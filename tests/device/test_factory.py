@@ -19,8 +19,9 @@ from device_firmware.factory import (
     hotspot_passphrase,
 )
 from device_firmware.selftest import run_self_test
+from device_firmware.selftest_hardware import HardwareAccess
 
-from .conftest import Provisioned, provision
+from .conftest import Provisioned, UnitHardware, provision
 
 
 def test_files_and_modes(provisioned: Provisioned) -> None:
@@ -100,30 +101,27 @@ def test_bad_model_names(tmp_path: Path) -> None:
             )
 
 
-def test_self_test_record_key_and_label(tmp_path: Path) -> None:
-    config = DeviceConfig(data_dir=tmp_path / "data")
-    result = factory_provision(
-        config, model="plug-1", output_dir=tmp_path / "out", verifier_log2_n=14, self_test=True
-    )
+def test_self_test_record_key_and_label(tmp_path: Path, unit_hardware: UnitHardware) -> None:
+    unit_hardware.network_manager()
+    result, record = unit_hardware.provision(tmp_path, ble=False)
     assert result.self_test is not None
-    record = json.loads(result.record_file.read_text().splitlines()[0])
     checks = {check["name"]: check for check in record["self_test"]["checks"]}
     assert checks["key"]["result"] == "pass"
     assert checks["label"]["result"] == "pass"
     assert record["self_test"]["passed"] is True
     assert isinstance(record["self_test"]["at"], int)
-    code = DeviceIdentity.load(config.identity_file).device_id
+    code = DeviceIdentity.load(tmp_path / "data" / "identity.json").device_id
     assert code == record["device_id"]
     assert result.manual_code.replace("-", "") not in json.dumps(record)
 
 
-def test_self_test_fails_on_a_missing_label(tmp_path: Path) -> None:
+def test_self_test_fails_on_a_missing_label(tmp_path: Path, unit_hardware: UnitHardware) -> None:
     config = DeviceConfig(data_dir=tmp_path / "data")
     result = factory_provision(
         config, model="plug-1", output_dir=tmp_path / "out", verifier_log2_n=14
     )
     result.label_files[0].unlink()
-    report = run_self_test(config, result)
+    report = run_self_test(config, result, HardwareAccess(sysfs_root=unit_hardware.sysfs_root))
     label = next(check for check in report.checks if check.name == "label")
     assert label.result == "fail"
     assert str(result.label_files[0]) in label.reason
