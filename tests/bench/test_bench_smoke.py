@@ -28,6 +28,11 @@ EXPECTED = {
         "relay: full claims/s on PostgreSQL",
         "relay: claim p99 on PostgreSQL",
     ],
+    "storage": [
+        "storage: claims/s on SQLite, c1",
+        "storage: claims/s on SQLite, c64",
+        "storage: CPU per claim on PostgreSQL, c64",
+    ],
     "telemetry": ["telemetry: device → HA state, p50", "telemetry: device → HA state, p99"],
     "onboarding": [
         "onboarding: discovery → entities available, p50",
