@@ -233,17 +233,29 @@ class SqliteStorage(Storage):
         while self._pending:
             async with self._write_lock:
                 jobs, self._pending = self._pending[:GROUP_MAX], self._pending[GROUP_MAX:]
-                # Shielded: the writer thread finishes the group whatever happens to this task.
-                outcomes = await asyncio.shield(
-                    loop.run_in_executor(self._writer_thread, self._commit_group, jobs)
-                )
-            for job, (value, error) in zip(jobs, outcomes, strict=True):
-                if job.future.done():
-                    continue
-                if error is not None:
-                    job.future.set_exception(error)
-                else:
-                    job.future.set_result(value)
+                try:
+                    # Shielded: the writer finishes the group whatever happens to this task.
+                    outcomes = await asyncio.shield(
+                        loop.run_in_executor(self._writer_thread, self._commit_group, jobs)
+                    )
+                except BaseException as err:  # closed under it: no caller waits forever
+                    failure = StorageError(f"SQLite: the writer stopped: {err!r}")
+                    outcomes = [(None, failure)] * len(jobs)
+                    if not isinstance(err, Exception):
+                        self._answer(jobs, outcomes)
+                        raise
+            self._answer(jobs, outcomes)
+
+    @staticmethod
+    def _answer(jobs: list[_Job], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+        """Answer every caller still waiting: its result or its exception."""
+        for job, (value, error) in zip(jobs, outcomes, strict=True):
+            if job.future.done():
+                continue
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(value)
 
     def _commit_group(self, jobs: list[_Job]) -> list[tuple[Any, BaseException | None]]:
         """On the writer thread: every job in its savepoint, then one commit."""
