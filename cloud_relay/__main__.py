@@ -218,7 +218,10 @@ async def _run(args: argparse.Namespace, config: RelayConfig) -> int:  # noqa: C
             _out(json.dumps(model.to_dict(), indent=2, ensure_ascii=False))
         elif (command, action) == ("audit", "verify"):
             chain = await relay.verify_audit()
-            _out(f"audit log intact: {chain.count} event(s); head {chain.head_hash.hex()}")
+            _out(
+                f"audit log intact: {chain.count} event(s) in {chain.chains} chain(s); "
+                f"heads {chain.head_hash.hex()}"
+            )
         elif (command, action) == ("broker", "reconcile"):
             result = await relay.reconcile()
             _out(

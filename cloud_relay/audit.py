@@ -1,18 +1,25 @@
 """The audit log: append-only, hash-chained, queryable per household and device.
 
-Each event's hash covers its content and the previous event's hash, and the chain's head
-(last sequence number and hash) is kept in its own row, so ``audit verify`` detects an edited
-event, a deleted one in the middle and a truncated tail. Appends lock the head row, so events
-are numbered without gaps in commit order; callers append last in their transaction, keeping
-that lock short. Triggers refuse UPDATE and DELETE on the table; the chain catches anyone who
-bypasses them with direct database access. Export the head (``audit verify`` prints it) to
-somewhere the database's administrators cannot write, to detect a rewrite of the whole chain.
+Events form one chain per household (and one, ``''``, for events of no household), so
+transactions of different households never wait for each other's append. Each event's hash
+covers its content, its number in the whole log (``seq``), its chain and position there
+(``chain_seq``) and the chain's previous hash; each chain's head (last position and hash) is
+kept in its own row of ``audit_chains``, so ``audit verify`` detects an edited event, a deleted
+one in the middle and a truncated tail of any chain. Appends lock their chain's head row, so a
+chain is numbered without gaps in commit order; callers append last in their transaction,
+keeping that lock short. Events written before the per-household chains (schema version 4)
+stay in the single chain they were hashed in (``chain`` NULL, head frozen in ``audit_head``)
+and are verified as before. Triggers refuse UPDATE and DELETE on the table; the chains catch
+anyone who bypasses them with direct database access. Export the digest of all heads (``audit
+verify`` prints it) to somewhere the database's administrators cannot write, to detect a
+rewrite of whole chains.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -23,6 +30,10 @@ from .errors import AuditChainError
 from .storage import Connection, Row, Storage
 
 AUDIT_DOMAIN: Final = "iob/v1/relay-audit"
+CHAIN_DOMAIN: Final = "iob/v1/relay-audit-chain"
+HEADS_DOMAIN: Final = "iob/v1/relay-audit-heads"
+#: The chain of events that concern no household (account sign-ups, registry imports).
+ACCOUNT_CHAIN: Final = ""
 GENESIS_HASH: Final = bytes(32)
 _VERIFY_PAGE: Final = 1000
 
@@ -70,16 +81,15 @@ class AuditPage:
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    """A verified chain: how many events and its head."""
+    """A verified log: how many events, chains, and one digest of every chain's head."""
 
     count: int
-    head_seq: int
+    chains: int
     head_hash: bytes
 
 
-def event_hash(
+def _content(
     *,
-    seq: int,
     at: int,
     actor: str,
     action: str,
@@ -87,25 +97,39 @@ def event_hash(
     device_id: str | None,
     details: bytes,
     prev_hash: bytes,
-) -> bytes:
-    """The hash that links an event into the chain."""
-    return hashlib.sha256(
-        encode_fields(
-            AUDIT_DOMAIN,
-            {
-                "seq": seq,
-                "at": at,
-                "actor": actor,
-                "action": action,
-                "household_id": household_id or "",
-                "has_household": household_id is not None,
-                "device_id": device_id or "",
-                "has_device": device_id is not None,
-                "details": details,
-                "prev_hash": prev_hash,
-            },
-        )
-    ).digest()
+) -> dict[str, str | int | bool | bytes]:
+    """The fields both chain formats hash after their numbering, in this order."""
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "household_id": household_id or "",
+        "has_household": household_id is not None,
+        "device_id": device_id or "",
+        "has_device": device_id is not None,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+
+
+def event_hash(*, seq: int, **content: Any) -> bytes:
+    """The hash that links an event into the single chain of schema versions before 4.
+
+    ``content``: the keyword arguments of :func:`_content`.
+    """
+    fields = {"seq": seq, **_content(**content)}
+    return hashlib.sha256(encode_fields(AUDIT_DOMAIN, fields)).digest()
+
+
+def chain_event_hash(*, seq: int, chain: str, chain_seq: int, **content: Any) -> bytes:
+    """The hash that links an event into its household's chain (schema version 4 on)."""
+    fields = {"seq": seq, "chain": chain, "chain_seq": chain_seq, **_content(**content)}
+    return hashlib.sha256(encode_fields(CHAIN_DOMAIN, fields)).digest()
+
+
+def chain_of(household_id: str | None) -> str:
+    """The chain an event of ``household_id`` belongs to."""
+    return ACCOUNT_CHAIN if household_id is None else household_id
 
 
 async def append(
@@ -119,12 +143,14 @@ async def append(
     details: dict[str, JsonValue] | None = None,
 ) -> int:
     """Append one event inside the caller's transaction; return its sequence number."""
-    head = await conn.lock_audit_head()
-    seq = int(head["seq"]) + 1
-    prev_hash = bytes(head["hash"])
+    chain = chain_of(household_id)
+    head = await conn.lock_audit_chain(chain, GENESIS_HASH)
+    seq, chain_seq, prev_hash = int(head["next"]), int(head["seq"]) + 1, bytes(head["hash"])
     encoded = canonical_json(details or {})
-    digest = event_hash(
+    digest = chain_event_hash(
         seq=seq,
+        chain=chain,
+        chain_seq=chain_seq,
         at=at,
         actor=actor,
         action=action,
@@ -134,9 +160,12 @@ async def append(
         prev_hash=prev_hash,
     )
     await conn.execute(
-        "INSERT INTO audit_log (seq, at, actor, action, household_id, device_id, details, "
-        "prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO audit_log (seq, chain, chain_seq, at, actor, action, household_id, "
+        "device_id, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+        "$11)",
         seq,
+        chain,
+        chain_seq,
         at,
         actor,
         action,
@@ -146,7 +175,9 @@ async def append(
         prev_hash,
         digest,
     )
-    await conn.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, digest)
+    await conn.execute(
+        "UPDATE audit_chains SET seq = $1, hash = $2 WHERE chain = $3", chain_seq, digest, chain
+    )
     return seq
 
 
@@ -214,7 +245,105 @@ async def by_actor(conn: Connection, actor: str) -> list[AuditEvent]:
 
 
 async def verify(storage: Storage) -> ChainReport:
-    """Walk the whole chain; raise :class:`AuditChainError` naming the first broken event."""
+    """Walk every chain; raise :class:`AuditChainError` naming the first broken event."""
+    legacy_count, legacy_head = await _verify_single_chain(storage)
+    async with storage.read() as conn:
+        rows = await conn.fetch("SELECT chain, seq, hash FROM audit_chains")
+    heads = {str(row["chain"]): (int(row["seq"]), bytes(row["hash"])) for row in rows}
+    count = legacy_count
+    walked: dict[str, tuple[int, bytes]] = {}
+    async for chain, chain_seq, digest in _walk_chains(storage):
+        walked[chain] = (chain_seq, digest)
+        count += chain_seq
+    for chain in sorted(heads.keys() | walked.keys()):
+        _check_head(chain, walked.get(chain, (0, GENESIS_HASH)), heads.get(chain))
+    summary = hashlib.sha256(HEADS_DOMAIN.encode() + b"\0" + legacy_head)
+    for chain in sorted(heads):
+        chain_seq, digest = heads[chain]
+        summary.update(encode_fields(HEADS_DOMAIN, {"chain": chain, "seq": chain_seq}) + digest)
+    return ChainReport(count, len(heads), summary.digest())
+
+
+def _check_head(chain: str, walked: tuple[int, bytes], head: tuple[int, bytes] | None) -> None:
+    """The last event walked in ``chain`` is the one its head row names."""
+    label = f"household {chain}" if chain else "account events"
+    if head is None:
+        raise AuditChainError(f"the head of the audit chain of {label} is missing")
+    if head[0] != walked[0] or not hmac.compare_digest(head[1], walked[1]):
+        raise AuditChainError(
+            f"the audit chain of {label} ends at its event {walked[0]} but its head says "
+            f"{head[0]}: the newest events were deleted or the head was edited"
+        )
+
+
+async def _walk_chains(storage: Storage) -> AsyncIterator[tuple[str, int, bytes]]:
+    """Every event of the per-household chains, checked: (chain, position, hash)."""
+    chain: str | None = None
+    position = 0
+    prev_hash = GENESIS_HASH
+    last_seq = 0
+    while True:
+        async with storage.read() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, chain, chain_seq, at, actor, action, household_id, device_id, "
+                "details, prev_hash, hash FROM audit_log WHERE chain IS NOT NULL "
+                "AND (chain > $1 OR (chain = $1 AND chain_seq > $2)) "
+                "ORDER BY chain, chain_seq LIMIT $3",
+                "" if chain is None else chain,
+                -1 if chain is None else position,
+                _VERIFY_PAGE,
+            )
+        for row in rows:
+            if row["chain"] != chain:
+                if chain is not None:
+                    yield chain, position, prev_hash
+                chain, position, prev_hash, last_seq = str(row["chain"]), 0, GENESIS_HASH, 0
+            position += 1
+            prev_hash = _check_chain_event(row, position, prev_hash, last_seq)
+            last_seq = int(row["seq"])
+        if len(rows) < _VERIFY_PAGE:
+            break
+    if chain is not None:
+        yield chain, position, prev_hash
+
+
+def _check_chain_event(row: Row, position: int, prev_hash: bytes, last_seq: int) -> bytes:
+    """Check the event at ``position`` of its chain; return its hash."""
+    seq = int(row["seq"])
+    if int(row["chain_seq"]) != position:
+        raise AuditChainError(f"an audit event before event {seq} is missing: events were deleted")
+    if row["chain"] != chain_of(row["household_id"]) or seq <= last_seq:
+        raise AuditChainError(f"audit event {seq} was moved")
+    if not hmac.compare_digest(bytes(row["prev_hash"]), prev_hash):
+        raise AuditChainError(f"audit event {seq} does not link to the one before it")
+    digest = chain_event_hash(
+        seq=seq, chain=str(row["chain"]), chain_seq=position, **_stored_content(row, prev_hash)
+    )
+    return _matching(row, digest)
+
+
+def _stored_content(row: Row, prev_hash: bytes) -> dict[str, Any]:
+    """The hashed content of a stored event, linked to ``prev_hash``."""
+    return {
+        "at": int(row["at"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "household_id": row["household_id"],
+        "device_id": row["device_id"],
+        "details": str(row["details"]).encode("utf-8"),
+        "prev_hash": prev_hash,
+    }
+
+
+def _matching(row: Row, digest: bytes) -> bytes:
+    """``digest`` if it is the stored event's hash."""
+    if not hmac.compare_digest(digest, bytes(row["hash"])):
+        raise AuditChainError(f"audit event {row['seq']} was edited (its hash does not match)")
+    return digest
+
+
+async def _verify_single_chain(storage: Storage) -> tuple[int, bytes]:
+    """The events written before version 4, one chain by ``seq``: (count, head hash)."""
     expected_seq = 1
     prev_hash = GENESIS_HASH
     count = 0
@@ -222,7 +351,7 @@ async def verify(storage: Storage) -> ChainReport:
         async with storage.read() as conn:
             rows = await conn.fetch(
                 "SELECT seq, at, actor, action, household_id, device_id, details, prev_hash, "
-                "hash FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                "hash FROM audit_log WHERE chain IS NULL AND seq >= $1 ORDER BY seq LIMIT $2",
                 expected_seq,
                 _VERIFY_PAGE,
             )
@@ -234,19 +363,7 @@ async def verify(storage: Storage) -> ChainReport:
                 )
             if not hmac.compare_digest(bytes(row["prev_hash"]), prev_hash):
                 raise AuditChainError(f"audit event {seq} does not link to event {seq - 1}")
-            digest = event_hash(
-                seq=seq,
-                at=int(row["at"]),
-                actor=row["actor"],
-                action=row["action"],
-                household_id=row["household_id"],
-                device_id=row["device_id"],
-                details=str(row["details"]).encode("utf-8"),
-                prev_hash=prev_hash,
-            )
-            if not hmac.compare_digest(digest, bytes(row["hash"])):
-                raise AuditChainError(f"audit event {seq} was edited (its hash does not match)")
-            prev_hash = digest
+            prev_hash = _matching(row, event_hash(seq=seq, **_stored_content(row, prev_hash)))
             expected_seq += 1
             count += 1
         if len(rows) < _VERIFY_PAGE:
@@ -260,4 +377,4 @@ async def verify(storage: Storage) -> ChainReport:
             f"the chain ends at event {count} but its head says {head['seq']}: the newest "
             "events were deleted or the head was edited"
         )
-    return ChainReport(count, count, prev_hash)
+    return count, prev_hash

@@ -123,6 +123,13 @@ async def broker_call(call: Awaitable[None], what: str) -> None:
         raise BrokerUnavailableError from err
 
 
+class NeedsBrokerError(Exception):
+    """A body run without the broker (:attr:`BrokerPlan.offline`) reached a broker call.
+
+    Raised before the plan changes anything, so the body can run again, online.
+    """
+
+
 class BrokerPlan:
     """Broker changes made inside one transaction, and how to undo them."""
 
@@ -130,14 +137,22 @@ class BrokerPlan:
         """Track calls made on ``broker``."""
         self._broker = broker
         self._config = config
+        #: Set while the body runs on SQLite's writer thread (no event loop there): a broker
+        #: call raises :class:`NeedsBrokerError` instead (see :func:`cloud_relay.mutation.mutate`).
+        self.offline = False
         self._devices: set[str] = set()
         self._hubs: set[str] = set()
         self._kicks: set[str] = set()
         self._put: dict[str, int] = {}
         self._tools: set[str] = set()
 
+    def _online(self) -> None:
+        if self.offline:
+            raise NeedsBrokerError
+
     async def put_device(self, device_id: str, version: int) -> DeviceCredential:
         """Create or update the device's client; return the credential."""
+        self._online()
         credential = device_credential(self._config, device_id, version)
         self._devices.add(device_id)
         self._put.pop(device_id, None)
@@ -159,12 +174,14 @@ class BrokerPlan:
 
     async def remove_device(self, device_id: str) -> None:
         """Delete the device's client and kick its session."""
+        self._online()
         self._devices.add(device_id)
         self._put.pop(device_id, None)
         await broker_call(self._broker.remove_device(device_id), f"remove_device {device_id}")
 
     async def remove_hub(self, household_id: str) -> None:
         """Delete the household's hub client and kick its sessions (the household is deleted)."""
+        self._online()
         self._hubs.add(household_id)
         self._kicks.discard(household_id)
         await broker_call(self._broker.remove_hub(household_id), f"remove_hub {household_id}")
@@ -176,6 +193,7 @@ class BrokerPlan:
         of one household put its hub one after another, each from a view that holds every
         change committed before it: the broker never grants more, or less, than the database.
         """
+        self._online()
         credential = hub_credential(self._config, household_id, version)
         self._hubs.add(household_id)
         await conn.lock(household_lock(household_id))
@@ -185,11 +203,13 @@ class BrokerPlan:
 
     async def put_tool(self, credential: ToolCredential) -> None:
         """Create a household's tool credential (its hub must have been put)."""
+        self._online()
         self._tools.add(credential.credential_id)
         await broker_call(self._broker.put_tool(credential), f"put_tool {credential.credential_id}")
 
     async def remove_tool(self, credential_id: str) -> None:
         """Delete a tool credential and kick its live session."""
+        self._online()
         self._tools.add(credential_id)
         await broker_call(self._broker.remove_tool(credential_id), f"remove_tool {credential_id}")
 

@@ -224,7 +224,8 @@ class Claims:
         )
         token, claim_id, now = new_token(), new_id(), ctx.now()
         expires_at = now + ctx.config.claim_ttl
-        async with ctx.storage.transaction() as conn:
+
+        async def body(conn: Connection) -> None:
             await self._households.require(conn, household_id, account, "admin")
             device = await conn.fetchrow(
                 "SELECT household_id, preassigned_household_id FROM devices WHERE device_id = $1",
@@ -264,6 +265,8 @@ class Claims:
                     **({"owned_already": True} if owned_already else {}),
                 },
             )
+
+        await ctx.storage.run(body)
         return api.Claim(
             claim_id=claim_id,
             device_id=device_id,
@@ -407,15 +410,16 @@ class Claims:
             # One confirmation of a device at a time in this process, so one's early broker
             # call never interleaves with another's compensation.
             async with self._confirming.hold(confirmation.device_id):
-                return await mutate(ctx, body, prepare=early)
+                return await mutate(ctx, body, prepare=early, rerunnable=True)
         except ClaimExpiredError:
-            async with ctx.storage.transaction() as conn:
-                await conn.execute(
+            await ctx.storage.run(
+                lambda conn: conn.execute(
                     "UPDATE claims SET status = 'expired', completed_at = $1 "
                     "WHERE token_hash = $2 AND status = 'pending'",
                     ctx.now(),
                     hashed,
                 )
+            )
             raise
 
     async def zero_touch(self, raw: object) -> Owned:
@@ -464,18 +468,21 @@ class Claims:
 
         # Not while a confirmation of the device has its client put early (see confirm).
         async with self._confirming.hold(confirmation.device_id):
-            return await mutate(ctx, body)
+            return await mutate(ctx, body, rerunnable=True)
 
     async def purge_expired(self) -> None:
         """Mark lapsed claims expired and forget nonces past their window."""
         now = self._ctx.now()
-        async with self._ctx.storage.transaction() as conn:
+
+        async def body(conn: Connection) -> None:
             await conn.execute(
                 "UPDATE claims SET status = 'expired', completed_at = $1 "
                 "WHERE status = 'pending' AND expires_at < $1",
                 now,
             )
             await conn.execute("DELETE FROM device_nonces WHERE expires_at < $1", now)
+
+        await self._ctx.storage.run(body)
 
 
 async def reconfirm(conn: Connection, plan: BrokerPlan, ctx: Context, claim: Row) -> Owned:

@@ -70,8 +70,12 @@ async def _audit_transfer(
     to_household: str,
     details: dict[str, JsonValue] | None = None,
 ) -> None:
-    """A transfer concerns two households: each one's audit trail records it."""
-    for audited in (from_household, to_household):
+    """A transfer concerns two households: each one's audit trail records it.
+
+    In sorted order: each append locks its household's chain head, so two transactions that
+    audit the same two households take those locks in one order (no deadlock on PostgreSQL).
+    """
+    for audited in sorted((from_household, to_household)):
         await audit.append(
             conn,
             at=at,
@@ -508,7 +512,7 @@ class Devices:
                 "shared_with": target_household_id,
                 "access": "control" if control else "read",
             }
-            for audited in (household_id, target_household_id):
+            for audited in sorted((household_id, target_household_id)):  # see _audit_transfer
                 await audit.append(
                     conn,
                     at=now,
@@ -545,7 +549,7 @@ class Devices:
                 raise ShareNotFoundError
             await plan.sync_hubs(conn, [target_household_id], kick=True)
             now = ctx.now()
-            for audited in (household_id, target_household_id):
+            for audited in sorted((household_id, target_household_id)):  # see _audit_transfer
                 await audit.append(
                     conn,
                     at=now,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from .broker_sync import BrokerPlan
+from .broker_sync import BrokerPlan, NeedsBrokerError
 from .context import Context
 from .storage import Connection
 
@@ -19,6 +19,7 @@ async def mutate(
     body: Callable[[Connection, BrokerPlan], Awaitable[_T]],
     *,
     prepare: Callable[[BrokerPlan], Awaitable[None]] | None = None,
+    rerunnable: bool = False,
 ) -> _T:
     """Run ``body`` in a transaction; on any failure undo its broker changes, then re-raise.
 
@@ -31,6 +32,12 @@ async def mutate(
     before the commit.
 
     After the commit, the hubs ``body`` asked to kick are disconnected (best effort).
+
+    ``rerunnable``: ``body`` changes nothing but the database and ``plan`` until its first
+    broker call. On SQLite it then first runs whole on the writer thread (one thread hop,
+    its commit shared with concurrent ones: :meth:`Storage.run`) with the plan offline; only
+    if it reaches a broker call is it rolled back and run again in a transaction that can
+    await the broker.
     """
     plan = BrokerPlan(ctx.broker, ctx.config)
     # Shared with other mutations, never with a reconcile (which would undo a commit it did
@@ -39,8 +46,7 @@ async def mutate(
         try:
             if prepare is not None:
                 await prepare(plan)
-            async with ctx.storage.transaction() as conn:
-                result = await body(conn, plan)
+            result = await _run(ctx, body, plan, rerunnable=rerunnable)
         except BaseException:
             # Shielded: a cancelled request must still leave the broker matching the database.
             await asyncio.shield(plan.compensate(ctx.storage))
@@ -48,6 +54,25 @@ async def mutate(
         # Shielded too: the change is committed, so its Home Assistants must hear of it.
         await asyncio.shield(plan.after_commit())
     return result
+
+
+async def _run(
+    ctx: Context,
+    body: Callable[[Connection, BrokerPlan], Awaitable[_T]],
+    plan: BrokerPlan,
+    *,
+    rerunnable: bool,
+) -> _T:
+    if rerunnable and ctx.storage.single_writer:
+        plan.offline = True
+        try:
+            return await ctx.storage.run(lambda conn: body(conn, plan))
+        except NeedsBrokerError:
+            pass  # rolled back, the plan untouched: run it again where the broker is reachable
+        finally:
+            plan.offline = False
+    async with ctx.storage.transaction() as conn:
+        return await body(conn, plan)
 
 
 class KeyedLocks:

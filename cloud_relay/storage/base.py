@@ -4,9 +4,11 @@ Queries are written once, in the SQL both engines share, with ``$1``-style place
 (SQLite receives them as ``?1``). Times are whole Unix seconds, flags are 0/1 integers and
 binary values are bytes, so rows look the same whichever engine produced them.
 
-A write goes through :meth:`Storage.transaction`: commit on success, roll back on any
-exception (including cancellation). Reads that need no consistency with a write use
-:meth:`Storage.read`.
+A write goes through :meth:`Storage.run` (a function of the connection that awaits nothing
+else: on SQLite it runs whole on the writer thread and shares its commit with concurrent ones)
+or, when it must await another service in between, :meth:`Storage.transaction`: commit on
+success, roll back on any exception (including cancellation). Reads that need no consistency
+with a write use :meth:`Storage.read`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import abc
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -32,6 +34,7 @@ if sys.version_info < (3, 12):
 
 
 Row: TypeAlias = dict[str, Any]
+_T = TypeVar("_T")
 
 _PLACEHOLDER: Final = re.compile(r"\$(\d+)")
 
@@ -64,14 +67,26 @@ class Connection(abc.ABC):
         row = await self.fetchrow(sql, *args)
         return None if row is None else next(iter(row.values()))
 
-    #: Reads the audit chain's head row, locking it where the dialect needs a lock for that.
-    _audit_head_sql: str
+    #: An SQL expression for the next audit event's number (``audit_log.seq``).
+    _audit_next_seq_sql: str
 
-    async def lock_audit_head(self) -> Row:
-        """Lock and return the audit chain's head row until the transaction ends."""
-        row = await self.fetchrow(self._audit_head_sql)
+    async def lock_audit_chain(self, chain: str, genesis: bytes) -> Row:
+        """Lock and return the head of audit chain ``chain`` (``seq``, ``hash``, ``next``).
+
+        One row per chain, created at ``genesis`` on first use; the upsert takes the row's
+        lock, so appends to one chain are serialised and appends to others are not. ``next``
+        is the number the event gets in the whole log (taken under the lock: increasing along
+        each chain).
+        """
+        row = await self.fetchrow(
+            "INSERT INTO audit_chains (chain, seq, hash) VALUES ($1, 0, $2) "  # noqa: S608 - fixed fragments
+            "ON CONFLICT (chain) DO UPDATE SET seq = audit_chains.seq "
+            f"RETURNING seq, hash, {self._audit_next_seq_sql} AS next",
+            chain,
+            genesis,
+        )
         if row is None:
-            raise StorageError("the audit head row is missing; run `python -m cloud_relay migrate`")
+            raise StorageError("the audit chain head vanished; run `python -m cloud_relay migrate`")
         return row
 
     @abc.abstractmethod
@@ -96,6 +111,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """A read-write transaction; commits when the block ends without an exception."""
+
+    async def run(self, body: Callable[[Connection], Awaitable[_T]]) -> _T:
+        """Run ``body`` in a read-write transaction; its result once the commit is durable.
+
+        ``body`` may only await its connection (SQLite runs it on the writer thread, in a
+        savepoint of a commit it may share with other transactions); one that raises is rolled
+        back and its exception re-raised here.
+        """
+        async with self.transaction() as conn:
+            return await body(conn)
 
     @abc.abstractmethod
     def read(self) -> AbstractAsyncContextManager[Connection]:

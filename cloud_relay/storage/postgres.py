@@ -41,7 +41,7 @@ class PostgresConnection(Connection):
     """A wrapped asyncpg connection."""
 
     dialect = "postgres"
-    _audit_head_sql = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+    _audit_next_seq_sql = "nextval('audit_log_seq')"
 
     def __init__(self, connection: Any) -> None:
         """Wrap ``connection`` (an ``asyncpg.Connection``)."""

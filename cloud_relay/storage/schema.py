@@ -206,6 +206,20 @@ _POSTGRES_APPEND_ONLY: Final = (
     "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, decode(repeat('00', 32), 'hex'))",
 )
 
+_AUDIT_CHAINS: Final = (
+    # NULL: an event of the single chain of versions before 4, verified as it was, its head
+    # frozen in audit_head. Every later event belongs to the chain of its household ('' for
+    # events of no household), numbered chain_seq along it (cloud_relay.audit).
+    "ALTER TABLE audit_log ADD COLUMN chain TEXT",
+    "ALTER TABLE audit_log ADD COLUMN chain_seq {bigint}",
+    "CREATE UNIQUE INDEX audit_chain_position ON audit_log (chain, chain_seq)",
+    """CREATE TABLE audit_chains (
+        chain TEXT PRIMARY KEY,
+        seq {bigint} NOT NULL,
+        hash {bytes} NOT NULL
+    )""",
+)
+
 MIGRATIONS: Final = (
     Migration(
         1,
@@ -230,6 +244,21 @@ MIGRATIONS: Final = (
             )""",
             "CREATE INDEX mqtt_credentials_household ON mqtt_credentials (household_id)",
         ),
+    ),
+    Migration(
+        4,
+        "an audit chain per household",
+        _AUDIT_CHAINS,
+        {
+            # Numbers without a lock (SQLite's single writer takes MAX(seq) + 1).
+            "postgres": (
+                "CREATE SEQUENCE audit_log_seq",
+                (
+                    "SELECT setval('audit_log_seq', "
+                    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_log), false)"
+                ),
+            )
+        },
     ),
 )
 

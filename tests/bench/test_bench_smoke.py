@@ -34,6 +34,11 @@ EXPECTED = {
         "broker: CONNECT/s, RabbitMQ (HTTP auth",
         "broker: publish → receive, RabbitMQ",
     ],
+    "storage": [
+        "storage: claims/s on SQLite, c1",
+        "storage: claims/s on SQLite, c64",
+        "storage: CPU per claim on PostgreSQL, c64",
+    ],
     "telemetry": ["telemetry: device → HA state, p50", "telemetry: device → HA state, p99"],
     "onboarding": [
         "onboarding: discovery → entities available, p50",

@@ -80,12 +80,12 @@ async def _tamper(api: Api, *statements: str) -> None:
             ("UPDATE audit_log SET actor = 'account:someone-else' WHERE seq = 2",),
             "event 2 was edited",
         ),
-        (("DELETE FROM audit_log WHERE seq = 4",), "event 4 is missing"),
+        (("DELETE FROM audit_log WHERE seq = 4",), r"before event \d+ is missing"),
         (
             ("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)",),
             "newest events were deleted",
         ),
-        (("UPDATE audit_log SET seq = seq + 100 WHERE seq = 5",), "event 5 is missing"),
+        (("UPDATE audit_log SET seq = seq + 100 WHERE seq = 5",), "event 105 was edited"),
     ],
 )
 async def test_verify_detects_tampering(
