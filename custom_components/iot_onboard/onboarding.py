@@ -915,7 +915,8 @@ class DeviceSteps(ConfigFlow):
     ) -> ConfigFlowResult:
         """Hand over Wi-Fi and claim, commit, and wait for the outcome."""
         del user_input  # a progress step takes no input
-        shown = self._task is not None  # called again by HA once the progress task ended
+        # Called again by HA once the progress task ended (or by a reopened dialog before).
+        shown = self._task is not None
         if self._task is None:
             work = self._work = self.hass.async_create_background_task(
                 self._async_provision(self._choice),
@@ -924,10 +925,14 @@ class DeviceSteps(ConfigFlow):
             )
             if self.inline_commit_wait > 0:  # 0: always the progress screen
                 await asyncio.wait({work}, timeout=self.inline_commit_wait)
-            if not work.done():
+            if work.done():
+                outcome = work.result()
+            else:
                 self._task = self.hass.async_create_task(
                     _shielded(work, PROGRESS_MIN_SHOWN), eager_start=False
                 )
+        if self._task is not None:
+            if not self._task.done():
                 return self.async_show_progress(
                     step_id="provision",
                     # A Wi-Fi change claims nothing: its own text.
@@ -937,8 +942,6 @@ class DeviceSteps(ConfigFlow):
                     progress_task=self._task,
                     description_placeholders=self._placeholders(),
                 )
-            outcome = work.result()
-        else:
             outcome = self._task.result()
             self._task = None
         next_step = self._after_commit(outcome)

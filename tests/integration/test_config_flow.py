@@ -888,6 +888,9 @@ async def test_a_slow_commit_shows_progress_for_at_least_the_minimum(
     result = await submit(hass, flow_id, HOME_WIFI)
     shown = time.monotonic()
     assert result["type"] is FlowResultType.SHOW_PROGRESS, result
+    # A reopened dialog reads the flow again meanwhile: still the same progress screen.
+    again = await submit(hass, flow_id)
+    assert again["type"] is FlowResultType.SHOW_PROGRESS, again
     release.set()  # the commit ends right after the screen was shown
     await hass.async_block_till_done()
     unsubscribe()
