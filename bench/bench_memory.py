@@ -11,10 +11,10 @@ baseline is the idle RSS (0 devices) and the ratio RSS(N) / RSS(0).
 
 Then one more device, a real agent started with the stack, is onboarded through Home Assistant's
 config flow (as bench_onboarding.py does) into that household of N while the other entities'
-states are sampled without pause: the rows say the smallest share of them seen available at once
-(it must be 1, with the most seen unavailable in the note: the device is added to the running hub
-and platforms, nothing is reloaded) and the seconds from its discovery flow to its entities
-available.
+states are sampled without pause: a row says the smallest share of them seen available at once
+(it must be 1: the device is added to the running hub and platforms, nothing is reloaded); its
+note has the most seen unavailable and the seconds from the device's discovery flow to its
+entities available.
 
     .venv/bin/python bench/bench_memory.py [--devices 1000] [--quick] [--json FILE]
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import time
 from typing import Final
 
@@ -152,18 +151,9 @@ async def measure(
             ratio=available,
             note=(
                 f"{samples} samples of {count * ENTITIES_PER_DEVICE} entities while it was added;"
-                f" at most {unavailable} unavailable at once"
+                f" at most {unavailable} unavailable at once; the device's discovery → entities"
+                f" {added:.2f} s (bench_onboarding.py measures that against the bare LAN commit)"
             ),
-        )
-    )
-    rows.append(
-        Result(
-            metric=f"adding a device to a household of {count}: discovery → entities available",
-            value=added,
-            unit="s",
-            baseline=math.nan,
-            baseline_label="bench_onboarding.py measures it against the bare LAN commit",
-            ratio=math.nan,
         )
     )
     facts: dict[str, object] = {
