@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -276,33 +276,48 @@ def _check_head(chain: str, walked: tuple[int, bytes], head: tuple[int, bytes] |
         )
 
 
+async def _paged(
+    storage: Storage, sql: str, start: tuple[Any, ...], after: Callable[[Row], tuple[Any, ...]]
+) -> AsyncIterator[Row]:
+    """The rows of ``sql`` a page at a time (keyset paging: ``after`` the last row's key).
+
+    ``sql`` takes the key's parameters, then the page size as its last one; no read
+    transaction is held between pages.
+    """
+    args = start
+    while True:
+        async with storage.read() as conn:
+            rows = await conn.fetch(sql, *args, _VERIFY_PAGE)
+        for row in rows:
+            yield row
+        if len(rows) < _VERIFY_PAGE:
+            return
+        args = after(rows[-1])
+
+
 async def _walk_chains(storage: Storage) -> AsyncIterator[tuple[str, int, bytes]]:
     """Every event of the per-household chains, checked: (chain, position, hash)."""
     chain: str | None = None
     position = 0
     prev_hash = GENESIS_HASH
     last_seq = 0
-    while True:
-        async with storage.read() as conn:
-            rows = await conn.fetch(
-                "SELECT seq, chain, chain_seq, at, actor, action, household_id, device_id, "
-                "details, prev_hash, hash FROM audit_log WHERE chain IS NOT NULL "
-                "AND (chain > $1 OR (chain = $1 AND chain_seq > $2)) "
-                "ORDER BY chain, chain_seq LIMIT $3",
-                "" if chain is None else chain,
-                -1 if chain is None else position,
-                _VERIFY_PAGE,
-            )
-        for row in rows:
-            if row["chain"] != chain:
-                if chain is not None:
-                    yield chain, position, prev_hash
-                chain, position, prev_hash, last_seq = str(row["chain"]), 0, GENESIS_HASH, 0
-            position += 1
-            prev_hash = _check_chain_event(row, position, prev_hash, last_seq)
-            last_seq = int(row["seq"])
-        if len(rows) < _VERIFY_PAGE:
-            break
+    rows = _paged(
+        storage,
+        "SELECT seq, chain, chain_seq, at, actor, action, household_id, device_id, "
+        "details, prev_hash, hash FROM audit_log WHERE chain IS NOT NULL "
+        "AND (chain > $1 OR (chain = $1 AND chain_seq > $2)) "
+        "ORDER BY chain, chain_seq LIMIT $3",
+        ("", -1),
+        lambda row: (str(row["chain"]), int(row["chain_seq"])),
+    )
+    async for row in rows:
+        if row["chain"] != chain:
+            if chain is not None:
+                yield chain, position, prev_hash
+            chain, position, prev_hash, last_seq = str(row["chain"]), 0, GENESIS_HASH, 0
+        position += 1
+        prev_hash = _check_chain_event(row, position, prev_hash, last_seq)
+        last_seq = int(row["seq"])
     if chain is not None:
         yield chain, position, prev_hash
 
@@ -347,27 +362,24 @@ async def _verify_single_chain(storage: Storage) -> tuple[int, bytes]:
     expected_seq = 1
     prev_hash = GENESIS_HASH
     count = 0
-    while True:
-        async with storage.read() as conn:
-            rows = await conn.fetch(
-                "SELECT seq, at, actor, action, household_id, device_id, details, prev_hash, "
-                "hash FROM audit_log WHERE chain IS NULL AND seq >= $1 ORDER BY seq LIMIT $2",
-                expected_seq,
-                _VERIFY_PAGE,
+    rows = _paged(
+        storage,
+        "SELECT seq, at, actor, action, household_id, device_id, details, prev_hash, "
+        "hash FROM audit_log WHERE chain IS NULL AND seq >= $1 ORDER BY seq LIMIT $2",
+        (1,),
+        lambda row: (int(row["seq"]) + 1,),
+    )
+    async for row in rows:
+        seq = int(row["seq"])
+        if seq != expected_seq:
+            raise AuditChainError(
+                f"audit event {expected_seq} is missing (next is {seq}): events were deleted"
             )
-        for row in rows:
-            seq = int(row["seq"])
-            if seq != expected_seq:
-                raise AuditChainError(
-                    f"audit event {expected_seq} is missing (next is {seq}): events were deleted"
-                )
-            if not hmac.compare_digest(bytes(row["prev_hash"]), prev_hash):
-                raise AuditChainError(f"audit event {seq} does not link to event {seq - 1}")
-            prev_hash = _matching(row, event_hash(seq=seq, **_stored_content(row, prev_hash)))
-            expected_seq += 1
-            count += 1
-        if len(rows) < _VERIFY_PAGE:
-            break
+        if not hmac.compare_digest(bytes(row["prev_hash"]), prev_hash):
+            raise AuditChainError(f"audit event {seq} does not link to event {seq - 1}")
+        prev_hash = _matching(row, event_hash(seq=seq, **_stored_content(row, prev_hash)))
+        expected_seq += 1
+        count += 1
     async with storage.read() as conn:
         head = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
     if head is None:

@@ -97,6 +97,21 @@ async def test_verify_checks_every_chain(api: Api, statement: str, message: str 
         await audit.verify(storage)
 
 
+async def test_verify_reads_in_pages(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk in pages of two gives the one-page answer and still finds a deleted event."""
+    storage = api.relay.ctx.storage
+    for household in ("h-a", "h-b", "h-a", "h-b", "h-a", None, "h-c"):
+        await _append(storage, household, "test.event")
+    whole = await audit.verify(storage)
+    monkeypatch.setattr(audit, "_VERIFY_PAGE", 2)
+    assert await audit.verify(storage) == whole
+    await _tamper(
+        api, "DELETE FROM audit_log WHERE chain = 'h-a' AND chain_seq = 2 AND action = 'test.event'"
+    )
+    with pytest.raises(AuditChainError, match="missing"):
+        await audit.verify(storage)
+
+
 async def _legacy_append(storage: Storage, action: str, household: str | None) -> None:
     """An append as versions before 4 made it: one chain, its head in ``audit_head``."""
     async with storage.transaction() as conn:
@@ -130,6 +145,8 @@ async def _legacy_append(storage: Storage, action: str, household: str | None) -
 
 
 async def _migrates_from_single_chain(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pages of two: both walks (the old chain and the new ones) cross page boundaries.
+    monkeypatch.setattr(audit, "_VERIFY_PAGE", 2)
     storage = await open_storage(url)
     try:
         with monkeypatch.context() as patched:
