@@ -15,14 +15,10 @@ of the card's and the confirm step's.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +26,7 @@ from typing import Any, Final
 import pytest
 from playwright.sync_api import Page, expect
 
+from .addon import ANNOUNCE_TIMEOUT, Addon, import_device, running_supervisor
 from .browser import (
     DOMAIN,
     STEP_TIMEOUT,
@@ -42,13 +39,10 @@ from .browser import (
     see,
     shown_screenshots,
 )
-from .helpers import REPO, Orchestrator, free_port, get, ha_token, processes_mentioning
+from .helpers import Orchestrator, free_port, get, ha_token, processes_mentioning
 from .supervisor import StandInSupervisor
 from .test_browser import Person
 
-RUN_SCRIPT: Final = REPO / "addon" / "iot_onboard_relay" / "rootfs" / "run.sh"
-#: Bounds, not expectations: the add-on announces within a few seconds of its start.
-ANNOUNCE_TIMEOUT: Final = 90.0
 #: One record of Home Assistant's log: its first line and any traceback under it.
 LOG_RECORD: Final = re.compile(
     r"^\d{4}-\d\d-\d\d \S+ (\w+) .*?(?=^\d{4}-\d\d-\d\d |\Z)", re.MULTILINE | re.DOTALL
@@ -99,91 +93,8 @@ def screenshot_dir(capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
 
 @pytest.fixture
 def supervisor() -> Iterator[StandInSupervisor]:
-    # The add-on's container ports, moved to free ones, mapped to the same host ports.
-    ports: dict[str, int | None] = {f"{port}/tcp": port for port in (free_port(), free_port())}
-    stand_in = StandInSupervisor(ports=ports)
-    stand_in.start()
-    try:
+    with running_supervisor() as stand_in:
         yield stand_in
-    finally:
-        stand_in.stop()
-
-
-class Addon:
-    """The add-on's run script with its /data (a temporary directory) and log."""
-
-    def __init__(self, supervisor: StandInSupervisor) -> None:
-        self.data = Path(tempfile.mkdtemp(prefix="iob-addon-data-"))
-        self.data.chmod(0o755)  # like /data: the broker drops root and must get through
-        # What the user set in the add-on's options: devices reach this host at 127.0.0.1.
-        options = {"log_level": "info", "device_host": "127.0.0.1"}
-        (self.data / "options.json").write_text(json.dumps(options), encoding="utf-8")
-        self.log = self.data.with_name(self.data.name + ".log")
-        http_port, mqtt_port = (int(p.removesuffix("/tcp")) for p in supervisor.ports)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "IOB_ADDON_DATA": str(self.data),
-            "IOB_ADDON_PYTHON": sys.executable,
-            "IOB_ADDON_SUPERVISOR": f"http://{supervisor.address}",
-            "IOB_ADDON_HTTP_PORT": str(http_port),
-            "IOB_ADDON_MQTT_PORT": str(mqtt_port),
-            # The add-on network's DNS name (the stand-in says it) does not resolve here.
-            "IOB_ADDON_HOSTNAME": "localhost",
-            "SUPERVISOR_TOKEN": supervisor.addon_token,
-            "PYTHONPATH": str(REPO),
-        }
-        with self.log.open("wb") as output:
-            self.process = subprocess.Popen(
-                ["bash", str(RUN_SCRIPT)],
-                env=self.env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=self.data,
-            )
-
-    def text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def relay_cli(self, *args: str) -> str:
-        """``python -m cloud_relay`` on the add-on's own configuration (a maker's import)."""
-        password = (self.data / "relay" / "broker-admin.password").read_text().strip()
-        result = subprocess.run(
-            [sys.executable, "-m", "cloud_relay", "--config", "relay/relay.toml", *args],
-            env={**self.env, "IOB_RELAY_BROKER_PASSWORD": password},
-            cwd=self.data,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
-
-    def stop(self) -> int | None:
-        """SIGTERM to the run script's pid (exec'd into the runner), as the Supervisor does."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def remove(self, keep: Path | None) -> None:
-        if keep is not None and self.log.exists():
-            shutil.copy2(self.log, keep / "addon.log")
-        self.log.unlink(missing_ok=True)
-        shutil.rmtree(self.data, ignore_errors=True)
-
-
-def import_device(addon: Addon, ready: dict[str, Any]) -> None:
-    """The demo device's factory record into the add-on's registry, with its model."""
-    (device,) = ready["devices"]
-    records = Path(device["label_dir"]) / "manufacturing-records.jsonl"
-    model = json.loads(records.read_text(encoding="utf-8").splitlines()[0])["model"]
-    addon.relay_cli("admin", "set-model", model, "--name", "Demo sensor", "--manufacturer", "Demo")
-    addon.relay_cli("registry", "import", str(records))
 
 
 def hassio_problems(ha_config: Path) -> list[str]:
@@ -223,7 +134,7 @@ def test_the_addon_is_linked_in_one_click_and_a_device_is_onboarded_on_it(
         announced = supervisor.discoveries[message_uuid]
         assert announced["service"] == "iot_onboard"
         url = announced["config"]["url"]
-        import_device(addon, ready)
+        import_device(addon, ready["devices"][0]["label_dir"])
 
         household_name = clicks_through(ready, supervisor, url, state_dir, screenshot_dir)
         household, devices = linked_household(ha_config, url)
