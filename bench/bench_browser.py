@@ -4,18 +4,23 @@ The demo stack's real processes (bench/stack.py) with three device agents; Debia
 through Playwright (the stack tests' helpers, tests/stack/browser.py: offline, never
 ``playwright install``). A person signs in to Home Assistant, opens Settings → Devices &
 services and onboards the first discovered device (signing in to the account service on the
-way), then a later one, as tests/stack/test_browser.py does. For every screen the benchmark
-records the flow's step id (from Home Assistant's own answer to the frontend), the words a
-person sees on it (bench/klm.py's SCREEN_PIECES and Piece.seen: rendered, not hidden or
-transparent, not clipped away; text below the fold of the dialog's scrolling content counts,
-the rows of a select's menu outside its box do not), the characters it types, the selections
-and clicks, and the system's wait: from the click on the screen's button to the next screen
-shown (a new heading, at least half faded in, with its Submit or Finish button), both on the
-page's clock, with one wait in the page; and, of that wait, the time to Home Assistant's last
-answer. Each screen's screenshot and counted text (with what was not counted, and why) go to
-build/bench/browser/NN-<device>-<step>.png and .txt. The keystroke-level model (bench/klm.py:
-K 0.28 s, P 1.1 s, B 0.1 s, H 0.4 s, M 1.35 s, reading at 240 words/min) turns that into the
-person's time.
+way), then a later one, as tests/stack/test_browser.py does. Then Home Assistant OS, as
+tests/stack/test_browser_addon.py runs it, on a second stack: Home Assistant with the stand-in
+Supervisor and the add-on's real run script (tests/stack/addon.py; the benchmark's private
+namespace has the loopback multicast route its zeroconf needs); the person adds the add-on's
+card, whose one confirm links the household (no URL, e-mail or password), then onboards that
+stack's device on the add-on's account service: the "first device (HA OS add-on)" column, with
+the first device's targets. For every screen the benchmark records the flow's step id (from Home
+Assistant's own answer to the frontend), the words a person sees on it (bench/klm.py's
+SCREEN_PIECES and Piece.seen: rendered, not hidden or transparent, not clipped away; text below
+the fold of the dialog's scrolling content counts, the rows of a select's menu outside its box
+do not), the characters it types, the selections and clicks, and the system's wait: from the
+click on the screen's button to the next screen shown (a new heading, at least half faded in,
+with its Submit or Finish button), both on the page's clock, with one wait in the page; and, of
+that wait, the time to Home Assistant's last answer. Each screen's screenshot and counted text
+(with what was not counted, and why) go to build/bench/browser/NN-<device>-<step>.png and .txt.
+The keystroke-level model (bench/klm.py: K 0.28 s, P 1.1 s, B 0.1 s, H 0.4 s, M 1.35 s, reading
+at 240 words/min) turns that into the person's time.
 
 The person takes the shortest honest path: a field that shows the right value (a default, a
 suggested value, the strongest network preselected) keeps it, except the "remember this
@@ -30,7 +35,7 @@ Assistant's frontend in the same browser (for the waits between forms) and the b
 handshake + Wi-Fi + claim + commit of a third device (bench_onboarding.py's baseline, for
 discovery → entities available).
 
-    .venv/bin/python bench/bench_browser.py [--json FILE]      (about 2 minutes)
+    .venv/bin/python bench/bench_browser.py [--json FILE]      (about 1-2 minutes)
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import klm
 from bench_onboarding import ENTITIES, lan_baseline
 from clients import entities_ready
 from common import REPO, BenchError, Result, finish, isolate, median, parser, result, say
@@ -55,6 +61,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
 from stack import BenchStack, running_stack
 
+from tests.stack.addon import ANNOUNCE_TIMEOUT, Addon, import_device, running_supervisor
 from tests.stack.browser import (
     VIEWPORT,
     LocalOnly,
@@ -74,11 +81,23 @@ STEPS: Final = {
     "pick_household": "account",
     "credentials": "device",
     "wifi": "wifi",
+    # Home Assistant OS: the add-on's card links the household (no URL, e-mail or password).
+    "hassio_confirm": "account",
 }
+#: The journeys, as the table's columns.
+COLUMNS: Final = {
+    "first": "first device",
+    "later": "later device",
+    "addon": "first device (HA OS add-on)",
+}
+#: The add-on link's own card and success screen, told apart from the device's.
+ADDON_SCREENS: Final = {"card": "add-on card", "create_entry": "add-on linked"}
 HOUSEHOLD: Final = "Demo home"
 TARGETS: Final = {
     "first": (Target("user time", 60, "s"), Target("forms before Wi-Fi", 3)),
     "later": (Target("user time", 15, "s"), Target("forms before Wi-Fi", 2)),
+    # The add-on's link replaces the sign-in: the first device's targets.
+    "addon": (Target("user time", 60, "s"), Target("forms before Wi-Fi", 3)),
 }
 FORM_WAIT_TARGET: Final = Target("form → next form wait, p50", 0.25, "s")
 PAGE_LOADS: Final = 5
@@ -157,6 +176,9 @@ NEXT_SCREEN: Final = """
 }
 """
 SCREENS: Final = REPO / "build" / "bench" / "browser"
+
+#: Each journey's screens and its seconds from the device card's Add to its entities up.
+type Journeys = dict[str, tuple[Journey, float]]
 
 
 def labels() -> dict[str, dict[str, str]]:
@@ -333,15 +355,25 @@ class Person:
 
     def onboards(self, device: DeviceFacts, which: str) -> tuple[Journey, float]:
         """The device's journey, card to success screen; seconds from Add to entities up."""
+        started = time.perf_counter()
+        screens = self.flow(device.name, device, which)
+        self.entities_available(device)
+        return Journey(tuple(screens)), time.perf_counter() - started
+
+    def flow(self, card_text: str, device: DeviceFacts, which: str) -> list[Screen]:
+        """The discovered card that shows ``card_text``: Add, every form, the success screen.
+
+        ``device``: the device being onboarded (its setup code), or next (the add-on's link).
+        """
         # The dashboard: finishing a flow may have left the person on the integration's page.
         if not self.page.url.endswith(DASHBOARD):
             self.page.goto(self.stack.ha_url + DASHBOARD)
-        card = self.page.locator("ha-config-flow-card").filter(has_text=device.name)
+        card = self.page.locator("ha-config-flow-card").filter(has_text=card_text)
         add = card.get_by_role("button", name="Add")
         expect(add).to_be_visible(timeout=DISCOVERY_TIMEOUT * 1000)
         card_words = self.words(card, f"{which}-card")
         screens: list[Screen] = []
-        mark, started = len(self.answers.responses), time.perf_counter()
+        mark = len(self.answers.responses)
         self.title = ""
         add.click()
         step, wait, answered = self.next_screen(mark)
@@ -361,14 +393,13 @@ class Person:
             self.dialog.get_by_role("button", name="Submit").click()
             step, wait, answered = self.next_screen(mark)
             screens.append(Screen(step_id, role, words, tuple(typed), selections, wait, answered))
-            say(f"{device.name}: {step_id} ({role}) → {step.get('step_id', step['type'])}")
+            say(f"{card_text}: {step_id} ({role}) → {step.get('step_id', step['type'])}")
         if step["type"] != "create_entry":
             raise BenchError(f"the flow ended in {step} instead of creating the entry")
         screens.append(Screen("create_entry", "done", self.words(self.dialog, f"{which}-done")))
         self.dialog.get_by_role("button", name="Finish").click()
         expect(self.dialog.get_by_role("heading")).to_have_count(0)
-        self.entities_available(device)
-        return Journey(tuple(screens)), time.perf_counter() - started
+        return screens
 
     def entities_available(self, device: DeviceFacts) -> None:
         deadline = time.perf_counter() + ENTITIES_TIMEOUT
@@ -422,9 +453,10 @@ def page_load_seconds(page: Page, url: str) -> list[float]:
 
 
 def in_browser(
-    stack: BenchStack, devices: list[DeviceFacts]
-) -> tuple[dict[str, tuple[Journey, float]], list[float]]:
-    """The first and a later device through the UI; the bare page loads."""
+    stack: BenchStack, onboard: Callable[[Person], Journeys], *, page_loads: bool = False
+) -> tuple[Journeys, list[float]]:
+    """``onboard``'s journeys through the UI, signed in to Home Assistant as its owner; with
+    ``page_loads``, first the bare page loads (else none)."""
     owner = next(user for user in HA_USERS if user.admin)
     base = stack.ha_url
     token = ha_token(base, owner.username, owner.password)
@@ -439,20 +471,78 @@ def in_browser(
             page.on("response", answers)
             log_in(page, base, owner.username, owner.password)
             # A second tab of the signed-in session (its tokens are in the context's storage).
-            loads = page_load_seconds(context.new_page(), base + DASHBOARD)
+            loads = page_load_seconds(context.new_page(), base + DASHBOARD) if page_loads else []
             open_devices_and_services(page)
-            shutil.rmtree(SCREENS, ignore_errors=True)
-            SCREENS.mkdir(parents=True)
+            SCREENS.mkdir(parents=True, exist_ok=True)
             person = Person(page, stack, answers, labels(), token, SCREENS)
-            journeys = {}
-            for which, device in zip(("first", "later"), devices, strict=True):
-                journeys[which] = person.onboards(device, which)
+            # The screens of an earlier stack keep their numbers.
+            person.shown = len(list(SCREENS.glob("*.png")))
+            journeys = onboard(person)
         except PlaywrightError as err:
             err.add_note(f"Requests refused (not local): {sorted(set(local_only.blocked))}")
             raise
         finally:
             browser.close()
     return journeys, loads
+
+
+def first_and_later(devices: list[DeviceFacts]) -> Callable[[Person], Journeys]:
+    """The first device (signing in to the account service on the way), then a later one."""
+
+    def onboard(person: Person) -> Journeys:
+        return {
+            which: person.onboards(device, which)
+            for which, device in zip(("first", "later"), devices, strict=True)
+        }
+
+    return onboard
+
+
+def through_the_addon(addon_name: str, device: DeviceFacts) -> Callable[[Person], Journeys]:
+    """Home Assistant OS: the add-on's card and its one confirm, then the device."""
+
+    def onboard(person: Person) -> Journeys:
+        linked = [
+            replace(screen, step=ADDON_SCREENS.get(screen.step, screen.step))
+            for screen in person.flow(addon_name, device, "addon-link")
+        ]
+        journey, onboarded = person.onboards(device, "addon")
+        return {"addon": (Journey((*linked, *journey.screens)), onboarded)}
+
+    return onboard
+
+
+def addon_journey() -> Journeys:
+    """A fresh stack whose Home Assistant runs with the stand-in Supervisor
+    (tests/stack/addon.py, as tests/stack/test_browser_addon.py): the real add-on's run
+    script announces its account service; the add-on's journey, first device on it."""
+    with (
+        running_supervisor() as supervisor,
+        running_stack(
+            label="browser-addon",
+            agents=1,
+            batch=1,
+            env={"SUPERVISOR": supervisor.address, "SUPERVISOR_TOKEN": supervisor.core_token},
+        ) as stack,
+    ):
+        addon = Addon(supervisor)
+        failed = True
+        try:
+            _, status = supervisor.wait_for_push(ANNOUNCE_TIMEOUT)
+            if status != 200:
+                raise BenchError(f"Home Assistant answered the add-on's discovery with {status}")
+            (device,) = stack.devices
+            import_device(addon, device.label_dir)
+            name = supervisor.addon.config["name"]
+            journeys, _ = in_browser(stack, through_the_addon(name, device))
+            if (code := addon.stop()) != 0:
+                raise BenchError(f"the add-on exited with {code}: {addon.text()[-2000:]}")
+            failed = False
+        finally:
+            addon.stop()
+            # Its log next to the screens when the journey failed.
+            addon.remove(SCREENS if failed else None)
+    return journeys
 
 
 async def lan_seconds(stack: BenchStack, device: DeviceFacts) -> float:
@@ -462,8 +552,7 @@ async def lan_seconds(stack: BenchStack, device: DeviceFacts) -> float:
 
 
 def report_table(journeys: dict[str, Journey], form_wait: float) -> str:
-    """First vs later device, with each target's verdict."""
-    first, later = journeys["first"], journeys["later"]
+    """The journeys side by side (:data:`COLUMNS`), with each target's verdict."""
     rows: list[tuple[str, Callable[[Journey], float], str]] = [
         ("forms (total)", lambda j: j.forms, "{:.0f}"),
         ("forms before Wi-Fi", lambda j: j.forms_before_wifi, "{:.0f}"),
@@ -473,26 +562,33 @@ def report_table(journeys: dict[str, Journey], form_wait: float) -> str:
         ("user time (KLM)", lambda j: j.user_seconds, "{:.1f} s"),
         ("system wait", lambda j: j.wait_seconds, "{:.2f} s"),
     ]
-    out = [f"{'':<22}{'first device':>16}{'later device':>16}  verdict"]
+    shown = [(which, journeys[which]) for which in COLUMNS if which in journeys]
+    width = max(len(COLUMNS[which]) for which, _ in shown) + 2
+    out = [f"{'':<22}" + "".join(f"{COLUMNS[which]:>{width}}" for which, _ in shown) + "  verdict"]
     for label, value, form in rows:
         verdicts = []
-        for which, journey in (("first", first), ("later", later)):
+        for which, journey in shown:
             for target in TARGETS[which]:
                 if label.startswith(target.what):
                     limit = f"{target.limit:g}{(' ' + target.unit) if target.unit else ''}"
                     verdicts.append(f"{which} ≤ {limit}: {target.verdict(value(journey))}")
-        line = f"{label:<22}{form.format(value(first)):>16}{form.format(value(later)):>16}"
+        line = f"{label:<22}" + "".join(
+            f"{form.format(value(journey)):>{width}}" for _, journey in shown
+        )
         out.append(f"{line}  {'; '.join(verdicts)}".rstrip())
     verdict = FORM_WAIT_TARGET.verdict(form_wait)
-    out.append(f"{FORM_WAIT_TARGET.what:<22}{form_wait:>15.2f} s (both)  ≤ 0.25 s: {verdict}")
+    out.append(
+        f"{FORM_WAIT_TARGET.what:<22}{form_wait:>{width - 1}.2f} s (all)  ≤ 0.25 s: {verdict}"
+    )
     out.append("")
-    for which, journey in (("first", first), ("later", later)):
+    for which, journey in shown:
         out.append(
-            f"{which} device, per screen: step (role) words chars clicks wait (of it HA's answer)"
+            f"{COLUMNS[which]}, per screen: step (role) words chars clicks wait "
+            "(of it HA's answer) user time (KLM)"
         )
         out.extend(
             f"  {s.step} ({s.role}) {s.words} {s.characters} {s.clicks} {s.wait:.2f} s "
-            f"({s.answer:.2f} s)"
+            f"({s.answer:.2f} s) {klm.klm_seconds(s):.1f} s"
             for s in journey.screens
         )
     return "\n".join(out)
@@ -502,10 +598,12 @@ def main() -> None:
     """Start the stack, onboard through the browser, print and write the results."""
     args = parser(__doc__).parse_args()
     isolated = isolate()
+    shutil.rmtree(SCREENS, ignore_errors=True)
     with running_stack(label="browser", agents=3, batch=3) as stack:
         first, later, baseline_device = stack.devices[:3]
-        journeys, loads = in_browser(stack, [first, later])
+        journeys, loads = in_browser(stack, first_and_later([first, later]), page_loads=True)
         lan = asyncio.run(lan_seconds(stack, baseline_device))
+    journeys |= addon_journey()
     paths = {which: journey for which, (journey, _) in journeys.items()}
     waits = [
         wait
@@ -520,17 +618,18 @@ def main() -> None:
     ]
     for which, (journey, onboarded) in journeys.items():
         user, forms = TARGETS[which]
+        column = COLUMNS[which]
         rows += [
-            result(f"browser: {which} device, discovery → entities", onboarded, "s", lan, "LAN"),
+            result(f"browser: {column}, discovery → entities", onboarded, "s", lan, "LAN"),
             result(
-                f"browser: {which} device, user time (KLM)",
+                f"browser: {column}, user time (KLM)",
                 journey.user_seconds,
                 "s",
                 user.limit,
                 "target",
             ),
             result(
-                f"browser: {which} device, forms before Wi-Fi",
+                f"browser: {column}, forms before Wi-Fi",
                 journey.forms_before_wifi,
                 "",
                 forms.limit,

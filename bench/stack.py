@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,11 +147,33 @@ class BenchStack(Stack):
 
 
 @contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment while the block runs (the stack copies it into
+    its children's at its start), then as before."""
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def running_stack(
-    *, with_ha: bool = True, label: str = "bench", agents: int = 0, batch: int = 10
+    *,
+    with_ha: bool = True,
+    label: str = "bench",
+    agents: int = 0,
+    batch: int = 10,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[BenchStack]:
     """A fresh stack in a temporary directory, with ``agents`` device agents started before
-    Home Assistant, ``batch`` at a time; stopped and removed after."""
+    Home Assistant, ``batch`` at a time; stopped and removed after. ``env``: added to the
+    environment of every process the stack starts (as the demo's orchestrator inherits it)."""
     # Not tmp_path-like 0700 dirs under root's home: the broker drops to the mosquitto user.
     state = Path(tempfile.mkdtemp(prefix=f"iob-{label}-"))
     ha_sock = listen(0)
@@ -179,7 +202,8 @@ def running_stack(
     started = time.monotonic()
     try:
         try:
-            stack.start()
+            with _environment(env or {}):
+                stack.start()
         except StackError as err:
             raise BenchError(f"the stack did not start: {err}") from err
         say(f"stack up in {time.monotonic() - started:.1f} s (state in {state})")
