@@ -14,7 +14,9 @@ config flow (as bench_onboarding.py does) into that household of N while the oth
 states are sampled without pause: a row says the smallest share of them seen available at once
 (it must be 1: the device is added to the running hub and platforms, nothing is reloaded); its
 note has the most seen unavailable and the seconds from the device's discovery flow to its
-entities available.
+entities available. Another row counts the other entities whose state was written while the
+device was added (their ``last_reported`` moved: any write, also one that changes nothing): the
+new device must not re-write the rest of the household (it should be 0).
 
     .venv/bin/python bench/bench_memory.py [--devices 1000] [--quick] [--json FILE]
 """
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
@@ -38,6 +41,9 @@ ENTITIES_PER_DEVICE: Final = 5
 CONNECT_BATCH: Final = 50
 #: Bounds, not expectations.
 HOLD_TIMEOUT: Final = 1800.0
+#: Seconds the other entities are still watched after the device was added: longer than the
+#: integration's sync cooldown (5 s), so a device-list re-read it deferred is seen too.
+WRITES_SETTLE: Final = 6.0
 PROCESSES: Final = (("relay", "account service"), ("mosquitto", "broker"), ("homeassistant", "HA"))
 
 
@@ -49,12 +55,25 @@ def _rss(stack: BenchStack) -> dict[str, int]:
     return {key: rss_kib(stack.pids[key]) for key, _ in PROCESSES}
 
 
-async def add_one_device(ha: HaApi, device: DeviceFacts) -> tuple[float, int, int]:
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What adding one device to the household did to the others."""
+
+    seconds: float
+    worst_unavailable: int
+    samples: int
+    others: int
+    written: int
+
+
+async def add_one_device(ha: HaApi, device: DeviceFacts) -> Added:
     """Onboard ``device`` through Home Assistant while sampling every other entity's state.
 
     Seconds from its discovery flow to its entities available, the most other entities seen
-    unavailable in one sample, and the number of samples.
+    unavailable in one sample, the number of samples, and how many of the other entities had
+    their state written meanwhile or within :data:`WRITES_SETTLE` after (of how many).
     """
+    before = await ha.last_reported_except(device.device_id)
     worst = samples = 0
     done = asyncio.Event()
 
@@ -70,7 +89,10 @@ async def add_one_device(ha: HaApi, device: DeviceFacts) -> tuple[float, int, in
     finally:
         done.set()
         await sampler
-    return seconds, worst, samples
+    await asyncio.sleep(WRITES_SETTLE)
+    after = await ha.last_reported_except(device.device_id)
+    written = sum(1 for entity_id, at in before.items() if after.get(entity_id) != at)
+    return Added(seconds, worst, samples, len(before), written)
 
 
 async def measure(
@@ -119,8 +141,12 @@ async def measure(
             await asyncio.sleep(settle)
             loaded = _rss(stack)
             say(f"onboarding one more device into the household of {count}")
-            added, unavailable, samples = await add_one_device(home.ha, stack.devices[0])
-            say(f"added in {added:.2f} s; {unavailable} others unavailable at most")
+            add = await add_one_device(home.ha, stack.devices[0])
+            added, unavailable, samples = add.seconds, add.worst_unavailable, add.samples
+            say(
+                f"added in {added:.2f} s; {unavailable} others unavailable at most; "
+                f"{add.written} of {add.others} others written"
+            )
             available = 1.0 - unavailable / (count * ENTITIES_PER_DEVICE)
     rows = []
     for key, name in PROCESSES:
@@ -156,6 +182,21 @@ async def measure(
             ),
         )
     )
+    rows.append(
+        Result(
+            metric=f"adding a device to a household of {count}: other entities written",
+            value=add.written,
+            unit="entities",
+            baseline=add.others,
+            baseline_label="the other entities (required: none written)",
+            ratio=add.written / max(add.others, 1),
+            note=(
+                f"{add.written} of {add.others} other entities had their state written"
+                f" (last_reported moved) while the device was added or within {WRITES_SETTLE:.0f} s"
+                " after; ratio = the share written"
+            ),
+        )
+    )
     facts: dict[str, object] = {
         "devices": count,
         "rss_idle_kib": idle,
@@ -164,6 +205,7 @@ async def measure(
         "seconds_until_ha_held_all": round(held, 1),
         "seconds_to_add_one_more": round(added, 3),
         "others_unavailable_max": unavailable,
+        "others_written": add.written,
     }
     return rows, facts
 

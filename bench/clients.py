@@ -333,6 +333,22 @@ class HaApi:
         )
         return count
 
+    async def last_reported_except(self, device_id: str) -> dict[str, str]:
+        """When each of the integration's entities was last written, ``device_id``'s left out.
+
+        ``last_reported`` moves on every state write, also one that changes nothing (which
+        fires no ``state_changed``): entity id → its ISO time. Read through a template: the
+        REST API's state objects are cached and keep the ``last_reported`` of the last change.
+        """
+        written: dict[str, str] = await self.template(
+            "{% set ns = namespace(out={}) %}"
+            f"{{% for s in expand(integration_entities('{DOMAIN}') "
+            f"| reject('is_device_attr', 'serial_number', '{device_id}') | list) %}}"
+            "{% set ns.out = dict(ns.out, **{s.entity_id: s.last_reported.isoformat()}) %}"
+            "{% endfor %}{{ ns.out | tojson }}"
+        )
+        return written
+
     async def device_states(self, device_id: str) -> list[str]:
         """The states of one device's entities (found by its serial number)."""
         states: list[str] = await self.template(

@@ -19,6 +19,12 @@ firmware, Bluetooth) is told nothing then: the flow says so (``device_needs_http
 the service is on this host's loopback (a development setup: a device on the same host with
 ``--allow-insecure-http`` posts to it itself).
 
+The household's hub hears the device come online (its retained availability) as soon as it
+joined the broker with the credential its claim gave it: ``watch_online`` tells the engine so,
+and the claim is asked then, without waiting for the next device poll (a device that does not
+hold a long poll, or one that left the link). Coming online never decides by itself: only the
+claim's verdict (owned by this household) ends the commit as a success.
+
 A Wi-Fi change has no claim: the device's own verdict decides, or (over Bluetooth, the device
 left for the new network) the runtime seeing it online again, which closes the Wi-Fi-lost
 repair.
@@ -27,9 +33,10 @@ repair.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -134,6 +141,11 @@ _CLAIM_VERDICTS: Final = {
 }
 
 
+type WatchOnline = Callable[[Callable[[], None]], Callable[[], None]]
+"""``watch(notify)`` calls ``notify()`` whenever the household's hub sees the device come
+online; it returns the function that stops watching."""
+
+
 class ClaimService(Protocol):
     """What the engine needs from the account service (``AccountClient`` has it)."""
 
@@ -158,6 +170,14 @@ def device_verdict(status: StatusResult) -> Outcome | None:
     if status.state is DeviceState.COMMITTED:
         return SUCCESS
     return None
+
+
+class _DecidedError(Exception):
+    """The claim decided while the engine waited on the device (it came online at the hub)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(str(outcome))
+        self.outcome = outcome
 
 
 class _ClaimRefusedError(Exception):
@@ -185,10 +205,13 @@ class CommitEngine:
         bluetooth: bool,
         wifi_lost_reported: Callable[[], bool],
         record: Callable[[Step, str], None] = no_record,
+        watch_online: WatchOnline | None = None,
     ) -> None:
         """Nothing is sent until :meth:`async_new_claim` or :meth:`async_run`.
 
         ``record``: told each step handed to the device (the flow's attempt log).
+        ``watch_online``: the household's hub telling when it sees the device come online
+        (None: no hub running, the claim is polled).
         """
         self._account = account
         self._household_id = household_id
@@ -198,6 +221,7 @@ class CommitEngine:
         self._bluetooth = bluetooth
         self._wifi_lost_reported = wifi_lost_reported
         self._record = record
+        self._watch_online = watch_online
         #: The claim handed over (or pre-validated); kept for a retry.
         self.claim: Claim | None = None
         #: The device's fail-safe timer from its last commit (0: not committed yet).
@@ -259,10 +283,25 @@ class CommitEngine:
                 hub_relay=link.relays_claims,
             )
             self._record(Step.CLAIM_SET, "ok")
-        self.timer = await link.commit()
-        self._record(Step.COMMIT_STARTED, "wifi_change" if claim is None else "claim")
-        async with asyncio.timeout(self.timer + COMMIT_MARGIN):
-            return await self._async_wait(link, claim, owned_already=owned_already)
+        came_online: asyncio.Event | None = None
+        stop_watching: Callable[[], None] | None = None
+        if claim is not None and not owned_already and self._watch_online is not None:
+            # Watched from before the commit: a device already on the network may be online
+            # at the broker before the commit's answer is read.
+            came_online = asyncio.Event()
+            stop_watching = self._watch_online(came_online.set)
+        try:
+            self.timer = await link.commit()
+            self._record(Step.COMMIT_STARTED, "wifi_change" if claim is None else "claim")
+            async with asyncio.timeout(self.timer + COMMIT_MARGIN):
+                return await self._async_wait(
+                    link, claim, owned_already=owned_already, came_online=came_online
+                )
+        except _DecidedError as decided:
+            return decided.outcome
+        finally:
+            if stop_watching is not None:
+                stop_watching()
 
     async def _async_converged(self, link: DeviceLink, claim: Claim) -> Outcome | None:
         """This household owns the device already: done, unless it still needs the token.
@@ -286,7 +325,12 @@ class CommitEngine:
         return None
 
     async def _async_wait(
-        self, link: DeviceLink, claim: Claim | None, *, owned_already: bool = False
+        self,
+        link: DeviceLink,
+        claim: Claim | None,
+        *,
+        owned_already: bool = False,
+        came_online: asyncio.Event | None = None,
     ) -> Outcome:
         """Ask the device (the failure code) and the claim (the success) until one decides.
 
@@ -296,6 +340,8 @@ class CommitEngine:
 
         ``owned_already``: the claim was owned before this commit (its answer to the device
         was lost), so it tells nothing about this commit while the device can still be asked.
+        ``came_online``: set when the household's hub sees the device come online; every wait
+        (a pause, a status request) ends then if the claim has a verdict.
         """
         verdict: Outcome | None = None
         device_reachable = True
@@ -306,13 +352,17 @@ class CommitEngine:
         while verdict is None:
             long_poll = device_reachable and committing and holds
             if not long_poll:
-                await asyncio.sleep(min(delay, POLL_INTERVAL))
+                await self._async_unless_decided(
+                    asyncio.sleep(min(delay, POLL_INTERVAL)), claim, came_online
+                )
                 delay *= 2
             if device_reachable:
                 asked = clock()
                 try:
-                    status = await self._async_ask(
-                        link, claim, wait=STATUS_WAIT if long_poll else 0
+                    status = await self._async_unless_decided(
+                        self._async_ask(link, claim, wait=STATUS_WAIT if long_poll else 0),
+                        claim,
+                        came_online,
                     )
                 except (DeviceConnectionError, SessionLostError):
                     if claim is None and not self._wifi_lost_reported():
@@ -333,6 +383,42 @@ class CommitEngine:
                 # The runtime deletes the Wi-Fi-lost repair once the device is online again.
                 verdict = SUCCESS
         return verdict
+
+    async def _async_unless_decided[T](
+        self,
+        work: Coroutine[Any, Any, T],
+        claim: Claim | None,
+        came_online: asyncio.Event | None,
+    ) -> T:
+        """``work``'s result, unless the claim decides once the hub saw the device come online.
+
+        Each time ``came_online`` is set while ``work`` runs, the claim is asked: a verdict
+        (owned by this household, or expired or rejected) cancels ``work`` and raises
+        :class:`_DecidedError` with it; pending (or the service failing) lets ``work`` go on.
+        Availability alone never ends the commit.
+        """
+        if came_online is None or claim is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                online = asyncio.ensure_future(came_online.wait())
+                try:
+                    await asyncio.wait((task, online), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    online.cancel()
+                if task.done():
+                    return task.result()
+                came_online.clear()
+                _LOGGER.debug("%s is online at the hub: asking its claim", self._device_id)
+                verdict = await self._async_claim_verdict(claim, device_committing=True)
+                if verdict is not None:
+                    raise _DecidedError(verdict)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _async_ask(self, link: DeviceLink, claim: Claim | None, *, wait: int) -> StatusResult:
         """The device's status; a confirmation it hands over is relayed, then it is asked again."""

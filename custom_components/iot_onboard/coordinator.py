@@ -246,17 +246,23 @@ class IotOnboardCoordinator:
     # --- device list ----------------------------------------------------------------------
 
     async def _async_sync(self) -> None:
-        """Re-read devices and members; drop devices the household no longer has."""
+        """Re-read devices and members; drop devices the household no longer has.
+
+        Only the devices whose access changed are told: the others' entities are not written
+        again (a device added to a household of 1,000 would re-write 5,000 states).
+        """
         devices = await self.account.devices(self.household_id)
         await self.roles.async_refresh()
         before = set(self.access) | self._registry_device_ids()
+        previous = self.access
         self.access = {device.device_id: device.access for device in devices}
         for device_id in sorted(before - set(self.access)):
             self.async_remove_device(device_id)
         if self._hub is not None:
             await self._hub.set_devices(self.access)
-        for device_id in self.access:
-            self._notify(device_id)
+        for device_id, access in self.access.items():
+            if previous.get(device_id) != access:
+                self._notify(device_id)
 
     async def _async_sync_quietly(self) -> None:
         try:

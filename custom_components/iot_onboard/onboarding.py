@@ -44,6 +44,7 @@ from homeassistant.config_entries import (
     ConfigFlow,
     ConfigFlowResult,
 )
+from homeassistant.core import callback
 from homeassistant.data_entry_flow import AbortFlow
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
@@ -696,8 +697,36 @@ class DeviceSteps(ConfigFlow):
             bluetooth=device.ble_address is not None,
             wifi_lost_reported=self._wifi_lost_reported,
             record=self._record,
+            watch_online=self._watch_online,
         )
         return self._engine
+
+    def _watch_online(self, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call ``notify`` when the household's running hub sees the device come online.
+
+        The engine then asks the claim at once instead of at its next poll. A household
+        entry not loaded (or created by this flow) has no hub: nothing is watched.
+        """
+        target = self._target
+        if not isinstance(target, ExistingHousehold):
+            return lambda: None
+        coordinator = getattr(getattr(target.entry, "runtime_data", None), "coordinator", None)
+        if coordinator is None:
+            return lambda: None
+        device_id = self._device.device_id
+        was_online = False
+
+        @callback
+        def changed() -> None:
+            nonlocal was_online
+            data = coordinator.device(device_id)
+            online = data is not None and data.online is True
+            if online and not was_online:
+                notify()
+            was_online = online
+
+        remove: Callable[[], None] = coordinator.async_add_device_listener(device_id, changed)
+        return remove
 
     def _shown(self, shown: FlowError) -> dict[str, str]:
         """Form errors; an abort ends the flow (``reauth_required`` starts the reauth)."""

@@ -31,7 +31,12 @@ from custom_components.iot_onboard.account_client import (
     ClaimStatus,
     ServiceUnavailableError,
 )
-from custom_components.iot_onboard.commit_engine import CommitEngine, Outcome, WifiChoice
+from custom_components.iot_onboard.commit_engine import (
+    CommitEngine,
+    Outcome,
+    WatchOnline,
+    WifiChoice,
+)
 from custom_components.iot_onboard.device_client import DeviceClient, DeviceLink
 from custom_components.iot_onboard.flow_errors import FlowError, Stage, flow_error
 from custom_components.iot_onboard.iob_protocol import (
@@ -192,6 +197,7 @@ def engine(
     owner_secret: OwnerSecret | None,
     bluetooth: bool = False,
     wifi_lost_reported: Callable[[], bool] = lambda: False,
+    watch_online: WatchOnline | None = None,
 ) -> CommitEngine:
     async def ensure_link() -> DeviceLink:
         return link
@@ -204,6 +210,7 @@ def engine(
         ensure_link=ensure_link,
         bluetooth=bluetooth,
         wifi_lost_reported=wifi_lost_reported,
+        watch_online=watch_online,
     )
 
 
@@ -525,15 +532,8 @@ async def test_a_long_poll_that_runs_out_asks_the_claim_and_waits_again(
     """The device still commits after STATUS_WAIT: the claim is checked, then one more wait."""
     monkeypatch.setattr(commit_engine, "HELD_AT_LEAST", 0)  # the fake's wait "ran out"
     commit_ending(device, StatusResult(state=DeviceState.COMMITTED), long_polls=2)
-    checked: list[str] = []
     claims = Claims(device.identity.device_id, [ClaimState.PENDING])
-    claim_status = claims.claim_status
-
-    async def counted(claim_id: str) -> ClaimStatus:
-        checked.append(claim_id)
-        return await claim_status(claim_id)
-
-    claims.claim_status = counted  # type: ignore[method-assign]
+    checked = counted_claim_checks(claims)
     run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
     assert await run.async_run(HOME) == Outcome()
     assert status_waits(device) == [commit_engine.STATUS_WAIT] * 2
@@ -573,3 +573,89 @@ async def test_a_device_that_does_not_hold_the_wait_is_polled(
     run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate())
     assert await run.async_run(HOME) == Outcome()
     assert status_waits(device) == [commit_engine.STATUS_WAIT, 0, 0]
+
+
+@dataclass
+class Hub:
+    """The household's hub as the engine sees it: it tells when the device comes online."""
+
+    notify: Callable[[], None] | None = None
+    watching: bool = False
+
+    def watch(self, notify: Callable[[], None]) -> Callable[[], None]:
+        self.notify, self.watching = notify, True
+
+        def stop() -> None:
+            self.watching = False
+
+        return stop
+
+    def device_online(self) -> None:
+        assert self.notify is not None, "the engine does not watch the hub"
+        self.notify()
+
+
+def counted_claim_checks(claims: Claims) -> list[str]:
+    """The claim ids ``claims`` is asked about, in order."""
+    checked: list[str] = []
+    claim_status = claims.claim_status
+
+    async def counted(claim_id: str) -> ClaimStatus:
+        checked.append(claim_id)
+        return await claim_status(claim_id)
+
+    claims.claim_status = counted  # type: ignore[method-assign]
+    return checked
+
+
+async def test_the_device_online_at_the_hub_ends_the_wait_on_its_claim(
+    device: FakeDevice, waiting_link: DeviceLink
+) -> None:
+    """The device answers no more status once it committed (it left the link); the hub sees it
+    come online: the claim is asked then and, owned by this household, ends the commit at
+    once, without another device request (the one still waiting is dropped)."""
+    hub = Hub()
+    answered_never = asyncio.Event()
+
+    async def hold(request: Request) -> None:
+        if isinstance(request, StatusRequest):
+            hub.device_online()
+            await answered_never.wait()
+
+    device.hold = hold
+    claims = Claims(device.identity.device_id, [ClaimState.OWNED])
+    checked = counted_claim_checks(claims)
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate(), watch_online=hub.watch)
+    try:
+        async with asyncio.timeout(5):  # a bound: the device's own wait is STATUS_WAIT (10 s)
+            assert await run.async_run(HOME) == Outcome()
+    finally:
+        answered_never.set()
+    assert status_waits(device) == [commit_engine.STATUS_WAIT]
+    assert checked == [claims.created[0].claim_id]
+    assert not hub.watching
+
+
+async def test_online_at_the_hub_alone_never_ends_the_commit(
+    device: FakeDevice, waiting_link: DeviceLink
+) -> None:
+    """Online, but the claim still pending: the engine keeps waiting, and the device's own
+    verdict (here a rollback) decides. Only the claim (owned by this household) succeeds."""
+    hub = Hub()
+
+    async def hold(request: Request) -> None:
+        if isinstance(request, StatusRequest):
+            hub.device_online()
+            await asyncio.sleep(0.2)  # the engine asks the claim meanwhile
+
+    device.hold = hold
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+    )
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    checked = counted_claim_checks(claims)
+    run = engine(waiting_link, claims, owner_secret=OwnerSecret.generate(), watch_online=hub.watch)
+    assert await run.async_run(HOME) == Outcome(error="wifi_auth_failed")
+    assert checked == [claims.created[0].claim_id]
+    assert status_waits(device) == [commit_engine.STATUS_WAIT]

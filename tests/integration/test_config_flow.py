@@ -102,6 +102,7 @@ from custom_components.iot_onboard.const import (
     DEVICE_PUBLIC_KEY,
     DOMAIN,
 )
+from custom_components.iot_onboard.coordinator import IotOnboardCoordinator
 from custom_components.iot_onboard.device_client import (
     CredentialRefusedClientError,
     DeviceAdvertisement,
@@ -114,6 +115,7 @@ from custom_components.iot_onboard.device_client import (
     SessionLostError,
     SetupCodeRejectedError,
 )
+from custom_components.iot_onboard.hub import HubCredentials, MqttHub
 from custom_components.iot_onboard.iob_protocol import (
     CommandType,
     DeviceIdentity,
@@ -3589,3 +3591,79 @@ async def test_the_addons_own_card_goes_once_the_flow_linked_it(
 async def test_without_the_supervisor_the_account_form_comes_first(hass: HomeAssistant) -> None:
     result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert (result["type"], result["step_id"]) == (FlowResultType.FORM, "account")
+
+
+def household_hub(hass: HomeAssistant, account: MagicMock) -> tuple[MqttHub, IotOnboardCoordinator]:
+    """The household entry with its runtime's coordinator and hub (set up, not connected: a
+    test hands it the broker's messages)."""
+    entry = household_entry(hass)
+    coordinator = IotOnboardCoordinator(hass, entry, account, MagicMock())
+    hub = MqttHub(
+        HubCredentials(
+            host="192.0.2.1",
+            port=1883,
+            tls=False,
+            username=f"hub-{HID}",
+            password="hub-pass-1",  # noqa: S106 - never used: nothing connects
+        ),
+        coordinator,
+        credentials_provider=AsyncMock(),
+        client_id=f"hub-{HID}",
+    )
+    coordinator._hub = hub
+    entry.runtime_data = MagicMock(account=account, coordinator=coordinator)
+    return hub, coordinator
+
+
+async def test_the_flow_ends_when_the_running_hub_sees_the_device_online(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """Issue 15: the household's hub (running) hears the device's retained availability
+    "online"; the flow asks the claim then and ends, owned by this household, without another
+    poll of the device (which answers no status after committing)."""
+    hub, coordinator = household_hub(hass, account)
+    flow_id = await to_wifi(hass)
+    silent: asyncio.Future[StatusResult] = hass.loop.create_future()
+
+    async def online_then_silent(*, wait: int = 0) -> StatusResult:
+        del wait
+        hub._dispatch(f"iob/{DEVICE_ID}/availability", b"online")  # as the broker delivers it
+        return await silent  # the device answers no more
+
+    link.status.side_effect = online_then_silent
+    account.claim_status.side_effect = [
+        claim_status(ClaimState.PENDING),  # reuse check before set_claim
+        claim_status(ClaimState.OWNED),  # asked once the hub saw the device online
+    ]
+    try:
+        async with asyncio.timeout(10):  # a bound: the commit's own is 180 s + the margin
+            result = await provision(hass, flow_id, HOME_WIFI)
+    finally:
+        silent.cancel()
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert link.status.await_count == 1
+    assert coordinator._listeners[DEVICE_ID] == []  # the flow stopped listening
+
+
+async def test_the_device_online_at_the_hub_with_its_claim_pending_is_not_done(
+    hass: HomeAssistant, account: MagicMock, link: MagicMock
+) -> None:
+    """Online at the hub but the claim not owned yet: the flow waits for the device's verdict
+    (availability never decides; the claim of this household does)."""
+    hub, _ = household_hub(hass, account)
+    flow_id = await to_wifi(hass)
+    answers = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WIFI_AUTH_FAILED),
+        StatusResult(state=DeviceState.COMMITTING),
+    ]
+
+    async def online_then_rolled_back(*, wait: int = 0) -> StatusResult:
+        del wait
+        hub._dispatch(f"iob/{DEVICE_ID}/availability", b"online")
+        await asyncio.sleep(0.05)  # the flow asks the claim meanwhile: still pending
+        return answers.pop()
+
+    link.status.side_effect = online_then_rolled_back
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["errors"] == {"base": "wifi_auth_failed"}
+    assert link.status.await_count == 2

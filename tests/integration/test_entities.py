@@ -392,6 +392,21 @@ def _device_entry(
     return onboarded
 
 
+async def _onboard_hall_sensor(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> MockConfigEntry:
+    """Device ``dev2`` running and its entry set up (as the flow's ``create_entry`` does)."""
+    await start_device(fake_account, device_processes, "dev2", name="Hall sensor")
+    onboarded = _device_entry(hass, fake_account, "dev2", "Hall sensor")
+    assert await hass.config_entries.async_setup(onboarded.entry_id)
+    await wait_for(
+        hass,
+        lambda: state_of(hass, "sensor.hall_sensor_temperature") == "21.5",
+        "the new device's entities, on the running hub",
+    )
+    return onboarded
+
+
 async def test_a_device_entry_joins_the_running_hub_and_the_others_stay_available(
     hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
 ) -> None:
@@ -411,14 +426,7 @@ async def test_a_device_entry_joins_the_running_hub_and_the_others_stay_availabl
             went_unavailable.append(event.data["entity_id"])
 
     stop = hass.bus.async_listen(EVENT_STATE_CHANGED, watch)
-    await start_device(fake_account, device_processes, "dev2", name="Hall sensor")
-    onboarded = _device_entry(hass, fake_account, "dev2", "Hall sensor")
-    assert await hass.config_entries.async_setup(onboarded.entry_id)
-    await wait_for(
-        hass,
-        lambda: state_of(hass, "sensor.hall_sensor_temperature") == "21.5",
-        "the new device's entities, on the running hub",
-    )
+    onboarded = await _onboard_hall_sensor(hass, fake_account, device_processes)
     await hass.async_block_till_done()
     stop()
     assert went_unavailable == []
@@ -427,6 +435,31 @@ async def test_a_device_entry_joins_the_running_hub_and_the_others_stay_availabl
     assert onboarded.runtime_data is running
     assert len(entity_ids(hass, onboarded)) == ENTITY_COUNT
     assert set(entity_ids(hass, entry)) == others
+
+
+async def test_a_device_added_to_the_running_hub_writes_no_other_entity(
+    hass: HomeAssistant, fake_account: FakeAccountService, device_processes: DeviceProcesses
+) -> None:
+    """Adding a device (its entry set up, the account service's list read again) writes the
+    state of its own entities only: the other devices' entities are not written again, not even
+    unchanged (``last_reported`` moves on every write; at 1,000 devices that was 5,000 writes).
+    """
+    entry = await _ready(hass, fake_account, device_processes)
+    others = entity_ids(hass, entry, enabled_only=True)
+
+    def last_written() -> dict[str, Any]:
+        states = {entity_id: hass.states.get(entity_id) for entity_id in others}
+        return {
+            entity_id: state.last_reported if state is not None else None
+            for entity_id, state in states.items()
+        }
+
+    before = last_written()
+    assert all(before.values())
+    await _onboard_hall_sensor(hass, fake_account, device_processes)
+    await entry.runtime_data.coordinator.async_sync_now()  # a later sync writes none either
+    await hass.async_block_till_done()
+    assert last_written() == before
 
 
 async def test_the_name_chosen_in_the_flow_names_the_device_and_its_entity_ids(
