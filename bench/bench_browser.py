@@ -480,6 +480,8 @@ def in_browser(
                 loads = page_load_seconds(tab, base + DASHBOARD)
                 tab.close()
                 page.bring_to_front()
+            if context.pages != [page]:
+                raise BenchError(f"the person's tab is not the only one: {context.pages}")
             open_devices_and_services(page)
             SCREENS.mkdir(parents=True, exist_ok=True)
             person = Person(page, stack, answers, labels(), token, SCREENS)
