@@ -36,14 +36,15 @@ FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-
 
 # The VM stage (tests/vm, scripts/vm-image): one Debian image per suite, cached like the forky
 # root. Inside: the kernel (mac80211_hwsim), systemd, NetworkManager and wpa_supplicant for the
-# agent; hostapd, dnsmasq and Mosquitto for the home router and the account service; what the
-# agent's package depends on. (debootstrap resolves no virtual packages: libpam-systemd, or
+# agent; hostapd, dnsmasq and Mosquitto for the home router and the account service; BlueZ and
+# its test tools (btvirt: emulated controllers over hci_vhci) for the BLE side; what the agent's
+# package depends on. (debootstrap resolves no virtual packages: libpam-systemd, or
 # polkitd stays unconfigured.)
 # shellcheck disable=SC2034 # used by scripts/vm-image and scripts/test
 VM_SUITES=(bookworm trixie)
 VM_PACKAGES=(linux-image-amd64 initramfs-tools systemd-sysv libpam-systemd dbus udev kmod
-  iproute2 network-manager wpasupplicant hostapd dnsmasq-base iw wireless-regdb bluez polkitd
-  adduser python3 python3-venv mosquitto ca-certificates procps)
+  iproute2 network-manager wpasupplicant hostapd dnsmasq-base iw wireless-regdb bluez
+  bluez-test-tools polkitd adduser python3 python3-venv mosquitto ca-certificates procps)
 
 # The Python packages each environment installs; versions come from its lock file.
 OLDEST_PYTHON_VERSION=3.13
@@ -278,21 +279,24 @@ the newest-HA tests in the forky root. Use IOB_FORCE_FORKY=1 (root) or extend sc
 
 vm_image_dir() { echo "$IOB_CACHE_DIR/vm-$1"; }
 
-# What an image is built from: the recipe and the locked versions of its wheelhouse.
+# What an image is built from: the recipe, its packages and its wheelhouse's locked versions.
 vm_image_stamp() {
   cat "$REPO_ROOT/scripts/vm-image" "$REPO_ROOT/requirements/device311.lock" "$REPO_ROOT/pyproject.toml" \
-    <(printf '%s\n' "${VM_PACKAGES[@]}") | sha256sum | cut -d' ' -f1
+    <(printf '%s\n' "${VM_PACKAGES[@]}") <(vm_wheel_requirements) | sha256sum | cut -d' ' -f1
 }
 
-# The guest's wheelhouse: the distribution's dependencies with the device and relay extras
-# (pip download judges markers with the host's Python: typing_extensions is listed itself).
+# The guest's wheelhouse: the distribution's dependencies with the device and relay extras, and
+# Home Assistant's BLE client side (bleak, bleak-retry-connector, py-improv-ble-client: pinned in
+# device311.lock) for the BLE scenarios over real BlueZ (pip download judges markers with the
+# host's Python: typing_extensions is listed itself).
 vm_wheel_requirements() {
   python3 -c '
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
 print("\n".join(sorted(set(project["dependencies"] + extras["device"] + extras["relay"]))))
-print("typing_extensions")' "$REPO_ROOT/pyproject.toml"
+print("typing_extensions\nbleak\nbleak-retry-connector\npy-improv-ble-client")' \
+    "$REPO_ROOT/pyproject.toml"
 }
 
 # Build the missing or outdated VM images. A machine that cannot (not root, no Debian mirror)

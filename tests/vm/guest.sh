@@ -8,6 +8,11 @@
 #   radio 1 -> the device: NetworkManager, the agent installed from the .deb, run by systemd
 #   radio 2 -> a phone-like station in namespace "phone" (wpa_supplicant) that joins the
 #              agent's setup hotspot (setup_hotspot)
+#   BLE      -> two emulated controllers (btvirt over hci_vhci) under one bluetoothd: hci0 for
+#              the device (factory-provision --self-test checks it), hci1 for the other side
+#
+# $SHARE/scenarios (tests/vm/test_vm.py writes it from IOB_VM_SCENARIOS): "all", or "factory"
+# to end after the factory line (install, self-test, registry import) for a short run.
 set -u
 SHARE=/mnt/share
 OUT=$SHARE/out
@@ -30,9 +35,11 @@ AGENT_PYTHON=/opt/iot-onboard/venv/bin/python
 RELAY_EXTRA=/opt/iob-relay
 RELAY_EXTRA_PACKAGES="aiosqlite argon2-cffi argon2-cffi-bindings asyncpg"
 T0=$(cut -d' ' -f1 /proc/uptime)
+SCENARIOS=$(cat "$SHARE/scenarios" 2>/dev/null || echo all)
 
 say() { echo "== $(cut -d' ' -f1 /proc/uptime)s $*"; }
-# record NAME JSON: one line of results (JSON that does not parse is kept as an error).
+# record NAME JSON: one line of results (JSON that does not parse is kept as an error), with the
+# guest's uptime when the step ended (the host prints the per-step times).
 record() {
   python3 -c '
 import json, sys
@@ -40,7 +47,8 @@ try:
     result = json.loads(sys.argv[2])
 except ValueError:
     result = {"error": "not JSON: " + sys.argv[2][:2000]}
-print(json.dumps({"name": sys.argv[1], "result": result}))' "$1" "$2" >>"$RESULTS"
+print(json.dumps({"name": sys.argv[1], "at": float(sys.argv[3]), "result": result}))' \
+    "$1" "$2" "$(cut -d' ' -f1 /proc/uptime)" >>"$RESULTS"
 }
 json_string() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
 finish() {
@@ -73,6 +81,37 @@ iw phy "$ROUTER_PHY" set netns name router
 ip netns exec router ip link set lo up
 ip netns exec router ip addr add "$ROUTER_IP/24" dev wlan0
 nmcli device set wlan2 managed no || true
+
+# ------------------------------------------------------------------ BLE: emulated controllers
+# btvirt -l2: two LE controllers over hci_vhci; bluetoothd (bluetooth.service) takes them as
+# hci0 and hci1. Started here, waited for before the factory line (ble_up). Emulation quirk:
+# under load a controller's init can time out (bluetoothd: "Opcode 0x0c03 failed: -110") and
+# the adapter never appears; a new btvirt then works.
+BLE_ATTEMPTS=0
+start_btvirt() {
+  BLE_ATTEMPTS=$((BLE_ATTEMPTS + 1))
+  btvirt -l2 >>"$WORK/logs/btvirt.log" 2>&1 &
+  echo $! >"$WORK/btvirt.pid"
+}
+# An adapter bluetoothd has taken (busctl introspect succeeds on a missing object: read a property).
+adapter_up() { busctl --system get-property org.bluez "/org/bluez/$1" org.bluez.Adapter1 Address >/dev/null 2>&1; }
+# ble_up: both adapters in bluetoothd within 20 s, else btvirt again (3 attempts in all).
+ble_up() {
+  while :; do
+    for _ in $(seq 1 40); do
+      adapter_up hci0 && adapter_up hci1 && return 0
+      sleep 0.5
+    done
+    [ "$BLE_ATTEMPTS" -lt 3 ] || return 1
+    say "BLE controllers not up; btvirt again"
+    stop_pidfile "$WORK/btvirt.pid"
+    systemctl restart bluetooth.service
+    start_btvirt
+  done
+}
+modprobe hci_vhci || true
+systemctl start bluetooth.service
+start_btvirt
 
 write_hostapd() {  # write_hostapd EXTRA-LINES...
   {
@@ -165,8 +204,55 @@ relay() {
   relay admin set-model "$MODEL" --name "VM sensor" --manufacturer "IoT Onboard VM stage") \
   >"$WORK/logs/relay-init.log" 2>&1 || { record relay '{"error": "relay init failed"}'; exit 1; }
 
+# ------------------------------------------------------------------ the factory line
+# The unit as the line makes it: factory-provision --self-test as the agent's user, with the
+# device's radio (wlan1) and BLE adapter (hci0); the record goes to the registry, which keeps
+# the self-test with the unit.
+say "BLE controllers"
+start=$(cut -d' ' -f1 /proc/uptime)
+if ble_up; then ble_ok=true; else ble_ok=false; fi
+record bluetooth "$(printf '{"up": %s, "attempts": %s, "seconds": %s, "adapters": %s, "bluez": "%s"}' \
+  "$ble_ok" "$BLE_ATTEMPTS" "$(awk -v t0="$start" '{print $1 - t0}' /proc/uptime)" \
+  "$(json_string "$(busctl --system tree --list org.bluez 2>&1 | grep -x '/org/bluez/hci[0-9]*' | tr '\n' ' ')")" \
+  "$(bluetoothctl --version 2>&1 | awk '{print $NF}')")"
+
+say "factory line"
+cat >/etc/iot-onboard/device.toml <<EOF
+# The VM stage's factory line: the device's radio and BLE adapter for the self-test.
+wifi_interface = "wlan1"
+ble = true
+ble_adapter = "hci0"
+EOF
+if runuser -u iob -- iob-device factory-provision --model "$MODEL" --output /tmp/label --self-test \
+  >"$WORK/logs/factory.log" 2>&1; then
+  factory_rc=0
+else
+  factory_rc=$?
+fi
+DEVICE_ID=$(sed -n 's/.*"device_id": *"\([^"]*\)".*/\1/p' /tmp/label/manufacturing-records.jsonl | head -1)
+QR=$(sed -n 's/^QR text: *//p' /tmp/label/*-label.txt | head -1)
+relay registry import /tmp/label/manufacturing-records.jsonl >>"$WORK/logs/relay-init.log" 2>&1
+import_rc=$?
+# The record's self-test, the operator's screen, and what the registry kept for the unit.
+record factory "$(python3 -c '
+import json, sqlite3, sys
+rc, import_rc, records, output, database, device_id = sys.argv[1:]
+record = json.loads(open(records).readline())
+with sqlite3.connect(database) as db:
+    row = db.execute("SELECT self_test FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+print(json.dumps({
+    "rc": int(rc),
+    "import_rc": int(import_rc),
+    "self_test": record.get("self_test"),
+    "output": open(output).read()[-3000:],
+    "registry": None if row is None or row[0] is None else json.loads(row[0]),
+}))' "$factory_rc" "$import_rc" /tmp/label/manufacturing-records.jsonl "$WORK/logs/factory.log" \
+  "$WORK/relay/relay.db" "$DEVICE_ID" 2>&1)"
+[ "$factory_rc" -eq 0 ] && [ "$import_rc" -eq 0 ] || exit 1
+[ "$SCENARIOS" = factory ] && exit 0
+
 # ------------------------------------------------------------------ the agent, as the docs say
-say "factory identity and the agent's configuration"
+say "the agent's configuration"
 cat >/etc/iot-onboard/device.toml <<EOF
 # The VM stage: loopback provisioning (the test plays Home Assistant), no BLE, no hotspot.
 listen = ["127.0.0.1"]
@@ -177,12 +263,6 @@ ble = false
 allow_insecure_http = true
 commit_timeout = 150
 EOF
-runuser -u iob -- iob-device factory-provision --model "$MODEL" --output /tmp/label \
-  >"$WORK/logs/factory.log" 2>&1 || { record factory '{"error": "factory-provision failed"}'; exit 1; }
-DEVICE_ID=$(sed -n 's/.*"device_id": *"\([^"]*\)".*/\1/p' /tmp/label/manufacturing-records.jsonl | head -1)
-QR=$(sed -n 's/^QR text: *//p' /tmp/label/*-label.txt | head -1)
-relay registry import /tmp/label/manufacturing-records.jsonl \
-  >>"$WORK/logs/relay-init.log" 2>&1 || { record relay '{"error": "registry import failed"}'; exit 1; }
 
 (cd "$WORK/relay" && exec ip netns exec router env PYTHONPATH="$RELAY_EXTRA" "$AGENT_PYTHON" -m cloud_relay \
   --config "$WORK/relay/relay.toml" serve) >"$WORK/logs/relay.log" 2>&1 &

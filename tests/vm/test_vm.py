@@ -10,6 +10,10 @@ each step's documented state and diagnostic code.
 
 The images come from scripts/vm-image (scripts/setup builds and caches them); without one the
 tests of that suite are skipped with the reason. scripts/test runs this module as its own stage.
+``IOB_VM_SCENARIOS=factory`` ends each boot after the factory line (install, BLE controllers,
+``factory-provision --self-test``, registry import) for a short run: select the factory tests,
+``IOB_VM_SCENARIOS=factory pytest -p no:homeassistant tests/vm -k factory`` (the tests of the
+steps it leaves out would skip, and a skip fails the run).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ SUITES: Final = ("bookworm", "trixie")
 #: One boot with every scenario: 200-600 s under TCG on 2 shared cores; the rest is a margin.
 VM_TIMEOUT: Final = 1500.0
 GUEST_MEMORY_MB: Final = 2048
+#: IOB_VM_SCENARIOS: every scenario, or only the factory line (tests/vm/guest.sh).
+SCENARIO_SETS: Final = ("all", "factory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +47,17 @@ class VmRun:
 
     suite: str
     steps: dict[str, Any]
+    #: The guest's uptime when each step ended, in the order they ran.
+    ends: dict[str, float]
     out: Path
     seconds: float
+    scenarios: str
 
     def step(self, name: str) -> Any:
-        """One step's JSON result; a missing step fails with where to look."""
+        """One step's JSON result; a missing step fails with where to look (or is skipped when
+        IOB_VM_SCENARIOS left it out and the guest got to its end)."""
+        if name not in self.steps and self.scenarios != "all" and "timing" in self.steps:
+            pytest.skip(f"IOB_VM_SCENARIOS={self.scenarios}: the guest did not run {name!r}")
         if name not in self.steps:
             pytest.fail(
                 f"{self.suite}: the guest reported no step {name!r} (it got as far as "
@@ -70,11 +82,19 @@ def _image(suite: str) -> Path:
     return directory
 
 
-def _boot(suite: str, image: Path, work: Path) -> VmRun:
+def _scenarios() -> str:
+    scenarios = os.environ.get("IOB_VM_SCENARIOS", "all")
+    if scenarios not in SCENARIO_SETS:
+        pytest.fail(f"IOB_VM_SCENARIOS={scenarios!r}: use one of {', '.join(SCENARIO_SETS)}")
+    return scenarios
+
+
+def _boot(suite: str, image: Path, work: Path, scenarios: str) -> VmRun:
     share = work / "share"
     share.mkdir()
     for name in ("guest.sh", "driver.py"):
         shutil.copy(HERE / name, share / name)
+    (share / "scenarios").write_text(scenarios)
     subprocess.run(
         [
             str(REPO / "scripts" / "build-deb"),
@@ -142,11 +162,22 @@ def _boot(suite: str, image: Path, work: Path) -> VmRun:
     results = out / "results.jsonl"
     if not results.is_file():
         pytest.fail(f"{suite}: the guest wrote no results; see {console}")
-    steps = {}
+    steps, ends = {}, {}
     for line in results.read_text().splitlines():
         entry = json.loads(line)
         steps[entry["name"]] = entry["result"]
-    return VmRun(suite, steps, out, seconds)
+        ends[entry["name"]] = entry["at"]
+    return VmRun(suite, steps, ends, out, seconds, scenarios)
+
+
+def time_table(run: VmRun) -> str:
+    """Each step's seconds (from the previous step's end; the first from the guest's boot)."""
+    lines = [f"{run.suite}: the VM ran {run.seconds:.0f} s", f"  {'step':<26} {'s':>6} {'at':>7}"]
+    previous = 0.0
+    for name, end in run.ends.items():
+        lines.append(f"  {name:<26} {end - previous:6.1f} {end:7.1f}")
+        previous = end
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module", params=SUITES)
@@ -154,8 +185,8 @@ def vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     """One boot of the suite's VM running every scenario."""
     suite: str = request.param
     image = _image(suite)
-    run = _boot(suite, image, tmp_path_factory.mktemp(f"vm-{suite}"))
-    print(f"\n{suite}: the VM ran {run.seconds:.0f} s; {run.steps.get('timing')}")  # noqa: T201
+    run = _boot(suite, image, tmp_path_factory.mktemp(f"vm-{suite}"), _scenarios())
+    print(f"\n{time_table(run)}")  # noqa: T201 - the stage's per-step times
     return run
 
 
@@ -183,6 +214,44 @@ def test_systemd_runs_the_agent_as_iob(vm: VmRun) -> None:
     assert agent["process_user"] == "iob"
     assert "netdev" in agent["groups"].split(",")
     assert agent["info"]["state"] == "unclaimed"
+
+
+#: The factory line's hardware checks in the VM: the radio NetworkManager manages, the BLE
+#: adapter (an emulated controller) powered; no status LED and no button on this "board".
+FACTORY_CHECKS: Final = {
+    "key": "pass",
+    "label": "pass",
+    "wifi_radio": "pass",
+    "network_manager": "pass",
+    "ble_adapter": "pass",
+    "led": "skipped",
+    "button": "skipped",
+}
+
+
+def test_factory_self_test_passes_on_the_real_stack(vm: VmRun) -> None:
+    """factory-provision --self-test as the agent's user, with real NetworkManager, the
+    simulated radio and an emulated BLE controller under BlueZ: the per-unit record shows the
+    radio present, NetworkManager reachable, the BLE adapter up, the key written and verified."""
+    bluetooth = vm.step("bluetooth")
+    assert bluetooth["up"] is True, f"{bluetooth}; see {vm.out}/logs/btvirt.log"
+    assert bluetooth["adapters"].split() == ["/org/bluez/hci0", "/org/bluez/hci1"], bluetooth
+    factory = vm.step("factory")
+    assert factory["rc"] == 0, factory["output"]
+    self_test = factory["self_test"]
+    checks = {check["name"]: check for check in self_test["checks"]}
+    assert {name: check["result"] for name, check in checks.items()} == FACTORY_CHECKS, checks
+    assert self_test["passed"] is True
+    assert "wlan1" in checks["wifi_radio"]["reason"], checks["wifi_radio"]
+    assert checks["ble_adapter"]["reason"].startswith("hci0 "), checks["ble_adapter"]
+    assert "Self-test ble_adapter: pass" in factory["output"], factory["output"]
+
+
+def test_factory_record_with_its_self_test_kept_by_the_registry(vm: VmRun) -> None:
+    """The account service's registry import keeps the unit's record, self-test included."""
+    factory = vm.step("factory")
+    assert factory["import_rc"] == 0, f"see {vm.out}/logs/relay-init.log"
+    assert factory["registry"] == factory["self_test"], factory
 
 
 def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
