@@ -18,6 +18,7 @@ steps it leaves out would skip, and a skip fails the run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -186,7 +187,10 @@ def vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     suite: str = request.param
     image = _image(suite)
     run = _boot(suite, image, tmp_path_factory.mktemp(f"vm-{suite}"), _scenarios())
-    print(f"\n{time_table(run)}")  # noqa: T201 - the stage's per-step times
+    # The per-step times go to the terminal also without -s: the stage's log in CI keeps them.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{time_table(run)}", flush=True)  # noqa: T201 - the stage's per-step times
     return run
 
 
