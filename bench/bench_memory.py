@@ -73,7 +73,7 @@ async def add_one_device(ha: HaApi, device: DeviceFacts) -> Added:
     unavailable in one sample, the number of samples, and how many of the other entities had
     their state written meanwhile or within :data:`WRITES_SETTLE` after (of how many).
     """
-    before = await ha.last_reported_except(device.device_id)
+    since = await ha.now()
     worst = samples = 0
     done = asyncio.Event()
 
@@ -90,9 +90,8 @@ async def add_one_device(ha: HaApi, device: DeviceFacts) -> Added:
         done.set()
         await sampler
     await asyncio.sleep(WRITES_SETTLE)
-    after = await ha.last_reported_except(device.device_id)
-    written = sum(1 for entity_id, at in before.items() if after.get(entity_id) != at)
-    return Added(seconds, worst, samples, len(before), written)
+    written, others = await ha.written_since_except(device.device_id, since)
+    return Added(seconds, worst, samples, others, written)
 
 
 async def measure(

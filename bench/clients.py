@@ -333,21 +333,27 @@ class HaApi:
         )
         return count
 
-    async def last_reported_except(self, device_id: str) -> dict[str, str]:
-        """When each of the integration's entities was last written, ``device_id``'s left out.
+    async def now(self) -> str:
+        """Home Assistant's own clock, as an ISO time (to compare with its ``last_reported``)."""
+        now: str = await self.template("{{ now().isoformat() | tojson }}")
+        return now
 
-        ``last_reported`` moves on every state write, also one that changes nothing (which
-        fires no ``state_changed``): entity id → its ISO time. Read through a template: the
-        REST API's state objects are cached and keep the ``last_reported`` of the last change.
+    async def written_since_except(self, device_id: str, since: str) -> tuple[int, int]:
+        """(how many, of how many) of the integration's entities were written after ``since``.
+
+        ``device_id``'s entities are left out. ``last_reported`` moves on every state write,
+        also one that changes nothing (which fires no ``state_changed``). Counted inside the
+        template, which sees the live state objects (the REST API's are cached and keep the
+        ``last_reported`` of the last change) and answers two numbers at any household size
+        (a template's output is capped at 256 KiB: 5,000 entities' times do not fit).
         """
-        written: dict[str, str] = await self.template(
-            "{% set ns = namespace(out={}) %}"
-            f"{{% for s in expand(integration_entities('{DOMAIN}') "
+        counts: list[int] = await self.template(
+            f"{{% set others = expand(integration_entities('{DOMAIN}') "
             f"| reject('is_device_attr', 'serial_number', '{device_id}') | list) %}}"
-            "{% set ns.out = dict(ns.out, **{s.entity_id: s.last_reported.isoformat()}) %}"
-            "{% endfor %}{{ ns.out | tojson }}"
+            f"{{{{ [others | selectattr('last_reported', 'gt', as_datetime('{since}')) "
+            "| list | count, others | count] | tojson }}"
         )
-        return written
+        return counts[0], counts[1]
 
     async def device_states(self, device_id: str) -> list[str]:
         """The states of one device's entities (found by its serial number)."""
