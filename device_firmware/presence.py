@@ -50,6 +50,10 @@ _HTTP_LOGGER = server_logger("device_firmware.http", (HttpProcessingError,))
 #: First retry of a failed zeroconf advertisement, doubling up to the maximum.
 ADVERTISE_RETRY: Final = 5.0
 ADVERTISE_RETRY_MAX: Final = 300.0
+#: First retry of a setup hotspot that did not open, doubling up to the maximum (on a real
+#: radio wpa_supplicant can fail to start the AP once, e.g. right after a failed join).
+HOTSPOT_RETRY: Final = 10.0
+HOTSPOT_RETRY_MAX: Final = 120.0
 #: How often the window is checked between state changes: it lapses on its own (15 minutes,
 #: or a lockout), and then the hotspot, the captive page and the BLE advertisement go.
 WINDOW_CHECK: Final = 15.0
@@ -99,6 +103,10 @@ class Presence:
         )
         #: Seconds until a failed advertisement is tried again (None: nothing failed).
         self._advertise_retry: float | None = None
+        #: Seconds until a setup hotspot that did not open is tried again (None: none failed).
+        self._hotspot_retry: float | None = None
+        #: The wait of :meth:`run` between reconciles (None: it is reconciling).
+        self._waiting: asyncio.Timeout | None = None
         self._reconcile_lock = asyncio.Lock()
         self._window_check = WINDOW_CHECK if window_check is None else window_check
         #: Why the window was open at the last reconcile (None: closed).
@@ -225,20 +233,43 @@ class Presence:
     async def run(self) -> None:
         """Reconcile until cancelled: at every state change and when the window lapsed.
 
-        Also when a failed advertisement is due to be tried again.
+        Also when a failed advertisement or a hotspot that did not open is due to be tried
+        again.
         """
         seen = self._changes.version
         while True:
-            # A failed advertisement is retried on its own (backing off), not only at the
-            # next state change: a fresh device that nobody can discover would wait for ever.
-            retry = self._advertise_retry
+            # A failed advertisement or hotspot is retried on its own (backing off), not only
+            # at the next state change: a fresh device that nobody can discover or join would
+            # wait for ever. A reconcile outside this loop (the agent's first) that schedules
+            # a retry moves the running wait's deadline (_retry_due).
+            retry = self._retry()
             try:
-                async with asyncio.timeout(min(retry or self._window_check, self._window_check)):
+                async with asyncio.timeout(
+                    min(retry or self._window_check, self._window_check)
+                ) as waiting:
+                    self._waiting = waiting
                     seen = await self._changes.wait(seen)
             except TimeoutError:
-                if retry is None and self._window.reason == self._window_seen:
+                if self._retry() is None and self._window.reason == self._window_seen:
                     continue
+            finally:
+                self._waiting = None
             await self.reconcile()
+
+    def _retry(self) -> float | None:
+        """Seconds until the soonest retry (a failed advertisement or hotspot), if any."""
+        retries = [r for r in (self._advertise_retry, self._hotspot_retry) if r is not None]
+        return min(retries, default=None)
+
+    def _retry_due(self, delay: float) -> None:
+        """Make the running wait of :meth:`run` end within ``delay`` seconds."""
+        waiting = self._waiting
+        if waiting is None:
+            return
+        deadline = asyncio.get_running_loop().time() + delay
+        when = waiting.when()
+        if when is None or deadline < when:
+            waiting.reschedule(deadline)
 
     async def reconcile(self) -> None:
         """Apply :func:`~device_firmware.decide.decide` to what runs, once."""
@@ -280,6 +311,7 @@ class Presence:
             except OSError as err:
                 delay = min(2 * (self._advertise_retry or ADVERTISE_RETRY / 2), ADVERTISE_RETRY_MAX)
                 self._advertise_retry = delay
+                self._retry_due(delay)
                 _LOGGER.warning("zeroconf: %s; trying again in %.0f s", err, delay)
             else:
                 self._advertise_retry = None
@@ -289,8 +321,10 @@ class Presence:
             decision = decide(dataclasses.replace(facts, uplink=await self._uplink()))
         if decision.hotspot and not self._hotspot_on:
             await self._start_hotspot(captive_page=decision.captive_page)
-        elif not decision.hotspot and self._hotspot_on:
-            await self._stop_hotspot()
+        elif not decision.hotspot:
+            self._hotspot_retry = None
+            if self._hotspot_on:
+                await self._stop_hotspot()
 
     async def _uplink(self) -> Uplink:
         """Saved Wi-Fi connected, or any uplink (Ethernet) that reaches the internet."""
@@ -309,8 +343,12 @@ class Presence:
                 hotspot_ssid(device.info.device_id), hotspot_passphrase(device.setup_code)
             )
         except NetworkError as err:
-            _LOGGER.warning("cannot open the setup hotspot: %s", err)
+            delay = min(2 * (self._hotspot_retry or HOTSPOT_RETRY / 2), HOTSPOT_RETRY_MAX)
+            self._hotspot_retry = delay
+            self._retry_due(delay)
+            _LOGGER.warning("cannot open the setup hotspot: %s; trying again in %.0f s", err, delay)
             return
+        self._hotspot_retry = None
         self._hotspot_on = True
         if captive_page:
             await self._start_captive()

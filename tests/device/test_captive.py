@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
+from iob_protocol.diagnostics import DiagnosticCode
+
+from device_firmware import presence
 from device_firmware.factory import hotspot_passphrase, hotspot_ssid
+from device_firmware.network.backend import NetworkError
+from device_firmware.network.simulated import SimulatedBackend
 from device_firmware.state import Phase
 
 from .conftest import HOME_PASSPHRASE, HOME_SSID, WRONG_PASSPHRASE, AgentStarter, RunningAgent
@@ -65,6 +71,42 @@ async def test_hotspot_opens_with_the_derived_key_and_probes_redirect(
             ) as response:
                 assert response.status == 302
                 assert response.headers["Location"] == "http://127.0.0.1:0/"
+
+
+async def test_a_hotspot_that_did_not_open_is_tried_again(
+    start_agent: AgentStarter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wpa_supplicant can fail to start the AP once on a real radio (seen in the VM stage right
+    after a failed join): the device must open its hotspot on its own later, not wait for a
+    state change that may never come while nobody can join it."""
+    monkeypatch.setattr(presence, "HOTSPOT_RETRY", 0.05)
+    real_start = SimulatedBackend.start_hotspot
+    calls: list[str] = []
+
+    async def flaky_start(self: SimulatedBackend, ssid: str, passphrase: str | None) -> None:
+        calls.append(ssid)
+        if len(calls) <= 2:  # two failures, then the radio starts the AP
+            raise NetworkError(
+                DiagnosticCode.WIFI_AUTH_FAILED, "activation failed (SUPPLICANT_TIMEOUT)"
+            )
+        await real_start(self, ssid, passphrase)
+
+    monkeypatch.setattr(SimulatedBackend, "start_hotspot", flaky_start)
+    async with start_agent() as running:
+        for _ in range(500):
+            if running.backend.hotspot is not None and running.agent.captive_ports():
+                break
+            await asyncio.sleep(0.01)
+        device = running.provisioned.device
+        assert running.backend.hotspot == (
+            hotspot_ssid(device.identity.device_id),
+            hotspot_passphrase(device.setup_code),
+        )
+        assert running.agent.captive_ports()
+        assert len(calls) == 3
+        assert len(calls) == 3
+    assert "cannot open the setup hotspot: WIFI_AUTH_FAILED" in caplog.text
+    assert "trying again in" in caplog.text
 
 
 async def test_wrong_codes_count_and_lock_like_handshakes(start_agent: AgentStarter) -> None:
