@@ -211,6 +211,18 @@ async def claim_light_devices(
     return [d for d in devices if d is not None]
 
 
+def _entity_ids(device_id: str, *, of_it: bool) -> str:
+    """A template expression: the integration's entity ids of ``device_id``, or of all others.
+
+    Devices are found by their serial number (the device id).
+    """
+    test = "select" if of_it else "reject"
+    return (
+        f"integration_entities('{DOMAIN}') | {test}('is_device_attr', 'serial_number', "
+        f"'{device_id}')"
+    )
+
+
 class HaApi:
     """Home Assistant's REST and websocket APIs, with an access token."""
 
@@ -327,8 +339,7 @@ class HaApi:
     async def unavailable_except(self, device_id: str) -> int:
         """How many of the integration's entities are unavailable, ``device_id``'s left out."""
         count: int = await self.template(
-            f"{{{{ integration_entities('{DOMAIN}') "
-            f"| reject('is_device_attr', 'serial_number', '{device_id}') "
+            f"{{{{ {_entity_ids(device_id, of_it=False)} "
             "| map('states') | select('eq', 'unavailable') | list | count }}"
         )
         return count
@@ -348,8 +359,7 @@ class HaApi:
         (a template's output is capped at 256 KiB: 5,000 entities' times do not fit).
         """
         counts: list[int] = await self.template(
-            f"{{% set others = expand(integration_entities('{DOMAIN}') "
-            f"| reject('is_device_attr', 'serial_number', '{device_id}') | list) %}}"
+            f"{{% set others = expand({_entity_ids(device_id, of_it=False)} | list) %}}"
             f"{{{{ [others | selectattr('last_reported', 'gt', as_datetime('{since}')) "
             "| list | count, others | count] | tojson }}"
         )
@@ -358,9 +368,7 @@ class HaApi:
     async def device_states(self, device_id: str) -> list[str]:
         """The states of one device's entities (found by its serial number)."""
         states: list[str] = await self.template(
-            f"{{{{ integration_entities('{DOMAIN}') "
-            f"| select('is_device_attr', 'serial_number', '{device_id}') "
-            "| map('states') | list | tojson }}"
+            f"{{{{ {_entity_ids(device_id, of_it=True)} | map('states') | list | tojson }}}}"
         )
         return states
 
