@@ -179,7 +179,7 @@ class Accounts:
 
     async def sign_up(self, email: str, password: str, display_name: str, client: str) -> TokenPair:
         """A new account, signed in."""
-        self._ctx.limiters.sign_up_per_address.hit(client)
+        await self._ctx.limiters.sign_up_per_address.hit(client)
         account = await self.create_account(email, password, display_name)
         return await self.issue(account)
 
@@ -187,7 +187,9 @@ class Accounts:
         """Check the password; rate-limited per account and per client address."""
         email = normalize_email(email)
         limiters = self._ctx.limiters
-        hit_all([(limiters.sign_in_per_account, email), (limiters.sign_in_per_address, client)])
+        await hit_all(
+            [(limiters.sign_in_per_account, email), (limiters.sign_in_per_address, client)]
+        )
         async with self._ctx.storage.read() as conn:
             row = await conn.fetchrow(
                 "SELECT id, email, display_name, is_admin, password_hash, disabled_at "
@@ -201,7 +203,7 @@ class Accounts:
             raise InvalidCredentialsError
         if not await self._verify(row["password_hash"], password) or row["disabled_at"]:
             raise InvalidCredentialsError
-        limiters.sign_in_per_account.reset(email)
+        await limiters.sign_in_per_account.reset(email)
         if self._hasher.check_needs_rehash(row["password_hash"]):
             new_hash = await self._hash(password)
             async with self._ctx.storage.transaction() as conn:
@@ -300,14 +302,14 @@ class Accounts:
     async def confirm_password(self, account: Account, password: str) -> None:
         """Check a password re-entered to confirm a destructive request (sign-in's budget)."""
         limiter = self._ctx.limiters.sign_in_per_account
-        limiter.hit(account.email)
+        await limiter.hit(account.email)
         async with self._ctx.storage.read() as conn:
             stored = await conn.fetchval(
                 "SELECT password_hash FROM accounts WHERE id = $1", account.id
             )
         if stored is None or not await self._verify(stored, password):
             raise PasswordMismatchError
-        limiter.reset(account.email)
+        await limiter.reset(account.email)
 
     async def sign_out(self, access_token: str) -> None:
         """Revoke the session (family) the access token belongs to."""

@@ -186,7 +186,7 @@ async def check_device_statement(ctx: Context, statement: DeviceStatement, *, ma
     (the HTTP layer spent the caller's per-address budget before it read the body); an unknown
     device fails the signature check like a forged statement (no enumeration).
     """
-    ctx.limiters.confirm_per_device.hit(statement.device_id)
+    await ctx.limiters.confirm_per_device.hit(statement.device_id)
     async with ctx.storage.read() as conn:
         key = await conn.fetchval(
             "SELECT public_key FROM devices WHERE device_id = $1", statement.device_id
@@ -215,7 +215,7 @@ class Claims:
         """Pre-validate and issue a single-use token bound to device and household."""
         ctx = self._ctx
         limiters = ctx.limiters
-        hit_all(
+        await hit_all(
             [
                 (limiters.claims_per_account, account.id),
                 (limiters.claims_per_address, client),

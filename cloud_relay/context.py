@@ -14,7 +14,7 @@ from iob_protocol.sources import WallClock, unix_time
 
 from .broker import BrokerAdapter, DeviceCredential, HubCredential, ToolCredential
 from .config import RelayConfig
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, purge_shared
 from .storage import Storage
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -38,18 +38,31 @@ class Limiters:
     key_lookups_per_account: RateLimiter
     key_lookups_per_address: RateLimiter
     key_lookups_per_device: RateLimiter
+    #: Where the budgets live when they are shared (PostgreSQL); None: in this process.
+    shared_storage: Storage | None = None
 
     @classmethod
-    def from_config(cls, config: RelayConfig) -> Limiters:
-        """Build every limiter from ``config.limits``."""
+    def from_config(cls, config: RelayConfig, storage: Storage) -> Limiters:
+        """Build every limiter from ``config.limits``.
+
+        On PostgreSQL (the one engine several service processes share) the budgets live in
+        the database, so every process spends the same ones; on SQLite in this process.
+        """
         limits = config.limits
+        shared = storage if storage.dialect == "postgres" else None
         # A budget added to RateLimits but not here fails at start (an unexpected argument).
         return cls(
+            shared_storage=shared,
             **{
-                budget.name: RateLimiter(budget.name, getattr(limits, budget.name))
+                budget.name: RateLimiter(budget.name, getattr(limits, budget.name), storage=shared)
                 for budget in fields(limits)
-            }
+            },
         )
+
+    async def purge(self) -> None:
+        """Drop the shared budgets that are whole again (nothing to do in memory)."""
+        if self.shared_storage is not None:
+            await purge_shared(self.shared_storage)
 
 
 class BrokerGate:
@@ -119,7 +132,7 @@ class Context:
 
     def __post_init__(self) -> None:
         """Limiters come from the configuration."""
-        self.limiters = Limiters.from_config(self.config)
+        self.limiters = Limiters.from_config(self.config, self.storage)
 
     def now(self) -> int:
         """Unix seconds from the service's wall clock."""

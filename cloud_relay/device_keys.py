@@ -138,7 +138,7 @@ class DeviceKeys:
         async with ctx.storage.read() as conn:
             # Role first: a refused caller must not spend the device's budget.
             await self._households.require(conn, household_id, account, "member")
-            hit_all(
+            await hit_all(
                 [
                     (limiters.key_lookups_per_account, account.id),
                     (limiters.key_lookups_per_address, client),

@@ -58,7 +58,7 @@ class Relay:
         so two redeems of one token never make two owners; if making the account fails after
         that, the add-on's next start announces a fresh token.
         """
-        self.ctx.limiters.sign_up_per_address.hit(client)
+        await self.ctx.limiters.sign_up_per_address.hit(client)
         path = self.ctx.config.provisioning_tokens
         now = self.ctx.now()
         if path is None or not await asyncio.to_thread(redeem_token, path, token, now=now):
@@ -129,9 +129,10 @@ class Relay:
         return await audit.verify(self.ctx.storage)
 
     async def purge(self) -> None:
-        """Housekeeping: lapsed tokens, claims and nonces."""
+        """Housekeeping: lapsed tokens, claims and nonces; budgets whole again."""
         await self.accounts.purge_expired()
         await self.claims.purge_expired()
+        await self.ctx.limiters.purge()
 
     async def purge_forever(self, interval: float = PURGE_INTERVAL) -> None:
         """Run :meth:`purge` every ``interval`` seconds (a background task of the server)."""

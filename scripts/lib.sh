@@ -27,9 +27,10 @@ DEBIAN_MIRROR="${IOB_DEBIAN_MIRROR:-}"
 # Debian packages the tests and the demo need on the host (chromium: the browser test drives
 # Debian's build through Playwright; never `playwright install`, it downloads browsers; podman
 # and runc build and run the add-on's image, see addon_podman; rabbitmq-server: the clustered
-# broker's auth tests, tests/relay/broker/test_broker_auth.py).
+# broker's auth tests, tests/relay/broker/test_broker_auth.py; haproxy: the load balancer in
+# front of several service processes, tests/relay/test_processes.py).
 HOST_PACKAGES=(mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev debootstrap iproute2
-  postgresql shellcheck chromium qemu-system-x86 qemu-utils podman runc rabbitmq-server)
+  postgresql shellcheck chromium qemu-system-x86 qemu-utils podman runc rabbitmq-server haproxy)
 # ... and inside the forky root (the newest-HA tests start the same services).
 FORKY_PACKAGES=(python3.14 python3.14-venv python3.14-dev ca-certificates build-essential
   mosquitto mosquitto-clients dbus libdbus-1-dev libglib2.0-dev pkg-config iproute2)

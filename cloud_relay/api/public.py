@@ -129,7 +129,7 @@ async def _statement(request: web.Request, model: type[_Statement]) -> _Statemen
     (well-formed or not) costs the service a counter, not a parse; the per-device budget
     follows once the statement names its device.
     """
-    relay(request).ctx.limiters.confirm_per_address.hit(client_address(request))
+    await relay(request).ctx.limiters.confirm_per_address.hit(client_address(request))
     return await read_body(request, model)
 
 

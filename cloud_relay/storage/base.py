@@ -122,6 +122,18 @@ class Storage(abc.ABC):
         async with self.transaction() as conn:
             return await body(conn)
 
+    async def statement(self, sql: str, *args: Any) -> Any:
+        """One statement as a transaction of its own; the first column of its first row.
+
+        For a write that is a single statement (a server-side function): PostgreSQL runs it
+        in one round trip, without BEGIN and COMMIT of their own.
+        """
+
+        async def body(conn: Connection) -> Any:
+            return await conn.fetchval(sql, *args)
+
+        return await self.run(body)
+
     @abc.abstractmethod
     def read(self) -> AbstractAsyncContextManager[Connection]:
         """A connection for reads (SQLite: a reader that never waits for the writer)."""

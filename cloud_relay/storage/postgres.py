@@ -122,6 +122,12 @@ class PostgresStorage(Storage):
             await self._pool.release(connection)
 
     @override
+    async def statement(self, sql: str, *args: Any) -> Any:
+        # Outside a transaction block a statement commits on its own (one round trip).
+        async with self.read() as conn:
+            return await conn.fetchval(sql, *args)
+
+    @override
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
         try:

@@ -220,6 +220,44 @@ _AUDIT_CHAINS: Final = (
     )""",
 )
 
+#: GCRA over the ``rate_limits`` rows (cloud_relay.ratelimit), one round trip: lock the rows
+#: (made when missing, in the caller's order: sorted), take the server's clock, count the
+#: event on every budget or on none. Returns the seconds to wait, 0 when counted. A refused
+#: check leaves the rows it made with no time (a whole budget; the purge drops them).
+_RATE_LIMIT_FUNCTION: Final = """
+CREATE FUNCTION iob_rate_limit(
+    budgets TEXT[], keys TEXT[], intervals DOUBLE PRECISION[], tolerances DOUBLE PRECISION[]
+) RETURNS DOUBLE PRECISION LANGUAGE plpgsql AS $body$
+DECLARE
+    now_s DOUBLE PRECISION := extract(epoch FROM clock_timestamp());
+    longest DOUBLE PRECISION := 0;
+    next_tats DOUBLE PRECISION[] := '{}';
+    stored DOUBLE PRECISION;
+BEGIN
+    -- Not flushed before the answer: the table is not WAL-logged anyway.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    INSERT INTO rate_limits (budget, key, tat)
+        SELECT wanted.budget, wanted.key, NULL
+        FROM unnest(budgets, keys) WITH ORDINALITY AS wanted (budget, key, position)
+        ORDER BY wanted.position
+        ON CONFLICT (budget, key) DO UPDATE SET tat = rate_limits.tat;
+    FOR i IN 1 .. cardinality(budgets) LOOP
+        SELECT r.tat INTO stored FROM rate_limits r
+            WHERE r.budget = budgets[i] AND r.key = keys[i];
+        stored := greatest(coalesce(stored, now_s), now_s);
+        longest := greatest(longest, stored - now_s - tolerances[i]);
+        next_tats := next_tats || (stored + intervals[i]);
+    END LOOP;
+    IF longest > 0 THEN
+        RETURN longest;
+    END IF;
+    UPDATE rate_limits r SET tat = counted.tat
+        FROM unnest(budgets, keys, next_tats) AS counted (budget, key, tat)
+        WHERE r.budget = counted.budget AND r.key = counted.key;
+    RETURN 0;
+END
+$body$"""
+
 MIGRATIONS: Final = (
     Migration(
         1,
@@ -257,6 +295,24 @@ MIGRATIONS: Final = (
                     "SELECT setval('audit_log_seq', "
                     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_log), false)"
                 ),
+            )
+        },
+    ),
+    Migration(
+        5,
+        "rate limits shared by the service's processes",
+        (),
+        {
+            # PostgreSQL only: SQLite is one process, whose limits stay in its memory
+            # (cloud_relay.ratelimit). UNLOGGED: no WAL, emptied by a server crash.
+            "postgres": (
+                """CREATE UNLOGGED TABLE rate_limits (
+                    budget TEXT NOT NULL,
+                    key TEXT NOT NULL,
+                    tat DOUBLE PRECISION,
+                    PRIMARY KEY (budget, key)
+                )""",
+                _RATE_LIMIT_FUNCTION,
             )
         },
     ),

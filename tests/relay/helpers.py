@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
+import subprocess
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -359,3 +362,14 @@ class Api:
 
     def now(self) -> int:
         return self.relay.ctx.now()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a service the test started, by its pid: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()

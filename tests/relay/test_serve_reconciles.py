@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_co
 from tests.plugins.relay_toml import relay_toml
 
 from .conftest import AppFactory
-from .helpers import FakeDevice
+from .helpers import FakeDevice, stop_process
 from .mqtt import client_exists, connect_code
 
 ROOT = Path(__file__).parents[2]
@@ -73,13 +72,7 @@ def _serve(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process(process)
 
 
 def _port_file(config: Path) -> Path:
