@@ -258,7 +258,7 @@ class ProvisioningPeripheral:
                 device_name=self.local_name,
                 hardware_name=device.info.model,
                 firmware_version=device.info.firmware_version,
-                session_authorized=lambda: host.has_session,
+                session_idle=host.session_idle,
                 on_state=self._improv_state,
                 clock=clock,
                 authorization_seconds=improv_authorization,

@@ -11,8 +11,11 @@ the code from the label.
 Authorization: a Wi-Fi RPC needs the state ``authorized``, reached by a press of the device's
 button (the agent calls :meth:`ImprovService.authorize`; it lapses after
 :data:`AUTHORIZATION_SECONDS`, as the spec suggests) or while a secure session that proved the
-setup code is established (``session_authorized``). A claimed device, or one outside its
-provisioning window, never authorizes: Improv cannot move an owned device to another network.
+setup code is established and in use: its last frame at most :data:`AUTHORIZATION_SECONDS` ago
+(``session_idle``), so a session its client left (it stays established for its idle timeout,
+10 minutes) authorizes no longer than a button press would. A claimed device, or one outside
+its provisioning window, never authorizes: Improv cannot move an owned device to another
+network.
 
 Packets: ``command u8 || length u8 || data || checksum u8`` (sum of the bytes before it, mod
 256). A command may arrive in several writes (each with offset 0, or a long write with
@@ -173,12 +176,17 @@ class ImprovService(GattService):
         device_name: str,
         hardware_name: str,
         firmware_version: str,
-        session_authorized: Callable[[], bool] = lambda: False,
+        session_idle: Callable[[], float | None] = lambda: None,
         on_state: Callable[[ImprovState], Awaitable[None]] | None = None,
         clock: MonotonicClock = monotonic,
         authorization_seconds: float = AUTHORIZATION_SECONDS,
     ) -> None:
-        """Answer for ``controller``; ``on_state`` hears every state change (advertisement)."""
+        """Answer for ``controller``; ``on_state`` hears every state change (advertisement).
+
+        ``session_idle``: seconds since the last frame of an established session that proved
+        the setup code (None: there is none); such a session authorizes while that is under
+        ``authorization_seconds``.
+        """
         super().__init__()
         self._controller = controller
         self._info = [
@@ -187,7 +195,7 @@ class ImprovService(GattService):
             hardware_name.encode(),
             device_name.encode(),
         ]
-        self._session_authorized = session_authorized
+        self._session_idle = session_idle
         self._on_state = on_state
         self._clock = clock
         self._authorization_seconds = authorization_seconds
@@ -294,7 +302,14 @@ class ImprovService(GattService):
 
     async def refresh(self) -> None:
         """Re-evaluate the state (a secure session started or ended)."""
+        if self._session_remaining() > 0:
+            self._schedule_expiry(self._session_remaining())
         await self._publish()
+
+    def _session_remaining(self) -> float:
+        """Seconds the secure session still authorizes (0: it does not)."""
+        idle = self._session_idle()
+        return 0.0 if idle is None else max(self._authorization_seconds - idle, 0.0)
 
     def _authorize(self) -> None:
         self._authorized_until = self._clock() + self._authorization_seconds
@@ -307,8 +322,9 @@ class ImprovService(GattService):
 
     def _expire(self) -> None:
         self._expiry = None
-        remaining = self._authorized_until - self._clock()
-        if remaining > 0:  # the loop's timers may fire a hair early
+        # The loop's timers may fire a hair early, and the session may have been used since.
+        remaining = max(self._authorized_until - self._clock(), self._session_remaining())
+        if remaining > 0:
             self._schedule_expiry(remaining)
             return
         self._spawn(self._publish())
@@ -318,7 +334,9 @@ class ImprovService(GattService):
             return ImprovState.PROVISIONED
         if self._provisioning:
             return ImprovState.PROVISIONING
-        if self._enabled and (self._clock() < self._authorized_until or self._session_authorized()):
+        if self._enabled and (
+            self._clock() < self._authorized_until or self._session_remaining() > 0
+        ):
             return ImprovState.AUTHORIZED
         return ImprovState.AUTHORIZATION_REQUIRED
 

@@ -277,6 +277,12 @@ class SessionHost:
             return False
         return (active.credential_kind is CredentialKind.OWNER) == self._policy().claimed
 
+    def session_idle(self) -> float | None:
+        """Seconds since the last frame of the session :attr:`has_session` counts; None if none."""
+        if not self.has_session:
+            return None
+        return max(self._clock() - self._last_frame, 0.0)
+
     # --- handshake --------------------------------------------------------------------------
 
     def _expire_pending(self) -> None:
@@ -452,8 +458,8 @@ class SessionHost:
         if self._active is not None:
             self._active.close()
         self._active = session
-        self._on_established()
         self._last_frame = self._clock()
+        self._on_established()
         _LOGGER.info("secure session established (%s code)", session.credential_kind)
         return Reply(ReplyKind.FINISHED, b"", session_tag=self.session_tag)
 

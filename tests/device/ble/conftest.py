@@ -95,7 +95,7 @@ def improv_service(device: Device, **options: Any) -> ImprovService:
         device_name=f"IoT Onboard {info.device_id[:8]}",
         hardware_name=info.model,
         firmware_version=info.firmware_version,
-        session_authorized=lambda: device.host.has_session,
+        session_idle=device.host.session_idle,
         **options,
     )
 

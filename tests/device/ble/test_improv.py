@@ -11,6 +11,7 @@ from bleak.backends.scanner import AdvertisementData
 from improv_ble_client import device_filter
 from improv_ble_client import protocol as prot
 
+from device_firmware.ble.gatt import ProvisioningService
 from device_firmware.ble.improv import (
     IMPROV_CAPABILITIES_UUID,
     IMPROV_ERROR_UUID,
@@ -208,6 +209,33 @@ async def test_an_established_secure_session_authorizes(loopback: Loopback, devi
     client = BleClient(device.qr_client(), central.send_frame, central.receive_frame)
     await client.handshake()
     assert await next_state(improv) is prot.State.AUTHORIZED
+
+
+async def test_a_session_its_client_left_authorizes_no_longer_than_a_button(
+    device: Device,
+) -> None:
+    """The session stays established for its idle timeout (10 minutes) after its client left;
+    it authorizes Improv only while in use, so nobody else in range gets those minutes."""
+    improv = improv_service(device, authorization_seconds=0.3)
+    provisioning = ProvisioningService(device.host, on_session=improv.refresh)
+    peripheral = LoopbackPeripheral([provisioning, improv])
+    await peripheral.start()
+    try:
+        await improv.update(device.store.current, window_open=device.host.window_open)
+        stranger = await improv_central(peripheral)
+        central = peripheral.connect(mtu=185)
+        await central.subscribe(TX_UUID)
+        client = BleClient(device.qr_client(), central.send_frame, central.receive_frame)
+        await client.handshake()
+        assert await next_state(stranger) is prot.State.AUTHORIZED
+        # No frame since: the authorization lapses, the session itself is still there.
+        assert await next_state(stranger) is prot.State.AUTHORIZATION_REQUIRED
+        assert device.host.has_session
+        await send(stranger, prot.WiFiSettingsCmd(b"Elsewhere", b"neighbour's pw"))
+        assert await next_error(stranger) is prot.Error.NOT_AUTHORIZED
+        assert improv.state is ImprovState.AUTHORIZATION_REQUIRED
+    finally:
+        await peripheral.stop()
 
 
 async def test_button_authorization_lapses(device: Device) -> None:
