@@ -9,6 +9,19 @@ which has the project's wheel from the device package. Each subcommand prints on
 - ``onboard`` (the device's namespace, where the agent's LAN server listens on loopback): the
   handshake with the label's QR text, ``set_wifi``, ``set_claim``, ``commit``, then ``status``
   until the commit ends; prints the device's final state and diagnostic code.
+- ``ble-onboard`` (the device's namespace, Bluetooth on the other emulated controller,
+  ``--adapter hci1``): what Home Assistant's Bluetooth side does: finds the device by its
+  advertised service (as HA's bluetooth matcher does, with the service data parsed), connects
+  with bleak-retry-connector's ``establish_connection`` over real BlueZ, runs the same
+  handshake and commands as ``onboard`` as frames over the GATT service (``iob_protocol.ble``'s
+  ``FrameChannel``), and asks ``status`` over GATT until the commit ends (connecting again if
+  the link dropped: the device keeps the session). Needs bleak and bleak-retry-connector on
+  ``PYTHONPATH`` (guest.sh installs them from the image's wheels).
+- ``improv`` (the device's namespace, ``--adapter hci1``): a phone's or Home Assistant's
+  ``improv_ble`` side (py-improv-ble-client): finds the device's Improv advertisement, reads
+  whether it needs authorization, presses the button (SIGUSR1 to ``--button-pid``, as the
+  agent's docs say for boards without one), reads it again, and sends the Wi-Fi settings; prints
+  what happened at each step (a refusal is a result here, not an error).
 - ``air`` (anywhere): reads NetworkManager's and wpa_supplicant's journal of one scenario on
   stdin; prints the key management the supplicant was given and whether it connected (the
   radio's side of a join that the agent then rolled back).
@@ -22,11 +35,14 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import re
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any, Final
 
 from iob_protocol import (
@@ -50,6 +66,8 @@ SESSION_HEADER: Final = "X-IOB-Session"
 #: Under TCG a commit (scan, join, DHCP, DNS, claim) takes tens of seconds.
 COMMIT_DEADLINE: Final = 240.0
 STATUS_POLL: Final = 2.0
+#: Under TCG the emulated controllers advertise every few hundred ms; a margin for a restart.
+BLE_SCAN_TIMEOUT: Final = 90.0
 HTTP_TIMEOUT: Final = 30.0
 
 
@@ -142,46 +160,263 @@ def _claim(args: argparse.Namespace) -> dict[str, Any]:
     return {"claim_id": str(answer["claim_id"]), "token": str(answer["token"])}
 
 
-def _onboard(args: argparse.Namespace) -> dict[str, Any]:
-    claim = json.loads(args.claim.read_text())
-    lan = Lan(args.device)
-    lan.handshake(args.qr)
-    lan.call(
-        SetWifiRequest(
-            request_id=next(lan.ids),
-            ssid=args.ssid.encode(),
-            passphrase=args.passphrase or None,
-            hidden=args.hidden,
-        )
-    )
-    ack = lan.call(
-        SetClaimRequest(
-            request_id=next(lan.ids),
-            service_url=args.service_url,
-            claim_token=claim["token"],
-            owner_secret=OwnerSecret.generate().secret,
-            allow_insecure_http=True,
-        )
-    )
-    if not isinstance(ack, AckResult):
-        raise DriverError(f"set_claim: unexpected answer {ack!r}")
-    if not isinstance(lan.call(CommitRequest(request_id=next(lan.ids))), CommitResult):
-        raise DriverError("commit: unexpected answer")
-    started = time.monotonic()
-    while True:
-        status = lan.call(StatusRequest(request_id=next(lan.ids)))
-        if not isinstance(status, StatusResult):
-            raise DriverError(f"status: unexpected answer {status!r}")
-        if status.state.value != "committing":
-            break
-        if time.monotonic() - started > COMMIT_DEADLINE:
-            raise DriverError(f"the commit did not end within {COMMIT_DEADLINE:.0f} s")
-        time.sleep(STATUS_POLL)
+def _handover(
+    args: argparse.Namespace, claim: dict[str, Any], ids: Iterator[int]
+) -> list[tuple[Request, type]]:
+    """Home Assistant's hand-over, each with the answer it must get: Wi-Fi, claim, commit."""
+    return [
+        (
+            SetWifiRequest(
+                request_id=next(ids),
+                ssid=args.ssid.encode(),
+                passphrase=args.passphrase or None,
+                hidden=getattr(args, "hidden", False),
+            ),
+            AckResult,
+        ),
+        (
+            SetClaimRequest(
+                request_id=next(ids),
+                service_url=args.service_url,
+                claim_token=claim["token"],
+                owner_secret=OwnerSecret.generate().secret,
+                allow_insecure_http=True,
+            ),
+            AckResult,
+        ),
+        (CommitRequest(request_id=next(ids)), CommitResult),
+    ]
+
+
+def _expect(request: Request, answer: object, expected: type) -> None:
+    if not isinstance(answer, expected):
+        raise DriverError(f"{request.command}: unexpected answer {answer!r}")
+
+
+def _ended(answer: object, started: float) -> StatusResult | None:
+    """The status once the commit ended; None while it runs (within the deadline)."""
+    if not isinstance(answer, StatusResult):
+        raise DriverError(f"status: unexpected answer {answer!r}")
+    if answer.state.value != "committing":
+        return answer
+    if time.monotonic() - started > COMMIT_DEADLINE:
+        raise DriverError(f"the commit did not end within {COMMIT_DEADLINE:.0f} s")
+    return None
+
+
+def _outcome(status: StatusResult, started: float) -> dict[str, Any]:
     return {
         "state": status.state.value,
         "diagnostic": None if status.diagnostic is None else status.diagnostic.value,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _onboard(args: argparse.Namespace) -> dict[str, Any]:
+    claim = json.loads(args.claim.read_text())
+    lan = Lan(args.device)
+    lan.handshake(args.qr)
+    for request, expected in _handover(args, claim, lan.ids):
+        _expect(request, lan.call(request), expected)
+    started = time.monotonic()
+    while (status := _ended(lan.call(StatusRequest(request_id=next(lan.ids))), started)) is None:
+        time.sleep(STATUS_POLL)
+    return _outcome(status, started)
+
+
+class Ble:
+    """An encrypted session with the agent over its GATT service (as ``ble_client.py``)."""
+
+    def __init__(self, device: Any, name: str) -> None:
+        self.device = device
+        self.name = name
+        self.client: Any = None
+        self.channel: Any = None
+        self.protocol: ClientSession | None = None
+        self.ids = itertools.count(1)
+        self.connects = 0
+        self.mtu = 0
+
+    async def connect(self) -> Any:
+        from bleak_retry_connector import (  # noqa: PLC0415 - only this subcommand needs them
+            BleakClientWithServiceCache,
+            establish_connection,
+        )
+        from iob_protocol.ble import (  # noqa: PLC0415
+            RX_UUID,
+            TX_UUID,
+            FrameChannel,
+            chunk_payload_size,
+        )
+
+        if self.channel is not None and self.channel.connected:
+            return self.channel
+        channel: Any = None
+
+        def dropped(_client: Any) -> None:
+            if channel is not None:
+                channel.disconnected("the Bluetooth link dropped")
+
+        client = await establish_connection(
+            BleakClientWithServiceCache, self.device, self.name, disconnected_callback=dropped
+        )
+        self.connects += 1
+        self.mtu = client.mtu_size
+
+        async def write(chunk: bytes) -> None:
+            await client.write_gatt_char(RX_UUID, chunk, response=True)
+
+        channel = FrameChannel(write, payload_size=chunk_payload_size(client.mtu_size), timeout=30)
+        await client.start_notify(TX_UUID, lambda _char, data: channel.notified(bytes(data)))
+        self.client, self.channel = client, channel
+        return channel
+
+    async def exchange(self, frame: bytes) -> bytes:
+        channel = await self.connect()
+        channel.discard_pending()
+        await channel.send(frame)
+        reply: bytes = await channel.receive()
+        return reply
+
+    async def handshake(self, qr: str) -> None:
+        protocol = ClientSession.for_qr(QrPayload.parse(qr))
+        hello = await self.exchange(protocol.start())
+        channel = await self.connect()
+        await channel.send(protocol.handle_device_hello(hello))
+        self.protocol = protocol
+
+    async def call(self, request: Request) -> object:
+        if self.protocol is None:
+            raise DriverError("no session")
+        reply = await self.exchange(self.protocol.seal(encode_request(request)))
+        response = decode_response(self.protocol.open(reply))
+        if isinstance(response, ErrorResponse):
+            raise DriverError(f"{request.command} refused: {response.error}")
+        return response.result
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.disconnect()
+
+
+async def _find_ble(adapter: str, short_id: str) -> tuple[Any, dict[str, Any], float]:
+    """The device's advertisement on ``adapter``: the first with our service and its id."""
+    from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs it
+    from iob_protocol.ble import SERVICE_UUID, AdvertisedState  # noqa: PLC0415
+
+    started = time.monotonic()
+    seen: dict[str, Any] = {}
+
+    def ours(_device: Any, advertisement: Any) -> bool:
+        data = advertisement.service_data.get(SERVICE_UUID)
+        if data is None:
+            return False
+        state = AdvertisedState.parse(data)
+        if state.short_id != short_id:
+            return False
+        seen.update(
+            phase=state.phase.name,
+            window_open=state.window_open,
+            failed=state.failed,
+            short_id=state.short_id,
+            rssi=advertisement.rssi,
+            local_name=advertisement.local_name,
+        )
+        return True
+
+    # The adapter by name (bleak ≥ 1: ``bluez={"adapter": ...}``; older type stubs lack the key).
+    bluez: Any = {"adapter": adapter}
+    device = await BleakScanner.find_device_by_filter(ours, timeout=BLE_SCAN_TIMEOUT, bluez=bluez)
+    if device is None:
+        raise DriverError(
+            f"no advertisement of {short_id} on {adapter} in {BLE_SCAN_TIMEOUT:.0f} s"
+        )
+    return device, seen, round(time.monotonic() - started, 1)
+
+
+async def _ble_onboard_async(args: argparse.Namespace) -> dict[str, Any]:
+    claim = json.loads(args.claim.read_text())
+    device, advertised, found_after = await _find_ble(args.adapter, args.device_id[:8])
+    ble = Ble(device, f"IoT Onboard {args.device_id[:8]}")
+    try:
+        await ble.handshake(args.qr)
+        for request, expected in _handover(args, claim, ble.ids):
+            _expect(request, await ble.call(request), expected)
+        started = time.monotonic()
+        status = None
+        while status is None:
+            await asyncio.sleep(STATUS_POLL)
+            status = _ended(await ble.call(StatusRequest(request_id=next(ble.ids))), started)
+    finally:
+        await ble.close()
+    return {
+        "advertised": advertised,
+        "found_after": found_after,
+        "mtu": ble.mtu,
+        "connects": ble.connects,
+        **_outcome(status, started),
+    }
+
+
+def _ble_onboard(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return asyncio.run(_ble_onboard_async(args))
+    except Exception as err:  # bleak's and the protocol's errors, reported as JSON
+        raise DriverError(f"{type(err).__name__}: {err}") from err
+
+
+async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
+    from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs them
+    from improv_ble_client import ImprovBLEClient, device_filter  # noqa: PLC0415
+    from improv_ble_client.errors import ProvisioningFailed  # noqa: PLC0415
+
+    bluez: Any = {"adapter": args.adapter}
+    seen: list[Any] = []
+
+    def offered(_device: Any, advertisement: Any) -> bool:
+        if device_filter(advertisement):
+            seen.append(advertisement)
+            return True
+        return False
+
+    device = await BleakScanner.find_device_by_filter(
+        offered, timeout=args.scan_timeout, bluez=bluez
+    )
+    if device is None:
+        return {"advertised": False}
+    client = ImprovBLEClient(device, seen[-1])
+    result: dict[str, Any] = {"advertised": True}
+    try:
+        result["needs_authorization"] = await client.need_authorization()
+        if args.button_pid:
+            os.kill(args.button_pid, signal.SIGUSR1)
+            # The agent handles the signal at once; its state notification may lag a little.
+            for _ in range(20):
+                needs = await client.need_authorization()
+                if not needs:
+                    break
+                await asyncio.sleep(0.5)
+            result["needs_authorization_after_button"] = needs
+        try:
+            redirect = await client.provision(args.ssid, args.passphrase, None)
+        except ProvisioningFailed as err:
+            result["provision"] = err.error.name
+        else:
+            result["provision"] = "PROVISIONED"
+            result["redirect"] = redirect
+    finally:
+        # The library disconnects only on its idle timer; let go of the device now.
+        bleak_client = getattr(client, "_client", None)
+        if bleak_client is not None:
+            await bleak_client.disconnect()
+    return result
+
+
+def _improv(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return asyncio.run(_improv_async(args))
+    except Exception as err:  # bleak's and the library's errors, reported as JSON
+        raise DriverError(f"{type(err).__name__}: {err}") from err
 
 
 async def _availability(hub: dict[str, Any], device_id: str) -> str:
@@ -243,8 +478,22 @@ def main(argv: list[str]) -> int:
     onboard.add_argument("--passphrase", default="")
     onboard.add_argument("--hidden", action="store_true")
     onboard.add_argument("--service-url", required=True)
+    ble = sub.add_parser("ble-onboard")
+    ble.add_argument("--adapter", default="hci1")
+    ble.add_argument("--qr", required=True)
+    ble.add_argument("--ssid", required=True)
+    ble.add_argument("--passphrase", default="")
+    ble.add_argument("--service-url", required=True)
+    improv = sub.add_parser("improv")
+    improv.add_argument("--adapter", default="hci1")
+    improv.add_argument("--ssid", required=True)
+    improv.add_argument("--passphrase", default="")
+    improv.add_argument("--button-pid", type=int, default=0)
+    improv.add_argument("--scan-timeout", type=float, default=BLE_SCAN_TIMEOUT)
     args = parser.parse_args(argv)
     steps = {
+        "improv": _improv,
+        "ble-onboard": _ble_onboard,
         "account": _account,
         "claim": _claim,
         "onboard": _onboard,

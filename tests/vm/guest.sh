@@ -11,8 +11,9 @@
 #   BLE      -> two emulated controllers (btvirt over hci_vhci) under one bluetoothd: hci0 for
 #              the device (factory-provision --self-test checks it), hci1 for the other side
 #
-# $SHARE/scenarios (tests/vm/test_vm.py writes it from IOB_VM_SCENARIOS): "all", or "factory"
-# to end after the factory line (install, self-test, registry import) for a short run.
+# $SHARE/scenarios (tests/vm/test_vm.py writes it from IOB_VM_SCENARIOS): "all", "factory" to
+# end after the factory line (install, self-test, registry import), or "ble" to run only the
+# onboarding over Bluetooth after it, for a short run.
 set -u
 SHARE=/mnt/share
 OUT=$SHARE/out
@@ -34,6 +35,11 @@ MODEL=iob-vm-sensor
 AGENT_PYTHON=/opt/iot-onboard/venv/bin/python
 RELAY_EXTRA=/opt/iob-relay
 RELAY_EXTRA_PACKAGES="aiosqlite argon2-cffi argon2-cffi-bindings asyncpg"
+# Home Assistant's Bluetooth client side for the driver's ble-onboard and improv (bleak over
+# BlueZ's D-Bus, bleak-retry-connector's establish_connection, py-improv-ble-client as HA's
+# improv_ble uses it), with their dependencies, from the image's wheels.
+HA_BLE=/opt/iob-ha-ble
+HA_BLE_PACKAGES="bleak bleak-retry-connector py-improv-ble-client"
 T0=$(cut -d' ' -f1 /proc/uptime)
 SCENARIOS=$(cat "$SHARE/scenarios" 2>/dev/null || echo all)
 
@@ -178,6 +184,11 @@ $AGENT_PYTHON -m pip install -q --no-index --no-deps --no-compile --disable-pip-
   --target "$RELAY_EXTRA" --find-links /usr/share/iot-onboard/wheels $RELAY_EXTRA_PACKAGES \
   >"$WORK/logs/relay-pip.log" 2>&1 \
   || { record relay '{"error": "pip could not install the account service"}'; exit 1; }
+# shellcheck disable=SC2086 # a list of names
+$AGENT_PYTHON -m pip install -q --no-index --no-compile --disable-pip-version-check \
+  --target "$HA_BLE" --find-links /usr/share/iot-onboard/wheels $HA_BLE_PACKAGES \
+  >"$WORK/logs/ha-ble-pip.log" 2>&1 \
+  || { record relay '{"error": "pip could not install the Bluetooth client side"}'; exit 1; }
 mkdir -p "$WORK/relay"
 cat >"$WORK/relay/relay.toml" <<EOF
 database_url = "sqlite:///$WORK/relay/relay.db"
@@ -306,6 +317,52 @@ scenario() {
     "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")")"
 }
 
+# ble_on: the agent with Bluetooth on (hci0), restarted as a user would after editing
+# device.toml (a fresh agent: no secure session, so Improv needs the button).
+ble_on() {
+  say "Bluetooth on"
+  sed -i 's/^ble = false/ble = true\nble_adapter = "hci0"/' /etc/iot-onboard/device.toml
+  systemctl restart iot-onboard-device.service
+}
+
+# ble_onboarding: Home Assistant's side on hci1 finds the agent by its advertisement and runs the
+# whole onboarding over GATT (tests/vm/driver.py ble-onboard). The service URL is the closed
+# port, so the join ends with RELAY_UNREACHABLE (Wi-Fi, DHCP and DNS worked) and the device,
+# unclaimed, rolls back and stays ready for the next scenario.
+ble_onboarding() {
+  say "scenario ble_onboarding"
+  since=$(date +%s)
+  driver router claim >"$WORK/claim.json"
+  outcome=$(PYTHONPATH="$HA_BLE" driver device ble-onboard --adapter hci1 --qr "$QR" \
+    --ssid "$SSID" --passphrase "$PASSPHRASE" --service-url "$SERVICE_URL")
+  air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
+    | driver device air)
+  record ble_onboarding "$(printf '{"device_id": "%s", "onboard": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s, "agent_log": %s}' \
+    "$DEVICE_ID" "$outcome" "$air" "$(iob-device status --json)" \
+    "$(json_string "$(iob-device diagnose 2>&1)")" \
+    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
+    "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")" \
+    "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service | grep -i -E 'ble|bluetooth|gatt|advert' | tail -20)")")"
+}
+
+# improv NAME PASSPHRASE [DRIVER-OPTIONS]: Improv Wi-Fi from the other controller, the button
+# pressed (SIGUSR1 to the agent) after the first read; what the client saw and the agent's state.
+improv() {
+  name=$1; passphrase=$2; shift 2
+  say "scenario $name"
+  since=$(date +%s)
+  mainpid=$(systemctl show -p MainPID --value iot-onboard-device.service)
+  outcome=$(PYTHONPATH="$HA_BLE" driver device improv --adapter hci1 --ssid "$SSID" \
+    --passphrase "$passphrase" --button-pid "$mainpid" "$@")
+  air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
+    | driver device air)
+  record "$name" "$(printf '{"improv": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s, "agent_log": %s}' \
+    "$outcome" "$air" "$(iob-device status --json)" "$(json_string "$(iob-device diagnose 2>&1)")" \
+    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
+    "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")" \
+    "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service | grep -i -E 'improv|button|ble' | tail -20)")")"
+}
+
 # lan_info HOST: the agent's GET /iob/v1/info (JSON), or null.
 lan_info() {
   python3 -c "import urllib.request; print(urllib.request.urlopen('http://$1:8423/iob/v1/info', timeout=10).read().decode())" \
@@ -418,6 +475,19 @@ http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 80), Portal).serve_forever()
   sleep 2
 }
 
+if [ "$SCENARIOS" = ble ]; then
+  internet_up
+  SERVICE_URL=$CLOSED_URL
+  ble_on
+  improv improv_wrong_passphrase "not the passphrase"
+  ble_onboarding
+  SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
+  scenario right_passphrase "$SSID" "$PASSPHRASE"
+  record right_passphrase_online "$(driver router online)"
+  improv improv_after_claim "$PASSPHRASE" --scan-timeout 20
+  say "done"
+  exit 0
+fi
 scenario ssid_absent "iob-nowhere" "$PASSPHRASE"
 scenario wrong_passphrase "$SSID" "not the passphrase"
 router_lan "$DHCP"
@@ -448,6 +518,9 @@ wpa2
 router_lan "$DNS"
 scenario dhcp_off "$SSID" "$PASSPHRASE"
 router_lan "$DHCP" "$DNS"
+ble_on
+improv improv_wrong_passphrase "not the passphrase"
+ble_onboarding
 SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
 stop_pidfile "$WORK/internet.pid"
 setup_hotspot
@@ -455,6 +528,7 @@ setup_hotspot
 # takes the radio, the claim closes the window, and the hotspot must stay down.
 scenario right_passphrase "$SSID" "$PASSPHRASE"
 record right_passphrase_online "$(driver router online)"
+improv improv_after_claim "$PASSPHRASE" --scan-timeout 20
 record hotspot_after_claim "$(printf '{"address": %s, "active": %s, "phone": %s, "info": %s}' \
   "$(json_string "$(ip -4 -o addr show wlan1)")" \
   "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \

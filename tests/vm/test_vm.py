@@ -13,7 +13,9 @@ tests of that suite are skipped with the reason. scripts/test runs this module a
 ``IOB_VM_SCENARIOS=factory`` ends each boot after the factory line (install, BLE controllers,
 ``factory-provision --self-test``, registry import) for a short run: select the factory tests,
 ``IOB_VM_SCENARIOS=factory pytest -p no:homeassistant tests/vm -k factory`` (the tests of the
-steps it leaves out would skip, and a skip fails the run).
+steps it leaves out would skip, and a skip fails the run); ``IOB_VM_SCENARIOS=ble`` adds the
+onboarding over Bluetooth, Improv, the right passphrase and Improv after the claim
+(``-k "factory or bluetooth or improv or right_passphrase"``).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ SUITES: Final = ("bookworm", "trixie")
 #: One boot with every scenario: 200-600 s under TCG on 2 shared cores; the rest is a margin.
 VM_TIMEOUT: Final = 1500.0
 GUEST_MEMORY_MB: Final = 2048
-#: IOB_VM_SCENARIOS: every scenario, or only the factory line (tests/vm/guest.sh).
-SCENARIO_SETS: Final = ("all", "factory")
+#: IOB_VM_SCENARIOS: every scenario, only the factory line, or the factory line and the
+#: onboarding over Bluetooth (tests/vm/guest.sh).
+SCENARIO_SETS: Final = ("all", "factory", "ble")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +316,51 @@ def test_failed_onboarding_ends_with_its_code_and_rolls_back(
 ) -> None:
     """The documented state (provisioning) and diagnostic code, and the trial network gone."""
     _assert_rolled_back(vm, scenario, code)
+
+
+def test_onboarding_over_bluetooth_on_real_bluez(vm: VmRun) -> None:
+    """Home Assistant's Bluetooth side (bleak, bleak-retry-connector) on the second emulated
+    controller finds the agent by its advertisement and runs the whole onboarding over its GATT
+    service through BlueZ: handshake, Wi-Fi, claim, commit, status. The device joins the home
+    network over the simulated air, reaches no service (the closed port) and rolls back."""
+    result = vm.step("ble_onboarding")
+    onboard = result["onboard"]
+    assert "error" not in onboard, f"{onboard}\nthe agent's log:\n{result['agent_log']}"
+    advertised = onboard["advertised"]
+    assert advertised["short_id"] == result["device_id"][:8], advertised
+    assert advertised["window_open"] is True, advertised
+    assert onboard["mtu"] >= 23, onboard
+    _assert_rolled_back(vm, "ble_onboarding", "RELAY_UNREACHABLE")
+
+
+def test_improv_needs_the_button_and_runs_the_fail_safe_join(vm: VmRun) -> None:
+    """Improv Wi-Fi from the other controller (py-improv-ble-client, as HA's improv_ble): the
+    button authorizes; Wi-Fi settings with a wrong passphrase run the same fail-safe join and
+    end with Improv's UNABLE_TO_CONNECT and the device's WIFI_AUTH_FAILED, rolled back."""
+    result = vm.step("improv_wrong_passphrase")
+    improv = result["improv"]
+    assert improv["advertised"] is True, f"{improv}\nthe agent's log:\n{result['agent_log']}"
+    assert improv["needs_authorization"] is True, improv
+    assert improv["needs_authorization_after_button"] is False, improv
+    assert improv["provision"] == "UNABLE_TO_CONNECT", improv
+    status = result["status"]
+    assert (status["phase"], status["diagnostic"]) == ("provisioning", "WIFI_AUTH_FAILED"), status
+    assert "wlan1" not in result["active"], result["active"]
+    assert "wireless" not in result["saved"], result["saved"]
+
+
+def test_improv_cannot_move_a_claimed_device(vm: VmRun) -> None:
+    """After the claim, Improv is not offered: with the button pressed, Wi-Fi settings from
+    anyone in Bluetooth range never reach an owned device, which stays on its network."""
+    result = vm.step("improv_after_claim")
+    improv = result["improv"]
+    refused = improv["advertised"] is False or (
+        improv["needs_authorization_after_button"] is True
+        and improv["provision"] == "NOT_AUTHORIZED"
+    )
+    assert refused, improv
+    assert result["status"]["phase"] == "online", result["status"]
+    assert result["status"]["wifi_ssid"] == "iob-home", result["status"]
 
 
 def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
