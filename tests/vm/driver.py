@@ -17,6 +17,11 @@ which has the project's wheel from the device package. Each subcommand prints on
   ``FrameChannel``), and asks ``status`` over GATT until the commit ends (connecting again if
   the link dropped: the device keeps the session). Needs bleak and bleak-retry-connector on
   ``PYTHONPATH`` (guest.sh installs them from the image's wheels).
+- ``ble-owner`` (the device's namespace, ``--adapter hci1``): the owner's Home Assistant
+  re-onboards its claimed device over Bluetooth (the repair's reconfigure flow): waits for the
+  device's advertisement (its window for the owner reopened), opens an owner session with the
+  owner secret and device key ``onboard --owner-out`` saved at the claim, sends ``set_wifi``
+  and ``commit`` (no claim), and asks ``status`` until the Wi-Fi change ends.
 - ``improv`` (the device's namespace, ``--adapter hci1``): a phone's or Home Assistant's
   ``improv_ble`` side (py-improv-ble-client): finds the device's Improv advertisement, reads
   whether it needs authorization, presses the button (SIGUSR1 to ``--button-pid``, as the
@@ -42,7 +47,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from iob_protocol import (
@@ -161,25 +166,29 @@ def _claim(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _handover(
-    args: argparse.Namespace, claim: dict[str, Any], ids: Iterator[int]
+    args: argparse.Namespace,
+    claim: dict[str, Any] | None,
+    ids: Iterator[int],
+    owner_secret: OwnerSecret | None = None,
 ) -> list[tuple[Request, type]]:
-    """Home Assistant's hand-over, each with the answer it must get: Wi-Fi, claim, commit."""
+    """Home Assistant's hand-over, each with the answer it must get: Wi-Fi, claim (none in an
+    owner's session: a Wi-Fi change), commit."""
+    wifi = SetWifiRequest(
+        request_id=next(ids),
+        ssid=args.ssid.encode(),
+        passphrase=args.passphrase or None,
+        hidden=getattr(args, "hidden", False),
+    )
+    if claim is None:
+        return [(wifi, AckResult), (CommitRequest(request_id=next(ids)), CommitResult)]
     return [
-        (
-            SetWifiRequest(
-                request_id=next(ids),
-                ssid=args.ssid.encode(),
-                passphrase=args.passphrase or None,
-                hidden=getattr(args, "hidden", False),
-            ),
-            AckResult,
-        ),
+        (wifi, AckResult),
         (
             SetClaimRequest(
                 request_id=next(ids),
                 service_url=args.service_url,
                 claim_token=claim["token"],
-                owner_secret=OwnerSecret.generate().secret,
+                owner_secret=(owner_secret or OwnerSecret.generate()).secret,
                 allow_insecure_http=True,
             ),
             AckResult,
@@ -216,7 +225,14 @@ def _onboard(args: argparse.Namespace) -> dict[str, Any]:
     claim = json.loads(args.claim.read_text())
     lan = Lan(args.device)
     lan.handshake(args.qr)
-    for request, expected in _handover(args, claim, lan.ids):
+    owner_secret = OwnerSecret.generate()
+    if args.owner_out is not None and lan.protocol is not None:
+        # What Home Assistant keeps with its entry for the owner's later sessions.
+        key = lan.protocol.device_public_key or b""
+        args.owner_out.write_text(
+            json.dumps({"owner_secret": owner_secret.secret.hex(), "device_key": key.hex()})
+        )
+    for request, expected in _handover(args, claim, lan.ids, owner_secret):
         _expect(request, lan.call(request), expected)
     started = time.monotonic()
     while (status := _ended(lan.call(StatusRequest(request_id=next(lan.ids))), started)) is None:
@@ -278,8 +294,7 @@ class Ble:
         reply: bytes = await channel.receive()
         return reply
 
-    async def handshake(self, qr: str) -> None:
-        protocol = ClientSession.for_qr(QrPayload.parse(qr))
+    async def handshake(self, protocol: ClientSession) -> None:
         hello = await self.exchange(protocol.start())
         channel = await self.connect()
         await channel.send(protocol.handle_device_hello(hello))
@@ -299,8 +314,12 @@ class Ble:
             await self.client.disconnect()
 
 
-async def _find_ble(adapter: str, short_id: str) -> tuple[Any, dict[str, Any], float]:
-    """The device's advertisement on ``adapter``: the first with our service and its id."""
+async def _find_ble(
+    adapter: str, short_id: str, *, scan_seconds: float = 0.0
+) -> tuple[Any, dict[str, Any], float]:
+    """The device's advertisement on ``adapter``: the first with our service and its id (the
+    service data is on air only while the device's provisioning window is open)."""
+    timeout = scan_seconds or BLE_SCAN_TIMEOUT
     from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs it
     from iob_protocol.ble import SERVICE_UUID, AdvertisedState  # noqa: PLC0415
 
@@ -326,20 +345,27 @@ async def _find_ble(adapter: str, short_id: str) -> tuple[Any, dict[str, Any], f
 
     # The adapter by name (bleak ≥ 1: ``bluez={"adapter": ...}``; older type stubs lack the key).
     bluez: Any = {"adapter": adapter}
-    device = await BleakScanner.find_device_by_filter(ours, timeout=BLE_SCAN_TIMEOUT, bluez=bluez)
+    device = await BleakScanner.find_device_by_filter(ours, timeout=timeout, bluez=bluez)
     if device is None:
-        raise DriverError(
-            f"no advertisement of {short_id} on {adapter} in {BLE_SCAN_TIMEOUT:.0f} s"
-        )
+        raise DriverError(f"no advertisement of {short_id} on {adapter} in {timeout:.0f} s")
     return device, seen, round(time.monotonic() - started, 1)
 
 
-async def _ble_onboard_async(args: argparse.Namespace) -> dict[str, Any]:
-    claim = json.loads(args.claim.read_text())
-    device, advertised, found_after = await _find_ble(args.adapter, args.device_id[:8])
+async def _ble_commit(
+    args: argparse.Namespace,
+    session: Callable[[], ClientSession],
+    claim: dict[str, Any] | None,
+    *,
+    scan_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Find the device's advertisement, open ``session()`` over GATT, hand over (Wi-Fi, the
+    claim if any, commit) and ask ``status`` until the commit ends."""
+    device, advertised, found_after = await _find_ble(
+        args.adapter, args.device_id[:8], scan_seconds=scan_seconds
+    )
     ble = Ble(device, f"IoT Onboard {args.device_id[:8]}")
     try:
-        await ble.handshake(args.qr)
+        await ble.handshake(session())
         for request, expected in _handover(args, claim, ble.ids):
             _expect(request, await ble.call(request), expected)
         started = time.monotonic()
@@ -356,6 +382,33 @@ async def _ble_onboard_async(args: argparse.Namespace) -> dict[str, Any]:
         "connects": ble.connects,
         **_outcome(status, started),
     }
+
+
+async def _ble_onboard_async(args: argparse.Namespace) -> dict[str, Any]:
+    claim = json.loads(args.claim.read_text())
+    return await _ble_commit(args, lambda: ClientSession.for_qr(QrPayload.parse(args.qr)), claim)
+
+
+async def _ble_owner_async(args: argparse.Namespace) -> dict[str, Any]:
+    """The owner's Home Assistant re-onboards its device: once the device's window for the
+    owner is open (its advertisement comes back), an owner session, Wi-Fi, commit."""
+    owner = json.loads(args.owner.read_text())
+
+    def session() -> ClientSession:
+        return ClientSession.for_owner(
+            device_id=args.device_id,
+            device_public_key=bytes.fromhex(owner["device_key"]),
+            owner_secret=bytes.fromhex(owner["owner_secret"]),
+        )
+
+    return await _ble_commit(args, session, None, scan_seconds=args.scan_timeout)
+
+
+def _ble_owner(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return asyncio.run(_ble_owner_async(args))
+    except Exception as err:  # bleak's and the protocol's errors, reported as JSON
+        raise DriverError(f"{type(err).__name__}: {err}") from err
 
 
 def _ble_onboard(args: argparse.Namespace) -> dict[str, Any]:
@@ -478,12 +531,19 @@ def main(argv: list[str]) -> int:
     onboard.add_argument("--passphrase", default="")
     onboard.add_argument("--hidden", action="store_true")
     onboard.add_argument("--service-url", required=True)
+    onboard.add_argument("--owner-out", type=_path, default=None)
     ble = sub.add_parser("ble-onboard")
     ble.add_argument("--adapter", default="hci1")
     ble.add_argument("--qr", required=True)
     ble.add_argument("--ssid", required=True)
     ble.add_argument("--passphrase", default="")
     ble.add_argument("--service-url", required=True)
+    owner = sub.add_parser("ble-owner")
+    owner.add_argument("--adapter", default="hci1")
+    owner.add_argument("--owner", type=_path, required=True)
+    owner.add_argument("--ssid", required=True)
+    owner.add_argument("--passphrase", default="")
+    owner.add_argument("--scan-timeout", type=float, default=BLE_SCAN_TIMEOUT)
     improv = sub.add_parser("improv")
     improv.add_argument("--adapter", default="hci1")
     improv.add_argument("--ssid", required=True)
@@ -493,6 +553,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     steps = {
         "improv": _improv,
+        "ble-owner": _ble_owner,
         "ble-onboard": _ble_onboard,
         "account": _account,
         "claim": _claim,

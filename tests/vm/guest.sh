@@ -265,7 +265,9 @@ print(json.dumps({
 # ------------------------------------------------------------------ the agent, as the docs say
 say "the agent's configuration"
 cat >/etc/iot-onboard/device.toml <<EOF
-# The VM stage: loopback provisioning (the test plays Home Assistant), no BLE, no hotspot.
+# The VM stage: loopback provisioning (the test plays Home Assistant), no BLE, no hotspot;
+# a lost Wi-Fi reopens the owner's window after 30 s (password_changed), not 10 minutes.
+reonboard_after = 30
 listen = ["127.0.0.1"]
 advertise = []
 wifi_interface = "wlan1"
@@ -361,6 +363,24 @@ improv() {
     "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
     "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")" \
     "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service | grep -i -E 'improv|button|ble' | tail -20)")")"
+}
+
+# password_changed: the router's passphrase changes under the claimed, online device. Its
+# watchdog sees the saved Wi-Fi down and reopens the window for the owner only (reonboard_after);
+# the owner's Home Assistant (tests/vm/driver.py ble-owner) finds its advertisement, opens an
+# owner session over Bluetooth with the owner secret it sent with the claim, and sends the new
+# passphrase (set_wifi, commit). Online again, ownership kept.
+NEW_PASSPHRASE="the router's new passphrase"
+password_changed() {
+  say "scenario password_changed"
+  since=$(date +%s)
+  router_wifi wpa=2 wpa_key_mgmt=WPA-PSK rsn_pairwise=CCMP "wpa_passphrase=$NEW_PASSPHRASE"
+  outcome=$(PYTHONPATH="$HA_BLE" driver device ble-owner --adapter hci1 --owner "$WORK/owner.json" \
+    --ssid "$SSID" --passphrase "$NEW_PASSPHRASE" --scan-timeout 240)
+  record password_changed "$(printf '{"onboard": %s, "status": %s, "online": %s, "active": %s, "agent_log": %s}' \
+    "$outcome" "$(iob-device status --json)" "$(driver router online)" \
+    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
+    "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service | tail -25)")")"
 }
 
 # lan_info HOST: the agent's GET /iob/v1/info (JSON), or null.
@@ -482,9 +502,10 @@ if [ "$SCENARIOS" = ble ]; then
   improv improv_wrong_passphrase "not the passphrase"
   ble_onboarding
   SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
-  scenario right_passphrase "$SSID" "$PASSPHRASE"
+  scenario right_passphrase "$SSID" "$PASSPHRASE" --owner-out "$WORK/owner.json"
   record right_passphrase_online "$(driver router online)"
   improv improv_after_claim "$PASSPHRASE" --scan-timeout 20
+  password_changed
   say "done"
   exit 0
 fi
@@ -526,7 +547,7 @@ stop_pidfile "$WORK/internet.pid"
 setup_hotspot
 # The right passphrase, sent while the setup hotspot holds the radio (as over BLE): the commit
 # takes the radio, the claim closes the window, and the hotspot must stay down.
-scenario right_passphrase "$SSID" "$PASSPHRASE"
+scenario right_passphrase "$SSID" "$PASSPHRASE" --owner-out "$WORK/owner.json"
 record right_passphrase_online "$(driver router online)"
 improv improv_after_claim "$PASSPHRASE" --scan-timeout 20
 record hotspot_after_claim "$(printf '{"address": %s, "active": %s, "phone": %s, "info": %s}' \
@@ -538,4 +559,5 @@ record hotspot_after_claim "$(printf '{"address": %s, "active": %s, "phone": %s,
 record connectivity "$(printf '{"check": "%s", "config": %s}' \
   "$(nmcli networking connectivity check 2>&1)" \
   "$(json_string "$(NetworkManager --print-config 2>&1 | sed -n '/^\[connectivity\]/,/^\[/p')")")"
+password_changed
 say "done"

@@ -14,8 +14,9 @@ tests of that suite are skipped with the reason. scripts/test runs this module a
 ``factory-provision --self-test``, registry import) for a short run: select the factory tests,
 ``IOB_VM_SCENARIOS=factory pytest -p no:homeassistant tests/vm -k factory`` (the tests of the
 steps it leaves out would skip, and a skip fails the run); ``IOB_VM_SCENARIOS=ble`` adds the
-onboarding over Bluetooth, Improv, the right passphrase and Improv after the claim
-(``-k "factory or bluetooth or improv or right_passphrase"``).
+onboarding over Bluetooth, Improv, the right passphrase, Improv after the claim and the owner's
+re-onboarding over Bluetooth after the router's password changed
+(``-k "factory or bluetooth or improv or right_passphrase or password"``).
 """
 
 from __future__ import annotations
@@ -374,6 +375,23 @@ def test_right_passphrase_is_owned_and_online(vm: VmRun) -> None:
     assert status["wifi_ssid"] == "iob-home"
     assert "wlan1" in result["active"]
     assert vm.step("right_passphrase_online") == {"claim": "owned", "availability": "online"}
+
+
+def test_owner_reonboards_over_bluetooth_after_the_router_password_changed(vm: VmRun) -> None:
+    """The router's passphrase changed under the claimed device: its watchdog reopens the
+    window for the owner only, and the owner's Home Assistant sends the new passphrase over
+    Bluetooth in an owner session (the owner secret of the claim). Online again, still owned by
+    the same household."""
+    result = vm.step("password_changed")
+    onboard = result["onboard"]
+    assert "error" not in onboard, f"{onboard}\nthe agent's log:\n{result['agent_log']}"
+    assert onboard["advertised"]["window_open"] is True, onboard
+    assert (onboard["state"], onboard["diagnostic"]) == ("committed", None), onboard
+    status, before = result["status"], vm.step("right_passphrase")["status"]
+    assert (status["phase"], status["wifi_ssid"]) == ("online", "iob-home"), status
+    assert status["household_id"] == before["household_id"] is not None, (status, before)
+    assert "wlan1" in result["active"], result["active"]
+    assert result["online"] == {"claim": "owned", "availability": "online"}
 
 
 #: NetworkManager's shared mode: the hotspot's own address and the phone's subnet.
