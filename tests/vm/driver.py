@@ -71,6 +71,8 @@ SESSION_HEADER: Final = "X-IOB-Session"
 #: Under TCG a commit (scan, join, DHCP, DNS, claim) takes tens of seconds.
 COMMIT_DEADLINE: Final = 240.0
 STATUS_POLL: Final = 2.0
+#: New connection attempts (each with its own client) after a failed one.
+BLE_CONNECT_ATTEMPTS: Final = 3
 #: Under TCG the emulated controllers advertise every few hundred ms; a margin for a restart.
 BLE_SCAN_TIMEOUT: Final = 90.0
 HTTP_TIMEOUT: Final = 30.0
@@ -251,11 +253,13 @@ class Ble:
         self.protocol: ClientSession | None = None
         self.ids = itertools.count(1)
         self.connects = 0
+        self.retries: list[str] = []
         self.mtu = 0
 
     async def connect(self) -> Any:
         from bleak_retry_connector import (  # noqa: PLC0415 - only this subcommand needs them
             BleakClientWithServiceCache,
+            close_stale_connections_by_address,
             establish_connection,
         )
         from iob_protocol.ble import (  # noqa: PLC0415
@@ -273,9 +277,26 @@ class Ble:
             if channel is not None:
                 channel.disconnected("the Bluetooth link dropped")
 
-        client = await establish_connection(
-            BleakClientWithServiceCache, self.device, self.name, disconnected_callback=dropped
-        )
+        # As Home Assistant's Bluetooth manager does: a link this adapter still holds (a client
+        # that exited, Improv's) is closed first. Emulation quirk (ENVIRONMENT.md): a connect
+        # can fail once with bluetoothd's "already connected", and establish_connection's own
+        # retries reuse that client; a new call with a new client works.
+        await close_stale_connections_by_address(self.device.address)
+        for attempt in range(BLE_CONNECT_ATTEMPTS):
+            try:
+                client = await establish_connection(
+                    BleakClientWithServiceCache,
+                    self.device,
+                    self.name,
+                    disconnected_callback=dropped,
+                )
+                break
+            except Exception as err:  # bleak's errors: retried, then reported
+                if attempt == BLE_CONNECT_ATTEMPTS - 1:
+                    raise
+                self.retries.append(f"{type(err).__name__}: {err}")
+                await close_stale_connections_by_address(self.device.address)
+                await asyncio.sleep(1)
         self.connects += 1
         self.mtu = client.mtu_size
 
@@ -380,6 +401,7 @@ async def _ble_commit(
         "found_after": found_after,
         "mtu": ble.mtu,
         "connects": ble.connects,
+        "connect_retries": ble.retries,
         **_outcome(status, started),
     }
 
@@ -420,6 +442,7 @@ def _ble_onboard(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
     from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs them
+    from bleak_retry_connector import close_stale_connections_by_address  # noqa: PLC0415
     from improv_ble_client import ImprovBLEClient, device_filter  # noqa: PLC0415
     from improv_ble_client.errors import ProvisioningFailed  # noqa: PLC0415
 
@@ -458,10 +481,12 @@ async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
             result["provision"] = "PROVISIONED"
             result["redirect"] = redirect
     finally:
-        # The library disconnects only on its idle timer; let go of the device now.
+        # The library disconnects only on its idle timer; let go of the device now, and of any
+        # link the adapter still holds to it (the next scenario connects again).
         bleak_client = getattr(client, "_client", None)
         if bleak_client is not None:
             await bleak_client.disconnect()
+        await close_stale_connections_by_address(device.address)
     return result
 
 
