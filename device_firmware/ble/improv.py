@@ -447,6 +447,14 @@ class ImprovService(GattService):
         await self._send_result(ImprovCommand.SCAN_WIFI, strings)
 
     async def _wifi_settings(self, strings: list[bytes], access: Access) -> None:
+        if self._provisioning:
+            # A client whose link dropped sends its command again (py-improv-ble-client does,
+            # as HA's improv_ble uses it): the join already runs, and its outcome (the result or
+            # the error) is notified to every subscriber. "Not authorized" would be false.
+            _LOGGER.info(
+                "Improv: Wi-Fi settings from %s while joining: the outcome follows", access.link
+            )
+            return
         if self._current_state() is not ImprovState.AUTHORIZED:
             _LOGGER.info("Improv: Wi-Fi settings from %s refused (not authorized)", access.link)
             await self._set_error(ImprovError.NOT_AUTHORIZED)

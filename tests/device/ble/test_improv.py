@@ -134,6 +134,24 @@ async def test_wrong_passphrase_is_unable_to_connect_and_rolls_back(
     assert device.store.current.diagnostic.value == "WIFI_AUTH_FAILED"
 
 
+async def test_settings_sent_again_while_joining_get_the_joins_outcome(
+    loopback: Loopback, device: Device
+) -> None:
+    """A client whose link dropped sends its command again (py-improv-ble-client retries):
+    while the join runs that is not "not authorized"; both hear the join's outcome."""
+    central = await improv_central(loopback.peripheral)
+    await loopback.improv.authorize()
+    assert await next_state(central) is prot.State.AUTHORIZED
+    command = prot.WiFiSettingsCmd(HOME_SSID, WRONG_PASSPHRASE.encode())
+    await send(central, command)
+    assert await next_state(central) is prot.State.PROVISIONING
+    await send(central, command)
+    assert await next_state(central) is prot.State.AUTHORIZED
+    assert await next_error(central) is prot.Error.UNABLE_TO_CONNECT
+    assert device.store.current.diagnostic is not None
+    assert device.store.current.diagnostic.value == "WIFI_AUTH_FAILED"
+
+
 async def test_a_passphrase_no_network_accepts_is_refused_before_joining(
     loopback: Loopback, device: Device
 ) -> None:
