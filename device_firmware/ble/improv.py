@@ -302,8 +302,9 @@ class ImprovService(GattService):
 
     async def refresh(self) -> None:
         """Re-evaluate the state (a secure session started or ended)."""
-        if self._session_remaining() > 0:
-            self._schedule_expiry(self._session_remaining())
+        remaining = self._session_remaining()
+        if remaining > 0:
+            self._schedule_expiry(remaining)
         await self._publish()
 
     def _session_remaining(self) -> float:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -373,3 +378,67 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+ROOT = Path(__file__).parents[2]
+#: Bound for a started service to name its port; never an assertion on speed.
+START_WAIT = 30.0
+
+
+@contextlib.contextmanager
+def started_process(
+    command: list[str], log: Path, **options: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` with its output in ``log``, in a session of its own; stopped by its pid."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **options,
+        )
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def serve_process(config: Path, port_file: Path, log: Path) -> Any:
+    """``python -m cloud_relay serve`` of this checkout, as users run it (a context manager)."""
+    return started_process(
+        [
+            *(sys.executable, "-m", "cloud_relay", "--config", str(config), "serve"),
+            *("--port-file", str(port_file)),
+        ],
+        log,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _named_port(process: subprocess.Popen[bytes], port_file: Path, log: Path) -> int | None:
+    """The port a ``serve`` process named once it listened; None before."""
+    assert process.poll() is None, f"serve exited:\n{log.read_text(errors='replace')}"
+    try:
+        named = json.loads(port_file.read_text())
+    except FileNotFoundError:
+        return None
+    assert named["pid"] == process.pid
+    return int(named["http"])
+
+
+async def serve_port(process: subprocess.Popen[bytes], port_file: Path, log: Path) -> int:
+    """The port, once the service listens (it reconciles before it does) and named it."""
+    async with asyncio.timeout(START_WAIT):
+        while True:
+            port = _named_port(process, port_file, log)
+            if port is not None:
+                break
+            await asyncio.sleep(0.05)
+    # Written once bound: the port answers at once.
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    await writer.wait_closed()
+    return port

@@ -18,8 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -36,11 +35,18 @@ from cloud_relay.storage import open_storage
 from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess
 from tests.plugins.relay_toml import relay_toml
 
-from .helpers import Api, FakeDevice, Reply, User, stop_process
+from .helpers import (
+    Api,
+    FakeDevice,
+    Reply,
+    User,
+    serve_port,
+    serve_process,
+    started_process,
+)
 from .mqtt import connect_code
 from .test_mqtt_credential import fetch, signed
 
-ROOT = Path(__file__).parents[2]
 WAIT = 30.0  # bound for a process to start or haproxy to see it; never an assertion on speed
 
 
@@ -77,43 +83,6 @@ class _BalancedApi(Api):
 
 class AnswerLostError(Exception):
     """haproxy answered itself (502): whether the request took effect is unknown."""
-
-
-@contextlib.contextmanager
-def _started(command: list[str], log: Path, **options: Any) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **options,
-        )
-    try:
-        yield process
-    finally:
-        stop_process(process)
-
-
-def _named_port(process: subprocess.Popen[bytes], port_file: Path, log: Path) -> int | None:
-    """The port a ``serve`` process named once it listened; None before."""
-    assert process.poll() is None, log.read_text(errors="replace")
-    try:
-        named = json.loads(port_file.read_text())
-    except FileNotFoundError:
-        return None
-    assert named["pid"] == process.pid
-    return int(named["http"])
-
-
-async def _port(process: subprocess.Popen[bytes], port_file: Path, log: Path) -> int:
-    async with asyncio.timeout(WAIT):
-        while True:
-            port = _named_port(process, port_file, log)
-            if port is not None:
-                return port
-            await asyncio.sleep(0.05)
 
 
 def _haproxy_config(listen_fd: int, ports: list[int]) -> str:
@@ -180,22 +149,14 @@ async def _deployment(
             processes, logs, ports = [], [], []
             for name in ("a", "b"):
                 log, port_file = tmp_path / f"serve-{name}.log", tmp_path / f"serve-{name}.port"
-                command = [sys.executable, "-m", "cloud_relay", "--config", str(config), "serve"]
-                process = stack.enter_context(
-                    _started(
-                        [*command, "--port-file", str(port_file)],
-                        log,
-                        cwd=ROOT,
-                        env={**os.environ, "PYTHONPATH": str(ROOT)},
-                    )
-                )
+                process = stack.enter_context(serve_process(config, port_file, log))
                 processes.append(process)
                 logs.append(log)
-                ports.append(await _port(process, port_file, log))
+                ports.append(await serve_port(process, port_file, log))
             haproxy_config = tmp_path / "haproxy.cfg"
             haproxy_config.write_text(_haproxy_config(listener.fileno(), ports))
             haproxy = stack.enter_context(
-                _started(
+                started_process(
                     [haproxy_bin, "-db", "-f", str(haproxy_config)],
                     tmp_path / "haproxy.log",
                     pass_fds=(listener.fileno(),),

@@ -10,12 +10,8 @@ cloud_relay serve``, stopped by its pid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +26,9 @@ from tests.plugins.mosquitto import MosquittoBroker, MosquittoProcess, dynsec_co
 from tests.plugins.relay_toml import relay_toml
 
 from .conftest import AppFactory
-from .helpers import FakeDevice, stop_process
+from .helpers import FakeDevice, serve_port, serve_process
 from .mqtt import client_exists, connect_code
 
-ROOT = Path(__file__).parents[2]
 WAIT = 30.0  # bound for the service to start or heal the broker; never an assertion on speed
 
 
@@ -49,54 +44,16 @@ def _text(log: Path) -> str:
     return log.read_text(errors="replace")
 
 
-@contextlib.contextmanager
-def _serve(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cloud_relay",
-                "--config",
-                str(config),
-                "serve",
-                "--port-file",
-                str(_port_file(config)),
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        stop_process(process)
-
-
 def _port_file(config: Path) -> Path:
     return config.with_name("serve.port")
 
 
+def _serve(config: Path, log: Path) -> Any:
+    return serve_process(config, _port_file(config), log)
+
+
 async def _accepting(process: subprocess.Popen[bytes], log: Path) -> int:
-    """The port, once the service listens (it reconciles before it does) and named it."""
-    port_file = _port_file(log.with_name("relay.toml"))
-    async with asyncio.timeout(WAIT):
-        while True:
-            assert process.poll() is None, f"serve exited:\n{_text(log)}"
-            try:
-                named = json.loads(port_file.read_text())
-            except FileNotFoundError:
-                await asyncio.sleep(0.05)
-                continue
-            assert named["pid"] == process.pid
-            port: int = named["http"]
-            # Written once bound: the port answers at once.
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return port
+    return await serve_port(process, _port_file(log.with_name("relay.toml")), log)
 
 
 async def _connects_again(broker: MosquittoBroker, mqtt: dict[str, Any], log: Path) -> None:
