@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -84,6 +85,8 @@ _AP_SEC_KEY_MGMT_SAE: Final = 0x400
 _PMF_DISABLE: Final = 1
 _MIN_HOTSPOT_PASSPHRASE: Final = 8
 _MAX_HOTSPOT_PASSPHRASE: Final = 63
+#: The hotspot's channels: allowed in every regulatory domain, not overlapping.
+_HOTSPOT_CHANNELS: Final = (1, 6, 11)
 
 
 class NMDeviceState(IntEnum):
@@ -771,6 +774,18 @@ def _client_settings(
     return settings
 
 
+def hotspot_channel(ssid: bytes) -> int:
+    """The hotspot's 2.4 GHz channel: 1, 6 or 11, by the SSID (so by the device).
+
+    Without one NetworkManager picks the channel itself, and Bookworm's (1.42) can pick 13
+    (2472 MHz), where a radio without a country set (the world regulatory domain, a Raspberry
+    Pi before ``raspi-config`` asks) may not transmit first: wpa_supplicant answers "Failed to
+    start AP functionality" and every retry picks 13 again. Channels 1, 6 and 11 are allowed
+    in every domain and do not overlap, so a shelf of devices in set-up spreads over them.
+    """
+    return _HOTSPOT_CHANNELS[zlib.crc32(ssid) % len(_HOTSPOT_CHANNELS)]
+
+
 def _hotspot_settings(ssid: bytes, passphrase: str | None) -> dict[str, dict[str, Variant]]:
     settings: dict[str, dict[str, Variant]] = {
         "connection": {
@@ -783,6 +798,7 @@ def _hotspot_settings(ssid: bytes, passphrase: str | None) -> dict[str, dict[str
             "ssid": Variant("ay", ssid),
             "mode": Variant("s", "ap"),
             "band": Variant("s", "bg"),
+            "channel": Variant("u", hotspot_channel(ssid)),
         },
         "ipv4": {"method": Variant("s", "shared")},
         "ipv6": {"method": Variant("s", "ignore")},

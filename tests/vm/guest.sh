@@ -400,7 +400,7 @@ setup_hotspot() {
   hotspot_key=$(sed -n 's/^Wi-Fi key: *//p' /tmp/label/*-label.txt | head -1)
   sed -i 's/^hotspot = false/hotspot = true/; s/^listen = .*/listen = ["0.0.0.0"]/' \
     /etc/iot-onboard/device.toml
-  start=$(cut -d' ' -f1 /proc/uptime)
+  start=$(cut -d' ' -f1 /proc/uptime) since=$(date +%s)
   systemctl restart iot-onboard-device.service
   for _ in $(seq 1 120); do
     ip -4 -o addr show wlan1 | grep -q "inet 10.42.0.1/" && break
@@ -446,12 +446,13 @@ print(json.dumps({
     "probe": {"status": probe[0], "location": probe[1].get("Location")},
     "info": {"status": info[0], "body": info[2][:500]},
 }))' 2>&1)
-  record setup_hotspot "$(printf '{"hotspot_up": %s, "joined": %s, "ssid": %s, "wpa_state": %s, "phone_address": %s, "dhcp": %s, "phone": %s, "active": %s}' \
+  record setup_hotspot "$(printf '{"hotspot_up": %s, "joined": %s, "ssid": %s, "wpa_state": %s, "phone_address": %s, "dhcp": %s, "phone": %s, "active": %s, "agent_log": %s}' \
     "$hotspot_up" "$joined" "$(json_string "$hotspot_ssid")" \
     "$(json_string "$(ip netns exec phone wpa_cli -p "$WORK/phone-ctrl" -i wlan2 status 2>&1 | grep wpa_state)")" \
     "$(json_string "$(ip -n phone -4 -o addr show wlan2 | awk '{print $4}')")" \
     "$(json_string "$(tail -5 "$WORK/logs/phone-dhcp.log")")" "$phone" \
-    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")")"
+    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
+    "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service -u NetworkManager -u wpa_supplicant | grep -i -E 'hotspot|start AP|frequency' | tail -20)")")"
 }
 
 # The home router's variants: its Wi-Fi (hostapd) and its LAN services (dnsmasq).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -405,6 +406,11 @@ def test_setup_hotspot_serves_a_phone(vm: VmRun) -> None:
     hotspot = vm.step("setup_hotspot")
     assert hotspot["ssid"].startswith("IoT-Onboard-"), hotspot
     assert "IoT Onboard hotspot:wlan1" in hotspot["active"].splitlines(), hotspot
+    # On channel 1, 6 or 11 (NetworkManager's own pick can be 13, where the world regulatory
+    # domain lets no AP start: "Failed to start AP functionality" on Bookworm).
+    channels = set(re.findall(r"'frequency' value '(\d+)'", hotspot["agent_log"]))
+    assert channels, hotspot["agent_log"]
+    assert channels <= {"2412", "2437", "2462"}, hotspot["agent_log"]
     assert hotspot["wpa_state"] == "wpa_state=COMPLETED", hotspot
     assert hotspot["phone_address"].startswith("10.42.0."), hotspot
     phone = hotspot["phone"]

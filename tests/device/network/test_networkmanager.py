@@ -22,6 +22,7 @@ from device_firmware.network.networkmanager import (
     NetworkManagerError,
     NMStateReason,
     diagnostic_for_reason,
+    hotspot_channel,
 )
 
 from .conftest import NetworkManagerMock
@@ -273,6 +274,9 @@ async def test_hotspot_wpa2(nm_mock: NetworkManagerMock, backend: NetworkManager
     settings = nm_mock.settings(profile)
     assert bytes(settings["802-11-wireless"]["ssid"]) == b"IoB-setup-7F3A"
     assert settings["802-11-wireless"]["mode"] == "ap"
+    # A channel every regulatory domain allows (NetworkManager's own pick can be 13).
+    assert settings["802-11-wireless"]["band"] == "bg"
+    assert settings["802-11-wireless"]["channel"] == hotspot_channel(b"IoB-setup-7F3A")
     assert settings["ipv4"]["method"] == "shared"
     security = settings["802-11-wireless-security"]
     assert security["key-mgmt"] == "wpa-psk"
@@ -284,6 +288,12 @@ async def test_hotspot_wpa2(nm_mock: NetworkManagerMock, backend: NetworkManager
     await backend.stop_hotspot()
     assert nm_mock.profiles() == []
     assert nm_mock.active_profile(device) is None
+
+
+def test_hotspot_channels_spread_over_1_6_and_11() -> None:
+    channels = {hotspot_channel(f"IoT-Onboard-{n:04X}".encode()) for n in range(64)}
+    assert channels == {1, 6, 11}
+    assert hotspot_channel(b"IoT-Onboard-GTMF") == hotspot_channel(b"IoT-Onboard-GTMF")
 
 
 async def test_hotspot_open_and_restart_replaces_profile(
