@@ -71,8 +71,9 @@ SESSION_HEADER: Final = "X-IOB-Session"
 #: Under TCG a commit (scan, join, DHCP, DNS, claim) takes tens of seconds.
 COMMIT_DEADLINE: Final = 240.0
 STATUS_POLL: Final = 2.0
-#: New connection attempts (each with its own client) after a failed one.
-BLE_CONNECT_ATTEMPTS: Final = 3
+#: Connection attempts, each with its own client; every second failure forgets the device
+#: (Bookworm's bluetoothd needed up to six in the VM: see ``Ble.connect``).
+BLE_CONNECT_ATTEMPTS: Final = 8
 #: Under TCG the emulated controllers advertise every few hundred ms; a margin for a restart.
 BLE_SCAN_TIMEOUT: Final = 90.0
 HTTP_TIMEOUT: Final = 30.0
@@ -146,24 +147,42 @@ class Lan:
 
 def _account(args: argparse.Namespace) -> dict[str, Any]:
     email, password = "owner@vm.invalid", "vm stage owner password"
-    token = _api(args.relay, "POST", "/v1/auth/sign-up", {"email": email, "password": password})[
-        "access_token"
-    ]
+    tokens = _api(args.relay, "POST", "/v1/auth/sign-up", {"email": email, "password": password})
+    token = tokens["access_token"]
     household = _api(args.relay, "POST", "/v1/households", {"name": "VM home"}, token)
     household_id = str(household["household_id"])
     hub = _api(args.relay, "GET", f"/v1/households/{household_id}/hub", token=token)
-    return {"token": token, "household_id": household_id, "hub": hub}
+    return {
+        "token": token,
+        "refresh_token": tokens["refresh_token"],
+        "household_id": household_id,
+        "hub": hub,
+    }
+
+
+def _signed_in(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """A request as the account's Home Assistant makes it: with the access token, which lives
+    15 minutes (a slow VM run outlives it); on 401 the refresh token gets a new pair, saved to
+    ``--account`` for the next step (the old refresh token is spent), and the request is
+    repeated once."""
+    account = json.loads(args.account.read_text())
+    try:
+        return _api(args.relay, method, path, body, account["token"])
+    except DriverError as err:
+        if "HTTP 401" not in str(err):
+            raise
+    tokens = _api(
+        args.relay, "POST", "/v1/auth/refresh", {"refresh_token": account["refresh_token"]}
+    )
+    account.update(token=tokens["access_token"], refresh_token=tokens["refresh_token"])
+    args.account.write_text(json.dumps(account))
+    return _api(args.relay, method, path, body, account["token"])
 
 
 def _claim(args: argparse.Namespace) -> dict[str, Any]:
     account = json.loads(args.account.read_text())
-    answer = _api(
-        args.relay,
-        "POST",
-        f"/v1/households/{account['household_id']}/claims",
-        {"device_id": args.device_id},
-        account["token"],
-    )
+    path = f"/v1/households/{account['household_id']}/claims"
+    answer = _signed_in(args, "POST", path, {"device_id": args.device_id})
     return {"claim_id": str(answer["claim_id"]), "token": str(answer["token"])}
 
 
@@ -245,9 +264,10 @@ def _onboard(args: argparse.Namespace) -> dict[str, Any]:
 class Ble:
     """An encrypted session with the agent over its GATT service (as ``ble_client.py``)."""
 
-    def __init__(self, device: Any, name: str) -> None:
+    def __init__(self, device: Any, name: str, adapter: str) -> None:
         self.device = device
         self.name = name
+        self.adapter = adapter
         self.client: Any = None
         self.channel: Any = None
         self.protocol: ClientSession | None = None
@@ -278,9 +298,12 @@ class Ble:
                 channel.disconnected("the Bluetooth link dropped")
 
         # As Home Assistant's Bluetooth manager does: a link this adapter still holds (a client
-        # that exited, Improv's) is closed first. Emulation quirk (ENVIRONMENT.md): a connect
-        # can fail once with bluetoothd's "already connected", and establish_connection's own
-        # retries reuse that client; a new call with a new client works.
+        # that exited, Improv's) is closed first, and a failed connect is retried with a new
+        # client (establish_connection's own retries reuse a client that bleak may still count
+        # as connected: "Client is already connected"). Bookworm's bluetoothd (5.66) can keep a
+        # link that dropped as connected and then refuses the next one ("Device ... is already
+        # connected" in its journal); forgetting the device and finding it again clears that,
+        # as ``bluetoothctl remove`` does.
         await close_stale_connections_by_address(self.device.address)
         for attempt in range(BLE_CONNECT_ATTEMPTS):
             try:
@@ -289,14 +312,18 @@ class Ble:
                     self.device,
                     self.name,
                     disconnected_callback=dropped,
+                    max_attempts=1,
                 )
                 break
             except Exception as err:  # bleak's errors: retried, then reported
+                cause = f" ({err.__cause__!r})" if err.__cause__ is not None else ""
+                self.retries.append(f"{type(err).__name__}: {err}{cause}")
                 if attempt == BLE_CONNECT_ATTEMPTS - 1:
                     raise
-                self.retries.append(f"{type(err).__name__}: {err}")
-                await close_stale_connections_by_address(self.device.address)
                 await asyncio.sleep(1)
+                await close_stale_connections_by_address(self.device.address)
+                if attempt % 2 == 1:
+                    self.device = await _forget_and_find(self.adapter, self.device.address)
         self.connects += 1
         self.mtu = client.mtu_size
 
@@ -333,6 +360,41 @@ class Ble:
     async def close(self) -> None:
         if self.client is not None:
             await self.client.disconnect()
+
+
+async def _forget_and_find(adapter: str, address: str) -> Any:
+    """BlueZ's ``RemoveDevice`` for ``address`` on ``adapter`` (what ``bluetoothctl remove``
+    does), then a scan for it: a new device object, without the old one's connection state."""
+    from bleak import BleakScanner  # noqa: PLC0415 - only the Bluetooth subcommands need them
+    from dbus_fast import BusType, Message, MessageType  # noqa: PLC0415
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        reply = await bus.call(
+            Message(
+                destination="org.bluez",
+                path=f"/org/bluez/{adapter}",
+                interface="org.bluez.Adapter1",
+                member="RemoveDevice",
+                signature="o",
+                body=[f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"],
+            )
+        )
+    finally:
+        bus.disconnect()
+    if reply is not None and reply.message_type == MessageType.ERROR:
+        # Already gone (org.bluez.Error.DoesNotExist) is fine: the scan finds it again.
+        print(f"RemoveDevice {address}: {reply.error_name} {reply.body}", file=sys.stderr)  # noqa: T201
+    bluez: Any = {"adapter": adapter}
+    device = await BleakScanner.find_device_by_address(
+        address, timeout=BLE_SCAN_TIMEOUT, bluez=bluez
+    )
+    if device is None:
+        raise DriverError(
+            f"{address} not seen again on {adapter} in {BLE_SCAN_TIMEOUT:.0f} s after forgetting it"
+        )
+    return device
 
 
 async def _find_ble(
@@ -384,7 +446,7 @@ async def _ble_commit(
     device, advertised, found_after = await _find_ble(
         args.adapter, args.device_id[:8], scan_seconds=scan_seconds
     )
-    ble = Ble(device, f"IoT Onboard {args.device_id[:8]}")
+    ble = Ble(device, f"IoT Onboard {args.device_id[:8]}", args.adapter)
     try:
         await ble.handshake(session())
         for request, expected in _handover(args, claim, ble.ids):
@@ -440,10 +502,34 @@ def _ble_onboard(args: argparse.Namespace) -> dict[str, Any]:
         raise DriverError(f"{type(err).__name__}: {err}") from err
 
 
+async def _improv_connect(
+    adapter: str, device: Any, advertisement: Any, retries: list[str]
+) -> tuple[Any, Any, bool]:
+    """An Improv client connected to ``device`` and whether it needs authorization (the first
+    read connects). A failed connect is retried with a new client, the device forgotten and
+    found again every second time (see ``Ble.connect``)."""
+    from bleak_retry_connector import close_stale_connections_by_address  # noqa: PLC0415
+    from improv_ble_client import ImprovBLEClient  # noqa: PLC0415
+
+    for attempt in range(BLE_CONNECT_ATTEMPTS):
+        client = ImprovBLEClient(device, advertisement)
+        try:
+            return client, device, await client.need_authorization()
+        except Exception as err:  # bleak's errors: retried, then reported
+            retries.append(f"{type(err).__name__}: {err}")
+            if attempt == BLE_CONNECT_ATTEMPTS - 1:
+                raise
+        await close_stale_connections_by_address(device.address)
+        await asyncio.sleep(1)
+        if attempt % 2 == 1:
+            device = await _forget_and_find(adapter, device.address)
+    raise DriverError("unreachable")
+
+
 async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
     from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs them
     from bleak_retry_connector import close_stale_connections_by_address  # noqa: PLC0415
-    from improv_ble_client import ImprovBLEClient, device_filter  # noqa: PLC0415
+    from improv_ble_client import device_filter  # noqa: PLC0415
     from improv_ble_client.errors import ProvisioningFailed  # noqa: PLC0415
 
     bluez: Any = {"adapter": args.adapter}
@@ -460,10 +546,11 @@ async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
     )
     if device is None:
         return {"advertised": False}
-    client = ImprovBLEClient(device, seen[-1])
-    result: dict[str, Any] = {"advertised": True}
+    result: dict[str, Any] = {"advertised": True, "connect_retries": []}
+    client, device, result["needs_authorization"] = await _improv_connect(
+        args.adapter, device, seen[-1], result["connect_retries"]
+    )
     try:
-        result["needs_authorization"] = await client.need_authorization()
         if args.button_pid:
             os.kill(args.button_pid, signal.SIGUSR1)
             # The agent handles the signal at once; its state notification may lag a little.
@@ -520,7 +607,7 @@ async def _availability(hub: dict[str, Any], device_id: str) -> str:
 def _online(args: argparse.Namespace) -> dict[str, Any]:
     account = json.loads(args.account.read_text())
     claim = json.loads(args.claim.read_text())
-    status = _api(args.relay, "GET", f"/v1/claims/{claim['claim_id']}", token=account["token"])
+    status = _signed_in(args, "GET", f"/v1/claims/{claim['claim_id']}")
     try:
         availability = asyncio.run(_availability(account["hub"], args.device_id))
     except (TimeoutError, OSError) as err:
