@@ -346,7 +346,15 @@ class Presence:
             delay = min(2 * (self._hotspot_retry or HOTSPOT_RETRY / 2), HOTSPOT_RETRY_MAX)
             self._hotspot_retry = delay
             self._retry_due(delay)
-            _LOGGER.warning("cannot open the setup hotspot: %s; trying again in %.0f s", err, delay)
+            # The join's code (SUPPLICANT_TIMEOUT reads as WIFI_AUTH_FAILED) would mislead here.
+            _LOGGER.warning(
+                "cannot open the setup hotspot: %s; trying again in %.0f s (if it repeats: "
+                "'rfkill list' shows whether the Wi-Fi is blocked, as Raspberry Pi OS does until "
+                "the Wi-Fi country is set with 'sudo raspi-config nonint do_wifi_country XX'; "
+                "'journalctl -u NetworkManager -u wpa_supplicant' says why)",
+                err.detail or err,
+                delay,
+            )
             return
         self._hotspot_retry = None
         self._hotspot_on = True

@@ -105,8 +105,10 @@ async def test_a_hotspot_that_did_not_open_is_tried_again(
         assert running.agent.captive_ports()
         assert len(calls) == 3
         assert len(calls) == 3
-    assert "cannot open the setup hotspot: WIFI_AUTH_FAILED" in caplog.text
+    assert "cannot open the setup hotspot: activation failed (SUPPLICANT_TIMEOUT)" in caplog.text
+    assert "WIFI_AUTH_FAILED" not in caplog.text  # a join's code, not the hotspot's
     assert "trying again in" in caplog.text
+    assert "rfkill list" in caplog.text
 
 
 async def test_wrong_codes_count_and_lock_like_handshakes(start_agent: AgentStarter) -> None:
