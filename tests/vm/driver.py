@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -502,6 +503,14 @@ def _ble_onboard(args: argparse.Namespace) -> dict[str, Any]:
         raise DriverError(f"{type(err).__name__}: {err}") from err
 
 
+async def _let_go(client: Any) -> None:
+    """Disconnect an Improv client's link: the library disconnects only on its idle timer."""
+    bleak_client = getattr(client, "_client", None)
+    if bleak_client is not None:
+        with contextlib.suppress(Exception):  # a link that failed to come up: nothing to close
+            await bleak_client.disconnect()
+
+
 async def _improv_connect(
     adapter: str, device: Any, advertisement: Any, retries: list[str]
 ) -> tuple[Any, Any, bool]:
@@ -519,6 +528,7 @@ async def _improv_connect(
             retries.append(f"{type(err).__name__}: {err}")
             if attempt == BLE_CONNECT_ATTEMPTS - 1:
                 raise
+        await _let_go(client)
         await close_stale_connections_by_address(device.address)
         await asyncio.sleep(1)
         if attempt % 2 == 1:
@@ -568,11 +578,9 @@ async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
             result["provision"] = "PROVISIONED"
             result["redirect"] = redirect
     finally:
-        # The library disconnects only on its idle timer; let go of the device now, and of any
-        # link the adapter still holds to it (the next scenario connects again).
-        bleak_client = getattr(client, "_client", None)
-        if bleak_client is not None:
-            await bleak_client.disconnect()
+        # Let go of the device now, and of any link the adapter still holds to it (the next
+        # scenario connects again).
+        await _let_go(client)
         await close_stale_connections_by_address(device.address)
     return result
 
