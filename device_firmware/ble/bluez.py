@@ -668,11 +668,17 @@ class BluezPeripheral(ProvisioningPeripheral, BluezAdapters):
                 adv = self._adverts.get(key)
                 if adv is None:
                     continue
-                adv.update(data)
+                # A withdrawn advertisement goes before its content changes: Bookworm's
+                # bluetoothd (5.66) crashes when one it is refreshing from PropertiesChanged is
+                # unregistered at once. Unregistered, the update emits nothing and the new
+                # content is read at the next registration.
+                if want:
+                    adv.update(data)
                 try:
                     await self._show(adv, want=want)
                 except BluezError as err:
                     self._warn(f"BLE advertisement {key}", err)
+                adv.update(data)
 
     async def _show(self, adv: Advertisement, *, want: bool) -> None:
         if self._adapter is None or want == adv.registered:

@@ -118,6 +118,47 @@ async def test_advertisements_fit_and_carry_state_and_short_id(
     assert parsed.state is prot.State.AUTHORIZATION_REQUIRED
 
 
+async def test_a_withdrawn_advertisement_is_unregistered_without_a_change_before_it(
+    peripheral: BluezPeripheral, bluez: BluezMock, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim closes the window and changes what would be advertised in one step. Bookworm's
+    bluetoothd (5.66) crashed (SIGSEGV, in the VM stage) when an advertisement it was
+    refreshing from a PropertiesChanged was unregistered at once; a withdrawn advertisement now
+    goes without a change signal, and its new content is there for the next registration."""
+    assert set(await bluez.advertisements()) == {IOB_ADVERT, IMPROV_ADVERT}
+    events: list[tuple[str, str]] = []
+    for adv in peripheral._adverts.values():
+        emit = adv._emit
+
+        def spy(path: str, interface: str, changed: Any, emit: Any = emit) -> None:
+            events.append(("changed", path))
+            emit(path, interface, changed)
+
+        monkeypatch.setattr(adv, "_emit", spy)
+    call = peripheral._call
+
+    async def spy_call(path: str, interface: str, member: str, *args: Any) -> Any:
+        if member == "UnregisterAdvertisement":
+            events.append(("unregister", str(args[1][0])))
+        return await call(path, interface, member, *args)
+
+    monkeypatch.setattr(peripheral, "_call", spy_call)
+
+    await device.store.update(
+        phase=Phase.PROVISIONING, diagnostic=DiagnosticCode.DHCP_TIMEOUT, diagnostic_at=1
+    )
+    device.host.close_window()
+    await device.show(peripheral)
+
+    assert sorted(events) == [("unregister", IMPROV_ADVERT), ("unregister", IOB_ADVERT)]
+    assert await bluez.advertisements() == {}
+    device.host.open_window(WindowReason.BUTTON)
+    await device.show(peripheral)
+    ours = (await bluez.advertisements())[IOB_ADVERT]
+    state = AdvertisedState.parse(ours["ServiceData"][SERVICE_UUID])
+    assert (state.phase, state.failed) == (BlePhase.PROVISIONING, True)
+
+
 async def test_state_changes_refresh_the_advertisement_and_the_window_controls_it(
     peripheral: BluezPeripheral, bluez: BluezMock, device: Device
 ) -> None:
