@@ -496,6 +496,14 @@ http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 80), Portal).serve_forever()
   sleep 2
 }
 
+# bluetoothd_health: whether bluetoothd crashed during the boot (it is started again by D-Bus
+# activation, and the agent registers again, but every Bluetooth link of the board is lost).
+bluetoothd_health() {
+  record bluetoothd "$(printf '{"crashes": %s, "journal": %s}' \
+    "$(journalctl -b --no-pager -o cat -u bluetooth.service | grep -c 'Main process exited, code=killed')" \
+    "$(json_string "$(journalctl -b --no-pager -k -o cat | grep -E 'bluetoothd.*(segfault|general protection)' | tail -3)")")"
+}
+
 if [ "$SCENARIOS" = ble ]; then
   internet_up
   SERVICE_URL=$CLOSED_URL
@@ -507,6 +515,7 @@ if [ "$SCENARIOS" = ble ]; then
   record right_passphrase_online "$(driver router online)"
   improv improv_after_claim "$PASSPHRASE" --scan-timeout 20
   password_changed
+  bluetoothd_health
   say "done"
   exit 0
 fi
@@ -561,4 +570,5 @@ record connectivity "$(printf '{"check": "%s", "config": %s}' \
   "$(nmcli networking connectivity check 2>&1)" \
   "$(json_string "$(NetworkManager --print-config 2>&1 | sed -n '/^\[connectivity\]/,/^\[/p')")")"
 password_changed
+bluetoothd_health
 say "done"

@@ -400,6 +400,14 @@ def test_owner_reonboards_over_bluetooth_after_the_router_password_changed(vm: V
 HOTSPOT_ADDRESS: Final = "10.42.0.1"
 
 
+def test_bluetoothd_did_not_crash_under_the_agent(vm: VmRun) -> None:
+    """Every Bluetooth scenario (Improv, GATT onboarding, the claim that withdraws both
+    advertisements, the owner's re-onboarding) left bluetoothd running: Bookworm's 5.66 crashed
+    when an advertisement was unregistered while it refreshed it (docs/ble.md)."""
+    health = vm.step("bluetoothd")
+    assert health["crashes"] == 0, health
+
+
 def test_setup_hotspot_serves_a_phone(vm: VmRun) -> None:
     """The agent's setup hotspot (unclaimed, no saved Wi-Fi, no uplink) joined by a phone-like
     station with the key from the label: it gets an address from NetworkManager's shared mode,
