@@ -674,13 +674,19 @@ class BluezPeripheral(ProvisioningPeripheral, BluezAdapters):
                 # content is read at the next registration.
                 if want:
                     adv.update(data)
-                try:
-                    await self._show(adv, want=want)
-                except BluezError as err:
-                    self._warn(f"BLE advertisement {key}", err)
-                adv.update(data)
+                    await self._show(key, adv, want=True)
+                else:
+                    await self._show(key, adv, want=False)
+                    adv.update(data)
 
-    async def _show(self, adv: Advertisement, *, want: bool) -> None:
+    async def _show(self, key: str, adv: Advertisement, *, want: bool) -> None:
+        """Register or unregister ``adv``; a refusal is a warning (the retry loop tries again)."""
+        try:
+            await self._set_registered(adv, want=want)
+        except BluezError as err:
+            self._warn(f"BLE advertisement {key}", err)
+
+    async def _set_registered(self, adv: Advertisement, *, want: bool) -> None:
         if self._adapter is None or want == adv.registered:
             return
         if want:
