@@ -48,8 +48,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final, TypeVar
 
 from iob_protocol import (
     AckResult,
@@ -78,6 +78,9 @@ BLE_CONNECT_ATTEMPTS: Final = 8
 #: Under TCG the emulated controllers advertise every few hundred ms; a margin for a restart.
 BLE_SCAN_TIMEOUT: Final = 90.0
 HTTP_TIMEOUT: Final = 30.0
+
+
+T = TypeVar("T")
 
 
 class DriverError(Exception):
@@ -280,7 +283,6 @@ class Ble:
     async def connect(self) -> Any:
         from bleak_retry_connector import (  # noqa: PLC0415 - only this subcommand needs them
             BleakClientWithServiceCache,
-            close_stale_connections_by_address,
             establish_connection,
         )
         from iob_protocol.ble import (  # noqa: PLC0415
@@ -298,33 +300,16 @@ class Ble:
             if channel is not None:
                 channel.disconnected("the Bluetooth link dropped")
 
-        # As Home Assistant's Bluetooth manager does: a link this adapter still holds (a client
-        # that exited, Improv's) is closed first, and a failed connect is retried with a new
-        # client (establish_connection's own retries reuse a client that bleak may still count
-        # as connected: "Client is already connected"). Bookworm's bluetoothd (5.66) can keep a
-        # link that dropped as connected and then refuses the next one ("Device ... is already
-        # connected" in its journal); forgetting the device and finding it again clears that,
-        # as ``bluetoothctl remove`` does.
-        await close_stale_connections_by_address(self.device.address)
-        for attempt in range(BLE_CONNECT_ATTEMPTS):
-            try:
-                client = await establish_connection(
-                    BleakClientWithServiceCache,
-                    self.device,
-                    self.name,
-                    disconnected_callback=dropped,
-                    max_attempts=1,
-                )
-                break
-            except Exception as err:  # bleak's errors: retried, then reported
-                cause = f" ({err.__cause__!r})" if err.__cause__ is not None else ""
-                self.retries.append(f"{type(err).__name__}: {err}{cause}")
-                if attempt == BLE_CONNECT_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(1)
-                await close_stale_connections_by_address(self.device.address)
-                if attempt % 2 == 1:
-                    self.device = await _forget_and_find(self.adapter, self.device.address)
+        async def attempt(device: Any) -> Any:
+            return await establish_connection(
+                BleakClientWithServiceCache,
+                device,
+                self.name,
+                disconnected_callback=dropped,
+                max_attempts=1,
+            )
+
+        client, self.device = await _connect(self.adapter, self.device, self.retries, attempt)
         self.connects += 1
         self.mtu = client.mtu_size
 
@@ -511,29 +496,55 @@ async def _let_go(client: Any) -> None:
             await bleak_client.disconnect()
 
 
+async def _connect(
+    adapter: str, device: Any, retries: list[str], attempt: Callable[[Any], Awaitable[T]]
+) -> tuple[T, Any]:
+    """``attempt(device)`` until it connects; its result and the device it connected to.
+
+    As Home Assistant's Bluetooth manager does: a link this adapter still holds (a client that
+    exited, Improv's) is closed first, and a failed connect is retried with a new client
+    (``attempt`` makes one each time, and lets go of it when it fails: establish_connection's
+    own retries reuse a client that bleak may still count as connected, "Client is already
+    connected"). Each failure is kept in ``retries``. Bookworm's bluetoothd (5.66) can keep a
+    link that dropped as connected and then refuses the next one ("Device ... is already
+    connected" in its journal); forgetting the device and finding it again, every second
+    failure, clears that, as ``bluetoothctl remove`` does.
+    """
+    from bleak_retry_connector import close_stale_connections_by_address  # noqa: PLC0415
+
+    await close_stale_connections_by_address(device.address)
+    for number in range(BLE_CONNECT_ATTEMPTS):
+        try:
+            return await attempt(device), device
+        except Exception as err:  # bleak's errors: retried, then reported
+            cause = f" ({err.__cause__!r})" if err.__cause__ is not None else ""
+            retries.append(f"{type(err).__name__}: {err}{cause}")
+            if number == BLE_CONNECT_ATTEMPTS - 1:
+                raise
+        await asyncio.sleep(1)
+        await close_stale_connections_by_address(device.address)
+        if number % 2 == 1:
+            device = await _forget_and_find(adapter, device.address)
+    raise DriverError("unreachable")
+
+
 async def _improv_connect(
     adapter: str, device: Any, advertisement: Any, retries: list[str]
 ) -> tuple[Any, Any, bool]:
     """An Improv client connected to ``device`` and whether it needs authorization (the first
-    read connects). A failed connect is retried with a new client, the device forgotten and
-    found again every second time (see ``Ble.connect``)."""
-    from bleak_retry_connector import close_stale_connections_by_address  # noqa: PLC0415
+    read connects), retried as :func:`_connect` does."""
     from improv_ble_client import ImprovBLEClient  # noqa: PLC0415
 
-    for attempt in range(BLE_CONNECT_ATTEMPTS):
+    async def attempt(device: Any) -> tuple[Any, bool]:
         client = ImprovBLEClient(device, advertisement)
         try:
-            return client, device, await client.need_authorization()
-        except Exception as err:  # bleak's errors: retried, then reported
-            retries.append(f"{type(err).__name__}: {err}")
-            if attempt == BLE_CONNECT_ATTEMPTS - 1:
-                raise
-        await _let_go(client)
-        await close_stale_connections_by_address(device.address)
-        await asyncio.sleep(1)
-        if attempt % 2 == 1:
-            device = await _forget_and_find(adapter, device.address)
-    raise DriverError("unreachable")
+            return client, await client.need_authorization()
+        except Exception:
+            await _let_go(client)
+            raise
+
+    (client, needs), device = await _connect(adapter, device, retries, attempt)
+    return client, device, needs
 
 
 async def _improv_async(args: argparse.Namespace) -> dict[str, Any]:
