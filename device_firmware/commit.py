@@ -68,7 +68,7 @@ from iob_protocol.identity import DeviceIdentity
 from iob_protocol.sources import WallClock, unix_time
 
 from .attempts import AttemptLog, Step
-from .errors import CommitError, DiagnosedError, RelayError, StateError
+from .errors import CommitError, DiagnosedError, RelayCertificateError, RelayError, StateError
 from .network.backend import NetworkBackend, NetworkError, WifiCredentials
 from .relay_client import ClaimOutcome, NotOwned, RelayClient
 from .state import (
@@ -417,6 +417,18 @@ class FailSafeCommit:
         """Reachability, TLS and the clock, before anything is signed."""
         try:
             health = await relay.health()
+        except RelayCertificateError as err:
+            # Something answered with a certificate the device does not trust: the service (a
+            # private CA not configured), or a captive portal answering port 443 itself. Only a
+            # portal changes the diagnostic: a service on the LAN needs no internet.
+            try:
+                await self._backend.check_internet()
+            except NetworkError as probe:
+                if probe.code is DiagnosticCode.CAPTIVE_PORTAL:
+                    raise NetworkError(
+                        probe.code, f"{probe.detail}; the service's TLS answer: {err.detail}"
+                    ) from err
+            raise
         except DiagnosedError as err:
             if err.code is DiagnosticCode.RELAY_UNREACHABLE:
                 # Unreachable: is it the service, or the whole uplink?

@@ -67,6 +67,13 @@ class RelayError(DiagnosedError):
         self.relay_code = relay_code
 
 
+class RelayCertificateError(RelayError):
+    """TLS_FAILED in the handshake: the service's certificate was not the one trusted.
+
+    A wrong or unknown CA, an expired certificate, or a captive portal answering port 443.
+    """
+
+
 class CommitError(DiagnosedError):
     """The fail-safe commit failed and was rolled back."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,7 @@ from iob_protocol.errors import MalformedMessageError
 from iob_protocol.identity import DeviceIdentity
 from iob_protocol.sources import MonotonicClock, WallClock, monotonic, unix_time
 
-from .errors import RelayError
+from .errors import RelayCertificateError, RelayError
 
 _LOGGER: Final = logging.getLogger(__name__)
 
@@ -229,11 +230,13 @@ class RelayClient:
                 DiagnosticCode.RELAY_UNREACHABLE, f"{url}: no answer in {self._timeout:g} s"
             ) from err
         except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch, ssl.SSLError) as err:
-            raise RelayError(DiagnosticCode.TLS_FAILED, f"{url}: {err}") from err
+            raise RelayCertificateError(
+                DiagnosticCode.TLS_FAILED, f"{url}: {_describe(err)}"
+            ) from err
         except aiohttp.ClientConnectorDNSError as err:
-            raise RelayError(DiagnosticCode.DNS_FAILED, f"{url}: {err}") from err
+            raise RelayError(DiagnosticCode.DNS_FAILED, f"{url}: {_describe(err)}") from err
         except (aiohttp.ClientError, OSError) as err:
-            raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, f"{url}: {err}") from err
+            raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, f"{url}: {_describe(err)}") from err
         if len(raw) > MAX_RESPONSE_SIZE:
             raise RelayError(DiagnosticCode.RELAY_UNREACHABLE, f"{url}: answer too large")
         try:
@@ -249,6 +252,23 @@ class RelayClient:
         if status >= 400:  # noqa: PLR2004
             raise _error_from(url, status, document)
         return document
+
+
+def _describe(err: BaseException) -> str:
+    """A connection error's cause, for the user.
+
+    aiohttp's own text shows the TLS context's repr ("ssl:<ssl.SSLContext object at 0x…>") and
+    repeats the host the URL already names.
+    """
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        cause: object = err.certificate_error
+    elif isinstance(err, aiohttp.ClientConnectorError):
+        # "Connection refused" rather than asyncio's "Connect call failed ('10.0.0.5', 443)".
+        number = err.os_error.errno
+        cause = os.strerror(number) if number else err.os_error
+    else:
+        return str(err) or type(err).__name__
+    return str(cause) or type(cause).__name__
 
 
 def _error_from(url: str, status: int, document: dict[str, Any]) -> RelayError:

@@ -69,6 +69,8 @@ class SimulatedNetwork:
     dhcp: bool = True
     dns: bool = True
     internet: bool = True
+    #: A captive portal: it answers every web request (port 443 too) with its own page.
+    captive_portal: bool = False
     connect_delay: float = 0.0
     frequency_mhz: int = 2437
 
@@ -309,6 +311,8 @@ class SimulatedBackend(NetworkBackend):
             if self._scenario.wired:
                 return
             raise NetworkError(DiagnosticCode.NO_INTERNET, "no network")
+        if active.captive_portal:
+            raise NetworkError(DiagnosticCode.CAPTIVE_PORTAL, "a portal answers every request")
         if not active.internet:
             raise NetworkError(DiagnosticCode.NO_INTERNET, "no route to the internet")
 

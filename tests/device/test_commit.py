@@ -207,6 +207,37 @@ async def test_tls_failure_and_private_ca(start_agent: AgentStarter, tmp_path: P
             assert status.state.value == "committed"
 
 
+async def test_a_portal_answering_the_services_https_is_captive_portal(
+    start_agent: AgentStarter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A portal that answers port 443 itself shows its own certificate: the device looks for
+    a portal before it blames the service's certificate. A service on the LAN with an untrusted
+    certificate is TLS_FAILED also on a network without internet."""
+    pki = make_pki(tmp_path)
+    portal = Scenario(
+        networks=(
+            SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, captive_portal=True),
+        )
+    )
+    offline = Scenario(
+        networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, internet=False),)
+    )
+    async with scripted(ssl_context=pki.server_context()) as service:
+        device_api(service)
+        async with start_agent(portal) as running:
+            _client, status = await commit(running, service.url)
+            assert status.diagnostic is DiagnosticCode.CAPTIVE_PORTAL
+            assert "internet" in running.backend.events
+            assert running.backend.trial_ssid is None
+        # The log says both: the portal, and what answered in its place.
+        (failed,) = [r for r in caplog.records if r.getMessage().startswith("commit failed")]
+        assert "portal" in failed.getMessage()
+        assert "certificate verify failed" in failed.getMessage()
+        async with start_agent(offline) as running:
+            _client, status = await commit(running, service.url)
+            assert status.diagnostic is DiagnosticCode.TLS_FAILED
+
+
 async def test_device_clock_skew(
     start_agent: AgentStarter, scripted_service: ScriptedService
 ) -> None:

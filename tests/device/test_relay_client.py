@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 from iob_protocol.account_api import ErrorBody, ErrorCode
 from iob_protocol.diagnostics import DiagnosticCode
 
-from device_firmware.errors import RelayError
+from device_firmware.errors import RelayCertificateError, RelayError
 from device_firmware.relay_client import MAX_RESPONSE_SIZE, RelayClient, build_ssl_context
-from tests.plugins.scripted_service import ANY, Answer, ScriptedService
+from tests.plugins.scripted_service import ANY, Answer, ScriptedService, scripted
+
+from .tls import make_pki
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,36 @@ async def test_an_http_service_gets_nothing_in_clear(scripted_service: ScriptedS
     assert caught.value.code is DiagnosticCode.TLS_FAILED
     assert "not https" in str(caught.value)
     assert scripted_service.requests == []
+
+
+async def test_connection_errors_name_their_cause_not_the_clients_internals(
+    tmp_path: Path,
+) -> None:
+    """What the user and the log see says what failed, without aiohttp's repr of the TLS
+    context ("ssl:<ssl.SSLContext object at 0x…>") that a private CA brings."""
+    (tmp_path / "service").mkdir()
+    (tmp_path / "other").mkdir()
+    service_pki = make_pki(tmp_path / "service")
+    trusted = build_ssl_context(make_pki(tmp_path / "other").ca_file)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"https://127.0.0.1:{probe.getsockname()[1]}"
+    async with RelayClient(closed, timeout=5, ssl_context=trusted) as relay:
+        with pytest.raises(RelayError) as refused:
+            await relay.health()
+    assert refused.value.code is DiagnosticCode.RELAY_UNREACHABLE
+    assert str(refused.value).endswith(f"{closed}/v1/health: Connection refused")
+    async with (
+        scripted(ssl_context=service_pki.server_context()) as service,
+        RelayClient(service.url, timeout=5, ssl_context=trusted) as relay,
+    ):
+        with pytest.raises(RelayCertificateError) as untrusted:
+            await relay.health()
+    assert untrusted.value.code is DiagnosticCode.TLS_FAILED
+    assert "certificate verify failed" in str(untrusted.value)
+    for message in (str(refused.value), str(untrusted.value)):
+        assert "SSLContext" not in message
+        assert " object at 0x" not in message
 
 
 def test_unreadable_ca_file_is_tls_failed(tmp_path: object) -> None:

@@ -468,11 +468,32 @@ internet_up() {
   sleep 2
 }
 CLOSED_URL="http://relay.home.arpa:8081"
-# The captive portal's web server on the router (port 80): every request but the sign-in page
-# is redirected to it.
+# The captive portal's web server on the router: every request but the sign-in page is
+# redirected to it, on port 80 and on 443, where the portal answers in TLS with its own
+# certificate (self-signed, for its own name), as portals that intercept HTTPS do.
 portal_up() {
+  "$AGENT_PYTHON" -c '
+import datetime, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "portal.home.arpa")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("portal.home.arpa")]), False)
+        .sign(key, hashes.SHA256()))
+open(sys.argv[1], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(sys.argv[2], "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+' "$WORK/portal-cert.pem" "$WORK/portal-key.pem"
   ip netns exec router python3 -c '
-import http.server
+import http.server, ssl, sys, threading
 
 class Portal(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -490,8 +511,13 @@ class Portal(http.server.BaseHTTPRequestHandler):
         self.end_headers()
     do_POST = do_HEAD = do_GET
 
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(sys.argv[1], sys.argv[2])
+https = http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 443), Portal)
+https.socket = tls.wrap_socket(https.socket, server_side=True)
+threading.Thread(target=https.serve_forever, daemon=True).start()
 http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 80), Portal).serve_forever()
-' >"$WORK/logs/portal.log" 2>&1 &
+' "$WORK/portal-cert.pem" "$WORK/portal-key.pem" >"$WORK/logs/portal.log" 2>&1 &
   echo $! >"$WORK/portal.pid"
   sleep 2
 }
@@ -529,11 +555,15 @@ scenario no_internet "$SSID" "$PASSPHRASE"
 internet_up
 scenario relay_unreachable "$SSID" "$PASSPHRASE"
 # A captive portal (guest Wi-Fi): dnsmasq answers every name with the router, and its web server
-# answers every request with a redirect to its sign-in page; the service is a public name.
+# answers every request with a redirect to its sign-in page; the service is a public name, over
+# http, then over https.
 router_lan "$DHCP" "--address=/#/$ROUTER_IP"
 portal_up
 SERVICE_URL="http://relay.example.net"
 scenario captive_portal "$SSID" "$PASSPHRASE"
+# The same portal, the service over https: the portal answers port 443 with its own certificate.
+SERVICE_URL="https://relay.example.net"
+scenario captive_portal_https "$SSID" "$PASSPHRASE"
 stop_pidfile "$WORK/portal.pid"
 router_lan "$DHCP" "$DNS"
 SERVICE_URL=$CLOSED_URL

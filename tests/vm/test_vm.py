@@ -295,6 +295,9 @@ FAILURES: Final = {
     "no_internet": "NO_INTERNET",  # service port closed, nothing beyond the router
     "relay_unreachable": "RELAY_UNREACHABLE",  # service port closed, "the internet" answers
     "captive_portal": "CAPTIVE_PORTAL",  # every name -> the router, every request -> 302
+    # The same portal answers the https service's port 443 with its own certificate: the
+    # device finds the portal before it blames the certificate (TLS_FAILED).
+    "captive_portal_https": "CAPTIVE_PORTAL",
     "hidden_ssid": "RELAY_UNREACHABLE",  # hostapd ignore_broadcast_ssid, set_wifi hidden
     "wpa3_sae": "RELAY_UNREACHABLE",  # SAE only, management frame protection required
     "open_network": "RELAY_UNREACHABLE",  # no passphrase
