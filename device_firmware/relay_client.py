@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -263,9 +264,13 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, aiohttp.ClientConnectorCertificateError):
         cause: object = err.certificate_error
     elif isinstance(err, aiohttp.ClientConnectorError):
-        # "Connection refused" rather than asyncio's "Connect call failed ('10.0.0.5', 443)".
-        number = err.os_error.errno
-        cause = os.strerror(number) if number else err.os_error
+        cause = err.os_error
+        if isinstance(cause, socket.gaierror):
+            cause = cause.strerror or cause  # "Name or service not known"
+        elif isinstance(cause, ConnectionError) or type(cause) is OSError:
+            # "Connection refused" rather than asyncio's "Connect call failed ('10.0.0.5', 443)".
+            # Not for a resolver's or TLS error: their numbers are not errno values.
+            cause = os.strerror(cause.errno) if cause.errno else cause
     else:
         return str(err) or type(err).__name__
     return str(cause) or type(cause).__name__

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import aiohttp
+import aiohttp.abc
 import pytest
 from iob_protocol.account_api import ErrorBody, ErrorCode
 from iob_protocol.diagnostics import DiagnosticCode
@@ -86,6 +88,45 @@ async def test_connection_errors_name_their_cause_not_the_clients_internals(
     for message in (str(refused.value), str(untrusted.value)):
         assert "SSLContext" not in message
         assert " object at 0x" not in message
+
+
+class _NoSuchName(aiohttp.abc.AbstractResolver):
+    """A resolver that finds nothing, as a real one does for an unknown name."""
+
+    async def resolve(
+        self,
+        host: str,
+        port: int = 0,
+        family: socket.AddressFamily = socket.AF_INET,  # aiohttp passes it by name
+    ) -> list[aiohttp.abc.ResolveResult]:
+        del host, port, family
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolver_and_handshake_errors_keep_their_own_text(
+    scripted_service: ScriptedService,
+) -> None:
+    """A resolver's and a TLS library's error numbers are not errno values: their own text is
+    kept ("Unknown error -2" or "Operation not permitted" would mislead)."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=_NoSuchName())) as session,
+        RelayClient("https://relay.example.net", timeout=5, session=session) as relay,
+    ):
+        with pytest.raises(RelayError) as unknown:
+            await relay.health()
+    assert unknown.value.code is DiagnosticCode.DNS_FAILED
+    assert str(unknown.value).endswith("/v1/health: Name or service not known")
+    # https to a plain-HTTP server (as a portal or a proxy may answer): the handshake fails.
+    plain = scripted_service.url.replace("http://", "https://")
+    async with RelayClient(plain, timeout=5) as relay:
+        with pytest.raises(RelayCertificateError) as handshake:
+            await relay.health()
+    assert handshake.value.code is DiagnosticCode.TLS_FAILED
+    assert "SSL" in str(handshake.value)
+    assert "Operation not permitted" not in str(handshake.value)
 
 
 def test_unreadable_ca_file_is_tls_failed(tmp_path: object) -> None:
