@@ -135,7 +135,7 @@ async def test_a_device_that_reaches_only_home_assistant_and_the_broker_is_claim
     assert "service_checked" not in steps, steps
     log = (vlan_net.device.directory / "device.log").read_text()
     assert "cannot reach the account service" in log, log
-    assert f"Connect call failed ('{LOOPBACK}', {relay.port})" in log, log  # refused
+    assert f"{LOOPBACK}:{relay.port}/v1/health: Connection refused" in log, log
 
 
 async def test_a_device_given_an_http_service_confirms_through_home_assistant_only(
