@@ -22,10 +22,11 @@ from device_firmware.config import DeviceConfig
 from device_firmware.errors import ConfigError
 from device_firmware.network.simulated import SimulatedBackend
 from device_firmware.state import Phase
+from tests.plugins.ports import free_port
 from tests.plugins.scripted_service import ScriptedService
 
 from .conftest import RELEASE_PATH, AgentStarter, Provisioned, home_scenario
-from .test_owner_session import OLD_SSID, claim_on_disk, closed_port
+from .test_owner_session import OLD_SSID, claim_on_disk
 
 WAIT = 5.0
 CHIP = "/dev/gpiochip7"
@@ -90,7 +91,7 @@ async def test_short_press_opens_the_window_of_an_unclaimed_device(
 async def test_long_press_factory_resets_a_claimed_device(
     start_agent: AgentStarter, provisioned: Provisioned, scripted_service: ScriptedService
 ) -> None:
-    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=closed_port())
+    claim_on_disk(provisioned, service_url=scripted_service.url, broker_port=free_port())
     button = PipeButton()
     async with start_agent(
         home_scenario(saved=OLD_SSID),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
+from tests.plugins.ports import free_port
 from tests.plugins.scripted_service import Answer, ScriptedService, error, scripted
 
 from .commit_helpers import OWNER_SECRET, TOKEN, commit, commit_with_claim, start_commit
@@ -46,10 +46,7 @@ from .tls import make_pki
 
 def closed_port_url() -> str:
     """A loopback URL nothing listens on (connection refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 async def test_commit_success_makes_network_permanent(

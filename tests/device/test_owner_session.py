@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -48,6 +47,7 @@ from device_firmware.state import (
     Phase,
     StateStore,
 )
+from tests.plugins.ports import free_port
 from tests.plugins.scripted_service import ScriptedService, error
 
 from .commit_helpers import OWNER_SECRET, TOKEN, change_wifi, commit
@@ -83,13 +83,6 @@ async def broker_port() -> AsyncIterator[int]:
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     async with server:
         yield server.sockets[0].getsockname()[1]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def claim_on_disk(
@@ -395,7 +388,7 @@ async def test_every_wifi_change_failure_rolls_back_and_keeps_the_claim(  # noqa
     before = claim_on_disk(
         provisioned,
         service_url=scripted_service.url,
-        broker_port=closed_port() if broker == "closed" else broker_port,
+        broker_port=free_port() if broker == "closed" else broker_port,
         broker_host="localhost" if broker == "named" else "127.0.0.1",
     )
     timer = {"commit_timeout": 1} if code is DiagnosticCode.TIMEOUT else {}

@@ -13,6 +13,7 @@ from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.errors import RelayCertificateError, RelayError
 from device_firmware.relay_client import MAX_RESPONSE_SIZE, RelayClient, build_ssl_context
+from tests.plugins.ports import free_port
 from tests.plugins.scripted_service import ANY, Answer, ScriptedService, scripted
 
 from .tls import make_pki
@@ -69,9 +70,7 @@ async def test_connection_errors_name_their_cause_not_the_clients_internals(
     (tmp_path / "other").mkdir()
     service_pki = make_pki(tmp_path / "service")
     trusted = build_ssl_context(make_pki(tmp_path / "other").ca_file)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"https://127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"https://127.0.0.1:{free_port()}"
     async with RelayClient(closed, timeout=5, ssl_context=trusted) as relay:
         with pytest.raises(RelayError) as refused:
             await relay.health()
