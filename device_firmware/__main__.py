@@ -74,6 +74,10 @@ _SHELL_HINTS: Final[dict[DiagnosticCode, str]] = {
     DiagnosticCode.CAPTIVE_PORTAL: (
         "curl -sI http://network-test.debian.org/nm shows the portal's redirect."
     ),
+    DiagnosticCode.WPS_FAILED: (
+        "nmcli -f SSID,WPA-FLAGS,RSN-FLAGS device wifi list shows the network; "
+        "journalctl -u iot-onboard-device -u NetworkManager shows why no key came."
+    ),
 }
 
 

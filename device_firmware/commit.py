@@ -312,7 +312,7 @@ class FailSafeCommit:
             try:
                 async with asyncio.timeout(self._timeout):
                     if wifi is not None:
-                        await self._join(wifi)
+                        wifi = await self._join(wifi)
                     outcome = await self._confirm(plan, wifi, flight)
             finally:
                 self._on_hub_exchange(None)
@@ -442,14 +442,22 @@ class FailSafeCommit:
             )
         self._attempts.record(Step.SERVICE_CHECKED)
 
-    async def _join(self, wifi: WifiCredentials) -> None:
-        """Join the trial network (DHCP included); the attempt log says how it went."""
+    async def _join(self, wifi: WifiCredentials) -> WifiCredentials:
+        """Join the trial network (DHCP included); the attempt log says how it went.
+
+        Returns the credentials that joined (a WPS join: with the key the router handed over,
+        which a claim in flight keeps so that a resumed commit can rejoin without the button).
+        """
         try:
-            await self._backend.connect(wifi)
+            joined = await self._backend.connect(wifi)
         except NetworkError as err:
             self._attempts.record(Step.WIFI_FAILED, err.code.value)
             raise
-        self._attempts.record(Step.WIFI_JOINED)
+        if wifi.wps:
+            self._attempts.record(Step.WIFI_JOINED, "wps")
+        else:
+            self._attempts.record(Step.WIFI_JOINED)
+        return joined
 
     async def _deliver(self, relay: RelayClient, flight: ClaimInFlight) -> ClaimOutcome:
         """Confirm until an answer arrives; a refused or lapsed token is settled by credential.

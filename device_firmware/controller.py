@@ -209,7 +209,10 @@ class DeviceController:
             case SetWifiRequest():
                 await self.set_wifi(
                     WifiCredentials(
-                        ssid=request.ssid, passphrase=request.passphrase, hidden=request.hidden
+                        ssid=request.ssid,
+                        passphrase=request.passphrase,
+                        hidden=request.hidden,
+                        wps=request.wps,
                     )
                 )
                 return AckResult()

@@ -110,6 +110,9 @@ class WifiChoice:
     #: Never in its repr (log lines, tracebacks).
     passphrase: str | None = field(repr=False)
     hidden: bool
+    #: Join by the router's WPS push button: no passphrase, the device gets the key from the
+    #: router (offered only for a device that names ``wps``, a secured network it sees).
+    wps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +273,7 @@ class CommitEngine:
                 if converged is not None:
                     return converged
         if choice.ssid is not None:
-            await link.set_wifi(choice.ssid, choice.passphrase, hidden=choice.hidden)
-            self._record(Step.WIFI_SET, "ok")
+            await self._async_set_wifi(link, choice.ssid, choice)
         if claim is not None and self._owner_secret is not None:
             account_url = self._account.base_url
             await link.set_claim(
@@ -302,6 +304,14 @@ class CommitEngine:
         finally:
             if stop_watching is not None:
                 stop_watching()
+
+    async def _async_set_wifi(self, link: DeviceLink, ssid: bytes, choice: WifiChoice) -> None:
+        """The network to join; by WPS the device asks the router for the key (none sent)."""
+        if choice.wps:
+            await link.set_wifi(ssid, None, wps=True)
+        else:
+            await link.set_wifi(ssid, choice.passphrase, hidden=choice.hidden)
+        self._record(Step.WIFI_SET, "ok")
 
     async def _async_converged(self, link: DeviceLink, claim: Claim) -> Outcome | None:
         """This household owns the device already: done, unless it still needs the token.

@@ -29,6 +29,7 @@ from .account_client import read_limited
 from .iob_protocol import (
     FEATURE_CLAIM_RELAY,
     FEATURE_STATUS_WAIT,
+    FEATURE_WPS,
     FEATURES_HEADER,
     AckResult,
     ClaimAnswerRequest,
@@ -525,6 +526,14 @@ class DeviceLink:
         return FEATURE_CLAIM_RELAY in self._transport.features
 
     @property
+    def supports_wps(self) -> bool:
+        """Whether :meth:`set_wifi` can join by the router's WPS push button (``wps``).
+
+        Named by a newer device over the LAN; a Bluetooth session names no features.
+        """
+        return FEATURE_WPS in self._transport.features
+
+    @property
     def usable(self) -> bool:
         """False once the session was lost or closed (connect again)."""
         return not self._lost
@@ -583,12 +592,23 @@ class DeviceLink:
         result = await self._call(lambda rid: ScanWifiRequest(request_id=rid), ScanWifiResult)
         return result.networks
 
-    async def set_wifi(self, ssid: bytes, passphrase: str | None, *, hidden: bool = False) -> None:
-        """The network to join at the next commit (``passphrase`` None: an open network)."""
+    async def set_wifi(
+        self, ssid: bytes, passphrase: str | None, *, hidden: bool = False, wps: bool = False
+    ) -> None:
+        """The network to join at the next commit (``passphrase`` None: an open network).
+
+        ``wps``: a secured network whose key the device asks the router for by WPS push
+        button (no passphrase, not hidden). Only for a device that :attr:`supports_wps`: an
+        older one rejects the unknown field, so it is refused here before anything is sent.
+        """
+        if wps and not self.supports_wps:
+            raise DeviceProtocolError(
+                "wps_unsupported", "the device does not offer a WPS join (it names no 'wps')"
+            )
         try:
             await self._call(
                 lambda rid: SetWifiRequest(
-                    request_id=rid, ssid=ssid, passphrase=passphrase, hidden=hidden
+                    request_id=rid, ssid=ssid, passphrase=passphrase, hidden=hidden, wps=wps
                 ),
                 AckResult,
             )

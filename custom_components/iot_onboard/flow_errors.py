@@ -51,8 +51,11 @@ FIELD_BASE: Final = "base"
 FIELD_PASSWORD: Final = "password"  # noqa: S105 - a field name
 FIELD_SETUP_CODE: Final = "setup_code"
 FIELD_PASSPHRASE: Final = "passphrase"  # noqa: S105 - a field name
+FIELD_WPS: Final = "wps"
 #: The device rejected the household's remembered Wi-Fi password (not one the user typed).
 REMEMBERED_WIFI_REJECTED: Final = "remembered_wifi_rejected"
+#: WPS was chosen for a network it cannot join (open, hidden, not seen, or Ethernet).
+WPS_NOT_POSSIBLE: Final = "wps_not_possible"
 #: The abort that also starts the entry's reauth flow (the flow does that part).
 REAUTH_REQUIRED: Final = "reauth_required"
 
@@ -185,6 +188,11 @@ ABOUT_FIELD: Final[Mapping[str, str]] = {
     diagnostic_error(DiagnosticCode.WIFI_AUTH_FAILED): FIELD_PASSPHRASE,
     REMEMBERED_WIFI_REJECTED: FIELD_PASSPHRASE,
 }
+
+
+#: Commit errors of a WPS join shown on the WPS step (press the button again there); any other
+#: failure of a WPS join is shown on the Wi-Fi form, with WPS still chosen.
+WPS_STEP_ERRORS: Final = frozenset({diagnostic_error(DiagnosticCode.WPS_FAILED)})
 
 
 def wrong_fields(errors: Mapping[str, str]) -> set[str]:

@@ -17,8 +17,14 @@ Steps::
         provision ─▶ finish ─▶ wifi_changed
     wifi_lost_confirm (owner secret over BLE) ─▶ wifi …
     wifi ◀── provision: a diagnostic code (message and next step shown; retry in place)
+    wifi (WPS chosen) ─▶ wps (press the router's button, submit) ─▶ provision …
+    wps ◀── provision: WPS_FAILED (press again; or back to wifi to type the password)
 
-The Wi-Fi form offers to remember the network for the household's next devices (opt-in; sealed
+A device that names ``wps`` (over the LAN) may join a secured network it sees by the router's
+WPS push button instead of a typed password: the key goes from the router to the device, Home
+Assistant never sees it, and nothing of that network is remembered for the next devices.
+
+The Wi-Fi form also offers to remember the network for the household's next devices (opt-in; sealed
 in the household entry, see wifi_memory.py): a remembered network is preselected and an empty
 password means the remembered one; if the device rejects that, the form says so.
 """
@@ -103,10 +109,14 @@ from .device_client import (
     parse_setup_credential,
 )
 from .flow_errors import (
+    FIELD_BASE,
     FIELD_PASSPHRASE,
     FIELD_SETUP_CODE,
+    FIELD_WPS,
     REAUTH_REQUIRED,
     REMEMBERED_WIFI_REJECTED,
+    WPS_NOT_POSSIBLE,
+    WPS_STEP_ERRORS,
     FlowError,
     Stage,
     diagnostic_error,
@@ -148,6 +158,10 @@ CONF_NAME: Final = "name"
 CONF_REMEMBER: Final = "remember_wifi"
 #: The discovery's first screen, with a remembered Wi-Fi: show the Wi-Fi form all the same.
 CONF_OTHER_WIFI: Final = "other_wifi"
+#: The Wi-Fi step's choice (a device that names ``wps``): join by the router's WPS button.
+CONF_WPS: Final = FIELD_WPS
+#: The WPS step's way back: type the password on the Wi-Fi form instead.
+CONF_USE_PASSPHRASE: Final = "use_passphrase"  # noqa: S105 - a field name
 
 HIDDEN_NETWORK: Final = "hidden_network"
 KEEP_ETHERNET: Final = "keep_ethernet"
@@ -363,6 +377,8 @@ class DeviceSteps(ConfigFlow):
         self._owner_secret = OwnerSecret.generate()
         self._link: DeviceLink | None = None
         self._networks: dict[str, WifiNetwork] = {}
+        #: The device joins by WPS push button if asked (it names ``wps``; LAN only).
+        self._wps_offered = False
         #: The Wi-Fi form as last submitted, shown again after the commit failed.
         self._wifi_input: dict[str, Any] = {}
         self._wifi_errors: dict[str, str] = {}
@@ -823,6 +839,7 @@ class DeviceSteps(ConfigFlow):
         # While the user picks a network: a BLE link frees its adapter or proxy slot (the
         # device keeps the session and the next command reconnects).
         await link.release()
+        self._wps_offered = link.supports_wps and device.ble_address is None
         self._networks = {}
         for network in networks:
             self._networks.setdefault(SSID_PREFIX + network.ssid.hex(), network)
@@ -836,7 +853,12 @@ class DeviceSteps(ConfigFlow):
             await self._async_recall_wifi()
         if user_input is not None:
             self._wifi_input = dict(user_input)
-            errors = self._parse_wifi(user_input)
+            wps = self._wps_offered and bool(user_input.get(CONF_WPS, False))
+            errors = self._parse_wps(user_input) if wps else self._parse_wifi(user_input)
+            if not errors and self._choice.wps:
+                # Nothing typed for it is kept: the router hands the key to the device.
+                self._wifi_input.pop(CONF_PASSPHRASE, None)
+                return await self.async_step_wps()
             if not errors:
                 return await self.async_step_provision()
         return self.async_show_form(
@@ -882,6 +904,10 @@ class DeviceSteps(ConfigFlow):
         options.append(SelectOptionDict(value=HIDDEN_NETWORK, label=HIDDEN_NETWORK))
         if self._mode is Mode.ONBOARD:
             options.append(SelectOptionDict(value=KEEP_ETHERNET, label=KEEP_ETHERNET))
+        # A device that names "wps" (LAN): the router's button instead of the password.
+        wps: dict[vol.Marker, Any] = (
+            {vol.Optional(CONF_WPS, default=False): BooleanSelector()} if self._wps_offered else {}
+        )
         schema = vol.Schema(
             {
                 vol.Required(
@@ -896,6 +922,7 @@ class DeviceSteps(ConfigFlow):
                 vol.Optional(CONF_PASSPHRASE): TextSelector(
                     TextSelectorConfig(type=TextSelectorType.PASSWORD)
                 ),
+                **wps,
                 vol.Optional(CONF_REMEMBER, default=self._remember): BooleanSelector(),
             }
         )
@@ -939,6 +966,44 @@ class DeviceSteps(ConfigFlow):
         self._choice = WifiChoice(ssid=ssid, passphrase=passphrase, hidden=hidden)
         return {}
 
+    def _parse_wps(self, user_input: Mapping[str, Any]) -> dict[str, str]:
+        """WPS chosen: a secured network the device sees by name, and no password at all.
+
+        A typed (or remembered) password is not used: the router hands the key to the device.
+        """
+        self._remember = bool(user_input.get(CONF_REMEMBER, False))  # kept for a retry typed
+        self._from_memory = False
+        network = self._networks.get(user_input[CONF_NETWORK])
+        # Not a scanned network (hidden, remembered but unseen, Ethernet), or an open one.
+        if network is None or network.security is WifiSecurity.OPEN:
+            return {FIELD_BASE: WPS_NOT_POSSIBLE}
+        if network.security not in _SUPPORTED_SECURITY:
+            return {CONF_NETWORK: "unsupported_security"}
+        self._choice = WifiChoice(ssid=network.ssid, passphrase=None, hidden=False, wps=True)
+        return {}
+
+    async def async_step_wps(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Join by WPS: the user presses the router's button, then submits within two minutes.
+
+        Shown again with the error when the router handed over no key (WPS_FAILED); its
+        ``use_passphrase`` box goes back to the Wi-Fi form to type the password instead.
+        """
+        errors, self._wifi_errors = self._wifi_errors, {}
+        if user_input is not None:
+            if user_input.get(CONF_USE_PASSPHRASE, False):
+                # The same network on the Wi-Fi form, WPS no longer chosen.
+                self._wifi_input = {**self._wifi_input, CONF_WPS: False}
+                return await self.async_step_wifi()
+            return await self.async_step_provision()
+        return self.async_show_form(
+            step_id="wps",
+            data_schema=vol.Schema(
+                {vol.Optional(CONF_USE_PASSPHRASE, default=False): BooleanSelector()}
+            ),
+            errors=errors,
+            description_placeholders=self._placeholders(),
+        )
+
     async def async_step_provision(
         self, user_input: dict[str, Any] | None = None
     ) -> ConfigFlowResult:
@@ -981,6 +1046,8 @@ class DeviceSteps(ConfigFlow):
             return await self.async_step_finish()
         if next_step == "wifi":
             return await self.async_step_wifi()
+        if next_step == "wps":
+            return await self.async_step_wps()
         return await self.async_step_failed()
 
     def _after_commit(self, outcome: Outcome) -> str:
@@ -997,6 +1064,8 @@ class DeviceSteps(ConfigFlow):
                 self._wifi_errors = {"base": REMEMBERED_WIFI_REJECTED}
                 return "wifi"
             self._wifi_errors = {"base": outcome.error}
+            if self._choice.wps and outcome.error in WPS_STEP_ERRORS:
+                return "wps"  # the router handed over no key: press its button again
             return "wifi"
         return "finish"
 
@@ -1087,9 +1156,13 @@ class DeviceSteps(ConfigFlow):
         )
 
     async def _async_remember_wifi(self, entry: ConfigEntry) -> None:
-        """The box was ticked: the network just joined becomes the household's remembered one."""
+        """The box was ticked: the network just joined becomes the household's remembered one.
+
+        Not after a WPS join: Home Assistant never had that network's password, and an absent
+        one must not be remembered as if the network were open.
+        """
         choice = self._choice
-        if not self._remember or choice.ssid is None:
+        if not self._remember or choice.ssid is None or choice.wps:
             return
         wifi = RememberedWifi(ssid=choice.ssid, passphrase=choice.passphrase, hidden=choice.hidden)
         if wifi != self._remembered:

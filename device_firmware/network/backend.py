@@ -29,11 +29,16 @@ class AccessPoint:
 
 @dataclass(frozen=True, slots=True)
 class WifiCredentials:
-    """What the user chose in Home Assistant: SSID bytes, passphrase (None for open), hidden."""
+    """What the user chose in Home Assistant: SSID bytes, passphrase (None for open), hidden.
+
+    ``wps``: no passphrase typed; the router hands its key over by WPS push button during the
+    join (``connect`` then returns the credentials with the key it learned).
+    """
 
     ssid: bytes
     passphrase: str | None = field(default=None, repr=False)
     hidden: bool = False
+    wps: bool = False
 
 
 class NetworkBackend(abc.ABC):
@@ -44,11 +49,13 @@ class NetworkBackend(abc.ABC):
         """Return the networks in range, strongest first."""
 
     @abc.abstractmethod
-    async def connect(self, credentials: WifiCredentials) -> None:
+    async def connect(self, credentials: WifiCredentials) -> WifiCredentials:
         """Join a network as a trial, keeping the previous configuration for rollback.
 
-        Raises NetworkError with WIFI_AUTH_FAILED, WIFI_AP_NOT_FOUND or DHCP_TIMEOUT; the
-        caller bounds the time with ``asyncio.timeout`` (TIMEOUT).
+        Returns the credentials that joined: ``credentials`` itself, or for a WPS join the
+        network with the key the router handed over (what a resumed commit rejoins with).
+        Raises NetworkError with WIFI_AUTH_FAILED, WIFI_AP_NOT_FOUND, WPS_FAILED or
+        DHCP_TIMEOUT; the caller bounds the time with ``asyncio.timeout`` (TIMEOUT).
         """
 
     @abc.abstractmethod

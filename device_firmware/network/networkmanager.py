@@ -33,12 +33,14 @@ from typing import Any, Final
 import aiohttp
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from iob_protocol.commands import display_ssid
+from iob_protocol.commands import display_ssid, validate_passphrase
 from iob_protocol.diagnostics import DiagnosticCode
+from iob_protocol.errors import InvalidFieldError
 
 from device_firmware import dbus_call
 
 from .backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
+from .wps import WpsAgent, WpsAgentError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ IFACE_ACTIVE: Final = "org.freedesktop.NetworkManager.Connection.Active"
 IFACE_PROPERTIES: Final = "org.freedesktop.DBus.Properties"
 _DBUS_BUS: Final = "org.freedesktop.DBus"
 _DBUS_PATH: Final = "/org/freedesktop/DBus"
+
+_SECURITY: Final = "802-11-wireless-security"
 
 #: The ``user.data`` key marking profiles this agent created.
 ROLE_KEY: Final = "org.iot-onboard.role"
@@ -220,6 +224,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         internet_probes: Sequence[tuple[str, int]] = DEFAULT_INTERNET_PROBES,
         portal_probe: str | None = DEFAULT_PORTAL_PROBE,
         probe_timeout: float = 5.0,
+        wps_wait: float = 60.0,
     ) -> None:
         """Configure; nothing is contacted until the first call.
 
@@ -238,6 +243,8 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             portal_probe: a plain-HTTP URL answering :data:`PORTAL_PROBE_EXPECTED`, fetched
                 before the TCP probes to recognise a captive portal; None: no such check.
             probe_timeout: seconds per probe.
+            wps_wait: seconds a WPS join waits for the router's key once NetworkManager's
+                push-button session runs (the router's button stays active two minutes).
         """
         self._interface = interface
         self._bus_address = bus_address
@@ -249,6 +256,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         self._internet_probes = tuple(internet_probes)
         self._portal_probe = portal_probe
         self._probe_timeout = probe_timeout
+        self._wps_wait = wps_wait
         self._bus: MessageBus | None = None
         self._bus_lock = asyncio.Lock()
         self._device: str | None = None
@@ -279,10 +287,14 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
                 best[point.ssid] = point
         return sorted(best.values(), key=lambda ap: (-ap.strength, ap.ssid))
 
-    async def connect(self, credentials: WifiCredentials) -> None:
+    async def connect(self, credentials: WifiCredentials) -> WifiCredentials:
         """Join as a trial on an unsaved profile; the previous profile stays as it was.
 
-        After a NetworkError the trial is still recorded: call :meth:`rollback`.
+        A WPS join (``credentials.wps``) scans first (the router's button was just pressed:
+        only a fresh scan shows it), lets NetworkManager run the push-button session under a
+        :class:`~device_firmware.network.wps.WpsAgent`, and returns the network with the key
+        the router handed over. After a NetworkError the trial is still recorded: call
+        :meth:`rollback`.
         """
         device = await self._wifi_device()
         if self._trial is not None:
@@ -292,6 +304,8 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             self._trial = None
         else:
             previous = await self._active_profile(device)
+        if credentials.wps:
+            await self._fresh_scan(device)
         key_mgmt = await self._key_management(device, credentials)
         settings = _client_settings(credentials, key_mgmt)
         shown = display_ssid(credentials.ssid)
@@ -300,9 +314,14 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         )
         trial = _Trial(profile=profile, previous=previous, settings=settings)
         self._trial = trial
-        _LOGGER.info("Joining Wi-Fi %r as a trial (previous profile kept)", shown)
+        how = "by the router's WPS button" if credentials.wps else "as a trial"
+        _LOGGER.info("Joining Wi-Fi %r %s (previous profile kept)", shown, how)
         try:
-            trial.active = await self._activate(device, profile)
+            if credentials.wps:
+                trial.active = await self._activate_by_wps(device, profile)
+                credentials = await self._learned_key(trial, credentials)
+            else:
+                trial.active = await self._activate(device, profile)
         except NetworkError as err:
             _LOGGER.warning("Joining Wi-Fi %r failed: %s", shown, err.detail)
             if isinstance(err, NetworkManagerError) and any(
@@ -312,6 +331,53 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
                 raise NetworkError(DiagnosticCode.WIFI_AP_NOT_FOUND, err.detail) from err
             raise
         _LOGGER.info("Joined Wi-Fi %r (not committed yet)", shown)
+        return credentials
+
+    async def _activate_by_wps(self, device: str, profile: str) -> str:
+        """Activate under a :class:`WpsAgent`; a failure to get the key is WPS_FAILED."""
+        agent = WpsAgent(await self._bus_for_call(), profile, wait=self._wps_wait)
+        try:
+            await agent.register()
+        except WpsAgentError as err:
+            raise NetworkError(DiagnosticCode.WPS_FAILED, str(err)) from err
+        try:
+            return await self._activate(device, profile)
+        except NetworkError as err:
+            if (
+                agent.outcome in {"held", "no-wps", "timed-out"}
+                or err.code is DiagnosticCode.WIFI_AUTH_FAILED
+            ):
+                # No key from the router: why, in the agent's words (NetworkManager's reason
+                # is "no-secrets" or a supplicant timeout either way).
+                raise NetworkError(
+                    DiagnosticCode.WPS_FAILED, f"{agent.describe()}; {err.detail}"
+                ) from err
+            raise
+        finally:
+            await agent.unregister()
+
+    async def _learned_key(self, trial: _Trial, credentials: WifiCredentials) -> WifiCredentials:
+        """The key NetworkManager got by WPS: into the trial's settings (``commit`` saves them).
+
+        Without it the saved profile would lose the key at the commit's ``Update`` (it replaces
+        every setting, secrets included) and the device would not rejoin after a restart.
+        """
+        try:
+            (secrets,) = await self._call(
+                trial.profile, IFACE_CONNECTION, "GetSecrets", "s", [_SECURITY]
+            )
+            psk = str(secrets[_SECURITY]["psk"].value)
+            validate_passphrase(psk)
+        except (NetworkManagerError, KeyError, InvalidFieldError) as err:
+            raise NetworkError(
+                DiagnosticCode.WPS_FAILED,
+                f"joined by WPS, but NetworkManager did not give the key it learned: {err}",
+            ) from err
+        trial.settings[_SECURITY] = {
+            "key-mgmt": Variant("s", "wpa-psk"),
+            "psk": Variant("s", psk),
+        }
+        return WifiCredentials(ssid=credentials.ssid, passphrase=psk, hidden=credentials.hidden)
 
     async def check_dns(self, host: str) -> None:
         """Resolve ``host`` with the system resolver (the trial network's DNS servers)."""
@@ -521,7 +587,12 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         return None if not profile or profile == _NO_PATH else str(profile)
 
     async def _key_management(self, device: str, credentials: WifiCredentials) -> str | None:
-        """WPA3-only networks need ``sae``; everything else with a passphrase ``wpa-psk``."""
+        """WPA3-only networks need ``sae``; everything else with a passphrase ``wpa-psk``.
+
+        WPS hands over a WPA2 key: ``wpa-psk`` (a WPA3-only network offers no WPS).
+        """
+        if credentials.wps:
+            return "wpa-psk"
         if credentials.passphrase is None:
             return None
         (paths,) = await self._call(device, IFACE_WIRELESS, "GetAllAccessPoints")
@@ -767,9 +838,15 @@ def _client_settings(
         "user": {"data": Variant("a{ss}", {ROLE_KEY: ProfileRole.TRIAL.value})},
     }
     if credentials.passphrase is not None:
-        settings["802-11-wireless-security"] = {
+        settings[_SECURITY] = {
             "key-mgmt": Variant("s", key_mgmt or "wpa-psk"),
             "psk": Variant("s", credentials.passphrase),
+        }
+    elif credentials.wps:
+        # No key: NetworkManager runs WPS and keeps the key it learns (psk-flags 0, its own).
+        settings[_SECURITY] = {
+            "key-mgmt": Variant("s", "wpa-psk"),
+            "psk-flags": Variant("u", 0),
         }
     return settings
 

@@ -17,6 +17,7 @@ A scenario file (JSON or TOML, for ``run --simulate-network FILE``)::
     dns = true                    # false: DNS_FAILED
     internet = true               # false: NO_INTERNET
     connect_delay = 0.0           # seconds to associate (slow links)
+    wps_pressed = false           # true: the router's WPS button was pressed (a WPS join works)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _NETWORK_KEYS: Final = frozenset(
         "internet",
         "connect_delay",
         "frequency_mhz",
+        "wps_pressed",
     }
 )
 _SCENARIO_KEYS: Final = frozenset({"networks", "wired", "saved", "dhcp_timeout"})
@@ -73,6 +75,8 @@ class SimulatedNetwork:
     captive_portal: bool = False
     connect_delay: float = 0.0
     frequency_mhz: int = 2437
+    #: The router's WPS button was pressed: a WPS join gets the passphrase (secured only).
+    wps_pressed: bool = False
 
     def __post_init__(self) -> None:
         """Scenario mistakes are reported when the scenario is built, not mid-test."""
@@ -199,6 +203,7 @@ def _network(item: Any, index: int) -> SimulatedNetwork:
         internet=_flag(item, "internet", default=True),
         connect_delay=_delay(item, "connect_delay"),
         frequency_mhz=frequency,
+        wps_pressed=_flag(item, "wps_pressed", default=False),
     )
 
 
@@ -268,7 +273,7 @@ class SimulatedBackend(NetworkBackend):
             for net in visible
         ]
 
-    async def connect(self, credentials: WifiCredentials) -> None:
+    async def connect(self, credentials: WifiCredentials) -> WifiCredentials:
         """Join as a trial; the saved network (and hotspot) come back on rollback."""
         self.events.append(f"connect:{credentials.ssid.hex()}")
         network = self._scenario.network(credentials.ssid)
@@ -278,6 +283,12 @@ class SimulatedBackend(NetworkBackend):
                 "not in range" if network is None else "hidden network: set the hidden flag",
             )
         await asyncio.sleep(network.connect_delay)
+        if credentials.wps:
+            if not (network.wps_pressed and network.secured):
+                raise NetworkError(
+                    DiagnosticCode.WPS_FAILED, "no WPS push-button session at the router"
+                )
+            credentials = replace(credentials, passphrase=network.passphrase, wps=False)
         if not network.accepts(credentials.passphrase):
             raise NetworkError(DiagnosticCode.WIFI_AUTH_FAILED, "4-way handshake failed")
         if not network.dhcp:
@@ -286,6 +297,7 @@ class SimulatedBackend(NetworkBackend):
         self._hotspot_before_trial = self._hotspot
         self._hotspot = None  # one radio: the hotspot goes while the trial runs
         self._trial = network
+        return credentials
 
     def _active(self) -> SimulatedNetwork | None:
         return self._trial if self._trial is not None else self._saved

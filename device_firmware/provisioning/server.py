@@ -29,7 +29,12 @@ from __future__ import annotations
 from typing import Final
 
 from aiohttp import web
-from iob_protocol.commands import FEATURE_CLAIM_RELAY, FEATURE_STATUS_WAIT, FEATURES_HEADER
+from iob_protocol.commands import (
+    FEATURE_CLAIM_RELAY,
+    FEATURE_STATUS_WAIT,
+    FEATURE_WPS,
+    FEATURES_HEADER,
+)
 from iob_protocol.errors import HandshakeTimeoutError
 from iob_protocol.framing import MAX_FRAME_SIZE
 from iob_protocol.limiter import HANDSHAKE_SECONDS
@@ -108,7 +113,7 @@ def _response(reply: Reply) -> web.Response:
     if reply.session_tag is not None:
         headers[SESSION_HEADER] = reply.session_tag
     if reply.kind is ReplyKind.FINISHED:
-        headers[FEATURES_HEADER] = f"{FEATURE_STATUS_WAIT},{FEATURE_CLAIM_RELAY}"
+        headers[FEATURES_HEADER] = f"{FEATURE_STATUS_WAIT},{FEATURE_CLAIM_RELAY},{FEATURE_WPS}"
     if reply.kind is ReplyKind.REFUSED:
         status = _REFUSED_STATUS.get(reply.error or "", 403)
         if reply.error == "busy":

@@ -52,6 +52,7 @@ async def start_commit(
     ssid: bytes | None = HOME_SSID,
     passphrase: str | None = HOME_PASSPHRASE,
     hidden: bool = False,
+    wps: bool = False,
     token: str = TOKEN,
     owner_secret: bytes | None = OWNER_SECRET,
     **claim: object,
@@ -60,7 +61,11 @@ async def start_commit(
     if ssid is not None:
         ack = await client.call(
             SetWifiRequest(
-                request_id=client.next_id(), ssid=ssid, passphrase=passphrase, hidden=hidden
+                request_id=client.next_id(),
+                ssid=ssid,
+                passphrase=passphrase,
+                hidden=hidden,
+                wps=wps,
             )
         )
         assert isinstance(ack, OkResponse), ack

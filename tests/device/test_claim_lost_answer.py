@@ -27,11 +27,19 @@ from iob_protocol.diagnostics import DiagnosticCode
 
 from device_firmware.commit import CLAIM_TTL_LIMIT, ClaimPlan
 from device_firmware.network.backend import WifiCredentials
+from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import DeviceStateRecord, Phase, StateStore
 from tests.plugins.lossy_proxy import lossy_proxy
 
 from .commit_helpers import OWNER_SECRET, commit
-from .conftest import HOME_PASSPHRASE, HOME_SSID, AgentStarter, Provisioned, RunningAgent
+from .conftest import (
+    HOME_PASSPHRASE,
+    HOME_SSID,
+    AgentStarter,
+    Provisioned,
+    RunningAgent,
+    home_scenario,
+)
 from .mqtt_clients import device_mqtt
 from .real_relay import RealRelay
 
@@ -98,14 +106,25 @@ async def test_lost_answer_is_retried_until_owned(
 
 
 async def _commit_and_cut_power(
-    start_agent: AgentStarter, service_url: str, token: str, proxy_lost: asyncio.Event
+    start_agent: AgentStarter,
+    service_url: str,
+    token: str,
+    proxy_lost: asyncio.Event,
+    *,
+    scenario: Scenario | None = None,
+    wps: bool = False,
 ) -> bytes:
     """Send the claim, wait until the service has handled the confirmation; the state file's
-    bytes at that instant (what a power cut leaves on disk)."""
-    async with start_agent() as running:
+    bytes at that instant (what a power cut leaves on disk). ``wps``: joined by the router's
+    button instead of the passphrase."""
+    async with start_agent(scenario) as running:
         client = await running.connected_client()
         steps = (
-            SetWifiRequest(request_id=client.next_id(), ssid=HOME_SSID, passphrase=HOME_PASSPHRASE),
+            SetWifiRequest(request_id=client.next_id(), ssid=HOME_SSID, wps=True)
+            if wps
+            else SetWifiRequest(
+                request_id=client.next_id(), ssid=HOME_SSID, passphrase=HOME_PASSPHRASE
+            ),
             SetClaimRequest(
                 request_id=client.next_id(),
                 service_url=service_url,
@@ -162,6 +181,32 @@ async def test_power_cut_with_claim_in_flight_resumes_at_boot(
         await _boots_and_resumes(start_agent, relay, claim)  # the same state directory
     actions = await _audit_actions(relay, device_id)
     assert actions.count("device.claim_reconfirmed") == 1
+
+
+async def test_power_cut_after_a_wps_join_resumes_with_the_routers_key(
+    start_agent: AgentStarter,
+    provisioned: Provisioned,
+    account_service: RealRelay,
+) -> None:
+    """Joined by the router's WPS button, then the power is cut with the claim in flight: the
+    claim in flight kept the key the router handed over, so the device rejoins at boot without
+    the button (its two minutes are long over) and ends owned."""
+    state_file = provisioned.config.state_file
+    relay = account_service
+    claim = await relay.claim(provisioned.device.identity.device_id)
+    pressed = home_scenario(
+        networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, wps_pressed=True),)
+    )
+    async with lossy_proxy(*_address(relay.url), drop=1, hold=True) as proxy:
+        on_disk = await _commit_and_cut_power(
+            start_agent, proxy.url, claim["token"], proxy.answer_lost, scenario=pressed, wps=True
+        )
+        state_file.write_bytes(on_disk)
+        flight = StateStore(state_file).load().claim_in_flight
+        assert flight is not None
+        assert (flight.wifi_ssid, flight.wifi_passphrase) == (HOME_SSID, HOME_PASSPHRASE)
+
+        await _boots_and_resumes(start_agent, relay, claim)  # home_scenario(): nobody presses
 
 
 async def test_power_cut_past_the_ttl_fetches_the_credential(

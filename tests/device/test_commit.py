@@ -20,6 +20,7 @@ from iob_protocol.commands import (
 )
 from iob_protocol.diagnostics import DiagnosticCode
 
+from device_firmware.attempts import Step, read_attempts
 from device_firmware.network.simulated import Scenario, SimulatedNetwork
 from device_firmware.state import Phase
 from tests.plugins.ports import free_port
@@ -233,6 +234,35 @@ async def test_a_portal_answering_the_services_https_is_captive_portal(
         async with start_agent(offline) as running:
             _client, status = await commit(running, service.url)
             assert status.diagnostic is DiagnosticCode.TLS_FAILED
+
+
+async def test_a_join_by_the_routers_wps_button(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
+    """No passphrase typed: with the router's button pressed the device joins with the key the
+    router hands over and saves the network (it opens without the button later)."""
+    pressed = home_scenario(
+        networks=(SimulatedNetwork(ssid=HOME_SSID, passphrase=HOME_PASSPHRASE, wps_pressed=True),)
+    )
+    async with start_agent(pressed) as running:
+        _client, status = await commit(running, scripted_service.url, passphrase=None, wps=True)
+        assert (status.state.value, status.diagnostic) == ("committed", None)
+        assert running.backend.saved_ssid == HOME_SSID
+    (attempt,) = read_attempts(running.provisioned.config.attempts_file)
+    results = {record.step: record.result for record in attempt.steps}
+    assert results[Step.WIFI_JOINED] == "wps"  # what `iob-device attempts` shows
+
+
+async def test_a_wps_join_without_the_button_is_wps_failed(
+    start_agent: AgentStarter, scripted_service: ScriptedService
+) -> None:
+    """Nobody pressed the router's button: WPS_FAILED (not "the password was rejected"), rolled
+    back, nothing confirmed."""
+    async with start_agent(home_scenario()) as running:
+        _client, status = await commit(running, scripted_service.url, passphrase=None, wps=True)
+        assert status.diagnostic is DiagnosticCode.WPS_FAILED
+        assert running.backend.trial_ssid is None
+        assert confirmations(scripted_service) == []
 
 
 async def test_device_clock_skew(

@@ -70,6 +70,8 @@ async def test_a_session_over_ble(connector: FakeConnector) -> None:
     link_transport = transport()
     link = await connect(link_transport)
     assert (link_transport.address, link.host, link.port) == (ADDRESS, "", 0)
+    # A Bluetooth session names no features: no long poll, no relay, no WPS join.
+    assert (link.waits_for_status, link.relays_claims, link.supports_wps) == (False, False, False)
     assert is_connected(link_transport)
     assert (await link.info()).device_id == IDENTITY.device_id
     await link.release()

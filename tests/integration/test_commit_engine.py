@@ -42,6 +42,7 @@ from custom_components.iot_onboard.flow_errors import FlowError, Stage, flow_err
 from custom_components.iot_onboard.iob_protocol import (
     FEATURE_CLAIM_RELAY,
     FEATURE_STATUS_WAIT,
+    FEATURE_WPS,
     ClaimAnswerRequest,
     ClaimConfirmation,
     CommandResult,
@@ -51,6 +52,7 @@ from custom_components.iot_onboard.iob_protocol import (
     OwnerSecret,
     Request,
     SetClaimRequest,
+    SetWifiRequest,
     StatusRequest,
     StatusResult,
 )
@@ -442,6 +444,38 @@ async def test_wifi_change_has_no_claim_and_the_device_decides(
     assert await engine(link, claims, owner_secret=None).async_run(HOME) == Outcome()
     assert commands(device) == ["set_wifi", "commit", "status", "status"]
     assert claims.created == []
+
+
+WPS_HOME = WifiChoice(ssid=b"HomeNet", passphrase=None, hidden=False, wps=True)
+
+
+async def test_a_wps_join_asks_the_device_for_wps_and_sends_no_passphrase(
+    device: FakeDevice,
+) -> None:
+    device.features = FEATURE_WPS
+    device.answer = statuses(
+        device,
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WPS_FAILED),
+    )
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    async for link in _opened(device):
+        run = engine(link, claims, owner_secret=OwnerSecret.generate())
+        # The router handed over no key: the device's verdict, shown as its own error.
+        assert await run.async_run(WPS_HOME) == Outcome(error="wps_failed")
+    assert commands(device) == ["set_wifi", "set_claim", "commit", "status"]
+    wifi = device.requests[0]
+    assert isinstance(wifi, SetWifiRequest)
+    assert (wifi.ssid, wifi.passphrase, wifi.hidden, wifi.wps) == (b"HomeNet", None, False, True)
+
+
+async def test_a_wps_join_of_a_device_without_wps_sends_nothing(
+    device: FakeDevice, link: DeviceLink
+) -> None:
+    """Never offered by the flow; should it happen, the older device gets no unknown field."""
+    claims = Claims(device.identity.device_id, [ClaimState.PENDING])
+    run = engine(link, claims, owner_secret=OwnerSecret.generate())
+    assert await run.async_run(WPS_HOME) == Outcome(error="device_error")
+    assert commands(device) == []
 
 
 async def test_keeping_ethernet_sends_no_wifi(device: FakeDevice, link: DeviceLink) -> None:

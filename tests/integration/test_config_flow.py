@@ -16,7 +16,7 @@ from collections.abc import Generator, Mapping
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, cast
-from unittest.mock import ANY, AsyncMock, MagicMock, create_autospec, patch
+from unittest.mock import ANY, AsyncMock, MagicMock, PropertyMock, call, create_autospec, patch
 
 import pytest
 import voluptuous as vol
@@ -39,7 +39,7 @@ from homeassistant.config_entries import (
 )
 from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
 from homeassistant.core import HomeAssistant
-from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.data_entry_flow import FlowResultType, InvalidData
 from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.helpers.selector import SelectSelector
@@ -117,6 +117,7 @@ from custom_components.iot_onboard.device_client import (
 )
 from custom_components.iot_onboard.hub import HubCredentials, MqttHub
 from custom_components.iot_onboard.iob_protocol import (
+    FEATURE_WPS,
     CommandType,
     DeviceIdentity,
     DeviceState,
@@ -381,6 +382,7 @@ def link() -> MagicMock:
     mock.usable = True
     mock.waits_for_status = False  # an older device: status is polled
     mock.relays_claims = False  # and it posts its confirmation itself
+    mock.supports_wps = False  # and it knows no WPS join
     mock.device_public_key = IDENTITY.public_key
     mock.info.return_value = InfoResult(
         device_id=DEVICE_ID,
@@ -3667,3 +3669,214 @@ async def test_the_device_online_at_the_hub_with_its_claim_pending_is_not_done(
     result = await provision(hass, flow_id, HOME_WIFI)
     assert result["errors"] == {"base": "wifi_auth_failed"}
     assert link.status.await_count == 2
+
+
+# --- joining by the router's WPS push button (a device that names "wps", over the LAN) --------
+
+WPS = "wps"
+#: The Wi-Fi form with WPS chosen for HomeNet (WPA2).
+WPS_JOIN = {"network": HOME_KEY, WPS: True}
+
+
+async def wifi_form(hass: HomeAssistant) -> Any:
+    """The Wi-Fi form of a discovered device, as first shown."""
+    flow_id = await to_credentials(hass)
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    return result
+
+
+@pytest.fixture
+def wps_link(link: MagicMock) -> MagicMock:
+    """A device reached over the LAN that names ``wps`` when the handshake finishes."""
+    link.supports_wps = True
+    return link
+
+
+async def test_wps_is_not_offered_to_an_older_device(hass: HomeAssistant, link: MagicMock) -> None:
+    household_entry(hass)
+    result = await wifi_form(hass)
+    assert WPS not in fields(result)
+    assert {"network", "passphrase"} <= set(fields(result))
+    with pytest.raises(InvalidData):  # nor accepted behind the form's back
+        await submit(hass, result["flow_id"], WPS_JOIN)
+    link.set_wifi.assert_not_awaited()
+
+
+@pytest.mark.usefixtures("wps_link")
+async def test_wps_is_offered_to_a_device_that_names_it(hass: HomeAssistant) -> None:
+    household_entry(hass)
+    result = await wifi_form(hass)
+    assert WPS in fields(result)
+    assert defaults(result)[WPS] is False  # the password stays the default way
+    # Required is only the network: the password may be left out for WPS.
+    required = {
+        str(key.schema) for key in result["data_schema"].schema if isinstance(key, vol.Required)
+    }
+    assert required == {"network"}
+
+
+@pytest.mark.usefixtures("account")
+async def test_a_wps_join_sends_no_password_and_onboards_the_device(
+    hass: HomeAssistant, wps_link: MagicMock
+) -> None:
+    """WPS chosen: the step that says what to press, then the usual commit with ``wps``."""
+    entry = household_entry(hass)
+    result = await wifi_form(hass)
+    flow_id = result["flow_id"]
+    # A password typed all the same is neither sent nor kept: the router hands the key over.
+    result = await submit(hass, flow_id, {**WPS_JOIN, "passphrase": PASSWORD, REMEMBER: True})
+    assert result["type"] is FlowResultType.FORM, result
+    assert (result["step_id"], result["errors"]) == ("wps", {})
+    assert fields(result) == ["use_passphrase"]
+    wps_link.set_wifi.assert_not_awaited()  # nothing is sent before the button is pressed
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    wps_link.set_wifi.assert_awaited_once_with(b"HomeNet", None, wps=True)
+    wps_link.set_claim.assert_awaited_once()
+    wps_link.commit.assert_awaited_once()
+    assert DEVICE_ID in records(hass, entry)
+    # The box was ticked, but HA never had this network's password: nothing is remembered.
+    assert CONF_REMEMBERED_WIFI not in entry.data
+    assert PASSWORD not in str(hass.config_entries.flow.async_progress())
+
+
+async def test_a_wps_join_neither_uses_nor_replaces_the_remembered_wifi(
+    hass: HomeAssistant, wps_link: MagicMock
+) -> None:
+    entry = await remember_home_wifi(hass, wps_link)
+    remembered = entry.data[CONF_REMEMBERED_WIFI]
+    result = await wifi_form(hass)
+    assert defaults(result) == {"network": HOME_KEY, WPS: False, REMEMBER: True}
+    result = await submit(hass, result["flow_id"], WPS_JOIN)
+    assert result["step_id"] == "wps"
+    result = await provision(hass, result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    # Not the remembered password: the router's key.
+    wps_link.set_wifi.assert_awaited_once_with(b"HomeNet", None, wps=True)
+    assert entry.data[CONF_REMEMBERED_WIFI] == remembered
+    recalled = await wifi_memory.async_recall(hass, entry)
+    assert recalled is not None
+    assert recalled.passphrase == PASSWORD
+
+
+@pytest.mark.parametrize(
+    ("wifi", "error"),
+    [
+        ({"network": CAFE_KEY}, {"base": "wps_not_possible"}),  # open: no key to hand over
+        ({"network": "hidden_network", "hidden_ssid": "Attic"}, {"base": "wps_not_possible"}),
+        ({"network": "keep_ethernet"}, {"base": "wps_not_possible"}),
+        ({"network": OLD_KEY}, {"network": "unsupported_security"}),  # WEP
+    ],
+    ids=["open", "hidden", "ethernet", "wep"],
+)
+async def test_wps_only_for_a_secured_network_the_device_sees(
+    hass: HomeAssistant, wps_link: MagicMock, wifi: dict[str, Any], error: dict[str, str]
+) -> None:
+    household_entry(hass)
+    result = await wifi_form(hass)
+    result = await submit(hass, result["flow_id"], {**wifi, WPS: True})
+    assert (result["step_id"], result["errors"]) == ("wifi", error)
+    assert suggested(result)[WPS] is True  # the choice is kept: pick another network
+    wps_link.set_wifi.assert_not_awaited()
+
+
+@pytest.mark.usefixtures("account")
+async def test_wps_failed_is_shown_on_the_wps_step_then_pressed_again(
+    hass: HomeAssistant, wps_link: MagicMock
+) -> None:
+    """The router handed over no key: its cause and next step, WPS still chosen; retried."""
+    entry = household_entry(hass)
+    wps_link.status.side_effect = [
+        StatusResult(state=DeviceState.COMMITTING),
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WPS_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await wifi_form(hass)
+    flow_id = result["flow_id"]
+    result = await submit(hass, flow_id, WPS_JOIN)
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.FORM, result
+    assert (result["step_id"], result["errors"]) == ("wps", {"base": "wps_failed"})
+    text = STRINGS["error"]["wps_failed"]
+    assert DiagnosticCode.WPS_FAILED.message in text
+    assert DiagnosticCode.WPS_FAILED.next_step in text
+    # Pressed again, submitted again: the same network by WPS, in the same session.
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert wps_link.set_wifi.await_args_list == [call(b"HomeNet", None, wps=True)] * 2
+    assert DEVICE_ID in records(hass, entry)
+
+
+@pytest.mark.usefixtures("account")
+async def test_after_wps_failed_the_password_can_be_typed_instead(
+    hass: HomeAssistant, wps_link: MagicMock
+) -> None:
+    household_entry(hass)
+    wps_link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.WPS_FAILED),
+        StatusResult(state=DeviceState.COMMITTED),
+    ]
+    result = await wifi_form(hass)
+    flow_id = result["flow_id"]
+    await submit(hass, flow_id, WPS_JOIN)
+    result = await provision(hass, flow_id, {})
+    assert result["errors"] == {"base": "wps_failed"}
+    result = await submit(hass, flow_id, {"use_passphrase": True})
+    # Back on the Wi-Fi form: the same network, WPS no longer chosen, no error left.
+    assert (result["step_id"], result["errors"]) == ("wifi", {})
+    assert suggested(result) == {"network": HOME_KEY, WPS: False}
+    result = await submit(hass, flow_id, {"network": HOME_KEY, WPS: False})
+    assert result["errors"] == {"passphrase": "passphrase_required"}
+    result = await provision(hass, flow_id, HOME_WIFI)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    wps_link.set_wifi.assert_awaited_with(b"HomeNet", PASSWORD, hidden=False)
+
+
+@pytest.mark.usefixtures("account")
+async def test_another_failure_of_a_wps_join_is_shown_on_the_wifi_form(
+    hass: HomeAssistant, wps_link: MagicMock
+) -> None:
+    """Not the router's WPS: the Wi-Fi form with its cause, WPS still chosen there."""
+    household_entry(hass)
+    wps_link.status.side_effect = [
+        StatusResult(state=DeviceState.PROVISIONING, diagnostic=DiagnosticCode.DHCP_TIMEOUT),
+    ]
+    result = await wifi_form(hass)
+    flow_id = result["flow_id"]
+    await submit(hass, flow_id, WPS_JOIN)
+    result = await provision(hass, flow_id, {})
+    assert (result["step_id"], result["errors"]) == ("wifi", {"base": "dhcp_timeout"})
+    assert suggested(result) == WPS_JOIN
+
+
+def test_the_wps_step_says_what_to_press_and_where_the_key_goes() -> None:
+    step = STRINGS["step"]["wps"]
+    assert (
+        "Press the WPS button on your router (it usually blinks), then select Submit within "
+        "two minutes." in step["description"]
+    )
+    assert "the key goes from the router to the device" in step["description"]
+    assert "Home Assistant never sees it" in step["description"]
+    wifi = STRINGS["step"]["wifi"]
+    assert WPS in wifi["data"]
+    assert "none is remembered" in wifi["data_description"][WPS]
+
+
+@pytest.mark.usefixtures("enable_bluetooth", "connector")
+async def test_wps_is_not_offered_over_bluetooth(
+    hass: HomeAssistant, gatt_device: FakeGattDevice
+) -> None:
+    """A Bluetooth session names no features; even one that did is not offered WPS."""
+    household_entry(hass)
+    with patch.object(
+        ble_client.BleTransport,
+        "features",
+        new_callable=PropertyMock,
+        return_value=frozenset({FEATURE_WPS}),
+    ):
+        flow_id = await start_bluetooth(hass, gatt_device)
+        await submit(hass, flow_id, {})
+        result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    assert WPS not in fields(result)

@@ -32,6 +32,8 @@ from custom_components.iot_onboard.device_client import (
     parse_setup_credential,
 )
 from custom_components.iot_onboard.iob_protocol import (
+    FEATURE_STATUS_WAIT,
+    FEATURE_WPS,
     FEATURES_HEADER,
     AckResult,
     CommandResult,
@@ -580,6 +582,44 @@ async def test_invalid_values_never_leave(device: FakeDevice, http: Http) -> Non
         await link.set_claim("http://127.0.0.1/", "t" * 43)
     assert caught.value.code == "insecure_url"
     assert device.requests == []
+
+
+async def test_a_device_that_names_wps_joins_by_its_push_button(
+    device: FakeDevice, http: Http
+) -> None:
+    device.features = f"{FEATURE_STATUS_WAIT}, {FEATURE_WPS}"
+    link = await client(device, http).connect(device.qr, device_id=device.identity.device_id)
+    assert link.supports_wps
+    await link.set_wifi(b"HomeNet", None, wps=True)
+    (sent,) = device.requests
+    assert isinstance(sent, SetWifiRequest)
+    assert (sent.ssid, sent.passphrase, sent.hidden, sent.wps) == (b"HomeNet", None, False, True)
+    # A WPS join takes no password and needs a network that shows its name: never sent.
+    for passphrase, hidden in (("correct horse battery", False), (None, True)):
+        with pytest.raises(DeviceProtocolError):
+            await link.set_wifi(b"HomeNet", passphrase, hidden=hidden, wps=True)
+    assert len(device.requests) == 1
+    await link.set_wifi(b"HomeNet", "correct horse battery")
+    plain = device.requests[-1]
+    assert isinstance(plain, SetWifiRequest)
+    assert not plain.wps
+
+
+@pytest.mark.parametrize("features", [None, FEATURE_STATUS_WAIT, "wps-2"])
+async def test_wps_is_refused_here_for_a_device_that_does_not_name_it(
+    device: FakeDevice, http: Http, features: str | None
+) -> None:
+    """An older device would reject the unknown field: nothing leaves, the session stays."""
+    device.features = features
+    link = await client(device, http).connect(device.qr, device_id=device.identity.device_id)
+    assert not link.supports_wps
+    with pytest.raises(DeviceProtocolError) as caught:
+        await link.set_wifi(b"HomeNet", None, wps=True)
+    assert caught.value.code == "wps_unsupported"
+    assert device.requests == []
+    assert link.usable
+    await link.set_wifi(b"HomeNet", "correct horse battery")
+    assert [request.command.value for request in device.requests] == ["set_wifi"]
 
 
 @pytest.mark.parametrize("status", [409, 401])

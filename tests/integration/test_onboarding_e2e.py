@@ -72,9 +72,11 @@ from tests.integration.onboarding_services import (
     NETWORKS,
     AccountService,
     Device,
+    after_progress,
     change_wifi,
     discovered,
     discovery_of,
+    network_option,
     new_household_onboards,
     qr_text,
     running_services,
@@ -283,6 +285,50 @@ async def test_a_device_without_internet_is_claimed_through_home_assistant(
         assert "mqtt_online" in steps, steps  # the broker is all it needs
         await hass.async_block_till_done()
         assert entry.state is ConfigEntryState.LOADED, (entry.state, entry.reason)
+
+
+@pytest.fixture
+def wps_services(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[AccountService, Device, bool]]:
+    """As ``services``; HomeNet's router had its WPS button pressed (indirect param) or not."""
+    pressed = bool(request.param)
+    home = {**NETWORKS[0], "wps_pressed": pressed}
+    with running_services(tmp_path, mosquitto_broker, networks=[home, *NETWORKS[1:]]) as running:
+        yield (*running, pressed)
+
+
+@pytest.mark.parametrize(
+    "wps_services", [True, False], ids=["pressed", "not_pressed"], indirect=True
+)
+async def test_a_wps_join_with_the_real_device(
+    hass: HomeAssistant, wps_services: tuple[AccountService, Device, bool]
+) -> None:
+    """The device names "wps" over the LAN: HomeNet is joined by the router's WPS button, no
+    password typed. Not pressed: WPS_FAILED on the WPS step, then the password instead."""
+    relay, device, pressed = wps_services
+    flow_id = (await discovered(hass, device))["flow_id"]
+    await sign_up(hass, flow_id, relay.url)
+    result = await hass.config_entries.flow.async_configure(
+        flow_id, {"setup_code": qr_text(device)}
+    )
+    home = network_option(result)
+    result = await hass.config_entries.flow.async_configure(flow_id, {"network": home, "wps": True})
+    assert (result["step_id"], result["errors"]) == ("wps", {}), result
+    progress = await hass.config_entries.flow.async_configure(flow_id, {})
+    assert progress["type"] is FlowResultType.SHOW_PROGRESS, progress
+    result = await after_progress(hass, flow_id)
+    if not pressed:
+        assert (result["step_id"], result["errors"]) == ("wps", {"base": "wps_failed"}), result
+        status = await asyncio.to_thread(device.status)
+        assert (status["phase"], status["household_id"]) == ("provisioning", None)
+        result = await hass.config_entries.flow.async_configure(flow_id, {"use_passphrase": True})
+        result = await submit_wifi(hass, result)
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    household_id = result["result"].data[CONF_HOUSEHOLD_ID]
+    status = await asyncio.to_thread(device.status)
+    assert (status["phase"], status["household_id"]) == ("online", household_id)
+    assert status["wifi_ssid"] == HOME_SSID
 
 
 async def _manual_add(hass: HomeAssistant, device: Device) -> ConfigFlowResult:

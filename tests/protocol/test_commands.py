@@ -72,6 +72,26 @@ def test_set_wifi_round_trip(
     assert decode_request(encode_request(request)) == request
 
 
+def test_set_wifi_by_wps_button() -> None:
+    """``wps`` travels only when set (an older device's form otherwise), takes no passphrase
+    and no hidden network (push-button joins a network that shows its name)."""
+    request = SetWifiRequest(request_id=3, ssid=b"HomeNet", wps=True)
+    wire = encode_request(request)
+    assert b'"wps":true' in wire
+    assert b"passphrase" not in wire
+    assert decode_request(wire) == request
+    assert b"wps" not in encode_request(SetWifiRequest(request_id=3, ssid=b"HomeNet"))
+    with pytest.raises(InvalidFieldError, match="no passphrase"):
+        SetWifiRequest(request_id=3, ssid=b"HomeNet", passphrase="secret123", wps=True)  # noqa: S106
+    with pytest.raises(InvalidFieldError, match="shows its name"):
+        SetWifiRequest(request_id=3, ssid=b"HomeNet", hidden=True, wps=True)
+    with pytest.raises(InvalidFieldError):
+        decode_request(
+            b'{"hidden":false,"id":3,"passphrase":"secret123","ssid":"SG9tZU5ldA","type":'
+            b'"set_wifi","wps":true}'
+        )
+
+
 @FAST
 @given(st.binary(min_size=1, max_size=32))
 def test_display_ssid_is_always_safe(ssid: bytes) -> None:

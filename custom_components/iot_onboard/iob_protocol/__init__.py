@@ -41,6 +41,7 @@ from .claim import (
 from .commands import (
     FEATURE_CLAIM_RELAY,
     FEATURE_STATUS_WAIT,
+    FEATURE_WPS,
     FEATURES_HEADER,
     MAX_STATUS_WAIT,
     AckResult,
@@ -198,6 +199,7 @@ __all__ = [
     "FEATURES_HEADER",
     "FEATURE_CLAIM_RELAY",
     "FEATURE_STATUS_WAIT",
+    "FEATURE_WPS",
     "HANDSHAKE_TIMEOUT",
     "LABEL_KINDS",
     "MAX_FRAME_SIZE",

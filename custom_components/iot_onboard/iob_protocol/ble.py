@@ -83,6 +83,7 @@ DIAGNOSTIC_ORDER: Final[tuple[DiagnosticCode, ...]] = (
     DiagnosticCode.TIMEOUT,
     DiagnosticCode.BROKER_UNREACHABLE,
     DiagnosticCode.CAPTIVE_PORTAL,
+    DiagnosticCode.WPS_FAILED,
 )
 #: A failure whose code has no number here yet (a newer device): ask ``status`` for it.
 DIAGNOSTIC_OTHER: Final = 0xFF

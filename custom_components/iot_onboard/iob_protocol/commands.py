@@ -59,6 +59,9 @@ FEATURE_STATUS_WAIT: Final = "status-wait"
 #: Named in :data:`FEATURES_HEADER`: ``set_claim`` takes ``hub_relay``, ``status`` may carry
 #: ``relay`` (the signed confirmation for Home Assistant to relay) and ``claim_answer`` exists.
 FEATURE_CLAIM_RELAY: Final = "claim-relay"
+#: Named in :data:`FEATURES_HEADER`: ``set_wifi`` takes ``wps`` (join by the router's WPS
+#: push button, no passphrase typed; the device learns the key from the router).
+FEATURE_WPS: Final = "wps"
 _PRINTABLE_ASCII: Final = frozenset(chr(code) for code in range(0x20, 0x7F))
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
 _CLAIM_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{22,512}")
@@ -397,19 +400,29 @@ class FactoryResetRequest(_SimpleRequest):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetWifiRequest:
-    """Wi-Fi credentials to try at the next commit.  No passphrase means an open network."""
+    """Wi-Fi credentials to try at the next commit.  No passphrase means an open network.
+
+    ``wps``: no passphrase either, but the network is secured and the device asks the router
+    for its key by WPS push button (pressed by the user just before the commit). Sent only to a
+    device that names :data:`FEATURE_WPS`; false is not sent (an older device's form).
+    """
 
     command: ClassVar[CommandType] = CommandType.SET_WIFI
     request_id: int
     ssid: bytes
     passphrase: str | None = field(default=None, repr=False)
     hidden: bool = False
+    wps: bool = False
 
     def __post_init__(self) -> None:
         """Validate SSID and passphrase."""
         _validate_request_id(self.request_id)
         validate_ssid(self.ssid)
         validate_passphrase(self.passphrase)
+        if self.wps and self.passphrase is not None:
+            raise InvalidFieldError("a WPS join takes no passphrase")
+        if self.wps and self.hidden:
+            raise InvalidFieldError("a WPS join needs a network that shows its name")
 
     @property
     def ssid_display(self) -> str:
@@ -421,6 +434,8 @@ class SetWifiRequest:
         fields: dict[str, JsonValue] = {"hidden": self.hidden, "ssid": b64url_encode(self.ssid)}
         if self.passphrase is not None:
             fields["passphrase"] = self.passphrase
+        if self.wps:
+            fields["wps"] = True
         return fields
 
 
@@ -599,6 +614,7 @@ def decode_request(data: bytes, *, allow_insecure_http: bool = False) -> Request
             ssid=fields.binary("ssid"),
             passphrase=fields.optional_string("passphrase"),
             hidden=fields.boolean("hidden"),
+            wps=fields.optional_boolean("wps") or False,
         )
     elif command is CommandType.SET_CLAIM:
         request = SetClaimRequest(

@@ -39,6 +39,9 @@ class DiagnosticCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     #: The network sends every web request to its own sign-in page (hotel, shop, guest Wi-Fi).
     CAPTIVE_PORTAL = "CAPTIVE_PORTAL"
+    #: A join by WPS push button: the router handed over no key (button not pressed in time,
+    #: WPS off, or two routers pressed at once).
+    WPS_FAILED = "WPS_FAILED"
 
     @property
     def text(self) -> DiagnosticText:
@@ -119,5 +122,12 @@ _TEXTS: dict[DiagnosticCode, DiagnosticText] = {
         "lets the device out, and the device cannot sign in.",
         "Choose a network without a sign-in page, or ask the network's owner to let the "
         "device through without one (by its MAC address), then try again.",
+    ),
+    DiagnosticCode.WPS_FAILED: DiagnosticText(
+        "The router did not hand its Wi-Fi key to the device by WPS: its WPS button was not "
+        "pressed in the last two minutes, WPS is turned off on the router, or two routers were "
+        "pressed at once.",
+        "Press the router's WPS button (it usually blinks for two minutes), then try again "
+        "right away; or type the Wi-Fi password instead.",
     ),
 }

@@ -131,6 +131,12 @@ class NetworkManagerMock:
             )
         )
 
+    def add_object(
+        self, path: str, interface: str, methods: list[tuple[str, str, str, str]]
+    ) -> None:
+        """An object the template lacks (``AddObject``: name, in and out signature, code)."""
+        self._mock("/org/freedesktop").AddObject(path, interface, {}, methods)
+
     def activate(self, profile: str, device: str) -> str:
         return str(self._iface(NM_PATH, IFACE_NM).ActivateConnection(profile, device, "/"))
 

@@ -38,7 +38,7 @@ class ScriptedBackend(NetworkBackend):
     async def scan(self) -> list[AccessPoint]:
         raise NotImplementedError
 
-    async def connect(self, credentials: WifiCredentials) -> None:
+    async def connect(self, credentials: WifiCredentials) -> WifiCredentials:
         raise NotImplementedError
 
     async def check_dns(self, host: str) -> None:
