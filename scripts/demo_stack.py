@@ -474,6 +474,10 @@ class Stack:
                 f"passphrase = {_toml_string(network.passphrase)}",
                 f"strength = {network.strength}",
             ]
+            if network is HOME_WIFI:
+                # The simulated router's WPS button counts as pressed: "Join with the router's
+                # WPS button" works in the demo as with a real router whose button was pressed.
+                lines.append("wps_pressed = true")
         self.layout.scenario.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _broker_dir(self) -> Path:

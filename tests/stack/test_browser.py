@@ -139,7 +139,8 @@ class Person:
         self.shots.take("confirm")
 
     def completes_the_flow(self) -> None:
-        """Sign-in (household included), then the Wi-Fi: every step after the first one."""
+        """Sign-in (household included), then the Wi-Fi by the router's WPS button: every step
+        after the first one. (The add-on's browser test types the Wi-Fi password.)"""
         dialog, shots = self.dialog, self.shots
         account = next(a for a in self.ready["account_service"]["accounts"] if not a["admin"])
 
@@ -154,17 +155,37 @@ class Person:
         shots.take("account")
         # The code typed on the first screen is checked once signed in: no code form.
         dialog.get_by_role("button", name="Submit").click()
-        self.joins_the_wifi()
+        self.joins_the_wifi(by_wps=True)
 
-    def joins_the_wifi(self) -> None:
-        """The Wi-Fi form (the form before it submitted), progress, success."""
+    def joins_the_wifi(self, *, by_wps: bool = False) -> None:
+        """The Wi-Fi form (the form before it submitted), progress, success.
+
+        ``by_wps``: no password typed; the router's WPS button (the demo's router counts it as
+        pressed) on the WPS step, which says what to press and where the key goes.
+        """
         dialog, shots = self.dialog, self.shots
         home = next(w for w in self.ready["wifi"] if w["ssid"] == "Home")
         # The networks the device itself scanned; "Home" and its passphrase from the document.
         see(dialog, dialog.get_by_role("heading", name=re.compile("^Wi-Fi for ")), STEP_TIMEOUT)
         dialog.get_by_role("radio", name=re.compile(rf"^{re.escape(home['ssid'])} · ")).check()
-        dialog.get_by_role("textbox", name="Password").fill(home["passphrase"])
-        shots.take("wifi")
+        if by_wps:
+            wps = re.compile(r"^Join with the router's WPS button")
+            box = dialog.get_by_role("switch", name=wps).or_(
+                dialog.get_by_role("checkbox", name=wps)
+            )
+            box.first.click()
+            shots.take("wifi")
+            dialog.get_by_role("button", name="Submit").click()
+            see(
+                dialog,
+                dialog.get_by_role("heading", name="Press the router's WPS button"),
+                STEP_TIMEOUT,
+            )
+            expect(dialog.get_by_text("Home Assistant never sees it")).to_be_visible()
+            shots.take("wps")
+        else:
+            dialog.get_by_role("textbox", name="Password").fill(home["passphrase"])
+            shots.take("wifi")
 
         # The progress step may be over before the frontend paints it: either is fine here.
         dialog.get_by_role("button", name="Submit").click()

@@ -203,6 +203,7 @@ def _handover(
         ssid=args.ssid.encode(),
         passphrase=args.passphrase or None,
         hidden=getattr(args, "hidden", False),
+        wps=getattr(args, "wps", False),
     )
     if claim is None:
         return [(wifi, AckResult), (CommitRequest(request_id=next(ids)), CommitResult)]
@@ -640,6 +641,9 @@ def _air(_args: argparse.Namespace) -> dict[str, Any]:
     return {
         "key_mgmt": modes[-1] if modes else None,
         "connected": "CTRL-EVENT-CONNECTED" in text,
+        # NetworkManager ran a WPS push-button session, and the router handed the key over.
+        "wps_pbc": "wps: type pbc start" in text,
+        "wps_success": "WPS-SUCCESS" in text,
     }
 
 
@@ -661,6 +665,7 @@ def main(argv: list[str]) -> int:
     onboard.add_argument("--ssid", required=True)
     onboard.add_argument("--passphrase", default="")
     onboard.add_argument("--hidden", action="store_true")
+    onboard.add_argument("--wps", action="store_true", help="join by the router's WPS button")
     onboard.add_argument("--service-url", required=True)
     onboard.add_argument("--owner-out", type=_path, default=None)
     ble = sub.add_parser("ble-onboard")

@@ -12,8 +12,9 @@
 #              the device (factory-provision --self-test checks it), hci1 for the other side
 #
 # $SHARE/scenarios (tests/vm/test_vm.py writes it from IOB_VM_SCENARIOS): "all", "factory" to
-# end after the factory line (install, self-test, registry import), or "ble" to run only the
-# onboarding over Bluetooth after it, for a short run.
+# end after the factory line (install, self-test, registry import), "ble" to run only the
+# onboarding over Bluetooth after it, or "wps" only the joins by the router's WPS button, for a
+# short run.
 set -u
 SHARE=/mnt/share
 OUT=$SHARE/out
@@ -530,6 +531,26 @@ bluetoothd_health() {
     "$(json_string "$(journalctl -b --no-pager -k -o cat | grep -E 'bluetoothd.*(segfault|general protection)' | tail -3)")")"
 }
 
+# The joins by WPS push button (no passphrase typed): a router without WPS (WPS_FAILED at once),
+# then one with WPS whose button is pressed just before the join (hostapd_cli wps_pbc: a
+# two-minute window). The service port is closed, so RELAY_UNREACHABLE proves the key arrived
+# and Wi-Fi, DHCP and DNS worked.
+wps_scenarios() {
+  wpa2
+  scenario wps_off "$SSID" "" --wps
+  wpa2 wps_state=2 eap_server=1 config_methods=push_button
+  record wps_button "$(json_string "$(ip netns exec router hostapd_cli -p /run/hostapd -i wlan0 wps_pbc 2>&1)")"
+  scenario wps_push_button "$SSID" "" --wps
+  wpa2
+}
+
+if [ "$SCENARIOS" = wps ]; then
+  internet_up
+  SERVICE_URL=$CLOSED_URL
+  wps_scenarios
+  say "done"
+  exit 0
+fi
 if [ "$SCENARIOS" = ble ]; then
   internet_up
   SERVICE_URL=$CLOSED_URL
@@ -575,7 +596,7 @@ router_wifi wpa=2 wpa_key_mgmt=SAE rsn_pairwise=CCMP ieee80211w=2 "sae_password=
 scenario wpa3_sae "$SSID" "$PASSPHRASE"
 router_wifi
 scenario open_network "$SSID" ""
-wpa2
+wps_scenarios
 router_lan "$DNS"
 scenario dhcp_off "$SSID" "$PASSPHRASE"
 router_lan "$DHCP" "$DNS"

@@ -16,7 +16,8 @@ tests of that suite are skipped with the reason. scripts/test runs this module a
 steps it leaves out would skip, and a skip fails the run); ``IOB_VM_SCENARIOS=ble`` adds the
 onboarding over Bluetooth, Improv, the right passphrase, Improv after the claim and the owner's
 re-onboarding over Bluetooth after the router's password changed
-(``-k "factory or bluetooth or improv or right_passphrase or password"``).
+(``-k "factory or bluetooth or improv or right_passphrase or password"``);
+``IOB_VM_SCENARIOS=wps`` the joins by the router's WPS button (``-k "factory or wps"``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ SUITES: Final = ("bookworm", "trixie")
 VM_TIMEOUT: Final = 2100.0
 GUEST_MEMORY_MB: Final = 2048
 #: IOB_VM_SCENARIOS: every scenario, only the factory line, or the factory line and the
-#: onboarding over Bluetooth (tests/vm/guest.sh).
-SCENARIO_SETS: Final = ("all", "factory", "ble")
+#: onboarding over Bluetooth, or the factory line and the joins by WPS button (tests/vm/guest.sh).
+SCENARIO_SETS: Final = ("all", "factory", "ble", "wps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +276,9 @@ def _assert_rolled_back(vm: VmRun, name: str, code: str) -> None:
     air = result["air"]
     if name in AIR:
         assert AIR[name] in (air["key_mgmt"] or "").split(), air
-    assert air["connected"] is (code not in {"WIFI_AP_NOT_FOUND", "WIFI_AUTH_FAILED"}), air
+    assert air["connected"] is (
+        code not in {"WIFI_AP_NOT_FOUND", "WIFI_AUTH_FAILED", "WPS_FAILED"}
+    ), air
     # The agent's own words for the person at its shell: the code's next step.
     assert f"Last failure: {code}" in result["diagnose"], result["diagnose"]
     assert DiagnosticCode(code).next_step in result["diagnose"], result["diagnose"]
@@ -301,6 +304,11 @@ FAILURES: Final = {
     "hidden_ssid": "RELAY_UNREACHABLE",  # hostapd ignore_broadcast_ssid, set_wifi hidden
     "wpa3_sae": "RELAY_UNREACHABLE",  # SAE only, management frame protection required
     "open_network": "RELAY_UNREACHABLE",  # no passphrase
+    # set_wifi wps on a router without WPS: NetworkManager asks for a key without a push-button
+    # session, the agent has none to give.
+    "wps_off": "WPS_FAILED",
+    # The router's WPS button pressed just before: the key comes by WPS, no passphrase typed.
+    "wps_push_button": "RELAY_UNREACHABLE",
     "dhcp_off": "DHCP_TIMEOUT",  # dnsmasq answers DNS only
 }
 
@@ -322,6 +330,21 @@ def test_failed_onboarding_ends_with_its_code_and_rolls_back(
 ) -> None:
     """The documented state (provisioning) and diagnostic code, and the trial network gone."""
     _assert_rolled_back(vm, scenario, code)
+
+
+def test_join_by_the_routers_wps_button(vm: VmRun) -> None:
+    """No passphrase typed: the router's button pressed (hostapd's WPS PBC), NetworkManager ran
+    the push-button session with the agent's secret agent holding its key request, the router
+    handed the key over and the device joined (then, at the closed service port, rolled back).
+    A router without WPS fails at once with WPS_FAILED and its next step."""
+    assert vm.step("wps_button").strip() == "OK", vm.step("wps_button")
+    joined = vm.step("wps_push_button")["air"]
+    assert joined["wps_pbc"], joined
+    assert joined["wps_success"], joined  # the supplicant's WPS-SUCCESS: the key arrived
+    assert joined["connected"], joined
+    refused = vm.step("wps_off")
+    assert not refused["air"]["connected"], refused["air"]
+    assert not refused["air"]["wps_pbc"], refused["air"]
 
 
 def test_onboarding_over_bluetooth_on_real_bluez(vm: VmRun) -> None:
