@@ -1080,7 +1080,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Home Assistant's config directory (default: config/ in the checkout, or "
         "STATE_DIR/ha-config with --state-dir)",
     )
-    parser.add_argument("--ha-port", type=int, default=8123, help="Home Assistant's port (8123)")
+    parser.add_argument(
+        "--ha-port",
+        type=int,
+        default=8123,
+        help="Home Assistant's port (8123; 0: any free port, bound at once and named in the "
+        "ready line, as the tests use it)",
+    )
     parser.add_argument(
         "--devices", type=int, default=3, help=f"simulated devices, 0-{MAX_DEVICES} (3)"
     )
@@ -1112,8 +1118,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.devices <= MAX_DEVICES:
         parser.error(f"--devices must be 0-{MAX_DEVICES}")
-    if not 1 <= args.ha_port <= 65535:  # noqa: PLR2004 - the port range
-        parser.error("--ha-port must be 1-65535")
+    if not 0 <= args.ha_port <= 65535:  # noqa: PLR2004 - the port range
+        parser.error("--ha-port must be 0-65535 (0: any free port)")
     if args.ha_config is None:
         args.ha_config = REPO / "config" if args.state_dir is None else args.state_dir / "ha-config"
     if args.state_dir is None:

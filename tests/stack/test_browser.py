@@ -33,7 +33,7 @@ from .browser import (
     see,
     shown_screenshots,
 )
-from .helpers import Orchestrator, free_port, ha_token, processes_mentioning
+from .helpers import Orchestrator, ha_token, processes_mentioning
 
 HOUSEHOLD = "Demo home"
 # Bounds in milliseconds, not expectations: HA's zeroconf finds the device in about one
@@ -70,9 +70,7 @@ def test_a_person_onboards_the_discovered_device_in_the_browser(
     state_dir: Path, screenshot_dir: Path
 ) -> None:
     require_chromium()
-    stack = Orchestrator(
-        "--state-dir", str(state_dir), "--ha-port", str(free_port()), "--devices", "1"
-    )
+    stack = Orchestrator("--state-dir", str(state_dir), "--ha-port", "0", "--devices", "1")
     try:
         ready = stack.wait_ready()
         with browsing(screenshot_dir, ready, state_dir) as (page, shots):

@@ -39,7 +39,7 @@ from .browser import (
     see,
     shown_screenshots,
 )
-from .helpers import Orchestrator, free_port, get, ha_token, processes_mentioning
+from .helpers import Orchestrator, get, ha_token, processes_mentioning
 from .supervisor import StandInSupervisor
 from .test_browser import Person
 
@@ -117,7 +117,7 @@ def test_the_addon_is_linked_in_one_click_and_a_device_is_onboarded_on_it(
     require_chromium()
     # This test's namespace is already private (and the stand-in listens in it): the stack
     # runs in it, without a namespace of its own.
-    demo = ("--state-dir", str(state_dir), "--ha-port", str(free_port()), "--devices", "1")
+    demo = ("--state-dir", str(state_dir), "--ha-port", "0", "--devices", "1")
     stack = Orchestrator(
         *demo,
         "--no-isolation",

@@ -20,7 +20,6 @@ from tests.test_user_guide import guide_automation
 
 from .helpers import (
     Orchestrator,
-    free_port,
     get,
     ha_login,
     ha_token,
@@ -31,7 +30,7 @@ from .helpers import (
 
 @pytest.mark.slow
 def test_stack_comes_up_answers_and_stops_cleanly_on_sigint(state_dir: Path) -> None:
-    stack = Orchestrator("--state-dir", str(state_dir), "--ha-port", str(free_port()))
+    stack = Orchestrator("--state-dir", str(state_dir), "--ha-port", "0")
     try:
         ready = stack.wait_ready()
         pids: list[int] = ready["pids"]

@@ -54,7 +54,6 @@ from cloud_relay.broker.local import DYNSEC_CONTROL_TOPIC
 from .helpers import (
     REPO,
     Orchestrator,
-    free_port,
     get,
     ha_token,
     kill_leftovers,
@@ -431,9 +430,7 @@ def household() -> Iterator[Household]:
     """The stack with both devices onboarded and the roles mapped; stopped after the module."""
     # Not tmp_path: it lies under a root-only 0700 directory the broker's user cannot reach.
     state_dir = Path(tempfile.mkdtemp(prefix="iob-e2e-household-"))
-    stack = Orchestrator(
-        "--state-dir", str(state_dir), "--ha-port", str(free_port()), "--devices", "2"
-    )
+    stack = Orchestrator("--state-dir", str(state_dir), "--ha-port", "0", "--devices", "2")
     try:
         ready = stack.wait_ready()
         base = ready["homeassistant"]["url"]
