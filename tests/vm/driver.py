@@ -6,6 +6,10 @@ which has the project's wheel from the device package. Each subcommand prints on
 - ``account`` (in the router's namespace: the service is reachable only there): signs up an
   account, creates a household; prints its access token, household id and hub credential.
 - ``claim`` (router namespace): a new claim for the device; prints claim id and token.
+- ``claim-server`` (router namespace, in the background): answers each connection to the Unix
+  socket ``--socket`` with a new claim (as ``claim``). A Unix socket is a path, not an address,
+  so the onboarding steps reach it from the device's namespace with ``--claim-socket``: under
+  TCG every Python start costs seconds, and one start per scenario is the budget.
 - ``onboard`` (the device's namespace, where the agent's LAN server listens on loopback): the
   handshake with the label's QR text, ``set_wifi``, ``set_claim``, ``commit``, then ``status``
   until the commit ends; prints the device's final state and diagnostic code.
@@ -32,6 +36,12 @@ which has the project's wheel from the device package. Each subcommand prints on
   radio's side of a join that the agent then rolled back).
 - ``online`` (router namespace): the claim's status and the device's retained availability on
   the broker, read with the household hub's credential, as Home Assistant reads it.
+
+``onboard``, ``ble-onboard`` and ``improv`` take ``--record NAME --results FILE --since EPOCH``:
+the step's result and what the device shows afterwards (the radio's side from the journal since
+``EPOCH``, ``iob-device status --json`` and ``diagnose``, NetworkManager's active and saved
+connections, and with ``--agent-log REGEX`` the agent's matching journal lines) go to ``FILE``
+as one line of the VM stage's results, with the guest's uptime.
 """
 
 from __future__ import annotations
@@ -39,16 +49,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from iob_protocol import (
@@ -190,6 +204,41 @@ def _claim(args: argparse.Namespace) -> dict[str, Any]:
     return {"claim_id": str(answer["claim_id"]), "token": str(answer["token"])}
 
 
+def _claim_server(args: argparse.Namespace) -> dict[str, Any]:
+    """Serve ``_claim`` on a Unix socket until killed: one claim (or its error) per connection."""
+    args.socket.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(args.socket))
+        server.listen()
+        while True:
+            connection, _ = server.accept()
+            with connection:
+                try:
+                    answer: dict[str, Any] = _claim(args)
+                except (DriverError, OSError, KeyError, ValueError) as err:
+                    answer = {"error": f"claim: {err}"}
+                connection.sendall(json.dumps(answer).encode())
+
+
+def _claim_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The claim for this step: a new one from ``--claim-socket`` (saved to ``--claim`` for
+    ``online``), else the one in ``--claim``."""
+    if args.claim_socket is None:
+        claim: dict[str, Any] = json.loads(args.claim.read_text())
+        return claim
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(HTTP_TIMEOUT * 3)
+        client.connect(str(args.claim_socket))
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+    claim = json.loads(b"".join(chunks))
+    if "error" in claim:
+        raise DriverError(claim["error"])
+    args.claim.write_text(json.dumps(claim))
+    return claim
+
+
 def _handover(
     args: argparse.Namespace,
     claim: dict[str, Any] | None,
@@ -248,7 +297,7 @@ def _outcome(status: StatusResult, started: float) -> dict[str, Any]:
 
 
 def _onboard(args: argparse.Namespace) -> dict[str, Any]:
-    claim = json.loads(args.claim.read_text())
+    claim = _claim_for(args)
     lan = Lan(args.device)
     lan.handshake(args.qr)
     owner_secret = OwnerSecret.generate()
@@ -456,7 +505,7 @@ async def _ble_commit(
 
 
 async def _ble_onboard_async(args: argparse.Namespace) -> dict[str, Any]:
-    claim = json.loads(args.claim.read_text())
+    claim = _claim_for(args)
     return await _ble_commit(args, lambda: ClientSession.for_qr(QrPayload.parse(args.qr)), claim)
 
 
@@ -636,7 +685,10 @@ def _online(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _air(_args: argparse.Namespace) -> dict[str, Any]:
-    text = sys.stdin.read()
+    return _air_of(sys.stdin.read())
+
+
+def _air_of(text: str) -> dict[str, Any]:
     modes = re.findall(r"added 'key_mgmt' value '([^']*)'", text)
     return {
         "key_mgmt": modes[-1] if modes else None,
@@ -647,16 +699,76 @@ def _air(_args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    """One subcommand; its JSON on stdout, or ``{"error": ...}`` and exit status 1."""
+def _journal(since: int, *units: str) -> str:
+    command = ["journalctl", "-b", "--no-pager", "-o", "cat", "--since", f"@{since}"]
+    for unit in units:
+        command += ["-u", unit]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout
+
+
+def _iob_device(*argv: str) -> str:
+    """What ``iob-device ARGV`` prints (stdout and stderr), run in this process: the same code
+    as the installed command, without another Python start."""
+    from device_firmware.__main__ import main as iob_device  # noqa: PLC0415 - the guest only
+
+    out = io.StringIO()
+    # argparse's errors exit; the text says why.
+    with contextlib.redirect_stderr(out), contextlib.suppress(SystemExit):
+        iob_device(list(argv), out=out)
+    return out.getvalue().rstrip("\n")
+
+
+def _nmcli(*argv: str) -> str:
+    command = ["nmcli", "-t", *argv]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.rstrip("\n")
+
+
+def _facts(args: argparse.Namespace) -> dict[str, Any]:
+    """What the device shows after a step: the radio's side of the join since ``--since``, the
+    agent's status and diagnosis, NetworkManager's active and saved connections, and with
+    ``--agent-log`` the agent's journal lines that match it (the last 20)."""
+    status_text = _iob_device("status", "--json")
+    try:
+        status: Any = json.loads(status_text)
+    except ValueError:
+        status = {"error": f"iob-device status --json: {status_text[:2000]}"}
+    facts: dict[str, Any] = {
+        "air": _air_of(_journal(args.since, "NetworkManager", "wpa_supplicant")),
+        "status": status,
+        "diagnose": _iob_device("diagnose"),
+        "active": _nmcli("-f", "NAME,DEVICE", "connection", "show", "--active"),
+        "saved": _nmcli("-f", "NAME,TYPE", "connection", "show"),
+    }
+    if args.agent_log:
+        pattern = re.compile(args.agent_log, re.IGNORECASE)
+        lines = _journal(args.since, "iot-onboard-device.service").splitlines()
+        facts["agent_log"] = "\n".join([line for line in lines if pattern.search(line)][-20:])
+    return facts
+
+
+def _record(results: Path, name: str, result: Any) -> None:
+    """One line of the VM stage's results, as guest.sh's ``record`` writes it."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    with results.open("a") as file:
+        file.write(json.dumps({"name": name, "at": uptime, "result": result}) + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driver.py")
     parser.add_argument("--relay", default="http://127.0.0.1:8080")
     parser.add_argument("--account", type=_path)
     parser.add_argument("--claim", type=_path)
     parser.add_argument("--device-id", default="")
+    parser.add_argument("--claim-socket", type=_path, default=None)
+    parser.add_argument("--record", default="", help="the step's name in --results")
+    parser.add_argument("--results", type=_path, default=None)
+    parser.add_argument("--since", type=int, default=0, help="the step's start (epoch seconds)")
+    parser.add_argument("--agent-log", default="", help="the agent's journal lines to keep")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("account")
     sub.add_parser("claim")
+    claims = sub.add_parser("claim-server")
+    claims.add_argument("--socket", type=_path, required=True)
     sub.add_parser("online")
     sub.add_parser("air")
     onboard = sub.add_parser("onboard")
@@ -686,13 +798,19 @@ def main(argv: list[str]) -> int:
     improv.add_argument("--passphrase", default="")
     improv.add_argument("--button-pid", type=int, default=0)
     improv.add_argument("--scan-timeout", type=float, default=BLE_SCAN_TIMEOUT)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """One subcommand; its JSON on stdout, or ``{"error": ...}`` and exit status 1."""
+    args = _parser().parse_args(argv)
     steps = {
         "improv": _improv,
         "ble-owner": _ble_owner,
         "ble-onboard": _ble_onboard,
         "account": _account,
         "claim": _claim,
+        "claim-server": _claim_server,
         "onboard": _onboard,
         "online": _online,
         "air": _air,
@@ -700,15 +818,19 @@ def main(argv: list[str]) -> int:
     try:
         result = steps[args.command](args)
     except (DriverError, OSError, KeyError, ValueError) as err:
-        print(json.dumps({"error": f"{args.command}: {err}"}))  # noqa: T201 - the guest reads it
-        return 1
+        result, status = {"error": f"{args.command}: {err}"}, 1
+    else:
+        status = 0
+    if args.record and args.results is not None:
+        # The step's own result under its kind's key, then what the device shows.
+        key = "improv" if args.command == "improv" else "onboard"
+        extra = {"device_id": args.device_id} if args.command == "ble-onboard" else {}
+        _record(args.results, args.record, {**extra, key: result, **_facts(args)})
     print(json.dumps(result))  # noqa: T201 - the guest reads it
-    return 0
+    return status
 
 
-def _path(text: str) -> Any:
-    from pathlib import Path  # noqa: PLC0415
-
+def _path(text: str) -> Path:
     return Path(text)
 
 

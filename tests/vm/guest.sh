@@ -303,21 +303,28 @@ driver() {
 }
 driver router account >"$WORK/account.json" || { record account "$(cat "$WORK/account.json")"; exit 1; }
 
-# scenario NAME SSID PASSPHRASE [--hidden]: one onboarding through the agent; its outcome, the
-# agent's own status and NetworkManager's connections afterwards (a failure rolls back).
+# The claims: a server in the router's namespace hands each onboarding step a new one over a
+# Unix socket (the steps run in the device's namespace). Under TCG each Python start costs
+# seconds, so a scenario is one start of the driver, which also records what the device shows.
+CLAIMS=$WORK/claims.sock
+driver router claim-server --socket "$CLAIMS" >"$WORK/logs/claim-server.log" 2>&1 &
+for _ in $(seq 1 120); do [ -S "$CLAIMS" ] && break; sleep 0.5; done
+# step NAME SUBCOMMAND ARGS...: a driver step in the device's namespace with a new claim, its
+# result and what the device shows afterwards recorded as NAME (tests/vm/driver.py --record).
+step() {
+  name=$1; shift
+  driver device --claim-socket "$CLAIMS" --record "$name" --results "$RESULTS" \
+    --since "$(date +%s)" "$@"
+}
+
+# scenario NAME SSID PASSPHRASE [--hidden|--wps|--owner-out FILE]: one onboarding through the
+# agent's LAN server; its outcome, the agent's own status and NetworkManager's connections
+# afterwards (a failure rolls back).
 scenario() {
   name=$1; ssid=$2; passphrase=$3; shift 3
   say "scenario $name"
-  since=$(date +%s)
-  driver router claim >"$WORK/claim.json"
-  outcome=$(driver device onboard --qr "$QR" --ssid "$ssid" --passphrase "$passphrase" \
-    --service-url "$SERVICE_URL" "$@")
-  air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
-    | driver device air)
-  record "$name" "$(printf '{"onboard": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s}' \
-    "$outcome" "$air" "$(iob-device status --json)" "$(json_string "$(iob-device diagnose 2>&1)")" \
-    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
-    "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")")"
+  step "$name" onboard --qr "$QR" --ssid "$ssid" --passphrase "$passphrase" \
+    --service-url "$SERVICE_URL" "$@"
 }
 
 # ble_on: the agent with Bluetooth on (hci0), restarted as a user would after editing
@@ -334,18 +341,8 @@ ble_on() {
 # unclaimed, rolls back and stays ready for the next scenario.
 ble_onboarding() {
   say "scenario ble_onboarding"
-  since=$(date +%s)
-  driver router claim >"$WORK/claim.json"
-  outcome=$(PYTHONPATH="$HA_BLE" driver device ble-onboard --adapter hci1 --qr "$QR" \
-    --ssid "$SSID" --passphrase "$PASSPHRASE" --service-url "$SERVICE_URL")
-  air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
-    | driver device air)
-  record ble_onboarding "$(printf '{"device_id": "%s", "onboard": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s, "agent_log": %s}' \
-    "$DEVICE_ID" "$outcome" "$air" "$(iob-device status --json)" \
-    "$(json_string "$(iob-device diagnose 2>&1)")" \
-    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
-    "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")" \
-    "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service | grep -i -E 'ble|bluetooth|gatt|advert' | tail -20)")")"
+  PYTHONPATH="$HA_BLE" step ble_onboarding --agent-log 'ble|bluetooth|gatt|advert' ble-onboard \
+    --adapter hci1 --qr "$QR" --ssid "$SSID" --passphrase "$PASSPHRASE" --service-url "$SERVICE_URL"
 }
 
 # improv NAME PASSPHRASE [DRIVER-OPTIONS]: Improv Wi-Fi from the other controller, the button
@@ -353,17 +350,9 @@ ble_onboarding() {
 improv() {
   name=$1; passphrase=$2; shift 2
   say "scenario $name"
-  since=$(date +%s)
-  mainpid=$(systemctl show -p MainPID --value iot-onboard-device.service)
-  outcome=$(PYTHONPATH="$HA_BLE" driver device improv --adapter hci1 --ssid "$SSID" \
-    --passphrase "$passphrase" --button-pid "$mainpid" "$@")
-  air=$(journalctl -b --no-pager -o cat --since "@$since" -u NetworkManager -u wpa_supplicant \
-    | driver device air)
-  record "$name" "$(printf '{"improv": %s, "air": %s, "status": %s, "diagnose": %s, "active": %s, "saved": %s, "agent_log": %s}' \
-    "$outcome" "$air" "$(iob-device status --json)" "$(json_string "$(iob-device diagnose 2>&1)")" \
-    "$(json_string "$(nmcli -t -f NAME,DEVICE connection show --active)")" \
-    "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")" \
-    "$(json_string "$(journalctl -b --no-pager -o cat --since "@$since" -u iot-onboard-device.service | grep -i -E 'improv|button|ble' | tail -20)")")"
+  PYTHONPATH="$HA_BLE" step "$name" --agent-log 'improv|button|ble' improv --adapter hci1 \
+    --ssid "$SSID" --passphrase "$passphrase" \
+    --button-pid "$(systemctl show -p MainPID --value iot-onboard-device.service)" "$@"
 }
 
 # password_changed: the router's passphrase changes under the claimed, online device. Its
