@@ -433,17 +433,62 @@ async def _forget_and_find(adapter: str, address: str) -> Any:
     return device
 
 
+async def _forget_known(adapter: str) -> list[str]:
+    """Forget (BlueZ's ``RemoveDevice``) every device ``adapter`` knows from earlier steps, as a
+    fresh start of Home Assistant finds them; their addresses, with ``(connected)`` for those it
+    still held a link to. A client process that ended (the Improv step before this one) can
+    leave its link in bluetoothd, which Bookworm's (5.66) even connects again, and a connected
+    device does not advertise: the next scan would not find it."""
+    from dbus_fast import BusType, Message, MessageType  # noqa: PLC0415 - Bluetooth steps only
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    forgotten: list[str] = []
+    try:
+        reply = await bus.call(
+            Message(
+                destination="org.bluez",
+                path="/",
+                interface="org.freedesktop.DBus.ObjectManager",
+                member="GetManagedObjects",
+            )
+        )
+        if reply is None or reply.message_type == MessageType.ERROR:
+            return forgotten
+        prefix = f"/org/bluez/{adapter}/dev_"
+        for path, interfaces in reply.body[0].items():
+            device = interfaces.get("org.bluez.Device1")
+            if not path.startswith(prefix) or device is None:
+                continue
+            await bus.call(
+                Message(
+                    destination="org.bluez",
+                    path=f"/org/bluez/{adapter}",
+                    interface="org.bluez.Adapter1",
+                    member="RemoveDevice",
+                    signature="o",
+                    body=[path],
+                )
+            )
+            connected = " (connected)" if device["Connected"].value else ""
+            forgotten.append(f"{device['Address'].value}{connected}")
+    finally:
+        bus.disconnect()
+    return forgotten
+
+
 async def _find_ble(
     adapter: str, short_id: str, *, scan_seconds: float = 0.0
 ) -> tuple[Any, dict[str, Any], float]:
     """The device's advertisement on ``adapter``: the first with our service and its id (the
-    service data is on air only while the device's provisioning window is open)."""
+    service data is on air only while the device's provisioning window is open). The devices
+    the adapter knew are forgotten first (``forgotten``)."""
     timeout = scan_seconds or BLE_SCAN_TIMEOUT
     from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs it
     from iob_protocol.ble import SERVICE_UUID, AdvertisedState  # noqa: PLC0415
 
     started = time.monotonic()
-    seen: dict[str, Any] = {}
+    seen: dict[str, Any] = {"forgotten": await _forget_known(adapter)}
 
     def ours(_device: Any, advertisement: Any) -> bool:
         data = advertisement.service_data.get(SERVICE_UUID)
