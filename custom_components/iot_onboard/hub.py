@@ -286,6 +286,39 @@ def _suback_failed(result: Any) -> bool:
     return False
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, whose wait for a writable socket lets a socket closed meanwhile be.
+
+    paho asks for that wait with every packet it queues; aiomqtt schedules ``add_writer`` on
+    the socket's number for later, and when the broker closed the connection before then (it
+    drops the hub as the household is deleted elsewhere, while the hub sends its subscriptions)
+    the loop logs ``EBADF`` with a traceback. Here the socket is asked for its number when the
+    wait is set up: a closed one has none, and the broker's close is reported by the reader.
+    """
+
+    def _on_socket_register_write(
+        self,
+        client: Any,
+        userdata: Any,  # noqa: ARG002 - paho's callback signature
+        sock: Any,
+    ) -> None:
+        def write() -> None:
+            # As aiomqtt's own: a failed write (a broken pipe) ends the connection at once.
+            try:
+                client.loop_write()
+            except Exception as err:  # noqa: BLE001 - every failure ends the session
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(err)
+
+        def wait_for_writable() -> None:
+            fileno = sock.fileno()
+            if fileno != -1:
+                self._loop.add_writer(fileno, write)
+
+        # paho may call this from the thread aiomqtt connects in: only the loop touches it.
+        self._loop.call_soon_threadsafe(wait_for_writable)
+
+
 class _QuietLogger(logging.Logger):
     """paho's own log, demoted to debug: connection errors are logged once, by the hub."""
 
@@ -446,7 +479,7 @@ class MqttHub:
     async def _session(self) -> AsyncIterator[None]:
         """Connect, subscribe, yield once established, then dispatch until the session ends."""
         credentials = self._credentials
-        client = aiomqtt.Client(
+        client = _Client(
             credentials.host,
             credentials.port,
             username=credentials.username,
@@ -511,7 +544,14 @@ class MqttHub:
                 "The broker refused wildcard subscriptions for the hub; subscribing per device"
             )
         self._per_device = True
-        await client.unsubscribe(list(WILDCARD_FILTERS))
+        # Only what the broker granted (it refuses all of them where patterns are refused).
+        granted = [
+            topic
+            for topic, code in zip(WILDCARD_FILTERS, list(result), strict=False)
+            if not _suback_failed([code])
+        ]
+        if granted:
+            await client.unsubscribe(granted)
         await self._sync_device_subscriptions(client)
 
     async def set_devices(self, device_ids: Iterable[str]) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from custom_components.iot_onboard.hub import (
     HubNotConnectedError,
     MetaError,
     MqttHub,
+    _Client,
     backoff_delay,
     hub_client_id,
     parse_meta,
@@ -329,3 +331,33 @@ def test_errors_are_translated(error: Exception, key: str) -> None:
     assert isinstance(translated, HomeAssistantError)
     assert translated.translation_domain == "iot_onboard"
     assert translated.translation_key == key
+
+
+@pytest.mark.parametrize(("client_type", "errors_logged"), [(_Client, 0), (aiomqtt.Client, 1)])
+async def test_a_write_wait_for_a_socket_closed_meanwhile_is_dropped(
+    client_type: type[aiomqtt.Client], errors_logged: int
+) -> None:
+    """paho asks to wait for a writable socket with every packet it queues; when the broker
+    closed the connection before the loop got to it (it drops the hub as its household is
+    deleted elsewhere, while the hub subscribes), the hub's client registers nothing and the
+    loop logs nothing; aiomqtt 2.5.1's own client logs EBADF with a traceback (why the hub has
+    its own). An open socket is still waited for."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    closed, _peer = socket.socketpair()
+    writable, _other = socket.socketpair()
+    try:
+        client = client_type("127.0.0.1", 1883)
+        client._on_socket_register_write(client._client, None, closed)
+        closed.close()
+        client._on_socket_register_write(client._client, None, writable)
+        await asyncio.sleep(0.05)
+        assert len(errors) == errors_logged, errors
+        assert all(isinstance(error.get("exception"), OSError) for error in errors), errors
+        assert loop.remove_writer(writable.fileno()) is True
+    finally:
+        loop.set_exception_handler(previous)
+        for sock in (_peer, writable, _other):
+            sock.close()
