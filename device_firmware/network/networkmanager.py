@@ -84,6 +84,12 @@ _HTTP_AUTHENTICATION_REQUIRED: Final = 511
 _NO_PATH: Final = "/"
 _NM_DEVICE_TYPE_WIFI: Final = 2
 _AP_FLAGS_PRIVACY: Final = 0x1
+#: NM80211ApFlags: the access point runs a WPS push-button session (its button was pressed).
+_AP_FLAGS_WPS_PBC: Final = 0x4
+#: Fresh scans a WPS join makes until the router shows its pressed button: a scan already under
+#: way when the join asks for one ("Reject scan trigger since one is already pending") may
+#: have begun before the press, and NetworkManager runs no push-button session on its results.
+_WPS_SCANS: Final = 3
 _AP_SEC_KEY_MGMT_PSK: Final = 0x100
 _AP_SEC_KEY_MGMT_SAE: Final = 0x400
 _PMF_DISABLE: Final = 1
@@ -305,7 +311,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         else:
             previous = await self._active_profile(device)
         if credentials.wps:
-            await self._fresh_scan(device)
+            await self._scan_for_the_pressed_button(device, credentials.ssid)
         key_mgmt = await self._key_management(device, credentials)
         settings = _client_settings(credentials, key_mgmt)
         shown = display_ssid(credentials.ssid)
@@ -605,6 +611,31 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
                 if rsn & _AP_SEC_KEY_MGMT_SAE and not rsn & _AP_SEC_KEY_MGMT_PSK:
                     return "sae"
         return "wpa-psk"
+
+    async def _scan_for_the_pressed_button(self, device: str, ssid: bytes) -> None:
+        """Fresh scans until ``ssid`` shows a WPS push-button session (at most ``_WPS_SCANS``).
+
+        Without it NetworkManager asks for the key without a push-button session, and the join
+        fails as WPS_FAILED at once; after the last scan the join goes on all the same, and
+        NetworkManager decides.
+        """
+        for attempt in range(1, _WPS_SCANS + 1):
+            await self._fresh_scan(device)
+            if await self._button_pressed(device, ssid):
+                return
+            _LOGGER.debug("Scan %d of %d: no WPS push-button session seen yet", attempt, _WPS_SCANS)
+
+    async def _button_pressed(self, device: str, ssid: bytes) -> bool:
+        (paths,) = await self._call(device, IFACE_WIRELESS, "GetAllAccessPoints")
+        for path in paths:
+            with contextlib.suppress(NetworkManagerError):
+                props = await self._get_all(path, IFACE_AP)
+                if (
+                    bytes(props["Ssid"].value) == ssid
+                    and int(props["Flags"].value) & _AP_FLAGS_WPS_PBC
+                ):
+                    return True
+        return False
 
     async def _fresh_scan(self, device: str) -> None:
         """Request a scan and wait until ``LastScan`` moves (NetworkManager 1.12 and later)."""

@@ -113,6 +113,10 @@ class NetworkManagerMock:
         self._mock(path).UpdateProperties(IFACE_AP, {"Ssid": dbus.ByteArray(ssid, variant_level=1)})
         return path
 
+    def set_ap_flags(self, path: str, flags: int) -> None:
+        """The access point's NM80211ApFlags (0x4: a WPS push-button session runs)."""
+        self._mock(path).UpdateProperties(IFACE_AP, {"Flags": dbus.UInt32(flags, variant_level=1)})
+
     def add_profile(self, ssid: bytes, *, role: str | None = None, name: str = "") -> str:
         settings: dict[str, Any] = {
             "connection": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
@@ -213,9 +213,14 @@ async def test_a_refused_registration_is_an_error(nm_mock: NetworkManagerMock) -
 # --- the backend's WPS join ----------------------------------------------------------------
 
 
-def _home(nm: NetworkManagerMock) -> str:
+#: NM80211ApFlags of a WPA2 router whose WPS button was pressed: privacy, WPS, push button.
+PRESSED: Final = 0x1 | 0x2 | 0x4
+
+
+def _home(nm: NetworkManagerMock, *, flags: int = PRESSED) -> str:
     device = nm.add_wifi_device()
-    nm.add_access_point(device, "home", b"HomeNet", strength=80)
+    point = nm.add_access_point(device, "home", b"HomeNet", strength=80)
+    nm.set_ap_flags(point, flags)
     _agent_manager(nm)
     return device
 
@@ -254,12 +259,27 @@ async def test_a_wps_join_saves_the_key_the_router_handed_over(
     assert dict(security) == {"key-mgmt": "wpa-psk", "psk-flags": 0}
     assert len(_manager_calls(nm_mock, "RegisterWithCapabilities")) == 1
     assert len(_manager_calls(nm_mock, "Unregister")) == 1
-    assert nm_mock.calls(device, "RequestScan")  # a fresh scan shows the pressed button
+    assert len(nm_mock.calls(device, "RequestScan")) == 1  # a fresh scan shows the button
 
     await backend.commit()  # the saved profile carries the learned key (a restart rejoins)
     saved = nm_mock.settings(trial)
     assert saved[SECURITY]["psk"] == KEY
     assert saved[SECURITY]["key-mgmt"] == "wpa-psk"
+
+
+async def test_a_wps_join_scans_again_until_the_router_shows_its_button(
+    nm_mock: NetworkManagerMock, backend: NetworkManagerBackend
+) -> None:
+    """A scan already under way when the join asked for one may have begun before the button
+    was pressed (the VM stage's Trixie: "Reject scan trigger since one is already pending", then
+    no push-button session): the join scans again while the router shows no pressed button,
+    at most three times, and then lets NetworkManager decide."""
+    device = _home(nm_mock, flags=0x1 | 0x2)  # WPS, but no push-button session (yet)
+    _router_hands_over(backend, KEY)
+    joined = await backend.connect(BY_BUTTON)
+    assert len(nm_mock.calls(device, "RequestScan")) == 3
+    assert joined.passphrase == KEY
+    await backend.rollback()
 
 
 async def test_a_wps_join_without_the_routers_key_is_wps_failed(
