@@ -433,33 +433,59 @@ async def _forget_and_find(adapter: str, address: str) -> Any:
     return device
 
 
-async def _forget_known(adapter: str) -> list[str]:
-    """Forget (BlueZ's ``RemoveDevice``) every device ``adapter`` knows from earlier steps, as a
-    fresh start of Home Assistant finds them; their addresses, with ``(connected)`` for those it
-    still held a link to. A client process that ended (the Improv step before this one) can
-    leave its link in bluetoothd, which Bookworm's (5.66) even connects again, and a connected
-    device does not advertise: the next scan would not find it."""
-    from dbus_fast import BusType, Message, MessageType  # noqa: PLC0415 - Bluetooth steps only
+#: Before a scan: how long the adapter must hold no link, and the most to wait for that.
+LINKS_QUIET: Final = 15.0
+LINKS_WAIT: Final = 60.0
+
+
+async def _connected(bus: Any, adapter: str) -> dict[str, str]:
+    """The devices ``adapter`` holds a link to: object path -> address."""
+    from dbus_fast import Message, MessageType  # noqa: PLC0415 - Bluetooth steps only
+
+    reply = await bus.call(
+        Message(
+            destination="org.bluez",
+            path="/",
+            interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects",
+        )
+    )
+    if reply is None or reply.message_type == MessageType.ERROR:
+        return {}
+    prefix = f"/org/bluez/{adapter}/dev_"
+    return {
+        path: interfaces["org.bluez.Device1"]["Address"].value
+        for path, interfaces in reply.body[0].items()
+        if path.startswith(prefix)
+        and "org.bluez.Device1" in interfaces
+        and interfaces["org.bluez.Device1"]["Connected"].value
+    }
+
+
+async def _settle_links(adapter: str) -> dict[str, Any]:
+    """Wait until ``adapter`` has held no link for ``LINKS_QUIET`` s (at most ``LINKS_WAIT``),
+    then forget (BlueZ's ``RemoveDevice``) the devices it still holds one to.
+
+    A client process that ended (the Improv step before this one) leaves its link in
+    bluetoothd for a while, and Bookworm's (5.66) even connects it again; a connected device
+    does not advertise, so a scan at once would not find it. Forgetting at once is no cure:
+    Trixie's btvirt crashed (general protection fault) when a link it was closing was removed.
+    """
+    from dbus_fast import BusType, Message  # noqa: PLC0415 - Bluetooth steps only
     from dbus_fast.aio import MessageBus  # noqa: PLC0415
 
+    started = quiet_since = time.monotonic()
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    forgotten: list[str] = []
     try:
-        reply = await bus.call(
-            Message(
-                destination="org.bluez",
-                path="/",
-                interface="org.freedesktop.DBus.ObjectManager",
-                member="GetManagedObjects",
-            )
-        )
-        if reply is None or reply.message_type == MessageType.ERROR:
-            return forgotten
-        prefix = f"/org/bluez/{adapter}/dev_"
-        for path, interfaces in reply.body[0].items():
-            device = interfaces.get("org.bluez.Device1")
-            if not path.startswith(prefix) or device is None:
-                continue
+        while True:
+            links = await _connected(bus, adapter)
+            now = time.monotonic()
+            if links:
+                quiet_since = now
+            if now - quiet_since >= LINKS_QUIET or now - started >= LINKS_WAIT:
+                break
+            await asyncio.sleep(0.5)
+        for path in links:
             await bus.call(
                 Message(
                     destination="org.bluez",
@@ -470,25 +496,23 @@ async def _forget_known(adapter: str) -> list[str]:
                     body=[path],
                 )
             )
-            connected = " (connected)" if device["Connected"].value else ""
-            forgotten.append(f"{device['Address'].value}{connected}")
     finally:
         bus.disconnect()
-    return forgotten
+    return {"waited": round(time.monotonic() - started, 1), "forgotten": sorted(links.values())}
 
 
 async def _find_ble(
     adapter: str, short_id: str, *, scan_seconds: float = 0.0
 ) -> tuple[Any, dict[str, Any], float]:
     """The device's advertisement on ``adapter``: the first with our service and its id (the
-    service data is on air only while the device's provisioning window is open). The devices
-    the adapter knew are forgotten first (``forgotten``)."""
+    service data is on air only while the device's provisioning window is open). The adapter's
+    links settle first (``links``: :func:`_settle_links`)."""
     timeout = scan_seconds or BLE_SCAN_TIMEOUT
     from bleak import BleakScanner  # noqa: PLC0415 - only this subcommand needs it
     from iob_protocol.ble import SERVICE_UUID, AdvertisedState  # noqa: PLC0415
 
     started = time.monotonic()
-    seen: dict[str, Any] = {"forgotten": await _forget_known(adapter)}
+    seen: dict[str, Any] = {"links": await _settle_links(adapter)}
 
     def ours(_device: Any, advertisement: Any) -> bool:
         data = advertisement.service_data.get(SERVICE_UUID)
