@@ -31,9 +31,6 @@ which has the project's wheel from the device package. Each subcommand prints on
   whether it needs authorization, presses the button (SIGUSR1 to ``--button-pid``, as the
   agent's docs say for boards without one), reads it again, and sends the Wi-Fi settings; prints
   what happened at each step (a refusal is a result here, not an error).
-- ``air`` (anywhere): reads NetworkManager's and wpa_supplicant's journal of one scenario on
-  stdin; prints the key management the supplicant was given and whether it connected (the
-  radio's side of a join that the agent then rolled back).
 - ``online`` (router namespace): the claim's status and the device's retained availability on
   the broker, read with the household hub's credential, as Home Assistant reads it.
 
@@ -398,25 +395,33 @@ class Ble:
             await self.client.disconnect()
 
 
+async def _remove_device(bus: Any, adapter: str, path: str) -> Any:
+    """BlueZ's ``RemoveDevice`` of the object ``path`` on ``adapter``; the reply."""
+    from dbus_fast import Message  # noqa: PLC0415 - Bluetooth steps only
+
+    return await bus.call(
+        Message(
+            destination="org.bluez",
+            path=f"/org/bluez/{adapter}",
+            interface="org.bluez.Adapter1",
+            member="RemoveDevice",
+            signature="o",
+            body=[path],
+        )
+    )
+
+
 async def _forget_and_find(adapter: str, address: str) -> Any:
     """BlueZ's ``RemoveDevice`` for ``address`` on ``adapter`` (what ``bluetoothctl remove``
     does), then a scan for it: a new device object, without the old one's connection state."""
     from bleak import BleakScanner  # noqa: PLC0415 - only the Bluetooth subcommands need them
-    from dbus_fast import BusType, Message, MessageType  # noqa: PLC0415
+    from dbus_fast import BusType, MessageType  # noqa: PLC0415
     from dbus_fast.aio import MessageBus  # noqa: PLC0415
 
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     try:
-        reply = await bus.call(
-            Message(
-                destination="org.bluez",
-                path=f"/org/bluez/{adapter}",
-                interface="org.bluez.Adapter1",
-                member="RemoveDevice",
-                signature="o",
-                body=[f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"],
-            )
-        )
+        path = f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
+        reply = await _remove_device(bus, adapter, path)
     finally:
         bus.disconnect()
     if reply is not None and reply.message_type == MessageType.ERROR:
@@ -471,7 +476,7 @@ async def _settle_links(adapter: str) -> dict[str, Any]:
     does not advertise, so a scan at once would not find it. Forgetting at once is no cure:
     Trixie's btvirt crashed (general protection fault) when a link it was closing was removed.
     """
-    from dbus_fast import BusType, Message  # noqa: PLC0415 - Bluetooth steps only
+    from dbus_fast import BusType  # noqa: PLC0415 - Bluetooth steps only
     from dbus_fast.aio import MessageBus  # noqa: PLC0415
 
     started = quiet_since = time.monotonic()
@@ -486,16 +491,7 @@ async def _settle_links(adapter: str) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.5)
         for path in links:
-            await bus.call(
-                Message(
-                    destination="org.bluez",
-                    path=f"/org/bluez/{adapter}",
-                    interface="org.bluez.Adapter1",
-                    member="RemoveDevice",
-                    signature="o",
-                    body=[path],
-                )
-            )
+            await _remove_device(bus, adapter, path)
     finally:
         bus.disconnect()
     return {"waited": round(time.monotonic() - started, 1), "forgotten": sorted(links.values())}
@@ -753,10 +749,6 @@ def _online(args: argparse.Namespace) -> dict[str, Any]:
     return {"claim": status["status"], "availability": availability}
 
 
-def _air(_args: argparse.Namespace) -> dict[str, Any]:
-    return _air_of(sys.stdin.read())
-
-
 def _air_of(text: str) -> dict[str, Any]:
     modes = re.findall(r"added 'key_mgmt' value '([^']*)'", text)
     return {
@@ -839,7 +831,6 @@ def _parser() -> argparse.ArgumentParser:
     claims = sub.add_parser("claim-server")
     claims.add_argument("--socket", type=_path, required=True)
     sub.add_parser("online")
-    sub.add_parser("air")
     onboard = sub.add_parser("onboard")
     onboard.add_argument("--device", default="http://127.0.0.1:8423")
     onboard.add_argument("--qr", required=True)
@@ -882,7 +873,6 @@ def main(argv: list[str]) -> int:
         "claim-server": _claim_server,
         "onboard": _onboard,
         "online": _online,
-        "air": _air,
     }
     try:
         result = steps[args.command](args)
