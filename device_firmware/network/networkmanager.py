@@ -601,15 +601,10 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             return "wpa-psk"
         if credentials.passphrase is None:
             return None
-        (paths,) = await self._call(device, IFACE_WIRELESS, "GetAllAccessPoints")
-        for path in paths:
-            with contextlib.suppress(NetworkManagerError):
-                props = await self._get_all(path, IFACE_AP)
-                if bytes(props["Ssid"].value) != credentials.ssid:
-                    continue
-                rsn = int(props["RsnFlags"].value)
-                if rsn & _AP_SEC_KEY_MGMT_SAE and not rsn & _AP_SEC_KEY_MGMT_PSK:
-                    return "sae"
+        for props in await self._access_points(device, credentials.ssid):
+            rsn = int(props["RsnFlags"].value)
+            if rsn & _AP_SEC_KEY_MGMT_SAE and not rsn & _AP_SEC_KEY_MGMT_PSK:
+                return "sae"
         return "wpa-psk"
 
     async def _scan_for_the_pressed_button(self, device: str, ssid: bytes) -> None:
@@ -626,16 +621,22 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             _LOGGER.debug("Scan %d of %d: no WPS push-button session seen yet", attempt, _WPS_SCANS)
 
     async def _button_pressed(self, device: str, ssid: bytes) -> bool:
+        points = await self._access_points(device, ssid)
+        return any(int(props["Flags"].value) & _AP_FLAGS_WPS_PBC for props in points)
+
+    async def _access_points(self, device: str, ssid: bytes) -> list[dict[str, Variant]]:
+        """The properties of each access point of ``ssid`` the device knows.
+
+        One that vanished while being read is left out.
+        """
         (paths,) = await self._call(device, IFACE_WIRELESS, "GetAllAccessPoints")
+        points: list[dict[str, Variant]] = []
         for path in paths:
             with contextlib.suppress(NetworkManagerError):
                 props = await self._get_all(path, IFACE_AP)
-                if (
-                    bytes(props["Ssid"].value) == ssid
-                    and int(props["Flags"].value) & _AP_FLAGS_WPS_PBC
-                ):
-                    return True
-        return False
+                if bytes(props["Ssid"].value) == ssid:
+                    points.append(props)
+        return points
 
     async def _fresh_scan(self, device: str) -> None:
         """Request a scan and wait until ``LastScan`` moves (NetworkManager 1.12 and later)."""
