@@ -301,7 +301,16 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         :class:`~device_firmware.network.wps.WpsAgent`, and returns the network with the key
         the router handed over. After a NetworkError the trial is still recorded: call
         :meth:`rollback`.
+
+        A join refused as a wrong password is tried once more if a fresh scan shows that the
+        network's security changed since the scan the join relied on: the supplicant compares
+        the router's keys with what it last saw, and a router that just switched, say, from
+        WPA2 to WPA2/WPA3 fails that check ("IE in 3/4 msg does not match", reason 17), which
+        NetworkManager reports as missing secrets, although the password is right.
         """
+        return await self._connect(credentials, again=True)
+
+    async def _connect(self, credentials: WifiCredentials, *, again: bool) -> WifiCredentials:
         device = await self._wifi_device()
         if self._trial is not None:
             # A second attempt (new passphrase) replaces the trial but keeps what to return to.
@@ -313,6 +322,7 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         if credentials.wps:
             await self._scan_for_the_pressed_button(device, credentials.ssid)
         key_mgmt = await self._key_management(device, credentials)
+        seen = await self._security(device, credentials.ssid)
         settings = _client_settings(credentials, key_mgmt)
         shown = display_ssid(credentials.ssid)
         (profile,) = await self._call(
@@ -335,9 +345,39 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             ):
                 # Refused up front: a non-hidden profile whose SSID is not in the scan list.
                 raise NetworkError(DiagnosticCode.WIFI_AP_NOT_FOUND, err.detail) from err
+            if (
+                again
+                and not credentials.wps
+                and err.code is DiagnosticCode.WIFI_AUTH_FAILED
+                and await self._security_changed(device, credentials.ssid, seen)
+            ):
+                _LOGGER.info(
+                    "Wi-Fi %r changed its security since the device last scanned; joining "
+                    "once more with what it shows now",
+                    shown,
+                )
+                return await self._connect(credentials, again=False)
             raise
         _LOGGER.info("Joined Wi-Fi %r (not committed yet)", shown)
         return credentials
+
+    async def _security(self, device: str, ssid: bytes) -> frozenset[tuple[str, int, int]]:
+        """What each access point of ``ssid`` advertises: its BSSID, WPA and RSN flags."""
+        return frozenset(
+            (
+                str(props["HwAddress"].value) if "HwAddress" in props else "",
+                int(props["WpaFlags"].value) if "WpaFlags" in props else 0,
+                int(props["RsnFlags"].value) if "RsnFlags" in props else 0,
+            )
+            for props in await self._access_points(device, ssid)
+        )
+
+    async def _security_changed(
+        self, device: str, ssid: bytes, seen: frozenset[tuple[str, int, int]]
+    ) -> bool:
+        """After a fresh scan, whether ``ssid``'s access points advertise other security."""
+        await self._fresh_scan(device)
+        return bool(seen) and await self._security(device, ssid) != seen
 
     async def _activate_by_wps(self, device: str, profile: str) -> str:
         """Activate under a :class:`WpsAgent`; a failure to get the key is WPS_FAILED."""

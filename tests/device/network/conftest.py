@@ -27,6 +27,7 @@ from device_firmware.network.networkmanager import (
     IFACE_DEVICE,
     IFACE_NM,
     IFACE_SETTINGS,
+    IFACE_WIRELESS,
     NM_BUS,
     NM_PATH,
     ROLE_KEY,
@@ -39,9 +40,17 @@ DISCONNECTED = 30
 # Runs inside the mock process (python-dbusmock execs it with ``self``, ``args``, ``objects``).
 _ACTIVATE = """
 plans = {plans!r}
+times = {times!r}
 conn = objects[args[0]]
 ssid = bytes(bytearray(conn.settings.get("802-11-wireless", {{}}).get("ssid", [])))
 plan = plans.get(ssid)
+if plan is not None and times:
+    failed = getattr(self, "iob_failed", {{}})
+    self.iob_failed = failed
+    if failed.get(ssid, 0) >= times:
+        plan = None
+    else:
+        failed[ssid] = failed.get(ssid, 0) + 1
 dev = objects[args[1]]
 iface = "org.freedesktop.NetworkManager.Device"
 previous = dev.Get(iface, "ActiveConnection")
@@ -144,12 +153,19 @@ class NetworkManagerMock:
     def activate(self, profile: str, device: str) -> str:
         return str(self._iface(NM_PATH, IFACE_NM).ActivateConnection(profile, device, "/"))
 
-    def fail_activation(self, plans: dict[bytes, list[tuple[int, int]]]) -> None:
-        """Make activations of these SSIDs fail with the given (state, reason) steps."""
+    def fail_activation(self, plans: dict[bytes, list[tuple[int, int]]], *, times: int = 0) -> None:
+        """Make activations of these SSIDs fail with the given (state, reason) steps (the
+        first ``times`` of each, or every one)."""
         plain = {ssid: [(int(s), int(r)) for s, r in steps] for ssid, steps in plans.items()}
         self._mock(NM_PATH).AddMethod(
-            IFACE_NM, "ActivateConnection", "ooo", "o", _ACTIVATE.format(plans=plain)
+            IFACE_NM, "ActivateConnection", "ooo", "o", _ACTIVATE.format(plans=plain, times=times)
         )
+
+    def change_security_on_scan(self, device: str, access_point: str, rsn_flags: int) -> None:
+        """The next scan of ``device`` finds ``access_point`` with other RSN flags (its router
+        was reconfigured since the last scan)."""
+        code = f"objects[{access_point!r}].Set({IFACE_AP!r}, 'RsnFlags', dbus.UInt32({rsn_flags}))"
+        self._mock(device).AddMethod(IFACE_WIRELESS, "RequestScan", "a{sv}", "", code)
 
     def set_connectivity(self, state: int) -> None:
         self._mock("/org/freedesktop").SetConnectivity(state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import pytest
 from iob_protocol.diagnostics import DiagnosticCode
@@ -135,6 +135,46 @@ async def test_wrong_password_is_wifi_auth_failed_and_rollback_restores(
 
     assert nm_mock.active_profile(device) == old
     assert nm_mock.profiles() == [old]  # the trial profile is gone
+
+
+WRONG_PASSWORD_STEPS: Final = [
+    (PREPARE, 0),
+    (CONFIG, 0),
+    (NEED_AUTH, NMStateReason.SUPPLICANT_DISCONNECT),
+    (FAILED, NMStateReason.NO_SECRETS),
+    (DISCONNECTED, NMStateReason.NO_SECRETS),
+]
+
+
+@pytest.mark.parametrize("reconfigured", [True, False], ids=["reconfigured", "unchanged"])
+async def test_a_router_that_changed_its_security_is_joined_once_more(
+    nm_mock: NetworkManagerMock, backend: NetworkManagerBackend, *, reconfigured: bool
+) -> None:
+    """The VM stage's Trixie, a WPA2/WPA3 router just switched from WPA2: the supplicant found
+    the router's keys unlike its last scan ("IE in 3/4 msg does not match"), NetworkManager
+    said missing secrets, and the device blamed the password. Now a refused join scans afresh;
+    only if the network's security changed is it joined once more (and succeeds), else it stays
+    WIFI_AUTH_FAILED after one join."""
+    device = nm_mock.add_wifi_device()
+    point = nm_mock.add_access_point(device, "home", b"HomeNet", security=0x108)  # WPA2
+    old = nm_mock.add_profile(b"OldNet")
+    nm_mock.activate(old, device)
+    nm_mock.fail_activation({b"HomeNet": WRONG_PASSWORD_STEPS}, times=1 if reconfigured else 0)
+    # Reconfigured: WPA2/WPA3 (PSK and SAE) since the scan the join relied on.
+    nm_mock.change_security_on_scan(device, point, 0x508 if reconfigured else 0x108)
+
+    if reconfigured:
+        await backend.connect(HOME)
+        trial = _active(nm_mock, device)
+        assert bytes(nm_mock.settings(trial)["802-11-wireless"]["ssid"]) == b"HomeNet"
+        assert nm_mock.profiles() == [old, trial]  # the first trial's profile is gone
+    else:
+        with pytest.raises(NetworkError) as caught:
+            await backend.connect(HOME)
+        assert caught.value.code is DiagnosticCode.WIFI_AUTH_FAILED
+    assert len(nm_mock.calls(device, "RequestScan")) == 1
+    joins = nm_mock.calls(NM_PATH, "ActivateConnection")
+    assert len(joins) == (3 if reconfigured else 2)  # the test's own OldNet, then the trials
 
 
 async def test_missing_access_point_is_wifi_ap_not_found(
