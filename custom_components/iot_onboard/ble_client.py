@@ -11,7 +11,8 @@ connectable=True)``): that is what makes local adapters and active ESPHome proxi
 The link is let go while the user fills in a form (:meth:`BleTransport.release`) and always
 closed at the end; the device keeps the session across connections (it resumes when no frame
 was lost after reaching it), and a request cut off by a disconnect is sent again over a new
-connection because the device never saw it whole.
+connection because the device never saw it whole. The first connection reads the device's
+features characteristic (what the LAN names in a header; an older device has none).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Final
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
-from bleak.exc import BleakError
+from bleak.exc import BleakCharacteristicNotFoundError, BleakError
 from bleak_retry_connector import (
     BleakClientWithServiceCache,
     BleakOutOfConnectionSlotsError,
@@ -44,6 +45,7 @@ from .device_client import (
     SetupCodeRejectedError,
 )
 from .iob_protocol import (
+    FEATURE_WPS,
     BleDisconnectedError,
     BleLinkError,
     FrameChannel,
@@ -54,7 +56,7 @@ from .iob_protocol import (
     decode_error_body,
     decode_frame,
 )
-from .iob_protocol.ble import RX_UUID, TX_UUID
+from .iob_protocol.ble import FEATURES_UUID, RX_UUID, TX_UUID, parse_features
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ _LOGGER = logging.getLogger(__name__)
 REPLY_TIMEOUT: Final = 20.0
 #: The session tag a BLE session goes by (the device binds it to its BLE side, not a tag).
 BLE_SESSION_TAG: Final = "ble"
+#: The device's features this transport honours. Not ``status-wait``: a long-polled status
+#: would outlast :data:`REPLY_TIMEOUT`; not ``claim-relay``: not relayed over Bluetooth.
+BLE_FEATURES: Final = frozenset({FEATURE_WPS})
 
 type BleDeviceLookup = Callable[[], BLEDevice | None]
 type ClientFactory = type[BleakClientWithServiceCache]
@@ -108,6 +113,8 @@ class BleTransport(DeviceTransport):
         self._client: BleakClient | None = None
         self._channel: FrameChannel | None = None
         self._lock = asyncio.Lock()
+        #: Read once, at the first connection that could read it.
+        self._features: frozenset[str] | None = None
 
     @property
     def address(self) -> str:
@@ -118,6 +125,26 @@ class BleTransport(DeviceTransport):
     def connected(self) -> bool:
         """Whether a connection is up now."""
         return self._channel is not None and self._channel.connected
+
+    @property
+    def features(self) -> frozenset[str]:
+        """What the device's features characteristic names (none yet, or an older device)."""
+        return self._features or frozenset()
+
+    async def _read_features(self, client: BleakClient) -> None:
+        """Read the features characteristic, unless an earlier connection did."""
+        if self._features is not None:
+            return
+        try:
+            value = await client.read_gatt_char(FEATURES_UUID)
+        except BleakCharacteristicNotFoundError:
+            self._features = frozenset()  # a device from before the characteristic
+        except (BleakError, TimeoutError) as err:
+            _LOGGER.debug(
+                "Reading %s's features failed (read again next time): %s", self._name, err
+            )
+        else:
+            self._features = parse_features(bytes(value)) & BLE_FEATURES
 
     async def _connect(self) -> FrameChannel:
         if self._channel is not None and self._channel.connected:
@@ -164,6 +191,7 @@ class BleTransport(DeviceTransport):
             raise DeviceConnectionError(
                 f"{self._name} does not offer the IoT Onboard service: {err}"
             ) from err
+        await self._read_features(client)
         _LOGGER.debug("Connected to %s over BLE (MTU %s)", self._name, client.mtu_size)
         return channel
 

@@ -529,7 +529,8 @@ class DeviceLink:
     def supports_wps(self) -> bool:
         """Whether :meth:`set_wifi` can join by the router's WPS push button (``wps``).
 
-        Named by a newer device over the LAN; a Bluetooth session names no features.
+        Named by a newer device: over the LAN in a header, over Bluetooth in its features
+        characteristic.
         """
         return FEATURE_WPS in self._transport.features
 

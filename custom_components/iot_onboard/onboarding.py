@@ -20,9 +20,10 @@ Steps::
     wifi (WPS chosen) ─▶ wps (press the router's button, submit) ─▶ provision …
     wps ◀── provision: WPS_FAILED (press again; or back to wifi to type the password)
 
-A device that names ``wps`` (over the LAN) may join a secured network it sees by the router's
-WPS push button instead of a typed password: the key goes from the router to the device, Home
-Assistant never sees it, and nothing of that network is remembered for the next devices.
+A device that names ``wps`` (over the LAN or Bluetooth) may join a secured network it sees by
+the router's WPS push button instead of a typed password: the key goes from the router to the
+device, Home Assistant never sees it, and nothing of that network is remembered for the next
+devices.
 
 The Wi-Fi form also offers to remember the network for the household's next devices (opt-in; sealed
 in the household entry, see wifi_memory.py): a remembered network is preselected and an empty
@@ -839,7 +840,7 @@ class DeviceSteps(ConfigFlow):
         # While the user picks a network: a BLE link frees its adapter or proxy slot (the
         # device keeps the session and the next command reconnects).
         await link.release()
-        self._wps_offered = link.supports_wps and device.ble_address is None
+        self._wps_offered = link.supports_wps
         self._networks = {}
         for network in networks:
             self._networks.setdefault(SSID_PREFIX + network.ssid.hex(), network)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, TypeAlias
 
+from iob_protocol.commands import FEATURE_WPS
 from iob_protocol.errors import FramingError
 from iob_protocol.framing import (
     ChunkReassembler,
@@ -64,7 +65,16 @@ from device_firmware.provisioning.session_host import (
 )
 
 from .errors import AttError, GattError
-from .wire import RX_UUID, SERVICE_UUID, STATE_UUID, TX_UUID, BlePhase, BleStatus
+from .wire import (
+    FEATURES_UUID,
+    RX_UUID,
+    SERVICE_UUID,
+    STATE_UUID,
+    TX_UUID,
+    BlePhase,
+    BleStatus,
+    encode_features,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +88,10 @@ ATT_HEADER_SIZE: Final = 3
 MAX_ATTRIBUTE_SIZE: Final = 512
 #: A central that wrote nothing for this long no longer keeps others out.
 OWNER_IDLE_SECONDS: Final = 30.0
+#: The protocol features the features characteristic names. The LAN server also names
+#: ``status-wait`` and ``claim-relay``: over Bluetooth, Home Assistant asks ``status`` without
+#: a long poll (it would outlast the reply timeout of a GATT request) and relays no claim.
+BLE_FEATURES: Final = (FEATURE_WPS,)
 #: Complete frames waiting for the session host; more means a misbehaving central.
 MAX_PENDING_FRAMES: Final = 8
 
@@ -239,11 +253,12 @@ class ProvisioningService(GattService):
             ),
             Characteristic(TX_UUID, frozenset({Flag.NOTIFY})),
             Characteristic(STATE_UUID, frozenset({Flag.READ, Flag.NOTIFY}), read=self._read_state),
+            Characteristic(FEATURES_UUID, frozenset({Flag.READ}), read=self._read_features),
         )
 
     @property
     def characteristics(self) -> tuple[Characteristic, ...]:
-        """RX, TX and state."""
+        """RX, TX, state and features."""
         return self._characteristics
 
     @property
@@ -430,6 +445,10 @@ class ProvisioningService(GattService):
 
     def _read_state(self, access: Access) -> bytes:
         return read_at_offset(self._status.state_value(), access)
+
+    @staticmethod
+    def _read_features(access: Access) -> bytes:
+        return read_at_offset(encode_features(BLE_FEATURES), access)
 
 
 def _origin(link: _Link) -> str:

@@ -1,4 +1,4 @@
-"""What a BLE central sees of an IoT Onboard device: UUIDs, service data, state characteristic.
+"""What a BLE central sees of an IoT Onboard device: UUIDs, service data, state and features.
 
 The contract with Home Assistant lives in the shared protocol package (``iob_protocol.ble``),
 so the device and the integration's GATT client read the same definitions; this module keeps
@@ -10,6 +10,7 @@ from __future__ import annotations
 from iob_protocol.ble import (
     DIAGNOSTIC_ORDER,
     DIAGNOSTIC_OTHER,
+    FEATURES_UUID,
     FORMAT_VERSION,
     RX_UUID,
     SERVICE_DATA_SIZE,
@@ -28,6 +29,7 @@ from iob_protocol.ble import (
     StateValue,
     WireFormatError,
     diagnostic_number,
+    encode_features,
     parse_state_value,
     short_id,
     short_id_text,
@@ -36,6 +38,7 @@ from iob_protocol.ble import (
 __all__ = [
     "DIAGNOSTIC_ORDER",
     "DIAGNOSTIC_OTHER",
+    "FEATURES_UUID",
     "FORMAT_VERSION",
     "RX_UUID",
     "SERVICE_DATA_SIZE",
@@ -54,6 +57,7 @@ __all__ = [
     "StateValue",
     "WireFormatError",
     "diagnostic_number",
+    "encode_features",
     "parse_state_value",
     "short_id",
     "short_id_text",

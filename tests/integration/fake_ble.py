@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakError
+from bleak.exc import BleakCharacteristicNotFoundError, BleakError
 from habluetooth import BluetoothServiceInfoBleak
 
 from custom_components.iot_onboard.iob_protocol import (
@@ -55,6 +55,7 @@ from custom_components.iot_onboard.iob_protocol import (
     encode_response,
 )
 from custom_components.iot_onboard.iob_protocol.ble import (
+    FEATURES_UUID,
     RX_UUID,
     SERVICE_UUID,
     STATE_UUID,
@@ -90,6 +91,11 @@ class FakeGattDevice:
     owner: OwnerSecret | None = None
     model: str = "pi-test"
     mtu: int = 23
+    #: The features characteristic's value (None: a device from before it, no characteristic).
+    features: bytes | None = b"wps"
+    #: Reading the features characteristic fails this many more times (a flaky link).
+    features_failures: int = 0
+    features_reads: int = 0
     #: The diagnostic the next commit ends with (None: it joins the network).
     commit_failure: DiagnosticCode | None = None
     #: Drop the link after this many notifications of the next reply (then clear it).
@@ -110,6 +116,7 @@ class FakeGattDevice:
     disconnects: int = 0
     commands: list[CommandType] = field(default_factory=list)
     wifi: bytes | None = None
+    wps: bool = False
     claim: SetClaimRequest | None = None
     _handshake: DeviceSession | None = None
     _session: DeviceSession | None = None
@@ -226,6 +233,7 @@ class FakeGattDevice:
         """The scripted device: what a real one would answer, minus the real network."""
         if isinstance(request, SetWifiRequest):
             self.wifi = request.ssid
+            self.wps = request.wps
         elif isinstance(request, SetClaimRequest):
             if self.claimed:
                 raise _RefusedError("already_claimed")
@@ -275,6 +283,14 @@ class FakeBleakClient:
 
     async def read_gatt_char(self, uuid: str, **_: Any) -> bytearray:
         self._require()
+        if uuid == FEATURES_UUID:
+            self.device.features_reads += 1
+            if self.device.features is None:
+                raise BleakCharacteristicNotFoundError(uuid)
+            if self.device.features_failures:
+                self.device.features_failures -= 1
+                raise BleakError("read failed: the link is busy")
+            return bytearray(self.device.features)
         assert uuid == STATE_UUID
         return bytearray(self.device.status().state_value())
 

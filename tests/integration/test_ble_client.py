@@ -70,8 +70,8 @@ async def test_a_session_over_ble(connector: FakeConnector) -> None:
     link_transport = transport()
     link = await connect(link_transport)
     assert (link_transport.address, link.host, link.port) == (ADDRESS, "", 0)
-    # A Bluetooth session names no features: no long poll, no relay, no WPS join.
-    assert (link.waits_for_status, link.relays_claims, link.supports_wps) == (False, False, False)
+    # Its features characteristic names the WPS join; no long poll, no relay over Bluetooth.
+    assert (link.waits_for_status, link.relays_claims, link.supports_wps) == (False, False, True)
     assert is_connected(link_transport)
     assert (await link.info()).device_id == IDENTITY.device_id
     await link.release()
@@ -200,3 +200,38 @@ async def test_disconnect_errors_are_not_raised(connector: FakeConnector) -> Non
     with patch.object(client, "disconnect", failing):
         await link_transport.aclose()
     assert not link_transport.connected
+
+
+@pytest.mark.parametrize(
+    ("features", "failures", "wps", "reads"),
+    [
+        (b"wps", 0, True, 1),  # read at the first connection only, not at each reconnect
+        (None, 0, False, 1),  # a device from before the characteristic: no features, once
+        (b"wps", 1, True, 2),  # a failed read is tried again at the next connection
+        (b"wps,\xff", 0, False, 1),  # not ASCII: names nothing
+        (b"status-wait,claim-relay,wps", 0, True, 1),  # only what Bluetooth can carry
+    ],
+    ids=["names-wps", "older-device", "read-failed-once", "unreadable", "lan-only-features"],
+)
+@pytest.mark.usefixtures("connector")
+async def test_features_read_from_the_characteristic(
+    device: FakeGattDevice,
+    features: bytes | None,
+    failures: int,
+    *,
+    wps: bool,
+    reads: int,
+) -> None:
+    """What the LAN names in a header, Bluetooth names in the features characteristic."""
+    device.features = features
+    device.features_failures = failures
+    link_transport = transport()
+    link = await connect(link_transport)
+    await link.release()
+    await link.info()  # a new connection
+    await link.release()
+    await link.info()
+    assert link.supports_wps is wps
+    assert (link.waits_for_status, link.relays_claims) == (False, False)  # never over Bluetooth
+    assert device.features_reads == reads
+    await link.aclose()

@@ -85,6 +85,12 @@ class BridgeBleakClient:
         except BridgeError as err:
             raise BleakError(str(err)) from err
 
+    async def read_gatt_char(self, uuid: str) -> bytearray:
+        try:
+            return await self._bridge.read_gatt_char(uuid)
+        except BridgeError as err:
+            raise BleakError(str(err)) from err
+
     async def start_notify(self, uuid: str, callback: Callable[[Any, bytearray], None]) -> None:
         await self._bridge.start_notify(uuid, callback)
 
@@ -189,6 +195,10 @@ async def test_bluetooth_onboarding_of_the_real_device(
         )
         assert result["step_id"] == "wifi", result
         assert connector.all_closed  # let go while the user picks the network
+        # The real device names the join by the router's WPS button in its features
+        # characteristic, so the Bluetooth flow offers it as the LAN's does.
+        assert result["data_schema"] is not None
+        assert "wps" in result["data_schema"].schema
         result = await submit_wifi(hass, result)
         assert result["type"] is FlowResultType.CREATE_ENTRY, result
         await hass.async_block_till_done()

@@ -16,7 +16,7 @@ from collections.abc import Generator, Mapping
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, cast
-from unittest.mock import ANY, AsyncMock, MagicMock, PropertyMock, call, create_autospec, patch
+from unittest.mock import ANY, AsyncMock, MagicMock, call, create_autospec, patch
 
 import pytest
 import voluptuous as vol
@@ -117,7 +117,6 @@ from custom_components.iot_onboard.device_client import (
 )
 from custom_components.iot_onboard.hub import HubCredentials, MqttHub
 from custom_components.iot_onboard.iob_protocol import (
-    FEATURE_WPS,
     CommandType,
     DeviceIdentity,
     DeviceState,
@@ -1985,6 +1984,33 @@ async def test_bluetooth_onboarding_through_to_the_household(
     assert record[DEVICE_HOST] == ""  # reached over Bluetooth: no LAN address yet
     assert OwnerSecret.decode(record[DEVICE_OWNER_SECRET]).secret == gatt_device.claim.owner_secret
     assert record[DEVICE_PUBLIC_KEY] == b64url_encode(IDENTITY.public_key)
+
+
+@pytest.mark.usefixtures("enable_bluetooth", "account", "connector")
+@pytest.mark.parametrize("names_wps", [True, False], ids=["names-wps", "older-device"])
+async def test_bluetooth_onboarding_by_the_routers_wps_button(
+    hass: HomeAssistant, gatt_device: FakeGattDevice, *, names_wps: bool
+) -> None:
+    """A device that names ``wps`` in its features characteristic is offered the router's
+    button over Bluetooth as over the LAN; the key goes from the router to the device. An
+    older device (no characteristic) is not offered it."""
+    gatt_device.features = b"wps" if names_wps else None
+    entry = household_entry(hass)
+    flow_id = await start_bluetooth(hass, gatt_device)
+    await submit(hass, flow_id, {})
+    result = await submit(hass, flow_id, {"setup_code": QR})
+    assert result["step_id"] == "wifi", result
+    if not names_wps:
+        assert WPS not in fields(result)
+        return
+    assert WPS in fields(result)
+    result = await submit(hass, flow_id, WPS_JOIN)
+    assert (result["step_id"], result["errors"]) == ("wps", {})
+    assert CommandType.SET_WIFI not in gatt_device.commands  # nothing before the button
+    result = await provision(hass, flow_id, {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY, result
+    assert (gatt_device.wifi, gatt_device.wps) == (b"HomeNet", True)
+    assert DEVICE_ID in records(hass, entry)
 
 
 @pytest.mark.usefixtures("enable_bluetooth")
@@ -3861,22 +3887,3 @@ def test_the_wps_step_says_what_to_press_and_where_the_key_goes() -> None:
     wifi = STRINGS["step"]["wifi"]
     assert WPS in wifi["data"]
     assert "none is remembered" in wifi["data_description"][WPS]
-
-
-@pytest.mark.usefixtures("enable_bluetooth", "connector")
-async def test_wps_is_not_offered_over_bluetooth(
-    hass: HomeAssistant, gatt_device: FakeGattDevice
-) -> None:
-    """A Bluetooth session names no features; even one that did is not offered WPS."""
-    household_entry(hass)
-    with patch.object(
-        ble_client.BleTransport,
-        "features",
-        new_callable=PropertyMock,
-        return_value=frozenset({FEATURE_WPS}),
-    ):
-        flow_id = await start_bluetooth(hass, gatt_device)
-        await submit(hass, flow_id, {})
-        result = await submit(hass, flow_id, {"setup_code": QR})
-    assert result["step_id"] == "wifi", result
-    assert WPS not in fields(result)

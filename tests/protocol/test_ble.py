@@ -25,8 +25,11 @@ from iob_protocol import (
 )
 from iob_protocol.ble import (
     DIAGNOSTIC_OTHER,
+    MAX_FEATURES_SIZE,
     MAX_PENDING_FRAMES,
     diagnostic_number,
+    encode_features,
+    parse_features,
     short_id,
     short_id_text,
 )
@@ -48,6 +51,20 @@ def test_service_data_and_state_value_are_pinned() -> None:
         AdvertisedState.parse(b"\x02\x00" + bytes(5))
     assert isinstance(caught.value, ProtocolError)
     assert caught.value.code == "ble_wire_format"
+
+
+def test_features_value_round_trips_and_refuses_what_would_not_parse() -> None:
+    """The features characteristic: the LAN header's names, comma-separated ASCII."""
+    assert encode_features(("wps",)) == b"wps"
+    assert parse_features(encode_features(("status-wait", "wps"))) == {"status-wait", "wps"}
+    assert encode_features(()) == b""
+    assert parse_features(b"") == frozenset()
+    assert parse_features(b" wps , ,claim-relay") == {"wps", "claim-relay"}
+    assert parse_features(b"wps,\xff") == frozenset()  # not ASCII: names nothing
+    assert parse_features(b"wps,\x07bell") == {"wps"}  # a control character is no name
+    for bad in (("a,b",), ("",), ("x" * (MAX_FEATURES_SIZE + 1),)):
+        with pytest.raises(ValueError, match="do not fit"):
+            encode_features(bad)
 
 
 def test_a_code_without_a_number_is_sent_as_other() -> None:

@@ -15,6 +15,11 @@ State characteristic (:data:`STATE_UUID`, read and notify, 3 bytes)::
 
     version u8 = 1 || state u8 || diagnostic u8
 
+Features characteristic (:data:`FEATURES_UUID`, read; absent on older devices): the protocol
+features the device supports over this link, as ASCII names separated by commas, the names of
+the LAN's ``X-IOB-Features`` header (:func:`parse_features`). Read once per connection, before
+any command that depends on one; a device without the characteristic names none.
+
 ``state``: bits 0-2 the phase (0 unclaimed, 1 provisioning, 2 committing, 3 online), bit 3 set
 while the provisioning window accepts handshakes, bit 4 set while the last attempt's diagnostic
 is pending, bits 5-7 zero. ``diagnostic``: 0 for none, otherwise the 1-based position of the
@@ -45,12 +50,34 @@ RX_UUID: Final = "ffea8e11-9877-4ae7-8fbb-4d229f30fe01"
 TX_UUID: Final = "ffea8e11-9877-4ae7-8fbb-4d229f30fe02"
 #: Device state and last diagnostic (read, notify).
 STATE_UUID: Final = "ffea8e11-9877-4ae7-8fbb-4d229f30fe03"
+#: The protocol features the device supports over Bluetooth (read; see the module docs).
+FEATURES_UUID: Final = "ffea8e11-9877-4ae7-8fbb-4d229f30fe04"
+#: Longest features value a central reads (a few short names).
+MAX_FEATURES_SIZE: Final = 128
 
 FORMAT_VERSION: Final = 1
 SHORT_ID_CHARS: Final = 8
 SHORT_ID_BYTES: Final = 5
 SERVICE_DATA_SIZE: Final = 2 + SHORT_ID_BYTES
 STATE_VALUE_SIZE: Final = 3
+
+
+def encode_features(features: tuple[str, ...]) -> bytes:
+    """The features characteristic's value for ``features`` (names without commas)."""
+    value = ",".join(features).encode("ascii")
+    if len(value) > MAX_FEATURES_SIZE or any("," in name or not name for name in features):
+        raise ValueError(f"features {features!r} do not fit the characteristic")
+    return value
+
+
+def parse_features(value: bytes) -> frozenset[str]:
+    """The feature names in a features value; anything unreadable names nothing."""
+    try:
+        text = value[:MAX_FEATURES_SIZE].decode("ascii")
+    except UnicodeDecodeError:
+        return frozenset()
+    return frozenset(name.strip() for name in text.split(",") if name.strip().isprintable()) - {""}
+
 
 #: The smallest ATT MTU (every link has at least this), and the 3 bytes ATT puts in front.
 MIN_ATT_MTU: Final = 23

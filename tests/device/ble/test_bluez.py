@@ -28,6 +28,7 @@ from device_firmware.ble.improv import (
     IMPROV_STATE_UUID,
 )
 from device_firmware.ble.wire import (
+    FEATURES_UUID,
     RX_UUID,
     SERVICE_UUID,
     STATE_UUID,
@@ -90,9 +91,10 @@ async def test_bluez_reads_the_application_back_and_sees_both_services(
     assert rows[RX_UUID][1:] == (SERVICE_UUID, ["write", "write-without-response"])
     assert rows[TX_UUID][1:] == (SERVICE_UUID, ["notify"])
     assert rows[STATE_UUID][1:] == (SERVICE_UUID, ["notify", "read"])
+    assert rows[FEATURES_UUID][1:] == (SERVICE_UUID, ["read"])
     assert rows[IMPROV_RPC_COMMAND_UUID][1:] == (IMPROV_SERVICE_UUID, ["write"])
     assert rows[IMPROV_STATE_UUID][1:] == (IMPROV_SERVICE_UUID, ["notify", "read"])
-    assert len(rows) == 8
+    assert len(rows) == 9
     assert all(path.startswith(APP_PATH + "/") for path, _service, _flags in rows.values())
 
 
@@ -302,7 +304,7 @@ async def test_bluetoothd_restart_registers_again(device: Device, bluez: BluezMo
     try:
         await bluez.restart()
         rows = await eventually(bluez.characteristics, bool)
-        assert len(rows) == 8
+        assert len(rows) == 9
         adverts = await eventually(bluez.advertisements, lambda found: len(found) == 2)
         assert set(adverts) == {IOB_ADVERT, IMPROV_ADVERT}
     finally:
@@ -367,7 +369,7 @@ async def test_the_object_tree_answers_like_a_dbus_service(
     (objects,) = (
         await call(APP_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")
     ).body
-    assert len(objects) == 10  # 2 services, 8 characteristics; the root is not an object
+    assert len(objects) == 11  # 2 services, 9 characteristics; the root is not an object
     char = f"{APP_PATH}/service0/char2"
     reply = await call(
         char,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from iob_protocol.ble import parse_features
 from iob_protocol.commands import (
+    FEATURE_WPS,
     AckResult,
     InfoRequest,
     InfoResult,
@@ -38,6 +40,7 @@ from device_firmware.ble.errors import AttError, GattError
 from device_firmware.ble.gatt import OWNER_IDLE_SECONDS, Access, ProvisioningService
 from device_firmware.ble.loopback import LoopbackCentral, LoopbackPeripheral
 from device_firmware.ble.wire import (
+    FEATURES_UUID,
     RX_UUID,
     STATE_UUID,
     TX_UUID,
@@ -394,6 +397,20 @@ async def test_a_quiet_owner_gives_way_and_a_stray_data_frame_cannot_end_its_ses
         assert (await client.call(StatusRequest(request_id=2))).ok  # the session survived
     finally:
         await peripheral.stop()
+
+
+# --- features characteristic --------------------------------------------------------------------
+
+
+async def test_features_characteristic_names_wps(loopback: Loopback) -> None:
+    """What Home Assistant reads to offer the join by the router's WPS button over Bluetooth
+    (the LAN names it in a header); read only, in pieces at an offset like any value."""
+    central = await connected(loopback, mtu=23)
+    assert parse_features(await central.read(FEATURES_UUID)) == {FEATURE_WPS}
+    features = loopback.provisioning.characteristic(FEATURES_UUID)
+    assert features.read is not None
+    assert features.write is None
+    assert features.read(Access(link=central.link, offset=1)) == b"ps"
 
 
 # --- state characteristic -----------------------------------------------------------------------
