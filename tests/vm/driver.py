@@ -12,7 +12,10 @@ which has the project's wheel from the device package. Each subcommand prints on
   TCG every Python start costs seconds, and one start per scenario is the budget.
 - ``onboard`` (the device's namespace, where the agent's LAN server listens on loopback): the
   handshake with the label's QR text, ``set_wifi``, ``set_claim``, ``commit``, then ``status``
-  until the commit ends; prints the device's final state and diagnostic code.
+  until the commit ends; prints the device's final state and diagnostic code. With
+  ``--until-online`` (the environments) it then waits for the device's ``online`` on the broker
+  as the household's hub sees it, and prints when the onboarding began and when that came, in
+  the guest's uptime (time-to-online).
 - ``ble-onboard`` (the device's namespace, Bluetooth on the other emulated controller,
   ``--adapter hci1``): what Home Assistant's Bluetooth side does: finds the device by its
   advertised service (as HA's bluetooth matcher does, with the service data parsed), connects
@@ -293,8 +296,14 @@ def _outcome(status: StatusResult, started: float) -> dict[str, Any]:
     }
 
 
+def _uptime() -> float:
+    """The guest's uptime: the clock of the stage's results (``at``)."""
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
 def _onboard(args: argparse.Namespace) -> dict[str, Any]:
     claim = _claim_for(args)
+    started_at = _uptime()
     lan = Lan(args.device)
     lan.handshake(args.qr)
     owner_secret = OwnerSecret.generate()
@@ -309,7 +318,21 @@ def _onboard(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     while (status := _ended(lan.call(StatusRequest(request_id=next(lan.ids))), started)) is None:
         time.sleep(STATUS_POLL)
-    return _outcome(status, started)
+    outcome = _outcome(status, started)
+    if args.until_online:
+        # From the user's submit (the handshake) to the device's "online" as the household's
+        # Home Assistant sees it: its hub's subscription on the broker, over the home network
+        # the device has just joined. A factory reset cleared the retained availability, so
+        # the first "online" is this onboarding's.
+        outcome["started_at"] = started_at
+        if outcome["state"] == "committed":
+            account = json.loads(args.account.read_text())
+            try:
+                outcome["availability"] = asyncio.run(_availability(account["hub"], args.device_id))
+            except (TimeoutError, OSError) as err:
+                outcome["availability"] = f"not seen: {err!r}"
+            outcome["online_at"] = _uptime()
+    return outcome
 
 
 class Ble:
@@ -326,6 +349,8 @@ class Ble:
         self.connects = 0
         self.retries: list[str] = []
         self.mtu = 0
+        #: The features characteristic as read at the first connection (as ``ble_client.py``).
+        self.features: str | None = None
 
     async def connect(self) -> Any:
         from bleak_retry_connector import (  # noqa: PLC0415 - only this subcommand needs them
@@ -333,6 +358,7 @@ class Ble:
             establish_connection,
         )
         from iob_protocol.ble import (  # noqa: PLC0415
+            FEATURES_UUID,
             RX_UUID,
             TX_UUID,
             FrameChannel,
@@ -365,6 +391,8 @@ class Ble:
 
         channel = FrameChannel(write, payload_size=chunk_payload_size(client.mtu_size), timeout=30)
         await client.start_notify(TX_UUID, lambda _char, data: channel.notified(bytes(data)))
+        if self.features is None:
+            self.features = bytes(await client.read_gatt_char(FEATURES_UUID)).decode()
         self.client, self.channel = client, channel
         return channel
 
@@ -563,6 +591,7 @@ async def _ble_commit(
         "advertised": advertised,
         "found_after": found_after,
         "mtu": ble.mtu,
+        "features": ble.features,
         "connects": ble.connects,
         "connect_retries": ble.retries,
         **_outcome(status, started),
@@ -751,8 +780,13 @@ def _online(args: argparse.Namespace) -> dict[str, Any]:
 
 def _air_of(text: str) -> dict[str, Any]:
     modes = re.findall(r"added 'key_mgmt' value '([^']*)'", text)
+    # wpa_supplicant: "Trying to associate with <bssid> (SSID='<ssid>' freq=<MHz> MHz)".
+    tried = re.findall(r"associate with ([0-9a-f:]{17}) \(SSID='([^']*)' freq=(\d+) MHz\)", text)
     return {
         "key_mgmt": modes[-1] if modes else None,
+        "associated": [
+            {"bssid": bssid, "ssid": ssid, "mhz": int(mhz)} for bssid, ssid, mhz in tried[-4:]
+        ],
         "connected": "CTRL-EVENT-CONNECTED" in text,
         # NetworkManager ran a WPS push-button session, and the router handed the key over.
         "wps_pbc": "wps: type pbc start" in text,
@@ -809,9 +843,8 @@ def _facts(args: argparse.Namespace) -> dict[str, Any]:
 
 def _record(results: Path, name: str, result: Any) -> None:
     """One line of the VM stage's results, as guest.sh's ``record`` writes it."""
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
     with results.open("a") as file:
-        file.write(json.dumps({"name": name, "at": uptime, "result": result}) + "\n")
+        file.write(json.dumps({"name": name, "at": _uptime(), "result": result}) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -840,6 +873,9 @@ def _parser() -> argparse.ArgumentParser:
     onboard.add_argument("--wps", action="store_true", help="join by the router's WPS button")
     onboard.add_argument("--service-url", required=True)
     onboard.add_argument("--owner-out", type=_path, default=None)
+    onboard.add_argument(
+        "--until-online", action="store_true", help="after a commit, wait for 'online'"
+    )
     ble = sub.add_parser("ble-onboard")
     ble.add_argument("--adapter", default="hci1")
     ble.add_argument("--qr", required=True)

@@ -8,13 +8,15 @@
 #   radio 1 -> the device: NetworkManager, the agent installed from the .deb, run by systemd
 #   radio 2 -> a phone-like station in namespace "phone" (wpa_supplicant) that joins the
 #              agent's setup hotspot (setup_hotspot)
+#   radio 3 -> a second access point: the office's other one, then a café's guest network in
+#              namespace "cafe" (the environments, at the end)
 #   BLE      -> two emulated controllers (btvirt over hci_vhci) under one bluetoothd: hci0 for
 #              the device (factory-provision --self-test checks it), hci1 for the other side
 #
 # $SHARE/scenarios (tests/vm/test_vm.py writes it from IOB_VM_SCENARIOS): "all", "factory" to
 # end after the factory line (install, self-test, registry import), "ble" to run only the
-# onboarding over Bluetooth after it, or "wps" only the joins by the router's WPS button, for a
-# short run.
+# onboarding over Bluetooth after it, "wps" only the joins by the router's WPS button, or
+# "environments" only the three environments (office, home, difficult), for a short run.
 set -u
 SHARE=/mnt/share
 OUT=$SHARE/out
@@ -77,14 +79,16 @@ record versions "$(printf '{"debian": "%s", "kernel": "%s", "python": "%s", "nm"
 
 # ------------------------------------------------------------------ radios and the home router
 say "radios"
-modprobe mac80211_hwsim radios=3 || { record radios '{"error": "modprobe mac80211_hwsim failed"}'; exit 1; }
+modprobe mac80211_hwsim radios=4 || { record radios '{"error": "modprobe mac80211_hwsim failed"}'; exit 1; }
 sleep 2
 ls /sys/class/ieee80211/
 # The first radio's phy and interface go to the router's namespace.
 phy_of() { basename "$(readlink -f "/sys/class/net/$1/phy80211")"; }
 ROUTER_PHY=$(phy_of wlan0)
+AP2_PHY=$(phy_of wlan3)
 ip netns add router
 iw phy "$ROUTER_PHY" set netns name router
+iw phy "$AP2_PHY" set netns name router
 ip netns exec router ip link set lo up
 ip netns exec router ip addr add "$ROUTER_IP/24" dev wlan0
 nmcli device set wlan2 managed no || true
@@ -131,8 +135,10 @@ start_hostapd() {
   ip netns exec router hostapd -B -P "$WORK/hostapd.pid" -f "$WORK/logs/hostapd.log" "$WORK/hostapd.conf"
 }
 stop_pidfile() { [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; sleep 1; rm -f "$1"; }
+# The router's LAN interface: the home radio itself, or the office's bridge of its two.
+LAN_IF=wlan0
 start_dnsmasq() {  # start_dnsmasq EXTRA-OPTIONS...: DHCP and DNS for the home network
-  ip netns exec router dnsmasq --conf-file=/dev/null --user=root --group=root --interface=wlan0 --bind-interfaces \
+  ip netns exec router dnsmasq --conf-file=/dev/null --user=root --group=root --interface="$LAN_IF" --bind-interfaces \
     --no-resolv --no-hosts --pid-file="$WORK/dnsmasq.pid" --dhcp-leasefile="$WORK/dnsmasq.leases" \
     --log-facility="$WORK/logs/dnsmasq.log" --log-dhcp --log-queries "$@"
 }
@@ -458,11 +464,15 @@ internet_up() {
   sleep 2
 }
 CLOSED_URL="http://relay.home.arpa:8081"
-# The captive portal's web server on the router: every request but the sign-in page is
-# redirected to it, on port 80 and on 443, where the portal answers in TLS with its own
-# certificate (self-signed, for its own name), as portals that intercept HTTPS do.
+# The captive portal's web server (portal_up [NAMESPACE ADDRESS [PORT...]]: the router's by
+# default): every request but the sign-in page is redirected to it, on port 80, on 443, where
+# the portal answers in TLS with its own certificate (self-signed, for its own name), as portals
+# that intercept HTTPS do, and on any other PORT given (the image has no packet filter to
+# redirect a port with, so the portal listens on it itself).
 portal_up() {
-  "$AGENT_PYTHON" -c '
+  portal_ns=${1:-router} portal_ip=${2:-$ROUTER_IP}
+  if [ $# -ge 2 ]; then shift 2; else set --; fi
+  [ -f "$WORK/portal-key.pem" ] || "$AGENT_PYTHON" -c '
 import datetime, sys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -482,7 +492,7 @@ open(sys.argv[1], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
 open(sys.argv[2], "wb").write(key.private_bytes(serialization.Encoding.PEM,
     serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 ' "$WORK/portal-cert.pem" "$WORK/portal-key.pem"
-  ip netns exec router python3 -c '
+  ip netns exec "$portal_ns" python3 -c '
 import http.server, ssl, sys, threading
 
 class Portal(http.server.BaseHTTPRequestHandler):
@@ -501,13 +511,17 @@ class Portal(http.server.BaseHTTPRequestHandler):
         self.end_headers()
     do_POST = do_HEAD = do_GET
 
+address = sys.argv[3]
 tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 tls.load_cert_chain(sys.argv[1], sys.argv[2])
-https = http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 443), Portal)
+https = http.server.ThreadingHTTPServer((address, 443), Portal)
 https.socket = tls.wrap_socket(https.socket, server_side=True)
 threading.Thread(target=https.serve_forever, daemon=True).start()
-http.server.ThreadingHTTPServer(("'"$ROUTER_IP"'", 80), Portal).serve_forever()
-' "$WORK/portal-cert.pem" "$WORK/portal-key.pem" >"$WORK/logs/portal.log" 2>&1 &
+for port in sys.argv[4:]:
+    server = http.server.ThreadingHTTPServer((address, int(port)), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+http.server.ThreadingHTTPServer((address, 80), Portal).serve_forever()
+' "$WORK/portal-cert.pem" "$WORK/portal-key.pem" "$portal_ip" "$@" >"$WORK/logs/portal.log" 2>&1 &
   echo $! >"$WORK/portal.pid"
   sleep 2
 }
@@ -533,10 +547,149 @@ wps_scenarios() {
   wpa2
 }
 
+# ------------------------------------------------------------------ three environments
+# Issue 17, item 6: the device from the box's state (a factory reset before each) in an office,
+# a typical home and a difficult place, each with the account service and Mosquitto on the
+# router (the household's add-on), every attempt the user makes recorded with its diagnostic and
+# when the device was online as the household's Home Assistant sees it (driver.py
+# --until-online). The agent as in the other LAN scenarios: no hotspot, its LAN server on
+# loopback (the test plays Home Assistant there). A weak signal is not emulated: without
+# wmediumd (not packaged in Debian) mac80211_hwsim delivers every frame at one fixed level.
+OFFICE_SSID=iob-office
+OFFICE_PASSPHRASE="office wireless passphrase"
+HOME5_SSID=iob-home-5g
+CAFE_SSID=iob-cafe
+CAFE_IP=10.9.0.1
+
+# ap NAME NAMESPACE INTERFACE LINES...: one more access point (hostapd) with its own files.
+ap() {
+  ap_name=$1 ap_ns=$2 ap_if=$3; shift 3
+  { printf 'interface=%s\ndriver=nl80211\nctrl_interface=/run/hostapd-%s\n' "$ap_if" "$ap_name"
+    printf '%s\n' "$@"; } >"$WORK/hostapd-$ap_name.conf"
+  ip netns exec "$ap_ns" hostapd -B -P "$WORK/hostapd-$ap_name.pid" -f "$WORK/logs/hostapd-$ap_name.log" \
+    "$WORK/hostapd-$ap_name.conf"
+}
+
+# The agent's state file (docs/device.md; one key per line): its generation and phase.
+STATE_FILE=/var/lib/iot-onboard/state.json
+# No file yet (a device that never left the box's state): generation 0.
+state_generation() {
+  generation=$(sed -n 's/^ "generation": \([0-9]*\),*$/\1/p' "$STATE_FILE" 2>/dev/null)
+  echo "${generation:-0}"
+}
+state_phase() { sed -n 's/^ "phase": "\([a-z_]*\)",*$/\1/p' "$STATE_FILE" 2>/dev/null; }
+
+# factory_reset NAME: the device back to the box's state, as the docs' `systemctl kill -s
+# SIGUSR2` (what `iob-device reset` sends; its own Python start costs seconds under TCG): the
+# agent clears its claim, saved Wi-Fi and retained messages and posts its signed release. Done
+# when the state file has a new generation in phase unclaimed and the LAN server answers so.
+factory_reset() {
+  say "factory reset ($1)"
+  reset_from=$(state_generation) reset_start=$(cut -d' ' -f1 /proc/uptime)
+  systemctl kill -s SIGUSR2 iot-onboard-device.service
+  for _ in $(seq 1 240); do
+    [ "$(state_generation)" -gt "$reset_from" ] && [ "$(state_phase)" = unclaimed ] && break
+    sleep 0.25
+  done
+  for _ in $(seq 1 60); do
+    reset_info=$(lan_info 127.0.0.1)
+    echo "$reset_info" | grep -q '"state": *"unclaimed"' && break
+    sleep 1
+  done
+  record "$1" "$(printf '{"generations": [%s, %s], "seconds": %s, "info": %s, "saved": %s}' \
+    "$reset_from" "$(state_generation)" "$(awk -v t0="$reset_start" '{print $1 - t0}' /proc/uptime)" \
+    "$reset_info" "$(json_string "$(nmcli -t -f NAME,TYPE connection show)")")"
+}
+
+# attempt NAME SSID PASSPHRASE: one onboarding the user submits, until the device is online.
+attempt() {
+  say "attempt $1"
+  step "$1" onboard --until-online --qr "$QR" --ssid "$2" --passphrase "$3" --service-url "$SERVICE_URL"
+}
+
+# home: the router's one network on 2.4 GHz in WPA2/WPA3 transition mode (what home routers
+# ship now: PSK and SAE, management frame protection optional), DHCP and DNS from the router.
+environment_home() {
+  say "environment home"
+  factory_reset reset_home
+  router_wifi wpa=2 "wpa_key_mgmt=WPA-PSK SAE" rsn_pairwise=CCMP ieee80211w=1 \
+    "wpa_passphrase=$PASSPHRASE" "sae_password=$PASSPHRASE"
+  attempt env_home "$SSID" "$PASSPHRASE"
+}
+
+# office: one network from two access points (channels 1 and 11, one bridge: one LAN), clients
+# isolated from each other, management frame protection, short DHCP leases.
+environment_office() {
+  say "environment office"
+  factory_reset reset_office
+  stop_pidfile "$WORK/hostapd.pid"
+  stop_pidfile "$WORK/dnsmasq.pid"
+  ip -n router addr del "$ROUTER_IP/24" dev wlan0
+  ip -n router link add br0 type bridge
+  ip -n router addr add "$ROUTER_IP/24" dev br0
+  ip -n router link set br0 up
+  for office_ap in "a wlan0 1" "b wlan3 11"; do
+    # shellcheck disable=SC2086 # name, interface and channel
+    set -- $office_ap
+    ap "office-$1" router "$2" bridge=br0 "ssid=$OFFICE_SSID" hw_mode=g "channel=$3" ap_isolate=1 \
+      wpa=2 wpa_key_mgmt=WPA-PSK rsn_pairwise=CCMP ieee80211w=1 "wpa_passphrase=$OFFICE_PASSPHRASE"
+  done
+  LAN_IF=br0
+  router_lan --dhcp-range=192.168.50.100,192.168.50.150,255.255.255.0,2m "$DNS"
+  attempt env_office "$OFFICE_SSID" "$OFFICE_PASSPHRASE"
+}
+
+# difficult: the household's network is 5 GHz only (channel 36; the emulated radio is
+# dual-band, as on a Pi 3B+, 4 or 5); next to it, on 2.4 GHz, a café's open guest network with a
+# captive portal (its own router, namespace "cafe": every name is the portal, every request a
+# redirect to its sign-in page). The user picks the café's first, then the household's.
+environment_difficult() {
+  say "environment difficult"
+  factory_reset reset_difficult
+  stop_pidfile "$WORK/hostapd-office-a.pid"
+  stop_pidfile "$WORK/hostapd-office-b.pid"
+  ip -n router link del br0
+  ip -n router addr add "$ROUTER_IP/24" dev wlan0
+  LAN_IF=wlan0
+  # The country's rules (wireless-regdb): the world domain lets no access point start at 5 GHz.
+  iw reg set US
+  sleep 2
+  ap home5 router wlan0 "ssid=$HOME5_SSID" hw_mode=a channel=36 country_code=US ieee80211d=1 \
+    wpa=2 wpa_key_mgmt=WPA-PSK rsn_pairwise=CCMP "wpa_passphrase=$PASSPHRASE"
+  router_lan "$DHCP" "$DNS"
+  ip netns add cafe
+  ip netns exec router iw phy "$AP2_PHY" set netns name cafe
+  ip -n cafe link set lo up
+  ip -n cafe addr add "$CAFE_IP/24" dev wlan3
+  ap cafe cafe wlan3 "ssid=$CAFE_SSID" hw_mode=g channel=1
+  ip netns exec cafe dnsmasq --conf-file=/dev/null --user=root --group=root --interface=wlan3 \
+    --bind-interfaces --no-resolv --no-hosts --pid-file="$WORK/cafe-dnsmasq.pid" \
+    --dhcp-leasefile="$WORK/cafe-dnsmasq.leases" --log-facility="$WORK/logs/cafe-dnsmasq.log" \
+    --dhcp-range=10.9.0.100,10.9.0.150,255.255.255.0,1h "--address=/#/$CAFE_IP"
+  portal_up cafe "$CAFE_IP" "$RELAY_PORT"
+  record difficult_radio "$(printf '{"regdom": %s, "home5": %s}' \
+    "$(json_string "$(iw reg get 2>&1 | head -3)")" \
+    "$(json_string "$(tail -3 "$WORK/logs/hostapd-home5.log")")")"
+  attempt env_difficult_cafe "$CAFE_SSID" ""
+  attempt env_difficult_home5 "$HOME5_SSID" "$PASSPHRASE"
+}
+
+environments() {
+  SERVICE_URL="http://relay.home.arpa:$RELAY_PORT"
+  environment_home
+  environment_office
+  environment_difficult
+}
+
 if [ "$SCENARIOS" = wps ]; then
   internet_up
   SERVICE_URL=$CLOSED_URL
   wps_scenarios
+  say "done"
+  exit 0
+fi
+if [ "$SCENARIOS" = environments ]; then
+  environments
   say "done"
   exit 0
 fi
@@ -565,13 +718,11 @@ scenario no_internet "$SSID" "$PASSPHRASE"
 internet_up
 scenario relay_unreachable "$SSID" "$PASSPHRASE"
 # A captive portal (guest Wi-Fi): dnsmasq answers every name with the router, and its web server
-# answers every request with a redirect to its sign-in page; the service is a public name, over
-# http, then over https.
+# answers every request with a redirect to its sign-in page; the service is a public name over
+# https: the portal answers port 443 with its own certificate. (A portal in front of an http
+# service, on an open network, is the difficult environment's café, at the end.)
 router_lan "$DHCP" "--address=/#/$ROUTER_IP"
 portal_up
-SERVICE_URL="http://relay.example.net"
-scenario captive_portal "$SSID" "$PASSPHRASE"
-# The same portal, the service over https: the portal answers port 443 with its own certificate.
 SERVICE_URL="https://relay.example.net"
 scenario captive_portal_https "$SSID" "$PASSPHRASE"
 stop_pidfile "$WORK/portal.pid"
@@ -583,8 +734,6 @@ wpa2 ignore_broadcast_ssid=1
 scenario hidden_ssid "$SSID" "$PASSPHRASE" --hidden
 router_wifi wpa=2 wpa_key_mgmt=SAE rsn_pairwise=CCMP ieee80211w=2 "sae_password=$PASSPHRASE"
 scenario wpa3_sae "$SSID" "$PASSPHRASE"
-router_wifi
-scenario open_network "$SSID" ""
 wps_scenarios
 router_lan "$DNS"
 scenario dhcp_off "$SSID" "$PASSPHRASE"
@@ -611,4 +760,10 @@ record connectivity "$(printf '{"check": "%s", "config": %s}' \
   "$(json_string "$(NetworkManager --print-config 2>&1 | sed -n '/^\[connectivity\]/,/^\[/p')")")"
 password_changed
 bluetoothd_health
+# The environments with the agent as in the LAN scenarios (no hotspot, loopback).
+sed -i 's/^hotspot = true/hotspot = false/; s/^listen = .*/listen = ["127.0.0.1"]/' \
+  /etc/iot-onboard/device.toml
+systemctl restart iot-onboard-device.service
+for _ in $(seq 1 60); do [ "$(lan_info 127.0.0.1)" != null ] && break; sleep 1; done
+environments
 say "done"
