@@ -2207,6 +2207,33 @@ async def test_wifi_lost_advertisement_raises_the_repair_and_changes_wifi_over_b
 
 
 @pytest.mark.usefixtures("enable_bluetooth")
+async def test_the_owner_moves_the_device_over_ble_by_the_routers_wps_button(
+    hass: HomeAssistant, account: MagicMock, connector: FakeConnector
+) -> None:
+    """The router's password changed and nobody at home knows the new one: in the owner's
+    session over Bluetooth, the router's WPS button moves the device (no password sent, no
+    claim)."""
+    await owned_entry(hass, DEVICE_RECORD)
+    connector.device.owner = OWNER
+    await advertise(hass, connector.device.service_info())
+    await hass.async_block_till_done()
+    (flow,) = flows(hass)
+    flow_id = flow["flow_id"]
+    result = await submit(hass, flow_id, {})
+    assert result["step_id"] == "wifi", result
+    assert WPS in fields(result)
+    result = await submit(hass, flow_id, WPS_JOIN)
+    assert (result["step_id"], result["errors"]) == ("wps", {})
+    result = await provision(hass, flow_id, {}, action="wifi_change")
+    assert result["type"] is FlowResultType.ABORT, result
+    assert result["reason"] == "wifi_changed"
+    assert (connector.device.wifi, connector.device.wps) == (b"HomeNet", True)
+    assert connector.device.claim is None
+    account.create_claim.assert_not_awaited()
+    assert connector.all_closed
+
+
+@pytest.mark.usefixtures("enable_bluetooth")
 async def test_the_repair_leads_to_the_wifi_change_over_ble(
     hass: HomeAssistant, connector: FakeConnector
 ) -> None:
