@@ -11,13 +11,19 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from .errors import DeviceError
+
+#: The bus daemon itself (``GetNameOwner``, ``AddMatch``, ``RemoveMatch``).
+DBUS_BUS: Final = "org.freedesktop.DBus"
+DBUS_PATH: Final = "/org/freedesktop/DBus"
+#: NetworkManager's well-known name (the backend calls it; the WPS agent answers only it).
+NM_BUS: Final = "org.freedesktop.NetworkManager"
 
 
 class DBusCallError(DeviceError):

@@ -38,13 +38,14 @@ from iob_protocol.diagnostics import DiagnosticCode
 from iob_protocol.errors import InvalidFieldError
 
 from device_firmware import dbus_call
+from device_firmware.dbus_call import DBUS_BUS, DBUS_PATH
 
 from .backend import AccessPoint, NetworkBackend, NetworkError, WifiCredentials
 from .wps import WpsAgent, WpsAgentError
 
 _LOGGER = logging.getLogger(__name__)
 
-NM_BUS: Final = "org.freedesktop.NetworkManager"
+NM_BUS: Final = dbus_call.NM_BUS
 NM_PATH: Final = "/org/freedesktop/NetworkManager"
 SETTINGS_PATH: Final = "/org/freedesktop/NetworkManager/Settings"
 IFACE_NM: Final = "org.freedesktop.NetworkManager"
@@ -55,8 +56,6 @@ IFACE_WIRELESS: Final = "org.freedesktop.NetworkManager.Device.Wireless"
 IFACE_AP: Final = "org.freedesktop.NetworkManager.AccessPoint"
 IFACE_ACTIVE: Final = "org.freedesktop.NetworkManager.Connection.Active"
 IFACE_PROPERTIES: Final = "org.freedesktop.DBus.Properties"
-_DBUS_BUS: Final = "org.freedesktop.DBus"
-_DBUS_PATH: Final = "/org/freedesktop/DBus"
 
 _SECURITY: Final = "802-11-wireless-security"
 
@@ -860,14 +859,14 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
 
         bus.add_message_handler(handler)
         try:
-            await self._call(_DBUS_PATH, _DBUS_BUS, "AddMatch", "s", [rule], destination=_DBUS_BUS)
+            await self._call(DBUS_PATH, DBUS_BUS, "AddMatch", "s", [rule], destination=DBUS_BUS)
             yield queue
         finally:
             bus.remove_message_handler(handler)
             if bus.connected:
                 with contextlib.suppress(NetworkError):
                     await self._call(
-                        _DBUS_PATH, _DBUS_BUS, "RemoveMatch", "s", [rule], destination=_DBUS_BUS
+                        DBUS_PATH, DBUS_BUS, "RemoveMatch", "s", [rule], destination=DBUS_BUS
                     )
 
 

@@ -24,9 +24,10 @@ from typing import Final
 from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
+from device_firmware.dbus_call import DBUS_BUS, DBUS_PATH, NM_BUS, DBusCallError, call
+
 _LOGGER = logging.getLogger(__name__)
 
-NM_BUS: Final = "org.freedesktop.NetworkManager"
 AGENT_PATH: Final = "/org/freedesktop/NetworkManager/SecretAgent"
 AGENT_MANAGER_PATH: Final = "/org/freedesktop/NetworkManager/AgentManager"
 IFACE_SECRET_AGENT: Final = "org.freedesktop.NetworkManager.SecretAgent"  # noqa: S105 - a name
@@ -39,8 +40,6 @@ NO_SECRETS: Final = "org.freedesktop.NetworkManager.SecretAgent.NoSecrets"
 _CANCELED: Final = "org.freedesktop.NetworkManager.SecretAgent.AgentCanceled"
 _UNKNOWN_METHOD: Final = "org.freedesktop.DBus.Error.UnknownMethod"
 _ACCESS_DENIED: Final = "org.freedesktop.DBus.Error.AccessDenied"
-_DBUS_BUS: Final = "org.freedesktop.DBus"
-_DBUS_PATH: Final = "/org/freedesktop/DBus"
 
 
 class WpsAgent:
@@ -71,25 +70,20 @@ class WpsAgent:
     async def register(self) -> None:
         """Serve the agent's object and register it; NetworkManager asks it from now on."""
         if self._caller is None:
-            owner = await self._bus.call(
-                Message(
-                    destination=_DBUS_BUS,
-                    path=_DBUS_PATH,
-                    interface=_DBUS_BUS,
-                    member="GetNameOwner",
-                    signature="s",
-                    body=[NM_BUS],
-                )
-            )
-            if owner is None or owner.message_type is MessageType.ERROR:
-                raise WpsAgentError("NetworkManager is not on the bus")
-            self._caller = str(owner.body[0])
+            try:
+                (owner,) = await call(
+                    self._bus, DBUS_BUS, DBUS_PATH, DBUS_BUS, "GetNameOwner",
+                    signature="s", body=[NM_BUS],
+                )  # fmt: skip
+            except (DBusCallError, ValueError) as err:
+                raise WpsAgentError(f"NetworkManager is not on the bus ({err})") from err
+            self._caller = str(owner)
         self._bus.add_message_handler(self._handle)
-        reply = await self._manager("RegisterWithCapabilities", "su", [AGENT_IDENTIFIER, 0])
-        if reply is None or reply.message_type is MessageType.ERROR:
+        try:
+            await self._manager("RegisterWithCapabilities", "su", [AGENT_IDENTIFIER, 0])
+        except DBusCallError as err:
             self._bus.remove_message_handler(self._handle)
-            detail = "no reply" if reply is None else f"{reply.error_name}: {reply.body}"
-            raise WpsAgentError(f"NetworkManager refused the WPS agent ({detail})")
+            raise WpsAgentError(f"NetworkManager refused the WPS agent ({err})") from err
         _LOGGER.debug("WPS secret agent registered for %s", self._profile)
 
     async def unregister(self) -> None:
@@ -98,23 +92,23 @@ class WpsAgent:
         self._bus.remove_message_handler(self._handle)
         if not self._bus.connected:
             return
-        reply = await self._manager("Unregister")
-        if reply is not None and reply.message_type is MessageType.ERROR:
-            _LOGGER.debug("WPS agent unregister refused: %s", reply.error_name)
+        try:
+            await self._manager("Unregister")
+        except DBusCallError as err:
+            _LOGGER.debug("WPS agent unregister refused: %s", err)
 
     async def _manager(
         self, member: str, signature: str = "", body: list[object] | None = None
-    ) -> Message | None:
+    ) -> None:
         """Call NetworkManager's AgentManager (as the agent's own connection: it is the agent)."""
-        return await self._bus.call(
-            Message(
-                destination=NM_BUS,
-                path=AGENT_MANAGER_PATH,
-                interface=IFACE_AGENT_MANAGER,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
+        await call(
+            self._bus,
+            NM_BUS,
+            AGENT_MANAGER_PATH,
+            IFACE_AGENT_MANAGER,
+            member,
+            signature=signature,
+            body=body or [],
         )
 
     def describe(self) -> str:

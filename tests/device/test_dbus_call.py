@@ -8,11 +8,8 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from device_firmware.dbus_call import DBusCallError, call
+from device_firmware.dbus_call import DBUS_BUS, DBUS_PATH, DBusCallError, call
 from device_firmware.errors import DeviceError
-
-_DBUS = "org.freedesktop.DBus"
-_DBUS_PATH = "/org/freedesktop/DBus"
 
 
 @pytest.fixture
@@ -26,11 +23,11 @@ async def bus(system_bus: str) -> AsyncIterator[MessageBus]:
 
 async def test_a_call_returns_the_reply_body(bus: MessageBus) -> None:
     (owner,) = await call(
-        bus, _DBUS, _DBUS_PATH, _DBUS, "GetNameOwner", signature="s", body=[_DBUS]
+        bus, DBUS_BUS, DBUS_PATH, DBUS_BUS, "GetNameOwner", signature="s", body=[DBUS_BUS]
     )
-    assert owner == _DBUS
+    assert owner == DBUS_BUS
     (has_owner,) = await call(
-        bus, _DBUS, _DBUS_PATH, _DBUS, "NameHasOwner", signature="s", body=["org.bluez"]
+        bus, DBUS_BUS, DBUS_PATH, DBUS_BUS, "NameHasOwner", signature="s", body=["org.bluez"]
     )
     assert has_owner is False
 
@@ -47,7 +44,7 @@ async def test_an_error_reply_carries_its_dbus_name(bus: MessageBus) -> None:
 async def test_a_broken_connection_has_no_error_name(bus: MessageBus) -> None:
     bus.disconnect()
     with pytest.raises(DBusCallError) as caught:
-        await call(bus, _DBUS, _DBUS_PATH, _DBUS, "GetId", timeout=5)
+        await call(bus, DBUS_BUS, DBUS_PATH, DBUS_BUS, "GetId", timeout=5)
     assert caught.value.error_name == ""
     assert caught.value.member == "GetId"
 
