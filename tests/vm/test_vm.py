@@ -18,7 +18,8 @@ onboarding over Bluetooth, Improv, the right passphrase, Improv after the claim 
 re-onboarding over Bluetooth after the router's password changed
 (``-k "factory or bluetooth or improv or right_passphrase or password"``);
 ``IOB_VM_SCENARIOS=wps`` the joins by the router's WPS button (``-k "factory or wps"``);
-``IOB_VM_SCENARIOS=environments`` the three environments (``-k "factory or environment"``).
+``IOB_VM_SCENARIOS=environments`` the three environments
+(``-k "factory or environment or office or difficult"``).
 """
 
 from __future__ import annotations
