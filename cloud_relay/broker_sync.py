@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import Final
+from typing import Final, TypeVar
 
 from .broker import (
     BrokerAdapter,
@@ -33,6 +33,7 @@ from .storage import Connection, Storage
 from .tokens import mqtt_password
 
 _LOGGER: Final = logging.getLogger(__name__)
+_T = TypeVar("_T")
 #: A broker call that takes longer than this is treated as failed (and compensated).
 BROKER_TIMEOUT: Final = 10.0
 
@@ -110,14 +111,14 @@ async def desired_state(conn: Connection, config: RelayConfig) -> BrokerState:
     return BrokerState(devices=devices, hubs=hubs, tools=tools)
 
 
-async def broker_call(call: Awaitable[None], what: str) -> None:
+async def broker_call(call: Awaitable[_T], what: str) -> _T:
     """Run one adapter call with a deadline; broker failures become the service's own error.
 
     Anything else (a bug) propagates as it is; callers compensate for every exception alike.
     """
     try:
         async with asyncio.timeout(BROKER_TIMEOUT):
-            await call
+            return await call
     except (BrokerError, TimeoutError) as err:
         _LOGGER.warning("broker call %s failed: %s", what, err)
         raise BrokerUnavailableError from err
@@ -200,6 +201,36 @@ class BrokerPlan:
         access = await hub_access(conn, household_id)
         await broker_call(self._broker.put_hub(credential, access), f"put_hub {household_id}")
         return credential
+
+    async def grant_device(
+        self, conn: Connection, household_id: str, device_id: str, *, kick: bool = False
+    ) -> None:
+        """The household's hub, if it has one, may now reach its new device, with control.
+
+        A claim's part: one grant in place (:meth:`BrokerAdapter.grant_device`), so its broker
+        work does not grow with the household; where the adapter cannot, or the hub is missing
+        on the broker, the whole hub is put (:meth:`put_hub`). Under the household's lock as
+        :meth:`put_hub`: a concurrent re-projection of the hub (a release, an unshare) runs
+        wholly before or after it, from a view that has or lacks the device accordingly.
+        ``kick`` as in :meth:`sync_hubs`.
+        """
+        version = await conn.fetchval(
+            "SELECT credential_version FROM hubs WHERE household_id = $1", household_id
+        )
+        if version is None:
+            return
+        self._online()
+        credential = hub_credential(self._config, household_id, int(version))
+        self._hubs.add(household_id)
+        await conn.lock(household_lock(household_id))
+        granted = await broker_call(
+            self._broker.grant_device(credential, device_id, control=True),
+            f"grant_device {device_id} to {household_id}",
+        )
+        if not granted:
+            await self.put_hub(conn, household_id, int(version))
+        if kick:
+            self._kicks.add(household_id)
 
     async def put_tool(self, credential: ToolCredential) -> None:
         """Create a household's tool credential (its hub must have been put)."""

@@ -118,7 +118,7 @@ async def take_ownership(
     version = taken[0]["credential_version"]
     # Put already by the caller's ``prepare`` when nothing changed since (see Claims.confirm).
     credential = await plan.put_before(device_id, int(version))
-    await plan.sync_hubs(conn, [household_id], kick=kick)
+    await plan.grant_device(conn, household_id, device_id, kick=kick)
     await audit.append(
         conn,
         at=now,
@@ -165,7 +165,7 @@ async def take_back(
     await _reject_other_claims(conn, device_id=device_id, claim_id=claim_id, now=now)
     version = int(taken[0]["credential_version"])
     credential = await plan.put_device(device_id, version)
-    await plan.sync_hubs(conn, [household_id])
+    await plan.grant_device(conn, household_id, device_id)  # in place already: no change
     await audit.append(
         conn,
         at=now,

@@ -67,6 +67,19 @@ class BrokerAdapter(abc.ABC):
         are subscribe-only). Devices not listed are no longer reachable.
         """
 
+    async def grant_device(
+        self, credential: HubCredential, device_id: str, *, control: bool
+    ) -> bool:
+        """Let an existing hub reach one more device, leaving the rest of its rights alone.
+
+        What a claim needs: the household's hub gains its new device (``control`` as in
+        :meth:`put_hub`), so the broker work does not grow with the household. Idempotent. False
+        when it was not done: an adapter that cannot add to a hub's rights in place (this
+        default), or no such hub on the broker; the caller then puts the whole hub.
+        """
+        del credential, device_id, control
+        return False
+
     @abc.abstractmethod
     async def remove_hub(self, household_id: str) -> None:
         """Delete a household hub client, disconnecting it."""

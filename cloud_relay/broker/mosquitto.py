@@ -94,6 +94,7 @@ from .reconcile import (
     desired_principals,
     device_principal,
     device_rolename,
+    hub_device_acls,
     hub_principal,
     hub_rolename,
     owner_of_role,
@@ -116,6 +117,10 @@ RESPONSE_TOPIC: Final = f"{CONTROL_TOPIC}/response"
 _CREDENTIALS_REFUSED: Final = frozenset({0x86, 0x87})
 #: Answers meaning "already as wanted" for a delete.
 _ABSENT: Final = frozenset({"Client not found", "Role not found"})
+#: ``addRoleACL``'s answer for an entry (type and topic) the role has; a hub's per-device
+#: entries are all allows, so an existing one is the one wanted.
+_ACL_EXISTS: Final = frozenset({"ACL with this topic already exists"})
+_ROLE_MISSING: Final = "Role not found"
 #: Answers meaning the broker changed between our read and our write.
 _STALE: Final = frozenset(
     {
@@ -358,6 +363,36 @@ class MosquittoDynsecAdapter(BrokerAdapter):
         reaching the hub at once, even on subscriptions the hub already holds.
         """
         await self._put(hub_principal(credential, access))
+
+    async def grant_device(
+        self, credential: HubCredential, device_id: str, *, control: bool
+    ) -> bool:
+        """``addRoleACL`` for the device's entries in the hub's role, in one publish.
+
+        The role's other entries stay as they are (``put_hub``'s ``modifyRole`` sends and
+        rewrites them all, a household's worth per claim); nobody is disconnected. False when
+        the hub's role does not exist (nothing was changed: put the hub).
+        """
+        checked = validate_device_id(device_id)
+        household_id = validate_household_id(credential.household_id)
+        username = hub_username(household_id)
+        self._refuse_admin(username)
+        commands = tuple(
+            {"command": "addRoleACL", "rolename": hub_rolename(household_id), **acl.to_json()}
+            for acl in sorted(hub_device_acls(checked, control=control))
+        )
+        async with self._serialised(username):
+            answers = await self._request(commands, f"granting {checked!r} to {username!r}")
+        failures = _failures(commands, answers, ignore=_ACL_EXISTS)
+        if failures and all(failure["error"] == _ROLE_MISSING for failure in failures):
+            return False
+        if failures:
+            raise BrokerCommandError(
+                f"the broker refused {_describe(failures)} while granting {checked!r} to "
+                f"{username!r}",
+                failures,
+            )
+        return True
 
     async def remove_hub(self, household_id: str) -> None:
         """Delete the hub's client (kicking its live sessions) and its role. Idempotent.

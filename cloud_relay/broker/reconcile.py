@@ -218,17 +218,22 @@ def device_acls(device_id: str) -> frozenset[Acl]:
     )
 
 
+def hub_device_acls(device_id: str, *, control: bool) -> frozenset[Acl]:
+    """A hub's entries for one device: subscribe and receive; commands with control."""
+    subtree = device_subtree(device_id)
+    acls = {Acl(AclType.SUBSCRIBE_PATTERN, subtree), Acl(AclType.PUBLISH_RECEIVE, subtree)}
+    if control:
+        acls.add(Acl(AclType.PUBLISH_SEND, f"{TOPIC_ROOT}/{device_id}/cmd/#"))
+    return frozenset(acls)
+
+
 def hub_acls(access: Mapping[str, bool]) -> frozenset[Acl]:
     """Subscribe and receive every listed device; publish commands where control is granted."""
     acls = {
         Acl(AclType.PUBLISH_RECEIVE, f"{TOPIC_ROOT}/#", allow=False, priority=FALLBACK_PRIORITY)
     }
     for device_id, control in access.items():
-        subtree = device_subtree(device_id)
-        acls.add(Acl(AclType.SUBSCRIBE_PATTERN, subtree))
-        acls.add(Acl(AclType.PUBLISH_RECEIVE, subtree))
-        if control:
-            acls.add(Acl(AclType.PUBLISH_SEND, f"{TOPIC_ROOT}/{device_id}/cmd/#"))
+        acls |= hub_device_acls(device_id, control=control)
     return frozenset(acls)
 
 

@@ -22,6 +22,9 @@ class FailingBroker(BrokerAdapter):
         self.inner = inner
         self.fail: set[str] = set()
         self.calls: list[str] = []
+        #: False: grants nothing in place, as an adapter without ``grant_device`` (the caller
+        #: puts the whole hub).
+        self.in_place = True
 
     def _maybe_fail(self, name: str) -> None:
         self.calls.append(name)
@@ -40,6 +43,15 @@ class FailingBroker(BrokerAdapter):
     async def put_hub(self, credential: HubCredential, access: Mapping[str, bool]) -> None:
         self._maybe_fail("put_hub")
         await self.inner.put_hub(credential, access)
+
+    async def grant_device(
+        self, credential: HubCredential, device_id: str, *, control: bool
+    ) -> bool:
+        if not self.in_place:
+            return False
+        granted = await self.inner.grant_device(credential, device_id, control=control)
+        self._maybe_fail("grant_device")  # after it reached the broker: the answer was lost
+        return granted
 
     async def remove_hub(self, household_id: str) -> None:
         self._maybe_fail("remove_hub")

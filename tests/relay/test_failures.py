@@ -43,17 +43,30 @@ async def _claimed_state(api: Api, device_id: str) -> tuple[str | None, list[str
     return owner, claims, events
 
 
+@pytest.mark.parametrize(
+    ("in_place", "failing_call"),
+    [(True, "grant_device"), (False, "put_hub")],
+    ids=["grant-in-place", "whole-hub"],
+)
 async def test_broker_failure_during_claim_leaves_nothing(
-    failing: tuple[Api, FailingBroker], broker: MosquittoBroker
+    failing: tuple[Api, FailingBroker],
+    broker: MosquittoBroker,
+    failing_call: str,
+    *,
+    in_place: bool,
 ) -> None:
+    """The hub's new right fails after the device's client was put: nothing of the claim stays.
+    In place (Mosquitto's ``addRoleACL``), the grant reached the broker and its answer was lost:
+    the compensation takes it back; an adapter without in-place grants puts the whole hub."""
     api, wrapper = failing
+    wrapper.in_place = in_place
     owner, household = await api.owner_household()
     await api.request("GET", f"/v1/households/{household}/hub", token=owner.token, expect=200)
     device = await api.device()
     started = await api.start_claim(owner, household, device)
 
     # put_device reaches the broker, then the hub update fails.
-    wrapper.fail = {"put_hub"}
+    wrapper.fail = {failing_call}
     reply = await api.confirm(device, started.body["token"])
     assert (reply.status, reply.code) == (503, "broker_unavailable")
     assert not await client_exists(broker, device.id)
@@ -65,6 +78,25 @@ async def test_broker_failure_during_claim_leaves_nothing(
     reply = await api.confirm(device, started.body["token"], expect=200)
     assert await connect_code(broker, reply.body["mqtt"]) == 0
     assert any(device.id in topic for topic in await hub_topics(broker, household))
+
+
+async def test_a_claim_grants_the_hub_its_device_in_place(
+    failing: tuple[Api, FailingBroker], broker: MosquittoBroker
+) -> None:
+    """Issue 18, item 1: a claim into a household whose Home Assistant is linked adds the one
+    device to its hub's rights; the hub's other devices are neither read nor sent again (the
+    whole hub was put on every claim: its work grew with the household)."""
+    api, wrapper = failing
+    owner, household = await api.owner_household()
+    await api.request("GET", f"/v1/households/{household}/hub", token=owner.token, expect=200)
+    for _ in range(3):
+        await api.claim(owner, household, await api.device())
+    wrapper.calls.clear()
+    device = await api.device()
+    await api.claim(owner, household, device)
+    assert wrapper.calls == ["put_device", "grant_device"]
+    assert sum(device.id in topic for topic in await hub_topics(broker, household)) >= 1
+    assert len(await hub_topics(broker, household)) >= 4 * 2  # the others kept their rights
 
 
 async def test_database_failure_after_broker_call_leaves_nothing(

@@ -166,6 +166,44 @@ async def test_hub_control_and_viewer_shares(
         assert guest_pubacks == [NOT_AUTHORIZED]
 
 
+async def test_grant_device_adds_one_device_to_a_live_hub(
+    harness: BrokerHarness, adapter: BrokerAdapter
+) -> None:
+    """A claim's part: the household's hub gains its new device in place (subscribe, receive,
+    command), keeps what it had, stays connected; a repeat changes nothing; a hub the broker
+    does not have is reported (False), not created."""
+    dev_a, dev_b = device("DEVA"), device("DEVB")
+    household = hub("home")
+    for dev in (dev_a, dev_b):
+        await adapter.put_device(dev)
+    await adapter.put_hub(household, {"DEVA": False})
+    if not await adapter.grant_device(household, "DEVB", control=True):
+        pytest.skip(f"{type(adapter).__name__} grants nothing in place (it puts the hub)")
+    assert await adapter.grant_device(household, "DEVB", control=True) is True  # idempotent
+    assert await adapter.grant_device(hub("nowhere"), "DEVB", control=True) is False
+
+    async with (
+        harness.mqtt(dev_a.username, dev_a.password) as a,
+        harness.mqtt(dev_b.username, dev_b.password) as b,
+        harness.mqtt(household.username, household.password) as hub_client,
+    ):
+        await b.subscribe("iob/DEVB/cmd/#", qos=1)
+        pubacks = record_puback_codes(hub_client)
+        assert await subscribe_code(hub_client, "iob/DEVA/#") == GRANTED_QOS1
+        assert await subscribe_code(hub_client, "iob/DEVB/#") == GRANTED_QOS1
+        await b.publish("iob/DEVB/state/x", b"1", qos=1)
+        assert await next_message(hub_client) == ("iob/DEVB/state/x", b"1")
+        await hub_client.publish("iob/DEVB/cmd/x", b"go", qos=1)
+        assert await next_message(b) == ("iob/DEVB/cmd/x", b"go")
+        assert await next_message(hub_client) == ("iob/DEVB/cmd/x", b"go")  # own subtree echo
+        # Granted again while connected: no disconnect, and A stays view-only.
+        await adapter.grant_device(household, "DEVB", control=True)
+        await a.publish("iob/DEVA/state/x", b"2", qos=1)
+        assert await next_message(hub_client) == ("iob/DEVA/state/x", b"2")
+        await hub_client.publish("iob/DEVA/cmd/x", b"no", qos=1)
+        assert pubacks == [0, NOT_AUTHORIZED]
+
+
 async def test_put_hub_without_a_device_revokes_it_at_once(
     harness: BrokerHarness, adapter: BrokerAdapter
 ) -> None:
