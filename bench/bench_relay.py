@@ -10,7 +10,6 @@ Run: ``.venv/bin/python bench/bench_relay.py [--quick] [--json FILE]``
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -23,23 +22,16 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import Result, finish, isolate, parser, percentile, result
-from iob_protocol.claim import ClaimConfirmation
+from inprocess import claim, running_service
 from iob_protocol.identity import DeviceIdentity
 
-from cloud_relay.api.common import RELAY
-from cloud_relay.app import create_app
-from cloud_relay.broker.mosquitto import MosquittoDynsecAdapter
-from cloud_relay.config import Limit, RateLimits
-from cloud_relay.registry import FactoryRecord
 from cloud_relay.storage.postgres import PostgresStorage
 from tests.plugins.mosquitto import MosquittoProcess
-from tests.plugins.relay_config import relay_test_config
 from tests.relay.postgres import PostgresProcess
 
 CONCURRENCY = 64
 PHASE_SECONDS = 8.0
 DEVICES = 4000
-VERIFIER = "iob-verifier-v1$scrypt$14$8$1$" + "A" * 22 + "$" + "A" * 43 + "$" + "A" * 43
 
 
 async def _drive(
@@ -96,67 +88,21 @@ async def _baseline(seconds: float) -> tuple[float, float]:
 async def _relay(
     database_url: str, broker: MosquittoProcess, seconds: float, devices: int
 ) -> tuple[float, float]:
-    details = broker.broker
-    unlimited = Limit(10**9, 1)
-    config = relay_test_config(
-        database_url,
-        details,
-        limits=RateLimits(**dict.fromkeys(RateLimits.__dataclass_fields__, unlimited)),
-    )
-    adapter = MosquittoDynsecAdapter(
-        details.host, details.port, details.admin_username, details.admin_password
-    )
-    await adapter.connect()
-    app = create_app(config, broker=adapter, purge_interval=None)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-    base = f"http://127.0.0.1:{port}"
     identities = [DeviceIdentity.generate() for _ in range(devices)]
-    await app[RELAY].registry.import_records(
-        [FactoryRecord(i.device_id, "bench", i.public_key, VERIFIER) for i in identities],
-        "bench",
-    )
-    try:
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONCURRENCY)
-        ) as session:
-            async with session.post(
-                f"{base}/v1/auth/sign-up",
-                json={"email": "bench@example.com", "password": "benchmark password"},
-            ) as response:
-                token = (await response.json())["access_token"]
-            headers = {"Authorization": f"Bearer {token}"}
-            async with session.post(
-                f"{base}/v1/households", json={"name": "Bench"}, headers=headers
-            ) as response:
-                household = (await response.json())["household_id"]
+    async with (
+        running_service(database_url, broker, identities) as service,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session,
+    ):
+        base, headers = service.base, service.headers
+        async with session.post(
+            f"{base}/v1/households", json={"name": "Bench"}, headers=headers
+        ) as response:
+            household = (await response.json())["household_id"]
 
-            async def claim(index: int) -> None:
-                identity = identities[index % devices]
-                async with session.post(
-                    f"{base}/v1/households/{household}/claims",
-                    json={"device_id": identity.device_id},
-                    headers=headers,
-                ) as response:
-                    body = await response.json()
-                    if response.status != 201:
-                        raise RuntimeError(f"claim failed: {body}")
-                confirmation = ClaimConfirmation.create(identity, body["token"])
-                async with session.post(
-                    f"{base}/v1/claims/confirm",
-                    json={"confirmation": json.loads(confirmation.to_json())},
-                ) as response:
-                    owned = await response.json()
-                    if response.status != 200:
-                        raise RuntimeError(f"confirm failed: {owned}")
+        async def one(index: int) -> None:
+            await claim(session, service, household, identities[index % devices])
 
-            return await _drive(claim, seconds)
-    finally:
-        await runner.cleanup()
-        await adapter.aclose()
+        return await _drive(one, seconds)
 
 
 async def measure(*, quick: bool) -> list[Result]:

@@ -36,6 +36,10 @@ EXPECTED = {
         "broker: CONNECT/s, RabbitMQ (HTTP auth",
         "broker: publish → receive, RabbitMQ",
     ],
+    "household": [
+        "household: claim into a household of N, median",
+        "household: claim into a household of N, p90",
+    ],
     "storage": [
         "storage: claims/s on SQLite, c1",
         "storage: claims/s on SQLite, c64",
