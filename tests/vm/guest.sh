@@ -587,7 +587,7 @@ factory_reset() {
   say "factory reset ($1)"
   reset_from=$(state_generation) reset_start=$(cut -d' ' -f1 /proc/uptime)
   systemctl kill -s SIGUSR2 iot-onboard-device.service
-  for _ in $(seq 1 240); do
+  for _ in $(seq 1 480); do  # at most 2 minutes (the whole step took about 25 s here)
     [ "$(state_generation)" -gt "$reset_from" ] && [ "$(state_phase)" = unclaimed ] && break
     sleep 0.25
   done
