@@ -320,8 +320,9 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             previous = await self._active_profile(device)
         if credentials.wps:
             await self._scan_for_the_pressed_button(device, credentials.ssid)
-        key_mgmt = await self._key_management(device, credentials)
-        seen = await self._security(device, credentials.ssid)
+        points = await self._access_points(device, credentials.ssid)
+        key_mgmt = _key_management(credentials, points)
+        seen = _security(points)
         settings = _client_settings(credentials, key_mgmt)
         shown = display_ssid(credentials.ssid)
         (profile,) = await self._call(
@@ -360,23 +361,12 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
         _LOGGER.info("Joined Wi-Fi %r (not committed yet)", shown)
         return credentials
 
-    async def _security(self, device: str, ssid: bytes) -> frozenset[tuple[str, int, int]]:
-        """What each access point of ``ssid`` advertises: its BSSID, WPA and RSN flags."""
-        return frozenset(
-            (
-                str(props["HwAddress"].value) if "HwAddress" in props else "",
-                int(props["WpaFlags"].value) if "WpaFlags" in props else 0,
-                int(props["RsnFlags"].value) if "RsnFlags" in props else 0,
-            )
-            for props in await self._access_points(device, ssid)
-        )
-
     async def _security_changed(
         self, device: str, ssid: bytes, seen: frozenset[tuple[str, int, int]]
     ) -> bool:
         """After a fresh scan, whether ``ssid``'s access points advertise other security."""
         await self._fresh_scan(device)
-        return bool(seen) and await self._security(device, ssid) != seen
+        return bool(seen) and _security(await self._access_points(device, ssid)) != seen
 
     async def _activate_by_wps(self, device: str, profile: str) -> str:
         """Activate under a :class:`WpsAgent`; a failure to get the key is WPS_FAILED."""
@@ -631,21 +621,6 @@ class NetworkManagerBackend(NetworkBackend, dbus_call.BusClient):
             return None  # deactivated meanwhile
         return None if not profile or profile == _NO_PATH else str(profile)
 
-    async def _key_management(self, device: str, credentials: WifiCredentials) -> str | None:
-        """WPA3-only networks need ``sae``; everything else with a passphrase ``wpa-psk``.
-
-        WPS hands over a WPA2 key: ``wpa-psk`` (a WPA3-only network offers no WPS).
-        """
-        if credentials.wps:
-            return "wpa-psk"
-        if credentials.passphrase is None:
-            return None
-        for props in await self._access_points(device, credentials.ssid):
-            rsn = int(props["RsnFlags"].value)
-            if rsn & _AP_SEC_KEY_MGMT_SAE and not rsn & _AP_SEC_KEY_MGMT_PSK:
-                return "sae"
-        return "wpa-psk"
-
     async def _scan_for_the_pressed_button(self, device: str, ssid: bytes) -> None:
         """Fresh scans until ``ssid`` shows a WPS push-button session (at most ``_WPS_SCANS``).
 
@@ -886,6 +861,35 @@ def _nm_error(err: dbus_call.DBusCallError) -> NetworkManagerError:
 
 
 # --- settings dictionaries ------------------------------------------------------------------
+
+
+def _key_management(credentials: WifiCredentials, points: list[dict[str, Variant]]) -> str | None:
+    """WPA3-only networks need ``sae``; everything else with a passphrase ``wpa-psk``.
+
+    ``points``: the network's access points as the device knows them. WPS hands over a WPA2
+    key: ``wpa-psk`` (a WPA3-only network offers no WPS).
+    """
+    if credentials.wps:
+        return "wpa-psk"
+    if credentials.passphrase is None:
+        return None
+    for props in points:
+        rsn = int(props["RsnFlags"].value)
+        if rsn & _AP_SEC_KEY_MGMT_SAE and not rsn & _AP_SEC_KEY_MGMT_PSK:
+            return "sae"
+    return "wpa-psk"
+
+
+def _security(points: list[dict[str, Variant]]) -> frozenset[tuple[str, int, int]]:
+    """What each of a network's access points advertises: its BSSID, WPA and RSN flags."""
+    return frozenset(
+        (
+            str(props["HwAddress"].value) if "HwAddress" in props else "",
+            int(props["WpaFlags"].value) if "WpaFlags" in props else 0,
+            int(props["RsnFlags"].value) if "RsnFlags" in props else 0,
+        )
+        for props in points
+    )
 
 
 def _client_settings(
