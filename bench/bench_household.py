@@ -42,18 +42,17 @@ class Service:
 
     def __init__(self, running: RunningService, session: aiohttp.ClientSession) -> None:
         self.running = running
-        self.base = running.base
         self.session = session
-        self.headers = running.headers
 
     async def household(self, name: str) -> str:
         """A new household whose Home Assistant is linked (its hub put on the broker)."""
+        base, headers = self.running.base, self.running.headers
         async with self.session.post(
-            f"{self.base}/v1/households", json={"name": name}, headers=self.headers
+            f"{base}/v1/households", json={"name": name}, headers=headers
         ) as response:
             household = str((await response.json())["household_id"])
         async with self.session.get(
-            f"{self.base}/v1/households/{household}/hub", headers=self.headers
+            f"{base}/v1/households/{household}/hub", headers=headers
         ) as response:
             if response.status != 200:
                 raise RuntimeError(f"hub: {await response.text()}")
